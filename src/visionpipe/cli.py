@@ -1,0 +1,67 @@
+"""`visionpipe` command line: predict images with a trained model.
+
+Imports stay lazy so `visionpipe predict` with the ONNX backend answers without importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from visionpipe import logs
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from visionpipe import predict
+
+    model = args.model or Path("models/model.onnx" if args.backend == "onnx" else "models/model.pt")
+    try:
+        backend = predict.open_backend(args.backend, model)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    files, errors = predict.collect_inputs(args.inputs)
+    preds = errors + predict.predict_files(files, backend, args.topk, args.batch_size)
+    print(predict.format_table(preds))
+    if args.json:
+        predict.write_json(args.json, preds)
+    if args.csv:
+        predict.write_csv(args.csv, preds, args.topk)
+    if args.grid:
+        predict.write_grid(args.grid, preds)
+    failed = sum(p.error is not None for p in preds)
+    if failed:
+        print(f"{failed} of {len(preds)} inputs failed (see ERROR lines above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="visionpipe", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("predict", help="classify images, folders or globs")
+    p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or globs")
+    p.add_argument("--model", type=Path, default=None,
+                   help="models/model.onnx (onnx backend) or models/model.pt (torch) by default")
+    p.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
+    p.add_argument("--topk", type=int, default=3, help="classes to show per image (default 3)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--json", type=Path, help="also write the predictions as JSON here")
+    p.add_argument("--csv", type=Path, help="also write the predictions as CSV here")
+    p.add_argument("--grid", type=Path, help="also write a labelled image grid PNG here")
+    p.set_defaults(func=_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "topk", 1) < 1:
+        build_parser().error("--topk must be at least 1")
+    logs.setup(logging.WARNING)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

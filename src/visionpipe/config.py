@@ -1,0 +1,167 @@
+"""The one loader of params.yaml: typed, frozen, strict.
+
+Every stage reads its configuration through `load_params`. An unknown key (a typo such as
+`train.lr_rate`, which `dvc exp run -S` accepts silently) or an invalid value fails here, before any
+download or training work, with a message naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """params.yaml is missing, unreadable or holds a bad key or value."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class DataConfig(_Section):
+    dataset: Literal["cifar10", "hymenoptera", "imagefolder"] = "cifar10"
+    # null: the dataset's official archive (via DATA_MIRROR first, when set). Otherwise a local path
+    # or URL of that archive, or of an image-folder export (directory, .zip, .tar.gz, .tgz, .tar).
+    source: str | None = None
+    # Optional hex SHA-256 of `source`; checked like the official MD5 is for the official archive.
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)  # share of train held out for val
+    seed: int = 0  # seeds the train/val split
+    on_bad_image: Literal["skip", "fail"] = "skip"  # undecodable images: skip and report, or stop
+
+    @model_validator(mode="after")
+    def _imagefolder_needs_source(self) -> DataConfig:
+        if self.dataset == "imagefolder" and not self.source:
+            raise ValueError(
+                "data.dataset 'imagefolder' has no official archive: set data.source to a directory,"
+                " .zip, .tar.gz or URL in ImageFolder layout (train/ plus test/ or val/)"
+            )
+        return self
+
+
+class PreprocessConfig(_Section):
+    # Side of the square images in pixels (shorter side resized, then center crop);
+    # null: the dataset's default (32 for cifar10, 64 otherwise).
+    image_size: int | None = Field(default=None, ge=8, le=1024)
+
+
+class ModelConfig(_Section):
+    name: Literal["tutorial_cnn", "alexnet", "vgg16", "resnet18", "fast"] = "tutorial_cnn"
+    activation: Literal["none", "relu"] = "none"  # tutorial_cnn only: the seeds' net has none
+    batch_norm: bool = False  # tutorial_cnn only
+    # Normalize inputs with the train split's mean/std inside the model. Off by default: the
+    # tutorial feeds ToTensor's [0, 1] pixels straight in.
+    normalize: bool = False
+    pretrained: bool = False  # vgg16/resnet18: ImageNet weights from the torch hub cache
+    weights: str | None = None  # path of a local weights file (torchvision or exported model.pt)
+
+
+class AugmentConfig(_Section):
+    crop_padding: int = Field(default=0, ge=0, le=16)  # random crop after this much zero padding
+    flip: bool = False  # random horizontal flip
+
+
+class TrainConfig(_Section):
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    epochs: int = Field(default=10, ge=1, le=10_000)
+    batch_size: int = Field(default=64, ge=1, le=65_536)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(default=0.01, gt=0.0, le=100.0)
+    momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
+    warmup_epochs: float = Field(default=0.0, ge=0.0)
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    augment: AugmentConfig = AugmentConfig()
+    seed: int = 0
+    log_every: int = Field(default=100, ge=1)  # train loss to TensorBoard/plots every N steps
+    patience: int = Field(default=0, ge=0)  # early stopping on val loss; 0 = off
+    deterministic: bool = False  # force deterministic algorithms on GPU
+    compile: bool = False  # torch.compile the model
+    amp: bool = True  # bf16 autocast on CUDA (never on CPU, so CPU runs stay exact)
+    channels_last: bool = True  # memory format on CUDA
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> TrainConfig:
+        if self.nesterov and self.momentum == 0.0:
+            raise ValueError("train.nesterov: true needs train.momentum > 0")
+        return self
+
+
+class ExportConfig(_Section):
+    opset: int = Field(default=18, ge=17, le=23)  # ONNX opset the export is pinned to
+    parity_images: int = Field(default=256, ge=1)  # test images compared with onnxruntime
+    max_abs_diff: float = Field(default=1e-4, gt=0.0)  # largest allowed logit difference
+
+
+class PredictConfig(_Section):
+    # Extra images to classify besides the per-class samples: files, folders or globs.
+    inputs: list[str] = []
+    topk: int = Field(default=3, ge=1)
+
+
+class Params(_Section):
+    data: DataConfig = DataConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    export: ExportConfig = ExportConfig()
+    predict: PredictConfig = PredictConfig()
+
+    def image_size(self) -> int:
+        if self.preprocess.image_size is not None:
+            return self.preprocess.image_size
+        return 32 if self.data.dataset == "cifar10" else 64
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _describe(err: dict[str, Any], raw: Any) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        section: Any = Params
+        for part in err["loc"][:-1]:
+            field = section.model_fields.get(str(part))
+            section = field.annotation if field is not None else None
+        valid = sorted(section.model_fields) if isinstance(section, type) else []
+        return f"unknown key '{key}'; valid keys here: {', '.join(valid)}"
+    value = raw
+    for part in err["loc"]:
+        value = value.get(part) if isinstance(value, dict) else None
+    where = f"'{key}'" if key else "params"
+    return f"{where} = {value!r}: {err['msg']}"
+
+
+def parse_params(raw: Any, origin: str = "params") -> Params:
+    """Validate an already-parsed mapping into `Params`, or raise ConfigError naming each problem."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(e, raw) for e in exc.errors()]
+        raise ConfigError(f"{origin} is invalid:\n  - " + "\n  - ".join(lines)) from None
+
+
+def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found: run from the project root") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    return parse_params(raw, origin=str(path))

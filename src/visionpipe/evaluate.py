@@ -1,0 +1,48 @@
+"""Test-set evaluation: loss, accuracy, per-class accuracy and the confusion matrix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from visionpipe import paths
+from visionpipe.fsutil import write_json, write_text
+from visionpipe.models import load_model
+from visionpipe.train import load_split, pick_device, predict_logits
+
+
+def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Rows are actual classes, columns predicted ones."""
+    return torch.bincount(labels * num_classes + preds, minlength=num_classes**2).view(
+        num_classes, num_classes
+    )
+
+
+def run(device_choice: str = "auto") -> dict[str, Any]:
+    device = pick_device(device_choice)
+    model, meta = load_model(paths.MODEL, map_location=device)
+    model.to(device)
+    images, labels = load_split("test")
+    logits = predict_logits(model, images, device)
+    preds = logits.argmax(1)
+    classes: list[str] = meta["classes"]
+    cm = confusion_matrix(labels, preds, len(classes))
+    per_class = {
+        c: round(cm[i, i].item() / max(1, cm[i].sum().item()), 6) for i, c in enumerate(classes)
+    }
+    metrics = {
+        "test_loss": round(F.cross_entropy(logits, labels).item(), 6),
+        "test_accuracy": round((preds == labels).float().mean().item(), 6),
+        "test_images": len(labels),
+        "per_class_accuracy": per_class,
+    }
+    write_json(paths.EVAL_METRICS, metrics)
+    write_json(paths.CONFUSION_MATRIX, {"classes": classes, "rows_actual_cols_predicted": cm.tolist()})
+    # One row per test image, as DVC's confusion template expects.
+    rows = ["actual,predicted"] + [
+        f"{classes[a]},{classes[p]}" for a, p in zip(labels.tolist(), preds.tolist(), strict=True)
+    ]
+    write_text(paths.PLOT_CONFUSION, "\n".join(rows) + "\n")
+    return metrics

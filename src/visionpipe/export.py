@@ -1,0 +1,88 @@
+"""ONNX export with the normalization inside the graph, verified against onnxruntime."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from visionpipe import paths
+from visionpipe.config import ExportConfig
+from visionpipe.fsutil import atomic_path, write_json
+from visionpipe.models import load_model
+from visionpipe.train import load_split
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+
+
+class ParityError(RuntimeError):
+    """The ONNX model disagrees with PyTorch beyond the allowed tolerance."""
+
+
+def export_onnx(model: torch.nn.Module, meta: dict[str, Any], dest: Path, opset: int) -> None:
+    """Write `model` as ONNX at `dest`: float RGB [0, 1] NCHW in, logits out, dynamic batch."""
+    size = meta["image_size"]
+    example = torch.rand(2, 3, size, size)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    program = torch.onnx.export(
+        model.eval(), (example,), dynamo=True, opset_version=opset,
+        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        dynamic_shapes=({0: batch},), verbose=False,
+    )
+    proto = program.model_proto
+    info = {
+        "classes": json.dumps(meta["classes"]),
+        "image_size": str(size),
+        "input": "float32 RGB in [0, 1], NCHW; normalization is inside the graph",
+        "arch": meta["arch"],
+        "visionpipe_version": str(meta.get("visionpipe_version", "")),
+    }
+    for key, value in info.items():
+        proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(dest))
+
+
+def parity(model: torch.nn.Module, onnx_path: Path, images: torch.Tensor) -> dict[str, Any]:
+    """Largest |logit difference| and top-1 agreement of onnxruntime vs PyTorch on `images`."""
+    import onnxruntime as ort
+
+    x = images.float().div(255)
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+    return {
+        "images": len(x),
+        "max_abs_logit_diff": float(np.abs(got - expected).max()),
+        "top1_agreement": float((got.argmax(1) == expected.argmax(1)).mean()),
+    }
+
+
+def run(cfg: ExportConfig) -> dict[str, Any]:
+    model, meta = load_model(paths.MODEL)
+    images, _ = load_split("test")
+    images = images[: cfg.parity_images]
+    # Verify the file before it replaces the published model: a failing export publishes nothing.
+    with atomic_path(paths.ONNX_MODEL) as tmp:
+        export_onnx(model, meta, tmp, cfg.opset)
+        result = parity(model, tmp, images)
+        result.update({"opset": cfg.opset, "max_abs_diff_allowed": cfg.max_abs_diff})
+        write_json(paths.EXPORT_METRICS, result)
+        if result["max_abs_logit_diff"] > cfg.max_abs_diff or result["top1_agreement"] < 1.0:
+            raise ParityError(
+                f"ONNX disagrees with PyTorch on {result['images']} test images: largest logit "
+                f"difference {result['max_abs_logit_diff']:.3g} (allowed {cfg.max_abs_diff:g}), "
+                f"top-1 agreement {result['top1_agreement']:.2%} (required 100%). "
+                f"Figures in {paths.EXPORT_METRICS}; try another export.opset."
+            )
+    log.info("exported %s: max |diff| %.2e, top-1 agreement %.0f%%", paths.ONNX_MODEL,
+             result["max_abs_logit_diff"], 100 * result["top1_agreement"])
+    return result

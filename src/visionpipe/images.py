@@ -1,0 +1,109 @@
+"""Decoding any image a user brings into the RGB uint8 arrays the models see.
+
+Shared by preprocess (training data) and predict (new photos) so both see identical pixels.
+Deliberately free of torch: the ONNX predict path must start fast.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+# Images above this many pixels are refused: decoding a 10000x10000 photo takes ~300 MB and is
+# usually a mistake or a decompression bomb.
+MAX_PIXELS = 64_000_000
+
+
+class BadImageError(ValueError):
+    """An image file that cannot be turned into RGB pixels; `reason` says why."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+def is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # convert('RGB') clips 16-bit values at 255; scale to 8 bits instead.
+        arr = np.asarray(img, dtype=np.uint32)
+        peak = 65535 if img.mode.startswith("I;16") else max(int(arr.max()), 1)
+        arr8 = (arr * 255 // peak).astype(np.uint8)
+        return Image.fromarray(arr8, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # avoids PIL's warning about palette transparency
+    # The tutorial's convert('RGB'): alpha is dropped, L/CMYK/YCbCr/F are converted.
+    return img.convert("RGB")
+
+
+def decode_rgb(data: bytes, name: str) -> Image.Image:
+    """Decode image bytes to an RGB PIL image, EXIF orientation applied.
+
+    Raises BadImageError naming the file for empty, truncated, non-image or oversized input.
+    """
+    if not data:
+        raise BadImageError(name, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise BadImageError(
+                    name, f"image is {w}x{h} ({w * h:,} pixels), above the {MAX_PIXELS:,} limit; "
+                    "downscale it first"
+                )
+            img.load()  # decode now so truncation surfaces here, not later
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
+    except BadImageError:
+        raise
+    except UnidentifiedImageError:
+        raise BadImageError(name, "not a recognised image format") from None
+    except Image.DecompressionBombError as exc:
+        raise BadImageError(name, f"too large to decode safely ({exc})") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+        raise BadImageError(name, f"cannot decode: {exc}") from None
+
+
+def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to `size`, then center-crop to `size` x `size`."""
+    w, h = img.size
+    if (w, h) == (size, size):
+        return img
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def to_chw(img: Image.Image) -> np.ndarray:
+    """RGB PIL image -> contiguous (3, H, W) uint8 array."""
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def load_array(data: bytes, name: str, size: int) -> np.ndarray:
+    """Bytes of any image -> (3, size, size) uint8, exactly as preprocess and predict see it."""
+    return to_chw(resize_center_crop(decode_rgb(data, name), size))
+
+
+def read_image_file(path: Path, size: int) -> np.ndarray:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadImageError(str(path), f"cannot read: {exc.strerror or exc}") from None
+    return load_array(data, str(path), size)

@@ -1,0 +1,272 @@
+"""Model zoo: the tutorial's CNN and its successors, each built for any class count and input size.
+
+Every model takes float RGB in [0, 1], NCHW; normalization (when on) lives inside the model, so the
+exported ONNX graph takes the same input and callers never need mean/std.
+Saved models are a state_dict plus plain metadata, rebuilt with `build_model(**meta)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+ARCHS = ("tutorial_cnn", "alexnet", "vgg16", "resnet18", "fast")
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel; buffers so they travel with the state_dict and the ONNX."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class Classifier(nn.Module):
+    """`net` behind an optional in-graph normalization."""
+
+    def __init__(self, net: nn.Module, normalize: Normalize | None) -> None:
+        super().__init__()
+        self.normalize = normalize if normalize is not None else nn.Identity()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))
+
+
+def tutorial_cnn(
+    num_classes: int, image_size: int, activation: str = "none", batch_norm: bool = False
+) -> nn.Sequential:
+    """The tutorial's CIFAR-10 net: 3x (Conv 5x5 pad 2, MaxPool 2), Flatten, Linear 64, Linear.
+
+    With the defaults (no activation, no BatchNorm) it is exactly the seeds' model; `activation`
+    and `batch_norm` show what the tutorial's lesson on non-linearities buys.
+    """
+    layers: list[nn.Module] = []
+    channels = [3, 32, 32, 64]
+    for cin, cout in zip(channels, channels[1:], strict=False):
+        layers.append(nn.Conv2d(cin, cout, 5, padding=2))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(cout))
+        if activation == "relu":
+            layers.append(nn.ReLU(inplace=True))
+        layers.append(nn.MaxPool2d(2))
+    side = image_size // 2 // 2 // 2
+    if side < 1:
+        raise ValueError(f"tutorial_cnn needs inputs of at least 8 pixels, got {image_size}")
+    layers += [nn.Flatten(), nn.Linear(64 * side * side, 64)]
+    if activation == "relu":
+        layers.append(nn.ReLU(inplace=True))
+    layers.append(nn.Linear(64, num_classes))
+    return nn.Sequential(*layers)
+
+
+def alexnet(num_classes: int, image_size: int) -> nn.Sequential:
+    """The seeds' AlexNet homework (3->48 k5 s4, 128/192/192/128 convs, Linear 2048/1024).
+
+    Small inputs use stride 1 in the first conv, and an adaptive pool before the classifier, so it
+    runs on 32-pixel CIFAR images as well as on photos.
+    """
+    stride = 4 if image_size >= 128 else 1
+    return nn.Sequential(
+        nn.Conv2d(3, 48, 5, stride=stride, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(48, 128, 5, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(128, 192, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(192, 192, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(192, 128, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(0.5),
+        nn.Linear(128 * 2 * 2, 2048),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
+        nn.Linear(2048, 1024),
+        nn.ReLU(inplace=True),
+        nn.Linear(1024, num_classes),
+    )
+
+
+class _ConvGroup(nn.Module):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.pool = nn.MaxPool2d(2)
+        self.norm1 = nn.BatchNorm2d(cout, momentum=0.4)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.norm2 = nn.BatchNorm2d(cout, momentum=0.4)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.norm1(self.pool(self.conv1(x))))
+        return self.act(self.norm2(self.conv2(x)))
+
+
+class FastNet(nn.Module):
+    """An airbench94-style CIFAR speed net: 2x2 whitening conv, three conv groups, GELU, BN.
+
+    `whiten.weight` is meant to be set from the data's patch covariance (see
+    `init_whitening`) and kept frozen; the logits are scaled down as in airbench.
+    """
+
+    def __init__(self, num_classes: int, widths: Sequence[int] = (64, 256, 256)) -> None:
+        super().__init__()
+        self.whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
+        self.act = nn.GELU()
+        self.layers = nn.Sequential(
+            _ConvGroup(24, widths[0]), _ConvGroup(widths[0], widths[1]),
+            _ConvGroup(widths[1], widths[2]),
+        )
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.head = nn.Linear(widths[2], num_classes, bias=False)
+        self.scale = 1 / 9
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(self.act(self.whiten(x)))
+        return self.head(torch.flatten(self.pool(x), 1)) * self.scale
+
+
+@torch.no_grad()
+def init_whitening(layer: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4) -> None:
+    """Set a 2x2 conv to ZCA-style whitening of the patches of `images` (float NCHW)."""
+    c, h, w = layer.in_channels, *layer.kernel_size
+    patches = images.unfold(2, h, 1).unfold(3, w, 1).transpose(1, 3).reshape(-1, c, h, w).float()
+    flat = patches.reshape(len(patches), -1)
+    flat = flat - flat.mean(0, keepdim=True)
+    cov = flat.T @ flat / len(flat)
+    eigvals, eigvecs = torch.linalg.eigh(cov)
+    eigvals, eigvecs = eigvals.flip(0), eigvecs.T.flip(0)
+    filters = eigvecs.reshape(-1, c, h, w) / torch.sqrt(eigvals + eps).view(-1, 1, 1, 1)
+    half = layer.out_channels // 2
+    layer.weight.copy_(torch.cat([filters[:half], -filters[:half]]))
+    layer.bias.zero_()
+
+
+def _torchvision_model(name: str, num_classes: int, pretrained: bool, weights: str | None) -> nn.Module:
+    import torchvision
+
+    builder = getattr(torchvision.models, name)
+    tv_weights = "DEFAULT" if pretrained and weights is None else None
+    try:
+        model = builder(weights=tv_weights)
+    except Exception as exc:  # torchvision raises URLError/RuntimeError/etc. when offline
+        raise RuntimeError(
+            f"model.pretrained: true could not load ImageNet weights for {name} ({exc}). "
+            f"Offline, either put the weights in the torch hub cache "
+            f"({torch.hub.get_dir()}/checkpoints) or set model.weights to a local weights file "
+            "(and model.pretrained: false)."
+        ) from None
+    if weights is not None:
+        load_weights_file(model, Path(weights), strict=False)
+    if name == "vgg16":
+        model.classifier[6] = nn.Linear(model.classifier[6].in_features, num_classes)
+    else:
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
+    return model
+
+
+def load_weights_file(model: nn.Module, path: Path, strict: bool = True) -> None:
+    """Load a state_dict file (plain, or an exported visionpipe model.pt) into `model`.
+
+    Tensors whose shape differs (a classifier for another class count) are left as initialised.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model.weights = '{path}' does not exist; give the path of a state_dict file "
+            "(torchvision .pth, or a visionpipe models/model.pt), or set model.weights: null"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+        # A visionpipe export wraps the net; strip that prefix to fit a bare net.
+        state = {k.removeprefix("net."): v for k, v in state.items() if not k.startswith("normalize.")}
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if strict and len(fitting) != len(own):
+        missing = sorted(set(own) - set(fitting))[:5]
+        raise ValueError(f"{path} does not fit the model: missing or mismatched {missing} ...")
+    model.load_state_dict(fitting, strict=False)
+
+
+def build_model(
+    arch: str,
+    num_classes: int,
+    image_size: int,
+    arch_params: dict[str, Any] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Classifier:
+    """Build `arch` for `num_classes` classes on `image_size` inputs.
+
+    `arch_params` holds the architecture's own switches (tutorial_cnn: activation, batch_norm;
+    torchvision models: pretrained, weights). With mean/std, normalization is part of the model.
+    """
+    p = dict(arch_params or {})
+    if arch == "tutorial_cnn":
+        net: nn.Module = tutorial_cnn(
+            num_classes, image_size, p.get("activation", "none"), p.get("batch_norm", False)
+        )
+    elif arch == "alexnet":
+        net = alexnet(num_classes, image_size)
+    elif arch in ("vgg16", "resnet18"):
+        net = _torchvision_model(arch, num_classes, p.get("pretrained", False), p.get("weights"))
+    elif arch == "fast":
+        net = FastNet(num_classes)
+    else:
+        raise ValueError(f"Invalid model.name '{arch}'. Only {', '.join(ARCHS)} are supported.")
+    normalize = Normalize(mean, std) if mean is not None and std is not None else None
+    return Classifier(net, normalize)
+
+
+def model_meta_keys() -> tuple[str, ...]:
+    return ("arch", "num_classes", "image_size", "arch_params", "mean", "std")
+
+
+def rebuild(meta: dict[str, Any]) -> Classifier:
+    """Rebuild an empty model from saved metadata (the weights come from the state_dict)."""
+    args = {k: meta[k] for k in model_meta_keys()}
+    # Pretrained weights are already inside the saved state_dict: never fetch them again.
+    args["arch_params"] = {**(args["arch_params"] or {}), "pretrained": False, "weights": None}
+    if not meta.get("normalize", True):
+        args["mean"] = args["std"] = None
+    return build_model(**args)
+
+
+def save_model(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Write {"state_dict", "meta"} atomically: weights and plain values only, nothing pickled."""
+    from visionpipe.fsutil import atomic_path
+
+    state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": state, "meta": meta}, tmp)
+
+
+def load_model(path: Path, map_location: str | torch.device = "cpu") -> tuple[Classifier, dict[str, Any]]:
+    """Load a saved model.pt (weights_only) and rebuild the model it describes."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} not found: run 'uv run dvc repro train' first")
+    blob = torch.load(path, map_location=map_location, weights_only=True)
+    meta = blob["meta"]
+    model = rebuild(meta)
+    model.load_state_dict(blob["state_dict"])
+    return model.eval(), meta
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # torch.compile and DDP wrap the module; the state_dict of the original has the clean names.
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)

@@ -1,0 +1,35 @@
+"""Every file a stage reads or writes, in one place. dvc.yaml names the same paths (a test checks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RAW_DIR = Path("data/raw")  # download: the verified archive + source.json
+RAW_INFO = RAW_DIR / "source.json"
+
+PROCESSED_DIR = Path("data/processed")  # preprocess: uint8 tensors per split + stats
+SPLITS = ("train", "val", "test")
+SAMPLES_DIR = Path("data/samples")  # preprocess: one test image per class, as PNG
+PREPROCESS_REPORT = Path("metrics/preprocess.json")  # counts, skipped images and why
+
+MODEL = Path("models/model.pt")  # train: state_dict + plain metadata
+CHECKPOINT_DIR = Path("checkpoints")  # train: per-epoch resume state (persisted, uncached)
+TB_DIR = Path("logs/tensorboard")  # train: TensorBoard event files (uncached: they hold timings)
+TRAIN_METRICS = Path("metrics/train.json")
+TRAIN_TIMINGS = Path("metrics/timings/train.json")  # wall-clock figures, uncached
+PLOT_EPOCHS = Path("metrics/plots/epochs.csv")  # per-epoch train/val loss and accuracy
+PLOT_STEPS = Path("metrics/plots/steps.csv")  # train loss every train.log_every steps
+
+EVAL_METRICS = Path("metrics/eval.json")
+CONFUSION_MATRIX = Path("metrics/confusion_matrix.json")  # counts, rows actual, columns predicted
+PLOT_CONFUSION = Path("metrics/plots/confusion.csv")  # one row per test image: actual, predicted
+
+ONNX_MODEL = Path("models/model.onnx")
+EXPORT_METRICS = Path("metrics/export.json")
+
+PREDICTIONS = Path("predictions/predictions.json")
+PREDICTION_GRID = Path("predictions/grid.png")
+
+
+def split_file(split: str) -> Path:
+    return PROCESSED_DIR / f"{split}.pt"
