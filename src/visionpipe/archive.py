@@ -1,0 +1,416 @@
+"""Read dataset archives (.zip, .tar, .tar.gz/.tgz) or folders safely, without extracting to disk.
+
+Every member of an archive is validated before the first file is yielded: absolute paths, `..`
+components, links that resolve outside the archive root, members stored under a link, device and
+fifo entries and duplicate names all raise `UnsafeArchiveError`. Because nothing is ever written
+to disk, a malicious archive can at worst be refused, never escape.
+
+Links: a symlink or hardlink whose target resolves (as an extractor would resolve it, through
+other links) to a regular file inside the archive is followed: its target's bytes are yielded
+under the link's own name. Links to folders or to missing members are skipped with a warning.
+
+Order: zip archives and folders yield files sorted by name; tar archives yield them in archive
+order, which is fixed by the archive's bytes and so just as deterministic (sorting would make a
+compressed tar decompress from the start again for every backward seek).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import logging
+import os
+import posixpath
+import re
+import stat
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from visionpipe.fsutil import atomic_path
+
+log = logging.getLogger(__name__)
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+SUPPORTED_KINDS = "a .zip, .tar, .tar.gz or .tgz file, or a directory"
+
+_MAX_LINK_HOPS = 40  # as Linux's ELOOP limit: a longer chain of links is a loop
+_MAX_SYMLINK_BYTES = 4096  # a zip symlink's target is its data; PATH_MAX bounds a real one
+_DRIVE = re.compile(r"^[A-Za-z]:")  # Windows drive forms: C:\x, C:/x, C:x
+
+
+class UnsafeArchiveError(ValueError):
+    """An archive or folder member could escape the archive root, or is not a plain file."""
+
+
+class _LinkLoop(Exception):
+    """Raised by `_resolve` with the name of the link where a chain of links loops."""
+
+
+Kind = Literal["dir", "zip", "tar"]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One yieldable file: its name in the listing and the member whose bytes it holds."""
+
+    name: str
+    target: str  # the name itself for a regular file; the resolved file for a followed link
+
+
+def archive_kind(source: Path) -> Kind:
+    """Tell how to read `source`: by its suffix, else by sniffing its content."""
+    if source.is_dir():
+        return "dir"
+    if not source.exists():
+        raise FileNotFoundError(f"{source} does not exist: expected {SUPPORTED_KINDS}")
+    name = source.name.lower()
+    if name.endswith(".zip"):
+        return "zip"
+    if name.endswith((".tar", ".tar.gz", ".tgz")):
+        return "tar"
+    # No telling suffix (a temp file, a URL without an extension): look at the bytes.
+    try:
+        if tarfile.is_tarfile(source):
+            return "tar"
+    except (OSError, EOFError, zlib.error):
+        pass  # not a readable tar: try zip next
+    if zipfile.is_zipfile(source):
+        return "zip"
+    raise ValueError(
+        f"{source} is not a supported archive: expected {SUPPORTED_KINDS}. "
+        "Point data.source at one of those."
+    )
+
+
+def list_files(source: Path) -> list[str]:
+    """Names of the regular files `iter_files` would yield, in the same order (same validation)."""
+    source = Path(source)
+    with _open(source) as (entries, _read):
+        return [entry.name for entry in entries]
+
+
+def iter_files(source: Path) -> Iterator[tuple[str, bytes]]:
+    """Yield (posix relative path, bytes) for each regular file of an archive or folder.
+
+    Raises UnsafeArchiveError before yielding anything if any member is unsafe, and ValueError
+    for an unknown archive type or a corrupt archive.
+    """
+    source = Path(source)
+    with _open(source) as (entries, read):
+        for entry in entries:
+            yield entry.name, read(entry.target)
+
+
+def pack_directory(src: Path, dest: Path) -> None:
+    """Write the regular files of folder `src` into an uncompressed tar at `dest`, reproducibly.
+
+    Names are sorted; mtime, uid and gid are 0, mode 0o644, no user or group names, no folder
+    entries: the same tree always gives a byte-identical tar. Symlinks inside `src` are stored as
+    the file they point to; symlinks pointing outside `src` are refused like in an archive.
+    """
+    src, dest = Path(src), Path(dest)
+    if not src.is_dir():
+        raise NotADirectoryError(f"cannot pack {src}: it is not a directory")
+    root = src.resolve()
+    if dest.resolve().is_relative_to(root):
+        raise ValueError(f"cannot pack {src} into {dest}: the tar would land inside the folder")
+    entries = _dir_entries(root)
+    if not entries:
+        raise ValueError(f"{src} holds no regular files: nothing to pack")
+    with atomic_path(dest) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        for entry in entries:
+            with open(root / entry.target, "rb") as f:
+                info = tarfile.TarInfo(entry.name)
+                info.size = os.fstat(f.fileno()).st_size
+                info.mtime = 0
+                info.mode = 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, f)
+    log.info("packed %d files of %s into %s", len(entries), src, dest)
+
+
+# --- opening -----------------------------------------------------------------------------------
+
+Reader = Callable[[str], bytes]
+
+
+@contextlib.contextmanager
+def _open(source: Path) -> Iterator[tuple[list[_Entry], Reader]]:
+    """Validate every member of `source`, then hand back the files to yield and a reader."""
+    kind = archive_kind(source)
+    if kind == "dir":
+        root = source.resolve()
+        yield _dir_entries(root), lambda name: (root / name).read_bytes()
+    elif kind == "zip":
+        with _open_zip(source) as opened:
+            yield opened
+    else:
+        with _open_tar(source) as opened:
+            yield opened
+
+
+@contextlib.contextmanager
+def _open_zip(source: Path) -> Iterator[tuple[list[_Entry], Reader]]:
+    try:
+        zf = zipfile.ZipFile(source)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ValueError(f"{source} is not a readable zip archive ({e}): re-download it") from e
+    with zf:
+        files: dict[str, zipfile.ZipInfo] = {}
+        links: dict[str, str] = {}
+        seen: set[str] = set()
+        for info in zf.infolist():
+            name = _clean_name(source, info.filename)
+            _check_unique(source, info.filename, name, seen)
+            if not name or info.is_dir():
+                continue
+            mode = info.external_attr >> 16  # Unix st_mode when written on Unix, else 0
+            fmt = stat.S_IFMT(mode)
+            if fmt == stat.S_IFLNK:
+                if info.file_size > _MAX_SYMLINK_BYTES:
+                    _refuse(source, info.filename, f"symlink target of {info.file_size} bytes")
+                links[name] = _read_zip_member(source, zf, info).decode("utf-8", "replace")
+            elif fmt in (0, stat.S_IFREG):
+                files[name] = info
+            elif fmt == stat.S_IFDIR:
+                continue
+            else:
+                _refuse(source, info.filename, f"{_kind_name(fmt)} entries are not allowed")
+        entries = _plan(source, sorted(files), links, hardlinks={})
+        yield (
+            sorted(entries, key=lambda e: e.name),
+            (lambda target: _read_zip_member(source, zf, files[target])),
+        )
+
+
+def _read_zip_member(source: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    try:
+        return zf.read(info)
+    except RuntimeError as e:  # zipfile's way of saying "encrypted, password required"
+        raise ValueError(f"{source}: member {info.filename!r} cannot be read: {e}") from e
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError) as e:
+        raise ValueError(
+            f"{source} is corrupt or unsupported: member {info.filename!r} cannot be read ({e});"
+            " re-download or re-create the archive"
+        ) from e
+
+
+_TAR_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError)
+
+
+@contextlib.contextmanager
+def _open_tar(source: Path) -> Iterator[tuple[list[_Entry], Reader]]:
+    try:
+        tf = tarfile.open(source, "r:*")  # noqa: SIM115 (closed by the `with tf` below)
+    except _TAR_ERRORS as e:
+        raise ValueError(f"{source} is not a readable tar archive ({e}): re-download it") from e
+    with tf:
+        try:
+            members = tf.getmembers()  # reads the whole archive once, so truncation shows here
+            assert tf.fileobj is not None  # tarfile.open(path) always has one
+            # Reading on to the very end makes gzip check its CRC and length trailer too.
+            while tf.fileobj.read(1 << 20):
+                pass
+        except _TAR_ERRORS as e:
+            raise ValueError(
+                f"{source} is corrupt or truncated ({type(e).__name__}: {e}): re-download it"
+            ) from e
+        files: dict[str, tarfile.TarInfo] = {}
+        links: dict[str, str] = {}
+        hardlinks: dict[str, str] = {}
+        seen: set[str] = set()
+        order: list[str] = []
+        for member in members:
+            name = _clean_name(source, member.name)
+            _check_unique(source, member.name, name, seen)
+            if not name or member.isdir():
+                continue
+            if member.isreg():
+                files[name] = member
+            elif member.issym():
+                links[name] = member.linkname
+            elif member.islnk():
+                hardlinks[name] = member.linkname
+            else:
+                what = {
+                    tarfile.CHRTYPE: "character device",
+                    tarfile.BLKTYPE: "block device",
+                    tarfile.FIFOTYPE: "fifo",
+                }.get(member.type, f"type {member.type!r}")
+                _refuse(source, member.name, f"{what} entries are not allowed")
+            order.append(name)
+        planned = {e.name: e for e in _plan(source, list(files), links, hardlinks)}
+
+        def read(target: str) -> bytes:
+            try:
+                f = tf.extractfile(files[target])
+                assert f is not None  # a regular member always has a file object
+                return f.read()
+            except _TAR_ERRORS as e:
+                raise ValueError(f"{source}: member {target!r} cannot be read ({e})") from e
+
+        yield [planned[name] for name in order if name in planned], read
+
+
+# --- validation --------------------------------------------------------------------------------
+
+
+def _refuse(source: Path, member: str, reason: str) -> None:
+    raise UnsafeArchiveError(f"refusing {source}: member {member!r}: {reason}")
+
+
+def _kind_name(fmt: int) -> str:
+    names = {
+        stat.S_IFCHR: "character device",
+        stat.S_IFBLK: "block device",
+        stat.S_IFIFO: "fifo",
+        stat.S_IFSOCK: "socket",
+    }
+    return names.get(fmt, f"file type {oct(fmt)}")
+
+
+def _is_absolute(path: str) -> bool:
+    return path.startswith(("/", "\\")) or bool(_DRIVE.match(path))
+
+
+def _clean_name(source: Path, raw: str) -> str:
+    """Turn a member name into a clean posix relative path, refusing absolute and `..` names.
+
+    Backslashes count as separators: zip tools on Windows write them, and an extractor there
+    would honour them.
+    """
+    if _is_absolute(raw):
+        _refuse(source, raw, "absolute path")
+    parts = [p for p in raw.replace("\\", "/").split("/") if p not in ("", ".")]
+    if ".." in parts:
+        _refuse(source, raw, "'..' component leads outside the archive")
+    return "/".join(parts)
+
+
+def _check_unique(source: Path, raw: str, name: str, seen: set[str]) -> None:
+    # A repeated name makes extraction order-dependent (a file replaced by a link, say).
+    if name and name in seen:
+        _refuse(source, raw, "appears more than once, which makes the archive ambiguous")
+    seen.add(name)
+
+
+def _resolve(path: str, links: Mapping[str, str]) -> str | None:
+    """Resolve `path` through the archive's symlinks as an extractor's OS would; None if it
+    leaves the archive root. `links` maps a symlink's clean name to its raw target."""
+    done: list[str] = []
+    pending = [p for p in path.split("/") if p not in ("", ".")]
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            if not done:
+                return None
+            done.pop()
+            continue
+        here = "/".join([*done, part])
+        if here not in links:
+            done.append(part)
+            continue
+        hops += 1
+        if hops > _MAX_LINK_HOPS:
+            raise _LinkLoop(here)
+        target = links[here]
+        if _is_absolute(target):
+            return None
+        # A symlink's target is relative to the folder holding the link, i.e. `done`.
+        pending = [p for p in target.replace("\\", "/").split("/") if p not in ("", ".")] + pending
+    return "/".join(done)
+
+
+def _plan(
+    source: Path, files: list[str], links: Mapping[str, str], hardlinks: Mapping[str, str]
+) -> list[_Entry]:
+    """Check every member's path and link target; return the files to yield (links followed)."""
+    file_set = set(files)
+    entries: list[_Entry] = []
+    skipped: list[str] = []
+    for name in [*files, *links, *hardlinks]:
+        try:
+            target = _check_member(source, name, links, hardlinks)
+        except _LinkLoop as e:
+            _refuse(source, name, f"symlink loop through {str(e)!r}")
+        if target in file_set:
+            entries.append(_Entry(name, target))
+        else:
+            skipped.append(name)
+    if skipped:
+        log.warning(
+            "%s: skipped %d link(s) that do not lead to a regular file, e.g. %s",
+            source,
+            len(skipped),
+            ", ".join(skipped[:3]),
+        )
+    return entries
+
+
+def _check_member(
+    source: Path, name: str, links: Mapping[str, str], hardlinks: Mapping[str, str]
+) -> str:
+    """Refuse `name` if it or its link target lands outside the root; return what it reads."""
+    # The member itself is created in its parent folder, which may pass through links.
+    if _resolve(posixpath.dirname(name), links) is None:
+        _refuse(source, name, "its folder is a link that points outside the archive")
+    if name in links:
+        raw = links[name]
+        joined = posixpath.join(posixpath.dirname(name), raw.replace("\\", "/"))
+        target = None if _is_absolute(raw) else _resolve(joined, links)
+        if target is None:
+            _refuse(source, name, f"symlink to {raw!r} points outside the archive")
+    elif name in hardlinks:
+        # A hardlink's target is named from the archive root, not from the link's folder.
+        raw = hardlinks[name]
+        target = None if _is_absolute(raw) else _resolve(raw, links)
+        if target is None:
+            _refuse(source, name, f"hardlink to {raw!r} points outside the archive")
+    else:
+        target = name
+    assert target is not None  # _refuse always raises
+    return target
+
+
+def _dir_entries(root: Path) -> list[_Entry]:
+    """Regular files under folder `root` (already resolved), sorted by relative posix path."""
+    entries: list[_Entry] = []
+    skipped: list[str] = []
+
+    def fail(e: OSError) -> None:
+        raise e  # os.walk would otherwise skip an unreadable folder silently
+
+    for folder, dirnames, filenames in os.walk(root, onerror=fail):
+        here = Path(folder)
+        for name in [*dirnames, *filenames]:
+            path = here / name
+            rel = path.relative_to(root).as_posix()
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                real = Path(os.path.realpath(path))
+                if not real.is_relative_to(root):
+                    reason = f"symlink to {os.readlink(path)!r} points outside the folder"
+                    _refuse(root, rel, reason)
+                if real.is_file():
+                    entries.append(_Entry(rel, real.relative_to(root).as_posix()))
+                else:
+                    skipped.append(rel)  # a link to a folder or nothing: following could loop
+            elif stat.S_ISREG(st.st_mode):
+                entries.append(_Entry(rel, rel))
+            elif not stat.S_ISDIR(st.st_mode):
+                _refuse(root, rel, f"{_kind_name(stat.S_IFMT(st.st_mode))} entries are not allowed")
+    if skipped:
+        log.warning(
+            "%s: skipped %d symlink(s) to folders or missing files, e.g. %s",
+            root,
+            len(skipped),
+            ", ".join(sorted(skipped)[:3]),
+        )
+    return sorted(entries, key=lambda e: e.name)

@@ -1,0 +1,281 @@
+"""archive: safe reading of zip/tar/folder sources, refusal of every unsafe member kind."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import os
+import re
+import stat
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from visionpipe.archive import (
+    UnsafeArchiveError,
+    iter_files,
+    list_files,
+    pack_directory,
+)
+
+
+def _zip(path: Path, members: list[tuple[str, bytes, int]]) -> Path:
+    """members: (name, data, unix st_mode or 0)."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data, mode in members:
+            info = zipfile.ZipInfo(name)
+            if mode:
+                info.create_system = 3  # Unix, so the mode bits mean what they say
+                info.external_attr = mode << 16
+            zf.writestr(info, data)
+    return path
+
+
+def _tar(path: Path, members: list[tuple[str, bytes | None, bytes, str]]) -> Path:
+    """members: (name, data or None, tar type, linkname)."""
+    with tarfile.open(path, "w:gz" if path.name.endswith("gz") else "w") as tf:
+        for name, data, kind, linkname in members:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.linkname = linkname
+            info.size = len(data) if data is not None else 0
+            tf.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def _snapshot(tmp_path: Path) -> set[str]:
+    """Every path under tmp_path and beside it: where an escaping member would land."""
+    inside = {str(p) for p in tmp_path.rglob("*")}
+    return inside | {str(p) for p in tmp_path.parent.iterdir()}
+
+
+REG, SYM, LNK = tarfile.REGTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE
+LINK_MODE = stat.S_IFLNK | 0o777
+
+UNSAFE_ZIPS = {
+    "absolute": [("/etc/evil.txt", b"x", 0)],
+    "dotdot": [("../evil.txt", b"x", 0)],
+    "nested_dotdot": [("a/../../evil.txt", b"x", 0)],
+    "drive": [("C:\\evil.txt", b"x", 0)],
+    "drive_slash": [("c:/evil.txt", b"x", 0)],
+    "backslash_root": [("\\evil.txt", b"x", 0)],
+    "backslash_dotdot": [("a\\..\\..\\evil.txt", b"x", 0)],
+    "symlink_abs": [("link", b"/etc/passwd", LINK_MODE)],
+    "symlink_up": [("a/link", b"../../x", LINK_MODE)],
+    "char_device": [("dev", b"", stat.S_IFCHR | 0o644)],
+    "fifo": [("pipe", b"", stat.S_IFIFO | 0o644)],
+    "duplicate": [("a.txt", b"x", 0), ("a.txt", b"y", 0)],
+}
+# The member each case must name in its error.
+UNSAFE_ZIP_MEMBER = {k: v[-1][0] for k, v in UNSAFE_ZIPS.items()}
+
+UNSAFE_TARS = {
+    "absolute": [("/etc/evil.txt", b"x", REG, "")],
+    "dotdot": [("../evil", b"x", REG, "")],
+    "symlink_abs": [("link", None, SYM, "/etc/passwd")],
+    "symlink_up": [("a/link", None, SYM, "../../x")],
+    "hardlink_abs": [("hard", None, LNK, "/etc/passwd")],
+    "hardlink_up": [("hard", None, LNK, "../outside")],
+    "char_device": [("dev", None, tarfile.CHRTYPE, "")],
+    "block_device": [("blk", None, tarfile.BLKTYPE, "")],
+    "fifo": [("pipe", None, tarfile.FIFOTYPE, "")],
+    # Lexically "d/../y" is "y", inside; but d is a link to the root, so it really is "../y".
+    "symlink_chain": [("d", None, SYM, "."), ("d/x", None, SYM, "../y")],
+    # The file is written through link "d", which leads outside.
+    "under_link": [("d", None, SYM, "/tmp"), ("d/evil", b"x", REG, "")],
+    "loop": [("a", None, SYM, "b"), ("b", None, SYM, "a")],
+    "duplicate": [("a.txt", b"x", REG, ""), ("a.txt", None, SYM, "/etc/passwd")],
+}
+UNSAFE_TAR_MEMBER = {k: v[-1][0] for k, v in UNSAFE_TARS.items()}
+
+
+@pytest.mark.parametrize("case", sorted(UNSAFE_ZIPS))
+@pytest.mark.filterwarnings("ignore:Duplicate name")  # zipfile warns when writing the duplicate
+def test_unsafe_zip_refused(tmp_path: Path, case: str) -> None:
+    src = _zip(tmp_path / "bad.zip", [("ok/good.txt", b"fine", 0), *UNSAFE_ZIPS[case]])
+    before = _snapshot(tmp_path)
+    pattern = re.escape(repr(UNSAFE_ZIP_MEMBER[case]))
+    with pytest.raises(UnsafeArchiveError, match=pattern) as err:
+        next(iter_files(src))  # not even the safe member comes out first
+    assert str(src) in str(err.value)
+    with pytest.raises(UnsafeArchiveError, match=pattern):
+        list_files(src)
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz"])
+@pytest.mark.parametrize("case", sorted(UNSAFE_TARS))
+def test_unsafe_tar_refused(tmp_path: Path, case: str, suffix: str) -> None:
+    members = [("ok/good.txt", b"fine", REG, ""), *UNSAFE_TARS[case]]
+    src = _tar(tmp_path / f"bad{suffix}", members)
+    before = _snapshot(tmp_path)
+    pattern = re.escape(repr(UNSAFE_TAR_MEMBER[case]))
+    with pytest.raises(UnsafeArchiveError, match=pattern) as err:
+        next(iter_files(src))
+    assert str(src) in str(err.value)
+    with pytest.raises(UnsafeArchiveError, match=pattern):
+        list_files(src)
+    assert _snapshot(tmp_path) == before
+
+
+def test_zip_happy_path(tmp_path: Path) -> None:
+    src = _zip(
+        tmp_path / "data.zip",
+        [
+            ("root/", b"", stat.S_IFDIR | 0o755),
+            ("root/train/b.txt", b"B", 0),
+            ("root/train/a.txt", b"A", stat.S_IFREG | 0o644),
+            ("root/alias.txt", b"train/a.txt", LINK_MODE),  # inside: followed
+            ("root/dirlink", b"train", LINK_MODE),  # to a folder: skipped
+        ],
+    )
+    files = list(iter_files(src))
+    assert files == [
+        ("root/alias.txt", b"A"),
+        ("root/train/a.txt", b"A"),
+        ("root/train/b.txt", b"B"),
+    ]
+    assert list_files(src) == [name for name, _ in files]
+
+
+def test_tar_gz_happy_path(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    src = _tar(
+        tmp_path / "data.tgz",
+        [
+            ("./", None, tarfile.DIRTYPE, ""),
+            ("./train/z.txt", b"Z", REG, ""),
+            ("./train/a.txt", b"A", REG, ""),
+            ("./train/same.txt", None, LNK, "./train/a.txt"),  # hardlinks name from the root
+            ("./sym.txt", None, SYM, "train/z.txt"),
+            ("./to_dir", None, SYM, "train"),
+        ],
+    )
+    with caplog.at_level(logging.WARNING):
+        files = list(iter_files(src))
+    # Archive order, links followed, the link to a folder skipped and reported.
+    assert files == [
+        ("train/z.txt", b"Z"),
+        ("train/a.txt", b"A"),
+        ("train/same.txt", b"A"),
+        ("sym.txt", b"Z"),
+    ]
+    assert "to_dir" in caplog.text
+    assert list_files(src) == [name for name, _ in files]
+
+
+def test_directory_source(tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    (root / "b").mkdir(parents=True)
+    (root / "a.txt").write_bytes(b"a")
+    (root / "b" / "c.txt").write_bytes(b"c")
+    (root / "link.txt").symlink_to(root / "b" / "c.txt")
+    (root / "dirlink").symlink_to(root / "b")  # followed folders could loop: skipped
+    assert list(iter_files(root)) == [
+        ("a.txt", b"a"),
+        ("b/c.txt", b"c"),
+        ("link.txt", b"c"),
+    ]
+
+
+def test_directory_refuses_outside_symlink_and_fifo(tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    root.mkdir()
+    (root / "a.txt").write_bytes(b"a")
+    (tmp_path / "secret").write_bytes(b"s")
+    (root / "leak").symlink_to(tmp_path / "secret")
+    with pytest.raises(UnsafeArchiveError, match=r"'leak'.*outside"):
+        list_files(root)
+    (root / "leak").unlink()
+    os.mkfifo(root / "pipe")
+    with pytest.raises(UnsafeArchiveError, match=r"'pipe'.*fifo"):
+        list(iter_files(root))
+
+
+def test_unknown_type_lists_supported_kinds(tmp_path: Path) -> None:
+    src = tmp_path / "data.rar"
+    src.write_bytes(b"not an archive at all")
+    with pytest.raises(ValueError, match=r"data\.rar.*\.zip, \.tar, \.tar\.gz or \.tgz"):
+        list_files(src)
+
+
+def test_content_sniffed_without_suffix(tmp_path: Path) -> None:
+    src = _zip(tmp_path / "download.tmp", [("a.txt", b"a", 0)])
+    assert list(iter_files(src)) == [("a.txt", b"a")]
+    src = _tar(tmp_path / "other.bin", [("b.txt", b"b", REG, "")])
+    assert list(iter_files(src)) == [("b.txt", b"b")]
+
+
+def test_missing_source(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"nope\.zip"):
+        list_files(tmp_path / "nope.zip")
+
+
+def test_corrupt_zip(tmp_path: Path) -> None:
+    src = tmp_path / "bad.zip"
+    src.write_bytes(b"PK\x03\x04 this is not really a zip")
+    with pytest.raises(ValueError, match=r"bad\.zip.*zip"):
+        list_files(src)
+
+
+@pytest.mark.parametrize("keep", [0.5, -4])  # half the file; all but the gzip trailer's end
+def test_truncated_tar_gz(tmp_path: Path, keep: float) -> None:
+    members = [(f"f{i}.bin", os.urandom(5000), REG, "") for i in range(4)]
+    full = _tar(tmp_path / "full.tar.gz", members).read_bytes()
+    src = tmp_path / "cut.tar.gz"
+    src.write_bytes(full[: int(len(full) * keep)] if keep > 0 else full[: int(keep)])
+    with pytest.raises(ValueError, match=r"cut\.tar\.gz.*(corrupt|truncated|readable)"):
+        list(iter_files(src))
+
+
+def test_bad_gzip(tmp_path: Path) -> None:
+    src = tmp_path / "bad.tar.gz"
+    src.write_bytes(gzip.compress(b"hello")[:-6] + b"garbage!")
+    with pytest.raises(ValueError, match=r"bad\.tar\.gz"):
+        list_files(src)
+
+
+def _tree(root: Path) -> None:
+    (root / "train" / "cat").mkdir(parents=True)
+    (root / "train" / "dog").mkdir(parents=True)
+    (root / "train" / "cat" / "1.png").write_bytes(b"cat1")
+    (root / "train" / "dog" / "2.png").write_bytes(b"dog2" * 1000)
+    (root / "test.txt").write_bytes(b"t")
+
+
+def test_pack_directory_is_deterministic(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _tree(src)
+    pack_directory(src, tmp_path / "one.tar")
+    os.utime(src / "test.txt", (1_000_000, 1_000_000))  # mtimes must not leak into the tar
+    os.chmod(src / "train" / "cat" / "1.png", 0o600)
+    pack_directory(src, tmp_path / "two.tar")
+    assert (tmp_path / "one.tar").read_bytes() == (tmp_path / "two.tar").read_bytes()
+
+    with tarfile.open(tmp_path / "one.tar") as tf:
+        members = tf.getmembers()
+    assert [m.name for m in members] == ["test.txt", "train/cat/1.png", "train/dog/2.png"]
+    for m in members:
+        assert (m.mtime, m.uid, m.gid, m.mode, m.uname, m.gname) == (0, 0, 0, 0o644, "", "")
+    assert list(iter_files(tmp_path / "one.tar")) == list(iter_files(src))
+    assert not list(tmp_path.glob(".*.tmp"))  # the atomic temp file is gone
+
+
+def test_pack_directory_refuses_outside_symlink(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _tree(src)
+    (src / "leak").symlink_to("/etc/passwd")
+    with pytest.raises(UnsafeArchiveError, match="'leak'"):
+        pack_directory(src, tmp_path / "out.tar")
+    assert not (tmp_path / "out.tar").exists()
+
+
+def test_pack_directory_refuses_empty_and_self(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no regular files"):
+        pack_directory(tmp_path / "empty", tmp_path / "out.tar")
+    _tree(tmp_path / "src")
+    with pytest.raises(ValueError, match="inside the folder"):
+        pack_directory(tmp_path / "src", tmp_path / "src" / "out.tar")
