@@ -1,0 +1,311 @@
+"""Read the official CIFAR-10 python batches without letting pickle run arbitrary code.
+
+cifar-10-python.tar.gz holds `cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}`,
+each a Python 2 pickle (protocol 2) of a dict with bytes keys. A plain `pickle.load` would run
+whatever a tampered file asks for, so `_CifarUnpickler` resolves only the few numpy globals an
+array needs and refuses everything else with `UnsafePickleError`.
+
+`write_cifar_python_archive` writes a tiny fake archive in the same layout and byte format, for
+tests here and elsewhere.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import pickle
+import re
+import struct
+import tarfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from visionpipe.fsutil import atomic_path
+
+log = logging.getLogger(__name__)
+
+try:  # numpy >= 2
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy 1.x
+    from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+
+CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+ARCHIVE_DIR = "cifar-10-batches-py"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+META = "batches.meta"
+REQUIRED = (*TRAIN_BATCHES, TEST_BATCH, META)
+IMAGE_SHAPE = (3, 32, 32)  # channel planes R, G, B; rows of 32 pixels
+_PIXELS = 3 * 32 * 32
+
+# The only globals a CIFAR batch references. numpy 2 moved numpy.core to numpy._core; files
+# written by numpy 1 (the official ones) name the old module, so both spellings map here.
+_ALLOWED: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle asked for a global outside the CIFAR-10 format's few numpy ones."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, name: str) -> None:
+        # encoding="bytes": Python 2 str objects (keys, raw pixel data) come out as bytes,
+        # which numpy's array and dtype reconstruction accept unchanged.
+        super().__init__(io.BytesIO(data), encoding="bytes")
+        self._name = name
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(
+                f"{self._name}: refusing to load global {module}.{name}: a CIFAR-10 batch only"
+                " needs numpy's array reconstruction. The file is not an official CIFAR-10"
+                " batch (or was tampered with); re-download cifar-10-python.tar.gz"
+            ) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafePickleError(f"{self._name}: refusing persistent id {pid!r}")
+
+
+def load_batch(data: bytes, name: str) -> dict[str, Any]:
+    """Unpickle one CIFAR-10 python batch file safely; keys decoded to str, values as stored.
+
+    `name` is only used in error messages.
+    """
+    try:
+        obj = _CifarUnpickler(data, name).load()
+    except UnsafePickleError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as e:
+        raise ValueError(f"{name} is not a readable CIFAR-10 batch ({e}): re-download it") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"{name} holds a {type(obj).__name__}, not a CIFAR-10 batch dict")
+    return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
+
+
+@dataclass
+class CifarPython:
+    """The decoded official archive: uint8 images in CHW layout, int64 labels."""
+
+    classes: list[str]
+    train_images: np.ndarray  # (50000, 3, 32, 32) uint8 for the real archive
+    train_labels: np.ndarray  # (50000,) int64 in 0..9
+    test_images: np.ndarray  # (10000, 3, 32, 32) uint8
+    test_labels: np.ndarray  # (10000,) int64
+
+
+_MEMBER = re.compile(r"(?:^|/)(data_batch_[1-5]|test_batch|batches\.meta)$")
+
+
+def is_cifar_python(names: Iterable[str]) -> bool:
+    """True if the member names look like the CIFAR-10 python layout (any folder prefix).
+
+    Deliberately lenient (one batch file or batches.meta is enough), so an incomplete copy is
+    routed to `read_cifar_python`, which then says exactly what is missing.
+    """
+    return any(_MEMBER.search(name) for name in names)
+
+
+def read_cifar_python(files: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> CifarPython:
+    """Decode the official CIFAR-10 python members, e.g. `read_cifar_python(iter_files(path))`.
+
+    Only the seven batch files are kept in memory; other members (readme.html) are ignored.
+    """
+    items = files.items() if isinstance(files, Mapping) else files
+    found: dict[str, tuple[str, bytes]] = {}
+    others = 0
+    for path, data in items:
+        match = _MEMBER.search(path)
+        if match is None:
+            others += 1
+            continue
+        key = match.group(1)
+        if key in found:
+            raise ValueError(
+                f"CIFAR-10 python archive holds {key} twice: {found[key][0]} and {path};"
+                " keep one cifar-10-batches-py folder"
+            )
+        found[key] = (path, data)
+    missing = [key for key in REQUIRED if key not in found]
+    if missing:
+        seen = ", ".join(sorted(path for path, _ in found.values())) or "none of them"
+        raise ValueError(
+            f"CIFAR-10 python archive is missing {', '.join(missing)}; found {seen}"
+            f" (plus {others} other files). Expected {ARCHIVE_DIR}/{{{', '.join(REQUIRED)}}}:"
+            " re-download cifar-10-python.tar.gz"
+        )
+
+    meta = load_batch(found[META][1], found[META][0])
+    names = meta.get("label_names")
+    if not isinstance(names, list) or not names:
+        raise ValueError(f"{found[META][0]} has no label_names list: re-download it")
+    classes = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+
+    train = [_batch(*found[key], n_classes=len(classes)) for key in TRAIN_BATCHES]
+    test_images, test_labels = _batch(*found[TEST_BATCH], n_classes=len(classes))
+    result = CifarPython(
+        classes=classes,
+        train_images=np.concatenate([images for images, _ in train]),
+        train_labels=np.concatenate([labels for _, labels in train]),
+        test_images=test_images,
+        test_labels=test_labels,
+    )
+    log.info(
+        "read CIFAR-10 python batches: %d train, %d test images, %d classes",
+        len(result.train_labels),
+        len(result.test_labels),
+        len(classes),
+    )
+    return result
+
+
+def _batch(path: str, data: bytes, *, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One batch as (N, 3, 32, 32) uint8 images and (N,) int64 labels, checked for shape."""
+    batch = load_batch(data, path)
+    pixels, labels = batch.get("data"), batch.get("labels")
+    if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 2:
+        raise ValueError(f"{path}: 'data' is not a 2-D uint8 array: re-download the archive")
+    if pixels.shape[1] != _PIXELS:
+        raise ValueError(f"{path}: rows of {pixels.shape[1]} values, expected {_PIXELS} (32x32x3)")
+    label_arr = np.asarray(labels, dtype=np.int64)
+    if label_arr.shape != (pixels.shape[0],):
+        raise ValueError(f"{path}: {label_arr.size} labels for {pixels.shape[0]} images")
+    if label_arr.size and not (label_arr.min() >= 0 and label_arr.max() < n_classes):
+        raise ValueError(f"{path}: labels outside 0..{n_classes - 1}")
+    return pixels.reshape(-1, *IMAGE_SHAPE), label_arr
+
+
+# --- writing a fake official archive (tests) ---------------------------------------------------
+
+
+def write_cifar_python_archive(
+    dest: Path, n_train_per_batch: int, n_test: int, seed: int = 0
+) -> None:
+    """Write a tiny cifar-10-python.tar.gz look-alike at `dest`: same layout, same pickle format.
+
+    Random uint8 pixels; labels 0..9 spread evenly (then shuffled); the real class names. The
+    pickles use Python 2's protocol-2 opcodes for str, as the official files do. The same
+    arguments always give the same bytes (gzip and tar mtimes are 0).
+    """
+    if n_train_per_batch < 1 or n_test < 1:
+        raise ValueError(
+            f"n_train_per_batch={n_train_per_batch} and n_test={n_test}: both must be >= 1"
+        )
+    rng = np.random.default_rng(seed)
+    members: list[tuple[str, bytes]] = []
+    for i, key in enumerate(TRAIN_BATCHES, start=1):
+        label = f"training batch {i} of 5".encode()
+        members.append((key, _py2_pickle(_fake_batch(rng, n_train_per_batch, label))))
+    members.append(("readme.html", b"<html>fake CIFAR-10 for tests</html>\n"))
+    members.append((TEST_BATCH, _py2_pickle(_fake_batch(rng, n_test, b"testing batch 1 of 1"))))
+    meta = {
+        b"num_cases_per_batch": n_train_per_batch,
+        b"label_names": [c.encode() for c in CLASSES],
+        b"num_vis": _PIXELS,
+    }
+    members.append((META, _py2_pickle(meta)))
+
+    with (
+        atomic_path(dest) as tmp,
+        open(tmp, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar,
+    ):
+        folder = tarfile.TarInfo(ARCHIVE_DIR)
+        folder.type, folder.mode, folder.mtime = tarfile.DIRTYPE, 0o755, 0
+        tar.addfile(folder)
+        for name, data in members:
+            info = tarfile.TarInfo(f"{ARCHIVE_DIR}/{name}")
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _fake_batch(rng: np.random.Generator, n: int, batch_label: bytes) -> dict[bytes, Any]:
+    labels = rng.permutation(np.arange(n) % len(CLASSES))
+    return {
+        b"batch_label": batch_label,
+        b"labels": [int(x) for x in labels],
+        b"data": rng.integers(0, 256, size=(n, _PIXELS), dtype=np.uint8),
+        b"filenames": [f"{CLASSES[x]}_s_{i:06d}.png".encode() for i, x in enumerate(labels)],
+    }
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """Opcodes emitted as they are (a GLOBAL, a reduced dtype) inside a tuple."""
+
+    opcodes: bytes
+
+
+def _py2_pickle(obj: Any) -> bytes:
+    """Pickle `obj` as Python 2's cPickle (protocol 2) did for the official CIFAR-10 files.
+
+    Python 3's pickler would write bytes through `_codecs.encode`, a global the restricted
+    unpickler rightly refuses; Python 2 used plain string opcodes, emitted here by hand.
+    """
+    return b"\x80\x02" + _py2(obj) + b"."
+
+
+def _py2(obj: Any) -> bytes:
+    if isinstance(obj, bool) or obj is None:
+        return {None: b"N", True: b"\x88", False: b"\x89"}[obj]
+    if isinstance(obj, int):
+        if 0 <= obj < 256:
+            return b"K" + struct.pack("<B", obj)  # BININT1
+        if 0 <= obj < 65536:
+            return b"M" + struct.pack("<H", obj)  # BININT2
+        return b"J" + struct.pack("<i", obj)  # BININT
+    if isinstance(obj, bytes):
+        if len(obj) < 256:
+            return b"U" + struct.pack("<B", len(obj)) + obj  # SHORT_BINSTRING
+        return b"T" + struct.pack("<I", len(obj)) + obj  # BINSTRING
+    if isinstance(obj, tuple):
+        return b"(" + b"".join(_py2(x) for x in obj) + b"t"  # MARK ... TUPLE
+    if isinstance(obj, list):
+        return b"](" + b"".join(_py2(x) for x in obj) + b"e"  # EMPTY_LIST MARK ... APPENDS
+    if isinstance(obj, dict):
+        body = b"".join(_py2(k) + _py2(v) for k, v in obj.items())
+        return b"}(" + body + b"u"  # EMPTY_DICT MARK ... SETITEMS
+    if isinstance(obj, np.ndarray) and obj.dtype == np.uint8:
+        # What numpy 1's ndarray.__reduce__ gives, as Python 2 wrote it:
+        # _reconstruct(ndarray, (0,), 'b') then BUILD with (version, shape, dtype, fortran, data).
+        dtype = (
+            b"cnumpy\ndtype\n"
+            + _py2((b"u1", 0, 1))
+            + b"R"  # REDUCE: dtype('u1', False, True)
+            + _py2((3, b"|", None, None, None, -1, -1, 0))
+            + b"b"  # BUILD: its __setstate__
+        )
+        state = (1, obj.shape, _Raw(dtype), False, obj.tobytes())
+        return (
+            b"cnumpy.core.multiarray\n_reconstruct\n"
+            + _py2((_Raw(b"cnumpy\nndarray\n"), (0,), b"b"))
+            + b"R"  # REDUCE
+            + _py2(state)
+            + b"b"  # BUILD
+        )
+    if isinstance(obj, _Raw):
+        return obj.opcodes
+    raise TypeError(f"cannot write {type(obj).__name__} as a Python 2 pickle")
