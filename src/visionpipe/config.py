@@ -86,7 +86,7 @@ class TrainConfig(_Section):
     deterministic: bool = False  # force deterministic algorithms on GPU
     compile: bool = False  # torch.compile the model
     amp: bool = True  # bf16 autocast on CUDA (never on CPU, so CPU runs stay exact)
-    channels_last: bool = True  # memory format on CUDA
+    channels_last: bool = True  # channels-last memory format (much faster on CPU and GPU)
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> TrainConfig:
