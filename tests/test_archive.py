@@ -10,6 +10,7 @@ import re
 import stat
 import tarfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ def _zip(path: Path, members: list[tuple[str, bytes, int]]) -> Path:
     return path
 
 
-def _tar(path: Path, members: list[tuple[str, bytes | None, bytes, str]]) -> Path:
+def _tar(path: Path, members: Sequence[tuple[str, bytes | None, bytes, str]]) -> Path:
     """members: (name, data or None, tar type, linkname)."""
     with tarfile.open(path, "w:gz" if path.name.endswith("gz") else "w") as tf:
         for name, data, kind, linkname in members:
@@ -55,7 +56,7 @@ def _snapshot(tmp_path: Path) -> set[str]:
 REG, SYM, LNK = tarfile.REGTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE
 LINK_MODE = stat.S_IFLNK | 0o777
 
-UNSAFE_ZIPS = {
+UNSAFE_ZIPS: dict[str, list[tuple[str, bytes, int]]] = {
     "absolute": [("/etc/evil.txt", b"x", 0)],
     "dotdot": [("../evil.txt", b"x", 0)],
     "nested_dotdot": [("a/../../evil.txt", b"x", 0)],
@@ -72,7 +73,7 @@ UNSAFE_ZIPS = {
 # The member each case must name in its error.
 UNSAFE_ZIP_MEMBER = {k: v[-1][0] for k, v in UNSAFE_ZIPS.items()}
 
-UNSAFE_TARS = {
+UNSAFE_TARS: dict[str, list[tuple[str, bytes | None, bytes, str]]] = {
     "absolute": [("/etc/evil.txt", b"x", REG, "")],
     "dotdot": [("../evil", b"x", REG, "")],
     "symlink_abs": [("link", None, SYM, "/etc/passwd")],

@@ -1,0 +1,464 @@
+"""Where the dataset archive comes from: the official URL, a mirror, or the user's data.source.
+
+`fetch_dataset` is the whole download stage: it resolves the source, downloads or copies it into
+`dest_dir` atomically (a temp file beside the destination, renamed only once every check passed),
+verifies its checksum and, for the official hymenoptera zip, its layout, then removes older
+archives from `dest_dir`. Failures say which parameter to change: `data.source`, `data.sha256`
+or the DATA_MIRROR environment variable.
+
+Downloads use urllib (honouring the usual *_proxy variables) and retry transient failures
+(timeouts, refused or reset connections, HTTP 429 and 5xx) with a short exponential backoff;
+other HTTP errors and name-resolution failures fail at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from tqdm import tqdm
+
+from visionpipe import __version__
+from visionpipe.archive import ARCHIVE_SUFFIXES, list_files, pack_directory
+from visionpipe.fsutil import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+class DownloadError(RuntimeError):
+    """The dataset archive could not be fetched, or is not what was expected."""
+
+
+class ChecksumError(DownloadError):
+    """The fetched file's checksum differs from the expected one (the file is deleted)."""
+
+
+class NetworkError(DownloadError):
+    """The server or the network failed (as opposed to a bad file); `status` is the HTTP code."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Official:
+    url: str
+    filename: str
+    md5: str | None  # published checksum, verified when known
+
+
+OFFICIAL: dict[str, Official] = {
+    "cifar10": Official(
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "cifar-10-python.tar.gz",
+        "c58f30108f718f92721af3b95e74349a",
+    ),
+    "hymenoptera": Official(
+        "https://download.pytorch.org/tutorial/hymenoptera_data.zip", "hymenoptera_data.zip", None
+    ),
+}
+
+# Files per split/class in the official zip (train/ants includes the placeholder
+# imageNotFound.gif). No checksum is published for it, so its layout is what gets checked.
+HYMENOPTERA_ROOT = "hymenoptera_data"
+HYMENOPTERA_COUNTS: dict[tuple[str, str], int] = {
+    ("train", "ants"): 124,
+    ("train", "bees"): 121,
+    ("val", "ants"): 70,
+    ("val", "bees"): 83,
+}
+
+_CHUNK = 1 << 20  # bytes per read while streaming
+_RETRY_STATUS = {429, 500, 502, 503, 504}
+_MAX_RETRY_AFTER_S = 30.0  # honour a server's Retry-After only up to this
+_TRANSIENT = (TimeoutError, ConnectionResetError, ConnectionRefusedError, ConnectionAbortedError)
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    path: Path  # the archive written in dest_dir
+    origin: str  # URL or absolute path it came from, for the record
+    sha256: str
+    md5: str
+    size: int  # bytes
+
+
+@dataclass(frozen=True)
+class _Expect:
+    """Checksums the file must have, and the advice to give when it has not."""
+
+    md5: str | None = None
+    sha256: str | None = None
+    advice: str = ""
+
+
+Check = Callable[[Path, str], None]  # (file to check, name to show in errors)
+
+
+def fetch_dataset(
+    dataset: str,
+    source: str | None,
+    sha256: str | None,
+    dest_dir: Path,
+    *,
+    base_dir: Path,
+    mirror: str | None,
+    attempts: int = 3,
+    backoff_s: float = 1.0,
+    timeout_s: float = 30.0,
+) -> FetchResult:
+    """Put the verified archive of `dataset` into `dest_dir` and describe it.
+
+    source: None for the official archive (`mirror`, the DATA_MIRROR folder or base URL, first);
+        else a local file or folder (relative to `base_dir`), a file:// or an http(s) URL.
+        A folder is packed into `<dest_dir>/<folder name>.tar`.
+    sha256: hex digest the fetched file (or packed folder) must have, when given.
+    attempts, backoff_s, timeout_s: download tries in all, first retry delay (doubling), and the
+        socket timeout of each try.
+    """
+    dest_dir = Path(dest_dir)
+    net = _Net(attempts=attempts, backoff_s=backoff_s, timeout_s=timeout_s)
+    if source is None:
+        result = _fetch_official(dataset, sha256, dest_dir, Path(base_dir), mirror, net)
+    else:
+        result = _fetch_source(source, sha256, dest_dir, Path(base_dir), net)
+    _remove_others(dest_dir, keep=result.path)
+    log.info(
+        "%s: %d bytes from %s (sha256 %s)", result.path, result.size, result.origin, result.sha256
+    )
+    return result
+
+
+def verify_hymenoptera(archive: Path) -> None:
+    """Raise DownloadError unless `archive` has the official hymenoptera_data.zip layout."""
+    _check_hymenoptera(Path(archive), str(archive))
+
+
+# --- official archive and mirror ---------------------------------------------------------------
+
+
+def _fetch_official(
+    dataset: str,
+    sha256: str | None,
+    dest_dir: Path,
+    base_dir: Path,
+    mirror: str | None,
+    net: _Net,
+) -> FetchResult:
+    official = OFFICIAL.get(dataset)
+    if official is None:
+        raise DownloadError(
+            f"data.dataset {dataset!r} has no official archive (only {', '.join(OFFICIAL)} do):"
+            " set data.source to a directory, .zip, .tar.gz or URL of your images"
+        )
+    dest = dest_dir / official.filename
+    expect = _Expect(
+        md5=official.md5,
+        sha256=_normal_hex(sha256),
+        advice="The copy is corrupt or not the official archive: delete it and fetch it again"
+        + (" (or fix data.sha256)." if sha256 else "."),
+    )
+    checks: list[Check] = [_check_hymenoptera] if dataset == "hymenoptera" else []
+    if mirror:
+        result = _try_mirror(mirror, official.filename, dest, expect, checks, base_dir, net)
+        if result is not None:
+            return result
+    hint = (
+        f"The official {dataset} archive could not be downloaded (no network?). Use a local copy:"
+        f" set data.source to it, e.g. `uv run dvc exp run -S data.source=/abs/path/"
+        f"{official.filename}`, or set DATA_MIRROR to a folder holding {official.filename}."
+    )
+    return _download(official.url, dest, expect, checks, net, hint)
+
+
+def _try_mirror(
+    mirror: str,
+    filename: str,
+    dest: Path,
+    expect: _Expect,
+    checks: Sequence[Check],
+    base_dir: Path,
+    net: _Net,
+) -> FetchResult | None:
+    """Fetch `filename` from DATA_MIRROR; None (logged) if the mirror does not have it."""
+    scheme = urllib.parse.urlparse(mirror).scheme
+    if scheme in ("http", "https"):
+        url = f"{mirror.rstrip('/')}/{urllib.parse.quote(filename)}"
+        try:
+            return _download(url, dest, expect, checks, net, hint="")
+        except NetworkError as e:
+            log.warning("DATA_MIRROR: %s Falling back to the official URL.", e)
+            return None
+    folder = _local_path(mirror, base_dir, param="DATA_MIRROR")
+    candidate = folder / filename
+    if not candidate.is_file():
+        what = "is not a folder" if not folder.is_dir() else f"has no {filename}"
+        log.warning("DATA_MIRROR %s %s; falling back to the official URL", folder, what)
+        return None
+    log.info("using %s from DATA_MIRROR", candidate)
+    return _copy(candidate, dest, expect, checks)
+
+
+# --- user-given source -------------------------------------------------------------------------
+
+
+def _fetch_source(
+    source: str, sha256: str | None, dest_dir: Path, base_dir: Path, net: _Net
+) -> FetchResult:
+    expect = _Expect(
+        sha256=_normal_hex(sha256),
+        advice="If data.source changed on purpose, update data.sha256 (or set it to null).",
+    )
+    scheme = urllib.parse.urlparse(source).scheme
+    if scheme in ("http", "https"):
+        name = urllib.parse.unquote(PurePosixPath(urllib.parse.urlparse(source).path).name)
+        if not name:
+            raise DownloadError(
+                f"data.source {source!r} does not end in a file name: point it at the archive"
+                " itself (…/images.zip, …/images.tar.gz)"
+            )
+        hint = (
+            "Check data.source, or download the file yourself and set data.source to the local"
+            f" copy, e.g. `uv run dvc exp run -S data.source=/abs/path/{name}`."
+        )
+        return _download(source, dest_dir / name, expect, [], net, hint)
+
+    path = _local_path(source, base_dir, param="data.source")
+    if path.resolve().is_relative_to(dest_dir.resolve()):
+        raise DownloadError(
+            f"data.source {source!r} lies inside {dest_dir}, which the download stage owns and"
+            " empties: keep the original somewhere else and point data.source there"
+        )
+    if not path.exists():
+        raise DownloadError(
+            f"data.source {source!r} resolves to {path}, which does not exist. Relative paths"
+            f" are resolved against the project root ({base_dir}); queued experiments"
+            " (`dvc exp run --queue`) run in a temporary copy of the repo, where untracked files"
+            " are missing, so an absolute path is safest."
+        )
+    if path.is_dir():
+        dest = dest_dir / f"{path.resolve().name or 'source'}.tar"
+        pack_directory(path, dest)
+        hashes = _hash_file(dest)
+        try:
+            _verify(hashes, expect, dest.name, str(path))
+        except ChecksumError:
+            dest.unlink(missing_ok=True)
+            raise
+        return hashes.result(dest, str(path))
+    return _copy(path, dest_dir / path.name, expect, [])
+
+
+def _local_path(value: str, base_dir: Path, *, param: str) -> Path:
+    """A local path from a plain path or file:// URL; relative ones are taken from base_dir."""
+    parsed = urllib.parse.urlparse(value)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise DownloadError(
+                f"{param} {value!r}: a file:// URL must name a local path (file:///abs/path),"
+                f" not host {parsed.netloc!r}"
+            )
+        return Path(urllib.request.url2pathname(parsed.path))
+    # One letter is a Windows drive (C:\data), not a scheme.
+    if len(parsed.scheme) > 1:
+        raise DownloadError(
+            f"{param} {value!r}: unsupported scheme {parsed.scheme!r}. Use a local path,"
+            " a file:// URL or an http(s):// URL (fetch other stores yourself, then point to the"
+            " local copy)"
+        )
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
+# --- transfer and verification -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Net:
+    attempts: int
+    backoff_s: float
+    timeout_s: float
+
+
+class _Hashes:
+    """MD5, SHA-256 and size of a stream, updated chunk by chunk."""
+
+    def __init__(self) -> None:
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def update(self, chunk: bytes) -> None:
+        self.md5.update(chunk)
+        self.sha256.update(chunk)
+        self.size += len(chunk)
+
+    def result(self, path: Path, origin: str) -> FetchResult:
+        return FetchResult(path, origin, self.sha256.hexdigest(), self.md5.hexdigest(), self.size)
+
+
+def _normal_hex(value: str | None) -> str | None:
+    return value.strip().lower() if value else None
+
+
+def _verify(hashes: _Hashes, expect: _Expect, name: str, origin: str) -> None:
+    for algo, wanted, actual in (
+        ("md5", expect.md5, hashes.md5.hexdigest()),
+        ("sha256", expect.sha256, hashes.sha256.hexdigest()),
+    ):
+        if wanted is not None and wanted.lower() != actual:
+            raise ChecksumError(
+                f"checksum mismatch for {name} from {origin}: {algo} expected {wanted.lower()},"
+                f" got {actual}; the file was deleted. {expect.advice}"
+            )
+
+
+def _copy(src: Path, dest: Path, expect: _Expect, checks: Sequence[Check]) -> FetchResult:
+    origin = str(src.resolve())
+    hashes = _Hashes()
+    with atomic_path(dest) as tmp:
+        try:
+            with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                while chunk := fin.read(_CHUNK):
+                    fout.write(chunk)
+                    hashes.update(chunk)
+        except OSError as e:
+            raise DownloadError(f"cannot copy {src} to {dest.parent}: {e}") from e
+        _verify(hashes, expect, dest.name, origin)
+        for check in checks:
+            check(tmp, dest.name)
+    return hashes.result(dest, origin)
+
+
+def _download(
+    url: str, dest: Path, expect: _Expect, checks: Sequence[Check], net: _Net, hint: str
+) -> FetchResult:
+    log.info("downloading %s", url)
+    with atomic_path(dest) as tmp:
+        hashes = _fetch_with_retries(url, tmp, net, hint)
+        _verify(hashes, expect, dest.name, url)
+        for check in checks:
+            check(tmp, dest.name)
+    return hashes.result(dest, url)
+
+
+def _fetch_with_retries(url: str, tmp: Path, net: _Net, hint: str) -> _Hashes:
+    for attempt in range(1, net.attempts + 1):
+        last = attempt == net.attempts
+        delay = net.backoff_s * 2 ** (attempt - 1)
+        try:
+            return _fetch_once(url, tmp, net.timeout_s)
+        except urllib.error.HTTPError as e:
+            if e.code not in _RETRY_STATUS or last:
+                tries = f" after {attempt} attempts" if attempt > 1 else ""
+                raise NetworkError(
+                    f"{url}: HTTP {e.code} {e.reason}{tries}. {hint}".rstrip(), e.code
+                ) from e
+            retry_after = e.headers.get("Retry-After", "") if e.headers else ""
+            if retry_after.isdigit():
+                delay = max(delay, min(float(retry_after), _MAX_RETRY_AFTER_S))
+            problem = f"HTTP {e.code}"
+        except urllib.error.URLError as e:
+            # Name-resolution failures (offline, typo in the host) are not worth retrying.
+            if not isinstance(e.reason, _TRANSIENT) or last:
+                tries = f" after {attempt} attempts" if attempt > 1 else ""
+                raise NetworkError(
+                    f"cannot download {url}: {e.reason}{tries}. {hint}".rstrip()
+                ) from e
+            problem = str(e.reason)
+        except (*_TRANSIENT, http.client.HTTPException) as e:  # raised mid-body
+            if last:
+                raise NetworkError(
+                    f"cannot download {url}: {type(e).__name__}: {e} after {attempt} attempts."
+                    f" {hint}".rstrip()
+                ) from e
+            problem = f"{type(e).__name__}: {e}"
+        log.warning(
+            "download of %s failed (%s); retry %d of %d in %.1f s",
+            url,
+            problem,
+            attempt,
+            net.attempts - 1,
+            delay,
+        )
+        time.sleep(delay)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _fetch_once(url: str, tmp: Path, timeout_s: float) -> _Hashes:
+    request = urllib.request.Request(url, headers={"User-Agent": f"visionpipe/{__version__}"})
+    hashes = _Hashes()
+    with urllib.request.urlopen(request, timeout=timeout_s) as response, open(tmp, "wb") as f:
+        length = response.headers.get("Content-Length", "")
+        total = int(length) if length.isdigit() else None
+        name = PurePosixPath(urllib.parse.urlparse(url).path).name
+        with tqdm(
+            total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, disable=None
+        ) as bar:
+            while chunk := response.read(_CHUNK):
+                f.write(chunk)
+                hashes.update(chunk)
+                bar.update(len(chunk))
+    if total is not None and hashes.size != total:
+        raise http.client.IncompleteRead(b"", total - hashes.size)
+    return hashes
+
+
+def _hash_file(path: Path) -> _Hashes:
+    hashes = _Hashes()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            hashes.update(chunk)
+    return hashes
+
+
+def _remove_others(dest_dir: Path, keep: Path) -> None:
+    """Leave `keep` as the only archive in dest_dir (and no stale temp files from a crash)."""
+    for child in dest_dir.iterdir():
+        name = child.name.lower()
+        stale = name.startswith(".") and name.endswith(".tmp")
+        if child == keep or not child.is_file() or not (name.endswith(ARCHIVE_SUFFIXES) or stale):
+            continue
+        child.unlink()
+        log.info("removed older %s %s", "temp file" if stale else "archive", child)
+
+
+# --- hymenoptera layout ------------------------------------------------------------------------
+
+
+def _check_hymenoptera(path: Path, name: str) -> None:
+    try:
+        files = list_files(path)
+    except ValueError as e:
+        raise DownloadError(f"{name} is not a readable archive ({e}): fetch it again") from e
+    counts: Counter[tuple[str, str]] = Counter()
+    others: list[str] = []
+    for member in files:
+        parts = member.split("/")
+        if len(parts) == 4 and parts[0] == HYMENOPTERA_ROOT:
+            counts[(parts[1], parts[2])] += 1
+        else:
+            others.append(member)
+    if counts == Counter(HYMENOPTERA_COUNTS) and not others:
+        return
+
+    def show(c: dict[tuple[str, str], int]) -> str:
+        return ", ".join(f"{split}/{cls} {n}" for (split, cls), n in sorted(c.items())) or "none"
+
+    extra = f"; plus {len(others)} other files, e.g. {', '.join(others[:3])}" if others else ""
+    raise DownloadError(
+        f"{name} does not have the official hymenoptera layout: expected"
+        f" {show(HYMENOPTERA_COUNTS)} files under {HYMENOPTERA_ROOT}/, found"
+        f" {show(counts)}{extra}. Fetch it again; or, if this copy is what you want, set"
+        " data.source to it (the layout check applies to the official archive only)."
+    )

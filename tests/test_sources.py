@@ -1,0 +1,323 @@
+"""sources: downloads against a local HTTP server, mirrors, local paths, checksums, layout check."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import zipfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from visionpipe import sources
+from visionpipe.sources import (
+    OFFICIAL,
+    ChecksumError,
+    DownloadError,
+    Official,
+    fetch_dataset,
+    verify_hymenoptera,
+)
+
+PAYLOAD = b"pretend this is an archive\n" * 100
+SHA = hashlib.sha256(PAYLOAD).hexdigest()
+MD5 = hashlib.md5(PAYLOAD).hexdigest()
+REAL_HYMENOPTERA = (
+    Path(__file__).resolve().parents[1].parent / "shared/datasets/hymenoptera_data.zip"
+)
+UNREACHABLE = "http://nonexistent.invalid"  # .invalid never resolves (RFC 2606)
+
+
+@dataclass
+class Server:
+    """Routes path -> responses (status, body, truncate); the last response repeats."""
+
+    base: str = ""
+    routes: dict[str, list[tuple[int, bytes, bool]]] = field(default_factory=dict)
+    hits: Counter[str] = field(default_factory=Counter)
+
+    def serve(self, path: str, *responses: tuple[int, bytes] | tuple[int, bytes, bool]) -> str:
+        self.routes[path] = [(r[0], r[1], r[2] if len(r) == 3 else False) for r in responses]
+        return self.base + path
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    state = Server()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            state.hits[self.path] += 1
+            responses = state.routes.get(self.path) or [(404, b"not found", False)]
+            status, body, truncate = responses.pop(0) if len(responses) > 1 else responses[0]
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            # truncate: promise the whole body, send a tenth, hang up (an interrupted transfer)
+            self.wfile.write(body[: len(body) // 10] if truncate else body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass  # keep test output clean
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    # A short poll interval makes shutdown() quick at teardown.
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A developer's proxy settings must not reroute 127.0.0.1 or turn DNS failures into 502s.
+    monkeypatch.setenv("no_proxy", "*")
+    monkeypatch.setenv("NO_PROXY", "*")
+
+
+def _fetch(source: str | None, tmp_path: Path, **kwargs) -> sources.FetchResult:
+    kwargs.setdefault("dataset", "imagefolder")
+    kwargs.setdefault("sha256", None)
+    kwargs.setdefault("mirror", None)
+    kwargs.setdefault("base_dir", tmp_path)
+    kwargs.setdefault("backoff_s", 0.0)
+    return fetch_dataset(
+        kwargs.pop("dataset"), source, kwargs.pop("sha256"), tmp_path / "raw", **kwargs
+    )
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_download_with_sha256(tmp_path: Path, server: Server) -> None:
+    url = server.serve("/data/images.zip", (200, PAYLOAD))
+    result = _fetch(url, tmp_path, sha256=SHA.upper())
+    assert result.path == tmp_path / "raw" / "images.zip"
+    assert result.path.read_bytes() == PAYLOAD
+    assert (result.origin, result.sha256, result.md5, result.size) == (url, SHA, MD5, len(PAYLOAD))
+    assert _files(tmp_path / "raw") == ["images.zip"]
+
+
+def test_retries_server_errors(tmp_path: Path, server: Server) -> None:
+    url = server.serve("/flaky.tar.gz", (500, b"oops"), (503, b"busy"), (200, PAYLOAD))
+    result = _fetch(url, tmp_path, sha256=SHA)
+    assert result.path.read_bytes() == PAYLOAD
+    assert server.hits["/flaky.tar.gz"] == 3
+
+
+def test_gives_up_after_attempts(tmp_path: Path, server: Server) -> None:
+    url = server.serve("/down.zip", (502, b"bad gateway"))
+    with pytest.raises(DownloadError, match=r"HTTP 502.*after 3 attempts.*data\.source"):
+        _fetch(url, tmp_path)
+    assert server.hits["/down.zip"] == 3
+    assert _files(tmp_path / "raw") == []
+
+
+def test_interrupted_transfer_retried_and_leaves_nothing(tmp_path: Path, server: Server) -> None:
+    url = server.serve("/cut.zip", (200, PAYLOAD, True))
+    with pytest.raises(DownloadError, match="IncompleteRead"):
+        _fetch(url, tmp_path)
+    assert server.hits["/cut.zip"] == 3
+    assert _files(tmp_path / "raw") == []  # no partial file, no temp file
+
+
+def test_404_not_retried(tmp_path: Path, server: Server) -> None:
+    url = server.base + "/missing.zip"
+    with pytest.raises(DownloadError, match=r"missing\.zip: HTTP 404 Not Found\..*data\.source"):
+        _fetch(url, tmp_path)
+    assert server.hits["/missing.zip"] == 1
+
+
+def test_checksum_mismatch_deletes_file(tmp_path: Path, server: Server) -> None:
+    url = server.serve("/images.zip", (200, PAYLOAD))
+    wrong = "0" * 64
+    with pytest.raises(ChecksumError) as err:
+        _fetch(url, tmp_path, sha256=wrong)
+    message = str(err.value)
+    for part in ("images.zip", "sha256", f"expected {wrong}", f"got {SHA}", "data.sha256"):
+        assert part in message
+    assert _files(tmp_path / "raw") == []
+
+
+def _fake_official(monkeypatch: pytest.MonkeyPatch, url: str, md5: str | None = MD5) -> None:
+    monkeypatch.setitem(OFFICIAL, "cifar10", Official(url, "cifar-10-python.tar.gz", md5))
+
+
+def test_mirror_folder_used_before_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_official(monkeypatch, f"{UNREACHABLE}/cifar-10-python.tar.gz")
+
+    def no_network(*args: object) -> None:
+        raise AssertionError("the network was used although the mirror has the file")
+
+    monkeypatch.setattr(sources, "_fetch_once", no_network)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "cifar-10-python.tar.gz").write_bytes(PAYLOAD)
+    result = _fetch(None, tmp_path, dataset="cifar10", mirror=str(mirror))
+    assert result.path == tmp_path / "raw" / "cifar-10-python.tar.gz"
+    assert result.origin == str(mirror / "cifar-10-python.tar.gz")
+    assert result.md5 == MD5
+
+    # Relative DATA_MIRROR and file:// URL forms reach the same folder.
+    assert _fetch(None, tmp_path, dataset="cifar10", mirror="mirror").md5 == MD5
+    assert _fetch(None, tmp_path, dataset="cifar10", mirror=mirror.as_uri()).md5 == MD5
+
+
+def test_mirror_checks_official_md5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "cifar-10-python.tar.gz").write_bytes(PAYLOAD)  # not the real archive
+    with pytest.raises(ChecksumError, match=rf"md5 expected {OFFICIAL['cifar10'].md5}, got {MD5}"):
+        _fetch(None, tmp_path, dataset="cifar10", mirror=str(mirror))
+    assert _files(tmp_path / "raw") == []
+
+
+def test_mirror_without_file_falls_back(
+    tmp_path: Path,
+    server: Server,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _fake_official(monkeypatch, server.serve("/official/cifar-10-python.tar.gz", (200, PAYLOAD)))
+    (tmp_path / "empty_mirror").mkdir()
+    with caplog.at_level(logging.WARNING):
+        result = _fetch(None, tmp_path, dataset="cifar10", mirror=str(tmp_path / "empty_mirror"))
+    assert result.origin.endswith("/official/cifar-10-python.tar.gz")
+    assert "has no cifar-10-python.tar.gz" in caplog.text
+
+
+def test_mirror_url(tmp_path: Path, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    official = server.serve("/official/cifar-10-python.tar.gz", (200, PAYLOAD))
+    _fake_official(monkeypatch, official)
+    server.serve("/mirror/cifar-10-python.tar.gz", (200, PAYLOAD))
+    result = _fetch(None, tmp_path, dataset="cifar10", mirror=server.base + "/mirror/")
+    assert result.origin == server.base + "/mirror/cifar-10-python.tar.gz"
+    assert server.hits["/official/cifar-10-python.tar.gz"] == 0
+
+    result = _fetch(None, tmp_path, dataset="cifar10", mirror=server.base + "/elsewhere")  # 404
+    assert result.origin == official
+
+
+def test_relative_source_resolved_against_base_dir(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "inputs").mkdir(parents=True)
+    (project / "inputs" / "imgs.zip").write_bytes(PAYLOAD)
+    result = _fetch("inputs/imgs.zip", tmp_path, base_dir=project, sha256=SHA)
+    assert result.path == tmp_path / "raw" / "imgs.zip"
+    assert result.origin == str(project / "inputs" / "imgs.zip")
+    assert result.path.read_bytes() == PAYLOAD
+
+    uri = (project / "inputs" / "imgs.zip").as_uri()
+    assert _fetch(uri, tmp_path).sha256 == SHA
+
+
+def test_directory_source_is_packed(tmp_path: Path) -> None:
+    (tmp_path / "photos" / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "photos" / "train" / "cat" / "1.png").write_bytes(b"png")
+    first = _fetch("photos", tmp_path)
+    assert first.path == tmp_path / "raw" / "photos.tar"
+    second = _fetch(str(tmp_path / "photos"), tmp_path, sha256=first.sha256)
+    assert second.sha256 == first.sha256  # packing is reproducible, so a sha256 pin works
+    with pytest.raises(ChecksumError, match=r"photos\.tar"):
+        _fetch("photos", tmp_path, sha256="f" * 64)
+    assert _files(tmp_path / "raw") == []
+
+
+def test_missing_local_source_explains(tmp_path: Path) -> None:
+    with pytest.raises(DownloadError) as err:
+        _fetch("data/nowhere.zip", tmp_path)
+    message = str(err.value)
+    for part in ("data.source", str(tmp_path / "data/nowhere.zip"), "dvc exp run --queue"):
+        assert part in message
+    assert "absolute path" in message
+
+
+def test_dns_failure_is_fast_and_actionable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match=r"data\.source"):
+        _fetch(f"{UNREACHABLE}/x.tar.gz", tmp_path, backoff_s=1.0)
+    _fake_official(monkeypatch, f"{UNREACHABLE}/cifar-10-python.tar.gz")
+    with pytest.raises(DownloadError) as err:
+        _fetch(None, tmp_path, dataset="cifar10", backoff_s=1.0)
+    assert time.monotonic() - start < 10
+    message = str(err.value)
+    assert "data.source=/abs/path/cifar-10-python.tar.gz" in message
+    assert "DATA_MIRROR" in message
+    assert _files(tmp_path / "raw") == []
+
+
+def test_imagefolder_needs_source(tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match=r"'imagefolder' has no official archive.*data\.source"):
+        _fetch(None, tmp_path)
+
+
+@pytest.mark.parametrize("bad", ["s3://bucket/images.zip", "file://otherhost/x.zip"])
+def test_unsupported_location(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(DownloadError, match=r"data\.source"):
+        _fetch(bad, tmp_path)
+
+
+def test_source_inside_dest_dir_refused(tmp_path: Path) -> None:
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "mine.zip").write_bytes(PAYLOAD)
+    with pytest.raises(DownloadError, match="owns and empties"):
+        _fetch("raw/mine.zip", tmp_path)
+
+
+def test_dest_dir_keeps_only_the_new_archive(tmp_path: Path, server: Server) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in ("old.zip", "older.tar.gz", ".images.zip.abc123.tmp"):
+        (raw / name).write_bytes(b"stale")
+    (raw / "source.json").write_text("{}")  # not an archive: the stage's own record stays
+    url = server.serve("/images.zip", (200, PAYLOAD))
+    _fetch(url, tmp_path)
+    assert _files(raw) == ["images.zip", "source.json"]
+
+
+def _hymenoptera_zip(path: Path, counts: dict[tuple[str, str], int]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for (split, cls), n in counts.items():
+            for i in range(n):
+                zf.writestr(f"hymenoptera_data/{split}/{cls}/{i}.jpg", b"jpg")
+    return path
+
+
+def test_verify_hymenoptera_reports_counts(tmp_path: Path) -> None:
+    good = _hymenoptera_zip(tmp_path / "good.zip", sources.HYMENOPTERA_COUNTS)
+    verify_hymenoptera(good)
+    short = dict(sources.HYMENOPTERA_COUNTS) | {("val", "bees"): 80}
+    bad = _hymenoptera_zip(tmp_path / "bad.zip", short)
+    with pytest.raises(DownloadError, match=r"expected .*val/bees 83.* found .*val/bees 80"):
+        verify_hymenoptera(bad)
+
+
+def test_hymenoptera_from_mirror_is_checked(tmp_path: Path) -> None:
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    _hymenoptera_zip(mirror / "hymenoptera_data.zip", {("train", "ants"): 3, ("val", "bees"): 2})
+    with pytest.raises(DownloadError, match="official hymenoptera layout"):
+        _fetch(None, tmp_path, dataset="hymenoptera", mirror=str(mirror))
+    assert _files(tmp_path / "raw") == []
+    # As data.source the same zip is the user's choice: no layout check.
+    result = _fetch(str(mirror / "hymenoptera_data.zip"), tmp_path, dataset="hymenoptera")
+    assert result.path.name == "hymenoptera_data.zip"
+
+
+@pytest.mark.realdata
+def test_real_hymenoptera_zip(tmp_path: Path) -> None:
+    if not REAL_HYMENOPTERA.is_file():
+        pytest.skip(f"{REAL_HYMENOPTERA} not present")
+    verify_hymenoptera(REAL_HYMENOPTERA)
+    result = _fetch(None, tmp_path, dataset="hymenoptera", mirror=str(REAL_HYMENOPTERA.parent))
+    assert result.size == REAL_HYMENOPTERA.stat().st_size
