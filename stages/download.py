@@ -12,13 +12,23 @@ def main() -> None:
     logs.setup()
     params = load_params()
     result = sources.fetch_dataset(
-        params.data.dataset, params.data.source, params.data.sha256, paths.RAW_DIR,
-        base_dir=Path.cwd(), mirror=os.environ.get("DATA_MIRROR") or None,
+        params.data.dataset,
+        params.data.source,
+        params.data.sha256,
+        paths.RAW_DIR,
+        base_dir=Path.cwd(),
+        mirror=os.environ.get("DATA_MIRROR") or None,
     )
-    write_json(paths.RAW_INFO, {
-        "dataset": params.data.dataset, "file": result.path.name,
-        "sha256": result.sha256, "md5": result.md5, "bytes": result.size,
-    })
+    write_json(
+        paths.RAW_INFO,
+        {
+            "dataset": params.data.dataset,
+            "file": result.path.name,
+            "sha256": result.sha256,
+            "md5": result.md5,
+            "bytes": result.size,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ def main() -> int:
     print(predict.format_table(preds))
     failed = [p for p in preds if p.error]
     if failed:
-        print(f"{len(failed)} inputs failed; fix or remove them from predict.inputs", file=sys.stderr)
+        print(
+            f"{len(failed)} inputs failed; fix or remove them from predict.inputs", file=sys.stderr
+        )
         return 1
     return 0
 

@@ -43,8 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("predict", help="classify images, folders or globs")
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or globs")
-    p.add_argument("--model", type=Path, default=None,
-                   help="models/model.onnx (onnx backend) or models/model.pt (torch) by default")
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="models/model.onnx (onnx backend) or models/model.pt (torch) by default",
+    )
     p.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
     p.add_argument("--topk", type=int, default=3, help="classes to show per image (default 3)")
     p.add_argument("--batch-size", type=int, default=64)

@@ -39,8 +39,8 @@ class DataConfig(_Section):
     def _imagefolder_needs_source(self) -> DataConfig:
         if self.dataset == "imagefolder" and not self.source:
             raise ValueError(
-                "data.dataset 'imagefolder' has no official archive: set data.source to a directory,"
-                " .zip, .tar.gz or URL in ImageFolder layout (train/ plus test/ or val/)"
+                "data.dataset 'imagefolder' has no official archive: set data.source to a"
+                " directory, .zip, .tar.gz or URL in ImageFolder layout (train/ plus test/ or val/)"
             )
         return self
 
@@ -141,7 +141,7 @@ def _describe(err: dict[str, Any], raw: Any) -> str:
 
 
 def parse_params(raw: Any, origin: str = "params") -> Params:
-    """Validate an already-parsed mapping into `Params`, or raise ConfigError naming each problem."""
+    """Validate a parsed mapping into `Params`; ConfigError names each problem."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

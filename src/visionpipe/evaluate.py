@@ -39,7 +39,9 @@ def run(device_choice: str = "auto") -> dict[str, Any]:
         "per_class_accuracy": per_class,
     }
     write_json(paths.EVAL_METRICS, metrics)
-    write_json(paths.CONFUSION_MATRIX, {"classes": classes, "rows_actual_cols_predicted": cm.tolist()})
+    write_json(
+        paths.CONFUSION_MATRIX, {"classes": classes, "rows_actual_cols_predicted": cm.tolist()}
+    )
     # One row per test image, as DVC's confusion template expects.
     rows = ["actual,predicted"] + [
         f"{classes[a]},{classes[p]}" for a, p in zip(labels.tolist(), preds.tolist(), strict=True)

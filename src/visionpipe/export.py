@@ -32,9 +32,14 @@ def export_onnx(model: torch.nn.Module, meta: dict[str, Any], dest: Path, opset:
     example = torch.rand(2, 3, size, size)
     batch = torch.export.Dim("batch", min=1, max=65536)
     program = torch.onnx.export(
-        model.eval(), (example,), dynamo=True, opset_version=opset,
-        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-        dynamic_shapes=({0: batch},), verbose=False,
+        model.eval(),
+        (example,),
+        dynamo=True,
+        opset_version=opset,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes=({0: batch},),
+        verbose=False,
     )
     proto = program.model_proto
     info = {
@@ -83,6 +88,10 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
                 f"top-1 agreement {result['top1_agreement']:.2%} (required 100%). "
                 f"Figures in {paths.EXPORT_METRICS}; try another export.opset."
             )
-    log.info("exported %s: max |diff| %.2e, top-1 agreement %.0f%%", paths.ONNX_MODEL,
-             result["max_abs_logit_diff"], 100 * result["top1_agreement"])
+    log.info(
+        "exported %s: max |diff| %.2e, top-1 agreement %.0f%%",
+        paths.ONNX_MODEL,
+        result["max_abs_logit_diff"],
+        100 * result["top1_agreement"],
+    )
     return result

@@ -74,3 +74,15 @@ def atomic_dir(dest: Path | str) -> Iterator[Path]:
             os.replace(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_torch(dest: Path | str, obj: Any) -> None:
+    """torch.save atomically and byte-reproducibly.
+
+    Saving to a path would name the zip's root folder after the temporary file, so identical
+    tensors would hash differently each run; through a file object the root is always 'archive'.
+    """
+    import torch
+
+    with atomic_open(dest, "wb") as f:
+        torch.save(obj, f)

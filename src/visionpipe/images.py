@@ -63,8 +63,9 @@ def decode_rgb(data: bytes, name: str) -> Image.Image:
             w, h = img.size
             if w * h > MAX_PIXELS:
                 raise BadImageError(
-                    name, f"image is {w}x{h} ({w * h:,} pixels), above the {MAX_PIXELS:,} limit; "
-                    "downscale it first"
+                    name,
+                    f"image is {w}x{h} ({w * h:,} pixels), above the {MAX_PIXELS:,} limit; "
+                    "downscale it first",
                 )
             img.load()  # decode now so truncation surfaces here, not later
             img = ImageOps.exif_transpose(img)

@@ -7,6 +7,7 @@ Saved models are a state_dict plus plain metadata, rebuilt with `build_model(**m
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ def tutorial_cnn(
     """
     layers: list[nn.Module] = []
     channels = [3, 32, 32, 64]
-    for cin, cout in zip(channels, channels[1:], strict=False):
+    for cin, cout in itertools.pairwise(channels):
         layers.append(nn.Conv2d(cin, cout, 5, padding=2))
         if batch_norm:
             layers.append(nn.BatchNorm2d(cout))
@@ -128,7 +129,8 @@ class FastNet(nn.Module):
         self.whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
         self.act = nn.GELU()
         self.layers = nn.Sequential(
-            _ConvGroup(24, widths[0]), _ConvGroup(widths[0], widths[1]),
+            _ConvGroup(24, widths[0]),
+            _ConvGroup(widths[0], widths[1]),
             _ConvGroup(widths[1], widths[2]),
         )
         self.pool = nn.AdaptiveMaxPool2d(1)
@@ -156,7 +158,9 @@ def init_whitening(layer: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4) ->
     layer.bias.zero_()
 
 
-def _torchvision_model(name: str, num_classes: int, pretrained: bool, weights: str | None) -> nn.Module:
+def _torchvision_model(
+    name: str, num_classes: int, pretrained: bool, weights: str | None
+) -> nn.Module:
     import torchvision
 
     builder = getattr(torchvision.models, name)
@@ -193,7 +197,9 @@ def load_weights_file(model: nn.Module, path: Path, strict: bool = True) -> None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
         # A visionpipe export wraps the net; strip that prefix to fit a bare net.
-        state = {k.removeprefix("net."): v for k, v in state.items() if not k.startswith("normalize.")}
+        state = {
+            k.removeprefix("net."): v for k, v in state.items() if not k.startswith("normalize.")
+        }
     own = model.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if strict and len(fitting) != len(own):
@@ -248,14 +254,15 @@ def rebuild(meta: dict[str, Any]) -> Classifier:
 
 def save_model(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
     """Write {"state_dict", "meta"} atomically: weights and plain values only, nothing pickled."""
-    from visionpipe.fsutil import atomic_path
+    from visionpipe.fsutil import save_torch
 
     state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": state, "meta": meta}, tmp)
+    save_torch(path, {"state_dict": state, "meta": meta})
 
 
-def load_model(path: Path, map_location: str | torch.device = "cpu") -> tuple[Classifier, dict[str, Any]]:
+def load_model(
+    path: Path, map_location: str | torch.device = "cpu"
+) -> tuple[Classifier, dict[str, Any]]:
     """Load a saved model.pt (weights_only) and rebuild the model it describes."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path} not found: run 'uv run dvc repro train' first")

@@ -1,4 +1,4 @@
-"""Every file a stage reads or writes, in one place. dvc.yaml names the same paths (a test checks)."""
+"""Every file a stage reads or writes, in one place; dvc.yaml names the same (a test checks)."""
 
 from __future__ import annotations
 

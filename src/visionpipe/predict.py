@@ -49,7 +49,9 @@ class OnnxBackend:
         self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         props = self.session.get_modelmeta().custom_metadata_map
         if "classes" not in props or "image_size" not in props:
-            raise ValueError(f"{path} lacks visionpipe metadata (classes, image_size): re-export it")
+            raise ValueError(
+                f"{path} lacks visionpipe metadata (classes, image_size): re-export it"
+            )
         self.classes = json.loads(props["classes"])
         self.image_size = int(props["image_size"])
         self.input_name = self.session.get_inputs()[0].name
@@ -164,8 +166,9 @@ def write_csv(dest: Path, preds: list[Prediction], topk: int) -> None:
             w.writerow([*row, p.error or ""])
 
 
-def write_grid(dest: Path, preds: list[Prediction], cell: int = 128, cols: int = 5,
-               limit: int = 100) -> None:
+def write_grid(
+    dest: Path, preds: list[Prediction], cell: int = 128, cols: int = 5, limit: int = 100
+) -> None:
     """A labelled contact sheet of the predicted images (the first `limit` that decoded)."""
     shown = [p for p in preds if p.error is None][:limit]
     rows = max(1, -(-len(shown) // cols))
@@ -179,8 +182,12 @@ def write_grid(dest: Path, preds: list[Prediction], cell: int = 128, cols: int =
         img.thumbnail((cell, cell))
         sheet.paste(img, (x + (cell - img.width) // 2, y + (cell - img.height) // 2))
         best = p.top[0]
-        draw.text((x + 4, y + cell + 2), f"{best['class']} {best['probability']:.0%}",
-                  fill="black", font=font)
+        draw.text(
+            (x + 4, y + cell + 2),
+            f"{best['class']} {best['probability']:.0%}",
+            fill="black",
+            font=font,
+        )
         draw.text((x + 4, y + cell + 17), Path(p.file).name[:18], fill="gray", font=font)
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")

@@ -1,7 +1,8 @@
 """Decode a dataset archive once into uint8 tensors per split, plus stats and per-class samples.
 
 Input is whatever the download stage verified: the official CIFAR-10 python archive, or any
-ImageFolder export (`<root>/train/<class>/*` plus `<root>/test/<class>/*` or `<root>/val/<class>/*`).
+ImageFolder export (`<root>/train/<class>/*` plus `<root>/test/<class>/*` or
+`<root>/val/<class>/*`).
 Images are read straight from the archive in memory; nothing is extracted to disk.
 """
 
@@ -18,7 +19,7 @@ from PIL import Image
 
 from visionpipe import archive, cifar_pickle, paths
 from visionpipe.config import Params
-from visionpipe.fsutil import atomic_dir, atomic_path, write_json
+from visionpipe.fsutil import atomic_dir, save_torch, write_json
 from visionpipe.images import BadImageError, is_image_name, load_array, resize_center_crop, to_chw
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ def decode_source(source: Path, size: int) -> Decoded:
 def split_train_val(train: Split, val_fraction: float, seed: int) -> tuple[Split, Split]:
     """Carve a seeded random val split out of train; both keep their original order."""
     n = len(train.labels)
-    n_val = int(round(n * val_fraction))
+    n_val = round(n * val_fraction)
     if val_fraction > 0 and n_val == 0:
         n_val = 1
     if n_val >= n:
@@ -189,9 +190,11 @@ def write_samples(test: Split, classes: list[str], dest: Path) -> list[Path]:
 
 def find_archive(raw_dir: Path) -> Path:
     """The one archive (or packed folder) the download stage left in `raw_dir`."""
-    found = sorted(p for p in raw_dir.iterdir() if p.is_file() and p.suffix != ".json") if (
-        raw_dir.is_dir()
-    ) else []
+    found = (
+        sorted(p for p in raw_dir.iterdir() if p.is_file() and p.suffix != ".json")
+        if (raw_dir.is_dir())
+        else []
+    )
     if len(found) != 1:
         raise FileNotFoundError(
             f"expected exactly one dataset archive in {raw_dir}, found {len(found)}: "
@@ -216,20 +219,27 @@ def run(params: Params) -> dict[str, Any]:
                 f"(data.on_bad_image: fail):\n{listing}\n"
                 "Remove or fix them, or set data.on_bad_image: skip to leave them out."
             )
-        log.warning("skipping %d undecodable images (listed in %s):\n%s",
-                    len(decoded.bad_images), paths.PREPROCESS_REPORT, listing)
+        log.warning(
+            "skipping %d undecodable images (listed in %s):\n%s",
+            len(decoded.bad_images),
+            paths.PREPROCESS_REPORT,
+            listing,
+        )
     train, val = split_train_val(decoded.train, params.data.val_fraction, params.data.seed)
     mean, std = channel_stats(train.images)
     splits = {"train": train, "val": val, "test": decoded.test}
     for name, split in splits.items():
-        with atomic_path(paths.split_file(name)) as tmp:
-            torch.save(
-                {"images": torch.from_numpy(split.images), "labels": torch.from_numpy(split.labels)},
-                tmp,
-            )
+        save_torch(
+            paths.split_file(name),
+            {"images": torch.from_numpy(split.images), "labels": torch.from_numpy(split.labels)},
+        )
     meta = {
-        "dataset": params.data.dataset, "source_file": source.name, "classes": decoded.classes,
-        "image_size": size, "mean": mean, "std": std,
+        "dataset": params.data.dataset,
+        "source_file": source.name,
+        "classes": decoded.classes,
+        "image_size": size,
+        "mean": mean,
+        "std": std,
         "counts": {name: len(s.labels) for name, s in splits.items()},
         "test_split_source": decoded.test_split_name,
     }
@@ -237,9 +247,12 @@ def run(params: Params) -> dict[str, Any]:
     with atomic_dir(paths.SAMPLES_DIR) as tmp_dir:
         write_samples(decoded.test, decoded.classes, tmp_dir)
     report = {
-        "images": meta["counts"], "classes": len(decoded.classes),
-        "skipped_bad_images": len(decoded.bad_images), "ignored_files": len(decoded.ignored_files),
-        "bad_images": decoded.bad_images, "ignored": decoded.ignored_files[:1000],
+        "images": meta["counts"],
+        "classes": len(decoded.classes),
+        "skipped_bad_images": len(decoded.bad_images),
+        "ignored_files": len(decoded.ignored_files),
+        "bad_images": decoded.bad_images,
+        "ignored": decoded.ignored_files[:1000],
     }
     write_json(paths.PREPROCESS_REPORT, report)
     return meta

@@ -15,7 +15,6 @@ import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,7 +24,7 @@ from tqdm import tqdm
 
 from visionpipe import __version__, paths
 from visionpipe.config import Params, TrainConfig
-from visionpipe.fsutil import atomic_path, write_json, write_text
+from visionpipe.fsutil import save_torch, write_json, write_text
 from visionpipe.models import Classifier, _unwrap, build_model, init_whitening, save_model
 
 log = logging.getLogger(__name__)
@@ -99,7 +98,10 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+            model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
             weight_decay=cfg.weight_decay,
         )
     if cfg.optimizer == "adamw":
@@ -191,7 +193,9 @@ def _log_tensorboard_start(writer: Any, model: Classifier, sample: torch.Tensor)
             fmap = fmap[:, None]  # one grey image per output channel
             lo, hi = fmap.amin(), fmap.amax()
             fmap = (fmap - lo) / (hi - lo + 1e-8)
-            writer.add_image(f"conv1_feature_maps/{i}", torchvision.utils.make_grid(fmap, nrow=8), 0)
+            writer.add_image(
+                f"conv1_feature_maps/{i}", torchvision.utils.make_grid(fmap, nrow=8), 0
+            )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # add_graph still uses jit.trace
@@ -225,7 +229,10 @@ def run(params: Params) -> dict[str, Any]:
 
     arch_params = _arch_params(params)
     model = build_model(
-        params.model.name, len(classes), image_size, arch_params,
+        params.model.name,
+        len(classes),
+        image_size,
+        arch_params,
         data_meta["mean"] if params.model.normalize else None,
         data_meta["std"] if params.model.normalize else None,
     )
@@ -274,8 +281,11 @@ def run(params: Params) -> dict[str, Any]:
         perm = torch.randperm(n, generator=gen).to(device)
         loss_sum = torch.zeros((), device=device)
         bar = tqdm(
-            range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
-            disable=None, leave=False,
+            range(steps_per_epoch),
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            unit="step",
+            disable=None,
+            leave=False,
         )
         t_epoch = time.perf_counter()
         for i in bar:
@@ -309,16 +319,30 @@ def run(params: Params) -> dict[str, Any]:
         val_loss, val_acc = evaluate_split(model, val_x, val_y, device)
         lr_now = optimizer.param_groups[0]["lr"]
         history.epochs.append(
-            {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
-             "val_accuracy": val_acc, "lr": lr_now}
+            {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+                "lr": lr_now,
+            }
         )
-        for name, value in (("epoch_train_loss", train_loss), ("val_loss", val_loss),
-                            ("val_accuracy", val_acc), ("lr", lr_now)):
+        for name, value in (
+            ("epoch_train_loss", train_loss),
+            ("val_loss", val_loss),
+            ("val_accuracy", val_acc),
+            ("lr", lr_now),
+        ):
             writer.add_scalar(name, value, epoch + 1)
         writer.flush()
         log.info(
             "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  (%.1fs)",
-            epoch + 1, cfg.epochs, train_loss, val_loss, val_acc, time.perf_counter() - t_epoch,
+            epoch + 1,
+            cfg.epochs,
+            train_loss,
+            val_loss,
+            val_acc,
+            time.perf_counter() - t_epoch,
         )
         if val_loss < best_val:
             best_val, bad_epochs = val_loss, 0
@@ -326,8 +350,9 @@ def run(params: Params) -> dict[str, Any]:
             bad_epochs += 1
         stopped_early = cfg.patience > 0 and bad_epochs >= cfg.patience
         done = stopped_early or epoch + 1 == cfg.epochs
-        _save_checkpoint(fp, epoch + 1, done, model, optimizer, scheduler, gen, history,
-                         best_val, bad_epochs)
+        _save_checkpoint(
+            fp, epoch + 1, done, model, optimizer, scheduler, gen, history, best_val, bad_epochs
+        )
         write_plots(history)
         if stopped_early:
             log.info("early stopping: val loss has not improved for %d epochs", cfg.patience)
@@ -336,25 +361,38 @@ def run(params: Params) -> dict[str, Any]:
     seconds = time.perf_counter() - t_start
 
     meta = {
-        "arch": params.model.name, "num_classes": len(classes), "image_size": image_size,
-        "arch_params": arch_params, "normalize": params.model.normalize,
-        "mean": data_meta["mean"], "std": data_meta["std"], "classes": classes,
-        "params": params.as_dict(), "visionpipe_version": __version__,
+        "arch": params.model.name,
+        "num_classes": len(classes),
+        "image_size": image_size,
+        "arch_params": arch_params,
+        "normalize": params.model.normalize,
+        "mean": data_meta["mean"],
+        "std": data_meta["std"],
+        "classes": classes,
+        "params": params.as_dict(),
+        "visionpipe_version": __version__,
         "torch_version": torch.__version__.split("+")[0],
     }
     save_model(paths.MODEL, model, meta)
     last = history.epochs[-1]
     metrics = {
-        "epochs_run": len(history.epochs), "stopped_early": stopped_early,
-        "train_loss": round(last["train_loss"], 6), "val_loss": round(last["val_loss"], 6),
-        "val_accuracy": round(last["val_accuracy"], 6), "best_val_loss": round(best_val, 6),
+        "epochs_run": len(history.epochs),
+        "stopped_early": stopped_early,
+        "train_loss": round(last["train_loss"], 6),
+        "val_loss": round(last["val_loss"], 6),
+        "val_accuracy": round(last["val_accuracy"], 6),
+        "best_val_loss": round(best_val, 6),
     }
     write_json(paths.TRAIN_METRICS, metrics)
-    write_json(paths.TRAIN_TIMINGS, {
-        "device": _device_name(device), "train_seconds": round(seconds, 2),
-        "images_per_second": round(images_seen / seconds, 1) if seconds else None,
-        "resumed_from_epoch": start_epoch,
-    })
+    write_json(
+        paths.TRAIN_TIMINGS,
+        {
+            "device": _device_name(device),
+            "train_seconds": round(seconds, 2),
+            "images_per_second": round(images_seen / seconds, 1) if seconds else None,
+            "resumed_from_epoch": start_epoch,
+        },
+    )
     return metrics
 
 
@@ -373,22 +411,36 @@ def _device_name(device: torch.device) -> str:
     return device.type
 
 
-def _save_checkpoint(fp: str, epoch: int, done: bool, model: nn.Module, optimizer: Any,
-                     scheduler: Any, gen: torch.Generator, history: History, best_val: float,
-                     bad_epochs: int) -> None:
+def _save_checkpoint(
+    fp: str,
+    epoch: int,
+    done: bool,
+    model: nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    gen: torch.Generator,
+    history: History,
+    best_val: float,
+    bad_epochs: int,
+) -> None:
     state = {
-        "fingerprint": fp, "epoch": epoch, "done": done,
-        "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "rng": _rng_state(gen),
+        "fingerprint": fp,
+        "epoch": epoch,
+        "done": done,
+        "model": _unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": _rng_state(gen),
         "history": {"epochs": history.epochs, "steps": history.steps},
-        "best_val": best_val, "bad_epochs": bad_epochs,
+        "best_val": best_val,
+        "bad_epochs": bad_epochs,
     }
-    with atomic_path(CHECKPOINT) as tmp:
-        torch.save(state, tmp)
+    save_torch(CHECKPOINT, state)
 
 
-def _try_resume(fp: str, model: nn.Module, optimizer: Any, scheduler: Any,
-                gen: torch.Generator) -> tuple[int, History, float, int] | None:
+def _try_resume(
+    fp: str, model: nn.Module, optimizer: Any, scheduler: Any, gen: torch.Generator
+) -> tuple[int, History, float, int] | None:
     """Restore an interrupted run of the same params and data; None to start fresh.
 
     A finished run's checkpoint is not a resume point: `dvc repro -f` must really retrain.

@@ -1,0 +1,121 @@
+"""Shared test helpers: a copy of the project as a fresh git+DVC repo, and running DVC in it."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+CIFAR_JPEG_ZIP = SHARED / "datasets" / "cifar10-jpeg.zip"
+HYMENOPTERA_ZIP = SHARED / "datasets" / "hymenoptera_data.zip"
+DOG_PNG = SHARED / "samples" / "dog.png"
+
+# What a user's clone holds that the pipeline needs; outputs and caches are left behind.
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "pyproject.toml", ".gitignore", ".dvcignore")
+PROJECT_DIRS = ("stages", "src", "plots_template")
+
+
+def env() -> dict[str, str]:
+    """The environment DVC stages see: this venv's python first on PATH, no GPU, quiet git."""
+    e = dict(os.environ)
+    e["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{e.get('PATH', '')}"
+    e.setdefault("GIT_AUTHOR_NAME", "test")
+    e.setdefault("GIT_AUTHOR_EMAIL", "test@example.invalid")
+    e.setdefault("GIT_COMMITTER_NAME", "test")
+    e.setdefault("GIT_COMMITTER_EMAIL", "test@example.invalid")
+    e["CUDA_VISIBLE_DEVICES"] = ""
+    e.pop("DATA_MIRROR", None)
+    return e
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, **kw: Any) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=kw.pop("env", env()), capture_output=True, text=True, **kw
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}"
+            f"\n--- stderr\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def dvc(repo: Path, *args: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "dvc", *args], repo, check=check, **kw)
+
+
+def git(repo: Path, *args: str) -> str:
+    return run(["git", *args], repo).stdout
+
+
+def make_project(dest: Path, params: dict[str, dict[str, Any]] | None = None) -> Path:
+    """Copy the project into `dest` as a fresh git repo with DVC, params overridden, committed."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        shutil.copy2(ROOT / name, dest / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for name in PROJECT_DIRS:
+        shutil.copytree(ROOT / name, dest / name, ignore=ignore)
+    git(dest, "init", "-q", "-b", "main")
+    dvc(dest, "init", "-q")
+    shutil.copy2(ROOT / ".dvc" / "config", dest / ".dvc" / "config")
+    if params:
+        set_params(dest, params)
+    git(dest, "add", "-A")
+    git(dest, "commit", "-qm", "project")
+    return dest
+
+
+def set_params(repo: Path, overrides: dict[str, dict[str, Any]]) -> None:
+    path = repo / "params.yaml"
+    data = yaml.safe_load(path.read_text())
+    for section, values in overrides.items():
+        data.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def subset_zip(src: Path, dest: Path, per_class: dict[str, int]) -> Path:
+    """Copy the first N images per class of each split of an ImageFolder zip into a new zip."""
+    taken: dict[tuple[str, str], int] = {}
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dest, "w") as zout:
+        for info in sorted(zin.infolist(), key=lambda i: i.filename):
+            parts = info.filename.split("/")
+            if info.is_dir() or len(parts) != 4 or parts[1] not in per_class:
+                continue
+            key = (parts[1], parts[2])
+            if taken.get(key, 0) < per_class[parts[1]]:
+                taken[key] = taken.get(key, 0) + 1
+                zout.writestr(info.filename, zin.read(info))
+    return dest
+
+
+@contextlib.contextmanager
+def http_server(directory: Path) -> Iterator[str]:
+    """Serve `directory` on 127.0.0.1 (an ephemeral port); yields the base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
