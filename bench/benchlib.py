@@ -1,0 +1,156 @@
+"""Shared pieces of the benchmarks: the machine's description, real CIFAR-10 images, result files.
+
+Every benchmark writes its raw figures to bench/results/<name>.json and rewrites its own section
+of bench/RESULTS.md, so a figure is never quoted without the machine it was taken on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import platform
+import re
+import statistics
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+RESULTS_MD = BENCH_DIR / "RESULTS.md"
+RESULTS_DIR = BENCH_DIR / "results"
+# The same place the project's realdata tests look: ../shared/datasets beside the checkout.
+DEFAULT_CIFAR_ZIP = REPO_ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.zip"
+
+RESULTS_HEADER = """# Benchmark results
+
+Written by the scripts in bench/ (see bench/README.md); each script rewrites only its own section.
+Timings come from one machine at one time: compare figures only within a section, and rerun on a
+quiet machine before quoting them. Raw figures: bench/results/<name>.json.
+"""
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, cores, library versions, date and load: what a reader needs to weigh a timing."""
+    import onnxruntime
+    import torch
+
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        # A busy machine explains odd figures; the 1-minute load average at start says if it was.
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    return info
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    gpu = f", GPU {info['gpu']}" if info["gpu"] else ", no GPU"
+    return (
+        f"{info['cpu']}, {info['usable_cores']} cores usable ({info['logical_cores']} logical), "
+        f"torch {info['torch']} ({info['torch_threads']} threads), "
+        f"onnxruntime {info['onnxruntime']}{gpu}; {info['date']}; "
+        f"load average at start {info['load_average_1min']:.2f}"
+    )
+
+
+def summarize(samples: list[float]) -> dict[str, float]:
+    """Median, p90, min and max of timings (any unit)."""
+    ordered = sorted(samples)
+    return {
+        "median": statistics.median(ordered),
+        "p90": float(np.percentile(ordered, 90)),
+        "min": ordered[0],
+        "max": ordered[-1],
+        "n": len(ordered),
+    }
+
+
+def write_json_result(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def update_results_md(name: str, body: str) -> Path:
+    """Replace (or append) the section between this benchmark's markers in RESULTS.md."""
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    section = f"{start}\n{body.strip()}\n{end}"
+    text = RESULTS_MD.read_text() if RESULTS_MD.is_file() else RESULTS_HEADER
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    RESULTS_MD.write_text(text)
+    return RESULTS_MD
+
+
+def load_cifar_jpegs(
+    zip_path: Path, split: str, n: int
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(images uint8 NCHW, labels int64, classes) of `n` images of `split`, classes interleaved.
+
+    Decoded with visionpipe.images.load_array, exactly as the preprocess stage decodes them.
+    """
+    from visionpipe.images import load_array
+
+    if not zip_path.is_file():
+        raise FileNotFoundError(
+            f"{zip_path} not found: pass --zip with the path of cifar10-jpeg.zip "
+            "(layout cifar10-jpeg/{train,test}/<class>/NNNN.jpg)"
+        )
+    with zipfile.ZipFile(zip_path) as zf:
+        by_class: dict[str, list[str]] = {}
+        for name in zf.namelist():
+            parts = name.split("/")
+            if len(parts) == 4 and parts[1] == split and parts[3].endswith(".jpg"):
+                by_class.setdefault(parts[2], []).append(name)
+        if not by_class:
+            raise ValueError(f"{zip_path} holds no {split}/<class>/*.jpg images")
+        classes = sorted(by_class)
+        lists = [sorted(by_class[c]) for c in classes]
+        available = sum(len(names) for names in lists)
+        if n > available:
+            raise ValueError(f"asked for {n} {split} images; {zip_path} holds {available}")
+        # Round-robin over classes, so any prefix is class-balanced like a shuffled CIFAR split.
+        picks: list[tuple[str, int]] = []
+        row = 0
+        while len(picks) < n:
+            for label, names in enumerate(lists):
+                if row < len(names) and len(picks) < n:
+                    picks.append((names[row], label))
+            row += 1
+        images = np.stack([load_array(zf.read(name), name, 32) for name, _ in picks])
+    labels = np.array([label for _, label in picks], dtype=np.int64)
+    return images, labels, classes
+
+
+def png_bytes(chw: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(chw.transpose(1, 2, 0))).save(buf, format="PNG")
+    return buf.getvalue()
