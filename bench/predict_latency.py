@@ -42,8 +42,18 @@ from visionpipe.export import export_onnx
 from visionpipe.models import build_model, load_model
 
 NAME = "predict_latency"
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                   "truck"]
+CIFAR10_CLASSES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
 ORT_B1_MEDIAN_MS = 0.25  # target: onnxruntime batch-1 median latency, at most
 ORT_B1_SPEEDUP = 3.0  # target: eager / onnxruntime batch-1 median, at least
 CLI_SECONDS = 1.0  # target: `visionpipe predict <one image>` end to end, below
@@ -57,8 +67,12 @@ def get_model(model_dir: Path, tmp: Path) -> tuple[torch.nn.Module, Path, str]:
         return model, onnx_path, f"trained model in {model_dir}"
     torch.manual_seed(0)
     model = build_model("tutorial_cnn", 10, 32)
-    meta = {"arch": "tutorial_cnn", "image_size": 32, "classes": CIFAR10_CLASSES,
-            "visionpipe_version": __version__}
+    meta = {
+        "arch": "tutorial_cnn",
+        "image_size": 32,
+        "classes": CIFAR10_CLASSES,
+        "visionpipe_version": __version__,
+    }
     onnx_path = tmp / "model.onnx"
     export_onnx(model, meta, onnx_path, ExportConfig().opset)
     return model.eval(), onnx_path, "freshly initialised tutorial CNN, exported to a temp dir"
@@ -85,12 +99,17 @@ def make_backends(model: torch.nn.Module, onnx_path: Path) -> dict[str, Callable
         name = sess.get_inputs()[0].name
         return lambda x: sess.run(None, {name: x})[0]
 
-    return {"eager": eager, "eager_channels_last": eager_cl, "ort": session(None),
-            "ort_1thread": session(1)}
+    return {
+        "eager": eager,
+        "eager_channels_last": eager_cl,
+        "ort": session(None),
+        "ort_1thread": session(1),
+    }
 
 
-def time_backends(backends: dict[str, Callable], x: np.ndarray, iters: int, warmup: int,
-                  rounds: int) -> dict[str, list[float]]:
+def time_backends(
+    backends: dict[str, Callable], x: np.ndarray, iters: int, warmup: int, rounds: int
+) -> dict[str, list[float]]:
     """Per-call seconds of each backend on `x`; backends alternate in `rounds` blocks."""
     for fn in backends.values():
         for _ in range(warmup):
@@ -99,7 +118,7 @@ def time_backends(backends: dict[str, Callable], x: np.ndarray, iters: int, warm
     per_round = max(1, iters // rounds)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             fn, out = backends[name], samples[name]
             for _ in range(per_round):
                 t0 = time.perf_counter()
@@ -130,8 +149,14 @@ def time_cli(png: Path, png_what: str, onnx_path: Path, runs: int) -> dict[str, 
     commands = {"visionpipe predict": [str(exe), "predict", str(png), *extra]}
     uv = subprocess.run(["uv", "--version"], capture_output=True).returncode == 0
     if uv:
-        commands["uv run visionpipe predict"] = ["uv", "run", "visionpipe", "predict", str(png),
-                                                 *extra]
+        commands["uv run visionpipe predict"] = [
+            "uv",
+            "run",
+            "visionpipe",
+            "predict",
+            str(png),
+            *extra,
+        ]
     result: dict[str, Any] = {"image": png_what, "model": str(onnx_path), "runs": runs}
     for label, cmd in commands.items():
         subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, check=True)  # warm page cache
@@ -140,18 +165,34 @@ def time_cli(png: Path, png_what: str, onnx_path: Path, runs: int) -> dict[str, 
             t0 = time.perf_counter()
             subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, check=True)
             seconds.append(time.perf_counter() - t0)
-        result[label] = {"command": " ".join(cmd), "seconds": seconds,
-                         "median": statistics.median(seconds)}
-    probe = ("import sys; from visionpipe.cli import main; main(sys.argv[1:]); "
-             "print('TORCH_IMPORTED', 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", probe, "predict", str(png), *extra],
-                         cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+        result[label] = {
+            "command": " ".join(cmd),
+            "seconds": seconds,
+            "median": statistics.median(seconds),
+        }
+    probe = (
+        "import sys; from visionpipe.cli import main; main(sys.argv[1:]); "
+        "print('TORCH_IMPORTED', 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, "predict", str(png), *extra],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     result["imports_torch"] = "TORCH_IMPORTED True" in out
     return result
 
 
-def report(info: dict[str, Any], args: argparse.Namespace, source: str,
-           latency: dict[int, dict[str, Any]], diff: float, cli: dict[str, Any] | None) -> str:
+def report(
+    info: dict[str, Any],
+    args: argparse.Namespace,
+    source: str,
+    latency: dict[int, dict[str, Any]],
+    diff: float,
+    cli: dict[str, Any] | None,
+) -> str:
     lines = [
         f"## Prediction latency: onnxruntime vs PyTorch eager (`bench/{NAME}.py`)",
         "",
@@ -175,30 +216,44 @@ def report(info: dict[str, Any], args: argparse.Namespace, source: str,
         for name, s in res.items():
             lines.append(
                 f"| {batch} | {name} | {s['median'] * 1e3:.3f} | {s['p90'] * 1e3:.3f} | "
-                f"{s['images_per_second']:.0f} | {eager_med / s['median']:.2f}x |")
+                f"{s['images_per_second']:.0f} | {eager_med / s['median']:.2f}x |"
+            )
     b1 = latency.get(1)
     if b1:
         ort_med = b1["ort"]["median"] * 1e3
         speedup = b1["eager"]["median"] / b1["ort"]["median"]
-        lines += ["", "Targets (batch 1, onnxruntime default options):",
-                  f"- median ≤ {ORT_B1_MEDIAN_MS} ms: {ort_med:.3f} ms, "
-                  f"{'met' if ort_med <= ORT_B1_MEDIAN_MS else 'NOT met'}",
-                  f"- ≥ {ORT_B1_SPEEDUP:g}x eager: {speedup:.2f}x, "
-                  f"{'met' if speedup >= ORT_B1_SPEEDUP else 'NOT met'}"]
-    lines += ["", f"Largest |logit difference| onnxruntime vs eager at batch "
-              f"{max(latency)}: {diff:.2e}."]
+        lines += [
+            "",
+            "Targets (batch 1, onnxruntime default options):",
+            f"- median ≤ {ORT_B1_MEDIAN_MS} ms: {ort_med:.3f} ms, "
+            f"{'met' if ort_med <= ORT_B1_MEDIAN_MS else 'NOT met'}",
+            f"- ≥ {ORT_B1_SPEEDUP:g}x eager: {speedup:.2f}x, "
+            f"{'met' if speedup >= ORT_B1_SPEEDUP else 'NOT met'}",
+        ]
+    lines += [
+        "",
+        f"Largest |logit difference| onnxruntime vs eager at batch {max(latency)}: {diff:.2e}.",
+    ]
     if cli:
-        lines += ["", f"CLI end to end, one image ({cli['image']}), median of {cli['runs']} runs "
-                  "after one untimed run:"]
+        lines += [
+            "",
+            f"CLI end to end, one image ({cli['image']}), median of {cli['runs']} runs "
+            "after one untimed run:",
+        ]
         for label in ("visionpipe predict", "uv run visionpipe predict"):
             if label in cli:
                 med = cli[label]["median"]
-                lines.append(f"- `{label}`: {med:.3f} s (target < {CLI_SECONDS:g} s: "
-                             f"{'met' if med < CLI_SECONDS else 'NOT met'})")
+                lines.append(
+                    f"- `{label}`: {med:.3f} s (target < {CLI_SECONDS:g} s: "
+                    f"{'met' if med < CLI_SECONDS else 'NOT met'})"
+                )
         lines.append(f"- imports torch: {'yes' if cli['imports_torch'] else 'no'}")
     if info["load_average_1min"] and info["load_average_1min"] > 0.5:
-        lines += ["", "Note: the machine was busy at start (load average above); treat these "
-                  "figures as provisional."]
+        lines += [
+            "",
+            "Note: the machine was busy at start (load average above); treat these "
+            "figures as provisional.",
+        ]
     return "\n".join(lines)
 
 
@@ -209,12 +264,21 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=50, help="untimed calls per backend")
     parser.add_argument("--rounds", type=int, default=10, help="turns the backends take")
     parser.add_argument("--cli-runs", type=int, default=5, help="timed CLI runs; 0 skips the CLI")
-    parser.add_argument("--model-dir", type=Path, default=REPO_ROOT / "models",
-                        help="folder with model.onnx and model.pt")
-    parser.add_argument("--zip", type=Path, default=DEFAULT_CIFAR_ZIP,
-                        help="cifar10-jpeg.zip, for a real test image when data/samples is empty")
-    parser.add_argument("--no-write", action="store_true",
-                        help="print only; leave RESULTS.md and results/ alone")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=REPO_ROOT / "models",
+        help="folder with model.onnx and model.pt",
+    )
+    parser.add_argument(
+        "--zip",
+        type=Path,
+        default=DEFAULT_CIFAR_ZIP,
+        help="cifar10-jpeg.zip, for a real test image when data/samples is empty",
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only; leave RESULTS.md and results/ alone"
+    )
     args = parser.parse_args()
 
     info = machine_info()
@@ -231,20 +295,29 @@ def main() -> None:
             samples = time_backends(backends, x, iters, args.warmup, args.rounds)
             latency[batch] = {}
             for name, secs in samples.items():
-                latency[batch][name] = {**summarize(secs),
-                                        "images_per_second": batch * len(secs) / sum(secs)}
-            print(f"  batch {batch}: " + ", ".join(
-                f"{n} {s['median'] * 1e3:.3f} ms" for n, s in latency[batch].items()))
+                latency[batch][name] = {
+                    **summarize(secs),
+                    "images_per_second": batch * len(secs) / sum(secs),
+                }
+            print(
+                f"  batch {batch}: "
+                + ", ".join(f"{n} {s['median'] * 1e3:.3f} ms" for n, s in latency[batch].items())
+            )
         diff = float(np.abs(backends["ort"](x) - backends["eager"](x)).max())
         cli = time_cli(*one_png(tmp, args.zip), onnx_path, args.cli_runs) if args.cli_runs else None
 
     body = report(info, args, source, latency, diff, cli)
     print("\n" + "=" * 72 + "\n" + body + "\n" + "=" * 72)
     if not args.no_write:
-        payload = {"benchmark": NAME, "machine": info,
-                   "args": {**vars(args), "model_dir": str(args.model_dir), "zip": str(args.zip)},
-                   "model": source, "latency_seconds": {str(b): r for b, r in latency.items()},
-                   "max_abs_logit_diff": diff, "cli": cli}
+        payload = {
+            "benchmark": NAME,
+            "machine": info,
+            "args": {**vars(args), "model_dir": str(args.model_dir), "zip": str(args.zip)},
+            "model": source,
+            "latency_seconds": {str(b): r for b, r in latency.items()},
+            "max_abs_logit_diff": diff,
+            "cli": cli,
+        }
         print(f"wrote {write_json_result(NAME, payload)} and {update_results_md(NAME, body)}")
 
 

@@ -66,8 +66,13 @@ class SeedsCIFAR(Dataset):
         return self.transform(img), self.targets[index]
 
 
-def seeds_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                device: torch.device, max_steps: int | None = None) -> float:
+def seeds_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    max_steps: int | None = None,
+) -> float:
     """The tutorial's train loop for one epoch; mean loss of the steps run."""
     loss_fn = nn.CrossEntropyLoss()
     model.train()
@@ -89,8 +94,15 @@ def seeds_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
 class Pipeline:
     """The state visionpipe.train.run sets up before its epoch loop, and a copy of that loop."""
 
-    def __init__(self, init: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
-                 cfg: TrainConfig, device: torch.device, seed: int = 0) -> None:
+    def __init__(
+        self,
+        init: nn.Module,
+        train_x: torch.Tensor,
+        train_y: torch.Tensor,
+        cfg: TrainConfig,
+        device: torch.device,
+        seed: int = 0,
+    ) -> None:
         self.cfg, self.device = cfg, device
         self.train_x, self.train_y = train_x, train_y  # already on the device, as in run
         self.gen = torch.Generator().manual_seed(seed)
@@ -146,8 +158,9 @@ class Pipeline:
 Epoch = Callable[[int | None], float]  # one pass (or max_steps steps) -> mean train loss
 
 
-def make_loops(init: nn.Module, images: np.ndarray, labels: np.ndarray, device: torch.device,
-               ablations: bool) -> dict[str, Callable[[], Epoch]]:
+def make_loops(
+    init: nn.Module, images: np.ndarray, labels: np.ndarray, device: torch.device, ablations: bool
+) -> dict[str, Callable[[], Epoch]]:
     """name -> setup function returning a fresh epoch (same initial weights every time).
 
     Setup (model copy, optimizer, DataLoader) is untimed; the epoch it returns is what is timed.
@@ -161,6 +174,7 @@ def make_loops(init: nn.Module, images: np.ndarray, labels: np.ndarray, device: 
         def setup() -> Epoch:
             torch.backends.cudnn.benchmark = True  # as train.run sets it on CUDA
             return Pipeline(init, train_x, train_y, cfg, device).epoch
+
         return setup
 
     def seeds(dataset: Dataset) -> Callable[[], Epoch]:
@@ -170,6 +184,7 @@ def make_loops(init: nn.Module, images: np.ndarray, labels: np.ndarray, device: 
             optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
             loader = DataLoader(dataset, batch_size=64, shuffle=True)
             return lambda max_steps: seeds_epoch(model, loader, optimizer, device, max_steps)
+
         return setup
 
     loops = {"pipeline": pipeline(cfg), "seeds": seeds(seeds_data)}
@@ -182,8 +197,14 @@ def make_loops(init: nn.Module, images: np.ndarray, labels: np.ndarray, device: 
     return loops
 
 
-def bench_device(device: torch.device, images: np.ndarray, labels: np.ndarray, repeats: int,
-                 warmup_steps: int, ablations: bool) -> dict[str, Any]:
+def bench_device(
+    device: torch.device,
+    images: np.ndarray,
+    labels: np.ndarray,
+    repeats: int,
+    warmup_steps: int,
+    ablations: bool,
+) -> dict[str, Any]:
     torch.manual_seed(0)
     init = tutorial_cnn(10, 32)
     loops = make_loops(init, images, labels, device, ablations)
@@ -193,7 +214,7 @@ def bench_device(device: torch.device, images: np.ndarray, labels: np.ndarray, r
     seconds: dict[str, list[float]] = {name: [] for name in names}
     losses: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
-        order = names[r % len(names):] + names[: r % len(names)]  # rotate who goes first
+        order = names[r % len(names) :] + names[: r % len(names)]  # rotate who goes first
         for name in order:
             epoch = loops[name]()
             if device.type == "cuda":
@@ -203,13 +224,16 @@ def bench_device(device: torch.device, images: np.ndarray, labels: np.ndarray, r
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds[name].append(time.perf_counter() - t0)
-        print(f"  [{device.type}] repeat {r + 1}/{repeats}: " + ", ".join(
-            f"{name} {len(images) / seconds[name][-1]:.0f} img/s" for name in names))
+        print(
+            f"  [{device.type}] repeat {r + 1}/{repeats}: "
+            + ", ".join(f"{name} {len(images) / seconds[name][-1]:.0f} img/s" for name in names)
+        )
     result: dict[str, Any] = {"loops": {}}
     for name in names:
         ips = [len(images) / s for s in seconds[name]]
         result["loops"][name] = {
-            "images_per_second": summarize(ips), "seconds_per_pass": seconds[name],
+            "images_per_second": summarize(ips),
+            "seconds_per_pass": seconds[name],
             "mean_train_loss_per_pass": losses[name],
         }
     med = {name: result["loops"][name]["images_per_second"]["median"] for name in names}
@@ -227,8 +251,9 @@ def loader_only(images: np.ndarray, labels: np.ndarray) -> float:
     return len(images) / (time.perf_counter() - t0)
 
 
-def report(info: dict[str, Any], args: argparse.Namespace, per_device: dict[str, Any],
-           loader_ips: float) -> str:
+def report(
+    info: dict[str, Any], args: argparse.Namespace, per_device: dict[str, Any], loader_ips: float
+) -> str:
     lines = [
         f"## Train loop: pipeline vs seeds (`bench/{NAME}.py`)",
         "",
@@ -260,13 +285,21 @@ def report(info: dict[str, Any], args: argparse.Namespace, per_device: dict[str,
             if name == "pipeline" and res["target_ratio"]:
                 met = "met" if ratio >= res["target_ratio"] else "NOT met"
                 target = f"≥ {res['target_ratio']:g}x: {met}"
-            lines.append(f"| {dev} | {name} | {s['median']:.0f} | {s['min']:.0f} | "
-                         f"{s['max']:.0f} | {ratio:.2f}x | {target} |")
-    lines += ["", f"Seeds' DataLoader alone (PIL + ToTensor + collate, no training): "
-              f"{loader_ips:.0f} images/s, the ceiling of the seeds' loop on this machine."]
+            lines.append(
+                f"| {dev} | {name} | {s['median']:.0f} | {s['min']:.0f} | "
+                f"{s['max']:.0f} | {ratio:.2f}x | {target} |"
+            )
+    lines += [
+        "",
+        f"Seeds' DataLoader alone (PIL + ToTensor + collate, no training): "
+        f"{loader_ips:.0f} images/s, the ceiling of the seeds' loop on this machine.",
+    ]
     if info["load_average_1min"] and info["load_average_1min"] > 0.5:
-        lines += ["", "Note: the machine was busy at start (load average above); treat these "
-                  "figures as provisional."]
+        lines += [
+            "",
+            "Note: the machine was busy at start (load average above); treat these "
+            "figures as provisional.",
+        ]
     return "\n".join(lines)
 
 
@@ -275,19 +308,34 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=10_000, help="train images per pass")
     parser.add_argument("--repeats", type=int, default=5, help="timed passes per loop")
     parser.add_argument("--warmup-steps", type=int, default=20, help="untimed steps per loop")
-    parser.add_argument("--devices", default=None,
-                        help="comma-separated, e.g. cpu,cuda (default: cpu, plus cuda if present)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's own choice)")
-    parser.add_argument("--ablations", action="store_true",
-                        help="also time pipeline without channels_last and seeds on float tensors")
-    parser.add_argument("--zip", type=Path, default=DEFAULT_CIFAR_ZIP,
-                        help="path of cifar10-jpeg.zip")
-    parser.add_argument("--no-write", action="store_true",
-                        help="print only; leave RESULTS.md and results/ alone")
+    parser.add_argument(
+        "--devices",
+        default=None,
+        help="comma-separated, e.g. cpu,cuda (default: cpu, plus cuda if present)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's own choice)",
+    )
+    parser.add_argument(
+        "--ablations",
+        action="store_true",
+        help="also time pipeline without channels_last and seeds on float tensors",
+    )
+    parser.add_argument(
+        "--zip", type=Path, default=DEFAULT_CIFAR_ZIP, help="path of cifar10-jpeg.zip"
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only; leave RESULTS.md and results/ alone"
+    )
     args = parser.parse_args()
-    devices = args.devices.split(",") if args.devices else (
-        ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    devices = (
+        args.devices.split(",")
+        if args.devices
+        else (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    )
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -297,15 +345,21 @@ def main() -> None:
     print(f"decoded {len(images)} train images from {args.zip}")
     per_device = {}
     for dev in devices:
-        per_device[dev] = bench_device(torch.device(dev), images, labels, args.repeats,
-                                       args.warmup_steps, args.ablations)
+        per_device[dev] = bench_device(
+            torch.device(dev), images, labels, args.repeats, args.warmup_steps, args.ablations
+        )
     loader_ips = loader_only(images, labels)
 
     body = report(info, args, per_device, loader_ips)
     print("\n" + "=" * 72 + "\n" + body + "\n" + "=" * 72)
     if not args.no_write:
-        payload = {"benchmark": NAME, "machine": info, "args": {**vars(args), "zip": str(args.zip)},
-                   "devices": per_device, "seeds_loader_only_images_per_second": loader_ips}
+        payload = {
+            "benchmark": NAME,
+            "machine": info,
+            "args": {**vars(args), "zip": str(args.zip)},
+            "devices": per_device,
+            "seeds_loader_only_images_per_second": loader_ips,
+        }
         print(f"wrote {write_json_result(NAME, payload)} and {update_results_md(NAME, body)}")
 
 
