@@ -61,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "topk", 1) < 1:
-        build_parser().error("--topk must be at least 1")
+    for flag in ("topk", "batch_size"):
+        if getattr(args, flag, 1) < 1:
+            build_parser().error(f"--{flag.replace('_', '-')} must be at least 1")
     logs.setup(logging.WARNING)
     return args.func(args)
 

@@ -1,0 +1,80 @@
+"""Fixtures: tiny preprocessed datasets and a tiny exported model, made on the fly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from visionpipe import paths
+from visionpipe.config import parse_params
+from visionpipe.fsutil import save_torch
+
+CLASSES = ["cat", "dog", "frog"]
+
+
+def write_processed(
+    root: Path, n_train: int = 96, n_val: int = 24, n_test: int = 30, size: int = 16, seed: int = 0
+) -> None:
+    """Learnable tiny splits under `root`/data/processed: class k is brightest in channel k."""
+    rng = np.random.default_rng(seed)
+    counts = {"train": n_train, "val": n_val, "test": n_test}
+    for split, n in counts.items():
+        labels = np.arange(n) % len(CLASSES)
+        images = rng.integers(0, 100, size=(n, 3, size, size), dtype=np.uint8)
+        images[np.arange(n), labels] += 120
+        save_torch(
+            root / paths.split_file(split),
+            {
+                "images": torch.from_numpy(images),
+                "labels": torch.from_numpy(labels.astype(np.int64)),
+            },
+        )
+    meta = {
+        "dataset": "imagefolder",
+        "classes": CLASSES,
+        "image_size": size,
+        "mean": [0.3, 0.3, 0.3],
+        "std": [0.2, 0.2, 0.2],
+        "counts": counts,
+    }
+    (root / paths.PROCESSED_DIR / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.fixture
+def processed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory holding tiny preprocessed splits; the test runs inside it."""
+    write_processed(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def tiny_params(**train: object):
+    return parse_params(
+        {
+            "data": {"dataset": "imagefolder", "source": "unused"},
+            "train": {"epochs": 2, "batch_size": 16, "log_every": 2, **train},
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """models/model.pt and models/model.onnx of a (briefly) trained tutorial CNN, 16px, 3 classes."""
+    import os
+
+    from visionpipe import export, train
+
+    root = tmp_path_factory.mktemp("exported")
+    write_processed(root)
+    old = Path.cwd()
+    os.chdir(root)
+    try:
+        train.run(tiny_params())
+        export.run(parse_params({}).export.model_copy(update={"parity_images": 30}))
+    finally:
+        os.chdir(old)
+    return root / "models"

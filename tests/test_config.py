@@ -1,0 +1,58 @@
+from pathlib import Path
+
+import pytest
+
+from visionpipe.config import ConfigError, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_committed_params_are_the_tutorial_defaults() -> None:
+    p = load_params(ROOT / "params.yaml")
+    assert (p.model.name, p.model.activation, p.model.batch_norm) == ("tutorial_cnn", "none", False)
+    assert (p.train.optimizer, p.train.lr, p.train.batch_size, p.train.epochs) == (
+        "sgd",
+        0.01,
+        64,
+        10,
+    )
+    assert p.train.momentum == 0.0 and p.data.dataset == "cifar10" and p.image_size() == 32
+    assert p == parse_params({}), "params.yaml and the code defaults must agree"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"train": {"lr_rate": 0.1}}, ["train.lr_rate", "valid keys", "lr"]),
+        ({"trian": {}}, ["'trian'", "train"]),
+        ({"train": {"augment": {"flp": True}}}, ["train.augment.flp", "flip"]),
+        ({"train": {"lr": 0}}, ["'train.lr' = 0", "greater than 0"]),
+        ({"train": {"lr": "fast"}}, ["'train.lr' = 'fast'"]),
+        ({"model": {"name": "resnet50"}}, ["'model.name' = 'resnet50'", "tutorial_cnn"]),
+        ({"data": {"dataset": "mnist"}}, ["'data.dataset' = 'mnist'", "hymenoptera"]),
+        ({"data": {"val_fraction": 1.0}}, ["'data.val_fraction' = 1.0", "less than 1"]),
+        ({"data": {"val_fraction": -0.1}}, ["'data.val_fraction' = -0.1"]),
+        ({"data": {"dataset": "imagefolder"}}, ["data.source"]),
+        ({"train": {"nesterov": True}}, ["momentum"]),
+    ],
+)
+def test_bad_params_name_key_value_and_choices(raw: dict, expected: list[str]) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    for text in expected:
+        assert text in str(err.value)
+
+
+def test_yaml_errors_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train: [lr: 1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_params_are_frozen() -> None:
+    p = parse_params({})
+    with pytest.raises(Exception):  # noqa: B017 - pydantic raises its own ValidationError
+        p.train.lr = 1.0  # type: ignore[misc]

@@ -1,0 +1,126 @@
+"""Predict: the CLI a user types, bad inputs, both backends, and the torch-free ONNX path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.helpers import DOG_PNG
+from visionpipe.cli import main
+
+
+def _images(folder: Path) -> dict[str, Path]:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    files = {}
+    for i, (mode, ext) in enumerate(
+        [("RGB", "jpg"), ("RGBA", "png"), ("L", "png"), ("P", "gif"), ("CMYK", "jpg")]
+    ):
+        path = folder / f"img{i}.{ext}"
+        arr = rng.integers(0, 255, (50 + i * 7, 40, 3), dtype=np.uint8)
+        Image.fromarray(arr).convert(mode).save(path)
+        files[path.name] = path
+    return files
+
+
+def test_cli_predicts_good_files_and_reports_each_bad_one(
+    exported_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = _images(tmp_path / "good")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "notes.png").write_text("not an image")
+    jpeg = (good["img0.jpg"]).read_bytes()
+    (bad / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    Image.new("1", (10000, 10000)).save(bad / "huge.png")
+    (tmp_path / "nothing").mkdir()
+    out_json, out_csv, grid = tmp_path / "p.json", tmp_path / "p.csv", tmp_path / "grid.png"
+
+    code = main(
+        [
+            "predict",
+            str(tmp_path / "good"),
+            str(bad),
+            str(tmp_path / "missing.jpg"),
+            str(tmp_path / "nothing"),
+            str(tmp_path / "*.none"),
+            "--model",
+            str(exported_model / "model.onnx"),
+            "--topk",
+            "2",
+            "--json",
+            str(out_json),
+            "--csv",
+            str(out_csv),
+            "--grid",
+            str(grid),
+        ]
+    )
+    assert code == 1, "any failed input must make the command exit non-zero"
+    preds = {Path(p["file"]).name: p for p in json.loads(out_json.read_text())}
+    for name in good:
+        assert preds[name]["error"] is None and len(preds[name]["top"]) == 2
+        assert preds[name]["top"][0]["class"] in ("cat", "dog", "frog")
+    reasons = {
+        name: preds[name]["error"]
+        for name in (
+            "empty.jpg",
+            "notes.png",
+            "cut.jpg",
+            "huge.png",
+            "missing.jpg",
+            "nothing",
+            "*.none",
+        )
+    }
+    assert "empty" in reasons["empty.jpg"]
+    assert "not a recognised image" in reasons["notes.png"]
+    assert "cannot decode" in reasons["cut.jpg"]
+    assert "10000x10000" in reasons["huge.png"]
+    assert reasons["missing.jpg"] == "no such file or directory"
+    assert "no image files" in reasons["nothing"]
+    assert "matched no files" in reasons["*.none"]
+    printed = capsys.readouterr()
+    assert "ERROR" in printed.out and "inputs failed" in printed.err
+    assert out_csv.read_text().splitlines()[0] == (
+        "file,class_1,probability_1,class_2,probability_2,error"
+    )
+    assert Image.open(grid).size[0] > 0
+
+
+def test_backends_agree_on_top1(exported_model: Path, tmp_path: Path) -> None:
+    from visionpipe import predict
+
+    files = sorted(_images(tmp_path / "imgs").values())
+    onnx = predict.predict_files(files, predict.open_backend("onnx", exported_model / "model.onnx"))
+    eager = predict.predict_files(
+        files, predict.open_backend("torch", exported_model / "model.onnx")
+    )
+    for a, b in zip(onnx, eager, strict=True):
+        assert a.top[0]["class"] == b.top[0]["class"]
+        assert abs(a.top[0]["probability"] - b.top[0]["probability"]) < 1e-4
+
+
+@pytest.mark.skipif(not DOG_PNG.is_file(), reason="../shared/samples/dog.png absent")
+def test_onnx_cli_never_imports_torch(exported_model: Path) -> None:
+    code = (
+        "import sys; from visionpipe.cli import main;"
+        f"rc = main(['predict', {str(DOG_PNG)!r}, '--model', {str(exported_model / 'model.onnx')!r}]);"
+        "assert 'torch' not in sys.modules, 'the ONNX path imported torch';"
+        "sys.exit(rc)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "dog.png:" in proc.stdout
+
+
+def test_missing_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["predict", "x.png", "--model", str(tmp_path / "model.onnx")]) == 2
+    assert "dvc repro export" in capsys.readouterr().err
