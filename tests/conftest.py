@@ -63,7 +63,7 @@ def tiny_params(**train: object):
 
 @pytest.fixture(scope="session")
 def exported_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """models/model.pt and models/model.onnx of a (briefly) trained tutorial CNN, 16px, 3 classes."""
+    """models/model.pt and model.onnx of a briefly trained tutorial CNN (16 px, 3 classes)."""
     import os
 
     from visionpipe import export, train

@@ -110,9 +110,10 @@ def test_backends_agree_on_top1(exported_model: Path, tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not DOG_PNG.is_file(), reason="../shared/samples/dog.png absent")
 def test_onnx_cli_never_imports_torch(exported_model: Path) -> None:
+    model = str(exported_model / "model.onnx")
     code = (
         "import sys; from visionpipe.cli import main;"
-        f"rc = main(['predict', {str(DOG_PNG)!r}, '--model', {str(exported_model / 'model.onnx')!r}]);"
+        f"rc = main(['predict', {str(DOG_PNG)!r}, '--model', {model!r}]);"
         "assert 'torch' not in sys.modules, 'the ONNX path imported torch';"
         "sys.exit(rc)"
     )
