@@ -1,0 +1,86 @@
+"""dvc.yaml and the code never disagree: stage deps are the modules each stage loads, and every
+path the library writes is a declared output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path, PurePosixPath
+
+import pytest
+import yaml
+
+from visionpipe import paths
+
+ROOT = Path(__file__).resolve().parents[1]
+PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+STAGES = PIPELINE["stages"]
+
+LOADED = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("stage", sys.argv[1])
+spec.loader.exec_module(importlib.util.module_from_spec(spec))
+print(json.dumps(sorted(m.__file__ for n, m in sys.modules.items()
+                        if n.split(".")[0] == "visionpipe" and getattr(m, "__file__", None))))
+"""
+
+
+def _entries(items: list) -> list[str]:
+    return [next(iter(i)) if isinstance(i, dict) else i for i in items]
+
+
+def test_the_six_stages_in_order() -> None:
+    assert list(STAGES) == ["download", "preprocess", "train", "evaluate", "export", "predict"]
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_deps_are_exactly_the_project_modules_the_stage_loads(stage: str) -> None:
+    script = f"stages/{stage}.py"
+    deps = _entries(STAGES[stage]["deps"])
+    assert script in deps
+    assert STAGES[stage]["cmd"].endswith(f"python {script}")
+    proc = subprocess.run(
+        [sys.executable, "-c", LOADED, str(ROOT / script)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""},
+        check=True,
+    )
+    loaded = {Path(f).resolve().relative_to(ROOT).as_posix() for f in json.loads(proc.stdout)}
+    declared = {d for d in deps if d.startswith("src/")}
+    assert loaded - declared == set(), f"{stage}: modules it loads but does not depend on"
+    assert declared - loaded == set(), f"{stage}: deps it does not load (needless re-runs)"
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_every_declared_code_dep_exists(stage: str) -> None:
+    for dep in _entries(STAGES[stage]["deps"]):
+        if dep.startswith(("src/", "stages/")):
+            assert (ROOT / dep).is_file(), f"{stage} depends on missing {dep}"
+
+
+def test_every_library_path_is_a_declared_output() -> None:
+    outs = [PurePosixPath(o) for s in STAGES.values() for o in _entries(s.get("outs", []))]
+    for name, value in vars(paths).items():
+        if not isinstance(value, Path):
+            continue
+        p = PurePosixPath(value.as_posix())
+        assert any(p == o or o in p.parents or p in o.parents for o in outs), (
+            f"paths.{name} = {p} is written by a stage but not declared in dvc.yaml"
+        )
+    for split in paths.SPLITS:
+        assert PurePosixPath(paths.PROCESSED_DIR.as_posix()) in outs
+        assert paths.split_file(split).parent == paths.PROCESSED_DIR
+
+
+def test_metrics_and_plots_are_declared_at_top_level() -> None:
+    outs = {o for s in STAGES.values() for o in _entries(s.get("outs", []))}
+    assert set(PIPELINE["metrics"]) <= outs
+    for plot in PIPELINE["plots"]:
+        if isinstance(plot, str):
+            assert plot in outs
+        else:
+            (definition,) = plot.values()
+            assert set(definition["y"]) <= outs
