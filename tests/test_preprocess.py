@@ -86,7 +86,7 @@ def test_bad_images_are_listed_and_skipped_by_default(workdir: Path) -> None:
 
 def test_on_bad_image_fail_stops_and_names_the_files(workdir: Path) -> None:
     _make_zip(workdir / paths.RAW_DIR / "photos.zip", extra={"photos/train/ants/x.jpg": b""})
-    with pytest.raises(preprocess.BadImagesError, match="photos/train/ants/x.jpg"):
+    with pytest.raises(preprocess.BadImagesError, match=r"photos/train/ants/x\.jpg"):
         preprocess.run(_params(on_bad_image="fail"))
     assert not paths.split_file("train").exists(), "a failed preprocess writes no split"
 
@@ -107,7 +107,7 @@ def test_layout_errors_are_explained(tmp_path: Path) -> None:
 def test_val_split_is_seeded_and_disjoint() -> None:
     split = preprocess.Split(np.zeros((50, 3, 2, 2), np.uint8), np.arange(50, dtype=np.int64))
     train_a, val_a = preprocess.split_train_val(split, 0.2, seed=1)
-    train_b, val_b = preprocess.split_train_val(split, 0.2, seed=1)
+    _, val_b = preprocess.split_train_val(split, 0.2, seed=1)
     assert np.array_equal(val_a.labels, val_b.labels) and len(val_a.labels) == 10
     assert not set(train_a.labels) & set(val_a.labels)
     _, val_c = preprocess.split_train_val(split, 0.2, seed=2)
