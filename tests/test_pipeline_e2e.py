@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import CIFAR_JPEG_ZIP, dvc, git, http_server, make_project, subset_zip
+from tests.helpers import CIFAR_JPEG_ZIP, dvc, env, git, http_server, make_project, subset_zip
 from visionpipe.cifar_pickle import CLASSES, write_cifar_python_archive
 
 pytestmark = pytest.mark.slow
@@ -128,3 +132,40 @@ def test_real_cifar_subset_learns(tmp_path: Path) -> None:
     assert meta["counts"] == {"train": 2700, "val": 300, "test": 500}
     acc = json.loads((repo / "metrics/eval.json").read_text())["test_accuracy"]
     assert acc > 0.2, f"test accuracy {acc} is no better than chance (0.1) on real images"
+
+
+def test_sigkilled_training_resumes_on_next_repro(tmp_path: Path) -> None:
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    write_cifar_python_archive(archive, n_train_per_batch=100, n_test=20, seed=3)
+    repo = make_project(
+        tmp_path / "repo",
+        {
+            "data": {"source": str(archive)},
+            "train": {"epochs": 6, "batch_size": 8, "log_every": 50},
+        },
+    )
+    dvc(repo, "repro", "preprocess")
+    checkpoint = repo / "checkpoints" / "last.pt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro"],
+        cwd=repo,
+        env=env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # power loss: no cleanup runs
+    proc.wait()
+    assert checkpoint.exists(), "training never reached its first checkpoint"
+    assert not (repo / "models/model.pt").exists(), "killed early enough to test a resume"
+
+    out = dvc(repo, "repro").stdout
+    assert "Running stage 'train'" in out
+    timings = json.loads((repo / "metrics/timings/train.json").read_text())
+    assert timings["resumed_from_epoch"] >= 1
+    epochs = (repo / "metrics/plots/epochs.csv").read_text().splitlines()
+    assert len(epochs) == 1 + 6, "the resumed run's history includes the epochs before the kill"
+    assert "up to date" in dvc(repo, "status").stdout
