@@ -14,7 +14,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import CIFAR_JPEG_ZIP, dvc, env, git, http_server, make_project, subset_zip
+from tests.helpers import (
+    CIFAR_JPEG_ZIP,
+    HYMENOPTERA_ZIP,
+    dvc,
+    env,
+    git,
+    http_server,
+    make_project,
+    subset_zip,
+)
 from visionpipe.cifar_pickle import CLASSES, write_cifar_python_archive
 
 pytestmark = pytest.mark.slow
@@ -169,3 +178,38 @@ def test_sigkilled_training_resumes_on_next_repro(tmp_path: Path) -> None:
     epochs = (repo / "metrics/plots/epochs.csv").read_text().splitlines()
     assert len(epochs) == 1 + 6, "the resumed run's history includes the epochs before the kill"
     assert "up to date" in dvc(repo, "status").stdout
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not HYMENOPTERA_ZIP.is_file(), reason="../shared hymenoptera_data.zip absent")
+@pytest.mark.parametrize("route", ["mirror", "source"])
+def test_hymenoptera_through_mirror_or_source(tmp_path: Path, route: str) -> None:
+    repo = make_project(
+        tmp_path / "repo",
+        {
+            "preprocess": {"image_size": 32},
+            "train": {"epochs": 1, "batch_size": 32},
+        },
+    )
+    run_env = env()
+    if route == "mirror":
+        run_env["DATA_MIRROR"] = str(HYMENOPTERA_ZIP.parent)
+        args = ["exp", "run", "-S", "data.dataset=hymenoptera"]
+    else:
+        args = [
+            "exp",
+            "run",
+            "-S",
+            "data.dataset=hymenoptera",
+            "-S",
+            f"data.source={HYMENOPTERA_ZIP}",
+        ]
+    out = dvc(repo, *args, env=run_env).stdout
+    for stage in ("download", "preprocess", "train", "evaluate", "export", "predict"):
+        assert f"Running stage '{stage}'" in out
+    meta = json.loads((repo / "data/processed/meta.json").read_text())
+    assert meta["classes"] == ["ants", "bees"] and meta["test_split_source"] == "val"
+    assert meta["counts"]["test"] == 153 and meta["counts"]["train"] + meta["counts"]["val"] == 245
+    assert json.loads((repo / "metrics/eval.json").read_text())["test_images"] == 153
+    preds = json.loads((repo / "predictions/predictions.json").read_text())
+    assert [Path(p["file"]).name for p in preds] == ["00_ants.png", "01_bees.png"]
