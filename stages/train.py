@@ -1,12 +1,19 @@
-"""Stage train: fit the model on the preprocessed splits; resumes an interrupted run."""
+"""Stage train: fit the model on the preprocessed splits; resumes an interrupted run.
 
-from visionpipe import logs, train
+With train.nproc * train.nnodes > 1 it hands itself to torchrun, which runs this same script once
+per rank (DistributedDataParallel).
+"""
+
+from visionpipe import distributed, logs, train
 from visionpipe.config import load_params
 
 
 def main() -> None:
     logs.setup()
-    train.run(load_params())
+    params = load_params()
+    if distributed.wants_launch(params.train):
+        distributed.launch(params.train, __file__)
+    train.run(params)
 
 
 if __name__ == "__main__":

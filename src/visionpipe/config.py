@@ -86,12 +86,23 @@ class TrainConfig(_Section):
     deterministic: bool = False  # force deterministic algorithms on GPU
     compile: bool = False  # torch.compile the model
     amp: bool = True  # bf16 autocast on CUDA (never on CPU, so CPU runs stay exact)
+    # Processes per node and nodes for DistributedDataParallel through torchrun; batch_size stays
+    # the global batch, so results keep their meaning whatever the process count.
+    nproc: int = Field(default=1, ge=1, le=1024)
+    nnodes: int = Field(default=1, ge=1)
+    node_rank: int = Field(default=0, ge=0)
+    master_addr: str = "127.0.0.1"  # rendezvous host (node 0) when nnodes > 1
+    master_port: int = Field(default=29500, ge=1, le=65535)
     channels_last: bool = True  # channels-last memory format (much faster on CPU and GPU)
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> TrainConfig:
         if self.nesterov and self.momentum == 0.0:
             raise ValueError("train.nesterov: true needs train.momentum > 0")
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"train.node_rank {self.node_rank} must be below train.nnodes")
+        if self.batch_size < self.nproc * self.nnodes:
+            raise ValueError("train.batch_size (the global batch) must be at least nproc * nnodes")
         return self
 
 

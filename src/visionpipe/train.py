@@ -20,10 +20,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from visionpipe import __version__, paths
+from visionpipe import __version__, distributed, paths
 from visionpipe.config import Params, TrainConfig
+from visionpipe.distributed import all_reduce_sum
 from visionpipe.fsutil import save_torch, write_json, write_text
 from visionpipe.models import Classifier, _unwrap, build_model, init_whitening, save_model
 
@@ -204,10 +206,45 @@ def _log_tensorboard_start(writer: Any, model: Classifier, sample: torch.Tensor)
         log.warning("TensorBoard model graph skipped: %s", exc)
 
 
+class _Writer:
+    """TensorBoard on rank 0; a silent stand-in on the other ranks."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.tb: Any = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(paths.TB_DIR))
+
+    def start(self, model: Classifier, sample: torch.Tensor) -> None:
+        if self.tb is not None:
+            _log_tensorboard_start(self.tb, model, sample)
+
+    def add_scalar(self, name: str, value: float, step: int) -> None:
+        if self.tb is not None:
+            self.tb.add_scalar(name, value, step)
+
+    def flush(self) -> None:
+        if self.tb is not None:
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
 def run(params: Params) -> dict[str, Any]:
     """Train per `params` on the preprocessed splits; write the model, metrics, plots, logs."""
     cfg = params.train
-    device = pick_device(cfg.device)
+    ddp, device = distributed.init(pick_device(cfg.device))
+    try:
+        return _run(params, ddp, device)
+    finally:
+        distributed.shutdown(ddp)
+
+
+def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[str, Any]:
+    cfg = params.train
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation, on CPU
     if cfg.deterministic:
@@ -253,7 +290,9 @@ def run(params: Params) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, warmup_steps, cfg.schedule)
     )
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    # Summed, then divided by the global batch length: with several ranks DDP averages the
+    # gradients, so each rank scales by world_size and the result equals one process's mean.
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum")
 
     history = History()
     start_epoch, best_val, bad_epochs = 0, math.inf, 0
@@ -262,15 +301,20 @@ def run(params: Params) -> dict[str, Any]:
     if resumed is not None:
         start_epoch, history, best_val, bad_epochs = resumed
         log.info("resuming from %s after epoch %d of %d", CHECKPOINT, start_epoch, cfg.epochs)
-    else:
+    elif ddp.is_main:
         shutil.rmtree(paths.TB_DIR, ignore_errors=True)
+    distributed.barrier(ddp)  # no rank may overwrite the checkpoint before all have read it
 
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(paths.TB_DIR))
+    writer = _Writer(ddp.is_main)
     if start_epoch == 0:
-        _log_tensorboard_start(writer, _unwrap(model), train_x[:32].cpu())
-    step_model = torch.compile(model) if cfg.compile else model
+        writer.start(_unwrap(model), train_x[:32].cpu())
+    step_model: nn.Module = model
+    if ddp.enabled:
+        step_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.compile:
+        step_model = torch.compile(step_model)
 
     t_start = time.perf_counter()
     images_seen = 0
@@ -284,30 +328,37 @@ def run(params: Params) -> dict[str, Any]:
             range(steps_per_epoch),
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
             unit="step",
-            disable=None,
+            disable=None if ddp.is_main else True,
             leave=False,
         )
         t_epoch = time.perf_counter()
         for i in bar:
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            batch_len = len(idx)
             x, y = train_x[idx], train_y[idx]
+            # Every rank draws the same augmentation for the whole global batch, then keeps its
+            # shard: the result does not depend on the process count.
             if cfg.augment.crop_padding:
                 x = batch_crop(x, cfg.augment.crop_padding, gen)
             if cfg.augment.flip:
                 x = batch_flip_lr(x, gen)
+            if ddp.enabled:
+                x, y = x[ddp.rank :: ddp.world_size], y[ddp.rank :: ddp.world_size]
             x = x.float().div_(255)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(device, enabled=use_cuda_tricks and cfg.amp):
-                loss = criterion(step_model(x), y)
+                loss_sum_batch = criterion(step_model(x), y)
+            loss = loss_sum_batch * (ddp.world_size / batch_len)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             global_step += 1
-            loss_sum += loss.detach() * len(y)
+            loss_sum += loss_sum_batch.detach()
             if global_step % cfg.log_every == 0:
-                value = loss.item()  # the only host sync in the loop, at logging steps
+                # The only host sync in the loop, at logging steps.
+                value = all_reduce_sum(loss_sum_batch.detach().clone(), ddp).item() / batch_len
                 writer.add_scalar("train_loss", value, global_step)
                 history.steps.append({"step": global_step, "train_loss": value})
                 bar.set_postfix(
@@ -315,7 +366,9 @@ def run(params: Params) -> dict[str, Any]:
                     img_s=f"{(i + 1) * cfg.batch_size / (time.perf_counter() - t_epoch):.0f}",
                 )
         images_seen += n
-        train_loss = loss_sum.item() / n
+        train_loss = all_reduce_sum(loss_sum, ddp).item() / n
+        # Every rank evaluates the same weights on the same val split, so all reach the same
+        # early-stopping decision without another collective.
         val_loss, val_acc = evaluate_split(model, val_x, val_y, device)
         lr_now = optimizer.param_groups[0]["lr"]
         history.epochs.append(
@@ -350,10 +403,20 @@ def run(params: Params) -> dict[str, Any]:
             bad_epochs += 1
         stopped_early = cfg.patience > 0 and bad_epochs >= cfg.patience
         done = stopped_early or epoch + 1 == cfg.epochs
-        _save_checkpoint(
-            fp, epoch + 1, done, model, optimizer, scheduler, gen, history, best_val, bad_epochs
-        )
-        write_plots(history)
+        if ddp.is_main:  # rank 0 alone writes; the others hold identical state
+            _save_checkpoint(
+                fp,
+                epoch + 1,
+                done,
+                model,
+                optimizer,
+                scheduler,
+                gen,
+                history,
+                best_val,
+                bad_epochs,
+            )
+            write_plots(history)
         if stopped_early:
             log.info("early stopping: val loss has not improved for %d epochs", cfg.patience)
             break
@@ -373,7 +436,6 @@ def run(params: Params) -> dict[str, Any]:
         "visionpipe_version": __version__,
         "torch_version": torch.__version__.split("+")[0],
     }
-    save_model(paths.MODEL, model, meta)
     last = history.epochs[-1]
     metrics = {
         "epochs_run": len(history.epochs),
@@ -383,6 +445,9 @@ def run(params: Params) -> dict[str, Any]:
         "val_accuracy": round(last["val_accuracy"], 6),
         "best_val_loss": round(best_val, 6),
     }
+    if not ddp.is_main:
+        return metrics
+    save_model(paths.MODEL, model, meta)
     write_json(paths.TRAIN_METRICS, metrics)
     write_json(
         paths.TRAIN_TIMINGS,
@@ -391,6 +456,7 @@ def run(params: Params) -> dict[str, Any]:
             "train_seconds": round(seconds, 2),
             "images_per_second": round(images_seen / seconds, 1) if seconds else None,
             "resumed_from_epoch": start_epoch,
+            "processes": ddp.world_size,
         },
     )
     return metrics

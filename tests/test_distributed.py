@@ -1,0 +1,131 @@
+"""DDP on this machine: gloo, 2 CPU processes through torchrun, launched by the train stage."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import write_processed
+from tests.helpers import ROOT, env
+from visionpipe import distributed, paths
+from visionpipe.config import parse_params
+
+pytestmark = pytest.mark.slow
+
+TRAIN = {
+    "epochs": 30,
+    "batch_size": 16,
+    "lr": 0.05,
+    "momentum": 0.9,
+    "log_every": 20,
+    "augment": {"crop_padding": 2, "flip": True},
+}
+
+
+def _workdir(root: Path, n_train: int = 96, **train: object) -> Path:
+    write_processed(root, n_train=n_train, n_val=16, n_test=16, size=16)
+    params = {"data": {"dataset": "imagefolder", "source": "unused"}, "train": {**TRAIN, **train}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def _stage(cwd: Path, **kw: object) -> subprocess.Popen:
+    e = env()
+    e["PYTHONPATH"] = str(ROOT / "src")
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "stages/train.py")],
+        cwd=cwd,
+        env=e,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
+
+
+def _train(cwd: Path) -> None:
+    proc = _stage(cwd)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL `pid` and all its descendants (torchrun starts ranks in their own sessions)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo, found = [pid], []
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo += parents.get(p, [])
+    for p in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+
+
+def _weights(cwd: Path) -> dict[str, torch.Tensor]:
+    return torch.load(cwd / paths.MODEL, weights_only=True)["state_dict"]
+
+
+def test_launch_uses_torchrun() -> None:
+    cfg = parse_params({"train": {"nproc": 2}}).train
+    args = distributed.launch_args(cfg, "stages/train.py")
+    assert args[1:3] == ["-m", "torch.distributed.run"] and "--nproc-per-node=2" in args
+    multi = parse_params(
+        {"train": {"nproc": 8, "nnodes": 2, "node_rank": 1, "master_addr": "10.0.0.1"}}
+    ).train
+    args = distributed.launch_args(multi, "stages/train.py")
+    assert "--nnodes=2" in args and "--node-rank=1" in args and "--master-addr=10.0.0.1" in args
+
+
+def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
+    single = _workdir(tmp_path / "single")
+    ddp = _workdir(tmp_path / "ddp", nproc=2)
+    _train(single)
+    _train(ddp)
+    timings = json.loads((ddp / paths.TRAIN_TIMINGS).read_text())
+    assert timings["processes"] == 2
+    steps = 30 * 6
+    assert steps >= 180
+    a, b = _weights(single), _weights(ddp)
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5, rtol=0), (
+            f"{key}: max diff {(a[key] - b[key]).abs().max():.2e}"
+        )
+    # Only rank 0 wrote: one event file, plots with one row per epoch.
+    assert len(list((ddp / paths.TB_DIR).glob("events.*"))) == 1
+    assert len((ddp / paths.PLOT_EPOCHS).read_text().splitlines()) == 31
+
+
+def test_killed_ddp_run_resumes_and_finishes(tmp_path: Path) -> None:
+    # Epochs long enough (40 steps) that the kill lands between the first checkpoint and the end.
+    reference = _workdir(tmp_path / "reference", n_train=640, epochs=8, nproc=2)
+    _train(reference)
+    work = _workdir(tmp_path / "work", n_train=640, epochs=8, nproc=2)
+    checkpoint = work / paths.CHECKPOINT_DIR / "last.pt"
+    proc = _stage(work)
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _kill_tree(proc.pid)  # power loss: torchrun and every rank die at once, no cleanup
+    proc.communicate()
+    assert checkpoint.exists() and not (work / paths.MODEL).exists()
+    _train(work)
+    assert json.loads((work / paths.TRAIN_TIMINGS).read_text())["resumed_from_epoch"] >= 1
+    a, b = _weights(reference), _weights(work)
+    assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=0) for k in a)
