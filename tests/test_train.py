@@ -141,3 +141,15 @@ def test_saved_model_is_weights_and_plain_metadata(processed: Path) -> None:
     assert meta["params"]["train"]["lr"] == 0.01 and meta["visionpipe_version"]
     model, _ = load_model(paths.MODEL)
     assert model(torch.rand(1, 3, 16, 16)).shape == (1, 3)
+
+
+def test_fine_tune_from_another_runs_model(processed: Path) -> None:
+    train.run(tiny_params(epochs=1))
+    done = torch.load(paths.MODEL, weights_only=True)["state_dict"]
+    model = build_model("tutorial_cnn", 3, 16, {"weights": str(paths.MODEL)})
+    assert torch.equal(model.net[0].weight, done["net.0.weight"])
+    other = build_model("tutorial_cnn", 5, 16, {"weights": str(paths.MODEL)})  # new class count
+    assert torch.equal(other.net[0].weight, done["net.0.weight"])
+    assert other.net[-1].out_features == 5
+    with pytest.raises(FileNotFoundError, match=r"model\.weights"):
+        build_model("resnet18", 2, 32, {"weights": "missing.pt"})

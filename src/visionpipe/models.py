@@ -158,13 +158,11 @@ def init_whitening(layer: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4) ->
     layer.bias.zero_()
 
 
-def _torchvision_model(
-    name: str, num_classes: int, pretrained: bool, weights: str | None
-) -> nn.Module:
+def _torchvision_model(name: str, num_classes: int, pretrained: bool) -> nn.Module:
     import torchvision
 
     builder = getattr(torchvision.models, name)
-    tv_weights = "DEFAULT" if pretrained and weights is None else None
+    tv_weights = "DEFAULT" if pretrained else None
     try:
         model = builder(weights=tv_weights)
     except Exception as exc:  # torchvision raises URLError/RuntimeError/etc. when offline
@@ -174,8 +172,6 @@ def _torchvision_model(
             f"({torch.hub.get_dir()}/checkpoints) or set model.weights to a local weights file "
             "(and model.pretrained: false)."
         ) from None
-    if weights is not None:
-        load_weights_file(model, Path(weights), strict=False)
     if name == "vgg16":
         model.classifier[6] = nn.Linear(model.classifier[6].in_features, num_classes)
     else:
@@ -229,11 +225,15 @@ def build_model(
     elif arch == "alexnet":
         net = alexnet(num_classes, image_size)
     elif arch in ("vgg16", "resnet18"):
-        net = _torchvision_model(arch, num_classes, p.get("pretrained", False), p.get("weights"))
+        net = _torchvision_model(arch, num_classes, p.get("pretrained", False))
     elif arch == "fast":
         net = FastNet(num_classes)
     else:
         raise ValueError(f"Invalid model.name '{arch}'. Only {', '.join(ARCHS)} are supported.")
+    if p.get("weights"):
+        # Start from a local file (torchvision weights, or another run's models/model.pt):
+        # tensors that fit are loaded, a classifier for another class count stays fresh.
+        load_weights_file(net, Path(p["weights"]), strict=False)
     normalize = Normalize(mean, std) if mean is not None and std is not None else None
     return Classifier(net, normalize)
 

@@ -182,8 +182,9 @@ def write_grid(
         scale = cell / max(img.size)
         # Upscale tiny CIFAR images with NEAREST so their pixels stay honest; downscale smoothly.
         resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BILINEAR
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                         resample)
+        img = img.resize(
+            (max(1, round(img.width * scale)), max(1, round(img.height * scale))), resample
+        )
         sheet.paste(img, (x + (cell - img.width) // 2, y + (cell - img.height) // 2))
         best = p.top[0]
         draw.text(

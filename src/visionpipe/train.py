@@ -465,10 +465,10 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
 def _arch_params(params: Params) -> dict[str, Any]:
     m = params.model
     if m.name == "tutorial_cnn":
-        return {"activation": m.activation, "batch_norm": m.batch_norm}
+        return {"activation": m.activation, "batch_norm": m.batch_norm, "weights": m.weights}
     if m.name in ("vgg16", "resnet18"):
         return {"pretrained": m.pretrained, "weights": m.weights}
-    return {}
+    return {"weights": m.weights}
 
 
 def _device_name(device: torch.device) -> str:

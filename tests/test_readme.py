@@ -1,0 +1,526 @@
+"""Every shell command in README.md, run in README order in a fresh project copy on tiny data.
+
+The commands are parsed out of the README's ```sh blocks, never copied here, so an edited command is
+what runs. Each one must have a rule below saying how it runs (`plan`); a command without one fails
+the test, naming it, so a new README command forces someone to teach this test how to check it.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import itertools
+import json
+import re
+import shlex
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from tests.helpers import ROOT, env, make_project, run
+from visionpipe.cifar_pickle import CLASSES
+from visionpipe.sources import HYMENOPTERA_COUNTS, HYMENOPTERA_ROOT, OFFICIAL
+
+README = ROOT / "README.md"
+SHELL_FENCES = frozenset({"sh", "bash", "shell"})  # other fences (the stage diagram) are not run
+PLACEHOLDER = re.compile(r"<[^>]*>|\.\.\.|\[--")  # <exp-a>, IMAGE_OR_DIR_OR_GLOB..., [--topk 3]
+SHELL_SYNTAX = frozenset({"|", "||", ";", "&", ">", ">>", "<", "2>", "2>&1", "$(", "`"})
+
+CIFAR_PER_CLASS = {"train": 12, "test": 3}  # stand-in images per class and split
+TINY_PARAMS: dict[str, dict[str, Any]] = {
+    "train": {"epochs": 1, "batch_size": 16, "log_every": 2},
+    "export": {"parity_images": 16},
+}
+QUEUE_TIMEOUT_S = 900  # the three queued runs take ~2.5 min on 2 busy cores
+QUEUE_POLL_S = 5.0
+
+
+def _strip_comment(line: str) -> str:
+    """`line` without a trailing `# comment` (a `#` that starts a word outside quotes)."""
+    quote = None
+    for i, ch in enumerate(line):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i]
+    return line
+
+
+def readme_commands(markdown: str) -> list[str]:
+    """Commands of the shell-fenced blocks in order: `\\` continuations joined, comments dropped."""
+    commands: list[str] = []
+    fence: str | None = None  # language of the open fence ("" for a bare one)
+    pending = ""
+    for line in markdown.splitlines():
+        if line.lstrip().startswith("```"):
+            if fence is None:
+                fence = (line.strip()[3:].split() or [""])[0].lower()
+            else:
+                assert not pending, f"README: a shell block ends in a continuation: {pending!r}"
+                fence = None
+            continue
+        if fence not in SHELL_FENCES:
+            continue
+        text = line.rstrip()
+        if text.endswith("\\"):
+            pending += text[:-1].strip() + " "
+            continue
+        command = " ".join((pending + _strip_comment(text)).split())
+        pending = ""
+        if command:
+            commands.append(command)
+    return commands
+
+
+def _parts(command: str) -> list[str]:
+    """The commands chained with `&&` in one README line, each run (and checked) in turn."""
+    return [p.strip() for p in re.split(r"\s+&&\s+", command)]
+
+
+@dataclass
+class Ctx:
+    """The project copy the README commands run in, and what earlier commands left for later."""
+
+    tmp: Path
+    repo: Path
+    command: str = ""  # the README command running now, for messages
+    queued: list[str] = field(default_factory=list)  # names from `dvc exp run --queue`
+    sweeps: list[dict[str, list[Any]]] = field(default_factory=list)  # their -S value lists
+    timings: list[tuple[str, float]] = field(default_factory=list)
+
+
+Step = Callable[[Ctx], None]
+
+# Steps a user takes that the test stands in for; nothing runs for them.
+SETUP: dict[str, str] = {
+    "git clone <this repo> visionpipe": "make_project's fresh git+DVC copy is the clone",
+    "cd visionpipe": "every command runs with the copy as its working directory",
+}
+
+
+def _predict_synopsis(ctx: Ctx) -> list[list[str]]:
+    # Every form of input the synopsis names (a file, a folder, a glob the CLI expands itself)
+    # and every option, once per backend.
+    out = ctx.tmp / "predict-out"
+    out.mkdir(exist_ok=True)
+    inputs = "../shared/samples/dog.png data/samples 'data/samples/*.png'"
+    return [
+        shlex.split(
+            f"uv run visionpipe predict {inputs} --model models/model.{suffix} --topk {k}"
+            f" --backend {backend} --json {out}/{backend}.json --csv {out}/{backend}.csv"
+            f" --grid {out}/{backend}.png"
+        )
+        for backend, suffix, k in (("onnx", "onnx", 3), ("torch", "pt", 2))
+    ]
+
+
+def _plots_diff_two_experiments(ctx: Ctx) -> list[list[str]]:
+    # <exp-a> <exp-b>: the experiments with the largest and smallest train.lr so far.
+    exps = _experiments(ctx)
+    assert len(exps) >= 2, f"`{ctx.command}` needs two experiments, earlier commands made {exps}"
+    by_lr = sorted(exps, key=lambda name: _param(exps[name], "train.lr"))
+    return [["uv", "run", "dvc", "plots", "diff", by_lr[-1], by_lr[0]]]
+
+
+# Commands with placeholders or usage synopses, and the concrete commands run for them.
+SUBSTITUTE: dict[str, Callable[[Ctx], list[list[str]]]] = {
+    "uv run visionpipe predict IMAGE_OR_DIR_OR_GLOB... [--model models/model.onnx] [--topk 3] "
+    "[--backend onnx|torch] [--json out.json] [--csv out.csv] [--grid out.png]": _predict_synopsis,
+    "uv run dvc plots diff <exp-a> <exp-b>": _plots_diff_two_experiments,
+}
+
+
+def plan(part: str) -> Step | str:
+    """How the test runs one README command (one side of an `&&`), or why it cannot."""
+    if part in SETUP:
+        return lambda ctx: None
+    if part in SUBSTITUTE:
+        return functools.partial(_run_substitutes, SUBSTITUTE[part])
+    if PLACEHOLDER.search(part):
+        return "has a placeholder or usage synopsis: give concrete values for it in SUBSTITUTE"
+    try:
+        tokens = shlex.split(part)
+    except ValueError as e:
+        return f"does not parse as a shell command ({e})"
+    if any(t in SHELL_SYNTAX or "$(" in t or "`" in t for t in tokens):
+        return "uses pipes, redirections or command substitution, which this test does not run"
+    env_extra, argv = _split_env(tokens)
+    if any("$" in t.replace("$PWD", "") for t in [*env_extra.values(), *argv]):
+        return "uses a shell variable other than $PWD"
+    if argv[:2] != ["uv", "run"] or len(argv) < 3 or argv[2] not in UV_RUN:
+        return f"is not `uv run` of a tool this test knows how to run ({', '.join(UV_RUN)})"
+    return lambda ctx: _uv_run(ctx, argv, env_extra)
+
+
+def _run_substitutes(substitute: Callable[[Ctx], list[list[str]]], ctx: Ctx) -> None:
+    for argv in substitute(ctx):
+        _uv_run(ctx, argv, {})
+
+
+def _split_env(tokens: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Leading `NAME=value` words (environment for the command) and the command itself."""
+    extra: dict[str, str] = {}
+    while tokens and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", tokens[0]):
+        name, value = tokens[0].split("=", 1)
+        extra[name] = value
+        tokens = tokens[1:]
+    return extra, tokens
+
+
+def _uv_run(ctx: Ctx, argv: list[str], env_extra: dict[str, str]) -> None:
+    """`uv run TOOL ARGS` as this venv runs it, without re-syncing; $PWD is the project copy."""
+    assert argv[:2] == ["uv", "run"], argv
+
+    def expand(s: str) -> str:
+        return s.replace("$PWD", str(ctx.repo))
+
+    UV_RUN[argv[2]](
+        ctx, [expand(a) for a in argv[3:]], {k: expand(v) for k, v in env_extra.items()}
+    )
+
+
+def _run(
+    ctx: Ctx, cmd: list[str], env_extra: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run one command; a non-zero exit fails the test, naming the README command."""
+    started = time.perf_counter()
+    proc = run(cmd, cwd or ctx.repo, check=False, env={**env(), **(env_extra or {})}, timeout=900)
+    shown = shlex.join(cmd[2:] if cmd[0] == sys.executable else cmd)
+    ctx.timings.append((shown, time.perf_counter() - started))
+    assert proc.returncode == 0, (
+        f"README command `{ctx.command}` ran as `{shlex.join(cmd)}` and exited"
+        f" {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-6000:]}"
+    )
+    return proc
+
+
+def _dvc(ctx: Ctx, args: list[str], env_extra: dict[str, str]) -> None:
+    proc = _run(ctx, [sys.executable, "-m", "dvc", *args], env_extra)
+    check = DVC_CHECKS.get(tuple(args[:2])) or DVC_CHECKS.get(tuple(args[:1]))
+    if check:
+        check(ctx, args, proc)
+
+
+def _check_exp_run(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess) -> None:
+    if "--queue" in args:
+        _record_queued(ctx, args, proc)
+    else:
+        _check_pipeline_outputs(ctx, args, proc)
+
+
+def _check_pipeline_outputs(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess) -> None:
+    """The workspace holds a full run on the data params.yaml names, whose classes it learned."""
+    data = yaml.safe_load((ctx.repo / "params.yaml").read_text())["data"]
+    source, dataset = data["source"], data["dataset"]
+    raw = json.loads((ctx.repo / "data/raw/source.json").read_text())
+    meta = json.loads((ctx.repo / "data/processed/meta.json").read_text())
+    wanted_file = (
+        Path(urllib.parse.urlparse(source).path).name if source else OFFICIAL[dataset].filename
+    )
+    assert raw["file"] == wanted_file, f"`{ctx.command}` fetched {raw}, expected {wanted_file}"
+    classes, n_test = STAND_IN_CLASSES[dataset]
+    assert meta["dataset"] == dataset and meta["classes"] == classes, (
+        f"`{ctx.command}` trained on {raw['file']} (data.source is {source!r}), not on the"
+        f" {dataset} data: it learned the classes {meta['classes']}, expected {classes}"
+    )
+    evaluation = json.loads((ctx.repo / "metrics/eval.json").read_text())
+    assert evaluation["test_images"] == n_test and 0.0 <= evaluation["test_accuracy"] <= 1.0
+    preds = json.loads((ctx.repo / "predictions/predictions.json").read_text())
+    assert len(preds) == len(classes) and all(p["error"] is None for p in preds), preds
+    assert any((ctx.repo / "logs/tensorboard").glob("events.out.tfevents.*"))
+
+
+def _record_queued(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess) -> None:
+    names = re.findall(r"Queued experiment '([^']+)'", proc.stdout + proc.stderr)
+    sets = [b for a, b in itertools.pairwise(args) if a in ("-S", "--set-param")]
+    sweep = {key: yaml.safe_load(f"[{values}]") for key, values in (s.split("=", 1) for s in sets)}
+    expected = 1
+    for values in sweep.values():
+        expected *= len(values)
+    assert len(names) == expected, f"`{ctx.command}` queued {names}, expected {expected} runs"
+    ctx.queued += names
+    ctx.sweeps.append(sweep)
+
+
+def _queue_statuses(ctx: Ctx) -> dict[str, str]:
+    out = _run(ctx, [sys.executable, "-m", "dvc", "queue", "status"]).stdout
+    rows = (line.split() for line in out.splitlines())
+    return {row[1]: row[-1] for row in rows if len(row) >= 4 and row[1] in ctx.queued}
+
+
+def _wait_for_queue(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess) -> None:
+    """`dvc queue start` returns at once; wait for its workers, then check every queued run."""
+    assert ctx.queued, f"`{ctx.command}` ran before any `dvc exp run --queue`"
+    deadline = time.monotonic() + QUEUE_TIMEOUT_S
+    while True:
+        statuses = _queue_statuses(ctx)
+        if not any(s in ("Queued", "Running") for s in statuses.values()):
+            break
+        assert time.monotonic() < deadline, f"queue not done in {QUEUE_TIMEOUT_S} s: {statuses}"
+        time.sleep(QUEUE_POLL_S)
+    failed = {name: s for name, s in statuses.items() if s != "Success"}
+    if failed:
+        logs = "\n".join(
+            f"--- dvc queue logs {name}\n"
+            + run(
+                [sys.executable, "-m", "dvc", "queue", "logs", name], ctx.repo, check=False
+            ).stdout[-4000:]
+            for name in failed
+        )
+        pytest.fail(f"queued experiments did not succeed: {statuses}\n{logs}")
+    exps = _experiments(ctx)
+    for sweep in ctx.sweeps:
+        runs = [exps[name] for name in ctx.queued if name in exps]
+        assert len(runs) == len(list(itertools.product(*sweep.values()))), (sorted(exps), sweep)
+        for key, values in sweep.items():
+            assert sorted(_param(r, key) for r in runs) == sorted(values), (key, values)
+        for r in runs:
+            assert "test_accuracy" in r["metrics"]["metrics/eval.json"]["data"], r["metrics"]
+
+
+def _experiments(ctx: Ctx) -> dict[str, dict[str, Any]]:
+    """Name -> data (params, metrics) of every experiment, from `dvc exp show --json`."""
+    shown = json.loads(_run(ctx, [sys.executable, "-m", "dvc", "exp", "show", "--json"]).stdout)
+    return {
+        rev["name"]: rev["data"]
+        for baseline in shown
+        for exp in baseline.get("experiments") or []
+        for rev in exp["revs"]
+        if rev.get("name") and rev.get("data")
+    }
+
+
+def _param(data: dict[str, Any], dotted: str) -> Any:
+    value = data["params"]["params.yaml"]["data"]
+    for key in dotted.split("."):
+        value = value[key]
+    return value
+
+
+def _check_exp_show(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess) -> None:
+    for name in [*ctx.queued, "workspace"]:
+        assert name in proc.stdout, f"`{ctx.command}` does not list {name}:\n{proc.stdout}"
+
+
+def _check_metrics(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess) -> None:
+    assert "test_accuracy" in proc.stdout, f"`{ctx.command}` printed:\n{proc.stdout}"
+
+
+def _check_params_diff(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess) -> None:
+    # Every param that differs between HEAD and the workspace is listed.
+    head = yaml.safe_load(run(["git", "show", "HEAD:params.yaml"], ctx.repo).stdout)
+    work = yaml.safe_load((ctx.repo / "params.yaml").read_text())
+    changed = [
+        f"{section}.{key}"
+        for section, values in work.items()
+        for key, value in values.items()
+        if head[section].get(key) != value
+    ]
+    assert changed and all(k in proc.stdout for k in changed), (changed, proc.stdout)
+
+
+def _check_plots(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess) -> None:
+    out = args[args.index("-o") + 1] if "-o" in args else "dvc_plots"
+    page = ctx.repo / out / "index.html"
+    html = page.read_text()
+    assert "vegaEmbed" in html and "cdn.jsdelivr" not in html, "plots page is not the offline one"
+    revs = [a for a in args[2:] if not a.startswith("-") and a != out] if args[1] == "diff" else []
+    for rev in revs:
+        assert rev in html, f"`{ctx.command}`: {page} does not show {rev}"
+    page.unlink()  # the next plots command must write its own
+
+
+DVC_CHECKS: dict[tuple[str, ...], Callable[[Ctx, list[str], subprocess.CompletedProcess], None]] = {
+    ("repro",): _check_pipeline_outputs,
+    ("exp", "run"): _check_exp_run,
+    ("queue", "start"): _wait_for_queue,
+    ("exp", "show"): _check_exp_show,
+    ("metrics", "show"): _check_metrics,
+    ("metrics", "diff"): _check_metrics,
+    ("params", "diff"): _check_params_diff,
+    ("plots", "show"): _check_plots,
+    ("plots", "diff"): _check_plots,
+}
+
+
+def _visionpipe(ctx: Ctx, args: list[str], env_extra: dict[str, str]) -> None:
+    proc = _run(ctx, [sys.executable, "-m", "visionpipe.cli", *args], env_extra)
+    assert args[0] == "predict", f"no check written for `visionpipe {args[0]}`"
+    assert "ERROR" not in proc.stdout, proc.stdout
+    lines = [line for line in proc.stdout.splitlines() if "%" in line]
+    inputs = list(itertools.takewhile(lambda a: not a.startswith("-"), args[1:]))
+    files = [a for a in inputs if (ctx.repo / a).is_file()]
+    options = {a: b for a, b in itertools.pairwise(args) if a.startswith("--")}
+    for f in files:
+        assert any(line.startswith(f"{f}: ") for line in lines), f"no prediction for {f}"
+    assert len(lines) >= len(files), proc.stdout
+    for flag in ("--json", "--csv", "--grid"):
+        if flag in options:
+            assert (ctx.repo / options[flag]).stat().st_size > 0, f"{flag} wrote nothing"
+    if "--json" in options:
+        assert len(json.loads((ctx.repo / options["--json"]).read_text())) == len(lines)
+
+
+def _pytest(ctx: Ctx, args: list[str], env_extra: dict[str, str]) -> None:
+    # Not the whole suite from inside it: the same options, collecting one small file of the
+    # real tests (in the checkout; the copy has no tests/), which proves pytest, the project's
+    # pytest settings and the options (a -m expression) work.
+    cmd = [sys.executable, "-m", "pytest", *args, "--collect-only", "-q", "-p", "no:cacheprovider"]
+    proc = _run(ctx, [*cmd, "tests/test_config.py"], env_extra, cwd=ROOT)
+    assert "tests/test_config.py::" in proc.stdout, proc.stdout
+
+
+def _ruff(ctx: Ctx, args: list[str], env_extra: dict[str, str]) -> None:
+    # The same subcommand and options, on this file rather than `.`: the project's lint state
+    # is CI's business, and another change in progress must not fail the README test.
+    here = str(Path(__file__).relative_to(ROOT))
+    targets = [here if a == "." else a for a in args]
+    if targets == args:
+        targets.append(here)
+    _run(ctx, [sys.executable, "-m", "ruff", *targets], env_extra, cwd=ROOT)
+
+
+def _tensorboard(ctx: Ctx, args: list[str], env_extra: dict[str, str]) -> None:
+    # The server runs until stopped: start it on a free port (`--port 0`, added so that a
+    # TensorBoard already running does not clash), ask it for its runs, stop it.
+    logdir = ctx.repo / args[args.index("--logdir") + 1]
+    assert any(logdir.glob("events.out.tfevents.*")), f"{logdir} holds no event files"
+    log_path = ctx.tmp / "tensorboard.log"
+    cmd = [sys.executable, "-m", "tensorboard.main", *args, "--port", "0"]
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            cmd, cwd=ctx.repo, env={**env(), **env_extra}, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while not (found := re.search(r"(http://\S+:\d+)/", log_path.read_text())):
+            assert server.poll() is None, f"`{ctx.command}` exited:\n{log_path.read_text()}"
+            assert time.monotonic() < deadline, f"no server URL:\n{log_path.read_text()}"
+            time.sleep(0.5)
+        no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with no_proxy.open(f"{found.group(1)}/data/runs", timeout=60) as response:
+            runs = json.loads(response.read())
+        assert runs, f"TensorBoard found no runs in {logdir}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+UV_RUN: dict[str, Callable[[Ctx, list[str], dict[str, str]], None]] = {
+    "dvc": _dvc,
+    "visionpipe": _visionpipe,
+    "pytest": _pytest,
+    "ruff": _ruff,
+    "tensorboard": _tensorboard,
+}
+
+
+STAND_IN_CLASSES: dict[str, tuple[list[str], int]] = {  # classes, test images
+    "cifar10": (list(CLASSES), len(CLASSES) * CIFAR_PER_CLASS["test"]),
+    "hymenoptera": (
+        sorted({cls for _, cls in HYMENOPTERA_COUNTS}),
+        sum(n for (split, _), n in HYMENOPTERA_COUNTS.items() if split == "val"),
+    ),
+}
+
+
+def _jpeg(rng: np.random.Generator, k: int, size: int) -> bytes:
+    """A noisy image whose colour depends on its class index `k` (so the classes are learnable)."""
+    base = np.array([(k * 97 + 30) % 256, (k * 53 + 80) % 256, (k * 151 + 160) % 256])
+    pixels = np.clip(base + rng.integers(-40, 41, (size, size, 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=75)
+    return buf.getvalue()
+
+
+def make_shared(shared: Path) -> None:
+    """Tiny files named as the README's ../shared ones: the two datasets and the dog photo."""
+    rng = np.random.default_rng(0)
+    (shared / "datasets").mkdir(parents=True)
+    with zipfile.ZipFile(shared / "datasets" / "cifar10-jpeg.zip", "w") as z:
+        for (split, n), (k, cls) in itertools.product(CIFAR_PER_CLASS.items(), enumerate(CLASSES)):
+            for i in range(n):
+                z.writestr(f"cifar10-jpeg/{split}/{cls}/{i:04d}.jpg", _jpeg(rng, k, 32))
+    # The official zip's exact file counts: the mirror's layout check demands them.
+    classes = STAND_IN_CLASSES["hymenoptera"][0]
+    with zipfile.ZipFile(shared / "datasets" / OFFICIAL["hymenoptera"].filename, "w") as z:
+        for (split, cls), n in HYMENOPTERA_COUNTS.items():
+            for i in range(n):
+                name = f"{HYMENOPTERA_ROOT}/{split}/{cls}/{i:04d}.jpg"
+                z.writestr(name, _jpeg(rng, classes.index(cls), 24))
+    (shared / "samples").mkdir()
+    dog = np.clip(np.array([150, 110, 70]) + rng.integers(-30, 31, (44, 60, 3)), 0, 255)
+    Image.fromarray(dog.astype(np.uint8)).save(shared / "samples" / "dog.png")
+
+
+def test_readme_commands_parse_from_shell_fences_only() -> None:
+    markdown = (
+        "text `uv run nope`\n```\ndiagram ──> here\n```\n"
+        "```sh\n# a whole-line comment\n\nuv run dvc repro      # trailing comment\n"
+        "uv run visionpipe predict a.png \\\n    --topk 3 \\\n    --json 'x #y.json'\n```\n"
+        "```python\nprint('not shell')\n```\n"
+        "```bash\nA=1 uv run dvc exp run -S 'train.lr=0.1,0.01' && uv run dvc queue start\n```\n"
+    )
+    assert readme_commands(markdown) == [
+        "uv run dvc repro",
+        "uv run visionpipe predict a.png --topk 3 --json 'x #y.json'",
+        "A=1 uv run dvc exp run -S 'train.lr=0.1,0.01' && uv run dvc queue start",
+    ]
+    assert _parts(readme_commands(markdown)[-1])[1] == "uv run dvc queue start"
+
+
+def test_every_readme_command_has_a_rule() -> None:
+    commands = readme_commands(README.read_text())
+    assert commands, f"no ```sh commands found in {README}"
+    unmapped = [
+        f"`{part}` {why}"
+        for command in commands
+        for part in _parts(command)
+        if isinstance(why := plan(part), str)
+    ]
+    assert not unmapped, "README commands this test cannot run:\n" + "\n".join(unmapped)
+    assert set(SETUP) | set(SUBSTITUTE) <= {p for c in commands for p in _parts(c)}, (
+        "SETUP/SUBSTITUTE name commands no longer in the README: remove them"
+    )
+
+
+@pytest.mark.slow
+def test_every_readme_command_runs_in_order(tmp_path: Path) -> None:
+    steps = [(part, plan(part)) for command in readme_commands(README.read_text())
+             for part in _parts(command)]  # fmt: skip
+    unmapped = [f"`{part}` {step}" for part, step in steps if isinstance(step, str)]
+    assert not unmapped, "README commands this test cannot run:\n" + "\n".join(unmapped)
+
+    make_shared(tmp_path / "shared")
+    # The README's first `dvc repro` fetches the official CIFAR-10 URL, unreachable in tests, so
+    # the copy starts with data.source at the stand-in (absolute, as queued runs need); the
+    # download over HTTP is covered by test_pipeline_e2e.
+    source = tmp_path / "shared" / "datasets" / "cifar10-jpeg.zip"
+    params = {"data": {"source": str(source)}, **TINY_PARAMS}
+    ctx = Ctx(tmp=tmp_path, repo=make_project(tmp_path / "repo", params))
+    started = time.perf_counter()
+    try:
+        for part, step in steps:
+            assert not isinstance(step, str)
+            ctx.command = part
+            step(ctx)
+    finally:
+        if ctx.queued:  # test cleanup, not a README command: no worker outlives the test
+            run([sys.executable, "-m", "dvc", "queue", "stop", "--kill"], ctx.repo, check=False)
+        print(f"README commands took {time.perf_counter() - started:.0f} s:")
+        for cmd, seconds in ctx.timings:
+            print(f"{seconds:7.1f} s  {cmd}")
