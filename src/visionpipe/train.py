@@ -388,7 +388,8 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
         ):
             writer.add_scalar(name, value, epoch + 1)
         writer.flush()
-        log.info(
+        log.log(
+            logging.INFO if ddp.is_main else logging.DEBUG,
             "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  (%.1fs)",
             epoch + 1,
             cfg.epochs,
