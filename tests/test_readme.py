@@ -15,6 +15,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -43,8 +44,15 @@ TINY_PARAMS: dict[str, dict[str, Any]] = {
     "train": {"epochs": 1, "batch_size": 16, "log_every": 2},
     "export": {"parity_images": 16},
 }
-QUEUE_TIMEOUT_S = 900  # the three queued runs take ~2.5 min on 2 busy cores
-QUEUE_POLL_S = 5.0
+STAND_IN_CLASSES: dict[str, tuple[list[str], int]] = {  # dataset: classes, test images
+    "cifar10": (list(CLASSES), len(CLASSES) * CIFAR_PER_CLASS["test"]),
+    "hymenoptera": (
+        sorted({cls for _, cls in HYMENOPTERA_COUNTS}),
+        sum(n for (split, _), n in HYMENOPTERA_COUNTS.items() if split == "val"),
+    ),
+}
+QUEUE_TIMEOUT_S = 900  # the three queued runs take about 1.5 min on 2 cores
+QUEUE_POLL_S = 10.0  # each `dvc queue status` costs a few CPU seconds the workers need
 
 
 def _strip_comment(line: str) -> str:
@@ -100,19 +108,30 @@ class Ctx:
     command: str = ""  # the README command running now, for messages
     queued: list[str] = field(default_factory=list)  # names from `dvc exp run --queue`
     sweeps: list[dict[str, list[Any]]] = field(default_factory=list)  # their -S value lists
+    last_exp: str = ""  # name of the last experiment run in the workspace
     timings: list[tuple[str, float]] = field(default_factory=list)
 
 
 Step = Callable[[Ctx], None]
 
-# Steps a user takes that the test stands in for; nothing runs for them.
-SETUP: dict[str, str] = {
-    "git clone <this repo> visionpipe": "make_project's fresh git+DVC copy is the clone",
-    "cd visionpipe": "every command runs with the copy as its working directory",
+
+def _clone(ctx: Ctx) -> None:
+    # make_project's fresh git+DVC copy is the clone; a clone also has an `origin`, which
+    # `dvc exp push origin` needs, so the copy gets a bare repo as its origin.
+    origin = ctx.tmp / "origin.git"
+    run(["git", "init", "-q", "--bare", str(origin)], ctx.tmp)
+    run(["git", "remote", "add", "origin", str(origin)], ctx.repo)
+    run(["git", "push", "-q", "origin", "main"], ctx.repo)
+
+
+# Steps a user takes that the test stands in for.
+SETUP: dict[str, Step] = {
+    "git clone <this repo> visionpipe": _clone,
+    "cd visionpipe": lambda ctx: None,  # every command runs with the copy as its working directory
 }
 
 
-def _predict_synopsis(ctx: Ctx) -> list[list[str]]:
+def _predict_synopsis(ctx: Ctx, part: str) -> list[list[str]]:
     # Every form of input the synopsis names (a file, a folder, a glob the CLI expands itself)
     # and every option, once per backend.
     out = ctx.tmp / "predict-out"
@@ -128,28 +147,43 @@ def _predict_synopsis(ctx: Ctx) -> list[list[str]]:
     ]
 
 
-def _plots_diff_two_experiments(ctx: Ctx) -> list[list[str]]:
+def _two_experiments(ctx: Ctx, part: str) -> list[list[str]]:
     # <exp-a> <exp-b>: the experiments with the largest and smallest train.lr so far.
     exps = _experiments(ctx)
     assert len(exps) >= 2, f"`{ctx.command}` needs two experiments, earlier commands made {exps}"
     by_lr = sorted(exps, key=lambda name: _param(exps[name], "train.lr"))
-    return [["uv", "run", "dvc", "plots", "diff", by_lr[-1], by_lr[0]]]
+    return [shlex.split(part.replace("<exp-a>", by_lr[-1]).replace("<exp-b>", by_lr[0]))]
 
 
-# Commands with placeholders or usage synopses, and the concrete commands run for them.
-SUBSTITUTE: dict[str, Callable[[Ctx], list[list[str]]]] = {
+def _last_experiment(ctx: Ctx, part: str) -> list[list[str]]:
+    # <exp>: the experiment the last `dvc exp run` in the workspace made.
+    assert ctx.last_exp, f"`{ctx.command}` needs an experiment, and none ran before it"
+    return [shlex.split(part.replace("<exp>", ctx.last_exp))]
+
+
+def _remote_in_tmp(ctx: Ctx, part: str) -> list[list[str]]:
+    # The team's remote folder becomes one beside the copy: the test writes nowhere else.
+    return [[str(ctx.tmp / Path(a).name) if a.startswith("/") else a for a in shlex.split(part)]]
+
+
+# Commands with placeholders, usage synopses or paths outside the project, and the concrete
+# commands run for them (then mapped like any other `uv run` command).
+SUBSTITUTE: dict[str, Callable[[Ctx, str], list[list[str]]]] = {
     "uv run visionpipe predict IMAGE_OR_DIR_OR_GLOB... [--model models/model.onnx] [--topk 3] "
     "[--backend onnx|torch] [--json out.json] [--csv out.csv] [--grid out.png]": _predict_synopsis,
-    "uv run dvc plots diff <exp-a> <exp-b>": _plots_diff_two_experiments,
+    "uv run dvc plots diff <exp-a> <exp-b>": _two_experiments,
+    "uv run dvc remote add -d storage /mnt/team/visionpipe-cache": _remote_in_tmp,
+    "uv run dvc exp push origin <exp>": _last_experiment,
+    "uv run dvc exp pull origin <exp>": _last_experiment,
 }
 
 
 def plan(part: str) -> Step | str:
     """How the test runs one README command (one side of an `&&`), or why it cannot."""
     if part in SETUP:
-        return lambda ctx: None
+        return SETUP[part]
     if part in SUBSTITUTE:
-        return functools.partial(_run_substitutes, SUBSTITUTE[part])
+        return functools.partial(_run_substitutes, SUBSTITUTE[part], part)
     if PLACEHOLDER.search(part):
         return "has a placeholder or usage synopsis: give concrete values for it in SUBSTITUTE"
     try:
@@ -161,13 +195,17 @@ def plan(part: str) -> Step | str:
     env_extra, argv = _split_env(tokens)
     if any("$" in t.replace("$PWD", "") for t in [*env_extra.values(), *argv]):
         return "uses a shell variable other than $PWD"
+    if any(t.startswith(("/", "~")) or "://" in t for t in argv):
+        return "names a path outside the project or a URL: map it to a local one in SUBSTITUTE"
     if argv[:2] != ["uv", "run"] or len(argv) < 3 or argv[2] not in UV_RUN:
         return f"is not `uv run` of a tool this test knows how to run ({', '.join(UV_RUN)})"
     return lambda ctx: _uv_run(ctx, argv, env_extra)
 
 
-def _run_substitutes(substitute: Callable[[Ctx], list[list[str]]], ctx: Ctx) -> None:
-    for argv in substitute(ctx):
+def _run_substitutes(
+    substitute: Callable[[Ctx, str], list[list[str]]], part: str, ctx: Ctx
+) -> None:
+    for argv in substitute(ctx, part):
         _uv_run(ctx, argv, {})
 
 
@@ -198,7 +236,22 @@ def _run(
 ) -> subprocess.CompletedProcess:
     """Run one command; a non-zero exit fails the test, naming the README command."""
     started = time.perf_counter()
-    proc = run(cmd, cwd or ctx.repo, check=False, env={**env(), **(env_extra or {})}, timeout=900)
+    # Output goes to files, not pipes: the worker `dvc queue start` leaves behind inherits them,
+    # and reading a pipe to its end would wait for that worker to exit.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        code = subprocess.run(
+            cmd,
+            cwd=cwd or ctx.repo,
+            env={**env(), **(env_extra or {})},
+            stdout=out,
+            stderr=err,
+            text=True,
+            timeout=900,
+            check=False,
+        ).returncode
+        out.seek(0)
+        err.seek(0)
+        proc = subprocess.CompletedProcess(cmd, code, out.read(), err.read())
     shown = shlex.join(cmd[2:] if cmd[0] == sys.executable else cmd)
     ctx.timings.append((shown, time.perf_counter() - started))
     assert proc.returncode == 0, (
@@ -220,6 +273,9 @@ def _check_exp_run(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess)
         _record_queued(ctx, args, proc)
     else:
         _check_pipeline_outputs(ctx, args, proc)
+        ran = re.findall(r"Ran experiment\(s\): (\S+)", proc.stdout + proc.stderr)
+        assert ran, f"`{ctx.command}` names no experiment:\n{proc.stdout}"
+        ctx.last_exp = ran[-1]
 
 
 def _check_pipeline_outputs(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess) -> None:
@@ -238,10 +294,11 @@ def _check_pipeline_outputs(ctx: Ctx, args: list[str], proc: subprocess.Complete
         f" {dataset} data: it learned the classes {meta['classes']}, expected {classes}"
     )
     evaluation = json.loads((ctx.repo / "metrics/eval.json").read_text())
-    assert evaluation["test_images"] == n_test and 0.0 <= evaluation["test_accuracy"] <= 1.0
+    assert evaluation["test_images"] == n_test, f"`{ctx.command}` evaluated {evaluation}"
+    assert 0.0 <= evaluation["test_accuracy"] <= 1.0, evaluation
     preds = json.loads((ctx.repo / "predictions/predictions.json").read_text())
     assert len(preds) == len(classes) and all(p["error"] is None for p in preds), preds
-    assert any((ctx.repo / "logs/tensorboard").glob("events.out.tfevents.*"))
+    assert any((ctx.repo / "logs/tensorboard").glob("events.out.tfevents.*")), "no event files"
 
 
 def _record_queued(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess) -> None:
@@ -344,6 +401,18 @@ def _check_plots(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess) -
     page.unlink()  # the next plots command must write its own
 
 
+def _check_push(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess) -> None:
+    listed = _run(ctx, [sys.executable, "-m", "dvc", "config", "--list"]).stdout.splitlines()
+    config = dict(line.split("=", 1) for line in listed if "=" in line)
+    remote = Path(config[f"remote.{config['core.remote']}.url"])
+    assert any(p.is_file() for p in remote.rglob("*")), f"`{ctx.command}` left {remote} empty"
+
+
+def _check_exp_push(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess) -> None:
+    refs = run(["git", "ls-remote", args[2]], ctx.repo).stdout
+    assert f"/{args[3]}\n" in refs, f"`{ctx.command}`: {args[2]} has no ref for {args[3]}:\n{refs}"
+
+
 DVC_CHECKS: dict[tuple[str, ...], Callable[[Ctx, list[str], subprocess.CompletedProcess], None]] = {
     ("repro",): _check_pipeline_outputs,
     ("exp", "run"): _check_exp_run,
@@ -354,6 +423,8 @@ DVC_CHECKS: dict[tuple[str, ...], Callable[[Ctx, list[str], subprocess.Completed
     ("params", "diff"): _check_params_diff,
     ("plots", "show"): _check_plots,
     ("plots", "diff"): _check_plots,
+    ("push",): _check_push,
+    ("exp", "push"): _check_exp_push,
 }
 
 
@@ -400,6 +471,7 @@ def _tensorboard(ctx: Ctx, args: list[str], env_extra: dict[str, str]) -> None:
     logdir = ctx.repo / args[args.index("--logdir") + 1]
     assert any(logdir.glob("events.out.tfevents.*")), f"{logdir} holds no event files"
     log_path = ctx.tmp / "tensorboard.log"
+    started = time.perf_counter()
     cmd = [sys.executable, "-m", "tensorboard.main", *args, "--port", "0"]
     with open(log_path, "w") as log:
         server = subprocess.Popen(
@@ -418,6 +490,7 @@ def _tensorboard(ctx: Ctx, args: list[str], env_extra: dict[str, str]) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+    ctx.timings.append((shlex.join(cmd[2:]), time.perf_counter() - started))
 
 
 UV_RUN: dict[str, Callable[[Ctx, list[str], dict[str, str]], None]] = {
@@ -426,15 +499,6 @@ UV_RUN: dict[str, Callable[[Ctx, list[str], dict[str, str]], None]] = {
     "pytest": _pytest,
     "ruff": _ruff,
     "tensorboard": _tensorboard,
-}
-
-
-STAND_IN_CLASSES: dict[str, tuple[list[str], int]] = {  # classes, test images
-    "cifar10": (list(CLASSES), len(CLASSES) * CIFAR_PER_CLASS["test"]),
-    "hymenoptera": (
-        sorted({cls for _, cls in HYMENOPTERA_COUNTS}),
-        sum(n for (split, _), n in HYMENOPTERA_COUNTS.items() if split == "val"),
-    ),
 }
 
 
@@ -500,8 +564,8 @@ def test_every_readme_command_has_a_rule() -> None:
 
 @pytest.mark.slow
 def test_every_readme_command_runs_in_order(tmp_path: Path) -> None:
-    steps = [(part, plan(part)) for command in readme_commands(README.read_text())
-             for part in _parts(command)]  # fmt: skip
+    parts = [part for command in readme_commands(README.read_text()) for part in _parts(command)]
+    steps = [(part, plan(part)) for part in parts]
     unmapped = [f"`{part}` {step}" for part, step in steps if isinstance(step, str)]
     assert not unmapped, "README commands this test cannot run:\n" + "\n".join(unmapped)
 
