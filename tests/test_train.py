@@ -153,3 +153,17 @@ def test_fine_tune_from_another_runs_model(processed: Path) -> None:
     assert other.net[-1].out_features == 5
     with pytest.raises(FileNotFoundError, match=r"model\.weights"):
         build_model("resnet18", 2, 32, {"weights": "missing.pt"})
+
+
+def test_divergence_stops_training_and_export_stays_honest(processed: Path) -> None:
+    import json
+
+    from visionpipe import export
+    from visionpipe.config import parse_params
+
+    metrics = train.run(tiny_params(epochs=5, lr=100.0, momentum=0.99))
+    assert metrics["diverged"] and metrics["epochs_run"] < 5
+    saved = json.loads(paths.TRAIN_METRICS.read_text())  # strict JSON: NaN became null
+    assert saved["diverged"] is True and saved["train_loss"] is None
+    result = export.run(parse_params({}).export.model_copy(update={"parity_images": 20}))
+    assert result["nonfinite_logits"] > 0 and result["max_abs_logit_diff"] <= 1e-4

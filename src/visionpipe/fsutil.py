@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -44,9 +45,20 @@ def atomic_open(dest: Path | str, mode: str = "w") -> Iterator[IO[Any]]:
         yield f
 
 
+def _finite(obj: Any) -> Any:
+    # NaN/inf are not JSON: a diverged run's losses are written as null.
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_json(dest: Path | str, obj: Any) -> None:
     with atomic_open(dest) as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
+        json.dump(_finite(obj), f, indent=2, sort_keys=False, allow_nan=False)
         f.write("\n")
 
 

@@ -402,7 +402,8 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
             best_val, bad_epochs = val_loss, 0
         else:
             bad_epochs += 1
-        stopped_early = cfg.patience > 0 and bad_epochs >= cfg.patience
+        diverged = not math.isfinite(train_loss)
+        stopped_early = diverged or (cfg.patience > 0 and bad_epochs >= cfg.patience)
         done = stopped_early or epoch + 1 == cfg.epochs
         if ddp.is_main:  # rank 0 alone writes; the others hold identical state
             _save_checkpoint(
@@ -418,6 +419,15 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
                 bad_epochs,
             )
             write_plots(history)
+        if diverged:
+            log.error(
+                "training diverged: train loss is %s after epoch %d; stopping. Lower train.lr "
+                "(now %g) or add warmup (train.warmup_epochs)",
+                train_loss,
+                epoch + 1,
+                cfg.lr,
+            )
+            break
         if stopped_early:
             log.info("early stopping: val loss has not improved for %d epochs", cfg.patience)
             break
@@ -441,6 +451,7 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
     metrics = {
         "epochs_run": len(history.epochs),
         "stopped_early": stopped_early,
+        "diverged": not math.isfinite(last["train_loss"]),
         "train_loss": round(last["train_loss"], 6),
         "val_loss": round(last["val_loss"], 6),
         "val_accuracy": round(last["val_accuracy"], 6),
