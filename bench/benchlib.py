@@ -75,6 +75,17 @@ def machine_line(info: dict[str, Any]) -> str:
     )
 
 
+def busy_note(info: dict[str, Any]) -> list[str]:
+    """A caveat for RESULTS.md when the machine was not quiet at the start."""
+    if info["load_average_1min"] and info["load_average_1min"] > 0.5:
+        return [
+            "",
+            "Note: the machine was busy at start (load average above); treat these "
+            "figures as provisional.",
+        ]
+    return []
+
+
 def summarize(samples: list[float]) -> dict[str, float]:
     """Median, p90, min and max of timings (any unit)."""
     ordered = sorted(samples)

@@ -27,6 +27,7 @@ import torch
 from benchlib import (
     DEFAULT_CIFAR_ZIP,
     REPO_ROOT,
+    busy_note,
     load_cifar_jpegs,
     machine_info,
     machine_line,
@@ -37,23 +38,12 @@ from benchlib import (
 )
 
 from visionpipe import __version__
+from visionpipe.cifar_pickle import CLASSES
 from visionpipe.config import ExportConfig
 from visionpipe.export import export_onnx
 from visionpipe.models import build_model, load_model
 
 NAME = "predict_latency"
-CIFAR10_CLASSES = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-]
 ORT_B1_MEDIAN_MS = 0.25  # target: onnxruntime batch-1 median latency, at most
 ORT_B1_SPEEDUP = 3.0  # target: eager / onnxruntime batch-1 median, at least
 CLI_SECONDS = 1.0  # target: `visionpipe predict <one image>` end to end, below
@@ -70,7 +60,7 @@ def get_model(model_dir: Path, tmp: Path) -> tuple[torch.nn.Module, Path, str]:
     meta = {
         "arch": "tutorial_cnn",
         "image_size": 32,
-        "classes": CIFAR10_CLASSES,
+        "classes": list(CLASSES),
         "visionpipe_version": __version__,
     }
     onnx_path = tmp / "model.onnx"
@@ -248,12 +238,7 @@ def report(
                     f"{'met' if med < CLI_SECONDS else 'NOT met'})"
                 )
         lines.append(f"- imports torch: {'yes' if cli['imports_torch'] else 'no'}")
-    if info["load_average_1min"] and info["load_average_1min"] > 0.5:
-        lines += [
-            "",
-            "Note: the machine was busy at start (load average above); treat these "
-            "figures as provisional.",
-        ]
+    lines += busy_note(info)
     return "\n".join(lines)
 
 

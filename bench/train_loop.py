@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from benchlib import (
     DEFAULT_CIFAR_ZIP,
+    busy_note,
     load_cifar_jpegs,
     machine_info,
     machine_line,
@@ -294,12 +295,7 @@ def report(
         f"Seeds' DataLoader alone (PIL + ToTensor + collate, no training): "
         f"{loader_ips:.0f} images/s, the ceiling of the seeds' loop on this machine.",
     ]
-    if info["load_average_1min"] and info["load_average_1min"] > 0.5:
-        lines += [
-            "",
-            "Note: the machine was busy at start (load average above); treat these "
-            "figures as provisional.",
-        ]
+    lines += busy_note(info)
     return "\n".join(lines)
 
 
