@@ -91,8 +91,11 @@ def test_official_format_over_http_repro_exp_metrics_plots(tmp_path: Path) -> No
     params = dvc(repo, "params", "diff", "HEAD").stdout
     assert "train.lr" in params and "0.001" in params
 
-    # A typo DVC accepts silently is caught by the first stage that runs, naming the key.
-    typo = dvc(repo, "exp", "run", "-S", "train.lr_rate=0.1", check=False)
+    # DVC refuses `-S train.lr_rate=0.1` itself, but takes `+train.lr_rate` (or a hand edit of
+    # params.yaml) silently: the first stage that runs must catch it, naming the key.
+    refused = dvc(repo, "exp", "run", "-S", "train.lr_rate=0.1", check=False)
+    assert refused.returncode != 0 and "lr_rate" in refused.stderr
+    typo = dvc(repo, "exp", "run", "-S", "+train.lr_rate=0.1", check=False)
     assert typo.returncode != 0
     assert "unknown key 'train.lr_rate'" in typo.stdout + typo.stderr
     git(repo, "checkout", "params.yaml")
