@@ -49,6 +49,7 @@ class Decoded:
 
 def _find_imagefolder_root(names: Iterable[str]) -> tuple[PurePosixPath, str]:
     """Locate `<root>/train/<class>/<file>` and the held-out split folder next to it."""
+    names = list(names)
     roots: set[PurePosixPath] = set()
     for name in names:
         parts = PurePosixPath(name).parts
@@ -62,7 +63,6 @@ def _find_imagefolder_root(names: Iterable[str]) -> tuple[PurePosixPath, str]:
             f"(found train folders under: {found}); see README 'Bring your own images'"
         )
     root = roots.pop()
-    names = list(names)
     for split in EVAL_SPLIT_NAMES:
         prefix = (root / split).as_posix() + "/"
         prefix = prefix.removeprefix("./")
