@@ -65,6 +65,23 @@ def read_data_meta() -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def resident_device(images: torch.Tensor, device: torch.device) -> torch.device:
+    """Where the uint8 train set lives: on the GPU when it takes under half its free memory."""
+    if device.type != "cuda":
+        return device
+    free, _ = torch.cuda.mem_get_info(device)
+    size = images.numel() * images.element_size()
+    if size < free // 2:
+        return device
+    log.warning(
+        "train split is %.1f GiB, over half the GPU's free %.1f GiB: keeping it in host memory "
+        "and copying each batch",
+        size / 2**30,
+        free / 2**30,
+    )
+    return torch.device("cpu")
+
+
 def batch_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
     """Random crops of a uint8 batch after zero padding, as one gather (no per-image loop)."""
     b, c, h, w = x.shape
@@ -260,7 +277,8 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
         log.warning("data.val_fraction is 0: validating on the test split, as the tutorial does")
         val_x, val_y = load_split("test")
     # Data lives on the device as uint8: 4x smaller than float, converted per batch.
-    train_x, train_y = train_x.to(device), train_y.to(device)
+    data_device = resident_device(train_x, device)
+    train_x, train_y = train_x.to(data_device), train_y.to(data_device)
     classes = data_meta["classes"]
     image_size = data_meta["image_size"]
 
@@ -322,7 +340,7 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
     global_step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
-        perm = torch.randperm(n, generator=gen).to(device)
+        perm = torch.randperm(n, generator=gen).to(data_device)
         loss_sum = torch.zeros((), device=device)
         bar = tqdm(
             range(steps_per_epoch),
@@ -335,7 +353,8 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
         for i in bar:
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             batch_len = len(idx)
-            x, y = train_x[idx], train_y[idx]
+            x = train_x[idx].to(device, non_blocking=True)
+            y = train_y[idx].to(device, non_blocking=True)
             # Every rank draws the same augmentation for the whole global batch, then keeps its
             # shard: the result does not depend on the process count.
             if cfg.augment.crop_padding:
