@@ -9,7 +9,6 @@ from visionpipe.fsutil import write_json
 
 
 def main() -> None:
-    logs.setup()
     params = load_params()
     result = sources.fetch_dataset(
         params.data.dataset,
@@ -32,4 +31,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    logs.run_stage(main)

@@ -5,9 +5,8 @@ from visionpipe.config import load_params
 
 
 def main() -> None:
-    logs.setup()
     export.run(load_params().export)
 
 
 if __name__ == "__main__":
-    main()
+    logs.run_stage(main)

@@ -7,7 +7,6 @@ from visionpipe.config import load_params
 
 
 def main() -> int:
-    logs.setup()
     cfg = load_params().predict
     backend = predict.OnnxBackend(paths.ONNX_MODEL)
     files, errors = predict.collect_inputs([str(paths.SAMPLES_DIR), *cfg.inputs])
@@ -25,4 +24,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    logs.run_stage(main)

@@ -5,9 +5,8 @@ from visionpipe.config import load_params
 
 
 def main() -> None:
-    logs.setup()
     preprocess.run(load_params())
 
 
 if __name__ == "__main__":
-    main()
+    logs.run_stage(main)

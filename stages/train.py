@@ -9,7 +9,6 @@ from visionpipe.config import load_params
 
 
 def main() -> None:
-    logs.setup()
     params = load_params()
     if distributed.wants_launch(params.train):
         distributed.launch(params.train, __file__)
@@ -17,4 +16,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    logs.run_stage(main)

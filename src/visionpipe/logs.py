@@ -1,8 +1,13 @@
-"""Logging set-up shared by the stage scripts and the CLI."""
+"""Logging set-up and the error handling shared by the stage scripts and the CLI."""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
+from collections.abc import Callable
+
+log = logging.getLogger("visionpipe")
 
 
 def setup(level: int = logging.INFO) -> None:
@@ -12,3 +17,25 @@ def setup(level: int = logging.INFO) -> None:
     # The ONNX exporter's passes log every rewrite at INFO; keep the stage output readable.
     for noisy in ("onnxscript", "onnx_ir", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Errors raised by visionpipe for bad input carry a message a user can act on."""
+    return isinstance(exc, FileNotFoundError) or type(exc).__module__.startswith("visionpipe.")
+
+
+def run_stage(main: Callable[[], int | None]) -> None:
+    """Run a stage's main(): a user error prints its message (no traceback) and exits 1.
+
+    Set VISIONPIPE_DEBUG=1 to see the traceback anyway. Anything else is a bug and keeps its
+    traceback.
+    """
+    setup()
+    try:
+        code = main()
+    except Exception as exc:
+        if not is_user_error(exc) or os.environ.get("VISIONPIPE_DEBUG"):
+            raise
+        log.error("%s", exc)
+        sys.exit(1)
+    sys.exit(code or 0)
