@@ -120,7 +120,7 @@ class Pipeline:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: train.lr_factor(s, total_steps, 0, cfg.schedule)
         )
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum")
         self.global_step = 0
 
     def epoch(self, max_steps: int | None = None) -> float:
@@ -135,7 +135,9 @@ class Pipeline:
         loss_sum = torch.zeros((), device=device)
         for i in range(steps):
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            x, y = train_x[idx], train_y[idx]
+            batch_len = len(idx)
+            x = train_x[idx].to(device, non_blocking=True)
+            y = train_y[idx].to(device, non_blocking=True)
             if cfg.augment.crop_padding:
                 x = train.batch_crop(x, cfg.augment.crop_padding, gen)
             if cfg.augment.flip:
@@ -144,15 +146,16 @@ class Pipeline:
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with train._autocast(device, enabled=use_cuda_tricks and cfg.amp):
-                loss = self.criterion(model(x), y)
+                loss_sum_batch = self.criterion(model(x), y)
+            loss = loss_sum_batch * (1 / batch_len)  # one process: world_size 1
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
             self.global_step += 1
-            loss_sum += loss.detach() * len(y)
+            loss_sum += loss_sum_batch.detach()
             if self.global_step % cfg.log_every == 0:
-                loss.item()  # run's only in-loop host sync (it logs the value)
+                loss_sum_batch.item()  # run's only in-loop host sync (it logs the value)
         return loss_sum.item() / min(n, steps * cfg.batch_size)
 
 
