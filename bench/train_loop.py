@@ -8,10 +8,11 @@ and the medians are compared.
 - seeds: a torchvision-CIFAR10-style Dataset (uint8 HWC arrays, Image.fromarray + ToTensor per
   item), DataLoader(batch_size=64, shuffle=True, num_workers=0), NCHW fp32 model, the tutorial's
   zero_grad / backward / step with loss.item() every step; batches moved to the device per step.
-- pipeline: a copy of the inner loop of visionpipe.train.run with its default TrainConfig (no
-  augmentation): uint8 NCHW tensor on the device, randperm slices, .float().div_(255),
-  channels_last model and input, bf16 autocast on CUDA, LambdaLR step, loss summed on the device
-  and read at the epoch's end and every log_every steps. Not timed: TensorBoard, tqdm, checkpoints.
+- pipeline: visionpipe.train's own epoch loop (`make_loop` + `train_epoch`, what train.run calls)
+  with the default TrainConfig (no augmentation): uint8 NCHW tensor on the device, randperm
+  slices, .float().div_(255), channels_last model and input, bf16 autocast where bf16 is native
+  (CUDA; CPUs with AVX512-BF16 or AMX), LambdaLR step, loss summed on the device and read at the
+  epoch's end and every log_every steps. Not timed: TensorBoard, tqdm, validation, checkpoints.
 
     uv run python bench/train_loop.py --images 10000
 """
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -93,7 +93,7 @@ def seeds_epoch(
 
 
 class Pipeline:
-    """The state visionpipe.train.run sets up before its epoch loop, and a copy of that loop."""
+    """visionpipe.train's own loop: `make_loop` once (untimed), then `train_epoch` per pass."""
 
     def __init__(
         self,
@@ -102,61 +102,21 @@ class Pipeline:
         train_y: torch.Tensor,
         cfg: TrainConfig,
         device: torch.device,
-        seed: int = 0,
     ) -> None:
-        self.cfg, self.device = cfg, device
-        self.train_x, self.train_y = train_x, train_y  # already on the device, as in run
-        self.gen = torch.Generator().manual_seed(seed)
         model = build_model("tutorial_cnn", 10, 32)
         model.net.load_state_dict(init.state_dict())
-        model = model.to(device)
-        if cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
-        n = len(train_y)
-        self.steps_per_epoch = math.ceil(n / cfg.batch_size)
-        total_steps = self.steps_per_epoch * cfg.epochs
-        self.optimizer = train.make_optimizer(model, cfg)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: train.lr_factor(s, total_steps, 0, cfg.schedule)
-        )
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum")
-        self.global_step = 0
+        # train_x/train_y are already on the device, as train.run puts them.
+        self.loop = train.make_loop(model.to(device), train_x, train_y, cfg, device)
+        self.epochs_done = 0
 
     def epoch(self, max_steps: int | None = None) -> float:
-        cfg, device, gen, model = self.cfg, self.device, self.gen, self.model
-        train_x, train_y = self.train_x, self.train_y
-        use_cuda_tricks = device.type == "cuda"
-        steps = self.steps_per_epoch if max_steps is None else min(max_steps, self.steps_per_epoch)
-        # --- from here to the return: the body of train.run's epoch loop, minus logging ---
-        n = len(train_y)
-        model.train()
-        perm = torch.randperm(n, generator=gen).to(device)
-        loss_sum = torch.zeros((), device=device)
-        for i in range(steps):
-            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            batch_len = len(idx)
-            x = train_x[idx].to(device, non_blocking=True)
-            y = train_y[idx].to(device, non_blocking=True)
-            if cfg.augment.crop_padding:
-                x = train.batch_crop(x, cfg.augment.crop_padding, gen)
-            if cfg.augment.flip:
-                x = train.batch_flip_lr(x, gen)
-            x = x.float().div_(255)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with train._autocast(device, enabled=use_cuda_tricks and cfg.amp):
-                loss_sum_batch = self.criterion(model(x), y)
-            loss = loss_sum_batch * (1 / batch_len)  # one process: world_size 1
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
-            self.global_step += 1
-            loss_sum += loss_sum_batch.detach()
-            if self.global_step % cfg.log_every == 0:
-                loss_sum_batch.item()  # run's only in-loop host sync (it logs the value)
-        return loss_sum.item() / min(n, steps * cfg.batch_size)
+        loop = self.loop
+        steps = loop.steps_per_epoch if max_steps is None else min(max_steps, loop.steps_per_epoch)
+        # A no-op logger still makes train_epoch read the loss back every log_every steps, the
+        # one host sync train.run has inside its loop.
+        loss_sum = train.train_epoch(loop, self.epochs_done, range(steps), lambda *_: None)
+        self.epochs_done += 1
+        return loss_sum.item() / min(len(loop.train_y), steps * loop.cfg.batch_size)
 
 
 Epoch = Callable[[int | None], float]  # one pass (or max_steps steps) -> mean train loss
@@ -193,9 +153,11 @@ def make_loops(
 
     loops = {"pipeline": pipeline(cfg), "seeds": seeds(seeds_data)}
     if ablations:
-        # Where the gap comes from: the pipeline without channels_last, and the seeds' loop
-        # on already-converted float tensors (no PIL, no ToTensor).
-        loops["pipeline_nchw"] = pipeline(cfg.model_copy(update={"channels_last": False}))
+        # Where the gap comes from: the pipeline without bf16 autocast, without channels_last
+        # too, and the seeds' loop on already-converted float tensors (no PIL, no ToTensor).
+        fp32 = cfg.model_copy(update={"amp": False})
+        loops["pipeline_fp32"] = pipeline(fp32)
+        loops["pipeline_fp32_nchw"] = pipeline(fp32.model_copy(update={"channels_last": False}))
         floats = TensorDataset(torch.from_numpy(images).float().div(255), torch.from_numpy(labels))
         loops["seeds_float_tensors"] = seeds(floats)
     return loops
@@ -258,6 +220,12 @@ def loader_only(images: np.ndarray, labels: np.ndarray) -> float:
 def report(
     info: dict[str, Any], args: argparse.Namespace, per_device: dict[str, Any], loader_ips: float
 ) -> str:
+    cpu_bf16 = train.cpu_computes_bf16()
+    amp_note = (
+        "on CUDA and on this CPU (native AVX512-BF16/AMX)"
+        if cpu_bf16
+        else "on CUDA only (this CPU has no native bf16)"
+    )
     lines = [
         f"## Train loop: pipeline vs seeds (`bench/{NAME}.py`)",
         "",
@@ -272,10 +240,12 @@ def report(
         f"weights; {args.repeats} passes per loop, alternating, after {args.warmup_steps} "
         "warm-up steps each. Timed: the whole epoch, from shuffling to the last step's loss "
         "read back (GPU synchronised). *seeds*: the tutorial's loop (per-item PIL + ToTensor "
-        "Dataset, DataLoader num_workers 0, NCHW fp32, `loss.item()` every step). *pipeline*: a "
-        "copy of `visionpipe.train.run`'s inner loop with the default TrainConfig (uint8 data "
-        "on the device, randperm slices, `.float().div_(255)`, channels_last, bf16 autocast on "
-        "CUDA only, LambdaLR step); TensorBoard, tqdm, validation and checkpoints not timed.",
+        "Dataset, DataLoader num_workers 0, NCHW fp32, `loss.item()` every step). *pipeline*: "
+        "`visionpipe.train.train_epoch`, the loop `train.run` calls, with the default "
+        "TrainConfig (uint8 data on the device, randperm slices, `.float().div_(255)`, "
+        f"channels_last, bf16 autocast {amp_note}, LambdaLR step); TensorBoard, tqdm, "
+        "validation and checkpoints not timed. *_fp32*: `train.amp=false`; *_nchw*: "
+        "`train.channels_last=false`.",
         "",
         "| device | loop | images/s (median) | min | max | ratio vs seeds | target |",
         "|---|---|---:|---:|---:|---:|---|",
@@ -321,7 +291,7 @@ def main() -> None:
     parser.add_argument(
         "--ablations",
         action="store_true",
-        help="also time pipeline without channels_last and seeds on float tensors",
+        help="also time the pipeline in fp32, in fp32 NCHW, and seeds on float tensors",
     )
     parser.add_argument(
         "--zip", type=Path, default=DEFAULT_CIFAR_ZIP, help="path of cifar10-jpeg.zip"

@@ -52,13 +52,30 @@ def processed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def tiny_params(**train: object):
+def tiny_params(model: dict[str, object] | None = None, **train: object):
     return parse_params(
         {
             "data": {"dataset": "imagefolder", "source": "unused"},
+            "model": model or {},
             "train": {"epochs": 2, "batch_size": 16, "log_every": 2, **train},
         }
     )
+
+
+# airbench94's recipe (README "fast"), scaled to the tiny data: every knob it turns is on.
+FAST_MODEL = {"name": "fast", "normalize": True, "tta": 2}
+FAST_TRAIN: dict[str, object] = {
+    "batch_size": 32,
+    "lr": 1.5 * 32 / 1024,  # the recipe's lr is per 1024 images: it scales with the batch
+    "momentum": 0.85,
+    "nesterov": True,
+    "weight_decay": 0.00133,
+    "bias_lr_scale": 64,
+    "label_smoothing": 0.2,
+    "schedule": "triangle",
+    "lookahead": True,
+    "augment": {"crop_padding": 2, "padding_mode": "reflect", "flip": "alternate"},
+}
 
 
 @pytest.fixture(scope="session")

@@ -94,8 +94,11 @@ def test_launch_uses_torchrun() -> None:
 
 
 def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
-    single = _workdir(tmp_path / "single")
-    ddp = _workdir(tmp_path / "ddp", nproc=2)
+    # fp32: DDP sums the ranks' gradients in another order than one process does, which fp32
+    # keeps within 1e-5 over 180 steps; bf16 autocast (train.amp on a CPU with native bf16)
+    # rounds each difference up to ~1e-3, so exact equivalence is checked without it.
+    single = _workdir(tmp_path / "single", amp=False)
+    ddp = _workdir(tmp_path / "ddp", nproc=2, amp=False)
     _train(single)
     _train(ddp)
     timings = json.loads((ddp / paths.TRAIN_TIMINGS).read_text())

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import tiny_params
+from tests.conftest import FAST_MODEL, FAST_TRAIN, tiny_params
 from visionpipe import paths, train
-from visionpipe.models import ARCHS, build_model, load_model, tutorial_cnn
+from visionpipe.config import TrainConfig
+from visionpipe.models import ARCHS, Classifier, build_model, load_model, tutorial_cnn
 
 
 def _weights() -> dict[str, torch.Tensor]:
@@ -29,10 +30,19 @@ def test_two_cpu_runs_give_bit_identical_weights(processed: Path) -> None:
     assert '"val_accuracy"' in metrics
 
 
+RECIPES = {
+    "tutorial+aug": (None, {"augment": {"crop_padding": 2, "flip": True}, "momentum": 0.9}),
+    # Lookahead's slow weights and the alternating flip must survive the kill as well.
+    "fast": (FAST_MODEL, FAST_TRAIN),
+}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
 def test_interrupted_run_resumes_to_the_same_weights(
-    processed: Path, monkeypatch: pytest.MonkeyPatch
+    processed: Path, monkeypatch: pytest.MonkeyPatch, recipe: str
 ) -> None:
-    params = tiny_params(epochs=3, augment={"crop_padding": 2, "flip": True}, momentum=0.9)
+    model, train_params = RECIPES[recipe]
+    params = tiny_params(model, **{**train_params, "epochs": 3})
     train.run(params)
     uninterrupted = _weights()
     paths.MODEL.unlink()
@@ -167,3 +177,153 @@ def test_divergence_stops_training_and_export_stays_honest(processed: Path) -> N
     assert saved["diverged"] is True and saved["train_loss"] is None
     result = export.run(parse_params({}).export.model_copy(update={"parity_images": 20}))
     assert result["nonfinite_logits"] > 0 and result["max_abs_logit_diff"] <= 1e-4
+
+
+def test_fast_recipe_is_reproducible_and_learns(processed: Path) -> None:
+    params = tiny_params(FAST_MODEL, **{**FAST_TRAIN, "epochs": 4})
+    metrics = train.run(params)
+    first = _weights()
+    train.run(params)
+    second = _weights()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert metrics["val_accuracy"] > 0.9  # 3 classes told apart by their brightest channel
+    model, meta = load_model(paths.MODEL)
+    assert model.tta == 2 and meta["arch_params"]["tta"] == 2
+    # The six TTA views are part of the exported graph, and onnxruntime agrees with PyTorch.
+    from visionpipe import export
+    from visionpipe.config import parse_params
+
+    result = export.run(parse_params({}).export.model_copy(update={"parity_images": 30}))
+    assert result["max_abs_logit_diff"] <= 1e-4 and result["top1_agreement"] == 1.0
+
+
+def _fast_loop(epochs: int, **cfg: object) -> train.Loop:
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
+    y = torch.arange(64) % 3
+    model = build_model("fast", 3, 16)
+    train.init_whitening(model.net.whiten, x.float() / 255)
+    model.net.whiten.weight.requires_grad_(False)
+    config = TrainConfig(**{**FAST_TRAIN, "epochs": epochs, "log_every": 1000, **cfg})
+    return train.make_loop(model, x, y, config, torch.device("cpu"))
+
+
+def test_fast_freezes_whitening_and_norm_scales() -> None:
+    loop = _fast_loop(epochs=5, lookahead=False)
+    net = loop.model.net
+    whiten_w = net.whiten.weight.clone()
+    biases = [net.whiten.bias.clone()]
+    for epoch in range(5):
+        train.train_epoch(loop, epoch)
+        biases.append(net.whiten.bias.clone())
+    assert torch.equal(net.whiten.weight, whiten_w)  # the whitening filters never train
+    assert not torch.equal(biases[0], biases[3])  # its bias trains for 3 epochs ...
+    assert torch.equal(biases[3], biases[5])  # ... then stays put
+    norm = net.layers[0].norm1
+    assert torch.equal(norm.weight, torch.ones_like(norm.weight))  # no trainable BN scale
+    assert not torch.equal(norm.bias, torch.zeros_like(norm.bias))
+
+
+def test_bias_lr_scale_keeps_weight_decay_per_step() -> None:
+    loop = _fast_loop(epochs=1)
+    groups = {g["name"]: g for g in loop.optimizer.param_groups}
+    assert set(groups) == {"default", "norm_bias", "whiten_bias"}
+    cfg = loop.cfg
+    norm = groups["norm_bias"]
+    assert norm["initial_lr"] == pytest.approx(cfg.lr * 64)
+    assert norm["initial_lr"] * norm["weight_decay"] == pytest.approx(cfg.lr * cfg.weight_decay)
+    n_norm_biases = 2 * 3  # two BatchNorms in each of three conv groups
+    assert len(norm["params"]) == n_norm_biases
+    # The tutorial's net has no BatchNorm and no whitening: one group, as the seeds' SGD.
+    plain = train.make_optimizer(build_model("tutorial_cnn", 3, 16), TrainConfig())
+    assert [g["name"] for g in plain.param_groups] == ["default"]
+
+
+def test_lookahead_ends_on_the_slow_weights() -> None:
+    model = torch.nn.Linear(2, 1)
+    la = train.Lookahead(model, total_steps=10)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    la.after_step(model, 5)  # decay 0.95**5 * 0.5**3: slow moves most of the way
+    decay = 0.95**5 * 0.5**3
+    expected = start + (1 - decay) * 1.0
+    assert torch.allclose(model.weight, expected) and torch.allclose(la.slow["weight"], expected)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    la.after_step(model, 7)  # not a lookahead step: nothing happens
+    assert torch.allclose(model.weight, expected + 1.0)
+    la.after_step(model, 10)  # the last step: a lookahead step, then back to the slow weights
+    assert torch.equal(model.weight, la.slow["weight"])
+
+
+def test_alternate_flip_shows_each_image_both_ways_in_two_epochs() -> None:
+    loop = _fast_loop(epochs=2, augment={"flip": "alternate"}, batch_size=64)
+    seen: list[torch.Tensor] = []
+    step_model = loop.step_model
+
+    def recording(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.detach().clone())
+        return step_model(x)
+
+    loop.step_model = recording
+    orders = []
+    for epoch in range(2):
+        state = loop.gen.get_state()
+        orders.append(torch.randperm(64, generator=loop.gen))  # the epoch's shuffle
+        loop.gen.set_state(state)
+        train.train_epoch(loop, epoch)
+    images = loop.train_x.float() / 255
+    flipped = []
+    for x, order in zip(seen, orders, strict=True):
+        x = x.contiguous()
+        by_image = torch.empty_like(x)
+        by_image[order] = x
+        assert all(
+            torch.equal(by_image[i], images[i]) or torch.equal(by_image[i], images[i].flip(2))
+            for i in range(64)
+        )
+        flipped.append(torch.tensor([not torch.equal(by_image[i], images[i]) for i in range(64)]))
+    assert torch.equal(flipped[0], loop.flip_mask) and torch.equal(flipped[1], ~loop.flip_mask)
+    assert 16 < int(flipped[0].sum()) < 48
+
+
+def test_reflect_crop_windows() -> None:
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).view(2, 3, 4, 4)
+    out = train.batch_crop(x, 2, torch.Generator().manual_seed(0), "reflect")
+    for img_in, img_out in zip(x, out, strict=True):
+        padded = torch.nn.functional.pad(img_in[None], (2, 2, 2, 2), mode="reflect")[0]
+        windows = [padded[:, dy : dy + 4, dx : dx + 4] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(img_out, w) for w in windows)
+
+
+def test_triangle_schedule_is_airbenchs() -> None:
+    f = [train.lr_factor(s, 100, 0, "triangle") for s in range(101)]
+    assert f[0] == pytest.approx(0.2) and f[23] == pytest.approx(1.0)
+    assert max(range(101), key=f.__getitem__) == 23 and f[100] == pytest.approx(0.07)
+
+
+def test_tta_averages_mirrored_and_shifted_views() -> None:
+    torch.manual_seed(0)
+    net = tutorial_cnn(3, 16, "relu")
+    x = torch.rand(5, 3, 16, 16)
+    plain = Classifier(net, None, tta=0).eval()
+    with torch.no_grad():
+        base, mirror = plain(x), plain(x.flip(-1))
+        assert torch.allclose(Classifier(net, None, tta=1).eval()(x), (base + mirror) / 2)
+        padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+        up_left, down_right = padded[..., :16, :16], padded[..., 2:, 2:]
+        shifted = sum(plain(v) + plain(v.flip(-1)) for v in (up_left, down_right)) / 4
+        expected = 0.5 * (base + mirror) / 2 + 0.5 * shifted
+        assert torch.allclose(Classifier(net, None, tta=2).eval()(x), expected, atol=1e-6)
+        # Training sees the image as it is.
+        assert torch.equal(Classifier(net, None, tta=2).train()(x), plain.net(x))
+
+
+def test_amp_follows_the_param_and_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train, "cpu_computes_bf16", lambda: True)
+    assert train.amp_enabled(cpu, TrainConfig())
+    assert not train.amp_enabled(cpu, TrainConfig(amp=False))
+    monkeypatch.setattr(train, "cpu_computes_bf16", lambda: False)  # emulated bf16 is slower
+    assert not train.amp_enabled(cpu, TrainConfig())

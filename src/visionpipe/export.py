@@ -42,6 +42,14 @@ def export_onnx(model: torch.nn.Module, meta: dict[str, Any], dest: Path, opset:
         verbose=False,
     )
     proto = program.model_proto
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    if not batch_dim.dim_param:
+        # torch.export can specialise a dimension the model's code pins (a reshape to a
+        # literal size) without failing; a graph that takes only 2 images is no deployable.
+        raise RuntimeError(
+            f"the ONNX export fixed the batch size to {batch_dim.dim_value}: some operation in "
+            f"model '{meta['arch']}' ties the output to the example batch; nothing was written"
+        )
     info = {
         "classes": json.dumps(meta["classes"]),
         "image_size": str(size),

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ARCHS = ("tutorial_cnn", "alexnet", "vgg16", "resnet18", "fast")
@@ -31,15 +32,34 @@ class Normalize(nn.Module):
 
 
 class Classifier(nn.Module):
-    """`net` behind an optional in-graph normalization."""
+    """`net` behind an optional in-graph normalization, with optional test-time augmentation.
 
-    def __init__(self, net: nn.Module, normalize: Normalize | None) -> None:
+    TTA lives in the eval-mode forward, so evaluation, the ONNX export and predict see the same
+    logits. Level 1 averages the image and its mirror; level 2 gives those half the weight and
+    the mirrored one-pixel shifts up-left and down-right (reflect-padded) the other half, as
+    airbench does. All views go through the net as one batch.
+    """
+
+    def __init__(self, net: nn.Module, normalize: Normalize | None, tta: int = 0) -> None:
         super().__init__()
         self.normalize = normalize if normalize is not None else nn.Identity()
         self.net = net
+        self.tta = tta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.normalize(x))
+        if self.training or self.tta == 0:
+            return self.net(self.normalize(x))
+        views = [x]
+        weights = [0.5]
+        if self.tta == 2:
+            h, w = x.shape[-2:]
+            padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+            views += [padded[..., :h, :w], padded[..., 2:, 2:]]
+            weights = [0.25, 0.125, 0.125]
+        views += [v.flip(-1) for v in views]
+        logits = self.net(self.normalize(torch.cat(views)))
+        logits = logits.view(len(views), x.shape[0], logits.shape[-1])
+        return sum(w * logits[i] for i, w in enumerate(weights * 2))
 
 
 def tutorial_cnn(
@@ -102,14 +122,33 @@ def alexnet(num_classes: int, image_size: int) -> nn.Sequential:
     )
 
 
+def _fast_conv(cin: int, cout: int) -> nn.Conv2d:
+    """3x3 conv without bias whose first `cin` filters start as the identity (airbench's dirac
+    init): each block begins close to passing its input through, which trains faster."""
+    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+    with torch.no_grad():
+        nn.init.dirac_(conv.weight[: min(cin, cout)])
+    return conv
+
+
+def _fast_norm(channels: int) -> nn.BatchNorm2d:
+    # airbench: running stats follow fast (momentum 0.4 in PyTorch's convention) and no trainable
+    # scale: the next conv can rescale, and fewer parameters train faster. eps stays PyTorch's
+    # 1e-5, not airbench's 1e-12: under bf16 autocast a channel that is nearly constant over the
+    # batch rounds to zero variance, and 1e-12 turns that into a 1e6 gain and NaNs.
+    norm = nn.BatchNorm2d(channels, momentum=0.4)
+    norm.weight.requires_grad_(False)
+    return norm
+
+
 class _ConvGroup(nn.Module):
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.conv1 = _fast_conv(cin, cout)
         self.pool = nn.MaxPool2d(2)
-        self.norm1 = nn.BatchNorm2d(cout, momentum=0.4)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.norm2 = nn.BatchNorm2d(cout, momentum=0.4)
+        self.norm1 = _fast_norm(cout)
+        self.conv2 = _fast_conv(cout, cout)
+        self.norm2 = _fast_norm(cout)
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,10 +157,10 @@ class _ConvGroup(nn.Module):
 
 
 class FastNet(nn.Module):
-    """An airbench94-style CIFAR speed net: 2x2 whitening conv, three conv groups, GELU, BN.
+    """airbench94's CIFAR speed net: 2x2 whitening conv, three conv groups, GELU, BN.
 
-    `whiten.weight` is meant to be set from the data's patch covariance (see
-    `init_whitening`) and kept frozen; the logits are scaled down as in airbench.
+    `whiten.weight` is meant to be set from the data's patch covariance (see `init_whitening`)
+    and kept frozen; the logits are scaled down by 9, as in airbench.
     """
 
     def __init__(self, num_classes: int, widths: Sequence[int] = (64, 256, 256)) -> None:
@@ -215,7 +254,8 @@ def build_model(
     """Build `arch` for `num_classes` classes on `image_size` inputs.
 
     `arch_params` holds the architecture's own switches (tutorial_cnn: activation, batch_norm;
-    torchvision models: pretrained, weights). With mean/std, normalization is part of the model.
+    torchvision models: pretrained, weights; any: tta). With mean/std, normalization is part of
+    the model.
     """
     p = dict(arch_params or {})
     if arch == "tutorial_cnn":
@@ -235,7 +275,7 @@ def build_model(
         # tensors that fit are loaded, a classifier for another class count stays fresh.
         load_weights_file(net, Path(p["weights"]), strict=False)
     normalize = Normalize(mean, std) if mean is not None and std is not None else None
-    return Classifier(net, normalize)
+    return Classifier(net, normalize, tta=int(p.get("tta", 0)))
 
 
 def model_meta_keys() -> tuple[str, ...]:

@@ -14,6 +14,7 @@ import math
 import shutil
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,14 @@ from visionpipe import __version__, distributed, paths
 from visionpipe.config import Params, TrainConfig
 from visionpipe.distributed import all_reduce_sum
 from visionpipe.fsutil import save_torch, write_json, write_text
-from visionpipe.models import Classifier, _unwrap, build_model, init_whitening, save_model
+from visionpipe.models import (
+    Classifier,
+    FastNet,
+    _unwrap,
+    build_model,
+    init_whitening,
+    save_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +90,13 @@ def resident_device(images: torch.Tensor, device: torch.device) -> torch.device:
     return torch.device("cpu")
 
 
-def batch_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
-    """Random crops of a uint8 batch after zero padding, as one gather (no per-image loop)."""
+def batch_crop(
+    x: torch.Tensor, padding: int, gen: torch.Generator, mode: str = "zeros"
+) -> torch.Tensor:
+    """Random crops of a uint8 batch after zero or reflect padding, as one gather (no loop)."""
     b, c, h, w = x.shape
-    padded = F.pad(x, (padding, padding, padding, padding))
+    pad_mode = "constant" if mode == "zeros" else mode
+    padded = F.pad(x, (padding, padding, padding, padding), mode=pad_mode)
     dy = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(x.device)
     dx = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
@@ -97,13 +108,34 @@ def batch_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Ten
 
 def batch_flip_lr(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     flip = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
+    return flip_where(x, flip)
+
+
+def flip_where(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Mirror the images of a batch where the bool vector `flip` is true."""
     return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def alternate_flip_mask(n: int, seed: int) -> torch.Tensor:
+    """Which images are mirrored in even epochs under `flip: alternate` (the rest in odd ones).
+
+    Drawn from its own generator seeded by train.seed, so a resumed run draws the same mask
+    without storing it.
+    """
+    return torch.rand(n, generator=torch.Generator().manual_seed(seed + 1)) < 0.5
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     """Multiplier of the base lr at optimizer step `step` (0-based) of `total`."""
     if schedule == "onecycle" and warmup == 0:
         warmup = max(1, total // 4)
+    if schedule == "triangle":
+        # airbench94's: 0.2x at the start, 1x at 23% of the run (or after the warmup), 0.07x at
+        # the end, linear in between.
+        peak = warmup if warmup > 0 else int(total * 0.23)
+        if step < peak:
+            return 0.2 + 0.8 * step / peak
+        return 1.0 - 0.93 * (step - peak) / max(1, total - peak)
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
@@ -114,18 +146,109 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return 1.0
 
 
+# airbench trains the whitening conv's bias for the first 3 epochs only, then freezes it.
+WHITEN_BIAS_EPOCHS = 3
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups, each with a `name`.
+
+    "norm_bias": BatchNorm biases, at lr * bias_lr_scale and weight_decay / bias_lr_scale (the
+    same decay per step); "whiten_bias": FastNet's whitening bias, frozen after
+    WHITEN_BIAS_EPOCHS by the schedule; "default": every other trainable parameter.
+    """
+    bare = _unwrap(model)
+    norm_biases = {
+        id(m.bias)
+        for m in bare.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None
+    }
+    net = getattr(bare, "net", None)
+    whiten_bias = net.whiten.bias if isinstance(net, FastNet) else None
+    groups: dict[str, list[nn.Parameter]] = {"default": [], "norm_bias": [], "whiten_bias": []}
+    for param in bare.parameters():
+        if not param.requires_grad:
+            continue
+        if param is whiten_bias:
+            groups["whiten_bias"].append(param)
+        elif id(param) in norm_biases:
+            groups["norm_bias"].append(param)
+        else:
+            groups["default"].append(param)
+    scale = {"default": 1.0, "norm_bias": cfg.bias_lr_scale, "whiten_bias": 1.0}
+    return [
+        {
+            "name": name,
+            "params": params,
+            "lr": cfg.lr * scale[name],
+            "weight_decay": cfg.weight_decay / scale[name],
+        }
+        for name, params in groups.items()
+        if params
+    ]
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            model.parameters(),
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov,
-            weight_decay=cfg.weight_decay,
-        )
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=cfg.lr)
     raise ValueError(f"Invalid optimizer '{cfg.optimizer}'. Only sgd and adamw are supported.")
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    total = steps_per_epoch * cfg.epochs
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    freeze_at = WHITEN_BIAS_EPOCHS * steps_per_epoch
+
+    def factor(step: int) -> float:
+        return lr_factor(step, total, warmup, cfg.schedule)
+
+    def whiten_factor(step: int) -> float:
+        # lr 0 leaves the bias exactly where it is, whatever momentum and decay hold.
+        return factor(step) if step < freeze_at else 0.0
+
+    lambdas = [
+        whiten_factor if g["name"] == "whiten_bias" else factor for g in optimizer.param_groups
+    ]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+
+
+class Lookahead:
+    """airbench's lookahead (from hlb-CIFAR10): slow weights that training keeps returning to.
+
+    Every EVERY steps the slow copy of the model's float state (weights and BatchNorm running
+    stats) moves toward the current weights by 1 - decay, and the model restarts from it. decay
+    grows as 0.95**5 * progress**3: early on the slow weights just follow, late in training
+    they average over many steps. The last step ends on the slow weights.
+    """
+
+    EVERY = 5
+
+    def __init__(self, model: nn.Module, total_steps: int) -> None:
+        self.total = total_steps
+        self.slow = {
+            k: v.detach().clone()
+            for k, v in _unwrap(model).state_dict().items()
+            if v.is_floating_point()
+        }
+
+    @torch.no_grad()
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """Call after optimizer step number `step` (1-based)."""
+        if step % self.EVERY == 0:
+            self._update(model, 0.95**5 * (step / self.total) ** 3)
+        if step == self.total:
+            self._update(model, 1.0)
+
+    def _update(self, model: nn.Module, decay: float) -> None:
+        state = _unwrap(model).state_dict()
+        for name, slow in self.slow.items():
+            slow.lerp_(state[name], 1.0 - decay)
+            state[name].copy_(slow)
 
 
 @torch.no_grad()
@@ -250,6 +373,144 @@ class _Writer:
             self.tb.close()
 
 
+def cpu_computes_bf16() -> bool:
+    """True on CPUs with native bf16 math (AVX512-BF16 or AMX); emulated bf16 is slower."""
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+def amp_enabled(device: torch.device, cfg: TrainConfig) -> bool:
+    """Whether train steps run under bf16 autocast: train.amp, where bf16 is native."""
+    if not cfg.amp:
+        return False
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_computes_bf16()
+
+
+@dataclass
+class Loop:
+    """What the epoch loop works on, set up once by `make_loop`."""
+
+    cfg: TrainConfig
+    model: Classifier  # the bare model: checkpoints, evaluation, lookahead
+    step_model: nn.Module  # what the steps call: the model or its DDP / compiled wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    criterion: nn.Module
+    train_x: torch.Tensor  # uint8 NCHW, on the device when it fits
+    train_y: torch.Tensor
+    device: torch.device
+    gen: torch.Generator  # shuffling and augmentation, on CPU
+    ddp: distributed.Dist
+    amp: bool
+    steps_per_epoch: int
+    flip_mask: torch.Tensor | None  # flip: alternate, images mirrored in even epochs
+    lookahead: Lookahead | None
+    global_step: int = 0
+
+
+def make_loop(
+    model: Classifier,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    cfg: TrainConfig,
+    device: torch.device,
+    ddp: distributed.Dist | None = None,
+    gen: torch.Generator | None = None,
+) -> Loop:
+    """Optimizer, schedule, loss, wrappers and augmentation state for training `model`."""
+    ddp = ddp or distributed.Dist()
+    # channels_last pays on CPU too: 1.5x faster train steps for the tutorial CNN on 2 cores.
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    steps_per_epoch = math.ceil(len(train_y) / cfg.batch_size)
+    optimizer = make_optimizer(model, cfg)
+    step_model: nn.Module = model
+    if ddp.enabled:
+        step_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.compile:
+        step_model = torch.compile(step_model)
+    flip_mask = None
+    if cfg.augment.flip == "alternate":
+        flip_mask = alternate_flip_mask(len(train_y), cfg.seed).to(train_x.device)
+    return Loop(
+        cfg=cfg,
+        model=model,
+        step_model=step_model,
+        optimizer=optimizer,
+        scheduler=make_scheduler(optimizer, cfg, steps_per_epoch),
+        # Summed, then divided by the global batch length: with several ranks DDP averages the
+        # gradients, so each rank scales by world_size and the result equals one process's mean.
+        criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum"),
+        train_x=train_x,
+        train_y=train_y,
+        device=device,
+        gen=gen if gen is not None else torch.Generator().manual_seed(cfg.seed),
+        ddp=ddp,
+        amp=amp_enabled(device, cfg),
+        steps_per_epoch=steps_per_epoch,
+        flip_mask=flip_mask,
+        lookahead=Lookahead(model, steps_per_epoch * cfg.epochs) if cfg.lookahead else None,
+    )
+
+
+def train_epoch(
+    loop: Loop,
+    epoch: int,
+    steps: Iterable[int] | None = None,
+    on_log: Callable[[int, float, int], None] | None = None,
+) -> torch.Tensor:
+    """One epoch (or the steps of it in `steps`); the summed train loss, left on the device.
+
+    `on_log(global_step, loss, images_so_far)` runs every train.log_every steps: the only host
+    sync inside the loop.
+    """
+    cfg, device, gen, ddp = loop.cfg, loop.device, loop.gen, loop.ddp
+    aug = cfg.augment
+    loop.model.train()
+    n = len(loop.train_y)
+    perm = torch.randperm(n, generator=gen).to(loop.train_x.device)
+    loss_sum = torch.zeros((), device=device)
+    for i in steps if steps is not None else range(loop.steps_per_epoch):
+        idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+        batch_len = len(idx)
+        x = loop.train_x[idx].to(device, non_blocking=True)
+        y = loop.train_y[idx].to(device, non_blocking=True)
+        # Every rank draws the same augmentation for the whole global batch, then keeps its
+        # shard: the result does not depend on the process count.
+        if aug.crop_padding:
+            x = batch_crop(x, aug.crop_padding, gen, aug.padding_mode)
+        if loop.flip_mask is not None:
+            x = flip_where(x, (loop.flip_mask[idx] ^ bool(epoch % 2)).to(device))
+        elif aug.flip:
+            x = batch_flip_lr(x, gen)
+        if ddp.enabled:
+            x, y = x[ddp.rank :: ddp.world_size], y[ddp.rank :: ddp.world_size]
+        x = x.float().div_(255)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, enabled=loop.amp):
+            loss_sum_batch = loop.criterion(loop.step_model(x), y)
+        loss = loss_sum_batch * (ddp.world_size / batch_len)
+        loop.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        loop.optimizer.step()
+        loop.scheduler.step()
+        loop.global_step += 1
+        if loop.lookahead is not None:
+            loop.lookahead.after_step(loop.model, loop.global_step)
+        loss_sum += loss_sum_batch.detach()
+        if on_log is not None and loop.global_step % cfg.log_every == 0:
+            # A copy: the all-reduce works in place.
+            value = all_reduce_sum(loss_sum_batch.detach().clone(), ddp).item() / batch_len
+            on_log(loop.global_step, value, (i + 1) * cfg.batch_size)
+    return loss_sum
+
+
 def run(params: Params) -> dict[str, Any]:
     """Train per `params` on the preprocessed splits; write the model, metrics, plots, logs."""
     cfg = params.train
@@ -293,29 +554,15 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
     )
     if params.model.name == "fast":
         init_whitening(model.net.whiten, model.normalize(train_x[:5000].cpu().float() / 255))
-        model.net.whiten.requires_grad_(False)
+        # The whitening filters stay as computed; only their bias trains (for 3 epochs).
+        model.net.whiten.weight.requires_grad_(False)
     model = model.to(device)
-    use_cuda_tricks = device.type == "cuda"
-    # channels_last pays on CPU too: 8x faster train steps for the tutorial CNN on 2 cores.
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-
-    n = len(train_y)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-    optimizer = make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, warmup_steps, cfg.schedule)
-    )
-    # Summed, then divided by the global batch length: with several ranks DDP averages the
-    # gradients, so each rank scales by world_size and the result equals one process's mean.
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum")
+    loop = make_loop(model, train_x, train_y, cfg, device, ddp, gen)
 
     history = History()
     start_epoch, best_val, bad_epochs = 0, math.inf, 0
     fp = fingerprint(params)
-    resumed = _try_resume(fp, model, optimizer, scheduler, gen)
+    resumed = _try_resume(fp, loop)
     if resumed is not None:
         start_epoch, history, best_val, bad_epochs = resumed
         log.info("resuming from %s after epoch %d of %d", CHECKPOINT, start_epoch, cfg.epochs)
@@ -325,71 +572,39 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
 
     writer = _Writer(ddp.is_main)
     if start_epoch == 0:
-        writer.start(_unwrap(model), train_x[:32].cpu())
-    step_model: nn.Module = model
-    if ddp.enabled:
-        step_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if cfg.compile:
-        step_model = torch.compile(step_model)
+        writer.start(model, train_x[:32].cpu())
 
     t_start = time.perf_counter()
     images_seen = 0
     stopped_early = False
-    global_step = start_epoch * steps_per_epoch
+    n = len(train_y)
     for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        perm = torch.randperm(n, generator=gen).to(data_device)
-        loss_sum = torch.zeros((), device=device)
         bar = tqdm(
-            range(steps_per_epoch),
+            range(loop.steps_per_epoch),
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
             unit="step",
             disable=None if ddp.is_main else True,
             leave=False,
         )
         t_epoch = time.perf_counter()
-        for i in bar:
-            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            batch_len = len(idx)
-            x = train_x[idx].to(device, non_blocking=True)
-            y = train_y[idx].to(device, non_blocking=True)
-            # Every rank draws the same augmentation for the whole global batch, then keeps its
-            # shard: the result does not depend on the process count.
-            if cfg.augment.crop_padding:
-                x = batch_crop(x, cfg.augment.crop_padding, gen)
-            if cfg.augment.flip:
-                x = batch_flip_lr(x, gen)
-            if ddp.enabled:
-                x, y = x[ddp.rank :: ddp.world_size], y[ddp.rank :: ddp.world_size]
-            x = x.float().div_(255)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, enabled=use_cuda_tricks and cfg.amp):
-                loss_sum_batch = criterion(step_model(x), y)
-            loss = loss_sum_batch * (ddp.world_size / batch_len)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            global_step += 1
-            loss_sum += loss_sum_batch.detach()
-            if global_step % cfg.log_every == 0:
-                # The only host sync in the loop, at logging steps.
-                value = all_reduce_sum(loss_sum_batch.detach().clone(), ddp).item() / batch_len
-                writer.add_scalar("train_loss", value, global_step)
-                history.steps.append({"step": global_step, "train_loss": value})
-                bar.set_postfix(
-                    loss=f"{value:.3f}",
-                    img_s=f"{(i + 1) * cfg.batch_size / (time.perf_counter() - t_epoch):.0f}",
-                )
+
+        def on_log(
+            step: int, value: float, images: int, bar: Any = bar, t_epoch: float = t_epoch
+        ) -> None:
+            writer.add_scalar("train_loss", value, step)
+            history.steps.append({"step": step, "train_loss": value})
+            bar.set_postfix(
+                loss=f"{value:.3f}",
+                img_s=f"{images / (time.perf_counter() - t_epoch):.0f}",
+            )
+
+        loss_sum = train_epoch(loop, epoch, bar, on_log)
         images_seen += n
         train_loss = all_reduce_sum(loss_sum, ddp).item() / n
         # Every rank evaluates the same weights on the same val split, so all reach the same
         # early-stopping decision without another collective.
         val_loss, val_acc = evaluate_split(model, val_x, val_y, device)
-        lr_now = optimizer.param_groups[0]["lr"]
+        lr_now = loop.optimizer.param_groups[0]["lr"]
         history.epochs.append(
             {
                 "epoch": epoch + 1,
@@ -425,18 +640,7 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
         stopped_early = diverged or (cfg.patience > 0 and bad_epochs >= cfg.patience)
         done = stopped_early or epoch + 1 == cfg.epochs
         if ddp.is_main:  # rank 0 alone writes; the others hold identical state
-            _save_checkpoint(
-                fp,
-                epoch + 1,
-                done,
-                model,
-                optimizer,
-                scheduler,
-                gen,
-                history,
-                best_val,
-                bad_epochs,
-            )
+            _save_checkpoint(fp, epoch + 1, done, loop, history, best_val, bad_epochs)
             write_plots(history)
         if diverged:
             log.error(
@@ -495,11 +699,12 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
 
 def _arch_params(params: Params) -> dict[str, Any]:
     m = params.model
+    common = {"weights": m.weights, "tta": m.tta}
     if m.name == "tutorial_cnn":
-        return {"activation": m.activation, "batch_norm": m.batch_norm, "weights": m.weights}
+        return {"activation": m.activation, "batch_norm": m.batch_norm, **common}
     if m.name in ("vgg16", "resnet18"):
-        return {"pretrained": m.pretrained, "weights": m.weights}
-    return {"weights": m.weights}
+        return {"pretrained": m.pretrained, **common}
+    return common
 
 
 def _device_name(device: torch.device) -> str:
@@ -512,10 +717,7 @@ def _save_checkpoint(
     fp: str,
     epoch: int,
     done: bool,
-    model: nn.Module,
-    optimizer: Any,
-    scheduler: Any,
-    gen: torch.Generator,
+    loop: Loop,
     history: History,
     best_val: float,
     bad_epochs: int,
@@ -524,10 +726,11 @@ def _save_checkpoint(
         "fingerprint": fp,
         "epoch": epoch,
         "done": done,
-        "model": _unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": _rng_state(gen),
+        "model": loop.model.state_dict(),
+        "optimizer": loop.optimizer.state_dict(),
+        "scheduler": loop.scheduler.state_dict(),
+        "lookahead": loop.lookahead.slow if loop.lookahead is not None else None,
+        "rng": _rng_state(loop.gen),
         "history": {"epochs": history.epochs, "steps": history.steps},
         "best_val": best_val,
         "bad_epochs": bad_epochs,
@@ -535,9 +738,7 @@ def _save_checkpoint(
     save_torch(CHECKPOINT, state)
 
 
-def _try_resume(
-    fp: str, model: nn.Module, optimizer: Any, scheduler: Any, gen: torch.Generator
-) -> tuple[int, History, float, int] | None:
+def _try_resume(fp: str, loop: Loop) -> tuple[int, History, float, int] | None:
     """Restore an interrupted run of the same params and data; None to start fresh.
 
     A finished run's checkpoint is not a resume point: `dvc repro -f` must really retrain.
@@ -554,9 +755,19 @@ def _try_resume(
         return None
     if state.get("done"):
         return None
-    _unwrap(model).load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(state["rng"], gen)
+    try:
+        loop.model.load_state_dict(state["model"])
+        loop.optimizer.load_state_dict(state["optimizer"])
+        loop.scheduler.load_state_dict(state["scheduler"])
+        if loop.lookahead is not None:
+            for name, slow in loop.lookahead.slow.items():
+                slow.copy_(state["lookahead"][name])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        # Written by another visionpipe version with another optimizer layout: the weights
+        # might load but the run would not continue as it began, so begin again.
+        log.warning("checkpoint %s does not fit this version (%s): starting fresh", CHECKPOINT, exc)
+        return None
+    _set_rng_state(state["rng"], loop.gen)
+    loop.global_step = state["epoch"] * loop.steps_per_epoch
     history = History(state["history"]["epochs"], state["history"]["steps"])
     return state["epoch"], history, state["best_val"], state["bad_epochs"]
