@@ -603,7 +603,13 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
         train_loss = all_reduce_sum(loss_sum, ddp).item() / n
         # Every rank evaluates the same weights on the same val split, so all reach the same
         # early-stopping decision without another collective.
-        val_loss, val_acc = evaluate_split(model, val_x, val_y, device)
+        # Per-epoch validation skips test-time augmentation, as airbench does: TTA multiplies
+        # its cost by up to 6 for a curve. The evaluate stage scores the model with its TTA.
+        tta, model.tta = model.tta, 0
+        try:
+            val_loss, val_acc = evaluate_split(model, val_x, val_y, device)
+        finally:
+            model.tta = tta
         lr_now = loop.optimizer.param_groups[0]["lr"]
         history.epochs.append(
             {
