@@ -46,8 +46,14 @@ def cpu_model() -> str:
 
 def machine_info() -> dict[str, Any]:
     """CPU, cores, library versions, date and load: what a reader needs to weigh a timing."""
-    import onnxruntime
     import torch
+
+    try:
+        import onnxruntime
+
+        ort_version = onnxruntime.__version__
+    except ImportError:  # a bare GPU machine may lack it; the train benchmarks do not need it
+        ort_version = "absent"
 
     info: dict[str, Any] = {
         "cpu": cpu_model(),
@@ -55,7 +61,7 @@ def machine_info() -> dict[str, Any]:
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
+        "onnxruntime": ort_version,
         "python": platform.python_version(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),

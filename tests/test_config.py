@@ -26,6 +26,13 @@ def test_committed_params_are_the_tutorial_defaults() -> None:
         ({"train": {"lr_rate": 0.1}}, ["train.lr_rate", "valid keys", "lr"]),
         ({"trian": {}}, ["'trian'", "train"]),
         ({"train": {"augment": {"flp": True}}}, ["train.augment.flp", "flip"]),
+        (
+            {"train": {"augment": {"flip": "random"}}},
+            ["'train.augment.flip' = 'random'", "'alternate'"],
+        ),
+        ({"train": {"augment": {"padding_mode": "reflect"}}}, ["padding_mode", "crop_padding > 0"]),
+        ({"train": {"schedule": "step"}}, ["'train.schedule' = 'step'", "'triangle'"]),
+        ({"model": {"tta": 3}}, ["'model.tta' = 3", "less than or equal to 2"]),
         ({"train": {"lr": 0}}, ["'train.lr' = 0", "greater than 0"]),
         ({"train": {"lr": "fast"}}, ["'train.lr' = 'fast'"]),
         ({"model": {"name": "resnet50"}}, ["'model.name' = 'resnet50'", "tutorial_cnn"]),

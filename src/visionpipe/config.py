@@ -71,7 +71,7 @@ class AugmentConfig(_Section):
     padding_mode: Literal["zeros", "reflect"] = "zeros"  # how crop_padding pads
     # Horizontal flip: false, true (each image, each epoch, at random) or "alternate" (airbench:
     # a random half flipped in even epochs, the other half in odd ones; more distinct views).
-    flip: bool | Literal["alternate"] = False
+    flip: Literal[False, True, "alternate"] = False
 
     @model_validator(mode="after")
     def _reflect_fits(self) -> AugmentConfig:

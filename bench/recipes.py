@@ -1,0 +1,208 @@
+"""Accuracy and train time of each model at its documented recipe (README "Models and recipes").
+
+Each recipe is a set of params overrides, the same ones the README's `dvc exp run -S ...` commands
+set (tests/test_recipes.py keeps the two in step). For each recipe this copies the project's
+`stages/`, `src/` and `params.yaml` into a work folder, applies the overrides, points
+`data.source` at the CIFAR-10 zip, and runs the stage scripts download -> preprocess -> train ->
+evaluate as plain `python stages/<name>.py` (no DVC needed, so it runs on a bare GPU machine too).
+It then reads the stages' own metrics: test accuracy (metrics/eval.json, with the model's TTA)
+and the train stage's train_seconds (metrics/timings/train.json: the epoch loop with per-epoch
+validation, after data loading, model building and the whitening init).
+
+    uv run python bench/recipes.py fast            # one recipe
+    uv run python bench/recipes.py --all           # every recipe (hours on a 2-core CPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from benchlib import (
+    DEFAULT_CIFAR_ZIP,
+    REPO_ROOT,
+    machine_info,
+    machine_line,
+    update_results_md,
+    write_json_result,
+)
+
+NAME = "recipes"
+STAGES = ("download", "preprocess", "train", "evaluate")
+
+# name -> (what the recipe is, params overrides). The README's commands set exactly these.
+RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "tutorial_cnn": ("the tutorial's defaults", {}),
+    "fast": (
+        "airbench94: batch 1024, nesterov SGD, triangle lr, lookahead, BN-bias lr x64, label "
+        "smoothing 0.2, reflect-crop 2 + alternating flip, TTA 2, all 50,000 train images",
+        {
+            "data.val_fraction": 0,
+            "model.name": "fast",
+            "model.normalize": True,
+            "model.tta": 2,
+            "train.epochs": 10,
+            "train.batch_size": 1024,
+            "train.lr": 1.5,
+            "train.momentum": 0.85,
+            "train.nesterov": True,
+            "train.weight_decay": 0.00133,
+            "train.bias_lr_scale": 64,
+            "train.label_smoothing": 0.2,
+            "train.schedule": "triangle",
+            "train.lookahead": True,
+            "train.augment.crop_padding": 2,
+            "train.augment.padding_mode": "reflect",
+            "train.augment.flip": "alternate",
+        },
+    ),
+    "resnet18": (
+        "5 epochs, batch 256, nesterov SGD one-cycle lr 0.2, wd 5e-4, label smoothing 0.1, "
+        "crop 4 + flip",
+        {
+            "model.name": "resnet18",
+            "model.normalize": True,
+            "train.epochs": 5,
+            "train.batch_size": 256,
+            "train.lr": 0.2,
+            "train.momentum": 0.9,
+            "train.nesterov": True,
+            "train.weight_decay": 0.0005,
+            "train.schedule": "onecycle",
+            "train.label_smoothing": 0.1,
+            "train.augment.crop_padding": 4,
+            "train.augment.flip": True,
+        },
+    ),
+    "alexnet": (
+        "5 epochs, batch 64, SGD momentum 0.9 cosine lr 0.01 with half an epoch of warmup, "
+        "wd 5e-4, crop 4 + flip",
+        {
+            "model.name": "alexnet",
+            "model.normalize": True,
+            "train.epochs": 5,
+            "train.lr": 0.01,
+            "train.momentum": 0.9,
+            "train.weight_decay": 0.0005,
+            "train.schedule": "cosine",
+            "train.warmup_epochs": 0.5,
+            "train.augment.crop_padding": 4,
+            "train.augment.flip": True,
+        },
+    ),
+}
+
+
+def apply_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """params.yaml's mapping with dotted `section.key[.sub]` overrides set, as `dvc -S` does."""
+    out = json.loads(json.dumps(params))
+    for dotted, value in overrides.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def run_recipe(name: str, zip_path: Path, work: Path) -> dict[str, Any]:
+    what, overrides = RECIPES[name]
+    shutil.copytree(REPO_ROOT / "stages", work / "stages")
+    shutil.copytree(REPO_ROOT / "src", work / "src")
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params = apply_overrides(params, {**overrides, "data.source": str(zip_path)})
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(work / "src"), "PYTHONUNBUFFERED": "1"}
+    stage_seconds = {}
+    for stage in STAGES:
+        print(f"[{name}] {stage} ...", flush=True)
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, f"stages/{stage}.py"], cwd=work, env=env, check=True)
+        stage_seconds[stage] = round(time.perf_counter() - t0, 1)
+    train_metrics = json.loads((work / "metrics/train.json").read_text())
+    timings = json.loads((work / "metrics/timings/train.json").read_text())
+    evaluation = json.loads((work / "metrics/eval.json").read_text())
+    return {
+        "recipe": name,
+        "what": what,
+        "overrides": overrides,
+        "test_accuracy": evaluation["test_accuracy"],
+        "train_seconds": timings["train_seconds"],
+        "device": timings["device"],
+        "epochs_run": train_metrics["epochs_run"],
+        "stage_seconds": stage_seconds,
+    }
+
+
+def report(info: dict[str, Any], results: list[dict[str, Any]], command: str) -> str:
+    lines = [
+        f"## Recipes: accuracy and train time per model (`bench/{NAME}.py`)",
+        "",
+        f"Machine: {machine_line(info)}.",
+        f"Command: `{command}`",
+        "",
+        "Each recipe ran as the stage scripts (download, preprocess, train, evaluate) on "
+        "cifar10-jpeg.zip. Test accuracy: metrics/eval.json (10,000 test images, with the "
+        "model's TTA). Train time: the train stage's epoch loop, per-epoch validation included.",
+        "",
+        "| recipe | device | epochs | test accuracy | train time | the recipe |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| `{r['recipe']}` | {r['device']} | {r['epochs_run']} | "
+            f"{100 * r['test_accuracy']:.2f}% | {r['train_seconds']:.1f} s | {r['what']} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recipes", nargs="*", help=f"recipes to run: {', '.join(RECIPES)}")
+    parser.add_argument("--all", action="store_true", help="run every recipe")
+    parser.add_argument("--zip", type=Path, default=DEFAULT_CIFAR_ZIP, help="cifar10-jpeg.zip")
+    parser.add_argument("--keep", type=Path, default=None, help="keep work folders under this")
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only; leave RESULTS.md and results/ alone"
+    )
+    args = parser.parse_args()
+    names = list(RECIPES) if args.all else args.recipes
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown or not names:
+        parser.error(f"name recipes to run ({', '.join(RECIPES)}) or --all; got {unknown}")
+    if not args.zip.is_file():
+        parser.error(f"{args.zip} not found: give the CIFAR-10 JPEG zip with --zip")
+    info = machine_info()
+    print(f"machine: {machine_line(info)}")
+    results = []
+    for name in names:
+        if args.keep:
+            work = args.keep / name
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            results.append(run_recipe(name, args.zip.resolve(), work))
+        else:
+            with tempfile.TemporaryDirectory(prefix=f"recipe-{name}-") as tmp:
+                results.append(run_recipe(name, args.zip.resolve(), Path(tmp)))
+        print(json.dumps(results[-1], indent=2))
+    command = "uv run python bench/recipes.py " + (" ".join(names) if not args.all else "--all")
+    body = report(info, results, command)
+    print("\n" + body)
+    if not args.no_write:
+        # One section per kind of device, so a GPU run does not replace the CPU figures.
+        name = f"{NAME}_{'cuda' if info['gpu'] else 'cpu'}"
+        payload = {"benchmark": name, "machine": info, "results": results}
+        print(f"wrote {write_json_result(name, payload)} and {update_results_md(name, body)}")
+
+
+if __name__ == "__main__":
+    main()
