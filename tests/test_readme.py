@@ -128,6 +128,9 @@ def _clone(ctx: Ctx) -> None:
 SETUP: dict[str, Step] = {
     "git clone <this repo> visionpipe": _clone,
     "cd visionpipe": lambda ctx: None,  # every command runs with the copy as its working directory
+    "git checkout HEAD -- params.yaml": lambda ctx: run(
+        ["git", "checkout", "HEAD", "--", "params.yaml"], ctx.repo
+    ),
 }
 
 
