@@ -104,6 +104,22 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
             "train.augment.flip": True,
         },
     ),
+    "vgg16": (
+        "1 epoch (CPU budget), batch 64, AdamW lr 1e-4 wd 0.05, cosine with a fifth of an epoch "
+        "of warmup, crop 4 + flip; from scratch, no ImageNet weights offline",
+        {
+            "model.name": "vgg16",
+            "model.normalize": True,
+            "train.epochs": 1,
+            "train.optimizer": "adamw",
+            "train.lr": 0.0001,
+            "train.weight_decay": 0.05,
+            "train.schedule": "cosine",
+            "train.warmup_epochs": 0.2,
+            "train.augment.crop_padding": 4,
+            "train.augment.flip": True,
+        },
+    ),
 }
 
 
