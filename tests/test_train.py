@@ -247,15 +247,15 @@ def test_lookahead_ends_on_the_slow_weights() -> None:
     start = model.weight.detach().clone()
     with torch.no_grad():
         model.weight.add_(1.0)
-    la.after_step(model, 5)  # decay 0.95**5 * 0.5**3: slow moves most of the way
+    la.after_step(5)  # decay 0.95**5 * 0.5**3: slow moves most of the way
     decay = 0.95**5 * 0.5**3
     expected = start + (1 - decay) * 1.0
     assert torch.allclose(model.weight, expected) and torch.allclose(la.slow["weight"], expected)
     with torch.no_grad():
         model.weight.add_(1.0)
-    la.after_step(model, 7)  # not a lookahead step: nothing happens
+    la.after_step(7)  # not a lookahead step: nothing happens
     assert torch.allclose(model.weight, expected + 1.0)
-    la.after_step(model, 10)  # the last step: a lookahead step, then back to the slow weights
+    la.after_step(10)  # the last step: a lookahead step, then back to the slow weights
     assert torch.equal(model.weight, la.slow["weight"])
 
 

@@ -230,25 +230,23 @@ class Lookahead:
 
     def __init__(self, model: nn.Module, total_steps: int) -> None:
         self.total = total_steps
-        self.slow = {
-            k: v.detach().clone()
-            for k, v in _unwrap(model).state_dict().items()
-            if v.is_floating_point()
-        }
+        # The model's own tensors, looked up once: state_dict() shares their storage, and
+        # training and resuming only ever write into them in place.
+        self.live = {k: v for k, v in _unwrap(model).state_dict().items() if v.is_floating_point()}
+        self.slow = {k: v.detach().clone() for k, v in self.live.items()}
 
     @torch.no_grad()
-    def after_step(self, model: nn.Module, step: int) -> None:
+    def after_step(self, step: int) -> None:
         """Call after optimizer step number `step` (1-based)."""
         if step % self.EVERY == 0:
-            self._update(model, 0.95**5 * (step / self.total) ** 3)
+            self._update(0.95**5 * (step / self.total) ** 3)
         if step == self.total:
-            self._update(model, 1.0)
+            self._update(1.0)
 
-    def _update(self, model: nn.Module, decay: float) -> None:
-        state = _unwrap(model).state_dict()
+    def _update(self, decay: float) -> None:
         for name, slow in self.slow.items():
-            slow.lerp_(state[name], 1.0 - decay)
-            state[name].copy_(slow)
+            slow.lerp_(self.live[name], 1.0 - decay)
+            self.live[name].copy_(slow)
 
 
 @torch.no_grad()
@@ -502,7 +500,7 @@ def train_epoch(
         loop.scheduler.step()
         loop.global_step += 1
         if loop.lookahead is not None:
-            loop.lookahead.after_step(loop.model, loop.global_step)
+            loop.lookahead.after_step(loop.global_step)
         loss_sum += loss_sum_batch.detach()
         if on_log is not None and loop.global_step % cfg.log_every == 0:
             # A copy: the all-reduce works in place.
