@@ -43,7 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision import transforms
 
-from visionpipe import train
+from visionpipe import runtime, train
 from visionpipe.config import TrainConfig
 from visionpipe.models import build_model, tutorial_cnn
 
@@ -106,7 +106,8 @@ class Pipeline:
         model = build_model("tutorial_cnn", 10, 32)
         model.net.load_state_dict(init.state_dict())
         # train_x/train_y are already on the device, as train.run puts them.
-        self.loop = train.make_loop(model.to(device), train_x, train_y, cfg, device)
+        model = train.place_model(model, device, cfg)  # device and memory format, as train.run
+        self.loop = train.make_loop(model, train_x, train_y, cfg, device)
         self.epochs_done = 0
 
     def epoch(self, max_steps: int | None = None) -> float:
@@ -220,7 +221,7 @@ def loader_only(images: np.ndarray, labels: np.ndarray) -> float:
 def report(
     info: dict[str, Any], args: argparse.Namespace, per_device: dict[str, Any], loader_ips: float
 ) -> str:
-    cpu_bf16 = train.cpu_computes_bf16()
+    cpu_bf16 = runtime.cpu_computes_bf16()
     amp_note = (
         "on CUDA and on this CPU (native AVX512-BF16/AMX)"
         if cpu_bf16

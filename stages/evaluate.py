@@ -5,7 +5,8 @@ from visionpipe.config import load_params
 
 
 def main() -> None:
-    evaluate.run(load_params().train.device)
+    cfg = load_params().train
+    evaluate.run(cfg.device, cfg.batch_size)
 
 
 if __name__ == "__main__":

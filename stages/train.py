@@ -4,14 +4,18 @@ With train.nproc * train.nnodes > 1 it hands itself to torchrun, which runs this
 per rank (DistributedDataParallel).
 """
 
-from visionpipe import distributed, logs, train
+from visionpipe import distributed, logs, runtime, train
 from visionpipe.config import load_params
 
 
 def main() -> None:
     params = load_params()
-    if distributed.wants_launch(params.train):
-        distributed.launch(params.train, __file__)
+    cfg = params.train
+    if distributed.wants_launch(cfg):
+        # Checked here, before torchrun starts processes that would each fail.
+        device = runtime.pick_device(cfg.device)
+        distributed.check_processes(cfg.nproc, cfg.nproc * cfg.nnodes, device)
+        distributed.launch(cfg, __file__)
     train.run(params)
 
 

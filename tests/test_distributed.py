@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -132,3 +133,47 @@ def test_killed_ddp_run_resumes_and_finishes(tmp_path: Path) -> None:
     assert json.loads((work / paths.TRAIN_TIMINGS).read_text())["resumed_from_epoch"] >= 1
     a, b = _weights(reference), _weights(work)
     assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=0) for k in a)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_node_run_resumes_after_a_kill(tmp_path: Path) -> None:
+    # Two "machines" on this one: two working folders, 2 nodes x 1 process over 127.0.0.1. Only
+    # global rank 0 (node 0) writes a checkpoint; node 1 has none of its own to resume from.
+    run = {"n_train": 640, "epochs": 8, "amp": False}
+    reference = _workdir(tmp_path / "reference", **run)
+    _train(reference)
+    port = _free_port()
+    nodes = [
+        _workdir(tmp_path / f"node{rank}", **run, nnodes=2, node_rank=rank, master_port=port)
+        for rank in (0, 1)
+    ]
+    checkpoint = nodes[0] / paths.CHECKPOINT_DIR / "last.pt"
+    procs = [_stage(node) for node in nodes]
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and procs[0].poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for proc in procs:  # power loss on both machines
+        _kill_tree(proc.pid)
+        proc.communicate()
+    assert checkpoint.exists() and not (nodes[1] / paths.CHECKPOINT_DIR).exists()
+    procs = [_stage(node) for node in nodes]
+    for proc in procs:
+        try:
+            out, _ = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:  # a rank that resumed alone waits for the other
+            for p in procs:
+                _kill_tree(p.pid)
+            pytest.fail("the resumed two-node run hung")
+        assert proc.returncode == 0, out[-4000:]
+    timings = json.loads((nodes[0] / paths.TRAIN_TIMINGS).read_text())
+    assert timings["resumed_from_epoch"] >= 1 and timings["processes"] == 2
+    a, b = _weights(reference), _weights(nodes[0])
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5, rtol=0), (
+            f"{key}: max diff {(a[key] - b[key]).abs().max():.2e}"
+        )

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import FAST_MODEL, FAST_TRAIN, tiny_params
-from visionpipe import paths, train
+from visionpipe import paths, runtime, train
 from visionpipe.config import TrainConfig
 from visionpipe.models import ARCHS, Classifier, build_model, load_model, tutorial_cnn
 
@@ -324,8 +324,8 @@ def test_tta_averages_mirrored_and_shifted_views() -> None:
 
 def test_amp_follows_the_param_and_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = torch.device("cpu")
-    monkeypatch.setattr(train, "cpu_computes_bf16", lambda: True)
-    assert train.amp_enabled(cpu, TrainConfig())
-    assert not train.amp_enabled(cpu, TrainConfig(amp=False))
-    monkeypatch.setattr(train, "cpu_computes_bf16", lambda: False)  # emulated bf16 is slower
-    assert not train.amp_enabled(cpu, TrainConfig())
+    monkeypatch.setattr(runtime, "cpu_computes_bf16", lambda: True)
+    assert runtime.autocast_dtype(cpu, amp=True) == torch.bfloat16
+    assert runtime.autocast_dtype(cpu, amp=False) is None
+    monkeypatch.setattr(runtime, "cpu_computes_bf16", lambda: False)  # emulated bf16 is slower
+    assert runtime.autocast_dtype(cpu, amp=True) is None

@@ -11,11 +11,14 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from visionpipe.config import TrainConfig
+from visionpipe.runtime import DeviceError
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,23 @@ def launch_args(cfg: TrainConfig, script: str) -> list[str]:
     return [*args, script]
 
 
+def check_processes(nproc: int, processes: int, device: torch.device) -> None:
+    """Refuse a process count (`nproc` on this machine, `processes` in all) that `device` cannot
+    serve: before torchrun starts them, and again in each rank."""
+    if device.type == "mps" and processes > 1:
+        raise DeviceError(
+            f"train.nproc * train.nnodes = {processes} processes, but MPS (Apple GPUs) has no "
+            "distributed backend: set train.nproc: 1 and train.nnodes: 1 to train on the GPU, "
+            "or train.device: cpu for several CPU processes"
+        )
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise DeviceError(
+            f"train.nproc = {nproc} processes on this machine, one per GPU, but only "
+            f"{torch.cuda.device_count()} CUDA GPUs are visible: set train.nproc to at most "
+            f"{torch.cuda.device_count()}, or train.device: cpu"
+        )
+
+
 def launch(cfg: TrainConfig, script: str) -> None:
     args = launch_args(cfg, script)
     log.info("starting %d processes: %s", cfg.nproc * cfg.nnodes, " ".join(args[1:]))
@@ -78,6 +98,8 @@ def init(device: torch.device) -> tuple[Dist, torch.device]:
         return Dist(), device
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    check_processes(local_world, world, device)
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
@@ -85,7 +107,6 @@ def init(device: torch.device) -> tuple[Dist, torch.device]:
     else:
         backend = "gloo"
         # Share the cores between the local ranks instead of oversubscribing them.
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     dist.init_process_group(backend=backend)
     return Dist(rank, world, local_rank), device
@@ -95,6 +116,31 @@ def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
     if d.enabled:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def broadcast_object(obj: Any, d: Dist) -> Any:
+    """Rank 0's `obj` on every rank (pickled between this run's own processes)."""
+    if not d.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def sync_batch_norm(model: nn.Module, device: torch.device) -> nn.Module:
+    """BatchNorm over the whole global batch under DDP, so a run means the same whatever the
+    process count. SyncBatchNorm runs on CUDA only: on CPU each process normalises its shard."""
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if not has_bn:
+        return model
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    log.warning(
+        "BatchNorm normalises over each process's shard of the batch on %s (SyncBatchNorm is "
+        "CUDA-only), so this run differs slightly from a one-process run",
+        device.type,
+    )
+    return model
 
 
 def barrier(d: Dist) -> None:

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from visionpipe import paths
 from visionpipe.fsutil import write_json, write_text
 from visionpipe.models import load_model
-from visionpipe.train import load_split, pick_device, predict_logits
+from visionpipe.runtime import eval_batch_size, pick_device, predict_logits
+from visionpipe.train import load_split
 
 
 def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -20,12 +21,13 @@ def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int
     )
 
 
-def run(device_choice: str = "auto") -> dict[str, Any]:
+def run(device_choice: str = "auto", train_batch_size: int = 64) -> dict[str, Any]:
+    """Score models/model.pt on the test split, in batches no larger than training used."""
     device = pick_device(device_choice)
     model, meta = load_model(paths.MODEL, map_location=device)
     model.to(device)
     images, labels = load_split("test")
-    logits = predict_logits(model, images, device)
+    logits = predict_logits(model, images, device, eval_batch_size(train_batch_size, model.views))
     preds = logits.argmax(1)
     classes: list[str] = meta["classes"]
     cm = confusion_matrix(labels, preds, len(classes))

@@ -46,6 +46,11 @@ class Classifier(nn.Module):
         self.net = net
         self.tta = tta
 
+    @property
+    def views(self) -> int:
+        """Images the net sees per input image in eval mode (1 without TTA)."""
+        return {0: 1, 1: 2, 2: 6}[self.tta]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training or self.tta == 0:
             return self.net(self.normalize(x))

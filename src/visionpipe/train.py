@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from visionpipe import __version__, distributed, paths
+from visionpipe import __version__, distributed, paths, runtime
 from visionpipe.config import Params, TrainConfig
 from visionpipe.distributed import all_reduce_sum
 from visionpipe.fsutil import save_torch, write_json, write_text
@@ -36,25 +36,11 @@ from visionpipe.models import (
     init_whitening,
     save_model,
 )
+from visionpipe.runtime import autocast, eval_batch_size, predict_logits
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = paths.CHECKPOINT_DIR / "last.pt"
-
-
-def pick_device(choice: str = "auto") -> torch.device:
-    """CUDA, then MPS, then CPU; an explicit choice that is unavailable is an error."""
-    if choice == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device = 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'")
-    if choice == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError("train.device = 'mps' but MPS is not available; use 'auto' or 'cpu'")
-    return torch.device(choice)
 
 
 def load_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,23 +57,6 @@ def read_data_meta() -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run 'uv run dvc repro preprocess' first")
     return json.loads(path.read_text())
-
-
-def resident_device(images: torch.Tensor, device: torch.device) -> torch.device:
-    """Where the uint8 train set lives: on the GPU when it takes under half its free memory."""
-    if device.type != "cuda":
-        return device
-    free, _ = torch.cuda.mem_get_info(device)
-    size = images.numel() * images.element_size()
-    if size < free // 2:
-        return device
-    log.warning(
-        "train split is %.1f GiB, over half the GPU's free %.1f GiB: keeping it in host memory "
-        "and copying each batch",
-        size / 2**30,
-        free / 2**30,
-    )
-    return torch.device("cpu")
 
 
 def batch_crop(
@@ -249,30 +218,16 @@ class Lookahead:
             self.live[name].copy_(slow)
 
 
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 1000
-) -> torch.Tensor:
-    """Float32 logits on CPU for uint8 NCHW `images` (any device), in eval mode."""
-    model.eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = images[i : i + batch_size].to(device, non_blocking=True).float().div_(255)
-        x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, enabled=device.type == "cuda"):
-            out.append(model(x).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
-
-
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
 def evaluate_split(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device
+    model: Classifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    train_batch_size: int,
 ) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over a split."""
-    logits = predict_logits(model, images, device)
+    """(mean cross-entropy, accuracy) over a split, in batches no larger than training's."""
+    batch = eval_batch_size(train_batch_size, model.views)
+    logits = predict_logits(model, images, device, batch)
     labels = labels.cpu()
     loss = F.cross_entropy(logits, labels).item()
     acc = (logits.argmax(1) == labels).float().mean().item()
@@ -306,29 +261,22 @@ def write_plots(history: History) -> None:
     write_text(paths.PLOT_STEPS, "\n".join(lines) + "\n")
 
 
-def _rng_state(gen: torch.Generator) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "gen": gen.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    gen.set_state(state["gen"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _log_tensorboard_start(writer: Any, model: Classifier, sample: torch.Tensor) -> None:
-    """Input grid, first-conv feature maps (the tutorial's conv lesson) and the model graph."""
+    """Input grid, first-conv feature maps (the tutorial's conv lesson) and the model graph.
+
+    `sample` (uint8 NCHW, on any device) runs through the model on the model's device; the
+    images are brought back to the CPU for writing.
+    """
     import torchvision
 
-    writer.add_image("inputs", torchvision.utils.make_grid(sample[:32], nrow=8), 0)
+    sample = sample[:32].cpu()
+    writer.add_image("inputs", torchvision.utils.make_grid(sample, nrow=8), 0)
+    device = next(model.parameters()).device
+    x = sample.to(device).float() / 255
     first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if first_conv is not None:
         with torch.no_grad():
-            maps = first_conv(model.normalize(sample[:4].float() / 255))
+            maps = first_conv(model.normalize(x[:4])).float().cpu()
         for i, fmap in enumerate(maps):
             fmap = fmap[:, None]  # one grey image per output channel
             lo, hi = fmap.amin(), fmap.amax()
@@ -339,7 +287,7 @@ def _log_tensorboard_start(writer: Any, model: Classifier, sample: torch.Tensor)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # add_graph still uses jit.trace
-            writer.add_graph(model, sample[:1].float() / 255)
+            writer.add_graph(model, x[:1])
     except Exception as exc:  # tracing fails for some modules; the graph is a nicety, say so
         log.warning("TensorBoard model graph skipped: %s", exc)
 
@@ -371,20 +319,14 @@ class _Writer:
             self.tb.close()
 
 
-def cpu_computes_bf16() -> bool:
-    """True on CPUs with native bf16 math (AVX512-BF16 or AMX); emulated bf16 is slower."""
-    cpu = torch.cpu
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(cpu, name, lambda: False)() for name in checks)
+@dataclass
+class Progress:
+    """Where a run stands after its last complete epoch: what a resume restores."""
 
-
-def amp_enabled(device: torch.device, cfg: TrainConfig) -> bool:
-    """Whether train steps run under bf16 autocast: train.amp, where bf16 is native."""
-    if not cfg.amp:
-        return False
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_computes_bf16()
+    epoch: int = 0
+    history: History = field(default_factory=History)
+    best_val: float = math.inf
+    bad_epochs: int = 0
 
 
 @dataclass
@@ -396,17 +338,26 @@ class Loop:
     step_model: nn.Module  # what the steps call: the model or its DDP / compiled wrapper
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler  # loss scaling for fp16; a no-op otherwise
     criterion: nn.Module
     train_x: torch.Tensor  # uint8 NCHW, on the device when it fits
     train_y: torch.Tensor
     device: torch.device
     gen: torch.Generator  # shuffling and augmentation, on CPU
     ddp: distributed.Dist
-    amp: bool
+    autocast_dtype: torch.dtype | None  # bf16 / fp16 autocast of the train steps, None: fp32
     steps_per_epoch: int
     flip_mask: torch.Tensor | None  # flip: alternate, images mirrored in even epochs
     lookahead: Lookahead | None
+    progress: Progress = field(default_factory=Progress)
     global_step: int = 0
+
+
+def place_model(model: Classifier, device: torch.device, cfg: TrainConfig) -> Classifier:
+    """The model on its device and memory format, in one move."""
+    # channels_last pays on CPU too: 1.5x faster train steps for the tutorial CNN on 2 cores.
+    fmt = torch.channels_last if cfg.channels_last else torch.preserve_format
+    return model.to(device=device, memory_format=fmt)
 
 
 def make_loop(
@@ -417,30 +368,28 @@ def make_loop(
     device: torch.device,
     ddp: distributed.Dist | None = None,
     gen: torch.Generator | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> Loop:
-    """Optimizer, schedule, loss, wrappers and augmentation state for training `model`."""
+    """Optimizer, schedule, loss, wrappers and augmentation state for training `model` (already
+    placed by `place_model`), restored from the checkpoint state `resume` when given.
+
+    DistributedDataParallel wraps the model after the restore, so every rank starts from the
+    restored weights (DDP broadcasts rank 0's weights when it wraps).
+    """
     ddp = ddp or distributed.Dist()
-    # channels_last pays on CPU too: 1.5x faster train steps for the tutorial CNN on 2 cores.
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     steps_per_epoch = math.ceil(len(train_y) / cfg.batch_size)
     optimizer = make_optimizer(model, cfg)
-    step_model: nn.Module = model
-    if ddp.enabled:
-        step_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if cfg.compile:
-        step_model = torch.compile(step_model)
+    dtype = runtime.autocast_dtype(device, cfg.amp)
     flip_mask = None
     if cfg.augment.flip == "alternate":
         flip_mask = alternate_flip_mask(len(train_y), cfg.seed).to(train_x.device)
-    return Loop(
+    loop = Loop(
         cfg=cfg,
         model=model,
-        step_model=step_model,
+        step_model=model,
         optimizer=optimizer,
         scheduler=make_scheduler(optimizer, cfg, steps_per_epoch),
+        scaler=torch.amp.GradScaler(device.type, enabled=runtime.needs_grad_scaler(dtype)),
         # Summed, then divided by the global batch length: with several ranks DDP averages the
         # gradients, so each rank scales by world_size and the result equals one process's mean.
         criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum"),
@@ -449,11 +398,20 @@ def make_loop(
         device=device,
         gen=gen if gen is not None else torch.Generator().manual_seed(cfg.seed),
         ddp=ddp,
-        amp=amp_enabled(device, cfg),
+        autocast_dtype=dtype,
         steps_per_epoch=steps_per_epoch,
         flip_mask=flip_mask,
         lookahead=Lookahead(model, steps_per_epoch * cfg.epochs) if cfg.lookahead else None,
     )
+    if resume is not None:
+        _restore(loop, resume)
+    if ddp.enabled:
+        loop.step_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.compile:
+        loop.step_model = torch.compile(loop.step_model)
+    return loop
 
 
 def train_epoch(
@@ -491,12 +449,13 @@ def train_epoch(
         x = x.float().div_(255)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, enabled=loop.amp):
+        with autocast(device, loop.autocast_dtype):
             loss_sum_batch = loop.criterion(loop.step_model(x), y)
         loss = loss_sum_batch * (ddp.world_size / batch_len)
         loop.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        loop.optimizer.step()
+        loop.scaler.scale(loss).backward()
+        loop.scaler.step(loop.optimizer)
+        loop.scaler.update()
         loop.scheduler.step()
         loop.global_step += 1
         if loop.lookahead is not None:
@@ -512,7 +471,7 @@ def train_epoch(
 def run(params: Params) -> dict[str, Any]:
     """Train per `params` on the preprocessed splits; write the model, metrics, plots, logs."""
     cfg = params.train
-    ddp, device = distributed.init(pick_device(cfg.device))
+    ddp, device = distributed.init(runtime.pick_device(cfg.device))
     try:
         return _run(params, ddp, device)
     finally:
@@ -523,10 +482,7 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
     cfg = params.train
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation, on CPU
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=False)
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
+    if device.type == "cuda" and not cfg.deterministic:
         torch.backends.cudnn.benchmark = True
 
     data_meta = read_data_meta()
@@ -536,7 +492,7 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
         log.warning("data.val_fraction is 0: validating on the test split, as the tutorial does")
         val_x, val_y = load_split("test")
     # Data lives on the device as uint8: 4x smaller than float, converted per batch.
-    data_device = resident_device(train_x, device)
+    data_device = runtime.resident_device(train_x, device)
     train_x, train_y = train_x.to(data_device), train_y.to(data_device)
     classes = data_meta["classes"]
     image_size = data_meta["image_size"]
@@ -550,19 +506,20 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
         data_meta["mean"] if params.model.normalize else None,
         data_meta["std"] if params.model.normalize else None,
     )
+    if cfg.deterministic:
+        runtime.set_deterministic(model, params.model.name, device)
     if params.model.name == "fast":
         init_whitening(model.net.whiten, model.normalize(train_x[:5000].cpu().float() / 255))
         # The whitening filters stay as computed; only their bias trains (for 3 epochs).
         model.net.whiten.weight.requires_grad_(False)
-    model = model.to(device)
-    loop = make_loop(model, train_x, train_y, cfg, device, ddp, gen)
-
-    history = History()
-    start_epoch, best_val, bad_epochs = 0, math.inf, 0
+    model = place_model(model, device, cfg)
+    if ddp.enabled:
+        model = distributed.sync_batch_norm(model, device)
     fp = fingerprint(params)
-    resumed = _try_resume(fp, loop)
-    if resumed is not None:
-        start_epoch, history, best_val, bad_epochs = resumed
+    loop = make_loop(model, train_x, train_y, cfg, device, ddp, gen, _resume_point(fp, ddp))
+    progress = loop.progress
+    start_epoch, history = progress.epoch, progress.history
+    if start_epoch:
         log.info("resuming from %s after epoch %d of %d", CHECKPOINT, start_epoch, cfg.epochs)
     elif ddp.is_main:
         shutil.rmtree(paths.TB_DIR, ignore_errors=True)
@@ -570,12 +527,13 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
 
     writer = _Writer(ddp.is_main)
     if start_epoch == 0:
-        writer.start(model, train_x[:32].cpu())
+        writer.start(model, train_x[:32])
 
     t_start = time.perf_counter()
     images_seen = 0
     stopped_early = False
     n = len(train_y)
+    best_val, bad_epochs = progress.best_val, progress.bad_epochs
     for epoch in range(start_epoch, cfg.epochs):
         bar = tqdm(
             range(loop.steps_per_epoch),
@@ -605,7 +563,7 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
         # its cost by up to 6 for a curve. The evaluate stage scores the model with its TTA.
         tta, model.tta = model.tta, 0
         try:
-            val_loss, val_acc = evaluate_split(model, val_x, val_y, device)
+            val_loss, val_acc = evaluate_split(model, val_x, val_y, device, cfg.batch_size)
         finally:
             model.tta = tta
         lr_now = loop.optimizer.param_groups[0]["lr"]
@@ -691,7 +649,8 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
     write_json(
         paths.TRAIN_TIMINGS,
         {
-            "device": _device_name(device),
+            "device": runtime.device_name(device),
+            "precision": runtime.precision_name(loop.autocast_dtype),
             "train_seconds": round(seconds, 2),
             "images_per_second": round(images_seen / seconds, 1) if seconds else None,
             "resumed_from_epoch": start_epoch,
@@ -711,12 +670,6 @@ def _arch_params(params: Params) -> dict[str, Any]:
     return common
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return device.type
-
-
 def _save_checkpoint(
     fp: str,
     epoch: int,
@@ -733,8 +686,9 @@ def _save_checkpoint(
         "model": loop.model.state_dict(),
         "optimizer": loop.optimizer.state_dict(),
         "scheduler": loop.scheduler.state_dict(),
+        "scaler": loop.scaler.state_dict(),
         "lookahead": loop.lookahead.slow if loop.lookahead is not None else None,
-        "rng": _rng_state(loop.gen),
+        "rng": runtime.rng_state(loop.gen, loop.device),
         "history": {"epochs": history.epochs, "steps": history.steps},
         "best_val": best_val,
         "bad_epochs": bad_epochs,
@@ -742,8 +696,18 @@ def _save_checkpoint(
     save_torch(CHECKPOINT, state)
 
 
-def _try_resume(fp: str, loop: Loop) -> tuple[int, History, float, int] | None:
-    """Restore an interrupted run of the same params and data; None to start fresh.
+def _resume_point(fp: str, ddp: distributed.Dist) -> dict[str, Any] | None:
+    """The checkpoint state to resume from, or None to start fresh; the same on every rank.
+
+    Only global rank 0 writes checkpoints, so only it reads one, and broadcasts what it read:
+    on several machines the other nodes have no checkpoint of their own.
+    """
+    state = _read_checkpoint(fp) if ddp.is_main else None
+    return distributed.broadcast_object(state, ddp)
+
+
+def _read_checkpoint(fp: str) -> dict[str, Any] | None:
+    """An interrupted run's state of the same params and data; None to start fresh.
 
     A finished run's checkpoint is not a resume point: `dvc repro -f` must really retrain.
     """
@@ -759,19 +723,33 @@ def _try_resume(fp: str, loop: Loop) -> tuple[int, History, float, int] | None:
         return None
     if state.get("done"):
         return None
+    return state
+
+
+def _restore(loop: Loop, state: dict[str, Any]) -> None:
+    """Load a checkpoint into the loop's objects; a state that does not fit leaves them fresh."""
+    own = loop.model.state_dict()
+    theirs = state.get("model", {})
+    if own.keys() != theirs.keys() or any(own[k].shape != theirs[k].shape for k in own):
+        # Checked first: a half-loaded model would not be a fresh start.
+        log.warning("checkpoint %s holds another model layout: starting fresh", CHECKPOINT)
+        return
     try:
-        loop.model.load_state_dict(state["model"])
+        # The optimizer checks its layout before it changes anything.
         loop.optimizer.load_state_dict(state["optimizer"])
         loop.scheduler.load_state_dict(state["scheduler"])
+        loop.model.load_state_dict(theirs)
         if loop.lookahead is not None:
             for name, slow in loop.lookahead.slow.items():
                 slow.copy_(state["lookahead"][name])
+        if loop.scaler.is_enabled() and state.get("scaler"):
+            loop.scaler.load_state_dict(state["scaler"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         # Written by another visionpipe version with another optimizer layout: the weights
         # might load but the run would not continue as it began, so begin again.
         log.warning("checkpoint %s does not fit this version (%s): starting fresh", CHECKPOINT, exc)
-        return None
-    _set_rng_state(state["rng"], loop.gen)
+        return
+    runtime.set_rng_state(state["rng"], loop.gen, loop.device)
     loop.global_step = state["epoch"] * loop.steps_per_epoch
     history = History(state["history"]["epochs"], state["history"]["steps"])
-    return state["epoch"], history, state["best_val"], state["bad_epochs"]
+    loop.progress = Progress(state["epoch"], history, state["best_val"], state["bad_epochs"])

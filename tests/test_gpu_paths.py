@@ -1,0 +1,393 @@
+"""The GPU paths, tested without a GPU: the train stage on a pretend CUDA device (see
+tests/fake_cuda.py), and every device decision with the torch.cuda / torch.backends.mps queries
+monkeypatched to answer as a given machine would."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from tests.conftest import FAST_MODEL, FAST_TRAIN, tiny_params, write_processed
+from tests.fake_cuda import FakeGPU, fake_gpu
+from tests.helpers import ROOT
+from visionpipe import distributed, paths, runtime, train
+from visionpipe.models import ARCHS, Classifier, build_model, tutorial_cnn
+from visionpipe.runtime import DeviceError
+
+CUDA = torch.device("cuda")
+MPS = torch.device("mps")
+CPU = torch.device("cpu")
+
+# Every model with the augmentation, lookahead and TTA the recipes use, at 32 px (vgg16's
+# minimum); on fake tensors none of it computes anything, so the whole zoo is cheap.
+ZOO = {
+    arch: (
+        {**FAST_MODEL} if arch == "fast" else {"name": arch, "normalize": True, "tta": 2},
+        {**FAST_TRAIN} if arch == "fast" else {"augment": {"crop_padding": 2, "flip": True}},
+    )
+    for arch in ARCHS
+}
+
+
+@pytest.fixture
+def processed32(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    write_processed(tmp_path, n_train=40, n_val=8, n_test=8, size=32)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _fake_run(monkeypatch: pytest.MonkeyPatch, gpu: FakeGPU, params: Any) -> dict[str, Any]:
+    with fake_gpu(monkeypatch, gpu):
+        model_seen: list[tuple[bool, bool, torch.dtype]] = []
+
+        def record(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            model_seen.append((module.training, torch.is_autocast_enabled("cuda"), args[0].dtype))
+
+        real_place = train.place_model
+
+        def place(model: Classifier, device: torch.device, cfg: Any) -> Classifier:
+            model.register_forward_pre_hook(record)
+            return real_place(model, device, cfg)
+
+        monkeypatch.setattr(train, "place_model", place)
+        metrics = train.run(params)
+    return {"metrics": metrics, "forward": model_seen}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_train_stage_runs_on_a_fake_cuda_device(
+    processed32: Path, monkeypatch: pytest.MonkeyPatch, arch: str
+) -> None:
+    model, train_params = ZOO[arch]
+    params = tiny_params(model, **{**train_params, "epochs": 2, "batch_size": 16})
+    gpu = FakeGPU(name="Fake H100", capability=(9, 0))
+    seen = _fake_run(monkeypatch, gpu, params)
+    assert seen["metrics"]["epochs_run"] == 2
+    # The TensorBoard start (input grid, first-conv feature maps) ran and wrote CPU images.
+    tags = [tag for tag, _ in gpu.images]
+    assert "inputs" in tags and any(t.startswith("conv1_feature_maps/") for t in tags)
+    # Train steps in bf16 autocast; validation (and TTA, in evaluate) in fp32, as on a CPU.
+    train_steps = [s for s in seen["forward"] if s[0]]
+    evals = [s for s in seen["forward"] if not s[0]]
+    assert train_steps and all(autocast for _, autocast, _ in train_steps)
+    assert evals and not any(autocast for _, autocast, _ in evals)
+    # Two checkpoints and the model; the model file holds CPU tensors only.
+    blobs = [o for o in gpu.saved if "state_dict" in o]
+    checkpoints = [o for o in gpu.saved if "fingerprint" in o]
+    assert len(blobs) == 1 and len(checkpoints) == 2
+    assert all(t.device.type == "cpu" for t in blobs[0]["state_dict"].values())
+    timings = json.loads(paths.TRAIN_TIMINGS.read_text())
+    assert timings["device"] == "Fake H100" and timings["precision"] == "bf16"
+
+
+def test_fake_cuda_tta_evaluation_stays_on_the_device_and_in_fp32(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = build_model("fast", 3, 16, {"tta": 2}, [0.5] * 3, [0.2] * 3)
+    with fake_gpu(monkeypatch, FakeGPU()):
+        model = train.place_model(model, CUDA, tiny_params().train)
+        images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)  # on the host
+        logits = runtime.predict_logits(model, images, CUDA, batch_size=4)
+    assert logits.device.type == "cpu" and logits.dtype == torch.float32
+    assert logits.shape == (10, 3)
+
+
+def test_t4_trains_in_fp16_with_a_grad_scaler(
+    processed32: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = tiny_params(FAST_MODEL, **{**FAST_TRAIN, "epochs": 1})
+    gpu = FakeGPU(name="Tesla T4", capability=(7, 5))
+    seen = _fake_run(monkeypatch, gpu, params)
+    dtypes = {dtype for training, _, dtype in seen["forward"] if training}
+    assert dtypes == {torch.float32}  # autocast casts inside the layers, not the input
+    checkpoint = next(o for o in gpu.saved if "fingerprint" in o)
+    assert checkpoint["scaler"], "fp16 steps need the GradScaler's state in the checkpoint"
+    assert json.loads(paths.TRAIN_TIMINGS.read_text())["precision"] == "fp16"
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "vgg16", "fast"])
+def test_deterministic_cuda_refuses_a_model_without_deterministic_backward_up_front(
+    processed32: Path, monkeypatch: pytest.MonkeyPatch, arch: str
+) -> None:
+    model, train_params = ZOO[arch]
+    params = tiny_params(model, **{**train_params, "deterministic": True})
+    with pytest.raises(DeviceError, match=rf"model '{arch}' on cuda.*train\.deterministic"):
+        _fake_run(monkeypatch, FakeGPU(), params)
+    assert not paths.CHECKPOINT_DIR.exists(), "refused before the first step"
+
+
+def test_deterministic_cuda_trains_resnet18_and_fixes_cublas(
+    processed32: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    model, train_params = ZOO["resnet18"]
+    params = tiny_params(model, **{**train_params, "epochs": 1, "deterministic": True})
+    try:
+        _fake_run(monkeypatch, FakeGPU(), params)
+        import os
+
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.parametrize(
+    ("arch", "cuda_layer", "mps_layer"),
+    [
+        ("tutorial_cnn", None, "MaxPool2d"),
+        ("resnet18", None, "MaxPool2d"),  # its 1x1 adaptive average is a mean
+        ("alexnet", "AdaptiveAvgPool2d to 2", "MaxPool2d"),
+        ("vgg16", "AdaptiveAvgPool2d to (7, 7)", "MaxPool2d"),
+        ("fast", "AdaptiveMaxPool2d", "MaxPool2d"),
+    ],
+)
+def test_which_models_have_no_deterministic_backward(
+    arch: str, cuda_layer: str | None, mps_layer: str
+) -> None:
+    model = build_model(arch, 10, 32)
+    found = runtime.nondeterministic_layer(model, CUDA)
+    assert (found is None) if cuda_layer is None else (cuda_layer in found)
+    assert mps_layer in (runtime.nondeterministic_layer(model, MPS) or "")
+    assert runtime.nondeterministic_layer(model, CPU) is None
+
+
+# ---- device choice -------------------------------------------------------------------------
+
+
+def _gpu_machine(
+    monkeypatch: pytest.MonkeyPatch,
+    capability: tuple[int, int] | None,
+    arch_list: list[str] | None = None,
+    init_warning: str | None = None,
+    mps: bool = False,
+) -> None:
+    """Make torch.cuda answer as a machine with one GPU of `capability` (None: no GPU)."""
+
+    def is_available() -> bool:
+        if init_warning:
+            warnings.warn(init_warning, UserWarning, stacklevel=1)
+        return capability is not None
+
+    monkeypatch.setattr(torch.cuda, "is_available", is_available)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: int(capability is not None))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100-SXM2")
+    monkeypatch.setattr(
+        torch.cuda, "get_arch_list", lambda: arch_list or ["sm_75", "sm_80", "sm_86", "sm_90"]
+    )
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+
+
+def test_auto_picks_a_supported_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    _gpu_machine(monkeypatch, (8, 9))  # an L4: sm_86 code runs on 8.9
+    assert runtime.pick_device("auto") == CUDA
+    assert runtime.pick_device("cuda") == CUDA
+
+
+def test_auto_falls_back_to_cpu_on_a_gpu_the_wheel_has_no_kernels_for(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _gpu_machine(monkeypatch, (7, 0))  # a V100 against the cu132 wheel (sm_75 and newer)
+    with caplog.at_level(logging.WARNING):
+        assert runtime.pick_device("auto") == CPU
+    assert "compute capability 7.0" in caplog.text and "CUDA 12.6" in caplog.text
+    with pytest.raises(DeviceError, match=r"train.device = 'cuda'.*sm_70"):
+        runtime.pick_device("cuda")
+
+
+def test_auto_says_why_when_the_driver_is_too_old(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    message = (
+        "CUDA initialization: The NVIDIA driver on your system is too old (found version 12020)."
+    )
+    _gpu_machine(monkeypatch, None, init_warning=message)
+    monkeypatch.setattr(torch.version, "cuda", "13.2")
+    with caplog.at_level(logging.WARNING):
+        assert runtime.pick_device("auto") == CPU
+    assert "too old (found version 12020)" in caplog.text and "driver 580" in caplog.text
+    with pytest.raises(DeviceError, match="driver 580"):
+        runtime.pick_device("cuda")
+
+
+def test_no_gpu_is_no_warning_and_mps_comes_next(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _gpu_machine(monkeypatch, None)
+    with caplog.at_level(logging.WARNING):
+        assert runtime.pick_device("auto") == CPU
+    assert caplog.text == ""
+    with pytest.raises(DeviceError, match="no CUDA GPU is visible"):
+        runtime.pick_device("cuda")
+    _gpu_machine(monkeypatch, None, mps=True)
+    assert runtime.pick_device("auto") == MPS
+
+
+@pytest.mark.parametrize(
+    ("capability", "arch_list", "ok"),
+    [
+        ((7, 5), ["sm_75", "sm_80"], True),
+        ((7, 0), ["sm_75", "sm_80"], False),  # V100 on the cu13 wheels
+        ((8, 6), ["sm_80"], True),  # same major, newer minor
+        ((8, 0), ["sm_86"], False),  # older minor
+        ((9, 0), ["sm_80", "compute_80"], True),  # PTX is compiled for newer GPUs
+        ((9, 0), ["sm_80"], False),
+        ((10, 0), ["sm_90a"], False),  # arch-specific code runs on that GPU only
+        ((9, 0), ["sm_90a"], True),
+        ((12, 0), [], True),  # a build that does not say
+    ],
+)
+def test_arch_list_compatibility(
+    capability: tuple[int, int], arch_list: list[str], ok: bool
+) -> None:
+    assert runtime.arch_supported(capability, arch_list) is ok
+
+
+@pytest.mark.parametrize(
+    ("device", "capability", "amp", "expected"),
+    [
+        (CUDA, (9, 0), True, torch.bfloat16),  # H100: native bf16
+        (CUDA, (8, 0), True, torch.bfloat16),
+        (CUDA, (7, 5), True, torch.float16),  # T4: bf16 only emulated, fp16 tensor cores
+        (CUDA, (7, 0), True, torch.float16),  # V100
+        (CUDA, (6, 1), True, None),  # Pascal: no tensor cores
+        (CUDA, (9, 0), False, None),
+        (MPS, None, True, None),
+    ],
+)
+def test_precision_decision(
+    monkeypatch: pytest.MonkeyPatch,
+    device: torch.device,
+    capability: tuple[int, int] | None,
+    amp: bool,
+    expected: torch.dtype | None,
+) -> None:
+    def bf16(including_emulation: bool = True) -> bool:
+        # torch counts emulation by default: every CUDA GPU since Maxwell "supports" bf16.
+        return including_emulation or capability >= (8, 0)
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", bf16)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    dtype = runtime.autocast_dtype(device, amp)
+    assert dtype == expected
+    assert runtime.needs_grad_scaler(dtype) is (expected == torch.float16)
+
+
+# ---- several processes ---------------------------------------------------------------------
+
+
+def test_mps_with_several_processes_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(DeviceError, match=r"MPS.*no distributed backend"):
+        distributed.check_processes(2, 2, MPS)
+    # And by each rank, should torchrun have been started by hand.
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(
+        torch.distributed, "init_process_group", lambda **kw: pytest.fail("joined a group")
+    )
+    with pytest.raises(DeviceError, match="MPS"):
+        distributed.init(MPS)
+
+
+def test_more_processes_than_gpus_is_refused_before_torchrun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = {"data": {"dataset": "imagefolder", "source": "x"}, "train": {"nproc": 4}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(runtime, "pick_device", lambda choice="auto": CUDA)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(distributed, "launch", lambda *a: pytest.fail("torchrun was started"))
+    spec = importlib.util.spec_from_file_location("train_stage", ROOT / "stages" / "train.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    with pytest.raises(DeviceError, match=r"train.nproc = 4 .* only 2 CUDA GPUs"):
+        stage.main()
+    distributed.check_processes(2, 4, CUDA)  # 2 per machine on 2 machines: fine
+
+
+def test_sync_batch_norm_under_ddp_on_cuda_only(caplog: pytest.LogCaptureFixture) -> None:
+    model = build_model("fast", 10, 32)
+    params = list(model.parameters())
+    synced = distributed.sync_batch_norm(model, CUDA)
+    norms = [m for m in synced.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, nn.SyncBatchNorm) for m in norms)
+    assert list(synced.parameters()) == params, "the same parameters, for the optimizer"
+    assert all(not m.weight.requires_grad for m in norms), "FastNet's frozen BN scale stays frozen"
+    with caplog.at_level(logging.WARNING):
+        cpu_model = distributed.sync_batch_norm(build_model("fast", 10, 32), CPU)
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in cpu_model.modules())
+    assert "each process's shard" in caplog.text
+    plain = build_model("tutorial_cnn", 10, 32)  # no BatchNorm: nothing to do or say
+    assert distributed.sync_batch_norm(plain, CUDA) is plain
+
+
+# ---- resume, memory, evaluation batches ----------------------------------------------------
+
+
+def test_rng_restore_with_fewer_gpus_than_the_checkpoint_saw(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    restored: list[tuple[torch.Tensor, Any]] = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, d="cuda": restored.append((s, d)))
+    gen = torch.Generator()
+    state = {
+        "torch": torch.get_rng_state(),
+        "gen": gen.get_state(),
+        # Written by 0.1.0 on a machine with two GPUs: one state per GPU.
+        "cuda": [torch.full((16,), 1, dtype=torch.uint8), torch.full((16,), 2, dtype=torch.uint8)],
+    }
+    runtime.set_rng_state(state, gen, torch.device("cuda", 0))
+    assert len(restored) == 1 and int(restored[0][0][0]) == 1
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda d="cuda": torch.zeros(16))
+    assert set(runtime.rng_state(gen, torch.device("cuda", 0))) == {"torch", "gen", "cuda"}
+    assert set(runtime.rng_state(gen, CPU)) == {"torch", "gen"}
+
+
+def test_dataset_stays_on_the_host_when_it_would_crowd_the_gpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    images = torch.zeros(2048, 3, 32, 32, dtype=torch.uint8)  # 6 MiB
+    monkeypatch.setattr(torch.mps, "recommended_max_memory", lambda: 10 * 2**20)
+    monkeypatch.setattr(torch.mps, "driver_allocated_memory", lambda: 2 * 2**20)
+    assert runtime.resident_device(images, MPS) == CPU  # 6 MiB > half of 8 MiB free
+    monkeypatch.setattr(torch.mps, "recommended_max_memory", lambda: 64 * 2**20)
+    assert runtime.resident_device(images, MPS) == MPS
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: (4 * 2**20, 80 * 2**30))
+    assert runtime.resident_device(images, CUDA) == CPU
+    assert runtime.resident_device(images, CPU) == CPU
+
+
+def test_evaluation_batches_follow_the_train_batch_and_the_tta_views() -> None:
+    seen: list[int] = []
+
+    class Recorder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = tutorial_cnn(3, 16)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(len(x))
+            return self.net(x)
+
+    images = torch.randint(0, 256, (100, 3, 16, 16), dtype=torch.uint8)
+    labels = torch.arange(100) % 3
+    for tta, views in ((0, 1), (1, 2), (2, 6)):
+        seen.clear()
+        model = Classifier(Recorder(), None, tta=tta)
+        train.evaluate_split(model, images, labels, CPU, train_batch_size=64)
+        assert max(seen) <= 64, (tta, seen)  # what the net sees at once, TTA views included
+        assert sum(seen) == 100 * views
