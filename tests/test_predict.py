@@ -125,3 +125,11 @@ def test_onnx_cli_never_imports_torch(exported_model: Path) -> None:
 def test_missing_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["predict", "x.png", "--model", str(tmp_path / "model.onnx")]) == 2
     assert "dvc repro export" in capsys.readouterr().err
+
+
+def test_exported_onnx_holds_no_machine_paths(exported_model: Path) -> None:
+    # The exporter records a Python stack trace per node, with this checkout's absolute paths:
+    # the same model exported from another clone would hash differently in dvc.lock.
+    data = (exported_model / "model.onnx").read_bytes()
+    src = Path(__file__).resolve().parents[1] / "src"
+    assert b"stack_trace" not in data and str(src).encode() not in data

@@ -59,8 +59,23 @@ def export_onnx(model: torch.nn.Module, meta: dict[str, Any], dest: Path, opset:
     }
     for key, value in info.items():
         proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    _drop_stack_traces(proto.graph)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(dest))
+
+
+def _drop_stack_traces(graph: onnx.GraphProto) -> None:
+    """Remove the exporter's per-node Python stack traces: they hold this machine's source
+    paths, so the same model exported from another clone would hash differently (and ship the
+    user's folder names)."""
+    for node in graph.node:
+        kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+        for attr in node.attribute:
+            subgraphs = [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]
+            for sub in subgraphs:  # If/Loop bodies
+                _drop_stack_traces(sub)
 
 
 def parity(model: torch.nn.Module, onnx_path: Path, images: torch.Tensor) -> dict[str, Any]:
