@@ -181,7 +181,7 @@ def _open_zip(source: Path) -> Iterator[tuple[list[_Entry], Reader]]:
             elif fmt == stat.S_IFDIR:
                 continue
             else:
-                _refuse(source, info.filename, f"{_kind_name(fmt)} entries are not allowed")
+                _refuse_kind(source, info.filename, fmt)
         entries = _plan(source, sorted(files), links, hardlinks={})
         yield (
             sorted(entries, key=lambda e: e.name),
@@ -238,12 +238,7 @@ def _open_tar(source: Path) -> Iterator[tuple[list[_Entry], Reader]]:
             elif member.islnk():
                 hardlinks[name] = member.linkname
             else:
-                what = {
-                    tarfile.CHRTYPE: "character device",
-                    tarfile.BLKTYPE: "block device",
-                    tarfile.FIFOTYPE: "fifo",
-                }.get(member.type, f"type {member.type!r}")
-                _refuse(source, member.name, f"{what} entries are not allowed")
+                _refuse_kind(source, member.name, _TAR_KINDS.get(member.type), member.type)
             order.append(name)
         planned = {e.name: e for e in _plan(source, list(files), links, hardlinks)}
 
@@ -265,14 +260,33 @@ def _refuse(source: Path, member: str, reason: str) -> None:
     raise UnsafeArchiveError(f"refusing {source}: member {member!r}: {reason}")
 
 
-def _kind_name(fmt: int) -> str:
-    names = {
-        stat.S_IFCHR: "character device",
-        stat.S_IFBLK: "block device",
-        stat.S_IFIFO: "fifo",
-        stat.S_IFSOCK: "socket",
-    }
-    return names.get(fmt, f"file type {oct(fmt)}")
+def _warn_skipped(source: Path, skipped: list[str]) -> None:
+    if skipped:
+        log.warning(
+            "%s: skipped %d link(s) to folders or missing files, e.g. %s",
+            source,
+            len(skipped),
+            ", ".join(sorted(skipped)[:3]),
+        )
+
+
+_KINDS = {
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+}
+_TAR_KINDS = {
+    tarfile.CHRTYPE: stat.S_IFCHR,
+    tarfile.BLKTYPE: stat.S_IFBLK,
+    tarfile.FIFOTYPE: stat.S_IFIFO,
+}
+
+
+def _refuse_kind(source: Path, member: str, fmt: int | None, raw_type: object = None) -> None:
+    """Refuse a device, fifo or other special member (`fmt`: its stat file type)."""
+    what = _KINDS.get(fmt, f"file type {oct(fmt)}") if fmt is not None else f"type {raw_type!r}"
+    _refuse(source, member, f"{what} entries are not allowed")
 
 
 def _is_absolute(path: str) -> bool:
@@ -344,13 +358,7 @@ def _plan(
             entries.append(_Entry(name, target))
         else:
             skipped.append(name)
-    if skipped:
-        log.warning(
-            "%s: skipped %d link(s) that do not lead to a regular file, e.g. %s",
-            source,
-            len(skipped),
-            ", ".join(skipped[:3]),
-        )
+    _warn_skipped(source, skipped)
     return entries
 
 
@@ -405,12 +413,6 @@ def _dir_entries(root: Path) -> list[_Entry]:
             elif stat.S_ISREG(st.st_mode):
                 entries.append(_Entry(rel, rel))
             elif not stat.S_ISDIR(st.st_mode):
-                _refuse(root, rel, f"{_kind_name(stat.S_IFMT(st.st_mode))} entries are not allowed")
-    if skipped:
-        log.warning(
-            "%s: skipped %d symlink(s) to folders or missing files, e.g. %s",
-            root,
-            len(skipped),
-            ", ".join(sorted(skipped)[:3]),
-        )
+                _refuse_kind(root, rel, stat.S_IFMT(st.st_mode))
+    _warn_skipped(root, skipped)
     return sorted(entries, key=lambda e: e.name)

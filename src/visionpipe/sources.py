@@ -303,6 +303,14 @@ class _Hashes:
         self.sha256.update(chunk)
         self.size += len(chunk)
 
+    def consume(self, read: Callable[[int], bytes], *sinks: Callable[[bytes], object]) -> _Hashes:
+        """Read `read` to its end in chunks, hashing each one and handing it to every sink."""
+        while chunk := read(_CHUNK):
+            self.update(chunk)
+            for sink in sinks:
+                sink(chunk)
+        return self
+
     def result(self, path: Path, origin: str) -> FetchResult:
         return FetchResult(path, origin, self.sha256.hexdigest(), self.md5.hexdigest(), self.size)
 
@@ -329,9 +337,7 @@ def _copy(src: Path, dest: Path, expect: _Expect, checks: Sequence[Check]) -> Fe
     with atomic_path(dest) as tmp:
         try:
             with open(src, "rb") as fin, open(tmp, "wb") as fout:
-                while chunk := fin.read(_CHUNK):
-                    fout.write(chunk)
-                    hashes.update(chunk)
+                hashes.consume(fin.read, fout.write)
         except OSError as e:
             raise DownloadError(f"cannot copy {src} to {dest.parent}: {e}") from e
         _verify(hashes, expect, dest.name, origin)
@@ -405,21 +411,15 @@ def _fetch_once(url: str, tmp: Path, timeout_s: float) -> _Hashes:
         with tqdm(
             total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, disable=None
         ) as bar:
-            while chunk := response.read(_CHUNK):
-                f.write(chunk)
-                hashes.update(chunk)
-                bar.update(len(chunk))
+            hashes.consume(response.read, f.write, lambda chunk: bar.update(len(chunk)))
     if total is not None and hashes.size != total:
         raise http.client.IncompleteRead(b"", total - hashes.size)
     return hashes
 
 
 def _hash_file(path: Path) -> _Hashes:
-    hashes = _Hashes()
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            hashes.update(chunk)
-    return hashes
+        return _Hashes().consume(f.read)
 
 
 def _remove_others(dest_dir: Path, keep: Path) -> None:
