@@ -11,15 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.cifar_archive import _py2_pickle, write_cifar_python_archive
 from visionpipe.archive import iter_files, list_files
 from visionpipe.cifar_pickle import (
     CLASSES,
     UnsafePickleError,
-    _py2_pickle,
     is_cifar_python,
     load_batch,
     read_cifar_python,
-    write_cifar_python_archive,
 )
 
 
