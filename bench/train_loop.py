@@ -112,12 +112,16 @@ class Pipeline:
 
     def epoch(self, max_steps: int | None = None) -> float:
         loop = self.loop
-        steps = loop.steps_per_epoch if max_steps is None else min(max_steps, loop.steps_per_epoch)
+        steps = (
+            loop.batches.steps_per_epoch
+            if max_steps is None
+            else min(max_steps, loop.batches.steps_per_epoch)
+        )
         # A no-op logger still makes train_epoch read the loss back every log_every steps, the
         # one host sync train.run has inside its loop.
         loss_sum = train.train_epoch(loop, self.epochs_done, range(steps), lambda *_: None)
         self.epochs_done += 1
-        return loss_sum.item() / min(len(loop.train_y), steps * loop.cfg.batch_size)
+        return loss_sum.item() / min(len(loop.batches.labels), steps * loop.cfg.batch_size)
 
 
 Epoch = Callable[[int | None], float]  # one pass (or max_steps steps) -> mean train loss

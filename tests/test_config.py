@@ -63,3 +63,31 @@ def test_params_are_frozen() -> None:
     p = parse_params({})
     with pytest.raises(Exception):  # noqa: B017 - pydantic raises its own ValidationError
         p.train.lr = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("model", "key"),
+    [
+        ({"name": "fast", "activation": "relu"}, "model.activation"),
+        ({"name": "resnet18", "batch_norm": True}, "model.batch_norm"),
+        ({"name": "tutorial_cnn", "pretrained": True}, "model.pretrained"),
+        ({"name": "alexnet", "pretrained": True}, "model.pretrained"),
+    ],
+)
+def test_a_model_key_that_does_not_apply_is_an_error(model: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_params({"model": model})
+    message = str(err.value)
+    assert key in message and f"'{model['name']}'" in message
+    assert "the keys for" in message and "tta" in message  # what does apply
+
+
+def test_model_keys_at_their_defaults_fit_every_model() -> None:
+    # params.yaml always holds every key: the tutorial's settings must not stop another model.
+    from visionpipe.config import ARCHS, MODEL_KEYS
+
+    for arch in ARCHS:
+        assert parse_params({"model": {"name": arch}}).model.name == arch
+        for key in MODEL_KEYS[arch]:
+            value = {"activation": "relu", "batch_norm": True, "pretrained": True}[key]
+            assert getattr(parse_params({"model": {"name": arch, key: value}}).model, key) == value

@@ -19,7 +19,7 @@ from torch import nn
 from tests.conftest import FAST_MODEL, FAST_TRAIN, tiny_params, write_processed
 from tests.fake_cuda import FakeGPU, fake_gpu
 from tests.helpers import ROOT
-from visionpipe import distributed, paths, runtime, train
+from visionpipe import data, distributed, paths, runtime, train
 from visionpipe.models import ARCHS, Classifier, build_model, tutorial_cnn
 from visionpipe.runtime import DeviceError
 
@@ -363,12 +363,12 @@ def test_dataset_stays_on_the_host_when_it_would_crowd_the_gpu(
     images = torch.zeros(2048, 3, 32, 32, dtype=torch.uint8)  # 6 MiB
     monkeypatch.setattr(torch.mps, "recommended_max_memory", lambda: 10 * 2**20)
     monkeypatch.setattr(torch.mps, "driver_allocated_memory", lambda: 2 * 2**20)
-    assert runtime.resident_device(images, MPS) == CPU  # 6 MiB > half of 8 MiB free
+    assert data.resident_device(images, MPS) == CPU  # 6 MiB > half of 8 MiB free
     monkeypatch.setattr(torch.mps, "recommended_max_memory", lambda: 64 * 2**20)
-    assert runtime.resident_device(images, MPS) == MPS
+    assert data.resident_device(images, MPS) == MPS
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: (4 * 2**20, 80 * 2**30))
-    assert runtime.resident_device(images, CUDA) == CPU
-    assert runtime.resident_device(images, CPU) == CPU
+    assert data.resident_device(images, CUDA) == CPU
+    assert data.resident_device(images, CPU) == CPU
 
 
 def test_evaluation_batches_follow_the_train_batch_and_the_tta_views() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.cifar_archive import write_cifar_python_archive
 from tests.helpers import (
     CIFAR_JPEG_ZIP,
     HYMENOPTERA_ZIP,
@@ -24,7 +25,7 @@ from tests.helpers import (
     make_project,
     subset_zip,
 )
-from visionpipe.cifar_pickle import CLASSES, write_cifar_python_archive
+from visionpipe.cifar_pickle import CLASSES
 
 pytestmark = pytest.mark.slow
 
@@ -98,6 +99,13 @@ def test_official_format_over_http_repro_exp_metrics_plots(tmp_path: Path) -> No
     typo = dvc(repo, "exp", "run", "-S", "+train.lr_rate=0.1", check=False)
     assert typo.returncode != 0
     assert "unknown key 'train.lr_rate'" in typo.stdout + typo.stderr
+    # A model knob the chosen model does not have is caught the same way, by the first stage.
+    git(repo, "checkout", "params.yaml")
+    knob = dvc(
+        repo, "exp", "run", "-S", "model.name=fast", "-S", "model.activation=relu", check=False
+    )
+    assert knob.returncode != 0 and "Running stage 'train'" in knob.stdout
+    assert "model.activation = \"relu\" does not apply to model 'fast'" in knob.stdout + knob.stderr
     git(repo, "checkout", "params.yaml")
 
     shown = dvc(repo, "metrics", "show", "--json").stdout

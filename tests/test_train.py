@@ -8,9 +8,16 @@ import pytest
 import torch
 
 from tests.conftest import FAST_MODEL, FAST_TRAIN, tiny_params
-from visionpipe import paths, runtime, train
+from visionpipe import batches, optim, paths, runtime, train
 from visionpipe.config import TrainConfig
-from visionpipe.models import ARCHS, Classifier, build_model, load_model, tutorial_cnn
+from visionpipe.models import (
+    ARCHS,
+    Classifier,
+    build_model,
+    init_whitening,
+    load_model,
+    tutorial_cnn,
+)
 
 
 def _weights() -> dict[str, torch.Tensor]:
@@ -85,23 +92,23 @@ def test_early_stopping(processed: Path) -> None:
 def test_batch_crop_and_flip_are_per_image_shifts() -> None:
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).view(2, 3, 4, 4)
     gen = torch.Generator().manual_seed(0)
-    out = train.batch_crop(x, 1, gen)
+    out = batches.batch_crop(x, 1, gen)
     assert out.shape == x.shape and out.dtype == torch.uint8
     for img_in, img_out in zip(x, out, strict=True):
         padded = torch.nn.functional.pad(img_in, (1, 1, 1, 1))
         windows = [padded[:, dy : dy + 4, dx : dx + 4] for dy in range(3) for dx in range(3)]
         assert any(torch.equal(img_out, w) for w in windows)
-    flipped = train.batch_flip_lr(x, torch.Generator().manual_seed(1))
+    flipped = batches.batch_flip_lr(x, torch.Generator().manual_seed(1))
     for img_in, img_out in zip(x, flipped, strict=True):
         assert torch.equal(img_out, img_in) or torch.equal(img_out, img_in.flip(2))
 
 
 def test_lr_schedules() -> None:
-    assert train.lr_factor(0, 100, 0, "constant") == 1.0
-    assert train.lr_factor(4, 100, 10, "constant") == pytest.approx(0.5)
-    assert train.lr_factor(99, 100, 0, "cosine") < 0.01
-    peak = max(range(100), key=lambda s: train.lr_factor(s, 100, 0, "onecycle"))
-    assert peak == 24 and train.lr_factor(99, 100, 0, "onecycle") < 0.02
+    assert optim.lr_factor(0, 100, 0, "constant") == 1.0
+    assert optim.lr_factor(4, 100, 10, "constant") == pytest.approx(0.5)
+    assert optim.lr_factor(99, 100, 0, "cosine") < 0.01
+    peak = max(range(100), key=lambda s: optim.lr_factor(s, 100, 0, "onecycle"))
+    assert peak == 24 and optim.lr_factor(99, 100, 0, "onecycle") < 0.02
 
 
 def test_tutorial_cnn_is_the_seeds_model() -> None:
@@ -204,7 +211,7 @@ def _fast_loop(epochs: int, **cfg: object) -> train.Loop:
     x = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
     y = torch.arange(64) % 3
     model = build_model("fast", 3, 16)
-    train.init_whitening(model.net.whiten, x.float() / 255)
+    init_whitening(model.net.whiten, x.float() / 255)
     model.net.whiten.weight.requires_grad_(False)
     config = TrainConfig(**{**FAST_TRAIN, "epochs": epochs, "log_every": 1000, **cfg})
     return train.make_loop(model, x, y, config, torch.device("cpu"))
@@ -237,13 +244,13 @@ def test_bias_lr_scale_keeps_weight_decay_per_step() -> None:
     n_norm_biases = 2 * 3  # two BatchNorms in each of three conv groups
     assert len(norm["params"]) == n_norm_biases
     # The tutorial's net has no BatchNorm and no whitening: one group, as the seeds' SGD.
-    plain = train.make_optimizer(build_model("tutorial_cnn", 3, 16), TrainConfig())
+    plain = optim.make_optimizer(build_model("tutorial_cnn", 3, 16), TrainConfig())
     assert [g["name"] for g in plain.param_groups] == ["default"]
 
 
 def test_lookahead_ends_on_the_slow_weights() -> None:
     model = torch.nn.Linear(2, 1)
-    la = train.Lookahead(model, total_steps=10)
+    la = optim.Lookahead(model, total_steps=10)
     start = model.weight.detach().clone()
     with torch.no_grad():
         model.weight.add_(1.0)
@@ -271,11 +278,11 @@ def test_alternate_flip_shows_each_image_both_ways_in_two_epochs() -> None:
     loop.step_model = recording
     orders = []
     for epoch in range(2):
-        state = loop.gen.get_state()
-        orders.append(torch.randperm(64, generator=loop.gen))  # the epoch's shuffle
-        loop.gen.set_state(state)
+        state = loop.batches.gen.get_state()
+        orders.append(torch.randperm(64, generator=loop.batches.gen))  # the epoch's shuffle
+        loop.batches.gen.set_state(state)
         train.train_epoch(loop, epoch)
-    images = loop.train_x.float() / 255
+    images = loop.batches.images.float() / 255
     flipped = []
     for x, order in zip(seen, orders, strict=True):
         x = x.contiguous()
@@ -286,13 +293,15 @@ def test_alternate_flip_shows_each_image_both_ways_in_two_epochs() -> None:
             for i in range(64)
         )
         flipped.append(torch.tensor([not torch.equal(by_image[i], images[i]) for i in range(64)]))
-    assert torch.equal(flipped[0], loop.flip_mask) and torch.equal(flipped[1], ~loop.flip_mask)
+    assert torch.equal(flipped[0], loop.batches.flip_mask) and torch.equal(
+        flipped[1], ~loop.batches.flip_mask
+    )
     assert 16 < int(flipped[0].sum()) < 48
 
 
 def test_reflect_crop_windows() -> None:
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).view(2, 3, 4, 4)
-    out = train.batch_crop(x, 2, torch.Generator().manual_seed(0), "reflect")
+    out = batches.batch_crop(x, 2, torch.Generator().manual_seed(0), "reflect")
     for img_in, img_out in zip(x, out, strict=True):
         padded = torch.nn.functional.pad(img_in[None], (2, 2, 2, 2), mode="reflect")[0]
         windows = [padded[:, dy : dy + 4, dx : dx + 4] for dy in range(5) for dx in range(5)]
@@ -300,7 +309,7 @@ def test_reflect_crop_windows() -> None:
 
 
 def test_triangle_schedule_is_airbenchs() -> None:
-    f = [train.lr_factor(s, 100, 0, "triangle") for s in range(101)]
+    f = [optim.lr_factor(s, 100, 0, "triangle") for s in range(101)]
     assert f[0] == pytest.approx(0.2) and f[23] == pytest.approx(1.0)
     assert max(range(101), key=f.__getitem__) == 23 and f[100] == pytest.approx(0.07)
 

@@ -22,16 +22,10 @@ def _predict(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    files, errors = predict.collect_inputs(args.inputs)
-    preds = errors + predict.predict_files(files, backend, args.topk, args.batch_size)
-    print(predict.format_table(preds))
-    if args.json:
-        predict.write_json(args.json, preds)
-    if args.csv:
-        predict.write_csv(args.csv, preds, args.topk)
-    if args.grid:
-        predict.write_grid(args.grid, preds)
-    failed = sum(p.error is not None for p in preds)
+    preds = predict.run(
+        args.inputs, backend, args.topk, args.batch_size, args.json, args.csv, args.grid
+    )
+    failed = predict.failures(preds)
     if failed:
         print(f"{failed} of {len(preds)} inputs failed (see ERROR lines above)", file=sys.stderr)
         return 1

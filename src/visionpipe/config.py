@@ -7,6 +7,7 @@ download or training work, with a message naming the key, the value and what is 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +15,18 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_PARAMS = Path("params.yaml")
+
+# The model zoo's names (visionpipe.models builds them) and the model.* keys each one takes
+# besides the ones every model takes (name, normalize, weights, tta).
+ARCHS = ("tutorial_cnn", "alexnet", "vgg16", "resnet18", "fast")
+MODEL_KEYS: dict[str, tuple[str, ...]] = {
+    "tutorial_cnn": ("activation", "batch_norm"),
+    "alexnet": (),
+    "vgg16": ("pretrained",),
+    "resnet18": ("pretrained",),
+    "fast": (),
+}
+COMMON_MODEL_KEYS = ("name", "normalize", "weights", "tta")
 
 
 class ConfigError(ValueError):
@@ -52,7 +65,7 @@ class PreprocessConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name: Literal["tutorial_cnn", "alexnet", "vgg16", "resnet18", "fast"] = "tutorial_cnn"
+    name: Literal[ARCHS] = "tutorial_cnn"  # type: ignore[valid-type]
     activation: Literal["none", "relu"] = "none"  # tutorial_cnn only: the seeds' net has none
     batch_norm: bool = False  # tutorial_cnn only
     # Normalize inputs with the train split's mean/std inside the model. Off by default: the
@@ -64,6 +77,22 @@ class ModelConfig(_Section):
     # predict all agree): 0 none, 1 mean logits of the image and its mirror, 2 also of the
     # one-pixel shifts up-left and down-right (airbench's levels).
     tta: int = Field(default=0, ge=0, le=2)
+
+    @model_validator(mode="after")
+    def _keys_fit_the_model(self) -> ModelConfig:
+        # Every key is always in params.yaml, so "set" means changed from its default: the
+        # tutorial CNN's relu on fast would otherwise be silently ignored.
+        specific = sorted({k for keys in MODEL_KEYS.values() for k in keys})
+        for key in [k for k in specific if k not in MODEL_KEYS[self.name]]:
+            default = type(self).model_fields[key].default
+            if getattr(self, key) != default:
+                applies = ", ".join((*COMMON_MODEL_KEYS, *MODEL_KEYS[self.name]))
+                raise ValueError(
+                    f"model.{key} = {json.dumps(getattr(self, key))} does not apply to model "
+                    f"'{self.name}' (only to {_models_taking(key)}); the keys for "
+                    f"'{self.name}' are {applies}. Set model.{key} back to {json.dumps(default)}"
+                )
+        return self
 
 
 class AugmentConfig(_Section):
@@ -158,8 +187,14 @@ class Params(_Section):
         return self.model_dump(mode="json")
 
 
+def _models_taking(key: str) -> str:
+    return ", ".join(name for name, keys in MODEL_KEYS.items() if key in keys)
+
+
 def _describe(err: dict[str, Any], raw: Any) -> str:
     key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "value_error":  # a check across keys: its message names them
+        return str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         section: Any = Params
         for part in err["loc"][:-1]:

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from visionpipe import paths
+from visionpipe.data import load_split
 from visionpipe.fsutil import write_json, write_text
 from visionpipe.models import load_model
-from visionpipe.runtime import eval_batch_size, pick_device, predict_logits
-from visionpipe.train import load_split
+from visionpipe.runtime import eval_batch_size, loss_and_accuracy, pick_device, predict_logits
 
 
 def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -34,9 +33,10 @@ def run(device_choice: str = "auto", train_batch_size: int = 64) -> dict[str, An
     per_class = {
         c: round(cm[i, i].item() / max(1, cm[i].sum().item()), 6) for i, c in enumerate(classes)
     }
+    loss, accuracy = loss_and_accuracy(logits, labels)
     metrics = {
-        "test_loss": round(F.cross_entropy(logits, labels).item(), 6),
-        "test_accuracy": round((preds == labels).float().mean().item(), 6),
+        "test_loss": round(loss, 6),
+        "test_accuracy": round(accuracy, 6),
         "test_images": len(labels),
         "per_class_accuracy": per_class,
     }

@@ -13,13 +13,12 @@ import torch
 
 from visionpipe import paths
 from visionpipe.config import ExportConfig
+from visionpipe.data import load_split
 from visionpipe.fsutil import atomic_path, write_json
-from visionpipe.models import load_model
-from visionpipe.train import load_split
+from visionpipe.models import load_model, to_input
+from visionpipe.onnxrt import INPUT_NAME, OUTPUT_NAME, open_session
 
 log = logging.getLogger(__name__)
-
-INPUT_NAME, OUTPUT_NAME = "image", "logits"
 
 
 class ParityError(RuntimeError):
@@ -80,13 +79,10 @@ def _drop_stack_traces(graph: onnx.GraphProto) -> None:
 
 def parity(model: torch.nn.Module, onnx_path: Path, images: torch.Tensor) -> dict[str, Any]:
     """Largest |logit difference| and top-1 agreement of onnxruntime vs PyTorch on `images`."""
-    import onnxruntime as ort
-
-    x = images.float().div(255)
+    x = to_input(images)
     with torch.no_grad():
         expected = model.eval()(x).numpy()
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+    got = open_session(onnx_path).run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
     # A diverged model yields NaN/inf logits; then parity means the same non-finite values in the
     # same places, and the difference is measured over the finite ones.
     finite = np.isfinite(expected)

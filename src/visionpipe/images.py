@@ -103,6 +103,15 @@ def load_array(data: bytes, name: str, size: int) -> np.ndarray:
     return to_chw(resize_center_crop(decode_rgb(data, name), size))
 
 
+def to_model_input(arrays: list[np.ndarray]) -> np.ndarray:
+    """(3, H, W) uint8 arrays -> one float32 NCHW batch in [0, 1], as the models take it.
+
+    The numpy twin of visionpipe.models.to_input, for the predict path that never imports torch:
+    both divide the float32 pixels by 255, so they give identical values.
+    """
+    return np.stack(arrays).astype(np.float32) / np.float32(255)
+
+
 def read_image_file(path: Path, size: int) -> np.ndarray:
     try:
         data = path.read_bytes()

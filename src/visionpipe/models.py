@@ -16,7 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ARCHS = ("tutorial_cnn", "alexnet", "vgg16", "resnet18", "fast")
+from visionpipe import paths
+from visionpipe.config import ARCHS, MODEL_KEYS, ModelConfig
+
+
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 NCHW pixels -> the float RGB in [0, 1] every model takes."""
+    return images.float().div_(255)
 
 
 class Normalize(nn.Module):
@@ -45,6 +51,17 @@ class Classifier(nn.Module):
         self.normalize = normalize if normalize is not None else nn.Identity()
         self.net = net
         self.tta = tta
+
+    def prepare(self, images: torch.Tensor) -> None:
+        """Let the net initialise itself from the uint8 training images, if it does that."""
+        prepare = getattr(self.net, "prepare", None)
+        if prepare is not None:
+            prepare(images, self.normalize)
+
+    def lr_stops(self) -> dict[str, tuple[list[nn.Parameter], int]]:
+        """Parameters the net trains for a set number of epochs only: {name: (params, epochs)}."""
+        stops = getattr(self.net, "lr_stops", None)
+        return stops() if stops is not None else {}
 
     @property
     def views(self) -> int:
@@ -164,9 +181,13 @@ class _ConvGroup(nn.Module):
 class FastNet(nn.Module):
     """airbench94's CIFAR speed net: 2x2 whitening conv, three conv groups, GELU, BN.
 
-    `whiten.weight` is meant to be set from the data's patch covariance (see `init_whitening`)
-    and kept frozen; the logits are scaled down by 9, as in airbench.
+    `prepare` sets `whiten.weight` from the training images' patch covariance and freezes it;
+    the whitening bias trains for the first WHITEN_BIAS_EPOCHS only. The logits are scaled
+    down by 9, as in airbench.
     """
+
+    WHITEN_BIAS_EPOCHS = 3  # airbench trains the whitening bias for the first 3 epochs only
+    WHITEN_IMAGES = 5000  # training images whose patches set the whitening
 
     def __init__(self, num_classes: int, widths: Sequence[int] = (64, 256, 256)) -> None:
         super().__init__()
@@ -180,6 +201,14 @@ class FastNet(nn.Module):
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.head = nn.Linear(widths[2], num_classes, bias=False)
         self.scale = 1 / 9
+
+    def prepare(self, images: torch.Tensor, normalize: nn.Module) -> None:
+        x = normalize(to_input(images[: self.WHITEN_IMAGES].cpu()))
+        init_whitening(self.whiten, x)
+        self.whiten.weight.requires_grad_(False)  # the filters stay as computed
+
+    def lr_stops(self) -> dict[str, tuple[list[nn.Parameter], int]]:
+        return {"whiten_bias": ([self.whiten.bias], self.WHITEN_BIAS_EPOCHS)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layers(self.act(self.whiten(x)))
@@ -283,6 +312,12 @@ def build_model(
     return Classifier(net, normalize, tta=int(p.get("tta", 0)))
 
 
+def arch_params(cfg: ModelConfig) -> dict[str, Any]:
+    """The architecture's own switches from model.* (what `build_model` takes as arch_params)."""
+    common = {"weights": cfg.weights, "tta": cfg.tta}
+    return {**{key: getattr(cfg, key) for key in MODEL_KEYS[cfg.name]}, **common}
+
+
 def model_meta_keys() -> tuple[str, ...]:
     return ("arch", "num_classes", "image_size", "arch_params", "mean", "std")
 
@@ -301,7 +336,7 @@ def save_model(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
     """Write {"state_dict", "meta"} atomically: weights and plain values only, nothing pickled."""
     from visionpipe.fsutil import save_torch
 
-    state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
     save_torch(path, {"state_dict": state, "meta": meta})
 
 
@@ -309,8 +344,7 @@ def load_model(
     path: Path, map_location: str | torch.device = "cpu"
 ) -> tuple[Classifier, dict[str, Any]]:
     """Load a saved model.pt (weights_only) and rebuild the model it describes."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path} not found: run 'uv run dvc repro train' first")
+    paths.require(Path(path), "train")
     blob = torch.load(path, map_location=map_location, weights_only=True)
     meta = blob["meta"]
     model = rebuild(meta)
@@ -318,7 +352,7 @@ def load_model(
     return model.eval(), meta
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     # torch.compile and DDP wrap the module; the state_dict of the original has the clean names.
     model = getattr(model, "_orig_mod", model)
     return getattr(model, "module", model)

@@ -31,5 +31,12 @@ PREDICTIONS = Path("predictions/predictions.json")
 PREDICTION_GRID = Path("predictions/grid.png")
 
 
+def require(path: Path, stage: str) -> Path:
+    """`path`, which stage `stage` writes; a missing one says which command makes it."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run 'uv run dvc repro {stage}' first")
+    return path
+
+
 def split_file(split: str) -> Path:
     return PROCESSED_DIR / f"{split}.pt"

@@ -18,8 +18,16 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from visionpipe.fsutil import atomic_open, atomic_path
-from visionpipe.images import BadImageError, decode_rgb, is_image_name, read_image_file
+from visionpipe import paths
+from visionpipe.fsutil import atomic_open, atomic_path, write_json
+from visionpipe.images import (
+    BadImageError,
+    decode_rgb,
+    is_image_name,
+    read_image_file,
+    to_model_input,
+)
+from visionpipe.onnxrt import open_session
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +50,7 @@ class Backend(Protocol):
 
 class OnnxBackend:
     def __init__(self, path: Path) -> None:
-        import onnxruntime as ort
-
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: run 'uv run dvc repro export' first")
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.session = open_session(paths.require(path, "export"))
         props = self.session.get_modelmeta().custom_metadata_map
         if "classes" not in props or "image_size" not in props:
             raise ValueError(
@@ -135,7 +139,7 @@ def predict_files(
             except BadImageError as exc:
                 slots.append(Prediction(str(path), [], exc.reason))
         if arrays:
-            batch = np.stack(arrays).astype(np.float32) / 255.0
+            batch = to_model_input(arrays)
             probs = softmax(backend.logits(batch).astype(np.float64))
             for slot, p in zip(ok, probs, strict=True):
                 order = np.argsort(-p, kind="stable")[:k]
@@ -147,10 +151,30 @@ def predict_files(
     return results
 
 
-def write_json(dest: Path, preds: list[Prediction]) -> None:
-    with atomic_open(dest) as f:
-        json.dump([asdict(p) for p in preds], f, indent=2)
-        f.write("\n")
+def run(
+    specs: list[str],
+    backend: Backend,
+    topk: int = 3,
+    batch_size: int = 64,
+    json_path: Path | None = None,
+    csv_path: Path | None = None,
+    grid_path: Path | None = None,
+) -> list[Prediction]:
+    """Predict every file the specs name, print the table, write the files asked for."""
+    files, errors = collect_inputs(specs)
+    preds = errors + predict_files(files, backend, topk, batch_size)
+    print(format_table(preds))
+    if json_path:
+        write_json(json_path, [asdict(p) for p in preds])
+    if csv_path:
+        write_csv(csv_path, preds, topk)
+    if grid_path:
+        write_grid(grid_path, preds)
+    return preds
+
+
+def failures(preds: list[Prediction]) -> int:
+    return sum(p.error is not None for p in preds)
 
 
 def write_csv(dest: Path, preds: list[Prediction], topk: int) -> None:

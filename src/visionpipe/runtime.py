@@ -1,4 +1,4 @@
-"""Where and how the tensors run: device choice, mixed precision, memory and batched inference.
+"""Where and how the tensors run: device choice, mixed precision, determinism, batched inference.
 
 Every decision about the hardware is made here, once per run, and passed down as values: the
 training loop and evaluation never ask torch.cuda themselves. Each function that looks at a GPU
@@ -13,7 +13,10 @@ import warnings
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from visionpipe.models import to_input
 
 log = logging.getLogger(__name__)
 
@@ -146,35 +149,6 @@ def precision_name(dtype: torch.dtype | None) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")  # type: ignore[arg-type]
 
 
-def free_memory(device: torch.device) -> int | None:
-    """Bytes free on an accelerator (MPS: its recommended working set), None on the CPU."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free
-    if device.type == "mps":
-        return torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
-    return None
-
-
-def resident_device(images: torch.Tensor, device: torch.device) -> torch.device:
-    """Where the uint8 train set lives: on the accelerator when it takes under half its free
-    memory, else in host memory with each batch copied over."""
-    free = free_memory(device)
-    if free is None:
-        return device
-    size = images.numel() * images.element_size()
-    if size < free // 2:
-        return device
-    log.warning(
-        "train split is %.1f GiB, over half the %s's free %.1f GiB: keeping it in host memory "
-        "and copying each batch",
-        size / 2**30,
-        device.type,
-        free / 2**30,
-    )
-    return torch.device("cpu")
-
-
 def nondeterministic_layer(model: nn.Module, device: torch.device) -> str | None:
     """The first layer whose backward PyTorch has no deterministic kernel for on `device`.
 
@@ -254,10 +228,17 @@ def predict_logits(
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
-        x = images[i : i + batch_size].to(device, non_blocking=True).float().div_(255)
+        x = to_input(images[i : i + batch_size].to(device, non_blocking=True))
         x = x.contiguous(memory_format=torch.channels_last)
         out.append(model(x).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
+
+
+def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy of CPU float32 `logits` against `labels`."""
+    labels = labels.cpu()
+    loss = F.cross_entropy(logits, labels).item()
+    return loss, (logits.argmax(1) == labels).float().mean().item()
 
 
 def device_name(device: torch.device) -> str:

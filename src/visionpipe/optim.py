@@ -1,0 +1,136 @@
+"""Optimisation: parameter groups, the optimizer, learning-rate schedules and lookahead."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from visionpipe.config import TrainConfig
+from visionpipe.models import Classifier, unwrap
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups, each with a `name`.
+
+    "default": every trainable parameter not named below; "norm_bias": BatchNorm biases, at
+    lr * bias_lr_scale and weight_decay / bias_lr_scale (the same decay per step); then the
+    groups the model trains for a set number of epochs only (`Classifier.lr_stops`, e.g.
+    FastNet's "whiten_bias"), each with its `stop_epoch`.
+    """
+    bare = unwrap(model)
+    norm_biases = {
+        id(m.bias)
+        for m in bare.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None
+    }
+    stops = bare.lr_stops() if isinstance(bare, Classifier) else {}
+    stopped = {id(p): name for name, (params, _) in stops.items() for p in params}
+    groups: dict[str, list[nn.Parameter]] = {"default": [], "norm_bias": []}
+    groups.update({name: [] for name in stops})
+    for param in bare.parameters():
+        if not param.requires_grad:
+            continue
+        if id(param) in stopped:
+            groups[stopped[id(param)]].append(param)
+        elif id(param) in norm_biases:
+            groups["norm_bias"].append(param)
+        else:
+            groups["default"].append(param)
+    scale = {"norm_bias": cfg.bias_lr_scale}
+    return [
+        {
+            "name": name,
+            "params": params,
+            "lr": cfg.lr * scale.get(name, 1.0),
+            "weight_decay": cfg.weight_decay / scale.get(name, 1.0),
+            **({"stop_epoch": stops[name][1]} if name in stops else {}),
+        }
+        for name, params in groups.items()
+        if params
+    ]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    raise ValueError(f"Invalid optimizer '{cfg.optimizer}'. Only sgd and adamw are supported.")
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the base lr at optimizer step `step` (0-based) of `total`."""
+    if schedule == "onecycle" and warmup == 0:
+        warmup = max(1, total // 4)
+    if schedule == "triangle":
+        # airbench94's: 0.2x at the start, 1x at 23% of the run (or after the warmup), 0.07x at
+        # the end, linear in between.
+        peak = warmup if warmup > 0 else int(total * 0.23)
+        if step < peak:
+            return 0.2 + 0.8 * step / peak
+        return 1.0 - 0.93 * (step - peak) / max(1, total - peak)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "onecycle":
+        return max(0.0, 1.0 - progress)
+    return 1.0
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The schedule per group; a group with a `stop_epoch` gets lr 0 from that epoch on."""
+    total = steps_per_epoch * cfg.epochs
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        return lr_factor(step, total, warmup, cfg.schedule)
+
+    def stopping_at(stop_step: int):
+        # lr 0 leaves the parameters exactly where they are, whatever momentum and decay hold.
+        return lambda step: factor(step) if step < stop_step else 0.0
+
+    lambdas = [
+        stopping_at(g["stop_epoch"] * steps_per_epoch) if "stop_epoch" in g else factor
+        for g in optimizer.param_groups
+    ]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+
+
+class Lookahead:
+    """airbench's lookahead (from hlb-CIFAR10): slow weights that training keeps returning to.
+
+    Every EVERY steps the slow copy of the model's float state (weights and BatchNorm running
+    stats) moves toward the current weights by 1 - decay, and the model restarts from it. decay
+    grows as 0.95**5 * progress**3: early on the slow weights just follow, late in training
+    they average over many steps. The last step ends on the slow weights.
+    """
+
+    EVERY = 5
+
+    def __init__(self, model: nn.Module, total_steps: int) -> None:
+        self.total = total_steps
+        # The model's own tensors, looked up once: state_dict() shares their storage, and
+        # training and resuming only ever write into them in place.
+        self.live = {k: v for k, v in unwrap(model).state_dict().items() if v.is_floating_point()}
+        self.slow = {k: v.detach().clone() for k, v in self.live.items()}
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        """Call after optimizer step number `step` (1-based)."""
+        if step % self.EVERY == 0:
+            self._update(0.95**5 * (step / self.total) ** 3)
+        if step == self.total:
+            self._update(1.0)
+
+    def _update(self, decay: float) -> None:
+        for name, slow in self.slow.items():
+            slow.lerp_(self.live[name], 1.0 - decay)
+            self.live[name].copy_(slow)

@@ -1,0 +1,68 @@
+"""The codebase's shape, as STYLE.md asks: short functions, thin stages, one job per module."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = sorted((ROOT / "src" / "visionpipe").glob("*.py"))
+MAX_FUNCTION_LINES = 60
+MAX_STAGE_LINES = 40
+TRAINING_MODULES = {"train", "batches", "optim", "checkpoints", "tracking", "distributed"}
+
+
+def _functions(path: Path) -> list[tuple[str, int]]:
+    tree = ast.parse(path.read_text())
+    return [
+        (node.name, node.end_lineno - node.lineno + 1)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    ]
+
+
+def test_no_function_in_the_library_is_over_60_lines() -> None:
+    long = [
+        f"{path.name}:{name} ({n} lines)"
+        for path in SRC
+        for name, n in _functions(path)
+        if n > MAX_FUNCTION_LINES
+    ]
+    assert not long, f"split these into functions that fit on a screen: {long}"
+
+
+def test_every_module_says_what_it_is_for() -> None:
+    missing = [p.name for p in SRC if not ast.get_docstring(ast.parse(p.read_text()))]
+    assert not missing, f"modules without a docstring: {missing}"
+
+
+def test_stage_scripts_are_thin() -> None:
+    for script in sorted((ROOT / "stages").glob("*.py")):
+        lines = len(script.read_text().splitlines())
+        assert lines <= MAX_STAGE_LINES, f"{script.name} has {lines} lines: move logic to src/"
+
+
+@pytest.mark.parametrize("stage", ["evaluate", "export", "predict"])
+def test_scoring_stages_do_not_load_the_training_code(stage: str) -> None:
+    # Otherwise an edit to the training loop would re-run them (dvc.yaml lists what they load).
+    script = str(ROOT / "stages" / f"{stage}.py")
+    code = (
+        "import importlib.util, json, sys\n"
+        f"spec = importlib.util.spec_from_file_location('s', {script!r})\n"
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""},
+        check=True,
+    )
+    loaded = {m.split(".")[1] for m in json.loads(proc.stdout) if m.startswith("visionpipe.")}
+    assert not loaded & TRAINING_MODULES, f"{stage} loads {sorted(loaded & TRAINING_MODULES)}"
