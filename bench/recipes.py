@@ -1,11 +1,11 @@
-"""Accuracy and train time of each model at its documented recipe (README "Models and recipes").
+"""Accuracy and train time of each named recipe (conf/recipe/<name>.yaml, `-S recipe=<name>`).
 
-Each recipe is a set of params overrides, the same ones the README's `dvc exp run -S ...` commands
-set (tests/test_recipes.py keeps the two in step). For each recipe this copies the project's
-`stages/`, `src/` and `params.yaml` into a work folder, applies the overrides, points
-`data.source` at the CIFAR-10 zip, and runs the stage scripts download -> preprocess -> train ->
-evaluate as plain `python stages/<name>.py` (no DVC needed, so it runs on a bare GPU machine too).
-It then reads the stages' own metrics: test accuracy (metrics/eval.json, with the model's TTA)
+The recipes themselves live in conf/recipe/: this script composes the same params.yaml that
+`uv run dvc exp run -S recipe=<name>` writes (visionpipe.config.compose, DVC's Hydra composition)
+with `data.source` pointed at the local dataset copy, copies the project's `stages/` and `src/`
+into a work folder, and runs the stage scripts download -> preprocess -> train -> evaluate as
+plain `python stages/<name>.py` (no DVC needed, so it runs on a bare GPU machine too). It then
+reads the stages' own metrics: test accuracy (dvclive/eval/metrics.json, with the model's TTA)
 and the train stage's train_seconds (metrics/timings/train.json: the epoch loop with per-epoch
 validation, after data loading, model building and the whitening init).
 
@@ -13,8 +13,8 @@ validation, after data loading, model building and the whitening init).
     uv run python bench/recipes.py --all           # every recipe (hours on a 2-core CPU)
     uv run python bench/recipes.py --from fast=.   # record a finished `dvc exp run` of it
 
-`--from NAME=DIR` records a run already made (say the README's `dvc exp run` command, whose
-workspace holds params.yaml and metrics/) instead of training again; it refuses a folder whose
+`--from NAME=DIR` records a run already made (say `dvc exp run -S recipe=fast`, whose workspace
+holds params.yaml and the metrics) instead of training again; it refuses a folder whose
 params.yaml is not that recipe.
 """
 
@@ -41,115 +41,45 @@ from benchlib import (
     write_json_result,
 )
 
+from visionpipe.config import RECIPES as RECIPE_NAMES
+from visionpipe.config import compose
+
 NAME = "recipes"
 STAGES = ("download", "preprocess", "train", "evaluate")
+DEFAULT_HYMENOPTERA_ZIP = DEFAULT_CIFAR_ZIP.with_name("hymenoptera_data.zip")
 
-# name -> (what the recipe is, params overrides). The README's commands set exactly these.
-RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
-    "tutorial_cnn": ("the tutorial's defaults", {}),
-    "fast": (
-        "airbench94: batch 1024, nesterov SGD, triangle lr, lookahead, BN-bias lr x64, label "
-        "smoothing 0.2, reflect-crop 2 + alternating flip, TTA 2, all 50,000 train images",
-        {
-            "data.val_fraction": 0,
-            "model.name": "fast",
-            "model.normalize": True,
-            "model.tta": 2,
-            "train.epochs": 10,
-            "train.batch_size": 1024,
-            "train.lr": 1.5,
-            "train.momentum": 0.85,
-            "train.nesterov": True,
-            "train.weight_decay": 0.00133,
-            "train.bias_lr_scale": 64,
-            "train.label_smoothing": 0.2,
-            "train.schedule": "triangle",
-            "train.lookahead": True,
-            "train.augment.crop_padding": 2,
-            "train.augment.padding_mode": "reflect",
-            "train.augment.flip": "alternate",
-        },
-    ),
-    "resnet18": (
-        "5 epochs, batch 256, nesterov SGD one-cycle lr 0.2, wd 5e-4, label smoothing 0.1, "
-        "crop 4 + flip",
-        {
-            "model.name": "resnet18",
-            "model.normalize": True,
-            "train.epochs": 5,
-            "train.batch_size": 256,
-            "train.lr": 0.2,
-            "train.momentum": 0.9,
-            "train.nesterov": True,
-            "train.weight_decay": 0.0005,
-            "train.schedule": "onecycle",
-            "train.label_smoothing": 0.1,
-            "train.augment.crop_padding": 4,
-            "train.augment.flip": True,
-        },
-    ),
-    "alexnet": (
-        "5 epochs, batch 64, AdamW lr 1e-3 wd 0.05, cosine with half an epoch of warmup, "
-        "crop 4 + flip (SGD lr 0.01 momentum 0.9 was still near chance after 2 epochs)",
-        {
-            "model.name": "alexnet",
-            "model.normalize": True,
-            "train.epochs": 5,
-            "train.optimizer": "adamw",
-            "train.lr": 0.001,
-            "train.weight_decay": 0.05,
-            "train.schedule": "cosine",
-            "train.warmup_epochs": 0.5,
-            "train.augment.crop_padding": 4,
-            "train.augment.flip": True,
-        },
-    ),
-    "vgg16": (
-        "1 epoch (CPU budget), batch 64, AdamW lr 1e-4 wd 0.05, cosine with a fifth of an epoch "
-        "of warmup, crop 4 + flip; from scratch, no ImageNet weights offline",
-        {
-            "model.name": "vgg16",
-            "model.normalize": True,
-            "train.epochs": 1,
-            "train.optimizer": "adamw",
-            "train.lr": 0.0001,
-            "train.weight_decay": 0.05,
-            "train.schedule": "cosine",
-            "train.warmup_epochs": 0.2,
-            "train.augment.crop_padding": 4,
-            "train.augment.flip": True,
-        },
-    ),
+# What each recipe is, in a line for the results table; its values are in conf/recipe/.
+RECIPES: dict[str, str] = {
+    "tutorial": "the tutorial's defaults",
+    "fast": "airbench94: batch 1024, nesterov SGD, triangle lr, lookahead, BN-bias lr x64, "
+    "label smoothing 0.2, reflect-crop 2 + alternating flip, TTA 2, all 50,000 train images",
+    "resnet18": "5 epochs, batch 256, nesterov SGD one-cycle lr 0.2, wd 5e-4, label smoothing "
+    "0.1, crop 4 + flip",
+    "alexnet": "5 epochs, batch 64, AdamW lr 1e-3 wd 0.05, cosine with half an epoch of "
+    "warmup, crop 4 + flip (SGD lr 0.01 momentum 0.9 was still near chance after 2 epochs)",
+    "vgg16": "1 epoch (CPU budget), batch 64, AdamW lr 1e-4 wd 0.05, cosine with a fifth of an "
+    "epoch of warmup, crop 4 + flip; from scratch, no ImageNet weights offline",
+    "hymenoptera": "ants/bees from scratch at 64 px: tutorial CNN + ReLU + BatchNorm, 25 "
+    "epochs, batch 16, momentum SGD cosine, wd 0.005, label smoothing 0.1, crop 8 + flip",
 }
-
-
-def apply_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """params.yaml's mapping with dotted `section.key[.sub]` overrides set, as `dvc -S` does."""
-    out = json.loads(json.dumps(params))
-    for dotted, value in overrides.items():
-        node = out
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
+assert tuple(RECIPES) == RECIPE_NAMES, "every recipe in visionpipe.config.RECIPES, in order"
 
 
 def recipe_params(name: str, source: str | None) -> dict[str, Any]:
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    return apply_overrides(params, {**RECIPES[name][1], "data.source": source})
+    """params.yaml as `dvc exp run -S recipe=<name>` composes it, with data.source set."""
+    params = compose([f"recipe={name}"], REPO_ROOT / "conf")
+    params["data"]["source"] = source
+    return params
 
 
 def read_result(name: str, work: Path) -> dict[str, Any]:
     """The recipe's figures from a finished run's metrics files in `work`."""
-    what, overrides = RECIPES[name]
     train_metrics = json.loads((work / "metrics/train.json").read_text())
     timings = json.loads((work / "metrics/timings/train.json").read_text())
-    evaluation = json.loads((work / "metrics/eval.json").read_text())
+    evaluation = json.loads((work / "dvclive/eval/metrics.json").read_text())
     return {
         "recipe": name,
-        "what": what,
-        "overrides": overrides,
+        "what": RECIPES[name],
         "test_accuracy": evaluation["test_accuracy"],
         "train_seconds": timings["train_seconds"],
         "device": timings["device"],
@@ -161,6 +91,7 @@ def recorded_run(name: str, work: Path) -> dict[str, Any]:
     """A finished run in `work`, checked to be this recipe (any data.source)."""
     params = yaml.safe_load((work / "params.yaml").read_text())
     expected = recipe_params(name, params.get("data", {}).get("source"))
+    params.pop("launch", None), expected.pop("launch", None)  # where it ran, not what
     if params != expected:
         raise SystemExit(f"{work}/params.yaml is not the {name!r} recipe: refusing to record it")
     return {**read_result(name, work), "recorded_from": str(work.resolve())}
@@ -188,11 +119,12 @@ def report(info: dict[str, Any], results: list[dict[str, Any]], command: str) ->
         f"Machine: {machine_line(info)}.",
         f"Command: `{command}`",
         "",
-        "Each recipe ran as the stage scripts (download, preprocess, train, evaluate) on "
-        "cifar10-jpeg.zip, by this script or (`--from`) by the README's `dvc exp run` command, "
-        "its params.yaml checked to be the recipe. Test accuracy: metrics/eval.json (10,000 "
-        "test images, with the model's TTA). Train time: the train stage's epoch loop, "
-        "per-epoch validation included.",
+        "Each recipe (conf/recipe/<name>.yaml) ran as the stage scripts (download, preprocess, "
+        "train, evaluate) on cifar10-jpeg.zip (hymenoptera: hymenoptera_data.zip), by this "
+        "script or (`--from`) by `dvc exp run -S recipe=<name>`, its params.yaml checked to be "
+        "the recipe. Test accuracy: dvclive/eval/metrics.json (10,000 CIFAR-10 test images or "
+        "the 153 ants/bees val photos, with the model's TTA). Train time: the train stage's "
+        "epoch loop, per-epoch validation included.",
         "",
         "| recipe | device | epochs | test accuracy | train time | the recipe |",
         "|---|---|---:|---:|---:|---|",
@@ -210,6 +142,12 @@ def main() -> None:
     parser.add_argument("recipes", nargs="*", help=f"recipes to run: {', '.join(RECIPES)}")
     parser.add_argument("--all", action="store_true", help="run every recipe")
     parser.add_argument("--zip", type=Path, default=DEFAULT_CIFAR_ZIP, help="cifar10-jpeg.zip")
+    parser.add_argument(
+        "--hymenoptera-zip",
+        type=Path,
+        default=DEFAULT_HYMENOPTERA_ZIP,
+        help="hymenoptera_data.zip, for the hymenoptera recipe",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="keep work folders under this")
     parser.add_argument(
         "--from",
@@ -234,14 +172,15 @@ def main() -> None:
     print(f"machine: {machine_line(info)}")
     results = [recorded_run(name, Path(work)) for name, work in recorded.items()]
     for name in names:
+        data = (args.hymenoptera_zip if name == "hymenoptera" else args.zip).resolve()
         if args.keep:
             work = args.keep / name
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
-            results.append(run_recipe(name, args.zip.resolve(), work))
+            results.append(run_recipe(name, data, work))
         else:
             with tempfile.TemporaryDirectory(prefix=f"recipe-{name}-") as tmp:
-                results.append(run_recipe(name, args.zip.resolve(), Path(tmp)))
+                results.append(run_recipe(name, data, Path(tmp)))
         print(json.dumps(results[-1], indent=2))
     command = "uv run python bench/recipes.py " + " ".join(
         [*(["--all"] if args.all else names), *(f"--from {run}" for run in args.runs)]

@@ -5,8 +5,8 @@ from visionpipe.config import load_params
 
 
 def main() -> None:
-    cfg = load_params().train
-    evaluate.run(cfg.device, cfg.batch_size)
+    params = load_params()
+    evaluate.run(params.launch.device, params.train.batch_size)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Stage train: fit the model on the preprocessed splits; resumes an interrupted run.
 
-With train.nproc * train.nnodes > 1 it hands itself to torchrun, which runs this same script once
+With launch.nproc * launch.nnodes > 1 it hands itself to torchrun, which runs this same script once
 per rank (DistributedDataParallel).
 """
 
@@ -10,7 +10,7 @@ from visionpipe.config import load_params
 
 def main() -> None:
     params = load_params()
-    cfg = params.train
+    cfg = params.launch
     if distributed.wants_launch(cfg):
         # Checked here, before torchrun starts processes that would each fail.
         device = runtime.pick_device(cfg.device)

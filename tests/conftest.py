@@ -52,6 +52,22 @@ def processed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+def kill_at_validation(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
+    """Make train's `call`-th validation raise KeyboardInterrupt: power lost mid-epoch."""
+    from visionpipe import train
+
+    real_eval = train.evaluate_split
+    calls = {"n": 0}
+
+    def dying_eval(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return real_eval(*args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate_split", dying_eval)
+
+
 def tiny_params(model: dict[str, object] | None = None, **train: object):
     return parse_params(
         {

@@ -12,7 +12,7 @@ patched at its boundary, and only there:
   device: autograd's engine needs a real GPU, and it puts each gradient where its tensor is;
 - `torch.save` records what would be written instead of writing it;
 - TensorBoard's writer records what it is given, and checks it is on the CPU, as a real
-  writer needs (it calls `.numpy()`);
+  writer needs (it calls `.numpy()`); so does the drawing of misclassified validation images;
 - models are built as real CPU modules before they move to the fake GPU, as a real run does.
 """
 
@@ -118,6 +118,13 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch, gpu: FakeGPU) -> Iterator[FakeGPU]
             pass
 
     monkeypatch.setattr(torch.utils.tensorboard, "SummaryWriter", Writer)
+
+    def misclassified_grid(images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, *a):
+        for name, t in (("images", images), ("labels", labels), ("preds", preds)):
+            _cpu_only(t, f"misclassified_grid {name}")
+        return None
+
+    monkeypatch.setattr(train, "misclassified_grid", misclassified_grid)
     real_build = train.build_model
 
     def build_model(*args: Any, **kwargs: Any) -> torch.nn.Module:

@@ -25,7 +25,7 @@ DOG_PNG = SHARED / "samples" / "dog.png"
 
 # What a user's clone holds that the pipeline needs; outputs and caches are left behind.
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "pyproject.toml", ".gitignore", ".dvcignore")
-PROJECT_DIRS = ("stages", "src", "plots_template")
+PROJECT_DIRS = ("stages", "src", "plots_template", "conf")
 
 
 def env() -> dict[str, str]:
@@ -66,7 +66,8 @@ def make_project(dest: Path, params: dict[str, dict[str, Any]] | None = None) ->
     dest.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         shutil.copy2(ROOT / name, dest / name)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    # conf/local/ is this machine's own settings (git-ignored): a user's clone has none.
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "local")
     for name in PROJECT_DIRS:
         shutil.copytree(ROOT / name, dest / name, ignore=ignore)
     git(dest, "init", "-q", "-b", "main")
@@ -80,11 +81,15 @@ def make_project(dest: Path, params: dict[str, dict[str, Any]] | None = None) ->
 
 
 def set_params(repo: Path, overrides: dict[str, dict[str, Any]]) -> None:
-    path = repo / "params.yaml"
-    data = yaml.safe_load(path.read_text())
+    """Change defaults as a user would: in conf/config.yaml, then params.yaml composed anew."""
+    from visionpipe.config import compose_yaml
+
+    conf = repo / "conf" / "config.yaml"
+    data = yaml.safe_load(conf.read_text())
     for section, values in overrides.items():
         data.setdefault(section, {}).update(values)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    conf.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    (repo / "params.yaml").write_text(compose_yaml([], conf.parent))
 
 
 def subset_zip(src: Path, dest: Path, per_class: dict[str, int]) -> Path:

@@ -33,9 +33,17 @@ TRAIN = {
 }
 
 
+LAUNCH_KEYS = ("nproc", "nnodes", "node_rank", "master_addr", "master_port")
+
+
 def _workdir(root: Path, n_train: int = 96, **train: object) -> Path:
     write_processed(root, n_train=n_train, n_val=16, n_test=16, size=16)
-    params = {"data": {"dataset": "imagefolder", "source": "unused"}, "train": {**TRAIN, **train}}
+    launch = {k: train.pop(k) for k in LAUNCH_KEYS if k in train}
+    params = {
+        "data": {"dataset": "imagefolder", "source": "unused"},
+        "train": {**TRAIN, **train},
+        "launch": launch,
+    }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
 
@@ -84,12 +92,12 @@ def _weights(cwd: Path) -> dict[str, torch.Tensor]:
 
 
 def test_launch_uses_torchrun() -> None:
-    cfg = parse_params({"train": {"nproc": 2}}).train
+    cfg = parse_params({"launch": {"nproc": 2}}).launch
     args = distributed.launch_args(cfg, "stages/train.py")
     assert args[1:3] == ["-m", "torch.distributed.run"] and "--nproc-per-node=2" in args
     multi = parse_params(
-        {"train": {"nproc": 8, "nnodes": 2, "node_rank": 1, "master_addr": "10.0.0.1"}}
-    ).train
+        {"launch": {"nproc": 8, "nnodes": 2, "node_rank": 1, "master_addr": "10.0.0.1"}}
+    ).launch
     args = distributed.launch_args(multi, "stages/train.py")
     assert "--nnodes=2" in args and "--node-rank=1" in args and "--master-addr=10.0.0.1" in args
 

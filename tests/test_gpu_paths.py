@@ -201,7 +201,7 @@ def test_auto_falls_back_to_cpu_on_a_gpu_the_wheel_has_no_kernels_for(
     with caplog.at_level(logging.WARNING):
         assert runtime.pick_device("auto") == CPU
     assert "compute capability 7.0" in caplog.text and "CUDA 12.6" in caplog.text
-    with pytest.raises(DeviceError, match=r"train.device = 'cuda'.*sm_70"):
+    with pytest.raises(DeviceError, match=r"launch.device = 'cuda'.*sm_70"):
         runtime.pick_device("cuda")
 
 
@@ -303,7 +303,7 @@ def test_mps_with_several_processes_is_refused(monkeypatch: pytest.MonkeyPatch) 
 def test_more_processes_than_gpus_is_refused_before_torchrun(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    params = {"data": {"dataset": "imagefolder", "source": "x"}, "train": {"nproc": 4}}
+    params = {"data": {"dataset": "imagefolder", "source": "x"}, "launch": {"nproc": 4}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
@@ -313,7 +313,7 @@ def test_more_processes_than_gpus_is_refused_before_torchrun(
     spec = importlib.util.spec_from_file_location("train_stage", ROOT / "stages" / "train.py")
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
-    with pytest.raises(DeviceError, match=r"train.nproc = 4 .* only 2 CUDA GPUs"):
+    with pytest.raises(DeviceError, match=r"launch.nproc = 4 .* only 2 CUDA GPUs"):
         stage.main()
     distributed.check_processes(2, 4, CUDA)  # 2 per machine on 2 machines: fine
 

@@ -25,6 +25,7 @@ from tests.helpers import (
     make_project,
     subset_zip,
 )
+from visionpipe import paths
 from visionpipe.cifar_pickle import CLASSES
 
 pytestmark = pytest.mark.slow
@@ -63,9 +64,10 @@ def test_official_format_over_http_repro_exp_metrics_plots(tmp_path: Path) -> No
     meta = json.loads((repo / "data/processed/meta.json").read_text())
     assert meta["classes"] == list(CLASSES)
     assert meta["counts"] == {"train": 180, "val": 20, "test": 60}
-    evaluation = json.loads((repo / "metrics/eval.json").read_text())
+    evaluation = json.loads((repo / paths.EVAL_METRICS).read_text())
     assert evaluation["test_images"] == 60
-    assert set(evaluation["per_class_accuracy"]) == set(CLASSES)
+    per_class = json.loads((repo / "dvclive/eval/plots/custom/per_class_accuracy.json").read_text())
+    assert {row["class"] for row in per_class} == set(CLASSES)
     exported = json.loads((repo / "metrics/export.json").read_text())
     assert exported["top1_agreement"] == 1.0
     assert exported["max_abs_logit_diff"] <= 1e-4
@@ -156,7 +158,7 @@ def test_real_cifar_subset_learns(tmp_path: Path) -> None:
     dvc(repo, "repro")
     meta = json.loads((repo / "data/processed/meta.json").read_text())
     assert meta["counts"] == {"train": 2700, "val": 300, "test": 500}
-    acc = json.loads((repo / "metrics/eval.json").read_text())["test_accuracy"]
+    acc = json.loads((repo / paths.EVAL_METRICS).read_text())["test_accuracy"]
     assert acc > 0.2, f"test accuracy {acc} is no better than chance (0.1) on real images"
 
 
@@ -194,6 +196,10 @@ def test_sigkilled_training_resumes_on_next_repro(tmp_path: Path) -> None:
     assert timings["resumed_from_epoch"] >= 1
     epochs = (repo / "metrics/plots/epochs.csv").read_text().splitlines()
     assert len(epochs) == 1 + 6, "the resumed run's history includes the epochs before the kill"
+    # DVC deleted the interrupted run's logs before the resume; they are rebuilt from the
+    # checkpoint's history, every epoch once.
+    curve = (repo / paths.LIVE_TRAIN / "plots/metrics/val_accuracy.tsv").read_text().splitlines()
+    assert [row.split("\t")[0] for row in curve[1:]] == [str(e) for e in range(1, 7)], curve
     assert "up to date" in dvc(repo, "status").stdout
 
 
@@ -227,6 +233,6 @@ def test_hymenoptera_through_mirror_or_source(tmp_path: Path, route: str) -> Non
     meta = json.loads((repo / "data/processed/meta.json").read_text())
     assert meta["classes"] == ["ants", "bees"] and meta["test_split_source"] == "val"
     assert meta["counts"]["test"] == 153 and meta["counts"]["train"] + meta["counts"]["val"] == 245
-    assert json.loads((repo / "metrics/eval.json").read_text())["test_images"] == 153
+    assert json.loads((repo / paths.EVAL_METRICS).read_text())["test_images"] == 153
     preds = json.loads((repo / "predictions/predictions.json").read_text())
     assert [Path(p["file"]).name for p in preds] == ["00_ants.png", "01_bees.png"]

@@ -1,13 +1,15 @@
 """`dvc plots show` and `dvc plots diff` pages draw their charts with no network.
 
 DVC's default page loads vega from a CDN; plots_template/template.html carries the scripts
-inline. Each test builds a tiny DVC project shaped like the pipeline's plots (a per-epoch linear
-plot, a confusion matrix, an image), renders it with the real `dvc plots` commands, and opens the
+inline. Each test builds a tiny DVC project shaped like the pipeline's plots (DVCLive's per-epoch
+curves, a CSV line plot, a confusion matrix, per-class bars, an image), renders it with the real
+`dvc plots` commands, and opens the
 page in headless Chromium with every host name unresolvable, so it is offline even on a machine
 that has a network. A page passes when the console shows no script errors, vega-embed filled
 every plot div, and a screenshot shows the lines, the heatmap and the images.
 """
 
+import json
 import shutil
 import subprocess
 import sys
@@ -32,7 +34,12 @@ REV_COLOURS: list[RGB] = [(0x94, 0x5D, 0xD6), (0x13, 0xAD, 0xC7)]
 IMAGE_SIZE = (96, 64)
 
 # Plot div ids: dvc-render turns each plot's id into one by replacing '/' and '.' with '_'.
-VEGA_DIVS = ("metrics_plots_epochs_csv", "accuracy", "metrics_plots_confusion_csv")
+VEGA_DIVS = (
+    "dvclive_train_plots_metrics_val_loss_tsv",
+    "metrics_plots_steps_csv",
+    "dvclive_eval_plots_sklearn_confusion_matrix_json",
+    "dvclive_eval_plots_custom_per_class_accuracy_json",
+)
 IMAGE_DIV = "predictions_grid_png"
 
 DVC_CONFIG = """\
@@ -41,29 +48,30 @@ DVC_CONFIG = """\
 [plots]
     html_template = ../plots_template/template.html
 """
+# As the pipeline's dvc.yaml declares them (there, stage by stage).
 DVC_YAML = """\
 plots:
-  - metrics/plots/epochs.csv:
-      x: epoch
-      y: [train_loss, val_loss]
-  - accuracy:
-      x: epoch
-      y:
-        metrics/plots/epochs.csv: val_accuracy
-  - metrics/plots/confusion.csv:
+  - dvclive/train/plots/metrics:
+      x: step
+  - metrics/plots/steps.csv:
+      x: step
+      y: train_loss
+  - dvclive/eval/plots/sklearn/confusion_matrix.json:
       template: confusion
-      x: predicted
-      y: actual
+      x: actual
+      y: predicted
+  - dvclive/eval/plots/custom/per_class_accuracy.json:
+      template: bar_horizontal
+      x: accuracy
+      y: class
   - predictions/grid.png
 """
-EPOCHS_CSV = """\
-epoch,train_loss,val_loss,val_accuracy
-0,2.10,2.00,0.31
-1,1.60,1.70,0.45
-2,1.20,1.40,0.55
-3,0.90,1.30,0.61
-4,0.70,1.25,0.64
-"""
+VAL_LOSS_TSV = "step\tval_loss\n1\t2.00\n2\t1.70\n3\t1.40\n4\t1.30\n5\t1.25\n"
+STEPS_CSV = "step,train_loss\n100,2.10\n200,1.60\n300,1.20\n400,0.90\n500,0.70\n"
+PER_CLASS = (
+    '[{"class": "cat", "accuracy": 0.6}, {"class": "dog", "accuracy": 0.7},'
+    ' {"class": "ship", "accuracy": 0.8}]'
+)
 
 
 def run(args: list[str], cwd: Path) -> str:
@@ -81,14 +89,16 @@ def git(*args: str, cwd: Path) -> str:
 
 
 def write_confusion(path: Path) -> None:
+    """DVCLive's format: one {"actual", "predicted"} row per test image."""
     classes = ("cat", "dog", "ship")
-    rows = ["actual,predicted"]
+    rows = []
     for i in range(60):
         actual = classes[i % 3]
         # Two in three right, the rest spread over the other classes: a visible diagonal.
         predicted = actual if i % 9 < 6 else classes[(i + i // 9) % 3]
-        rows.append(f"{actual},{predicted}")
-    path.write_text("\n".join(rows) + "\n")
+        rows.append({"actual": actual, "predicted": predicted})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows))
 
 
 @pytest.fixture
@@ -105,8 +115,14 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copytree(TEMPLATE_DIR, repo / "plots_template", ignore=shutil.ignore_patterns("vendor"))
 
     (repo / "dvc.yaml").write_text(DVC_YAML)
-    (repo / "metrics" / "plots" / "epochs.csv").write_text(EPOCHS_CSV)
-    write_confusion(repo / "metrics" / "plots" / "confusion.csv")
+    live_metrics = repo / "dvclive" / "train" / "plots" / "metrics"
+    live_metrics.mkdir(parents=True)
+    (live_metrics / "val_loss.tsv").write_text(VAL_LOSS_TSV)
+    (repo / "metrics" / "plots" / "steps.csv").write_text(STEPS_CSV)
+    write_confusion(repo / "dvclive" / "eval" / "plots" / "sklearn" / "confusion_matrix.json")
+    per_class = repo / "dvclive" / "eval" / "plots" / "custom" / "per_class_accuracy.json"
+    per_class.parent.mkdir(parents=True)
+    per_class.write_text(PER_CLASS)
     Image.new("RGB", IMAGE_SIZE, CRIMSON).save(repo / "predictions" / "grid.png")
     git("add", "-A", cwd=repo)
     git("commit", "-q", "-m", "plots", cwd=repo)
@@ -207,8 +223,10 @@ def test_plots_show_draws_offline(project: Path, tmp_path: Path):
 
 @needs_chromium
 def test_plots_diff_draws_offline(project: Path, tmp_path: Path):
-    with (project / "metrics" / "plots" / "epochs.csv").open("a") as f:
-        f.write("5,0.60,1.24,0.66\n")
+    with (project / "dvclive" / "train" / "plots" / "metrics" / "val_loss.tsv").open("a") as f:
+        f.write("6\t1.24\n")
+    with (project / "metrics" / "plots" / "steps.csv").open("a") as f:
+        f.write("600,0.60\n")
     Image.new("RGB", IMAGE_SIZE, ORANGE).save(project / "predictions" / "grid.png")
     # HEAD against the workspace, into a deeper folder than DVC's default.
     dvc("plots", "diff", "HEAD", "-o", "reports/plots_diff", cwd=project)

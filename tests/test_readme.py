@@ -8,6 +8,7 @@ the test, naming it, so a new README command forces someone to teach this test h
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import itertools
 import json
@@ -31,7 +32,9 @@ import yaml
 from PIL import Image
 
 from tests.helpers import ROOT, env, make_project, run
+from visionpipe import paths
 from visionpipe.cifar_pickle import CLASSES
+from visionpipe.config import compose, diff_keys
 from visionpipe.sources import HYMENOPTERA_COUNTS, HYMENOPTERA_ROOT, OFFICIAL
 
 README = ROOT / "README.md"
@@ -107,7 +110,8 @@ class Ctx:
     repo: Path
     command: str = ""  # the README command running now, for messages
     queued: list[str] = field(default_factory=list)  # names from `dvc exp run --queue`
-    sweeps: list[dict[str, list[Any]]] = field(default_factory=list)  # their -S value lists
+    # Each --queue command's experiment names and its -S value lists.
+    sweeps: list[tuple[list[str], dict[str, list[Any]]]] = field(default_factory=list)
     last_exp: str = ""  # name of the last experiment run in the workspace
     timings: list[tuple[str, float]] = field(default_factory=list)
 
@@ -119,17 +123,26 @@ def _clone(ctx: Ctx) -> None:
     # make_project's fresh git+DVC copy is the clone; a clone also has an `origin`, which
     # `dvc exp push origin` needs, so the copy gets a bare repo as its origin.
     origin = ctx.tmp / "origin.git"
-    run(["git", "init", "-q", "--bare", str(origin)], ctx.tmp)
+    run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], ctx.tmp)
     run(["git", "remote", "add", "origin", str(origin)], ctx.repo)
-    run(["git", "push", "-q", "origin", "main"], ctx.repo)
+    run(["git", "push", "-q", "-u", "origin", "main"], ctx.repo)
 
 
 # Steps a user takes that the test stands in for.
 SETUP: dict[str, Step] = {
     "git clone <this repo> visionpipe": _clone,
     "cd visionpipe": lambda ctx: None,  # every command runs with the copy as its working directory
-    "git checkout HEAD -- params.yaml": lambda ctx: run(
-        ["git", "checkout", "HEAD", "--", "params.yaml"], ctx.repo
+    "git add -A": lambda ctx: run(["git", "add", "-A"], ctx.repo),
+    'git commit -m "trained model"': lambda ctx: run(
+        ["git", "commit", "-qm", "trained model"], ctx.repo
+    ),
+    "git push": lambda ctx: run(["git", "push", "-q"], ctx.repo),
+    'git tag -a image-classifier-onnx@v1.0.0 -m "the model of this run"': lambda ctx: run(
+        ["git", "tag", "-a", "image-classifier-onnx@v1.0.0", "-m", "the model of this run"],
+        ctx.repo,
+    ),
+    "git push origin image-classifier-onnx@v1.0.0": lambda ctx: run(
+        ["git", "push", "-q", "origin", "image-classifier-onnx@v1.0.0"], ctx.repo
     ),
 }
 
@@ -164,6 +177,15 @@ def _last_experiment(ctx: Ctx, part: str) -> list[list[str]]:
     return [shlex.split(part.replace("<exp>", ctx.last_exp))]
 
 
+def _artifact_from_origin(ctx: Ctx, part: str) -> list[list[str]]:
+    # <repo-url>: the clone's origin, to which the README's `git push` sent the run; the model
+    # lands beside the copy, as on a teammate's machine.
+    dest = ctx.tmp / "teammate" / "model.onnx"
+    dest.parent.mkdir(exist_ok=True)
+    url = str(ctx.tmp / "origin.git")
+    return [[*shlex.split(part.replace("<repo-url>", url)), "-o", str(dest)]]
+
+
 def _remote_in_tmp(ctx: Ctx, part: str) -> list[list[str]]:
     # The team's remote folder becomes one beside the copy: the test writes nowhere else.
     return [[str(ctx.tmp / Path(a).name) if a.startswith("/") else a for a in shlex.split(part)]]
@@ -178,6 +200,7 @@ SUBSTITUTE: dict[str, Callable[[Ctx, str], list[list[str]]]] = {
     "uv run dvc remote add -d storage /mnt/team/visionpipe-cache": _remote_in_tmp,
     "uv run dvc exp push origin <exp>": _last_experiment,
     "uv run dvc exp pull origin <exp>": _last_experiment,
+    "uv run dvc artifacts get <repo-url> image-classifier-onnx": _artifact_from_origin,
 }
 
 
@@ -296,7 +319,7 @@ def _check_pipeline_outputs(ctx: Ctx, args: list[str], proc: subprocess.Complete
         f"`{ctx.command}` trained on {raw['file']} (data.source is {source!r}), not on the"
         f" {dataset} data: it learned the classes {meta['classes']}, expected {classes}"
     )
-    evaluation = json.loads((ctx.repo / "metrics/eval.json").read_text())
+    evaluation = json.loads((ctx.repo / paths.EVAL_METRICS).read_text())
     assert evaluation["test_images"] == n_test, f"`{ctx.command}` evaluated {evaluation}"
     assert 0.0 <= evaluation["test_accuracy"] <= 1.0, evaluation
     preds = json.loads((ctx.repo / "predictions/predictions.json").read_text())
@@ -313,7 +336,7 @@ def _record_queued(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess)
         expected *= len(values)
     assert len(names) == expected, f"`{ctx.command}` queued {names}, expected {expected} runs"
     ctx.queued += names
-    ctx.sweeps.append(sweep)
+    ctx.sweeps.append((names, sweep))
 
 
 def _queue_statuses(ctx: Ctx) -> dict[str, str]:
@@ -343,13 +366,14 @@ def _wait_for_queue(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess
         )
         pytest.fail(f"queued experiments did not succeed: {statuses}\n{logs}")
     exps = _experiments(ctx)
-    for sweep in ctx.sweeps:
-        runs = [exps[name] for name in ctx.queued if name in exps]
+    for names, sweep in ctx.sweeps:
+        runs = [exps[name] for name in names if name in exps]
         assert len(runs) == len(list(itertools.product(*sweep.values()))), (sorted(exps), sweep)
         for key, values in sweep.items():
             assert sorted(_param(r, key) for r in runs) == sorted(values), (key, values)
         for r in runs:
-            assert "test_accuracy" in r["metrics"]["metrics/eval.json"]["data"], r["metrics"]
+            eval_metrics = r["metrics"][str(paths.EVAL_METRICS)]["data"]
+            assert "test_accuracy" in eval_metrics, r["metrics"]
 
 
 def _experiments(ctx: Ctx) -> dict[str, dict[str, Any]]:
@@ -384,12 +408,7 @@ def _check_params_diff(ctx: Ctx, args: list[str], proc: subprocess.CompletedProc
     # Every param that differs between HEAD and the workspace is listed.
     head = yaml.safe_load(run(["git", "show", "HEAD:params.yaml"], ctx.repo).stdout)
     work = yaml.safe_load((ctx.repo / "params.yaml").read_text())
-    changed = [
-        f"{section}.{key}"
-        for section, values in work.items()
-        for key, value in values.items()
-        if head[section].get(key) != value
-    ]
+    changed = diff_keys(head, work)
     assert changed and all(k in proc.stdout for k in changed), (changed, proc.stdout)
 
 
@@ -411,6 +430,17 @@ def _check_push(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess) ->
     assert any(p.is_file() for p in remote.rglob("*")), f"`{ctx.command}` left {remote} empty"
 
 
+def _check_artifact(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess) -> None:
+    import onnx
+
+    dest = Path(args[args.index("-o") + 1])
+    fetched = onnx.load(str(dest))
+    props = {p.key: p.value for p in fetched.metadata_props}
+    assert json.loads(props["classes"]) == STAND_IN_CLASSES["cifar10"][0], props
+    pushed = run(["git", "show", "HEAD:dvc.lock"], ctx.repo).stdout
+    assert hashlib.md5(dest.read_bytes()).hexdigest() in pushed, "not the committed model"
+
+
 def _check_exp_push(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess) -> None:
     refs = run(["git", "ls-remote", args[2]], ctx.repo).stdout
     assert f"/{args[3]}\n" in refs, f"`{ctx.command}`: {args[2]} has no ref for {args[3]}:\n{refs}"
@@ -428,11 +458,17 @@ DVC_CHECKS: dict[tuple[str, ...], Callable[[Ctx, list[str], subprocess.Completed
     ("plots", "diff"): _check_plots,
     ("push",): _check_push,
     ("exp", "push"): _check_exp_push,
+    ("artifacts", "get"): _check_artifact,
 }
 
 
 def _visionpipe(ctx: Ctx, args: list[str], env_extra: dict[str, str]) -> None:
     proc = _run(ctx, [sys.executable, "-m", "visionpipe.cli", *args], env_extra)
+    if args[0] == "params":
+        # params.yaml written from conf/ with the arguments as overrides: what -S would give.
+        composed = compose(args[1:], ctx.repo / "conf")
+        assert yaml.safe_load((ctx.repo / "params.yaml").read_text()) == composed, proc.stdout
+        return
     assert args[0] == "predict", f"no check written for `visionpipe {args[0]}`"
     assert "ERROR" not in proc.stdout, proc.stdout
     lines = [line for line in proc.stdout.splitlines() if "%" in line]

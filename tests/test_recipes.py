@@ -1,4 +1,5 @@
-"""The README's model recipes and bench/recipes.py's RECIPES are the same params, and valid ones."""
+"""The named recipes: one definition each (conf/recipe/<name>.yaml), valid, and the same ones the
+README documents (`-S recipe=<name>`) and bench/recipes.py measures."""
 
 from __future__ import annotations
 
@@ -6,39 +7,61 @@ import re
 import sys
 
 import pytest
-import yaml
 
 from tests.helpers import ROOT
-from visionpipe.config import parse_params
+from visionpipe.config import ARCHS, RECIPES, compose, parse_params
 
 sys.path.insert(0, str(ROOT / "bench"))
-from recipes import RECIPES, apply_overrides
+from recipes import RECIPES as BENCH_RECIPES
+from recipes import recipe_params
 
-FLAG = re.compile(r"-S ([\w.]+)=([^\s`|\\]+)")
-
-
-def readme_recipes() -> dict[str, dict[str, object]]:
-    """model.name -> the -S flags of each README line (continuations joined) that sets it."""
-    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
-    found: dict[str, dict[str, object]] = {}
-    for line in text.splitlines():
-        flags = {key: yaml.safe_load(value) for key, value in FLAG.findall(line)}
-        name = flags.get("model.name")
-        if name is None:
-            continue
-        flags.pop("data.source", None)  # where the data is, not part of the recipe
-        assert name not in found, f"README gives two recipes for {name}"
-        found[str(name)] = flags
-    return found
+CONF = ROOT / "conf"
 
 
-@pytest.mark.parametrize("name", [n for n in RECIPES if n != "tutorial_cnn"])
-def test_readme_recipe_matches_the_bench(name: str) -> None:
-    assert readme_recipes().get(name) == RECIPES[name][1]
+def test_every_recipe_file_is_a_named_recipe() -> None:
+    files = sorted(p.stem for p in (CONF / "recipe").glob("*.yaml"))
+    assert files == sorted(RECIPES) == sorted(BENCH_RECIPES)
 
 
-@pytest.mark.parametrize("name", list(RECIPES))
-def test_recipe_is_valid_params(name: str) -> None:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    parsed = parse_params(apply_overrides(params, RECIPES[name][1]))
-    assert parsed.model.name == name
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_composes_to_valid_params_labelled_with_its_name(name: str) -> None:
+    params = parse_params(compose([f"recipe={name}"], CONF))
+    assert params.recipe == name
+    assert params.model.name in ARCHS
+    # -S values go on top of the recipe.
+    tuned = parse_params(compose([f"recipe={name}", "train.epochs=2"], CONF))
+    assert tuned.train.epochs == 2 and tuned.model == params.model
+
+
+def test_the_default_recipe_is_the_tutorial() -> None:
+    assert compose([], CONF) == compose(["recipe=tutorial"], CONF)
+    tutorial = parse_params(compose([], CONF))
+    assert (tutorial.model.name, tutorial.train.lr, tutorial.train.batch_size) == (
+        "tutorial_cnn",
+        0.01,
+        64,
+    )
+
+
+def test_switching_recipe_leaves_nothing_of_the_last_one() -> None:
+    # Each composition starts from conf/config.yaml: no fast setting survives into resnet18.
+    resnet = parse_params(compose(["recipe=resnet18"], CONF))
+    assert not resnet.train.lookahead and resnet.model.tta == 0 and resnet.data.val_fraction == 0.1
+
+
+@pytest.mark.parametrize("name", [n for n in RECIPES if n != "tutorial"])
+def test_readme_runs_each_recipe_with_one_flag(name: str) -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert re.search(rf"-S recipe={name}\b", readme), f"README shows no `-S recipe={name}`"
+
+
+def test_readme_has_no_long_flag_blocks() -> None:
+    joined = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    for line in joined.splitlines():
+        assert line.count(" -S ") <= 3, f"a recipe belongs in conf/recipe/, not in flags: {line}"
+
+
+def test_bench_composes_what_dvc_exp_run_would() -> None:
+    params = recipe_params("fast", "/data/cifar.zip")
+    assert params["data"]["source"] == "/data/cifar.zip"
+    assert params == {**compose(["recipe=fast", "data.source=/data/cifar.zip"], CONF)}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import FAST_MODEL, FAST_TRAIN, tiny_params
+from tests.conftest import FAST_MODEL, FAST_TRAIN, kill_at_validation, tiny_params
 from visionpipe import batches, optim, paths, runtime, train
 from visionpipe.config import TrainConfig
 from visionpipe.models import (
@@ -56,15 +56,7 @@ def test_interrupted_run_resumes_to_the_same_weights(
     paths.CHECKPOINT_DIR.joinpath("last.pt").unlink()
 
     real_eval = train.evaluate_split
-    calls = {"n": 0}
-
-    def dying_eval(*args, **kwargs):  # the power fails during epoch 3's validation
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_eval(*args, **kwargs)
-
-    monkeypatch.setattr(train, "evaluate_split", dying_eval)
+    kill_at_validation(monkeypatch, 3)  # the power fails during epoch 3's validation
     with pytest.raises(KeyboardInterrupt):
         train.run(params)
     assert not paths.MODEL.exists(), "an interrupted run must not leave a model behind"

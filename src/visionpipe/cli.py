@@ -1,4 +1,4 @@
-"""`visionpipe` command line: predict images with a trained model.
+"""`visionpipe` command line: predict images with a trained model; compose params.yaml.
 
 Imports stay lazy so `visionpipe predict` with the ONNX backend answers without importing torch.
 """
@@ -32,6 +32,26 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _params(args: argparse.Namespace) -> int:
+    import yaml
+
+    from visionpipe import config
+    from visionpipe.fsutil import write_text
+
+    try:
+        text = config.compose_yaml(args.overrides)
+        config.parse_params(yaml.safe_load(text), origin="the composed params")
+    except Exception as exc:  # Hydra's and the loader's errors both name the bad override
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    path = config.DEFAULT_PARAMS
+    old = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    changed = config.diff_keys(old, yaml.safe_load(text))
+    write_text(path, text)
+    print(f"wrote {path}" + (f"; changed: {', '.join(changed)}" if changed else "; unchanged"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visionpipe", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, help="also write the predictions as CSV here")
     p.add_argument("--grid", type=Path, help="also write a labelled image grid PNG here")
     p.set_defaults(func=_predict)
+    c = sub.add_parser(
+        "params",
+        help="write params.yaml from conf/ (as `dvc exp run -S` does), e.g. after editing conf/",
+    )
+    c.add_argument("overrides", nargs="*", help="key=value or recipe=NAME, as after -S")
+    c.set_defaults(func=_params)
     return parser
 
 

@@ -1,8 +1,14 @@
-"""The one loader of params.yaml: typed, frozen, strict.
+"""The one loader of params.yaml: typed, frozen, strict; and its composition from conf/.
 
 Every stage reads its configuration through `load_params`. An unknown key (a typo such as
-`train.lr_rate`, which `dvc exp run -S` accepts silently) or an invalid value fails here, before any
-download or training work, with a message naming the key, the value and what is allowed.
+`train.lr_rate`, which `dvc exp run -S +train.lr_rate=...` adds silently) or an invalid value fails
+here, before any download or training work, with a message naming the key, the value and what is
+allowed.
+
+params.yaml is composed by DVC's Hydra support on `dvc exp run -S ...` from conf/config.yaml, the
+recipe (conf/recipe/<name>.yaml) and the -S values; `dvc repro` runs it as it is. `load_params`
+says so when params.yaml holds values conf/ would not give it (a hand edit, or conf/ edited since),
+because the next `dvc exp run -S` would drop them.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_PARAMS = Path("params.yaml")
+CONF_DIR = Path("conf")  # Hydra's config dir (`dvc config hydra`): config.yaml, recipe/, local/
 
 # The model zoo's names (visionpipe.models builds them) and the model.* keys each one takes
 # besides the ones every model takes (name, normalize, weights, tta).
@@ -27,6 +34,8 @@ MODEL_KEYS: dict[str, tuple[str, ...]] = {
     "fast": (),
 }
 COMMON_MODEL_KEYS = ("name", "normalize", "weights", "tta")
+# The named recipes: conf/recipe/<name>.yaml each (tests/test_recipes.py keeps them in step).
+RECIPES = ("tutorial", "fast", "resnet18", "alexnet", "vgg16", "hymenoptera")
 
 
 class ConfigError(ValueError):
@@ -110,7 +119,6 @@ class AugmentConfig(_Section):
 
 
 class TrainConfig(_Section):
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     epochs: int = Field(default=10, ge=1, le=10_000)
     batch_size: int = Field(default=64, ge=1, le=65_536)
     optimizer: Literal["sgd", "adamw"] = "sgd"
@@ -138,30 +146,40 @@ class TrainConfig(_Section):
     # bf16 autocast where the hardware computes in bf16 natively: CUDA, and CPUs with
     # AVX512-BF16 or AMX (about 1.7x faster train steps on such a CPU). false: fp32 everywhere.
     amp: bool = True
-    # Processes per node and nodes for DistributedDataParallel through torchrun; batch_size stays
-    # the global batch, so results keep their meaning whatever the process count.
-    nproc: int = Field(default=1, ge=1, le=1024)
-    nnodes: int = Field(default=1, ge=1)
-    node_rank: int = Field(default=0, ge=0)
-    master_addr: str = "127.0.0.1"  # rendezvous host (node 0) when nnodes > 1
-    master_port: int = Field(default=29500, ge=1, le=65535)
     channels_last: bool = True  # channels-last memory format (much faster on CPU and GPU)
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> TrainConfig:
         if self.nesterov and self.momentum == 0.0:
             raise ValueError("train.nesterov: true needs train.momentum > 0")
+        return self
+
+
+class LaunchConfig(_Section):
+    """Where and how training runs, never what it means: no stage depends on these, so changing
+    them never re-runs anything, and every machine of a multi-node run writes the same dvc.lock."""
+
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    # Processes per node and nodes for DistributedDataParallel through torchrun; batch_size stays
+    # the global batch, so results keep their meaning whatever the process count.
+    nproc: int = Field(default=1, ge=1, le=1024)
+    nnodes: int = Field(default=1, ge=1)
+    node_rank: int = Field(default=0, ge=0)  # this machine's rank; 0 on master_addr
+    master_addr: str = "127.0.0.1"  # rendezvous host (node 0) when nnodes > 1
+    master_port: int = Field(default=29500, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _rank_fits(self) -> LaunchConfig:
         if self.node_rank >= self.nnodes:
-            raise ValueError(f"train.node_rank {self.node_rank} must be below train.nnodes")
-        if self.batch_size < self.nproc * self.nnodes:
-            raise ValueError("train.batch_size (the global batch) must be at least nproc * nnodes")
+            raise ValueError(f"launch.node_rank {self.node_rank} must be below launch.nnodes")
         return self
 
 
 class ExportConfig(_Section):
     opset: int = Field(default=18, ge=17, le=23)  # ONNX opset the export is pinned to
     parity_images: int = Field(default=256, ge=1)  # test images compared with onnxruntime
-    max_abs_diff: float = Field(default=1e-4, gt=0.0)  # largest allowed logit difference
+    # Largest allowed logit difference, times the largest |logit| when that is above 1.
+    max_abs_diff: float = Field(default=1e-4, gt=0.0)
 
 
 class PredictConfig(_Section):
@@ -171,12 +189,27 @@ class PredictConfig(_Section):
 
 
 class Params(_Section):
+    # Which recipe (conf/recipe/<name>.yaml) the values below were composed from: a label that
+    # `dvc exp run -S recipe=fast` sets together with the recipe's values.
+    recipe: Literal[RECIPES] = "tutorial"  # type: ignore[valid-type]
+    about: str = ""  # params.yaml's own note: where it comes from
     data: DataConfig = DataConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     export: ExportConfig = ExportConfig()
     predict: PredictConfig = PredictConfig()
+    launch: LaunchConfig = LaunchConfig()
+
+    @model_validator(mode="after")
+    def _batch_fits_processes(self) -> Params:
+        processes = self.launch.nproc * self.launch.nnodes
+        if self.train.batch_size < processes:
+            raise ValueError(
+                f"train.batch_size {self.train.batch_size} (the global batch) must be at least "
+                f"launch.nproc * launch.nnodes = {processes}"
+            )
+        return self
 
     def image_size(self) -> int:
         if self.preprocess.image_size is not None:
@@ -185,6 +218,10 @@ class Params(_Section):
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def run_dict(self) -> dict[str, Any]:
+        """What a run means: every section but the launch settings and params.yaml's note."""
+        return {k: v for k, v in self.as_dict().items() if k not in ("launch", "about")}
 
 
 def _models_taking(key: str) -> str:
@@ -222,6 +259,62 @@ def parse_params(raw: Any, origin: str = "params") -> Params:
         raise ConfigError(f"{origin} is invalid:\n  - " + "\n  - ".join(lines)) from None
 
 
+def compose_yaml(overrides: list[str], conf_dir: Path = CONF_DIR) -> str:
+    """conf/ composed with Hydra override strings (`train.lr=0.1`, `recipe=fast`): the text
+    `dvc exp run -S` writes to params.yaml, made the same way (DVC's compose_and_dump)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str(conf_dir.resolve()), version_base=None):
+        cfg = hydra_compose(config_name="config", overrides=overrides)
+    OmegaConf.resolve(cfg)
+    return OmegaConf.to_yaml(cfg)
+
+
+def compose(overrides: list[str], conf_dir: Path = CONF_DIR) -> dict[str, Any]:
+    """conf/ composed with Hydra override strings, as a plain mapping."""
+    return yaml.safe_load(compose_yaml(overrides, conf_dir))
+
+
+def drift(raw: dict[str, Any], conf_dir: Path = CONF_DIR) -> list[str]:
+    """The dotted keys where params.yaml differs from conf/ composed with its recipe, but for the
+    launch settings (machine-local by design)."""
+    recipe = raw.get("recipe", "tutorial")
+    composed = compose([f"recipe={recipe}"], conf_dir)
+    return [k for k in diff_keys(raw, composed) if not k.startswith("launch.")]
+
+
+def diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = [*a, *(k for k in b if k not in a)]
+        return [d for k in keys for d in diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _warn_drift(raw: dict[str, Any], path: Path) -> None:
+    """Say which values params.yaml holds that conf/ does not give it (outside `dvc exp run`,
+    whose -S values are exactly such values)."""
+    import logging
+    import os
+
+    if os.environ.get("DVC_EXP_BASELINE_REV") or not (CONF_DIR / "config.yaml").is_file():
+        return
+    if path.resolve() != DEFAULT_PARAMS.resolve():
+        return
+    keys = drift(raw)
+    if keys:
+        logging.getLogger(__name__).warning(
+            "%s differs from conf/ in %s (a hand edit, the last experiment's -S values, or "
+            "conf/ changed since params.yaml was composed). Running %s as it is; the next "
+            "`dvc exp run -S ...` rebuilds it from conf/ and drops these values: to keep them, "
+            "put them in conf/config.yaml",
+            path,
+            ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else ""),
+            path,
+        )
+
+
 def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
     """Read and validate params.yaml."""
     path = Path(path)
@@ -233,4 +326,6 @@ def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    return parse_params(raw, origin=str(path))
+    params = parse_params(raw, origin=str(path))
+    _warn_drift(raw, path)
+    return params

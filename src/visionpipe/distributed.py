@@ -1,6 +1,6 @@
 """Multi-process training through PyTorch's own launcher (torchrun) and DistributedDataParallel.
 
-The train stage stays one command: with `train.nproc * train.nnodes > 1` the stage script replaces
+The train stage stays one command: with `launch.nproc * launch.nnodes > 1` the stage script replaces
 itself with `python -m torch.distributed.run ... stages/train.py` (torchrun), which starts one
 process per rank and sets RANK/WORLD_SIZE/LOCAL_RANK; `init` then joins the process group.
 """
@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from visionpipe.config import TrainConfig
+from visionpipe.config import LaunchConfig
 from visionpipe.runtime import DeviceError
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,14 @@ class Dist:
 
     @property
     def is_main(self) -> bool:
+        """Global rank 0: writes the checkpoint, the one resume point of the whole run."""
         return self.rank == 0
+
+    @property
+    def writes_outputs(self) -> bool:
+        """Local rank 0 of each machine: writes the stage's outputs there, so DVC on every node
+        finds them (all ranks hold the same weights and figures)."""
+        return self.local_rank == 0
 
     @property
     def enabled(self) -> bool:
@@ -42,12 +49,12 @@ def under_launcher() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def wants_launch(cfg: TrainConfig) -> bool:
+def wants_launch(cfg: LaunchConfig) -> bool:
     """True when params ask for several processes and this process is not one of them yet."""
     return cfg.nproc * cfg.nnodes > 1 and not under_launcher()
 
 
-def launch_args(cfg: TrainConfig, script: str) -> list[str]:
+def launch_args(cfg: LaunchConfig, script: str) -> list[str]:
     """The torchrun command line for `script` (run by `os.execv`, so torchrun owns the ranks)."""
     args = [
         sys.executable,
@@ -72,19 +79,19 @@ def check_processes(nproc: int, processes: int, device: torch.device) -> None:
     serve: before torchrun starts them, and again in each rank."""
     if device.type == "mps" and processes > 1:
         raise DeviceError(
-            f"train.nproc * train.nnodes = {processes} processes, but MPS (Apple GPUs) has no "
-            "distributed backend: set train.nproc: 1 and train.nnodes: 1 to train on the GPU, "
-            "or train.device: cpu for several CPU processes"
+            f"launch.nproc * launch.nnodes = {processes} processes, but MPS (Apple GPUs) has no "
+            "distributed backend: set launch.nproc: 1 and launch.nnodes: 1 to train on the GPU, "
+            "or launch.device: cpu for several CPU processes"
         )
     if device.type == "cuda" and nproc > torch.cuda.device_count():
         raise DeviceError(
-            f"train.nproc = {nproc} processes on this machine, one per GPU, but only "
-            f"{torch.cuda.device_count()} CUDA GPUs are visible: set train.nproc to at most "
-            f"{torch.cuda.device_count()}, or train.device: cpu"
+            f"launch.nproc = {nproc} processes on this machine, one per GPU, but only "
+            f"{torch.cuda.device_count()} CUDA GPUs are visible: set launch.nproc to at most "
+            f"{torch.cuda.device_count()}, or launch.device: cpu"
         )
 
 
-def launch(cfg: TrainConfig, script: str) -> None:
+def launch(cfg: LaunchConfig, script: str) -> None:
     args = launch_args(cfg, script)
     log.info("starting %d processes: %s", cfg.nproc * cfg.nnodes, " ".join(args[1:]))
     sys.stdout.flush()

@@ -8,7 +8,7 @@ import torch
 
 from visionpipe import paths
 from visionpipe.data import load_split
-from visionpipe.fsutil import write_json, write_text
+from visionpipe.fsutil import write_json
 from visionpipe.models import load_model
 from visionpipe.runtime import eval_batch_size, loss_and_accuracy, pick_device, predict_logits
 
@@ -30,23 +30,48 @@ def run(device_choice: str = "auto", train_batch_size: int = 64) -> dict[str, An
     preds = logits.argmax(1)
     classes: list[str] = meta["classes"]
     cm = confusion_matrix(labels, preds, len(classes))
-    per_class = {
-        c: round(cm[i, i].item() / max(1, cm[i].sum().item()), 6) for i, c in enumerate(classes)
-    }
     loss, accuracy = loss_and_accuracy(logits, labels)
     metrics = {
         "test_loss": round(loss, 6),
         "test_accuracy": round(accuracy, 6),
         "test_images": len(labels),
-        "per_class_accuracy": per_class,
     }
-    write_json(paths.EVAL_METRICS, metrics)
     write_json(
         paths.CONFUSION_MATRIX, {"classes": classes, "rows_actual_cols_predicted": cm.tolist()}
     )
-    # One row per test image, as DVC's confusion template expects.
-    rows = ["actual,predicted"] + [
-        f"{classes[a]},{classes[p]}" for a, p in zip(labels.tolist(), preds.tolist(), strict=True)
-    ]
-    write_text(paths.PLOT_CONFUSION, "\n".join(rows) + "\n")
+    actual = [classes[i] for i in labels.tolist()]
+    log_live(metrics, actual, [classes[i] for i in preds.tolist()], per_class_accuracy(cm, classes))
     return metrics
+
+
+def per_class_accuracy(cm: torch.Tensor, classes: list[str]) -> list[dict[str, Any]]:
+    """{"class", "accuracy", "images"} per class with test images; a class without any has no
+    accuracy to report (0.0 would read as "all wrong"), so it is left out."""
+    rows = []
+    for i, cls in enumerate(classes):
+        support = int(cm[i].sum())
+        if support:
+            rows.append(
+                {"class": cls, "accuracy": round(int(cm[i, i]) / support, 6), "images": support}
+            )
+    return rows
+
+
+def log_live(
+    metrics: dict[str, Any],
+    actual: list[str],
+    predicted: list[str],
+    per_class: list[dict[str, Any]],
+) -> None:
+    """The test metrics (`dvc exp show`'s headline columns) and plots through DVCLive: the
+    confusion matrix, and per-class accuracy as bars rather than a column per class."""
+    from dvclive import Live
+
+    live = Live(str(paths.LIVE_EVAL), dvcyaml=None, save_dvc_exp=False, report=None)
+    for name, value in metrics.items():
+        live.log_metric(name, value, plot=False)
+    live.log_sklearn_plot("confusion_matrix", actual, predicted, name="confusion_matrix.json")
+    live.log_plot(
+        "per_class_accuracy", per_class, x="accuracy", y="class", template="bar_horizontal"
+    )
+    live.end()

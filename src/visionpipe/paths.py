@@ -13,16 +13,18 @@ SAMPLES_DIR = Path("data/samples")  # preprocess: one test image per class, as P
 PREPROCESS_REPORT = Path("metrics/preprocess.json")  # counts, skipped images and why
 
 MODEL = Path("models/model.pt")  # train: state_dict + plain metadata
-CHECKPOINT_DIR = Path("checkpoints")  # train: per-epoch resume state (persisted, uncached)
-TB_DIR = Path("logs/tensorboard")  # train: TensorBoard event files (uncached: they hold timings)
-TRAIN_METRICS = Path("metrics/train.json")
-TRAIN_TIMINGS = Path("metrics/timings/train.json")  # wall-clock figures, uncached
+CHECKPOINT_DIR = Path("checkpoints")  # train: resume state; no DVC output (git-ignored)
+TB_DIR = Path("logs/tensorboard")  # train: TensorBoard event files (hold wall-clock times)
+LIVE_TRAIN = Path("dvclive/train")  # train: DVCLive's metrics.json and plots/, per epoch
+LIVE_MISCLASSIFIED_NAME = "misclassified.png"  # DVCLive image: wrong validation predictions
+TRAIN_METRICS = Path("metrics/train.json")  # the run's last figures, stopped early, diverged
+TRAIN_TIMINGS = Path("metrics/timings/train.json")  # wall-clock figures of the run
 PLOT_EPOCHS = Path("metrics/plots/epochs.csv")  # per-epoch train/val loss and accuracy
 PLOT_STEPS = Path("metrics/plots/steps.csv")  # train loss every train.log_every steps
 
-EVAL_METRICS = Path("metrics/eval.json")
+LIVE_EVAL = Path("dvclive/eval")  # evaluate: DVCLive's metrics.json and plots/
+EVAL_METRICS = LIVE_EVAL / "metrics.json"  # test loss and accuracy
 CONFUSION_MATRIX = Path("metrics/confusion_matrix.json")  # counts, rows actual, columns predicted
-PLOT_CONFUSION = Path("metrics/plots/confusion.csv")  # one row per test image: actual, predicted
 
 ONNX_MODEL = Path("models/model.onnx")
 EXPORT_METRICS = Path("metrics/export.json")

@@ -27,7 +27,7 @@ DRIVER_FOR_CUDA = {"13": "580", "12": "525", "11": "450"}
 
 
 class DeviceError(RuntimeError):
-    """train.device (or a setting that depends on it) asks for what this machine cannot run."""
+    """launch.device (or a setting that depends on it) asks for what this machine cannot run."""
 
 
 def pick_device(choice: str = "auto") -> torch.device:
@@ -41,14 +41,14 @@ def pick_device(choice: str = "auto") -> torch.device:
         if problem is None:
             return torch.device("cuda")
         if choice == "cuda":
-            raise DeviceError(f"train.device = 'cuda' but {problem}")
+            raise DeviceError(f"launch.device = 'cuda' but {problem}")
         if problem != NO_CUDA_GPU:
-            log.warning("train.device 'auto': %s. Training on the CPU instead.", problem)
+            log.warning("launch.device 'auto': %s. Training on the CPU instead.", problem)
     if choice in ("auto", "mps"):
         if torch.backends.mps.is_available():
             return torch.device("mps")
         if choice == "mps":
-            raise DeviceError("train.device = 'mps' but MPS is not available; use 'auto' or 'cpu'")
+            raise DeviceError("launch.device = 'mps' but MPS is not available; use 'auto' or 'cpu'")
     return torch.device("cpu")
 
 
@@ -178,7 +178,7 @@ def set_deterministic(model: nn.Module, model_name: str, device: torch.device) -
             f"train.deterministic: true cannot train model '{model_name}' on {device.type}: "
             f"its layer {layer} has no deterministic backward there (see "
             "torch.use_deterministic_algorithms). Set train.deterministic: false, or "
-            "train.device: cpu, or pick a model without that layer"
+            "launch.device: cpu, or pick a model without that layer"
         )
     if device.type == "cuda":
         # cuBLAS is deterministic only with a fixed workspace; it reads this when it starts.

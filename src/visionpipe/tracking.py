@@ -1,4 +1,9 @@
-"""What a run records as it goes: TensorBoard, the per-epoch and per-step history, plot files."""
+"""What a run records as it goes: DVCLive (live in `dvc exp show`, `dvc plots`, VS Code),
+TensorBoard (the tutorial's lesson), and the per-epoch and per-step history with its CSV files.
+
+The history is the source of truth: it lives in the checkpoint, and a resumed run replays it into
+fresh DVCLive and TensorBoard logs, so its curves have every epoch once.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,9 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from visionpipe import paths
@@ -22,15 +29,16 @@ log = logging.getLogger(__name__)
 class EpochRecord:
     """One epoch's figures: the columns of metrics/plots/epochs.csv, in this order.
 
-    TensorBoard logs each under its own name but `train_loss`, which it calls
-    `epoch_train_loss` to keep it apart from the per-step train loss.
+    `live` fields are DVCLive curves too, and `summary` ones also a column of `dvc exp show`
+    (kept to the headline: the losses stay curves). TensorBoard logs each under its own name but
+    `train_loss`, which it calls `epoch_train_loss` to keep it apart from the per-step one.
     """
 
     epoch: int
-    train_loss: float = field(metadata={"csv": ".6f", "tb": "epoch_train_loss"})
-    val_loss: float = field(metadata={"csv": ".6f"})
-    val_accuracy: float = field(metadata={"csv": ".6f"})
-    lr: float = field(metadata={"csv": ".6g"})
+    train_loss: float = field(metadata={"csv": ".6f", "tb": "epoch_train_loss", "live": True})
+    val_loss: float = field(metadata={"csv": ".6f", "live": True})
+    val_accuracy: float = field(metadata={"csv": ".6f", "live": True, "summary": True})
+    lr: float = field(metadata={"csv": ".6g"})  # follows from the params: a curve, not a metric
 
 
 @dataclass
@@ -50,56 +58,87 @@ def write_plots(history: History) -> None:
 
 
 class Tracker:
-    """TensorBoard and the history on rank 0; a silent stand-in on the other ranks.
+    """DVCLive, TensorBoard and the plot files where this process writes outputs; on other
+    ranks only the history (which every rank keeps alike) is recorded.
 
-    `fresh`: a run from epoch 0 clears the event files of any earlier run first; a resumed run
-    appends to them.
+    Each run starts from empty logs; a resumed run writes the epochs it resumes after again from
+    the history (`replay`), so the logs never depend on what an interrupted run left.
     """
 
-    def __init__(self, enabled: bool, history: History, fresh: bool) -> None:
-        self.tb: Any = None
+    def __init__(self, enabled: bool, history: History) -> None:
         self.history = history
+        self.tb: Any = None
+        self.live: Any = None
         if enabled:
+            from dvclive import Live
             from torch.utils.tensorboard import SummaryWriter
 
-            if fresh:
-                shutil.rmtree(paths.TB_DIR, ignore_errors=True)
+            shutil.rmtree(paths.TB_DIR, ignore_errors=True)
             self.tb = SummaryWriter(str(paths.TB_DIR))
+            # No dvc.yaml of its own (ours declares its files), no HTML report (it would load
+            # vega from a CDN), no experiment of its own (the stage runs inside DVC's).
+            self.live = Live(str(paths.LIVE_TRAIN), dvcyaml=None, save_dvc_exp=False, report=None)
+            self.replay()
 
-    def start(self, model: Classifier, sample: torch.Tensor) -> None:
+    def replay(self) -> None:
+        """Log the history a resumed run starts from, as the interrupted run had."""
+        for row in self.history.steps:
+            self.tb.add_scalar("train_loss", row["train_loss"], row["step"])
+        for row in self.history.epochs:
+            self._log_epoch(EpochRecord(**row))
+        if self.history.epochs:
+            write_plots(self.history)
+
+    def start(self, model: Classifier, sample: torch.Tensor, epoch: int) -> None:
+        """The input grid, first-conv feature maps and graph, logged at `epoch` (0: untrained)."""
         if self.tb is not None:
-            log_model_start(self.tb, model, sample)
+            log_model_start(self.tb, model, sample, epoch)
 
     def step(self, step: int, train_loss: float) -> None:
         self.history.steps.append({"step": step, "train_loss": train_loss})
         if self.tb is not None:
             self.tb.add_scalar("train_loss", train_loss, step)
 
-    def epoch(self, record: EpochRecord) -> None:
-        """Append one epoch's record and log it; rank 0 rewrites the plots."""
+    def epoch(self, record: EpochRecord, misclassified: Image.Image | None = None) -> None:
+        """Record one epoch; where outputs are written, log it everywhere and rewrite the plots."""
         self.history.epochs.append(asdict(record))
         if self.tb is None:
             return
-        for f in fields(EpochRecord)[1:]:
-            self.tb.add_scalar(f.metadata.get("tb", f.name), getattr(record, f.name), record.epoch)
-        self.tb.flush()
+        if misclassified is not None:
+            self.live.log_image(paths.LIVE_MISCLASSIFIED_NAME, misclassified)
+        self._log_epoch(record)
         write_plots(self.history)
 
-    def close(self) -> None:
+    def _log_epoch(self, record: EpochRecord) -> None:
+        self.live.step = record.epoch
+        for f in fields(EpochRecord)[1:]:
+            value = getattr(record, f.name)
+            self.tb.add_scalar(f.metadata.get("tb", f.name), value, record.epoch)
+            if f.metadata.get("live"):
+                self.live.log_metric(f.name, value)
+                if not f.metadata.get("summary"):
+                    self.live.summary.pop(f.name)  # a curve, not an `exp show` column
+        # Writes metrics.json, which `dvc exp show` reads while the run goes on, and tells DVC's
+        # VS Code extension that a step is done.
+        self.live.next_step()
+        self.tb.flush()
+
+    def close(self, outcome: dict[str, Any]) -> None:
+        """End the logs; `outcome` (how the run ended) joins the DVCLive summary."""
         if self.tb is not None:
             self.tb.close()
+            self.live.summary.update(outcome)
+            self.live.end()
 
 
-def log_model_start(writer: Any, model: Classifier, sample: torch.Tensor) -> None:
+def log_model_start(writer: Any, model: Classifier, sample: torch.Tensor, step: int) -> None:
     """Input grid, first-conv feature maps (the tutorial's conv lesson) and the model graph.
 
     `sample` (uint8 NCHW, on any device) runs through the model on the model's device; the
     images are brought back to the CPU for writing.
     """
-    import torchvision
-
     sample = sample[:32].cpu()
-    writer.add_image("inputs", torchvision.utils.make_grid(sample, nrow=8), 0)
+    writer.add_image("inputs", make_grid(sample), step)
     x = to_input(sample.to(next(model.parameters()).device))
     first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if first_conv is not None:
@@ -109,12 +148,59 @@ def log_model_start(writer: Any, model: Classifier, sample: torch.Tensor) -> Non
             fmap = fmap[:, None]  # one grey image per output channel
             lo, hi = fmap.amin(), fmap.amax()
             fmap = (fmap - lo) / (hi - lo + 1e-8)
-            writer.add_image(
-                f"conv1_feature_maps/{i}", torchvision.utils.make_grid(fmap, nrow=8), 0
-            )
+            writer.add_image(f"conv1_feature_maps/{i}", make_grid(fmap), step)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # add_graph still uses jit.trace
             writer.add_graph(model, x[:1])
     except Exception as exc:  # tracing fails for some modules; the graph is a nicety, say so
         log.warning("TensorBoard model graph skipped: %s", exc)
+
+
+def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> torch.Tensor:
+    """NCHW images (1 or 3 channels) tiled `nrow` to a row, 2 px apart: one CHW image, as
+    torchvision.utils.make_grid lays them out. Here because importing torchvision costs this
+    stage about 5 s (it loads torch._dynamo)."""
+    n, c, h, w = images.shape
+    rows = -(-n // nrow)
+    cols = min(n, nrow)
+    grid = images.new_zeros(c, rows * (h + padding) + padding, cols * (w + padding) + padding)
+    for k in range(n):
+        y, x = (k // nrow) * (h + padding) + padding, (k % nrow) * (w + padding) + padding
+        grid[:, y : y + h, x : x + w] = images[k]
+    return grid.expand(3, -1, -1) if c == 1 else grid
+
+
+def misclassified_grid(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    preds: torch.Tensor,
+    classes: list[str],
+    limit: int = 24,
+) -> Image.Image:
+    """The first `limit` validation images the model gets wrong, each captioned "predicted
+    (actual)", on a white sheet (which says so when there are none: the file always exists)."""
+    wrong = torch.nonzero(preds != labels).flatten()[:limit].tolist()
+    cell, label_h, cols = 96, 28, 6
+    if not wrong:
+        sheet = Image.new("RGB", (cols * cell, cell), "white")
+        message = "no misclassified validation images"
+        ImageDraw.Draw(sheet).text(
+            (8, 8), message, fill="black", font=ImageFont.load_default(size=13)
+        )
+        return sheet
+    rows = -(-len(wrong) // cols)
+    sheet = Image.new("RGB", (cols * cell, rows * (cell + label_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=11)
+    for n, i in enumerate(wrong):
+        x, y = (n % cols) * cell, (n // cols) * (cell + label_h)
+        img = Image.fromarray(np.ascontiguousarray(images[i].numpy().transpose(1, 2, 0)))
+        scale = cell / max(img.size)
+        # Upscale tiny images with NEAREST so their pixels stay honest; downscale smoothly.
+        resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BILINEAR
+        img = img.resize((round(img.width * scale), round(img.height * scale)), resample)
+        sheet.paste(img, (x + (cell - img.width) // 2, y))
+        caption = f"{classes[int(preds[i])]} ({classes[int(labels[i])]})"
+        draw.text((x + 3, y + cell + 2), caption[:18], fill="black", font=font)
+    return sheet

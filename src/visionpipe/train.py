@@ -30,7 +30,7 @@ from visionpipe.fsutil import write_json
 from visionpipe.models import Classifier, arch_params, build_model, save_model
 from visionpipe.optim import Lookahead, make_optimizer, make_scheduler
 from visionpipe.runtime import autocast, eval_batch_size, loss_and_accuracy, predict_logits
-from visionpipe.tracking import EpochRecord, Tracker
+from visionpipe.tracking import EpochRecord, Tracker, misclassified_grid
 
 log = logging.getLogger(__name__)
 
@@ -145,22 +145,29 @@ def train_epoch(
     return loss_sum
 
 
+@dataclass
+class Scores:
+    loss: float  # mean cross-entropy
+    accuracy: float
+    preds: torch.Tensor  # predicted class per image, on the CPU
+
+
 def evaluate_split(
     model: Classifier,
     images: torch.Tensor,
     labels: torch.Tensor,
     device: torch.device,
     train_batch_size: int,
-) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over a split, in batches no larger than training's."""
+) -> Scores:
+    """Loss, accuracy and predictions over a split, in batches no larger than training's."""
     batch = eval_batch_size(train_batch_size, model.views)
-    return loss_and_accuracy(predict_logits(model, images, device, batch), labels)
+    logits = predict_logits(model, images, device, batch)
+    return Scores(*loss_and_accuracy(logits, labels), logits.argmax(1))
 
 
 def run(params: Params) -> dict[str, Any]:
     """Train per `params` on the preprocessed splits; write the model, metrics, plots, logs."""
-    cfg = params.train
-    ddp, device = distributed.init(runtime.pick_device(cfg.device))
+    ddp, device = distributed.init(runtime.pick_device(params.launch.device))
     try:
         return _run(params, ddp, device)
     finally:
@@ -181,10 +188,9 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
     start = loop.progress.epoch
     if start:
         log.info("resuming from %s after epoch %d of %d", checkpoints.CHECKPOINT, start, cfg.epochs)
-    tracker = Tracker(ddp.is_main, loop.progress.history, fresh=start == 0)
+    tracker = Tracker(ddp.writes_outputs, loop.progress.history)
     distributed.barrier(ddp)  # no rank may overwrite the checkpoint before all have read it
-    if start == 0:
-        tracker.start(model, splits.train_x[:32])
+    tracker.start(model, splits.train_x[:32], epoch=start)
 
     t_start = time.perf_counter()
     stopped = False
@@ -196,9 +202,10 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
         if stopped:
             _say_why_stopped(record, cfg)
             break
-    tracker.close()
     seconds = time.perf_counter() - t_start
-    return finish(params, loop, splits, stopped, seconds, start)
+    metrics = finish(params, loop, splits, stopped, seconds, start)
+    tracker.close({k: metrics[k] for k in ("stopped_early", "diverged")})
+    return metrics
 
 
 def build_training_model(
@@ -228,7 +235,7 @@ def run_epoch(loop: Loop, epoch: int, splits: data.TrainingData, tracker: Tracke
         range(loop.batches.steps_per_epoch),
         desc=f"epoch {epoch + 1}/{cfg.epochs}",
         unit="step",
-        disable=None if ddp.is_main else True,
+        disable=None if ddp.writes_outputs else True,
         leave=False,
     )
     t_epoch = time.perf_counter()
@@ -247,22 +254,23 @@ def run_epoch(loop: Loop, epoch: int, splits: data.TrainingData, tracker: Tracke
     model = loop.model
     tta, model.tta = model.tta, 0
     try:
-        val_loss, val_acc = evaluate_split(
-            model, splits.val_x, splits.val_y, loop.device, cfg.batch_size
-        )
+        val = evaluate_split(model, splits.val_x, splits.val_y, loop.device, cfg.batch_size)
     finally:
         model.tta = tta
     lr = loop.optimizer.param_groups[0]["lr"]
-    record = EpochRecord(epoch + 1, train_loss, val_loss, val_acc, lr)
-    tracker.epoch(record)
+    record = EpochRecord(epoch + 1, train_loss, val.loss, val.accuracy, lr)
+    wrong = None
+    if ddp.writes_outputs:
+        wrong = misclassified_grid(splits.val_x, splits.val_y, val.preds, splits.classes)
+    tracker.epoch(record, wrong)
     log.log(
-        logging.INFO if ddp.is_main else logging.DEBUG,
+        logging.INFO if ddp.writes_outputs else logging.DEBUG,
         "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  (%.1fs)",
         epoch + 1,
         cfg.epochs,
         train_loss,
-        val_loss,
-        val_acc,
+        val.loss,
+        val.accuracy,
         time.perf_counter() - t_epoch,
     )
     return record
@@ -301,7 +309,7 @@ def finish(
         "val_accuracy": round(last.val_accuracy, 6),
         "best_val_loss": round(progress.best_val, 6),
     }
-    if not loop.ddp.is_main:
+    if not loop.ddp.writes_outputs:
         return metrics
     save_model(paths.MODEL, loop.model, model_meta(params, splits))
     write_json(paths.TRAIN_METRICS, metrics)
@@ -329,7 +337,7 @@ def model_meta(params: Params, splits: data.TrainingData) -> dict[str, Any]:
         "mean": splits.meta["mean"],
         "std": splits.meta["std"],
         "classes": splits.classes,
-        "params": params.as_dict(),
+        "params": params.run_dict(),
         "visionpipe_version": __version__,
         "torch_version": torch.__version__.split("+")[0],
     }

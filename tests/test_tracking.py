@@ -1,0 +1,66 @@
+"""What a run records: DVCLive's live files, replayed on resume, and the images it draws."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import kill_at_validation, tiny_params
+from visionpipe import paths, train
+from visionpipe.tracking import make_grid, misclassified_grid
+
+
+def _rows(path: Path) -> list[list[str]]:
+    return [line.split("\t") for line in path.read_text().splitlines()[1:]]
+
+
+def test_dvclive_logs_every_epoch_once_and_keeps_exp_show_to_the_headline(
+    processed: Path,
+) -> None:
+    train.run(tiny_params(epochs=3))
+    live = processed / paths.LIVE_TRAIN
+    summary = json.loads((live / "metrics.json").read_text())
+    # Columns of `dvc exp show`: the epoch, validation accuracy and how the run ended; the
+    # losses are curves only.
+    assert set(summary) == {"step", "val_accuracy", "stopped_early", "diverged"}
+    assert summary["step"] == 3
+    for curve in ("train_loss", "val_loss", "val_accuracy"):
+        steps = [row[0] for row in _rows(live / "plots" / "metrics" / f"{curve}.tsv")]
+        assert steps == ["1", "2", "3"], curve
+    assert (live / "plots" / "images" / paths.LIVE_MISCLASSIFIED_NAME).stat().st_size > 0
+
+
+def test_a_resumed_run_replays_its_history_into_fresh_logs(
+    processed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = tiny_params(epochs=3)
+    real_eval = train.evaluate_split
+    kill_at_validation(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(params)
+    monkeypatch.setattr(train, "evaluate_split", real_eval)
+    train.run(params)  # the interrupted run's logs are still there: no epoch may double
+    live = processed / paths.LIVE_TRAIN / "plots" / "metrics"
+    assert [row[0] for row in _rows(live / "val_loss.tsv")] == ["1", "2", "3"]
+    assert len(list((processed / paths.TB_DIR).glob("events.*"))) == 1
+
+
+def test_misclassified_grid_captions_each_wrong_image() -> None:
+    images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    preds = labels.clone()
+    preds[[1, 4]] = 0
+    sheet = misclassified_grid(images, labels, preds, ["cat", "dog", "frog"])
+    assert sheet.size == (6 * 96, 96 + 28)  # one row of two images
+    none_wrong = misclassified_grid(images, labels, labels, ["cat", "dog", "frog"])
+    assert none_wrong.size == (6 * 96, 96)  # the file exists even then: DVC declares it
+
+
+def test_make_grid_lays_out_as_torchvision() -> None:
+    torchvision = pytest.importorskip("torchvision")
+    for shape in [(32, 3, 16, 16), (5, 1, 8, 8), (9, 3, 4, 4)]:
+        x = torch.rand(*shape)
+        assert torch.equal(make_grid(x), torchvision.utils.make_grid(x, nrow=8))
