@@ -87,23 +87,31 @@ def archive_kind(source: Path) -> Kind:
     )
 
 
+@contextlib.contextmanager
+def open_files(source: Path) -> Iterator[tuple[list[str], Callable[[str], bytes]]]:
+    """The names of the regular files of an archive or folder (posix relative paths, in the
+    order above) and a reader of one file's bytes by name, the archive opened once.
+
+    Reading the files in listing order is sequential for every kind, .tar.gz included; skipping
+    some costs nothing. Raises UnsafeArchiveError before returning if any member is unsafe, and
+    ValueError for an unknown archive type or a corrupt archive.
+    """
+    with _open(Path(source)) as (entries, read):
+        targets = {entry.name: entry.target for entry in entries}
+        yield [entry.name for entry in entries], lambda name: read(targets[name])
+
+
 def list_files(source: Path) -> list[str]:
     """Names of the regular files `iter_files` would yield, in the same order (same validation)."""
-    source = Path(source)
-    with _open(source) as (entries, _read):
-        return [entry.name for entry in entries]
+    with open_files(source) as (names, _read):
+        return names
 
 
 def iter_files(source: Path) -> Iterator[tuple[str, bytes]]:
-    """Yield (posix relative path, bytes) for each regular file of an archive or folder.
-
-    Raises UnsafeArchiveError before yielding anything if any member is unsafe, and ValueError
-    for an unknown archive type or a corrupt archive.
-    """
-    source = Path(source)
-    with _open(source) as (entries, read):
-        for entry in entries:
-            yield entry.name, read(entry.target)
+    """Yield (posix relative path, bytes) for each regular file of an archive or folder."""
+    with open_files(source) as (names, read):
+        for name in names:
+            yield name, read(name)
 
 
 def pack_directory(src: Path, dest: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -49,10 +50,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_rgb(data: bytes, name: str) -> Image.Image:
+def decode_rgb(data: bytes, name: str, size: int | None = None) -> Image.Image:
     """Decode image bytes to an RGB PIL image, EXIF orientation applied.
 
-    Raises BadImageError naming the file for empty, truncated, non-image or oversized input.
+    With `size`, a JPEG is decoded at the smallest of 1/1, 1/2, 1/4 or 1/8 scale whose shorter
+    side still has at least `size` pixels (libjpeg's scaled IDCT, `Image.draft`): a 12-megapixel
+    photo meant for 224 pixels decodes 1/8 of the way, many times faster. Other formats decode
+    at full size. Raises BadImageError naming the file for empty, truncated, non-image or
+    oversized input.
     """
     if not data:
         raise BadImageError(name, "empty file (0 bytes)")
@@ -68,8 +73,10 @@ def decode_rgb(data: bytes, name: str) -> Image.Image:
                     f"image is {w}x{h} ({w * h:,} pixels), above the {MAX_PIXELS:,} limit; "
                     "downscale it first",
                 )
+            if size is not None:
+                img.draft(None, (size, size))  # a no-op for formats other than JPEG
             img.load()  # decode now so truncation surfaces here, not later
-            img = ImageOps.exif_transpose(img)
+            ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of an upright photo
             return _to_rgb(img)
     except BadImageError:
         raise
@@ -100,7 +107,23 @@ def to_chw(img: Image.Image) -> np.ndarray:
 
 def load_array(data: bytes, name: str, size: int) -> np.ndarray:
     """Bytes of any image -> (3, size, size) uint8, exactly as preprocess and predict see it."""
-    return to_chw(resize_center_crop(decode_rgb(data, name), size))
+    return to_chw(resize_center_crop(decode_rgb(data, name, size), size))
+
+
+def decode_batch(
+    items: Sequence[tuple[str, bytes]], size: int
+) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Decode `(name, bytes)` pairs into one (n, 3, size, size) uint8 array: preprocess's unit
+    of work in a worker process. The row of an image that fails stays zero; the failures come
+    back as (row, reason)."""
+    out = np.zeros((len(items), 3, size, size), np.uint8)
+    failed = []
+    for row, (name, data) in enumerate(items):
+        try:
+            out[row] = load_array(data, name, size)
+        except BadImageError as exc:
+            failed.append((row, exc.reason))
+    return out, failed
 
 
 def to_model_input(arrays: list[np.ndarray]) -> np.ndarray:
