@@ -22,6 +22,8 @@ PLOT_EPOCHS = Path("metrics/plots/epochs.csv")  # per-epoch train/val loss and a
 PLOT_STEPS = Path("metrics/plots/steps.csv")  # train loss every train.log_every steps
 
 EVAL_METRICS = Path("metrics/eval.json")
+PER_CLASS = Path("metrics/per_class.json")  # precision, recall, F1, support per class
+PLOT_PER_CLASS = Path("metrics/plots/per_class.csv")  # the same, one row per class
 CONFUSION_MATRIX = Path("metrics/confusion_matrix.json")  # counts, rows actual, columns predicted
 PLOT_CONFUSION = Path("metrics/plots/confusion.csv")  # one row per test image: actual, predicted
 
