@@ -103,6 +103,10 @@ def _in_memory_if_it_fits(
     return images, budget
 
 
+class MemoryBudgetError(ValueError):
+    """$VISIONPIPE_MEMORY_BUDGET is not a size."""
+
+
 def parse_bytes(text: str) -> int:
     """'8GiB', '500 MB', '1e9', '0' -> bytes; ValueError naming the accepted forms."""
     match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*", text)
@@ -112,7 +116,7 @@ def parse_bytes(text: str) -> int:
             raise ValueError
         return int(float(match.group(1)) * _UNITS[unit])
     except ValueError:
-        raise ValueError(
+        raise MemoryBudgetError(
             f"{MEMORY_BUDGET_ENV}={text!r} is not a size: use bytes or a number with a unit "
             "(500MB, 8GiB, 0)"
         ) from None
