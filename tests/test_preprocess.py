@@ -37,11 +37,11 @@ def _make_zip(dest: Path, held_out: str = "val", extra: dict[str, bytes] | None 
     return dest
 
 
-def _params(**data: object):
+def _params(image_size: int | None = 24, **data: object):
     return parse_params(
         {
             "data": {"dataset": "imagefolder", "source": "x", **data},
-            "preprocess": {"image_size": 24},
+            "preprocess": {"image_size": image_size},
         }
     )
 
@@ -206,3 +206,25 @@ def test_parallel_decoding_writes_the_same_bytes_as_one_process(
         "val.npy",
     ]
     assert outputs[1] == outputs[2]
+
+
+def test_predict_sees_the_pixels_preprocess_wrote(workdir: Path) -> None:
+    from visionpipe.images import read_image_file
+
+    rng = np.random.default_rng(0)
+    photos = {}
+    with zipfile.ZipFile(workdir / paths.RAW_DIR / "big.zip", "w") as z:
+        for i in range(12):
+            small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+            img = Image.fromarray(small).resize((1200, 900), Image.Resampling.BICUBIC)
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=90)
+            name = f"album/{'cats' if i % 2 else 'dogs'}/{i}.jpg"
+            z.writestr(name, buf.getvalue())
+            photos[name] = buf.getvalue()
+    preprocess.run(_params(image_size=None))  # imagefolder default: 64 px, JPEG drafts at 1/4
+    for row in _record():
+        path = workdir / Path(row["file"]).name
+        path.write_bytes(photos[row["file"]])
+        images, _ = load_split(row["split"])
+        assert np.array_equal(images[int(row["index"])].numpy(), read_image_file(path, 64))

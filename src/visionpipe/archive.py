@@ -374,8 +374,9 @@ def _check_member(
     source: Path, name: str, links: Mapping[str, str], hardlinks: Mapping[str, str]
 ) -> str:
     """Refuse `name` if it or its link target lands outside the root; return what it reads."""
-    # The member itself is created in its parent folder, which may pass through links.
-    if _resolve(posixpath.dirname(name), links) is None:
+    # The member itself is created in its parent folder, which may pass through links (a clean
+    # name's folder cannot leave the root when there are none: the common case, kept fast).
+    if links and _resolve(posixpath.dirname(name), links) is None:
         _refuse(source, name, "its folder is a link that points outside the archive")
     if name in links:
         raw = links[name]

@@ -1,9 +1,10 @@
 """Chunks of work spread over worker processes, their results handed back in input order.
 
-`ordered_map` is `map` on all cores: the results, and their order, are those of a plain loop in
+`Workers.map` is `map` on all cores: the results, and their order, are those of a plain loop in
 one process, so a preprocess on 2 or 64 cores writes the same bytes. It keeps a bounded number of
 chunks in flight (unlike `Executor.map`, which submits everything at once), so memory does not
-grow with the input.
+grow with the input. The processes start when `Workers` is entered, so they get ready while the
+caller does its own first work.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from types import TracebackType
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -27,9 +29,9 @@ def cpu_count() -> int:
 
 
 def _context() -> multiprocessing.context.BaseContext:
-    # Not fork: the parent has numpy's BLAS threads, and forking a threaded process can
-    # deadlock (Python 3.12 warns about it). The fork server starts workers from a clean
-    # process that has already imported the decoding modules.
+    # Not fork: the parent has numpy's BLAS threads, and forking a threaded process can deadlock
+    # (Python 3.12 warns about it). The fork server imports the main module once, then forks
+    # each worker from that clean process.
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["__main__", "visionpipe.images"])
@@ -37,27 +39,40 @@ def _context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-def ordered_map(
-    fn: Callable[[T], R], chunks: Iterable[T], workers: int, in_flight: int | None = None
-) -> Iterator[R]:
-    """`fn(chunk)` for each chunk, in order; in `workers` processes when above 1.
+class Workers:
+    """`n` worker processes (none for n <= 1: `map` then runs in this process)."""
 
-    `fn` must be a module-level function (or a partial of one): it is pickled to the workers.
-    At most `in_flight` chunks (default 2 per worker) are submitted and not yet handed back.
-    """
-    if workers <= 1:
-        yield from map(fn, chunks)
-        return
-    limit = in_flight or 2 * workers
-    pool = ProcessPoolExecutor(workers, mp_context=_context())
-    pending: deque[Future[R]] = deque()
-    try:
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._pool = ProcessPoolExecutor(n, mp_context=_context()) if n > 1 else None
+        if self._pool is not None:
+            for _ in range(n):
+                self._pool.submit(int)  # start the processes now, not at the first real chunk
+
+    def map(
+        self, fn: Callable[[T], R], chunks: Iterable[T], in_flight: int | None = None
+    ) -> Iterator[R]:
+        """`fn(chunk)` for each chunk, in order. `fn` must be a module-level function (or a
+        partial of one): it is pickled to the workers. At most `in_flight` chunks (default 2
+        per worker) are submitted and not yet handed back."""
+        if self._pool is None:
+            yield from map(fn, chunks)
+            return
+        limit = in_flight or 2 * self.n
+        pending: deque[Future[R]] = deque()
         for chunk in chunks:
-            pending.append(pool.submit(fn, chunk))
+            pending.append(self._pool.submit(fn, chunk))
             if len(pending) >= limit:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-    finally:
-        # On an error (or the caller stopping early) queued chunks are dropped, not decoded.
-        pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._pool is not None:
+            # After an error (or a caller that stopped early) queued chunks are dropped.
+            self._pool.shutdown(wait=True, cancel_futures=True)

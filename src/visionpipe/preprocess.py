@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 8 << 20  # decoded bytes per chunk of work sent to a worker process
 MAX_CHUNK_ITEMS = 256  # images per chunk: enough to make each hand-off cheap
+PARALLEL_MIN_BYTES = 4 << 20  # smaller archives decode in this process: no workers to start
 Decoded = tuple[
     np.ndarray, list[tuple[int, str]]
 ]  # a chunk's images and its (row, reason) failures
@@ -66,10 +67,15 @@ def decode_source(
     source: Path, size: int, data: DataConfig, out: Path, workers: int | None = None
 ) -> Result:
     """Decode every image of the archive (or folder) at `source` to `size` x `size` into the
-    split files in folder `out`. `workers`: processes (default: one per core)."""
-    with archive.open_files(source) as (names, read):
+    split files in folder `out`. `workers`: processes (default: one per core, one for a small
+    archive, where starting them would cost more than it saves)."""
+    if workers is None:
+        big = source.is_dir() or source.stat().st_size >= PARALLEL_MIN_BYTES
+        workers = parallel.cpu_count() if big else 1
+    # The workers start now and get ready while this process lists and checks the archive.
+    with parallel.Workers(workers) as pool, archive.open_files(source) as (names, read):
         if cifar_pickle.is_cifar_python(names):
-            return _decode_cifar_python(names, read, size, data, out)
+            return _decode_cifar_python(names, read, size, data, out, pool)
         plan = splits.plan_image_folder(names, data.test_fraction, data.val_fraction, data.seed)
         log.info(
             "%s: %s layout, %d classes, %d images (%s)",
@@ -79,12 +85,9 @@ def decode_source(
             len(plan.items),
             ", ".join(f"{s} {plan.count(s)}" for s in SPLITS),
         )
-        per_chunk = chunk_items(size)
-        if workers is None:
-            workers = min(parallel.cpu_count(), -(-len(plan.items) // per_chunk))
-        decode = functools.partial(decode_batch, size=size)
-        payloads = _payloads(plan.items, read, per_chunk)
-        return _write_splits(plan, parallel.ordered_map(decode, payloads, workers), size, out)
+        payloads = _payloads(plan.items, read, chunk_items(size))
+        decoded = pool.map(functools.partial(decode_batch, size=size), payloads)
+        return _write_splits(plan, decoded, size, out)
 
 
 def _payloads(
@@ -96,7 +99,12 @@ def _payloads(
 
 
 def _decode_cifar_python(
-    names: list[str], read: Callable[[str], bytes], size: int, data: DataConfig, out: Path
+    names: list[str],
+    read: Callable[[str], bytes],
+    size: int,
+    data: DataConfig,
+    out: Path,
+    pool: parallel.Workers,
 ) -> Result:
     if data.test_fraction is not None:
         raise DatasetLayoutError(
@@ -110,20 +118,25 @@ def _decode_cifar_python(
         for i, (y, v) in enumerate(zip(cifar.train_labels, in_val, strict=True))
     ] + [Item(f"test[{i}]", int(y), "test") for i, y in enumerate(cifar.test_labels)]
     plan = Plan(list(cifar.classes), items, "CIFAR-10 python batches", "test")
+    step = chunk_items(size)
     chunks = (
-        (_resize_batch(images[i : i + 1024], size), [])
+        images[i : i + step]
         for images in (cifar.train_images, cifar.test_images)
-        for i in range(0, len(images), 1024)
+        for i in range(0, len(images), step)
     )
-    return _write_splits(plan, chunks, size, out)
+    return _write_splits(
+        plan, pool.map(functools.partial(resize_batch, size=size), chunks), size, out
+    )
 
 
-def _resize_batch(images: np.ndarray, size: int) -> np.ndarray:
+def resize_batch(images: np.ndarray, size: int) -> Decoded:
+    """uint8 NCHW images resized (shorter side, center crop) to `size`: a worker's chunk."""
     if images.shape[-1] == size and images.shape[-2] == size:
-        return images
-    return np.stack(
-        [to_chw(resize_center_crop(Image.fromarray(i.transpose(1, 2, 0)), size)) for i in images]
-    )
+        return images, []
+    resized = [
+        to_chw(resize_center_crop(Image.fromarray(i.transpose(1, 2, 0)), size)) for i in images
+    ]
+    return np.stack(resized), []
 
 
 def _check_disk(out: Path, plan: Plan, size: int) -> None:

@@ -20,6 +20,7 @@ import hashlib
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -34,8 +35,7 @@ class DatasetLayoutError(ValueError):
     """The source is neither CIFAR-10 python batches nor an image folder this module reads."""
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(NamedTuple):
     """One image to decode: its name in the archive, its class index and its split."""
 
     name: str
@@ -66,7 +66,9 @@ def _parts(name: str) -> list[str]:
 
 
 def _hidden(name: str) -> bool:
-    return any(part.startswith(".") or part == "__MACOSX" for part in _parts(name))
+    """A name with a part starting with '.', or a part '__MACOSX'."""
+    path = f"/{name}/"
+    return "/." in path or "/__MACOSX/" in path
 
 
 def plan_image_folder(
@@ -119,7 +121,7 @@ def _split_folders_root(names: Sequence[str]) -> str | None:
 
 def _plan_split_folders(names: Sequence[str], root: str, val_fraction: float, seed: int) -> Plan:
     prefix = f"{root}/" if root else ""
-    found: dict[str, list[tuple[str, str]]] = {}  # folder -> [(name, class)]
+    found: dict[str, list[tuple[str, str]]] = {}  # folder -> [(name, class)] in archive order
     for name in names:
         rel = _parts(name[len(prefix) :]) if name.startswith(prefix) else []
         if len(rel) == 3:
@@ -135,14 +137,16 @@ def _plan_split_folders(names: Sequence[str], root: str, val_fraction: float, se
     if unknown:
         raise DatasetLayoutError(f"{held_out}/ has classes not in train/: {', '.join(unknown)}")
     index = {c: i for i, c in enumerate(classes)}
-    in_val = carve_val(len(found["train"]), val_fraction, seed)
-    items = [
-        Item(name, index[cls], "val" if val else "train")
-        for (name, cls), val in zip(found["train"], in_val, strict=True)
-    ]
-    items += [Item(name, index[cls], "test") for name, cls in found[held_out]]
-    order = {name: i for i, name in enumerate(names)}
-    items.sort(key=lambda item: order[item.name])  # archive order, as the files are read
+    in_val = iter(carve_val(len(found["train"]), val_fraction, seed).tolist())
+    # One pass in archive order (the order the files are read in): the k-th train image met
+    # takes the k-th draw of the val carve.
+    items = []
+    for name in names:
+        rel = _parts(name[len(prefix) :]) if name.startswith(prefix) else []
+        if len(rel) == 3 and rel[0] == "train":
+            items.append(Item(name, index[rel[1]], "val" if next(in_val) else "train"))
+        elif len(rel) == 3 and rel[0] == held_out:
+            items.append(Item(name, index[rel[1]], "test"))
     return Plan(classes, items, "split folders", held_out)
 
 
