@@ -6,6 +6,7 @@ of bench/RESULTS.md, so a figure is never quoted without the machine it was take
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import json
@@ -13,7 +14,11 @@ import os
 import platform
 import re
 import statistics
+import subprocess
+import tempfile
+import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +176,74 @@ def png_bytes(chw: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(chw.transpose(1, 2, 0))).save(buf, format="PNG")
     return buf.getvalue()
+
+
+# --- running a stage as a user does, watching its memory ----------------------------------------
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (Linux /proc)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            with contextlib.suppress(OSError):  # the task ended meanwhile
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _memory(pid: int) -> dict[str, int]:
+    """Resident bytes of one process: anonymous (its own), file-backed (mapped files, libraries)."""
+    out = {"anon": 0, "file": 0}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                out["anon"] = int(line.split()[1]) * 1024
+            elif line.startswith(("RssFile:", "RssShmem:")):
+                out["file"] += int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+@dataclass
+class Watched:
+    """A finished command: its wall time and the peak resident memory of its process tree."""
+
+    seconds: float
+    returncode: int
+    output: str
+    peak_rss: int  # anonymous + file-backed, summed over the process and its children
+    peak_anon: int  # anonymous only: memory the processes own (file pages the OS can drop)
+    peak_main_rss: int  # the command's own process
+
+    def check(self) -> Watched:
+        if self.returncode != 0:
+            raise RuntimeError(f"command failed ({self.returncode}):\n{self.output[-4000:]}")
+        return self
+
+
+def run_watched(
+    cmd: list[str], cwd: Path, env: dict[str, str] | None = None, interval: float = 0.1
+) -> Watched:
+    """Run `cmd`, sampling the resident memory of its process tree every `interval` seconds."""
+    with tempfile.TemporaryFile("w+") as log:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        peak = {"rss": 0, "anon": 0, "main": 0}
+        while proc.poll() is None:
+            mems = {p: _memory(p) for p in _tree(proc.pid)}
+            peak["rss"] = max(peak["rss"], sum(m["anon"] + m["file"] for m in mems.values()))
+            peak["anon"] = max(peak["anon"], sum(m["anon"] for m in mems.values()))
+            main = mems.get(proc.pid, {"anon": 0, "file": 0})
+            peak["main"] = max(peak["main"], main["anon"] + main["file"])
+            time.sleep(interval)
+        seconds = time.perf_counter() - started
+        log.seek(0)
+        output = log.read()
+    return Watched(seconds, proc.returncode, output, peak["rss"], peak["anon"], peak["main"])
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
