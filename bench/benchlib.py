@@ -193,6 +193,18 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (/proc/<pid>/stat fields 14 and 15)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
 def _memory(pid: int) -> dict[str, int]:
     """Resident bytes of one process: anonymous (its own), file-backed (mapped files, libraries)."""
     out = {"anon": 0, "file": 0}
@@ -217,6 +229,7 @@ class Watched:
     peak_rss: int  # anonymous + file-backed, summed over the process and its children
     peak_anon: int  # anonymous only: memory the processes own (file pages the OS can drop)
     peak_main_rss: int  # the command's own process
+    cpu_seconds: float  # user + system time of all its processes (sampled: a slight undercount)
 
     def check(self) -> Watched:
         if self.returncode != 0:
@@ -232,8 +245,11 @@ def run_watched(
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
         peak = {"rss": 0, "anon": 0, "main": 0}
+        cpu: dict[int, float] = {}
         while proc.poll() is None:
-            mems = {p: _memory(p) for p in _tree(proc.pid)}
+            pids = _tree(proc.pid)
+            cpu.update({p: max(cpu.get(p, 0.0), _cpu_seconds(p)) for p in pids})
+            mems = {p: _memory(p) for p in pids}
             peak["rss"] = max(peak["rss"], sum(m["anon"] + m["file"] for m in mems.values()))
             peak["anon"] = max(peak["anon"], sum(m["anon"] for m in mems.values()))
             main = mems.get(proc.pid, {"anon": 0, "file": 0})
@@ -242,7 +258,9 @@ def run_watched(
         seconds = time.perf_counter() - started
         log.seek(0)
         output = log.read()
-    return Watched(seconds, proc.returncode, output, peak["rss"], peak["anon"], peak["main"])
+    return Watched(
+        seconds, proc.returncode, output, peak["rss"], peak["anon"], peak["main"], sum(cpu.values())
+    )
 
 
 def gib(n: float) -> str:

@@ -141,7 +141,7 @@ def time_dataset(
             runs[version].append(watched)
             print(
                 f"  {name} {version}: {watched.seconds:.2f} s, "
-                f"peak {watched.peak_rss / 2**20:.0f} MiB"
+                f"peak {watched.peak_rss / 2**20:.0f} MiB, CPU {watched.cpu_seconds:.1f} s"
             )
     meta = json.loads((works["new"] / "data" / "processed" / "meta.json").read_text())
     return {
@@ -149,6 +149,7 @@ def time_dataset(
         "image_size": meta["image_size"],
         "archive_bytes": archive.stat().st_size,
         "seconds": {v: [w.seconds for w in ws] for v, ws in runs.items()},
+        "cpu_seconds": {v: [w.cpu_seconds for w in ws] for v, ws in runs.items()},
         "peak_rss": {v: max(w.peak_rss for w in ws) for v, ws in runs.items()},
         "difference": pixel_difference(read_splits(works["old"]), read_splits(works["new"])),
     }

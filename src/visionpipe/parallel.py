@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -30,11 +31,12 @@ def cpu_count() -> int:
 
 def _context() -> multiprocessing.context.BaseContext:
     # Not fork: the parent has numpy's BLAS threads, and forking a threaded process can deadlock
-    # (Python 3.12 warns about it). The fork server imports the main module once, then forks
-    # each worker from that clean process.
+    # (Python 3.12 warns about it). The fork server imports the project's modules once and forks
+    # each worker from that clean process; a worker still runs the main script's top level (as
+    # multiprocessing does), which then finds its imports done.
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["__main__", "visionpipe.images"])
+        ctx.set_forkserver_preload(sorted(m for m in sys.modules if m.startswith("visionpipe.")))
         return ctx
     return multiprocessing.get_context("spawn")
 

@@ -15,7 +15,7 @@ import csv
 import functools
 import logging
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,10 +73,12 @@ def decode_source(
         big = source.is_dir() or source.stat().st_size >= PARALLEL_MIN_BYTES
         workers = parallel.cpu_count() if big else 1
     # The workers start now and get ready while this process lists and checks the archive.
-    with parallel.Workers(workers) as pool, archive.open_files(source) as (names, read):
-        if cifar_pickle.is_cifar_python(names):
-            return _decode_cifar_python(names, read, size, data, out, pool)
-        plan = splits.plan_image_folder(names, data.test_fraction, data.val_fraction, data.seed)
+    with parallel.Workers(workers) as pool, archive.open_files(source) as files:
+        if cifar_pickle.is_cifar_python(files.names):
+            return _decode_cifar_python(files, size, data, out, pool)
+        plan = splits.plan_image_folder(
+            files.names, data.test_fraction, data.val_fraction, data.seed
+        )
         log.info(
             "%s: %s layout, %d classes, %d images (%s)",
             source.name,
@@ -85,22 +87,35 @@ def decode_source(
             len(plan.items),
             ", ".join(f"{s} {plan.count(s)}" for s in SPLITS),
         )
-        payloads = _payloads(plan.items, read, chunk_items(size))
-        decoded = pool.map(functools.partial(decode_batch, size=size), payloads)
+        payloads = _payloads(plan.items, files, chunk_items(size), pool.n > 1)
+        decoded = pool.map(functools.partial(decode_chunk, size=size), payloads)
         return _write_splits(plan, decoded, size, out)
 
 
+Payload = list[tuple[str, "bytes | archive.Span"]]
+
+
 def _payloads(
-    items: Sequence[Item], read: Callable[[str], bytes], per_chunk: int
-) -> Iterator[list[tuple[str, bytes]]]:
-    """The items' (name, bytes) in consecutive chunks, read lazily in archive order."""
+    items: Sequence[Item], files: archive.Files, per_chunk: int, spans: bool
+) -> Iterator[Payload]:
+    """The items in consecutive chunks, each image as its bytes, or (`spans`) as where they
+    lie, so that a worker process reads them itself and they never pass through this one."""
     for start in range(0, len(items), per_chunk):
-        yield [(item.name, read(item.name)) for item in items[start : start + per_chunk]]
+        chunk: Payload = []
+        for item in items[start : start + per_chunk]:
+            span = files.span(item.name) if spans else None
+            chunk.append((item.name, files.read(item.name) if span is None else span))
+        yield chunk
+
+
+def decode_chunk(chunk: Payload, size: int) -> Decoded:
+    """A worker's unit of work: read what is not read yet, then decode (`images.decode_batch`)."""
+    items = [(n, d if isinstance(d, bytes) else archive.read_span(d)) for n, d in chunk]
+    return decode_batch(items, size)
 
 
 def _decode_cifar_python(
-    names: list[str],
-    read: Callable[[str], bytes],
+    files: archive.Files,
     size: int,
     data: DataConfig,
     out: Path,
@@ -111,7 +126,7 @@ def _decode_cifar_python(
             f"data.test_fraction={data.test_fraction} applies to flat image folders; the CIFAR-10"
             " archive has its own test split: set data.test_fraction back to null"
         )
-    cifar = cifar_pickle.read_cifar_python((n, read(n)) for n in names)
+    cifar = cifar_pickle.read_cifar_python((n, files.read(n)) for n in files.names)
     in_val = splits.carve_val(len(cifar.train_labels), data.val_fraction, data.seed)
     items = [
         Item(f"train[{i}]", int(y), "val" if v else "train")
