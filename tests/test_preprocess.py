@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -228,3 +229,15 @@ def test_predict_sees_the_pixels_preprocess_wrote(workdir: Path) -> None:
         path.write_bytes(photos[row["file"]])
         images, _ = load_split(row["split"])
         assert np.array_equal(images[int(row["index"])].numpy(), read_image_file(path, 64))
+
+
+def test_too_little_disk_space_is_said_before_decoding(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _flat_zip(workdir / paths.RAW_DIR / "photos.zip", {"ants": 10, "bees": 10})
+    monkeypatch.setattr(
+        preprocess.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 1000)
+    )
+    with pytest.raises(preprocess.DiskSpaceError, match=r"20 images take 0\.0 GiB.*lower"):
+        preprocess.run(_params())
+    assert not paths.PROCESSED_DIR.exists()

@@ -35,9 +35,8 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 8 << 20  # decoded bytes per chunk of work sent to a worker process
 MAX_CHUNK_ITEMS = 256  # images per chunk: enough to make each hand-off cheap
 PARALLEL_MIN_BYTES = 4 << 20  # smaller archives decode in this process: no workers to start
-Decoded = tuple[
-    np.ndarray, list[tuple[int, str]]
-]  # a chunk's images and its (row, reason) failures
+# A decoded chunk: its images, and the (row, reason) of those that could not be decoded.
+Decoded = tuple[np.ndarray, list[tuple[int, str]]]
 
 
 @dataclass
@@ -154,11 +153,16 @@ def resize_batch(images: np.ndarray, size: int) -> Decoded:
     return np.stack(resized), []
 
 
+class DiskSpaceError(OSError):
+    """The decoded images would not fit on the disk holding data/processed."""
+
+
 def _check_disk(out: Path, plan: Plan, size: int) -> None:
+    # Checked before the first write: a full disk midway would waste the whole decode.
     need = len(plan.items) * 3 * size * size
     free = shutil.disk_usage(out).free
     if need > free:
-        raise OSError(
+        raise DiskSpaceError(
             f"the {len(plan.items):,} images take {need / 2**30:.1f} GiB at {size}x{size} pixels "
             f"and {out.parent} has {free / 2**30:.1f} GiB free: free some space or lower "
             "preprocess.image_size"
