@@ -265,3 +265,11 @@ def run_watched(
 
 def gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
+
+
+def publish(name: str, body: str, payload: dict[str, Any], write: bool) -> None:
+    """Print a benchmark's RESULTS.md section; with `write`, also record it and its raw figures."""
+    print("\n" + "=" * 72 + "\n" + body + "\n" + "=" * 72)
+    if write:
+        payload = {"benchmark": name, **payload}
+        print(f"wrote {write_json_result(name, payload)} and {update_results_md(name, body)}")

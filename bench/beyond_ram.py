@@ -42,9 +42,8 @@ from benchlib import (
     gib,
     machine_info,
     machine_line,
+    publish,
     run_watched,
-    update_results_md,
-    write_json_result,
 )
 from PIL import Image, ImageChops, ImageDraw
 
@@ -229,15 +228,8 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     body = report(info, args, res)
-    print("\n" + "=" * 72 + "\n" + body + "\n" + "=" * 72)
-    if not args.no_write:
-        payload = {
-            "benchmark": NAME,
-            "machine": info,
-            "args": {k: str(v) for k, v in vars(args).items()},
-            **res,
-        }
-        print(f"wrote {write_json_result(NAME, payload)} and {update_results_md(NAME, body)}")
+    args_text = {k: str(v) for k, v in vars(args).items()}
+    publish(NAME, body, {"machine": info, "args": args_text, **res}, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -40,9 +40,8 @@ from benchlib import (
     busy_note,
     machine_info,
     machine_line,
+    publish,
     run_watched,
-    update_results_md,
-    write_json_result,
 )
 from PIL import Image, ImageChops, ImageDraw
 
@@ -252,15 +251,8 @@ def main() -> None:
                 "hymenoptera", args.hymenoptera, params, checkouts, args.repeats, tmp
             )
     body = report(info, args, results)
-    print("\n" + "=" * 72 + "\n" + body + "\n" + "=" * 72)
-    if not args.no_write:
-        payload = {
-            "benchmark": NAME,
-            "machine": info,
-            "args": {k: str(v) for k, v in vars(args).items()},
-            "results": results,
-        }
-        print(f"wrote {write_json_result(NAME, payload)} and {update_results_md(NAME, body)}")
+    args_text = {k: str(v) for k, v in vars(args).items()}
+    publish(NAME, body, {"machine": info, "args": args_text, "results": results}, not args.no_write)
 
 
 if __name__ == "__main__":
