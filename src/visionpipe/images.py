@@ -55,6 +55,15 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+# Where Pillow's getexif() finds an orientation: without any of these an image is upright, and
+# skipping exif_transpose saves a tenth of the decode time of a small JPEG.
+_ORIENTATION_SOURCES = frozenset({"exif", "Raw profile type exif", "xmp", "XML:com.adobe.xmp"})
+
+
+def _may_be_rotated(img: Image.Image) -> bool:
+    return hasattr(img, "tag_v2") or not _ORIENTATION_SOURCES.isdisjoint(img.info)
+
+
 def decode_rgb(data: bytes, name: str, size: int | None = None) -> Image.Image:
     """Decode image bytes to an RGB PIL image, EXIF orientation applied.
 
@@ -78,11 +87,12 @@ def decode_rgb(data: bytes, name: str, size: int | None = None) -> Image.Image:
                     f"image is {w}x{h} ({w * h:,} pixels), above the {MAX_PIXELS:,} limit; "
                     "downscale it first",
                 )
-            if size is not None:  # a no-op for formats other than JPEG
-                gap = round(size * DRAFT_GAP)
+            gap = round(size * DRAFT_GAP) if size is not None else 0
+            if gap and min(w, h) >= 2 * gap:  # a 1/2 scale fits; a no-op for non-JPEGs
                 img.draft(None, (gap, gap))
             img.load()  # decode now so truncation surfaces here, not later
-            ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of an upright photo
+            if _may_be_rotated(img):
+                ImageOps.exif_transpose(img, in_place=True)  # in place: no copy when upright
             return _to_rgb(img)
     except BadImageError:
         raise
@@ -106,9 +116,14 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+def _hwc(img: Image.Image) -> np.ndarray:
+    """RGB PIL image -> (H, W, 3) uint8 view of its bytes (faster than np.asarray's protocol)."""
+    return np.frombuffer(img.tobytes(), np.uint8).reshape(img.height, img.width, 3)
+
+
 def to_chw(img: Image.Image) -> np.ndarray:
     """RGB PIL image -> contiguous (3, H, W) uint8 array."""
-    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+    return np.ascontiguousarray(_hwc(img).transpose(2, 0, 1))
 
 
 def load_array(data: bytes, name: str, size: int) -> np.ndarray:
@@ -126,7 +141,9 @@ def decode_batch(
     failed = []
     for row, (name, data) in enumerate(items):
         try:
-            out[row] = load_array(data, name, size)
+            out[row] = _hwc(resize_center_crop(decode_rgb(data, name, size), size)).transpose(
+                2, 0, 1
+            )
         except BadImageError as exc:
             failed.append((row, exc.reason))
     return out, failed
