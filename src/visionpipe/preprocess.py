@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
+import gc
 import logging
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
@@ -72,7 +73,7 @@ def decode_source(
         big = source.is_dir() or source.stat().st_size >= PARALLEL_MIN_BYTES
         workers = parallel.cpu_count() if big else 1
     # The workers start now and get ready while this process lists and checks the archive.
-    with parallel.Workers(workers) as pool, archive.open_files(source) as files:
+    with _no_cyclic_gc(), parallel.Workers(workers) as pool, archive.open_files(source) as files:
         if cifar_pickle.is_cifar_python(files.names):
             return _decode_cifar_python(files, size, data, out, pool)
         plan = splits.plan_image_folder(
@@ -89,6 +90,20 @@ def decode_source(
         payloads = _payloads(plan.items, files, chunk_items(size), pool.n > 1)
         decoded = pool.map(functools.partial(decode_chunk, size=size), payloads)
         return _write_splits(plan, decoded, size, out)
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Pause Python's cycle collector: listing and planning keep about ten objects per file,
+    which it would otherwise scan again and again (a quarter of the listing time for 60,000
+    files). Nothing here makes reference cycles; reference counting still frees the rest."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 Payload = list[tuple[str, "bytes | archive.Span"]]

@@ -121,32 +121,33 @@ def _split_folders_root(names: Sequence[str]) -> str | None:
 
 def _plan_split_folders(names: Sequence[str], root: str, val_fraction: float, seed: int) -> Plan:
     prefix = f"{root}/" if root else ""
-    found: dict[str, list[tuple[str, str]]] = {}  # folder -> [(name, class)] in archive order
-    for name in names:
-        rel = _parts(name[len(prefix) :]) if name.startswith(prefix) else []
-        if len(rel) == 3:
-            found.setdefault(rel[0], []).append((name, rel[1]))
-    held_out = next((s for s in HELD_OUT_NAMES if s in found), None)
+    # (name, folder, class) of every <folder>/<class>/<image> below the root, in archive order.
+    found = [
+        (name, rel[0], rel[1])
+        for name in names
+        if name.startswith(prefix) and len(rel := name[len(prefix) :].split("/")) == 3
+    ]
+    folders = {folder for _, folder, _ in found}
+    held_out = next((s for s in HELD_OUT_NAMES if s in folders), None)
     if held_out is None:
         raise DatasetLayoutError(
             f"found '{prefix}train/' but no held-out split next to it: add a 'test/' or 'val/' "
             f"folder of class folders, {README_SECTION}"
         )
-    classes = sorted({cls for _, cls in found["train"]})  # ImageFolder's rule: sorted names
-    unknown = sorted({cls for _, cls in found[held_out]} - set(classes))
+    classes = sorted({cls for _, folder, cls in found if folder == "train"})  # ImageFolder's rule
+    unknown = sorted({cls for _, folder, cls in found if folder == held_out} - set(classes))
     if unknown:
         raise DatasetLayoutError(f"{held_out}/ has classes not in train/: {', '.join(unknown)}")
     index = {c: i for i, c in enumerate(classes)}
-    in_val = iter(carve_val(len(found["train"]), val_fraction, seed).tolist())
-    # One pass in archive order (the order the files are read in): the k-th train image met
-    # takes the k-th draw of the val carve.
-    items = []
-    for name in names:
-        rel = _parts(name[len(prefix) :]) if name.startswith(prefix) else []
-        if len(rel) == 3 and rel[0] == "train":
-            items.append(Item(name, index[rel[1]], "val" if next(in_val) else "train"))
-        elif len(rel) == 3 and rel[0] == held_out:
-            items.append(Item(name, index[rel[1]], "test"))
+    n_train = sum(folder == "train" for _, folder, _ in found)
+    in_val = iter(carve_val(n_train, val_fraction, seed).tolist())
+    # In archive order (the order the files are read in): the k-th train image met takes the
+    # k-th draw of the val carve.
+    items = [
+        Item(name, index[cls], "test" if folder == held_out else "val" if next(in_val) else "train")
+        for name, folder, cls in found
+        if folder in ("train", held_out)
+    ]
     return Plan(classes, items, "split folders", held_out)
 
 
