@@ -22,9 +22,10 @@ from visionpipe import arrays, paths
 
 log = logging.getLogger(__name__)
 
-# Bytes of split images training may copy into host memory (e.g. 8GiB, 500MB, 0); unset: half of
-# the memory available when training starts. An environment variable, not a param: it depends
-# on the machine, not the experiment, and changes no result.
+# Bytes of split images a training process may copy into host memory (e.g. 8GiB, 500MB, 0);
+# unset: half of the memory available when training starts, divided among torchrun's
+# processes. An environment variable, not a param: it depends on the machine, not the
+# experiment, and changes no result.
 MEMORY_BUDGET_ENV = "VISIONPIPE_MEMORY_BUDGET"
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
@@ -134,10 +135,13 @@ def available_memory() -> int:
 
 
 def memory_budget() -> int:
-    """Bytes of split images training may copy into host memory: $VISIONPIPE_MEMORY_BUDGET,
-    else half the memory available now."""
+    """Bytes of split images this process may copy into host memory: $VISIONPIPE_MEMORY_BUDGET,
+    else half the memory available now, shared by the processes torchrun starts on this machine
+    (each holds its own copy)."""
     value = os.environ.get(MEMORY_BUDGET_ENV)
-    return parse_bytes(value) if value else available_memory() // 2
+    if value:
+        return parse_bytes(value)
+    return available_memory() // (2 * int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def free_memory(device: torch.device) -> int | None:
