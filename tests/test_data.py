@@ -58,3 +58,18 @@ def test_a_bad_memory_budget_names_the_variable(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv(data.MEMORY_BUDGET_ENV, "lots")
     with pytest.raises(ValueError, match="VISIONPIPE_MEMORY_BUDGET='lots' is not a size"):
         data.memory_budget()
+
+
+def test_the_mapped_split_is_only_read(processed: Path) -> None:
+    """Mapped read-only (a split larger than memory cannot be mapped copy-on-write): every use
+    of split images must make new tensors; a write would crash the process (SIGSEGV). Training
+    is covered above; here the uses outside the batch path."""
+    from tests.conftest import FAST_MODEL
+    from visionpipe.models import build_model
+    from visionpipe.runtime import predict_logits
+
+    mapped = data.load_training_data(torch.device("cpu"), budget=0)
+    model = build_model(FAST_MODEL["name"], 3, 16, {}, [0.3] * 3, [0.2] * 3)
+    model.prepare(mapped.train_x)  # airbench's whitening reads the train images
+    logits = predict_logits(model, mapped.val_x, torch.device("cpu"), 8)
+    assert logits.shape == (len(mapped.val_y), 3)

@@ -127,11 +127,16 @@ def read_index(index_path: Path) -> dict[str, Any]:
 
 
 def open_images(index_path: Path, index: dict[str, Any], in_memory: bool = False) -> np.ndarray:
-    """The split's images: memory-mapped copy-on-write (nothing is read until touched, and a
-    stray write changes this process's copy, never the file), or read whole into memory."""
+    """The split's images: memory-mapped read-only (nothing is read until touched), or read
+    whole into memory.
+
+    Read-only, not copy-on-write: Linux counts a private writable mapping against its memory
+    commit limit as if every page might be copied, and refuses one larger than memory, which
+    is the case this mapping is for.
+    """
     path = index_path.with_name(index["images"])
     try:
-        images = np.load(path, mmap_mode=None if in_memory else "c")
+        images = np.load(path, mmap_mode=None if in_memory else "r")
     except (OSError, ValueError) as exc:
         raise SplitFileError(
             f"{path} cannot be read ({exc}): run 'uv run dvc repro preprocess'"

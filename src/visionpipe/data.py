@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,11 @@ def load_split(split: str, in_memory: bool = False) -> tuple[torch.Tensor, torch
     index_path = paths.require(paths.split_file(split), "preprocess")
     index = arrays.read_index(index_path)
     images = arrays.open_images(index_path, index, in_memory)
-    return torch.from_numpy(images), torch.tensor(index["labels"], dtype=torch.int64)
+    with warnings.catch_warnings():
+        # A mapped split is read-only. Nothing writes to split images: batches, augmentation
+        # and model inputs are all new tensors gathered or converted from them.
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        return torch.from_numpy(images), torch.tensor(index["labels"], dtype=torch.int64)
 
 
 def read_meta() -> dict[str, Any]:
