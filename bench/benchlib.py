@@ -6,6 +6,7 @@ of bench/RESULTS.md, so a figure is never quoted without the machine it was take
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import json
@@ -13,7 +14,11 @@ import os
 import platform
 import re
 import statistics
+import subprocess
+import tempfile
+import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +176,100 @@ def png_bytes(chw: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(chw.transpose(1, 2, 0))).save(buf, format="PNG")
     return buf.getvalue()
+
+
+# --- running a stage as a user does, watching its memory ----------------------------------------
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (Linux /proc)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            with contextlib.suppress(OSError):  # the task ended meanwhile
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (/proc/<pid>/stat fields 14 and 15)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _memory(pid: int) -> dict[str, int]:
+    """Resident bytes of one process: anonymous (its own), file-backed (mapped files, libraries)."""
+    out = {"anon": 0, "file": 0}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                out["anon"] = int(line.split()[1]) * 1024
+            elif line.startswith(("RssFile:", "RssShmem:")):
+                out["file"] += int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+@dataclass
+class Watched:
+    """A finished command: its wall time and the peak resident memory of its process tree."""
+
+    seconds: float
+    returncode: int
+    output: str
+    peak_rss: int  # anonymous + file-backed, summed over the process and its children
+    peak_anon: int  # anonymous only: memory the processes own (file pages the OS can drop)
+    peak_main_rss: int  # the command's own process
+    cpu_seconds: float  # user + system time of all its processes (sampled: a slight undercount)
+
+    def check(self) -> Watched:
+        if self.returncode != 0:
+            raise RuntimeError(f"command failed ({self.returncode}):\n{self.output[-4000:]}")
+        return self
+
+
+def run_watched(
+    cmd: list[str], cwd: Path, env: dict[str, str] | None = None, interval: float = 0.1
+) -> Watched:
+    """Run `cmd`, sampling the resident memory of its process tree every `interval` seconds."""
+    with tempfile.TemporaryFile("w+") as log:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        peak = {"rss": 0, "anon": 0, "main": 0}
+        cpu: dict[int, float] = {}
+        while proc.poll() is None:
+            pids = _tree(proc.pid)
+            cpu.update({p: max(cpu.get(p, 0.0), _cpu_seconds(p)) for p in pids})
+            mems = {p: _memory(p) for p in pids}
+            peak["rss"] = max(peak["rss"], sum(m["anon"] + m["file"] for m in mems.values()))
+            peak["anon"] = max(peak["anon"], sum(m["anon"] for m in mems.values()))
+            main = mems.get(proc.pid, {"anon": 0, "file": 0})
+            peak["main"] = max(peak["main"], main["anon"] + main["file"])
+            time.sleep(interval)
+        seconds = time.perf_counter() - started
+        log.seek(0)
+        output = log.read()
+    return Watched(
+        seconds, proc.returncode, output, peak["rss"], peak["anon"], peak["main"], sum(cpu.values())
+    )
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def publish(name: str, body: str, payload: dict[str, Any], write: bool) -> None:
+    """Print a benchmark's RESULTS.md section; with `write`, also record it and its raw figures."""
+    print("\n" + "=" * 72 + "\n" + body + "\n" + "=" * 72)
+    if write:
+        payload = {"benchmark": name, **payload}
+        print(f"wrote {write_json_result(name, payload)} and {update_results_md(name, body)}")

@@ -1,4 +1,4 @@
-"""Stage evaluate: test loss, accuracy, per-class accuracy and confusion matrix."""
+"""Stage evaluate: test loss, accuracy, macro-F1, per-class scores and confusion matrix."""
 
 from visionpipe import evaluate, logs
 from visionpipe.config import load_params

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from visionpipe import paths
+from visionpipe.arrays import SplitWriter
 from visionpipe.config import parse_params
-from visionpipe.fsutil import save_torch
 
 CLASSES = ["cat", "dog", "frog"]
 
@@ -22,17 +21,15 @@ def write_processed(
     """Learnable tiny splits under `root`/data/processed: class k is brightest in channel k."""
     rng = np.random.default_rng(seed)
     counts = {"train": n_train, "val": n_val, "test": n_test}
+    folder = root / paths.PROCESSED_DIR
+    folder.mkdir(parents=True, exist_ok=True)
     for split, n in counts.items():
         labels = np.arange(n) % len(CLASSES)
         images = rng.integers(0, 100, size=(n, 3, size, size), dtype=np.uint8)
         images[np.arange(n), labels] += 120
-        save_torch(
-            root / paths.split_file(split),
-            {
-                "images": torch.from_numpy(images),
-                "labels": torch.from_numpy(labels.astype(np.int64)),
-            },
-        )
+        with SplitWriter(folder, split, size) as writer:
+            writer.append(images, labels)
+            writer.close()
     meta = {
         "dataset": "imagefolder",
         "classes": CLASSES,

@@ -280,3 +280,52 @@ def test_pack_directory_refuses_empty_and_self(tmp_path: Path) -> None:
     _tree(tmp_path / "src")
     with pytest.raises(ValueError, match="inside the folder"):
         pack_directory(tmp_path / "src", tmp_path / "src" / "out.tar")
+
+
+def _spans_of(source: Path) -> dict[str, bytes | None]:
+    """name -> the bytes read back from its span in another reader (None: no span)."""
+    from visionpipe.archive import open_files, read_span
+
+    with open_files(source) as files:
+        spans = {name: files.span(name) for name in files.names}
+        assert all(files.read(n) == read_span(s) for n, s in spans.items() if s is not None)
+    return {name: None if s is None else read_span(s) for name, s in spans.items()}
+
+
+def test_spans_read_the_same_bytes_from_zips_tars_and_folders(tmp_path: Path) -> None:
+    data = {"a/one.bin": os.urandom(3000), "a/two.txt": b"hello " * 500, "b/é.txt": b"x"}
+    stored = tmp_path / "stored.zip"
+    with (
+        zipfile.ZipFile(stored, "w", zipfile.ZIP_STORED) as z,
+        zipfile.ZipFile(tmp_path / "deflated.zip", "w", zipfile.ZIP_DEFLATED) as d,
+    ):
+        for name, blob in data.items():
+            z.writestr(name, blob)
+            d.writestr(name, blob)
+    folder = tmp_path / "folder"
+    for name, blob in data.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(blob)
+    for source in (stored, tmp_path / "deflated.zip", folder):
+        assert _spans_of(source) == data, source
+    plain = _tar(tmp_path / "plain.tar", [(n, b, tarfile.REGTYPE, "") for n, b in data.items()])
+    assert _spans_of(plain) == data
+    gz = _tar(tmp_path / "packed.tar.gz", [(n, b, tarfile.REGTYPE, "") for n, b in data.items()])
+    assert _spans_of(gz) == dict.fromkeys(data), "a compressed tar is read in order only"
+
+
+def test_a_span_of_a_damaged_zip_member_is_refused(tmp_path: Path) -> None:
+    from visionpipe.archive import open_files, read_span
+
+    source = tmp_path / "photos.zip"
+    with zipfile.ZipFile(source, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("cats/1.jpg", b"A" * 1000)
+    with open_files(source) as files:
+        span = files.span("cats/1.jpg")
+    blob = bytearray(source.read_bytes())
+    blob[blob.index(b"A" * 1000) + 500] = ord("B")  # one flipped byte in the member's data
+    damaged = tmp_path / "damaged.zip"
+    damaged.write_bytes(bytes(blob))
+    assert span is not None
+    with pytest.raises(ValueError, match="fails its CRC check"):
+        read_span(span._replace(path=str(damaged)))

@@ -80,3 +80,28 @@ def test_resize_shorter_side_then_center_crop() -> None:
     assert np.asarray(out)[:, 2:8].min() > 200
     chw = load_array(_encode(Image.fromarray(arr), "PNG"), "a.png", 10)
     assert chw.shape == (3, 10, 10) and chw.dtype == np.uint8
+
+
+def _photo(width: int, height: int, **save: object) -> bytes:
+    """A smooth photo-like JPEG: a colour gradient with a bright disc."""
+    y, x = np.mgrid[0:height, 0:width]
+    arr = np.stack([x * 255 // width, y * 255 // height, (x + y) * 127 // (width + height)], -1)
+    arr[(x - width // 3) ** 2 + (y - height // 2) ** 2 < (height // 5) ** 2] = 240
+    return _encode(Image.fromarray(arr.astype(np.uint8)), "JPEG", quality=90, **save)
+
+
+def test_big_jpegs_decode_at_reduced_scale_close_to_a_full_decode() -> None:
+    data = _photo(1600, 1200)
+    # 1/8 scale keeps 150 rows, at least DRAFT_GAP (2) x 64: the most libjpeg can skip.
+    assert decode_rgb(data, "p.jpg", 64).size == (200, 150)
+    assert decode_rgb(data, "p.jpg", 224).size == (800, 600)  # 1/2: 1/4 would leave 300 < 448
+    assert decode_rgb(data, "p.jpg").size == (1600, 1200)
+    draft = load_array(data, "p.jpg", 64).astype(int)
+    full = np.asarray(resize_center_crop(decode_rgb(data, "p.jpg"), 64)).transpose(2, 0, 1)
+    assert np.abs(draft - full.astype(int)).mean() < 2.0
+
+
+def test_reduced_scale_decoding_keeps_the_exif_rotation() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    assert decode_rgb(_photo(1600, 1200, exif=exif.tobytes()), "r.jpg", 64).size == (150, 200)

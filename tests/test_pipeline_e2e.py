@@ -66,8 +66,12 @@ def test_official_format_over_http_repro_exp_metrics_plots(tmp_path: Path) -> No
     assert meta["counts"] == {"train": 180, "val": 20, "test": 60}
     evaluation = json.loads((repo / paths.EVAL_METRICS).read_text())
     assert evaluation["test_images"] == 60
-    per_class = json.loads((repo / "dvclive/eval/plots/custom/per_class_accuracy.json").read_text())
-    assert {row["class"] for row in per_class} == set(CLASSES)
+    assert not any(key.startswith("per_class") for key in evaluation)  # files, not columns
+    recall = json.loads((repo / "dvclive/eval/plots/custom/per_class_recall.json").read_text())
+    assert {row["class"] for row in recall} == set(CLASSES)
+    per_class = json.loads((repo / "metrics/per_class.json").read_text())["classes"]
+    assert [c["class"] for c in per_class] == list(CLASSES)
+    assert sum(c["support"] for c in per_class) == 60
     exported = json.loads((repo / "metrics/export.json").read_text())
     assert exported["top1_agreement"] == 1.0
     assert exported["max_abs_logit_diff"] <= 1e-4

@@ -133,3 +133,77 @@ def test_exported_onnx_holds_no_machine_paths(exported_model: Path) -> None:
     data = (exported_model / "model.onnx").read_bytes()
     src = Path(__file__).resolve().parents[1] / "src"
     assert b"stack_trace" not in data and str(src).encode() not in data
+
+
+def _identity_onnx(path: Path, shape: list[int], metadata: dict[str, str] | None = None) -> Path:
+    """An unrelated ONNX model: one Identity node over a float tensor of `shape`."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "other", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8  # one every onnxruntime reads
+    for key, value in (metadata or {}).items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    onnx.save(model, str(path))
+    return path
+
+
+def _bad_models(exported: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (model file, what its error must say)"""
+    import onnx
+
+    good = (exported / "model.onnx").read_bytes()
+    (tmp / "corrupt.onnx").write_bytes(bytes(range(256)) * 40)
+    (tmp / "truncated.onnx").write_bytes(good[: len(good) // 2])
+    stripped = onnx.load(str(exported / "model.onnx"))
+    del stripped.metadata_props[:]
+    onnx.save(stripped, str(tmp / "no-metadata.onnx"))
+    meta = {"classes": '["a", "b"]', "image_size": "16"}
+    return {
+        "corrupt": (tmp / "corrupt.onnx", "not a readable ONNX model"),
+        "truncated": (tmp / "truncated.onnx", "not a readable ONNX model"),
+        "not onnx": (exported / "model.pt", "not a readable ONNX model"),
+        "a folder": (tmp, "a folder, not an ONNX model file"),
+        "no metadata": (tmp / "no-metadata.onnx", "without visionpipe metadata"),
+        "unrelated": (
+            _identity_onnx(tmp / "mnist.onnx", [1, 1, 28, 28]),
+            "without visionpipe metadata",
+        ),
+        "another input shape": (
+            _identity_onnx(tmp / "other.onnx", [1, 1, 28, 28], meta),
+            "does not take float [batch, 3, 16, 16] images to 2 logits",
+        ),
+        "missing": (tmp / "absent.onnx", "not found"),
+    }
+
+
+def test_a_bad_model_file_gets_one_line_and_exit_code_2(
+    exported_model: Path, tmp_path: Path
+) -> None:
+    image = tmp_path / "img.png"
+    Image.new("RGB", (20, 20), "red").save(image)
+    for case, (model, message) in _bad_models(exported_model, tmp_path).items():
+        proc = subprocess.run(
+            [sys.executable, "-m", "visionpipe.cli", "predict", str(image), "--model", str(model)],
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 2, (case, proc.stderr)
+        assert proc.stdout == "", case
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1, (case, proc.stderr)
+        assert str(model) in lines[0] and message in lines[0], (case, lines[0])
+
+
+def test_the_torch_backend_names_a_bad_model_file_too(
+    exported_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "model.pt"
+    bad.write_bytes((exported_model / "model.onnx").read_bytes())
+    image = tmp_path / "img.png"
+    Image.new("RGB", (20, 20), "red").save(image)
+    assert main(["predict", str(image), "--backend", "torch", "--model", str(bad)]) == 2
+    assert f"{bad}: not a visionpipe model.pt" in capsys.readouterr().err

@@ -1,9 +1,11 @@
-"""Preprocess: ImageFolder layouts, bad images reported (skipped or fatal), splits and stats."""
+"""Preprocess: image-folder layouts, bad images reported (skipped or fatal), splits and stats."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -12,8 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from visionpipe import paths, preprocess
+from visionpipe import paths, preprocess, splits
 from visionpipe.config import parse_params
+from visionpipe.data import load_split
 
 
 def _jpeg(color: tuple[int, int, int], size: tuple[int, int] = (48, 36)) -> bytes:
@@ -35,11 +38,11 @@ def _make_zip(dest: Path, held_out: str = "val", extra: dict[str, bytes] | None 
     return dest
 
 
-def _params(**data: object):
+def _params(image_size: int | None = 24, **data: object):
     return parse_params(
         {
             "data": {"dataset": "imagefolder", "source": "x", **data},
-            "preprocess": {"image_size": 24},
+            "preprocess": {"image_size": image_size},
         }
     )
 
@@ -58,10 +61,10 @@ def test_imagefolder_zip_becomes_uint8_splits(workdir: Path, held_out: str) -> N
     assert meta["classes"] == ["ants", "bees"]  # sorted folder names, as ImageFolder
     assert meta["counts"] == {"train": 15, "val": 5, "test": 8}
     assert meta["test_split_source"] == held_out
-    blob = torch.load(paths.split_file("train"), weights_only=True)
-    assert blob["images"].dtype == torch.uint8 and blob["images"].shape == (15, 3, 24, 24)
-    assert blob["labels"].dtype == torch.int64
-    bees = blob["images"][blob["labels"] == 1].float().mean(dim=(0, 2, 3))
+    images, labels = load_split("train")
+    assert images.dtype == torch.uint8 and images.shape == (15, 3, 24, 24)
+    assert labels.dtype == torch.int64
+    bees = images[labels == 1].float().mean(dim=(0, 2, 3))
     assert bees[0] > 200 and bees[2] < 60  # RGB order kept
     assert sorted(p.name for p in paths.SAMPLES_DIR.iterdir()) == ["00_ants.png", "01_bees.png"]
     report = json.loads(paths.PREPROCESS_REPORT.read_text())
@@ -91,32 +94,150 @@ def test_on_bad_image_fail_stops_and_names_the_files(workdir: Path) -> None:
     assert not paths.split_file("train").exists(), "a failed preprocess writes no split"
 
 
-def test_layout_errors_are_explained(tmp_path: Path) -> None:
-    z = tmp_path / "flat.zip"
-    with zipfile.ZipFile(z, "w") as f:
-        f.writestr("cats/1.jpg", _jpeg((0, 0, 0)))
-    with pytest.raises(preprocess.DatasetLayoutError, match="train/<class>/<image>"):
-        preprocess.decode_source(z, 8)
-    z2 = tmp_path / "notest.zip"
-    with zipfile.ZipFile(z2, "w") as f:
-        f.writestr("train/cats/1.jpg", _jpeg((0, 0, 0)))
-    with pytest.raises(preprocess.DatasetLayoutError, match="test/"):
-        preprocess.decode_source(z2, 8)
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["cats/1.jpg", "cats/2.jpg"], "found 0 class folders under 'cats'"),
+        (["1.jpg", "2.jpg"], "found 0 class folders under '.'"),
+        (["train/cats/1.jpg"], "no held-out split"),
+        (["a/train/cats/1.jpg", "b/train/cats/1.jpg", "a/test/cats/2.jpg"], "several folders"),
+        (["train/cats/1.jpg", "test/dogs/1.jpg"], "classes not in train/: dogs"),
+        (["notes.txt"], "no image files"),
+    ],
+)
+def test_layout_errors_are_explained(names: list[str], message: str) -> None:
+    with pytest.raises(splits.DatasetLayoutError, match=message):
+        splits.plan_image_folder(names, None, 0.1, 0)
 
 
 def test_val_split_is_seeded_and_disjoint() -> None:
-    split = preprocess.Split(np.zeros((50, 3, 2, 2), np.uint8), np.arange(50, dtype=np.int64))
-    train_a, val_a = preprocess.split_train_val(split, 0.2, seed=1)
-    _, val_b = preprocess.split_train_val(split, 0.2, seed=1)
-    assert np.array_equal(val_a.labels, val_b.labels) and len(val_a.labels) == 10
-    assert not set(train_a.labels) & set(val_a.labels)
-    _, val_c = preprocess.split_train_val(split, 0.2, seed=2)
-    assert not np.array_equal(val_a.labels, val_c.labels)
+    val_a = splits.carve_val(50, 0.2, seed=1)
+    assert np.array_equal(val_a, splits.carve_val(50, 0.2, seed=1)) and val_a.sum() == 10
+    assert not np.array_equal(val_a, splits.carve_val(50, 0.2, seed=2))
+    with pytest.raises(splits.DatasetLayoutError, match="leaves no training images"):
+        splits.carve_val(3, 0.9, seed=0)
 
 
-def test_channel_stats() -> None:
+def test_channel_stats_are_exact_whatever_the_chunks() -> None:
+    from visionpipe.arrays import channel_sums, mean_std
+
     imgs = np.zeros((2, 3, 2, 2), np.uint8)
     imgs[:, 0] = 255
     imgs[1, 1] = 255
-    mean, std = preprocess.channel_stats(imgs)
-    assert mean == [1.0, 0.5, 0.0] and std == [0.0, 0.5, 0.0]
+    assert mean_std(*channel_sums(imgs), 2 * 4) == ([1.0, 0.5, 0.0], [0.0, 0.5, 0.0])
+    parts = [channel_sums(imgs[:1]), channel_sums(imgs[1:])]
+    summed = tuple(a + b for a, b in zip(*parts, strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(summed, channel_sums(imgs), strict=True))
+
+
+def _flat_zip(dest: Path, per_class: dict[str, int], extra: dict[str, bytes] | None = None) -> Path:
+    """A flat collection: photos/<class>/<n>.jpg, each image one solid colour per class."""
+    colors = {"ants": (90, 30, 10), "bees": (250, 200, 0), "wasps": (20, 20, 220)}
+    with zipfile.ZipFile(dest, "w") as z:
+        for cls, n in per_class.items():
+            for i in range(n):
+                z.writestr(f"photos/{cls}/{i:03d}.jpg", _jpeg(colors[cls], (40 + i, 30)))
+        for name, data in (extra or {}).items():
+            z.writestr(name, data)
+    return dest
+
+
+def _record(folder: Path = paths.PROCESSED_DIR) -> list[dict[str, str]]:
+    with open(folder / paths.SPLIT_RECORD.name, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_flat_folder_is_split_recorded_and_counted(workdir: Path) -> None:
+    _flat_zip(
+        workdir / paths.RAW_DIR / "photos.zip",
+        {"ants": 30, "bees": 30, "wasps": 2},
+        extra={"photos/bees/broken.jpg": b"not a jpeg"},
+    )
+    meta = preprocess.run(_params(test_fraction=0.3))
+    assert meta["layout"] == "flat" and meta["test_split_source"] == "carved"
+    assert meta["classes"] == ["ants", "bees", "wasps"]
+    rows = _record()
+    assert len(rows) == 63 and sum(r["split"] == "skipped" for r in rows) == 1
+    for split in splits.SPLITS:
+        images, labels = load_split(split)
+        mine = [r for r in rows if r["split"] == split]
+        assert (
+            [int(r["index"]) for r in mine] == list(range(len(labels))) == list(range(len(images)))
+        )
+        assert [meta["classes"][y] for y in labels.tolist()] == [r["class"] for r in mine]
+        assert sum(meta["class_counts"][split].values()) == meta["counts"][split] == len(labels)
+    # Each row of the arrays is the file the record names: bees are yellow, ants brown.
+    test_images, test_labels = load_split("test")
+    red = test_images.float().mean(dim=(2, 3))[:, 0]
+    assert all(
+        (r > 200) == (meta["classes"][y] == "bees")
+        for r, y in zip(red, test_labels.tolist(), strict=True)
+    )
+    report = json.loads(paths.PREPROCESS_REPORT.read_text())
+    assert any("'wasps'" in w for w in report["warnings"]), report["warnings"]
+
+
+def test_parallel_decoding_writes_the_same_bytes_as_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = _flat_zip(
+        tmp_path / "photos.zip",
+        {"ants": 25, "bees": 25},
+        extra={"photos/ants/cut.jpg": _jpeg((1, 2, 3))[:200], "photos/bees/empty.jpg": b""},
+    )
+    monkeypatch.setattr(preprocess, "MAX_CHUNK_ITEMS", 4)  # 13 chunks over 2 processes
+    data = _params().data
+    outputs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        out.mkdir()
+        result = preprocess.decode_source(source, 24, data, out, workers)
+        outputs[workers] = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+        assert [b["file"] for b in result.bad_images] == [
+            "photos/ants/cut.jpg",
+            "photos/bees/empty.jpg",
+        ]
+    assert sorted(outputs[1]) == [
+        "split.csv",
+        "test.json",
+        "test.npy",
+        "train.json",
+        "train.npy",
+        "val.json",
+        "val.npy",
+    ]
+    assert outputs[1] == outputs[2]
+
+
+def test_predict_sees_the_pixels_preprocess_wrote(workdir: Path) -> None:
+    from visionpipe.images import read_image_file
+
+    rng = np.random.default_rng(0)
+    photos = {}
+    with zipfile.ZipFile(workdir / paths.RAW_DIR / "big.zip", "w") as z:
+        for i in range(12):
+            small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+            img = Image.fromarray(small).resize((1200, 900), Image.Resampling.BICUBIC)
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=90)
+            name = f"album/{'cats' if i % 2 else 'dogs'}/{i}.jpg"
+            z.writestr(name, buf.getvalue())
+            photos[name] = buf.getvalue()
+    preprocess.run(_params(image_size=None))  # imagefolder default: 64 px, JPEG drafts at 1/4
+    for row in _record():
+        path = workdir / Path(row["file"]).name
+        path.write_bytes(photos[row["file"]])
+        images, _ = load_split(row["split"])
+        assert np.array_equal(images[int(row["index"])].numpy(), read_image_file(path, 64))
+
+
+def test_too_little_disk_space_is_said_before_decoding(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _flat_zip(workdir / paths.RAW_DIR / "photos.zip", {"ants": 10, "bees": 10})
+    monkeypatch.setattr(
+        preprocess.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 1000)
+    )
+    with pytest.raises(preprocess.DiskSpaceError, match=r"20 images take 0\.0 GiB.*lower"):
+        preprocess.run(_params())
+    assert not paths.PROCESSED_DIR.exists()

@@ -17,19 +17,22 @@ compressed tar decompress from the start again for every backward seek).
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
+import io
 import logging
 import os
 import posixpath
 import re
 import stat
+import struct
 import tarfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal, NamedTuple
 
 from visionpipe.fsutil import atomic_path
 
@@ -87,23 +90,92 @@ def archive_kind(source: Path) -> Kind:
     )
 
 
+class Span(NamedTuple):  # a tuple: made for every image, so it must be cheap
+    """Where a file's bytes lie, so that another process can read them (`read_span`) without
+    listing and checking the archive again: a range of the archive file, or a folder's file."""
+
+    path: str  # the archive, or for a folder the file itself
+    offset: int = 0
+    size: int = -1  # bytes stored at offset; -1: the whole file at `path`
+    zip_method: int | None = None  # a zip member: its compression (stored or deflated)
+    zip_crc: int = 0
+    zip_name: str = ""  # the name the member's local header must repeat
+
+
+@dataclass(frozen=True)
+class Files:
+    """An opened archive or folder: its regular files and two ways to read them."""
+
+    names: list[str]  # posix relative paths, in the order described above
+    read: Callable[[str], bytes]  # a file's bytes, in this process
+    span: Callable[[str], Span | None]  # where they lie (None: compressed, read in order only)
+
+
+@contextlib.contextmanager
+def open_files(source: Path) -> Iterator[Files]:
+    """The regular files of an archive or folder, checked, with readers; opened once.
+
+    Reading the files in listing order is sequential for every kind, .tar.gz included; skipping
+    some costs nothing. Raises UnsafeArchiveError before returning if any member is unsafe, and
+    ValueError for an unknown archive type or a corrupt archive.
+    """
+    with _open(Path(source)) as (entries, read, span):
+        targets = {entry.name: entry.target for entry in entries}
+        yield Files(
+            [entry.name for entry in entries],
+            lambda name: read(targets[name]),
+            lambda name: span(targets[name]),
+        )
+
+
 def list_files(source: Path) -> list[str]:
     """Names of the regular files `iter_files` would yield, in the same order (same validation)."""
-    source = Path(source)
-    with _open(source) as (entries, _read):
-        return [entry.name for entry in entries]
+    with open_files(source) as files:
+        return files.names
 
 
 def iter_files(source: Path) -> Iterator[tuple[str, bytes]]:
-    """Yield (posix relative path, bytes) for each regular file of an archive or folder.
+    """Yield (posix relative path, bytes) for each regular file of an archive or folder."""
+    with open_files(source) as files:
+        for name in files.names:
+            yield name, files.read(name)
 
-    Raises UnsafeArchiveError before yielding anything if any member is unsafe, and ValueError
-    for an unknown archive type or a corrupt archive.
-    """
-    source = Path(source)
-    with _open(source) as (entries, read):
-        for entry in entries:
-            yield entry.name, read(entry.target)
+
+_ZIP_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # signature ... name length, extra length
+_ZIP_LOCAL_SIGNATURE = b"PK\x03\x04"
+
+
+@functools.lru_cache(maxsize=4)
+def _opened(path: str) -> BinaryIO:
+    # One handle per archive for the life of a worker process, which reads thousands of spans.
+    return open(path, "rb")
+
+
+def read_span(span: Span) -> bytes:
+    """The bytes of one file, from where `Files.span` said they lie (any process may call it)."""
+    if span.size < 0:
+        return Path(span.path).read_bytes()
+    f = _opened(span.path)
+    f.seek(span.offset)
+    if span.zip_method is None:
+        data = f.read(span.size)
+    else:
+        header = f.read(_ZIP_LOCAL_HEADER.size)
+        fields = _ZIP_LOCAL_HEADER.unpack(header) if len(header) == _ZIP_LOCAL_HEADER.size else None
+        if fields is None or fields[0] != _ZIP_LOCAL_SIGNATURE:
+            raise ValueError(f"{span.path} is corrupt: no local header for {span.zip_name!r}")
+        name = f.read(fields[-2]).decode("utf-8" if fields[2] & 0x800 else "cp437")
+        if name != span.zip_name:
+            raise ValueError(f"{span.path} is corrupt: {span.zip_name!r} is stored as {name!r}")
+        f.seek(fields[-1], os.SEEK_CUR)
+        data = f.read(span.size)
+        if span.zip_method == zipfile.ZIP_DEFLATED:
+            data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data)
+        if zlib.crc32(data) != span.zip_crc:
+            raise ValueError(f"{span.path} is corrupt: {span.zip_name!r} fails its CRC check")
+    if span.zip_method is None and len(data) != span.size:
+        raise ValueError(f"{span.path} is truncated: a member ends early, re-download it")
+    return data
 
 
 def pack_directory(src: Path, dest: Path) -> None:
@@ -138,15 +210,21 @@ def pack_directory(src: Path, dest: Path) -> None:
 # --- opening -----------------------------------------------------------------------------------
 
 Reader = Callable[[str], bytes]
+Opened = tuple[list[_Entry], Reader, Callable[[str], Span | None]]
 
 
 @contextlib.contextmanager
-def _open(source: Path) -> Iterator[tuple[list[_Entry], Reader]]:
-    """Validate every member of `source`, then hand back the files to yield and a reader."""
+def _open(source: Path) -> Iterator[Opened]:
+    """Validate every member of `source`, then hand back the files to yield, a reader and where
+    each file's bytes lie."""
     kind = archive_kind(source)
     if kind == "dir":
         root = source.resolve()
-        yield _dir_entries(root), lambda name: (root / name).read_bytes()
+        yield (
+            _dir_entries(root),
+            lambda name: (root / name).read_bytes(),
+            lambda name: Span(str(root / name)),
+        )
     elif kind == "zip":
         with _open_zip(source) as opened:
             yield opened
@@ -156,7 +234,7 @@ def _open(source: Path) -> Iterator[tuple[list[_Entry], Reader]]:
 
 
 @contextlib.contextmanager
-def _open_zip(source: Path) -> Iterator[tuple[list[_Entry], Reader]]:
+def _open_zip(source: Path) -> Iterator[Opened]:
     try:
         zf = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError, EOFError) as e:
@@ -183,10 +261,26 @@ def _open_zip(source: Path) -> Iterator[tuple[list[_Entry], Reader]]:
             else:
                 _refuse_kind(source, info.filename, fmt)
         entries = _plan(source, sorted(files), links, hardlinks={})
+        path = str(source.resolve())
         yield (
             sorted(entries, key=lambda e: e.name),
             (lambda target: _read_zip_member(source, zf, files[target])),
+            (lambda target: _zip_span(path, files[target])),
         )
+
+
+def _zip_span(path: str, info: zipfile.ZipInfo) -> Span | None:
+    """A stored or deflated, unencrypted member's span; None for others (read in this process)."""
+    if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        return None
+    return Span(
+        path,
+        info.header_offset,
+        info.compress_size,
+        info.compress_type,
+        info.CRC,
+        info.orig_filename,
+    )
 
 
 def _read_zip_member(source: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
@@ -205,7 +299,7 @@ _TAR_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError
 
 
 @contextlib.contextmanager
-def _open_tar(source: Path) -> Iterator[tuple[list[_Entry], Reader]]:
+def _open_tar(source: Path) -> Iterator[Opened]:
     try:
         tf = tarfile.open(source, "r:*")  # noqa: SIM115 (closed by the `with tf` below)
     except _TAR_ERRORS as e:
@@ -250,7 +344,18 @@ def _open_tar(source: Path) -> Iterator[tuple[list[_Entry], Reader]]:
             except _TAR_ERRORS as e:
                 raise ValueError(f"{source}: member {target!r} cannot be read ({e})") from e
 
-        yield [planned[name] for name in order if name in planned], read
+        # An uncompressed tar (what the download stage packs a folder into) stores each file
+        # as one byte range; a compressed one can only be read in order, in this process.
+        plain = isinstance(tf.fileobj, io.BufferedReader)
+        path = str(source.resolve())
+
+        def span(target: str) -> Span | None:
+            member = files[target]
+            if not plain or member.issparse():
+                return None
+            return Span(path, member.offset_data, member.size)
+
+        yield [planned[name] for name in order if name in planned], read, span
 
 
 # --- validation --------------------------------------------------------------------------------
@@ -366,8 +471,9 @@ def _check_member(
     source: Path, name: str, links: Mapping[str, str], hardlinks: Mapping[str, str]
 ) -> str:
     """Refuse `name` if it or its link target lands outside the root; return what it reads."""
-    # The member itself is created in its parent folder, which may pass through links.
-    if _resolve(posixpath.dirname(name), links) is None:
+    # The member itself is created in its parent folder, which may pass through links (a clean
+    # name's folder cannot leave the root when there are none: the common case, kept fast).
+    if links and _resolve(posixpath.dirname(name), links) is None:
         _refuse(source, name, "its folder is a link that points outside the archive")
     if name in links:
         raw = links[name]

@@ -53,8 +53,11 @@ class DataConfig(_Section):
     source: str | None = None
     # Optional hex SHA-256 of `source`; checked like the official MD5 is for the official archive.
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    # Share of a flat image folder (<class>/<image>, no split folders) held out for testing;
+    # null: 0.2. Only for such folders: datasets with their own test split refuse a number.
+    test_fraction: float | None = Field(default=None, gt=0.0, lt=1.0)
     val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)  # share of train held out for val
-    seed: int = 0  # seeds the train/val split
+    seed: int = 0  # seeds the train/val split (and a flat folder's test split)
     on_bad_image: Literal["skip", "fail"] = "skip"  # undecodable images: skip and report, or stop
 
     @model_validator(mode="after")
@@ -62,7 +65,13 @@ class DataConfig(_Section):
         if self.dataset == "imagefolder" and not self.source:
             raise ValueError(
                 "data.dataset 'imagefolder' has no official archive: set data.source to a"
-                " directory, .zip, .tar.gz or URL in ImageFolder layout (train/ plus test/ or val/)"
+                " directory, .zip, .tar.gz or URL of class folders (<class>/<image>, or"
+                " train/<class>/<image> plus test/ or val/); see README 'Your own photos'"
+            )
+        if self.dataset != "imagefolder" and self.test_fraction is not None:
+            raise ValueError(
+                f"data.test_fraction = {self.test_fraction} applies to flat image folders only;"
+                f" {self.dataset} has its own test split. Set data.test_fraction back to null"
             )
         return self
 

@@ -1,23 +1,48 @@
-"""The preprocessed splits: reading them from data/processed, and where they live while training."""
+"""The preprocessed splits: reading them from data/processed, and where they live while training.
+
+A split's images stay in their memory-mapped file unless they are worth copying: training puts
+the train split on the GPU when it fits there, else in host memory when it fits the memory
+budget, else gathers each batch straight from the file (the OS keeps what it can in its page
+cache). Every path gives the same bytes, so the same weights.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from visionpipe import paths
+from visionpipe import arrays, paths
 
 log = logging.getLogger(__name__)
 
+# Bytes of split images a training process may copy into host memory (e.g. 8GiB, 500MB, 0);
+# unset: half of the memory available when training starts, divided among torchrun's
+# processes. An environment variable, not a param: it depends on the machine, not the
+# experiment, and changes no result.
+MEMORY_BUDGET_ENV = "VISIONPIPE_MEMORY_BUDGET"
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
 
-def load_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images uint8 NCHW, labels int64) of a preprocessed split."""
-    blob = torch.load(paths.require(paths.split_file(split), "preprocess"), weights_only=True)
-    return blob["images"], blob["labels"]
+
+def load_split(split: str, in_memory: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images uint8 NCHW, labels int64) of a preprocessed split; the images memory-mapped
+    from data/processed/<split>.npy unless `in_memory`."""
+    index_path = paths.require(paths.split_file(split), "preprocess")
+    index = arrays.read_index(index_path)
+    images = arrays.open_images(index_path, index, in_memory)
+    with warnings.catch_warnings():
+        # A mapped split is read-only. Nothing writes to split images: batches, augmentation
+        # and model inputs are all new tensors gathered or converted from them.
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        return torch.from_numpy(images), torch.tensor(index["labels"], dtype=torch.int64)
 
 
 def read_meta() -> dict[str, Any]:
@@ -29,9 +54,9 @@ def read_meta() -> dict[str, Any]:
 class TrainingData:
     """What a training run reads: both splits it uses and the dataset's metadata."""
 
-    train_x: torch.Tensor  # uint8 NCHW, on the device when it fits (`resident_device`)
+    train_x: torch.Tensor  # uint8 NCHW: on the device, in host memory or memory-mapped
     train_y: torch.Tensor
-    val_x: torch.Tensor  # on the host: validation copies its batches over
+    val_x: torch.Tensor  # on the host (memory or mapped): validation copies its batches over
     val_y: torch.Tensor
     meta: dict[str, Any]
 
@@ -40,16 +65,88 @@ class TrainingData:
         return self.meta["classes"]
 
 
-def load_training_data(device: torch.device) -> TrainingData:
-    """The train and validation splits (the test split when data.val_fraction is 0)."""
+def load_training_data(device: torch.device, budget: int | None = None) -> TrainingData:
+    """The train and validation splits (the test split when data.val_fraction is 0).
+
+    `budget`: bytes of images that may be read into host memory (default `memory_budget()`);
+    a split over what is left of it stays memory-mapped.
+    """
+    budget = memory_budget() if budget is None else budget
     train_x, train_y = load_split("train")
-    val_x, val_y = load_split("val")
+    val_split = "val"
+    val_x, val_y = load_split(val_split)
     if len(val_y) == 0:
         log.warning("data.val_fraction is 0: validating on the test split, as the tutorial does")
-        val_x, val_y = load_split("test")
+        val_split = "test"
+        val_x, val_y = load_split(val_split)
     # Data lives on the device as uint8: 4x smaller than float, converted per batch.
     where = resident_device(train_x, device)
-    return TrainingData(train_x.to(where), train_y.to(where), val_x, val_y, read_meta())
+    if where.type != "cpu":
+        train_x = train_x.to(where)  # straight from the mapped file: no host copy
+    else:
+        train_x, budget = _in_memory_if_it_fits(train_x, "train", budget)
+    val_x, _ = _in_memory_if_it_fits(val_x, val_split, budget)
+    return TrainingData(train_x, train_y.to(where), val_x, val_y, read_meta())
+
+
+def _in_memory_if_it_fits(
+    images: torch.Tensor, split: str, budget: int
+) -> tuple[torch.Tensor, int]:
+    """The memory-mapped `images` of `split` read into host memory when they fit `budget`
+    bytes; returns them and the budget left."""
+    size = images.numel() * images.element_size()
+    if size <= budget:
+        return load_split(split, in_memory=True)[0], budget - size
+    log.warning(
+        "%s split is %.2f GiB, over the %.2f GiB memory budget (%s): reading its batches from "
+        "the memory-mapped %s",
+        split,
+        size / 2**30,
+        max(budget, 0) / 2**30,
+        MEMORY_BUDGET_ENV,
+        paths.split_file(split).with_suffix(".npy"),
+    )
+    return images, budget
+
+
+class MemoryBudgetError(ValueError):
+    """$VISIONPIPE_MEMORY_BUDGET is not a size."""
+
+
+def parse_bytes(text: str) -> int:
+    """'8GiB', '500 MB', '1e9', '0' -> bytes; ValueError naming the accepted forms."""
+    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    try:
+        if match is None or unit not in _UNITS:
+            raise ValueError
+        return int(float(match.group(1)) * _UNITS[unit])
+    except ValueError:
+        raise MemoryBudgetError(
+            f"{MEMORY_BUDGET_ENV}={text!r} is not a size: use bytes or a number with a unit "
+            "(500MB, 8GiB, 0)"
+        ) from None
+
+
+def available_memory() -> int:
+    """Bytes of host memory available now (Linux: MemAvailable), else the total."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def memory_budget() -> int:
+    """Bytes of split images this process may copy into host memory: $VISIONPIPE_MEMORY_BUDGET,
+    else half the memory available now, shared by the processes torchrun starts on this machine
+    (each holds its own copy)."""
+    value = os.environ.get(MEMORY_BUDGET_ENV)
+    if value:
+        return parse_bytes(value)
+    return available_memory() // (2 * int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def free_memory(device: torch.device) -> int | None:

@@ -1,9 +1,18 @@
-"""Test-set evaluation: loss, accuracy, per-class accuracy and the confusion matrix."""
+"""Test-set evaluation: loss, accuracy, macro-F1, per-class precision/recall/F1/support and the
+confusion matrix.
+
+A class with no test images has no recall (and so no accuracy): it is reported with support 0 and
+null figures, never as 0.0, and left out of the macro-F1. DVCLive's dvclive/eval/metrics.json keeps
+the few figures `dvc exp show` compares; the per-class table goes to metrics/per_class.json and to
+bar charts (recall, precision), never to a column per class.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import numpy as np
 import torch
 
 from visionpipe import paths
@@ -11,6 +20,8 @@ from visionpipe.data import load_split
 from visionpipe.fsutil import write_json
 from visionpipe.models import load_model
 from visionpipe.runtime import eval_batch_size, loss_and_accuracy, pick_device, predict_logits
+
+log = logging.getLogger(__name__)
 
 
 def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -20,58 +31,94 @@ def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int
     )
 
 
+def _ratio(num: int, den: int) -> float | None:
+    return round(num / den, 6) if den else None
+
+
+def per_class_scores(cm: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:
+    """Precision, recall, F1 and support of each class from a confusion matrix (rows actual).
+
+    None where a figure is undefined: recall and F1 without test images, precision when the
+    class was never predicted.
+    """
+    rows = []
+    for i, cls in enumerate(classes):
+        tp, support, predicted = int(cm[i, i]), int(cm[i].sum()), int(cm[:, i].sum())
+        rows.append(
+            {
+                "class": cls,
+                "support": support,
+                "predicted": predicted,
+                "precision": _ratio(tp, predicted),
+                "recall": _ratio(tp, support),
+                # 2TP / (2TP + FP + FN); without test images the class has no F1 to speak of.
+                "f1": _ratio(2 * tp, support + predicted) if support else None,
+            }
+        )
+    return rows
+
+
+def macro_f1(scores: list[dict[str, Any]]) -> float | None:
+    """Mean F1 over the classes that have test images (None if none has)."""
+    present = [s["f1"] for s in scores if s["support"] > 0]
+    return round(sum(present) / len(present), 6) if present else None
+
+
 def run(device_choice: str = "auto", train_batch_size: int = 64) -> dict[str, Any]:
     """Score models/model.pt on the test split, in batches no larger than training used."""
     device = pick_device(device_choice)
     model, meta = load_model(paths.MODEL, map_location=device)
     model.to(device)
-    images, labels = load_split("test")
+    images, labels = load_split("test")  # memory-mapped: read batch by batch
     logits = predict_logits(model, images, device, eval_batch_size(train_batch_size, model.views))
     preds = logits.argmax(1)
     classes: list[str] = meta["classes"]
     cm = confusion_matrix(labels, preds, len(classes))
+    scores = per_class_scores(cm.numpy(), classes)
+    absent = [s["class"] for s in scores if s["support"] == 0]
+    if absent:
+        log.warning(
+            "no test images of class %s: no accuracy or recall for it (support 0 in %s)",
+            ", ".join(repr(c) for c in absent),
+            paths.PER_CLASS,
+        )
     loss, accuracy = loss_and_accuracy(logits, labels)
     metrics = {
         "test_loss": round(loss, 6),
         "test_accuracy": round(accuracy, 6),
+        "test_macro_f1": macro_f1(scores),
         "test_images": len(labels),
     }
+    write_json(paths.PER_CLASS, {"classes_without_test_images": absent, "classes": scores})
     write_json(
         paths.CONFUSION_MATRIX, {"classes": classes, "rows_actual_cols_predicted": cm.tolist()}
     )
     actual = [classes[i] for i in labels.tolist()]
-    log_live(metrics, actual, [classes[i] for i in preds.tolist()], per_class_accuracy(cm, classes))
+    log_live(metrics, actual, [classes[i] for i in preds.tolist()], scores)
     return metrics
-
-
-def per_class_accuracy(cm: torch.Tensor, classes: list[str]) -> list[dict[str, Any]]:
-    """{"class", "accuracy", "images"} per class with test images; a class without any has no
-    accuracy to report (0.0 would read as "all wrong"), so it is left out."""
-    rows = []
-    for i, cls in enumerate(classes):
-        support = int(cm[i].sum())
-        if support:
-            rows.append(
-                {"class": cls, "accuracy": round(int(cm[i, i]) / support, 6), "images": support}
-            )
-    return rows
 
 
 def log_live(
     metrics: dict[str, Any],
     actual: list[str],
     predicted: list[str],
-    per_class: list[dict[str, Any]],
+    scores: list[dict[str, Any]],
 ) -> None:
     """The test metrics (`dvc exp show`'s headline columns) and plots through DVCLive: the
-    confusion matrix, and per-class accuracy as bars rather than a column per class."""
+    confusion matrix, and per-class recall (the class's accuracy) and precision as bars. A class
+    whose figure is undefined (no test images; never predicted) has no bar, not a 0."""
     from dvclive import Live
 
     live = Live(str(paths.LIVE_EVAL), dvcyaml=None, save_dvc_exp=False, report=None)
     for name, value in metrics.items():
-        live.log_metric(name, value, plot=False)
+        if value is not None:
+            live.log_metric(name, value, plot=False)
     live.log_sklearn_plot("confusion_matrix", actual, predicted, name="confusion_matrix.json")
-    live.log_plot(
-        "per_class_accuracy", per_class, x="accuracy", y="class", template="bar_horizontal"
-    )
+    for figure in ("recall", "precision"):
+        rows = [
+            {"class": s["class"], figure: s[figure], "support": s["support"]}
+            for s in scores
+            if s[figure] is not None
+        ]
+        live.log_plot(f"per_class_{figure}", rows, x=figure, y="class", template="bar_horizontal")
     live.end()

@@ -88,6 +88,14 @@ def atomic_dir(dest: Path | str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def remove_stale_temps(dest: Path | str) -> None:
+    """Delete the temporary folders of `atomic_dir(dest)` that a killed process left behind."""
+    dest = Path(dest)
+    if dest.parent.is_dir():
+        for stale in dest.parent.glob(f".{dest.name}.*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def save_torch(dest: Path | str, obj: Any) -> None:
     """torch.save atomically and byte-reproducibly.
 

@@ -1,15 +1,104 @@
-"""Opening an exported model with onnxruntime: the one place export and predict both use."""
+"""Opening an exported model with onnxruntime: the one place export and predict both use.
+
+A file that is not a usable visionpipe export (corrupt, truncated, not ONNX, another model's
+input, no metadata) raises `ModelFileError`, whose one-line message names the file and what is
+wrong with it, instead of onnxruntime's multi-line error.
+"""
 
 from __future__ import annotations
 
+import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"  # the exported graph's input and output
+_REEXPORT = "re-export it with 'uv run dvc repro export' or pass the model.onnx that stage wrote"
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be used for prediction; the message names it and says why."""
+
+
+def _reason(exc: BaseException) -> str:
+    """onnxruntime's error on one line, without its prefix that repeats the path."""
+    text = " ".join(str(exc).split())  # its messages span lines
+    text = re.sub(
+        r"^\[ONNXRuntimeError\] : \d+ : (\w+) : (Load model from .* failed: ?)?", r"\1: ", text
+    )
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def open_session(path: Path) -> Any:
     """An onnxruntime CPU session for the model file at `path`."""
     import onnxruntime as ort  # here, not at import: the CLI's --help stays instant
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    if Path(path).is_dir():
+        raise ModelFileError(f"{path}: a folder, not an ONNX model file")
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # failures come back as the exception below, not as log lines
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own exception classes derive from Exception only
+        raise ModelFileError(f"{path}: not a readable ONNX model ({_reason(exc)})") from None
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """An onnxruntime session of a visionpipe export, with what its metadata says."""
+
+    session: Any
+    classes: list[str]
+    image_size: int
+
+
+def _metadata(session: Any, path: Path) -> tuple[list[str], int]:
+    props = session.get_modelmeta().custom_metadata_map
+    missing = [key for key in ("classes", "image_size") if key not in props]
+    if missing:
+        raise ModelFileError(
+            f"{path}: an ONNX model without visionpipe metadata ({', '.join(missing)} missing), "
+            f"so not an export of this project; {_REEXPORT}"
+        )
+    try:
+        classes = json.loads(props["classes"])
+        size = int(props["image_size"])
+        if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+            raise ValueError("classes is not a list of names")
+    except ValueError as exc:
+        raise ModelFileError(
+            f"{path}: unreadable visionpipe metadata ({exc}); {_REEXPORT}"
+        ) from None
+    return classes, size
+
+
+def _dims(node: Any) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in node.shape) + "]"
+
+
+def open_exported(path: Path) -> ExportedModel:
+    """Open a visionpipe ONNX export and check that its graph takes what its metadata says:
+    one float32 input [batch, 3, size, size] and logits [batch, classes]."""
+    session = open_session(path)
+    classes, size = _metadata(session, path)
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    want_in = [None, 3, size, size]
+    ok_in = (
+        len(inputs) == 1
+        and inputs[0].type == "tensor(float)"
+        and len(inputs[0].shape) == 4
+        and all(w is None or d == w for d, w in zip(inputs[0].shape, want_in, strict=True))
+    )
+    # A symbolic (str) or unknown (None) class dimension cannot be checked before a run.
+    out_shape = outputs[0].shape if len(outputs) == 1 else []
+    ok_out = len(out_shape) == 2 and (
+        not isinstance(out_shape[1], int) or out_shape[1] == len(classes)
+    )
+    if not (ok_in and ok_out):
+        got = ", ".join(f"{n.name} {n.type} {_dims(n)}" for n in [*inputs, *outputs])
+        raise ModelFileError(
+            f"{path}: its graph ({got}) does not take float [batch, 3, {size}, {size}] images "
+            f"to {len(classes)} logits as its metadata says; {_REEXPORT}"
+        )
+    return ExportedModel(session, classes, size)

@@ -7,8 +7,9 @@ from pathlib import Path
 RAW_DIR = Path("data/raw")  # download: the verified archive + source.json
 RAW_INFO = RAW_DIR / "source.json"
 
-PROCESSED_DIR = Path("data/processed")  # preprocess: uint8 tensors per split + stats
+PROCESSED_DIR = Path("data/processed")  # preprocess: uint8 arrays per split + stats
 SPLITS = ("train", "val", "test")
+SPLIT_RECORD = PROCESSED_DIR / "split.csv"  # which source file went to which split, and row
 SAMPLES_DIR = Path("data/samples")  # preprocess: one test image per class, as PNG
 PREPROCESS_REPORT = Path("metrics/preprocess.json")  # counts, skipped images and why
 
@@ -23,7 +24,8 @@ PLOT_EPOCHS = Path("metrics/plots/epochs.csv")  # per-epoch train/val loss and a
 PLOT_STEPS = Path("metrics/plots/steps.csv")  # train loss every train.log_every steps
 
 LIVE_EVAL = Path("dvclive/eval")  # evaluate: DVCLive's metrics.json and plots/
-EVAL_METRICS = LIVE_EVAL / "metrics.json"  # test loss and accuracy
+EVAL_METRICS = LIVE_EVAL / "metrics.json"  # test loss, accuracy, macro-F1
+PER_CLASS = Path("metrics/per_class.json")  # precision, recall, F1, support per class
 CONFUSION_MATRIX = Path("metrics/confusion_matrix.json")  # counts, rows actual, columns predicted
 
 ONNX_MODEL = Path("models/model.onnx")
@@ -41,4 +43,5 @@ def require(path: Path, stage: str) -> Path:
 
 
 def split_file(split: str) -> Path:
-    return PROCESSED_DIR / f"{split}.pt"
+    """What identifies a split: its labels, shape and the checksum of its images (JSON)."""
+    return PROCESSED_DIR / f"{split}.json"

@@ -9,8 +9,8 @@ from __future__ import annotations
 import csv
 import glob
 import io
-import json
 import logging
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +27,7 @@ from visionpipe.images import (
     read_image_file,
     to_model_input,
 )
-from visionpipe.onnxrt import open_session
+from visionpipe.onnxrt import ModelFileError, open_exported
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +50,8 @@ class Backend(Protocol):
 
 class OnnxBackend:
     def __init__(self, path: Path) -> None:
-        self.session = open_session(paths.require(path, "export"))
-        props = self.session.get_modelmeta().custom_metadata_map
-        if "classes" not in props or "image_size" not in props:
-            raise ValueError(
-                f"{path} lacks visionpipe metadata (classes, image_size): re-export it"
-            )
-        self.classes = json.loads(props["classes"])
-        self.image_size = int(props["image_size"])
+        model = open_exported(paths.require(path, "export"))
+        self.session, self.classes, self.image_size = model.session, model.classes, model.image_size
         self.input_name = self.session.get_inputs()[0].name
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
@@ -71,7 +65,23 @@ class TorchBackend:
         from visionpipe.models import load_model
 
         self.torch = torch
-        self.model, meta = load_model(path)
+        paths.require(path, "train")
+        try:
+            self.model, meta = load_model(path)
+        except (
+            RuntimeError,
+            ValueError,
+            KeyError,
+            TypeError,
+            EOFError,
+            pickle.UnpicklingError,
+        ) as exc:
+            # torch.load's errors for a file that is not a visionpipe model.pt span many lines.
+            reason = " ".join(str(exc).split())[:200]
+            raise ModelFileError(
+                f"{path}: not a visionpipe model.pt ({type(exc).__name__}: {reason}); pass the "
+                "models/model.pt the train stage wrote"
+            ) from None
         self.model = self.model.to(memory_format=torch.channels_last)  # 2x faster on CPU
         self.classes = meta["classes"]
         self.image_size = meta["image_size"]

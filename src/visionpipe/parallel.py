@@ -1,0 +1,80 @@
+"""Chunks of work spread over worker processes, their results handed back in input order.
+
+`Workers.map` is `map` on all cores: the results, and their order, are those of a plain loop in
+one process, so a preprocess on 2 or 64 cores writes the same bytes. It keeps a bounded number of
+chunks in flight (unlike `Executor.map`, which submits everything at once), so memory does not
+grow with the input. The processes start when `Workers` is entered, so they get ready while the
+caller does its own first work.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from types import TracebackType
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (its affinity mask, not the machine's total)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    # Not fork: the parent has numpy's BLAS threads, and forking a threaded process can deadlock
+    # (Python 3.12 warns about it). The fork server imports the project's modules once and forks
+    # each worker from that clean process; a worker still runs the main script's top level (as
+    # multiprocessing does), which then finds its imports done.
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(sorted(m for m in sys.modules if m.startswith("visionpipe.")))
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+class Workers:
+    """`n` worker processes (none for n <= 1: `map` then runs in this process)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._pool = ProcessPoolExecutor(n, mp_context=_context()) if n > 1 else None
+        if self._pool is not None:
+            for _ in range(n):
+                self._pool.submit(int)  # start the processes now, not at the first real chunk
+
+    def map(
+        self, fn: Callable[[T], R], chunks: Iterable[T], in_flight: int | None = None
+    ) -> Iterator[R]:
+        """`fn(chunk)` for each chunk, in order. `fn` must be a module-level function (or a
+        partial of one): it is pickled to the workers. At most `in_flight` chunks (default 2
+        per worker) are submitted and not yet handed back."""
+        if self._pool is None:
+            yield from map(fn, chunks)
+            return
+        limit = in_flight or 2 * self.n
+        pending: deque[Future[R]] = deque()
+        for chunk in chunks:
+            pending.append(self._pool.submit(fn, chunk))
+            if len(pending) >= limit:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._pool is not None:
+            # After an error (or a caller that stopped early) queued chunks are dropped.
+            self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,58 @@
+"""Evaluate: per-class precision, recall, F1 and support, and a class without test images."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import CLASSES, tiny_params
+from visionpipe import evaluate, paths, train
+from visionpipe.arrays import SplitWriter
+
+
+def test_scores_from_a_confusion_matrix() -> None:
+    # Rows actual, columns predicted; "b" has no test images but was predicted once.
+    cm = np.array([[3, 1, 0], [0, 0, 0], [1, 0, 5]])
+    a, b, c = evaluate.per_class_scores(cm, ["a", "b", "c"])
+    assert (a["support"], a["predicted"], a["precision"], a["recall"], a["f1"]) == (
+        4, 4, 0.75, 0.75, 0.75,
+    )  # fmt: skip
+    assert (b["support"], b["predicted"], b["precision"], b["recall"], b["f1"]) == (
+        0, 1, 0.0, None, None,
+    )  # fmt: skip
+    assert (c["precision"], c["recall"], c["f1"]) == (1.0, 0.833333, 0.909091)
+    assert evaluate.macro_f1([a, b, c]) == pytest.approx((0.75 + 10 / 11) / 2, abs=1e-6)
+
+
+def test_a_class_missing_from_test_has_no_accuracy(
+    processed: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rng = np.random.default_rng(1)
+    labels = np.arange(20) % 2  # cat and dog only: no frog in test
+    images = rng.integers(0, 100, size=(20, 3, 16, 16), dtype=np.uint8)
+    with SplitWriter(processed / paths.PROCESSED_DIR, "test", 16) as writer:
+        writer.append(images, labels)
+        writer.close()
+    train.run(tiny_params(epochs=1))
+    with caplog.at_level(logging.WARNING):
+        metrics = evaluate.run("cpu", 16)
+    assert "no test images of class 'frog'" in caplog.text
+    assert set(metrics) == {"test_loss", "test_accuracy", "test_macro_f1", "test_images"}
+    assert json.loads(paths.EVAL_METRICS.read_text()) == metrics
+    per_class = json.loads(paths.PER_CLASS.read_text())
+    assert per_class["classes_without_test_images"] == ["frog"]
+    frog = per_class["classes"][CLASSES.index("frog")]
+    assert frog["support"] == 0 and frog["recall"] is None and frog["f1"] is None
+    assert [c["support"] for c in per_class["classes"]] == [10, 10, 0]
+    present = [c["f1"] for c in per_class["classes"][:2]]
+    assert metrics["test_macro_f1"] == pytest.approx(sum(present) / 2, abs=1e-6)
+    # The plots have no bar for an undefined figure (a 0 would read as "all wrong").
+    plots = paths.LIVE_EVAL / "plots/custom"
+    recall = json.loads((plots / "per_class_recall.json").read_text())
+    assert [row["class"] for row in recall] == ["cat", "dog"]
+    precision = json.loads((plots / "per_class_precision.json").read_text())
+    assert {row["class"] for row in precision} <= {"cat", "dog", "frog"}

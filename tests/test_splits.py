@@ -1,0 +1,107 @@
+"""Which file goes to which split: flat folders by a hash of seed and path, split folders as is."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from visionpipe import splits
+
+CLASSES = ("cats", "dogs", "owls")
+
+
+def _names(n_per_class: int, root: str = "photos", start: int = 0) -> list[str]:
+    prefix = f"{root}/" if root else ""
+    return [
+        f"{prefix}{cls}/IMG_{i:04d}.jpg"
+        for cls in CLASSES
+        for i in range(start, start + n_per_class)
+    ]
+
+
+def _splits(plan: splits.Plan, root: str = "photos") -> dict[str, str]:
+    """relative path -> split"""
+    return {item.name.removeprefix(f"{root}/"): item.split for item in plan.items}
+
+
+def test_flat_folder_classes_are_sorted_folder_names_and_every_image_is_planned() -> None:
+    names = sorted(_names(40), key=lambda n: n[::-1])  # any listing order
+    plan = splits.plan_image_folder(names, None, 0.1, seed=0)
+    assert plan.layout == "flat" and plan.classes == list(CLASSES)
+    assert sorted(i.name for i in plan.items) == sorted(names) and plan.ignored == []
+    assert [i.name for i in plan.items] == names, "items keep the listing's order"
+    for item in plan.items:
+        assert plan.classes[item.label] == item.name.split("/")[1]
+    assert {i.split for i in plan.items} == {"train", "val", "test"}
+
+
+def test_adding_photos_never_moves_an_earlier_one() -> None:
+    before = _splits(splits.plan_image_folder(_names(60), None, 0.1, seed=3))
+    more = _names(60) + _names(90, start=60) + [f"photos/bats/{i}.jpg" for i in range(30)]
+    random.Random(0).shuffle(more)  # a new listing order too
+    after = _splits(splits.plan_image_folder(more, None, 0.1, seed=3))
+    assert {path: after[path] for path in before} == before
+    assert sum(s == "test" for s in after.values()) > sum(s == "test" for s in before.values())
+
+
+def test_the_split_depends_on_the_seed_and_the_path_below_the_root_only() -> None:
+    a = _splits(splits.plan_image_folder(_names(50), None, 0.1, seed=0))
+    unwrapped = _splits(splits.plan_image_folder(_names(50, root=""), None, 0.1, seed=0), "")
+    assert a == unwrapped, "zipping the folder itself or its contents gives the same split"
+    other_seed = _splits(splits.plan_image_folder(_names(50), None, 0.1, seed=1))
+    assert a != other_seed
+
+
+def test_every_class_is_split_at_the_requested_rates() -> None:
+    plan = splits.plan_image_folder(_names(2000), 0.25, 0.2, seed=0)
+    for label, cls in enumerate(plan.classes):
+        mine = [i.split for i in plan.items if i.label == label]
+        test_share = mine.count("test") / len(mine)
+        val_share = mine.count("val") / (len(mine) - mine.count("test"))
+        # Binomial draws of 2000: 4 standard deviations are about 0.04.
+        assert abs(test_share - 0.25) < 0.04, (cls, test_share)
+        assert abs(val_share - 0.2) < 0.04, (cls, val_share)
+
+
+def test_hidden_files_loose_images_and_other_files_are_ignored() -> None:
+    extra = [
+        "__MACOSX/photos/cats/._IMG_0000.jpg",
+        "photos/.DS_Store",
+        "photos/cats/.hidden.jpg",
+        "photos/cover.jpg",
+        "photos/notes.txt",
+    ]
+    plan = splits.plan_image_folder(_names(5) + extra, None, 0.1, seed=0)
+    assert plan.classes == list(CLASSES) and len(plan.items) == 15
+    assert sorted(plan.ignored) == sorted(extra)
+
+
+def test_images_in_subfolders_of_a_class_belong_to_it() -> None:
+    names = [*_names(5), "photos/cats/2019/a.jpg", "photos/cats/2019/trip/b.jpg"]
+    plan = splits.plan_image_folder(names, None, 0.1, seed=0)
+    labels = {i.name: plan.classes[i.label] for i in plan.items}
+    assert labels["photos/cats/2019/a.jpg"] == labels["photos/cats/2019/trip/b.jpg"] == "cats"
+
+
+def test_split_folders_keep_their_own_test_split_and_refuse_a_test_fraction() -> None:
+    names = [
+        f"ds/{split}/{cls}/{i}.png"
+        for split in ("train", "val")
+        for cls in CLASSES
+        for i in range(10)
+    ]
+    plan = splits.plan_image_folder(names, None, 0.2, seed=0)
+    assert plan.layout == "split folders" and plan.test_split_source == "val"
+    assert [i.split == "test" for i in plan.items] == ["/val/" in n for n in names]
+    assert sum(i.split == "val" for i in plan.items) == 6  # 0.2 of the 30 train images
+    with pytest.raises(splits.DatasetLayoutError, match=r"test_fraction=0\.3 applies to flat"):
+        splits.plan_image_folder(names, 0.3, 0.2, seed=0)
+
+
+def test_thin_classes_are_named() -> None:
+    counts = {"train": {"cats": 40, "dogs": 3}, "test": {"cats": 10, "dogs": 0}}
+    assert splits.thin_classes(counts, ["train", "test"]) == [
+        "class 'dogs' has only 3 train images",
+        "class 'dogs' has no test images",
+    ]
