@@ -80,7 +80,7 @@ def read_result(name: str, work: Path) -> dict[str, Any]:
     return {
         "recipe": name,
         "what": RECIPES[name],
-        "test_accuracy": evaluation["test_accuracy"],
+        "test_accuracy": evaluation["test_acc"],
         "train_seconds": timings["train_seconds"],
         "device": timings["device"],
         "epochs_run": train_metrics["epochs_run"],

@@ -57,6 +57,18 @@ def dvc(repo: Path, *args: str, check: bool = True, **kw: Any) -> subprocess.Com
     return run([sys.executable, "-m", "dvc", *args], repo, check=check, **kw)
 
 
+EXP_SHOW_HEADLINE = ("test_acc", "test_loss", "val_acc", "step")
+
+
+def exp_show_at_120_columns(repo: Path) -> list[str]:
+    """`dvc exp show --only-changed` as a 120-column terminal shows it (DVC sizes its table by
+    COLUMNS and folds what does not fit into a `…` column); fails if a line is wider."""
+    out = dvc(repo, "exp", "show", "--only-changed", "--no-pager", env={**env(), "COLUMNS": "120"})
+    lines = out.stdout.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 120, out.stdout
+    return lines
+
+
 def git(repo: Path, *args: str) -> str:
     return run(["git", *args], repo).stdout
 

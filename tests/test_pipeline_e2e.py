@@ -115,7 +115,7 @@ def test_official_format_over_http_repro_exp_metrics_plots(tmp_path: Path) -> No
     git(repo, "checkout", "params.yaml")
 
     shown = dvc(repo, "metrics", "show", "--json").stdout
-    assert "test_accuracy" in shown
+    assert "test_acc" in shown
     exps = dvc(repo, "exp", "show", "--json").stdout
     assert "lr-small" in exps
 
@@ -162,7 +162,7 @@ def test_real_cifar_subset_learns(tmp_path: Path) -> None:
     dvc(repo, "repro")
     meta = json.loads((repo / "data/processed/meta.json").read_text())
     assert meta["counts"] == {"train": 2700, "val": 300, "test": 500}
-    acc = json.loads((repo / paths.EVAL_METRICS).read_text())["test_accuracy"]
+    acc = json.loads((repo / paths.EVAL_METRICS).read_text())["test_acc"]
     assert acc > 0.2, f"test accuracy {acc} is no better than chance (0.1) on real images"
 
 
@@ -202,7 +202,7 @@ def test_sigkilled_training_resumes_on_next_repro(tmp_path: Path) -> None:
     assert len(epochs) == 1 + 6, "the resumed run's history includes the epochs before the kill"
     # DVC deleted the interrupted run's logs before the resume; they are rebuilt from the
     # checkpoint's history, every epoch once.
-    curve = (repo / paths.LIVE_TRAIN / "plots/metrics/val_accuracy.tsv").read_text().splitlines()
+    curve = (repo / paths.LIVE_TRAIN / "plots/metrics/val_acc.tsv").read_text().splitlines()
     assert [row.split("\t")[0] for row in curve[1:]] == [str(e) for e in range(1, 7)], curve
     assert "up to date" in dvc(repo, "status").stdout
 

@@ -31,7 +31,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.helpers import ROOT, env, make_project, run
+from tests.helpers import EXP_SHOW_HEADLINE, ROOT, env, exp_show_at_120_columns, make_project, run
 from visionpipe import paths
 from visionpipe.cifar_pickle import CLASSES
 from visionpipe.config import compose, diff_keys
@@ -321,7 +321,7 @@ def _check_pipeline_outputs(ctx: Ctx, args: list[str], proc: subprocess.Complete
     )
     evaluation = json.loads((ctx.repo / paths.EVAL_METRICS).read_text())
     assert evaluation["test_images"] == n_test, f"`{ctx.command}` evaluated {evaluation}"
-    assert 0.0 <= evaluation["test_accuracy"] <= 1.0, evaluation
+    assert 0.0 <= evaluation["test_acc"] <= 1.0, evaluation
     preds = json.loads((ctx.repo / "predictions/predictions.json").read_text())
     assert len(preds) == len(classes) and all(p["error"] is None for p in preds), preds
     assert any((ctx.repo / "logs/tensorboard").glob("events.out.tfevents.*")), "no event files"
@@ -373,7 +373,7 @@ def _wait_for_queue(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess
             assert sorted(_param(r, key) for r in runs) == sorted(values), (key, values)
         for r in runs:
             eval_metrics = r["metrics"][str(paths.EVAL_METRICS)]["data"]
-            assert "test_accuracy" in eval_metrics, r["metrics"]
+            assert "test_acc" in eval_metrics, r["metrics"]
 
 
 def _experiments(ctx: Ctx) -> dict[str, dict[str, Any]]:
@@ -398,10 +398,17 @@ def _param(data: dict[str, Any], dotted: str) -> Any:
 def _check_exp_show(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess) -> None:
     for name in [*ctx.queued, "workspace"]:
         assert name in proc.stdout, f"`{ctx.command}` does not list {name}:\n{proc.stdout}"
+    if "--only-changed" in args:
+        # The README's sweep (queued runs: State and Executor columns too) in 120 columns shows
+        # the headline metrics and the changed lr.
+        lines = exp_show_at_120_columns(ctx.repo)
+        header = next(line for line in lines if "Experiment" in line)
+        for column in (*EXP_SHOW_HEADLINE, "train.lr"):
+            assert column in header, f"{column} is not within 120 columns:\n" + "\n".join(lines)
 
 
 def _check_metrics(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess) -> None:
-    assert "test_accuracy" in proc.stdout, f"`{ctx.command}` printed:\n{proc.stdout}"
+    assert "test_acc" in proc.stdout, f"`{ctx.command}` printed:\n{proc.stdout}"
 
 
 def _check_params_diff(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess) -> None:

@@ -29,15 +29,18 @@ log = logging.getLogger(__name__)
 class EpochRecord:
     """One epoch's figures: the columns of metrics/plots/epochs.csv, in this order.
 
-    `live` fields are DVCLive curves too, and `summary` ones also a column of `dvc exp show`
-    (kept to the headline: the losses stay curves). TensorBoard logs each under its own name but
+    `live` fields are DVCLive curves too (under that name), and `summary` ones also a column of
+    `dvc exp show` (kept to the headline, with short names, so a sweep's table fits 120 columns:
+    the losses stay curves). TensorBoard logs each under its own name but
     `train_loss`, which it calls `epoch_train_loss` to keep it apart from the per-step one.
     """
 
     epoch: int
-    train_loss: float = field(metadata={"csv": ".6f", "tb": "epoch_train_loss", "live": True})
-    val_loss: float = field(metadata={"csv": ".6f", "live": True})
-    val_accuracy: float = field(metadata={"csv": ".6f", "live": True, "summary": True})
+    train_loss: float = field(
+        metadata={"csv": ".6f", "tb": "epoch_train_loss", "live": "train_loss"}
+    )
+    val_loss: float = field(metadata={"csv": ".6f", "live": "val_loss"})
+    val_accuracy: float = field(metadata={"csv": ".6f", "live": "val_acc", "summary": True})
     lr: float = field(metadata={"csv": ".6g"})  # follows from the params: a curve, not a metric
 
 
@@ -114,20 +117,21 @@ class Tracker:
         for f in fields(EpochRecord)[1:]:
             value = getattr(record, f.name)
             self.tb.add_scalar(f.metadata.get("tb", f.name), value, record.epoch)
-            if f.metadata.get("live"):
-                self.live.log_metric(f.name, value)
+            name = f.metadata.get("live")
+            if name:
+                self.live.log_metric(name, value)
                 if not f.metadata.get("summary"):
-                    self.live.summary.pop(f.name)  # a curve, not an `exp show` column
+                    self.live.summary.pop(name)  # a curve, not an `exp show` column
         # Writes metrics.json, which `dvc exp show` reads while the run goes on, and tells DVC's
         # VS Code extension that a step is done.
         self.live.next_step()
         self.tb.flush()
 
-    def close(self, outcome: dict[str, Any]) -> None:
-        """End the logs; `outcome` (how the run ended) joins the DVCLive summary."""
+    def close(self) -> None:
+        """End the logs. How the run ended (stopped early, diverged) is in metrics/train.json:
+        as `exp show` columns they would push the test metrics out of a 120-column table."""
         if self.tb is not None:
             self.tb.close()
-            self.live.summary.update(outcome)
             self.live.end()
 
 

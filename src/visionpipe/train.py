@@ -204,7 +204,7 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
             break
     seconds = time.perf_counter() - t_start
     metrics = finish(params, loop, splits, stopped, seconds, start)
-    tracker.close({k: metrics[k] for k in ("stopped_early", "diverged")})
+    tracker.close()
     return metrics
 
 
