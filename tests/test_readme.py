@@ -31,7 +31,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.helpers import EXP_SHOW_HEADLINE, ROOT, env, exp_show_at_120_columns, make_project, run
+from tests.helpers import ROOT, assert_exp_show_fits_120_columns, env, make_project, run
 from visionpipe import paths
 from visionpipe.cifar_pickle import CLASSES
 from visionpipe.config import compose, diff_keys
@@ -401,10 +401,7 @@ def _check_exp_show(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess
     if "--only-changed" in args:
         # The README's sweep (queued runs: State and Executor columns too) in 120 columns shows
         # the headline metrics and the changed lr.
-        lines = exp_show_at_120_columns(ctx.repo)
-        header = next(line for line in lines if "Experiment" in line)
-        for column in (*EXP_SHOW_HEADLINE, "train.lr"):
-            assert column in header, f"{column} is not within 120 columns:\n" + "\n".join(lines)
+        assert_exp_show_fits_120_columns(ctx.repo, "train.lr")
 
 
 def _check_metrics(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess) -> None:
