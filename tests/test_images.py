@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from visionpipe import images
 from visionpipe.images import BadImageError, decode_rgb, load_array, resize_center_crop
 
 
@@ -105,3 +106,52 @@ def test_reduced_scale_decoding_keeps_the_exif_rotation() -> None:
     exif = Image.Exif()
     exif[0x0112] = 6
     assert decode_rgb(_photo(1600, 1200, exif=exif.tobytes()), "r.jpg", 64).size == (150, 200)
+
+
+def _noisy(width: int, height: int, seed: int) -> Image.Image:
+    """Sharp random detail on a gradient: every IDCT and upsampling difference shows."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 // width, y * 255 // height, np.full_like(x, 128)], -1)
+    noise = rng.integers(-60, 60, (height, width, 3))
+    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    "save",
+    [
+        {"quality": 75},  # 4:2:0, what most cameras and the CIFAR-10 copy write
+        {"quality": 95, "subsampling": 0},  # 4:4:4
+        {"quality": 90, "subsampling": 1},  # 4:2:2
+        {"quality": 85, "progressive": True},
+        {"quality": 80, "icc_profile": b"\0" * 200},  # an ICC segment changes nothing
+    ],
+)
+@pytest.mark.parametrize("size", [None, 32, 64, 224])
+def test_plain_jpegs_decode_as_pillow_decodes_them(
+    save: dict[str, object], size: int | None
+) -> None:
+    """The simplejpeg fast path gives Pillow's pixels byte for byte, at every reduced scale."""
+    for width, height in [(32, 32), (301, 227), (1030, 770)]:
+        data = _encode(_noisy(width, height, width), "JPEG", **save)
+        fast = images._decode_plain_jpeg(data, size)
+        assert fast is not None, (width, height, save)
+        slow = images._decode_with_pillow(data, "x.jpg", size)
+        assert fast.shape == (slow.height, slow.width, 3)
+        assert fast.tobytes() == slow.tobytes(), (width, height, size, save)
+
+
+def test_jpegs_pillow_acts_on_are_left_to_pillow() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 1  # even an upright EXIF: Pillow reads it
+    rgb = _noisy(40, 30, 0)
+    others = {
+        "exif": _encode(rgb, "JPEG", exif=exif.tobytes()),
+        "grey": _encode(rgb.convert("L"), "JPEG"),
+        "cmyk": _encode(rgb.convert("CMYK"), "JPEG"),
+        "cut": _encode(rgb, "JPEG")[:200],
+        "png": _encode(rgb, "PNG"),
+    }
+    for what, data in others.items():
+        assert images._decode_plain_jpeg(data, 32) is None, what
+    assert images._decode_plain_jpeg(_encode(rgb, "JPEG"), 32) is not None

@@ -57,15 +57,12 @@ class SplitWriter:
     when the writer closes.
     """
 
-    def __init__(self, folder: Path, split: str, size: int, stats: bool = False) -> None:
+    def __init__(self, folder: Path, split: str, size: int) -> None:
         self.images_path = folder / f"{split}{IMAGES_SUFFIX}"
         self.index_path = folder / f"{split}{INDEX_SUFFIX}"
         self.item_shape = (3, size, size)
-        self.stats = stats  # per-channel sums for the mean/std (the train split's only)
         self.count = 0
         self.labels: list[int] = []
-        self.sums = np.zeros(3, np.int64)
-        self.squares = np.zeros(3, np.int64)
         self._sha = hashlib.sha256()
         self._file = open(self.images_path, "wb")  # noqa: SIM115 (closed by close/__exit__)
         self._header_len = self._file.write(_header((0, *self.item_shape)))
@@ -77,10 +74,6 @@ class SplitWriter:
         self._sha.update(images.data)
         self.count += len(images)
         self.labels += labels.tolist()
-        if self.stats:
-            sums, squares = channel_sums(images)
-            self.sums += sums
-            self.squares += squares
 
     def close(self) -> dict[str, Any]:
         """Finish both files; returns the index written to `<split>.json`."""

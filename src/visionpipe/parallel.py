@@ -3,8 +3,8 @@
 `Workers.map` is `map` on all cores: the results, and their order, are those of a plain loop in
 one process, so a preprocess on 2 or 64 cores writes the same bytes. It keeps a bounded number of
 chunks in flight (unlike `Executor.map`, which submits everything at once), so memory does not
-grow with the input. The processes start when `Workers` is entered, so they get ready while the
-caller does its own first work.
+grow with the input. The processes start in the background when `Workers` is made, so they get
+ready while the caller does its own first work.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -47,9 +48,16 @@ class Workers:
     def __init__(self, n: int) -> None:
         self.n = n
         self._pool = ProcessPoolExecutor(n, mp_context=_context()) if n > 1 else None
+        # Starting a process waits for the fork server to import the project's modules (a
+        # quarter of a second here): a thread does the waiting, so the caller goes on meanwhile.
+        self._starting = threading.Thread(target=self._start, daemon=True)
         if self._pool is not None:
-            for _ in range(n):
-                self._pool.submit(int)  # start the processes now, not at the first real chunk
+            self._starting.start()
+
+    def _start(self) -> None:
+        assert self._pool is not None
+        for _ in range(self.n):
+            self._pool.submit(int)  # a process per task while none is idle: n processes
 
     def map(
         self, fn: Callable[[T], R], chunks: Iterable[T], in_flight: int | None = None
@@ -60,6 +68,7 @@ class Workers:
         if self._pool is None:
             yield from map(fn, chunks)
             return
+        self._starting.join()
         limit = in_flight or 2 * self.n
         pending: deque[Future[R]] = deque()
         for chunk in chunks:
@@ -76,5 +85,6 @@ class Workers:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._pool is not None:
+            self._starting.join()
             # After an error (or a caller that stopped early) queued chunks are dropped.
             self._pool.shutdown(wait=True, cancel_futures=True)

@@ -19,13 +19,13 @@ import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
 
 from visionpipe import archive, cifar_pickle, parallel, paths, splits
-from visionpipe.arrays import SplitWriter, mean_std, open_images, read_index
+from visionpipe.arrays import SplitWriter, channel_sums, mean_std, open_images, read_index
 from visionpipe.config import DataConfig, Params
 from visionpipe.fsutil import atomic_dir, remove_stale_temps, write_json
 from visionpipe.images import decode_batch, resize_center_crop, to_chw
@@ -36,8 +36,24 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 8 << 20  # decoded bytes per chunk of work sent to a worker process
 MAX_CHUNK_ITEMS = 256  # images per chunk: enough to make each hand-off cheap
 PARALLEL_MIN_BYTES = 4 << 20  # smaller archives decode in this process: no workers to start
-# A decoded chunk: its images, and the (row, reason) of those that could not be decoded.
-Decoded = tuple[np.ndarray, list[tuple[int, str]]]
+
+
+class Decoded(NamedTuple):
+    """A chunk as a worker decoded it: its images, the (row, reason) of those it could not
+    decode, and the per-channel sums (`arrays.channel_sums`) of its train images, taken where
+    they were decoded rather than in the one process that writes them."""
+
+    images: np.ndarray
+    failed: list[tuple[int, str]]
+    sums: np.ndarray
+    squares: np.ndarray
+
+    @classmethod
+    def of(cls, images: np.ndarray, failed: list[tuple[int, str]], train: bytes) -> Decoded:
+        """`train`: a byte per image, 1 for the train split's."""
+        counted = np.frombuffer(train, np.bool_).copy()
+        counted[[row for row, _ in failed]] = False
+        return cls(images, failed, *channel_sums(images[counted]))
 
 
 @dataclass
@@ -106,7 +122,8 @@ def _no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-Payload = list[tuple[str, "bytes | archive.Span"]]
+# A chunk of work: each image's name and its bytes or where they lie, and its train flags.
+Payload = tuple[list[tuple[str, "bytes | archive.Span"]], bytes]
 
 
 def _payloads(
@@ -115,17 +132,20 @@ def _payloads(
     """The items in consecutive chunks, each image as its bytes, or (`spans`) as where they
     lie, so that a worker process reads them itself and they never pass through this one."""
     for start in range(0, len(items), per_chunk):
-        chunk: Payload = []
+        chunk: list[tuple[str, bytes | archive.Span]] = []
+        train = bytearray()
         for item in items[start : start + per_chunk]:
             span = files.span(item.name) if spans else None
             chunk.append((item.name, files.read(item.name) if span is None else span))
-        yield chunk
+            train.append(item.split == "train")
+        yield chunk, bytes(train)
 
 
-def decode_chunk(chunk: Payload, size: int) -> Decoded:
+def decode_chunk(payload: Payload, size: int) -> Decoded:
     """A worker's unit of work: read what is not read yet, then decode (`images.decode_batch`)."""
+    chunk, train = payload
     items = [(n, d if isinstance(d, bytes) else archive.read_span(d)) for n, d in chunk]
-    return decode_batch(items, size)
+    return Decoded.of(*decode_batch(items, size), train)
 
 
 def _decode_cifar_python(
@@ -148,9 +168,10 @@ def _decode_cifar_python(
     ] + [Item(f"test[{i}]", int(y), "test") for i, y in enumerate(cifar.test_labels)]
     plan = Plan(list(cifar.classes), items, "CIFAR-10 python batches", "test")
     step = chunk_items(size)
+    train = bytes(item.split == "train" for item in items)
     chunks = (
-        images[i : i + step]
-        for images in (cifar.train_images, cifar.test_images)
+        (images[i : i + step], train[start + i : start + i + step])
+        for images, start in ((cifar.train_images, 0), (cifar.test_images, len(in_val)))
         for i in range(0, len(images), step)
     )
     return _write_splits(
@@ -158,14 +179,13 @@ def _decode_cifar_python(
     )
 
 
-def resize_batch(images: np.ndarray, size: int) -> Decoded:
+def resize_batch(chunk: tuple[np.ndarray, bytes], size: int) -> Decoded:
     """uint8 NCHW images resized (shorter side, center crop) to `size`: a worker's chunk."""
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images, []
-    resized = [
-        to_chw(resize_center_crop(Image.fromarray(i.transpose(1, 2, 0)), size)) for i in images
-    ]
-    return np.stack(resized), []
+    images, train = chunk
+    if images.shape[-1] != size or images.shape[-2] != size:
+        hwc = (Image.fromarray(i.transpose(1, 2, 0)) for i in images)
+        images = np.stack([to_chw(resize_center_crop(img, size)) for img in hwc])
+    return Decoded.of(images, [], train)
 
 
 class DiskSpaceError(OSError):
@@ -189,20 +209,21 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
     record of which file went where."""
     _check_disk(out, plan, size)
     bad: list[dict[str, str]] = []
+    sums, squares = np.zeros(3, np.int64), np.zeros(3, np.int64)  # the train images'
     with contextlib.ExitStack() as stack:
-        writers = {
-            s: stack.enter_context(SplitWriter(out, s, size, stats=s == "train")) for s in SPLITS
-        }
+        writers = {s: stack.enter_context(SplitWriter(out, s, size)) for s in SPLITS}
         record = csv.writer(
             stack.enter_context(open(out / paths.SPLIT_RECORD.name, "w", newline="")),
             lineterminator="\n",
         )
         record.writerow(["file", "class", "split", "index"])
         done = 0
-        for images, failed in decoded:
-            items = plan.items[done : done + len(images)]
-            done += len(images)
-            bad += _route(items, images, dict(failed), writers, record, plan.classes)
+        for chunk in decoded:
+            items = plan.items[done : done + len(chunk.images)]
+            done += len(chunk.images)
+            bad += _route(items, chunk.images, dict(chunk.failed), writers, record, plan.classes)
+            sums += chunk.sums
+            squares += chunk.squares
         assert done == len(plan.items), (done, len(plan.items))
         for writer in writers.values():
             writer.close()
@@ -213,7 +234,7 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
             f"no decodable image landed in the {empty} split ({len(plan.items)} images, "
             f"{len(bad)} undecodable): add images, or for a flat folder raise data.test_fraction"
         )
-    mean, std = mean_std(train.sums, train.squares, train.count * size * size)
+    mean, std = mean_std(sums, squares, train.count * size * size)
     return Result(
         classes=plan.classes,
         layout=plan.layout,
