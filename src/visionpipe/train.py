@@ -167,6 +167,7 @@ def evaluate_split(
 
 def run(params: Params) -> dict[str, Any]:
     """Train per `params` on the preprocessed splits; write the model, metrics, plots, logs."""
+    runtime.keep_freed_memory()  # before the first large allocation, so every step reuses
     ddp, device = distributed.init(runtime.pick_device(params.launch.device))
     try:
         return _run(params, ddp, device)
