@@ -7,7 +7,8 @@ Run from a folder holding a preprocessed CIFAR-10 (`data/processed/`) and a para
     cd /tmp/work && PYTHONPATH=/tmp/visionpipe-old/src python /path/to/bench/profile_fast.py
 
 It prints the ops with the most self CPU time, a warm-up of a few steps excluded, and writes them
-as JSON (`--json`), which `fast_train.py` puts into RESULTS.md beside the train times.
+as JSON (`--json`). `--compare OLD.json NEW.json` puts two such profiles side by side in
+RESULTS.md (section `fast_profile`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from visionpipe import data, distributed, train
 from visionpipe.config import load_params
+
+NAME = "fast_profile"
 
 
 def profile_steps(steps: int, warmup: int, top: int) -> dict[str, Any]:
@@ -66,14 +69,57 @@ def profile_steps(steps: int, warmup: int, top: int) -> dict[str, Any]:
     }
 
 
+def compare(old: dict[str, Any], new: dict[str, Any], files: list[Path]) -> str:
+    """RESULTS.md section: the top ops of two profiles, ms per step side by side."""
+    from benchlib import machine_line
+
+    rows = {r["op"]: [r, None] for r in old["top"]}
+    for r in new["top"]:
+        rows.setdefault(r["op"], [None, None])[1] = r
+
+    def cell(r: dict[str, Any] | None) -> str:
+        return "-" if r is None else f"{r['ms_per_step']:.1f} ({100 * r['share']:.1f}%)"
+
+    lines = [
+        "## `fast` step profile, before and after (`bench/profile_fast.py`)",
+        "",
+        f"Machine: {machine_line(new['machine'])} (old profile: {old['machine']['date']}).",
+        f"Command: `python bench/profile_fast.py --steps {new['steps']} --json ...` in a folder "
+        "with the preprocessed CIFAR-10 copy and the fast recipe's params.yaml, with "
+        "PYTHONPATH at each version's src/; then `--compare " + " ".join(map(str, files)) + "`.",
+        "",
+        f"{old['steps']} / {new['steps']} train steps at batch {new['batch_size']} after 3 "
+        "warm-up steps, torch.profiler on (CPU), the ops with the most self CPU time: ms per "
+        "step (share of all self time). A dash: not among that version's top ops.",
+        "",
+        f"| op | old: {old['ms_per_step']:.0f} ms/step | new: {new['ms_per_step']:.0f} ms/step |",
+        "|---|---:|---:|",
+    ]
+    ranked = sorted(rows.items(), key=lambda kv: -max(r["ms_per_step"] for r in kv[1] if r))
+    lines += [f"| `{op}` | {cell(o)} | {cell(n)} |" for op, (o, n) in ranked]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100, help="profiled steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before them")
     parser.add_argument("--top", type=int, default=15, help="ops to list")
     parser.add_argument("--json", type=Path, default=None, help="write the result here")
+    parser.add_argument(
+        "--compare", nargs=2, type=Path, metavar=("OLD", "NEW"), help="publish two profiles"
+    )
     args = parser.parse_args()
-    result = profile_steps(args.steps, args.warmup, args.top)
+    if args.compare:
+        from benchlib import publish
+
+        old, new = (json.loads(f.read_text()) for f in args.compare)
+        payload = {"old": old, "new": new}
+        publish(NAME, compare(old, new, args.compare), payload, write=True)
+        return
+    from benchlib import machine_info
+
+    result = {**profile_steps(args.steps, args.warmup, args.top), "machine": machine_info()}
     print(f"{result['steps']} steps, {result['ms_per_step']:.0f} ms/step (profiler on)")
     for row in result["top"]:
         print(
