@@ -87,6 +87,7 @@ def test_train_stage_runs_on_a_fake_cuda_device(
     assert all(t.device.type == "cpu" for t in blobs[0]["state_dict"].values())
     timings = json.loads(paths.TRAIN_TIMINGS.read_text())
     assert timings["device"] == "Fake H100" and timings["precision"] == "bf16"
+    assert {"train_seconds", "validation_seconds", "epoch_loop_seconds"} <= set(timings)
 
 
 def test_fake_cuda_tta_evaluation_stays_on_the_device_and_in_fp32(

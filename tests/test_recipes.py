@@ -3,8 +3,10 @@ README documents (`-S recipe=<name>`) and bench/recipes.py measures."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +67,29 @@ def test_bench_composes_what_dvc_exp_run_would() -> None:
     params = recipe_params("fast", "/data/cifar.zip")
     assert params["data"]["source"] == "/data/cifar.zip"
     assert params == {**compose(["recipe=fast", "data.source=/data/cifar.zip"], CONF)}
+
+
+@pytest.mark.parametrize(
+    ("timings", "steps", "validation", "loop"),
+    [
+        # Since issue 15: the steps, validation and the whole loop apart.
+        ({"train_seconds": 40.0, "validation_seconds": 9.0, "epoch_loop_seconds": 50.0}, 40, 9, 50),
+        # Before: train_seconds was the whole loop, validation included.
+        ({"train_seconds": 50.0}, 50, None, 50),
+    ],
+)
+def test_bench_reads_train_timings_of_either_layout(
+    tmp_path: Path, timings: dict, steps: float, validation: float | None, loop: float
+) -> None:
+    from recipes import read_result
+
+    for name, value in {
+        "metrics/train.json": {"epochs_run": 2},
+        "metrics/timings/train.json": {"device": "cpu", **timings},
+        "dvclive/eval/metrics.json": {"test_acc": 0.5},
+    }.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(json.dumps(value))
+    result = read_result("fast", tmp_path)
+    assert (result["train_seconds"], result["validation_seconds"]) == (steps, validation)
+    assert result["epoch_loop_seconds"] == loop

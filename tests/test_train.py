@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,21 @@ def test_interrupted_run_resumes_to_the_same_weights(
     assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
     epochs = (processed / paths.PLOT_EPOCHS).read_text().splitlines()
     assert [line.split(",")[0] for line in epochs[1:]] == ["1", "2", "3"]
+
+
+def test_timings_keep_the_steps_apart_from_validation(processed: Path) -> None:
+    train.run(tiny_params(epochs=2))
+    timings = json.loads((processed / paths.TRAIN_TIMINGS).read_text())
+    steps, validation = timings["train_seconds"], timings["validation_seconds"]
+    assert steps > 0 and validation > 0
+    # Both are parts of the epoch loop (rounding to 0.01 s aside).
+    assert steps + validation <= timings["epoch_loop_seconds"] + 0.02
+    # images/s is over the steps alone, as published train-only figures are.
+    labels = json.loads(paths.split_file("train").read_text())["labels"]
+    # train_seconds is rounded to 0.01 s, and a tiny run's steps take a fraction of a second.
+    images, rounding = 2 * len(labels), 0.005 + 1e-9
+    slowest, fastest = images / (steps + rounding), images / max(steps - rounding, 1e-9)
+    assert slowest - 0.05 <= timings["images_per_second"] <= fastest + 0.05, (timings, images)
 
 
 def test_other_params_start_fresh(processed: Path) -> None:
@@ -256,6 +272,34 @@ def test_lookahead_ends_on_the_slow_weights() -> None:
     assert torch.allclose(model.weight, expected + 1.0)
     la.after_step(10)  # the last step: a lookahead step, then back to the slow weights
     assert torch.equal(model.weight, la.slow["weight"])
+
+
+def test_lookahead_updates_every_tensor_as_one_lerp_each() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    la = optim.Lookahead(model, total_steps=100)
+    slow = {k: v.clone() for k, v in la.slow.items()}
+    with torch.no_grad():
+        for v in la.live.values():
+            v.add_(torch.randn_like(v))
+    live = {k: v.clone() for k, v in la.live.items()}
+    la.after_step(50)  # a lookahead step, through the multi-tensor ops
+    decay = 0.95**5 * 0.5**3
+    for name, before in slow.items():
+        expected = before.lerp(live[name], 1 - decay)
+        assert torch.equal(la.slow[name], expected) and torch.equal(la.live[name], expected)
+    # The tensors are still the model's own: the update wrote into them in place.
+    assert la.live["0.weight"].data_ptr() == model[0].weight.data_ptr()
+
+
+def test_to_input_converts_dtype_and_layout_in_one_copy() -> None:
+    from visionpipe.models import to_input
+
+    x = torch.randint(0, 256, (2, 3, 5, 5), dtype=torch.uint8)
+    plain = to_input(x)
+    last = to_input(x, torch.channels_last)
+    assert plain.is_contiguous() and last.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(plain, last) and plain.dtype == torch.float32
+    assert torch.equal(plain, x.float() / 255)
 
 
 def test_alternate_flip_shows_each_image_both_ways_in_two_epochs() -> None:

@@ -94,9 +94,9 @@ class Batches:
             if self.ddp.enabled:
                 rank, world = self.ddp.rank, self.ddp.world_size
                 x, y = x[rank::world], y[rank::world]
-            x = to_input(x)
-            if self.cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = to_input(
+                x, torch.channels_last if self.cfg.channels_last else torch.contiguous_format
+            )
             yield Batch(x, y, len(idx), (i + 1) * bs)
 
     def _augment(self, x: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:

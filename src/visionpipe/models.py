@@ -20,9 +20,15 @@ from visionpipe import paths
 from visionpipe.config import ARCHS, MODEL_KEYS, ModelConfig
 
 
-def to_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 NCHW pixels -> the float RGB in [0, 1] every model takes."""
-    return images.float().div_(255)
+def to_input(
+    images: torch.Tensor, memory_format: torch.memory_format = torch.preserve_format
+) -> torch.Tensor:
+    """uint8 NCHW pixels -> the float RGB in [0, 1] every model takes, in `memory_format`.
+
+    One copy converts the dtype and the layout together (not a float copy, then a
+    channels_last copy of it).
+    """
+    return images.to(torch.float32, memory_format=memory_format).div_(255)
 
 
 class Normalize(nn.Module):

@@ -121,6 +121,9 @@ class Lookahead:
         # training and resuming only ever write into them in place.
         self.live = {k: v for k, v in unwrap(model).state_dict().items() if v.is_floating_point()}
         self.slow = {k: v.detach().clone() for k, v in self.live.items()}
+        # The same tensors as lists, in one order, for the multi-tensor (_foreach) ops: one
+        # call over all of them instead of two small kernels per tensor.
+        self._live, self._slow = list(self.live.values()), list(self.slow.values())
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:
@@ -131,6 +134,5 @@ class Lookahead:
             self._update(1.0)
 
     def _update(self, decay: float) -> None:
-        for name, slow in self.slow.items():
-            slow.lerp_(self.live[name], 1.0 - decay)
-            self.live[name].copy_(slow)
+        torch._foreach_lerp_(self._slow, self._live, 1.0 - decay)
+        torch._foreach_copy_(self._live, self._slow)
