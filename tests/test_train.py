@@ -78,9 +78,10 @@ def test_timings_keep_the_steps_apart_from_validation(processed: Path) -> None:
     assert steps > 0 and validation > 0
     # Both are parts of the epoch loop (rounding to 0.01 s aside).
     assert steps + validation <= timings["epoch_loop_seconds"] + 0.02
-    # images/s is over the steps alone, as published train-only figures are.
-    labels = json.loads(paths.split_file("train").read_text())["labels"]
-    assert timings["images_per_second"] == pytest.approx(2 * len(labels) / steps, rel=0.01)
+    # images/s is over the steps alone, as published train-only figures are (train_seconds is
+    # rounded to 0.01 s, a large share of a tiny run's).
+    images = 2 * len(json.loads(paths.split_file("train").read_text())["labels"])
+    assert images / (steps + 0.005) <= timings["images_per_second"] <= images / (steps - 0.005)
 
 
 def test_other_params_start_fresh(processed: Path) -> None:
@@ -286,6 +287,14 @@ def test_lookahead_updates_every_tensor_as_one_lerp_each() -> None:
         assert torch.equal(la.slow[name], expected) and torch.equal(la.live[name], expected)
     # The tensors are still the model's own: the update wrote into them in place.
     assert la.live["0.weight"].data_ptr() == model[0].weight.data_ptr()
+
+
+def test_freed_memory_is_kept_for_reuse_under_glibc() -> None:
+    import platform
+
+    applied = runtime.keep_freed_memory()
+    assert applied == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    assert runtime.keep_freed_memory() == applied  # calling it again is harmless
 
 
 def test_to_input_converts_dtype_and_layout_in_one_copy() -> None:
