@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from visionpipe import data, distributed, train
+from visionpipe import data, distributed, runtime, train
 from visionpipe.config import load_params
 
 NAME = "fast_profile"
@@ -32,6 +32,10 @@ def profile_steps(steps: int, warmup: int, top: int) -> dict[str, Any]:
     """Profile `steps` train steps after `warmup` untimed ones; the top ops by self CPU time."""
     params = load_params()
     device = torch.device("cpu")
+    # As train.run does before training (absent before issue 15: that version never had it).
+    keep = getattr(runtime, "keep_freed_memory", None)
+    if keep is not None:
+        keep()
     torch.manual_seed(params.train.seed)
     splits = data.load_training_data(device)
     ddp = distributed.Dist()

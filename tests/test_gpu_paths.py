@@ -47,10 +47,13 @@ def processed32(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _fake_run(monkeypatch: pytest.MonkeyPatch, gpu: FakeGPU, params: Any) -> dict[str, Any]:
     with fake_gpu(monkeypatch, gpu):
-        model_seen: list[tuple[bool, bool, torch.dtype]] = []
+        model_seen: list[tuple[bool, bool, torch.dtype, str, bool]] = []
 
         def record(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            model_seen.append((module.training, torch.is_autocast_enabled("cuda"), args[0].dtype))
+            x = args[0]
+            last = x.is_contiguous(memory_format=torch.channels_last)
+            seen = (module.training, torch.is_autocast_enabled("cuda"), x.dtype, x.device.type)
+            model_seen.append((*seen, last))
 
         real_place = train.place_model
 
@@ -78,8 +81,10 @@ def test_train_stage_runs_on_a_fake_cuda_device(
     # Train steps in bf16 autocast; validation (and TTA, in evaluate) in fp32, as on a CPU.
     train_steps = [s for s in seen["forward"] if s[0]]
     evals = [s for s in seen["forward"] if not s[0]]
-    assert train_steps and all(autocast for _, autocast, _ in train_steps)
-    assert evals and not any(autocast for _, autocast, _ in evals)
+    assert train_steps and all(s[1] for s in train_steps)
+    assert evals and not any(s[1] for s in evals)
+    # The batch path ran on the device: float32 channels-last inputs on the GPU, every step.
+    assert {s[2:] for s in train_steps} == {(torch.float32, "cuda", True)}
     # Two checkpoints and the model; the model file holds CPU tensors only.
     blobs = [o for o in gpu.saved if "state_dict" in o]
     checkpoints = [o for o in gpu.saved if "fingerprint" in o]
@@ -108,7 +113,7 @@ def test_t4_trains_in_fp16_with_a_grad_scaler(
     params = tiny_params(FAST_MODEL, **{**FAST_TRAIN, "epochs": 1})
     gpu = FakeGPU(name="Tesla T4", capability=(7, 5))
     seen = _fake_run(monkeypatch, gpu, params)
-    dtypes = {dtype for training, _, dtype in seen["forward"] if training}
+    dtypes = {s[2] for s in seen["forward"] if s[0]}
     assert dtypes == {torch.float32}  # autocast casts inside the layers, not the input
     checkpoint = next(o for o in gpu.saved if "fingerprint" in o)
     assert checkpoint["scaler"], "fp16 steps need the GradScaler's state in the checkpoint"

@@ -291,6 +291,14 @@ def test_lookahead_updates_every_tensor_as_one_lerp_each() -> None:
     assert la.live["0.weight"].data_ptr() == model[0].weight.data_ptr()
 
 
+def test_freed_memory_is_kept_for_reuse_under_glibc() -> None:
+    import platform
+
+    applied = runtime.keep_freed_memory()
+    assert applied == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    assert runtime.keep_freed_memory() == applied  # calling it again is harmless
+
+
 def test_to_input_converts_dtype_and_layout_in_one_copy() -> None:
     from visionpipe.models import to_input
 
