@@ -112,20 +112,40 @@ def parity(model: torch.nn.Module, onnx_path: Path, images: torch.Tensor) -> dic
     }
 
 
+def _export_and_compare(
+    model: torch.nn.Module,
+    meta: dict[str, Any],
+    dest: Path,
+    images: torch.Tensor,
+    cfg: ExportConfig,
+) -> dict[str, Any]:
+    export_onnx(model, meta, dest, cfg.opset)
+    result = parity(model, dest, images)
+    # fp32 keeps about 7 digits: logits in the thousands (a run gone astray) differ by more
+    # than 1e-4 however faithful the export, so the tolerance scales with them above 1.
+    allowed = cfg.max_abs_diff * max(1.0, result["max_abs_logit"])
+    agrees = result["max_abs_logit_diff"] <= allowed and result["top1_agreement"] == 1.0
+    result.update({"opset": cfg.opset, "max_abs_diff_allowed": allowed, "agrees": agrees})
+    return result
+
+
 def run(cfg: ExportConfig) -> dict[str, Any]:
     model, meta = load_model(paths.MODEL)
     images, _ = load_split("test")
     images = images[: cfg.parity_images]
     # Verify the file before it replaces the published model: a failing export publishes nothing.
     with atomic_path(paths.ONNX_MODEL) as tmp:
-        export_onnx(model, meta, tmp, cfg.opset)
-        result = parity(model, tmp, images)
-        # fp32 keeps about 7 digits: logits in the thousands (a run gone astray) differ by more
-        # than 1e-4 however faithful the export, so the tolerance scales with them above 1.
-        allowed = cfg.max_abs_diff * max(1.0, result["max_abs_logit"])
-        result.update({"opset": cfg.opset, "max_abs_diff_allowed": allowed})
+        result = _export_and_compare(model, meta, tmp, images, cfg)
+        if not result["agrees"] and graph_cache.forget(
+            graph_cache.graph_key(model.eval(), meta, cfg.opset)
+        ):
+            # A stored graph that did not fit this model (seen once in the test suite, cause
+            # not found yet): trace afresh, and the parity check decides again.
+            log.warning("the stored ONNX graph did not match this model: tracing it afresh")
+            result = _export_and_compare(model, meta, tmp, images, cfg)
         write_json(paths.EXPORT_METRICS, result)
-        if not (result["max_abs_logit_diff"] <= allowed and result["top1_agreement"] == 1.0):
+        allowed = result["max_abs_diff_allowed"]
+        if not result["agrees"]:
             raise ParityError(
                 f"ONNX disagrees with PyTorch on {result['images']} test images: largest logit "
                 f"difference {result['max_abs_logit_diff']:.3g} (allowed {allowed:.3g}: "

@@ -72,6 +72,16 @@ def export(model: torch.nn.Module, key: str, trace: Trace) -> onnx.ModelProto:
     return proto
 
 
+def forget(key: str) -> bool:
+    """Remove the stored graph of `key`; whether there was one."""
+    path = cache_dir() / f"{key}.onnx"
+    try:
+        path.unlink()
+    except OSError:
+        return False
+    return True
+
+
 def fill(template: onnx.ModelProto, model: torch.nn.Module) -> onnx.ModelProto:
     """The template with every initializer named like a state_dict tensor set to that tensor."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

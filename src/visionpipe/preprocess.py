@@ -170,7 +170,8 @@ def _decode_cifar_python(
     step = chunk_items(size)
     train = bytes(item.split == "train" for item in items)
     chunks = (
-        (images[i : i + step], train[start + i : start + i + step])
+        # The byte slice ends with its images: the train images' last chunk is a short one.
+        (images[i : i + step], train[start + i : start + min(i + step, len(images))])
         for images, start in ((cifar.train_images, 0), (cifar.test_images, len(in_val)))
         for i in range(0, len(images), step)
     )
