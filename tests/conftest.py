@@ -49,6 +49,14 @@ def processed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def processed32(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Like `processed`, at 32 px (vgg16's minimum): every model trains on it."""
+    write_processed(tmp_path, n_train=40, n_val=8, n_test=8, size=32)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 def kill_at_validation(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
     """Make train's `call`-th validation raise KeyboardInterrupt: power lost mid-epoch."""
     from visionpipe import train

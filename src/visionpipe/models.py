@@ -184,6 +184,16 @@ class _ConvGroup(nn.Module):
         return self.act(self.norm2(self.conv2(x)))
 
 
+class GlobalMaxPool(nn.Module):
+    """The max of each feature map: airbench's AdaptiveMaxPool2d(1), as a max pool whose window
+    is the whole map. Same values and gradients (the first maximum takes a tie's gradient in
+    both), but torch 2.11's ONNX exporter has no AdaptiveMaxPool2d and CUDA has no deterministic
+    backward for it; plain max pooling has both."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(x, kernel_size=x.shape[-2:])
+
+
 class FastNet(nn.Module):
     """airbench94's CIFAR speed net: 2x2 whitening conv, three conv groups, GELU, BN.
 
@@ -204,7 +214,7 @@ class FastNet(nn.Module):
             _ConvGroup(widths[0], widths[1]),
             _ConvGroup(widths[1], widths[2]),
         )
-        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.pool = GlobalMaxPool()
         self.head = nn.Linear(widths[2], num_classes, bias=False)
         self.scale = 1 / 9
 

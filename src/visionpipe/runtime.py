@@ -7,12 +7,14 @@ guards its CUDA- or MPS-only calls by the device type, so the CPU path runs the 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -246,19 +248,42 @@ def eval_batch_size(train_batch_size: int, views: int) -> int:
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int
+    model: nn.Module,
+    images: torch.Tensor,
+    device: torch.device,
+    batch_size: int,
+    strict: bool = True,
 ) -> torch.Tensor:
     """Float32 logits on CPU for uint8 NCHW `images` (any device), in eval mode.
 
     Always fp32, on every device: the figures then describe the exported fp32 ONNX model, and
-    mean the same whatever GPU (or CPU) computed them.
+    mean the same whatever GPU (or CPU) computed them. `strict=False` lets a GPU use TF32
+    (see `strict_fp32`), for figures that need not match the CPU's to the last digits.
     """
     model.eval()
     out = []
-    for i in range(0, len(images), batch_size):
-        x = to_input(images[i : i + batch_size].to(device, non_blocking=True), torch.channels_last)
-        out.append(model(x).float().cpu())
+    with strict_fp32(device) if strict else contextlib.nullcontext():
+        for i in range(0, len(images), batch_size):
+            x = images[i : i + batch_size].to(device, non_blocking=True)
+            out.append(model(to_input(x, torch.channels_last)).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
+
+
+@contextlib.contextmanager
+def strict_fp32(device: torch.device) -> Iterator[None]:
+    """fp32 that is fp32 on a GPU too. cuDNN computes fp32 convolutions in TF32 (a 10-bit
+    mantissa) by default on Ampere and newer: a ResNet-18's logits came out ~6e-4 off the CPU's
+    on an H100. Training keeps TF32 (PyTorch's default, and fast); scoring does not."""
+    if device.type != "cuda":
+        yield
+        return
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
 def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:

@@ -1,0 +1,132 @@
+"""The GPU paths on a real CUDA GPU: what tests/test_gpu_paths.py checks on a pretend device,
+run for real. Skipped without a GPU (CI has none); where there is one:
+
+    uv run pytest tests/test_cuda.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.conftest import kill_at_validation, tiny_params
+from tests.test_gpu_paths import ZOO
+from visionpipe import data, evaluate, export, paths, runtime, train
+from visionpipe.config import parse_params
+from visionpipe.models import ARCHS, load_model
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+CUDA = torch.device("cuda")
+
+
+@pytest.fixture(autouse=True)
+def _nondeterministic_after(monkeypatch: pytest.MonkeyPatch):
+    # train.deterministic switches torch's global flag on; later tests must not inherit it.
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+def _weights() -> dict[str, torch.Tensor]:
+    return torch.load(paths.MODEL, weights_only=True)["state_dict"]
+
+
+def _params(arch: str, **train_overrides: Any):
+    model, train_params = ZOO[arch]
+    return tiny_params(model, **{**train_params, "batch_size": 16, **train_overrides})
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_model_trains_evaluates_and_exports_from_the_gpu(processed32: Path, arch: str):
+    metrics = train.run(_params(arch, epochs=2))
+    assert metrics["epochs_run"] == 2 and not metrics["diverged"]
+    timings = json.loads(paths.TRAIN_TIMINGS.read_text())
+    assert timings["device"] == torch.cuda.get_device_name(CUDA)
+    assert timings["precision"] == runtime.precision_name(runtime.autocast_dtype(CUDA, True))
+    # The saved model is CPU tensors: it loads on a machine without a GPU.
+    assert all(t.device.type == "cpu" for t in _weights().values())
+    on_gpu, on_cpu = evaluate.run("cuda", 16), evaluate.run("cpu", 16)
+    # Evaluation is fp32 on every device, so the GPU's figures are the CPU's.
+    assert on_gpu["test_acc"] == on_cpu["test_acc"]
+    assert on_gpu["test_loss"] == pytest.approx(on_cpu["test_loss"], rel=1e-4, abs=1e-5)
+    result = export.run(parse_params({}).export.model_copy(update={"parity_images": 8}))
+    assert result["agrees"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gpu_logits_are_fp32_like_the_cpus(processed32: Path, arch: str) -> None:
+    """predict_logits promises fp32 on every device: no TF32 convolutions or matmuls."""
+    train.run(_params(arch, epochs=1))
+    model, _ = load_model(paths.MODEL)
+    images, _ = data.load_split("test")
+    cpu = runtime.predict_logits(model, images, torch.device("cpu"), 8)
+    gpu = runtime.predict_logits(model.to(CUDA), images, CUDA, 8)
+    scale = max(1.0, cpu.abs().max().item())
+    assert (gpu - cpu).abs().max().item() <= 1e-4 * scale
+
+
+def test_training_data_lives_on_the_gpu_when_it_fits(processed32: Path) -> None:
+    splits = data.load_training_data(CUDA)
+    assert splits.train_x.device.type == "cuda" and splits.train_x.dtype == torch.uint8
+    # Validation copies its batches over from the host.
+    assert splits.val_x.device.type == "cpu"
+
+
+@pytest.mark.parametrize("arch", ["tutorial_cnn", "resnet18", "fast"])
+def test_deterministic_gpu_runs_give_bit_identical_weights(processed32: Path, arch: str):
+    params = _params(arch, epochs=2, deterministic=True)
+    train.run(params)
+    first = _weights()
+    train.run(params)
+    second = _weights()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_deterministic_gpu_run_resumes_to_the_same_weights(
+    processed32: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = _params("resnet18", epochs=3, deterministic=True)
+    train.run(params)
+    uninterrupted = _weights()
+    paths.MODEL.unlink()
+    paths.CHECKPOINT_DIR.joinpath("last.pt").unlink()
+    real_eval = train.evaluate_split
+    kill_at_validation(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(params)
+    monkeypatch.setattr(train, "evaluate_split", real_eval)
+    train.run(params)
+    assert '"resumed_from_epoch": 2' in paths.TRAIN_TIMINGS.read_text()
+    resumed = _weights()
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+
+
+def test_gpu_and_cpu_learn_alike_in_fp32(processed32: Path) -> None:
+    """Same initial weights and batches (drawn on the CPU): fp32 training on the GPU follows
+    the CPU's losses closely (kernels differ, so not bit for bit)."""
+    losses = {}
+    for device in ("cpu", "cuda"):
+        params = _params("tutorial_cnn", epochs=2, amp=False)
+        params = params.model_copy(
+            update={"launch": params.launch.model_copy(update={"device": device})}
+        )
+        train.run(params)
+        history = paths.PLOT_EPOCHS.read_text().splitlines()[1:]
+        losses[device] = [float(line.split(",")[1]) for line in history]
+        timings = json.loads(paths.TRAIN_TIMINGS.read_text())
+        assert timings["precision"] == "fp32"
+    assert losses["cuda"] == pytest.approx(losses["cpu"], rel=1e-3)
+
+
+def test_compiled_model_trains_on_the_gpu(processed32: Path) -> None:
+    metrics = train.run(_params("tutorial_cnn", epochs=1, compile=True))
+    assert metrics["epochs_run"] == 1 and not metrics["diverged"]
+    # The compiled wrapper is not what is saved: the model file holds the plain state_dict.
+    assert not any(k.startswith("_orig_mod") for k in _weights())
