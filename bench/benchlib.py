@@ -88,7 +88,9 @@ def machine_line(info: dict[str, Any]) -> str:
 
 def busy_note(info: dict[str, Any]) -> list[str]:
     """A caveat for RESULTS.md when the machine was not quiet at the start."""
-    if info["load_average_1min"] and info["load_average_1min"] > 0.5:
+    # Busy: over a quarter of the usable cores' worth of runnable work (0.5 on 2 cores).
+    cores = info.get("usable_cores") or 2
+    if info["load_average_1min"] and info["load_average_1min"] > cores / 4:
         return [
             "",
             "Note: the machine was busy at start (load average above); treat these "
@@ -107,6 +109,11 @@ def summarize(samples: list[float]) -> dict[str, float]:
         "max": ordered[-1],
         "n": len(ordered),
     }
+
+
+def result_name(name: str, info: dict[str, Any]) -> str:
+    """A GPU machine's figures get a section of their own: they never replace the CPU host's."""
+    return f"{name}_cuda" if info["gpu"] else name
 
 
 def write_json_result(name: str, payload: dict[str, Any]) -> Path:

@@ -43,6 +43,7 @@ from benchlib import (
     machine_info,
     machine_line,
     publish,
+    result_name,
 )
 
 from visionpipe.config import compose
@@ -133,6 +134,20 @@ def run_version(
     return result
 
 
+def checkout_commit(path: Path) -> str:
+    """The short commit checked out at `path`; the path itself where `path` is not the top of
+    a git checkout (a copy of another commit's src/ and stages/ inside some repo)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=path, capture_output=True, text=True)
+        return done.stdout.strip()
+
+    top = git("rev-parse", "--show-toplevel")
+    if not top or Path(top).resolve() != path.resolve():
+        return str(path)
+    return git("rev-parse", "--short", "HEAD")
+
+
 def schedule(old_seeds: list[int], new_seeds: list[int]) -> list[tuple[str, int]]:
     """Old and new runs alternating, old first; the longer list's rest at the end."""
     order: list[tuple[str, int]] = []
@@ -210,6 +225,7 @@ def report(info: dict[str, Any], args: argparse.Namespace, runs: list[dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", type=Path, required=True, help="checkout of the old commit")
+    parser.add_argument("--old-label", default=None, help="name of the old version (its commit)")
     parser.add_argument("--seeds", default="0,1,2", help="train.seed values of the new version")
     parser.add_argument("--old-seeds", default="0", help="train.seed values of the old version")
     parser.add_argument("--epochs", type=int, default=10, help="train.epochs (the recipe: 10)")
@@ -222,10 +238,7 @@ def main() -> None:
         "--no-write", action="store_true", help="print only; leave RESULTS.md and results/ alone"
     )
     args = parser.parse_args()
-    rev = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=args.old, capture_output=True, text=True
-    )
-    args.old_rev = rev.stdout.strip() or str(args.old)
+    args.old_rev = args.old_label or checkout_commit(args.old)
     if args.from_results:
         saved = json.loads(args.from_results.read_text())
         info, runs = saved["machine"], saved["runs"]
@@ -252,7 +265,7 @@ def main() -> None:
         if not args.keep and args.work is None:
             shutil.rmtree(work)
     payload = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}, "runs": runs}
-    publish(NAME, report(info, args, runs), payload, not args.no_write)
+    publish(result_name(NAME, info), report(info, args, runs), payload, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from benchlib import (
     load_cifar_jpegs,
     machine_info,
     machine_line,
+    result_name,
     summarize,
     update_results_md,
     write_json_result,
@@ -351,7 +352,8 @@ def main() -> None:
             "seeds_loader_only_images_per_second": loader_ips,
             "keep_freed_memory": reuse,
         }
-        print(f"wrote {write_json_result(NAME, payload)} and {update_results_md(NAME, body)}")
+        name = result_name(NAME, info)
+        print(f"wrote {write_json_result(name, payload)} and {update_results_md(name, body)}")
 
 
 if __name__ == "__main__":

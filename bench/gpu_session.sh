@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# What to run on a machine with a CUDA GPU (CI and our dev hosts have none): the real-GPU tests,
+# then the GPU benchmarks, each of which publishes a section of its own (`*_cuda`) in
+# bench/RESULTS.md and bench/results/, next to the CPU host's figures.
+#
+#   bench/gpu_session.sh ZIP [OLD_CHECKOUT] [PART...]
+#
+# ZIP: cifar10-jpeg.zip. OLD_CHECKOUT: a checkout of the commit the `fast` speed-up is measured
+# against (bench/fast_train.py --old); "-" skips that benchmark. PARTs (default: all): tests,
+# repro (the whole pipeline by `dvc repro`, as the README's quick start, in a fresh git + DVC
+# repo), recipes, loop, fast. PYTHON (default `uv run python`) is the interpreter; LOGS (default
+# bench/gpu-logs) where each part's output goes.
+set -uo pipefail
+zip=${1:?give the CIFAR-10 JPEG zip}
+old=${2:--}
+shift $(($# < 2 ? $# : 2))
+parts=${*:-tests repro recipes loop fast}
+read -r -a py <<<"${PYTHON:-uv run python}"
+logs=${LOGS:-bench/gpu-logs}
+mkdir -p "$logs"
+status=0
+
+repro() {  # the quick start on the GPU: fresh git + DVC repo, local data, dvc repro
+    local work
+    work=$(mktemp -d) || return 1
+    cp -r dvc.yaml params.yaml conf stages src plots_template pyproject.toml "$work" || return 1
+    cd "$work" || return 1
+    mkdir -p conf/local && printf 'data:\n  source: %s\n' "$zip" >conf/local/machine.yaml
+    git init -q && git add -A && git -c user.name=gpu -c user.email=gpu@localhost commit -qm init
+    dvc init -q && PYTHONPATH=src "${py[@]}" -m visionpipe.cli params && dvc repro &&
+        dvc metrics show && cat metrics/timings/train.json
+}
+
+run() {  # run NAME COMMAND...: its output to $logs/NAME.log and the screen; remember a failure
+    local name=$1
+    shift
+    echo "== $name: $*"
+    local t0=$SECONDS
+    "$@" 2>&1 | tee "$logs/$name.log"
+    local rc=${PIPESTATUS[0]}
+    echo "== $name: exit $rc after $((SECONDS - t0)) s"
+    ((rc == 0)) || status=1
+}
+
+"${py[@]}" -c 'import torch; print(torch.__version__, torch.cuda.get_device_name(0))' || exit 1
+for part in $parts; do
+    case $part in
+    tests)
+        run tests "${py[@]}" -m pytest -q -p no:cacheprovider ${TESTS:-tests/test_cuda.py \
+            tests/test_gpu_paths.py tests/test_train.py tests/test_evaluate.py}
+        ;;
+    repro) run repro repro ;;
+    recipes) run recipes "${py[@]}" bench/recipes.py tutorial fast --zip "$zip" ;;
+    loop)
+        run loop "${py[@]}" bench/train_loop.py --devices cuda --zip "$zip" --images 20000 \
+            --repeats 3
+        ;;
+    fast)
+        [[ $old == - ]] || run fast "${py[@]}" bench/fast_train.py --old "$old" --zip "$zip" \
+            --seeds 0,1,2 --old-seeds 0,1
+        ;;
+    *) echo "unknown part $part (tests, repro, recipes, loop, fast)" >&2 && status=1 ;;
+    esac
+done
+exit $status
