@@ -47,7 +47,7 @@ for part in $parts; do
     case $part in
     tests)
         run tests "${py[@]}" -m pytest -q -p no:cacheprovider ${TESTS:-tests/test_cuda.py \
-            tests/test_gpu_paths.py tests/test_train.py tests/test_evaluate.py}
+            tests/test_gpu_paths.py tests/test_train.py tests/test_evaluate.py tests/test_export.py}
         ;;
     repro) run repro repro ;;
     recipes) run recipes "${py[@]}" bench/recipes.py tutorial fast --zip "$zip" ;;
