@@ -11,6 +11,7 @@ import pytest
 from visionpipe import paths
 from visionpipe.arrays import SplitWriter
 from visionpipe.config import parse_params
+from visionpipe.models import ARCHS
 
 CLASSES = ["cat", "dog", "frog"]
 
@@ -96,6 +97,17 @@ FAST_TRAIN: dict[str, object] = {
     "schedule": "triangle",
     "lookahead": True,
     "augment": {"crop_padding": 2, "padding_mode": "reflect", "flip": "alternate"},
+}
+
+
+# Every model with the augmentation, lookahead and TTA the recipes use, for `processed32` (32 px,
+# vgg16's minimum): tests/test_gpu_paths.py (fake GPU) and tests/test_cuda.py (real one).
+ZOO = {
+    arch: (
+        {**FAST_MODEL} if arch == "fast" else {"name": arch, "normalize": True, "tta": 2},
+        {**FAST_TRAIN} if arch == "fast" else {"augment": {"crop_padding": 2, "flip": True}},
+    )
+    for arch in ARCHS
 }
 
 

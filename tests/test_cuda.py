@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.conftest import kill_at_validation, tiny_params
-from tests.test_gpu_paths import ZOO
+from tests.conftest import ZOO, kill_at_validation, tiny_params
 from visionpipe import data, evaluate, export, paths, runtime, train
 from visionpipe.config import parse_params
 from visionpipe.models import ARCHS, load_model

@@ -16,7 +16,7 @@ import torch
 import yaml
 from torch import nn
 
-from tests.conftest import FAST_MODEL, FAST_TRAIN, tiny_params
+from tests.conftest import FAST_MODEL, FAST_TRAIN, ZOO, tiny_params
 from tests.fake_cuda import FakeGPU, fake_gpu
 from tests.helpers import ROOT
 from visionpipe import data, distributed, paths, runtime, train
@@ -26,16 +26,6 @@ from visionpipe.runtime import DeviceError
 CUDA = torch.device("cuda")
 MPS = torch.device("mps")
 CPU = torch.device("cpu")
-
-# Every model with the augmentation, lookahead and TTA the recipes use, at 32 px (vgg16's
-# minimum); on fake tensors none of it computes anything, so the whole zoo is cheap.
-ZOO = {
-    arch: (
-        {**FAST_MODEL} if arch == "fast" else {"name": arch, "normalize": True, "tta": 2},
-        {**FAST_TRAIN} if arch == "fast" else {"augment": {"crop_padding": 2, "flip": True}},
-    )
-    for arch in ARCHS
-}
 
 
 def _fake_run(monkeypatch: pytest.MonkeyPatch, gpu: FakeGPU, params: Any) -> dict[str, Any]:
