@@ -8,8 +8,8 @@ class folders of a flat collection (untimed), then runs
 1. the preprocess stage, `python stages/preprocess.py`, at 224 px with test and validation
    fractions of 0.05 (so the train split alone is larger than memory);
 2. `--steps` training steps of resnet18 (batch `--batch-size`), the train stage's own loop
-   (`visionpipe.train.make_loop` + `train_epoch`, after `data.load_training_data`, which keeps a
-   split over the memory budget in its memory-mapped file), in a process of its own.
+   (`visionpipe.train.make_loop` + `train_epoch`, after `split_tensors.load_training_data`, which
+   keeps a split over the memory budget in its memory-mapped file), in a process of its own.
 
 Peak memory: resident bytes of each stage's processes, sampled every 0.25 s, in all (anonymous +
 file-backed: pages of the mapped split count while mapped) and anonymous only (what the processes
@@ -105,15 +105,15 @@ def train_steps(steps: int, batch_size: int) -> None:
     """In the preprocessed folder (cwd): the train stage's loop for `steps` steps; prints JSON."""
     import torch
 
-    from visionpipe import data, distributed, train
-    from visionpipe.config import load_params
+    from visionpipe import distributed, split_tensors, train
+    from visionpipe.config.params import load_params
     from visionpipe.logs import setup
 
     setup()
     params = load_params()
     device = torch.device("cpu")
     started = time.perf_counter()
-    splits = data.load_training_data(device)
+    splits = split_tensors.load_training_data(device)
     loaded = time.perf_counter()
     model = train.build_training_model(params, splits, device, distributed.Dist())
     loop = train.make_loop(model, splits.train_x, splits.train_y, params.train, device)
@@ -195,7 +195,8 @@ def report(info: dict[str, Any], args: argparse.Namespace, res: dict[str, Any]) 
             f"test_fraction and val_fraction 0.05: **{gib(total)} of uint8 arrays, "
             f"{total / ram:.2f}x this machine's memory** ({per_split}). Training: "
             f"{args.steps} steps of resnet18 at batch {args.batch_size} (SGD, bf16 autocast "
-            "where native), the train stage's loop after `data.load_training_data`, with the "
+            "where native), the train stage's loop after `split_tensors.load_training_data`, "
+            "with the "
             "default memory budget (half the available memory).",
             "",
             "| stage | wall time | peak memory, all | peak memory, anonymous | notes |",

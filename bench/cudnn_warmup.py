@@ -3,7 +3,7 @@
 One configuration per process (autotuning results are cached per process): RECIPE's model and
 train settings (conf/recipe/RECIPE.yaml) on random uint8 CIFAR-sized data already on the GPU,
 `train.train_epoch` for 4 epochs, each followed by scoring 10,000 images with
-`runtime.predict_logits` (strict fp32, or with TF32 allowed). Prints one JSON line: seconds per
+`inference.predict_logits` (strict fp32, or with TF32 allowed). Prints one JSON line: seconds per
 epoch and per scoring pass, the first of each including whatever tuning it triggers.
 
     for cfg in "fast 1 1" "fast 0 1" "fast 1 0" "fast 0 0" "tutorial 1 1" "tutorial 0 1"; do
@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from visionpipe import distributed, runtime, train
-from visionpipe.config import compose, parse_params
+from visionpipe import distributed, inference, precision, train
+from visionpipe.config.compose import compose
+from visionpipe.config.params import parse_params
 from visionpipe.models import arch_params, build_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +33,7 @@ def main() -> None:
     recipe, bench, strict = sys.argv[1], sys.argv[2] == "1", sys.argv[3] == "1"
     torch.backends.cudnn.benchmark = bench
     if not strict:
-        runtime.strict_fp32 = lambda device: contextlib.nullcontext()
+        precision.strict_fp32 = lambda device: contextlib.nullcontext()
     dev = torch.device("cuda")
     composed = compose([f"recipe={recipe}"], REPO_ROOT / "conf")
     composed["data"]["source"] = "unused"
@@ -57,7 +58,7 @@ def main() -> None:
         torch.cuda.synchronize()
         epochs.append(round(time.perf_counter() - t, 3))
         t = time.perf_counter()
-        runtime.predict_logits(model, val, dev, params.train.batch_size)
+        inference.predict_logits(model, val, dev, params.train.batch_size)
         out["val"].append(round(time.perf_counter() - t, 3))
     out["epochs"] = epochs
     print(json.dumps(out), flush=True)

@@ -46,7 +46,7 @@ from benchlib import (
     result_name,
 )
 
-from visionpipe.config import compose
+from visionpipe.config.compose import compose
 
 NAME = "fast_train"
 TARGET_SPEEDUP, TARGET_ACCURACY = 1.25, 0.905

@@ -39,9 +39,10 @@ from benchlib import (
 
 from visionpipe import __version__
 from visionpipe.cifar_pickle import CLASSES
-from visionpipe.config import ExportConfig
+from visionpipe.config.export import ExportConfig
 from visionpipe.export import export_onnx
-from visionpipe.models import build_model, load_model
+from visionpipe.modelfile import load_model
+from visionpipe.models import build_model
 
 NAME = "predict_latency"
 ORT_B1_MEDIAN_MS = 0.25  # target: onnxruntime batch-1 median latency, at most

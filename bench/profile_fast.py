@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from visionpipe import data, distributed, runtime, train
-from visionpipe.config import load_params
+from visionpipe import distributed, memory, split_tensors, train
+from visionpipe.config.params import load_params
 
 NAME = "fast_profile"
 
@@ -33,11 +33,11 @@ def profile_steps(steps: int, warmup: int, top: int) -> dict[str, Any]:
     params = load_params()
     device = torch.device("cpu")
     # As train.run does before training (absent before issue 15: that version never had it).
-    keep = getattr(runtime, "keep_freed_memory", None)
+    keep = getattr(memory, "keep_freed_memory", None)
     if keep is not None:
         keep()
     torch.manual_seed(params.train.seed)
-    splits = data.load_training_data(device)
+    splits = split_tensors.load_training_data(device)
     ddp = distributed.Dist()
     model = train.build_training_model(params, splits, device, ddp)
     loop = train.make_loop(model, splits.train_x, splits.train_y, params.train, device, ddp)

@@ -15,7 +15,7 @@ and the medians are compared.
   epoch's end and every log_every steps. Not timed: TensorBoard, tqdm, validation, checkpoints.
 
 Like the train stage (`train.run`), the script first has glibc's malloc reuse freed memory
-(`runtime.keep_freed_memory`); it is one process, so the seeds' loop gets that too.
+(`memory.keep_freed_memory`); it is one process, so the seeds' loop gets that too.
 
     uv run python bench/train_loop.py --images 10000
 """
@@ -47,9 +47,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision import transforms
 
-from visionpipe import runtime, train
-from visionpipe.config import TrainConfig
-from visionpipe.models import build_model, tutorial_cnn
+from visionpipe import memory, precision, train
+from visionpipe.config.train import TrainConfig
+from visionpipe.models import build_model
+from visionpipe.nets import tutorial_cnn
 
 NAME = "train_loop"
 TARGETS = {"cpu": 3.0, "cuda": 20.0}  # pipeline/seeds images/s ratio we aim for
@@ -229,7 +230,7 @@ def loader_only(images: np.ndarray, labels: np.ndarray) -> float:
 def report(
     info: dict[str, Any], args: argparse.Namespace, per_device: dict[str, Any], loader_ips: float
 ) -> str:
-    cpu_bf16 = runtime.cpu_computes_bf16()
+    cpu_bf16 = precision.cpu_computes_bf16()
     amp_note = (
         "on CUDA and on this CPU (native AVX512-BF16/AMX)"
         if cpu_bf16
@@ -259,7 +260,7 @@ def report(
         + (
             "left as it is (`--malloc-default`)."
             if args.malloc_default
-            else "reusing freed memory, as the train stage sets it (`runtime.keep_freed_memory`)."
+            else "reusing freed memory, as the train stage sets it (`memory.keep_freed_memory`)."
         ),
         "",
         "| device | loop | images/s (median) | min | max | ratio vs seeds | target |",
@@ -329,7 +330,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     # As train.run does; process-wide, so both loops run with the same allocator settings.
-    reuse = False if args.malloc_default else runtime.keep_freed_memory()
+    reuse = False if args.malloc_default else memory.keep_freed_memory()
     info = machine_info()
     print(f"machine: {machine_line(info)}")
     images, labels, _ = load_cifar_jpegs(args.zip, "train", args.images)

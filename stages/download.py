@@ -3,17 +3,17 @@
 import os
 from pathlib import Path
 
-from visionpipe import logs, paths, sources
-from visionpipe.config import load_params
+from visionpipe import config, logs, paths, sources
+from visionpipe.config.data import DataConfig
 from visionpipe.fsutil import write_json
 
 
 def main() -> None:
-    params = load_params()
+    data = config.load_section("data", DataConfig)
     result = sources.fetch_dataset(
-        params.data.dataset,
-        params.data.source,
-        params.data.sha256,
+        data.dataset,
+        data.source,
+        data.sha256,
         paths.RAW_DIR,
         base_dir=Path.cwd(),
         mirror=os.environ.get("DATA_MIRROR") or None,
@@ -21,7 +21,7 @@ def main() -> None:
     write_json(
         paths.RAW_INFO,
         {
-            "dataset": params.data.dataset,
+            "dataset": data.dataset,
             "file": result.path.name,
             "sha256": result.sha256,
             "md5": result.md5,

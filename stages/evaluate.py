@@ -1,12 +1,12 @@
 """Stage evaluate: test loss, accuracy, macro-F1, per-class scores and confusion matrix."""
 
-from visionpipe import evaluate, logs
-from visionpipe.config import load_params
+from visionpipe import config, evaluate, logs
+from visionpipe.config.train import LaunchConfig, TrainConfig
 
 
 def main() -> None:
-    params = load_params()
-    evaluate.run(params.launch.device, params.train.batch_size)
+    device = config.load_section("launch", LaunchConfig).device
+    evaluate.run(device, config.load_section("train", TrainConfig).batch_size)
 
 
 if __name__ == "__main__":

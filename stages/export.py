@@ -1,11 +1,11 @@
 """Stage export: ONNX model checked against onnxruntime on real test images."""
 
-from visionpipe import export, logs
-from visionpipe.config import load_params
+from visionpipe import config, export, logs
+from visionpipe.config.export import ExportConfig
 
 
 def main() -> None:
-    export.run(load_params().export)
+    export.run(config.load_section("export", ExportConfig))
 
 
 if __name__ == "__main__":

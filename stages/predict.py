@@ -2,12 +2,12 @@
 
 import sys
 
-from visionpipe import logs, paths, predict
-from visionpipe.config import load_params
+from visionpipe import config, logs, paths, predict
+from visionpipe.config.predict import PredictConfig
 
 
 def main() -> int:
-    cfg = load_params().predict
+    cfg = config.load_section("predict", PredictConfig)
     backend = predict.OnnxBackend(paths.ONNX_MODEL)
     preds = predict.run(
         [str(paths.SAMPLES_DIR), *cfg.inputs],

@@ -1,11 +1,11 @@
 """Stage preprocess: decode every image once into uint8 tensors per split (train/val/test)."""
 
-from visionpipe import logs, preprocess
-from visionpipe.config import load_params
+from visionpipe import config, logs, preprocess
+from visionpipe.config.data import DataParams
 
 
 def main() -> None:
-    preprocess.run(load_params())
+    preprocess.run(config.load(DataParams))
 
 
 if __name__ == "__main__":

@@ -4,16 +4,19 @@ With launch.nproc * launch.nnodes > 1 it hands itself to torchrun, which runs th
 per rank (DistributedDataParallel).
 """
 
-from visionpipe import distributed, logs, runtime, train
-from visionpipe.config import load_params
+from visionpipe import devices, distributed, logs, train
+from visionpipe.config.compose import warn_drift
+from visionpipe.config.params import load_params
 
 
 def main() -> None:
     params = load_params()
+    if not distributed.under_launcher():  # once, not once per rank
+        warn_drift()
     cfg = params.launch
     if distributed.wants_launch(cfg):
         # Checked here, before torchrun starts processes that would each fail.
-        device = runtime.pick_device(cfg.device)
+        device = devices.pick_device(cfg.device)
         distributed.check_processes(cfg.nproc, cfg.nproc * cfg.nnodes, device)
         distributed.launch(cfg, __file__)
     train.run(params)

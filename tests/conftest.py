@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from visionpipe import paths
-from visionpipe.arrays import SplitWriter
-from visionpipe.config import parse_params
-from visionpipe.models import ARCHS
+from visionpipe.config.params import parse_params
+from visionpipe.models import MODELS
+from visionpipe.split_files import SplitWriter
 
 CLASSES = ["cat", "dog", "frog"]
 
@@ -107,7 +107,7 @@ ZOO = {
         {**FAST_MODEL} if arch == "fast" else {"name": arch, "normalize": True, "tta": 2},
         {**FAST_TRAIN} if arch == "fast" else {"augment": {"crop_padding": 2, "flip": True}},
     )
-    for arch in ARCHS
+    for arch in MODELS
 }
 
 

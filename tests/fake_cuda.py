@@ -28,7 +28,7 @@ import torch
 import torch.utils.tensorboard
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
 
-from visionpipe import runtime, train
+from visionpipe import devices, train
 
 
 @dataclass
@@ -65,7 +65,7 @@ def _cpu_only(value: Any, what: str) -> None:
 def fake_gpu(monkeypatch: pytest.MonkeyPatch, gpu: FakeGPU) -> Iterator[FakeGPU]:
     """Inside: `train.run` picks `cuda`, and every tensor op runs under FakeTensorMode."""
     cap = gpu.capability
-    monkeypatch.setattr(runtime, "pick_device", lambda choice="auto": torch.device("cuda"))
+    monkeypatch.setattr(devices, "pick_device", lambda choice="auto": torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (80 * 2**30, 80 * 2**30))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: gpu.name)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: cap)

@@ -100,7 +100,7 @@ def make_project(dest: Path, params: dict[str, dict[str, Any]] | None = None) ->
 
 def set_params(repo: Path, overrides: dict[str, dict[str, Any]]) -> None:
     """Change defaults as a user would: in conf/config.yaml, then params.yaml composed anew."""
-    from visionpipe.config import compose_yaml
+    from visionpipe.config.compose import compose_yaml
 
     conf = repo / "conf" / "config.yaml"
     data = yaml.safe_load(conf.read_text())

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from visionpipe.config import ConfigError, load_params, parse_params
+from visionpipe.config import ConfigError
+from visionpipe.config.params import load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,10 +86,12 @@ def test_a_model_key_that_does_not_apply_is_an_error(model: dict, key: str) -> N
 
 def test_model_keys_at_their_defaults_fit_every_model() -> None:
     # params.yaml always holds every key: the tutorial's settings must not stop another model.
-    from visionpipe.config import ARCHS, MODEL_KEYS
+    from visionpipe.models import MODELS, keys_of
 
-    for arch in ARCHS:
+    for arch, spec in MODELS.items():
         assert parse_params({"model": {"name": arch}}).model.name == arch
-        for key in MODEL_KEYS[arch]:
+        own = [*spec.keys, *(["pretrained"] if spec.pretrained else [])]
+        assert set(own) <= set(keys_of(arch))
+        for key in own:
             value = {"activation": "relu", "batch_norm": True, "pretrained": True}[key]
             assert getattr(parse_params({"model": {"name": arch, key: value}}).model, key) == value

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from tests.conftest import ZOO, kill_at_validation, tiny_params
-from visionpipe import data, evaluate, export, paths, runtime, train
-from visionpipe.config import parse_params
-from visionpipe.models import ARCHS, load_model
+from visionpipe import evaluate, export, inference, paths, precision, split_tensors, train
+from visionpipe.config.params import parse_params
+from visionpipe.modelfile import load_model
+from visionpipe.models import MODELS
 
 pytestmark = [
     pytest.mark.cuda,
@@ -42,13 +43,13 @@ def _params(arch: str, **train_overrides: Any):
     return tiny_params(model, **{**train_params, "batch_size": 16, **train_overrides})
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", MODELS)
 def test_every_model_trains_evaluates_and_exports_from_the_gpu(processed32: Path, arch: str):
     metrics = train.run(_params(arch, epochs=2))
     assert metrics["epochs_run"] == 2 and not metrics["diverged"]
     timings = json.loads(paths.TRAIN_TIMINGS.read_text())
     assert timings["device"] == torch.cuda.get_device_name(CUDA)
-    assert timings["precision"] == runtime.precision_name(runtime.autocast_dtype(CUDA, True))
+    assert timings["precision"] == precision.precision_name(precision.autocast_dtype(CUDA, True))
     # The saved model is CPU tensors: it loads on a machine without a GPU.
     assert all(t.device.type == "cpu" for t in _weights().values())
     on_gpu, on_cpu = evaluate.run("cuda", 16), evaluate.run("cpu", 16)
@@ -59,20 +60,20 @@ def test_every_model_trains_evaluates_and_exports_from_the_gpu(processed32: Path
     assert result["agrees"]
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", MODELS)
 def test_gpu_logits_are_fp32_like_the_cpus(processed32: Path, arch: str) -> None:
     """predict_logits promises fp32 on every device: no TF32 convolutions or matmuls."""
     train.run(_params(arch, epochs=1))
     model, _ = load_model(paths.MODEL)
-    images, _ = data.load_split("test")
-    cpu = runtime.predict_logits(model, images, torch.device("cpu"), 8)
-    gpu = runtime.predict_logits(model.to(CUDA), images, CUDA, 8)
+    images, _ = split_tensors.load_split("test")
+    cpu = inference.predict_logits(model, images, torch.device("cpu"), 8)
+    gpu = inference.predict_logits(model.to(CUDA), images, CUDA, 8)
     scale = max(1.0, cpu.abs().max().item())
     assert (gpu - cpu).abs().max().item() <= 1e-4 * scale
 
 
 def test_training_data_lives_on_the_gpu_when_it_fits(processed32: Path) -> None:
-    splits = data.load_training_data(CUDA)
+    splits = split_tensors.load_training_data(CUDA)
     assert splits.train_x.device.type == "cuda" and splits.train_x.dtype == torch.uint8
     # Validation copies its batches over from the host.
     assert splits.val_x.device.type == "cpu"

@@ -19,7 +19,7 @@ import yaml
 from tests.conftest import write_processed
 from tests.helpers import ROOT, env
 from visionpipe import distributed, paths
-from visionpipe.config import parse_params
+from visionpipe.config.params import parse_params
 
 pytestmark = pytest.mark.slow
 

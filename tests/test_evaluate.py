@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import CLASSES, tiny_params
 from visionpipe import evaluate, paths, train
-from visionpipe.arrays import SplitWriter
+from visionpipe.split_files import SplitWriter
 
 
 def test_scores_from_a_confusion_matrix() -> None:

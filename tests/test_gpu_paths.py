@@ -19,9 +19,20 @@ from torch import nn
 from tests.conftest import FAST_MODEL, FAST_TRAIN, ZOO, tiny_params
 from tests.fake_cuda import FakeGPU, fake_gpu
 from tests.helpers import ROOT
-from visionpipe import data, distributed, paths, runtime, train
-from visionpipe.models import ARCHS, Classifier, build_model, tutorial_cnn
-from visionpipe.runtime import DeviceError
+from visionpipe import (
+    determinism,
+    devices,
+    distributed,
+    inference,
+    paths,
+    precision,
+    split_tensors,
+    train,
+)
+from visionpipe.classifier import Classifier
+from visionpipe.devices import DeviceError
+from visionpipe.models import MODELS, build_model
+from visionpipe.nets import tutorial_cnn
 
 CUDA = torch.device("cuda")
 MPS = torch.device("mps")
@@ -49,7 +60,7 @@ def _fake_run(monkeypatch: pytest.MonkeyPatch, gpu: FakeGPU, params: Any) -> dic
     return {"metrics": metrics, "forward": model_seen}
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", MODELS)
 def test_train_stage_runs_on_a_fake_cuda_device(
     processed32: Path, monkeypatch: pytest.MonkeyPatch, arch: str
 ) -> None:
@@ -92,7 +103,7 @@ def test_fake_cuda_tta_evaluation_stays_on_the_device_and_in_fp32(
     with fake_gpu(monkeypatch, FakeGPU()):
         model = train.place_model(model, CUDA, tiny_params().train)
         images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)  # on the host
-        logits = runtime.predict_logits(model, images, CUDA, batch_size=4)
+        logits = inference.predict_logits(model, images, CUDA, batch_size=4)
     assert logits.device.type == "cpu" and logits.dtype == torch.float32
     assert logits.shape == (10, 3)
     # No TF32 while scoring (cuDNN's default for fp32 convolutions); training's setting is back.
@@ -154,10 +165,10 @@ def test_which_models_have_no_deterministic_backward(
     arch: str, cuda_layer: str | None, mps_layer: str
 ) -> None:
     model = build_model(arch, 10, 32)
-    found = runtime.nondeterministic_layer(model, CUDA)
+    found = determinism.nondeterministic_layer(model, CUDA)
     assert (found is None) if cuda_layer is None else (cuda_layer in found)
-    assert mps_layer in (runtime.nondeterministic_layer(model, MPS) or "")
-    assert runtime.nondeterministic_layer(model, CPU) is None
+    assert mps_layer in (determinism.nondeterministic_layer(model, MPS) or "")
+    assert determinism.nondeterministic_layer(model, CPU) is None
 
 
 # ---- device choice -------------------------------------------------------------------------
@@ -189,8 +200,8 @@ def _gpu_machine(
 
 def test_auto_picks_a_supported_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     _gpu_machine(monkeypatch, (8, 9))  # an L4: sm_86 code runs on 8.9
-    assert runtime.pick_device("auto") == CUDA
-    assert runtime.pick_device("cuda") == CUDA
+    assert devices.pick_device("auto") == CUDA
+    assert devices.pick_device("cuda") == CUDA
 
 
 def test_auto_falls_back_to_cpu_on_a_gpu_the_wheel_has_no_kernels_for(
@@ -198,10 +209,10 @@ def test_auto_falls_back_to_cpu_on_a_gpu_the_wheel_has_no_kernels_for(
 ) -> None:
     _gpu_machine(monkeypatch, (7, 0))  # a V100 against the cu132 wheel (sm_75 and newer)
     with caplog.at_level(logging.WARNING):
-        assert runtime.pick_device("auto") == CPU
+        assert devices.pick_device("auto") == CPU
     assert "compute capability 7.0" in caplog.text and "CUDA 12.6" in caplog.text
     with pytest.raises(DeviceError, match=r"launch.device = 'cuda'.*sm_70"):
-        runtime.pick_device("cuda")
+        devices.pick_device("cuda")
 
 
 def test_auto_says_why_when_the_driver_is_too_old(
@@ -213,10 +224,10 @@ def test_auto_says_why_when_the_driver_is_too_old(
     _gpu_machine(monkeypatch, None, init_warning=message)
     monkeypatch.setattr(torch.version, "cuda", "13.2")
     with caplog.at_level(logging.WARNING):
-        assert runtime.pick_device("auto") == CPU
+        assert devices.pick_device("auto") == CPU
     assert "too old (found version 12020)" in caplog.text and "driver 580" in caplog.text
     with pytest.raises(DeviceError, match="driver 580"):
-        runtime.pick_device("cuda")
+        devices.pick_device("cuda")
 
 
 def test_no_gpu_is_no_warning_and_mps_comes_next(
@@ -224,12 +235,12 @@ def test_no_gpu_is_no_warning_and_mps_comes_next(
 ) -> None:
     _gpu_machine(monkeypatch, None)
     with caplog.at_level(logging.WARNING):
-        assert runtime.pick_device("auto") == CPU
+        assert devices.pick_device("auto") == CPU
     assert caplog.text == ""
     with pytest.raises(DeviceError, match="no CUDA GPU is visible"):
-        runtime.pick_device("cuda")
+        devices.pick_device("cuda")
     _gpu_machine(monkeypatch, None, mps=True)
-    assert runtime.pick_device("auto") == MPS
+    assert devices.pick_device("auto") == MPS
 
 
 @pytest.mark.parametrize(
@@ -249,7 +260,7 @@ def test_no_gpu_is_no_warning_and_mps_comes_next(
 def test_arch_list_compatibility(
     capability: tuple[int, int], arch_list: list[str], ok: bool
 ) -> None:
-    assert runtime.arch_supported(capability, arch_list) is ok
+    assert devices.arch_supported(capability, arch_list) is ok
 
 
 @pytest.mark.parametrize(
@@ -277,9 +288,9 @@ def test_precision_decision(
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", bf16)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    dtype = runtime.autocast_dtype(device, amp)
+    dtype = precision.autocast_dtype(device, amp)
     assert dtype == expected
-    assert runtime.needs_grad_scaler(dtype) is (expected == torch.float16)
+    assert precision.needs_grad_scaler(dtype) is (expected == torch.float16)
 
 
 # ---- several processes ---------------------------------------------------------------------
@@ -306,7 +317,7 @@ def test_more_processes_than_gpus_is_refused_before_torchrun(
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
-    monkeypatch.setattr(runtime, "pick_device", lambda choice="auto": CUDA)
+    monkeypatch.setattr(devices, "pick_device", lambda choice="auto": CUDA)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(distributed, "launch", lambda *a: pytest.fail("torchrun was started"))
     spec = importlib.util.spec_from_file_location("train_stage", ROOT / "stages" / "train.py")
@@ -349,11 +360,11 @@ def test_rng_restore_with_fewer_gpus_than_the_checkpoint_saw(
         # Written by 0.1.0 on a machine with two GPUs: one state per GPU.
         "cuda": [torch.full((16,), 1, dtype=torch.uint8), torch.full((16,), 2, dtype=torch.uint8)],
     }
-    runtime.set_rng_state(state, gen, torch.device("cuda", 0))
+    determinism.set_rng_state(state, gen, torch.device("cuda", 0))
     assert len(restored) == 1 and int(restored[0][0][0]) == 1
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda d="cuda": torch.zeros(16))
-    assert set(runtime.rng_state(gen, torch.device("cuda", 0))) == {"torch", "gen", "cuda"}
-    assert set(runtime.rng_state(gen, CPU)) == {"torch", "gen"}
+    assert set(determinism.rng_state(gen, torch.device("cuda", 0))) == {"torch", "gen", "cuda"}
+    assert set(determinism.rng_state(gen, CPU)) == {"torch", "gen"}
 
 
 def test_dataset_stays_on_the_host_when_it_would_crowd_the_gpu(
@@ -362,12 +373,12 @@ def test_dataset_stays_on_the_host_when_it_would_crowd_the_gpu(
     images = torch.zeros(2048, 3, 32, 32, dtype=torch.uint8)  # 6 MiB
     monkeypatch.setattr(torch.mps, "recommended_max_memory", lambda: 10 * 2**20)
     monkeypatch.setattr(torch.mps, "driver_allocated_memory", lambda: 2 * 2**20)
-    assert data.resident_device(images, MPS) == CPU  # 6 MiB > half of 8 MiB free
+    assert split_tensors.resident_device(images, MPS) == CPU  # 6 MiB > half of 8 MiB free
     monkeypatch.setattr(torch.mps, "recommended_max_memory", lambda: 64 * 2**20)
-    assert data.resident_device(images, MPS) == MPS
+    assert split_tensors.resident_device(images, MPS) == MPS
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: (4 * 2**20, 80 * 2**30))
-    assert data.resident_device(images, CUDA) == CPU
-    assert data.resident_device(images, CPU) == CPU
+    assert split_tensors.resident_device(images, CUDA) == CPU
+    assert split_tensors.resident_device(images, CPU) == CPU
 
 
 def test_evaluation_batches_follow_the_train_batch_and_the_tta_views() -> None:

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from visionpipe import paths, preprocess, splits
-from visionpipe.config import parse_params
-from visionpipe.data import load_split
+from visionpipe.config.params import parse_params
+from visionpipe.split_tensors import load_split
 
 
 def _jpeg(color: tuple[int, int, int], size: tuple[int, int] = (48, 36)) -> bytes:
@@ -119,7 +119,7 @@ def test_val_split_is_seeded_and_disjoint() -> None:
 
 
 def test_channel_stats_are_exact_whatever_the_chunks() -> None:
-    from visionpipe.arrays import channel_sums, mean_std
+    from visionpipe.split_files import channel_sums, mean_std
 
     imgs = np.zeros((2, 3, 2, 2), np.uint8)
     imgs[:, 0] = 255

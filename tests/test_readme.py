@@ -34,7 +34,7 @@ from PIL import Image
 from tests.helpers import ROOT, assert_exp_show_fits_120_columns, env, make_project, run
 from visionpipe import paths
 from visionpipe.cifar_pickle import CLASSES
-from visionpipe.config import compose, diff_keys
+from visionpipe.config.compose import compose, diff_keys
 from visionpipe.sources import HYMENOPTERA_COUNTS, HYMENOPTERA_ROOT, OFFICIAL
 
 README = ROOT / "README.md"

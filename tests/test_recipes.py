@@ -11,25 +11,27 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT
-from visionpipe.config import ARCHS, RECIPES, compose, parse_params
+from visionpipe.config.compose import compose
+from visionpipe.config.params import parse_params
+from visionpipe.models import MODELS
 
 sys.path.insert(0, str(ROOT / "bench"))
 from recipes import RECIPES as BENCH_RECIPES
 from recipes import recipe_params
 
 CONF = ROOT / "conf"
+RECIPES = sorted(p.stem for p in (CONF / "recipe").glob("*.yaml"))
 
 
-def test_every_recipe_file_is_a_named_recipe() -> None:
-    files = sorted(p.stem for p in (CONF / "recipe").glob("*.yaml"))
-    assert files == sorted(RECIPES) == sorted(BENCH_RECIPES)
+def test_bench_measures_every_recipe() -> None:
+    assert sorted(BENCH_RECIPES) == RECIPES
 
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_composes_to_valid_params_labelled_with_its_name(name: str) -> None:
     params = parse_params(compose([f"recipe={name}"], CONF))
     assert params.recipe == name
-    assert params.model.name in ARCHS
+    assert params.model.name in MODELS
     # -S values go on top of the recipe.
     tuned = parse_params(compose([f"recipe={name}", "train.epochs=2"], CONF))
     assert tuned.train.epochs == 2 and tuned.model == params.model

@@ -9,16 +9,12 @@ import pytest
 import torch
 
 from tests.conftest import FAST_MODEL, FAST_TRAIN, kill_at_validation, tiny_params
-from visionpipe import batches, optim, paths, runtime, train
-from visionpipe.config import TrainConfig
-from visionpipe.models import (
-    ARCHS,
-    Classifier,
-    build_model,
-    init_whitening,
-    load_model,
-    tutorial_cnn,
-)
+from visionpipe import batches, memory, optim, paths, precision, train
+from visionpipe.classifier import Classifier
+from visionpipe.config.train import TrainConfig
+from visionpipe.modelfile import load_model
+from visionpipe.models import MODELS, build_model
+from visionpipe.nets import init_whitening, tutorial_cnn
 
 
 def _weights() -> dict[str, torch.Tensor]:
@@ -144,7 +140,7 @@ def test_tutorial_cnn_is_the_seeds_model() -> None:
     )  # the seeds model: 2432 + 25632 + 51264 + 65600 + 650
 
 
-@pytest.mark.parametrize("arch", [a for a in ARCHS if a != "vgg16"])
+@pytest.mark.parametrize("arch", [a for a in MODELS if a != "vgg16"])
 @pytest.mark.parametrize(("classes", "size"), [(10, 32), (2, 64)])
 def test_every_arch_builds_for_any_classes_and_size(arch: str, classes: int, size: int) -> None:
     model = build_model(arch, classes, size, mean=[0.5] * 3, std=[0.25] * 3).eval()
@@ -161,10 +157,10 @@ def test_saved_model_is_weights_and_plain_metadata(processed: Path) -> None:
     train.run(tiny_params(epochs=1))
     blob = torch.load(paths.MODEL, weights_only=True)
     assert set(blob) == {"state_dict", "meta"}
-    meta = blob["meta"]
-    assert meta["classes"] == ["cat", "dog", "frog"] and meta["arch"] == "tutorial_cnn"
-    assert meta["params"]["train"]["lr"] == 0.01 and meta["visionpipe_version"]
-    model, _ = load_model(paths.MODEL)
+    assert blob["meta"]["classes"] == ["cat", "dog", "frog"]  # plain values, readable as such
+    model, info = load_model(paths.MODEL)
+    assert info.classes == ["cat", "dog", "frog"] and info.arch == "tutorial_cnn"
+    assert info.params["train"]["lr"] == 0.01 and info.visionpipe_version
     assert model(torch.rand(1, 3, 16, 16)).shape == (1, 3)
 
 
@@ -184,7 +180,7 @@ def test_divergence_stops_training_and_export_stays_honest(processed: Path) -> N
     import json
 
     from visionpipe import export
-    from visionpipe.config import parse_params
+    from visionpipe.config.params import parse_params
 
     metrics = train.run(tiny_params(epochs=5, lr=100.0, momentum=0.99))
     assert metrics["diverged"] and metrics["epochs_run"] < 5
@@ -204,11 +200,11 @@ def test_fast_recipe_is_reproducible_and_learns(processed: Path) -> None:
     assert (
         metrics["val_accuracy"] > 0.6
     )  # 3 classes (chance 1/3), told apart by their brightest channel
-    model, meta = load_model(paths.MODEL)
-    assert model.tta == 2 and meta["arch_params"]["tta"] == 2
+    model, info = load_model(paths.MODEL)
+    assert model.tta == 2 and info.arch_params["tta"] == 2
     # The six TTA views are part of the exported graph, and onnxruntime agrees with PyTorch.
     from visionpipe import export
-    from visionpipe.config import parse_params
+    from visionpipe.config.params import parse_params
 
     result = export.run(parse_params({}).export.model_copy(update={"parity_images": 30}))
     assert result["max_abs_logit_diff"] <= 1e-4 and result["top1_agreement"] == 1.0
@@ -294,13 +290,13 @@ def test_lookahead_updates_every_tensor_as_one_lerp_each() -> None:
 def test_freed_memory_is_kept_for_reuse_under_glibc() -> None:
     import platform
 
-    applied = runtime.keep_freed_memory()
+    applied = memory.keep_freed_memory()
     assert applied == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
-    assert runtime.keep_freed_memory() == applied  # calling it again is harmless
+    assert memory.keep_freed_memory() == applied  # calling it again is harmless
 
 
 def test_to_input_converts_dtype_and_layout_in_one_copy() -> None:
-    from visionpipe.models import to_input
+    from visionpipe.classifier import to_input
 
     x = torch.randint(0, 256, (2, 3, 5, 5), dtype=torch.uint8)
     plain = to_input(x)
@@ -377,8 +373,8 @@ def test_tta_averages_mirrored_and_shifted_views() -> None:
 
 def test_amp_follows_the_param_and_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = torch.device("cpu")
-    monkeypatch.setattr(runtime, "cpu_computes_bf16", lambda: True)
-    assert runtime.autocast_dtype(cpu, amp=True) == torch.bfloat16
-    assert runtime.autocast_dtype(cpu, amp=False) is None
-    monkeypatch.setattr(runtime, "cpu_computes_bf16", lambda: False)  # emulated bf16 is slower
-    assert runtime.autocast_dtype(cpu, amp=True) is None
+    monkeypatch.setattr(precision, "cpu_computes_bf16", lambda: True)
+    assert precision.autocast_dtype(cpu, amp=True) == torch.bfloat16
+    assert precision.autocast_dtype(cpu, amp=False) is None
+    monkeypatch.setattr(precision, "cpu_computes_bf16", lambda: False)  # emulated bf16 is slower
+    assert precision.autocast_dtype(cpu, amp=True) is None

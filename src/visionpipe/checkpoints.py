@@ -10,19 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import nn
 
-from visionpipe import distributed, paths, runtime
-from visionpipe.config import Params
+from visionpipe import distributed, paths
+from visionpipe.config.params import Params
+from visionpipe.determinism import rng_state, set_rng_state
 from visionpipe.fsutil import save_torch
-from visionpipe.tracking import EpochRecord, History
-
-if TYPE_CHECKING:
-    from visionpipe.train import Loop
+from visionpipe.progress import Progress
+from visionpipe.tracking import History
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +29,29 @@ CHECKPOINT = paths.CHECKPOINT_DIR / "last.pt"
 
 
 @dataclass
-class Progress:
-    """Where a run stands after its last complete epoch: what a resume restores."""
+class Checkpoint:
+    """A run's state after a complete epoch, as read back for a resume."""
 
-    epoch: int = 0  # epochs done
-    history: History = field(default_factory=History)
-    best_val: float = math.inf  # lowest val loss so far, for early stopping
-    bad_epochs: int = 0  # epochs since it last improved
+    progress: Progress
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    scaler: dict[str, Any]
+    lookahead: dict[str, torch.Tensor] | None  # the slow weights, when train.lookahead
+    rng: dict[str, Any]  # runtime RNG states (determinism.rng_state)
 
-    def update(self, record: EpochRecord, patience: int) -> bool:
-        """Count a finished epoch; True when training should stop (diverged or no progress)."""
-        self.epoch = record.epoch
-        if record.val_loss < self.best_val:
-            self.best_val, self.bad_epochs = record.val_loss, 0
-        else:
-            self.bad_epochs += 1
-        diverged = not math.isfinite(record.train_loss)
-        return diverged or (patience > 0 and self.bad_epochs >= patience)
+
+@dataclass
+class Trainee:
+    """The objects a checkpoint holds the state of."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    lookahead: dict[str, torch.Tensor] | None  # the slow weights, when train.lookahead
+    gen: torch.Generator  # shuffling and augmentation
+    device: torch.device
 
 
 def fingerprint(params: Params) -> str:
@@ -59,18 +64,17 @@ def fingerprint(params: Params) -> str:
     return h.hexdigest()
 
 
-def save(fp: str, loop: Loop, done: bool) -> None:
-    progress = loop.progress
+def save(fp: str, progress: Progress, done: bool, t: Trainee) -> None:
     state = {
         "fingerprint": fp,
         "epoch": progress.epoch,
         "done": done,
-        "model": loop.model.state_dict(),
-        "optimizer": loop.optimizer.state_dict(),
-        "scheduler": loop.scheduler.state_dict(),
-        "scaler": loop.scaler.state_dict(),
-        "lookahead": loop.lookahead.slow if loop.lookahead is not None else None,
-        "rng": runtime.rng_state(loop.batches.gen, loop.device),
+        "model": t.model.state_dict(),
+        "optimizer": t.optimizer.state_dict(),
+        "scheduler": t.scheduler.state_dict(),
+        "scaler": t.scaler.state_dict(),
+        "lookahead": t.lookahead,
+        "rng": rng_state(t.gen, t.device),
         "history": {"epochs": progress.history.epochs, "steps": progress.history.steps},
         "best_val": progress.best_val,
         "bad_epochs": progress.bad_epochs,
@@ -78,14 +82,20 @@ def save(fp: str, loop: Loop, done: bool) -> None:
     save_torch(CHECKPOINT, state)
 
 
-def resume_point(fp: str, ddp: distributed.Dist) -> dict[str, Any] | None:
-    """The checkpoint state to resume from, or None to start fresh; the same on every rank.
+def resume_point(fp: str, ddp: distributed.Dist) -> Checkpoint | None:
+    """The checkpoint to resume from, or None to start fresh; the same on every rank.
 
     Only global rank 0 writes checkpoints, so only it reads one, and broadcasts what it read:
     on several machines the other nodes have no checkpoint of their own.
     """
     state = _read(fp) if ddp.is_main else None
-    return distributed.broadcast_object(state, ddp)
+    state = distributed.broadcast_object(state, ddp)
+    if state is None:
+        return None
+    history = History(state["history"]["epochs"], state["history"]["steps"])
+    progress = Progress(state["epoch"], history, state["best_val"], state["bad_epochs"])
+    parts = ("model", "optimizer", "scheduler", "scaler", "lookahead", "rng")
+    return Checkpoint(progress, **{k: state.get(k) for k in parts})
 
 
 def _read(fp: str) -> dict[str, Any] | None:
@@ -104,30 +114,29 @@ def _read(fp: str) -> dict[str, Any] | None:
     return state
 
 
-def restore(loop: Loop, state: dict[str, Any]) -> None:
-    """Load a checkpoint into the loop's objects; a state that does not fit leaves them fresh."""
-    own = loop.model.state_dict()
-    theirs = state.get("model", {})
+def restore(ckpt: Checkpoint, t: Trainee) -> bool:
+    """Load a checkpoint into the trainee's objects; False (and them left fresh) when it does
+    not fit them."""
+    own = t.model.state_dict()
+    theirs = ckpt.model or {}
     if own.keys() != theirs.keys() or any(own[k].shape != theirs[k].shape for k in own):
         # Checked first: a half-loaded model would not be a fresh start.
         log.warning("checkpoint %s holds another model layout: starting fresh", CHECKPOINT)
-        return
+        return False
     try:
         # The optimizer checks its layout before it changes anything.
-        loop.optimizer.load_state_dict(state["optimizer"])
-        loop.scheduler.load_state_dict(state["scheduler"])
-        loop.model.load_state_dict(theirs)
-        if loop.lookahead is not None:
-            for name, slow in loop.lookahead.slow.items():
-                slow.copy_(state["lookahead"][name])
-        if loop.scaler.is_enabled() and state.get("scaler"):
-            loop.scaler.load_state_dict(state["scaler"])
+        t.optimizer.load_state_dict(ckpt.optimizer)
+        t.scheduler.load_state_dict(ckpt.scheduler)
+        t.model.load_state_dict(theirs)
+        if t.lookahead is not None:
+            for name, slow in t.lookahead.items():
+                slow.copy_(ckpt.lookahead[name])  # type: ignore[index]
+        if t.scaler.is_enabled() and ckpt.scaler:
+            t.scaler.load_state_dict(ckpt.scaler)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         # Written by another visionpipe version with another optimizer layout: the weights
         # might load but the run would not continue as it began, so begin again.
         log.warning("checkpoint %s does not fit this version (%s): starting fresh", CHECKPOINT, exc)
-        return
-    runtime.set_rng_state(state["rng"], loop.batches.gen, loop.device)
-    loop.global_step = state["epoch"] * loop.batches.steps_per_epoch
-    history = History(state["history"]["epochs"], state["history"]["steps"])
-    loop.progress = Progress(state["epoch"], history, state["best_val"], state["bad_epochs"])
+        return False
+    set_rng_state(ckpt.rng, t.gen, t.device)
+    return True

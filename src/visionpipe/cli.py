@@ -35,18 +35,20 @@ def _predict(args: argparse.Namespace) -> int:
 def _params(args: argparse.Namespace) -> int:
     import yaml
 
-    from visionpipe import config
+    from visionpipe.config import DEFAULT_PARAMS
+    from visionpipe.config.compose import compose_yaml, diff_keys
+    from visionpipe.config.params import parse_params
     from visionpipe.fsutil import write_text
 
     try:
-        text = config.compose_yaml(args.overrides)
-        config.parse_params(yaml.safe_load(text), origin="the composed params")
+        text = compose_yaml(args.overrides)
+        parse_params(yaml.safe_load(text), origin="the composed params")
     except Exception as exc:  # Hydra's and the loader's errors both name the bad override
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    path = config.DEFAULT_PARAMS
+    path = DEFAULT_PARAMS
     old = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    changed = config.diff_keys(old, yaml.safe_load(text))
+    changed = diff_keys(old, yaml.safe_load(text))
     write_text(path, text)
     print(f"wrote {path}" + (f"; changed: {', '.join(changed)}" if changed else "; unchanged"))
     return 0

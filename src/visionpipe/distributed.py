@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from visionpipe.config import LaunchConfig
-from visionpipe.runtime import DeviceError
+from visionpipe.config.train import LaunchConfig
+from visionpipe.devices import DeviceError
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from visionpipe import paths
-from visionpipe.data import load_split
+from visionpipe.devices import pick_device
 from visionpipe.fsutil import write_json
-from visionpipe.models import load_model
-from visionpipe.runtime import eval_batch_size, loss_and_accuracy, pick_device, predict_logits
+from visionpipe.inference import eval_batch_size, loss_and_accuracy, predict_logits
+from visionpipe.modelfile import load_model
+from visionpipe.split_tensors import load_split
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +68,12 @@ def macro_f1(scores: list[dict[str, Any]]) -> float | None:
 def run(device_choice: str = "auto", train_batch_size: int = 64) -> dict[str, Any]:
     """Score models/model.pt on the test split, in batches no larger than training used."""
     device = pick_device(device_choice)
-    model, meta = load_model(paths.MODEL, map_location=device)
+    model, info = load_model(paths.MODEL, map_location=device)
     model.to(device)
     images, labels = load_split("test")  # memory-mapped: read batch by batch
     logits = predict_logits(model, images, device, eval_batch_size(train_batch_size, model.views))
     preds = logits.argmax(1)
-    classes: list[str] = meta["classes"]
+    classes = info.classes
     cm = confusion_matrix(labels, preds, len(classes))
     scores = per_class_scores(cm.numpy(), classes)
     absent = [s["class"] for s in scores if s["support"] == 0]

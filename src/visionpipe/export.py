@@ -11,12 +11,13 @@ import numpy as np
 import onnx
 import torch
 
-from visionpipe import graph_cache, paths
-from visionpipe.config import ExportConfig
-from visionpipe.data import load_split
+from visionpipe import paths
+from visionpipe.classifier import to_input
+from visionpipe.config.export import ExportConfig
 from visionpipe.fsutil import atomic_path, write_json
-from visionpipe.models import load_model, to_input
+from visionpipe.modelfile import ModelInfo, load_model
 from visionpipe.onnxrt import INPUT_NAME, OUTPUT_NAME, open_session
+from visionpipe.split_tensors import load_split
 
 log = logging.getLogger(__name__)
 
@@ -25,31 +26,25 @@ class ParityError(RuntimeError):
     """The ONNX model disagrees with PyTorch beyond the allowed tolerance."""
 
 
-def export_onnx(model: torch.nn.Module, meta: dict[str, Any], dest: Path, opset: int) -> None:
-    """Write `model` as ONNX at `dest`: float RGB [0, 1] NCHW in, logits out, dynamic batch.
-
-    The graph comes from graph_cache (this architecture's traced graph with the new weights, as
-    a fresh trace would give them) or from tracing the model.
-    """
-    model = model.eval()
-    key = graph_cache.graph_key(model, meta, opset)
-    proto = graph_cache.export(model, key, lambda m: trace(m, meta, opset))
-    info = {
-        "classes": json.dumps(meta["classes"]),
-        "image_size": str(meta["image_size"]),
+def export_onnx(model: torch.nn.Module, info: ModelInfo, dest: Path, opset: int) -> None:
+    """Write `model` as ONNX at `dest`: float RGB [0, 1] NCHW in, logits out, dynamic batch."""
+    proto = trace(model.eval(), info, opset)
+    metadata = {
+        "classes": json.dumps(info.classes),
+        "image_size": str(info.image_size),
         "input": "float32 RGB in [0, 1], NCHW; normalization is inside the graph",
-        "arch": meta["arch"],
-        "visionpipe_version": str(meta.get("visionpipe_version", "")),
+        "arch": info.arch,
+        "visionpipe_version": info.visionpipe_version,
     }
-    for key, value in info.items():
+    for key, value in metadata.items():
         proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
     onnx.checker.check_model(proto)
     onnx.save(proto, str(dest))
 
 
-def trace(model: torch.nn.Module, meta: dict[str, Any], opset: int) -> onnx.ModelProto:
+def trace(model: torch.nn.Module, info: ModelInfo, opset: int) -> onnx.ModelProto:
     """The model's ONNX graph through torch.export (the dynamo exporter), batch left dynamic."""
-    size = meta["image_size"]
+    size = info.image_size
     example = torch.rand(2, 3, size, size)
     batch = torch.export.Dim("batch", min=1, max=65536)
     program = torch.onnx.export(
@@ -69,7 +64,7 @@ def trace(model: torch.nn.Module, meta: dict[str, Any], opset: int) -> onnx.Mode
         # literal size) without failing; a graph that takes only 2 images is no deployable.
         raise RuntimeError(
             f"the ONNX export fixed the batch size to {batch_dim.dim_value}: some operation in "
-            f"model '{meta['arch']}' ties the output to the example batch; nothing was written"
+            f"model '{info.arch}' ties the output to the example batch; nothing was written"
         )
     _drop_stack_traces(proto.graph)
     return proto
@@ -114,12 +109,12 @@ def parity(model: torch.nn.Module, onnx_path: Path, images: torch.Tensor) -> dic
 
 def _export_and_compare(
     model: torch.nn.Module,
-    meta: dict[str, Any],
+    info: ModelInfo,
     dest: Path,
     images: torch.Tensor,
     cfg: ExportConfig,
 ) -> dict[str, Any]:
-    export_onnx(model, meta, dest, cfg.opset)
+    export_onnx(model, info, dest, cfg.opset)
     result = parity(model, dest, images)
     # fp32 keeps about 7 digits: logits in the thousands (a run gone astray) differ by more
     # than 1e-4 however faithful the export, so the tolerance scales with them above 1.
@@ -130,19 +125,12 @@ def _export_and_compare(
 
 
 def run(cfg: ExportConfig) -> dict[str, Any]:
-    model, meta = load_model(paths.MODEL)
+    model, info = load_model(paths.MODEL)
     images, _ = load_split("test")
     images = images[: cfg.parity_images]
     # Verify the file before it replaces the published model: a failing export publishes nothing.
     with atomic_path(paths.ONNX_MODEL) as tmp:
-        result = _export_and_compare(model, meta, tmp, images, cfg)
-        if not result["agrees"] and graph_cache.forget(
-            graph_cache.graph_key(model.eval(), meta, cfg.opset)
-        ):
-            # A stored graph that did not fit this model (seen once in the test suite, cause
-            # not found yet): trace afresh, and the parity check decides again.
-            log.warning("the stored ONNX graph did not match this model: tracing it afresh")
-            result = _export_and_compare(model, meta, tmp, images, cfg)
+        result = _export_and_compare(model, info, tmp, images, cfg)
         write_json(paths.EXPORT_METRICS, result)
         allowed = result["max_abs_diff_allowed"]
         if not result["agrees"]:

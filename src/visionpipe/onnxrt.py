@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from visionpipe import paths
+
 INPUT_NAME, OUTPUT_NAME = "image", "logits"  # the exported graph's input and output
-_REEXPORT = "re-export it with 'uv run dvc repro export' or pass the model.onnx that stage wrote"
+_REEXPORT = f"re-export it ({paths.rerun('export')}) or pass the model.onnx that stage wrote"
 
 
 class ModelFileError(ValueError):

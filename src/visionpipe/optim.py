@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from visionpipe.config import TrainConfig
-from visionpipe.models import Classifier, unwrap
+from visionpipe.classifier import Classifier
+from visionpipe.config.train import TrainConfig
+from visionpipe.models import unwrap
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:

@@ -35,10 +35,15 @@ PREDICTIONS = Path("predictions/predictions.json")
 PREDICTION_GRID = Path("predictions/grid.png")
 
 
+def rerun(stage: str) -> str:
+    """The command that (re)makes what stage `stage` writes, for error messages."""
+    return f"run 'uv run dvc repro {stage}'"
+
+
 def require(path: Path, stage: str) -> Path:
     """`path`, which stage `stage` writes; a missing one says which command makes it."""
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run 'uv run dvc repro {stage}' first")
+        raise FileNotFoundError(f"{path} not found: {rerun(stage)} first")
     return path
 
 

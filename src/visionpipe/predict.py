@@ -10,7 +10,6 @@ import csv
 import glob
 import io
 import logging
-import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +26,7 @@ from visionpipe.images import (
     read_image_file,
     to_model_input,
 )
-from visionpipe.onnxrt import ModelFileError, open_exported
+from visionpipe.onnxrt import open_exported
 
 log = logging.getLogger(__name__)
 
@@ -62,29 +61,14 @@ class TorchBackend:
     def __init__(self, path: Path) -> None:
         import torch
 
-        from visionpipe.models import load_model
+        from visionpipe.modelfile import load_model
 
         self.torch = torch
-        paths.require(path, "train")
-        try:
-            self.model, meta = load_model(path)
-        except (
-            RuntimeError,
-            ValueError,
-            KeyError,
-            TypeError,
-            EOFError,
-            pickle.UnpicklingError,
-        ) as exc:
-            # torch.load's errors for a file that is not a visionpipe model.pt span many lines.
-            reason = " ".join(str(exc).split())[:200]
-            raise ModelFileError(
-                f"{path}: not a visionpipe model.pt ({type(exc).__name__}: {reason}); pass the "
-                "models/model.pt the train stage wrote"
-            ) from None
+        # A file that is not a visionpipe model.pt raises modelfile.ModelFileError, in one line.
+        self.model, info = load_model(path)
         self.model = self.model.to(memory_format=torch.channels_last)  # 2x faster on CPU
-        self.classes = meta["classes"]
-        self.image_size = meta["image_size"]
+        self.classes = info.classes
+        self.image_size = info.image_size
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         x = self.torch.from_numpy(batch).contiguous(memory_format=self.torch.channels_last)

@@ -1,10 +1,10 @@
 """Decode a dataset once into uint8 image arrays per split, plus stats, samples and a record.
 
 Input is whatever the download stage verified: the official CIFAR-10 python archive, or an image
-folder, with split folders or flat (`visionpipe.splits` decides which file goes where). Images are
-read straight from the archive in memory, decoded in worker processes on every core (the same
-bytes, in the same order, as one process) and streamed to `data/processed/<split>.npy`
-(`visionpipe.arrays`), so memory does not grow with the dataset. Everything is written into a
+folder, with split folders or flat (`visionpipe.split_plan` decides which file goes where).
+Images are read straight from the archive in memory, decoded in worker processes on every core
+(the same bytes, in the same order, as one process) and streamed to `data/processed/<split>.npy`
+(`visionpipe.split_files`), so memory does not grow with the dataset. Everything is written into a
 temporary folder that replaces data/processed only once complete.
 """
 
@@ -24,12 +24,12 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from visionpipe import archive, cifar_pickle, parallel, paths, splits
-from visionpipe.arrays import SplitWriter, channel_sums, mean_std, open_images, read_index
-from visionpipe.config import DataConfig, Params
+from visionpipe import archive, cifar_pickle, parallel, paths, split_plan
+from visionpipe.config.data import DataConfig, DataParams
 from visionpipe.fsutil import atomic_dir, remove_stale_temps, write_json
 from visionpipe.images import decode_batch, resize_center_crop, to_chw
-from visionpipe.splits import SPLITS, DatasetLayoutError, Item, Plan
+from visionpipe.split_files import SplitWriter, channel_sums, mean_std, open_images, read_index
+from visionpipe.split_plan import SPLITS, DatasetLayoutError, Item, Plan
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ PARALLEL_MIN_BYTES = 4 << 20  # smaller archives decode in this process: no work
 
 class Decoded(NamedTuple):
     """A chunk as a worker decoded it: its images, the (row, reason) of those it could not
-    decode, and the per-channel sums (`arrays.channel_sums`) of its train images, taken where
+    decode, and the per-channel sums (`split_files.channel_sums`) of its train images, taken where
     they were decoded rather than in the one process that writes them."""
 
     images: np.ndarray
@@ -92,7 +92,7 @@ def decode_source(
     with _no_cyclic_gc(), parallel.Workers(workers) as pool, archive.open_files(source) as files:
         if cifar_pickle.is_cifar_python(files.names):
             return _decode_cifar_python(files, size, data, out, pool)
-        plan = splits.plan_image_folder(
+        plan = split_plan.plan_image_folder(
             files.names, data.test_fraction, data.val_fraction, data.seed
         )
         log.info(
@@ -161,7 +161,7 @@ def _decode_cifar_python(
             " archive has its own test split: set data.test_fraction back to null"
         )
     cifar = cifar_pickle.read_cifar_python((n, files.read(n)) for n in files.names)
-    in_val = splits.carve_val(len(cifar.train_labels), data.val_fraction, data.seed)
+    in_val = split_plan.carve_val(len(cifar.train_labels), data.val_fraction, data.seed)
     items = [
         Item(f"train[{i}]", int(y), "val" if v else "train")
         for i, (y, v) in enumerate(zip(cifar.train_labels, in_val, strict=True))
@@ -306,7 +306,7 @@ def find_archive(raw_dir: Path) -> Path:
     if len(found) != 1:
         raise FileNotFoundError(
             f"expected exactly one dataset archive in {raw_dir}, found {len(found)}: "
-            "run 'uv run dvc repro download' first"
+            f"{paths.rerun('download')} first"
         )
     return found[0]
 
@@ -334,7 +334,7 @@ def _check_bad_images(result: Result, on_bad_image: str) -> None:
 
 def _warn_thin_classes(counts: dict[str, dict[str, int]], val_fraction: float) -> list[str]:
     checked = [s for s in SPLITS if s != "val" or val_fraction > 0]
-    warnings = splits.thin_classes(counts, checked)
+    warnings = split_plan.thin_classes(counts, checked)
     for line in warnings[:20]:
         log.warning("%s", line)
     if len(warnings) > 20:
@@ -344,7 +344,7 @@ def _warn_thin_classes(counts: dict[str, dict[str, int]], val_fraction: float) -
     return warnings
 
 
-def run(params: Params, workers: int | None = None) -> dict[str, Any]:
+def run(params: DataParams, workers: int | None = None) -> dict[str, Any]:
     """Decode the downloaded archive into per-split arrays, stats, samples, record and report."""
     size = params.image_size()
     source = find_archive(paths.RAW_DIR)
@@ -353,7 +353,7 @@ def run(params: Params, workers: int | None = None) -> dict[str, Any]:
     with atomic_dir(paths.PROCESSED_DIR) as out:
         result = decode_source(source, size, params.data, out, workers)
         _check_bad_images(result, params.data.on_bad_image)
-        class_counts = splits.class_counts(result.labels, result.classes)
+        class_counts = split_plan.class_counts(result.labels, result.classes)
         warnings = _warn_thin_classes(class_counts, params.data.val_fraction)
         meta = {
             "dataset": params.data.dataset,

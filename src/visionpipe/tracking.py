@@ -19,8 +19,8 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from visionpipe import paths
+from visionpipe.classifier import Classifier, to_input
 from visionpipe.fsutil import write_text
-from visionpipe.models import Classifier, to_input
 
 log = logging.getLogger(__name__)
 

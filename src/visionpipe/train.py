@@ -1,8 +1,9 @@
 """The training run: build the model, step through epochs, validate, checkpoint, write outputs.
 
 Everything a run depends on comes in through `Params`; the device is chosen once
-(`runtime.pick_device`) and passed down. `run` reads like a table of contents: each step is a
-call into the module that owns that job (data, models, batches, optim, checkpoints, tracking).
+(`devices.pick_device`) and passed down. `run` reads like a table of contents: each step is a
+call into the module that owns that job (split_tensors, models, batches, optim, checkpoints,
+tracking).
 Each epoch ends with an atomic checkpoint, so a killed run resumes from the last complete epoch
 and, on CPU, finishes with the same weights as a run never interrupted.
 """
@@ -10,7 +11,6 @@ and, on CPU, finishes with the same weights as a run never interrupted.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,15 +21,30 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from visionpipe import __version__, checkpoints, data, distributed, paths, runtime
+from visionpipe import (
+    __version__,
+    checkpoints,
+    determinism,
+    devices,
+    distributed,
+    memory,
+    paths,
+    precision,
+    split_tensors,
+)
 from visionpipe.batches import Batches
-from visionpipe.checkpoints import Progress
-from visionpipe.config import Params, TrainConfig
+from visionpipe.checkpoints import Checkpoint, Trainee
+from visionpipe.classifier import Classifier
+from visionpipe.config.params import Params
+from visionpipe.config.train import TrainConfig
 from visionpipe.distributed import all_reduce_sum
 from visionpipe.fsutil import write_json
-from visionpipe.models import Classifier, arch_params, build_model, save_model
+from visionpipe.inference import evaluate_split
+from visionpipe.modelfile import ModelInfo, save_model
+from visionpipe.models import build_model
 from visionpipe.optim import Lookahead, make_optimizer, make_scheduler
-from visionpipe.runtime import autocast, eval_batch_size, loss_and_accuracy, predict_logits
+from visionpipe.precision import autocast
+from visionpipe.progress import Progress, log_why_stopped
 from visionpipe.tracking import EpochRecord, Tracker, misclassified_grid
 
 log = logging.getLogger(__name__)
@@ -66,6 +81,12 @@ class Loop:
     def ddp(self) -> distributed.Dist:
         return self.batches.ddp
 
+    def trainee(self) -> Trainee:
+        """The objects whose state a checkpoint holds."""
+        slow = self.lookahead.slow if self.lookahead is not None else None
+        m, gen = self.model, self.batches.gen
+        return Trainee(m, self.optimizer, self.scheduler, self.scaler, slow, gen, self.device)
+
 
 def place_model(model: Classifier, device: torch.device, cfg: TrainConfig) -> Classifier:
     """The model on its device and memory format, in one move."""
@@ -82,7 +103,7 @@ def make_loop(
     device: torch.device,
     ddp: distributed.Dist | None = None,
     gen: torch.Generator | None = None,
-    resume: dict[str, Any] | None = None,
+    resume: Checkpoint | None = None,
 ) -> Loop:
     """Optimizer, schedule, loss, batches and wrappers for training `model` (already placed by
     `place_model`), restored from the checkpoint state `resume` when given.
@@ -94,7 +115,7 @@ def make_loop(
     gen = gen if gen is not None else torch.Generator().manual_seed(cfg.seed)
     batches = Batches(train_x, train_y, cfg, device, gen, ddp)
     optimizer = make_optimizer(model, cfg)
-    dtype = runtime.autocast_dtype(device, cfg.amp)
+    dtype = precision.autocast_dtype(device, cfg.amp)
     total_steps = batches.steps_per_epoch * cfg.epochs
     loop = Loop(
         cfg=cfg,
@@ -102,7 +123,7 @@ def make_loop(
         step_model=model,
         optimizer=optimizer,
         scheduler=make_scheduler(optimizer, cfg, batches.steps_per_epoch),
-        scaler=torch.amp.GradScaler(device.type, enabled=runtime.needs_grad_scaler(dtype)),
+        scaler=torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler(dtype)),
         # Summed, then divided by the global batch length: with several ranks DDP averages the
         # gradients, so each rank scales by world_size and the result equals one process's mean.
         criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum"),
@@ -111,8 +132,9 @@ def make_loop(
         autocast_dtype=dtype,
         lookahead=Lookahead(model, total_steps) if cfg.lookahead else None,
     )
-    if resume is not None:
-        checkpoints.restore(loop, resume)
+    if resume is not None and checkpoints.restore(resume, loop.trainee()):
+        loop.progress = resume.progress
+        loop.global_step = resume.progress.epoch * batches.steps_per_epoch
     if ddp.enabled:
         loop.step_model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
@@ -154,32 +176,10 @@ def train_epoch(
     return loss_sum
 
 
-@dataclass
-class Scores:
-    loss: float  # mean cross-entropy
-    accuracy: float
-    preds: torch.Tensor  # predicted class per image, on the CPU
-
-
-def evaluate_split(
-    model: Classifier,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    device: torch.device,
-    train_batch_size: int,
-) -> Scores:
-    """Loss, accuracy and predictions over a split, in batches no larger than training's."""
-    batch = eval_batch_size(train_batch_size, model.views)
-    # A curve, not the score: the GPU's TF32 convolutions are allowed here (5x faster than
-    # strict fp32 on an H100); the evaluate stage scores in strict fp32.
-    logits = predict_logits(model, images, device, batch, strict=False)
-    return Scores(*loss_and_accuracy(logits, labels), logits.argmax(1))
-
-
 def run(params: Params) -> dict[str, Any]:
     """Train per `params` on the preprocessed splits; write the model, metrics, plots, logs."""
-    runtime.keep_freed_memory()  # before the first large allocation, so every step reuses
-    ddp, device = distributed.init(runtime.pick_device(params.launch.device))
+    memory.keep_freed_memory()  # before the first large allocation, so every step reuses
+    ddp, device = distributed.init(devices.pick_device(params.launch.device))
     try:
         return _run(params, ddp, device)
     finally:
@@ -193,7 +193,7 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
     # cudnn.benchmark stays off (PyTorch's default): on an H100 its autotuning cost the `fast`
     # recipe 1.5-7 s in the first epoch and 14 s in the first validation, and won nothing
     # per step afterwards (tutorial: 5% per epoch, less than its 2.7 s of tuning over 10).
-    splits = data.load_training_data(device)
+    splits = split_tensors.load_training_data(device)
     model = build_training_model(params, splits, device, ddp)
     fp = checkpoints.fingerprint(params)
     resume = checkpoints.resume_point(fp, ddp)
@@ -211,9 +211,10 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
         record = run_epoch(loop, epoch, splits, tracker)
         stopped = loop.progress.update(record, cfg.patience)
         if ddp.is_main:  # rank 0 alone writes; the others hold identical state
-            checkpoints.save(fp, loop, done=stopped or epoch + 1 == cfg.epochs)
+            done = stopped or epoch + 1 == cfg.epochs
+            checkpoints.save(fp, loop.progress, done, loop.trainee())
         if stopped:
-            _say_why_stopped(record, cfg)
+            log_why_stopped(record, cfg.patience, cfg.lr)
             break
     seconds = time.perf_counter() - t_start
     metrics = finish(params, loop, splits, stopped, seconds, start)
@@ -222,7 +223,7 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
 
 
 def build_training_model(
-    params: Params, splits: data.TrainingData, device: torch.device, ddp: distributed.Dist
+    params: Params, splits: split_tensors.TrainingData, device: torch.device, ddp: distributed.Dist
 ) -> Classifier:
     """The model params describe, initialised from the data where it does that, on `device`."""
     mean, std = splits.meta["mean"], splits.meta["std"]
@@ -230,18 +231,20 @@ def build_training_model(
         params.model.name,
         len(splits.classes),
         splits.meta["image_size"],
-        arch_params(params.model),
+        params.model.arch_params(),
         mean if params.model.normalize else None,
         std if params.model.normalize else None,
     )
     if params.train.deterministic:
-        runtime.set_deterministic(model, params.model.name, device)
+        determinism.set_deterministic(model, params.model.name, device)
     model.prepare(splits.train_x)
     model = place_model(model, device, params.train)
     return distributed.sync_batch_norm(model, device) if ddp.enabled else model
 
 
-def run_epoch(loop: Loop, epoch: int, splits: data.TrainingData, tracker: Tracker) -> EpochRecord:
+def run_epoch(
+    loop: Loop, epoch: int, splits: split_tensors.TrainingData, tracker: Tracker
+) -> EpochRecord:
     """Train one epoch, then validate; log and return its record."""
     cfg, ddp = loop.cfg, loop.ddp
     bar = tqdm(
@@ -292,50 +295,28 @@ def run_epoch(loop: Loop, epoch: int, splits: data.TrainingData, tracker: Tracke
     return record
 
 
-def _say_why_stopped(record: EpochRecord, cfg: TrainConfig) -> None:
-    if not math.isfinite(record.train_loss):
-        log.error(
-            "training diverged: train loss is %s after epoch %d; stopping. Lower train.lr "
-            "(now %g) or add warmup (train.warmup_epochs)",
-            record.train_loss,
-            record.epoch,
-            cfg.lr,
-        )
-    else:
-        log.info("early stopping: val loss has not improved for %d epochs", cfg.patience)
-
-
 def finish(
     params: Params,
     loop: Loop,
-    splits: data.TrainingData,
+    splits: split_tensors.TrainingData,
     stopped: bool,
     seconds: float,
     start_epoch: int,
 ) -> dict[str, Any]:
     """Write the model, metrics/train.json and the timings (rank 0); return the metrics."""
     progress = loop.progress
-    last = EpochRecord(**progress.history.epochs[-1])
-    metrics = {
-        "epochs_run": len(progress.history.epochs),
-        "stopped_early": stopped,
-        "diverged": not math.isfinite(last.train_loss),
-        "train_loss": round(last.train_loss, 6),
-        "val_loss": round(last.val_loss, 6),
-        "val_accuracy": round(last.val_accuracy, 6),
-        "best_val_loss": round(progress.best_val, 6),
-    }
+    metrics = progress.summary(stopped)
     if not loop.ddp.writes_outputs:
         return metrics
-    save_model(paths.MODEL, loop.model, model_meta(params, splits))
+    save_model(paths.MODEL, loop.model, model_info(params, splits))
     write_json(paths.TRAIN_METRICS, metrics)
     images = (progress.epoch - start_epoch) * len(splits.train_y)
     train_s = loop.clock.train
     # train_seconds is the steps alone, what published train-only figures (airbench's) count;
     # epoch_loop_seconds adds validation, logging and checkpoints: the stage's whole loop.
     timings = {
-        "device": runtime.device_name(loop.device),
-        "precision": runtime.precision_name(loop.autocast_dtype),
+        "device": devices.device_name(loop.device),
+        "precision": precision.precision_name(loop.autocast_dtype),
         "train_seconds": round(train_s, 2),
         "validation_seconds": round(loop.clock.validation, 2),
         "epoch_loop_seconds": round(seconds, 2),
@@ -347,18 +328,18 @@ def finish(
     return metrics
 
 
-def model_meta(params: Params, splits: data.TrainingData) -> dict[str, Any]:
+def model_info(params: Params, splits: split_tensors.TrainingData) -> ModelInfo:
     """The plain values saved beside the weights: enough to rebuild and use the model."""
-    return {
-        "arch": params.model.name,
-        "num_classes": len(splits.classes),
-        "image_size": splits.meta["image_size"],
-        "arch_params": arch_params(params.model),
-        "normalize": params.model.normalize,
-        "mean": splits.meta["mean"],
-        "std": splits.meta["std"],
-        "classes": splits.classes,
-        "params": params.run_dict(),
-        "visionpipe_version": __version__,
-        "torch_version": torch.__version__.split("+")[0],
-    }
+    return ModelInfo(
+        arch=params.model.name,
+        num_classes=len(splits.classes),
+        image_size=splits.meta["image_size"],
+        arch_params=params.model.arch_params(),
+        normalize=params.model.normalize,
+        mean=splits.meta["mean"],
+        std=splits.meta["std"],
+        classes=splits.classes,
+        params=params.run_dict(),
+        visionpipe_version=__version__,
+        torch_version=torch.__version__.split("+")[0],
+    )

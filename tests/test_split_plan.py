@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from visionpipe import splits
+from visionpipe import split_plan as splits
 
 CLASSES = ("cats", "dogs", "owls")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import tiny_params
-from visionpipe import data, paths, train
+from visionpipe import memory, paths, split_tensors, train
 
 MAPPED = "reading its batches from the memory-mapped"
 
@@ -21,10 +21,10 @@ def _weights() -> dict[str, torch.Tensor]:
 def test_a_split_over_the_budget_stays_mapped_with_the_same_bytes(
     processed: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    in_memory = data.load_training_data(torch.device("cpu"), budget=2**30)
+    in_memory = split_tensors.load_training_data(torch.device("cpu"), budget=2**30)
     assert MAPPED not in caplog.text
     with caplog.at_level(logging.WARNING):
-        mapped = data.load_training_data(torch.device("cpu"), budget=0)
+        mapped = split_tensors.load_training_data(torch.device("cpu"), budget=0)
     assert "train split is 0.00 GiB, over the 0.00 GiB memory budget" in caplog.text
     assert "val split" in caplog.text and MAPPED in caplog.text
     assert torch.equal(in_memory.train_x, mapped.train_x)
@@ -38,7 +38,7 @@ def test_training_from_the_mapped_file_gives_the_same_weights(
     params = tiny_params(augment={"crop_padding": 2, "flip": True}, momentum=0.9)
     train.run(params)
     from_memory = _weights()
-    monkeypatch.setenv(data.MEMORY_BUDGET_ENV, "1KiB")
+    monkeypatch.setenv(memory.MEMORY_BUDGET_ENV, "1KiB")
     with caplog.at_level(logging.WARNING):
         train.run(params)
     assert MAPPED in caplog.text, "the small budget must force the memory-mapped path"
@@ -51,13 +51,13 @@ def test_training_from_the_mapped_file_gives_the_same_weights(
     [("0", 0), ("1024", 1024), ("1KiB", 1024), ("500 MB", 500_000_000), ("1.5GiB", 3 * 2**29)],
 )
 def test_memory_budget_sizes(text: str, expected: int) -> None:
-    assert data.parse_bytes(text) == expected
+    assert memory.parse_bytes(text) == expected
 
 
 def test_a_bad_memory_budget_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(data.MEMORY_BUDGET_ENV, "lots")
+    monkeypatch.setenv(memory.MEMORY_BUDGET_ENV, "lots")
     with pytest.raises(ValueError, match="VISIONPIPE_MEMORY_BUDGET='lots' is not a size"):
-        data.memory_budget()
+        memory.memory_budget()
 
 
 def test_the_mapped_split_is_only_read(processed: Path) -> None:
@@ -65,10 +65,10 @@ def test_the_mapped_split_is_only_read(processed: Path) -> None:
     of split images must make new tensors; a write would crash the process (SIGSEGV). Training
     is covered above; here the uses outside the batch path."""
     from tests.conftest import FAST_MODEL
+    from visionpipe.inference import predict_logits
     from visionpipe.models import build_model
-    from visionpipe.runtime import predict_logits
 
-    mapped = data.load_training_data(torch.device("cpu"), budget=0)
+    mapped = split_tensors.load_training_data(torch.device("cpu"), budget=0)
     model = build_model(FAST_MODEL["name"], 3, 16, {}, [0.3] * 3, [0.2] * 3)
     model.prepare(mapped.train_x)  # airbench's whitening reads the train images
     logits = predict_logits(model, mapped.val_x, torch.device("cpu"), 8)

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from visionpipe import paths
+
 IMAGES_SUFFIX, INDEX_SUFFIX = ".npy", ".json"
 
 
@@ -132,11 +134,11 @@ def open_images(index_path: Path, index: dict[str, Any], in_memory: bool = False
         images = np.load(path, mmap_mode=None if in_memory else "r")
     except (OSError, ValueError) as exc:
         raise SplitFileError(
-            f"{path} cannot be read ({exc}): run 'uv run dvc repro preprocess'"
+            f"{path} cannot be read ({exc}): {paths.rerun('preprocess')}"
         ) from None
     if list(images.shape) != index["shape"] or images.dtype != np.uint8:
         raise SplitFileError(
             f"{path} holds {images.dtype} {list(images.shape)}, but {index_path} says uint8 "
-            f"{index['shape']}: run 'uv run dvc repro preprocess'"
+            f"{index['shape']}: {paths.rerun('preprocess')}"
         )
     return images

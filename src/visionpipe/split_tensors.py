@@ -10,34 +10,24 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from visionpipe import arrays, paths
+from visionpipe import paths, split_files
+from visionpipe.memory import MEMORY_BUDGET_ENV, free_memory, memory_budget
 
 log = logging.getLogger(__name__)
-
-# Bytes of split images a training process may copy into host memory (e.g. 8GiB, 500MB, 0);
-# unset: half of the memory available when training starts, divided among torchrun's
-# processes. An environment variable, not a param: it depends on the machine, not the
-# experiment, and changes no result.
-MEMORY_BUDGET_ENV = "VISIONPIPE_MEMORY_BUDGET"
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
 
 
 def load_split(split: str, in_memory: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(images uint8 NCHW, labels int64) of a preprocessed split; the images memory-mapped
     from data/processed/<split>.npy unless `in_memory`."""
     index_path = paths.require(paths.split_file(split), "preprocess")
-    index = arrays.read_index(index_path)
-    images = arrays.open_images(index_path, index, in_memory)
+    index = split_files.read_index(index_path)
+    images = split_files.open_images(index_path, index, in_memory)
     with warnings.catch_warnings():
         # A mapped split is read-only. Nothing writes to split images: batches, augmentation
         # and model inputs are all new tensors gathered or converted from them.
@@ -107,56 +97,6 @@ def _in_memory_if_it_fits(
         paths.split_file(split).with_suffix(".npy"),
     )
     return images, budget
-
-
-class MemoryBudgetError(ValueError):
-    """$VISIONPIPE_MEMORY_BUDGET is not a size."""
-
-
-def parse_bytes(text: str) -> int:
-    """'8GiB', '500 MB', '1e9', '0' -> bytes; ValueError naming the accepted forms."""
-    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*", text)
-    unit = match.group(2).lower() if match else ""
-    try:
-        if match is None or unit not in _UNITS:
-            raise ValueError
-        return int(float(match.group(1)) * _UNITS[unit])
-    except ValueError:
-        raise MemoryBudgetError(
-            f"{MEMORY_BUDGET_ENV}={text!r} is not a size: use bytes or a number with a unit "
-            "(500MB, 8GiB, 0)"
-        ) from None
-
-
-def available_memory() -> int:
-    """Bytes of host memory available now (Linux: MemAvailable), else the total."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def memory_budget() -> int:
-    """Bytes of split images this process may copy into host memory: $VISIONPIPE_MEMORY_BUDGET,
-    else half the memory available now, shared by the processes torchrun starts on this machine
-    (each holds its own copy)."""
-    value = os.environ.get(MEMORY_BUDGET_ENV)
-    if value:
-        return parse_bytes(value)
-    return available_memory() // (2 * int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-
-
-def free_memory(device: torch.device) -> int | None:
-    """Bytes free on an accelerator (MPS: its recommended working set), None on the CPU."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free
-    if device.type == "mps":
-        return torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
-    return None
 
 
 def resident_device(images: torch.Tensor, device: torch.device) -> torch.device:

@@ -1,0 +1,97 @@
+"""The one loader of params.yaml: typed, frozen, strict.
+
+params.yaml has one section per job (data, preprocess, model, train, export, predict, launch);
+each has its schema in this package (`config/<section>.py`), and a stage loads only the sections
+it reads, so a stage's DVC dependencies are the schemas that decide its output. An unknown key (a
+typo such as `train.lr_rate`, which `dvc exp run -S +train.lr_rate=...` adds silently) or an
+invalid value fails with a message naming the key, the value and what is allowed;
+`visionpipe params` checks the whole file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+DEFAULT_PARAMS = Path("params.yaml")
+# params.yaml's top-level keys: the recipe label, its note, and the sections.
+TOP_LEVEL = (
+    "recipe", "about", "data", "preprocess", "model", "train", "export", "predict", "launch"
+)  # fmt: skip
+
+
+class ConfigError(ValueError):
+    """params.yaml is missing, unreadable or holds a bad key or value."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+S = TypeVar("S", bound=BaseModel)
+
+
+def _describe(err: dict[str, Any], raw: Any, schema: type[BaseModel]) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "value_error":  # a check across keys: its message names them
+        return str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        section: Any = schema
+        for part in err["loc"][:-1]:
+            field = section.model_fields.get(str(part))
+            section = field.annotation if field is not None else None
+        valid = sorted(section.model_fields) if isinstance(section, type) else []
+        return f"unknown key '{key}'; valid keys here: {', '.join(valid)}"
+    value = raw
+    for part in err["loc"]:
+        value = value.get(part) if isinstance(value, dict) else None
+    where = f"'{key}'" if key else "params"
+    return f"{where} = {value!r}: {err['msg']}"
+
+
+def parse(schema: type[S], raw: Any, origin: str = "params") -> S:
+    """Validate the top-level keys of a parsed params mapping that `schema` declares (every
+    other key must be one of TOP_LEVEL); ConfigError names each problem."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
+    unknown = [k for k in raw if k not in TOP_LEVEL]
+    if unknown:
+        valid = ", ".join(sorted(TOP_LEVEL))
+        lines = [f"unknown key '{k}'; valid keys here: {valid}" for k in unknown]
+        raise ConfigError(f"{origin} is invalid:\n  - " + "\n  - ".join(lines))
+    mine = {k: v for k, v in raw.items() if k in schema.model_fields}
+    try:
+        return schema.model_validate(mine)
+    except ValidationError as exc:
+        lines = [_describe(e, mine, schema) for e in exc.errors()]
+        raise ConfigError(f"{origin} is invalid:\n  - " + "\n  - ".join(lines)) from None
+
+
+def read(path: Path | str = DEFAULT_PARAMS) -> Any:
+    """params.yaml as parsed YAML."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found: run from the project root") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+
+
+def load(schema: type[S], path: Path | str = DEFAULT_PARAMS) -> S:
+    """The sections of params.yaml that `schema` declares, validated."""
+    return parse(schema, read(path), origin=str(path))
+
+
+def load_section(name: str, schema: type[S], path: Path | str = DEFAULT_PARAMS) -> S:
+    """One section of params.yaml, validated; the other top-level keys are only checked to be
+    known ones."""
+    one = create_model(f"_{name}", __base__=Section, **{name: (schema, schema())})
+    return getattr(load(one, path), name)

@@ -1,0 +1,69 @@
+"""params.yaml composed from conf/ (config.yaml, recipe/<name>.yaml, local/) with Hydra, as
+`dvc exp run -S` composes it; and which keys params.yaml holds that conf/ would not give it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from visionpipe.config import DEFAULT_PARAMS
+
+CONF_DIR = Path("conf")  # Hydra's config dir (`dvc config hydra`): config.yaml, recipe/, local/
+
+
+def compose_yaml(overrides: list[str], conf_dir: Path = CONF_DIR) -> str:
+    """conf/ composed with Hydra override strings (`train.lr=0.1`, `recipe=fast`): the text
+    `dvc exp run -S` writes to params.yaml, made the same way (DVC's compose_and_dump)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str(conf_dir.resolve()), version_base=None):
+        cfg = hydra_compose(config_name="config", overrides=overrides)
+    OmegaConf.resolve(cfg)
+    return OmegaConf.to_yaml(cfg)
+
+
+def compose(overrides: list[str], conf_dir: Path = CONF_DIR) -> dict[str, Any]:
+    """conf/ composed with Hydra override strings, as a plain mapping."""
+    return yaml.safe_load(compose_yaml(overrides, conf_dir))
+
+
+def drift(raw: dict[str, Any], conf_dir: Path = CONF_DIR) -> list[str]:
+    """The dotted keys where params.yaml differs from conf/ composed with its recipe, but for the
+    launch settings (machine-local by design)."""
+    recipe = raw.get("recipe", "tutorial")
+    composed = compose([f"recipe={recipe}"], conf_dir)
+    return [k for k in diff_keys(raw, composed) if not k.startswith("launch.")]
+
+
+def diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = [*a, *(k for k in b if k not in a)]
+        return [d for k in keys for d in diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def warn_drift(path: Path = DEFAULT_PARAMS) -> list[str]:
+    """Warn of the values params.yaml holds that conf/ does not give it (a hand edit the next
+    `dvc exp run -S` would drop); outside `dvc exp run`, whose -S values are exactly such
+    values. Returns the keys warned of."""
+    if os.environ.get("DVC_EXP_BASELINE_REV") or not (CONF_DIR / "config.yaml").is_file():
+        return []
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    keys = drift(raw) if isinstance(raw, dict) else []
+    if keys:
+        logging.getLogger(__name__).warning(
+            "%s differs from conf/ in %s (a hand edit, the last experiment's -S values, or "
+            "conf/ changed since params.yaml was composed). Running %s as it is; the next "
+            "`dvc exp run -S ...` rebuilds it from conf/ and drops these values: to keep them, "
+            "put them in conf/config.yaml",
+            path,
+            ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else ""),
+            path,
+        )
+    return keys

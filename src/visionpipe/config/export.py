@@ -1,0 +1,14 @@
+"""The export section: the ONNX file and its parity check."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from visionpipe.config import Section
+
+
+class ExportConfig(Section):
+    opset: int = Field(default=18, ge=17, le=23)  # ONNX opset the export is pinned to
+    parity_images: int = Field(default=256, ge=1)  # test images compared with onnxruntime
+    # Largest allowed logit difference, times the largest |logit| when that is above 1.
+    max_abs_diff: float = Field(default=1e-4, gt=0.0)

@@ -1,0 +1,51 @@
+"""The model section, made from the model table (visionpipe.models): `name`, every model's own
+keys, then the keys all models take. A key set away from its default for a model that does not
+take it is an error: params.yaml always holds every key, and the tutorial CNN's relu on `fast`
+would otherwise be silently ignored."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import Field, create_model, model_validator
+
+from visionpipe.config import Section
+from visionpipe.models import COMMON_KEYS, MODELS, arch_params, keys_of, own_keys
+
+
+class _ModelSection(Section):
+    name: str
+
+    @model_validator(mode="after")
+    def _keys_fit_the_model(self) -> _ModelSection:
+        takes = keys_of(self.name)
+        for key, field in type(self).model_fields.items():
+            if key in takes or getattr(self, key) == field.default:
+                continue
+            raise ValueError(
+                f"model.{key} = {json.dumps(getattr(self, key))} does not apply to model "
+                f"'{self.name}' (only to {', '.join(_models_taking(key))}); the keys for "
+                f"'{self.name}' are {', '.join(takes)}. Set model.{key} back to "
+                f"{json.dumps(field.default)}"
+            )
+        return self
+
+    def arch_params(self) -> dict[str, Any]:
+        """The model's own switches, as `models.build_model` takes them."""
+        return arch_params(self.name, self.model_dump())
+
+
+def _models_taking(key: str) -> list[str]:
+    return [name for name in MODELS if key in keys_of(name)]
+
+
+def _fields() -> dict[str, Any]:
+    names = tuple(MODELS)
+    fields: dict[str, Any] = {"name": (Literal[names], Field(default=names[0]))}
+    for key, spec in {**own_keys(), **COMMON_KEYS}.items():
+        fields[key] = (spec.annotation, spec.field())
+    return fields
+
+
+ModelConfig = create_model("ModelConfig", __base__=_ModelSection, **_fields())

@@ -1,0 +1,61 @@
+"""The whole of params.yaml: every section, for the train stage (which records what a run
+means beside its model) and for `visionpipe params` (which checks a composed file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import model_validator
+
+from visionpipe import config
+from visionpipe.config import Section
+from visionpipe.config.data import DataConfig, PreprocessConfig, image_size
+from visionpipe.config.export import ExportConfig
+from visionpipe.config.model import ModelConfig
+from visionpipe.config.predict import PredictConfig
+from visionpipe.config.train import LaunchConfig, TrainConfig
+
+
+class Params(Section):
+    # Which recipe (conf/recipe/<name>.yaml) the values below were composed from: a label that
+    # `dvc exp run -S recipe=fast` sets together with the recipe's values.
+    recipe: str = "tutorial"
+    about: str = ""  # params.yaml's own note: where it comes from
+    data: DataConfig = DataConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    model: ModelConfig = ModelConfig()  # type: ignore[valid-type]
+    train: TrainConfig = TrainConfig()
+    export: ExportConfig = ExportConfig()
+    predict: PredictConfig = PredictConfig()
+    launch: LaunchConfig = LaunchConfig()
+
+    @model_validator(mode="after")
+    def _batch_fits_processes(self) -> Params:
+        processes = self.launch.nproc * self.launch.nnodes
+        if self.train.batch_size < processes:
+            raise ValueError(
+                f"train.batch_size {self.train.batch_size} (the global batch) must be at least "
+                f"launch.nproc * launch.nnodes = {processes}"
+            )
+        return self
+
+    def image_size(self) -> int:
+        return image_size(self.data, self.preprocess)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def run_dict(self) -> dict[str, Any]:
+        """What a run means: every section but the launch settings and params.yaml's note."""
+        return {k: v for k, v in self.as_dict().items() if k not in ("launch", "about")}
+
+
+def parse_params(raw: Any, origin: str = "params") -> Params:
+    """Validate a parsed mapping into `Params`; ConfigError names each problem."""
+    return config.parse(Params, raw, origin)
+
+
+def load_params(path: Path | str = config.DEFAULT_PARAMS) -> Params:
+    """Read and validate the whole of params.yaml."""
+    return config.load(Params, path)

@@ -1,0 +1,80 @@
+"""The train and launch sections: how the model is fitted, and where the fitting runs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from visionpipe.config import Section
+
+
+class AugmentConfig(Section):
+    crop_padding: int = Field(default=0, ge=0, le=16)  # random crop after this much padding
+    padding_mode: Literal["zeros", "reflect"] = "zeros"  # how crop_padding pads
+    # Horizontal flip: false, true (each image, each epoch, at random) or "alternate" (airbench:
+    # a random half flipped in even epochs, the other half in odd ones; more distinct views).
+    flip: Literal[False, True, "alternate"] = False
+
+    @model_validator(mode="after")
+    def _reflect_fits(self) -> AugmentConfig:
+        if self.padding_mode == "reflect" and self.crop_padding == 0:
+            raise ValueError("train.augment.padding_mode 'reflect' needs crop_padding > 0")
+        return self
+
+
+class TrainConfig(Section):
+    epochs: int = Field(default=10, ge=1, le=10_000)
+    batch_size: int = Field(default=64, ge=1, le=65_536)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(default=0.01, gt=0.0, le=100.0)
+    momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    # constant | cosine | onecycle (linear up to the peak, linear down to 0) | triangle
+    # (airbench: 0.2x -> 1x over the warmup, 23% of the run unless warmup_epochs is set, -> 0.07x)
+    schedule: Literal["constant", "cosine", "onecycle", "triangle"] = "constant"
+    warmup_epochs: float = Field(default=0.0, ge=0.0)
+    # Learning rate multiplier for BatchNorm biases, weight decay divided by it so the decay
+    # stays the same (airbench uses 64).
+    bias_lr_scale: float = Field(default=1.0, gt=0.0, le=1024.0)
+    # airbench's lookahead: every 5 steps the slow weights move toward the trained ones (more
+    # slowly as training ends) and training restarts from them; the run ends on the slow weights.
+    lookahead: bool = False
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    augment: AugmentConfig = AugmentConfig()
+    seed: int = 0
+    log_every: int = Field(default=100, ge=1)  # train loss to TensorBoard/plots every N steps
+    patience: int = Field(default=0, ge=0)  # early stopping on val loss; 0 = off
+    deterministic: bool = False  # force deterministic algorithms on GPU
+    compile: bool = False  # torch.compile the model
+    # bf16 autocast where the hardware computes in bf16 natively: CUDA, and CPUs with
+    # AVX512-BF16 or AMX (about 1.7x faster train steps on such a CPU). false: fp32 everywhere.
+    amp: bool = True
+    channels_last: bool = True  # channels-last memory format (much faster on CPU and GPU)
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> TrainConfig:
+        if self.nesterov and self.momentum == 0.0:
+            raise ValueError("train.nesterov: true needs train.momentum > 0")
+        return self
+
+
+class LaunchConfig(Section):
+    """Where and how training runs, never what it means: no stage depends on these, so changing
+    them never re-runs anything, and every machine of a multi-node run writes the same dvc.lock."""
+
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    # Processes per node and nodes for DistributedDataParallel through torchrun; batch_size stays
+    # the global batch, so results keep their meaning whatever the process count.
+    nproc: int = Field(default=1, ge=1, le=1024)
+    nnodes: int = Field(default=1, ge=1)
+    node_rank: int = Field(default=0, ge=0)  # this machine's rank; 0 on master_addr
+    master_addr: str = "127.0.0.1"  # rendezvous host (node 0) when nnodes > 1
+    master_port: int = Field(default=29500, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _rank_fits(self) -> LaunchConfig:
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"launch.node_rank {self.node_rank} must be below launch.nnodes")
+        return self

@@ -1,0 +1,94 @@
+"""models/model.pt, the trained model's file: its one writer and reader.
+
+The file is `{"state_dict": ..., "meta": ...}`: the weights and plain values only, nothing
+pickled, loaded with weights_only=True. `ModelInfo` is the meta part: enough to rebuild the
+model (`rebuild`) and to use it (class names, input size).
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from visionpipe import paths
+from visionpipe.classifier import Classifier
+from visionpipe.fsutil import save_torch
+from visionpipe.models import build_model, unwrap
+
+
+class ModelFileError(ValueError):
+    """A file that is not a usable visionpipe model.pt; the message names it and says why."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The plain values saved beside the weights."""
+
+    arch: str  # a name of visionpipe.models.MODELS
+    num_classes: int
+    image_size: int  # side of the square RGB input, in pixels
+    arch_params: dict[str, Any]  # the model's own switches (models.arch_params)
+    normalize: bool  # whether mean/std normalization is inside the model
+    mean: list[float]  # the train split's per-channel mean and std on the [0, 1] scale
+    std: list[float]
+    classes: list[str]
+    params: dict[str, Any]  # the run's params, but for the launch settings
+    visionpipe_version: str
+    torch_version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, meta: dict[str, Any]) -> ModelInfo:
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in meta]
+        if missing:
+            raise KeyError(f"model metadata lacks {', '.join(missing)}")
+        return cls(**{n: meta[n] for n in names})
+
+
+def rebuild(info: ModelInfo) -> Classifier:
+    """An empty model of the architecture `info` describes (the weights come from the file)."""
+    # Pretrained weights are already inside the saved state_dict: never fetch them again.
+    switches = {**info.arch_params, "pretrained": False, "weights": None}
+    norm = info.normalize
+    return build_model(
+        info.arch,
+        info.num_classes,
+        info.image_size,
+        switches,
+        info.mean if norm else None,
+        info.std if norm else None,
+    )
+
+
+def save_model(path: Path, model: nn.Module, info: ModelInfo) -> None:
+    """Write the weights and `info` atomically."""
+    state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+    save_torch(path, {"state_dict": state, "meta": info.to_dict()})
+
+
+def load_model(
+    path: Path, map_location: str | torch.device = "cpu"
+) -> tuple[Classifier, ModelInfo]:
+    """Load a model.pt (weights_only) and rebuild the model it describes, in eval mode."""
+    paths.require(Path(path), "train")
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+        info = ModelInfo.from_dict(blob["meta"])
+        model = rebuild(info)
+        model.load_state_dict(blob["state_dict"])
+    except (RuntimeError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as exc:
+        # torch.load's errors for a file that is not a visionpipe model.pt span many lines.
+        reason = " ".join(str(exc).split())[:200]
+        raise ModelFileError(
+            f"{path}: not a visionpipe model.pt ({type(exc).__name__}: {reason}); pass the "
+            "models/model.pt the train stage wrote"
+        ) from None
+    return model.eval(), info

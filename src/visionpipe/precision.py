@@ -1,0 +1,66 @@
+"""Which floating-point precision the tensors run in: autocast for training steps, strict fp32 for
+scores."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+
+def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """The low precision train steps autocast to, or None for plain fp32.
+
+    bf16 only where the hardware computes it natively (CUDA compute capability 8.0+, CPUs with
+    AVX512-BF16 or AMX): emulated bf16 is slower than fp32. Older tensor-core GPUs (T4, V100:
+    7.x) get fp16, which needs a GradScaler (`needs_grad_scaler`). MPS stays in fp32.
+    """
+    if not amp:
+        return None
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return torch.bfloat16
+        if torch.cuda.get_device_capability(device) >= (7, 0):
+            return torch.float16
+        return None
+    if device.type == "cpu" and cpu_computes_bf16():
+        return torch.bfloat16
+    return None
+
+
+def needs_grad_scaler(dtype: torch.dtype | None) -> bool:
+    # fp16's narrow range underflows small gradients unless the loss is scaled up first.
+    return dtype == torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def cpu_computes_bf16() -> bool:
+    """True on CPUs with native bf16 math (AVX512-BF16 or AMX); emulated bf16 is slower."""
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def strict_fp32(device: torch.device) -> Iterator[None]:
+    """fp32 that is fp32 on a GPU too. cuDNN computes fp32 convolutions in TF32 (a 10-bit
+    mantissa) by default on Ampere and newer: a ResNet-18's logits came out ~6e-4 off the CPU's
+    on an H100. Training keeps TF32 (PyTorch's default, and fast); scoring does not."""
+    if device.type != "cuda":
+        yield
+        return
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved

@@ -1,0 +1,59 @@
+"""Where a run stands after its last complete epoch, and whether it should stop early."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from visionpipe.tracking import EpochRecord, History
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """What a resume restores besides the weights: epochs done, their history, early stopping."""
+
+    epoch: int = 0  # epochs done
+    history: History = field(default_factory=History)
+    best_val: float = math.inf  # lowest val loss so far, for early stopping
+    bad_epochs: int = 0  # epochs since it last improved
+
+    def update(self, record: EpochRecord, patience: int) -> bool:
+        """Count a finished epoch; True when training should stop (diverged or no progress)."""
+        self.epoch = record.epoch
+        if record.val_loss < self.best_val:
+            self.best_val, self.bad_epochs = record.val_loss, 0
+        else:
+            self.bad_epochs += 1
+        diverged = not math.isfinite(record.train_loss)
+        return diverged or (patience > 0 and self.bad_epochs >= patience)
+
+    def summary(self, stopped: bool) -> dict[str, Any]:
+        """metrics/train.json: how the run ended, and its last epoch's figures."""
+        last = EpochRecord(**self.history.epochs[-1])
+        return {
+            "epochs_run": len(self.history.epochs),
+            "stopped_early": stopped,
+            "diverged": not math.isfinite(last.train_loss),
+            "train_loss": round(last.train_loss, 6),
+            "val_loss": round(last.val_loss, 6),
+            "val_accuracy": round(last.val_accuracy, 6),
+            "best_val_loss": round(self.best_val, 6),
+        }
+
+
+def log_why_stopped(record: EpochRecord, patience: int, lr: float) -> None:
+    """Say why a run stopped before its last epoch: it diverged, or stopped improving."""
+    if not math.isfinite(record.train_loss):
+        log.error(
+            "training diverged: train loss is %s after epoch %d; stopping. Lower train.lr "
+            "(now %g) or add warmup (train.warmup_epochs)",
+            record.train_loss,
+            record.epoch,
+            lr,
+        )
+    else:
+        log.info("early stopping: val loss has not improved for %d epochs", patience)
