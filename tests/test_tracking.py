@@ -49,14 +49,20 @@ def test_a_resumed_run_replays_its_history_into_fresh_logs(
 
 
 def test_misclassified_grid_captions_each_wrong_image() -> None:
-    images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
-    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(40) % 3
     preds = labels.clone()
+    classes = ["cat", "dog", "frog"]
+    none_wrong = misclassified_grid(images, labels, preds, classes)
     preds[[1, 4]] = 0
-    sheet = misclassified_grid(images, labels, preds, ["cat", "dog", "frog"])
-    assert sheet.size == (6 * 96, 96 + 28)  # one row of two images
-    none_wrong = misclassified_grid(images, labels, labels, ["cat", "dog", "frog"])
-    assert none_wrong.size == (6 * 96, 96)  # the file exists even then: DVC declares it
+    two_wrong = misclassified_grid(images, labels, preds, classes)
+    assert two_wrong.size == none_wrong.size  # one row: the file exists even with none wrong
+    assert two_wrong.tobytes() != none_wrong.tobytes()
+    preds = (labels + 1) % 3  # all 40 wrong: the grid stops at `limit`, 6 to a row
+    assert misclassified_grid(images, labels, preds, classes, limit=13).size == (
+        two_wrong.width,
+        3 * two_wrong.height,
+    )
 
 
 def test_make_grid_lays_out_as_torchvision() -> None:

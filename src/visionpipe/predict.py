@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
 from visionpipe import paths
 from visionpipe.fsutil import atomic_open, atomic_path, write_json
+from visionpipe.grids import Layout, captioned_grid
 from visionpipe.images import (
     BadImageError,
     decode_rgb,
@@ -207,29 +207,15 @@ def write_grid(
 ) -> None:
     """A labelled contact sheet of the predicted images (the first `limit` that decoded)."""
     shown = [p for p in preds if p.error is None][:limit]
-    rows = max(1, -(-len(shown) // cols))
-    label_h = 34
-    sheet = Image.new("RGB", (cols * cell, rows * (cell + label_h)), "white")
-    draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default(size=13)
-    for n, p in enumerate(shown):
-        x, y = (n % cols) * cell, (n // cols) * (cell + label_h)
-        img = decode_rgb(Path(p.file).read_bytes(), p.file)
-        scale = cell / max(img.size)
-        # Upscale tiny CIFAR images with NEAREST so their pixels stay honest; downscale smoothly.
-        resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BILINEAR
-        img = img.resize(
-            (max(1, round(img.width * scale)), max(1, round(img.height * scale))), resample
-        )
-        sheet.paste(img, (x + (cell - img.width) // 2, y + (cell - img.height) // 2))
-        best = p.top[0]
-        draw.text(
-            (x + 4, y + cell + 2),
-            f"{best['class']} {best['probability']:.0%}",
-            fill="black",
-            font=font,
-        )
-        draw.text((x + 4, y + cell + 17), Path(p.file).name[:18], fill="gray", font=font)
+    images = (decode_rgb(Path(p.file).read_bytes(), p.file) for p in shown)
+    captions = [
+        [
+            (f"{p.top[0]['class']} {p.top[0]['probability']:.0%}", "black"),
+            (Path(p.file).name, "gray"),
+        ]
+        for p in shown
+    ]
+    sheet = captioned_grid(images, captions, Layout(cell, cols, lines=2, font_size=13))
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
     with atomic_path(dest) as tmp:
