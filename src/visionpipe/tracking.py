@@ -7,6 +7,7 @@ fresh DVCLive and TensorBoard logs, so its curves have every epoch once.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import shutil
 import warnings
@@ -182,11 +183,27 @@ def misclassified_grid(
     classes: list[str],
     limit: int = 24,
 ) -> Image.Image:
-    """The first `limit` validation images the model gets wrong, each captioned with the
-    prediction and, below, "(actual)". The sheet says so when there are none: the file always
-    exists."""
-    shown = torch.nonzero(preds != labels).flatten()[:limit].tolist()
+    """Up to `limit` validation images the model gets wrong, a few of each true class (see
+    `spread_over_classes`), each captioned with the prediction and, below, "(actual)". The sheet
+    says so when there are none: the file always exists."""
+    wrong = torch.nonzero(preds != labels).flatten()
+    shown = spread_over_classes(wrong.tolist(), labels[wrong].tolist(), limit)
     pictures = (Image.fromarray(images[i].permute(1, 2, 0).numpy()) for i in shown)
     captions = [[(classes[preds[i]], "black"), (f"({classes[labels[i]]})", "gray")] for i in shown]
     layout = Layout(cell=96, cols=6, lines=2, font_size=11)
     return captioned_grid(pictures, captions, layout, empty="no misclassified validation images")
+
+
+def spread_over_classes(indices: list[int], classes: list[int], limit: int) -> list[int]:
+    """Up to `limit` of `indices`, taken in turn from each class (`classes[k]` is that of
+    `indices[k]`): the first of every class in class order, then the second of every class...
+
+    A split in class order would otherwise show only its first class. Order within a class is
+    kept, and no randomness: reruns draw the same grid.
+    """
+    by_class: dict[int, list[int]] = {}
+    for i, c in zip(indices, classes, strict=True):
+        by_class.setdefault(c, []).append(i)
+    rounds = itertools.zip_longest(*(by_class[c] for c in sorted(by_class)))
+    taken = (i for one_round in rounds for i in one_round if i is not None)
+    return list(itertools.islice(taken, limit))
