@@ -80,7 +80,7 @@ class TorchBackend:
             reason = " ".join(str(exc).split())[:200]
             raise ModelFileError(
                 f"{path}: not a visionpipe model.pt ({type(exc).__name__}: {reason}); pass the "
-                "models/model.pt the train stage wrote"
+                f"{paths.MODEL} the train stage wrote"
             ) from None
         self.model = self.model.to(memory_format=torch.channels_last)  # 2x faster on CPU
         self.classes = meta["classes"]
@@ -92,10 +92,12 @@ class TorchBackend:
             return self.model(x).numpy()
 
 
-def open_backend(kind: str, model: Path) -> Backend:
+def open_backend(kind: str, model: Path | None = None) -> Backend:
+    """The `kind` backend for `model`, by default the model file the pipeline writes for it."""
     if kind == "onnx":
-        return OnnxBackend(model)
+        return OnnxBackend(model or paths.ONNX_MODEL)
     if kind == "torch":
+        model = model or paths.MODEL
         # Accept the ONNX path too: the state_dict sits beside it as model.pt.
         return TorchBackend(model.with_suffix(".pt") if model.suffix == ".onnx" else model)
     raise ValueError(f"Invalid backend '{kind}'. Only onnx and torch are supported.")
@@ -185,6 +187,33 @@ def run(
 
 def failures(preds: list[Prediction]) -> int:
     return sum(p.error is not None for p in preds)
+
+
+def predict_command(
+    specs: list[str],
+    backend: str = "onnx",
+    model: Path | None = None,
+    topk: int = 3,
+    batch_size: int = 64,
+    json_path: Path | None = None,
+    csv_path: Path | None = None,
+    grid_path: Path | None = None,
+    fix: str = "see the ERROR lines above",
+) -> int:
+    """`visionpipe predict` and the predict stage: open the model (the pipeline's for `backend`
+    by default), predict and write as `run`. The exit code: 2 if the model cannot be used,
+    1 if any input failed (the message ends with `fix`), else 0."""
+    try:
+        opened = open_backend(backend, model)
+    except (FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    preds = run(specs, opened, topk, batch_size, json_path, csv_path, grid_path)
+    failed = failures(preds)
+    if failed:
+        log.error("%d of %d inputs failed; %s", failed, len(preds), fix)
+        return 1
+    return 0
 
 
 def write_csv(dest: Path, preds: list[Prediction], topk: int) -> None:
