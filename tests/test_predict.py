@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import DOG_PNG
+from tests.helpers import DOG_PNG, ROOT, env
+from visionpipe import paths
 from visionpipe.cli import main
 
 
@@ -30,7 +32,10 @@ def _images(folder: Path) -> dict[str, Path]:
 
 
 def test_cli_predicts_good_files_and_reports_each_bad_one(
-    exported_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    exported_model: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     good = _images(tmp_path / "good")
     bad = tmp_path / "bad"
@@ -87,8 +92,9 @@ def test_cli_predicts_good_files_and_reports_each_bad_one(
     assert reasons["missing.jpg"] == "no such file or directory"
     assert "no image files" in reasons["nothing"]
     assert "matched no files" in reasons["*.none"]
-    printed = capsys.readouterr()
-    assert "ERROR" in printed.out and "inputs failed" in printed.err
+    assert "ERROR" in capsys.readouterr().out
+    failed = f"{len(reasons)} of {len(preds)} inputs failed; see the ERROR lines above"
+    assert failed in caplog.text
     assert out_csv.read_text().splitlines()[0] == (
         "file,class_1,probability_1,class_2,probability_2,error"
     )
@@ -122,9 +128,41 @@ def test_onnx_cli_never_imports_torch(exported_model: Path) -> None:
     assert "dog.png:" in proc.stdout
 
 
-def test_missing_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_model_is_a_clear_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert main(["predict", "x.png", "--model", str(tmp_path / "model.onnx")]) == 2
-    assert "dvc repro export" in capsys.readouterr().err
+    assert "dvc repro export" in caplog.text
+
+
+def test_each_backend_reads_the_model_the_pipeline_writes_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", "x.png"]) == 2
+    assert f"{paths.ONNX_MODEL} not found: run 'uv run dvc repro export' first" in caplog.text
+    caplog.clear()
+    assert main(["predict", "x.png", "--backend", "torch"]) == 2
+    assert f"{paths.MODEL} not found: run 'uv run dvc repro train' first" in caplog.text
+
+
+def test_the_stage_says_how_many_inputs_failed_and_how_to_fix_them(
+    exported_model: Path, tmp_path: Path
+) -> None:
+    (tmp_path / paths.ONNX_MODEL).parent.mkdir()
+    (tmp_path / paths.SAMPLES_DIR).parent.mkdir()
+    shutil.copy(exported_model / "model.onnx", tmp_path / paths.ONNX_MODEL)
+    _images(tmp_path / paths.SAMPLES_DIR)
+    (tmp_path / "params.yaml").write_text("predict:\n  inputs: [missing.png]\n")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "predict.py")],
+        cwd=tmp_path,
+        env={**env(), "PYTHONPATH": str(ROOT / "src")},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "1 of 6 inputs failed; fix or remove them from predict.inputs" in proc.stderr
+    assert len(json.loads((tmp_path / paths.PREDICTIONS).read_text())) == 6
+    assert Image.open(tmp_path / paths.PREDICTION_GRID).size == (5 * 128, 162)
 
 
 def test_exported_onnx_holds_no_machine_paths(exported_model: Path) -> None:
@@ -199,11 +237,11 @@ def test_a_bad_model_file_gets_one_line_and_exit_code_2(
 
 
 def test_the_torch_backend_names_a_bad_model_file_too(
-    exported_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    exported_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     bad = tmp_path / "model.pt"
     bad.write_bytes((exported_model / "model.onnx").read_bytes())
     image = tmp_path / "img.png"
     Image.new("RGB", (20, 20), "red").save(image)
     assert main(["predict", str(image), "--backend", "torch", "--model", str(bad)]) == 2
-    assert f"{bad}: not a visionpipe model.pt" in capsys.readouterr().err
+    assert f"{bad}: not a visionpipe model.pt" in caplog.text

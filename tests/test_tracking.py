@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from tests.conftest import kill_at_validation, tiny_params
 from visionpipe import paths, train
-from visionpipe.tracking import make_grid, misclassified_grid
+from visionpipe.tracking import make_grid, misclassified_grid, spread_over_classes
 
 
 def _rows(path: Path) -> list[list[str]]:
@@ -49,14 +50,42 @@ def test_a_resumed_run_replays_its_history_into_fresh_logs(
 
 
 def test_misclassified_grid_captions_each_wrong_image() -> None:
-    images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
-    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(40) % 3
     preds = labels.clone()
+    classes = ["cat", "dog", "frog"]
+    none_wrong = misclassified_grid(images, labels, preds, classes)
     preds[[1, 4]] = 0
-    sheet = misclassified_grid(images, labels, preds, ["cat", "dog", "frog"])
-    assert sheet.size == (6 * 96, 96 + 28)  # one row of two images
-    none_wrong = misclassified_grid(images, labels, labels, ["cat", "dog", "frog"])
-    assert none_wrong.size == (6 * 96, 96)  # the file exists even then: DVC declares it
+    two_wrong = misclassified_grid(images, labels, preds, classes)
+    assert two_wrong.size == none_wrong.size  # one row: the file exists even with none wrong
+    assert two_wrong.tobytes() != none_wrong.tobytes()
+    preds = (labels + 1) % 3  # all 40 wrong: the grid stops at `limit`, 6 to a row
+    assert misclassified_grid(images, labels, preds, classes, limit=13).size == (
+        two_wrong.width,
+        3 * two_wrong.height,
+    )
+
+
+def test_misclassified_grid_shows_every_class_of_a_split_in_class_order() -> None:
+    # Ten classes of 30 images each, in class order as the val split is; each image is one
+    # flat colour that says its class, and every class has mistakes.
+    labels = torch.arange(10).repeat_interleave(30)
+    images = (labels * 20 + 30).to(torch.uint8)[:, None, None, None].expand(-1, 3, 8, 8)
+    preds = labels.clone()
+    preds[::2] = (labels[::2] + 1) % 10
+    sheet = np.asarray(misclassified_grid(images, labels, preds, [str(c) for c in range(10)]))
+    row = sheet.shape[0] // 4  # 24 images, 6 to a row
+    shown = [int(sheet[r * row + 48, c * 96 + 48, 0]) for r in range(4) for c in range(6)]
+    assert sorted(set(shown)) == [c * 20 + 30 for c in range(10)]
+    assert shown[:10] == [c * 20 + 30 for c in range(10)]  # one of each class first
+
+
+def test_spread_over_classes_takes_each_class_in_turn_in_split_order() -> None:
+    indices = [3, 5, 8, 11, 12, 20, 21]
+    classes = [0, 0, 0, 2, 1, 2, 2]
+    assert spread_over_classes(indices, classes, 100) == [3, 12, 11, 5, 20, 8, 21]
+    assert spread_over_classes(indices, classes, 4) == [3, 12, 11, 5]
+    assert spread_over_classes([], [], 4) == []
 
 
 def test_make_grid_lays_out_as_torchvision() -> None:

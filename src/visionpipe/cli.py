@@ -10,26 +10,22 @@ import logging
 import sys
 from pathlib import Path
 
-from visionpipe import logs
+from visionpipe import logs, paths
 
 
 def _predict(args: argparse.Namespace) -> int:
     from visionpipe import predict
 
-    model = args.model or Path("models/model.onnx" if args.backend == "onnx" else "models/model.pt")
-    try:
-        backend = predict.open_backend(args.backend, model)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    preds = predict.run(
-        args.inputs, backend, args.topk, args.batch_size, args.json, args.csv, args.grid
+    return predict.predict_command(
+        args.inputs,
+        args.backend,
+        args.model,
+        args.topk,
+        args.batch_size,
+        args.json,
+        args.csv,
+        args.grid,
     )
-    failed = predict.failures(preds)
-    if failed:
-        print(f"{failed} of {len(preds)} inputs failed (see ERROR lines above)", file=sys.stderr)
-        return 1
-    return 0
 
 
 def _params(args: argparse.Namespace) -> int:
@@ -63,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         type=Path,
         default=None,
-        help="models/model.onnx (onnx backend) or models/model.pt (torch) by default",
+        help=f"{paths.ONNX_MODEL} (onnx backend) or {paths.MODEL} (torch) by default",
     )
     p.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
     p.add_argument("--topk", type=int, default=3, help="classes to show per image (default 3)")

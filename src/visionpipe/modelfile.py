@@ -89,6 +89,6 @@ def load_model(
         reason = " ".join(str(exc).split())[:200]
         raise ModelFileError(
             f"{path}: not a visionpipe model.pt ({type(exc).__name__}: {reason}); pass the "
-            "models/model.pt the train stage wrote"
+            f"{paths.MODEL} the train stage wrote"
         ) from None
     return model.eval(), info

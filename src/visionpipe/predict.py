@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
 from visionpipe import paths
 from visionpipe.fsutil import atomic_open, atomic_path, write_json
+from visionpipe.grids import Layout, captioned_grid
 from visionpipe.images import (
     BadImageError,
     decode_rgb,
@@ -76,10 +76,12 @@ class TorchBackend:
             return self.model(x).numpy()
 
 
-def open_backend(kind: str, model: Path) -> Backend:
+def open_backend(kind: str, model: Path | None = None) -> Backend:
+    """The `kind` backend for `model`, by default the model file the pipeline writes for it."""
     if kind == "onnx":
-        return OnnxBackend(model)
+        return OnnxBackend(model or paths.ONNX_MODEL)
     if kind == "torch":
+        model = model or paths.MODEL
         # Accept the ONNX path too: the state_dict sits beside it as model.pt.
         return TorchBackend(model.with_suffix(".pt") if model.suffix == ".onnx" else model)
     raise ValueError(f"Invalid backend '{kind}'. Only onnx and torch are supported.")
@@ -171,6 +173,33 @@ def failures(preds: list[Prediction]) -> int:
     return sum(p.error is not None for p in preds)
 
 
+def predict_command(
+    specs: list[str],
+    backend: str = "onnx",
+    model: Path | None = None,
+    topk: int = 3,
+    batch_size: int = 64,
+    json_path: Path | None = None,
+    csv_path: Path | None = None,
+    grid_path: Path | None = None,
+    fix: str = "see the ERROR lines above",
+) -> int:
+    """`visionpipe predict` and the predict stage: open the model (the pipeline's for `backend`
+    by default), predict and write as `run`. The exit code: 2 if the model cannot be used,
+    1 if any input failed (the message ends with `fix`), else 0."""
+    try:
+        opened = open_backend(backend, model)
+    except (FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    preds = run(specs, opened, topk, batch_size, json_path, csv_path, grid_path)
+    failed = failures(preds)
+    if failed:
+        log.error("%d of %d inputs failed; %s", failed, len(preds), fix)
+        return 1
+    return 0
+
+
 def write_csv(dest: Path, preds: list[Prediction], topk: int) -> None:
     with atomic_open(dest) as f:
         w = csv.writer(f, lineterminator="\n")
@@ -191,29 +220,15 @@ def write_grid(
 ) -> None:
     """A labelled contact sheet of the predicted images (the first `limit` that decoded)."""
     shown = [p for p in preds if p.error is None][:limit]
-    rows = max(1, -(-len(shown) // cols))
-    label_h = 34
-    sheet = Image.new("RGB", (cols * cell, rows * (cell + label_h)), "white")
-    draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default(size=13)
-    for n, p in enumerate(shown):
-        x, y = (n % cols) * cell, (n // cols) * (cell + label_h)
-        img = decode_rgb(Path(p.file).read_bytes(), p.file)
-        scale = cell / max(img.size)
-        # Upscale tiny CIFAR images with NEAREST so their pixels stay honest; downscale smoothly.
-        resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BILINEAR
-        img = img.resize(
-            (max(1, round(img.width * scale)), max(1, round(img.height * scale))), resample
-        )
-        sheet.paste(img, (x + (cell - img.width) // 2, y + (cell - img.height) // 2))
-        best = p.top[0]
-        draw.text(
-            (x + 4, y + cell + 2),
-            f"{best['class']} {best['probability']:.0%}",
-            fill="black",
-            font=font,
-        )
-        draw.text((x + 4, y + cell + 17), Path(p.file).name[:18], fill="gray", font=font)
+    images = (decode_rgb(Path(p.file).read_bytes(), p.file) for p in shown)
+    captions = [
+        [
+            (f"{p.top[0]['class']} {p.top[0]['probability']:.0%}", "black"),
+            (Path(p.file).name, "gray"),
+        ]
+        for p in shown
+    ]
+    sheet = captioned_grid(images, captions, Layout(cell, cols, lines=2, font_size=13))
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
     with atomic_path(dest) as tmp:

@@ -7,20 +7,21 @@ fresh DVCLive and TensorBoard logs, so its curves have every epoch once.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import shutil
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from torch import nn
 
 from visionpipe import paths
 from visionpipe.classifier import Classifier, to_input
 from visionpipe.fsutil import write_text
+from visionpipe.grids import Layout, captioned_grid
 
 log = logging.getLogger(__name__)
 
@@ -182,29 +183,27 @@ def misclassified_grid(
     classes: list[str],
     limit: int = 24,
 ) -> Image.Image:
-    """The first `limit` validation images the model gets wrong, each captioned "predicted
-    (actual)", on a white sheet (which says so when there are none: the file always exists)."""
-    wrong = torch.nonzero(preds != labels).flatten()[:limit].tolist()
-    cell, label_h, cols = 96, 28, 6
-    if not wrong:
-        sheet = Image.new("RGB", (cols * cell, cell), "white")
-        message = "no misclassified validation images"
-        ImageDraw.Draw(sheet).text(
-            (8, 8), message, fill="black", font=ImageFont.load_default(size=13)
-        )
-        return sheet
-    rows = -(-len(wrong) // cols)
-    sheet = Image.new("RGB", (cols * cell, rows * (cell + label_h)), "white")
-    draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default(size=11)
-    for n, i in enumerate(wrong):
-        x, y = (n % cols) * cell, (n // cols) * (cell + label_h)
-        img = Image.fromarray(np.ascontiguousarray(images[i].numpy().transpose(1, 2, 0)))
-        scale = cell / max(img.size)
-        # Upscale tiny images with NEAREST so their pixels stay honest; downscale smoothly.
-        resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BILINEAR
-        img = img.resize((round(img.width * scale), round(img.height * scale)), resample)
-        sheet.paste(img, (x + (cell - img.width) // 2, y))
-        caption = f"{classes[int(preds[i])]} ({classes[int(labels[i])]})"
-        draw.text((x + 3, y + cell + 2), caption[:18], fill="black", font=font)
-    return sheet
+    """Up to `limit` validation images the model gets wrong, a few of each true class (see
+    `spread_over_classes`), each captioned with the prediction and, below, "(actual)". The sheet
+    says so when there are none: the file always exists."""
+    wrong = torch.nonzero(preds != labels).flatten()
+    shown = spread_over_classes(wrong.tolist(), labels[wrong].tolist(), limit)
+    pictures = (Image.fromarray(images[i].permute(1, 2, 0).numpy()) for i in shown)
+    captions = [[(classes[preds[i]], "black"), (f"({classes[labels[i]]})", "gray")] for i in shown]
+    layout = Layout(cell=96, cols=6, lines=2, font_size=11)
+    return captioned_grid(pictures, captions, layout, empty="no misclassified validation images")
+
+
+def spread_over_classes(indices: list[int], classes: list[int], limit: int) -> list[int]:
+    """Up to `limit` of `indices`, taken in turn from each class (`classes[k]` is that of
+    `indices[k]`): the first of every class in class order, then the second of every class...
+
+    A split in class order would otherwise show only its first class. Order within a class is
+    kept, and no randomness: reruns draw the same grid.
+    """
+    by_class: dict[int, list[int]] = {}
+    for i, c in zip(indices, classes, strict=True):
+        by_class.setdefault(c, []).append(i)
+    rounds = itertools.zip_longest(*(by_class[c] for c in sorted(by_class)))
+    taken = (i for one_round in rounds for i in one_round if i is not None)
+    return list(itertools.islice(taken, limit))

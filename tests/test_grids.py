@@ -1,0 +1,70 @@
+"""Captioned image grids: layout, honest upscaling, smooth fitting, captions kept to their cell."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from visionpipe.grids import Layout, captioned_grid
+
+LAYOUT = Layout(cell=16, cols=3, lines=2, font_size=11)
+
+
+def _pixels(sheet: Image.Image) -> np.ndarray:
+    return np.asarray(sheet)
+
+
+def test_cells_fill_rows_of_cols_each_with_room_for_the_captions() -> None:
+    for n, rows in [(1, 1), (3, 1), (4, 2), (7, 3)]:
+        images = [Image.new("RGB", (5, 5), "red")] * n
+        sheet = captioned_grid(images, [[("x", "black")]] * n, LAYOUT)
+        assert sheet.size == (3 * 16, rows * LAYOUT.row_height), n
+        assert LAYOUT.row_height >= 16 + 2 * LAYOUT.font_size
+
+
+def test_a_tiny_image_is_upscaled_pixel_for_pixel() -> None:
+    tiny = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [9, 9, 9]]], np.uint8)
+    sheet = captioned_grid([Image.fromarray(tiny)], [[]], LAYOUT)
+    cell = _pixels(sheet)[:16, :16]
+    assert np.array_equal(cell, tiny.repeat(8, axis=0).repeat(8, axis=1))
+
+
+def test_a_large_image_is_fitted_smoothly_and_centred() -> None:
+    stripes = np.zeros((40, 80, 3), np.uint8)
+    stripes[:, ::2] = 255  # one-pixel stripes: a smooth downscale greys them, NEAREST would not
+    sheet = _pixels(captioned_grid([Image.fromarray(stripes)], [[]], LAYOUT))
+    assert (sheet[:4, :16] == 255).all() and (sheet[12:16, :16] == 255).all()  # white margins
+    inside = sheet[4:12, :16]
+    assert 100 < inside.mean() < 155 and inside.std() < 40
+
+
+def test_a_caption_line_is_cut_to_max_chars() -> None:
+    wide = Layout(cell=64, cols=1, lines=1, font_size=11, max_chars=4)  # 4 Ws fit in 64 px
+    image = [Image.new("RGB", (4, 4), "blue")]
+    cut = captioned_grid(image, [[("WWWW", "black")]], wide)
+    long = captioned_grid(image, [[("W" * 40, "black")]], wide)
+    shorter = captioned_grid(image, [[("WWW", "black")]], wide)
+    assert cut.tobytes() == long.tobytes()
+    assert cut.tobytes() != shorter.tobytes()
+
+
+def _count(band: np.ndarray, channel: int) -> int:
+    """Pixels in `band` where `channel` is strong and the other two weak."""
+    others = [c for c in range(3) if c != channel]
+    return int(((band[..., channel] > 150) & (band[..., others] < 100).all(axis=-1)).sum())
+
+
+def test_each_line_is_drawn_below_the_last_in_its_colour() -> None:
+    lines = [("ab", "red"), ("ab", "blue")]
+    sheet = _pixels(captioned_grid([Image.new("RGB", (4, 4), "white")], [lines], LAYOUT))
+    split = 16 + 2 + LAYOUT.line_height
+    first, second = sheet[16:split], sheet[split:]
+    assert _count(first, 0) > 0 and _count(first, 2) == 0
+    assert _count(second, 2) > 0 and _count(second, 0) == 0
+
+
+def test_an_empty_grid_is_one_row_that_says_why() -> None:
+    blank = captioned_grid([], [], LAYOUT)
+    said = captioned_grid([], [], LAYOUT, empty="nothing here")
+    assert blank.size == said.size == (3 * 16, LAYOUT.row_height)
+    assert (_pixels(blank) == 255).all() and not (_pixels(said) == 255).all()
