@@ -232,6 +232,22 @@ def test_no_gpu_is_no_warning_and_mps_comes_next(
     assert runtime.pick_device("auto") == MPS
 
 
+def test_auto_picks_an_amd_gpu_on_rocm(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An MI300X on a ROCm build: torch.cuda drives it, and the arch list names gfx targets.
+    _gpu_machine(monkeypatch, (9, 4), arch_list=["gfx900", "gfx906", "gfx90a", "gfx942"])
+    monkeypatch.setattr(torch.version, "hip", "6.4.43482")
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with caplog.at_level(logging.WARNING):
+        assert runtime.pick_device("auto") == CUDA
+    assert caplog.text == ""
+    # Skipped on ROCm, not passed: an arch list that would refuse the GPU is not even read.
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_90"])
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (11, 0))
+    assert runtime.pick_device("cuda") == CUDA
+
+
 @pytest.mark.parametrize(
     ("capability", "arch_list", "ok"),
     [
@@ -244,6 +260,9 @@ def test_no_gpu_is_no_warning_and_mps_comes_next(
         ((10, 0), ["sm_90a"], False),  # arch-specific code runs on that GPU only
         ((9, 0), ["sm_90a"], True),
         ((12, 0), [], True),  # a build that does not say
+        ((9, 0), ["gfx90a", "sm_90", "sm_x"], True),  # names of another form are ignored
+        ((7, 0), ["sm_75", "gfx942"], False),
+        ((9, 4), ["gfx90a", "gfx942"], True),  # none known: the build does not say
     ],
 )
 def test_arch_list_compatibility(
