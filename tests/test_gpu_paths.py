@@ -83,12 +83,8 @@ def test_fake_cuda_tta_evaluation_stays_on_the_device_and_in_fp32(
 ) -> None:
     model = build_model("fast", 3, 16, {"tta": 2}, [0.5] * 3, [0.2] * 3)
     tf32_seen = []
-    model.register_forward_pre_hook(
-        lambda *_: tf32_seen.append(
-            (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-        )
-    )
-    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    model.register_forward_pre_hook(lambda *_: tf32_seen.append(_tf32()))
+    before = _tf32()
     with fake_gpu(monkeypatch, FakeGPU()):
         model = train.place_model(model, CUDA, tiny_params().train)
         images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)  # on the host
@@ -96,8 +92,40 @@ def test_fake_cuda_tta_evaluation_stays_on_the_device_and_in_fp32(
     assert logits.device.type == "cpu" and logits.dtype == torch.float32
     assert logits.shape == (10, 3)
     # No TF32 while scoring (cuDNN's default for fp32 convolutions); training's setting is back.
-    assert tf32_seen and set(tf32_seen) == {(False, False)}
-    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+    assert tf32_seen and set(tf32_seen) == {_STRICT}
+    assert _tf32() == before
+
+
+def _new_tf32_api() -> bool:
+    return hasattr(torch.backends.cudnn, "conv") and hasattr(
+        torch.backends.cuda.matmul, "fp32_precision"
+    )
+
+
+# cuDNN convolutions' and cuBLAS matmuls' TF32 settings when neither may use TF32.
+_STRICT = ("ieee", "ieee") if _new_tf32_api() else (False, False)
+
+
+def _tf32() -> tuple[Any, Any]:
+    """Whether cuDNN convolutions and cuBLAS matmuls may use TF32, in the API this torch has."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    if _new_tf32_api():
+        return cudnn.conv.fp32_precision, matmul.fp32_precision
+    return cudnn.allow_tf32, matmul.allow_tf32
+
+
+@pytest.mark.skipif(not _new_tf32_api(), reason="torch < 2.9 has no fp32_precision API")
+def test_strict_fp32_after_the_fp32_precision_api_was_used() -> None:
+    # Once the new API is set, reading torch's legacy allow_tf32 flags raises.
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = _tf32()
+    try:
+        cudnn.conv.fp32_precision, matmul.fp32_precision = "tf32", "tf32"
+        with runtime.strict_fp32(CUDA):
+            assert _tf32() == ("ieee", "ieee")
+        assert _tf32() == ("tf32", "tf32")
+    finally:
+        cudnn.conv.fp32_precision, matmul.fp32_precision = before
 
 
 def test_t4_trains_in_fp16_with_a_grad_scaler(
