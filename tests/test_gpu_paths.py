@@ -380,6 +380,20 @@ def test_sync_batch_norm_under_ddp_on_cuda_only(caplog: pytest.LogCaptureFixture
     assert distributed.sync_batch_norm(plain, CUDA) is plain
 
 
+@pytest.mark.parametrize("processes", [1, 2])
+def test_the_model_that_trains_under_ddp_on_cuda_has_sync_batch_norm(
+    processed32: Path, monkeypatch: pytest.MonkeyPatch, processes: int
+) -> None:
+    params = tiny_params(FAST_MODEL, **FAST_TRAIN)
+    ddp = distributed.Dist(rank=0, world_size=processes)
+    with fake_gpu(monkeypatch, FakeGPU()):
+        splits = data.load_training_data(CUDA)
+        model = train.build_training_model(params, splits, CUDA, ddp)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    synced = [isinstance(m, nn.SyncBatchNorm) for m in norms]
+    assert norms and synced == [processes > 1] * len(norms)
+
+
 # ---- resume, memory, evaluation batches ----------------------------------------------------
 
 
