@@ -20,7 +20,7 @@ from tests.conftest import FAST_MODEL, FAST_TRAIN, ZOO, tiny_params
 from tests.fake_cuda import FakeGPU, fake_gpu
 from tests.helpers import ROOT
 from visionpipe import data, distributed, paths, runtime, train
-from visionpipe.models import ARCHS, Classifier, build_model, tutorial_cnn
+from visionpipe.models import ARCHS, Classifier, build_model, to_input, tutorial_cnn
 from visionpipe.runtime import DeviceError
 
 CUDA = torch.device("cuda")
@@ -85,15 +85,40 @@ def test_fake_cuda_tta_evaluation_stays_on_the_device_and_in_fp32(
     tf32_seen = []
     model.register_forward_pre_hook(lambda *_: tf32_seen.append(_tf32()))
     before = _tf32()
+    computed = _computed_dtypes(model)
     with fake_gpu(monkeypatch, FakeGPU()):
         model = train.place_model(model, CUDA, tiny_params().train)
         images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)  # on the host
         logits = runtime.predict_logits(model, images, CUDA, batch_size=4)
     assert logits.device.type == "cpu" and logits.dtype == torch.float32
     assert logits.shape == (10, 3)
+    assert computed == {torch.float32}, "no autocast: every layer computes in fp32"
     # No TF32 while scoring (cuDNN's default for fp32 convolutions); training's setting is back.
     assert tf32_seen and set(tf32_seen) == {_STRICT}
     assert _tf32() == before
+
+
+def test_tta_logits_are_those_of_a_plain_fp32_forward() -> None:
+    torch.manual_seed(0)
+    model = build_model("fast", 3, 16, {"tta": 2}, [0.5] * 3, [0.2] * 3).eval()
+    images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)
+    with torch.no_grad():
+        plain = model(to_input(images, torch.channels_last))
+    computed = _computed_dtypes(model)
+    logits = runtime.predict_logits(model, images, CPU, batch_size=len(images))
+    assert computed == {torch.float32}
+    # bf16's 8-bit mantissa would put them ~1e-3 of their size off, or more.
+    assert torch.allclose(logits, plain, rtol=1e-6, atol=1e-6 * plain.abs().max().item())
+
+
+def _computed_dtypes(model: nn.Module) -> set[torch.dtype]:
+    """The dtypes `model`'s convolutions and linear layers will compute in (filled as it runs):
+    what an autocast changes, where casting the logits back to float32 would hide it."""
+    seen: set[torch.dtype] = set()
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            module.register_forward_hook(lambda m, args, out: seen.add(out.dtype))
+    return seen
 
 
 def _new_tf32_api() -> bool:
