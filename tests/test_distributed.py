@@ -1,4 +1,5 @@
-"""DDP on this machine: gloo, 2 CPU processes through torchrun, launched by the train stage."""
+"""DDP on this machine: gloo, 2 CPU processes through torchrun, launched by the train stage,
+or started here where a rank is made to see something the other does not."""
 
 from __future__ import annotations
 
