@@ -1,9 +1,13 @@
-"""DDP on this machine: gloo, 2 CPU processes through torchrun, launched by the train stage."""
+"""DDP on this machine: gloo, 2 CPU processes through torchrun, launched by the train stage,
+or started here where a rank is made to see something the other does not."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -18,8 +22,8 @@ import yaml
 
 from tests.conftest import write_processed
 from tests.helpers import ROOT, env
-from visionpipe import distributed, paths
-from visionpipe.config.params import parse_params
+from visionpipe import distributed, paths, train
+from visionpipe.config.params import load_params, parse_params
 
 pytestmark = pytest.mark.slow
 
@@ -185,3 +189,50 @@ def test_two_node_run_resumes_after_a_kill(tmp_path: Path) -> None:
         assert torch.allclose(a[key], b[key], atol=1e-5, rtol=0), (
             f"{key}: max diff {(a[key] - b[key]).abs().max():.2e}"
         )
+
+
+def _rank_with_its_own_val_loss(rank: int, port: int, workdir: Path, stalled_rank: int) -> None:
+    """Rank `rank` of a 2-process train.run in which `stalled_rank`'s val loss never improves
+    while the other rank's improves every epoch: they would decide differently to stop."""
+    os.chdir(workdir)
+    ranks = {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": 2, "LOCAL_WORLD_SIZE": 2}
+    os.environ.update({k: str(v) for k, v in ranks.items()})
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="")
+    real_eval, epochs = train.evaluate_split, itertools.count(1)
+
+    def evaluate(*args: object, **kwargs: object) -> train.Scores:
+        loss = 1.0 if rank == stalled_rank else 1.0 / next(epochs)
+        return dataclasses.replace(real_eval(*args, **kwargs), loss=loss)
+
+    with pytest.MonkeyPatch.context() as mp:  # in this process of its own
+        mp.setattr(train, "evaluate_split", evaluate)
+        metrics = train.run(load_params())
+    (workdir / f"metrics_rank{rank}.json").write_text(json.dumps(metrics))
+
+
+@pytest.mark.parametrize(("stalled_rank", "epochs_run"), [(0, 2), (1, 3)])
+def test_ranks_stop_early_together_as_rank_0_decides(
+    tmp_path: Path, stalled_rank: int, epochs_run: int
+) -> None:
+    # patience 1: a stalled rank would stop after epoch 2, the other run all 3 epochs.
+    work = _workdir(tmp_path, epochs=3, patience=1, amp=False)
+    port, spawn = _free_port(), multiprocessing.get_context("spawn")
+    ranks = [
+        spawn.Process(target=_rank_with_its_own_val_loss, args=(r, port, work, stalled_rank))
+        for r in (0, 1)
+    ]
+    for p in ranks:
+        p.start()
+    deadline = time.monotonic() + 180
+    for p in ranks:
+        p.join(max(0.0, deadline - time.monotonic()))
+    hung = [r for r, p in enumerate(ranks) if p.is_alive()]
+    for p in ranks:
+        p.kill()
+        p.join()
+    assert not hung, f"ranks {hung} hung: the others stopped without them"
+    assert [p.exitcode for p in ranks] == [0, 0], "a rank failed (its peer had left)"
+    for rank in (0, 1):
+        metrics = json.loads((work / f"metrics_rank{rank}.json").read_text())
+        assert metrics["epochs_run"] == epochs_run, (rank, metrics)
+        assert metrics["stopped_early"] is (epochs_run < 3)

@@ -29,7 +29,7 @@ from visionpipe import (
     split_tensors,
     train,
 )
-from visionpipe.classifier import Classifier
+from visionpipe.classifier import Classifier, to_input
 from visionpipe.devices import DeviceError
 from visionpipe.models import MODELS, build_model
 from visionpipe.nets import tutorial_cnn
@@ -94,21 +94,74 @@ def test_fake_cuda_tta_evaluation_stays_on_the_device_and_in_fp32(
 ) -> None:
     model = build_model("fast", 3, 16, {"tta": 2}, [0.5] * 3, [0.2] * 3)
     tf32_seen = []
-    model.register_forward_pre_hook(
-        lambda *_: tf32_seen.append(
-            (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-        )
-    )
-    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    model.register_forward_pre_hook(lambda *_: tf32_seen.append(_tf32()))
+    before = _tf32()
+    computed = _computed_dtypes(model)
     with fake_gpu(monkeypatch, FakeGPU()):
         model = train.place_model(model, CUDA, tiny_params().train)
         images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)  # on the host
         logits = inference.predict_logits(model, images, CUDA, batch_size=4)
     assert logits.device.type == "cpu" and logits.dtype == torch.float32
     assert logits.shape == (10, 3)
+    assert computed == {torch.float32}, "no autocast: every layer computes in fp32"
     # No TF32 while scoring (cuDNN's default for fp32 convolutions); training's setting is back.
-    assert tf32_seen and set(tf32_seen) == {(False, False)}
-    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+    assert tf32_seen and set(tf32_seen) == {_STRICT}
+    assert _tf32() == before
+
+
+def test_tta_logits_are_those_of_a_plain_fp32_forward() -> None:
+    torch.manual_seed(0)
+    model = build_model("fast", 3, 16, {"tta": 2}, [0.5] * 3, [0.2] * 3).eval()
+    images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)
+    with torch.no_grad():
+        plain = model(to_input(images, torch.channels_last))
+    computed = _computed_dtypes(model)
+    logits = inference.predict_logits(model, images, CPU, batch_size=len(images))
+    assert computed == {torch.float32}
+    # bf16's 8-bit mantissa would put them ~1e-3 of their size off, or more.
+    assert torch.allclose(logits, plain, rtol=1e-6, atol=1e-6 * plain.abs().max().item())
+
+
+def _computed_dtypes(model: nn.Module) -> set[torch.dtype]:
+    """The dtypes `model`'s convolutions and linear layers will compute in (filled as it runs):
+    what an autocast changes, where casting the logits back to float32 would hide it."""
+    seen: set[torch.dtype] = set()
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            module.register_forward_hook(lambda m, args, out: seen.add(out.dtype))
+    return seen
+
+
+def _new_tf32_api() -> bool:
+    return hasattr(torch.backends.cudnn, "conv") and hasattr(
+        torch.backends.cuda.matmul, "fp32_precision"
+    )
+
+
+# cuDNN convolutions' and cuBLAS matmuls' TF32 settings when neither may use TF32.
+_STRICT = ("ieee", "ieee") if _new_tf32_api() else (False, False)
+
+
+def _tf32() -> tuple[Any, Any]:
+    """Whether cuDNN convolutions and cuBLAS matmuls may use TF32, in the API this torch has."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    if _new_tf32_api():
+        return cudnn.conv.fp32_precision, matmul.fp32_precision
+    return cudnn.allow_tf32, matmul.allow_tf32
+
+
+@pytest.mark.skipif(not _new_tf32_api(), reason="torch < 2.9 has no fp32_precision API")
+def test_strict_fp32_after_the_fp32_precision_api_was_used() -> None:
+    # Once the new API is set, reading torch's legacy allow_tf32 flags raises.
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = _tf32()
+    try:
+        cudnn.conv.fp32_precision, matmul.fp32_precision = "tf32", "tf32"
+        with precision.strict_fp32(CUDA):
+            assert _tf32() == ("ieee", "ieee")
+        assert _tf32() == ("tf32", "tf32")
+    finally:
+        cudnn.conv.fp32_precision, matmul.fp32_precision = before
 
 
 def test_t4_trains_in_fp16_with_a_grad_scaler(
@@ -243,6 +296,22 @@ def test_no_gpu_is_no_warning_and_mps_comes_next(
     assert devices.pick_device("auto") == MPS
 
 
+def test_auto_picks_an_amd_gpu_on_rocm(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An MI300X on a ROCm build: torch.cuda drives it, and the arch list names gfx targets.
+    _gpu_machine(monkeypatch, (9, 4), arch_list=["gfx900", "gfx906", "gfx90a", "gfx942"])
+    monkeypatch.setattr(torch.version, "hip", "6.4.43482")
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with caplog.at_level(logging.WARNING):
+        assert devices.pick_device("auto") == CUDA
+    assert caplog.text == ""
+    # Skipped on ROCm, not passed: an arch list that would refuse the GPU is not even read.
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_90"])
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (11, 0))
+    assert devices.pick_device("cuda") == CUDA
+
+
 @pytest.mark.parametrize(
     ("capability", "arch_list", "ok"),
     [
@@ -255,6 +324,9 @@ def test_no_gpu_is_no_warning_and_mps_comes_next(
         ((10, 0), ["sm_90a"], False),  # arch-specific code runs on that GPU only
         ((9, 0), ["sm_90a"], True),
         ((12, 0), [], True),  # a build that does not say
+        ((9, 0), ["gfx90a", "sm_90", "sm_x"], True),  # names of another form are ignored
+        ((7, 0), ["sm_75", "gfx942"], False),
+        ((9, 4), ["gfx90a", "gfx942"], True),  # none known: the build does not say
     ],
 )
 def test_arch_list_compatibility(
@@ -342,6 +414,20 @@ def test_sync_batch_norm_under_ddp_on_cuda_only(caplog: pytest.LogCaptureFixture
     assert "each process's shard" in caplog.text
     plain = build_model("tutorial_cnn", 10, 32)  # no BatchNorm: nothing to do or say
     assert distributed.sync_batch_norm(plain, CUDA) is plain
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_the_model_that_trains_under_ddp_on_cuda_has_sync_batch_norm(
+    processed32: Path, monkeypatch: pytest.MonkeyPatch, processes: int
+) -> None:
+    params = tiny_params(FAST_MODEL, **FAST_TRAIN)
+    ddp = distributed.Dist(rank=0, world_size=processes)
+    with fake_gpu(monkeypatch, FakeGPU()):
+        splits = split_tensors.load_training_data(CUDA)
+        model = train.build_training_model(params, splits, CUDA, ddp)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    synced = [isinstance(m, nn.SyncBatchNorm) for m in norms]
+    assert norms and synced == [processes > 1] * len(norms)
 
 
 # ---- resume, memory, evaluation batches ----------------------------------------------------

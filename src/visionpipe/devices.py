@@ -8,6 +8,7 @@ device type, so the CPU path runs the same code.
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 
 import torch
@@ -69,6 +70,9 @@ def cuda_problem() -> str | None:
             f"NVIDIA driver {driver} or newer) cannot use it: {init[0].strip()} Update the "
             f"driver, or install a torch build for an older CUDA ({GPU_SUPPORT})"
         )
+    if torch.version.hip:
+        # ROCm builds list gfx targets, not compute capabilities: torch skips this check too.
+        return None
     arch_list = torch.cuda.get_arch_list()
     for index in range(torch.cuda.device_count()):
         capability = torch.cuda.get_device_capability(index)
@@ -83,21 +87,25 @@ def cuda_problem() -> str | None:
     return None
 
 
+# sm_90, compute_90, sm_90a (that GPU only), sm_100f (its family).
+_ARCH = re.compile(r"(sm|compute)_(\d+)([af]?)")
+
+
 def arch_supported(capability: tuple[int, int], arch_list: list[str]) -> bool:
     """Whether a GPU of `capability` can run a build compiled for `arch_list` (sm_XY, compute_XY).
 
     NVIDIA's rules: machine code for sm_XY runs on the same major version with the same or a
-    higher minor; PTX (compute_XY) is compiled by the driver for any newer GPU. An empty list
-    (a build that does not say, such as ROCm's) is trusted.
+    higher minor; PTX (compute_XY) is compiled by the driver for any newer GPU. Names of another
+    form are ignored; a list with none of these forms (a build that does not say) is trusted.
     """
-    if not arch_list:
+    known = [m.groups() for m in map(_ARCH.fullmatch, arch_list) if m]
+    if not known:
         return True
     major, minor = capability
     device = 10 * major + minor
-    for arch in arch_list:
-        kind, _, number = arch.partition("_")
-        specific = number.endswith("a")  # sm_90a: that exact GPU only
-        code = int(number.rstrip("af"))
+    for kind, number, suffix in known:
+        code = int(number)
+        specific = suffix == "a"  # sm_90a: that exact GPU only
         same_family = not specific and code // 10 == major and code <= device
         if kind == "sm" and (code == device or same_family):
             return True

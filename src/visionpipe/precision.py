@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -57,10 +58,22 @@ def strict_fp32(device: torch.device) -> Iterator[None]:
     if device.type != "cuda":
         yield
         return
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = cudnn.allow_tf32, matmul.allow_tf32
-    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    switches = _tf32_switches()
+    saved = [getattr(owner, name) for owner, name, _ in switches]
+    for owner, name, strict in switches:
+        setattr(owner, name, strict)
     try:
         yield
     finally:
-        cudnn.allow_tf32, matmul.allow_tf32 = saved
+        for (owner, name, _), value in zip(switches, saved, strict=True):
+            setattr(owner, name, value)
+
+
+def _tf32_switches() -> list[tuple[Any, str, Any]]:
+    """(owner, attribute, strict value) of the settings that let cuDNN convolutions and cuBLAS
+    matmuls compute fp32 in TF32. One API only: torch 2.9+ has `fp32_precision` ("tf32" or
+    "ieee"), and its legacy `allow_tf32` flags raise when read once the new API has been set."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    if hasattr(cudnn, "conv") and hasattr(matmul, "fp32_precision"):
+        return [(cudnn.conv, "fp32_precision", "ieee"), (matmul, "fp32_precision", "ieee")]
+    return [(cudnn, "allow_tf32", False), (matmul, "allow_tf32", False)]

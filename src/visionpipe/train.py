@@ -209,7 +209,9 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
     stopped = False
     for epoch in range(start, cfg.epochs):
         record = run_epoch(loop, epoch, splits, tracker)
-        stopped = loop.progress.update(record, cfg.patience)
+        # Rank 0 decides for all: each rank's BatchNorm statistics, and so its val loss, can
+        # differ, and a rank that stopped alone would leave the others waiting for it.
+        stopped = distributed.broadcast_object(loop.progress.update(record, cfg.patience), ddp)
         if ddp.is_main:  # rank 0 alone writes; the others hold identical state
             done = stopped or epoch + 1 == cfg.epochs
             checkpoints.save(fp, loop.progress, done, loop.trainee())
@@ -265,8 +267,6 @@ def run_epoch(
     train_loss = all_reduce_sum(loss_sum, ddp).item() / len(splits.train_y)  # waits for the GPU
     t_val = time.perf_counter()
     loop.clock.train += t_val - t_epoch
-    # Every rank evaluates the same weights on the same val split, so all reach the same
-    # early-stopping decision without another collective.
     # Per-epoch validation skips test-time augmentation, as airbench does: TTA multiplies
     # its cost by up to 6 for a curve. The evaluate stage scores the model with its TTA.
     model = loop.model
