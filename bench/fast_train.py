@@ -114,7 +114,7 @@ def run_version(
     subprocess.run(evaluate, cwd=folder, env=env, check=True)
     timings = json.loads((folder / "metrics/timings/train.json").read_text())
     validation = json.loads((folder / "validation_seconds.json").read_text())
-    # Before issue 15 train_seconds was the whole epoch loop; after it, epoch_loop_seconds is.
+    # The whole epoch loop: epoch_loop_seconds, or train_seconds in revisions before bbf3d56.
     loop = timings.get("epoch_loop_seconds", timings["train_seconds"])
     evaluation = json.loads((folder / "dvclive/eval/metrics.json").read_text())
     result = {
@@ -125,7 +125,7 @@ def run_version(
         "loop_without_validation_seconds": round(loop - validation, 2),
         "stage_timings": timings,
         "train_stage_wall_seconds": round(stage_seconds, 1),
-        # test_acc since the exp show columns got short names; test_accuracy before.
+        # test_acc from 36206d0 on (short exp show columns); test_accuracy in older revisions.
         "test_accuracy": evaluation.get("test_acc", evaluation.get("test_accuracy")),
     }
     print(json.dumps(result, indent=2), flush=True)

@@ -1,4 +1,4 @@
-"""Preprocess speed and memory: this checkout vs the code before issue 14, side by side.
+"""Preprocess speed and memory: this checkout vs commit 8989bb0, side by side.
 
 Each run is the preprocess stage as DVC runs it: `python stages/preprocess.py` from the version's
 own checkout, in a folder holding params.yaml and data/raw/<archive>, timed from start to exit,
@@ -14,7 +14,7 @@ Afterwards it compares what the versions wrote: CIFAR arrays must be byte-identi
 photos the difference between draft-mode decoding (new) and a full decode + resize (old) is
 measured per pixel value.
 
-    git worktree add /tmp/visionpipe-old <commit before issue 14>
+    git worktree add /tmp/visionpipe-old 8989bb0
     uv run python bench/preprocess.py --old /tmp/visionpipe-old
 """
 
@@ -169,7 +169,7 @@ def target_line(name: str, res: dict[str, Any]) -> str:
 
 def report(info: dict[str, Any], args: argparse.Namespace, results: dict[str, Any]) -> str:
     lines = [
-        "## Preprocess: this version vs the code before issue 14 (`bench/preprocess.py`)",
+        "## Preprocess: this version vs commit 8989bb0 (`bench/preprocess.py`)",
         "",
         f"Machine: {machine_line(info)}.",
         f"Command: `uv run python bench/preprocess.py {' '.join(sys.argv[1:])}`",
@@ -211,7 +211,7 @@ def report(info: dict[str, Any], args: argparse.Namespace, results: dict[str, An
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--old", type=Path, required=True, help="checkout of the code before")
+    parser.add_argument("--old", type=Path, required=True, help="checkout of the baseline commit")
     parser.add_argument("--zip", type=Path, default=DEFAULT_CIFAR_ZIP, help="cifar10-jpeg.zip")
     parser.add_argument("--hymenoptera", type=Path, default=DEFAULT_HYMENOPTERA)
     parser.add_argument("--photos", type=int, default=300, help="generated 12 MP photos")

@@ -32,7 +32,7 @@ def profile_steps(steps: int, warmup: int, top: int) -> dict[str, Any]:
     """Profile `steps` train steps after `warmup` untimed ones; the top ops by self CPU time."""
     params = load_params()
     device = torch.device("cpu")
-    # As train.run does before training (absent before issue 15: that version never had it).
+    # As train.run does before training (revisions before 9856bd9 have no such call).
     keep = getattr(memory, "keep_freed_memory", None)
     if keep is not None:
         keep()

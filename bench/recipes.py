@@ -80,8 +80,8 @@ def read_result(name: str, work: Path) -> dict[str, Any]:
         "recipe": name,
         "what": RECIPES[name],
         "test_accuracy": evaluation["test_acc"],
-        # Before issue 15, train_seconds was the whole epoch loop, validation included, and
-        # there was no validation_seconds: such a run shows no validation figure.
+        # Revisions before bbf3d56 record train_seconds as the whole epoch loop, validation
+        # included, and no validation_seconds: such a run shows no validation figure.
         "train_seconds": timings["train_seconds"],
         "validation_seconds": timings.get("validation_seconds"),
         "epoch_loop_seconds": timings.get("epoch_loop_seconds", timings["train_seconds"]),

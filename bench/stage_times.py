@@ -8,7 +8,7 @@ user does before experimenting. Then the two projects take turns at `dvc exp run
 last stage's to the end of the command, and "dvc before train" is everything from the command's
 start to the train stage. "outside the epoch loop" is the command's wall time minus the train
 stage's epoch loop (metrics/timings/train.json's epoch_loop_seconds, per-epoch validation
-included; train_seconds before issue 15, when it meant the same).
+included; train_seconds in revisions before bbf3d56, where it meant the same).
 
     uv run python bench/stage_times.py --old 8989bb0 --new HEAD --repeats 3
 """
@@ -100,7 +100,7 @@ def timed_experiment(project: Path, lr: float) -> dict[str, float]:
     seconds = {name: nxt - t for (name, t), (_, nxt) in itertools.pairwise(marks)}
     seconds[marks[-1][0]] = ended - marks[-1][1]
     timings = json.loads((project / "metrics/timings/train.json").read_text())
-    # Revisions before issue 15 have no epoch_loop_seconds: their train_seconds was the loop.
+    # Revisions before bbf3d56 have no epoch_loop_seconds: their train_seconds is the loop.
     loop = timings.get("epoch_loop_seconds", timings["train_seconds"])
     seconds["total"] = ended - started
     seconds["train epoch loop"] = loop

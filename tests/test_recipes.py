@@ -74,9 +74,9 @@ def test_bench_composes_what_dvc_exp_run_would() -> None:
 @pytest.mark.parametrize(
     ("timings", "steps", "validation", "loop"),
     [
-        # Since issue 15: the steps, validation and the whole loop apart.
+        # Current layout: the steps, validation and the whole loop apart.
         ({"train_seconds": 40.0, "validation_seconds": 9.0, "epoch_loop_seconds": 50.0}, 40, 9, 50),
-        # Before: train_seconds was the whole loop, validation included.
+        # Revisions before bbf3d56: train_seconds is the whole loop, validation included.
         ({"train_seconds": 50.0}, 50, None, 50),
     ],
 )
