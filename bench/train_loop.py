@@ -49,8 +49,7 @@ from torchvision import transforms
 
 from visionpipe import memory, precision, train
 from visionpipe.config.train import TrainConfig
-from visionpipe.models import build_model
-from visionpipe.nets import tutorial_cnn
+from visionpipe.models import build_model, tutorial_cnn
 
 NAME = "train_loop"
 TARGETS = {"cpu": 3.0, "cuda": 20.0}  # pipeline/seeds images/s ratio we aim for

@@ -29,10 +29,8 @@ from visionpipe import (
     split_tensors,
     train,
 )
-from visionpipe.classifier import Classifier, to_input
 from visionpipe.devices import DeviceError
-from visionpipe.models import MODELS, build_model
-from visionpipe.nets import tutorial_cnn
+from visionpipe.models import MODELS, Classifier, build_model, to_input, tutorial_cnn
 
 CUDA = torch.device("cuda")
 MPS = torch.device("mps")

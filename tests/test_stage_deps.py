@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 NEW_MODEL = """
 
 def _wide(num_classes: int, image_size: int, width: int = 64) -> nn.Module:
-    return nets.tutorial_cnn(num_classes, image_size)
+    return tutorial_cnn(num_classes, image_size)
 
 
 MODELS["tutorial_wide"] = ModelSpec(

@@ -10,11 +10,9 @@ import torch
 
 from tests.conftest import FAST_MODEL, FAST_TRAIN, kill_at_validation, tiny_params
 from visionpipe import batches, memory, optim, paths, precision, train
-from visionpipe.classifier import Classifier
 from visionpipe.config.train import TrainConfig
 from visionpipe.modelfile import load_model
-from visionpipe.models import MODELS, build_model
-from visionpipe.nets import init_whitening, tutorial_cnn
+from visionpipe.models import MODELS, Classifier, build_model, init_whitening, tutorial_cnn
 
 
 def _weights() -> dict[str, torch.Tensor]:
@@ -296,7 +294,7 @@ def test_freed_memory_is_kept_for_reuse_under_glibc() -> None:
 
 
 def test_to_input_converts_dtype_and_layout_in_one_copy() -> None:
-    from visionpipe.classifier import to_input
+    from visionpipe.models import to_input
 
     x = torch.randint(0, 256, (2, 3, 5, 5), dtype=torch.uint8)
     plain = to_input(x)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from visionpipe.classifier import to_input
 from visionpipe.config.train import TrainConfig
 from visionpipe.distributed import Dist
+from visionpipe.models import to_input
 
 
 def batch_crop(

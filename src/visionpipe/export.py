@@ -12,10 +12,10 @@ import onnx
 import torch
 
 from visionpipe import paths
-from visionpipe.classifier import to_input
 from visionpipe.config.export import ExportConfig
 from visionpipe.fsutil import atomic_path, write_json
 from visionpipe.modelfile import ModelInfo, load_model
+from visionpipe.models import to_input
 from visionpipe.onnxrt import INPUT_NAME, OUTPUT_NAME, open_session
 from visionpipe.split_tensors import load_split
 

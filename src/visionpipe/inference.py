@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visionpipe.classifier import Classifier, to_input
+from visionpipe.models import Classifier, to_input
 from visionpipe.precision import strict_fp32
 
 

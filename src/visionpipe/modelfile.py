@@ -16,9 +16,8 @@ import torch
 from torch import nn
 
 from visionpipe import paths
-from visionpipe.classifier import Classifier
 from visionpipe.fsutil import save_torch
-from visionpipe.models import build_model, unwrap
+from visionpipe.models import Classifier, build_model, unwrap
 
 
 class ModelFileError(ValueError):

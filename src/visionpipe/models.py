@@ -1,23 +1,286 @@
-"""The model table: every model name, its builder and its own model.* keys, in one place.
+"""The model zoo: the networks, the wrapper every model runs in, and the table that names them.
 
-Adding a model is one entry in `MODELS` (and its line in conf/config.yaml, where users see the
-keys): the params schema (visionpipe.config.model), `build_model` and the saved model's
-metadata all read the table, as torchvision's `get_model` and timm's registry do.
+Every model takes float RGB in [0, 1], NCHW; normalization (when on) lives inside the model
+(`Classifier`), so the exported ONNX graph takes the same input and callers never need mean/std.
+`MODELS` is the one table of models: each entry's builder and its own model.* keys. Adding a
+model is one entry (and its line in conf/config.yaml, where users see the keys): the params
+schema (visionpipe.config.model), `build_model` and the saved model's metadata all read the
+table, as torchvision's `get_model` and timm's registry do.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from visionpipe import nets
-from visionpipe.classifier import Classifier, Normalize
+
+def to_input(
+    images: torch.Tensor, memory_format: torch.memory_format = torch.preserve_format
+) -> torch.Tensor:
+    """uint8 NCHW pixels -> the float RGB in [0, 1] every model takes, in `memory_format`.
+
+    One copy converts the dtype and the layout together (not a float copy, then a
+    channels_last copy of it).
+    """
+    return images.to(torch.float32, memory_format=memory_format).div_(255)
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel; buffers so they travel with the state_dict and the ONNX."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class Classifier(nn.Module):
+    """`net` behind an optional in-graph normalization, with optional test-time augmentation.
+
+    TTA lives in the eval-mode forward, so evaluation, the ONNX export and predict see the same
+    logits. Level 1 averages the image and its mirror; level 2 gives those half the weight and
+    the mirrored one-pixel shifts up-left and down-right (reflect-padded) the other half, as
+    airbench does. All views go through the net as one batch.
+    """
+
+    def __init__(self, net: nn.Module, normalize: Normalize | None, tta: int = 0) -> None:
+        super().__init__()
+        self.normalize = normalize if normalize is not None else nn.Identity()
+        self.net = net
+        self.tta = tta
+
+    def prepare(self, images: torch.Tensor) -> None:
+        """Let the net initialise itself from the uint8 training images, if it does that."""
+        prepare = getattr(self.net, "prepare", None)
+        if prepare is not None:
+            prepare(images, self.normalize)
+
+    def lr_stops(self) -> dict[str, tuple[list[nn.Parameter], int]]:
+        """Parameters the net trains for a set number of epochs only: {name: (params, epochs)}."""
+        stops = getattr(self.net, "lr_stops", None)
+        return stops() if stops is not None else {}
+
+    @property
+    def views(self) -> int:
+        """Images the net sees per input image in eval mode (1 without TTA)."""
+        return {0: 1, 1: 2, 2: 6}[self.tta]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or self.tta == 0:
+            return self.net(self.normalize(x))
+        views = [x]
+        weights = [0.5]
+        if self.tta == 2:
+            h, w = x.shape[-2:]
+            padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+            views += [padded[..., :h, :w], padded[..., 2:, 2:]]
+            weights = [0.25, 0.125, 0.125]
+        views += [v.flip(-1) for v in views]
+        logits = self.net(self.normalize(torch.cat(views)))
+        logits = logits.view(len(views), x.shape[0], logits.shape[-1])
+        return sum(w * logits[i] for i, w in enumerate(weights * 2))
+
+
+def tutorial_cnn(
+    num_classes: int, image_size: int, activation: str = "none", batch_norm: bool = False
+) -> nn.Sequential:
+    """The tutorial's CIFAR-10 net: 3x (Conv 5x5 pad 2, MaxPool 2), Flatten, Linear 64, Linear.
+
+    With the defaults (no activation, no BatchNorm) it is exactly the seeds' model; `activation`
+    and `batch_norm` show what the tutorial's lesson on non-linearities buys.
+    """
+    layers: list[nn.Module] = []
+    channels = [3, 32, 32, 64]
+    for cin, cout in itertools.pairwise(channels):
+        layers.append(nn.Conv2d(cin, cout, 5, padding=2))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(cout))
+        if activation == "relu":
+            layers.append(nn.ReLU(inplace=True))
+        layers.append(nn.MaxPool2d(2))
+    side = image_size // 2 // 2 // 2
+    if side < 1:
+        raise ValueError(f"tutorial_cnn needs inputs of at least 8 pixels, got {image_size}")
+    layers += [nn.Flatten(), nn.Linear(64 * side * side, 64)]
+    if activation == "relu":
+        layers.append(nn.ReLU(inplace=True))
+    layers.append(nn.Linear(64, num_classes))
+    return nn.Sequential(*layers)
+
+
+def alexnet(num_classes: int, image_size: int) -> nn.Sequential:
+    """The seeds' AlexNet homework (3->48 k5 s4, 128/192/192/128 convs, Linear 2048/1024).
+
+    Small inputs use stride 1 in the first conv, and an adaptive pool before the classifier, so it
+    runs on 32-pixel CIFAR images as well as on photos.
+    """
+    stride = 4 if image_size >= 128 else 1
+    return nn.Sequential(
+        nn.Conv2d(3, 48, 5, stride=stride, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(48, 128, 5, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(128, 192, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(192, 192, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(192, 128, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(0.5),
+        nn.Linear(128 * 2 * 2, 2048),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
+        nn.Linear(2048, 1024),
+        nn.ReLU(inplace=True),
+        nn.Linear(1024, num_classes),
+    )
+
+
+def _fast_conv(cin: int, cout: int) -> nn.Conv2d:
+    """3x3 conv without bias whose first `cin` filters start as the identity (airbench's dirac
+    init): each block begins close to passing its input through, which trains faster."""
+    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+    with torch.no_grad():
+        nn.init.dirac_(conv.weight[: min(cin, cout)])
+    return conv
+
+
+def _fast_norm(channels: int) -> nn.BatchNorm2d:
+    # airbench: running stats follow fast (momentum 0.4 in PyTorch's convention) and no trainable
+    # scale: the next conv can rescale, and fewer parameters train faster. eps stays PyTorch's
+    # 1e-5, not airbench's 1e-12: under bf16 autocast a channel that is nearly constant over the
+    # batch rounds to zero variance, and 1e-12 turns that into a 1e6 gain and NaNs.
+    norm = nn.BatchNorm2d(channels, momentum=0.4)
+    norm.weight.requires_grad_(False)
+    return norm
+
+
+class _ConvGroup(nn.Module):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv1 = _fast_conv(cin, cout)
+        self.pool = nn.MaxPool2d(2)
+        self.norm1 = _fast_norm(cout)
+        self.conv2 = _fast_conv(cout, cout)
+        self.norm2 = _fast_norm(cout)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.norm1(self.pool(self.conv1(x))))
+        return self.act(self.norm2(self.conv2(x)))
+
+
+class GlobalMaxPool(nn.Module):
+    """The max of each feature map: airbench's AdaptiveMaxPool2d(1), as a max pool whose window
+    is the whole map. Same values and gradients (the first maximum takes a tie's gradient in
+    both), but torch 2.11's ONNX exporter has no AdaptiveMaxPool2d and CUDA has no deterministic
+    backward for it; plain max pooling has both."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(x, kernel_size=x.shape[-2:])
+
+
+class FastNet(nn.Module):
+    """airbench94's CIFAR speed net: 2x2 whitening conv, three conv groups, GELU, BN.
+
+    `prepare` sets `whiten.weight` from the training images' patch covariance and freezes it;
+    the whitening bias trains for the first WHITEN_BIAS_EPOCHS only. The logits are scaled
+    down by 9, as in airbench.
+    """
+
+    WHITEN_BIAS_EPOCHS = 3  # airbench trains the whitening bias for the first 3 epochs only
+    WHITEN_IMAGES = 5000  # training images whose patches set the whitening
+
+    def __init__(self, num_classes: int, widths: Sequence[int] = (64, 256, 256)) -> None:
+        super().__init__()
+        self.whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
+        self.act = nn.GELU()
+        self.layers = nn.Sequential(
+            _ConvGroup(24, widths[0]),
+            _ConvGroup(widths[0], widths[1]),
+            _ConvGroup(widths[1], widths[2]),
+        )
+        self.pool = GlobalMaxPool()
+        self.head = nn.Linear(widths[2], num_classes, bias=False)
+        self.scale = 1 / 9
+
+    def prepare(self, images: torch.Tensor, normalize: nn.Module) -> None:
+        x = normalize(to_input(images[: self.WHITEN_IMAGES].cpu()))
+        init_whitening(self.whiten, x)
+        self.whiten.weight.requires_grad_(False)  # the filters stay as computed
+
+    def lr_stops(self) -> dict[str, tuple[list[nn.Parameter], int]]:
+        return {"whiten_bias": ([self.whiten.bias], self.WHITEN_BIAS_EPOCHS)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(self.act(self.whiten(x)))
+        return self.head(torch.flatten(self.pool(x), 1)) * self.scale
+
+
+@torch.no_grad()
+def init_whitening(layer: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4) -> None:
+    """Set a 2x2 conv to ZCA-style whitening of the patches of `images` (float NCHW)."""
+    c, h, w = layer.in_channels, *layer.kernel_size
+    patches = images.unfold(2, h, 1).unfold(3, w, 1).transpose(1, 3).reshape(-1, c, h, w).float()
+    flat = patches.reshape(len(patches), -1)
+    flat = flat - flat.mean(0, keepdim=True)
+    cov = flat.T @ flat / len(flat)
+    eigvals, eigvecs = torch.linalg.eigh(cov)
+    eigvals, eigvecs = eigvals.flip(0), eigvecs.T.flip(0)
+    filters = eigvecs.reshape(-1, c, h, w) / torch.sqrt(eigvals + eps).view(-1, 1, 1, 1)
+    half = layer.out_channels // 2
+    layer.weight.copy_(torch.cat([filters[:half], -filters[:half]]))
+    layer.bias.zero_()
+
+
+def fast(num_classes: int, image_size: int) -> FastNet:
+    """airbench94's net; its global max pool takes any input size."""
+    return FastNet(num_classes)
+
+
+def vgg16(num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
+    """torchvision's VGG16 (the tutorial's "modifying VGG16" lesson), its last layer resized."""
+    model = _torchvision_model("vgg16", pretrained)
+    model.classifier[6] = nn.Linear(model.classifier[6].in_features, num_classes)
+    return model
+
+
+def resnet18(num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
+    """torchvision's ResNet-18, its classifier resized."""
+    model = _torchvision_model("resnet18", pretrained)
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    return model
+
+
+def _torchvision_model(name: str, pretrained: bool) -> nn.Module:
+    import torchvision
+
+    builder = getattr(torchvision.models, name)
+    try:
+        return builder(weights="DEFAULT" if pretrained else None)
+    except Exception as exc:  # torchvision raises URLError/RuntimeError/etc. when offline
+        raise RuntimeError(
+            f"model.pretrained: true could not load ImageNet weights for {name} ({exc}). "
+            f"Offline, either put the weights in the torch hub cache "
+            f"({torch.hub.get_dir()}/checkpoints) or set model.weights to a local weights file "
+            "(and model.pretrained: false)."
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -45,7 +308,7 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {
     "tutorial_cnn": ModelSpec(
-        nets.tutorial_cnn,
+        tutorial_cnn,
         "the tutorial's CNN: 3x (conv 5x5, max-pool), two linear layers",
         {
             # The seeds' net has no activation; relu shows what the non-linearity lesson buys.
@@ -53,10 +316,10 @@ MODELS: dict[str, ModelSpec] = {
             "batch_norm": Key(bool, False, "BatchNorm after each conv"),
         },
     ),
-    "alexnet": ModelSpec(nets.alexnet, "the seeds' AlexNet homework, sized for small inputs"),
-    "vgg16": ModelSpec(nets.vgg16, "torchvision's VGG16, last layer resized", pretrained=True),
-    "resnet18": ModelSpec(nets.resnet18, "torchvision's ResNet-18, fc resized", pretrained=True),
-    "fast": ModelSpec(nets.fast, "airbench94's CIFAR speed net (whitening, GELU, BatchNorm)"),
+    "alexnet": ModelSpec(alexnet, "the seeds' AlexNet homework, sized for small inputs"),
+    "vgg16": ModelSpec(vgg16, "torchvision's VGG16, last layer resized", pretrained=True),
+    "resnet18": ModelSpec(resnet18, "torchvision's ResNet-18, fc resized", pretrained=True),
+    "fast": ModelSpec(fast, "airbench94's CIFAR speed net (whitening, GELU, BatchNorm)"),
 }
 
 # The model.* keys every model takes, after `name` and the models' own keys, in params.yaml's

@@ -8,9 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from visionpipe.classifier import Classifier
 from visionpipe.config.train import TrainConfig
-from visionpipe.models import unwrap
+from visionpipe.models import Classifier, unwrap
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:

@@ -19,9 +19,9 @@ from PIL import Image
 from torch import nn
 
 from visionpipe import paths
-from visionpipe.classifier import Classifier, to_input
 from visionpipe.fsutil import write_text
 from visionpipe.grids import Layout, captioned_grid
+from visionpipe.models import Classifier, to_input
 
 log = logging.getLogger(__name__)
 

@@ -34,14 +34,13 @@ from visionpipe import (
 )
 from visionpipe.batches import Batches
 from visionpipe.checkpoints import Checkpoint, Trainee
-from visionpipe.classifier import Classifier
 from visionpipe.config.params import Params
 from visionpipe.config.train import TrainConfig
 from visionpipe.distributed import all_reduce_sum
 from visionpipe.fsutil import write_json
 from visionpipe.inference import evaluate_split
 from visionpipe.modelfile import ModelInfo, save_model
-from visionpipe.models import build_model
+from visionpipe.models import Classifier, build_model
 from visionpipe.optim import Lookahead, make_optimizer, make_scheduler
 from visionpipe.precision import autocast
 from visionpipe.progress import Progress, log_why_stopped
