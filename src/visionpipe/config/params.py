@@ -3,10 +3,11 @@ means beside its model) and for `visionpipe params` (which checks a composed fil
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
 from visionpipe import config
 from visionpipe.config import Section
@@ -29,6 +30,13 @@ class Params(Section):
     export: ExportConfig = ExportConfig()
     predict: PredictConfig = PredictConfig()
     launch: LaunchConfig = LaunchConfig()
+
+    @field_validator("recipe")
+    @classmethod
+    def _interned(cls, name: str) -> str:
+        # model.pt pickles these params: an interned name is one object with an equal model
+        # name (`recipe: fast`, `model.name: fast`), which pickle then stores once.
+        return sys.intern(name)
 
     @model_validator(mode="after")
     def _batch_fits_processes(self) -> Params:
