@@ -28,13 +28,13 @@ PROJECT_FILES = ("dvc.yaml", "params.yaml", "pyproject.toml", ".gitignore", ".dv
 PROJECT_DIRS = ("stages", "src", "plots_template", "conf")
 
 
-def env() -> dict[str, str]:
-    """The environment DVC stages see: this venv's python first on PATH, no GPU, quiet git, one
-    CPU thread per process."""
+def env(threads: int = 1) -> dict[str, str]:
+    """The environment DVC stages see: this venv's python first on PATH, no GPU, quiet git,
+    `threads` CPU threads per process."""
     e = dict(os.environ)
     # The suite runs in 2 processes on 2 cores: a second OpenMP thread per stage spins for a busy
     # core, and tiny-model training steps take about ten times as long.
-    e.setdefault("OMP_NUM_THREADS", "1")
+    e["OMP_NUM_THREADS"] = str(threads)
     e["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{e.get('PATH', '')}"
     e.setdefault("GIT_AUTHOR_NAME", "test")
     e.setdefault("GIT_AUTHOR_EMAIL", "test@example.invalid")
