@@ -1,13 +1,17 @@
-"""Fixtures: tiny preprocessed datasets and a tiny exported model, made on the fly."""
+"""Fixtures: tiny preprocessed datasets, a tiny exported model and a baselined DVC project, made on
+the fly."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.cifar_archive import write_cifar_python_archive
+from tests.helpers import Baseline, Server, copy_project, make_baseline, serve
 from visionpipe import paths
 from visionpipe.config.params import parse_params
 from visionpipe.models import MODELS
@@ -128,3 +132,29 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     finally:
         os.chdir(old)
     return root / "models"
+
+
+@pytest.fixture(scope="session")
+def cifar_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A tiny CIFAR-10 python archive (200 train, 60 test images) served over HTTP."""
+    folder = tmp_path_factory.mktemp("served")
+    write_cifar_python_archive(
+        folder / "cifar-10-python.tar.gz", n_train_per_batch=40, n_test=60, seed=1
+    )
+    with serve(folder) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def baseline(tmp_path_factory: pytest.TempPathFactory, cifar_server: Server) -> Baseline:
+    """One `dvc repro` of the whole pipeline from the served archive, committed; made once per
+    test process, read by the end-to-end tests and copied by `baselined_repo`."""
+    dest = tmp_path_factory.mktemp("baseline") / "repo"
+    return make_baseline(dest, cifar_server, "cifar-10-python.tar.gz")
+
+
+@pytest.fixture
+def baselined_repo(baseline: Baseline, tmp_path: Path) -> Path:
+    """A copy of the baseline for one test to change: DVC's cache and run cache restore its
+    stages instead of running them again."""
+    return copy_project(baseline.repo, tmp_path / "repo")

@@ -1,9 +1,11 @@
-"""Shared test helpers: a copy of the project as a fresh git+DVC repo, and running DVC in it."""
+"""Shared test helpers: a copy of the project as a fresh git+DVC repo, running DVC in it, and
+copies of one baselined project for end-to-end tests to change."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import http.server
 import os
 import shutil
@@ -12,6 +14,7 @@ import sys
 import threading
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +31,13 @@ PROJECT_FILES = ("dvc.yaml", "params.yaml", "pyproject.toml", ".gitignore", ".dv
 PROJECT_DIRS = ("stages", "src", "plots_template", "conf")
 
 
-def env() -> dict[str, str]:
-    """The environment DVC stages see: this venv's python first on PATH, no GPU, quiet git."""
+def env(threads: int = 1) -> dict[str, str]:
+    """The environment DVC stages see: this venv's python first on PATH, no GPU, quiet git,
+    `threads` CPU threads per process."""
     e = dict(os.environ)
+    # The suite runs in 2 processes on 2 cores: a second OpenMP thread per stage spins for a busy
+    # core, and tiny-model training steps take about ten times as long.
+    e["OMP_NUM_THREADS"] = str(threads)
     e["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{e.get('PATH', '')}"
     e.setdefault("GIT_AUTHOR_NAME", "test")
     e.setdefault("GIT_AUTHOR_EMAIL", "test@example.invalid")
@@ -110,6 +117,48 @@ def set_params(repo: Path, overrides: dict[str, dict[str, Any]]) -> None:
     (repo / "params.yaml").write_text(compose_yaml([], conf.parent))
 
 
+# The baseline's training: two short epochs, enough for every stage to have something to show.
+TINY_TRAIN = {"epochs": 2, "batch_size": 16, "log_every": 5}
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A project whose first `dvc repro` ran on a tiny CIFAR-10 archive fetched over HTTP (with
+    its sha256), committed as a user commits before experimenting."""
+
+    repo: Path
+    repro: str  # that first `dvc repro`'s stdout
+    server: Server  # serves the archive for as long as the baseline is in use
+
+
+def make_baseline(dest: Path, server: Server, archive: str) -> Baseline:
+    """`dvc repro` on the `archive` that `server` serves, in a fresh project copy, committed."""
+    sha256 = hashlib.sha256((server.directory / archive).read_bytes()).hexdigest()
+    source = {"source": f"{server.url}/{archive}", "sha256": sha256}
+    repo = make_project(dest, {"data": source, "train": TINY_TRAIN})
+    out = dvc(repo, "repro").stdout
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "baseline run")
+    return Baseline(repo, out, server)
+
+
+def copy_project(src: Path, dest: Path) -> Path:
+    """What a clone of `src` holds after `dvc checkout` from `src`'s cache: git history, DVC's
+    cache and run cache, the committed outputs. A finished run's checkpoint and DVC's temporary
+    files stay behind."""
+
+    def left_behind(folder: str, names: list[str]) -> set[str]:
+        here = Path(folder)
+        if here == src:
+            return {"checkpoints"} & set(names)
+        if here == src / ".dvc":
+            return {"tmp"} & set(names)
+        return set()
+
+    shutil.copytree(src, dest, symlinks=True, ignore=left_behind)
+    return dest
+
+
 def subset_zip(src: Path, dest: Path, per_class: dict[str, int]) -> Path:
     """Copy the first N images per class of each split of an ImageFolder zip into a new zip."""
     taken: dict[tuple[str, str], int] = {}
@@ -125,20 +174,45 @@ def subset_zip(src: Path, dest: Path, per_class: dict[str, int]) -> Path:
     return dest
 
 
+@dataclass
+class Server:
+    """A local HTTP server of `directory`: its base URL and the path of every GET it answered."""
+
+    directory: Path
+    url: str
+    requests: list[str] = field(default_factory=list)
+
+
 @contextlib.contextmanager
-def http_server(directory: Path) -> Iterator[str]:
-    """Serve `directory` on 127.0.0.1 (an ephemeral port); yields the base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(directory))
+def serve(directory: Path) -> Iterator[Server]:
+    """Serve `directory` on 127.0.0.1 (an ephemeral port), counting the requests."""
+    requests: list[str] = []
+    handler = functools.partial(_QuietHandler, directory=str(directory), requests=requests)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield Server(directory, f"http://127.0.0.1:{server.server_address[1]}", requests)
     finally:
         server.shutdown()
         server.server_close()
 
 
+@contextlib.contextmanager
+def http_server(directory: Path) -> Iterator[str]:
+    """Serve `directory` on 127.0.0.1 (an ephemeral port); yields the base URL."""
+    with serve(directory) as server:
+        yield server.url
+
+
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *args: Any, requests: list[str], **kwargs: Any) -> None:
+        self.requests = requests  # before super().__init__, which handles the request
+        super().__init__(*args, **kwargs)
+
+    def do_GET(self) -> None:
+        self.requests.append(self.path)
+        super().do_GET()
+
     def log_message(self, format: str, *args: Any) -> None:
         pass

@@ -1,10 +1,11 @@
 """Experiments the DVC way, driven by the real commands on tiny data: the run cache, launch settings
-outside the hash, live metrics, one-flag recipes, two machines, and an `exp show` that fits."""
+outside the hash, live metrics, one-flag recipes, two machines, and an `exp show` whose columns are
+metrics, not per-class scores or timings. Each test changes its own copy of the baseline."""
 
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import socket
 import subprocess
 import sys
@@ -15,45 +16,10 @@ import pytest
 import torch
 import yaml
 
-from tests.cifar_archive import write_cifar_python_archive
-from tests.helpers import assert_exp_show_fits_120_columns, dvc, env, git, make_project
+from tests.helpers import Baseline, copy_project, dvc, env, git, set_params
 from visionpipe import paths
 
 pytestmark = pytest.mark.slow
-
-TINY_TRAIN = {"epochs": 2, "batch_size": 16, "log_every": 5}
-
-
-def _project(tmp_path: Path, name: str = "repo", **sections: dict) -> Path:
-    archive = tmp_path / "cifar-10-python.tar.gz"
-    if not archive.exists():
-        write_cifar_python_archive(archive, n_train_per_batch=20, n_test=30, seed=4)
-    train = {**TINY_TRAIN, **sections.pop("train", {})}
-    params = {"data": {"source": str(archive)}, "train": train, **sections}
-    return make_project(tmp_path / name, params)
-
-
-def _baseline(repo: Path) -> None:
-    """`dvc repro` once and commit it, as a user does before experimenting."""
-    dvc(repo, "repro")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "baseline run")
-
-
-@pytest.fixture(scope="module")
-def _baselined(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("baselined")
-    repo = _project(root)
-    _baseline(repo)
-    return repo
-
-
-@pytest.fixture
-def repo(_baselined: Path, tmp_path: Path) -> Path:
-    """A copy of one committed baseline run (git, DVC cache and all) for each test to change."""
-    copy = tmp_path / "repo"
-    shutil.copytree(_baselined, copy, symlinks=True)
-    return copy
 
 
 def _ran(out: str, stage: str) -> bool:
@@ -72,7 +38,10 @@ def _outputs(repo: Path, rev: str | None = None) -> dict[str, str]:
     }
 
 
-def test_returning_to_params_that_ran_restores_them_from_the_run_cache(repo: Path) -> None:
+def test_returning_to_params_that_ran_restores_them_from_the_run_cache(
+    baselined_repo: Path,
+) -> None:
+    repo = baselined_repo
     dvc(repo, "exp", "run", "-S", "train.lr=0.02")
     a = _outputs(repo)
     model_a = (repo / paths.MODEL).read_bytes()
@@ -83,6 +52,10 @@ def test_returning_to_params_that_ran_restores_them_from_the_run_cache(repo: Pat
         assert f"Stage '{stage}' is cached - skipping run" in out, out
         assert not _ran(out, stage)
     assert _outputs(repo) == a and (repo / paths.MODEL).read_bytes() == model_a
+    # Per-class scores are files and timings no metric: neither makes columns that differ.
+    columns = dvc(repo, "exp", "show", "--only-changed", "--csv").stdout.splitlines()[0]
+    assert "train.lr" in columns
+    assert "per_class" not in columns and "train_seconds" not in columns, columns
 
     # The same by changing the defaults in conf/ and running `dvc repro`: B, then A again.
     git(repo, "add", "-A")
@@ -107,7 +80,8 @@ def test_returning_to_params_that_ran_restores_them_from_the_run_cache(repo: Pat
     assert not _ran(out, "train") and _outputs(repo) == _outputs(repo, "HEAD~1")
 
 
-def test_launch_settings_never_retrain_but_still_launch(repo: Path) -> None:
+def test_launch_settings_never_retrain_but_still_launch(baselined_repo: Path) -> None:
+    repo = baselined_repo
     for flag in ("launch.master_port=29555", "launch.nproc=2", "launch.device=cpu"):
         out = dvc(repo, "exp", "run", "-S", flag).stdout
         assert "Stage 'train' didn't change, skipping" in out, (flag, out)
@@ -130,22 +104,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_machines_each_run_dvc_repro_and_write_the_same_lock(tmp_path: Path) -> None:
+def test_two_machines_each_run_dvc_repro_and_write_the_same_lock(
+    baseline: Baseline, tmp_path: Path
+) -> None:
     # Two clones as two machines would have them, one launch.node_rank each, rendezvous on
-    # 127.0.0.1; fp32 so the result can be held to a one-process run's within 1e-5.
-    train = {"epochs": 2, "amp": False, "momentum": 0.9}
-    single = _project(tmp_path, "single", train=train)
+    # 127.0.0.1; fp32 so the result can be held to a one-process run's within 1e-5. The clones
+    # hold the baseline's data, and train, evaluate, export and predict run anew on its params.
+    train = {"amp": False, "momentum": 0.9}
+    single = copy_project(baseline.repo, tmp_path / "single")
+    set_params(single, {"train": train})
     port = _free_port()
-    nodes = [
-        _project(
-            tmp_path,
-            f"node{rank}",
-            train=train,
-            launch={"nnodes": 2, "node_rank": rank, "master_port": port},
-        )
-        for rank in (0, 1)
-    ]
-    dvc(single, "repro")
+    nodes = []
+    for rank in (0, 1):
+        node = copy_project(baseline.repo, tmp_path / f"node{rank}")
+        launch = {"nnodes": 2, "node_rank": rank, "master_port": port}
+        set_params(node, {"train": train, "launch": launch})
+        nodes.append(node)
+    # A rank alone on its machine takes every core (visionpipe.distributed), and fp32 convolutions
+    # round differently on another thread count (5e-5 apart after these steps): so does the run
+    # it is held to.
+    every_core = env(threads=os.cpu_count() or 1)
+    assert "Running stage 'train'" in dvc(single, "repro", env=every_core).stdout
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "dvc", "repro"],
@@ -160,6 +139,7 @@ def test_two_machines_each_run_dvc_repro_and_write_the_same_lock(tmp_path: Path)
     for proc in procs:
         out, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, out[-4000:]
+        assert "Running stage 'train'" in out
     lock0, lock1 = (_outputs(n) for n in nodes)
     assert lock0 == lock1, "every machine of the run writes the same dvc.lock"
     locks = [yaml.safe_load((n / "dvc.lock").read_text())["stages"]["train"] for n in nodes]
@@ -171,11 +151,12 @@ def test_two_machines_each_run_dvc_repro_and_write_the_same_lock(tmp_path: Path)
         assert torch.allclose(a[key], b[key], atol=1e-5, rtol=0), key
 
 
-def test_the_running_epoch_shows_in_exp_show(tmp_path: Path) -> None:
-    repo = _project(tmp_path, train={"epochs": 60, "batch_size": 8})
-    dvc(repo, "repro", "preprocess")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "data")
+def test_the_running_epoch_shows_in_exp_show(baselined_repo: Path) -> None:
+    repo = baselined_repo
+    # The baseline's own run ended at step 2, this one ends at 60: a step between is live.
+    done = json.loads((repo / paths.LIVE_TRAIN / "metrics.json").read_text())["step"]
+    set_params(repo, {"train": {"epochs": 60, "batch_size": 8}})
+    git(repo, "commit", "-qam", "60 epochs")
     run = subprocess.Popen(
         [sys.executable, "-m", "dvc", "exp", "run", "-n", "live"],
         cwd=repo,
@@ -189,7 +170,7 @@ def test_the_running_epoch_shows_in_exp_show(tmp_path: Path) -> None:
             shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
             still_running = run.poll() is None
             steps = [step for baseline in shown for step in _live_steps(baseline)]
-            if still_running and steps and max(steps) < 60:
+            if still_running and any(done < step < 60 for step in steps):
                 seen = steps
             time.sleep(0.5)
     finally:
@@ -210,7 +191,8 @@ def _live_steps(baseline: dict) -> list[int]:
     return found
 
 
-def test_a_recipe_in_one_flag_with_overrides_on_top(repo: Path) -> None:
+def test_a_recipe_in_one_flag_with_overrides_on_top(baselined_repo: Path) -> None:
+    repo = baselined_repo
     out = dvc(
         repo, "exp", "run", "-S", "recipe=fast", "-S", "train.epochs=1", "-S", "train.batch_size=32"
     ).stdout
@@ -218,18 +200,10 @@ def test_a_recipe_in_one_flag_with_overrides_on_top(repo: Path) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["recipe"] == "fast" and params["model"]["name"] == "fast"
     assert params["train"]["lookahead"] is True and params["train"]["epochs"] == 1
-    assert params["data"]["source"].endswith("cifar-10-python.tar.gz"), "conf/ settings stay"
+    assert params["data"]["source"].endswith("/cifar-10-python.tar.gz"), "conf/ settings stay"
     diff = dvc(repo, "params", "diff").stdout
     assert "recipe" in diff and "model.name" in diff and "train.lookahead" in diff
     # The next experiment starts from conf/ again: nothing of fast is left behind.
     dvc(repo, "exp", "run", "-S", "train.lr=0.02")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["recipe"] == "tutorial" and params["model"]["name"] == "tutorial_cnn"
-
-
-def test_a_three_run_sweep_fits_a_120_column_exp_show(repo: Path) -> None:
-    for lr in ("0.1", "0.02", "0.005"):
-        dvc(repo, "exp", "run", "-S", f"train.lr={lr}")
-    assert_exp_show_fits_120_columns(repo, "train.lr")
-    table = dvc(repo, "exp", "show", "--only-changed", "--no-pager").stdout
-    assert "per_class" not in table and "train_seconds" not in table

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -14,15 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cifar_archive import write_cifar_python_archive
 from tests.helpers import (
     CIFAR_JPEG_ZIP,
     HYMENOPTERA_ZIP,
+    Baseline,
     dvc,
     env,
     git,
-    http_server,
     make_project,
+    set_params,
     subset_zip,
 )
 from visionpipe import paths
@@ -30,7 +29,7 @@ from visionpipe.cifar_pickle import CLASSES
 
 pytestmark = pytest.mark.slow
 
-TINY_TRAIN = {"epochs": 2, "batch_size": 16, "log_every": 5}
+EPOCHS_TO_KILL = 12
 
 
 def _outs_hashes(repo: Path) -> dict[str, str]:
@@ -42,25 +41,13 @@ def _outs_hashes(repo: Path) -> dict[str, str]:
     }
 
 
-def test_official_format_over_http_repro_exp_metrics_plots(tmp_path: Path) -> None:
-    served = tmp_path / "served"
-    served.mkdir()
-    archive = served / "cifar-10-python.tar.gz"
-    write_cifar_python_archive(archive, n_train_per_batch=40, n_test=60, seed=1)
-    sha256 = hashlib.sha256(archive.read_bytes()).hexdigest()
-
-    with http_server(served) as base:
-        repo = make_project(
-            tmp_path / "repo",
-            {
-                "data": {"source": f"{base}/cifar-10-python.tar.gz", "sha256": sha256},
-                "train": TINY_TRAIN,
-            },
-        )
-        out = dvc(repo, "repro").stdout
-
+def test_official_format_over_http_repro_exp_metrics_plots(
+    baseline: Baseline, baselined_repo: Path
+) -> None:
+    # The baseline is a fresh project's first `dvc repro`, its archive fetched over HTTP.
     for stage in ("download", "preprocess", "train", "evaluate", "export", "predict"):
-        assert f"Running stage '{stage}'" in out
+        assert f"Running stage '{stage}'" in baseline.repro
+    repo = baselined_repo
     meta = json.loads((repo / "data/processed/meta.json").read_text())
     assert meta["classes"] == list(CLASSES)
     assert meta["counts"] == {"train": 180, "val": 20, "test": 60}
@@ -82,19 +69,18 @@ def test_official_format_over_http_repro_exp_metrics_plots(tmp_path: Path) -> No
     assert epochs[0].startswith("epoch,train_loss,val_loss,val_accuracy") and len(epochs) == 3
     assert any((repo / "logs/tensorboard").glob("events.out.tfevents.*"))
 
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "baseline run")
-
     # Nothing changed: DVC only checks, quickly.
     started = time.perf_counter()
     out = dvc(repo, "repro").stdout
     assert "Running stage" not in out
     assert time.perf_counter() - started < 30
 
-    # A new lr retrains without re-downloading or re-decoding (the HTTP server is gone now).
+    # A new lr retrains without re-downloading or re-decoding: the server sees no request.
+    fetched = len(baseline.server.requests)
     out = dvc(repo, "exp", "run", "-n", "lr-small", "-S", "train.lr=0.001").stdout
     assert "Running stage 'download'" not in out and "Running stage 'preprocess'" not in out
     assert "Running stage 'train'" in out
+    assert len(baseline.server.requests) == fetched, baseline.server.requests[fetched:]
     params = dvc(repo, "params", "diff", "HEAD").stdout
     assert "train.lr" in params and "0.001" in params
 
@@ -126,14 +112,11 @@ def test_official_format_over_http_repro_exp_metrics_plots(tmp_path: Path) -> No
     assert html.count("workspace") >= 1
 
 
-def test_repro_is_deterministic_on_cpu(tmp_path: Path) -> None:
-    archive = tmp_path / "cifar-10-python.tar.gz"
-    write_cifar_python_archive(archive, n_train_per_batch=20, n_test=30, seed=2)
-    repo = make_project(tmp_path / "repo", {"data": {"source": str(archive)}, "train": TINY_TRAIN})
-    dvc(repo, "repro")
+def test_repro_is_deterministic_on_cpu(baselined_repo: Path) -> None:
+    repo = baselined_repo
     first = _outs_hashes(repo)
     assert dvc(repo, "status").stdout.strip().endswith("up to date.")
-    dvc(repo, "repro", "-f")
+    dvc(repo, "repro", "-f")  # every stage again, the download too
     second = _outs_hashes(repo)
     timings = {k for k in first if "timings" in k or "tensorboard" in k}
     assert {k: v for k, v in first.items() if k not in timings} == {
@@ -166,17 +149,11 @@ def test_real_cifar_subset_learns(tmp_path: Path) -> None:
     assert acc > 0.2, f"test accuracy {acc} is no better than chance (0.1) on real images"
 
 
-def test_sigkilled_training_resumes_on_next_repro(tmp_path: Path) -> None:
-    archive = tmp_path / "cifar-10-python.tar.gz"
-    write_cifar_python_archive(archive, n_train_per_batch=100, n_test=20, seed=3)
-    repo = make_project(
-        tmp_path / "repo",
-        {
-            "data": {"source": str(archive)},
-            "train": {"epochs": 6, "batch_size": 8, "log_every": 50},
-        },
-    )
-    dvc(repo, "repro", "preprocess")
+def test_sigkilled_training_resumes_on_next_repro(baselined_repo: Path) -> None:
+    # Epochs of 23 steps (180 images, batch 8): the kill lands between the first checkpoint and
+    # the end.
+    repo = baselined_repo
+    set_params(repo, {"train": {"epochs": EPOCHS_TO_KILL, "batch_size": 8, "log_every": 50}})
     checkpoint = repo / "checkpoints" / "last.pt"
     proc = subprocess.Popen(
         [sys.executable, "-m", "dvc", "repro"],
@@ -199,18 +176,28 @@ def test_sigkilled_training_resumes_on_next_repro(tmp_path: Path) -> None:
     timings = json.loads((repo / "metrics/timings/train.json").read_text())
     assert timings["resumed_from_epoch"] >= 1
     epochs = (repo / "metrics/plots/epochs.csv").read_text().splitlines()
-    assert len(epochs) == 1 + 6, "the resumed run's history includes the epochs before the kill"
+    assert len(epochs) == 1 + EPOCHS_TO_KILL, "the resumed history has the epochs before the kill"
     # DVC deleted the interrupted run's logs before the resume; they are rebuilt from the
     # checkpoint's history, every epoch once.
     curve = (repo / paths.LIVE_TRAIN / "plots/metrics/val_acc.tsv").read_text().splitlines()
-    assert [row.split("\t")[0] for row in curve[1:]] == [str(e) for e in range(1, 7)], curve
+    assert [row.split("\t")[0] for row in curve[1:]] == [
+        str(e) for e in range(1, EPOCHS_TO_KILL + 1)
+    ], curve
     assert "up to date" in dvc(repo, "status").stdout
+
+
+def _check_hymenoptera(repo: Path) -> None:
+    meta = json.loads((repo / "data/processed/meta.json").read_text())
+    assert meta["classes"] == ["ants", "bees"] and meta["test_split_source"] == "val"
+    assert meta["counts"]["test"] == 153 and meta["counts"]["train"] + meta["counts"]["val"] == 245
+    assert json.loads((repo / paths.EVAL_METRICS).read_text())["test_images"] == 153
+    preds = json.loads((repo / "predictions/predictions.json").read_text())
+    assert [Path(p["file"]).name for p in preds] == ["00_ants.png", "01_bees.png"]
 
 
 @pytest.mark.realdata
 @pytest.mark.skipif(not HYMENOPTERA_ZIP.is_file(), reason="../shared hymenoptera_data.zip absent")
-@pytest.mark.parametrize("route", ["mirror", "source"])
-def test_hymenoptera_through_mirror_or_source(tmp_path: Path, route: str) -> None:
+def test_hymenoptera_through_mirror_and_through_source(tmp_path: Path) -> None:
     repo = make_project(
         tmp_path / "repo",
         {
@@ -218,25 +205,19 @@ def test_hymenoptera_through_mirror_or_source(tmp_path: Path, route: str) -> Non
             "train": {"epochs": 1, "batch_size": 32},
         },
     )
-    run_env = env()
-    if route == "mirror":
-        run_env["DATA_MIRROR"] = str(HYMENOPTERA_ZIP.parent)
-        args = ["exp", "run", "-S", "data.dataset=hymenoptera"]
-    else:
-        args = [
-            "exp",
-            "run",
-            "-S",
-            "data.dataset=hymenoptera",
-            "-S",
-            f"data.source={HYMENOPTERA_ZIP}",
-        ]
-    out = dvc(repo, *args, env=run_env).stdout
+    mirror = {**env(), "DATA_MIRROR": str(HYMENOPTERA_ZIP.parent)}
+    out = dvc(repo, "exp", "run", "-S", "data.dataset=hymenoptera", env=mirror).stdout
     for stage in ("download", "preprocess", "train", "evaluate", "export", "predict"):
         assert f"Running stage '{stage}'" in out
-    meta = json.loads((repo / "data/processed/meta.json").read_text())
-    assert meta["classes"] == ["ants", "bees"] and meta["test_split_source"] == "val"
-    assert meta["counts"]["test"] == 153 and meta["counts"]["train"] + meta["counts"]["val"] == 245
-    assert json.loads((repo / paths.EVAL_METRICS).read_text())["test_images"] == 153
-    preds = json.loads((repo / "predictions/predictions.json").read_text())
-    assert [Path(p["file"]).name for p in preds] == ["00_ants.png", "01_bees.png"]
+    _check_hymenoptera(repo)
+    processed = _outs_hashes(repo)["preprocess:data/processed"]
+
+    # The same zip as data.source: fetched and decoded again into the same arrays, so DVC's run
+    # cache restores what the mirror's run trained from them.
+    source = f"data.source={HYMENOPTERA_ZIP}"
+    out = dvc(repo, "exp", "run", "-S", "data.dataset=hymenoptera", "-S", source).stdout
+    assert "Running stage 'download'" in out and "Running stage 'preprocess'" in out
+    assert _outs_hashes(repo)["preprocess:data/processed"] == processed
+    for stage in ("train", "evaluate", "export", "predict"):
+        assert f"Stage '{stage}' is cached - skipping run" in out, out
+    _check_hymenoptera(repo)
