@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from visionpipe import paths, preprocess, splits
+from visionpipe import paths, preprocess, split_plan
 from visionpipe.config.params import parse_params
 from visionpipe.split_tensors import load_split
 
@@ -106,16 +106,16 @@ def test_on_bad_image_fail_stops_and_names_the_files(workdir: Path) -> None:
     ],
 )
 def test_layout_errors_are_explained(names: list[str], message: str) -> None:
-    with pytest.raises(splits.DatasetLayoutError, match=message):
-        splits.plan_image_folder(names, None, 0.1, 0)
+    with pytest.raises(split_plan.DatasetLayoutError, match=message):
+        split_plan.plan_image_folder(names, None, 0.1, 0)
 
 
 def test_val_split_is_seeded_and_disjoint() -> None:
-    val_a = splits.carve_val(50, 0.2, seed=1)
-    assert np.array_equal(val_a, splits.carve_val(50, 0.2, seed=1)) and val_a.sum() == 10
-    assert not np.array_equal(val_a, splits.carve_val(50, 0.2, seed=2))
-    with pytest.raises(splits.DatasetLayoutError, match="leaves no training images"):
-        splits.carve_val(3, 0.9, seed=0)
+    val_a = split_plan.carve_val(50, 0.2, seed=1)
+    assert np.array_equal(val_a, split_plan.carve_val(50, 0.2, seed=1)) and val_a.sum() == 10
+    assert not np.array_equal(val_a, split_plan.carve_val(50, 0.2, seed=2))
+    with pytest.raises(split_plan.DatasetLayoutError, match="leaves no training images"):
+        split_plan.carve_val(3, 0.9, seed=0)
 
 
 def test_channel_stats_are_exact_whatever_the_chunks() -> None:
@@ -158,7 +158,7 @@ def test_flat_folder_is_split_recorded_and_counted(workdir: Path) -> None:
     assert meta["classes"] == ["ants", "bees", "wasps"]
     rows = _record()
     assert len(rows) == 63 and sum(r["split"] == "skipped" for r in rows) == 1
-    for split in splits.SPLITS:
+    for split in split_plan.SPLITS:
         images, labels = load_split(split)
         mine = [r for r in rows if r["split"] == split]
         assert (
