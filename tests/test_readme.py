@@ -699,6 +699,30 @@ def test_every_docs_page_runs() -> None:
     assert pages == set(PAGES[1:]), "list each docs page in PAGES, in the order its commands run"
 
 
+def _anchor(heading: str) -> str:
+    """The `#fragment` GitHub gives a markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_between_pages_resolve() -> None:
+    # The reference moved into docs/: a link to a moved or renamed page or section fails here.
+    broken = []
+    for page in PAGES:
+        text = re.sub(r"(?ms)^```.*?^```", "", page.read_text())  # no links inside code blocks
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if "://" in target:
+                continue
+            path, _, fragment = target.partition("#")
+            dest = (page.parent / path).resolve() if path else page
+            if not dest.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif fragment and dest.suffix == ".md":
+                headings = re.findall(r"(?m)^#+ (.+)$", dest.read_text())
+                if fragment not in {_anchor(h) for h in headings}:
+                    broken.append(f"{page.name}: {target} (no such heading)")
+    assert not broken, "links that lead nowhere:\n" + "\n".join(broken)
+
+
 def test_every_command_has_a_rule() -> None:
     parts = page_parts()
     for page in PAGES:
