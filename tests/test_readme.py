@@ -1,8 +1,10 @@
-"""Every shell command in README.md, run in README order in a fresh project copy on tiny data.
+"""Every shell command in README.md and the docs pages, run in page order in a fresh project copy
+on tiny data.
 
-The commands are parsed out of the README's ```sh blocks, never copied here, so an edited command is
+The commands are parsed out of the pages' ```sh blocks, never copied here, so an edited command is
 what runs. Each one must have a rule below saying how it runs (`plan`); a command without one fails
-the test, naming it, so a new README command forces someone to teach this test how to check it.
+the test, naming it and its page, so a new command forces someone to teach this test how to check
+it. The pages run in the order of `PAGES`, each building on what the ones before it left.
 """
 
 from __future__ import annotations
@@ -31,13 +33,31 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.helpers import ROOT, assert_exp_show_fits_120_columns, env, make_project, run
+from tests.helpers import EXP_SHOW_HEADLINE, ROOT, env, make_project, run
 from visionpipe import paths
 from visionpipe.cifar_pickle import CLASSES
 from visionpipe.config.compose import compose, diff_keys
 from visionpipe.sources import HYMENOPTERA_COUNTS, HYMENOPTERA_ROOT, OFFICIAL
 
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+# Every page with shell commands, in the order they run: later pages use what earlier ones left
+# (the team page shares the experiments and commits the README's commands made).
+PAGES = (
+    README,
+    *(
+        DOCS / name
+        for name in (
+            "parameters.md",
+            "datasets.md",
+            "training.md",
+            "gpu.md",
+            "team.md",
+            "results.md",
+            "development.md",
+        )
+    ),
+)
 SHELL_FENCES = frozenset({"sh", "bash", "shell"})  # other fences (the stage diagram) are not run
 PLACEHOLDER = re.compile(r"<[^>]*>|\.\.\.|\[--")  # <exp-a>, IMAGE_OR_DIR_OR_GLOB..., [--topk 3]
 SHELL_SYNTAX = frozenset({"|", "||", ";", "&", ">", ">>", "<", "2>", "2>&1", "$(", "`"})
@@ -54,8 +74,18 @@ STAND_IN_CLASSES: dict[str, tuple[list[str], int]] = {  # dataset: classes, test
         sum(n for (split, _), n in HYMENOPTERA_COUNTS.items() if split == "val"),
     ),
 }
+PHOTOS = "photos"  # the docs' /home/me/photos: a folder of class folders beside the copy
+PHOTO_CLASSES = {"cats": 15, "dogs": 15}  # photos per class; the pipeline splits them itself
+TINY_RECIPE_EPOCHS = 1  # the copy's recipes train this long, like its defaults (TINY_PARAMS)
+# Tools that run in the checkout, not the copy (see _pytest, _ruff): a page repeating a command of
+# theirs that already ran would prove nothing new, so it runs once.
+RUN_ONCE = frozenset({"pytest", "ruff"})
 QUEUE_TIMEOUT_S = 900  # the three queued runs take about 1.5 min on 2 cores
-QUEUE_POLL_S = 10.0  # each `dvc queue status` costs a few CPU seconds the workers need
+QUEUE_POLL_S = 2.0  # between looks for the queued runs' git refs: no DVC process, no CPU
+# `dvc queue status` costs seconds of the CPU the workers need: asked when every queued run has its
+# ref (so is done or ending), and otherwise this rarely, to notice a run that failed.
+QUEUE_STATUS_S = 30.0
+TERMINAL_COLUMNS = "120"  # `dvc exp show` runs as in a terminal this wide
 
 
 def _strip_comment(line: str) -> str:
@@ -71,7 +101,7 @@ def _strip_comment(line: str) -> str:
     return line
 
 
-def readme_commands(markdown: str) -> list[str]:
+def shell_commands(markdown: str) -> list[str]:
     """Commands of the shell-fenced blocks in order: `\\` continuations joined, comments dropped."""
     commands: list[str] = []
     fence: str | None = None  # language of the open fence ("" for a bare one)
@@ -81,7 +111,7 @@ def readme_commands(markdown: str) -> list[str]:
             if fence is None:
                 fence = (line.strip()[3:].split() or [""])[0].lower()
             else:
-                assert not pending, f"README: a shell block ends in a continuation: {pending!r}"
+                assert not pending, f"a shell block ends in a continuation: {pending!r}"
                 fence = None
             continue
         if fence not in SHELL_FENCES:
@@ -98,17 +128,28 @@ def readme_commands(markdown: str) -> list[str]:
 
 
 def _parts(command: str) -> list[str]:
-    """The commands chained with `&&` in one README line, each run (and checked) in turn."""
+    """The commands chained with `&&` in one line, each run (and checked) in turn."""
     return [p.strip() for p in re.split(r"\s+&&\s+", command)]
+
+
+def page_parts() -> list[tuple[str, str]]:
+    """(page, command) for every command of every page in `PAGES`, in the order they run."""
+    return [
+        (str(page.relative_to(ROOT)), part)
+        for page in PAGES
+        for command in shell_commands(page.read_text())
+        for part in _parts(command)
+    ]
 
 
 @dataclass
 class Ctx:
-    """The project copy the README commands run in, and what earlier commands left for later."""
+    """The project copy the pages' commands run in, and what earlier commands left for later."""
 
     tmp: Path
     repo: Path
-    command: str = ""  # the README command running now, for messages
+    page: str = ""  # the page of the command running now, and the command, for messages
+    command: str = ""
     queued: list[str] = field(default_factory=list)  # names from `dvc exp run --queue`
     # Each --queue command's experiment names and its -S value lists.
     sweeps: list[tuple[list[str], dict[str, list[Any]]]] = field(default_factory=list)
@@ -186,9 +227,13 @@ def _artifact_from_origin(ctx: Ctx, part: str) -> list[list[str]]:
     return [[*shlex.split(part.replace("<repo-url>", url)), "-o", str(dest)]]
 
 
-def _remote_in_tmp(ctx: Ctx, part: str) -> list[list[str]]:
-    # The team's remote folder becomes one beside the copy: the test writes nowhere else.
-    return [[str(ctx.tmp / Path(a).name) if a.startswith("/") else a for a in shlex.split(part)]]
+def _paths_beside_copy(ctx: Ctx, part: str) -> list[list[str]]:
+    # An absolute path, alone or as a `key=/path` value (the team's remote folder, your photos),
+    # becomes the folder of that name beside the copy: the test reads and writes nowhere else.
+    def beside(match: re.Match[str]) -> str:
+        return (match[1] or "") + str(ctx.tmp / Path(match[2]).name)
+
+    return [[re.sub(r"^([^/=]*=)?(/.*)$", beside, a) for a in shlex.split(part)]]
 
 
 # Commands with placeholders, usage synopses or paths outside the project, and the concrete
@@ -197,7 +242,10 @@ SUBSTITUTE: dict[str, Callable[[Ctx, str], list[list[str]]]] = {
     "uv run visionpipe predict IMAGE_OR_DIR_OR_GLOB... [--model models/model.onnx] [--topk 3] "
     "[--backend onnx|torch] [--json out.json] [--csv out.csv] [--grid out.png]": _predict_synopsis,
     "uv run dvc plots diff <exp-a> <exp-b>": _two_experiments,
-    "uv run dvc remote add -d storage /mnt/team/visionpipe-cache": _remote_in_tmp,
+    "uv run dvc exp run -S data.dataset=imagefolder -S data.source=/home/me/photos": (
+        _paths_beside_copy
+    ),
+    "uv run dvc remote add -d storage /mnt/team/visionpipe-cache": _paths_beside_copy,
     "uv run dvc exp push origin <exp>": _last_experiment,
     "uv run dvc exp pull origin <exp>": _last_experiment,
     "uv run dvc artifacts get <repo-url> image-classifier-onnx": _artifact_from_origin,
@@ -205,7 +253,7 @@ SUBSTITUTE: dict[str, Callable[[Ctx, str], list[list[str]]]] = {
 
 
 def plan(part: str) -> Step | str:
-    """How the test runs one README command (one side of an `&&`), or why it cannot."""
+    """How the test runs one command of a page (one side of an `&&`), or why it cannot."""
     if part in SETUP:
         return SETUP[part]
     if part in SUBSTITUTE:
@@ -260,7 +308,7 @@ def _uv_run(ctx: Ctx, argv: list[str], env_extra: dict[str, str]) -> None:
 def _run(
     ctx: Ctx, cmd: list[str], env_extra: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
-    """Run one command; a non-zero exit fails the test, naming the README command."""
+    """Run one command; a non-zero exit fails the test, naming the page's command."""
     started = time.perf_counter()
     # Output goes to files, not pipes: the worker `dvc queue start` leaves behind inherits them,
     # and reading a pipe to its end would wait for that worker to exit.
@@ -281,13 +329,18 @@ def _run(
     shown = shlex.join(cmd[2:] if cmd[0] == sys.executable else cmd)
     ctx.timings.append((shown, time.perf_counter() - started))
     assert proc.returncode == 0, (
-        f"README command `{ctx.command}` ran as `{shlex.join(cmd)}` and exited"
+        f"{ctx.page} command `{ctx.command}` ran as `{shlex.join(cmd)}` and exited"
         f" {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-6000:]}"
     )
     return proc
 
 
 def _dvc(ctx: Ctx, args: list[str], env_extra: dict[str, str]) -> None:
+    if args[:2] == ["exp", "show"] and "--no-pager" not in args:
+        # As a terminal shows it without a pager: DVC lays a table out for a pager at full width,
+        # and for a terminal at COLUMNS.
+        args = [*args, "--no-pager"]
+        env_extra = {"COLUMNS": TERMINAL_COLUMNS, **env_extra}
     proc = _run(ctx, [sys.executable, "-m", "dvc", *args], env_extra)
     check = DVC_CHECKS.get(tuple(args[:2])) or DVC_CHECKS.get(tuple(args[:1]))
     if check:
@@ -310,11 +363,16 @@ def _check_pipeline_outputs(ctx: Ctx, args: list[str], proc: subprocess.Complete
     source, dataset = data["source"], data["dataset"]
     raw = json.loads((ctx.repo / "data/raw/source.json").read_text())
     meta = json.loads((ctx.repo / "data/processed/meta.json").read_text())
-    wanted_file = (
-        Path(urllib.parse.urlparse(source).path).name if source else OFFICIAL[dataset].filename
-    )
+    if dataset == "imagefolder":  # your own photos: class folders, split by the pipeline
+        wanted_file = f"{Path(source).name}.tar"  # a folder is packed into one tar
+        classes = sorted(p.name for p in Path(source).iterdir() if p.is_dir())
+        n_test = meta["counts"]["test"]
+    else:
+        wanted_file = (
+            Path(urllib.parse.urlparse(source).path).name if source else OFFICIAL[dataset].filename
+        )
+        classes, n_test = STAND_IN_CLASSES[dataset]
     assert raw["file"] == wanted_file, f"`{ctx.command}` fetched {raw}, expected {wanted_file}"
-    classes, n_test = STAND_IN_CLASSES[dataset]
     assert meta["dataset"] == dataset and meta["classes"] == classes, (
         f"`{ctx.command}` trained on {raw['file']} (data.source is {source!r}), not on the"
         f" {dataset} data: it learned the classes {meta['classes']}, expected {classes}"
@@ -349,10 +407,14 @@ def _wait_for_queue(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess
     """`dvc queue start` returns at once; wait for its workers, then check every queued run."""
     assert ctx.queued, f"`{ctx.command}` ran before any `dvc exp run --queue`"
     deadline = time.monotonic() + QUEUE_TIMEOUT_S
+    statuses: dict[str, str] = {}
+    asked = time.monotonic()
     while True:
-        statuses = _queue_statuses(ctx)
-        if not any(s in ("Queued", "Running") for s in statuses.values()):
-            break
+        all_refs = set(ctx.queued) <= _experiment_refs(ctx)
+        if all_refs or time.monotonic() - asked >= QUEUE_STATUS_S:
+            statuses, asked = _queue_statuses(ctx), time.monotonic()
+            if not any(s in ("Queued", "Running") for s in statuses.values()):
+                break
         assert time.monotonic() < deadline, f"queue not done in {QUEUE_TIMEOUT_S} s: {statuses}"
         time.sleep(QUEUE_POLL_S)
     failed = {name: s for name, s in statuses.items() if s != "Success"}
@@ -368,12 +430,18 @@ def _wait_for_queue(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess
     exps = _experiments(ctx)
     for names, sweep in ctx.sweeps:
         runs = [exps[name] for name in names if name in exps]
-        assert len(runs) == len(list(itertools.product(*sweep.values()))), (sorted(exps), sweep)
-        for key, values in sweep.items():
-            assert sorted(_param(r, key) for r in runs) == sorted(values), (key, values)
+        # One run per combination of the -S value lists.
+        ran = sorted(tuple(_param(r, key) for key in sweep) for r in runs)
+        assert ran == sorted(itertools.product(*sweep.values())), (sorted(exps), sweep, ran)
         for r in runs:
             eval_metrics = r["metrics"][str(paths.EVAL_METRICS)]["data"]
             assert "test_acc" in eval_metrics, r["metrics"]
+
+
+def _experiment_refs(ctx: Ctx) -> set[str]:
+    """Names of the experiments with a git ref (refs/exps/.../<name>): the runs DVC has saved."""
+    refs = ["git", "for-each-ref", "--format=%(refname:lstrip=-1)", "refs/exps"]
+    return set(run(refs, ctx.repo).stdout.split())
 
 
 def _experiments(ctx: Ctx) -> dict[str, dict[str, Any]]:
@@ -401,7 +469,21 @@ def _check_exp_show(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess
     if "--only-changed" in args:
         # The README's sweep (queued runs: State and Executor columns too) in 120 columns shows
         # the headline metrics and the changed lr.
-        assert_exp_show_fits_120_columns(ctx.repo, "train.lr")
+        _assert_fits_terminal(ctx, proc.stdout, "train.lr")
+
+
+def _assert_fits_terminal(ctx: Ctx, shown: str, param: str) -> None:
+    """`shown` (the command's table in TERMINAL_COLUMNS; DVC folds what does not fit into a `…`
+    column) has every headline metric that differs between the rows, `param`, no wider line."""
+    csv = [sys.executable, "-m", "dvc", "exp", "show", "--only-changed", "--csv"]
+    changed = _run(ctx, csv).stdout.splitlines()[0].split(",")
+    wanted = [c for c in EXP_SHOW_HEADLINE if c in changed] + [param]
+    assert {"test_acc", "test_loss"} <= set(wanted), f"the sweep changed no test metric: {changed}"
+    lines = shown.splitlines()
+    header = next(line for line in lines if "Experiment" in line)
+    for column in wanted:
+        assert column in header.split(), f"{column} is folded away:\n{shown}"
+    assert max(len(line.rstrip()) for line in lines) <= int(TERMINAL_COLUMNS), shown
 
 
 def _check_metrics(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess) -> None:
@@ -500,7 +582,7 @@ def _pytest(ctx: Ctx, args: list[str], env_extra: dict[str, str]) -> None:
 
 def _ruff(ctx: Ctx, args: list[str], env_extra: dict[str, str]) -> None:
     # The same subcommand and options, on this file rather than `.`: the project's lint state
-    # is CI's business, and another change in progress must not fail the README test.
+    # is CI's business, and another change in progress must not fail this test.
     here = str(Path(__file__).relative_to(ROOT))
     targets = [here if a == "." else a for a in args]
     if targets == args:
@@ -574,7 +656,29 @@ def make_shared(shared: Path) -> None:
     Image.fromarray(dog.astype(np.uint8)).save(shared / "samples" / "dog.png")
 
 
-def test_readme_commands_parse_from_shell_fences_only() -> None:
+def make_photos(folder: Path) -> None:
+    """Class folders of JPEGs standing in for the docs' /home/me/photos."""
+    rng = np.random.default_rng(1)
+    for k, (cls, n) in enumerate(PHOTO_CLASSES.items()):
+        (folder / cls).mkdir(parents=True)
+        for i in range(n):
+            (folder / cls / f"IMG_{i:04d}.jpg").write_bytes(_jpeg(rng, k, 40))
+
+
+def shrink_recipes(repo: Path) -> None:
+    """The copy's recipes train for TINY_RECIPE_EPOCHS epochs, committed as the copy's own."""
+    for path in (repo / "conf" / "recipe").glob("*.yaml"):
+        text = path.read_text()
+        path.write_text(re.sub(r"(?m)^(  epochs:) \d+$", rf"\1 {TINY_RECIPE_EPOCHS}", text))
+    run(["git", "commit", "-qam", "tiny recipes"], repo)
+
+
+def _runs_once(part: str) -> bool:
+    argv = _split_env(shlex.split(part))[1]
+    return argv[:2] == ["uv", "run"] and len(argv) > 2 and argv[2] in RUN_ONCE
+
+
+def test_commands_parse_from_shell_fences_only() -> None:
     markdown = (
         "text `uv run nope`\n```\ndiagram ──> here\n```\n"
         "```sh\n# a whole-line comment\n\nuv run dvc repro      # trailing comment\n"
@@ -582,52 +686,89 @@ def test_readme_commands_parse_from_shell_fences_only() -> None:
         "```python\nprint('not shell')\n```\n"
         "```bash\nA=1 uv run dvc exp run -S 'train.lr=0.1,0.01' && uv run dvc queue start\n```\n"
     )
-    assert readme_commands(markdown) == [
+    assert shell_commands(markdown) == [
         "uv run dvc repro",
         "uv run visionpipe predict a.png --topk 3 --json 'x #y.json'",
         "A=1 uv run dvc exp run -S 'train.lr=0.1,0.01' && uv run dvc queue start",
     ]
-    assert _parts(readme_commands(markdown)[-1])[1] == "uv run dvc queue start"
+    assert _parts(shell_commands(markdown)[-1])[1] == "uv run dvc queue start"
 
 
-def test_every_readme_command_has_a_rule() -> None:
-    commands = readme_commands(README.read_text())
-    assert commands, f"no ```sh commands found in {README}"
+def test_every_docs_page_runs() -> None:
+    pages = set(DOCS.glob("*.md"))
+    assert pages == set(PAGES[1:]), "list each docs page in PAGES, in the order its commands run"
+
+
+def _anchor(heading: str) -> str:
+    """The `#fragment` GitHub gives a markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_between_pages_resolve() -> None:
+    # The reference moved into docs/: a link to a moved or renamed page or section fails here.
+    broken = []
+    for page in PAGES:
+        text = re.sub(r"(?ms)^```.*?^```", "", page.read_text())  # no links inside code blocks
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if "://" in target:
+                continue
+            path, _, fragment = target.partition("#")
+            dest = (page.parent / path).resolve() if path else page
+            if not dest.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif fragment and dest.suffix == ".md":
+                headings = re.findall(r"(?m)^#+ (.+)$", dest.read_text())
+                if fragment not in {_anchor(h) for h in headings}:
+                    broken.append(f"{page.name}: {target} (no such heading)")
+    assert not broken, "links that lead nowhere:\n" + "\n".join(broken)
+
+
+def test_every_command_has_a_rule() -> None:
+    parts = page_parts()
+    for page in PAGES:
+        assert page.is_file(), f"PAGES names {page}, which does not exist"
+    assert any(page == "README.md" for page, _ in parts), f"no ```sh commands found in {README}"
     unmapped = [
-        f"`{part}` {why}"
-        for command in commands
-        for part in _parts(command)
-        if isinstance(why := plan(part), str)
+        f"{page}: `{part}` {why}" for page, part in parts if isinstance(why := plan(part), str)
     ]
-    assert not unmapped, "README commands this test cannot run:\n" + "\n".join(unmapped)
-    assert set(SETUP) | set(SUBSTITUTE) <= {p for c in commands for p in _parts(c)}, (
-        "SETUP/SUBSTITUTE name commands no longer in the README: remove them"
+    assert not unmapped, "commands this test cannot run:\n" + "\n".join(unmapped)
+    assert set(SETUP) | set(SUBSTITUTE) <= {part for _, part in parts}, (
+        "SETUP/SUBSTITUTE name commands no page has any more: remove them"
     )
 
 
 @pytest.mark.slow
-def test_every_readme_command_runs_in_order(tmp_path: Path) -> None:
-    parts = [part for command in readme_commands(README.read_text()) for part in _parts(command)]
-    steps = [(part, plan(part)) for part in parts]
-    unmapped = [f"`{part}` {step}" for part, step in steps if isinstance(step, str)]
-    assert not unmapped, "README commands this test cannot run:\n" + "\n".join(unmapped)
+def test_every_command_runs_in_order(tmp_path: Path) -> None:
+    steps = [(page, part, plan(part)) for page, part in page_parts()]
+    unmapped = [f"{page}: `{part}` {step}" for page, part, step in steps if isinstance(step, str)]
+    assert not unmapped, "commands this test cannot run:\n" + "\n".join(unmapped)
 
     make_shared(tmp_path / "shared")
+    make_photos(tmp_path / PHOTOS)
     # The README's first `dvc repro` fetches the official CIFAR-10 URL, unreachable in tests, so
     # the copy starts with data.source at the stand-in (absolute, as queued runs need); the
     # download over HTTP is covered by test_pipeline_e2e.
     source = tmp_path / "shared" / "datasets" / "cifar10-jpeg.zip"
     params = {"data": {"source": str(source)}, **TINY_PARAMS}
     ctx = Ctx(tmp=tmp_path, repo=make_project(tmp_path / "repo", params))
+    shrink_recipes(ctx.repo)
     started = time.perf_counter()
+    ran: set[str] = set()
+    report: list[str] = []
     try:
-        for part, step in steps:
+        for page, part, step in steps:
             assert not isinstance(step, str)
-            ctx.command = part
+            if part in ran and _runs_once(part):
+                report.append(f"{'':7}    {page}: {part}  (ran above)")
+                continue
+            ran.add(part)
+            ctx.page, ctx.command = page, part
+            first, step_started = len(ctx.timings), time.perf_counter()
             step(ctx)
+            report.append(f"{time.perf_counter() - step_started:7.1f} s  {page}: {part}")
+            report += [f"{s:15.1f} s  {cmd}" for cmd, s in ctx.timings[first:]]
     finally:
-        if ctx.queued:  # test cleanup, not a README command: no worker outlives the test
+        if ctx.queued:  # test cleanup, not a page's command: no worker outlives the test
             run([sys.executable, "-m", "dvc", "queue", "stop", "--kill"], ctx.repo, check=False)
-        print(f"README commands took {time.perf_counter() - started:.0f} s:")
-        for cmd, seconds in ctx.timings:
-            print(f"{seconds:7.1f} s  {cmd}")
+        print(f"the pages' commands took {time.perf_counter() - started:.0f} s:")
+        print("\n".join(report))
