@@ -16,7 +16,7 @@ import torch
 log = logging.getLogger(__name__)
 
 
-GPU_SUPPORT = "README 'GPU support'"
+GPU_SUPPORT = "docs/gpu.md"
 
 
 # The newest CUDA driver branch each CUDA major version needs (NVIDIA's minor-version

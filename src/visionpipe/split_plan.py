@@ -28,7 +28,7 @@ from visionpipe.images import is_image_name
 
 SPLITS = ("train", "val", "test")
 HELD_OUT_NAMES = ("test", "val")  # what split-folder layouts call their held-out folder
-README_SECTION = "see README 'Your own photos'"
+GUIDE = "see docs/datasets.md, 'Your own photos'"
 
 
 class DatasetLayoutError(ValueError):
@@ -114,7 +114,7 @@ def _split_folders_root(names: Sequence[str]) -> str | None:
         found = ", ".join(sorted(r or "." for r in roots))
         raise DatasetLayoutError(
             f"found 'train/<class>/<image>' trees under several folders ({found}); keep one "
-            f"dataset per source, {README_SECTION}"
+            f"dataset per source, {GUIDE}"
         )
     return roots.pop()
 
@@ -132,7 +132,7 @@ def _plan_split_folders(names: Sequence[str], root: str, val_fraction: float, se
     if held_out is None:
         raise DatasetLayoutError(
             f"found '{prefix}train/' but no held-out split next to it: add a 'test/' or 'val/' "
-            f"folder of class folders, {README_SECTION}"
+            f"folder of class folders, {GUIDE}"
         )
     classes = sorted({cls for _, folder, cls in found if folder == "train"})  # ImageFolder's rule
     unknown = sorted({cls for _, folder, cls in found if folder == held_out} - set(classes))
@@ -171,7 +171,7 @@ def carve_val(n: int, val_fraction: float, seed: int) -> np.ndarray:
 def _flat_root(names: Sequence[str]) -> list[str]:
     """The deepest folder holding every image (as path parts): its sub-folders are the classes."""
     if not names:
-        raise DatasetLayoutError(f"no image files found, {README_SECTION}")
+        raise DatasetLayoutError(f"no image files found, {GUIDE}")
     common = _parts(names[0])[:-1]
     for name in names[1:]:
         folder = _parts(name)[:-1]
@@ -183,7 +183,7 @@ def _flat_root(names: Sequence[str]) -> list[str]:
         raise DatasetLayoutError(
             f"found {len(classes)} class folder{'s' * (len(classes) != 1)} under "
             f"'{'/'.join(common) or '.'}': put each class's images in a folder named after the "
-            f"class, at least two of them (photos/cats/*.jpg, photos/dogs/*.jpg), {README_SECTION}"
+            f"class, at least two of them (photos/cats/*.jpg, photos/dogs/*.jpg), {GUIDE}"
         )
     return common
 

@@ -29,7 +29,8 @@ class DataConfig(Section):
             raise ValueError(
                 "data.dataset 'imagefolder' has no official archive: set data.source to a"
                 " directory, .zip, .tar.gz or URL of class folders (<class>/<image>, or"
-                " train/<class>/<image> plus test/ or val/); see README 'Your own photos'"
+                " train/<class>/<image> plus test/ or val/); see docs/datasets.md,"
+                " 'Your own photos'"
             )
         if self.dataset != "imagefolder" and self.test_fraction is not None:
             raise ValueError(
