@@ -46,8 +46,8 @@ run() {  # run NAME COMMAND...: its output to $logs/NAME.log and the screen; rem
 for part in $parts; do
     case $part in
     tests)
-        run tests "${py[@]}" -m pytest -q -p no:cacheprovider ${TESTS:-tests/test_cuda.py \
-            tests/test_gpu_paths.py tests/test_train.py tests/test_evaluate.py tests/test_export.py}
+        run tests "${py[@]}" -m pytest -q -p no:cacheprovider ${TESTS:-tests/unit/test_cuda.py \
+            tests/unit/test_gpu_paths.py tests/unit/test_train.py tests/unit/test_evaluate.py tests/unit/test_export.py}
         ;;
     repro) run repro repro ;;
     recipes) run recipes "${py[@]}" bench/recipes.py tutorial fast --zip "$zip" ;;

@@ -576,8 +576,8 @@ def _pytest(ctx: Ctx, args: list[str], env_extra: dict[str, str]) -> None:
     # real tests (in the checkout; the copy has no tests/), which proves pytest, the project's
     # pytest settings and the options (a -m expression) work.
     cmd = [sys.executable, "-m", "pytest", *args, "--collect-only", "-q", "-p", "no:cacheprovider"]
-    proc = _run(ctx, [*cmd, "tests/test_config.py"], env_extra, cwd=ROOT)
-    assert "tests/test_config.py::" in proc.stdout, proc.stdout
+    proc = _run(ctx, [*cmd, "tests/unit/test_config.py"], env_extra, cwd=ROOT)
+    assert "tests/unit/test_config.py::" in proc.stdout, proc.stdout
 
 
 def _ruff(ctx: Ctx, args: list[str], env_extra: dict[str, str]) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_DIR = ROOT / "plots_template"
 CHROMIUM = shutil.which("chromium")
 needs_chromium = pytest.mark.skipif(

@@ -5,7 +5,7 @@ import pytest
 from visionpipe.config import ConfigError
 from visionpipe.config.params import load_params, parse_params
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_committed_params_are_the_tutorial_defaults() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import tiny_params
+from tests.datasets import tiny_params
 from visionpipe import memory, paths, split_tensors, train
 
 MAPPED = "reading its batches from the memory-mapped"
@@ -64,7 +64,7 @@ def test_the_mapped_split_is_only_read(processed: Path) -> None:
     """Mapped read-only (a split larger than memory cannot be mapped copy-on-write): every use
     of split images must make new tensors; a write would crash the process (SIGSEGV). Training
     is covered above; here the uses outside the batch path."""
-    from tests.conftest import FAST_MODEL
+    from tests.datasets import FAST_MODEL
     from visionpipe.inference import predict_logits
     from visionpipe.models import build_model
 

@@ -169,7 +169,7 @@ def test_exported_onnx_holds_no_machine_paths(exported_model: Path) -> None:
     # The exporter records a Python stack trace per node, with this checkout's absolute paths:
     # the same model exported from another clone would hash differently in dvc.lock.
     data = (exported_model / "model.onnx").read_bytes()
-    src = Path(__file__).resolve().parents[1] / "src"
+    src = Path(__file__).resolve().parents[2] / "src"
     assert b"stack_trace" not in data and str(src).encode() not in data
 
 

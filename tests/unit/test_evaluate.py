@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import CLASSES, tiny_params
+from tests.datasets import CLASSES, tiny_params
 from visionpipe import evaluate, paths, train
 from visionpipe.split_files import SplitWriter
 

@@ -29,7 +29,7 @@ PAYLOAD = b"pretend this is an archive\n" * 100
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
 MD5 = hashlib.md5(PAYLOAD).hexdigest()
 REAL_HYMENOPTERA = (
-    Path(__file__).resolve().parents[1].parent / "shared/datasets/hymenoptera_data.zip"
+    Path(__file__).resolve().parents[2].parent / "shared/datasets/hymenoptera_data.zip"
 )
 UNREACHABLE = "http://nonexistent.invalid"  # .invalid never resolves (RFC 2606)
 

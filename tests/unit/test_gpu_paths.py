@@ -16,7 +16,7 @@ import torch
 import yaml
 from torch import nn
 
-from tests.conftest import FAST_MODEL, FAST_TRAIN, ZOO, tiny_params
+from tests.datasets import FAST_MODEL, FAST_TRAIN, ZOO, tiny_params
 from tests.fake_cuda import FakeGPU, fake_gpu
 from tests.helpers import ROOT
 from visionpipe import (

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import kill_at_validation, tiny_params
+from tests.datasets import kill_at_validation, tiny_params
 from visionpipe import paths, train
 from visionpipe.tracking import make_grid, misclassified_grid, spread_over_classes
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import write_processed
+from tests.datasets import write_processed
 from tests.helpers import ROOT, env
 from visionpipe import distributed, paths, train
 from visionpipe.config.params import load_params, parse_params

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import FAST_MODEL, FAST_TRAIN, kill_at_validation, tiny_params
+from tests.datasets import FAST_MODEL, FAST_TRAIN, kill_at_validation, tiny_params
 from visionpipe import batches, memory, optim, paths, precision, train
 from visionpipe.config.train import TrainConfig
 from visionpipe.modelfile import load_model

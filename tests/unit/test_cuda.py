@@ -1,7 +1,7 @@
-"""The GPU paths on a real CUDA GPU: what tests/test_gpu_paths.py checks on a pretend device,
+"""The GPU paths on a real CUDA GPU: what tests/unit/test_gpu_paths.py checks on a pretend device,
 run for real. Skipped without a GPU (CI has none); where there is one:
 
-    uv run pytest tests/test_cuda.py
+    uv run pytest tests/unit/test_cuda.py
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.conftest import ZOO, kill_at_validation, tiny_params
+from tests.datasets import ZOO, kill_at_validation, tiny_params
 from visionpipe import evaluate, export, inference, paths, precision, split_tensors, train
 from visionpipe.config.params import parse_params
 from visionpipe.modelfile import load_model

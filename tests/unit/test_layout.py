@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SRC = sorted((ROOT / "src" / "visionpipe").glob("*.py"))
 MAX_FUNCTION_LINES = 60
 MAX_STAGE_LINES = 40
