@@ -292,7 +292,7 @@ class Key:
     doc: str
     constraints: dict[str, Any] = field(default_factory=dict)  # pydantic Field limits
 
-    def field(self) -> Any:
+    def pydantic_field(self) -> Any:
         return Field(default=self.default, description=self.doc, **self.constraints)
 
 

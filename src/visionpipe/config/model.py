@@ -44,7 +44,7 @@ def _fields() -> dict[str, Any]:
     names = tuple(MODELS)
     fields: dict[str, Any] = {"name": (Literal[names], Field(default=names[0]))}
     for key, spec in {**own_keys(), **COMMON_KEYS}.items():
-        fields[key] = (spec.annotation, spec.field())
+        fields[key] = (spec.annotation, spec.pydantic_field())
     return fields
 
 
