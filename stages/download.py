@@ -5,18 +5,23 @@ from pathlib import Path
 
 from visionpipe import config, logs, paths, sources
 from visionpipe.config.data import DataConfig
+from visionpipe.config.launch import LaunchConfig
 from visionpipe.fsutil import write_json
 
 
 def main() -> None:
     data = config.load_section("data", DataConfig)
+    # Where this machine keeps its data is a launch setting, read here but not declared in
+    # dvc.yaml: clones with the same archive in different folders write the same dvc.lock.
+    data_root = config.load_section("launch", LaunchConfig).data_root
+    root = Path.cwd() / data_root if data_root else None
     result = sources.fetch_dataset(
         data.dataset,
         data.source,
         data.sha256,
         paths.RAW_DIR,
-        base_dir=Path.cwd(),
-        mirror=os.environ.get("DATA_MIRROR") or None,
+        base_dir=root or Path.cwd(),
+        mirror=os.environ.get("DATA_MIRROR") or (str(root) if root else None),
     )
     write_json(
         paths.RAW_INFO,

@@ -1,7 +1,8 @@
 """Stage evaluate: test loss, accuracy, macro-F1, per-class scores and confusion matrix."""
 
 from visionpipe import config, evaluate, logs
-from visionpipe.config.train import LaunchConfig, TrainConfig
+from visionpipe.config.launch import LaunchConfig
+from visionpipe.config.train import TrainConfig
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from visionpipe.config.train import LaunchConfig
+from visionpipe.config.launch import LaunchConfig
 from visionpipe.devices import DeviceError
 
 log = logging.getLogger(__name__)

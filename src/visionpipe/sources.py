@@ -242,9 +242,10 @@ def _fetch_source(
     if not path.exists():
         raise DownloadError(
             f"data.source {source!r} resolves to {path}, which does not exist. Relative paths"
-            f" are resolved against the project root ({base_dir}); queued experiments"
-            " (`dvc exp run --queue`) run in a temporary copy of the repo, where untracked files"
-            " are missing, so an absolute path is safest."
+            f" are resolved against {base_dir} (launch.data_root, or the project root when that"
+            " is null); queued experiments (`dvc exp run --queue`) run in a temporary copy of"
+            " the repo, where untracked files are missing: keep the data outside the project and"
+            " set launch.data_root (conf/local/machine.yaml) or an absolute data.source."
         )
     if path.is_dir():
         dest = dest_dir / f"{path.resolve().name or 'source'}.tar"

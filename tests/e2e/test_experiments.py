@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import Baseline, copy_project, dvc, env, git, set_params
+from tests.helpers import Baseline, copy_project, dvc, env, git, run, set_params
 from visionpipe import paths
 
 pytestmark = pytest.mark.slow
@@ -207,3 +208,50 @@ def test_a_recipe_in_one_flag_with_overrides_on_top(baselined_repo: Path) -> Non
     dvc(repo, "exp", "run", "-S", "train.lr=0.02")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["recipe"] == "tutorial" and params["model"]["name"] == "tutorial_cnn"
+
+
+def _data_lock(repo: Path) -> dict:
+    """dvc.lock's download and preprocess entries: what a teammate must not re-run."""
+    stages = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    return {name: stages[name] for name in ("download", "preprocess")}
+
+
+def _machine_data(repo: Path, folder: Path, archive: Path) -> None:
+    """This clone's own copy of `archive` in `folder`, named in its conf/local/machine.yaml."""
+    folder.mkdir(parents=True)
+    shutil.copy2(archive, folder / archive.name)
+    local = repo / "conf" / "local"
+    local.mkdir(parents=True, exist_ok=True)
+    (local / "machine.yaml").write_text(yaml.safe_dump({"launch": {"data_root": str(folder)}}))
+
+
+def test_a_teammate_with_the_data_elsewhere_reruns_only_what_the_experiment_changes(
+    baseline: Baseline, tmp_path: Path
+) -> None:
+    archive = baseline.server.directory / "cifar-10-python.tar.gz"
+    # Clone A names the archive, keeps it in its own folder, runs and pushes, as a team does.
+    a = copy_project(baseline.repo, tmp_path / "a")
+    _machine_data(a, tmp_path / "a-data", archive)
+    set_params(a, {"data": {"source": archive.name}})
+    dvc(a, "remote", "add", "-d", "team", str(tmp_path / "team-remote"))
+    out = dvc(a, "repro").stdout
+    assert _ran(out, "download") and not _ran(out, "train"), "same data: train stays cached"
+    git(a, "add", "-A")
+    git(a, "commit", "-qm", "data by name")
+    dvc(a, "push")
+
+    # Clone B: the data is somewhere else on this machine.
+    b = tmp_path / "b"
+    run(["git", "clone", "-q", str(a), str(b)], tmp_path)
+    dvc(b, "pull")
+    _machine_data(b, tmp_path / "b-data" / "elsewhere", archive)
+    out = dvc(b, "exp", "run", "-S", "train.lr=0.02").stdout
+    assert not _ran(out, "download") and not _ran(out, "preprocess"), out
+    assert _ran(out, "train"), out
+    params = yaml.safe_load((b / "params.yaml").read_text())
+    assert params["launch"]["data_root"] == str(tmp_path / "b-data" / "elsewhere")
+    assert _data_lock(b) == _data_lock(a)
+
+    # And `dvc repro` there, with the experiment's results in the workspace, has nothing to do.
+    out = dvc(b, "repro").stdout
+    assert "Running stage" not in out, out

@@ -237,7 +237,7 @@ def test_missing_local_source_explains(tmp_path: Path) -> None:
     message = str(err.value)
     for part in ("data.source", str(tmp_path / "data/nowhere.zip"), "dvc exp run --queue"):
         assert part in message
-    assert "absolute path" in message
+    assert "launch.data_root" in message and "absolute data.source" in message
 
 
 def test_dns_failure_is_fast_and_actionable(

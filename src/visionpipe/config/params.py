@@ -13,9 +13,10 @@ from visionpipe import config
 from visionpipe.config import Section
 from visionpipe.config.data import DataConfig, PreprocessConfig, image_size
 from visionpipe.config.export import ExportConfig
+from visionpipe.config.launch import LaunchConfig
 from visionpipe.config.model import ModelConfig
 from visionpipe.config.predict import PredictConfig
-from visionpipe.config.train import LaunchConfig, TrainConfig
+from visionpipe.config.train import TrainConfig
 
 
 class Params(Section):

@@ -1,4 +1,4 @@
-"""The train and launch sections: how the model is fitted, and where the fitting runs."""
+"""The train section: how the model is fitted."""
 
 from __future__ import annotations
 
@@ -57,24 +57,4 @@ class TrainConfig(Section):
     def _nesterov_needs_momentum(self) -> TrainConfig:
         if self.nesterov and self.momentum == 0.0:
             raise ValueError("train.nesterov: true needs train.momentum > 0")
-        return self
-
-
-class LaunchConfig(Section):
-    """Where and how training runs, never what it means: no stage depends on these, so changing
-    them never re-runs anything, and every machine of a multi-node run writes the same dvc.lock."""
-
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    # Processes per node and nodes for DistributedDataParallel through torchrun; batch_size stays
-    # the global batch, so results keep their meaning whatever the process count.
-    nproc: int = Field(default=1, ge=1, le=1024)
-    nnodes: int = Field(default=1, ge=1)
-    node_rank: int = Field(default=0, ge=0)  # this machine's rank; 0 on master_addr
-    master_addr: str = "127.0.0.1"  # rendezvous host (node 0) when nnodes > 1
-    master_port: int = Field(default=29500, ge=1, le=65535)
-
-    @model_validator(mode="after")
-    def _rank_fits(self) -> LaunchConfig:
-        if self.node_rank >= self.nnodes:
-            raise ValueError(f"launch.node_rank {self.node_rank} must be below launch.nnodes")
         return self
