@@ -3,15 +3,25 @@ the fly."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.cifar_archive import write_cifar_python_archive
 from tests.datasets import tiny_params, write_processed
 from tests.helpers import Baseline, Server, copy_project, make_baseline, serve
 from visionpipe.config.params import parse_params
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Under `pytest -n N` each worker has about one core: a second intra-op thread only waits
+    # for a busy core, and tiny tensors' ops take several times as long (as the DVC stages the
+    # tests start, which get OMP_NUM_THREADS=1 from tests.helpers.env).
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
 
 
 @pytest.fixture
@@ -33,8 +43,6 @@ def processed32(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="session")
 def exported_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """models/model.pt and model.onnx of a briefly trained tutorial CNN (16 px, 3 classes)."""
-    import os
-
     from visionpipe import export, train
 
     root = tmp_path_factory.mktemp("exported")
