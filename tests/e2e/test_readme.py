@@ -174,6 +174,10 @@ def _clone(ctx: Ctx) -> None:
 SETUP: dict[str, Step] = {
     "git clone <this repo> visionpipe": _clone,
     "cd visionpipe": lambda ctx: None,  # every command runs with the copy as its working directory
+    # The install, in the checkout whose environment the tests run in (the copy has no venv).
+    "uv sync --locked --compile-bytecode": lambda ctx: run(
+        ["uv", "sync", "--locked", "--compile-bytecode"], ROOT
+    ),
     "git add -A": lambda ctx: run(["git", "add", "-A"], ctx.repo),
     'git commit -m "trained model"': lambda ctx: run(
         ["git", "commit", "-qm", "trained model"], ctx.repo
