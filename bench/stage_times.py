@@ -8,9 +8,15 @@ user does before experimenting. Then the two projects take turns at `dvc exp run
 last stage's to the end of the command, and "dvc before train" is everything from the command's
 start to the train stage. "outside the epoch loop" is the command's wall time minus the train
 stage's epoch loop (metrics/timings/train.json's epoch_loop_seconds, per-epoch validation
-included; train_seconds in revisions before bbf3d56, where it meant the same).
+included; train_seconds in revisions before bbf3d56, where it meant the same). Then, per
+project, `dvc repro` with nothing to do, and a revisit of the first lr (`dvc exp run -S
+train.lr=<first>`), which DVC's run cache restores.
 
-    uv run python bench/stage_times.py --old 8989bb0 --new HEAD --repeats 3
+Each revision runs with the Python of its own install (`--old-python`, `--new-python`; default
+this one): an install change, such as bytecode compiled at install, shows only that way.
+
+    uv run python bench/stage_times.py --old 8989bb0 --new HEAD --repeats 3 \
+        --old-python /tmp/venv-old/bin/python
 """
 
 from __future__ import annotations
@@ -46,15 +52,19 @@ STAGES = ("train", "evaluate", "export", "predict")
 RUNNING = re.compile(r"Running stage '(\w+)'")
 
 
-def _run(cmd: list[str], cwd: Path, **kw: Any) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kw)
+def _env(python: str) -> dict[str, str]:
+    """The environment a project's commands run in: its Python first on PATH, for the stages."""
+    return {**os.environ, "PATH": f"{Path(python).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def _run(cmd: list[str], cwd: Path, python: str = sys.executable, **kw: Any) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(python), capture_output=True, text=True, **kw)
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed in {cwd}:\n{proc.stdout[-3000:]}{proc.stderr}")
     return proc.stdout
 
 
-def make_project(rev: str, dest: Path, source: Path, epochs: int) -> Path:
+def make_project(rev: str, dest: Path, source: Path, epochs: int, python: str) -> Path:
     """A fresh clone-like project of `rev` with data.source and train.epochs set, run once."""
     dest.mkdir(parents=True)
     tar_path = dest.parent / f"{dest.name}.tar"
@@ -72,19 +82,19 @@ def make_project(rev: str, dest: Path, source: Path, epochs: int) -> Path:
     target.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     if conf.is_file():
         env_src = f"PYTHONPATH={dest / 'src'}"
-        _run(["env", env_src, sys.executable, "-m", "visionpipe.cli", "params"], dest)
+        _run(["env", env_src, python, "-m", "visionpipe.cli", "params"], dest, python)
     _run(["git", "add", "-A"], dest)
     _run(["git", "commit", "-qm", "project"], dest)
-    _run([sys.executable, "-m", "dvc", "repro"], dest, timeout=3600)
+    _run([python, "-m", "dvc", "repro"], dest, python, timeout=3600)
     _run(["git", "add", "-A"], dest)
     _run(["git", "commit", "-qm", "baseline run"], dest)
     return dest
 
 
-def timed_experiment(project: Path, lr: float) -> dict[str, float]:
+def timed_experiment(project: Path, lr: float, python: str) -> dict[str, float]:
     """One `dvc exp run -S train.lr=<lr>`, timed stage by stage from its streamed output."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    cmd = [sys.executable, "-m", "dvc", "exp", "run", "-S", f"train.lr={lr}"]
+    env = _env(python)
+    cmd = [python, "-m", "dvc", "exp", "run", "-S", f"train.lr={lr}"]
     started = time.perf_counter()
     marks: list[tuple[str, float]] = [("dvc before train", started)]
     with subprocess.Popen(
@@ -108,15 +118,32 @@ def timed_experiment(project: Path, lr: float) -> dict[str, float]:
     return seconds
 
 
+def timed_dvc(project: Path, python: str, *args: str) -> float:
+    """Wall seconds of one DVC command in `project`; it must run no stage."""
+    started = time.perf_counter()
+    out = _run([python, "-m", "dvc", *args], project, python)
+    seconds = time.perf_counter() - started
+    if "Running stage" in out:
+        raise SystemExit(f"`dvc {' '.join(args)}` ran a stage in {project}:\n{out[-2000:]}")
+    return seconds
+
+
 def report(info: dict[str, Any], args: argparse.Namespace, runs: dict[str, list[dict]]) -> str:
     rows = ["dvc before train", *STAGES, "train epoch loop", "outside the epoch loop", "total"]
-    med = {v: {r: statistics.median(run[r] for run in runs[v]) for r in rows} for v in runs}
+    experiments = {v: [run for run in runs[v] if "total" in run] for v in runs}
+    med = {v: {r: statistics.median(run[r] for run in experiments[v]) for r in rows} for v in runs}
     lines = [
         f"## Stage wall times of an lr experiment (`bench/{NAME}.py`)",
         "",
         f"Machine: {machine_line(info)}.",
         f"Command: `uv run python bench/{NAME}.py --old {args.old} --new {args.new} "
-        f"--repeats {args.repeats} --epochs {args.epochs}`",
+        f"--repeats {args.repeats} --epochs {args.epochs}"
+        + "".join(
+            f" --{w}-python {getattr(args, w + '_python')}"
+            for w in ("old", "new")
+            if getattr(args, w + "_python") != sys.executable
+        )
+        + "`",
         "",
         f"Each revision as a fresh project on cifar10-jpeg.zip (45,000 train / 5,000 val / "
         f"10,000 test images), the tutorial's defaults with train.epochs={args.epochs}, run "
@@ -125,13 +152,49 @@ def report(info: dict[str, Any], args: argparse.Namespace, runs: dict[str, list[
         "runs from DVC's 'Running stage' line to the next (so it includes DVC's own work "
         "around it); the train stage's time includes its epoch loop, shown on its own below.",
         "",
+        "Then, in each project, `dvc repro` with nothing to do and `dvc exp run -S train.lr=X` "
+        "back to the first lr (restored from the run cache), each as often.",
+        "",
         f"| | old ({args.old}) | new ({args.new}) |",
         "|---|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r} | {med['old'][r]:.1f} | {med['new'][r]:.1f} |")
+    for r in ("dvc repro, nothing to do", "revisit of the first lr (run cache)"):
+        lines.append(f"| {r} | {med_of(runs, 'old', r):.1f} | {med_of(runs, 'new', r):.1f} |")
     lines += ["", *busy_note(info)]
     return "\n".join(lines).rstrip()
+
+
+def med_of(runs: dict[str, list[dict]], which: str, row: str) -> float:
+    return statistics.median(run[row] for run in runs[which] if row in run)
+
+
+def take_turns(projects: dict[str, Path], python: dict[str, str], repeats: int) -> dict:
+    """`repeats` lr experiments per project, then as many no-op repros and run-cache revisits,
+    the projects alternating so that a change in the machine's load hits both."""
+    runs: dict[str, list[dict]] = {"old": [], "new": []}
+    lr, first, last = 0.02, {}, {}
+    for i in range(repeats):
+        order = ("old", "new") if i % 2 == 0 else ("new", "old")
+        for which in order:
+            lr += 0.001
+            first.setdefault(which, round(lr, 4))
+            last[which] = round(lr, 4)
+            runs[which].append(timed_experiment(projects[which], round(lr, 4), python[which]))
+            print(which, json.dumps({k: round(v, 1) for k, v in runs[which][-1].items()}))
+    for i in range(repeats):
+        for which in ("old", "new") if i % 2 == 0 else ("new", "old"):
+            project, exe = projects[which], python[which]
+            noop = timed_dvc(project, exe, "repro")
+            revisit = timed_dvc(project, exe, "exp", "run", "-S", f"train.lr={first[which]}")
+            # Back to the last lr (also in the run cache), so the next revisit restores again.
+            timed_dvc(project, exe, "exp", "run", "-S", f"train.lr={last[which]}")
+            runs[which].append(
+                {"dvc repro, nothing to do": noop, "revisit of the first lr (run cache)": revisit}
+            )
+            print(which, json.dumps({k: round(v, 2) for k, v in runs[which][-1].items()}))
+    return runs
 
 
 def main() -> None:
@@ -141,23 +204,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=1, help="train.epochs of every run")
     parser.add_argument("--zip", type=Path, default=DEFAULT_CIFAR_ZIP)
+    for which in ("old", "new"):
+        parser.add_argument(
+            f"--{which}-python",
+            default=sys.executable,
+            help=f"the Python of the {which} revision's install (default: this one)",
+        )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     info = machine_info()
     print(f"machine: {machine_line(info)}")
     with tempfile.TemporaryDirectory(prefix="stage-times-") as tmp:
+        python = {"old": args.old_python, "new": args.new_python}
+        zip_path = args.zip.resolve()
         projects = {
-            which: make_project(rev, Path(tmp) / which, args.zip.resolve(), args.epochs)
+            which: make_project(rev, Path(tmp) / which, zip_path, args.epochs, python[which])
             for which, rev in (("old", args.old), ("new", args.new))
         }
-        runs: dict[str, list[dict]] = {"old": [], "new": []}
-        lr = 0.02
-        for i in range(args.repeats):
-            order = ("old", "new") if i % 2 == 0 else ("new", "old")
-            for which in order:
-                lr += 0.001
-                runs[which].append(timed_experiment(projects[which], round(lr, 4)))
-                print(which, json.dumps({k: round(v, 1) for k, v in runs[which][-1].items()}))
+        runs = take_turns(projects, python, args.repeats)
         shutil.rmtree(tmp, ignore_errors=True)
     body = report(info, args, runs)
     print("\n" + body)
