@@ -96,7 +96,7 @@ def _info(case: str) -> ModelInfo:
         classes=[f"class{i}" for i in range(10)],
         params={},
         visionpipe_version="test",
-        torch_version=torch.__version__,
+        torch_version=str(torch.__version__),
     )
 
 
