@@ -37,6 +37,7 @@ from visionpipe.portable import portable_model
 TOLERANCE = 1e-4  # largest |logit difference|, times the largest |logit| when above 1
 SIZE = 32  # the CIFAR-10 recipes' image size (vgg16's smallest)
 IMAGES = 8
+LOGIT_SCALE = 8.0  # the largest |logit| the models are scaled to, about a trained model's
 OPENCV_SCRIPT = ROOT / "tests" / "opencv_run.py"
 # case: (model.name, model.tta, the model's own keys). Each runs in the default form; those in
 # PORTABLE also in the portable form (for the others it is the same file: see the test below).
@@ -80,6 +81,10 @@ def _model(case: str) -> torch.nn.Module:
                 tensor.uniform_(0.5, 2.0)
             elif name.endswith("running_mean"):
                 tensor.uniform_(-0.5, 0.5)
+        # Logits as large as a trained model's (random weights give |logits| < 1), so that the
+        # tolerance is relative to them, as in the export stage.
+        last = [m for m in model.net.modules() if isinstance(m, nn.Linear)][-1]
+        last.weight.mul_(LOGIT_SCALE / model.eval()(torch.rand(4, 3, SIZE, SIZE)).abs().max())
     return model.eval()
 
 
@@ -130,6 +135,7 @@ def _openvino(model: Path, images: np.ndarray) -> Outcome:
 
     config = {"INFERENCE_PRECISION_HINT": "f32"}
     compiled = openvino.Core().compile_model(str(model), "CPU", config)
+    assert compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32
     return Outcome(compiled(images)[0])
 
 
