@@ -55,6 +55,7 @@ PAGES = (
             "team.md",
             "results.md",
             "development.md",
+            "deploy.md",
         )
     ),
 )
