@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from visionpipe.models import Classifier
+from visionpipe.models import Classifier, Normalize
 
 
 class ErfGelu(nn.Module):
@@ -95,8 +95,8 @@ def portable_model(model: Classifier, image_size: int) -> PortableForm:
         rewrites.append("TTA mirror as Gather")
     if not rewrites:
         return PortableForm(model, [])
-    portable = PortableClassifier(net, None, model.tta)
-    portable.normalize = copy.deepcopy(model.normalize)
+    normalize = model.normalize if isinstance(model.normalize, Normalize) else None
+    portable = PortableClassifier(net, copy.deepcopy(normalize), model.tta)
     return PortableForm(portable.train(model.training), sorted(set(rewrites)))
 
 

@@ -36,7 +36,8 @@ def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
             return numpy_helper.to_array(init)
     for node in graph.node:
         if node.op_type == "Constant" and node.output[0] == name:
-            return numpy_helper.to_array(node.attribute[0].t)
+            values = [a.t for a in node.attribute if a.name == "value"]
+            return numpy_helper.to_array(values[0]) if values else None
     return None
 
 

@@ -14,7 +14,7 @@ from visionpipe import export, paths, runtimes
 from visionpipe.config.params import parse_params
 from visionpipe.modelfile import ModelInfo, save_model
 from visionpipe.models import build_model
-from visionpipe.portable import portable_model
+from visionpipe.portable import MatrixAdaptiveAvgPool, portable_model
 
 CLASSES = ["cat", "dog", "frog"]
 
@@ -97,3 +97,14 @@ def test_portable_model_leaves_the_model_it_is_given_alone() -> None:
 def test_portable_model_refuses_what_is_not_a_classifier() -> None:
     with pytest.raises(TypeError, match="takes a visionpipe Classifier, got Linear"):
         portable_model(torch.nn.Linear(2, 2), 16)
+
+
+@pytest.mark.parametrize(
+    ("in_size", "out_size"), [((1, 1), (7, 7)), ((2, 3), (7, 7)), ((5, 9), (3, 4))]
+)
+def test_the_matrix_pool_is_pytorchs_adaptive_average_pool(
+    in_size: tuple[int, int], out_size: tuple[int, int]
+) -> None:
+    x = torch.randn(2, 4, *in_size)
+    expected = torch.nn.AdaptiveAvgPool2d(out_size)(x)
+    torch.testing.assert_close(MatrixAdaptiveAvgPool(in_size, out_size)(x), expected)
