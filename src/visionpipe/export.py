@@ -11,12 +11,13 @@ import numpy as np
 import onnx
 import torch
 
-from visionpipe import paths
+from visionpipe import paths, runtimes
 from visionpipe.config.export import ExportConfig
 from visionpipe.fsutil import atomic_path, write_json
 from visionpipe.modelfile import ModelInfo, load_model
 from visionpipe.models import to_input
 from visionpipe.onnxrt import INPUT_NAME, OUTPUT_NAME, open_session
+from visionpipe.portable import portable_model
 from visionpipe.split_tensors import load_split
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,11 @@ def _export_and_compare(
     images: torch.Tensor,
     cfg: ExportConfig,
 ) -> dict[str, Any]:
-    export_onnx(model, info, dest, cfg.opset)
+    form = portable_model(model, info.image_size) if cfg.portable else None
+    if form is not None and form.rewrites:
+        log.info("export.portable: %s", ", ".join(form.rewrites))
+    # The parity check compares the file with the model as trained, whichever form was written.
+    export_onnx(form.model if form else model, info, dest, cfg.opset)
     result = parity(model, dest, images)
     # fp32 keeps about 7 digits: logits in the thousands (a run gone astray) differ by more
     # than 1e-4 however faithful the export, so the tolerance scales with them above 1.
@@ -155,4 +160,5 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
         result["max_abs_logit_diff"],
         100 * result["top1_agreement"],
     )
+    runtimes.log_support(paths.ONNX_MODEL, cfg.portable)
     return result

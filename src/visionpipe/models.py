@@ -76,6 +76,10 @@ class Classifier(nn.Module):
         """Images the net sees per input image in eval mode (1 without TTA)."""
         return {0: 1, 1: 2, 2: 6}[self.tta]
 
+    def mirror(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` flipped left-right (the TTA's mirrored view)."""
+        return x.flip(-1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training or self.tta == 0:
             return self.net(self.normalize(x))
@@ -86,7 +90,7 @@ class Classifier(nn.Module):
             padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
             views += [padded[..., :h, :w], padded[..., 2:, 2:]]
             weights = [0.25, 0.125, 0.125]
-        views += [v.flip(-1) for v in views]
+        views += [self.mirror(v) for v in views]
         logits = self.net(self.normalize(torch.cat(views)))
         logits = logits.view(len(views), x.shape[0], logits.shape[-1])
         return sum(w * logits[i] for i, w in enumerate(weights * 2))

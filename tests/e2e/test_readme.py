@@ -56,6 +56,7 @@ PAGES = (
             "team.md",
             "results.md",
             "development.md",
+            "deploy.md",
         )
     ),
 )

@@ -12,3 +12,6 @@ class ExportConfig(Section):
     parity_images: int = Field(default=256, ge=1)  # test images compared with onnxruntime
     # Largest allowed logit difference, times the largest |logit| when that is above 1.
     max_abs_diff: float = Field(default=1e-4, gt=0.0)
+    # Write the portable form (visionpipe.portable), which OpenCV DNN also reads; the same file
+    # as the default for a model with nothing to rewrite.
+    portable: bool = False

@@ -1,0 +1,128 @@
+"""The runtimes an export is checked in, and what in an ONNX graph each is known not to read.
+
+`RUNTIMES` is the table: one entry per runtime, with the package and versions the test suite runs
+every model of the zoo in (tests/unit/test_runtimes.py) and `problems`, which finds in a graph
+what stops that runtime. The export stage logs the verdict, so a user learns there, not from a
+crash on the robot, that OpenCV DNN needs `export.portable: true`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A runtime the exports are tested in."""
+
+    label: str  # its name as users know it
+    requirement: str  # the PyPI package and the versions the tests run
+    problems: Callable[[onnx.GraphProto], list[str]]  # why it cannot run a graph; [] if none
+
+
+def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    """The value of tensor `name` when it is an initializer or a Constant node's output."""
+    for init in graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            values = [a.t for a in node.attribute if a.name == "value"]
+            return numpy_helper.to_array(values[0]) if values else None
+    return None
+
+
+def exporter_gelus(graph: onnx.GraphProto) -> list[str]:
+    """The exact GELUs in the form torch's exporter writes, `x * (0.5 * (1 + erf(x / c)))`, by
+    their last node's name: OpenCV DNN's readNetFromONNX crashes (SIGSEGV) on that subgraph."""
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def only_consumer(name: str, op: str) -> onnx.NodeProto | None:
+        nodes = consumers.get(name, [])
+        return nodes[0] if len(nodes) == 1 and nodes[0].op_type == op else None
+
+    found = []
+    for erf in (n for n in graph.node if n.op_type == "Erf"):
+        div = producer.get(erf.input[0])
+        add = only_consumer(erf.output[0], "Add")
+        half = add and only_consumer(add.output[0], "Mul")
+        last = half and only_consumer(half.output[0], "Mul")
+        if div is not None and div.op_type == "Div" and last and div.input[0] in last.input:
+            found.append(last.name)
+    return found
+
+
+def _no_known_problems(graph: onnx.GraphProto) -> list[str]:
+    return []
+
+
+def _opencv_problems(graph: onnx.GraphProto) -> list[str]:
+    gelus = exporter_gelus(graph)
+    if not gelus:
+        return []
+    return [
+        f"its readNetFromONNX crashes (SIGSEGV) on the exact GELU written as "
+        f"x * (0.5 * (1 + erf(x / sqrt 2))), first at node {gelus[0]!r}"
+    ]
+
+
+def _opencv4_problems(graph: onnx.GraphProto) -> list[str]:
+    problems = _opencv_problems(graph)
+    for node in graph.node:
+        steps = (
+            _constant(graph, node.input[4])
+            if node.op_type == "Slice" and len(node.input) > 4
+            else None
+        )
+        if steps is not None and (steps < 0).any():
+            problems.append(f"it cannot read a Slice with a negative step (node {node.name!r})")
+            break
+    gathers = [n.name for n in graph.node if n.op_type == "GatherND"]
+    if gathers:
+        problems.append(f"it has no GatherND layer (node {gathers[0]!r})")
+    return problems
+
+
+RUNTIMES: dict[str, Runtime] = {
+    "onnxruntime": Runtime("onnxruntime", "onnxruntime", _no_known_problems),
+    # OpenVINO's CPU plugin computes in bf16 on CPUs that have it unless asked for f32.
+    "openvino": Runtime(
+        "OpenVINO (CPU, f32 precision hint)", "openvino>=2026.4", _no_known_problems
+    ),
+    "opencv5": Runtime("OpenCV DNN 5.x", "opencv-python-headless>=5.1,<6", _opencv_problems),
+    "opencv4": Runtime("OpenCV DNN 4.x", "opencv-python-headless==4.14.0.94", _opencv4_problems),
+}
+
+
+def problems(graph: onnx.GraphProto) -> dict[str, list[str]]:
+    """{runtime name: why it cannot run `graph`} for the runtimes of `RUNTIMES` that cannot."""
+    found = {name: runtime.problems(graph) for name, runtime in RUNTIMES.items()}
+    return {name: reasons for name, reasons in found.items() if reasons}
+
+
+def log_support(path: Path, portable: bool) -> dict[str, list[str]]:
+    """Log which runtimes the export at `path` is known to run in, and why not the others."""
+    found = problems(onnx.load(str(path), load_external_data=False).graph)
+    runs = [RUNTIMES[name].label for name in RUNTIMES if name not in found]
+    log.info("%s is known to run in %s", path, ", ".join(runs) or "none of the tested runtimes")
+    fix = (
+        "no export form of this model is known to load there"
+        if portable
+        else "set export.portable: true for a form it reads"
+    )
+    for name, reasons in found.items():
+        log.warning("%s cannot run %s: %s; %s", RUNTIMES[name].label, path, "; ".join(reasons), fix)
+    return found
