@@ -27,14 +27,22 @@ import numpy as np
 from aiohttp import BodyPartReader, web
 
 from visionpipe.batching import Batcher
-from visionpipe.images import MAX_PIXELS, BadImageError, load_array, to_model_input
+from visionpipe.images import (
+    MAX_PIXELS,
+    BadImageError,
+    header_pixels,
+    load_array,
+    to_model_input,
+)
 from visionpipe.predict import OnnxBackend, Prediction, softmax, top_k
 
 log = logging.getLogger(__name__)
 
-# Uploads this small decode on the event loop: a thumbnail decodes in well under a millisecond,
-# less than the hand-off to a worker thread costs; larger ones decode in a thread.
-INLINE_DECODE_BYTES = 64 * 1024
+# Images whose headers promise this many pixels in all decode on the event loop: thumbnails
+# decode in well under a millisecond, less than the hand-off to a worker thread costs. Others,
+# and formats whose size is not read from the header, decode in a thread: a tiny file can hold a
+# huge image.
+INLINE_DECODE_PIXELS = 256 * 256
 MAX_IMAGES = 256  # per request: decoding many tiny images must not hold a worker for long
 ENDPOINTS = "GET /, GET /health, GET /model, POST /predict"
 HOW_TO_POST = (
@@ -152,6 +160,16 @@ def decode_uploads(uploads: list[Upload], size: int) -> list[np.ndarray]:
     return arrays
 
 
+def _decodes_quickly(uploads: list[Upload]) -> bool:
+    total = 0
+    for upload in uploads:
+        pixels = header_pixels(upload.data)
+        if pixels is None:
+            return False
+        total += pixels
+    return total <= INLINE_DECODE_PIXELS
+
+
 def _md5(path: Path) -> str:
     """The model file's md5, the hash dvc.lock records for it: which model this is."""
     digest = hashlib.md5()
@@ -214,7 +232,7 @@ class Service:
         k = self._topk(request)
         uploads = await read_uploads(request, self.config.max_upload_bytes)
         size = self.backend.image_size
-        if sum(len(u.data) for u in uploads) <= INLINE_DECODE_BYTES:
+        if _decodes_quickly(uploads):
             arrays = decode_uploads(uploads, size)
         else:
             arrays = await asyncio.to_thread(decode_uploads, uploads, size)

@@ -200,6 +200,9 @@ def test_a_form_names_each_bad_file_and_predicts_nothing(server: Served) -> None
     body, content_type = _form([("a.bin", BIG)])
     status, got = request(f"{server.url}/predict", body, {"Content-Type": content_type})
     assert status == 413 and "upload limit" in got["error"], got
+    body, content_type = _form([(f"{i}.png", b"") for i in range(257)])
+    status, got = request(f"{server.url}/predict", body, {"Content-Type": content_type})
+    assert status == 413 and "more than 256 images" in got["error"], got
     empty_form = b"--xyz--\r\n"
     status, got = request(
         f"{server.url}/predict", empty_form, {"Content-Type": "multipart/form-data; boundary=xyz"}
