@@ -224,9 +224,13 @@ class Service:
         raw, n = request.query.get("topk"), len(self.backend.classes)
         if raw is None:
             return self.info["topk"]
-        if not (raw.isdigit() and 1 <= int(raw) <= n):
+        try:
+            k = int(raw)
+        except ValueError:  # not a number, or one of thousands of digits
+            k = 0
+        if not 1 <= k <= n:
             raise ApiError(400, f"topk must be a whole number from 1 to {n}; got {raw!r}")
-        return int(raw)
+        return k
 
     async def predict(self, request: web.Request) -> web.Response:
         k = self._topk(request)

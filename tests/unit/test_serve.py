@@ -215,6 +215,8 @@ def test_a_form_names_each_bad_file_and_predicts_nothing(server: Served) -> None
     [
         ("/predict?topk=0", _jpeg(), 400, "topk must be a whole number from 1 to 3; got '0'"),
         ("/predict?topk=x", _jpeg(), 400, "got 'x'"),
+        ("/predict?topk=%C2%B2", _jpeg(), 400, "got '²'"),  # a digit to str.isdigit, not to int
+        ("/predict?topk=" + "9" * 5000, _jpeg(), 400, "from 1 to 3"),
         ("/predict", None, 405, "GET is not allowed on /predict"),
         ("/nowhere", None, 404, "no endpoint /nowhere; the endpoints are"),
     ],
