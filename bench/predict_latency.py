@@ -41,7 +41,7 @@ from visionpipe import __version__
 from visionpipe.cifar_pickle import CLASSES
 from visionpipe.config.export import ExportConfig
 from visionpipe.export import export_onnx
-from visionpipe.modelfile import load_model
+from visionpipe.modelfile import ModelInfo, load_model
 from visionpipe.models import build_model
 
 NAME = "predict_latency"
@@ -58,14 +58,21 @@ def get_model(model_dir: Path, tmp: Path) -> tuple[torch.nn.Module, Path, str]:
         return model, onnx_path, f"trained model in {model_dir}"
     torch.manual_seed(0)
     model = build_model("tutorial_cnn", 10, 32)
-    meta = {
-        "arch": "tutorial_cnn",
-        "image_size": 32,
-        "classes": list(CLASSES),
-        "visionpipe_version": __version__,
-    }
+    info = ModelInfo(
+        arch="tutorial_cnn",
+        num_classes=10,
+        image_size=32,
+        arch_params={},
+        normalize=False,
+        mean=[0.0, 0.0, 0.0],
+        std=[1.0, 1.0, 1.0],
+        classes=list(CLASSES),
+        params={},
+        visionpipe_version=__version__,
+        torch_version=torch.__version__,
+    )
     onnx_path = tmp / "model.onnx"
-    export_onnx(model, meta, onnx_path, ExportConfig().opset)
+    export_onnx(model, info, onnx_path, ExportConfig().opset)
     return model.eval(), onnx_path, "freshly initialised tutorial CNN, exported to a temp dir"
 
 

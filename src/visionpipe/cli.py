@@ -1,6 +1,8 @@
-"""`visionpipe` command line: predict images with a trained model; compose params.yaml.
+"""`visionpipe` command line: predict images with a trained model, serve it over HTTP; compose
+params.yaml.
 
-Imports stay lazy so `visionpipe predict` with the ONNX backend answers without importing torch.
+Imports stay lazy so `visionpipe predict` with the ONNX backend answers without importing torch,
+and no command but `serve` imports the HTTP server.
 """
 
 from __future__ import annotations
@@ -26,6 +28,21 @@ def _predict(args: argparse.Namespace) -> int:
         args.csv,
         args.grid,
     )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from visionpipe import serve
+
+    config = serve.ServeConfig(
+        args.model,
+        args.host,
+        args.port,
+        args.topk,
+        args.max_batch,
+        args.batch_wait_ms,
+        args.max_upload_mb,
+    )
+    return serve.serve_command(config)
 
 
 def _params(args: argparse.Namespace) -> int:
@@ -68,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, help="also write the predictions as CSV here")
     p.add_argument("--grid", type=Path, help="also write a labelled image grid PNG here")
     p.set_defaults(func=_predict)
+    _add_serve(sub)
     c = sub.add_parser(
         "params",
         help="write params.yaml from conf/ (as `dvc exp run -S` does), e.g. after editing conf/",
@@ -77,11 +95,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    for flag in ("topk", "batch_size"):
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("serve", help="answer predictions over HTTP, with a page to drop photos on")
+    s.add_argument("--model", type=Path, default=paths.ONNX_MODEL, help="(default %(default)s)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    s.add_argument("--port", type=int, default=8000, help="0 picks a free port (default 8000)")
+    s.add_argument("--topk", type=int, default=3, help="classes per image unless asked (default 3)")
+    s.add_argument(
+        "--max-batch", type=int, default=64, help="images in one model call, at most (default 64)"
+    )
+    s.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=0.0,
+        help="how long a model call waits for more requests to join it (default 0)",
+    )
+    s.add_argument(
+        "--max-upload-mb", type=float, default=10.0, help="request size limit (default 10 MiB)"
+    )
+    s.set_defaults(func=_serve)
+
+
+def _check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for flag in ("topk", "batch_size", "max_batch"):
         if getattr(args, flag, 1) < 1:
-            build_parser().error(f"--{flag.replace('_', '-')} must be at least 1")
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    if getattr(args, "batch_wait_ms", 0) < 0 or getattr(args, "max_upload_mb", 1) <= 0:
+        parser.error("--batch-wait-ms must be at least 0 and --max-upload-mb above 0")
+    if not 0 <= getattr(args, "port", 0) <= 65535:
+        parser.error(f"--port must be from 0 to 65535; got {args.port}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_numbers(parser, args)
     logs.setup(logging.WARNING)
     return args.func(args)
 

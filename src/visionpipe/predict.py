@@ -117,6 +117,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def top_k(probs: np.ndarray, classes: list[str], k: int) -> list[dict[str, Any]]:
+    """The `k` most probable classes of one image's probabilities, best first (ties in class
+    order), each probability rounded to 6 digits: what predict and serve both report."""
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [{"class": classes[i], "probability": round(float(probs[i]), 6)} for i in order]
+
+
 def predict_files(
     files: list[Path], backend: Backend, topk: int = 3, batch_size: int = 64
 ) -> list[Prediction]:
@@ -138,11 +145,7 @@ def predict_files(
             batch = to_model_input(arrays)
             probs = softmax(backend.logits(batch).astype(np.float64))
             for slot, p in zip(ok, probs, strict=True):
-                order = np.argsort(-p, kind="stable")[:k]
-                slots[slot].top = [
-                    {"class": backend.classes[i], "probability": round(float(p[i]), 6)}
-                    for i in order
-                ]
+                slots[slot].top = top_k(p, backend.classes, k)
         results += slots
     return results
 

@@ -17,6 +17,7 @@ import itertools
 import json
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -57,6 +58,7 @@ PAGES = (
             "results.md",
             "development.md",
             "deploy.md",
+            "serving.md",
         )
     ),
 )
@@ -242,6 +244,13 @@ def _paths_beside_copy(ctx: Ctx, part: str) -> list[list[str]]:
     return [[re.sub(r"^([^/=]*=)?(/.*)$", beside, a) for a in shlex.split(part)]]
 
 
+def _serve_teammates_model(ctx: Ctx, part: str) -> list[list[str]]:
+    # model.onnx: the file `dvc artifacts get` fetched, which the test put beside the copy.
+    fetched = ctx.tmp / "teammate" / "model.onnx"
+    assert fetched.is_file(), f"`{ctx.command}` runs before any `dvc artifacts get`"
+    return [shlex.split(part.replace("model.onnx", str(fetched)))]
+
+
 # Commands with placeholders, usage synopses or paths outside the project, and the concrete
 # commands run for them (then mapped like any other `uv run` command).
 SUBSTITUTE: dict[str, Callable[[Ctx, str], list[list[str]]]] = {
@@ -255,6 +264,8 @@ SUBSTITUTE: dict[str, Callable[[Ctx, str], list[list[str]]]] = {
     "uv run dvc exp push origin <exp>": _last_experiment,
     "uv run dvc exp pull origin <exp>": _last_experiment,
     "uv run dvc artifacts get <repo-url> image-classifier-onnx": _artifact_from_origin,
+    "uv run dvc exp apply <exp>": _last_experiment,
+    "uv run visionpipe serve --model model.onnx": _serve_teammates_model,
 }
 
 
@@ -554,7 +565,52 @@ DVC_CHECKS: dict[tuple[str, ...], Callable[[Ctx, list[str], subprocess.Completed
 }
 
 
+def _visionpipe_serve(ctx: Ctx, args: list[str], env_extra: dict[str, str]) -> None:
+    """`visionpipe serve` runs until stopped: start it on a free port (`--port 0`), have it
+    classify the dog photo, check that it serves the model file it names (for the pipeline's
+    model: the one dvc.lock records), stop it with Ctrl-C."""
+    started = time.perf_counter()
+    cmd = [sys.executable, "-m", "visionpipe.cli", *args, "--port", "0"]
+    log_path = ctx.tmp / "serve.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            cmd,
+            cwd=ctx.repo,
+            env={**env(), **env_extra},
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        found = re.search(r"(http://\S+:\d+)/", line)
+        assert found, f"`{ctx.command}` printed no address: {line!r}\n{log_path.read_text()}"
+        no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with no_proxy.open(f"{found[1]}/model", timeout=60) as response:
+            info = json.loads(response.read())
+        dog = (ctx.tmp / "shared" / "samples" / "dog.png").read_bytes()
+        ask = urllib.request.Request(f"{found[1]}/predict", dog, {"Content-Type": "image/png"})
+        with no_proxy.open(ask, timeout=60) as response:
+            (answer,) = json.loads(response.read())["predictions"]
+    finally:
+        server.send_signal(signal.SIGINT)
+        code = server.wait(timeout=60)
+    assert code == 0, f"`{ctx.command}` exited {code} on Ctrl-C:\n{log_path.read_text()}"
+    assert answer["top"] and {t["class"] for t in answer["top"]} <= set(info["classes"]), answer
+    served = ctx.repo / info["model"]
+    assert hashlib.md5(served.read_bytes()).hexdigest() == info["md5"], info
+    if served == ctx.repo / paths.ONNX_MODEL:
+        lock = yaml.safe_load((ctx.repo / "dvc.lock").read_text())
+        outs = {o["path"]: o["md5"] for o in lock["stages"]["export"]["outs"]}
+        assert outs[str(paths.ONNX_MODEL)] == info["md5"], "not the model dvc.lock records"
+    ctx.timings.append((shlex.join(cmd[2:]), time.perf_counter() - started))
+
+
 def _visionpipe(ctx: Ctx, args: list[str], env_extra: dict[str, str]) -> None:
+    if args[0] == "serve":
+        _visionpipe_serve(ctx, args, env_extra)
+        return
     proc = _run(ctx, [sys.executable, "-m", "visionpipe.cli", *args], env_extra)
     if args[0] == "params":
         # params.yaml written from conf/ with the arguments as overrides: what -S would give.

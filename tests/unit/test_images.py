@@ -155,3 +155,15 @@ def test_jpegs_pillow_acts_on_are_left_to_pillow() -> None:
     for what, data in others.items():
         assert images._decode_plain_jpeg(data, 32) is None, what
     assert images._decode_plain_jpeg(_encode(rgb, "JPEG"), 32) is not None
+
+
+def test_header_pixels_reads_png_and_plain_jpeg_headers_only() -> None:
+    img = Image.new("RGB", (40, 30))
+    assert images.header_pixels(_encode(img, "PNG")) == 1200
+    assert images.header_pixels(_encode(img, "JPEG")) == 1200
+    assert images.header_pixels(_encode(Image.new("1", (10000, 10000)), "PNG")) == 10**8
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    assert images.header_pixels(_encode(img, "JPEG", exif=exif.tobytes())) is None
+    assert images.header_pixels(_encode(img, "GIF")) is None
+    assert images.header_pixels(b"\x89PNG\r\n\x1a\n") is None

@@ -1,0 +1,125 @@
+"""Micro-batching for the prediction service: the images of concurrent requests in one model call.
+
+Each onnxruntime call costs a fixed overhead (argument checks, waking its threads) on top of the
+per-image work; a request that waits a moment for others shares that overhead with them. One
+worker task takes the first waiting request, collects more until `max_batch` images or `wait_s`
+seconds have passed, runs the model once in a thread (the event loop keeps accepting requests
+meanwhile) and hands each request its own rows. Requests already queued when the worker becomes
+free join the next call even with `wait_s` 0, so under load calls grow by themselves; with
+`max_batch` 1 every image is a call of its own. bench/serve_load.py measures what it pays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class BatchStats:
+    """What the batcher has done since it started: model calls, images, the largest call."""
+
+    calls: int = 0
+    images: int = 0
+    largest: int = 0
+
+
+@dataclass
+class _Item:
+    rows: np.ndarray
+    done: asyncio.Future[np.ndarray] = field(repr=False)
+
+
+class Batcher:
+    """Runs `run(inputs) -> outputs` (row i of the outputs answers row i of the inputs) over the
+    rows of concurrent `submit` calls, at most `max_batch` rows a call."""
+
+    def __init__(
+        self, run: Callable[[np.ndarray], np.ndarray], max_batch: int, wait_s: float
+    ) -> None:
+        if max_batch < 1 or wait_s < 0:
+            raise ValueError(f"max_batch must be >= 1 and wait_s >= 0; got {max_batch}, {wait_s}")
+        self.run, self.max_batch, self.wait_s = run, max_batch, wait_s
+        self.stats = BatchStats()
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._held: _Item | None = None  # the item that did not fit the last call
+        self._worker: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._worker = asyncio.create_task(self._work(), name="batcher")
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+
+    async def submit(self, rows: np.ndarray) -> np.ndarray:
+        """The outputs for `rows`, from one or more batched calls (more when rows > max_batch)."""
+        loop = asyncio.get_running_loop()
+        items = [
+            _Item(rows[i : i + self.max_batch], loop.create_future())
+            for i in range(0, len(rows), self.max_batch)
+        ]
+        for item in items:
+            self._queue.put_nowait(item)
+        return np.concatenate([await item.done for item in items])
+
+    async def _next(self, timeout: float) -> _Item | None:
+        if self._held is not None:
+            item, self._held = self._held, None
+            return item
+        with contextlib.suppress(asyncio.QueueEmpty):
+            return self._queue.get_nowait()
+        if timeout <= 0:
+            return None
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+    async def _collect(self) -> list[_Item]:
+        """The first waiting item, then more until max_batch rows or wait_s seconds."""
+        loop = asyncio.get_running_loop()
+        first = self._held or await self._queue.get()
+        self._held = None
+        items, rows = [first], len(first.rows)
+        deadline = loop.time() + self.wait_s
+        while rows < self.max_batch:
+            item = await self._next(deadline - loop.time())
+            if item is None:
+                break
+            if rows + len(item.rows) > self.max_batch:
+                self._held = item
+                break
+            items.append(item)
+            rows += len(item.rows)
+        return items
+
+    async def _work(self) -> None:
+        while True:
+            items = await self._collect()
+            # A request whose client went away was cancelled: no work for it.
+            items = [item for item in items if not item.done.done()]
+            if not items:
+                continue
+            inputs = np.concatenate([item.rows for item in items])
+            try:
+                outputs = await asyncio.to_thread(self.run, inputs)
+            except Exception as exc:  # handed to every waiting request, whose handler reports it
+                for item in items:
+                    if not item.done.done():
+                        item.done.set_exception(exc)
+                continue
+            self.stats.calls += 1
+            self.stats.images += len(inputs)
+            self.stats.largest = max(self.stats.largest, len(inputs))
+            start = 0
+            for item in items:
+                if not item.done.done():
+                    item.done.set_result(outputs[start : start + len(item.rows)])
+                start += len(item.rows)

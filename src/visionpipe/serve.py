@@ -1,0 +1,331 @@
+"""`visionpipe serve`: an HTTP prediction service over the exported ONNX model.
+
+Endpoints: `POST /predict` (one image as the raw body, or a multipart form of image files) answers
+the top-k classes of each image with the numbers `visionpipe predict` gives for the same file: the
+same decode and resize (`images.load_array`), the same model session (`predict.OnnxBackend`), the
+same softmax and rounding (`predict.top_k`). `GET /model` describes the model, `GET /health` says
+the service is up and what it has done, and `GET /` is a page to drop photos on.
+
+Concurrent requests share model calls (`batching.Batcher`). Bad input never reaches the model: an
+oversized, empty or mistyped body or an undecodable image gets a 4xx with a JSON error naming the
+problem, and the server goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import signal
+import time
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiohttp import BodyPartReader, web
+
+from visionpipe.batching import Batcher
+from visionpipe.images import (
+    MAX_PIXELS,
+    BadImageError,
+    header_pixels,
+    load_array,
+    to_model_input,
+)
+from visionpipe.predict import OnnxBackend, Prediction, softmax, top_k
+
+log = logging.getLogger(__name__)
+
+# Images whose headers promise this many pixels in all decode on the event loop: thumbnails
+# decode in well under a millisecond, less than the hand-off to a worker thread costs. Others,
+# and formats whose size is not read from the header, decode in a thread: a tiny file can hold a
+# huge image.
+INLINE_DECODE_PIXELS = 256 * 256
+MAX_IMAGES = 256  # per request: decoding many tiny images must not hold a worker for long
+ENDPOINTS = "GET /, GET /health, GET /model, POST /predict"
+HOW_TO_POST = (
+    "POST an image as the body (Content-Type image/* or application/octet-stream) "
+    "or a multipart/form-data form of image files"
+)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """`visionpipe serve`'s options."""
+
+    model: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    topk: int = 3  # classes per image unless a request asks (?topk=)
+    max_batch: int = 64  # images in one model call, at most
+    batch_wait_ms: float = 0.0  # how long a model call waits for more requests to join it
+    max_upload_mb: float = 10.0  # request body size limit, in MiB
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 2**20)
+
+
+class ApiError(Exception):
+    """A request the service refuses: `status` and a message naming the problem."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.message, self.extra = status, message, extra
+
+    def response(self) -> web.Response:
+        return web.json_response({"error": self.message, **self.extra}, status=self.status)
+
+
+@dataclass(frozen=True)
+class Upload:
+    name: str
+    data: bytes
+
+
+def _too_large(size: int | None, limit: int) -> ApiError:
+    body = f"request body of {size:,} bytes" if size is not None else "request body"
+    return ApiError(
+        413, f"{body} is above the {limit:,}-byte upload limit (visionpipe serve --max-upload-mb)"
+    )
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    data = bytearray()
+    async for chunk in request.content.iter_chunked(2**16):
+        data += chunk
+        if len(data) > limit:
+            raise _too_large(None, limit)
+    return bytes(data)
+
+
+async def _read_form(request: web.Request, limit: int) -> list[Upload]:
+    uploads, total = [], 0
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise ApiError(400, "nested multipart forms are not supported; send image files")
+            if len(uploads) == MAX_IMAGES:
+                raise ApiError(413, f"more than {MAX_IMAGES} images in one request")
+            data = bytearray()
+            while chunk := await part.read_chunk():
+                total += len(chunk)
+                if total > limit:
+                    raise _too_large(None, limit)
+                data += chunk
+            name = part.filename or part.name or f"part {len(uploads) + 1}"
+            uploads.append(Upload(name, bytes(data)))
+    except (ValueError, AssertionError) as exc:  # aiohttp's multipart parser on a bad body
+        raise ApiError(400, f"malformed multipart body: {exc}") from None
+    if not uploads:
+        raise ApiError(400, f"the form holds no files; {HOW_TO_POST}")
+    return uploads
+
+
+async def read_uploads(request: web.Request, limit: int) -> list[Upload]:
+    """The images a request carries; ApiError for a body that is too large, empty or mistyped."""
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(request.content_length, limit)
+    kind = request.content_type  # aiohttp's default without the header: application/octet-stream
+    if kind != "multipart/form-data" and not (
+        kind.startswith("image/") or kind == "application/octet-stream"
+    ):
+        raise ApiError(415, f"unsupported Content-Type {kind!r}; {HOW_TO_POST}")
+    try:
+        if kind == "multipart/form-data":
+            return await _read_form(request, limit)
+        data = await _read_body(request, limit)
+    except ConnectionError:  # the client hung up mid-upload; the answer reaches nobody
+        raise ApiError(400, "the upload ended early: the client closed the connection") from None
+    if not data:
+        raise ApiError(400, f"empty request body; {HOW_TO_POST}")
+    return [Upload(request.query.get("name", "body"), data)]
+
+
+def decode_uploads(uploads: list[Upload], size: int) -> list[np.ndarray]:
+    """(3, size, size) uint8 arrays, as predict decodes files; ApiError naming every bad one."""
+    arrays, problems = [], []
+    for upload in uploads:
+        try:
+            arrays.append(load_array(upload.data, upload.name, size))
+        except BadImageError as exc:
+            problems.append({"file": upload.name, "error": exc.reason})
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ApiError(422, f"{first['file']}: {first['error']}{more}", problems=problems)
+    return arrays
+
+
+def _decodes_quickly(uploads: list[Upload]) -> bool:
+    total = 0
+    for upload in uploads:
+        pixels = header_pixels(upload.data)
+        if pixels is None:
+            return False
+        total += pixels
+    return total <= INLINE_DECODE_PIXELS
+
+
+def _md5(path: Path) -> str:
+    """The model file's md5, the hash dvc.lock records for it: which model this is."""
+    digest = hashlib.md5()
+    with path.open("rb") as f:
+        while block := f.read(2**20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Service:
+    """The endpoints, over one model session and one batcher."""
+
+    def __init__(self, backend: OnnxBackend, config: ServeConfig) -> None:
+        self.backend, self.config = backend, config
+        self.batcher = Batcher(backend.logits, config.max_batch, config.batch_wait_ms / 1000)
+        self.info = {
+            "model": str(config.model),
+            "md5": _md5(config.model),
+            "classes": backend.classes,
+            "image_size": backend.image_size,
+            "topk": min(config.topk, len(backend.classes)),
+            "max_batch": config.max_batch,
+            "batch_wait_ms": config.batch_wait_ms,
+            "max_upload_bytes": config.max_upload_bytes,
+            "max_images_per_request": MAX_IMAGES,
+            "max_pixels": MAX_PIXELS,
+        }
+        self.page = resources.files("visionpipe").joinpath("serve_page.html").read_text()
+        self.started = time.monotonic()
+        self.requests = 0
+
+    async def index(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.page, content_type="text/html")
+
+    async def model(self, request: web.Request) -> web.Response:
+        return web.json_response(self.info)
+
+    async def health(self, request: web.Request) -> web.Response:
+        stats = self.batcher.stats
+        return web.json_response(
+            {
+                "status": "ok",
+                "uptime_s": round(time.monotonic() - self.started, 1),
+                "requests": self.requests,
+                "images": stats.images,
+                "model_calls": stats.calls,
+                "largest_call": stats.largest,
+            }
+        )
+
+    def _topk(self, request: web.Request) -> int:
+        raw, n = request.query.get("topk"), len(self.backend.classes)
+        if raw is None:
+            return self.info["topk"]
+        try:
+            k = int(raw)
+        except ValueError:  # not a number, or one of thousands of digits
+            k = 0
+        if not 1 <= k <= n:
+            raise ApiError(400, f"topk must be a whole number from 1 to {n}; got {raw!r}")
+        return k
+
+    async def predict(self, request: web.Request) -> web.Response:
+        k = self._topk(request)
+        uploads = await read_uploads(request, self.config.max_upload_bytes)
+        size = self.backend.image_size
+        if _decodes_quickly(uploads):
+            arrays = decode_uploads(uploads, size)
+        else:
+            arrays = await asyncio.to_thread(decode_uploads, uploads, size)
+        logits = await self.batcher.submit(to_model_input(arrays))
+        probs = softmax(logits.astype(np.float64))  # as predict_files: float64 from the logits
+        self.requests += 1
+        preds = [
+            asdict(Prediction(u.name, top_k(p, self.backend.classes, k)))
+            for u, p in zip(uploads, probs, strict=True)
+        ]
+        return web.json_response({"predictions": preds})
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every error as JSON: the service's own, aiohttp's (404, 405, 413), and bugs (500)."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = exc.text or exc.reason
+        if exc.status == 404:
+            message = f"no endpoint {request.path}; the endpoints are {ENDPOINTS}"
+        elif exc.status == 405:
+            message = f"{request.method} is not allowed on {request.path}; {ENDPOINTS}"
+        return web.json_response({"error": message}, status=exc.status)
+    except Exception as exc:
+        log.exception("internal error answering %s %s", request.method, request.path)
+        return web.json_response({"error": f"internal error: {exc}"}, status=500)
+
+
+def make_app(service: Service) -> web.Application:
+    # The upload limit is enforced while reading (read_uploads); aiohttp's own limit is only
+    # a backstop for a handler that reads the body whole.
+    app = web.Application(
+        middlewares=[json_errors], client_max_size=service.config.max_upload_bytes
+    )
+    app.router.add_get("/", service.index)
+    app.router.add_get("/health", service.health)
+    app.router.add_get("/model", service.model)
+    app.router.add_post("/predict", service.predict)
+
+    async def batcher(app: web.Application) -> Any:
+        await service.batcher.start()
+        yield
+        await service.batcher.close()
+
+    app.cleanup_ctx.append(batcher)
+    return app
+
+
+async def run_server(service: Service) -> None:
+    """Serve until SIGINT or SIGTERM; prints the address once it is listening."""
+    config = service.config
+    runner = web.AppRunner(make_app(service), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, config.host, config.port).start()
+        host, port = runner.addresses[0][:2]
+        host = f"[{host}]" if ":" in host else host
+        print(
+            f"serving {config.model} ({len(service.backend.classes)} classes, "
+            f"{service.backend.image_size} px) on http://{host}:{port}/ ; Ctrl-C stops",
+            flush=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def serve_command(config: ServeConfig) -> int:
+    """`visionpipe serve`: 2 if the model cannot be opened or the address not bound."""
+    from visionpipe.onnxrt import ModelFileError
+
+    try:
+        backend = OnnxBackend(config.model)
+    except (FileNotFoundError, ModelFileError) as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        asyncio.run(run_server(Service(backend, config)))
+    except OSError as exc:  # the port is taken, or the host is not this machine's
+        log.error("cannot listen on %s:%s: %s", config.host, config.port, exc.strerror or exc)
+        return 2
+    return 0

@@ -1,0 +1,171 @@
+"""The page `visionpipe serve` shows: photos chosen or dropped in headless Chromium get the answer
+the API gives.
+
+Chromium runs with its DevTools protocol on a loopback port; the test drives it over the
+protocol's websocket (aiohttp's client): it opens the page, hands the file input real files as a
+user choosing them does (`DOM.setFileInputFiles`, which fires the input's change event), drops a
+file on the drop zone as a drag-and-drop does (a `drop` event carrying a DataTransfer), and reads
+the answers from the DOM. Every host name but the loopback server's is unresolvable, so the page
+must work offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.serving import post_files, serve
+from tests.tiny_onnx import write_tiny_onnx
+
+CHROMIUM = shutil.which("chromium")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium: apt-get install chromium")
+
+# What the page shows of each answer, as [file, [[class, "12.3%"], ...]], newest first.
+READ_ANSWERS = """JSON.stringify([...document.querySelectorAll('#results .prediction')].map(li => [
+  li.dataset.file,
+  [...li.querySelectorAll('.row')].map(r =>
+    [r.querySelector('.label').textContent, r.querySelector('.probability').textContent]),
+  li.querySelector('img').naturalWidth > 0,
+]))"""
+
+DROP = """(() => {
+  const bytes = Uint8Array.from(atob(%s), c => c.charCodeAt(0));
+  const data = new DataTransfer();
+  data.items.add(new File([bytes], %s, {type: 'image/png'}));
+  const zone = document.getElementById('drop');
+  const init = {dataTransfer: data, bubbles: true, cancelable: true};
+  zone.dispatchEvent(new DragEvent('dragover', init));
+  zone.dispatchEvent(new DragEvent('drop', init));
+})()"""
+
+
+class DevTools:
+    """A minimal Chrome DevTools Protocol client: one page target, commands by id."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws, self.next_id, self.errors = ws, 0, []
+
+    async def send(self, method: str, **params: Any) -> dict[str, Any]:
+        self.next_id += 1
+        await self.ws.send_json({"id": self.next_id, "method": method, "params": params})
+        while True:
+            msg = json.loads((await self.ws.receive(timeout=30)).data)
+            if msg.get("method") == "Runtime.exceptionThrown":
+                self.errors.append(msg["params"]["exceptionDetails"])
+            if msg.get("id") == self.next_id:
+                assert "error" not in msg, msg
+                return msg["result"]
+
+    async def evaluate(self, expression: str) -> Any:
+        result = await self.send("Runtime.evaluate", expression=expression, returnByValue=True)
+        assert "exceptionDetails" not in result, result
+        return result["result"].get("value")
+
+    async def wait_for(self, expression: str, timeout: float = 20.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while not (value := await self.evaluate(expression)):
+            assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+            await asyncio.sleep(0.1)
+        return value
+
+
+def start_chromium(profile: Path) -> tuple[subprocess.Popen[bytes], int]:
+    assert CHROMIUM is not None
+    args = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--no-proxy-server",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        "--remote-debugging-address=127.0.0.1",
+        "--remote-debugging-port=0",  # Chromium writes the port it chose to DevToolsActivePort
+        "about:blank",
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port_file, deadline = profile / "DevToolsActivePort", time.monotonic() + 30
+    while not (port_file.is_file() and port_file.read_text().strip()):
+        assert proc.poll() is None, "chromium exited"
+        assert time.monotonic() < deadline, "chromium opened no DevTools port"
+        time.sleep(0.1)
+    return proc, int(port_file.read_text().split()[0])
+
+
+async def drive_page(debug_port: int, page_url: str, photos: list[Path], drop: Path) -> Any:
+    """Open the page, choose `photos`, drop `drop`; what the page then shows."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(trust_env=False) as http:
+        async with http.get(f"http://127.0.0.1:{debug_port}/json/list") as resp:
+            targets = await resp.json()
+        page = next(t for t in targets if t["type"] == "page")
+        async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+            tools = DevTools(ws)
+            await tools.send("Runtime.enable")
+            await tools.send("Page.navigate", url=page_url)
+            # Until the navigation commits, the document is still about:blank's.
+            described = "document.getElementById('model')?.textContent.includes('classes')"
+            await tools.wait_for(described)
+            root = (await tools.send("DOM.getDocument"))["root"]["nodeId"]
+            node = (await tools.send("DOM.querySelector", nodeId=root, selector="#file"))["nodeId"]
+            await tools.send("DOM.setFileInputFiles", nodeId=node, files=[str(p) for p in photos])
+            count = "document.querySelectorAll('#results .prediction').length"
+            await tools.wait_for(f"{count} === {len(photos)}")
+            data = base64.b64encode(drop.read_bytes()).decode()
+            await tools.evaluate(DROP % (json.dumps(data), json.dumps(drop.name)))
+            await tools.wait_for(f"{count} === {len(photos) + 1}")
+            await tools.wait_for(f"JSON.parse({READ_ANSWERS}).every(a => a[2])")  # previews shown
+            shown = json.loads(await tools.evaluate(READ_ANSWERS))
+            await tools.evaluate(DROP % (json.dumps(base64.b64encode(b"text").decode()), '"x.png"'))
+            error = await tools.wait_for(
+                "document.getElementById('status').className === 'error'"
+                " && document.getElementById('status').textContent"
+            )
+            return shown, error, tools.errors
+
+
+def test_photos_chosen_or_dropped_on_the_page_get_the_api_answer(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    photos = []
+    for i, name in enumerate(["red.png", "green.jpg", "blue.png"]):
+        arr = rng.integers(0, 100, (40, 60, 3), dtype=np.uint8)
+        arr[..., i] += 150
+        photos.append(tmp_path / name)
+        Image.fromarray(arr).save(photos[-1])
+    drop, chosen = photos[2], photos[:2]
+    model = write_tiny_onnx(tmp_path / "model.onnx")
+    with serve(model, tmp_path / "server.log") as server:
+        files = [(p.name, p.read_bytes()) for p in photos]
+        status, api = post_files(f"{server.url}/predict", files)
+        assert status == 200, api
+        chromium, port = start_chromium(tmp_path / "profile")
+        try:
+            shown, error, js_errors = asyncio.run(drive_page(port, f"{server.url}/", chosen, drop))
+        finally:
+            chromium.terminate()
+            chromium.wait(timeout=30)
+    assert not js_errors, js_errors
+    want = [
+        [p["file"], [[t["class"], f"{t['probability'] * 100:.1f}%"] for t in p["top"]], True]
+        for p in api["predictions"]
+    ]
+    # Newest first: the dropped photo above the chosen ones (each added on top, in order).
+    assert shown == [want[2], want[1], want[0]], shown
+    assert [row[0] for row in shown] == ["blue.png", "green.jpg", "red.png"]
+    assert shown[0][1][0][0] == "frog"  # brightest in blue: the third class
+    assert error == "error: x.png: not a recognised image format", error

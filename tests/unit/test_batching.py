@@ -1,0 +1,76 @@
+"""The batcher: concurrent submissions share calls up to max_batch rows, each gets its own rows
+back, and a failing call fails only the submissions in it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from visionpipe.batching import Batcher
+
+
+class Recorder:
+    """A model that doubles its input and records the size of every call."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.sizes: list[int] = []
+        self.fail_on = fail_on
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        self.sizes.append(len(rows))
+        if self.fail_on is not None and self.fail_on in rows:
+            raise RuntimeError(f"bad row {self.fail_on}")
+        return rows * 2
+
+
+async def _submit_all(batcher: Batcher, requests: list[np.ndarray]) -> list[object]:
+    await batcher.start()
+    try:
+        return await asyncio.gather(*(batcher.submit(r) for r in requests), return_exceptions=True)
+    finally:
+        await batcher.close()
+
+
+def _requests(sizes: list[int]) -> list[np.ndarray]:
+    start, out = 0, []
+    for n in sizes:
+        out.append(np.arange(start, start + n, dtype=np.float32))
+        start += n
+    return out
+
+
+def test_concurrent_submissions_share_calls_and_get_their_own_rows() -> None:
+    model = Recorder()
+    requests = _requests([1, 2, 1, 3, 1, 1, 2, 1])
+    answers = asyncio.run(_submit_all(Batcher(model, max_batch=4, wait_s=0.05), requests))
+    for rows, answer in zip(requests, answers, strict=True):
+        np.testing.assert_array_equal(answer, rows * 2)
+    assert sum(model.sizes) == 12 and max(model.sizes) <= 4
+    assert len(model.sizes) < len(requests)
+
+
+def test_max_batch_one_is_one_call_per_row_and_large_requests_are_split() -> None:
+    model = Recorder()
+    answers = asyncio.run(_submit_all(Batcher(model, max_batch=1, wait_s=0.0), _requests([1, 3])))
+    assert model.sizes == [1, 1, 1, 1]
+    np.testing.assert_array_equal(answers[1], np.array([1, 2, 3]) * 2)
+    model = Recorder()
+    (answer,) = asyncio.run(_submit_all(Batcher(model, max_batch=4, wait_s=0.0), _requests([10])))
+    assert model.sizes == [4, 4, 2]
+    np.testing.assert_array_equal(answer, np.arange(10) * 2)
+
+
+def test_a_failing_call_fails_only_its_submissions() -> None:
+    model = Recorder(fail_on=0)
+    batcher = Batcher(model, max_batch=1, wait_s=0.0)
+    first, second = asyncio.run(_submit_all(batcher, _requests([1, 1])))
+    assert isinstance(first, RuntimeError) and "bad row 0" in str(first)
+    np.testing.assert_array_equal(second, [2.0])
+    assert batcher.stats.calls == 1 and batcher.stats.images == 1
+
+
+def test_invalid_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_batch must be >= 1"):
+        Batcher(Recorder(), max_batch=0, wait_s=0.0)

@@ -1,0 +1,285 @@
+"""`visionpipe serve`: a real server on a loopback port answering what `visionpipe predict`
+answers, sharing model calls between concurrent requests, and refusing bad input with a 4xx and a
+JSON error while it stays up."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import io
+import json
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.helpers import DOG_PNG, ROOT, env
+from tests.serving import Served, post_files, post_image, request, serve
+from tests.tiny_onnx import CLASSES, write_tiny_onnx
+from visionpipe.cli import main
+
+UPLOAD_LIMIT_MB = 1  # the test server's --max-upload-mb
+WAIT_MS = 20  # the test server's --batch-wait-ms: concurrent requests surely meet in one call
+
+
+def _encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def photos(folder: Path) -> dict[str, Path]:
+    """Images in the modes and formats users bring, each of a different colour and size."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated: the decode must apply it, as predict does
+    files = {}
+    for i, (mode, fmt, ext, extra) in enumerate(
+        [
+            ("RGB", "JPEG", "jpg", {}),
+            ("RGB", "JPEG", "jpg", {"exif": exif.tobytes()}),
+            ("RGBA", "PNG", "png", {}),
+            ("L", "PNG", "png", {}),
+            ("P", "GIF", "gif", {}),
+            ("CMYK", "JPEG", "jpg", {}),
+            ("RGB", "WEBP", "webp", {}),
+            ("RGB", "BMP", "bmp", {}),
+        ]
+    ):
+        arr = rng.integers(0, 120, (30 + 9 * i, 20 + 5 * i, 3), dtype=np.uint8)
+        arr[..., i % 3] += 100
+        path = folder / f"img{i}.{ext}"
+        path.write_bytes(_encode(Image.fromarray(arr).convert(mode), fmt, **extra))
+        files[path.name] = path
+    if DOG_PNG.is_file():
+        files["dog.png"] = DOG_PNG
+    return files
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_onnx(tmp_path_factory.mktemp("serve") / "model.onnx")
+
+
+@pytest.fixture(scope="module")
+def server(model: Path) -> Iterator[Served]:
+    options = ("--max-upload-mb", str(UPLOAD_LIMIT_MB), "--batch-wait-ms", str(WAIT_MS))
+    with serve(model, model.parent / "server.log", *options) as served:
+        yield served
+    # Nothing, bad input included, may have been logged as a traceback.
+    assert "Traceback" not in served.log_text(), served.log_text()
+
+
+def cli_predictions(files: list[Path], model: Path, tmp: Path, topk: int = 3) -> list[dict]:
+    out = tmp / f"cli-{len(files)}-{topk}.json"
+    specs = [str(f) for f in files]
+    args = ["predict", *specs, "--model", str(model), "--topk", str(topk), "--json", str(out)]
+    assert main(args) == 0
+    return json.loads(out.read_text())
+
+
+def test_health_and_model_describe_the_service(server: Served, model: Path) -> None:
+    status, health = request(f"{server.url}/health")
+    assert status == 200 and health["status"] == "ok", health
+    status, info = request(f"{server.url}/model")
+    assert status == 200
+    assert info["classes"] == CLASSES and info["image_size"] == 16
+    assert info["md5"] == hashlib.md5(model.read_bytes()).hexdigest()  # as dvc.lock records it
+    assert info["max_upload_bytes"] == UPLOAD_LIMIT_MB * 2**20
+    assert info["batch_wait_ms"] == WAIT_MS
+
+
+def test_answers_are_the_cli_numbers(server: Served, model: Path, tmp_path: Path) -> None:
+    files = sorted(photos(tmp_path / "photos").values())
+    # One file per CLI run and per raw POST: both a model call of one image.
+    for path in files:
+        (want,) = cli_predictions([path], model, tmp_path)
+        status, got = post_image(f"{server.url}/predict?name={path.name}", path.read_bytes())
+        assert status == 200, got
+        assert got["predictions"] == [{**want, "file": path.name}], path.name
+    # All files in one CLI run and in one multipart POST: both one call of all the images.
+    want_all = cli_predictions(files, model, tmp_path, topk=2)
+    status, got = post_files(
+        f"{server.url}/predict?topk=2", [(p.name, p.read_bytes()) for p in files]
+    )
+    assert status == 200, got
+    named = [{**w, "file": p.name} for w, p in zip(want_all, files, strict=True)]
+    assert got["predictions"] == named
+    assert {p["top"][0]["class"] for p in got["predictions"]} == set(CLASSES)
+
+
+def test_concurrent_requests_share_model_calls(server: Served, tmp_path: Path) -> None:
+    files = sorted(photos(tmp_path / "photos").values())
+    single = {p.name: post_image(f"{server.url}/predict", p.read_bytes())[1] for p in files}
+    before = request(f"{server.url}/health")[1]
+    start = threading.Barrier(len(files))
+
+    def ask(path: Path) -> dict:
+        start.wait()
+        status, body = post_image(f"{server.url}/predict", path.read_bytes())
+        assert status == 200, body
+        return body["predictions"][0]
+
+    with concurrent.futures.ThreadPoolExecutor(len(files)) as pool:
+        answers = dict(zip([p.name for p in files], pool.map(ask, files), strict=True))
+    after = request(f"{server.url}/health")[1]
+    for name, got in answers.items():
+        alone = single[name]["predictions"][0]
+        # Each request gets its own rows back, whichever call it shared.
+        assert [t["class"] for t in got["top"]] == [t["class"] for t in alone["top"]], name
+        for a, b in zip(got["top"], alone["top"], strict=True):
+            assert abs(a["probability"] - b["probability"]) <= 2e-6, name
+    assert after["requests"] - before["requests"] == len(files)
+    assert after["images"] - before["images"] == len(files)
+    assert after["model_calls"] - before["model_calls"] < len(files), (before, after)
+    assert after["largest_call"] > 1
+
+
+def _bomb() -> bytes:
+    # 10000x10000 one-bit pixels: 12 KB of PNG that would decode to 300 MB of RGB.
+    return _encode(Image.new("1", (10000, 10000)), "PNG")
+
+
+def _jpeg() -> bytes:
+    return _encode(Image.new("RGB", (64, 48), (200, 30, 30)), "JPEG")
+
+
+def _form(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
+    from tests.serving import multipart
+
+    return multipart(files)
+
+
+BIG = b"\0" * (UPLOAD_LIMIT_MB * 2**20 + 1)
+PNG = "image/png"
+# name: (Content-Type, body, status, words the error must hold)
+BAD_INPUT = {
+    "not an image": (PNG, b"hello, this is text", 422, "not a recognised image format"),
+    "truncated jpeg": (PNG, _jpeg()[:300], 422, "cannot decode"),
+    "truncated png": (
+        PNG,
+        _encode(Image.new("RGB", (64, 64), (1, 2, 3)), "PNG")[:80],
+        422,
+        "cannot decode",
+    ),
+    "decompression bomb": (PNG, _bomb(), 422, "10000x10000 (100,000,000 pixels), above"),
+    "empty body": (PNG, b"", 400, "empty request body"),
+    "too large": (PNG, BIG, 413, "above the 1,048,576-byte upload limit"),
+    "text type": ("text/plain", _jpeg(), 415, "unsupported Content-Type 'text/plain'"),
+    "json type": ("application/json", b"{}", 415, "unsupported Content-Type 'application/json'"),
+    "form type": ("application/x-www-form-urlencoded", b"a=1", 415, "multipart/form-data"),
+    "malformed form": ("multipart/form-data; boundary=xyz", b"junk", 400, "malformed multipart"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_input_gets_a_4xx_naming_it(server: Served, case: str) -> None:
+    content_type, body, status, words = BAD_INPUT[case]
+    got_status, got = request(f"{server.url}/predict", body, {"Content-Type": content_type})
+    assert (got_status, set(got)) >= (status, {"error"}) and words in got["error"], (case, got)
+    assert got_status == status, got
+    assert request(f"{server.url}/health")[1]["status"] == "ok"
+
+
+def test_a_form_names_each_bad_file_and_predicts_nothing(server: Served) -> None:
+    body, content_type = _form(
+        [("good.jpg", _jpeg()), ("notes.png", b"text"), ("empty.jpg", b""), ("bomb.png", _bomb())]
+    )
+    status, got = request(f"{server.url}/predict", body, {"Content-Type": content_type})
+    assert status == 422, got
+    assert got["error"].startswith("notes.png: not a recognised image format (and 2 more)")
+    assert [p["file"] for p in got["problems"]] == ["notes.png", "empty.jpg", "bomb.png"]
+    assert "empty file" in got["problems"][1]["error"]
+    body, content_type = _form([("a.bin", BIG)])
+    status, got = request(f"{server.url}/predict", body, {"Content-Type": content_type})
+    assert status == 413 and "upload limit" in got["error"], got
+    body, content_type = _form([(f"{i}.png", b"") for i in range(257)])
+    status, got = request(f"{server.url}/predict", body, {"Content-Type": content_type})
+    assert status == 413 and "more than 256 images" in got["error"], got
+    empty_form = b"--xyz--\r\n"
+    status, got = request(
+        f"{server.url}/predict", empty_form, {"Content-Type": "multipart/form-data; boundary=xyz"}
+    )
+    assert status == 400 and "holds no files" in got["error"], got
+
+
+@pytest.mark.parametrize(
+    ("path", "data", "status", "words"),
+    [
+        ("/predict?topk=0", _jpeg(), 400, "topk must be a whole number from 1 to 3; got '0'"),
+        ("/predict?topk=x", _jpeg(), 400, "got 'x'"),
+        ("/predict?topk=%C2%B2", _jpeg(), 400, "got '²'"),  # a digit to str.isdigit, not to int
+        ("/predict?topk=" + "9" * 5000, _jpeg(), 400, "from 1 to 3"),
+        ("/predict", None, 405, "GET is not allowed on /predict"),
+        ("/nowhere", None, 404, "no endpoint /nowhere; the endpoints are"),
+    ],
+)
+def test_wrong_requests_get_json_errors(
+    server: Served, path: str, data: bytes | None, status: int, words: str
+) -> None:
+    got_status, got = request(f"{server.url}{path}", data, {"Content-Type": "image/jpeg"})
+    assert got_status == status and words in got["error"], got
+
+
+def test_a_client_that_hangs_up_mid_upload_leaves_the_server_up(server: Served) -> None:
+    host, port = server.url.removeprefix("http://").split(":")
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
+        "Content-Length: 100000\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head.encode() + _jpeg()[:500])
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        assert sock.recv(100).split(b" ")[1] == b"400"  # aiohttp answers it before any handler
+    status, got = post_image(f"{server.url}/predict", _jpeg(), "image/jpeg")
+    assert status == 200 and got["predictions"][0]["top"][0]["class"] == "cat", got
+
+
+def test_the_page_is_self_contained(server: Served) -> None:
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"{server.url}/", timeout=10) as resp:
+        assert resp.headers.get_content_type() == "text/html"
+        page = resp.read().decode()
+    assert 'type="file"' in page and 'fetch("predict"' in page
+    assert "http://" not in page and "https://" not in page  # nothing to load from elsewhere
+
+
+def test_unusable_model_and_address_are_one_line_errors(
+    model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert main(["serve", "--model", str(tmp_path / "none.onnx")]) == 2
+    assert "none.onnx not found: run 'uv run dvc repro export' first" in caplog.text
+    (tmp_path / "bad.onnx").write_bytes(b"not onnx")
+    assert main(["serve", "--model", str(tmp_path / "bad.onnx")]) == 2
+    assert "bad.onnx: not a readable ONNX model" in caplog.text
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert main(["serve", "--model", str(model), "--port", port]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in caplog.text
+    for bad in (["--max-batch", "0"], ["--port", "70000"], ["--batch-wait-ms", "-1"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["serve", "--model", str(model), *bad])
+        assert exit_.value.code == 2
+
+
+def test_other_commands_never_import_the_server() -> None:
+    code = (
+        "import sys; from visionpipe.cli import build_parser; build_parser();"
+        "print(sorted(m for m in ('aiohttp', 'onnxruntime', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env(), capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "[]", out.stderr
