@@ -280,3 +280,34 @@ def publish(name: str, body: str, payload: dict[str, Any], write: bool) -> None:
     if write:
         payload = {"benchmark": name, **payload}
         print(f"wrote {write_json_result(name, payload)} and {update_results_md(name, body)}")
+
+
+def fresh_export(arch: str, dest: Path, classes: list[str], size: int = 32) -> Any:
+    """`arch` freshly initialised (seed 0) for `classes` at `size` px, exported to `dest` as the
+    export stage does it; returns the eager model. A model's cost per call does not depend on
+    its weights."""
+    import torch
+
+    from visionpipe import __version__
+    from visionpipe.config.export import ExportConfig
+    from visionpipe.export import export_onnx
+    from visionpipe.modelfile import ModelInfo
+    from visionpipe.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(arch, len(classes), size)
+    info = ModelInfo(
+        arch=arch,
+        num_classes=len(classes),
+        image_size=size,
+        arch_params={},
+        normalize=False,
+        mean=[0.0, 0.0, 0.0],
+        std=[1.0, 1.0, 1.0],
+        classes=list(classes),
+        params={},
+        visionpipe_version=__version__,
+        torch_version=torch.__version__,
+    )
+    export_onnx(model, info, dest, ExportConfig().opset)
+    return model.eval()

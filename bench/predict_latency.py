@@ -28,6 +28,7 @@ from benchlib import (
     DEFAULT_CIFAR_ZIP,
     REPO_ROOT,
     busy_note,
+    fresh_export,
     load_cifar_jpegs,
     machine_info,
     machine_line,
@@ -37,12 +38,8 @@ from benchlib import (
     write_json_result,
 )
 
-from visionpipe import __version__
 from visionpipe.cifar_pickle import CLASSES
-from visionpipe.config.export import ExportConfig
-from visionpipe.export import export_onnx
-from visionpipe.modelfile import ModelInfo, load_model
-from visionpipe.models import build_model
+from visionpipe.modelfile import load_model
 
 NAME = "predict_latency"
 ORT_B1_MEDIAN_MS = 0.25  # target: onnxruntime batch-1 median latency, at most
@@ -56,24 +53,9 @@ def get_model(model_dir: Path, tmp: Path) -> tuple[torch.nn.Module, Path, str]:
     if onnx_path.is_file() and pt_path.is_file():
         model, _ = load_model(pt_path)
         return model, onnx_path, f"trained model in {model_dir}"
-    torch.manual_seed(0)
-    model = build_model("tutorial_cnn", 10, 32)
-    info = ModelInfo(
-        arch="tutorial_cnn",
-        num_classes=10,
-        image_size=32,
-        arch_params={},
-        normalize=False,
-        mean=[0.0, 0.0, 0.0],
-        std=[1.0, 1.0, 1.0],
-        classes=list(CLASSES),
-        params={},
-        visionpipe_version=__version__,
-        torch_version=torch.__version__,
-    )
     onnx_path = tmp / "model.onnx"
-    export_onnx(model, info, onnx_path, ExportConfig().opset)
-    return model.eval(), onnx_path, "freshly initialised tutorial CNN, exported to a temp dir"
+    model = fresh_export("tutorial_cnn", onnx_path, list(CLASSES))
+    return model, onnx_path, "freshly initialised tutorial CNN, exported to a temp dir"
 
 
 def make_backends(model: torch.nn.Module, onnx_path: Path) -> dict[str, Callable]:

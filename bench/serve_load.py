@@ -27,11 +27,11 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-import torch
 from benchlib import (
     DEFAULT_CIFAR_ZIP,
     REPO_ROOT,
     busy_note,
+    fresh_export,
     load_cifar_jpegs,
     machine_info,
     machine_line,
@@ -39,7 +39,6 @@ from benchlib import (
     publish,
 )
 
-from visionpipe import __version__
 from visionpipe.cifar_pickle import CLASSES
 
 NAME = "serve_load"
@@ -53,29 +52,9 @@ CALL_BATCHES = [1, 4, 16, 64]  # batch sizes whose per-image model time is repor
 def fresh_model(arch: str, tmp: Path) -> Path:
     """`arch` for CIFAR-10 at 32 px, freshly initialised, exported as the export stage does it:
     a model's cost per call does not depend on its weights."""
-    from visionpipe.config.export import ExportConfig
-    from visionpipe.export import export_onnx
-    from visionpipe.modelfile import ModelInfo
-    from visionpipe.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model(arch, len(CLASSES), 32)
-    info = ModelInfo(
-        arch=arch,
-        num_classes=len(CLASSES),
-        image_size=32,
-        arch_params={},
-        normalize=False,
-        mean=[0.0, 0.0, 0.0],
-        std=[1.0, 1.0, 1.0],
-        classes=list(CLASSES),
-        params={},
-        visionpipe_version=__version__,
-        torch_version=torch.__version__,
-    )
     path = tmp / arch / "model.onnx"
     path.parent.mkdir()
-    export_onnx(model, info, path, ExportConfig().opset)
+    fresh_export(arch, path, list(CLASSES))
     return path
 
 
