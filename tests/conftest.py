@@ -24,18 +24,6 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(1)
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Longest first, so that under `pytest -n 2` the run ends on short tests, not on a worker
-    # still in a minutes-long one while the other idles: the README and docs walks, then the
-    # other end-to-end (slow) tests, then the rest, each group in file order.
-    def cost(item: pytest.Item) -> int:
-        if item.nodeid.startswith("tests/e2e/test_readme.py::test_every_command_runs_in_order"):
-            return 0
-        return 1 if item.get_closest_marker("slow") else 2
-
-    items.sort(key=cost)
-
-
 @pytest.fixture
 def processed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A working directory holding tiny preprocessed splits; the test runs inside it."""
