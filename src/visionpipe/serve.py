@@ -172,11 +172,8 @@ def _decodes_quickly(uploads: list[Upload]) -> bool:
 
 def _md5(path: Path) -> str:
     """The model file's md5, the hash dvc.lock records for it: which model this is."""
-    digest = hashlib.md5()
     with path.open("rb") as f:
-        while block := f.read(2**20):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 class Service:
