@@ -44,6 +44,8 @@ def env(threads: int = 1) -> dict[str, str]:
     e.setdefault("GIT_COMMITTER_NAME", "test")
     e.setdefault("GIT_COMMITTER_EMAIL", "test@example.invalid")
     e["CUDA_VISIBLE_DEVICES"] = ""
+    # The stages' warm process (visionpipe.warm) exits a minute after the suite's last stage.
+    e["VISIONPIPE_WARM_IDLE"] = "60"
     e.pop("DATA_MIRROR", None)
     return e
 

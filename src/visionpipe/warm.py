@@ -1,0 +1,461 @@
+"""Warm stage starts: torch and the other heavy libraries imported once, by a background process
+that forks a ready copy of itself for each stage.
+
+    PYTHONPATH=src python -m visionpipe.warm stages/train.py
+
+runs the stage script as `python stages/train.py` would (same arguments, working directory,
+environment, standard streams and exit status), but in a child forked from a process that has
+already imported torch, torch._dynamo, the ONNX exporter, DVCLive and their kind: each stage then
+starts in a fraction of a second instead of several. The project's own modules are never
+preloaded: the child imports them from the stage's PYTHONPATH, as a fresh process would, so DVC's
+code deps keep their meaning.
+
+The first stage that finds no warm process starts one (it lives on while it is used, and exits
+after VISIONPIPE_WARM_IDLE seconds without work, 600 by default) and waits for it; that costs what
+importing the libraries in the stage would have. One warm process serves one Python install and
+one set of the environment variables that libraries read when imported (threads, CUDA, Python's
+own): a change of either starts another. VISIONPIPE_WARM=0 runs every stage in its own fresh
+process. Only on Linux; elsewhere stages always run in their own process.
+
+If the stage's command is killed, the warm process kills the stage and everything it started, as
+the kill would have done to a stage running in the command's own process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import runpy
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+# What the warm process imports before serving: the heavy third-party modules of the torch
+# stages. Never visionpipe's own (they are the stages' DVC deps and change between runs).
+PRELOAD = (
+    "numpy",
+    "torch",
+    "torch._dynamo",  # torch.optim's first step and torch.export import it (seconds)
+    "torch.export",
+    "torch.onnx._internal.exporter._core",
+    "torch.onnx._internal.exporter._registration",
+    "onnx",
+    "onnxscript",
+    "dvclive",
+    "PIL.Image",
+    "pydantic",
+    "yaml",
+)
+# Environment variables read when those modules load: a warm process serves only the values it
+# was started with.
+KEY_PREFIXES = (
+    "CUBLAS",
+    "CUDA",
+    "CUDNN",
+    "GOMP_",
+    "KMP_",
+    "LD_",
+    "MKL_",
+    "NCCL_",
+    "NVIDIA_",
+    "OMP_",
+    "OPENBLAS_",
+    "PYTHON",
+    "PYTORCH_",
+    "TORCH",
+    "VISIONPIPE_WARM",
+)
+START_TIMEOUT_S = 300  # a cold disk cache can make torch's first import take a minute
+
+
+def enabled(env: dict[str, str]) -> bool:
+    return env.get("VISIONPIPE_WARM", "1") != "0" and sys.platform == "linux"
+
+
+def idle_seconds(env: dict[str, str]) -> float:
+    raw = env.get("VISIONPIPE_WARM_IDLE", "600")
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(
+            f"VISIONPIPE_WARM_IDLE={raw!r} is not a number of seconds: set it to e.g. 600"
+        ) from None
+
+
+def server_key(env: dict[str, str]) -> str:
+    """Which warm process may run a stage for this install and environment."""
+    site = sysconfig.get_paths()["purelib"]
+    parts = [sys.executable, sys.version, str(os.getuid()), str(os.stat(site).st_mtime_ns)]
+    parts += sorted(
+        f"{k}={v}" for k, v in env.items() if k.startswith(KEY_PREFIXES) and k != "PYTHONPATH"
+    )
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
+
+
+def address(key: str) -> str:
+    # Linux's abstract socket namespace: no file to leave behind; the address is freed when
+    # the warm process exits, and binding it twice fails, so two starts cannot both serve.
+    return f"\0visionpipe-warm-{key}"
+
+
+# ---- the stage's side ------------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> None:
+    if not argv or (argv[0].startswith("-") and argv[0] != "--serve"):
+        raise SystemExit("usage: python -m visionpipe.warm SCRIPT [ARGS...]")
+    if argv[0] == "--serve":
+        serve(argv[1])
+        return
+    env = dict(os.environ)
+    conn = connect(env) if enabled(env) else None
+    if conn is None:
+        run_here(argv)
+        return
+    status = run_there(conn, argv, env)
+    if status < 0:  # the stage died of a signal: so does this process, for whoever waits on it
+        signal.signal(-status, signal.SIG_DFL)
+        os.kill(os.getpid(), -status)
+    sys.exit(status)
+
+
+def run_here(argv: list[str]) -> None:
+    """Run the script in this process, as `python SCRIPT ARGS...` would."""
+    sys.argv = list(argv)
+    sys.path[0] = str(Path(argv[0]).resolve().parent)
+    runpy.run_path(argv[0], run_name="__main__")
+
+
+def connect(env: dict[str, str]) -> socket.socket | None:
+    """A connection to a ready warm process, started if there is none; None if none can serve."""
+    key = server_key(env)
+    started: subprocess.Popen | None = None
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(address(key))
+        except (ConnectionRefusedError, FileNotFoundError):
+            conn.close()
+            if started is None:
+                started = _start_server(key)
+            elif started.poll() is not None and started.returncode != 0:
+                return None  # it could not preload: run the stage here
+            time.sleep(0.05)
+            continue
+        # The warm process says "ready" once its imports are done; if it dies first, the stage
+        # has not started and can run here instead.
+        try:
+            if conn.makefile("rb").readline() == b"ready\n":
+                return conn
+        except OSError:
+            pass
+        conn.close()
+        return None
+    return None
+
+
+def _start_server(key: str) -> subprocess.Popen:
+    env = dict(os.environ)
+    # The warm process runs from / (a queued experiment's folder is deleted after it), so it
+    # finds this module through an absolute path.
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    return subprocess.Popen(
+        [sys.executable, "-m", "visionpipe.warm", "--serve", key],
+        cwd="/",
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def run_there(conn: socket.socket, argv: list[str], env: dict[str, str]) -> int:
+    """Have the warm process run the stage with this process's streams; its exit status
+    (negative: killed by that signal). Signals this process gets are passed on to the stage."""
+    request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": env}).encode()
+    socket.send_fds(conn, [struct.pack("!I", len(request)) + request], [0, 1, 2])
+
+    def forward(signum: int, _frame: object) -> None:
+        conn.sendall(struct.pack("!i", signum))
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    reply = conn.makefile("rb").readline()
+    if not reply.startswith(b"exit "):
+        print("visionpipe.warm: the warm process ended before the stage did", file=sys.stderr)
+        return 1
+    return int(reply.split()[1])
+
+
+# ---- the warm process's side -------------------------------------------------------------------
+
+
+def serve(key: str) -> None:
+    """Import the heavy libraries once, then fork a child per stage until idle for a while."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(address(key))
+    except OSError:
+        return  # another warm process holds this key's address and serves these stages
+    listener.listen(64)  # stages that connect during the imports wait in the backlog
+    own_path = {str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(":") if p}
+    base_path = [p for p in sys.path[1:] if str(Path(p).resolve()) not in own_path]
+    preload()
+    server = _Server(listener, base_path, idle_seconds(dict(os.environ)))
+    try:
+        server.loop()
+    finally:  # a stage must not outlive the process that reports its end
+        for pid in server.stages:
+            _kill_tree(pid)
+
+
+def preload() -> None:
+    import importlib
+    import threading
+
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError:
+            continue  # an optional library this install lacks: its stages import it themselves
+    from torch.onnx._internal.exporter import _registration
+
+    # Every ONNX export builds this table of ATen->ONNX functions (about 1 s); building it once
+    # here leaves the parsed functions cached for each export's own build (about 0.4 s).
+    _registration.ONNXRegistry.from_torchlib()
+    if threading.active_count() != 1:
+        # fork() copies only the calling thread: a child could wait forever on a lock a
+        # vanished thread held. Better no warm process than a hung stage.
+        raise SystemExit("visionpipe.warm: an import started a thread; not serving")
+
+
+class _Server:
+    def __init__(self, listener: socket.socket, base_path: list[str], idle: float) -> None:
+        self.listener, self.base_path, self.idle = listener, base_path, idle
+        self.stages: dict[int, socket.socket] = {}  # a running stage's pid -> its command
+        self.sel = selectors.DefaultSelector()
+        self.wake_r, wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(wake_w, False)
+        # A child's exit wakes the loop: SIGCHLD writes to the pipe the selector watches.
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.sel.register(listener, selectors.EVENT_READ, self._accept)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, self._reap)
+
+    def loop(self) -> None:
+        last_busy = time.monotonic()
+        while self.stages or time.monotonic() - last_busy < self.idle:
+            for event, _ in self.sel.select(timeout=1.0):
+                event.data(event.fileobj)
+            if self.stages:
+                last_busy = time.monotonic()
+
+    def _accept(self, listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        if uid != os.getuid():  # only this user's own stages run as this user
+            conn.close()
+            return
+        try:
+            conn.settimeout(10)
+            conn.sendall(b"ready\n")
+            request, fds = _receive(conn)
+            conn.settimeout(None)
+        except (OSError, ValueError):
+            conn.close()
+            return
+        pid = os.fork()
+        if pid == 0:
+            self._become_stage(conn, request, fds)
+        for fd in fds:
+            os.close(fd)
+        self.stages[pid] = conn
+        self.sel.register(conn, selectors.EVENT_READ, self._from_command)
+
+    def _from_command(self, conn: socket.socket) -> None:
+        """A signal to pass on to the stage, or the command's end (killed): kill the stage."""
+        pid = next((p for p, c in self.stages.items() if c is conn), None)
+        if pid is None:
+            return  # reaped earlier in this round of events
+        data = conn.recv(4)
+        if len(data) == 4:
+            _signal(pid, struct.unpack("!i", data)[0])
+            return
+        self.sel.unregister(conn)
+        _kill_tree(pid)
+
+    def _reap(self, wake_r: int) -> None:
+        _drain(wake_r)
+        for pid in list(self.stages):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if not done:
+                continue
+            conn = self.stages.pop(pid)
+            # OSError: the command is gone (killed), nobody waits for the status; KeyError: its
+            # connection was unregistered when it went.
+            with contextlib.suppress(OSError):
+                conn.sendall(f"exit {os.waitstatus_to_exitcode(status)}\n".encode())
+            with contextlib.suppress(KeyError):
+                self.sel.unregister(conn)
+            conn.close()
+
+    def _become_stage(self, conn: socket.socket, request: dict, fds: list[int]) -> None:
+        """In the forked child: turn into the stage's process, run it, and exit. Never returns."""
+        code = 1
+        try:
+            os.setpgid(0, 0)  # its own group, so the warm process can kill all it starts
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self.sel.close()
+            for sock in (self.listener, *self.stages.values(), conn):
+                sock.close()
+            os.close(self.wake_r)
+            _adopt(request, fds, self.base_path)
+            code = _run_script(request["argv"])
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()  # on the command's stderr, once _adopt has taken it over
+        finally:
+            os._exit(code)
+
+
+def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
+    """The stage request (length-prefixed JSON) and the command's stdin, stdout and stderr."""
+    data, fds, _, _ = socket.recv_fds(conn, 65536, 3)
+    if len(data) < 4 or len(fds) != 3:
+        for fd in fds:
+            os.close(fd)
+        raise ValueError("not a stage request")
+    (size,) = struct.unpack("!I", data[:4])
+    body = data[4:]
+    while len(body) < size:
+        chunk = conn.recv(size - len(body))
+        if not chunk:
+            raise ValueError("request cut short")
+        body += chunk
+    return json.loads(body), fds
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it has just ended; the reaper reports it
+        os.kill(pid, signum)
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL the stage, its process group and every descendant (torchrun's ranks start
+    sessions of their own), as killing the command would have killed an unwarmed stage."""
+    import psutil
+
+    try:
+        victims = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    for proc in victims:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            continue
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        return
+
+
+def _adopt(request: dict, fds: list[int], base_path: list[str]) -> None:
+    """Take on the command's streams, folder, environment, arguments and module path, and forget
+    the project modules this process imported (the stage imports its own copy's)."""
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    _reopen_stdio()
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    import tempfile
+
+    tempfile.tempdir = None  # recomputed from this stage's TMPDIR
+    argv = request["argv"]
+    sys.argv = list(argv)
+    extra = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(":") if p]
+    sys.path[:] = [str(Path(argv[0]).resolve().parent), *extra, *base_path]
+    for name in [n for n in sys.modules if n == "visionpipe" or n.startswith("visionpipe.")]:
+        del sys.modules[name]
+
+
+def _reopen_stdio() -> None:
+    """sys.stdin/stdout/stderr over the command's descriptors, buffered as Python buffers a
+    fresh process's (stdout line by line on a terminal; stderr always)."""
+    for name, fd in (("stdin", 0), ("stdout", 1), ("stderr", 2)):
+        old = getattr(sys, name)
+        writing = fd > 0
+        raw = open(fd, "wb" if writing else "rb", buffering=0, closefd=False)  # noqa: SIM115
+        stream = io.TextIOWrapper(
+            io.BufferedWriter(raw) if writing else io.BufferedReader(raw),
+            encoding=old.encoding,
+            errors=old.errors,
+            line_buffering=writing and (fd == 2 or os.isatty(fd)),
+            write_through=writing and bool(os.environ.get("PYTHONUNBUFFERED")),
+        )
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+
+
+def _run_script(argv: list[str]) -> int:
+    """Run the stage script as __main__ and return its exit status as a fresh process would
+    (exit handlers run, streams flushed; a KeyboardInterrupt ends it by SIGINT)."""
+    import atexit
+    import traceback
+
+    code = 0
+    try:
+        runpy.run_path(argv[0], run_name="__main__")
+    except SystemExit as exc:
+        code = _exit_code(exc.code)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        code = -signal.SIGINT
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: its reader has gone
+            stream.flush()
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    return code
+
+
+def _exit_code(value: object) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value & 0xFF
+    print(value, file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,175 @@
+"""Stages started through `python -m visionpipe.warm` behave as `python SCRIPT` would: arguments,
+folder, environment, streams, exit status, signals and kills, and the project's own modules from
+the stage's PYTHONPATH. Each test checks that the script really ran in the warm process (its
+parent is not the command), so a silent fallback to a plain run would fail it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import env
+from visionpipe import warm
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="warm starts are Linux-only")
+
+SCRIPT = """
+import os, sys
+print("argv", sys.argv[1:])
+print("cwd", os.getcwd())
+print("X", os.environ.get("X"))
+print("parent", os.getppid(), "self", os.getpid())
+print("to stderr", file=sys.stderr)
+sys.exit(int(os.environ.get("CODE", "0")))
+"""
+
+
+def _env(**extra: str) -> dict[str, str]:
+    # Its own warm process (the key includes VISIONPIPE_WARM_*), gone soon after the tests.
+    return {**env(), "PYTHONPATH": str(ROOT / "src"), "VISIONPIPE_WARM_IDLE": "30", **extra}
+
+
+def _warm(script: Path, *args: str, **kw: object) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "visionpipe.warm", script.name, *args]
+    return subprocess.run(cmd, cwd=script.parent, capture_output=True, text=True, **kw)
+
+
+def _field(out: str, name: str) -> str:
+    return next(line.split(" ", 1)[1] for line in out.splitlines() if line.startswith(name + " "))
+
+
+def test_a_script_runs_as_python_would_but_in_the_warm_process(tmp_path: Path) -> None:
+    script = tmp_path / "stage.py"
+    script.write_text(SCRIPT)
+    plain = subprocess.run(
+        [sys.executable, "stage.py", "a", "b c"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=_env(X="1", CODE="7"),
+    )
+    warmed = _warm(script, "a", "b c", env=_env(X="1", CODE="7"))
+    again = _warm(script, "d", env=_env(X="2"))
+    assert (warmed.returncode, plain.returncode, again.returncode) == (7, 7, 0)
+    for name in ("argv", "cwd", "X"):
+        assert _field(warmed.stdout, name) == _field(plain.stdout, name)
+    assert (_field(again.stdout, "argv"), _field(again.stdout, "X")) == ("['d']", "2")
+    assert warmed.stderr == plain.stderr == "to stderr\n"
+    parent = _field(warmed.stdout, "parent").split()[0]
+    assert parent == _field(again.stdout, "parent").split()[0], "one warm process serves both"
+    assert int(parent) != os.getpid()
+
+
+def test_an_exception_prints_its_traceback_and_exits_1(tmp_path: Path) -> None:
+    script = tmp_path / "broken.py"
+    script.write_text("import os\nprint(os.getppid(), flush=True)\nraise RuntimeError('boom')\n")
+    proc = _warm(script, env=_env())
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "RuntimeError: boom" in proc.stderr
+    assert int(proc.stdout) != os.getpid()
+
+
+def test_off_switch_runs_the_script_in_the_command_itself(tmp_path: Path) -> None:
+    script = tmp_path / "stage.py"
+    script.write_text(SCRIPT)
+    cmd = [sys.executable, "-m", "visionpipe.warm", "stage.py", "x"]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.PIPE, text=True, env=_env(VISIONPIPE_WARM="0")
+    )
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert _field(out, "parent").split()[2] == str(proc.pid)
+
+
+def _started(tmp_path: Path, body: str) -> tuple[subprocess.Popen, int]:
+    """A command running `body` warm, and the pid of the stage once it is running."""
+    script = tmp_path / "sleeper.py"
+    pid_file = tmp_path / "pid"
+    script.write_text(
+        f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n{body}\n"
+    )
+    cmd = [sys.executable, "-m", "visionpipe.warm", script.name]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not (pid_file.is_file() and pid_file.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    stage = int(pid_file.read_text())
+    assert stage != proc.pid
+    return proc, stage
+
+
+def _gone(pid: int, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_killing_the_command_kills_the_stage(tmp_path: Path) -> None:
+    proc, stage = _started(tmp_path, "time.sleep(120)")
+    proc.kill()  # SIGKILL: the command cannot pass anything on
+    proc.wait()
+    assert _gone(stage), "the stage outlived its command"
+
+
+def test_ctrl_c_reaches_the_stage_and_the_command_ends_as_it_did(tmp_path: Path) -> None:
+    proc, stage = _started(
+        tmp_path,
+        "try:\n    time.sleep(120)\nexcept KeyboardInterrupt:\n    print('cleaned up')\n    raise",
+    )
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGINT
+    assert out == "cleaned up\n" and "KeyboardInterrupt" in err
+    assert _gone(stage)
+
+
+def test_project_modules_come_from_each_stage_s_own_pythonpath(tmp_path: Path) -> None:
+    """One warm process serves two copies of the project (two clones; a queued experiment's
+    temporary copy): each stage must import its own copy's code."""
+    outputs = []
+    for name in ("a", "b"):
+        src = tmp_path / name / "src"
+        shutil.copytree(ROOT / "src" / "visionpipe", src / "visionpipe")
+        (src / "visionpipe" / "marker.py").write_text(f"COPY = {name!r}\n")
+        script = tmp_path / name / "stage.py"
+        script.write_text(
+            "import os\nfrom visionpipe import marker\nprint(marker.COPY, os.getppid())\n"
+        )
+        proc = _warm(script, env=_env(PYTHONPATH=str(src)))
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(proc.stdout.split())
+    (copy_a, parent_a), (copy_b, parent_b) = outputs
+    assert (copy_a, copy_b) == ("a", "b")
+    assert parent_a == parent_b, "both ran in one warm process"
+
+
+def test_the_warm_process_is_chosen_by_install_and_import_time_settings() -> None:
+    base = {"PATH": "/usr/bin", "OMP_NUM_THREADS": "1", "PYTHONPATH": "src"}
+    key = warm.server_key(base)
+    # What differs between stages and clones, and is read after start: same process.
+    assert warm.server_key({**base, "PYTHONPATH": "/other/src", "DVC_EXP_NAME": "x"}) == key
+    # Read when torch loads: another process.
+    assert warm.server_key({**base, "OMP_NUM_THREADS": "2"}) != key
+    assert warm.server_key({**base, "CUDA_VISIBLE_DEVICES": ""}) != key
+    assert warm.server_key({**base, "PYTHONHASHSEED": "0"}) != key
+
+
+def test_a_bad_idle_setting_is_named() -> None:
+    with pytest.raises(SystemExit, match="VISIONPIPE_WARM_IDLE='soon' is not a number"):
+        warm.idle_seconds({"VISIONPIPE_WARM_IDLE": "soon"})
