@@ -71,7 +71,9 @@ def run(device_choice: str = "auto", train_batch_size: int = 64) -> dict[str, An
     model, info = load_model(paths.MODEL, map_location=device)
     model.to(device)
     images, labels = load_split("test")  # memory-mapped: read batch by batch
-    logits = predict_logits(model, images, device, eval_batch_size(train_batch_size, model.views))
+    logits = predict_logits(
+        model, images, device, eval_batch_size(train_batch_size, model.views, device)
+    )
     preds = logits.argmax(1)
     classes = info.classes
     cm = confusion_matrix(labels, preds, len(classes))

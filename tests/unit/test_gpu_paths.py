@@ -485,3 +485,13 @@ def test_evaluation_batches_follow_the_train_batch_and_the_tta_views() -> None:
         train.evaluate_split(model, images, labels, CPU, train_batch_size=64)
         assert max(seen) <= 64, (tta, seen)  # what the net sees at once, TTA views included
         assert sum(seen) == 100 * views
+
+
+def test_a_cpu_scores_in_cache_sized_passes_and_a_gpu_in_training_sized_ones() -> None:
+    # fast's batch of 1,024 with 6 TTA views: a GPU takes 170 images (1,020 views) per pass, a
+    # CPU 21 (126 views), where larger passes only spill its caches.
+    assert inference.eval_batch_size(1024, 6, CUDA) == 170
+    assert inference.eval_batch_size(1024, 6, CPU) == 21
+    assert inference.eval_batch_size(1024, 1, CPU) == inference.CPU_IMAGES_PER_PASS
+    assert inference.eval_batch_size(64, 1, CPU) == 64  # the tutorial's batch is already small
+    assert inference.eval_batch_size(64, 6, CUDA) == inference.eval_batch_size(64, 6, CPU) == 10
