@@ -8,9 +8,10 @@ user does before experimenting. Then the two projects take turns at `dvc exp run
 last stage's to the end of the command, and "dvc before train" is everything from the command's
 start to the train stage. "outside the epoch loop" is the command's wall time minus the train
 stage's epoch loop (metrics/timings/train.json's epoch_loop_seconds, per-epoch validation
-included; train_seconds in revisions before bbf3d56, where it meant the same). Then, per
-project, `dvc repro` with nothing to do, and a revisit of the first lr (`dvc exp run -S
-train.lr=<first>`), which DVC's run cache restores.
+included; train_seconds in revisions before bbf3d56, where it meant the same). Then one more
+experiment per project with every warm stage process (visionpipe.warm) stopped first, as in a
+session's first experiment. Then, per project, `dvc repro` with nothing to do, and a revisit of
+the first lr (`dvc exp run -S train.lr=<first>`), which DVC's run cache restores.
 
 Each revision runs with the Python of its own install (`--old-python`, `--new-python`; default
 this one): an install change, such as bytecode compiled at install, shows only that way.
@@ -50,6 +51,7 @@ from benchlib import (
 NAME = "stage_times"
 STAGES = ("train", "evaluate", "export", "predict")
 RUNNING = re.compile(r"Running stage '(\w+)'")
+COLD = "outside the epoch loop, no warm process running"
 
 
 def _env(python: str) -> dict[str, str]:
@@ -118,6 +120,18 @@ def timed_experiment(project: Path, lr: float, python: str) -> dict[str, float]:
     return seconds
 
 
+def stop_warm_processes() -> None:
+    """End every warm stage process (visionpipe.warm), so that the next torch stage starts one
+    and waits for its imports, as the first experiment of a session does."""
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "visionpipe.warm" in cmd and "--serve" in cmd:
+            proc.terminate()
+            proc.wait(10)
+
+
 def timed_dvc(project: Path, python: str, *args: str) -> float:
     """Wall seconds of one DVC command in `project`; it must run no stage."""
     started = time.perf_counter()
@@ -152,6 +166,10 @@ def report(info: dict[str, Any], args: argparse.Namespace, runs: dict[str, list[
         "runs from DVC's 'Running stage' line to the next (so it includes DVC's own work "
         "around it); the train stage's time includes its epoch loop, shown on its own below.",
         "",
+        "Torch stages that run through `visionpipe.warm` fork from a warm process that a "
+        "project's first run started; for the row 'no warm process running' every warm process "
+        "was stopped before one more experiment (a session's first), once per project.",
+        "",
         "Then, in each project, `dvc repro` with nothing to do and `dvc exp run -S train.lr=X` "
         "back to the first lr (restored from the run cache), each as often.",
         "",
@@ -160,7 +178,7 @@ def report(info: dict[str, Any], args: argparse.Namespace, runs: dict[str, list[
     ]
     for r in rows:
         lines.append(f"| {r} | {med['old'][r]:.1f} | {med['new'][r]:.1f} |")
-    for r in ("dvc repro, nothing to do", "revisit of the first lr (run cache)"):
+    for r in (COLD, "dvc repro, nothing to do", "revisit of the first lr (run cache)"):
         lines.append(f"| {r} | {med_of(runs, 'old', r):.1f} | {med_of(runs, 'new', r):.1f} |")
     lines += ["", *busy_note(info)]
     return "\n".join(lines).rstrip()
@@ -183,6 +201,12 @@ def take_turns(projects: dict[str, Path], python: dict[str, str], repeats: int) 
             last[which] = round(lr, 4)
             runs[which].append(timed_experiment(projects[which], round(lr, 4), python[which]))
             print(which, json.dumps({k: round(v, 1) for k, v in runs[which][-1].items()}))
+    for which in ("old", "new"):
+        stop_warm_processes()
+        lr += 0.001
+        cold = timed_experiment(projects[which], round(lr, 4), python[which])
+        runs[which].append({COLD: cold["outside the epoch loop"]})
+        print(which, "no warm process:", round(cold["outside the epoch loop"], 1))
     for i in range(repeats):
         for which in ("old", "new") if i % 2 == 0 else ("new", "old"):
             project, exe = projects[which], python[which]
