@@ -51,8 +51,13 @@ PRELOAD = (
     "onnx",
     "onnxscript",
     "dvclive",
+    "dvc.repo",  # DVCLive opens the project's DVC repo and git
+    "scmrepo.git",
+    "hydra",  # the train stage composes conf/ to warn when params.yaml differs from it
+    "torch.utils.tensorboard",
+    "networkx",  # the ONNX exporter's
     "PIL.Image",
-    "pydantic",
+    "pydantic.main",
     "yaml",
 )
 # Environment variables read when those modules load: a warm process serves only the values it
