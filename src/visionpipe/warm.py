@@ -239,6 +239,11 @@ def preload() -> None:
     # Every ONNX export builds this table of ATen->ONNX functions (about 1 s); building it once
     # here leaves the parsed functions cached for each export's own build (about 0.4 s).
     _registration.ONNXRegistry.from_torchlib()
+    import torch
+
+    if torch.cuda.is_initialized():
+        # A forked child cannot use CUDA its parent initialised; each stage starts its own.
+        raise SystemExit("visionpipe.warm: an import initialised CUDA; not serving")
     if threading.active_count() != 1:
         # fork() copies only the calling thread: a child could wait forever on a lock a
         # vanished thread held. Better no warm process than a hung stage.

@@ -173,3 +173,27 @@ def test_the_warm_process_is_chosen_by_install_and_import_time_settings() -> Non
 def test_a_bad_idle_setting_is_named() -> None:
     with pytest.raises(SystemExit, match="VISIONPIPE_WARM_IDLE='soon' is not a number"):
         warm.idle_seconds({"VISIONPIPE_WARM_IDLE": "soon"})
+
+
+def test_no_warm_process_serves_after_an_import_that_would_not_survive_a_fork(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A thread or an initialised CUDA context does not pass to a forked child: the warm process
+    refuses to serve (its stages then run in their own processes) rather than hang or fail."""
+    import threading
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with pytest.raises(SystemExit, match="initialised CUDA"):
+        warm.preload()
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        with pytest.raises(SystemExit, match="started a thread"):
+            warm.preload()
+    finally:
+        stop.set()
+        thread.join()
