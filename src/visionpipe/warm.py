@@ -160,9 +160,11 @@ def connect(env: dict[str, str]) -> socket.socket | None:
         # The warm process says "ready" once its imports are done; if it dies first, the stage
         # has not started and can run here instead.
         try:
+            conn.settimeout(START_TIMEOUT_S)
             if conn.makefile("rb").readline() == b"ready\n":
+                conn.settimeout(None)
                 return conn
-        except OSError:
+        except OSError:  # TimeoutError included: a warm process that never gets ready
             pass
         conn.close()
         return None
