@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from tests.helpers import Baseline, copy_project, dvc, env, git, run, set_params
-from visionpipe import paths
+from visionpipe import paths, warm
 
 pytestmark = pytest.mark.slow
 
@@ -37,6 +37,21 @@ def _outputs(repo: Path, rev: str | None = None) -> dict[str, str]:
         for out in body.get("outs", [])
         if out["path"] not in (str(paths.TRAIN_TIMINGS), str(paths.TB_DIR))
     }
+
+
+def test_stages_forked_from_the_warm_process_write_what_fresh_processes_write(
+    baselined_repo: Path,
+) -> None:
+    repo = baselined_repo
+    stages = ("train", "evaluate", "export", "predict")
+    dvc(repo, "repro", "-f", *stages)
+    # A warm process for the stages' environment is there (the torch stages started it).
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.connect(warm.address(warm.server_key(env())))
+    probe.close()
+    forked = _outputs(repo)
+    dvc(repo, "repro", "-f", *stages, env={**env(), "VISIONPIPE_WARM": "0"})
+    assert _outputs(repo) == forked
 
 
 def test_returning_to_params_that_ran_restores_them_from_the_run_cache(
