@@ -66,8 +66,29 @@ def _run(cmd: list[str], cwd: Path, python: str = sys.executable, **kw: Any) -> 
     return proc.stdout
 
 
-def make_project(rev: str, dest: Path, source: Path, epochs: int, python: str) -> Path:
-    """A fresh clone-like project of `rev` with data.source and train.epochs set, run once."""
+def use_recipe(project: Path, recipe: str, epochs: int) -> None:
+    """Compose `recipe` into params.yaml by default, at `epochs` epochs: a recipe is composed
+    after conf/config.yaml, so its own train.epochs is the one to change."""
+    conf = project / "conf" / "config.yaml"
+    data = yaml.safe_load(conf.read_text())
+    data["defaults"] = [
+        {"recipe": recipe} if isinstance(d, dict) and "recipe" in d else d for d in data["defaults"]
+    ]
+    data["recipe"] = recipe
+    conf.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    path = project / "conf" / "recipe" / f"{recipe}.yaml"
+    header, _, body = path.read_text().partition("\n")  # "# @package _global_": Hydra's
+    values = yaml.safe_load(body) or {}
+    if "epochs" in values.get("train", {}):
+        values["train"]["epochs"] = epochs
+        path.write_text(f"{header}\n{yaml.safe_dump(values, sort_keys=False)}")
+
+
+def make_project(
+    rev: str, dest: Path, source: Path, epochs: int, python: str, recipe: str = "tutorial"
+) -> Path:
+    """A fresh clone-like project of `rev` with data.source, the recipe and train.epochs set,
+    run once."""
     dest.mkdir(parents=True)
     tar_path = dest.parent / f"{dest.name}.tar"
     subprocess.run(["git", "archive", "-o", str(tar_path), rev], cwd=REPO_ROOT, check=True)
@@ -82,6 +103,8 @@ def make_project(rev: str, dest: Path, source: Path, epochs: int, python: str) -
     for section, values in settings.items():
         data[section].update(values)
     target.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    if recipe != "tutorial":
+        use_recipe(dest, recipe, epochs)
     if conf.is_file():
         env_src = f"PYTHONPATH={dest / 'src'}"
         _run(["env", env_src, python, "-m", "visionpipe.cli", "params"], dest, python)
@@ -152,6 +175,7 @@ def report(info: dict[str, Any], args: argparse.Namespace, runs: dict[str, list[
         f"Machine: {machine_line(info)}.",
         f"Command: `uv run python bench/{NAME}.py --old {args.old} --new {args.new} "
         f"--repeats {args.repeats} --epochs {args.epochs}"
+        + (f" --recipe {args.recipe}" if args.recipe != "tutorial" else "")
         + "".join(
             f" --{w}-python {getattr(args, w + '_python')}"
             for w in ("old", "new")
@@ -160,7 +184,7 @@ def report(info: dict[str, Any], args: argparse.Namespace, runs: dict[str, list[
         + "`",
         "",
         f"Each revision as a fresh project on cifar10-jpeg.zip (45,000 train / 5,000 val / "
-        f"10,000 test images), the tutorial's defaults with train.epochs={args.epochs}, run "
+        f"10,000 test images), recipe {args.recipe} with train.epochs={args.epochs}, run "
         "once and committed; then `dvc exp run -S train.lr=X` with a new lr each time, the two "
         f"projects taking turns, {args.repeats} runs each (medians in seconds). A stage's time "
         "runs from DVC's 'Running stage' line to the next (so it includes DVC's own work "
@@ -227,6 +251,9 @@ def main() -> None:
     parser.add_argument("--new", default="HEAD", help="revision after it (default HEAD)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=1, help="train.epochs of every run")
+    parser.add_argument(
+        "--recipe", default="tutorial", help="the recipe of conf/recipe/ to run (default tutorial)"
+    )
     parser.add_argument("--zip", type=Path, default=DEFAULT_CIFAR_ZIP)
     for which in ("old", "new"):
         parser.add_argument(
@@ -242,7 +269,9 @@ def main() -> None:
         python = {"old": args.old_python, "new": args.new_python}
         zip_path = args.zip.resolve()
         projects = {
-            which: make_project(rev, Path(tmp) / which, zip_path, args.epochs, python[which])
+            which: make_project(
+                rev, Path(tmp) / which, zip_path, args.epochs, python[which], args.recipe
+            )
             for which, rev in (("old", args.old), ("new", args.new))
         }
         runs = take_turns(projects, python, args.repeats)
