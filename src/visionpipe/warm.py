@@ -12,10 +12,10 @@ code deps keep their meaning.
 
 The first stage that finds no warm process starts one (it lives on while it is used, and exits
 after VISIONPIPE_WARM_IDLE seconds without work, 600 by default) and waits for it; that costs what
-importing the libraries in the stage would have. One warm process serves one Python install and
-one set of the environment variables that libraries read when imported (threads, CUDA, Python's
-own): a change of either starts another. VISIONPIPE_WARM=0 runs every stage in its own fresh
-process. Only on Linux; elsewhere stages always run in their own process.
+importing the libraries in the stage would have. One warm process serves one Python install, one
+version of this file and one set of the environment variables that libraries read when imported
+(threads, CUDA, Python's own): a change of any starts another. VISIONPIPE_WARM=0 runs every
+stage in its own fresh process. Only on Linux; elsewhere stages always run in their own process.
 
 If the stage's command is killed, the warm process kills the stage and everything it started, as
 the kill would have done to a stage running in the command's own process.
@@ -100,6 +100,8 @@ def server_key(env: dict[str, str]) -> str:
     """Which warm process may run a stage for this install and environment."""
     site = sysconfig.get_paths()["purelib"]
     parts = [sys.executable, sys.version, str(os.getuid()), str(os.stat(site).st_mtime_ns)]
+    # This file too: a warm process keeps running the code it started with.
+    parts.append(hashlib.sha256(Path(__file__).read_bytes()).hexdigest())
     parts += sorted(
         f"{k}={v}" for k, v in env.items() if k.startswith(KEY_PREFIXES) and k != "PYTHONPATH"
     )
