@@ -24,6 +24,7 @@ the kill would have done to a stage running in the command's own process.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -124,6 +125,8 @@ def main(argv: list[str]) -> None:
         serve(argv[1])
         return
     env = dict(os.environ)
+    if enabled(env):
+        idle_seconds(env)  # a bad setting is the user's to see, not the warm process's
     conn = connect(env) if enabled(env) else None
     if conn is None:
         run_here(argv)
@@ -146,17 +149,22 @@ def connect(env: dict[str, str]) -> socket.socket | None:
     """A connection to a ready warm process, started if there is none; None if none can serve."""
     key = server_key(env)
     started: subprocess.Popen | None = None
+    gone_since: float | None = None
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             conn.connect(address(key))
-        except (ConnectionRefusedError, FileNotFoundError):
+        except OSError:
             conn.close()
             if started is None:
                 started = _start_server(key)
-            elif started.poll() is not None and started.returncode != 0:
-                return None  # it could not preload: run the stage here
+            elif started.poll() is not None:
+                # Exit 0: another warm process holds the address and answers within moments.
+                # Otherwise it could not bind (a sandbox without abstract sockets) or preload.
+                gone_since = gone_since or time.monotonic()
+                if started.returncode != 0 or time.monotonic() - gone_since > 5:
+                    return None  # run the stage here
             time.sleep(0.05)
             continue
         # The warm process says "ready" once its imports are done; if it dies first, the stage
@@ -215,8 +223,10 @@ def serve(key: str) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         listener.bind(address(key))
-    except OSError:
-        return  # another warm process holds this key's address and serves these stages
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return  # another warm process holds this key's address and serves these stages
+        raise  # no abstract sockets here (a sandbox): exit 1, and the stages run themselves
     listener.listen(64)  # stages that connect during the imports wait in the backlog
     own_path = {str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(":") if p}
     base_path = [p for p in sys.path[1:] if str(Path(p).resolve()) not in own_path]

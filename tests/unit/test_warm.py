@@ -170,9 +170,12 @@ def test_the_warm_process_is_chosen_by_install_and_import_time_settings() -> Non
     assert warm.server_key({**base, "PYTHONHASHSEED": "0"}) != key
 
 
-def test_a_bad_idle_setting_is_named() -> None:
-    with pytest.raises(SystemExit, match="VISIONPIPE_WARM_IDLE='soon' is not a number"):
-        warm.idle_seconds({"VISIONPIPE_WARM_IDLE": "soon"})
+def test_a_bad_idle_setting_is_named(tmp_path: Path) -> None:
+    script = tmp_path / "stage.py"
+    script.write_text(SCRIPT)
+    proc = _warm(script, env=_env(VISIONPIPE_WARM_IDLE="soon"))
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert "VISIONPIPE_WARM_IDLE='soon' is not a number of seconds" in proc.stderr
 
 
 def test_no_warm_process_serves_after_an_import_that_would_not_survive_a_fork(
