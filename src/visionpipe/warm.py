@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import io
 import json
@@ -119,15 +120,16 @@ def address(key: str) -> str:
 
 
 def main(argv: list[str]) -> None:
-    if not argv or (argv[0].startswith("-") and argv[0] != "--serve"):
-        raise SystemExit("usage: python -m visionpipe.warm SCRIPT [ARGS...]")
-    if argv[0] == "--serve":
+    if len(argv) == 2 and argv[0] == "--serve":
         serve(argv[1])
         return
+    if not argv or argv[0].startswith("-"):
+        raise SystemExit("usage: python -m visionpipe.warm SCRIPT [ARGS...]")
     env = dict(os.environ)
+    conn = None
     if enabled(env):
         idle_seconds(env)  # a bad setting is the user's to see, not the warm process's
-    conn = connect(env) if enabled(env) else None
+        conn = connect(env)
     if conn is None:
         run_here(argv)
         return
@@ -228,7 +230,7 @@ def serve(key: str) -> None:
             return  # another warm process holds this key's address and serves these stages
         raise  # no abstract sockets here (a sandbox): exit 1, and the stages run themselves
     listener.listen(64)  # stages that connect during the imports wait in the backlog
-    own_path = {str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(":") if p}
+    own_path = set(_pythonpath())
     base_path = [p for p in sys.path[1:] if str(Path(p).resolve()) not in own_path]
     preload()
     server = _Server(listener, base_path, idle_seconds(dict(os.environ)))
@@ -306,12 +308,11 @@ class _Server:
         for fd in fds:
             os.close(fd)
         self.stages[pid] = conn
-        self.sel.register(conn, selectors.EVENT_READ, self._from_command)
+        self.sel.register(conn, selectors.EVENT_READ, functools.partial(self._from_command, pid))
 
-    def _from_command(self, conn: socket.socket) -> None:
+    def _from_command(self, pid: int, conn: socket.socket) -> None:
         """A signal to pass on to the stage, or the command's end (killed): kill the stage."""
-        pid = next((p for p, c in self.stages.items() if c is conn), None)
-        if pid is None:
+        if pid not in self.stages:
             return  # reaped earlier in this round of events
         data = conn.recv(4)
         if len(data) == 4:
@@ -398,6 +399,12 @@ def _kill_tree(pid: int) -> None:
             continue
 
 
+def _pythonpath() -> list[str]:
+    """This process's PYTHONPATH entries as absolute paths (relative ones from its folder)."""
+    entries = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    return [str(Path(p).resolve()) for p in entries if p]
+
+
 def _drain(fd: int) -> None:
     try:
         while os.read(fd, 4096):
@@ -421,8 +428,7 @@ def _adopt(request: dict, fds: list[int], base_path: list[str]) -> None:
     tempfile.tempdir = None  # recomputed from this stage's TMPDIR
     argv = request["argv"]
     sys.argv = list(argv)
-    extra = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(":") if p]
-    sys.path[:] = [str(Path(argv[0]).resolve().parent), *extra, *base_path]
+    sys.path[:] = [str(Path(argv[0]).resolve().parent), *_pythonpath(), *base_path]
     for name in [n for n in sys.modules if n == "visionpipe" or n.startswith("visionpipe.")]:
         del sys.modules[name]
 
