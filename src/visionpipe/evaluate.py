@@ -20,6 +20,7 @@ from visionpipe.devices import pick_device
 from visionpipe.fsutil import write_json
 from visionpipe.inference import eval_batch_size, loss_and_accuracy, predict_logits
 from visionpipe.modelfile import load_model
+from visionpipe.precision import autocast_dtype, precision_name
 from visionpipe.split_tensors import load_split
 
 log = logging.getLogger(__name__)
@@ -65,15 +66,24 @@ def macro_f1(scores: list[dict[str, Any]]) -> float | None:
     return round(sum(present) / len(present), 6) if present else None
 
 
-def run(device_choice: str = "auto", train_batch_size: int = 64) -> dict[str, Any]:
-    """Score models/model.pt on the test split, in batches no larger than training used."""
+def run(
+    device_choice: str = "auto", train_batch_size: int = 64, amp: bool = False
+) -> dict[str, Any]:
+    """Score models/model.pt on the test split, in batches no larger than training used; in
+    strict fp32, or with `amp` in the mixed precision training would use on this device."""
     device = pick_device(device_choice)
     model, info = load_model(paths.MODEL, map_location=device)
     model.to(device)
     images, labels = load_split("test")  # memory-mapped: read batch by batch
-    logits = predict_logits(
-        model, images, device, eval_batch_size(train_batch_size, model.views, device)
+    dtype = autocast_dtype(device, amp)
+    log.info(
+        "scoring %d test images in %s%s",
+        len(labels),
+        precision_name(dtype),
+        "" if dtype or not amp else f" (evaluate.amp: no native low precision on {device})",
     )
+    batch = eval_batch_size(train_batch_size, model.views, device)
+    logits = predict_logits(model, images, device, batch, amp=dtype)
     preds = logits.argmax(1)
     classes = info.classes
     cm = confusion_matrix(labels, preds, len(classes))

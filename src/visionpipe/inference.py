@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visionpipe.models import Classifier, to_input
-from visionpipe.precision import strict_fp32
+from visionpipe.precision import autocast, strict_fp32
 
 # On a CPU, images per forward pass beyond about a hundred only spill the caches: scoring
 # batches of 1,024 took 1.3-1.5x as long as batches of 64-128 on a 2-core EPYC.
@@ -34,16 +34,19 @@ def predict_logits(
     device: torch.device,
     batch_size: int,
     strict: bool = True,
+    amp: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Float32 logits on CPU for uint8 NCHW `images` (any device), in eval mode.
 
-    Always fp32, on every device: the figures then describe the exported fp32 ONNX model, and
-    mean the same whatever GPU (or CPU) computed them. `strict=False` lets a GPU use TF32
-    (see `strict_fp32`), for figures that need not match the CPU's to the last digits.
+    fp32 by default, on every device: the figures then describe the exported fp32 ONNX model,
+    and mean the same whatever GPU (or CPU) computed them. `strict=False` lets a GPU use TF32
+    (see `strict_fp32`), for figures that need not match the CPU's to the last digits. `amp`
+    (bf16 or fp16) autocasts the forward to it: about twice as fast where the hardware computes
+    it natively, and a little off the fp32 figures (docs/results.md#scoring-in-bf16).
     """
     model.eval()
     out = []
-    with strict_fp32(device) if strict else contextlib.nullcontext():
+    with strict_fp32(device) if strict else contextlib.nullcontext(), autocast(device, amp):
         for i in range(0, len(images), batch_size):
             x = images[i : i + batch_size].to(device, non_blocking=True)
             out.append(model(to_input(x, torch.channels_last)).float().cpu())

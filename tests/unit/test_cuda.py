@@ -60,6 +60,21 @@ def test_every_model_trains_evaluates_and_exports_from_the_gpu(processed32: Path
     assert result["agrees"]
 
 
+def test_amp_scoring_on_the_gpu_runs_in_its_low_precision_near_fp32(
+    processed32: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    train.run(_params("fast", epochs=1))
+    low = precision.precision_name(precision.autocast_dtype(CUDA, True))
+    with caplog.at_level("INFO"):
+        strict, mixed = evaluate.run("cuda", 16), evaluate.run("cuda", 16, amp=True)
+    assert f"test images in {low}" in caplog.text
+    if low == "fp32":  # a GPU without fast low precision (6.x) scores in fp32 either way
+        assert mixed == strict
+        return
+    assert mixed["test_loss"] != strict["test_loss"]
+    assert mixed["test_loss"] == pytest.approx(strict["test_loss"], rel=0.01)
+
+
 @pytest.mark.parametrize("arch", MODELS)
 def test_gpu_logits_are_fp32_like_the_cpus(processed32: Path, arch: str) -> None:
     """predict_logits promises fp32 on every device: no TF32 convolutions or matmuls."""

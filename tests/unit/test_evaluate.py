@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.datasets import CLASSES, tiny_params
-from visionpipe import evaluate, paths, train
+from visionpipe import evaluate, paths, precision, train
 from visionpipe.split_files import SplitWriter
 
 
@@ -56,3 +56,26 @@ def test_a_class_missing_from_test_has_no_accuracy(
     assert [row["class"] for row in recall] == ["cat", "dog"]
     precision = json.loads((plots / "per_class_precision.json").read_text())
     assert {row["class"] for row in precision} <= {"cat", "dog", "frog"}
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["bf16 CPU", "fp32-only CPU"])
+def test_evaluate_amp_scores_in_bf16_only_where_the_cpu_computes_it(
+    processed: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    native: bool,
+) -> None:
+    train.run(tiny_params(epochs=1))
+    monkeypatch.setattr(precision, "cpu_computes_bf16", lambda: native)
+    with caplog.at_level(logging.INFO):
+        strict = evaluate.run("cpu", 16)
+        assert "scoring 30 test images in fp32" in caplog.text
+        caplog.clear()
+        mixed = evaluate.run("cpu", 16, amp=True)
+    if native:
+        assert "in bf16" in caplog.text
+        assert mixed["test_loss"] != strict["test_loss"]
+        assert mixed["test_loss"] == pytest.approx(strict["test_loss"], rel=0.01)
+    else:  # emulated bf16 would be slower than fp32: the same strict scores
+        assert "in fp32 (evaluate.amp: no native low precision on cpu)" in caplog.text
+        assert mixed == strict

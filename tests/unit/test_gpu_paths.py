@@ -120,6 +120,22 @@ def test_tta_logits_are_those_of_a_plain_fp32_forward() -> None:
     assert torch.allclose(logits, plain, rtol=1e-6, atol=1e-6 * plain.abs().max().item())
 
 
+def test_amp_scoring_computes_in_bf16_close_to_fp32_and_the_same_twice() -> None:
+    torch.manual_seed(0)
+    model = build_model("fast", 3, 16, {"tta": 2}, [0.5] * 3, [0.2] * 3).eval()
+    images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)
+    fp32 = inference.predict_logits(model, images, CPU, batch_size=4)
+    computed = _computed_dtypes(model)
+    bf16 = inference.predict_logits(model, images, CPU, batch_size=4, amp=torch.bfloat16)
+    assert computed == {torch.bfloat16}
+    assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
+    again = inference.predict_logits(model, images, CPU, batch_size=4, amp=torch.bfloat16)
+    assert torch.equal(bf16, again), "bf16 scores are reproducible on a CPU too"
+    # bf16 keeps 8 mantissa bits: off, but within a few percent of the logits' size.
+    diff, size = (bf16 - fp32).abs().max().item(), fp32.abs().max().item()
+    assert 0 < diff < 0.05 * size
+
+
 def _computed_dtypes(model: nn.Module) -> set[torch.dtype]:
     """The dtypes `model`'s convolutions and linear layers will compute in (filled as it runs):
     what an autocast changes, where casting the logits back to float32 would hide it."""

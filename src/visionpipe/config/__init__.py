@@ -1,10 +1,10 @@
 """The one loader of params.yaml: typed, frozen, strict.
 
-params.yaml has one section per job (data, preprocess, model, train, export, predict, launch);
-each has its schema in this package (`config/<section>.py`), and a stage loads only the sections
-it reads, so a stage's DVC dependencies are the schemas that decide its output. An unknown key (a
-typo such as `train.lr_rate`, which `dvc exp run -S +train.lr_rate=...` adds silently) or an
-invalid value fails with a message naming the key, the value and what is allowed;
+params.yaml has one section per job (data, preprocess, model, train, evaluate, export, predict,
+launch); each has its schema in this package (`config/<section>.py`), and a stage loads only the
+sections it reads, so a stage's DVC dependencies are the schemas that decide its output. An
+unknown key (a typo such as `train.lr_rate`, which `dvc exp run -S +train.lr_rate=...` adds
+silently) or an invalid value fails with a message naming the key, the value and what is allowed;
 `visionpipe params` checks the whole file.
 """
 
@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 DEFAULT_PARAMS = Path("params.yaml")
 # params.yaml's top-level keys: the recipe label, its note, and the sections.
 TOP_LEVEL = (
-    "recipe", "about", "data", "preprocess", "model", "train", "export", "predict", "launch"
+    "recipe", "about", "data", "preprocess", "model", "train", "evaluate", "export", "predict",
+    "launch",
 )  # fmt: skip
 
 

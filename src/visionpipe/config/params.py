@@ -12,6 +12,7 @@ from pydantic import field_validator, model_validator
 from visionpipe import config
 from visionpipe.config import Section
 from visionpipe.config.data import DataConfig, PreprocessConfig, image_size
+from visionpipe.config.evaluate import EvaluateConfig
 from visionpipe.config.export import ExportConfig
 from visionpipe.config.launch import LaunchConfig
 from visionpipe.config.model import ModelConfig
@@ -28,6 +29,7 @@ class Params(Section):
     preprocess: PreprocessConfig = PreprocessConfig()
     model: ModelConfig = ModelConfig()  # type: ignore[valid-type]
     train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     export: ExportConfig = ExportConfig()
     predict: PredictConfig = PredictConfig()
     launch: LaunchConfig = LaunchConfig()
