@@ -22,6 +22,7 @@ cp "$project/models/model.pt" "$work/project/models/"
 import sys, yaml
 params = yaml.safe_load(open(sys.argv[1]))
 params["export"].pop("portable", None)
+params.pop("evaluate", None)
 params["launch"].pop("data_root", None)
 open(sys.argv[2], "w").write(yaml.safe_dump(params, sort_keys=False))
 EOF

@@ -8,13 +8,15 @@
 # ZIP: cifar10-jpeg.zip. OLD_CHECKOUT: a checkout of the commit the `fast` speed-up is measured
 # against (bench/fast_train.py --old); "-" skips that benchmark. PARTs (default: all): tests,
 # repro (the whole pipeline by `dvc repro`, as the README's quick start, in a fresh git + DVC
-# repo), recipes, loop, fast. PYTHON (default `uv run python`) is the interpreter; LOGS (default
-# bench/gpu-logs) where each part's output goes.
+# repo), recipes, loop, fast, airbench (bench/airbench_side.py: airbench94 and `fast` side by
+# side; airbench 0.1.8 must be importable: `pip install --no-index --find-links WHEELS airbench`).
+# PYTHON (default `uv run python`) is the interpreter; LOGS (default bench/gpu-logs) where each
+# part's output goes.
 set -uo pipefail
 zip=${1:?give the CIFAR-10 JPEG zip}
 old=${2:--}
 shift $(($# < 2 ? $# : 2))
-parts=${*:-tests repro recipes loop fast}
+parts=${*:-tests repro recipes loop fast airbench}
 read -r -a py <<<"${PYTHON:-uv run python}"
 logs=${LOGS:-bench/gpu-logs}
 mkdir -p "$logs"
@@ -59,7 +61,10 @@ for part in $parts; do
         [[ $old == - ]] || run fast "${py[@]}" bench/fast_train.py --old "$old" --zip "$zip" \
             --seeds 0,1,2 --old-seeds 0,1
         ;;
-    *) echo "unknown part $part (tests, repro, recipes, loop, fast)" >&2 && status=1 ;;
+    airbench)
+        run airbench "${py[@]}" bench/airbench_side.py --zip "$zip" --seeds 0,1,2 --compiled
+        ;;
+    *) echo "unknown part $part (tests, repro, recipes, loop, fast, airbench)" >&2 && status=1 ;;
     esac
 done
 exit $status
