@@ -56,8 +56,7 @@ class Trainee:
 
 def fingerprint(params: Params) -> str:
     """What a checkpoint must match to be resumed: params that shape training, and the data."""
-    relevant = {k: params.as_dict()[k] for k in ("data", "preprocess", "model", "train")}
-    h = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps(params.training_dict(), sort_keys=True).encode())
     for split in ("train", "val"):
         with open(paths.split_file(split), "rb") as f:
             h.update(hashlib.file_digest(f, "sha256").digest())

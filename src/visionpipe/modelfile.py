@@ -36,7 +36,7 @@ class ModelInfo:
     mean: list[float]  # the train split's per-channel mean and std on the [0, 1] scale
     std: list[float]
     classes: list[str]
-    params: dict[str, Any]  # the run's params, but for the launch settings
+    params: dict[str, Any]  # the recipe and the params that shaped the model (Params.run_dict)
     visionpipe_version: str
     torch_version: str
 

@@ -159,6 +159,9 @@ def test_saved_model_is_weights_and_plain_metadata(processed: Path) -> None:
     model, info = load_model(paths.MODEL)
     assert info.classes == ["cat", "dog", "frog"] and info.arch == "tutorial_cnn"
     assert info.params["train"]["lr"] == 0.01 and info.visionpipe_version
+    # Only what shaped the model: later stages' params would go stale in it (train does not
+    # re-run when they change), and launch settings differ between machines.
+    assert set(info.params) == {"recipe", "data", "preprocess", "model", "train"}
     assert model(torch.rand(1, 3, 16, 16)).shape == (1, 3)
 
 

@@ -19,6 +19,10 @@ from visionpipe.config.model import ModelConfig
 from visionpipe.config.predict import PredictConfig
 from visionpipe.config.train import TrainConfig
 
+# The sections that shape a trained model: the data stages' and its own. evaluate, export and
+# predict change later stages only, and launch says where a run happens, never what it computes.
+TRAINING_SECTIONS = ("data", "preprocess", "model", "train")
+
 
 class Params(Section):
     # Which recipe (conf/recipe/<name>.yaml) the values below were composed from: a label that
@@ -57,9 +61,16 @@ class Params(Section):
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    def training_dict(self) -> dict[str, Any]:
+        """The TRAINING_SECTIONS, as plain values."""
+        values = self.as_dict()
+        return {k: values[k] for k in TRAINING_SECTIONS}
+
     def run_dict(self) -> dict[str, Any]:
-        """What a run means: every section but the launch settings and params.yaml's note."""
-        return {k: v for k, v in self.as_dict().items() if k not in ("launch", "about")}
+        """What a trained model means, as model.pt records it: the recipe label and the sections
+        that shaped it. Not the later stages' sections: changing them does not re-run train, so
+        model.pt would keep their old values."""
+        return {"recipe": self.recipe, **self.training_dict()}
 
 
 def parse_params(raw: Any, origin: str = "params") -> Params:
