@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -87,6 +88,22 @@ def test_off_switch_runs_the_script_in_the_command_itself(tmp_path: Path) -> Non
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0
     assert _field(out, "parent").split()[2] == str(proc.pid)
+
+
+def test_a_warm_process_that_cannot_serve_leaves_the_stage_to_the_command(tmp_path: Path) -> None:
+    # The warm address bound by something that never answers (as a process that lost the start
+    # race and hung would hold it): the warm process this command starts cannot bind it, and
+    # after a few seconds the stage runs in the command itself, as with VISIONPIPE_WARM=0.
+    script = tmp_path / "stage.py"
+    script.write_text(SCRIPT)
+    env_ = _env(VISIONPIPE_WARM_IDLE="31")  # a key no other test's warm process has
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as squatter:
+        squatter.bind(warm.address(warm.server_key(env_)))  # bound, never listening
+        cmd = [sys.executable, "-m", "visionpipe.warm", "stage.py", "x"]
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, text=True, env=env_)
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and _field(out, "argv") == "['x']"
+    assert _field(out, "parent").split()[2] == str(proc.pid), "ran in the command"
 
 
 def _started(tmp_path: Path, body: str) -> tuple[subprocess.Popen, int]:
