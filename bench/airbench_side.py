@@ -26,6 +26,7 @@ check this script without a GPU; its figures mean nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -35,7 +36,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchlib import DEFAULT_CIFAR_ZIP, busy_note, machine_info, machine_line, publish
+from benchlib import (
+    DEFAULT_CIFAR_ZIP,
+    REPO_ROOT,
+    busy_note,
+    machine_info,
+    machine_line,
+    publish,
+)
 from fast_train import preprocess_once, run_version
 
 NAME = "airbench_side"
@@ -81,24 +89,22 @@ print("RESULT " + json.dumps(final), flush=True)
 """
 
 
-def write_airbench_data(processed: Path, dest: Path, test_images: int | None) -> None:
-    """data/processed's train and test splits as airbench's cifar10/{train,test}.pt: uint8 NHWC
-    images, labels and class names."""
+def write_airbench_data(project: Path, dest: Path, test_images: int | None) -> None:
+    """The train and test splits of `project`'s data/processed as airbench's
+    cifar10/{train,test}.pt: uint8 NHWC images, labels and class names."""
     import torch
 
-    from visionpipe import split_files
+    from visionpipe import split_tensors
 
-    classes = json.loads((processed / "meta.json").read_text())["classes"]
-    for split in ("train", "test"):
-        index_path = processed / f"{split}.json"
-        index = split_files.read_index(index_path)
-        images = torch.from_numpy(split_files.open_images(index_path, index, True))
-        labels = torch.tensor(index["labels"], dtype=torch.int64)
-        if split == "test" and test_images:  # every k-th image: the split is sorted by class
-            step = max(1, len(labels) // test_images)
-            images, labels = images[::step][:test_images], labels[::step][:test_images]
-        data = {"images": images.permute(0, 2, 3, 1).contiguous(), "labels": labels}
-        torch.save({**data, "classes": classes}, dest / f"{split}.pt")
+    with contextlib.chdir(project):  # the project's loaders read ./data/processed
+        classes = split_tensors.read_meta()["classes"]
+        for split in ("train", "test"):
+            images, labels = split_tensors.load_split(split, in_memory=True)
+            if split == "test" and test_images:  # every k-th image: the split is sorted by class
+                step = max(1, len(labels) // test_images)
+                images, labels = images[::step][:test_images], labels[::step][:test_images]
+            data = {"images": images.permute(0, 2, 3, 1).contiguous(), "labels": labels}
+            torch.save({**data, "classes": classes}, dest / f"{split}.pt")
 
 
 def run_airbench(work: Path, seed: int, args: argparse.Namespace, compiled: bool) -> dict:
@@ -121,8 +127,7 @@ def run_airbench(work: Path, seed: int, args: argparse.Namespace, compiled: bool
 
 
 def run_fast(work: Path, seed: int, processed: Path, args: argparse.Namespace) -> dict:
-    here = Path(__file__).resolve().parent.parent
-    r = run_version(here, "fast", seed, work, processed, args)
+    r = run_version(REPO_ROOT, "fast", seed, work, processed, args)
     return {"version": "fast", "seed": seed, "seconds": r["stage_timings"]["train_seconds"],
             "stage_wall_seconds": r["train_stage_wall_seconds"],
             "test_accuracy": r["test_accuracy"]}  # fmt: skip
@@ -188,7 +193,7 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="airbench-side-"))
     processed = preprocess_once(work, args.zip.resolve())
     (work / "airbench" / "cifar10").mkdir(parents=True)
-    write_airbench_data(processed, work / "airbench" / "cifar10", args.test_images)
+    write_airbench_data(processed.parent.parent, work / "airbench" / "cifar10", args.test_images)
     runs: list[dict[str, Any]] = []
     for seed in (int(s) for s in args.seeds.split(",")):
         runs.append(run_airbench(work, seed, args, compiled=False))

@@ -43,7 +43,8 @@ def score(model_path: Path, rounds: int) -> dict[str, Any]:
             start = time.perf_counter()
             logits[key] = predict_logits(model, images, CPU, batch, amp=dtype)
             seconds[key].append(time.perf_counter() - start)
-    (loss32, acc32), (loss_amp, acc_amp) = (loss_and_accuracy(logits[k], labels) for k in logits)
+    loss32, acc32 = loss_and_accuracy(logits["fp32"], labels)
+    loss_amp, acc_amp = loss_and_accuracy(logits["amp"], labels)
     flips = (logits["fp32"].argmax(1) != logits["amp"].argmax(1)).float().mean().item()
     return {
         "model": str(model_path),
