@@ -24,8 +24,10 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# .jpe and .jfif are JPEGs too: Windows saves photos from the web as .jfif.
 IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+    | {".ppm", ".pgm", ".pbm"}
 )
 # Images above this many pixels are refused: decoding a 10000x10000 photo takes ~300 MB and is
 # usually a mistake or a decompression bomb.

@@ -10,8 +10,9 @@ Two layouts are accepted (torchvision's ImageFolder names, under any single root
   else: adding photos never moves an earlier one between train, val and test, and every class is
   split at the same rates (`data.test_fraction`, then `data.val_fraction` of the rest).
 
-Hidden files and folders (`.DS_Store`, `__MACOSX/` in zips made on a Mac) are ignored, as are
-non-image files; both are listed in the preprocess report.
+Hidden files and folders (`.DS_Store`, `__MACOSX/` in zips made on a Mac, Synology's `@eaDir/`
+thumbnails, recycle bins) are ignored, as are non-image files; both are listed in the preprocess
+report.
 """
 
 from __future__ import annotations
@@ -65,10 +66,17 @@ def _parts(name: str) -> list[str]:
     return name.split("/")
 
 
+# Folders that file systems and NAS boxes add beside the photos: Synology's @eaDir holds a
+# thumbnail of every photo (IMG_1.jpg/SYNOFILE_THUMB_M.jpg), which would become a class of its
+# own or a second copy of a photo in its class, possibly in another split.
+_SYSTEM_FOLDERS = ("__MACOSX", "@eaDir", "#recycle", "$RECYCLE.BIN", "System Volume Information")
+_SYSTEM_MARKS = tuple(f"/{folder}/" for folder in _SYSTEM_FOLDERS)
+
+
 def _hidden(name: str) -> bool:
-    """A name with a part starting with '.', or a part '__MACOSX'."""
+    """A name with a part starting with '.', or a system folder (`_SYSTEM_FOLDERS`) part."""
     path = f"/{name}/"
-    return "/." in path or "/__MACOSX/" in path
+    return "/." in path or any(mark in path for mark in _SYSTEM_MARKS)
 
 
 def plan_image_folder(

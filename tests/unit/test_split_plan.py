@@ -77,6 +77,20 @@ def test_hidden_files_loose_images_and_other_files_are_ignored() -> None:
     assert sorted(plan.ignored) == sorted(extra)
 
 
+def test_system_folders_are_ignored_and_jpeg_suffix_variants_are_images() -> None:
+    system = [
+        "@eaDir/SYNOFILE_THUMB_S.jpg",  # beside the class folders: would become a class
+        "photos/cats/@eaDir/IMG_0000.jpg/SYNOFILE_THUMB_M.jpg",  # a photo's thumbnail
+        "photos/#recycle/dogs/IMG_0099.jpg",
+        "photos/$RECYCLE.BIN/S-1-5-21/x.jpg",
+    ]
+    jpegs = ["photos/cats/web.jfif", "photos/dogs/old.JPE"]
+    plan = splits.plan_image_folder(_names(5) + system + jpegs, None, 0.1, seed=0)
+    assert plan.classes == list(CLASSES)
+    assert sorted(plan.ignored) == sorted(system)
+    assert {i.name for i in plan.items} >= set(jpegs)
+
+
 def test_images_in_subfolders_of_a_class_belong_to_it() -> None:
     names = [*_names(5), "photos/cats/2019/a.jpg", "photos/cats/2019/trip/b.jpg"]
     plan = splits.plan_image_folder(names, None, 0.1, seed=0)
