@@ -2,9 +2,11 @@
 
 Two layouts are accepted (torchvision's ImageFolder names, under any single root folder):
 
-- **split folders**: `train/<class>/<image>` plus `test/<class>/...` or `val/<class>/...`. The
-  source's own held-out folder is the test split; validation is carved from train by a seeded
-  permutation, as it always was.
+- **split folders**: `train/<class>/<image>` plus `test/<class>/...` or `val/<class>/...` (images
+  may sit in sub-folders of a class folder). The source's own held-out folder is the test split;
+  validation is its `val/` when it has both `test/` and `val/`, else carved from train by a
+  seeded permutation, as it always was. Split folders named otherwise (`Train/`, `training/`)
+  are refused rather than taken for classes.
 - **flat**: `<class>/<image>` (images may sit in sub-folders of a class folder). Each image's
   split follows from a hash of `data.seed` and its path below the root, so it depends on nothing
   else: adding photos never moves an earlier one between train, val and test, and every class is
@@ -106,6 +108,8 @@ def plan_image_folder(
     return plan
 
 
+# Folder names that mean a split, not a class: what `_plan_flat` refuses as its only classes.
+_SPLIT_LIKE = frozenset({"train", "training", "test", "testing", "val", "valid", "validation"})
 DEFAULT_TEST_FRACTION = 0.2  # fastai's valid_pct default; what a flat collection holds out
 
 
@@ -114,8 +118,11 @@ def _split_folders_root(names: Sequence[str]) -> str | None:
     roots: set[str] = set()
     for name in names:
         parts = _parts(name)
-        if len(parts) >= 3 and parts[-3] == "train":
-            roots.add("/".join(parts[:-3]))
+        # train/<class>/<image>, or deeper (train/<class>/indoor/<image>): the class's sub-folders
+        # belong to it, as in a flat collection.
+        at = next((i for i, part in enumerate(parts[:-2]) if part == "train"), None)
+        if at is not None:
+            roots.add("/".join(parts[:at]))
     if not roots:
         return None
     if len(roots) > 1:
@@ -129,11 +136,11 @@ def _split_folders_root(names: Sequence[str]) -> str | None:
 
 def _plan_split_folders(names: Sequence[str], root: str, val_fraction: float, seed: int) -> Plan:
     prefix = f"{root}/" if root else ""
-    # (name, folder, class) of every <folder>/<class>/<image> below the root, in archive order.
+    # (name, folder, class) of every <folder>/<class>/.../<image> below the root, in archive order.
     found = [
         (name, rel[0], rel[1])
         for name in names
-        if name.startswith(prefix) and len(rel := name[len(prefix) :].split("/")) == 3
+        if name.startswith(prefix) and len(rel := name[len(prefix) :].split("/")) >= 3
     ]
     folders = {folder for _, folder, _ in found}
     held_out = next((s for s in HELD_OUT_NAMES if s in folders), None)
@@ -142,19 +149,23 @@ def _plan_split_folders(names: Sequence[str], root: str, val_fraction: float, se
             f"found '{prefix}train/' but no held-out split next to it: add a 'test/' or 'val/' "
             f"folder of class folders, {GUIDE}"
         )
+    # With test/ and val/ both present, val/ is the validation split as it is, as test/ is test.
+    own_val = held_out == "test" and "val" in folders
     classes = sorted({cls for _, folder, cls in found if folder == "train"})  # ImageFolder's rule
-    unknown = sorted({cls for _, folder, cls in found if folder == held_out} - set(classes))
-    if unknown:
-        raise DatasetLayoutError(f"{held_out}/ has classes not in train/: {', '.join(unknown)}")
+    for other in (held_out, "val") if own_val else (held_out,):
+        unknown = sorted({cls for _, folder, cls in found if folder == other} - set(classes))
+        if unknown:
+            raise DatasetLayoutError(f"{other}/ has classes not in train/: {', '.join(unknown)}")
     index = {c: i for i, c in enumerate(classes)}
     n_train = sum(folder == "train" for _, folder, _ in found)
-    in_val = iter(carve_val(n_train, val_fraction, seed).tolist())
+    in_val = iter(carve_val(n_train, 0.0 if own_val else val_fraction, seed).tolist())
     # In archive order (the order the files are read in): the k-th train image met takes the
     # k-th draw of the val carve.
+    split = {held_out: "test", "val": "val"} if own_val else {held_out: "test"}
     items = [
-        Item(name, index[cls], "test" if folder == held_out else "val" if next(in_val) else "train")
+        Item(name, index[cls], split.get(folder) or ("val" if next(in_val) else "train"))
         for name, folder, cls in found
-        if folder in ("train", held_out)
+        if folder == "train" or folder in split
     ]
     return Plan(classes, items, "split folders", held_out)
 
@@ -188,9 +199,13 @@ def _flat_root(names: Sequence[str]) -> list[str]:
     depth = len(common)
     classes = {parts[depth] for parts in map(_parts, names) if len(parts) > depth + 1}
     if len(classes) < 2:
+        if common and not classes:  # all images in one folder: that folder is the one class
+            found = f"only one class folder, '{common[-1]}'"
+        else:
+            plural = "s" * (len(classes) != 1)
+            found = f"{len(classes)} class folder{plural} under '{'/'.join(common) or '.'}'"
         raise DatasetLayoutError(
-            f"found {len(classes)} class folder{'s' * (len(classes) != 1)} under "
-            f"'{'/'.join(common) or '.'}': put each class's images in a folder named after the "
+            f"found {found}: put each class's images in a folder named after the "
             f"class, at least two of them (photos/cats/*.jpg, photos/dogs/*.jpg), {GUIDE}"
         )
     return common
@@ -216,6 +231,13 @@ def _plan_flat(names: Sequence[str], test_fraction: float, val_fraction: float, 
     # Images directly in the root have no class folder: they end up in the ignored list.
     in_class = [(n, parts) for n in names if len(parts := _parts(n)) > depth + 1]
     classes = sorted({parts[depth] for _, parts in in_class})
+    if {c.lower() for c in classes} <= _SPLIT_LIKE:
+        # Training a model to tell "Train" from "Test" photos is never what was meant.
+        raise DatasetLayoutError(
+            f"the class folders found are split folders ({', '.join(classes)}): name them "
+            f"'train/' plus 'test/' or 'val/' (lower case), each holding class folders "
+            f"(train/<class>/<image>), {GUIDE}"
+        )
     index = {c: i for i, c in enumerate(classes)}
     items = [
         Item(

@@ -97,7 +97,7 @@ def test_on_bad_image_fail_stops_and_names_the_files(workdir: Path) -> None:
 @pytest.mark.parametrize(
     ("names", "message"),
     [
-        (["cats/1.jpg", "cats/2.jpg"], "found 0 class folders under 'cats'"),
+        (["cats/1.jpg", "cats/2.jpg"], "found only one class folder, 'cats'"),
         (["1.jpg", "2.jpg"], "found 0 class folders under '.'"),
         (["train/cats/1.jpg"], "no held-out split"),
         (["a/train/cats/1.jpg", "b/train/cats/1.jpg", "a/test/cats/2.jpg"], "several folders"),

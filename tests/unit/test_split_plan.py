@@ -113,6 +113,39 @@ def test_split_folders_keep_their_own_test_split_and_refuse_a_test_fraction() ->
         splits.plan_image_folder(names, 0.3, 0.2, seed=0)
 
 
+def test_split_folders_with_test_and_val_use_both_as_they_are() -> None:
+    names = [
+        f"ds/{s}/{cls}/{i}.png"
+        for s in ("train", "val", "test")
+        for cls in CLASSES
+        for i in range(4)
+    ]
+    plan = splits.plan_image_folder(names, None, 0.2, seed=0)
+    assert plan.layout == "split folders" and plan.ignored == []
+    assert [i.split for i in plan.items] == [n.split("/")[1] for n in names]
+
+
+def test_split_folders_class_sub_folders_belong_to_the_class() -> None:
+    names = [
+        f"{s}/{cls}/{sub}/{i}.jpg"
+        for s in ("train", "test")
+        for cls in CLASSES
+        for sub in ("indoor", "outdoor")
+        for i in range(3)
+    ]
+    plan = splits.plan_image_folder(names, None, 0.1, seed=0)
+    assert plan.layout == "split folders" and plan.classes == list(CLASSES)
+    assert [plan.classes[i.label] for i in plan.items] == [n.split("/")[1] for n in names]
+    assert [i.split == "test" for i in plan.items] == [n.startswith("test/") for n in names]
+
+
+@pytest.mark.parametrize("folders", [("Train", "Test"), ("training", "validation")])
+def test_split_folders_misnamed_are_refused_not_taken_for_classes(folders: tuple[str, str]) -> None:
+    names = [f"photos/{f}/{cls}/{i}.jpg" for f in folders for cls in CLASSES for i in range(3)]
+    with pytest.raises(splits.DatasetLayoutError, match="class folders found are split folders"):
+        splits.plan_image_folder(names, None, 0.1, seed=0)
+
+
 def test_thin_classes_are_named() -> None:
     counts = {"train": {"cats": 40, "dogs": 3}, "test": {"cats": 10, "dogs": 0}}
     assert splits.thin_classes(counts, ["train", "test"]) == [
