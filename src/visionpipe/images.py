@@ -47,6 +47,20 @@ class BadImageError(ValueError):
         self.reason = reason
 
 
+# Folders that file systems and NAS boxes add beside the photos: Synology's @eaDir holds a
+# thumbnail of every photo (IMG_1.jpg/SYNOFILE_THUMB_M.jpg), which would become a class of its
+# own or a second copy of a photo in its class, possibly in another split.
+_SYSTEM_FOLDERS = ("__MACOSX", "@eaDir", "#recycle", "$RECYCLE.BIN", "System Volume Information")
+_SYSTEM_MARKS = tuple(f"/{folder}/" for folder in _SYSTEM_FOLDERS)
+
+
+def is_hidden(name: str) -> bool:
+    """A posix path with a part starting with '.' (`.DS_Store`, `._IMG_1.jpg`, `.git/`), or a
+    system folder (`_SYSTEM_FOLDERS`) part: not a photo of the collection."""
+    path = f"/{name}/"
+    return "/." in path or any(mark in path for mark in _SYSTEM_MARKS)
+
+
 def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES  # Path(name).suffix, 5x faster
 

@@ -22,6 +22,7 @@ from visionpipe.grids import Layout, captioned_grid
 from visionpipe.images import (
     BadImageError,
     decode_rgb,
+    is_hidden,
     is_image_name,
     read_image_file,
     to_model_input,
@@ -100,7 +101,7 @@ def collect_inputs(specs: list[str]) -> tuple[list[Path], list[Prediction]]:
                 errors.append(Prediction(spec, [], "glob matched no files"))
             files += found
         elif path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name))
+            found = sorted(p for p in path.rglob("*") if _is_photo(p, path))
             if not found:
                 errors.append(Prediction(spec, [], "folder holds no image files"))
             files += found
@@ -109,6 +110,13 @@ def collect_inputs(specs: list[str]) -> tuple[list[Path], list[Prediction]]:
         else:
             errors.append(Prediction(spec, [], "no such file or directory"))
     return files, errors
+
+
+def _is_photo(path: Path, folder: Path) -> bool:
+    """An image file of `folder` that preprocess would read too: not hidden (`._IMG_1.jpg`,
+    the AppleDouble twin a Mac leaves on other disks, is no image) nor a NAS thumbnail."""
+    rel = path.relative_to(folder).as_posix()
+    return is_image_name(rel) and not is_hidden(rel) and path.is_file()
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

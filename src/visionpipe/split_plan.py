@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from visionpipe.images import is_image_name
+from visionpipe.images import is_hidden, is_image_name
 
 SPLITS = ("train", "val", "test")
 HELD_OUT_NAMES = ("test", "val")  # what split-folder layouts call their held-out folder
@@ -68,19 +68,6 @@ def _parts(name: str) -> list[str]:
     return name.split("/")
 
 
-# Folders that file systems and NAS boxes add beside the photos: Synology's @eaDir holds a
-# thumbnail of every photo (IMG_1.jpg/SYNOFILE_THUMB_M.jpg), which would become a class of its
-# own or a second copy of a photo in its class, possibly in another split.
-_SYSTEM_FOLDERS = ("__MACOSX", "@eaDir", "#recycle", "$RECYCLE.BIN", "System Volume Information")
-_SYSTEM_MARKS = tuple(f"/{folder}/" for folder in _SYSTEM_FOLDERS)
-
-
-def _hidden(name: str) -> bool:
-    """A name with a part starting with '.', or a system folder (`_SYSTEM_FOLDERS`) part."""
-    path = f"/{name}/"
-    return "/." in path or any(mark in path for mark in _SYSTEM_MARKS)
-
-
 def plan_image_folder(
     names: Sequence[str], test_fraction: float | None, val_fraction: float, seed: int
 ) -> Plan:
@@ -90,7 +77,7 @@ def plan_image_folder(
     with its own test/ or val/ folder is accepted. A number is refused for such a source, whose
     test split is its own.
     """
-    candidates = [n for n in names if is_image_name(n) and not _hidden(n)]
+    candidates = [n for n in names if is_image_name(n) and not is_hidden(n)]
     root = _split_folders_root(candidates)
     if root is not None:
         if test_fraction is not None:

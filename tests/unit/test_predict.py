@@ -245,3 +245,18 @@ def test_the_torch_backend_names_a_bad_model_file_too(
     Image.new("RGB", (20, 20), "red").save(image)
     assert main(["predict", str(image), "--backend", "torch", "--model", str(bad)]) == 2
     assert f"{bad}: not a visionpipe model.pt" in caplog.text
+
+
+def test_a_folder_gives_the_photos_preprocess_would_read_not_mac_or_nas_leftovers(
+    tmp_path: Path,
+) -> None:
+    from visionpipe.predict import collect_inputs
+
+    folder = tmp_path / ".photos"  # a hidden folder named on purpose is still searched
+    for rel in ["cats/a.jpg", "cats/b.JFIF", "._a.jpg", "cats/._a.jpg", ".ipynb_checkpoints/c.png",
+                "cats/@eaDir/a.jpg/SYNOFILE_THUMB_M.jpg", "cats/Thumbs.db"]:  # fmt: skip
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"x")
+    files, errors = collect_inputs([str(folder)])
+    assert [p.relative_to(folder).as_posix() for p in files] == ["cats/a.jpg", "cats/b.JFIF"]
+    assert errors == []
