@@ -24,11 +24,14 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# .jpe and .jfif are JPEGs too: Windows saves photos from the web as .jfif.
+# .jpe and .jfif are JPEGs too: Windows saves photos from the web as .jfif. HEIC/HEIF (iPhone
+# photos) cannot be decoded, but counting them as images lists each one with how to convert it,
+# where leaving them out would drop a phone's photos silently.
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-    | {".ppm", ".pgm", ".pbm"}
+    | {".avif", ".heic", ".heif", ".ppm", ".pgm", ".pbm"}
 )
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
 # Images above this many pixels are refused: decoding a 10000x10000 photo takes ~300 MB and is
 # usually a mistake or a decompression bomb.
 MAX_PIXELS = 64_000_000
@@ -219,11 +222,21 @@ def _decode_with_pillow(data: bytes, name: str, size: int | None) -> Image.Image
     except BadImageError:
         raise
     except UnidentifiedImageError:
-        raise BadImageError(name, "not a recognised image format") from None
+        raise BadImageError(name, _unidentified_reason(data)) from None
     except Image.DecompressionBombError as exc:
         raise BadImageError(name, f"too large to decode safely ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(name, f"cannot decode: {exc}") from None
+
+
+def _unidentified_reason(data: bytes) -> str:
+    # An ISO media file (ftyp box) of a HEIF brand: an iPhone photo, whose HEVC Pillow lacks.
+    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+        return (
+            "HEIC/HEIF image, which cannot be decoded here: convert it to JPEG or PNG (an iPhone"
+            " saves JPEGs with Settings > Camera > Formats > Most Compatible)"
+        )
+    return "not a recognised image format"
 
 
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:

@@ -60,11 +60,20 @@ def test_bad_files_name_the_reason() -> None:
         "empty.jpg": (b"", "empty"),
         "text.jpg": (b"this is not an image\n", "not a recognised image"),
         "cut.jpg": (good[: len(good) // 2], "cannot decode"),
+        # The start of an iPhone photo: an ISO media ftyp box of brand heic.
+        "IMG_0001.HEIC": (b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + bytes(64), "convert it to JPEG"),
     }
     for name, (data, reason) in cases.items():
         with pytest.raises(BadImageError) as err:
             decode_rgb(data, name)
         assert err.value.name == name and reason in err.value.reason
+
+
+def test_phone_and_web_formats_count_as_images_so_none_is_dropped_silently() -> None:
+    for name in ["a.jfif", "b.JPE", "c.avif", "IMG_0001.HEIC", "d.heif"]:
+        assert images.is_image_name(name), name
+    avif = _encode(Image.new("RGB", (20, 20), "red"), "AVIF")
+    assert load_array(avif, "c.avif", 8).shape == (3, 8, 8)
 
 
 def test_huge_image_is_refused_before_decoding() -> None:
