@@ -78,6 +78,7 @@ HYMENOPTERA_COUNTS: dict[tuple[str, str], int] = {
     ("val", "bees"): 83,
 }
 
+PACKED_FOLDER = "folder.tar"  # what a data.source folder is packed into, in dest_dir
 _CHUNK = 1 << 20  # bytes per read while streaming
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 _MAX_RETRY_AFTER_S = 30.0  # honour a server's Retry-After only up to this
@@ -121,7 +122,7 @@ def fetch_dataset(
 
     source: None for the official archive (`mirror`, the DATA_MIRROR folder or base URL, first);
         else a local file or folder (relative to `base_dir`), a file:// or an http(s) URL.
-        A folder is packed into `<dest_dir>/<folder name>.tar`.
+        A folder is packed into `<dest_dir>/folder.tar` (PACKED_FOLDER).
     sha256: hex digest the fetched file (or packed folder) must have, when given.
     attempts, backoff_s, timeout_s: download tries in all, first retry delay (doubling), and the
         socket timeout of each try.
@@ -248,7 +249,9 @@ def _fetch_source(
             " set launch.data_root (conf/local/machine.yaml) or an absolute data.source."
         )
     if path.is_dir():
-        dest = dest_dir / f"{path.resolve().name or 'source'}.tar"
+        # A fixed name: data/raw (and all that follows from it in dvc.lock) then depends on the
+        # photos alone, not on what the folder holding them is called on this machine.
+        dest = dest_dir / PACKED_FOLDER
         pack_directory(path, dest)
         hashes = _hash_file(dest)
         try:

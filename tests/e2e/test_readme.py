@@ -39,7 +39,7 @@ from tests.helpers import EXP_SHOW_HEADLINE, ROOT, env, make_project, run
 from visionpipe import paths
 from visionpipe.cifar_pickle import CLASSES
 from visionpipe.config.compose import compose, diff_keys
-from visionpipe.sources import HYMENOPTERA_COUNTS, HYMENOPTERA_ROOT, OFFICIAL
+from visionpipe.sources import HYMENOPTERA_COUNTS, HYMENOPTERA_ROOT, OFFICIAL, PACKED_FOLDER
 
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
@@ -381,7 +381,7 @@ def _check_pipeline_outputs(ctx: Ctx, args: list[str], proc: subprocess.Complete
     raw = json.loads((ctx.repo / "data/raw/source.json").read_text())
     meta = json.loads((ctx.repo / "data/processed/meta.json").read_text())
     if dataset == "imagefolder":  # your own photos: class folders, split by the pipeline
-        wanted_file = f"{Path(source).name}.tar"  # a folder is packed into one tar
+        wanted_file = PACKED_FOLDER  # a folder is packed into one tar
         classes = sorted(p.name for p in Path(source).iterdir() if p.is_dir())
         n_test = meta["counts"]["test"]
     else:
