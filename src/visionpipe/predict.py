@@ -7,6 +7,7 @@ file succeeds or fails on its own: a bad file gets a message, the good ones are 
 from __future__ import annotations
 
 import csv
+import errno
 import glob
 import io
 import logging
@@ -107,6 +108,8 @@ def collect_inputs(specs: list[str]) -> tuple[list[Path], list[Prediction]]:
             files += found
         elif path.is_file():
             files.append(path)
+        elif path.is_symlink():  # the link itself exists: "no such file" would puzzle
+            errors.append(Prediction(spec, [], _dangling(path)))
         else:
             errors.append(Prediction(spec, [], "no such file or directory"))
     return files, errors
@@ -117,6 +120,18 @@ def _is_photo(path: Path, folder: Path) -> bool:
     the AppleDouble twin a Mac leaves on other disks, is no image) nor a NAS thumbnail."""
     rel = path.relative_to(folder).as_posix()
     return is_image_name(rel) and not is_hidden(rel) and path.is_file()
+
+
+def _dangling(link: Path) -> str:
+    """Why a symlink that is no file or folder cannot be read: it loops, or its target is gone."""
+    target = str(link.readlink())
+    try:
+        link.resolve(strict=True)
+    except (RuntimeError, OSError) as exc:  # a loop: RuntimeError up to Python 3.12, then ELOOP
+        if isinstance(exc, RuntimeError) or exc.errno == errno.ELOOP:
+            return f"symlink to {target!r} loops back on itself"
+        return f"broken symlink: {target!r} does not exist; fix or remove the link"
+    return f"symlink to {target!r}, which is not a regular file"
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -260,3 +260,17 @@ def test_a_folder_gives_the_photos_preprocess_would_read_not_mac_or_nas_leftover
     files, errors = collect_inputs([str(folder)])
     assert [p.relative_to(folder).as_posix() for p in files] == ["cats/a.jpg", "cats/b.JFIF"]
     assert errors == []
+
+
+def test_a_broken_or_looping_symlink_is_named_as_such(tmp_path: Path) -> None:
+    from visionpipe.predict import collect_inputs
+
+    (tmp_path / "gone.jpg").symlink_to("deleted.jpg")
+    (tmp_path / "a.jpg").symlink_to("b.jpg")
+    (tmp_path / "b.jpg").symlink_to("a.jpg")
+    _, errors = collect_inputs([str(tmp_path / n) for n in ("gone.jpg", "a.jpg", "none.jpg")])
+    assert [e.error for e in errors] == [
+        "broken symlink: 'deleted.jpg' does not exist; fix or remove the link",
+        "symlink to 'b.jpg' loops back on itself",
+        "no such file or directory",
+    ]
