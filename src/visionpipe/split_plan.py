@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from visionpipe.images import is_hidden, is_image_name
+from visionpipe.images import IMAGE_SUFFIXES, is_hidden, is_image_name
 
 SPLITS = ("train", "val", "test")
 HELD_OUT_NAMES = ("test", "val")  # what split-folder layouts call their held-out folder
@@ -78,6 +78,8 @@ def plan_image_folder(
     test split is its own.
     """
     candidates = [n for n in names if is_image_name(n) and not is_hidden(n)]
+    if not candidates:
+        raise DatasetLayoutError(_no_images(names))
     root = _split_folders_root(candidates)
     if root is not None:
         if test_fraction is not None:
@@ -93,6 +95,17 @@ def plan_image_folder(
     kept = {item.name for item in plan.items}
     plan.ignored = [n for n in names if n not in kept]
     return plan
+
+
+def _no_images(names: Sequence[str]) -> str:
+    """Say what a source without images holds: a zip of zips or of HEIC photos, say."""
+    if not names:
+        return f"the source holds no files, {GUIDE}"
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    message = f"no image files found among the {len(names)} files of the source ({shown})"
+    if any(n.lower().endswith((".zip", ".tar", ".tar.gz", ".tgz")) for n in names):
+        message += "; archives inside the source are not opened: unpack them into it"
+    return f"{message}. Images are {', '.join(sorted(IMAGE_SUFFIXES))} files, {GUIDE}"
 
 
 # Folder names that mean a split, not a class: what `_plan_flat` refuses as its only classes.
@@ -176,9 +189,7 @@ def carve_val(n: int, val_fraction: float, seed: int) -> np.ndarray:
 
 def _flat_root(names: Sequence[str]) -> list[str]:
     """The deepest folder holding every image (as path parts): its sub-folders are the classes."""
-    if not names:
-        raise DatasetLayoutError(f"no image files found, {GUIDE}")
-    common = _parts(names[0])[:-1]
+    common = _parts(names[0])[:-1]  # plan_image_folder refused a source without images
     for name in names[1:]:
         folder = _parts(name)[:-1]
         while folder[: len(common)] != common:

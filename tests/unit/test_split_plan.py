@@ -146,6 +146,13 @@ def test_split_folders_misnamed_are_refused_not_taken_for_classes(folders: tuple
         splits.plan_image_folder(names, None, 0.1, seed=0)
 
 
+def test_a_source_without_images_says_what_it_holds() -> None:
+    with pytest.raises(splits.DatasetLayoutError) as err:
+        splits.plan_image_folder(["photos.zip", "__MACOSX/._photos.zip"], None, 0.1, seed=0)
+    assert "among the 2 files of the source (photos.zip, __MACOSX/._photos.zip)" in str(err.value)
+    assert "archives inside the source are not opened: unpack them" in str(err.value)
+
+
 def test_thin_classes_are_named() -> None:
     counts = {"train": {"cats": 40, "dogs": 3}, "test": {"cats": 10, "dogs": 0}}
     assert splits.thin_classes(counts, ["train", "test"]) == [
