@@ -27,7 +27,7 @@ from PIL import Image
 from visionpipe import archive, cifar_pickle, parallel, paths, split_plan
 from visionpipe.config.data import DataConfig, DataParams
 from visionpipe.fsutil import atomic_dir, remove_stale_temps, write_json
-from visionpipe.images import decode_batch, resize_center_crop, to_chw
+from visionpipe.images import decode_batch, is_hidden, resize_center_crop, to_chw
 from visionpipe.split_files import SplitWriter, channel_sums, mean_std, open_images, read_index
 from visionpipe.split_plan import SPLITS, DatasetLayoutError, Item, Plan
 
@@ -103,9 +103,24 @@ def decode_source(
             len(plan.items),
             ", ".join(f"{s} {plan.count(s)}" for s in SPLITS),
         )
+        _warn_ignored(plan.ignored)
         payloads = _payloads(plan.items, files, chunk_items(size), pool.n > 1)
         decoded = pool.map(functools.partial(decode_chunk, size=size), payloads)
         return _write_splits(plan, decoded, size, out)
+
+
+def _warn_ignored(ignored: Sequence[str]) -> None:
+    """Name the files left out that a user may have meant as photos (camera RAW files, loose
+    images beside the class folders): hidden and system files go without saying."""
+    visible = [name for name in ignored if not is_hidden(name)]
+    if visible:
+        shown = ", ".join(visible[:5]) + (" ..." if len(visible) > 5 else "")
+        log.warning(
+            "ignoring %d files that are not images in class folders (listed in %s): %s",
+            len(visible),
+            paths.PREPROCESS_REPORT,
+            shown,
+        )
 
 
 @contextlib.contextmanager
