@@ -510,7 +510,10 @@ def _dir_entries(root: Path) -> list[_Entry]:
             if stat.S_ISLNK(st.st_mode):
                 real = Path(os.path.realpath(path))
                 if not real.is_relative_to(root):
-                    reason = f"symlink to {os.readlink(path)!r} points outside the folder"
+                    reason = (
+                        f"symlink to {os.readlink(path)!r} points outside the folder: copy"
+                        " what it points to into the folder instead (cp -rL follows links)"
+                    )
                     _refuse(root, rel, reason)
                 if real.is_file():
                     entries.append(_Entry(rel, real.relative_to(root).as_posix()))

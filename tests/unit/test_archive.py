@@ -268,7 +268,7 @@ def test_pack_directory_refuses_outside_symlink(tmp_path: Path) -> None:
     src = tmp_path / "src"
     _tree(src)
     (src / "leak").symlink_to("/etc/passwd")
-    with pytest.raises(UnsafeArchiveError, match="'leak'"):
+    with pytest.raises(UnsafeArchiveError, match=r"'leak'.*outside the folder: copy what it"):
         pack_directory(src, tmp_path / "out.tar")
     assert not (tmp_path / "out.tar").exists()
 
