@@ -55,13 +55,16 @@ class BadImageError(ValueError):
 # own or a second copy of a photo in its class, possibly in another split.
 _SYSTEM_FOLDERS = ("__MACOSX", "@eaDir", "#recycle", "$RECYCLE.BIN", "System Volume Information")
 _SYSTEM_MARKS = tuple(f"/{folder}/" for folder in _SYSTEM_FOLDERS)
+_SYSTEM_FILES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini"})  # Windows Explorer's
 
 
 def is_hidden(name: str) -> bool:
-    """A posix path with a part starting with '.' (`.DS_Store`, `._IMG_1.jpg`, `.git/`), or a
-    system folder (`_SYSTEM_FOLDERS`) part: not a photo of the collection."""
+    """A posix path with a part starting with '.' (`.DS_Store`, `._IMG_1.jpg`, `.git/`), a
+    system folder (`_SYSTEM_FOLDERS`) part, or a Windows Explorer file: not a photo."""
     path = f"/{name}/"
-    return "/." in path or any(mark in path for mark in _SYSTEM_MARKS)
+    if "/." in path or any(mark in path for mark in _SYSTEM_MARKS):
+        return True
+    return name.rpartition("/")[2].lower() in _SYSTEM_FILES
 
 
 def is_image_name(name: str) -> bool:

@@ -147,12 +147,13 @@ def test_files_left_out_are_named_in_the_log_but_not_mac_junk(
 ) -> None:
     extra = {"photos/ants/IMG_1.CR2": b"raw", "photos/cover.jpg": _jpeg((1, 2, 3))}
     extra |= {"photos/.DS_Store": b"x", "__MACOSX/photos/ants/._000.jpg": b"x"}
+    extra |= {"photos/ants/Thumbs.db": b"x", "photos/bees/desktop.ini": b"x"}
     _flat_zip(workdir / paths.RAW_DIR / "photos.zip", {"ants": 8, "bees": 8}, extra=extra)
     preprocess.run(_params())
     warned = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("ignoring 2 files"), warned
     assert "photos/ants/IMG_1.CR2" in warned[0] and "photos/cover.jpg" in warned[0]
-    assert "DS_Store" not in warned[0] and "MACOSX" not in warned[0]
+    assert all(junk not in warned[0] for junk in ("DS_Store", "MACOSX", "Thumbs", "desktop"))
 
 
 def _record(folder: Path = paths.PROCESSED_DIR) -> list[dict[str, str]]:
