@@ -80,6 +80,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         peak = 65535 if img.mode.startswith("I;16") else max(int(arr.max()), 1)
         arr8 = (arr * 255 // peak).astype(np.uint8)
         return Image.fromarray(arr8, mode="L").convert("RGB")
+    if img.mode == "F":
+        # convert('RGB') rounds each float: a float TIFF of values in [0, 1] (what scientific
+        # cameras and numpy exports write) would turn black. Scale [0, max(1, peak)] to 8 bits.
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float32))
+        peak = max(float(arr.max(initial=0.0)), 1.0)
+        arr8 = np.clip(np.rint(arr * (255 / peak)), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, mode="L").convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")  # avoids PIL's warning about palette transparency
     # The tutorial's convert('RGB'): alpha is dropped, L/CMYK/YCbCr/F are converted.

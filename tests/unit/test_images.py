@@ -46,6 +46,17 @@ def test_palette_with_transparency_and_16_bit_keep_their_values() -> None:
     assert decode_rgb(_encode(deep, "PNG"), "d.png").getpixel((0, 0)) == (255, 255, 255)
 
 
+@pytest.mark.parametrize(
+    ("values", "expected"), [((0.0, 0.5, 1.0), (0, 128, 255)), ((0.0, 100.0, 400.0), (0, 64, 255))]
+)
+def test_float_tiffs_are_scaled_not_rounded_to_black(
+    values: tuple[float, ...], expected: tuple[int, ...]
+) -> None:
+    img = Image.fromarray(np.array([values], dtype=np.float32), mode="F")
+    rgb = decode_rgb(_encode(img, "TIFF"), "f.tif")
+    assert [rgb.getpixel((x, 0)) for x in range(3)] == [(v, v, v) for v in expected]
+
+
 def test_exif_orientation_is_applied() -> None:
     img = Image.new("RGB", (40, 20), "red")
     exif = Image.Exif()
