@@ -229,7 +229,7 @@ def _plan_flat(names: Sequence[str], test_fraction: float, val_fraction: float, 
     # Images directly in the root have no class folder: they end up in the ignored list.
     in_class = [(n, parts) for n in names if len(parts := _parts(n)) > depth + 1]
     classes = sorted({parts[depth] for _, parts in in_class})
-    if {c.lower() for c in classes} <= _SPLIT_LIKE:
+    if {c.lower().rstrip("0123456789_- ") for c in classes} <= _SPLIT_LIKE:  # test1/ too
         # Training a model to tell "Train" from "Test" photos is never what was meant.
         raise DatasetLayoutError(
             f"the class folders found are split folders ({', '.join(classes)}): name them "

@@ -144,6 +144,11 @@ def test_split_folders_misnamed_are_refused_not_taken_for_classes(folders: tuple
     names = [f"photos/{f}/{cls}/{i}.jpg" for f in folders for cls in CLASSES for i in range(3)]
     with pytest.raises(splits.DatasetLayoutError, match="class folders found are split folders"):
         splits.plan_image_folder(names, None, 0.1, seed=0)
+    # Kaggle's cats and dogs: unlabelled train/*.jpg and test1/*.jpg, no class folders.
+    with pytest.raises(splits.DatasetLayoutError, match="split folders \\(test1, train\\)"):
+        splits.plan_image_folder(["train/cat.0.jpg", "test1/1.jpg"], None, 0.1, seed=0)
+    trains = splits.plan_image_folder(["trains/1.jpg", "test/2.jpg"], None, 0.1, seed=0)
+    assert trains.classes == ["test", "trains"]  # a real class beside one looks like a split
 
 
 def test_a_source_without_images_says_what_it_holds() -> None:
