@@ -42,7 +42,9 @@ class EpochRecord:
     )
     val_loss: float = field(metadata={"csv": ".6f", "live": "val_loss"})
     val_accuracy: float = field(metadata={"csv": ".6f", "live": "val_acc", "summary": True})
-    lr: float = field(metadata={"csv": ".6g"})  # follows from the params: a curve, not a metric
+    # The lr the epoch started with (as Lightning's LearningRateMonitor logs it per epoch);
+    # it follows from the params: a curve, not a metric.
+    lr: float = field(metadata={"csv": ".6g"})
 
 
 @dataclass

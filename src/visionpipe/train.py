@@ -256,6 +256,9 @@ def run_epoch(
         leave=False,
     )
     t_epoch = time.perf_counter()
+    # Read before the steps: after them the scheduler already holds the next epoch's lr (0 at
+    # the end of a cosine or one-cycle run), not the one this epoch trained with.
+    lr = loop.optimizer.param_groups[0]["lr"]
 
     def on_log(step: int, value: float, images: int) -> None:
         tracker.step(step, value)
@@ -274,7 +277,6 @@ def run_epoch(
         val = evaluate_split(model, splits.val_x, splits.val_y, loop.device, cfg.batch_size)
     finally:
         model.tta = tta
-    lr = loop.optimizer.param_groups[0]["lr"]
     record = EpochRecord(epoch + 1, train_loss, val.loss, val.accuracy, lr)
     wrong = None
     if ddp.writes_outputs:

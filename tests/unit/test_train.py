@@ -113,6 +113,14 @@ def test_lr_schedules() -> None:
     assert peak == 24 and optim.lr_factor(99, 100, 0, "onecycle") < 0.02
 
 
+def test_each_epochs_lr_is_the_one_it_trained_with(processed: Path) -> None:
+    train.run(tiny_params(epochs=2, lr=0.01, schedule="cosine"))
+    rows = (processed / paths.PLOT_EPOCHS).read_text().splitlines()[1:]
+    lrs = [float(row.split(",")[-1]) for row in rows]
+    # Cosine over two epochs: the full lr at the first step, half of it halfway through.
+    assert lrs == [pytest.approx(0.01), pytest.approx(0.005)]
+
+
 def test_tutorial_cnn_is_the_seeds_model() -> None:
     net = tutorial_cnn(10, 32)
     assert [type(m).__name__ for m in net] == [
