@@ -1,0 +1,28 @@
+"""The lint settings hold in a workspace where the pipeline has run, not only in a fresh clone."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import ROOT
+
+
+def test_import_order_holds_beside_the_dvclive_output_folder(tmp_path: Path) -> None:
+    # A run writes dvclive/ at the project root (DVCLive's logs); ruff must still sort the
+    # dvclive package with the other third-party ones, as in src/visionpipe/tracking.py.
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    (tmp_path / "dvclive" / "train").mkdir(parents=True)
+    (tmp_path / "uses_live.py").write_text(
+        "from dvclive import Live\nfrom torch.utils.tensorboard import SummaryWriter\n\n"
+        "__all__ = ['Live', 'SummaryWriter']\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--select", "I", "uses_live.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
