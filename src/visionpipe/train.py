@@ -200,6 +200,8 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
     start = loop.progress.epoch
     if start:
         log.info("resuming from %s after epoch %d of %d", checkpoints.CHECKPOINT, start, cfg.epochs)
+    if ddp.writes_outputs:
+        warn_if_no_step_logs(cfg, loop.batches.steps_per_epoch)
     tracker = Tracker(ddp.writes_outputs, loop.progress.history)
     distributed.barrier(ddp)  # no rank may overwrite the checkpoint before all have read it
     tracker.start(model, splits.train_x[:32], epoch=start)
@@ -221,6 +223,23 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
     metrics = finish(params, loop, splits, stopped, seconds, start)
     tracker.close()
     return metrics
+
+
+def warn_if_no_step_logs(cfg: TrainConfig, steps_per_epoch: int) -> None:
+    """Say so when train.log_every is beyond the run's last step: the per-step train loss
+    (TensorBoard's `train_loss`, metrics/plots/steps.csv) would be empty, and `dvc plots`
+    leaves an empty plot out without a word."""
+    total = steps_per_epoch * cfg.epochs
+    if cfg.log_every > total:
+        log.warning(
+            "train.log_every is %d but this run has %d steps (%d per epoch): no per-step train "
+            "loss in TensorBoard or %s; set train.log_every to %d or less to get one",
+            cfg.log_every,
+            total,
+            steps_per_epoch,
+            paths.PLOT_STEPS,
+            max(1, total // 10),
+        )
 
 
 def build_training_model(

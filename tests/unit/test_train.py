@@ -121,6 +121,17 @@ def test_each_epochs_lr_is_the_one_it_trained_with(processed: Path) -> None:
     assert lrs == [pytest.approx(0.01), pytest.approx(0.005)]
 
 
+def test_a_log_every_beyond_the_last_step_is_reported(
+    processed: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    train.run(tiny_params(epochs=1, log_every=1000))
+    assert (processed / paths.PLOT_STEPS).read_text() == "step,train_loss\n"
+    assert "train.log_every is 1000 but this run has" in caplog.text
+    caplog.clear()
+    train.run(tiny_params(epochs=1, log_every=2))
+    assert "train.log_every" not in caplog.text
+
+
 def test_tutorial_cnn_is_the_seeds_model() -> None:
     net = tutorial_cnn(10, 32)
     assert [type(m).__name__ for m in net] == [
