@@ -117,3 +117,20 @@ def test_artifacts_are_outputs() -> None:
     outs = {o for s in STAGES.values() for o in _declared(s)}
     for name, artifact in PIPELINE["artifacts"].items():
         assert artifact["path"] in outs and artifact["type"] == "model", name
+
+
+def test_curves_on_a_step_axis_say_which_step() -> None:
+    # `step` is the epoch in DVCLive's curves and the optimizer step in steps.csv: side by side
+    # on one page, a bare "step" axis would not tell them apart.
+    labels = {
+        path: props.get("x_label")
+        for stage in STAGES.values()
+        for entry in stage.get("plots", [])
+        if isinstance(entry, dict)
+        for path, props in entry.items()
+        if props.get("x") == "step"
+    }
+    assert labels == {
+        "dvclive/train/plots/metrics": "epoch",
+        "metrics/plots/steps.csv": "optimizer step",
+    }
