@@ -95,10 +95,17 @@ class Tracker:
         if self.history.epochs:
             write_plots(self.history)
 
-    def start(self, model: Classifier, sample: torch.Tensor, epoch: int) -> None:
-        """The input grid, first-conv feature maps and graph, logged at `epoch` (0: untrained)."""
+    def start(
+        self, model: Classifier, images: torch.Tensor, labels: torch.Tensor, epoch: int
+    ) -> None:
+        """The input grid, first-conv feature maps and graph, logged at `epoch` (0: untrained).
+
+        The grid takes a few images of every class (`spread_over_classes`): the first 32 of a
+        split in class order, as an image folder's is, would all be of its first class.
+        """
         if self.tb is not None:
-            log_model_start(self.tb, model, sample, epoch)
+            shown = spread_over_classes(list(range(len(labels))), labels.tolist(), 32)
+            log_model_start(self.tb, model, images[shown], epoch)
 
     def step(self, step: int, train_loss: float) -> None:
         self.history.steps.append({"step": step, "train_loss": train_loss})

@@ -204,7 +204,7 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
         warn_if_no_step_logs(cfg, loop.batches.steps_per_epoch)
     tracker = Tracker(ddp.writes_outputs, loop.progress.history)
     distributed.barrier(ddp)  # no rank may overwrite the checkpoint before all have read it
-    tracker.start(model, splits.train_x[:32], epoch=start)
+    tracker.start(model, splits.train_x, splits.train_y, epoch=start)
 
     t_start = time.perf_counter()
     stopped = False

@@ -11,7 +11,14 @@ import torch
 
 from tests.datasets import kill_at_validation, tiny_params
 from visionpipe import paths, train
-from visionpipe.tracking import make_grid, misclassified_grid, spread_over_classes
+from visionpipe.models import build_model
+from visionpipe.tracking import (
+    History,
+    Tracker,
+    make_grid,
+    misclassified_grid,
+    spread_over_classes,
+)
 
 
 def _rows(path: Path) -> list[list[str]]:
@@ -47,6 +54,30 @@ def test_a_resumed_run_replays_its_history_into_fresh_logs(
     live = processed / paths.LIVE_TRAIN / "plots" / "metrics"
     assert [row[0] for row in _rows(live / "val_loss.tsv")] == ["1", "2", "3"]
     assert len(list((processed / paths.TB_DIR).glob("events.*"))) == 1
+
+
+class _Writer:
+    """Keeps what TensorBoard's SummaryWriter would be given."""
+
+    def __init__(self) -> None:
+        self.images: dict[str, torch.Tensor] = {}
+
+    def add_image(self, tag: str, image: torch.Tensor, step: int) -> None:
+        self.images[tag] = image
+
+    def add_graph(self, model: torch.nn.Module, x: torch.Tensor) -> None:
+        pass
+
+
+def test_the_input_grid_shows_every_class_of_a_split_in_class_order() -> None:
+    # An image folder's train split is in class order: its first 32 images are one class.
+    labels = torch.arange(10).repeat_interleave(8)
+    images = (labels * 20).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 16, 16).contiguous()
+    tracker = Tracker(enabled=False, history=History())
+    tracker.tb = _Writer()
+    tracker.start(build_model("tutorial_cnn", 10, 16), images, labels, epoch=0)
+    shown = set(tracker.tb.images["inputs"].unique().tolist())
+    assert {20 * k for k in range(10)} <= shown
 
 
 def test_misclassified_grid_captions_each_wrong_image() -> None:
