@@ -56,4 +56,5 @@ def log_why_stopped(record: EpochRecord, patience: int, lr: float) -> None:
             lr,
         )
     else:
-        log.info("early stopping: val loss has not improved for %d epochs", patience)
+        epochs = "epoch" if patience == 1 else "epochs"
+        log.info("early stopping: val loss has not improved for %d %s", patience, epochs)

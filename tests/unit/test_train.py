@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from tests.datasets import FAST_MODEL, FAST_TRAIN, kill_at_validation, tiny_params
-from visionpipe import batches, memory, optim, paths, precision, train
+from visionpipe import batches, memory, optim, paths, precision, progress, train
 from visionpipe.config.train import TrainConfig
 from visionpipe.modelfile import load_model
 from visionpipe.models import MODELS, Classifier, build_model, init_whitening, tutorial_cnn
+from visionpipe.tracking import EpochRecord
 
 
 def _weights() -> dict[str, torch.Tensor]:
@@ -89,6 +90,16 @@ def test_other_params_start_fresh(processed: Path) -> None:
 def test_early_stopping(processed: Path) -> None:
     metrics = train.run(tiny_params(epochs=50, lr=10.0, patience=1))
     assert metrics["stopped_early"] and metrics["epochs_run"] < 50
+
+
+@pytest.mark.parametrize(("patience", "said"), [(1, "for 1 epoch"), (3, "for 3 epochs")])
+def test_why_stopped_counts_epochs_in_words(
+    patience: int, said: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    record = EpochRecord(epoch=5, train_loss=0.7, val_loss=0.9, val_accuracy=0.6, lr=0.01)
+    with caplog.at_level("INFO", logger="visionpipe.progress"):
+        progress.log_why_stopped(record, patience, lr=0.01)
+    assert caplog.messages == [f"early stopping: val loss has not improved {said}"]
 
 
 def test_batch_crop_and_flip_are_per_image_shifts() -> None:
