@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 
@@ -50,3 +51,31 @@ def test_parity_tolerance_grows_with_huge_logits(processed: Path) -> None:
     assert result["max_abs_logit"] > 1e3
     assert result["max_abs_diff_allowed"] == pytest.approx(1e-4 * result["max_abs_logit"])
     assert result["max_abs_logit_diff"] <= result["max_abs_diff_allowed"]
+
+
+@pytest.mark.parametrize(("opset", "ir_version"), [(17, 8), (18, 8), (20, 9)])
+def test_the_file_has_the_ir_version_its_opset_needs(
+    opset: int, ir_version: int, tmp_path: Path
+) -> None:
+    # The exporter stamps IR 10 whatever the opset, which onnxruntime before 1.18 refuses
+    # ("Unsupported model IR version: 10, max supported IR version: 9") though it runs opset 18.
+    from visionpipe.modelfile import ModelInfo
+
+    info = ModelInfo(
+        arch="tutorial_cnn",
+        num_classes=3,
+        image_size=16,
+        arch_params={"tta": 2},
+        normalize=True,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        classes=["cat", "dog", "frog"],
+        params={},
+        visionpipe_version="test",
+        torch_version="2",
+    )
+    dest = tmp_path / "model.onnx"
+    export.export_onnx(_model(0), info, dest, opset)
+    written = onnx.load(str(dest))
+    assert written.ir_version == ir_version
+    onnx.checker.check_model(written, full_check=True)
