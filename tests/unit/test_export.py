@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import onnx
@@ -79,3 +80,48 @@ def test_the_file_has_the_ir_version_its_opset_needs(
     written = onnx.load(str(dest))
     assert written.ir_version == ir_version
     onnx.checker.check_model(written, full_check=True)
+
+
+def _deploy_snippet(marker: str) -> str:
+    """docs/deploy.md's one Python block holding `marker`."""
+    from tests.helpers import ROOT
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "deploy.md").read_text(), re.S)
+    found = [b for b in blocks if marker in b]
+    assert len(found) == 1, f"docs/deploy.md should have one Python block with {marker!r}"
+    return found[0]
+
+
+def test_the_documented_onnxruntime_code_reads_an_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A user without visionpipe has only the page: the names and metadata keys it gives must be
+    # the file's.
+    from visionpipe.modelfile import ModelInfo
+
+    classes = ["cat", "dog", "frog"]
+    info = ModelInfo(
+        arch="tutorial_cnn",
+        num_classes=3,
+        image_size=16,
+        arch_params={"tta": 2},
+        normalize=True,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        classes=classes,
+        params={},
+        visionpipe_version="test",
+        torch_version="2",
+    )
+    model = _model(0)
+    monkeypatch.chdir(tmp_path)
+    Path("models").mkdir()
+    export.export_onnx(model, info, Path("models/model.onnx"), 18)
+    images = torch.rand(4, 3, 16, 16)
+    namespace: dict = {"images": images.numpy()}
+    exec(_deploy_snippet("custom_metadata_map"), namespace)
+    with torch.no_grad():
+        expected = model(images)
+    assert (namespace["classes"], namespace["size"]) == (classes, 16)
+    torch.testing.assert_close(torch.from_numpy(namespace["logits"]), expected, atol=1e-5, rtol=0)
+    assert namespace["names"] == [classes[i] for i in expected.argmax(1)]
