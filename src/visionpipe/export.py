@@ -63,6 +63,13 @@ def trace(model: torch.nn.Module, info: ModelInfo, opset: int) -> onnx.ModelProt
         verbose=False,
     )
     proto = program.model_proto
+    written = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    if written != opset:
+        # A runtime chosen for the opset asked for must not get another one unannounced.
+        raise ValueError(
+            f"export.opset {opset}: torch's exporter wrote opset {written} instead; "
+            f"set export.opset to {written} or higher; nothing was written"
+        )
     batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
     if not batch_dim.dim_param:
         # torch.export can specialise a dimension the model's code pins (a reshape to a
