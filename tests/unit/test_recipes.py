@@ -4,14 +4,16 @@ README documents (`-S recipe=<name>`) and bench/recipes.py measures."""
 from __future__ import annotations
 
 import json
+import logging
 import re
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import ROOT
-from visionpipe.config.compose import compose
+from visionpipe.config.compose import compose, compose_yaml, warn_drift
 from visionpipe.config.params import parse_params
 from visionpipe.models import MODELS
 
@@ -95,3 +97,19 @@ def test_bench_reads_train_timings_of_either_layout(
     result = read_result("fast", tmp_path)
     assert (result["train_seconds"], result["validation_seconds"]) == (steps, validation)
     assert result["epoch_loop_seconds"] == loop
+
+
+def test_a_hand_edit_is_warned_of_with_how_to_keep_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # DVC recomposes params.yaml on every `dvc exp run` once Hydra is enabled, -S or not, so the
+    # warning must not suggest that a plain `dvc exp run` keeps the edit.
+    shutil.copytree(CONF, tmp_path / "conf")
+    text = compose_yaml([], CONF).replace("  lr: 0.01\n", "  lr: 0.005\n")
+    (tmp_path / "params.yaml").write_text(text, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
+    with caplog.at_level(logging.WARNING):
+        assert warn_drift(Path("params.yaml")) == ["train.lr"]
+    assert "even without -S" in caplog.text
+    assert "dvc exp run --no-hydra" in caplog.text

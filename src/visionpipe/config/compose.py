@@ -50,7 +50,7 @@ def diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def warn_drift(path: Path = DEFAULT_PARAMS) -> list[str]:
     """Warn of the values params.yaml holds that conf/ does not give it (a hand edit the next
-    `dvc exp run -S` would drop); outside `dvc exp run`, whose -S values are exactly such
+    `dvc exp run` would drop, -S or not); outside `dvc exp run`, whose -S values are exactly such
     values. Returns the keys warned of."""
     if os.environ.get("DVC_EXP_BASELINE_REV") or not (CONF_DIR / "config.yaml").is_file():
         return []
@@ -60,10 +60,12 @@ def warn_drift(path: Path = DEFAULT_PARAMS) -> list[str]:
         logging.getLogger(__name__).warning(
             "%s differs from conf/ in %s (a hand edit, the last experiment's -S values, or "
             "conf/ changed since params.yaml was composed). Running %s as it is; the next "
-            "`dvc exp run -S ...` rebuilds it from conf/ and drops these values: to keep them, "
-            "put them in conf/config.yaml",
+            "`dvc exp run` rebuilds it from conf/ even without -S, and drops these values: to "
+            "keep them, put them in conf/config.yaml, or run the experiment with "
+            "`dvc exp run --no-hydra`, which takes %s as it is",
             path,
             ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else ""),
+            path,
             path,
         )
     return keys
