@@ -55,7 +55,7 @@ def _params(args: argparse.Namespace) -> int:
 
     try:
         text = compose_yaml(args.overrides)
-        parse_params(yaml.safe_load(text), origin="the composed params")
+        parse_params(yaml.safe_load(text), origin="the composed params", complete=True)
     except Exception as exc:  # Hydra's and the loader's errors both name the bad override
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,9 +1,11 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
-from visionpipe.config import ConfigError
+from visionpipe.config import ConfigError, load_section
 from visionpipe.config.params import load_params, parse_params
+from visionpipe.config.predict import PredictConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,3 +97,29 @@ def test_model_keys_at_their_defaults_fit_every_model() -> None:
         for key in own:
             value = {"activation": "relu", "batch_norm": True, "pretrained": True}[key]
             assert getattr(parse_params({"model": {"name": arch, key: value}}).model, key) == value
+
+
+def _composed_without(section: str, key: str) -> dict:
+    from visionpipe.config.compose import compose
+
+    raw = compose([], ROOT / "conf")
+    del raw[section][key]
+    return raw
+
+
+def test_a_key_cut_from_composed_params_is_an_error(tmp_path: Path) -> None:
+    # `dvc exp run -S recipe=fast -S ~train.lr` writes params.yaml without train.lr: the run
+    # must not take the code's default lr under the label of the fast recipe.
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(_composed_without("train", "lr")))
+    with pytest.raises(ConfigError, match=r"'train\.lr' is missing.*-S train\.lr=VALUE"):
+        load_params(path)
+    with pytest.raises(ConfigError, match=r"'train\.lr' is missing"):
+        parse_params(_composed_without("train", "lr"), complete=True)
+
+
+def test_a_key_cut_from_a_later_stage_section_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(_composed_without("predict", "topk")))
+    with pytest.raises(ConfigError, match=r"'predict\.topk' is missing"):
+        load_section("predict", PredictConfig, path)

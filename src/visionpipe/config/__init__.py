@@ -53,9 +53,10 @@ def _describe(err: dict[str, Any], raw: Any, schema: type[BaseModel]) -> str:
     return f"{where} = {value!r}: {err['msg']}"
 
 
-def parse(schema: type[S], raw: Any, origin: str = "params") -> S:
+def parse(schema: type[S], raw: Any, origin: str = "params", complete: bool = False) -> S:
     """Validate the top-level keys of a parsed params mapping that `schema` declares (every
-    other key must be one of TOP_LEVEL); ConfigError names each problem."""
+    other key must be one of TOP_LEVEL, and with `complete` every declared key must be there);
+    ConfigError names each problem."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -66,11 +67,38 @@ def parse(schema: type[S], raw: Any, origin: str = "params") -> S:
         lines = [f"unknown key '{k}'; valid keys here: {valid}" for k in unknown]
         raise ConfigError(f"{origin} is invalid:\n  - " + "\n  - ".join(lines))
     mine = {k: v for k, v in raw.items() if k in schema.model_fields}
+    if complete:
+        _refuse_missing(schema, mine, origin)
     try:
         return schema.model_validate(mine)
     except ValidationError as exc:
         lines = [_describe(e, mine, schema) for e in exc.errors()]
         raise ConfigError(f"{origin} is invalid:\n  - " + "\n  - ".join(lines)) from None
+
+
+def _missing(schema: type[BaseModel], raw: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys `schema` declares that `raw` lacks, in the sections `raw` has."""
+    keys = []
+    for name, field in schema.model_fields.items():
+        sub = field.annotation
+        if name not in raw:
+            keys.append(f"{prefix}{name}")
+        elif isinstance(raw[name], dict) and isinstance(sub, type) and issubclass(sub, BaseModel):
+            keys += _missing(sub, raw[name], f"{prefix}{name}.")
+    return keys
+
+
+def _refuse_missing(schema: type[BaseModel], raw: dict[str, Any], origin: str) -> None:
+    # Without this, a key removed with `dvc exp run -S ~train.lr` would fall back to the code's
+    # default without a word, not to the recipe's value that params.yaml's label promises.
+    keys = [k for k in _missing(schema, raw) if k not in ("recipe", "about")]
+    if keys:
+        lines = [
+            f"'{k}' is missing (removed with `-S ~{k}`?): set it, e.g. `-S {k}=VALUE`, or drop "
+            f"the `~` to keep the value conf/ gives it"
+            for k in keys
+        ]
+        raise ConfigError(f"{origin} is invalid:\n  - " + "\n  - ".join(lines))
 
 
 def read(path: Path | str = DEFAULT_PARAMS) -> Any:
@@ -88,7 +116,11 @@ def read(path: Path | str = DEFAULT_PARAMS) -> Any:
 
 def load(schema: type[S], path: Path | str = DEFAULT_PARAMS) -> S:
     """The sections of params.yaml that `schema` declares, validated."""
-    return parse(schema, read(path), origin=str(path))
+    raw = read(path)
+    # A file composed from conf/ (it has conf/'s `about` note) holds every key: one missing was
+    # cut out. Hand-written partial files (tests, scripts) keep the code's defaults.
+    complete = isinstance(raw, dict) and "about" in raw
+    return parse(schema, raw, origin=str(path), complete=complete)
 
 
 def load_section(name: str, schema: type[S], path: Path | str = DEFAULT_PARAMS) -> S:

@@ -73,9 +73,10 @@ class Params(Section):
         return {"recipe": self.recipe, **self.training_dict()}
 
 
-def parse_params(raw: Any, origin: str = "params") -> Params:
-    """Validate a parsed mapping into `Params`; ConfigError names each problem."""
-    return config.parse(Params, raw, origin)
+def parse_params(raw: Any, origin: str = "params", complete: bool = False) -> Params:
+    """Validate a parsed mapping into `Params` (with `complete`, every key must be set);
+    ConfigError names each problem."""
+    return config.parse(Params, raw, origin, complete)
 
 
 def load_params(path: Path | str = config.DEFAULT_PARAMS) -> Params:
