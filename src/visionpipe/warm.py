@@ -232,6 +232,10 @@ def serve(key: str) -> None:
     listener.listen(64)  # stages that connect during the imports wait in the backlog
     own_path = set(_pythonpath())
     base_path = [p for p in sys.path[1:] if str(Path(p).resolve()) not in own_path]
+    # Python's default SIGTERM/SIGHUP end the process at once, skipping the `finally` below that
+    # kills the stages: they would train on, unseen by DVC, which was told they failed.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
     preload()
     server = _Server(listener, base_path, idle_seconds(dict(os.environ)))
     try:
@@ -239,6 +243,10 @@ def serve(key: str) -> None:
     finally:  # a stage must not outlive the process that reports its end
         for pid in server.stages:
             _kill_tree(pid)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def preload() -> None:
@@ -269,6 +277,7 @@ def preload() -> None:
 class _Server:
     def __init__(self, listener: socket.socket, base_path: list[str], idle: float) -> None:
         self.listener, self.base_path, self.idle = listener, base_path, idle
+        self.pid = os.getpid()
         self.stages: dict[int, socket.socket] = {}  # a running stage's pid -> its command
         self.sel = selectors.DefaultSelector()
         self.wake_r, wake_w = os.pipe()
@@ -341,6 +350,7 @@ class _Server:
         code = 1
         try:
             os.setpgid(0, 0)  # its own group, so the warm process can kill all it starts
+            _die_with(self.pid)
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
@@ -357,6 +367,17 @@ class _Server:
             traceback.print_exc()  # on the command's stderr, once _adopt has taken it over
         finally:
             os._exit(code)
+
+
+def _die_with(warm_pid: int) -> None:
+    """Have the kernel SIGKILL this stage when the warm process dies, even of a SIGKILL that
+    runs none of its cleanup: a stage must not outlive the process that reports its end."""
+    import ctypes
+
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != warm_pid:  # it died before the request took effect
+        os._exit(1)
 
 
 def _receive(conn: socket.socket) -> tuple[dict, list[int]]:

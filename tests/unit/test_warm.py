@@ -217,3 +217,30 @@ def test_no_warm_process_serves_after_an_import_that_would_not_survive_a_fork(
     finally:
         stop.set()
         thread.join()
+
+
+def _dead(pid: int, seconds: float = 10) -> bool:
+    """Gone, or a zombie: killed, waiting for a reaper that a container's init may never be."""
+    import psutil
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killing_the_warm_process_kills_its_stages(tmp_path: Path, sig: int) -> None:
+    # Else the stage trains on, writing outputs, after DVC has been told it failed.
+    import psutil
+
+    proc, stage = _started(tmp_path, "time.sleep(120)")
+    os.kill(psutil.Process(stage).ppid(), sig)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "ended before the stage did" in err
+    assert _dead(stage), "the stage outlived the warm process"
