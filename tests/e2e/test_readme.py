@@ -842,3 +842,12 @@ def test_every_command_runs_in_order(tmp_path: Path, walk: str) -> None:
             run([sys.executable, "-m", "dvc", "queue", "stop", "--kill"], ctx.repo, check=False)
         print(f"the pages' commands took {time.perf_counter() - started:.0f} s:")
         print("\n".join(report))
+
+
+def test_the_readme_s_machine_file_holds_only_this_machine_s_settings() -> None:
+    # conf/local/ is git-ignored: a data key there is missing from a teammate's composition,
+    # whose `dvc exp run` then re-runs from the download instead of sharing this dvc.lock.
+    fences = re.findall(r"```yaml\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    machine = [yaml.safe_load(f) for f in fences if "data_root" in f]
+    assert machine, "the README shows conf/local/machine.yaml"
+    assert all(set(m) == {"launch"} for m in machine), machine
