@@ -91,6 +91,8 @@ def _missing(schema: type[BaseModel], raw: dict[str, Any], prefix: str = "") -> 
 def _refuse_missing(schema: type[BaseModel], raw: dict[str, Any], origin: str) -> None:
     # Without this, a key removed with `dvc exp run -S ~train.lr` would fall back to the code's
     # default without a word, not to the recipe's value that params.yaml's label promises.
+    # A params.yaml composed before the code gained a key lacks it too: `visionpipe params`
+    # writes it anew from conf/.
     keys = [k for k in _missing(schema, raw) if k not in ("recipe", "about")]
     if keys:
         lines = [
@@ -98,6 +100,7 @@ def _refuse_missing(schema: type[BaseModel], raw: dict[str, Any], origin: str) -
             f"the `~` to keep the value conf/ gives it"
             for k in keys
         ]
+        lines.append("(for `dvc repro`: `uv run visionpipe params` writes params.yaml from conf/)")
         raise ConfigError(f"{origin} is invalid:\n  - " + "\n  - ".join(lines))
 
 
