@@ -11,6 +11,7 @@ table, as torchvision's `get_model` and timm's registry do.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class WeightsError(ValueError):
+    """Starting weights (model.weights, model.pretrained) that cannot be used; the message says
+    what to set instead."""
 
 
 def to_input(
@@ -412,11 +420,28 @@ def load_weights_file(model: nn.Module, path: Path, strict: bool = True) -> None
         state = {
             k.removeprefix("net."): v for k, v in state.items() if not k.startswith("normalize.")
         }
+    if not isinstance(state, dict):
+        raise WeightsError(
+            f"model.weights = '{path}' holds a {type(state).__name__}, not a state_dict"
+        )
     own = model.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if strict and len(fitting) != len(own):
-        missing = sorted(set(own) - set(fitting))[:5]
-        raise ValueError(f"{path} does not fit the model: missing or mismatched {missing} ...")
+    fresh = sorted(set(own) - set(fitting))
+    # Nothing fitting means another architecture's file: training would silently start from
+    # scratch while the user believes it fine-tunes.
+    if not fitting or (strict and fresh):
+        raise WeightsError(
+            f"model.weights = '{path}' does not fit this model: {len(fitting)} of the model's "
+            f"{len(own)} tensors match by name and shape (unmatched: {fresh[:5]} ...); give "
+            "weights of the same model.name, or set model.weights: null"
+        )
+    if fresh:
+        log.info(
+            "model.weights: %d of %d tensors loaded; left fresh: %s",
+            len(fitting),
+            len(own),
+            ", ".join(fresh),
+        )
     model.load_state_dict(fitting, strict=False)
 
 

@@ -12,7 +12,14 @@ from tests.datasets import FAST_MODEL, FAST_TRAIN, kill_at_validation, tiny_para
 from visionpipe import batches, memory, optim, paths, precision, progress, train
 from visionpipe.config.train import TrainConfig
 from visionpipe.modelfile import load_model
-from visionpipe.models import MODELS, Classifier, build_model, init_whitening, tutorial_cnn
+from visionpipe.models import (
+    MODELS,
+    Classifier,
+    WeightsError,
+    build_model,
+    init_whitening,
+    tutorial_cnn,
+)
 from visionpipe.tracking import EpochRecord
 
 
@@ -205,6 +212,16 @@ def test_fine_tune_from_another_runs_model(processed: Path) -> None:
     assert other.net[-1].out_features == 5
     with pytest.raises(FileNotFoundError, match=r"model\.weights"):
         build_model("resnet18", 2, 32, {"weights": "missing.pt"})
+
+
+def test_weights_of_another_model_are_refused(processed: Path) -> None:
+    train.run(tiny_params(epochs=1))
+    # Not one tensor of a tutorial_cnn fits alexnet: loading nothing would train from scratch.
+    with pytest.raises(WeightsError, match=r"0 of the model's \d+ tensors"):
+        build_model("alexnet", 3, 16, {"weights": str(paths.MODEL)})
+    torch.save([1, 2], processed / "list.pt")
+    with pytest.raises(WeightsError, match="not a state_dict"):
+        build_model("tutorial_cnn", 3, 16, {"weights": str(processed / "list.pt")})
 
 
 def test_divergence_stops_training_and_export_stays_honest(processed: Path) -> None:
