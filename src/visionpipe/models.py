@@ -287,9 +287,12 @@ def _torchvision_model(name: str, pretrained: bool) -> nn.Module:
     try:
         return builder(weights="DEFAULT" if pretrained else None)
     except Exception as exc:  # torchvision raises URLError/RuntimeError/etc. when offline
-        raise RuntimeError(
+        # A WeightsError, so the stage prints this advice alone, not under a traceback; the
+        # file name, so the user knows what to fetch on a machine that is online.
+        url = torchvision.models.get_model_weights(name).DEFAULT.url
+        raise WeightsError(
             f"model.pretrained: true could not load ImageNet weights for {name} ({exc}). "
-            f"Offline, either put the weights in the torch hub cache "
+            f"Offline, either put {url.rsplit('/', 1)[-1]} (from {url}) in the torch hub cache "
             f"({torch.hub.get_dir()}/checkpoints) or set model.weights to a local weights file "
             "(and model.pretrained: false)."
         ) from None

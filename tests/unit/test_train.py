@@ -214,6 +214,20 @@ def test_fine_tune_from_another_runs_model(processed: Path) -> None:
         build_model("resnet18", 2, 32, {"weights": "missing.pt"})
 
 
+def test_pretrained_offline_says_which_file_to_fetch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchvision.models import _api
+
+    from visionpipe import logs
+
+    def offline(url: str, *args: object, **kwargs: object) -> None:
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(_api, "load_state_dict_from_url", offline)
+    with pytest.raises(WeightsError, match=r"put resnet18-\w+\.pth \(from https://") as err:
+        build_model("resnet18", 2, 32, {"pretrained": True})
+    assert logs.is_user_error(err.value)  # the stage prints the advice, not a traceback
+
+
 def test_weights_of_another_model_are_refused(processed: Path) -> None:
     train.run(tiny_params(epochs=1))
     # Not one tensor of a tutorial_cnn fits alexnet: loading nothing would train from scratch.
