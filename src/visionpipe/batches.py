@@ -76,17 +76,20 @@ class Batches:
     ) -> None:
         self.images, self.labels = images, labels  # on the device when it fits, else host
         self.cfg, self.device, self.gen, self.ddp = cfg, device, gen, ddp
-        self.steps_per_epoch = -(-len(labels) // cfg.batch_size)
+        n, bs = len(labels), cfg.batch_size
+        # A last batch of one image joins the batch before it: BatchNorm cannot train on one
+        # value per channel, which is what a 1x1 map gives (resnet18's last block at 32 px).
+        self.steps_per_epoch = max(1, n // bs) if n % bs == 1 else -(-n // bs)
         self.flip_mask = None
         if cfg.augment.flip == "alternate":
             self.flip_mask = alternate_flip_mask(len(labels), cfg.seed).to(images.device)
 
     def epoch(self, epoch: int, steps: Iterable[int] | None = None) -> Iterator[Batch]:
         """The batches of epoch `epoch` (0-based); `steps` picks which (default: all)."""
-        bs = self.cfg.batch_size
+        bs, last = self.cfg.batch_size, self.steps_per_epoch - 1
         perm = torch.randperm(len(self.labels), generator=self.gen).to(self.images.device)
         for i in steps if steps is not None else range(self.steps_per_epoch):
-            idx = perm[i * bs : (i + 1) * bs]
+            idx = perm[i * bs :] if i == last else perm[i * bs : (i + 1) * bs]
             x = self._augment(self.images[idx].to(self.device, non_blocking=True), idx, epoch)
             y = self.labels[idx].to(self.device, non_blocking=True)
             # Every rank draws the same augmentation for the whole global batch, then keeps its
@@ -97,7 +100,7 @@ class Batches:
             x = to_input(
                 x, torch.channels_last if self.cfg.channels_last else torch.contiguous_format
             )
-            yield Batch(x, y, len(idx), (i + 1) * bs)
+            yield Batch(x, y, len(idx), i * bs + len(idx))
 
     def _augment(self, x: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
         aug = self.cfg.augment

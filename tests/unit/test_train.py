@@ -440,3 +440,21 @@ def test_amp_follows_the_param_and_the_hardware(monkeypatch: pytest.MonkeyPatch)
     assert precision.autocast_dtype(cpu, amp=False) is None
     monkeypatch.setattr(precision, "cpu_computes_bf16", lambda: False)  # emulated bf16 is slower
     assert precision.autocast_dtype(cpu, amp=True) is None
+
+
+def test_a_last_batch_of_one_image_joins_the_batch_before() -> None:
+    # resnet18's last block has a 1x1 map at 32 px: BatchNorm cannot train on one image there.
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (17, 3, 32, 32), dtype=torch.uint8)
+    y = torch.arange(17) % 2
+    model = train.place_model(build_model("resnet18", 2, 32), torch.device("cpu"), TrainConfig())
+    config = TrainConfig(epochs=1, batch_size=16, log_every=1000)
+    loop = train.make_loop(model, x, y, config, torch.device("cpu"))
+    assert loop.batches.steps_per_epoch == 1
+    assert [(b.size, b.seen) for b in loop.batches.epoch(0)] == [(17, 17)]
+    assert torch.isfinite(train.train_epoch(loop, 0))
+    # Any other remainder keeps its own last batch.
+    loop = train.make_loop(
+        model, x[:16], y[:16], TrainConfig(epochs=1, batch_size=6), torch.device("cpu")
+    )
+    assert [(b.size, b.seen) for b in loop.batches.epoch(0)] == [(6, 6), (6, 12), (4, 16)]
