@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from visionpipe import paths
+
 log = logging.getLogger(__name__)
 
 
@@ -412,8 +414,15 @@ def load_weights_file(model: nn.Module, path: Path, strict: bool = True) -> None
     Tensors whose shape differs (a classifier for another class count) are left as initialised.
     """
     if not path.is_file():
+        hint = ""
+        if path.resolve() == paths.MODEL.resolve():
+            # The train stage's own output: DVC deletes it before the stage runs.
+            hint = (
+                f" (DVC removes {paths.MODEL} before train runs: copy it elsewhere first, "
+                f"e.g. cp {paths.MODEL} ../start.pt, and point model.weights there)"
+            )
         raise FileNotFoundError(
-            f"model.weights = '{path}' does not exist; give the path of a state_dict file "
+            f"model.weights = '{path}' does not exist{hint}; give the path of a state_dict file "
             "(torchvision .pth, or a visionpipe models/model.pt), or set model.weights: null"
         )
     state = torch.load(path, map_location="cpu", weights_only=True)

@@ -212,6 +212,10 @@ def test_fine_tune_from_another_runs_model(processed: Path) -> None:
     assert other.net[-1].out_features == 5
     with pytest.raises(FileNotFoundError, match=r"model\.weights"):
         build_model("resnet18", 2, 32, {"weights": "missing.pt"})
+    # The workspace's own model.pt: DVC deletes it before train runs, so "missing" needs a why.
+    paths.MODEL.unlink()
+    with pytest.raises(FileNotFoundError, match=r"DVC removes models/model\.pt.*copy it"):
+        build_model("tutorial_cnn", 3, 16, {"weights": str(paths.MODEL.resolve())})
 
 
 def test_pretrained_offline_says_which_file_to_fetch(monkeypatch: pytest.MonkeyPatch) -> None:
