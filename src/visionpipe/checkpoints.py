@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -57,8 +58,13 @@ class Trainee:
 def fingerprint(params: Params) -> str:
     """What a checkpoint must match to be resumed: params that shape training, and the data."""
     h = hashlib.sha256(json.dumps(params.training_dict(), sort_keys=True).encode())
-    for split in ("train", "val"):
-        with open(paths.split_file(split), "rb") as f:
+    files = [paths.split_file(split) for split in ("train", "val")]
+    # The starting weights by their bytes, not only their path: a run interrupted before the
+    # file was replaced would otherwise resume from the old start.
+    if params.model.weights:
+        files.append(Path(params.model.weights))
+    for file in files:
+        with open(file, "rb") as f:
             h.update(hashlib.file_digest(f, "sha256").digest())
     return h.hexdigest()
 

@@ -462,3 +462,14 @@ def test_a_last_batch_of_one_image_joins_the_batch_before() -> None:
         model, x[:16], y[:16], TrainConfig(epochs=1, batch_size=6), torch.device("cpu")
     )
     assert [(b.size, b.seen) for b in loop.batches.epoch(0)] == [(6, 6), (6, 12), (4, 16)]
+
+
+def test_checkpoint_fingerprint_reads_the_starting_weights(processed: Path) -> None:
+    from visionpipe import checkpoints
+
+    start = processed / "start.pt"
+    torch.save(build_model("tutorial_cnn", 3, 16).net.state_dict(), start)
+    params = tiny_params({"weights": str(start)})
+    before = checkpoints.fingerprint(params)
+    torch.save(build_model("tutorial_cnn", 3, 16).net.state_dict(), start)  # other weights
+    assert checkpoints.fingerprint(params) != before
