@@ -109,7 +109,10 @@ def _read(fp: str) -> dict[str, Any] | None:
     try:
         state = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)
     except Exception as exc:  # a corrupt file from an older version: start fresh, but say so
-        log.warning("ignoring unreadable checkpoint %s: %s", CHECKPOINT, exc)
+        # The type too: an empty file's EOFError and a text file's pickle error say nothing alone.
+        log.warning(
+            "unreadable checkpoint %s (%s: %s): starting fresh", CHECKPOINT, type(exc).__name__, exc
+        )
         return None
     if state.get("fingerprint") != fp:
         log.info("checkpoint %s is from other params or data: starting fresh", CHECKPOINT)

@@ -473,3 +473,14 @@ def test_checkpoint_fingerprint_reads_the_starting_weights(processed: Path) -> N
     before = checkpoints.fingerprint(params)
     torch.save(build_model("tutorial_cnn", 3, 16).net.state_dict(), start)  # other weights
     assert checkpoints.fingerprint(params) != before
+
+
+def test_an_empty_checkpoint_is_ignored_with_its_reason(
+    processed: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from visionpipe import checkpoints
+
+    checkpoints.CHECKPOINT.parent.mkdir(parents=True, exist_ok=True)
+    checkpoints.CHECKPOINT.write_bytes(b"")  # a disk that filled up mid-write
+    assert checkpoints._read("any") is None
+    assert "EOFError" in caplog.text
