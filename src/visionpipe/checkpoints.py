@@ -7,6 +7,7 @@ fingerprint) that has not finished, so `dvc repro -f` really retrains.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -122,6 +123,19 @@ def _read(fp: str) -> dict[str, Any] | None:
     return state
 
 
+def _fitting_lookahead(
+    theirs: dict[str, torch.Tensor] | None, own: dict[str, torch.Tensor] | None
+) -> dict[str, torch.Tensor]:
+    """The checkpoint's slow weights, checked against this run's; {} without lookahead."""
+    if own is None:
+        return {}
+    if theirs is None or theirs.keys() != own.keys():
+        raise KeyError("its lookahead weights do not match this model's")
+    if any(theirs[k].shape != own[k].shape for k in own):
+        raise ValueError("its lookahead weights have other shapes")
+    return theirs
+
+
 def restore(ckpt: Checkpoint, t: Trainee) -> bool:
     """Load a checkpoint into the trainee's objects; False (and them left fresh) when it does
     not fit them."""
@@ -131,20 +145,25 @@ def restore(ckpt: Checkpoint, t: Trainee) -> bool:
         # Checked first: a half-loaded model would not be a fresh start.
         log.warning("checkpoint %s holds another model layout: starting fresh", CHECKPOINT)
         return False
+    # A fresh run's optimizer holds no buffers yet: cheap copies to put back if a later part
+    # fails, so that "starting fresh" does not go on with the checkpoint's momentum.
+    fresh = copy.deepcopy((t.optimizer.state_dict(), t.scheduler.state_dict()))
     try:
-        # The optimizer checks its layout before it changes anything.
         t.optimizer.load_state_dict(ckpt.optimizer)
         t.scheduler.load_state_dict(ckpt.scheduler)
-        t.model.load_state_dict(theirs)
-        if t.lookahead is not None:
-            for name, slow in t.lookahead.items():
-                slow.copy_(ckpt.lookahead[name])  # type: ignore[index]
+        slow = _fitting_lookahead(ckpt.lookahead, t.lookahead)
         if t.scaler.is_enabled() and ckpt.scaler:
             t.scaler.load_state_dict(ckpt.scaler)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         # Written by another visionpipe version with another optimizer layout: the weights
         # might load but the run would not continue as it began, so begin again.
+        t.optimizer.load_state_dict(fresh[0])
+        t.scheduler.load_state_dict(fresh[1])
         log.warning("checkpoint %s does not fit this version (%s): starting fresh", CHECKPOINT, exc)
         return False
+    # Last, once every part is known to fit: these cannot fail half-way.
+    t.model.load_state_dict(theirs)
+    for name, tensor in slow.items():
+        t.lookahead[name].copy_(tensor)  # type: ignore[index]
     set_rng_state(ckpt.rng, t.gen, t.device)
     return True

@@ -484,3 +484,37 @@ def test_an_empty_checkpoint_is_ignored_with_its_reason(
     checkpoints.CHECKPOINT.write_bytes(b"")  # a disk that filled up mid-write
     assert checkpoints._read("any") is None
     assert "EOFError" in caplog.text
+
+
+def test_a_checkpoint_that_fails_half_way_leaves_a_fresh_start() -> None:
+    from visionpipe import checkpoints
+
+    def trainee(trained: bool) -> checkpoints.Trainee:
+        torch.manual_seed(0)
+        x = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+        loop = train.make_loop(
+            build_model("tutorial_cnn", 2, 16),
+            x,
+            torch.arange(8) % 2,
+            TrainConfig(epochs=2, batch_size=4, momentum=0.9),
+            torch.device("cpu"),
+        )
+        if trained:
+            train.train_epoch(loop, 0)
+        return loop.trainee()
+
+    old = trainee(trained=True)
+    ckpt = checkpoints.Checkpoint(
+        progress.Progress(1),
+        old.model.state_dict(),
+        old.optimizer.state_dict(),  # fits, and holds momentum buffers ...
+        {"last_epoch": 4},  # ... but the schedule's state is of another version
+        {},
+        None,
+        {},
+    )
+    new = trainee(trained=False)
+    weights = {k: v.clone() for k, v in new.model.state_dict().items()}
+    assert not checkpoints.restore(ckpt, new)
+    assert not new.optimizer.state, "a fresh start must not keep the checkpoint's momentum"
+    assert all(torch.equal(weights[k], v) for k, v in new.model.state_dict().items())
