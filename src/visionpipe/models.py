@@ -213,7 +213,7 @@ class GlobalMaxPool(nn.Module):
 class FastNet(nn.Module):
     """airbench94's CIFAR speed net: 2x2 whitening conv, three conv groups, GELU, BN.
 
-    `prepare` sets `whiten.weight` from the training images' patch covariance and freezes it;
+    `prepare` sets `whiten.weight` (never trained) from the training images' patch covariance;
     the whitening bias trains for the first WHITEN_BIAS_EPOCHS only. The logits are scaled
     down by 9, as in airbench.
     """
@@ -224,6 +224,7 @@ class FastNet(nn.Module):
     def __init__(self, num_classes: int, widths: Sequence[int] = (64, 256, 256)) -> None:
         super().__init__()
         self.whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
+        self.whiten.weight.requires_grad_(False)  # set by `prepare` or model.weights, not trained
         self.act = nn.GELU()
         self.layers = nn.Sequential(
             _ConvGroup(24, widths[0]),
@@ -237,7 +238,6 @@ class FastNet(nn.Module):
     def prepare(self, images: torch.Tensor, normalize: nn.Module) -> None:
         x = normalize(to_input(images[: self.WHITEN_IMAGES].cpu()))
         init_whitening(self.whiten, x)
-        self.whiten.weight.requires_grad_(False)  # the filters stay as computed
 
     def lr_stops(self) -> dict[str, tuple[list[nn.Parameter], int]]:
         return {"whiten_bias": ([self.whiten.bias], self.WHITEN_BIAS_EPOCHS)}

@@ -257,7 +257,10 @@ def build_training_model(
     )
     if params.train.deterministic:
         determinism.set_deterministic(model, params.model.name, device)
-    model.prepare(splits.train_x)
+    # Weights from a file win over an init from the data: fast's whitening (and its trained
+    # bias) would otherwise be recomputed under layers that were trained on the loaded one.
+    if not params.model.weights:
+        model.prepare(splits.train_x)
     model = place_model(model, device, params.train)
     return distributed.sync_batch_norm(model, device) if ddp.enabled else model
 

@@ -518,3 +518,17 @@ def test_a_checkpoint_that_fails_half_way_leaves_a_fresh_start() -> None:
     assert not checkpoints.restore(ckpt, new)
     assert not new.optimizer.state, "a fresh start must not keep the checkpoint's momentum"
     assert all(torch.equal(weights[k], v) for k, v in new.model.state_dict().items())
+
+
+def test_fine_tuning_fast_keeps_the_loaded_whitening(processed: Path) -> None:
+    train.run(tiny_params(FAST_MODEL, **{**FAST_TRAIN, "epochs": 1, "lookahead": False}))
+    start = processed / "start.pt"
+    paths.MODEL.rename(start)
+    loaded = torch.load(start, weights_only=True)["state_dict"]
+    assert loaded["net.whiten.bias"].abs().sum() > 0  # trained in its first epoch
+    # An lr of about 0: the tuned model is what it loaded, whitening included.
+    model = {**FAST_MODEL, "weights": str(start)}
+    train.run(tiny_params(model, **{**FAST_TRAIN, "epochs": 1, "lookahead": False, "lr": 1e-30}))
+    tuned = _weights()
+    for name in ("net.whiten.weight", "net.whiten.bias"):
+        assert torch.allclose(tuned[name], loaded[name]), name
