@@ -68,7 +68,9 @@ def _params(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="visionpipe", description=__doc__.splitlines()[0])
+    # The docstring's first paragraph, not its first line: that one ends mid-sentence.
+    summary = " ".join(__doc__.split("\n\n")[0].split())
+    parser = argparse.ArgumentParser(prog="visionpipe", description=summary)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("predict", help="classify images, folders or globs")
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or globs")

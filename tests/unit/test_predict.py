@@ -128,6 +128,13 @@ def test_onnx_cli_never_imports_torch(exported_model: Path) -> None:
     assert "dog.png:" in proc.stdout
 
 
+def test_help_summary_is_a_whole_sentence(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "serve it over HTTP; compose params.yaml." in out
+
+
 def test_missing_model_is_a_clear_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert main(["predict", "x.png", "--model", str(tmp_path / "model.onnx")]) == 2
     assert "dvc repro export" in caplog.text
