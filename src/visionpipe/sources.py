@@ -178,6 +178,10 @@ def _fetch_official(
         f"The official {dataset} archive could not be downloaded (no network?). Use a local copy:"
         f" set data.source to it, e.g. `uv run dvc exp run -S data.source=/abs/path/"
         f"{official.filename}`, or set DATA_MIRROR to a folder holding {official.filename}."
+        # A `-S data.source=...` lasts one run: the next `dvc exp run` composes conf/ anew, and
+        # lands here again without it.
+        " To keep it for every experiment, set data.source in conf/config.yaml: each `dvc exp"
+        " run` composes params.yaml from conf/ anew, so an earlier -S data.source is gone."
     )
     return _download(official.url, dest, expect, checks, net, hint)
 
