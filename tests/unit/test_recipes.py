@@ -113,3 +113,5 @@ def test_a_hand_edit_is_warned_of_with_how_to_keep_it(
         assert warn_drift(Path("params.yaml")) == ["train.lr"]
     assert "even without -S" in caplog.text
     assert "dvc exp run --no-hydra" in caplog.text
+    # `visionpipe params train.lr=...` writes such values too: the warning names it as a cause.
+    assert "`visionpipe params key=value`" in caplog.text

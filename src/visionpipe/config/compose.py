@@ -58,8 +58,9 @@ def warn_drift(path: Path = DEFAULT_PARAMS) -> list[str]:
     keys = drift(raw) if isinstance(raw, dict) else []
     if keys:
         logging.getLogger(__name__).warning(
-            "%s differs from conf/ in %s (a hand edit, the last experiment's -S values, or "
-            "conf/ changed since params.yaml was composed). Running %s as it is; the next "
+            "%s differs from conf/ in %s (a hand edit, the last experiment's -S values, "
+            "`visionpipe params key=value`, or conf/ changed since params.yaml was composed). "
+            "Running %s as it is; the next "
             "`dvc exp run` rebuilds it from conf/ even without -S, and drops these values: to "
             "keep them, put them in conf/config.yaml, or run the experiment with "
             "`dvc exp run --no-hydra`, which takes %s as it is",
