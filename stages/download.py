@@ -15,13 +15,15 @@ def main() -> None:
     # dvc.yaml: clones with the same archive in different folders write the same dvc.lock.
     data_root = config.load_section("launch", LaunchConfig).data_root
     root = Path.cwd() / data_root if data_root else None
+    env_mirror = os.environ.get("DATA_MIRROR")
     result = sources.fetch_dataset(
         data.dataset,
         data.source,
         data.sha256,
         paths.RAW_DIR,
         base_dir=root or Path.cwd(),
-        mirror=os.environ.get("DATA_MIRROR") or (str(root) if root else None),
+        mirror=env_mirror or (str(root) if root else None),
+        mirror_name="DATA_MIRROR" if env_mirror else "launch.data_root",
     )
     write_json(
         paths.RAW_INFO,

@@ -114,13 +114,15 @@ def fetch_dataset(
     *,
     base_dir: Path,
     mirror: str | None,
+    mirror_name: str = "DATA_MIRROR",
     attempts: int = 3,
     backoff_s: float = 1.0,
     timeout_s: float = 30.0,
 ) -> FetchResult:
     """Put the verified archive of `dataset` into `dest_dir` and describe it.
 
-    source: None for the official archive (`mirror`, the DATA_MIRROR folder or base URL, first);
+    source: None for the official archive (`mirror`, the DATA_MIRROR folder or base URL, first;
+        `mirror_name` says in the log where it was set: DATA_MIRROR or launch.data_root);
         else a local file or folder (relative to `base_dir`), a file:// or an http(s) URL.
         A folder is packed into `<dest_dir>/folder.tar` (PACKED_FOLDER).
     sha256: hex digest the fetched file (or packed folder) must have, when given.
@@ -130,7 +132,9 @@ def fetch_dataset(
     dest_dir = Path(dest_dir)
     net = _Net(attempts=attempts, backoff_s=backoff_s, timeout_s=timeout_s)
     if source is None:
-        result = _fetch_official(dataset, sha256, dest_dir, Path(base_dir), mirror, net)
+        result = _fetch_official(
+            dataset, sha256, dest_dir, Path(base_dir), (mirror, mirror_name), net
+        )
     else:
         result = _fetch_source(source, sha256, dest_dir, Path(base_dir), net)
     _remove_others(dest_dir, keep=result.path)
@@ -153,7 +157,7 @@ def _fetch_official(
     sha256: str | None,
     dest_dir: Path,
     base_dir: Path,
-    mirror: str | None,
+    mirror: tuple[str | None, str],
     net: _Net,
 ) -> FetchResult:
     official = OFFICIAL.get(dataset)
@@ -170,8 +174,10 @@ def _fetch_official(
         + (" (or fix data.sha256)." if sha256 else "."),
     )
     checks: list[Check] = [_check_hymenoptera] if dataset == "hymenoptera" else []
-    if mirror:
-        result = _try_mirror(mirror, official.filename, dest, expect, checks, base_dir, net)
+    mirror_value, mirror_name = mirror
+    if mirror_value:
+        where = (mirror_value, mirror_name)
+        result = _try_mirror(where, official.filename, dest, expect, checks, base_dir, net)
         if result is not None:
             return result
     hint = (
@@ -187,7 +193,7 @@ def _fetch_official(
 
 
 def _try_mirror(
-    mirror: str,
+    mirror: tuple[str, str],
     filename: str,
     dest: Path,
     expect: _Expect,
@@ -195,22 +201,25 @@ def _try_mirror(
     base_dir: Path,
     net: _Net,
 ) -> FetchResult | None:
-    """Fetch `filename` from DATA_MIRROR; None (logged) if the mirror does not have it."""
+    """Fetch `filename` from the mirror (its value, and the setting that gave it: DATA_MIRROR or
+    launch.data_root, which the log names so the user knows what to change); None (logged) if
+    the mirror does not have it."""
+    mirror, name = mirror
     scheme = urllib.parse.urlparse(mirror).scheme
     if scheme in ("http", "https"):
         url = f"{mirror.rstrip('/')}/{urllib.parse.quote(filename)}"
         try:
             return _download(url, dest, expect, checks, net, hint="")
         except NetworkError as e:
-            log.warning("DATA_MIRROR: %s Falling back to the official URL.", e)
+            log.warning("%s: %s Falling back to the official URL.", name, e)
             return None
-    folder = _local_path(mirror, base_dir, param="DATA_MIRROR")
+    folder = _local_path(mirror, base_dir, param=name)
     candidate = folder / filename
     if not candidate.is_file():
         what = "is not a folder" if not folder.is_dir() else f"has no {filename}"
-        log.warning("DATA_MIRROR %s %s; falling back to the official URL", folder, what)
+        log.warning("%s %s %s; falling back to the official URL", name, folder, what)
         return None
-    log.info("using %s from DATA_MIRROR", candidate)
+    log.info("using %s from %s", candidate, name)
     return _copy(candidate, dest, expect, checks)
 
 

@@ -172,6 +172,19 @@ def test_mirror_folder_used_before_network(tmp_path: Path, monkeypatch: pytest.M
     assert _fetch(None, tmp_path, dataset="cifar10", mirror=mirror.as_uri()).md5 == MD5
 
 
+def test_the_log_names_the_setting_that_gave_the_mirror(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # launch.data_root serves as the mirror when DATA_MIRROR is unset: a user who never set
+    # DATA_MIRROR must not be told to look at it.
+    _fake_official(monkeypatch, f"{UNREACHABLE}/cifar-10-python.tar.gz")
+    (tmp_path / "datasets").mkdir()
+    with caplog.at_level(logging.INFO), pytest.raises(DownloadError):
+        _fetch(None, tmp_path, dataset="cifar10", mirror="datasets", mirror_name="launch.data_root")
+    assert "launch.data_root " + str(tmp_path / "datasets") + " has no cifar-10" in caplog.text
+    assert "DATA_MIRROR" not in caplog.text.split("could not be downloaded")[0]
+
+
 def test_mirror_checks_official_md5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     mirror = tmp_path / "mirror"
     mirror.mkdir()
