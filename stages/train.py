@@ -23,4 +23,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    logs.run_stage(main)
+    logs.run_stage(
+        main, interrupted="the next `uv run dvc repro` resumes from the last complete epoch"
+    )

@@ -24,8 +24,9 @@ def is_user_error(exc: BaseException) -> bool:
     return isinstance(exc, FileNotFoundError) or type(exc).__module__.startswith("visionpipe.")
 
 
-def run_stage(main: Callable[[], int | None]) -> None:
-    """Run a stage's main(): a user error prints its message (no traceback) and exits 1.
+def run_stage(main: Callable[[], int | None], interrupted: str = "") -> None:
+    """Run a stage's main(): a user error prints its message (no traceback) and exits 1; Ctrl-C
+    prints one line (plus `interrupted`, what happens next) and exits 130, the shell's code for it.
 
     Set VISIONPIPE_DEBUG=1 to see the traceback anyway. Anything else is a bug and keeps its
     traceback.
@@ -33,6 +34,13 @@ def run_stage(main: Callable[[], int | None]) -> None:
     setup()
     try:
         code = main()
+    except KeyboardInterrupt:
+        # Ctrl-C is an ordinary way to stop a run (train resumes from its checkpoint): the
+        # traceback of wherever the loop happened to be would only bury that.
+        if os.environ.get("VISIONPIPE_DEBUG"):
+            raise
+        log.error("interrupted (Ctrl-C)%s", f"; {interrupted}" if interrupted else "")
+        sys.exit(130)
     except Exception as exc:
         if not is_user_error(exc) or os.environ.get("VISIONPIPE_DEBUG"):
             raise

@@ -40,6 +40,21 @@ def test_two_cpu_runs_give_bit_identical_weights(processed: Path) -> None:
     assert '"val_accuracy"' in metrics
 
 
+def test_ctrl_c_is_one_line_that_says_what_comes_next(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The docs send users to Ctrl-C and `dvc repro` to pause a run: no traceback for that.
+    monkeypatch.delenv("VISIONPIPE_DEBUG", raising=False)
+
+    def stage() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as stopped:
+        logs.run_stage(stage, interrupted="the next `uv run dvc repro` resumes")
+    assert stopped.value.code == 130  # the shell's code for SIGINT
+    assert "interrupted (Ctrl-C); the next `uv run dvc repro` resumes" in caplog.text
+
+
 RECIPES = {
     "tutorial+aug": (None, {"augment": {"crop_padding": 2, "flip": True}, "momentum": 0.9}),
     # Lookahead's slow weights and the alternating flip must survive the kill as well.
