@@ -2,7 +2,9 @@
 
 A checkpoint is a dict of state_dicts and plain values, written atomically by global rank 0 and
 read back with weights_only=True. It is resumed only by a run of the same params and data (its
-fingerprint) that has not finished, so `dvc repro -f` really retrains.
+fingerprint). Once train has written its outputs the checkpoint is removed (`discard`), so
+`dvc repro -f` really retrains; one of a finished run that was stopped before its outputs were
+written is resumed with no epoch left, and only writes them.
 """
 
 from __future__ import annotations
@@ -70,11 +72,11 @@ def fingerprint(params: Params) -> str:
     return h.hexdigest()
 
 
-def save(fp: str, progress: Progress, done: bool, t: Trainee) -> None:
+def save(fp: str, progress: Progress, t: Trainee) -> None:
     state = {
         "fingerprint": fp,
         "epoch": progress.epoch,
-        "done": done,
+        "stopped": progress.stopped,
         "model": t.model.state_dict(),
         "optimizer": t.optimizer.state_dict(),
         "scheduler": t.scheduler.state_dict(),
@@ -99,7 +101,9 @@ def resume_point(fp: str, ddp: distributed.Dist) -> Checkpoint | None:
     if state is None:
         return None
     history = History(state["history"]["epochs"], state["history"]["steps"])
-    progress = Progress(state["epoch"], history, state["best_val"], state["bad_epochs"])
+    progress = Progress(
+        state["epoch"], history, state["best_val"], state["bad_epochs"], state["stopped"]
+    )
     parts = ("model", "optimizer", "scheduler", "scaler", "lookahead", "rng")
     return Checkpoint(progress, **{k: state.get(k) for k in parts})
 
@@ -118,9 +122,14 @@ def _read(fp: str) -> dict[str, Any] | None:
     if state.get("fingerprint") != fp:
         log.info("checkpoint %s is from other params or data: starting fresh", CHECKPOINT)
         return None
-    if state.get("done"):
+    if "stopped" not in state:  # an older layout, which kept finished runs' checkpoints
         return None
     return state
+
+
+def discard() -> None:
+    """Remove the checkpoint once the run's outputs are written: a finished run is not resumed."""
+    CHECKPOINT.unlink(missing_ok=True)
 
 
 def _fitting_lookahead(

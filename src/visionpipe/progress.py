@@ -20,6 +20,7 @@ class Progress:
     history: History = field(default_factory=History)
     best_val: float = math.inf  # lowest val loss so far, for early stopping
     bad_epochs: int = 0  # epochs since it last improved
+    stopped: bool = False  # ended before its last epoch (diverged, or early stopping)
 
     def update(self, record: EpochRecord, patience: int) -> bool:
         """Count a finished epoch; True when training should stop (diverged or no progress)."""

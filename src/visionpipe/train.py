@@ -198,8 +198,10 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
     resume = checkpoints.resume_point(fp, ddp)
     loop = make_loop(model, splits.train_x, splits.train_y, cfg, device, ddp, gen, resume)
     start = loop.progress.epoch
+    # A checkpoint of a run that ended (interrupted while writing its outputs): no epoch left.
+    last = start if loop.progress.stopped else cfg.epochs
     if start:
-        log.info("resuming from %s after epoch %d of %d", checkpoints.CHECKPOINT, start, cfg.epochs)
+        log.info("resuming from %s after epoch %d of %d", checkpoints.CHECKPOINT, start, last)
     if ddp.writes_outputs:
         warn_if_no_step_logs(cfg, loop.batches.steps_per_epoch)
     tracker = Tracker(ddp.writes_outputs, loop.progress.history)
@@ -207,21 +209,22 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
     tracker.start(model, splits.train_x, splits.train_y, epoch=start)
 
     t_start = time.perf_counter()
-    stopped = False
-    for epoch in range(start, cfg.epochs):
+    for epoch in range(start, last):
         record = run_epoch(loop, epoch, splits, tracker)
         # Rank 0 decides for all: each rank's BatchNorm statistics, and so its val loss, can
         # differ, and a rank that stopped alone would leave the others waiting for it.
         stopped = distributed.broadcast_object(loop.progress.update(record, cfg.patience), ddp)
+        loop.progress.stopped = stopped
         if ddp.is_main:  # rank 0 alone writes; the others hold identical state
-            done = stopped or epoch + 1 == cfg.epochs
-            checkpoints.save(fp, loop.progress, done, loop.trainee())
+            checkpoints.save(fp, loop.progress, loop.trainee())
         if stopped:
             log_why_stopped(record, cfg.patience, cfg.lr)
             break
     seconds = time.perf_counter() - t_start
-    metrics = finish(params, loop, splits, stopped, seconds, start)
+    metrics = finish(params, loop, splits, loop.progress.stopped, seconds, start)
     tracker.close()
+    if ddp.is_main:
+        checkpoints.discard()
     return metrics
 
 

@@ -111,7 +111,7 @@ def test_deterministic_gpu_run_resumes_to_the_same_weights(
     train.run(params)
     uninterrupted = _weights()
     paths.MODEL.unlink()
-    paths.CHECKPOINT_DIR.joinpath("last.pt").unlink()
+    assert not paths.CHECKPOINT_DIR.joinpath("last.pt").exists(), "a finished run keeps none"
     real_eval = train.evaluate_split
     kill_at_validation(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):

@@ -9,7 +9,17 @@ import pytest
 import torch
 
 from tests.datasets import FAST_MODEL, FAST_TRAIN, kill_at_validation, tiny_params
-from visionpipe import batches, memory, optim, paths, precision, progress, train
+from visionpipe import (
+    batches,
+    checkpoints,
+    logs,
+    memory,
+    optim,
+    paths,
+    precision,
+    progress,
+    train,
+)
 from visionpipe.config.train import TrainConfig
 from visionpipe.modelfile import load_model
 from visionpipe.models import (
@@ -71,7 +81,7 @@ def test_interrupted_run_resumes_to_the_same_weights(
     train.run(params)
     uninterrupted = _weights()
     paths.MODEL.unlink()
-    paths.CHECKPOINT_DIR.joinpath("last.pt").unlink()
+    assert not checkpoints.CHECKPOINT.exists(), "a run that wrote its outputs keeps no checkpoint"
 
     real_eval = train.evaluate_split
     kill_at_validation(monkeypatch, 3)  # the power fails during epoch 3's validation
@@ -86,6 +96,36 @@ def test_interrupted_run_resumes_to_the_same_weights(
     assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
     epochs = (processed / paths.PLOT_EPOCHS).read_text().splitlines()
     assert [line.split(",")[0] for line in epochs[1:]] == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize("patience", [0, 1], ids=["all epochs", "stopped: diverged"])
+def test_a_run_stopped_while_writing_its_outputs_only_writes_them_again(
+    processed: Path, monkeypatch: pytest.MonkeyPatch, patience: int
+) -> None:
+    params = tiny_params(epochs=6, lr=10.0 if patience else 0.05, patience=patience)
+    ended = train.run(params)
+    uninterrupted = _weights()
+    real_finish = train.finish
+
+    def dying_finish(*args, **kwargs):
+        real_finish(*args, **kwargs)
+        raise KeyboardInterrupt  # Ctrl-C after the last checkpoint, with outputs half written
+
+    monkeypatch.setattr(train, "finish", dying_finish)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(params)
+    monkeypatch.setattr(train, "finish", real_finish)
+    monkeypatch.setattr(train, "run_epoch", None)  # no epoch may run again
+    # As JSON: a diverged run's NaN losses are equal there.
+    assert json.dumps(train.run(params)) == json.dumps(ended)
+    timings = json.loads((processed / paths.TRAIN_TIMINGS).read_text())
+    assert timings["resumed_from_epoch"] == ended["epochs_run"]
+    assert ended["stopped_early"] is bool(patience)
+    assert (ended["epochs_run"] < 6) is bool(patience)
+    resumed = _weights()
+    for k in uninterrupted:
+        torch.testing.assert_close(resumed[k], uninterrupted[k], rtol=0, atol=0, equal_nan=True)
+    assert not checkpoints.CHECKPOINT.exists()
 
 
 def test_timings_keep_the_steps_apart_from_validation(processed: Path) -> None:
