@@ -25,16 +25,8 @@ def main() -> None:
         mirror=env_mirror or (str(root) if root else None),
         mirror_name="DATA_MIRROR" if env_mirror else "launch.data_root",
     )
-    write_json(
-        paths.RAW_INFO,
-        {
-            "dataset": data.dataset,
-            "file": result.path.name,
-            "sha256": result.sha256,
-            "md5": result.md5,
-            "bytes": result.size,
-        },
-    )
+    info = {"dataset": data.dataset, "file": result.path.name, "sha256": result.sha256}
+    write_json(paths.RAW_INFO, {**info, "md5": result.md5, "bytes": result.size})
 
 
 if __name__ == "__main__":
