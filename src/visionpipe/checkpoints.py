@@ -123,6 +123,7 @@ def _read(fp: str) -> dict[str, Any] | None:
         log.info("checkpoint %s is from other params or data: starting fresh", CHECKPOINT)
         return None
     if "stopped" not in state:  # an older layout, which kept finished runs' checkpoints
+        log.info("checkpoint %s is of an older visionpipe: starting fresh", CHECKPOINT)
         return None
     return state
 
