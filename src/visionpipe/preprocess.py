@@ -334,14 +334,16 @@ def _check_bad_images(result: Result, on_bad_image: str) -> None:
     if not result.bad_images:
         return
     listing = "\n".join(f"  {b['file']}: {b['reason']}" for b in result.bad_images[:50])
+    n = len(result.bad_images)
+    images = f"{n} image{'s' * (n != 1)}"
     if on_bad_image == "fail":
         raise BadImagesError(
-            f"{len(result.bad_images)} images cannot be decoded (data.on_bad_image: fail):\n"
+            f"{images} cannot be decoded (data.on_bad_image: fail):\n"
             f"{listing}\nRemove or fix them, or set data.on_bad_image: skip to leave them out."
         )
     log.warning(
-        "skipping %d undecodable images (listed in %s):\n%s",
-        len(result.bad_images),
+        "skipping %s that cannot be decoded (listed in %s):\n%s",
+        images,
         paths.PREPROCESS_REPORT,
         listing,
     )
