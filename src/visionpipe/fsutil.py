@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -11,6 +12,42 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+# Out of space, or out of the user's quota: the same remedy.
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class DiskFullError(OSError):
+    """A file could not be written: its filesystem is full. The message names file and remedy."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def disk_full_cause(exc: BaseException) -> OSError | None:
+    """The out-of-space OSError behind `exc`, if any: torch.save, for one, reports it only as
+    the context of a RuntimeError about zip positions."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _FULL_ERRNOS:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def disk_full_message(path: Path | str) -> str:
+    """What to tell a user whose write to `path` ran out of space: where, how much is left."""
+    folder = Path(path).absolute()
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    free_mb = shutil.disk_usage(folder).free / 1e6
+    return (
+        f"no space left on the disk holding {path} ({free_mb:.1f} MB free there): free some "
+        "space and run the command again. DVC's cache keeps a copy of every output "
+        "(`uv run dvc cache dir <folder>` moves it to another disk)"
+    )
 
 
 def _umask() -> int:
@@ -34,6 +71,12 @@ def atomic_path(dest: Path | str) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, dest)
+    except Exception as exc:
+        full = disk_full_cause(exc)
+        if full is None or isinstance(exc, DiskFullError):
+            raise
+        tmp.unlink(missing_ok=True)  # first, so the message counts the space it held
+        raise DiskFullError(full.errno, disk_full_message(dest)) from exc
     finally:
         tmp.unlink(missing_ok=True)
 

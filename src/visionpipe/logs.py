@@ -7,6 +7,8 @@ import os
 import sys
 from collections.abc import Callable
 
+from visionpipe import fsutil
+
 log = logging.getLogger("visionpipe")
 
 
@@ -26,7 +28,8 @@ def is_user_error(exc: BaseException) -> bool:
 
 def run_stage(main: Callable[[], int | None], interrupted: str = "") -> None:
     """Run a stage's main(): a user error prints its message (no traceback) and exits 1; Ctrl-C
-    prints one line (plus `interrupted`, what happens next) and exits 130, the shell's code for it.
+    prints one line (plus `interrupted`, what happens next) and exits 130, the shell's code for it;
+    a full disk prints one line saying where and how much is free (plus `interrupted`), exit 1.
 
     Set VISIONPIPE_DEBUG=1 to see the traceback anyway. Anything else is a bug and keeps its
     traceback.
@@ -42,7 +45,16 @@ def run_stage(main: Callable[[], int | None], interrupted: str = "") -> None:
         log.error("interrupted (Ctrl-C)%s", f"; {interrupted}" if interrupted else "")
         sys.exit(130)
     except Exception as exc:
-        if not is_user_error(exc) or os.environ.get("VISIONPIPE_DEBUG"):
+        if os.environ.get("VISIONPIPE_DEBUG"):
+            raise
+        full = fsutil.disk_full_cause(exc)
+        if full is not None:
+            # A full disk is the user's to fix, wherever the write was (DVCLive, TensorBoard).
+            text = str(exc) if isinstance(exc, fsutil.DiskFullError) else ""
+            text = text or fsutil.disk_full_message(full.filename or os.getcwd())
+            log.error("%s%s", text, f"; {interrupted}" if interrupted else "")
+            sys.exit(1)
+        if not is_user_error(exc):
             raise
         log.error("%s", exc)
         sys.exit(1)
