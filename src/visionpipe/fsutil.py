@@ -37,14 +37,23 @@ def disk_full_cause(exc: BaseException) -> OSError | None:
     return None
 
 
+def size_text(n: float) -> str:
+    """A byte count the way a user reads it: 812.0 KiB, 3.4 MiB, 1.2 GiB."""
+    for unit in ("bytes", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
 def disk_full_message(path: Path | str) -> str:
     """What to tell a user whose write to `path` ran out of space: where, how much is left."""
     folder = Path(path).absolute()
     while not folder.is_dir() and folder != folder.parent:
         folder = folder.parent
-    free_mb = shutil.disk_usage(folder).free / 1e6
+    free = size_text(shutil.disk_usage(folder).free)
     return (
-        f"no space left on the disk holding {path} ({free_mb:.1f} MB free there): free some "
+        f"no space left on the disk holding {path} ({free} free there): free some "
         "space and run the command again. DVC's cache keeps a copy of every output "
         "(`uv run dvc cache dir <folder>` moves it to another disk)"
     )

@@ -26,7 +26,7 @@ from PIL import Image
 
 from visionpipe import archive, cifar_pickle, parallel, paths, split_plan
 from visionpipe.config.data import DataConfig, DataParams
-from visionpipe.fsutil import atomic_dir, remove_stale_temps, write_json
+from visionpipe.fsutil import atomic_dir, remove_stale_temps, size_text, write_json
 from visionpipe.images import decode_batch, is_hidden, resize_center_crop, to_chw
 from visionpipe.split_files import SplitWriter, channel_sums, mean_std, open_images, read_index
 from visionpipe.split_plan import SPLITS, DatasetLayoutError, Item, Plan
@@ -214,8 +214,8 @@ def _check_disk(out: Path, plan: Plan, size: int) -> None:
     free = shutil.disk_usage(out).free
     if need > free:
         raise DiskSpaceError(
-            f"the {len(plan.items):,} images take {need / 2**30:.1f} GiB at {size}x{size} pixels "
-            f"and {out.parent} has {free / 2**30:.1f} GiB free: free some space or lower "
+            f"the {len(plan.items):,} images take {size_text(need)} at {size}x{size} pixels "
+            f"and {out.parent} has {size_text(free)} free: free some space or lower "
             "preprocess.image_size"
         )
 

@@ -254,6 +254,9 @@ def test_too_little_disk_space_is_said_before_decoding(
     monkeypatch.setattr(
         preprocess.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 1000)
     )
-    with pytest.raises(preprocess.DiskSpaceError, match=r"20 images take 0\.0 GiB.*lower"):
+    with pytest.raises(
+        preprocess.DiskSpaceError,
+        match=r"20 images take 33\.8 KiB at 24x24 pixels and data has 1000 bytes free.*lower",
+    ):
         preprocess.run(_params())
     assert not paths.PROCESSED_DIR.exists()
