@@ -4,9 +4,11 @@ copies of one baselined project for end-to-end tests to change."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import http.server
+import io
 import os
 import shutil
 import subprocess
@@ -218,3 +220,20 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+def full_disk(room: int) -> Any:
+    """An `open` for binary and text writes onto a disk with `room` bytes left: patched in
+    as `visionpipe.fsutil.open`, it fills the disk under every atomic write."""
+
+    class FullFile(io.FileIO):
+        def write(self, b: Any) -> int:
+            if self.tell() + len(b) > room:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return super().write(b)
+
+    def fake_open(file: Any, mode: str = "r", encoding: str | None = None) -> Any:
+        raw = FullFile(file, "w")
+        return raw if "b" in mode else io.TextIOWrapper(raw, encoding=encoding)
+
+    return fake_open

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from visionpipe import logs, paths
+from visionpipe import fsutil, logs, paths
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -133,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _check_numbers(parser, args)
     logs.setup(logging.WARNING)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except fsutil.DiskFullError as exc:  # --json, --csv, --grid: the message names the file
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

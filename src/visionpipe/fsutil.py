@@ -54,8 +54,7 @@ def disk_full_message(path: Path | str) -> str:
     free = size_text(shutil.disk_usage(folder).free)
     return (
         f"no space left on the disk holding {path} ({free} free there): free some "
-        "space and run the command again. DVC's cache keeps a copy of every output "
-        "(`uv run dvc cache dir <folder>` moves it to another disk)"
+        "space and run the command again"
     )
 
 

@@ -12,6 +12,12 @@ from visionpipe import fsutil
 log = logging.getLogger("visionpipe")
 
 
+_DVC_CACHE = (
+    "DVC's cache, .dvc/cache, keeps a copy of every output (`dvc gc` prunes it, "
+    "`dvc cache dir` puts it on another disk)"
+)
+
+
 def setup(level: int = logging.INFO) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
@@ -52,7 +58,7 @@ def run_stage(main: Callable[[], int | None], interrupted: str = "") -> None:
             # A full disk is the user's to fix, wherever the write was (DVCLive, TensorBoard).
             text = str(exc) if isinstance(exc, fsutil.DiskFullError) else ""
             text = text or fsutil.disk_full_message(full.filename or os.getcwd())
-            log.error("%s%s", text, f"; {interrupted}" if interrupted else "")
+            log.error("%s. %s%s", text, _DVC_CACHE, f"; {interrupted}" if interrupted else "")
             sys.exit(1)
         if not is_user_error(exc):
             raise

@@ -3,31 +3,14 @@
 from __future__ import annotations
 
 import errno
-import io
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
+from tests.helpers import full_disk
 from visionpipe import fsutil, logs
-
-
-def _full_disk(room: int) -> Any:
-    """An `open` for binary and text writes onto a disk with `room` bytes left."""
-
-    class FullFile(io.FileIO):
-        def write(self, b: Any) -> int:
-            if self.tell() + len(b) > room:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            return super().write(b)
-
-    def fake_open(file: Any, mode: str = "r", encoding: str | None = None) -> Any:
-        raw = FullFile(file, "w")
-        return raw if "b" in mode else io.TextIOWrapper(raw, encoding=encoding)
-
-    return fake_open
 
 
 def test_a_full_disk_names_the_file_and_keeps_the_old_one(
@@ -36,7 +19,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_old_one(
     dest = tmp_path / "model.pt"
     dest.write_bytes(b"the last good model")
     # torch.save reports the disk only as the context of a RuntimeError about zip positions.
-    monkeypatch.setattr(fsutil, "open", _full_disk(room=1000), raising=False)
+    monkeypatch.setattr(fsutil, "open", full_disk(room=1000), raising=False)
     with pytest.raises(fsutil.DiskFullError) as err:
         fsutil.save_torch(dest, {"w": torch.zeros(10_000)})
     assert f"no space left on the disk holding {dest}" in str(err.value)
@@ -63,6 +46,7 @@ def test_a_stage_stopped_by_a_full_disk_says_so_in_one_line(
         logs.run_stage(stage, interrupted="the next `uv run dvc repro` resumes")
     assert stopped.value.code == 1
     assert "no space left on the disk holding logs/events.out" in caplog.text
+    assert "DVC's cache, .dvc/cache, keeps a copy of every output" in caplog.text
     assert caplog.text.rstrip().endswith("; the next `uv run dvc repro` resumes")
 
     def buggy() -> None:

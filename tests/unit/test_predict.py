@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import DOG_PNG, ROOT, env
-from visionpipe import paths
+from tests.helpers import DOG_PNG, ROOT, env, full_disk
+from visionpipe import fsutil, paths
 from visionpipe.cli import main
 
 
@@ -281,3 +281,19 @@ def test_a_broken_or_looping_symlink_is_named_as_such(tmp_path: Path) -> None:
         "symlink to 'b.jpg' loops back on itself",
         "no such file or directory",
     ]
+
+
+def test_a_full_disk_under_json_output_is_one_error_line(
+    exported_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (20, 20), "red").save(photo)
+    monkeypatch.setattr(fsutil, "open", full_disk(room=10), raising=False)
+    out = tmp_path / "p.json"
+    args = ["predict", str(photo), "--model", str(exported_model / "model.onnx")]
+    assert main([*args, "--json", str(out)]) == 1
+    assert f"error: no space left on the disk holding {out}" in capsys.readouterr().err
+    assert not out.exists()
