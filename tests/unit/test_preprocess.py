@@ -256,7 +256,7 @@ def test_too_little_disk_space_is_said_before_decoding(
     )
     with pytest.raises(
         preprocess.DiskSpaceError,
-        match=r"20 images take 33\.8 KiB at 24x24 pixels and data has 1000 bytes free.*lower",
+        match=r"20 images take 33\.8 KiB at 24x24 pixels and \S*data has 1000 bytes free.*lower",
     ):
         preprocess.run(_params())
     assert not paths.PROCESSED_DIR.exists()
