@@ -101,8 +101,16 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     return bytes(data)
 
 
+def _is_text_field(part: BodyPartReader) -> bool:
+    """A form's plain field (`curl -F name=abc`, a page's hidden input): no file name, and text or
+    no Content-Type. Parts without a file name that declare another type (aiohttp's FormData of
+    bytes) are uploads."""
+    kind = part.headers.get("Content-Type", "text/plain")
+    return part.filename is None and kind.startswith("text/")
+
+
 async def _read_form(request: web.Request, limit: int) -> list[Upload]:
-    uploads, total = [], 0
+    uploads, text_fields, total = [], [], 0
     try:
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
@@ -112,16 +120,25 @@ async def _read_form(request: web.Request, limit: int) -> list[Upload]:
                 raise ApiError(413, f"more than {MAX_IMAGES} images in one request")
             data = bytearray()
             while chunk := await part.read_chunk():
-                total += len(chunk)
+                total += len(chunk)  # text fields count too: the limit bounds the whole body
                 if total > limit:
                     raise _too_large(None, limit)
                 data += chunk
+            # Forms carry text fields beside their files (a label, a CSRF token); they are not
+            # images, and refusing the whole request for them would fail ordinary clients.
+            if _is_text_field(part):
+                text_fields.append(part.name or "")
+                continue
             name = part.filename or part.name or f"part {len(uploads) + 1}"
             uploads.append(Upload(name, bytes(data)))
     except (ValueError, AssertionError) as exc:  # aiohttp's multipart parser on a bad body
         raise ApiError(400, f"malformed multipart body: {exc}") from None
     if not uploads:
-        raise ApiError(400, f"the form holds no files; {HOW_TO_POST}")
+        named = ", ".join(repr(name) for name in text_fields)
+        only = f", only the text field(s) {named}" if text_fields else ""
+        raise ApiError(
+            400, f"the form holds no files{only}; {HOW_TO_POST} (curl -F file=@photo.jpg)"
+        )
     return uploads
 
 

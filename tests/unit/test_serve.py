@@ -210,6 +210,38 @@ def test_a_form_names_each_bad_file_and_predicts_nothing(server: Served) -> None
     assert status == 400 and "holds no files" in got["error"], got
 
 
+def _field(boundary: str, disposition: str, data: bytes, content_type: str | None = None) -> bytes:
+    head = f"--{boundary}\r\nContent-Disposition: form-data; {disposition}\r\n"
+    head += f"Content-Type: {content_type}\r\n" if content_type else ""
+    return head.encode() + b"\r\n" + data + b"\r\n"
+
+
+def test_a_form_s_text_fields_are_not_images(server: Served) -> None:
+    # As curl -F file=@dog.jpg -F name=abc -F note=... sends it: text fields have no file name
+    # and no Content-Type (or text/plain); a part of bytes without a file name is still a file.
+    b = "fieldsboundary"
+    body = (
+        b"".join(
+            [
+                _field(b, 'name="name"', b"abc"),
+                _field(b, 'name="file"; filename="dog.jpg"', _jpeg(), "image/jpeg"),
+                _field(b, 'name="note"', "été".encode(), "text/plain; charset=utf-8"),
+                _field(b, 'name="raw"', _jpeg(), "application/octet-stream"),
+            ]
+        )
+        + f"--{b}--\r\n".encode()
+    )
+    headers = {"Content-Type": f"multipart/form-data; boundary={b}"}
+    status, got = request(f"{server.url}/predict", body, headers)
+    assert status == 200, got
+    assert [p["file"] for p in got["predictions"]] == ["dog.jpg", "raw"]
+    body = _field(b, 'name="name"', b"abc") + _field(b, 'name="file"', b"photo.jpg")
+    status, got = request(f"{server.url}/predict", body + f"--{b}--\r\n".encode(), headers)
+    assert status == 400, got
+    assert "holds no files, only the text field(s) 'name', 'file'" in got["error"], got
+    assert "curl -F file=@photo.jpg" in got["error"]
+
+
 @pytest.mark.parametrize(
     ("path", "data", "status", "words"),
     [
