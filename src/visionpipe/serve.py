@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 # and formats whose size is not read from the header, decode in a thread: a tiny file can hold a
 # huge image.
 INLINE_DECODE_PIXELS = 256 * 256
+# How long a stop (Ctrl-C, SIGTERM) waits for requests in progress. `docker stop` kills after 10 s;
+# aiohttp's own 60 s would outlast it whenever a client is mid-upload, since aiohttp stops
+# reading connections once stopping, so such an upload can never finish.
+SHUTDOWN_S = 5.0
 MAX_IMAGES = 256  # per request: decoding many tiny images must not hold a worker for long
 ENDPOINTS = "GET /, GET /health, GET /model, POST /predict"
 HOW_TO_POST = (
@@ -308,7 +312,7 @@ def make_app(service: Service) -> web.Application:
 async def run_server(service: Service) -> None:
     """Serve until SIGINT or SIGTERM; prints the address once it is listening."""
     config = service.config
-    runner = web.AppRunner(make_app(service), access_log=None)
+    runner = web.AppRunner(make_app(service), access_log=None, shutdown_timeout=SHUTDOWN_S)
     await runner.setup()
     try:
         await web.TCPSite(runner, config.host, config.port).start()

@@ -8,10 +8,12 @@ import concurrent.futures
 import hashlib
 import io
 import json
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -273,6 +275,28 @@ def test_a_client_that_hangs_up_mid_upload_leaves_the_server_up(server: Served) 
         assert sock.recv(100).split(b" ")[1] == b"400"  # aiohttp answers it before any handler
     status, got = post_image(f"{server.url}/predict", _jpeg(), "image/jpeg")
     assert status == 200 and got["predictions"][0]["top"][0]["class"] == "cat", got
+
+
+def test_sigterm_mid_upload_stops_within_docker_s_grace(model: Path, tmp_path: Path) -> None:
+    # docker stop and Kubernetes send SIGTERM, then SIGKILL after 10 s (30 s): the server must
+    # be gone, its port free, before then, even with a client that is still sending its image.
+    with serve(model, tmp_path / "server.log") as served:
+        host, port = served.url.removeprefix("http://").split(":")
+        head = (
+            f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
+            "Content-Length: 100000\r\n\r\n"
+        )
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(head.encode() + _jpeg()[:500])
+            time.sleep(0.3)  # the handler is reading the body
+            start = time.monotonic()
+            served.proc.send_signal(signal.SIGTERM)
+            code = served.proc.wait(timeout=30)
+            took = time.monotonic() - start
+    assert code == 0 and took < 8, (code, took, served.log_text())
+    with socket.socket() as again:  # as a restarted server binds it (aiohttp sets SO_REUSEADDR)
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind((host, int(port)))
 
 
 def test_the_page_is_self_contained(server: Served) -> None:
