@@ -17,11 +17,11 @@ MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
 TUTORIAL_KEYS = {f"net.{i}.{p}" for i in (0, 2, 4, 7, 8) for p in ("weight", "bias")}
 
 
-def _docs_snippet() -> str:
-    """The page's Python block that builds the tutorial's network."""
+def _docs_snippet(marker: str = "the tutorial's network") -> str:
+    """The page's one Python block holding `marker`."""
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "deploy.md").read_text(), re.S)
-    found = [b for b in blocks if "the tutorial's network" in b]
-    assert len(found) == 1, "docs/deploy.md should have one block building the tutorial's network"
+    found = [b for b in blocks if marker in b]
+    assert len(found) == 1, f"docs/deploy.md should have one Python block with {marker!r}"
     return found[0]
 
 
@@ -60,3 +60,82 @@ def test_the_tutorial_network_loads_our_weights(
     torch.testing.assert_close(namespace["logits"], expected, rtol=0, atol=1e-5)
     # With model.normalize the snippet's own normalization is what makes the answers agree.
     assert torch.allclose(unprepared, expected, rtol=0, atol=1e-5) == (not normalize)
+
+
+def _save(model: torch.nn.Module, arch: str, arch_params: dict, classes: int, size: int) -> None:
+    info = ModelInfo(
+        arch=arch,
+        num_classes=classes,
+        image_size=size,
+        arch_params=arch_params,
+        normalize=True,
+        mean=MEAN,
+        std=STD,
+        classes=[f"class{i}" for i in range(classes)],
+        params={},
+        visionpipe_version="test",
+        torch_version=str(torch.__version__),
+    )
+    save_model(Path("models/model.pt"), model, info)
+
+
+def _normalized(x: torch.Tensor) -> torch.Tensor:
+    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("activation", "batch_norm", "size", "classes"),
+    [("relu", True, 64, 2), ("none", True, 32, 10), ("relu", False, 48, 3), ("none", False, 64, 2)],
+)
+def test_the_general_snippet_loads_every_tutorial_cnn(
+    activation: str,
+    batch_norm: bool,
+    size: int,
+    classes: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The hymenoptera recipe (relu, BatchNorm, 64 px, 2 classes) is what the README trains on
+    # a user's own photos; the tutorial's literal network does not take its weights.
+    torch.manual_seed(0)
+    params = {"activation": activation, "batch_norm": batch_norm, "weights": None, "tta": 0}
+    ours = build_model("tutorial_cnn", classes, size, params, MEAN, STD)
+    with torch.no_grad():  # running statistics that are not the initial 0 and 1
+        for module in ours.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    ours.eval()
+    monkeypatch.chdir(tmp_path)
+    _save(ours, "tutorial_cnn", params, classes, size)
+    x = torch.rand(4, 3, size, size)
+    namespace: dict = {}
+    exec(_docs_snippet("tutorial's layers with meta's settings"), namespace)
+    with torch.no_grad():
+        torch.testing.assert_close(namespace["model"](_normalized(x)), ours(x), rtol=0, atol=1e-5)
+
+
+def test_torchvision_s_resnet18_takes_the_same_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torchvision
+
+    torch.manual_seed(0)
+    params = {"pretrained": False, "weights": None, "tta": 0}
+    ours = build_model("resnet18", 3, 32, params, MEAN, STD).eval()
+    monkeypatch.chdir(tmp_path)
+    _save(ours, "resnet18", params, 3, 32)
+    saved = torch.load("models/model.pt", map_location="cpu", weights_only=True)
+    prefix = "net."
+    state = {
+        k.removeprefix(prefix): v for k, v in saved["state_dict"].items() if k.startswith(prefix)
+    }
+    model = torchvision.models.resnet18(num_classes=len(saved["meta"]["classes"]))
+    model.load_state_dict(state)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(_normalized(x)), ours(x), rtol=0, atol=1e-5)
+    assert (
+        'torchvision.models.resnet18(num_classes=len(meta["classes"]))'
+        in (ROOT / "docs" / "deploy.md").read_text()
+    )
