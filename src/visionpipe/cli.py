@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import urllib.parse
 from pathlib import Path
 
 from visionpipe import fsutil, logs, paths
@@ -41,6 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
         args.max_batch,
         args.batch_wait_ms,
         args.max_upload_mb,
+        tuple(args.allow_origin),
     )
     return serve.serve_command(config)
 
@@ -115,7 +117,31 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--max-upload-mb", type=float, default=10.0, help="request size limit (default 10 MiB)"
     )
+    s.add_argument(
+        "--allow-origin",
+        type=_origin,
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web page origin (http://localhost:3000) whose fetch() may read the answers; "
+        "'*' for any; repeat for more (default: none but the server's own page)",
+    )
     s.set_defaults(func=_serve)
+
+
+def _origin(value: str) -> str:
+    """An --allow-origin value: what browsers send as Origin, or '*'."""
+    parts = urllib.parse.urlsplit(value)
+    # A browser's Origin has no path, not even "/": "http://localhost:3000/" would never match.
+    if value == "*" or (
+        parts.scheme in ("http", "https") and value == f"{parts.scheme}://{parts.netloc}"
+    ):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"{value!r} is not an origin: give scheme://host[:port] with no path or trailing "
+        "slash, as the browser's address bar shows the page's site (http://localhost:3000), "
+        "or '*' for any"
+    )
 
 
 def _check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

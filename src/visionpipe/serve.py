@@ -66,6 +66,8 @@ class ServeConfig:
     max_batch: int = 64  # images in one model call, at most
     batch_wait_ms: float = 0.0  # how long a model call waits for more requests to join it
     max_upload_mb: float = 10.0  # request body size limit, in MiB
+    # Origins (scheme://host:port) of web pages that may call it from a browser; "*" any.
+    allow_origins: tuple[str, ...] = ()
 
     @property
     def max_upload_bytes(self) -> int:
@@ -289,11 +291,54 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return web.json_response({"error": f"internal error: {exc}"}, status=500)
 
 
+def cors(origins: tuple[str, ...]) -> Any:
+    """A middleware that lets pages of `origins` ('*': any) read answers in a browser.
+
+    A browser gives a page the answers of another origin (scheme, host and port) only when the
+    response says the page's origin may have them, and asks first with an OPTIONS preflight
+    before a POST whose Content-Type is not a form's (a raw image/jpeg body).
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        allowed = origin is not None and ("*" in origins or origin in origins)
+        asks = request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+        preflight = asks and origin is not None  # browsers always send Origin with a preflight
+        if preflight and not allowed:
+            return web.json_response(
+                {
+                    "error": f"pages of {origin} may not call this server (allowed origins: "
+                    f"{', '.join(origins) or 'none'}); start it with --allow-origin {origin}"
+                },
+                status=403,
+            )
+        if preflight:
+            response: web.StreamResponse = web.Response(status=204)
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST"
+            asked = request.headers.get("Access-Control-Request-Headers")
+            if asked:
+                response.headers["Access-Control-Allow-Headers"] = asked
+            if request.headers.get("Access-Control-Request-Private-Network") == "true":
+                # Chrome asks this of a public page calling an address on a private network.
+                response.headers["Access-Control-Allow-Private-Network"] = "true"
+            response.headers["Access-Control-Max-Age"] = "600"
+        else:
+            response = await handler(request)
+        if allowed:
+            response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
+            response.headers["Vary"] = "Origin"  # the answer's headers depend on the page asking
+        return response
+
+    return middleware
+
+
 def make_app(service: Service) -> web.Application:
     # The upload limit is enforced while reading (read_uploads); aiohttp's own limit is only
     # a backstop for a handler that reads the body whole.
     app = web.Application(
-        middlewares=[json_errors], client_max_size=service.config.max_upload_bytes
+        middlewares=[cors(service.config.allow_origins), json_errors],
+        client_max_size=service.config.max_upload_bytes,
     )
     app.router.add_get("/", service.index)
     app.router.add_get("/health", service.health)

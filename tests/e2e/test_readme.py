@@ -251,6 +251,11 @@ def _serve_teammates_model(ctx: Ctx, part: str) -> list[list[str]]:
     return [shlex.split(part.replace("model.onnx", str(fetched)))]
 
 
+def _as_written(ctx: Ctx, part: str) -> list[list[str]]:
+    # The URL is a web page's origin that the server names in its answers, not one it fetches.
+    return [shlex.split(part)]
+
+
 # Commands with placeholders, usage synopses or paths outside the project, and the concrete
 # commands run for them (then mapped like any other `uv run` command).
 SUBSTITUTE: dict[str, Callable[[Ctx, str], list[list[str]]]] = {
@@ -266,6 +271,7 @@ SUBSTITUTE: dict[str, Callable[[Ctx, str], list[list[str]]]] = {
     "uv run dvc artifacts get <repo-url> image-classifier-onnx": _artifact_from_origin,
     "uv run dvc exp apply <exp>": _last_experiment,
     "uv run visionpipe serve --model model.onnx": _serve_teammates_model,
+    "uv run visionpipe serve --allow-origin http://localhost:3000": _as_written,
 }
 
 
@@ -590,14 +596,19 @@ def _visionpipe_serve(ctx: Ctx, args: list[str], env_extra: dict[str, str]) -> N
         with no_proxy.open(f"{found[1]}/model", timeout=60) as response:
             info = json.loads(response.read())
         dog = (ctx.tmp / "shared" / "samples" / "dog.png").read_bytes()
-        ask = urllib.request.Request(f"{found[1]}/predict", dog, {"Content-Type": "image/png"})
+        # With --allow-origin, asked as a page of that origin: the answer must name it.
+        origin = args[args.index("--allow-origin") + 1] if "--allow-origin" in args else None
+        headers = {"Content-Type": "image/png", **({"Origin": origin} if origin else {})}
+        ask = urllib.request.Request(f"{found[1]}/predict", dog, headers)
         with no_proxy.open(ask, timeout=60) as response:
             (answer,) = json.loads(response.read())["predictions"]
+            allowed = response.headers.get("Access-Control-Allow-Origin")
     finally:
         server.send_signal(signal.SIGINT)
         code = server.wait(timeout=60)
     assert code == 0, f"`{ctx.command}` exited {code} on Ctrl-C:\n{log_path.read_text()}"
     assert answer["top"] and {t["class"] for t in answer["top"]} <= set(info["classes"]), answer
+    assert allowed == origin, f"`{ctx.command}`: Access-Control-Allow-Origin {allowed!r}"
     served = ctx.repo / info["model"]
     assert hashlib.md5(served.read_bytes()).hexdigest() == info["md5"], info
     if served == ctx.repo / paths.ONNX_MODEL:

@@ -299,6 +299,76 @@ def test_sigterm_mid_upload_stops_within_docker_s_grace(model: Path, tmp_path: P
         again.bind((host, int(port)))
 
 
+def _cors(url: str, method: str, headers: dict[str, str], data: bytes | None = None) -> tuple:
+    """(status, the response's Access-Control-* and Vary headers, JSON body or None)."""
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    req = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        resp = opener.open(req, timeout=10)
+    except urllib.error.HTTPError as exc:
+        resp = exc
+    with resp:
+        body = resp.read()
+        cors = {
+            k: v for k, v in resp.headers.items() if k.startswith("Access-Control") or k == "Vary"
+        }
+        return resp.status, cors, json.loads(body) if body else None
+
+
+PAGE = "http://localhost:3000"  # a page on another origin, as a web app's dev server serves it
+PREFLIGHT = {  # what a browser asks before fetch() POSTs an image/jpeg body
+    "Origin": PAGE,
+    "Access-Control-Request-Method": "POST",
+    "Access-Control-Request-Headers": "content-type",
+}
+
+
+def test_pages_of_allowed_origins_can_call_it_from_a_browser(model: Path, tmp_path: Path) -> None:
+    with serve(model, tmp_path / "server.log", "--allow-origin", PAGE) as served:
+        status, cors, _ = _cors(f"{served.url}/predict", "OPTIONS", PREFLIGHT)
+        assert status == 204, cors
+        assert cors["Access-Control-Allow-Origin"] == PAGE
+        assert "POST" in cors["Access-Control-Allow-Methods"]
+        assert cors["Access-Control-Allow-Headers"] == "content-type"
+        headers = {"Origin": PAGE, "Content-Type": "image/jpeg"}
+        status, cors, got = _cors(f"{served.url}/predict", "POST", headers, _jpeg())
+        assert status == 200 and got["predictions"], got
+        assert cors == {"Access-Control-Allow-Origin": PAGE, "Vary": "Origin"}
+        # Errors too: the page can show why its request was refused.
+        headers["Content-Type"] = "text/plain"
+        status, cors, got = _cors(f"{served.url}/predict", "POST", headers, b"x")
+        assert status == 415 and cors["Access-Control-Allow-Origin"] == PAGE, got
+        other = {**PREFLIGHT, "Origin": "http://elsewhere.example"}
+        status, cors, got = _cors(f"{served.url}/predict", "OPTIONS", other)
+        assert status == 403 and "Access-Control-Allow-Origin" not in cors, cors
+        assert "(allowed origins: http://localhost:3000)" in got["error"]
+    with serve(model, tmp_path / "any.log", "--allow-origin", "*") as served:
+        status, cors, _ = _cors(f"{served.url}/model", "GET", {"Origin": "http://a.example"})
+        assert status == 200 and cors["Access-Control-Allow-Origin"] == "*"
+
+
+def test_other_origins_are_told_the_option(server: Served, model: Path) -> None:
+    status, cors, got = _cors(f"{server.url}/predict", "OPTIONS", PREFLIGHT)
+    assert status == 403 and not cors, cors
+    assert got["error"] == (
+        "pages of http://localhost:3000 may not call this server (allowed origins: none); "
+        "start it with --allow-origin http://localhost:3000"
+    )
+    status, cors, got = _cors(f"{server.url}/health", "GET", {"Origin": PAGE})
+    assert status == 200 and not cors, cors
+    # Not a browser (no Origin): the path's methods, as for any other method it does not take.
+    asked = {"Access-Control-Request-Method": "POST"}
+    status, cors, got = _cors(f"{server.url}/predict", "OPTIONS", asked)
+    assert status == 405 and "OPTIONS is not allowed on /predict" in got["error"], got
+    for bad in ("http://localhost:3000/", "localhost:3000", "http://a.example/app"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["serve", "--model", str(model), "--allow-origin", bad])
+        assert exit_.value.code == 2
+
+
 def test_the_page_is_self_contained(server: Served) -> None:
     import urllib.request
 
