@@ -14,9 +14,12 @@ problem, and the server goes on.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
+import os
 import signal
+import socket
 import time
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -389,6 +392,24 @@ def serve_command(config: ServeConfig) -> int:
     try:
         asyncio.run(run_server(Service(backend, config)))
     except OSError as exc:  # the port is taken, or the host is not this machine's
-        log.error("cannot listen on %s:%s: %s", config.host, config.port, exc.strerror or exc)
+        log.error("cannot listen on %s:%s: %s", config.host, config.port, _bind_problem(exc))
         return 2
     return 0
+
+
+# What to do about the errors binding an address gives; asyncio's own message repeats the address.
+BIND_ADVICE = {
+    errno.EADDRINUSE: "another program listens on that port: stop it, or choose another --port "
+    "(0 picks a free one)",
+    errno.EADDRNOTAVAIL: "--host is not an address of this machine: use 127.0.0.1 (this machine "
+    "only) or 0.0.0.0 (every address)",
+    errno.EACCES: "ports below 1024 need root: choose --port 1024 or above (the default is 8000)",
+}
+
+
+def _bind_problem(exc: OSError) -> str:
+    if exc.errno in BIND_ADVICE:
+        return f"{os.strerror(exc.errno).lower()}; {BIND_ADVICE[exc.errno]}"
+    if isinstance(exc, socket.gaierror):  # a --host name that does not resolve
+        return f"{exc.strerror}; --host takes an IP address or a name of this machine"
+    return str(exc.strerror or exc)

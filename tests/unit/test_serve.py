@@ -393,7 +393,13 @@ def test_unusable_model_and_address_are_one_line_errors(
         taken.listen()
         port = str(taken.getsockname()[1])
         assert main(["serve", "--model", str(model), "--port", port]) == 2
-    assert f"cannot listen on 127.0.0.1:{port}" in caplog.text
+    assert (
+        f"cannot listen on 127.0.0.1:{port}: address already in use; another program listens on "
+        "that port: stop it, or choose another --port (0 picks a free one)"
+    ) in caplog.text
+    assert "error while attempting to bind" not in caplog.text  # asyncio's words, address again
+    assert main(["serve", "--model", str(model), "--host", "nosuchhost.invalid"]) == 2
+    assert "--host takes an IP address or a name of this machine" in caplog.text
     for bad in (["--max-batch", "0"], ["--port", "70000"], ["--batch-wait-ms", "-1"]):
         with pytest.raises(SystemExit) as exit_:
             main(["serve", "--model", str(model), *bad])
