@@ -288,7 +288,9 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
             message = f"no endpoint {request.path}; the endpoints are {ENDPOINTS}"
         elif exc.status == 405:
             message = f"{request.method} is not allowed on {request.path}; {ENDPOINTS}"
-        return web.json_response({"error": message}, status=exc.status)
+        # A 405 must say which methods the path takes (HTTP's Allow header); clients read it.
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return web.json_response({"error": message}, status=exc.status, headers=allow)
     except Exception as exc:
         log.exception("internal error answering %s %s", request.method, request.path)
         return web.json_response({"error": f"internal error: {exc}"}, status=500)

@@ -262,6 +262,13 @@ def test_wrong_requests_get_json_errors(
     assert got_status == status and words in got["error"], got
 
 
+def test_a_405_names_the_methods_the_path_takes(server: Served) -> None:
+    for method, path, allow in [("GET", "/predict", "POST"), ("DELETE", "/health", "GET,HEAD")]:
+        status, headers, got = _cors(f"{server.url}{path}", method, {}, with_headers=("Allow",))
+        assert status == 405 and "is not allowed on" in got["error"], got
+        assert set(headers["Allow"].split(",")) == set(allow.split(",")), headers
+
+
 def test_a_client_that_hangs_up_mid_upload_leaves_the_server_up(server: Served) -> None:
     host, port = server.url.removeprefix("http://").split(":")
     head = (
@@ -299,8 +306,14 @@ def test_sigterm_mid_upload_stops_within_docker_s_grace(model: Path, tmp_path: P
         again.bind((host, int(port)))
 
 
-def _cors(url: str, method: str, headers: dict[str, str], data: bytes | None = None) -> tuple:
-    """(status, the response's Access-Control-* and Vary headers, JSON body or None)."""
+def _cors(
+    url: str,
+    method: str,
+    headers: dict[str, str],
+    data: bytes | None = None,
+    with_headers: tuple[str, ...] = ("Access-Control", "Vary"),
+) -> tuple:
+    """(status, the response's headers that start with one of `with_headers`, JSON or None)."""
     import urllib.error
     import urllib.request
 
@@ -312,9 +325,7 @@ def _cors(url: str, method: str, headers: dict[str, str], data: bytes | None = N
         resp = exc
     with resp:
         body = resp.read()
-        cors = {
-            k: v for k, v in resp.headers.items() if k.startswith("Access-Control") or k == "Vary"
-        }
+        cors = {k: v for k, v in resp.headers.items() if k.startswith(with_headers)}
         return resp.status, cors, json.loads(body) if body else None
 
 
