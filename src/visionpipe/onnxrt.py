@@ -43,7 +43,24 @@ def open_session(path: Path) -> Any:
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's own exception classes derive from Exception only
+        if _is_torch_file(Path(path)):  # models/model.pt beside model.onnx: an easy slip
+            raise ModelFileError(
+                f"{path}: PyTorch's weights file (torch.save), not an ONNX model; pass the ONNX "
+                f"export, {paths.ONNX_MODEL} (visionpipe predict reads {paths.MODEL} with "
+                "--backend torch)"
+            ) from None
         raise ModelFileError(f"{path}: not a readable ONNX model ({_reason(exc)})") from None
+
+
+def _is_torch_file(path: Path) -> bool:
+    """torch.save's zip archive, which holds its tensors in `<name>/data.pkl`."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 @dataclass(frozen=True)

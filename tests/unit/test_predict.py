@@ -210,7 +210,7 @@ def _bad_models(exported: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
     return {
         "corrupt": (tmp / "corrupt.onnx", "not a readable ONNX model"),
         "truncated": (tmp / "truncated.onnx", "not a readable ONNX model"),
-        "not onnx": (exported / "model.pt", "not a readable ONNX model"),
+        "model.pt": (exported / "model.pt", "PyTorch's weights file (torch.save), not an ONNX"),
         "a folder": (tmp, "a folder, not an ONNX model file"),
         "no metadata": (tmp / "no-metadata.onnx", "without visionpipe metadata"),
         "unrelated": (

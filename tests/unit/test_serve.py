@@ -399,6 +399,14 @@ def test_unusable_model_and_address_are_one_line_errors(
     (tmp_path / "bad.onnx").write_bytes(b"not onnx")
     assert main(["serve", "--model", str(tmp_path / "bad.onnx")]) == 2
     assert "bad.onnx: not a readable ONNX model" in caplog.text
+    import torch
+
+    weights = tmp_path / "model.pt"  # what the export stage writes beside model.onnx
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "meta": {}}, weights)
+    assert main(["serve", "--model", str(weights)]) == 2
+    assert f"{weights}: PyTorch's weights file (torch.save), not an ONNX model; pass the ONNX " in (
+        caplog.text
+    )
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
