@@ -138,6 +138,8 @@ async def _read_form(request: web.Request, limit: int) -> list[Upload]:
             if _is_text_field(part):
                 text_fields.append(part.name or "")
                 continue
+            if part.filename == "" and not data:  # a page's file input with no file chosen
+                continue
             name = part.filename or part.name or f"part {len(uploads) + 1}"
             uploads.append(Upload(name, bytes(data)))
     except (ValueError, AssertionError) as exc:  # aiohttp's multipart parser on a bad body

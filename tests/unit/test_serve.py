@@ -244,6 +244,20 @@ def test_a_form_s_text_fields_are_not_images(server: Served) -> None:
     assert "curl -F file=@photo.jpg" in got["error"]
 
 
+def test_a_file_input_left_empty_is_no_file(server: Served) -> None:
+    # A browser submits an HTML form's file input with nothing chosen as a part of no bytes and
+    # an empty file name: not an empty image that fails the files chosen beside it.
+    b = "emptyinput"
+    chosen = _field(b, 'name="photo"; filename="ant.jpg"', _jpeg(), "image/jpeg")
+    empty = _field(b, 'name="other"; filename=""', b"", "application/octet-stream")
+    end = f"--{b}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={b}"}
+    status, got = request(f"{server.url}/predict", chosen + empty + end, headers)
+    assert status == 200 and [p["file"] for p in got["predictions"]] == ["ant.jpg"], got
+    status, got = request(f"{server.url}/predict", empty + end, headers)
+    assert status == 400 and "the form holds no files;" in got["error"], got
+
+
 @pytest.mark.parametrize(
     ("path", "data", "status", "words"),
     [
