@@ -369,10 +369,9 @@ async def run_server(service: Service) -> None:
     try:
         await web.TCPSite(runner, config.host, config.port).start()
         host, port = runner.addresses[0][:2]
-        host = f"[{host}]" if ":" in host else host
         print(
             f"serving {config.model} ({len(service.backend.classes)} classes, "
-            f"{service.backend.image_size} px) on http://{host}:{port}/ ; Ctrl-C stops",
+            f"{service.backend.image_size} px) on {_address_text(host, port)}; Ctrl-C stops",
             flush=True,
         )
         stop = asyncio.Event()
@@ -399,6 +398,14 @@ def serve_command(config: ServeConfig) -> int:
         log.error("cannot listen on %s:%s: %s", config.host, config.port, _bind_problem(exc))
         return 2
     return 0
+
+
+def _address_text(host: str, port: int) -> str:
+    """The URL to open: a browser refuses http://0.0.0.0/, the address of every interface."""
+    if host in ("0.0.0.0", "::"):
+        local = "127.0.0.1" if host == "0.0.0.0" else "[::1]"
+        return f"http://{local}:{port}/ (and this machine's other addresses, port {port}) "
+    return f"http://[{host}]:{port}/ " if ":" in host else f"http://{host}:{port}/ "
 
 
 # What to do about the errors binding an address gives; asyncio's own message repeats the address.

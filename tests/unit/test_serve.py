@@ -190,6 +190,13 @@ def test_bad_input_gets_a_4xx_naming_it(server: Served, case: str) -> None:
     assert request(f"{server.url}/health")[1]["status"] == "ok"
 
 
+def test_every_address_prints_a_url_a_browser_opens(model: Path, tmp_path: Path) -> None:
+    # Browsers refuse http://0.0.0.0/; the line names the loopback URL, which answers.
+    with serve(model, tmp_path / "serve.log", "--host", "0.0.0.0") as served:
+        assert served.url.startswith("http://127.0.0.1:"), served.url
+        assert request(f"{served.url}/health")[0] == 200
+
+
 def test_a_form_names_each_bad_file_and_predicts_nothing(server: Served) -> None:
     body, content_type = _form(
         [("good.jpg", _jpeg()), ("notes.png", b"text"), ("empty.jpg", b""), ("bomb.png", _bomb())]
