@@ -161,7 +161,8 @@ def log_model_start(writer: Any, model: Classifier, sample: torch.Tensor, step: 
         for i, fmap in enumerate(maps):
             fmap = fmap[:, None]  # one grey image per output channel
             lo, hi = fmap.amin(), fmap.amax()
-            fmap = (fmap - lo) / (hi - lo + 1e-8)
+            # A diverged model's maps are NaN: drawn black, not cast to garbage with a warning.
+            fmap = torch.nan_to_num((fmap - lo) / (hi - lo + 1e-8))
             writer.add_image(f"conv1_feature_maps/{i}", make_grid(fmap), step)
     try:
         with warnings.catch_warnings():
