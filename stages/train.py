@@ -5,7 +5,7 @@ per rank (DistributedDataParallel).
 """
 
 from visionpipe import devices, distributed, logs, train
-from visionpipe.config.compose import warn_drift
+from visionpipe.config.compose import warn_drift, warn_dropped_baseline
 from visionpipe.config.params import load_params
 
 
@@ -13,6 +13,7 @@ def main() -> None:
     params = load_params()
     if not distributed.under_launcher():  # once, not once per rank
         warn_drift()
+        warn_dropped_baseline()
     cfg = params.launch
     if distributed.wants_launch(cfg):
         # Checked here, before torchrun starts processes that would each fail.

@@ -225,6 +225,27 @@ def test_a_recipe_in_one_flag_with_overrides_on_top(baselined_repo: Path) -> Non
     assert params["recipe"] == "tutorial" and params["model"]["name"] == "tutorial_cnn"
 
 
+def test_an_experiment_committed_as_the_baseline_warns_when_the_next_one_drops_its_values(
+    baselined_repo: Path,
+) -> None:
+    # DVC's way to promote an experiment: run (or `dvc exp apply`) it, then commit. Its -S values
+    # live only in the committed params.yaml, and the next `dvc exp run` composes conf/ anew.
+    repo = baselined_repo
+    dvc(repo, "exp", "run", "-S", "train.lr=0.02")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "lr 0.02 is the new baseline")
+    proc = dvc(repo, "exp", "run", "-S", "train.epochs=1")
+    assert _ran(proc.stdout, "train")
+    assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["lr"] == 0.01
+    said = proc.stdout + proc.stderr
+    assert "train.lr: 0.02 -> 0.01" in said, said
+    assert "conf/config.yaml" in said
+    # Passing the value again keeps it: nothing is dropped, nothing to warn of.
+    proc = dvc(repo, "exp", "run", "-S", "train.epochs=1", "-S", "train.lr=0.02")
+    assert _ran(proc.stdout, "train")
+    assert "train.lr: 0.02 ->" not in proc.stdout + proc.stderr
+
+
 def _data_lock(repo: Path) -> dict:
     """dvc.lock's download and preprocess entries: what a teammate must not re-run."""
     stages = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]

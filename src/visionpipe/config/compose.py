@@ -1,10 +1,12 @@
 """params.yaml composed from conf/ (config.yaml, recipe/<name>.yaml, local/) with Hydra, as
-`dvc exp run -S` composes it; and which keys params.yaml holds that conf/ would not give it."""
+`dvc exp run -S` composes it; and which keys params.yaml holds that conf/ would not give it, or
+that an experiment drops from its baseline commit."""
 
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -68,5 +70,55 @@ def warn_drift(path: Path = DEFAULT_PARAMS) -> list[str]:
             ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else ""),
             path,
             path,
+        )
+    return keys
+
+
+def _value(tree: Any, key: str) -> Any:
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def _committed_params(rev: str, path: Path) -> dict[str, Any] | None:
+    """params.yaml as commit `rev` holds it; None where git cannot say (no repository, no file)."""
+    try:
+        text = subprocess.run(
+            ["git", "show", f"{rev}:{path.as_posix()}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    raw = yaml.safe_load(text)
+    return raw if isinstance(raw, dict) else None
+
+
+def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
+    """In `dvc exp run`: warn of the values the baseline commit's params.yaml held that conf/ does
+    not give and this experiment no longer has. Promoting an experiment the DVC way (`dvc exp
+    apply`, or a run, then a commit) commits its -S values in params.yaml alone, and every later
+    `dvc exp run` composes conf/ anew: without a word the next experiment would change a value
+    nobody asked it to. Returns the keys warned of."""
+    rev = os.environ.get("DVC_EXP_BASELINE_REV")
+    if not rev or not (CONF_DIR / "config.yaml").is_file():
+        return []
+    committed = _committed_params(rev, path)
+    current = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if committed is None or not isinstance(current, dict):
+        return []
+    changed = set(diff_keys(committed, current))
+    keys = [k for k in drift(committed) if k in changed]
+    if keys:
+        values = [f"{k}: {_value(committed, k)} -> {_value(current, k)}" for k in keys]
+        logging.getLogger(__name__).warning(
+            "the baseline commit %s holds %s values that conf/ does not give (an experiment "
+            "applied and committed?); this experiment composes conf/ and its -S values anew, so "
+            "it changes %s. To keep the committed values, put them in conf/config.yaml and "
+            "commit, or pass them with -S",
+            rev[:7],
+            path,
+            ", ".join(values[:8]) + (" ..." if len(values) > 8 else ""),
         )
     return keys
