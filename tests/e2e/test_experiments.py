@@ -246,6 +246,34 @@ def test_an_experiment_committed_as_the_baseline_warns_when_the_next_one_drops_i
     assert "train.lr: 0.02 ->" not in proc.stdout + proc.stderr
 
 
+def _queue_logs_until(repo: Path, name: str, text: str, timeout_s: float = 300) -> str:
+    deadline = time.monotonic() + timeout_s
+    while text not in (logs := dvc(repo, "queue", "logs", name, check=False).stdout):
+        assert time.monotonic() < deadline, f"no {text!r} in {name}'s log:\n{logs[-3000:]}"
+        time.sleep(1)
+    return logs
+
+
+def test_a_killed_queued_run_does_not_promise_a_resume(baselined_repo: Path) -> None:
+    # A queued run trains in DVC's temporary copy, which DVC deletes, checkpoint and all.
+    repo = baselined_repo
+    dvc(repo, "exp", "run", "--queue", "-n", "long", "-S", "train.epochs=1000")
+    # To files, not pipes: the worker `dvc queue start` leaves behind holds them until it exits.
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "queue", "start"],
+        cwd=repo,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=True,
+    )
+    _queue_logs_until(repo, "long", "epoch 2/1000")
+    dvc(repo, "queue", "kill", "long")
+    logs = _queue_logs_until(repo, "long", "interrupted")
+    assert "the next `uv run dvc repro` resumes" not in logs, logs[-3000:]
+    assert "temporary copy" in logs and "starts over" in logs, logs[-3000:]
+
+
 def _data_lock(repo: Path) -> dict:
     """dvc.lock's download and preprocess entries: what a teammate must not re-run."""
     stages = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
