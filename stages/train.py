@@ -4,9 +4,7 @@ With launch.nproc * launch.nnodes > 1 it hands itself to torchrun, which runs th
 per rank (DistributedDataParallel).
 """
 
-from pathlib import Path
-
-from visionpipe import devices, distributed, logs, train
+from visionpipe import checkpoints, devices, distributed, logs, train
 from visionpipe.config.compose import warn_drift, warn_dropped_baseline
 from visionpipe.config.params import load_params
 
@@ -25,18 +23,5 @@ def main() -> None:
     train.run(params)
 
 
-def _after_a_stop() -> str:
-    """What a stopped run leaves to do. `dvc exp run --queue` and `--temp` train in a temporary
-    copy of the project (.dvc/tmp/exps/<name>) that DVC deletes afterwards, checkpoint and all."""
-    if Path.cwd().parent.parts[-3:] == (".dvc", "tmp", "exps"):
-        return (
-            "this run trained in DVC's temporary copy of the project (`dvc exp run --queue` or "
-            "`--temp`), which DVC deletes with the checkpoint, so running the experiment again "
-            "starts over (a plain `dvc exp run` trains in the project, where a stopped run "
-            "resumes from its last complete epoch)"
-        )
-    return "the next `uv run dvc repro` resumes from the last complete epoch"
-
-
 if __name__ == "__main__":
-    logs.run_stage(main, interrupted=_after_a_stop())
+    logs.run_stage(main, interrupted=checkpoints.after_a_stop())

@@ -177,3 +177,16 @@ def restore(ckpt: Checkpoint, t: Trainee) -> bool:
         t.lookahead[name].copy_(tensor)  # type: ignore[index]
     set_rng_state(ckpt.rng, t.gen, t.device)
     return True
+
+
+def after_a_stop() -> str:
+    """What a stopped run leaves to do. `dvc exp run --queue` and `--temp` train in a temporary
+    copy of the project (.dvc/tmp/exps/<name>) that DVC deletes afterwards, checkpoint and all."""
+    if Path.cwd().parent.parts[-3:] == (".dvc", "tmp", "exps"):
+        return (
+            "this run trained in DVC's temporary copy of the project (`dvc exp run --queue` or "
+            "`--temp`), which DVC deletes with the checkpoint, so running the experiment again "
+            "starts over (a plain `dvc exp run` trains in the project, where a stopped run "
+            "resumes from its last complete epoch)"
+        )
+    return "the next `uv run dvc repro` resumes from the last complete epoch"

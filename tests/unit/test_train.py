@@ -65,6 +65,17 @@ def test_ctrl_c_is_one_line_that_says_what_comes_next(
     assert "interrupted (Ctrl-C); the next `uv run dvc repro` resumes" in caplog.text
 
 
+def test_a_stop_in_dvc_s_temporary_copy_promises_no_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert "resumes from the last complete epoch" in checkpoints.after_a_stop()
+    queued = tmp_path / ".dvc" / "tmp" / "exps" / "tmpk2x8"  # where `--queue` and `--temp` run
+    queued.mkdir(parents=True)
+    monkeypatch.chdir(queued)
+    assert "starts over" in checkpoints.after_a_stop()
+
+
 RECIPES = {
     "tutorial+aug": (None, {"augment": {"crop_padding": 2, "flip": True}, "momentum": 0.9}),
     # Lookahead's slow weights and the alternating flip must survive the kill as well.
