@@ -290,12 +290,17 @@ def test_a_405_names_the_methods_the_path_takes(server: Served) -> None:
         assert set(headers["Allow"].split(",")) == set(allow.split(",")), headers
 
 
-def test_a_client_that_hangs_up_mid_upload_leaves_the_server_up(server: Served) -> None:
-    host, port = server.url.removeprefix("http://").split(":")
-    head = (
+def _upload_head(host: str) -> str:
+    """The head of a 100,000-byte image upload, for clients that stop sending midway."""
+    return (
         f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
         "Content-Length: 100000\r\n\r\n"
     )
+
+
+def test_a_client_that_hangs_up_mid_upload_leaves_the_server_up(server: Served) -> None:
+    host, port = server.url.removeprefix("http://").split(":")
+    head = _upload_head(host)
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(head.encode() + _jpeg()[:500])
     with socket.create_connection((host, int(port)), timeout=10) as sock:
@@ -310,10 +315,7 @@ def test_sigterm_mid_upload_stops_within_docker_s_grace(model: Path, tmp_path: P
     # be gone, its port free, before then, even with a client that is still sending its image.
     with serve(model, tmp_path / "server.log") as served:
         host, port = served.url.removeprefix("http://").split(":")
-        head = (
-            f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
-            "Content-Length: 100000\r\n\r\n"
-        )
+        head = _upload_head(host)
         with socket.create_connection((host, int(port)), timeout=30) as sock:
             sock.sendall(head.encode() + _jpeg()[:500])
             time.sleep(0.3)  # the handler is reading the body

@@ -130,21 +130,11 @@ def test_make_grid_lays_out_as_torchvision() -> None:
 def test_a_diverged_model_s_feature_maps_are_drawn_black_not_nan() -> None:
     # A run resumed only to write its outputs logs its (NaN) model again; TensorBoard would cast
     # NaN to uint8 garbage, with numpy's RuntimeWarning in the stage's output.
-    class Writer:
-        def __init__(self) -> None:
-            self.images: dict[str, torch.Tensor] = {}
-
-        def add_image(self, tag: str, image: torch.Tensor, step: int) -> None:
-            self.images[tag] = image
-
-        def add_graph(self, model: torch.nn.Module, x: torch.Tensor) -> None:
-            pass
-
     model = build_model("tutorial_cnn", 3, 16)
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     with torch.no_grad():
         conv.weight.fill_(float("nan"))
-    writer = Writer()
+    writer = _Writer()
     log_model_start(writer, model, torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8), 0)
     maps = [img for tag, img in writer.images.items() if tag.startswith("conv1_feature_maps/")]
     assert len(maps) == 4
