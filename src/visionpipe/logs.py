@@ -56,8 +56,10 @@ def run_stage(main: Callable[[], int | None], interrupted: str = "") -> None:
         full = fsutil.disk_full_cause(exc)
         if full is not None:
             # A full disk is the user's to fix, wherever the write was (DVCLive, TensorBoard).
-            text = str(exc) if isinstance(exc, fsutil.DiskFullError) else ""
-            text = text or fsutil.disk_full_message(full.filename or os.getcwd())
+            if isinstance(full, fsutil.DiskFullError):  # an atomic write's: names its file
+                text = str(full)
+            else:
+                text = fsutil.disk_full_message(full.filename or os.getcwd())
             log.error("%s. %s%s", text, _DVC_CACHE, f"; {interrupted}" if interrupted else "")
             sys.exit(1)
         if not is_user_error(exc):
