@@ -16,6 +16,16 @@ from tests.helpers import Baseline, Server, copy_project, make_baseline, serve
 from visionpipe.config.params import parse_params
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    # `-n N` hands tests out by worksteal: xdist gives each worker half the tests up front (here
+    # the unit tests to one, the end-to-end ones to the other), and a worker that runs dry takes
+    # half of the other's queue. Set here, not in addopts, so `-p no:xdist` (to debug) still runs.
+    option = config.option
+    if getattr(option, "numprocesses", None) and getattr(option, "dist", None) == "no":
+        option.dist = "worksteal"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Under `pytest -n N` each worker has about one core: a second intra-op thread only waits
     # for a busy core, and tiny tensors' ops take several times as long (as the DVC stages the
