@@ -268,18 +268,23 @@ def fast(num_classes: int, image_size: int) -> FastNet:
     return FastNet(num_classes)
 
 
-def vgg16(num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
-    """torchvision's VGG16 (the tutorial's "modifying VGG16" lesson), its last layer resized."""
-    model = _torchvision_model("vgg16", pretrained)
-    model.classifier[6] = nn.Linear(model.classifier[6].in_features, num_classes)
-    return model
+def torchvision_classifier(name: str) -> Callable[..., nn.Module]:
+    """A builder of torchvision's model `name` whose last Linear layer is resized for the classes.
 
+    The layer keeps its name (resnet18's `fc`, vgg16's `classifier.6`), so the state_dict is the
+    one `torchvision.models.get_model(name, num_classes=...)` takes.
+    """
 
-def resnet18(num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
-    """torchvision's ResNet-18, its classifier resized."""
-    model = _torchvision_model("resnet18", pretrained)
-    model.fc = nn.Linear(model.fc.in_features, num_classes)
-    return model
+    def build(num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
+        model = _torchvision_model(name, pretrained)
+        path, last = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+        parent, _, attr = path.rpartition(".")
+        resized = nn.Linear(last.in_features, num_classes, bias=last.bias is not None)
+        setattr(model.get_submodule(parent), attr, resized)
+        return model
+
+    build.__name__ = build.__qualname__ = name
+    return build
 
 
 def _torchvision_model(name: str, pretrained: bool) -> nn.Module:
@@ -334,8 +339,13 @@ MODELS: dict[str, ModelSpec] = {
         },
     ),
     "alexnet": ModelSpec(alexnet, "the seeds' AlexNet homework, sized for small inputs"),
-    "vgg16": ModelSpec(vgg16, "torchvision's VGG16, last layer resized", pretrained=True),
-    "resnet18": ModelSpec(resnet18, "torchvision's ResNet-18, fc resized", pretrained=True),
+    # torchvision's models: `torchvision_classifier(name)` and pretrained=True are all one needs.
+    "vgg16": ModelSpec(
+        torchvision_classifier("vgg16"), "torchvision's VGG16, last layer resized", pretrained=True
+    ),
+    "resnet18": ModelSpec(
+        torchvision_classifier("resnet18"), "torchvision's ResNet-18, fc resized", pretrained=True
+    ),
     "fast": ModelSpec(fast, "airbench94's CIFAR speed net (whitening, GELU, BatchNorm)"),
 }
 

@@ -249,6 +249,17 @@ def test_every_arch_builds_for_any_classes_and_size(arch: str, classes: int, siz
         assert model(torch.rand(2, 3, size, size)).shape == (2, classes)
 
 
+@pytest.mark.parametrize("arch", [a for a, spec in MODELS.items() if spec.pretrained])
+def test_a_torchvision_model_has_torchvision_s_state_for_the_class_count(arch: str) -> None:
+    # So `torchvision.models.<arch>(num_classes=...)` loads a model.pt's net (docs/deploy.md).
+    import torchvision
+
+    with torch.device("meta"):  # shapes only: vgg16's 138M parameters are never allocated
+        ours = build_model(arch, 7, 32).net.state_dict()
+        theirs = torchvision.models.get_model(arch, num_classes=7).state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+
+
 def test_vgg16_classifier_is_replaced_as_the_seeds_do() -> None:
     model = build_model("vgg16", 2, 32)
     assert model.net.classifier[6].out_features == 2
