@@ -1,4 +1,6 @@
+import typing
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import yaml
@@ -6,6 +8,7 @@ import yaml
 from visionpipe.config import ConfigError, load_section
 from visionpipe.config.params import load_params, parse_params
 from visionpipe.config.predict import PredictConfig
+from visionpipe.models import Key
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,16 +89,31 @@ def test_a_model_key_that_does_not_apply_is_an_error(model: dict, key: str) -> N
     assert "the keys for" in message and "tta" in message  # what does apply
 
 
+def _another_value(key: str, spec: Key) -> object:
+    """A valid value of a model key other than its default."""
+    if spec.annotation is bool:
+        return not spec.default
+    if typing.get_origin(spec.annotation) is Literal:
+        return next(v for v in typing.get_args(spec.annotation) if v != spec.default)
+    if spec.annotation in (int, float) and not spec.constraints:
+        return spec.default + 1
+    raise AssertionError(
+        f"model key {key!r} ({spec.annotation}): add a valid value other than its default "
+        "to _another_value in tests/unit/test_config.py"
+    )
+
+
 def test_model_keys_at_their_defaults_fit_every_model() -> None:
     # params.yaml always holds every key: the tutorial's settings must not stop another model.
-    from visionpipe.models import MODELS, keys_of
+    from visionpipe.models import COMMON_KEYS, MODELS, keys_of
 
     for arch, spec in MODELS.items():
         assert parse_params({"model": {"name": arch}}).model.name == arch
-        own = [*spec.keys, *(["pretrained"] if spec.pretrained else [])]
+        pretrained = {"pretrained": COMMON_KEYS["pretrained"]} if spec.pretrained else {}
+        own = {**spec.keys, **pretrained}
         assert set(own) <= set(keys_of(arch))
-        for key in own:
-            value = {"activation": "relu", "batch_norm": True, "pretrained": True}[key]
+        for key, key_spec in own.items():
+            value = _another_value(key, key_spec)
             assert getattr(parse_params({"model": {"name": arch, key: value}}).model, key) == value
 
 
