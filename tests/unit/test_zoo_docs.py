@@ -1,0 +1,96 @@
+"""The lists of models and recipes that users read, against the tables they come from: the model
+table `visionpipe.models.MODELS` and the files of conf/recipe/. A new model or recipe that a list
+lacks fails here with the line to write and where."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from tests.helpers import ROOT
+from visionpipe import determinism
+from visionpipe.models import MODELS, build_model
+
+RECIPES = sorted(p.stem for p in (ROOT / "conf" / "recipe").glob("*.yaml"))
+PRETRAINED = [name for name, spec in MODELS.items() if spec.pretrained]
+
+
+def _config_comment(key: str) -> str:
+    """The comment after `key:` in conf/config.yaml (each checked key occurs there once)."""
+    found = re.findall(rf"^\s*{key}: .*?# (.+)$", (ROOT / "conf/config.yaml").read_text(), re.M)
+    assert len(found) == 1, f"conf/config.yaml should have one commented `{key}:` line"
+    return found[0]
+
+
+def _section(page: str, heading: str) -> str:
+    """The text of `page` from `heading` to the next heading of its level or above."""
+    text = (ROOT / page).read_text()
+    level = heading.split(" ", 1)[0]
+    start = text.index(f"\n{heading}\n")
+    end = re.search(rf"\n#{{1,{len(level)}}} ", text[start + 1 :])
+    return text[start : start + 1 + end.start()] if end else text[start:]
+
+
+def test_config_yaml_names_every_model() -> None:
+    want = " | ".join(MODELS)
+    assert _config_comment("name") == want, (
+        f"conf/config.yaml: model.name's comment lists the models of visionpipe.models.MODELS; "
+        f"write `name: tutorial_cnn      # {want}`"
+    )
+
+
+def test_config_yaml_names_the_models_with_pretrained_weights() -> None:
+    want = "/".join(PRETRAINED) + " only:"
+    assert _config_comment("pretrained").startswith(want), (
+        "conf/config.yaml: model.pretrained's comment names the models whose ModelSpec has "
+        f"pretrained=True; start it with `# {want}`"
+    )
+
+
+def test_config_yaml_names_every_recipe() -> None:
+    listed = _config_comment("recipe").split(": ", 1)[-1].split(" | ")
+    assert sorted(listed) == RECIPES, (
+        "conf/config.yaml: the recipe comment lists the files of conf/recipe/; write "
+        f"`recipe: tutorial          # the recipe composed in: {' | '.join(RECIPES)}`"
+    )
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_training_md_describes_every_model(name: str) -> None:
+    table = _section("docs/training.md", "## Models and recipes")
+    assert f"\n| `{name}` | " in table, (
+        f"docs/training.md has no row for model `{name}` in the table under 'Models and "
+        f"recipes': add the row '| `{name}` | <what it is> | <its recipe: `-S recipe=NAME`: what "
+        "it sets> |'"
+    )
+
+
+@pytest.mark.parametrize("name", [n for n in RECIPES if n != "tutorial"])
+def test_readme_runs_each_recipe_with_one_flag(name: str) -> None:
+    table = _section("README.md", "## Experiments")
+    assert re.search(rf"\| `-S recipe={name}` \|", table), (
+        f"README.md has no row for recipe `{name}` in the recipe table under 'Experiments': "
+        f"add the row '| `-S recipe={name}` | <what it trains> |'"
+    )
+
+
+def test_gpu_md_lists_the_models_that_train_deterministically_on_cuda() -> None:
+    cuda = torch.device("cuda")
+    with torch.device("meta"):  # the layers' types decide; no weights are allocated
+        want = [
+            name
+            for name in MODELS
+            if determinism.nondeterministic_layer(build_model(name, 10, 32), cuda) is None
+        ]
+    rows = (ROOT / "docs/gpu.md").read_text().splitlines()
+    cuda_rows = [r for r in rows if re.match(r"\| [^|]+ \| \d", r)]  # a compute capability
+    assert cuda_rows, "docs/gpu.md's device table has no CUDA rows"
+    for row in cuda_rows:
+        listed = row.rstrip(" |").rsplit("| ", 1)[-1]
+        assert listed == ", ".join(want), (
+            f"docs/gpu.md: the `train.deterministic` column of the CUDA rows names the models "
+            f"without a layer determinism.nondeterministic_layer refuses on CUDA; write "
+            f"`{', '.join(want)}` (row: {row})"
+        )
