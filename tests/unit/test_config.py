@@ -134,6 +134,8 @@ def test_a_key_cut_from_composed_params_is_an_error(tmp_path: Path) -> None:
         load_params(path)
     # params.yaml composed before the code had the key: how to write it anew, for dvc repro.
     assert "visionpipe params" in str(err.value)
+    # A key the code just gained: where its line goes.
+    assert "conf/config.yaml lacks needs its line there" in str(err.value)
     with pytest.raises(ConfigError, match=r"'train\.lr' is missing"):
         parse_params(_composed_without("train", "lr"), complete=True)
 

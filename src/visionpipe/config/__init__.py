@@ -100,7 +100,10 @@ def _refuse_missing(schema: type[BaseModel], raw: dict[str, Any], origin: str) -
             f"the `~` to keep the value conf/ gives it"
             for k in keys
         ]
-        lines.append("(for `dvc repro`: `uv run visionpipe params` writes params.yaml from conf/)")
+        lines.append(
+            "(for `dvc repro`: `uv run visionpipe params` writes params.yaml from conf/; a key "
+            "new in the code that conf/config.yaml lacks needs its line there, at its default)"
+        )
         raise ConfigError(f"{origin} is invalid:\n  - " + "\n  - ".join(lines))
 
 
