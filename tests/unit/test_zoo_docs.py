@@ -4,6 +4,7 @@ lacks fails here with the line to write and where."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from tests.helpers import ROOT
 from visionpipe import determinism
-from visionpipe.models import MODELS, build_model
+from visionpipe.models import MODELS, build_model, keys_of, own_keys
 
 RECIPES = sorted(p.stem for p in (ROOT / "conf" / "recipe").glob("*.yaml"))
 PRETRAINED = [name for name, spec in MODELS.items() if spec.pretrained]
@@ -46,6 +47,18 @@ def test_config_yaml_names_the_models_with_pretrained_weights() -> None:
     assert _config_comment("pretrained").startswith(want), (
         "conf/config.yaml: model.pretrained's comment names the models whose ModelSpec has "
         f"pretrained=True; start it with `# {want}`"
+    )
+
+
+@pytest.mark.parametrize("key", own_keys())
+def test_config_yaml_has_each_model_s_own_key_with_the_models_it_applies_to(key: str) -> None:
+    spec = own_keys()[key]
+    taking = "/".join(name for name in MODELS if key in keys_of(name))
+    line = f"  {key}: {json.dumps(spec.default)}  # {taking} only: {spec.doc}"
+    comment = re.findall(rf"^  {key}: .*?# (.+)$", (ROOT / "conf/config.yaml").read_text(), re.M)
+    assert comment and comment[0].startswith(f"{taking} only:"), (
+        f"conf/config.yaml: model.{key} needs its line under `model:`, its comment naming the "
+        f"models it applies to; write `{line}`"
     )
 
 
