@@ -3,9 +3,10 @@
 Every model takes float RGB in [0, 1], NCHW; normalization (when on) lives inside the model
 (`Classifier`), so the exported ONNX graph takes the same input and callers never need mean/std.
 `MODELS` is the one table of models: each entry's builder and its own model.* keys. Adding a
-model is one entry (and its line in conf/config.yaml, where users see the keys): the params
-schema (visionpipe.config.model), `build_model` and the saved model's metadata all read the
-table, as torchvision's `get_model` and timm's registry do.
+model is one entry: the params schema (visionpipe.config.model), `build_model`, the saved model's
+metadata and the tests all read the table, as torchvision's `get_model` and timm's registry do;
+tests/unit/test_zoo_docs.py names the lines users read (conf/config.yaml, docs) that it needs
+(docs/development.md, "Adding a model").
 """
 
 from __future__ import annotations
