@@ -12,6 +12,7 @@ tests/unit/test_zoo_docs.py names the lines users read (conf/config.yaml, docs) 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -411,18 +412,27 @@ def build_model(
     if spec.pretrained:
         own["pretrained"] = p.get("pretrained", False)
     net = spec.build(num_classes, image_size, **own)
+    normalize = Normalize(mean, std) if mean is not None and std is not None else None
     if p.get("weights"):
         # Start from a local file (torchvision weights, or another run's models/model.pt):
         # tensors that fit are loaded, a classifier for another class count stays fresh.
-        load_weights_file(net, Path(p["weights"]), strict=False)
-    normalize = Normalize(mean, std) if mean is not None and std is not None else None
+        own.pop("pretrained", None)
+        built = {"name": arch, **own, "normalize": normalize is not None}
+        load_weights_file(net, Path(p["weights"]), strict=False, built=(built, image_size))
     return Classifier(net, normalize, tta=int(p.get("tta", 0)))
 
 
-def load_weights_file(model: nn.Module, path: Path, strict: bool = True) -> None:
+def load_weights_file(
+    model: nn.Module,
+    path: Path,
+    strict: bool = True,
+    built: tuple[dict[str, Any], int] | None = None,
+) -> None:
     """Load a state_dict file (plain, or an exported visionpipe model.pt) into `model`.
 
     Tensors whose shape differs (a classifier for another class count) are left as initialised.
+    `built`: the model.* values and image size `model` was built with, which a visionpipe
+    model.pt's own must match (`check_weights_origin`).
     """
     if not path.is_file():
         hint = ""
@@ -438,6 +448,8 @@ def load_weights_file(model: nn.Module, path: Path, strict: bool = True) -> None
         )
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
+        if built is not None and isinstance(state.get("meta"), dict):
+            check_weights_origin(path, state["meta"], *built)
         state = state["state_dict"]
         # A visionpipe export wraps the net; strip that prefix to fit a bare net.
         state = {
@@ -466,6 +478,44 @@ def load_weights_file(model: nn.Module, path: Path, strict: bool = True) -> None
             ", ".join(fresh),
         )
     model.load_state_dict(fitting, strict=False)
+
+
+def check_weights_origin(
+    path: Path, meta: dict[str, Any], built: dict[str, Any], image_size: int
+) -> None:
+    """Refuse a visionpipe model.pt trained with other model.* values that decide what its weights
+    mean (`built`'s: model.name, the model's own keys, model.normalize); warn of another size.
+
+    The file's normalization is not loaded (the run's own mean/std are), so weights trained on
+    normalized inputs would otherwise see raw [0, 1] pixels, or the reverse, without a word.
+    """
+    theirs = {"name": meta.get("arch"), **meta.get("arch_params", {})}
+    theirs["normalize"] = meta.get("normalize")
+    keys = ["name"] if theirs["name"] != built["name"] else list(built)
+    differ = [k for k in keys if k in theirs and theirs[k] != built[k]]
+    if differ:
+        was = ", ".join(f"model.{k}: {_plain(theirs[k])}" for k in differ)
+        now = ", ".join(f"model.{k}: {_plain(built[k])}" for k in differ)
+        raise WeightsError(
+            f"model.weights = '{path}' was trained with {was}; this run has {now}, so its "
+            f"weights would compute something else here. Set {was}, or point model.weights at "
+            "a model trained with this run's values (or set model.weights: null)"
+        )
+    if meta.get("image_size") not in (None, image_size):
+        log.warning(
+            "model.weights = '%s' was trained on %s-pixel images; this run's are %d pixels: "
+            "layers sized by the input start fresh and the others see objects at another scale "
+            "(set preprocess.image_size: %s to fine-tune at the size it learned)",
+            path,
+            meta["image_size"],
+            image_size,
+            meta["image_size"],
+        )
+
+
+def _plain(value: Any) -> str:
+    """`value` as params.yaml writes it (true, null, relu)."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

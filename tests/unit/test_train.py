@@ -21,7 +21,7 @@ from visionpipe import (
     train,
 )
 from visionpipe.config.train import TrainConfig
-from visionpipe.modelfile import load_model
+from visionpipe.modelfile import ModelInfo, load_model, save_model
 from visionpipe.models import (
     MODELS,
     Classifier,
@@ -311,12 +311,62 @@ def test_pretrained_offline_says_which_file_to_fetch(monkeypatch: pytest.MonkeyP
 
 def test_weights_of_another_model_are_refused(processed: Path) -> None:
     train.run(tiny_params(epochs=1))
-    # Not one tensor of a tutorial_cnn fits alexnet: loading nothing would train from scratch.
-    with pytest.raises(WeightsError, match=r"0 of the model's \d+ tensors"):
+    with pytest.raises(WeightsError, match=r"model\.name: tutorial_cnn; this run has model\.name"):
         build_model("alexnet", 3, 16, {"weights": str(paths.MODEL)})
+    # A plain state_dict has no metadata: not one tensor of a tutorial_cnn fits alexnet, and
+    # loading nothing would train from scratch.
+    plain = torch.load(paths.MODEL, weights_only=True)["state_dict"]
+    torch.save({k.removeprefix("net."): v for k, v in plain.items()}, processed / "plain.pt")
+    with pytest.raises(WeightsError, match=r"0 of the model's \d+ tensors"):
+        build_model("alexnet", 3, 16, {"weights": str(processed / "plain.pt")})
     torch.save([1, 2], processed / "list.pt")
     with pytest.raises(WeightsError, match="not a state_dict"):
         build_model("tutorial_cnn", 3, 16, {"weights": str(processed / "list.pt")})
+
+
+def _saved_tutorial_cnn(path: Path, normalize: bool, size: int = 16, **own: object) -> str:
+    """A visionpipe model.pt of a tutorial_cnn built with these values, at `path`."""
+    arch_params = {"activation": "none", "batch_norm": False, **own, "weights": None, "tta": 0}
+    stats = ([0.5] * 3, [0.25] * 3) if normalize else (None, None)
+    model = build_model("tutorial_cnn", 3, size, arch_params, *stats)
+    info = ModelInfo("tutorial_cnn", 3, size, arch_params, normalize, [0.5] * 3, [0.25] * 3,
+                     ["a", "b", "c"], {}, "test", "test")  # fmt: skip
+    save_model(path, model, info)
+    return str(path)
+
+
+@pytest.mark.parametrize("saved", [True, False])
+def test_weights_trained_with_the_other_normalize_are_refused(tmp_path: Path, saved: bool) -> None:
+    # The file's mean/std are not loaded: weights trained on normalized inputs would see raw
+    # pixels (or the reverse) and fine-tune from a net that computes something else.
+    weights = _saved_tutorial_cnn(tmp_path / "start.pt", normalize=saved)
+    normalized = ([0.5] * 3, [0.25] * 3)
+    with pytest.raises(WeightsError) as err:
+        build_model("tutorial_cnn", 3, 16, {"weights": weights}, *(() if saved else normalized))
+    message = str(err.value)
+    assert f"trained with model.normalize: {str(saved).lower()}; this run has" in message
+    assert f"Set model.normalize: {str(saved).lower()}" in message and weights in message
+    # Matching values load without a word.
+    build_model("tutorial_cnn", 3, 16, {"weights": weights}, *(normalized if saved else ()))
+
+
+def test_weights_trained_with_other_own_keys_are_refused(tmp_path: Path) -> None:
+    # batch_norm shifts every layer's index: tensors would land in layers of the same shape.
+    weights = _saved_tutorial_cnn(tmp_path / "start.pt", False, batch_norm=True)
+    with pytest.raises(WeightsError, match=r"model\.batch_norm: true; this run has model\.batch_"):
+        build_model("tutorial_cnn", 3, 16, {"weights": weights})
+
+
+def test_weights_trained_at_another_size_are_loaded_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    weights = _saved_tutorial_cnn(tmp_path / "start.pt", False, size=16)
+    with caplog.at_level("WARNING"):
+        model = build_model("tutorial_cnn", 3, 32, {"weights": weights})
+    assert "trained on 16-pixel images; this run's are 32 pixels" in caplog.text
+    assert "preprocess.image_size: 16" in caplog.text
+    saved = torch.load(weights, weights_only=True)["state_dict"]
+    assert torch.equal(model.net[0].weight, saved["net.0.weight"])  # the convs still load
 
 
 def test_divergence_stops_training_and_export_stays_honest(processed: Path) -> None:
