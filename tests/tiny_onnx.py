@@ -17,12 +17,17 @@ from onnx import TensorProto, helper, numpy_helper
 CLASSES = ["cat", "dog", "frog"]
 
 
-def write_tiny_onnx(path: Path, classes: list[str] = CLASSES, size: int = 16) -> Path:
-    """model.onnx at `path`: float [batch, 3, size, size] images to [batch, len(classes)] logits."""
+def write_tiny_onnx(
+    path: Path, classes: list[str] = CLASSES, size: int = 16, diverged: bool = False
+) -> Path:
+    """model.onnx at `path`: float [batch, 3, size, size] images to [batch, len(classes)] logits
+    (with `diverged`, NaN logits, as a model whose training diverged gives)."""
     weights = np.zeros((3, len(classes)), np.float32)
     for k in range(len(classes)):
         weights[k % 3, k] = 8.0  # channel means in [0, 1] -> logits that differ by a few units
     bias = np.linspace(-0.5, 0.5, len(classes), dtype=np.float32)
+    if diverged:
+        bias[:] = np.nan
     graph = helper.make_graph(
         [
             helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),

@@ -107,6 +107,11 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def json_text(obj: Any) -> str:
+    """`obj` as strict JSON: NaN and infinities (a diverged model's numbers) become null."""
+    return json.dumps(_finite(obj), allow_nan=False)
+
+
 def write_json(dest: Path | str, obj: Any) -> None:
     with atomic_open(dest) as f:
         json.dump(_finite(obj), f, indent=2, sort_keys=False, allow_nan=False)

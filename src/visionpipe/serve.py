@@ -30,6 +30,7 @@ import numpy as np
 from aiohttp import BodyPartReader, web
 
 from visionpipe.batching import Batcher
+from visionpipe.fsutil import json_text
 from visionpipe.images import (
     MAX_PIXELS,
     BadImageError,
@@ -272,7 +273,8 @@ class Service:
             asdict(Prediction(u.name, top_k(p, self.backend.classes, k)))
             for u, p in zip(uploads, probs, strict=True)
         ]
-        return web.json_response({"predictions": preds})
+        # A diverged model's probabilities are NaN: null in JSON, as `visionpipe predict --json`.
+        return web.json_response({"predictions": preds}, dumps=json_text)
 
 
 @web.middleware

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,6 +116,30 @@ def test_answers_are_the_cli_numbers(server: Served, model: Path, tmp_path: Path
     named = [{**w, "file": p.name} for w, p in zip(want_all, files, strict=True)]
     assert got["predictions"] == named
     assert {p["top"][0]["class"] for p in got["predictions"]} == set(CLASSES)
+
+
+def test_a_diverged_model_s_answers_are_strict_json_with_null_probabilities(
+    tmp_path: Path,
+) -> None:
+    # NaN is not JSON: the page's JSON.parse (and jq, and strict parsers) refuse a bare NaN.
+    model = write_tiny_onnx(tmp_path / "model.onnx", diverged=True)
+    image = next(iter(photos(tmp_path / "photos").values()))
+    (want,) = cli_predictions([image], model, tmp_path)
+    with serve(model, tmp_path / "server.log") as served:
+        req = urllib.request.Request(
+            f"{served.url}/predict?name={image.name}",
+            image.read_bytes(),
+            {"Content-Type": "image/png"},
+        )
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req) as resp:
+            body = resp.read().decode()
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"/predict answered {constant}, which is not JSON: {body}")
+
+    answer = json.loads(body, parse_constant=refuse)
+    assert answer["predictions"] == [{**want, "file": image.name}]
+    assert [t["probability"] for t in want["top"]] == [None] * 3
 
 
 def test_concurrent_requests_share_model_calls(server: Served, tmp_path: Path) -> None:
