@@ -139,7 +139,15 @@ async def drive_page(debug_port: int, page_url: str, photos: list[Path], drop: P
             return shown, error, tools.errors
 
 
-def test_photos_chosen_or_dropped_on_the_page_get_the_api_answer(tmp_path: Path) -> None:
+def _shown(probability: float | None) -> str:
+    """How the page shows a probability: null (a diverged model's) as n/a."""
+    return "n/a" if probability is None else f"{probability * 100:.1f}%"
+
+
+@pytest.mark.parametrize("diverged", [False, True], ids=["trained", "diverged"])
+def test_photos_chosen_or_dropped_on_the_page_get_the_api_answer(
+    tmp_path: Path, diverged: bool
+) -> None:
     rng = np.random.default_rng(0)
     photos = []
     for i, name in enumerate(["red.png", "green.jpg", "blue.png"]):
@@ -148,7 +156,7 @@ def test_photos_chosen_or_dropped_on_the_page_get_the_api_answer(tmp_path: Path)
         photos.append(tmp_path / name)
         Image.fromarray(arr).save(photos[-1])
     drop, chosen = photos[2], photos[:2]
-    model = write_tiny_onnx(tmp_path / "model.onnx")
+    model = write_tiny_onnx(tmp_path / "model.onnx", diverged=diverged)
     with serve(model, tmp_path / "server.log") as server:
         files = [(p.name, p.read_bytes()) for p in photos]
         status, api = post_files(f"{server.url}/predict", files)
@@ -161,11 +169,13 @@ def test_photos_chosen_or_dropped_on_the_page_get_the_api_answer(tmp_path: Path)
             chromium.wait(timeout=30)
     assert not js_errors, js_errors
     want = [
-        [p["file"], [[t["class"], f"{t['probability'] * 100:.1f}%"] for t in p["top"]], True]
+        [p["file"], [[t["class"], _shown(t["probability"])] for t in p["top"]], True]
         for p in api["predictions"]
     ]
     # Newest first: the dropped photo above the chosen ones (each added on top, in order).
     assert shown == [want[2], want[1], want[0]], shown
     assert [row[0] for row in shown] == ["blue.png", "green.jpg", "red.png"]
-    assert shown[0][1][0][0] == "frog"  # brightest in blue: the third class
+    if not diverged:
+        assert shown[0][1][0][0] == "frog"  # brightest in blue: the third class
+    assert ("n/a" in str(shown)) == diverged  # the null probabilities, not "0.0%" or "NaN%"
     assert error == "error: x.png: not a recognised image format", error
