@@ -87,6 +87,15 @@ def run(
     logits = predict_logits(model, images, device, batch, amp=dtype)
     preds = logits.argmax(1)
     classes = info.classes
+    broken = int((~torch.isfinite(logits)).any(1).sum())
+    if broken:
+        log.warning(
+            "the model gives non-finite logits for %d of %d test images: training diverged "
+            "(see metrics/train.json); test_loss is nan and those images' predicted classes are "
+            "arbitrary (argmax of NaN), so test_acc and the confusion matrix say nothing of it",
+            broken,
+            len(labels),
+        )
     cm = confusion_matrix(labels, preds, len(classes))
     scores = per_class_scores(cm.numpy(), classes)
     absent = [s["class"] for s in scores if s["support"] == 0]

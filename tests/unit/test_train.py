@@ -369,10 +369,12 @@ def test_weights_trained_at_another_size_are_loaded_with_a_warning(
     assert torch.equal(model.net[0].weight, saved["net.0.weight"])  # the convs still load
 
 
-def test_divergence_stops_training_and_export_stays_honest(processed: Path) -> None:
+def test_divergence_stops_training_and_export_stays_honest(
+    processed: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     import json
 
-    from visionpipe import export
+    from visionpipe import evaluate, export
     from visionpipe.config.params import parse_params
 
     metrics = train.run(tiny_params(epochs=5, lr=100.0, momentum=0.99))
@@ -381,6 +383,13 @@ def test_divergence_stops_training_and_export_stays_honest(processed: Path) -> N
     assert saved["diverged"] is True and saved["train_loss"] is None
     result = export.run(parse_params({}).export.model_copy(update={"parity_images": 20}))
     assert result["nonfinite_logits"] > 0 and result["max_abs_logit_diff"] <= 1e-4
+    # Evaluate's accuracy counts argmax of NaN: it says so rather than look like a chance score.
+    with caplog.at_level("WARNING"):
+        scored = evaluate.run("cpu", 16)
+    assert scored["test_loss"] != scored["test_loss"]  # NaN; DVCLive writes it as "nan"
+    assert "non-finite logits for" in caplog.text and "say nothing of it" in caplog.text
+    live = json.loads((paths.LIVE_EVAL / "metrics.json").read_text(), parse_constant=float)
+    assert live["test_loss"] == "nan"  # DVCLive's convention: strict JSON, `nan` in exp show
 
 
 def test_fast_recipe_is_reproducible_and_learns(processed: Path) -> None:
