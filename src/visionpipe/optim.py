@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -10,6 +11,8 @@ from torch import nn
 
 from visionpipe.config.train import TrainConfig
 from visionpipe.models import Classifier, unwrap
+
+log = logging.getLogger(__name__)
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -83,12 +86,41 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return 1.0
 
 
+def warn_if_no_warmup(cfg: TrainConfig, steps_per_epoch: int) -> None:
+    """Say when a warmup asked for (train.warmup_epochs, or onecycle's quarter of the run) spans
+    one step or none: its ramp (step + 1) / warmup then starts at the peak lr."""
+    total = steps_per_epoch * cfg.epochs
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    if cfg.schedule == "triangle":
+        return  # it starts at 0.2x whatever its warmup
+    if cfg.schedule == "onecycle" and warmup == 0:
+        warmup, asked = max(1, total // 4), "onecycle's warmup (a quarter of the run)"
+    elif cfg.warmup_epochs > 0:
+        asked = f"train.warmup_epochs {cfg.warmup_epochs:g}"
+    else:
+        return
+    if warmup > 1:
+        return
+    log.warning(
+        "%s is %d of this run's %d optimizer steps (%d per epoch), so training starts at the peak "
+        "train.lr %g without a warmup; for one, set train.warmup_epochs to %g or more (2 steps) "
+        "or take more steps (a smaller train.batch_size, more epochs)",
+        asked,
+        warmup,
+        total,
+        steps_per_epoch,
+        cfg.lr,
+        2 / steps_per_epoch,
+    )
+
+
 def make_scheduler(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """The schedule per group; a group with a `stop_epoch` gets lr 0 from that epoch on."""
     total = steps_per_epoch * cfg.epochs
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    warn_if_no_warmup(cfg, steps_per_epoch)
 
     def factor(step: int) -> float:
         return lr_factor(step, total, warmup, cfg.schedule)

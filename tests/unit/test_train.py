@@ -369,6 +369,35 @@ def test_weights_trained_at_another_size_are_loaded_with_a_warning(
     assert torch.equal(model.net[0].weight, saved["net.0.weight"])  # the convs still load
 
 
+@pytest.mark.parametrize(
+    ("schedule", "warmup_epochs", "steps_per_epoch", "warned"),
+    [
+        ("onecycle", 0.0, 1, "onecycle's warmup (a quarter of the run) is 1 of this run's 5"),
+        ("onecycle", 0.0, 2, None),  # 2 of 10 steps: 0.5x, then the peak
+        ("onecycle", 0.0, 1, "set train.warmup_epochs to 2 or more"),
+        ("cosine", 0.2, 2, "train.warmup_epochs 0.2 is 0 of this run's 10"),
+        ("cosine", 0.5, 2, "train.warmup_epochs 0.5 is 1 of"),
+        ("cosine", 0.0, 1, None),  # no warmup asked for
+        ("triangle", 0.0, 1, None),  # starts at 0.2x whatever its warmup
+    ],
+)
+def test_a_warmup_of_one_step_or_none_is_said_to_start_at_the_peak(
+    caplog: pytest.LogCaptureFixture,
+    schedule: str,
+    warmup_epochs: float,
+    steps_per_epoch: int,
+    warned: str | None,
+) -> None:
+    # Its ramp is (step + 1) / warmup: one step of warmup is the peak lr from the first step.
+    cfg = TrainConfig(epochs=5, schedule=schedule, warmup_epochs=warmup_epochs, lr=0.2)
+    with caplog.at_level("WARNING"):
+        optim.warn_if_no_warmup(cfg, steps_per_epoch)
+    if warned is None:
+        assert caplog.text == ""
+    else:
+        assert warned in caplog.text and "starts at the peak train.lr 0.2" in caplog.text
+
+
 def test_divergence_stops_training_and_export_stays_honest(
     processed: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

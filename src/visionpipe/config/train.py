@@ -31,8 +31,10 @@ class TrainConfig(Section):
     momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
     nesterov: bool = False
     weight_decay: float = Field(default=0.0, ge=0.0)
-    # constant | cosine | onecycle (linear up to the peak, linear down to 0) | triangle
-    # (airbench: 0.2x -> 1x over the warmup, 23% of the run unless warmup_epochs is set, -> 0.07x)
+    # constant | cosine | onecycle (linear up to the peak over the warmup, a quarter of the run
+    # unless warmup_epochs is set, then linear down to 0) | triangle (airbench: 0.2x -> 1x over
+    # the warmup, 23% of the run unless warmup_epochs is set, -> 0.07x). A warmup of one step or
+    # none starts at the peak (optim.warn_if_no_warmup says so): docs/training.md.
     schedule: Literal["constant", "cosine", "onecycle", "triangle"] = "constant"
     warmup_epochs: float = Field(default=0.0, ge=0.0)
     # Learning rate multiplier for BatchNorm biases, weight decay divided by it so the decay
