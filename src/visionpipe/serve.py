@@ -364,16 +364,17 @@ def make_app(service: Service) -> web.Application:
 
 
 async def run_server(service: Service) -> None:
-    """Serve until SIGINT or SIGTERM; prints the address once it is listening."""
+    """Serve until SIGINT or SIGTERM; prints the addresses once it is listening."""
     config = service.config
     runner = web.AppRunner(make_app(service), access_log=None, shutdown_timeout=SHUTDOWN_S)
     await runner.setup()
     try:
-        await web.TCPSite(runner, config.host, config.port).start()
-        host, port = runner.addresses[0][:2]
+        sockets = listening_sockets(config.host, config.port)
+        for sock in sockets:
+            await web.SockSite(runner, sock).start()
         print(
             f"serving {config.model} ({len(service.backend.classes)} classes, "
-            f"{service.backend.image_size} px) on {_address_text(host, port)}; Ctrl-C stops",
+            f"{service.backend.image_size} px) on {_address_text(sockets)}; Ctrl-C stops",
             flush=True,
         )
         stop = asyncio.Event()
@@ -383,6 +384,26 @@ async def run_server(service: Service) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """Sockets listening on `host`: each address the name resolves to, all on one port (0: the
+    free port the first one got). `::` takes IPv4 too where the OS allows (one dual-stack socket),
+    as `::` means every address on most servers; asyncio's own would be IPv6 only."""
+    if host == "::" and socket.has_dualstack_ipv6():
+        return [socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True)]
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, address in dict.fromkeys((info[0], info[4]) for info in infos):
+            address = (address[0], port, *address[2:])
+            sockets.append(socket.create_server(address, family=family))
+            port = sockets[0].getsockname()[1]
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def serve_command(config: ServeConfig) -> int:
@@ -402,12 +423,21 @@ def serve_command(config: ServeConfig) -> int:
     return 0
 
 
-def _address_text(host: str, port: int) -> str:
-    """The URL to open: a browser refuses http://0.0.0.0/, the address of every interface."""
-    if host in ("0.0.0.0", "::"):
-        local = "127.0.0.1" if host == "0.0.0.0" else "[::1]"
-        return f"http://{local}:{port}/ (and this machine's other addresses, port {port}) "
-    return f"http://[{host}]:{port}/ " if ":" in host else f"http://{host}:{port}/ "
+def _address_text(sockets: list[socket.socket]) -> str:
+    """The URLs to open: a browser refuses http://0.0.0.0/, the address of every interface."""
+    urls, every = [], ""
+    for sock in sockets:
+        host, port = sock.getsockname()[:2]
+        ipv6 = sock.family == socket.AF_INET6
+        dual = ipv6 and not sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+        if host in ("0.0.0.0", "::"):
+            host = "::1" if ipv6 and not dual else "127.0.0.1"
+            every = "IPv4 and IPv6" if dual else "IPv6 only" if ipv6 else "IPv4 only"
+        urls.append(f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/")
+    text = " and ".join(urls)
+    if every:
+        text += f" (and this machine's other addresses, {every}, port {port})"
+    return text + " "
 
 
 # What to do about the errors binding an address gives; asyncio's own message repeats the address.
@@ -425,4 +455,4 @@ def _bind_problem(exc: OSError) -> str:
         return f"{os.strerror(exc.errno).lower()}; {BIND_ADVICE[exc.errno]}"
     if isinstance(exc, socket.gaierror):  # a --host name that does not resolve
         return f"{exc.strerror}; --host takes an IP address or a name of this machine"
-    return str(exc.strerror or exc)
+    return os.strerror(exc.errno).lower() if exc.errno else str(exc)

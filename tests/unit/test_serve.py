@@ -222,6 +222,35 @@ def test_every_address_prints_a_url_a_browser_opens(model: Path, tmp_path: Path)
         assert request(f"{served.url}/health")[0] == 200
 
 
+@pytest.mark.skipif(not socket.has_dualstack_ipv6(), reason="needs IPv6 sockets that take IPv4")
+def test_every_address_of_ipv6_is_ipv4_s_too(model: Path, tmp_path: Path) -> None:
+    # `::` means every address, as on most servers: curl http://127.0.0.1:PORT/ answers too.
+    with serve(model, tmp_path / "serve.log", "--host", "::") as served:
+        port = served.url.rsplit(":", 1)[1]
+        assert served.url == f"http://127.0.0.1:{port}", served.url
+        assert request(f"{served.url}/health")[0] == 200
+        assert request(f"http://[::1]:{port}/health")[0] == 200
+
+
+def test_a_name_of_two_addresses_listens_on_one_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `localhost` is 127.0.0.1 and ::1 on many systems; --port 0 must not give each its own.
+    from visionpipe.serve import _address_text, listening_sockets
+
+    def both(host: str, port: int, **kw: object) -> list:
+        v4 = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))
+        return [v4, (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", both)
+    try:
+        sockets = listening_sockets("localhost", 0)
+    except OSError as exc:  # a machine without IPv6
+        pytest.skip(f"cannot bind ::1: {exc}")
+    with sockets[0], sockets[1]:
+        port = sockets[0].getsockname()[1]
+        assert [s.getsockname()[:2] for s in sockets] == [("127.0.0.1", port), ("::1", port)]
+        assert _address_text(sockets) == f"http://127.0.0.1:{port}/ and http://[::1]:{port}/ "
+
+
 def test_a_form_names_each_bad_file_and_predicts_nothing(server: Served) -> None:
     body, content_type = _form(
         [("good.jpg", _jpeg()), ("notes.png", b"text"), ("empty.jpg", b""), ("bomb.png", _bomb())]
