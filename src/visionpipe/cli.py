@@ -42,6 +42,8 @@ def _serve(args: argparse.Namespace) -> int:
         args.max_batch,
         args.batch_wait_ms,
         args.max_upload_mb,
+        args.read_timeout_s,
+        args.keepalive_s,
         tuple(args.allow_origin),
     )
     return serve.serve_command(config)
@@ -118,6 +120,18 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "--max-upload-mb", type=float, default=10.0, help="request size limit (default 10 MiB)"
     )
     s.add_argument(
+        "--read-timeout-s",
+        type=float,
+        default=30.0,
+        help="the longest a request body may pause between bytes; then 408 (default 30)",
+    )
+    s.add_argument(
+        "--keepalive-s",
+        type=float,
+        default=75.0,
+        help="how long a connection may wait for its next request (default 75)",
+    )
+    s.add_argument(
         "--allow-origin",
         type=_origin,
         action="append",
@@ -150,6 +164,9 @@ def _check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
     if getattr(args, "batch_wait_ms", 0) < 0 or getattr(args, "max_upload_mb", 1) <= 0:
         parser.error("--batch-wait-ms must be at least 0 and --max-upload-mb above 0")
+    for flag in ("read_timeout_s", "keepalive_s"):
+        if not getattr(args, flag, 1) > 0:  # nan too
+            parser.error(f"--{flag.replace('_', '-')} must be above 0; got {getattr(args, flag)}")
     if not 0 <= getattr(args, "port", 0) <= 65535:
         parser.error(f"--port must be from 0 to 65535; got {args.port}")
 

@@ -21,10 +21,11 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from aiohttp import BodyPartReader, web
@@ -41,6 +42,7 @@ from visionpipe.images import (
 from visionpipe.predict import OnnxBackend, Prediction, softmax, top_k
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Images whose headers promise this many pixels in all decode on the event loop: thumbnails
 # decode in well under a millisecond, less than the hand-off to a worker thread costs. Others,
@@ -70,6 +72,10 @@ class ServeConfig:
     max_batch: int = 64  # images in one model call, at most
     batch_wait_ms: float = 0.0  # how long a model call waits for more requests to join it
     max_upload_mb: float = 10.0  # request body size limit, in MiB
+    read_timeout_s: float = 30.0  # the longest a request body may pause between bytes
+    # How long a connection may wait for its next request's head (idle keep-alive, or a head sent
+    # slowly); above a reverse proxy's own idle limit (nginx: 60 s), so that the proxy closes first.
+    keepalive_s: float = 75.0
     # Origins (scheme://host:port) of web pages that may call it from a browser; "*" any.
     allow_origins: tuple[str, ...] = ()
 
@@ -86,7 +92,10 @@ class ApiError(Exception):
         self.status, self.message, self.extra = status, message, extra
 
     def response(self) -> web.Response:
-        return web.json_response({"error": self.message, **self.extra}, status=self.status)
+        response = web.json_response({"error": self.message, **self.extra}, status=self.status)
+        if self.status == 408:
+            response.force_close()  # the rest of a stalled body may never come
+        return response
 
 
 @dataclass(frozen=True)
@@ -102,9 +111,22 @@ def _too_large(size: int | None, limit: int) -> ApiError:
     )
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def _within(timeout: float, read: Awaitable[T]) -> T:
+    """`read` of a request body, which must bring bytes (or the end) within `timeout` seconds."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await read
+    except TimeoutError:
+        raise ApiError(
+            408,
+            f"the request body stalled: no bytes for {timeout:g} s "
+            "(visionpipe serve --read-timeout-s)",
+        ) from None
+
+
+async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     data = bytearray()
-    async for chunk in request.content.iter_chunked(2**16):
+    while chunk := await _within(timeout, request.content.readany()):
         data += chunk
         if len(data) > limit:
             raise _too_large(None, limit)
@@ -119,17 +141,17 @@ def _is_text_field(part: BodyPartReader) -> bool:
     return part.filename is None and kind.startswith("text/")
 
 
-async def _read_form(request: web.Request, limit: int) -> list[Upload]:
+async def _read_form(request: web.Request, limit: int, timeout: float) -> list[Upload]:
     uploads, text_fields, total = [], [], 0
     try:
         reader = await request.multipart()
-        while (part := await reader.next()) is not None:
+        while (part := await _within(timeout, reader.next())) is not None:
             if not isinstance(part, BodyPartReader):
                 raise ApiError(400, "nested multipart forms are not supported; send image files")
             if len(uploads) == MAX_IMAGES:
                 raise ApiError(413, f"more than {MAX_IMAGES} images in one request")
             data = bytearray()
-            while chunk := await part.read_chunk():
+            while chunk := await _within(timeout, part.read_chunk()):
                 total += len(chunk)  # text fields count too: the limit bounds the whole body
                 if total > limit:
                     raise _too_large(None, limit)
@@ -154,8 +176,9 @@ async def _read_form(request: web.Request, limit: int) -> list[Upload]:
     return uploads
 
 
-async def read_uploads(request: web.Request, limit: int) -> list[Upload]:
-    """The images a request carries; ApiError for a body that is too large, empty or mistyped."""
+async def read_uploads(request: web.Request, limit: int, timeout: float) -> list[Upload]:
+    """The images a request carries; ApiError for a body that is too large, empty, mistyped, or
+    that stalls for `timeout` seconds."""
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(request.content_length, limit)
     kind = request.content_type  # aiohttp's default without the header: application/octet-stream
@@ -165,8 +188,8 @@ async def read_uploads(request: web.Request, limit: int) -> list[Upload]:
         raise ApiError(415, f"unsupported Content-Type {kind!r}; {HOW_TO_POST}")
     try:
         if kind == "multipart/form-data":
-            return await _read_form(request, limit)
-        data = await _read_body(request, limit)
+            return await _read_form(request, limit, timeout)
+        data = await _read_body(request, limit, timeout)
     except ConnectionError:  # the client hung up mid-upload; the answer reaches nobody
         raise ApiError(400, "the upload ended early: the client closed the connection") from None
     if not data:
@@ -220,6 +243,8 @@ class Service:
             "max_batch": config.max_batch,
             "batch_wait_ms": config.batch_wait_ms,
             "max_upload_bytes": config.max_upload_bytes,
+            "read_timeout_s": config.read_timeout_s,
+            "keepalive_s": config.keepalive_s,
             "max_images_per_request": MAX_IMAGES,
             "max_pixels": MAX_PIXELS,
         }
@@ -260,7 +285,8 @@ class Service:
 
     async def predict(self, request: web.Request) -> web.Response:
         k = self._topk(request)
-        uploads = await read_uploads(request, self.config.max_upload_bytes)
+        config = self.config
+        uploads = await read_uploads(request, config.max_upload_bytes, config.read_timeout_s)
         size = self.backend.image_size
         if _decodes_quickly(uploads):
             arrays = decode_uploads(uploads, size)
@@ -366,7 +392,12 @@ def make_app(service: Service) -> web.Application:
 async def run_server(service: Service) -> None:
     """Serve until SIGINT or SIGTERM; prints the addresses once it is listening."""
     config = service.config
-    runner = web.AppRunner(make_app(service), access_log=None, shutdown_timeout=SHUTDOWN_S)
+    runner = web.AppRunner(
+        make_app(service),
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_S,
+        keepalive_timeout=config.keepalive_s,
+    )
     await runner.setup()
     try:
         sockets = listening_sockets(config.host, config.port)

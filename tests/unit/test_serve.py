@@ -97,6 +97,7 @@ def test_health_and_model_describe_the_service(server: Served, model: Path) -> N
     assert info["md5"] == hashlib.md5(model.read_bytes()).hexdigest()  # as dvc.lock records it
     assert info["max_upload_bytes"] == UPLOAD_LIMIT_MB * 2**20
     assert info["batch_wait_ms"] == WAIT_MS
+    assert (info["read_timeout_s"], info["keepalive_s"]) == (30, 75)
 
 
 def test_answers_are_the_cli_numbers(server: Served, model: Path, tmp_path: Path) -> None:
@@ -511,3 +512,63 @@ def test_other_commands_never_import_the_server() -> None:
         [sys.executable, "-c", code], cwd=ROOT, env=env(), capture_output=True, text=True
     )
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def _topk_form(topk: list[str]) -> tuple[bytes, dict[str, str]]:
+    """As `curl -F file=@dog.jpg -F topk=2` sends it."""
+    b = "topkboundary"
+    fields = [_field(b, 'name="topk"', k.encode()) for k in topk]
+    photo = _field(b, 'name="file"; filename="dog.jpg"', _jpeg(), "image/jpeg")
+    body = b"".join([photo, *fields]) + f"--{b}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={b}"}
+
+
+def _read_answer(sock: socket.socket) -> tuple[int, dict[str, str], dict]:
+    """(status, headers, JSON body) of one response read off a raw socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    while len(body) < int(headers["Content-Length"]):
+        body += sock.recv(65536)
+    return int(lines[0].split()[1]), headers, json.loads(body)
+
+
+def _closes(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_stalled_and_idle_clients_are_let_go(model: Path, tmp_path: Path) -> None:
+    # A client that sends a head and stalls (slowloris, a dead mobile connection) gets a 408
+    # naming the option; one that sends nothing, or half a head, is closed.
+    options = ("--read-timeout-s", "1", "--keepalive-s", "1")
+    with serve(model, tmp_path / "server.log", *options) as served:
+        host, port = served.url.removeprefix("http://").split(":")
+        body, headers = _topk_form(["2"])
+        form_head = (
+            f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: {headers['Content-Type']}"
+            f"\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        for start in (_upload_head(host).encode() + _jpeg()[:500], form_head.encode() + body[:99]):
+            with socket.create_connection((host, int(port)), timeout=30) as sock:
+                sock.sendall(start)
+                status, headers, got = _read_answer(sock)
+            assert status == 408 and headers["Connection"] == "close", got
+            assert got["error"] == (
+                "the request body stalled: no bytes for 1 s (visionpipe serve --read-timeout-s)"
+            )
+        for start in (b"", b"POST /predict HTTP/1.1\r\nHost: x\r\n"):
+            with socket.create_connection((host, int(port)), timeout=30) as sock:
+                sock.sendall(start)
+                assert _closes(sock), start
+        status, got = post_image(f"{served.url}/predict", _jpeg(), "image/jpeg")
+        assert status == 200, got
+    for bad in (["--read-timeout-s", "0"], ["--keepalive-s", "nan"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["serve", "--model", str(model), *bad])
+        assert exit_.value.code == 2
