@@ -22,7 +22,7 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -133,52 +133,68 @@ async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     return bytes(data)
 
 
-def _is_text_field(part: BodyPartReader) -> bool:
-    """A form's plain field (`curl -F name=abc`, a page's hidden input): no file name, and text or
-    no Content-Type. Parts without a file name that declare another type (aiohttp's FormData of
-    bytes) are uploads."""
-    kind = part.headers.get("Content-Type", "text/plain")
-    return part.filename is None and kind.startswith("text/")
+def _text(part: BodyPartReader, data: bytes) -> str | None:
+    """A form's plain field's value (`curl -F name=abc`, a page's hidden input): no file name, and
+    text or no Content-Type. None for an upload: a part without a file name that declares another
+    type (aiohttp's FormData of bytes), or declares none and holds binary bytes, a NUL among the
+    first 8000 as git tells binary files (requests' `files={"file": (None, data)}`)."""
+    kind = part.headers.get("Content-Type")
+    if part.filename is not None or not (kind or "text/").startswith("text/"):
+        return None
+    if kind is None and b"\0" in data[:8000]:
+        return None
+    return data.decode(errors="replace")
 
 
-async def _read_form(request: web.Request, limit: int, timeout: float) -> list[Upload]:
-    uploads, text_fields, total = [], [], 0
+@dataclass
+class Form:
+    """What a request carries: its images, and a form's text fields by name."""
+
+    uploads: list[Upload] = field(default_factory=list)
+    fields: dict[str, list[str]] = field(default_factory=dict)
+
+
+async def _read_part(part: BodyPartReader, room: int, limit: int, timeout: float) -> bytes:
+    """A part's bytes; `room`: what the body limit leaves of the form."""
+    data = bytearray()
+    while chunk := await _within(timeout, part.read_chunk()):
+        data += chunk
+        if len(data) > room:  # text fields count too: the limit bounds the whole body
+            raise _too_large(None, limit)
+    return bytes(data)
+
+
+async def _read_form(request: web.Request, limit: int, timeout: float) -> Form:
+    form, total = Form(), 0
     try:
         reader = await request.multipart()
         while (part := await _within(timeout, reader.next())) is not None:
             if not isinstance(part, BodyPartReader):
                 raise ApiError(400, "nested multipart forms are not supported; send image files")
-            if len(uploads) == MAX_IMAGES:
+            if len(form.uploads) == MAX_IMAGES:
                 raise ApiError(413, f"more than {MAX_IMAGES} images in one request")
-            data = bytearray()
-            while chunk := await _within(timeout, part.read_chunk()):
-                total += len(chunk)  # text fields count too: the limit bounds the whole body
-                if total > limit:
-                    raise _too_large(None, limit)
-                data += chunk
-            # Forms carry text fields beside their files (a label, a CSRF token); they are not
-            # images, and refusing the whole request for them would fail ordinary clients.
-            if _is_text_field(part):
-                text_fields.append(part.name or "")
-                continue
-            if part.filename == "" and not data:  # a page's file input with no file chosen
-                continue
-            name = part.filename or part.name or f"part {len(uploads) + 1}"
-            uploads.append(Upload(name, bytes(data)))
+            data = await _read_part(part, limit - total, limit, timeout)
+            total += len(data)
+            # Forms carry text fields beside their files (a label, a CSRF token, topk); they
+            # are not images, and refusing the whole request for them would fail ordinary clients.
+            if (text := _text(part, data)) is not None:
+                form.fields.setdefault(part.name or "", []).append(text)
+            elif part.filename != "" or data:  # "" and no bytes: a file input left empty
+                name = part.filename or part.name or f"part {len(form.uploads) + 1}"
+                form.uploads.append(Upload(name, data))
     except (ValueError, AssertionError) as exc:  # aiohttp's multipart parser on a bad body
         raise ApiError(400, f"malformed multipart body: {exc}") from None
-    if not uploads:
-        named = ", ".join(repr(name) for name in text_fields)
-        only = f", only the text field(s) {named}" if text_fields else ""
+    if not form.uploads:
+        named = ", ".join(repr(name) for name in form.fields)
+        only = f", only the text field(s) {named}" if form.fields else ""
         raise ApiError(
             400, f"the form holds no files{only}; {HOW_TO_POST} (curl -F file=@photo.jpg)"
         )
-    return uploads
+    return form
 
 
-async def read_uploads(request: web.Request, limit: int, timeout: float) -> list[Upload]:
-    """The images a request carries; ApiError for a body that is too large, empty, mistyped, or
-    that stalls for `timeout` seconds."""
+def check_head(request: web.Request, limit: int) -> None:
+    """ApiError for a request whose head already refuses it: too large a body, or a wrong type."""
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(request.content_length, limit)
     kind = request.content_type  # aiohttp's default without the header: application/octet-stream
@@ -186,15 +202,21 @@ async def read_uploads(request: web.Request, limit: int, timeout: float) -> list
         kind.startswith("image/") or kind == "application/octet-stream"
     ):
         raise ApiError(415, f"unsupported Content-Type {kind!r}; {HOW_TO_POST}")
+
+
+async def read_uploads(request: web.Request, limit: int, timeout: float) -> Form:
+    """The images a request carries; ApiError for a body that is too large, empty, mistyped, or
+    that stalls for `timeout` seconds."""
+    check_head(request, limit)
     try:
-        if kind == "multipart/form-data":
+        if request.content_type == "multipart/form-data":
             return await _read_form(request, limit, timeout)
         data = await _read_body(request, limit, timeout)
     except ConnectionError:  # the client hung up mid-upload; the answer reaches nobody
         raise ApiError(400, "the upload ended early: the client closed the connection") from None
     if not data:
         raise ApiError(400, f"empty request body; {HOW_TO_POST}")
-    return [Upload(request.query.get("name", "body"), data)]
+    return Form([Upload(request.query.get("name", "body"), data)])
 
 
 def decode_uploads(uploads: list[Upload], size: int) -> list[np.ndarray]:
@@ -271,23 +293,30 @@ class Service:
             }
         )
 
-    def _topk(self, request: web.Request) -> int:
-        raw, n = request.query.get("topk"), len(self.backend.classes)
-        if raw is None:
-            return self.info["topk"]
-        try:
-            k = int(raw)
-        except ValueError:  # not a number, or one of thousands of digits
-            k = 0
-        if not 1 <= k <= n:
-            raise ApiError(400, f"topk must be a whole number from 1 to {n}; got {raw!r}")
-        return k
+    def _topk(self, request: web.Request, form: Form | None = None) -> int:
+        """The classes per image a request asks for (`?topk=`, or a form's `topk` field)."""
+        asked = [(f"?topk={raw}", raw) for raw in request.query.getall("topk", [])]
+        fields = form.fields.get("topk", []) if form else []
+        asked += [(f"the form field topk={raw}", raw) for raw in fields]
+        n, ks = len(self.backend.classes), {}
+        for where, raw in asked:
+            try:
+                k = int(raw)
+            except ValueError:  # not a number, or one of thousands of digits
+                k = 0
+            if not 1 <= k <= n:
+                raise ApiError(400, f"topk must be a whole number from 1 to {n}; got {raw!r}")
+            ks[where] = k
+        if len(set(ks.values())) > 1:
+            both = " and ".join(ks)
+            raise ApiError(400, f"topk is asked with different values: {both}; send one")
+        return next(iter(ks.values()), self.info["topk"])
 
     async def predict(self, request: web.Request) -> web.Response:
-        k = self._topk(request)
+        self._topk(request)  # a bad ?topk= is refused before the body is read
         config = self.config
-        uploads = await read_uploads(request, config.max_upload_bytes, config.read_timeout_s)
-        size = self.backend.image_size
+        form = await read_uploads(request, config.max_upload_bytes, config.read_timeout_s)
+        k, uploads, size = self._topk(request, form), form.uploads, self.backend.image_size
         if _decodes_quickly(uploads):
             arrays = decode_uploads(uploads, size)
         else:

@@ -523,6 +523,41 @@ def _topk_form(topk: list[str]) -> tuple[bytes, dict[str, str]]:
     return body, {"Content-Type": f"multipart/form-data; boundary={b}"}
 
 
+@pytest.mark.parametrize(
+    ("query", "fields", "status", "words"),
+    [
+        ("", ["2"], 200, None),
+        ("?topk=2", ["2"], 200, None),
+        ("?topk=3", ["2"], 400, "different values: ?topk=3 and the form field topk=2; send one"),
+        ("", ["1", "2"], 400, "the form field topk=1 and the form field topk=2; send one"),
+        ("", ["9"], 400, "topk must be a whole number from 1 to 3; got '9'"),
+        ("", ["two"], 400, "topk must be a whole number from 1 to 3; got 'two'"),
+    ],
+)
+def test_a_form_s_topk_field_is_read(
+    server: Served, query: str, fields: list[str], status: int, words: str | None
+) -> None:
+    # HTML forms and most clients (curl -F, requests' data=) send options as form fields.
+    body, headers = _topk_form(fields)
+    got_status, got = request(f"{server.url}/predict{query}", body, headers)
+    assert got_status == status, got
+    if words is None:
+        assert len(got["predictions"][0]["top"]) == 2, got
+    else:
+        assert words in got["error"], got
+
+
+def test_a_field_of_binary_bytes_without_a_file_name_is_an_image(server: Served) -> None:
+    # requests' files={"file": (None, data)} sends no file name and no Content-Type; a text
+    # field in a page's legacy charset (not UTF-8) is still text.
+    b = "binaryfield"
+    label = _field(b, 'name="label"', "café".encode("latin-1"))
+    body = label + _field(b, 'name="photo"', _jpeg()) + f"--{b}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={b}"}
+    status, got = request(f"{server.url}/predict", body, headers)
+    assert status == 200 and [p["file"] for p in got["predictions"]] == ["photo"], got
+
+
 def _read_answer(sock: socket.socket) -> tuple[int, dict[str, str], dict]:
     """(status, headers, JSON body) of one response read off a raw socket."""
     data = b""
