@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 from aiohttp import BodyPartReader, web
+from aiohttp.web_urldispatcher import _default_expect_handler
 
 from visionpipe.batching import Batcher
 from visionpipe.fsutil import json_text
@@ -273,6 +274,7 @@ class Service:
         self.page = resources.files("visionpipe").joinpath("serve_page.html").read_text()
         self.started = time.monotonic()
         self.requests = 0
+        self.refused = 0  # prediction requests answered with a 4xx
 
     async def index(self, request: web.Request) -> web.Response:
         return web.Response(text=self.page, content_type="text/html")
@@ -287,6 +289,7 @@ class Service:
                 "status": "ok",
                 "uptime_s": round(time.monotonic() - self.started, 1),
                 "requests": self.requests,
+                "refused": self.refused,
                 "images": stats.images,
                 "model_calls": stats.calls,
                 "largest_call": stats.largest,
@@ -312,7 +315,27 @@ class Service:
             raise ApiError(400, f"topk is asked with different values: {both}; send one")
         return next(iter(ks.values()), self.info["topk"])
 
+    async def expect(self, request: web.Request) -> web.StreamResponse | None:
+        """`Expect: 100-continue` (curl sends it above 1 MB): a request its head already refuses
+        gets its error at once, and the client need not send the body."""
+        try:
+            self._topk(request)
+            check_head(request, self.config.max_upload_bytes)
+        except ApiError as exc:
+            self.refused += 1
+            response = exc.response()
+            response.force_close()  # the body the client was about to send is never read
+            return response
+        return await _default_expect_handler(request)
+
     async def predict(self, request: web.Request) -> web.Response:
+        try:
+            return await self._predict(request)
+        except ApiError:
+            self.refused += 1
+            raise
+
+    async def _predict(self, request: web.Request) -> web.Response:
         self._topk(request)  # a bad ?topk= is refused before the body is read
         config = self.config
         form = await read_uploads(request, config.max_upload_bytes, config.read_timeout_s)
@@ -347,6 +370,8 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
             message = f"no endpoint {request.path}; the endpoints are {ENDPOINTS}"
         elif exc.status == 405:
             message = f"{request.method} is not allowed on {request.path}; {ENDPOINTS}"
+            if request.method == "PUT" and request.path == "/predict":  # curl -T FILE does PUT
+                message += " (curl -T: add -X POST)"
         # A 405 must say which methods the path takes (HTTP's Allow header); clients read it.
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return web.json_response({"error": message}, status=exc.status, headers=allow)
@@ -407,7 +432,7 @@ def make_app(service: Service) -> web.Application:
     app.router.add_get("/", service.index)
     app.router.add_get("/health", service.health)
     app.router.add_get("/model", service.model)
-    app.router.add_post("/predict", service.predict)
+    app.router.add_post("/predict", service.predict, expect_handler=service.expect)
 
     async def batcher(app: web.Application) -> Any:
         await service.batcher.start()

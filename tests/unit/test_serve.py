@@ -210,10 +210,13 @@ BAD_INPUT = {
 @pytest.mark.parametrize("case", BAD_INPUT)
 def test_bad_input_gets_a_4xx_naming_it(server: Served, case: str) -> None:
     content_type, body, status, words = BAD_INPUT[case]
+    before = request(f"{server.url}/health")[1]
     got_status, got = request(f"{server.url}/predict", body, {"Content-Type": content_type})
     assert (got_status, set(got)) >= (status, {"error"}) and words in got["error"], (case, got)
     assert got_status == status, got
-    assert request(f"{server.url}/health")[1]["status"] == "ok"
+    after = request(f"{server.url}/health")[1]
+    assert after["status"] == "ok" and after["refused"] == before["refused"] + 1, after
+    assert after["requests"] == before["requests"], after
 
 
 def test_every_address_prints_a_url_a_browser_opens(model: Path, tmp_path: Path) -> None:
@@ -343,6 +346,8 @@ def test_a_405_names_the_methods_the_path_takes(server: Served) -> None:
         status, headers, got = _cors(f"{server.url}{path}", method, {}, with_headers=("Allow",))
         assert status == 405 and "is not allowed on" in got["error"], got
         assert set(headers["Allow"].split(",")) == set(allow.split(",")), headers
+    status, _, got = _cors(f"{server.url}/predict", "PUT", {}, _jpeg(), with_headers=("Allow",))
+    assert status == 405 and got["error"].endswith("POST /predict (curl -T: add -X POST)"), got
 
 
 def _upload_head(host: str) -> str:
@@ -607,3 +612,47 @@ def test_stalled_and_idle_clients_are_let_go(model: Path, tmp_path: Path) -> Non
         with pytest.raises(SystemExit) as exit_:
             main(["serve", "--model", str(model), *bad])
         assert exit_.value.code == 2
+
+
+def test_expect_100_continue_is_refused_before_the_body(server: Served) -> None:
+    # curl asks `Expect: 100-continue` before sending a body above 1 MB: a body the head already
+    # refuses is never sent; one it takes is asked for, then answered.
+    host, port = server.url.removeprefix("http://").split(":")
+    data = _jpeg()
+    for length, query, status in [(len(BIG), "", 413), (len(data), "?topk=7", 400)]:
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(
+                f"POST /predict{query} HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
+                f"Content-Length: {length}\r\nExpect: 100-continue\r\n\r\n".encode()
+            )
+            got_status, headers, got = _read_answer(sock)
+            assert got_status == status and headers["Connection"] == "close", got
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
+            f"Content-Length: {len(data)}\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        assert sock.recv(25) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(data)
+        status, _, got = _read_answer(sock)
+        assert status == 200 and got["predictions"][0]["top"][0]["class"] == "cat", got
+
+
+def test_one_connection_takes_chunked_uploads_and_head_requests(server: Served) -> None:
+    # As `curl -T - -X POST` (chunked, no length) and keep-alive clients (requests.Session) send.
+    import http.client
+
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    data = _jpeg()
+    for i in range(20):
+        body = iter([data[:100], data[100:]])
+        headers = {"Content-Type": "image/jpeg; charset=binary"}
+        conn.request("POST", f"/predict?name={i}.jpg", body, headers, encode_chunked=True)
+        resp = conn.getresponse()
+        got = json.loads(resp.read())
+        assert resp.status == 200 and got["predictions"][0]["file"] == f"{i}.jpg", got
+        conn.request("HEAD", "/health")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.read() == b""
+    conn.close()
