@@ -65,7 +65,7 @@ def fingerprint(params: Params) -> str:
     # The starting weights by their bytes, not only their path: a run interrupted before the
     # file was replaced would otherwise resume from the old start.
     if params.model.weights:
-        files.append(Path(params.model.weights))
+        files.append(paths.user_path(params.model.weights, "model.weights"))
     for file in files:
         with open(file, "rb") as f:
             h.update(hashlib.file_digest(f, "sha256").digest())

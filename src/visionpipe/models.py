@@ -418,7 +418,8 @@ def build_model(
         # tensors that fit are loaded, a classifier for another class count stays fresh.
         own.pop("pretrained", None)
         built = {"name": arch, **own, "normalize": normalize is not None}
-        load_weights_file(net, Path(p["weights"]), strict=False, built=(built, image_size))
+        weights = paths.user_path(p["weights"], "model.weights")
+        load_weights_file(net, weights, strict=False, built=(built, image_size))
     return Classifier(net, normalize, tta=int(p.get("tta", 0)))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 RAW_DIR = Path("data/raw")  # download: the verified archive + source.json
@@ -50,3 +52,29 @@ def require(path: Path, stage: str) -> Path:
 def split_file(split: str) -> Path:
     """What identifies a split: its labels, shape and the checksum of its images (JSON)."""
     return PROCESSED_DIR / f"{split}.json"
+
+
+# A Windows drive path (C:\photos, C:/photos) or a network share (\\server\share).
+_WINDOWS_PATH = re.compile(r"^(?:([A-Za-z]):[\\/]|\\\\[^\\])")
+
+
+class ForeignPathError(ValueError):
+    """A param holds a path of another operating system, which cannot exist on this one."""
+
+
+def user_path(value: str | Path, param: str) -> Path:
+    """A local path as a user writes it in a param or variable (`param` names it in errors):
+    `~` and environment variables (`$HOME`) expanded, as the shell expands them on the command
+    line (a variable that is not set stays as written). A Windows path on another system is
+    refused: it cannot exist here, and read as a relative path it would only be reported
+    missing under the project folder."""
+    text = os.path.expanduser(os.path.expandvars(str(value)))
+    windows = _WINDOWS_PATH.match(text) if os.name != "nt" else None
+    if windows:
+        drive, rest = windows[1], text[3:].replace("\\", "/")
+        wsl = f" (under WSL, that folder is /mnt/{drive.lower()}/{rest})" if drive else ""
+        raise ForeignPathError(
+            f"{param} '{value}' is a Windows path, which this machine ({os.uname().sysname})"
+            f" cannot open: give its path on this machine{wsl}"
+        )
+    return Path(text)

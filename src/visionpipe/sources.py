@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from visionpipe import __version__
+from visionpipe import __version__, paths
 from visionpipe.archive import ARCHIVE_SUFFIXES, list_files, pack_directory
 from visionpipe.fsutil import atomic_path
 
@@ -293,7 +293,7 @@ def _local_path(value: str, base_dir: Path, *, param: str) -> Path:
             " a file:// URL or an http(s):// URL (fetch other stores yourself, then point to the"
             " local copy)"
         )
-    path = Path(value).expanduser()
+    path = paths.user_path(value, param)
     return path if path.is_absolute() else base_dir / path
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from visionpipe import paths
 from visionpipe.config import Section
 
 
@@ -30,6 +31,12 @@ class LaunchConfig(Section):
     node_rank: int = Field(default=0, ge=0)  # this machine's rank; 0 on master_addr
     master_addr: str = "127.0.0.1"  # rendezvous host (node 0) when nnodes > 1
     master_port: int = Field(default=29500, ge=1, le=65535)
+
+    @field_validator("data_root", mode="before")
+    @classmethod
+    def _expand(cls, value: object) -> object:
+        # `~/datasets` and `$HOME/datasets` mean what they mean in the shell.
+        return paths.user_path(value, "launch.data_root") if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _rank_fits(self) -> LaunchConfig:

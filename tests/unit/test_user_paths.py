@@ -1,0 +1,60 @@
+"""Paths as users write them in params: `~`, `$HOME`, and Windows paths on another system."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from visionpipe import paths
+from visionpipe.config.launch import LaunchConfig
+from visionpipe.config.predict import PredictConfig
+from visionpipe.sources import fetch_dataset
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home 家"
+    (home / "photos 📷").mkdir(parents=True)
+    (home / "photos 📷" / "cats.zip").write_bytes(b"not really a zip")
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+@pytest.mark.parametrize("written", ["~/photos 📷/cats.zip", "$HOME/photos 📷/cats.zip"])
+def test_data_source_expands_home_as_the_shell_does(
+    home: Path, tmp_path: Path, written: str
+) -> None:
+    project = tmp_path / "project"
+    result = fetch_dataset(
+        "imagefolder", written, None, project / "data/raw", base_dir=project, mirror=None
+    )
+    assert result.path == project / "data/raw/cats.zip"
+    assert result.origin == str(home / "photos 📷" / "cats.zip")
+
+
+@pytest.mark.parametrize("written", ["~/photos 📷", "${HOME}/photos 📷"])
+def test_data_root_and_predict_inputs_expand_home(home: Path, written: str) -> None:
+    assert LaunchConfig(data_root=written).data_root == home / "photos 📷"
+    assert PredictConfig(inputs=[f"{written}/*.jpg"]).inputs == [f"{home}/photos 📷/*.jpg"]
+
+
+@pytest.mark.parametrize(
+    ("written", "hint"),
+    [
+        (r"C:\Users\me\photos", "under WSL, that folder is /mnt/c/Users/me/photos"),
+        ("D:/data/cats.zip", "under WSL, that folder is /mnt/d/data/cats.zip"),
+        (r"\\nas\share\photos", "give its path on this machine"),
+    ],
+)
+def test_a_windows_path_is_named_as_one(tmp_path: Path, written: str, hint: str) -> None:
+    with pytest.raises(paths.ForeignPathError, match="is a Windows path") as info:
+        fetch_dataset("imagefolder", written, None, tmp_path, base_dir=tmp_path, mirror=None)
+    assert f"data.source '{written}'" in str(info.value) and hint in str(info.value)
+    with pytest.raises(ValueError, match=r"launch.data_root .* is a Windows path"):
+        LaunchConfig(data_root=written)
+
+
+def test_plain_relative_and_unset_variable_paths_stay_as_written() -> None:
+    assert paths.user_path("photos/cats", "data.source") == Path("photos/cats")
+    assert paths.user_path("$VISIONPIPE_UNSET_X/a", "data.source") == Path("$VISIONPIPE_UNSET_X/a")
