@@ -292,6 +292,17 @@ def _route(
     return [{"file": items[row].name, "reason": reason} for row, reason in failed.items()]
 
 
+# A file name holds at most 255 bytes on Linux, macOS and Windows; 200 for the class leaves room
+# for the index, the suffix and a file system that stores names decomposed (macOS: é takes 3).
+_SAMPLE_CLASS_BYTES = 200
+
+
+def sample_name(idx: int, cls: str) -> str:
+    """`NN_<class>.png`, a long class name cut (at a character boundary) to fit a file name."""
+    cut = cls.encode()[:_SAMPLE_CLASS_BYTES].decode("utf-8", "ignore")
+    return f"{idx:02d}_{cut}.png"
+
+
 def write_samples(
     test_images: np.ndarray, test_labels: Sequence[int], classes: list[str], dest: Path
 ) -> list[Path]:
@@ -303,7 +314,7 @@ def write_samples(
         if len(hits) == 0:
             log.warning("no test image of class %r: no sample written for it", cls)
             continue
-        path = dest / f"{idx:02d}_{cls}.png"
+        path = dest / sample_name(idx, cls)
         Image.fromarray(np.asarray(test_images[hits[0]]).transpose(1, 2, 0)).save(
             path, optimize=False
         )

@@ -92,9 +92,26 @@ def plan_image_folder(
     else:
         fraction = DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction
         plan = _plan_flat(candidates, fraction, val_fraction, seed)
+    _refuse_lookalikes(plan.classes)
     kept = {item.name for item in plan.items}
     plan.ignored = [n for n in names if n not in kept]
     return plan
+
+
+def _refuse_lookalikes(classes: Sequence[str]) -> None:
+    """Refuse two class folders named alike but for Unicode normalization: `café` typed on Linux
+    (é one code point) beside `café` from a Mac's zip (e and a combining accent) would be two
+    classes that every report, plot and prediction shows by the same name."""
+    seen: dict[str, str] = {}
+    for cls in classes:
+        first = seen.setdefault(unicodedata.normalize("NFC", cls), cls)
+        if first != cls:
+            raise DatasetLayoutError(
+                f"the class folders {first!r} and {cls!r} are one name in two Unicode forms"
+                f" ({first!a} and {cls!a}; a Mac writes accents decomposed), which"
+                " would train two classes shown alike: move the images of one folder into the"
+                " other"
+            )
 
 
 def _no_images(names: Sequence[str]) -> str:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.datasets.folder import find_classes
 
 from visionpipe import paths, preprocess, split_plan
 from visionpipe.config.params import parse_params
@@ -260,3 +261,31 @@ def test_too_little_disk_space_is_said_before_decoding(
     ):
         preprocess.run(_params())
     assert not paths.PROCESSED_DIR.exists()
+
+
+def test_class_names_of_any_script_keep_imagefolders_order(workdir: Path, tmp_path: Path) -> None:
+    # Numbers sort as text (10 before 2), as torchvision's ImageFolder sorts them; a class name
+    # of 252 bytes (the file system's limit is 255) still gets its sample image.
+    classes = ["2", "10", "1", "0", "猫", "🐱", "Dog", "dog", "two words", "字" * 84]
+    tree = tmp_path / "photos"
+    with zipfile.ZipFile(workdir / paths.RAW_DIR / "photos.zip", "w") as z:
+        for split, n in (("train", 3), ("test", 1)):
+            for k, cls in enumerate(classes):
+                for i in range(n):
+                    (tree / split / cls).mkdir(parents=True, exist_ok=True)
+                    (tree / split / cls / f"{i}.jpg").write_bytes(_jpeg((k * 20, 0, 0)))
+                    z.write(tree / split / cls / f"{i}.jpg", f"photos/{split}/{cls}/{i}.jpg")
+    meta = preprocess.run(_params(image_size=8, val_fraction=0.0))
+    assert meta["classes"] == find_classes(tree / "train")[0]
+    assert meta["classes"][:4] == ["0", "1", "10", "2"]
+    samples = sorted(p.name for p in paths.SAMPLES_DIR.iterdir())
+    assert len(samples) == len(classes) and samples[0] == "00_0.png"
+    assert f"07_{'字' * 66}.png" in samples  # cut to 200 bytes, at a character
+
+
+def test_one_class_name_in_two_unicode_forms_is_refused() -> None:
+    composed, decomposed = "caf\u00e9", "cafe\u0301"  # what Linux and a Mac's zip write
+    names = [f"{cls}/{i}.jpg" for cls in (composed, decomposed, "tea") for i in range(5)]
+    with pytest.raises(split_plan.DatasetLayoutError, match="one name in two Unicode forms") as e:
+        split_plan.plan_image_folder(names, None, 0.1, 0)
+    assert r"'cafe\u0301' and 'caf\xe9'" in str(e.value)
