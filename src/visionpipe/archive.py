@@ -44,6 +44,7 @@ SUPPORTED_KINDS = "a .zip, .tar, .tar.gz or .tgz file, or a directory"
 _MAX_LINK_HOPS = 40  # as Linux's ELOOP limit: a longer chain of links is a loop
 _MAX_SYMLINK_BYTES = 4096  # a zip symlink's target is its data; PATH_MAX bounds a real one
 _DRIVE = re.compile(r"^[A-Za-z]:")  # Windows drive forms: C:\x, C:/x, C:x
+_ZIP_UTF8_FLAG = 0x800  # general purpose bit 11: the member's name is UTF-8
 
 
 class UnsafeArchiveError(ValueError):
@@ -243,8 +244,9 @@ def _open_zip(source: Path) -> Iterator[Opened]:
         files: dict[str, zipfile.ZipInfo] = {}
         links: dict[str, str] = {}
         seen: set[str] = set()
+        cp437: list[str] = []
         for info in zf.infolist():
-            name = _clean_name(source, info.filename)
+            name = _clean_name(source, _member_name(info, cp437))
             _check_unique(source, info.filename, name, seen)
             if not name or info.is_dir():
                 continue
@@ -260,12 +262,43 @@ def _open_zip(source: Path) -> Iterator[Opened]:
                 continue
             else:
                 _refuse_kind(source, info.filename, fmt)
+        _warn_cp437(source, cp437)
         entries = _plan(source, sorted(files), links, hardlinks={})
         path = str(source.resolve())
         yield (
             sorted(entries, key=lambda e: e.name),
             (lambda target: _read_zip_member(source, zf, files[target])),
             (lambda target: _zip_span(path, files[target])),
+        )
+
+
+def _member_name(info: zipfile.ZipInfo, cp437: list[str]) -> str:
+    """A zip member's name as its maker meant it. A name not flagged UTF-8 is cp437 by the ZIP
+    standard, and Python reads it so; but macOS's Archive Utility and other tools store UTF-8
+    unflagged: a name that is valid UTF-8 is read as UTF-8, as unzip and 7-Zip read it. Names
+    left to cp437 are added to `cp437`."""
+    if info.flag_bits & _ZIP_UTF8_FLAG or info.orig_filename.isascii():
+        return info.filename
+    raw = info.orig_filename.encode("cp437")  # the bytes as stored: cp437 maps every byte
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        cp437.append(info.filename)
+        return info.filename
+
+
+def _warn_cp437(source: Path, names: list[str]) -> None:
+    if names:
+        log.warning(
+            "%s holds file names neither marked nor valid UTF-8 (%d, such as %r), read as the"
+            " ZIP standard's cp437: if they look garbled, the zip was made on a system with"
+            " another code page (a Chinese Windows writes GBK). Unpack it with that code page"
+            " (unzip -O GBK %s) and set data.source to the folder, or re-create the zip with"
+            " 7-Zip, which writes UTF-8",
+            source,
+            len(names),
+            names[0],
+            source.name,
         )
 
 

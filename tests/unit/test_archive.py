@@ -329,3 +329,33 @@ def test_a_span_of_a_damaged_zip_member_is_refused(tmp_path: Path) -> None:
     assert span is not None
     with pytest.raises(ValueError, match="fails its CRC check"):
         read_span(span._replace(path=str(damaged)))
+
+
+class _UnflaggedName(zipfile.ZipInfo):
+    """A member whose name is stored as these bytes with the UTF-8 flag unset, as macOS's
+    Archive Utility (UTF-8) and a Chinese Windows (GBK) write names."""
+
+    def __init__(self, raw: bytes) -> None:
+        super().__init__(raw.decode("cp437"))
+        self.raw = raw
+
+    def _encodeFilenameFlags(self) -> tuple[bytes, int]:  # zipfile's hook for the stored name
+        return self.raw, self.flag_bits & ~0x800
+
+
+def test_unflagged_utf8_names_read_as_utf8_and_other_code_pages_are_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    mac, windows = tmp_path / "mac.zip", tmp_path / "windows.zip"
+    names = {"photos/猫/照片 1.jpg": b"cat", "photos/cafe\u0301/x.jpg": b"coffee"}
+    for path, encoding, members in ((mac, "utf-8", names), (windows, "gbk", list(names)[:1])):
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+            for name in members:
+                z.writestr(_UnflaggedName(name.encode(encoding)), names[name])
+    with caplog.at_level(logging.WARNING):
+        assert dict(iter_files(mac)) == names
+        assert _spans_of(mac) == names
+        assert not caplog.text
+        assert list_files(windows) == ["photos/├¿/╒╒╞¼ 1.jpg"]  # GBK's bytes read as cp437
+    assert "file names neither marked nor valid UTF-8 (1, such as" in caplog.text
+    assert "unzip -O GBK windows.zip" in caplog.text
