@@ -51,6 +51,10 @@ class UnsafeArchiveError(ValueError):
     """An archive or folder member could escape the archive root, or is not a plain file."""
 
 
+class UndecodableNameError(ValueError):
+    """A file name that is not UTF-8, which no class name, report or split record can hold."""
+
+
 class _LinkLoop(Exception):
     """Raised by `_resolve` with the name of the link where a chain of links loops."""
 
@@ -355,6 +359,7 @@ def _open_tar(source: Path) -> Iterator[Opened]:
         order: list[str] = []
         for member in members:
             name = _clean_name(source, member.name)
+            _check_utf8(source, name)
             _check_unique(source, member.name, name, seen)
             if not name or member.isdir():
                 continue
@@ -443,6 +448,20 @@ def _clean_name(source: Path, raw: str) -> str:
     if ".." in parts:
         _refuse(source, raw, "'..' component leads outside the archive")
     return "/".join(parts)
+
+
+def _check_utf8(source: Path, name: str) -> None:
+    """Refuse a name that is not UTF-8, which Python hands over with its bytes escaped."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = name.encode("utf-8", "surrogateescape")
+        raise UndecodableNameError(
+            f"{source}: the name {raw!r} is not UTF-8: it was written on a system with another"
+            " code page (GBK on a Chinese Windows, Shift-JIS on a Japanese one). Convert the"
+            " names to UTF-8 (a folder's: convmv -f GBK -t UTF-8 -r --notest FOLDER) or rename"
+            " that file or folder"
+        ) from None
 
 
 def _check_unique(source: Path, raw: str, name: str, seen: set[str]) -> None:
@@ -539,6 +558,7 @@ def _dir_entries(root: Path) -> list[_Entry]:
         for name in [*dirnames, *filenames]:
             path = here / name
             rel = path.relative_to(root).as_posix()
+            _check_utf8(root, rel)
             st = path.lstat()
             if stat.S_ISLNK(st.st_mode):
                 real = Path(os.path.realpath(path))

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import stat
+import sys
 import tarfile
 import zipfile
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from visionpipe.archive import (
+    UndecodableNameError,
     UnsafeArchiveError,
     iter_files,
     list_files,
@@ -359,3 +361,20 @@ def test_unflagged_utf8_names_read_as_utf8_and_other_code_pages_are_warned_of(
         assert list_files(windows) == ["photos/├¿/╒╒╞¼ 1.jpg"]  # GBK's bytes read as cp437
     assert "file names neither marked nor valid UTF-8 (1, such as" in caplog.text
     assert "unzip -O GBK windows.zip" in caplog.text
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="other file systems refuse such a name")
+def test_names_that_are_not_utf8_are_refused_naming_their_bytes(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    bad = os.path.join(bytes(folder), "狗".encode("gbk"))  # what a Chinese Windows's zip leaves
+    os.makedirs(bad)
+    Path(os.fsdecode(bad), "1.jpg").write_bytes(b"dog")
+    with pytest.raises(UndecodableNameError, match=r"the name b'\\xb9\\xb7' is not UTF-8"):
+        pack_directory(folder, tmp_path / "folder.tar")
+    gbk = tmp_path / "gbk.tar"
+    with tarfile.open(gbk, "w", format=tarfile.GNU_FORMAT, encoding="gbk") as tf:
+        info = tarfile.TarInfo("狗/1.jpg")
+        info.size = 3
+        tf.addfile(info, io.BytesIO(b"dog"))
+    with pytest.raises(UndecodableNameError, match="convmv -f GBK -t UTF-8"):
+        list_files(gbk)
