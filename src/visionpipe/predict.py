@@ -234,7 +234,9 @@ def write_csv(dest: Path, preds: list[Prediction], topk: int) -> None:
             header += [f"class_{i}", f"probability_{i}"]
         w.writerow([*header, "error"])
         for p in preds:
-            row: list[Any] = [p.file]
+            # A name that is not UTF-8 (Python holds its bytes escaped) gets U+FFFD for those
+            # bytes, as a terminal shows it: the CSV stays UTF-8; the JSON keeps the exact name.
+            row: list[Any] = [p.file.encode("utf-8", "surrogateescape").decode("utf-8", "replace")]
             for i in range(topk):
                 t = p.top[i] if i < len(p.top) else {"class": "", "probability": ""}
                 row += [t["class"], t["probability"]]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -297,3 +299,27 @@ def test_a_full_disk_under_json_output_is_one_error_line(
     assert main([*args, "--json", str(out)]) == 1
     assert f"error: no space left on the disk holding {out}" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_any_file_name_comes_back_whole_in_json_and_csv(
+    exported_model: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "照片 📷"
+    folder.mkdir()
+    names = ["a b.jpg", "猫 咪.jpg", "🐱.jpg", "#1 100%.jpg", 'it\'s "q", c.jpg', "-1.JPG"]
+    names.append("new\nline.png")
+    if sys.platform == "linux":  # a name that is not UTF-8: other file systems refuse one
+        names.append(os.fsdecode("狗.jpg".encode("gbk")))
+    for name in names:
+        Image.new("RGB", (20, 20), "red").save(folder / name, "PNG")
+    out_json, out_csv = tmp_path / "p.json", tmp_path / "p.csv"
+    model = str(exported_model / "model.onnx")
+    outputs = ["--json", str(out_json), "--csv", str(out_csv)]
+    assert main(["predict", str(folder), "--model", model, *outputs]) == 0
+    expected = {str(folder / name) for name in names}
+    assert {p["file"] for p in json.loads(out_json.read_text())} == expected
+    with open(out_csv, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    shown = {n.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for n in expected}
+    assert {row["file"] for row in rows} == shown
+    assert all(row["error"] == "" and row["class_1"] for row in rows)
