@@ -171,9 +171,25 @@ def _check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         parser.error(f"--port must be from 0 to 65535; got {args.port}")
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """`argv` parsed; a file named like an option (`-1.jpg`), which argparse takes for one, gets
+    the hint GNU tools give after argparse's error."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exc:
+        dashed = [a for a in argv if a.startswith("-") and len(a) > 1 and Path(a).exists()]
+        if exc.code == 2 and dashed:
+            print(
+                f"visionpipe: {dashed[0]!r} is read as an option; to name the file, write"
+                f" ./{dashed[0]} or put -- before the file names",
+                file=sys.stderr,
+            )
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, sys.argv[1:] if argv is None else argv)
     _check_numbers(parser, args)
     logs.setup(logging.WARNING)
     try:

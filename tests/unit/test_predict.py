@@ -323,3 +323,21 @@ def test_any_file_name_comes_back_whole_in_json_and_csv(
     shown = {n.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for n in expected}
     assert {row["file"] for row in rows} == shown
     assert all(row["error"] == "" and row["class_1"] for row in rows)
+
+
+def test_a_file_named_like_an_option_gets_the_way_to_name_it(
+    exported_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (20, 20), "red").save("-1.jpg")
+    model = ["--model", str(exported_model / "model.onnx")]
+    with pytest.raises(SystemExit):
+        main(["predict", "-1.jpg", *model])
+    assert (
+        "'-1.jpg' is read as an option; to name the file, write ./-1.jpg" in capsys.readouterr().err
+    )
+    assert main(["predict", *model, "--", "-1.jpg"]) == 0
+    assert main(["predict", "./-1.jpg", *model]) == 0
