@@ -7,12 +7,38 @@ predict path draws one.
 
 from __future__ import annotations
 
+import functools
+import logging
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
+log = logging.getLogger(__name__)
+
 Line = tuple[str, str]  # (text, colour) of one caption line
+
+# Pillow's own font draws ASCII only. For other characters (café, кошка, 猫), fonts the
+# system may have, by file name, which ImageFont.truetype looks up in the system's font
+# folders: Latin, Greek and Cyrillic ones first (Linux, macOS, Windows), then CJK ones.
+FALLBACK_FONTS = (
+    "DejaVuSans.ttf",
+    "Arial.ttf",
+    "arial.ttf",
+    "NotoSansCJK-Regular.ttc",
+    "NotoSansCJKsc-Regular.otf",
+    "wqy-microhei.ttc",
+    "wqy-zenhei.ttc",
+    "DroidSansFallbackFull.ttf",
+    "Hiragino Sans GB.ttc",
+    "Arial Unicode.ttf",
+    "msyh.ttc",
+    "YuGothM.ttc",
+    "malgun.ttf",
+    "seguisym.ttf",
+)
+_NOT_A_CHARACTER = "\U0010fffd"  # private use: no font draws it, so it shows the missing glyph
 
 
 @dataclass(frozen=True)
@@ -55,9 +81,9 @@ def captioned_grid(
     rows = max(1, -(-len(captions) // layout.cols))
     sheet = Image.new("RGB", (layout.cols * layout.cell, rows * layout.row_height), "white")
     draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default(size=layout.font_size)
+    fonts = Fonts(layout.font_size)
     if not captions and empty:
-        draw.text((8, 8), empty, fill="black", font=font)
+        fonts.draw(draw, (8, 8), empty, "black")
     for n, (img, lines) in enumerate(zip(images, captions, strict=True)):
         x, y = (n % layout.cols) * layout.cell, (n // layout.cols) * layout.row_height
         img = fit(img, layout.cell)
@@ -65,5 +91,95 @@ def captioned_grid(
         assert len(lines) <= layout.lines, lines  # more would run into the next row
         for k, (text, colour) in enumerate(lines):
             xy = (x + 4, y + layout.cell + 2 + k * layout.line_height)
-            draw.text(xy, text[: layout.max_chars], fill=colour, font=font)
+            shown = fonts.cut(printable(text[: layout.max_chars]), layout.cell - 6)
+            fonts.draw(draw, xy, shown, colour)
+    fonts.warn_missing()
     return sheet
+
+
+def printable(text: str) -> str:
+    """`text` for one caption line: a control character (a file name's newline) as `?`, as
+    `ls` shows it, and the bytes of a name that is not UTF-8 as U+FFFD, as a terminal does."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return "".join("?" if unicodedata.category(ch) == "Cc" else ch for ch in text)
+
+
+class Fonts:
+    """Pillow's font, and for each character it lacks the first of `FALLBACK_FONTS` found on
+    this system that has it; a character none has is drawn as the missing-glyph box, and
+    `warn_missing` says which and what to install."""
+
+    def __init__(self, size: int) -> None:
+        self.chain = _font_chain(size)
+        self.missing: set[str] = set()
+
+    def font_for(self, ch: str) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+        for font in self.chain:
+            if _has_glyph(font, ch):
+                return font
+        if not ch.isspace():
+            self.missing.add(ch)
+        return self.chain[0]
+
+    def runs(self, text: str) -> list[tuple[str, ImageFont.FreeTypeFont | ImageFont.ImageFont]]:
+        """`text` in pieces, each with the font that draws it."""
+        runs: list[tuple[str, ImageFont.FreeTypeFont | ImageFont.ImageFont]] = []
+        for ch in text:
+            font = self.font_for(ch)
+            if runs and runs[-1][1] is font:
+                runs[-1] = (runs[-1][0] + ch, font)
+            else:
+                runs.append((ch, font))
+        return runs
+
+    def width(self, text: str) -> float:
+        return sum(font.getlength(run) for run, font in self.runs(text))
+
+    def cut(self, text: str, width: int) -> str:
+        """`text`, its end dropped until it fits `width` px (wide CJK characters fill a cell
+        long before the character limit does)."""
+        while text and self.width(text) > width:
+            text = text[:-1]
+        return text
+
+    def draw(self, draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, fill: str) -> None:
+        x, y = xy
+        if not isinstance(self.chain[0], ImageFont.FreeTypeFont):  # Pillow without FreeType
+            draw.text(xy, text, fill=fill, font=self.chain[0])
+            return
+        baseline = y + self.chain[0].getmetrics()[0]  # every font's text on the first's line
+        for run, font in self.runs(text):
+            draw.text((x, baseline), run, fill=fill, font=font, anchor="ls")
+            x += font.getlength(run)
+
+    def warn_missing(self) -> None:
+        if self.missing:
+            log.warning(
+                "no font on this system draws %s, shown as boxes in the image's captions:"
+                " install one that does (Noto CJK for Chinese, Japanese and Korean: the"
+                " fonts-noto-cjk package on Debian and Ubuntu, google-noto-sans-cjk-fonts on"
+                " Fedora)",
+                " ".join(sorted(self.missing)),
+            )
+
+
+@functools.cache
+def _font_chain(size: int) -> tuple[ImageFont.FreeTypeFont | ImageFont.ImageFont, ...]:
+    chain: list[ImageFont.FreeTypeFont | ImageFont.ImageFont] = [ImageFont.load_default(size)]
+    for name in FALLBACK_FONTS:
+        try:
+            chain.append(ImageFont.truetype(name, size))
+        except OSError:  # not on this system
+            continue
+    return tuple(chain)
+
+
+@functools.cache
+def _has_glyph(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, ch: str) -> bool:
+    """Whether `font` draws `ch` as itself, not as its missing-glyph box."""
+    return _mask(font, ch) != _mask(font, _NOT_A_CHARACTER)
+
+
+def _mask(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, text: str) -> tuple:
+    mask = font.getmask(text)
+    return mask.size, bytes(mask)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
 import numpy as np
+import pytest
 from PIL import Image
 
-from visionpipe.grids import Layout, captioned_grid
+from visionpipe.grids import Fonts, Layout, captioned_grid, printable
 
 LAYOUT = Layout(cell=16, cols=3, lines=2, font_size=11)
 
@@ -68,3 +72,39 @@ def test_an_empty_grid_is_one_row_that_says_why() -> None:
     said = captioned_grid([], [], LAYOUT, empty="nothing here")
     assert blank.size == said.size == (3 * 16, LAYOUT.row_height)
     assert (_pixels(blank) == 255).all() and not (_pixels(said) == 255).all()
+
+
+def test_a_caption_shows_control_characters_and_undecodable_bytes_as_a_terminal_does() -> None:
+    assert printable("new\nline.jpg") == "new?line.jpg"
+    assert printable(os.fsdecode("狗.jpg".encode("gbk"))) == "\ufffd\ufffd.jpg"
+    assert printable("猫 🐱 café") == "猫 🐱 café"
+
+
+def _caption(text: str, layout: Layout = LAYOUT) -> np.ndarray:
+    """The caption band of a one-cell sheet captioned `text`."""
+    sheet = captioned_grid([Image.new("RGB", (4, 4), "white")], [[(text, "black")]], layout)
+    return _pixels(sheet)[layout.cell :]
+
+
+@pytest.mark.skipif(len(Fonts(11).chain) == 1, reason="no system font besides Pillow's own")
+def test_characters_pillows_font_lacks_are_drawn_from_a_system_font() -> None:
+    fonts = Fonts(11)
+    cyrillic = "кот"  # every fallback font of FALLBACK_FONTS draws Cyrillic but Pillow's own
+    assert fonts.font_for("к") is not fonts.chain[0]
+    # Pillow's own font would draw the three as the boxes it draws for any missing character.
+    assert not np.array_equal(_caption(cyrillic)[:, 4:40], _caption("\ue000" * 3)[:, 4:40])
+
+
+def test_a_character_no_font_draws_is_named_with_what_to_install(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        _caption("a\ue000b")  # private use: no font has it
+    assert "no font on this system draws \ue000" in caplog.text and "Noto CJK" in caplog.text
+
+
+def test_wide_characters_are_cut_to_the_cell_not_to_a_character_count() -> None:
+    two = Layout(cell=48, cols=2, lines=1, font_size=11)  # 18 characters, the default limit
+    band = _caption("猫" * 18, two)
+    assert (band[:, 48:] == 255).all(), "the caption ran into the next cell"
+    assert (band[:, :48] < 255).any()
