@@ -18,6 +18,7 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import signal
 import socket
 import time
@@ -134,6 +135,15 @@ async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     return bytes(data)
 
 
+# Browsers (the HTML standard's form encoding), curl and Python's requests send `"`, CR and LF
+# in a multipart file name as %22, %0D and %0A: the name the client's file has is without them.
+_FILENAME_ESCAPES = {"%22": '"', "%0D": "\r", "%0A": "\n"}
+
+
+def _file_name(sent: str) -> str:
+    return re.sub("%22|%0D|%0A", lambda m: _FILENAME_ESCAPES[m[0]], sent)
+
+
 def _text(part: BodyPartReader, data: bytes) -> str | None:
     """A form's plain field's value (`curl -F name=abc`, a page's hidden input): no file name, and
     text or no Content-Type. None for an upload: a part without a file name that declares another
@@ -181,7 +191,9 @@ async def _read_form(request: web.Request, limit: int, timeout: float) -> Form:
             if (text := _text(part, data)) is not None:
                 form.fields.setdefault(part.name or "", []).append(text)
             elif part.filename != "" or data:  # "" and no bytes: a file input left empty
-                name = part.filename or part.name or f"part {len(form.uploads) + 1}"
+                name = (
+                    _file_name(part.filename or "") or part.name or f"part {len(form.uploads) + 1}"
+                )
                 form.uploads.append(Upload(name, data))
     except (ValueError, AssertionError) as exc:  # aiohttp's multipart parser on a bad body
         raise ApiError(400, f"malformed multipart body: {exc}") from None

@@ -656,3 +656,25 @@ def test_one_connection_takes_chunked_uploads_and_head_requests(server: Served) 
         resp = conn.getresponse()
         assert resp.status == 200 and resp.read() == b""
     conn.close()
+
+
+def test_a_file_name_comes_back_as_the_client_s_file_has_it(server: Served) -> None:
+    # Browsers, curl and requests write `"` and newlines in a form's file name as %22, %0D, %0A;
+    # other characters (UTF-8, or RFC 5987's filename*) arrive as they are.
+    b = "namesboundary"
+    parts = [
+        'name="file"; filename="say %22hi%22 #1 100%.jpg"',
+        'name="file"; filename="new%0Aline.jpg"',
+        'name="file"; filename="猫 咪 🐱.jpg"',
+        "name=\"file\"; filename*=UTF-8''caf%C3%A9.jpg",
+    ]
+    body = b"".join(_field(b, p, _jpeg(), "image/jpeg") for p in parts) + f"--{b}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={b}"}
+    status, got = request(f"{server.url}/predict", body, headers)
+    assert status == 200, got
+    assert [p["file"] for p in got["predictions"]] == [
+        'say "hi" #1 100%.jpg',
+        "new\nline.jpg",
+        "猫 咪 🐱.jpg",
+        "café.jpg",
+    ]
