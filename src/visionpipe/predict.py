@@ -11,6 +11,7 @@ import errno
 import glob
 import io
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -96,7 +97,7 @@ def collect_inputs(specs: list[str]) -> tuple[list[Path], list[Prediction]]:
     for spec in specs:
         path = Path(spec)
         if any(ch in spec for ch in GLOB_CHARS) and not path.exists():
-            hits = sorted(Path(p) for p in glob.glob(spec, recursive=True))
+            hits = sorted(Path(p) for p in _glob(spec))
             found = [p for p in hits if p.is_file()]
             if not found:
                 errors.append(Prediction(spec, [], "glob matched no files"))
@@ -113,6 +114,17 @@ def collect_inputs(specs: list[str]) -> tuple[list[Path], list[Prediction]]:
         else:
             errors.append(Prediction(spec, [], "no such file or directory"))
     return files, errors
+
+
+def _glob(spec: str) -> list[str]:
+    """The matches of glob `spec`, whose longest leading folder that exists as written is taken
+    literally: the brackets of `Photos [2024]/*.jpg` name a folder, not a character class."""
+    cut = spec.rfind("/")
+    while cut > 0 and not os.path.isdir(spec[:cut]):
+        cut = spec.rfind("/", 0, cut)
+    if cut <= 0:
+        return glob.glob(spec, recursive=True)
+    return glob.glob(glob.escape(spec[: cut + 1]) + spec[cut + 1 :], recursive=True)
 
 
 def _is_photo(path: Path, folder: Path) -> bool:

@@ -341,3 +341,17 @@ def test_a_file_named_like_an_option_gets_the_way_to_name_it(
     )
     assert main(["predict", *model, "--", "-1.jpg"]) == 0
     assert main(["predict", "./-1.jpg", *model]) == 0
+
+
+def test_a_glob_under_a_folder_with_brackets_in_its_name_matches(
+    exported_model: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "Photos [2024] 猫"
+    (folder / "day 1").mkdir(parents=True)
+    for name in ("a.jpg", "day 1/b.JPG"):
+        Image.new("RGB", (20, 20), "red").save(folder / name, "PNG")
+    out = tmp_path / "p.json"
+    model = ["--model", str(exported_model / "model.onnx"), "--json", str(out)]
+    assert main(["predict", f"{folder}/**/*.[jJ][pP][gG]", *model]) == 0
+    files = sorted(p["file"] for p in json.loads(out.read_text()))
+    assert files == [str(folder / "a.jpg"), str(folder / "day 1/b.JPG")]
