@@ -49,6 +49,12 @@ def _serve(args: argparse.Namespace) -> int:
     return serve.serve_command(config)
 
 
+QUOTE_HINT = (
+    "A value holding accents, CJK, emoji, ~, #, commas or quotes goes in single quotes, inside"
+    " the shell's double quotes: \"data.source='/home/me/照片'\""
+)
+
+
 def _params(args: argparse.Namespace) -> int:
     import yaml
 
@@ -62,6 +68,8 @@ def _params(args: argparse.Namespace) -> int:
         parse_params(yaml.safe_load(text), origin="the composed params", complete=True)
     except Exception as exc:  # Hydra's and the loader's errors both name the bad override
         print(f"error: {exc}", file=sys.stderr)
+        if type(exc).__name__ == "OverrideParseException":  # Hydra's grammar, not the value
+            print(QUOTE_HINT, file=sys.stderr)
         return 2
     path = DEFAULT_PARAMS
     old = yaml.safe_load(path.read_text()) if path.is_file() else {}

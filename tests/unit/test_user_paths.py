@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
+from tests.helpers import ROOT
 from visionpipe import paths
+from visionpipe.cli import main
 from visionpipe.config.launch import LaunchConfig
 from visionpipe.config.predict import PredictConfig
 from visionpipe.sources import fetch_dataset
@@ -58,3 +62,14 @@ def test_a_windows_path_is_named_as_one(tmp_path: Path, written: str, hint: str)
 def test_plain_relative_and_unset_variable_paths_stay_as_written() -> None:
     assert paths.user_path("photos/cats", "data.source") == Path("photos/cats")
     assert paths.user_path("$VISIONPIPE_UNSET_X/a", "data.source") == Path("$VISIONPIPE_UNSET_X/a")
+
+
+def test_visionpipe_params_says_how_to_quote_a_path_hydra_cannot_read_bare(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["params", "data.source=/home/me/照片"]) == 2
+    assert "goes in single quotes" in capsys.readouterr().err
+    assert main(["params", "data.source='/home/me/照片 📷'"]) == 0
+    assert yaml.safe_load(Path("params.yaml").read_text())["data"]["source"] == "/home/me/照片 📷"
