@@ -81,7 +81,7 @@ def captioned_grid(
     rows = max(1, -(-len(captions) // layout.cols))
     sheet = Image.new("RGB", (layout.cols * layout.cell, rows * layout.row_height), "white")
     draw = ImageDraw.Draw(sheet)
-    fonts = Fonts(layout.font_size)
+    fonts = Fonts.of_size(layout.font_size)
     if not captions and empty:
         fonts.draw(draw, (8, 8), empty, "black")
     for n, (img, lines) in enumerate(zip(images, captions, strict=True)):
@@ -112,6 +112,13 @@ class Fonts:
     def __init__(self, size: int) -> None:
         self.chain = _font_chain(size)
         self.missing: set[str] = set()
+        self.warned: set[str] = set()
+
+    @staticmethod
+    @functools.cache
+    def of_size(size: int) -> Fonts:
+        """One per size and process, so a grid drawn every epoch warns of a character once."""
+        return Fonts(size)
 
     def font_for(self, ch: str) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         for font in self.chain:
@@ -153,13 +160,15 @@ class Fonts:
             x += font.getlength(run)
 
     def warn_missing(self) -> None:
-        if self.missing:
+        new = self.missing - self.warned
+        self.warned |= new
+        if new:
             log.warning(
                 "no font on this system draws %s, shown as boxes in the image's captions:"
                 " install one that does (Noto CJK for Chinese, Japanese and Korean: the"
                 " fonts-noto-cjk package on Debian and Ubuntu, google-noto-sans-cjk-fonts on"
                 " Fedora)",
-                " ".join(sorted(self.missing)),
+                " ".join(sorted(new)),
             )
 
 

@@ -86,9 +86,9 @@ def _caption(text: str, layout: Layout = LAYOUT) -> np.ndarray:
     return _pixels(sheet)[layout.cell :]
 
 
-@pytest.mark.skipif(len(Fonts(11).chain) == 1, reason="no system font besides Pillow's own")
+@pytest.mark.skipif(len(Fonts.of_size(11).chain) == 1, reason="no system font besides Pillow's own")
 def test_characters_pillows_font_lacks_are_drawn_from_a_system_font() -> None:
-    fonts = Fonts(11)
+    fonts = Fonts.of_size(11)
     cyrillic = "кот"  # every fallback font of FALLBACK_FONTS draws Cyrillic but Pillow's own
     assert fonts.font_for("к") is not fonts.chain[0]
     # Pillow's own font would draw the three as the boxes it draws for any missing character.
@@ -99,8 +99,10 @@ def test_a_character_no_font_draws_is_named_with_what_to_install(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.WARNING):
-        _caption("a\ue000b")  # private use: no font has it
-    assert "no font on this system draws \ue000" in caplog.text and "Noto CJK" in caplog.text
+        _caption("a\ue001b")  # private use: no font has it
+        _caption("\ue001")  # the misclassified grid, drawn again each epoch
+    assert "no font on this system draws \ue001" in caplog.text and "Noto CJK" in caplog.text
+    assert caplog.text.count("no font on this system") == 1
 
 
 def test_wide_characters_are_cut_to_the_cell_not_to_a_character_count() -> None:
