@@ -262,6 +262,8 @@ SUBSTITUTE: dict[str, Callable[[Ctx, str], list[list[str]]]] = {
     "uv run visionpipe predict IMAGE_OR_DIR_OR_GLOB... [--model models/model.onnx] [--topk 3] "
     "[--backend onnx|torch] [--json out.json] [--csv out.csv] [--grid out.png]": _predict_synopsis,
     "uv run dvc plots diff <exp-a> <exp-b>": _two_experiments,
+    "uv run dvc get . logs/tensorboard --rev <exp-a> -o logs/compare/<exp-a>": _two_experiments,
+    "uv run dvc get . logs/tensorboard --rev <exp-b> -o logs/compare/<exp-b>": _two_experiments,
     "uv run dvc exp run -S data.dataset=imagefolder -S data.source=/home/me/photos": (
         _paths_beside_copy
     ),
@@ -555,6 +557,18 @@ def _check_exp_push(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess
     assert f"/{args[3]}\n" in refs, f"`{ctx.command}`: {args[2]} has no ref for {args[3]}:\n{refs}"
 
 
+def _check_get(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess) -> None:
+    # An experiment's TensorBoard logs, fetched as one run: the event file in the folder itself
+    # (not nested a level down), which git leaves alone.
+    dest = ctx.repo / args[args.index("-o") + 1]
+    files = [p.name for p in dest.iterdir()]
+    assert files and all(f.startswith("events.out.tfevents.") for f in files), (
+        f"`{ctx.command}` left {sorted(dest.rglob('*'))}"
+    )
+    status = run(["git", "status", "--porcelain", "--untracked-files=all"], ctx.repo).stdout
+    assert str(dest.relative_to(ctx.repo)) not in status, f"git sees the fetched logs:\n{status}"
+
+
 DVC_CHECKS: dict[tuple[str, ...], Callable[[Ctx, list[str], subprocess.CompletedProcess], None]] = {
     ("repro",): _check_pipeline_outputs,
     ("exp", "run"): _check_exp_run,
@@ -568,6 +582,7 @@ DVC_CHECKS: dict[tuple[str, ...], Callable[[Ctx, list[str], subprocess.Completed
     ("push",): _check_push,
     ("exp", "push"): _check_exp_push,
     ("artifacts", "get"): _check_artifact,
+    ("get",): _check_get,
 }
 
 
@@ -665,9 +680,11 @@ def _ruff(ctx: Ctx, args: list[str], env_extra: dict[str, str]) -> None:
 
 def _tensorboard(ctx: Ctx, args: list[str], env_extra: dict[str, str]) -> None:
     # The server runs until stopped: start it on a free port (`--port 0`, added so that a
-    # TensorBoard already running does not clash), ask it for its runs, stop it.
+    # TensorBoard already running does not clash), ask it for its runs, stop it. Its runs are
+    # the folders holding event files, named relative to the logdir ("." for the logdir itself).
     logdir = ctx.repo / args[args.index("--logdir") + 1]
-    assert any(logdir.glob("events.out.tfevents.*")), f"{logdir} holds no event files"
+    expected = {str(f.parent.relative_to(logdir)) for f in logdir.rglob("events.out.tfevents.*")}
+    assert expected, f"{logdir} holds no event files"
     log_path = ctx.tmp / "tensorboard.log"
     started = time.perf_counter()
     cmd = [sys.executable, "-m", "tensorboard.main", *args, "--port", "0"]
@@ -684,7 +701,7 @@ def _tensorboard(ctx: Ctx, args: list[str], env_extra: dict[str, str]) -> None:
         no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with no_proxy.open(f"{found.group(1)}/data/runs", timeout=60) as response:
             runs = json.loads(response.read())
-        assert runs, f"TensorBoard found no runs in {logdir}"
+        assert set(runs) == expected, f"TensorBoard shows the runs {runs} of {logdir}"
     finally:
         server.terminate()
         server.wait(timeout=30)
