@@ -97,6 +97,9 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch, gpu: FakeGPU) -> Iterator[FakeGPU]
 
     class Writer:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.file_writer = self  # SummaryWriter's, to which raw summaries (HParams) go
+
+        def add_summary(self, summary: Any, *args: Any, **kwargs: Any) -> None:
             pass
 
         def add_image(self, tag: str, img: torch.Tensor, *args: Any, **kwargs: Any) -> None:

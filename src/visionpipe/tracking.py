@@ -8,6 +8,7 @@ fresh DVCLive and TensorBoard logs, so its curves have every epoch once.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import shutil
 import warnings
@@ -68,10 +69,11 @@ class Tracker:
     ranks only the history (which every rank keeps alike) is recorded.
 
     Each run starts from empty logs; a resumed run writes the epochs it resumes after again from
-    the history (`replay`), so the logs never depend on what an interrupted run left.
+    the history (`replay`), so the logs never depend on what an interrupted run left. `run`, the
+    params that shaped the run (`Params.run_dict`), goes to TensorBoard's HParams tab.
     """
 
-    def __init__(self, enabled: bool, history: History) -> None:
+    def __init__(self, enabled: bool, history: History, run: dict[str, Any] | None = None) -> None:
         self.history = history
         self.tb: Any = None
         self.live: Any = None
@@ -84,6 +86,8 @@ class Tracker:
             # No dvc.yaml of its own (ours declares its files), no HTML report (it would load
             # vega from a CDN), no experiment of its own (the stage runs inside DVC's).
             self.live = Live(str(paths.LIVE_TRAIN), dvcyaml=None, save_dvc_exp=False, report=None)
+            if run is not None:
+                log_hparams(self.tb, run)
             self.replay()
 
     def replay(self) -> None:
@@ -143,6 +147,35 @@ class Tracker:
         if self.tb is not None:
             self.tb.close()
             self.live.end()
+
+
+# Scalars TensorBoard's HParams tab shows beside each run's params, at their last values.
+HPARAMS_METRICS = ("val_accuracy", "val_loss", "epoch_train_loss")
+
+
+def log_hparams(writer: Any, run: dict[str, Any]) -> None:
+    """The params that shaped the run (`Params.run_dict`), flattened to `train.lr`-style names,
+    for TensorBoard's HParams tab: runs side by side there make a table of params and final
+    validation figures. Written into the run itself, not the subfolder `add_hparams` makes."""
+    from torch.utils.tensorboard.summary import hparams
+
+    for summary in hparams(flat_hparams(run), dict.fromkeys(HPARAMS_METRICS, 0.0)):
+        writer.file_writer.add_summary(summary)
+
+
+def flat_hparams(values: dict[str, Any], prefix: str = "") -> dict[str, float | str]:
+    """Nested params as `section.key` -> a number or a string; null, bools and lists are
+    spelled as params.yaml spells them (HParams takes numbers and strings only)."""
+    flat: dict[str, float | str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_hparams(value, f"{name}."))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[name] = value
+        else:
+            flat[name] = value if isinstance(value, str) else json.dumps(value)
+    return flat
 
 
 def log_model_start(writer: Any, model: Classifier, sample: torch.Tensor, step: int) -> None:

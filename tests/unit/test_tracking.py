@@ -57,6 +57,29 @@ def test_a_resumed_run_replays_its_history_into_fresh_logs(
     assert len(list((processed / paths.TB_DIR).glob("events.*"))) == 1
 
 
+def test_tensorboard_s_hparams_tab_has_the_run_s_params_and_final_val_figures(
+    processed: Path,
+) -> None:
+    # Runs side by side in TensorBoard (README, TensorBoard) compare in its HParams tab: read
+    # as TensorBoard reads it, the run holds its params and names the scalars to show with them.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    train.run(tiny_params(epochs=2, lr=0.02, augment={"flip": True}))
+    events = EventAccumulator(str(processed / paths.TB_DIR))
+    events.Reload()
+    content = events.PluginTagToContent(metadata.PLUGIN_NAME)
+    start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+    hparams = {k: v.number_value or v.string_value for k, v in start.hparams.items()}
+    assert hparams["train.lr"] == 0.02 and hparams["train.epochs"] == 2
+    assert hparams["train.augment.flip"] == "true" and hparams["model.name"] == "tutorial_cnn"
+    assert hparams["data.sha256"] == "null" and hparams["recipe"] == "tutorial"
+    experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+    shown = {m.name.tag for m in experiment.metric_infos}
+    assert shown == {"val_accuracy", "val_loss", "epoch_train_loss"}
+    assert shown <= set(events.Tags()["scalars"])
+
+
 class _Writer:
     """Keeps what TensorBoard's SummaryWriter would be given."""
 
