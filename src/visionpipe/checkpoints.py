@@ -13,6 +13,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,12 +182,20 @@ def restore(ckpt: Checkpoint, t: Trainee) -> bool:
 
 def after_a_stop() -> str:
     """What a stopped run leaves to do. `dvc exp run --queue` and `--temp` train in a temporary
-    copy of the project (.dvc/tmp/exps/<name>) that DVC deletes afterwards, checkpoint and all."""
+    copy of the project (.dvc/tmp/exps/<name>) that DVC deletes afterwards, checkpoint and all.
+    A `dvc exp run` in the project (DVC names it in DVC_EXP_NAME) resumes as an experiment only
+    when run again with the same -S values: `dvc repro` would resume it outside any experiment,
+    and a plain `dvc exp run` composes conf/ anew, other params, and starts over."""
     if Path.cwd().parent.parts[-3:] == (".dvc", "tmp", "exps"):
         return (
             "this run trained in DVC's temporary copy of the project (`dvc exp run --queue` or "
             "`--temp`), which DVC deletes with the checkpoint, so running the experiment again "
             "starts over (a plain `dvc exp run` trains in the project, where a stopped run "
             "resumes from its last complete epoch)"
+        )
+    if os.environ.get("DVC_EXP_NAME"):
+        return (
+            "the same `uv run dvc exp run` command again, with the same -S values, resumes this "
+            "experiment from the last complete epoch (other -S values, or none, start over)"
         )
     return "the next `uv run dvc repro` resumes from the last complete epoch"

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -205,6 +207,49 @@ def _live_steps(baseline: dict) -> list[int]:
         if "step" in live:
             found.append(live["step"])
     return found
+
+
+def test_an_interrupted_exp_run_resumes_as_an_experiment_when_run_again(
+    baselined_repo: Path, tmp_path: Path
+) -> None:
+    # Ctrl-C in `dvc exp run -S ...`: the message names the command that resumes it (`dvc repro`
+    # would, but as no experiment), and that command's experiment has every epoch once, in
+    # DVCLive's curves and in TensorBoard's scalars, as TensorBoard reads them.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    repo = baselined_repo
+    epochs = 40  # of 23 steps (180 images, batch 8): Ctrl-C lands between the first and the last
+    command = [sys.executable, "-m", "dvc", "exp", "run", "-S", f"train.epochs={epochs}"]
+    command += ["-S", "train.batch_size=8", "-S", "train.log_every=50"]
+    checkpoint = repo / "checkpoints" / "last.pt"
+    # To a file, not a pipe: the stages' warm process outlives the run and would hold a pipe.
+    with open(tmp_path / "stopped.log", "w+") as log:
+        stopped = subprocess.Popen(
+            command, cwd=repo, env=env(), start_new_session=True, stdout=log, stderr=log
+        )
+        deadline = time.monotonic() + 300
+        while not checkpoint.exists() and stopped.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(stopped.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
+        stopped.wait(timeout=120)
+        log.seek(0)
+        said = log.read()
+    assert "interrupted (Ctrl-C); the same `uv run dvc exp run` command again" in said, said
+    assert not (repo / paths.MODEL).exists(), "stopped early enough to test a resume"
+
+    resumed = run(command, repo)
+    assert "resuming from" in resumed.stderr, resumed.stderr
+    (name,) = re.findall(r"Ran experiment\(s\): (\S+)", resumed.stdout + resumed.stderr)
+    refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/exps").split()
+    assert any(ref.endswith(f"/{name}") for ref in refs), (name, refs)
+    every_epoch = list(range(1, epochs + 1))
+    curve = (repo / paths.LIVE_TRAIN / "plots/metrics/val_loss.tsv").read_text().splitlines()
+    assert [int(row.split("\t")[0]) for row in curve[1:]] == every_epoch
+    events = EventAccumulator(str(repo / paths.TB_DIR))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val_loss")] == every_epoch
+    steps = [e.step for e in events.Scalars("train_loss")]
+    assert steps == list(range(50, epochs * 23 + 1, 50)), steps
 
 
 def test_a_recipe_in_one_flag_with_overrides_on_top(baselined_repo: Path) -> None:

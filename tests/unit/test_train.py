@@ -65,11 +65,15 @@ def test_ctrl_c_is_one_line_that_says_what_comes_next(
     assert "interrupted (Ctrl-C); the next `uv run dvc repro` resumes" in caplog.text
 
 
-def test_a_stop_in_dvc_s_temporary_copy_promises_no_resume(
+def test_a_stop_says_what_resumes_it_where_it_ran(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    assert "resumes from the last complete epoch" in checkpoints.after_a_stop()
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    assert "`uv run dvc repro` resumes" in checkpoints.after_a_stop()
+    # `dvc exp run` in the project: `dvc repro` would resume it, but as no experiment.
+    monkeypatch.setenv("DVC_EXP_NAME", "atrip-coof")
+    assert "same `uv run dvc exp run` command again" in checkpoints.after_a_stop()
     queued = tmp_path / ".dvc" / "tmp" / "exps" / "tmpk2x8"  # where `--queue` and `--temp` run
     queued.mkdir(parents=True)
     monkeypatch.chdir(queued)
