@@ -34,7 +34,7 @@ class Progress:
 
     def summary(self, stopped: bool) -> dict[str, Any]:
         """metrics/train.json: how the run ended, and its last epoch's figures."""
-        last = EpochRecord(**self.history.epochs[-1])
+        last = EpochRecord.from_row(self.history.epochs[-1])
         return {
             "epochs_run": len(self.history.epochs),
             "stopped_early": stopped,

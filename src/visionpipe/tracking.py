@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import shutil
+import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -47,9 +48,17 @@ class EpochRecord:
     # it follows from the params: a curve, not a metric.
     lr: float = field(metadata={"csv": ".6g"})
 
+    @classmethod
+    def from_row(cls, row: dict[str, float]) -> EpochRecord:
+        """A History row as the record it was made from (the row also holds its wall time)."""
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
 
 @dataclass
 class History:
+    """What a run logged, each row with its `wall_time` (seconds since the epoch): a resumed run
+    replays the rows into TensorBoard at the times they were first logged."""
+
     epochs: list[dict[str, float]] = field(default_factory=list)  # EpochRecords, as dicts
     steps: list[dict[str, float]] = field(default_factory=list)  # train loss every log_every
 
@@ -92,10 +101,13 @@ class Tracker:
 
     def replay(self) -> None:
         """Log the history a resumed run starts from, as the interrupted run had."""
+        # A checkpoint of an older version has no wall times: those rows are logged as new.
         for row in self.history.steps:
-            self.tb.add_scalar("train_loss", row["train_loss"], row["step"])
+            self.tb.add_scalar(
+                "train_loss", row["train_loss"], row["step"], walltime=row.get("wall_time")
+            )
         for row in self.history.epochs:
-            self._log_epoch(EpochRecord(**row))
+            self._log_epoch(EpochRecord.from_row(row), row.get("wall_time"))
         if self.history.epochs:
             write_plots(self.history)
 
@@ -112,25 +124,29 @@ class Tracker:
             log_model_start(self.tb, model, images[shown], epoch)
 
     def step(self, step: int, train_loss: float) -> None:
-        self.history.steps.append({"step": step, "train_loss": train_loss})
+        now = time.time()
+        self.history.steps.append({"step": step, "train_loss": train_loss, "wall_time": now})
         if self.tb is not None:
-            self.tb.add_scalar("train_loss", train_loss, step)
+            self.tb.add_scalar("train_loss", train_loss, step, walltime=now)
 
     def epoch(self, record: EpochRecord, misclassified: Image.Image | None = None) -> None:
         """Record one epoch; where outputs are written, log it everywhere and rewrite the plots."""
-        self.history.epochs.append(asdict(record))
+        now = time.time()
+        self.history.epochs.append({**asdict(record), "wall_time": now})
         if self.tb is None:
             return
         if misclassified is not None:
             self.live.log_image(paths.LIVE_MISCLASSIFIED_NAME, misclassified)
-        self._log_epoch(record)
+        self._log_epoch(record, now)
         write_plots(self.history)
 
-    def _log_epoch(self, record: EpochRecord) -> None:
+    def _log_epoch(self, record: EpochRecord, wall_time: float | None) -> None:
         self.live.step = record.epoch
         for f in fields(EpochRecord)[1:]:
             value = getattr(record, f.name)
-            self.tb.add_scalar(f.metadata.get("tb", f.name), value, record.epoch)
+            self.tb.add_scalar(
+                f.metadata.get("tb", f.name), value, record.epoch, walltime=wall_time
+            )
             name = f.metadata.get("live")
             if name:
                 self.live.log_metric(name, value)

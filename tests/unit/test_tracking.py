@@ -57,6 +57,43 @@ def test_a_resumed_run_replays_its_history_into_fresh_logs(
     assert len(list((processed / paths.TB_DIR).glob("events.*"))) == 1
 
 
+def _wall_times(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """(step, wall time) of every scalar in a TensorBoard run, as TensorBoard reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {
+        tag: [(e.step, e.wall_time) for e in events.Scalars(tag)]
+        for tag in events.Tags()["scalars"]
+    }
+
+
+def test_a_resumed_run_replays_tensorboard_scalars_at_their_first_wall_times(
+    processed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # TensorBoard's Relative and Wall axes: the epochs before a stop stay where they were logged,
+    # not bunched at the time of the resume.
+    params = tiny_params(epochs=3)
+    real_eval = train.evaluate_split
+    kill_at_validation(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(params)
+    before = _wall_times(processed / paths.TB_DIR)
+    monkeypatch.setattr(train, "evaluate_split", real_eval)
+    train.run(params)
+    after = _wall_times(processed / paths.TB_DIR)
+    assert [step for step, _ in after["val_loss"]] == [1, 2, 3]
+    # What the checkpoint after epoch 2 holds: the rows logged up to that epoch's figures (the
+    # stopped run's steps of epoch 3 are trained, and logged, again).
+    checkpointed = before["val_loss"][1][1]
+    for tag, logged in before.items():
+        kept = [(step, t) for step, t in logged if t <= checkpointed]
+        assert len(kept) >= 2 and after[tag][: len(kept)] == kept, tag
+    times = [t for _, t in after["val_loss"]]
+    assert times == sorted(times)
+
+
 def test_tensorboard_s_hparams_tab_has_the_run_s_params_and_final_val_figures(
     processed: Path,
 ) -> None:
