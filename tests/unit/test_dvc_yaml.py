@@ -6,16 +6,21 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
 
 from visionpipe import paths
+from visionpipe.tracking import EpochRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 STAGES = PIPELINE["stages"]
+# The curves DVCLive writes per epoch (dvclive/train/plots/metrics/<name>.tsv), and its images.
+LIVE_CURVES = [f.metadata["live"] for f in fields(EpochRecord) if "live" in f.metadata]
+IMAGES = f"{paths.LIVE_TRAIN}/plots/images"
 
 LOADED = """
 import importlib.util, json, sys
@@ -131,6 +136,22 @@ def test_curves_on_a_step_axis_say_which_step() -> None:
         if props.get("x") == "step"
     }
     assert labels == {
-        "dvclive/train/plots/metrics": "epoch",
+        **{f"{paths.LIVE_TRAIN}/plots/metrics/{name}.tsv": "epoch" for name in LIVE_CURVES},
         "metrics/plots/steps.csv": "optimizer step",
     }
+
+
+def test_every_curve_and_chart_is_a_titled_plot() -> None:
+    # DVC Studio and VS Code title a plot without one by its path; every curve DVCLive writes
+    # is declared by its file, so that each has a title.
+    plots = {
+        path: props
+        for stage in STAGES.values()
+        for entry in stage.get("plots", [])
+        for path, props in (entry.items() if isinstance(entry, dict) else [(entry, {})])
+    }
+    charts = {path: props for path, props in plots.items() if not path.endswith(".png")}
+    untitled = [path for path, props in charts.items() if path != IMAGES and not props.get("title")]
+    assert not untitled, f"plots without a title: {untitled}"
+    for name in LIVE_CURVES:
+        assert f"{paths.LIVE_TRAIN}/plots/metrics/{name}.tsv" in charts, name
