@@ -11,6 +11,7 @@ import torch
 
 from tests.datasets import kill_at_validation, tiny_params
 from visionpipe import paths, train
+from visionpipe.config.params import Params
 from visionpipe.models import build_model
 from visionpipe.tracking import (
     History,
@@ -42,15 +43,20 @@ def test_dvclive_logs_every_epoch_once_and_keeps_exp_show_to_the_headline(
     assert (live / "plots" / "images" / paths.LIVE_MISCLASSIFIED_NAME).stat().st_size > 0
 
 
-def test_a_resumed_run_replays_its_history_into_fresh_logs(
-    processed: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    params = tiny_params(epochs=3)
+def _stop_at_epoch_3(params: Params, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run `params` until power is lost at epoch 3's validation; the next run resumes."""
     real_eval = train.evaluate_split
     kill_at_validation(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         train.run(params)
     monkeypatch.setattr(train, "evaluate_split", real_eval)
+
+
+def test_a_resumed_run_replays_its_history_into_fresh_logs(
+    processed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = tiny_params(epochs=3)
+    _stop_at_epoch_3(params, monkeypatch)
     train.run(params)  # the interrupted run's logs are still there: no epoch may double
     live = processed / paths.LIVE_TRAIN / "plots" / "metrics"
     assert [row[0] for row in _rows(live / "val_loss.tsv")] == ["1", "2", "3"]
@@ -75,12 +81,8 @@ def test_a_resumed_run_replays_tensorboard_scalars_at_their_first_wall_times(
     # TensorBoard's Relative and Wall axes: the epochs before a stop stay where they were logged,
     # not bunched at the time of the resume.
     params = tiny_params(epochs=3)
-    real_eval = train.evaluate_split
-    kill_at_validation(monkeypatch, 3)
-    with pytest.raises(KeyboardInterrupt):
-        train.run(params)
+    _stop_at_epoch_3(params, monkeypatch)
     before = _wall_times(processed / paths.TB_DIR)
-    monkeypatch.setattr(train, "evaluate_split", real_eval)
     train.run(params)
     after = _wall_times(processed / paths.TB_DIR)
     assert [step for step, _ in after["val_loss"]] == [1, 2, 3]
