@@ -12,6 +12,7 @@ from tests.helpers import ROOT
 from visionpipe import paths
 from visionpipe.cli import main
 from visionpipe.config.launch import LaunchConfig
+from visionpipe.config.params import load_params
 from visionpipe.config.predict import PredictConfig
 from visionpipe.sources import fetch_dataset
 
@@ -73,3 +74,13 @@ def test_visionpipe_params_says_how_to_quote_a_path_hydra_cannot_read_bare(
     assert "goes in single quotes" in capsys.readouterr().err
     assert main(["params", "data.source='/home/me/照片 📷'"]) == 0
     assert yaml.safe_load(Path("params.yaml").read_text())["data"]["source"] == "/home/me/照片 📷"
+
+
+def test_a_folder_named_by_a_number_is_a_data_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Hydra and YAML read `data.source=2024` as an int; the user means the folder 2024.
+    shutil.copytree(ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["params", "data.source=2024"]) == 0
+    assert load_params("params.yaml").data.source == "2024"

@@ -13,7 +13,8 @@ class DataConfig(Section):
     dataset: Literal["cifar10", "hymenoptera", "imagefolder"] = "cifar10"
     # null: the dataset's official archive (via DATA_MIRROR first, when set). Otherwise a local path
     # or URL of that archive, or of an image-folder export (directory, .zip, .tar.gz, .tgz, .tar).
-    source: str | None = None
+    # A number is a folder's name (`-S data.source=2024`: YAML and Hydra read it as an int).
+    source: str | None = Field(default=None, coerce_numbers_to_str=True)
     # Optional hex SHA-256 of `source`; checked like the official MD5 is for the official archive.
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
     # Share of a flat image folder (<class>/<image>, no split folders) held out for testing;
