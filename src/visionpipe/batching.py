@@ -28,6 +28,11 @@ class BatchStats:
     largest: int = 0
 
 
+class BatcherStopped(RuntimeError):
+    """The worker is not running (the server is stopping, or an error killed it): no call will
+    answer a submission."""
+
+
 @dataclass
 class _Item:
     rows: np.ndarray
@@ -48,18 +53,42 @@ class Batcher:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._held: _Item | None = None  # the item that did not fit the last call
         self._worker: asyncio.Task[None] | None = None
+        self._busy: list[_Item] = []  # the items of the call in progress
+
+    @property
+    def alive(self) -> bool:
+        return self._worker is not None and not self._worker.done()
 
     async def start(self) -> None:
         self._worker = asyncio.create_task(self._work(), name="batcher")
+        self._worker.add_done_callback(self._fail_waiting)
+
+    def _fail_waiting(self, worker: asyncio.Task[None]) -> None:
+        """A worker that stopped answers no one: fail every submission still waiting, rather
+        than leave its request hanging."""
+        cause = None if worker.cancelled() else worker.exception()
+        error = BatcherStopped(
+            f"the model worker has stopped: {cause!r}" if cause else "the server is stopping"
+        )
+        waiting = [*self._busy, *([self._held] if self._held else [])]
+        while not self._queue.empty():
+            waiting.append(self._queue.get_nowait())
+        for item in waiting:
+            if not item.done.done():
+                item.done.set_exception(error)
 
     async def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
+        worker = self._worker
+        # A worker that died has told those waiting why (_fail_waiting); awaiting it would raise.
+        if worker is not None and not worker.done():
+            worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+                await worker
 
     async def submit(self, rows: np.ndarray) -> np.ndarray:
         """The outputs for `rows`, from one or more batched calls (more when rows > max_batch)."""
+        if not self.alive:
+            raise BatcherStopped("the model worker is not running")
         loop = asyncio.get_running_loop()
         items = [
             _Item(rows[i : i + self.max_batch], loop.create_future())
@@ -107,8 +136,9 @@ class Batcher:
             items = [item for item in items if not item.done.done()]
             if not items:
                 continue
-            inputs = np.concatenate([item.rows for item in items])
+            self._busy = items
             try:
+                inputs = np.concatenate([item.rows for item in items])
                 outputs = await asyncio.to_thread(self.run, inputs)
             except Exception as exc:  # handed to every waiting request, whose handler reports it
                 for item in items:

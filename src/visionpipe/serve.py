@@ -32,7 +32,7 @@ import numpy as np
 from aiohttp import BodyPartReader, web
 from aiohttp.web_urldispatcher import _default_expect_handler
 
-from visionpipe.batching import Batcher
+from visionpipe.batching import Batcher, BatcherStopped
 from visionpipe.fsutil import json_text
 from visionpipe.images import (
     MAX_PIXELS,
@@ -57,6 +57,7 @@ INLINE_DECODE_PIXELS = 256 * 256
 SHUTDOWN_S = 5.0
 MAX_IMAGES = 256  # per request: decoding many tiny images must not hold a worker for long
 ENDPOINTS = "GET /, GET /health, GET /model, POST /predict"
+RESTART = "restart the server (its log says why it stopped)"
 HOW_TO_POST = (
     "POST an image as the body (Content-Type image/* or application/octet-stream) "
     "or a multipart/form-data form of image files"
@@ -296,16 +297,18 @@ class Service:
 
     async def health(self, request: web.Request) -> web.Response:
         stats = self.batcher.stats
+        alive = self.batcher.alive
         return web.json_response(
             {
-                "status": "ok",
+                "status": "ok" if alive else f"the model worker has stopped; {RESTART}",
                 "uptime_s": round(time.monotonic() - self.started, 1),
                 "requests": self.requests,
                 "refused": self.refused,
                 "images": stats.images,
                 "model_calls": stats.calls,
                 "largest_call": stats.largest,
-            }
+            },
+            status=200 if alive else 503,  # a load balancer's or Kubernetes' probe restarts it
         )
 
     def _topk(self, request: web.Request, form: Form | None = None) -> int:
@@ -374,6 +377,9 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return await handler(request)
     except ApiError as exc:
         return exc.response()
+    except BatcherStopped as exc:  # the model worker died: every later request would wait forever
+        log.error("cannot answer %s %s: %s", request.method, request.path, exc)
+        return web.json_response({"error": f"{exc}; {RESTART}"}, status=503)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

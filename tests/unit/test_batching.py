@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from visionpipe.batching import Batcher
+from visionpipe.batching import Batcher, BatcherStopped
 
 
 class Recorder:
@@ -74,3 +74,32 @@ def test_a_failing_call_fails_only_its_submissions() -> None:
 def test_invalid_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="max_batch must be >= 1"):
         Batcher(Recorder(), max_batch=0, wait_s=0.0)
+
+
+class _Crash(BaseException):
+    """What no `except Exception` catches: the worker task dies of it."""
+
+
+def test_a_dead_worker_fails_waiting_and_later_submissions_instead_of_leaving_them_hanging() -> (
+    None
+):
+    def crash(rows: np.ndarray) -> np.ndarray:
+        raise _Crash("boom")
+
+    async def scenario() -> tuple[list[object], Batcher]:
+        batcher = Batcher(crash, max_batch=1, wait_s=0.0)
+        await batcher.start()
+        first = await asyncio.wait_for(
+            asyncio.gather(*(batcher.submit(r) for r in _requests([1, 1])), return_exceptions=True),
+            timeout=10,
+        )
+        try:
+            await batcher.submit(np.zeros(1, np.float32))
+        except BatcherStopped as exc:
+            first.append(exc)
+        return first, batcher
+
+    answers, batcher = asyncio.run(scenario())
+    assert not batcher.alive
+    assert len(answers) == 3 and all(isinstance(a, BatcherStopped) for a in answers), answers
+    assert "boom" in str(answers[0]) and "not running" in str(answers[2])

@@ -678,3 +678,41 @@ def test_a_file_name_comes_back_as_the_client_s_file_has_it(server: Served) -> N
         "猫 咪 🐱.jpg",
         "café.jpg",
     ]
+
+
+class _WorkerCrash(BaseException):
+    """What no `except Exception` catches: the model worker task dies of it."""
+
+
+def test_a_dead_model_worker_answers_503_and_fails_health(model: Path) -> None:
+    # A load balancer's or Kubernetes' probe of /health then restarts the server; requests get
+    # an error at once rather than waiting forever for a worker that is gone.
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from visionpipe.predict import OnnxBackend
+    from visionpipe.serve import ServeConfig, Service, make_app
+
+    def crash(rows: np.ndarray) -> np.ndarray:
+        raise _WorkerCrash("out of device memory")
+
+    async def scenario() -> list[tuple[int, dict]]:
+        service = Service(OnnxBackend(model), ServeConfig(model=model))
+        answers = []
+        async with TestClient(TestServer(make_app(service))) as client:
+            service.batcher.run = crash
+            for _ in range(2):
+                resp = await client.post(
+                    "/predict", data=_jpeg(), headers={"Content-Type": "image/jpeg"}
+                )
+                answers.append((resp.status, await resp.json()))
+            resp = await client.get("/health")
+            answers.append((resp.status, await resp.json()))
+        return answers
+
+    (first, second, health) = asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+    assert first[0] == second[0] == 503, (first, second)
+    assert "out of device memory" in first[1]["error"] and "restart the server" in first[1]["error"]
+    assert "not running" in second[1]["error"]
+    assert health[0] == 503 and "stopped" in health[1]["status"], health
