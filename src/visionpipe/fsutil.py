@@ -1,4 +1,4 @@
-"""Atomic file writes: a crash or Ctrl-C never leaves a half-written output behind."""
+"""Atomic file writes: a crash, Ctrl-C or power cut never leaves a half-written output behind."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from typing import IO, Any
 
 # Out of space, or out of the user's quota: the same remedy.
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# A filesystem that cannot flush (some FUSE and network mounts) says so with these: nothing to do.
+_NO_SYNC_ERRNOS = frozenset({errno.EINVAL, errno.ENOTSUP, errno.ENOSYS})
 
 
 class DiskFullError(OSError):
@@ -58,6 +60,28 @@ def disk_full_message(path: Path | str) -> str:
     )
 
 
+def _fsync(path: Path) -> None:
+    """Flush `path`'s data (a file) or its entries (a folder) to the disk.
+
+    A rename reaches the disk's journal before the renamed file's data does: after a power cut
+    or a kernel crash, a file renamed into place unflushed can be there with no bytes in it.
+    """
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        if path.is_dir():
+            return  # a system that cannot open a folder (Windows) cannot sync one either
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _NO_SYNC_ERRNOS:
+            raise
+    finally:
+        os.close(fd)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -68,7 +92,8 @@ def _umask() -> int:
 def atomic_path(dest: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `dest`; it replaces `dest` only if the block succeeds.
 
-    The temporary file lives in the same folder so the final `os.replace` is atomic.
+    The temporary file lives in the same folder so the final `os.replace` is atomic; it is
+    flushed to the disk before, and the folder after, so the new name never holds missing bytes.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +103,9 @@ def atomic_path(dest: Path | str) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
     try:
         yield tmp
+        _fsync(tmp)
         os.replace(tmp, dest)
+        _fsync(dest.parent)
     except Exception as exc:
         full = disk_full_cause(exc)
         if full is None or isinstance(exc, DiskFullError):
@@ -125,13 +152,20 @@ def write_text(dest: Path | str, text: str) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(dest: Path | str) -> Iterator[Path]:
-    """Yield a fresh temporary folder that replaces the folder `dest` only if the block succeeds."""
+    """Yield a fresh temporary folder that replaces the folder `dest` only if the block succeeds.
+
+    Its files and folders are flushed to the disk before the swap, as in `atomic_path`.
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
+        for folder, _, files in os.walk(tmp):
+            for name in files:
+                _fsync(Path(folder, name))
+            _fsync(Path(folder))
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -140,6 +174,7 @@ def atomic_dir(dest: Path | str) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, dest)
+        _fsync(dest.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -61,3 +61,69 @@ def test_sizes_read_in_the_unit_that_fits() -> None:
     assert fsutil.size_text(150 * 1024) == "150.0 KiB"
     assert fsutil.size_text(3.5 * 2**20) == "3.5 MiB"
     assert fsutil.size_text(1.25 * 2**30) == "1.2 GiB"
+
+
+def _record_syncs(monkeypatch: pytest.MonkeyPatch, events: list[str], fail: int = 0) -> None:
+    """Log each fsync (by path) and rename into `events`; with `fail`, fsync raises that errno."""
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("sync " + os.readlink(f"/proc/self/fd/{fd}"))
+        if fail:
+            raise OSError(fail, os.strerror(fail))
+        real_fsync(fd)
+
+    def replace(src: Path | str, dst: Path | str) -> None:
+        events.append(f"rename {src} -> {dst}")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(fsutil.os, "fsync", fsync)
+    monkeypatch.setattr(fsutil.os, "replace", replace)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads fds' paths from /proc")
+def test_a_written_file_is_on_the_disk_before_its_name_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A power cut after the rename but before the data is flushed leaves an empty file under the
+    # output's name: the data is synced first, the folder holding the new name after.
+    events: list[str] = []
+    _record_syncs(monkeypatch, events)
+    fsutil.write_json(tmp_path / "metrics.json", {"acc": 0.5})
+    tmp = events[0].removeprefix("sync ")
+    assert events == [
+        f"sync {tmp}",
+        f"rename {tmp} -> {tmp_path / 'metrics.json'}",
+        f"sync {tmp_path}",
+    ]
+
+    events.clear()
+    with fsutil.atomic_dir(tmp_path / "processed") as out:
+        (out / "sub").mkdir()
+        (out / "sub" / "x.pt").write_bytes(b"x")
+        (out / "y.pt").write_bytes(b"y")
+    synced = {e.removeprefix("sync ") for e in events[:-2]}
+    assert synced == {str(out), str(out / "sub"), str(out / "sub" / "x.pt"), str(out / "y.pt")}
+    assert events[-2:] == [f"rename {out} -> {tmp_path / 'processed'}", f"sync {tmp_path}"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads fds' paths from /proc")
+def test_a_flush_that_fails_keeps_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = tmp_path / "model.pt"
+    dest.write_bytes(b"the last good model")
+    # Network filesystems report a full disk when the data is flushed, not when it is written.
+    _record_syncs(monkeypatch, [], fail=errno.ENOSPC)
+    with pytest.raises(fsutil.DiskFullError, match="no space left on the disk holding"):
+        fsutil.save_torch(dest, {"w": torch.zeros(3)})
+    _record_syncs(monkeypatch, [], fail=errno.EIO)
+    with pytest.raises(OSError, match="Input/output error"):
+        fsutil.write_text(dest, "new")
+    assert dest.read_bytes() == b"the last good model"
+    assert list(tmp_path.iterdir()) == [dest]
+
+    # A filesystem that cannot flush at all says EINVAL: the write goes on without it.
+    _record_syncs(monkeypatch, [], fail=errno.EINVAL)
+    fsutil.write_text(dest, "new")
+    assert dest.read_text() == "new"
