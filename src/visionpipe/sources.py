@@ -286,8 +286,9 @@ def _local_path(value: str, base_dir: Path, *, param: str) -> Path:
                 f" not host {parsed.netloc!r}"
             )
         return Path(urllib.request.url2pathname(parsed.path))
-    # One letter is a Windows drive (C:\data), not a scheme.
-    if len(parsed.scheme) > 1:
+    # A scheme is a URL's only when "//" follows (s3://bucket): photos:2024 is a folder's name,
+    # and one letter is a Windows drive (C:\data), which user_path explains.
+    if len(parsed.scheme) > 1 and value[len(parsed.scheme) + 1 :].startswith("//"):
         raise DownloadError(
             f"{param} {value!r}: unsupported scheme {parsed.scheme!r}. Use a local path,"
             " a file:// URL or an http(s):// URL (fetch other stores yourself, then point to the"

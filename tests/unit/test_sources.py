@@ -244,6 +244,9 @@ def test_directory_source_is_packed(tmp_path: Path) -> None:
     shutil.copytree(tmp_path / "photos", tmp_path / "my photos 2024")
     other = _fetch("my photos 2024", tmp_path)
     assert (other.path, other.sha256) == (first.path, first.sha256)
+    # A colon in a folder's name does not make it a URL scheme (s3:// is one).
+    shutil.copytree(tmp_path / "photos", tmp_path / "photos:2024")
+    assert _fetch("photos:2024", tmp_path).sha256 == first.sha256
     with pytest.raises(ChecksumError, match=r"folder\.tar"):
         _fetch("photos", tmp_path, sha256="f" * 64)
     assert _files(tmp_path / "raw") == []
