@@ -28,8 +28,16 @@ CIFAR_JPEG_ZIP = SHARED / "datasets" / "cifar10-jpeg.zip"
 HYMENOPTERA_ZIP = SHARED / "datasets" / "hymenoptera_data.zip"
 DOG_PNG = SHARED / "samples" / "dog.png"
 
-# What a user's clone holds that the pipeline needs; outputs and caches are left behind.
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "pyproject.toml", ".gitignore", ".dvcignore")
+# What a user's clone holds that the pipeline and its wheel (README.md: its description) need;
+# outputs and caches are left behind.
+PROJECT_FILES = (
+    "dvc.yaml",
+    "params.yaml",
+    "pyproject.toml",
+    "README.md",
+    ".gitignore",
+    ".dvcignore",
+)
 PROJECT_DIRS = ("stages", "src", "plots_template", "conf")
 
 
@@ -237,3 +245,25 @@ def full_disk(room: int) -> Any:
         return raw if "b" in mode else io.TextIOWrapper(raw, encoding=encoding)
 
     return fake_open
+
+
+def make_venv(path: Path) -> str:
+    """A fresh virtual environment at `path` (uv's, which is `python -m venv` without pip's
+    seconds of bootstrapping); its python."""
+    uv = shutil.which("uv")
+    assert uv, "making a virtual environment needs uv on PATH"
+    run([uv, "venv", "-q", "--python", sys.executable, str(path)], path.parent)
+    return str(path / "bin" / "python")
+
+
+def install_pinned(python: str, wheel: Path) -> None:
+    """`pip install WHEEL` into `python`'s environment, each dependency pinned to the version this
+    environment has, so that uv takes it from its cache rather than the network."""
+    import importlib.metadata
+
+    pins = Path(wheel).with_suffix(".pins.txt")
+    dists = importlib.metadata.distributions()
+    pins.write_text("".join(f"{d.metadata['Name']}=={d.version}\n" for d in dists))
+    uv = shutil.which("uv")
+    assert uv, "installing a wheel needs uv on PATH"
+    run([uv, "pip", "install", "-q", "--python", python, "-c", str(pins), str(wheel)], pins.parent)

@@ -34,10 +34,10 @@ class Served:
 
 
 @contextlib.contextmanager
-def serve(model: Path, log: Path, *options: str) -> Iterator[Served]:
+def serve(model: Path, log: Path, *options: str, python: str = sys.executable) -> Iterator[Served]:
     """`visionpipe serve --model MODEL --port 0 OPTIONS` until the block ends, then Ctrl-C (SIGINT),
-    which must stop it cleanly (exit 0)."""
-    cmd = [sys.executable, "-m", "visionpipe.cli", "serve", "--model", str(model), "--port", "0"]
+    which must stop it cleanly (exit 0). `python`: the interpreter whose visionpipe runs it."""
+    cmd = [python, "-m", "visionpipe.cli", "serve", "--model", str(model), "--port", "0"]
     with log.open("w") as err:
         proc = subprocess.Popen(
             [*cmd, *options], cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=err, text=True

@@ -205,6 +205,21 @@ def main(argv: list[str] | None = None) -> int:
     except fsutil.DiskFullError as exc:  # --json, --csv, --grid: the message names the file
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as exc:  # the wheel alone: no torch, DVC or Hydra
+        print(f"error: {_lean_install_hint(args, exc)}", file=sys.stderr)
+        return 1
+
+
+def _lean_install_hint(args: argparse.Namespace, exc: ModuleNotFoundError) -> str:
+    """Why a command of a predict-and-serve install (the wheel, without the pipeline's packages)
+    stopped, and where it runs."""
+    command = "predict --backend torch" if getattr(args, "backend", "") == "torch" else args.command
+    return (
+        f"visionpipe {command} needs the package {exc.name!r}, which this install lacks: an "
+        "install of visionpipe alone predicts and serves with an ONNX export (--model "
+        f"{paths.ONNX_MODEL}); {command} runs in the project, whose `uv sync --locked` installs "
+        "the pipeline's packages (PyTorch, DVC, Hydra)"
+    )
 
 
 if __name__ == "__main__":
