@@ -17,6 +17,7 @@ import itertools
 import json
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,7 +36,15 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.helpers import EXP_SHOW_HEADLINE, ROOT, env, make_project, run
+from tests.helpers import (
+    EXP_SHOW_HEADLINE,
+    ROOT,
+    env,
+    install_pinned,
+    make_project,
+    make_venv,
+    run,
+)
 from visionpipe import paths
 from visionpipe.cifar_pickle import CLASSES
 from visionpipe.config.compose import compose, diff_keys
@@ -173,6 +182,30 @@ def _clone(ctx: Ctx) -> None:
     run(["git", "push", "-q", "-u", "origin", "main"], ctx.repo)
 
 
+WHEEL = "visionpipe-0.1.0-py3-none-any.whl"
+
+
+def _built_wheel(ctx: Ctx) -> None:
+    run(["uv", "build", "-q", "--wheel"], ctx.repo)
+    assert (ctx.repo / "dist" / WHEEL).is_file(), sorted((ctx.repo / "dist").iterdir())
+
+
+def _server_venv(ctx: Ctx) -> None:
+    # The other machine: a folder holding what the page says to copy there, and a photo.
+    server = ctx.tmp / "server"
+    server.mkdir()
+    shutil.copy(ctx.repo / "dist" / WHEEL, server)
+    shutil.copy(ctx.repo / paths.ONNX_MODEL, server)
+    shutil.copy(ctx.tmp / "shared" / "samples" / "dog.png", server)
+    make_venv(server / "visionpipe-env")
+
+
+def _server_predict(ctx: Ctx) -> None:
+    server = ctx.tmp / "server"
+    cmd = ["visionpipe-env/bin/visionpipe", "predict", "dog.png", "--model", "model.onnx"]
+    assert run(cmd, server).stdout.startswith("dog.png: "), f"`{ctx.command}` gave no answer"
+
+
 # Steps a user takes that the test stands in for.
 SETUP: dict[str, Step] = {
     "git clone <this repo> visionpipe": _clone,
@@ -193,6 +226,12 @@ SETUP: dict[str, Step] = {
     "git push origin image-classifier-onnx@v1.0.0": lambda ctx: run(
         ["git", "push", "-q", "origin", "image-classifier-onnx@v1.0.0"], ctx.repo
     ),
+    "uv build --wheel": _built_wheel,
+    "python3 -m venv visionpipe-env": _server_venv,
+    f"visionpipe-env/bin/pip install {WHEEL}": lambda ctx: install_pinned(
+        str(ctx.tmp / "server" / "visionpipe-env" / "bin" / "python"), ctx.tmp / "server" / WHEEL
+    ),
+    "visionpipe-env/bin/visionpipe predict dog.png --model model.onnx": _server_predict,
 }
 
 
