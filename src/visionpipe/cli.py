@@ -13,7 +13,7 @@ import sys
 import urllib.parse
 from pathlib import Path
 
-from visionpipe import fsutil, logs, paths
+from visionpipe import __version__, fsutil, logs, paths
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     # The docstring's first paragraph, not its first line: that one ends mid-sentence.
     summary = " ".join(__doc__.split("\n\n")[0].split())
     parser = argparse.ArgumentParser(prog="visionpipe", description=summary)
+    parser.add_argument("--version", action="version", version=f"visionpipe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("predict", help="classify images, folders or globs")
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or globs")

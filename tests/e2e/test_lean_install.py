@@ -8,6 +8,7 @@ wheel), pinned to this environment's versions so that uv takes them from its cac
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import shutil
 import subprocess
@@ -46,6 +47,8 @@ def test_the_wheel_installs_no_pipeline_packages(lean_python: str) -> None:
     names = {p["name"].lower() for p in json.loads(listed.stdout)}
     assert "visionpipe" in names and "onnxruntime" in names
     assert names.isdisjoint({"torch", "torchvision", "dvc", "hydra-core", "pydantic", "onnx"})
+    version = _run([lean_python, "-m", "visionpipe.cli", "--version"])
+    assert version.stdout == f"visionpipe {importlib.metadata.version('visionpipe')}\n"
 
 
 @pytest.mark.skipif(not DOG.is_file(), reason="needs ../shared/samples/dog.png")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import json
 import os
 import shutil
@@ -135,6 +136,13 @@ def test_help_summary_is_a_whole_sentence(capsys: pytest.CaptureFixture[str]) ->
         main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "serve it over HTTP; compose params.yaml." in out
+
+
+def test_version_names_the_package_release(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"visionpipe {importlib.metadata.version('visionpipe')}\n"
 
 
 def test_missing_model_is_a_clear_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
