@@ -240,9 +240,11 @@ def full_disk(room: int) -> Any:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             return super().write(b)
 
-    def fake_open(file: Any, mode: str = "r", encoding: str | None = None) -> Any:
+    def fake_open(
+        file: Any, mode: str = "r", encoding: str | None = None, errors: str | None = None
+    ) -> Any:
         raw = FullFile(file, "w")
-        return raw if "b" in mode else io.TextIOWrapper(raw, encoding=encoding)
+        return raw if "b" in mode else io.TextIOWrapper(raw, encoding=encoding, errors=errors)
 
     return fake_open
 

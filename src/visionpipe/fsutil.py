@@ -117,9 +117,11 @@ def atomic_path(dest: Path | str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_open(dest: Path | str, mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temporary file for writing that atomically becomes `dest` on success."""
-    with atomic_path(dest) as tmp, open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
+def atomic_open(dest: Path | str, mode: str = "w", errors: str | None = None) -> Iterator[IO[Any]]:
+    """Open a temporary file for writing that atomically becomes `dest` on success; text in
+    UTF-8, `errors` as `open` takes it."""
+    encoding = None if "b" in mode else "utf-8"
+    with atomic_path(dest) as tmp, open(tmp, mode, encoding=encoding, errors=errors) as f:
         yield f
 
 
@@ -140,8 +142,13 @@ def json_text(obj: Any) -> str:
 
 
 def write_json(dest: Path | str, obj: Any) -> None:
-    with atomic_open(dest) as f:
-        json.dump(_finite(obj), f, indent=2, sort_keys=False, allow_nan=False)
+    """`obj` as strict JSON in UTF-8: class and file names read as they are (猫, not \\u732b).
+
+    A file name that is not UTF-8 (its bytes kept as lone surrogates) is written as the JSON
+    escape of each byte, \\udcXX, which is what backslashreplace writes for a surrogate.
+    """
+    with atomic_open(dest, errors="backslashreplace") as f:
+        json.dump(_finite(obj), f, indent=2, sort_keys=False, allow_nan=False, ensure_ascii=False)
         f.write("\n")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 from pathlib import Path
 
@@ -127,3 +128,14 @@ def test_a_flush_that_fails_keeps_the_old_file(
     _record_syncs(monkeypatch, [], fail=errno.EINVAL)
     fsutil.write_text(dest, "new")
     assert dest.read_text() == "new"
+
+
+def test_json_files_hold_names_as_users_read_them(tmp_path: Path) -> None:
+    # Class names from photo folders (猫, café) read as they are in metrics and predictions files;
+    # a file name that is not UTF-8 keeps its bytes as JSON escapes, so the file stays UTF-8.
+    obj = {"per_class": {"猫": 0.5, "café": None}, "file": "caf\udce9.jpg"}
+    fsutil.write_json(tmp_path / "m.json", obj)
+    text = (tmp_path / "m.json").read_bytes().decode("utf-8")
+    assert '"猫": 0.5' in text and '"café": null' in text
+    assert '"caf\\udce9.jpg"' in text
+    assert json.loads(text) == obj
