@@ -25,7 +25,7 @@ class Runtime:
     """A runtime the exports are tested in."""
 
     label: str  # its name as users know it
-    requirement: str  # the PyPI package and the versions the tests run
+    requirement: str  # the package (PyPI unless it says npm) and the versions the tests run
     problems: Callable[[onnx.GraphProto], list[str]]  # why it cannot run a graph; [] if none
 
 
@@ -104,6 +104,12 @@ RUNTIMES: dict[str, Runtime] = {
     ),
     "opencv5": Runtime("OpenCV DNN 5.x", "opencv-python-headless>=5.1,<6", _opencv_problems),
     "opencv4": Runtime("OpenCV DNN 4.x", "opencv-python-headless==4.14.0.94", _opencv4_problems),
+    # The ONNX specification's own evaluator, in numpy: the operators as the spec defines them.
+    "onnx_reference": Runtime("the ONNX reference evaluator", "onnx", _no_known_problems),
+    # What a web page runs (browsers without WebGPU) and Node.js; pinned by tests/web/package.json.
+    "onnxruntime_web": Runtime(
+        "onnxruntime-web (WebAssembly)", "onnxruntime-web@1.31.1 (npm)", _no_known_problems
+    ),
 }
 
 

@@ -5,12 +5,14 @@ A runtime that `runtimes.problems` says cannot run a graph must fail on it (so t
 true); every other pair must give the same top-1 class on every image and logits within
 TOLERANCE x max(1, the largest |logit|), the export stage's own parity rule. OpenCV runs in a
 subprocess (tests/opencv_run.py), 5.x from the dev dependencies and 4.x in an environment uv
-builds, so that a segfault is a failure with a message.
+builds, so that a segfault is a failure with a message. onnxruntime-web runs in Node.js
+(tests/web/ort_web_run.mjs, the npm package from `npm ci` in tests/web; skipped without them).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 import signal
 import subprocess
@@ -39,6 +41,7 @@ SIZE = 32  # the CIFAR-10 recipes' image size (vgg16's smallest)
 IMAGES = 8
 LOGIT_SCALE = 8.0  # the largest |logit| the models are scaled to, about a trained model's
 OPENCV_SCRIPT = ROOT / "tests" / "opencv_run.py"
+WEB = ROOT / "tests" / "web"  # onnxruntime-web's runner and its npm package (`npm ci` there)
 FIX = (
     "Find the first node that differs (docs/deploy.md, footnote 3: cut the graph after each "
     "node), then either make src/visionpipe/runtimes.py's problems() name it for this runtime "
@@ -160,6 +163,30 @@ def _opencv(python: list[str], major: str) -> Callable[[Path, np.ndarray], Outco
     return run
 
 
+def _onnx_reference(model: Path, images: np.ndarray) -> Outcome:
+    from onnx.reference import ReferenceEvaluator
+
+    return Outcome(ReferenceEvaluator(str(model)).run(None, {INPUT_NAME: images})[0])
+
+
+def _onnxruntime_web(model: Path, images: np.ndarray) -> Outcome:
+    node = shutil.which("node")
+    if node is None or not (WEB / "node_modules" / "onnxruntime-web").is_dir():
+        pytest.skip("needs Node.js and onnxruntime-web: cd tests/web && npm ci")
+    images_path, logits_path = model.with_suffix(".web.in"), model.with_suffix(".web.out")
+    images.astype("<f4").tofile(images_path)
+    shape = ",".join(map(str, images.shape))
+    script = str(WEB / "ort_web_run.mjs")
+    cmd = [node, script, str(model), str(images_path), shape, str(logits_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if proc.returncode:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return Outcome(None, f"exit {proc.returncode}: {last}")
+    version, dims = proc.stdout.split()
+    assert f"@{version} " in runtimes.RUNTIMES["onnxruntime_web"].requirement, f"ran {version}"
+    return Outcome(np.fromfile(logits_path, "<f4").reshape(json.loads(dims)))
+
+
 def _opencv4_python() -> list[str]:
     uv = shutil.which("uv")
     assert uv, "the OpenCV 4.x check needs uv on PATH to build its environment"
@@ -172,6 +199,8 @@ RUNNERS: dict[str, Callable[[Path, np.ndarray], Outcome]] = {
     "openvino": _openvino,
     "opencv5": _opencv([sys.executable], "5."),
     "opencv4": lambda model, images: _opencv(_opencv4_python(), "4.")(model, images),
+    "onnx_reference": _onnx_reference,
+    "onnxruntime_web": _onnxruntime_web,
 }
 
 
