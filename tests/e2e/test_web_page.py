@@ -1,0 +1,162 @@
+"""docs/web/index.html, the example page of docs/deploy.md ("In a web page"): an exported model run
+by onnxruntime-web in headless Chromium labels a photo as `visionpipe predict` does.
+
+The test lays the folder out as the docs say (the page, model.onnx, onnxruntime-web's three dist
+files under ort/), serves it on loopback, chooses each photo in the page's file input and reads
+the classes and probabilities it shows. The model is a real export with random weights scaled to
+trained-size logits, so a wrong class order, BGR pixels or another resize than predict's changes
+the answer. The photos are PNGs: their pixels decode the same in Chromium and Pillow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from tests.browser import CHROMIUM, DevTools, start_chromium
+from tests.helpers import ROOT, http_server, run
+from visionpipe.export import export_onnx
+from visionpipe.modelfile import ModelInfo
+from visionpipe.models import build_model
+
+PAGE = ROOT / "docs" / "web" / "index.html"
+ORT_DIST = ROOT / "tests" / "web" / "node_modules" / "onnxruntime-web" / "dist"
+# What docs/deploy.md says to copy into ort/ beside the page.
+ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+CLASSES = ["zebra", "ant", "moth", "bee", "cat"]  # not sorted: the order is the logits'
+SIZE = 32
+TOLERANCE = 1e-5  # probability: predict rounds to 6 digits, the runtimes differ by ~1e-6
+
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium: apt-get install chromium"),
+    pytest.mark.skipif(
+        not ORT_DIST.is_dir(), reason="needs onnxruntime-web: cd tests/web && npm ci"
+    ),
+]
+
+# The rows the page shows: [class, "12.3%", probability].
+READ_TOP = """JSON.stringify([...document.querySelectorAll('#top li')].map(li => [
+  li.querySelector('.label').textContent, li.querySelector('.probability').textContent,
+  Number(li.dataset.probability)]))"""
+STATUS = "document.getElementById('status')"
+
+
+def _export(path: Path) -> Path:
+    torch.manual_seed(0)
+    arch_params = {"activation": "relu", "batch_norm": True}
+    mean, std = [0.49, 0.48, 0.45], [0.25] * 3
+    model = build_model("tutorial_cnn", len(CLASSES), SIZE, arch_params, mean, std).eval()
+    with torch.no_grad():  # logits of a few units, as a trained model's (random ones are < 1)
+        last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+        last.weight.mul_(6.0 / model(torch.rand(4, 3, SIZE, SIZE)).abs().max())
+    info = ModelInfo(
+        arch="tutorial_cnn",
+        num_classes=len(CLASSES),
+        image_size=SIZE,
+        arch_params=arch_params,
+        normalize=True,
+        mean=mean,
+        std=std,
+        classes=CLASSES,
+        params={},
+        visionpipe_version="test",
+        torch_version=str(torch.__version__),
+    )
+    export_onnx(model, info, path, opset=18)
+    return path
+
+
+def _photos(folder: Path) -> list[Path]:
+    """PNGs that predict resizes down, up, and not at all, with odd crop margins and a long side
+    of 40.5 pixels (Python's round gives 40), each brighter in one channel than the others."""
+    rng = np.random.default_rng(0)
+    photos = []
+    for i, (w, h) in enumerate([(75, 45), (81, 64), (21, 27), (SIZE, SIZE)]):
+        x = np.linspace(0, 1, w)[None, :, None] * np.array([200, 60, 120]) * (i + 1) % 256
+        arr = (x + rng.integers(0, 55, (h, w, 3))).clip(0, 255).astype(np.uint8)
+        arr[..., i % 3] = arr[..., i % 3] // 2 + 120
+        photos.append(folder / f"photo{i}-{w}x{h}.png")
+        Image.fromarray(arr).save(photos[-1])
+    return photos
+
+
+def _site(folder: Path, model: Path) -> Path:
+    (folder / "ort").mkdir(parents=True)
+    shutil.copy(PAGE, folder / "index.html")
+    shutil.copy(model, folder / "model.onnx")
+    for name in ORT_FILES:
+        shutil.copy(ORT_DIST / name, folder / "ort" / name)
+    return folder
+
+
+async def _label(debug_port: int, url: str, photos: list[Path], shot: Path) -> Any:
+    """Open the page, choose each photo in turn; the rows shown for each, and the JS errors."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(trust_env=False) as http:
+        async with http.get(f"http://127.0.0.1:{debug_port}/json/list") as resp:
+            page = next(t for t in await resp.json() if t["type"] == "page")
+        async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+            tools = DevTools(ws)
+            await tools.send("Runtime.enable")
+            await tools.send("Page.navigate", url=url)
+            # Until the navigation commits, the document is about:blank's, without #file.
+            loaded = "document.getElementById('file')?.disabled === false"
+            await tools.wait_for(f"{loaded} || {STATUS}?.className === 'error'", timeout=60)
+            assert await tools.evaluate(f"{STATUS}.className") == "", await tools.evaluate(
+                f"{STATUS}.textContent"
+            )
+            root = (await tools.send("DOM.getDocument"))["root"]["nodeId"]
+            node = (await tools.send("DOM.querySelector", nodeId=root, selector="#file"))["nodeId"]
+            shown = {}
+            for photo in photos:
+                await tools.send("DOM.setFileInputFiles", nodeId=node, files=[str(photo)])
+                done = f"{STATUS}.textContent === {json.dumps(photo.name)} || {STATUS}.className"
+                await tools.wait_for(done)
+                assert await tools.evaluate(f"{STATUS}.className") == "", await tools.evaluate(
+                    f"{STATUS}.textContent"
+                )
+                shown[photo.name] = json.loads(await tools.evaluate(READ_TOP))
+            picture = await tools.send("Page.captureScreenshot", format="png")
+            shot.write_bytes(base64.b64decode(picture["data"]))  # the last photo's answer
+            described = await tools.evaluate("document.getElementById('model').textContent")
+            return shown, described, tools.errors
+
+
+def test_the_example_page_labels_photos_as_predict_does(tmp_path: Path) -> None:
+    model = _export(tmp_path / "model.onnx")
+    photos = _photos(tmp_path)
+    out = tmp_path / "predict.json"
+    cli = [sys.executable, "-m", "visionpipe.cli", "predict", "--model", str(model)]
+    run([*cli, "--topk", "3", "--json", str(out), *map(str, photos)], ROOT)
+    want = {Path(p["file"]).name: p["top"] for p in json.loads(out.read_text())}
+    site = _site(tmp_path / "site", model)
+    chromium, port = start_chromium(tmp_path / "profile")
+    try:
+        with http_server(site) as url:
+            shown, described, errors = asyncio.run(
+                _label(port, f"{url}/index.html", photos, tmp_path / "page.png")
+            )
+    finally:
+        chromium.terminate()
+        chromium.wait(timeout=30)
+    assert not errors, errors
+    assert described == f"tutorial_cnn: {len(CLASSES)} classes, {SIZE} px"
+    for name, top in want.items():
+        rows = shown[name]
+        assert [r[0] for r in rows] == [t["class"] for t in top], (name, rows, top)
+        diffs = [abs(r[2] - t["probability"]) for r, t in zip(rows, top, strict=True)]
+        assert max(diffs) <= TOLERANCE, (name, rows, top)
+        assert [r[1] for r in rows] == [f"{r[2] * 100:.1f}%" for r in rows]
+    assert len({want[name][0]["class"] for name in want}) > 1, "every photo got the same class"
