@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -29,8 +30,10 @@ from tests.helpers import ROOT, http_server, run
 from visionpipe.export import export_onnx
 from visionpipe.modelfile import ModelInfo
 from visionpipe.models import build_model
+from visionpipe.onnxrt import INPUT_NAME, open_session
 
 PAGE = ROOT / "docs" / "web" / "index.html"
+PAGE_FILES = ("index.html", "visionpipe.mjs")
 ORT_DIST = ROOT / "tests" / "web" / "node_modules" / "onnxruntime-web" / "dist"
 # What docs/deploy.md says to copy into ort/ beside the page.
 ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
@@ -38,12 +41,14 @@ CLASSES = ["zebra", "ant", "moth", "bee", "cat"]  # not sorted: the order is the
 SIZE = 32
 TOLERANCE = 1e-5  # probability: predict rounds to 6 digits, the runtimes differ by ~1e-6
 
-pytestmark = [
-    pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium: apt-get install chromium"),
-    pytest.mark.skipif(
-        not ORT_DIST.is_dir(), reason="needs onnxruntime-web: cd tests/web && npm ci"
-    ),
-]
+NODE = shutil.which("node")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="needs Chromium: apt-get install chromium"
+)
+pytestmark = pytest.mark.skipif(
+    NODE is None or not ORT_DIST.is_dir(),
+    reason="needs Node.js and onnxruntime-web: cd tests/web && npm ci",
+)
 
 # The rows the page shows: [class, "12.3%", probability].
 READ_TOP = """JSON.stringify([...document.querySelectorAll('#top li')].map(li => [
@@ -93,7 +98,8 @@ def _photos(folder: Path) -> list[Path]:
 
 def _site(folder: Path, model: Path) -> Path:
     (folder / "ort").mkdir(parents=True)
-    shutil.copy(PAGE, folder / "index.html")
+    for name in PAGE_FILES:
+        shutil.copy(PAGE.parent / name, folder / name)
     shutil.copy(model, folder / "model.onnx")
     for name in ORT_FILES:
         shutil.copy(ORT_DIST / name, folder / "ort" / name)
@@ -134,6 +140,7 @@ async def _label(debug_port: int, url: str, photos: list[Path], shot: Path) -> A
             return shown, described, tools.errors
 
 
+@needs_chromium
 def test_the_example_page_labels_photos_as_predict_does(tmp_path: Path) -> None:
     model = _export(tmp_path / "model.onnx")
     photos = _photos(tmp_path)
@@ -160,3 +167,18 @@ def test_the_example_page_labels_photos_as_predict_does(tmp_path: Path) -> None:
         assert max(diffs) <= TOLERANCE, (name, rows, top)
         assert [r[1] for r in rows] == [f"{r[2] * 100:.1f}%" for r in rows]
     assert len({want[name][0]["class"] for name in want}) > 1, "every photo got the same class"
+
+
+def test_the_node_snippet_names_the_class_onnxruntime_gives(tmp_path: Path) -> None:
+    blocks = re.findall(r"```js\n(.*?)```", (ROOT / "docs" / "deploy.md").read_text(), re.S)
+    (snippet,) = [b for b in blocks if "node:fs" in b]
+    (tmp_path / "snippet.mjs").write_text(snippet)
+    shutil.copy(PAGE.parent / "visionpipe.mjs", tmp_path / "visionpipe.mjs")
+    (tmp_path / "node_modules").symlink_to(ORT_DIST.parents[1])
+    (tmp_path / "models").mkdir()
+    model = _export(tmp_path / "models" / "model.onnx")
+    assert NODE is not None
+    shown = run([NODE, "snippet.mjs"], tmp_path).stdout.strip()
+    grey = np.full((1, 3, SIZE, SIZE), 0.5, np.float32)
+    logits = open_session(model).run(None, {INPUT_NAME: grey})[0]
+    assert shown == CLASSES[int(logits.argmax())], shown
