@@ -82,6 +82,11 @@ def _export(path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _export(tmp_path_factory.mktemp("export") / "model.onnx")
+
+
 def _photos(folder: Path) -> list[Path]:
     """PNGs that predict resizes down, up, and not at all, with odd crop margins and a long side
     of 40.5 pixels (Python's round gives 40), each brighter in one channel than the others."""
@@ -141,8 +146,7 @@ async def _label(debug_port: int, url: str, photos: list[Path], shot: Path) -> A
 
 
 @needs_chromium
-def test_the_example_page_labels_photos_as_predict_does(tmp_path: Path) -> None:
-    model = _export(tmp_path / "model.onnx")
+def test_the_example_page_labels_photos_as_predict_does(tmp_path: Path, model: Path) -> None:
     photos = _photos(tmp_path)
     out = tmp_path / "predict.json"
     cli = [sys.executable, "-m", "visionpipe.cli", "predict", "--model", str(model)]
@@ -169,14 +173,14 @@ def test_the_example_page_labels_photos_as_predict_does(tmp_path: Path) -> None:
     assert len({want[name][0]["class"] for name in want}) > 1, "every photo got the same class"
 
 
-def test_the_node_snippet_names_the_class_onnxruntime_gives(tmp_path: Path) -> None:
+def test_the_node_snippet_names_the_class_onnxruntime_gives(tmp_path: Path, model: Path) -> None:
     blocks = re.findall(r"```js\n(.*?)```", (ROOT / "docs" / "deploy.md").read_text(), re.S)
     (snippet,) = [b for b in blocks if "node:fs" in b]
     (tmp_path / "snippet.mjs").write_text(snippet)
     shutil.copy(PAGE.parent / "visionpipe.mjs", tmp_path / "visionpipe.mjs")
     (tmp_path / "node_modules").symlink_to(ORT_DIST.parents[1])
     (tmp_path / "models").mkdir()
-    model = _export(tmp_path / "models" / "model.onnx")
+    shutil.copy(model, tmp_path / "models" / "model.onnx")
     assert NODE is not None
     shown = run([NODE, "snippet.mjs"], tmp_path).stdout.strip()
     grey = np.full((1, 3, SIZE, SIZE), 0.5, np.float32)
