@@ -144,11 +144,6 @@ def fetch_dataset(
     return result
 
 
-def verify_hymenoptera(archive: Path) -> None:
-    """Raise DownloadError unless `archive` has the official hymenoptera_data.zip layout."""
-    _check_hymenoptera(Path(archive), str(archive))
-
-
 # --- official archive and mirror ---------------------------------------------------------------
 
 

@@ -23,7 +23,6 @@ from visionpipe.sources import (
     DownloadError,
     Official,
     fetch_dataset,
-    verify_hymenoptera,
 )
 
 PAYLOAD = b"pretend this is an archive\n" * 100
@@ -316,13 +315,16 @@ def _hymenoptera_zip(path: Path, counts: dict[tuple[str, str], int]) -> Path:
     return path
 
 
-def test_verify_hymenoptera_reports_counts(tmp_path: Path) -> None:
-    good = _hymenoptera_zip(tmp_path / "good.zip", sources.HYMENOPTERA_COUNTS)
-    verify_hymenoptera(good)
+def test_hymenoptera_layout_reports_counts(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.mkdir()
+    bad.mkdir()
+    _hymenoptera_zip(good / "hymenoptera_data.zip", sources.HYMENOPTERA_COUNTS)
+    _fetch(None, tmp_path / "a", dataset="hymenoptera", mirror=str(good))
     short = dict(sources.HYMENOPTERA_COUNTS) | {("val", "bees"): 80}
-    bad = _hymenoptera_zip(tmp_path / "bad.zip", short)
+    _hymenoptera_zip(bad / "hymenoptera_data.zip", short)
     with pytest.raises(DownloadError, match=r"expected .*val/bees 83.* found .*val/bees 80"):
-        verify_hymenoptera(bad)
+        _fetch(None, tmp_path / "b", dataset="hymenoptera", mirror=str(bad))
 
 
 def test_hymenoptera_from_mirror_is_checked(tmp_path: Path) -> None:
@@ -341,6 +343,5 @@ def test_hymenoptera_from_mirror_is_checked(tmp_path: Path) -> None:
 def test_real_hymenoptera_zip(tmp_path: Path) -> None:
     if not REAL_HYMENOPTERA.is_file():
         pytest.skip(f"{REAL_HYMENOPTERA} not present")
-    verify_hymenoptera(REAL_HYMENOPTERA)
     result = _fetch(None, tmp_path, dataset="hymenoptera", mirror=str(REAL_HYMENOPTERA.parent))
     assert result.size == REAL_HYMENOPTERA.stat().st_size
