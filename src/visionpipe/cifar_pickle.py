@@ -13,7 +13,7 @@ import io
 import logging
 import pickle
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,15 +120,14 @@ def is_cifar_python(names: Iterable[str]) -> bool:
     return any(_MEMBER.search(name) for name in names)
 
 
-def read_cifar_python(files: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> CifarPython:
+def read_cifar_python(files: Iterable[tuple[str, bytes]]) -> CifarPython:
     """Decode the official CIFAR-10 python members, e.g. `read_cifar_python(iter_files(path))`.
 
     Only the seven batch files are kept in memory; other members (readme.html) are ignored.
     """
-    items = files.items() if isinstance(files, Mapping) else files
     found: dict[str, tuple[str, bytes]] = {}
     others = 0
-    for path, data in items:
+    for path, data in files:
         match = _MEMBER.search(path)
         if match is None:
             others += 1

@@ -87,7 +87,7 @@ def test_malicious_member_refused_by_read_cifar_python(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     files["cifar-10-batches-py/batches.meta"] = pickle.dumps(_System(f"touch {marker}"), 2)
     with pytest.raises(UnsafePickleError, match=r"batches\.meta"):
-        read_cifar_python(files)
+        read_cifar_python(files.items())
     assert not marker.exists()
 
 
@@ -138,7 +138,7 @@ def test_missing_member_lists_what_was_found(tmp_path: Path) -> None:
     write_cifar_python_archive(src, 2, 2)
     files = {k: v for k, v in iter_files(src) if not k.endswith(("data_batch_3", "test_batch"))}
     with pytest.raises(ValueError, match=r"missing data_batch_3, test_batch; found .*data_batch_1"):
-        read_cifar_python(files)
+        read_cifar_python(files.items())
 
 
 def test_is_cifar_python() -> None:
