@@ -185,32 +185,6 @@ def predict_files(
     return results
 
 
-def run(
-    specs: list[str],
-    backend: Backend,
-    topk: int = 3,
-    batch_size: int = 64,
-    json_path: Path | None = None,
-    csv_path: Path | None = None,
-    grid_path: Path | None = None,
-) -> list[Prediction]:
-    """Predict every file the specs name, print the table, write the files asked for."""
-    files, errors = collect_inputs(specs)
-    preds = errors + predict_files(files, backend, topk, batch_size)
-    print(format_table(preds))
-    if json_path:
-        write_json(json_path, [asdict(p) for p in preds])
-    if csv_path:
-        write_csv(csv_path, preds, topk)
-    if grid_path:
-        write_grid(grid_path, preds)
-    return preds
-
-
-def failures(preds: list[Prediction]) -> int:
-    return sum(p.error is not None for p in preds)
-
-
 def predict_command(
     specs: list[str],
     backend: str = "onnx",
@@ -223,15 +197,24 @@ def predict_command(
     fix: str = "see the ERROR lines above",
 ) -> int:
     """`visionpipe predict` and the predict stage: open the model (the pipeline's for `backend`
-    by default), predict and write as `run`. The exit code: 2 if the model cannot be used,
-    1 if any input failed (the message ends with `fix`), else 0."""
+    by default), predict every file the specs name, print the table, write the files asked for.
+    The exit code: 2 if the model cannot be used, 1 if any input failed (the message ends with
+    `fix`), else 0."""
     try:
         opened = open_backend(backend, model)
     except (FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 2
-    preds = run(specs, opened, topk, batch_size, json_path, csv_path, grid_path)
-    failed = failures(preds)
+    files, errors = collect_inputs(specs)
+    preds = errors + predict_files(files, opened, topk, batch_size)
+    print(format_table(preds))
+    if json_path:
+        write_json(json_path, [asdict(p) for p in preds])
+    if csv_path:
+        write_csv(csv_path, preds, topk)
+    if grid_path:
+        write_grid(grid_path, preds)
+    failed = sum(p.error is not None for p in preds)
     if failed:
         log.error("%d of %d inputs failed; %s", failed, len(preds), fix)
         return 1
