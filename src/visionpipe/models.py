@@ -419,16 +419,11 @@ def build_model(
         own.pop("pretrained", None)
         built = {"name": arch, **own, "normalize": normalize is not None}
         weights = paths.user_path(p["weights"], "model.weights")
-        load_weights_file(net, weights, strict=False, built=(built, image_size))
+        load_weights_file(net, weights, (built, image_size))
     return Classifier(net, normalize, tta=int(p.get("tta", 0)))
 
 
-def load_weights_file(
-    model: nn.Module,
-    path: Path,
-    strict: bool = True,
-    built: tuple[dict[str, Any], int] | None = None,
-) -> None:
+def load_weights_file(model: nn.Module, path: Path, built: tuple[dict[str, Any], int]) -> None:
     """Load a state_dict file (plain, or an exported visionpipe model.pt) into `model`.
 
     Tensors whose shape differs (a classifier for another class count) are left as initialised.
@@ -449,7 +444,7 @@ def load_weights_file(
         )
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
-        if built is not None and isinstance(state.get("meta"), dict):
+        if isinstance(state.get("meta"), dict):
             check_weights_origin(path, state["meta"], *built)
         state = state["state_dict"]
         # A visionpipe export wraps the net; strip that prefix to fit a bare net.
@@ -465,7 +460,7 @@ def load_weights_file(
     fresh = sorted(set(own) - set(fitting))
     # Nothing fitting means another architecture's file: training would silently start from
     # scratch while the user believes it fine-tunes.
-    if not fitting or (strict and fresh):
+    if not fitting:
         raise WeightsError(
             f"model.weights = '{path}' does not fit this model: {len(fitting)} of the model's "
             f"{len(own)} tensors match by name and shape (unmatched: {fresh[:5]} ...); give "
