@@ -59,17 +59,15 @@ class Workers:
         for _ in range(self.n):
             self._pool.submit(int)  # a process per task while none is idle: n processes
 
-    def map(
-        self, fn: Callable[[T], R], chunks: Iterable[T], in_flight: int | None = None
-    ) -> Iterator[R]:
+    def map(self, fn: Callable[[T], R], chunks: Iterable[T]) -> Iterator[R]:
         """`fn(chunk)` for each chunk, in order. `fn` must be a module-level function (or a
-        partial of one): it is pickled to the workers. At most `in_flight` chunks (default 2
-        per worker) are submitted and not yet handed back."""
+        partial of one): it is pickled to the workers. At most 2 chunks per worker are submitted
+        and not yet handed back."""
         if self._pool is None:
             yield from map(fn, chunks)
             return
         self._starting.join()
-        limit = in_flight or 2 * self.n
+        limit = 2 * self.n
         pending: deque[Future[R]] = deque()
         for chunk in chunks:
             pending.append(self._pool.submit(fn, chunk))
