@@ -35,11 +35,11 @@ def compose(overrides: list[str], conf_dir: Path = CONF_DIR) -> dict[str, Any]:
     return yaml.safe_load(compose_yaml(overrides, conf_dir))
 
 
-def drift(raw: dict[str, Any], conf_dir: Path = CONF_DIR) -> list[str]:
+def drift(raw: dict[str, Any]) -> list[str]:
     """The dotted keys where params.yaml differs from conf/ composed with its recipe, but for the
     launch settings (machine-local by design)."""
     recipe = raw.get("recipe", "tutorial")
-    composed = compose([f"recipe={recipe}"], conf_dir)
+    composed = compose([f"recipe={recipe}"])
     return [k for k in diff_keys(raw, composed) if not k.startswith("launch.")]
 
 
