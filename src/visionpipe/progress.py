@@ -32,12 +32,12 @@ class Progress:
         diverged = not math.isfinite(record.train_loss)
         return diverged or (patience > 0 and self.bad_epochs >= patience)
 
-    def summary(self, stopped: bool) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
         """metrics/train.json: how the run ended, and its last epoch's figures."""
         last = EpochRecord.from_row(self.history.epochs[-1])
         return {
             "epochs_run": len(self.history.epochs),
-            "stopped_early": stopped,
+            "stopped_early": self.stopped,
             "diverged": not math.isfinite(last.train_loss),
             "train_loss": round(last.train_loss, 6),
             "val_loss": round(last.val_loss, 6),

@@ -221,7 +221,7 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
             log_why_stopped(record, cfg.patience, cfg.lr)
             break
     seconds = time.perf_counter() - t_start
-    metrics = finish(params, loop, splits, loop.progress.stopped, seconds, start)
+    metrics = finish(params, loop, splits, seconds, start)
     tracker.close()
     if ddp.is_main:
         checkpoints.discard()
@@ -325,13 +325,12 @@ def finish(
     params: Params,
     loop: Loop,
     splits: split_tensors.TrainingData,
-    stopped: bool,
     seconds: float,
     start_epoch: int,
 ) -> dict[str, Any]:
     """Write the model, metrics/train.json and the timings (rank 0); return the metrics."""
     progress = loop.progress
-    metrics = progress.summary(stopped)
+    metrics = progress.summary()
     if not loop.ddp.writes_outputs:
         return metrics
     save_model(paths.MODEL, loop.model, model_info(params, splits))
