@@ -269,3 +269,26 @@ def install_pinned(python: str, wheel: Path) -> None:
     uv = shutil.which("uv")
     assert uv, "installing a wheel needs uv on PATH"
     run([uv, "pip", "install", "-q", "--python", python, "-c", str(pins), str(wheel)], pins.parent)
+
+
+def model_info(
+    arch: str, classes: list[str], size: int, arch_params: dict[str, Any], mean: list[float]
+) -> Any:
+    """What a normalizing model.pt says of a test's model (std 0.25 per channel, no params)."""
+    import torch
+
+    from visionpipe.modelfile import ModelInfo
+
+    return ModelInfo(
+        arch=arch,
+        num_classes=len(classes),
+        image_size=size,
+        arch_params=arch_params,
+        normalize=True,
+        mean=mean,
+        std=[0.25] * 3,
+        classes=classes,
+        params={},
+        visionpipe_version="test",
+        torch_version=str(torch.__version__),
+    )

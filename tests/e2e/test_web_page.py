@@ -26,9 +26,8 @@ from PIL import Image
 from torch import nn
 
 from tests.browser import CHROMIUM, DevTools, start_chromium
-from tests.helpers import ROOT, http_server, run
+from tests.helpers import ROOT, http_server, model_info, run
 from visionpipe.export import export_onnx
-from visionpipe.modelfile import ModelInfo
 from visionpipe.models import build_model
 from visionpipe.onnxrt import INPUT_NAME, open_session
 
@@ -65,19 +64,7 @@ def _export(path: Path) -> Path:
     with torch.no_grad():  # logits of a few units, as a trained model's (random ones are < 1)
         last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
         last.weight.mul_(6.0 / model(torch.rand(4, 3, SIZE, SIZE)).abs().max())
-    info = ModelInfo(
-        arch="tutorial_cnn",
-        num_classes=len(CLASSES),
-        image_size=SIZE,
-        arch_params=arch_params,
-        normalize=True,
-        mean=mean,
-        std=std,
-        classes=CLASSES,
-        params={},
-        visionpipe_version="test",
-        torch_version=str(torch.__version__),
-    )
+    info = model_info("tutorial_cnn", CLASSES, SIZE, arch_params, mean)
     export_onnx(model, info, path, opset=18)
     return path
 

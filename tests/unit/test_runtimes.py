@@ -28,7 +28,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, model_info
 from visionpipe import runtimes
 from visionpipe.export import export_onnx
 from visionpipe.modelfile import ModelInfo
@@ -99,19 +99,8 @@ def _model(case: str) -> torch.nn.Module:
 
 def _info(case: str) -> ModelInfo:
     arch, tta, own = CASES[case]
-    return ModelInfo(
-        arch=arch,
-        num_classes=10,
-        image_size=SIZE,
-        arch_params={"tta": tta, **own},
-        normalize=True,
-        mean=[0.49, 0.48, 0.45],
-        std=[0.25] * 3,
-        classes=[f"class{i}" for i in range(10)],
-        params={},
-        visionpipe_version="test",
-        torch_version=str(torch.__version__),
-    )
+    classes = [f"class{i}" for i in range(10)]
+    return model_info(arch, classes, SIZE, {"tta": tta, **own}, [0.49, 0.48, 0.45])
 
 
 @pytest.fixture(scope="module")
