@@ -59,6 +59,7 @@ PAGES = (
     *(
         DOCS / name
         for name in (
+            "learning.md",
             "parameters.md",
             "datasets.md",
             "training.md",
