@@ -49,10 +49,12 @@ pytestmark = pytest.mark.skipif(
     reason="needs Node.js and onnxruntime-web: cd tests/web && npm ci",
 )
 
-# The rows the page shows: [class, "12.3%", probability].
+# The rows the page shows: [class, "12.3%", probability, how the row displays, where its
+# percentage starts].
 READ_TOP = """JSON.stringify([...document.querySelectorAll('#top li')].map(li => [
   li.querySelector('.label').textContent, li.querySelector('.probability').textContent,
-  Number(li.dataset.probability)]))"""
+  Number(li.dataset.probability), getComputedStyle(li).display,
+  li.querySelector('.probability').getBoundingClientRect().left]))"""
 STATUS = "document.getElementById('status')"
 
 
@@ -157,6 +159,9 @@ def test_the_example_page_labels_photos_as_predict_does(tmp_path: Path, model: P
         diffs = [abs(r[2] - t["probability"]) for r, t in zip(rows, top, strict=True)]
         assert max(diffs) <= TOLERANCE, (name, rows, top)
         assert [r[1] for r in rows] == [f"{r[2] * 100:.1f}%" for r in rows]
+        # Numbered 1., 2., 3. as an ordered list, the percentages in one column.
+        assert {r[3] for r in rows} == {"list-item"}, rows
+        assert len({r[4] for r in rows}) == 1, rows
     assert len({want[name][0]["class"] for name in want}) > 1, "every photo got the same class"
 
 
