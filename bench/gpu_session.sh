@@ -11,9 +11,10 @@
 # repo), recipes, loop, fast, airbench (bench/airbench_side.py: airbench94 and `fast` side by
 # side; airbench 0.1.8 must be importable: `pip install --no-index --find-links WHEELS airbench`).
 # PYTHON (default `uv run python`) is the interpreter; LOGS (default bench/gpu-logs) where each
-# part's output goes.
+# part's output goes. On a machine with no package index, bench/gpu_carry.sh packs .carry/ first:
+# the wheels are installed into PYTHON's environment here, and ZIP may be its .tar.gz.
 set -uo pipefail
-zip=${1:?give the CIFAR-10 JPEG zip}
+zip=$(realpath "${1:?give the CIFAR-10 JPEG zip}") || exit 1
 old=${2:--}
 shift $(($# < 2 ? $# : 2))
 parts=${*:-tests repro recipes loop fast airbench}
@@ -21,6 +22,22 @@ read -r -a py <<<"${PYTHON:-uv run python}"
 logs=${LOGS:-bench/gpu-logs}
 mkdir -p "$logs"
 status=0
+
+if [[ -d .carry/whl ]]; then
+    "${py[@]}" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir .carry/whl/*.whl ||
+        exit 1
+fi
+if [[ $zip == *.tar.gz ]]; then # the benchmarks take a zip: the same files, uncompressed
+    packed=$zip
+    zip=$(mktemp -d)/$(basename "${packed%.tar.gz}").zip
+    "${py[@]}" - "$packed" "$zip" <<'EOF' || exit 1
+import sys, tarfile, zipfile
+with tarfile.open(sys.argv[1]) as tar, zipfile.ZipFile(sys.argv[2], "w") as z:
+    for member in tar:
+        if member.isfile():
+            z.writestr(member.name, tar.extractfile(member).read())
+EOF
+fi
 
 repro() {  # the quick start on the GPU: fresh git + DVC repo, local data, dvc repro
     local work
@@ -44,11 +61,15 @@ run() {  # run NAME COMMAND...: its output to $logs/NAME.log and the screen; rem
     ((rc == 0)) || status=1
 }
 
-"${py[@]}" -c 'import torch; print(torch.__version__, torch.cuda.get_device_name(0))' || exit 1
+# REHEARSE=1 runs the parts on a machine without a GPU (a tiny ZIP, `repro` and `tests`), so that
+# the session's minutes on the GPU are not spent finding a broken install or script.
+[[ ${REHEARSE:-} == 1 ]] ||
+    "${py[@]}" -c 'import torch; print(torch.__version__, torch.cuda.get_device_name(0))' || exit 1
 for part in $parts; do
     case $part in
     tests)
-        run tests "${py[@]}" -m pytest -q -p no:cacheprovider ${TESTS:-tests/unit/test_cuda.py \
+        # src/ on the path: the GPU image's Python has not installed this project.
+        PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} run tests "${py[@]}" -m pytest -q -p no:cacheprovider ${TESTS:-tests/unit/test_cuda.py \
             tests/unit/test_gpu_paths.py tests/unit/test_train.py tests/unit/test_evaluate.py tests/unit/test_export.py}
         ;;
     repro) run repro repro ;;
