@@ -9,7 +9,8 @@
 # against (bench/fast_train.py --old); "-" skips that benchmark. PARTs (default: all): tests,
 # repro (the whole pipeline by `dvc repro`, as the README's quick start, in a fresh git + DVC
 # repo), recipes, loop, fast, airbench (bench/airbench_side.py: airbench94 and `fast` side by
-# side; airbench 0.1.8 must be importable: `pip install --no-index --find-links WHEELS airbench`).
+# side; airbench 0.1.8 must be importable: `pip install --no-index --find-links WHEELS airbench`),
+# stages (bench/stage_times.py: each stage's wall time in `dvc exp run` with the fast recipe).
 # PYTHON (default `uv run python`) is the interpreter; LOGS (default bench/gpu-logs) where each
 # part's output goes. On a machine with no package index, bench/gpu_carry.sh packs .carry/ first:
 # the wheels are installed into PYTHON's environment here, and ZIP may be its .tar.gz.
@@ -17,7 +18,7 @@ set -uo pipefail
 zip=$(realpath "${1:?give the CIFAR-10 JPEG zip}") || exit 1
 old=${2:--}
 shift $(($# < 2 ? $# : 2))
-parts=${*:-tests repro recipes loop fast airbench}
+parts=${*:-tests repro recipes loop fast airbench stages}
 read -r -a py <<<"${PYTHON:-uv run python}"
 logs=${LOGS:-bench/gpu-logs}
 mkdir -p "$logs"
@@ -85,7 +86,11 @@ for part in $parts; do
     airbench)
         run airbench "${py[@]}" bench/airbench_side.py --zip "$zip" --seeds 0,1,2 --compiled
         ;;
-    *) echo "unknown part $part (tests, repro, recipes, loop, fast, airbench)" >&2 && status=1 ;;
+    stages) # each stage's share of `dvc exp run -S train.lr=X` with the fast recipe
+        run stages "${py[@]}" bench/stage_times.py --new . --recipe fast --epochs 10 --repeats 2 \
+            --zip "$zip"
+        ;;
+    *) echo "unknown part $part (tests, repro, recipes, loop, fast, airbench, stages)" >&2 && status=1 ;;
     esac
 done
 exit $status

@@ -14,7 +14,9 @@ session's first experiment. Then, per project, `dvc repro` with nothing to do, a
 the first lr (`dvc exp run -S train.lr=<first>`), which DVC's run cache restores.
 
 Each revision runs with the Python of its own install (`--old-python`, `--new-python`; default
-this one): an install change, such as bytecode compiled at install, shows only that way.
+this one): an install change, such as bytecode compiled at install, shows only that way. Without
+`--old` only the new revision is measured; `--new .` takes this checkout's files as they are, for
+a machine that has the working tree but no git history (a lent GPU machine).
 
     uv run python bench/stage_times.py --old 8989bb0 --new HEAD --repeats 3 \
         --old-python /tmp/venv-old/bin/python
@@ -44,6 +46,7 @@ from benchlib import (
     busy_note,
     machine_info,
     machine_line,
+    result_name,
     update_results_md,
     write_json_result,
 )
@@ -52,6 +55,12 @@ NAME = "stage_times"
 STAGES = ("train", "evaluate", "export", "predict")
 RUNNING = re.compile(r"Running stage '(\w+)'")
 COLD = "outside the epoch loop, no warm process running"
+# What a project is, for `--new .`: the files `git archive` gives a revision's project.
+PROJECT_FILES = (
+    *("dvc.yaml", "params.yaml", "pyproject.toml", ".gitignore", ".dvcignore"),
+    *(".dvc/config", ".dvc/.gitignore"),  # DVC's settings: Hydra composition is on
+)
+PROJECT_DIRS = ("conf", "stages", "src", "plots_template")
 
 
 def _env(python: str) -> dict[str, str]:
@@ -89,12 +98,7 @@ def make_project(
 ) -> Path:
     """A fresh clone-like project of `rev` with data.source, the recipe and train.epochs set,
     run once."""
-    dest.mkdir(parents=True)
-    tar_path = dest.parent / f"{dest.name}.tar"
-    subprocess.run(["git", "archive", "-o", str(tar_path), rev], cwd=REPO_ROOT, check=True)
-    with tarfile.open(tar_path) as tar:
-        tar.extractall(dest, filter="data")
-    tar_path.unlink()
+    _project_files(rev, dest)
     _run(["git", "init", "-q", "-b", "main"], dest)
     settings = {"data": {"source": str(source)}, "train": {"epochs": epochs}}
     conf = dest / "conf" / "config.yaml"
@@ -114,6 +118,24 @@ def make_project(
     _run(["git", "add", "-A"], dest)
     _run(["git", "commit", "-qm", "baseline run"], dest)
     return dest
+
+
+def _project_files(rev: str, dest: Path) -> None:
+    """`rev`'s project in `dest`: a revision's by `git archive`, or this checkout's for `.`."""
+    if rev == ".":
+        ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+        for name in PROJECT_DIRS:
+            shutil.copytree(REPO_ROOT / name, dest / name, ignore=ignore)
+        for name in PROJECT_FILES:
+            (dest / name).parent.mkdir(exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, dest / name)
+        return
+    dest.mkdir(parents=True)
+    tar_path = dest.parent / f"{dest.name}.tar"
+    subprocess.run(["git", "archive", "-o", str(tar_path), rev], cwd=REPO_ROOT, check=True)
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(dest, filter="data")
+    tar_path.unlink()
 
 
 def timed_experiment(project: Path, lr: float, python: str) -> dict[str, float]:
@@ -167,25 +189,25 @@ def timed_dvc(project: Path, python: str, *args: str) -> float:
 
 def report(info: dict[str, Any], args: argparse.Namespace, runs: dict[str, list[dict]]) -> str:
     rows = ["dvc before train", *STAGES, "train epoch loop", "outside the epoch loop", "total"]
-    experiments = {v: [run for run in runs[v] if "total" in run] for v in runs}
-    med = {v: {r: statistics.median(run[r] for run in experiments[v]) for r in rows} for v in runs}
+    revs = {"old": args.old, "new": args.new}
     lines = [
         f"## Stage wall times of an lr experiment (`bench/{NAME}.py`)",
         "",
         f"Machine: {machine_line(info)}.",
-        f"Command: `uv run python bench/{NAME}.py --old {args.old} --new {args.new} "
-        f"--repeats {args.repeats} --epochs {args.epochs}"
+        f"Command: `uv run python bench/{NAME}.py"
+        + (f" --old {args.old}" if args.old else "")
+        + f" --new {args.new} --repeats {args.repeats} --epochs {args.epochs}"
         + (f" --recipe {args.recipe}" if args.recipe != "tutorial" else "")
         + "".join(
             f" --{w}-python {getattr(args, w + '_python')}"
-            for w in ("old", "new")
+            for w in runs
             if getattr(args, w + "_python") != sys.executable
         )
         + "`",
         "",
-        f"Each revision as a fresh project on cifar10-jpeg.zip (45,000 train / 5,000 val / "
-        f"10,000 test images), recipe {args.recipe} with train.epochs={args.epochs}, run "
-        "once and committed; then `dvc exp run -S train.lr=X` with a new lr each time, the two "
+        f"Each revision as a fresh project on {args.zip.name}, recipe {args.recipe} with "
+        f"train.epochs={args.epochs}, run "
+        "once and committed; then `dvc exp run -S train.lr=X` with a new lr each time, the "
         f"projects taking turns, {args.repeats} runs each (medians in seconds). A stage's time "
         "runs from DVC's 'Running stage' line to the next (so it includes DVC's own work "
         "around it); the train stage's time includes its epoch loop, shown on its own below.",
@@ -197,42 +219,43 @@ def report(info: dict[str, Any], args: argparse.Namespace, runs: dict[str, list[
         "Then, in each project, `dvc repro` with nothing to do and `dvc exp run -S train.lr=X` "
         "back to the first lr (restored from the run cache), each as often.",
         "",
-        f"| | old ({args.old}) | new ({args.new}) |",
-        "|---|---:|---:|",
+        "| | " + " | ".join(f"{v} ({revs[v]})" for v in runs) + " |",
+        "|---|" + "---:|" * len(runs),
     ]
-    for r in rows:
-        lines.append(f"| {r} | {med['old'][r]:.1f} | {med['new'][r]:.1f} |")
-    for r in (COLD, "dvc repro, nothing to do", "revisit of the first lr (run cache)"):
-        lines.append(f"| {r} | {med_of(runs, 'old', r):.1f} | {med_of(runs, 'new', r):.1f} |")
+    for r in (*rows, COLD, "dvc repro, nothing to do", "revisit of the first lr (run cache)"):
+        lines.append(f"| {r} | " + " | ".join(med_of(runs, v, r) for v in runs) + " |")
     lines += ["", *busy_note(info)]
     return "\n".join(lines).rstrip()
 
 
-def med_of(runs: dict[str, list[dict]], which: str, row: str) -> float:
-    return statistics.median(run[row] for run in runs[which] if row in run)
+def med_of(runs: dict[str, list[dict]], which: str, row: str) -> str:
+    """The median of `row` over the runs that have it; "-" where none has (a stage DVC did not
+    run: its deps were unchanged)."""
+    values = [run[row] for run in runs[which] if row in run]
+    return f"{statistics.median(values):.1f}" if values else "-"
 
 
 def take_turns(projects: dict[str, Path], python: dict[str, str], repeats: int) -> dict:
     """`repeats` lr experiments per project, then as many no-op repros and run-cache revisits,
     the projects alternating so that a change in the machine's load hits both."""
-    runs: dict[str, list[dict]] = {"old": [], "new": []}
+    runs: dict[str, list[dict]] = {which: [] for which in projects}
+    turns = (list(projects), list(projects)[::-1])
     lr, first, last = 0.02, {}, {}
     for i in range(repeats):
-        order = ("old", "new") if i % 2 == 0 else ("new", "old")
-        for which in order:
+        for which in turns[i % 2]:
             lr += 0.001
             first.setdefault(which, round(lr, 4))
             last[which] = round(lr, 4)
             runs[which].append(timed_experiment(projects[which], round(lr, 4), python[which]))
             print(which, json.dumps({k: round(v, 1) for k, v in runs[which][-1].items()}))
-    for which in ("old", "new"):
+    for which in projects:
         stop_warm_processes()
         lr += 0.001
         cold = timed_experiment(projects[which], round(lr, 4), python[which])
         runs[which].append({COLD: cold["outside the epoch loop"]})
         print(which, "no warm process:", round(cold["outside the epoch loop"], 1))
     for i in range(repeats):
-        for which in ("old", "new") if i % 2 == 0 else ("new", "old"):
+        for which in turns[i % 2]:
             project, exe = projects[which], python[which]
             noop = timed_dvc(project, exe, "repro")
             revisit = timed_dvc(project, exe, "exp", "run", "-S", f"train.lr={first[which]}")
@@ -247,8 +270,10 @@ def take_turns(projects: dict[str, Path], python: dict[str, str], repeats: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--old", required=True, help="revision before the change")
-    parser.add_argument("--new", default="HEAD", help="revision after it (default HEAD)")
+    parser.add_argument("--old", help="revision before the change (default: none, only --new)")
+    parser.add_argument(
+        "--new", default="HEAD", help="revision after it (default HEAD; '.': this checkout)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=1, help="train.epochs of every run")
     parser.add_argument(
@@ -273,6 +298,7 @@ def main() -> None:
                 rev, Path(tmp) / which, zip_path, args.epochs, python[which], args.recipe
             )
             for which, rev in (("old", args.old), ("new", args.new))
+            if rev
         }
         runs = take_turns(projects, python, args.repeats)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -280,7 +306,8 @@ def main() -> None:
     print("\n" + body)
     if not args.no_write:
         payload = {"benchmark": NAME, "machine": info, "old": args.old, "new": args.new, **runs}
-        print(f"wrote {write_json_result(NAME, payload)} and {update_results_md(NAME, body)}")
+        name = result_name(NAME, info)  # a GPU machine's section never replaces the CPU host's
+        print(f"wrote {write_json_result(name, payload)} and {update_results_md(name, body)}")
 
 
 if __name__ == "__main__":
