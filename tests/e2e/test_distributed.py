@@ -106,6 +106,45 @@ def test_launch_uses_torchrun() -> None:
     assert "--nnodes=2" in args and "--node-rank=1" in args and "--master-addr=10.0.0.1" in args
 
 
+def test_a_rank_dies_with_a_killed_torchrun(tmp_path: Path) -> None:
+    script = tmp_path / "rank.py"
+    script.write_text(
+        "import os, time, torch\n"
+        "from visionpipe import distributed\n"
+        "distributed.init(torch.device('cpu'))\n"
+        "print(os.getpid(), flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    cfg = parse_params({"launch": {"nproc": 1}}).launch
+    e = env()
+    e["PYTHONPATH"] = str(ROOT / "src")
+    agent = subprocess.Popen(
+        distributed.launch_args(cfg, str(script)), cwd=tmp_path, env=e, stdout=subprocess.PIPE
+    )
+    try:
+        assert agent.stdout is not None
+        rank = int(agent.stdout.readline())
+        agent.kill()  # as the OOM killer would: torchrun runs none of its cleanup
+        agent.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while _alive(rank) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(rank), "the rank trains on after torchrun was killed"
+    finally:
+        agent.kill()
+        with contextlib.suppress(NameError, ProcessLookupError):
+            os.kill(rank, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, which only waits for its parent to reap it, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
     # fp32: DDP sums the ranks' gradients in another order than one process does, which fp32
     # keeps within 1e-5 over 180 steps; bf16 autocast (train.amp on a CPU with native bf16)
