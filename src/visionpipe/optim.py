@@ -149,6 +149,15 @@ class Lookahead:
 
     def __init__(self, model: nn.Module, total_steps: int) -> None:
         self.total = total_steps
+        if total_steps < self.EVERY:
+            log.warning(
+                "train.lookahead: this run takes %d optimizer steps, fewer than the %d after "
+                "which lookahead first moves its slow weights, so it ends on the weights it "
+                "started from and learns nothing; take more steps (more train.epochs, a smaller "
+                "train.batch_size) or set train.lookahead: false",
+                total_steps,
+                self.EVERY,
+            )
         # The model's own tensors, looked up once: state_dict() shares their storage, and
         # training and resuming only ever write into them in place.
         self.live = {k: v for k, v in unwrap(model).state_dict().items() if v.is_floating_point()}

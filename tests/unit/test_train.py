@@ -505,6 +505,22 @@ def test_lookahead_ends_on_the_slow_weights() -> None:
     assert torch.equal(model.weight, la.slow["weight"])
 
 
+@pytest.mark.parametrize("steps", [4, 5])
+def test_a_run_too_short_for_lookahead_to_move_says_it_learns_nothing(
+    steps: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = torch.nn.Linear(2, 1)
+    start = model.weight.detach().clone()
+    la = optim.Lookahead(model, total_steps=steps)
+    for step in range(1, steps + 1):
+        with torch.no_grad():
+            model.weight.add_(1.0)  # what the optimizer steps would do
+        la.after_step(step)
+    learned = not torch.equal(model.weight, start)
+    warned = "learns nothing" in caplog.text
+    assert learned == (steps == 5) and warned == (not learned), caplog.text
+
+
 def test_lookahead_updates_every_tensor_as_one_lerp_each() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
     la = optim.Lookahead(model, total_steps=100)
