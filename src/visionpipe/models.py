@@ -279,7 +279,8 @@ def torchvision_classifier(name: str) -> Callable[..., nn.Module]:
 
     def build(num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
         model = _torchvision_model(name, pretrained)
-        path, last = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+        path = classifier_name(model)
+        last = model.get_submodule(path)
         parent, _, attr = path.rpartition(".")
         resized = nn.Linear(last.in_features, num_classes, bias=last.bias is not None)
         setattr(model.get_submodule(parent), attr, resized)
@@ -398,11 +399,13 @@ def build_model(
     arch_params: dict[str, Any] | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    classes: Sequence[str] | None = None,
 ) -> Classifier:
     """Build `arch` for `num_classes` classes on `image_size` inputs.
 
     `arch_params` holds the model's own switches (see `arch_params`); missing ones take their
-    defaults. With mean/std, normalization is part of the model.
+    defaults. With mean/std, normalization is part of the model. `classes`, the class names,
+    decide which rows of a model.weights file's classifier are kept (`match_classifier`).
     """
     spec = MODELS.get(arch)
     if spec is None:
@@ -415,21 +418,65 @@ def build_model(
     normalize = Normalize(mean, std) if mean is not None and std is not None else None
     if p.get("weights"):
         # Start from a local file (torchvision weights, or another run's models/model.pt):
-        # tensors that fit are loaded, a classifier for another class count stays fresh.
+        # layers that fit are loaded, a classifier for other classes stays fresh.
         own.pop("pretrained", None)
         built = {"name": arch, **own, "normalize": normalize is not None}
         weights = paths.user_path(p["weights"], "model.weights")
-        load_weights_file(net, weights, (built, image_size))
+        load_weights_file(net, weights, (built, image_size), classes)
     return Classifier(net, normalize, tta=int(p.get("tta", 0)))
 
 
-def load_weights_file(model: nn.Module, path: Path, built: tuple[dict[str, Any], int]) -> None:
+def load_weights_file(
+    model: nn.Module,
+    path: Path,
+    built: tuple[dict[str, Any], int],
+    classes: Sequence[str] | None = None,
+) -> None:
     """Load a state_dict file (plain, or an exported visionpipe model.pt) into `model`.
 
-    Tensors whose shape differs (a classifier for another class count) are left as initialised.
-    `built`: the model.* values and image size `model` was built with, which a visionpipe
-    model.pt's own must match (`check_weights_origin`).
+    A layer with a tensor whose shape differs (a classifier for another class count) is left as
+    initialised, whole. The classifier of a file that names its classes is matched to this run's
+    `classes` by name (`match_classifier`). `built`: the model.* values and image size `model`
+    was built with, which a visionpipe model.pt's own must match (`check_weights_origin`).
     """
+    state, theirs = read_weights_file(path, built)
+    state = match_classifier(state, classifier_name(model), theirs, classes)
+    own = model.state_dict()
+    # A layer loads whole or not at all: a bias kept beside a freshly drawn weight means nothing.
+    mismatched = {_layer(k) for k, v in state.items() if k in own and own[k].shape != v.shape}
+    fitting = {
+        k: v
+        for k, v in state.items()
+        if k in own and own[k].shape == v.shape and _layer(k) not in mismatched
+    }
+    fresh = sorted(set(own) - set(fitting))
+    # Nothing fitting means another architecture's file: training would silently start from
+    # scratch while the user believes it fine-tunes.
+    if not fitting:
+        raise WeightsError(
+            f"model.weights = '{path}' does not fit this model: {len(fitting)} of the model's "
+            f"{len(own)} tensors match by name and shape (unmatched: {fresh[:5]} ...); give "
+            "weights of the same model.name, or set model.weights: null"
+        )
+    log.info(
+        "model.weights: %d of %d tensors loaded from %s%s",
+        len(fitting),
+        len(own),
+        path,
+        f"; left fresh: {', '.join(fresh)}" if fresh else "",
+    )
+    model.load_state_dict(fitting, strict=False)
+
+
+# The prefix visionpipe's Classifier puts before its net's own names.
+WRAPPER_PREFIXES = ("net.",)
+
+
+def read_weights_file(
+    path: Path, built: tuple[dict[str, Any], int]
+) -> tuple[dict[str, torch.Tensor], list[str] | None]:
+    """The bare net's state_dict in the file at `path`, and the class names it was trained for
+    (None where the file does not say). A visionpipe model.pt is checked against `built`."""
     if not path.is_file():
         hint = ""
         if path.resolve() == paths.MODEL.resolve():
@@ -443,37 +490,90 @@ def load_weights_file(model: nn.Module, path: Path, built: tuple[dict[str, Any],
             "(torchvision .pth, or a visionpipe models/model.pt), or set model.weights: null"
         )
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        if isinstance(state.get("meta"), dict):
-            check_weights_origin(path, state["meta"], *built)
-        state = state["state_dict"]
-        # A visionpipe export wraps the net; strip that prefix to fit a bare net.
-        state = {
-            k.removeprefix("net."): v for k, v in state.items() if not k.startswith("normalize.")
-        }
+    classes = None
+    if isinstance(state, dict) and isinstance(state.get("meta"), dict):
+        check_weights_origin(path, state["meta"], *built)
+        classes = state["meta"].get("classes")
+    # A checkpoint dict: visionpipe's model.pt.
+    for key in ("state_dict",):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
     if not isinstance(state, dict):
         raise WeightsError(
             f"model.weights = '{path}' holds a {type(state).__name__}, not a state_dict"
         )
-    own = model.state_dict()
-    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    fresh = sorted(set(own) - set(fitting))
-    # Nothing fitting means another architecture's file: training would silently start from
-    # scratch while the user believes it fine-tunes.
-    if not fitting:
-        raise WeightsError(
-            f"model.weights = '{path}' does not fit this model: {len(fitting)} of the model's "
-            f"{len(own)} tensors match by name and shape (unmatched: {fresh[:5]} ...); give "
-            "weights of the same model.name, or set model.weights: null"
-        )
-    if fresh:
+    return _bare_net_state(state), classes
+
+
+def _bare_net_state(state: dict[str, Any]) -> dict[str, Any]:
+    """`state` without its wrappers' prefixes and without a Classifier's normalization (the run
+    uses its own mean/std)."""
+    while True:
+        state = {k: v for k, v in state.items() if not k.startswith("normalize.")}
+        wrapped = [p for p in WRAPPER_PREFIXES if state and all(k.startswith(p) for k in state)]
+        if not wrapped:
+            return state
+        state = {k.removeprefix(wrapped[0]): v for k, v in state.items()}
+
+
+def _layer(key: str) -> str:
+    """The module a state_dict key belongs to ('fc' of 'fc.weight')."""
+    return key.rpartition(".")[0]
+
+
+def classifier_name(net: nn.Module) -> str:
+    """The name of `net`'s classification layer, its last Linear (one row per class)."""
+    return [n for n, m in net.named_modules() if isinstance(m, nn.Linear)][-1]
+
+
+def match_classifier(
+    state: dict[str, torch.Tensor],
+    head: str,
+    theirs: Sequence[str] | None,
+    ours: Sequence[str] | None,
+) -> dict[str, torch.Tensor]:
+    """`state` with its classifier's rows for the classes `ours`, taken by name from the file's
+    classes `theirs`; without the classifier (so it starts fresh) where a class of ours is not
+    among theirs: its rows mean other classes, whatever its shape."""
+    keys = [k for k in state if _layer(k) == head]
+    if not keys or ours is None or theirs is None:
+        rows = state[keys[0]].shape[0] if keys else None
+        if keys and ours is not None and rows == len(ours):
+            log.info(
+                "model.weights: the file names no classes; its classifier '%s' has %d rows, "
+                "loaded as this run's classes in their order (%s)",
+                head,
+                rows,
+                _names(ours),
+            )
+        return state
+    if list(ours) == list(theirs):
+        return state
+    if set(ours) <= set(theirs):
         log.info(
-            "model.weights: %d of %d tensors loaded; left fresh: %s",
-            len(fitting),
-            len(own),
-            ", ".join(fresh),
+            "model.weights: classifier '%s' rows taken by class name: this run's classes (%s) "
+            "from the file's (%s)",
+            head,
+            _names(ours),
+            _names(theirs),
         )
-    model.load_state_dict(fitting, strict=False)
+        rows = [list(theirs).index(name) for name in ours]
+        return {**state, **{k: state[k][rows] for k in keys}}
+    log.info(
+        "model.weights: classifier '%s' starts fresh: the file's was trained for other classes "
+        "(%s; this run's: %s)",
+        head,
+        _names(theirs),
+        _names(ours),
+    )
+    return {k: v for k, v in state.items() if k not in keys}
+
+
+def _names(classes: Sequence[str], shown: int = 10) -> str:
+    """Class names for a log line, the first `shown` of a long list."""
+    more = f", ... {len(classes)} in all" if len(classes) > shown else ""
+    return ", ".join(classes[:shown]) + more
 
 
 def check_weights_origin(

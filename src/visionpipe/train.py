@@ -257,6 +257,7 @@ def build_training_model(
         params.model.arch_params(),
         mean if params.model.normalize else None,
         std if params.model.normalize else None,
+        splits.classes,
     )
     if params.train.deterministic:
         determinism.set_deterministic(model, params.model.name, device)

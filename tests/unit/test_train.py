@@ -373,6 +373,51 @@ def test_weights_trained_at_another_size_are_loaded_with_a_warning(
     assert torch.equal(model.net[0].weight, saved["net.0.weight"])  # the convs still load
 
 
+def test_a_classifier_trained_for_other_classes_starts_fresh(
+    processed: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Same class count, other names: the head fits by shape, but its rows mean a, b, c.
+    weights = _saved_tutorial_cnn(processed / "start.pt", False)  # classes a, b, c
+    saved = torch.load(weights, weights_only=True)["state_dict"]
+    with caplog.at_level("INFO"):
+        train.run(tiny_params({"weights": weights}, epochs=1))  # cat, dog, frog
+    assert "classifier '8' starts fresh: the file's was trained for other classes" in caplog.text
+    assert "(a, b, c; this run's: cat, dog, frog)" in caplog.text
+    assert (
+        "8 of 10 tensors loaded from" in caplog.text
+        and "left fresh: 8.bias, 8.weight" in caplog.text
+    )
+    model = build_model("tutorial_cnn", 3, 16, {"weights": weights}, classes=["x", "y", "z"])
+    assert not torch.equal(model.net[8].weight, saved["net.8.weight"])
+    assert torch.equal(model.net[7].weight, saved["net.7.weight"])  # the rest is loaded
+    same = build_model("tutorial_cnn", 3, 16, {"weights": weights}, classes=["a", "b", "c"])
+    assert torch.equal(same.net[8].weight, saved["net.8.weight"])
+
+
+@pytest.mark.parametrize("classes", [["c", "a", "b"], ["b", "c"]])
+def test_classifier_rows_follow_the_class_names(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, classes: list[str]
+) -> None:
+    weights = _saved_tutorial_cnn(tmp_path / "start.pt", False)  # classes a, b, c
+    saved = torch.load(weights, weights_only=True)["state_dict"]
+    with caplog.at_level("INFO"):
+        model = build_model("tutorial_cnn", len(classes), 16, {"weights": weights}, classes=classes)
+    rows = [["a", "b", "c"].index(name) for name in classes]
+    assert torch.equal(model.net[8].weight, saved["net.8.weight"][rows])
+    assert torch.equal(model.net[8].bias, saved["net.8.bias"][rows])
+    assert f"rows taken by class name: this run's classes ({', '.join(classes)})" in caplog.text
+
+
+def test_a_layer_with_a_tensor_of_another_shape_starts_fresh_whole(tmp_path: Path) -> None:
+    # At another size the first Linear's weight differs; its bias (64 values) fits, but a bias
+    # trained for other weights means nothing beside a freshly drawn weight.
+    weights = _saved_tutorial_cnn(tmp_path / "start.pt", False, size=16)
+    saved = torch.load(weights, weights_only=True)["state_dict"]
+    model = build_model("tutorial_cnn", 3, 32, {"weights": weights})
+    assert not torch.equal(model.net[7].bias, saved["net.7.bias"])
+    assert torch.equal(model.net[8].bias, saved["net.8.bias"])
+
+
 @pytest.mark.parametrize(
     ("schedule", "warmup_epochs", "steps_per_epoch", "warned"),
     [
