@@ -468,8 +468,9 @@ def load_weights_file(
     model.load_state_dict(fitting, strict=False)
 
 
-# The prefix visionpipe's Classifier puts before its net's own names.
-WRAPPER_PREFIXES = ("net.",)
+# Prefixes that wrappers put before a net's own names: DDP and DataParallel, torch.compile, and
+# visionpipe's Classifier.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "net.")
 
 
 def read_weights_file(
@@ -494,8 +495,8 @@ def read_weights_file(
     if isinstance(state, dict) and isinstance(state.get("meta"), dict):
         check_weights_origin(path, state["meta"], *built)
         classes = state["meta"].get("classes")
-    # A checkpoint dict: visionpipe's model.pt.
-    for key in ("state_dict",):
+    # A checkpoint dict: visionpipe's model.pt, torchvision's references ({"model": ...}).
+    for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -416,6 +417,22 @@ def test_a_layer_with_a_tensor_of_another_shape_starts_fresh_whole(tmp_path: Pat
     model = build_model("tutorial_cnn", 3, 32, {"weights": weights})
     assert not torch.equal(model.net[7].bias, saved["net.7.bias"])
     assert torch.equal(model.net[8].bias, saved["net.8.bias"])
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda sd: {f"module.{k}": v for k, v in sd.items()},  # DDP, DataParallel
+        lambda sd: {f"_orig_mod.net.{k}": v for k, v in sd.items()},  # torch.compile'd Classifier
+        lambda sd: {"model": sd, "epoch": 3},  # torchvision's references' checkpoint
+    ],
+    ids=["ddp", "compiled-classifier", "checkpoint"],
+)
+def test_weights_saved_from_a_wrapped_net_load(tmp_path: Path, wrap: Any) -> None:
+    net = build_model("tutorial_cnn", 3, 16).net.state_dict()
+    torch.save(wrap(net), tmp_path / "start.pth")
+    model = build_model("tutorial_cnn", 3, 16, {"weights": str(tmp_path / "start.pth")})
+    assert all(torch.equal(v, net[k]) for k, v in model.net.state_dict().items())
 
 
 @pytest.mark.parametrize(
