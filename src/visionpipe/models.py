@@ -14,6 +14,8 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import pickle
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -490,7 +492,7 @@ def read_weights_file(
             f"model.weights = '{path}' does not exist{hint}; give the path of a state_dict file "
             "(torchvision .pth, or a visionpipe models/model.pt), or set model.weights: null"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _load_tensors(path)
     classes = None
     if isinstance(state, dict) and isinstance(state.get("meta"), dict):
         check_weights_origin(path, state["meta"], *built)
@@ -505,6 +507,24 @@ def read_weights_file(
             f"model.weights = '{path}' holds a {type(state).__name__}, not a state_dict"
         )
     return _bare_net_state(state), classes
+
+
+def _load_tensors(path: Path) -> Any:
+    """torch.load(path) of tensors and plain values only: unpickling other objects runs code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message is a page long; the class it refused is what the user recognises.
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        what = found.group(1) if found else "Python objects"
+        raise WeightsError(
+            f"model.weights = '{path}' holds {what} besides tensors, which is not loaded "
+            "(torch.load weights_only: unpickling it could run code). If you trust the file, "
+            f"save its weights alone: obj = torch.load('{path}', weights_only=False), then "
+            "torch.save(obj.state_dict(), 'start.pth') for a saved model or "
+            "torch.save(obj['model'], 'start.pth') for a checkpoint dict; point model.weights "
+            "at start.pth"
+        ) from None
 
 
 def _bare_net_state(state: dict[str, Any]) -> dict[str, Any]:

@@ -435,6 +435,20 @@ def test_weights_saved_from_a_wrapped_net_load(tmp_path: Path, wrap: Any) -> Non
     assert all(torch.equal(v, net[k]) for k, v in model.net.state_dict().items())
 
 
+def test_a_checkpoint_with_pickled_objects_says_how_to_save_its_weights(tmp_path: Path) -> None:
+    import argparse
+
+    from visionpipe import logs
+
+    # torchvision's references save their argparse arguments beside the weights.
+    net = build_model("tutorial_cnn", 3, 16).net.state_dict()
+    torch.save({"model": net, "args": argparse.Namespace(lr=0.1)}, tmp_path / "ckpt.pth")
+    with pytest.raises(WeightsError, match=r"holds argparse\.Namespace besides tensors") as err:
+        build_model("tutorial_cnn", 3, 16, {"weights": str(tmp_path / "ckpt.pth")})
+    assert "torch.save(obj['model'], 'start.pth')" in str(err.value)
+    assert logs.is_user_error(err.value)  # one line, not torch's page-long traceback
+
+
 @pytest.mark.parametrize(
     ("schedule", "warmup_epochs", "steps_per_epoch", "warned"),
     [
