@@ -286,6 +286,15 @@ def torchvision_classifier(name: str) -> Callable[..., nn.Module]:
         parent, _, attr = path.rpartition(".")
         resized = nn.Linear(last.in_features, num_classes, bias=last.bias is not None)
         setattr(model.get_submodule(parent), attr, resized)
+        if pretrained:
+            log.info(
+                "model.pretrained: ImageNet weights for %s loaded; classifier '%s' starts fresh "
+                "for %d classes (ImageNet's has %d)",
+                name,
+                path,
+                num_classes,
+                last.out_features,
+            )
         return model
 
     build.__name__ = build.__qualname__ = name

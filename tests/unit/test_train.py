@@ -314,6 +314,21 @@ def test_pretrained_offline_says_which_file_to_fetch(monkeypatch: pytest.MonkeyP
     assert logs.is_user_error(err.value)  # the stage prints the advice, not a traceback
 
 
+def test_pretrained_says_what_it_loaded_and_what_starts_fresh(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torchvision
+    from torchvision.models import _api
+
+    imagenet = torchvision.models.resnet18().state_dict()  # what the hub cache would hold
+    monkeypatch.setattr(_api, "load_state_dict_from_url", lambda *a, **kw: imagenet)
+    with caplog.at_level("INFO"):
+        model = build_model("resnet18", 2, 32, {"pretrained": True})
+    assert torch.equal(model.net.conv1.weight, imagenet["conv1.weight"])
+    loaded = "ImageNet weights for resnet18 loaded; classifier 'fc' starts fresh for 2 classes"
+    assert f"{loaded} (ImageNet's has 1000)" in caplog.text
+
+
 def test_weights_of_another_model_are_refused(processed: Path) -> None:
     train.run(tiny_params(epochs=1))
     with pytest.raises(WeightsError, match=r"model\.name: tutorial_cnn; this run has model\.name"):
