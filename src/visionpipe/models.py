@@ -12,13 +12,9 @@ tests/unit/test_zoo_docs.py names the lines users read (conf/config.yaml, docs) 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
-import pickle
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -27,13 +23,9 @@ from pydantic import Field
 from torch import nn
 
 from visionpipe import paths
+from visionpipe.weights import WeightsError, classifier_name, load_weights_file
 
 log = logging.getLogger(__name__)
-
-
-class WeightsError(ValueError):
-    """Starting weights (model.weights, model.pretrained) that cannot be used; the message says
-    what to set instead."""
 
 
 def to_input(
@@ -435,213 +427,6 @@ def build_model(
         weights = paths.user_path(p["weights"], "model.weights")
         load_weights_file(net, weights, (built, image_size), classes)
     return Classifier(net, normalize, tta=int(p.get("tta", 0)))
-
-
-def load_weights_file(
-    model: nn.Module,
-    path: Path,
-    built: tuple[dict[str, Any], int],
-    classes: Sequence[str] | None = None,
-) -> None:
-    """Load a state_dict file (plain, or an exported visionpipe model.pt) into `model`.
-
-    A layer with a tensor whose shape differs (a classifier for another class count) is left as
-    initialised, whole. The classifier of a file that names its classes is matched to this run's
-    `classes` by name (`match_classifier`). `built`: the model.* values and image size `model`
-    was built with, which a visionpipe model.pt's own must match (`check_weights_origin`).
-    """
-    state, theirs = read_weights_file(path, built)
-    state = match_classifier(state, classifier_name(model), theirs, classes)
-    own = model.state_dict()
-    # A layer loads whole or not at all: a bias kept beside a freshly drawn weight means nothing.
-    mismatched = {_layer(k) for k, v in state.items() if k in own and own[k].shape != v.shape}
-    fitting = {
-        k: v
-        for k, v in state.items()
-        if k in own and own[k].shape == v.shape and _layer(k) not in mismatched
-    }
-    fresh = sorted(set(own) - set(fitting))
-    # Nothing fitting means another architecture's file: training would silently start from
-    # scratch while the user believes it fine-tunes.
-    if not fitting:
-        raise WeightsError(
-            f"model.weights = '{path}' does not fit this model: {len(fitting)} of the model's "
-            f"{len(own)} tensors match by name and shape (unmatched: {fresh[:5]} ...); give "
-            "weights of the same model.name, or set model.weights: null"
-        )
-    log.info(
-        "model.weights: %d of %d tensors loaded from %s%s",
-        len(fitting),
-        len(own),
-        path,
-        f"; left fresh: {', '.join(fresh)}" if fresh else "",
-    )
-    model.load_state_dict(fitting, strict=False)
-
-
-# Prefixes that wrappers put before a net's own names: DDP and DataParallel, torch.compile, and
-# visionpipe's Classifier.
-WRAPPER_PREFIXES = ("module.", "_orig_mod.", "net.")
-
-
-def read_weights_file(
-    path: Path, built: tuple[dict[str, Any], int]
-) -> tuple[dict[str, torch.Tensor], list[str] | None]:
-    """The bare net's state_dict in the file at `path`, and the class names it was trained for
-    (None where the file does not say). A visionpipe model.pt is checked against `built`."""
-    if not path.is_file():
-        hint = ""
-        if path.resolve() == paths.MODEL.resolve():
-            # The train stage's own output: DVC deletes it before the stage runs.
-            hint = (
-                f" (DVC removes {paths.MODEL} before train runs: copy it elsewhere first, "
-                f"e.g. cp {paths.MODEL} ../start.pt, and point model.weights there)"
-            )
-        raise FileNotFoundError(
-            f"model.weights = '{path}' does not exist{hint}; give the path of a state_dict file "
-            "(torchvision .pth, or a visionpipe models/model.pt), or set model.weights: null"
-        )
-    state = _load_tensors(path)
-    classes = None
-    if isinstance(state, dict) and isinstance(state.get("meta"), dict):
-        check_weights_origin(path, state["meta"], *built)
-        classes = state["meta"].get("classes")
-    # A checkpoint dict: visionpipe's model.pt, torchvision's references ({"model": ...}).
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict):
-        raise WeightsError(
-            f"model.weights = '{path}' holds a {type(state).__name__}, not a state_dict"
-        )
-    return _bare_net_state(state), classes
-
-
-def _load_tensors(path: Path) -> Any:
-    """torch.load(path) of tensors and plain values only: unpickling other objects runs code."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch's message is a page long; the class it refused is what the user recognises.
-        found = re.search(r"GLOBAL (\S+)", str(exc))
-        what = found.group(1) if found else "Python objects"
-        raise WeightsError(
-            f"model.weights = '{path}' holds {what} besides tensors, which is not loaded "
-            "(torch.load weights_only: unpickling it could run code). If you trust the file, "
-            f"save its weights alone: obj = torch.load('{path}', weights_only=False), then "
-            "torch.save(obj.state_dict(), 'start.pth') for a saved model or "
-            "torch.save(obj['model'], 'start.pth') for a checkpoint dict; point model.weights "
-            "at start.pth"
-        ) from None
-
-
-def _bare_net_state(state: dict[str, Any]) -> dict[str, Any]:
-    """`state` without its wrappers' prefixes and without a Classifier's normalization (the run
-    uses its own mean/std)."""
-    while True:
-        state = {k: v for k, v in state.items() if not k.startswith("normalize.")}
-        wrapped = [p for p in WRAPPER_PREFIXES if state and all(k.startswith(p) for k in state)]
-        if not wrapped:
-            return state
-        state = {k.removeprefix(wrapped[0]): v for k, v in state.items()}
-
-
-def _layer(key: str) -> str:
-    """The module a state_dict key belongs to ('fc' of 'fc.weight')."""
-    return key.rpartition(".")[0]
-
-
-def classifier_name(net: nn.Module) -> str:
-    """The name of `net`'s classification layer, its last Linear (one row per class)."""
-    return [n for n, m in net.named_modules() if isinstance(m, nn.Linear)][-1]
-
-
-def match_classifier(
-    state: dict[str, torch.Tensor],
-    head: str,
-    theirs: Sequence[str] | None,
-    ours: Sequence[str] | None,
-) -> dict[str, torch.Tensor]:
-    """`state` with its classifier's rows for the classes `ours`, taken by name from the file's
-    classes `theirs`; without the classifier (so it starts fresh) where a class of ours is not
-    among theirs: its rows mean other classes, whatever its shape."""
-    keys = [k for k in state if _layer(k) == head]
-    if not keys or ours is None or theirs is None:
-        rows = state[keys[0]].shape[0] if keys else None
-        if keys and ours is not None and rows == len(ours):
-            log.info(
-                "model.weights: the file names no classes; its classifier '%s' has %d rows, "
-                "loaded as this run's classes in their order (%s)",
-                head,
-                rows,
-                _names(ours),
-            )
-        return state
-    if list(ours) == list(theirs):
-        return state
-    if set(ours) <= set(theirs):
-        log.info(
-            "model.weights: classifier '%s' rows taken by class name: this run's classes (%s) "
-            "from the file's (%s)",
-            head,
-            _names(ours),
-            _names(theirs),
-        )
-        rows = [list(theirs).index(name) for name in ours]
-        return {**state, **{k: state[k][rows] for k in keys}}
-    log.info(
-        "model.weights: classifier '%s' starts fresh: the file's was trained for other classes "
-        "(%s; this run's: %s)",
-        head,
-        _names(theirs),
-        _names(ours),
-    )
-    return {k: v for k, v in state.items() if k not in keys}
-
-
-def _names(classes: Sequence[str], shown: int = 10) -> str:
-    """Class names for a log line, the first `shown` of a long list."""
-    more = f", ... {len(classes)} in all" if len(classes) > shown else ""
-    return ", ".join(classes[:shown]) + more
-
-
-def check_weights_origin(
-    path: Path, meta: dict[str, Any], built: dict[str, Any], image_size: int
-) -> None:
-    """Refuse a visionpipe model.pt trained with other model.* values that decide what its weights
-    mean (`built`'s: model.name, the model's own keys, model.normalize); warn of another size.
-
-    The file's normalization is not loaded (the run's own mean/std are), so weights trained on
-    normalized inputs would otherwise see raw [0, 1] pixels, or the reverse, without a word.
-    """
-    theirs = {"name": meta.get("arch"), **meta.get("arch_params", {})}
-    theirs["normalize"] = meta.get("normalize")
-    keys = ["name"] if theirs["name"] != built["name"] else list(built)
-    differ = [k for k in keys if k in theirs and theirs[k] != built[k]]
-    if differ:
-        was = ", ".join(f"model.{k}: {_plain(theirs[k])}" for k in differ)
-        now = ", ".join(f"model.{k}: {_plain(built[k])}" for k in differ)
-        raise WeightsError(
-            f"model.weights = '{path}' was trained with {was}; this run has {now}, so its "
-            f"weights would compute something else here. Set {was}, or point model.weights at "
-            "a model trained with this run's values (or set model.weights: null)"
-        )
-    if meta.get("image_size") not in (None, image_size):
-        log.warning(
-            "model.weights = '%s' was trained on %s-pixel images; this run's are %d pixels: "
-            "layers sized by the input start fresh and the others see objects at another scale "
-            "(set preprocess.image_size: %s to fine-tune at the size it learned)",
-            path,
-            meta["image_size"],
-            image_size,
-            meta["image_size"],
-        )
-
-
-def _plain(value: Any) -> str:
-    """`value` as params.yaml writes it (true, null, relu)."""
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
