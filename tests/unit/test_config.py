@@ -48,6 +48,10 @@ def test_committed_params_are_the_tutorial_defaults() -> None:
         ({"data": {"val_fraction": -0.1}}, ["'data.val_fraction' = -0.1"]),
         ({"data": {"dataset": "imagefolder"}}, ["data.source"]),
         ({"train": {"nesterov": True}}, ["momentum"]),
+        # numpy refuses a negative seed in preprocess, torch one of 2**64 or more in train.
+        ({"data": {"seed": -1}}, ["'data.seed' = -1", "greater than or equal to 0"]),
+        ({"train": {"seed": -1}}, ["'train.seed' = -1", "greater than or equal to 0"]),
+        ({"train": {"seed": 2**64}}, [f"'train.seed' = {2**64}", "less than"]),
     ],
 )
 def test_bad_params_name_key_value_and_choices(raw: dict, expected: list[str]) -> None:

@@ -11,10 +11,10 @@ silently) or an invalid value fails with a message naming the key, the value and
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 DEFAULT_PARAMS = Path("params.yaml")
 # params.yaml's top-level keys: the recipe label, its note, and the sections.
@@ -22,6 +22,11 @@ TOP_LEVEL = (
     "recipe", "about", "data", "preprocess", "model", "train", "evaluate", "export", "predict",
     "launch",
 )  # fmt: skip
+
+
+# A seed (data.seed, train.seed) is a non-negative 64-bit integer: numpy's generators refuse
+# negative seeds and torch's refuse 2**64 and over, deep inside preprocess or train.
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
 
 
 class ConfigError(ValueError):

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from visionpipe.config import Section
+from visionpipe.config import Section, Seed
 
 
 class DataConfig(Section):
@@ -21,7 +21,7 @@ class DataConfig(Section):
     # null: 0.2. Only for such folders: datasets with their own test split refuse a number.
     test_fraction: float | None = Field(default=None, gt=0.0, lt=1.0)
     val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)  # share of train held out for val
-    seed: int = 0  # seeds the train/val split (and a flat folder's test split)
+    seed: Seed = 0  # seeds the train/val split (and a flat folder's test split)
     on_bad_image: Literal["skip", "fail"] = "skip"  # undecodable images: skip and report, or stop
 
     @model_validator(mode="after")

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from visionpipe.config import Section
+from visionpipe.config import Section, Seed
 
 
 class AugmentConfig(Section):
@@ -45,7 +45,7 @@ class TrainConfig(Section):
     lookahead: bool = False
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
     augment: AugmentConfig = AugmentConfig()
-    seed: int = 0
+    seed: Seed = 0
     log_every: int = Field(default=100, ge=1)  # train loss to TensorBoard/plots every N steps
     patience: int = Field(default=0, ge=0)  # early stopping on val loss; 0 = off
     deterministic: bool = False  # force deterministic algorithms on GPU
