@@ -332,6 +332,8 @@ class ModelSpec:
     doc: str
     keys: dict[str, Key] = field(default_factory=dict)  # model.* keys only this model takes
     pretrained: bool = False  # ImageNet weights exist for it (model.pretrained)
+    # The smallest preprocess.image_size its poolings leave at least one pixel of.
+    min_image_size: int = 8
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -347,12 +349,19 @@ MODELS: dict[str, ModelSpec] = {
     "alexnet": ModelSpec(alexnet, "the seeds' AlexNet homework, sized for small inputs"),
     # torchvision's models: `torchvision_classifier(name)` and pretrained=True are all one needs.
     "vgg16": ModelSpec(
-        torchvision_classifier("vgg16"), "torchvision's VGG16, last layer resized", pretrained=True
+        torchvision_classifier("vgg16"),
+        "torchvision's VGG16, last layer resized",
+        pretrained=True,
+        min_image_size=32,  # five 2x max-pools
     ),
     "resnet18": ModelSpec(
         torchvision_classifier("resnet18"), "torchvision's ResNet-18, fc resized", pretrained=True
     ),
-    "fast": ModelSpec(fast, "airbench94's CIFAR speed net (whitening, GELU, BatchNorm)"),
+    "fast": ModelSpec(
+        fast,
+        "airbench94's CIFAR speed net (whitening, GELU, BatchNorm)",
+        min_image_size=9,  # a 2x2 whitening conv without padding, then three 2x max-pools
+    ),
 }
 
 # The model.* keys every model takes, after `name` and the models' own keys, in params.yaml's

@@ -3,12 +3,13 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+import torch
 import yaml
 
 from visionpipe.config import ConfigError, load_section
 from visionpipe.config.params import load_params, parse_params
 from visionpipe.config.predict import PredictConfig
-from visionpipe.models import Key
+from visionpipe.models import MODELS, Key, build_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -149,3 +150,19 @@ def test_a_key_cut_from_a_later_stage_section_is_an_error(tmp_path: Path) -> Non
     path.write_text(yaml.safe_dump(_composed_without("predict", "topk")))
     with pytest.raises(ConfigError, match=r"'predict\.topk' is missing"):
         load_section("predict", PredictConfig, path)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_image_size_below_what_a_model_takes_is_refused_before_training(name: str) -> None:
+    least = MODELS[name].min_image_size
+    with torch.no_grad():
+        assert build_model(name, 3, least).eval()(torch.rand(1, 3, least, least)).shape == (1, 3)
+    parse_params({"model": {"name": name}, "preprocess": {"image_size": least}})
+    if least == 8:  # the preprocess section's own lower bound
+        return
+    with pytest.raises(RuntimeError, match="too small"), torch.no_grad():
+        build_model(name, 3, least - 1).eval()(torch.rand(1, 3, least - 1, least - 1))
+    with pytest.raises(ConfigError) as err:
+        parse_params({"model": {"name": name}, "preprocess": {"image_size": least - 1}})
+    for text in (f"preprocess.image_size {least - 1}", f"'{name}'", f"at least {least}"):
+        assert text in str(err.value)

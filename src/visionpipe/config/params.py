@@ -18,6 +18,7 @@ from visionpipe.config.launch import LaunchConfig
 from visionpipe.config.model import ModelConfig
 from visionpipe.config.predict import PredictConfig
 from visionpipe.config.train import TrainConfig
+from visionpipe.models import MODELS
 
 # The sections that shape a trained model: the data stages' and its own. evaluate, export and
 # predict change later stages only, and launch says where a run happens, never what it computes.
@@ -52,6 +53,19 @@ class Params(Section):
             raise ValueError(
                 f"train.batch_size {self.train.batch_size} (the global batch) must be at least "
                 f"launch.nproc * launch.nnodes = {processes}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _image_fits_model(self) -> Params:
+        # Caught here, the user learns it at `visionpipe params` or as train starts, not from
+        # torch's "Output size is too small" deep in the first forward pass.
+        least = MODELS[self.model.name].min_image_size
+        if self.image_size() < least:
+            raise ValueError(
+                f"preprocess.image_size {self.image_size()} is too small for model "
+                f"'{self.model.name}', whose poolings need at least {least} pixels: set "
+                f"preprocess.image_size to {least} or more (or null, the dataset's default)"
             )
         return self
 
