@@ -43,10 +43,28 @@ def rerun(stage: str) -> str:
 
 
 def require(path: Path, stage: str) -> Path:
-    """`path`, which stage `stage` writes; a missing one says which command makes it."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: {rerun(stage)} first")
-    return path
+    """`path`, which stage `stage` writes; a missing one says which command makes it, and, for
+    the pipeline's own outputs, how to bring back the last ones DVC recorded."""
+    if path.exists():
+        return path
+    message = f"{path} not found: {rerun(stage)} first"
+    if _pipeline_output(path):
+        # DVC deletes a stage's outputs before running it, so a failed or stopped run leaves
+        # none; the last successful run's are in DVC's cache. --force: the stopped run's
+        # partial files (TensorBoard events, plots) would otherwise block the checkout.
+        message += (
+            f", or, after a failed or stopped run, 'uv run dvc checkout --force {stage}' to "
+            "restore the last ones dvc.lock records (docs/training.md, 'After a failed or "
+            "stopped run')"
+        )
+    raise FileNotFoundError(message)
+
+
+def _pipeline_output(path: Path) -> bool:
+    """Whether `path` is, or lies under, a file the stages write at its usual place."""
+    absolute = Path(os.path.abspath(path))
+    outputs = (MODEL, ONNX_MODEL, PROCESSED_DIR)
+    return any(absolute.is_relative_to(os.path.abspath(out)) for out in outputs)
 
 
 def split_file(split: str) -> Path:

@@ -161,6 +161,22 @@ def test_each_backend_reads_the_model_the_pipeline_writes_by_default(
     assert f"{paths.MODEL} not found: run 'uv run dvc repro train' first" in caplog.text
 
 
+def test_a_model_a_failed_run_deleted_names_the_checkout_that_restores_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # DVC deletes model.pt as train starts; a refused or stopped `dvc exp run` leaves none, and
+    # `dvc repro train` would rerun the params that just failed.
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", "x.png", "--backend", "torch"]) == 2
+    assert "'uv run dvc checkout --force train' to restore" in caplog.text
+    caplog.clear()
+    assert main(["serve"]) == 2
+    assert "'uv run dvc checkout --force export' to restore" in caplog.text
+    caplog.clear()
+    assert main(["predict", "x.png", "--model", str(tmp_path / "mine.onnx")]) == 2
+    assert "dvc checkout" not in caplog.text  # not a file DVC records
+
+
 def test_the_stage_says_how_many_inputs_failed_and_how_to_fix_them(
     exported_model: Path, tmp_path: Path
 ) -> None:
