@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import urllib.parse
 from pathlib import Path
@@ -67,7 +68,7 @@ def _params(args: argparse.Namespace) -> int:
         text = compose_yaml(args.overrides)
         parse_params(yaml.safe_load(text), origin="the composed params", complete=True)
     except Exception as exc:  # Hydra's and the loader's errors both name the bad override
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_override_error(exc)}", file=sys.stderr)
         if type(exc).__name__ == "OverrideParseException":  # Hydra's grammar, not the value
             print(QUOTE_HINT, file=sys.stderr)
         return 2
@@ -77,6 +78,19 @@ def _params(args: argparse.Namespace) -> int:
     write_text(path, text)
     print(f"wrote {path}" + (f"; changed: {', '.join(changed)}" if changed else "; unchanged"))
     return 0
+
+
+def _override_error(exc: Exception) -> str:
+    """The error for a failed composition. A misspelled key (`train.lrr=0.1`) gets Hydra's advice
+    to add it with `+`, after which params.yaml refuses it as unknown: say so, with the keys that
+    exist there."""
+    from visionpipe.config.params import unknown_key
+
+    match = re.match(r"Could not override '([^']+)'", str(exc))
+    unknown = unknown_key(match[1]) if match else None
+    if unknown is None:
+        return str(exc)
+    return f"{unknown} (a misspelling? `+{match[1]}=...` would add it, and params.yaml refuses it)"
 
 
 def build_parser() -> argparse.ArgumentParser:

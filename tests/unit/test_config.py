@@ -1,3 +1,4 @@
+import shutil
 import typing
 from pathlib import Path
 from typing import Literal
@@ -6,12 +7,12 @@ import pytest
 import torch
 import yaml
 
+from tests.helpers import ROOT
+from visionpipe.cli import main
 from visionpipe.config import ConfigError, load_section
 from visionpipe.config.params import load_params, parse_params
 from visionpipe.config.predict import PredictConfig
 from visionpipe.models import MODELS, Key, build_model
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_committed_params_are_the_tutorial_defaults() -> None:
@@ -166,3 +167,18 @@ def test_image_size_below_what_a_model_takes_is_refused_before_training(name: st
         parse_params({"model": {"name": name}, "preprocess": {"image_size": least - 1}})
     for text in (f"preprocess.image_size {least - 1}", f"'{name}'", f"at least {least}"):
         assert text in str(err.value)
+
+
+def test_visionpipe_params_names_the_valid_keys_for_a_misspelled_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Hydra alone answers "To append to your config use +train.lrr=0.1", which params.yaml
+    # then refuses as an unknown key.
+    shutil.copytree(ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["params", "train.lrr=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'train.lrr'; valid keys here: " in err and ", lr, " in err
+    assert main(["params", "trian.lr=0.1"]) == 2
+    assert "unknown key 'trian'; valid keys here: " in capsys.readouterr().err
+    assert not Path("params.yaml").exists()

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import field_validator, model_validator
+from pydantic import BaseModel, field_validator, model_validator
 
 from visionpipe import config
 from visionpipe.config import Section
@@ -85,6 +85,23 @@ class Params(Section):
         that shaped it. Not the later stages' sections: changing them does not re-run train, so
         model.pt would keep their old values."""
         return {"recipe": self.recipe, **self.training_dict()}
+
+
+def unknown_key(key: str) -> str | None:
+    """For a dotted key with no place in params.yaml (`train.lrr`, `trian.lr`): which part is
+    unknown and the valid keys there; None for a key params.yaml has."""
+    schema: Any = Params
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
+            return None  # below a plain value: not a key problem
+        if part not in schema.model_fields:
+            where = ".".join(parts[: i + 1])
+            return (
+                f"unknown key '{where}'; valid keys here: {', '.join(sorted(schema.model_fields))}"
+            )
+        schema = schema.model_fields[part].annotation
+    return None
 
 
 def parse_params(raw: Any, origin: str = "params", complete: bool = False) -> Params:
