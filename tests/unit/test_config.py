@@ -50,6 +50,10 @@ def test_committed_params_are_the_tutorial_defaults() -> None:
         ({"data": {"val_fraction": -0.1}}, ["'data.val_fraction' = -0.1"]),
         ({"data": {"dataset": "imagefolder"}}, ["data.source"]),
         ({"train": {"nesterov": True}}, ["momentum"]),
+        (
+            {"train": {"epochs": 2, "warmup_epochs": 100}},
+            ["train.warmup_epochs 100", "train.epochs 2", "at most 2"],
+        ),
         # numpy refuses a negative seed in preprocess, torch one of 2**64 or more in train.
         ({"data": {"seed": -1}}, ["'data.seed' = -1", "greater than or equal to 0"]),
         ({"train": {"seed": -1}}, ["'train.seed' = -1", "greater than or equal to 0"]),

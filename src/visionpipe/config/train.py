@@ -60,3 +60,15 @@ class TrainConfig(Section):
         if self.nesterov and self.momentum == 0.0:
             raise ValueError("train.nesterov: true needs train.momentum > 0")
         return self
+
+    @model_validator(mode="after")
+    def _warmup_fits_the_run(self) -> TrainConfig:
+        # The ramp is (step + 1) / warmup steps: a warmup longer than the run never reaches
+        # train.lr, and the schedule's decay never starts.
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(
+                f"train.warmup_epochs {self.warmup_epochs:g} is longer than the run "
+                f"(train.epochs {self.epochs}), so the lr would never reach train.lr: set "
+                f"train.warmup_epochs to at most {self.epochs}"
+            )
+        return self
