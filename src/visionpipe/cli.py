@@ -84,10 +84,12 @@ def _override_error(exc: Exception) -> str:
     """The error for a failed composition. A misspelled key (`train.lrr=0.1`) gets Hydra's advice
     to add it with `+`, after which params.yaml refuses it as unknown: say so, with the keys that
     exist there."""
+    match = re.match(r"Could not override '([^']+)'", str(exc))
+    if match is None:  # any other error, a missing package's included, says what it is
+        return str(exc)
     from visionpipe.config.params import unknown_key
 
-    match = re.match(r"Could not override '([^']+)'", str(exc))
-    unknown = unknown_key(match[1]) if match else None
+    unknown = unknown_key(match[1])
     if unknown is None:
         return str(exc)
     return f"{unknown} (a misspelling? `+{match[1]}=...` would add it, and params.yaml refuses it)"
