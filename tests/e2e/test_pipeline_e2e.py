@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from tests.helpers import (
     env,
     git,
     make_project,
+    run,
     set_params,
     subset_zip,
 )
@@ -185,6 +187,26 @@ def test_sigkilled_training_resumes_on_next_repro(baselined_repo: Path) -> None:
         str(e) for e in range(1, EPOCHS_TO_KILL + 1)
     ], curve
     assert "up to date" in dvc(repo, "status").stdout
+
+
+def test_the_model_a_refused_experiment_deleted_comes_back_as_predict_says(
+    baselined_repo: Path,
+) -> None:
+    # DVC deletes train's outputs as the stage starts, so a param train refuses leaves no
+    # model.pt; `dvc repro train` would only refuse it again.
+    repo = baselined_repo
+    model = (repo / paths.MODEL).read_bytes()
+    refused = dvc(repo, "exp", "run", "-S", "train.epochs=0", check=False)
+    assert refused.returncode != 0 and "'train.epochs' = 0" in refused.stdout + refused.stderr
+    assert not (repo / paths.MODEL).exists()
+    photo = next((repo / paths.SAMPLES_DIR).glob("*.png"))
+    cli = [sys.executable, "-m", "visionpipe.cli", "predict", str(photo), "--backend", "torch"]
+    missing = run(cli, repo, check=False)
+    advice = re.search(r"'uv run dvc (checkout[^']*)'", missing.stderr)
+    assert missing.returncode == 2 and advice, missing.stderr
+    dvc(repo, *advice[1].split())
+    assert (repo / paths.MODEL).read_bytes() == model
+    run(cli, repo)
 
 
 def _check_hymenoptera(repo: Path) -> None:
