@@ -80,6 +80,7 @@ class Batches:
         # A last batch of one image joins the batch before it: BatchNorm cannot train on one
         # value per channel, which is what a 1x1 map gives (resnet18's last block at 32 px).
         self.steps_per_epoch = max(1, n // bs) if n % bs == 1 else -(-n // bs)
+        self.smallest = min(bs, n - bs * (self.steps_per_epoch - 1))  # images in the least batch
         self.flip_mask = None
         if cfg.augment.flip == "alternate":
             self.flip_mask = alternate_flip_mask(len(labels), cfg.seed).to(images.device)

@@ -197,6 +197,7 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
     fp = checkpoints.fingerprint(params)
     resume = checkpoints.resume_point(fp, ddp)
     loop = make_loop(model, splits.train_x, splits.train_y, cfg, device, ddp, gen, resume)
+    check_batch_norm_batch(model, params, splits.meta["image_size"], loop.batches)
     start = loop.progress.epoch
     # A checkpoint of a run that ended (interrupted while writing its outputs): no epoch left.
     last = start if loop.progress.stopped else cfg.epochs
@@ -242,6 +243,41 @@ def warn_if_no_step_logs(cfg: TrainConfig, steps_per_epoch: int) -> None:
             steps_per_epoch,
             paths.PLOT_STEPS,
             max(1, total // 10),
+        )
+
+
+class BatchNormBatchError(ValueError):
+    """Batches of one image for a model whose BatchNorm then sees one value per channel."""
+
+
+def check_batch_norm_batch(
+    model: nn.Module, params: Params, image_size: int, batches: Batches
+) -> None:
+    """Refuse batches of one image when a BatchNorm layer sees a 1x1 map (resnet18's last block
+    at 32 px, fast's below 16 px): it cannot train on one value per channel, which torch would
+    say only from inside the first step."""
+    if batches.smallest > 1:
+        return
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    sides: list[int] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda _, a: sides.append(a[0][0, 0].numel())) for m in norms
+    ]
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train()
+    if 1 in sides:
+        raise BatchNormBatchError(
+            f"train.batch_size {params.train.batch_size} with {len(batches.labels)} training "
+            f"images leaves a batch of one image, and model '{params.model.name}' at "
+            f"{image_size} px has a BatchNorm layer that sees a 1x1 map: BatchNorm cannot train "
+            "on one value per channel. Set train.batch_size to 2 or more (or a larger "
+            "preprocess.image_size)"
         )
 
 

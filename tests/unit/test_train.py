@@ -808,3 +808,17 @@ def test_fine_tuning_fast_keeps_the_loaded_whitening(processed: Path) -> None:
     tuned = _weights()
     for name in ("net.whiten.weight", "net.whiten.bias"):
         assert torch.allclose(tuned[name], loaded[name]), name
+
+
+def test_batches_of_one_image_batchnorm_cannot_train_on_are_refused_before_a_step(
+    processed: Path,
+) -> None:
+    # fast at 16 px: its last conv group's BatchNorm sees a 1x1 map.
+    with pytest.raises(train.BatchNormBatchError) as err:
+        train.run(tiny_params({"name": "fast"}, batch_size=1, epochs=1))
+    for text in ("train.batch_size 1", "'fast'", "16 px", "Set train.batch_size to 2 or more"):
+        assert text in str(err.value)
+    assert not (processed / paths.MODEL).exists()
+    # BatchNorm on the tutorial CNN's 16x16 maps trains on one image, as does fast on two.
+    train.run(tiny_params({"name": "tutorial_cnn", "batch_norm": True}, batch_size=1, epochs=1))
+    train.run(tiny_params({"name": "fast"}, batch_size=2, epochs=1))
