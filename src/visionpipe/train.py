@@ -254,7 +254,7 @@ def check_batch_norm_batch(
     model: nn.Module, params: Params, image_size: int, batches: Batches
 ) -> None:
     """Refuse batches of one image when a BatchNorm layer sees a 1x1 map (resnet18's last block
-    at 32 px, fast's below 16 px): it cannot train on one value per channel, which torch would
+    at 32 px, fast's up to 16 px): it cannot train on one value per channel, which torch would
     say only from inside the first step."""
     if batches.smallest > 1:
         return
