@@ -36,7 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
     from visionpipe import serve
 
     config = serve.ServeConfig(
-        args.model,
+        args.model or paths.in_project(paths.ONNX_MODEL),
         args.host,
         args.port,
         args.topk,
@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         type=Path,
         default=None,
-        help=f"{paths.ONNX_MODEL} (onnx backend) or {paths.MODEL} (torch) by default",
+        help=f"{paths.ONNX_MODEL} (onnx backend) or {paths.MODEL} (torch) by default, here or in "
+        "the project this folder is inside",
     )
     p.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
     p.add_argument("--topk", type=int, default=3, help="classes to show per image (default 3)")
@@ -128,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("serve", help="answer predictions over HTTP, with a page to drop photos on")
-    s.add_argument("--model", type=Path, default=paths.ONNX_MODEL, help="(default %(default)s)")
+    s.add_argument(
+        "--model", type=Path, help=f"(default {paths.ONNX_MODEL}, here or in the project above)"
+    )
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     s.add_argument("--port", type=int, default=8000, help="0 picks a free port (default 8000)")
     s.add_argument("--topk", type=int, default=3, help="classes per image unless asked (default 3)")

@@ -37,6 +37,18 @@ PREDICTIONS = Path("predictions/predictions.json")
 PREDICTION_GRID = Path("predictions/grid.png")
 
 
+def in_project(path: Path) -> Path:
+    """`path`, one the stages write (models/model.onnx), here, or else in the project this folder
+    is inside (the nearest folder above with a dvc.yaml), as git and dvc find theirs: predicting
+    from a subfolder (`cd photos && visionpipe predict *.jpg`) uses the project's model."""
+    if path.is_absolute() or path.exists():
+        return path
+    for folder in Path.cwd().parents:
+        if (folder / "dvc.yaml").is_file():
+            return folder / path if (folder / path).exists() else path
+    return path
+
+
 def rerun(stage: str) -> str:
     """The command that (re)makes what stage `stage` writes, for error messages."""
     return f"run 'uv run dvc repro {stage}'"

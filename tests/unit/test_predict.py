@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import DOG_PNG, ROOT, env, full_disk
+from tests.tiny_onnx import write_tiny_onnx
 from visionpipe import fsutil, paths
 from visionpipe.cli import main
 
@@ -159,6 +160,22 @@ def test_each_backend_reads_the_model_the_pipeline_writes_by_default(
     caplog.clear()
     assert main(["predict", "x.png", "--backend", "torch"]) == 2
     assert f"{paths.MODEL} not found: run 'uv run dvc repro train' first" in caplog.text
+
+
+def test_a_subfolder_of_the_project_predicts_with_the_projects_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    write_tiny_onnx(tmp_path / paths.ONNX_MODEL)
+    photos = tmp_path / "photos" / "2024"
+    photos.mkdir(parents=True)
+    Image.new("RGB", (20, 20), "red").save(photos / "a.png")
+    monkeypatch.chdir(photos)
+    assert main(["predict", "a.png"]) == 0
+    assert capsys.readouterr().out.startswith("a.png: ")
+    # Outside any project, nothing is searched for: the model is missing, as it is.
+    monkeypatch.chdir(tmp_path.parent)
+    assert main(["predict", str(photos / "a.png")]) == 2
 
 
 def test_a_model_a_failed_run_deleted_names_the_checkout_that_restores_it(
