@@ -4,6 +4,7 @@ the fly."""
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 
 from tests.cifar_archive import write_cifar_python_archive
 from tests.datasets import tiny_params, write_processed
-from tests.helpers import Baseline, Server, copy_project, make_baseline, serve
+from tests.helpers import ROOT, Baseline, Server, copy_project, make_baseline, serve
 from visionpipe.config.params import parse_params
 
 
@@ -32,6 +33,15 @@ def pytest_configure(config: pytest.Config) -> None:
     # tests start, which get OMP_NUM_THREADS=1 from tests.helpers.env).
     if os.environ.get("PYTEST_XDIST_WORKER"):
         torch.set_num_threads(1)
+
+
+@pytest.fixture
+def conf_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory holding the project's conf/ (no machine settings); the test runs
+    inside it, as `visionpipe params` does in a clone."""
+    shutil.copytree(ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 @pytest.fixture

@@ -1,4 +1,3 @@
-import shutil
 import typing
 from pathlib import Path
 from typing import Literal
@@ -173,13 +172,12 @@ def test_image_size_below_what_a_model_takes_is_refused_before_training(name: st
         assert text in str(err.value)
 
 
+@pytest.mark.usefixtures("conf_copy")
 def test_visionpipe_params_names_the_valid_keys_for_a_misspelled_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Hydra alone answers "To append to your config use +train.lrr=0.1", which params.yaml
     # then refuses as an unknown key.
-    shutil.copytree(ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
-    monkeypatch.chdir(tmp_path)
     assert main(["params", "train.lrr=0.1"]) == 2
     err = capsys.readouterr().err
     assert "unknown key 'train.lrr'; valid keys here: " in err and ", lr, " in err

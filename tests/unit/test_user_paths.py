@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import ROOT
 from visionpipe import paths
 from visionpipe.cli import main
 from visionpipe.config.launch import LaunchConfig
@@ -65,22 +63,18 @@ def test_plain_relative_and_unset_variable_paths_stay_as_written() -> None:
     assert paths.user_path("$VISIONPIPE_UNSET_X/a", "data.source") == Path("$VISIONPIPE_UNSET_X/a")
 
 
+@pytest.mark.usefixtures("conf_copy")
 def test_visionpipe_params_says_how_to_quote_a_path_hydra_cannot_read_bare(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    shutil.copytree(ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
-    monkeypatch.chdir(tmp_path)
     assert main(["params", "data.source=/home/me/照片"]) == 2
     assert "goes in single quotes" in capsys.readouterr().err
     assert main(["params", "data.source='/home/me/照片 📷'"]) == 0
     assert yaml.safe_load(Path("params.yaml").read_text())["data"]["source"] == "/home/me/照片 📷"
 
 
-def test_a_folder_named_by_a_number_is_a_data_source(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.usefixtures("conf_copy")
+def test_a_folder_named_by_a_number_is_a_data_source() -> None:
     # Hydra and YAML read `data.source=2024` as an int; the user means the folder 2024.
-    shutil.copytree(ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
-    monkeypatch.chdir(tmp_path)
     assert main(["params", "data.source=2024"]) == 0
     assert load_params("params.yaml").data.source == "2024"
