@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
+from PIL import Image
 
 from visionpipe import export
 from visionpipe.modelfile import ModelInfo
@@ -102,6 +105,29 @@ def test_the_documented_onnxruntime_code_reads_an_export(
     assert (namespace["classes"], namespace["size"]) == (classes, 16)
     torch.testing.assert_close(torch.from_numpy(namespace["logits"]), expected, atol=1e-5, rtol=0)
     assert namespace["names"] == [classes[i] for i in expected.argmax(1)]
+
+
+def test_the_documented_int8_quantization_gives_a_model_predict_reads(
+    exported_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnxruntime as ort
+
+    from visionpipe.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(exported_model, "models")  # the export, and the splits it was trained on
+    shutil.copytree(exported_model.parent / "data", "data")
+    exec(_deploy_snippet("quantize_static"), {"__name__": "__deploy__"})
+    quantized = onnx.load("model.int8.onnx")
+    assert any(node.op_type == "QuantizeLinear" for node in quantized.graph.node)
+    images = np.random.default_rng(0).random((8, 3, 16, 16), dtype=np.float32)
+    fp32, int8 = (
+        ort.InferenceSession(path).run(None, {"image": images})[0]
+        for path in ("models/model.onnx", "model.int8.onnx")
+    )
+    assert fp32.shape == int8.shape and np.abs(fp32 - int8).max() < 0.5 * np.abs(fp32).max()
+    Image.new("RGB", (20, 20), "red").save("red.png")
+    assert main(["predict", "red.png", "--model", "model.int8.onnx"]) == 0  # metadata kept
 
 
 def test_an_opset_the_exporter_does_not_write_is_refused(tmp_path: Path) -> None:
