@@ -19,6 +19,7 @@ from torch import nn
 
 from visionpipe.config.launch import LaunchConfig
 from visionpipe.devices import DeviceError
+from visionpipe.warm import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,11 @@ def launch(cfg: LaunchConfig, script: str) -> None:
 
 def init(device: torch.device) -> tuple[Dist, torch.device]:
     """Join the process group torchrun prepared (NCCL on GPUs, gloo on CPU); no-op otherwise."""
-    if under_launcher():
-        _die_with_launcher()
+    if under_launcher() and sys.platform.startswith("linux"):
+        # Killed outright (SIGKILL, the OOM killer, the warm process's end), torchrun cannot stop
+        # its ranks, each in a session of its own: they would train on and write the workspace
+        # after DVC has reported the stage failed.
+        die_with_parent(os.getppid())
     if not under_launcher() or int(os.environ["WORLD_SIZE"]) == 1:
         return Dist(), device
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -119,23 +123,6 @@ def init(device: torch.device) -> tuple[Dist, torch.device]:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     dist.init_process_group(backend=backend)
     return Dist(rank, world, local_rank), device
-
-
-def _die_with_launcher() -> None:
-    """Have the kernel SIGKILL this rank when torchrun, its parent, dies. torchrun stops its ranks
-    when it is asked to; killed outright (SIGKILL, the OOM killer, the warm process's end) it
-    cannot, and its ranks, each in a session of its own, would train on and write the workspace
-    after DVC has reported the stage failed."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    launcher = os.getppid()
-    pr_set_pdeathsig = 1  # <linux/prctl.h>
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != launcher:  # it died before the request took effect
-        os._exit(1)
 
 
 def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:

@@ -350,7 +350,7 @@ class _Server:
         code = 1
         try:
             os.setpgid(0, 0)  # its own group, so the warm process can kill all it starts
-            _die_with(self.pid)
+            die_with_parent(self.pid)
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
@@ -369,14 +369,15 @@ class _Server:
             os._exit(code)
 
 
-def _die_with(warm_pid: int) -> None:
-    """Have the kernel SIGKILL this stage when the warm process dies, even of a SIGKILL that
-    runs none of its cleanup: a stage must not outlive the process that reports its end."""
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent `parent_pid` dies, even of a SIGKILL
+    that runs none of its cleanup (Linux): a stage must not outlive the warm process that reports
+    its end, nor a torchrun rank its torchrun."""
     import ctypes
 
     pr_set_pdeathsig = 1  # <linux/prctl.h>
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != warm_pid:  # it died before the request took effect
+    if os.getppid() != parent_pid:  # it died before the request took effect
         os._exit(1)
 
 
