@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +74,10 @@ finally:
 """
 
 
-def fast_params(zip_path: Path, seed: int, epochs: int) -> dict[str, Any]:
-    overrides = ["recipe=fast", f"train.seed={seed}", f"train.epochs={epochs}"]
+def fast_params(
+    zip_path: Path, seed: int, epochs: int, extra: Sequence[str] = ()
+) -> dict[str, Any]:
+    overrides = ["recipe=fast", f"train.seed={seed}", f"train.epochs={epochs}", *extra]
     params = compose(overrides, REPO_ROOT / "conf")
     params["data"]["source"] = str(zip_path)
     # Test accuracy in strict fp32, as every revision before evaluate.amp scored it.
@@ -95,15 +98,22 @@ def preprocess_once(work: Path, zip_path: Path) -> Path:
 
 
 def run_version(
-    code: Path, label: str, seed: int, work: Path, processed: Path, args: argparse.Namespace
+    code: Path,
+    label: str,
+    seed: int,
+    work: Path,
+    processed: Path,
+    args: argparse.Namespace,
+    extra: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Train and evaluate `fast` with `code`'s stages; its timings and test accuracy."""
+    """Train and evaluate `fast` (with the `extra` overrides) with `code`'s stages; its timings
+    and test accuracy."""
     folder = work / f"{label}-seed{seed}"
     for part in ("stages", "src"):
         shutil.copytree(code / part, folder / part)
     (folder / "data").mkdir()
     (folder / "data" / "processed").symlink_to(processed)
-    params = fast_params(args.zip.resolve(), seed, args.epochs)
+    params = fast_params(args.zip.resolve(), seed, args.epochs, extra)
     if not (code / "src/visionpipe/config/evaluate.py").is_file():
         del params["evaluate"]  # a revision from before the section: its loader refuses it
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

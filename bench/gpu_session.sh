@@ -71,7 +71,7 @@ for part in $parts; do
     tests)
         # src/ on the path: the GPU image's Python has not installed this project.
         PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} run tests "${py[@]}" -m pytest -q -p no:cacheprovider ${TESTS:-tests/unit/test_cuda.py \
-            tests/unit/test_gpu_paths.py tests/unit/test_train.py tests/unit/test_evaluate.py tests/unit/test_export.py}
+            tests/unit/test_gpu_paths.py tests/unit/test_steps.py tests/unit/test_train.py tests/unit/test_evaluate.py tests/unit/test_export.py}
         ;;
     repro) run repro repro ;;
     recipes) run recipes "${py[@]}" bench/recipes.py tutorial fast --zip "$zip" ;;
@@ -84,7 +84,7 @@ for part in $parts; do
             --seeds 0,1,2 --old-seeds 0,1
         ;;
     airbench)
-        run airbench "${py[@]}" bench/airbench_side.py --zip "$zip" --seeds 0,1,2 --compiled
+        run airbench "${py[@]}" bench/airbench_side.py --zip "$zip" --seeds 0,1,2 --compiled --graph
         ;;
     stages) # each stage's share of `dvc exp run -S train.lr=X` with the fast recipe
         run stages "${py[@]}" bench/stage_times.py --new . --recipe fast --epochs 10 --repeats 2 \

@@ -56,13 +56,40 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     ]
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module, cfg: TrainConfig, lr_device: torch.device | None = None
+) -> torch.optim.Optimizer:
+    """The optimizer over `param_groups`. With `lr_device` (a step captured as a CUDA graph),
+    the fused implementation with each group's lr in a tensor on that device (`lr_tensors`): a
+    graph reads the lr the scheduler writes there, where a Python float would be frozen in."""
     groups = param_groups(model, cfg)
+    fused = {"fused": True} if lr_device is not None else {}
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    raise ValueError(f"Invalid optimizer '{cfg.optimizer}'. Only sgd and adamw are supported.")
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **fused
+        )
+    elif cfg.optimizer == "adamw":
+        # Adam's step count must live on the device too: torch refuses to capture it otherwise.
+        capturable = {"capturable": True} if lr_device is not None else {}
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, **fused, **capturable)
+    else:
+        raise ValueError(f"Invalid optimizer '{cfg.optimizer}'. Only sgd and adamw are supported.")
+    if lr_device is not None:
+        lr_tensors(optimizer, lr_device)
+    return optimizer
+
+
+def lr_tensors(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Each group's lr as a tensor of its own on `device`, its schedule base (`initial_lr`, when
+    set) as a float; also after a checkpoint's state is loaded, which replaces both.
+
+    A float base keeps the scheduler's arithmetic on the host: it then fills the tensor in place
+    with a float, one small kernel and no read back from the GPU.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        if "initial_lr" in group:
+            group["initial_lr"] = float(group["initial_lr"])
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -133,6 +160,8 @@ def make_scheduler(
         stopping_at(g["stop_epoch"] * steps_per_epoch) if "stop_epoch" in g else factor
         for g in optimizer.param_groups
     ]
+    for group in optimizer.param_groups:  # see lr_tensors: the base stays a float
+        group.setdefault("initial_lr", float(group["lr"]))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
 

@@ -35,8 +35,11 @@ def needs_grad_scaler(dtype: torch.dtype | None) -> bool:
     return dtype == torch.float16
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
-    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+def autocast(device: torch.device, dtype: torch.dtype | None, cache: bool = True) -> torch.autocast:
+    """`cache=False` under CUDA graph capture: a cached cast of a weight would not follow it."""
+    return torch.autocast(
+        device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None, cache_enabled=cache
+    )
 
 
 def cpu_computes_bf16() -> bool:

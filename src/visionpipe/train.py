@@ -31,8 +31,9 @@ from visionpipe import (
     paths,
     precision,
     split_tensors,
+    steps,
 )
-from visionpipe.batches import Batches
+from visionpipe.batches import Batch, Batches
 from visionpipe.checkpoints import Checkpoint, Trainee
 from visionpipe.config.params import Params
 from visionpipe.config.train import TrainConfig
@@ -41,8 +42,7 @@ from visionpipe.fsutil import write_json
 from visionpipe.inference import evaluate_split
 from visionpipe.modelfile import ModelInfo, save_model
 from visionpipe.models import Classifier, build_model
-from visionpipe.optim import Lookahead, make_optimizer, make_scheduler
-from visionpipe.precision import autocast
+from visionpipe.optim import Lookahead, lr_tensors, make_optimizer, make_scheduler
 from visionpipe.progress import Progress, log_why_stopped
 from visionpipe.tracking import EpochRecord, Tracker, misclassified_grid
 
@@ -72,6 +72,7 @@ class Loop:
     device: torch.device
     autocast_dtype: torch.dtype | None  # bf16 / fp16 autocast of the train steps, None: fp32
     lookahead: Lookahead | None
+    step: Callable[[Batch], torch.Tensor] = field(init=False)  # steps.make_step's, set last
     progress: Progress = field(default_factory=Progress)
     global_step: int = 0
     clock: Clock = field(default_factory=Clock)
@@ -113,8 +114,12 @@ def make_loop(
     ddp = ddp or distributed.Dist()
     gen = gen if gen is not None else torch.Generator().manual_seed(cfg.seed)
     batches = Batches(train_x, train_y, cfg, device, gen, ddp)
-    optimizer = make_optimizer(model, cfg)
     dtype = precision.autocast_dtype(device, cfg.amp)
+    why_eager = steps.blocker(cfg.cuda_graph, device, ddp.world_size, cfg.compile, dtype)
+    graphed = why_eager is None
+    if cfg.cuda_graph and not graphed:
+        log.info("train.cuda_graph: the train steps run eagerly: %s", why_eager)
+    optimizer = make_optimizer(model, cfg, device if graphed else None)
     total_steps = batches.steps_per_epoch * cfg.epochs
     loop = Loop(
         cfg=cfg,
@@ -123,8 +128,7 @@ def make_loop(
         optimizer=optimizer,
         scheduler=make_scheduler(optimizer, cfg, batches.steps_per_epoch),
         scaler=torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler(dtype)),
-        # Summed, then divided by the global batch length: with several ranks DDP averages the
-        # gradients, so each rank scales by world_size and the result equals one process's mean.
+        # Summed: steps.EagerStep divides it by the global batch length.
         criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum"),
         batches=batches,
         device=device,
@@ -134,12 +138,15 @@ def make_loop(
     if resume is not None and checkpoints.restore(resume, loop.trainee()):
         loop.progress = resume.progress
         loop.global_step = resume.progress.epoch * batches.steps_per_epoch
+        if graphed:  # the checkpoint's groups replaced the device lr tensors
+            lr_tensors(optimizer, device)
     if ddp.enabled:
         loop.step_model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     if cfg.compile:
         loop.step_model = torch.compile(loop.step_model)
+    loop.step = steps.make_step(loop, ddp.world_size, graphed, cfg.batch_size)
     return loop
 
 
@@ -157,12 +164,7 @@ def train_epoch(
     loop.model.train()
     loss_sum = torch.zeros((), device=loop.device)
     for batch in loop.batches.epoch(epoch, steps):
-        with autocast(loop.device, loop.autocast_dtype):
-            batch_loss = loop.criterion(loop.step_model(batch.x), batch.y)
-        loop.optimizer.zero_grad(set_to_none=True)
-        loop.scaler.scale(batch_loss * (loop.ddp.world_size / batch.size)).backward()
-        loop.scaler.step(loop.optimizer)
-        loop.scaler.update()
+        batch_loss = loop.step(batch)
         loop.scheduler.step()
         loop.global_step += 1
         if loop.lookahead is not None:
@@ -320,7 +322,7 @@ def run_epoch(
     t_epoch = time.perf_counter()
     # Read before the steps: after them the scheduler already holds the next epoch's lr (0 at
     # the end of a cosine or one-cycle run), not the one this epoch trained with.
-    lr = loop.optimizer.param_groups[0]["lr"]
+    lr = float(loop.optimizer.param_groups[0]["lr"])  # a tensor on the GPU under a CUDA graph
 
     def on_log(step: int, value: float, images: int) -> None:
         tracker.step(step, value)

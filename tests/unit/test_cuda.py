@@ -7,6 +7,7 @@ run for real. Skipped without a GPU (CI has none); where there is one:
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +146,42 @@ def test_compiled_model_trains_on_the_gpu(processed32: Path) -> None:
     assert metrics["epochs_run"] == 1 and not metrics["diverged"]
     # The compiled wrapper is not what is saved: the model file holds the plain state_dict.
     assert not any(k.startswith("_orig_mod") for k in _weights())
+
+
+def _epoch_losses() -> list[float]:
+    return [float(line.split(",")[1]) for line in paths.PLOT_EPOCHS.read_text().splitlines()[1:]]
+
+
+@pytest.mark.parametrize("arch", ["tutorial_cnn", "fast"])
+def test_the_step_as_a_cuda_graph_trains_like_the_eager_one(
+    processed32: Path, arch: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The real capture and replays (test_steps.py acts them out on the CPU): the graph is
+    captured, not fallen back from, and follows the eager steps' losses (the graphed path's
+    fused optimizer rounds differently from the eager foreach one, so not bit for bit)."""
+    losses = {}
+    for graph in (False, True):
+        with caplog.at_level(logging.INFO, logger="visionpipe.steps"):
+            train.run(_params(arch, epochs=3, amp=False, batch_size=8, cuda_graph=graph))
+        losses[graph] = _epoch_losses()
+    said = [r.getMessage() for r in caplog.records if r.name == "visionpipe.steps"]
+    assert said == ["train step captured as a CUDA graph after 3 eager steps"], said
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3)
+
+
+def test_a_deterministic_graphed_run_is_bit_identical_and_resumes(
+    processed32: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = _params("fast", epochs=3, deterministic=True, batch_size=8, cuda_graph=True)
+    train.run(params)
+    first = _weights()
+    train.run(params)
+    assert all(torch.equal(first[k], v) for k, v in _weights().items())
+    real_eval = train.evaluate_split
+    kill_at_validation(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(params)
+    monkeypatch.setattr(train, "evaluate_split", real_eval)
+    train.run(params)  # restores the lr tensors onto the GPU before its capture
+    assert '"resumed_from_epoch": 1' in paths.TRAIN_TIMINGS.read_text()
+    assert all(torch.equal(first[k], v) for k, v in _weights().items())

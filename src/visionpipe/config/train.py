@@ -50,6 +50,9 @@ class TrainConfig(Section):
     patience: int = Field(default=0, ge=0)  # early stopping on val loss; 0 = off
     deterministic: bool = False  # force deterministic algorithms on GPU
     compile: bool = False  # torch.compile the model
+    # The whole train step as one CUDA graph (steps.py): on a GPU, one launch instead of one per
+    # kernel; needs CUDA, one process, no compile, no fp16. Elsewhere the steps run eagerly.
+    cuda_graph: bool = False
     # bf16 autocast where the hardware computes in bf16 natively: CUDA, and CPUs with
     # AVX512-BF16 or AMX (about 1.7x faster train steps on such a CPU). false: fp32 everywhere.
     amp: bool = True
