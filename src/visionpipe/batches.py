@@ -19,6 +19,16 @@ from visionpipe.distributed import Dist
 from visionpipe.models import to_input
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor's copy on `device`, queued without waiting for the GPU.
+
+    A blocking copy to a GPU waits until the GPU has finished everything queued before it, so the
+    host could not prepare the next batch while the GPU trains on this one. From pageable memory
+    the non-blocking copy is still safe: CUDA stages the bytes before the call returns.
+    """
+    return t.to(device, non_blocking=True)
+
+
 def batch_crop(
     x: torch.Tensor, padding: int, gen: torch.Generator, mode: str = "zeros"
 ) -> torch.Tensor:
@@ -26,8 +36,8 @@ def batch_crop(
     b, c, h, w = x.shape
     pad_mode = "constant" if mode == "zeros" else mode
     padded = F.pad(x, (padding, padding, padding, padding), mode=pad_mode)
-    dy = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(x.device)
-    dx = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(x.device)
+    dy = to_device(torch.randint(0, 2 * padding + 1, (b,), generator=gen), x.device)
+    dx = to_device(torch.randint(0, 2 * padding + 1, (b,), generator=gen), x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
     bidx = torch.arange(b, device=x.device)[:, None, None, None]
@@ -36,7 +46,7 @@ def batch_crop(
 
 
 def batch_flip_lr(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    flip = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
+    flip = to_device(torch.rand(x.shape[0], generator=gen) < 0.5, x.device)
     return flip_where(x, flip)
 
 
@@ -88,7 +98,7 @@ class Batches:
     def epoch(self, epoch: int, steps: Iterable[int] | None = None) -> Iterator[Batch]:
         """The batches of epoch `epoch` (0-based); `steps` picks which (default: all)."""
         bs, last = self.cfg.batch_size, self.steps_per_epoch - 1
-        perm = torch.randperm(len(self.labels), generator=self.gen).to(self.images.device)
+        perm = to_device(torch.randperm(len(self.labels), generator=self.gen), self.images.device)
         for i in steps if steps is not None else range(self.steps_per_epoch):
             idx = perm[i * bs :] if i == last else perm[i * bs : (i + 1) * bs]
             x = self._augment(self.images[idx].to(self.device, non_blocking=True), idx, epoch)
@@ -108,7 +118,7 @@ class Batches:
         if aug.crop_padding:
             x = batch_crop(x, aug.crop_padding, self.gen, aug.padding_mode)
         if self.flip_mask is not None:
-            x = flip_where(x, (self.flip_mask[idx] ^ bool(epoch % 2)).to(self.device))
+            x = flip_where(x, to_device(self.flip_mask[idx] ^ bool(epoch % 2), self.device))
         elif aug.flip:
             x = batch_flip_lr(x, self.gen)
         return x

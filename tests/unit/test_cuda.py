@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 import torch
 
-from tests.datasets import ZOO, kill_at_validation, tiny_params
+from tests.datasets import FAST_TRAIN, ZOO, kill_at_validation, tiny_params
 from visionpipe import evaluate, export, inference, paths, precision, split_tensors, train
 from visionpipe.config.params import parse_params
+from visionpipe.config.train import TrainConfig
 from visionpipe.modelfile import load_model
-from visionpipe.models import MODELS
+from visionpipe.models import MODELS, build_model
 
 pytestmark = [
     pytest.mark.cuda,
@@ -185,3 +186,24 @@ def test_a_deterministic_graphed_run_is_bit_identical_and_resumes(
     train.run(params)  # restores the lr tensors onto the GPU before its capture
     assert '"resumed_from_epoch": 1' in paths.TRAIN_TIMINGS.read_text()
     assert all(torch.equal(first[k], v) for k, v in _weights().items())
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "cuda_graph"])
+def test_the_fast_recipes_steps_never_wait_for_the_gpu(graph: bool) -> None:
+    """No host sync inside an epoch's steps (torch's sync debug mode raises at one): the host
+    queues the next steps while the GPU computes, instead of waiting for each. Augmentation draws
+    on the CPU and copies to the GPU: a blocking copy there would be a sync per step."""
+    cfg = TrainConfig(**{**FAST_TRAIN, "cuda_graph": graph})
+    x = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, device=CUDA)
+    y = torch.randint(0, 10, (256,), device=CUDA)
+    model = build_model("fast", 10, 32, classes=[str(i) for i in range(10)])
+    model.prepare(x)
+    loop = train.make_loop(train.place_model(model, CUDA, cfg), x, y, cfg, CUDA)
+    train.train_epoch(loop, 0)  # warm-up steps and, with the graph, its capture
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = train.train_epoch(loop, 1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss)
