@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,9 @@ from visionpipe.progress import Progress, log_why_stopped
 from visionpipe.tracking import EpochRecord, Tracker, misclassified_grid
 
 log = logging.getLogger(__name__)
+# fp16's GradScaler skips the steps whose gradients overflowed (the first few, while it finds its
+# scale); the schedule steps on regardless, and torch then warns of a wrong call order.
+warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
 
 
 @dataclass

@@ -207,3 +207,26 @@ def test_the_fast_recipes_steps_never_wait_for_the_gpu(graph: bool) -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(loss)
+
+
+def test_fp16_and_its_gradient_scaler_train_for_real_as_on_a_t4(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A T4's precision (compute capability 7.5: no native bf16) on this GPU, decided by the same
+    function a T4 goes through: fp16 autocast with a GradScaler, whose skipped steps and scale
+    back-off then run for real. The scale starts where fp16 gradients must overflow."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    cfg = TrainConfig(batch_size=32, cuda_graph=True)
+    x = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, device=CUDA)
+    y = torch.randint(0, 10, (256,), device=CUDA)
+    model = build_model("resnet18", 10, 32, classes=[str(i) for i in range(10)])
+    loop = train.make_loop(train.place_model(model, CUDA, cfg), x, y, cfg, CUDA)
+    assert loop.autocast_dtype == torch.float16 and loop.scaler.is_enabled()
+    assert type(loop.step).__name__ == "EagerStep", "a GradScaler keeps the step out of a graph"
+    loop.scaler = torch.amp.GradScaler("cuda", init_scale=2.0**40)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    losses = [train.train_epoch(loop, epoch).item() for epoch in range(2)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert loop.scaler.get_scale() < 2.0**40, "the overflowing steps backed the scale off"
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
