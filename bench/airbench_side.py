@@ -15,13 +15,14 @@ our metrics/timings/train.json `train_seconds` (the steps, no validation) plus t
 wall time. Accuracy: airbench's `tta_val_acc`; ours, the evaluate stage's test_acc (TTA, scored
 in strict fp32 here, as bench/fast_train.py does).
 
-    uv run python bench/airbench_side.py --seeds 0,1,2 [--compiled] [--graph]
+    uv run python bench/airbench_side.py --seeds 0,1,2 [--compiled] [--also train.cuda_graph=true]
 
 `--compiled` also runs airbench94 with its net's forward under torch.compile (its repository's
-compiled variant is not in the PyPI package). `--graph` also runs `fast` with
-`train.cuda_graph=true` (the step as one CUDA graph). `--cpu-shim --epochs 0.05 --test-images 500`
-runs airbench on a CPU (its code calls .cuda() and CUDA events: the shim maps them to the CPU), to
-check this script without a GPU; its figures mean nothing.
+compiled variant is not in the PyPI package). `--also OVERRIDE` (repeatable) also runs `fast`
+with that override, labelled `fast+OVERRIDE`: `train.cuda_graph=true`, `train.compile=true`.
+`--cpu-shim --epochs 0.05 --test-images 500` runs airbench on a CPU (its code calls .cuda() and
+CUDA events: the shim maps them to the CPU), to check this script without a GPU; its figures mean
+nothing.
 """
 
 from __future__ import annotations
@@ -128,9 +129,9 @@ def run_airbench(work: Path, seed: int, args: argparse.Namespace, compiled: bool
 
 
 def run_fast(
-    work: Path, seed: int, processed: Path, args: argparse.Namespace, graph: bool = False
+    work: Path, seed: int, processed: Path, args: argparse.Namespace, override: str = ""
 ) -> dict:
-    label, extra = ("fast+cuda_graph", ["train.cuda_graph=true"]) if graph else ("fast", [])
+    label, extra = (f"fast+{override}", [override]) if override else ("fast", [])
     r = run_version(REPO_ROOT, label, seed, work, processed, args, extra)
     return {"version": label, "seed": seed, "seconds": r["stage_timings"]["train_seconds"],
             "stage_wall_seconds": r["train_stage_wall_seconds"],
@@ -185,7 +186,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="the fast recipe's train.epochs")
     parser.add_argument("--airbench-epochs", type=float, default=9.9, help="airbench's (9.9)")
     parser.add_argument("--compiled", action="store_true", help="also airbench94 compiled")
-    parser.add_argument("--graph", action="store_true", help="also fast with train.cuda_graph")
+    parser.add_argument(
+        "--also", action="append", default=[], help="also fast with this override (repeatable)"
+    )
     parser.add_argument("--zip", type=Path, default=DEFAULT_CIFAR_ZIP, help="cifar10-jpeg.zip")
     parser.add_argument("--test-images", type=int, default=None, help="airbench's test split cut")
     parser.add_argument("--cpu-shim", action="store_true", help="airbench on a CPU (a check)")
@@ -205,8 +208,8 @@ def main() -> None:
         if args.compiled:
             runs.append(run_airbench(work, seed, args, compiled=True))
         runs.append(run_fast(work, seed, processed, args))
-        if args.graph:
-            runs.append(run_fast(work, seed, processed, args, graph=True))
+        for override in args.also:
+            runs.append(run_fast(work, seed, processed, args, override))
         (work / "runs.json").write_text(json.dumps({"machine": info, "runs": runs}))
     payload = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}, "runs": runs}
     name = NAME if info["gpu"] else f"{NAME}_cpu"

@@ -84,7 +84,8 @@ for part in $parts; do
             --seeds 0,1,2 --old-seeds 0,1
         ;;
     airbench)
-        run airbench "${py[@]}" bench/airbench_side.py --zip "$zip" --seeds 0,1,2 --compiled --graph
+        run airbench "${py[@]}" bench/airbench_side.py --zip "$zip" --seeds 0,1,2 --compiled \
+            --also train.cuda_graph=true --also train.compile=true
         ;;
     stages) # each stage's share of `dvc exp run -S train.lr=X` with the fast recipe
         run stages "${py[@]}" bench/stage_times.py --new . --recipe fast --epochs 10 --repeats 2 \
