@@ -14,6 +14,9 @@
 # PYTHON (default `uv run python`) is the interpreter; LOGS (default bench/gpu-logs) where each
 # part's output goes. On a machine with no package index, bench/gpu_carry.sh packs .carry/ first:
 # the wheels are installed into PYTHON's environment here, and ZIP may be its .tar.gz.
+# With OUT set (the device tool's folder of files that come back), each part's log, RESULTS.md
+# and results/ are copied there as soon as the part ends, so a call cut off by its time limit
+# still returns what the finished parts measured.
 set -uo pipefail
 zip=$(realpath "${1:?give the CIFAR-10 JPEG zip}") || exit 1
 old=${2:--}
@@ -60,6 +63,9 @@ run() {  # run NAME COMMAND...: its output to $logs/NAME.log and the screen; rem
     local rc=${PIPESTATUS[0]}
     echo "== $name: exit $rc after $((SECONDS - t0)) s"
     ((rc == 0)) || status=1
+    if [[ -n ${OUT:-} ]]; then
+        mkdir -p "$OUT/bench" && cp -r "$logs" bench/RESULTS.md bench/results "$OUT/bench/"
+    fi
 }
 
 # REHEARSE=1 runs the parts on a machine without a GPU (a tiny ZIP, `repro` and `tests`), so that
