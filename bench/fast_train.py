@@ -116,6 +116,9 @@ def run_version(
     params = fast_params(args.zip.resolve(), seed, args.epochs, extra)
     if not (code / "src/visionpipe/config/evaluate.py").is_file():
         del params["evaluate"]  # a revision from before the section: its loader refuses it
+    known = (code / "src/visionpipe/config/train.py").read_text()
+    for key in [k for k in params["train"] if f"    {k}:" not in known]:
+        del params["train"][key]  # a key added after that revision: its loader refuses it
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(folder / "src"), "PYTHONUNBUFFERED": "1"}
     lock = ["flock", str(args.lock)] if args.lock else []
