@@ -76,7 +76,9 @@ PARAMS = {**FAST_TRAIN, "batch_size": 20, "epochs": 3, "cuda_graph": True}
 def test_the_graphed_step_trains_exactly_as_the_eager_one(
     processed: Path, monkeypatch: pytest.MonkeyPatch, optimizer: str
 ) -> None:
-    params = tiny_params(FAST_MODEL, **{**PARAMS, "optimizer": optimizer, "nesterov": optimizer == "sgd"})
+    params = tiny_params(
+        FAST_MODEL, **{**PARAMS, "optimizer": optimizer, "nesterov": optimizer == "sgd"}
+    )
     _pretend_cuda(monkeypatch, None)
     train.run(params)
     eager = _weights()
