@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -167,6 +168,8 @@ def make_loops(
         loops["pipeline_graph"] = pipeline(cfg.model_copy(update={"cuda_graph": True}))
         fp32_graph = cfg.model_copy(update={"cuda_graph": True, "amp": False})
         loops["pipeline_graph_fp32"] = pipeline(fp32_graph)
+        # The eager twin each graphed loop's losses are checked against (graph_loss_lines).
+        loops["pipeline_fp32"] = pipeline(cfg.model_copy(update={"amp": False}))
     if ablations:
         # Where the gap comes from: the pipeline without bf16 autocast, without channels_last
         # too, and the seeds' loop on already-converted float tensors (no PIL, no ToTensor).
@@ -291,8 +294,36 @@ def report(
         f"Seeds' DataLoader alone (PIL + ToTensor + collate, no training): "
         f"{loader_ips:.0f} images/s, the ceiling of the seeds' loop on this machine.",
     ]
+    lines += graph_loss_lines(per_device)
     lines += busy_note(info)
     return "\n".join(lines)
+
+
+# The graph replays the eager step's kernels but with the fused optimizer (eager: foreach), which
+# rounds differently; over an epoch the mean losses stay this close (relative).
+GRAPH_LOSS_TOLERANCE = 1e-2
+
+
+def graph_loss_lines(per_device: dict[str, Any]) -> list[str]:
+    """Each graphed loop's mean train loss against its eager twin's: every pass starts from the
+    same weights and shuffles alike, so they must agree within GRAPH_LOSS_TOLERANCE."""
+    lines = []
+    for dev, res in per_device.items():
+        loops = res["loops"]
+        for name in (n for n in loops if "_graph" in n):
+            eager = name.replace("_graph", "")
+            if eager not in loops:
+                continue
+            graph_loss = statistics.median(loops[name]["mean_train_loss_per_pass"])
+            eager_loss = statistics.median(loops[eager]["mean_train_loss_per_pass"])
+            diff = abs(graph_loss - eager_loss) / eager_loss
+            ok = "within" if diff <= GRAPH_LOSS_TOLERANCE else "NOT within"
+            lines.append(
+                f"- [{dev}] mean train loss per pass, {name} {graph_loss:.4f} vs {eager} "
+                f"{eager_loss:.4f}: {diff:.1e} relative, {ok} the {GRAPH_LOSS_TOLERANCE:g} "
+                "tolerance."
+            )
+    return ["", *lines] if lines else []
 
 
 def main() -> None:
