@@ -101,8 +101,8 @@ class Batches:
         perm = to_device(torch.randperm(len(self.labels), generator=self.gen), self.images.device)
         for i in steps if steps is not None else range(self.steps_per_epoch):
             idx = perm[i * bs :] if i == last else perm[i * bs : (i + 1) * bs]
-            x = self._augment(self.images[idx].to(self.device, non_blocking=True), idx, epoch)
-            y = self.labels[idx].to(self.device, non_blocking=True)
+            x = self._augment(to_device(self.images[idx], self.device), idx, epoch)
+            y = to_device(self.labels[idx], self.device)
             # Every rank draws the same augmentation for the whole global batch, then keeps its
             # shard: the result does not depend on the process count.
             if self.ddp.enabled:

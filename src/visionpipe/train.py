@@ -157,17 +157,17 @@ def make_loop(
 def train_epoch(
     loop: Loop,
     epoch: int,
-    steps: Iterable[int] | None = None,
+    which: Iterable[int] | None = None,
     on_log: Callable[[int, float, int], None] | None = None,
 ) -> torch.Tensor:
-    """One epoch (or the steps of it in `steps`); the summed train loss, left on the device.
+    """One epoch (or the steps of it in `which`); the summed train loss, left on the device.
 
     `on_log(global_step, loss, images_so_far)` runs every train.log_every steps: the only host
     sync inside the loop.
     """
     loop.model.train()
     loss_sum = torch.zeros((), device=loop.device)
-    for batch in loop.batches.epoch(epoch, steps):
+    for batch in loop.batches.epoch(epoch, which):
         batch_loss = loop.step(batch)
         loop.scheduler.step()
         loop.global_step += 1

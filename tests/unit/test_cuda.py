@@ -188,17 +188,21 @@ def test_a_deterministic_graphed_run_is_bit_identical_and_resumes(
     assert all(torch.equal(first[k], v) for k, v in _weights().items())
 
 
+def _random_data_loop(arch: str, cfg: TrainConfig) -> train.Loop:
+    """`arch`'s train loop on 256 random CIFAR-sized uint8 images on the GPU."""
+    x = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, device=CUDA)
+    y = torch.randint(0, 10, (256,), device=CUDA)
+    model = build_model(arch, 10, 32, classes=[str(i) for i in range(10)])
+    model.prepare(x)
+    return train.make_loop(train.place_model(model, CUDA, cfg), x, y, cfg, CUDA)
+
+
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "cuda_graph"])
 def test_the_fast_recipes_steps_never_wait_for_the_gpu(graph: bool) -> None:
     """No host sync inside an epoch's steps (torch's sync debug mode raises at one): the host
     queues the next steps while the GPU computes, instead of waiting for each. Augmentation draws
     on the CPU and copies to the GPU: a blocking copy there would be a sync per step."""
-    cfg = TrainConfig(**{**FAST_TRAIN, "cuda_graph": graph})
-    x = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, device=CUDA)
-    y = torch.randint(0, 10, (256,), device=CUDA)
-    model = build_model("fast", 10, 32, classes=[str(i) for i in range(10)])
-    model.prepare(x)
-    loop = train.make_loop(train.place_model(model, CUDA, cfg), x, y, cfg, CUDA)
+    loop = _random_data_loop("fast", TrainConfig(**{**FAST_TRAIN, "cuda_graph": graph}))
     train.train_epoch(loop, 0)  # warm-up steps and, with the graph, its capture
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -217,11 +221,8 @@ def test_fp16_and_its_gradient_scaler_train_for_real_as_on_a_t4(
     back-off then run for real. The scale starts where fp16 gradients must overflow."""
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
-    cfg = TrainConfig(batch_size=32, cuda_graph=True)
-    x = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, device=CUDA)
-    y = torch.randint(0, 10, (256,), device=CUDA)
-    model = build_model("resnet18", 10, 32, classes=[str(i) for i in range(10)])
-    loop = train.make_loop(train.place_model(model, CUDA, cfg), x, y, cfg, CUDA)
+    loop = _random_data_loop("resnet18", TrainConfig(batch_size=32, cuda_graph=True))
+    model = loop.model
     assert loop.autocast_dtype == torch.float16 and loop.scaler.is_enabled()
     assert type(loop.step).__name__ == "EagerStep", "a GradScaler keeps the step out of a graph"
     loop.scaler = torch.amp.GradScaler("cuda", init_scale=2.0**40)
