@@ -65,12 +65,32 @@ class Classifier(nn.Module):
         self.normalize = normalize if normalize is not None else nn.Identity()
         self.net = net
         self.tta = tta
+        self.backbone_frozen = False
 
     def prepare(self, images: torch.Tensor) -> None:
         """Let the net initialise itself from the uint8 training images, if it does that."""
         prepare = getattr(self.net, "prepare", None)
         if prepare is not None:
             prepare(images, self.normalize)
+
+    def freeze_backbone(self) -> None:
+        """Train the classifier (the net's last Linear) alone, on fixed features: every other
+        parameter stops taking gradients (so backward stops at the classifier) and every
+        BatchNorm keeps its running statistics (eval mode in training too, as Keras freezes),
+        so the layers below compute the same features from the first step to the last."""
+        head = {id(p) for p in self.net.get_submodule(classifier_name(self.net)).parameters()}
+        for param in self.parameters():
+            if id(param) not in head:
+                param.requires_grad_(False)
+        self.backbone_frozen = True
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        if mode and self.backbone_frozen:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def lr_stops(self) -> dict[str, tuple[list[nn.Parameter], int]]:
         """Parameters the net trains for a set number of epochs only: {name: (params, epochs)}."""

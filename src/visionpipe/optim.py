@@ -11,6 +11,7 @@ from torch import nn
 
 from visionpipe.config.train import TrainConfig
 from visionpipe.models import Classifier, unwrap
+from visionpipe.weights import classifier_name
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,9 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     "default": every trainable parameter not named below; "norm_bias": BatchNorm biases, at
     lr * bias_lr_scale and weight_decay / bias_lr_scale (the same decay per step); then the
     groups the model trains for a set number of epochs only (`Classifier.lr_stops`, e.g.
-    FastNet's "whiten_bias"), each with its `stop_epoch`.
+    FastNet's "whiten_bias"), each with its `stop_epoch`. With a backbone_lr_scale below 1,
+    the classifier (the net's last Linear) is a group of its own, first, at lr, and the other
+    groups' lr is multiplied by the scale.
     """
     bare = unwrap(model)
     norm_biases = {
@@ -31,23 +34,29 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     }
     stops = bare.lr_stops() if isinstance(bare, Classifier) else {}
     stopped = {id(p): name for name, (params, _) in stops.items() for p in params}
-    groups: dict[str, list[nn.Parameter]] = {"default": [], "norm_bias": []}
+    head: set[int] = set()
+    if cfg.backbone_lr_scale != 1.0:
+        head = {id(p) for p in bare.get_submodule(classifier_name(bare)).parameters()}
+    groups: dict[str, list[nn.Parameter]] = {"classifier": [], "default": [], "norm_bias": []}
     groups.update({name: [] for name in stops})
     for param in bare.parameters():
         if not param.requires_grad:
             continue
-        if id(param) in stopped:
+        if id(param) in head:
+            groups["classifier"].append(param)
+        elif id(param) in stopped:
             groups[stopped[id(param)]].append(param)
         elif id(param) in norm_biases:
             groups["norm_bias"].append(param)
         else:
             groups["default"].append(param)
     scale = {"norm_bias": cfg.bias_lr_scale}
+    backbone = cfg.backbone_lr_scale
     return [
         {
             "name": name,
             "params": params,
-            "lr": cfg.lr * scale.get(name, 1.0),
+            "lr": cfg.lr * scale.get(name, 1.0) * (1.0 if name == "classifier" else backbone),
             "weight_decay": cfg.weight_decay / scale.get(name, 1.0),
             **({"stop_epoch": stops[name][1]} if name in stops else {}),
         }

@@ -307,8 +307,28 @@ def build_training_model(
     # bias) would otherwise be recomputed under layers that were trained on the loaded one.
     if not params.model.weights:
         model.prepare(splits.train_x)
+    if params.train.backbone_lr_scale == 0.0:
+        model.freeze_backbone()
+    warn_if_backbone_untrained(params)
     model = place_model(model, device, params.train)
     return distributed.sync_batch_norm(model, device) if ddp.enabled else model
+
+
+def warn_if_backbone_untrained(params: Params) -> None:
+    """Say when train.backbone_lr_scale slows or freezes layers that start from random weights:
+    it is for fine-tuning, where they come trained (model.pretrained, model.weights)."""
+    scale = params.train.backbone_lr_scale
+    if scale == 1.0 or params.model.weights or params.model.pretrained:
+        return
+    log.warning(
+        "train.backbone_lr_scale %g %s every layer but the classifier, and model '%s' starts "
+        "from random weights (no model.pretrained, no model.weights): it is for fine-tuning a "
+        "trained net; set model.pretrained=true or model.weights=<file>, or "
+        "train.backbone_lr_scale=1",
+        scale,
+        "freezes" if scale == 0.0 else "slows",
+        params.model.name,
+    )
 
 
 def run_epoch(

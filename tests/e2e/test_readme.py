@@ -216,6 +216,9 @@ SETUP: dict[str, Step] = {
         ["uv", "sync", "--locked", "--compile-bytecode"], ROOT
     ),
     "git add -A": lambda ctx: run(["git", "add", "-A"], ctx.repo),
+    "cp models/model.pt ../start.pt": lambda ctx: run(
+        ["cp", "models/model.pt", "../start.pt"], ctx.repo
+    ),
     'git commit -m "trained model"': lambda ctx: run(
         ["git", "commit", "-qm", "trained model"], ctx.repo
     ),

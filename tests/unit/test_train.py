@@ -32,6 +32,7 @@ from visionpipe.models import (
     tutorial_cnn,
 )
 from visionpipe.tracking import EpochRecord
+from visionpipe.weights import classifier_name
 
 
 def _weights() -> dict[str, torch.Tensor]:
@@ -576,6 +577,48 @@ def test_bias_lr_scale_keeps_weight_decay_per_step() -> None:
     # The tutorial's net has no BatchNorm and no whitening: one group, as the seeds' SGD.
     plain = optim.make_optimizer(build_model("tutorial_cnn", 3, 16), TrainConfig())
     assert [g["name"] for g in plain.param_groups] == ["default"]
+
+
+def test_a_frozen_backbone_trains_the_classifier_alone(
+    processed: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bn = {"activation": "relu", "batch_norm": True}
+    train.run(tiny_params(bn, epochs=1))
+    start = processed / "start.pt"
+    paths.MODEL.rename(start)
+    before = torch.load(start, weights_only=True)["state_dict"]
+    with caplog.at_level("WARNING"):
+        train.run(tiny_params({**bn, "weights": str(start)}, epochs=2, backbone_lr_scale=0.0))
+    assert "backbone_lr_scale" not in caplog.text  # it starts from trained weights
+    after = torch.load(paths.MODEL, weights_only=True)["state_dict"]
+    head = "net." + classifier_name(build_model("tutorial_cnn", 3, 16, bn).net)
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    # Everything below the classifier as it was, BatchNorm statistics and counters included.
+    assert moved == {f"{head}.weight", f"{head}.bias"}
+
+
+def test_backbone_lr_scale_slows_every_layer_but_the_classifier() -> None:
+    model = build_model("tutorial_cnn", 3, 16, {"activation": "relu", "batch_norm": True})
+    cfg = TrainConfig(lr=0.1, bias_lr_scale=4.0, backbone_lr_scale=0.1)
+    groups = {g["name"]: g for g in optim.make_optimizer(model, cfg).param_groups}
+    assert list(groups) == ["classifier", "default", "norm_bias"]
+    assert [groups[n]["lr"] for n in groups] == pytest.approx([0.1, 0.01, 0.04])
+    head = model.net.get_submodule(classifier_name(model.net))
+    assert groups["classifier"]["params"] == [head.weight, head.bias]
+    plain = optim.make_optimizer(model, TrainConfig(lr=0.1, bias_lr_scale=4.0)).param_groups
+    assert [g["name"] for g in plain] == ["default", "norm_bias"]
+
+
+@pytest.mark.parametrize("scale, says", [(0.0, "freezes"), (0.5, "slows")])
+def test_backbone_lr_scale_on_random_weights_warns(
+    caplog: pytest.LogCaptureFixture, scale: float, says: str
+) -> None:
+    train.warn_if_backbone_untrained(tiny_params(backbone_lr_scale=scale))
+    assert f"train.backbone_lr_scale {scale:g} {says} every layer but the classifier" in caplog.text
+    assert "set model.pretrained=true or model.weights=<file>" in caplog.text
+    caplog.clear()
+    train.warn_if_backbone_untrained(tiny_params({"weights": "x.pt"}, backbone_lr_scale=scale))
+    assert not caplog.text
 
 
 def test_lookahead_ends_on_the_slow_weights() -> None:

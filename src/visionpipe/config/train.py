@@ -40,6 +40,9 @@ class TrainConfig(Section):
     # Learning rate multiplier for BatchNorm biases, weight decay divided by it so the decay
     # stays the same (airbench uses 64).
     bias_lr_scale: float = Field(default=1.0, gt=0.0, le=1024.0)
+    # Fine-tuning: lr multiplier for every layer but the classifier (the net's last Linear);
+    # 0 freezes them (no gradients, BatchNorm statistics kept): the classifier trains alone.
+    backbone_lr_scale: float = Field(default=1.0, ge=0.0, le=1.0)
     # airbench's lookahead: every 5 steps the slow weights move toward the trained ones (more
     # slowly as training ends) and training restarts from them; the run ends on the slow weights.
     lookahead: bool = False
