@@ -13,6 +13,7 @@ import json
 import logging
 import pickle
 import re
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -171,9 +172,11 @@ def match_classifier(
                 _names(ours),
             )
         return state
-    if list(ours) == list(theirs):
+    # One spelling per name: a Mac writes folder names decomposed (NFD), Linux as typed (NFC).
+    mine, file = _nfc(ours), _nfc(theirs)
+    if mine == file:
         return state
-    if set(ours) <= set(theirs):
+    if set(mine) <= set(file):
         log.info(
             "model.weights: classifier '%s' rows taken by class name: this run's classes (%s) "
             "from the file's (%s)",
@@ -181,7 +184,7 @@ def match_classifier(
             _names(ours),
             _names(theirs),
         )
-        rows = [list(theirs).index(name) for name in ours]
+        rows = [file.index(name) for name in mine]
         return {**state, **{k: state[k][rows] for k in keys}}
     log.info(
         "model.weights: classifier '%s' starts fresh: the file's was trained for other classes "
@@ -191,6 +194,10 @@ def match_classifier(
         _names(ours),
     )
     return {k: v for k, v in state.items() if k not in keys}
+
+
+def _nfc(classes: Sequence[str]) -> list[str]:
+    return [unicodedata.normalize("NFC", name) for name in classes]
 
 
 def _names(classes: Sequence[str], shown: int = 10) -> str:

@@ -345,13 +345,15 @@ def test_weights_of_another_model_are_refused(processed: Path) -> None:
         build_model("tutorial_cnn", 3, 16, {"weights": str(processed / "list.pt")})
 
 
-def _saved_tutorial_cnn(path: Path, normalize: bool, size: int = 16, **own: object) -> str:
+def _saved_tutorial_cnn(
+    path: Path, normalize: bool, size: int = 16, classes: tuple = ("a", "b", "c"), **own: object
+) -> str:
     """A visionpipe model.pt of a tutorial_cnn built with these values, at `path`."""
     arch_params = {"activation": "none", "batch_norm": False, **own, "weights": None, "tta": 0}
     stats = ([0.5] * 3, [0.25] * 3) if normalize else (None, None)
     model = build_model("tutorial_cnn", 3, size, arch_params, *stats)
     info = ModelInfo("tutorial_cnn", 3, size, arch_params, normalize, [0.5] * 3, [0.25] * 3,
-                     ["a", "b", "c"], {}, "test", "test")  # fmt: skip
+                     list(classes), {}, "test", "test")  # fmt: skip
     save_model(path, model, info)
     return str(path)
 
@@ -423,6 +425,23 @@ def test_classifier_rows_follow_the_class_names(
     assert torch.equal(model.net[8].weight, saved["net.8.weight"][rows])
     assert torch.equal(model.net[8].bias, saved["net.8.bias"][rows])
     assert f"rows taken by class name: this run's classes ({', '.join(classes)})" in caplog.text
+
+
+def test_class_names_match_whichever_unicode_form_a_system_wrote(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Trained on a Mac (folder names decomposed: e + U+0301), fine-tuned on Linux (one é).
+    mac = ("cafe\u0301", "the\u0301", "vin")
+    weights = _saved_tutorial_cnn(tmp_path / "start.pt", False, classes=mac)
+    saved = torch.load(weights, weights_only=True)["state_dict"]
+    with caplog.at_level("INFO"):
+        same = build_model(
+            "tutorial_cnn", 3, 16, {"weights": weights}, classes=["café", "thé", "vin"]
+        )
+        fewer = build_model("tutorial_cnn", 2, 16, {"weights": weights}, classes=["vin", "thé"])
+    assert torch.equal(same.net[8].weight, saved["net.8.weight"])
+    assert torch.equal(fewer.net[8].weight, saved["net.8.weight"][[2, 1]])
+    assert "starts fresh" not in caplog.text
 
 
 def test_a_layer_with_a_tensor_of_another_shape_starts_fresh_whole(tmp_path: Path) -> None:
