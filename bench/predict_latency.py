@@ -215,24 +215,30 @@ def report(
         f"Largest |logit difference| onnxruntime vs eager at batch {max(latency)}: {diff:.2e}.",
     ]
     if cli:
-        lines += [
-            "",
-            f"CLI end to end, one image ({cli['image']}), median of {cli['runs']} runs "
-            "after one untimed run:",
-        ]
-        for label in ("visionpipe predict", "uv run visionpipe predict"):
-            if label in cli:
-                med = cli[label]["median"]
-                lines.append(
-                    f"- `{label}`: {med:.3f} s (target < {CLI_SECONDS:g} s: "
-                    f"{'met' if med < CLI_SECONDS else 'NOT met'})"
-                )
-        lines.append(f"- imports torch: {'yes' if cli['imports_torch'] else 'no'}")
+        lines += cli_lines(cli)
     lines += busy_note(info)
     return "\n".join(lines)
 
 
-def main() -> None:
+def cli_lines(cli: dict[str, Any]) -> list[str]:
+    """The CLI's end-to-end times against their target."""
+    lines = [
+        "",
+        f"CLI end to end, one image ({cli['image']}), median of {cli['runs']} runs "
+        "after one untimed run:",
+    ]
+    for label in ("visionpipe predict", "uv run visionpipe predict"):
+        if label in cli:
+            med = cli[label]["median"]
+            lines.append(
+                f"- `{label}`: {med:.3f} s (target < {CLI_SECONDS:g} s: "
+                f"{'met' if med < CLI_SECONDS else 'NOT met'})"
+            )
+    lines.append(f"- imports torch: {'yes' if cli['imports_torch'] else 'no'}")
+    return lines
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=2000, help="timed calls at batch 1")
     parser.add_argument("--iters-256", type=int, default=100, help="timed calls at batch 256")
@@ -254,8 +260,11 @@ def main() -> None:
     parser.add_argument(
         "--no-write", action="store_true", help="print only; leave RESULTS.md and results/ alone"
     )
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
     info = machine_info()
     print(f"machine: {machine_line(info)}")
     with tempfile.TemporaryDirectory() as tmp_name:

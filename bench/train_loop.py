@@ -276,6 +276,20 @@ def report(
         "| device | loop | images/s (median) | min | max | ratio vs seeds | target |",
         "|---|---|---:|---:|---:|---:|---|",
     ]
+    lines += table_rows(per_device)
+    lines += [
+        "",
+        f"Seeds' DataLoader alone (PIL + ToTensor + collate, no training): "
+        f"{loader_ips:.0f} images/s, the ceiling of the seeds' loop on this machine.",
+    ]
+    lines += graph_loss_lines(per_device)
+    lines += busy_note(info)
+    return "\n".join(lines)
+
+
+def table_rows(per_device: dict[str, Any]) -> list[str]:
+    """One row per device and loop: its images/s and its ratio to the seeds' loop."""
+    rows = []
     for dev, res in per_device.items():
         seeds = res["loops"]["seeds"]["images_per_second"]["median"]
         for name, loop in res["loops"].items():
@@ -285,18 +299,11 @@ def report(
             if name.startswith("pipeline") and res["target_ratio"]:
                 met = "met" if ratio >= res["target_ratio"] else "NOT met"
                 target = f"≥ {res['target_ratio']:g}x: {met}"
-            lines.append(
+            rows.append(
                 f"| {dev} | {name} | {s['median']:.0f} | {s['min']:.0f} | "
                 f"{s['max']:.0f} | {ratio:.2f}x | {target} |"
             )
-    lines += [
-        "",
-        f"Seeds' DataLoader alone (PIL + ToTensor + collate, no training): "
-        f"{loader_ips:.0f} images/s, the ceiling of the seeds' loop on this machine.",
-    ]
-    lines += graph_loss_lines(per_device)
-    lines += busy_note(info)
-    return "\n".join(lines)
+    return rows
 
 
 # The graph replays the eager step's kernels but with the fused optimizer (eager: foreach), which
@@ -326,7 +333,7 @@ def graph_loss_lines(per_device: dict[str, Any]) -> list[str]:
     return ["", *lines] if lines else []
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=10_000, help="train images per pass")
     parser.add_argument("--repeats", type=int, default=5, help="timed passes per loop")
@@ -358,7 +365,11 @@ def main() -> None:
     parser.add_argument(
         "--no-write", action="store_true", help="print only; leave RESULTS.md and results/ alone"
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     devices = (
         args.devices.split(",")
         if args.devices
