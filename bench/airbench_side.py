@@ -64,6 +64,10 @@ if shim:  # airbench's code is CUDA-only: on a CPU, .cuda() and CUDA events beco
         def elapsed_time(self, end): return 1e3 * (end.t - self.t)
     torch.cuda.Event, torch.cuda.synchronize = Event, lambda *a: None
     torch.nn.Module.cuda = lambda self, *a, **k: self
+    # and its fp16, which a CPU computes in reference kernels (a 0.05-epoch run took over 18
+    # minutes), fp32
+    torch.nn.Module.half = lambda self: self
+    torch.Tensor.half = lambda self, *a, **k: self.float()
 import airbench, airbench.utils as utils, airbench.lib_airbench94 as lib
 if shim:
     class CpuLoader(utils.CifarLoader):

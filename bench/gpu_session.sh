@@ -17,6 +17,13 @@
 # With OUT set (the device tool's folder of files that come back), each part's log, RESULTS.md
 # and results/ are copied there as soon as the part ends, so a call cut off by its time limit
 # still returns what the finished parts measured.
+# A session's device time is short (15 minutes, the machine's start included), so the parts are
+# sized for it; estimates on one H100, from the step times measured there and the CPU runs:
+# airbench ~5 min (3 seeds of airbench94, `fast` and `fast` with train.cuda_graph;
+# AIRBENCH_EXTRA="--compiled --also train.compile=true" adds the compiled variants, each compiling
+# once per process: ~5 min more), loop ~1.5 min, tests ~3 min (TESTS=tests/unit/test_cuda.py
+# alone: ~1 min), stages ~3 min, repro ~1.5 min, recipes ~2 min. First call, most valuable part
+# first: `airbench loop tests`; a call cut off at its limit still returns the finished parts.
 set -uo pipefail
 zip=$(realpath "${1:?give the CIFAR-10 JPEG zip}") || exit 1
 old=${2:--}
@@ -90,8 +97,9 @@ for part in $parts; do
             --seeds 0,1,2 --old-seeds 0,1
         ;;
     airbench)
-        run airbench "${py[@]}" bench/airbench_side.py --zip "$zip" --seeds 0,1,2 --compiled \
-            --also train.cuda_graph=true --also train.compile=true
+        # shellcheck disable=SC2086 # AIRBENCH_EXTRA is a list of arguments
+        run airbench "${py[@]}" bench/airbench_side.py --zip "$zip" --seeds 0,1,2 \
+            --also train.cuda_graph=true ${AIRBENCH_EXTRA:-}
         ;;
     stages) # each stage's share of `dvc exp run -S train.lr=X` with the fast recipe
         run stages "${py[@]}" bench/stage_times.py --new . --recipe fast --epochs 10 --repeats 2 \
