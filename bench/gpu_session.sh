@@ -30,6 +30,9 @@ old=${2:--}
 shift $(($# < 2 ? $# : 2))
 parts=${*:-tests repro recipes loop fast airbench stages}
 read -r -a py <<<"${PYTHON:-uv run python}"
+# The GPU image's Python has not installed this project: every part imports it from src/ (the
+# benchmarks' own subprocesses name the checkout they run).
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 logs=${LOGS:-bench/gpu-logs}
 mkdir -p "$logs"
 status=0
@@ -75,30 +78,34 @@ run() {  # run NAME COMMAND...: its output to $logs/NAME.log and the screen; rem
     fi
 }
 
-# REHEARSE=1 runs the parts on a machine without a GPU (a tiny ZIP, `repro` and `tests`), so that
-# the session's minutes on the GPU are not spent finding a broken install or script.
+# REHEARSE=1 runs the parts on a machine without a GPU (a tiny ZIP; `airbench` and `loop` then run
+# on the CPU at tiny sizes and write nothing), so that the session's minutes on the GPU are not
+# spent finding a broken install or script.
 [[ ${REHEARSE:-} == 1 ]] ||
     "${py[@]}" -c 'import torch; print(torch.__version__, torch.cuda.get_device_name(0))' || exit 1
 for part in $parts; do
     case $part in
     tests)
-        # src/ on the path: the GPU image's Python has not installed this project.
-        PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} run tests "${py[@]}" -m pytest -q -p no:cacheprovider ${TESTS:-tests/unit/test_cuda.py \
+        run tests "${py[@]}" -m pytest -q -p no:cacheprovider ${TESTS:-tests/unit/test_cuda.py \
             tests/unit/test_gpu_paths.py tests/unit/test_steps.py tests/unit/test_train.py tests/unit/test_evaluate.py tests/unit/test_export.py}
         ;;
     repro) run repro repro ;;
     recipes) run recipes "${py[@]}" bench/recipes.py tutorial fast --zip "$zip" ;;
     loop)
-        run loop "${py[@]}" bench/train_loop.py --devices cuda --zip "$zip" --images 20000 \
-            --repeats 3
+        sizes=(--devices cuda --images 20000 --repeats 3)
+        [[ ${REHEARSE:-} == 1 ]] && sizes=(--devices cpu --images 640 --repeats 1 --no-write)
+        run loop "${py[@]}" bench/train_loop.py --zip "$zip" "${sizes[@]}"
         ;;
     fast)
         [[ $old == - ]] || run fast "${py[@]}" bench/fast_train.py --old "$old" --zip "$zip" \
             --seeds 0,1,2 --old-seeds 0,1
         ;;
     airbench)
+        sizes=(--seeds 0,1,2)
+        [[ ${REHEARSE:-} == 1 ]] && sizes=(--seeds 0 --epochs 1 --airbench-epochs 0.05
+            --test-images 100 --cpu-shim --no-write)
         # shellcheck disable=SC2086 # AIRBENCH_EXTRA is a list of arguments
-        run airbench "${py[@]}" bench/airbench_side.py --zip "$zip" --seeds 0,1,2 \
+        run airbench "${py[@]}" bench/airbench_side.py --zip "$zip" "${sizes[@]}" \
             --also train.cuda_graph=true ${AIRBENCH_EXTRA:-}
         ;;
     stages) # each stage's share of `dvc exp run -S train.lr=X` with the fast recipe
