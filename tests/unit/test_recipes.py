@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT
-from visionpipe.config.compose import compose, compose_yaml, warn_drift
+from tests.helpers import ROOT, git
+from visionpipe.config.compose import compose, compose_yaml, warn_drift, warn_dropped_baseline
 from visionpipe.config.params import parse_params
 from visionpipe.models import MODELS
 
@@ -115,3 +115,25 @@ def test_a_hand_edit_is_warned_of_with_how_to_keep_it(
     assert "dvc exp run --no-hydra" in caplog.text
     # `visionpipe params train.lr=...` writes such values too: the warning names it as a cause.
     assert "`visionpipe params key=value`" in caplog.text
+
+
+def test_a_dropped_baseline_value_is_warned_of_but_not_one_the_experiment_sets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The baseline commit holds lr 0.02 and 3 epochs, neither from conf/ (an experiment applied
+    # and committed). The next experiment passes `-S train.epochs=5` and takes conf/'s lr: the lr
+    # changes unasked, the epochs as asked. A queued run meets the same case for every value of
+    # the git-ignored conf/local/ that -S changes: its temporary copy has no conf/local/.
+    shutil.copytree(CONF, tmp_path / "conf")
+    monkeypatch.chdir(tmp_path)
+    git(tmp_path, "init", "-q")
+    params = Path("params.yaml")
+    params.write_text(compose_yaml(["train.lr=0.02", "train.epochs=3"], CONF), encoding="utf-8")
+    git(tmp_path, "add", "params.yaml")
+    git(tmp_path, "commit", "-qm", "an experiment as the baseline")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", git(tmp_path, "rev-parse", "HEAD").strip())
+    params.write_text(compose_yaml(["train.epochs=5"], CONF), encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        assert warn_dropped_baseline(params) == ["train.lr"]
+    assert "train.lr: 0.02 -> 0.01" in caplog.text
+    assert "train.epochs" not in caplog.text

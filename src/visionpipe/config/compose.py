@@ -97,10 +97,11 @@ def _committed_params(rev: str, path: Path) -> dict[str, Any] | None:
 
 def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
     """In `dvc exp run`: warn of the values the baseline commit's params.yaml held that conf/ does
-    not give and this experiment no longer has. Promoting an experiment the DVC way (`dvc exp
-    apply`, or a run, then a commit) commits its -S values in params.yaml alone, and every later
-    `dvc exp run` composes conf/ anew: without a word the next experiment would change a value
-    nobody asked it to. Returns the keys warned of."""
+    not give and this experiment replaces with conf/'s, not with values of its own (-S).
+    Promoting an experiment the DVC way (`dvc exp apply`, or a run, then a commit) commits its -S
+    values in params.yaml alone, and every later `dvc exp run` composes conf/ anew: without a
+    word the next experiment would change a value nobody asked it to. Returns the keys warned
+    of."""
     rev = os.environ.get("DVC_EXP_BASELINE_REV")
     if not rev or not (CONF_DIR / "config.yaml").is_file():
         return []
@@ -109,7 +110,12 @@ def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
     if committed is None or not isinstance(current, dict):
         return []
     changed = set(diff_keys(committed, current))
-    keys = [k for k in drift(committed) if k in changed]
+    # A new value that is not conf/'s came from -S: the experiment asked for it. (A queued run's
+    # temporary copy has no git-ignored conf/local/, so its values count as not conf/'s.)
+    composed = compose([f"recipe={current.get('recipe', 'tutorial')}"])
+    keys = [
+        k for k in drift(committed) if k in changed and _value(current, k) == _value(composed, k)
+    ]
     if keys:
         values = [f"{k}: {_value(committed, k)} -> {_value(current, k)}" for k in keys]
         logging.getLogger(__name__).warning(
