@@ -136,9 +136,14 @@ class Tracker:
         if self.tb is None:
             return
         if misclassified is not None:
-            self.live.log_image(paths.LIVE_MISCLASSIFIED_NAME, misclassified)
+            self.misclassified(misclassified)
         self._log_epoch(record, now)
         write_plots(self.history)
+
+    def misclassified(self, image: Image.Image) -> None:
+        """The grid of misclassified validation images (DVCLive's `misclassified.png`)."""
+        if self.live is not None:
+            self.live.log_image(paths.LIVE_MISCLASSIFIED_NAME, image)
 
     def _log_epoch(self, record: EpochRecord, wall_time: float | None) -> None:
         self.live.step = record.epoch

@@ -40,7 +40,7 @@ from visionpipe.config.params import Params
 from visionpipe.config.train import TrainConfig
 from visionpipe.distributed import all_reduce_sum
 from visionpipe.fsutil import write_json
-from visionpipe.inference import evaluate_split
+from visionpipe.inference import Scores, evaluate_split
 from visionpipe.modelfile import ModelInfo, save_model
 from visionpipe.models import Classifier, build_model
 from visionpipe.optim import Lookahead, lr_tensors, make_optimizer, make_scheduler
@@ -214,6 +214,8 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
     tracker = Tracker(ddp.writes_outputs, loop.progress.history, params.run_dict())
     distributed.barrier(ddp)  # no rank may overwrite the checkpoint before all have read it
     tracker.start(model, splits.train_x, splits.train_y, epoch=start)
+    if start and start == last and ddp.writes_outputs:
+        log_last_misclassified(loop, splits, tracker)
 
     t_start = time.perf_counter()
     for epoch in range(start, last):
@@ -357,14 +359,7 @@ def run_epoch(
     train_loss = all_reduce_sum(loss_sum, ddp).item() / len(splits.train_y)  # waits for the GPU
     t_val = time.perf_counter()
     loop.clock.train += t_val - t_epoch
-    # Per-epoch validation skips test-time augmentation, as airbench does: TTA multiplies
-    # its cost by up to 6 for a curve. The evaluate stage scores the model with its TTA.
-    model = loop.model
-    tta, model.tta = model.tta, 0
-    try:
-        val = evaluate_split(model, splits.val_x, splits.val_y, loop.device, cfg.batch_size)
-    finally:
-        model.tta = tta
+    val = validate(loop, splits)
     record = EpochRecord(epoch + 1, train_loss, val.loss, val.accuracy, lr)
     wrong = None
     if ddp.writes_outputs:
@@ -382,6 +377,29 @@ def run_epoch(
         time.perf_counter() - t_epoch,
     )
     return record
+
+
+def validate(loop: Loop, splits: split_tensors.TrainingData) -> Scores:
+    """The validation split scored by the model as it stands."""
+    # Per-epoch validation skips test-time augmentation, as airbench does: TTA multiplies
+    # its cost by up to 6 for a curve. The evaluate stage scores the model with its TTA.
+    model = loop.model
+    tta, model.tta = model.tta, 0
+    try:
+        return evaluate_split(model, splits.val_x, splits.val_y, loop.device, loop.cfg.batch_size)
+    finally:
+        model.tta = tta
+
+
+def log_last_misclassified(
+    loop: Loop, splits: split_tensors.TrainingData, tracker: Tracker
+) -> None:
+    """The last epoch's misclassified validation images, for a run resumed with no epoch left
+    (stopped while writing its outputs): DVC deleted the stage's outputs before this run, that
+    grid among them, and dvc.yaml declares it, while only an epoch that runs draws it. The
+    checkpoint's model is the one that epoch validated."""
+    val = validate(loop, splits)
+    tracker.misclassified(misclassified_grid(splits.val_x, splits.val_y, val.preds, splits.classes))
 
 
 def finish(
