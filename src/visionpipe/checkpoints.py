@@ -182,11 +182,13 @@ def restore(ckpt: Checkpoint, t: Trainee) -> bool:
 
 def after_a_stop() -> str:
     """What a stopped run leaves to do. `dvc exp run --queue` and `--temp` train in a temporary
-    copy of the project (.dvc/tmp/exps/<name>) that DVC deletes afterwards, checkpoint and all.
+    copy of the project (.dvc/tmp/exps/<name>, and .dvc/tmp/exps/standalone/<name> for `--temp`)
+    that DVC deletes afterwards, checkpoint and all.
     A `dvc exp run` in the project (DVC names it in DVC_EXP_NAME) resumes as an experiment only
     when run again with the same -S values: `dvc repro` would resume it outside any experiment,
     and a plain `dvc exp run` composes conf/ anew, other params, and starts over."""
-    if Path.cwd().parent.parts[-3:] == (".dvc", "tmp", "exps"):
+    parts = Path.cwd().parts
+    if any(parts[i : i + 3] == (".dvc", "tmp", "exps") for i in range(len(parts) - 3)):
         return (
             "this run trained in DVC's temporary copy of the project (`dvc exp run --queue` or "
             "`--temp`), which DVC deletes with the checkpoint, so running the experiment again "

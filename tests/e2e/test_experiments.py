@@ -319,6 +319,29 @@ def test_a_killed_queued_run_does_not_promise_a_resume(baselined_repo: Path) -> 
     assert "temporary copy" in logs and "starts over" in logs, logs[-3000:]
 
 
+def test_a_stopped_temp_run_does_not_promise_a_resume(baselined_repo: Path, tmp_path: Path) -> None:
+    # `dvc exp run --temp` trains in DVC's temporary copy (.dvc/tmp/exps/standalone/...), which
+    # DVC deletes, checkpoint and all: the same command again starts over.
+    repo = baselined_repo
+    command = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-S", "train.epochs=1000"]
+    # To a file, not a pipe: the stages' warm process outlives the run and would hold a pipe.
+    with open(tmp_path / "stopped.log", "w+") as log:
+        stopped = subprocess.Popen(
+            command, cwd=repo, env=env(), start_new_session=True, stdout=log, stderr=log
+        )
+        deadline = time.monotonic() + 300
+        while "epoch 2/1000" not in (tmp_path / "stopped.log").read_text():
+            assert stopped.poll() is None and time.monotonic() < deadline, "no epoch 2"
+            time.sleep(0.1)
+        os.killpg(stopped.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
+        stopped.wait(timeout=120)
+        log.seek(0)
+        said = log.read()
+    assert "interrupted (Ctrl-C)" in said, said[-3000:]
+    assert "resumes this experiment" not in said, said[-3000:]
+    assert "temporary copy" in said and "starts over" in said, said[-3000:]
+
+
 def _data_lock(repo: Path) -> dict:
     """dvc.lock's download and preprocess entries: what a teammate must not re-run."""
     stages = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]

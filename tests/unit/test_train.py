@@ -76,10 +76,12 @@ def test_a_stop_says_what_resumes_it_where_it_ran(
     # `dvc exp run` in the project: `dvc repro` would resume it, but as no experiment.
     monkeypatch.setenv("DVC_EXP_NAME", "atrip-coof")
     assert "same `uv run dvc exp run` command again" in checkpoints.after_a_stop()
-    queued = tmp_path / ".dvc" / "tmp" / "exps" / "tmpk2x8"  # where `--queue` and `--temp` run
-    queued.mkdir(parents=True)
-    monkeypatch.chdir(queued)
-    assert "starts over" in checkpoints.after_a_stop()
+    queued = tmp_path / ".dvc" / "tmp" / "exps" / "tmpk2x8"  # where `--queue` runs
+    temp = tmp_path / ".dvc" / "tmp" / "exps" / "standalone" / "tmp5qz1"  # where `--temp` runs
+    for copy in (queued, temp):
+        copy.mkdir(parents=True)
+        monkeypatch.chdir(copy)
+        assert "starts over" in checkpoints.after_a_stop(), copy
 
 
 RECIPES = {
