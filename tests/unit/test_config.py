@@ -184,3 +184,29 @@ def test_visionpipe_params_names_the_valid_keys_for_a_misspelled_one(
     assert main(["params", "trian.lr=0.1"]) == 2
     assert "unknown key 'trian'; valid keys here: " in capsys.readouterr().err
     assert not Path("params.yaml").exists()
+
+
+@pytest.mark.usefixtures("conf_copy")
+def test_a_bad_key_or_value_names_the_conf_file_that_sets_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    machine = Path("conf/local/machine.yaml")
+    machine.parent.mkdir()
+    machine.write_text("train:\n  lr_rate: 0.1\n")
+    assert main(["params"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'train.lr_rate'" in err and "(set in conf/local/machine.yaml)" in err
+    machine.write_text("train:\n  epochs: 0\n")
+    assert main(["params"]) == 2
+    assert "'train.epochs' = 0" in (err := capsys.readouterr().err)
+    assert "(set in conf/local/machine.yaml)" in err
+    # The recipe comes after conf/local/ in Hydra's order: its value is the one params.yaml holds.
+    Path("conf/recipe/tutorial.yaml").write_text(
+        "# @package _global_\nrecipe: tutorial\ntrain:\n  lr: -1\n"
+    )
+    assert main(["params"]) == 2
+    assert "(set in conf/recipe/tutorial.yaml)" in (err := capsys.readouterr().err)
+    # A value given on the command line is in no file.
+    machine.unlink()
+    assert main(["params", "recipe=fast", "train.lr=-2"]) == 2
+    assert "'train.lr' = -2" in (err := capsys.readouterr().err) and "set in" not in err

@@ -77,8 +77,41 @@ def parse(schema: type[S], raw: Any, origin: str = "params", complete: bool = Fa
     try:
         return schema.model_validate(mine)
     except ValidationError as exc:
-        lines = [_describe(e, mine, schema) for e in exc.errors()]
+        lines = [_describe(e, mine, schema) + _set_in(e, raw) for e in exc.errors()]
         raise ConfigError(f"{origin} is invalid:\n  - " + "\n  - ".join(lines)) from None
+
+
+def _set_in(err: dict[str, Any], raw: dict[str, Any]) -> str:
+    """' (set in conf/...)': the conf/ file that gives the key of a bad value or an unknown key
+    its value in params.yaml, the last in Hydra's order (config.yaml, local/machine.yaml, the
+    recipe), since params.yaml is composed from conf/ and that file is the one to edit."""
+    conf = Path("conf")
+    recipe = raw.get("recipe")
+    files = [conf / "config.yaml", conf / "local" / "machine.yaml"]
+    files += [conf / "recipe" / f"{recipe}.yaml"] if isinstance(recipe, str) else []
+    loc = [str(part) for part in err["loc"]]
+    wanted = _lookup(raw, loc)
+    found = ""
+    for file in files if len(loc) > 1 else []:  # a section-wide check names its keys itself
+        try:
+            tree = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            continue
+        value = _lookup(tree, loc)
+        if value is not _MISSING and value == wanted:
+            found = f" (set in {file.as_posix()})"
+    return found
+
+
+_MISSING = object()
+
+
+def _lookup(tree: Any, loc: list[str]) -> Any:
+    for part in loc:
+        if not isinstance(tree, dict) or part not in tree:
+            return _MISSING
+        tree = tree[part]
+    return tree
 
 
 def _missing(schema: type[BaseModel], raw: dict[str, Any], prefix: str = "") -> list[str]:
