@@ -79,21 +79,6 @@ def dvc(repo: Path, *args: str, check: bool = True, **kw: Any) -> subprocess.Com
 EXP_SHOW_HEADLINE = ("val_acc", "step", "test_loss", "test_acc")
 
 
-def assert_exp_show_fits_120_columns(repo: Path, param: str) -> None:
-    """`dvc exp show --only-changed` as a 120-column terminal shows it (DVC sizes its table by
-    COLUMNS and folds what does not fit into a `…` column) has every headline metric that
-    differs between the rows (`--only-changed` hides the others), `param`, and no wider line."""
-    changed = dvc(repo, "exp", "show", "--only-changed", "--csv").stdout.splitlines()[0]
-    wanted = [c for c in EXP_SHOW_HEADLINE if c in changed.split(",")] + [param]
-    assert {"test_acc", "test_loss"} <= set(wanted), f"the sweep changed no test metric: {changed}"
-    out = dvc(repo, "exp", "show", "--only-changed", "--no-pager", env={**env(), "COLUMNS": "120"})
-    lines = out.stdout.splitlines()
-    header = next(line for line in lines if "Experiment" in line)
-    for column in wanted:
-        assert column in header.split(), f"{column} is not within 120 columns:\n{out.stdout}"
-    assert max(len(line.rstrip()) for line in lines) <= 120, out.stdout
-
-
 def git(repo: Path, *args: str) -> str:
     return run(["git", *args], repo).stdout
 

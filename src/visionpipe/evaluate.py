@@ -106,10 +106,11 @@ def run(
             paths.PER_CLASS,
         )
     loss, accuracy = loss_and_accuracy(logits, labels)
-    # Short names: these are `dvc exp show` columns, and a sweep's table must fit 120 columns.
+    # Short names: these are `dvc exp show` columns, in this order, and a sweep's table must fit
+    # 120 columns.
     metrics = {
-        "test_loss": round(loss, 6),
         "test_acc": round(accuracy, 6),
+        "test_loss": round(loss, 6),
         "test_images": len(labels),
     }
     per_class = {"macro_f1": macro_f1(scores), "classes_without_test_images": absent}

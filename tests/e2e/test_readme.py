@@ -538,6 +538,11 @@ def _check_exp_show(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess
         # The README's sweep (queued runs: State and Executor columns too) in 120 columns shows
         # the headline metrics and the changed lr.
         _assert_fits_terminal(ctx, proc.stdout, "train.lr")
+    # The headline metrics lead the table, the data counts after them: a sweep that changes the
+    # data (and so the counts) still shows test_acc within the terminal's width.
+    columns = _run(ctx, [sys.executable, "-m", "dvc", "exp", "show", "--csv"]).stdout
+    header = columns.splitlines()[0].split(",")
+    assert max(map(header.index, EXP_SHOW_HEADLINE)) < header.index("images.train"), header
 
 
 def _assert_fits_terminal(ctx: Ctx, shown: str, param: str) -> None:
