@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import re
 import sys
 import urllib.parse
@@ -190,8 +191,14 @@ def _check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     for flag in ("topk", "batch_size", "max_batch"):
         if getattr(args, flag, 1) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
-    if getattr(args, "batch_wait_ms", 0) < 0 or getattr(args, "max_upload_mb", 1) <= 0:
-        parser.error("--batch-wait-ms must be at least 0 and --max-upload-mb above 0")
+    # nan and inf pass a plain comparison: a wait of either hangs every request, and an upload
+    # limit of either cannot become a byte count.
+    wait = getattr(args, "batch_wait_ms", 0.0)
+    if not (math.isfinite(wait) and wait >= 0):
+        parser.error(f"--batch-wait-ms must be a number of 0 or more; got {wait}")
+    upload = getattr(args, "max_upload_mb", 1.0)
+    if not (math.isfinite(upload) and upload > 0):
+        parser.error(f"--max-upload-mb must be a number above 0; got {upload}")
     for flag in ("read_timeout_s", "keepalive_s"):
         if not getattr(args, flag, 1) > 0:  # nan too
             parser.error(f"--{flag.replace('_', '-')} must be above 0; got {getattr(args, flag)}")

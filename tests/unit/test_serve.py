@@ -508,6 +508,28 @@ def test_unusable_model_and_address_are_one_line_errors(
         assert exit_.value.code == 2
 
 
+def test_limits_that_are_no_finite_number_are_refused_by_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # nan and inf pass `< 0`: a wait of either hangs every request, an upload limit of either
+    # stops the server at its start with a traceback. The options are checked before the model
+    # is read, so a missing model keeps a value let through from starting a server.
+    model = tmp_path / "absent.onnx"
+    for flag, value, allowed in (
+        ("--batch-wait-ms", "nan", "a number of 0 or more"),
+        ("--batch-wait-ms", "inf", "a number of 0 or more"),
+        ("--batch-wait-ms", "-1", "a number of 0 or more"),
+        ("--max-upload-mb", "nan", "a number above 0"),
+        ("--max-upload-mb", "inf", "a number above 0"),
+        ("--max-upload-mb", "0", "a number above 0"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(["serve", "--model", str(model), flag, value])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert f"{flag} must be {allowed}; got {float(value)}" in err, err
+
+
 def test_other_commands_never_import_the_server() -> None:
     code = (
         "import sys; from visionpipe.cli import build_parser; build_parser();"
