@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from visionpipe import paths
-from visionpipe.fsutil import atomic_open, atomic_path, write_json
+from visionpipe.fsutil import DiskFullError, atomic_open, atomic_path, write_json
 from visionpipe.grids import Layout, captioned_grid
 from visionpipe.images import (
     BadImageError,
@@ -208,17 +208,48 @@ def predict_command(
     files, errors = collect_inputs(specs)
     preds = errors + predict_files(files, opened, topk, batch_size)
     print(format_table(preds))
-    if json_path:
-        write_json(json_path, [asdict(p) for p in preds])
-    if csv_path:
-        write_csv(csv_path, preds, topk)
-    if grid_path:
-        write_grid(grid_path, preds)
+    written = _write_outputs(preds, topk, json_path, csv_path, grid_path)
     failed = sum(p.error is not None for p in preds)
     if failed:
         log.error("%d of %d inputs failed; %s", failed, len(preds), fix)
-        return 1
-    return 0
+    return 1 if failed or not written else 0
+
+
+def _write_outputs(
+    preds: list[Prediction],
+    topk: int,
+    json_path: Path | None,
+    csv_path: Path | None,
+    grid_path: Path | None,
+) -> bool:
+    """Write the files asked for; False, after one error line naming it, if one cannot be."""
+    outputs = (
+        ("--json", json_path, lambda dest: write_json(dest, [asdict(p) for p in preds])),
+        ("--csv", csv_path, lambda dest: write_csv(dest, preds, topk)),
+        ("--grid", grid_path, lambda dest: write_grid(dest, preds)),
+    )
+    for flag, dest, write in outputs:
+        if not dest:
+            continue
+        try:
+            write(dest)
+        except DiskFullError:
+            raise  # its message names the file and the remedy; the caller prints it
+        except OSError as exc:
+            log.error("cannot write %s %s: %s", flag, dest, _unwritable(Path(dest), exc))
+            return False
+    return True
+
+
+def _unwritable(dest: Path, exc: OSError) -> str:
+    """Why `dest` cannot be written, in terms of the path given: the OSError names a temporary
+    file beside it or one of its parents."""
+    if dest.is_dir():
+        return f"{dest} is a folder: name a file in it"
+    blocking = next((p for p in dest.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        return f"{blocking} is a file, not a folder"
+    return f"{exc.strerror or exc}; give a file in a folder this user can write"
 
 
 def write_csv(dest: Path, preds: list[Prediction], topk: int) -> None:

@@ -342,6 +342,24 @@ def test_a_full_disk_under_json_output_is_one_error_line(
     assert not out.exists()
 
 
+def test_an_output_path_that_cannot_be_a_file_is_one_error_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = write_tiny_onnx(tmp_path / "model.onnx")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    args = ["predict", str(DOG_PNG), "--model", str(model)]
+    for flag, dest, problem in (
+        ("--json", tmp_path, f"{tmp_path} is a folder: name a file in it"),
+        ("--csv", a_file / "p.csv", f"{a_file} is a file, not a folder"),
+        ("--grid", a_file / "sub" / "g.png", f"{a_file} is a file, not a folder"),
+    ):
+        caplog.clear()
+        assert main([*args, flag, str(dest)]) == 1
+        assert f"cannot write {flag} {dest}: {problem}" in caplog.text
+        assert "dog.png" in capsys.readouterr().out  # the predictions were printed all the same
+
+
 def test_any_file_name_comes_back_whole_in_json_and_csv(
     exported_model: Path, tmp_path: Path
 ) -> None:
