@@ -340,7 +340,7 @@ def _verify(hashes: _Hashes, expect: _Expect, name: str, origin: str) -> None:
         if wanted is not None and wanted.lower() != actual:
             raise ChecksumError(
                 f"checksum mismatch for {name} from {origin}: {algo} expected {wanted.lower()},"
-                f" got {actual}; the file was deleted. {expect.advice}"
+                f" got {actual}; its copy was deleted, the source left as it is. {expect.advice}"
             )
 
 

@@ -147,6 +147,17 @@ def test_checksum_mismatch_deletes_file(tmp_path: Path, server: Server) -> None:
     assert _files(tmp_path / "raw") == []
 
 
+def test_checksum_mismatch_of_a_local_file_says_the_file_itself_is_kept(tmp_path: Path) -> None:
+    source = tmp_path / "mine.zip"
+    source.write_bytes(PAYLOAD)
+    with pytest.raises(ChecksumError) as err:
+        _fetch(str(source), tmp_path, sha256="0" * 64)
+    assert f"from {source}:" in str(err.value)
+    assert "its copy was deleted, the source left as it is" in str(err.value)
+    assert source.read_bytes() == PAYLOAD
+    assert _files(tmp_path / "raw") == []
+
+
 def _fake_official(monkeypatch: pytest.MonkeyPatch, url: str, md5: str | None = MD5) -> None:
     monkeypatch.setitem(OFFICIAL, "cifar10", Official(url, "cifar-10-python.tar.gz", md5))
 
