@@ -117,14 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="also write the predictions as JSON here")
     p.add_argument("--csv", type=Path, help="also write the predictions as CSV here")
     p.add_argument("--grid", type=Path, help="also write a labelled image grid PNG here")
-    p.set_defaults(func=_predict)
+    p.set_defaults(func=_predict, parser=p)
     _add_serve(sub)
     c = sub.add_parser(
         "params",
         help="write params.yaml from conf/ (as `dvc exp run -S` does), e.g. after editing conf/",
     )
     c.add_argument("overrides", nargs="*", help="key=value or recipe=NAME, as after -S")
-    c.set_defaults(func=_params)
+    c.set_defaults(func=_params, parser=c)
     return parser
 
 
@@ -169,7 +169,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="a web page origin (http://localhost:3000) whose fetch() may read the answers; "
         "'*' for any; repeat for more (default: none but the server's own page)",
     )
-    s.set_defaults(func=_serve)
+    s.set_defaults(func=_serve, parser=s)
 
 
 def _origin(value: str) -> str:
@@ -225,7 +225,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = _parse(parser, sys.argv[1:] if argv is None else argv)
-    _check_numbers(parser, args)
+    _check_numbers(args.parser, args)  # the command's parser: its usage, not the top one's
     logs.setup(logging.WARNING)
     try:
         return args.func(args)

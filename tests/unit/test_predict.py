@@ -360,6 +360,20 @@ def test_an_output_path_that_cannot_be_a_file_is_one_error_line(
         assert "dog.png" in capsys.readouterr().out  # the predictions were printed all the same
 
 
+def test_an_option_out_of_range_shows_its_own_commands_usage(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for argv, usage in (
+        (["predict", "x.png", "--topk", "0"], "usage: visionpipe predict "),
+        (["serve", "--max-batch", "0"], "usage: visionpipe serve "),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(usage), err
+
+
 def test_any_file_name_comes_back_whole_in_json_and_csv(
     exported_model: Path, tmp_path: Path
 ) -> None:
