@@ -67,7 +67,7 @@ def _params(args: argparse.Namespace) -> int:
 
     try:
         text = compose_yaml(args.overrides)
-        parse_params(yaml.safe_load(text), origin="the composed params", complete=True)
+        parse_params(yaml.safe_load(text), origin="params.yaml as composed", complete=True)
     except Exception as exc:  # Hydra's and the loader's errors both name the bad override
         print(f"error: {_override_error(exc)}", file=sys.stderr)
         if type(exc).__name__ == "OverrideParseException":  # Hydra's grammar, not the value
@@ -114,9 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
     p.add_argument("--topk", type=int, default=3, help="classes to show per image (default 3)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--json", type=Path, help="also write the predictions as JSON here")
-    p.add_argument("--csv", type=Path, help="also write the predictions as CSV here")
-    p.add_argument("--grid", type=Path, help="also write a labelled image grid PNG here")
+    p.add_argument(
+        "--json", type=Path, help="also write the predictions as JSON here ('-': stdout)"
+    )
+    p.add_argument("--csv", type=Path, help="also write the predictions as CSV here ('-': stdout)")
+    p.add_argument(
+        "--grid", type=Path, help="also write a labelled image grid here (.png, .jpg or .webp)"
+    )
     p.set_defaults(func=_predict, parser=p)
     _add_serve(sub)
     c = sub.add_parser(
@@ -187,6 +191,21 @@ def _origin(value: str) -> str:
     )
 
 
+GRID_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # formats every Pillow build writes
+
+
+def _check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """predict's output files: one of them at most on stdout, a grid in a format its name says."""
+    if getattr(args, "json", None) == getattr(args, "csv", None) == Path("-"):
+        parser.error("--json - and --csv - both ask for stdout: send one of them to a file")
+    grid = getattr(args, "grid", None)
+    if grid is not None and grid.suffix.lower() not in GRID_SUFFIXES:
+        parser.error(
+            f"--grid {grid}: name a {', '.join(GRID_SUFFIXES)} file (the image's format "
+            "follows its name)"
+        )
+
+
 def _check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for flag in ("topk", "batch_size", "max_batch"):
         if getattr(args, flag, 1) < 1:
@@ -226,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = _parse(parser, sys.argv[1:] if argv is None else argv)
     _check_numbers(args.parser, args)  # the command's parser: its usage, not the top one's
+    _check_outputs(args.parser, args)
     logs.setup(logging.WARNING)
     try:
         return args.func(args)

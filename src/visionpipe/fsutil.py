@@ -148,8 +148,12 @@ def write_json(dest: Path | str, obj: Any) -> None:
     escape of each byte, \\udcXX, which is what backslashreplace writes for a surrogate.
     """
     with atomic_open(dest, errors="backslashreplace") as f:
-        json.dump(_finite(obj), f, indent=2, sort_keys=False, allow_nan=False, ensure_ascii=False)
-        f.write("\n")
+        f.write(json_pretty(obj))
+
+
+def json_pretty(obj: Any) -> str:
+    """`obj` as `write_json` writes it: indented, one item a line."""
+    return json.dumps(_finite(obj), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
 
 
 def write_text(dest: Path | str, text: str) -> None:

@@ -59,6 +59,13 @@ def require(path: Path, stage: str) -> Path:
     the pipeline's own outputs, how to bring back the last ones DVC recorded."""
     if path.exists():
         return path
+    if not path.is_absolute() and not _in_a_project():
+        # A predict-and-serve install, with a model.onnx copied out of a project.
+        raise FileNotFoundError(
+            f"{path} not found, and {Path.cwd()} is not inside a visionpipe project (no dvc.yaml "
+            "here or in a folder above): run from the project, or name the model file "
+            "(visionpipe predict/serve --model FILE)"
+        )
     message = f"{path} not found: {rerun(stage)} first"
     if _pipeline_output(path):
         # DVC deletes a stage's outputs before running it, so a failed or stopped run leaves
@@ -70,6 +77,10 @@ def require(path: Path, stage: str) -> Path:
             "stopped run')"
         )
     raise FileNotFoundError(message)
+
+
+def _in_a_project() -> bool:
+    return any((folder / "dvc.yaml").is_file() for folder in (Path.cwd(), *Path.cwd().parents))
 
 
 def _pipeline_output(path: Path) -> bool:

@@ -12,14 +12,16 @@ import glob
 import io
 import logging
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from PIL import Image
 
 from visionpipe import paths
-from visionpipe.fsutil import DiskFullError, atomic_open, atomic_path, write_json
+from visionpipe.fsutil import DiskFullError, atomic_open, atomic_path, json_pretty, write_json
 from visionpipe.grids import Layout, captioned_grid
 from visionpipe.images import (
     BadImageError,
@@ -207,7 +209,9 @@ def predict_command(
         return 2
     files, errors = collect_inputs(specs)
     preds = errors + predict_files(files, opened, topk, batch_size)
-    print(format_table(preds))
+    # `--json -` / `--csv -` take standard output for themselves: the table goes to stderr.
+    piped = STDOUT in (json_path, csv_path)
+    print(format_table(preds), file=sys.stderr if piped else sys.stdout)
     written = _write_outputs(preds, topk, json_path, csv_path, grid_path)
     failed = sum(p.error is not None for p in preds)
     if failed:
@@ -231,6 +235,9 @@ def _write_outputs(
     for flag, dest, write in outputs:
         if not dest:
             continue
+        if dest == STDOUT:
+            _to_stdout(preds, topk, flag)
+            continue
         try:
             write(dest)
         except DiskFullError:
@@ -252,21 +259,41 @@ def _unwritable(dest: Path, exc: OSError) -> str:
     return f"{exc.strerror or exc}; give a file in a folder this user can write"
 
 
+STDOUT = Path("-")  # `--json -`, `--csv -`: standard output, as curl -o - and tar -f - take it
+
+
+def _to_stdout(preds: list[Prediction], topk: int, flag: str) -> None:
+    if flag == "--json":
+        text = json_pretty([asdict(p) for p in preds])
+    else:
+        out = io.StringIO()
+        _csv_rows(out, preds, topk)
+        text = out.getvalue()
+    # A file name that is not UTF-8 keeps its escaped bytes, as write_json writes them.
+    sys.stdout.flush()
+    sys.stdout.buffer.write(text.encode("utf-8", "backslashreplace"))
+    sys.stdout.buffer.flush()
+
+
 def write_csv(dest: Path, preds: list[Prediction], topk: int) -> None:
     with atomic_open(dest) as f:
-        w = csv.writer(f, lineterminator="\n")
-        header = ["file"]
-        for i in range(1, topk + 1):
-            header += [f"class_{i}", f"probability_{i}"]
-        w.writerow([*header, "error"])
-        for p in preds:
-            # A name that is not UTF-8 (Python holds its bytes escaped) gets U+FFFD for those
-            # bytes, as a terminal shows it: the CSV stays UTF-8; the JSON keeps the exact name.
-            row: list[Any] = [p.file.encode("utf-8", "surrogateescape").decode("utf-8", "replace")]
-            for i in range(topk):
-                t = p.top[i] if i < len(p.top) else {"class": "", "probability": ""}
-                row += [t["class"], t["probability"]]
-            w.writerow([*row, p.error or ""])
+        _csv_rows(f, preds, topk)
+
+
+def _csv_rows(f: Any, preds: list[Prediction], topk: int) -> None:
+    w = csv.writer(f, lineterminator="\n")
+    header = ["file"]
+    for i in range(1, topk + 1):
+        header += [f"class_{i}", f"probability_{i}"]
+    w.writerow([*header, "error"])
+    for p in preds:
+        # A name that is not UTF-8 (Python holds its bytes escaped) gets U+FFFD for those
+        # bytes, as a terminal shows it: the CSV stays UTF-8; the JSON keeps the exact name.
+        row: list[Any] = [p.file.encode("utf-8", "surrogateescape").decode("utf-8", "replace")]
+        for i in range(topk):
+            t = p.top[i] if i < len(p.top) else {"class": "", "probability": ""}
+            row += [t["class"], t["probability"]]
+        w.writerow([*row, p.error or ""])
 
 
 def write_grid(
@@ -284,7 +311,8 @@ def write_grid(
     ]
     sheet = captioned_grid(images, captions, Layout(cell, cols, lines=2, font_size=13))
     buf = io.BytesIO()
-    sheet.save(buf, format="PNG")
+    # The format its name says (cli.GRID_SUFFIXES); PNG for any other.
+    sheet.save(buf, format=Image.registered_extensions().get(Path(dest).suffix.lower(), "PNG"))
     with atomic_path(dest) as tmp:
         tmp.write_bytes(buf.getvalue())
 

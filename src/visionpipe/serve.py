@@ -184,7 +184,9 @@ async def _read_form(request: web.Request, limit: int, timeout: float) -> Form:
             if not isinstance(part, BodyPartReader):
                 raise ApiError(400, "nested multipart forms are not supported; send image files")
             if len(form.uploads) == MAX_IMAGES:
-                raise ApiError(413, f"more than {MAX_IMAGES} images in one request")
+                raise ApiError(
+                    413, f"more than {MAX_IMAGES} images in one request: send them in several"
+                )
             data = await _read_part(part, limit - total, limit, timeout)
             total += len(data)
             # Forms carry text fields beside their files (a label, a CSRF token, topk); they

@@ -155,6 +155,12 @@ def test_each_backend_reads_the_model_the_pipeline_writes_by_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    # Outside a project (a predict-and-serve install): name the model file.
+    assert main(["predict", "x.png"]) == 2
+    assert f"{paths.ONNX_MODEL} not found, and {tmp_path} is not inside" in caplog.text
+    assert "--model FILE" in caplog.text
+    caplog.clear()
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")  # a project that has not run export
     assert main(["predict", "x.png"]) == 2
     assert f"{paths.ONNX_MODEL} not found: run 'uv run dvc repro export' first" in caplog.text
     caplog.clear()
@@ -184,6 +190,7 @@ def test_a_model_a_failed_run_deleted_names_the_checkout_that_restores_it(
     # DVC deletes model.pt as train starts; a refused or stopped `dvc exp run` leaves none, and
     # `dvc repro train` would rerun the params that just failed.
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     assert main(["predict", "x.png", "--backend", "torch"]) == 2
     assert "'uv run dvc checkout --force train' to restore" in caplog.text
     caplog.clear()
@@ -358,6 +365,30 @@ def test_an_output_path_that_cannot_be_a_file_is_one_error_line(
         assert main([*args, flag, str(dest)]) == 1
         assert f"cannot write {flag} {dest}: {problem}" in caplog.text
         assert "dog.png" in capsys.readouterr().out  # the predictions were printed all the same
+
+
+def test_json_or_csv_to_stdout_and_a_grid_in_the_format_its_name_says(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = write_tiny_onnx(tmp_path / "model.onnx")
+    args = ["predict", str(DOG_PNG), "--model", str(model)]
+    assert main([*args, "--json", "-"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)[0]["file"] == str(DOG_PNG)  # stdout holds the JSON alone
+    assert "dog.png:" in err  # the table went to stderr
+    assert main([*args, "--csv", "-"]) == 0
+    assert capsys.readouterr().out.startswith("file,class_1,probability_1,")
+    assert not (tmp_path / "-").exists() and not Path("-").exists()
+    for name, magic in (("g.jpg", b"\xff\xd8\xff"), ("g.webp", b"RIFF"), ("g.PNG", b"\x89PNG")):
+        assert main([*args, "--grid", str(tmp_path / name)]) == 0
+        assert (tmp_path / name).read_bytes().startswith(magic), name
+    for extra, says in (
+        (["--grid", str(tmp_path / "g.gif")], "name a .png, .jpg, .jpeg, .webp file"),
+        (["--json", "-", "--csv", "-"], "both ask for stdout"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main([*args, *extra])
+        assert exit_.value.code == 2 and says in capsys.readouterr().err
 
 
 def test_an_option_out_of_range_shows_its_own_commands_usage(
