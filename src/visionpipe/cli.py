@@ -36,8 +36,13 @@ def _predict(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from visionpipe import serve
 
+    try:
+        model = args.model or paths.default_model(paths.ONNX_MODEL)
+    except FileNotFoundError as exc:
+        logging.getLogger("visionpipe.serve").error("%s", exc)
+        return 2
     config = serve.ServeConfig(
-        args.model or paths.in_project(paths.ONNX_MODEL),
+        model,
         args.host,
         args.port,
         args.topk,

@@ -49,6 +49,19 @@ def in_project(path: Path) -> Path:
     return path
 
 
+def default_model(path: Path) -> Path:
+    """`in_project(path)` for predict and serve run without --model; outside any project (a
+    predict-and-serve install, a model.onnx copied out of one) a missing file says to name it."""
+    found = in_project(path)
+    if not found.exists() and not _in_a_project():
+        raise FileNotFoundError(
+            f"{path} not found, and {Path.cwd()} is not inside a visionpipe project (no dvc.yaml "
+            "here or in a folder above): run from the project, or name the model file "
+            "(--model FILE)"
+        )
+    return found
+
+
 def rerun(stage: str) -> str:
     """The command that (re)makes what stage `stage` writes, for error messages."""
     return f"run 'uv run dvc repro {stage}'"
@@ -59,13 +72,6 @@ def require(path: Path, stage: str) -> Path:
     the pipeline's own outputs, how to bring back the last ones DVC recorded."""
     if path.exists():
         return path
-    if not path.is_absolute() and not _in_a_project():
-        # A predict-and-serve install, with a model.onnx copied out of a project.
-        raise FileNotFoundError(
-            f"{path} not found, and {Path.cwd()} is not inside a visionpipe project (no dvc.yaml "
-            "here or in a folder above): run from the project, or name the model file "
-            "(visionpipe predict/serve --model FILE)"
-        )
     message = f"{path} not found: {rerun(stage)} first"
     if _pipeline_output(path):
         # DVC deletes a stage's outputs before running it, so a failed or stopped run leaves

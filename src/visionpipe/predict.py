@@ -84,9 +84,9 @@ class TorchBackend:
 def open_backend(kind: str, model: Path | None = None) -> Backend:
     """The `kind` backend for `model`, by default the model file the pipeline writes for it."""
     if kind == "onnx":
-        return OnnxBackend(model or paths.in_project(paths.ONNX_MODEL))
+        return OnnxBackend(model or paths.default_model(paths.ONNX_MODEL))
     if kind == "torch":
-        model = model or paths.in_project(paths.MODEL)
+        model = model or paths.default_model(paths.MODEL)
         # Accept the ONNX path too: the state_dict sits beside it as model.pt.
         return TorchBackend(model.with_suffix(".pt") if model.suffix == ".onnx" else model)
     raise ValueError(f"Invalid backend '{kind}'. Only onnx and torch are supported.")

@@ -160,6 +160,9 @@ def test_each_backend_reads_the_model_the_pipeline_writes_by_default(
     assert f"{paths.ONNX_MODEL} not found, and {tmp_path} is not inside" in caplog.text
     assert "--model FILE" in caplog.text
     caplog.clear()
+    assert main(["serve"]) == 2
+    assert "is not inside a visionpipe project" in caplog.text and "--model FILE" in caplog.text
+    caplog.clear()
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")  # a project that has not run export
     assert main(["predict", "x.png"]) == 2
     assert f"{paths.ONNX_MODEL} not found: run 'uv run dvc repro export' first" in caplog.text
