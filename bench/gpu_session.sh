@@ -37,6 +37,16 @@ logs=${LOGS:-bench/gpu-logs}
 mkdir -p "$logs"
 status=0
 
+# dvc.yaml's stages run `python`, and the repro part `dvc`: on the GPU image (PYTHON=python3)
+# neither name need be on PATH, nor be that interpreter, so both point at PYTHON's here.
+if [[ -n ${PYTHON:-} ]]; then
+    exe=$("${py[@]}" -c 'import sys; print(sys.executable)') || exit 1
+    shims=$(mktemp -d)
+    printf '#!/bin/sh\nexec "%s" "$@"\n' "$exe" >"$shims/python"
+    printf '#!/bin/sh\nexec "%s" -m dvc "$@"\n' "$exe" >"$shims/dvc"
+    chmod +x "$shims/python" "$shims/dvc"
+    export PATH=$shims:$PATH
+fi
 if [[ -d .carry/whl ]]; then
     "${py[@]}" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir .carry/whl/*.whl ||
         exit 1
@@ -78,9 +88,9 @@ run() {  # run NAME COMMAND...: its output to $logs/NAME.log and the screen; rem
     fi
 }
 
-# REHEARSE=1 runs the parts on a machine without a GPU (a tiny ZIP; `airbench` and `loop` then run
-# on the CPU at tiny sizes and write nothing), so that the session's minutes on the GPU are not
-# spent finding a broken install or script.
+# REHEARSE=1 runs the parts on a machine without a GPU (a tiny ZIP; `airbench`, `loop` and
+# `stages` then run on the CPU at tiny sizes and write nothing), so that the session's minutes on
+# the GPU are not spent finding a broken install or script.
 [[ ${REHEARSE:-} == 1 ]] ||
     "${py[@]}" -c 'import torch; print(torch.__version__, torch.cuda.get_device_name(0))' || exit 1
 for part in $parts; do
@@ -109,8 +119,9 @@ for part in $parts; do
             --also train.cuda_graph=true ${AIRBENCH_EXTRA:-}
         ;;
     stages) # each stage's share of `dvc exp run -S train.lr=X` with the fast recipe
-        run stages "${py[@]}" bench/stage_times.py --new . --recipe fast --epochs 10 --repeats 2 \
-            --zip "$zip"
+        sizes=(--epochs 10 --repeats 2)
+        [[ ${REHEARSE:-} == 1 ]] && sizes=(--epochs 1 --repeats 1 --no-write)
+        run stages "${py[@]}" bench/stage_times.py --new . --recipe fast "${sizes[@]}" --zip "$zip"
         ;;
     *) echo "unknown part $part (tests, repro, recipes, loop, fast, airbench, stages)" >&2 && status=1 ;;
     esac

@@ -25,6 +25,7 @@ a machine that has the working tree but no git history (a lent GPU machine).
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -63,9 +64,19 @@ PROJECT_FILES = (
 PROJECT_DIRS = ("conf", "stages", "src", "plots_template")
 
 
+@functools.cache
+def _python_dir(python: str) -> str:
+    """A folder whose `python` runs `python`: dvc.yaml's stages run `python`, and the folder an
+    interpreter lives in may hold none by that name (/usr/bin/python3 alone) or another one."""
+    folder = Path(tempfile.mkdtemp(prefix="stage-times-python-"))
+    (folder / "python").write_text(f'#!/bin/sh\nexec "{python}" "$@"\n')
+    (folder / "python").chmod(0o755)
+    return str(folder)
+
+
 def _env(python: str) -> dict[str, str]:
     """The environment a project's commands run in: its Python first on PATH, for the stages."""
-    return {**os.environ, "PATH": f"{Path(python).parent}{os.pathsep}{os.environ['PATH']}"}
+    return {**os.environ, "PATH": f"{_python_dir(python)}{os.pathsep}{os.environ['PATH']}"}
 
 
 def _run(cmd: list[str], cwd: Path, python: str = sys.executable, **kw: Any) -> str:
