@@ -160,6 +160,7 @@ def _plan_split_folders(names: Sequence[str], root: str, val_fraction: float, se
         if name.startswith(prefix) and len(rel := name[len(prefix) :].split("/")) >= 3
     ]
     folders = {folder for _, folder, _ in found}
+    _refuse_misnamed_splits(folders, prefix)
     held_out = next((s for s in HELD_OUT_NAMES if s in folders), None)
     if held_out is None:
         raise DatasetLayoutError(
@@ -185,6 +186,23 @@ def _plan_split_folders(names: Sequence[str], root: str, val_fraction: float, se
         if folder == "train" or folder in split
     ]
     return Plan(classes, items, "split folders", held_out)
+
+
+def _refuse_misnamed_splits(folders: set[str], prefix: str) -> None:
+    """Refuse a split folder beside train/ under another name (`valid/` of Roboflow and Kaggle
+    exports, `Val/`, `testing/`): read as neither split, its images would be left out of every
+    split while validation is carved from train/ instead."""
+    for folder in sorted(folders - set(SPLITS)):
+        lower = folder.lower()
+        if lower.rstrip("0123456789_- ") not in _SPLIT_LIKE:
+            continue
+        name = "val" if "val" in lower else "test" if "test" in lower else "train"
+        raise DatasetLayoutError(
+            f"found '{prefix}{folder}/' beside '{prefix}train/': split folders are named "
+            f"'train/', 'val/' and 'test/' (lower case), and '{folder}/' is none of them, so "
+            f"its images would be used by no split; rename it to '{name}/' (or move it out of "
+            f"the source), {GUIDE}"
+        )
 
 
 def carve_val(n: int, val_fraction: float, seed: int) -> np.ndarray:

@@ -151,6 +151,29 @@ def test_split_folders_misnamed_are_refused_not_taken_for_classes(folders: tuple
     assert trains.classes == ["test", "trains"]  # a real class beside one looks like a split
 
 
+@pytest.mark.parametrize(
+    ("folders", "rename"),
+    [
+        (("train", "valid", "test"), "valid/'.*rename it to 'val/'"),  # Roboflow's export
+        (("train", "Val", "test"), "Val/'.*rename it to 'val/'"),
+        (("train", "validation"), "validation/'.*rename it to 'val/'"),
+        (("train", "val", "testing"), "testing/'.*rename it to 'test/'"),
+    ],
+)
+def test_a_misnamed_split_folder_beside_train_is_refused_not_left_out(
+    folders: tuple[str, ...], rename: str
+) -> None:
+    names = [f"ds/{f}/{cls}/{i}.jpg" for f in folders for cls in CLASSES for i in range(3)]
+    with pytest.raises(splits.DatasetLayoutError, match=f"found 'ds/{rename}"):
+        splits.plan_image_folder(names, None, 0.1, seed=0)
+    # Any other folder beside the splits is left out, listed with the ignored files.
+    names = [n.replace(f"/{folders[1]}/", "/extra/") for n in names]
+    if folders[2:]:
+        names = [n.replace(f"/{folders[2]}/", "/test/") for n in names]
+        plan = splits.plan_image_folder(names, None, 0.1, seed=0)
+        assert plan.ignored == [n for n in names if "/extra/" in n]
+
+
 def test_a_source_without_images_says_what_it_holds() -> None:
     with pytest.raises(splits.DatasetLayoutError) as err:
         splits.plan_image_folder(["photos.zip", "__MACOSX/._photos.zip"], None, 0.1, seed=0)
