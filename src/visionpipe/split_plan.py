@@ -271,6 +271,7 @@ def _plan_flat(names: Sequence[str], test_fraction: float, val_fraction: float, 
             f"'train/' plus 'test/' or 'val/' (lower case), each holding class folders "
             f"(train/<class>/<image>), {GUIDE}"
         )
+    _refuse_split_folder_of_classes(in_class, depth, classes)
     index = {c: i for i, c in enumerate(classes)}
     items = [
         Item(
@@ -286,6 +287,27 @@ def _plan_flat(names: Sequence[str], test_fraction: float, val_fraction: float, 
             f"training images out of {len(items)}; lower them"
         )
     return Plan(classes, items, "flat", "carved")
+
+
+def _refuse_split_folder_of_classes(
+    in_class: Sequence[tuple[str, list[str]]], depth: int, classes: Sequence[str]
+) -> None:
+    """Refuse a split folder of class folders beside those class folders (cats/, dogs/ and
+    test/cats/, test/dogs/): read as a class, `test` would be one more class of cats and dogs."""
+    prefix = "/".join([*in_class[0][1][:depth], ""])
+    for cls in classes:
+        if cls.lower().rstrip("0123456789_- ") not in _SPLIT_LIKE:
+            continue
+        inner = {p[depth + 1] for _, p in in_class if p[depth] == cls and len(p) > depth + 2}
+        shared = sorted(inner & set(classes))
+        if shared:
+            raise DatasetLayoutError(
+                f"'{prefix}{cls}/' holds the class folders {', '.join(shared)} found beside it: "
+                f"as a class, '{cls}' would mix their images. To use it as a split, move the "
+                f"class folders beside it into '{prefix}train/' ('{prefix}train/<class>/<image>',"
+                f" and name the split 'test/' or 'val/'); else move '{cls}/' out of the "
+                f"source, {GUIDE}"
+            )
 
 
 def class_counts(

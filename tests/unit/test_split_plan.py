@@ -174,6 +174,19 @@ def test_a_misnamed_split_folder_beside_train_is_refused_not_left_out(
         assert plan.ignored == [n for n in names if "/extra/" in n]
 
 
+@pytest.mark.parametrize("split", ["test", "val", "Validation"])
+def test_a_split_folder_of_classes_beside_the_class_folders_is_refused(split: str) -> None:
+    names = _names(5) + [f"photos/{split}/{cls}/{i}.jpg" for cls in CLASSES[:2] for i in range(3)]
+    with pytest.raises(splits.DatasetLayoutError) as err:
+        splits.plan_image_folder(names, None, 0.1, seed=0)
+    assert f"'photos/{split}/' holds the class folders cats, dogs found beside it" in str(err.value)
+    assert "move the class folders beside it into 'photos/train/'" in str(err.value)
+    # A class named like a split, with sub-folders of its own, stays a class.
+    names = _names(5) + [f"photos/{split}/2024/{i}.jpg" for i in range(3)]
+    plan = splits.plan_image_folder(names, None, 0.1, seed=0)
+    assert plan.classes == sorted([*CLASSES, split])
+
+
 def test_a_source_without_images_says_what_it_holds() -> None:
     with pytest.raises(splits.DatasetLayoutError) as err:
         splits.plan_image_folder(["photos.zip", "__MACOSX/._photos.zip"], None, 0.1, seed=0)
