@@ -232,16 +232,31 @@ def _flat_root(names: Sequence[str]) -> list[str]:
     depth = len(common)
     classes = {parts[depth] for parts in map(_parts, names) if len(parts) > depth + 1}
     if len(classes) < 2:
-        if common and not classes:  # all images in one folder: that folder is the one class
-            found = f"only one class folder, '{common[-1]}'"
-        else:
-            plural = "s" * (len(classes) != 1)
-            found = f"{len(classes)} class folder{plural} under '{'/'.join(common) or '.'}'"
-        raise DatasetLayoutError(
-            f"found {found}: put each class's images in a folder named after the "
-            f"class, at least two of them (photos/cats/*.jpg, photos/dogs/*.jpg), {GUIDE}"
-        )
+        raise DatasetLayoutError(_too_few_classes(names, common, classes))
     return common
+
+
+def _too_few_classes(names: Sequence[str], common: list[str], classes: set[str]) -> str:
+    """Why the images of `names` under folder `common` make fewer than two classes."""
+    fix = (
+        "put each class's images in a folder named after the class, at least two of them "
+        f"(photos/cats/*.jpg, photos/dogs/*.jpg), {GUIDE}"
+    )
+    if common and not classes:  # all images in one folder: that folder is the one class
+        return f"found only one class folder, '{common[-1]}': {fix}"
+    where = "/".join(common) or "."
+    loose = [n for n in names if len(_parts(n)) == len(common) + 1]
+    if len(classes) == 1 and loose:
+        # photos/ beside a stray cover.jpg: the images beside it keep photos/ from being the top.
+        (only,) = classes
+        shown = ", ".join(loose[:3]) + (f" and {len(loose) - 3} more" if len(loose) > 3 else "")
+        return (
+            f"found 1 class folder under '{where}', '{only}', beside images outside any class "
+            f"folder ({shown}): move those images into a class folder or out of the source, "
+            f"so that the folders in '{only}/' are the classes; or {fix}"
+        )
+    plural = "s" * (len(classes) != 1)
+    return f"found {len(classes)} class folder{plural} under '{where}': {fix}"
 
 
 def split_of(path: str, seed: int, test_fraction: float, val_fraction: float) -> str:

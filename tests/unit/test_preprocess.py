@@ -102,6 +102,13 @@ def test_on_bad_image_fail_stops_and_names_the_files(workdir: Path) -> None:
     [
         (["cats/1.jpg", "cats/2.jpg"], "found only one class folder, 'cats'"),
         (["1.jpg", "2.jpg"], "found 0 class folders under '.'"),
+        (
+            ["cover.png", "photos/cats/1.jpg", "photos/dogs/2.jpg"],
+            r"found 1 class folder under '\.', 'photos', beside images outside any class "
+            r"folder \(cover\.png\): move those images into a class folder or out of the source",
+        ),
+        (["photos/cats/1.jpg", "photos/cats/2.jpg"], "found only one class folder, 'cats'"),
+        (["x/photos/cats/1.jpg", "x/photos/dogs/2.jpg", "x/0.jpg"], r"'x', 'photos', .*\(x/0"),
         (["train/cats/1.jpg"], "no held-out split"),
         (["a/train/cats/1.jpg", "b/train/cats/1.jpg", "a/test/cats/2.jpg"], "several folders"),
         (["train/cats/1.jpg", "test/dogs/1.jpg"], "classes not in train/: dogs"),
