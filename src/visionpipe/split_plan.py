@@ -163,9 +163,18 @@ def _plan_split_folders(names: Sequence[str], root: str, val_fraction: float, se
     _refuse_misnamed_splits(folders, prefix)
     held_out = next((s for s in HELD_OUT_NAMES if s in folders), None)
     if held_out is None:
+        # Kaggle's test/ holds unlabelled images (test/1.jpg): a held-out split without classes.
+        loose = [n for n in names if n.startswith((f"{prefix}test/", f"{prefix}val/"))]
+        also = (
+            f" ({len(loose)} unlabelled image{'s' * (len(loose) > 1)} lie outside any class"
+            f" folder there, e.g. {loose[0]}: sort them into class folders, or move them out of"
+            " the source)"
+            if loose
+            else ""
+        )
         raise DatasetLayoutError(
             f"found '{prefix}train/' but no held-out split next to it: add a 'test/' or 'val/' "
-            f"folder of class folders, {GUIDE}"
+            f"folder of class folders{also}, {GUIDE}"
         )
     # With test/ and val/ both present, val/ is the validation split as it is, as test/ is test.
     own_val = held_out == "test" and "val" in folders

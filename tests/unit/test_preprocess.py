@@ -110,6 +110,11 @@ def test_on_bad_image_fail_stops_and_names_the_files(workdir: Path) -> None:
         (["photos/cats/1.jpg", "photos/cats/2.jpg"], "found only one class folder, 'cats'"),
         (["x/photos/cats/1.jpg", "x/photos/dogs/2.jpg", "x/0.jpg"], r"'x', 'photos', .*\(x/0"),
         (["train/cats/1.jpg"], "no held-out split"),
+        (
+            ["ds/train/cats/1.jpg", "ds/test/1.jpg", "ds/test/2.jpg"],
+            r"class folders \(2 unlabelled images lie outside any class folder there, e\.g\. "
+            r"ds/test/1\.jpg: sort them into class folders",
+        ),
         (["a/train/cats/1.jpg", "b/train/cats/1.jpg", "a/test/cats/2.jpg"], "several folders"),
         (["train/cats/1.jpg", "test/dogs/1.jpg"], "classes not in train/: dogs"),
         (["notes.txt"], "no image files"),
