@@ -206,10 +206,11 @@ def _refuse_misnamed_splits(folders: set[str], prefix: str) -> None:
         if lower.rstrip("0123456789_- ") not in _SPLIT_LIKE:
             continue
         name = "val" if "val" in lower else "test" if "test" in lower else "train"
+        fix = "merge its class folders into" if name in folders else "rename it to"
         raise DatasetLayoutError(
             f"found '{prefix}{folder}/' beside '{prefix}train/': split folders are named "
             f"'train/', 'val/' and 'test/' (lower case), and '{folder}/' is none of them, so "
-            f"its images would be used by no split; rename it to '{name}/' (or move it out of "
+            f"its images would be used by no split; {fix} '{name}/' (or move it out of "
             f"the source), {GUIDE}"
         )
 

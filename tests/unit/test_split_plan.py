@@ -158,6 +158,7 @@ def test_split_folders_misnamed_are_refused_not_taken_for_classes(folders: tuple
         (("train", "Val", "test"), "Val/'.*rename it to 'val/'"),
         (("train", "validation"), "validation/'.*rename it to 'val/'"),
         (("train", "val", "testing"), "testing/'.*rename it to 'test/'"),
+        (("train", "Test", "test"), "Test/'.*merge its class folders into 'test/'"),
     ],
 )
 def test_a_misnamed_split_folder_beside_train_is_refused_not_left_out(
