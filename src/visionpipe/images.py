@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import simplejpeg
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 # .jpe and .jfif are JPEGs too: Windows saves photos from the web as .jfif. HEIC/HEIF (iPhone
 # photos) cannot be decoded, but counting them as images lists each one with how to convert it,
@@ -32,8 +32,10 @@ IMAGE_SUFFIXES = frozenset(
     | {".avif", ".heic", ".heif", ".ppm", ".pgm", ".pbm"}
 )
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
-# Images above this many pixels are refused: decoding a 10000x10000 photo takes ~300 MB and is
-# usually a mistake or a decompression bomb.
+# Images that would decode to more pixels than this are refused: decoding a 10000x10000 image takes
+# ~300 MB and is usually a mistake or a decompression bomb. A JPEG decoded at reduced scale for a
+# target size counts the pixels of that decode: a 200-megapixel phone photo for 64 px decodes at
+# 1/8 scale, 3 megapixels.
 MAX_PIXELS = 64_000_000
 # A JPEG is decoded at reduced scale only down to DRAFT_GAP times the target size, the rest left
 # to the resize filter: Pillow's own Image.thumbnail default (reducing_gap=2.0), "very close to
@@ -147,11 +149,13 @@ def _decode_plain_jpeg(data: bytes, size: int | None) -> np.ndarray | None:
     """(H, W, 3) pixels of a plain JPEG, as Pillow decodes them (with its draft scale for
     `size`); None for anything else, which Pillow then decodes."""
     found = _plain_jpeg_size(data)
-    if found is None or found[0] * found[1] > MAX_PIXELS:
+    if found is None:
         return None
     w, h = found
     scale = _draft_scale(w, h, size)
     want = (-(-h // scale), -(-w // scale))  # libjpeg rounds scaled sizes up, as Pillow does
+    if want[0] * want[1] > MAX_PIXELS:
+        return None  # Pillow's path refuses it, naming the limit
     try:
         pixels = simplejpeg.decode_jpeg(data, "RGB", min_height=want[0], min_width=want[1])
     except ValueError:  # corrupt, truncated, or a warning simplejpeg treats as an error
@@ -214,9 +218,9 @@ def _decode_with_pillow(data: bytes, name: str, size: int | None) -> Image.Image
     if not data:
         raise BadImageError(name, "empty file (0 bytes)")
     try:
-        img = Image.open(io.BytesIO(data))
+        img = _open_image(data)
         w, h = img.size
-        if w * h > MAX_PIXELS:
+        if _decoded_pixels(img, size) > MAX_PIXELS:
             raise BadImageError(
                 name,
                 f"image is {w}x{h} ({w * h:,} pixels), above the {MAX_PIXELS:,} limit; "
@@ -234,9 +238,28 @@ def _decode_with_pillow(data: bytes, name: str, size: int | None) -> Image.Image
     except UnidentifiedImageError:
         raise BadImageError(name, _unidentified_reason(data)) from None
     except Image.DecompressionBombError as exc:
-        raise BadImageError(name, f"too large to decode safely ({exc})") from None
+        reason = f"too large to decode safely ({exc}); downscale it first"
+        raise BadImageError(name, reason) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(name, f"cannot decode: {exc}") from None
+
+
+def _open_image(data: bytes) -> Image.Image:
+    """Image.open, except that a JPEG above Pillow's decompression-bomb size opens too: it is
+    decoded at reduced scale, and MAX_PIXELS bounds the pixels that decode makes."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        if not data.startswith(b"\xff\xd8"):
+            raise
+        return JpegImagePlugin.JpegImageFile(io.BytesIO(data))
+
+
+def _decoded_pixels(img: Image.Image, size: int | None) -> int:
+    """How many pixels decoding `img` for `size` makes: a JPEG's draft scale divides its sides."""
+    w, h = img.size
+    scale = _draft_scale(w, h, size) if img.format in ("JPEG", "MPO") else 1
+    return -(-w // scale) * -(-h // scale)
 
 
 def _unidentified_reason(data: bytes) -> str:

@@ -187,3 +187,25 @@ def test_header_pixels_reads_png_and_plain_jpeg_headers_only() -> None:
     assert images.header_pixels(_encode(img, "JPEG", exif=exif.tobytes())) is None
     assert images.header_pixels(_encode(img, "GIF")) is None
     assert images.header_pixels(b"\x89PNG\r\n\x1a\n") is None
+
+
+def test_a_jpeg_above_the_pixel_limit_is_read_at_the_reduced_scale_it_decodes_at(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A 108- or 200-megapixel phone photo, scaled down: the limits shrink with it.
+    monkeypatch.setattr(images, "MAX_PIXELS", 100_000)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 60_000)  # Pillow's bomb error above 120,000
+    photo = Image.new("RGB", (640, 480), (30, 120, 200))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated, as phones save: Pillow's path, not the plain-JPEG one
+    for data in (_encode(photo, "JPEG"), _encode(photo, "JPEG", exif=exif.tobytes())):
+        out = decode_rgb(data, "big.jpg", 16)  # decoded at 1/8 scale: 80x60
+        assert sorted(out.size) == [60, 80]
+        assert np.abs(np.asarray(out, np.int16) - (30, 120, 200)).max() <= 2
+        assert load_array(data, "big.jpg", 16).shape == (3, 16, 16)
+        with pytest.raises(BadImageError, match="above the 100,000 limit; downscale it first"):
+            decode_rgb(data, "big.jpg", None)  # a full decode stays refused
+    with pytest.raises(BadImageError, match=r"too large to decode safely .*; downscale it"):
+        decode_rgb(_encode(photo, "PNG"), "big.png", 16)  # no reduced decode for a PNG
+    with pytest.raises(BadImageError, match="above the 100,000 limit"):
+        decode_rgb(_encode(Image.new("RGB", (400, 300)), "PNG"), "big.png", 16)
