@@ -27,7 +27,7 @@ from PIL import Image
 from visionpipe import archive, cifar_pickle, parallel, paths, split_plan
 from visionpipe.config.data import DataConfig, DataParams
 from visionpipe.fsutil import atomic_dir, remove_stale_temps, size_text, write_json
-from visionpipe.images import decode_batch, is_hidden, resize_center_crop, to_chw
+from visionpipe.images import decode_batch, is_hidden, is_image_name, resize_center_crop, to_chw
 from visionpipe.split_files import SplitWriter, channel_sums, mean_std, open_images, read_index
 from visionpipe.split_plan import SPLITS, DatasetLayoutError, Item, Plan
 
@@ -110,17 +110,36 @@ def decode_source(
 
 
 def _warn_ignored(ignored: Sequence[str]) -> None:
-    """Name the files left out that a user may have meant as photos (camera RAW files, loose
-    images beside the class folders): hidden and system files go without saying."""
+    """Name the files left out that a user may have meant as photos (camera RAW files, photos
+    saved without a suffix, loose images beside the class folders), and why: hidden and system
+    files go without saying."""
     visible = [name for name in ignored if not is_hidden(name)]
-    if visible:
-        shown = ", ".join(visible[:5]) + (" ..." if len(visible) > 5 else "")
-        log.warning(
-            "ignoring %d files that are not images in class folders (listed in %s): %s",
-            len(visible),
-            paths.PREPROCESS_REPORT,
-            shown,
+    if not visible:
+        return
+    other = [name for name in visible if not is_image_name(name)]
+    loose = [name for name in visible if is_image_name(name)]
+    why = []
+    if other:
+        why.append(
+            f"{_files(len(other))} without an image suffix (.jpg, .png, ...: add it to a photo"
+            f" saved without one): {_shown(other)}"
         )
+    if loose:
+        why.append(f"{len(loose)} outside the class folders: {_shown(loose)}")
+    log.warning(
+        "ignoring %s (listed in %s): %s",
+        _files(len(visible)),
+        paths.PREPROCESS_REPORT,
+        "; ".join(why),
+    )
+
+
+def _files(n: int) -> str:
+    return f"{n} file{'s' * (n != 1)}"
+
+
+def _shown(names: Sequence[str]) -> str:
+    return ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
 
 
 @contextlib.contextmanager

@@ -167,7 +167,8 @@ def test_files_left_out_are_named_in_the_log_but_not_mac_junk(
     preprocess.run(_params())
     warned = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("ignoring 2 files"), warned
-    assert "photos/ants/IMG_1.CR2" in warned[0] and "photos/cover.jpg" in warned[0]
+    assert "1 file without an image suffix (.jpg, .png, ...: add it to a photo" in warned[0]
+    assert "one): photos/ants/IMG_1.CR2; 1 outside the class folders: photos/cover.jpg" in warned[0]
     assert all(junk not in warned[0] for junk in ("DS_Store", "MACOSX", "Thumbs", "desktop"))
 
 
