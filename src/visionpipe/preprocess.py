@@ -360,16 +360,24 @@ class BadImagesError(ValueError):
     """Undecodable images were found and data.on_bad_image is 'fail'."""
 
 
+_LISTED_BAD = 50  # undecodable images named in the log; the report lists them all
+
+
 def _check_bad_images(result: Result, on_bad_image: str) -> None:
     if not result.bad_images:
         return
-    listing = "\n".join(f"  {b['file']}: {b['reason']}" for b in result.bad_images[:50])
     n = len(result.bad_images)
+    listing = "\n".join(f"  {b['file']}: {b['reason']}" for b in result.bad_images[:_LISTED_BAD])
+    if n > _LISTED_BAD:
+        listing += f"\n  ... and {n - _LISTED_BAD} more"
     images = f"{n} image{'s' * (n != 1)}"
     if on_bad_image == "fail":
+        # The stage stops before its report: it holds the list alone, so none goes unnamed.
+        write_json(paths.PREPROCESS_REPORT, {"bad_images": result.bad_images})
         raise BadImagesError(
-            f"{images} cannot be decoded (data.on_bad_image: fail):\n"
-            f"{listing}\nRemove or fix them, or set data.on_bad_image: skip to leave them out."
+            f"{images} cannot be decoded (data.on_bad_image: fail; all listed in "
+            f"{paths.PREPROCESS_REPORT}):\n{listing}\n"
+            "Remove or fix them, or set data.on_bad_image: skip to leave them out."
         )
     log.warning(
         "skipping %s that cannot be decoded (listed in %s):\n%s",

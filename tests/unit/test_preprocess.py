@@ -88,6 +88,18 @@ def test_bad_images_are_listed_and_skipped_by_default(workdir: Path) -> None:
     assert meta["counts"]["train"] + meta["counts"]["val"] == 20
 
 
+def test_on_bad_image_fail_lists_every_file_when_there_are_many(workdir: Path) -> None:
+    bad = {f"photos/train/ants/{i:03d}.jpg": b"" for i in range(60)}
+    _make_zip(workdir / paths.RAW_DIR / "photos.zip", extra=bad)
+    with pytest.raises(preprocess.BadImagesError) as err:
+        preprocess.run(_params(on_bad_image="fail"))
+    assert "60 images cannot be decoded (data.on_bad_image: fail; all listed in " in str(err.value)
+    assert "ants/049.jpg: empty" in str(err.value) and "ants/050.jpg" not in str(err.value)
+    assert "\n  ... and 10 more\n" in str(err.value)
+    report = json.loads(paths.PREPROCESS_REPORT.read_text())
+    assert [b["file"] for b in report["bad_images"]] == sorted(bad)
+
+
 def test_on_bad_image_fail_stops_and_names_the_files(workdir: Path) -> None:
     _make_zip(workdir / paths.RAW_DIR / "photos.zip", extra={"photos/train/ants/x.jpg": b""})
     with pytest.raises(
