@@ -163,19 +163,7 @@ def _plan_split_folders(names: Sequence[str], root: str, val_fraction: float, se
     _refuse_misnamed_splits(folders, prefix)
     held_out = next((s for s in HELD_OUT_NAMES if s in folders), None)
     if held_out is None:
-        # Kaggle's test/ holds unlabelled images (test/1.jpg): a held-out split without classes.
-        loose = [n for n in names if n.startswith((f"{prefix}test/", f"{prefix}val/"))]
-        also = (
-            f" ({len(loose)} unlabelled image{'s' * (len(loose) > 1)} lie outside any class"
-            f" folder there, e.g. {loose[0]}: sort them into class folders, or move them out of"
-            " the source)"
-            if loose
-            else ""
-        )
-        raise DatasetLayoutError(
-            f"found '{prefix}train/' but no held-out split next to it: add a 'test/' or 'val/' "
-            f"folder of class folders{also}, {GUIDE}"
-        )
+        raise DatasetLayoutError(_no_held_out(names, prefix))
     # With test/ and val/ both present, val/ is the validation split as it is, as test/ is test.
     own_val = held_out == "test" and "val" in folders
     classes = sorted({cls for _, folder, cls in found if folder == "train"})  # ImageFolder's rule
@@ -195,6 +183,33 @@ def _plan_split_folders(names: Sequence[str], root: str, val_fraction: float, se
         if folder == "train" or folder in split
     ]
     return Plan(classes, items, "split folders", held_out)
+
+
+def _no_held_out(names: Sequence[str], prefix: str) -> str:
+    """Why `train/` below `prefix` has no held-out split next to it, and what to do."""
+    # Kaggle's test/ holds unlabelled images (test/1.jpg): a held-out split without classes.
+    loose = [n for n in names if n.startswith((f"{prefix}test/", f"{prefix}val/"))]
+    # Images directly in folders beside train/ (car/1.jpg): a flat collection with a class
+    # that is named train and has sub-folders of its own.
+    beside = sorted(
+        {r[0] for n in names if len(r := n[len(prefix) :].split("/")) == 2 and r[0] != "train"}
+    )
+    also = ""
+    if loose:
+        also = (
+            f" ({len(loose)} unlabelled image{'s' * (len(loose) > 1)} lie outside any class"
+            f" folder there, e.g. {loose[0]}: sort them into class folders, or move them out of"
+            " the source)"
+        )
+    elif beside:
+        also = (
+            f"; or, if 'train' is a class beside {', '.join(beside[:3])}, rename its folder"
+            " (trains/): a train/ folder holding sub-folders marks split folders"
+        )
+    return (
+        f"found '{prefix}train/' but no held-out split next to it: add a 'test/' or 'val/' "
+        f"folder of class folders{also}, {GUIDE}"
+    )
 
 
 def _refuse_misnamed_splits(folders: set[str], prefix: str) -> None:

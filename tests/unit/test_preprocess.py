@@ -123,6 +123,10 @@ def test_on_bad_image_fail_stops_and_names_the_files(workdir: Path) -> None:
         (["x/photos/cats/1.jpg", "x/photos/dogs/2.jpg", "x/0.jpg"], r"'x', 'photos', .*\(x/0"),
         (["train/cats/1.jpg"], "no held-out split"),
         (
+            ["car/1.jpg", "bus/2.jpg", "train/2023/3.jpg"],
+            r"if 'train' is a class beside bus, car, rename its folder \(trains/\)",
+        ),
+        (
             ["ds/train/cats/1.jpg", "ds/test/1.jpg", "ds/test/2.jpg"],
             r"class folders \(2 unlabelled images lie outside any class folder there, e\.g\. "
             r"ds/test/1\.jpg: sort them into class folders",
