@@ -301,7 +301,9 @@ def write_grid(
 ) -> None:
     """A labelled contact sheet of the predicted images (the first `limit` that decoded)."""
     shown = [p for p in preds if p.error is None][:limit]
-    images = (decode_rgb(Path(p.file).read_bytes(), p.file) for p in shown)
+    # Decoded for the cell size, as predicting decoded them for the model's: a JPEG at reduced
+    # scale, so a photo too large to decode whole (200 megapixels) shows as it was predicted.
+    images = (decode_rgb(Path(p.file).read_bytes(), p.file, cell) for p in shown)
     captions = [
         [
             (f"{p.top[0]['class']} {p.top[0]['probability']:.0%}", "black"),

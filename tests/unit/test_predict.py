@@ -105,6 +105,25 @@ def test_cli_predicts_good_files_and_reports_each_bad_one(
     assert Image.open(grid).size[0] > 0
 
 
+def test_a_photo_too_large_to_decode_whole_is_predicted_and_drawn_in_the_grid(
+    exported_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from visionpipe import images
+
+    monkeypatch.setattr(images, "MAX_PIXELS", 1_000_000)  # a 200-megapixel photo, scaled down
+    photo = tmp_path / "big.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated, as phones save
+    Image.new("RGB", (2048, 1536), (30, 120, 200)).save(photo, exif=exif.tobytes())
+    grid, out_json = tmp_path / "grid.png", tmp_path / "p.json"
+    model = str(exported_model / "model.onnx")
+    args = ["predict", str(photo), "--model", model, "--grid", str(grid), "--json", str(out_json)]
+    assert main(args) == 0
+    assert json.loads(out_json.read_text())[0]["error"] is None
+    cell = np.asarray(Image.open(grid).convert("RGB"))[40:90, 40:90].reshape(-1, 3)
+    assert np.abs(cell.astype(int) - (30, 120, 200)).max() <= 3, "the photo is drawn in its cell"
+
+
 def test_backends_agree_on_top1(exported_model: Path, tmp_path: Path) -> None:
     from visionpipe import predict
 
