@@ -109,6 +109,25 @@ def decode_source(
         return _write_splits(plan, decoded, size, out)
 
 
+_ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz")
+# Why a visible file is left out, by what its name is, with what to do about it.
+_IGNORED_WHY = {
+    "archive": "archives inside the source, not opened (unpack them into it)",
+    "bare": "without a suffix (a photo needs its format's: .jpg, .png, ...)",
+    "other": "not images by their suffix",
+    "loose": "images outside the class folders",
+}
+
+
+def _ignored_kind(name: str) -> str:
+    base = name.rsplit("/", 1)[-1].lower()
+    if is_image_name(name):
+        return "loose"
+    if base.endswith(_ARCHIVES):
+        return "archive"
+    return "other" if "." in base else "bare"
+
+
 def _warn_ignored(ignored: Sequence[str]) -> None:
     """Name the files left out that a user may have meant as photos (camera RAW files, photos
     saved without a suffix, loose images beside the class folders), and why: hidden and system
@@ -116,16 +135,10 @@ def _warn_ignored(ignored: Sequence[str]) -> None:
     visible = [name for name in ignored if not is_hidden(name)]
     if not visible:
         return
-    other = [name for name in visible if not is_image_name(name)]
-    loose = [name for name in visible if is_image_name(name)]
-    why = []
-    if other:
-        why.append(
-            f"{_files(len(other))} without an image suffix (.jpg, .png, ...: add it to a photo"
-            f" saved without one): {_shown(other)}"
-        )
-    if loose:
-        why.append(f"{len(loose)} outside the class folders: {_shown(loose)}")
+    kinds = {kind: [n for n in visible if _ignored_kind(n) == kind] for kind in _IGNORED_WHY}
+    why = [
+        f"{_IGNORED_WHY[k]} ({len(names)}): {_shown(names)}" for k, names in kinds.items() if names
+    ]
     log.warning(
         "ignoring %s (listed in %s): %s",
         _files(len(visible)),

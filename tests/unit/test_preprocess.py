@@ -88,6 +88,21 @@ def test_bad_images_are_listed_and_skipped_by_default(workdir: Path) -> None:
     assert meta["counts"]["train"] + meta["counts"]["val"] == 20
 
 
+def test_files_left_out_are_told_apart_by_what_to_do(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    extra = {"photos/ants/IMG_2": _jpeg((1, 2, 3)), "photos/more.zip": b"PK", "photos/a.mp4": b""}
+    _flat_zip(workdir / paths.RAW_DIR / "photos.zip", {"ants": 8, "bees": 8}, extra=extra)
+    preprocess.run(_params())
+    warned = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
+    assert warned == [
+        "ignoring 3 files (listed in metrics/preprocess.json): archives inside the source, not "
+        "opened (unpack them into it) (1): photos/more.zip; without a suffix (a photo needs its "
+        "format's: .jpg, .png, ...) (1): photos/ants/IMG_2; not images by their suffix (1): "
+        "photos/a.mp4"
+    ]
+
+
 def test_on_bad_image_fail_lists_every_file_when_there_are_many(workdir: Path) -> None:
     bad = {f"photos/train/ants/{i:03d}.jpg": b"" for i in range(60)}
     _make_zip(workdir / paths.RAW_DIR / "photos.zip", extra=bad)
@@ -183,8 +198,8 @@ def test_files_left_out_are_named_in_the_log_but_not_mac_junk(
     preprocess.run(_params())
     warned = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("ignoring 2 files"), warned
-    assert "1 file without an image suffix (.jpg, .png, ...: add it to a photo" in warned[0]
-    assert "one): photos/ants/IMG_1.CR2; 1 outside the class folders: photos/cover.jpg" in warned[0]
+    assert "not images by their suffix (1): photos/ants/IMG_1.CR2; images outside the" in warned[0]
+    assert warned[0].endswith("class folders (1): photos/cover.jpg")
     assert all(junk not in warned[0] for junk in ("DS_Store", "MACOSX", "Thumbs", "desktop"))
 
 
