@@ -191,9 +191,8 @@ def _no_held_out(names: Sequence[str], prefix: str) -> str:
     loose = [n for n in names if n.startswith((f"{prefix}test/", f"{prefix}val/"))]
     # Images directly in folders beside train/ (car/1.jpg): a flat collection with a class
     # that is named train and has sub-folders of its own.
-    beside = sorted(
-        {r[0] for n in names if len(r := n[len(prefix) :].split("/")) == 2 and r[0] != "train"}
-    )
+    below = [n[len(prefix) :].split("/") for n in names if n.startswith(prefix)]
+    beside = sorted({r[0] for r in below if len(r) == 2 and r[0] != "train"})
     also = ""
     if loose:
         also = (

@@ -138,7 +138,7 @@ def test_on_bad_image_fail_stops_and_names_the_files(workdir: Path) -> None:
         (["x/photos/cats/1.jpg", "x/photos/dogs/2.jpg", "x/0.jpg"], r"'x', 'photos', .*\(x/0"),
         (["train/cats/1.jpg"], "no held-out split"),
         (
-            ["car/1.jpg", "bus/2.jpg", "train/2023/3.jpg"],
+            ["x/car/1.jpg", "x/bus/2.jpg", "x/train/2023/3.jpg", "y/z/4.jpg"],
             r"if 'train' is a class beside bus, car, rename its folder \(trains/\)",
         ),
         (
