@@ -99,16 +99,22 @@ def plan_image_folder(
 
 
 def _refuse_lookalikes(classes: Sequence[str]) -> None:
-    """Refuse two class folders named alike but for Unicode normalization: `café` typed on Linux
-    (é one code point) beside `café` from a Mac's zip (e and a combining accent) would be two
-    classes that every report, plot and prediction shows by the same name."""
+    """Refuse two class folders named alike but for Unicode normalization or spaces at the ends:
+    `café` typed on Linux (é one code point) beside `café` from a Mac's zip (e and a combining
+    accent), or `dogs` beside `dogs ` (a Mac keeps a trailing space), would be two classes that
+    every report, plot and prediction shows by the same name."""
     seen: dict[str, str] = {}
     for cls in classes:
-        first = seen.setdefault(unicodedata.normalize("NFC", cls), cls)
+        first = seen.setdefault(unicodedata.normalize("NFC", cls).strip(), cls)
         if first != cls:
+            nfc = unicodedata.normalize("NFC", first) == unicodedata.normalize("NFC", cls)
+            how = (
+                f"in two Unicode forms ({first!a} and {cls!a}; a Mac writes accents decomposed)"
+                if nfc
+                else f"but for spaces at the ends ({first!a} and {cls!a})"
+            )
             raise DatasetLayoutError(
-                f"the class folders {first!r} and {cls!r} are one name in two Unicode forms"
-                f" ({first!a} and {cls!a}; a Mac writes accents decomposed), which"
+                f"the class folders {first!r} and {cls!r} are one name {how}, which"
                 " would train two classes shown alike: move the images of one folder into the"
                 " other"
             )

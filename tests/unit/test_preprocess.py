@@ -333,3 +333,10 @@ def test_one_class_name_in_two_unicode_forms_is_refused() -> None:
     with pytest.raises(split_plan.DatasetLayoutError, match="one name in two Unicode forms") as e:
         split_plan.plan_image_folder(names, None, 0.1, 0)
     assert r"'cafe\u0301' and 'caf\xe9'" in str(e.value)
+
+
+def test_one_class_name_with_and_without_a_trailing_space_is_refused() -> None:
+    names = [f"{cls}/{i}.jpg" for cls in ("dogs", "dogs ", "cats") for i in range(5)]
+    with pytest.raises(split_plan.DatasetLayoutError) as e:
+        split_plan.plan_image_folder(names, None, 0.1, 0)
+    assert "'dogs' and 'dogs ' are one name but for spaces at the ends" in str(e.value)
