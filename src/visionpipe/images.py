@@ -269,7 +269,17 @@ def _unidentified_reason(data: bytes) -> str:
             "HEIC/HEIF image, which cannot be decoded here: convert it to JPEG or PNG (an iPhone"
             " saves JPEGs with Settings > Camera > Formats > Most Compatible)"
         )
+    archive = next(
+        (kind for magic, at, kind in _ARCHIVE_MAGIC if data[at:].startswith(magic)), None
+    )
+    if archive is not None:
+        return f"a {archive} archive, not an image: unpack it and give its images or folder"
     return "not a recognised image format"
+
+
+# An archive given where an image is expected (`visionpipe predict photos.zip`): its magic bytes,
+# their offset, and its kind.
+_ARCHIVE_MAGIC = ((b"PK\x03\x04", 0, "zip"), (b"\x1f\x8b", 0, "gzip"), (b"ustar", 257, "tar"))
 
 
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:

@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import sys
+import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -238,6 +239,9 @@ def _write_outputs(
         if dest == STDOUT:
             _to_stdout(preds, topk, flag)
             continue
+        if flag == "--grid" and all(p.error for p in preds):
+            log.error("--grid %s not written: no input could be predicted", dest)
+            continue  # the failed inputs make the exit code 1
         try:
             write(dest)
         except DiskFullError:
@@ -322,9 +326,11 @@ def write_grid(
 def format_table(preds: list[Prediction]) -> str:
     lines = []
     for p in preds:
+        # A control character in a name (a newline) would break the table's one line per file.
+        name = "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in p.file)
         if p.error:
-            lines.append(f"{p.file}: ERROR {p.error}")
+            lines.append(f"{name}: ERROR {p.error}")
         else:
             tops = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in p.top)
-            lines.append(f"{p.file}: {tops}")
+            lines.append(f"{name}: {tops}")
     return "\n".join(lines)

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -481,3 +482,20 @@ def test_a_glob_under_a_folder_with_brackets_in_its_name_matches(
     assert main(["predict", f"{folder}/**/*.[jJ][pP][gG]", *model]) == 0
     files = sorted(p["file"] for p in json.loads(out.read_text()))
     assert files == [str(folder / "a.jpg"), str(folder / "day 1/b.JPG")]
+
+
+def test_a_collection_that_predicts_nothing_reads_plainly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = write_tiny_onnx(tmp_path / "model.onnx")
+    with zipfile.ZipFile(tmp_path / "photos.zip", "w") as z:
+        z.writestr("a.jpg", b"x")
+    odd = tmp_path / "two\nlines.png"
+    odd.write_bytes(b"not an image")
+    grid = tmp_path / "grid.png"
+    argv = ["predict", str(tmp_path / "photos.zip"), str(odd), "--model", str(model)]
+    assert main([*argv, "--grid", str(grid)]) == 1
+    out = capsys.readouterr().out
+    assert "photos.zip: ERROR a zip archive, not an image: unpack it" in out
+    assert "two\\nlines.png: ERROR" in out and len(out.splitlines()) == 2  # one line per file
+    assert not grid.exists() and f"--grid {grid} not written" in caplog.text
