@@ -49,6 +49,15 @@ def test_committed_params_are_the_tutorial_defaults() -> None:
         ({"data": {"val_fraction": -0.1}}, ["'data.val_fraction' = -0.1"]),
         ({"data": {"dataset": "imagefolder"}}, ["data.source"]),
         ({"train": {"nesterov": True}}, ["momentum"]),
+        # AdamW reads neither: a value there would change nothing in the run.
+        (
+            {"train": {"optimizer": "adamw", "momentum": 0.9}},
+            ["train.momentum 0.9", "sgd only", "train.momentum: 0"],
+        ),
+        (
+            {"train": {"optimizer": "adamw", "momentum": 0.5, "nesterov": True}},
+            ["train.momentum 0.5 and train.nesterov true", "train.optimizer: sgd"],
+        ),
         (
             {"train": {"epochs": 2, "warmup_epochs": 100}},
             ["train.warmup_epochs 100", "train.epochs 2", "at most 2"],

@@ -68,6 +68,19 @@ class TrainConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _momentum_is_sgds(self) -> TrainConfig:
+        # AdamW keeps its own momentum (beta1 0.9): these two would be read by nothing.
+        set_here = [f"train.momentum {self.momentum:g}"] if self.momentum != 0.0 else []
+        set_here += ["train.nesterov true"] if self.nesterov else []
+        if self.optimizer != "sgd" and set_here:
+            raise ValueError(
+                f"{' and '.join(set_here)}: momentum applies to train.optimizer sgd only; "
+                f"'{self.optimizer}' keeps its own (beta1 0.9) and would ignore it. Set "
+                "train.momentum: 0 and train.nesterov: false, or train.optimizer: sgd"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _warmup_fits_the_run(self) -> TrainConfig:
         # The ramp is (step + 1) / warmup steps: a warmup longer than the run never reaches
         # train.lr, and the schedule's decay never starts.
