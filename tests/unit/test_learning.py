@@ -46,3 +46,34 @@ def test_every_name_the_lessons_point_at_exists() -> None:
         f"{m}.{n}" for m, n in ours if not hasattr(importlib.import_module(f"visionpipe.{m}"), n)
     ]
     assert not missing, f"docs/learning.md names what the code does not have: {missing}"
+
+
+def test_every_param_the_lessons_name_exists() -> None:
+    """A `section.key` on the page is a param of conf/config.yaml, or, where a module shares the
+    section's name (`train.run`), a name in that module: a learner types what the page names."""
+    params = yaml.safe_load((ROOT / "conf" / "config.yaml").read_text())
+    sections = "|".join(k for k, v in params.items() if isinstance(v, dict))
+    prose = re.sub(r"```.*?```", "", PAGE.read_text(), flags=re.S)  # the loop's `model.eval()`
+    spans = re.findall(r"`([^`]+)`", prose)
+    named = [
+        name
+        for span in spans
+        for name in re.findall(rf"(?<![\w./])((?:{sections})\.[a-z_]+(?:\.[a-z_]+)*)", span)
+    ]
+    assert {"train.momentum", "model.activation", "train.backbone_lr_scale"} <= set(named)
+
+    def exists(name: str) -> bool:
+        section, *keys = name.split(".")
+        node = params[section]
+        for key in keys:
+            if not isinstance(node, dict) or key not in node:
+                break
+            node = node[key]
+        else:
+            return True
+        if not (SRC / f"{section}.py").is_file():
+            return False
+        return hasattr(importlib.import_module(f"visionpipe.{section}"), keys[0])
+
+    missing = sorted({name for name in named if not exists(name)})
+    assert not missing, f"docs/learning.md names params that conf/config.yaml lacks: {missing}"
