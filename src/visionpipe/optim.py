@@ -50,6 +50,7 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
             groups["norm_bias"].append(param)
         else:
             groups["default"].append(param)
+    warn_if_no_norm_bias(cfg, groups["norm_bias"])
     scale = {"norm_bias": cfg.bias_lr_scale}
     backbone = cfg.backbone_lr_scale
     return [
@@ -63,6 +64,19 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
         for name, params in groups.items()
         if params
     ]
+
+
+def warn_if_no_norm_bias(cfg: TrainConfig, norm_biases: list[nn.Parameter]) -> None:
+    """Say when train.bias_lr_scale has no BatchNorm bias to scale: it then changes nothing."""
+    if cfg.bias_lr_scale == 1.0 or norm_biases:
+        return
+    log.warning(
+        "train.bias_lr_scale %g multiplies the lr of BatchNorm biases, and this model trains "
+        "none (it has no BatchNorm layer, or train.backbone_lr_scale 0 froze them): it "
+        "changes nothing; set train.bias_lr_scale=1, or use a model with BatchNorm "
+        "(model.batch_norm=true for tutorial_cnn, resnet18, fast)",
+        cfg.bias_lr_scale,
+    )
 
 
 def make_optimizer(

@@ -630,6 +630,17 @@ def test_backbone_lr_scale_slows_every_layer_but_the_classifier() -> None:
     assert [g["name"] for g in plain] == ["default", "norm_bias"]
 
 
+def test_bias_lr_scale_on_a_model_without_batch_norm_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cfg = TrainConfig(bias_lr_scale=64.0)
+    optim.make_optimizer(build_model("tutorial_cnn", 3, 16, {"batch_norm": True}), cfg)
+    assert not caplog.text
+    optim.make_optimizer(build_model("tutorial_cnn", 3, 16), cfg)
+    assert "train.bias_lr_scale 64 multiplies the lr of BatchNorm biases" in caplog.text
+    assert "set train.bias_lr_scale=1" in caplog.text
+
+
 @pytest.mark.parametrize("scale, says", [(0.0, "freezes"), (0.5, "slows")])
 def test_backbone_lr_scale_on_random_weights_warns(
     caplog: pytest.LogCaptureFixture, scale: float, says: str
