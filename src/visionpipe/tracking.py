@@ -162,10 +162,12 @@ class Tracker:
         self.live.next_step()
         self.tb.flush()
 
-    def close(self) -> None:
+    def close(self, diverged: bool = False) -> None:
         """End the logs. How the run ended (stopped early, diverged) is in metrics/train.json:
-        as `exp show` columns they would push the test metrics out of a 120-column table."""
+        as `exp show` columns they would push the test metrics out of a 120-column table. The
+        HParams tab's status says it too: a diverged run failed, any other finished."""
         if self.tb is not None:
+            end_hparams_session(self.tb, failed=diverged)
             self.tb.close()
             self.live.end()
 
@@ -180,8 +182,29 @@ def log_hparams(writer: Any, run: dict[str, Any]) -> None:
     validation figures. Written into the run itself, not the subfolder `add_hparams` makes."""
     from torch.utils.tensorboard.summary import hparams
 
-    for summary in hparams(flat_hparams(run), dict.fromkeys(HPARAMS_METRICS, 0.0)):
+    # The third summary ends the session as a success: `end_hparams_session` writes the end
+    # when the run has one, so a run still training (or killed) is not listed as succeeded.
+    experiment, start, _ = hparams(flat_hparams(run), dict.fromkeys(HPARAMS_METRICS, 0.0))
+    for summary in (experiment, start):
         writer.file_writer.add_summary(summary)
+
+
+def end_hparams_session(writer: Any, failed: bool) -> None:
+    """The HParams tab's status of the run: STATUS_FAILURE for a diverged run, else SUCCESS."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    status = api_pb2.STATUS_FAILURE if failed else api_pb2.STATUS_SUCCESS
+    content = plugin_data_pb2.HParamsPluginData(
+        session_end_info=plugin_data_pb2.SessionEndInfo(status=status),
+        version=metadata.PLUGIN_DATA_VERSION,
+    )
+    plugin = SummaryMetadata.PluginData(
+        plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString()
+    )
+    tag = metadata.SESSION_END_INFO_TAG
+    value = Summary.Value(tag=tag, metadata=SummaryMetadata(plugin_data=plugin))
+    writer.file_writer.add_summary(Summary(value=[value]))
 
 
 def flat_hparams(values: dict[str, Any], prefix: str = "") -> dict[str, float | str]:

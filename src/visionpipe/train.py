@@ -231,7 +231,7 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
             break
     seconds = time.perf_counter() - t_start
     metrics = finish(params, loop, splits, seconds, start)
-    tracker.close()
+    tracker.close(diverged=metrics["diverged"])
     if ddp.is_main:
         checkpoints.discard()
     return metrics

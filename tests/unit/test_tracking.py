@@ -119,6 +119,33 @@ def test_tensorboard_s_hparams_tab_has_the_run_s_params_and_final_val_figures(
     assert shown <= set(events.Tags()["scalars"])
 
 
+def _hparams_status(folder: Path) -> str | None:
+    """The run's status in TensorBoard's HParams tab, None while it has no session end."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import api_pb2, metadata
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    content = events.PluginTagToContent(metadata.PLUGIN_NAME)
+    if metadata.SESSION_END_INFO_TAG not in content:
+        return None
+    end = metadata.parse_session_end_info_plugin_data(content[metadata.SESSION_END_INFO_TAG])
+    return api_pb2.Status.Name(end.status)
+
+
+def test_tensorboard_s_hparams_status_says_how_the_run_ended(
+    processed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Killed during its last epoch: no end yet, as for a run still training (not a success).
+    params = tiny_params(epochs=3)
+    _stop_at_epoch_3(params, monkeypatch)
+    assert _hparams_status(processed / paths.TB_DIR) is None
+    train.run(params)
+    assert _hparams_status(processed / paths.TB_DIR) == "STATUS_SUCCESS"
+    assert train.run(tiny_params(epochs=5, lr=100.0, momentum=0.99))["diverged"]
+    assert _hparams_status(processed / paths.TB_DIR) == "STATUS_FAILURE"
+
+
 class _Writer:
     """Keeps what TensorBoard's SummaryWriter would be given."""
 
