@@ -245,11 +245,13 @@ def warn_if_no_step_logs(cfg: TrainConfig, steps_per_epoch: int) -> None:
     if cfg.log_every > total:
         log.warning(
             "train.log_every is %d but this run has %d steps (%d per epoch): no per-step train "
-            "loss in TensorBoard or %s; set train.log_every to %d or less to get one",
+            "loss in TensorBoard or %s; set train.log_every to %d or less to get one (%d gives "
+            "about ten points)",
             cfg.log_every,
             total,
             steps_per_epoch,
             paths.PLOT_STEPS,
+            total,
             max(1, total // 10),
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +220,9 @@ def test_a_log_every_beyond_the_last_step_is_reported(
     train.run(tiny_params(epochs=1, log_every=1000))
     assert (processed / paths.PLOT_STEPS).read_text() == "step,train_loss\n"
     assert "train.log_every is 1000 but this run has" in caplog.text
+    # The bound that gets a point is the run's step count, not the ten-point suggestion.
+    total = int(re.search(r"this run has (\d+) steps", caplog.text)[1])
+    assert f"set train.log_every to {total} or less to get one" in caplog.text
     caplog.clear()
     train.run(tiny_params(epochs=1, log_every=2))
     assert "train.log_every" not in caplog.text
