@@ -145,15 +145,19 @@ def _draft_scale(w: int, h: int, size: int | None) -> int:
     return next(s for s in (8, 4, 2, 1) if fits >= s)
 
 
+def _draft_shape(w: int, h: int, size: int | None) -> tuple[int, int]:
+    """(H, W) of a w x h JPEG decoded at its draft scale for `size`."""
+    scale = _draft_scale(w, h, size)
+    return -(-h // scale), -(-w // scale)  # libjpeg rounds scaled sizes up, as Pillow does
+
+
 def _decode_plain_jpeg(data: bytes, size: int | None) -> np.ndarray | None:
     """(H, W, 3) pixels of a plain JPEG, as Pillow decodes them (with its draft scale for
     `size`); None for anything else, which Pillow then decodes."""
     found = _plain_jpeg_size(data)
     if found is None:
         return None
-    w, h = found
-    scale = _draft_scale(w, h, size)
-    want = (-(-h // scale), -(-w // scale))  # libjpeg rounds scaled sizes up, as Pillow does
+    want = _draft_shape(*found, size)
     if want[0] * want[1] > MAX_PIXELS:
         return None  # Pillow's path refuses it, naming the limit
     try:
@@ -258,8 +262,10 @@ def _open_image(data: bytes) -> Image.Image:
 def _decoded_pixels(img: Image.Image, size: int | None) -> int:
     """How many pixels decoding `img` for `size` makes: a JPEG's draft scale divides its sides."""
     w, h = img.size
-    scale = _draft_scale(w, h, size) if img.format in ("JPEG", "MPO") else 1
-    return -(-w // scale) * -(-h // scale)
+    if img.format not in ("JPEG", "MPO"):
+        return w * h
+    height, width = _draft_shape(w, h, size)
+    return height * width
 
 
 def _unidentified_reason(data: bytes) -> str:

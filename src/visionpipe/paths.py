@@ -43,17 +43,20 @@ def in_project(path: Path) -> Path:
     from a subfolder (`cd photos && visionpipe predict *.jpg`) uses the project's model."""
     if path.is_absolute() or path.exists():
         return path
-    for folder in Path.cwd().parents:
-        if (folder / "dvc.yaml").is_file():
-            return folder / path if (folder / path).exists() else path
-    return path
+    root = project_root()
+    return root / path if root is not None and (root / path).exists() else path
+
+
+def project_root() -> Path | None:
+    """The nearest folder from here up with a dvc.yaml, as dvc finds its project; None outside."""
+    return next((f for f in (Path.cwd(), *Path.cwd().parents) if (f / "dvc.yaml").is_file()), None)
 
 
 def default_model(path: Path) -> Path:
     """`in_project(path)` for predict and serve run without --model; outside any project (a
     predict-and-serve install, a model.onnx copied out of one) a missing file says to name it."""
     found = in_project(path)
-    if not found.exists() and not _in_a_project():
+    if not found.exists() and project_root() is None:
         raise FileNotFoundError(
             f"{path} not found, and {Path.cwd()} is not inside a visionpipe project (no dvc.yaml "
             "here or in a folder above): run from the project, or name the model file "
@@ -83,10 +86,6 @@ def require(path: Path, stage: str) -> Path:
             "stopped run')"
         )
     raise FileNotFoundError(message)
-
-
-def _in_a_project() -> bool:
-    return any((folder / "dvc.yaml").is_file() for folder in (Path.cwd(), *Path.cwd().parents))
 
 
 def _pipeline_output(path: Path) -> bool:

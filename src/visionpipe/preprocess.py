@@ -109,7 +109,6 @@ def decode_source(
         return _write_splits(plan, decoded, size, out)
 
 
-_ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz")
 # Why a visible file is left out, by what its name is, with what to do about it.
 _IGNORED_WHY = {
     "archive": "archives inside the source, not opened (unpack them into it)",
@@ -123,7 +122,7 @@ def _ignored_kind(name: str) -> str:
     base = name.rsplit("/", 1)[-1].lower()
     if is_image_name(name):
         return "loose"
-    if base.endswith(_ARCHIVES):
+    if base.endswith(archive.ARCHIVE_SUFFIXES):
         return "archive"
     return "other" if "." in base else "bare"
 

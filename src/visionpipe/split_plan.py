@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from visionpipe.archive import ARCHIVE_SUFFIXES
 from visionpipe.images import IMAGE_SUFFIXES, is_hidden, is_image_name
 
 SPLITS = ("train", "val", "test")
@@ -126,13 +127,20 @@ def _no_images(names: Sequence[str]) -> str:
         return f"the source holds no files, {GUIDE}"
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     message = f"no image files found among the {len(names)} files of the source ({shown})"
-    if any(n.lower().endswith((".zip", ".tar", ".tar.gz", ".tgz")) for n in names):
+    if any(n.lower().endswith(ARCHIVE_SUFFIXES) for n in names):
         message += "; archives inside the source are not opened: unpack them into it"
     return f"{message}. Images are {', '.join(sorted(IMAGE_SUFFIXES))} files, {GUIDE}"
 
 
 # Folder names that mean a split, not a class: what `_plan_flat` refuses as its only classes.
 _SPLIT_LIKE = frozenset({"train", "training", "test", "testing", "val", "valid", "validation"})
+
+
+def _split_like(name: str) -> bool:
+    """Whether a folder is named like a split (`Test/`, `valid/`, `test1/`, `train_2024/`)."""
+    return name.lower().rstrip("0123456789_- ") in _SPLIT_LIKE
+
+
 DEFAULT_TEST_FRACTION = 0.2  # fastai's valid_pct default; what a flat collection holds out
 
 
@@ -223,7 +231,7 @@ def _refuse_misnamed_splits(folders: set[str], prefix: str) -> None:
     split while validation is carved from train/ instead."""
     for folder in sorted(folders - set(SPLITS)):
         lower = folder.lower()
-        if lower.rstrip("0123456789_- ") not in _SPLIT_LIKE:
+        if not _split_like(folder):
             continue
         name = "val" if "val" in lower else "test" if "test" in lower else "train"
         fix = "merge its class folders into" if name in folders else "rename it to"
@@ -309,7 +317,7 @@ def _plan_flat(names: Sequence[str], test_fraction: float, val_fraction: float, 
     # Images directly in the root have no class folder: they end up in the ignored list.
     in_class = [(n, parts) for n in names if len(parts := _parts(n)) > depth + 1]
     classes = sorted({parts[depth] for _, parts in in_class})
-    if {c.lower().rstrip("0123456789_- ") for c in classes} <= _SPLIT_LIKE:  # test1/ too
+    if all(map(_split_like, classes)):
         # Training a model to tell "Train" from "Test" photos is never what was meant.
         raise DatasetLayoutError(
             f"the class folders found are split folders ({', '.join(classes)}): name them "
@@ -341,7 +349,7 @@ def _refuse_split_folder_of_classes(
     test/cats/, test/dogs/): read as a class, `test` would be one more class of cats and dogs."""
     prefix = "/".join([*in_class[0][1][:depth], ""])
     for cls in classes:
-        if cls.lower().rstrip("0123456789_- ") not in _SPLIT_LIKE:
+        if not _split_like(cls):
             continue
         inner = {p[depth + 1] for _, p in in_class if p[depth] == cls and len(p) > depth + 2}
         shared = sorted(inner & set(classes))

@@ -10,6 +10,7 @@ silently) or an invalid value fails with a message naming the key, the value and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -85,31 +86,34 @@ def _set_in(err: dict[str, Any], raw: dict[str, Any]) -> str:
     """' (set in conf/...)': the conf/ file that gives the key of a bad value or an unknown key
     its value in params.yaml, the last in Hydra's order (config.yaml, local/machine.yaml, the
     recipe), since params.yaml is composed from conf/ and that file is the one to edit."""
+    # compose.CONF_DIR's folder, named here: importing compose would make it (and Hydra's
+    # composition) a dependency of every stage's params loading.
     conf = Path("conf")
     recipe = raw.get("recipe")
     files = [conf / "config.yaml", conf / "local" / "machine.yaml"]
     files += [conf / "recipe" / f"{recipe}.yaml"] if isinstance(recipe, str) else []
     loc = [str(part) for part in err["loc"]]
-    wanted = _lookup(raw, loc)
+    wanted = lookup(raw, loc)
     found = ""
     for file in files if len(loc) > 1 else []:  # a section-wide check names its keys itself
         try:
             tree = yaml.safe_load(file.read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError):
             continue
-        value = _lookup(tree, loc)
-        if value is not _MISSING and value == wanted:
+        value = lookup(tree, loc)
+        if value is not MISSING and value == wanted:
             found = f" (set in {file.as_posix()})"
     return found
 
 
-_MISSING = object()
+MISSING = object()  # what `lookup` finds where a mapping has no such key
 
 
-def _lookup(tree: Any, loc: list[str]) -> Any:
-    for part in loc:
+def lookup(tree: Any, parts: Sequence[str]) -> Any:
+    """The value of nested mappings at the key path `parts` (["train", "lr"]), or MISSING."""
+    for part in parts:
         if not isinstance(tree, dict) or part not in tree:
-            return _MISSING
+            return MISSING
         tree = tree[part]
     return tree
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from visionpipe.config import DEFAULT_PARAMS
+from visionpipe.config import DEFAULT_PARAMS, MISSING, lookup
 
 CONF_DIR = Path("conf")  # Hydra's config dir (`dvc config hydra`): config.yaml, recipe/, local/
 
@@ -35,11 +35,11 @@ def compose(overrides: list[str], conf_dir: Path = CONF_DIR) -> dict[str, Any]:
     return yaml.safe_load(compose_yaml(overrides, conf_dir))
 
 
-def drift(raw: dict[str, Any]) -> list[str]:
-    """The dotted keys where params.yaml differs from conf/ composed with its recipe, but for the
-    launch settings (machine-local by design)."""
-    recipe = raw.get("recipe", "tutorial")
-    composed = compose([f"recipe={recipe}"])
+def drift(raw: dict[str, Any], composed: dict[str, Any] | None = None) -> list[str]:
+    """The dotted keys where params.yaml differs from conf/ composed with its recipe (`composed`,
+    where the caller has it), but for the launch settings (machine-local by design)."""
+    if composed is None:
+        composed = compose([f"recipe={raw.get('recipe', 'tutorial')}"])
     return [k for k in diff_keys(raw, composed) if not k.startswith("launch.")]
 
 
@@ -75,9 +75,9 @@ def warn_drift(path: Path = DEFAULT_PARAMS) -> list[str]:
 
 
 def _value(tree: Any, key: str) -> Any:
-    for part in key.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
+    """The value at dotted `key` of a params mapping; None where it has none."""
+    value = lookup(tree, key.split("."))
+    return None if value is MISSING else value
 
 
 def _committed_params(rev: str, path: Path) -> dict[str, Any] | None:
@@ -110,11 +110,17 @@ def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
     if committed is None or not isinstance(current, dict):
         return []
     changed = set(diff_keys(committed, current))
+    if not changed:
+        return []
     # A new value that is not conf/'s came from -S: the experiment asked for it. (A queued run's
     # temporary copy has no git-ignored conf/local/, so its values count as not conf/'s.)
-    composed = compose([f"recipe={current.get('recipe', 'tutorial')}"])
+    recipe = current.get("recipe", "tutorial")
+    composed = compose([f"recipe={recipe}"])
+    same_recipe = committed.get("recipe", "tutorial") == recipe  # one composition serves both
     keys = [
-        k for k in drift(committed) if k in changed and _value(current, k) == _value(composed, k)
+        k
+        for k in drift(committed, composed if same_recipe else None)
+        if k in changed and _value(current, k) == _value(composed, k)
     ]
     if keys:
         values = [f"{k}: {_value(committed, k)} -> {_value(current, k)}" for k in keys]
