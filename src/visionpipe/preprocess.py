@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from visionpipe import archive, cifar_pickle, parallel, paths, split_plan
+from visionpipe import archive, cifar_pickle, identical, parallel, paths, split_plan
 from visionpipe.config.data import DataConfig, DataParams
 from visionpipe.fsutil import atomic_dir, remove_stale_temps, size_text, write_json
 from visionpipe.images import decode_batch, is_hidden, is_image_name, resize_center_crop, to_chw
@@ -40,20 +40,23 @@ PARALLEL_MIN_BYTES = 4 << 20  # smaller archives decode in this process: no work
 
 class Decoded(NamedTuple):
     """A chunk as a worker decoded it: its images, the (row, reason) of those it could not
-    decode, and the per-channel sums (`split_files.channel_sums`) of its train images, taken where
-    they were decoded rather than in the one process that writes them."""
+    decode, the per-channel sums (`split_files.channel_sums`) of its train images and the
+    digests of all (`identical.digests`), taken where they were decoded rather than in the one
+    process that writes them."""
 
     images: np.ndarray
     failed: list[tuple[int, str]]
     sums: np.ndarray
     squares: np.ndarray
+    digests: bytes
 
     @classmethod
     def of(cls, images: np.ndarray, failed: list[tuple[int, str]], train: bytes) -> Decoded:
         """`train`: a byte per image, 1 for the train split's."""
         counted = np.frombuffer(train, np.bool_).copy()
         counted[[row for row, _ in failed]] = False
-        return cls(images, failed, *channel_sums(images[counted]))
+        sums, squares = channel_sums(images[counted])
+        return cls(images, failed, sums, squares, identical.digests(images))
 
 
 @dataclass
@@ -68,6 +71,7 @@ class Result:
     std: list[float]
     bad_images: list[dict[str, str]] = field(default_factory=list)
     ignored_files: list[str] = field(default_factory=list)
+    identical: list[list[identical.Copy]] = field(default_factory=list)  # groups of copies
 
     @property
     def counts(self) -> dict[str, int]:
@@ -257,6 +261,7 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
     _check_disk(out, plan, size)
     bad: list[dict[str, str]] = []
     sums, squares = np.zeros(3, np.int64), np.zeros(3, np.int64)  # the train images'
+    copies = identical.Finder()
     with contextlib.ExitStack() as stack:
         writers = {s: stack.enter_context(SplitWriter(out, s, size)) for s in SPLITS}
         record = csv.writer(
@@ -268,7 +273,9 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
         for chunk in decoded:
             items = plan.items[done : done + len(chunk.images)]
             done += len(chunk.images)
-            bad += _route(items, chunk.images, dict(chunk.failed), writers, record, plan.classes)
+            failed = dict(chunk.failed)
+            bad += _route(items, chunk.images, failed, writers, record, plan.classes)
+            _find_copies(copies, items, chunk.digests, failed, plan.classes)
             sums += chunk.sums
             squares += chunk.squares
         assert done == len(plan.items), (done, len(plan.items))
@@ -291,6 +298,23 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
         std=std,
         bad_images=bad,
         ignored_files=plan.ignored,
+        identical=copies.groups(),
+    )
+
+
+def _find_copies(
+    finder: identical.Finder,
+    items: Sequence[Item],
+    digests: bytes,
+    failed: dict[int, str],
+    classes: Sequence[str],
+) -> None:
+    """Add a chunk's decoded images to `finder` (an undecodable one is no image to compare)."""
+    size = identical.DIGEST_BYTES
+    rows = [row for row in range(len(items)) if row not in failed]
+    finder.add(
+        [identical.Copy(items[r].name, classes[items[r].label], items[r].split) for r in rows],
+        b"".join(digests[r * size : (r + 1) * size] for r in rows),
     )
 
 
@@ -411,6 +435,20 @@ def _warn_thin_classes(counts: dict[str, dict[str, int]], val_fraction: float) -
     return warnings
 
 
+def _warn_identical(groups: Sequence[Sequence[identical.Copy]]) -> list[str]:
+    warnings = identical.warnings(groups, str(paths.PREPROCESS_REPORT))
+    for line in warnings:
+        log.warning("%s", line)
+    if groups and not warnings:
+        log.info(
+            "%d images have an identical copy in their class and split (counted twice in"
+            " training; listed under 'identical' in %s)",
+            identical.extra_copies(groups),
+            paths.PREPROCESS_REPORT,
+        )
+    return warnings
+
+
 def run(params: DataParams, workers: int | None = None) -> dict[str, Any]:
     """Decode the downloaded archive into per-split arrays, stats, samples, record and report."""
     size = params.image_size()
@@ -422,6 +460,7 @@ def run(params: DataParams, workers: int | None = None) -> dict[str, Any]:
         _check_bad_images(result, params.data.on_bad_image)
         class_counts = split_plan.class_counts(result.labels, result.classes)
         warnings = _warn_thin_classes(class_counts, params.data.val_fraction)
+        warnings += _warn_identical(result.identical)
         meta = {
             "dataset": params.data.dataset,
             "source_file": source.name,
@@ -444,8 +483,10 @@ def run(params: DataParams, workers: int | None = None) -> dict[str, Any]:
         "classes": len(result.classes),
         "skipped_bad_images": len(result.bad_images),
         "ignored_files": len(result.ignored_files),
+        "identical_images": identical.extra_copies(result.identical),
         "bad_images": result.bad_images,
         "ignored": result.ignored_files[:1000],
+        "identical": identical.listing(result.identical),
         "warnings": warnings,
     }
     write_json(paths.PREPROCESS_REPORT, report)

@@ -340,3 +340,94 @@ def test_one_class_name_with_and_without_a_trailing_space_is_refused() -> None:
     with pytest.raises(split_plan.DatasetLayoutError) as e:
         split_plan.plan_image_folder(names, None, 0.1, 0)
     assert "'dogs' and 'dogs ' are one name but for spaces at the ends" in str(e.value)
+
+
+def _noisy(seed: int) -> bytes:
+    """A JPEG of noise: no two seeds decode alike, as no two photos do."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _noisy_zip(dest: Path, files: dict[str, int]) -> Path:
+    """A zip of `name: seed` noise JPEGs: a seed used twice is one photo copied."""
+    with zipfile.ZipFile(dest, "w") as z:
+        for name, seed in files.items():
+            z.writestr(name, _noisy(seed))
+    return dest
+
+
+def test_copies_across_classes_and_splits_are_warned_and_listed(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = {
+        f"photos/train/{c}/{i}.jpg": 10 * k + i
+        for k, c in enumerate(("ants", "bees"))
+        for i in range(8)
+    }
+    files |= {
+        f"photos/test/{c}/{i}.jpg": 100 + 10 * k + i
+        for k, c in enumerate(("ants", "bees"))
+        for i in range(3)
+    }
+    files["photos/train/bees/copy_of_ant.jpg"] = 3  # photos/train/ants/3.jpg, in a second class
+    files["photos/test/ants/seen.jpg"] = 5  # photos/train/ants/5.jpg, scored as unseen
+    files["photos/train/ants/5 (1).jpg"] = 5  # and a third copy of it
+    files["photos/train/bees/again.jpg"] = 12  # photos/train/bees/2.jpg: same class, harmless split
+    _noisy_zip(workdir / paths.RAW_DIR / "photos.zip", files)
+    with zipfile.ZipFile(workdir / paths.RAW_DIR / "photos.zip", "a") as z:
+        z.writestr("photos/train/ants/empty1.jpg", b"")  # two undecodable files are no copies
+        z.writestr("photos/train/bees/empty2.jpg", b"")
+    preprocess.run(_params(val_fraction=0.0))
+    report = json.loads(paths.PREPROCESS_REPORT.read_text())
+    assert report["identical_images"] == 4
+    groups = [
+        [(c["file"].removeprefix("photos/"), c["class"], c["split"]) for c in g]
+        for g in report["identical"]
+    ]
+    assert groups == [  # in archive order: test/ before train/, "5 (1).jpg" before "5.jpg"
+        [
+            ("test/ants/seen.jpg", "ants", "test"),
+            ("train/ants/5 (1).jpg", "ants", "train"),
+            ("train/ants/5.jpg", "ants", "train"),
+        ],
+        [("train/ants/3.jpg", "ants", "train"), ("train/bees/copy_of_ant.jpg", "bees", "train")],
+        [("train/bees/2.jpg", "bees", "train"), ("train/bees/again.jpg", "bees", "train")],
+    ]
+    warned = [r.getMessage() for r in caplog.records if "identical pixels" in r.getMessage()]
+    assert warned == report["warnings"][-2:]
+    assert warned[0].startswith(
+        "1 picture is in more than one class (files of identical pixels, e.g. "
+    )
+    assert (
+        "photos/train/ants/3.jpg (ants, train) = photos/train/bees/copy_of_ant.jpg (bees, train)"
+        in warned[0]
+    )
+    assert warned[1].startswith(
+        "1 picture is in more than one split (files of identical pixels, e.g. photos/test/ants/"
+        "seen.jpg (ants, test) = photos/train/ants/5 (1).jpg (ants, train) = "
+    )
+    assert (
+        "delete all copies but one (all listed under 'identical' in metrics/preprocess.json)"
+        in warned[1]
+    )
+
+
+def test_a_copy_in_its_own_class_and_split_is_counted_without_a_warning(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = {
+        f"photos/{c}/{i}.jpg": 10 * k + i for k, c in enumerate(("ants", "bees")) for i in range(9)
+    }
+    files["photos/ants/train/again.jpg"] = 4  # split_of puts it in photos/ants/4.jpg's split
+    _noisy_zip(workdir / paths.RAW_DIR / "photos.zip", files)
+    preprocess.run(_params(test_fraction=0.5, val_fraction=0.0))
+    rows = {r["file"]: r["split"] for r in _record()}
+    assert rows["photos/ants/4.jpg"] == rows["photos/ants/train/again.jpg"]
+    report = json.loads(paths.PREPROCESS_REPORT.read_text())
+    assert report["identical_images"] == 1 and len(report["identical"]) == 1
+    assert not [w for w in report["warnings"] if "identical" in w]
+    assert not [
+        r for r in caplog.records if r.levelname == "WARNING" and "identical" in r.getMessage()
+    ]
