@@ -72,6 +72,7 @@ class Result:
     bad_images: list[dict[str, str]] = field(default_factory=list)
     ignored_files: list[str] = field(default_factory=list)
     identical: list[list[identical.Copy]] = field(default_factory=list)  # groups of copies
+    layout_warnings: list[str] = field(default_factory=list)  # split_plan's, already logged
 
     @property
     def counts(self) -> dict[str, int]:
@@ -100,14 +101,17 @@ def decode_source(
             files.names, data.test_fraction, data.val_fraction, data.seed
         )
         log.info(
-            "%s: %s layout, %d classes, %d images (%s)",
+            "%s: %s layout, %d classes (%s), %d images (%s)",
             source.name,
             plan.layout,
             len(plan.classes),
+            ", ".join(plan.classes[:10]) + (", ..." if len(plan.classes) > 10 else ""),
             len(plan.items),
             ", ".join(f"{s} {plan.count(s)}" for s in SPLITS),
         )
         _warn_ignored(plan.ignored)
+        for line in plan.warnings:
+            log.warning("%s", line)
         payloads = _payloads(plan.items, files, chunk_items(size), pool.n > 1)
         decoded = pool.map(functools.partial(decode_chunk, size=size), payloads)
         return _write_splits(plan, decoded, size, out)
@@ -299,6 +303,7 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
         bad_images=bad,
         ignored_files=plan.ignored,
         identical=copies.groups(),
+        layout_warnings=plan.warnings,
     )
 
 
@@ -459,7 +464,9 @@ def run(params: DataParams, workers: int | None = None) -> dict[str, Any]:
         result = decode_source(source, size, params.data, out, workers)
         _check_bad_images(result, params.data.on_bad_image)
         class_counts = split_plan.class_counts(result.labels, result.classes)
-        warnings = _warn_thin_classes(class_counts, params.data.val_fraction)
+        warnings = result.layout_warnings + _warn_thin_classes(
+            class_counts, params.data.val_fraction
+        )
         warnings += _warn_identical(result.identical)
         meta = {
             "dataset": params.data.dataset,

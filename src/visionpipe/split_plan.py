@@ -56,6 +56,7 @@ class Plan:
     layout: str  # "split folders" or "flat"
     test_split_source: str  # the folder the test split came from, or "carved" for flat ones
     ignored: list[str] = field(default_factory=list)  # files that are not images of the layout
+    warnings: list[str] = field(default_factory=list)  # about a layout read, but perhaps not meant
 
     def count(self, split: str) -> int:
         return sum(item.split == split for item in self.items)
@@ -339,7 +340,29 @@ def _plan_flat(names: Sequence[str], test_fraction: float, val_fraction: float, 
             f"data.test_fraction={test_fraction} and data.val_fraction={val_fraction} leave no "
             f"training images out of {len(items)}; lower them"
         )
-    return Plan(classes, items, "flat", "carved")
+    return Plan(classes, items, "flat", "carved", warnings=_folders_of_classes(in_class, depth))
+
+
+def _folders_of_classes(in_class: Sequence[tuple[str, list[str]]], depth: int) -> list[str]:
+    """A warning per class folder that holds only sub-folders, two or more, beside class folders
+    holding images of their own: `animals/cats/` and `animals/dogs/` beside `birds/` train the
+    classes animals and birds, where cats, dogs and birds were likely meant."""
+    own = sorted({p[depth] for _, p in in_class if len(p) == depth + 2})
+    if not own:
+        return []  # every class sorted into sub-folders (by year, by place): a layout of its own
+    inner: dict[str, set[str]] = {}
+    for _, parts in in_class:
+        if parts[depth] not in own:
+            inner.setdefault(parts[depth], set()).add(parts[depth + 1])
+    prefix = "/".join([*in_class[0][1][:depth], ""])
+    return [
+        f"the class folder '{prefix}{cls}/' holds no images of its own, only the folders "
+        f"{', '.join(f'{s}/' for s in sorted(subs)[:5])}{' ...' * (len(subs) > 5)}, whose images"
+        f" all train as the one class '{cls}' (beside '{prefix}{own[0]}/', which holds its own):"
+        f" if they are classes, move them up beside '{own[0]}/'"
+        for cls, subs in sorted(inner.items())
+        if len(subs) > 1
+    ]
 
 
 def _refuse_split_folder_of_classes(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import shutil
 import zipfile
 from pathlib import Path
@@ -431,3 +432,23 @@ def test_a_copy_in_its_own_class_and_split_is_counted_without_a_warning(
     assert not [
         r for r in caplog.records if r.levelname == "WARNING" and "identical" in r.getMessage()
     ]
+
+
+def test_a_layout_warning_is_logged_and_reported(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = {
+        f"photos/animals/{s}/{i}.jpg": 10 * k + i
+        for k, s in enumerate(("cats", "dogs"))
+        for i in range(6)
+    }
+    files |= {f"photos/birds/{i}.jpg": 50 + i for i in range(6)}
+    _noisy_zip(workdir / paths.RAW_DIR / "photos.zip", files)
+    caplog.set_level(logging.INFO, logger="visionpipe")
+    preprocess.run(_params(test_fraction=0.3))
+    report = json.loads(paths.PREPROCESS_REPORT.read_text())
+    warned = [
+        r.getMessage() for r in caplog.records if "holds no images of its own" in r.getMessage()
+    ]
+    assert len(warned) == 1 and warned[0] in report["warnings"]
+    assert "classes (animals, birds)" in caplog.text

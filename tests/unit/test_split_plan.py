@@ -96,6 +96,22 @@ def test_images_in_subfolders_of_a_class_belong_to_it() -> None:
     plan = splits.plan_image_folder(names, None, 0.1, seed=0)
     labels = {i.name: plan.classes[i.label] for i in plan.items}
     assert labels["photos/cats/2019/a.jpg"] == labels["photos/cats/2019/trip/b.jpg"] == "cats"
+    assert plan.warnings == []  # cats/ holds images of its own: its 2019/ is a sub-folder
+
+
+def test_a_class_folder_of_class_folders_beside_classes_is_warned_about() -> None:
+    names = [f"photos/animals/{sub}/{i}.jpg" for sub in ("cats", "dogs") for i in range(5)]
+    names += [f"photos/birds/{i}.jpg" for i in range(5)]
+    names += [f"photos/fish/2019/{i}.jpg" for i in range(5)]  # one sub-folder: a class's own
+    plan = splits.plan_image_folder(names, None, 0.1, seed=0)
+    assert plan.classes == ["animals", "birds", "fish"]
+    assert plan.warnings == [
+        "the class folder 'photos/animals/' holds no images of its own, only the folders cats/, "
+        "dogs/, whose images all train as the one class 'animals' (beside 'photos/birds/', which "
+        "holds its own): if they are classes, move them up beside 'birds/'"
+    ]
+    by_year = [f"photos/{c}/{y}/{i}.jpg" for c in CLASSES for y in (2019, 2020) for i in range(3)]
+    assert splits.plan_image_folder(by_year, None, 0.1, seed=0).warnings == []
 
 
 def test_split_folders_keep_their_own_test_split_and_refuse_a_test_fraction() -> None:
