@@ -121,13 +121,18 @@ def collect_inputs(specs: list[str]) -> tuple[list[Path], list[Prediction]]:
 
 def _glob(spec: str) -> list[str]:
     """The matches of glob `spec`, whose longest leading folder that exists as written is taken
-    literally: the brackets of `Photos [2024]/*.jpg` name a folder, not a character class."""
+    literally: the brackets of `Photos [2024]/*.jpg` name a folder, not a character class.
+    What the wildcards reach inside a system folder (Synology's `@eaDir/` thumbnails, which
+    `*` matches as it matches no `.` name) is left out, as a folder argument leaves it."""
     cut = spec.rfind("/")
     while cut > 0 and not os.path.isdir(spec[:cut]):
         cut = spec.rfind("/", 0, cut)
     if cut <= 0:
-        return glob.glob(spec, recursive=True)
-    return glob.glob(glob.escape(spec[: cut + 1]) + spec[cut + 1 :], recursive=True)
+        cut = -1
+        hits = glob.glob(spec, recursive=True)
+    else:
+        hits = glob.glob(glob.escape(spec[: cut + 1]) + spec[cut + 1 :], recursive=True)
+    return [hit for hit in hits if not is_hidden(hit[cut + 1 :])]
 
 
 def _is_photo(path: Path, folder: Path) -> bool:

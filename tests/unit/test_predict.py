@@ -499,3 +499,22 @@ def test_a_collection_that_predicts_nothing_reads_plainly(
     assert "photos.zip: ERROR a zip archive, not an image: unpack it" in out
     assert "two\\nlines.png: ERROR" in out and len(out.splitlines()) == 2  # one line per file
     assert not grid.exists() and f"--grid {grid} not written" in caplog.text
+
+
+def test_a_glob_leaves_out_what_a_folder_argument_leaves_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from visionpipe.predict import collect_inputs
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("photos/cats/a.jpg", "photos/@eaDir/a.jpg/SYNOPHOTO_THUMB_XL.jpg"):
+        Path(name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (20, 20), "red").save(name)
+    by_folder, _ = collect_inputs(["photos"])
+    for spec in ("photos/**/*.jpg", f"{tmp_path}/photos/**/*.jpg", "**/*.jpg"):
+        found, _ = collect_inputs([spec])
+        assert [p.name for p in found] == [p.name for p in by_folder] == ["a.jpg"], spec
+    # Named in the literal part of the glob, the system folder is what the user asked for.
+    assert [p.name for p in collect_inputs(["photos/@eaDir/*/*.jpg"])[0]] == [
+        "SYNOPHOTO_THUMB_XL.jpg"
+    ]
