@@ -45,8 +45,8 @@ def load_weights_file(
     was built with, which a visionpipe model.pt's own must match (`check_weights_origin`).
     """
     state, theirs = read_weights_file(path, built)
-    state = match_classifier(state, classifier_name(model), theirs, classes)
     own = model.state_dict()
+    state = match_classifier(state, classifier_name(model), theirs, classes, own)
     # A layer loads whole or not at all: a bias kept beside a freshly drawn weight means nothing.
     mismatched = {_layer(k) for k, v in state.items() if k in own and own[k].shape != v.shape}
     fitting = {
@@ -156,10 +156,12 @@ def match_classifier(
     head: str,
     theirs: Sequence[str] | None,
     ours: Sequence[str] | None,
+    own: dict[str, torch.Tensor],
 ) -> dict[str, torch.Tensor]:
     """`state` with its classifier's rows for the classes `ours`, taken by name from the file's
-    classes `theirs`; without the classifier (so it starts fresh) where a class of ours is not
-    among theirs: its rows mean other classes, whatever its shape."""
+    classes `theirs`. A class of ours not among theirs keeps its row of `own`, the model's
+    fresh classifier (`_with_new_classes`); with none among theirs, the classifier is left
+    out of `state` (so it starts fresh whole): its rows mean other classes, whatever its shape."""
     keys = [k for k in state if _layer(k) == head]
     if not keys or ours is None or theirs is None:
         rows = state[keys[0]].shape[0] if keys else None
@@ -186,6 +188,8 @@ def match_classifier(
         )
         rows = [file.index(name) for name in mine]
         return {**state, **{k: state[k][rows] for k in keys}}
+    if set(mine) & set(file) and all(own[k].shape[1:] == state[k].shape[1:] for k in keys):
+        return _with_new_classes(state, keys, head, (file, theirs), (mine, ours), own)
     log.info(
         "model.weights: classifier '%s' starts fresh: the file's was trained for other classes "
         "(%s; this run's: %s)",
@@ -194,6 +198,38 @@ def match_classifier(
         _names(ours),
     )
     return {k: v for k, v in state.items() if k not in keys}
+
+
+def _with_new_classes(
+    state: dict[str, torch.Tensor],
+    keys: Sequence[str],
+    head: str,
+    theirs: tuple[list[str], Sequence[str]],
+    ours: tuple[list[str], Sequence[str]],
+    own: dict[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """`state` with a classifier of our classes: the file's rows for the classes it knows (by
+    NFC name, first of each pair), the fresh ones of `own` for the classes it does not. Adding
+    a class to a dataset then fine-tunes from what the model knew of the others."""
+    file, mine = theirs[0], ours[0]
+    known = [i for i, name in enumerate(mine) if name in file]
+    rows = [file.index(mine[i]) for i in known]
+    merged = {}
+    for k in keys:
+        tensor = own[k].clone()
+        tensor[known] = state[k][rows].to(tensor.dtype)
+        merged[k] = tensor
+    new = [ours[1][i] for i in range(len(mine)) if i not in set(known)]
+    log.info(
+        "model.weights: classifier '%s' rows taken by class name for %d of this run's classes;"
+        " fresh for the %d the file does not know (%s; the file's: %s)",
+        head,
+        len(known),
+        len(new),
+        _names(new),
+        _names(theirs[1]),
+    )
+    return {**state, **merged}
 
 
 def _nfc(classes: Sequence[str]) -> list[str]:

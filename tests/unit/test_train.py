@@ -433,6 +433,30 @@ def test_classifier_rows_follow_the_class_names(
     assert f"rows taken by class name: this run's classes ({', '.join(classes)})" in caplog.text
 
 
+@pytest.mark.parametrize("classes", [["a", "b", "c", "d"], ["d", "c", "a"]])
+def test_classes_the_file_knows_keep_their_rows_and_new_ones_start_fresh(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, classes: list[str]
+) -> None:
+    weights = _saved_tutorial_cnn(tmp_path / "start.pt", False)  # classes a, b, c
+    saved = torch.load(weights, weights_only=True)["state_dict"]
+    torch.manual_seed(5)
+    fresh = build_model("tutorial_cnn", len(classes), 16, {}, classes=classes)
+    torch.manual_seed(5)
+    with caplog.at_level("INFO"):
+        model = build_model("tutorial_cnn", len(classes), 16, {"weights": weights}, classes=classes)
+    for i, name in enumerate(classes):
+        want = fresh.net[8].weight[i] if name == "d" else saved["net.8.weight"]["abc".index(name)]
+        assert torch.equal(model.net[8].weight[i], want), name
+        want_bias = fresh.net[8].bias[i] if name == "d" else saved["net.8.bias"]["abc".index(name)]
+        assert torch.equal(model.net[8].bias[i], want_bias), name
+    assert torch.equal(model.net[7].weight, saved["net.7.weight"])
+    assert (
+        f"rows taken by class name for {len(classes) - 1} of this run's classes; fresh for the 1"
+        " the file does not know (d; the file's: a, b, c)" in caplog.text
+    )
+    assert "10 of 10 tensors loaded" in caplog.text
+
+
 def test_class_names_match_whichever_unicode_form_a_system_wrote(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
