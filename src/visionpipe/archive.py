@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal, NamedTuple
 
-from visionpipe.fsutil import atomic_path
+from visionpipe.fsutil import atomic_path, size_text
 
 log = logging.getLogger(__name__)
 
@@ -183,12 +183,16 @@ def read_span(span: Span) -> bytes:
     return data
 
 
-def pack_directory(src: Path, dest: Path) -> None:
+def pack_directory(
+    src: Path, dest: Path, store: Callable[[list[str]], list[bool]] | None = None
+) -> None:
     """Write the regular files of folder `src` into an uncompressed tar at `dest`, reproducibly.
 
     Names are sorted; mtime, uid and gid are 0, mode 0o644, no user or group names, no folder
     entries: the same tree always gives a byte-identical tar. Symlinks inside `src` are stored as
     the file they point to; symlinks pointing outside `src` are refused like in an archive.
+    `store(names)` says per file whether its bytes go in (default: all); the others are stored
+    empty, so that their names stay in the listing.
     """
     src, dest = Path(src), Path(dest)
     if not src.is_dir():
@@ -199,17 +203,28 @@ def pack_directory(src: Path, dest: Path) -> None:
     entries = _dir_entries(root)
     if not entries:
         raise ValueError(f"{src} holds no regular files: nothing to pack")
+    stored = store([e.name for e in entries]) if store else [True] * len(entries)
+    left_out = 0  # bytes of the files stored empty
     with atomic_path(dest) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-        for entry in entries:
+        for entry, keep in zip(entries, stored, strict=True):
             with open(root / entry.target, "rb") as f:
                 info = tarfile.TarInfo(entry.name)
-                info.size = os.fstat(f.fileno()).st_size
+                size = os.fstat(f.fileno()).st_size
+                info.size = size if keep else 0
+                left_out += 0 if keep else size
                 info.mtime = 0
                 info.mode = 0o644
                 info.uid = info.gid = 0
                 info.uname = info.gname = ""
-                tar.addfile(info, f)
+                tar.addfile(info, f if keep else None)
     log.info("packed %d files of %s into %s", len(entries), src, dest)
+    if not all(stored):
+        log.info(
+            "of which %d are stored empty, names only (%s left out): files the pipeline does not"
+            " read, such as videos and hidden files",
+            stored.count(False),
+            size_text(left_out),
+        )
 
 
 # --- opening -----------------------------------------------------------------------------------

@@ -29,7 +29,9 @@ from tqdm import tqdm
 
 from visionpipe import __version__, paths
 from visionpipe.archive import ARCHIVE_SUFFIXES, list_files, pack_directory
+from visionpipe.cifar_pickle import is_cifar_python
 from visionpipe.fsutil import atomic_path
+from visionpipe.images import is_hidden, is_image_name
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +262,7 @@ def _fetch_source(
         # A fixed name: data/raw (and all that follows from it in dvc.lock) then depends on the
         # photos alone, not on what the folder holding them is called on this machine.
         dest = dest_dir / PACKED_FOLDER
-        pack_directory(path, dest)
+        pack_directory(path, dest, store=_read_by_preprocess)
         hashes = _hash_file(dest)
         try:
             _verify(hashes, expect, dest.name, str(path))
@@ -269,6 +271,16 @@ def _fetch_source(
             raise
         return hashes.result(dest, str(path))
     return _copy(path, dest_dir / path.name, expect, [])
+
+
+def _read_by_preprocess(names: list[str]) -> list[bool]:
+    """Which files of a folder source preprocess reads, and so are packed whole: the images,
+    or every file of the official CIFAR-10 python batches. The rest (a phone's videos, RAW
+    files, `@eaDir/` thumbnails) would fill data/raw and DVC's cache for nothing; preprocess
+    lists them from their names."""
+    if is_cifar_python(names):
+        return [True] * len(names)
+    return [is_image_name(name) and not is_hidden(name) for name in names]
 
 
 def _local_path(value: str, base_dir: Path, *, param: str) -> Path:

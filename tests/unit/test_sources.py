@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import tarfile
 import threading
 import time
 import zipfile
@@ -260,6 +261,32 @@ def test_directory_source_is_packed(tmp_path: Path) -> None:
     with pytest.raises(ChecksumError, match=r"folder\.tar"):
         _fetch("photos", tmp_path, sha256="f" * 64)
     assert _files(tmp_path / "raw") == []
+
+
+def test_a_folder_source_is_packed_with_the_bytes_preprocess_reads(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    files = {
+        "cats/1.jpg": b"jpeg",
+        "cats/clip.mov": b"video" * 1000,  # a phone's videos beside its photos
+        "cats/IMG_2": b"suffixless",
+        "@eaDir/1.jpg/SYNOPHOTO_THUMB_XL.jpg": b"thumbnail",
+        "dogs/2.PNG": b"png",
+        "notes.txt": b"note",
+    }
+    for name, data in files.items():
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        (photos / name).write_bytes(data)
+    with tarfile.open(_fetch("photos", tmp_path).path) as tar:
+        packed = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    kept = {"cats/1.jpg", "dogs/2.PNG"}
+    assert packed == {n: (d if n in kept else b"") for n, d in files.items()}
+    # The official CIFAR-10 batches, unpacked into a folder: every file is read.
+    cifar = tmp_path / "cifar-10-batches-py"
+    cifar.mkdir()
+    for name in ("data_batch_1", "batches.meta", "readme.html"):
+        (cifar / name).write_bytes(name.encode())
+    with tarfile.open(_fetch(str(cifar), tmp_path).path) as tar:
+        assert all(tar.extractfile(m).read() == m.name.encode() for m in tar.getmembers())
 
 
 def test_missing_local_source_explains(tmp_path: Path) -> None:
