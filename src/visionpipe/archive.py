@@ -219,10 +219,12 @@ def pack_directory(
                 tar.addfile(info, f if keep else None)
     log.info("packed %d files of %s into %s", len(entries), src, dest)
     if not all(stored):
+        empty = stored.count(False)
         log.info(
-            "of which %d are stored empty, names only (%s left out): files the pipeline does not"
+            "of which %d %s stored empty, names only (%s left out): files the pipeline does not"
             " read, such as videos and hidden files",
-            stored.count(False),
+            empty,
+            "is" if empty == 1 else "are",
             size_text(left_out),
         )
 
