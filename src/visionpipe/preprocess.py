@@ -265,7 +265,7 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
     _check_disk(out, plan, size)
     bad: list[dict[str, str]] = []
     sums, squares = np.zeros(3, np.int64), np.zeros(3, np.int64)  # the train images'
-    copies = identical.Finder()
+    digests, failed_rows = bytearray(), []  # of every item, for identical.groups
     with contextlib.ExitStack() as stack:
         writers = {s: stack.enter_context(SplitWriter(out, s, size)) for s in SPLITS}
         record = csv.writer(
@@ -279,7 +279,8 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
             done += len(chunk.images)
             failed = dict(chunk.failed)
             bad += _route(items, chunk.images, failed, writers, record, plan.classes)
-            _find_copies(copies, items, chunk.digests, failed, plan.classes)
+            failed_rows += [done - len(items) + row for row in failed]
+            digests += chunk.digests
             sums += chunk.sums
             squares += chunk.squares
         assert done == len(plan.items), (done, len(plan.items))
@@ -302,25 +303,18 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
         std=std,
         bad_images=bad,
         ignored_files=plan.ignored,
-        identical=copies.groups(),
+        identical=_copies(plan, bytes(digests), failed_rows),
         layout_warnings=plan.warnings,
     )
 
 
-def _find_copies(
-    finder: identical.Finder,
-    items: Sequence[Item],
-    digests: bytes,
-    failed: dict[int, str],
-    classes: Sequence[str],
-) -> None:
-    """Add a chunk's decoded images to `finder` (an undecodable one is no image to compare)."""
-    size = identical.DIGEST_BYTES
-    rows = [row for row in range(len(items)) if row not in failed]
-    finder.add(
-        [identical.Copy(items[r].name, classes[items[r].label], items[r].split) for r in rows],
-        b"".join(digests[r * size : (r + 1) * size] for r in rows),
-    )
+def _copies(plan: Plan, digests: bytes, failed: list[int]) -> list[list[identical.Copy]]:
+    """The groups of identical images among `plan.items` (`identical.groups`), named."""
+    items, classes = plan.items, plan.classes
+    return [
+        [identical.Copy(items[r].name, classes[items[r].label], items[r].split) for r in group]
+        for group in identical.groups(digests, failed)
+    ]
 
 
 def _route(
