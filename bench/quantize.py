@@ -73,7 +73,7 @@ def main() -> None:
     fp32 = Path("models/model.onnx")
     with tempfile.TemporaryDirectory() as tmp:
         pre, int8, dynamic = (Path(tmp) / f"{n}.onnx" for n in ("pre", "int8", "dynamic"))
-        quant_pre_process(str(fp32), str(pre))
+        quant_pre_process(str(fp32), str(pre), skip_optimization=True)  # as docs/deploy.md
         quantize_static(str(pre), str(int8), Calibration(train))
         quantize_dynamic(str(pre), str(dynamic))  # weights only: no calibration
         rows = {}
