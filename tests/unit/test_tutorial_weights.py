@@ -11,7 +11,7 @@ import torch
 
 from tests.helpers import ROOT
 from visionpipe.modelfile import ModelInfo, save_model
-from visionpipe.models import build_model
+from visionpipe.models import MODELS, arch_params, build_model
 
 MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
 TUTORIAL_KEYS = {f"net.{i}.{p}" for i in (0, 2, 4, 7, 8) for p in ("weight", "bias")}
@@ -139,3 +139,21 @@ def test_torchvision_s_resnet18_takes_the_same_state(
         'torchvision.models.resnet18(num_classes=len(meta["classes"]))'
         in (ROOT / "docs" / "deploy.md").read_text()
     )
+
+
+@pytest.mark.parametrize("arch", list(MODELS))
+def test_visionpipe_s_builder_snippet_loads_every_model(
+    arch: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # alexnet and fast have no tutorial or torchvision code that takes their weights.
+    torch.manual_seed(0)
+    own = {name: key.default for name, key in MODELS[arch].keys.items()}
+    params = arch_params(arch, {**own, "pretrained": False, "weights": None, "tta": 0})
+    ours = build_model(arch, 3, 32, params, MEAN, STD).eval()
+    monkeypatch.chdir(tmp_path)
+    _save(ours, arch, params, 3, 32)
+    x = torch.rand(2, 3, 32, 32)
+    namespace: dict = {}
+    exec(_docs_snippet("visionpipe.models import MODELS"), namespace)
+    with torch.no_grad():
+        torch.testing.assert_close(namespace["model"](_normalized(x)), ours(x), rtol=0, atol=1e-5)
