@@ -134,6 +134,13 @@ def test_the_documented_int8_quantization_gives_a_model_predict_reads(
         for path in ("models/model.onnx", "model.int8.onnx")
     )
     assert fp32.shape == int8.shape and np.abs(fp32 - int8).max() < 0.5 * np.abs(fp32).max()
+    # The page says OpenVINO runs the int8 file too (with the f32 hint, as for the fp32 one).
+    import openvino
+
+    compiled = openvino.Core().compile_model(
+        "model.int8.onnx", "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
+    np.testing.assert_allclose(compiled(images)[0], int8, atol=0.05 * np.abs(int8).max())
     Image.new("RGB", (20, 20), "red").save("red.png")
     assert main(["predict", "red.png", "--model", "model.int8.onnx"]) == 0  # metadata kept
 
