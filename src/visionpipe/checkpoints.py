@@ -24,7 +24,7 @@ from torch import nn
 from visionpipe import distributed, paths
 from visionpipe.config.params import Params
 from visionpipe.determinism import rng_state, set_rng_state
-from visionpipe.fsutil import save_torch
+from visionpipe.fsutil import remove_stale_temps, save_torch
 from visionpipe.progress import Progress
 from visionpipe.tracking import History
 
@@ -110,6 +110,9 @@ def resume_point(fp: str, ddp: distributed.Dist) -> Checkpoint | None:
 
 
 def _read(fp: str) -> dict[str, Any] | None:
+    # A save killed outright (SIGKILL, the OOM killer) left its temporary file: a model's size
+    # and more (optimizer state), in a folder no DVC command cleans.
+    remove_stale_temps(CHECKPOINT)
     if not CHECKPOINT.is_file():
         return None
     try:

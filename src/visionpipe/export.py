@@ -13,7 +13,7 @@ import torch
 
 from visionpipe import memory, paths, runtimes
 from visionpipe.config.export import ExportConfig
-from visionpipe.fsutil import atomic_path, write_json
+from visionpipe.fsutil import atomic_path, remove_stale_temps, write_json
 from visionpipe.modelfile import ModelInfo, load_model
 from visionpipe.models import to_input
 from visionpipe.onnxrt import INPUT_NAME, OUTPUT_NAME, open_session
@@ -147,6 +147,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     model, info = load_model(paths.MODEL)
     images, _ = load_split("test")
     images = images[: cfg.parity_images]
+    remove_stale_temps(paths.ONNX_MODEL)  # what an export killed outright left beside it
     # Verify the file before it replaces the published model: a failing export publishes nothing.
     with atomic_path(paths.ONNX_MODEL) as tmp:
         result = _export_and_compare(model, info, tmp, images, cfg)

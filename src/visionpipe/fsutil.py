@@ -191,11 +191,19 @@ def atomic_dir(dest: Path | str) -> Iterator[Path]:
 
 
 def remove_stale_temps(dest: Path | str) -> None:
-    """Delete the temporary folders of `atomic_dir(dest)` that a killed process left behind."""
+    """Delete the temporary files of `atomic_path(dest)` and folders of `atomic_dir(dest)` that
+    a killed process (SIGKILL, the OOM killer, a power cut) left behind.
+
+    Only for an output that one process writes at a time, as DVC's lock ensures for a stage's:
+    another writer's temporary file would go too.
+    """
     dest = Path(dest)
     if dest.parent.is_dir():
         for stale in dest.parent.glob(f".{dest.name}.*.tmp"):
-            shutil.rmtree(stale, ignore_errors=True)
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
 
 
 def save_torch(dest: Path | str, obj: Any) -> None:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from visionpipe import paths
-from visionpipe.fsutil import save_torch
+from visionpipe.fsutil import remove_stale_temps, save_torch
 from visionpipe.models import Classifier, build_model, unwrap
 
 
@@ -69,6 +69,7 @@ def rebuild(info: ModelInfo) -> Classifier:
 
 def save_model(path: Path, model: nn.Module, info: ModelInfo) -> None:
     """Write the weights and `info` atomically."""
+    remove_stale_temps(path)  # a save killed outright left its temporary file: a model's size
     state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
     save_torch(path, {"state_dict": state, "meta": info.to_dict()})
 

@@ -63,6 +63,19 @@ def test_parity_tolerance_grows_with_huge_logits(processed: Path) -> None:
     assert result["max_abs_logit_diff"] <= result["max_abs_diff_allowed"]
 
 
+def test_an_export_removes_what_a_killed_one_left(processed: Path) -> None:
+    from visionpipe import paths
+    from visionpipe.config.params import parse_params
+    from visionpipe.modelfile import save_model
+
+    save_model(paths.MODEL, _model(0, tta=0), _info(tta=0))
+    stale = paths.ONNX_MODEL.parent / ".model.onnx.k1lled.tmp"  # SIGKILL mid-write
+    stale.write_bytes(b"half a graph")
+    export.run(parse_params({}).export.model_copy(update={"parity_images": 8}))
+    assert not stale.exists()
+    assert sorted(p.name for p in paths.ONNX_MODEL.parent.iterdir()) == ["model.onnx", "model.pt"]
+
+
 @pytest.mark.parametrize(("opset", "ir_version"), [(18, 8), (20, 9)])
 def test_the_file_has_the_ir_version_its_opset_needs(
     opset: int, ir_version: int, tmp_path: Path

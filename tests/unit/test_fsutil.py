@@ -139,3 +139,14 @@ def test_json_files_hold_names_as_users_read_them(tmp_path: Path) -> None:
     assert '"猫": 0.5' in text and '"café": null' in text
     assert '"caf\\udce9.jpg"' in text
     assert json.loads(text) == obj
+
+
+def test_stale_temporaries_go_and_nothing_else(tmp_path: Path) -> None:
+    dest = tmp_path / "model.pt"
+    dest.write_bytes(b"the model")
+    (tmp_path / ".model.pt.a1b2.tmp").write_bytes(b"half a model")  # atomic_path's, killed
+    (tmp_path / ".model.pt.c3d4.tmp").mkdir()  # atomic_dir's
+    (tmp_path / ".model.pt.c3d4.tmp" / "x.npy").write_bytes(b"x")
+    (tmp_path / ".other.pt.e5f6.tmp").write_bytes(b"another output's")
+    fsutil.remove_stale_temps(dest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.e5f6.tmp", "model.pt"]

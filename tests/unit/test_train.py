@@ -854,6 +854,23 @@ def test_checkpoint_fingerprint_reads_the_starting_weights(processed: Path) -> N
     assert checkpoints.fingerprint(params) != before
 
 
+def test_a_run_removes_the_temporary_files_of_a_killed_save(processed: Path) -> None:
+    # SIGKILL or the OOM killer during a save leaves `.last.pt.<random>.tmp`, as large as the
+    # model and its optimizer state, in folders no DVC command cleans; the next run takes them.
+    stale = [
+        checkpoints.CHECKPOINT.parent / ".last.pt.k1lled.tmp",
+        paths.MODEL.parent / ".model.pt.k1lled.tmp",
+    ]
+    for file in stale:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(b"half a model")
+    keep = paths.MODEL.parent / "notes.txt"  # anything else there is the user's
+    keep.write_text("mine")
+    train.run(tiny_params(epochs=1))
+    assert [f for f in stale if f.exists()] == []
+    assert keep.read_text() == "mine" and paths.MODEL.is_file()
+
+
 def test_an_empty_checkpoint_is_ignored_with_its_reason(
     processed: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
