@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import NoReturn
 
 from visionpipe import fsutil
 
@@ -32,27 +35,59 @@ def is_user_error(exc: BaseException) -> bool:
     return isinstance(exc, FileNotFoundError) or type(exc).__module__.startswith("visionpipe.")
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP reached a stage: a cancelled CI job, a batch scheduler's time limit,
+    `timeout`, a closed terminal. Raised as Ctrl-C's KeyboardInterrupt is, so that the atomic
+    writes' `finally` blocks remove their temporary files; Python's default for these signals
+    ends the process on the spot and leaves them (a half checkpoint in checkpoints/)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, _frame: object) -> None:
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def stops_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise `Stopped` inside the block; the former handlers come back after."""
+    stopping = (signal.SIGTERM, signal.SIGHUP)
+    former = {sig: signal.signal(sig, _raise_stopped) for sig in stopping}
+    try:
+        yield
+    finally:
+        for sig, handler in former.items():
+            signal.signal(sig, handler)
+
+
 def run_stage(main: Callable[[], int | None], interrupted: str = "") -> None:
     """Run a stage's main(): a user error prints its message (no traceback) and exits 1; Ctrl-C
-    prints one line (plus `interrupted`, what happens next) and exits 130, the shell's code for it;
-    a full disk prints one line saying where and how much is free (plus `interrupted`), exit 1.
+    prints one line (plus `interrupted`, what happens next) and exits 130, the shell's code for it,
+    SIGTERM and SIGHUP likewise with 143 and 129; a full disk prints one line saying where and how
+    much is free (plus `interrupted`), exit 1.
 
     Set VISIONPIPE_DEBUG=1 to see the traceback anyway. Anything else is a bug and keeps its
     traceback.
     """
     setup()
+    then = f"; {interrupted}" if interrupted else ""
     try:
-        code = main()
-    except KeyboardInterrupt:
+        with stops_on_signals():
+            code = main()
+    except KeyboardInterrupt as exc:
         # Ctrl-C is an ordinary way to stop a run (train resumes from its checkpoint): the
         # traceback of wherever the loop happened to be would only bury that.
         if os.environ.get("VISIONPIPE_DEBUG"):
             raise
-        log.error("interrupted (Ctrl-C)%s", f"; {interrupted}" if interrupted else "")
-        sys.exit(130)
+        _exit_interrupted(exc, then)
     except Exception as exc:
         if os.environ.get("VISIONPIPE_DEBUG"):
             raise
+        stop = _interrupt_cause(exc)
+        if stop is not None:
+            _exit_interrupted(stop, then)
         full = fsutil.disk_full_cause(exc)
         if full is not None:
             # A full disk is the user's to fix, wherever the write was (DVCLive, TensorBoard).
@@ -60,10 +95,32 @@ def run_stage(main: Callable[[], int | None], interrupted: str = "") -> None:
                 text = str(full)
             else:
                 text = fsutil.disk_full_message(full.filename or os.getcwd())
-            log.error("%s. %s%s", text, _DVC_CACHE, f"; {interrupted}" if interrupted else "")
+            log.error("%s. %s%s", text, _DVC_CACHE, then)
             sys.exit(1)
         if not is_user_error(exc):
             raise
         log.error("%s", exc)
         sys.exit(1)
     sys.exit(code or 0)
+
+
+def _interrupt_cause(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM behind `exc`, if any: torch.save, stopped mid-write, reports it
+    only as the context of a RuntimeError about zip positions."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _exit_interrupted(exc: KeyboardInterrupt, then: str) -> NoReturn:
+    if isinstance(exc, Stopped):
+        how, signum = f"stopped by {signal.Signals(exc.signum).name}", exc.signum
+    else:
+        how, signum = "interrupted (Ctrl-C)", signal.SIGINT
+    log.error("%s%s", how, then)
+    sys.exit(128 + signum)

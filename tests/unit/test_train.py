@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +18,7 @@ from tests.datasets import FAST_MODEL, FAST_TRAIN, kill_at_validation, tiny_para
 from visionpipe import (
     batches,
     checkpoints,
+    fsutil,
     logs,
     memory,
     optim,
@@ -66,6 +71,55 @@ def test_ctrl_c_is_one_line_that_says_what_comes_next(
         logs.run_stage(stage, interrupted="the next `uv run dvc repro` resumes")
     assert stopped.value.code == 130  # the shell's code for SIGINT
     assert "interrupted (Ctrl-C); the next `uv run dvc repro` resumes" in caplog.text
+
+
+def test_ctrl_c_during_a_save_is_one_line_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # torch.save, stopped mid-write, reports the KeyboardInterrupt only as the context of a
+    # RuntimeError about zip positions: the stop must still read as one.
+    monkeypatch.delenv("VISIONPIPE_DEBUG", raising=False)
+
+    class Stopping(io.FileIO):
+        def write(self, b: Any) -> int:
+            if self.tell() > 1000:
+                raise KeyboardInterrupt
+            return super().write(b)
+
+    monkeypatch.setattr(fsutil, "open", lambda file, *_, **__: Stopping(file, "w"), raising=False)
+
+    def stage() -> None:
+        fsutil.save_torch(tmp_path / "last.pt", {"w": torch.zeros(10_000)})
+
+    with pytest.raises(SystemExit) as stopped:
+        logs.run_stage(stage, interrupted="the next `uv run dvc repro` resumes")
+    assert stopped.value.code == 130
+    assert "interrupted (Ctrl-C); the next `uv run dvc repro` resumes" in caplog.text
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_stops_a_stage_in_one_line_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    # A batch scheduler's time limit or a cancelled CI job sends SIGTERM, maybe mid-save:
+    # Python's default handler would end the process there, leaving `.last.pt.<random>.tmp`.
+    script = f"""
+import os, signal
+from visionpipe import fsutil, logs
+
+def stage():
+    with fsutil.atomic_open({str(tmp_path / "last.pt")!r}, "wb") as f:
+        f.write(b"half a checkpoint")
+        os.kill(os.getpid(), signal.SIGTERM)
+        f.write(b"the rest")
+
+logs.run_stage(stage, interrupted="the next `uv run dvc repro` resumes")
+"""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+    env.pop("VISIONPIPE_DEBUG", None)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert done.returncode == 143, done.stderr  # 128 + SIGTERM, as a shell reports it
+    assert "stopped by SIGTERM; the next `uv run dvc repro` resumes" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == [], "the half-written temporary file must go"
 
 
 def test_a_stop_says_what_resumes_it_where_it_ran(
