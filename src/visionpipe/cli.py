@@ -253,7 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     _check_outputs(args.parser, args)
     logs.setup(logging.WARNING)
     try:
-        return args.func(args)
+        with logs.stops_on_signals():  # serve handles these itself once it listens
+            return args.func(args)
+    except KeyboardInterrupt as exc:  # a folder of photos takes a while: Ctrl-C is no bug
+        text, code = logs.stop_text(exc)
+        print(text, file=sys.stderr)
+        return code
     except fsutil.DiskFullError as exc:  # --json, --csv, --grid: the message names the file
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -117,10 +117,14 @@ def _interrupt_cause(exc: BaseException) -> KeyboardInterrupt | None:
     return None
 
 
-def _exit_interrupted(exc: KeyboardInterrupt, then: str) -> NoReturn:
+def stop_text(exc: KeyboardInterrupt) -> tuple[str, int]:
+    """What stopped the command, in words, and its exit status: 128 + the signal, as a shell's."""
     if isinstance(exc, Stopped):
-        how, signum = f"stopped by {signal.Signals(exc.signum).name}", exc.signum
-    else:
-        how, signum = "interrupted (Ctrl-C)", signal.SIGINT
-    log.error("%s%s", how, then)
-    sys.exit(128 + signum)
+        return f"stopped by {signal.Signals(exc.signum).name}", 128 + exc.signum
+    return "interrupted (Ctrl-C)", 128 + signal.SIGINT
+
+
+def _exit_interrupted(exc: KeyboardInterrupt, then: str) -> NoReturn:
+    text, code = stop_text(exc)
+    log.error("%s%s", text, then)
+    sys.exit(code)

@@ -372,6 +372,25 @@ def test_a_full_disk_under_json_output_is_one_error_line(
     assert not out.exists()
 
 
+def test_ctrl_c_over_a_folder_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A folder of thousands of photos takes a while: stopping it is no bug to show a trace of.
+    from visionpipe import predict
+
+    def stopped(*_: object, **__: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict, "predict_files", stopped)
+    args = ["predict", str(DOG_PNG), "--model", str(write_tiny_onnx(tmp_path / "model.onnx"))]
+    try:
+        code = main(args)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C came out of visionpipe predict as a traceback")
+    assert code == 130
+    assert capsys.readouterr().err.strip() == "interrupted (Ctrl-C)"
+
+
 def test_an_output_path_that_cannot_be_a_file_is_one_error_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
