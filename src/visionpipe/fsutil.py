@@ -7,14 +7,15 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Container, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 # Out of space, or out of the user's quota: the same remedy.
-_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # A filesystem that cannot flush (some FUSE and network mounts) says so with these: nothing to do.
 _NO_SYNC_ERRNOS = frozenset({errno.EINVAL, errno.ENOTSUP, errno.ENOSYS})
 
@@ -26,17 +27,61 @@ class DiskFullError(OSError):
         return str(self.strerror)
 
 
-def disk_full_cause(exc: BaseException) -> OSError | None:
-    """The out-of-space OSError behind `exc`, if any: torch.save, for one, reports it only as
-    the context of a RuntimeError about zip positions."""
+def find_cause(exc: BaseException, wanted: Callable[[BaseException], bool]) -> Any:
+    """The first exception in `exc`'s chain (itself, then what it was raised from or during)
+    that is `wanted`, or None: torch.save, for one, reports a full disk or a Ctrl-C only as the
+    context of a RuntimeError about zip positions."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in _FULL_ERRNOS:
+        if wanted(current):
             return current
         current = current.__cause__ or current.__context__
     return None
+
+
+def _os_error_cause(exc: BaseException, errnos: Container[int | None]) -> OSError | None:
+    return find_cause(exc, lambda e: isinstance(e, OSError) and e.errno in errnos)
+
+
+def disk_full_cause(exc: BaseException) -> OSError | None:
+    """The out-of-space OSError behind `exc`, if any."""
+    return _os_error_cause(exc, FULL_ERRNOS)
+
+
+# A file the system refuses for good, each with what to do: retrying cannot help.
+_REFUSED = {
+    errno.EACCES: "permission denied (`ls -ld` it and its folder for owner and mode): give "
+    "this user access, or run as the user who owns the project",
+    errno.EPERM: "operation not permitted (`ls -ld` it and its folder for owner and mode)",
+    errno.EROFS: "read-only filesystem: run the project from a writable copy",
+    errno.EFBIG: "file too large for its filesystem (FAT32 holds at most 4 GiB a file) or for "
+    "the shell's limit (`ulimit -f`): put the project on another filesystem or raise the limit",
+}
+
+
+def refused_cause(exc: BaseException) -> OSError | None:
+    """The OSError behind `exc` that no retry fixes (permissions, a read-only mount, a file-size
+    limit), if any. Permissions count only with a file name: an unnamed EPERM may be a process's."""
+    found = _os_error_cause(exc, _REFUSED)
+    if found is None or (found.filename is None and found.errno != errno.EFBIG):
+        return None
+    return found
+
+
+def refused_message(exc: OSError) -> str:
+    """`exc` of `refused_cause` for a user: the file as the stage names it (not the temporary
+    file of an atomic write), why, and what to do."""
+    if exc.filename is None:  # a library's raw write (TensorBoard's) names no file
+        return f"a write failed: {_REFUSED[exc.errno]}"
+    path = Path(os.fsdecode(exc.filename))
+    temp = re.fullmatch(r"\.(.+)\.\w+\.tmp", path.name)  # atomic_path's, beside the file
+    if temp:
+        path = path.with_name(temp[1])
+    with contextlib.suppress(ValueError):
+        path = path.relative_to(Path.cwd())
+    return f"{path}: {_REFUSED[exc.errno]}"
 
 
 def size_text(n: float) -> str:

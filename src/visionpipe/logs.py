@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import NoReturn
 
@@ -62,6 +63,19 @@ def stops_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _thread_error(args: threading.ExceptHookArgs) -> None:
+    """A background writer's (TensorBoard's event thread) full disk or refused file in one
+    line: the stage's next write fails too and stops it with the same message."""
+    exc = args.exc_value
+    found = (fsutil.disk_full_cause(exc) or fsutil.refused_cause(exc)) if exc else None
+    if found is None or os.environ.get("VISIONPIPE_DEBUG"):
+        threading.__excepthook__(args)
+    elif found.errno in fsutil.FULL_ERRNOS:
+        log.warning("%s", fsutil.disk_full_message(found.filename or os.getcwd()))
+    else:
+        log.warning("%s", fsutil.refused_message(found))
+
+
 def run_stage(main: Callable[[], int | None], interrupted: str = "") -> None:
     """Run a stage's main(): a user error prints its message (no traceback) and exits 1; Ctrl-C
     prints one line (plus `interrupted`, what happens next) and exits 130, the shell's code for it,
@@ -72,6 +86,7 @@ def run_stage(main: Callable[[], int | None], interrupted: str = "") -> None:
     traceback.
     """
     setup()
+    threading.excepthook = _thread_error
     then = f"; {interrupted}" if interrupted else ""
     try:
         with stops_on_signals():
@@ -85,7 +100,8 @@ def run_stage(main: Callable[[], int | None], interrupted: str = "") -> None:
     except Exception as exc:
         if os.environ.get("VISIONPIPE_DEBUG"):
             raise
-        stop = _interrupt_cause(exc)
+        # torch.save, stopped mid-write, reports the stop as a RuntimeError about zip positions.
+        stop = fsutil.find_cause(exc, lambda e: isinstance(e, KeyboardInterrupt))
         if stop is not None:
             _exit_interrupted(stop, then)
         full = fsutil.disk_full_cause(exc)
@@ -97,24 +113,15 @@ def run_stage(main: Callable[[], int | None], interrupted: str = "") -> None:
                 text = fsutil.disk_full_message(full.filename or os.getcwd())
             log.error("%s. %s%s", text, _DVC_CACHE, then)
             sys.exit(1)
+        refused = fsutil.refused_cause(exc)
+        if refused is not None:  # a read-only folder or mount, a file-size limit
+            log.error("%s%s", fsutil.refused_message(refused), then)
+            sys.exit(1)
         if not is_user_error(exc):
             raise
         log.error("%s", exc)
         sys.exit(1)
     sys.exit(code or 0)
-
-
-def _interrupt_cause(exc: BaseException) -> KeyboardInterrupt | None:
-    """The Ctrl-C or SIGTERM behind `exc`, if any: torch.save, stopped mid-write, reports it
-    only as the context of a RuntimeError about zip positions."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, KeyboardInterrupt):
-            return current
-        current = current.__cause__ or current.__context__
-    return None
 
 
 def stop_text(exc: KeyboardInterrupt) -> tuple[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,77 @@ def test_a_stage_stopped_by_a_full_disk_says_so_in_one_line(
 
     with pytest.raises(RuntimeError, match="a bug"):
         logs.run_stage(buggy)
+
+
+@pytest.mark.parametrize(
+    ("raised", "said"),
+    [
+        # A read-only models/: the atomic write's temporary file is what open() names.
+        (
+            PermissionError(errno.EACCES, "Permission denied", "{cwd}/models/.model.pt.k2x8.tmp"),
+            "models/model.pt: permission denied (`ls -ld` it and its folder",
+        ),
+        (
+            OSError(errno.EROFS, "Read-only file system", "metrics/train.json"),
+            "metrics/train.json: read-only filesystem",
+        ),
+        # FAT32's 4 GiB or `ulimit -f`, under TensorBoard's writer, which names no file.
+        (OSError(errno.EFBIG, "File too large"), "a write failed: file too large"),
+    ],
+)
+def test_a_file_refused_for_good_is_one_line_naming_it(
+    raised: OSError,
+    said: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.delenv("VISIONPIPE_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    if raised.filename:
+        raised.filename = raised.filename.format(cwd=tmp_path)
+
+    def stage() -> None:
+        try:
+            raise raised
+        except OSError:
+            raise RuntimeError("writer failed")  # noqa: B904 (the OSError is its context)
+
+    with pytest.raises(SystemExit) as stopped:
+        logs.run_stage(stage, interrupted="the next `uv run dvc repro` resumes")
+    assert stopped.value.code == 1
+    assert said in caplog.text
+    assert caplog.text.rstrip().endswith("; the next `uv run dvc repro` resumes")
+
+    def unnamed() -> None:  # a process's EPERM, say: no file to blame, so a bug's traceback
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    with pytest.raises(PermissionError):
+        logs.run_stage(unnamed)
+
+
+def test_a_background_writer_s_refused_file_is_one_line_too(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # TensorBoard writes its event file from a thread of its own: its EFBIG came out as a
+    # thread's traceback above the stage's one line.
+    monkeypatch.delenv("VISIONPIPE_DEBUG", raising=False)
+
+    def write() -> None:
+        raise OSError(errno.EFBIG, "File too large")
+
+    def stage() -> None:
+        writer = threading.Thread(target=write)
+        writer.start()
+        writer.join()
+        write()
+
+    with pytest.raises(SystemExit):
+        logs.run_stage(stage)
+    assert caplog.text.count("a write failed: file too large") == 2  # the thread's, the stage's
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_sizes_read_in_the_unit_that_fits() -> None:
