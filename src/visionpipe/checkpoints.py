@@ -59,9 +59,20 @@ class Trainee:
     device: torch.device
 
 
+def code_files() -> list[Path]:
+    """The code that trains: the visionpipe package's modules. An edited loop, augmentation or
+    optimizer is a new run, as it is to DVC; resuming would mix two codes' epochs in one model
+    (an edit to the model's layers alone is caught by `restore`). All of them, not only those
+    loaded: the set is then the same in every process, whatever it imported first."""
+    return sorted(Path(__file__).parent.rglob("*.py"))
+
+
 def fingerprint(params: Params) -> str:
-    """What a checkpoint must match to be resumed: params that shape training, and the data."""
+    """What a checkpoint must match to be resumed: params that shape training, the data and the
+    code."""
     h = hashlib.sha256(json.dumps(params.training_dict(), sort_keys=True).encode())
+    for file in code_files():  # by bytes alone: the same code in another clone resumes too
+        h.update(hashlib.sha256(file.read_bytes()).digest())
     files = [paths.split_file(split) for split in ("train", "val")]
     # The starting weights by their bytes, not only their path: a run interrupted before the
     # file was replaced would otherwise resume from the old start.
@@ -124,7 +135,7 @@ def _read(fp: str) -> dict[str, Any] | None:
         )
         return None
     if state.get("fingerprint") != fp:
-        log.info("checkpoint %s is from other params or data: starting fresh", CHECKPOINT)
+        log.info("checkpoint %s is from other params, data or code: starting fresh", CHECKPOINT)
         return None
     if "stopped" not in state:  # an older layout, which kept finished runs' checkpoints
         log.info("checkpoint %s is of an older visionpipe: starting fresh", CHECKPOINT)

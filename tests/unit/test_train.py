@@ -908,6 +908,21 @@ def test_checkpoint_fingerprint_reads_the_starting_weights(processed: Path) -> N
     assert checkpoints.fingerprint(params) != before
 
 
+def test_a_checkpoint_of_other_code_is_not_resumed(
+    processed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Stopped, the loop fixed, run again: resuming would finish with epochs of both codes in
+    # one model, which dvc.lock then records as the new code's.
+    assert {Path(m.__file__) for m in (train, batches, optim)} <= set(checkpoints.code_files())
+    loop_code = processed / "train.py"
+    loop_code.write_text("lr = 0.1\n")
+    monkeypatch.setattr(checkpoints, "code_files", lambda: [loop_code])
+    params = tiny_params()
+    before = checkpoints.fingerprint(params)
+    loop_code.write_text("lr = 0.01\n")
+    assert checkpoints.fingerprint(params) != before
+
+
 def test_a_run_removes_the_temporary_files_of_a_killed_save(processed: Path) -> None:
     # SIGKILL or the OOM killer during a save leaves `.last.pt.<random>.tmp`, as large as the
     # model and its optimizer state, in folders no DVC command cleans; the next run takes them.
