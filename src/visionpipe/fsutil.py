@@ -70,18 +70,23 @@ def refused_cause(exc: BaseException) -> OSError | None:
     return found
 
 
+def refused_reason(exc: OSError) -> str:
+    """Why the system refused the file of `exc` (of `refused_cause`) and what to do."""
+    return _REFUSED[exc.errno or 0]
+
+
 def refused_message(exc: OSError) -> str:
     """`exc` of `refused_cause` for a user: the file as the stage names it (not the temporary
     file of an atomic write), why, and what to do."""
     if exc.filename is None:  # a library's raw write (TensorBoard's) names no file
-        return f"a write failed: {_REFUSED[exc.errno]}"
+        return f"a write failed: {refused_reason(exc)}"
     path = Path(os.fsdecode(exc.filename))
     temp = re.fullmatch(r"\.(.+)\.\w+\.tmp", path.name)  # atomic_path's, beside the file
     if temp:
         path = path.with_name(temp[1])
     with contextlib.suppress(ValueError):
         path = path.relative_to(Path.cwd())
-    return f"{path}: {_REFUSED[exc.errno]}"
+    return f"{path}: {refused_reason(exc)}"
 
 
 def size_text(n: float) -> str:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from visionpipe import paths
+from visionpipe import fsutil, paths
 from visionpipe.fsutil import DiskFullError, atomic_open, atomic_path, json_pretty, write_json
 from visionpipe.grids import Layout, captioned_grid
 from visionpipe.images import (
@@ -265,6 +265,8 @@ def _unwritable(dest: Path, exc: OSError) -> str:
     blocking = next((p for p in dest.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         return f"{blocking} is a file, not a folder"
+    if exc.errno in (errno.EFBIG, errno.EROFS):  # no other folder of this user's helps there
+        return fsutil.refused_reason(exc)
     return f"{exc.strerror or exc}; give a file in a folder this user can write"
 
 

@@ -409,6 +409,24 @@ def test_an_output_path_that_cannot_be_a_file_is_one_error_line(
         assert "dog.png" in capsys.readouterr().out  # the predictions were printed all the same
 
 
+def test_a_file_size_limit_is_named_as_such(tmp_path: Path) -> None:
+    # `ulimit -f` (or FAT32's 4 GiB): another folder of this user's would not help.
+    model = write_tiny_onnx(tmp_path / "model.onnx")
+    out = tmp_path / "p.json"
+    script = f"""
+import resource, signal, sys
+from visionpipe.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
+sys.exit(main(["predict", {str(DOG_PNG)!r}, "--model", {str(model)!r}, "--json", {str(out)!r}]))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env())
+    assert done.returncode == 1, done.stderr
+    assert f"cannot write --json {out}: file too large for its filesystem" in done.stderr
+    assert "ulimit -f" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
 def test_json_or_csv_to_stdout_and_a_grid_in_the_format_its_name_says(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
