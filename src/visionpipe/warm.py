@@ -13,9 +13,10 @@ code deps keep their meaning.
 The first stage that finds no warm process starts one (it lives on while it is used, and exits
 after VISIONPIPE_WARM_IDLE seconds without work, 600 by default) and waits for it; that costs what
 importing the libraries in the stage would have. One warm process serves one Python install, one
-version of this file and one set of the environment variables that libraries read when imported
-(threads, CUDA, Python's own): a change of any starts another. VISIONPIPE_WARM=0 runs every
-stage in its own fresh process. Only on Linux; elsewhere stages always run in their own process.
+version of this file, one set of the environment variables that libraries read when imported
+(threads, CUDA, Python's own) and one set of process limits (`inherited_limits`): a change of any
+starts another. VISIONPIPE_WARM=0 runs every stage in its own fresh process. Only on Linux;
+elsewhere stages always run in their own process.
 
 If the stage's command is killed, the warm process kills the stage and everything it started, as
 the kill would have done to a stage running in the command's own process.
@@ -107,7 +108,30 @@ def server_key(env: dict[str, str]) -> str:
     parts += sorted(
         f"{k}={v}" for k, v in env.items() if k.startswith(KEY_PREFIXES) and k != "PYTHONPATH"
     )
+    parts += inherited_limits()
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
+
+
+def inherited_limits() -> list[str]:
+    """What a forked stage inherits from the warm process, not from its command: priority, CPUs,
+    resource limits, umask and control group. A warm process started by another command would
+    run this one's stage free of its `nice`, `taskset`, `ulimit -v`/`-f`, or inside another
+    batch job's cgroup (killed when that job ends); the one this command starts inherits them."""
+    import resource
+
+    limits = [
+        f"{name}={resource.getrlimit(getattr(resource, name))}"
+        for name in sorted(dir(resource))
+        if name.startswith("RLIMIT_")
+    ]
+    mask = os.umask(0)
+    os.umask(mask)
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    try:
+        cgroup = Path("/proc/self/cgroup").read_text()
+    except OSError:
+        cgroup = ""
+    return [f"nice={os.nice(0)}", f"cpus={cpus}", f"umask={mask:o}", f"cgroup={cgroup}", *limits]
 
 
 def address(key: str) -> str:

@@ -6,6 +6,7 @@ parent is not the command), so a silent fallback to a plain run would fail it.""
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -185,6 +186,28 @@ def test_the_warm_process_is_chosen_by_install_and_import_time_settings() -> Non
     assert warm.server_key({**base, "OMP_NUM_THREADS": "2"}) != key
     assert warm.server_key({**base, "CUDA_VISIBLE_DEVICES": ""}) != key
     assert warm.server_key({**base, "PYTHONHASHSEED": "0"}) != key
+
+
+def test_a_stage_keeps_its_command_s_priority_and_limits(tmp_path: Path) -> None:
+    # `nice -n 10 dvc repro` on a shared machine, `ulimit -f`: a warm process started without
+    # them must not run the stage; the command's own warm process inherits them.
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import os, resource\n"
+        "print('nice', os.nice(0))\n"
+        "print('fsize', resource.getrlimit(resource.RLIMIT_FSIZE)[0])\n"
+        "print('parent', os.getppid())\n"
+    )
+    assert _warm(script, env=_env()).returncode == 0  # a warm process without them, running
+
+    def limited() -> None:
+        os.nice(10 - os.nice(0))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 30, resource.RLIM_INFINITY))
+
+    proc = _warm(script, env=_env(), preexec_fn=limited)
+    assert proc.returncode == 0, proc.stderr
+    assert (_field(proc.stdout, "nice"), _field(proc.stdout, "fsize")) == ("10", str(1 << 30))
+    assert int(_field(proc.stdout, "parent")) != os.getpid()
 
 
 def test_a_bad_idle_setting_is_named(tmp_path: Path) -> None:
