@@ -80,10 +80,9 @@ def refused_message(exc: OSError) -> str:
     file of an atomic write), why, and what to do."""
     if exc.filename is None:  # a library's raw write (TensorBoard's) names no file
         return f"a write failed: {refused_reason(exc)}"
-    path = Path(os.fsdecode(exc.filename))
-    temp = re.fullmatch(r"\.(.+)\.\w+\.tmp", path.name)  # atomic_path's, beside the file
-    if temp:
-        path = path.with_name(temp[1])
+    # The output's name, not that of atomic_path's temporary file or atomic_dir's folder.
+    parts = Path(os.fsdecode(exc.filename)).parts
+    path = Path(*(re.sub(r"^\.(.+)\.\w+\.tmp$", r"\1", part) for part in parts))
     with contextlib.suppress(ValueError):
         path = path.relative_to(Path.cwd())
     return f"{path}: {refused_reason(exc)}"

@@ -72,7 +72,11 @@ class SplitWriter:
     def append(self, images: np.ndarray, labels: np.ndarray) -> None:
         assert images.dtype == np.uint8 and images.shape[1:] == self.item_shape, images.shape
         images = np.ascontiguousarray(images)
-        self._file.write(images.data)
+        try:
+            self._file.write(images.data)
+        except OSError as exc:  # a file object's write names no file: a user needs to know which
+            exc.filename = exc.filename or str(self.images_path)
+            raise
         self._sha.update(images.data)
         self.count += len(images)
         self.labels += labels.tolist()

@@ -70,6 +70,11 @@ def test_a_stage_stopped_by_a_full_disk_says_so_in_one_line(
             OSError(errno.EROFS, "Read-only file system", "metrics/train.json"),
             "metrics/train.json: read-only filesystem",
         ),
+        # preprocess writes its arrays into atomic_dir's temporary folder.
+        (
+            OSError(errno.EFBIG, "File too large", "{cwd}/data/.processed.x9y8.tmp/train.npy"),
+            "data/processed/train.npy: file too large for its filesystem (FAT32",
+        ),
         # FAT32's 4 GiB or `ulimit -f`, under TensorBoard's writer, which names no file.
         (OSError(errno.EFBIG, "File too large"), "a write failed: file too large"),
     ],

@@ -452,3 +452,21 @@ def test_a_layout_warning_is_logged_and_reported(
     ]
     assert len(warned) == 1 and warned[0] in report["warnings"]
     assert "classes (animals, birds)" in caplog.text
+
+
+def test_a_split_file_the_system_refuses_is_named(tmp_path: Path) -> None:
+    # FAT32's 4 GiB or `ulimit -f` stop train.npy midway: the error must say which file.
+    import errno
+
+    from visionpipe.split_files import SplitWriter
+
+    class TooLarge(io.BytesIO):
+        def write(self, b: object) -> int:
+            raise OSError(errno.EFBIG, "File too large")
+
+    with SplitWriter(tmp_path, "train", 4) as writer:
+        writer._file.close()
+        writer._file = TooLarge()
+        with pytest.raises(OSError) as err:
+            writer.append(np.zeros((2, 3, 4, 4), np.uint8), np.zeros(2, np.int64))
+    assert err.value.filename == str(tmp_path / "train.npy")
