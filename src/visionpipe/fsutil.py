@@ -80,12 +80,18 @@ def refused_message(exc: OSError) -> str:
     file of an atomic write), why, and what to do."""
     if exc.filename is None:  # a library's raw write (TensorBoard's) names no file
         return f"a write failed: {refused_reason(exc)}"
-    # The output's name, not that of atomic_path's temporary file or atomic_dir's folder.
-    parts = Path(os.fsdecode(exc.filename)).parts
+    return f"{output_name(exc.filename)}: {refused_reason(exc)}"
+
+
+def output_name(filename: str | bytes) -> Path:
+    """The output an OSError's file name is part of, relative to the working folder when in it:
+    not atomic_path's temporary file or atomic_dir's temporary folder, which are gone by the
+    time a user reads it."""
+    parts = Path(os.fsdecode(filename)).parts
     path = Path(*(re.sub(r"^\.(.+)\.\w+\.tmp$", r"\1", part) for part in parts))
     with contextlib.suppress(ValueError):
         path = path.relative_to(Path.cwd())
-    return f"{path}: {refused_reason(exc)}"
+    return path
 
 
 def size_text(n: float) -> str:

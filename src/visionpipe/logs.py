@@ -71,7 +71,8 @@ def _thread_error(args: threading.ExceptHookArgs) -> None:
     if found is None or os.environ.get("VISIONPIPE_DEBUG"):
         threading.__excepthook__(args)
     elif found.errno in fsutil.FULL_ERRNOS:
-        log.warning("%s", fsutil.disk_full_message(found.filename or os.getcwd()))
+        named = fsutil.output_name(found.filename) if found.filename else None
+        log.warning("%s", fsutil.disk_full_message(named or os.getcwd()))
     else:
         log.warning("%s", fsutil.refused_message(found))
 
@@ -110,7 +111,8 @@ def run_stage(main: Callable[[], int | None], interrupted: str = "") -> None:
             if isinstance(full, fsutil.DiskFullError):  # an atomic write's: names its file
                 text = str(full)
             else:
-                text = fsutil.disk_full_message(full.filename or os.getcwd())
+                named = fsutil.output_name(full.filename) if full.filename else None
+                text = fsutil.disk_full_message(named or os.getcwd())
             log.error("%s. %s%s", text, _DVC_CACHE, then)
             sys.exit(1)
         refused = fsutil.refused_cause(exc)

@@ -134,6 +134,22 @@ def test_a_background_writer_s_refused_file_is_one_line_too(
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_a_full_disk_under_a_temporary_folder_names_the_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # preprocess's arrays fill the disk inside atomic_dir's folder, gone when the user reads.
+    monkeypatch.delenv("VISIONPIPE_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    def stage() -> None:
+        temp = tmp_path / "data" / ".processed.q7w2.tmp" / "train.npy"
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(temp))
+
+    with pytest.raises(SystemExit):
+        logs.run_stage(stage)
+    assert "no space left on the disk holding data/processed/train.npy (" in caplog.text
+
+
 def test_sizes_read_in_the_unit_that_fits() -> None:
     assert fsutil.size_text(812) == "812 bytes"
     assert fsutil.size_text(150 * 1024) == "150.0 KiB"
