@@ -77,6 +77,26 @@ def _thread_error(args: threading.ExceptHookArgs) -> None:
         log.warning("%s", fsutil.refused_message(found))
 
 
+def _stop_with_dvc() -> None:
+    """Under DVC (which sets DVC_STAGE), have the kernel send SIGTERM when DVC dies: killed
+    alone (`kill <pid>`, a supervisor), DVC leaves its stage running on, unseen, writing the
+    workspace that the next run writes too. Linux only; a process already bound to its parent's
+    end (a warm stage, a torchrun rank) keeps that binding."""
+    if "DVC_STAGE" not in os.environ or sys.platform != "linux":
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    bound = ctypes.c_int(0)
+    libc.prctl(2, ctypes.byref(bound))  # PR_GET_PDEATHSIG
+    if bound.value:
+        return
+    parent = os.getppid()
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # DVC died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_stage(main: Callable[[], int | None], interrupted: str = "") -> None:
     """Run a stage's main(): a user error prints its message (no traceback) and exits 1; Ctrl-C
     prints one line (plus `interrupted`, what happens next) and exits 130, the shell's code for it,
@@ -91,6 +111,7 @@ def run_stage(main: Callable[[], int | None], interrupted: str = "") -> None:
     then = f"; {interrupted}" if interrupted else ""
     try:
         with stops_on_signals():
+            _stop_with_dvc()
             code = main()
     except KeyboardInterrupt as exc:
         # Ctrl-C is an ordinary way to stop a run (train resumes from its checkpoint): the

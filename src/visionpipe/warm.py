@@ -150,6 +150,11 @@ def main(argv: list[str]) -> None:
     if not argv or argv[0].startswith("-"):
         raise SystemExit("usage: python -m visionpipe.warm SCRIPT [ARGS...]")
     env = dict(os.environ)
+    if "DVC_STAGE" in env and sys.platform == "linux":  # set by DVC for each stage's command
+        # DVC killed alone (`kill <pid>`, a supervisor) leaves its stage's command running:
+        # it would train on unseen, writing the workspace the next run writes too. SIGTERM
+        # passes to the stage, which stops as on Ctrl-C.
+        die_with_parent(os.getppid(), signal.SIGTERM)
     conn = None
     if enabled(env):
         idle_seconds(env)  # a bad setting is the user's to see, not the warm process's
@@ -393,14 +398,14 @@ class _Server:
             os._exit(code)
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """Have the kernel SIGKILL this process when its parent `parent_pid` dies, even of a SIGKILL
-    that runs none of its cleanup (Linux): a stage must not outlive the warm process that reports
-    its end, nor a torchrun rank its torchrun."""
+def die_with_parent(parent_pid: int, signum: int = signal.SIGKILL) -> None:
+    """Have the kernel send `signum` to this process when its parent `parent_pid` dies, even of
+    a SIGKILL that runs none of its cleanup (Linux): a stage must not outlive the warm process
+    that reports its end, nor a torchrun rank its torchrun, nor a stage's command its DVC."""
     import ctypes
 
     pr_set_pdeathsig = 1  # <linux/prctl.h>
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signum)
     if os.getppid() != parent_pid:  # it died before the request took effect
         os._exit(1)
 

@@ -5,6 +5,7 @@ parent is not the command), so a silent fallback to a plain run would fail it.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
@@ -208,6 +209,51 @@ def test_a_stage_keeps_its_command_s_priority_and_limits(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr
     assert (_field(proc.stdout, "nice"), _field(proc.stdout, "fsize")) == ("10", str(1 << 30))
     assert int(_field(proc.stdout, "parent")) != os.getpid()
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.parametrize("warmed", [False, True], ids=["plain", "warm"])
+def test_a_stage_stops_when_its_dvc_is_killed(tmp_path: Path, warmed: bool) -> None:
+    # `kill <dvc's pid>` (a supervisor, another terminal) kills DVC alone: its stage trained on,
+    # unseen, writing the workspace the next run writes too.
+    (tmp_path / "stage.py").write_text(
+        "import os, time\nfrom pathlib import Path\nfrom visionpipe import logs\n"
+        "def main():\n"
+        "    Path('stage.pid').write_text(str(os.getpid()))\n"
+        "    time.sleep(60)\n"
+        "logs.run_stage(main)\n"
+    )
+    (tmp_path / "dvc.py").write_text(  # stands in for DVC: runs the stage, waits
+        "import subprocess, sys\nsubprocess.run(sys.argv[1:], stderr=open('stage.err', 'w'))\n"
+    )
+    launcher = [sys.executable, "-m", "visionpipe.warm"] if warmed else [sys.executable]
+    command = [sys.executable, "dvc.py", *launcher, "stage.py"]
+    dvc = subprocess.Popen(command, cwd=tmp_path, env=_env(DVC_STAGE="train"))
+    pid_file = tmp_path / "stage.pid"
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = int(pid_file.read_text())
+    try:
+        dvc.kill()
+        dvc.wait()
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid), "the stage outlived its DVC"
+        if not warmed:  # the warm stage's stderr belongs to its command, gone too
+            assert "stopped by SIGTERM" in (tmp_path / "stage.err").read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_a_bad_idle_setting_is_named(tmp_path: Path) -> None:
