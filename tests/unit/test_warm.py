@@ -108,7 +108,9 @@ def test_a_warm_process_that_cannot_serve_leaves_the_stage_to_the_command(tmp_pa
     assert _field(out, "parent").split()[2] == str(proc.pid), "ran in the command"
 
 
-def _started(tmp_path: Path, body: str) -> tuple[subprocess.Popen, int]:
+def _started(
+    tmp_path: Path, body: str, env_: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, int]:
     """A command running `body` warm, and the pid of the stage once it is running."""
     script = tmp_path / "sleeper.py"
     pid_file = tmp_path / "pid"
@@ -117,7 +119,12 @@ def _started(tmp_path: Path, body: str) -> tuple[subprocess.Popen, int]:
     )
     cmd = [sys.executable, "-m", "visionpipe.warm", script.name]
     proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cmd,
+        cwd=tmp_path,
+        env=env_ or _env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 120
     while not (pid_file.is_file() and pid_file.read_text()):
@@ -227,7 +234,8 @@ def test_a_stage_stops_when_its_dvc_is_killed(tmp_path: Path, warmed: bool) -> N
     (tmp_path / "stage.py").write_text(
         "import os, time\nfrom pathlib import Path\nfrom visionpipe import logs\n"
         "def main():\n"
-        "    Path('stage.pid').write_text(str(os.getpid()))\n"
+        "    Path('pid.tmp').write_text(str(os.getpid()))\n"
+        "    os.replace('pid.tmp', 'stage.pid')\n"
         "    time.sleep(60)\n"
         "logs.run_stage(main)\n"
     )
@@ -308,7 +316,9 @@ def test_killing_the_warm_process_kills_its_stages(tmp_path: Path, sig: int) -> 
     # Else the stage trains on, writing outputs, after DVC has been told it failed.
     import psutil
 
-    proc, stage = _started(tmp_path, "time.sleep(120)")
+    # A warm process of its own (another key): the one the other tests share may be running
+    # their stages in another xdist worker.
+    proc, stage = _started(tmp_path, "time.sleep(120)", _env(VISIONPIPE_WARM_IDLE="32"))
     os.kill(psutil.Process(stage).ppid(), sig)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 1 and "ended before the stage did" in err
