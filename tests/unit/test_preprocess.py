@@ -359,19 +359,19 @@ def _noisy_zip(dest: Path, files: dict[str, int]) -> Path:
     return dest
 
 
+def _seeds(folder: str, classes: tuple[str, ...], n: int, first: int = 0) -> dict[str, int]:
+    """`n` distinct photos per class folder of `folder`, for `_noisy_zip`."""
+    return {
+        f"{folder}/{c}/{i}.jpg": first + 10 * k + i for k, c in enumerate(classes) for i in range(n)
+    }
+
+
 def test_copies_across_classes_and_splits_are_warned_and_listed(
     workdir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    files = {
-        f"photos/train/{c}/{i}.jpg": 10 * k + i
-        for k, c in enumerate(("ants", "bees"))
-        for i in range(8)
-    }
-    files |= {
-        f"photos/test/{c}/{i}.jpg": 100 + 10 * k + i
-        for k, c in enumerate(("ants", "bees"))
-        for i in range(3)
-    }
+    files = _seeds("photos/train", ("ants", "bees"), 8) | _seeds(
+        "photos/test", ("ants", "bees"), 3, 100
+    )
     files["photos/train/bees/copy_of_ant.jpg"] = 3  # photos/train/ants/3.jpg, in a second class
     files["photos/test/ants/seen.jpg"] = 5  # photos/train/ants/5.jpg, scored as unseen
     files["photos/train/ants/5 (1).jpg"] = 5  # and a third copy of it
@@ -418,9 +418,7 @@ def test_copies_across_classes_and_splits_are_warned_and_listed(
 def test_a_copy_in_its_own_class_and_split_is_counted_without_a_warning(
     workdir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    files = {
-        f"photos/{c}/{i}.jpg": 10 * k + i for k, c in enumerate(("ants", "bees")) for i in range(9)
-    }
+    files = _seeds("photos", ("ants", "bees"), 9)
     files["photos/ants/train/again.jpg"] = 4  # split_of puts it in photos/ants/4.jpg's split
     _noisy_zip(workdir / paths.RAW_DIR / "photos.zip", files)
     preprocess.run(_params(test_fraction=0.5, val_fraction=0.0))
@@ -437,12 +435,7 @@ def test_a_copy_in_its_own_class_and_split_is_counted_without_a_warning(
 def test_a_layout_warning_is_logged_and_reported(
     workdir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    files = {
-        f"photos/animals/{s}/{i}.jpg": 10 * k + i
-        for k, s in enumerate(("cats", "dogs"))
-        for i in range(6)
-    }
-    files |= {f"photos/birds/{i}.jpg": 50 + i for i in range(6)}
+    files = _seeds("photos/animals", ("cats", "dogs"), 6) | _seeds("photos", ("birds",), 6, 50)
     _noisy_zip(workdir / paths.RAW_DIR / "photos.zip", files)
     caplog.set_level(logging.INFO, logger="visionpipe")
     preprocess.run(_params(test_fraction=0.3))
