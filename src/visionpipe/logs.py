@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import NoReturn
 
-from visionpipe import fsutil
+from visionpipe import fsutil, warm
 
 log = logging.getLogger("visionpipe")
 
@@ -82,19 +82,8 @@ def _stop_with_dvc() -> None:
     alone (`kill <pid>`, a supervisor), DVC leaves its stage running on, unseen, writing the
     workspace that the next run writes too. Linux only; a process already bound to its parent's
     end (a warm stage, a torchrun rank) keeps that binding."""
-    if "DVC_STAGE" not in os.environ or sys.platform != "linux":
-        return
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    bound = ctypes.c_int(0)
-    libc.prctl(2, ctypes.byref(bound))  # PR_GET_PDEATHSIG
-    if bound.value:
-        return
-    parent = os.getppid()
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # DVC died before the request took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+    if "DVC_STAGE" in os.environ and sys.platform == "linux" and not warm.parent_death_signal():
+        warm.die_with_parent(os.getppid(), signal.SIGTERM)
 
 
 def run_stage(main: Callable[[], int | None], interrupted: str = "") -> None:

@@ -398,6 +398,16 @@ class _Server:
             os._exit(code)
 
 
+def parent_death_signal() -> int:
+    """The signal the kernel is to send this process when its parent dies; 0 for none (Linux)."""
+    import ctypes
+
+    bound = ctypes.c_int(0)
+    pr_get_pdeathsig = 2  # <linux/prctl.h>
+    ctypes.CDLL(None, use_errno=True).prctl(pr_get_pdeathsig, ctypes.byref(bound))
+    return bound.value
+
+
 def die_with_parent(parent_pid: int, signum: int = signal.SIGKILL) -> None:
     """Have the kernel send `signum` to this process when its parent `parent_pid` dies, even of
     a SIGKILL that runs none of its cleanup (Linux): a stage must not outlive the warm process
