@@ -452,7 +452,8 @@ def run(params: DataParams, workers: int | None = None) -> dict[str, Any]:
     """Decode the downloaded archive into per-split arrays, stats, samples, record and report."""
     size = params.image_size()
     source = find_archive(paths.RAW_DIR)
-    remove_stale_temps(paths.PROCESSED_DIR)  # what a killed run left: possibly gigabytes
+    for output in (paths.PROCESSED_DIR, paths.SAMPLES_DIR):
+        remove_stale_temps(output)  # what a killed run left: possibly gigabytes
     log.info("decoding %s at %dx%d", source, size, size)
     with atomic_dir(paths.PROCESSED_DIR) as out:
         result = decode_source(source, size, params.data, out, workers)

@@ -463,3 +463,15 @@ def test_a_split_file_the_system_refuses_is_named(tmp_path: Path) -> None:
         with pytest.raises(OSError) as err:
             writer.append(np.zeros((2, 3, 4, 4), np.uint8), np.zeros(2, np.int64))
     assert err.value.filename == str(tmp_path / "train.npy")
+
+
+def test_what_a_killed_run_left_beside_its_outputs_is_removed(workdir: Path) -> None:
+    _make_zip(workdir / paths.RAW_DIR / "photos.zip")
+    left = [
+        paths.PROCESSED_DIR.parent / ".processed.x1.tmp",
+        paths.SAMPLES_DIR.parent / ".samples.x2.tmp",
+    ]
+    for folder in left:
+        (folder / "part").mkdir(parents=True)
+    preprocess.run(_params())
+    assert not any(folder.exists() for folder in left)
