@@ -32,6 +32,7 @@ import numpy as np
 from aiohttp import BodyPartReader, web
 from aiohttp.web_urldispatcher import _default_expect_handler
 
+from visionpipe import paths
 from visionpipe.batching import Batcher, BatcherStopped
 from visionpipe.fsutil import json_text
 from visionpipe.images import (
@@ -266,15 +267,37 @@ def _md5(path: Path) -> str:
         return hashlib.file_digest(f, "md5").hexdigest()
 
 
+def _identity(path: Path) -> tuple[int, ...]:
+    st = path.stat()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def open_model(path: Path, tries: int = 3) -> tuple[OnnxBackend, str]:
+    """The model at `path` and the md5 of the very file it was read from. An export replaces
+    the file while a server starts (atomically: a new file under the name), so the md5 of the
+    name read before or after loading may be another model's; the same file before and after
+    means the two agree, else it is read again."""
+    for _ in range(tries):
+        before = _identity(paths.require(path, "export"))
+        backend = OnnxBackend(path)  # first: its errors say what the file is not
+        md5 = _md5(path)
+        if _identity(path) == before:
+            return backend, md5
+    from visionpipe.onnxrt import ModelFileError
+
+    raise ModelFileError(f"{path} was replaced {tries} times while it was read: try again")
+
+
 class Service:
     """The endpoints, over one model session and one batcher."""
 
-    def __init__(self, backend: OnnxBackend, config: ServeConfig) -> None:
+    def __init__(self, backend: OnnxBackend, config: ServeConfig, md5: str | None = None) -> None:
+        """`md5`: the model file's, as `open_model` gives it (default: read from its path)."""
         self.backend, self.config = backend, config
         self.batcher = Batcher(backend.logits, config.max_batch, config.batch_wait_ms / 1000)
         self.info = {
             "model": str(config.model),
-            "md5": _md5(config.model),
+            "md5": md5 or _md5(config.model),
             "classes": backend.classes,
             "image_size": backend.image_size,
             "topk": min(config.topk, len(backend.classes)),
@@ -516,12 +539,12 @@ def serve_command(config: ServeConfig) -> int:
     from visionpipe.onnxrt import ModelFileError
 
     try:
-        backend = OnnxBackend(config.model)
+        backend, md5 = open_model(config.model)
     except (FileNotFoundError, ModelFileError) as exc:
         log.error("%s", exc)
         return 2
     try:
-        asyncio.run(run_server(Service(backend, config)))
+        asyncio.run(run_server(Service(backend, config, md5)))
     except OSError as exc:  # the port is taken, or the host is not this machine's
         log.error("cannot listen on %s:%s: %s", config.host, config.port, _bind_problem(exc))
         return 2

@@ -738,3 +738,24 @@ def test_a_dead_model_worker_answers_503_and_fails_health(model: Path) -> None:
     assert "out of device memory" in first[1]["error"] and "restart the server" in first[1]["error"]
     assert "not running" in second[1]["error"]
     assert health[0] == 503 and "stopped" in health[1]["status"], health
+
+
+def test_the_md5_served_is_of_the_model_loaded_when_an_export_replaces_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from visionpipe import serve
+
+    model = write_tiny_onnx(tmp_path / "model.onnx")
+    newer = write_tiny_onnx(tmp_path / "newer.onnx", classes=["x", "y"])
+    loading = serve.OnnxBackend
+
+    def exported_meanwhile(path: Path) -> object:  # the export's atomic replace, mid-load
+        backend = loading(path)
+        if newer.exists():
+            newer.replace(path)
+        return backend
+
+    monkeypatch.setattr(serve, "OnnxBackend", exported_meanwhile)
+    backend, md5 = serve.open_model(model)
+    assert backend.classes == ["x", "y"]
+    assert md5 == hashlib.md5(model.read_bytes()).hexdigest()
