@@ -281,10 +281,11 @@ def _too_few_classes(names: Sequence[str], common: list[str], classes: set[str])
         "put each class's images in a folder named after the class, at least two of them "
         f"(photos/cats/*.jpg, photos/dogs/*.jpg), {GUIDE}"
     )
-    if common and not classes:  # all images in one folder: that folder is the one class
-        return f"found only one class folder, '{common[-1]}': {fix}"
     where = "/".join(common) or "."
     loose = [n for n in names if len(_parts(n)) == len(common) + 1]
+    if not classes:  # all images in one folder: that folder is the one class, or none
+        found = f"only one class folder, '{common[-1]}'" if common else "0 class folders under '.'"
+        return f"found {found}: {fix}{_unsorted(loose)}"
     if len(classes) == 1 and loose:
         # photos/ beside a stray cover.jpg: the images beside it keep photos/ from being the top.
         (only,) = classes
@@ -296,6 +297,27 @@ def _too_few_classes(names: Sequence[str], common: list[str], classes: set[str])
         )
     plural = "s" * (len(classes) != 1)
     return f"found {len(classes)} class folder{plural} under '{where}': {fix}"
+
+
+def _unsorted(loose: Sequence[str]) -> str:
+    """Say that images lie in one folder with no class folders: what a download that labels its
+    images in their file names (Kaggle's cat.0.jpg, Oxford pets' Abyssinian_1.jpg) or in a list
+    beside them looks like, and neither is read."""
+    if not loose:
+        return ""
+    by_folder: dict[str, list[str]] = {}
+    for name in loose:
+        folder, _, file = name.rpartition("/")
+        by_folder.setdefault(folder, []).append(file)
+    shown = "; ".join(
+        f"{len(files)} in '{folder or '.'}': {', '.join(files[:2])}{' ...' * (len(files) > 2)}"
+        for folder, files in by_folder.items()
+    )
+    return (
+        f". These images lie in no class folder ({shown}): a label is read from an image's"
+        " folder, never from its file name or a list beside it, see docs/datasets.md,"
+        " 'Labels in file names'"
+    )
 
 
 def split_of(path: str, seed: int, test_fraction: float, val_fraction: float) -> str:
@@ -320,10 +342,11 @@ def _plan_flat(names: Sequence[str], test_fraction: float, val_fraction: float, 
     classes = sorted({parts[depth] for _, parts in in_class})
     if all(map(_split_like, classes)):
         # Training a model to tell "Train" from "Test" photos is never what was meant.
+        loose = [n for n, parts in in_class if len(parts) == depth + 2]
         raise DatasetLayoutError(
             f"the class folders found are split folders ({', '.join(classes)}): name them "
             f"'train/' plus 'test/' or 'val/' (lower case), each holding class folders "
-            f"(train/<class>/<image>), {GUIDE}"
+            f"(train/<class>/<image>), {GUIDE}{_unsorted(loose)}"
         )
     _refuse_split_folder_of_classes(in_class, depth, classes)
     index = {c: i for i, c in enumerate(classes)}

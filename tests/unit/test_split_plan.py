@@ -217,3 +217,23 @@ def test_thin_classes_are_named() -> None:
         "class 'dogs' has only 3 train images",
         "class 'dogs' has no test images",
     ]
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        # Kaggle's dogs vs cats: labels in the file names, unlabelled test1/.
+        (
+            [*(f"train/{c}.{i}.jpg" for c in ("cat", "dog") for i in range(3)), "test1/1.jpg"],
+            r"split folders \(test1, train\).*6 in 'train': cat\.0\.jpg, cat\.1\.jpg \.\.\.",
+        ),
+        (["train/cat.0.jpg", "train/dog.0.jpg"], r"one class folder, 'train'.*file name"),
+        (["Abyssinian_1.jpg", "beagle_1.jpg"], r"0 class folders.*2 in '\.': Abyssinian_1"),
+    ],
+)
+def test_images_labelled_in_file_names_are_refused_saying_names_are_not_read(
+    names: list[str], message: str
+) -> None:
+    with pytest.raises(splits.DatasetLayoutError, match=message) as raised:
+        splits.plan_image_folder(names, None, 0.1, seed=0)
+    assert "'Labels in file names'" in str(raised.value)
