@@ -349,6 +349,7 @@ def _plan_flat(names: Sequence[str], test_fraction: float, val_fraction: float, 
             f"(train/<class>/<image>), {GUIDE}{_unsorted(loose)}"
         )
     _refuse_split_folder_of_classes(in_class, depth, classes)
+    _refuse_data_folders(in_class, depth, classes)
     index = {c: i for i, c in enumerate(classes)}
     items = [
         Item(
@@ -407,6 +408,34 @@ def _refuse_split_folder_of_classes(
                 f" and name the split 'test/' or 'val/'); else move '{cls}/' out of the "
                 f"source, {GUIDE}"
             )
+
+
+# Folders a downloaded dataset keeps its images and their annotations in, never class names:
+# Oxford pets' images/ + annotations/trimaps/, Pascal VOC's JPEGImages/ + SegmentationClass/.
+_DATA_FOLDERS = frozenset(
+    {"images", "imgs", "jpegimages", "annotations", "trimaps", "segmentationclass"}
+)
+
+
+def _refuse_data_folders(
+    in_class: Sequence[tuple[str, list[str]]], depth: int, classes: Sequence[str]
+) -> None:
+    """Refuse class folders named like a dataset's data folders: Oxford pets' images/ (labels
+    in its file names) beside annotations/trimaps/ (masks) would train a model to tell photos
+    from masks, at a perfect test score, without a word."""
+    named = [cls for cls in classes if cls.lower() in _DATA_FOLDERS]
+    if not named:
+        return
+    prefix = "/".join([*in_class[0][1][:depth], ""])
+    examples = ", ".join(next(n for n, p in in_class if p[depth] == cls) for cls in named[:2])
+    raise DatasetLayoutError(
+        f"the class folders found, {', '.join(f'{prefix}{c}/' for c in classes[:5])}"
+        f"{' ...' * (len(classes) > 5)}, include {', '.join(f'{c}/' for c in named)}, named like"
+        f" a dataset's folder of images or of annotations, not like a class ({examples}): a"
+        " label is read from an image's folder, never from its file name or an annotation file."
+        " Sort the images into class folders (see docs/datasets.md, 'Labels in file names') and"
+        " point data.source at them; or, if it is a class, rename the folder"
+    )
 
 
 def class_counts(

@@ -237,3 +237,28 @@ def test_images_labelled_in_file_names_are_refused_saying_names_are_not_read(
     with pytest.raises(splits.DatasetLayoutError, match=message) as raised:
         splits.plan_image_folder(names, None, 0.1, seed=0)
     assert "'Labels in file names'" in str(raised.value)
+
+
+def _pets(folders: tuple[str, str]) -> list[str]:
+    """Oxford-IIIT pets as downloaded: breeds in the file names, masks under annotations/."""
+    return [
+        f"pets/{folder}/{breed}_{i}.jpg"
+        for breed in ("Abyssinian", "beagle")
+        for i in range(3)
+        for folder in folders
+    ]
+
+
+def test_data_folders_of_a_download_are_refused_as_classes() -> None:
+    for names in (
+        _pets(("images", "annotations/trimaps")),
+        [
+            f"VOC/{d}/2007_{i:06d}.png"
+            for i in range(3)
+            for d in ("JPEGImages", "SegmentationClass")
+        ],
+    ):
+        with pytest.raises(splits.DatasetLayoutError, match=r"named like a dataset's folder"):
+            splits.plan_image_folder(names, None, 0.1, seed=0)
+    sorted_pets = splits.plan_image_folder(_pets(("cats", "dogs/2024")), None, 0.1, seed=0)
+    assert sorted_pets.classes == ["cats", "dogs"]
