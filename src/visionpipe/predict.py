@@ -106,7 +106,9 @@ def collect_inputs(specs: list[str]) -> tuple[list[Path], list[Prediction]]:
                 errors.append(Prediction(spec, [], "glob matched no files"))
             files += found
         elif path.is_dir():
-            found = sorted(p for p in path.rglob("*") if _is_photo(p, path))
+            every = sorted(p for p in path.rglob("*") if p.is_file())
+            found = [p for p in every if _is_photo(p, path)]
+            _warn_left_out(spec, path, [p for p in every if not _is_photo(p, path)])
             if not found:
                 errors.append(Prediction(spec, [], "folder holds no image files"))
             files += found
@@ -140,6 +142,23 @@ def _is_photo(path: Path, folder: Path) -> bool:
     the AppleDouble twin a Mac leaves on other disks, is no image) nor a NAS thumbnail."""
     rel = path.relative_to(folder).as_posix()
     return is_image_name(rel) and not is_hidden(rel) and path.is_file()
+
+
+def _warn_left_out(spec: str, folder: Path, left_out: list[Path]) -> None:
+    """Say how many files of a folder get no prediction, as preprocess lists what it leaves
+    out: a phone's folder of 60 files that gives 40 predictions (its videos, .AAE edits) would
+    otherwise leave the user counting."""
+    if not left_out:
+        return
+    names = [p.relative_to(folder).as_posix() for p in left_out]
+    names.sort(key=is_hidden)  # a video before the .DS_Store and thumbnails beside it
+    shown = ", ".join(names[:3])
+    more = f" and {len(left_out) - 3} more" if len(left_out) > 3 else ""
+    log.warning(
+        "%s: left out %d file%s that %s not images, or hidden, or NAS thumbnails (%s%s)",
+        spec, len(left_out), "s" * (len(left_out) > 1), "are" if len(left_out) > 1 else "is",
+        shown, more,
+    )  # fmt: skip
 
 
 def _dangling(link: Path) -> str:

@@ -328,18 +328,22 @@ def test_the_torch_backend_names_a_bad_model_file_too(
 
 
 def test_a_folder_gives_the_photos_preprocess_would_read_not_mac_or_nas_leftovers(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from visionpipe.predict import collect_inputs
 
     folder = tmp_path / ".photos"  # a hidden folder named on purpose is still searched
     for rel in ["cats/a.jpg", "cats/b.JFIF", "._a.jpg", "cats/._a.jpg", ".ipynb_checkpoints/c.png",
-                "cats/@eaDir/a.jpg/SYNOFILE_THUMB_M.jpg", "cats/Thumbs.db"]:  # fmt: skip
+                "cats/@eaDir/a.jpg/SYNOFILE_THUMB_M.jpg", "cats/Thumbs.db",
+                "cats/IMG_1.MOV"]:  # fmt: skip
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_bytes(b"x")
     files, errors = collect_inputs([str(folder)])
     assert [p.relative_to(folder).as_posix() for p in files] == ["cats/a.jpg", "cats/b.JFIF"]
     assert errors == []
+    # What gets no prediction is counted, as preprocess lists what it leaves out.
+    assert f"{folder}: left out 6 files that are not images" in caplog.text
+    assert "(cats/IMG_1.MOV, ._a.jpg, .ipynb_checkpoints/c.png and 3 more)" in caplog.text
 
 
 def test_a_broken_or_looping_symlink_is_named_as_such(tmp_path: Path) -> None:
