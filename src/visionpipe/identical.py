@@ -77,11 +77,22 @@ def warnings(groups: Sequence[Sequence[Copy]], report: str) -> list[str]:
             f" {_example(classes[0])}): each teaches the model two labels for one picture;"
             f" delete the copies in the wrong class (all listed under 'identical' in {report})"
         )
-    if splits := in_two_splits(groups):
+    splits = in_two_splits(groups)
+    # Only a copy in train is one the model learned from; val and test alike (a Roboflow
+    # export's valid/ and test/ sharing pictures) score one picture twice instead.
+    trained = [g for g in splits if any(c.split == "train" for c in g)]
+    if trained:
         lines.append(
-            f"{_pictures(splits)} in more than one split (files of identical pixels,"
-            f" {_example(splits[0])}): the val and test scores count a copy the model trained"
+            f"{_pictures(trained)} in more than one split (files of identical pixels,"
+            f" {_example(trained[0])}): the val and test scores count a copy the model trained"
             f" on as unseen; delete all copies but one (all listed under 'identical' in {report})"
+        )
+    if held_out := [g for g in splits if g not in trained]:
+        lines.append(
+            f"{_pictures(held_out)} in both val and test, not in train (files of identical"
+            f" pixels, {_example(held_out[0])}): the test score counts pictures validation"
+            f" already scored, which train.patience stops on; delete the copies in one of the"
+            f" two (all listed under 'identical' in {report})"
         )
     return lines
 

@@ -21,3 +21,18 @@ def test_groups_are_the_rows_alike_in_order_of_their_first_row() -> None:
     other = rows[:1].copy()
     other[0, 0, 0, 0] ^= 1
     assert identical.groups(identical.digests(np.concatenate([rows[:1], other]))) == []
+
+
+def test_copies_in_val_and_test_only_are_not_called_trained_on() -> None:
+    seen = [
+        identical.Copy("train/a/1.jpg", "a", "train"),
+        identical.Copy("test/a/1.jpg", "a", "test"),
+    ]
+    twice = [identical.Copy("val/a/2.jpg", "a", "val"), identical.Copy("test/a/2.jpg", "a", "test")]
+    trained, held_out = identical.warnings([seen, twice], "report.json")
+    assert trained.startswith("1 picture is in more than one split") and "test/a/1.jpg" in trained
+    assert "val/a/2.jpg" not in trained
+    assert held_out.startswith("1 picture is in both val and test, not in train")
+    assert "e.g. val/a/2.jpg (a, val) = test/a/2.jpg (a, test)" in held_out
+    assert "trained on" not in held_out
+    assert identical.warnings([twice], "report.json") == [held_out]
