@@ -197,7 +197,11 @@ def _plan_split_folders(names: Sequence[str], root: str, val_fraction: float, se
         for name, folder, cls in found
         if folder == "train" or folder in split
     ]
-    return Plan(classes, items, "split folders", held_out)
+    # train/animals/cats/ beside train/birds/ trains one class animals, as in a flat collection.
+    depth = len(_parts(prefix))  # the class's index in a name's parts: prefix ends with "/"
+    in_train = [(name, _parts(name)) for name, folder, _ in found if folder == "train"]
+    warnings = [f"{w}, in {held_out}/ too" for w in _folders_of_classes(in_train, depth)]
+    return Plan(classes, items, "split folders", held_out, warnings=warnings)
 
 
 def _no_held_out(names: Sequence[str], prefix: str) -> str:

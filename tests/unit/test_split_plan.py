@@ -114,6 +114,23 @@ def test_a_class_folder_of_class_folders_beside_classes_is_warned_about() -> Non
     assert splits.plan_image_folder(by_year, None, 0.1, seed=0).warnings == []
 
 
+def test_a_class_folder_of_class_folders_in_split_folders_is_warned_about_too() -> None:
+    names = [
+        f"ds/{split}/{path}/{i}.jpg"
+        for split in ("train", "test")
+        for path in ("animals/cats", "animals/dogs", "birds", "fish/2019")
+        for i in range(5)
+    ]
+    plan = splits.plan_image_folder(names, None, 0.1, seed=0)
+    assert plan.layout == "split folders" and plan.classes == ["animals", "birds", "fish"]
+    assert plan.warnings == [
+        "the class folder 'ds/train/animals/' holds no images of its own, only the folders "
+        "cats/, dogs/, whose images all train as the one class 'animals' (beside "
+        "'ds/train/birds/', which holds its own): if they are classes, move them up beside "
+        "'birds/', in test/ too"
+    ]
+
+
 def test_split_folders_keep_their_own_test_split_and_refuse_a_test_fraction() -> None:
     names = [
         f"ds/{split}/{cls}/{i}.png"
