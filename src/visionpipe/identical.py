@@ -74,7 +74,7 @@ def warnings(groups: Sequence[Sequence[Copy]], report: str) -> list[str]:
     if classes := in_two_classes(groups):
         lines.append(
             f"{_pictures(classes)} in more than one class (files of identical pixels,"
-            f" {_example(classes[0])}): each teaches the model two labels for one picture;"
+            f" {_example(classes[0], 'cls')}): each teaches the model two labels for one picture;"
             f" delete the copies in the wrong class (all listed under 'identical' in {report})"
         )
     splits = in_two_splits(groups)
@@ -84,13 +84,14 @@ def warnings(groups: Sequence[Sequence[Copy]], report: str) -> list[str]:
     if trained:
         lines.append(
             f"{_pictures(trained)} in more than one split (files of identical pixels,"
-            f" {_example(trained[0])}): the val and test scores count a copy the model trained"
-            f" on as unseen; delete all copies but one (all listed under 'identical' in {report})"
+            f" {_example(trained[0], 'split')}): the val and test scores count a copy the model"
+            f" trained on as unseen; delete all copies but one (all listed under 'identical' in"
+            f" {report})"
         )
     if held_out := [g for g in splits if g not in trained]:
         lines.append(
             f"{_pictures(held_out)} in both val and test, not in train (files of identical"
-            f" pixels, {_example(held_out[0])}): the test score counts pictures validation"
+            f" pixels, {_example(held_out[0], 'split')}): the test score counts pictures validation"
             f" already scored, which train.patience stops on; delete the copies in one of the"
             f" two (all listed under 'identical' in {report})"
         )
@@ -102,8 +103,12 @@ def _pictures(groups: Sequence[Sequence[Copy]]) -> str:
     return f"{n} picture{'s are' if n > 1 else ' is'}"
 
 
-def _example(group: Sequence[Copy]) -> str:
-    shown = " = ".join(f"{c.file} ({c.cls}, {c.split})" for c in group[:3])
+def _example(group: Sequence[Copy], differ: str) -> str:
+    """Up to three copies of `group`, the first of each value of field `differ` first: the
+    three copies shown of a picture in two splits are never all in one split."""
+    first = set({getattr(c, differ): i for i, c in reversed(list(enumerate(group)))}.values())
+    order = sorted(range(len(group)), key=lambda i: (i not in first, i))
+    shown = " = ".join(f"{c.file} ({c.cls}, {c.split})" for c in (group[i] for i in order[:3]))
     return f"e.g. {shown}" + (f" and {len(group) - 3} more" if len(group) > 3 else "")
 
 

@@ -36,3 +36,12 @@ def test_copies_in_val_and_test_only_are_not_called_trained_on() -> None:
     assert "e.g. val/a/2.jpg (a, val) = test/a/2.jpg (a, test)" in held_out
     assert "trained on" not in held_out
     assert identical.warnings([twice], "report.json") == [held_out]
+
+
+def test_the_example_of_a_copy_in_two_splits_shows_two_splits() -> None:
+    group = [identical.Copy(f"train/a/{i}.jpg", "a", "train") for i in range(4)]
+    group.append(identical.Copy("test/b/0.jpg", "b", "test"))
+    in_classes, in_splits = identical.warnings([group], "report.json")
+    for line in (in_classes, in_splits):
+        assert "e.g. train/a/0.jpg (a, train) = test/b/0.jpg (b, test) = train/a/1.jpg" in line
+        assert "and 2 more" in line
