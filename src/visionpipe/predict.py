@@ -108,7 +108,7 @@ def collect_inputs(specs: list[str]) -> tuple[list[Path], list[Prediction]]:
         elif path.is_dir():
             every = sorted(p for p in path.rglob("*") if p.is_file())
             found = [p for p in every if _is_photo(p, path)]
-            _warn_left_out(spec, path, [p for p in every if not _is_photo(p, path)])
+            _warn_left_out(spec, [p.relative_to(path).as_posix() for p in every if p not in found])
             if not found:
                 errors.append(Prediction(spec, [], "folder holds no image files"))
             files += found
@@ -144,20 +144,20 @@ def _is_photo(path: Path, folder: Path) -> bool:
     return is_image_name(rel) and not is_hidden(rel) and path.is_file()
 
 
-def _warn_left_out(spec: str, folder: Path, left_out: list[Path]) -> None:
+def _warn_left_out(spec: str, left_out: list[str]) -> None:
     """Say how many files of a folder get no prediction, as preprocess lists what it leaves
     out: a phone's folder of 60 files that gives 40 predictions (its videos, .AAE edits) would
-    otherwise leave the user counting."""
-    if not left_out:
+    otherwise leave the user counting. Hidden and system files (.DS_Store, NAS thumbnails) go
+    without saying, as in preprocess's list: every folder a Mac has opened holds one."""
+    names = [name for name in left_out if not is_hidden(name)]
+    if not names:
         return
-    names = [p.relative_to(folder).as_posix() for p in left_out]
-    names.sort(key=is_hidden)  # a video before the .DS_Store and thumbnails beside it
-    shown = ", ".join(names[:3])
-    more = f" and {len(left_out) - 3} more" if len(left_out) > 3 else ""
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
     log.warning(
-        "%s: left out %d file%s that %s not images, or hidden, or NAS thumbnails (%s%s)",
-        spec, len(left_out), "s" * (len(left_out) > 1), "are" if len(left_out) > 1 else "is",
-        shown, more,
+        "%s: left out %d file%s that %s (%s%s)",
+        spec, len(names), "s" * (len(names) > 1),
+        "are not images" if len(names) > 1 else "is not an image",
+        ", ".join(names[:3]), more,
     )  # fmt: skip
 
 
