@@ -280,7 +280,24 @@ def _unidentified_reason(data: bytes) -> str:
     )
     if archive is not None:
         return f"a {archive} archive, not an image: unpack it and give its images or folder"
+    if _is_video(data):  # a phone's live-photo .MOV beside its photo, a clip in the folder
+        return (
+            "a video, not an image: give a frame of it as a photo (ffmpeg -i VIDEO -frames:v 1"
+            " frame.jpg)"
+        )
     return "not a recognised image format"
+
+
+def _is_video(data: bytes) -> bool:
+    """MP4/MOV (an ISO media file, or QuickTime's older atoms first), Matroska/WebM or AVI."""
+    iso = data[4:8] == b"ftyp" and data[8:12] not in (*_HEIF_BRANDS, b"avif", b"avis")
+    quicktime = data[4:8] in (b"moov", b"mdat", b"wide", b"free")
+    return (
+        iso
+        or quicktime
+        or data.startswith(b"\x1a\x45\xdf\xa3")
+        or data[:4] + data[8:12] == b"RIFFAVI "
+    )
 
 
 # An archive given where an image is expected (`visionpipe predict photos.zip`): its magic bytes,

@@ -73,6 +73,11 @@ def test_bad_files_name_the_reason() -> None:
         "cut.jpg": (good[: len(good) // 2], "cannot decode"),
         # The start of an iPhone photo: an ISO media ftyp box of brand heic.
         "IMG_0001.HEIC": (b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + bytes(64), "convert it to JPEG"),
+        # A live photo's video saved as .jpg, an MP4, a WebM and an AVI: each said to be a video.
+        "IMG_0001.jpg": (b"\0\0\0\x14ftypqt  \0\0\0\0qt  " + bytes(64), "a video, not an image"),
+        "clip.png": (b"\0\0\0\x20ftypisom\0\0\x02\0isomiso2" + bytes(64), "-frames:v 1"),
+        "clip.webp": (b"\x1a\x45\xdf\xa3" + bytes(64), "a video, not an image"),
+        "clip.gif": (b"RIFF\0\0\0\0AVI LIST" + bytes(64), "a video, not an image"),
     }
     for name, (data, reason) in cases.items():
         with pytest.raises(BadImageError) as err:
