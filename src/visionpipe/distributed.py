@@ -7,8 +7,10 @@ process per rank and sets RANK/WORLD_SIZE/LOCAL_RANK; `init` then joins the proc
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -92,7 +94,32 @@ def check_processes(nproc: int, processes: int, device: torch.device) -> None:
         )
 
 
+class LaunchError(RuntimeError):
+    """launch.* asks torchrun for what this machine cannot give it."""
+
+
+def check_master_port(cfg: LaunchConfig) -> None:
+    """On several machines node 0's torchrun listens on launch.master_port: a port already taken
+    would otherwise end in a long torchrun traceback naming neither the param nor the fix."""
+    if cfg.nnodes == 1 or cfg.node_rank != 0:
+        return  # one machine: --standalone picks a free port; other nodes connect, not listen
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as torchrun's store binds
+        try:
+            probe.bind(("", cfg.master_port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise LaunchError(
+                f"launch.master_port {cfg.master_port} is already in use on this machine "
+                "(node_rank 0, which listens on it): set launch.master_port to a free port in "
+                "conf/local/machine.yaml on every machine, or end what holds it "
+                f"(`ss -ltnp 'sport = :{cfg.master_port}'` names it)"
+            ) from None
+
+
 def launch(cfg: LaunchConfig, script: str) -> None:
+    check_master_port(cfg)
     args = launch_args(cfg, script)
     log.info("starting %d processes: %s", cfg.nproc * cfg.nnodes, " ".join(args[1:]))
     sys.stdout.flush()

@@ -106,6 +106,17 @@ def test_launch_uses_torchrun() -> None:
     assert "--nnodes=2" in args and "--node-rank=1" in args and "--master-addr=10.0.0.1" in args
 
 
+def test_master_port_in_use_is_refused_before_torchrun(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        work = _workdir(tmp_path, epochs=1, nproc=1, nnodes=2, master_port=port)
+        out, _ = _stage(work).communicate(timeout=120)
+    assert f"launch.master_port {port} is already in use" in out, out[-3000:]
+    assert "Traceback" not in out and "torch.distributed.run" not in out, out[-3000:]
+
+
 def test_a_rank_dies_with_a_killed_torchrun(tmp_path: Path) -> None:
     script = tmp_path / "rank.py"
     script.write_text(
