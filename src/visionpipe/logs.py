@@ -145,5 +145,7 @@ def stop_text(exc: KeyboardInterrupt) -> tuple[str, int]:
 
 def _exit_interrupted(exc: KeyboardInterrupt, then: str) -> NoReturn:
     text, code = stop_text(exc)
-    log.error("%s%s", text, then)
+    # torchrun passes a stop on to every rank of the machine: its local rank 0 says it once.
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        log.error("%s%s", text, then)
     sys.exit(code)

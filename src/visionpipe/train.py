@@ -207,7 +207,7 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
     start = loop.progress.epoch
     # A checkpoint of a run that ended (interrupted while writing its outputs): no epoch left.
     last = start if loop.progress.stopped else cfg.epochs
-    if start:
+    if start and ddp.writes_outputs:  # every rank resumes; one line per machine says so
         log.info("resuming from %s after epoch %d of %d", checkpoints.CHECKPOINT, start, last)
     if ddp.writes_outputs:
         warn_if_no_step_logs(cfg, loop.batches.steps_per_epoch)
@@ -227,7 +227,8 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
         if ddp.is_main:  # rank 0 alone writes; the others hold identical state
             checkpoints.save(fp, loop.progress, loop.trainee())
         if stopped:
-            log_why_stopped(record, cfg.patience, cfg.lr)
+            if ddp.writes_outputs:  # all ranks stop together; one line per machine says why
+                log_why_stopped(record, cfg.patience, cfg.lr)
             break
     seconds = time.perf_counter() - t_start
     metrics = finish(params, loop, splits, seconds, start)

@@ -66,10 +66,11 @@ def _stage(cwd: Path, threads: int = 1, **kw: object) -> subprocess.Popen:
     )
 
 
-def _train(cwd: Path, threads: int = 1) -> None:
+def _train(cwd: Path, threads: int = 1) -> str:
     proc = _stage(cwd, threads)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-4000:]
+    return out
 
 
 def _kill_tree(pid: int) -> None:
@@ -191,10 +192,16 @@ def test_killed_ddp_run_resumes_and_finishes(tmp_path: Path) -> None:
     _kill_tree(proc.pid)  # power loss: torchrun and every rank die at once, no cleanup
     proc.communicate()
     assert checkpoint.exists() and not (work / paths.MODEL).exists()
-    _train(work)
+    out = _train(work)
     assert json.loads((work / paths.TRAIN_TIMINGS).read_text())["resumed_from_epoch"] >= 1
+    assert out.count("resuming from") == 1, out[-4000:]  # one machine: said once, not per rank
     a, b = _weights(reference), _weights(work)
     assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=0) for k in a)
+
+
+def test_two_processes_say_why_they_stopped_once(tmp_path: Path) -> None:
+    out = _train(_workdir(tmp_path, epochs=5, lr=100.0, nproc=2))  # diverges in epoch 1
+    assert out.count("training diverged") == 1, out[-4000:]
 
 
 def _free_port() -> int:

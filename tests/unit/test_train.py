@@ -73,6 +73,23 @@ def test_ctrl_c_is_one_line_that_says_what_comes_next(
     assert "interrupted (Ctrl-C); the next `uv run dvc repro` resumes" in caplog.text
 
 
+@pytest.mark.parametrize(("local_rank", "said"), [("0", True), ("1", False)])
+def test_ctrl_c_under_torchrun_is_said_by_local_rank_0_only(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, local_rank: str, said: bool
+) -> None:
+    # torchrun hands Ctrl-C to every rank; one line per machine, not one per process.
+    monkeypatch.delenv("VISIONPIPE_DEBUG", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+
+    def stage() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as stopped:
+        logs.run_stage(stage, interrupted="the next `uv run dvc repro` resumes")
+    assert stopped.value.code == 130
+    assert ("interrupted (Ctrl-C)" in caplog.text) is said
+
+
 def test_ctrl_c_during_a_save_is_one_line_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
