@@ -140,6 +140,10 @@ def init(device: torch.device) -> tuple[Dist, torch.device]:
     local_rank = int(os.environ["LOCAL_RANK"])
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     check_processes(local_world, world, device)
+    if local_rank != 0:
+        # Every rank has the same params, data and weights, so its notes and warnings repeat
+        # local rank 0's: one copy per machine. Errors still come from every rank.
+        logging.getLogger("visionpipe").setLevel(logging.ERROR)
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)

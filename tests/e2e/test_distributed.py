@@ -204,6 +204,15 @@ def test_two_processes_say_why_they_stopped_once(tmp_path: Path) -> None:
     assert out.count("training diverged") == 1, out[-4000:]
 
 
+def test_two_processes_warn_once(tmp_path: Path) -> None:
+    work = _workdir(tmp_path, epochs=1, nproc=2)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["model"] = {"batch_norm": True}  # on CPU each rank warns that it has no SyncBatchNorm
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    out = _train(work)
+    assert out.count("SyncBatchNorm is CUDA-only") == 1, out[-4000:]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
