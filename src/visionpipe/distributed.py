@@ -1,8 +1,8 @@
 """Multi-process training through PyTorch's own launcher (torchrun) and DistributedDataParallel.
 
-The train stage stays one command: with `launch.nproc * launch.nnodes > 1` the stage script replaces
-itself with `python -m torch.distributed.run ... stages/train.py` (torchrun), which starts one
-process per rank and sets RANK/WORLD_SIZE/LOCAL_RANK; `init` then joins the process group.
+The train stage stays one command: with `launch.nproc * launch.nnodes > 1` the stage process
+becomes torchrun's agent for `stages/train.py` (`torch.distributed.run`), which starts one process
+per rank and sets RANK/WORLD_SIZE/LOCAL_RANK; `init` then joins the process group.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -58,7 +58,7 @@ def wants_launch(cfg: LaunchConfig) -> bool:
 
 
 def launch_args(cfg: LaunchConfig, script: str) -> list[str]:
-    """The torchrun command line for `script` (run by `os.execv`, so torchrun owns the ranks)."""
+    """The torchrun command line for `script` (`launch` runs it in this process)."""
     args = [
         sys.executable,
         "-m",
@@ -118,13 +118,29 @@ def check_master_port(cfg: LaunchConfig) -> None:
             ) from None
 
 
-def launch(cfg: LaunchConfig, script: str) -> None:
+def launch(cfg: LaunchConfig, script: str) -> NoReturn:
+    """Run `script` once per rank under torchrun, in this process (its pid, which the ranks die
+    with, stays the stage's), and exit with the run's status."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
     check_master_port(cfg)
     args = launch_args(cfg, script)
     log.info("starting %d processes: %s", cfg.nproc * cfg.nnodes, " ".join(args[1:]))
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, args)
+    # Each rank says in one line why it failed or stopped; torchrun's own traceback and table
+    # of exit codes (40 lines) would bury that line, so its outcome becomes an exit status.
+    try:
+        run(parse_args(args[3:]))
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        log.debug("rank %d failed first (exit code %d)", rank, failure.exitcode)
+        sys.exit(failure.exitcode if failure.exitcode > 0 else 1)
+    except SignalException as exc:  # Ctrl-C or SIGTERM: the ranks have said what comes next
+        sys.exit(128 + exc.sigval)
+    sys.exit(0)
 
 
 def init(device: torch.device) -> tuple[Dist, torch.device]:

@@ -213,6 +213,28 @@ def test_two_processes_warn_once(tmp_path: Path) -> None:
     assert out.count("SyncBatchNorm is CUDA-only") == 1, out[-4000:]
 
 
+def test_ctrl_c_on_two_processes_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    work = _workdir(tmp_path, n_train=640, epochs=8, nproc=2)
+    checkpoint = work / paths.CHECKPOINT_DIR / "last.pt"
+    proc = _stage(work, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C reaches torchrun's group
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-4000:]
+    assert out.count("interrupted (Ctrl-C)") == 1 and "Traceback" not in out, out[-4000:]
+
+
+def test_a_failing_rank_is_its_error_not_torchruns_traceback(tmp_path: Path) -> None:
+    work = _workdir(tmp_path, epochs=1, nproc=2)
+    (work / paths.PROCESSED_DIR / "train.json").unlink()
+    proc = _stage(work)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out[-4000:]
+    assert "train.json not found" in out and "Traceback" not in out, out[-4000:]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
