@@ -164,7 +164,8 @@ def main(argv: list[str]) -> None:
         return
     status = run_there(conn, argv, env)
     if status < 0:  # the stage died of a signal: so does this process, for whoever waits on it
-        signal.signal(-status, signal.SIG_DFL)
+        if -status not in (signal.SIGKILL, signal.SIGSTOP):  # these two have no handler to reset
+            signal.signal(-status, signal.SIG_DFL)
         os.kill(os.getpid(), -status)
     sys.exit(status)
 

@@ -165,6 +165,15 @@ def test_ctrl_c_reaches_the_stage_and_the_command_ends_as_it_did(tmp_path: Path)
     assert _gone(stage)
 
 
+def test_a_stage_killed_outright_ends_its_command_as_killed(tmp_path: Path) -> None:
+    # The OOM killer's SIGKILL: the command dies of it too, no traceback of its own.
+    proc, stage = _started(tmp_path, "time.sleep(120)")
+    os.kill(stage, signal.SIGKILL)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, err
+    assert "Traceback" not in err, err
+
+
 def test_project_modules_come_from_each_stage_s_own_pythonpath(tmp_path: Path) -> None:
     """One warm process serves two copies of the project (two clones; a queued experiment's
     temporary copy): each stage must import its own copy's code."""
