@@ -66,6 +66,10 @@ def test_committed_params_are_the_tutorial_defaults() -> None:
         ({"data": {"seed": -1}}, ["'data.seed' = -1", "greater than or equal to 0"]),
         ({"train": {"seed": -1}}, ["'train.seed' = -1", "greater than or equal to 0"]),
         ({"train": {"seed": 2**64}}, [f"'train.seed' = {2**64}", "less than"]),
+        (
+            {"launch": {"nnodes": 2, "node_rank": 2}},
+            ["launch.node_rank 2", "launch.nnodes (2)", "0 to 1", "conf/local/machine.yaml"],
+        ),
     ],
 )
 def test_bad_params_name_key_value_and_choices(raw: dict, expected: list[str]) -> None:

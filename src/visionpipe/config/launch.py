@@ -41,5 +41,9 @@ class LaunchConfig(Section):
     @model_validator(mode="after")
     def _rank_fits(self) -> LaunchConfig:
         if self.node_rank >= self.nnodes:
-            raise ValueError(f"launch.node_rank {self.node_rank} must be below launch.nnodes")
+            raise ValueError(
+                f"launch.node_rank {self.node_rank} must be below launch.nnodes "
+                f"({self.nnodes}): give each machine its own rank, 0 to {self.nnodes - 1}, in "
+                "its conf/local/machine.yaml"
+            )
         return self
