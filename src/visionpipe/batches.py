@@ -91,6 +91,10 @@ class Batches:
         # value per channel, which is what a 1x1 map gives (resnet18's last block at 32 px).
         self.steps_per_epoch = max(1, n // bs) if n % bs == 1 else -(-n // bs)
         self.smallest = min(bs, n - bs * (self.steps_per_epoch - 1))  # images in the least batch
+        # Images one rank takes of a batch (rank r takes r::world), over the epoch's batch sizes.
+        sizes = {self.smallest, bs} if self.steps_per_epoch > 1 else {self.smallest}
+        world = ddp.world_size
+        self.shard_sizes = {len(range(r, b, world)) for b in sizes for r in range(world)}
         self.flip_mask = None
         if cfg.augment.flip == "alternate":
             self.flip_mask = alternate_flip_mask(len(labels), cfg.seed).to(images.device)

@@ -266,8 +266,8 @@ def check_batch_norm_batch(
 ) -> None:
     """Refuse batches of one image when a BatchNorm layer sees a 1x1 map (resnet18's last block
     at 32 px, fast's up to 16 px): it cannot train on one value per channel, which torch would
-    say only from inside the first step."""
-    if batches.smallest > 1:
+    say only from inside the first step. Under DDP each process normalises its own shard."""
+    if 1 not in batches.shard_sizes:
         return
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     sides: list[int] = []
@@ -285,11 +285,27 @@ def check_batch_norm_batch(
     if 1 in sides:
         raise BatchNormBatchError(
             f"train.batch_size {params.train.batch_size} with {len(batches.labels)} training "
-            f"images leaves a batch of one image, and model '{params.model.name}' at "
-            f"{image_size} px has a BatchNorm layer that sees a 1x1 map: BatchNorm cannot train "
-            "on one value per channel. Set train.batch_size to 2 or more (or a larger "
-            "preprocess.image_size)"
+            f"images{_shared_by(batches)} leaves a batch of one image, and model "
+            f"'{params.model.name}' at {image_size} px has a BatchNorm layer that sees a 1x1 "
+            "map: BatchNorm cannot train on one value per channel. "
+            + _fewest_images(batches.ddp.world_size)
         )
+
+
+def _shared_by(batches: Batches) -> str:
+    world = batches.ddp.world_size
+    return f" shared by {world} processes (launch.nproc * launch.nnodes)" if world > 1 else ""
+
+
+def _fewest_images(world: int) -> str:
+    """How to fix a process's batch of one: rank r takes images r::world of every batch."""
+    if world == 1:
+        return "Set train.batch_size to 2 or more (or a larger preprocess.image_size)"
+    return (
+        f"Every batch needs {2 * world} images or more, 2 per process: set train.batch_size and "
+        "the training images so that the last batch has them too, or fewer processes (or a "
+        "larger preprocess.image_size)"
+    )
 
 
 def build_training_model(

@@ -18,6 +18,7 @@ from tests.datasets import FAST_MODEL, FAST_TRAIN, kill_at_validation, tiny_para
 from visionpipe import (
     batches,
     checkpoints,
+    distributed,
     fsutil,
     logs,
     memory,
@@ -27,6 +28,7 @@ from visionpipe import (
     progress,
     train,
 )
+from visionpipe.config.params import parse_params
 from visionpipe.config.train import TrainConfig
 from visionpipe.modelfile import ModelInfo, load_model, save_model
 from visionpipe.models import (
@@ -1028,3 +1030,23 @@ def test_batches_of_one_image_batchnorm_cannot_train_on_are_refused_before_a_ste
     # BatchNorm on the tutorial CNN's 16x16 maps trains on one image, as does fast on two.
     train.run(tiny_params({"name": "tutorial_cnn", "batch_norm": True}, batch_size=1, epochs=1))
     train.run(tiny_params({"name": "fast"}, batch_size=2, epochs=1))
+
+
+@pytest.mark.parametrize(("n_train", "refused"), [(98, True), (96, False)])
+def test_a_process_s_shard_of_one_image_is_refused_before_a_step(
+    n_train: int, refused: bool
+) -> None:
+    # 3 processes, batches of 16: 98 images end in a batch of 2, of which rank 1 takes one
+    # (rank r takes r::3); 96 give each rank 5 or 6 of every batch.
+    params = parse_params({"model": {"name": "fast"}, "train": {"batch_size": 16}})
+    model = build_model("fast", 10, 16)
+    x, y = torch.zeros(n_train, 3, 16, 16, dtype=torch.uint8), torch.zeros(n_train).long()
+    ddp = distributed.Dist(rank=0, world_size=3)
+    gen = torch.Generator()
+    loader = batches.Batches(x, y, params.train, torch.device("cpu"), gen, ddp)
+    if not refused:
+        train.check_batch_norm_batch(model, params, 16, loader)
+        return
+    with pytest.raises(train.BatchNormBatchError) as err:
+        train.check_batch_norm_batch(model, params, 16, loader)
+    assert "shared by 3 processes" in str(err.value) and "6 images or more" in str(err.value)
