@@ -130,6 +130,8 @@ def launch(cfg: LaunchConfig, script: str) -> NoReturn:
     log.info("starting %d processes: %s", cfg.nproc * cfg.nnodes, " ".join(args[1:]))
     sys.stdout.flush()
     sys.stderr.flush()
+    # What torchrun sets anyway, with a five-line banner; each rank then sizes its own threads.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     # Each rank says in one line why it failed or stopped; torchrun's own traceback and table
     # of exit codes (40 lines) would bury that line, so its outcome becomes an exit status.
     try:

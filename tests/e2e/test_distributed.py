@@ -235,6 +235,16 @@ def test_a_failing_rank_is_its_error_not_torchruns_traceback(tmp_path: Path) -> 
     assert "train.json not found" in out and "Traceback" not in out, out[-4000:]
 
 
+def test_no_torchrun_thread_banner_where_omp_num_threads_is_unset(tmp_path: Path) -> None:
+    work = _workdir(tmp_path, epochs=1, nproc=2)
+    e = {**env(1), "PYTHONPATH": str(ROOT / "src")}
+    e.pop("OMP_NUM_THREADS")
+    cmd = [sys.executable, str(ROOT / "stages/train.py")]
+    done = subprocess.run(cmd, cwd=work, env=e, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "Setting OMP_NUM_THREADS" not in done.stdout + done.stderr, done.stderr[-4000:]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
