@@ -128,6 +128,14 @@ def launch(cfg: LaunchConfig, script: str) -> NoReturn:
     check_master_port(cfg)
     args = launch_args(cfg, script)
     log.info("starting %d processes: %s", cfg.nproc * cfg.nnodes, " ".join(args[1:]))
+    if cfg.node_rank > 0:  # torchrun waits for node 0 without a word, for minutes
+        log.info(
+            "node %d waits for node 0 at %s:%d until every node of the run has started (with"
+            " the same commit and params); Ctrl-C stops the wait",
+            cfg.node_rank,
+            cfg.master_addr,
+            cfg.master_port,
+        )
     sys.stdout.flush()
     sys.stderr.flush()
     # What torchrun sets anyway, with a five-line banner; each rank then sizes its own threads.

@@ -107,6 +107,19 @@ def test_launch_uses_torchrun() -> None:
     assert "--nnodes=2" in args and "--node-rank=1" in args and "--master-addr=10.0.0.1" in args
 
 
+def test_a_node_other_than_0_says_it_waits_for_node_0(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torch.distributed.run
+
+    monkeypatch.setattr(torch.distributed.run, "run", lambda args: None)  # node 0 answered
+    node = {"nproc": 1, "nnodes": 2, "node_rank": 1, "master_addr": "10.0.0.1"}
+    with caplog.at_level("INFO"), pytest.raises(SystemExit) as done:
+        distributed.launch(parse_params({"launch": node}).launch, "stages/train.py")
+    assert done.value.code == 0
+    assert "node 1 waits for node 0 at 10.0.0.1:29500 until every node" in caplog.text
+
+
 def test_master_port_in_use_is_refused_before_torchrun(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
