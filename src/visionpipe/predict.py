@@ -106,9 +106,10 @@ def collect_inputs(specs: list[str]) -> tuple[list[Path], list[Prediction]]:
                 errors.append(Prediction(spec, [], "glob matched no files"))
             files += found
         elif path.is_dir():
-            every = sorted(p for p in path.rglob("*") if p.is_file())
-            found = [p for p in every if _is_photo(p, path)]
-            _warn_left_out(spec, [p.relative_to(path).as_posix() for p in every if p not in found])
+            files_below = (p for p in sorted(path.rglob("*")) if p.is_file())
+            every = [(p, p.relative_to(path).as_posix()) for p in files_below]
+            found = [p for p, rel in every if _is_photo(rel)]
+            _warn_left_out(spec, [rel for _, rel in every if not _is_photo(rel)])
             if not found:
                 errors.append(Prediction(spec, [], "folder holds no image files"))
             files += found
@@ -137,11 +138,11 @@ def _glob(spec: str) -> list[str]:
     return [hit for hit in hits if not is_hidden(hit[cut + 1 :])]
 
 
-def _is_photo(path: Path, folder: Path) -> bool:
-    """An image file of `folder` that preprocess would read too: not hidden (`._IMG_1.jpg`,
-    the AppleDouble twin a Mac leaves on other disks, is no image) nor a NAS thumbnail."""
-    rel = path.relative_to(folder).as_posix()
-    return is_image_name(rel) and not is_hidden(rel) and path.is_file()
+def _is_photo(rel: str) -> bool:
+    """Whether a file at `rel` below a folder is an image preprocess would read too: not hidden
+    (`._IMG_1.jpg`, the AppleDouble twin a Mac leaves on other disks, is no image) nor a NAS
+    thumbnail."""
+    return is_image_name(rel) and not is_hidden(rel)
 
 
 def _warn_left_out(spec: str, left_out: list[str]) -> None:
