@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import signal
@@ -23,6 +24,10 @@ _DVC_CACHE = (
 
 
 def setup(level: int = logging.INFO) -> None:
+    # Logs go to stderr, unbuffered; stdout (the predict table, torch hub's "Downloading" line)
+    # is block-buffered when piped (`| tee`, CI) and would land after the error it preceded.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
