@@ -72,12 +72,20 @@ def main() -> None:
     labels = test_y[: args.images].numpy()
     fp32 = Path("models/model.onnx")
     with tempfile.TemporaryDirectory() as tmp:
-        pre, int8, dynamic = (Path(tmp) / f"{n}.onnx" for n in ("pre", "int8", "dynamic"))
+        pre, int8, tensor, dynamic = (
+            Path(tmp) / f"{n}.onnx" for n in ("pre", "int8", "tensor", "dynamic")
+        )
         quant_pre_process(str(fp32), str(pre), skip_optimization=True)  # as docs/deploy.md
-        quantize_static(str(pre), str(int8), Calibration(train))
+        quantize_static(str(pre), str(int8), Calibration(train), per_channel=True)
+        quantize_static(str(pre), str(tensor), Calibration(train))  # one scale per weight tensor
         quantize_dynamic(str(pre), str(dynamic))  # weights only: no calibration
         rows = {}
-        for label, path in (("fp32", fp32), ("int8", int8), ("int8 dynamic", dynamic)):
+        for label, path in (
+            ("fp32", fp32),
+            ("int8", int8),
+            ("int8 per tensor", tensor),
+            ("int8 dynamic", dynamic),
+        ):
             probs, seconds = score(path, images, args.repeats)
             rows[label] = {"kib": path.stat().st_size / 1024, "seconds": seconds, "probs": probs}
     body = report(info, args, rows, labels)
@@ -101,7 +109,8 @@ def report(info: dict, args: argparse.Namespace, rows: dict, labels: np.ndarray)
         f"Machine: {machine_line(info)}.",
         f"Command: `uv run python bench/{NAME}.py --images {args.images} --calibration "
         f"{args.calibration} --repeats {args.repeats}` in a project trained and exported on the "
-        "CIFAR-10 copy; int8 by docs/deploy.md's static quantization, int8 dynamic by "
+        "CIFAR-10 copy; int8 by docs/deploy.md's static quantization (a scale per output channel), "
+        "int8 per tensor the same with `per_channel=False`, int8 dynamic by "
         "`quantize_dynamic` (weights only, activations quantized at run time). Time: median of the "
         f"repeats, one pass over the images in batches of {BATCH}, one CPU session each.",
         "",
