@@ -184,13 +184,17 @@ def read_span(span: Span) -> bytes:
 
 
 def pack_directory(
-    src: Path, dest: Path, store: Callable[[list[str]], list[bool]] | None = None
+    src: Path,
+    dest: Path,
+    store: Callable[[list[str]], list[bool]] | None = None,
+    leave_out: Callable[[str], bool] | None = None,
 ) -> None:
     """Write the regular files of folder `src` into an uncompressed tar at `dest`, reproducibly.
 
     Names are sorted; mtime, uid and gid are 0, mode 0o644, no user or group names, no folder
     entries: the same tree always gives a byte-identical tar. Symlinks inside `src` are stored as
     the file they point to; symlinks pointing outside `src` are refused like in an archive.
+    `leave_out(name)` says which files are not packed at all (default: none); of the rest,
     `store(names)` says per file whether its bytes go in (default: all); the others are stored
     empty, so that their names stay in the listing.
     """
@@ -201,8 +205,14 @@ def pack_directory(
     if dest.resolve().is_relative_to(root):
         raise ValueError(f"cannot pack {src} into {dest}: the tar would land inside the folder")
     entries = _dir_entries(root)
+    found = len(entries)
+    if leave_out:
+        entries = [e for e in entries if not leave_out(e.name)]
+        if found > len(entries):
+            log.info("left %d hidden and system files of %s out", found - len(entries), src)
     if not entries:
-        raise ValueError(f"{src} holds no regular files: nothing to pack")
+        but = f" but {found} hidden and system files" if found else ""
+        raise ValueError(f"{src} holds no regular files{but}: nothing to pack")
     stored = store([e.name for e in entries]) if store else [True] * len(entries)
     left_out = 0  # bytes of the files stored empty
     with atomic_path(dest) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:

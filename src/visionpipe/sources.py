@@ -262,7 +262,10 @@ def _fetch_source(
         # A fixed name: data/raw (and all that follows from it in dvc.lock) then depends on the
         # photos alone, not on what the folder holding them is called on this machine.
         dest = dest_dir / PACKED_FOLDER
-        pack_directory(path, dest, store=_read_by_preprocess)
+        # Hidden and system files come and go without the photos changing (a Mac's Finder
+        # writes .DS_Store, a NAS indexes into @eaDir/): leaving them out keeps the tar, its
+        # data.sha256 and what DVC re-runs the same on every machine that holds the photos.
+        pack_directory(path, dest, store=_read_by_preprocess, leave_out=is_hidden)
         hashes = _hash_file(dest)
         try:
             _verify(hashes, expect, dest.name, str(path))
@@ -276,11 +279,11 @@ def _fetch_source(
 def _read_by_preprocess(names: list[str]) -> list[bool]:
     """Which files of a folder source preprocess reads, and so are packed whole: the images,
     or every file of the official CIFAR-10 python batches. The rest (a phone's videos, RAW
-    files, `@eaDir/` thumbnails) would fill data/raw and DVC's cache for nothing; preprocess
-    lists them from their names."""
+    files) would fill data/raw and DVC's cache for nothing; preprocess lists them from their
+    names."""
     if is_cifar_python(names):
         return [True] * len(names)
-    return [is_image_name(name) and not is_hidden(name) for name in names]
+    return [is_image_name(name) for name in names]  # hidden files were left out already
 
 
 def _local_path(value: str, base_dir: Path, *, param: str) -> Path:

@@ -279,7 +279,8 @@ def test_a_folder_source_is_packed_with_the_bytes_preprocess_reads(tmp_path: Pat
     with tarfile.open(_fetch("photos", tmp_path).path) as tar:
         packed = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
     kept = {"cats/1.jpg", "dogs/2.PNG"}
-    assert packed == {n: (d if n in kept else b"") for n, d in files.items()}
+    listed = {n: (d if n in kept else b"") for n, d in files.items() if "@eaDir" not in n}
+    assert packed == listed  # a NAS's thumbnails are left out, names and all
     # The official CIFAR-10 batches, unpacked into a folder: every file is read.
     cifar = tmp_path / "cifar-10-batches-py"
     cifar.mkdir()
@@ -287,6 +288,29 @@ def test_a_folder_source_is_packed_with_the_bytes_preprocess_reads(tmp_path: Pat
         (cifar / name).write_bytes(name.encode())
     with tarfile.open(_fetch(str(cifar), tmp_path).path) as tar:
         assert all(tar.extractfile(m).read() == m.name.encode() for m in tar.getmembers())
+
+
+def test_a_folder_source_packs_alike_whatever_hidden_files_lie_beside_the_photos(
+    tmp_path: Path,
+) -> None:
+    """The same photos on a Mac (Finder's .DS_Store, AppleDouble ._ files), on a NAS (@eaDir/
+    thumbnails) and on Windows (Thumbs.db) pack into the same tar: a data.sha256 pinned on one
+    machine holds on the others, and a folder opened in Finder re-runs nothing."""
+    photos = tmp_path / "photos"
+    for name in ("cats/1.jpg", "dogs/2.jpg", "dogs/clip.mov"):
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        (photos / name).write_bytes(name.encode())
+    first = _fetch("photos", tmp_path)
+    for name in (".DS_Store", "cats/.DS_Store", "cats/._1.jpg", "@eaDir/1.jpg/THUMB.jpg"):
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        (photos / name).write_bytes(b"metadata")
+    (photos / "dogs" / "Thumbs.db").write_bytes(b"thumbnails")
+    assert _fetch("photos", tmp_path, sha256=first.sha256).sha256 == first.sha256
+    # A folder of nothing but such files is said to be one.
+    (tmp_path / "mac").mkdir()
+    (tmp_path / "mac" / ".DS_Store").write_bytes(b"metadata")
+    with pytest.raises(ValueError, match="no regular files but 1 hidden and system files"):
+        _fetch("mac", tmp_path)
 
 
 def test_missing_local_source_explains(tmp_path: Path) -> None:
