@@ -68,12 +68,15 @@ def extra_copies(groups: Sequence[Sequence[Copy]]) -> int:
     return sum(len(g) - 1 for g in groups)
 
 
-def warnings(groups: Sequence[Sequence[Copy]], report: str) -> list[str]:
-    """What a user should do about the copies that skew training or scores, a line each."""
+def warnings(groups: Sequence[Sequence[Copy]], report: str, size: int) -> list[str]:
+    """What a user should do about the copies that skew training or scores, a line each.
+    `size`: the side the images were resized to, whose pixels were compared."""
+    # The files may differ (two blank frames of two sizes): what is alike is the model's input.
+    alike = f"identical pixels at {size}x{size}, the model's input"
     lines = []
     if classes := in_two_classes(groups):
         lines.append(
-            f"{_pictures(classes)} in more than one class (files of identical pixels,"
+            f"{_pictures(classes)} in more than one class ({alike},"
             f" {_example(classes[0], 'cls')}): each teaches the model two labels for one picture;"
             f" delete the copies in the wrong class (all listed under 'identical' in {report})"
         )
@@ -83,15 +86,15 @@ def warnings(groups: Sequence[Sequence[Copy]], report: str) -> list[str]:
     trained = [g for g in splits if any(c.split == "train" for c in g)]
     if trained:
         lines.append(
-            f"{_pictures(trained)} in more than one split (files of identical pixels,"
+            f"{_pictures(trained)} in more than one split ({alike},"
             f" {_example(trained[0], 'split')}): the val and test scores count a copy the model"
             f" trained on as unseen; delete all copies but one (all listed under 'identical' in"
             f" {report})"
         )
     if held_out := [g for g in splits if g not in trained]:
         lines.append(
-            f"{_pictures(held_out)} in both val and test, not in train (files of identical"
-            f" pixels, {_example(held_out[0], 'split')}): the test score counts pictures validation"
+            f"{_pictures(held_out)} in both val and test, not in train ({alike},"
+            f" {_example(held_out[0], 'split')}): the test score counts pictures validation"
             f" already scored, which train.patience stops on; delete the copies in one of the"
             f" two (all listed under 'identical' in {report})"
         )

@@ -434,14 +434,14 @@ def _warn_thin_classes(counts: dict[str, dict[str, int]], val_fraction: float) -
     return warnings
 
 
-def _warn_identical(groups: Sequence[Sequence[identical.Copy]]) -> list[str]:
-    warnings = identical.warnings(groups, str(paths.PREPROCESS_REPORT))
+def _warn_identical(groups: Sequence[Sequence[identical.Copy]], size: int) -> list[str]:
+    warnings = identical.warnings(groups, str(paths.PREPROCESS_REPORT), size)
     for line in warnings:
         log.warning("%s", line)
     if groups and not warnings:
         log.info(
-            "%d images have an identical copy in their class and split (counted twice in"
-            " training; listed under 'identical' in %s)",
+            "%d images have an identical copy in their class and split (counted twice there;"
+            " listed under 'identical' in %s)",
             identical.extra_copies(groups),
             paths.PREPROCESS_REPORT,
         )
@@ -462,7 +462,7 @@ def run(params: DataParams, workers: int | None = None) -> dict[str, Any]:
         warnings = result.layout_warnings + _warn_thin_classes(
             class_counts, params.data.val_fraction
         )
-        warnings += _warn_identical(result.identical)
+        warnings += _warn_identical(result.identical, size)
         meta = {
             "dataset": params.data.dataset,
             "source_file": source.name,

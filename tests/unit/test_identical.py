@@ -29,19 +29,19 @@ def test_copies_in_val_and_test_only_are_not_called_trained_on() -> None:
         identical.Copy("test/a/1.jpg", "a", "test"),
     ]
     twice = [identical.Copy("val/a/2.jpg", "a", "val"), identical.Copy("test/a/2.jpg", "a", "test")]
-    trained, held_out = identical.warnings([seen, twice], "report.json")
+    trained, held_out = identical.warnings([seen, twice], "report.json", 64)
     assert trained.startswith("1 picture is in more than one split") and "test/a/1.jpg" in trained
     assert "val/a/2.jpg" not in trained
     assert held_out.startswith("1 picture is in both val and test, not in train")
     assert "e.g. val/a/2.jpg (a, val) = test/a/2.jpg (a, test)" in held_out
     assert "trained on" not in held_out
-    assert identical.warnings([twice], "report.json") == [held_out]
+    assert identical.warnings([twice], "report.json", 64) == [held_out]
 
 
 def test_the_example_of_a_copy_in_two_splits_shows_two_splits() -> None:
     group = [identical.Copy(f"train/a/{i}.jpg", "a", "train") for i in range(4)]
     group.append(identical.Copy("test/b/0.jpg", "b", "test"))
-    in_classes, in_splits = identical.warnings([group], "report.json")
+    in_classes, in_splits = identical.warnings([group], "report.json", 64)
     for line in (in_classes, in_splits):
         assert "e.g. train/a/0.jpg (a, train) = test/b/0.jpg (b, test) = train/a/1.jpg" in line
         assert "and 2 more" in line

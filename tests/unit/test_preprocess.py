@@ -399,19 +399,43 @@ def test_copies_across_classes_and_splits_are_warned_and_listed(
     warned = [r.getMessage() for r in caplog.records if "identical pixels" in r.getMessage()]
     assert warned == report["warnings"][-2:]
     assert warned[0].startswith(
-        "1 picture is in more than one class (files of identical pixels, e.g. "
+        "1 picture is in more than one class (identical pixels at 24x24, the model's input, e.g. "
     )
     assert (
         "photos/train/ants/3.jpg (ants, train) = photos/train/bees/copy_of_ant.jpg (bees, train)"
         in warned[0]
     )
     assert warned[1].startswith(
-        "1 picture is in more than one split (files of identical pixels, e.g. photos/test/ants/"
+        "1 picture is in more than one split (identical pixels at 24x24, the model's input, e.g. "
+        "photos/test/ants/"
         "seen.jpg (ants, test) = photos/train/ants/5 (1).jpg (ants, train) = "
     )
     assert (
         "delete all copies but one (all listed under 'identical' in metrics/preprocess.json)"
         in warned[1]
+    )
+
+
+def test_blank_frames_of_two_sizes_are_one_picture_at_the_model_size(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two black frames, a 640x480 JPEG and a 100x100 PNG, are different files but one input
+    to the model: the warning says they are alike at the size compared, not as files."""
+    files = _seeds("photos", ("day", "night"), 6)
+    _noisy_zip(workdir / paths.RAW_DIR / "photos.zip", files)
+    with zipfile.ZipFile(workdir / paths.RAW_DIR / "photos.zip", "a") as z:
+        for name, size, kind in (
+            ("day/black.jpg", (640, 480), "JPEG"),
+            ("night/black.png", (100, 100), "PNG"),
+        ):
+            buf = io.BytesIO()
+            Image.new("RGB", size).save(buf, format=kind)
+            z.writestr(f"photos/{name}", buf.getvalue())
+    preprocess.run(_params(val_fraction=0.0))
+    warned = [r.getMessage() for r in caplog.records if "identical" in r.getMessage()]
+    assert warned[0].startswith(
+        "1 picture is in more than one class (identical pixels at 24x24, the model's input, e.g."
+        " photos/day/black.jpg (day, "
     )
 
 
