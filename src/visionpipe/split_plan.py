@@ -414,31 +414,35 @@ def _refuse_split_folder_of_classes(
             )
 
 
-# Folders a downloaded dataset keeps its images and their annotations in, never class names:
-# Oxford pets' images/ + annotations/trimaps/, Pascal VOC's JPEGImages/ + SegmentationClass/.
+# Folders a downloaded dataset keeps its images and their annotations in: Oxford pets' images/ +
+# annotations/trimaps/, Pascal VOC's JPEGImages/ + SegmentationClass/, a segmentation set's
+# images/ + masks/. Each is a user's class name too (documents/ beside images/), so only two of
+# them side by side are taken for a download.
 _DATA_FOLDERS = frozenset(
-    {"images", "imgs", "jpegimages", "annotations", "trimaps", "segmentationclass"}
+    {"images", "imgs", "jpegimages", "annotations", "trimaps", "masks", "labels"}
+    | {"segmentationclass", "segmentationobject"}
 )
 
 
 def _refuse_data_folders(
     in_class: Sequence[tuple[str, list[str]]], depth: int, classes: Sequence[str]
 ) -> None:
-    """Refuse class folders named like a dataset's data folders: Oxford pets' images/ (labels
-    in its file names) beside annotations/trimaps/ (masks) would train a model to tell photos
-    from masks, at a perfect test score, without a word."""
+    """Refuse class folders named like a dataset's data folders, two or more of them: Oxford
+    pets' images/ (labels in its file names) beside annotations/trimaps/ (masks) would train a
+    model to tell photos from masks, at a perfect test score, without a word. One such name
+    among other classes (documents/ and images/) is the user's class."""
     named = [cls for cls in classes if cls.lower() in _DATA_FOLDERS]
-    if not named:
+    if len(named) < 2:
         return
     prefix = "/".join([*in_class[0][1][:depth], ""])
     examples = ", ".join(next(n for n, p in in_class if p[depth] == cls) for cls in named[:2])
     raise DatasetLayoutError(
         f"the class folders found, {', '.join(f'{prefix}{c}/' for c in classes[:5])}"
         f"{' ...' * (len(classes) > 5)}, include {', '.join(f'{c}/' for c in named)}, named like"
-        f" a dataset's folder of images or of annotations, not like a class ({examples}): a"
+        f" a dataset's folders of images and of annotations, not like classes ({examples}): a"
         " label is read from an image's folder, never from its file name or an annotation file."
         " Sort the images into class folders (see docs/datasets.md, 'Labels in file names') and"
-        " point data.source at them; or, if it is a class, rename the folder"
+        " point data.source at them; or, if they are classes, rename one of the folders"
     )
 
 

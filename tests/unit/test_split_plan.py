@@ -279,3 +279,14 @@ def test_data_folders_of_a_download_are_refused_as_classes() -> None:
             splits.plan_image_folder(names, None, 0.1, seed=0)
     sorted_pets = splits.plan_image_folder(_pets(("cats", "dogs/2024")), None, 0.1, seed=0)
     assert sorted_pets.classes == ["cats", "dogs"]
+
+
+def test_one_class_named_like_a_data_folder_is_a_class() -> None:
+    """documents/ beside images/ (a classifier of scans and photos), or Masks/ beside
+    no_mask/: one such name among classes is the user's own; a segmentation download's images/
+    beside masks/ is refused."""
+    for classes in (("documents", "images"), ("Masks", "no_mask"), ("annotations", "photos")):
+        plan = splits.plan_image_folder(_pets(classes), None, 0.1, seed=0)
+        assert plan.classes == sorted(classes)
+    with pytest.raises(splits.DatasetLayoutError, match=r"include images/, masks/, named like"):
+        splits.plan_image_folder(_pets(("images", "masks")), None, 0.1, seed=0)
