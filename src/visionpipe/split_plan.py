@@ -374,14 +374,20 @@ def _plan_flat(names: Sequence[str], test_fraction: float, val_fraction: float, 
 def _folders_of_classes(in_class: Sequence[tuple[str, list[str]]], depth: int) -> list[str]:
     """A warning per class folder that holds only sub-folders, two or more, beside class folders
     holding images of their own: `animals/cats/` and `animals/dogs/` beside `birds/` train the
-    classes animals and birds, where cats, dogs and birds were likely meant."""
+    classes animals and birds, where cats, dogs and birds were likely meant. Sub-folders named
+    as another class's are not (`dogs/2019/` beside `cats/2019/`): photos filed by year."""
     own = sorted({p[depth] for _, p in in_class if len(p) == depth + 2})
     if not own:
         return []  # every class sorted into sub-folders (by year, by place): a layout of its own
-    inner: dict[str, set[str]] = {}
+    subs: dict[str, set[str]] = {}
     for _, parts in in_class:
-        if parts[depth] not in own:
-            inner.setdefault(parts[depth], set()).add(parts[depth + 1])
+        if len(parts) > depth + 2:
+            subs.setdefault(parts[depth], set()).add(parts[depth + 1])
+    inner = {
+        cls: names
+        for cls, names in subs.items()
+        if cls not in own and not any(names & other for c, other in subs.items() if c != cls)
+    }
     prefix = "/".join([*in_class[0][1][:depth], ""])
     return [
         f"the class folder '{prefix}{cls}/' holds no images of its own, only the folders "

@@ -112,6 +112,10 @@ def test_a_class_folder_of_class_folders_beside_classes_is_warned_about() -> Non
     ]
     by_year = [f"photos/{c}/{y}/{i}.jpg" for c in CLASSES for y in (2019, 2020) for i in range(3)]
     assert splits.plan_image_folder(by_year, None, 0.1, seed=0).warnings == []
+    # Filed by year in one class, beside a class with photos of its own and a 2019/ too.
+    by_year = [f"photos/dogs/{y}/{i}.jpg" for y in (2019, 2020) for i in range(3)]
+    by_year += [f"photos/cats/{i}.jpg" for i in range(3)] + ["photos/cats/2019/3.jpg"]
+    assert splits.plan_image_folder(by_year, None, 0.1, seed=0).warnings == []
 
 
 def test_a_class_folder_of_class_folders_in_split_folders_is_warned_about_too() -> None:
