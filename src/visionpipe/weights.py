@@ -229,6 +229,17 @@ def _with_new_classes(
         _names(new),
         _names(theirs[1]),
     )
+    # A class both gone and new is what renaming a class folder looks like: its rows, which the
+    # model learned, then go unused and the new name learns from scratch.
+    gone = [name for name, key in zip(theirs[1], file, strict=True) if key not in mine]
+    if gone:
+        log.warning(
+            "model.weights: the file's %s not among this run's classes, which include new ones"
+            " (%s): if a class folder was renamed, it starts fresh and its old rows go unused;"
+            " give it back its old name to keep what the model learned of it",
+            f"classes {_names(gone)} are" if len(gone) > 1 else f"class {gone[0]} is",
+            _names(new),
+        )
     return {**state, **merged}
 
 

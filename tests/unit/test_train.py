@@ -528,6 +528,9 @@ def test_classes_the_file_knows_keep_their_rows_and_new_ones_start_fresh(
         " the file does not know (d; the file's: a, b, c)" in caplog.text
     )
     assert "10 of 10 tensors loaded" in caplog.text
+    # d, c, a: b is gone and d new, as when bees/ is renamed honeybees/.
+    renamed = "the file's class b is not among this run's classes, which include new ones (d)"
+    assert (renamed in caplog.text) == ("b" not in classes)
 
 
 def test_class_names_match_whichever_unicode_form_a_system_wrote(
