@@ -232,7 +232,7 @@ def pack_directory(
         empty = stored.count(False)
         log.info(
             "of which %d %s stored empty, names only (%s left out): files the pipeline does not"
-            " read, such as videos and hidden files",
+            " read, such as videos and RAW files",
             empty,
             "is" if empty == 1 else "are",
             size_text(left_out),
