@@ -425,8 +425,8 @@ def _refuse_split_folder_of_classes(
 # images/ + masks/. Each is a user's class name too (documents/ beside images/), so only two of
 # them side by side are taken for a download.
 _DATA_FOLDERS = frozenset(
-    {"images", "imgs", "jpegimages", "annotations", "trimaps", "masks", "labels"}
-    | {"segmentationclass", "segmentationobject"}
+    {"images", "imgs", "jpegimages", "annotations", "trimaps", "masks", "labels", "gt"}
+    | {"groundtruth", "segmentationclass", "segmentationobject"}
 )
 
 

@@ -294,3 +294,5 @@ def test_one_class_named_like_a_data_folder_is_a_class() -> None:
         assert plan.classes == sorted(classes)
     with pytest.raises(splits.DatasetLayoutError, match=r"include images/, masks/, named like"):
         splits.plan_image_folder(_pets(("images", "masks")), None, 0.1, seed=0)
+    with pytest.raises(splits.DatasetLayoutError, match=r"include GT/, imgs/, named like"):
+        splits.plan_image_folder(_pets(("imgs", "GT")), None, 0.1, seed=0)
