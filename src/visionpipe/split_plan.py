@@ -20,6 +20,7 @@ report.
 from __future__ import annotations
 
 import hashlib
+import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -371,11 +372,15 @@ def _plan_flat(names: Sequence[str], test_fraction: float, val_fraction: float, 
     return Plan(classes, items, "flat", "carved", warnings=_folders_of_classes(in_class, depth))
 
 
+_YEAR = re.compile(r"(?<!\d)(?:19|20)\d\d(?!\d)")  # 2019, 2019-06-01, Photos from 2019
+
+
 def _folders_of_classes(in_class: Sequence[tuple[str, list[str]]], depth: int) -> list[str]:
     """A warning per class folder that holds only sub-folders, two or more, beside class folders
     holding images of their own: `animals/cats/` and `animals/dogs/` beside `birds/` train the
     classes animals and birds, where cats, dogs and birds were likely meant. Sub-folders named
-    as another class's are not (`dogs/2019/` beside `cats/2019/`): photos filed by year."""
+    as another class's (`dogs/2019/` beside `cats/2019/`) or all by a year (`dogs/2019/`,
+    `dogs/2020-06 Paris/`, Takeout's `Photos from 2019/`) are not: photos filed by date."""
     own = sorted({p[depth] for _, p in in_class if len(p) == depth + 2})
     if not own:
         return []  # every class sorted into sub-folders (by year, by place): a layout of its own
@@ -386,7 +391,9 @@ def _folders_of_classes(in_class: Sequence[tuple[str, list[str]]], depth: int) -
     inner = {
         cls: names
         for cls, names in subs.items()
-        if cls not in own and not any(names & other for c, other in subs.items() if c != cls)
+        if cls not in own
+        and not any(names & other for c, other in subs.items() if c != cls)
+        and not all(map(_YEAR.search, names))
     }
     prefix = "/".join([*in_class[0][1][:depth], ""])
     return [

@@ -116,6 +116,11 @@ def test_a_class_folder_of_class_folders_beside_classes_is_warned_about() -> Non
     by_year = [f"photos/dogs/{y}/{i}.jpg" for y in (2019, 2020) for i in range(3)]
     by_year += [f"photos/cats/{i}.jpg" for i in range(3)] + ["photos/cats/2019/3.jpg"]
     assert splits.plan_image_folder(by_year, None, 0.1, seed=0).warnings == []
+    # Filed by date in one class only: folders named by a year are no classes.
+    for dated in (("2019", "2020"), ("2019-06-01 Paris", "Photos from 2020")):
+        by_year = [f"photos/dogs/{d}/{i}.jpg" for d in dated for i in range(3)]
+        by_year += [f"photos/cats/{i}.jpg" for i in range(3)]
+        assert splits.plan_image_folder(by_year, None, 0.1, seed=0).warnings == []
 
 
 def test_a_class_folder_of_class_folders_in_split_folders_is_warned_about_too() -> None:
