@@ -209,7 +209,7 @@ def pack_directory(
     if leave_out:
         entries = [e for e in entries if not leave_out(e.name)]
         if found > len(entries):
-            log.info("left %d hidden and system files of %s out", found - len(entries), src)
+            log.info("left out %d hidden and system files of %s", found - len(entries), src)
     if not entries:
         but = f" but {found} hidden and system files" if found else ""
         raise ValueError(f"{src} holds no regular files{but}: nothing to pack")
