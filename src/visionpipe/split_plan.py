@@ -187,6 +187,10 @@ def _plan_split_folders(names: Sequence[str], root: str, val_fraction: float, se
         unknown = sorted({cls for _, folder, cls in found if folder == other} - set(classes))
         if unknown:
             raise DatasetLayoutError(f"{other}/ has classes not in train/: {', '.join(unknown)}")
+    depth = len(_parts(prefix))  # the class's index in a name's parts: prefix ends with "/"
+    in_train = [(name, _parts(name)) for name, folder, _ in found if folder == "train"]
+    # A segmentation set's train/images/ + train/masks/, as a flat collection's images/ + masks/.
+    _refuse_data_folders(in_train, depth, classes)
     index = {c: i for i, c in enumerate(classes)}
     n_train = sum(folder == "train" for _, folder, _ in found)
     in_val = iter(carve_val(n_train, 0.0 if own_val else val_fraction, seed).tolist())
@@ -199,8 +203,6 @@ def _plan_split_folders(names: Sequence[str], root: str, val_fraction: float, se
         if folder == "train" or folder in split
     ]
     # train/animals/cats/ beside train/birds/ trains one class animals, as in a flat collection.
-    depth = len(_parts(prefix))  # the class's index in a name's parts: prefix ends with "/"
-    in_train = [(name, _parts(name)) for name, folder, _ in found if folder == "train"]
     warnings = [f"{w}, in {held_out}/ too" for w in _folders_of_classes(in_train, depth)]
     return Plan(classes, items, "split folders", held_out, warnings=warnings)
 

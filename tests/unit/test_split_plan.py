@@ -290,6 +290,21 @@ def test_data_folders_of_a_download_are_refused_as_classes() -> None:
     assert sorted_pets.classes == ["cats", "dogs"]
 
 
+def test_data_folders_in_split_folders_are_refused_as_classes() -> None:
+    """A segmentation set as Kaggle ships it, train/images/ + train/masks/ beside val/, would
+    train photos against their masks at a perfect score."""
+    names = [
+        f"seg/{s}/{d}/{i}.png"
+        for s in ("train", "val")
+        for d in ("images", "masks")
+        for i in range(3)
+    ]
+    with pytest.raises(splits.DatasetLayoutError, match=r"seg/train/images/, seg/train/masks/"):
+        splits.plan_image_folder(names, None, 0.1, seed=0)
+    names = [n.replace("masks", "documents") for n in names]
+    assert splits.plan_image_folder(names, None, 0.1, seed=0).classes == ["documents", "images"]
+
+
 def test_one_class_named_like_a_data_folder_is_a_class() -> None:
     """documents/ beside images/ (a classifier of scans and photos), or Masks/ beside
     no_mask/: one such name among classes is the user's own; a segmentation download's images/
