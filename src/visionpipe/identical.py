@@ -23,10 +23,7 @@ DIGEST_BYTES = 16  # BLAKE2b-128: no accidental match among billions of images
 
 def digests(images: np.ndarray) -> bytes:
     """The digests of the pixels of each of `images` (N, ...), concatenated."""
-    return b"".join(
-        hashlib.blake2b(np.ascontiguousarray(image), digest_size=DIGEST_BYTES).digest()
-        for image in images
-    )
+    return b"".join(digest(image) for image in images)
 
 
 class Copy(NamedTuple):
@@ -55,6 +52,20 @@ def groups(digests: bytes, skip: Collection[int] = ()) -> list[list[int]]:
     return sorted((g.tolist() for g in found if len(g)), key=lambda g: g[0])
 
 
+def blank(digests: bytes, groups: Sequence[Sequence[int]], size: int) -> list[int]:
+    """The indices of `groups` (rows, as `groups()` gives them) whose picture is all black or all
+    white at `size` pixels a side: blank frames, or transparent images whose shapes are only in
+    their alpha channel, which decoding drops (as torchvision's loader drops it)."""
+    flat = {digest(np.full(3 * size * size, value, np.uint8)) for value in (0, 255)}
+    at = DIGEST_BYTES
+    return [i for i, g in enumerate(groups) if digests[g[0] * at : (g[0] + 1) * at] in flat]
+
+
+def digest(image: np.ndarray) -> bytes:
+    """The digest of one image's pixels (any layout: the bytes are hashed)."""
+    return hashlib.blake2b(np.ascontiguousarray(image), digest_size=DIGEST_BYTES).digest()
+
+
 def in_two_classes(groups: Sequence[Sequence[Copy]]) -> list[Sequence[Copy]]:
     return [g for g in groups if len({c.cls for c in g}) > 1]
 
@@ -68,9 +79,12 @@ def extra_copies(groups: Sequence[Sequence[Copy]]) -> int:
     return sum(len(g) - 1 for g in groups)
 
 
-def warnings(groups: Sequence[Sequence[Copy]], report: str, size: int) -> list[str]:
+def warnings(
+    groups: Sequence[Sequence[Copy]], report: str, size: int, blank: Collection[int] = ()
+) -> list[str]:
     """What a user should do about the copies that skew training or scores, a line each.
-    `size`: the side the images were resized to, whose pixels were compared."""
+    `size`: the side the images were resized to, whose pixels were compared; `blank`: the
+    indices of the groups whose picture is one colour throughout (`blank()`)."""
     # The files may differ (two blank frames of two sizes): what is alike is the model's input.
     alike = f"identical pixels at {size}x{size}, the model's input"
     lines = []
@@ -97,6 +111,17 @@ def warnings(groups: Sequence[Sequence[Copy]], report: str, size: int) -> list[s
             f" {_example(held_out[0], 'split')}): the test score counts pictures validation"
             f" already scored, which train.patience stops on; delete the copies in one of the"
             f" two (all listed under 'identical' in {report})"
+        )
+    # At most two pictures, the black and the white. Deleting copies is the wrong fix for
+    # icons whose shapes were only in their alpha.
+    warned = in_two_classes(groups) + splits
+    if flat := [groups[i] for i in sorted(blank) if groups[i] in warned]:
+        lines.append(
+            f"Of these, {_pictures(flat)} all black or all white at {size}x{size} (e.g."
+            f" {' = '.join(c.file for c in flat[0][:3])}): blank frames, or transparent images"
+            " (icons, cut-outs) whose shapes are only in their alpha channel, which is dropped"
+            " as torchvision's ImageFolder drops it; flatten those onto a background"
+            " (magick IN.png -background white -flatten OUT.png) rather than delete them"
         )
     return lines
 

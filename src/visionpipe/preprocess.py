@@ -72,6 +72,7 @@ class Result:
     bad_images: list[dict[str, str]] = field(default_factory=list)
     ignored_files: list[str] = field(default_factory=list)
     identical: list[list[identical.Copy]] = field(default_factory=list)  # groups of copies
+    blank: list[int] = field(default_factory=list)  # those all black or white (identical.blank)
     layout_warnings: list[str] = field(default_factory=list)  # split_plan's, already logged
 
     @property
@@ -294,6 +295,7 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
             f"{len(bad)} undecodable): add images, or for a flat folder raise data.test_fraction"
         )
     mean, std = mean_std(sums, squares, train.count * size * size)
+    groups = identical.groups(bytes(digests), failed_rows)
     return Result(
         classes=plan.classes,
         layout=plan.layout,
@@ -303,17 +305,18 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
         std=std,
         bad_images=bad,
         ignored_files=plan.ignored,
-        identical=_copies(plan, bytes(digests), failed_rows),
+        identical=_copies(plan, groups),
+        blank=identical.blank(bytes(digests), groups, size),
         layout_warnings=plan.warnings,
     )
 
 
-def _copies(plan: Plan, digests: bytes, failed: list[int]) -> list[list[identical.Copy]]:
+def _copies(plan: Plan, groups: list[list[int]]) -> list[list[identical.Copy]]:
     """The groups of identical images among `plan.items` (`identical.groups`), named."""
     items, classes = plan.items, plan.classes
     return [
         [identical.Copy(items[r].name, classes[items[r].label], items[r].split) for r in group]
-        for group in identical.groups(digests, failed)
+        for group in groups
     ]
 
 
@@ -434,8 +437,9 @@ def _warn_thin_classes(counts: dict[str, dict[str, int]], val_fraction: float) -
     return warnings
 
 
-def _warn_identical(groups: Sequence[Sequence[identical.Copy]], size: int) -> list[str]:
-    warnings = identical.warnings(groups, str(paths.PREPROCESS_REPORT), size)
+def _warn_identical(result: Result, size: int) -> list[str]:
+    groups = result.identical
+    warnings = identical.warnings(groups, str(paths.PREPROCESS_REPORT), size, result.blank)
     for line in warnings:
         log.warning("%s", line)
     if groups and not warnings:
@@ -462,7 +466,7 @@ def run(params: DataParams, workers: int | None = None) -> dict[str, Any]:
         warnings = result.layout_warnings + _warn_thin_classes(
             class_counts, params.data.val_fraction
         )
-        warnings += _warn_identical(result.identical, size)
+        warnings += _warn_identical(result, size)
         meta = {
             "dataset": params.data.dataset,
             "source_file": source.name,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from torchvision.datasets.folder import find_classes
 
 from visionpipe import paths, preprocess, split_plan
@@ -437,6 +437,36 @@ def test_blank_frames_of_two_sizes_are_one_picture_at_the_model_size(
         "1 picture is in more than one class (identical pixels at 24x24, the model's input, e.g."
         " photos/day/black.jpg (day, "
     )
+    (blank,) = [
+        r.getMessage() for r in caplog.records if "all black or all white" in r.getMessage()
+    ]
+    assert blank.startswith(
+        "Of these, 1 picture is all black or all white at 24x24 (e.g. photos/day/black.jpg ="
+        " photos/night/black.png): blank frames, or transparent images"
+    )
+
+
+def test_transparent_icons_that_decode_alike_are_told_apart_from_copies(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Black shapes on a transparent background, the way icon sets come, are all black once
+    their alpha is dropped: the warning says so and how to flatten them, not only to delete."""
+    files = _seeds("icons", ("arrows", "circles"), 6)
+    files["icons/circles/copy.jpg"] = 3  # a copy of icons/arrows/3.jpg: noise, not blank
+    _noisy_zip(workdir / paths.RAW_DIR / "icons.zip", files)
+    with zipfile.ZipFile(workdir / paths.RAW_DIR / "icons.zip", "a") as z:
+        for cls, box in (("arrows", (2, 8, 30, 24)), ("circles", (4, 4, 28, 28))):
+            icon = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+            ImageDraw.Draw(icon).rectangle(box, fill=(0, 0, 0, 255))
+            buf = io.BytesIO()
+            icon.save(buf, format="PNG")
+            z.writestr(f"icons/{cls}/icon.png", buf.getvalue())
+    preprocess.run(_params(val_fraction=0.0))
+    report = json.loads(paths.PREPROCESS_REPORT.read_text())
+    (blank,) = [w for w in report["warnings"] if "all black or all white" in w]
+    assert blank.startswith("Of these, 1 picture is all black or all white at 24x24 (e.g. icons")
+    assert "e.g. icons/arrows/icon.png = icons/circles/icon.png)" in blank
+    assert "flatten those onto a background" in blank
 
 
 def test_a_copy_in_its_own_class_and_split_is_counted_without_a_warning(
