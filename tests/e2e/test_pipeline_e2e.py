@@ -11,8 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from tests.helpers import (
     CIFAR_JPEG_ZIP,
@@ -270,3 +272,28 @@ def test_hymenoptera_through_mirror_and_through_source(tmp_path: Path) -> None:
     for stage in ("train", "evaluate", "export", "predict"):
         assert f"Stage '{stage}' didn't change, skipping" in out, out
     _check_hymenoptera(repo)
+
+
+def test_a_folder_source_that_a_mac_or_a_nas_has_opened_reruns_nothing(tmp_path: Path) -> None:
+    """The photos of a folder source, then a Mac's .DS_Store and a NAS's @eaDir/ thumbnails
+    beside them: the download forced again packs the same data/raw, so preprocess and the
+    data.sha256 pinned before both stand."""
+    photos = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    for cls in ("ants", "bees"):
+        (photos / cls).mkdir(parents=True)
+        for i in range(6):
+            pixels = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(photos / cls / f"{i}.png")
+    repo = make_project(tmp_path / "repo", {"preprocess": {"image_size": 16}})
+    data = ("-S", "data.dataset=imagefolder", "-S", f"data.source={photos}")
+    dvc(repo, "exp", "run", *data, "preprocess")
+    sha256 = json.loads((repo / "data" / "raw" / "source.json").read_text())["sha256"]
+    (photos / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (photos / "ants" / "@eaDir" / "0.png").mkdir(parents=True)
+    (photos / "ants" / "@eaDir" / "0.png" / "SYNOPHOTO_THUMB_M.jpg").write_bytes(b"thumbnail")
+    dvc(repo, "repro", "-f", "-s", "download")  # what docs/datasets.md says after a change
+    out = dvc(repo, "repro", "preprocess").stdout
+    assert "Stage 'preprocess' didn't change, skipping" in out, out
+    # The checksum taken before holds: the download does not stop on a mismatch.
+    dvc(repo, "exp", "run", *data, "-S", f"data.sha256={sha256}", "download")
