@@ -211,22 +211,13 @@ def pack_directory(
         if found > len(entries):
             log.info("left out %d hidden and system files of %s", found - len(entries), src)
     if not entries:
-        but = f" but {found} hidden and system files" if found else ""
+        but = f" but {found} hidden or system file{'s' * (found > 1)}" if found else ""
         raise ValueError(f"{src} holds no regular files{but}: nothing to pack")
     stored = store([e.name for e in entries]) if store else [True] * len(entries)
     left_out = 0  # bytes of the files stored empty
     with atomic_path(dest) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
         for entry, keep in zip(entries, stored, strict=True):
-            with open(root / entry.target, "rb") as f:
-                info = tarfile.TarInfo(entry.name)
-                size = os.fstat(f.fileno()).st_size
-                info.size = size if keep else 0
-                left_out += 0 if keep else size
-                info.mtime = 0
-                info.mode = 0o644
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                tar.addfile(info, f if keep else None)
+            left_out += _add_file(tar, root / entry.target, entry.name, keep)
     log.info("packed %d files of %s into %s", len(entries), src, dest)
     if not all(stored):
         empty = stored.count(False)
@@ -237,6 +228,24 @@ def pack_directory(
             "is" if empty == 1 else "are",
             size_text(left_out),
         )
+
+
+def _add_file(tar: tarfile.TarFile, path: Path, name: str, keep: bool) -> int:
+    """Add file `path` as `name`, its bytes if `keep`, else empty; the bytes left out. A file
+    stored empty is never opened: a video the user cannot read, or a cloud drive's placeholder
+    that opening would download, costs nothing."""
+    info = tarfile.TarInfo(name)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    if not keep:
+        tar.addfile(info)
+        return path.stat().st_size
+    with open(path, "rb") as f:
+        info.size = os.fstat(f.fileno()).st_size
+        tar.addfile(info, f)
+    return 0
 
 
 # --- opening -----------------------------------------------------------------------------------

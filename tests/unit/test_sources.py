@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from visionpipe import sources
+from visionpipe import archive, sources
 from visionpipe.sources import (
     OFFICIAL,
     ChecksumError,
@@ -290,6 +290,27 @@ def test_a_folder_source_is_packed_with_the_bytes_preprocess_reads(tmp_path: Pat
         assert all(tar.extractfile(m).read() == m.name.encode() for m in tar.getmembers())
 
 
+def test_a_folder_source_never_opens_the_files_it_stores_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A video the user may not read, or a cloud drive's placeholder that opening downloads:
+    its name is packed without its bytes ever being read."""
+    photos = tmp_path / "photos"
+    (photos / "cats").mkdir(parents=True)
+    (photos / "cats" / "1.jpg").write_bytes(b"jpeg")
+    (photos / "cats" / "clip.mov").write_bytes(b"video" * 1000)
+    real_open = open
+
+    def guarded(file, *args, **kwargs):
+        if str(file).endswith(".mov"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(archive, "open", guarded, raising=False)
+    with tarfile.open(_fetch("photos", tmp_path).path) as tar:
+        assert {m.name: m.size for m in tar.getmembers()} == {"cats/1.jpg": 4, "cats/clip.mov": 0}
+
+
 def test_a_folder_source_packs_alike_whatever_hidden_files_lie_beside_the_photos(
     tmp_path: Path,
 ) -> None:
@@ -309,7 +330,7 @@ def test_a_folder_source_packs_alike_whatever_hidden_files_lie_beside_the_photos
     # A folder of nothing but such files is said to be one.
     (tmp_path / "mac").mkdir()
     (tmp_path / "mac" / ".DS_Store").write_bytes(b"metadata")
-    with pytest.raises(ValueError, match="no regular files but 1 hidden and system files"):
+    with pytest.raises(ValueError, match="no regular files but 1 hidden or system file:"):
         _fetch("mac", tmp_path)
 
 
