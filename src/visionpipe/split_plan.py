@@ -384,8 +384,8 @@ def _folders_of_classes(in_class: Sequence[tuple[str, list[str]]], depth: int) -
     as another class's (`dogs/2019/` beside `cats/2019/`) or all by a year (`dogs/2019/`,
     `dogs/2020-06 Paris/`, Takeout's `Photos from 2019/`) are not: photos filed by date."""
     own = sorted({p[depth] for _, p in in_class if len(p) == depth + 2})
-    if not own:
-        return []  # every class sorted into sub-folders (by year, by place): a layout of its own
+    if not own:  # every class sorted into sub-folders (by year, by place): a layout of its own
+        return _years_as_classes(in_class, depth)
     subs: dict[str, set[str]] = {}
     for _, parts in in_class:
         if len(parts) > depth + 2:
@@ -405,6 +405,30 @@ def _folders_of_classes(in_class: Sequence[tuple[str, list[str]]], depth: int) -
         f" if they are classes, move them up beside '{own[0]}/'"
         for cls, subs in sorted(inner.items())
         if len(subs) > 1
+    ]
+
+
+def _years_as_classes(in_class: Sequence[tuple[str, list[str]]], depth: int) -> list[str]:
+    """A warning when the class folders are all named by a year and hold folders named alike
+    across them: `photos/2024/cats/` beside `photos/2025/cats/` trains the years as classes,
+    where cats and dogs were meant (the layout `photos/2024/cats/` alone had, before a photo
+    came in 2025/)."""
+    subs: dict[str, set[str]] = {}
+    for _, parts in in_class:
+        subs.setdefault(parts[depth], set()).add(parts[depth + 1])
+    inner = sorted(set().union(*subs.values()))
+    shared = [n for n in inner if sum(n in names for names in subs.values()) > 1]
+    if not shared or not all(map(_YEAR.search, subs)) or any(map(_YEAR.search, shared)):
+        return []
+    prefix = "/".join([*in_class[0][1][:depth], ""])
+    years = sorted(subs)
+    return [
+        f"the class folders {', '.join(f'{prefix}{y}/' for y in years[:5])}"
+        f"{' ...' * (len(years) > 5)} are named by a year and hold folders named alike in each"
+        f" ({', '.join(f'{n}/' for n in shared[:5])}{' ...' * (len(shared) > 5)}): the classes"
+        f" trained are the years. If {shared[0]}/ and the others are the classes, file the"
+        f" photos by class first ({prefix}{shared[0]}/{years[0]}/), or point data.source at"
+        f" one year's folder"
     ]
 
 

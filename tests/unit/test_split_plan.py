@@ -116,6 +116,18 @@ def test_a_class_folder_of_class_folders_beside_classes_is_warned_about() -> Non
     by_year = [f"photos/dogs/{y}/{i}.jpg" for y in (2019, 2020) for i in range(3)]
     by_year += [f"photos/cats/{i}.jpg" for i in range(3)] + ["photos/cats/2019/3.jpg"]
     assert splits.plan_image_folder(by_year, None, 0.1, seed=0).warnings == []
+    # Classes filed under years, when a photo of the next year comes in: the years are the
+    # only class folders left.
+    by_year = [f"photos/2024/{c}/{i}.jpg" for c in ("cats", "dogs") for i in range(3)]
+    assert splits.plan_image_folder(by_year, None, 0.1, seed=0).warnings == []
+    plan = splits.plan_image_folder([*by_year, "photos/2025/cats/9.jpg"], None, 0.1, seed=0)
+    assert plan.classes == ["2024", "2025"]
+    assert plan.warnings == [
+        "the class folders photos/2024/, photos/2025/ are named by a year and hold folders named"
+        " alike in each (cats/): the classes trained are the years. If cats/ and the others are"
+        " the classes, file the photos by class first (photos/cats/2024/), or point data.source"
+        " at one year's folder"
+    ]
     # Filed by date in one class only: folders named by a year are no classes.
     for dated in (("2019", "2020"), ("2019-06-01 Paris", "Photos from 2020")):
         by_year = [f"photos/dogs/{d}/{i}.jpg" for d in dated for i in range(3)]
