@@ -3,8 +3,8 @@
 Each split is two files: `<split>.npy`, the uint8 images (N, 3, H, W) in numpy's own format, and
 `<split>.json`, its labels, shape and the SHA-256 of the image bytes (what identifies the split:
 a resumed training run checks it). Preprocess streams images into a `SplitWriter` chunk by chunk,
-so its memory does not grow with the dataset; readers map the file and the OS pages in what they
-touch (`open_images`), or read it whole into memory when it fits (`read_images`).
+so its memory does not grow with the dataset; readers (`open_images`) map the file and the OS
+pages in what they touch, or, with `in_memory`, read it whole when it fits.
 
 numpy only, no torch: preprocess writes these without importing it.
 """
