@@ -428,7 +428,8 @@ def finish(
     seconds: float,
     start_epoch: int,
 ) -> dict[str, Any]:
-    """Write the model, metrics/train.json and the timings (rank 0); return the metrics."""
+    """Write the model, metrics/train.json and the timings (local rank 0 of each machine: every
+    node's DVC finds them); return the metrics."""
     progress = loop.progress
     metrics = progress.summary()
     if not loop.ddp.writes_outputs:
