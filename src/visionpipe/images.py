@@ -91,7 +91,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         return Image.fromarray(arr8, mode="L").convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")  # avoids PIL's warning about palette transparency
-    # The tutorial's convert('RGB'): alpha is dropped, L/CMYK/YCbCr/F are converted.
+    # The tutorial's convert('RGB'): alpha is dropped, L/P/CMYK/YCbCr are converted.
     return img.convert("RGB")
 
 
