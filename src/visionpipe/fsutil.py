@@ -1,4 +1,8 @@
-"""Atomic file writes: a crash, Ctrl-C or power cut never leaves a half-written output behind."""
+"""Atomic file writes: a crash, Ctrl-C or power cut never leaves a half-written output behind.
+
+Also what a user is told when a write fails for good: a full disk (`disk_full_message`) or a file
+the system refuses (`refused_message`), found in an exception's chain (`find_cause`).
+"""
 
 from __future__ import annotations
 
