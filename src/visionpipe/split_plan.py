@@ -5,8 +5,8 @@ Two layouts are accepted (torchvision's ImageFolder names, under any single root
 - **split folders**: `train/<class>/<image>` plus `test/<class>/...` or `val/<class>/...` (images
   may sit in sub-folders of a class folder). The source's own held-out folder is the test split;
   validation is its `val/` when it has both `test/` and `val/`, else carved from train by a
-  seeded permutation, as it always was. Split folders named otherwise (`Train/`, `training/`)
-  are refused rather than taken for classes.
+  seeded permutation (`carve_val`). Split folders named otherwise (`Train/`, `training/`) are
+  refused rather than taken for classes.
 - **flat**: `<class>/<image>` (images may sit in sub-folders of a class folder). Each image's
   split follows from a hash of `data.seed` and its path below the root, so it depends on nothing
   else: adding photos never moves an earlier one between train, val and test, and every class is
@@ -54,7 +54,7 @@ class Plan:
 
     classes: list[str]
     items: list[Item]
-    layout: str  # "split folders" or "flat"
+    layout: str  # "split folders", "flat" or "CIFAR-10 python batches"
     test_split_source: str  # the folder the test split came from, or "carved" for flat ones
     ignored: list[str] = field(default_factory=list)  # files that are not images of the layout
     warnings: list[str] = field(default_factory=list)  # about a layout read, but perhaps not meant
@@ -254,7 +254,8 @@ def _refuse_misnamed_splits(folders: set[str], prefix: str) -> None:
 def carve_val(n: int, val_fraction: float, seed: int) -> np.ndarray:
     """Which of `n` training images go to validation: a seeded permutation's first share.
 
-    The rule the pipeline has always used, so existing splits stay byte for byte the same.
+    Any other rule would move images between train and val in every dataset already split,
+    and change its data/processed.
     """
     n_val = round(n * val_fraction)
     if val_fraction > 0 and n_val == 0:
