@@ -90,9 +90,9 @@ class Batches:
         # A last batch of one image joins the batch before it: BatchNorm cannot train on one
         # value per channel, which is what a 1x1 map gives (resnet18's last block at 32 px).
         self.steps_per_epoch = max(1, n // bs) if n % bs == 1 else -(-n // bs)
-        self.smallest = min(bs, n - bs * (self.steps_per_epoch - 1))  # images in the least batch
+        smallest = min(bs, n - bs * (self.steps_per_epoch - 1))  # images in the least batch
         # Images one rank takes of a batch (rank r takes r::world), over the epoch's batch sizes.
-        sizes = {self.smallest, bs} if self.steps_per_epoch > 1 else {self.smallest}
+        sizes = {smallest, bs} if self.steps_per_epoch > 1 else {smallest}
         world = ddp.world_size
         self.shard_sizes = {len(range(r, b, world)) for b in sizes for r in range(world)}
         self.flip_mask = None
