@@ -1,10 +1,10 @@
 """Resumable training: a checkpoint after every epoch, and picking a run up where it stopped.
 
 A checkpoint is a dict of state_dicts and plain values, written atomically by global rank 0 and
-read back with weights_only=True. It is resumed only by a run of the same params and data (its
-fingerprint). Once train has written its outputs the checkpoint is removed (`discard`), so
-`dvc repro -f` really retrains; one of a finished run that was stopped before its outputs were
-written is resumed with no epoch left, and only writes them.
+read back with weights_only=True. It is resumed only by a run of the same params, data, code and
+starting weights (its `fingerprint`). Once train has written its outputs the checkpoint is
+removed (`discard`), so `dvc repro -f` really retrains; one of a finished run that was stopped
+before its outputs were written is resumed with no epoch left, and only writes them.
 """
 
 from __future__ import annotations
