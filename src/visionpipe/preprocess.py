@@ -28,8 +28,9 @@ from visionpipe import archive, cifar_pickle, identical, parallel, paths, split_
 from visionpipe.config.data import DataConfig, DataParams
 from visionpipe.fsutil import atomic_dir, remove_stale_temps, size_text, write_json
 from visionpipe.images import decode_batch, is_hidden, is_image_name, resize_center_crop, to_chw
+from visionpipe.paths import SPLITS
 from visionpipe.split_files import SplitWriter, channel_sums, mean_std, open_images, read_index
-from visionpipe.split_plan import SPLITS, DatasetLayoutError, Item, Plan
+from visionpipe.split_plan import DatasetLayoutError, Item, Plan
 
 log = logging.getLogger(__name__)
 

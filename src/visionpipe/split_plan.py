@@ -30,8 +30,8 @@ import numpy as np
 
 from visionpipe.archive import ARCHIVE_SUFFIXES
 from visionpipe.images import IMAGE_SUFFIXES, is_hidden, is_image_name
+from visionpipe.paths import SPLITS
 
-SPLITS = ("train", "val", "test")
 HELD_OUT_NAMES = ("test", "val")  # what split-folder layouts call their held-out folder
 GUIDE = "see docs/datasets.md, 'Your own photos'"
 
