@@ -26,8 +26,8 @@ PLOT_EPOCHS = Path("metrics/plots/epochs.csv")  # per-epoch train/val loss and a
 PLOT_STEPS = Path("metrics/plots/steps.csv")  # train loss every train.log_every steps
 
 LIVE_EVAL = Path("dvclive/eval")  # evaluate: DVCLive's metrics.json and plots/
-EVAL_METRICS = LIVE_EVAL / "metrics.json"  # test loss, accuracy, macro-F1
-PER_CLASS = Path("metrics/per_class.json")  # precision, recall, F1, support per class
+EVAL_METRICS = LIVE_EVAL / "metrics.json"  # test loss, accuracy, image count
+PER_CLASS = Path("metrics/per_class.json")  # macro-F1; precision, recall, F1, support per class
 CONFUSION_MATRIX = Path("metrics/confusion_matrix.json")  # counts, rows actual, columns predicted
 
 ONNX_MODEL = Path("models/model.onnx")
