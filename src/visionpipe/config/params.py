@@ -72,12 +72,9 @@ class Params(Section):
     def image_size(self) -> int:
         return image_size(self.data, self.preprocess)
 
-    def as_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
     def training_dict(self) -> dict[str, Any]:
         """The TRAINING_SECTIONS, as plain values."""
-        values = self.as_dict()
+        values = self.model_dump(mode="json")
         return {k: values[k] for k in TRAINING_SECTIONS}
 
     def run_dict(self) -> dict[str, Any]:
