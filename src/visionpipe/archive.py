@@ -1,17 +1,20 @@
 """Read dataset archives (.zip, .tar, .tar.gz/.tgz) or folders safely, without extracting to disk.
 
-Every member of an archive is validated before the first file is yielded: absolute paths, `..`
+Every member of an archive is validated before `open_files` returns: absolute paths, `..`
 components, links that resolve outside the archive root, members stored under a link, device and
-fifo entries and duplicate names all raise `UnsafeArchiveError`. Because nothing is ever written
+fifo entries and duplicate names all raise `UnsafeArchiveError`. Because nothing is ever extracted
 to disk, a malicious archive can at worst be refused, never escape.
 
 Links: a symlink or hardlink whose target resolves (as an extractor would resolve it, through
-other links) to a regular file inside the archive is followed: its target's bytes are yielded
+other links) to a regular file inside the archive is followed: its target's bytes are read
 under the link's own name. Links to folders or to missing members are skipped with a warning.
 
-Order: zip archives and folders yield files sorted by name; tar archives yield them in archive
+Order: zip archives and folders list files sorted by name; tar archives list them in archive
 order, which is fixed by the archive's bytes and so just as deterministic (sorting would make a
 compressed tar decompress from the start again for every backward seek).
+
+`pack_directory` goes the other way, for the download stage: a data.source folder packed into a
+byte-reproducible tar.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ Kind = Literal["dir", "zip", "tar"]
 
 @dataclass(frozen=True)
 class _Entry:
-    """One yieldable file: its name in the listing and the member whose bytes it holds."""
+    """One listed file: its name in the listing and the member whose bytes it holds."""
 
     name: str
     target: str  # the name itself for a regular file; the resolved file for a followed link
@@ -134,7 +137,7 @@ def open_files(source: Path) -> Iterator[Files]:
 
 
 def list_files(source: Path) -> list[str]:
-    """Names of the regular files `iter_files` would yield, in the same order (same validation)."""
+    """The `names` of `open_files(source)`: its regular files, checked, in listing order."""
     with open_files(source) as files:
         return files.names
 
