@@ -134,11 +134,10 @@ def _read(fp: str) -> dict[str, Any] | None:
             "unreadable checkpoint %s (%s: %s): starting fresh", CHECKPOINT, type(exc).__name__, exc
         )
         return None
+    # The fingerprint hashes this package's code: a checkpoint that matches was written by
+    # this very code, in this layout.
     if state.get("fingerprint") != fp:
         log.info("checkpoint %s is from other params, data or code: starting fresh", CHECKPOINT)
-        return None
-    if "stopped" not in state:  # an older layout, which kept finished runs' checkpoints
-        log.info("checkpoint %s is of an older visionpipe: starting fresh", CHECKPOINT)
         return None
     return state
 
@@ -180,8 +179,9 @@ def restore(ckpt: Checkpoint, t: Trainee) -> bool:
         if t.scaler.is_enabled() and ckpt.scaler:
             t.scaler.load_state_dict(ckpt.scaler)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        # Written by another visionpipe version with another optimizer layout: the weights
-        # might load but the run would not continue as it began, so begin again.
+        # Saved under another torch (the fingerprint covers visionpipe's code, not its
+        # libraries) with another optimizer layout: the weights might load but the run would
+        # not continue as it began, so begin again.
         t.optimizer.load_state_dict(fresh[0])
         t.scheduler.load_state_dict(fresh[1])
         log.warning("checkpoint %s does not fit this version (%s): starting fresh", CHECKPOINT, exc)

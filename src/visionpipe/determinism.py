@@ -61,13 +61,11 @@ def rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any], gen: torch.Generator, device: torch.device) -> None:
-    """Restore `rng_state`'s output on this process's device, however many GPUs wrote it."""
+    """Restore `rng_state`'s output on this process's device (under DDP, rank 0's on every
+    rank)."""
     torch.set_rng_state(state["torch"])
     gen.set_state(state["gen"])
-    cuda = state.get("cuda")
-    if isinstance(cuda, list):  # checkpoints of 0.1.0 hold one state per visible GPU
-        cuda = cuda[0] if cuda else None
-    if device.type == "cuda" and cuda is not None:
-        torch.cuda.set_rng_state(cuda, device)
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
     if device.type == "mps" and state.get("mps") is not None:
         torch.mps.set_rng_state(state["mps"])

@@ -101,13 +101,12 @@ class Tracker:
 
     def replay(self) -> None:
         """Log the history a resumed run starts from, as the interrupted run had."""
-        # A checkpoint of an older version has no wall times: those rows are logged as new.
         for row in self.history.steps:
             self.tb.add_scalar(
-                "train_loss", row["train_loss"], row["step"], walltime=row.get("wall_time")
+                "train_loss", row["train_loss"], row["step"], walltime=row["wall_time"]
             )
         for row in self.history.epochs:
-            self._log_epoch(EpochRecord.from_row(row), row.get("wall_time"))
+            self._log_epoch(EpochRecord.from_row(row), row["wall_time"])
         if self.history.epochs:
             write_plots(self.history)
 
