@@ -128,7 +128,7 @@ def _read(fp: str) -> dict[str, Any] | None:
         return None
     try:
         state = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt file from an older version: start fresh, but say so
+    except Exception as exc:  # a corrupt or foreign file: start fresh, but say so
         # The type too: an empty file's EOFError and a text file's pickle error say nothing alone.
         log.warning(
             "unreadable checkpoint %s (%s: %s): starting fresh", CHECKPOINT, type(exc).__name__, exc
