@@ -74,7 +74,7 @@ def warn_if_no_norm_bias(cfg: TrainConfig, norm_biases: list[nn.Parameter]) -> N
         "train.bias_lr_scale %g multiplies the lr of BatchNorm biases, and this model trains "
         "none (it has no BatchNorm layer, or train.backbone_lr_scale 0 froze them): it "
         "changes nothing; set train.bias_lr_scale=1, or use a model with BatchNorm "
-        "(model.batch_norm=true for tutorial_cnn, resnet18, fast)",
+        "(resnet18, fast, or tutorial_cnn with model.batch_norm=true)",
         cfg.bias_lr_scale,
     )
 
