@@ -95,7 +95,8 @@ def run_stage(main: Callable[[], int | None], interrupted: str = "") -> None:
     """Run a stage's main(): a user error prints its message (no traceback) and exits 1; Ctrl-C
     prints one line (plus `interrupted`, what happens next) and exits 130, the shell's code for it,
     SIGTERM and SIGHUP likewise with 143 and 129; a full disk prints one line saying where and how
-    much is free (plus `interrupted`), exit 1.
+    much is free, a refused write (permissions, a read-only mount, a file-size limit) one saying
+    which file and what to do (each plus `interrupted`), exit 1.
 
     Set VISIONPIPE_DEBUG=1 to see the traceback anyway. Anything else is a bug and keeps its
     traceback.
