@@ -102,14 +102,18 @@ def collect_inputs(specs: list[str]) -> tuple[list[Path], list[Prediction]]:
         if any(ch in spec for ch in GLOB_CHARS) and not path.exists():
             hits = sorted(Path(p) for p in _glob(spec))
             found = [p for p in hits if p.is_file()]
+            errors += _broken_links([p for p in hits if is_image_name(p.name)])
             if not found:
                 errors.append(Prediction(spec, [], "glob matched no files"))
             files += found
         elif path.is_dir():
-            files_below = (p for p in sorted(path.rglob("*")) if p.is_file())
-            every = [(p, p.relative_to(path).as_posix()) for p in files_below]
+            below = [(p, p.relative_to(path).as_posix()) for p in sorted(path.rglob("*"))]
+            every = [(p, rel) for p, rel in below if p.is_file()]
             found = [p for p, rel in every if _is_photo(rel)]
             _warn_left_out(spec, [rel for _, rel in every if not _is_photo(rel)])
+            # A photo's link whose target is gone (an unmounted drive) is no file: named, not
+            # passed over, so that the count of predictions adds up.
+            errors += _broken_links([p for p, rel in below if p.is_symlink() and _is_photo(rel)])
             if not found:
                 errors.append(Prediction(spec, [], "folder holds no image files"))
             files += found
@@ -160,6 +164,13 @@ def _warn_left_out(spec: str, left_out: list[str]) -> None:
         "are not images" if len(names) > 1 else "is not an image",
         ", ".join(names[:3]), more,
     )  # fmt: skip
+
+
+def _broken_links(paths: list[Path]) -> list[Prediction]:
+    """An error entry for each of `paths` that is a symlink to no file (`_dangling`)."""
+    return [
+        Prediction(str(p), [], _dangling(p)) for p in paths if p.is_symlink() and not p.is_file()
+    ]
 
 
 def _dangling(link: Path) -> str:

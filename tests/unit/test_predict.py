@@ -558,3 +558,22 @@ def test_a_glob_leaves_out_what_a_folder_argument_leaves_out(
     assert [p.name for p in collect_inputs(["photos/@eaDir/*/*.jpg"])[0]] == [
         "SYNOPHOTO_THUMB_XL.jpg"
     ]
+
+
+def test_a_folder_s_or_glob_s_broken_photo_link_is_named_not_passed_over(tmp_path: Path) -> None:
+    # Photos linked from a drive that is not mounted: each gets its error line, as the same link
+    # given by name does, so the predictions plus the errors account for every photo.
+    from visionpipe.predict import collect_inputs
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (8, 8), "red").save(folder / "here.png")
+    (folder / "away.jpg").symlink_to(tmp_path / "usb" / "away.jpg")
+    (folder / "notes.txt").symlink_to(tmp_path / "usb" / "notes.txt")  # not a photo: no line
+    gone = "broken symlink: '{}' does not exist; fix or remove the link"
+    for spec in (str(folder), str(folder / "*")):
+        files, errors = collect_inputs([spec])
+        assert [p.name for p in files] == ["here.png"], spec
+        assert [(e.file, e.error) for e in errors] == [
+            (str(folder / "away.jpg"), gone.format(tmp_path / "usb" / "away.jpg"))
+        ], spec
