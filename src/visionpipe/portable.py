@@ -3,9 +3,10 @@
 `portable_model` returns a copy of a `Classifier` that computes the same function (to float
 rounding) but exports differently where a runtime cannot read the default graph:
 
-- the exact GELU as `0.5 * (x * (1 + erf(x / sqrt 2)))`: OpenCV DNN (4.x and 5.x) crashes with
+- the exact GELU as `(0.5 * x) * (1 + erf(x / sqrt 2))`: OpenCV DNN (4.x and 5.x) crashes with
   SIGSEGV in readNetFromONNX on the exporter's `x * (0.5 * (1 + erf(x / sqrt 2)))`, and reads
-  this order, the one its GELU fusion looks for;
+  this order; so does MNN, whose converter turns `0.5 * (x * (1 + erf(x / sqrt 2)))` (OpenCV's
+  own fusion pattern) into its tanh-approximate GELU, 5e-4 off;
 - the TTA's mirror as a Gather of the columns in reverse order: OpenCV 4.x cannot read the
   default export's flip, a Slice with step -1;
 - an adaptive average pool whose input side is not a multiple of its output side (VGG16's 7x7
@@ -28,10 +29,10 @@ from visionpipe.models import Classifier, Normalize
 
 
 class ErfGelu(nn.Module):
-    """nn.GELU() (exact, erf-based), its multiplications in the order OpenCV DNN reads."""
+    """nn.GELU() (exact, erf-based), its multiplications in the order OpenCV DNN and MNN read."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (x * (1 + torch.erf(x / math.sqrt(2))))
+        return (0.5 * x) * (1 + torch.erf(x / math.sqrt(2)))
 
 
 class MatrixAdaptiveAvgPool(nn.Module):
@@ -85,7 +86,7 @@ def portable_model(model: Classifier, image_size: int) -> PortableForm:
             # The tanh approximation exports without Erf, which no runtime here trips on.
             if isinstance(child, nn.GELU) and child.approximate == "none":
                 setattr(parent, name, ErfGelu())
-                rewrites.append("GELU as 0.5 * (x * (1 + erf(x / sqrt 2)))")
+                rewrites.append("GELU as (0.5 * x) * (1 + erf(x / sqrt 2))")
             elif isinstance(child, nn.AdaptiveAvgPool2d):
                 out = _pair(child.output_size, pool_inputs[child])
                 if any(i % o for i, o in zip(pool_inputs[child], out, strict=True)):

@@ -79,8 +79,10 @@ def _opencv_problems(graph: onnx.GraphProto) -> list[str]:
     ]
 
 
-def _opencv4_problems(graph: onnx.GraphProto) -> list[str]:
-    problems = _opencv_problems(graph)
+def negative_step_slices(graph: onnx.GraphProto) -> list[str]:
+    """The Slices with a negative step, by name: how the exporter writes `torch.flip` (the TTA's
+    mirror)."""
+    found = []
     for node in graph.node:
         steps = (
             _constant(graph, node.input[4])
@@ -88,12 +90,29 @@ def _opencv4_problems(graph: onnx.GraphProto) -> list[str]:
             else None
         )
         if steps is not None and (steps < 0).any():
-            problems.append(f"it cannot read a Slice with a negative step (node {node.name!r})")
-            break
+            found.append(node.name)
+    return found
+
+
+def _opencv4_problems(graph: onnx.GraphProto) -> list[str]:
+    problems = _opencv_problems(graph)
+    slices = negative_step_slices(graph)
+    if slices:
+        problems.append(f"it cannot read a Slice with a negative step (node {slices[0]!r})")
     gathers = [n.name for n in graph.node if n.op_type == "GatherND"]
     if gathers:
         problems.append(f"it has no GatherND layer (node {gathers[0]!r})")
     return problems
+
+
+def _mnn_problems(graph: onnx.GraphProto) -> list[str]:
+    slices = negative_step_slices(graph)
+    if not slices:
+        return []
+    return [
+        f"the model its converter writes from a Slice with a negative step crashes (SIGSEGV) "
+        f"or gives wrong logits on batches of more than a few images (node {slices[0]!r})"
+    ]
 
 
 RUNTIMES: dict[str, Runtime] = {
@@ -110,6 +129,9 @@ RUNTIMES: dict[str, Runtime] = {
     "onnxruntime_web": Runtime(
         "onnxruntime-web (WebAssembly)", "onnxruntime-web@1.31.1 (npm)", _no_known_problems
     ),
+    # Alibaba's phone runtime; the file converted by the wheel's own MNNConvert, run in fp32
+    # without Winograd convolutions (5e-4 off for 5x5 kernels).
+    "mnn": Runtime("MNN (CPU, precision high, no Winograd)", "MNN>=3.6.1", _mnn_problems),
 }
 
 

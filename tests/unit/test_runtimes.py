@@ -5,8 +5,10 @@ A runtime that `runtimes.problems` says cannot run a graph must fail on it (so t
 true); every other pair must give the same top-1 class on every image and logits within
 TOLERANCE x max(1, the largest |logit|), the export stage's own parity rule. OpenCV runs in a
 subprocess (tests/opencv_run.py), 5.x from the dev dependencies and 4.x in an environment uv
-builds, so that a segfault is a failure with a message. onnxruntime-web runs in Node.js
+builds, so that a segfault is a failure with a message; MNN too (tests/mnn_run.py, which
+converts the file with the wheel's own converter first). onnxruntime-web runs in Node.js
 (tests/web/ort_web_run.mjs, the npm package from `npm ci` in tests/web; skipped without them).
+A runtime that fails on a graph may fail with no logits or wrong ones.
 """
 
 from __future__ import annotations
@@ -40,10 +42,12 @@ TOLERANCE = 1e-4  # largest |logit difference|, times the largest |logit| when a
 SIZE = 32  # the CIFAR-10 recipes' image size (vgg16's smallest)
 IMAGES = 8
 # The reference evaluator runs numpy op by op, about 0.45 s an image for fast-tta2: it scores the
-# first 2 images, enough to show an operator it reads otherwise than PyTorch computes.
-FEWER_IMAGES = {"onnx_reference": 2}
+# first 2 images, enough to show an operator it reads otherwise than PyTorch computes. MNN's
+# negative-step Slice gives the right logits for a batch of 8 and crashes from 32.
+OTHER_IMAGES = {"onnx_reference": 2, "mnn": 32}
 LOGIT_SCALE = 8.0  # the largest |logit| the models are scaled to, about a trained model's
 OPENCV_SCRIPT = ROOT / "tests" / "opencv_run.py"
+MNN_SCRIPT = ROOT / "tests" / "mnn_run.py"  # converts with MNN's own converter, then runs
 WEB = ROOT / "tests" / "web"  # onnxruntime-web's runner and its npm package (`npm ci` there)
 FIX = (
     "Find the first node that differs (docs/deploy.md, footnote 3: cut the graph after each "
@@ -107,7 +111,8 @@ def _info(case: str) -> ModelInfo:
 def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("runtimes")
     generator = torch.Generator().manual_seed(1)
-    images = torch.randint(0, 256, (IMAGES, 3, SIZE, SIZE), dtype=torch.uint8, generator=generator)
+    count = max(IMAGES, *OTHER_IMAGES.values())
+    images = torch.randint(0, 256, (count, 3, SIZE, SIZE), dtype=torch.uint8, generator=generator)
     np.save(folder / "images.npy", to_input(images).numpy())
     return folder
 
@@ -179,6 +184,18 @@ def _onnxruntime_web(model: Path, images: np.ndarray) -> Outcome:
     return Outcome(np.fromfile(logits_path, "<f4").reshape(json.loads(dims)))
 
 
+def _mnn(model: Path, images: np.ndarray) -> Outcome:
+    images_path, logits_path = model.with_suffix(".mnn.in.npy"), model.with_suffix(".mnn.out.npy")
+    np.save(images_path, images)
+    logits_path.unlink(missing_ok=True)
+    cmd = [sys.executable, str(MNN_SCRIPT), str(model), str(images_path), str(logits_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if proc.returncode:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return Outcome(None, f"exit {proc.returncode}: {last}", proc.returncode == -signal.SIGSEGV)
+    return Outcome(np.load(logits_path))
+
+
 def _opencv4_python() -> list[str]:
     uv = shutil.which("uv")
     assert uv, "the OpenCV 4.x check needs uv on PATH to build its environment"
@@ -193,6 +210,7 @@ RUNNERS: dict[str, Callable[[Path, np.ndarray], Outcome]] = {
     "opencv4": lambda model, images: _opencv(_opencv4_python(), "4.")(model, images),
     "onnx_reference": _onnx_reference,
     "onnxruntime_web": _onnxruntime_web,
+    "mnn": _mnn,
 }
 
 
@@ -214,19 +232,27 @@ def test_runtime_runs_the_zoo(runtime: str, case: str, form: str, export_dir: Pa
     problems = runtimes.problems(onnx.load(str(path)).graph).get(runtime, [])
     if form == "portable":
         assert problems == [], f"the portable form of {case} is known not to run: {problems}"
-    images = np.load(export_dir / "images.npy")[: FEWER_IMAGES.get(runtime, IMAGES)]
+    images = np.load(export_dir / "images.npy")[: OTHER_IMAGES.get(runtime, IMAGES)]
     expected = expected[: len(images)]
     outcome = RUNNERS[runtime](path, images)
+    if outcome.crashed:  # a crash is never a surprise: problems() names it
+        assert any("SIGSEGV" in p for p in problems), f"{runtime} crashed on {path.name}. {FIX}"
     if problems:
-        # The table says this runtime cannot run the graph: it must still be so.
-        assert outcome.logits is None, f"{runtime} now runs {path.name}: update runtimes.py"
-        assert outcome.crashed == any("SIGSEGV" in p for p in problems), outcome.error
+        # The table says this runtime cannot run the graph (no logits, or wrong ones): it must
+        # still be so.
+        runs = outcome.logits is not None and _agrees(outcome.logits, expected)[0]
+        assert not runs, f"{runtime} now runs {path.name}: update runtimes.py"
         return
     assert outcome.logits is not None, f"{runtime} failed on {path.name}: {outcome.error}. {FIX}"
-    diff = float(np.abs(outcome.logits - expected).max())
+    agrees, detail = _agrees(outcome.logits, expected)
+    message = f"{runtime} runs {path.name} but its logits differ from PyTorch's: {detail}"
+    assert agrees, f"{message}. {FIX}"
+
+
+def _agrees(logits: np.ndarray, expected: np.ndarray) -> tuple[bool, str]:
+    """Whether `logits` pass the export stage's parity rule against `expected`, and the figures."""
+    diff = float(np.abs(logits - expected).max())
     allowed = TOLERANCE * max(1.0, float(np.abs(expected).max()))
-    agreement = float((outcome.logits.argmax(1) == expected.argmax(1)).mean())
-    assert (agreement, diff <= allowed) == (1.0, True), (
-        f"{runtime} runs {path.name} but its logits differ from PyTorch's: top-1 agreement "
-        f"{agreement:.0%}, largest |diff| {diff:.2e} (allowed {allowed:.2e}). {FIX}"
-    )
+    agreement = float((logits.argmax(1) == expected.argmax(1)).mean())
+    detail = f"top-1 agreement {agreement:.0%}, largest |diff| {diff:.2e} (allowed {allowed:.2e})"
+    return agreement == 1.0 and diff <= allowed, detail
