@@ -10,6 +10,7 @@ about 20 minutes on 2 cores, most of them the reference evaluator's:
 
     uv run python bench/runtime_parity.py
     uv run python bench/runtime_parity.py --runtimes onnxruntime_web --images 32
+    uv run python bench/runtime_parity.py --runtimes mnn --forms fast-portable
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--runtimes", nargs="+", default=list(runtimes.RUNTIMES))
+    forms = [f"{case}-{form}" for case, form in t.FORMS]
+    parser.add_argument("--forms", nargs="+", default=forms, choices=forms, metavar="CASE-FORM")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -55,6 +58,8 @@ def main() -> None:
         np.save(folder / "images.npy", to_input(images).numpy())
         print("| model (form) | " + " | ".join(args.runtimes) + " |")
         for case, form in t.FORMS:
+            if f"{case}-{form}" not in args.forms:
+                continue
             cells = [cell(r, case, form, folder) for r in args.runtimes]
             print(f"| {case} ({form}) | " + " | ".join(cells) + " |", flush=True)
 
