@@ -28,7 +28,7 @@ def _tool(name: str, *args: str, cwd: Path | None = None) -> None:
     proc = subprocess.run([name, *args], cwd=cwd, capture_output=True, text=True)
     if proc.returncode:
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
-        sys.exit(f"{name} exit {proc.returncode}: {' | '.join(tail)}")
+        sys.exit(f"{name} exit {proc.returncode}: {'; '.join(tail)}")
 
 
 def onnxsim(model: Path, images: np.ndarray, work: Path) -> np.ndarray:
@@ -60,8 +60,11 @@ def ncnn(model: Path, images: np.ndarray, work: Path) -> np.ndarray:
     net = ncnn_.Net()
     net.opt.use_fp16_packed = net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = False
     net.opt.use_bf16_storage = False
-    net.load_param(str(work / "model.ncnn.param"))
-    net.load_model(str(work / "model.ncnn.bin"))
+    # ncnn says on stderr which layer it lacks (one pnnx left as it was: torch.unbind, ...).
+    if net.load_param(str(work / "model.ncnn.param")) or net.load_model(
+        str(work / "model.ncnn.bin")
+    ):
+        sys.exit("ncnn cannot load the converted model")
     logits = []
     for image in images:
         extractor = net.create_extractor()

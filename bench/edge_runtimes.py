@@ -8,7 +8,7 @@ environment uv builds with its pinned packages (the project's lock does not carr
 onnx2tf pins its own onnx and numpy, so it gets an environment without the project). A converter
 or runtime that fails shows as FAILED, or crashes, with its last line. MNN, which the test suite
 runs (tests/mnn_run.py), is here for `--real`, which scores the trained model of this clone
-(models/model.pt, models/model.onnx, its test split) instead. About 25 minutes on 2 cores, most
+(models/model.pt, models/model.onnx, its test split) instead. About 20 minutes on 2 cores, most
 of them onnx2tf's; the first run downloads TensorFlow (600 MB):
 
     uv run python bench/edge_runtimes.py
@@ -68,7 +68,8 @@ def run(runtime: str, model: Path, images: Path, work: Path) -> np.ndarray | str
     cmd = [uv, "run", *env, *packages, "python", script, runtime, str(model), str(images)]
     proc = subprocess.run([*cmd, str(logits), str(work)], capture_output=True, text=True)
     if proc.returncode:
-        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        # Two lines: ncnn names the layer it lacks on the line before the runner's own.
+        last = "; ".join(proc.stderr.strip().splitlines()[-2:]) or "(no output)"
         crashed = proc.returncode in (-signal.SIGSEGV, 128 + signal.SIGSEGV)
         return ("crashes (SIGSEGV)" if crashed else "FAILED") + f": {last[:200]}"
     return np.load(logits)
