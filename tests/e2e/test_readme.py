@@ -207,6 +207,24 @@ def _server_predict(ctx: Ctx) -> None:
     assert run(cmd, server).stdout.startswith("dog.png: "), f"`{ctx.command}` gave no answer"
 
 
+def _in_this_venv(prefix: str) -> Step:
+    """The page's command with its `uv run [--with PKG] python` prefix replaced by this venv's
+    python (MNN is a dev dependency)."""
+
+    def step(ctx: Ctx) -> None:
+        assert ctx.command.startswith(prefix), ctx.command
+        run([sys.executable, *shlex.split(ctx.command.removeprefix(prefix))], ctx.repo)
+
+    return step
+
+
+def _not_in_the_walk(ctx: Ctx) -> None:
+    # Converters outside the lock (onnx-simplifier, pnnx, onnx2tf with TensorFlow's 600 MB), whose
+    # shapes are the tutorial CNN's 32 pixels: bench/edge_runtimes.py runs these command lines
+    # on every model form and on a trained model; the walk does not download them.
+    pass
+
+
 # Steps a user takes that the test stands in for.
 SETUP: dict[str, Step] = {
     "git clone <this repo> visionpipe": _clone,
@@ -236,6 +254,27 @@ SETUP: dict[str, Step] = {
         str(ctx.tmp / "server" / "visionpipe-env" / "bin" / "python"), ctx.tmp / "server" / WHEEL
     ),
     "visionpipe-env/bin/visionpipe predict dog.png --model model.onnx": _server_predict,
+    # docs/deploy.md's phones and boards (tests/unit/test_export.py runs the MNN block too).
+    "uv run --with onnxsim==0.8.1 onnxsim models/model.onnx model.sim.onnx": _not_in_the_walk,
+    'uv run --with MNN==3.6.1 python -c "import MNN, _tools, sys; _tools.mnnconvert(sys.argv)" '
+    "-f ONNX --modelFile models/model.onnx --MNNModel model.mnn --bizCode visionpipe": (
+        _in_this_venv("uv run --with MNN==3.6.1 python ")
+    ),
+    "cp models/model.onnx model.onnx": lambda ctx: run(
+        ["cp", "models/model.onnx", "model.onnx"], ctx.repo
+    ),
+    "uv run --with pnnx==20261020 pnnx model.onnx 'inputshape=[1,3,32,32]' fp16=0": (
+        _not_in_the_walk
+    ),
+    "cp models/model.onnx model-tf.onnx": lambda ctx: run(
+        ["cp", "models/model.onnx", "model-tf.onnx"], ctx.repo
+    ),
+    "uv run python -c \"import numpy; numpy.save('calibration_image_sample_data_20x128x128x3_"
+    "float32.npy', numpy.random.rand(20, 128, 128, 3).astype('float32'))\"": _in_this_venv(
+        "uv run python "
+    ),
+    "uv run --no-project --with onnx2tf==1.29.24 onnx2tf -i model-tf.onnx -o tflite "
+    "-ois image:1,3,32,32 -rtpo Erf": _not_in_the_walk,
 }
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -89,11 +92,15 @@ def test_the_file_has_the_ir_version_its_opset_needs(
     onnx.checker.check_model(written, full_check=True)
 
 
-def _deploy_snippet(marker: str) -> str:
-    """docs/deploy.md's one Python block holding `marker`."""
+def _deploy_page() -> str:
     from tests.helpers import ROOT
 
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "deploy.md").read_text(), re.S)
+    return (ROOT / "docs" / "deploy.md").read_text()
+
+
+def _deploy_snippet(marker: str) -> str:
+    """docs/deploy.md's one Python block holding `marker`."""
+    blocks = re.findall(r"```python\n(.*?)```", _deploy_page(), re.S)
     found = [b for b in blocks if marker in b]
     assert len(found) == 1, f"docs/deploy.md should have one Python block with {marker!r}"
     return found[0]
@@ -168,3 +175,25 @@ def test_an_opset_the_exporter_does_not_write_is_refused(tmp_path: Path) -> None
     with pytest.raises(ValueError, match=r"export\.opset 17: torch's exporter wrote opset 18"):
         export.export_onnx(_model(0), _info(), tmp_path / "model.onnx", 17)
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_the_documented_mnn_commands_convert_and_run_an_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The page's converter command (uv's environment replaced by this one) and its Python block.
+    monkeypatch.chdir(tmp_path)
+    Path("models").mkdir()
+    model = _model(0, tta=0)
+    export.export_onnx(model, _info(tta=0), Path("models/model.onnx"), 18)
+    shell = re.findall(r"```sh\n(.*?)```", _deploy_page(), re.S)
+    [command] = [block for block in shell if "--MNNModel" in block]
+    prefix = "uv run --with MNN==3.6.1 python "
+    assert command.startswith(prefix), command
+    args = [sys.executable, *shlex.split(command.removeprefix(prefix).replace("\\\n", " "))]
+    subprocess.run(args, check=True, capture_output=True)
+    images = np.random.default_rng(0).random((4, 3, 16, 16), dtype=np.float32)
+    namespace: dict = {"images": images}
+    exec(_deploy_snippet("MNN.nn.load_module_from_file"), namespace)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(np.array(namespace["logits"]), expected, atol=1e-5, rtol=0)

@@ -43,7 +43,8 @@ SIZE = 32  # the CIFAR-10 recipes' image size (vgg16's smallest)
 IMAGES = 8
 # The reference evaluator runs numpy op by op, about 0.45 s an image for fast-tta2: it scores the
 # first 2 images, enough to show an operator it reads otherwise than PyTorch computes. MNN's
-# negative-step Slice gives the right logits for a batch of 8 and crashes from 32.
+# negative-step Slice gives the tutorial CNN's right logits up to a batch of 16, and crashes from
+# 32: it gets 32.
 OTHER_IMAGES = {"onnx_reference": 2, "mnn": 32}
 LOGIT_SCALE = 8.0  # the largest |logit| the models are scaled to, about a trained model's
 OPENCV_SCRIPT = ROOT / "tests" / "opencv_run.py"
