@@ -79,6 +79,26 @@ def test_an_export_removes_what_a_killed_one_left(processed: Path) -> None:
     assert sorted(p.name for p in paths.ONNX_MODEL.parent.iterdir()) == ["model.onnx", "model.pt"]
 
 
+def test_the_parity_check_compares_images_of_every_class(
+    processed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # preprocess stores a split class by class: its first images are all of the first class.
+    from visionpipe import paths
+    from visionpipe.config.params import parse_params
+    from visionpipe.modelfile import save_model
+
+    save_model(paths.MODEL, _model(0, tta=0), _info(tta=0))
+    labels = torch.arange(3).repeat_interleave(100)
+    images = labels.view(-1, 1, 1, 1).expand(-1, 3, 16, 16).to(torch.uint8).contiguous()
+    monkeypatch.setattr(export, "load_split", lambda split: (images, labels))
+    compared = []
+    real = export.parity
+    monkeypatch.setattr(export, "parity", lambda m, f, x: compared.append(x) or real(m, f, x))
+    result = export.run(parse_params({}).export.model_copy(update={"parity_images": 30}))
+    assert result["images"] == 30
+    assert torch.bincount(compared[0][:, 0, 0, 0].long()).tolist() == [10, 10, 10]
+
+
 @pytest.mark.parametrize(("opset", "ir_version"), [(18, 8), (20, 9)])
 def test_the_file_has_the_ir_version_its_opset_needs(
     opset: int, ir_version: int, tmp_path: Path
