@@ -55,8 +55,8 @@ def score(path: Path, images: np.ndarray, repeats: int) -> tuple[np.ndarray, flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--project", type=Path, default=Path("."))
-    parser.add_argument("--images", type=int, default=2000, help="test images scored")
-    parser.add_argument("--calibration", type=int, default=256, help="train images calibrating")
+    parser.add_argument("--images", type=int, default=2000, help="test images scored, spread")
+    parser.add_argument("--calibration", type=int, default=256, help="train images, spread")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -66,10 +66,15 @@ def main() -> None:
     from visionpipe.split_tensors import load_split
 
     info = machine_info()
-    train = load_split("train")[0][: args.calibration].numpy().astype(np.float32) / 255
+    from visionpipe.export import spread
+
+    # Both splits are stored class by class: picks spread over them hold every class.
+    train_x = load_split("train")[0]
+    train = train_x[spread(len(train_x), args.calibration)].numpy().astype(np.float32) / 255
     test_x, test_y = load_split("test")
-    images = test_x[: args.images].numpy().astype(np.float32) / 255
-    labels = test_y[: args.images].numpy()
+    picks = spread(len(test_x), args.images)
+    images = test_x[picks].numpy().astype(np.float32) / 255
+    labels = test_y[picks].numpy()
     fp32 = Path("models/model.onnx")
     with tempfile.TemporaryDirectory() as tmp:
         pre, int8, tensor, dynamic = (
@@ -111,7 +116,8 @@ def report(info: dict, args: argparse.Namespace, rows: dict, labels: np.ndarray)
         f"{args.calibration} --repeats {args.repeats}` in a project trained and exported on the "
         "CIFAR-10 copy; int8 by docs/deploy.md's static quantization (a scale per output channel), "
         "int8 per tensor the same with `per_channel=False`, int8 dynamic by "
-        "`quantize_dynamic` (weights only, activations quantized at run time). Time: median of the "
+        "`quantize_dynamic` (weights only, activations quantized at run time); test and "
+        "calibration images spread evenly over their splits. Time: median of the "
         f"repeats, one pass over the images in batches of {BATCH}, one CPU session each.",
         "",
         "| model | size (KiB) | seconds | accuracy | same top-1 as fp32 |",
