@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 def load_split(split: str, in_memory: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(images uint8 NCHW, labels int64) of a preprocessed split; the images memory-mapped
-    from data/processed/<split>.npy unless `in_memory`."""
+    from data/processed/<split>.npy unless `in_memory`. An image folder's come class by class (in
+    file order): a sample of a split is taken spread over it (`export.spread`), not its first N."""
     index_path = paths.require(paths.split_file(split), "preprocess")
     index = split_files.read_index(index_path)
     images = split_files.open_images(index_path, index, in_memory)
