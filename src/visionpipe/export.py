@@ -152,7 +152,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     memory.keep_freed_memory()
     model, info = load_model(paths.MODEL)
     images, _ = load_split("test")
-    # Spread over the split, which is stored class by class: its first 256 are one class.
+    # Spread over the split: an image folder's is stored class by class, its first 256 one class.
     images = images[spread(len(images), cfg.parity_images)]
     remove_stale_temps(paths.ONNX_MODEL)  # what an export killed outright left beside it
     # Verify the file before it replaces the published model: a failing export publishes nothing.
