@@ -35,9 +35,14 @@ class Calibration(CalibrationDataReader):
         return next(self.batches, None)
 
 
-def score(path: Path, images: np.ndarray, repeats: int) -> tuple[np.ndarray, float]:
-    """Softmax probabilities over `images` and the median seconds of one pass (batches of 100)."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def score(
+    path: Path, images: np.ndarray, repeats: int, threads: int = 0
+) -> tuple[np.ndarray, float]:
+    """Softmax probabilities over `images` and the median seconds of one pass (batches of 100);
+    `threads` 0: onnxruntime's default."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     seconds = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -58,6 +63,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000, help="test images scored, spread")
     parser.add_argument("--calibration", type=int, default=256, help="train images, spread")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime's; 0: its default")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     bench = Path(__file__).resolve().parent
@@ -91,7 +97,7 @@ def main() -> None:
             ("int8 per tensor", tensor),
             ("int8 dynamic", dynamic),
         ):
-            probs, seconds = score(path, images, args.repeats)
+            probs, seconds = score(path, images, args.repeats, args.threads)
             rows[label] = {"kib": path.stat().st_size / 1024, "seconds": seconds, "probs": probs}
     body = report(info, args, rows, labels)
     print("\n" + body)
@@ -113,7 +119,8 @@ def report(info: dict, args: argparse.Namespace, rows: dict, labels: np.ndarray)
         "",
         f"Machine: {machine_line(info)}.",
         f"Command: `uv run python bench/{NAME}.py --images {args.images} --calibration "
-        f"{args.calibration} --repeats {args.repeats}` in a project trained and exported on the "
+        f"{args.calibration} --repeats {args.repeats} --threads {args.threads}` in a project "
+        "trained and exported on the "
         "CIFAR-10 copy; int8 by docs/deploy.md's static quantization (a scale per output channel), "
         "int8 per tensor the same with `per_channel=False`, int8 dynamic by "
         "`quantize_dynamic` (weights only, activations quantized at run time); test and "
