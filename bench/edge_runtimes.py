@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))  # for tests.unit.test_runtimes
 
 from tests.unit import test_runtimes as t  # noqa: E402
 from visionpipe import paths  # noqa: E402
+from visionpipe.export import spread  # noqa: E402
 from visionpipe.modelfile import load_model  # noqa: E402
 from visionpipe.models import to_input  # noqa: E402
 from visionpipe.split_tensors import load_split  # noqa: E402
@@ -103,14 +104,15 @@ def real(runtimes: list[str], count: int, folder: Path) -> None:
     PyTorch, with the test accuracy each gives."""
     model, _ = load_model(paths.MODEL)
     images, labels = load_split("test")
-    # Spread over the split: an image-folder split is in class order.
-    pick = torch.linspace(0, len(images) - 1, count).long()
+    pick = spread(len(images), count)  # an image folder's split is in class order
     x = to_input(images[pick])
     np.save(folder / "images.npy", x.numpy())
     with torch.no_grad():
         expected = model(x).numpy()
     truth = labels[pick].numpy()
-    print(f"PyTorch: accuracy {(expected.argmax(1) == truth).mean():.1%} on {count} test images")
+    print(
+        f"PyTorch: accuracy {(expected.argmax(1) == truth).mean():.1%} on {len(pick)} test images"
+    )
     for runtime in runtimes:
         got = run(runtime, paths.ONNX_MODEL.resolve(), folder / "images.npy", folder / runtime)
         right = None if isinstance(got, str) else (got.argmax(1) == truth).mean()
