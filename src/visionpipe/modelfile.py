@@ -78,7 +78,7 @@ def load_model(
     path: Path, map_location: str | torch.device = "cpu"
 ) -> tuple[Classifier, ModelInfo]:
     """Load a model.pt (weights_only) and rebuild the model it describes, in eval mode."""
-    paths.require(Path(path), "train")
+    path = paths.require(Path(path), "train")
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True)
         info = ModelInfo.from_dict(blob["meta"])

@@ -71,10 +71,12 @@ def rerun(stage: str) -> str:
 
 
 def require(path: Path, stage: str) -> Path:
-    """`path`, which stage `stage` writes; a missing one says which command makes it, and, for
+    """`path`, which stage `stage` writes, found as `in_project` finds it (a notebook in the
+    project's `notebooks/` runs there); a missing one says which command makes it, and, for
     the pipeline's own outputs, how to bring back the last ones DVC recorded."""
-    if path.exists():
-        return path
+    found = in_project(path)
+    if found.exists():
+        return found
     message = f"{path} not found: {rerun(stage)} first"
     if _pipeline_output(path):
         # DVC deletes a stage's outputs before running it, so a failed or stopped run leaves

@@ -277,8 +277,9 @@ def open_model(path: Path, tries: int = 3) -> tuple[OnnxBackend, str]:
     the file while a server starts (atomically: a new file under the name), so the md5 of the
     name read before or after loading may be another model's; the same file before and after
     means the two agree, else it is read again."""
+    path = paths.require(path, "export")
     for _ in range(tries):
-        before = _identity(paths.require(path, "export"))
+        before = _identity(path)
         backend = OnnxBackend(path)  # first: its errors say what the file is not
         md5 = _md5(path)
         if _identity(path) == before:

@@ -7,13 +7,18 @@ import contextlib
 import importlib
 import io
 import re
+import shutil
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
 from tests.helpers import ROOT
+from visionpipe import paths
+from visionpipe.modelfile import load_model
 from visionpipe.models import tutorial_cnn
+from visionpipe.split_tensors import load_split, read_meta
 
 PAGE = ROOT / "docs" / "learning.md"
 SRC = ROOT / "src" / "visionpipe"
@@ -35,6 +40,23 @@ def test_the_tutorials_loop_runs_on_the_preprocessed_splits(processed: Path) -> 
     theirs = {k: v.shape for k, v in namespace["model"].state_dict().items()}
     ours = {k: v.shape for k, v in tutorial_cnn(3, 16).state_dict().items()}
     assert theirs == ours
+
+
+def test_a_notebook_in_a_subfolder_reads_the_projects_splits_and_model(
+    exported_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jupyter runs a notebook in its own folder (`notebooks/`): the splits and model.pt the page
+    loads are found in the project above it, as `git` and `dvc` find theirs."""
+    project = tmp_path / "project"
+    shutil.copytree(exported_model.parent, project)  # the shared fixture stays as it is
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    notebooks = project / "notebooks"
+    notebooks.mkdir()
+    monkeypatch.chdir(notebooks)
+    images, labels = load_split("test")
+    model, info = load_model(paths.MODEL)
+    assert read_meta()["classes"] == info.classes
+    assert model(images[:4].float() / 255).shape == (min(4, len(labels)), len(info.classes))
 
 
 def test_every_name_the_lessons_point_at_exists() -> None:
