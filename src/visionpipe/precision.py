@@ -4,6 +4,7 @@ scores."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -42,8 +43,18 @@ def autocast(device: torch.device, dtype: torch.dtype | None, cache: bool = True
     )
 
 
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) without bf16 instructions: under one, oneDNN emulates bf16
+# whatever the CPU has (an AVX512-BF16 CPU capped to AVX2 ran the tutorial CNN's train steps
+# 12-16x slower in bf16 than in fp32).
+ONEDNN_ISAS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
 def cpu_computes_bf16() -> bool:
-    """True on CPUs with native bf16 math (AVX512-BF16 or AMX); emulated bf16 is slower."""
+    """True on CPUs with native bf16 math (AVX512-BF16 or AMX) that oneDNN may use; emulated bf16
+    is slower than fp32."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    if cap.strip().upper() in ONEDNN_ISAS_WITHOUT_BF16:
+        return False
     cpu = torch.cpu
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(cpu, name, lambda: False)() for name in checks)

@@ -901,6 +901,22 @@ def test_amp_follows_the_param_and_the_hardware(monkeypatch: pytest.MonkeyPatch)
     assert precision.autocast_dtype(cpu, amp=True) is None
 
 
+@pytest.mark.parametrize("variable", ["ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"])
+def test_a_onednn_isa_cap_without_bf16_trains_in_fp32(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    # A CPU with AVX512-BF16, capped to AVX2 as an AVX2 laptop computes: oneDNN would emulate bf16.
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    cpu = torch.device("cpu")
+    assert precision.autocast_dtype(cpu, amp=True) == torch.bfloat16
+    monkeypatch.setenv(variable, "AVX2")
+    assert precision.autocast_dtype(cpu, amp=True) is None
+    monkeypatch.setenv(variable, "avx512_core_bf16")
+    assert precision.autocast_dtype(cpu, amp=True) == torch.bfloat16
+
+
 def test_a_last_batch_of_one_image_joins_the_batch_before() -> None:
     # resnet18's last block has a 1x1 map at 32 px: BatchNorm cannot train on one image there.
     torch.manual_seed(0)
