@@ -443,6 +443,8 @@ def finish(
     timings = {
         "device": devices.device_name(loop.device),
         "precision": precision.precision_name(loop.autocast_dtype),
+        # With precision, what decides a CPU run's bits besides params and data (docs/training.md).
+        "threads": torch.get_num_threads(),
         "train_seconds": round(train_s, 2),
         "validation_seconds": round(loop.clock.validation, 2),
         "epoch_loop_seconds": round(seconds, 2),

@@ -236,6 +236,17 @@ def test_timings_keep_the_steps_apart_from_validation(processed: Path) -> None:
     assert slowest - 0.05 <= timings["images_per_second"] <= fastest + 0.05, (timings, images)
 
 
+def test_timings_name_the_threads_that_trained(processed: Path) -> None:
+    # Another thread count trains other bits: a teammate's differing model.pt is explained here.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train.run(tiny_params(epochs=1))
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads((processed / paths.TRAIN_TIMINGS).read_text())["threads"] == 1
+
+
 def test_other_params_start_fresh(processed: Path) -> None:
     train.run(tiny_params())
     train.run(tiny_params(lr=0.05, epochs=1))
