@@ -14,7 +14,7 @@ from visionpipe.config import Section
 class LaunchConfig(Section):
     """Where and how the stages run, never what they compute: no stage declares these, so changing
     them never re-runs anything, and every machine (a teammate's clone, each node of a multi-node
-    run) writes the same dvc.lock for the same data and params."""
+    run) records the same params in dvc.lock."""
 
     # The folder this machine keeps datasets in: a relative data.source, and the official
     # archives under their own names (as DATA_MIRROR), are looked up there. null: relative
