@@ -93,11 +93,14 @@ def _override_error(exc: Exception) -> str:
     match = re.match(r"Could not override '([^']+)'", str(exc))
     if match is None:  # any other error, a missing package's included, says what it is
         return str(exc)
+    from visionpipe.config import MOVED
     from visionpipe.config.params import unknown_key
 
     unknown = unknown_key(match[1])
     if unknown is None:
         return str(exc)
+    if match[1] in MOVED:  # not a misspelling: the line says where the key is now
+        return unknown
     return f"{unknown} (a misspelling? `+{match[1]}=...` would add it, and params.yaml refuses it)"
 
 

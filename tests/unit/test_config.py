@@ -200,6 +200,23 @@ def test_visionpipe_params_names_the_valid_keys_for_a_misspelled_one(
 
 
 @pytest.mark.usefixtures("conf_copy")
+def test_a_launch_key_under_train_names_its_place_in_launch(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # An older params.yaml kept this machine's settings under train; merged into a newer
+    # project, its `train.device: cpu` should say where the value goes, not list train's keys.
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["train"]["device"] = "cpu"
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    assert "unknown key 'train.device': it is 'launch.device' now" in str(err.value)
+    assert main(["params", "train.nproc=2"]) == 2
+    out = capsys.readouterr().err
+    assert "unknown key 'train.nproc': it is 'launch.nproc' now" in out
+    assert "misspelling" not in out
+
+
+@pytest.mark.usefixtures("conf_copy")
 def test_a_bad_key_or_value_names_the_conf_file_that_sets_it(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -30,6 +30,25 @@ TOP_LEVEL = (
 Seed = Annotated[int, Field(ge=0, lt=2**63)]
 
 
+# Keys an older params.yaml may hold, and their place now. This machine's launch settings left
+# `train`: they never shape a model, so no stage declares them and DVC's hash leaves them out.
+MOVED = {
+    f"train.{name}": f"launch.{name}"
+    for name in ("device", "nproc", "nnodes", "node_rank", "master_addr", "master_port")
+}
+
+
+def unknown_key_line(key: str, valid: Sequence[str]) -> str:
+    """The error for a key params.yaml has no place for: a moved key's new name, else the keys
+    valid beside it."""
+    if key in MOVED:
+        return (
+            f"unknown key '{key}': it is '{MOVED[key]}' now (a params.yaml from an older "
+            f"visionpipe); move its value there, or delete it to keep the default"
+        )
+    return f"unknown key '{key}'; valid keys here: {', '.join(sorted(valid))}"
+
+
 class ConfigError(ValueError):
     """params.yaml is missing, unreadable or holds a bad key or value."""
 
@@ -51,7 +70,7 @@ def _describe(err: dict[str, Any], raw: Any, schema: type[BaseModel]) -> str:
             field = section.model_fields.get(str(part))
             section = field.annotation if field is not None else None
         valid = sorted(section.model_fields) if isinstance(section, type) else []
-        return f"unknown key '{key}'; valid keys here: {', '.join(valid)}"
+        return unknown_key_line(key, valid)
     value = raw
     for part in err["loc"]:
         value = value.get(part) if isinstance(value, dict) else None
@@ -69,8 +88,7 @@ def parse(schema: type[S], raw: Any, origin: str = "params", complete: bool = Fa
         raise ConfigError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
     unknown = [k for k in raw if k not in TOP_LEVEL]
     if unknown:
-        valid = ", ".join(sorted(TOP_LEVEL))
-        lines = [f"unknown key '{k}'; valid keys here: {valid}" for k in unknown]
+        lines = [unknown_key_line(k, TOP_LEVEL) for k in unknown]
         raise ConfigError(f"{origin} is invalid:\n  - " + "\n  - ".join(lines))
     mine = {k: v for k, v in raw.items() if k in schema.model_fields}
     if complete:

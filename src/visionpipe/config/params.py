@@ -93,10 +93,7 @@ def unknown_key(key: str) -> str | None:
         if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
             return None  # below a plain value: not a key problem
         if part not in schema.model_fields:
-            where = ".".join(parts[: i + 1])
-            return (
-                f"unknown key '{where}'; valid keys here: {', '.join(sorted(schema.model_fields))}"
-            )
+            return config.unknown_key_line(".".join(parts[: i + 1]), list(schema.model_fields))
         schema = schema.model_fields[part].annotation
     return None
 
