@@ -81,14 +81,32 @@ def load_model(
     path = paths.require(Path(path), "train")
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as exc:
+        raise _not_a_model(path, exc) from None
+    if not (isinstance(blob, dict) and {"state_dict", "meta"} <= blob.keys()):
+        raise _not_a_model(path, KeyError("no state_dict and meta"))
+    try:
         info = ModelInfo.from_dict(blob["meta"])
         model = rebuild(info)
         model.load_state_dict(blob["state_dict"])
-    except (RuntimeError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as exc:
-        # torch.load's errors for a file that is not a visionpipe model.pt span many lines.
-        reason = " ".join(str(exc).split())[:200]
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        # The file is this project's format, written by other visionpipe code (an older model
+        # layout, a model since removed): not a foreign file, and retraining is the fix.
         raise ModelFileError(
-            f"{path}: not a visionpipe model.pt ({type(exc).__name__}: {reason}); pass the "
-            f"{paths.MODEL} the train stage wrote"
+            f"{path}: a visionpipe model.pt this code cannot rebuild ({_reason(exc)}); it was "
+            f"written by other visionpipe code: retrain it with 'uv run dvc repro train', or "
+            f"predict with its ONNX export, which needs no rebuilding"
         ) from None
     return model.eval(), info
+
+
+def _reason(exc: BaseException) -> str:
+    # torch.load's and load_state_dict's errors span many lines.
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+
+
+def _not_a_model(path: Path, exc: BaseException) -> ModelFileError:
+    return ModelFileError(
+        f"{path}: not a visionpipe model.pt ({_reason(exc)}); pass the {paths.MODEL} the train "
+        f"stage wrote"
+    )

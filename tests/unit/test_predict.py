@@ -327,6 +327,28 @@ def test_the_torch_backend_names_a_bad_model_file_too(
     assert f"{bad}: not a visionpipe model.pt" in caplog.text
 
 
+@pytest.mark.parametrize("change", ["layers", "arch"])
+def test_a_model_pt_of_other_visionpipe_code_says_to_retrain_it(
+    exported_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, change: str
+) -> None:
+    # A model.pt whose layers this code names otherwise, or of a model it no longer has, is this
+    # project's file written by other code: retraining (or its ONNX export) is the way on.
+    import torch
+
+    blob = torch.load(exported_model / "model.pt", weights_only=True)
+    if change == "layers":
+        blob["state_dict"] = {f"old.{k}": v for k, v in blob["state_dict"].items()}
+    else:
+        blob["meta"]["arch"] = "retired_net"
+    old = tmp_path / "model.pt"
+    torch.save(blob, old)
+    image = tmp_path / "img.png"
+    Image.new("RGB", (20, 20), "red").save(image)
+    assert main(["predict", str(image), "--backend", "torch", "--model", str(old)]) == 2
+    assert f"{old}: a visionpipe model.pt this code cannot rebuild" in caplog.text
+    assert "retrain it with 'uv run dvc repro train'" in caplog.text
+
+
 def test_a_folder_gives_the_photos_preprocess_would_read_not_mac_or_nas_leftovers(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
