@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import NoReturn
 
-from visionpipe import fsutil, warm
+from visionpipe import fsutil, paths, warm
 
 log = logging.getLogger("visionpipe")
 
@@ -107,6 +107,7 @@ def run_stage(main: Callable[[], int | None], interrupted: str = "") -> None:
     try:
         with stops_on_signals():
             _stop_with_dvc()
+            paths.refuse_git_tracked_outputs()
             code = main()
     except KeyboardInterrupt as exc:
         # Ctrl-C is an ordinary way to stop a run (train resumes from its checkpoint): the

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
+from typing import Any
 
 RAW_DIR = Path("data/raw")  # download: the verified archive + source.json
 RAW_INFO = RAW_DIR / "source.json"
@@ -126,3 +128,57 @@ def user_path(value: str | Path, param: str) -> Path:
             f" cannot open: give its path on this machine{wsl}"
         )
     return Path(text)
+
+
+class TrackedOutputError(ValueError):
+    """Outputs that dvc.yaml has DVC cache are tracked by git too."""
+
+
+def refuse_git_tracked_outputs(dvc_file: Path = Path("dvc.yaml")) -> None:
+    """Stop before a stage runs if git tracks outputs that dvc.yaml has DVC cache: a project
+    committed under older code, which kept them in git. DVC refuses each such output ('already
+    tracked by SCM') only after the stage that writes it has run, one file a run (a whole
+    training run lost per file); this names them all at once."""
+    tracked = _git_tracked(_cached_outputs(dvc_file))
+    if tracked:
+        names = " ".join(tracked)
+        raise TrackedOutputError(
+            f"git tracks {names}, which dvc.yaml has DVC cache (a project committed under an "
+            f"older visionpipe, which kept them in git), and DVC would refuse them after the "
+            f"stage ran: run 'git rm -r --cached {names}', commit, and run again"
+        )
+
+
+def _cached_outputs(dvc_file: Path) -> list[str]:
+    import yaml  # the pipeline's own dependency: a predict-only install never runs a stage
+
+    try:
+        stages = yaml.safe_load(dvc_file.read_text(encoding="utf-8"))["stages"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return []  # no DVC project here (a stage script run by hand in another folder)
+    entries: list[Any] = [
+        entry
+        for stage in stages.values()
+        for kind in ("outs", "metrics", "plots")
+        for entry in stage.get(kind) or []
+    ]
+    outputs = []
+    for entry in entries:  # a path, or {path: {cache: false, ...}}
+        path, options = next(iter(entry.items())) if isinstance(entry, dict) else (entry, None)
+        if (options or {}).get("cache", True):
+            outputs.append(str(path))
+    return outputs
+
+
+def _git_tracked(outputs: list[str]) -> list[str]:
+    """Those of `outputs` (files or folders) that git tracks a file of."""
+    if not outputs:
+        return []
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--", *outputs], capture_output=True, text=True, check=True
+        ).stdout.split("\0")
+    except (OSError, subprocess.CalledProcessError):
+        return []  # no git, or not a git repository: nothing for DVC to refuse
+    files = [Path(f) for f in listed if f]
+    return [out for out in outputs if any(f == Path(out) or Path(out) in f.parents for f in files)]

@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from visionpipe import logs
+
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
@@ -33,3 +37,41 @@ def test_stdout_and_the_log_keep_their_order_in_a_pipe() -> None:
     assert done.returncode == 1, done.stdout
     assert lines[0] == "Downloading: weights", lines
     assert lines[1].endswith("ERROR visionpipe: could not load the weights"), lines
+
+
+DVC_YAML = """\
+stages:
+  train:
+    cmd: python stages/train.py
+    outs:
+      - models/model.pt
+      - data/processed
+      - metrics/train.json
+    metrics:
+      - dvclive/metrics.json:
+          cache: false
+"""
+
+
+def test_outputs_git_tracks_that_dvc_caches_stop_the_stage_before_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A project committed under an older visionpipe kept metrics/train.json in git; DVC refuses
+    # it ('already tracked by SCM') only after train ran. dvclive's metrics stay in git.
+    monkeypatch.chdir(tmp_path)
+    Path("dvc.yaml").write_text(DVC_YAML)
+    for name in ("metrics/train.json", "data/processed/train.npy", "dvclive/metrics.json"):
+        Path(name).parent.mkdir(parents=True, exist_ok=True)
+        Path(name).write_text("{}")
+    subprocess.run(["git", "init", "-q"], check=True)
+    subprocess.run(["git", "add", "-A"], check=True)
+    ran = []
+    with pytest.raises(SystemExit) as stop:
+        logs.run_stage(lambda: ran.append(True))
+    assert stop.value.code == 1 and not ran
+    line = "git rm -r --cached data/processed metrics/train.json'"
+    assert line in caplog.text and "dvclive" not in caplog.text and "model.pt" not in caplog.text
+    subprocess.run(["git", "rm", "-q", "-r", "--cached", "data", "metrics"], check=True)
+    with pytest.raises(SystemExit) as stop:
+        logs.run_stage(lambda: ran.append(True))
+    assert stop.value.code == 0 and ran
