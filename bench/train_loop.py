@@ -10,9 +10,10 @@ and the medians are compared.
   zero_grad / backward / step with loss.item() every step; batches moved to the device per step.
 - pipeline: visionpipe.train's own epoch loop (`make_loop` + `train_epoch`, what train.run calls)
   with the default TrainConfig (no augmentation): uint8 NCHW tensor on the device, randperm
-  slices, .float().div_(255), channels_last model and input, bf16 autocast where bf16 is native
-  (CUDA; CPUs with AVX512-BF16 or AMX), LambdaLR step, loss summed on the device and read at the
-  epoch's end and every log_every steps. Not timed: TensorBoard, tqdm, validation, checkpoints.
+  slices, .float().div_(255), channels_last model and input, bf16 autocast where it is faster
+  (CUDA; CPUs with AMX, AMD's with AVX512-BF16), LambdaLR step, loss summed on the device and
+  read at the epoch's end and every log_every steps. Not timed: TensorBoard, tqdm, validation,
+  checkpoints.
 
 Like the train stage (`train.run`), the script first has glibc's malloc reuse freed memory
 (`memory.keep_freed_memory`); it is one process, so the seeds' loop gets that too.
@@ -240,9 +241,9 @@ def report(
 ) -> str:
     cpu_bf16 = precision.cpu_computes_bf16()
     amp_note = (
-        "on CUDA and on this CPU (native AVX512-BF16/AMX)"
+        "on CUDA and on this CPU (`precision.cpu_computes_bf16`: AMX, or AMD's AVX512-BF16)"
         if cpu_bf16
-        else "on CUDA only (this CPU has no native bf16)"
+        else "on CUDA only (fp32 is faster on this CPU: `precision.cpu_computes_bf16`)"
     )
     lines = [
         f"## Train loop: pipeline vs seeds (`bench/{NAME}.py`)",

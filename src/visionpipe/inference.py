@@ -41,8 +41,8 @@ def predict_logits(
     fp32 by default, on every device: the figures then describe the exported fp32 ONNX model,
     and mean the same whatever GPU (or CPU) computed them. `strict=False` lets a GPU use TF32
     (see `strict_fp32`), for figures that need not match the CPU's to the last digits. `amp`
-    (bf16 or fp16) autocasts the forward to it: about twice as fast where the hardware computes
-    it natively, and a little off the fp32 figures (docs/results.md#scoring-in-bf16).
+    (bf16 or fp16) autocasts the forward to it: about twice as fast where `autocast_dtype` picks
+    it, and a little off the fp32 figures (docs/results.md#scoring-in-bf16).
     """
     model.eval()
     out = []

@@ -14,8 +14,8 @@ import torch
 def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
     """The low precision train steps autocast to, or None for plain fp32.
 
-    bf16 only where the hardware computes it natively (CUDA compute capability 8.0+, CPUs with
-    AVX512-BF16 or AMX): emulated bf16 is slower than fp32. Older tensor-core GPUs (T4, V100:
+    bf16 only where it is faster than fp32 (CUDA compute capability 8.0+, the CPUs of
+    `cpu_computes_bf16`): emulated bf16 is slower. Older tensor-core GPUs (T4, V100:
     7.x) get fp16, which needs a GradScaler (`needs_grad_scaler`). MPS stays in fp32.
     """
     if not amp:
@@ -45,19 +45,39 @@ def autocast(device: torch.device, dtype: torch.dtype | None, cache: bool = True
 
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) without bf16 instructions: under one, oneDNN emulates bf16
 # whatever the CPU has (an AVX512-BF16 CPU capped to AVX2 ran the tutorial CNN's train steps
-# 12-16x slower in bf16 than in fp32).
+# 12-16x slower in bf16 than in fp32). The caps in the second list keep bf16 but not AMX.
 ONEDNN_ISAS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
+ONEDNN_ISAS_WITHOUT_AMX = ("AVX2_VNNI_2", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512")
 
 
 def cpu_computes_bf16() -> bool:
-    """True on CPUs with native bf16 math (AVX512-BF16 or AMX) that oneDNN may use; emulated bf16
-    is slower than fp32."""
+    """True on CPUs where bf16 autocast is faster than fp32 (bench/cpu_bf16.py): those with AMX,
+    and AMD's with AVX512-BF16 (Zen 4 on: 0.5x fp32's time to score `fast`). Intel's AVX512-BF16
+    without AMX (Cooper Lake, and Sapphire Rapids class VMs whose hypervisor hides AMX) ran the
+    tutorial CNN's train step 1.7x and `fast`'s 1.3x slower than fp32, as does emulated bf16."""
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
-    if cap.strip().upper() in ONEDNN_ISAS_WITHOUT_BF16:
+    cap = cap.strip().upper()
+    if cap in ONEDNN_ISAS_WITHOUT_BF16:
         return False
     cpu = torch.cpu
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(cpu, name, lambda: False)() for name in checks)
+    amx = getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+    if amx and cap not in ONEDNN_ISAS_WITHOUT_AMX:
+        return True
+    avx512_bf16 = getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+    return bool(avx512_bf16) and cpu_vendor() == "AuthenticAMD"
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id (GenuineIntel, AuthenticAMD) from /proc/cpuinfo; "" where there is
+    none (macOS, whose x86 CPUs have no AVX512-BF16)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def precision_name(dtype: torch.dtype | None) -> str:

@@ -918,6 +918,8 @@ def test_a_onednn_isa_cap_without_bf16_trains_in_fp32(
 ) -> None:
     # A CPU with AVX512-BF16, capped to AVX2 as an AVX2 laptop computes: oneDNN would emulate bf16.
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(precision, "cpu_vendor", lambda: "AuthenticAMD")
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     cpu = torch.device("cpu")
@@ -926,6 +928,39 @@ def test_a_onednn_isa_cap_without_bf16_trains_in_fp32(
     assert precision.autocast_dtype(cpu, amp=True) is None
     monkeypatch.setenv(variable, "avx512_core_bf16")
     assert precision.autocast_dtype(cpu, amp=True) == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    ("vendor", "avx512_bf16", "amx", "cap", "bf16"),
+    [
+        ("AuthenticAMD", True, False, "", True),  # Zen 4 on: bf16 scores in half fp32's time
+        ("GenuineIntel", True, False, "", False),  # bf16 convolutions slower than fp32's
+        ("GenuineIntel", True, True, "", True),  # AMX: 2.2x the fp32 loop's images/s
+        ("GenuineIntel", True, True, "AVX512_CORE_BF16", False),  # oneDNN held below AMX
+        ("GenuineIntel", False, False, "", False),
+        ("AuthenticAMD", False, False, "", False),
+        ("", True, False, "", False),  # no /proc/cpuinfo: fp32, never a slower bf16
+    ],
+)
+def test_cpu_bf16_where_it_was_measured_faster(
+    monkeypatch: pytest.MonkeyPatch, vendor: str, avx512_bf16: bool, amx: bool, cap: str, bf16: bool
+) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(precision, "cpu_vendor", lambda: vendor)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    expected = torch.bfloat16 if bf16 else None
+    assert precision.autocast_dtype(torch.device("cpu"), amp=True) == expected
+
+
+def test_the_cpu_vendor_is_read_from_proc_cpuinfo() -> None:
+    path = Path("/proc/cpuinfo")
+    if not path.is_file():
+        pytest.skip("no /proc/cpuinfo on this system")
+    listed = {line.split(":", 1)[1].strip() for line in path.read_text().splitlines()
+              if line.startswith("vendor_id")}  # fmt: skip
+    assert precision.cpu_vendor() in listed | ({""} if not listed else set())
 
 
 def test_a_last_batch_of_one_image_joins_the_batch_before() -> None:

@@ -56,8 +56,8 @@ class TrainConfig(Section):
     # The whole train step as one CUDA graph (steps.py): on a GPU, one launch instead of one per
     # kernel; needs CUDA, one process, no compile, no fp16. Elsewhere the steps run eagerly.
     cuda_graph: bool = False
-    # bf16 autocast where the hardware computes in bf16 natively: CUDA, and CPUs with
-    # AVX512-BF16 or AMX (about 1.7x faster train steps on such a CPU). false: fp32 everywhere.
+    # bf16 autocast where the hardware computes bf16 faster than fp32: CUDA 8.0+, CPUs with AMX
+    # (2.2x the tutorial's fp32 steps) and AMD's with AVX512-BF16. false: fp32 everywhere.
     amp: bool = True
     channels_last: bool = True  # channels-last memory format (much faster on CPU and GPU)
 
