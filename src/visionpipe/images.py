@@ -369,7 +369,10 @@ def to_model_input(arrays: list[np.ndarray]) -> np.ndarray:
     return np.stack(arrays).astype(np.float32) / np.float32(255)
 
 
-def read_image_file(path: Path, size: int) -> np.ndarray:
+def read_image_file(path: str | Path, size: int) -> np.ndarray:
+    """An image file -> (3, size, size) uint8, as preprocess and predict see it: for a model.pt
+    in a notebook, `model(models.to_input(torch.from_numpy(pixels)[None]))`."""
+    path = Path(path)  # a notebook passes the path as typed, a str
     try:
         data = path.read_bytes()
     except OSError as exc:

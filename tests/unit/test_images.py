@@ -1,4 +1,5 @@
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,6 +97,15 @@ def test_huge_image_is_refused_before_decoding() -> None:
     huge = _encode(Image.new("1", (10000, 10000)), "PNG")
     with pytest.raises(BadImageError, match="10000x10000"):
         decode_rgb(huge, "huge.png")
+
+
+def test_read_image_file_takes_the_path_as_a_notebook_types_it(tmp_path: Path) -> None:
+    """A str or a Path: the same (3, size, size) pixels as preprocess's load_array."""
+    data = _encode(Image.new("RGBA", (48, 40), (200, 10, 30, 0)), "PNG")
+    (tmp_path / "dog.png").write_bytes(data)
+    expected = load_array(data, "dog.png", 32)
+    for path in (str(tmp_path / "dog.png"), tmp_path / "dog.png"):
+        assert np.array_equal(images.read_image_file(path, 32), expected)
 
 
 def test_resize_shorter_side_then_center_crop() -> None:
