@@ -39,10 +39,11 @@ PREDICTIONS = Path("predictions/predictions.json")
 PREDICTION_GRID = Path("predictions/grid.png")
 
 
-def in_project(path: Path) -> Path:
+def in_project(path: str | Path) -> Path:
     """`path`, one the stages write (models/model.onnx), here, or else in the project this folder
     is inside (the nearest folder above with a dvc.yaml), as git and dvc find theirs: predicting
     from a subfolder (`cd photos && visionpipe predict *.jpg`) uses the project's model."""
+    path = Path(path)  # a notebook passes the path as typed, a str
     if path.is_absolute() or path.exists():
         return path
     root = project_root()
@@ -72,7 +73,7 @@ def rerun(stage: str) -> str:
     return f"run 'uv run dvc repro {stage}'"
 
 
-def require(path: Path, stage: str) -> Path:
+def require(path: str | Path, stage: str) -> Path:
     """`path`, which stage `stage` writes, found as `in_project` finds it (a notebook in the
     project's `notebooks/` runs there); a missing one says which command makes it, and, for
     the pipeline's own outputs, how to bring back the last ones DVC recorded."""

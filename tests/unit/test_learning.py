@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from tests.helpers import ROOT
 from visionpipe import paths
@@ -24,8 +25,15 @@ PAGE = ROOT / "docs" / "learning.md"
 SRC = ROOT / "src" / "visionpipe"
 
 
+def _python_blocks() -> list[str]:
+    """The page's python blocks: the tutorial's loop, then the dog in a notebook."""
+    blocks = re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.S)
+    assert len(blocks) == 2, f"docs/learning.md: expected the loop and the dog, got {len(blocks)}"
+    return blocks
+
+
 def test_the_tutorials_loop_runs_on_the_preprocessed_splits(processed: Path) -> None:
-    (block,) = re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.S)
+    block = _python_blocks()[0]
     runs = []
     for earlier_seed in (1, 2):  # whatever ran before: the page quotes one figure
         torch.manual_seed(earlier_seed)
@@ -57,6 +65,39 @@ def test_a_notebook_in_a_subfolder_reads_the_projects_splits_and_model(
     model, info = load_model(paths.MODEL)
     assert read_meta()["classes"] == info.classes
     assert model(images[:4].float() / 255).shape == (min(4, len(labels)), len(info.classes))
+
+
+def _notebook_folder(exported_model: Path, tmp_path: Path) -> Path:
+    """A copy of the exported project with a `notebooks/` folder, and the README's
+    ../shared/samples/dog.png beside it."""
+    project = tmp_path / "project"
+    shutil.copytree(exported_model.parent, project)  # the shared fixture stays as it is
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    (project / "notebooks").mkdir()
+    (tmp_path / "shared" / "samples").mkdir(parents=True)
+    Image.new("RGBA", (40, 30), (120, 80, 40, 0)).save(tmp_path / "shared" / "samples" / "dog.png")
+    return project / "notebooks"
+
+
+def test_the_dog_predicts_in_a_notebook_as_the_page_has_it(
+    exported_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page's block, run in notebooks/: paths as typed (str), the model's own classes."""
+    monkeypatch.chdir(_notebook_folder(exported_model, tmp_path))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(_python_blocks()[1], str(PAGE), "exec"), {"__name__": "__learning__"})
+    classes = "|".join(load_model(paths.in_project(paths.MODEL))[1].classes)
+    assert re.fullmatch(rf"({classes}) \d+\.\d%\n", out.getvalue())
+
+
+def test_in_project_finds_the_files_the_page_names_from_a_notebook(
+    exported_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notebooks = _notebook_folder(exported_model, tmp_path)
+    monkeypatch.chdir(notebooks)
+    for typed in ("models/model.onnx", Path("models/model.onnx")):
+        assert paths.in_project(typed) == notebooks.parent / "models" / "model.onnx"
 
 
 def test_every_name_the_lessons_point_at_exists() -> None:
