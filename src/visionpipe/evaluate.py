@@ -10,6 +10,7 @@ table go to metrics/per_class.json, and recall and precision to bar charts, neve
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -91,8 +92,9 @@ def run(
     if broken:
         log.warning(
             "the model gives non-finite logits for %d of %d test images: training diverged "
-            "(see metrics/train.json); test_loss is nan and those images' predicted classes are "
-            "arbitrary (argmax of NaN), so test_acc and the confusion matrix say nothing of it",
+            "(see metrics/train.json); test_loss is nan (left out of dvc exp show) and those "
+            "images' predicted classes are arbitrary (argmax of NaN), so test_acc and the "
+            "confusion matrix say nothing of it",
             broken,
             len(labels),
         )
@@ -136,7 +138,9 @@ def log_live(
 
     live = Live(str(paths.LIVE_EVAL), dvcyaml=None, save_dvc_exp=False, report=None)
     for name, value in metrics.items():
-        if value is not None:
+        # DVCLive writes NaN as the string "nan": a string among numbers breaks
+        # `dvc exp show --sort-by test_loss` and makes the column text in Studio and VS Code.
+        if value is not None and math.isfinite(value):
             live.log_metric(name, value, plot=False)
     live.log_sklearn_plot("confusion_matrix", actual, predicted, name="confusion_matrix.json")
     for figure in ("recall", "precision"):

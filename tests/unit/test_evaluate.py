@@ -79,3 +79,16 @@ def test_evaluate_amp_scores_in_bf16_only_where_the_cpu_computes_it(
     else:  # emulated bf16 would be slower than fp32: the same strict scores
         assert "in fp32 (evaluate.amp: fp32 is the fastest on cpu)" in caplog.text
         assert mixed == strict
+
+
+def test_a_diverged_run_s_nan_test_loss_is_left_out_of_dvclive_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DVCLive would write the string "nan", which `dvc exp show --sort-by test_loss` cannot
+    # compare with the other runs' numbers.
+    monkeypatch.chdir(tmp_path)
+    metrics = {"test_loss": float("nan"), "test_acc": 0.1, "test_images": 2}
+    scores = [{"class": c, "recall": None, "precision": None, "support": 1} for c in ("a", "b")]
+    evaluate.log_live(metrics, ["a", "b"], ["a", "a"], scores)
+    text = paths.EVAL_METRICS.read_text()
+    assert json.loads(text) == {"test_acc": 0.1, "test_images": 2}
