@@ -61,7 +61,7 @@ plots:
       x: actual
       y: predicted
   - dvclive/eval/plots/custom/per_class_accuracy.json:
-      template: bar_horizontal
+      template: plots_template/fraction_bars.json
       x: accuracy
       y: class
   - predictions/grid.png

@@ -1,0 +1,52 @@
+"""What DVC's machine-readable clients (VS Code's DVC extension, Studio) get from
+`dvc plots show --json` for the plots this project's dvc.yaml declares."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PER_CLASS = Path("dvclive/eval/plots/custom")
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A git + DVC project with the real dvc.yaml and plots_template/, and per-class scores."""
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    repo = tmp_path / "project"
+    repo.mkdir()
+    for args in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(args, cwd=repo, check=True)
+    shutil.copy2(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copytree(ROOT / "plots_template", repo / "plots_template")
+    (repo / PER_CLASS).mkdir(parents=True)
+    for figure, values in (("recall", (0.4, 0.5, 0.6)), ("precision", (0.5, 0.55, 0.6))):
+        rows = [
+            {"class": c, figure: v} for c, v in zip(("cat", "dog", "frog"), values, strict=True)
+        ]
+        (repo / PER_CLASS / f"per_class_{figure}.json").write_text(json.dumps(rows))
+    return repo
+
+
+def test_per_class_bars_start_at_zero_on_a_fixed_axis(project: Path) -> None:
+    # DVC's bar_horizontal starts the axis at the smallest value: the worst class had no bar.
+    out = subprocess.run(
+        [sys.executable, "-m", "dvc", "plots", "show", "--json"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    plots = json.loads(out)["data"]
+    for figure in ("recall", "precision"):
+        [plot] = plots[str(PER_CLASS / f"per_class_{figure}.json")]
+        spec = plot["content"]
+        assert len(spec["data"]["values"]) == 3, spec
+        x = spec["encoding"]["x"]
+        assert x["field"] == figure and x["scale"] == {"domain": [0, 1]}, x
+        # Vega-Lite binds zoom only to continuous scales; the class axis is nominal.
+        assert not any(p.get("bind") == "scales" for p in spec.get("params", [])), spec
