@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -24,5 +25,19 @@ def test_import_order_holds_beside_the_dvclive_output_folder(tmp_path: Path) -> 
         cwd=tmp_path,
         capture_output=True,
         text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_learners_notebooks_are_not_linted(tmp_path: Path) -> None:
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    (tmp_path / "notebooks").mkdir()
+    cell = {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+            "source": ["import os, sys\n", "x=1;y=2"]}  # fmt: skip
+    notebook = {"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    (tmp_path / "notebooks" / "lesson.ipynb").write_text(json.dumps(notebook))
+    (tmp_path / "ok.py").write_text("X = 1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "."], cwd=tmp_path, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
