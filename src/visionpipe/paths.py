@@ -154,7 +154,10 @@ def _cached_outputs(dvc_file: Path) -> list[str]:
     import yaml  # the pipeline's own dependency: a predict-only install never runs a stage
 
     try:
-        stages = yaml.safe_load(dvc_file.read_text(encoding="utf-8"))["stages"]
+        # libyaml's loader where PyYAML has it: 2 ms for dvc.yaml, where the pure-Python one
+        # takes 19 ms of every stage's start.
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        stages = yaml.load(dvc_file.read_text(encoding="utf-8"), Loader=loader)["stages"]
     except (OSError, yaml.YAMLError, KeyError, TypeError):
         return []  # no DVC project here (a stage script run by hand in another folder)
     entries: list[Any] = [
