@@ -46,15 +46,24 @@ def autocast(device: torch.device, dtype: torch.dtype | None, cache: bool = True
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) without bf16 instructions: under one, oneDNN emulates bf16
 # whatever the CPU has (an AVX512-BF16 CPU capped to AVX2 ran the tutorial CNN's train steps
 # 12-16x slower in bf16 than in fp32). The caps in the second list keep bf16 but not AMX.
-ONEDNN_ISAS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
-ONEDNN_ISAS_WITHOUT_AMX = ("AVX2_VNNI_2", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512")
+ONEDNN_ISAS_WITHOUT_BF16 = (
+    "SSE41",
+    "AVX",
+    "AVX2",
+    "AVX2_VNNI",
+    "AVX2_VNNI_2",
+    "AVX512_CORE",
+    "AVX512_CORE_VNNI",
+)
+ONEDNN_ISAS_WITHOUT_AMX = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512")
 
 
 def cpu_computes_bf16() -> bool:
     """True on CPUs where bf16 autocast is faster than fp32 (bench/cpu_bf16.py): those with AMX,
     and AMD's with AVX512-BF16 (Zen 4 on: 0.5x fp32's time to score `fast`). Intel's AVX512-BF16
     without AMX (Cooper Lake, and Sapphire Rapids class VMs whose hypervisor hides AMX) ran the
-    tutorial CNN's train step 1.7x and `fast`'s 1.3x slower than fp32, as does emulated bf16."""
+    tutorial's train loop 1.67x and `fast`'s scoring 1.3x slower than fp32 (only `fast`'s large
+    train step 10% faster); emulated bf16 is slower still."""
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
     cap = cap.strip().upper()
     if cap in ONEDNN_ISAS_WITHOUT_BF16:
