@@ -149,5 +149,6 @@ def log_live(
             for s in scores
             if s[figure] is not None
         ]
-        live.log_plot(f"per_class_{figure}", rows, x=figure, y="class", template="bar_horizontal")
+        # dvc.yaml names the template (plots_template/fraction_bars.json); this Live writes none.
+        live.log_plot(f"per_class_{figure}", rows, x=figure, y="class")
     live.end()
