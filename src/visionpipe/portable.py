@@ -11,7 +11,10 @@ rounding) but exports differently where a runtime cannot read the default graph:
   default export's flip, a Slice with step -1;
 - an adaptive average pool whose input side is not a multiple of its output side (VGG16's 7x7
   pool on the 1x1 map of a 32-pixel image) as two matrix products with the pooling weights:
-  the exporter writes that pool as GatherND, which OpenCV 4.x has no layer for.
+  the exporter writes that pool as GatherND, which OpenCV 4.x has no layer for;
+- the hard sigmoid (MobileNetV3's squeeze-excitation gate) as `clamp(x + 3, 0, 6) / 6`: OpenCV
+  DNN (4.x and 5.x) gives wrong values for the exporter's HardSigmoid when a Mul takes its
+  output, and reads this form right.
 
 The weights and their names are the model's own, so the parity check compares it like the default.
 """
@@ -33,6 +36,13 @@ class ErfGelu(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (0.5 * x) * (1 + torch.erf(x / math.sqrt(2)))
+
+
+class ClipHardsigmoid(nn.Module):
+    """nn.Hardsigmoid() as `clamp(x + 3, 0, 6) / 6`, which exports as Add, Clip, Div."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(x + 3, 0, 6) / 6
 
 
 class MatrixAdaptiveAvgPool(nn.Module):
@@ -87,6 +97,9 @@ def portable_model(model: Classifier, image_size: int) -> PortableForm:
             if isinstance(child, nn.GELU) and child.approximate == "none":
                 setattr(parent, name, ErfGelu())
                 rewrites.append("GELU as (0.5 * x) * (1 + erf(x / sqrt 2))")
+            elif isinstance(child, nn.Hardsigmoid):
+                setattr(parent, name, ClipHardsigmoid())
+                rewrites.append("HardSigmoid as clamp(x + 3, 0, 6) / 6")
             elif isinstance(child, nn.AdaptiveAvgPool2d):
                 out = _pair(child.output_size, pool_inputs[child])
                 if any(i % o for i, o in zip(pool_inputs[child], out, strict=True)):

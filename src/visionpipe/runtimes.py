@@ -65,18 +65,37 @@ def exporter_gelus(graph: onnx.GraphProto) -> list[str]:
     return found
 
 
+def gated_hardsigmoids(graph: onnx.GraphProto) -> list[str]:
+    """The HardSigmoids whose output a Mul takes, by name: how the exporter writes a
+    squeeze-excitation gate (MobileNetV3's `x * hardsigmoid(...)`). OpenCV DNN 4.x and 5.x
+    compute such a product wrongly, while reading a HardSigmoid with another consumer right."""
+    multiplied = {name for node in graph.node if node.op_type == "Mul" for name in node.input}
+    return [
+        node.name
+        for node in graph.node
+        if node.op_type == "HardSigmoid" and node.output[0] in multiplied
+    ]
+
+
 def _no_known_problems(graph: onnx.GraphProto) -> list[str]:
     return []
 
 
 def _opencv_problems(graph: onnx.GraphProto) -> list[str]:
+    problems = []
     gelus = exporter_gelus(graph)
-    if not gelus:
-        return []
-    return [
-        f"its readNetFromONNX crashes (SIGSEGV) on the exact GELU written as "
-        f"x * (0.5 * (1 + erf(x / sqrt 2))), first at node {gelus[0]!r}"
-    ]
+    if gelus:
+        problems.append(
+            f"its readNetFromONNX crashes (SIGSEGV) on the exact GELU written as "
+            f"x * (0.5 * (1 + erf(x / sqrt 2))), first at node {gelus[0]!r}"
+        )
+    gates = gated_hardsigmoids(graph)
+    if gates:
+        problems.append(
+            f"it gives wrong logits for a HardSigmoid whose output is multiplied (a "
+            f"squeeze-excitation gate), first at node {gates[0]!r}"
+        )
+    return problems
 
 
 def negative_step_slices(graph: onnx.GraphProto) -> list[str]:

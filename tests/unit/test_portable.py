@@ -4,16 +4,20 @@ and says which runtimes the file it wrote runs in."""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
 
+from tests.helpers import ROOT, model_info
 from visionpipe import export, paths, runtimes
 from visionpipe.config.params import parse_params
 from visionpipe.modelfile import ModelInfo, save_model
-from visionpipe.models import build_model
+from visionpipe.models import Classifier, build_model
 from visionpipe.portable import MatrixAdaptiveAvgPool, portable_model
 
 CLASSES = ["cat", "dog", "frog"]
@@ -108,3 +112,54 @@ def test_the_matrix_pool_is_pytorchs_adaptive_average_pool(
     x = torch.randn(2, 4, *in_size)
     expected = torch.nn.AdaptiveAvgPool2d(out_size)(x)
     torch.testing.assert_close(MatrixAdaptiveAvgPool(in_size, out_size)(x), expected)
+
+
+class _GatedNet(torch.nn.Module):
+    """A conv, then a squeeze-excitation gate as MobileNetV3 has (`x * hardsigmoid(...)`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.squeeze = torch.nn.Conv2d(8, 8, 1)
+        self.gate = torch.nn.Hardsigmoid()
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        x = x * self.gate(self.squeeze(x.mean((2, 3), keepdim=True)))
+        return self.fc(x.mean((2, 3)))
+
+
+def _opencv5_logits(path: Path, images: np.ndarray) -> np.ndarray:
+    np.save(path.with_suffix(".in.npy"), images)
+    script = ROOT / "tests" / "opencv_run.py"
+    args = [str(path), str(path.with_suffix(".in.npy")), str(path.with_suffix(".out.npy"))]
+    subprocess.run([sys.executable, str(script), *args], check=True, capture_output=True)
+    return np.load(path.with_suffix(".out.npy"))
+
+
+def test_a_hardsigmoid_gate_is_named_for_opencv_and_the_portable_form_runs_there(
+    tmp_path: Path,
+) -> None:
+    torch.manual_seed(0)
+    model = Classifier(_GatedNet(), None).eval()
+    with torch.no_grad():
+        model.net.squeeze.weight.mul_(8)  # gates across the whole of HardSigmoid's range
+    info = model_info("gated", CLASSES, 16, {}, [0.0] * 3)
+    images = np.random.default_rng(0).random((4, 3, 16, 16), dtype=np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images)).numpy()
+    form = portable_model(model, 16)
+    assert form.rewrites == ["HardSigmoid as clamp(x + 3, 0, 6) / 6"]
+    for name, written, runs in (("default", model, False), ("portable", form.model, True)):
+        path = tmp_path / f"{name}.onnx"
+        export.export_onnx(written, info, path, opset=18)
+        found = runtimes.problems(onnx.load(str(path)).graph)
+        if runs:
+            assert found == {}, found
+        else:
+            assert set(found) == {"opencv5", "opencv4"}, found
+            assert all("HardSigmoid" in reasons[0] for reasons in found.values()), found
+        # What problems() says is OpenCV's own answer (5.x; 4.x computes the same).
+        diff = np.abs(_opencv5_logits(path, images) - expected).max()
+        assert (diff < 1e-4) == runs, f"{name}: OpenCV 5's logits differ by {diff:.2e}"
