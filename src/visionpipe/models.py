@@ -458,6 +458,22 @@ def build_model(
     return Classifier(net, normalize, tta=int(p.get("tta", 0)))
 
 
+def with_batch_norm() -> list[str]:
+    """The models with BatchNorm layers, as built by default or with one of their own switches
+    on (`tutorial_cnn with model.batch_norm=true`), in table order."""
+    found = []
+    with torch.device("meta"):  # the layers' types decide; no weights are allocated
+        for name, spec in MODELS.items():
+            switches = [k for k, key in spec.keys.items() if key.annotation is bool]
+            for own in [{}, *({k: not spec.keys[k].default} for k in switches)]:
+                net = spec.build(2, 32, **own)
+                if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+                    on = "".join(f" with model.{k}={str(v).lower()}" for k, v in own.items())
+                    found.append(name + on)
+                    break
+    return found
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     # torch.compile and DDP wrap the module; the state_dict of the original has the clean names.
     model = getattr(model, "_orig_mod", model)

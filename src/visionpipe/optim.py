@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from visionpipe.config.train import TrainConfig
-from visionpipe.models import Classifier, unwrap
+from visionpipe.models import Classifier, unwrap, with_batch_norm
 from visionpipe.weights import classifier_name
 
 log = logging.getLogger(__name__)
@@ -73,9 +73,9 @@ def warn_if_no_norm_bias(cfg: TrainConfig, norm_biases: list[nn.Parameter]) -> N
     log.warning(
         "train.bias_lr_scale %g multiplies the lr of BatchNorm biases, and this model trains "
         "none (it has no BatchNorm layer, or train.backbone_lr_scale 0 froze them): it "
-        "changes nothing; set train.bias_lr_scale=1, or use a model with BatchNorm "
-        "(resnet18, fast, or tutorial_cnn with model.batch_norm=true)",
+        "changes nothing; set train.bias_lr_scale=1, or use a model with BatchNorm (%s)",
         cfg.bias_lr_scale,
+        ", ".join(with_batch_norm()),
     )
 
 

@@ -34,6 +34,7 @@ from visionpipe.modelfile import ModelInfo, load_model, save_model
 from visionpipe.models import (
     MODELS,
     Classifier,
+    ModelSpec,
     WeightsError,
     build_model,
     init_whitening,
@@ -758,6 +759,20 @@ def test_bias_lr_scale_on_a_model_without_batch_norm_warns(
     optim.make_optimizer(build_model("tutorial_cnn", 3, 16), cfg)
     assert "train.bias_lr_scale 64 multiplies the lr of BatchNorm biases" in caplog.text
     assert "set train.bias_lr_scale=1" in caplog.text
+    listed = caplog.text.rsplit("(", 1)[1].split(")")[0].split(", ")
+    assert {"tutorial_cnn with model.batch_norm=true", "resnet18", "fast"} <= set(listed)
+    assert "alexnet" not in listed and "vgg16" not in listed
+
+
+def test_the_bias_lr_scale_warning_names_every_model_with_batch_norm(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def normed(num_classes: int, image_size: int) -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Conv2d(3, num_classes, 3), torch.nn.BatchNorm2d(2))
+
+    monkeypatch.setitem(MODELS, "normed", ModelSpec(normed, "a net with BatchNorm"))
+    optim.make_optimizer(build_model("alexnet", 3, 16), TrainConfig(bias_lr_scale=64.0))
+    assert ", normed)" in caplog.text and "alexnet" not in caplog.text
 
 
 @pytest.mark.parametrize("scale, says", [(0.0, "freezes"), (0.5, "slows")])
