@@ -1,7 +1,8 @@
 import typing
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
+import pydantic
 import pytest
 import torch
 import yaml
@@ -117,12 +118,37 @@ def _another_value(key: str, spec: Key) -> object:
         return not spec.default
     if typing.get_origin(spec.annotation) is Literal:
         return next(v for v in typing.get_args(spec.annotation) if v != spec.default)
-    if spec.annotation in (int, float) and not spec.constraints:
-        return spec.default + 1
+    if spec.annotation in (int, float):
+        # The first of a few nearby numbers that the key's own limits (`ge`, `lt`, ...) allow.
+        adapter = pydantic.TypeAdapter(Annotated[spec.annotation, spec.pydantic_field()])
+        default = spec.default
+        for value in (default + 1, default - 1, default * 2, default / 2, 0, 1):
+            value = spec.annotation(value)
+            try:
+                if value != default and adapter.validate_python(value) == value:
+                    return value
+            except pydantic.ValidationError:
+                continue
     raise AssertionError(
         f"model key {key!r} ({spec.annotation}): add a valid value other than its default "
         "to _another_value in tests/unit/test_config.py"
     )
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (Key(float, 0.5, "a dropout", {"ge": 0, "lt": 1}), 0.25),
+        (Key(int, 3, "a count", {"ge": 1, "le": 4}), 4),
+        (Key(int, 4, "a count", {"ge": 1, "le": 4}), 3),
+        (Key(float, 1.0, "a scale"), 2.0),
+    ],
+)
+def test_another_value_of_a_numeric_model_key_keeps_within_its_limits(
+    spec: Key, expected: object
+) -> None:
+    # A model's own numeric key with limits needs no line in the test: the limits decide.
+    assert _another_value("key", spec) == expected
 
 
 def test_model_keys_at_their_defaults_fit_every_model() -> None:
@@ -172,13 +198,29 @@ def test_a_key_cut_from_a_later_stage_section_is_an_error(tmp_path: Path) -> Non
 @pytest.mark.parametrize("name", list(MODELS))
 def test_image_size_below_what_a_model_takes_is_refused_before_training(name: str) -> None:
     least = MODELS[name].min_image_size
-    with torch.no_grad():
-        assert build_model(name, 3, least).eval()(torch.rand(1, 3, least, least)).shape == (1, 3)
+    try:
+        with torch.no_grad():
+            logits = build_model(name, 3, least).eval()(torch.rand(1, 3, least, least))
+    except RuntimeError as exc:
+        raise AssertionError(
+            f"model {name!r} does not run on {least}-pixel images, its ModelSpec's "
+            f"min_image_size ({exc}): in src/visionpipe/models.py, set min_image_size to the "
+            "smallest preprocess.image_size it runs on"
+        ) from exc
+    assert logits.shape == (1, 3)
     parse_params({"model": {"name": name}, "preprocess": {"image_size": least}})
     if least == 8:  # the preprocess section's own lower bound
         return
-    with pytest.raises(RuntimeError, match="too small"), torch.no_grad():
-        build_model(name, 3, least - 1).eval()(torch.rand(1, 3, least - 1, least - 1))
+    with torch.no_grad():
+        try:
+            build_model(name, 3, least - 1).eval()(torch.rand(1, 3, least - 1, least - 1))
+        except RuntimeError as exc:
+            assert "too small" in str(exc)
+        else:
+            raise AssertionError(
+                f"model {name!r} runs on {least - 1}-pixel images too: in "
+                f"src/visionpipe/models.py, lower its ModelSpec's min_image_size ({least})"
+            )
     with pytest.raises(ConfigError) as err:
         parse_params({"model": {"name": name}, "preprocess": {"image_size": least - 1}})
     for text in (f"preprocess.image_size {least - 1}", f"'{name}'", f"at least {least}"):
