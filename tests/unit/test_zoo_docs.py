@@ -107,3 +107,29 @@ def test_gpu_md_lists_the_models_that_train_deterministically_on_cuda() -> None:
             f"without a layer determinism.nondeterministic_layer refuses on CUDA; write "
             f"`{', '.join(want)}` (row: {row})"
         )
+
+
+def _parameters_row(section: str) -> str:
+    """The row of `section` in docs/parameters.md's table of keys."""
+    rows = [r for r in (ROOT / "docs/parameters.md").read_text().splitlines() if r.startswith("|")]
+    found = [r for r in rows if r.startswith(f"| `{section}` |")]
+    assert len(found) == 1, f"docs/parameters.md should have one row for `{section}`"
+    return found[0]
+
+
+@pytest.mark.parametrize("key", own_keys())
+def test_parameters_md_names_each_model_s_own_key(key: str) -> None:
+    assert f"`{key}`" in _parameters_row("model"), (
+        f"docs/parameters.md: the `model` row of the table under 'The keys' names every model.* "
+        f"key; add `{key}` (with its choices, if it has any) after the other models' own keys"
+    )
+
+
+@pytest.mark.parametrize("name", [n for n, spec in MODELS.items() if spec.min_image_size > 8])
+def test_parameters_md_gives_the_smallest_image_size_of_each_model(name: str) -> None:
+    least = MODELS[name].min_image_size
+    assert f"{least} for {name}" in _parameters_row("preprocess"), (
+        f"docs/parameters.md: the `preprocess` row of the table under 'The keys' gives the "
+        f"smallest image_size of each model that needs more than 8 pixels; add `{least} for "
+        f"{name}` to its list ('at least 8, and at least 32 for vgg16, ...')"
+    )
