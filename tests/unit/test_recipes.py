@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.helpers import ROOT, git
 from visionpipe.config.compose import compose, compose_yaml, warn_drift, warn_dropped_baseline
@@ -137,3 +138,27 @@ def test_a_dropped_baseline_value_is_warned_of_but_not_one_the_experiment_sets(
         assert warn_dropped_baseline(params) == ["train.lr"]
     assert "train.lr: 0.02 -> 0.01" in caplog.text
     assert "train.epochs" not in caplog.text
+
+
+def test_a_value_of_conf_local_or_a_key_new_to_conf_is_not_a_dropped_baseline_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The baseline commit holds conf/'s defaults; this machine's conf/local/machine.yaml sets
+    # data.source (as docs/datasets.md suggests) and conf/ has gained model.dropout since.
+    shutil.copytree(CONF, tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
+    monkeypatch.chdir(tmp_path)
+    git(tmp_path, "init", "-q")
+    params = Path("params.yaml")
+    committed = yaml.safe_load(compose_yaml([], Path("conf")))
+    del committed["model"]["tta"]
+    params.write_text(yaml.safe_dump(committed, sort_keys=False), encoding="utf-8")
+    git(tmp_path, "add", "params.yaml")
+    git(tmp_path, "commit", "-qm", "the defaults")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", git(tmp_path, "rev-parse", "HEAD").strip())
+    (tmp_path / "conf" / "local").mkdir()
+    (tmp_path / "conf" / "local" / "machine.yaml").write_text("data:\n  source: /data/c.zip\n")
+    params.write_text(compose_yaml(["train.epochs=1"], Path("conf")), encoding="utf-8")
+    assert yaml.safe_load(params.read_text())["data"]["source"] == "/data/c.zip"
+    with caplog.at_level(logging.WARNING):
+        assert warn_dropped_baseline(params) == []
+    assert not caplog.text

@@ -15,6 +15,7 @@ import yaml
 from visionpipe.config import DEFAULT_PARAMS, MISSING, lookup
 
 CONF_DIR = Path("conf")  # Hydra's config dir (`dvc config hydra`): config.yaml, recipe/, local/
+NO_LOCAL = "~local@_global_"  # the override that leaves conf/local/machine.yaml out
 
 
 def compose_yaml(overrides: list[str], conf_dir: Path = CONF_DIR) -> str:
@@ -116,11 +117,17 @@ def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
     # temporary copy has no git-ignored conf/local/, so its values count as not conf/'s.)
     recipe = current.get("recipe", "tutorial")
     composed = compose([f"recipe={recipe}"])
-    same_recipe = committed.get("recipe", "tutorial") == recipe  # one composition serves both
+    # What the baseline held is judged against conf/ without this machine's conf/local/: a
+    # value set there (data.source) is not one the commit held. Nor is a key it lacks.
+    local = (CONF_DIR / "local" / "machine.yaml").is_file()
+    base_recipe = [f"recipe={committed.get('recipe', 'tutorial')}"]
+    shared = compose([*base_recipe, NO_LOCAL]) if local else compose(base_recipe)
     keys = [
         k
-        for k in drift(committed, composed if same_recipe else None)
-        if k in changed and _value(current, k) == _value(composed, k)
+        for k in drift(committed, shared)
+        if k in changed
+        and lookup(committed, k.split(".")) is not MISSING
+        and _value(current, k) == _value(composed, k)
     ]
     if keys:
         values = [f"{k}: {_value(committed, k)} -> {_value(current, k)}" for k in keys]
