@@ -196,7 +196,8 @@ def pack_directory(
 
     Names are sorted; mtime, uid and gid are 0, mode 0o644, no user or group names, no folder
     entries: the same tree always gives a byte-identical tar. Symlinks inside `src` are stored as
-    the file they point to; symlinks pointing outside `src` are refused like in an archive.
+    the file they point to; symlinks pointing outside `src` are refused like in an archive, but
+    for links into a DVC cache (a DVC-tracked folder with `cache.type symlink`).
     `leave_out(name)` says which files are not packed at all (default: none); of the rest,
     `store(names)` says per file whether its bytes go in (default: all); the others are stored
     empty, so that their names stay in the listing.
@@ -584,6 +585,16 @@ def _check_member(
     return target
 
 
+# A file of a DVC cache (`files/md5/ab/cdef…`, named by its content's md5). A folder tracked by
+# DVC with `cache.type symlink` holds links to these: the photos themselves, in the cache outside
+# the folder, and so followed where other links leaving the folder are refused.
+_DVC_CACHE_OBJECT = re.compile(r"/files/md5/[0-9a-f]{2}/[0-9a-f]{30}$")
+
+
+def _dvc_cache_object(path: Path) -> bool:
+    return _DVC_CACHE_OBJECT.search(path.as_posix()) is not None
+
+
 def _dir_entries(root: Path) -> list[_Entry]:
     """Regular files under folder `root` (already resolved), sorted by relative posix path."""
     entries: list[_Entry] = []
@@ -601,14 +612,17 @@ def _dir_entries(root: Path) -> list[_Entry]:
             st = path.lstat()
             if stat.S_ISLNK(st.st_mode):
                 real = Path(os.path.realpath(path))
-                if not real.is_relative_to(root):
+                inside = real.is_relative_to(root)
+                if not inside and not _dvc_cache_object(real):
                     reason = (
                         f"symlink to {os.readlink(path)!r} points outside the folder: copy"
                         " what it points to into the folder instead (cp -rL follows links)"
                     )
                     _refuse(root, rel, reason)
                 if real.is_file():
-                    entries.append(_Entry(rel, real.relative_to(root).as_posix()))
+                    entries.append(
+                        _Entry(rel, real.relative_to(root).as_posix() if inside else str(real))
+                    )
                 else:
                     skipped.append(rel)  # a link to a folder or nothing: following could loop
             elif stat.S_ISREG(st.st_mode):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import dvc
 from visionpipe import archive, sources
 from visionpipe.sources import (
     OFFICIAL,
@@ -309,6 +310,32 @@ def test_a_folder_source_never_opens_the_files_it_stores_empty(
     monkeypatch.setattr(archive, "open", guarded, raising=False)
     with tarfile.open(_fetch("photos", tmp_path).path) as tar:
         assert {m.name: m.size for m in tar.getmembers()} == {"cats/1.jpg": 4, "cats/clip.mov": 0}
+
+
+@pytest.mark.parametrize("cache_type", ["symlink", "hardlink"])
+def test_a_folder_tracked_by_dvc_packs_as_its_photos_whatever_the_cache_links(
+    tmp_path: Path, cache_type: str
+) -> None:
+    """A photos folder versioned with `dvc add` under a symlink cache holds links into the DVC
+    cache, outside the folder (here a cache shared by projects, `dvc cache dir`): they are the
+    photos, packed as a plain copy of the folder packs."""
+    photos = tmp_path / "data" / "photos"
+    for name in ("cats/1.jpg", "dogs/2.jpg", "dogs/clip.mov"):
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        (photos / name).write_bytes(name.encode() * 10)
+    plain = _fetch(str(photos), tmp_path)
+    repo = tmp_path / "data"
+    dvc(repo, "init", "-q", "--no-scm")
+    dvc(repo, "cache", "dir", str(tmp_path / "shared-cache"))
+    dvc(repo, "config", "cache.type", cache_type)
+    dvc(repo, "add", "-q", "photos")
+    assert (photos / "cats" / "1.jpg").is_symlink() == (cache_type == "symlink")
+    assert _fetch(str(photos), tmp_path, sha256=plain.sha256).sha256 == plain.sha256
+    # Other links out of the folder are still refused.
+    (tmp_path / "secret").write_bytes(b"s")
+    (photos / "cats" / "3.jpg").symlink_to(tmp_path / "secret")
+    with pytest.raises(archive.UnsafeArchiveError, match=r"'cats/3.jpg'.*outside the folder"):
+        _fetch(str(photos), tmp_path)
 
 
 def test_a_folder_source_packs_alike_whatever_hidden_files_lie_beside_the_photos(
