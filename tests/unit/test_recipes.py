@@ -118,19 +118,25 @@ def test_a_hand_edit_is_warned_of_with_how_to_keep_it(
     assert "`visionpipe params key=value`" in caplog.text
 
 
+@pytest.mark.parametrize("subfolder", ["", "vision"])
 def test_a_dropped_baseline_value_is_warned_of_but_not_one_the_experiment_sets(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    subfolder: str,
 ) -> None:
     # The baseline commit holds lr 0.02 and 3 epochs, neither from conf/ (an experiment applied
     # and committed). The next experiment passes `-S train.epochs=5` and takes conf/'s lr: the lr
     # changes unasked, the epochs as asked. A queued run meets the same case for every value of
     # the git-ignored conf/local/ that -S changes: its temporary copy has no conf/local/.
-    shutil.copytree(CONF, tmp_path / "conf")
-    monkeypatch.chdir(tmp_path)
+    # The project is the git repository, or a subfolder of a bigger one (`dvc init --subdir`).
+    project = tmp_path / subfolder
+    shutil.copytree(CONF, project / "conf")
+    monkeypatch.chdir(project)
     git(tmp_path, "init", "-q")
     params = Path("params.yaml")
     params.write_text(compose_yaml(["train.lr=0.02", "train.epochs=3"], CONF), encoding="utf-8")
-    git(tmp_path, "add", "params.yaml")
+    git(project, "add", "params.yaml")
     git(tmp_path, "commit", "-qm", "an experiment as the baseline")
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", git(tmp_path, "rev-parse", "HEAD").strip())
     params.write_text(compose_yaml(["train.epochs=5"], CONF), encoding="utf-8")

@@ -83,9 +83,12 @@ def _value(tree: Any, key: str) -> Any:
 
 def _committed_params(rev: str, path: Path) -> dict[str, Any] | None:
     """params.yaml as commit `rev` holds it; None where git cannot say (no repository, no file)."""
+    # `rev:./path` is from the working folder, the project's: `rev:path` would be from the git
+    # repository's root, another file where the project is a subfolder of a bigger repository.
+    spec = path.as_posix() if path.is_absolute() else f"./{path.as_posix()}"
     try:
         text = subprocess.run(
-            ["git", "show", f"{rev}:{path.as_posix()}"],
+            ["git", "show", f"{rev}:{spec}"],
             capture_output=True,
             text=True,
             check=True,
