@@ -360,7 +360,7 @@ def _verify(hashes: _Hashes, expect: _Expect, name: str, origin: str) -> None:
 
 
 def _copy(src: Path, dest: Path, expect: _Expect, checks: Sequence[Check]) -> FetchResult:
-    origin = str(src.resolve())
+    origin = str(src.absolute())  # as the user named it: not the DVC cache file a link leads to
     hashes = _Hashes()
     with atomic_path(dest) as tmp:
         try:

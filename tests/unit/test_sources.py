@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import shutil
 import tarfile
 import threading
@@ -158,6 +159,22 @@ def test_checksum_mismatch_of_a_local_file_says_the_file_itself_is_kept(tmp_path
     assert "its copy was deleted, the source left as it is" in str(err.value)
     assert source.read_bytes() == PAYLOAD
     assert _files(tmp_path / "raw") == []
+
+
+def test_a_linked_source_is_named_as_the_user_gave_it(tmp_path: Path) -> None:
+    """An archive versioned with `dvc add` under a symlink cache is a link to a file named by
+    its md5 in the cache: messages name the path the user set, not that file."""
+    repo = tmp_path / "data"
+    repo.mkdir()
+    (repo / "mine.zip").write_bytes(PAYLOAD)
+    dvc(repo, "init", "-q", "--no-scm")
+    dvc(repo, "config", "cache.type", "symlink")
+    dvc(repo, "add", "-q", "mine.zip")
+    source = repo / "mine.zip"
+    assert source.is_symlink()
+    assert _fetch(str(source), tmp_path).origin == str(source)
+    with pytest.raises(ChecksumError, match=f"from {re.escape(str(source))}:"):
+        _fetch(str(source), tmp_path, sha256="0" * 64)
 
 
 def _fake_official(monkeypatch: pytest.MonkeyPatch, url: str, md5: str | None = MD5) -> None:
