@@ -44,10 +44,11 @@ def in_project(path: str | Path) -> Path:
     is inside (the nearest folder above with a dvc.yaml), as git and dvc find theirs: predicting
     from a subfolder (`cd photos && visionpipe predict *.jpg`) uses the project's model."""
     path = Path(path)  # a notebook passes the path as typed, a str
-    if path.is_absolute() or path.exists():
+    # lexists: a link whose DVC cache file is gone is still the project's, to say so
+    if path.is_absolute() or os.path.lexists(path):
         return path
     root = project_root()
-    return root / path if root is not None and (root / path).exists() else path
+    return root / path if root is not None and os.path.lexists(root / path) else path
 
 
 def project_root() -> Path | None:
@@ -80,6 +81,12 @@ def require(path: str | Path, stage: str) -> Path:
     found = in_project(path)
     if found.exists():
         return found
+    if found.is_symlink():  # DVC's symlink cache: the link is here, the file it leads to gone
+        raise FileNotFoundError(
+            f"{path} is a link to {os.readlink(found)}, which DVC's cache no longer holds (a `dvc"
+            " gc` in a project sharing the cache removes what this one links to): "
+            f"{rerun(stage)}, or 'uv run dvc pull {stage}' where a DVC remote holds it"
+        )
     message = f"{path} not found: {rerun(stage)} first"
     if _pipeline_output(path):
         # DVC deletes a stage's outputs before running it, so a failed or stopped run leaves

@@ -224,6 +224,29 @@ def test_a_model_a_failed_run_deleted_names_the_checkout_that_restores_it(
     assert "dvc checkout" not in caplog.text  # not a file DVC records
 
 
+def test_a_model_whose_dvc_cache_file_is_gone_is_named_as_a_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # With `cache.type symlink`, models/model.onnx links into DVC's cache; a `dvc gc` in a project
+    # sharing that cache removes the file and leaves the link, which `ls models` still shows.
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    cached = tmp_path / "cache" / "files" / "md5" / "ab" / ("c" * 30)
+    cached.parent.mkdir(parents=True)
+    write_tiny_onnx(cached)
+    (tmp_path / paths.ONNX_MODEL).parent.mkdir()
+    (tmp_path / paths.ONNX_MODEL).symlink_to(cached)
+    Image.new("RGB", (20, 20), "red").save(tmp_path / "a.png")
+    (tmp_path / "photos").mkdir()
+    monkeypatch.chdir(tmp_path / "photos")  # the project's model, found from a subfolder
+    assert main(["predict", "../a.png"]) == 0
+    cached.unlink()
+    assert main(["predict", "../a.png"]) == 2
+    assert f"models/model.onnx is a link to {cached}, which DVC's cache no longer holds" in (
+        caplog.text
+    )
+    assert "'uv run dvc repro export', or 'uv run dvc pull export'" in caplog.text
+
+
 def test_the_stage_says_how_many_inputs_failed_and_how_to_fix_them(
     exported_model: Path, tmp_path: Path
 ) -> None:
