@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal, NamedTuple
 
-from visionpipe.fsutil import atomic_path, size_text
+from visionpipe.fsutil import atomic_path, is_dvc_cache_file, size_text
 
 log = logging.getLogger(__name__)
 
@@ -585,16 +585,6 @@ def _check_member(
     return target
 
 
-# A file of a DVC cache (`files/md5/ab/cdef…`, named by its content's md5). A folder tracked by
-# DVC with `cache.type symlink` holds links to these: the photos themselves, in the cache outside
-# the folder, and so followed where other links leaving the folder are refused.
-_DVC_CACHE_OBJECT = re.compile(r"/files/md5/[0-9a-f]{2}/[0-9a-f]{30}$")
-
-
-def _dvc_cache_object(path: Path) -> bool:
-    return _DVC_CACHE_OBJECT.search(path.as_posix()) is not None
-
-
 def _dir_entries(root: Path) -> list[_Entry]:
     """Regular files under folder `root` (already resolved), sorted by relative posix path."""
     entries: list[_Entry] = []
@@ -613,7 +603,9 @@ def _dir_entries(root: Path) -> list[_Entry]:
             if stat.S_ISLNK(st.st_mode):
                 real = Path(os.path.realpath(path))
                 inside = real.is_relative_to(root)
-                if not inside and not _dvc_cache_object(real):
+                # A folder tracked by DVC with `cache.type symlink` is links into DVC's cache,
+                # outside the folder: the photos themselves, followed where other links are not.
+                if not inside and not is_dvc_cache_file(real):
                     reason = (
                         f"symlink to {os.readlink(path)!r} points outside the folder: copy"
                         " what it points to into the folder instead (cp -rL follows links)"

@@ -98,6 +98,16 @@ def output_name(filename: str | bytes) -> Path:
     return path
 
 
+# A file of a DVC cache, named by its content's md5 (DVC 3: `<cache>/files/md5/ab/cdef…`).
+_DVC_CACHE_FILE = re.compile(r"/files/md5/[0-9a-f]{2}/[0-9a-f]{30}$")
+
+
+def is_dvc_cache_file(path: Path | str) -> bool:
+    """Whether `path` names a file of a DVC cache: what outputs and `dvc add`ed files are links
+    to under `cache.type symlink`."""
+    return _DVC_CACHE_FILE.search(Path(path).as_posix()) is not None
+
+
 def size_text(n: float) -> str:
     """A byte count the way a user reads it: 812.0 KiB, 3.4 MiB, 1.2 GiB."""
     for unit in ("bytes", "KiB", "MiB"):

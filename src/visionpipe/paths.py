@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from visionpipe.fsutil import is_dvc_cache_file
+
 RAW_DIR = Path("data/raw")  # download: the verified archive + source.json
 RAW_INFO = RAW_DIR / "source.json"
 
@@ -81,10 +83,13 @@ def require(path: str | Path, stage: str) -> Path:
     found = in_project(path)
     if found.exists():
         return found
-    if found.is_symlink():  # DVC's symlink cache: the link is here, the file it leads to gone
+    if found.is_symlink():  # the link is here, the file it leads to gone
+        target = os.readlink(found)
+        if not is_dvc_cache_file(target):
+            raise FileNotFoundError(f"{path} is a link to {target}, which does not exist")
         raise FileNotFoundError(
-            f"{path} is a link to {os.readlink(found)}, which DVC's cache no longer holds (a `dvc"
-            " gc` in a project sharing the cache removes what this one links to): "
+            f"{path} is a link to {target}, which DVC's cache no longer holds (a `dvc gc` in a"
+            " project sharing the cache removes what this one links to): "
             f"{rerun(stage)}, or 'uv run dvc pull {stage}' where a DVC remote holds it"
         )
     message = f"{path} not found: {rerun(stage)} first"

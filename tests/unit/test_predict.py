@@ -245,6 +245,12 @@ def test_a_model_whose_dvc_cache_file_is_gone_is_named_as_a_link(
         caplog.text
     )
     assert "'uv run dvc repro export', or 'uv run dvc pull export'" in caplog.text
+    caplog.clear()
+    # A link of the user's own to a file that is gone is no DVC matter.
+    (tmp_path / "mine.onnx").symlink_to(tmp_path / "gone.onnx")
+    assert main(["predict", "../a.png", "--model", str(tmp_path / "mine.onnx")]) == 2
+    assert f"is a link to {tmp_path / 'gone.onnx'}, which does not exist" in caplog.text
+    assert "DVC" not in caplog.text
 
 
 def test_the_stage_says_how_many_inputs_failed_and_how_to_fix_them(
