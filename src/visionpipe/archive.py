@@ -208,12 +208,14 @@ def pack_directory(
     root = src.resolve()
     if dest.resolve().is_relative_to(root):
         raise ValueError(f"cannot pack {src} into {dest}: the tar would land inside the folder")
-    entries = _dir_entries(root)
+    entries, folders = _dir_entries(root)
     found = len(entries)
     if leave_out:
         entries = [e for e in entries if not leave_out(e.name)]
+        folders = [f for f in folders if not leave_out(f)]
         if found > len(entries):
             log.info("left out %d hidden and system files of %s", found - len(entries), src)
+    _warn_empty_folders(src, folders, entries)
     if not entries:
         but = f" but {found} hidden or system file{'s' * (found > 1)}" if found else ""
         raise ValueError(f"{src} holds no regular files{but}: nothing to pack")
@@ -266,7 +268,7 @@ def _open(source: Path) -> Iterator[Opened]:
     if kind == "dir":
         root = source.resolve()
         yield (
-            _dir_entries(root),
+            _dir_entries(root)[0],
             lambda name: (root / name).read_bytes(),
             lambda name: Span(str(root / name)),
         )
@@ -443,6 +445,31 @@ def _refuse(source: Path, member: str, reason: str) -> None:
     raise UnsafeArchiveError(f"refusing {source}: member {member!r}: {reason}")
 
 
+def _warn_empty_folders(source: Path, folders: list[str], entries: list[_Entry]) -> None:
+    """Name the folders with no file to pack below them: a tar holds no folder entries, so an
+    empty class folder (its photos not copied yet) would vanish, and the model train without
+    that class, unsaid."""
+    holding = {parent for e in entries for parent in _parents(e.name)}
+    empty = [f for f in folders if f not in holding]
+    # Name the outermost ones: cats/ rather than cats/ and cats/2019/.
+    outer = [f for f in empty if not any(p in empty for p in _parents(f))]
+    if outer:
+        log.warning(
+            "%s: %d folder%s no files, so no class comes of %s (not packed): %s",
+            source,
+            len(outer),
+            "s hold" if len(outer) > 1 else " holds",
+            "them" if len(outer) > 1 else "it",
+            ", ".join(f"{f}/" for f in outer[:5]) + (" ..." if len(outer) > 5 else ""),
+        )
+
+
+def _parents(name: str) -> list[str]:
+    """The folders above posix path `name`, inside out: a/b/c.jpg -> a/b, a."""
+    parts = name.split("/")[:-1]
+    return ["/".join(parts[:i]) for i in range(len(parts), 0, -1)]
+
+
 def _warn_skipped(source: Path, skipped: list[str]) -> None:
     if skipped:
         log.warning(
@@ -585,10 +612,12 @@ def _check_member(
     return target
 
 
-def _dir_entries(root: Path) -> list[_Entry]:
-    """Regular files under folder `root` (already resolved), sorted by relative posix path."""
+def _dir_entries(root: Path) -> tuple[list[_Entry], list[str]]:
+    """Regular files under folder `root` (already resolved), sorted by relative posix path, and
+    the relative paths of the folders below it, sorted."""
     entries: list[_Entry] = []
     skipped: list[str] = []
+    folders: list[str] = []
 
     def fail(e: OSError) -> None:
         raise e  # os.walk would otherwise skip an unreadable folder silently
@@ -619,7 +648,9 @@ def _dir_entries(root: Path) -> list[_Entry]:
                     skipped.append(rel)  # a link to a folder or nothing: following could loop
             elif stat.S_ISREG(st.st_mode):
                 entries.append(_Entry(rel, rel))
-            elif not stat.S_ISDIR(st.st_mode):
+            elif stat.S_ISDIR(st.st_mode):
+                folders.append(rel)
+            else:
                 _refuse_kind(root, rel, stat.S_IFMT(st.st_mode))
     _warn_skipped(root, skipped)
-    return sorted(entries, key=lambda e: e.name)
+    return sorted(entries, key=lambda e: e.name), sorted(folders)

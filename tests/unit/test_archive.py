@@ -23,6 +23,7 @@ from visionpipe.archive import (
     list_files,
     pack_directory,
 )
+from visionpipe.images import is_hidden
 
 
 def _zip(path: Path, members: list[tuple[str, bytes, int]]) -> Path:
@@ -282,6 +283,27 @@ def test_pack_directory_refuses_empty_and_self(tmp_path: Path) -> None:
     _tree(tmp_path / "src")
     with pytest.raises(ValueError, match="inside the folder"):
         pack_directory(tmp_path / "src", tmp_path / "src" / "out.tar")
+
+
+def test_pack_directory_names_the_empty_folders_it_cannot_pack(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A class folder whose photos are not copied yet would vanish from the tar (it holds no
+    # folder entries): the model would train without that class, unsaid.
+    src = tmp_path / "src"
+    _tree(src)
+    (src / "train" / "bird" / "2019").mkdir(parents=True)
+    (src / "train" / "fish").mkdir()
+    (src / "train" / "fish" / ".DS_Store").write_bytes(b"\0")  # left out: fish/ packs nothing
+    (src / "train" / "@eaDir").mkdir()  # a NAS's thumbnail folder is not a class to miss
+    with caplog.at_level(logging.WARNING):
+        pack_directory(src, tmp_path / "out.tar", leave_out=is_hidden)
+    assert "2 folders hold no files, so no class comes of them" in caplog.text
+    assert "train/bird/, train/fish/" in caplog.text  # the outer folder, not also bird/2019/
+    assert "eaDir" not in caplog.text
+    caplog.clear()
+    pack_directory(src / "train" / "cat", tmp_path / "cat.tar")
+    assert "no files" not in caplog.text
 
 
 def _spans_of(source: Path) -> dict[str, bytes | None]:
