@@ -18,8 +18,8 @@ log = logging.getLogger("visionpipe")
 
 
 _DVC_CACHE = (
-    "DVC's cache, .dvc/cache, keeps a copy of every output (`dvc gc` prunes it, "
-    "`dvc cache dir` puts it on another disk)"
+    "DVC's cache (.dvc/cache, or where `dvc cache dir` put it) keeps every output's data "
+    "(`dvc gc` prunes it, `dvc cache dir` moves it to another disk)"
 )
 
 

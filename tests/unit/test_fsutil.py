@@ -48,7 +48,7 @@ def test_a_stage_stopped_by_a_full_disk_says_so_in_one_line(
         logs.run_stage(stage, interrupted="the next `uv run dvc repro` resumes")
     assert stopped.value.code == 1
     assert "no space left on the disk holding logs/events.out" in caplog.text
-    assert "DVC's cache, .dvc/cache, keeps a copy of every output" in caplog.text
+    assert "(.dvc/cache, or where `dvc cache dir` put it) keeps every output" in caplog.text
     assert caplog.text.rstrip().endswith("; the next `uv run dvc repro` resumes")
 
     def buggy() -> None:
