@@ -2,6 +2,7 @@
 
 The ONNX backend never imports torch, so one image is answered in well under a second. Each input
 file succeeds or fails on its own: a bad file gets a message, the good ones are still predicted.
+Files in folders named after a class (a test set sorted by class) are also scored against it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from visionpipe import fsutil, paths
+from visionpipe.folder_classes import FolderClasses, format_accuracy, format_outside, score
 from visionpipe.fsutil import DiskFullError, atomic_open, atomic_path, json_pretty, write_json
 from visionpipe.grids import Layout, captioned_grid
 from visionpipe.images import (
@@ -236,7 +238,8 @@ def predict_command(
     fix: str = "see the ERROR lines above",
 ) -> int:
     """`visionpipe predict` and the predict stage: open the model (the pipeline's for `backend`
-    by default), predict every file the specs name, print the table, write the files asked for.
+    by default), predict every file the specs name, print the table (and the accuracy on the
+    files in folders named after a class), write the files asked for.
     The exit code: 2 if the model cannot be used, 1 if any input failed (the message ends with
     `fix`), else 0."""
     try:
@@ -245,15 +248,33 @@ def predict_command(
         log.error("%s", exc)
         return 2
     files, errors = collect_inputs(specs)
-    preds = errors + predict_files(files, opened, topk, batch_size)
+    predicted = predict_files(files, opened, topk, batch_size)
+    preds = errors + predicted
+    in_class_folder = FolderClasses(opened.classes)
+    labels = {p.file: c for p in predicted if (c := in_class_folder.of(p.file))}
     # `--json -` / `--csv -` take standard output for themselves: the table goes to stderr.
-    piped = STDOUT in (json_path, csv_path)
-    print(format_table(preds), file=sys.stderr if piped else sys.stdout)
+    out = sys.stderr if STDOUT in (json_path, csv_path) else sys.stdout
+    print(format_table(preds), file=out)
+    _print_accuracy(predicted, labels, opened.classes, out)
     written = _write_outputs(preds, topk, json_path, csv_path, grid_path)
     failed = sum(p.error is not None for p in preds)
     if failed:
         log.error("%d of %d inputs failed; %s", failed, len(preds), fix)
     return 1 if failed or not written else 0
+
+
+def _print_accuracy(
+    predicted: list[Prediction], labels: dict[str, str], classes: list[str], out: Any
+) -> None:
+    """The accuracy line, when a predicted file sits in a folder named after a class (`labels`:
+    file -> that class), under the table; a warning names the other files' folders."""
+    top = ((p.file, p.top[0]["class"]) for p in predicted if p.error is None)
+    accuracy = score(top, labels, classes)
+    if accuracy is None:
+        return
+    print(format_accuracy(accuracy), file=out)
+    if (outside := format_outside(accuracy, classes)) is not None:
+        log.warning("%s", outside)
 
 
 def _write_outputs(

@@ -1,0 +1,127 @@
+"""Photos sorted into folders named after classes (`new_photos/cat/1.jpg`): the class a photo's
+folder names, and the accuracy of predictions against it, as `visionpipe predict` reports it."""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+PER_CLASS_SHOWN = 10  # more classes than this: the lowest and highest few, not a line of 100
+EXTREMES = 5  # classes shown at each end when there are more than PER_CLASS_SHOWN
+NAMES_SHOWN = 5  # folder names and class names listed in the line about uncounted folders
+
+
+def folder_name(file: str) -> str:
+    """The name of the folder `file` sits in, as given (`..` taken lexically, links not
+    followed): `photos/cat/../dog/1.jpg` sits in `dog`; a bare `1.jpg`, in the current one."""
+    return os.path.basename(os.path.dirname(os.path.abspath(file)))
+
+
+def _folded(name: str) -> str:
+    # A Mac's file system stores names decomposed (é as e and an accent); metadata composed.
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+class FolderClasses:
+    """Which of a model's classes a folder's name is: the class of that exact name, else the
+    one class of that name in another case (`Cat/` is class `cat`), unless two classes share it
+    in another case (`A` and `a`), where only the exact name counts."""
+
+    def __init__(self, classes: Iterable[str]) -> None:
+        self.exact = {unicodedata.normalize("NFC", c): c for c in classes}
+        counts = Counter(_folded(c) for c in self.exact.values())
+        self.folded = {_folded(c): c for c in self.exact.values() if counts[_folded(c)] == 1}
+
+    def of(self, file: str) -> str | None:
+        """The class the folder of `file` is named after, or None."""
+        name = unicodedata.normalize("NFC", folder_name(file))
+        return self.exact.get(name) or self.folded.get(_folded(name))
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    name: str
+    right: int
+    total: int
+
+
+@dataclass(frozen=True)
+class FolderAccuracy:
+    right: int  # images whose top class is their folder's class
+    total: int  # predicted images in a folder named after a class
+    per_class: list[ClassScore]  # the classes that have images, in the model's order
+    outside: Counter[str]  # folder name -> predicted images in it, for folders of no class
+
+
+def score(
+    predicted: Iterable[tuple[str, str]], labels: Mapping[str, str], classes: list[str]
+) -> FolderAccuracy | None:
+    """The accuracy of `predicted` (file, top class) against `labels` (file -> its folder's
+    class); None when no predicted file is in a folder named after a class."""
+    right: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    outside: Counter[str] = Counter()
+    for file, top in predicted:
+        label = labels.get(file)
+        if label is None:
+            outside[folder_name(file)] += 1
+            continue
+        total[label] += 1
+        right[label] += int(top == label)
+    if not total:
+        return None
+    per_class = [ClassScore(c, right[c], total[c]) for c in classes if total[c]]
+    return FolderAccuracy(right.total(), total.total(), per_class, outside)
+
+
+def _pct(right: int, total: int) -> str:
+    return f"{right / total:.1%} ({right}/{total})"
+
+
+def format_accuracy(acc: FolderAccuracy) -> str:
+    """One line: the accuracy over all, per class (the lowest and highest few of many), and
+    how many predicted images were in no class folder."""
+    n = acc.total
+    line = f"accuracy on the {n} image{'s' * (n != 1)} in folders named after a class: "
+    line += _pct(acc.right, n)
+    scores = acc.per_class
+    if len(scores) <= PER_CLASS_SHOWN:
+        line += "; per class: " + _scores(scores)
+    else:
+        ranked = sorted(scores, key=lambda s: (s.right / s.total, s.name))
+        line += f"; per class, the {EXTREMES} lowest of {len(scores)}: "
+        line += _scores(ranked[:EXTREMES])
+        line += f"; the {EXTREMES} highest: " + _scores(ranked[-EXTREMES:][::-1])
+    left = acc.outside.total()
+    if left:
+        line += f"; not counted: {left} predicted image{'s' * (left != 1)} in no class folder"
+    return line
+
+
+def _scores(scores: list[ClassScore]) -> str:
+    return ", ".join(f"{s.name} {_pct(s.right, s.total)}" for s in scores)
+
+
+def format_outside(acc: FolderAccuracy, classes: list[str]) -> str | None:
+    """The line naming the folders whose images were not counted, with the model's classes,
+    so that a `cats/` beside class `cat` is seen; None when every image counted."""
+    if not acc.outside:
+        return None
+    folders = [f"{name}/ ({n} image{'s' * (n != 1)})" for name, n in acc.outside.most_common()]
+    return (
+        f"folders named after no class of the model, not counted: {_capped(folders)}; "
+        f"its classes: {_capped(classes)}"
+    )
+
+
+def _capped(names: list[str]) -> str:
+    # A control character in a name (a newline) would break the line in two.
+    shown = [
+        "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in name)
+        for name in names[:NAMES_SHOWN]
+    ]
+    more = len(names) - NAMES_SHOWN
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")

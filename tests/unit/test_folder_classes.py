@@ -1,0 +1,107 @@
+"""Predict on photos sorted into folders named after classes: the accuracy line, the folder class
+in the JSON and CSV, and the folders that name no class."""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.tiny_onnx import write_tiny_onnx
+from visionpipe.cli import main
+from visionpipe.folder_classes import FolderClasses
+
+# The tiny model's rule: class k wins on an image brightest in channel k (cat, dog, frog).
+RED, GREEN, BLUE = (220, 10, 10), (10, 220, 10), (10, 10, 220)
+
+
+def _photo(path: Path, colour: tuple[int, int, int]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (20, 20), colour).save(path)
+    return path
+
+
+def _sorted_photos(root: Path) -> Path:
+    """photos/ as a user sorts them: cat/ (two right, one a dog), Dog/ in another case, a
+    misspelt cats/, one loose photo and one broken file in frog/."""
+    photos = root / "photos"
+    for name, colour in (("cat/1.png", RED), ("cat/2.png", RED), ("cat/3.png", GREEN)):
+        _photo(photos / name, colour)
+    for name, colour in (("Dog/1.png", GREEN), ("Dog/2.png", GREEN), ("cats/1.png", RED)):
+        _photo(photos / name, colour)
+    _photo(photos / "loose.png", BLUE)
+    (photos / "frog").mkdir()
+    (photos / "frog" / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    return photos
+
+
+def test_photos_in_class_folders_get_an_accuracy_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    model = write_tiny_onnx(tmp_path / "model.onnx")
+    photos = _sorted_photos(tmp_path)
+    assert main(["predict", str(photos), "--model", str(model)]) == 1  # the broken file
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == (
+        "accuracy on the 5 images in folders named after a class: 80.0% (4/5); per class: "
+        "cat 66.7% (2/3), dog 100.0% (2/2); not counted: 2 predicted images in no class folder"
+    )
+    assert (
+        "folders named after no class of the model, not counted: cats/ (1 image), "
+        "photos/ (1 image); its classes: cat, dog, frog" in caplog.text
+    )
+
+
+def test_a_file_named_by_itself_counts_by_the_folder_it_sits_in(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = str(write_tiny_onnx(tmp_path / "model.onnx"))
+    _photo(tmp_path / "frog" / "1.png", BLUE)
+    _photo(tmp_path / "cat" / "1.png", BLUE)
+    monkeypatch.chdir(tmp_path / "frog")
+    assert main(["predict", "1.png", "../cat/../frog/1.png", "../cat/1.png", "--model", model]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("accuracy on the 3 images in folders named after a class: 66.7% (2/3);")
+    assert "per class: cat 0.0% (0/1), frog 100.0% (2/2)" in last
+
+
+def test_json_to_stdout_stays_json_and_no_class_folder_means_no_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = str(write_tiny_onnx(tmp_path / "model.onnx"))
+    photo = _photo(tmp_path / "dog" / "1.png", GREEN)
+    assert main(["predict", str(photo), "--model", model, "--json", "-"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)[0]["file"] == str(photo)
+    assert "accuracy on the 1 image in folders named after a class: 100.0% (1/1)" in err
+    elsewhere = _photo(tmp_path / "photos" / "1.png", GREEN)
+    assert main(["predict", str(elsewhere), "--model", model]) == 0
+    assert "accuracy" not in capsys.readouterr().out
+
+
+def test_a_hundred_classes_show_the_lowest_and_highest_five(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    classes = [f"class{i:02d}" for i in range(100)]
+    model = str(write_tiny_onnx(tmp_path / "model.onnx", classes))
+    for i, name in enumerate(classes):
+        _photo(tmp_path / "test" / name / "1.png", (RED, GREEN, BLUE)[i % 3])
+    assert main(["predict", str(tmp_path / "test"), "--model", model]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith(
+        "accuracy on the 100 images in folders named after a class: 3.0% (3/100)"
+    )
+    assert "; per class, the 5 lowest of 100: class00 0.0% (0/1), class01 0.0% (0/1)," in last
+    assert "; the 5 highest: class99 100.0% (1/1), class98 100.0% (1/1), class97 100.0%" in last
+    assert len(last) < 400
+
+
+def test_a_folder_matches_its_class_in_any_case_unless_two_classes_share_that_name() -> None:
+    lookup = FolderClasses(["A", "a", "Cat", "café"])
+    assert lookup.of("x/A/1.png") == "A" and lookup.of("x/a/1.png") == "a"
+    assert lookup.of("x/CAT/1.png") == lookup.of("x/cat/1.png") == "Cat"
+    assert lookup.of(f"x/{unicodedata.normalize('NFD', 'Café')}/1.png") == "café"  # a Mac's name
+    assert lookup.of("x/cats/1.png") is None and lookup.of("1.png") is None
