@@ -256,7 +256,7 @@ def predict_command(
     out = sys.stderr if STDOUT in (json_path, csv_path) else sys.stdout
     print(format_table(preds), file=out)
     _print_accuracy(predicted, labels, opened.classes, out)
-    written = _write_outputs(preds, topk, json_path, csv_path, grid_path)
+    written = _write_outputs(preds, labels, topk, json_path, csv_path, grid_path)
     failed = sum(p.error is not None for p in preds)
     if failed:
         log.error("%d of %d inputs failed; %s", failed, len(preds), fix)
@@ -277,8 +277,14 @@ def _print_accuracy(
         log.warning("%s", outside)
 
 
+def _records(preds: list[Prediction], labels: dict[str, str]) -> list[dict[str, Any]]:
+    """The JSON entries: each prediction's fields, and the class its folder is named after."""
+    return [{**asdict(p), "folder_class": labels.get(p.file)} for p in preds]
+
+
 def _write_outputs(
     preds: list[Prediction],
+    labels: dict[str, str],
     topk: int,
     json_path: Path | None,
     csv_path: Path | None,
@@ -286,15 +292,15 @@ def _write_outputs(
 ) -> bool:
     """Write the files asked for; False, after one error line naming it, if one cannot be."""
     outputs = (
-        ("--json", json_path, lambda dest: write_json(dest, [asdict(p) for p in preds])),
-        ("--csv", csv_path, lambda dest: write_csv(dest, preds, topk)),
+        ("--json", json_path, lambda dest: write_json(dest, _records(preds, labels))),
+        ("--csv", csv_path, lambda dest: write_csv(dest, preds, topk, labels)),
         ("--grid", grid_path, lambda dest: write_grid(dest, preds)),
     )
     for flag, dest, write in outputs:
         if not dest:
             continue
         if dest == STDOUT:
-            _to_stdout(preds, topk, flag)
+            _to_stdout(preds, labels, topk, flag)
             continue
         if flag == "--grid" and all(p.error for p in preds):
             log.error("--grid %s not written: no input could be predicted", dest)
@@ -325,12 +331,12 @@ def _unwritable(dest: Path, exc: OSError) -> str:
 STDOUT = Path("-")  # `--json -`, `--csv -`: standard output, as curl -o - and tar -f - take it
 
 
-def _to_stdout(preds: list[Prediction], topk: int, flag: str) -> None:
+def _to_stdout(preds: list[Prediction], labels: dict[str, str], topk: int, flag: str) -> None:
     if flag == "--json":
-        text = json_pretty([asdict(p) for p in preds])
+        text = json_pretty(_records(preds, labels))
     else:
         out = io.StringIO()
-        _csv_rows(out, preds, topk)
+        _csv_rows(out, preds, topk, labels)
         text = out.getvalue()
     # A file name that is not UTF-8 keeps its escaped bytes, as write_json writes them.
     sys.stdout.flush()
@@ -338,17 +344,19 @@ def _to_stdout(preds: list[Prediction], topk: int, flag: str) -> None:
     sys.stdout.buffer.flush()
 
 
-def write_csv(dest: Path, preds: list[Prediction], topk: int) -> None:
+def write_csv(
+    dest: Path, preds: list[Prediction], topk: int, labels: dict[str, str] | None = None
+) -> None:
     with atomic_open(dest) as f:
-        _csv_rows(f, preds, topk)
+        _csv_rows(f, preds, topk, labels or {})
 
 
-def _csv_rows(f: Any, preds: list[Prediction], topk: int) -> None:
+def _csv_rows(f: Any, preds: list[Prediction], topk: int, labels: dict[str, str]) -> None:
     w = csv.writer(f, lineterminator="\n")
     header = ["file"]
     for i in range(1, topk + 1):
         header += [f"class_{i}", f"probability_{i}"]
-    w.writerow([*header, "error"])
+    w.writerow([*header, "error", "folder_class"])
     for p in preds:
         # A name that is not UTF-8 (Python holds its bytes escaped) gets U+FFFD for those
         # bytes, as a terminal shows it: the CSV stays UTF-8; the JSON keeps the exact name.
@@ -356,7 +364,7 @@ def _csv_rows(f: Any, preds: list[Prediction], topk: int) -> None:
         for i in range(topk):
             t = p.top[i] if i < len(p.top) else {"class": "", "probability": ""}
             row += [t["class"], t["probability"]]
-        w.writerow([*row, p.error or ""])
+        w.writerow([*row, p.error or "", labels.get(p.file, "")])
 
 
 def write_grid(

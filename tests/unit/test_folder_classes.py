@@ -3,6 +3,7 @@ in the JSON and CSV, and the folders that name no class."""
 
 from __future__ import annotations
 
+import csv
 import json
 import unicodedata
 from pathlib import Path
@@ -38,12 +39,14 @@ def _sorted_photos(root: Path) -> Path:
     return photos
 
 
-def test_photos_in_class_folders_get_an_accuracy_line(
+def test_photos_in_class_folders_get_an_accuracy_line_and_their_folder_class(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     model = write_tiny_onnx(tmp_path / "model.onnx")
     photos = _sorted_photos(tmp_path)
-    assert main(["predict", str(photos), "--model", str(model)]) == 1  # the broken file
+    out_json, out_csv = tmp_path / "p.json", tmp_path / "p.csv"
+    argv = ["predict", str(photos), "--model", str(model), "--json", str(out_json)]
+    assert main([*argv, "--csv", str(out_csv)]) == 1  # the broken file
     out = capsys.readouterr().out
     assert out.splitlines()[-1] == (
         "accuracy on the 5 images in folders named after a class: 80.0% (4/5); per class: "
@@ -53,6 +56,28 @@ def test_photos_in_class_folders_get_an_accuracy_line(
         "folders named after no class of the model, not counted: cats/ (1 image), "
         "photos/ (1 image); its classes: cat, dog, frog" in caplog.text
     )
+    records = {_rel(r["file"], photos): r for r in json.loads(out_json.read_text())}
+    assert {name: r["folder_class"] for name, r in records.items()} == {
+        "Dog/1.png": "dog",
+        "Dog/2.png": "dog",
+        "cat/1.png": "cat",
+        "cat/2.png": "cat",
+        "cat/3.png": "cat",
+        "cats/1.png": None,
+        "frog/cut.png": "frog",  # named, though it could not be predicted and is not counted
+        "loose.png": None,
+    }
+    assert list(records["cat/3.png"]) == ["file", "top", "error", "folder_class"]
+    with open(out_csv, encoding="utf-8", newline="") as f:
+        rows = {_rel(r["file"], photos): r for r in csv.DictReader(f)}
+    assert {name: r["folder_class"] or None for name, r in rows.items()} == {
+        name: r["folder_class"] for name, r in records.items()
+    }
+    assert rows["cat/3.png"]["class_1"] == "dog"
+
+
+def _rel(file: str, folder: Path) -> str:
+    return Path(file).relative_to(folder).as_posix()
 
 
 def test_a_file_named_by_itself_counts_by_the_folder_it_sits_in(
@@ -75,8 +100,17 @@ def test_json_to_stdout_stays_json_and_no_class_folder_means_no_line(
     photo = _photo(tmp_path / "dog" / "1.png", GREEN)
     assert main(["predict", str(photo), "--model", model, "--json", "-"]) == 0
     out, err = capsys.readouterr()
-    assert json.loads(out)[0]["file"] == str(photo)
+    assert json.loads(out) == [
+        {
+            "file": str(photo),
+            "top": json.loads(out)[0]["top"],
+            "error": None,
+            "folder_class": "dog",
+        }
+    ]
     assert "accuracy on the 1 image in folders named after a class: 100.0% (1/1)" in err
+    assert main(["predict", str(photo), "--model", model, "--csv", "-"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].endswith(",,dog")
     elsewhere = _photo(tmp_path / "photos" / "1.png", GREEN)
     assert main(["predict", str(elsewhere), "--model", model]) == 0
     assert "accuracy" not in capsys.readouterr().out

@@ -101,7 +101,7 @@ def test_cli_predicts_good_files_and_reports_each_bad_one(
     failed = f"{len(reasons)} of {len(preds)} inputs failed; see the ERROR lines above"
     assert failed in caplog.text
     assert out_csv.read_text().splitlines()[0] == (
-        "file,class_1,probability_1,class_2,probability_2,error"
+        "file,class_1,probability_1,class_2,probability_2,error,folder_class"
     )
     assert Image.open(grid).size[0] > 0
 
