@@ -17,7 +17,7 @@ import sys
 import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 import numpy as np
 from PIL import Image
@@ -264,7 +264,7 @@ def predict_command(
 
 
 def _print_accuracy(
-    predicted: list[Prediction], labels: dict[str, str], classes: list[str], out: Any
+    predicted: list[Prediction], labels: dict[str, str], classes: list[str], out: TextIO
 ) -> None:
     """The accuracy line, when a predicted file sits in a folder named after a class (`labels`:
     file -> that class), under the table; a warning names the other files' folders."""
