@@ -9,11 +9,14 @@ goes to simplejpeg instead, libjpeg-turbo called with the settings Pillow uses (
 IDCT, smooth chroma upsampling, the same reduced scale): the same pixels, byte for byte (a test
 compares them), for a sixth of the time on a 32-pixel image, most of Pillow's being Python
 parsing the headers. Anything simplejpeg rejects or warns about goes to Pillow, which decides.
+HEIC/HEIF (iPhone photos) reach Pillow through pi-heif's plugin (libheif with libde265's HEVC
+decoder), registered when the first such file is met: importing it costs ~10 ms of every start.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import warnings
@@ -24,14 +27,14 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
-# .jpe and .jfif are JPEGs too: Windows saves photos from the web as .jfif. HEIC/HEIF (iPhone
-# photos) cannot be decoded, but counting them as images lists each one with how to convert it,
-# where leaving them out would drop a phone's photos silently.
+# .jpe and .jfif are JPEGs too: Windows saves photos from the web as .jfif; iPhones save HEIC.
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
     | {".avif", ".heic", ".heif", ".ppm", ".pgm", ".pbm"}
 )
-_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
+# The major brands of the ISO media files pi-heif opens (its _is_supported_heif): HEVC stills,
+# sequences (a burst), and the generic mif1/msf1. AVIF (avif, avis) is Pillow's own.
+_HEIF_BRANDS = tuple(b"heic heix heim heis hevc hevx hevm hevs mif1 msf1".split())
 # Images that would decode to more pixels than this are refused: decoding a 10000x10000 image takes
 # ~300 MB and is usually a mistake or a decompression bomb. A JPEG decoded at reduced scale for a
 # target size counts the pixels of that decode: a 200-megapixel phone photo for 64 px decodes at
@@ -245,18 +248,36 @@ def _decode_with_pillow(data: bytes, name: str, size: int | None) -> Image.Image
         reason = f"too large to decode safely ({exc}); downscale it first"
         raise BadImageError(name, reason) from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise BadImageError(name, f"cannot decode: {exc}") from None
+        raise BadImageError(name, f"cannot decode: {str(exc).strip()}") from None
 
 
 def _open_image(data: bytes) -> Image.Image:
     """Image.open, except that a JPEG above Pillow's decompression-bomb size opens too: it is
     decoded at reduced scale, and MAX_PIXELS bounds the pixels that decode makes."""
+    if _is_heif(data):
+        _register_heif()
     try:
         return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
         if not data.startswith(b"\xff\xd8"):
             raise
         return JpegImagePlugin.JpegImageFile(io.BytesIO(data))
+
+
+def _is_heif(data: bytes) -> bool:
+    """An ISO media file (ftyp box) of a HEIF brand, whatever its file name says."""
+    return data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS
+
+
+@functools.cache
+def _register_heif() -> None:
+    """Let Pillow open HEIF, once per process. libheif applies the file's rotation ('irot',
+    'imir') as it decodes and the plugin sets the EXIF orientation to 1, so exif_transpose
+    leaves the picture as a phone shows it instead of turning it a second time. Thumbnails,
+    depth maps and auxiliary images are not read: only the primary picture is decoded."""
+    import pi_heif
+
+    pi_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
 
 def _decoded_pixels(img: Image.Image, size: int | None) -> int:
@@ -269,12 +290,8 @@ def _decoded_pixels(img: Image.Image, size: int | None) -> int:
 
 
 def _unidentified_reason(data: bytes) -> str:
-    # An ISO media file (ftyp box) of a HEIF brand: an iPhone photo, whose HEVC Pillow lacks.
-    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
-        return (
-            "HEIC/HEIF image, which cannot be decoded here: convert it to JPEG or PNG (an iPhone"
-            " saves JPEGs with Settings > Camera > Formats > Most Compatible)"
-        )
+    if _is_heif(data):
+        return _heif_reason(data)
     archive = next(
         (kind for magic, at, kind in _ARCHIVE_MAGIC if data[at:].startswith(magic)), None
     )
@@ -288,9 +305,24 @@ def _unidentified_reason(data: bytes) -> str:
     return "not a recognised image format"
 
 
+def _heif_reason(data: bytes) -> str:
+    """Why a HEIF file did not open: libheif's words, which Pillow's open does not keep."""
+    import pi_heif
+
+    try:
+        pi_heif.open_heif(io.BytesIO(data))
+    except (OSError, SyntaxError, ValueError, RuntimeError) as exc:
+        # libheif's categories: "Invalid input: ..." for a broken file, "Unsupported ...: ..."
+        # for a codec or feature this build lacks.
+        if str(exc).startswith("Invalid input"):
+            return f"damaged or truncated HEIC/HEIF image: {exc}"
+        return f"HEIC/HEIF image that libheif cannot read: {exc}"
+    return "HEIC/HEIF image that libheif opens but Pillow does not"
+
+
 def _is_video(data: bytes) -> bool:
     """MP4/MOV (an ISO media file, or QuickTime's older atoms first), Matroska/WebM or AVI."""
-    iso = data[4:8] == b"ftyp" and data[8:12] not in (*_HEIF_BRANDS, b"avif", b"avis")
+    iso = data[4:8] == b"ftyp" and not _is_heif(data) and data[8:12] not in (b"avif", b"avis")
     quicktime = data[4:8] in (b"moov", b"mdat", b"wide", b"free")
     return (
         iso

@@ -72,8 +72,8 @@ def test_bad_files_name_the_reason() -> None:
         "empty.jpg": (b"", "empty"),
         "text.jpg": (b"this is not an image\n", "not a recognised image"),
         "cut.jpg": (good[: len(good) // 2], "cannot decode"),
-        # The start of an iPhone photo: an ISO media ftyp box of brand heic.
-        "IMG_0001.HEIC": (b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + bytes(64), "convert it to JPEG"),
+        # The start of an iPhone photo and no more: an ISO media ftyp box of brand heic.
+        "IMG_0001.HEIC": (b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + bytes(64), "truncated HEIC"),
         # A live photo's video saved as .jpg, an MP4, a WebM and an AVI: each said to be a video.
         "IMG_0001.jpg": (b"\0\0\0\x14ftypqt  \0\0\0\0qt  " + bytes(64), "a video, not an image"),
         "clip.png": (b"\0\0\0\x20ftypisom\0\0\x02\0isomiso2" + bytes(64), "-frames:v 1"),
