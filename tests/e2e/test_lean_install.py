@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.heic_fixtures import HEIC_DIR
 from tests.helpers import DOG_PNG, ROOT, env, install_pinned, make_venv, run
 from tests.serving import post_image, serve
 
@@ -69,6 +70,21 @@ def test_predict_and_serve_answer_as_the_project_does(
         status, body = post_image(f"{served.url}/predict?name=dog.png", DOG.read_bytes())
     assert status == 200, body
     assert body["predictions"][0]["top"] == answers["project"][0]["top"]
+
+
+def test_the_wheel_reads_iphone_photos(
+    lean_python: str, exported_model: Path, tmp_path: Path
+) -> None:
+    """pi-heif is a dependency of the package, not of the pipeline: HEIC decodes there too."""
+    photo = HEIC_DIR / "rotated.heic"
+    answers = {}
+    for name, python in (("project", sys.executable), ("wheel", lean_python)):
+        out = tmp_path / f"{name}.json"
+        cmd = [python, "-m", "visionpipe.cli", "predict", str(photo), "--json", str(out)]
+        done = _run([*cmd, "--model", str(exported_model / "model.onnx")], cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        answers[name] = json.loads(out.read_text())
+    assert answers["wheel"] == answers["project"]
 
 
 def test_the_pipeline_commands_say_where_they_run(
