@@ -57,13 +57,7 @@ def test_predict_and_serve_answer_as_the_project_does(
     lean_python: str, exported_model: Path, tmp_path: Path
 ) -> None:
     model = exported_model / "model.onnx"
-    answers = {}
-    for name, python in (("project", sys.executable), ("wheel", lean_python)):
-        out = tmp_path / f"{name}.json"
-        cmd = [python, "-m", "visionpipe.cli", "predict", str(DOG), "--model", str(model)]
-        done = _run([*cmd, "--topk", "3", "--json", str(out)], cwd=tmp_path)
-        assert done.returncode == 0, done.stderr
-        answers[name] = json.loads(out.read_text())
+    answers = _predicted_by_both(DOG, model, lean_python, tmp_path)
     assert answers["wheel"] == answers["project"]
 
     with serve(model, tmp_path / "serve.log", "--topk", "3", python=lean_python) as served:
@@ -77,14 +71,20 @@ def test_the_wheel_reads_iphone_photos(
 ) -> None:
     """pi-heif is a dependency of the package, not of the pipeline: HEIC decodes there too."""
     photo = HEIC_DIR / "rotated.heic"
+    answers = _predicted_by_both(photo, exported_model / "model.onnx", lean_python, tmp_path)
+    assert answers["wheel"] == answers["project"]
+
+
+def _predicted_by_both(photo: Path, model: Path, lean_python: str, tmp_path: Path) -> dict:
+    """`visionpipe predict --json` of `photo` by the project's Python and the wheel's."""
     answers = {}
     for name, python in (("project", sys.executable), ("wheel", lean_python)):
         out = tmp_path / f"{name}.json"
-        cmd = [python, "-m", "visionpipe.cli", "predict", str(photo), "--json", str(out)]
-        done = _run([*cmd, "--model", str(exported_model / "model.onnx")], cwd=tmp_path)
+        cmd = [python, "-m", "visionpipe.cli", "predict", str(photo), "--model", str(model)]
+        done = _run([*cmd, "--topk", "3", "--json", str(out)], cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         answers[name] = json.loads(out.read_text())
-    assert answers["wheel"] == answers["project"]
+    return answers
 
 
 def test_the_pipeline_commands_say_where_they_run(
