@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal, NamedTuple
 
+from visionpipe import fsutil
 from visionpipe.fsutil import atomic_path, is_dvc_cache_file, size_text
 
 log = logging.getLogger(__name__)
@@ -612,6 +613,35 @@ def _check_member(
     return target
 
 
+def _check_outside_link(
+    root: Path, rel: str, real: Path, dvc_cache: Callable[[], Path | None]
+) -> None:
+    """Refuse link `rel`, whose target `real` is outside folder `root`, unless it leads into the
+    DVC cache of the project holding `root`: a folder tracked by DVC with `cache.type symlink`
+    is links into that cache, the photos themselves. A file elsewhere merely named like a cache
+    file (a copy of a private file, another project's cache) would be packed into data/raw."""
+    link = os.readlink(root / rel)
+    if not is_dvc_cache_file(real):
+        reason = (
+            f"symlink to {link!r} points outside the folder: copy what it points to into the"
+            " folder instead (cp -rL follows links)"
+        )
+        _refuse(root, rel, reason)
+    cache = dvc_cache()
+    if cache is not None and real.is_relative_to(cache):
+        return
+    where = (
+        f"outside the DVC cache of the project holding the folder ({cache.parents[1]})"
+        if cache is not None
+        else "the folder is in no DVC project"
+    )
+    reason = (
+        f"symlink to {link!r} is named like a DVC cache file, but {where}: copy the file into"
+        " the folder instead"
+    )
+    _refuse(root, rel, reason)
+
+
 def _dir_entries(root: Path) -> tuple[list[_Entry], list[str]]:
     """Regular files under folder `root` (already resolved), sorted by relative posix path, and
     the relative paths of the folders below it, sorted."""
@@ -622,6 +652,8 @@ def _dir_entries(root: Path) -> tuple[list[_Entry], list[str]]:
     def fail(e: OSError) -> None:
         raise e  # os.walk would otherwise skip an unreadable folder silently
 
+    dvc_cache = functools.cache(lambda: fsutil.dvc_cache_of(root))  # asked of outside links
+
     for folder, dirnames, filenames in os.walk(root, onerror=fail):
         here = Path(folder)
         for name in [*dirnames, *filenames]:
@@ -631,19 +663,13 @@ def _dir_entries(root: Path) -> tuple[list[_Entry], list[str]]:
             st = path.lstat()
             if stat.S_ISLNK(st.st_mode):
                 real = Path(os.path.realpath(path))
-                inside = real.is_relative_to(root)
-                # A folder tracked by DVC with `cache.type symlink` is links into DVC's cache,
-                # outside the folder: the photos themselves, followed where other links are not.
-                if not inside and not is_dvc_cache_file(real):
-                    reason = (
-                        f"symlink to {os.readlink(path)!r} points outside the folder: copy"
-                        " what it points to into the folder instead (cp -rL follows links)"
-                    )
-                    _refuse(root, rel, reason)
+                if real.is_relative_to(root):
+                    target = real.relative_to(root).as_posix()
+                else:
+                    target = str(real)
+                    _check_outside_link(root, rel, real, dvc_cache)
                 if real.is_file():
-                    entries.append(
-                        _Entry(rel, real.relative_to(root).as_posix() if inside else str(real))
-                    )
+                    entries.append(_Entry(rel, target))
                 else:
                     skipped.append(rel)  # a link to a folder or nothing: following could loop
             elif stat.S_ISREG(st.st_mode):

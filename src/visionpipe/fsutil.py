@@ -108,6 +108,22 @@ def is_dvc_cache_file(path: Path | str) -> bool:
     return _DVC_CACHE_FILE.search(Path(path).as_posix()) is not None
 
 
+def dvc_cache_of(folder: Path) -> Path | None:
+    """The real path of the `files/md5` folder of the DVC cache of the project holding
+    `folder`, wherever `dvc cache dir` put it (any config level); None outside a DVC project.
+    A name alone can be copied: a file named like a cache file elsewhere is none of its."""
+    from dvc.exceptions import NotDvcRepoError  # the pipeline's: only a folder source asks
+    from dvc.repo import Repo
+
+    try:
+        root = Repo.find_root(str(folder))
+    except NotDvcRepoError:
+        return None
+    with Repo(root) as repo:
+        cache = repo.cache.local.path
+    return Path(os.path.realpath(cache)) if cache else None
+
+
 def size_text(n: float) -> str:
     """A byte count the way a user reads it: 812.0 KiB, 3.4 MiB, 1.2 GiB."""
     for unit in ("bytes", "KiB", "MiB"):

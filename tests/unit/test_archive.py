@@ -276,6 +276,25 @@ def test_pack_directory_refuses_outside_symlink(tmp_path: Path) -> None:
     assert not (tmp_path / "out.tar").exists()
 
 
+def test_pack_directory_refuses_a_link_to_a_file_named_like_a_dvc_cache_file(
+    tmp_path: Path,
+) -> None:
+    """Only links into the DVC cache of the project holding the folder are followed: a copy of
+    a private file under a cache-like name is not, in a folder of no DVC project."""
+    src = tmp_path / "src"
+    _tree(src)
+    lookalike = tmp_path / "x" / "files" / "md5" / "ab" / ("c" * 30)
+    lookalike.parent.mkdir(parents=True)
+    lookalike.write_bytes(b"private")
+    (src / "leak.jpg").symlink_to(lookalike)
+    with pytest.raises(
+        UnsafeArchiveError,
+        match=r"'leak.jpg'.*named like a DVC cache file, but the folder is in no DVC project",
+    ):
+        pack_directory(src, tmp_path / "out.tar")
+    assert not (tmp_path / "out.tar").exists()
+
+
 def test_pack_directory_refuses_empty_and_self(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no regular files"):

@@ -353,6 +353,24 @@ def test_a_folder_tracked_by_dvc_packs_as_its_photos_whatever_the_cache_links(
     (photos / "cats" / "3.jpg").symlink_to(tmp_path / "secret")
     with pytest.raises(archive.UnsafeArchiveError, match=r"'cats/3.jpg'.*outside the folder"):
         _fetch(str(photos), tmp_path)
+    (photos / "cats" / "3.jpg").unlink()
+    # So are links to files merely named like cache files: a copy of the secret, or a file of
+    # another project's cache.
+    lookalikes = {
+        "copy": tmp_path / "x" / "files" / "md5" / "ab" / ("c" * 30),
+        "other": tmp_path / "other" / ".dvc" / "cache" / "files" / "md5" / "ab" / ("d" * 30),
+    }
+    for name, lookalike in lookalikes.items():
+        lookalike.parent.mkdir(parents=True)
+        shutil.copyfile(tmp_path / "secret", lookalike)
+        (photos / "cats" / f"{name}.jpg").symlink_to(lookalike)
+        with pytest.raises(
+            archive.UnsafeArchiveError,
+            match=rf"'cats/{name}.jpg'.*named like a DVC cache file, but outside the DVC cache"
+            rf" of the project holding the folder \({re.escape(str(tmp_path / 'shared-cache'))}\)",
+        ):
+            _fetch(str(photos), tmp_path)
+        (photos / "cats" / f"{name}.jpg").unlink()
 
 
 def test_a_folder_source_packs_alike_whatever_hidden_files_lie_beside_the_photos(
