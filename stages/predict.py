@@ -7,11 +7,13 @@ from visionpipe.config.predict import PredictConfig
 def main() -> int:
     cfg = config.load_section("predict", PredictConfig)
     return predict.predict_command(
-        [str(paths.SAMPLES_DIR), *cfg.inputs],
+        cfg.inputs,
         topk=cfg.topk,
         json_path=paths.PREDICTIONS,
         grid_path=paths.PREDICTION_GRID,
         fix="fix or remove them from predict.inputs",
+        # One test image per class, named NN_<class>.png in one folder: no class folder.
+        unscored=[str(paths.SAMPLES_DIR)],
     )
 
 

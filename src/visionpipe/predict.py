@@ -236,10 +236,12 @@ def predict_command(
     csv_path: Path | None = None,
     grid_path: Path | None = None,
     fix: str = "see the ERROR lines above",
+    unscored: list[str] | None = None,
 ) -> int:
     """`visionpipe predict` and the predict stage: open the model (the pipeline's for `backend`
     by default), predict every file the specs name, print the table (and the accuracy on the
-    files in folders named after a class), write the files asked for.
+    files in folders named after a class), write the files asked for. `unscored`: specs
+    predicted first, whose folders are never taken as classes (the stage's data/samples).
     The exit code: 2 if the model cannot be used, 1 if any input failed (the message ends with
     `fix`), else 0."""
     try:
@@ -247,15 +249,19 @@ def predict_command(
     except (FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 2
-    files, errors = collect_inputs(specs)
+    files, errors = collect_inputs(unscored or [])
+    not_scored = {str(f) for f in files}
+    more_files, more_errors = collect_inputs(specs)
+    files, errors = files + more_files, errors + more_errors
     predicted = predict_files(files, opened, topk, batch_size)
     preds = errors + predicted
     in_class_folder = FolderClasses(opened.classes)
-    labels = {p.file: c for p in predicted if (c := in_class_folder.of(p.file))}
+    scored = [p for p in predicted if p.file not in not_scored]
+    labels = {p.file: c for p in scored if (c := in_class_folder.of(p.file))}
     # `--json -` / `--csv -` take standard output for themselves: the table goes to stderr.
     out = sys.stderr if STDOUT in (json_path, csv_path) else sys.stdout
     print(format_table(preds), file=out)
-    _print_accuracy(predicted, labels, opened.classes, out)
+    _print_accuracy(scored, labels, opened.classes, out)
     written = _write_outputs(preds, labels, topk, json_path, csv_path, grid_path)
     failed = sum(p.error is not None for p in preds)
     if failed:

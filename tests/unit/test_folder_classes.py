@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 import unicodedata
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from tests.helpers import ROOT, env
 from tests.tiny_onnx import write_tiny_onnx
+from visionpipe import paths
 from visionpipe.cli import main
 from visionpipe.folder_classes import FolderClasses
 
@@ -139,3 +143,39 @@ def test_a_folder_matches_its_class_in_any_case_unless_two_classes_share_that_na
     assert lookup.of("x/CAT/1.png") == lookup.of("x/cat/1.png") == "Cat"
     assert lookup.of(f"x/{unicodedata.normalize('NFD', 'Café')}/1.png") == "café"  # a Mac's name
     assert lookup.of("x/cats/1.png") is None and lookup.of("1.png") is None
+
+
+def test_the_stage_scores_predict_inputs_sorted_by_class_and_not_its_own_samples(
+    tmp_path: Path,
+) -> None:
+    """predict.inputs naming photos sorted by class gets the accuracy line; data/samples, which
+    the stage always predicts (one image per class in one folder), is neither counted nor named
+    as a folder of no class."""
+    write_tiny_onnx(tmp_path / paths.ONNX_MODEL)
+    for name, colour in (("00_cat.png", RED), ("01_dog.png", GREEN), ("02_frog.png", BLUE)):
+        _photo(tmp_path / paths.SAMPLES_DIR / name, colour)
+    for name, colour in (("cat/1.png", RED), ("cat/2.png", GREEN), ("dog/1.png", GREEN)):
+        _photo(tmp_path / "photos" / name, colour)
+    (tmp_path / "params.yaml").write_text("predict:\n  inputs: [photos]\n")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "predict.py")],
+        cwd=tmp_path,
+        env={**env(), "PYTHONPATH": str(ROOT / "src")},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == (
+        "accuracy on the 3 images in folders named after a class: 66.7% (2/3); per class: "
+        "cat 50.0% (1/2), dog 100.0% (1/1)"
+    )
+    assert "not counted" not in proc.stderr
+    records = json.loads((tmp_path / paths.PREDICTIONS).read_text())
+    assert [(Path(r["file"]).name, r["folder_class"]) for r in records] == [
+        ("00_cat.png", None),
+        ("01_dog.png", None),
+        ("02_frog.png", None),
+        ("1.png", "cat"),
+        ("2.png", "cat"),
+        ("1.png", "dog"),
+    ]
