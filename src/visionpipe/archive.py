@@ -118,6 +118,7 @@ class Files:
     names: list[str]  # posix relative paths, in the order described above
     read: Callable[[str], bytes]  # a file's bytes, in this process
     span: Callable[[str], Span | None]  # where they lie (None: compressed, read in order only)
+    folders: list[str]  # a zip's or tar's folder entries (a tar packed from a folder has none)
 
 
 @contextlib.contextmanager
@@ -128,12 +129,13 @@ def open_files(source: Path) -> Iterator[Files]:
     some costs nothing. Raises UnsafeArchiveError before returning if any member is unsafe, and
     ValueError for an unknown archive type or a corrupt archive.
     """
-    with _open(Path(source)) as (entries, read, span):
+    with _open(Path(source)) as (entries, read, span, folders):
         targets = {entry.name: entry.target for entry in entries}
         yield Files(
             [entry.name for entry in entries],
             lambda name: read(targets[name]),
             lambda name: span(targets[name]),
+            folders,
         )
 
 
@@ -216,7 +218,7 @@ def pack_directory(
         folders = [f for f in folders if not leave_out(f)]
         if found > len(entries):
             log.info("left out %d hidden and system files of %s", found - len(entries), src)
-    _warn_empty_folders(src, folders, entries)
+    warn_empty_folders(src, folders, [e.name for e in entries], " (not packed)")
     if not entries:
         but = f" but {found} hidden or system file{'s' * (found > 1)}" if found else ""
         raise ValueError(f"{src} holds no regular files{but}: nothing to pack")
@@ -258,7 +260,8 @@ def _add_file(tar: tarfile.TarFile, path: Path, name: str, keep: bool) -> int:
 # --- opening -----------------------------------------------------------------------------------
 
 Reader = Callable[[str], bytes]
-Opened = tuple[list[_Entry], Reader, Callable[[str], Span | None]]
+# The files to yield, a reader, where each file's bytes lie, and the folder entries.
+Opened = tuple[list[_Entry], Reader, Callable[[str], Span | None], list[str]]
 
 
 @contextlib.contextmanager
@@ -268,10 +271,12 @@ def _open(source: Path) -> Iterator[Opened]:
     kind = archive_kind(source)
     if kind == "dir":
         root = source.resolve()
+        entries, folders = _dir_entries(root)
         yield (
-            _dir_entries(root)[0],
+            entries,
             lambda name: (root / name).read_bytes(),
             lambda name: Span(str(root / name)),
+            folders,
         )
     elif kind == "zip":
         with _open_zip(source) as opened:
@@ -292,10 +297,12 @@ def _open_zip(source: Path) -> Iterator[Opened]:
         links: dict[str, str] = {}
         seen: set[str] = set()
         cp437: list[str] = []
+        folders: list[str] = []
         for info in zf.infolist():
             name = _clean_name(source, _member_name(info, cp437))
             _check_unique(source, info.filename, name, seen)
             if not name or info.is_dir():
+                folders += [name] if name else []
                 continue
             mode = info.external_attr >> 16  # Unix st_mode when written on Unix, else 0
             fmt = stat.S_IFMT(mode)
@@ -316,6 +323,7 @@ def _open_zip(source: Path) -> Iterator[Opened]:
             sorted(entries, key=lambda e: e.name),
             (lambda target: _read_zip_member(source, zf, files[target])),
             (lambda target: _zip_span(path, files[target])),
+            sorted(folders),
         )
 
 
@@ -400,11 +408,13 @@ def _open_tar(source: Path) -> Iterator[Opened]:
         hardlinks: dict[str, str] = {}
         seen: set[str] = set()
         order: list[str] = []
+        folders: list[str] = []
         for member in members:
             name = _clean_name(source, member.name)
             _check_utf8(source, name)
             _check_unique(source, member.name, name, seen)
             if not name or member.isdir():
+                folders += [name] if name else []
                 continue
             if member.isreg():
                 files[name] = member
@@ -436,7 +446,7 @@ def _open_tar(source: Path) -> Iterator[Opened]:
                 return None
             return Span(path, member.offset_data, member.size)
 
-        yield [planned[name] for name in order if name in planned], read, span
+        yield [planned[name] for name in order if name in planned], read, span, sorted(folders)
 
 
 # --- validation --------------------------------------------------------------------------------
@@ -446,21 +456,23 @@ def _refuse(source: Path, member: str, reason: str) -> None:
     raise UnsafeArchiveError(f"refusing {source}: member {member!r}: {reason}")
 
 
-def _warn_empty_folders(source: Path, folders: list[str], entries: list[_Entry]) -> None:
-    """Name the folders with no file to pack below them: a tar holds no folder entries, so an
-    empty class folder (its photos not copied yet) would vanish, and the model train without
-    that class, unsaid."""
-    holding = {parent for e in entries for parent in _parents(e.name)}
+def warn_empty_folders(source: Path, folders: list[str], names: list[str], note: str = "") -> None:
+    """Name the `folders` with none of the files `names` below them: an empty class folder (its
+    photos not copied yet) is no class, and the model would train without it, unsaid (a tar
+    packed from a folder holds no folder entries: there it would vanish). `note` ends the
+    line."""
+    holding = {parent for name in names for parent in _parents(name)}
     empty = [f for f in folders if f not in holding]
     # Name the outermost ones: cats/ rather than cats/ and cats/2019/.
     outer = [f for f in empty if not any(p in empty for p in _parents(f))]
     if outer:
         log.warning(
-            "%s: %d folder%s no files, so no class comes of %s (not packed): %s",
+            "%s: %d folder%s no files, so no class comes of %s%s: %s",
             source,
             len(outer),
             "s hold" if len(outer) > 1 else " holds",
             "them" if len(outer) > 1 else "it",
+            note,
             ", ".join(f"{f}/" for f in outer[:5]) + (" ..." if len(outer) > 5 else ""),
         )
 

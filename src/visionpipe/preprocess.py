@@ -112,6 +112,10 @@ def decode_source(
             ", ".join(f"{s} {plan.count(s)}" for s in SPLITS),
         )
         _warn_ignored(plan.ignored)
+        if files.folders:  # a tar packed from a folder source has none: download named them
+            visible = [n for n in files.names if not is_hidden(n)]
+            folders = [f for f in files.folders if not is_hidden(f)]
+            archive.warn_empty_folders(Path(source.name), folders, visible)
         for line in plan.warnings:
             log.warning("%s", line)
         payloads = _payloads(plan.items, files, chunk_items(size), pool.n > 1)

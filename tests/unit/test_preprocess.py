@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import shutil
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -529,3 +530,37 @@ def test_what_a_killed_run_left_beside_its_outputs_is_removed(workdir: Path) -> 
         (folder / "part").mkdir(parents=True)
     preprocess.run(_params())
     assert not any(folder.exists() for folder in left)
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_an_archive_names_its_empty_class_folders(
+    workdir: Path, tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A zip or tar made of a folder whose class folder is still empty keeps that folder's entry:
+    the class is missing from the model all the same, and said so, as a folder source says."""
+    tree = tmp_path / "photos"
+    for split, n in (("train", 10), ("val", 4)):
+        for cls, color in (("bees", (250, 200, 0)), ("ants", (90, 30, 10))):
+            (tree / split / cls).mkdir(parents=True)
+            for i in range(n):
+                (tree / split / cls / f"{i}.jpg").write_bytes(_jpeg(color))
+    (tree / "train" / "wasps").mkdir()
+    (tree / "train" / "flies" / "2019").mkdir(parents=True)
+    (tree / "train" / "flies" / ".DS_Store").write_bytes(b"\0")  # hidden: flies/ has no files
+    (tree / "val" / "__MACOSX").mkdir()  # a system folder is no class to miss
+    dest = workdir / paths.RAW_DIR / f"photos.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(dest, "w") as z:
+            for path in sorted(tree.rglob("*")):
+                z.write(path, path.relative_to(tmp_path).as_posix())
+    else:
+        with tarfile.open(dest, "w:gz") as tar:
+            tar.add(tree, "photos")
+    with caplog.at_level(logging.WARNING):
+        meta = preprocess.run(_params())
+    assert meta["classes"] == ["ants", "bees"]
+    assert (
+        f"photos.{kind}: 2 folders hold no files, so no class comes of them: "
+        "photos/train/flies/, photos/train/wasps/"
+    ) in caplog.text
+    assert "MACOSX" not in caplog.text
