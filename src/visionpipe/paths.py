@@ -85,7 +85,12 @@ def require(path: str | Path, stage: str) -> Path:
         return found
     if found.is_symlink():  # the link is here, the file it leads to gone
         target = os.readlink(found)
-        if not is_dvc_cache_file(target):
+        end = _chain_end(found)
+        if end is None:
+            raise FileNotFoundError(f"{path} is a link to {target}, which loops back on itself")
+        if end != target:  # a link to a link: the one that leads nowhere is named too
+            target = f"{target}, a link to {end}"
+        if not is_dvc_cache_file(end):
             raise FileNotFoundError(f"{path} is a link to {target}, which does not exist")
         raise FileNotFoundError(
             f"{path} is a link to {target}, which DVC's cache no longer holds (a `dvc gc` in a"
@@ -103,6 +108,20 @@ def require(path: str | Path, stage: str) -> Path:
             "stopped run')"
         )
     raise FileNotFoundError(message)
+
+
+def _chain_end(link: Path) -> str | None:
+    """Where the links from `link` on end: the first path that is not itself a link, as the
+    last link names it (a relative target is taken from that link's folder); None for a loop."""
+    seen: set[str] = set()
+    target = str(link)
+    while os.path.islink(target):
+        if os.path.abspath(target) in seen:
+            return None
+        seen.add(os.path.abspath(target))
+        hop = os.readlink(target)
+        target = hop if os.path.isabs(hop) else os.path.join(os.path.dirname(target), hop)
+    return target if len(seen) > 1 else os.readlink(link)
 
 
 def _pipeline_output(path: Path) -> bool:

@@ -251,6 +251,18 @@ def test_a_model_whose_dvc_cache_file_is_gone_is_named_as_a_link(
     assert main(["predict", "../a.png", "--model", str(tmp_path / "mine.onnx")]) == 2
     assert f"is a link to {tmp_path / 'gone.onnx'}, which does not exist" in caplog.text
     assert "DVC" not in caplog.text
+    caplog.clear()
+    # A link to the project's model (a deployment's current.onnx) names where the chain breaks:
+    # the project's link, which `ls` shows, exists.
+    (tmp_path / "current.onnx").symlink_to(tmp_path / paths.ONNX_MODEL)
+    assert main(["predict", "../a.png", "--model", str(tmp_path / "current.onnx")]) == 2
+    assert (
+        f"current.onnx is a link to {tmp_path / paths.ONNX_MODEL}, a link to {cached}, which"
+        " DVC's cache no longer holds"
+    ) in caplog.text
+    (tmp_path / "loop.onnx").symlink_to(tmp_path / "loop.onnx")
+    assert main(["predict", "../a.png", "--model", str(tmp_path / "loop.onnx")]) == 2
+    assert "loop.onnx, which loops back on itself" in caplog.text
 
 
 def test_the_stage_says_how_many_inputs_failed_and_how_to_fix_them(
