@@ -60,11 +60,12 @@ def score(
     predicted: Iterable[tuple[str, str]], labels: Mapping[str, str], classes: list[str]
 ) -> FolderAccuracy | None:
     """The accuracy of `predicted` (file, top class) against `labels` (file -> its folder's
-    class); None when no predicted file is in a folder named after a class."""
+    class), each file once however often it was named; None when no predicted file is in a
+    folder named after a class."""
     right: Counter[str] = Counter()
     total: Counter[str] = Counter()
     outside: Counter[str] = Counter()
-    for file, top in predicted:
+    for file, top in dict(predicted).items():  # `photos photos/cat` names photos/cat/* twice
         label = labels.get(file)
         if label is None:
             outside[folder_name(file)] += 1

@@ -179,3 +179,20 @@ def test_the_stage_scores_predict_inputs_sorted_by_class_and_not_its_own_samples
         ("2.png", "cat"),
         ("1.png", "dog"),
     ]
+
+
+def test_a_photo_named_twice_counts_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = write_tiny_onnx(tmp_path / "model.onnx")
+    photos = tmp_path / "photos"
+    _photo(photos / "cat" / "1.png", RED)
+    _photo(photos / "dog" / "1.png", RED)
+    specs = [str(photos), str(photos / "cat"), str(photos / "cat" / "1.png")]
+    assert main(["predict", *specs, "--model", str(model)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 5  # each spec's predictions, as asked
+    assert out[-1] == (
+        "accuracy on the 2 images in folders named after a class: 50.0% (1/2); per class: "
+        "cat 100.0% (1/1), dog 0.0% (0/1)"
+    )
