@@ -99,6 +99,7 @@ def decode_source(
     with _no_cyclic_gc(), parallel.Workers(workers) as pool, archive.open_files(source) as files:
         if cifar_pickle.is_cifar_python(files.names):
             return _decode_cifar_python(files, size, data, out, pool)
+        _warn_empty_folders(source, files)  # first: it explains the layout error of an empty test/
         plan = split_plan.plan_image_folder(
             files.names, data.test_fraction, data.val_fraction, data.seed
         )
@@ -112,15 +113,20 @@ def decode_source(
             ", ".join(f"{s} {plan.count(s)}" for s in SPLITS),
         )
         _warn_ignored(plan.ignored)
-        if files.folders:  # a tar packed from a folder source has none: download named them
-            visible = [n for n in files.names if not is_hidden(n)]
-            folders = [f for f in files.folders if not is_hidden(f)]
-            archive.warn_empty_folders(Path(source.name), folders, visible)
         for line in plan.warnings:
             log.warning("%s", line)
         payloads = _payloads(plan.items, files, chunk_items(size), pool.n > 1)
         decoded = pool.map(functools.partial(decode_chunk, size=size), payloads)
         return _write_splits(plan, decoded, size, out)
+
+
+def _warn_empty_folders(source: Path, files: archive.Files) -> None:
+    """Name a zip's or tar's folders with no visible file below them (a tar packed from a
+    folder source holds no folder entries: download named those)."""
+    if files.folders:
+        visible = [n for n in files.names if not is_hidden(n)]
+        folders = [f for f in files.folders if not is_hidden(f)]
+        archive.warn_empty_folders(Path(source.name), folders, visible)
 
 
 # Why a visible file is left out, by what its name is, with what to do about it.

@@ -564,3 +564,16 @@ def test_an_archive_names_its_empty_class_folders(
         "photos/train/flies/, photos/train/wasps/"
     ) in caplog.text
     assert "MACOSX" not in caplog.text
+
+
+def test_an_empty_test_folder_is_named_before_the_layout_error_it_causes(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with zipfile.ZipFile(workdir / paths.RAW_DIR / "photos.zip", "w") as z:
+        for cls, color in (("bees", (250, 200, 0)), ("ants", (90, 30, 10))):
+            for i in range(5):
+                z.writestr(f"train/{cls}/{i}.jpg", _jpeg(color))
+        z.writestr("test/", "")
+    with caplog.at_level(logging.WARNING), pytest.raises(split_plan.DatasetLayoutError):
+        preprocess.run(_params())
+    assert "photos.zip: 1 folder holds no files, so no class comes of it: test/" in caplog.text
