@@ -33,8 +33,12 @@ IMAGE_SUFFIXES = frozenset(
     | {".avif", ".heic", ".heif", ".ppm", ".pgm", ".pbm"}
 )
 # The major brands of the ISO media files pi-heif opens (its _is_supported_heif): HEVC stills,
-# sequences (a burst), and the generic mif1/msf1. AVIF (avif, avis) is Pillow's own.
+# sequences (a burst), and the generic mif1/msf1. AVIF (avif, avis) is Pillow's own, and so is a
+# mif1/msf1 file whose compatible brands say AVIF: pi-heif, built without an AV1 decoder, fails
+# on it where Pillow's AVIF plugin reads it.
 _HEIF_BRANDS = tuple(b"heic heix heim heis hevc hevx hevm hevs mif1 msf1".split())
+_AVIF_BRANDS = (b"avif", b"avis")
+_HEVC = _HEIF_BRANDS[:8]  # the brands of HEVC coding, not the generic mif1/msf1
 # Images that would decode to more pixels than this are refused: decoding a 10000x10000 image takes
 # ~300 MB and is usually a mistake or a decompression bomb. A JPEG decoded at reduced scale for a
 # target size counts the pixels of that decode: a 200-megapixel phone photo for 64 px decodes at
@@ -257,7 +261,8 @@ def _open_image(data: bytes) -> Image.Image:
     if _is_heif(data):
         _register_heif()
     try:
-        return Image.open(io.BytesIO(data))
+        # Once pi-heif is registered it would claim a mif1 AVIF before Pillow's plugin does.
+        return Image.open(io.BytesIO(data), formats=["AVIF"] if _is_avif(data) else None)
     except Image.DecompressionBombError:
         if not data.startswith(b"\xff\xd8"):
             raise
@@ -265,8 +270,20 @@ def _open_image(data: bytes) -> Image.Image:
 
 
 def _is_heif(data: bytes) -> bool:
-    """An ISO media file (ftyp box) of a HEIF brand, whatever its file name says."""
-    return data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS
+    """An ISO media file (ftyp box) of a HEIF brand, not AVIF, whatever its file name says."""
+    return data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS and not _is_avif(data)
+
+
+def _is_avif(data: bytes) -> bool:
+    """An ISO media file of an AVIF brand, major or (for the generic mif1/msf1) compatible."""
+    if data[4:8] != b"ftyp":
+        return False
+    if data[8:12] in _AVIF_BRANDS:
+        return True
+    end = min(int.from_bytes(data[:4], "big"), len(data), 256)  # the ftyp box's end
+    compatible = {data[i : i + 4] for i in range(16, end - 3, 4)}
+    generic = data[8:12] in (b"mif1", b"msf1")
+    return generic and not compatible.isdisjoint(_AVIF_BRANDS) and compatible.isdisjoint(_HEVC)
 
 
 @functools.cache
@@ -322,7 +339,7 @@ def _heif_reason(data: bytes) -> str:
 
 def _is_video(data: bytes) -> bool:
     """MP4/MOV (an ISO media file, or QuickTime's older atoms first), Matroska/WebM or AVI."""
-    iso = data[4:8] == b"ftyp" and not _is_heif(data) and data[8:12] not in (b"avif", b"avis")
+    iso = data[4:8] == b"ftyp" and not _is_heif(data) and not _is_avif(data)
     quicktime = data[4:8] in (b"moov", b"mdat", b"wide", b"free")
     return (
         iso

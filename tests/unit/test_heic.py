@@ -108,6 +108,33 @@ def test_the_heif_decoder_is_loaded_only_when_a_heif_file_is_met() -> None:
     assert red > 240 and max(green, blue) < 15
 
 
+def test_an_avif_of_the_generic_mif1_brand_stays_pillows_before_and_after_a_heic(
+    tmp_path: Path,
+) -> None:
+    """Some encoders write AVIF with the major brand mif1 (AVIF among the compatible ones):
+    pi-heif, which has no AV1 decoder, must not take it, loaded or not."""
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 20), "red").save(buf, "AVIF")
+    data = buf.getvalue()
+    assert data[8:12] == b"avif" and b"avif" in data[16:32]
+    (tmp_path / "a.avif").write_bytes(data[:8] + b"mif1" + data[12:])
+    code = (
+        "import sys; from visionpipe import images;"
+        f"mif1 = open({str(tmp_path / 'a.avif')!r}, 'rb').read();"
+        "first = images.decode_rgb(mif1, 'a.avif').getpixel((9, 9));"
+        "assert 'pi_heif' not in sys.modules;"
+        f"images.decode_rgb(open({str(HEIC_DIR / 'ants_1.heic')!r}, 'rb').read(), 'a.heic');"
+        "print(*first, *images.decode_rgb(mif1, 'a.avif').getpixel((9, 9)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env(), cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    pixels = list(map(int, done.stdout.split()))
+    for red, green, blue in (pixels[:3], pixels[3:]):
+        assert red > 240 and max(green, blue) < 15
+
+
 def _photo_folder(root: Path, kind: str) -> Path:
     """photos/{train,test}/ants/1.<kind>, ...: the HEIC photos, or PNG copies of the pixels
     they were made of; the third photo of each class is a test photo."""
