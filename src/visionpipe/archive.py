@@ -648,8 +648,8 @@ def _check_outside_link(
         else "the folder is in no DVC project"
     )
     reason = (
-        f"symlink to {link!r} is named like a DVC cache file, but {where}: copy the file into"
-        " the folder instead"
+        f"symlink to {link!r} is named like a DVC cache file, but {where}: copy what it"
+        " points to into the folder instead (cp -rL follows links)"
     )
     _refuse(root, rel, reason)
 
