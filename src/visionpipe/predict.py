@@ -109,7 +109,7 @@ def collect_inputs(specs: list[str]) -> tuple[list[Path], list[Prediction]]:
                 errors.append(Prediction(spec, [], "glob matched no files"))
             files += found
         elif path.is_dir():
-            below = [(p, p.relative_to(path).as_posix()) for p in sorted(path.rglob("*"))]
+            below = [(p, p.relative_to(path).as_posix()) for p in _below(path)]
             every = [(p, rel) for p, rel in below if p.is_file()]
             found = [p for p, rel in every if _is_photo(rel)]
             _warn_left_out(spec, [rel for _, rel in every if not _is_photo(rel)])
@@ -142,6 +142,29 @@ def _glob(spec: str) -> list[str]:
     else:
         hits = glob.glob(glob.escape(spec[: cut + 1]) + spec[cut + 1 :], recursive=True)
     return [hit for hit in hits if not is_hidden(hit[cut + 1 :])]
+
+
+def _below(folder: Path) -> list[Path]:
+    """Every path below `folder`, sorted, links to folders outside it followed (a test set
+    made of links to class folders, `cat -> /data/cats`), each once. A link to a folder inside
+    it, to it or to a folder above it is not: the walk reaches those anyway, or would loop."""
+    root = os.path.realpath(folder)
+    followed: set[str] = set()
+    found: list[Path] = []
+    for here, dirnames, filenames in os.walk(folder, followlinks=True):
+        for name in sorted(dirnames):
+            real = os.path.realpath(os.path.join(here, name))
+            if os.path.islink(os.path.join(here, name)):
+                inside = _within(real, root) or _within(root, real)
+                if inside or real in followed:
+                    dirnames.remove(name)
+                followed.add(real)
+        found += [Path(here, name) for name in [*dirnames, *filenames]]
+    return sorted(found)
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _is_photo(rel: str) -> bool:

@@ -196,3 +196,32 @@ def test_a_photo_named_twice_counts_once(
         "accuracy on the 2 images in folders named after a class: 50.0% (1/2); per class: "
         "cat 100.0% (1/1), dog 0.0% (0/1)"
     )
+
+
+def test_a_test_set_of_links_to_class_folders_is_predicted_and_scored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`testset/cat -> /data/cats`: the links are followed, each folder once (`cat/again` and
+    `dog/up` lead back up, which would loop), and a photo's class is the name of the link it
+    sits in."""
+    model = write_tiny_onnx(tmp_path / "model.onnx")
+    _photo(tmp_path / "data" / "cats" / "1.png", RED)
+    _photo(tmp_path / "data" / "dogs" / "1.png", RED)
+    testset = tmp_path / "testset"
+    testset.mkdir()
+    (testset / "cat").symlink_to(tmp_path / "data" / "cats")
+    (testset / "dog").symlink_to(tmp_path / "data" / "dogs")
+    (testset / "cat" / "again").symlink_to(testset)
+    (testset / "dog" / "up").symlink_to(tmp_path)  # above the test set: it would loop too
+    (testset / "kitten").symlink_to(tmp_path / "data" / "cats")  # the cats a second time
+    out_json = tmp_path / "p.json"
+    assert main(["predict", str(testset), "--model", str(model), "--json", str(out_json)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "accuracy on the 2 images in folders named after a class: 50.0% (1/2); per class: "
+        "cat 100.0% (1/1), dog 0.0% (0/1)"
+    )
+    records = json.loads(out_json.read_text())
+    assert [(_rel(r["file"], testset), r["folder_class"]) for r in records] == [
+        ("cat/1.png", "cat"),
+        ("dog/1.png", "dog"),
+    ]
