@@ -273,14 +273,17 @@ def predict_command(
         log.error("%s", exc)
         return 2
     files, errors = collect_inputs(unscored or [])
-    not_scored = {str(f) for f in files}
+    not_scored = {str(f) for f in files} | {p.file for p in errors}
     more_files, more_errors = collect_inputs(specs)
     files, errors = files + more_files, errors + more_errors
     predicted = predict_files(files, opened, topk, batch_size)
     preds = errors + predicted
     in_class_folder = FolderClasses(opened.classes)
+    # Every entry, a broken link or an undecodable file too, carries its folder's class.
+    labels = {
+        p.file: c for p in preds if p.file not in not_scored and (c := in_class_folder.of(p.file))
+    }
     scored = [p for p in predicted if p.file not in not_scored]
-    labels = {p.file: c for p in scored if (c := in_class_folder.of(p.file))}
     # `--json -` / `--csv -` take standard output for themselves: the table goes to stderr.
     out = sys.stderr if STDOUT in (json_path, csv_path) else sys.stdout
     print(format_table(preds), file=out)

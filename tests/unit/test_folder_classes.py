@@ -40,6 +40,7 @@ def _sorted_photos(root: Path) -> Path:
     _photo(photos / "loose.png", BLUE)
     (photos / "frog").mkdir()
     (photos / "frog" / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (photos / "frog" / "gone.png").symlink_to(root / "unplugged" / "1.png")
     return photos
 
 
@@ -50,7 +51,7 @@ def test_photos_in_class_folders_get_an_accuracy_line_and_their_folder_class(
     photos = _sorted_photos(tmp_path)
     out_json, out_csv = tmp_path / "p.json", tmp_path / "p.csv"
     argv = ["predict", str(photos), "--model", str(model), "--json", str(out_json)]
-    assert main([*argv, "--csv", str(out_csv)]) == 1  # the broken file
+    assert main([*argv, "--csv", str(out_csv)]) == 1  # the broken file and link
     out = capsys.readouterr().out
     assert out.splitlines()[-1] == (
         "accuracy on the 5 images in folders named after a class: 80.0% (4/5); per class: "
@@ -69,6 +70,7 @@ def test_photos_in_class_folders_get_an_accuracy_line_and_their_folder_class(
         "cat/3.png": "cat",
         "cats/1.png": None,
         "frog/cut.png": "frog",  # named, though it could not be predicted and is not counted
+        "frog/gone.png": "frog",  # so is a link to a file that is gone
         "loose.png": None,
     }
     assert list(records["cat/3.png"]) == ["file", "top", "error", "folder_class"]
