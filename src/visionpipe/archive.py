@@ -467,7 +467,7 @@ def warn_empty_folders(source: Path, folders: list[str], names: list[str], note:
     outer = [f for f in empty if not any(p in empty for p in _parents(f))]
     if outer:
         log.warning(
-            "%s: %d folder%s no files, so no class comes of %s%s: %s",
+            "%s: %d folder%s no files, so no class or split comes of %s%s: %s",
             source,
             len(outer),
             "s hold" if len(outer) > 1 else " holds",
