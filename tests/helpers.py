@@ -72,6 +72,18 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **kw: Any) -> subprocess.
     return proc
 
 
+def run_stage(name: str, cwd: Path, **extra_env: str) -> subprocess.CompletedProcess:
+    """stages/<name>.py run in `cwd` as dvc.yaml's command runs it, its output captured."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "stages" / f"{name}.py")],
+        cwd=cwd,
+        env={**env(), "PYTHONPATH": str(ROOT / "src"), **extra_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def dvc(repo: Path, *args: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", "dvc", *args], repo, check=check, **kw)
 

@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, env
-
-
-def _stage(name: str, cwd: Path, **extra_env: str) -> subprocess.CompletedProcess:
-    e = {**env(), "PYTHONPATH": str(ROOT / "src"), **extra_env}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "stages" / f"{name}.py")],
-        cwd=cwd,
-        env=e,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
+from tests.helpers import run_stage
 
 # A stage checks the sections it reads (and that every top-level key is a known section);
 # the train stage reads them all.
@@ -40,7 +25,7 @@ def test_bad_params_fail_a_stage_before_any_work(tmp_path: Path, stage: str) -> 
     text, message = BAD[stage]
     for params, expected in ((text, message), ("trian: {}\n", "unknown key 'trian'")):
         (tmp_path / "params.yaml").write_text(params)
-        proc = _stage(stage, tmp_path)
+        proc = run_stage(stage, tmp_path)
         assert proc.returncode == 1, proc.stderr
         assert expected in proc.stderr
         assert "Traceback" not in proc.stderr
@@ -50,8 +35,8 @@ def test_bad_params_fail_a_stage_before_any_work(tmp_path: Path, stage: str) -> 
 
 def test_missing_upstream_output_names_the_command_to_run(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text("{}\n")
-    proc = _stage("evaluate", tmp_path)
+    proc = run_stage("evaluate", tmp_path)
     assert proc.returncode == 1 and "dvc repro train" in proc.stderr
     assert "Traceback" not in proc.stderr
-    debug = _stage("evaluate", tmp_path, VISIONPIPE_DEBUG="1")
+    debug = run_stage("evaluate", tmp_path, VISIONPIPE_DEBUG="1")
     assert "Traceback" in debug.stderr  # the escape hatch for bug reports

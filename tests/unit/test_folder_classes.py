@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 import unicodedata
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.helpers import ROOT, env
+from tests.helpers import run_stage
 from tests.tiny_onnx import write_tiny_onnx
 from visionpipe import paths
 from visionpipe.cli import main
@@ -159,13 +157,7 @@ def test_the_stage_scores_predict_inputs_sorted_by_class_and_not_its_own_samples
     for name, colour in (("cat/1.png", RED), ("cat/2.png", GREEN), ("dog/1.png", GREEN)):
         _photo(tmp_path / "photos" / name, colour)
     (tmp_path / "params.yaml").write_text("predict:\n  inputs: [photos]\n")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "stages" / "predict.py")],
-        cwd=tmp_path,
-        env={**env(), "PYTHONPATH": str(ROOT / "src")},
-        capture_output=True,
-        text=True,
-    )
+    proc = run_stage("predict", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == (
         "accuracy on the 3 images in folders named after a class: 66.7% (2/3); per class: "

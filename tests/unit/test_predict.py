@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import DOG_PNG, ROOT, env, full_disk
+from tests.helpers import DOG_PNG, env, full_disk, run_stage
 from tests.tiny_onnx import write_tiny_onnx
 from visionpipe import fsutil, paths
 from visionpipe.cli import main
@@ -273,13 +273,7 @@ def test_the_stage_says_how_many_inputs_failed_and_how_to_fix_them(
     shutil.copy(exported_model / "model.onnx", tmp_path / paths.ONNX_MODEL)
     _images(tmp_path / paths.SAMPLES_DIR)
     (tmp_path / "params.yaml").write_text("predict:\n  inputs: [missing.png]\n")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "stages" / "predict.py")],
-        cwd=tmp_path,
-        env={**env(), "PYTHONPATH": str(ROOT / "src")},
-        capture_output=True,
-        text=True,
-    )
+    proc = run_stage("predict", tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert "1 of 6 inputs failed; fix or remove them from predict.inputs" in proc.stderr
     assert len(json.loads((tmp_path / paths.PREDICTIONS).read_text())) == 6
