@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from tests.browser import CHROMIUM, DevTools, start_chromium
+from tests.heic_fixtures import HEIC_DIR
 from tests.serving import post_files, serve
 from tests.tiny_onnx import write_tiny_onnx
 
@@ -56,16 +57,7 @@ async def drive_page(debug_port: int, page_url: str, photos: list[Path], drop: P
         page = next(t for t in targets if t["type"] == "page")
         async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
             tools = DevTools(ws)
-            await tools.send("Runtime.enable")
-            await tools.send("Page.navigate", url=page_url)
-            # Until the navigation commits, the document is still about:blank's.
-            described = "document.getElementById('model')?.textContent.includes('classes')"
-            await tools.wait_for(described)
-            root = (await tools.send("DOM.getDocument"))["root"]["nodeId"]
-            node = (await tools.send("DOM.querySelector", nodeId=root, selector="#file"))["nodeId"]
-            await tools.send("DOM.setFileInputFiles", nodeId=node, files=[str(p) for p in photos])
-            count = "document.querySelectorAll('#results .prediction').length"
-            await tools.wait_for(f"{count} === {len(photos)}")
+            count = await _choose(tools, page_url, photos)
             data = base64.b64encode(drop.read_bytes()).decode()
             await tools.evaluate(DROP % (json.dumps(data), json.dumps(drop.name)))
             await tools.wait_for(f"{count} === {len(photos) + 1}")
@@ -77,6 +69,40 @@ async def drive_page(debug_port: int, page_url: str, photos: list[Path], drop: P
                 " && document.getElementById('status').textContent"
             )
             return shown, error, tools.errors
+
+
+async def _choose(tools: DevTools, page_url: str, photos: list[Path]) -> str:
+    """Open the page and choose `photos` in its file input; the expression counting answers."""
+    await tools.send("Runtime.enable")
+    await tools.send("Page.navigate", url=page_url)
+    # Until the navigation commits, the document is still about:blank's.
+    await tools.wait_for("document.getElementById('model')?.textContent.includes('classes')")
+    root = (await tools.send("DOM.getDocument"))["root"]["nodeId"]
+    node = (await tools.send("DOM.querySelector", nodeId=root, selector="#file"))["nodeId"]
+    await tools.send("DOM.setFileInputFiles", nodeId=node, files=[str(p) for p in photos])
+    count = "document.querySelectorAll('#results .prediction').length"
+    await tools.wait_for(f"{count} === {len(photos)}")
+    return count
+
+
+async def show_heic(debug_port: int, page_url: str, photo: Path) -> Any:
+    """Choose one HEIC photo on the page; its answer's classes and what stands for its preview."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(trust_env=False) as http:
+        async with http.get(f"http://127.0.0.1:{debug_port}/json/list") as resp:
+            targets = await resp.json()
+        page = next(t for t in targets if t["type"] == "page")
+        async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+            tools = DevTools(ws)
+            await _choose(tools, page_url, [photo])
+            placeholder = "document.querySelector('#results .nopreview')?.textContent"
+            shown = await tools.wait_for(placeholder)
+            labels = await tools.evaluate(
+                "JSON.stringify([...document.querySelectorAll('#results .label')]"
+                ".map(e => e.textContent))"
+            )
+            return shown, json.loads(labels), tools.errors
 
 
 def _shown(probability: float | None) -> str:
@@ -119,3 +145,24 @@ def test_photos_chosen_or_dropped_on_the_page_get_the_api_answer(
         assert shown[0][1][0][0] == "frog"  # brightest in blue: the third class
     assert ("n/a" in str(shown)) == diverged  # the null probabilities, not "0.0%" or "NaN%"
     assert error == "error: x.png: not a recognised image format", error
+
+
+def test_a_heic_photo_the_browser_cannot_draw_gets_its_answer_and_a_placeholder(
+    tmp_path: Path,
+) -> None:
+    # Chromium draws no HEIC; the server reads it (pi-heif), so the answer comes with a
+    # placeholder where the preview would be, not a broken image.
+    photo = HEIC_DIR / "ants_1.heic"
+    model = write_tiny_onnx(tmp_path / "model.onnx")
+    with serve(model, tmp_path / "server.log") as server:
+        status, api = post_files(f"{server.url}/predict", [(photo.name, photo.read_bytes())])
+        assert status == 200, api
+        chromium, port = start_chromium(tmp_path / "profile")
+        try:
+            shown, labels, js_errors = asyncio.run(show_heic(port, f"{server.url}/", photo))
+        finally:
+            chromium.terminate()
+            chromium.wait(timeout=30)
+    assert not js_errors, js_errors
+    assert shown == "no preview in this browser"
+    assert labels == [t["class"] for t in api["predictions"][0]["top"]]
