@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +49,9 @@ DROP = """(() => {
 })()"""
 
 
-async def drive_page(debug_port: int, page_url: str, photos: list[Path], drop: Path) -> Any:
-    """Open the page, choose `photos`, drop `drop`; what the page then shows."""
+@contextlib.asynccontextmanager
+async def _page_tools(debug_port: int) -> AsyncIterator[DevTools]:
+    """The DevTools protocol of Chromium's one page, over its websocket."""
     import aiohttp
 
     async with aiohttp.ClientSession(trust_env=False) as http:
@@ -56,19 +59,24 @@ async def drive_page(debug_port: int, page_url: str, photos: list[Path], drop: P
             targets = await resp.json()
         page = next(t for t in targets if t["type"] == "page")
         async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-            tools = DevTools(ws)
-            count = await _choose(tools, page_url, photos)
-            data = base64.b64encode(drop.read_bytes()).decode()
-            await tools.evaluate(DROP % (json.dumps(data), json.dumps(drop.name)))
-            await tools.wait_for(f"{count} === {len(photos) + 1}")
-            await tools.wait_for(f"JSON.parse({READ_ANSWERS}).every(a => a[2])")  # previews shown
-            shown = json.loads(await tools.evaluate(READ_ANSWERS))
-            await tools.evaluate(DROP % (json.dumps(base64.b64encode(b"text").decode()), '"x.png"'))
-            error = await tools.wait_for(
-                "document.getElementById('status').className === 'error'"
-                " && document.getElementById('status').textContent"
-            )
-            return shown, error, tools.errors
+            yield DevTools(ws)
+
+
+async def drive_page(debug_port: int, page_url: str, photos: list[Path], drop: Path) -> Any:
+    """Open the page, choose `photos`, drop `drop`; what the page then shows."""
+    async with _page_tools(debug_port) as tools:
+        count = await _choose(tools, page_url, photos)
+        data = base64.b64encode(drop.read_bytes()).decode()
+        await tools.evaluate(DROP % (json.dumps(data), json.dumps(drop.name)))
+        await tools.wait_for(f"{count} === {len(photos) + 1}")
+        await tools.wait_for(f"JSON.parse({READ_ANSWERS}).every(a => a[2])")  # previews shown
+        shown = json.loads(await tools.evaluate(READ_ANSWERS))
+        await tools.evaluate(DROP % (json.dumps(base64.b64encode(b"text").decode()), '"x.png"'))
+        error = await tools.wait_for(
+            "document.getElementById('status').className === 'error'"
+            " && document.getElementById('status').textContent"
+        )
+        return shown, error, tools.errors
 
 
 async def _choose(tools: DevTools, page_url: str, photos: list[Path]) -> str:
@@ -87,22 +95,15 @@ async def _choose(tools: DevTools, page_url: str, photos: list[Path]) -> str:
 
 async def show_heic(debug_port: int, page_url: str, photo: Path) -> Any:
     """Choose one HEIC photo on the page; its answer's classes and what stands for its preview."""
-    import aiohttp
-
-    async with aiohttp.ClientSession(trust_env=False) as http:
-        async with http.get(f"http://127.0.0.1:{debug_port}/json/list") as resp:
-            targets = await resp.json()
-        page = next(t for t in targets if t["type"] == "page")
-        async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-            tools = DevTools(ws)
-            await _choose(tools, page_url, [photo])
-            placeholder = "document.querySelector('#results .nopreview')?.textContent"
-            shown = await tools.wait_for(placeholder)
-            labels = await tools.evaluate(
-                "JSON.stringify([...document.querySelectorAll('#results .label')]"
-                ".map(e => e.textContent))"
-            )
-            return shown, json.loads(labels), tools.errors
+    async with _page_tools(debug_port) as tools:
+        await _choose(tools, page_url, [photo])
+        placeholder = "document.querySelector('#results .nopreview')?.textContent"
+        shown = await tools.wait_for(placeholder)
+        labels = await tools.evaluate(
+            "JSON.stringify([...document.querySelectorAll('#results .label')]"
+            ".map(e => e.textContent))"
+        )
+        return shown, json.loads(labels), tools.errors
 
 
 def _shown(probability: float | None) -> str:
