@@ -1,18 +1,21 @@
-"""The cells of docs/deploy.md's "On a phone or a board" table: top-1 agreement with PyTorch /
-largest logit difference, per model (form) of tests/unit/test_runtimes.py, after onnx-simplifier
-and in MNN, ncnn and TFLite, over `--images` random images (64 in the table).
+"""The cells of docs/deploy.md's "On a phone or a board" and "Other runtimes: tract, onnx2torch"
+tables: top-1 agreement with PyTorch / largest logit difference, per model (form) of
+tests/unit/test_runtimes.py, after onnx-simplifier, in MNN, ncnn and TFLite, in tract and through
+onnx2torch, over `--images` random images (64 in the tables).
 
 The models, their exports and PyTorch's logits are the runtime test's own, as in
 bench/runtime_parity.py. Each runtime converts and runs the file in bench/edge_run.py, in an
 environment uv builds with its pinned packages (the project's lock does not carry them; TFLite's
-onnx2tf pins its own onnx and numpy, so it gets an environment without the project). A converter
-or runtime that fails shows as FAILED, or crashes, with its last line. MNN, which the test suite
-runs (tests/mnn_run.py), is here for `--real`, which scores the trained model of this clone
-(models/model.pt, models/model.onnx, its test split) instead. About 20 minutes on 2 cores, most
-of them onnx2tf's; the first run downloads TensorFlow (600 MB):
+onnx2tf pins its own onnx and numpy, so it gets an environment without the project, as do tract
+and onnx2torch, which a user runs without it). A converter or runtime that fails shows as FAILED,
+or crashes, with its last line. MNN, which the test suite runs (tests/mnn_run.py), is here for
+`--real`, which scores the trained model of this clone (models/model.pt, models/model.onnx, its
+test split) instead. About 20 minutes on 2 cores, most of them onnx2tf's; the first run
+downloads TensorFlow (600 MB):
 
     uv run python bench/edge_runtimes.py
     uv run python bench/edge_runtimes.py --runtimes mnn ncnn --images 16
+    uv run python bench/edge_runtimes.py --runtimes tract_fixed tract onnx2torch onnx2torch_patched
     uv run python bench/edge_runtimes.py --real --images 1000
 """
 
@@ -55,6 +58,10 @@ EDGES = {
     "mnn": Edge("MNN", ("MNN==3.6.1",), True),
     "ncnn": Edge("ncnn (converted by pnnx)", ("ncnn==1.0.20261020", "pnnx==20261020"), True),
     "tflite": Edge("TFLite (onnx2tf, ai-edge-litert)", ("onnx2tf==1.29.24",), False),
+    "tract": Edge("tract, symbolic batch", ("tract==0.23.9",), False),
+    "tract_fixed": Edge("tract, fixed batch", ("tract==0.23.9",), False),
+    "onnx2torch": Edge("onnx2torch", ("onnx2torch==1.5.15",), False),
+    "onnx2torch_patched": Edge("onnx2torch, allowzero 0", ("onnx2torch==1.5.15",), False),
 }
 
 
