@@ -219,9 +219,10 @@ def _in_this_venv(prefix: str) -> Step:
 
 
 def _not_in_the_walk(ctx: Ctx) -> None:
-    # Converters outside the lock (onnx-simplifier, pnnx, onnx2tf with TensorFlow's 600 MB), whose
-    # shapes are the tutorial CNN's 32 pixels: bench/edge_runtimes.py runs these command lines
-    # on every model form and on a trained model; the walk does not download them.
+    # Converters and runtimes outside the lock (onnx-simplifier, pnnx, onnx2tf with TensorFlow's
+    # 600 MB, tract, onnx2torch), whose shapes are the tutorial CNN's 32 pixels:
+    # bench/edge_runtimes.py runs them on every model form and on a trained model; the walk does
+    # not download them.
     pass
 
 
@@ -275,6 +276,11 @@ SETUP: dict[str, Step] = {
     ),
     "uv run --no-project --with onnx2tf==1.29.24 onnx2tf -i model-tf.onnx -o tflite "
     "-ois image:1,3,32,32 -rtpo Erf": _not_in_the_walk,
+    # docs/deploy.md's tract and onnx2torch: scripts the page shows but the copy does not hold.
+    "uv run --no-project --with tract==0.23.9 --with numpy python run_tract.py": _not_in_the_walk,
+    "uv run --no-project --with onnx2torch==1.5.15 --with numpy python run_onnx2torch.py": (
+        _not_in_the_walk
+    ),
 }
 
 
