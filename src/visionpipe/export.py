@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 
 from visionpipe import memory, paths, runtimes
 from visionpipe.config.export import ExportConfig
@@ -79,7 +80,22 @@ def trace(model: torch.nn.Module, info: ModelInfo, opset: int) -> onnx.ModelProt
             f"model '{info.arch}' ties the output to the example batch; nothing was written"
         )
     _drop_stack_traces(proto.graph)
+    _plain_reshapes(proto.graph)
     return proto
+
+
+def _plain_reshapes(graph: onnx.GraphProto) -> None:
+    """Drop `allowzero=1` from the Reshapes whose target shape is a constant holding no 0: the
+    attribute only says what a 0 there means, so the model is the same, and converters that
+    lack it (onnx2torch: '"allowzero=1" is not implemented') read the file."""
+    constants = {init.name: init for init in graph.initializer}
+    for node in graph.node:
+        shape = constants.get(node.input[1]) if node.op_type == "Reshape" else None
+        if shape is None or 0 in numpy_helper.to_array(shape):
+            continue
+        kept = [a for a in node.attribute if a.name != "allowzero"]
+        del node.attribute[:]
+        node.attribute.extend(kept)
 
 
 def _drop_stack_traces(graph: onnx.GraphProto) -> None:

@@ -112,6 +112,30 @@ def test_the_file_has_the_ir_version_its_opset_needs(
     onnx.checker.check_model(written, full_check=True)
 
 
+def test_reshapes_to_a_constant_shape_without_a_0_carry_no_allowzero(tmp_path: Path) -> None:
+    # The exporter writes allowzero=1 on every Reshape; onnx2torch refuses it ('"allowzero=1"
+    # is not implemented') though it changes nothing where the target holds no 0.
+    dest = tmp_path / "model.onnx"
+    export.export_onnx(_model(0), _info(), dest, 18)
+    reshapes = [n for n in onnx.load(str(dest)).graph.node if n.op_type == "Reshape"]
+    assert len(reshapes) == 2  # the flatten and the TTA views' regrouping
+    assert all(a.name != "allowzero" for n in reshapes for a in n.attribute)
+
+    def reshape(target: list[int]) -> onnx.NodeProto:
+        return onnx.helper.make_node("Reshape", ["x", str(target)], ["y"], allowzero=1)
+
+    graph = onnx.helper.make_graph(
+        [reshape([-1, 4]), reshape([0, -1])],
+        "g",
+        [],
+        [],
+        [onnx.numpy_helper.from_array(np.array(t, np.int64), str(t)) for t in ([-1, 4], [0, -1])],
+    )
+    export._plain_reshapes(graph)
+    kept = [[a.i for a in n.attribute if a.name == "allowzero"] for n in graph.node]
+    assert kept == [[], [1]]  # a 0 in the target means "keep this side" only without it
+
+
 def _deploy_page() -> str:
     from tests.helpers import ROOT
 
