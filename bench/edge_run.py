@@ -5,8 +5,8 @@ converter or runtime that crashes must become a table cell, not end the bench.
 
 usage: python bench/edge_run.py RUNTIME MODEL.onnx IMAGES.npy LOGITS.npy WORKDIR
 RUNTIME is onnxsim, mnn, ncnn, tflite, tract (the batch a symbol, as the file declares it),
-tract_fixed (the batch bound to the number of images), onnx2torch or onnx2torch_patched (its
-Reshapes' allowzero set to 0); IMAGES float32 NCHW in [0, 1]; WORKDIR gets the converted files.
+tract_fixed (the batch bound to the number of images) or onnx2torch; IMAGES float32 NCHW in
+[0, 1]; WORKDIR gets the converted files.
 Each runtime computes in fp32 (ARM builds of MNN and ncnn may pick fp16 otherwise); the command
 lines are those of docs/deploy.md.
 """
@@ -117,28 +117,17 @@ def tract_fixed(model: Path, images: np.ndarray, work: Path) -> np.ndarray:
     return tract(model, images, work, batch=len(images))
 
 
-def onnx2torch(model: Path, images: np.ndarray, work: Path, patch: bool = False) -> np.ndarray:
+def onnx2torch(model: Path, images: np.ndarray, work: Path) -> np.ndarray:
     import onnx
     import torch
     from onnx2torch import convert
 
-    proto = onnx.load(str(model))
-    for node in proto.graph.node if patch else []:
-        # onnx2torch converts no Reshape with allowzero=1, the exporter's; 0 is the same model
-        # when no target shape holds a 0 (those of the zoo: [-1, features], [views, -1, classes]).
-        for attribute in node.attribute:
-            if node.op_type == "Reshape" and attribute.name == "allowzero":
-                attribute.i = 0
     try:
-        module = convert(proto).eval()
+        module = convert(onnx.load(str(model))).eval()
     except NotImplementedError as error:  # an operator or attribute it has no converter for
         sys.exit(f"onnx2torch cannot convert: {error}")
     with torch.no_grad():
         return module(torch.from_numpy(images)).numpy()
-
-
-def onnx2torch_patched(model: Path, images: np.ndarray, work: Path) -> np.ndarray:
-    return onnx2torch(model, images, work, patch=True)
 
 
 RUNNERS = {
@@ -149,7 +138,6 @@ RUNNERS = {
     "tract": tract,
     "tract_fixed": tract_fixed,
     "onnx2torch": onnx2torch,
-    "onnx2torch_patched": onnx2torch_patched,
 }
 
 

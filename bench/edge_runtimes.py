@@ -1,5 +1,5 @@
-"""The cells of docs/deploy.md's "On a phone or a board" and "Other runtimes: tract, onnx2torch"
-tables: top-1 agreement with PyTorch / largest logit difference, per model (form) of
+"""The cells of docs/deploy.md's "On a phone or a board" and "In Rust or back in PyTorch: tract,
+onnx2torch" tables: top-1 agreement with PyTorch / largest logit difference, per model (form) of
 tests/unit/test_runtimes.py, after onnx-simplifier, in MNN, ncnn and TFLite, in tract and through
 onnx2torch, over `--images` random images (64 in the tables).
 
@@ -15,7 +15,7 @@ downloads TensorFlow (600 MB):
 
     uv run python bench/edge_runtimes.py
     uv run python bench/edge_runtimes.py --runtimes mnn ncnn --images 16
-    uv run python bench/edge_runtimes.py --runtimes tract_fixed tract onnx2torch onnx2torch_patched
+    uv run python bench/edge_runtimes.py --runtimes tract_fixed tract onnx2torch
     uv run python bench/edge_runtimes.py --real --images 1000
 """
 
@@ -61,7 +61,6 @@ EDGES = {
     "tract": Edge("tract, symbolic batch", ("tract==0.23.9",), False),
     "tract_fixed": Edge("tract, fixed batch", ("tract==0.23.9",), False),
     "onnx2torch": Edge("onnx2torch", ("onnx2torch==1.5.15",), False),
-    "onnx2torch_patched": Edge("onnx2torch, allowzero 0", ("onnx2torch==1.5.15",), False),
 }
 
 
