@@ -118,11 +118,13 @@ def format_outside(acc: FolderAccuracy, classes: list[str]) -> str | None:
     )
 
 
+def one_line(name: str) -> str:
+    """`name` with its control characters escaped (a newline as `\\n`): a file name holding one
+    would break a line of output in two."""
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in name)
+
+
 def _capped(names: list[str]) -> str:
-    # A control character in a name (a newline) would break the line in two.
-    shown = [
-        "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in name)
-        for name in names[:NAMES_SHOWN]
-    ]
+    shown = [one_line(name) for name in names[:NAMES_SHOWN]]
     more = len(names) - NAMES_SHOWN
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "")

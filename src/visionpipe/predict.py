@@ -14,7 +14,6 @@ import io
 import logging
 import os
 import sys
-import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -23,7 +22,13 @@ import numpy as np
 from PIL import Image
 
 from visionpipe import fsutil, paths
-from visionpipe.folder_classes import FolderClasses, format_accuracy, format_outside, score
+from visionpipe.folder_classes import (
+    FolderClasses,
+    format_accuracy,
+    format_outside,
+    one_line,
+    score,
+)
 from visionpipe.fsutil import DiskFullError, atomic_open, atomic_path, json_pretty, write_json
 from visionpipe.grids import Layout, captioned_grid
 from visionpipe.images import (
@@ -425,8 +430,7 @@ def write_grid(
 def format_table(preds: list[Prediction]) -> str:
     lines = []
     for p in preds:
-        # A control character in a name (a newline) would break the table's one line per file.
-        name = "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in p.file)
+        name = one_line(p.file)  # the table's one line per file
         if p.error:
             lines.append(f"{name}: ERROR {p.error}")
         else:
