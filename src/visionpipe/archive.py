@@ -632,13 +632,10 @@ def _check_outside_link(
     DVC cache of the project holding `root`: a folder tracked by DVC with `cache.type symlink`
     is links into that cache, the photos themselves. A file elsewhere merely named like a cache
     file (a copy of a private file, another project's cache) would be packed into data/raw."""
+    fix = "copy what it points to into the folder instead (cp -rL follows links)"
     link = os.readlink(root / rel)
     if not is_dvc_cache_file(real):
-        reason = (
-            f"symlink to {link!r} points outside the folder: copy what it points to into the"
-            " folder instead (cp -rL follows links)"
-        )
-        _refuse(root, rel, reason)
+        _refuse(root, rel, f"symlink to {link!r} points outside the folder: {fix}")
     cache = dvc_cache()
     if cache is not None and real.is_relative_to(cache):
         return
@@ -647,11 +644,7 @@ def _check_outside_link(
         if cache is not None
         else "the folder is in no DVC project"
     )
-    reason = (
-        f"symlink to {link!r} is named like a DVC cache file, but {where}: copy what it"
-        " points to into the folder instead (cp -rL follows links)"
-    )
-    _refuse(root, rel, reason)
+    _refuse(root, rel, f"symlink to {link!r} is named like a DVC cache file, but {where}: {fix}")
 
 
 def _dir_entries(root: Path) -> tuple[list[_Entry], list[str]]:
