@@ -20,6 +20,19 @@ def folder_name(file: str) -> str:
     return os.path.basename(os.path.dirname(os.path.abspath(file)))
 
 
+def folders_up(file: str, top: str | None = None) -> list[str]:
+    """The names of the folders `file` sits in, nearest first, as its path was given (`..`
+    taken lexically, links not followed), up to and with `top`, the folder it was found below
+    (`photos` for `photos/cat/2019/1.jpg`); only the one it sits in when `top` is None."""
+    here = os.path.dirname(os.path.abspath(file))
+    stop = os.path.abspath(top) if top is not None else here
+    names = [os.path.basename(here)]
+    while here != stop and os.path.dirname(here) != here:
+        here = os.path.dirname(here)
+        names.append(os.path.basename(here))
+    return names
+
+
 def _folded(name: str) -> str:
     # A Mac's file system stores names decomposed (é as e and an accent); metadata composed.
     return unicodedata.normalize("NFC", name).casefold()
@@ -35,10 +48,15 @@ class FolderClasses:
         counts = Counter(_folded(c) for c in self.exact.values())
         self.folded = {_folded(c): c for c in self.exact.values() if counts[_folded(c)] == 1}
 
-    def of(self, file: str) -> str | None:
-        """The class the folder of `file` is named after, or None."""
-        name = unicodedata.normalize("NFC", folder_name(file))
+    def named(self, name: str) -> str | None:
+        """The class folder `name` is named after, or None."""
+        name = unicodedata.normalize("NFC", name)
         return self.exact.get(name) or self.folded.get(_folded(name))
+
+    def of(self, file: str, top: str | None = None) -> str | None:
+        """The class of the nearest folder of `file`, up to `top`, that is named after one
+        (`cat/2019/1.jpg` is a cat, as training counts it), or None."""
+        return next(filter(None, map(self.named, folders_up(file, top))), None)
 
 
 @dataclass(frozen=True)

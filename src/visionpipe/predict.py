@@ -100,16 +100,27 @@ def open_backend(kind: str, model: Path | None = None) -> Backend:
     raise ValueError(f"Invalid backend '{kind}'. Only onnx and torch are supported.")
 
 
-def collect_inputs(specs: list[str]) -> tuple[list[Path], list[Prediction]]:
+@dataclass
+class Inputs:
+    files: list[Path]
+    errors: list[Prediction]  # specs and links that name no readable file
+    # file -> the folder it was found below: a folder named, or a glob's leading folder
+    tops: dict[str, str]
+
+
+def collect_inputs(specs: list[str]) -> Inputs:
     """Expand files, folders (recursively) and globs; unusable specs become error entries."""
     files: list[Path] = []
     errors: list[Prediction] = []
+    tops: dict[str, str] = {}
     for spec in specs:
         path = Path(spec)
         if any(ch in spec for ch in GLOB_CHARS) and not path.exists():
-            hits = sorted(Path(p) for p in _glob(spec))
+            top, matches = _glob(spec)
+            hits = sorted(Path(p) for p in matches)
             found = [p for p in hits if p.is_file()]
             errors += _broken_links([p for p in hits if is_image_name(p.name)])
+            tops.update({str(p): top for p in hits})
             if not found:
                 errors.append(Prediction(spec, [], "glob matched no files"))
             files += found
@@ -124,29 +135,32 @@ def collect_inputs(specs: list[str]) -> tuple[list[Path], list[Prediction]]:
             if not found:
                 errors.append(Prediction(spec, [], "folder holds no image files"))
             files += found
+            tops.update({str(p): spec for p, _ in below})
         elif path.is_file():
             files.append(path)
         elif path.is_symlink():  # the link itself exists: "no such file" would puzzle
             errors.append(Prediction(spec, [], _dangling(path)))
         else:
             errors.append(Prediction(spec, [], "no such file or directory"))
-    return files, errors
+    return Inputs(files, errors, tops)
 
 
-def _glob(spec: str) -> list[str]:
-    """The matches of glob `spec`, whose longest leading folder that exists as written is taken
-    literally: the brackets of `Photos [2024]/*.jpg` name a folder, not a character class.
-    What the wildcards reach inside a system folder (Synology's `@eaDir/` thumbnails, which
-    `*` matches as it matches no `.` name) is left out, as a folder argument leaves it."""
+def _glob(spec: str) -> tuple[str, list[str]]:
+    """The longest leading folder of glob `spec` that exists as written (`.` or `/` when none),
+    taken literally (the brackets of `Photos [2024]/*.jpg` name a folder, not a character
+    class), and the matches. What the wildcards reach inside a system folder (Synology's
+    `@eaDir/` thumbnails, which `*` matches as it matches no `.` name) is left out, as a folder
+    argument leaves it."""
     cut = spec.rfind("/")
     while cut > 0 and not os.path.isdir(spec[:cut]):
         cut = spec.rfind("/", 0, cut)
     if cut <= 0:
-        cut = -1
+        top, cut = "/" if cut == 0 else ".", -1
         hits = glob.glob(spec, recursive=True)
     else:
+        top = spec[:cut]
         hits = glob.glob(glob.escape(spec[: cut + 1]) + spec[cut + 1 :], recursive=True)
-    return [hit for hit in hits if not is_hidden(hit[cut + 1 :])]
+    return top, [hit for hit in hits if not is_hidden(hit[cut + 1 :])]
 
 
 def _below(folder: Path) -> list[Path]:
@@ -277,17 +291,11 @@ def predict_command(
     except (FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 2
-    files, errors = collect_inputs(unscored or [])
-    not_scored = {str(f) for f in files} | {p.file for p in errors}
-    more_files, more_errors = collect_inputs(specs)
-    files, errors = files + more_files, errors + more_errors
-    predicted = predict_files(files, opened, topk, batch_size)
-    preds = errors + predicted
-    in_class_folder = FolderClasses(opened.classes)
-    # Every entry, a broken link or an undecodable file too, carries its folder's class.
-    labels = {
-        p.file: c for p in preds if p.file not in not_scored and (c := in_class_folder.of(p.file))
-    }
+    samples, inputs = collect_inputs(unscored or []), collect_inputs(specs)
+    not_scored = {str(f) for f in samples.files} | {p.file for p in samples.errors}
+    predicted = predict_files(samples.files + inputs.files, opened, topk, batch_size)
+    preds = samples.errors + inputs.errors + predicted
+    labels = _folder_labels(preds, inputs.tops, FolderClasses(opened.classes), not_scored)
     scored = [p for p in predicted if p.file not in not_scored]
     # `--json -` / `--csv -` take standard output for themselves: the table goes to stderr.
     out = sys.stderr if STDOUT in (json_path, csv_path) else sys.stdout
@@ -298,6 +306,15 @@ def predict_command(
     if failed:
         log.error("%d of %d inputs failed; %s", failed, len(preds), fix)
     return 1 if failed or not written else 0
+
+
+def _folder_labels(
+    preds: list[Prediction], tops: dict[str, str], lookup: FolderClasses, not_scored: set[str]
+) -> dict[str, str]:
+    """file -> the class its nearest folder below the one named is named after. Every entry, a
+    broken link or an undecodable file too, carries its folder's class."""
+    found = ((p.file, lookup.of(p.file, tops.get(p.file))) for p in preds)
+    return {file: c for file, c in found if c is not None and file not in not_scored}
 
 
 def _print_accuracy(

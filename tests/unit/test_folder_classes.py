@@ -97,6 +97,36 @@ def test_a_file_named_by_itself_counts_by_the_folder_it_sits_in(
     assert "per class: cat 0.0% (0/1), frog 100.0% (2/2)" in last
 
 
+def test_photos_filed_by_year_below_a_class_folder_count_up_to_the_folder_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = str(write_tiny_onnx(tmp_path / "model.onnx"))
+    # Under frog/ (a folder above the one named: not a class of these photos), cat/2019/ and
+    # dog/Trip to Rome/2024/ are filed by date and place, as training counts them to their class.
+    photos = tmp_path / "frog" / "photos"
+    _photo(photos / "cat" / "2019" / "1.png", RED)
+    _photo(photos / "dog" / "Trip to Rome" / "2024" / "1.png", RED)
+    _photo(photos / "unsorted" / "1.png", BLUE)
+    monkeypatch.chdir(tmp_path)
+    for spec in (str(photos), "frog/photos", "frog/photos/**/*.png", f"{photos}/*/**/*.png"):
+        assert main(["predict", spec, "--model", model, "--json", "p.json"]) == 0, spec
+        records = json.loads((tmp_path / "p.json").read_text())
+        labels = {_rel(str(tmp_path / r["file"]), photos): r["folder_class"] for r in records}
+        assert labels == {
+            "cat/2019/1.png": "cat",
+            "dog/Trip to Rome/2024/1.png": "dog",
+            "unsorted/1.png": None,
+        }, spec
+        assert "accuracy on the 2 images in folders named after a class: 50.0% (1/2)" in (
+            capsys.readouterr().out
+        )
+    # Named by itself, a file counts by the folder it sits in alone, as a glob in it does.
+    monkeypatch.chdir(photos / "cat" / "2019")
+    for spec in ("1.png", "*.png"):
+        assert main(["predict", spec, "--model", model, "--json", "p.json"]) == 0
+        assert [r["folder_class"] for r in json.loads(Path("p.json").read_text())] == [None]
+
+
 def test_json_to_stdout_stays_json_and_no_class_folder_means_no_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

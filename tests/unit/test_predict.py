@@ -395,9 +395,9 @@ def test_a_folder_gives_the_photos_preprocess_would_read_not_mac_or_nas_leftover
                 "cats/IMG_1.MOV"]:  # fmt: skip
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_bytes(b"x")
-    files, errors = collect_inputs([str(folder)])
-    assert [p.relative_to(folder).as_posix() for p in files] == ["cats/a.jpg", "cats/b.JFIF"]
-    assert errors == []
+    inputs = collect_inputs([str(folder)])
+    assert [p.relative_to(folder).as_posix() for p in inputs.files] == ["cats/a.jpg", "cats/b.JFIF"]
+    assert inputs.errors == []
     # What gets no prediction is counted, as preprocess lists what it leaves out.
     assert f"{folder}: left out 1 file that is not an image (cats/IMG_1.MOV)" in caplog.text
 
@@ -408,8 +408,8 @@ def test_a_broken_or_looping_symlink_is_named_as_such(tmp_path: Path) -> None:
     (tmp_path / "gone.jpg").symlink_to("deleted.jpg")
     (tmp_path / "a.jpg").symlink_to("b.jpg")
     (tmp_path / "b.jpg").symlink_to("a.jpg")
-    _, errors = collect_inputs([str(tmp_path / n) for n in ("gone.jpg", "a.jpg", "none.jpg")])
-    assert [e.error for e in errors] == [
+    inputs = collect_inputs([str(tmp_path / n) for n in ("gone.jpg", "a.jpg", "none.jpg")])
+    assert [e.error for e in inputs.errors] == [
         "broken symlink: 'deleted.jpg' does not exist; fix or remove the link",
         "symlink to 'b.jpg' loops back on itself",
         "no such file or directory",
@@ -607,12 +607,12 @@ def test_a_glob_leaves_out_what_a_folder_argument_leaves_out(
     for name in ("photos/cats/a.jpg", "photos/@eaDir/a.jpg/SYNOPHOTO_THUMB_XL.jpg"):
         Path(name).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (20, 20), "red").save(name)
-    by_folder, _ = collect_inputs(["photos"])
+    by_folder = collect_inputs(["photos"]).files
     for spec in ("photos/**/*.jpg", f"{tmp_path}/photos/**/*.jpg", "**/*.jpg"):
-        found, _ = collect_inputs([spec])
+        found = collect_inputs([spec]).files
         assert [p.name for p in found] == [p.name for p in by_folder] == ["a.jpg"], spec
     # Named in the literal part of the glob, the system folder is what the user asked for.
-    assert [p.name for p in collect_inputs(["photos/@eaDir/*/*.jpg"])[0]] == [
+    assert [p.name for p in collect_inputs(["photos/@eaDir/*/*.jpg"]).files] == [
         "SYNOPHOTO_THUMB_XL.jpg"
     ]
 
@@ -629,8 +629,8 @@ def test_a_folder_s_or_glob_s_broken_photo_link_is_named_not_passed_over(tmp_pat
     (folder / "notes.txt").symlink_to(tmp_path / "usb" / "notes.txt")  # not a photo: no line
     gone = "broken symlink: '{}' does not exist; fix or remove the link"
     for spec in (str(folder), str(folder / "*")):
-        files, errors = collect_inputs([spec])
-        assert [p.name for p in files] == ["here.png"], spec
-        assert [(e.file, e.error) for e in errors] == [
+        inputs = collect_inputs([spec])
+        assert [p.name for p in inputs.files] == ["here.png"], spec
+        assert [(e.file, e.error) for e in inputs.errors] == [
             (str(folder / "away.jpg"), gone.format(tmp_path / "usb" / "away.jpg"))
         ], spec
