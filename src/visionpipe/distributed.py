@@ -65,6 +65,9 @@ def launch_args(cfg: LaunchConfig, script: str) -> list[str]:
         "torch.distributed.run",
         f"--nproc-per-node={cfg.nproc}",
         f"--nnodes={cfg.nnodes}",
+        # Its per-rank log folder (for --redirects, which this launch does not use) would be an
+        # empty /tmp/torchelastic_* left by every run; the ranks' output goes to the stage's.
+        f"--log-dir={os.devnull}",
     ]
     if cfg.nnodes > 1:
         args += [

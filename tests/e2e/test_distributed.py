@@ -107,6 +107,21 @@ def test_launch_uses_torchrun() -> None:
     assert "--nnodes=2" in args and "--node-rank=1" in args and "--master-addr=10.0.0.1" in args
 
 
+def test_a_launch_leaves_no_log_folder_in_tmp(tmp_path: Path) -> None:
+    script = tmp_path / "rank.py"
+    script.write_text("print('rank', __import__('os').environ['RANK'], flush=True)\n")
+    e = env()
+    e["TMPDIR"] = str(tmp_path / "tmp")
+    (tmp_path / "tmp").mkdir()
+    cfg = parse_params({"launch": {"nproc": 2}}).launch
+    done = subprocess.run(
+        distributed.launch_args(cfg, str(script)), cwd=tmp_path, env=e, capture_output=True,
+        text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert sorted(done.stdout.split("\n")[:2]) == ["rank 0", "rank 1"], done.stdout
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
 def test_a_node_other_than_0_says_it_waits_for_node_0(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
