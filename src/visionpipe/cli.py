@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import re
 import sys
 import urllib.parse
@@ -206,6 +207,14 @@ def _check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     """predict's output files: one of them at most on stdout, a grid in a format its name says."""
     if getattr(args, "json", None) == getattr(args, "csv", None) == Path("-"):
         parser.error("--json - and --csv - both ask for stdout: send one of them to a file")
+    named: dict[str, str] = {}
+    for flag in ("json", "csv", "grid"):
+        path = getattr(args, flag, None)
+        if path is None or path == Path("-"):
+            continue
+        if (other := named.get(os.path.realpath(path))) is not None:  # the last would win
+            parser.error(f"--{other} and --{flag} both name {path}: give each its own file")
+        named[os.path.realpath(path)] = flag
     grid = getattr(args, "grid", None)
     if grid is not None and grid.suffix.lower() not in GRID_SUFFIXES:
         parser.error(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import glob
 import io
 import logging
 import os
@@ -31,19 +30,11 @@ from visionpipe.folder_classes import (
 )
 from visionpipe.fsutil import DiskFullError, atomic_open, atomic_path, json_pretty, write_json
 from visionpipe.grids import Layout, captioned_grid
-from visionpipe.images import (
-    BadImageError,
-    decode_rgb,
-    is_hidden,
-    is_image_name,
-    read_image_file,
-    to_model_input,
-)
+from visionpipe.images import BadImageError, decode_rgb, read_image_file, to_model_input
+from visionpipe.inputs import collect_inputs
 from visionpipe.onnxrt import open_exported
 
 log = logging.getLogger(__name__)
-
-GLOB_CHARS = frozenset("*?[")
 
 
 @dataclass
@@ -98,135 +89,6 @@ def open_backend(kind: str, model: Path | None = None) -> Backend:
         # Accept the ONNX path too: the state_dict sits beside it as model.pt.
         return TorchBackend(model.with_suffix(".pt") if model.suffix == ".onnx" else model)
     raise ValueError(f"Invalid backend '{kind}'. Only onnx and torch are supported.")
-
-
-@dataclass
-class Inputs:
-    files: list[Path]
-    errors: list[Prediction]  # specs and links that name no readable file
-    # file -> the folder it was found below: a folder named, or a glob's leading folder
-    tops: dict[str, str]
-
-
-def collect_inputs(specs: list[str]) -> Inputs:
-    """Expand files, folders (recursively) and globs; unusable specs become error entries."""
-    files: list[Path] = []
-    errors: list[Prediction] = []
-    tops: dict[str, str] = {}
-    for spec in specs:
-        path = Path(spec)
-        if any(ch in spec for ch in GLOB_CHARS) and not path.exists():
-            top, matches = _glob(spec)
-            hits = sorted(Path(p) for p in matches)
-            found = [p for p in hits if p.is_file()]
-            errors += _broken_links([p for p in hits if is_image_name(p.name)])
-            tops.update({str(p): top for p in hits})
-            if not found:
-                errors.append(Prediction(spec, [], "glob matched no files"))
-            files += found
-        elif path.is_dir():
-            below = [(p, p.relative_to(path).as_posix()) for p in _below(path)]
-            every = [(p, rel) for p, rel in below if p.is_file()]
-            found = [p for p, rel in every if _is_photo(rel)]
-            _warn_left_out(spec, [rel for _, rel in every if not _is_photo(rel)])
-            # A photo's link whose target is gone (an unmounted drive) is no file: named, not
-            # passed over, so that the count of predictions adds up.
-            errors += _broken_links([p for p, rel in below if p.is_symlink() and _is_photo(rel)])
-            if not found:
-                errors.append(Prediction(spec, [], "folder holds no image files"))
-            files += found
-            tops.update({str(p): spec for p, _ in below})
-        elif path.is_file():
-            files.append(path)
-        elif path.is_symlink():  # the link itself exists: "no such file" would puzzle
-            errors.append(Prediction(spec, [], _dangling(path)))
-        else:
-            errors.append(Prediction(spec, [], "no such file or directory"))
-    return Inputs(files, errors, tops)
-
-
-def _glob(spec: str) -> tuple[str, list[str]]:
-    """The longest leading folder of glob `spec` that exists as written (`.` or `/` when none),
-    taken literally (the brackets of `Photos [2024]/*.jpg` name a folder, not a character
-    class), and the matches. What the wildcards reach inside a system folder (Synology's
-    `@eaDir/` thumbnails, which `*` matches as it matches no `.` name) is left out, as a folder
-    argument leaves it."""
-    cut = spec.rfind("/")
-    while cut > 0 and not os.path.isdir(spec[:cut]):
-        cut = spec.rfind("/", 0, cut)
-    if cut <= 0:
-        top, cut = "/" if cut == 0 else ".", -1
-        hits = glob.glob(spec, recursive=True)
-    else:
-        top = spec[:cut]
-        hits = glob.glob(glob.escape(spec[: cut + 1]) + spec[cut + 1 :], recursive=True)
-    return top, [hit for hit in hits if not is_hidden(hit[cut + 1 :])]
-
-
-def _below(folder: Path) -> list[Path]:
-    """Every path below `folder`, sorted, links to folders outside it followed (a test set
-    made of links to class folders, `cat -> /data/cats`), each once. A link to a folder inside
-    it, to it or to a folder above it is not: the walk reaches those anyway, or would loop."""
-    root = os.path.realpath(folder)
-    followed: set[str] = set()
-    found: list[Path] = []
-    for here, dirnames, filenames in os.walk(folder, followlinks=True):
-        for name in sorted(dirnames):
-            real = os.path.realpath(os.path.join(here, name))
-            if os.path.islink(os.path.join(here, name)):
-                inside = _within(real, root) or _within(root, real)
-                if inside or real in followed:
-                    dirnames.remove(name)
-                followed.add(real)
-        found += [Path(here, name) for name in [*dirnames, *filenames]]
-    return sorted(found)
-
-
-def _within(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-def _is_photo(rel: str) -> bool:
-    """Whether a file at `rel` below a folder is an image preprocess would read too: not hidden
-    (`._IMG_1.jpg`, the AppleDouble twin a Mac leaves on other disks, is no image) nor a NAS
-    thumbnail."""
-    return is_image_name(rel) and not is_hidden(rel)
-
-
-def _warn_left_out(spec: str, left_out: list[str]) -> None:
-    """Say how many files of a folder get no prediction, as preprocess lists what it leaves
-    out: a phone's folder of 60 files that gives 40 predictions (its videos, .AAE edits) would
-    otherwise leave the user counting. Hidden and system files (.DS_Store, NAS thumbnails) go
-    without saying, as in preprocess's list: every folder a Mac has opened holds one."""
-    names = [name for name in left_out if not is_hidden(name)]
-    if not names:
-        return
-    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
-    log.warning(
-        "%s: left out %d file%s that %s (%s%s)",
-        spec, len(names), "s" * (len(names) > 1),
-        "are not images" if len(names) > 1 else "is not an image",
-        ", ".join(names[:3]), more,
-    )  # fmt: skip
-
-
-def _broken_links(paths: list[Path]) -> list[Prediction]:
-    """An error entry for each of `paths` that is a symlink to no file (`_dangling`)."""
-    return [
-        Prediction(str(p), [], _dangling(p)) for p in paths if p.is_symlink() and not p.is_file()
-    ]
-
-
-def _dangling(link: Path) -> str:
-    """Why a symlink that is no file or folder cannot be read: it loops, or its target is gone."""
-    target = str(link.readlink())
-    try:
-        link.resolve(strict=True)
-    except (RuntimeError, OSError) as exc:  # a loop: RuntimeError up to Python 3.12, then ELOOP
-        if isinstance(exc, RuntimeError) or exc.errno == errno.ELOOP:
-            return f"symlink to {target!r} loops back on itself"
-        return f"broken symlink: {target!r} does not exist; fix or remove the link"
-    return f"symlink to {target!r}, which is not a regular file"
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -292,9 +154,14 @@ def predict_command(
         log.error("%s", exc)
         return 2
     samples, inputs = collect_inputs(unscored or []), collect_inputs(specs)
-    not_scored = {str(f) for f in samples.files} | {p.file for p in samples.errors}
+    outputs = {"--json": json_path, "--csv": csv_path, "--grid": grid_path}
+    if (clash := _overwritten({k: v for k, v in outputs.items() if v}, inputs.files)) is not None:
+        log.error("%s", clash)
+        return 2
+    not_scored = {str(f) for f in samples.files} | {file for file, _ in samples.errors}
     predicted = predict_files(samples.files + inputs.files, opened, topk, batch_size)
-    preds = samples.errors + inputs.errors + predicted
+    unusable = [Prediction(file, [], why) for file, why in samples.errors + inputs.errors]
+    preds = unusable + predicted
     labels = _folder_labels(preds, inputs.tops, FolderClasses(opened.classes), not_scored)
     scored = [p for p in predicted if p.file not in not_scored]
     # `--json -` / `--csv -` take standard output for themselves: the table goes to stderr.
@@ -315,6 +182,15 @@ def _folder_labels(
     broken link or an undecodable file too, carries its folder's class."""
     found = ((p.file, lookup.of(p.file, tops.get(p.file))) for p in preds)
     return {file: c for file, c in found if c is not None and file not in not_scored}
+
+
+def _overwritten(outputs: dict[str, Path], files: list[Path]) -> str | None:
+    """Why writing `outputs` (flag -> path) would overwrite one of the photos `files`, or None."""
+    flags = {os.path.realpath(path): flag for flag, path in outputs.items() if path != STDOUT}
+    for path in files:
+        if (flag := flags.get(os.path.realpath(path))) is not None:
+            return f"{flag} {path} names a file being predicted: give the output another name"
+    return None
 
 
 def _print_accuracy(

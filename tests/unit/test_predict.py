@@ -384,38 +384,6 @@ def test_a_model_pt_of_other_visionpipe_code_says_to_retrain_it(
     assert "retrain it with 'uv run dvc repro train'" in caplog.text
 
 
-def test_a_folder_gives_the_photos_preprocess_would_read_not_mac_or_nas_leftovers(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    from visionpipe.predict import collect_inputs
-
-    folder = tmp_path / ".photos"  # a hidden folder named on purpose is still searched
-    for rel in ["cats/a.jpg", "cats/b.JFIF", "._a.jpg", "cats/._a.jpg", ".ipynb_checkpoints/c.png",
-                "cats/@eaDir/a.jpg/SYNOFILE_THUMB_M.jpg", "cats/Thumbs.db",
-                "cats/IMG_1.MOV"]:  # fmt: skip
-        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        (folder / rel).write_bytes(b"x")
-    inputs = collect_inputs([str(folder)])
-    assert [p.relative_to(folder).as_posix() for p in inputs.files] == ["cats/a.jpg", "cats/b.JFIF"]
-    assert inputs.errors == []
-    # What gets no prediction is counted, as preprocess lists what it leaves out.
-    assert f"{folder}: left out 1 file that is not an image (cats/IMG_1.MOV)" in caplog.text
-
-
-def test_a_broken_or_looping_symlink_is_named_as_such(tmp_path: Path) -> None:
-    from visionpipe.predict import collect_inputs
-
-    (tmp_path / "gone.jpg").symlink_to("deleted.jpg")
-    (tmp_path / "a.jpg").symlink_to("b.jpg")
-    (tmp_path / "b.jpg").symlink_to("a.jpg")
-    inputs = collect_inputs([str(tmp_path / n) for n in ("gone.jpg", "a.jpg", "none.jpg")])
-    assert [e.error for e in inputs.errors] == [
-        "broken symlink: 'deleted.jpg' does not exist; fix or remove the link",
-        "symlink to 'b.jpg' loops back on itself",
-        "no such file or directory",
-    ]
-
-
 def test_a_full_disk_under_json_output_is_one_error_line(
     exported_model: Path,
     tmp_path: Path,
@@ -505,10 +473,26 @@ def test_json_or_csv_to_stdout_and_a_grid_in_the_format_its_name_says(
     for extra, says in (
         (["--grid", str(tmp_path / "g.gif")], "name a .png, .jpg, .jpeg, .webp file"),
         (["--json", "-", "--csv", "-"], "both ask for stdout"),
+        (["--json", "p", "--csv", "./p"], "--json and --csv both name p: give each its own file"),
     ):
         with pytest.raises(SystemExit) as exit_:
             main([*args, *extra])
         assert exit_.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_an_output_named_like_a_photo_being_predicted_is_refused_before_anything_is_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = write_tiny_onnx(tmp_path / "model.onnx")
+    photos = tmp_path / "photos"
+    photo = photos / "a.jpg"
+    photos.mkdir()
+    shutil.copy(DOG_PNG, photo)
+    before = photo.read_bytes()
+    for spec in (str(photo), str(photos), f"{photos}/*.jpg"):
+        assert main(["predict", spec, "--model", str(model), "--csv", str(photo)]) == 2
+        assert f"--csv {photo} names a file being predicted" in caplog.text, spec
+        assert photo.read_bytes() == before, spec
 
 
 def test_an_option_out_of_range_shows_its_own_commands_usage(
@@ -596,41 +580,3 @@ def test_a_collection_that_predicts_nothing_reads_plainly(
     assert "photos.zip: ERROR a zip archive, not an image: unpack it" in out
     assert "two\\nlines.png: ERROR" in out and len(out.splitlines()) == 2  # one line per file
     assert not grid.exists() and f"--grid {grid} not written" in caplog.text
-
-
-def test_a_glob_leaves_out_what_a_folder_argument_leaves_out(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from visionpipe.predict import collect_inputs
-
-    monkeypatch.chdir(tmp_path)
-    for name in ("photos/cats/a.jpg", "photos/@eaDir/a.jpg/SYNOPHOTO_THUMB_XL.jpg"):
-        Path(name).parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (20, 20), "red").save(name)
-    by_folder = collect_inputs(["photos"]).files
-    for spec in ("photos/**/*.jpg", f"{tmp_path}/photos/**/*.jpg", "**/*.jpg"):
-        found = collect_inputs([spec]).files
-        assert [p.name for p in found] == [p.name for p in by_folder] == ["a.jpg"], spec
-    # Named in the literal part of the glob, the system folder is what the user asked for.
-    assert [p.name for p in collect_inputs(["photos/@eaDir/*/*.jpg"]).files] == [
-        "SYNOPHOTO_THUMB_XL.jpg"
-    ]
-
-
-def test_a_folder_s_or_glob_s_broken_photo_link_is_named_not_passed_over(tmp_path: Path) -> None:
-    # Photos linked from a drive that is not mounted: each gets its error line, as the same link
-    # given by name does, so the predictions plus the errors account for every photo.
-    from visionpipe.predict import collect_inputs
-
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    Image.new("RGB", (8, 8), "red").save(folder / "here.png")
-    (folder / "away.jpg").symlink_to(tmp_path / "usb" / "away.jpg")
-    (folder / "notes.txt").symlink_to(tmp_path / "usb" / "notes.txt")  # not a photo: no line
-    gone = "broken symlink: '{}' does not exist; fix or remove the link"
-    for spec in (str(folder), str(folder / "*")):
-        inputs = collect_inputs([spec])
-        assert [p.name for p in inputs.files] == ["here.png"], spec
-        assert [(e.file, e.error) for e in inputs.errors] == [
-            (str(folder / "away.jpg"), gone.format(tmp_path / "usb" / "away.jpg"))
-        ], spec

@@ -1,0 +1,211 @@
+"""The image files `visionpipe predict` is given: files, folders (searched recursively) and
+globs, expanded to the photos preprocess would read, each unusable one named with its reason."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from visionpipe.images import is_hidden, is_image_name
+
+log = logging.getLogger(__name__)
+
+GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass
+class Inputs:
+    files: list[Path] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (file or spec, why unusable)
+    # file -> the folder it was found below: a folder named, or a glob's leading folder
+    tops: dict[str, str] = field(default_factory=dict)
+
+
+def collect_inputs(specs: list[str]) -> Inputs:
+    """Expand files, folders (recursively) and globs; unusable specs become error entries."""
+    inputs = Inputs()
+    for spec in specs:
+        path = Path(spec)
+        if any(ch in spec for ch in GLOB_CHARS) and not path.exists():
+            _add_glob(inputs, spec)
+        elif path.is_dir():
+            if not _add_folder(inputs, path, spec, spec):
+                inputs.errors.append((spec, "folder holds no image files"))
+        elif path.is_file():
+            inputs.files.append(path)
+        elif path.is_symlink():  # the link itself exists: "no such file" would puzzle
+            inputs.errors.append((spec, _dangling(path)))
+        elif path.exists():
+            inputs.errors.append((spec, _not_regular(path)))
+        else:
+            inputs.errors.append((spec, "no such file or directory"))
+    return inputs
+
+
+def _add_glob(inputs: Inputs, spec: str) -> None:
+    """The files a glob matches, and the photos in the folders it matches, each once (`**`
+    matches a folder and the files in it): what the shell's expansion of the pattern gives."""
+    top, matches = _glob(spec)
+    hits = sorted(Path(p) for p in matches)
+    found = [p for p in hits if p.is_file()]
+    photos = [p for p in hits if is_image_name(p.name)]
+    inputs.errors += _broken_links(photos) + _odd_files(photos)
+    inputs.tops.update({str(p): top for p in hits})
+    walked = Inputs()
+    for folder in _outermost(p for p in hits if p.is_dir()):
+        _add_folder(walked, folder, str(folder), top)
+    named = {str(p) for p in found}
+    inputs.files += sorted([*found, *(p for p in walked.files if str(p) not in named)])
+    named_wrong = {file for file, _ in inputs.errors}
+    inputs.errors += [e for e in walked.errors if e[0] not in named_wrong]
+    inputs.tops.update(walked.tops)
+    if not found and not walked.files:
+        what = "no image files" if walked.tops else "no files"
+        inputs.errors.append((spec, f"glob matched {what}"))
+
+
+def _outermost(folders: Iterable[Path]) -> list[Path]:
+    """`folders` (sorted: a folder's own come right after it) without those inside another."""
+    kept: list[Path] = []
+    for folder in folders:
+        if not kept or not _within(str(folder), str(kept[-1])):
+            kept.append(folder)
+    return kept
+
+
+def _add_folder(inputs: Inputs, folder: Path, spec: str, top: str) -> bool:
+    """Add the photos below `folder` (and name its broken photo links); False if none."""
+    below = [(p, p.relative_to(folder).as_posix()) for p in _below(folder)]
+    every = [(p, rel) for p, rel in below if p.is_file()]
+    found = [p for p, rel in every if _is_photo(rel)]
+    _warn_left_out(spec, [rel for _, rel in every if not _is_photo(rel)])
+    # A photo's link whose target is gone (an unmounted drive) is no file: named, not passed
+    # over, so that the count of predictions adds up; so is a pipe named like a photo.
+    photos = [p for p, rel in below if _is_photo(rel)]
+    inputs.errors += _broken_links(photos) + _odd_files(photos)
+    inputs.files += found
+    inputs.tops.update({str(p): top for p, _ in below})
+    return bool(found)
+
+
+def _glob(spec: str) -> tuple[str, list[str]]:
+    """The longest leading folder of glob `spec` that exists as written (`.` or `/` when none),
+    taken literally (the brackets of `Photos [2024]/*.jpg` name a folder, not a character
+    class), and the matches, found by walking that folder as a folder argument is walked:
+    links to folders outside it followed once, a link back into it or above it not (Python's
+    `glob` follows those, and two links to `..` make its `**` repeat every photo billions of
+    times). What the wildcards reach inside a system folder (Synology's `@eaDir/` thumbnails)
+    is left out, as a folder argument leaves it; `*` matches names of any case, as written."""
+    cut = spec.rfind("/")
+    while cut > 0 and not os.path.isdir(spec[:cut]):
+        cut = spec.rfind("/", 0, cut)
+    top = spec[:cut] if cut > 0 else "/" if cut == 0 else "."
+    pattern = [part for part in spec[cut + 1 :].split("/") if part]
+    depth = None if "**" in pattern else len(pattern)
+    prefix = "" if cut < 0 else spec[: cut + 1]
+    hits = []
+    for path in _below(Path(top), depth):
+        rel = path.relative_to(top).as_posix()
+        if not is_hidden(rel) and _matches(rel.split("/"), pattern):
+            hits.append(prefix + rel)
+    return top, [hit for hit in hits if os.path.isdir(hit)] if spec.endswith("/") else hits
+
+
+def _matches(parts: list[str], pattern: list[str]) -> bool:
+    """Whether path `parts` match glob `pattern`'s parts, `**` standing for any number of
+    folders, as in Python's recursive glob."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_matches(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatchcase(parts[0], pattern[0]) and _matches(parts[1:], pattern[1:])
+
+
+def _below(folder: Path, depth: int | None = None) -> list[Path]:
+    """Every path below `folder` (down to `depth` levels; None: all) but in hidden and system
+    folders, sorted, links to folders outside it followed (a test set made of links to class
+    folders, `cat -> /data/cats`), each once. A link to a folder inside it, to it or to a
+    folder above it is not: the walk reaches those anyway, or would loop."""
+    root = os.path.realpath(folder)
+    followed: set[str] = set()
+    found: list[Path] = []
+    for here, dirnames, filenames in os.walk(folder, followlinks=True):
+        # Nothing in a hidden or system folder is a photo: `.git/`, `.venv/` and `.dvc/cache/`
+        # under a project would make a `**` from its root walk for minutes.
+        dirnames[:] = [name for name in dirnames if not is_hidden(name)]
+        for name in sorted(dirnames):
+            real = os.path.realpath(os.path.join(here, name))
+            if os.path.islink(os.path.join(here, name)):
+                inside = _within(real, root) or _within(root, real)
+                if inside or real in followed:
+                    dirnames.remove(name)
+                followed.add(real)
+        found += [Path(here, name) for name in [*dirnames, *filenames]]
+        if depth is not None and len(Path(here).relative_to(folder).parts) >= depth - 1:
+            dirnames.clear()  # what they hold is deeper than asked
+    return sorted(found)
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _is_photo(rel: str) -> bool:
+    """Whether a file at `rel` below a folder is an image preprocess would read too: not hidden
+    (`._IMG_1.jpg`, the AppleDouble twin a Mac leaves on other disks, is no image) nor a NAS
+    thumbnail."""
+    return is_image_name(rel) and not is_hidden(rel)
+
+
+def _warn_left_out(spec: str, left_out: list[str]) -> None:
+    """Say how many files of a folder get no prediction, as preprocess lists what it leaves
+    out: a phone's folder of 60 files that gives 40 predictions (its videos, .AAE edits) would
+    otherwise leave the user counting. Hidden and system files (.DS_Store, NAS thumbnails) go
+    without saying, as in preprocess's list: every folder a Mac has opened holds one."""
+    names = [name for name in left_out if not is_hidden(name)]
+    if not names:
+        return
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    log.warning(
+        "%s: left out %d file%s that %s (%s%s)",
+        spec, len(names), "s" * (len(names) > 1),
+        "are not images" if len(names) > 1 else "is not an image",
+        ", ".join(names[:3]), more,
+    )  # fmt: skip
+
+
+def _broken_links(paths: list[Path]) -> list[tuple[str, str]]:
+    """An error entry for each of `paths` that is a symlink to no file (`_dangling`)."""
+    return [(str(p), _dangling(p)) for p in paths if p.is_symlink() and not p.is_file()]
+
+
+def _odd_files(paths: list[Path]) -> list[tuple[str, str]]:
+    """An error entry for each of `paths` that exists as neither file, folder nor link: a named
+    pipe or a device named like a photo, which reading would block on or misread."""
+    odd = [p for p in paths if not p.is_symlink() and p.exists() and not p.is_file()]
+    odd = [p for p in odd if not p.is_dir()]
+    return [(str(p), _not_regular(p)) for p in odd]
+
+
+def _not_regular(path: Path) -> str:
+    mode = path.stat().st_mode
+    kind = "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket or device"
+    return f"not a regular file but {kind}, which holds no image; give the photo's file"
+
+
+def _dangling(link: Path) -> str:
+    """Why a symlink that is no file or folder cannot be read: it loops, or its target is gone."""
+    target = str(link.readlink())
+    try:
+        link.resolve(strict=True)
+    except (RuntimeError, OSError) as exc:  # a loop: RuntimeError up to Python 3.12, then ELOOP
+        if isinstance(exc, RuntimeError) or exc.errno == errno.ELOOP:
+            return f"symlink to {target!r} loops back on itself"
+        return f"broken symlink: {target!r} does not exist; fix or remove the link"
+    return f"symlink to {target!r}, which is not a regular file"

@@ -1,0 +1,148 @@
+"""The files, folders and globs `visionpipe predict` is given, expanded to the photos preprocess
+would read: system files left out, broken links, pipes and looping links named, not followed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.tiny_onnx import write_tiny_onnx
+from visionpipe.cli import main
+from visionpipe.inputs import collect_inputs
+
+
+def test_a_folder_gives_the_photos_preprocess_would_read_not_mac_or_nas_leftovers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / ".photos"  # a hidden folder named on purpose is still searched
+    for rel in ["cats/a.jpg", "cats/b.JFIF", "._a.jpg", "cats/._a.jpg", ".ipynb_checkpoints/c.png",
+                "cats/@eaDir/a.jpg/SYNOFILE_THUMB_M.jpg", "cats/Thumbs.db",
+                "cats/IMG_1.MOV"]:  # fmt: skip
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"x")
+    inputs = collect_inputs([str(folder)])
+    assert [p.relative_to(folder).as_posix() for p in inputs.files] == ["cats/a.jpg", "cats/b.JFIF"]
+    assert inputs.errors == []
+    # What gets no prediction is counted, as preprocess lists what it leaves out.
+    assert f"{folder}: left out 1 file that is not an image (cats/IMG_1.MOV)" in caplog.text
+
+
+def test_a_broken_or_looping_symlink_is_named_as_such(tmp_path: Path) -> None:
+    (tmp_path / "gone.jpg").symlink_to("deleted.jpg")
+    (tmp_path / "a.jpg").symlink_to("b.jpg")
+    (tmp_path / "b.jpg").symlink_to("a.jpg")
+    inputs = collect_inputs([str(tmp_path / n) for n in ("gone.jpg", "a.jpg", "none.jpg")])
+    assert [why for _, why in inputs.errors] == [
+        "broken symlink: 'deleted.jpg' does not exist; fix or remove the link",
+        "symlink to 'b.jpg' loops back on itself",
+        "no such file or directory",
+    ]
+
+
+def test_a_glob_leaves_out_what_a_folder_argument_leaves_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("photos/cats/a.jpg", "photos/@eaDir/a.jpg/SYNOPHOTO_THUMB_XL.jpg"):
+        Path(name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (20, 20), "red").save(name)
+    by_folder = collect_inputs(["photos"]).files
+    for spec in ("photos/**/*.jpg", f"{tmp_path}/photos/**/*.jpg", "**/*.jpg"):
+        found = collect_inputs([spec]).files
+        assert [p.name for p in found] == [p.name for p in by_folder] == ["a.jpg"], spec
+    # Named in the literal part of the glob, the system folder is what the user asked for.
+    assert [p.name for p in collect_inputs(["photos/@eaDir/*/*.jpg"]).files] == [
+        "SYNOPHOTO_THUMB_XL.jpg"
+    ]
+
+
+def test_a_folder_s_or_glob_s_broken_photo_link_is_named_not_passed_over(tmp_path: Path) -> None:
+    # Photos linked from a drive that is not mounted: each gets its error line, as the same link
+    # given by name does, so the predictions plus the errors account for every photo.
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (8, 8), "red").save(folder / "here.png")
+    (folder / "away.jpg").symlink_to(tmp_path / "usb" / "away.jpg")
+    (folder / "notes.txt").symlink_to(tmp_path / "usb" / "notes.txt")  # not a photo: no line
+    gone = "broken symlink: '{}' does not exist; fix or remove the link"
+    for spec in (str(folder), str(folder / "*")):
+        inputs = collect_inputs([spec])
+        assert [p.name for p in inputs.files] == ["here.png"], spec
+        assert inputs.errors == [
+            (str(folder / "away.jpg"), gone.format(tmp_path / "usb" / "away.jpg"))
+        ], spec
+
+
+def _photo(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), "red").save(path)
+    return path
+
+
+def test_a_glob_through_a_link_back_up_takes_each_photo_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `**` follows links to folders: one to `..` (or to the folder itself) would repeat every
+    # photo about 40 times, each a level deeper, as the kernel's limit on links allows.
+    monkeypatch.chdir(tmp_path)
+    for name in ("photos/cats/a.jpg", "photos/dogs/b.jpg", "elsewhere/c.jpg"):
+        _photo(tmp_path / name)
+    (tmp_path / "photos" / "dogs" / "up").symlink_to("..")
+    (tmp_path / "photos" / "again").symlink_to(tmp_path / "photos")
+    (tmp_path / "photos" / "more").symlink_to(tmp_path / "elsewhere")  # outside: followed
+    expected = ["cats/a.jpg", "dogs/b.jpg", "more/c.jpg"]
+    for spec in ("photos/**/*.jpg", f"{tmp_path}/photos/**/*.jpg", "photos"):
+        found = collect_inputs([spec]).files
+        assert [(tmp_path / p).relative_to(tmp_path / "photos").as_posix() for p in found] == (
+            expected
+        ), spec
+    monkeypatch.chdir(tmp_path / "photos")
+    found = collect_inputs(["**/*.jpg"]).files
+    assert [p.as_posix() for p in found] == expected
+
+
+def test_a_quoted_glob_of_folders_predicts_the_photos_in_them_as_the_shell_would(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photos = tmp_path / "photos"
+    for name in ("cat/a.jpg", "cat/2019/b.jpg", "dog/c.jpg", "loose.jpg"):
+        _photo(photos / name)
+    (photos / "videos").mkdir()
+    (photos / "videos" / "clip.mov").write_bytes(b"x")
+    for spec in (f"{photos}/*", f"{photos}/*/"):
+        inputs = collect_inputs([spec])
+        names = [p.relative_to(photos).as_posix() for p in inputs.files]
+        loose = [] if spec.endswith("/") else ["loose.jpg"]  # `*/` matches folders alone
+        assert names == ["cat/2019/b.jpg", "cat/a.jpg", "dog/c.jpg", *loose], spec
+        assert inputs.errors == [], spec
+        assert inputs.tops[str(photos / "cat" / "2019" / "b.jpg")] == str(photos), spec
+    assert collect_inputs([f"{photos}/v*"]).errors == [
+        (f"{photos}/v*", "glob matched no image files")
+    ]
+    assert collect_inputs([f"{photos}/x*"]).errors == [(f"{photos}/x*", "glob matched no files")]
+    model = str(write_tiny_onnx(tmp_path / "model.onnx", ["cat", "dog"]))
+    assert main(["predict", f"{photos}/*", "--model", model]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("accuracy on the 3 images in folders named after a class:")
+
+
+def test_a_pipe_named_like_a_photo_is_named_not_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Reading a named pipe would wait for a writer forever.
+    photos = tmp_path / "photos"
+    _photo(photos / "a.jpg")
+    os.mkfifo(photos / "x.jpg")
+    os.mkfifo(photos / ".hidden.jpg")  # hidden: left out without a word, as a .DS_Store
+    why = "not a regular file but a named pipe (FIFO), which holds no image; give the photo's file"
+    for spec in (str(photos), f"{photos}/*.jpg"):
+        inputs = collect_inputs([spec])
+        assert [p.name for p in inputs.files] == ["a.jpg"], spec
+        assert inputs.errors == [(str(photos / "x.jpg"), why)], spec
+    assert collect_inputs([str(photos / "x.jpg")]).errors == [(str(photos / "x.jpg"), why)]
+    model = str(write_tiny_onnx(tmp_path / "model.onnx"))
+    assert main(["predict", str(photos / "x.jpg"), "--model", model]) == 1
+    assert f"x.jpg: ERROR {why}" in capsys.readouterr().out
