@@ -118,6 +118,36 @@ def test_resize_shorter_side_then_center_crop() -> None:
     assert chw.shape == (3, 10, 10) and chw.dtype == np.uint8
 
 
+def _resize_then_crop(img: Image.Image, size: int) -> Image.Image:
+    """The whole image resized, then cropped: what every ordinary photo gets, byte for byte."""
+    w, h = img.size
+    nw, nh = max(size, round(w * size / min(w, h))), max(size, round(h * size / min(w, h)))
+    left, top = (nw - size) // 2, (nh - size) // 2
+    resized = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
+    return resized.crop((left, top, left + size, top + size))
+
+
+def test_a_long_strip_resizes_only_the_square_it_keeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    strip = Image.fromarray(rng.integers(0, 256, (3, 4000, 3), dtype=np.uint8))  # 1333:1
+    photo = Image.fromarray(rng.integers(0, 256, (300, 500, 3), dtype=np.uint8))
+    made = []
+    resize = Image.Image.resize
+
+    def spy(self: Image.Image, size: tuple[int, int], *args: object, **kw: object) -> Image.Image:
+        made.append(size[0] * size[1])
+        return resize(self, size, *args, **kw)
+
+    monkeypatch.setattr(Image.Image, "resize", spy)
+    out = resize_center_crop(strip, 16)
+    # Resizing the whole strip would make 16 x 21,333 pixels: for a 1,000,000x1 PNG, ~18 GB.
+    assert made == [16 * 16]
+    expected = np.asarray(_resize_then_crop(strip, 16), np.int16)
+    assert np.abs(np.asarray(out, np.int16) - expected).max() <= 1
+    # An ordinary photo keeps the exact bytes it has always had.
+    assert resize_center_crop(photo, 64).tobytes() == _resize_then_crop(photo, 64).tobytes()
+
+
 def _photo(width: int, height: int, **save: object) -> bytes:
     """A smooth photo-like JPEG: a colour gradient with a bright disc."""
     y, x = np.mgrid[0:height, 0:width]
