@@ -83,23 +83,39 @@ def is_image_name(name: str) -> bool:
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
         # convert('RGB') clips 16-bit values at 255; scale to 8 bits instead.
-        arr = np.asarray(img, dtype=np.uint32)
-        peak = 65535 if img.mode.startswith("I;16") else max(int(arr.max()), 1)
-        arr8 = (arr * 255 // peak).astype(np.uint8)
+        arr8 = (np.asarray(img, dtype=np.uint32) * 255 // 65535).astype(np.uint8)
         return Image.fromarray(arr8, mode="L").convert("RGB")
+    if img.mode == "I":
+        return Image.fromarray(_int32_to_8bit(np.asarray(img)), mode="L").convert("RGB")
     if img.mode == "F":
-        # convert('RGB') rounds each float: a float TIFF of values in [0, 1] (what scientific
-        # cameras and numpy exports write) would turn black. Scale [0, max(1, peak)] to 8 bits.
-        arr = np.nan_to_num(np.asarray(img, dtype=np.float32))
-        peak = max(float(arr.max(initial=0.0)), 1.0)
-        arr8 = np.clip(np.rint(arr * (255 / peak)), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr8, mode="L").convert("RGB")
+        return Image.fromarray(_float_to_8bit(np.asarray(img)), mode="L").convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")  # avoids PIL's warning about palette transparency
     # The tutorial's convert('RGB'): alpha is dropped, L/P/CMYK/YCbCr are converted.
     return img.convert("RGB")
+
+
+def _int32_to_8bit(arr: np.ndarray) -> np.ndarray:
+    """32-bit integer pixels -> uint8: [0, max(1, peak)] scaled down, negatives black. In
+    float64, exact for every int32: in 32 bits a negative would wrap to white and a value above
+    16.8 million overflow when multiplied by 255."""
+    values = np.maximum(arr.astype(np.float64), 0.0)
+    peak = max(float(values.max(initial=0.0)), 1.0)
+    return np.floor(values * 255 / peak).astype(np.uint8)  # 255 first: the peak gives 255
+
+
+def _float_to_8bit(arr: np.ndarray) -> np.ndarray:
+    """Float pixels -> uint8: [0, max(1, peak)] scaled, the peak the largest finite value.
+    convert('RGB') rounds each float: a TIFF of values in [0, 1] (what scientific cameras and
+    numpy exports write) would turn black. +inf is the peak and nan or -inf black: one +inf taken
+    as the peak would turn all the others black."""
+    finite = np.isfinite(arr)
+    peak = max(float(arr.max(initial=0.0, where=finite)), 1.0)
+    values = np.where(finite, arr, np.where(arr == np.inf, np.float32(peak), np.float32(0)))
+    # float32 arithmetic, as the scaling has always been done: the same bytes as before
+    return np.clip(np.rint(values.astype(np.float32) * (255 / peak)), 0, 255).astype(np.uint8)
 
 
 # Where Pillow's getexif() finds an orientation: without any of these an image is upright, and

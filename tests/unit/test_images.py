@@ -48,6 +48,30 @@ def test_palette_with_transparency_and_16_bit_keep_their_values() -> None:
 
 
 @pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ((-1000, 0, 500, 1000), (0, 0, 127, 255)),  # negatives black, not wrapped
+        ((0, 50_000_000, 99_999_999, 100_000_000), (0, 127, 254, 255)),  # 255 x value fits
+        ((0, 3, 7, 65_535), (0, 0, 0, 255)),
+    ],
+)
+def test_32_bit_integer_tiffs_scale_from_zero_to_their_peak(
+    values: tuple[int, ...], expected: tuple[int, ...]
+) -> None:
+    img = Image.fromarray(np.array([values], dtype=np.int32), mode="I")
+    rgb = decode_rgb(_encode(img, "TIFF"), "i.tif")
+    assert [rgb.getpixel((x, 0)) for x in range(4)] == [(v, v, v) for v in expected]
+
+
+def test_a_float_tiff_peaks_at_its_largest_finite_value() -> None:
+    values = (0.0, 0.5, 1.0, 2.0, np.inf, np.nan, -np.inf)
+    img = Image.fromarray(np.array([values], dtype=np.float32), mode="F")
+    rgb = decode_rgb(_encode(img, "TIFF"), "f.tif")
+    expected = (0, 64, 128, 255, 255, 0, 0)
+    assert [rgb.getpixel((x, 0)) for x in range(7)] == [(v, v, v) for v in expected]
+
+
+@pytest.mark.parametrize(
     ("values", "expected"), [((0.0, 0.5, 1.0), (0, 128, 255)), ((0.0, 100.0, 400.0), (0, 64, 255))]
 )
 def test_float_tiffs_are_scaled_not_rounded_to_black(
