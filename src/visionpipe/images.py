@@ -19,6 +19,7 @@ import contextlib
 import functools
 import io
 import os
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -265,24 +266,50 @@ def _decode_with_pillow(data: bytes, name: str, size: int | None) -> Image.Image
     except UnidentifiedImageError:
         raise BadImageError(name, _unidentified_reason(data)) from None
     except Image.DecompressionBombError as exc:
-        reason = f"too large to decode safely ({exc}); downscale it first"
-        raise BadImageError(name, reason) from None
+        raise BadImageError(name, _bomb_reason(exc)) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(name, f"cannot decode: {str(exc).strip()}") from None
 
 
+def _bomb_reason(exc: Image.DecompressionBombError) -> str:
+    """Why an image whose plugin checks its size as it reads the header (WebP, an animated GIF's
+    frame) is refused: its pixels, from Pillow's message, and the limit it is above."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    pixels = f" ({int(found[1]):,} pixels)" if found else ""
+    # It is above Pillow's limit (2 x MAX_IMAGE_PIXELS), so above the smaller of the two.
+    limit = min(MAX_PIXELS, 2 * (Image.MAX_IMAGE_PIXELS or MAX_PIXELS))
+    return f"image{pixels} is above the {limit:,} limit; downscale it first"
+
+
 def _open_image(data: bytes) -> Image.Image:
-    """Image.open, except that a JPEG above Pillow's decompression-bomb size opens too: it is
-    decoded at reduced scale, and MAX_PIXELS bounds the pixels that decode makes."""
+    """Image.open, except that an image above Pillow's decompression-bomb size opens too (its
+    header only): MAX_PIXELS then refuses it in the project's words, or, for a JPEG decoded at
+    reduced scale, bounds the pixels that decode makes."""
     if _is_heif(data):
         _register_heif()
+    # Once pi-heif is registered it would claim a mif1 AVIF before Pillow's plugin does.
+    formats = ["AVIF"] if _is_avif(data) else None
     try:
-        # Once pi-heif is registered it would claim a mif1 AVIF before Pillow's plugin does.
-        return Image.open(io.BytesIO(data), formats=["AVIF"] if _is_avif(data) else None)
+        return Image.open(io.BytesIO(data), formats=formats)
     except Image.DecompressionBombError:
-        if not data.startswith(b"\xff\xd8"):
+        if data.startswith(b"\xff\xd8"):
+            return JpegImagePlugin.JpegImageFile(io.BytesIO(data))
+        img = _open_past_bomb_check(data, formats or list(Image.ID))
+        if img is None:
             raise
-        return JpegImagePlugin.JpegImageFile(io.BytesIO(data))
+        return img
+
+
+def _open_past_bomb_check(data: bytes, formats: list[str]) -> Image.Image | None:
+    """What Image.open's plugin loop opens, without its size check: the first plugin (in
+    Pillow's order) that accepts the file and reads its header. None if none does."""
+    for fmt in formats:
+        factory, accept = Image.OPEN[fmt]
+        if accept is not None and not accept(data[:16]):
+            continue
+        with contextlib.suppress(SyntaxError, IndexError, TypeError, ValueError, OSError):
+            return factory(io.BytesIO(data), "")
+    return None
 
 
 def _is_heif(data: bytes) -> bool:

@@ -274,7 +274,17 @@ def test_a_jpeg_above_the_pixel_limit_is_read_at_the_reduced_scale_it_decodes_at
         assert load_array(data, "big.jpg", 16).shape == (3, 16, 16)
         with pytest.raises(BadImageError, match="above the 100,000 limit; downscale it first"):
             decode_rgb(data, "big.jpg", None)  # a full decode stays refused
-    with pytest.raises(BadImageError, match=r"too large to decode safely .*; downscale it"):
-        decode_rgb(_encode(photo, "PNG"), "big.png", 16)  # no reduced decode for a PNG
+    # No reduced decode for a PNG: refused in the same words, not Pillow's bomb warning.
+    with pytest.raises(BadImageError) as refused:
+        decode_rgb(_encode(photo, "PNG"), "big.png", 16)
+    assert refused.value.reason == (
+        "image is 640x480 (307,200 pixels), above the 100,000 limit; downscale it first"
+    )
+    with pytest.raises(BadImageError) as refused:  # WebP's plugin checks the size itself
+        decode_rgb(_encode(photo, "WEBP"), "big.webp", 16)
+    assert (
+        refused.value.reason
+        == "image (307,200 pixels) is above the 100,000 limit; downscale it first"
+    )
     with pytest.raises(BadImageError, match="above the 100,000 limit"):
         decode_rgb(_encode(Image.new("RGB", (400, 300)), "PNG"), "big.png", 16)
