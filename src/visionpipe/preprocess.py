@@ -71,6 +71,7 @@ class Result:
     mean: list[float]
     std: list[float]
     bad_images: list[dict[str, str]] = field(default_factory=list)
+    bad_classes: list[str] = field(default_factory=list)  # the class of each of bad_images
     ignored_files: list[str] = field(default_factory=list)
     identical: list[list[identical.Copy]] = field(default_factory=list)  # groups of copies
     blank: list[int] = field(default_factory=list)  # those all black or white (identical.blank)
@@ -104,7 +105,7 @@ def decode_source(
             files.names, data.test_fraction, data.val_fraction, data.seed
         )
         log.info(
-            "%s: %s layout, %d classes (%s), %d images (%s)",
+            "%s: %s layout, %d classes (%s), %d image files to decode (%s)",
             source.name,
             plan.layout,
             len(plan.classes),
@@ -276,6 +277,7 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
     record of which file went where."""
     _check_disk(out, plan, size)
     bad: list[dict[str, str]] = []
+    bad_classes: list[str] = []
     sums, squares = np.zeros(3, np.int64), np.zeros(3, np.int64)  # the train images'
     digests, failed_rows = bytearray(), []  # of every item, for identical.groups
     with contextlib.ExitStack() as stack:
@@ -291,6 +293,7 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
             done += len(chunk.images)
             failed = dict(chunk.failed)
             bad += _route(items, chunk.images, failed, writers, record, plan.classes)
+            bad_classes += [plan.classes[items[row].label] for row in failed]
             failed_rows += [done - len(items) + row for row in failed]
             digests += chunk.digests
             sums += chunk.sums
@@ -315,6 +318,7 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
         mean=mean,
         std=std,
         bad_images=bad,
+        bad_classes=bad_classes,
         ignored_files=plan.ignored,
         identical=_copies(plan, groups),
         blank=identical.blank(bytes(digests), groups, size),
@@ -436,6 +440,50 @@ def _check_bad_images(result: Result, on_bad_image: str) -> None:
     )
 
 
+class EmptyClassError(DatasetLayoutError):
+    """A class folder none of whose images could be decoded."""
+
+
+def _check_empty_classes(result: Result, class_counts: dict[str, dict[str, int]]) -> None:
+    """Refuse a class left with no image in any split: the model would get an output for it
+    that it never sees (torchvision's ImageFolder refuses such a class too)."""
+    empty = [c for c in result.classes if not any(class_counts[s][c] for s in SPLITS)]
+    if not empty:
+        return
+    lines = []
+    for cls in empty:
+        reasons = [
+            f"{b['file']}: {b['reason']}"
+            for b, of in zip(result.bad_images, result.bad_classes, strict=True)
+            if of == cls
+        ]
+        listing = "".join(f"\n    {r}" for r in reasons[:5])
+        more = f"\n    ... and {len(reasons) - 5} more" if len(reasons) > 5 else ""
+        lines.append(f"  {cls!r}: {_files(len(reasons))}, none decodable:{listing}{more}")
+    # The stage stops before its report: it holds the list alone, as for on_bad_image: fail.
+    write_json(paths.PREPROCESS_REPORT, {"bad_images": result.bad_images})
+    classes = f"{len(empty)} class{'es' * (len(empty) != 1)}"
+    raise EmptyClassError(
+        f"{classes} would have no image to train or test on, every file skipped as undecodable"
+        f" (all listed under 'bad_images' in {paths.PREPROCESS_REPORT}):\n"
+        + "\n".join(lines)
+        + "\nRemove the class's folder (in split folders, each split's), or add photos to it or"
+        " fix its files."
+    )
+
+
+def _log_decoded(result: Result) -> None:
+    """The counts as decoded: the plan's figures less the images that could not be decoded."""
+    counts = result.counts
+    skipped = f", {len(result.bad_images)} skipped" if result.bad_images else ""
+    log.info(
+        "decoded %d images (%s)%s",
+        sum(counts.values()),
+        ", ".join(f"{s} {counts[s]}" for s in SPLITS),
+        skipped,
+    )
+
+
 def _warn_thin_classes(counts: dict[str, dict[str, int]], val_fraction: float) -> list[str]:
     checked = [s for s in SPLITS if s != "val" or val_fraction > 0]
     warnings = split_plan.thin_classes(counts, checked)
@@ -474,6 +522,8 @@ def run(params: DataParams, workers: int | None = None) -> dict[str, Any]:
         result = decode_source(source, size, params.data, out, workers)
         _check_bad_images(result, params.data.on_bad_image)
         class_counts = split_plan.class_counts(result.labels, result.classes)
+        _check_empty_classes(result, class_counts)
+        _log_decoded(result)
         warnings = result.layout_warnings + _warn_thin_classes(
             class_counts, params.data.val_fraction
         )

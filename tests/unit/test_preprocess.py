@@ -105,6 +105,63 @@ def test_files_left_out_are_told_apart_by_what_to_do(
     ]
 
 
+@pytest.mark.parametrize("layout", ["flat", "split"])
+def test_a_class_with_no_decodable_image_is_refused(workdir: Path, layout: str) -> None:
+    good = _jpeg((1, 2, 3))
+    fish = {"empty.jpg": b"", "cut.jpg": good[: len(good) // 3], "text.jpg": b"hello"}
+    folder = "photos/fish" if layout == "flat" else "photos/train/fish"
+    extra = {f"{folder}/{name}": data for name, data in fish.items()}
+    source = workdir / paths.RAW_DIR / "photos.zip"
+    if layout == "flat":
+        _flat_zip(source, {"ants": 10, "bees": 10}, extra=extra)
+    else:
+        _make_zip(source, extra=extra | {"photos/val/fish/x.jpg": b""})
+    with pytest.raises(preprocess.EmptyClassError) as err:
+        preprocess.run(_params())
+    said = str(err.value)
+    n = 3 if layout == "flat" else 4
+    assert said.startswith(
+        "1 class would have no image to train or test on, every file skipped as undecodable"
+        " (all listed under 'bad_images' in metrics/preprocess.json):\n"
+        f"  'fish': {n} files, none decodable:\n"
+    ), said
+    assert f"{folder}/empty.jpg: empty file (0 bytes)" in said
+    assert said.endswith(
+        "Remove the class's folder (in split folders, each split's), or add"
+        " photos to it or fix its files."
+    )
+    assert not paths.PROCESSED_DIR.exists() and not paths.SAMPLES_DIR.exists()
+    assert [p.name for p in paths.PROCESSED_DIR.parent.iterdir()] == ["raw"]  # no temp left
+    report = json.loads(paths.PREPROCESS_REPORT.read_text())
+    assert {b["file"] for b in report["bad_images"]} >= set(extra)
+
+
+def test_a_class_missing_from_some_split_folders_is_warned_not_refused(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    extra = {"photos/train/wasps/0.jpg": _jpeg((20, 20, 220)), "photos/val/wasps/x.jpg": b""}
+    _make_zip(workdir / paths.RAW_DIR / "photos.zip", extra=extra)
+    meta = preprocess.run(_params())
+    assert meta["classes"] == ["ants", "bees", "wasps"]
+    assert "class 'wasps' has no val images" in caplog.text
+
+
+def test_the_counts_logged_are_those_decoded(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = {"photos/train/ants/empty.jpg": b"", "photos/val/bees/text.jpg": b"hello"}
+    _make_zip(workdir / paths.RAW_DIR / "photos.zip", extra=bad)
+    with caplog.at_level(logging.INFO):
+        meta = preprocess.run(_params(val_fraction=0))
+    assert meta["counts"] == {"train": 20, "val": 0, "test": 8}
+    said = [r.getMessage() for r in caplog.records]
+    assert any(
+        "2 classes (ants, bees), 30 image files to decode (train 21, val 0, test 9)" in m
+        for m in said
+    ), said
+    assert "decoded 28 images (train 20, val 0, test 8), 2 skipped" in said
+
+
 def test_on_bad_image_fail_lists_every_file_when_there_are_many(workdir: Path) -> None:
     bad = {f"photos/train/ants/{i:03d}.jpg": b"" for i in range(60)}
     _make_zip(workdir / paths.RAW_DIR / "photos.zip", extra=bad)
