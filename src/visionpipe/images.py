@@ -115,7 +115,7 @@ def _float_to_8bit(arr: np.ndarray) -> np.ndarray:
     finite = np.isfinite(arr)
     peak = max(float(arr.max(initial=0.0, where=finite)), 1.0)
     values = np.where(finite, arr, np.where(arr == np.inf, np.float32(peak), np.float32(0)))
-    # float32 arithmetic, as the scaling has always been done: the same bytes as before
+    # Scaled in float32: its rounding is part of the bytes every float TIFF decodes to.
     return np.clip(np.rint(values.astype(np.float32) * (255 / peak)), 0, 255).astype(np.uint8)
 
 
@@ -272,8 +272,8 @@ def _decode_with_pillow(data: bytes, name: str, size: int | None) -> Image.Image
 
 
 def _bomb_reason(exc: Image.DecompressionBombError) -> str:
-    """Why an image whose plugin checks its size as it reads the header (WebP, an animated GIF's
-    frame) is refused: its pixels, from Pillow's message, and the limit it is above."""
+    """Why an image whose plugin checks its size itself as it reads the header (WebP's) is
+    refused: its pixels, from Pillow's message, and the limit it is above."""
     found = re.search(r"\((\d+) pixels\)", str(exc))
     pixels = f" ({int(found[1]):,} pixels)" if found else ""
     # It is above Pillow's limit (2 x MAX_IMAGE_PIXELS), so above the smaller of the two.
