@@ -399,9 +399,9 @@ _ARCHIVE_MAGIC = ((b"PK\x03\x04", 0, "zip"), (b"\x1f\x8b", 0, "gzip"), (b"ustar"
 
 # An image whose resized long side would exceed this many times the target size (an aspect ratio
 # beyond 32:1, past every photo, phone panorama and web banner) resizes only the centre square.
-# Resizing the whole of a 1,000,000x1 strip for 64 px would take ~18 GB. Only that path: its
-# filter positions differ in the last bits, moving ~0.5% of the bytes of an ordinary photo by 1,
-# and datasets preprocessed before keep their exact bytes.
+# Resizing the whole of a 1,000,000x1 strip for 64 px would take ~18 GB. Only there: Pillow takes
+# the box in single precision, so its filter positions differ in the last bits and ~0.5% of an
+# ordinary photo's bytes would move by 1, and every photo would preprocess to other bytes.
 MAX_CROP_RATIO = 32
 
 
