@@ -244,16 +244,17 @@ def warn_if_no_step_logs(cfg: TrainConfig, steps_per_epoch: int) -> None:
     leaves an empty plot out without a word."""
     total = steps_per_epoch * cfg.epochs
     if cfg.log_every > total:
+        # Under ten steps no value gives ten points: 1 gives one per step.
+        ten = f" ({total // 10} gives about ten points)" if total >= 10 else ""
         log.warning(
             "train.log_every is %d but this run has %d steps (%d per epoch): no per-step train "
-            "loss in TensorBoard or %s; set train.log_every to %d or less to get one (%d gives "
-            "about ten points)",
+            "loss in TensorBoard or %s; set train.log_every to %d or less to get one%s",
             cfg.log_every,
             total,
             steps_per_epoch,
             paths.PLOT_STEPS,
             total,
-            max(1, total // 10),
+            ten,
         )
 
 
