@@ -9,9 +9,11 @@ import re
 
 import pytest
 import torch
+from pydantic import BaseModel
 
 from tests.helpers import ROOT
 from visionpipe import determinism
+from visionpipe.config.params import Params
 from visionpipe.models import MODELS, build_model, keys_of, own_keys
 
 RECIPES = sorted(p.stem for p in (ROOT / "conf" / "recipe").glob("*.yaml"))
@@ -115,6 +117,35 @@ def _parameters_row(section: str) -> str:
     found = [r for r in rows if r.startswith(f"| `{section}` |")]
     assert len(found) == 1, f"docs/parameters.md should have one row for `{section}`"
     return found[0]
+
+
+def _schema_keys(schema: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every key of a section, nested ones dotted (`augment.flip`)."""
+    keys = []
+    for name, field in schema.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            keys += _schema_keys(field.annotation, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+SECTIONS = {
+    name: field.annotation
+    for name, field in Params.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+}
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_parameters_md_names_every_key(section: str) -> None:
+    # Nothing else tells a contributor who adds a key that the table lists them all.
+    row = _parameters_row(section)
+    missing = [key for key in _schema_keys(SECTIONS[section]) if f"`{key}`" not in row]
+    assert not missing, (
+        f"docs/parameters.md: the `{section}` row of the table under 'The keys' names every "
+        f"{section}.* key; add {', '.join(f'`{k}`' for k in missing)} (with its choices, if any)"
+    )
 
 
 @pytest.mark.parametrize("key", own_keys())
