@@ -90,6 +90,8 @@ def test_committed_params_are_the_tutorial_defaults(tmp_path: Path) -> None:
         ({"data": {"seed": -1}}, ["'data.seed' = -1", "greater than or equal to 0"]),
         ({"train": {"seed": -1}}, ["'train.seed' = -1", "greater than or equal to 0"]),
         ({"train": {"seed": 2**64}}, [f"'train.seed' = {2**64}", "less than"]),
+        # YAML's .inf passes a lower bound alone, and would train to NaN.
+        ({"train": {"weight_decay": float("inf")}}, ["'train.weight_decay' = inf", "finite"]),
         (
             {"launch": {"nnodes": 2, "node_rank": 2}},
             ["launch.node_rank 2", "launch.nnodes (2)", "0 to 1", "conf/local/machine.yaml"],

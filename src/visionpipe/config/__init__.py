@@ -54,7 +54,8 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    # No param means anything at inf or nan (`-S train.weight_decay=inf` would train to NaN).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
 
 
 S = TypeVar("S", bound=BaseModel)
