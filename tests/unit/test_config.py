@@ -92,6 +92,10 @@ def test_committed_params_are_the_tutorial_defaults(tmp_path: Path) -> None:
         ({"train": {"seed": 2**64}}, [f"'train.seed' = {2**64}", "less than"]),
         # YAML's .inf passes a lower bound alone, and would train to NaN.
         ({"train": {"weight_decay": float("inf")}}, ["'train.weight_decay' = inf", "finite"]),
+        # Lax validation would take true as 1: an epoch, an lr of 1.
+        ({"train": {"epochs": True}}, ["'train.epochs' = True", "a number, not true or false"]),
+        ({"train": {"lr": True}}, ["'train.lr' = True", "a number, not true or false"]),
+        ({"data": {"test_fraction": False}}, ["'data.test_fraction' = False", "not true or"]),
         (
             {"launch": {"nnodes": 2, "node_rank": 2}},
             ["launch.node_rank 2", "launch.nnodes (2)", "0 to 1", "conf/local/machine.yaml"],

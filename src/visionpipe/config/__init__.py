@@ -12,10 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 DEFAULT_PARAMS = Path("params.yaml")
 # params.yaml's top-level keys: the recipe label, its note, and the sections.
@@ -56,6 +65,21 @@ class ConfigError(ValueError):
 class Section(BaseModel):
     # No param means anything at inf or nan (`-S train.weight_decay=inf` would train to NaN).
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_switch_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """Refuse true/false for a number: lax validation would train `train.epochs=true` for
+        one epoch. (Lax it stays otherwise: PyYAML reads `lr: 1e-3` as the string "1e-3".)"""
+        if isinstance(value, bool) and info.field_name is not None:
+            kinds = set(get_args(cls.model_fields[info.field_name].annotation)) or {
+                cls.model_fields[info.field_name].annotation
+            }
+            if kinds & {int, float} and bool not in kinds:
+                raise PydanticCustomError(
+                    "number_not_bool", "Input should be a number, not true or false"
+                )
+        return value
 
 
 S = TypeVar("S", bound=BaseModel)
