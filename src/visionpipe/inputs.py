@@ -101,7 +101,7 @@ def _glob(spec: str) -> tuple[str, list[str]]:
     links to folders outside it followed once, a link back into it or above it not (Python's
     `glob` follows those, and two links to `..` make its `**` repeat every photo billions of
     times). What the wildcards reach inside a system folder (Synology's `@eaDir/` thumbnails)
-    is left out, as a folder argument leaves it; `*` matches names of any case, as written."""
+    is left out, as a folder argument leaves it."""
     cut = spec.rfind("/")
     while cut > 0 and not os.path.isdir(spec[:cut]):
         cut = spec.rfind("/", 0, cut)
