@@ -64,6 +64,31 @@ def _cpu_only(value: Any, what: str) -> None:
 @contextlib.contextmanager
 def fake_gpu(monkeypatch: pytest.MonkeyPatch, gpu: FakeGPU) -> Iterator[FakeGPU]:
     """Inside: `train.run` picks `cuda`, and every tensor op runs under FakeTensorMode."""
+    _fake_cuda_queries(monkeypatch, gpu)
+    _fake_tensor_methods(monkeypatch, gpu)
+    monkeypatch.setattr(torch.utils.tensorboard, "SummaryWriter", _writer_class(gpu))
+
+    def misclassified_grid(images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, *a):
+        for name, t in (("images", images), ("labels", labels), ("preds", preds)):
+            _cpu_only(t, f"misclassified_grid {name}")
+        return None
+
+    monkeypatch.setattr(train, "misclassified_grid", misclassified_grid)
+    real_build = train.build_model
+
+    def build_model(*args: Any, **kwargs: Any) -> torch.nn.Module:
+        with unset_fake_temporarily():
+            model = real_build(*args, **kwargs)
+        gpu.models.append(model)
+        return model
+
+    monkeypatch.setattr(train, "build_model", build_model)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        yield gpu
+
+
+def _fake_cuda_queries(monkeypatch: pytest.MonkeyPatch, gpu: FakeGPU) -> None:
+    """torch.cuda's answers about a GPU of `gpu.capability` and name, with 80 GiB free."""
     cap = gpu.capability
     monkeypatch.setattr(devices, "pick_device", lambda choice="auto": torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (80 * 2**30, 80 * 2**30))
@@ -78,6 +103,10 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch, gpu: FakeGPU) -> Iterator[FakeGPU]
     # torch.autocast("cuda") switches itself off when it sees no GPU.
     monkeypatch.setattr(torch.cuda.amp.common, "amp_definitely_not_available", lambda: False)
 
+
+def _fake_tensor_methods(monkeypatch: pytest.MonkeyPatch, gpu: FakeGPU) -> None:
+    """`.item()` and `.backward()` of fake tensors (zero values, zero gradients); torch.save
+    records what it would write."""
     real_item, real_backward = torch.Tensor.item, torch.Tensor.backward
 
     def item(self: torch.Tensor) -> Any:
@@ -94,6 +123,10 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch, gpu: FakeGPU) -> Iterator[FakeGPU]
     monkeypatch.setattr(torch.Tensor, "item", item)
     monkeypatch.setattr(torch.Tensor, "backward", backward)
     monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: gpu.saved.append(obj))
+
+
+def _writer_class(gpu: FakeGPU) -> type:
+    """A SummaryWriter that checks what train logs is on the CPU (images) or a float (scalars)."""
 
     class Writer:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -120,22 +153,4 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch, gpu: FakeGPU) -> Iterator[FakeGPU]
         def close(self) -> None:
             pass
 
-    monkeypatch.setattr(torch.utils.tensorboard, "SummaryWriter", Writer)
-
-    def misclassified_grid(images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, *a):
-        for name, t in (("images", images), ("labels", labels), ("preds", preds)):
-            _cpu_only(t, f"misclassified_grid {name}")
-        return None
-
-    monkeypatch.setattr(train, "misclassified_grid", misclassified_grid)
-    real_build = train.build_model
-
-    def build_model(*args: Any, **kwargs: Any) -> torch.nn.Module:
-        with unset_fake_temporarily():
-            model = real_build(*args, **kwargs)
-        gpu.models.append(model)
-        return model
-
-    monkeypatch.setattr(train, "build_model", build_model)
-    with FakeTensorMode(allow_non_fake_inputs=True):
-        yield gpu
+    return Writer
