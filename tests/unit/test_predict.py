@@ -53,43 +53,17 @@ def test_cli_predicts_good_files_and_reports_each_bad_one(
     (tmp_path / "nothing").mkdir()
     out_json, out_csv, grid = tmp_path / "p.json", tmp_path / "p.csv", tmp_path / "grid.png"
 
-    code = main(
-        [
-            "predict",
-            str(tmp_path / "good"),
-            str(bad),
-            str(tmp_path / "missing.jpg"),
-            str(tmp_path / "nothing"),
-            str(tmp_path / "*.none"),
-            "--model",
-            str(exported_model / "model.onnx"),
-            "--topk",
-            "2",
-            "--json",
-            str(out_json),
-            "--csv",
-            str(out_csv),
-            "--grid",
-            str(grid),
-        ]
-    )
+    specs = [str(tmp_path / n) for n in ("good", "bad", "missing.jpg", "nothing", "*.none")]
+    model = str(exported_model / "model.onnx")
+    outputs = ["--json", str(out_json), "--csv", str(out_csv), "--grid", str(grid)]
+    code = main(["predict", *specs, "--model", model, "--topk", "2", *outputs])
     assert code == 1, "any failed input must make the command exit non-zero"
     preds = {Path(p["file"]).name: p for p in json.loads(out_json.read_text())}
     for name in good:
         assert preds[name]["error"] is None and len(preds[name]["top"]) == 2
         assert preds[name]["top"][0]["class"] in ("cat", "dog", "frog")
-    reasons = {
-        name: preds[name]["error"]
-        for name in (
-            "empty.jpg",
-            "notes.png",
-            "cut.jpg",
-            "huge.png",
-            "missing.jpg",
-            "nothing",
-            "*.none",
-        )
-    }
+    failures = ("empty.jpg", "notes.png", "cut.jpg", "huge.png", "missing.jpg", "nothing")
+    reasons = {name: preds[name]["error"] for name in (*failures, "*.none")}
     assert "empty" in reasons["empty.jpg"]
     assert "not a recognised image" in reasons["notes.png"]
     assert "cannot decode" in reasons["cut.jpg"]
