@@ -45,14 +45,11 @@ def _outs_hashes(repo: Path) -> dict[str, str]:
     }
 
 
-def test_official_format_over_http_repro_exp_metrics_plots(
-    baseline: Baseline, baselined_repo: Path
-) -> None:
-    # The baseline is a fresh project's first `dvc repro`, its archive fetched over HTTP.
+def _check_first_repro(baseline: Baseline, repo: Path) -> None:
+    """What a fresh project's first `dvc repro` wrote, its archive fetched over HTTP."""
     for stage in ("download", "preprocess", "train", "evaluate", "export", "predict"):
         assert f"Running stage '{stage}'" in baseline.repro
     assert "/cifar-10-python.tar.gz" in baseline.server.requests
-    repo = baselined_repo
     meta = json.loads((repo / "data/processed/meta.json").read_text())
     assert meta["classes"] == list(CLASSES)
     assert meta["counts"] == {"train": 180, "val": 20, "test": 60}
@@ -73,6 +70,13 @@ def test_official_format_over_http_repro_exp_metrics_plots(
     epochs = (repo / "metrics/plots/epochs.csv").read_text().splitlines()
     assert epochs[0].startswith("epoch,train_loss,val_loss,val_accuracy") and len(epochs) == 3
     assert any((repo / "logs/tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_official_format_over_http_repro_exp_metrics_plots(
+    baseline: Baseline, baselined_repo: Path
+) -> None:
+    repo = baselined_repo
+    _check_first_repro(baseline, repo)
 
     # Nothing changed: DVC only checks, quickly.
     started = time.perf_counter()
