@@ -78,11 +78,9 @@ def test_official_format_over_http_repro_exp_metrics_plots(
     repo = baselined_repo
     _check_first_repro(baseline, repo)
 
-    # Nothing changed: DVC only checks, quickly.
-    started = time.perf_counter()
+    # Nothing changed: DVC only checks, running no stage (bench/stage_times.py times it).
     out = dvc(repo, "repro").stdout
     assert "Running stage" not in out
-    assert time.perf_counter() - started < 30
 
     # A new lr retrains without re-downloading or re-decoding: the server sees no request.
     fetched = len(baseline.server.requests)
