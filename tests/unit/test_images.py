@@ -58,17 +58,13 @@ def test_palette_with_transparency_and_16_bit_keep_their_values() -> None:
 def test_32_bit_integer_tiffs_scale_from_zero_to_their_peak(
     values: tuple[int, ...], expected: tuple[int, ...]
 ) -> None:
-    img = Image.fromarray(np.array([values], dtype=np.int32), mode="I")
-    rgb = decode_rgb(_encode(img, "TIFF"), "i.tif")
-    assert [rgb.getpixel((x, 0)) for x in range(4)] == [(v, v, v) for v in expected]
+    assert _tiff_row(values, np.int32, "I") == [(v, v, v) for v in expected]
 
 
 def test_a_float_tiff_peaks_at_its_largest_finite_value() -> None:
     values = (0.0, 0.5, 1.0, 2.0, np.inf, np.nan, -np.inf)
-    img = Image.fromarray(np.array([values], dtype=np.float32), mode="F")
-    rgb = decode_rgb(_encode(img, "TIFF"), "f.tif")
     expected = (0, 64, 128, 255, 255, 0, 0)
-    assert [rgb.getpixel((x, 0)) for x in range(7)] == [(v, v, v) for v in expected]
+    assert _tiff_row(values, np.float32, "F") == [(v, v, v) for v in expected]
 
 
 @pytest.mark.parametrize(
@@ -77,9 +73,14 @@ def test_a_float_tiff_peaks_at_its_largest_finite_value() -> None:
 def test_float_tiffs_are_scaled_not_rounded_to_black(
     values: tuple[float, ...], expected: tuple[int, ...]
 ) -> None:
-    img = Image.fromarray(np.array([values], dtype=np.float32), mode="F")
-    rgb = decode_rgb(_encode(img, "TIFF"), "f.tif")
-    assert [rgb.getpixel((x, 0)) for x in range(3)] == [(v, v, v) for v in expected]
+    assert _tiff_row(values, np.float32, "F") == [(v, v, v) for v in expected]
+
+
+def _tiff_row(values: tuple[float, ...], dtype: type, mode: str) -> list[tuple[int, ...]]:
+    """The RGB pixels a one-row TIFF of `values` decodes to."""
+    img = Image.fromarray(np.array([values], dtype=dtype), mode=mode)
+    rgb = decode_rgb(_encode(img, "TIFF"), f"{mode}.tif")
+    return [rgb.getpixel((x, 0)) for x in range(len(values))]
 
 
 def test_exif_orientation_is_applied() -> None:
