@@ -490,3 +490,24 @@ def test_real_hymenoptera_zip(tmp_path: Path) -> None:
         pytest.skip(f"{REAL_HYMENOPTERA} not present")
     result = _fetch(None, tmp_path, dataset="hymenoptera", mirror=str(REAL_HYMENOPTERA.parent))
     assert result.size == REAL_HYMENOPTERA.stat().st_size
+
+
+def test_an_ordinary_folder_packs_to_the_same_bytes_as_ever(tmp_path: Path) -> None:
+    """folder.tar's bytes are data.sha256 pins and DVC's cache keys: the same photos must pack
+    to the same digest from one release to the next (and on a Mac, a NAS or Linux)."""
+    photos = tmp_path / "photos"
+    files = {
+        "cats/IMG_0001.jpg": b"\xff\xd8jpeg-one",
+        "cats/2019/b.PNG": b"png" * 300,
+        "cats/clip.MOV": b"video" * 50,
+        "dogs/d.jpeg": b"dog",
+        "dogs/.DS_Store": b"x",
+        "dogs/notes.txt": b"n",
+        "birds/x.heic": b"h",
+    }
+    for name, data in files.items():
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        (photos / name).write_bytes(data)
+    (photos / "dogs" / "alias.jpg").symlink_to("d.jpeg")
+    digest = "8abe2e1aa56298aea7c69390473949431b162ba288edced539ec467d01aa7af1"
+    assert _fetch("photos", tmp_path).sha256 == digest
