@@ -44,6 +44,13 @@ log = logging.getLogger(__name__)
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 SUPPORTED_KINDS = "a .zip, .tar, .tar.gz or .tgz file, or a directory"
+# What to do about a copy in data/raw that cannot be read: the download stage re-runs when
+# data.source changes, not when the file it names does.
+_RECOPY = (
+    "it is the download stage's copy of data.source, which is truncated or was changed while"
+    " copied: copy or download data.source again (a tar lists whole with `tar tf FILE`), then run"
+    " `uv run dvc repro --force download`"
+)
 
 _MAX_LINK_HOPS = 40  # as Linux's ELOOP limit: a longer chain of links is a loop
 _MAX_SYMLINK_BYTES = 4096  # a zip symlink's target is its data; PATH_MAX bounds a real one
@@ -53,6 +60,11 @@ _ZIP_UTF8_FLAG = 0x800  # general purpose bit 11: the member's name is UTF-8
 
 class UnsafeArchiveError(ValueError):
     """An archive or folder member could escape the archive root, or is not a plain file."""
+
+
+class ArchiveReadError(ValueError):
+    """A source that cannot be read: not a folder or supported archive, or a corrupt or
+    truncated one. The message names the file and what to do."""
 
 
 class UndecodableNameError(ValueError):
@@ -93,10 +105,31 @@ def archive_kind(source: Path) -> Kind:
         pass  # not a readable tar: try zip next
     if zipfile.is_zipfile(source):
         return "zip"
-    raise ValueError(
-        f"{source} is not a supported archive: expected {SUPPORTED_KINDS}. "
-        "Point data.source at one of those."
+    raise ArchiveReadError(
+        f"{source} is neither a folder nor a supported archive: expected a folder of class"
+        " folders (photos/cats/*.jpg), or a .zip, .tar, .tar.gz or .tgz of one. Point data.source"
+        " at the folder holding the class folders, or at an archive of it"
     )
+
+
+def check_readable(source: Path) -> Kind:
+    """`archive_kind(source)`, having opened an archive as far as is cheap: a zip's central
+    directory (at its end, so a truncated zip fails here) and a tar's first header. A tar
+    truncated further on shows only when read whole, in preprocess."""
+    kind = archive_kind(source)
+    if kind == "zip":
+        with _open_zip_file(source):
+            pass
+    elif kind == "tar":
+        try:
+            with tarfile.open(source, "r:*") as tf:
+                tf.next()
+        except _TAR_ERRORS as e:
+            raise ArchiveReadError(
+                f"{source} is not a readable tar archive ({e}): it is truncated, still being"
+                " written, or not what its name says; copy, download or create it again"
+            ) from e
+    return kind
 
 
 class Span(NamedTuple):  # a tuple: made for every image, so it must be cheap
@@ -174,18 +207,20 @@ def read_span(span: Span) -> bytes:
         header = f.read(_ZIP_LOCAL_HEADER.size)
         fields = _ZIP_LOCAL_HEADER.unpack(header) if len(header) == _ZIP_LOCAL_HEADER.size else None
         if fields is None or fields[0] != _ZIP_LOCAL_SIGNATURE:
-            raise ValueError(f"{span.path} is corrupt: no local header for {span.zip_name!r}")
+            raise ArchiveReadError(f"{span.path} is corrupt: no local header for {span.zip_name!r}")
         name = f.read(fields[-2]).decode("utf-8" if fields[2] & 0x800 else "cp437")
         if name != span.zip_name:
-            raise ValueError(f"{span.path} is corrupt: {span.zip_name!r} is stored as {name!r}")
+            raise ArchiveReadError(
+                f"{span.path} is corrupt: {span.zip_name!r} is stored as {name!r}"
+            )
         f.seek(fields[-1], os.SEEK_CUR)
         data = f.read(span.size)
         if span.zip_method == zipfile.ZIP_DEFLATED:
             data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data)
         if zlib.crc32(data) != span.zip_crc:
-            raise ValueError(f"{span.path} is corrupt: {span.zip_name!r} fails its CRC check")
+            raise ArchiveReadError(f"{span.path} is corrupt: {span.zip_name!r} fails its CRC check")
     if span.zip_method is None and len(data) != span.size:
-        raise ValueError(f"{span.path} is truncated: a member ends early, re-download it")
+        raise ArchiveReadError(f"{span.path} is truncated: a member ends early; {_RECOPY}")
     return data
 
 
@@ -221,7 +256,7 @@ def pack_directory(
     warn_empty_folders(src, folders, [e.name for e in entries], " (not packed)")
     if not entries:
         but = f" but {found} hidden or system file{'s' * (found > 1)}" if found else ""
-        raise ValueError(f"{src} holds no regular files{but}: nothing to pack")
+        raise ArchiveReadError(f"{src} holds no regular files{but}: nothing to pack")
     stored = store([e.name for e in entries]) if store else [True] * len(entries)
     left_out = 0  # bytes of the files stored empty
     with atomic_path(dest) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
@@ -286,13 +321,19 @@ def _open(source: Path) -> Iterator[Opened]:
             yield opened
 
 
+def _open_zip_file(source: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(source)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ArchiveReadError(
+            f"{source} is not a readable zip archive ({e}): it is truncated, still being"
+            " written, or not what its name says; copy, download or create it again"
+        ) from e
+
+
 @contextlib.contextmanager
 def _open_zip(source: Path) -> Iterator[Opened]:
-    try:
-        zf = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise ValueError(f"{source} is not a readable zip archive ({e}): re-download it") from e
-    with zf:
+    with _open_zip_file(source) as zf:
         files: dict[str, zipfile.ZipInfo] = {}
         links: dict[str, str] = {}
         seen: set[str] = set()
@@ -375,9 +416,9 @@ def _read_zip_member(source: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -
     try:
         return zf.read(info)
     except RuntimeError as e:  # zipfile's way of saying "encrypted, password required"
-        raise ValueError(f"{source}: member {info.filename!r} cannot be read: {e}") from e
+        raise ArchiveReadError(f"{source}: member {info.filename!r} cannot be read: {e}") from e
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError) as e:
-        raise ValueError(
+        raise ArchiveReadError(
             f"{source} is corrupt or unsupported: member {info.filename!r} cannot be read ({e});"
             " re-download or re-create the archive"
         ) from e
@@ -391,7 +432,7 @@ def _open_tar(source: Path) -> Iterator[Opened]:
     try:
         tf = tarfile.open(source, "r:*")  # noqa: SIM115 (closed by the `with tf` below)
     except _TAR_ERRORS as e:
-        raise ValueError(f"{source} is not a readable tar archive ({e}): re-download it") from e
+        raise ArchiveReadError(f"{source} is not a readable tar archive ({e}): {_RECOPY}") from e
     with tf:
         try:
             members = tf.getmembers()  # reads the whole archive once, so truncation shows here
@@ -400,8 +441,8 @@ def _open_tar(source: Path) -> Iterator[Opened]:
             while tf.fileobj.read(1 << 20):
                 pass
         except _TAR_ERRORS as e:
-            raise ValueError(
-                f"{source} is corrupt or truncated ({type(e).__name__}: {e}): re-download it"
+            raise ArchiveReadError(
+                f"{source} is corrupt or truncated ({type(e).__name__}: {e}): {_RECOPY}"
             ) from e
         files: dict[str, tarfile.TarInfo] = {}
         links: dict[str, str] = {}
@@ -433,7 +474,7 @@ def _open_tar(source: Path) -> Iterator[Opened]:
                 assert f is not None  # a regular member always has a file object
                 return f.read()
             except _TAR_ERRORS as e:
-                raise ValueError(f"{source}: member {target!r} cannot be read ({e})") from e
+                raise ArchiveReadError(f"{source}: member {target!r} cannot be read ({e})") from e
 
         # An uncompressed tar (what the download stage packs a folder into) stores each file
         # as one byte range; a compressed one can only be read in order, in this process.

@@ -28,7 +28,13 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from visionpipe import __version__, paths
-from visionpipe.archive import ARCHIVE_SUFFIXES, list_files, pack_directory
+from visionpipe.archive import (
+    ARCHIVE_SUFFIXES,
+    ArchiveReadError,
+    check_readable,
+    list_files,
+    pack_directory,
+)
 from visionpipe.cifar_pickle import is_cifar_python
 from visionpipe.fsutil import atomic_path
 from visionpipe.images import is_hidden, is_image_name
@@ -273,6 +279,12 @@ def _fetch_source(
             dest.unlink(missing_ok=True)
             raise
         return hashes.result(dest, str(path))
+    try:
+        # Refused here, naming the user's file, rather than by preprocess, naming its copy.
+        check_readable(path)
+    except ArchiveReadError as e:
+        named = repr(source) if source == str(path) else f"{source!r} ({path})"
+        raise DownloadError(f"data.source {named}{str(e).removeprefix(str(path))}") from e
     return _copy(path, dest_dir / path.name, expect, [])
 
 

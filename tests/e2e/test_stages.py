@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -40,3 +43,56 @@ def test_missing_upstream_output_names_the_command_to_run(tmp_path: Path) -> Non
     assert "Traceback" not in proc.stderr
     debug = run_stage("evaluate", tmp_path, VISIONPIPE_DEBUG="1")
     assert "Traceback" in debug.stderr  # the escape hatch for bug reports
+
+
+def _photos_zip(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name in ("photos/cats/1.jpg", "photos/dogs/2.jpg"):
+            zf.writestr(name, b"\xff\xd8" + bytes(range(256)) * 200)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["photo", "truncated zip", "text"])
+def test_download_refuses_a_source_that_is_no_folder_or_archive_naming_it(
+    tmp_path: Path, kind: str
+) -> None:
+    """A photo, a zip cut short (its central directory lost) or any other file is refused by
+    the download stage, naming data.source's value, rather than by preprocess with a
+    traceback about data/raw's copy."""
+    if kind == "photo":
+        source = tmp_path / "IMG_0000.jpg"
+        source.write_bytes(b"\xff\xd8\xff\xe0" + bytes(1000))
+    elif kind == "truncated zip":
+        whole = _photos_zip(tmp_path / "whole.zip").read_bytes()
+        source = tmp_path / "photos.zip"
+        source.write_bytes(whole[: len(whole) // 2])
+    else:
+        source = tmp_path / "notes.txt"
+        source.write_text("not photos")
+    (tmp_path / "params.yaml").write_text(f"data:\n  dataset: imagefolder\n  source: {source}\n")
+    proc = run_stage("download", tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"data.source '{source}'" in proc.stderr
+    fix = "again" if kind == "truncated zip" else ".zip, .tar, .tar.gz or .tgz"
+    assert fix in proc.stderr
+    assert not list((tmp_path / "data" / "raw").glob("*"))
+
+
+def test_preprocess_names_a_truncated_tar_in_one_line(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name in ("cats/1.jpg", "dogs/2.jpg"):
+            info = tarfile.TarInfo(name)
+            data = bytes(range(256)) * 400
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    raw = tmp_path / "data" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "photos.tar.gz").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (tmp_path / "params.yaml").write_text("data:\n  dataset: imagefolder\n  source: x.tar.gz\n")
+    proc = run_stage("preprocess", tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "photos.tar.gz is corrupt or truncated" in proc.stderr
+    assert "copy or download data.source again" in proc.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import re
 import shutil
@@ -28,7 +29,15 @@ from visionpipe.sources import (
     fetch_dataset,
 )
 
-PAYLOAD = b"pretend this is an archive\n" * 100
+
+def _zip_bytes() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:  # ZipInfo's fixed 1980 date: the same bytes each run
+        zf.writestr(zipfile.ZipInfo("photos/cats/1.jpg"), b"pretend this is a photo\n" * 100)
+    return buf.getvalue()
+
+
+PAYLOAD = _zip_bytes()  # an archive, as a local data.source must be
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
 MD5 = hashlib.md5(PAYLOAD).hexdigest()
 REAL_HYMENOPTERA = (
