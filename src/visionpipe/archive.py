@@ -3,11 +3,13 @@
 Every member of an archive is validated before `open_files` returns: absolute paths, `..`
 components, links that resolve outside the archive root, members stored under a link, device and
 fifo entries and duplicate names all raise `UnsafeArchiveError`. Because nothing is ever extracted
-to disk, a malicious archive can at worst be refused, never escape.
+to disk, a malicious archive can at worst be refused, never escape. A folder's named pipes,
+sockets and devices are skipped with a warning instead, never opened.
 
 Links: a symlink or hardlink whose target resolves (as an extractor would resolve it, through
 other links) to a regular file inside the archive is followed: its target's bytes are read
-under the link's own name. Links to folders or to missing members are skipped with a warning.
+under the link's own name. Links to folders, to missing members or in a loop are skipped with a
+warning naming each.
 
 Order: zip archives and folders list files sorted by name; tar archives list them in archive
 order, which is fixed by the archive's bytes and so just as deterministic (sorting would make a
@@ -33,7 +35,7 @@ import tarfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal, NamedTuple
 
@@ -246,13 +248,15 @@ def pack_directory(
     root = src.resolve()
     if dest.resolve().is_relative_to(root):
         raise ValueError(f"cannot pack {src} into {dest}: the tar would land inside the folder")
-    entries, folders = _dir_entries(root)
-    found = len(entries)
+    listing = _dir_entries(root)
+    found = len(listing.entries)
     if leave_out:
-        entries = [e for e in entries if not leave_out(e.name)]
-        folders = [f for f in folders if not leave_out(f)]
-        if found > len(entries):
-            log.info("left out %d hidden and system files of %s", found - len(entries), src)
+        listing.leave_out(leave_out)
+        if found > len(listing.entries):
+            left = found - len(listing.entries)
+            log.info("left out %d hidden and system files of %s", left, src)
+    listing.warn(src)
+    entries, folders = listing.entries, listing.folders
     warn_empty_folders(src, folders, [e.name for e in entries], " (not packed)")
     if not entries:
         but = f" but {found} hidden or system file{'s' * (found > 1)}" if found else ""
@@ -306,7 +310,9 @@ def _open(source: Path) -> Iterator[Opened]:
     kind = archive_kind(source)
     if kind == "dir":
         root = source.resolve()
-        entries, folders = _dir_entries(root)
+        listing = _dir_entries(root)
+        listing.warn(source)
+        entries, folders = listing.entries, listing.folders
         yield (
             entries,
             lambda name: (root / name).read_bytes(),
@@ -494,7 +500,8 @@ def _open_tar(source: Path) -> Iterator[Opened]:
 
 
 def _refuse(source: Path, member: str, reason: str) -> None:
-    raise UnsafeArchiveError(f"refusing {source}: member {member!r}: {reason}")
+    what = "" if source.is_dir() else "member "
+    raise UnsafeArchiveError(f"refusing {source}: {what}{member!r}: {reason}")
 
 
 def warn_empty_folders(source: Path, folders: list[str], names: list[str], note: str = "") -> None:
@@ -524,13 +531,35 @@ def _parents(name: str) -> list[str]:
     return ["/".join(parts[:i]) for i in range(len(parts), 0, -1)]
 
 
-def _warn_skipped(source: Path, skipped: list[str]) -> None:
-    if skipped:
+_NAMED_MAX = 20  # names listed in one warning line, the rest counted
+
+
+def _some(names: list[str]) -> str:
+    """Up to _NAMED_MAX of `names`, sorted, and how many more."""
+    shown = ", ".join(sorted(names)[:_NAMED_MAX])
+    more = len(names) - _NAMED_MAX
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _warn_skipped(source: Path, folder_links: list[str], broken_links: list[str]) -> None:
+    """Name every skipped link, those that lead to no file apart: each may be a photo lost."""
+    if broken_links:
         log.warning(
-            "%s: skipped %d link(s) to folders or missing files, e.g. %s",
+            "%s: skipped %d link%s that lead%s to no file (missing, a loop of links, or no"
+            " regular file): %s. Copy the photos themselves in their place",
             source,
-            len(skipped),
-            ", ".join(sorted(skipped)[:3]),
+            len(broken_links),
+            "s" if len(broken_links) > 1 else "",
+            "" if len(broken_links) > 1 else "s",
+            _some(broken_links),
+        )
+    if folder_links:
+        log.warning(
+            "%s: skipped %d link%s to folders (not followed: they could loop): %s",
+            source,
+            len(folder_links),
+            "s" if len(folder_links) > 1 else "",
+            _some(folder_links),
         )
 
 
@@ -548,9 +577,16 @@ _TAR_KINDS = {
 
 
 def _refuse_kind(source: Path, member: str, fmt: int | None, raw_type: object = None) -> None:
-    """Refuse a device, fifo or other special member (`fmt`: its stat file type)."""
+    """Refuse a device, fifo or other special archive member (`fmt`: its stat file type): an
+    extractor would create it, unlike a folder's, which is skipped."""
     what = _KINDS.get(fmt, f"file type {oct(fmt)}") if fmt is not None else f"type {raw_type!r}"
-    _refuse(source, member, f"{what} entries are not allowed")
+    _refuse(
+        source,
+        member,
+        f"{what} entries are not allowed (an archive of a folder that held one): re-create the"
+        " archive without it, or unpack it and point data.source at the folder, where such"
+        " entries are skipped",
+    )
 
 
 def _is_absolute(path: str) -> bool:
@@ -623,20 +659,27 @@ def _resolve(path: str, links: Mapping[str, str]) -> str | None:
 def _plan(
     source: Path, files: list[str], links: Mapping[str, str], hardlinks: Mapping[str, str]
 ) -> list[_Entry]:
-    """Check every member's path and link target; return the files to yield (links followed)."""
+    """Check every member's path and link target; return the files to yield (links followed).
+    A link that loops, or leads to no file inside, is skipped as in a folder: an extractor
+    could not make a file of it either, so nothing escapes through it."""
     file_set = set(files)
     entries: list[_Entry] = []
-    skipped: list[str] = []
+    folder_links: list[str] = []
+    broken_links: list[str] = []
+    folders: set[str] | None = None  # every file's parent folders, made when first needed
     for name in [*files, *links, *hardlinks]:
         try:
             target = _check_member(source, name, links, hardlinks)
-        except _LinkLoop as e:
-            _refuse(source, name, f"symlink loop through {str(e)!r}")
+        except _LinkLoop:
+            broken_links.append(name)
+            continue
         if target in file_set:
             entries.append(_Entry(name, target))
-        else:
-            skipped.append(name)
-    _warn_skipped(source, skipped)
+            continue
+        if folders is None:
+            folders = {parent for file in files for parent in _parents(file)}
+        (folder_links if target in folders or not target else broken_links).append(name)
+    _warn_skipped(source, folder_links, broken_links)
     return entries
 
 
@@ -688,12 +731,41 @@ def _check_outside_link(
     _refuse(root, rel, f"symlink to {link!r} is named like a DVC cache file, but {where}: {fix}")
 
 
-def _dir_entries(root: Path) -> tuple[list[_Entry], list[str]]:
-    """Regular files under folder `root` (already resolved), sorted by relative posix path, and
-    the relative paths of the folders below it, sorted."""
-    entries: list[_Entry] = []
-    skipped: list[str] = []
-    folders: list[str] = []
+@dataclass
+class _Listing:
+    """A folder's files, folders, and what cannot be packed: links to no file and special files
+    (named pipes, sockets, devices), which are skipped, never opened (a pipe would block)."""
+
+    entries: list[_Entry] = field(default_factory=list)
+    folders: list[str] = field(default_factory=list)
+    folder_links: list[str] = field(default_factory=list)
+    broken_links: list[str] = field(default_factory=list)  # missing, looping or special target
+    specials: list[str] = field(default_factory=list)
+
+    def leave_out(self, hidden: Callable[[str], bool]) -> None:
+        for names in (self.folders, self.folder_links, self.broken_links, self.specials):
+            names[:] = [n for n in names if not hidden(n)]
+        self.entries = [e for e in self.entries if not hidden(e.name)]
+
+    def warn(self, source: Path) -> None:
+        _warn_skipped(source, self.folder_links, self.broken_links)
+        if self.specials:
+            log.warning(
+                "%s: skipped %d entr%s that %s not a regular file (a named pipe, socket or"
+                " device), never opened: %s. Copy the photos themselves into the folder if"
+                " these stood for any",
+                source,
+                len(self.specials),
+                "ies" if len(self.specials) > 1 else "y",
+                "are" if len(self.specials) > 1 else "is",
+                _some(self.specials),
+            )
+
+
+def _dir_entries(root: Path) -> _Listing:
+    """Regular files under folder `root` (already resolved), sorted by relative posix path, the
+    relative paths of the folders below it, sorted, and what was skipped."""
+    found = _Listing()
 
     def fail(e: OSError) -> None:
         raise e  # os.walk would otherwise skip an unreadable folder silently
@@ -715,14 +787,17 @@ def _dir_entries(root: Path) -> tuple[list[_Entry], list[str]]:
                     target = str(real)
                     _check_outside_link(root, rel, real, dvc_cache)
                 if real.is_file():
-                    entries.append(_Entry(rel, target))
+                    found.entries.append(_Entry(rel, target))
+                elif real.is_dir():
+                    found.folder_links.append(rel)  # following could loop
                 else:
-                    skipped.append(rel)  # a link to a folder or nothing: following could loop
+                    found.broken_links.append(rel)
             elif stat.S_ISREG(st.st_mode):
-                entries.append(_Entry(rel, rel))
+                found.entries.append(_Entry(rel, rel))
             elif stat.S_ISDIR(st.st_mode):
-                folders.append(rel)
+                found.folders.append(rel)
             else:
-                _refuse_kind(root, rel, stat.S_IFMT(st.st_mode))
-    _warn_skipped(root, skipped)
-    return sorted(entries, key=lambda e: e.name), sorted(folders)
+                found.specials.append(rel)
+    found.entries.sort(key=lambda e: e.name)
+    found.folders.sort()
+    return found
