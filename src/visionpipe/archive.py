@@ -41,6 +41,7 @@ from typing import BinaryIO, Literal, NamedTuple
 
 from visionpipe import fsutil
 from visionpipe.fsutil import atomic_path, is_dvc_cache_file, size_text
+from visionpipe.images import is_image_name
 
 log = logging.getLogger(__name__)
 
@@ -257,11 +258,14 @@ def pack_directory(
             log.info("left out %d hidden and system files of %s", left, src)
     listing.warn(src)
     entries, folders = listing.entries, listing.folders
-    warn_empty_folders(src, folders, [e.name for e in entries], " (not packed)")
+    names = [e.name for e in entries]
+    stored = store(names) if store and names else [True] * len(names)
+    # The files stored whole are those preprocess reads; without `store`, those named as images.
+    images = [name for name, keep in zip(names, stored, strict=True) if keep] if store else None
+    warn_empty_folders(src, folders, names, " (not packed)", images)
     if not entries:
         but = f" but {found} hidden or system file{'s' * (found > 1)}" if found else ""
         raise ArchiveReadError(f"{src} holds no regular files{but}: nothing to pack")
-    stored = store([e.name for e in entries]) if store else [True] * len(entries)
     left_out = 0  # bytes of the files stored empty
     with atomic_path(dest) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
         for entry, keep in zip(entries, stored, strict=True):
@@ -504,24 +508,49 @@ def _refuse(source: Path, member: str, reason: str) -> None:
     raise UnsafeArchiveError(f"refusing {source}: {what}{member!r}: {reason}")
 
 
-def warn_empty_folders(source: Path, folders: list[str], names: list[str], note: str = "") -> None:
+def warn_empty_folders(
+    source: Path,
+    folders: list[str],
+    names: list[str],
+    note: str = "",
+    images: list[str] | None = None,
+) -> None:
     """Name the `folders` with none of the files `names` below them: an empty class folder (its
     photos not copied yet) is no class, and the model would train without it, unsaid (a tar
-    packed from a folder holds no folder entries: there it would vanish). `note` ends the
-    line."""
+    packed from a folder holds no folder entries: there it would vanish). Then, likewise, those
+    with files but none of the `images` (default: the names with an image suffix) below them, a
+    folder of videos, say. `note` ends each line."""
     holding = {parent for name in names for parent in _parents(name)}
     empty = [f for f in folders if f not in holding]
-    # Name the outermost ones: cats/ rather than cats/ and cats/2019/.
-    outer = [f for f in empty if not any(p in empty for p in _parents(f))]
-    if outer:
+    _warn_folders(source, _outermost(empty), f"no files, so no class or split comes of {{}}{note}")
+    if images is None:
+        images = [name for name in names if is_image_name(name)]
+    with_images = {parent for name in images for parent in _parents(name)}
+    # A folder beside its parent's own photos (cats/videos/ beside cats/1.jpg) is no class
+    # folder; only one whose parent holds no image itself may have been meant as a class.
+    direct = {posixpath.dirname(name) for name in images}
+    imageless = [f for f in folders if f in holding and f not in with_images]
+    outer = [f for f in _outermost(imageless) if posixpath.dirname(f) not in direct]
+    what = f"files but no image, so no class or split comes of {{}}{note} (images by their suffix"
+    _warn_folders(source, outer, what + ": .jpg, .png, .heic, ...)")
+
+
+def _outermost(folders: list[str]) -> list[str]:
+    """Those of `folders` not below another of them: cats/ rather than cats/ and cats/2019/."""
+    listed = set(folders)
+    return [f for f in folders if not any(p in listed for p in _parents(f))]
+
+
+def _warn_folders(source: Path, folders: list[str], what: str) -> None:
+    """One warning naming `folders` that hold `what` ({} there: "it" or "them")."""
+    if folders:
         log.warning(
-            "%s: %d folder%s no files, so no class or split comes of %s%s: %s",
+            "%s: %d folder%s %s: %s",
             source,
-            len(outer),
-            "s hold" if len(outer) > 1 else " holds",
-            "them" if len(outer) > 1 else "it",
-            note,
-            ", ".join(f"{f}/" for f in outer[:5]) + (" ..." if len(outer) > 5 else ""),
+            len(folders),
+            "s hold" if len(folders) > 1 else " holds",
+            what.format("them" if len(folders) > 1 else "it"),
+            ", ".join(f"{f}/" for f in folders[:5]) + (" ..." if len(folders) > 5 else ""),
         )
 
 

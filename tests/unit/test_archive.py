@@ -21,7 +21,9 @@ from visionpipe.archive import (
     UnsafeArchiveError,
     iter_files,
     list_files,
+    open_files,
     pack_directory,
+    warn_empty_folders,
 )
 from visionpipe.images import is_hidden
 
@@ -393,6 +395,36 @@ def test_pack_directory_names_the_empty_folders_it_cannot_pack(
     caplog.clear()
     pack_directory(src / "train" / "cat", tmp_path / "cat.tar")
     assert "no files" not in caplog.text
+
+
+def test_a_folder_of_no_image_is_named_as_no_class(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A folder of videos beside the class folders is no class, as an empty one: said, naming
+    it, in the folder form (the download stage) and the zip form (preprocess) alike; a folder
+    beside its parent's own photos (cats/raw/ beside cats/1.jpg) is no class folder."""
+    files = {
+        "photos/cats/1.jpg": b"c",
+        "photos/cats/raw/1.CR2": b"r",
+        "photos/dogs/2019/2.jpg": b"d",
+        "photos/videos_only/clip.MOV": b"v",
+        "photos/videos_only/2019/clip2.MOV": b"v",
+    }
+    for name, data in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    said = "1 folder holds files but no image, so no class or split comes of it"
+    with caplog.at_level(logging.WARNING):
+        pack_directory(tmp_path / "photos", tmp_path / "out.tar")
+    assert said in caplog.text and caplog.text.rstrip().endswith(": videos_only/")
+    caplog.clear()
+    dirs = sorted({str(Path(n).parent) + "/" for n in files} | {"photos/"})
+    src = _zip(
+        tmp_path / "photos.zip", [(d, b"", 0) for d in dirs] + [(n, d, 0) for n, d in files.items()]
+    )
+    with open_files(src) as opened, caplog.at_level(logging.WARNING):
+        warn_empty_folders(Path(src.name), opened.folders, opened.names)
+    assert said in caplog.text and caplog.text.rstrip().endswith(": photos/videos_only/")
 
 
 def _spans_of(source: Path) -> dict[str, bytes | None]:

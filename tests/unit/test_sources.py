@@ -520,3 +520,16 @@ def test_an_ordinary_folder_packs_to_the_same_bytes_as_ever(tmp_path: Path) -> N
     (photos / "dogs" / "alias.jpg").symlink_to("d.jpeg")
     digest = "8abe2e1aa56298aea7c69390473949431b162ba288edced539ec467d01aa7af1"
     assert _fetch("photos", tmp_path).sha256 == digest
+
+
+def test_a_folder_source_names_a_class_folder_with_no_image(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    photos = tmp_path / "photos"
+    for name in ("cats/1.jpg", "dogs/2.jpg", "videos_only/clip.MOV", "videos_only/notes.txt"):
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        (photos / name).write_bytes(b"x")
+    with caplog.at_level(logging.WARNING):
+        _fetch("photos", tmp_path)
+    assert "1 folder holds files but no image, so no class or split comes of it" in caplog.text
+    assert caplog.text.rstrip().endswith(": videos_only/")
