@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,8 @@ from visionpipe.sources import fetch_dataset
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home 家"
     (home / "photos 📷").mkdir(parents=True)
-    (home / "photos 📷" / "cats.zip").write_bytes(b"not really a zip")
+    with zipfile.ZipFile(home / "photos 📷" / "cats.zip", "w") as zf:  # the download stage opens it
+        zf.writestr("cats/1.jpg", b"jpeg")
     monkeypatch.setenv("HOME", str(home))
     return home
 
