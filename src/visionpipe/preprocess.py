@@ -472,6 +472,18 @@ def _check_empty_classes(result: Result, class_counts: dict[str, dict[str, int]]
     )
 
 
+def _decode_named(
+    source: Path, size: int, data: DataConfig, out: Path, workers: int | None
+) -> Result:
+    """`decode_source`, an unreadable copy named with the data.source it was copied from."""
+    try:
+        return decode_source(source, size, data, out, workers)
+    except archive.ArchiveReadError as e:
+        if data.source is None:  # an official archive: the download stage's own fetch
+            raise
+        raise archive.ArchiveReadError(f"{e} (data.source: {data.source!r})") from None
+
+
 def _log_decoded(result: Result) -> None:
     """The counts as decoded: the plan's figures less the images that could not be decoded."""
     counts = result.counts
@@ -519,7 +531,7 @@ def run(params: DataParams, workers: int | None = None) -> dict[str, Any]:
         remove_stale_temps(output)  # what a killed run left: possibly gigabytes
     log.info("decoding %s at %dx%d", source, size, size)
     with atomic_dir(paths.PROCESSED_DIR) as out:
-        result = decode_source(source, size, params.data, out, workers)
+        result = _decode_named(source, size, params.data, out, workers)
         _check_bad_images(result, params.data.on_bad_image)
         class_counts = split_plan.class_counts(result.labels, result.classes)
         _check_empty_classes(result, class_counts)

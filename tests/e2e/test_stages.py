@@ -96,3 +96,4 @@ def test_preprocess_names_a_truncated_tar_in_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     assert "photos.tar.gz is corrupt or truncated" in proc.stderr
     assert "copy or download data.source again" in proc.stderr
+    assert "(data.source: '" in proc.stderr and "x.tar.gz')" in proc.stderr  # the user's file
