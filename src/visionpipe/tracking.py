@@ -152,8 +152,8 @@ class Tracker:
                 f.metadata.get("tb", f.name), value, record.epoch, walltime=wall_time
             )
             name = f.metadata.get("live")
-            if name:
-                self.live.log_metric(name, value)
+            if name:  # 6 digits, as evaluate's: float32's 0.3333333432674408 is noise
+                self.live.log_metric(name, round(value, 6))
                 if not f.metadata.get("summary"):
                     self.live.summary.pop(name)  # a curve, not an `exp show` column
         # Writes metrics.json, which `dvc exp show` reads while the run goes on, and tells DVC's
@@ -171,21 +171,20 @@ class Tracker:
             self.live.end()
 
 
-# Scalars TensorBoard's HParams tab shows beside each run's params, at their last values.
-HPARAMS_METRICS = ("val_accuracy", "val_loss", "epoch_train_loss")
-
-
 def log_hparams(writer: Any, run: dict[str, Any]) -> None:
     """The params that shaped the run (`Params.run_dict`), flattened to `train.lr`-style names,
     for TensorBoard's HParams tab: runs side by side there make a table of params and final
-    validation figures. Written into the run itself, not the subfolder `add_hparams` makes."""
+    scalars. Written into the run itself, not the subfolder `add_hparams` makes."""
     from torch.utils.tensorboard.summary import hparams
 
-    # The third summary ends the session as a success: `end_hparams_session` writes the end
-    # when the run has one, so a run still training (or killed) is not listed as succeeded.
-    experiment, start, _ = hparams(flat_hparams(run), dict.fromkeys(HPARAMS_METRICS, 0.0))
-    for summary in (experiment, start):
-        writer.file_writer.add_summary(summary)
+    # The session start alone. An experiment summary in each run would be taken from one run
+    # only (TensorBoard expects one for the whole log folder), its params all marked as the
+    # same, and the tab would open on the first five alphabetically; without one, TensorBoard
+    # works out from every run's start which params differ, and shows those first. The third
+    # summary ends the session as a success: `end_hparams_session` writes the end when the run
+    # has one, so a run still training (or killed) is not listed as succeeded.
+    _, start, _ = hparams(flat_hparams(run), {})
+    writer.file_writer.add_summary(start)
 
 
 def end_hparams_session(writer: Any, failed: bool) -> None:
