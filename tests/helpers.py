@@ -227,6 +227,14 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+def write_files(root: Path, files: dict[str, bytes]) -> Path:
+    """Write `files` (posix path below `root` -> bytes), folders and all; returns `root`."""
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
 def full_disk(room: int) -> Any:
     """An `open` for binary and text writes onto a disk with `room` bytes left: patched in
     as `visionpipe.fsutil.open`, it fills the disk under every atomic write."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import write_files
 from visionpipe.archive import (
     UndecodableNameError,
     UnsafeArchiveError,
@@ -410,9 +411,7 @@ def test_a_folder_of_no_image_is_named_as_no_class(
         "photos/videos_only/clip.MOV": b"v",
         "photos/videos_only/2019/clip2.MOV": b"v",
     }
-    for name, data in files.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(data)
+    write_files(tmp_path, files)
     said = "1 folder holds files but no image, so no class or split comes of it"
     with caplog.at_level(logging.WARNING):
         pack_directory(tmp_path / "photos", tmp_path / "out.tar")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import dvc
+from tests.helpers import dvc, write_files
 from visionpipe import archive, sources
 from visionpipe.sources import (
     OFFICIAL,
@@ -300,9 +300,7 @@ def test_a_folder_source_is_packed_with_the_bytes_preprocess_reads(tmp_path: Pat
         "dogs/2.PNG": b"png",
         "notes.txt": b"note",
     }
-    for name, data in files.items():
-        (photos / name).parent.mkdir(parents=True, exist_ok=True)
-        (photos / name).write_bytes(data)
+    write_files(photos, files)
     with tarfile.open(_fetch("photos", tmp_path).path) as tar:
         packed = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
     kept = {"cats/1.jpg", "dogs/2.PNG"}
@@ -514,9 +512,7 @@ def test_an_ordinary_folder_packs_to_the_same_bytes_as_ever(tmp_path: Path) -> N
         "dogs/notes.txt": b"n",
         "birds/x.heic": b"h",
     }
-    for name, data in files.items():
-        (photos / name).parent.mkdir(parents=True, exist_ok=True)
-        (photos / name).write_bytes(data)
+    write_files(photos, files)
     (photos / "dogs" / "alias.jpg").symlink_to("d.jpeg")
     digest = "8abe2e1aa56298aea7c69390473949431b162ba288edced539ec467d01aa7af1"
     assert _fetch("photos", tmp_path).sha256 == digest
