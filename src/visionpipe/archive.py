@@ -46,6 +46,7 @@ from visionpipe.images import is_image_name
 log = logging.getLogger(__name__)
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+PACKED_FOLDER = "folder.tar"  # what the download stage packs a data.source folder into
 SUPPORTED_KINDS = "a .zip, .tar, .tar.gz or .tgz file, or a directory"
 # What to do about a copy in data/raw that cannot be read: the download stage re-runs when
 # data.source changes, not when the file it names does.
@@ -520,12 +521,12 @@ def warn_empty_folders(
     packed from a folder holds no folder entries: there it would vanish). Then, likewise, those
     with files but none of the `images` (default: the names with an image suffix) below them, a
     folder of videos, say. `note` ends each line."""
-    holding = {parent for name in names for parent in _parents(name)}
+    holding = {parent for name in names for parent in parents(name)}
     empty = [f for f in folders if f not in holding]
     _warn_folders(source, _outermost(empty), f"no files, so no class or split comes of {{}}{note}")
     if images is None:
         images = [name for name in names if is_image_name(name)]
-    with_images = {parent for name in images for parent in _parents(name)}
+    with_images = {parent for name in images for parent in parents(name)}
     # A folder beside its parent's own photos (cats/videos/ beside cats/1.jpg) is no class
     # folder; only one whose parent holds no image itself may have been meant as a class.
     direct = {posixpath.dirname(name) for name in images}
@@ -538,7 +539,7 @@ def warn_empty_folders(
 def _outermost(folders: list[str]) -> list[str]:
     """Those of `folders` not below another of them: cats/ rather than cats/ and cats/2019/."""
     listed = set(folders)
-    return [f for f in folders if not any(p in listed for p in _parents(f))]
+    return [f for f in folders if not any(p in listed for p in parents(f))]
 
 
 def _warn_folders(source: Path, folders: list[str], what: str) -> None:
@@ -554,7 +555,7 @@ def _warn_folders(source: Path, folders: list[str], what: str) -> None:
         )
 
 
-def _parents(name: str) -> list[str]:
+def parents(name: str) -> list[str]:
     """The folders above posix path `name`, inside out: a/b/c.jpg -> a/b, a."""
     parts = name.split("/")[:-1]
     return ["/".join(parts[:i]) for i in range(len(parts), 0, -1)]
@@ -706,7 +707,7 @@ def _plan(
             entries.append(_Entry(name, target))
             continue
         if folders is None:
-            folders = {parent for file in files for parent in _parents(file)}
+            folders = {parent for file in files for parent in parents(file)}
         (folder_links if target in folders or not target else broken_links).append(name)
     _warn_skipped(source, folder_links, broken_links)
     return entries
@@ -814,7 +815,8 @@ def _dir_entries(root: Path) -> _Listing:
                     target = real.relative_to(root).as_posix()
                 else:
                     target = str(real)
-                    _check_outside_link(root, rel, real, dvc_cache)
+                    if real.is_file():  # a folder or nothing is skipped below, never read
+                        _check_outside_link(root, rel, real, dvc_cache)
                 if real.is_file():
                     found.entries.append(_Entry(rel, target))
                 elif real.is_dir():

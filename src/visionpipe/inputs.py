@@ -59,7 +59,8 @@ def _add_glob(inputs: Inputs, spec: str) -> None:
     inputs.tops.update({str(p): top for p in hits})
     walked = Inputs()
     for folder in _outermost(p for p in hits if p.is_dir()):
-        _add_folder(walked, folder, str(folder), top)
+        # A link from one matched folder to another is inside the glob's folder: not followed.
+        _add_folder(walked, folder, str(folder), top, inside=top)
     named = {str(p) for p in found}
     inputs.files += sorted([*found, *(p for p in walked.files if str(p) not in named)])
     named_wrong = {file for file, _ in inputs.errors}
@@ -79,9 +80,12 @@ def _outermost(folders: Iterable[Path]) -> list[Path]:
     return kept
 
 
-def _add_folder(inputs: Inputs, folder: Path, spec: str, top: str) -> bool:
-    """Add the photos below `folder` (and name its broken photo links); False if none."""
-    below = [(p, p.relative_to(folder).as_posix()) for p in _below(folder)]
+def _add_folder(
+    inputs: Inputs, folder: Path, spec: str, top: str, inside: str | None = None
+) -> bool:
+    """Add the photos below `folder` (and name its broken photo links); False if none.
+    `inside`: the folder links are checked against (default `folder`), see `_below`."""
+    below = [(p, p.relative_to(folder).as_posix()) for p in _below(folder, inside=inside)]
     every = [(p, rel) for p, rel in below if p.is_file()]
     found = [p for p, rel in every if _is_photo(rel)]
     _warn_left_out(spec, [rel for _, rel in every if not _is_photo(rel)])
@@ -127,12 +131,12 @@ def _matches(parts: list[str], pattern: list[str]) -> bool:
     return bool(parts) and fnmatchcase(parts[0], pattern[0]) and _matches(parts[1:], pattern[1:])
 
 
-def _below(folder: Path, depth: int | None = None) -> list[Path]:
+def _below(folder: Path, depth: int | None = None, inside: str | None = None) -> list[Path]:
     """Every path below `folder` (down to `depth` levels; None: all) but in hidden and system
-    folders, sorted, links to folders outside it followed (a test set made of links to class
-    folders, `cat -> /data/cats`), each once. A link to a folder inside it, to it or to a
-    folder above it is not: the walk reaches those anyway, or would loop."""
-    root = os.path.realpath(folder)
+    folders, sorted, links to folders outside it (or outside `inside`) followed (a test set
+    made of links to class folders, `cat -> /data/cats`), each once. A link to a folder inside
+    it, to it or to a folder above it is not: the walk reaches those anyway, or would loop."""
+    root = os.path.realpath(inside if inside is not None else folder)
     followed: set[str] = set()
     found: list[Path] = []
     for here, dirnames, filenames in os.walk(folder, followlinks=True):

@@ -122,12 +122,14 @@ def decode_source(
 
 
 def _warn_empty_folders(source: Path, files: archive.Files) -> None:
-    """Name a zip's or tar's folders with no visible file below them (a tar packed from a
-    folder source holds no folder entries: download named those)."""
-    if files.folders:
+    """Name a zip's or tar's folders with no visible file below them, or no image (a tar packed
+    from a folder source: download named those). An archive need not list its folders (`zip
+    -D`, Python's zipfile): those its files sit in count too."""
+    if source.name != archive.PACKED_FOLDER:
         visible = [n for n in files.names if not is_hidden(n)]
-        folders = [f for f in files.folders if not is_hidden(f)]
-        archive.warn_empty_folders(Path(source.name), folders, visible)
+        parents = {p for name in visible for p in archive.parents(name)}
+        listed = [f for f in sorted(parents.union(files.folders)) if not is_hidden(f)]
+        archive.warn_empty_folders(Path(source.name), listed, visible)
 
 
 # Why a visible file is left out, by what its name is, with what to do about it.

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from visionpipe import __version__, paths
 from visionpipe.archive import (
     ARCHIVE_SUFFIXES,
+    PACKED_FOLDER,
     ArchiveReadError,
     check_readable,
     list_files,
@@ -86,7 +87,6 @@ HYMENOPTERA_COUNTS: dict[tuple[str, str], int] = {
     ("val", "bees"): 83,
 }
 
-PACKED_FOLDER = "folder.tar"  # what a data.source folder is packed into, in dest_dir
 _CHUNK = 1 << 20  # bytes per read while streaming
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 _MAX_RETRY_AFTER_S = 30.0  # honour a server's Retry-After only up to this

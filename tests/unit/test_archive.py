@@ -349,6 +349,36 @@ def test_pack_directory_refuses_outside_symlink(tmp_path: Path) -> None:
     assert not (tmp_path / "out.tar").exists()
 
 
+def test_links_to_an_outside_folder_or_to_nothing_are_skipped_and_named_not_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Only a file outside the folder would be read; a folder or a missing target never is.
+    src = tmp_path / "src"
+    _tree(src)
+    (tmp_path / "elsewhere").mkdir()
+    (src / "more").symlink_to(tmp_path / "elsewhere")
+    (src / "IMG_9.jpg").symlink_to("/nonexistent/IMG_9.jpg")
+    with caplog.at_level(logging.WARNING):
+        pack_directory(src, tmp_path / "out.tar")
+    assert "skipped 1 link that leads to no file" in caplog.text and "IMG_9.jpg" in caplog.text
+    assert "skipped 1 link to folders (not followed: they could loop): more" in caplog.text
+
+
+def test_a_zip_that_lists_no_folders_still_names_a_folder_of_no_image(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `zip -D` and Python's zipfile write no folder entries: the folders its files sit in count.
+    from visionpipe.preprocess import _warn_empty_folders
+
+    files = [("cat/1.jpg", b"c", 0), ("dog/2.jpg", b"d", 0), ("horse/a.MOV", b"v", 0)]
+    src = _zip(tmp_path / "photos.zip", files)
+    with open_files(src) as opened, caplog.at_level(logging.WARNING):
+        assert opened.folders == []
+        _warn_empty_folders(src, opened)
+    assert "1 folder holds files but no image, so no class or split comes of it" in caplog.text
+    assert caplog.text.rstrip().endswith(": horse/")
+
+
 def test_pack_directory_refuses_a_link_to_a_file_named_like_a_dvc_cache_file(
     tmp_path: Path,
 ) -> None:

@@ -146,3 +146,16 @@ def test_a_pipe_named_like_a_photo_is_named_not_read(
     model = str(write_tiny_onnx(tmp_path / "model.onnx"))
     assert main(["predict", str(photos / "x.jpg"), "--model", model]) == 1
     assert f"x.jpg: ERROR {why}" in capsys.readouterr().out
+
+
+def test_a_link_between_two_folders_a_glob_matches_is_not_followed(tmp_path: Path) -> None:
+    # `photos/*` matches cat/ and dog/; dog/birds -> ../bird would give every bird photo a
+    # second time, counted as a dog. Named as folders, `photos` takes each photo once; so does
+    # the glob.
+    photos = tmp_path / "photos"
+    for name in ("bird/a.jpg", "dog/b.jpg"):
+        _photo(photos / name)
+    (photos / "dog" / "birds").symlink_to(photos / "bird")
+    for spec in (str(photos), f"{photos}/*", f"{photos}/*/", f"{photos}/**"):
+        found = collect_inputs([spec]).files
+        assert [p.relative_to(photos).as_posix() for p in found] == ["bird/a.jpg", "dog/b.jpg"]

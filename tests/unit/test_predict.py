@@ -448,6 +448,7 @@ def test_json_or_csv_to_stdout_and_a_grid_in_the_format_its_name_says(
         (["--grid", str(tmp_path / "g.gif")], "name a .png, .jpg, .jpeg, .webp file"),
         (["--json", "-", "--csv", "-"], "both ask for stdout"),
         (["--json", "p", "--csv", "./p"], "--json and --csv both name p: give each its own file"),
+        (["--csv", "IMG_1.JPG"], "--csv IMG_1.JPG is named like an image: give a .csv file"),
     ):
         with pytest.raises(SystemExit) as exit_:
             main([*args, *extra])
@@ -459,13 +460,13 @@ def test_an_output_named_like_a_photo_being_predicted_is_refused_before_anything
 ) -> None:
     model = write_tiny_onnx(tmp_path / "model.onnx")
     photos = tmp_path / "photos"
-    photo = photos / "a.jpg"
+    photo = photos / "a.png"
     photos.mkdir()
     shutil.copy(DOG_PNG, photo)
     before = photo.read_bytes()
-    for spec in (str(photo), str(photos), f"{photos}/*.jpg"):
-        assert main(["predict", spec, "--model", str(model), "--csv", str(photo)]) == 2
-        assert f"--csv {photo} names a file being predicted" in caplog.text, spec
+    for spec in (str(photo), str(photos), f"{photos}/*.png"):
+        assert main(["predict", spec, "--model", str(model), "--grid", str(photo)]) == 2
+        assert f"--grid {photo} names a file being predicted" in caplog.text, spec
         assert photo.read_bytes() == before, spec
 
 
