@@ -545,13 +545,14 @@ def _outermost(folders: list[str]) -> list[str]:
 def _warn_folders(source: Path, folders: list[str], what: str) -> None:
     """One warning naming `folders` that hold `what` ({} there: "it" or "them")."""
     if folders:
+        many = len(folders) > 1
         log.warning(
-            "%s: %d folder%s %s: %s",
+            "%s: %s %s %s: %s",
             source,
-            len(folders),
-            "s hold" if len(folders) > 1 else " holds",
-            what.format("them" if len(folders) > 1 else "it"),
-            ", ".join(f"{f}/" for f in folders[:5]) + (" ..." if len(folders) > 5 else ""),
+            _count(len(folders), "folder"),
+            "hold" if many else "holds",
+            what.format("them" if many else "it"),
+            _some([f"{f}/" for f in folders], most=5),
         )
 
 
@@ -564,31 +565,34 @@ def parents(name: str) -> list[str]:
 _NAMED_MAX = 20  # names listed in one warning line, the rest counted
 
 
-def _some(names: list[str]) -> str:
-    """Up to _NAMED_MAX of `names`, sorted, and how many more."""
-    shown = ", ".join(sorted(names)[:_NAMED_MAX])
-    more = len(names) - _NAMED_MAX
+def _some(names: list[str], most: int = _NAMED_MAX) -> str:
+    """Up to `most` of `names`, sorted, and how many more."""
+    shown = ", ".join(sorted(names)[:most])
+    more = len(names) - most
     return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _count(n: int, word: str, plural: str | None = None) -> str:
+    """`n` and `word`, in the plural (`word` + s, or `plural`) unless `n` is 1."""
+    return f"{n} {word if n == 1 else plural or word + 's'}"
 
 
 def _warn_skipped(source: Path, folder_links: list[str], broken_links: list[str]) -> None:
     """Name every skipped link, those that lead to no file apart: each may be a photo lost."""
     if broken_links:
         log.warning(
-            "%s: skipped %d link%s that lead%s to no file (missing, a loop of links, or no"
-            " regular file): %s. Copy the photos themselves in their place",
+            "%s: skipped %s that %s to no file (missing, a loop of links, or no regular file):"
+            " %s. Copy the photos themselves in their place",
             source,
-            len(broken_links),
-            "s" if len(broken_links) > 1 else "",
-            "" if len(broken_links) > 1 else "s",
+            _count(len(broken_links), "link"),
+            "lead" if len(broken_links) > 1 else "leads",
             _some(broken_links),
         )
     if folder_links:
         log.warning(
-            "%s: skipped %d link%s to folders (not followed: they could loop): %s",
+            "%s: skipped %s to folders (not followed: they could loop): %s",
             source,
-            len(folder_links),
-            "s" if len(folder_links) > 1 else "",
+            _count(len(folder_links), "link"),
             _some(folder_links),
         )
 
@@ -781,12 +785,11 @@ class _Listing:
         _warn_skipped(source, self.folder_links, self.broken_links)
         if self.specials:
             log.warning(
-                "%s: skipped %d entr%s that %s not a regular file (a named pipe, socket or"
-                " device), never opened: %s. Copy the photos themselves into the folder if"
-                " these stood for any",
+                "%s: skipped %s that %s not a regular file (a named pipe, socket or device),"
+                " never opened: %s. Copy the photos themselves into the folder if these stood"
+                " for any",
                 source,
-                len(self.specials),
-                "ies" if len(self.specials) > 1 else "y",
+                _count(len(self.specials), "entry", "entries"),
                 "are" if len(self.specials) > 1 else "is",
                 _some(self.specials),
             )

@@ -206,8 +206,6 @@ GRID_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # formats every Pillow build
 def _check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """predict's output files: one of them at most on stdout, a grid in a format its name says,
     no two naming one file, and no JSON or CSV named like a photo."""
-    from visionpipe.images import is_image_name
-
     if getattr(args, "json", None) == getattr(args, "csv", None) == Path("-"):
         parser.error("--json - and --csv - both ask for stdout: send one of them to a file")
     named: dict[str, str] = {}
@@ -215,6 +213,8 @@ def _check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         path = getattr(args, flag, None)
         if path is None or path == Path("-"):
             continue
+        from visionpipe.images import is_image_name  # here: other commands never need Pillow
+
         if flag != "grid" and is_image_name(path.name):  # it would replace a photo
             parser.error(f"--{flag} {path} is named like an image: give a .{flag} file name")
         if (other := named.get(os.path.realpath(path))) is not None:  # the last would win
