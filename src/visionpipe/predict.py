@@ -141,13 +141,15 @@ def predict_command(
     grid_path: Path | None = None,
     fix: str = "see the ERROR lines above",
     unscored: list[str] | None = None,
+    skip_bad: str | None = None,
 ) -> int:
     """`visionpipe predict` and the predict stage: open the model (the pipeline's for `backend`
     by default), predict every file the specs name, print the table (and the accuracy on the
     files in folders named after a class), write the files asked for. `unscored`: specs
     predicted first, whose folders are never taken as classes (the stage's data/samples).
     The exit code: 2 if the model cannot be used, 1 if any input failed (the message ends with
-    `fix`), else 0."""
+    `fix`), else 0. `skip_bad`: the setting (`predict.on_bad_image=skip`) under which a file
+    that is there but no usable image is a warning, not a failure."""
     try:
         opened = open_backend(backend, model)
     except (FileNotFoundError, ValueError) as exc:
@@ -169,10 +171,29 @@ def predict_command(
     print(format_table(preds), file=out)
     _print_accuracy(scored, labels, opened.classes, out)
     written = _write_outputs(preds, labels, topk, json_path, csv_path, grid_path)
-    failed = sum(p.error is not None for p in preds)
-    if failed:
-        log.error("%d of %d inputs failed; %s", failed, len(preds), fix)
+    failed = _report_failures(preds, skip_bad, fix)
     return 1 if failed or not written else 0
+
+
+def _report_failures(preds: list[Prediction], skip_bad: str | None, fix: str) -> int:
+    """Log the inputs that failed; how many of them fail the run. Under `skip_bad` a file that
+    exists (a truncated photo, a non-image, a broken link in a folder) is named in a warning
+    instead; a path that does not exist, or a folder of no image, is a mistake in the specs."""
+    failed = [p for p in preds if p.error is not None]
+    skipped = [p for p in failed if skip_bad and _is_file_entry(p.file)]
+    if skipped:
+        log.warning(
+            "%d of %d inputs are no usable image and were skipped (%s; each has its line in the"
+            " table above)", len(skipped), len(preds), skip_bad,
+        )  # fmt: skip
+    if hard := len(failed) - len(skipped):
+        log.error("%d of %d inputs failed; %s", hard, len(preds), fix)
+    return hard
+
+
+def _is_file_entry(file: str) -> bool:
+    """Whether `file` names something there other than a folder (a dangling link counts)."""
+    return os.path.lexists(file) and not os.path.isdir(file)
 
 
 def _folder_labels(

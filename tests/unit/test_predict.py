@@ -254,6 +254,40 @@ def test_the_stage_says_how_many_inputs_failed_and_how_to_fix_them(
     assert Image.open(tmp_path / paths.PREDICTION_GRID).size == (5 * 128, 162)
 
 
+@pytest.mark.parametrize("on_bad_image", ["skip", "fail"])
+def test_the_stage_skips_a_file_of_predict_inputs_that_is_no_image_unless_told_to_fail(
+    exported_model: Path, tmp_path: Path, on_bad_image: str
+) -> None:
+    (tmp_path / paths.ONNX_MODEL).parent.mkdir()
+    (tmp_path / paths.SAMPLES_DIR).parent.mkdir()
+    shutil.copy(exported_model / "model.onnx", tmp_path / paths.ONNX_MODEL)
+    _images(tmp_path / paths.SAMPLES_DIR)
+    photos = tmp_path / "photos"
+    shutil.copytree(tmp_path / paths.SAMPLES_DIR, photos)
+    (photos / "img0.jpg").write_bytes((photos / "img0.jpg").read_bytes()[:100])  # truncated
+    (photos / "gone.jpg").symlink_to(photos / "deleted.jpg")
+    params = f"predict:\n  inputs: [{photos}]\n  on_bad_image: {on_bad_image}\n"
+    (tmp_path / "params.yaml").write_text(params)
+    proc = run_stage("predict", tmp_path)
+    records = json.loads((tmp_path / paths.PREDICTIONS).read_text())
+    assert len(records) == 5 + 6
+    errors = {Path(r["file"]).name: r["error"] for r in records if r["error"]}
+    assert errors.keys() == {"img0.jpg", "gone.jpg"}, errors
+    if on_bad_image == "skip":
+        assert proc.returncode == 0, proc.stderr
+        assert "2 of 11 inputs are no usable image and were skipped" in proc.stderr
+    else:
+        assert proc.returncode == 1, proc.stderr
+        assert "2 of 11 inputs failed; fix or remove them from predict.inputs, or set" in (
+            proc.stderr
+        )
+    # A path that is not there is a mistake in the params, whatever on_bad_image says.
+    (tmp_path / "params.yaml").write_text(params.replace(str(photos), str(tmp_path / "nope")))
+    proc = run_stage("predict", tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "1 of 6 inputs failed" in proc.stderr
+
+
 def test_exported_onnx_holds_no_machine_paths(exported_model: Path) -> None:
     # The exporter records a Python stack trace per node, with this checkout's absolute paths:
     # the same model exported from another clone would hash differently in dvc.lock.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from visionpipe import paths
@@ -12,6 +14,10 @@ class PredictConfig(Section):
     # Extra images to classify besides the per-class samples: files, folders or globs.
     inputs: list[str] = Field(default_factory=list)
     topk: int = Field(default=3, ge=1)
+    # A file of predict.inputs that is there but is no usable image (truncated, not an image, a
+    # broken link in a folder): skip and report it, or fail the stage. A path that is not there
+    # is a mistake in the params and always fails.
+    on_bad_image: Literal["skip", "fail"] = "skip"
 
     @field_validator("inputs")
     @classmethod
