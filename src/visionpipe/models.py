@@ -39,13 +39,20 @@ def to_input(
     return images.to(torch.float32, memory_format=memory_format).div_(255)
 
 
+# A channel whose std is below one grey level carries no information to amplify: it is not
+# scaled (its std taken as 1). Dividing by its std, 0 where a channel never varies (blue in a
+# red/green heat map), would make every input NaN, and a photo with some blue in it explode.
+MIN_STD = 1 / 255
+
+
 class Normalize(nn.Module):
     """(x - mean) / std per channel; buffers so they travel with the state_dict and the ONNX."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
+        scale = [s if s >= MIN_STD else 1.0 for s in std]
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(scale, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std

@@ -42,7 +42,7 @@ from visionpipe.distributed import all_reduce_sum
 from visionpipe.fsutil import write_json
 from visionpipe.inference import Scores, evaluate_split
 from visionpipe.modelfile import ModelInfo, save_model
-from visionpipe.models import Classifier, build_model
+from visionpipe.models import MIN_STD, Classifier, build_model
 from visionpipe.optim import Lookahead, lr_tensors, make_optimizer, make_scheduler
 from visionpipe.progress import Progress, log_why_stopped
 from visionpipe.tracking import EpochRecord, Tracker, misclassified_grid
@@ -309,11 +309,23 @@ def _fewest_images(world: int) -> str:
     )
 
 
+def warn_constant_channels(std: list[float]) -> None:
+    """Name the channels model.normalize leaves unscaled, those the train split never varies."""
+    flat = [f"{name} (std {s:g})" for name, s in zip("RGB", std, strict=True) if s < MIN_STD]
+    if flat:
+        log.warning(
+            "model.normalize: %s of the train split hardly varies: left unscaled (dividing by"
+            " its std would blow it up)", ", ".join(flat),
+        )  # fmt: skip
+
+
 def build_training_model(
     params: Params, splits: split_tensors.TrainingData, device: torch.device, ddp: distributed.Dist
 ) -> Classifier:
     """The model params describe, initialised from the data where it does that, on `device`."""
     mean, std = splits.meta["mean"], splits.meta["std"]
+    if params.model.normalize:
+        warn_constant_channels(std)
     model = build_model(
         params.model.name,
         len(splits.classes),

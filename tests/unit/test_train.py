@@ -346,6 +346,18 @@ def test_every_arch_builds_for_any_classes_and_size(arch: str, classes: int, siz
         assert model(torch.rand(2, 3, size, size)).shape == (2, classes)
 
 
+@pytest.mark.parametrize("arch", ["tutorial_cnn", "fast"])
+def test_a_channel_the_train_split_never_varies_is_not_scaled(arch: str) -> None:
+    # Red/green images: blue is 0 everywhere, so its std is 0 (a division by it gave NaN).
+    images = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
+    images[:, 2] = 0
+    model = build_model(arch, 2, 16, mean=[0.5, 0.3, 0.0], std=[0.29, 0.2, 0.0])
+    assert model.normalize.std.flatten().tolist() == pytest.approx([0.29, 0.2, 1.0])
+    model.prepare(images)  # fast whitens from the normalized images: eigh failed on NaN
+    with torch.no_grad():
+        assert torch.isfinite(model.eval()(images.float() / 255)).all()
+
+
 @pytest.mark.parametrize("arch", [a for a, spec in MODELS.items() if spec.pretrained])
 def test_a_torchvision_model_has_torchvision_s_state_for_the_class_count(arch: str) -> None:
     # So `torchvision.models.<arch>(num_classes=...)` loads a model.pt's net (docs/deploy.md).
