@@ -446,6 +446,18 @@ class EmptyClassError(DatasetLayoutError):
     """A class folder none of whose images could be decoded."""
 
 
+def _check_val_split(result: Result, val_fraction: float) -> None:
+    """Refuse an empty validation split that data.val_fraction asks for: training would score
+    its epochs (and stop early) on the test split instead, unasked. A flat folder's images draw
+    their split from their names, so a few images can all miss a small share."""
+    if val_fraction > 0 and result.counts["val"] == 0:
+        raise DatasetLayoutError(
+            f"data.val_fraction={val_fraction} put none of the {result.counts['train']} training"
+            " images in the validation split: raise data.val_fraction or add images, or set it"
+            " to 0 to score each epoch on the test split, as the tutorial does"
+        )
+
+
 def _check_empty_classes(result: Result, class_counts: dict[str, dict[str, int]]) -> None:
     """Refuse a class left with no image in any split: the model would get an output for it
     that it never sees (torchvision's ImageFolder refuses such a class too)."""
@@ -537,6 +549,7 @@ def run(params: DataParams, workers: int | None = None) -> dict[str, Any]:
         _check_bad_images(result, params.data.on_bad_image)
         class_counts = split_plan.class_counts(result.labels, result.classes)
         _check_empty_classes(result, class_counts)
+        _check_val_split(result, params.data.val_fraction)
         _log_decoded(result)
         warnings = result.layout_warnings + _warn_thin_classes(
             class_counts, params.data.val_fraction

@@ -297,6 +297,18 @@ def test_flat_folder_is_split_recorded_and_counted(workdir: Path) -> None:
     assert any("'wasps'" in w for w in report["warnings"]), report["warnings"]
 
 
+def test_a_validation_split_the_images_all_miss_is_refused(workdir: Path) -> None:
+    # Six images: a 1% share for validation draws none of them (each by its name).
+    _flat_zip(workdir / paths.RAW_DIR / "photos.zip", {"ants": 3, "bees": 3})
+    with pytest.raises(split_plan.DatasetLayoutError) as err:
+        preprocess.run(_params(test_fraction=0.2, val_fraction=0.01))
+    assert "data.val_fraction=0.01 put none of the " in str(err.value)
+    assert "or set it to 0 to score each epoch on the test split" in str(err.value)
+    assert not paths.PROCESSED_DIR.exists()  # the stage's output is not half made
+    meta = preprocess.run(_params(test_fraction=0.2, val_fraction=0.0))
+    assert meta["counts"]["val"] == 0 and meta["counts"]["train"] > 0
+
+
 def test_parallel_decoding_writes_the_same_bytes_as_one_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
