@@ -284,12 +284,13 @@ def check_batch_norm_batch(
             hook.remove()
         model.train()
     if 1 in sides:
+        n = len(batches.labels)
         raise BatchNormBatchError(
-            f"train.batch_size {params.train.batch_size} with {len(batches.labels)} training "
-            f"images{_shared_by(batches)} leaves a batch of one image, and model "
+            f"train.batch_size {params.train.batch_size} with {n} training "
+            f"image{'s' * (n != 1)}{_shared_by(batches)} leaves a batch of one image, and model "
             f"'{params.model.name}' at {image_size} px has a BatchNorm layer that sees a 1x1 "
             "map: BatchNorm cannot train on one value per channel. "
-            + _fewest_images(batches.ddp.world_size)
+            + _fewest_images(batches.ddp.world_size, n)
         )
 
 
@@ -298,8 +299,13 @@ def _shared_by(batches: Batches) -> str:
     return f" shared by {world} processes (launch.nproc * launch.nnodes)" if world > 1 else ""
 
 
-def _fewest_images(world: int) -> str:
+def _fewest_images(world: int, n: int) -> str:
     """How to fix a process's batch of one: rank r takes images r::world of every batch."""
+    if n < 2 * world:
+        return (
+            "Add training images, or lower data.test_fraction or data.val_fraction to keep more"
+            " of them for training (or a larger preprocess.image_size)"
+        )
     if world == 1:
         return "Set train.batch_size to 2 or more (or a larger preprocess.image_size)"
     return (

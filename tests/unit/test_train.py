@@ -1128,6 +1128,19 @@ def test_batches_of_one_image_batchnorm_cannot_train_on_are_refused_before_a_ste
     train.run(tiny_params({"name": "fast"}, batch_size=2, epochs=1))
 
 
+def test_a_train_split_of_one_image_is_said_to_need_more_images_not_a_batch_size() -> None:
+    params = parse_params({"model": {"name": "fast"}, "train": {"batch_size": 256}})
+    x, y = torch.zeros(1, 3, 16, 16, dtype=torch.uint8), torch.zeros(1).long()
+    loader = batches.Batches(
+        x, y, params.train, torch.device("cpu"), torch.Generator(), distributed.Dist(0, 1)
+    )
+    with pytest.raises(train.BatchNormBatchError) as err:
+        train.check_batch_norm_batch(build_model("fast", 10, 16), params, 16, loader)
+    assert "with 1 training image leaves a batch of one image" in str(err.value)
+    assert "Add training images, or lower data.test_fraction" in str(err.value)
+    assert "train.batch_size to" not in str(err.value)
+
+
 @pytest.mark.parametrize(("n_train", "refused"), [(98, True), (96, False)])
 def test_a_process_s_shard_of_one_image_is_refused_before_a_step(
     n_train: int, refused: bool
