@@ -246,14 +246,16 @@ def warn_if_no_step_logs(cfg: TrainConfig, steps_per_epoch: int) -> None:
     if cfg.log_every > total:
         # Under ten steps no value gives ten points: 1 gives one per step.
         ten = f" ({total // 10} gives about ten points)" if total >= 10 else ""
+        bound = "1" if total == 1 else f"{total} or less"
         log.warning(
-            "train.log_every is %d but this run has %d steps (%d per epoch): no per-step train "
-            "loss in TensorBoard or %s; set train.log_every to %d or less to get one%s",
+            "train.log_every is %d but this run has %d step%s (%d per epoch): no per-step train "
+            "loss in TensorBoard or %s; set train.log_every to %s to get one%s",
             cfg.log_every,
             total,
+            "s" * (total != 1),
             steps_per_epoch,
             paths.PLOT_STEPS,
-            total,
+            bound,
             ten,
         )
 

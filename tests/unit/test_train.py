@@ -311,6 +311,9 @@ def test_a_log_every_beyond_the_last_step_is_reported(
     caplog.clear()
     train.run(tiny_params(epochs=1, log_every=2))
     assert "train.log_every" not in caplog.text
+    train.run(tiny_params(epochs=1, log_every=2, batch_size=1024))  # the whole split at once
+    assert "this run has 1 step (1 per epoch)" in caplog.text
+    assert "set train.log_every to 1 to get one" in caplog.text
 
 
 def test_tutorial_cnn_is_the_seeds_model() -> None:
