@@ -42,6 +42,7 @@ from typing import BinaryIO, Literal, NamedTuple
 from visionpipe import fsutil
 from visionpipe.fsutil import atomic_path, is_dvc_cache_file, size_text
 from visionpipe.images import is_image_name
+from visionpipe.names import counted, listed
 
 log = logging.getLogger(__name__)
 
@@ -538,8 +539,8 @@ def warn_empty_folders(
 
 def _outermost(folders: list[str]) -> list[str]:
     """Those of `folders` not below another of them: cats/ rather than cats/ and cats/2019/."""
-    listed = set(folders)
-    return [f for f in folders if not any(p in listed for p in parents(f))]
+    given = set(folders)
+    return [f for f in folders if not any(p in given for p in parents(f))]
 
 
 def _warn_folders(source: Path, folders: list[str], what: str) -> None:
@@ -549,10 +550,10 @@ def _warn_folders(source: Path, folders: list[str], what: str) -> None:
         log.warning(
             "%s: %s %s %s: %s",
             source,
-            _count(len(folders), "folder"),
+            counted(len(folders), "folder"),
             "hold" if many else "holds",
             what.format("them" if many else "it"),
-            _some([f"{f}/" for f in folders], most=5),
+            listed(sorted([f"{f}/" for f in folders]), most=5),
         )
 
 
@@ -562,21 +563,6 @@ def parents(name: str) -> list[str]:
     return ["/".join(parts[:i]) for i in range(len(parts), 0, -1)]
 
 
-_NAMED_MAX = 20  # names listed in one warning line, the rest counted
-
-
-def _some(names: list[str], most: int = _NAMED_MAX) -> str:
-    """Up to `most` of `names`, sorted, and how many more."""
-    shown = ", ".join(sorted(names)[:most])
-    more = len(names) - most
-    return shown + (f" and {more} more" if more > 0 else "")
-
-
-def _count(n: int, word: str, plural: str | None = None) -> str:
-    """`n` and `word`, in the plural (`word` + s, or `plural`) unless `n` is 1."""
-    return f"{n} {word if n == 1 else plural or word + 's'}"
-
-
 def _warn_skipped(source: Path, folder_links: list[str], broken_links: list[str]) -> None:
     """Name every skipped link, those that lead to no file apart: each may be a photo lost."""
     if broken_links:
@@ -584,16 +570,16 @@ def _warn_skipped(source: Path, folder_links: list[str], broken_links: list[str]
             "%s: skipped %s that %s to no file (missing, a loop of links, or no regular file):"
             " %s. Copy the photos themselves in their place",
             source,
-            _count(len(broken_links), "link"),
+            counted(len(broken_links), "link"),
             "lead" if len(broken_links) > 1 else "leads",
-            _some(broken_links),
+            listed(sorted(broken_links)),
         )
     if folder_links:
         log.warning(
             "%s: skipped %s to folders (not followed: they could loop): %s",
             source,
-            _count(len(folder_links), "link"),
-            _some(folder_links),
+            counted(len(folder_links), "link"),
+            listed(sorted(folder_links)),
         )
 
 
@@ -789,9 +775,9 @@ class _Listing:
                 " never opened: %s. Copy the photos themselves into the folder if these stood"
                 " for any",
                 source,
-                _count(len(self.specials), "entry", "entries"),
+                counted(len(self.specials), "entry", "entries"),
                 "are" if len(self.specials) > 1 else "is",
-                _some(self.specials),
+                listed(sorted(self.specials)),
             )
 
 

@@ -21,6 +21,7 @@ from visionpipe.devices import pick_device
 from visionpipe.fsutil import write_json
 from visionpipe.inference import eval_batch_size, loss_and_accuracy, predict_logits
 from visionpipe.modelfile import load_model
+from visionpipe.names import listed
 from visionpipe.precision import autocast_dtype, precision_name
 from visionpipe.split_tensors import load_split
 
@@ -59,6 +60,25 @@ def per_class_scores(cm: np.ndarray, classes: list[str]) -> list[dict[str, Any]]
             }
         )
     return rows
+
+
+def warn_absent(scores: list[dict[str, Any]]) -> list[str]:
+    """Name the classes without test images (a line, however many); return them."""
+    absent = [s["class"] for s in scores if s["support"] == 0]
+    if len(absent) == 1:
+        log.warning(
+            "no test images of class %r: no accuracy or recall for it (support 0 in %s)",
+            absent[0],
+            paths.PER_CLASS,
+        )
+    elif absent:
+        log.warning(
+            "no test images of %d classes: no accuracy or recall for them (support 0 in %s): %s",
+            len(absent),
+            paths.PER_CLASS,
+            listed([repr(c) for c in absent]),
+        )
+    return absent
 
 
 def macro_f1(scores: list[dict[str, Any]]) -> float | None:
@@ -100,13 +120,7 @@ def run(
         )
     cm = confusion_matrix(labels, preds, len(classes))
     scores = per_class_scores(cm.numpy(), classes)
-    absent = [s["class"] for s in scores if s["support"] == 0]
-    if absent:
-        log.warning(
-            "no test images of class %s: no accuracy or recall for it (support 0 in %s)",
-            ", ".join(repr(c) for c in absent),
-            paths.PER_CLASS,
-        )
+    absent = warn_absent(scores)
     loss, accuracy = loss_and_accuracy(logits, labels)
     # Short names: these are `dvc exp show` columns, in this order, and a sweep's table must fit
     # 120 columns.

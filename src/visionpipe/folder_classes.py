@@ -9,6 +9,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from visionpipe.names import listed, one_line
+
 PER_CLASS_SHOWN = 10  # more classes than this: the lowest and highest few, not a line of 100
 EXTREMES = 5  # classes shown at each end when there are more than PER_CLASS_SHOWN
 NAMES_SHOWN = 5  # folder names and class names listed in the line about uncounted folders
@@ -136,13 +138,5 @@ def format_outside(acc: FolderAccuracy, classes: list[str]) -> str | None:
     )
 
 
-def one_line(name: str) -> str:
-    """`name` with its control characters escaped (a newline as `\\n`): a file name holding one
-    would break a line of output in two."""
-    return "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in name)
-
-
 def _capped(names: list[str]) -> str:
-    shown = [one_line(name) for name in names[:NAMES_SHOWN]]
-    more = len(names) - NAMES_SHOWN
-    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+    return listed([one_line(name) for name in names], NAMES_SHOWN)

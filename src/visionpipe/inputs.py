@@ -177,10 +177,9 @@ def _warn_left_out(spec: str, left_out: list[str]) -> None:
         return
     more = f" and {len(names) - 3} more" if len(names) > 3 else ""
     log.warning(
-        "%s: left out %d file%s that %s (%s%s)",
-        spec, len(names), "s" * (len(names) > 1),
-        "are not images" if len(names) > 1 else "is not an image",
-        ", ".join(names[:3]), more,
+        "%s: left out %d file%s not named as an image (%s%s): a photo needs its format's"
+        " suffix (.jpg, .png, ...)",
+        spec, len(names), "s" * (len(names) > 1), ", ".join(names[:3]), more,
     )  # fmt: skip
 
 

@@ -25,13 +25,13 @@ from visionpipe.folder_classes import (
     FolderClasses,
     format_accuracy,
     format_outside,
-    one_line,
     score,
 )
 from visionpipe.fsutil import DiskFullError, atomic_open, atomic_path, json_pretty, write_json
 from visionpipe.grids import Layout, captioned_grid
 from visionpipe.images import BadImageError, decode_rgb, read_image_file, to_model_input
 from visionpipe.inputs import collect_inputs
+from visionpipe.names import one_line
 from visionpipe.onnxrt import open_exported
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,7 @@ def predict_command(
     except (FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 2
+    topk = min(topk, len(opened.classes))  # the CSV's columns: none left empty in every row
     samples, inputs = collect_inputs(unscored or []), collect_inputs(specs)
     outputs = {"--json": json_path, "--csv": csv_path, "--grid": grid_path}
     if (clash := _overwritten({k: v for k, v in outputs.items() if v}, inputs.files)) is not None:

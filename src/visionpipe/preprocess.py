@@ -28,6 +28,7 @@ from visionpipe import archive, cifar_pickle, identical, parallel, paths, split_
 from visionpipe.config.data import DataConfig, DataParams
 from visionpipe.fsutil import atomic_dir, remove_stale_temps, size_text, write_json
 from visionpipe.images import decode_batch, is_hidden, is_image_name, resize_center_crop, to_chw
+from visionpipe.names import SHOWN, listed
 from visionpipe.paths import SPLITS
 from visionpipe.split_files import SplitWriter, channel_sums, mean_std, open_images, read_index
 from visionpipe.split_plan import DatasetLayoutError, Item, Plan
@@ -382,17 +383,23 @@ def write_samples(
 ) -> list[Path]:
     """Save the first test image of each class as `NN_<class>.png` in the folder `dest`."""
     labels = np.asarray(test_labels)
-    written = []
+    written, absent = [], []
     for idx, cls in enumerate(classes):
         hits = np.flatnonzero(labels == idx)
         if len(hits) == 0:
-            log.warning("no test image of class %r: no sample written for it", cls)
+            absent.append(repr(cls))
             continue
         path = dest / sample_name(idx, cls)
         Image.fromarray(np.asarray(test_images[hits[0]]).transpose(1, 2, 0)).save(
             path, optimize=False
         )
         written.append(path)
+    if absent:
+        log.warning(
+            "no test image of %s: no sample written for %s",
+            f"class {absent[0]}" if len(absent) == 1 else f"{len(absent)} classes",
+            "it" if len(absent) == 1 else f"them ({listed(absent)})",
+        )
     return written
 
 
@@ -513,11 +520,13 @@ def _log_decoded(result: Result) -> None:
 def _warn_thin_classes(counts: dict[str, dict[str, int]], val_fraction: float) -> list[str]:
     checked = [s for s in SPLITS if s != "val" or val_fraction > 0]
     warnings = split_plan.thin_classes(counts, checked)
-    for line in warnings[:20]:
+    for line in warnings[:SHOWN]:
         log.warning("%s", line)
-    if len(warnings) > 20:
+    if len(warnings) > SHOWN:
         log.warning(
-            "... and %d more such classes (all in %s)", len(warnings) - 20, paths.PREPROCESS_REPORT
+            "... and %d more such warnings (all in %s)",
+            len(warnings) - SHOWN,
+            paths.PREPROCESS_REPORT,
         )
     return warnings
 

@@ -96,6 +96,7 @@ def plan_image_folder(
         fraction = DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction
         plan = _plan_flat(candidates, fraction, val_fraction, seed)
     _refuse_lookalikes(plan.classes)
+    _refuse_control_characters(plan.classes)
     kept = {item.name for item in plan.items}
     plan.ignored = [n for n in names if n not in kept]
     return plan
@@ -120,6 +121,18 @@ def _refuse_lookalikes(classes: Sequence[str]) -> None:
                 f"the class folders {first!r} and {cls!r} are one name {how}, which"
                 " would train two classes shown alike: move the images of one folder into the"
                 " other"
+            )
+
+
+def _refuse_control_characters(classes: Sequence[str]) -> None:
+    """Refuse a class folder whose name holds a control character (a newline, a tab): the
+    class name goes into every log line, table, CSV, plot label and the ONNX model's metadata,
+    where it would break a line in two or show as nothing."""
+    for cls in classes:
+        if any(unicodedata.category(c) == "Cc" for c in cls):
+            raise DatasetLayoutError(
+                f"the class folder {cls!r} has a control character in its name, which every"
+                " report, plot and prediction of the class would show broken: rename the folder"
             )
 
 
@@ -506,12 +519,14 @@ FEW_IMAGES = 5  # "a handful": below this a class's figures in a split mean litt
 
 
 def thin_classes(counts: dict[str, dict[str, int]], splits: Sequence[str]) -> list[str]:
-    """A warning per class with fewer than FEW_IMAGES images (or none) in one of `splits`."""
-    warnings = []
+    """A warning per class with fewer than FEW_IMAGES images (or none) in one of `splits`: the
+    classes with none first (none to train on: the model never learns the class), split by
+    split, as a log cut to the first few shows them."""
+    empty, few = [], []
     for split in splits:
         for cls, n in counts[split].items():
             if n == 0:
-                warnings.append(f"class '{cls}' has no {split} images")
+                empty.append(f"class '{cls}' has no {split} images")
             elif n < FEW_IMAGES:
-                warnings.append(f"class '{cls}' has only {n} {split} image{'s' * (n > 1)}")
-    return warnings
+                few.append(f"class '{cls}' has only {n} {split} image{'s' * (n > 1)}")
+    return empty + few

@@ -28,6 +28,18 @@ def test_scores_from_a_confusion_matrix() -> None:
     assert evaluate.macro_f1([a, b, c]) == pytest.approx((0.75 + 10 / 11) / 2, abs=1e-6)
 
 
+def test_many_classes_missing_from_test_are_counted_in_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    classes = [f"c{i}" for i in range(60)]
+    cm = np.zeros((60, 60), dtype=np.int64)
+    cm[0, 0] = cm[1, 1] = 3
+    evaluate.warn_absent(evaluate.per_class_scores(cm, classes))
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("no test images of 58 classes: no accuracy or recall for them")
+    assert line.endswith("'c21' and 38 more")
+
+
 def test_a_class_missing_from_test_has_no_accuracy(
     processed: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

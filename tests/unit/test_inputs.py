@@ -27,7 +27,7 @@ def test_a_folder_gives_the_photos_preprocess_would_read_not_mac_or_nas_leftover
     assert [p.relative_to(folder).as_posix() for p in inputs.files] == ["cats/a.jpg", "cats/b.JFIF"]
     assert inputs.errors == []
     # What gets no prediction is counted, as preprocess lists what it leaves out.
-    assert f"{folder}: left out 1 file that is not an image (cats/IMG_1.MOV)" in caplog.text
+    assert f"{folder}: left out 1 file not named as an image (cats/IMG_1.MOV)" in caplog.text
 
 
 def test_a_broken_or_looping_symlink_is_named_as_such(tmp_path: Path) -> None:

@@ -80,6 +80,18 @@ def test_cli_predicts_good_files_and_reports_each_bad_one(
     assert Image.open(grid).size[0] > 0
 
 
+def test_a_topk_beyond_the_model_s_classes_gives_no_empty_csv_columns(
+    exported_model: Path, tmp_path: Path
+) -> None:
+    photos = _images(tmp_path / "photos")
+    out_csv, model = tmp_path / "p.csv", str(exported_model / "model.onnx")
+    args = ["predict", str(photos["img0.jpg"]), "--model", model, "--topk", "5"]
+    assert main([*args, "--csv", str(out_csv)]) == 0
+    header, row = out_csv.read_text().splitlines()
+    assert header.split(",")[-4:] == ["class_3", "probability_3", "error", "folder_class"]
+    assert all(row.split(",")[1:7]), row  # the model's 3 classes, each with its probability
+
+
 def test_a_photo_too_large_to_decode_whole_is_predicted_and_drawn_in_the_grid(
     exported_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -297,6 +297,27 @@ def test_flat_folder_is_split_recorded_and_counted(workdir: Path) -> None:
     assert any("'wasps'" in w for w in report["warnings"]), report["warnings"]
 
 
+def test_many_thin_classes_are_warned_about_in_a_few_lines(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    classes = [f"c{i:02d}" for i in range(30)]
+    images = np.zeros((2, 3, 8, 8), dtype=np.uint8)
+    written = preprocess.write_samples(images, [0, 1], classes, tmp_path)
+    assert [p.name for p in written] == ["00_c00.png", "01_c01.png"]
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line == (
+        "no test image of 28 classes: no sample written for them ('c02', 'c03', 'c04', 'c05',"
+        " 'c06', 'c07', 'c08', 'c09', 'c10', 'c11', 'c12', 'c13', 'c14', 'c15', 'c16', 'c17',"
+        " 'c18', 'c19', 'c20', 'c21' and 8 more)"
+    )
+    caplog.clear()
+    counts = {s: {c: 1 if s == "train" else 0 for c in classes} for s in ("train", "test")}
+    warnings = preprocess._warn_thin_classes(counts, 0.0)
+    assert len(warnings) == 60 and len(caplog.records) == 21
+    assert caplog.records[0].getMessage() == "class 'c00' has no test images"
+    assert caplog.records[-1].getMessage().startswith("... and 40 more such warnings (all in ")
+
+
 def test_a_validation_split_the_images_all_miss_is_refused(workdir: Path) -> None:
     # Six images: a 1% share for validation draws none of them (each by its name).
     _flat_zip(workdir / paths.RAW_DIR / "photos.zip", {"ants": 3, "bees": 3})

@@ -251,10 +251,20 @@ def test_a_source_without_images_says_what_it_holds() -> None:
 
 def test_thin_classes_are_named() -> None:
     counts = {"train": {"cats": 40, "dogs": 3}, "test": {"cats": 10, "dogs": 0}}
+    # Those with none come first, a log cut to its first lines showing them.
     assert splits.thin_classes(counts, ["train", "test"]) == [
-        "class 'dogs' has only 3 train images",
         "class 'dogs' has no test images",
+        "class 'dogs' has only 3 train images",
     ]
+
+
+@pytest.mark.parametrize("name", ["new\nline", "tab\there"])
+def test_a_class_folder_named_with_a_control_character_is_refused(name: str) -> None:
+    names = [f"photos/{c}/{i}.jpg" for c in ("cats", name) for i in range(5)]
+    with pytest.raises(splits.DatasetLayoutError) as err:
+        splits.plan_image_folder(names, None, 0.1, seed=0)
+    assert f"the class folder {name!r} has a control character in its name" in str(err.value)
+    assert "\n" not in str(err.value) and "\t" not in str(err.value)  # one line, as named
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,27 @@
+"""How names read in a message: a list cut to a few with how many more, a count with its noun,
+a name with its control characters escaped. A dataset of 250 classes or a folder of 10,000
+photos must not turn one warning into a page."""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Sequence
+
+SHOWN = 20  # names listed in one line, the rest counted
+
+
+def listed(names: Sequence[str], most: int = SHOWN) -> str:
+    """Up to `most` of `names`, in their order, and how many more."""
+    more = len(names) - most
+    return ", ".join(names[:most]) + (f" and {more} more" if more > 0 else "")
+
+
+def counted(n: int, word: str, plural: str | None = None) -> str:
+    """`n` and `word`, in the plural (`word` + s, or `plural`) unless `n` is 1."""
+    return f"{n} {word if n == 1 else plural or word + 's'}"
+
+
+def one_line(name: str) -> str:
+    """`name` with its control characters escaped (a newline as `\\n`): a file name holding one
+    would break a line of output in two."""
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in name)
