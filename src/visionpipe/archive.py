@@ -254,10 +254,13 @@ def pack_directory(
     listing = _dir_entries(root)
     found = len(listing.entries)
     if leave_out:
+        before = [e.name for e in listing.entries]
         listing.leave_out(leave_out)
         if found > len(listing.entries):
             left = found - len(listing.entries)
             log.info("left out %d hidden and system files of %s", left, src)
+            kept = {e.name for e in listing.entries}
+            _warn_hidden_folders(src, [n for n in before if n not in kept])
     listing.warn(src)
     entries, folders = listing.entries, listing.folders
     names = [e.name for e in entries]
@@ -576,10 +579,32 @@ def _warn_skipped(source: Path, folder_links: list[str], broken_links: list[str]
         )
     if folder_links:
         log.warning(
-            "%s: skipped %s to folders (not followed: they could loop): %s",
+            "%s: skipped %s to folders (not followed: they could loop): %s; copy such a folder"
+            " in (`cp -rL`) if it holds photos to train on",
             source,
             counted(len(folder_links), "link"),
             listed(sorted(folder_links)),
+        )
+
+
+def _warn_hidden_folders(source: Path, left_out: list[str]) -> None:
+    """Name the hidden folders (`.secret/`) whose images were left out with the hidden files: a
+    folder of photos hidden by its name, not a Mac's `._IMG_1.jpg` or a system folder's."""
+    counts: dict[str, int] = {}
+    for name in left_out:
+        parts = name.split("/")
+        dot = next((i for i, p in enumerate(parts[:-1]) if p.startswith(".")), None)
+        if dot is None or not is_image_name(name) or parts[-1].startswith("."):
+            continue
+        folder = "/".join(parts[: dot + 1]) + "/"
+        counts[folder] = counts.get(folder, 0) + 1
+    if counts:
+        log.warning(
+            "%s: left out %s in hidden folders (a name starting with '.'): %s; rename a folder"
+            " without its dot if it holds photos to train on",
+            source,
+            counted(sum(counts.values()), "image"),
+            listed([f"{f} ({n})" for f, n in sorted(counts.items())]),
         )
 
 

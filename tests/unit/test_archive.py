@@ -428,6 +428,24 @@ def test_pack_directory_names_the_empty_folders_it_cannot_pack(
     assert "no files" not in caplog.text
 
 
+def test_pack_directory_names_hidden_folders_of_images_it_leaves_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = {f"photos/.secret/{i}.png": b"p" for i in range(3)}
+    files |= {"photos/cats/1.jpg": b"c", "photos/cats/._1.jpg": b"mac", "photos/.DS_Store": b"x"}
+    files |= {"photos/.cache/notes.txt": b"n", "photos/dogs/.thumbs/a/2.jpg": b"t"}
+    files["photos/dogs/2.jpg"] = b"d"
+    write_files(tmp_path / "src", files)
+    with caplog.at_level(logging.WARNING):
+        pack_directory(tmp_path / "src", tmp_path / "out.tar", leave_out=is_hidden)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line == (
+        f"{tmp_path / 'src'}: left out 4 images in hidden folders (a name starting with '.'):"
+        " photos/.secret/ (3), photos/dogs/.thumbs/ (1); rename a folder without its dot if it"
+        " holds photos to train on"
+    )
+
+
 def test_a_folder_of_no_image_is_named_as_no_class(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
