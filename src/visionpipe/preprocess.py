@@ -372,10 +372,12 @@ def _route(
 _SAMPLE_CLASS_BYTES = 200
 
 
-def sample_name(idx: int, cls: str) -> str:
-    """`NN_<class>.png`, a long class name cut (at a character boundary) to fit a file name."""
+def sample_name(idx: int, cls: str, n_classes: int = 10) -> str:
+    """`NN_<class>.png`, a long class name cut (at a character boundary) to fit a file name. The
+    index has as many digits as the last one (`007_` of 250 classes), so that sorting the names,
+    as predict does, keeps the class order."""
     cut = cls.encode()[:_SAMPLE_CLASS_BYTES].decode("utf-8", "ignore")
-    return f"{idx:02d}_{cut}.png"
+    return f"{idx:0{max(2, len(str(n_classes - 1)))}d}_{cut}.png"
 
 
 def write_samples(
@@ -389,7 +391,7 @@ def write_samples(
         if len(hits) == 0:
             absent.append(repr(cls))
             continue
-        path = dest / sample_name(idx, cls)
+        path = dest / sample_name(idx, cls, len(classes))
         Image.fromarray(np.asarray(test_images[hits[0]]).transpose(1, 2, 0)).save(
             path, optimize=False
         )

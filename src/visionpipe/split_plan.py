@@ -364,6 +364,11 @@ def _plan_flat(names: Sequence[str], test_fraction: float, val_fraction: float, 
     if all(map(_split_like, classes)):
         # Training a model to tell "Train" from "Test" photos is never what was meant.
         loose = [n for n, parts in in_class if len(parts) == depth + 2]
+        if "train" not in classes and set(classes) <= {"test", "val"}:
+            raise DatasetLayoutError(
+                f"the source holds {' and '.join(f'{c}/' for c in classes)} but no train/ beside"
+                f" them: add the training images as train/<class>/<image>, {GUIDE}"
+            )
         raise DatasetLayoutError(
             f"the class folders found are split folders ({', '.join(classes)}): name them "
             f"'train/' plus 'test/' or 'val/' (lower case), each holding class folders "

@@ -318,6 +318,16 @@ def test_many_thin_classes_are_warned_about_in_a_few_lines(
     assert caplog.records[-1].getMessage().startswith("... and 40 more such warnings (all in ")
 
 
+def test_samples_of_many_classes_sort_in_class_order(tmp_path: Path) -> None:
+    classes = [f"class_{i}" for i in range(120)]
+    labels = list(range(120))
+    written = preprocess.write_samples(
+        np.zeros((120, 3, 8, 8), np.uint8), labels, classes, tmp_path
+    )
+    assert [p.name for p in written][:2] == ["000_class_0.png", "001_class_1.png"]
+    assert sorted(p.name for p in written) == [p.name for p in written]
+
+
 def test_a_validation_split_the_images_all_miss_is_refused(workdir: Path) -> None:
     # Six images: a 1% share for validation draws none of them (each by its name).
     _flat_zip(workdir / paths.RAW_DIR / "photos.zip", {"ants": 3, "bees": 3})

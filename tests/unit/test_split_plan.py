@@ -205,6 +205,15 @@ def test_split_folders_misnamed_are_refused_not_taken_for_classes(folders: tuple
     assert trains.classes == ["test", "trains"]  # a real class beside one looks like a split
 
 
+def test_held_out_folders_without_train_say_train_is_missing() -> None:
+    names = [
+        f"photos/{f}/{cls}/{i}.jpg" for f in ("val", "test") for cls in CLASSES for i in range(3)
+    ]
+    with pytest.raises(splits.DatasetLayoutError) as err:
+        splits.plan_image_folder(names, None, 0.1, seed=0)
+    assert "the source holds test/ and val/ but no train/ beside them" in str(err.value)
+
+
 @pytest.mark.parametrize(
     ("folders", "rename"),
     [
