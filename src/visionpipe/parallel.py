@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import select
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -42,12 +44,43 @@ def _context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
+def _exit_with(pid: int) -> None:
+    """A worker's initializer: end the worker when process `pid`, which made the pool, ends. A
+    stage killed with SIGKILL runs no cleanup, and its workers (children of the fork server,
+    each holding the pipes that would tell them) would wait for work forever, keeping the fork
+    server and its memory alive with them."""
+
+    def watch() -> None:
+        try:
+            select.select([os.pidfd_open(pid)], [], [])  # readable once `pid` has ended
+        except (AttributeError, OSError):  # no pidfd (not Linux, or `pid` already gone): poll
+            while _alive(pid):
+                time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only whether the process exists
+    except ProcessLookupError:
+        return False
+    return True  # or PermissionError: it exists, run by another user
+
+
 class Workers:
     """`n` worker processes (none for n <= 1: `map` then runs in this process)."""
 
     def __init__(self, n: int) -> None:
         self.n = n
-        self._pool = ProcessPoolExecutor(n, mp_context=_context()) if n > 1 else None
+        self._pool = (
+            ProcessPoolExecutor(
+                n, mp_context=_context(), initializer=_exit_with, initargs=(os.getpid(),)
+            )
+            if n > 1
+            else None
+        )
         # Starting a process waits for the fork server to import the project's modules (a
         # quarter of a second here): a thread does the waiting, so the caller goes on meanwhile.
         self._starting = threading.Thread(target=self._start, daemon=True)
