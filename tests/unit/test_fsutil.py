@@ -5,13 +5,15 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
+import tempfile
 import threading
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import full_disk
+from tests.helpers import ROOT, full_disk
 from visionpipe import fsutil, logs
 
 
@@ -243,3 +245,16 @@ def test_stale_temporaries_go_and_nothing_else(tmp_path: Path) -> None:
     (tmp_path / ".other.pt.e5f6.tmp").write_bytes(b"another output's")
     fsutil.remove_stale_temps(dest)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.e5f6.tmp", "model.pt"]
+
+
+def test_git_ignores_what_a_killed_write_leaves(tmp_path: Path) -> None:
+    # The README's `git add -A` must not commit half a model or 149 MB of decoded images.
+    with pytest.raises(KeyboardInterrupt), fsutil.atomic_path(tmp_path / "x.onnx") as tmp:
+        left = tmp.name
+        raise KeyboardInterrupt
+    left_dir = Path(tempfile.mkdtemp(prefix=".processed.", suffix=".tmp", dir=tmp_path)).name
+    names = [f"models/{left}", f"data/{left_dir}/train.npy", "models/model.onnx.tmp"]
+    proc = subprocess.run(
+        ["git", "check-ignore", "--no-index", *names], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.stdout.split() == names[:2]
