@@ -91,37 +91,44 @@ def _stop_with_dvc() -> None:
         warm.die_with_parent(os.getppid(), signal.SIGTERM)
 
 
-def run_stage(main: Callable[[], int | None], interrupted: str = "") -> None:
+def run_stage(main: Callable[[], int | None], interrupted: Callable[[], str] | None = None) -> None:
     """Run a stage's main(): a user error prints its message (no traceback) and exits 1; Ctrl-C
-    prints one line (plus `interrupted`, what happens next) and exits 130, the shell's code for it,
-    SIGTERM and SIGHUP likewise with 143 and 129; a full disk prints one line saying where and how
-    much is free, a refused write (permissions, a read-only mount, a file-size limit) one saying
-    which file and what to do (each plus `interrupted`), exit 1.
+    prints one line (plus `interrupted()`, what happens next) and exits 130, the shell's code
+    for it, SIGTERM and SIGHUP likewise with 143 and 129; a full disk prints one line saying where
+    and how much is free, a refused write (permissions, a read-only mount, a file-size limit) one
+    saying which file and what to do (each plus `interrupted()`), exit 1. A params.yaml that
+    changed while main() ran fails the stage too (`_refuse_changed_params`).
 
     Set VISIONPIPE_DEBUG=1 to see the traceback anyway. Anything else is a bug and keeps its
     traceback.
     """
     setup()
     threading.excepthook = _thread_error
-    then = f"; {interrupted}" if interrupted else ""
+
+    def then() -> str:  # asked when the stage stops: what it leaves may have changed meanwhile
+        text = interrupted() if interrupted else ""
+        return f"; {text}" if text else ""
+
     try:
         with stops_on_signals():
             _stop_with_dvc()
             paths.refuse_git_tracked_outputs()
+            params = _read_params()
             code = main()
+            _refuse_changed_params(params)
     except KeyboardInterrupt as exc:
         # Ctrl-C is an ordinary way to stop a run (train resumes from its checkpoint): the
         # traceback of wherever the loop happened to be would only bury that.
         if os.environ.get("VISIONPIPE_DEBUG"):
             raise
-        _exit_interrupted(exc, then)
+        _exit_interrupted(exc, then())
     except Exception as exc:
         if os.environ.get("VISIONPIPE_DEBUG"):
             raise
         # torch.save, stopped mid-write, reports the stop as a RuntimeError about zip positions.
         stop = fsutil.find_cause(exc, lambda e: isinstance(e, KeyboardInterrupt))
         if stop is not None:
-            _exit_interrupted(stop, then)
+            _exit_interrupted(stop, then())
         full = fsutil.disk_full_cause(exc)
         if full is not None:
             # A full disk is the user's to fix, wherever the write was (DVCLive, TensorBoard).
@@ -130,17 +137,43 @@ def run_stage(main: Callable[[], int | None], interrupted: str = "") -> None:
             else:
                 named = fsutil.output_name(full.filename) if full.filename else None
                 text = fsutil.disk_full_message(named or os.getcwd())
-            log.error("%s. %s%s", text, _DVC_CACHE, then)
+            log.error("%s. %s%s", text, _DVC_CACHE, then())
             sys.exit(1)
         refused = fsutil.refused_cause(exc)
         if refused is not None:  # a read-only folder or mount, a file-size limit
-            log.error("%s%s", fsutil.refused_message(refused), then)
+            log.error("%s%s", fsutil.refused_message(refused), then())
             sys.exit(1)
         if not is_user_error(exc):
             raise
         log.error("%s", exc)
         sys.exit(1)
     sys.exit(code or 0)
+
+
+class ParamsChangedError(RuntimeError):
+    """params.yaml changed while a stage ran: its outputs are of the params before."""
+
+
+def _read_params() -> bytes | None:
+    try:
+        return paths.PARAMS.read_bytes()
+    except OSError:
+        return None  # the stage's own loader says what is wrong with it
+
+
+def _refuse_changed_params(before: bytes | None) -> None:
+    """Fail a stage whose params.yaml changed under it: DVC records the params it finds at the
+    stage's end beside the outputs, and would pair these outputs with params they were not made
+    with (a second `dvc exp run -S` in the same workspace rewrites params.yaml before it finds
+    the first one running)."""
+    if before is not None and _read_params() != before:
+        raise ParamsChangedError(
+            f"{paths.PARAMS} changed while this stage ran (another `dvc exp run` or `dvc repro`"
+            " in this workspace?): its outputs are of the params before, so the stage fails"
+            " rather than have DVC record them with the new ones. Run one experiment at a time"
+            " in a workspace, or queue several: `dvc exp run --queue -S ...`, then"
+            " `dvc queue start`"
+        )
 
 
 def stop_text(exc: KeyboardInterrupt) -> tuple[str, int]:

@@ -10,6 +10,7 @@ from typing import Any
 
 from visionpipe.fsutil import is_dvc_cache_file
 
+PARAMS = Path("params.yaml")  # what every stage reads its params from (config.load_section)
 RAW_DIR = Path("data/raw")  # download: the verified archive + source.json
 RAW_INFO = RAW_DIR / "source.json"
 

@@ -75,3 +75,25 @@ def test_outputs_git_tracks_that_dvc_caches_stop_the_stage_before_it_runs(
     with pytest.raises(SystemExit) as stop:
         logs.run_stage(lambda: ran.append(True))
     assert stop.value.code == 0 and ran
+
+
+def test_a_stage_whose_params_change_while_it_runs_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A second `dvc exp run -S train.lr=...` rewrites params.yaml before DVC tells it the
+    # workspace is busy: the running stage's outputs must not be recorded with its lr.
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text("train:\n  lr: 0.08\n")
+
+    def second_run_meanwhile() -> None:
+        Path("params.yaml").write_text("train:\n  lr: 0.09\n")
+
+    with pytest.raises(SystemExit) as stop:
+        logs.run_stage(second_run_meanwhile)
+    assert stop.value.code == 1
+    assert "params.yaml changed while this stage ran (another `dvc exp run`" in caplog.text
+    assert "`dvc exp run --queue -S ...`, then `dvc queue start`" in caplog.text
+    caplog.clear()
+    with pytest.raises(SystemExit) as stop:  # the same bytes written again change nothing
+        logs.run_stage(lambda: Path("params.yaml").write_text("train:\n  lr: 0.09\n") and None)
+    assert stop.value.code == 0 and not caplog.text
