@@ -24,4 +24,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    logs.run_stage(main, interrupted=checkpoints.after_a_stop())
+    logs.run_stage(main, interrupted=checkpoints.after_a_stop)

@@ -209,6 +209,8 @@ def after_a_stop() -> str:
             "starts over (a plain `dvc exp run` trains in the project, where a stopped run "
             "resumes from its last complete epoch)"
         )
+    if not CHECKPOINT.is_file():  # stopped in its first epoch, or the save itself failed
+        return f"no epoch's checkpoint is in {paths.CHECKPOINT_DIR}/, so the next run starts over"
     if os.environ.get("DVC_EXP_NAME"):
         return (
             "the same `uv run dvc exp run` command again, with the same -S values, resumes this "

@@ -47,7 +47,7 @@ def test_a_stage_stopped_by_a_full_disk_says_so_in_one_line(
             raise RuntimeError("event writer failed")  # noqa: B904 (the OSError is its context)
 
     with pytest.raises(SystemExit) as stopped:
-        logs.run_stage(stage, interrupted="the next `uv run dvc repro` resumes")
+        logs.run_stage(stage, interrupted=lambda: "the next `uv run dvc repro` resumes")
     assert stopped.value.code == 1
     assert "no space left on the disk holding logs/events.out" in caplog.text
     assert "(.dvc/cache, or where `dvc cache dir` put it) keeps every output" in caplog.text
@@ -100,7 +100,7 @@ def test_a_file_refused_for_good_is_one_line_naming_it(
             raise RuntimeError("writer failed")  # noqa: B904 (the OSError is its context)
 
     with pytest.raises(SystemExit) as stopped:
-        logs.run_stage(stage, interrupted="the next `uv run dvc repro` resumes")
+        logs.run_stage(stage, interrupted=lambda: "the next `uv run dvc repro` resumes")
     assert stopped.value.code == 1
     assert said in caplog.text
     assert caplog.text.rstrip().endswith("; the next `uv run dvc repro` resumes")

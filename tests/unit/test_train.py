@@ -71,7 +71,7 @@ def test_ctrl_c_is_one_line_that_says_what_comes_next(
         raise KeyboardInterrupt
 
     with pytest.raises(SystemExit) as stopped:
-        logs.run_stage(stage, interrupted="the next `uv run dvc repro` resumes")
+        logs.run_stage(stage, interrupted=lambda: "the next `uv run dvc repro` resumes")
     assert stopped.value.code == 130  # the shell's code for SIGINT
     assert "interrupted (Ctrl-C); the next `uv run dvc repro` resumes" in caplog.text
 
@@ -88,7 +88,7 @@ def test_ctrl_c_under_torchrun_is_said_by_local_rank_0_only(
         raise KeyboardInterrupt
 
     with pytest.raises(SystemExit) as stopped:
-        logs.run_stage(stage, interrupted="the next `uv run dvc repro` resumes")
+        logs.run_stage(stage, interrupted=lambda: "the next `uv run dvc repro` resumes")
     assert stopped.value.code == 130
     assert ("interrupted (Ctrl-C)" in caplog.text) is said
 
@@ -112,7 +112,7 @@ def test_ctrl_c_during_a_save_is_one_line_too(
         fsutil.save_torch(tmp_path / "last.pt", {"w": torch.zeros(10_000)})
 
     with pytest.raises(SystemExit) as stopped:
-        logs.run_stage(stage, interrupted="the next `uv run dvc repro` resumes")
+        logs.run_stage(stage, interrupted=lambda: "the next `uv run dvc repro` resumes")
     assert stopped.value.code == 130
     assert "interrupted (Ctrl-C); the next `uv run dvc repro` resumes" in caplog.text
     assert list(tmp_path.iterdir()) == []
@@ -131,7 +131,7 @@ def stage():
         os.kill(os.getpid(), signal.SIGTERM)
         f.write(b"the rest")
 
-logs.run_stage(stage, interrupted="the next `uv run dvc repro` resumes")
+logs.run_stage(stage, interrupted=lambda: "the next `uv run dvc repro` resumes")
 """
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
     env.pop("VISIONPIPE_DEBUG", None)
@@ -147,6 +147,12 @@ def test_a_stop_says_what_resumes_it_where_it_ran(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    # Stopped in its first epoch, or its first save failed (a full disk): nothing resumes.
+    assert checkpoints.after_a_stop() == (
+        "no epoch's checkpoint is in checkpoints/, so the next run starts over"
+    )
+    checkpoints.CHECKPOINT.parent.mkdir()
+    checkpoints.CHECKPOINT.write_bytes(b"an epoch")
     assert "`uv run dvc repro` resumes" in checkpoints.after_a_stop()
     # `dvc exp run` in the project: `dvc repro` would resume it, but as no experiment.
     monkeypatch.setenv("DVC_EXP_NAME", "atrip-coof")
