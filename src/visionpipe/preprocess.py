@@ -519,6 +519,26 @@ def _log_decoded(result: Result) -> None:
     )
 
 
+# The classes of the datasets data.dataset names; an image-folder copy of one holds these.
+KNOWN_CLASSES = {"cifar10": cifar_pickle.CLASSES, "hymenoptera": ("ants", "bees")}
+
+
+def _warn_other_dataset(dataset: str, classes: list[str]) -> list[str]:
+    """Say so when the source's classes are not the named dataset's: someone's own photos with
+    data.dataset left at cifar10 train at CIFAR's 32 px and are recorded as CIFAR-10."""
+    others = [c for c in classes if c not in KNOWN_CLASSES.get(dataset, classes)]
+    if not others:
+        return []
+    warning = (
+        f"data.dataset is {dataset}, but data.source holds classes that are not {dataset}'s"
+        f" ({listed([repr(c) for c in others])}): for your own photos set"
+        " data.dataset=imagefolder"
+        + (" (preprocess.image_size then defaults to 64, not 32)" if dataset == "cifar10" else "")
+    )
+    log.warning("%s", warning)
+    return [warning]
+
+
 def _warn_thin_classes(counts: dict[str, dict[str, int]], val_fraction: float) -> list[str]:
     checked = [s for s in SPLITS if s != "val" or val_fraction > 0]
     warnings = split_plan.thin_classes(counts, checked)
@@ -562,9 +582,8 @@ def run(params: DataParams, workers: int | None = None) -> dict[str, Any]:
         _check_empty_classes(result, class_counts)
         _check_val_split(result, params.data.val_fraction)
         _log_decoded(result)
-        warnings = result.layout_warnings + _warn_thin_classes(
-            class_counts, params.data.val_fraction
-        )
+        warnings = result.layout_warnings + _warn_other_dataset(params.data.dataset, result.classes)
+        warnings += _warn_thin_classes(class_counts, params.data.val_fraction)
         warnings += _warn_identical(result, size)
         meta = {
             "dataset": params.data.dataset,

@@ -328,6 +328,23 @@ def test_samples_of_many_classes_sort_in_class_order(tmp_path: Path) -> None:
     assert sorted(p.name for p in written) == [p.name for p in written]
 
 
+def test_a_source_of_other_classes_than_the_named_dataset_s_is_warned_about(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _flat_zip(workdir / paths.RAW_DIR / "photos.zip", {"ants": 8, "wasps": 8})
+    meta = preprocess.run(_params(dataset="hymenoptera"))
+    line = (
+        "data.dataset is hymenoptera, but data.source holds classes that are not hymenoptera's"
+        " ('wasps'): for your own photos set data.dataset=imagefolder"
+    )
+    assert line in caplog.text
+    assert line in json.loads(paths.PREPROCESS_REPORT.read_text())["warnings"]
+    assert meta["classes"] == ["ants", "wasps"]
+    caplog.clear()
+    preprocess.run(_params(dataset="imagefolder"))
+    assert "data.dataset is" not in caplog.text
+
+
 def test_a_validation_split_the_images_all_miss_is_refused(workdir: Path) -> None:
     # Six images: a 1% share for validation draws none of them (each by its name).
     _flat_zip(workdir / paths.RAW_DIR / "photos.zip", {"ants": 3, "bees": 3})
