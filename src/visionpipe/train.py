@@ -319,7 +319,11 @@ def _fewest_images(world: int, n: int) -> str:
 
 def warn_constant_channels(std: list[float]) -> None:
     """Name the channels model.normalize leaves unscaled, those the train split never varies."""
-    flat = [f"{name} (std {s:g})" for name, s in zip("RGB", std, strict=True) if s < MIN_STD]
+    flat = [
+        f"{name} (std {s:g})"
+        for name, s in zip(("red", "green", "blue"), std, strict=True)
+        if s < MIN_STD
+    ]
     if flat:
         log.warning(
             "model.normalize: %s of the train split hardly varies: left unscaled (dividing by"
