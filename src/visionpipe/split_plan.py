@@ -102,6 +102,16 @@ def plan_image_folder(
     return plan
 
 
+def _with_twins(unknown: Sequence[str], classes: Sequence[str]) -> str:
+    """`unknown` listed, each named with the class of train/ it differs from only in case
+    (`Cat (train/ has 'cat': rename one)`): a class name is matched exactly, as ImageFolder does."""
+    folded = {c.casefold(): c for c in classes}
+    return ", ".join(
+        f"{c} (train/ has {folded[c.casefold()]!r}: rename one)" if c.casefold() in folded else c
+        for c in unknown
+    )
+
+
 def _refuse_lookalikes(classes: Sequence[str]) -> None:
     """Refuse two class folders named alike but for Unicode normalization or spaces at the ends:
     `café` typed on Linux (é one code point) beside `café` from a Mac's zip (e and a combining
@@ -199,7 +209,9 @@ def _plan_split_folders(names: Sequence[str], root: str, val_fraction: float, se
     for other in (held_out, "val") if own_val else (held_out,):
         unknown = sorted({cls for _, folder, cls in found if folder == other} - set(classes))
         if unknown:
-            raise DatasetLayoutError(f"{other}/ has classes not in train/: {', '.join(unknown)}")
+            raise DatasetLayoutError(
+                f"{other}/ has classes not in train/: {_with_twins(unknown, classes)}"
+            )
     depth = len(_parts(prefix))  # the class's index in a name's parts: prefix ends with "/"
     in_train = [(name, _parts(name)) for name, folder, _ in found if folder == "train"]
     # A segmentation set's train/images/ + train/masks/, as a flat collection's images/ + masks/.

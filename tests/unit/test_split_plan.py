@@ -179,6 +179,15 @@ def test_split_folders_with_test_and_val_use_both_as_they_are() -> None:
     assert [i.split for i in plan.items] == [n.split("/")[1] for n in names]
 
 
+def test_a_held_out_class_named_as_a_train_class_but_for_case_is_said_so() -> None:
+    names = ["train/cat/1.jpg", "train/dog/1.jpg", "test/Cat/1.jpg", "test/owl/1.jpg"]
+    with pytest.raises(splits.DatasetLayoutError) as err:
+        splits.plan_image_folder(names, None, 0.2, seed=0)
+    assert str(err.value) == (
+        "test/ has classes not in train/: Cat (train/ has 'cat': rename one), owl"
+    )
+
+
 def test_split_folders_class_sub_folders_belong_to_the_class() -> None:
     names = [
         f"{s}/{cls}/{sub}/{i}.jpg"
