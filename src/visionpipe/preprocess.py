@@ -455,16 +455,19 @@ class EmptyClassError(DatasetLayoutError):
     """A class folder none of whose images could be decoded."""
 
 
-def _check_val_split(result: Result, val_fraction: float) -> None:
-    """Refuse an empty validation split that data.val_fraction asks for: training would score
-    its epochs (and stop early) on the test split instead, unasked. A flat folder's images draw
-    their split from their names, so a few images can all miss a small share."""
-    if val_fraction > 0 and result.counts["val"] == 0:
-        raise DatasetLayoutError(
-            f"data.val_fraction={val_fraction} put none of the {result.counts['train']} training"
-            " images in the validation split: raise data.val_fraction or add images, or set it"
-            " to 0 to score each epoch on the test split, as the tutorial does"
-        )
+def _warn_empty_val(result: Result, val_fraction: float) -> list[str]:
+    """Say so when data.val_fraction asks for a validation split and none came of it: training
+    then scores its epochs (and stops early) on the test split, as with val_fraction 0. A flat
+    folder's images draw their split from their names, so a few can all miss a small share."""
+    if val_fraction == 0 or result.counts["val"] > 0:
+        return []
+    warning = (
+        f"data.val_fraction={val_fraction} put none of the {result.counts['train']} training"
+        " images in the validation split, so training scores its epochs on the test split:"
+        " raise data.val_fraction or add images for a validation split of their own"
+    )
+    log.warning("%s", warning)
+    return [warning]
 
 
 def _check_empty_classes(result: Result, class_counts: dict[str, dict[str, int]]) -> None:
@@ -580,9 +583,9 @@ def run(params: DataParams, workers: int | None = None) -> dict[str, Any]:
         _check_bad_images(result, params.data.on_bad_image)
         class_counts = split_plan.class_counts(result.labels, result.classes)
         _check_empty_classes(result, class_counts)
-        _check_val_split(result, params.data.val_fraction)
         _log_decoded(result)
         warnings = result.layout_warnings + _warn_other_dataset(params.data.dataset, result.classes)
+        warnings += _warn_empty_val(result, params.data.val_fraction)
         warnings += _warn_thin_classes(class_counts, params.data.val_fraction)
         warnings += _warn_identical(result, size)
         meta = {

@@ -57,7 +57,7 @@ class TrainingData:
 
 
 def load_training_data(device: torch.device, budget: int | None = None) -> TrainingData:
-    """The train and validation splits (the test split when data.val_fraction is 0).
+    """The train and validation splits (the test split when there is no validation split).
 
     `budget`: bytes of images that may be read into host memory (default `memory_budget()`);
     a split over what is left of it stays memory-mapped.
@@ -67,7 +67,10 @@ def load_training_data(device: torch.device, budget: int | None = None) -> Train
     val_split = "val"
     val_x, val_y = load_split(val_split)
     if len(val_y) == 0:
-        log.warning("data.val_fraction is 0: validating on the test split, as the tutorial does")
+        log.warning(
+            "no validation split (data.val_fraction is 0, or too few images to draw one): scoring"
+            " each epoch on the test split, as the tutorial does"
+        )
         val_split = "test"
         val_x, val_y = load_split(val_split)
     # Data lives on the device as uint8: 4x smaller than float, converted per batch.

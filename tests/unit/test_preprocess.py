@@ -345,16 +345,23 @@ def test_a_source_of_other_classes_than_the_named_dataset_s_is_warned_about(
     assert "data.dataset is" not in caplog.text
 
 
-def test_a_validation_split_the_images_all_miss_is_refused(workdir: Path) -> None:
+def test_a_validation_split_the_images_all_miss_is_said_so(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # Six images: a 1% share for validation draws none of them (each by its name).
     _flat_zip(workdir / paths.RAW_DIR / "photos.zip", {"ants": 3, "bees": 3})
-    with pytest.raises(split_plan.DatasetLayoutError) as err:
-        preprocess.run(_params(test_fraction=0.2, val_fraction=0.01))
-    assert "data.val_fraction=0.01 put none of the " in str(err.value)
-    assert "or set it to 0 to score each epoch on the test split" in str(err.value)
-    assert not paths.PROCESSED_DIR.exists()  # the stage's output is not half made
-    meta = preprocess.run(_params(test_fraction=0.2, val_fraction=0.0))
+    meta = preprocess.run(_params(test_fraction=0.2, val_fraction=0.01))
     assert meta["counts"]["val"] == 0 and meta["counts"]["train"] > 0
+    line = "data.val_fraction=0.01 put none of the {} training images in the validation split"
+    assert line.format(meta["counts"]["train"]) in caplog.text
+    assert any(w.startswith("data.val_fraction=0.01") for w in _report_warnings())
+    caplog.clear()
+    preprocess.run(_params(test_fraction=0.2, val_fraction=0.0))  # asked for: nothing to say
+    assert "val_fraction" not in caplog.text
+
+
+def _report_warnings() -> list[str]:
+    return json.loads(paths.PREPROCESS_REPORT.read_text())["warnings"]
 
 
 def test_parallel_decoding_writes_the_same_bytes_as_one_process(
