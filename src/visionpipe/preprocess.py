@@ -110,7 +110,7 @@ def decode_source(
             source.name,
             plan.layout,
             len(plan.classes),
-            ", ".join(plan.classes[:10]) + (", ..." if len(plan.classes) > 10 else ""),
+            listed([repr(c) for c in plan.classes], 10),  # quoted: a class may hold a comma
             len(plan.items),
             ", ".join(f"{s} {plan.count(s)}" for s in SPLITS),
         )

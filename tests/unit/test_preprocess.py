@@ -156,7 +156,7 @@ def test_the_counts_logged_are_those_decoded(
     assert meta["counts"] == {"train": 20, "val": 0, "test": 8}
     said = [r.getMessage() for r in caplog.records]
     assert any(
-        "2 classes (ants, bees), 30 image files to decode (train 21, val 0, test 9)" in m
+        "2 classes ('ants', 'bees'), 30 image files to decode (train 21, val 0, test 9)" in m
         for m in said
     ), said
     assert "decoded 28 images (train 20, val 0, test 8), 2 skipped" in said
@@ -623,7 +623,7 @@ def test_a_layout_warning_is_logged_and_reported(
         r.getMessage() for r in caplog.records if "holds no images of its own" in r.getMessage()
     ]
     assert len(warned) == 1 and warned[0] in report["warnings"]
-    assert "classes (animals, birds)" in caplog.text
+    assert "classes ('animals', 'birds')" in caplog.text
 
 
 def test_a_split_file_the_system_refuses_is_named(tmp_path: Path) -> None:
