@@ -168,3 +168,27 @@ def test_a_value_of_conf_local_or_a_key_new_to_conf_is_not_a_dropped_baseline_va
     with caplog.at_level(logging.WARNING):
         assert warn_dropped_baseline(params) == []
     assert not caplog.text
+
+
+def test_a_value_of_conf_local_that_the_experiment_s_recipe_changes_is_not_warned_of(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # conf/local/machine.yaml sets data.source and train.epochs; the baseline commit holds them
+    # as composed. `-S recipe=hymenoptera` sets data.source: null, `-S recipe=vgg16` 1 epoch:
+    # the recipe changes them, no experiment applied and committed ever did.
+    shutil.copytree(CONF, tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
+    (tmp_path / "conf" / "local").mkdir()
+    machine = "data:\n  source: /data/c.zip\ntrain:\n  epochs: 2\n"
+    (tmp_path / "conf" / "local" / "machine.yaml").write_text(machine)
+    monkeypatch.chdir(tmp_path)
+    git(tmp_path, "init", "-q")
+    params = Path("params.yaml")
+    params.write_text(compose_yaml([], Path("conf")), encoding="utf-8")
+    git(tmp_path, "add", "params.yaml")
+    git(tmp_path, "commit", "-qm", "this machine's composed params")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", git(tmp_path, "rev-parse", "HEAD").strip())
+    for recipe in ("hymenoptera", "vgg16"):
+        params.write_text(compose_yaml([f"recipe={recipe}"], Path("conf")), encoding="utf-8")
+        with caplog.at_level(logging.WARNING):
+            assert warn_dropped_baseline(params) == [], recipe
+    assert not caplog.text

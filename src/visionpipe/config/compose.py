@@ -125,12 +125,16 @@ def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
     local = (CONF_DIR / "local" / "machine.yaml").is_file()
     base_recipe = [f"recipe={committed.get('recipe', 'tutorial')}"]
     shared = compose([*base_recipe, NO_LOCAL]) if local else compose(base_recipe)
+    # A value it held that this machine's conf/local/ gives is conf/'s all the same: the recipe
+    # this experiment names may set the key (hymenoptera's data.source: null) and change it.
+    mine = compose(base_recipe) if local else shared
     keys = [
         k
         for k in drift(committed, shared)
         if k in changed
         and lookup(committed, k.split(".")) is not MISSING
         and _value(current, k) == _value(composed, k)
+        and _value(committed, k) != _value(mine, k)
     ]
     if keys:
         values = [f"{k}: {_value(committed, k)} -> {_value(current, k)}" for k in keys]
