@@ -97,7 +97,7 @@ def run_stage(main: Callable[[], int | None], interrupted: Callable[[], str] | N
     for it, SIGTERM and SIGHUP likewise with 143 and 129; a full disk prints one line saying where
     and how much is free, a refused write (permissions, a read-only mount, a file-size limit) one
     saying which file and what to do (each plus `interrupted()`), exit 1. A params.yaml that
-    changed while main() ran fails the stage too (`_refuse_changed_params`).
+    changed while main() ran fails the stage too (`refuse_changed_params`).
 
     Set VISIONPIPE_DEBUG=1 to see the traceback anyway. Anything else is a bug and keeps its
     traceback.
@@ -113,9 +113,10 @@ def run_stage(main: Callable[[], int | None], interrupted: Callable[[], str] | N
         with stops_on_signals():
             _stop_with_dvc()
             paths.refuse_git_tracked_outputs()
-            params = _read_params()
+            global _params_at_start
+            _params_at_start = _read_params()
             code = main()
-            _refuse_changed_params(params)
+            refuse_changed_params()
     except KeyboardInterrupt as exc:
         # Ctrl-C is an ordinary way to stop a run (train resumes from its checkpoint): the
         # traceback of wherever the loop happened to be would only bury that.
@@ -154,6 +155,9 @@ class ParamsChangedError(RuntimeError):
     """params.yaml changed while a stage ran: its outputs are of the params before."""
 
 
+_params_at_start: bytes | None = None  # params.yaml as the running stage found it
+
+
 def _read_params() -> bytes | None:
     try:
         return paths.PARAMS.read_bytes()
@@ -161,18 +165,22 @@ def _read_params() -> bytes | None:
         return None  # the stage's own loader says what is wrong with it
 
 
-def _refuse_changed_params(before: bytes | None) -> None:
+def params_changed() -> bool:
+    """Whether params.yaml differs from what the running stage read at its start."""
+    return _params_at_start is not None and _read_params() != _params_at_start
+
+
+def refuse_changed_params(kept: str = "") -> None:
     """Fail a stage whose params.yaml changed under it: DVC records the params it finds at the
     stage's end beside the outputs, and would pair these outputs with params they were not made
     with (a second `dvc exp run -S` in the same workspace rewrites params.yaml before it finds
-    the first one running)."""
-    if before is not None and _read_params() != before:
+    the first one running). `kept`: what the stage keeps for a later run."""
+    if params_changed():
         raise ParamsChangedError(
             f"{paths.PARAMS} changed while this stage ran (another `dvc exp run` or `dvc repro`"
-            " in this workspace?): its outputs are of the params before, so the stage fails"
-            " rather than have DVC record them with the new ones. Run one experiment at a time"
-            " in a workspace, or queue several: `dvc exp run --queue -S ...`, then"
-            " `dvc queue start`"
+            " in this workspace?): the stage stops rather than have DVC record what it made with"
+            f" other params{kept}. Run one experiment at a time in a workspace, or queue several:"
+            " `dvc exp run --queue -S ...`, then `dvc queue start`"
         )
 
 

@@ -28,6 +28,7 @@ from visionpipe import (
     determinism,
     devices,
     distributed,
+    logs,
     memory,
     paths,
     precision,
@@ -226,6 +227,13 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
         loop.progress.stopped = stopped
         if ddp.is_main:  # rank 0 alone writes; the others hold identical state
             checkpoints.save(fp, loop.progress, loop.trainee())
+        if distributed.broadcast_object(logs.params_changed(), ddp):
+            # Another run rewrote params.yaml: stop now, not after the last epoch, and keep the
+            # checkpoint, which the same command resumes once the other run is done.
+            logs.refuse_changed_params(
+                f"; the checkpoint after epoch {epoch + 1} is kept: the same command resumes"
+                " from it once the other run is done"
+            )
         if stopped:
             if ddp.writes_outputs:  # all ranks stop together; one line per machine says why
                 log_why_stopped(record, cfg.patience, cfg.lr)

@@ -142,6 +142,21 @@ logs.run_stage(stage, interrupted=lambda: "the next `uv run dvc repro` resumes")
     assert list(tmp_path.iterdir()) == [], "the half-written temporary file must go"
 
 
+def test_params_changed_by_another_run_stop_training_after_the_epoch_keeping_its_checkpoint(
+    processed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A second `dvc exp run -S` in the workspace rewrote params.yaml after this stage read it.
+    Path("params.yaml").write_text("train:\n  lr: 0.09\n")
+    monkeypatch.setattr(logs, "_params_at_start", b"train:\n  lr: 0.08\n")
+    with pytest.raises(logs.ParamsChangedError) as err:
+        train.run(tiny_params(epochs=3))
+    assert "the checkpoint after epoch 1 is kept: the same command resumes" in str(err.value)
+    assert checkpoints.CHECKPOINT.is_file() and not paths.MODEL.exists()
+    monkeypatch.setattr(logs, "_params_at_start", None)  # the same command, once alone
+    train.run(tiny_params(epochs=3))
+    assert paths.MODEL.is_file() and not checkpoints.CHECKPOINT.exists()
+
+
 def test_a_stop_says_what_resumes_it_where_it_ran(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
