@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from tests.helpers import ROOT
 from visionpipe.modelfile import ModelInfo, save_model
@@ -46,15 +47,21 @@ def test_the_tutorial_network_loads_our_weights(
         visionpipe_version="test",
         torch_version=str(torch.__version__),
     )
-    monkeypatch.chdir(tmp_path)
+    (tmp_path / "project").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
     save_model(Path("models/model.pt"), ours, info)
     keys = set(torch.load("models/model.pt", weights_only=True)["state_dict"])
     assert keys - TUTORIAL_KEYS == ({"normalize.mean", "normalize.std"} if normalize else set())
+    dog = tmp_path / "shared" / "samples" / "dog.png"  # the README's ../shared/samples/dog.png
+    dog.parent.mkdir(parents=True)
+    pixels = torch.randint(0, 256, (40, 56, 3), dtype=torch.uint8, generator=torch.Generator())
+    Image.fromarray(pixels.numpy()).save(dog)
 
-    x = torch.rand(5, 3, 32, 32)  # ToTensor's [0, 1] pixels
-    namespace: dict = {"x": x}
+    namespace: dict = {}
     with torch.no_grad():
         exec(_docs_snippet(), namespace)
+        x = namespace["x"]
+        assert x.shape == (1, 3, 32, 32) and x.min() >= 0 and x.max() <= 1
         expected = ours(x)
         unprepared = namespace["model"](x)
     torch.testing.assert_close(namespace["logits"], expected, rtol=0, atol=1e-5)
