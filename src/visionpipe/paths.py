@@ -176,9 +176,10 @@ def refuse_git_tracked_outputs(dvc_file: Path = Path("dvc.yaml")) -> None:
     if tracked:
         names = " ".join(tracked)
         raise TrackedOutputError(
-            f"git tracks {names}, which dvc.yaml has DVC cache (a project committed under an "
-            f"older visionpipe, which kept them in git), and DVC would refuse them after the "
-            f"stage ran: run 'git rm -r --cached {names}', commit, and run again"
+            f"git tracks {names}, which dvc.yaml has DVC cache (committed by `dvc exp save`,"
+            " which adds dvc.yaml's top-level metrics to git whatever .gitignore says, or by an"
+            " older visionpipe, which kept them in git), and DVC would refuse them after the"
+            f" stage ran: run 'git rm -r --cached {names}', commit, and run again"
         )
 
 
