@@ -113,10 +113,7 @@ def run_stage(main: Callable[[], int | None], interrupted: Callable[[], str] | N
         with stops_on_signals():
             _stop_with_dvc()
             paths.refuse_git_tracked_outputs()
-            global _params_at_start
-            _params_at_start = _read_params()
-            code = main()
-            refuse_changed_params()
+            code = _run_watching_params(main)
     except KeyboardInterrupt as exc:
         # Ctrl-C is an ordinary way to stop a run (train resumes from its checkpoint): the
         # traceback of wherever the loop happened to be would only bury that.
@@ -165,6 +162,18 @@ def _read_params() -> bytes | None:
         return None  # the stage's own loader says what is wrong with it
 
 
+def _run_watching_params(main: Callable[[], int | None]) -> int | None:
+    """main(), failed if params.yaml changes meanwhile (`refuse_changed_params`)."""
+    global _params_at_start
+    _params_at_start = _read_params()
+    try:
+        code = main()
+        refuse_changed_params()
+        return code
+    finally:
+        _params_at_start = None  # a test's next stage in this process reads its own
+
+
 def params_changed() -> bool:
     """Whether params.yaml differs from what the running stage read at its start."""
     return _params_at_start is not None and _read_params() != _params_at_start
@@ -179,7 +188,8 @@ def refuse_changed_params(kept: str = "") -> None:
         raise ParamsChangedError(
             f"{paths.PARAMS} changed while this stage ran (another `dvc exp run` or `dvc repro`"
             " in this workspace?): the stage stops rather than have DVC record what it made with"
-            f" other params{kept}. Run one experiment at a time in a workspace, or queue several:"
+            f" the other params now in {paths.PARAMS}{kept}. Run one experiment at a time in a"
+            " workspace, or queue several:"
             " `dvc exp run --queue -S ...`, then `dvc queue start`"
         )
 

@@ -257,6 +257,10 @@ def _fetch_source(
             " empties: keep the original somewhere else and point data.source there"
         )
     if not path.exists():
+        if paths.user_path(source, "data.source").is_absolute():
+            raise DownloadError(
+                f"data.source {source!r} does not exist: check the path, or copy the data there"
+            )
         raise DownloadError(
             f"data.source {source!r} resolves to {path}, which does not exist. Relative paths"
             f" are resolved against {base_dir} (launch.data_root, or the project root when that"

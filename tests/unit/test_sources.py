@@ -410,6 +410,13 @@ def test_missing_local_source_explains(tmp_path: Path) -> None:
     for part in ("data.source", str(tmp_path / "data/nowhere.zip"), "dvc exp run --queue"):
         assert part in message
     assert "launch.data_root" in message and "absolute data.source" in message
+    # An absolute path that is not there: no talk of where relative ones are resolved.
+    with pytest.raises(DownloadError) as err:
+        _fetch(str(tmp_path / "nope.zip"), tmp_path)
+    assert str(err.value) == (
+        f"data.source '{tmp_path / 'nope.zip'}' does not exist: check the path, or copy the data"
+        " there"
+    )
 
 
 def test_dns_failure_is_fast_and_actionable(
