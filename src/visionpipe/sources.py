@@ -229,6 +229,21 @@ def _try_mirror(
 # --- user-given source -------------------------------------------------------------------------
 
 
+def _missing(source: str, path: Path, base_dir: Path) -> DownloadError:
+    """The error for a local data.source that is not there; where a relative one was looked for."""
+    if paths.user_path(source, "data.source").is_absolute():
+        return DownloadError(
+            f"data.source {source!r} does not exist: check the path, or copy the data there"
+        )
+    return DownloadError(
+        f"data.source {source!r} resolves to {path}, which does not exist. Relative paths"
+        f" are resolved against {base_dir} (launch.data_root, or the project root when that"
+        " is null); queued experiments (`dvc exp run --queue`) run in a temporary copy of"
+        " the repo, where untracked files are missing: keep the data outside the project and"
+        " set launch.data_root (conf/local/machine.yaml) or an absolute data.source."
+    )
+
+
 def _fetch_source(
     source: str, sha256: str | None, dest_dir: Path, base_dir: Path, net: _Net
 ) -> FetchResult:
@@ -257,17 +272,7 @@ def _fetch_source(
             " empties: keep the original somewhere else and point data.source there"
         )
     if not path.exists():
-        if paths.user_path(source, "data.source").is_absolute():
-            raise DownloadError(
-                f"data.source {source!r} does not exist: check the path, or copy the data there"
-            )
-        raise DownloadError(
-            f"data.source {source!r} resolves to {path}, which does not exist. Relative paths"
-            f" are resolved against {base_dir} (launch.data_root, or the project root when that"
-            " is null); queued experiments (`dvc exp run --queue`) run in a temporary copy of"
-            " the repo, where untracked files are missing: keep the data outside the project and"
-            " set launch.data_root (conf/local/machine.yaml) or an absolute data.source."
-        )
+        raise _missing(source, path, base_dir)
     if path.is_dir():
         # A fixed name: data/raw (and all that follows from it in dvc.lock) then depends on the
         # photos alone, not on what the folder holding them is called on this machine.
