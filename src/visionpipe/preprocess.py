@@ -372,7 +372,7 @@ def _route(
 _SAMPLE_CLASS_BYTES = 200
 
 
-def sample_name(idx: int, cls: str, n_classes: int = 10) -> str:
+def sample_name(idx: int, cls: str, n_classes: int) -> str:
     """`NN_<class>.png`, a long class name cut (at a character boundary) to fit a file name. The
     index has as many digits as the last one (`007_` of 250 classes), so that sorting the names,
     as predict does, keeps the class order."""

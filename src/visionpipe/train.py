@@ -334,8 +334,8 @@ def warn_constant_channels(std: list[float]) -> None:
     ]
     if flat:
         log.warning(
-            "model.normalize: %s of the train split hardly varies: left unscaled (dividing by"
-            " its std would blow it up)", ", ".join(flat),
+            "model.normalize: %s of the train split hardly %s: left unscaled (dividing by its"
+            " std would blow it up)", ", ".join(flat), "varies" if len(flat) == 1 else "vary",
         )  # fmt: skip
 
 
