@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import NoReturn
 
@@ -174,9 +175,15 @@ def _run_watching_params(main: Callable[[], int | None]) -> int | None:
         _params_at_start = None  # a test's next stage in this process reads its own
 
 
-def params_changed() -> bool:
-    """Whether params.yaml differs from what the running stage read at its start."""
-    return _params_at_start is not None and _read_params() != _params_at_start
+def params_changed(settle: float = 5.0) -> bool:
+    """Whether params.yaml differs from what the running stage read at its start, and stays so
+    for `settle` seconds: `dvc exp run --queue` rewrites it for a moment, then puts it back."""
+    deadline = time.monotonic() + settle
+    while _params_at_start is not None and _read_params() != _params_at_start:
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.25)
+    return False
 
 
 def refuse_changed_params(kept: str = "") -> None:
@@ -187,8 +194,8 @@ def refuse_changed_params(kept: str = "") -> None:
     if params_changed():
         raise ParamsChangedError(
             f"{paths.PARAMS} changed while this stage ran (another `dvc exp run` or `dvc repro`"
-            " in this workspace?): the stage stops rather than have DVC record what it made with"
-            f" the other params now in {paths.PARAMS}{kept}. Run one experiment at a time in a"
+            " in this workspace?): the stage stops rather than have DVC record what it made"
+            f" beside params it was not made with{kept}. Run one experiment at a time in a"
             " workspace, or queue several:"
             " `dvc exp run --queue -S ...`, then `dvc queue start`"
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,22 @@ def test_a_stage_whose_params_change_while_it_runs_fails(
     with pytest.raises(SystemExit) as stop:  # the same bytes written again change nothing
         logs.run_stage(lambda: Path("params.yaml").write_text("train:\n  lr: 0.09\n") and None)
     assert stop.value.code == 0 and not caplog.text
+
+
+def test_params_rewritten_for_a_moment_and_put_back_are_no_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `dvc exp run --queue -S ...` composes params.yaml in the workspace, stashes it and puts the
+    # running experiment's back: a stage ending an epoch meanwhile must go on.
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text("train:\n  lr: 0.08\n")
+    monkeypatch.setattr(logs, "_params_at_start", b"train:\n  lr: 0.08\n")
+    Path("params.yaml").write_text("train:\n  lr: 0.09\n")
+    restore = threading.Timer(0.5, lambda: Path("params.yaml").write_text("train:\n  lr: 0.08\n"))
+    restore.start()
+    try:
+        assert not logs.params_changed()
+    finally:
+        restore.join()
+    Path("params.yaml").write_text("train:\n  lr: 0.09\n")
+    assert logs.params_changed(settle=0.5)
