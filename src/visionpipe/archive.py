@@ -579,10 +579,10 @@ def _warn_skipped(source: Path, folder_links: list[str], broken_links: list[str]
         )
     if folder_links:
         log.warning(
-            "%s: skipped %s to folders (not followed: they could loop): %s; copy such a folder"
-            " in (`cp -rL`) if it holds photos to train on",
+            "%s: skipped %s (not followed: they could loop): %s; copy such a folder in"
+            " (`cp -rL`) if it holds photos to train on",
             source,
-            counted(len(folder_links), "link"),
+            counted(len(folder_links), "link to a folder", "links to folders"),
             listed(sorted(folder_links)),
         )
 

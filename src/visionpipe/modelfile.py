@@ -33,8 +33,8 @@ class ModelInfo:
     image_size: int  # side of the square RGB input, in pixels
     arch_params: dict[str, Any]  # the model's own switches (models.arch_params)
     normalize: bool  # whether mean/std normalization is inside the model
-    mean: list[float]  # the train split's per-channel mean and std on the [0, 1] scale
-    std: list[float]
+    mean: list[float]  # the train split's per-channel mean and std on the [0, 1] scale (a
+    std: list[float]  # channel that never varies: 1, as models.Normalize divides by)
     classes: list[str]
     params: dict[str, Any]  # the recipe and the params that shaped the model (Params.run_dict)
     visionpipe_version: str

@@ -45,12 +45,17 @@ def to_input(
 MIN_STD = 1 / 255
 
 
+def scaling_std(std: Sequence[float]) -> list[float]:
+    """The std each channel is divided by: its own, or 1 under MIN_STD."""
+    return [s if s >= MIN_STD else 1.0 for s in std]
+
+
 class Normalize(nn.Module):
     """(x - mean) / std per channel; buffers so they travel with the state_dict and the ONNX."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        scale = [s if s >= MIN_STD else 1.0 for s in std]
+        scale = scaling_std(std)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(scale, dtype=torch.float32).view(1, -1, 1, 1))
 

@@ -43,7 +43,7 @@ from visionpipe.distributed import all_reduce_sum
 from visionpipe.fsutil import write_json
 from visionpipe.inference import Scores, evaluate_split
 from visionpipe.modelfile import ModelInfo, save_model
-from visionpipe.models import MIN_STD, Classifier, build_model
+from visionpipe.models import MIN_STD, Classifier, build_model, scaling_std
 from visionpipe.optim import Lookahead, lr_tensors, make_optimizer, make_scheduler
 from visionpipe.progress import Progress, log_why_stopped
 from visionpipe.tracking import EpochRecord, Tracker, misclassified_grid
@@ -498,7 +498,7 @@ def model_info(params: Params, splits: split_tensors.TrainingData) -> ModelInfo:
         arch_params=params.model.arch_params(),
         normalize=params.model.normalize,
         mean=splits.meta["mean"],
-        std=splits.meta["std"],
+        std=scaling_std(splits.meta["std"]),  # what the model divides by, for code outside it
         classes=splits.classes,
         params=params.run_dict(),
         visionpipe_version=__version__,

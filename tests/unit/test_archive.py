@@ -249,7 +249,7 @@ def test_links_in_an_archive_to_no_file_are_skipped_naming_each(
     broken, folders = caplog.records[0].getMessage(), caplog.records[1].getMessage()
     assert "3 links that lead to no file" in broken
     assert all(n in broken for n in ("p/birds/loopa", "p/birds/loopb", "p/dogs/dangling.jpg"))
-    assert "1 link to folders" in folders and "p/dogs/up" in folders
+    assert "1 link to a folder" in folders and "p/dogs/up" in folders
 
 
 def test_a_folder_names_every_broken_link_apart_from_folder_links(
@@ -268,7 +268,7 @@ def test_a_folder_names_every_broken_link_apart_from_folder_links(
     broken, folders = caplog.records[0].getMessage(), caplog.records[1].getMessage()
     assert "27 links that lead to no file" in broken and "and 7 more" in broken
     assert "birds/loopa" in broken and "birds/lost00.jpg" in broken
-    assert "1 link to folders" in folders and "birds/uploop" in folders
+    assert "1 link to a folder" in folders and "birds/uploop" in folders
 
 
 def test_unknown_type_lists_supported_kinds(tmp_path: Path) -> None:
@@ -361,7 +361,7 @@ def test_links_to_an_outside_folder_or_to_nothing_are_skipped_and_named_not_refu
     with caplog.at_level(logging.WARNING):
         pack_directory(src, tmp_path / "out.tar")
     assert "skipped 1 link that leads to no file" in caplog.text and "IMG_9.jpg" in caplog.text
-    assert "skipped 1 link to folders (not followed: they could loop): more" in caplog.text
+    assert "skipped 1 link to a folder (not followed: they could loop): more" in caplog.text
 
 
 def test_a_zip_that_lists_no_folders_still_names_a_folder_of_no_image(

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -380,6 +381,11 @@ def test_a_channel_the_train_split_never_varies_is_not_scaled(arch: str) -> None
     model.prepare(images)  # fast whitens from the normalized images: eigh failed on NaN
     with torch.no_grad():
         assert torch.isfinite(model.eval()(images.float() / 255)).all()
+    # model.pt's metadata gives what the model divides by, for code that normalizes outside it.
+    meta = {"image_size": 16, "mean": [0.5, 0.3, 0.0], "std": [0.29, 0.2, 0.0]}
+    splits = SimpleNamespace(meta=meta, classes=["a", "b"])
+    params = parse_params({"model": {"name": arch, "normalize": True}})
+    assert train.model_info(params, splits).std == pytest.approx([0.29, 0.2, 1.0])
 
 
 @pytest.mark.parametrize("arch", [a for a, spec in MODELS.items() if spec.pretrained])
