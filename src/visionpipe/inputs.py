@@ -13,6 +13,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from visionpipe.images import is_hidden, is_image_name
+from visionpipe.names import listed
 
 log = logging.getLogger(__name__)
 
@@ -175,11 +176,10 @@ def _warn_left_out(spec: str, left_out: list[str]) -> None:
     names = [name for name in left_out if not is_hidden(name)]
     if not names:
         return
-    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
     log.warning(
-        "%s: left out %d file%s not named as an image (%s%s): a photo needs its format's"
+        "%s: left out %d file%s not named as an image (%s): a photo needs its format's"
         " suffix (.jpg, .png, ...)",
-        spec, len(names), "s" * (len(names) > 1), ", ".join(names[:3]), more,
+        spec, len(names), "s" * (len(names) > 1), listed(names, 3),
     )  # fmt: skip
 
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from visionpipe.archive import ARCHIVE_SUFFIXES
 from visionpipe.images import IMAGE_SUFFIXES, is_hidden, is_image_name
+from visionpipe.names import listed
 from visionpipe.paths import SPLITS
 
 HELD_OUT_NAMES = ("test", "val")  # what split-folder layouts call their held-out folder
@@ -150,7 +151,7 @@ def _no_images(names: Sequence[str]) -> str:
     """Say what a source without images holds: a zip of zips or of HEIC photos, say."""
     if not names:
         return f"the source holds no files, {GUIDE}"
-    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    shown = listed(names, 5)
     message = f"no image files found among the {len(names)} files of the source ({shown})"
     if any(n.lower().endswith(ARCHIVE_SUFFIXES) for n in names):
         message += "; archives inside the source are not opened: unpack them into it"
@@ -322,7 +323,7 @@ def _too_few_classes(names: Sequence[str], common: list[str], classes: set[str])
     if len(classes) == 1 and loose:
         # photos/ beside a stray cover.jpg: the images beside it keep photos/ from being the top.
         (only,) = classes
-        shown = ", ".join(loose[:3]) + (f" and {len(loose) - 3} more" if len(loose) > 3 else "")
+        shown = listed(loose, 3)
         return (
             f"found 1 class folder under '{where}', '{only}', beside images outside any class "
             f"folder ({shown}): move those images into a class folder or out of the source, "
