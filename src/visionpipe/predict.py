@@ -169,25 +169,33 @@ def predict_command(
     scored = [p for p in predicted if p.file not in not_scored]
     # `--json -` / `--csv -` take standard output for themselves: the table goes to stderr.
     out = sys.stderr if STDOUT in (json_path, csv_path) else sys.stdout
-    print(format_table(preds), file=out)
+    skipped = _skipped(preds) if skip_bad else set()
+    print(format_table(preds, skipped), file=out)
     _print_accuracy(scored, labels, opened.classes, out)
     written = _write_outputs(preds, labels, topk, json_path, csv_path, grid_path)
-    failed = _report_failures(preds, skip_bad, fix)
+    failed = _report_failures(preds, skipped, skip_bad, fix)
     return 1 if failed or not written else 0
 
 
-def _report_failures(preds: list[Prediction], skip_bad: str | None, fix: str) -> int:
-    """Log the inputs that failed; how many of them fail the run. Under `skip_bad` a file that
-    exists (a truncated photo, a non-image, a broken link in a folder) is named in a warning
-    instead; a path that does not exist, or a folder of no image, is a mistake in the specs."""
+def _skipped(preds: list[Prediction]) -> set[str]:
+    """The failed inputs a skip setting passes over: files that exist (a truncated photo, a
+    non-image, a broken link in a folder); a path that does not exist, or a folder of no image,
+    is a mistake in the specs."""
+    return {p.file for p in preds if p.error is not None and _is_file_entry(p.file)}
+
+
+def _report_failures(
+    preds: list[Prediction], skipped: set[str], skip_bad: str | None, fix: str
+) -> int:
+    """Log the inputs that failed, those `skipped` (under the setting `skip_bad`) in a warning;
+    how many of them fail the run."""
     failed = [p for p in preds if p.error is not None]
-    skipped = [p for p in failed if skip_bad and _is_file_entry(p.file)]
-    if skipped:
+    if passed_over := sum(p.file in skipped for p in failed):
         log.warning(
-            "%d of %d inputs are no usable image and were skipped (%s; each has its line in the"
-            " table above)", len(skipped), len(preds), skip_bad,
+            "%d of %d inputs are no usable image and were skipped (%s; each is a SKIPPED line"
+            " of the table above)", passed_over, len(preds), skip_bad,
         )  # fmt: skip
-    if hard := len(failed) - len(skipped):
+    if hard := len(failed) - passed_over:
         log.error("%d of %d inputs failed; %s", hard, len(preds), fix)
     return hard
 
@@ -342,12 +350,12 @@ def write_grid(
         tmp.write_bytes(buf.getvalue())
 
 
-def format_table(preds: list[Prediction]) -> str:
+def format_table(preds: list[Prediction], skipped: set[str] | frozenset[str] = frozenset()) -> str:
     lines = []
     for p in preds:
         name = one_line(p.file)  # the table's one line per file
         if p.error:
-            lines.append(f"{name}: ERROR {p.error}")
+            lines.append(f"{name}: {'SKIPPED' if p.file in skipped else 'ERROR'} {p.error}")
         else:
             tops = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in p.top)
             lines.append(f"{name}: {tops}")

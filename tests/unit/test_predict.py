@@ -288,11 +288,13 @@ def test_the_stage_skips_a_file_of_predict_inputs_that_is_no_image_unless_told_t
     if on_bad_image == "skip":
         assert proc.returncode == 0, proc.stderr
         assert "2 of 11 inputs are no usable image and were skipped" in proc.stderr
+        assert f"{photos / 'img0.jpg'}: SKIPPED " in proc.stdout
     else:
         assert proc.returncode == 1, proc.stderr
         assert "2 of 11 inputs failed; fix or remove them from predict.inputs, or set" in (
             proc.stderr
         )
+        assert f"{photos / 'img0.jpg'}: ERROR " in proc.stdout
     # A path that is not there is a mistake in the params, whatever on_bad_image says.
     (tmp_path / "params.yaml").write_text(params.replace(str(photos), str(tmp_path / "nope")))
     proc = run_stage("predict", tmp_path)
