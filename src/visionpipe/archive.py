@@ -253,14 +253,9 @@ def pack_directory(
         raise ValueError(f"cannot pack {src} into {dest}: the tar would land inside the folder")
     listing = _dir_entries(root)
     found = len(listing.entries)
-    if leave_out:
-        before = [e.name for e in listing.entries]
-        listing.leave_out(leave_out)
-        if found > len(listing.entries):
-            left = found - len(listing.entries)
-            log.info("left out %d hidden and system files of %s", left, src)
-            kept = {e.name for e in listing.entries}
-            _warn_hidden_folders(src, [n for n in before if n not in kept])
+    if leave_out and (left := listing.leave_out(leave_out)):
+        log.info("left out %d hidden and system files of %s", len(left), src)
+        _warn_hidden_folders(src, left)
     listing.warn(src)
     entries, folders = listing.entries, listing.folders
     names = [e.name for e in entries]
@@ -787,10 +782,15 @@ class _Listing:
     broken_links: list[str] = field(default_factory=list)  # missing, looping or special target
     specials: list[str] = field(default_factory=list)
 
-    def leave_out(self, hidden: Callable[[str], bool]) -> None:
+    def leave_out(self, hidden: Callable[[str], bool]) -> list[str]:
+        """Drop what `hidden` names; the names of the files dropped."""
         for names in (self.folders, self.folder_links, self.broken_links, self.specials):
             names[:] = [n for n in names if not hidden(n)]
-        self.entries = [e for e in self.entries if not hidden(e.name)]
+        kept, left = [], []
+        for entry in self.entries:
+            (left if hidden(entry.name) else kept).append(entry)
+        self.entries = kept
+        return [e.name for e in left]
 
     def warn(self, source: Path) -> None:
         _warn_skipped(source, self.folder_links, self.broken_links)

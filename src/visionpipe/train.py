@@ -227,7 +227,7 @@ def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[st
         loop.progress.stopped = stopped
         if ddp.is_main:  # rank 0 alone writes; the others hold identical state
             checkpoints.save(fp, loop.progress, loop.trainee())
-        if distributed.broadcast_object(logs.params_changed(), ddp):
+        if distributed.broadcast_object(ddp.is_main and logs.params_changed(), ddp):
             # Another run rewrote params.yaml: stop now, not after the last epoch, and keep the
             # checkpoint, which the same command resumes once the other run is done.
             logs.refuse_changed_params(
