@@ -107,6 +107,7 @@ def make_project(dest: Path, params: dict[str, dict[str, Any]] | None = None) ->
     git(dest, "init", "-q", "-b", "main")
     dvc(dest, "init", "-q")
     shutil.copy2(ROOT / ".dvc" / "config", dest / ".dvc" / "config")
+    shutil.copytree(ROOT / ".dvc" / "plots", dest / ".dvc" / "plots")  # dvc.yaml's templates
     if params:
         set_params(dest, params)
     git(dest, "add", "-A")

@@ -163,6 +163,6 @@ def log_live(
             for s in scores
             if s[figure] is not None
         ]
-        # dvc.yaml names the template (plots_template/fraction_bars.json); this Live writes none.
+        # dvc.yaml names the template (.dvc/plots/fraction_bars.json); this Live writes none.
         live.log_plot(f"per_class_{figure}", rows, x=figure, y="class")
     live.end()

@@ -61,7 +61,7 @@ plots:
       x: actual
       y: predicted
   - dvclive/eval/plots/custom/per_class_accuracy.json:
-      template: plots_template/fraction_bars.json
+      template: fraction_bars
       x: accuracy
       y: class
   - predictions/grid.png
@@ -113,6 +113,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # The real project's config: DVC resolves a relative html_template against .dvc/.
     (repo / ".dvc" / "config").write_text(DVC_CONFIG)
     shutil.copytree(TEMPLATE_DIR, repo / "plots_template", ignore=shutil.ignore_patterns("vendor"))
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")  # DVC's own template folder
 
     (repo / "dvc.yaml").write_text(DVC_YAML)
     live_metrics = repo / "dvclive" / "train" / "plots" / "metrics"

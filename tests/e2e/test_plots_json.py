@@ -2,6 +2,7 @@
 `dvc plots show --json` for the plots this project's dvc.yaml declares."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         subprocess.run(args, cwd=repo, check=True)
     shutil.copy2(ROOT / "dvc.yaml", repo / "dvc.yaml")
     shutil.copytree(ROOT / "plots_template", repo / "plots_template")
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
     (repo / PER_CLASS).mkdir(parents=True)
     for figure, values in (("recall", (0.4, 0.5, 0.6)), ("precision", (0.5, 0.55, 0.6))):
         rows = [
@@ -32,18 +34,22 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return repo
 
 
-def test_per_class_bars_start_at_zero_on_a_fixed_axis(project: Path) -> None:
+# From a sub-folder too: DVC looks a template up in .dvc/plots/, else from the current folder.
+@pytest.mark.parametrize("where", [".", "src"])
+def test_per_class_bars_start_at_zero_on_a_fixed_axis(project: Path, where: str) -> None:
     # DVC's bar_horizontal starts the axis at the smallest value: the worst class had no bar.
+    (project / where).mkdir(exist_ok=True)
     out = subprocess.run(
         [sys.executable, "-m", "dvc", "plots", "show", "--json"],
-        cwd=project,
+        cwd=project / where,
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     plots = json.loads(out)["data"]
     for figure in ("recall", "precision"):
-        [plot] = plots[str(PER_CLASS / f"per_class_{figure}.json")]
+        path = os.path.relpath(PER_CLASS / f"per_class_{figure}.json", where)  # as DVC names it
+        [plot] = plots[path]
         spec = plot["content"]
         assert len(spec["data"]["values"]) == 3, spec
         x = spec["encoding"]["x"]
