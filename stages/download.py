@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 from visionpipe import config, logs, paths, sources
+from visionpipe.config.compose import warn_other_machine
 from visionpipe.config.data import DataConfig
 from visionpipe.config.launch import LaunchConfig
 from visionpipe.fsutil import write_json
@@ -11,6 +12,7 @@ from visionpipe.fsutil import write_json
 
 def main() -> None:
     data = config.load_section("data", DataConfig)
+    warn_other_machine()
     # Where this machine keeps its data is a launch setting, read here but not declared in
     # dvc.yaml: clones with the same archive in different folders write the same dvc.lock.
     data_root = config.load_section("launch", LaunchConfig).data_root

@@ -5,7 +5,7 @@ per rank (DistributedDataParallel).
 """
 
 from visionpipe import checkpoints, devices, distributed, logs, train
-from visionpipe.config.compose import warn_drift, warn_dropped_baseline
+from visionpipe.config.compose import warn_drift, warn_dropped_baseline, warn_other_machine
 from visionpipe.config.params import load_params
 
 
@@ -14,6 +14,7 @@ def main() -> None:
     if not distributed.under_launcher():  # once, not once per rank
         warn_drift()
         warn_dropped_baseline()
+        warn_other_machine()
     cfg = params.launch
     if distributed.wants_launch(cfg):
         # Checked here, before torchrun starts processes that would each fail.

@@ -13,7 +13,13 @@ import pytest
 import yaml
 
 from tests.helpers import ROOT, git
-from visionpipe.config.compose import compose, compose_yaml, warn_drift, warn_dropped_baseline
+from visionpipe.config.compose import (
+    compose,
+    compose_yaml,
+    warn_drift,
+    warn_dropped_baseline,
+    warn_other_machine,
+)
 from visionpipe.config.params import parse_params
 from visionpipe.models import MODELS
 
@@ -192,3 +198,30 @@ def test_a_value_of_conf_local_that_the_experiment_s_recipe_changes_is_not_warne
         with caplog.at_level(logging.WARNING):
             assert warn_dropped_baseline(params) == [], recipe
     assert not caplog.text
+
+
+def test_launch_settings_composed_on_another_machine_are_warned_of(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Alice composed and committed params.yaml with her data folder; Bob's clone has his own in
+    # conf/local/machine.yaml. His `dvc repro` runs with hers: say so, with both values.
+    shutil.copytree(CONF, tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
+    (tmp_path / "conf" / "local").mkdir()
+    (tmp_path / "conf" / "local" / "machine.yaml").write_text(
+        "launch:\n  data_root: /home/bob/data\n", encoding="utf-8"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
+    params = Path("params.yaml")
+    alices = compose_yaml(["launch.data_root=/home/alice/data"], tmp_path / "conf")
+    params.write_text(alices, encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        assert warn_other_machine(params) == ["launch.data_root"]
+    assert "launch.data_root '/home/alice/data', here '/home/bob/data'" in caplog.text
+    assert "uv run dvc exp run" in caplog.text
+    # Composed here, or inside `dvc exp run` (whose -S may set it): nothing to say.
+    params.write_text(compose_yaml([], tmp_path / "conf"), encoding="utf-8")
+    assert warn_other_machine(params) == []
+    params.write_text(alices, encoding="utf-8")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)
+    assert warn_other_machine(params) == []

@@ -148,3 +148,36 @@ def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
             ", ".join(values[:8]) + (" ..." if len(values) > 8 else ""),
         )
     return keys
+
+
+def warn_other_machine(path: Path = DEFAULT_PARAMS) -> list[str]:
+    """Outside `dvc exp run`: warn of the launch settings of this machine's conf/local/machine.yaml
+    that params.yaml holds other values of: params.yaml composed on another machine (a
+    teammate's commit, `dvc exp apply` of their experiment) names that machine's data folder or
+    GPU count. Returns the keys warned of."""
+    local = CONF_DIR / "local" / "machine.yaml"
+    if os.environ.get("DVC_EXP_BASELINE_REV") or not local.is_file():
+        return []
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    given = yaml.safe_load(local.read_text(encoding="utf-8"))
+    launch = given.get("launch") if isinstance(given, dict) else None
+    if not isinstance(raw, dict) or not isinstance(launch, dict):
+        return []
+    mine = compose([f"recipe={raw.get('recipe', 'tutorial')}"])  # resolves ${...} as dvc does
+    keys = [f"launch.{k}" for k in launch]
+    keys = [k for k in keys if _value(raw, k) != _value(mine, k)]
+    if keys:
+        values = [f"{k} {_value(raw, k)!r}, here {_value(mine, k)!r}" for k in keys]
+        logging.getLogger(__name__).warning(
+            "%s's launch settings are not this machine's (%s): %s. Composed on another machine "
+            "(a teammate's commit, `dvc exp apply`)? Running with %s's. To use this machine's, "
+            "set them in %s (no stage declares launch.*: nothing re-runs for it), or run `uv "
+            "run dvc exp run`, which composes %s anew from conf/",
+            path,
+            local,
+            "; ".join(values),
+            path,
+            path,
+            path,
+        )
+    return keys
