@@ -112,9 +112,9 @@ def run(
     if broken:
         log.warning(
             "the model gives non-finite logits for %d of %d test images: training diverged "
-            "(see metrics/train.json); test_loss is nan (left out of dvc exp show) and those "
-            "images' predicted classes are arbitrary (argmax of NaN), so test_acc and the "
-            "confusion matrix say nothing of it",
+            "(see metrics/train.json); test_loss is nan (left out of dvc exp show), test_acc "
+            "counts those images as wrong, and their classes in the confusion matrix are "
+            "arbitrary (argmax of NaN)",
             broken,
             len(labels),
         )

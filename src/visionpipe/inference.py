@@ -54,10 +54,13 @@ def predict_logits(
 
 
 def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """Mean cross-entropy and top-1 accuracy of CPU float32 `logits` against `labels`."""
+    """Mean cross-entropy and top-1 accuracy of CPU float32 `logits` against `labels`. A row
+    with a non-finite logit (a diverged model) predicts nothing and counts as wrong: the argmax of
+    NaN is class 0, which would score a NaN model at class 0's share of the split."""
     labels = labels.cpu()
     loss = F.cross_entropy(logits, labels).item()
-    return loss, (logits.argmax(1) == labels).float().mean().item()
+    right = (logits.argmax(1) == labels) & torch.isfinite(logits).all(1)
+    return loss, right.float().mean().item()
 
 
 @dataclass

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import TypeVar
 
 from visionpipe.images import is_hidden, is_image_name
 from visionpipe.names import listed
@@ -18,6 +19,7 @@ from visionpipe.names import listed
 log = logging.getLogger(__name__)
 
 GLOB_CHARS = frozenset("*?[")
+T = TypeVar("T")
 
 
 @dataclass
@@ -26,12 +28,25 @@ class Inputs:
     errors: list[tuple[str, str]] = field(default_factory=list)  # (file or spec, why unusable)
     # file -> the folder it was found below: a folder named, or a glob's leading folder
     tops: dict[str, str] = field(default_factory=dict)
+    # Per spec, where its files and errors start: the entries go back into the order given.
+    starts: list[tuple[int, int]] = field(default_factory=list)
+
+    def in_order(self, for_files: list[T], for_errors: list[T]) -> list[T]:
+        """Entries made for `files` and for `errors` (one each, in their order), spec by spec
+        as the specs were given, a spec's unusable files after its usable ones."""
+        ends = [*self.starts[1:], (len(self.files), len(self.errors))][: len(self.starts)]
+        return [
+            entry
+            for (f0, e0), (f1, e1) in zip(self.starts, ends, strict=True)
+            for entry in [*for_files[f0:f1], *for_errors[e0:e1]]
+        ]
 
 
 def collect_inputs(specs: list[str]) -> Inputs:
     """Expand files, folders (recursively) and globs; unusable specs become error entries."""
     inputs = Inputs()
     for spec in specs:
+        inputs.starts.append((len(inputs.files), len(inputs.errors)))
         path = Path(spec)
         if any(ch in spec for ch in GLOB_CHARS) and not path.exists():
             _add_glob(inputs, spec)

@@ -11,6 +11,7 @@ import csv
 import errno
 import io
 import logging
+import math
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -163,8 +164,11 @@ def predict_command(
         return 2
     not_scored = {str(f) for f in samples.files} | {file for file, _ in samples.errors}
     predicted = predict_files(samples.files + inputs.files, opened, topk, batch_size)
-    unusable = [Prediction(file, [], why) for file, why in samples.errors + inputs.errors]
-    preds = unusable + predicted
+    n = len(samples.files)
+    preds = [
+        *samples.in_order(predicted[:n], [Prediction(f, [], why) for f, why in samples.errors]),
+        *inputs.in_order(predicted[n:], [Prediction(f, [], why) for f, why in inputs.errors]),
+    ]
     labels = _folder_labels(preds, inputs.tops, FolderClasses(opened.classes), not_scored)
     scored = [p for p in predicted if p.file not in not_scored]
     # `--json -` / `--csv -` take standard output for themselves: the table goes to stderr.
@@ -172,9 +176,22 @@ def predict_command(
     skipped = _skipped(preds) if skip_bad else set()
     print(format_table(preds, skipped), file=out)
     _print_accuracy(scored, labels, opened.classes, out)
+    _warn_nonfinite(predicted)
     written = _write_outputs(preds, labels, topk, json_path, csv_path, grid_path)
     failed = _report_failures(preds, skipped, skip_bad, fix)
     return 1 if failed or not written else 0
+
+
+def _warn_nonfinite(predicted: list[Prediction]) -> None:
+    """Say so when the model's outputs are NaN: a diverged model still ranks classes, by nothing."""
+    nan = [p for p in predicted if any(not math.isfinite(t["probability"]) for t in p.top)]
+    if nan:
+        log.warning(
+            "the model gives non-finite outputs (NaN) for %d of %d images: its training "
+            "diverged (metrics/train.json: diverged), and their classes mean nothing",
+            len(nan),
+            len(predicted),
+        )
 
 
 def _skipped(preds: list[Prediction]) -> set[str]:

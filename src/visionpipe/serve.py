@@ -544,12 +544,26 @@ def serve_command(config: ServeConfig) -> int:
     except (FileNotFoundError, ModelFileError) as exc:
         log.error("%s", exc)
         return 2
+    warn_if_diverged(backend, config.model)
     try:
         asyncio.run(run_server(Service(backend, config, md5)))
     except OSError as exc:  # the port is taken, or the host is not this machine's
         log.error("cannot listen on %s:%s: %s", config.host, config.port, _bind_problem(exc))
         return 2
     return 0
+
+
+def warn_if_diverged(backend: OnnxBackend, path: Path) -> None:
+    """Warn when the model's outputs for a grey image are not finite: a model whose training
+    diverged answers every image, with null probabilities and no error."""
+    grey = np.full((3, backend.image_size, backend.image_size), 128, np.uint8)
+    if not np.isfinite(backend.logits(to_model_input([grey]))).all():
+        log.warning(
+            "%s gives non-finite outputs (NaN) for a grey image: its training diverged "
+            "(metrics/train.json: diverged), and every answer's probabilities will be null. "
+            "Serve the model of a run that did not diverge",
+            path,
+        )
 
 
 def _address_text(sockets: list[socket.socket]) -> str:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.datasets import CLASSES, tiny_params
 from visionpipe import evaluate, paths, precision, train
+from visionpipe.inference import loss_and_accuracy
 from visionpipe.split_files import SplitWriter
 
 
@@ -104,3 +107,14 @@ def test_a_diverged_run_s_nan_test_loss_is_left_out_of_dvclive_metrics(
     evaluate.log_live(metrics, ["a", "b"], ["a", "a"], scores)
     text = paths.EVAL_METRICS.read_text()
     assert json.loads(text) == {"test_acc": 0.1, "test_images": 2}
+
+
+def test_a_row_of_non_finite_logits_counts_as_wrong() -> None:
+    # The argmax of NaN is class 0: an all-NaN model would score class 0's share of the split
+    # (a high test_acc on a skewed split) in `dvc exp show`.
+    nan, inf = float("nan"), float("inf")
+    logits = torch.tensor([[nan, nan], [0.0, inf], [2.0, 1.0], [1.0, 2.0]])
+    labels = torch.tensor([0, 1, 0, 0])
+    loss, accuracy = loss_and_accuracy(logits, labels)
+    assert accuracy == 0.25  # only the third: the first two have no prediction
+    assert math.isnan(loss)

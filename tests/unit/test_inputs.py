@@ -3,6 +3,7 @@ would read: system files left out, broken links, pipes and looping links named, 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -159,3 +160,25 @@ def test_a_link_between_two_folders_a_glob_matches_is_not_followed(tmp_path: Pat
     for spec in (str(photos), f"{photos}/*", f"{photos}/*/", f"{photos}/**"):
         found = collect_inputs([spec]).files
         assert [p.relative_to(photos).as_posix() for p in found] == ["bird/a.jpg", "dog/b.jpg"]
+
+
+def test_predictions_come_in_the_order_the_files_were_named(tmp_path: Path) -> None:
+    # A missing path among photos: its ERROR line where it was named, not first.
+    for name in ("a.jpg", "folder/b.jpg", "folder/c.jpg"):
+        _photo(tmp_path / name)
+    (tmp_path / "folder" / "d.jpg").symlink_to("gone.jpg")
+    names = ["a.jpg", "gone.jpg", "folder", "a.jpg"]
+    model = str(write_tiny_onnx(tmp_path / "model.onnx"))
+    out = tmp_path / "out.json"
+    specs = [str(tmp_path / n) for n in names]
+    assert main(["predict", *specs, "--model", model, "--json", str(out)]) == 1
+    got = [(Path(p["file"]).relative_to(tmp_path).as_posix(), bool(p["error"]))
+           for p in json.loads(out.read_text())]  # fmt: skip
+    assert got == [
+        ("a.jpg", False),
+        ("gone.jpg", True),
+        ("folder/b.jpg", False),
+        ("folder/c.jpg", False),
+        ("folder/d.jpg", True),  # a folder's unusable files after its photos
+        ("a.jpg", False),
+    ]

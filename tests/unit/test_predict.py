@@ -603,3 +603,19 @@ def test_a_collection_that_predicts_nothing_reads_plainly(
     assert "photos.zip: ERROR a zip archive, not an image: unpack it" in out
     assert "two\\nlines.png: ERROR" in out and len(out.splitlines()) == 2  # one line per file
     assert not grid.exists() and f"--grid {grid} not written" in caplog.text
+
+
+def test_a_diverged_model_s_predictions_come_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its outputs are NaN: the table still ranks classes (by nothing), the JSON has nulls.
+    model = str(write_tiny_onnx(tmp_path / "model.onnx", diverged=True))
+    photos = _images(tmp_path / "photos")
+    with caplog.at_level("WARNING"):
+        assert main(["predict", *map(str, photos.values()), "--model", model]) == 0
+    assert f"non-finite outputs (NaN) for {len(photos)} of {len(photos)} images" in caplog.text
+    caplog.clear()
+    fine = str(write_tiny_onnx(tmp_path / "fine.onnx"))
+    with caplog.at_level("WARNING"):
+        assert main(["predict", *map(str, photos.values()), "--model", fine]) == 0
+    assert "non-finite" not in caplog.text

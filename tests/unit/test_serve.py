@@ -144,6 +144,8 @@ def test_a_diverged_model_s_answers_are_strict_json_with_null_probabilities(
     answer = json.loads(body, parse_constant=refuse)
     assert answer["predictions"] == [{**want, "file": image.name}]
     assert [t["probability"] for t in want["top"]] == [None] * 3
+    # It served, but said at its start what it serves: /health's "ok" is the process's.
+    assert "gives non-finite outputs (NaN) for a grey image" in served.log.read_text()
 
 
 def test_concurrent_requests_share_model_calls(server: Served, tmp_path: Path) -> None:

@@ -687,11 +687,12 @@ def test_divergence_stops_training_and_export_stays_honest(
     assert saved["diverged"] is True and saved["train_loss"] is None
     result = export.run(parse_params({}).export.model_copy(update={"parity_images": 20}))
     assert result["nonfinite_logits"] > 0 and result["max_abs_logit_diff"] <= 1e-4
-    # Evaluate's accuracy counts argmax of NaN: it says so rather than look like a chance score.
+    # A NaN row predicts nothing: wrong, not class 0 (the argmax of NaN) scored as a guess.
     with caplog.at_level("WARNING"):
         scored = evaluate.run("cpu", 16)
     assert scored["test_loss"] != scored["test_loss"]  # NaN
-    assert "non-finite logits for" in caplog.text and "say nothing of it" in caplog.text
+    assert scored["test_acc"] == 0.0, scored
+    assert "non-finite logits for" in caplog.text and "counts those images as wrong" in caplog.text
 
     def refuse(constant: str) -> None:
         raise ValueError(f"{constant} is not JSON")
