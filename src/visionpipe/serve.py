@@ -52,10 +52,11 @@ T = TypeVar("T")
 # and formats whose size is not read from the header, decode in a thread: a tiny file can hold a
 # huge image.
 INLINE_DECODE_PIXELS = 256 * 256
-# How long a stop (Ctrl-C, SIGTERM) waits for requests in progress. `docker stop` kills after 10 s;
-# aiohttp's own 60 s would outlast it whenever a client is mid-upload, since aiohttp stops
-# reading connections once stopping, so such an upload can never finish.
+# How long a stop (Ctrl-C, SIGTERM) waits for requests in progress, uploads still arriving too,
+# before aiohttp's own shutdown, which reads no more bytes and gives handlers GRACE_S: within the
+# 10 s after which `docker stop` kills.
 SHUTDOWN_S = 5.0
+GRACE_S = 1.0
 MAX_IMAGES = 256  # per request: decoding many tiny images must not hold a worker for long
 ENDPOINTS = "GET /, GET /health, GET /model, POST /predict"
 RESTART = "restart the server (its log says why it stopped)"
@@ -314,6 +315,25 @@ class Service:
         self.started = time.monotonic()
         self.requests = 0
         self.refused = 0  # prediction requests answered with a 4xx
+        self.in_flight = 0  # requests being read or answered
+        self.stopping = False
+
+    async def track(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Count the requests in progress; once stopping, close each connection after its answer."""
+        self.in_flight += 1
+        try:
+            response = await handler(request)
+        finally:
+            self.in_flight -= 1
+        if self.stopping:
+            response.force_close()  # a keep-alive client sends its next request elsewhere
+        return response
+
+    async def drain(self, timeout: float) -> None:
+        """Wait until no request is in progress, for `timeout` seconds at most."""
+        end = time.monotonic() + timeout
+        while self.in_flight and time.monotonic() < end:
+            await asyncio.sleep(0.02)
 
     async def index(self, request: web.Request) -> web.Response:
         return web.Response(text=self.page, content_type="text/html")
@@ -323,10 +343,11 @@ class Service:
 
     async def health(self, request: web.Request) -> web.Response:
         stats = self.batcher.stats
-        alive = self.batcher.alive
+        alive = self.batcher.alive and not self.stopping
+        status = "ok" if alive else f"the model worker has stopped; {RESTART}"
         return web.json_response(
             {
-                "status": "ok" if alive else f"the model worker has stopped; {RESTART}",
+                "status": "stopping" if self.stopping else status,
                 "uptime_s": round(time.monotonic() - self.started, 1),
                 "requests": self.requests,
                 "refused": self.refused,
@@ -334,7 +355,7 @@ class Service:
                 "model_calls": stats.calls,
                 "largest_call": stats.largest,
             },
-            status=200 if alive else 503,  # a load balancer's or Kubernetes' probe restarts it
+            status=200 if alive else 503,  # a probe restarts it, or (stopping) sends no more
         )
 
     def _topk(self, request: web.Request, form: Form | None = None) -> int:
@@ -469,8 +490,13 @@ def cors(origins: tuple[str, ...]) -> Any:
 def make_app(service: Service) -> web.Application:
     # The upload limit is enforced while reading (read_uploads); aiohttp's own limit is only
     # a backstop for a handler that reads the body whole.
+
+    @web.middleware
+    async def track(request: web.Request, handler: Any) -> web.StreamResponse:
+        return await service.track(request, handler)
+
     app = web.Application(
-        middlewares=[cors(service.config.allow_origins), json_errors],
+        middlewares=[track, cors(service.config.allow_origins), json_errors],
         client_max_size=service.config.max_upload_bytes,
     )
     app.router.add_get("/", service.index)
@@ -493,7 +519,7 @@ async def run_server(service: Service) -> None:
     runner = web.AppRunner(
         make_app(service),
         access_log=None,
-        shutdown_timeout=SHUTDOWN_S,
+        shutdown_timeout=GRACE_S,
         keepalive_timeout=config.keepalive_s,
     )
     await runner.setup()
@@ -511,6 +537,10 @@ async def run_server(service: Service) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
+        service.stopping = True
+        for site in list(runner.sites):
+            await site.stop()  # no new connections; those open still send their bodies
+        await service.drain(SHUTDOWN_S)
     finally:
         await runner.cleanup()
 

@@ -394,6 +394,38 @@ def test_sigterm_mid_upload_stops_within_docker_s_grace(model: Path, tmp_path: P
         again.bind((host, int(port)))
 
 
+def test_a_stop_lets_an_upload_in_progress_finish_and_answers_it(
+    model: Path, tmp_path: Path
+) -> None:
+    # A rolling restart's SIGTERM while a photo is on its way: the client still gets its answer,
+    # and a new client is refused (no new connections), not queued behind the stop.
+    image = _jpeg()
+    with serve(model, tmp_path / "server.log") as served:
+        host, port = served.url.removeprefix("http://").split(":")
+        head = (
+            f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
+            f"Content-Length: {len(image)}\r\n\r\n"
+        )
+        probe = socket.create_connection((host, int(port)), timeout=30)  # a balancer's, open
+        with probe, socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(head.encode() + image[:100])
+            time.sleep(0.3)  # the handler is reading the body
+            served.proc.send_signal(signal.SIGTERM)
+            time.sleep(1.0)
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection((host, int(port)), timeout=5).close()
+            probe.sendall(f"GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            health = probe.makefile("rb").read()  # the answer closes the connection
+            assert health.startswith(b"HTTP/1.1 503") and b'"stopping"' in health, health
+            sock.sendall(image[100:])
+            answer = sock.makefile("rb").read()  # to the end: the server closes after answering
+        code = served.proc.wait(timeout=30)
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200"), answer[:300]
+    assert json.loads(body)["predictions"][0]["top"][0]["class"] == "cat", body
+    assert code == 0, served.log_text()
+
+
 def _cors(
     url: str,
     method: str,
