@@ -10,8 +10,10 @@ ready while the caller does its own first work.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import select
+import signal
 import sys
 import threading
 import time
@@ -42,6 +44,22 @@ def _context() -> multiprocessing.context.BaseContext:
         ctx.set_forkserver_preload(sorted(m for m in sys.modules if m.startswith("visionpipe.")))
         return ctx
     return multiprocessing.get_context("spawn")
+
+
+def _start_fork_server() -> None:
+    """Start the fork server (if this platform uses one) with Ctrl-C ignored, as it ignores it
+    itself once its imports are done: a Ctrl-C meanwhile printed its KeyboardInterrupt traceback
+    around the stage's one-line message. Its workers inherit that; this process's own Ctrl-C
+    stops them (`Workers.__exit__`, or `_exit_with`)."""
+    if _context().get_start_method() != "forkserver":
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set a signal handler
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _exit_with(pid: int) -> None:
@@ -85,12 +103,16 @@ class Workers:
         # quarter of a second here): a thread does the waiting, so the caller goes on meanwhile.
         self._starting = threading.Thread(target=self._start, daemon=True)
         if self._pool is not None:
+            _start_fork_server()
             self._starting.start()
 
     def _start(self) -> None:
         assert self._pool is not None
-        for _ in range(self.n):
-            self._pool.submit(int)  # a process per task while none is idle: n processes
+        try:
+            for _ in range(self.n):
+                self._pool.submit(int)  # a process per task while none is idle: n processes
+        except Exception:  # `map`'s own submit meets the same error and raises it
+            return
 
     def map(self, fn: Callable[[T], R], chunks: Iterable[T]) -> Iterator[R]:
         """`fn(chunk)` for each chunk, in order. `fn` must be a module-level function (or a

@@ -61,3 +61,51 @@ def test_workers_end_when_the_stage_that_made_them_is_killed(tmp_path: Path) -> 
         for pid in pids:
             if _running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+CTRL_C_SCRIPT = """
+import os, time
+from visionpipe.parallel import Workers
+
+def pid(_):
+    time.sleep(0.2)
+    return os.getpid()
+
+if __name__ == "__main__":
+    with Workers(2) as workers:
+        print(*sorted(set(workers.map(pid, range(4)))), flush=True)
+        time.sleep(600)
+"""
+
+
+def _ignores_ctrl_c(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    ignored = int(next(line for line in status.splitlines() if line.startswith("SigIgn:"))[7:], 16)
+    return bool(ignored & (1 << (signal.SIGINT - 1)))
+
+
+def test_ctrl_c_stops_the_stage_with_one_traceback_not_one_per_helper_process(
+    tmp_path: Path,
+) -> None:
+    # A terminal's Ctrl-C reaches the whole process group: the fork server and its workers
+    # too, each of which printed a KeyboardInterrupt traceback around the stage's own message.
+    script = tmp_path / "stage.py"
+    script.write_text(textwrap.dedent(CTRL_C_SCRIPT))
+    stage = subprocess.Popen(
+        [sys.executable, str(script)],
+        env={**env(), "PYTHONPATH": str(ROOT / "src")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a process group of its own, as a terminal's job
+    )
+    try:
+        pids = [int(p) for p in stage.stdout.readline().split()]
+        server = int(Path(f"/proc/{pids[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        assert all(map(_ignores_ctrl_c, [server, *pids])), (server, pids)
+        os.killpg(stage.pid, signal.SIGINT)
+        _, err = stage.communicate(timeout=30)
+    finally:
+        stage.kill()
+    assert stage.returncode != 0 and err.count("KeyboardInterrupt") == 1, err
+    assert not any(map(_running, pids)), "a worker outlived the stage"
