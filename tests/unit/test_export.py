@@ -171,6 +171,30 @@ def test_the_documented_onnxruntime_code_reads_an_export(
     assert namespace["names"] == [classes[i] for i in expected.argmax(1)]
 
 
+def test_the_documented_pillow_loader_gives_predict_s_pixels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client without visionpipe makes `images` from the page alone: a non-square PNG, and a
+    # small JPEG stored on its side (EXIF orientation 6), as predict reads them.
+    from PIL import Image
+
+    from tests.helpers import DOG_PNG
+    from visionpipe.images import load_array
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(DOG_PNG, "dog.png")
+    sideways = Image.open(DOG_PNG).convert("RGB").resize((90, 60))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: shown turned 90 degrees clockwise
+    sideways.save("side.jpg", exif=exif, quality=90)
+    namespace: dict = {"size": 32}
+    exec(_deploy_snippet("def load("), namespace)
+    for name in ("dog.png", "side.jpg"):
+        want = load_array(Path(name).read_bytes(), name, 32).astype(np.float32) / np.float32(255)
+        np.testing.assert_array_equal(namespace["load"](name, 32), want, err_msg=name)
+    assert namespace["images"].shape == (1, 3, 32, 32)
+
+
 def test_the_documented_int8_quantization_gives_a_model_predict_reads(
     exported_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
