@@ -165,8 +165,11 @@ def test_two_machines_each_run_dvc_repro_and_write_the_same_lock(
     assert json.loads((nodes[0] / paths.TRAIN_TIMINGS).read_text())["processes"] == 2
     a = torch.load(single / paths.MODEL, weights_only=True)["state_dict"]
     b = torch.load(nodes[0] / paths.MODEL, weights_only=True)["state_dict"]
+    # Two half-batch gradients averaged round otherwise than one batch's gradient: under 1e-5
+    # apart on an Intel Xeon, up to 5.2e-5 on an AMD EPYC (2 cores each). Gradients summed, not
+    # averaged (the same run at twice the lr) end 1.8e-3 to 3e-2 apart.
     for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-5, rtol=0), key
+        assert torch.allclose(a[key], b[key], atol=2e-4, rtol=0), key
 
 
 def test_the_running_epoch_shows_in_exp_show(baselined_repo: Path) -> None:
