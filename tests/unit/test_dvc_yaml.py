@@ -83,6 +83,35 @@ def test_undeclared_outputs_are_git_ignored() -> None:
         assert f"/{getattr(paths, name).as_posix()}/" in ignored, name
 
 
+def _cached(stage: dict) -> dict[str, bool]:
+    """Each path a stage writes -> whether DVC caches it (`cache: false` makes git keep it)."""
+    found = {}
+    for key in ("outs", "metrics", "plots"):
+        for item in stage.get(key, []):
+            path, options = next(iter(item.items())) if isinstance(item, dict) else (item, None)
+            found[path] = (options or {}).get("cache", True)
+    return found
+
+
+def test_git_ignores_the_cached_outputs_and_keeps_the_rest(tmp_path: Path) -> None:
+    # DVC writes its .gitignore entries only once a run ends well: the committed .gitignore holds
+    # them from the start, so a `git add -A` after a failed first run commits no dataset. (In a
+    # repository of the committed .gitignore alone: a run here has written DVC's own.)
+    cached = {path: c for stage in STAGES.values() for path, c in _cached(stage).items()}
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / ".gitignore").write_bytes((ROOT / ".gitignore").read_bytes())
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", "--stdin"],
+        cwd=tmp_path,
+        input="\n".join([*cached, *(f"{p}/x" for p in cached)]),
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    for path, cache in cached.items():
+        assert (path in ignored) == cache, (path, "cached" if cache else "uncached")
+        assert (f"{path}/x" in ignored) == cache, (path, "a file inside it")
+
+
 def _declared(stage: dict) -> list[str]:
     """Every path a stage writes: its outs, metrics and plots."""
     return [o for key in ("outs", "metrics", "plots") for o in _entries(stage.get(key, []))]
