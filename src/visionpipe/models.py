@@ -15,6 +15,7 @@ import itertools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -335,11 +336,18 @@ def _torchvision_model(name: str, pretrained: bool) -> nn.Module:
         # A WeightsError, so the stage prints this advice alone, not under a traceback; the
         # file name, so the user knows what to fetch on a machine that is online.
         url = torchvision.models.get_model_weights(name).DEFAULT.url
+        file = url.rsplit("/", 1)[-1]
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / file
+        where = (
+            f"The torch hub cache's {cached} is not that file (cut short, or another model's): "
+            f"delete it and put the real one (from {url}) there"
+            if cached.is_file()
+            else f"Offline, either put {file} (from {url}) in the torch hub cache ({cached.parent})"
+        )
         raise WeightsError(
             f"model.pretrained: true could not load ImageNet weights for {name} ({exc}). "
-            f"Offline, either put {url.rsplit('/', 1)[-1]} (from {url}) in the torch hub cache "
-            f"({torch.hub.get_dir()}/checkpoints) or set model.weights to a local weights file "
-            "(and model.pretrained: false)."
+            f"{where}, or set model.weights to a local weights file (and model.pretrained: "
+            "false)."
         ) from None
 
 

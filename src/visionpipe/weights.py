@@ -91,6 +91,12 @@ def read_weights_file(
                 f" (DVC removes {paths.MODEL} before train runs: copy it elsewhere first, "
                 f"e.g. cp {paths.MODEL} ../start.pt, and point model.weights there)"
             )
+        elif not path.is_absolute():
+            # Queued and --temp experiments run in a temporary copy of the project.
+            hint = (
+                f" (here, {Path.cwd()}: a queued or --temp experiment runs in a temporary copy"
+                " of the project, where a relative path names another file; give it absolute)"
+            )
         raise FileNotFoundError(
             f"model.weights = '{path}' does not exist{hint}; give the path of a state_dict file "
             "(torchvision .pth, or a visionpipe models/model.pt), or set model.weights: null"
@@ -112,14 +118,40 @@ def read_weights_file(
     return _bare_net_state(state), classes
 
 
+def _check_torch_file(path: Path) -> None:
+    """Refuse a file that is no torch.save output: neither its zip nor a legacy pickle."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    if not head:
+        raise WeightsError(f"model.weights = '{path}' is empty: copy the weights file again")
+    if not head.startswith(b"PK") and head[0] != 0x80:  # a zip; pickle protocol 2 and later
+        raise WeightsError(
+            f"model.weights = '{path}' is not a PyTorch weights file (torch.save writes a zip; "
+            f"this one starts {head!r}); give a state_dict file (.pth, .pt) or a visionpipe "
+            "models/model.pt"
+        )
+
+
 def _load_tensors(path: Path) -> Any:
     """torch.load(path) of tensors and plain values only: unpickling other objects runs code."""
+    _check_torch_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError) as exc:  # a zip or pickle that ends early
+        reason = next(iter(str(exc).splitlines()), "") or type(exc).__name__
+        raise WeightsError(
+            f"model.weights = '{path}' cannot be read as PyTorch weights ({reason}): a file "
+            "cut short, by a download or copy that stopped? Copy it again"
+        ) from None
     except pickle.UnpicklingError as exc:
         # torch's message is a page long; the class it refused is what the user recognises.
         found = re.search(r"GLOBAL (\S+)", str(exc))
-        what = found.group(1) if found else "Python objects"
+        if found is None:
+            raise WeightsError(
+                f"model.weights = '{path}' is no state_dict torch can read safely (a pickle of "
+                "other data); give a state_dict file (.pth, .pt) or a visionpipe models/model.pt"
+            ) from None
+        what = found.group(1)
         raise WeightsError(
             f"model.weights = '{path}' holds {what} besides tensors, which is not loaded "
             "(torch.load weights_only: unpickling it could run code). If you trust the file, "

@@ -124,6 +124,13 @@ def test_params_are_frozen() -> None:
         p.train.lr = 1.0  # type: ignore[misc]
 
 
+def test_pretrained_and_a_weights_file_together_are_refused() -> None:
+    # The file's weights would silently replace ImageNet's (or, offline, the hub's error would
+    # say to set model.weights, which is set).
+    with pytest.raises(ConfigError, match="keep one"):
+        parse_params({"model": {"name": "resnet18", "pretrained": True, "weights": "/w.pth"}})
+
+
 @pytest.mark.parametrize(
     ("model", "key"),
     [

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 from tests.datasets import FAST_MODEL, FAST_TRAIN, kill_at_validation, tiny_params
+from tests.helpers import DOG_PNG
 from visionpipe import (
     batches,
     checkpoints,
@@ -612,6 +614,57 @@ def test_a_layer_with_a_tensor_of_another_shape_starts_fresh_whole(tmp_path: Pat
     model = build_model("tutorial_cnn", 3, 32, {"weights": weights})
     assert not torch.equal(model.net[7].bias, saved["net.7.bias"])
     assert torch.equal(model.net[8].bias, saved["net.8.bias"])
+
+
+def test_a_weights_file_cut_short_empty_or_of_another_kind_is_named_in_one_line(
+    tmp_path: Path,
+) -> None:
+    from visionpipe import logs
+
+    torch.save(build_model("tutorial_cnn", 3, 16).net.state_dict(), tmp_path / "start.pth")
+    whole = (tmp_path / "start.pth").read_bytes()
+    shutil.copy(DOG_PNG, tmp_path / "dog.pth")  # a photo renamed
+    for name, data, said in [
+        ("cut.pth", whole[:1000], "cannot be read as PyTorch weights"),
+        ("end.pth", whole[:-30], "cannot be read as PyTorch weights"),
+        ("empty.pth", b"", "is empty"),
+        ("dog.pth", None, "is not a PyTorch weights file"),
+        ("text.pth", b"hello\n", "is not a PyTorch weights file"),
+    ]:
+        if data is not None:
+            (tmp_path / name).write_bytes(data)
+        with pytest.raises(WeightsError, match=said) as err:
+            build_model("tutorial_cnn", 3, 16, {"weights": str(tmp_path / name)})
+        assert logs.is_user_error(err.value) and "weights_only=False" not in str(err.value), name
+
+
+def test_a_missing_relative_weights_path_says_where_it_was_looked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `../start.pt` works in the workspace, not in a queued run's temporary copy.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="temporary copy") as err:
+        build_model("tutorial_cnn", 3, 16, {"weights": "../start.pt"})
+    assert f"here, {tmp_path}" in str(err.value) and "give it absolute" in str(err.value)
+    with pytest.raises(FileNotFoundError) as err:
+        build_model("tutorial_cnn", 3, 16, {"weights": str(tmp_path / "start.pt")})
+    assert "temporary copy" not in str(err.value)
+
+
+def test_pretrained_with_a_cached_file_that_is_not_torchvision_s_says_to_replace_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The file under torchvision's name in the hub cache is cut short: putting it there again
+    # is not the fix; replacing it is.
+    from torchvision.models import ResNet18_Weights
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    file = tmp_path / "checkpoints" / ResNet18_Weights.DEFAULT.url.rsplit("/", 1)[-1]
+    file.parent.mkdir()
+    file.write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(WeightsError, match=f"cache's {file} is not that file") as err:
+        build_model("resnet18", 2, 32, {"pretrained": True})
+    assert "delete it" in str(err.value)
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,17 @@ class _ModelSection(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _one_source_of_weights(self) -> _ModelSection:
+        weights = getattr(self, "weights", None)
+        if getattr(self, "pretrained", False) and weights is not None:
+            raise ValueError(
+                f"model.pretrained: true and model.weights = {json.dumps(str(weights))} both "
+                "give the starting weights, and the file's would replace ImageNet's: keep one "
+                "(model.pretrained: false for the file, model.weights: null for ImageNet's)"
+            )
+        return self
+
     def arch_params(self) -> dict[str, Any]:
         """The model's own switches, as `models.build_model` takes them."""
         return arch_params(self.name, self.model_dump())
