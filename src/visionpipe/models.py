@@ -468,6 +468,11 @@ def build_model(
         own["pretrained"] = p.get("pretrained", False)
     net = spec.build(num_classes, image_size, **own)
     normalize = Normalize(mean, std) if mean is not None and std is not None else None
+    if own.get("pretrained") and normalize is None:
+        log.warning(
+            "model.pretrained: ImageNet's weights were trained on normalized inputs, and this "
+            "model feeds them raw pixels in [0, 1]: set model.normalize: true (the recipes do)"
+        )
     if p.get("weights"):
         # Start from a local file (torchvision weights, or another run's models/model.pt):
         # layers that fit are loaded, a classifier for other classes stays fresh.

@@ -463,6 +463,12 @@ def test_pretrained_says_what_it_loaded_and_what_starts_fresh(
     assert torch.equal(model.net.conv1.weight, imagenet["conv1.weight"])
     loaded = "ImageNet weights for resnet18 loaded; classifier 'fc' starts fresh for 2 classes"
     assert f"{loaded} (ImageNet's has 1000)" in caplog.text
+    # Without model.normalize, the ImageNet layers see other numbers than they learned on.
+    assert "set model.normalize: true" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        build_model("resnet18", 2, 32, {"pretrained": True}, mean=[0.5] * 3, std=[0.25] * 3)
+    assert "model.normalize" not in caplog.text
 
 
 def test_weights_of_another_model_are_refused(processed: Path) -> None:
