@@ -39,15 +39,20 @@ def _ratio(num: int, den: int) -> float | None:
     return round(num / den, 6) if den else None
 
 
-def per_class_scores(cm: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:
-    """Precision, recall, F1 and support of each class from a confusion matrix (rows actual).
+def per_class_scores(
+    cm: np.ndarray, classes: list[str], supports: np.ndarray | None = None
+) -> list[dict[str, Any]]:
+    """Precision, recall, F1 and support of each class from a confusion matrix (rows actual);
+    `supports`: the test images per class where the matrix leaves some out (default: its rows).
 
     None where a figure is undefined: recall and F1 without test images, precision when the
     class was never predicted.
     """
     rows = []
+    if supports is None:
+        supports = cm.sum(1)
     for i, cls in enumerate(classes):
-        tp, support, predicted = int(cm[i, i]), int(cm[i].sum()), int(cm[:, i].sum())
+        tp, support, predicted = int(cm[i, i]), int(supports[i]), int(cm[:, i].sum())
         rows.append(
             {
                 "class": cls,
@@ -106,20 +111,23 @@ def run(
     batch = eval_batch_size(train_batch_size, model.views, device)
     memory.keep_freed_memory()  # each batch reuses the last one's host memory: 0.78x the time
     logits = predict_logits(model, images, device, batch, amp=dtype)
-    preds = logits.argmax(1)
     classes = info.classes
-    broken = int((~torch.isfinite(logits)).any(1).sum())
-    if broken:
+    # A row with a non-finite logit predicts nothing (its argmax, class 0, means nothing): it is
+    # a miss of its class, and no prediction of any.
+    finite = torch.isfinite(logits).all(1)
+    if broken := int((~finite).sum()):
         log.warning(
             "the model gives non-finite logits for %d of %d test images: training diverged "
             "(see metrics/train.json); test_loss is nan (left out of dvc exp show), test_acc "
-            "counts those images as wrong, and their classes in the confusion matrix are "
-            "arbitrary (argmax of NaN)",
+            "and each class's recall count those images as wrong, and the confusion matrix "
+            "leaves them out",
             broken,
             len(labels),
         )
-    cm = confusion_matrix(labels, preds, len(classes))
-    scores = per_class_scores(cm.numpy(), classes)
+    preds, kept = logits.argmax(1)[finite], labels[finite]
+    cm = confusion_matrix(kept, preds, len(classes))
+    support = torch.bincount(labels, minlength=len(classes)).numpy()
+    scores = per_class_scores(cm.numpy(), classes, support)
     absent = warn_absent(scores)
     loss, accuracy = loss_and_accuracy(logits, labels)
     # Short names: these are `dvc exp show` columns, in this order, and a sweep's table must fit
@@ -134,7 +142,7 @@ def run(
     write_json(
         paths.CONFUSION_MATRIX, {"classes": classes, "rows_actual_cols_predicted": cm.tolist()}
     )
-    actual = [classes[i] for i in labels.tolist()]
+    actual = [classes[i] for i in kept.tolist()]
     log_live(metrics, actual, [classes[i] for i in preds.tolist()], scores)
     return metrics
 

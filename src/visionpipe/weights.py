@@ -94,8 +94,9 @@ def read_weights_file(
         elif not path.is_absolute():
             # Queued and --temp experiments run in a temporary copy of the project.
             hint = (
-                f" (here, {Path.cwd()}: a queued or --temp experiment runs in a temporary copy"
-                " of the project, where a relative path names another file; give it absolute)"
+                f" (looked for as {path.resolve()}: a queued or --temp experiment runs in a"
+                " temporary copy of the project, where a relative path names another file; give"
+                " it absolute)"
             )
         raise FileNotFoundError(
             f"model.weights = '{path}' does not exist{hint}; give the path of a state_dict file "

@@ -219,8 +219,12 @@ def test_launch_settings_composed_on_another_machine_are_warned_of(
         assert warn_other_machine(params) == ["launch.data_root"]
     assert "launch.data_root '/home/alice/data', here '/home/bob/data'" in caplog.text
     assert "uv run dvc exp run" in caplog.text
-    # Composed here, or inside `dvc exp run` (whose -S may set it): nothing to say.
+    # Composed here, or inside `dvc exp run` (whose -S may set it): nothing to say. Nor for
+    # another spelling of the same folder.
     params.write_text(compose_yaml([], tmp_path / "conf"), encoding="utf-8")
+    assert warn_other_machine(params) == []
+    slash = compose_yaml(["launch.data_root=/home/bob/data/"], tmp_path / "conf")
+    params.write_text(slash, encoding="utf-8")
     assert warn_other_machine(params) == []
     params.write_text(alices, encoding="utf-8")
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)

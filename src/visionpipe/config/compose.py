@@ -150,6 +150,13 @@ def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
     return keys
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Equal values; paths as the folder they name (`/data/` is `/data`, `~` expanded)."""
+    if isinstance(a, str) and isinstance(b, str):
+        return os.path.normpath(os.path.expanduser(a)) == os.path.normpath(os.path.expanduser(b))
+    return a == b
+
+
 def warn_other_machine(path: Path = DEFAULT_PARAMS) -> list[str]:
     """Outside `dvc exp run`: warn of the launch settings of this machine's conf/local/machine.yaml
     that params.yaml holds other values of: params.yaml composed on another machine (a
@@ -165,7 +172,7 @@ def warn_other_machine(path: Path = DEFAULT_PARAMS) -> list[str]:
         return []
     mine = compose([f"recipe={raw.get('recipe', 'tutorial')}"])  # resolves ${...} as dvc does
     keys = [f"launch.{k}" for k in launch]
-    keys = [k for k in keys if _value(raw, k) != _value(mine, k)]
+    keys = [k for k in keys if not _same(_value(raw, k), _value(mine, k))]
     if keys:
         values = [f"{k} {_value(raw, k)!r}, here {_value(mine, k)!r}" for k in keys]
         logging.getLogger(__name__).warning(
