@@ -343,11 +343,13 @@ class Service:
 
     async def health(self, request: web.Request) -> web.Response:
         stats = self.batcher.stats
-        alive = self.batcher.alive and not self.stopping
-        status = "ok" if alive else f"the model worker has stopped; {RESTART}"
+        if self.stopping:
+            status = "stopping"
+        else:
+            status = "ok" if self.batcher.alive else f"the model worker has stopped; {RESTART}"
         return web.json_response(
             {
-                "status": "stopping" if self.stopping else status,
+                "status": status,
                 "uptime_s": round(time.monotonic() - self.started, 1),
                 "requests": self.requests,
                 "refused": self.refused,
@@ -355,7 +357,7 @@ class Service:
                 "model_calls": stats.calls,
                 "largest_call": stats.largest,
             },
-            status=200 if alive else 503,  # a probe restarts it, or (stopping) sends no more
+            status=200 if status == "ok" else 503,  # a probe restarts it, or sends no more
         )
 
     def _topk(self, request: web.Request, form: Form | None = None) -> int:
