@@ -226,6 +226,13 @@ def test_launch_settings_composed_on_another_machine_are_warned_of(
     slash = compose_yaml(["launch.data_root=/home/bob/data/"], tmp_path / "conf")
     params.write_text(slash, encoding="utf-8")
     assert warn_other_machine(params) == []
+    # A value of conf/local that Hydra resolves (an environment variable) is compared resolved.
+    monkeypatch.setenv("DATA_HOME", "/home/bob/data")
+    (tmp_path / "conf" / "local" / "machine.yaml").write_text(
+        "launch:\n  data_root: ${oc.env:DATA_HOME}\n", encoding="utf-8"
+    )
+    assert warn_other_machine(params) == []
     params.write_text(alices, encoding="utf-8")
+    assert warn_other_machine(params) == ["launch.data_root"]
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)
     assert warn_other_machine(params) == []

@@ -170,7 +170,9 @@ def warn_other_machine(path: Path = DEFAULT_PARAMS) -> list[str]:
     launch = given.get("launch") if isinstance(given, dict) else None
     if not isinstance(raw, dict) or not isinstance(launch, dict):
         return []
-    mine = compose([f"recipe={raw.get('recipe', 'tutorial')}"])  # resolves ${...} as dvc does
+    mine: Any = {"launch": launch}
+    if "${" in str(launch):  # an interpolation: Hydra resolves it, as dvc exp run would
+        mine = compose([f"recipe={raw.get('recipe', 'tutorial')}"])
     keys = [f"launch.{k}" for k in launch]
     keys = [k for k in keys if not _same(_value(raw, k), _value(mine, k))]
     if keys:
