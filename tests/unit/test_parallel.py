@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.helpers import ROOT, env
 
@@ -36,16 +37,18 @@ def _running(pid: int) -> bool:
     return state != "Z"
 
 
+def _start(tmp_path: Path, script: str, **options: Any) -> subprocess.Popen[str]:
+    """`script` run as a stage runs, its stdout piped."""
+    path = tmp_path / "stage.py"
+    path.write_text(textwrap.dedent(script))
+    env_ = {**env(), "PYTHONPATH": str(ROOT / "src")}
+    cmd = [sys.executable, str(path)]
+    return subprocess.Popen(cmd, env=env_, stdout=subprocess.PIPE, text=True, **options)
+
+
 def test_workers_end_when_the_stage_that_made_them_is_killed(tmp_path: Path) -> None:
-    script = tmp_path / "stage.py"
-    script.write_text(textwrap.dedent(SCRIPT))
-    stage = subprocess.Popen(
-        [sys.executable, str(script)],
-        env={**env(), "PYTHONPATH": str(ROOT / "src")},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,  # the resource tracker's note on the semaphores left behind
-        text=True,
-    )
+    # stderr: the resource tracker's note on the semaphores left behind
+    stage = _start(tmp_path, SCRIPT, stderr=subprocess.DEVNULL)
     pids: list[int] = []
     try:
         pids += [int(p) for p in stage.stdout.readline().split()]
@@ -89,16 +92,8 @@ def test_ctrl_c_stops_the_stage_with_one_traceback_not_one_per_helper_process(
 ) -> None:
     # A terminal's Ctrl-C reaches the whole process group: the fork server and its workers
     # too, each of which printed a KeyboardInterrupt traceback around the stage's own message.
-    script = tmp_path / "stage.py"
-    script.write_text(textwrap.dedent(CTRL_C_SCRIPT))
-    stage = subprocess.Popen(
-        [sys.executable, str(script)],
-        env={**env(), "PYTHONPATH": str(ROOT / "src")},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # a process group of its own, as a terminal's job
-    )
+    # A process group of its own, as a terminal's job.
+    stage = _start(tmp_path, CTRL_C_SCRIPT, stderr=subprocess.PIPE, start_new_session=True)
     try:
         pids = [int(p) for p in stage.stdout.readline().split()]
         server = int(Path(f"/proc/{pids[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
