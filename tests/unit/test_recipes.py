@@ -152,6 +152,18 @@ def test_a_dropped_baseline_value_is_warned_of_but_not_one_the_experiment_sets(
     assert "train.epochs" not in caplog.text
 
 
+def _conf(project: Path, machine: str) -> None:
+    """The project's conf/ in `project`, with `machine` as this machine's conf/local/."""
+    shutil.copytree(CONF, project / "conf", ignore=shutil.ignore_patterns("local"))
+    _local(project / "conf", machine)
+
+
+def _local(conf: Path, machine: str) -> None:
+    """This machine's git-ignored conf/local/machine.yaml in the project conf `conf`."""
+    (conf / "local").mkdir(exist_ok=True)
+    (conf / "local" / "machine.yaml").write_text(machine, encoding="utf-8")
+
+
 def test_a_value_of_conf_local_or_a_key_new_to_conf_is_not_a_dropped_baseline_value(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -167,8 +179,7 @@ def test_a_value_of_conf_local_or_a_key_new_to_conf_is_not_a_dropped_baseline_va
     git(tmp_path, "add", "params.yaml")
     git(tmp_path, "commit", "-qm", "the defaults")
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", git(tmp_path, "rev-parse", "HEAD").strip())
-    (tmp_path / "conf" / "local").mkdir()
-    (tmp_path / "conf" / "local" / "machine.yaml").write_text("data:\n  source: /data/c.zip\n")
+    _local(tmp_path / "conf", "data:\n  source: /data/c.zip\n")
     params.write_text(compose_yaml(["train.epochs=1"], Path("conf")), encoding="utf-8")
     assert yaml.safe_load(params.read_text())["data"]["source"] == "/data/c.zip"
     with caplog.at_level(logging.WARNING):
@@ -182,10 +193,7 @@ def test_a_value_of_conf_local_that_the_experiment_s_recipe_changes_is_not_warne
     # conf/local/machine.yaml sets data.source and train.epochs; the baseline commit holds them
     # as composed. `-S recipe=hymenoptera` sets data.source: null, `-S recipe=vgg16` 1 epoch:
     # the recipe changes them, no experiment applied and committed ever did.
-    shutil.copytree(CONF, tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
-    (tmp_path / "conf" / "local").mkdir()
-    machine = "data:\n  source: /data/c.zip\ntrain:\n  epochs: 2\n"
-    (tmp_path / "conf" / "local" / "machine.yaml").write_text(machine)
+    _conf(tmp_path, "data:\n  source: /data/c.zip\ntrain:\n  epochs: 2\n")
     monkeypatch.chdir(tmp_path)
     git(tmp_path, "init", "-q")
     params = Path("params.yaml")
@@ -205,11 +213,7 @@ def test_launch_settings_composed_on_another_machine_are_warned_of(
 ) -> None:
     # Alice composed and committed params.yaml with her data folder; Bob's clone has his own in
     # conf/local/machine.yaml. His `dvc repro` runs with hers: say so, with both values.
-    shutil.copytree(CONF, tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
-    (tmp_path / "conf" / "local").mkdir()
-    (tmp_path / "conf" / "local" / "machine.yaml").write_text(
-        "launch:\n  data_root: /home/bob/data\n", encoding="utf-8"
-    )
+    _conf(tmp_path, "launch:\n  data_root: /home/bob/data\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
     params = Path("params.yaml")
@@ -228,9 +232,7 @@ def test_launch_settings_composed_on_another_machine_are_warned_of(
     assert warn_other_machine(params) == []
     # A value of conf/local that Hydra resolves (an environment variable) is compared resolved.
     monkeypatch.setenv("DATA_HOME", "/home/bob/data")
-    (tmp_path / "conf" / "local" / "machine.yaml").write_text(
-        "launch:\n  data_root: ${oc.env:DATA_HOME}\n", encoding="utf-8"
-    )
+    _local(tmp_path / "conf", "launch:\n  data_root: ${oc.env:DATA_HOME}\n")
     assert warn_other_machine(params) == []
     params.write_text(alices, encoding="utf-8")
     assert warn_other_machine(params) == ["launch.data_root"]
