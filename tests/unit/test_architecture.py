@@ -4,7 +4,11 @@ loop), no function longer than a screen, and ARCHITECTURE.md names every module.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
+
+import pytest
+import yaml
 
 from tests.helpers import ROOT
 
@@ -85,3 +89,27 @@ def test_architecture_names_every_module() -> None:
         rel = path.relative_to(PACKAGE).as_posix()
         name = rel.removesuffix(".py")
         assert f"`{rel}`" in text or f"`{name}`" in text, f"ARCHITECTURE.md does not name {rel}"
+
+
+def _stage_table() -> dict[str, set[str]]:
+    """ARCHITECTURE.md's "What each stage loads": stage -> the modules its row names."""
+    text = (ROOT / "ARCHITECTURE.md").read_text().split("## What each stage loads", 1)[1]
+    rows = [line.split("|") for line in text.splitlines() if line.startswith("| ")]
+    return {
+        cells[1].strip(): set(re.findall(r"`([\w/]+)`", cells[3]))
+        for cells in rows
+        if cells[1].strip() not in {"stage", ""}
+    }
+
+
+@pytest.mark.parametrize("stage", ["download", "preprocess", "evaluate", "export", "predict"])
+def test_the_stage_table_lists_the_modules_dvc_yaml_declares(stage: str) -> None:
+    # Every stage loads these (and the package's __init__); the table says so once, above it.
+    common = {"paths", "fsutil", "logs", "warm", "config/__init__", "__init__"}
+    deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["deps"]
+    declared = {
+        d.removeprefix("src/visionpipe/").removesuffix(".py")
+        for d in deps
+        if isinstance(d, str) and d.startswith("src/visionpipe/")
+    }
+    assert _stage_table()[stage] == declared - common, f"ARCHITECTURE.md's row for {stage}"
