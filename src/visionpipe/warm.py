@@ -14,9 +14,10 @@ The first stage that finds no warm process starts one (it lives on while it is u
 after VISIONPIPE_WARM_IDLE seconds without work, 600 by default) and waits for it; that costs what
 importing the libraries in the stage would have. One warm process serves one Python install, one
 version of this file, one set of the environment variables that libraries read when imported
-(threads, CUDA, Python's own) and one set of process limits (`inherited_limits`): a change of any
-starts another. VISIONPIPE_WARM=0 runs every stage in its own fresh process. Only on Linux;
-elsewhere stages always run in their own process.
+(threads, CUDA, Python's own), one set of process limits and one view of the files (a container
+or sandbox with its own mounts has its own; `inherited_limits`): a change of any starts another.
+VISIONPIPE_WARM=0 runs every stage in its own fresh process. Only on Linux; elsewhere stages
+always run in their own process.
 
 If the stage's command is killed, the warm process kills the stage and everything it started, as
 the kill would have done to a stage running in the command's own process.
@@ -131,7 +132,20 @@ def inherited_limits() -> list[str]:
         cgroup = Path("/proc/self/cgroup").read_text()
     except OSError:
         cgroup = ""
-    return [f"nice={os.nice(0)}", f"cpus={cpus}", f"umask={mask:o}", f"cgroup={cgroup}", *limits]
+    limits += [f"cgroup={cgroup}", f"files={files_seen_by('self')}"]
+    return [f"nice={os.nice(0)}", f"cpus={cpus}", f"umask={mask:o}", *limits]
+
+
+def files_seen_by(pid: int | str) -> str:
+    """Process `pid`'s mount namespace and root folder; "" when /proc cannot tell. The abstract
+    socket address is shared by every process of a network namespace: a container run with the
+    host's network, a chroot or an `unshare -m` sandbox reaches it too, yet sees other files
+    (params.yaml, the repo, a read-only mount) under the same paths."""
+    try:
+        root = os.stat(f"/proc/{pid}/root")
+        return f"{os.readlink(f'/proc/{pid}/ns/mnt')} root={root.st_dev}:{root.st_ino}"
+    except OSError:
+        return ""
 
 
 def address(key: str) -> str:
@@ -329,8 +343,14 @@ class _Server:
 
     def _accept(self, listener: socket.socket) -> None:
         conn, _ = listener.accept()
-        _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-        if uid != os.getuid():  # only this user's own stages run as this user
+        pid, uid, _ = struct.unpack(
+            "3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        )
+        # Only this user's own stages run as this user, and only those that see the files this
+        # process sees: the request's folder and script are paths. (pid 0: the peer is in a
+        # PID namespace this process cannot see into.)
+        place = files_seen_by("self")
+        if uid != os.getuid() or not place or pid <= 0 or files_seen_by(pid) != place:
             conn.close()
             return
         try:

@@ -227,6 +227,45 @@ def test_a_stage_keeps_its_command_s_priority_and_limits(tmp_path: Path) -> None
     assert int(_field(proc.stdout, "parent")) != os.getpid()
 
 
+def _can_unshare_mounts() -> bool:
+    probe = ["unshare", "-m", "--propagation", "private", "true"]
+    return shutil.which("unshare") is not None and subprocess.run(probe).returncode == 0
+
+
+@pytest.mark.skipif(not _can_unshare_mounts(), reason="needs `unshare -m` (root, CAP_SYS_ADMIN)")
+def test_a_stage_in_another_mount_namespace_runs_among_its_own_files(tmp_path: Path) -> None:
+    # A container on the host's network, an `unshare -m` sandbox: same socket address space,
+    # other files under the same paths. The host's warm process must not run its stage.
+    (tmp_path / "seen.txt").write_text("host's file")
+    (tmp_path / "other.txt").write_text("the sandbox's file")
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import os\nprint('seen', open('seen.txt').read())\nprint('parent', os.getppid())\n"
+    )
+    host = _warm(script, env=_env())
+    assert (host.returncode, _field(host.stdout, "seen")) == (0, "host's file"), host.stderr
+    # The host's warm process, asked directly from the sandbox, hangs up without serving.
+    ask = (
+        "import socket, sys; from visionpipe import warm; s = socket.socket(socket.AF_UNIX);"
+        " s.connect(warm.address(sys.argv[1])); print('answer', s.makefile('rb').readline())"
+    )
+    inside = (
+        f"mount --bind other.txt seen.txt && {sys.executable} -m visionpipe.warm probe.py"
+        f' && {sys.executable} -c "$0" {warm.server_key(_env())}'
+    )
+    run = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", inside, ask],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert _field(run.stdout, "seen") == "the sandbox's file"
+    assert _field(run.stdout, "parent") != _field(host.stdout, "parent")
+    assert _field(run.stdout, "answer") == "b''"
+
+
 def _alive(pid: int) -> bool:
     import psutil
 
