@@ -11,6 +11,7 @@ numpy only, no torch: preprocess writes these without importing it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -136,7 +137,18 @@ def open_images(index_path: Path, index: dict[str, Any], in_memory: bool = False
     path = index_path.with_name(index["images"])
     try:
         images = np.load(path, mmap_mode=None if in_memory else "r")
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        if exc.errno != errno.ENOMEM:
+            raise SplitFileError(
+                f"{path} cannot be read ({exc}): {paths.rerun('preprocess')}"
+            ) from None
+        if in_memory:  # the caller maps it instead
+            raise MemoryError(f"{path}: {exc}") from exc
+        raise SplitFileError(
+            f"{path} cannot be memory-mapped ({exc}): the process's address space is limited "
+            "(`ulimit -v`) or the machine is out of memory; raise the limit or free memory"
+        ) from None
+    except ValueError as exc:
         raise SplitFileError(
             f"{path} cannot be read ({exc}): {paths.rerun('preprocess')}"
         ) from None

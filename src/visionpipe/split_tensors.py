@@ -90,7 +90,18 @@ def _in_memory_if_it_fits(
     bytes; returns them and the budget left."""
     size = images.numel() * images.element_size()
     if size <= budget:
-        return load_split(split, in_memory=True)[0], budget - size
+        try:
+            return load_split(split, in_memory=True)[0], budget - size
+        except MemoryError as exc:  # a limit memory_budget() could not see
+            log.warning(
+                "%s split (%.2f GiB) did not fit in memory (%s): reading its batches from the "
+                "memory-mapped file; set %s lower to skip the attempt",
+                split,
+                size / 2**30,
+                exc,
+                MEMORY_BUDGET_ENV,
+            )
+            return images, 0
     log.warning(
         "%s split is %.2f GiB, over the %.2f GiB memory budget (%s): reading its batches from "
         "the memory-mapped %s",
