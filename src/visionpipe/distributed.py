@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from visionpipe import limits
 from visionpipe.config.launch import LaunchConfig
 from visionpipe.devices import DeviceError
 from visionpipe.warm import die_with_parent
@@ -180,7 +181,7 @@ def init(device: torch.device) -> tuple[Dist, torch.device]:
     else:
         backend = "gloo"
         # Share the cores between the local ranks instead of oversubscribing them.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        torch.set_num_threads(max(1, limits.cpu_count() // local_world))
     dist.init_process_group(backend=backend)
     return Dist(rank, world, local_rank), device
 

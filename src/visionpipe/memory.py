@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from visionpipe import limits
+
 log = logging.getLogger(__name__)
 
 
@@ -57,59 +59,7 @@ def available_memory() -> int:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 host = int(line.split()[1]) * 1024
-    return max(0, min([host, *cgroup_headroom(), *rlimit_headroom()]))
-
-
-def cgroup_headroom(
-    root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")
-) -> list[int]:
-    """Bytes left under each memory limit of this process's control group and those above it
-    (cgroup v2 memory.max, v1 memory.limit_in_bytes); none where no limit is set."""
-    found = []
-    with contextlib.suppress(OSError, ValueError):
-        for line in membership.read_text().splitlines():
-            _, controllers, path = line.split(":", 2)
-            if controllers == "":  # v2: one hierarchy
-                base, files = root, ("memory.max", "memory.current")
-            elif "memory" in controllers.split(","):  # v1
-                base, files = root / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes")
-            else:
-                continue
-            group = base / path.lstrip("/")
-            # A parent group's limit binds its children: the group and each one above it.
-            for place in [group, *group.parents]:
-                if not place.is_relative_to(base):
-                    break
-                found += _headroom(place / files[0], place / files[1])
-    return found
-
-
-def _headroom(limit_file: Path, usage_file: Path) -> list[int]:
-    try:
-        limit = limit_file.read_text().strip()
-        if limit == "max" or int(limit) >= 2**60:  # v1 writes "no limit" as a huge number
-            return []
-        return [int(limit) - int(usage_file.read_text())]
-    except (OSError, ValueError):
-        return []
-
-
-def rlimit_headroom() -> list[int]:
-    """Bytes of address space (`ulimit -v`) and data (`ulimit -d`) this process has left."""
-    import resource
-
-    used = {}
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name in ("VmSize", "VmData"):
-                used[name] = int(value.split()[0]) * 1024
-    found = []
-    for limit, name in ((resource.RLIMIT_AS, "VmSize"), (resource.RLIMIT_DATA, "VmData")):
-        soft, _ = resource.getrlimit(limit)
-        if soft != resource.RLIM_INFINITY and name in used:
-            found.append(soft - used[name])
-    return found
+    return max(0, min([host, *limits.memory_headroom(), *limits.rlimit_headroom()]))
 
 
 def memory_budget() -> int:

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from visionpipe import archive, cifar_pickle, identical, parallel, paths, split_plan
+from visionpipe import archive, cifar_pickle, identical, limits, parallel, paths, split_plan
 from visionpipe.config.data import DataConfig, DataParams
 from visionpipe.fsutil import atomic_dir, remove_stale_temps, size_text, write_json
 from visionpipe.images import decode_batch, is_hidden, is_image_name, resize_center_crop, to_chw
@@ -96,7 +96,7 @@ def decode_source(
     archive, where starting them would cost more than it saves)."""
     if workers is None:
         big = source.is_dir() or source.stat().st_size >= PARALLEL_MIN_BYTES
-        workers = parallel.cpu_count() if big else 1
+        workers = limits.cpu_count() if big else 1
     # The workers start now and get ready while this process lists and checks the archive.
     with _no_cyclic_gc(), parallel.Workers(workers) as pool, archive.open_files(source) as files:
         if cifar_pickle.is_cifar_python(files.names):

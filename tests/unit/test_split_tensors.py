@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -76,50 +74,6 @@ def test_the_mapped_split_is_only_read(processed: Path) -> None:
     model.prepare(mapped.train_x)  # airbench's whitening reads the train images
     logits = predict_logits(model, mapped.val_x, torch.device("cpu"), 8)
     assert logits.shape == (len(mapped.val_y), 3)
-
-
-def _group(root: Path, path: str, limit: str, usage: int, v1: bool = False) -> None:
-    place = root / ("memory" if v1 else "") / path.lstrip("/")
-    place.mkdir(parents=True, exist_ok=True)
-    names = (
-        ("memory.limit_in_bytes", "memory.usage_in_bytes")
-        if v1
-        else ("memory.max", "memory.current")
-    )
-    (place / names[0]).write_text(f"{limit}\n")
-    (place / names[1]).write_text(f"{usage}\n")
-
-
-def test_a_container_s_memory_limit_bounds_the_budget(tmp_path: Path) -> None:
-    # /proc/meminfo inside a container is the host's: the limit is in its cgroup, or above it.
-    v2 = tmp_path / "v2"
-    _group(v2, "/", "max", 0)
-    _group(v2, "/job", str(4 * 2**30), 3 * 2**30)  # the limit is the parent's
-    _group(v2, "/job/step", "max", 2**30)
-    membership = tmp_path / "cgroup"
-    membership.write_text("0::/job/step\n")
-    assert memory.cgroup_headroom(v2, membership) == [2**30]
-    v1 = tmp_path / "v1"
-    _group(v1, "/", str(2**63 - 4096), 0, v1=True)  # v1's "no limit"
-    _group(v1, "/docker/abc", str(2**31), 2**29, v1=True)
-    membership.write_text("12:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n0::/\n")
-    assert memory.cgroup_headroom(v1, membership) == [2**31 - 2**29]
-    membership.write_text("0::/\n")
-    assert memory.cgroup_headroom(v2, membership) == []
-
-
-def test_ulimit_v_bounds_the_budget() -> None:
-    # A process under `ulimit -v` gets at most what the limit leaves it, whatever the host has.
-    script = (
-        "import resource\n"
-        "from visionpipe import memory\n"
-        "size = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status')"
-        " if l.startswith('VmSize:'))\n"
-        "resource.setrlimit(resource.RLIMIT_AS, (size + 2**29, resource.RLIM_INFINITY))\n"
-        "print(memory.available_memory())\n"
-    )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert 2**28 < int(out.stdout) <= 2**29
 
 
 def test_a_split_that_does_not_fit_after_all_is_read_mapped(
