@@ -9,6 +9,7 @@ ready while the caller does its own first work.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -23,15 +24,10 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from types import TracebackType
 from typing import TypeVar
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-def cpu_count() -> int:
-    """Cores this process may run on (its affinity mask, not the machine's total)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -87,18 +83,30 @@ def _alive(pid: int) -> bool:
     return True  # or PermissionError: it exists, run by another user
 
 
+def _pool(n: int) -> ProcessPoolExecutor | None:
+    """`n` worker processes, or None where the system gives none: the pool's locks live in
+    /dev/shm, which a container may have full (Docker's is 64 MB), read-only or missing."""
+    try:
+        return ProcessPoolExecutor(
+            n, mp_context=_context(), initializer=_exit_with, initargs=(os.getpid(),)
+        )
+    except OSError as exc:
+        log.warning(
+            "worker processes cannot start (%s: their locks need a writable /dev/shm with "
+            "space): working in this one process, slower but with the same result",
+            exc,
+        )
+        return None
+
+
 class Workers:
     """`n` worker processes (none for n <= 1: `map` then runs in this process)."""
 
     def __init__(self, n: int) -> None:
         self.n = n
-        self._pool = (
-            ProcessPoolExecutor(
-                n, mp_context=_context(), initializer=_exit_with, initargs=(os.getpid(),)
-            )
-            if n > 1
-            else None
-        )
+        self._pool = _pool(n) if n > 1 else None
+        if self._pool is None:
+            self.n = 1
         # Starting a process waits for the fork server to import the project's modules (a
         # quarter of a second here): a thread does the waiting, so the caller goes on meanwhile.
         self._starting = threading.Thread(target=self._start, daemon=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import textwrap
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.helpers import ROOT, env
 
@@ -104,3 +107,36 @@ def test_ctrl_c_stops_the_stage_with_one_traceback_not_one_per_helper_process(
         stage.kill()
     assert stage.returncode != 0 and err.count("KeyboardInterrupt") == 1, err
     assert not any(map(_running, pids)), "a worker outlived the stage"
+
+
+def _can_unshare_mounts() -> bool:
+    probe = ["unshare", "-m", "--propagation", "private", "true"]
+    return shutil.which("unshare") is not None and subprocess.run(probe).returncode == 0
+
+
+SHM = {  # /dev/shm as containers have it when workers cannot start
+    "full": "mount -t tmpfs -o size=16k tmpfs /dev/shm",
+    "read-only": "mount -t tmpfs -o ro tmpfs /dev/shm",
+    "missing": "mount -t tmpfs tmpfs /dev",
+}
+
+
+@pytest.mark.skipif(not _can_unshare_mounts(), reason="needs `unshare -m` (root, CAP_SYS_ADMIN)")
+@pytest.mark.parametrize("shm", sorted(SHM))
+def test_without_a_usable_dev_shm_the_work_is_done_in_one_process(shm: str) -> None:
+    script = (
+        "import logging; logging.basicConfig()\n"
+        "from visionpipe.parallel import Workers\n"
+        "with Workers(2) as w: print('results', list(w.map(abs, [-1, -2, 3])), w.n)\n"
+    )
+    inside = f'{SHM[shm]} && "$0" -c "$1"'
+    run = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", inside, sys.executable, script],
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=ROOT,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "results [1, 2, 3] 1" in run.stdout
+    assert "worker processes cannot start" in run.stderr and "/dev/shm" in run.stderr
