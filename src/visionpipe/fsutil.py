@@ -133,8 +133,16 @@ def size_text(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def disk_full_message(path: Path | str) -> str:
-    """What to tell a user whose write to `path` ran out of space: where, how much is left."""
+def disk_full_message(path: Path | str | None) -> str:
+    """What to tell a user whose write to `path` ran out of space: where, how much is left.
+    None: a write the system names no file for (a lock in /dev/shm, a pipe's buffer)."""
+    if path is None:
+        free = size_text(shutil.disk_usage(Path.cwd()).free)
+        return (
+            f"no space left on a device this command writes to; not the project's disk ({free} "
+            "free there), but maybe the temporary folder ($TMPDIR, /tmp) or /dev/shm (in a "
+            "container: `docker run --shm-size`): free some space and run the command again"
+        )
     folder = Path(path).absolute()
     while not folder.is_dir() and folder != folder.parent:
         folder = folder.parent

@@ -38,8 +38,12 @@ def setup(level: int = logging.INFO) -> None:
 
 
 def is_user_error(exc: BaseException) -> bool:
-    """Errors raised by visionpipe for bad input carry a message a user can act on."""
-    return isinstance(exc, FileNotFoundError) or type(exc).__module__.startswith("visionpipe.")
+    """Errors raised by visionpipe for bad input carry a message a user can act on, as does a
+    missing file the system names; one it does not name ("[Errno 2] No such file or
+    directory" alone) says nothing a user can act on, and keeps its traceback."""
+    if isinstance(exc, FileNotFoundError):
+        return exc.errno is None or exc.filename is not None
+    return type(exc).__module__.startswith("visionpipe.")
 
 
 class Stopped(KeyboardInterrupt):
@@ -78,7 +82,7 @@ def _thread_error(args: threading.ExceptHookArgs) -> None:
         threading.__excepthook__(args)
     elif found.errno in fsutil.FULL_ERRNOS:
         named = fsutil.output_name(found.filename) if found.filename else None
-        log.warning("%s", fsutil.disk_full_message(named or os.getcwd()))
+        log.warning("%s", fsutil.disk_full_message(named))
     else:
         log.warning("%s", fsutil.refused_message(found))
 
@@ -131,12 +135,7 @@ def run_stage(main: Callable[[], int | None], interrupted: Callable[[], str] | N
         full = fsutil.disk_full_cause(exc)
         if full is not None:
             # A full disk is the user's to fix, wherever the write was (DVCLive, TensorBoard).
-            if isinstance(full, fsutil.DiskFullError):  # an atomic write's: names its file
-                text = str(full)
-            else:
-                named = fsutil.output_name(full.filename) if full.filename else None
-                text = fsutil.disk_full_message(named or os.getcwd())
-            log.error("%s. %s%s", text, _DVC_CACHE, then())
+            log.error("%s%s", _disk_full_text(full), then())
             sys.exit(1)
         refused = fsutil.refused_cause(exc)
         if refused is not None:  # a read-only folder or mount, a file-size limit
@@ -147,6 +146,16 @@ def run_stage(main: Callable[[], int | None], interrupted: Callable[[], str] | N
         log.error("%s", exc)
         sys.exit(1)
     sys.exit(code or 0)
+
+
+def _disk_full_text(full: OSError) -> str:
+    """Where the disk is full and what to do; the DVC cache's share of it where the full disk
+    is a file's the stage writes (for a nameless one it is likely not the project's disk)."""
+    if isinstance(full, fsutil.DiskFullError):  # an atomic write's: names its file
+        return f"{full}. {_DVC_CACHE}"
+    if not full.filename:
+        return fsutil.disk_full_message(None)
+    return f"{fsutil.disk_full_message(fsutil.output_name(full.filename))}. {_DVC_CACHE}"
 
 
 class ParamsChangedError(RuntimeError):

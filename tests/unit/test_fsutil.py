@@ -152,6 +152,40 @@ def test_a_full_disk_under_a_temporary_folder_names_the_output(
     assert "no space left on the disk holding data/processed/train.npy (" in caplog.text
 
 
+def test_a_full_device_the_system_names_no_file_for_is_not_blamed_on_the_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # multiprocessing's locks in a full /dev/shm: ENOSPC with no file name.
+    monkeypatch.delenv("VISIONPIPE_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    def stage() -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(SystemExit):
+        logs.run_stage(stage)
+    assert "no space left on a device this command writes to; not the project's" in caplog.text
+    assert "/dev/shm" in caplog.text and "dvc gc" not in caplog.text
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_a_missing_file_is_a_user_error_only_when_named(
+    named: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # "[Errno 2] No such file or directory" alone (a missing /dev/shm) tells a user nothing.
+    monkeypatch.delenv("VISIONPIPE_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    def stage() -> None:
+        if named:
+            (tmp_path / "gone.txt").read_text()
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+
+    with pytest.raises(SystemExit if named else FileNotFoundError):
+        logs.run_stage(stage)
+    assert ("gone.txt" in caplog.text) is named
+
+
 def test_sizes_read_in_the_unit_that_fits() -> None:
     assert fsutil.size_text(812) == "812 bytes"
     assert fsutil.size_text(150 * 1024) == "150.0 KiB"
