@@ -83,6 +83,8 @@ KEY_PREFIXES = (
     "TORCH",
     "VISIONPIPE_WARM",
 )
+# Ctrl-C before a stage's own handling begins (waiting for the warm process, in its imports).
+STARTING_INTERRUPTED = "interrupted (Ctrl-C) while the stage was starting; nothing was written"
 START_TIMEOUT_S = 300  # a cold disk cache can make torch's first import take a minute
 
 
@@ -170,12 +172,19 @@ def main(argv: list[str]) -> None:
         # passes to the stage, which stops as on Ctrl-C.
         die_with_parent(os.getppid(), signal.SIGTERM)
     conn = None
-    if enabled(env):
-        idle_seconds(env)  # a bad setting is the user's to see, not the warm process's
-        conn = connect(env)
-    if conn is None:
-        run_here(argv)
-        return
+    try:
+        if enabled(env):
+            idle_seconds(env)  # a bad setting is the user's to see, not the warm process's
+            conn = connect(env)
+        if conn is None:
+            run_here(argv)  # the stage's own Ctrl-C handling starts after its imports
+            return
+    except KeyboardInterrupt:
+        if env.get("VISIONPIPE_DEBUG"):
+            raise
+        print(STARTING_INTERRUPTED, file=sys.stderr, flush=True)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # ended by SIGINT, as Python ends
+        os.kill(os.getpid(), signal.SIGINT)
     status = run_there(conn, argv, env)
     if status < 0:  # the stage died of a signal: so does this process, for whoever waits on it
         if -status not in (signal.SIGKILL, signal.SIGSTOP):  # these two have no handler to reset
@@ -544,8 +553,11 @@ def _run_script(argv: list[str]) -> int:
         runpy.run_path(argv[0], run_name="__main__")
     except SystemExit as exc:
         code = _exit_code(exc.code)
-    except KeyboardInterrupt:
-        traceback.print_exc()
+    except KeyboardInterrupt:  # before the stage's own handling began: in its imports
+        if os.environ.get("VISIONPIPE_DEBUG"):
+            traceback.print_exc()
+        else:
+            print(STARTING_INTERRUPTED, file=sys.stderr)
         code = -signal.SIGINT
     except BaseException:
         traceback.print_exc()

@@ -161,8 +161,27 @@ def test_ctrl_c_reaches_the_stage_and_the_command_ends_as_it_did(tmp_path: Path)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGINT
-    assert out == "cleaned up\n" and "KeyboardInterrupt" in err
+    # Uncaught at the script's top level, as in a stage's imports (logs.run_stage's handling
+    # has not begun): one line, not a traceback through the imports.
+    assert out == "cleaned up\n" and err == warm.STARTING_INTERRUPTED + "\n"
     assert _gone(stage)
+
+
+def test_ctrl_c_in_a_stage_s_imports_run_here_is_one_line(tmp_path: Path) -> None:
+    script = tmp_path / "importing.py"
+    script.write_text("import time\nprint('importing', flush=True)\ntime.sleep(120)\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "visionpipe.warm", script.name],
+        cwd=tmp_path,
+        env=_env(VISIONPIPE_WARM="0"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "importing\n"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert (proc.returncode, err) == (-signal.SIGINT, warm.STARTING_INTERRUPTED + "\n")
 
 
 def test_a_stage_killed_outright_ends_its_command_as_killed(tmp_path: Path) -> None:
