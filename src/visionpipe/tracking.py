@@ -63,6 +63,9 @@ class History:
     steps: list[dict[str, float]] = field(default_factory=list)  # train loss every log_every
 
 
+MISCLASSIFIED_LAYOUT = Layout(cell=96, cols=6, lines=2, font_size=11)
+
+
 def write_plots(history: History) -> None:
     columns = fields(EpochRecord)
     lines = [",".join(f.name for f in columns)]
@@ -98,6 +101,8 @@ class Tracker:
             if run is not None:
                 log_hparams(self.tb, run)
             self.replay()
+            if not self.history.epochs:
+                self._before_the_first_epoch()
 
     def replay(self) -> None:
         """Log the history a resumed run starts from, as the interrupted run had."""
@@ -109,6 +114,22 @@ class Tracker:
             self._log_epoch(EpochRecord.from_row(row), row["wall_time"])
         if self.history.epochs:
             write_plots(self.history)
+
+    def _before_the_first_epoch(self) -> None:
+        """Empty curves, an empty summary and a sheet saying no epoch has ended. DVC deletes
+        the outputs as the stage starts (they are not persistent); until the first epoch ends,
+        `dvc plots show` and `dvc exp show` (and VS Code's and Studio's views of them) would
+        show each missing file as an error."""
+        for f in fields(EpochRecord):
+            if name := f.metadata.get("live"):  # DVCLive appends its rows under this header
+                write_text(
+                    paths.LIVE_TRAIN / "plots" / "metrics" / f"{name}.tsv", f"step\t{name}\n"
+                )
+        self.live.make_summary()
+        self.misclassified(
+            captioned_grid([], [], MISCLASSIFIED_LAYOUT, empty="no epoch has ended yet")
+        )
+        write_plots(self.history)
 
     def start(
         self, model: Classifier, images: torch.Tensor, labels: torch.Tensor, epoch: int
@@ -275,8 +296,9 @@ def misclassified_grid(
     shown = spread_over_classes(wrong.tolist(), labels[wrong].tolist(), limit)
     pictures = (Image.fromarray(images[i].permute(1, 2, 0).numpy()) for i in shown)
     captions = [[(classes[preds[i]], "black"), (f"({classes[labels[i]]})", "gray")] for i in shown]
-    layout = Layout(cell=96, cols=6, lines=2, font_size=11)
-    return captioned_grid(pictures, captions, layout, empty="no misclassified validation images")
+    return captioned_grid(
+        pictures, captions, MISCLASSIFIED_LAYOUT, empty="no misclassified validation images"
+    )
 
 
 def spread_over_classes(indices: list[int], classes: list[int], limit: int) -> list[int]:

@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from tests.datasets import kill_at_validation, tiny_params
+from tests.helpers import ROOT
 from visionpipe import paths, train
 from visionpipe.config.params import Params, parse_params
 from visionpipe.models import build_model
@@ -47,6 +49,26 @@ def test_dvclive_logs_every_epoch_once_and_keeps_exp_show_to_the_headline(
         steps = [row[0] for row in _rows(live / "plots" / "metrics" / f"{curve}.tsv")]
         assert steps == ["1", "2", "3"], curve
     assert (live / "plots" / "images" / paths.LIVE_MISCLASSIFIED_NAME).stat().st_size > 0
+
+
+def test_before_the_first_epoch_every_live_file_dvc_reads_is_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DVC deletes the train stage's outputs as it starts; `dvc plots show` and `dvc exp show`
+    # (VS Code, Studio) poll them while it runs, and report a missing one as an error.
+    monkeypatch.chdir(tmp_path)
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]
+    read_live = [next(iter(entry)) for entry in stage["metrics"] + stage["plots"]]
+    tracker = Tracker(enabled=True, history=History())
+    try:
+        for name in read_live:
+            assert Path(name).exists(), f"{name} is missing until the first epoch ends"
+        live = Path(paths.LIVE_TRAIN)
+        assert json.loads((live / "metrics.json").read_text()) == {}
+        assert (live / "plots" / "metrics" / "val_acc.tsv").read_text() == "step\tval_acc\n"
+        assert (live / "plots" / "images" / paths.LIVE_MISCLASSIFIED_NAME).stat().st_size > 0
+    finally:
+        tracker.close()
 
 
 def _stop_at_epoch_3(params: Params, monkeypatch: pytest.MonkeyPatch) -> None:
