@@ -375,6 +375,13 @@ class ModelSpec:
     # The smallest preprocess.image_size its poolings leave at least one pixel of.
     min_image_size: int = 8
 
+    def __post_init__(self) -> None:
+        if self.min_image_size < 8:  # preprocess.image_size's own floor
+            raise ValueError(
+                f"ModelSpec {self.doc!r}: min_image_size {self.min_image_size} is below 8, the "
+                "smallest preprocess.image_size there is; leave it out (8 is the default)"
+            )
+
 
 MODELS: dict[str, ModelSpec] = {
     "tutorial_cnn": ModelSpec(

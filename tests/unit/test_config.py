@@ -318,3 +318,10 @@ def test_a_bad_key_or_value_names_the_conf_file_that_sets_it(
     machine.unlink()
     assert main(["params", "recipe=fast", "train.lr=-2"]) == 2
     assert "'train.lr' = -2" in (err := capsys.readouterr().err) and "set in" not in err
+
+
+def test_a_model_spec_cannot_ask_for_less_than_the_smallest_image_size() -> None:
+    from visionpipe.models import ModelSpec
+
+    with pytest.raises(ValueError, match="min_image_size 4 is below 8, the smallest"):
+        ModelSpec(lambda num_classes, image_size: torch.nn.Identity(), "tiny", min_image_size=4)

@@ -78,7 +78,7 @@ def test_training_md_describes_every_model(name: str) -> None:
     assert f"\n| `{name}` | " in table, (
         f"docs/training.md has no row for model `{name}` in the table under 'Models and "
         f"recipes': add the row '| `{name}` | <what it is> | <its recipe: `-S recipe=NAME`: what "
-        "it sets> |'"
+        f"it sets; a model without one: `-S model.name={name}`> |'"
     )
 
 
@@ -102,13 +102,12 @@ def test_gpu_md_lists_the_models_that_train_deterministically_on_cuda() -> None:
     rows = (ROOT / "docs/gpu.md").read_text().splitlines()
     cuda_rows = [r for r in rows if re.match(r"\| [^|]+ \| \d", r)]  # a compute capability
     assert cuda_rows, "docs/gpu.md's device table has no CUDA rows"
-    for row in cuda_rows:
-        listed = row.rstrip(" |").rsplit("| ", 1)[-1]
-        assert listed == ", ".join(want), (
-            f"docs/gpu.md: the `train.deterministic` column of the CUDA rows names the models "
-            f"without a layer determinism.nondeterministic_layer refuses on CUDA; write "
-            f"`{', '.join(want)}` (row: {row})"
-        )
+    wrong = [row for row in cuda_rows if row.rstrip(" |").rsplit("| ", 1)[-1] != ", ".join(want)]
+    assert wrong == [], (
+        f"docs/gpu.md: the `train.deterministic` column of the CUDA rows names the models "
+        f"without a layer determinism.nondeterministic_layer refuses on CUDA; write "
+        f"`{', '.join(want)}` in the last column of each of these {len(wrong)} rows"
+    )
 
 
 def _parameters_row(section: str) -> str:
