@@ -300,8 +300,6 @@ def _add_file(tar: tarfile.TarFile, path: Path, name: str, keep: bool) -> int:
     return 0
 
 
-# --- opening -----------------------------------------------------------------------------------
-
 Reader = Callable[[str], bytes]
 # The files to yield, a reader, where each file's bytes lie, and the folder entries.
 Opened = tuple[list[_Entry], Reader, Callable[[str], Span | None], list[str]]
@@ -498,9 +496,6 @@ def _open_tar(source: Path) -> Iterator[Opened]:
             return Span(path, member.offset_data, member.size)
 
         yield [planned[name] for name in order if name in planned], read, span, sorted(folders)
-
-
-# --- validation --------------------------------------------------------------------------------
 
 
 def _refuse(source: Path, member: str, reason: str) -> None:

@@ -152,9 +152,6 @@ def fetch_dataset(
     return result
 
 
-# --- official archive and mirror ---------------------------------------------------------------
-
-
 def _fetch_official(
     dataset: str,
     sha256: str | None,
@@ -224,9 +221,6 @@ def _try_mirror(
         return None
     log.info("using %s from %s", candidate, name)
     return _copy(candidate, dest, expect, checks)
-
-
-# --- user-given source -------------------------------------------------------------------------
 
 
 def _missing(source: str, path: Path, base_dir: Path) -> DownloadError:
@@ -327,9 +321,6 @@ def _local_path(value: str, base_dir: Path, *, param: str) -> Path:
         )
     path = paths.user_path(value, param)
     return path if path.is_absolute() else base_dir / path
-
-
-# --- transfer and verification -----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -480,9 +471,6 @@ def _remove_others(dest_dir: Path, keep: Path) -> None:
             continue
         child.unlink()
         log.info("removed older %s %s", "temp file" if stale else "archive", child)
-
-
-# --- hymenoptera layout ------------------------------------------------------------------------
 
 
 def _check_hymenoptera(path: Path, name: str) -> None:

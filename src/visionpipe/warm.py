@@ -156,9 +156,6 @@ def address(key: str) -> str:
     return f"\0visionpipe-warm-{key}"
 
 
-# ---- the stage's side ------------------------------------------------------------------------
-
-
 def main(argv: list[str]) -> None:
     if len(argv) == 2 and argv[0] == "--serve":
         serve(argv[1])
@@ -268,9 +265,6 @@ def run_there(conn: socket.socket, argv: list[str], env: dict[str, str]) -> int:
         print("visionpipe.warm: the warm process ended before the stage did", file=sys.stderr)
         return 1
     return int(reply.split()[1])
-
-
-# ---- the warm process's side -------------------------------------------------------------------
 
 
 def serve(key: str) -> None:
