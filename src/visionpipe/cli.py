@@ -22,6 +22,15 @@ from visionpipe import __version__, fsutil, logs, paths
 def _predict(args: argparse.Namespace) -> int:
     from visionpipe import predict
 
+    if sys.stdout is None and not (args.json or args.csv or args.grid):
+        # Python's stdout when the command was started with it closed (`>&-`): print() would
+        # drop the table without a word, and the exit status would say all went well.
+        print(
+            "error: standard output is closed, so the predictions would go nowhere: "
+            "give --json, --csv or --grid a file, or leave stdout open",
+            file=sys.stderr,
+        )
+        return 2
     return predict.predict_command(
         args.inputs,
         args.backend,

@@ -373,6 +373,22 @@ def test_a_bad_model_file_gets_one_line_and_exit_code_2(
         assert str(model) in lines[0] and message in lines[0], (case, lines[0])
 
 
+def test_predicting_to_a_closed_stdout_is_an_error_not_a_silent_success(
+    exported_model: Path, tmp_path: Path
+) -> None:
+    # `visionpipe predict photo.jpg >&-` in a script: Python's stdout is None, print() drops
+    # the table, and exit 0 would tell the script all went well.
+    image = tmp_path / "img.png"
+    Image.new("RGB", (20, 20), "red").save(image)
+    model = exported_model / "model.onnx"
+    cmd = [sys.executable, "-m", "visionpipe.cli", "predict", str(image), "--model", str(model)]
+    closed = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1))
+    assert closed.returncode == 2 and "standard output is closed" in closed.stderr
+    out = tmp_path / "preds.json"
+    kept = subprocess.run([*cmd, "--json", str(out)], preexec_fn=lambda: os.close(1))
+    assert kept.returncode == 0 and json.loads(out.read_text())[0]["file"] == str(image)
+
+
 def test_the_torch_backend_names_a_bad_model_file_too(
     exported_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
