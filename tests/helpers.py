@@ -60,6 +60,14 @@ def env(threads: int = 1) -> dict[str, str]:
     return e
 
 
+@functools.cache
+def can_unshare_mounts() -> bool:
+    """Whether this process may start one in a mount namespace of its own (`unshare -m`: root,
+    or CAP_SYS_ADMIN), as a container or sandbox has."""
+    probe = ["unshare", "-m", "--propagation", "private", "true"]
+    return shutil.which("unshare") is not None and subprocess.run(probe).returncode == 0
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True, **kw: Any) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         cmd, cwd=cwd, env=kw.pop("env", env()), capture_output=True, text=True, **kw

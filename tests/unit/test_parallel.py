@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import ROOT, env
+from tests.helpers import ROOT, can_unshare_mounts, env
 
 SCRIPT = """
 import os, sys, time
@@ -109,11 +108,6 @@ def test_ctrl_c_stops_the_stage_with_one_traceback_not_one_per_helper_process(
     assert not any(map(_running, pids)), "a worker outlived the stage"
 
 
-def _can_unshare_mounts() -> bool:
-    probe = ["unshare", "-m", "--propagation", "private", "true"]
-    return shutil.which("unshare") is not None and subprocess.run(probe).returncode == 0
-
-
 SHM = {  # /dev/shm as containers have it when workers cannot start
     "full": "mount -t tmpfs -o size=16k tmpfs /dev/shm",
     "read-only": "mount -t tmpfs -o ro tmpfs /dev/shm",
@@ -121,7 +115,7 @@ SHM = {  # /dev/shm as containers have it when workers cannot start
 }
 
 
-@pytest.mark.skipif(not _can_unshare_mounts(), reason="needs `unshare -m` (root, CAP_SYS_ADMIN)")
+@pytest.mark.skipif(not can_unshare_mounts(), reason="needs `unshare -m` (root, CAP_SYS_ADMIN)")
 @pytest.mark.parametrize("shm", sorted(SHM))
 def test_without_a_usable_dev_shm_the_work_is_done_in_one_process(shm: str) -> None:
     script = (

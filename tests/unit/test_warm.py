@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import env
+from tests.helpers import can_unshare_mounts, env
 from visionpipe import warm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -246,12 +246,7 @@ def test_a_stage_keeps_its_command_s_priority_and_limits(tmp_path: Path) -> None
     assert int(_field(proc.stdout, "parent")) != os.getpid()
 
 
-def _can_unshare_mounts() -> bool:
-    probe = ["unshare", "-m", "--propagation", "private", "true"]
-    return shutil.which("unshare") is not None and subprocess.run(probe).returncode == 0
-
-
-@pytest.mark.skipif(not _can_unshare_mounts(), reason="needs `unshare -m` (root, CAP_SYS_ADMIN)")
+@pytest.mark.skipif(not can_unshare_mounts(), reason="needs `unshare -m` (root, CAP_SYS_ADMIN)")
 def test_a_stage_in_another_mount_namespace_runs_among_its_own_files(tmp_path: Path) -> None:
     # A container on the host's network, an `unshare -m` sandbox: same socket address space,
     # other files under the same paths. The host's warm process must not run its stage.
