@@ -24,7 +24,16 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from visionpipe import archive, cifar_pickle, identical, limits, parallel, paths, split_plan
+from visionpipe import (
+    archive,
+    archive_members,
+    cifar_pickle,
+    identical,
+    limits,
+    parallel,
+    paths,
+    split_plan,
+)
 from visionpipe.config.data import DataConfig, DataParams
 from visionpipe.fsutil import atomic_dir, remove_stale_temps, size_text, write_json
 from visionpipe.images import decode_batch, is_hidden, is_image_name, resize_center_crop, to_chw
@@ -128,9 +137,9 @@ def _warn_empty_folders(source: Path, files: archive.Files) -> None:
     -D`, Python's zipfile): those its files sit in count too."""
     if source.name != archive.PACKED_FOLDER:
         visible = [n for n in files.names if not is_hidden(n)]
-        parents = {p for name in visible for p in archive.parents(name)}
+        parents = {p for name in visible for p in archive_members.parents(name)}
         listed = [f for f in sorted(parents.union(files.folders)) if not is_hidden(f)]
-        archive.warn_empty_folders(Path(source.name), listed, visible)
+        archive_members.warn_empty_folders(Path(source.name), listed, visible)
 
 
 # Why a visible file is left out, by what its name is, with what to do about it.

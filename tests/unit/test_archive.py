@@ -17,13 +17,10 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import write_files
-from visionpipe.archive import (
+from visionpipe.archive import iter_files, list_files, open_files, pack_directory
+from visionpipe.archive_members import (
     UndecodableNameError,
     UnsafeArchiveError,
-    iter_files,
-    list_files,
-    open_files,
-    pack_directory,
     warn_empty_folders,
 )
 from visionpipe.images import is_hidden

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import dvc, write_files
-from visionpipe import archive, sources
+from visionpipe import archive, archive_members, sources
 from visionpipe.sources import (
     OFFICIAL,
     ChecksumError,
@@ -358,7 +358,9 @@ def test_a_folder_tracked_by_dvc_packs_as_its_photos_whatever_the_cache_links(
     # Other links out of the folder are still refused.
     (tmp_path / "secret").write_bytes(b"s")
     (photos / "cats" / "3.jpg").symlink_to(tmp_path / "secret")
-    with pytest.raises(archive.UnsafeArchiveError, match=r"'cats/3.jpg'.*outside the folder"):
+    with pytest.raises(
+        archive_members.UnsafeArchiveError, match=r"'cats/3.jpg'.*outside the folder"
+    ):
         _fetch(str(photos), tmp_path)
     (photos / "cats" / "3.jpg").unlink()
     # So are links to files merely named like cache files: a copy of the secret, or a file of
@@ -372,7 +374,7 @@ def test_a_folder_tracked_by_dvc_packs_as_its_photos_whatever_the_cache_links(
         shutil.copyfile(tmp_path / "secret", lookalike)
         (photos / "cats" / f"{name}.jpg").symlink_to(lookalike)
         with pytest.raises(
-            archive.UnsafeArchiveError,
+            archive_members.UnsafeArchiveError,
             match=rf"'cats/{name}.jpg'.*named like a DVC cache file, but outside the DVC cache"
             rf" of the project holding the folder \({re.escape(str(tmp_path / 'shared-cache'))}\)",
         ):
