@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import io
 import logging
@@ -141,11 +142,25 @@ def run_stage(main: Callable[[], int | None], interrupted: Callable[[], str] | N
         if refused is not None:  # a read-only folder or mount, a file-size limit
             log.error("%s%s", fsutil.refused_message(refused), then())
             sys.exit(1)
+        if isinstance(exc, UnicodeError) and _ascii_locale():
+            log.error("%s: %s", exc, ASCII_LOCALE)
+            sys.exit(1)
         if not is_user_error(exc):
             raise
         log.error("%s", exc)
         sys.exit(1)
     sys.exit(code or 0)
+
+
+ASCII_LOCALE = (
+    "this Python reads and writes file names as ASCII (the C or POSIX locale, with Python's "
+    "UTF-8 mode off), so a name with other letters cannot be used: run with LANG=C.UTF-8 "
+    "(or PYTHONUTF8=1) set"
+)
+
+
+def _ascii_locale() -> bool:
+    return codecs.lookup(sys.getfilesystemencoding()).name == "ascii"
 
 
 def _disk_full_text(full: OSError) -> str:

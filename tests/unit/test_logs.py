@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import env
 from visionpipe import logs
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -117,3 +118,23 @@ def test_params_rewritten_for_a_moment_and_put_back_are_no_change(
         restore.join()
     Path("params.yaml").write_text("train:\n  lr: 0.09\n")
     assert logs.params_changed(settle=0.5)
+
+
+def test_a_non_ascii_name_under_an_ascii_locale_says_which_setting_to_change(
+    tmp_path: Path,
+) -> None:
+    # LC_ALL=C with Python's UTF-8 mode and locale coercion off (some minimal images, cron):
+    # file names are ASCII to this Python, and a data.source in "données" cannot be opened.
+    script = tmp_path / "stage.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        "from visionpipe import logs\n"
+        "logs.run_stage(lambda: Path('/tmp/donn\\u00e9es/photos').resolve())\n"
+    )
+    ascii_env = {**env(), "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    ascii_env.pop("VISIONPIPE_DEBUG", None)
+    run = subprocess.run(
+        [sys.executable, str(script)], env=ascii_env, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "run with LANG=C.UTF-8" in run.stderr
