@@ -49,23 +49,38 @@ def _number(path: Path) -> int | None:
 
 
 def memory_headroom(root: Path = CGROUP_ROOT, membership: Path = MEMBERSHIP) -> list[int]:
-    """Bytes left under each memory limit binding this process; none where no limit is set."""
+    """Bytes left under each memory limit binding this process; none where no limit is set.
+    The group's usage counts the page cache of files it read or wrote; the part the kernel
+    drops first (inactive file pages) is counted as free, as `docker stats` does."""
     found = []
     for place, v2 in cgroup_folders("memory", root, membership):
         names = (
-            ("memory.max", "memory.current")
+            ("memory.max", "memory.current", "inactive_file")
             if v2
-            else ("memory.limit_in_bytes", "memory.usage_in_bytes")
+            else ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
         )
         limit, used = _number(place / names[0]), _number(place / names[1])
         if limit is not None:
-            found.append(limit - (used or 0))
+            found.append(limit - max(0, (used or 0) - _stat(place / "memory.stat", names[2])))
     return found
+
+
+def _stat(path: Path, key: str) -> int:
+    """A value of a cgroup's memory.stat; 0 where it cannot be read."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    return 0
 
 
 def rlimit_headroom() -> list[int]:
     """Bytes of address space (`ulimit -v`) and data (`ulimit -d`) this process has left."""
-    import resource
+    try:
+        import resource
+    except ImportError:  # Windows
+        return []
 
     used = {}
     with contextlib.suppress(OSError, ValueError):

@@ -32,6 +32,9 @@ def test_a_container_s_memory_limit_is_headroom_whether_its_own_or_a_parent_s(
     _write(v2 / "job" / "step", memory_max="max", memory_current=str(2**30))
     member = _membership(tmp_path, "0::/job/step\n")
     assert limits.memory_headroom(v2, member) == [2**30]
+    # Page cache the kernel drops first is not used up: 512 MiB of it in the limited group.
+    (v2 / "job" / "memory.stat").write_text(f"anon 123\ninactive_file {2**29}\nactive_file 7\n")
+    assert limits.memory_headroom(v2, member) == [2**30 + 2**29]
     assert limits.memory_headroom(v2, _membership(tmp_path, "0::/\n")) == []
 
 
