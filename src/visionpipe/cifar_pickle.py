@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from visionpipe.datasets import CIFAR10_CLASSES
+
 log = logging.getLogger(__name__)
 
 try:  # numpy >= 2
@@ -26,18 +28,7 @@ try:  # numpy >= 2
 except ImportError:  # numpy 1.x
     from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
 
-CLASSES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
+CLASSES = CIFAR10_CLASSES  # in the order of the official batches' labels
 ARCHIVE_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"

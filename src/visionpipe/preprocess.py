@@ -35,6 +35,7 @@ from visionpipe import (
     split_plan,
 )
 from visionpipe.config.data import DataConfig, DataParams
+from visionpipe.datasets import DATASETS
 from visionpipe.fsutil import atomic_dir, remove_stale_temps, size_text, write_json
 from visionpipe.images import decode_batch, is_hidden, is_image_name, resize_center_crop, to_chw
 from visionpipe.names import SHOWN, listed
@@ -531,21 +532,19 @@ def _log_decoded(result: Result) -> None:
     )
 
 
-# The classes of the datasets data.dataset names; an image-folder copy of one holds these.
-KNOWN_CLASSES = {"cifar10": cifar_pickle.CLASSES, "hymenoptera": ("ants", "bees")}
-
-
 def _warn_other_dataset(dataset: str, classes: list[str]) -> list[str]:
     """Say so when the source's classes are not the named dataset's: someone's own photos with
     data.dataset left at cifar10 train at CIFAR's 32 px and are recorded as CIFAR-10."""
-    others = [c for c in classes if c not in KNOWN_CLASSES.get(dataset, classes)]
+    # An image-folder copy of a named dataset holds its classes.
+    others = [c for c in classes if c not in (DATASETS[dataset].classes or classes)]
     if not others:
         return []
+    named, own = DATASETS[dataset].image_size, DATASETS["imagefolder"].image_size
     warning = (
         f"data.dataset is {dataset}, but data.source holds classes that are not {dataset}'s"
         f" ({listed([repr(c) for c in others])}): for your own photos set"
         " data.dataset=imagefolder"
-        + (" (preprocess.image_size then defaults to 64, not 32)" if dataset == "cifar10" else "")
+        + (f" (preprocess.image_size then defaults to {own}, not {named})" if own != named else "")
     )
     log.warning("%s", warning)
     return [warning]

@@ -13,6 +13,7 @@ other HTTP errors and name-resolution failures fail at once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import logging
@@ -37,6 +38,7 @@ from visionpipe.archive import (
     pack_directory,
 )
 from visionpipe.cifar_pickle import is_cifar_python
+from visionpipe.datasets import DATASETS
 from visionpipe.fsutil import atomic_path
 from visionpipe.images import is_hidden, is_image_name
 
@@ -58,34 +60,6 @@ class NetworkError(DownloadError):
         super().__init__(message)
         self.status = status
 
-
-@dataclass(frozen=True)
-class Official:
-    url: str
-    filename: str
-    md5: str | None  # published checksum, verified when known
-
-
-OFFICIAL: dict[str, Official] = {
-    "cifar10": Official(
-        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-        "cifar-10-python.tar.gz",
-        "c58f30108f718f92721af3b95e74349a",
-    ),
-    "hymenoptera": Official(
-        "https://download.pytorch.org/tutorial/hymenoptera_data.zip", "hymenoptera_data.zip", None
-    ),
-}
-
-# Files per split/class in the official zip (train/ants includes the placeholder
-# imageNotFound.gif). No checksum is published for it, so its layout is what gets checked.
-HYMENOPTERA_ROOT = "hymenoptera_data"
-HYMENOPTERA_COUNTS: dict[tuple[str, str], int] = {
-    ("train", "ants"): 124,
-    ("train", "bees"): 121,
-    ("val", "ants"): 70,
-    ("val", "bees"): 83,
-}
 
 _CHUNK = 1 << 20  # bytes per read while streaming
 _RETRY_STATUS = {429, 500, 502, 503, 504}
@@ -160,10 +134,11 @@ def _fetch_official(
     mirror: tuple[str | None, str],
     net: _Net,
 ) -> FetchResult:
-    official = OFFICIAL.get(dataset)
+    official = DATASETS[dataset].official
     if official is None:
+        named = [name for name, d in DATASETS.items() if d.official]
         raise DownloadError(
-            f"data.dataset {dataset!r} has no official archive (only {', '.join(OFFICIAL)} do):"
+            f"data.dataset {dataset!r} has no official archive (only {', '.join(named)} do):"
             " set data.source to a directory, .zip, .tar.gz or URL of your images"
         )
     dest = dest_dir / official.filename
@@ -173,7 +148,7 @@ def _fetch_official(
         advice="The copy is corrupt or not the official archive: delete it and fetch it again"
         + (" (or fix data.sha256)." if sha256 else "."),
     )
-    checks: list[Check] = [_check_hymenoptera] if dataset == "hymenoptera" else []
+    checks: list[Check] = [functools.partial(_check_layout, dataset)] if official.layout else []
     mirror_value, mirror_name = mirror
     if mirror_value:
         where = (mirror_value, mirror_name)
@@ -473,7 +448,10 @@ def _remove_others(dest_dir: Path, keep: Path) -> None:
         log.info("removed older %s %s", "temp file" if stale else "archive", child)
 
 
-def _check_hymenoptera(path: Path, name: str) -> None:
+def _check_layout(dataset: str, path: Path, name: str) -> None:
+    """Refuse an official archive whose files per split and class are not the published ones."""
+    official = DATASETS[dataset].official
+    assert official is not None
     try:
         files = list_files(path)
     except ValueError as e:
@@ -482,11 +460,11 @@ def _check_hymenoptera(path: Path, name: str) -> None:
     others: list[str] = []
     for member in files:
         parts = member.split("/")
-        if len(parts) == 4 and parts[0] == HYMENOPTERA_ROOT:
+        if len(parts) == 4 and parts[0] == official.root:
             counts[(parts[1], parts[2])] += 1
         else:
             others.append(member)
-    if counts == Counter(HYMENOPTERA_COUNTS) and not others:
+    if counts == Counter(official.layout) and not others:
         return
 
     def show(c: dict[tuple[str, str], int]) -> str:
@@ -494,8 +472,8 @@ def _check_hymenoptera(path: Path, name: str) -> None:
 
     extra = f"; plus {len(others)} other files, e.g. {', '.join(others[:3])}" if others else ""
     raise DownloadError(
-        f"{name} does not have the official hymenoptera layout: expected"
-        f" {show(HYMENOPTERA_COUNTS)} files under {HYMENOPTERA_ROOT}/, found"
+        f"{name} does not have the official {dataset} layout: expected"
+        f" {show(official.layout)} files under {official.root}/, found"
         f" {show(counts)}{extra}. Fetch it again; or, if this copy is what you want, set"
         " data.source to it (the layout check applies to the official archive only)."
     )

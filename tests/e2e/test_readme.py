@@ -48,9 +48,12 @@ from tests.helpers import (
 from visionpipe import paths
 from visionpipe.cifar_pickle import CLASSES
 from visionpipe.config.compose import compose, diff_keys
-from visionpipe.sources import HYMENOPTERA_COUNTS, HYMENOPTERA_ROOT, OFFICIAL, PACKED_FOLDER
+from visionpipe.datasets import DATASETS
+from visionpipe.sources import PACKED_FOLDER
 
 README = ROOT / "README.md"
+HYMENOPTERA = DATASETS["hymenoptera"].official
+assert HYMENOPTERA is not None
 DOCS = ROOT / "docs"
 # Every page with shell commands, in the order they run: later pages use what earlier ones left
 # (the team page shares the experiments the datasets and training pages made).
@@ -84,8 +87,8 @@ TINY_PARAMS: dict[str, dict[str, Any]] = {
 STAND_IN_CLASSES: dict[str, tuple[list[str], int]] = {  # dataset: classes, test images
     "cifar10": (list(CLASSES), len(CLASSES) * CIFAR_PER_CLASS["test"]),
     "hymenoptera": (
-        sorted({cls for _, cls in HYMENOPTERA_COUNTS}),
-        sum(n for (split, _), n in HYMENOPTERA_COUNTS.items() if split == "val"),
+        sorted({cls for _, cls in HYMENOPTERA.layout}),
+        sum(n for (split, _), n in HYMENOPTERA.layout.items() if split == "val"),
     ),
 }
 PHOTOS = "photos"  # the docs' /home/me/photos: a folder of class folders beside the copy
@@ -482,7 +485,9 @@ def _check_pipeline_outputs(ctx: Ctx, args: list[str], proc: subprocess.Complete
         n_test = meta["counts"]["test"]
     else:
         wanted_file = (
-            Path(urllib.parse.urlparse(source).path).name if source else OFFICIAL[dataset].filename
+            Path(urllib.parse.urlparse(source).path).name
+            if source
+            else DATASETS[dataset].official.filename
         )
         classes, n_test = STAND_IN_CLASSES[dataset]
     assert raw["file"] == wanted_file, f"`{ctx.command}` fetched {raw}, expected {wanted_file}"
@@ -829,10 +834,10 @@ def make_shared(shared: Path) -> None:
                 z.writestr(f"cifar10-jpeg/{split}/{cls}/{i:04d}.jpg", _jpeg(rng, k, 32))
     # The official zip's exact file counts: the mirror's layout check demands them.
     classes = STAND_IN_CLASSES["hymenoptera"][0]
-    with zipfile.ZipFile(shared / "datasets" / OFFICIAL["hymenoptera"].filename, "w") as z:
-        for (split, cls), n in HYMENOPTERA_COUNTS.items():
+    with zipfile.ZipFile(shared / "datasets" / HYMENOPTERA.filename, "w") as z:
+        for (split, cls), n in HYMENOPTERA.layout.items():
             for i in range(n):
-                name = f"{HYMENOPTERA_ROOT}/{split}/{cls}/{i:04d}.jpg"
+                name = f"{HYMENOPTERA.root}/{split}/{cls}/{i:04d}.jpg"
                 z.writestr(name, _jpeg(rng, classes.index(cls), 24))
     (shared / "samples").mkdir()
     dog = np.clip(np.array([150, 110, 70]) + rng.integers(-30, 31, (44, 60, 3)), 0, 255)

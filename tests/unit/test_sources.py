@@ -13,7 +13,7 @@ import time
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -21,13 +21,8 @@ import pytest
 
 from tests.helpers import dvc, write_files
 from visionpipe import archive, archive_members, sources
-from visionpipe.sources import (
-    OFFICIAL,
-    ChecksumError,
-    DownloadError,
-    Official,
-    fetch_dataset,
-)
+from visionpipe.datasets import DATASETS, Official
+from visionpipe.sources import ChecksumError, DownloadError, fetch_dataset
 
 
 def _zip_bytes() -> bytes:
@@ -43,6 +38,8 @@ MD5 = hashlib.md5(PAYLOAD).hexdigest()
 REAL_HYMENOPTERA = (
     Path(__file__).resolve().parents[2].parent / "shared/datasets/hymenoptera_data.zip"
 )
+HYMENOPTERA = DATASETS["hymenoptera"].official
+assert HYMENOPTERA is not None
 UNREACHABLE = "http://nonexistent.invalid"  # .invalid never resolves (RFC 2606)
 
 
@@ -187,7 +184,8 @@ def test_a_linked_source_is_named_as_the_user_gave_it(tmp_path: Path) -> None:
 
 
 def _fake_official(monkeypatch: pytest.MonkeyPatch, url: str, md5: str | None = MD5) -> None:
-    monkeypatch.setitem(OFFICIAL, "cifar10", Official(url, "cifar-10-python.tar.gz", md5))
+    official = Official(url, "cifar-10-python.tar.gz", md5)
+    monkeypatch.setitem(DATASETS, "cifar10", replace(DATASETS["cifar10"], official=official))
 
 
 def test_mirror_folder_used_before_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -227,7 +225,9 @@ def test_mirror_checks_official_md5(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     (mirror / "cifar-10-python.tar.gz").write_bytes(PAYLOAD)  # not the real archive
-    with pytest.raises(ChecksumError, match=rf"md5 expected {OFFICIAL['cifar10'].md5}, got {MD5}"):
+    with pytest.raises(
+        ChecksumError, match=rf"md5 expected {DATASETS['cifar10'].official.md5}, got {MD5}"
+    ):
         _fetch(None, tmp_path, dataset="cifar10", mirror=str(mirror))
     assert _files(tmp_path / "raw") == []
 
@@ -480,9 +480,9 @@ def test_hymenoptera_layout_reports_counts(tmp_path: Path) -> None:
     good, bad = tmp_path / "good", tmp_path / "bad"
     good.mkdir()
     bad.mkdir()
-    _hymenoptera_zip(good / "hymenoptera_data.zip", sources.HYMENOPTERA_COUNTS)
+    _hymenoptera_zip(good / "hymenoptera_data.zip", HYMENOPTERA.layout)
     _fetch(None, tmp_path / "a", dataset="hymenoptera", mirror=str(good))
-    short = dict(sources.HYMENOPTERA_COUNTS) | {("val", "bees"): 80}
+    short = dict(HYMENOPTERA.layout) | {("val", "bees"): 80}
     _hymenoptera_zip(bad / "hymenoptera_data.zip", short)
     with pytest.raises(DownloadError, match=r"expected .*val/bees 83.* found .*val/bees 80"):
         _fetch(None, tmp_path / "b", dataset="hymenoptera", mirror=str(bad))

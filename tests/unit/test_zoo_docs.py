@@ -1,6 +1,6 @@
-"""The lists of models and recipes that users read, against the tables they come from: the model
-table `visionpipe.models.MODELS` and the files of conf/recipe/. A new model or recipe that a list
-lacks fails here with the line to write and where."""
+"""The lists of models, datasets and recipes that users read, against the tables they come from:
+`visionpipe.models.MODELS`, `visionpipe.datasets.DATASETS` and the files of conf/recipe/. A new
+model, dataset or recipe that a list lacks fails here with the line to write and where."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from tests.helpers import ROOT
 from visionpipe import determinism
 from visionpipe.config.params import Params
+from visionpipe.datasets import DATASETS
 from visionpipe.models import MODELS, build_model, keys_of, own_keys
 
 RECIPES = sorted(p.stem for p in (ROOT / "conf" / "recipe").glob("*.yaml"))
@@ -41,6 +42,14 @@ def test_config_yaml_names_every_model() -> None:
     assert _config_comment("name") == want, (
         f"conf/config.yaml: model.name's comment lists the models of visionpipe.models.MODELS; "
         f"write `name: tutorial_cnn      # {want}`"
+    )
+
+
+def test_config_yaml_names_every_dataset() -> None:
+    want = " | ".join(DATASETS)
+    assert _config_comment("dataset") == want, (
+        f"conf/config.yaml: data.dataset's comment lists the datasets of "
+        f"visionpipe.datasets.DATASETS; write `dataset: cifar10        # {want}`"
     )
 
 

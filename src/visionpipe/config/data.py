@@ -7,10 +7,11 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from visionpipe.config import Section, Seed
+from visionpipe.datasets import DATASETS
 
 
 class DataConfig(Section):
-    dataset: Literal["cifar10", "hymenoptera", "imagefolder"] = "cifar10"
+    dataset: Literal[tuple(DATASETS)] = "cifar10"  # type: ignore[valid-type]
     # null: the dataset's official archive (via DATA_MIRROR first, when set). Otherwise a local path
     # or URL of that archive, or of an image-folder export (directory, .zip, .tar.gz, .tgz, .tar).
     # A number is a folder's name (`-S data.source=2024`: YAML and Hydra read it as an int).
@@ -26,14 +27,14 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _imagefolder_needs_source(self) -> DataConfig:
-        if self.dataset == "imagefolder" and not self.source:
+        if DATASETS[self.dataset].official is None and not self.source:
             raise ValueError(
-                "data.dataset 'imagefolder' has no official archive: set data.source to a"
+                f"data.dataset {self.dataset!r} has no official archive: set data.source to a"
                 " directory, .zip, .tar.gz or URL of class folders (<class>/<image>, or"
                 " train/<class>/<image> plus test/ or val/); see docs/datasets.md,"
                 " 'Your own photos'"
             )
-        if self.dataset != "imagefolder" and self.test_fraction is not None:
+        if DATASETS[self.dataset].official is not None and self.test_fraction is not None:
             raise ValueError(
                 f"data.test_fraction = {self.test_fraction} applies to flat image folders only;"
                 f" {self.dataset} has its own test split. Set data.test_fraction back to null"
@@ -60,4 +61,4 @@ class DataParams(Section):
 def image_size(data: DataConfig, preprocess: PreprocessConfig) -> int:
     if preprocess.image_size is not None:
         return preprocess.image_size
-    return 32 if data.dataset == "cifar10" else 64
+    return DATASETS[data.dataset].image_size
