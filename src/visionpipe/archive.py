@@ -445,7 +445,7 @@ def _open_tar(source: Path) -> Iterator[Opened]:
         order: list[str] = []
         folders: list[str] = []
         for member in members:
-            name = clean_name(source, member.name)
+            name = clean_name(source, member.name, windows=False)
             check_utf8(source, name)
             check_unique(source, member.name, name, seen)
             if not name or member.isdir():

@@ -173,19 +173,22 @@ def refuse_kind(source: Path, member: str, fmt: int | None, raw_type: object = N
     )
 
 
-def _is_absolute(path: str) -> bool:
-    return path.startswith(("/", "\\")) or bool(_DRIVE.match(path))
+def _is_absolute(path: str, windows: bool = True) -> bool:
+    return path.startswith(("/", "\\") if windows else "/") or bool(_DRIVE.match(path))
 
 
-def clean_name(source: Path, raw: str) -> str:
+def clean_name(source: Path, raw: str, windows: bool = True) -> str:
     """Turn a member name into a clean posix relative path, refusing absolute and `..` names.
 
-    Backslashes count as separators: zip tools on Windows write them, and an extractor there
-    would honour them.
+    `windows`: backslashes count as separators, as in a zip: zip tools on Windows write them,
+    and an extractor there would honour them. In a tar (the download stage's own of a folder
+    included) a backslash is a letter of the name, as on Linux: a class folder `dog\\puppies`
+    is not `dog`'s subfolder.
     """
-    if _is_absolute(raw):
+    if _is_absolute(raw, windows):
         refuse(source, raw, "absolute path")
-    parts = [p for p in raw.replace("\\", "/").split("/") if p not in ("", ".")]
+    parts = [p for p in (raw.replace("\\", "/") if windows else raw).split("/")]
+    parts = [p for p in parts if p not in ("", ".")]
     if ".." in parts:
         refuse(source, raw, "'..' component leads outside the archive")
     return "/".join(parts)

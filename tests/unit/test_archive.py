@@ -565,3 +565,18 @@ def test_names_that_are_not_utf8_are_refused_naming_their_bytes(tmp_path: Path) 
         tf.addfile(info, io.BytesIO(b"dog"))
     with pytest.raises(UndecodableNameError, match="convmv -f GBK -t UTF-8"):
         list_files(gbk)
+
+
+def test_a_backslash_in_a_folder_s_name_is_part_of_the_name_once_packed(tmp_path: Path) -> None:
+    # On Linux `dog\puppies` is a folder of its own beside `dog`; read back from the download
+    # stage's tar of the folder, it must not become dog/puppies (merged into class dog).
+    src = tmp_path / "photos"
+    for name in ("dog/1.jpg", "dog\\puppies/2.jpg", "cat\\/3.jpg"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(b"x")
+    assert list_files(src) == ["cat\\/3.jpg", "dog/1.jpg", "dog\\puppies/2.jpg"]
+    pack_directory(src, tmp_path / "folder.tar")
+    assert list_files(tmp_path / "folder.tar") == list_files(src)
+    # A zip's backslashes stay separators: Windows zip tools write them.
+    zipped = _zip(tmp_path / "win.zip", [("dog\\puppies\\2.jpg", b"x", 0)])
+    assert list_files(zipped) == ["dog/puppies/2.jpg"]
