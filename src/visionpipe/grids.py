@@ -17,7 +17,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 log = logging.getLogger(__name__)
 
-Line = tuple[str, str]  # (text, colour) of one caption line
+# (text, colour) of one caption line, or (text, colour, end): `end` (a probability) is drawn
+# whole, after the text cut to fit.
+Line = tuple[str, str] | tuple[str, str, str]
 
 # Pillow's own font draws ASCII only. For other characters (café, кошка, 猫), fonts the
 # system may have, by file name, which ImageFont.truetype looks up in the system's font
@@ -89,9 +91,9 @@ def captioned_grid(
         img = fit(img, layout.cell)
         sheet.paste(img, (x + (layout.cell - img.width) // 2, y + (layout.cell - img.height) // 2))
         assert len(lines) <= layout.lines, lines  # more would run into the next row
-        for k, (text, colour) in enumerate(lines):
+        for k, (text, colour, *end) in enumerate(lines):
             xy = (x + 4, y + layout.cell + 2 + k * layout.line_height)
-            shown = fonts.cut(printable(text[: layout.max_chars]), layout.cell - 6)
+            shown = fonts.fit(printable(text), layout.cell - 6, layout.max_chars, "".join(end))
             fonts.draw(draw, xy, shown, colour)
     fonts.warn_missing()
     return sheet
@@ -142,12 +144,23 @@ class Fonts:
     def width(self, text: str) -> float:
         return sum(font.getlength(run) for run, font in self.runs(text))
 
-    def cut(self, text: str, width: int) -> str:
-        """`text`, its end dropped until it fits `width` px (wide CJK characters fill a cell
-        long before the character limit does)."""
-        while text and self.width(text) > width:
-            text = text[:-1]
-        return text
+    def fit(self, text: str, width: int, max_chars: int, end: str = "") -> str:
+        """`text` + `end` in at most `max_chars` characters and `width` px: the end of `text`
+        dropped (wide CJK characters fill a cell long before the character limit does) and
+        marked with "…", so that a cut name does not pass for a whole one; `end` kept whole."""
+        # Composed: a Mac's decomposed "e" + U+0301 would draw its accent in a run of its own.
+        text = unicodedata.normalize("NFC", text)
+        limit = max(0, max_chars - len(end))
+        cut = len(text) > limit
+        kept = text[: limit - 1] if cut else text  # the "…" counts as a character
+        while kept and self.width(kept + "…" * cut + end) > width:
+            kept, cut = kept[:-1], True
+        if cut and not kept:  # no room for a letter and the mark: the letters, as many as fit
+            kept = text[:limit]
+            while kept and self.width(kept + end) > width:
+                kept = kept[:-1]
+            return kept + end
+        return kept + "…" * cut + end
 
     def draw(self, draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, fill: str) -> None:
         x, y = xy

@@ -354,7 +354,7 @@ def write_grid(
     images = (decode_rgb(Path(p.file).read_bytes(), p.file, cell) for p in shown)
     captions = [
         [
-            (f"{p.top[0]['class']} {p.top[0]['probability']:.0%}", "black"),
+            (p.top[0]["class"], "black", f" {p.top[0]['probability']:.0%}"),
             (Path(p.file).name, "gray"),
         ]
         for p in shown

@@ -42,14 +42,25 @@ def test_a_large_image_is_fitted_smoothly_and_centred() -> None:
     assert 100 < inside.mean() < 155 and inside.std() < 40
 
 
-def test_a_caption_line_is_cut_to_max_chars() -> None:
+def test_a_caption_line_is_cut_to_max_chars_and_says_so() -> None:
     wide = Layout(cell=64, cols=1, lines=1, font_size=11, max_chars=4)  # 4 Ws fit in 64 px
     image = [Image.new("RGB", (4, 4), "blue")]
-    cut = captioned_grid(image, [[("WWWW", "black")]], wide)
-    long = captioned_grid(image, [[("W" * 40, "black")]], wide)
-    shorter = captioned_grid(image, [[("WWW", "black")]], wide)
-    assert cut.tobytes() == long.tobytes()
-    assert cut.tobytes() != shorter.tobytes()
+
+    def drawn(text: str) -> bytes:
+        return captioned_grid(image, [[(text, "black")]], wide).tobytes()
+
+    assert drawn("W" * 40) == drawn("WWW…"), "a cut name ends in an ellipsis"
+    assert drawn("WWWW") not in (drawn("WWW…"), drawn("WWW")), "a name that fits is whole"
+
+
+def test_a_long_class_name_keeps_its_probability_and_a_mark_where_it_was_cut() -> None:
+    fonts = Fonts.of_size(13)
+    shown = fonts.fit("Another extremely long descriptive class name", 122, 18, " 85%")
+    assert shown.endswith("… 85%") and shown.startswith("Another ") and len(shown) <= 18
+    assert fonts.width(shown) <= 122
+    assert fonts.fit("dog", 122, 18, " 85%") == "dog 85%"
+    # A Mac's decomposed accent is drawn composed, not as a lone combining mark.
+    assert fonts.fit("cafe\u0301", 122, 18) == "caf\u00e9"
 
 
 def _count(band: np.ndarray, channel: int) -> int:
