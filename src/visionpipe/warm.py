@@ -219,6 +219,16 @@ def connect(env: dict[str, str]) -> socket.socket | None:
                     return None  # run the stage here
             time.sleep(0.05)
             continue
+        # An abstract address is anyone's to take: only a warm process of this user, among
+        # these files, gets the stage's streams and environment (which may hold credentials).
+        if not _own_kind(conn):
+            conn.close()
+            print(
+                "visionpipe.warm: the warm process's address is held by a process of another"
+                " user or container; running the stage in this process",
+                file=sys.stderr,
+            )
+            return None
         # The warm process says "ready" once its imports are done; if it dies first, the stage
         # has not started and can run here instead.
         try:
@@ -231,6 +241,14 @@ def connect(env: dict[str, str]) -> socket.socket | None:
         conn.close()
         return None
     return None
+
+
+def _own_kind(conn: socket.socket) -> bool:
+    """Whether the process at the other end of `conn` runs as this user and sees the files this
+    process sees (pid 0: it is in a PID namespace this process cannot see into)."""
+    pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    place = files_seen_by("self")
+    return uid == os.getuid() and bool(place) and pid > 0 and files_seen_by(pid) == place
 
 
 def _start_server(key: str) -> subprocess.Popen:
@@ -346,14 +364,9 @@ class _Server:
 
     def _accept(self, listener: socket.socket) -> None:
         conn, _ = listener.accept()
-        pid, uid, _ = struct.unpack(
-            "3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-        )
         # Only this user's own stages run as this user, and only those that see the files this
-        # process sees: the request's folder and script are paths. (pid 0: the peer is in a
-        # PID namespace this process cannot see into.)
-        place = files_seen_by("self")
-        if uid != os.getuid() or not place or pid <= 0 or files_seen_by(pid) != place:
+        # process sees: the request's folder and script are paths.
+        if not _own_kind(conn):
             conn.close()
             return
         try:

@@ -280,6 +280,64 @@ def test_a_stage_in_another_mount_namespace_runs_among_its_own_files(tmp_path: P
     assert _field(run.stdout, "answer") == "b''"
 
 
+SQUATTER = """
+import socket, sys
+from visionpipe import warm
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(warm.address(sys.argv[1]))
+listener.listen()
+print("listening", flush=True)
+listener.settimeout(60)
+conn, _ = listener.accept()
+conn.settimeout(5)
+try:
+    conn.sendall(b"ready\\n")
+    data, fds, _, _ = socket.recv_fds(conn, 65536, 3)
+except OSError:  # the stage hung up
+    data, fds = b"", []
+print("received", len(data), len(fds), flush=True)
+"""
+
+
+@pytest.mark.skipif(not can_unshare_mounts(), reason="needs `unshare -m` (root, CAP_SYS_ADMIN)")
+def test_a_stage_never_hands_its_streams_to_a_process_that_took_the_address(
+    tmp_path: Path,
+) -> None:
+    # Any process can bind an abstract address first (another user on a lab server, a
+    # container on the host's network): the stage must not send it its environment and
+    # terminal, and runs in its own process instead.
+    stage_env = _env(VISIONPIPE_WARM_IDLE="31")  # a key no other test's warm process holds
+    key = warm.server_key(stage_env)
+    squatter = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", sys.executable, "-c", SQUATTER, key],
+        env=stage_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert squatter.stdout is not None and squatter.stdout.readline() == "listening\n"
+        script = tmp_path / "probe.py"
+        script.write_text("import os\nprint('pid', os.getpid())\n")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "visionpipe.warm", script.name],
+            cwd=tmp_path,
+            env=stage_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert int(_field(out, "pid")) == proc.pid, "the stage ran in its own command"
+        assert "held by a process of another user or container" in err
+        answer, _ = squatter.communicate(timeout=30)
+        assert "received 0 0" in answer, answer
+    finally:
+        squatter.kill()
+        squatter.wait()
+
+
 def _alive(pid: int) -> bool:
     import psutil
 
