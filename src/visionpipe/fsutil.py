@@ -13,6 +13,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Container, Iterator
 from pathlib import Path
@@ -263,7 +264,9 @@ def atomic_dir(dest: Path | str) -> Iterator[Path]:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
+    # mkdtemp makes 0700. The setgid bit, which a group-shared folder passes on to new folders
+    # (their files then belong to the team's group), is kept.
+    os.chmod(tmp, (0o777 & ~_umask()) | (os.stat(tmp).st_mode & stat.S_ISGID))
     try:
         yield tmp
         for folder, _, files in os.walk(tmp):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import subprocess
 import tempfile
 import threading
@@ -292,3 +293,19 @@ def test_git_ignores_what_a_killed_write_leaves(tmp_path: Path) -> None:
         ["git", "check-ignore", "--no-index", *names], cwd=ROOT, capture_output=True, text=True
     )
     assert proc.stdout.split() == names[:2]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder another group takes root")
+def test_an_atomic_folder_in_a_group_shared_folder_stays_the_group_s(tmp_path: Path) -> None:
+    # A project folder shared by a team (chgrp team; chmod 2775): what preprocess writes must
+    # go on belonging to the team's group, or teammates cannot read data/processed.
+    shared = tmp_path / "team"
+    shared.mkdir()
+    team_gid = 54321
+    os.chown(shared, -1, team_gid)
+    os.chmod(shared, 0o2775)
+    with fsutil.atomic_dir(shared / "processed") as tmp:
+        (tmp / "meta.json").write_text("{}")
+    made = shared / "processed"
+    assert made.stat().st_mode & stat.S_ISGID, "the folder keeps the setgid bit"
+    assert (made / "meta.json").stat().st_gid == team_gid
