@@ -288,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     except fsutil.DiskFullError as exc:  # --json, --csv, --grid: the message names the file
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # `visionpipe params` in a read-only or another user's project
+        refused = fsutil.refused_cause(exc)
+        if refused is None:
+            raise
+        print(f"error: {fsutil.refused_message(refused)}", file=sys.stderr)
+        return 1
     except ModuleNotFoundError as exc:  # the wheel alone: no torch, DVC or Hydra
         print(f"error: {_lean_install_hint(args, exc)}", file=sys.stderr)
         return 1

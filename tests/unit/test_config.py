@@ -277,6 +277,23 @@ def test_visionpipe_params_names_the_valid_keys_for_a_misspelled_one(
     assert not Path("params.yaml").exists()
 
 
+def test_visionpipe_params_where_it_may_not_write_says_so_in_a_line(
+    conf_copy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A teacher's read-only reference project, a clone on a read-only mount. (Root writes
+    # through a folder's permissions, so the refusal is the kernel's answer, stood in for.)
+    from visionpipe import fsutil
+
+    def refuse(path: Path, text: str) -> None:
+        temp = conf_copy / ".params.yaml.x1y2.tmp"
+        raise PermissionError(13, "Permission denied", str(temp))
+
+    monkeypatch.setattr(fsutil, "write_text", refuse)
+    assert main(["params"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: params.yaml: ") and len(err.splitlines()) == 1, err
+
+
 @pytest.mark.usefixtures("conf_copy")
 def test_a_launch_key_under_train_names_its_place_in_launch(
     capsys: pytest.CaptureFixture[str],
