@@ -161,8 +161,10 @@ def _fetch_official(
         f"{official.filename}`, or set DATA_MIRROR to a folder holding {official.filename}."
         # A `-S data.source=...` lasts one run: the next `dvc exp run` composes conf/ anew, and
         # lands here again without it.
-        " To keep it for every experiment, set data.source in conf/config.yaml: each `dvc exp"
-        " run` composes params.yaml from conf/ anew, so an earlier -S data.source is gone."
+        " To keep it for every experiment (each `dvc exp run` composes params.yaml from conf/"
+        " anew, so an earlier -S data.source is gone): name the file in conf/config.yaml"
+        f" (data.source: {official.filename}) and this machine's folder of it in the git-ignored"
+        " conf/local/machine.yaml (launch: {data_root: /abs/folder}), as README.md shows."
     )
     return _download(official.url, dest, expect, checks, net, hint)
 

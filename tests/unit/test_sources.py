@@ -435,7 +435,8 @@ def test_dns_failure_is_fast_and_actionable(
     assert "data.source=/abs/path/cifar-10-python.tar.gz" in message
     assert "DATA_MIRROR" in message
     # The usual way here: a -S data.source run, then an experiment without it.
-    assert "for every experiment, set data.source in conf/config.yaml" in message
+    assert "name the file in conf/config.yaml (data.source: cifar-10-python.tar.gz)" in message
+    assert "conf/local/machine.yaml (launch: {data_root: /abs/folder})" in message
     assert _files(tmp_path / "raw") == []
 
 
