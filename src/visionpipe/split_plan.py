@@ -544,7 +544,7 @@ def thin_classes(counts: dict[str, dict[str, int]], splits: Sequence[str]) -> li
     for split in splits:
         for cls, n in counts[split].items():
             if n == 0:
-                empty.append(f"class '{cls}' has no {split} images")
+                empty.append(f"class {cls!r} has no {split} images")
             elif n < FEW_IMAGES:
-                few.append(f"class '{cls}' has only {n} {split} image{'s' * (n > 1)}")
+                few.append(f"class {cls!r} has only {n} {split} image{'s' * (n > 1)}")
     return empty + few

@@ -274,6 +274,9 @@ def test_thin_classes_are_named() -> None:
         "class 'dogs' has no test images",
         "class 'dogs' has only 3 train images",
     ]
+    # A right-to-left override in a name would turn the rest of the terminal line around.
+    [line] = splits.thin_classes({"train": {"rtl \u202eevil": 1}}, ["train"])
+    assert line == "class 'rtl \\u202eevil' has only 1 train image"
 
 
 @pytest.mark.parametrize("name", ["new\nline", "tab\there"])
