@@ -39,6 +39,14 @@ FALLBACK_FONTS = (
     "YuGothM.ttc",
     "malgun.ttf",
     "seguisym.ttf",
+    # Scripts beyond those: Noto's per-script fonts (Debian's fonts-noto-core), and emoji in
+    # black and white (a colour emoji font draws at one size only, which no caption has).
+    "NotoSansDevanagari-Regular.ttf",
+    "NotoSansThai-Regular.ttf",
+    "NotoSansArabic-Regular.ttf",
+    "NotoSansHebrew-Regular.ttf",
+    "Symbola.ttf",
+    "NotoEmoji-Regular.ttf",
 )
 _NOT_A_CHARACTER = "\U0010fffd"  # private use: no font draws it, so it shows the missing glyph
 
@@ -180,7 +188,8 @@ class Fonts:
                 "no font on this system draws %s, shown as boxes in the image's captions:"
                 " install one that does (Noto CJK for Chinese, Japanese and Korean: the"
                 " fonts-noto-cjk package on Debian and Ubuntu, google-noto-sans-cjk-fonts on"
-                " Fedora)",
+                " Fedora; fonts-noto-core for Thai, Devanagari, Arabic and Hebrew; fonts-symbola"
+                " for emoji, drawn in black, one symbol at a time)",
                 " ".join(sorted(new)),
             )
 
