@@ -65,7 +65,9 @@ def can_unshare_mounts() -> bool:
     """Whether this process may start one in a mount namespace of its own (`unshare -m`: root,
     or CAP_SYS_ADMIN), as a container or sandbox has."""
     probe = ["unshare", "-m", "--propagation", "private", "true"]
-    return shutil.which("unshare") is not None and subprocess.run(probe).returncode == 0
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(probe, stderr=subprocess.DEVNULL).returncode == 0
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, **kw: Any) -> subprocess.CompletedProcess:
