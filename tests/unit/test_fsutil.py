@@ -137,13 +137,20 @@ def test_a_background_writer_s_refused_file_is_one_line_too(
     assert "Traceback" not in capsys.readouterr().err
 
 
-def test_a_full_disk_under_a_temporary_folder_names_the_output(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    # preprocess's arrays fill the disk inside atomic_dir's folder, gone when the user reads.
+@pytest.fixture
+def stage_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The test runs in `tmp_path` as a stage in its project folder, its errors shown as users
+    see them (no VISIONPIPE_DEBUG traceback)."""
     monkeypatch.delenv("VISIONPIPE_DEBUG", raising=False)
     monkeypatch.chdir(tmp_path)
+    return tmp_path
 
+
+@pytest.mark.usefixtures("stage_folder")
+def test_a_full_disk_under_a_temporary_folder_names_the_output(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # preprocess's arrays fill the disk inside atomic_dir's folder, gone when the user reads.
     def stage() -> None:
         temp = tmp_path / "data" / ".processed.q7w2.tmp" / "train.npy"
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(temp))
@@ -153,13 +160,11 @@ def test_a_full_disk_under_a_temporary_folder_names_the_output(
     assert "no space left on the disk holding data/processed/train.npy (" in caplog.text
 
 
+@pytest.mark.usefixtures("stage_folder")
 def test_a_full_device_the_system_names_no_file_for_is_not_blamed_on_the_project(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # multiprocessing's locks in a full /dev/shm: ENOSPC with no file name.
-    monkeypatch.delenv("VISIONPIPE_DEBUG", raising=False)
-    monkeypatch.chdir(tmp_path)
-
     def stage() -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -170,13 +175,11 @@ def test_a_full_device_the_system_names_no_file_for_is_not_blamed_on_the_project
 
 
 @pytest.mark.parametrize("named", [True, False])
+@pytest.mark.usefixtures("stage_folder")
 def test_a_missing_file_is_a_user_error_only_when_named(
-    named: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    named: bool, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # "[Errno 2] No such file or directory" alone (a missing /dev/shm) tells a user nothing.
-    monkeypatch.delenv("VISIONPIPE_DEBUG", raising=False)
-    monkeypatch.chdir(tmp_path)
-
     def stage() -> None:
         if named:
             (tmp_path / "gone.txt").read_text()
