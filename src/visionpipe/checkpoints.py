@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from visionpipe import distributed, paths
-from visionpipe.config.params import Params
+from visionpipe.config.training import TrainingParams
 from visionpipe.determinism import rng_state, set_rng_state
 from visionpipe.fsutil import remove_stale_temps, save_torch
 from visionpipe.progress import Progress
@@ -67,7 +67,7 @@ def code_files() -> list[Path]:
     return sorted(Path(__file__).parent.rglob("*.py"))
 
 
-def fingerprint(params: Params) -> str:
+def fingerprint(params: TrainingParams) -> str:
     """What a checkpoint must match to be resumed: params that shape training, the data and the
     code."""
     h = hashlib.sha256(json.dumps(params.training_dict(), sort_keys=True).encode())

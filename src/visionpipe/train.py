@@ -1,6 +1,6 @@
 """The training run: build the model, step through epochs, validate, checkpoint, write outputs.
 
-Everything a run depends on comes in through `Params`; the device is chosen once
+Everything a run depends on comes in through `TrainingParams`; the device is chosen once
 (`devices.pick_device`) and passed down. `run` reads like a table of contents: each step is a
 call into the module that owns that job (split_tensors, models, batches, optim, checkpoints,
 tracking).
@@ -37,8 +37,8 @@ from visionpipe import (
 )
 from visionpipe.batches import Batch, Batches
 from visionpipe.checkpoints import Checkpoint, Trainee
-from visionpipe.config.params import Params
 from visionpipe.config.train import TrainConfig
+from visionpipe.config.training import TrainingParams
 from visionpipe.distributed import all_reduce_sum
 from visionpipe.fsutil import write_json
 from visionpipe.inference import Scores, evaluate_split
@@ -182,7 +182,7 @@ def train_epoch(
     return loss_sum
 
 
-def run(params: Params) -> dict[str, Any]:
+def run(params: TrainingParams) -> dict[str, Any]:
     """Train per `params` on the preprocessed splits; write the model, metrics, plots, logs."""
     memory.keep_freed_memory()  # before the first large allocation, so every step reuses
     ddp, device = distributed.init(devices.pick_device(params.launch.device))
@@ -192,7 +192,7 @@ def run(params: Params) -> dict[str, Any]:
         distributed.shutdown(ddp)
 
 
-def _run(params: Params, ddp: distributed.Dist, device: torch.device) -> dict[str, Any]:
+def _run(params: TrainingParams, ddp: distributed.Dist, device: torch.device) -> dict[str, Any]:
     cfg = params.train
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation, on CPU
@@ -273,7 +273,7 @@ class BatchNormBatchError(ValueError):
 
 
 def check_batch_norm_batch(
-    model: nn.Module, params: Params, image_size: int, batches: Batches
+    model: nn.Module, params: TrainingParams, image_size: int, batches: Batches
 ) -> None:
     """Refuse batches of one image when a BatchNorm layer sees a 1x1 map (resnet18's last block
     at 32 px, fast's up to 16 px): it cannot train on one value per channel, which torch would
@@ -340,7 +340,10 @@ def warn_constant_channels(std: list[float]) -> None:
 
 
 def build_training_model(
-    params: Params, splits: split_tensors.TrainingData, device: torch.device, ddp: distributed.Dist
+    params: TrainingParams,
+    splits: split_tensors.TrainingData,
+    device: torch.device,
+    ddp: distributed.Dist,
 ) -> Classifier:
     """The model params describe, initialised from the data where it does that, on `device`."""
     mean, std = splits.meta["mean"], splits.meta["std"]
@@ -368,7 +371,7 @@ def build_training_model(
     return distributed.sync_batch_norm(model, device) if ddp.enabled else model
 
 
-def warn_if_backbone_untrained(params: Params) -> None:
+def warn_if_backbone_untrained(params: TrainingParams) -> None:
     """Say when train.backbone_lr_scale slows or freezes layers that start from random weights:
     it is for fine-tuning, where they come trained (model.pretrained, model.weights)."""
     scale = params.train.backbone_lr_scale
@@ -455,7 +458,7 @@ def log_last_misclassified(
 
 
 def finish(
-    params: Params,
+    params: TrainingParams,
     loop: Loop,
     splits: split_tensors.TrainingData,
     seconds: float,
@@ -489,7 +492,7 @@ def finish(
     return metrics
 
 
-def model_info(params: Params, splits: split_tensors.TrainingData) -> ModelInfo:
+def model_info(params: TrainingParams, splits: split_tensors.TrainingData) -> ModelInfo:
     """The plain values saved beside the weights: enough to rebuild and use the model."""
     return ModelInfo(
         arch=params.model.name,

@@ -1,5 +1,6 @@
 """A stage re-runs only when what decides its output changes: adding a model, a training knob or a
-recipe leaves the data stages cached, as `dvc status` reports them."""
+recipe leaves the data stages cached, and a new predict key leaves train cached, as `dvc status`
+reports them."""
 
 from __future__ import annotations
 
@@ -85,3 +86,36 @@ def test_adding_a_model_knob_or_recipe_leaves_download_and_preprocess_cached(
     assert _stale(repo, "download", "preprocess") == set()
     # The positive control: the stage whose code and params changed is stale.
     assert "train" in _stale(repo, "train")
+
+
+def test_a_new_predict_key_re_runs_predict_and_never_train(tmp_path: Path) -> None:
+    _photos(tmp_path / "photos")
+    repo = make_project(
+        tmp_path / "repo",
+        {
+            "data": {"dataset": "imagefolder", "source": str(tmp_path / "photos")},
+            "preprocess": {"image_size": 16},
+            "train": {"epochs": 1, "batch_size": 4},
+        },
+    )
+    dvc(repo, "repro", "train")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "trained")
+    assert _stale(repo, "train") == set()
+
+    # A contributor's new predict knob: its schema line, its conf/ line, params.yaml composed.
+    predict_cfg = repo / "src/visionpipe/config/predict.py"
+    text = predict_cfg.read_text().replace(
+        "    topk: int = Field(default=3, ge=1)",
+        "    topk: int = Field(default=3, ge=1)\n    batch_size: int = Field(default=32, ge=1)",
+    )
+    predict_cfg.write_text(text)
+    conf = repo / "conf/config.yaml"
+    data = yaml.safe_load(conf.read_text())
+    data["predict"]["batch_size"] = 32
+    conf.write_text(yaml.safe_dump(data, sort_keys=False))
+    cli = [sys.executable, "-m", "visionpipe.cli", "params"]
+    run(cli, repo, env={**env(), "PYTHONPATH": str(repo / "src")})
+
+    assert _stale(repo, "download", "preprocess", "train") == set()
+    assert "predict" in _stale(repo, "predict")  # the positive control

@@ -1,87 +1,25 @@
-"""The whole of params.yaml: every section, for the train stage (which records what a run
-means beside its model) and for `visionpipe params` (which checks a composed file)."""
+"""The whole of params.yaml, every section, for `visionpipe params` (which checks a composed file)
+and the tests; the train stage reads its part of it (config/training.py)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, field_validator, model_validator
+from pydantic import BaseModel
 
 from visionpipe import config
-from visionpipe.config import Section
-from visionpipe.config.data import DataConfig, PreprocessConfig, image_size
 from visionpipe.config.evaluate import EvaluateConfig
 from visionpipe.config.export import ExportConfig
-from visionpipe.config.launch import LaunchConfig
-from visionpipe.config.model import ModelConfig
 from visionpipe.config.predict import PredictConfig
-from visionpipe.config.train import TrainConfig
-from visionpipe.models import MODELS
-
-# The sections that shape a trained model: the data stages' and its own. evaluate, export and
-# predict change later stages only, and launch says where a run happens, never what it computes.
-TRAINING_SECTIONS = ("data", "preprocess", "model", "train")
+from visionpipe.config.training import TrainingParams
 
 
-class Params(Section):
-    # Which recipe (conf/recipe/<name>.yaml) the values below were composed from: a label that
-    # `dvc exp run -S recipe=fast` sets together with the recipe's values.
-    recipe: str = "tutorial"
+class Params(TrainingParams):
     about: str = ""  # params.yaml's own note: where it comes from
-    data: DataConfig = DataConfig()
-    preprocess: PreprocessConfig = PreprocessConfig()
-    model: ModelConfig = ModelConfig()  # type: ignore[valid-type]
-    train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     export: ExportConfig = ExportConfig()
     predict: PredictConfig = PredictConfig()
-    launch: LaunchConfig = LaunchConfig()
-
-    @field_validator("recipe")
-    @classmethod
-    def _interned(cls, name: str) -> str:
-        # model.pt pickles these params: an interned name is one object with an equal model
-        # name (`recipe: fast`, `model.name: fast`), which pickle then stores once.
-        return sys.intern(name)
-
-    @model_validator(mode="after")
-    def _batch_fits_processes(self) -> Params:
-        processes = self.launch.nproc * self.launch.nnodes
-        if self.train.batch_size < processes:
-            raise ValueError(
-                f"train.batch_size {self.train.batch_size} (the global batch) must be at least "
-                f"launch.nproc * launch.nnodes = {processes}"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _image_fits_model(self) -> Params:
-        # Caught here, the user learns it at `visionpipe params` or as train starts, not from
-        # torch's "Output size is too small" deep in the first forward pass.
-        least = MODELS[self.model.name].min_image_size
-        if self.image_size() < least:
-            raise ValueError(
-                f"preprocess.image_size {self.image_size()} is too small for model "
-                f"'{self.model.name}', whose poolings need at least {least} pixels: set "
-                f"preprocess.image_size to {least} or more (or null, the dataset's default)"
-            )
-        return self
-
-    def image_size(self) -> int:
-        return image_size(self.data, self.preprocess)
-
-    def training_dict(self) -> dict[str, Any]:
-        """The TRAINING_SECTIONS, as plain values."""
-        values = self.model_dump(mode="json")
-        return {k: values[k] for k in TRAINING_SECTIONS}
-
-    def run_dict(self) -> dict[str, Any]:
-        """What a trained model means, as model.pt records it: the recipe label and the sections
-        that shaped it. Not the later stages' sections: changing them does not re-run train, so
-        model.pt would keep their old values."""
-        return {"recipe": self.recipe, **self.training_dict()}
 
 
 def unknown_key(key: str) -> str | None:
