@@ -429,11 +429,25 @@ COMMON_KEYS: dict[str, Key] = {
 def own_keys() -> dict[str, Key]:
     """Every model's own keys, each once, in table order (a key two models share must agree)."""
     keys: dict[str, Key] = {}
+    owner: dict[str, str] = {}
     for name, spec in MODELS.items():
         for key, value in spec.keys.items():
             if keys.setdefault(key, value) != value:
-                raise TypeError(f"model key {key!r} of {name!r} differs from another model's")
+                raise TypeError(_clash(key, (owner[key], keys[key]), (name, value)))
+            owner.setdefault(key, name)
     return keys
+
+
+def _clash(key: str, first: tuple[str, Key], second: tuple[str, Key]) -> str:
+    # params.yaml has one model.<key> for every model: models sharing a key name share the key.
+    fields = ("annotation", "default", "doc", "constraints")
+    differ = [f for f in fields if getattr(first[1], f) != getattr(second[1], f)]
+    return (
+        f"model key {key!r} of {second[0]!r} differs from the one of {first[0]!r} in its "
+        f"{' and '.join(differ)} ({', '.join(repr(getattr(first[1], f)) for f in differ)} vs "
+        f"{', '.join(repr(getattr(second[1], f)) for f in differ)}): params.yaml holds one "
+        f"model.{key} for every model, so declare it alike in both or rename one"
+    )
 
 
 def keys_of(name: str) -> tuple[str, ...]:

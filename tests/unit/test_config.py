@@ -158,7 +158,7 @@ def _another_value(key: str, spec: Key) -> object:
         # The first of a few nearby numbers that the key's own limits (`ge`, `lt`, ...) allow.
         adapter = pydantic.TypeAdapter(Annotated[spec.annotation, spec.pydantic_field()])
         default = spec.default
-        for value in (default + 1, default - 1, default * 2, default / 2, 0, 1):
+        for value in (default + 1, default - 1, default * 2, default / 2, 0, 1, 0.5):
             value = spec.annotation(value)
             try:
                 if value != default and adapter.validate_python(value) == value:
@@ -342,3 +342,34 @@ def test_a_model_spec_cannot_ask_for_less_than_the_smallest_image_size() -> None
 
     with pytest.raises(ValueError, match="min_image_size 4 is below 8, the smallest"):
         ModelSpec(lambda num_classes, image_size: torch.nn.Identity(), "tiny", min_image_size=4)
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
+    """`train.augment.flip`-style names of a nested mapping's values."""
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        out.update(_leaves(value, f"{name}.") if isinstance(value, dict) else {name: value})
+    return out
+
+
+def test_conf_config_yaml_holds_every_key_of_the_code_at_its_default() -> None:
+    # A key new in the code without its line in conf/config.yaml is missing from every composed
+    # params.yaml, which every stage then refuses: the failure names the lines to write.
+    from visionpipe.config.compose import compose
+
+    conf = compose([], ROOT / "conf")
+    code = _leaves(parse_params({"about": conf["about"]}).model_dump(mode="json"))
+    composed = _leaves(conf)
+    lines = [
+        f"{k}: {yaml.safe_dump(v).splitlines()[0]}" for k, v in code.items() if k not in composed
+    ]
+    assert not lines, "conf/config.yaml lacks these keys; add each at its default:\n" + "\n".join(
+        lines
+    )
+    differ = [
+        f"{k}: {composed[k]!r} there, {v!r} in the code"
+        for k, v in code.items()
+        if composed[k] != v
+    ]
+    assert not differ, "conf/config.yaml and the code's defaults differ:\n" + "\n".join(differ)
