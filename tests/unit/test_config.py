@@ -373,3 +373,20 @@ def test_conf_config_yaml_holds_every_key_of_the_code_at_its_default() -> None:
         if composed[k] != v
     ]
     assert not differ, "conf/config.yaml and the code's defaults differ:\n" + "\n".join(differ)
+
+
+def test_a_model_key_two_models_declare_differently_names_both(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from visionpipe import models
+
+    zoo = dict(models.MODELS)
+    build = zoo["tutorial_cnn"].build
+    zoo["one"] = models.ModelSpec(build, "one", {"width": Key(int, 64, "channels")})
+    zoo["two"] = models.ModelSpec(build, "two", {"width": Key(int, 16, "channels")})
+    monkeypatch.setattr(models, "MODELS", zoo)
+    with pytest.raises(TypeError) as err:
+        models.own_keys()
+    assert "'width' of 'two' differs from the one of 'one' in its default (64 vs 16)" in str(
+        err.value
+    )
