@@ -82,7 +82,7 @@ class Tracker:
 
     Each run starts from empty logs; a resumed run writes the epochs it resumes after again from
     the history (`replay`), so the logs never depend on what an interrupted run left. `run`, the
-    params that shaped the run (`TrainingParams.run_dict`), goes to TensorBoard's HParams tab.
+    params that shaped the run (`TrainingParams.hparams`), goes to TensorBoard's HParams tab.
     """
 
     def __init__(self, enabled: bool, history: History, run: dict[str, Any] | None = None) -> None:
@@ -193,7 +193,7 @@ class Tracker:
 
 
 def log_hparams(writer: Any, run: dict[str, Any]) -> None:
-    """The params that shaped the run (`TrainingParams.run_dict`), flattened to `train.lr`-style
+    """The params that shaped the run (`TrainingParams.hparams`), flattened to `train.lr`-style
     names, for TensorBoard's HParams tab: runs side by side there make a table of params and final
     scalars. Written into the run itself, not the subfolder `add_hparams` makes."""
     from torch.utils.tensorboard.summary import hparams

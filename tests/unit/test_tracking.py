@@ -155,7 +155,7 @@ def test_tensorboard_s_hparams_tab_opens_on_the_params_runs_differ_in(tmp_path: 
 
     for name, lr in (("lr-high", 0.1), ("lr-low", 0.01)):
         writer = SummaryWriter(str(tmp_path / "compare" / name))
-        run = parse_params({"train": {"lr": lr}}).run_dict()
+        run = parse_params({"train": {"lr": lr}}).hparams()
         log_hparams(writer, run)
         writer.add_scalar("val_accuracy", lr * 5, 1)
         writer.close()
@@ -164,6 +164,15 @@ def test_tensorboard_s_hparams_tab_opens_on_the_params_runs_differ_in(tmp_path: 
     assert [i["name"] for i in infos if i.get("differs")] == ["train.lr"]
     assert infos[0]["name"] == "train.lr" and infos[0]["type"] == "DATA_TYPE_FLOAT64"
     assert {m["name"]["tag"] for m in experiment["metricInfos"]} == {"val_accuracy"}
+
+
+def test_hparams_name_where_the_data_came_from_and_model_pt_does_not() -> None:
+    # A sweep over data.source differs in it alone: TensorBoard's table must show it, while
+    # model.pt (run_dict) leaves it out, as train declares no data.source.
+    params = parse_params({"data": {"dataset": "imagefolder", "source": "/home/me/photos"}})
+    assert params.hparams()["data"]["source"] == "/home/me/photos"
+    assert "source" not in params.run_dict()["data"]
+    assert params.hparams()["train"] == params.run_dict()["train"]
 
 
 def _tensorboard_hparams_experiment(logdir: Path) -> dict[str, Any]:

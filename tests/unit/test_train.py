@@ -420,6 +420,18 @@ def test_saved_model_is_weights_and_plain_metadata(processed: Path) -> None:
     assert model(torch.rand(1, 3, 16, 16)).shape == (1, 3)
 
 
+def test_the_same_data_from_another_path_makes_the_same_model_file(processed: Path) -> None:
+    # Two clones with the data at two absolute paths: DVC hashes model.pt, and train declares no
+    # data.source, so a path in the file would make their dvc.lock and run cache differ.
+    files = []
+    for source in ("/home/a/photos.zip", "/mnt/b/photos.zip"):
+        params = tiny_params(epochs=1)
+        data = params.data.model_copy(update={"source": source, "sha256": "ab" * 32})
+        train.run(params.model_copy(update={"data": data}))
+        files.append(paths.MODEL.read_bytes())
+    assert files[0] == files[1]
+
+
 def test_fine_tune_from_another_runs_model(processed: Path) -> None:
     train.run(tiny_params(epochs=1))
     done = torch.load(paths.MODEL, weights_only=True)["state_dict"]

@@ -21,6 +21,9 @@ from visionpipe.models import MODELS
 # The sections that shape a trained model: the data stages' and its own. evaluate, export and
 # predict change later stages only, and launch says where a run happens, never what it computes.
 TRAINING_SECTIONS = ("data", "preprocess", "model", "train")
+# Where the data comes from, not what it is: data/processed's hash in dvc.lock stands for the data,
+# so a model trained on the same bytes from another path or mirror is the same model.pt.
+DATA_LOCATION = ("source", "sha256")
 
 
 class TrainingParams(Section):
@@ -67,15 +70,22 @@ class TrainingParams(Section):
         return image_size(self.data, self.preprocess)
 
     def training_dict(self) -> dict[str, Any]:
-        """The TRAINING_SECTIONS, as plain values."""
-        values = self.model_dump(mode="json")
+        """The TRAINING_SECTIONS, as plain values, but the data's location (DATA_LOCATION)."""
+        values = self.model_dump(mode="json", exclude={"data": set(DATA_LOCATION)})
         return {k: values[k] for k in TRAINING_SECTIONS}
 
     def run_dict(self) -> dict[str, Any]:
         """What a trained model means, as model.pt records it: the recipe label and the sections
-        that shaped it. Not the later stages' sections: changing them does not re-run train, so
-        model.pt would keep their old values."""
+        that shaped it. Not the later stages' sections, nor where the data was read from:
+        changing them does not re-run train, so model.pt would keep their old values."""
         return {"recipe": self.recipe, **self.training_dict()}
+
+    def hparams(self) -> dict[str, Any]:
+        """`run_dict` and where the data came from: TensorBoard's HParams table of a sweep over
+        data.source tells its runs apart by it."""
+        run = self.run_dict()
+        location = {k: getattr(self.data, k) for k in DATA_LOCATION}
+        return {**run, "data": {**run["data"], **location}}
 
 
 def load_training_params(path: Path | str = config.DEFAULT_PARAMS) -> TrainingParams:
