@@ -41,7 +41,7 @@ from visionpipe.images import decode_batch, is_hidden, is_image_name, resize_cen
 from visionpipe.names import SHOWN, listed
 from visionpipe.paths import SPLITS
 from visionpipe.split_files import SplitWriter, channel_sums, mean_std, open_images, read_index
-from visionpipe.split_plan import DatasetLayoutError, Item, Plan
+from visionpipe.split_plan import DatasetLayoutError, Item, Plan, common_folder
 
 log = logging.getLogger(__name__)
 
@@ -300,12 +300,15 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
             lineterminator="\n",
         )
         record.writerow(["file", "class", "split", "index"])
+        # Names below the folder holding every image: the same photos zipped in a folder of
+        # their own, or read from that folder, make the same record (and data/processed hash).
+        cut = sum(len(part) + 1 for part in common_folder([i.name for i in plan.items]))
         done = 0
         for chunk in decoded:
             items = plan.items[done : done + len(chunk.images)]
             done += len(chunk.images)
             failed = dict(chunk.failed)
-            bad += _route(items, chunk.images, failed, writers, record, plan.classes)
+            bad += _route(items, chunk.images, failed, writers, (record, cut), plan.classes)
             bad_classes += [plan.classes[items[row].label] for row in failed]
             failed_rows += [done - len(items) + row for row in failed]
             digests += chunk.digests
@@ -353,10 +356,12 @@ def _route(
     images: np.ndarray,
     failed: dict[int, str],
     writers: dict[str, SplitWriter],
-    record: Any,
+    record_cut: tuple[Any, int],
     classes: Sequence[str],
 ) -> list[dict[str, str]]:
-    """Append one decoded chunk to its splits' writers and the record; returns its failures."""
+    """Append one decoded chunk to its splits' writers and the record (a csv writer, and how
+    many leading characters of each name it leaves out); returns its failures."""
+    record, cut = record_cut
     ok = np.ones(len(items), dtype=bool)
     ok[list(failed)] = False
     split_codes = np.array([SPLITS.index(item.split) for item in items])
@@ -369,9 +374,9 @@ def _route(
     rows = []
     for row, item in enumerate(items):
         if row in failed:
-            rows.append((item.name, classes[item.label], "skipped", ""))
+            rows.append((item.name[cut:], classes[item.label], "skipped", ""))
         else:
-            rows.append((item.name, classes[item.label], item.split, next_index[item.split]))
+            rows.append((item.name[cut:], classes[item.label], item.split, next_index[item.split]))
             next_index[item.split] += 1
     record.writerows(rows)
     return [{"file": items[row].name, "reason": reason} for row, reason in failed.items()]
@@ -598,7 +603,6 @@ def run(params: DataParams, workers: int | None = None) -> dict[str, Any]:
         warnings += _warn_identical(result, size)
         meta = {
             "dataset": params.data.dataset,
-            "source_file": source.name,
             "classes": result.classes,
             "image_size": size,
             "mean": result.mean,

@@ -295,13 +295,19 @@ def carve_val(n: int, val_fraction: float, seed: int) -> np.ndarray:
     return in_val
 
 
-def _flat_root(names: Sequence[str]) -> list[str]:
-    """The deepest folder holding every image (as path parts): its sub-folders are the classes."""
-    common = _parts(names[0])[:-1]  # plan_image_folder refused a source without images
+def common_folder(names: Sequence[str]) -> list[str]:
+    """The deepest folder holding every one of `names` (as path parts; [] for the top)."""
+    common = _parts(names[0])[:-1]
     for name in names[1:]:
         folder = _parts(name)[:-1]
         while folder[: len(common)] != common:
             common = common[:-1]
+    return common
+
+
+def _flat_root(names: Sequence[str]) -> list[str]:
+    """The deepest folder holding every image (as path parts): its sub-folders are the classes."""
+    common = common_folder(names)  # plan_image_folder refused a source without images
     depth = len(common)
     classes = {parts[depth] for parts in map(_parts, names) if len(parts) > depth + 1}
     if len(classes) < 2:

@@ -262,6 +262,31 @@ def test_files_left_out_are_named_in_the_log_but_not_mac_junk(
     assert all(junk not in warned[0] for junk in ("DS_Store", "MACOSX", "Thumbs", "desktop"))
 
 
+def test_the_same_photos_under_another_archive_or_top_folder_make_the_same_data(
+    workdir: Path,
+) -> None:
+    # A teammate's copy named otherwise, or zipped inside a folder of another name: the same
+    # photos must make the same data/processed, or DVC re-runs train on it.
+    made = []
+    for archive, top in (
+        ("photos.zip", "photos/"),
+        ("cifar-small (1).zip", "my stuff/"),
+        ("a.zip", ""),
+    ):
+        for old in (workdir / paths.RAW_DIR).iterdir():
+            old.unlink()
+        source = _flat_zip(workdir / paths.RAW_DIR / "photos.zip", {"ants": 12, "bees": 12})
+        with zipfile.ZipFile(source) as zin, zipfile.ZipFile(workdir / "moved.zip", "w") as zout:
+            for name in zin.namelist():
+                zout.writestr(top + name.removeprefix("photos/"), zin.read(name))
+        source.unlink()
+        (workdir / "moved.zip").rename(workdir / paths.RAW_DIR / archive)
+        preprocess.run(_params())
+        made.append({f.name: f.read_bytes() for f in sorted(paths.PROCESSED_DIR.iterdir())})
+    assert made[0] == made[1] == made[2]
+    assert _record()[0]["file"].startswith(("ants/", "bees/"))
+
+
 def _record(folder: Path = paths.PROCESSED_DIR) -> list[dict[str, str]]:
     with open(folder / paths.SPLIT_RECORD.name, newline="") as f:
         return list(csv.DictReader(f))
@@ -413,7 +438,7 @@ def test_predict_sees_the_pixels_preprocess_wrote(workdir: Path) -> None:
     preprocess.run(_params(image_size=None))  # imagefolder default: 64 px, JPEG drafts at 1/4
     for row in _record():
         path = workdir / Path(row["file"]).name
-        path.write_bytes(photos[row["file"]])
+        path.write_bytes(photos[f"album/{row['file']}"])  # named below the folder of them all
         images, _ = load_split(row["split"])
         assert np.array_equal(images[int(row["index"])].numpy(), read_image_file(path, 64))
 
@@ -602,7 +627,7 @@ def test_a_copy_in_its_own_class_and_split_is_counted_without_a_warning(
     _noisy_zip(workdir / paths.RAW_DIR / "photos.zip", files)
     preprocess.run(_params(test_fraction=0.5, val_fraction=0.0))
     rows = {r["file"]: r["split"] for r in _record()}
-    assert rows["photos/ants/4.jpg"] == rows["photos/ants/train/again.jpg"]
+    assert rows["ants/4.jpg"] == rows["ants/train/again.jpg"]
     report = json.loads(paths.PREPROCESS_REPORT.read_text())
     assert report["identical_images"] == 1 and len(report["identical"]) == 1
     assert not [w for w in report["warnings"] if "identical" in w]
