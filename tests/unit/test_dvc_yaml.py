@@ -108,8 +108,12 @@ def test_git_ignores_the_cached_outputs_and_keeps_the_rest(tmp_path: Path) -> No
         text=True,
     ).stdout.split()
     for path, cache in cached.items():
-        assert (path in ignored) == cache, (path, "cached" if cache else "uncached")
-        assert (f"{path}/x" in ignored) == cache, (path, "a file inside it")
+        fix = f"add the line /{path}" if cache else "stop ignoring it (DVC leaves it to git)"
+        for name in (path, f"{path}/x"):
+            assert (name in ignored) == cache, (
+                f".gitignore: {path} is a{' cached' if cache else 'n uncached'} output of "
+                f"dvc.yaml: {fix}"
+            )
 
 
 def _declared(stage: dict) -> list[str]:
