@@ -8,6 +8,7 @@ and no command but `serve` imports the HTTP server.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -82,6 +83,9 @@ def _params(args: argparse.Namespace) -> int:
 
     try:
         text = compose_yaml(args.overrides)
+        if lacking := _lacking_in_conf(yaml.safe_load(text), args.overrides):
+            print(f"error: {lacking}", file=sys.stderr)
+            return 2
         parse_params(yaml.safe_load(text), origin="params.yaml as composed", complete=True)
     except Exception as exc:  # Hydra's and the loader's errors both name the bad override
         print(f"error: {_override_error(exc)}", file=sys.stderr)
@@ -94,6 +98,26 @@ def _params(args: argparse.Namespace) -> int:
     write_text(path, text)
     print(f"wrote {path}" + (f"; changed: {', '.join(changed)}" if changed else "; unchanged"))
     return 0
+
+
+def _lacking_in_conf(raw: object, overrides: list[str]) -> str | None:
+    """The error for keys of the code that conf/ gives no value (and no `~key` removed): a key
+    new in the code whose line conf/config.yaml lacks, with the line to add."""
+    from visionpipe.config import lookup, missing_keys
+    from visionpipe.config.params import Params
+
+    removed = {o[1:].split("=", 1)[0] for o in overrides if o.startswith("~")}
+    if not isinstance(raw, dict):
+        return None
+    keys = [k for k in missing_keys(Params, raw) if k not in removed | {"recipe", "about"}]
+    if not keys:
+        return None
+    defaults = Params().model_dump(mode="json")
+    lines = [f"  {k}: {json.dumps(lookup(defaults, k.split('.')))}" for k in keys]
+    return (
+        "conf/ gives no value for keys the code has: add each line to conf/config.yaml, "
+        "in its section, at the code's default:\n" + "\n".join(lines)
+    )
 
 
 def _override_error(exc: Exception) -> str:

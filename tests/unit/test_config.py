@@ -277,6 +277,20 @@ def test_visionpipe_params_names_the_valid_keys_for_a_misspelled_one(
     assert not Path("params.yaml").exists()
 
 
+def test_visionpipe_params_names_the_line_conf_lacks_for_a_key_new_in_the_code(
+    conf_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = conf_copy / "conf" / "config.yaml"
+    conf.write_text(conf.read_text().replace("  topk: 3\n", "", 1))
+    assert main(["params"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: conf/ gives no value for keys the code has: add each line")
+    assert err.splitlines()[1:] == ["  predict.topk: 3"] and "-S ~" not in err
+    assert not Path("params.yaml").exists()
+    assert main(["params", "~predict.topk"]) == 2  # Hydra: nothing there to remove
+    assert "conf/ gives no value" not in capsys.readouterr().err
+
+
 def test_visionpipe_params_where_it_may_not_write_says_so_in_a_line(
     conf_copy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -161,7 +161,7 @@ def lookup(tree: Any, parts: Sequence[str]) -> Any:
     return tree
 
 
-def _missing(schema: type[BaseModel], raw: dict[str, Any], prefix: str = "") -> list[str]:
+def missing_keys(schema: type[BaseModel], raw: dict[str, Any], prefix: str = "") -> list[str]:
     """The dotted keys `schema` declares that `raw` lacks, in the sections `raw` has."""
     keys = []
     for name, field in schema.model_fields.items():
@@ -169,7 +169,7 @@ def _missing(schema: type[BaseModel], raw: dict[str, Any], prefix: str = "") -> 
         if name not in raw:
             keys.append(f"{prefix}{name}")
         elif isinstance(raw[name], dict) and isinstance(sub, type) and issubclass(sub, BaseModel):
-            keys += _missing(sub, raw[name], f"{prefix}{name}.")
+            keys += missing_keys(sub, raw[name], f"{prefix}{name}.")
     return keys
 
 
@@ -178,7 +178,7 @@ def _refuse_missing(schema: type[BaseModel], raw: dict[str, Any], origin: str) -
     # default without a word, not to the recipe's value that params.yaml's label promises.
     # A params.yaml composed before the code gained a key lacks it too: `visionpipe params`
     # writes it anew from conf/.
-    keys = [k for k in _missing(schema, raw) if k not in ("recipe", "about")]
+    keys = [k for k in missing_keys(schema, raw) if k not in ("recipe", "about")]
     if keys:
         lines = [
             f"'{k}' is missing (removed with `-S ~{k}`?): set it, e.g. `-S {k}=VALUE`, or drop "
