@@ -29,7 +29,7 @@ from visionpipe.folder_classes import (
     score,
 )
 from visionpipe.fsutil import DiskFullError, atomic_open, atomic_path, json_pretty, write_json
-from visionpipe.grids import Layout, captioned_grid
+from visionpipe.grids import Layout, Line, captioned_grid
 from visionpipe.images import BadImageError, decode_rgb, read_image_file, to_model_input
 from visionpipe.inputs import collect_inputs
 from visionpipe.names import one_line
@@ -271,7 +271,7 @@ def _write_outputs(
     outputs = (
         ("--json", json_path, lambda dest: write_json(dest, _records(preds, labels))),
         ("--csv", csv_path, lambda dest: write_csv(dest, preds, topk, labels)),
-        ("--grid", grid_path, lambda dest: write_grid(dest, preds)),
+        ("--grid", grid_path, lambda dest: write_grid(dest, preds, labels)),
     )
     for flag, dest, write in outputs:
         if not dest:
@@ -345,26 +345,37 @@ def _csv_rows(f: Any, preds: list[Prediction], topk: int, labels: dict[str, str]
 
 
 def write_grid(
-    dest: Path, preds: list[Prediction], cell: int = 128, cols: int = 5, limit: int = 100
+    dest: Path,
+    preds: list[Prediction],
+    labels: dict[str, str] | None = None,
+    cell: int = 128,
+    cols: int = 5,
+    limit: int = 100,
 ) -> None:
-    """A labelled contact sheet of the predicted images (the first `limit` that decoded)."""
+    """A labelled contact sheet of the predicted images (the first `limit` that decoded). A file
+    in a folder named after a class (`labels`) shows its prediction green when it is that class,
+    red with "(that class)" before its name when not, as evaluate's misclassified grid does."""
     shown = [p for p in preds if p.error is None][:limit]
     # Decoded for the cell size, as predicting decoded them for the model's: a JPEG at reduced
     # scale, so a photo too large to decode whole (200 megapixels) shows as it was predicted.
     images = (decode_rgb(Path(p.file).read_bytes(), p.file, cell) for p in shown)
-    captions = [
-        [
-            (p.top[0]["class"], "black", f" {p.top[0]['probability']:.0%}"),
-            (Path(p.file).name, "gray"),
-        ]
-        for p in shown
-    ]
+    captions = [_grid_caption(p, (labels or {}).get(p.file)) for p in shown]
     sheet = captioned_grid(images, captions, Layout(cell, cols, lines=2, font_size=13))
     buf = io.BytesIO()
     # The format its name says (cli.GRID_SUFFIXES); PNG for any other.
     sheet.save(buf, format=Image.registered_extensions().get(Path(dest).suffix.lower(), "PNG"))
     with atomic_path(dest) as tmp:
         tmp.write_bytes(buf.getvalue())
+
+
+def _grid_caption(p: Prediction, label: str | None) -> list[Line]:
+    name = Path(p.file).name
+    guess, probability = p.top[0]["class"], f" {p.top[0]['probability']:.0%}"
+    if label is None:
+        return [(guess, "black", probability), (name, "gray")]
+    if guess == label:
+        return [(guess, "darkgreen", probability), (name, "gray")]
+    return [(guess, "firebrick", probability), (f"({label}) {name}", "gray")]
 
 
 def format_table(preds: list[Prediction], skipped: set[str] | frozenset[str] = frozenset()) -> str:

@@ -20,6 +20,7 @@ from tests.helpers import DOG_PNG, env, full_disk, run_stage
 from tests.tiny_onnx import write_tiny_onnx
 from visionpipe import fsutil, paths
 from visionpipe.cli import main
+from visionpipe.grids import Layout
 
 
 def _images(folder: Path) -> dict[str, Path]:
@@ -78,6 +79,28 @@ def test_cli_predicts_good_files_and_reports_each_bad_one(
         "file,class_1,probability_1,class_2,probability_2,error,folder_class"
     )
     assert Image.open(grid).size[0] > 0
+
+
+def test_the_grid_of_class_folders_marks_each_prediction_right_or_wrong(
+    exported_model: Path, tmp_path: Path
+) -> None:
+    for cls in ("cat", "dog", "frog"):
+        (tmp_path / "photos").mkdir(exist_ok=True)
+        _images(tmp_path / "photos" / cls)
+    grid, out_json = tmp_path / "grid.png", tmp_path / "p.json"
+    args = ["predict", str(tmp_path / "photos"), "--model", str(exported_model / "model.onnx")]
+    assert main([*args, "--grid", str(grid), "--json", str(out_json)]) == 0
+    preds = json.loads(out_json.read_text())
+    right = [p["top"][0]["class"] == p["folder_class"] for p in preds]
+    assert any(right) and not all(right)  # the tiny model: both kinds to tell apart
+    sheet = np.asarray(Image.open(grid).convert("RGB")).astype(int)
+    layout = Layout(128, 5, lines=2, font_size=13)
+    for n, ok in enumerate(right):
+        x, y = (n % 5) * 128, (n // 5) * layout.row_height + 128
+        first_line = sheet[y : y + layout.line_height, x : x + 128].reshape(-1, 3)
+        green = (np.abs(first_line - (0, 100, 0)).sum(1) < 30).any()
+        red = (np.abs(first_line - (178, 34, 34)).sum(1) < 30).any()
+        assert (green, red) == (ok, not ok), (n, preds[n])
 
 
 def test_a_topk_beyond_the_model_s_classes_gives_no_empty_csv_columns(
