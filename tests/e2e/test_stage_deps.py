@@ -38,6 +38,27 @@ def _photos(folder: Path) -> None:
             Image.fromarray(pixels.astype(np.uint8)).save(folder / cls / f"{i}.png")
 
 
+def _set_conf(repo: Path, section: str, key: str, value: object) -> None:
+    conf = repo / "conf/config.yaml"
+    data = yaml.safe_load(conf.read_text())
+    data[section][key] = value
+    conf.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _add_key(repo: Path, section: str, after: str, field: str, default: object) -> None:
+    """A new key as a contributor adds one: `field` in its section's schema below the line
+    `after`, and its line in conf/config.yaml at `default`."""
+    schema = repo / f"src/visionpipe/config/{section}.py"
+    schema.write_text(schema.read_text().replace(after, f"{after}\n    {field}  # new knob", 1))
+    _set_conf(repo, section, field.split(":")[0], default)
+
+
+def _compose(repo: Path) -> None:
+    # The copy's own code composes and checks it (a queued experiment's code is its copy's).
+    cli = [sys.executable, "-m", "visionpipe.cli", "params"]
+    run(cli, repo, env={**env(), "PYTHONPATH": str(repo / "src")})
+
+
 def _stale(repo: Path, *stages: str) -> set[str]:
     """The stages `dvc status` says would re-run."""
     out = dvc(repo, "status", "--json", *stages).stdout
@@ -64,23 +85,12 @@ def test_adding_a_model_knob_or_recipe_leaves_download_and_preprocess_cached(
     # the code and in conf/, and params.yaml is composed anew, as a user would do it.
     models = repo / "src/visionpipe/models.py"
     models.write_text(models.read_text() + NEW_MODEL)
-    train_cfg = repo / "src/visionpipe/config/train.py"
-    text = train_cfg.read_text().replace(
-        "    channels_last: bool = True",
-        "    grad_clip: float = 0.0  # new knob\n    channels_last: bool = True",
-    )
-    train_cfg.write_text(text)
-    conf = repo / "conf/config.yaml"
-    data = yaml.safe_load(conf.read_text())
-    data["model"]["width"] = 64
-    data["train"]["grad_clip"] = 0.0
-    conf.write_text(yaml.safe_dump(data, sort_keys=False))
+    _add_key(repo, "train", "    channels_last: bool = True", "grad_clip: float = 0.0", 0.0)
+    _set_conf(repo, "model", "width", 64)
     (repo / "conf/recipe/wide.yaml").write_text(
         "# @package _global_\nrecipe: wide\nmodel:\n  name: tutorial_wide\n"
     )
-    # The copy's own code composes and checks it (a queued experiment's code is its copy's).
-    cli = [sys.executable, "-m", "visionpipe.cli", "params"]
-    run(cli, repo, env={**env(), "PYTHONPATH": str(repo / "src")})
+    _compose(repo)
     assert "width: 64" in (repo / "params.yaml").read_text()
 
     assert _stale(repo, "download", "preprocess") == set()
@@ -104,18 +114,8 @@ def test_a_new_predict_key_re_runs_predict_and_never_train(tmp_path: Path) -> No
     assert _stale(repo, "train") == set()
 
     # A contributor's new predict knob: its schema line, its conf/ line, params.yaml composed.
-    predict_cfg = repo / "src/visionpipe/config/predict.py"
-    text = predict_cfg.read_text().replace(
-        "    topk: int = Field(default=3, ge=1)",
-        "    topk: int = Field(default=3, ge=1)\n    batch_size: int = Field(default=32, ge=1)",
-    )
-    predict_cfg.write_text(text)
-    conf = repo / "conf/config.yaml"
-    data = yaml.safe_load(conf.read_text())
-    data["predict"]["batch_size"] = 32
-    conf.write_text(yaml.safe_dump(data, sort_keys=False))
-    cli = [sys.executable, "-m", "visionpipe.cli", "params"]
-    run(cli, repo, env={**env(), "PYTHONPATH": str(repo / "src")})
+    _add_key(repo, "predict", "    topk: int = Field(default=3, ge=1)", "batch_size: int = 32", 32)
+    _compose(repo)
 
     assert _stale(repo, "download", "preprocess", "train") == set()
     assert "predict" in _stale(repo, "predict")  # the positive control
