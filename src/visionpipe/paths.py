@@ -100,13 +100,14 @@ def require(path: str | Path, stage: str) -> Path:
         )
     message = f"{path} not found: {rerun(stage)} first"
     if _pipeline_output(path):
+        # A fresh clone has dvc.lock but none of the outputs: a teammate's DVC remote has them.
         # DVC deletes a stage's outputs before running it, so a failed or stopped run leaves
         # none; the last successful run's are in DVC's cache. --force: the stopped run's
         # partial files (TensorBoard events, plots) would otherwise block the checkout.
         message += (
-            f", or, after a failed or stopped run, 'uv run dvc checkout --force {stage}' to "
-            "restore the last ones dvc.lock records (docs/training.md, 'After a failed or "
-            "stopped run')"
+            f"; in a fresh clone, 'uv run dvc pull {stage}' fetches the ones dvc.lock records"
+            f" from the DVC remote; after a failed or stopped run, 'uv run dvc checkout --force"
+            f" {stage}' restores them (docs/training.md, 'After a failed or stopped run')"
         )
     raise FileNotFoundError(message)
 

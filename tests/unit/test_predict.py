@@ -224,10 +224,12 @@ def test_a_model_a_failed_run_deleted_names_the_checkout_that_restores_it(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     assert main(["predict", "x.png", "--backend", "torch"]) == 2
-    assert "'uv run dvc checkout --force train' to restore" in caplog.text
+    assert "'uv run dvc checkout --force train' restores" in caplog.text
     caplog.clear()
     assert main(["serve"]) == 2
-    assert "'uv run dvc checkout --force export' to restore" in caplog.text
+    assert "'uv run dvc checkout --force export' restores" in caplog.text
+    # A fresh clone: the model is on the team's DVC remote.
+    assert "in a fresh clone, 'uv run dvc pull export' fetches" in caplog.text
     caplog.clear()
     assert main(["predict", "x.png", "--model", str(tmp_path / "mine.onnx")]) == 2
     assert "dvc checkout" not in caplog.text  # not a file DVC records
