@@ -363,7 +363,10 @@ class _Server:
                 last_busy = time.monotonic()
 
     def _accept(self, listener: socket.socket) -> None:
-        conn, _ = listener.accept()
+        try:
+            conn, _ = listener.accept()
+        except ConnectionAbortedError:  # the command went before it was accepted
+            return
         # Only this user's own stages run as this user, and only those that see the files this
         # process sees: the request's folder and script are paths.
         if not _own_kind(conn):
@@ -389,7 +392,10 @@ class _Server:
         """A signal to pass on to the stage, or the command's end (killed): kill the stage."""
         if pid not in self.stages:
             return  # reaped earlier in this round of events
-        data = conn.recv(4)
+        try:
+            data = conn.recv(4)
+        except OSError:  # reset: the command went, data unread; its end all the same
+            data = b""
         if len(data) == 4:
             _signal(pid, struct.unpack("!i", data)[0])
             return

@@ -443,3 +443,30 @@ def test_killing_the_warm_process_kills_its_stages(tmp_path: Path, sig: int) -> 
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 1 and "ended before the stage did" in err
     assert _dead(stage), "the stage outlived the warm process"
+
+
+def test_a_command_s_reset_connection_ends_its_stage_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The loop's one thread serves every stage: an error reading one command's connection
+    # must end that command's stage, not the warm process and every other stage with it.
+    class Reset:
+        def recv(self, n: int) -> bytes:
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+    killed: list[int] = []
+    monkeypatch.setattr(warm, "_kill_tree", killed.append)
+    server = object.__new__(warm._Server)
+    server.stages = {11: Reset(), 12: Reset()}
+    server.sel = type("Sel", (), {"unregister": lambda self, conn: None})()
+    server._from_command(11, server.stages[11])
+    assert killed == [11]
+
+
+def test_a_command_gone_before_it_was_accepted_leaves_the_warm_process_serving() -> None:
+    class Listener:
+        def accept(self) -> None:
+            raise ConnectionAbortedError(103, "Software caused connection abort")
+
+    server = object.__new__(warm._Server)
+    assert server._accept(Listener()) is None  # no error: the loop goes on
