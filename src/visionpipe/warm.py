@@ -251,20 +251,37 @@ def _own_kind(conn: socket.socket) -> bool:
     return uid == os.getuid() and bool(place) and pid > 0 and files_seen_by(pid) == place
 
 
+def log_path(key: str) -> Path:
+    """Where the warm process of `key` writes its own errors: this user's cache folder, which
+    no other user can plant a link in; removed when it exits having written nothing."""
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "visionpipe" / f"warm-{key}.log"
+
+
 def _start_server(key: str) -> subprocess.Popen:
     env = dict(os.environ)
     # The warm process runs from / (a queued experiment's folder is deleted after it), so it
     # finds this module through an absolute path.
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
-    return subprocess.Popen(
-        [sys.executable, "-m", "visionpipe.warm", "--serve", key],
-        cwd="/",
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    log = log_path(key)
+    try:
+        log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        out: int | io.BufferedWriter = open(log, "ab")  # noqa: SIM115 (closed below)
+    except OSError:  # a read-only home (a sandbox): its errors go nowhere, as they must
+        out = subprocess.DEVNULL
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "visionpipe.warm", "--serve", key],
+            cwd="/",
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    finally:
+        if out is not subprocess.DEVNULL:
+            out.close()
 
 
 def run_there(conn: socket.socket, argv: list[str], env: dict[str, str]) -> int:
@@ -280,7 +297,12 @@ def run_there(conn: socket.socket, argv: list[str], env: dict[str, str]) -> int:
         signal.signal(sig, forward)
     reply = conn.makefile("rb").readline()
     if not reply.startswith(b"exit "):
-        print("visionpipe.warm: the warm process ended before the stage did", file=sys.stderr)
+        print(
+            "visionpipe.warm: the warm process ended before the stage did: killed (by the"
+            " kernel's out-of-memory killer, or another process), or failed, saying why in"
+            f" {log_path(server_key(env))}",
+            file=sys.stderr,
+        )
         return 1
     return int(reply.split()[1])
 
@@ -308,6 +330,10 @@ def serve(key: str) -> None:
     finally:  # a stage must not outlive the process that reports its end
         for pid in server.stages:
             _kill_tree(pid)
+    # Idle, and done: a log it wrote nothing to goes (an error's traceback stays in it).
+    with contextlib.suppress(OSError):
+        if log_path(key).stat().st_size == 0:
+            log_path(key).unlink()
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:
