@@ -323,14 +323,19 @@ def serve(key: str) -> None:
     # kills the stages: they would train on, unseen by DVC, which was told they failed.
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _exit_on_signal)
+    idle = idle_seconds(dict(os.environ))  # a bad setting fails before seconds of imports
     preload()
-    server = _Server(listener, base_path, idle_seconds(dict(os.environ)))
+    server = _Server(listener, base_path, idle)
     try:
         server.loop()
     finally:  # a stage must not outlive the process that reports its end
         for pid in server.stages:
             _kill_tree(pid)
-    # Idle, and done: a log it wrote nothing to goes (an error's traceback stays in it).
+    forget_empty_log(key)
+
+
+def forget_empty_log(key: str) -> None:
+    """At an idle exit: a log the warm process wrote nothing to goes (errors stay in it)."""
     with contextlib.suppress(OSError):
         if log_path(key).stat().st_size == 0:
             log_path(key).unlink()
