@@ -83,10 +83,11 @@ def _params(args: argparse.Namespace) -> int:
 
     try:
         text = compose_yaml(args.overrides)
-        if lacking := _lacking_in_conf(yaml.safe_load(text), args.overrides):
+        raw = yaml.safe_load(text)
+        if lacking := _lacking_in_conf(raw, args.overrides):
             print(f"error: {lacking}", file=sys.stderr)
             return 2
-        parse_params(yaml.safe_load(text), origin="params.yaml as composed", complete=True)
+        parse_params(raw, origin="params.yaml as composed", complete=True)
     except Exception as exc:  # Hydra's and the loader's errors both name the bad override
         print(f"error: {_override_error(exc)}", file=sys.stderr)
         if type(exc).__name__ == "OverrideParseException":  # Hydra's grammar, not the value
@@ -94,7 +95,7 @@ def _params(args: argparse.Namespace) -> int:
         return 2
     path = DEFAULT_PARAMS
     old = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    changed = diff_keys(old, yaml.safe_load(text))
+    changed = diff_keys(old, raw)
     write_text(path, text)
     print(f"wrote {path}" + (f"; changed: {', '.join(changed)}" if changed else "; unchanged"))
     return 0
@@ -106,9 +107,9 @@ def _lacking_in_conf(raw: object, overrides: list[str]) -> str | None:
     from visionpipe.config import lookup, missing_keys
     from visionpipe.config.params import Params
 
-    removed = {o[1:].split("=", 1)[0] for o in overrides if o.startswith("~")}
     if not isinstance(raw, dict):
-        return None
+        return None  # parse_params says what is wrong with it
+    removed = {o[1:].split("=", 1)[0] for o in overrides if o.startswith("~")}
     keys = [k for k in missing_keys(Params, raw) if k not in removed | {"recipe", "about"}]
     if not keys:
         return None

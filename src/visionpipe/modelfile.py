@@ -36,9 +36,8 @@ class ModelInfo:
     mean: list[float]  # the train split's per-channel mean and std on the [0, 1] scale (a
     std: list[float]  # channel that never varies: 1, as models.Normalize divides by)
     classes: list[str]
-    params: dict[
-        str, Any
-    ]  # the recipe and the params that shaped the model (TrainingParams.run_dict)
+    # The recipe and the params that shaped the model (TrainingParams.run_dict).
+    params: dict[str, Any]
     visionpipe_version: str
     torch_version: str
 

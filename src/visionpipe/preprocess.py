@@ -308,7 +308,7 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
             items = plan.items[done : done + len(chunk.images)]
             done += len(chunk.images)
             failed = dict(chunk.failed)
-            bad += _route(items, chunk.images, failed, writers, (record, cut), plan.classes)
+            bad += _route(items, chunk.images, failed, writers, record, plan.classes, cut)
             bad_classes += [plan.classes[items[row].label] for row in failed]
             failed_rows += [done - len(items) + row for row in failed]
             digests += chunk.digests
@@ -356,12 +356,12 @@ def _route(
     images: np.ndarray,
     failed: dict[int, str],
     writers: dict[str, SplitWriter],
-    record_cut: tuple[Any, int],
+    record: Any,
     classes: Sequence[str],
+    cut: int,
 ) -> list[dict[str, str]]:
-    """Append one decoded chunk to its splits' writers and the record (a csv writer, and how
-    many leading characters of each name it leaves out); returns its failures."""
-    record, cut = record_cut
+    """Append one decoded chunk to its splits' writers and the record (its names without their
+    first `cut` characters); returns its failures."""
     ok = np.ones(len(items), dtype=bool)
     ok[list(failed)] = False
     split_codes = np.array([SPLITS.index(item.split) for item in items])
