@@ -219,14 +219,26 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_serve, parser=s)
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def _origin(value: str) -> str:
-    """An --allow-origin value: what browsers send as Origin, or '*'."""
-    parts = urllib.parse.urlsplit(value)
-    # A browser's Origin has no path, not even "/": "http://localhost:3000/" would never match.
-    if value == "*" or (
-        parts.scheme in ("http", "https") and value == f"{parts.scheme}://{parts.netloc}"
-    ):
+    """An --allow-origin value as browsers send it as Origin (scheme and host in lower case, IDN
+    hosts in punycode, no default port), or '*'."""
+    if value == "*":
         return value
+    parts = urllib.parse.urlsplit(value)
+    scheme, host = parts.scheme.lower(), parts.hostname or ""
+    try:
+        port = parts.port
+        host = host.encode("idna").decode("ascii")
+    except (ValueError, UnicodeError):  # a port above 65535, a host IDNA cannot spell
+        host = ""
+    # A browser's Origin has no path, not even "/": "http://localhost:3000/" would never match.
+    whole = value.lower() == f"{scheme}://{parts.netloc}".lower()
+    if scheme in DEFAULT_PORTS and host and whole and parts.username is None:
+        host = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{host}" + ("" if port in (None, DEFAULT_PORTS[scheme]) else f":{port}")
     raise argparse.ArgumentTypeError(
         f"{value!r} is not an origin: give scheme://host[:port] with no path or trailing "
         "slash, as the browser's address bar shows the page's site (http://localhost:3000), "

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import ContentEncodingError
 from aiohttp.web_urldispatcher import _default_expect_handler
 
 from visionpipe import paths
@@ -58,6 +59,7 @@ INLINE_DECODE_PIXELS = 256 * 256
 SHUTDOWN_S = 5.0
 GRACE_S = 1.0
 MAX_IMAGES = 256  # per request: decoding many tiny images must not hold a worker for long
+BINARY = "application/octet-stream"  # a body or form part of bytes of no declared kind
 ENDPOINTS = "GET /, GET /health, GET /model, POST /predict"
 RESTART = "restart the server (its log says why it stopped)"
 HOW_TO_POST = (
@@ -92,14 +94,15 @@ class ServeConfig:
 class ApiError(Exception):
     """A request the service refuses: `status` and a message naming the problem."""
 
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
+    def __init__(self, status: int, message: str, close: bool = False, **extra: Any) -> None:
         super().__init__(message)
         self.status, self.message, self.extra = status, message, extra
+        self.close = close or status == 408  # the rest of a stalled body may never come
 
     def response(self) -> web.Response:
         response = web.json_response({"error": self.message, **self.extra}, status=self.status)
-        if self.status == 408:
-            response.force_close()  # the rest of a stalled body may never come
+        if self.close:
+            response.force_close()
         return response
 
 
@@ -148,16 +151,24 @@ def _file_name(sent: str) -> str:
 
 
 def _text(part: BodyPartReader, data: bytes) -> str | None:
-    """A form's plain field's value (`curl -F name=abc`, a page's hidden input): no file name, and
-    text or no Content-Type. None for an upload: a part without a file name that declares another
-    type (aiohttp's FormData of bytes), or declares none and holds binary bytes, a NUL among the
-    first 8000 as git tells binary files (requests' `files={"file": (None, data)}`)."""
-    kind = part.headers.get("Content-Type")
-    if part.filename is not None or not (kind or "text/").startswith("text/"):
+    """A form's plain field's value (`curl -F name=abc`, a page's hidden input, a JSON part that
+    Spring or axios clients send beside the file): no file name, and text. None for an upload: a
+    file name, an image or octet-stream type (aiohttp's FormData of bytes), or bytes that are not
+    text: a NUL among the first 8000, as git tells binary files (requests' `files={"file": (None,
+    data)}`), or for a declared type other than text/*, bytes that are not UTF-8."""
+    kind = (part.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    if part.filename is not None or kind.startswith("image/") or kind == BINARY:
         return None
-    if kind is None and b"\0" in data[:8000]:
+    if kind.startswith("text/"):
+        return data.decode(errors="replace")
+    if b"\0" in data[:8000]:
         return None
-    return data.decode(errors="replace")
+    if kind:  # application/json and the like: text where it is UTF-8
+        try:
+            return data.decode()
+        except UnicodeDecodeError:
+            return None
+    return data.decode(errors="replace")  # no type: a page's field in a legacy charset is text
 
 
 @dataclass
@@ -216,10 +227,24 @@ def check_head(request: web.Request, limit: int) -> None:
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(request.content_length, limit)
     kind = request.content_type  # aiohttp's default without the header: application/octet-stream
-    if kind != "multipart/form-data" and not (
-        kind.startswith("image/") or kind == "application/octet-stream"
-    ):
+    if kind != "multipart/form-data" and not (kind.startswith("image/") or kind == BINARY):
         raise ApiError(415, f"unsupported Content-Type {kind!r}; {HOW_TO_POST}")
+
+
+def _unreadable(request: web.Request, exc: web.RequestPayloadError) -> ApiError:
+    """The 400 for a body aiohttp cannot read: not the Content-Encoding it claims, or cut short
+    against its length or chunking."""
+    cause = exc.__cause__ or exc
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if isinstance(cause, ContentEncodingError) and encoding:
+        return ApiError(
+            400,
+            f"the request body is not valid {encoding} data, as its Content-Encoding header "
+            "says; send the bytes as they are, without the header, or compress them whole",
+            close=True,
+        )
+    detail = getattr(cause, "message", None) or str(cause)
+    return ApiError(400, f"the request body could not be read: {detail}", close=True)
 
 
 async def read_uploads(request: web.Request, limit: int, timeout: float) -> Form:
@@ -232,6 +257,11 @@ async def read_uploads(request: web.Request, limit: int, timeout: float) -> Form
         data = await _read_body(request, limit, timeout)
     except ConnectionError:  # the client hung up mid-upload; the answer reaches nobody
         raise ApiError(400, "the upload ended early: the client closed the connection") from None
+    except web.RequestPayloadError as exc:  # aiohttp could not read the body it was sent
+        # Its parser has given up on the connection; aiohttp would read on to close it gently and
+        # log the same error as unhandled.
+        request.content.feed_eof()
+        raise _unreadable(request, exc) from None
     if not data:
         raise ApiError(400, f"empty request body; {HOW_TO_POST}")
     return Form([Upload(request.query.get("name", "body"), data)])
@@ -389,6 +419,8 @@ class Service:
             self.refused += 1
             response = exc.response()
             response.force_close()  # the body the client was about to send is never read
+            # aiohttp answers an Expect before the middlewares run: the CORS header is set here.
+            let_read(response, request, self.config.allow_origins)
             return response
         return await _default_expect_handler(request)
 
@@ -481,12 +513,19 @@ def cors(origins: tuple[str, ...]) -> Any:
             response.headers["Access-Control-Max-Age"] = "600"
         else:
             response = await handler(request)
-        if allowed:
-            response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
-            response.headers["Vary"] = "Origin"  # the answer's headers depend on the page asking
+        let_read(response, request, origins)
         return response
 
     return middleware
+
+
+def let_read(response: web.StreamResponse, request: web.Request, origins: tuple[str, ...]) -> None:
+    """Let the page that sent `request` read `response`, where its origin is among `origins`."""
+    origin = request.headers.get("Origin")
+    if origin is None or not ("*" in origins or origin in origins):
+        return
+    response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
+    response.headers["Vary"] = "Origin"  # the answer's headers depend on the page asking
 
 
 def make_app(service: Service) -> web.Application:

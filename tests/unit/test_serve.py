@@ -5,6 +5,7 @@ JSON error while it stays up."""
 from __future__ import annotations
 
 import concurrent.futures
+import gzip
 import hashlib
 import io
 import json
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from PIL import Image
 from tests.helpers import DOG_PNG, ROOT, env
 from tests.serving import Served, post_files, post_image, request, serve
 from tests.tiny_onnx import CLASSES, write_tiny_onnx
-from visionpipe.cli import main
+from visionpipe.cli import _origin, main
 
 UPLOAD_LIMIT_MB = 1  # the test server's --max-upload-mb
 WAIT_MS = 20  # the test server's --batch-wait-ms: concurrent requests surely meet in one call
@@ -282,6 +284,23 @@ def test_a_form_names_each_bad_file_and_predicts_nothing(server: Served) -> None
     assert status == 400 and "holds no files" in got["error"], got
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_body_that_is_not_its_content_encoding_gets_a_400(server: Served, encoding: str) -> None:
+    jpeg = _jpeg()
+    packed = gzip.compress(jpeg) if encoding == "gzip" else zlib.compress(jpeg)
+    headers = {"Content-Type": "image/jpeg", "Content-Encoding": encoding}
+    status, got = request(f"{server.url}/predict", packed, headers)
+    assert status == 200, got
+    plain = request(f"{server.url}/predict", jpeg, {"Content-Type": "image/jpeg"})[1]
+    assert got["predictions"][0]["top"] == plain["predictions"][0]["top"]
+    for body, kind in [(jpeg, "image/jpeg"), _form([("dog.jpg", jpeg)])]:
+        before = request(f"{server.url}/health")[1]["refused"]
+        status, got = request(f"{server.url}/predict", body, {**headers, "Content-Type": kind})
+        assert status == 400, got
+        assert f"the request body is not valid {encoding} data" in got["error"], got
+        assert request(f"{server.url}/health")[1]["refused"] == before + 1
+
+
 def _field(boundary: str, disposition: str, data: bytes, content_type: str | None = None) -> bytes:
     head = f"--{boundary}\r\nContent-Disposition: form-data; {disposition}\r\n"
     head += f"Content-Type: {content_type}\r\n" if content_type else ""
@@ -299,6 +318,8 @@ def test_a_form_s_text_fields_are_not_images(server: Served) -> None:
                 _field(b, 'name="file"; filename="dog.jpg"', _jpeg(), "image/jpeg"),
                 _field(b, 'name="note"', "été".encode(), "text/plain; charset=utf-8"),
                 _field(b, 'name="raw"', _jpeg(), "application/octet-stream"),
+                # Spring's @RequestPart and axios send a JSON part beside the file.
+                _field(b, 'name="meta"', b'{"user": 1}', "application/json"),
             ]
         )
         + f"--{b}--\r\n".encode()
@@ -458,7 +479,8 @@ PREFLIGHT = {  # what a browser asks before fetch() POSTs an image/jpeg body
 
 
 def test_pages_of_allowed_origins_can_call_it_from_a_browser(model: Path, tmp_path: Path) -> None:
-    with serve(model, tmp_path / "server.log", "--allow-origin", PAGE) as served:
+    # The option as typed, in capitals: browsers send the origin in lower case.
+    with serve(model, tmp_path / "server.log", "--allow-origin", "HTTP://LocalHost:3000") as served:
         status, cors, _ = _cors(f"{served.url}/predict", "OPTIONS", PREFLIGHT)
         assert status == 204, cors
         assert cors["Access-Control-Allow-Origin"] == PAGE
@@ -472,6 +494,16 @@ def test_pages_of_allowed_origins_can_call_it_from_a_browser(model: Path, tmp_pa
         headers["Content-Type"] = "text/plain"
         status, cors, got = _cors(f"{served.url}/predict", "POST", headers, b"x")
         assert status == 415 and cors["Access-Control-Allow-Origin"] == PAGE, got
+        # A refusal of an Expect: 100-continue head, answered before the body is sent.
+        host, port = served.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(
+                f"POST /predict HTTP/1.1\r\nHost: {host}\r\nOrigin: {PAGE}\r\n"
+                "Content-Type: text/plain\r\nContent-Length: 9\r\n"
+                "Expect: 100-continue\r\n\r\n".encode()
+            )
+            status, expect_headers, got = _read_answer(sock)
+        assert status == 415 and expect_headers["Access-Control-Allow-Origin"] == PAGE, got
         other = {**PREFLIGHT, "Origin": "http://elsewhere.example"}
         status, cors, got = _cors(f"{served.url}/predict", "OPTIONS", other)
         assert status == 403 and "Access-Control-Allow-Origin" not in cors, cors
@@ -494,7 +526,14 @@ def test_other_origins_are_told_the_option(server: Served, model: Path) -> None:
     asked = {"Access-Control-Request-Method": "POST"}
     status, cors, got = _cors(f"{server.url}/predict", "OPTIONS", asked)
     assert status == 405 and "OPTIONS is not allowed on /predict" in got["error"], got
-    for bad in ("http://localhost:3000/", "localhost:3000", "http://a.example/app"):
+    for typed, sent in [
+        ("https://Example.com:443", "https://example.com"),
+        ("http://localhost:80", "http://localhost"),
+        ("http://bücher.example:8080", "http://xn--bcher-kva.example:8080"),
+        ("http://[::1]:3000", "http://[::1]:3000"),
+    ]:
+        assert _origin(typed) == sent
+    for bad in ("http://localhost:3000/", "localhost:3000", "http://a.example/app", "http://a:1e6"):
         with pytest.raises(SystemExit) as exit_:
             main(["serve", "--model", str(model), "--allow-origin", bad])
         assert exit_.value.code == 2
