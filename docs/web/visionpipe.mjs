@@ -37,8 +37,9 @@ export function modelMetadata(bytes) {
 // A photo as visionpipe predict sees it (src/visionpipe/images.py, resize_center_crop).
 // The shorter side resized to `size` with Pillow's BILINEAR (a triangle filter widened by the
 // downscale factor, 22-bit fixed-point weights, rounded to 8 bits after each pass, horizontal
-// first), then the centre square: the same bytes as predict for the same decoded pixels (beyond
-// images.MAX_CROP_RATIO, where predict resizes only the centre square, within a level).
+// first, as images.bilinear fixes it), then the centre square: the same bytes as predict for the
+// same decoded pixels (beyond images.MAX_CROP_RATIO, where predict resizes only the centre square,
+// within a level).
 
 function pyRound(x) { // Python's round(): halves go to the even integer
   const r = Math.round(x);

@@ -417,8 +417,22 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
         # The same crop in source coordinates: only size x size pixels are computed.
         box = (left * w / nw, top * h / nh, (left + size) * w / nw, (top + size) * h / nh)
         return img.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=None)
-    img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
-    return img.crop((left, top, left + size, top + size))
+    return bilinear(img, (nw, nh)).crop((left, top, left + size, top + size))
+
+
+def bilinear(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Pillow's BILINEAR resize to `size`, its horizontal pass always first.
+
+    A resize is two passes, each rounded to 8 bits, so their order changes the bytes; Pillow
+    chooses it itself (13.0 runs some tall images vertical pass first). One resize call per
+    axis fixes it, for the same work, so that the bytes stay the same across Pillow versions and
+    ports of this resize (docs/web/visionpipe.mjs) can match them exactly.
+    """
+    if size[0] != img.width:
+        img = img.resize((size[0], img.height), Image.Resampling.BILINEAR, reducing_gap=None)
+    if size[1] != img.height:
+        img = img.resize(size, Image.Resampling.BILINEAR, reducing_gap=None)
+    return img
 
 
 def _hwc(img: Image.Image) -> np.ndarray:

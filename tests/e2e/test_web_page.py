@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import re
 import shutil
@@ -28,6 +29,7 @@ from torch import nn
 from tests.browser import CHROMIUM, DevTools, start_chromium
 from tests.helpers import ROOT, http_server, model_info, run
 from visionpipe.export import export_onnx
+from visionpipe.images import load_array
 from visionpipe.models import build_model
 from visionpipe.onnxrt import INPUT_NAME, open_session
 
@@ -178,3 +180,37 @@ def test_the_node_snippet_names_the_class_onnxruntime_gives(tmp_path: Path, mode
     grey = np.full((1, 3, SIZE, SIZE), 0.5, np.float32)
     logits = open_session(model).run(None, {INPUT_NAME: grey})[0]
     assert shown == CLASSES[int(logits.argmax())], shown
+
+
+# Node prints the levels (0-255) of modelInput's output for each decoded image of cases.json.
+MODEL_INPUT_LEVELS = """import { readFileSync } from 'node:fs';
+import { modelInput } from './visionpipe.mjs';
+const size = Number(process.argv[2]);
+const cases = JSON.parse(readFileSync('cases.json', 'utf8'));
+console.log(JSON.stringify(cases.map(({ file, width, height }) => Array.from(
+  modelInput(new Uint8ClampedArray(readFileSync(file)), width, height, size),
+  (v) => Math.round(v * 255)))));
+"""
+
+
+def test_model_input_gives_predict_s_bytes_for_every_shape(tmp_path: Path) -> None:
+    # Noise, where any other filter, rounding or pass order shows: wide, up-scaled, as it is, and
+    # tall images (which Pillow alone would resize columns first).
+    rng = np.random.default_rng(0)
+    cases, want = [], []
+    shapes = [(75, 45), (21, 27), (SIZE, SIZE), (65, 200), (117, 253), (40, 164)]
+    for i, (w, h) in enumerate(shapes):
+        rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        opaque = np.full((h, w, 1), 255, np.uint8)
+        (tmp_path / f"{i}.rgba").write_bytes(np.concatenate([rgb, opaque], 2).tobytes())
+        cases.append({"file": f"{i}.rgba", "width": w, "height": h})
+        png = io.BytesIO()
+        Image.fromarray(rgb).save(png, "PNG")
+        want.append(load_array(png.getvalue(), "photo.png", SIZE).ravel().tolist())
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    (tmp_path / "levels.mjs").write_text(MODEL_INPUT_LEVELS)
+    shutil.copy(PAGE.parent / "visionpipe.mjs", tmp_path / "visionpipe.mjs")
+    assert NODE is not None
+    got = json.loads(run([NODE, "levels.mjs", str(SIZE)], tmp_path).stdout)
+    for case, levels, expected in zip(cases, got, want, strict=True):
+        assert levels == expected, case

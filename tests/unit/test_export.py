@@ -189,9 +189,11 @@ def test_the_documented_pillow_loader_gives_predict_s_pixels(
     sideways.save("side.jpg", exif=exif, quality=90)
     # Over twice 32 px on its shorter side: predict decodes it at half scale.
     Image.open(DOG_PNG).convert("RGB").resize((300, 200)).save("big.jpg", quality=90)
+    # A tall one, which Pillow would resize columns first: the snippet fixes the order as predict.
+    Image.open(DOG_PNG).convert("RGB").resize((65, 200)).save("tall.png")
     namespace: dict = {"size": 32}
     exec(_deploy_snippet("def load("), namespace)
-    for name in ("dog.png", "side.jpg", "big.jpg"):
+    for name in ("dog.png", "side.jpg", "big.jpg", "tall.png"):
         want = load_array(Path(name).read_bytes(), name, 32).astype(np.float32) / np.float32(255)
         np.testing.assert_array_equal(namespace["load"](name, 32), want, err_msg=name)
     assert namespace["images"].shape == (1, 3, 32, 32)
