@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from tests.helpers import Baseline, copy_project, dvc, env, git, run, set_params
@@ -126,23 +125,16 @@ def test_two_machines_each_run_dvc_repro_and_write_the_same_lock(
     baseline: Baseline, tmp_path: Path
 ) -> None:
     # Two clones as two machines would have them, one launch.node_rank each, rendezvous on
-    # 127.0.0.1; fp32 so the result can be held to a one-process run's within 1e-5. The clones
-    # hold the baseline's data, and train, evaluate, export and predict run anew on its params.
-    train = {"amp": False, "momentum": 0.9}
-    single = copy_project(baseline.repo, tmp_path / "single")
-    set_params(single, {"train": train})
+    # 127.0.0.1. The clones hold the baseline's data, and train, evaluate, export and predict run
+    # anew on its params. (That two nodes train as one process does, and resume after a kill, is
+    # test_distributed's.)
     port = _free_port()
     nodes = []
     for rank in (0, 1):
         node = copy_project(baseline.repo, tmp_path / f"node{rank}")
         launch = {"nnodes": 2, "node_rank": rank, "master_port": port}
-        set_params(node, {"train": train, "launch": launch})
+        set_params(node, {"train": {"momentum": 0.9}, "launch": launch})
         nodes.append(node)
-    # A rank alone on its machine takes every core (visionpipe.distributed), and fp32 convolutions
-    # round differently on another thread count (5e-5 apart after these steps): so does the run
-    # it is held to.
-    every_core = env(threads=os.cpu_count() or 1)
-    assert "Running stage 'train'" in dvc(single, "repro", env=every_core).stdout
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "dvc", "repro"],
@@ -163,13 +155,6 @@ def test_two_machines_each_run_dvc_repro_and_write_the_same_lock(
     locks = [yaml.safe_load((n / "dvc.lock").read_text())["stages"]["train"] for n in nodes]
     assert locks[0]["params"] == locks[1]["params"] and locks[0]["deps"] == locks[1]["deps"]
     assert json.loads((nodes[0] / paths.TRAIN_TIMINGS).read_text())["processes"] == 2
-    a = torch.load(single / paths.MODEL, weights_only=True)["state_dict"]
-    b = torch.load(nodes[0] / paths.MODEL, weights_only=True)["state_dict"]
-    # Two half-batch gradients averaged round otherwise than one batch's gradient: under 1e-5
-    # apart on an Intel Xeon, up to 5.2e-5 on an AMD EPYC (2 cores each). Gradients summed, not
-    # averaged (the same run at twice the lr) end 1.8e-3 to 3e-2 apart.
-    for key in a:
-        assert torch.allclose(a[key], b[key], atol=2e-4, rtol=0), key
 
 
 def test_the_running_epoch_shows_in_exp_show(baselined_repo: Path) -> None:
