@@ -2,9 +2,11 @@
 
 A checkpoint is a dict of state_dicts and plain values, written atomically by global rank 0 and
 read back with weights_only=True. It is resumed only by a run of the same params, data, code and
-starting weights (its `fingerprint`). Once train has written its outputs the checkpoint is
-removed (`discard`), so `dvc repro -f` really retrains; one of a finished run that was stopped
-before its outputs were written is resumed with no epoch left, and only writes them.
+starting weights (its `fingerprint`). A finished run's checkpoint stays (`keep_finished`) until
+DVC has recorded the run's outputs in dvc.lock: stopped while DVC hashes and caches them (seconds
+for a large model), or while train writes them, the run is resumed with no epoch left, and only
+writes them again. Once dvc.lock holds its model, the next train run removes it (`discard`), so
+`dvc repro -f` really retrains.
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ from torch import nn
 from visionpipe import distributed, paths
 from visionpipe.config.training import TrainingParams
 from visionpipe.determinism import rng_state, set_rng_state
-from visionpipe.fsutil import remove_stale_temps, save_torch
+from visionpipe.fsutil import remove_stale_temps, save_torch, write_json
 from visionpipe.progress import Progress
 from visionpipe.tracking import History
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = paths.CHECKPOINT_DIR / "last.pt"
+# Beside the checkpoint of a run that wrote its outputs: its fingerprint and its model's md5, as
+# dvc.lock records it once DVC has taken the outputs.
+FINISHED = paths.CHECKPOINT_DIR / "finished.json"
 
 
 @dataclass
@@ -84,7 +89,15 @@ def fingerprint(params: TrainingParams) -> str:
     return h.hexdigest()
 
 
+# In a training process: whether the checkpoint on disk is this run's to resume (None elsewhere,
+# in the stage that only launches the ranks).
+_resumable: bool | None = None
+
+
 def save(fp: str, progress: Progress, t: Trainee) -> None:
+    global _resumable
+    _resumable = True
+    FINISHED.unlink(missing_ok=True)  # the checkpoint is a running run's again
     state = {
         "fingerprint": fp,
         "epoch": progress.epoch,
@@ -108,8 +121,10 @@ def resume_point(fp: str, ddp: distributed.Dist) -> Checkpoint | None:
     Only global rank 0 writes checkpoints, so only it reads one, and broadcasts what it read:
     on several machines the other nodes have no checkpoint of their own.
     """
+    global _resumable
     state = _read(fp) if ddp.is_main else None
     state = distributed.broadcast_object(state, ddp)
+    _resumable = state is not None
     if state is None:
         return None
     history = History(state["history"]["epochs"], state["history"]["steps"])
@@ -124,6 +139,10 @@ def _read(fp: str) -> dict[str, Any] | None:
     # A save killed outright (SIGKILL, the OOM killer) left its temporary file: a model's size
     # and more (optimizer state), in a folder no DVC command cleans.
     remove_stale_temps(CHECKPOINT)
+    finished = _finished()
+    if finished is not None and (finished.get("fingerprint") != fp or _recorded(finished)):
+        discard()  # a run DVC has taken the outputs of, or one of other params: nothing to resume
+        return None
     if not CHECKPOINT.is_file():
         return None
     try:
@@ -143,8 +162,43 @@ def _read(fp: str) -> dict[str, Any] | None:
 
 
 def discard() -> None:
-    """Remove the checkpoint once the run's outputs are written: a finished run is not resumed."""
+    """Remove the checkpoint: a finished run whose outputs DVC has recorded is not resumed."""
     CHECKPOINT.unlink(missing_ok=True)
+    FINISHED.unlink(missing_ok=True)
+
+
+def keep_finished(fp: str) -> None:
+    """Mark the checkpoint as a finished run's, once train has written its outputs: kept until
+    dvc.lock records this model, so that a stop before DVC has taken the outputs loses no
+    training."""
+    with open(paths.MODEL, "rb") as f:
+        md5 = hashlib.file_digest(f, "md5").hexdigest()
+    write_json(FINISHED, {"fingerprint": fp, "model_md5": md5})
+
+
+def _finished() -> dict[str, Any] | None:
+    try:
+        found = json.loads(FINISHED.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _recorded(finished: dict[str, Any]) -> bool:
+    """Whether dvc.lock's train stage holds the finished run's model (the md5 DVC computes)."""
+    import yaml
+
+    try:
+        stages = yaml.safe_load(paths.DVC_LOCK.read_text(encoding="utf-8"))["stages"]
+        outs = stages["train"]["outs"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return False
+    return any(
+        isinstance(out, dict)
+        and out.get("path") == paths.MODEL.as_posix()
+        and out.get("md5") == finished.get("model_md5")
+        for out in outs
+    )
 
 
 def _fitting_lookahead(
@@ -209,11 +263,29 @@ def after_a_stop() -> str:
             "starts over (a plain `dvc exp run` trains in the project, where a stopped run "
             "resumes from its last complete epoch)"
         )
-    if not CHECKPOINT.is_file():  # stopped in its first epoch, or the save itself failed
-        return f"no epoch's checkpoint is in {paths.CHECKPOINT_DIR}/, so the next run starts over"
+    # Stopped in its first epoch, or the save itself failed; a checkpoint there may be another
+    # run's (other params), which this one would not have resumed either.
+    if not CHECKPOINT.is_file() or _resumable is False:
+        return (
+            f"no epoch of this run is checkpointed in {paths.CHECKPOINT_DIR}/, so the next run "
+            "starts over"
+        )
     if os.environ.get("DVC_EXP_NAME"):
         return (
             "the same `uv run dvc exp run` command again, with the same -S values, resumes this "
             "experiment from the last complete epoch (other -S values, or none, start over)"
         )
     return "the next `uv run dvc repro` resumes from the last complete epoch"
+
+
+def resume_after_clash() -> str:
+    """How to resume a run stopped because another run rewrote params.yaml under it."""
+    if os.environ.get("DVC_EXP_NAME"):
+        return (
+            "the same `dvc exp run` command, with the same -S values, resumes from it once the "
+            "other run is done"
+        )
+    return (
+        "once the other run is done, put this run's params back (`git checkout params.yaml`, or "
+        "`uv run visionpipe params` with its values) and `uv run dvc repro` resumes from it"
+    )

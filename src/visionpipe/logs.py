@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import hashlib
 import io
 import logging
 import os
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import NoReturn
 
 from visionpipe import fsutil, paths, warm
@@ -177,6 +179,10 @@ class ParamsChangedError(RuntimeError):
     """params.yaml changed while a stage ran: its outputs are of the params before."""
 
 
+class CodeChangedError(RuntimeError):
+    """A code file of the stage changed while it ran: its outputs are of the code before."""
+
+
 _params_at_start: bytes | None = None  # params.yaml as the running stage found it
 
 
@@ -187,16 +193,41 @@ def _read_params() -> bytes | None:
         return None  # the stage's own loader says what is wrong with it
 
 
+def _code_digests() -> dict[Path, str]:
+    """The running DVC stage's code deps (dvc.yaml), each by the hash of its bytes."""
+    stage = os.environ.get("DVC_STAGE")
+    if not stage:
+        return {}
+    return {f: hashlib.sha256(f.read_bytes()).hexdigest() for f in paths.code_deps(stage)}
+
+
 def _run_watching_params(main: Callable[[], int | None]) -> int | None:
-    """main(), failed if params.yaml changes meanwhile (`refuse_changed_params`)."""
+    """main(), failed if params.yaml (`refuse_changed_params`) or the stage's code changes
+    meanwhile."""
     global _params_at_start
     _params_at_start = _read_params()
+    code_at_start = _code_digests()
     try:
         code = main()
         refuse_changed_params()
+        _refuse_changed_code(code_at_start)
         return code
     finally:
         _params_at_start = None  # a test's next stage in this process reads its own
+
+
+def _refuse_changed_code(at_start: dict[Path, str]) -> None:
+    """Fail a stage whose code was edited while it ran: DVC hashes its deps at the stage's end,
+    and would record the edited code as what made these outputs, so that `dvc repro` after the
+    edit runs nothing."""
+    now = _code_digests()
+    changed = [str(f) for f, digest in at_start.items() if now.get(f) != digest]
+    if changed:
+        raise CodeChangedError(
+            f"{', '.join(changed)} changed while this stage ran: the stage stops rather than have"
+            " DVC record its outputs as made by the edited code; run it again (`dvc repro`) to"
+            " make them with the code as it is now"
+        )
 
 
 def params_changed(settle: float = 5.0) -> bool:

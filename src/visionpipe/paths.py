@@ -21,6 +21,7 @@ SAMPLES_DIR = Path("data/samples")  # preprocess: one test image per class, as P
 PREPROCESS_REPORT = Path("metrics/preprocess.json")  # counts, skipped images and why
 
 MODEL = Path("models/model.pt")  # train: state_dict + plain metadata
+DVC_LOCK = Path("dvc.lock")  # what DVC recorded of each stage
 CHECKPOINT_DIR = Path("checkpoints")  # train: resume state; no DVC output (git-ignored)
 TB_DIR = Path("logs/tensorboard")  # train: TensorBoard event files (hold wall-clock times)
 LIVE_TRAIN = Path("dvclive/train")  # train: DVCLive's metrics.json and plots/, per epoch
@@ -184,7 +185,8 @@ def refuse_git_tracked_outputs(dvc_file: Path = Path("dvc.yaml")) -> None:
         )
 
 
-def _cached_outputs(dvc_file: Path) -> list[str]:
+def _stages(dvc_file: Path) -> dict[str, Any]:
+    """dvc.yaml's stages; {} where there is none (a stage script run by hand elsewhere)."""
     import yaml  # the pipeline's own dependency: a predict-only install never runs a stage
 
     try:
@@ -193,10 +195,21 @@ def _cached_outputs(dvc_file: Path) -> list[str]:
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         stages = yaml.load(dvc_file.read_text(encoding="utf-8"), Loader=loader)["stages"]
     except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return []  # no DVC project here (a stage script run by hand in another folder)
+        return {}
+    return stages if isinstance(stages, dict) else {}
+
+
+def code_deps(stage: str, dvc_file: Path = Path("dvc.yaml")) -> list[Path]:
+    """The code files (under src/ or stages/) that dvc.yaml lists as `stage`'s deps."""
+    deps = (_stages(dvc_file).get(stage) or {}).get("deps") or []
+    files = [Path(d) for d in deps if isinstance(d, str)]
+    return [f for f in files if f.parts[:1] in (("src",), ("stages",)) and f.is_file()]
+
+
+def _cached_outputs(dvc_file: Path) -> list[str]:
     entries: list[Any] = [
         entry
-        for stage in stages.values()
+        for stage in _stages(dvc_file).values()
         for kind in ("outs", "metrics", "plots")
         for entry in stage.get(kind) or []
     ]

@@ -230,10 +230,8 @@ def _run(params: TrainingParams, ddp: distributed.Dist, device: torch.device) ->
         if distributed.broadcast_object(ddp.is_main and logs.params_changed(), ddp):
             # Another run rewrote params.yaml: stop now, not after the last epoch, and keep the
             # checkpoint, which the same command resumes once the other run is done.
-            logs.refuse_changed_params(
-                f"; the checkpoint after epoch {epoch + 1} is kept: the same command resumes"
-                " from it once the other run is done"
-            )
+            then = checkpoints.resume_after_clash()
+            logs.refuse_changed_params(f"; the checkpoint after epoch {epoch + 1} is kept: {then}")
         if stopped:
             if ddp.writes_outputs:  # all ranks stop together; one line per machine says why
                 log_why_stopped(record, cfg.patience, cfg.lr)
@@ -242,7 +240,7 @@ def _run(params: TrainingParams, ddp: distributed.Dist, device: torch.device) ->
     metrics = finish(params, loop, splits, seconds, start)
     tracker.close(diverged=metrics["diverged"])
     if ddp.is_main:
-        checkpoints.discard()
+        checkpoints.keep_finished(fp)
     return metrics
 
 

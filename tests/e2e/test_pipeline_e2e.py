@@ -196,17 +196,13 @@ def test_sigkilled_training_resumes_on_next_repro(baselined_repo: Path) -> None:
 def test_a_run_stopped_after_its_last_epoch_writes_every_output_on_the_next_repro(
     baselined_repo: Path,
 ) -> None:
-    # Stopped after its last epoch's checkpoint, while writing its outputs: the next `dvc repro`
-    # trains nothing, and must still write every output dvc.yaml declares, the misclassified
-    # grid (drawn after each epoch) among them. The stop is made exact: the stage run once
-    # keeping its checkpoint, as a run killed before discarding it does.
+    # Stopped after its last epoch's checkpoint, while writing its outputs, or after the stage,
+    # while DVC hashes and caches them: the next `dvc repro` trains nothing, and must still
+    # write every output dvc.yaml declares, the misclassified grid (drawn after each epoch)
+    # among them. The stop is made exact: the stage run by hand, which DVC never records.
     repo = baselined_repo
     set_params(repo, {"train": {"epochs": 3}})  # params the run cache has no entry for
-    keep = (
-        "import runpy, visionpipe.checkpoints as c; c.discard = lambda: None; "
-        "runpy.run_path('stages/train.py', run_name='__main__')"
-    )
-    run([sys.executable, "-c", keep], repo, env={**env(), "PYTHONPATH": "src"})
+    run([sys.executable, "stages/train.py"], repo, env={**env(), "PYTHONPATH": "src"})
     assert (repo / "checkpoints/last.pt").exists()
     grid = repo / paths.LIVE_TRAIN / "plots/images" / paths.LIVE_MISCLASSIFIED_NAME
     drawn = grid.read_bytes()
@@ -217,6 +213,10 @@ def test_a_run_stopped_after_its_last_epoch_writes_every_output_on_the_next_repr
     assert "after epoch 3 of 3" in said and "epoch 1/3" not in said, said[-3000:]
     assert grid.read_bytes() == drawn, "the grid is the last epoch's"
     assert "up to date" in dvc(repo, "status").stdout
+    # dvc.lock holds the run now: forced, it trains anew.
+    forced = dvc(repo, "repro", "-f", "-s", "train")
+    said = forced.stdout + forced.stderr
+    assert "epoch 1/3" in said and "resuming" not in said, said[-3000:]
 
 
 def test_the_model_a_refused_experiment_deleted_comes_back_as_predict_says(

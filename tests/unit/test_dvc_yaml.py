@@ -74,7 +74,7 @@ def test_every_declared_code_dep_exists(stage: str) -> None:
 # DVC leaves undeclared files alone (a declared one would have to be persistent, which keeps the
 # run cache from the stage), and git ignores it.
 UNDECLARED = {"CHECKPOINT_DIR"}
-INPUTS = {"PARAMS"}  # paths a stage reads and never writes
+INPUTS = {"PARAMS", "DVC_LOCK"}  # paths a stage reads and never writes
 
 
 def test_undeclared_outputs_are_git_ignored() -> None:

@@ -101,6 +101,36 @@ def test_a_stage_whose_params_change_while_it_runs_fails(
     assert stop.value.code == 0 and not caplog.text
 
 
+def test_a_stage_whose_code_is_edited_while_it_runs_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # DVC hashes a stage's deps when it ends: a fix saved during a long run would be recorded as
+    # the code that made its outputs, and the `dvc repro` after it would run nothing.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_STAGE", "train")
+    Path("dvc.yaml").write_text(
+        "stages:\n  train:\n    cmd: python stages/train.py\n    deps:\n      - data/processed\n"
+        "      - stages/train.py\n      - src/visionpipe/optim.py\n    outs:\n      - models\n"
+    )
+    for name in ("stages/train.py", "src/visionpipe/optim.py", "data/processed/x.bin"):
+        Path(name).parent.mkdir(parents=True, exist_ok=True)
+        Path(name).write_text("lr = 0.01\n")
+
+    def fixed_meanwhile() -> None:
+        Path("src/visionpipe/optim.py").write_text("lr = 0.02\n")
+        Path("data/processed/x.bin").write_text("other data: DVC's own to notice\n")
+
+    with pytest.raises(SystemExit) as stop:
+        logs.run_stage(fixed_meanwhile)
+    assert stop.value.code == 1
+    assert "src/visionpipe/optim.py changed while this stage ran" in caplog.text, caplog.text
+    assert "stages/train.py" not in caplog.text and "(`dvc repro`)" in caplog.text
+    caplog.clear()
+    with pytest.raises(SystemExit) as stop:
+        logs.run_stage(lambda: Path("stages/train.py").write_text("lr = 0.01\n") and None)
+    assert stop.value.code == 0 and not caplog.text
+
+
 def test_params_rewritten_for_a_moment_and_put_back_are_no_change(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 
 from tests.datasets import FAST_MODEL, FAST_TRAIN, kill_at_validation, tiny_params
 from tests.helpers import DOG_PNG
@@ -153,11 +155,36 @@ def test_params_changed_by_another_run_stop_training_after_the_epoch_keeping_its
     monkeypatch.setattr(logs, "_params_at_start", b"train:\n  lr: 0.08\n")
     with pytest.raises(logs.ParamsChangedError) as err:
         train.run(tiny_params(epochs=3))
-    assert "the checkpoint after epoch 1 is kept: the same command resumes" in str(err.value)
+    assert "the checkpoint after epoch 1 is kept: once the other run is done, put this run's" in (
+        str(err.value)
+    )
     assert checkpoints.CHECKPOINT.is_file() and not paths.MODEL.exists()
     monkeypatch.setattr(logs, "_params_at_start", None)  # the same command, once alone
     train.run(tiny_params(epochs=3))
-    assert paths.MODEL.is_file() and not checkpoints.CHECKPOINT.exists()
+    assert paths.MODEL.is_file() and checkpoints.FINISHED.is_file()
+
+
+def test_a_finished_run_is_kept_until_dvc_lock_records_its_model(
+    processed: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Stopped while DVC hashes and caches the outputs (seconds for a large model), the run is
+    # not recorded: the next one writes its outputs again from the checkpoint, training nothing.
+    # Once dvc.lock holds its model, the next run (`dvc repro -f`) trains anew.
+    train.run(tiny_params(epochs=2))
+    model = paths.MODEL.read_bytes()
+    paths.MODEL.unlink()  # DVC removes a stage's outputs before it runs the stage
+    with caplog.at_level("INFO"):
+        train.run(tiny_params(epochs=2))
+    assert "after epoch 2 of 2" in caplog.text and "epoch 1/2" not in caplog.text
+    assert paths.MODEL.read_bytes() == model
+    md5 = hashlib.md5(model).hexdigest()
+    lock = {"stages": {"train": {"outs": [{"path": "models/model.pt", "hash": "md5", "md5": md5}]}}}
+    paths.DVC_LOCK.write_text(yaml.safe_dump(lock))
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        train.run(tiny_params(epochs=2))
+    assert "resuming" not in caplog.text and "epoch 1/2" in caplog.text, caplog.text
+    assert paths.MODEL.read_bytes() == model  # trained anew, to the same weights
 
 
 def test_a_stop_says_what_resumes_it_where_it_ran(
@@ -167,11 +194,15 @@ def test_a_stop_says_what_resumes_it_where_it_ran(
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     # Stopped in its first epoch, or its first save failed (a full disk): nothing resumes.
     assert checkpoints.after_a_stop() == (
-        "no epoch's checkpoint is in checkpoints/, so the next run starts over"
+        "no epoch of this run is checkpointed in checkpoints/, so the next run starts over"
     )
     checkpoints.CHECKPOINT.parent.mkdir()
     checkpoints.CHECKPOINT.write_bytes(b"an epoch")
     assert "`uv run dvc repro` resumes" in checkpoints.after_a_stop()
+    # Another run's checkpoint (other params), which this run started without: it starts over.
+    monkeypatch.setattr(checkpoints, "_resumable", False)
+    assert "no epoch of this run is checkpointed" in checkpoints.after_a_stop()
+    monkeypatch.setattr(checkpoints, "_resumable", True)
     # `dvc exp run` in the project: `dvc repro` would resume it, but as no experiment.
     monkeypatch.setenv("DVC_EXP_NAME", "atrip-coof")
     assert "same `uv run dvc exp run` command again" in checkpoints.after_a_stop()
@@ -199,7 +230,8 @@ def test_interrupted_run_resumes_to_the_same_weights(
     train.run(params)
     uninterrupted = _weights()
     paths.MODEL.unlink()
-    assert not checkpoints.CHECKPOINT.exists(), "a run that wrote its outputs keeps no checkpoint"
+    assert checkpoints.FINISHED.is_file(), "kept until dvc.lock records the run's model"
+    checkpoints.discard()  # as the next run does once dvc.lock holds it
 
     real_eval = train.evaluate_split
     kill_at_validation(monkeypatch, 3)  # the power fails during epoch 3's validation
@@ -223,6 +255,7 @@ def test_a_run_stopped_while_writing_its_outputs_only_writes_them_again(
     params = tiny_params(epochs=6, lr=10.0 if patience else 0.05, patience=patience)
     ended = train.run(params)
     uninterrupted = _weights()
+    checkpoints.discard()  # as the next run does once dvc.lock holds the model
     real_finish = train.finish
 
     def dying_finish(*args, **kwargs):
@@ -243,7 +276,7 @@ def test_a_run_stopped_while_writing_its_outputs_only_writes_them_again(
     resumed = _weights()
     for k in uninterrupted:
         torch.testing.assert_close(resumed[k], uninterrupted[k], rtol=0, atol=0, equal_nan=True)
-    assert not checkpoints.CHECKPOINT.exists()
+    assert checkpoints.FINISHED.is_file()
 
 
 def test_timings_keep_the_steps_apart_from_validation(processed: Path) -> None:
