@@ -26,7 +26,7 @@ from torch import nn
 from visionpipe import distributed, paths
 from visionpipe.config.training import TrainingParams
 from visionpipe.determinism import rng_state, set_rng_state
-from visionpipe.fsutil import remove_stale_temps, save_torch, write_json
+from visionpipe.fsutil import remove_stale_temps, save_torch, size_text, write_json
 from visionpipe.progress import Progress
 from visionpipe.tracking import History
 
@@ -142,23 +142,53 @@ def _read(fp: str) -> dict[str, Any] | None:
     finished = _finished()
     if finished is not None and (finished.get("fingerprint") != fp or _recorded(finished)):
         discard()  # a run DVC has taken the outputs of, or one of other params: nothing to resume
-        return None
-    if not CHECKPOINT.is_file():
+    state = _load(CHECKPOINT)
+    if state is not None and state.get("fingerprint") != fp:
+        _set_aside(state)
+        state = None
+    if state is None and _aside(fp).is_file():  # this run's, set aside by a run of others
+        os.replace(_aside(fp), CHECKPOINT)
+        log.info("resuming the checkpoint set aside as %s", _aside(fp))
+        state = _load(CHECKPOINT)
+    # The fingerprint hashes this package's code: a checkpoint that matches was written by
+    # this very code, in this layout.
+    return state if state is not None and state.get("fingerprint") == fp else None
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
         return None
     try:
-        state = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a corrupt or foreign file: start fresh, but say so
         # The type too: an empty file's EOFError and a text file's pickle error say nothing alone.
         log.warning(
-            "unreadable checkpoint %s (%s: %s): starting fresh", CHECKPOINT, type(exc).__name__, exc
+            "unreadable checkpoint %s (%s: %s): starting fresh", path, type(exc).__name__, exc
         )
         return None
-    # The fingerprint hashes this package's code: a checkpoint that matches was written by
-    # this very code, in this layout.
-    if state.get("fingerprint") != fp:
-        log.info("checkpoint %s is from other params, data or code: starting fresh", CHECKPOINT)
-        return None
-    return state
+
+
+def _aside(fp: str) -> Path:
+    """Where a stopped run's checkpoint waits while runs of other params train."""
+    return paths.CHECKPOINT_DIR / f"{fp[:12]}.pt"
+
+
+def _set_aside(state: dict[str, Any]) -> None:
+    """Keep a stopped run of other params, data or code: this run would overwrite it with its
+    first epoch, and the other run's command, run again, would start over."""
+    theirs = str(state.get("fingerprint") or "")
+    if not theirs:
+        return
+    os.replace(CHECKPOINT, _aside(theirs))
+    log.warning(
+        "%s is another run's (other params, data or code), stopped after epoch %s: set aside as "
+        "%s (%s), which that run resumes from when run again; delete it if that run is not "
+        "wanted",
+        CHECKPOINT,
+        state.get("epoch", "?"),
+        _aside(theirs),
+        size_text(_aside(theirs).stat().st_size),
+    )
 
 
 def discard() -> None:

@@ -248,6 +248,37 @@ def test_interrupted_run_resumes_to_the_same_weights(
     assert [line.split(",")[0] for line in epochs[1:]] == ["1", "2", "3"]
 
 
+def test_a_stopped_run_waits_aside_while_a_run_of_other_params_trains(
+    processed: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Stopped, then another experiment in the workspace: the stopped run's command, run again,
+    # still resumes from its last epoch.
+    stopped, other = tiny_params(epochs=3), tiny_params(epochs=2, lr=0.05)
+    train.run(stopped)
+    uninterrupted = _weights()
+    checkpoints.discard()  # as the next run does once dvc.lock holds the model
+    real_eval = train.evaluate_split
+    kill_at_validation(monkeypatch, 3)  # stopped in epoch 3: its checkpoint is epoch 2's
+    with pytest.raises(KeyboardInterrupt):
+        train.run(stopped)
+    monkeypatch.setattr(train, "evaluate_split", real_eval)
+    with caplog.at_level("INFO"):
+        train.run(other)
+    assert "another run's (other params, data or code), stopped after epoch 2: set aside" in (
+        caplog.text
+    )
+    assert "epoch 1/2" in caplog.text  # the other run trained from its start
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        train.run(stopped)
+    assert "resuming the checkpoint set aside" in caplog.text
+    timings = json.loads((processed / paths.TRAIN_TIMINGS).read_text())
+    assert timings["resumed_from_epoch"] == 2
+    resumed = _weights()
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+    assert sorted(p.name for p in paths.CHECKPOINT_DIR.iterdir()) == ["finished.json", "last.pt"]
+
+
 @pytest.mark.parametrize("patience", [0, 1], ids=["all epochs", "stopped: diverged"])
 def test_a_run_stopped_while_writing_its_outputs_only_writes_them_again(
     processed: Path, monkeypatch: pytest.MonkeyPatch, patience: int
