@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,15 @@ def pytest_configure(config: pytest.Config) -> None:
     # tests start, which get OMP_NUM_THREADS=1 from tests.helpers.env).
     if os.environ.get("PYTEST_XDIST_WORKER"):
         torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_handler() -> Iterator[None]:
+    # A stage stopped in this process (logs.run_stage under test) ignores later Ctrl-Cs, as it
+    # is exiting; the next test gets Python's handler back.
+    handler = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, handler)
 
 
 @pytest.fixture

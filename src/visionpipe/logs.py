@@ -264,6 +264,8 @@ def stop_text(exc: KeyboardInterrupt) -> tuple[str, int]:
 
 
 def _exit_interrupted(exc: KeyboardInterrupt, then: str) -> NoReturn:
+    # Stopping: a second Ctrl-C would only interrupt torch's exit handlers, with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     text, code = stop_text(exc)
     # torchrun passes a stop on to every rank of the machine: its local rank 0 says it once.
     if os.environ.get("LOCAL_RANK", "0") == "0":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -168,3 +169,26 @@ def test_a_non_ascii_name_under_an_ascii_locale_says_which_setting_to_change(
     )
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
     assert "run with LANG=C.UTF-8" in run.stderr
+
+
+def test_a_second_ctrl_c_while_the_stage_exits_adds_no_traceback(tmp_path: Path) -> None:
+    # torch's exit handlers run after the stop message; a Ctrl-C pressed twice lands in them.
+    script = (
+        "import atexit, time\n"
+        "from visionpipe import logs\n"
+        "atexit.register(lambda: (print('exiting', flush=True), time.sleep(3)))\n"
+        "def main():\n"
+        "    raise KeyboardInterrupt\n"
+        "logs.run_stage(main)\n"
+    )
+    e = {**env(), "PYTHONPATH": str(SRC)}
+    e.pop("VISIONPIPE_DEBUG", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=tmp_path, env=e, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline() == "exiting\n"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted (Ctrl-C)" in err and "Traceback" not in err, err
