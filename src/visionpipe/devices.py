@@ -34,6 +34,11 @@ def pick_device(choice: str = "auto") -> torch.device:
     `auto` never picks a GPU this torch build has no kernels for, or whose driver it cannot use:
     it trains on the CPU and logs a warning naming what to install instead.
     """
+    if choice not in ("auto", "cuda", "mps", "cpu"):  # a notebook's "cuda:0" or "gpu"
+        raise DeviceError(
+            f"launch.device {choice!r} is none of 'auto', 'cuda', 'mps' and 'cpu' (to train on"
+            " one GPU of several, choose it with CUDA_VISIBLE_DEVICES=1 and 'cuda')"
+        )
     if choice in ("auto", "cuda"):
         problem = cuda_problem()
         if problem is None:

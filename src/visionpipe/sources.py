@@ -155,16 +155,15 @@ def _fetch_official(
         result = _try_mirror(where, official.filename, dest, expect, checks, base_dir, net)
         if result is not None:
             return result
+    # Ways that hold for every experiment first: each `dvc exp run` composes params.yaml from
+    # conf/ anew (a -S data.source lasts one run), and a recipe such as `hymenoptera` sets
+    # data.source itself, so a data.source in conf/config.yaml would not reach it.
     hint = (
-        f"The official {dataset} archive could not be downloaded (no network?). Use a local copy:"
-        f" set data.source to it, e.g. `uv run dvc exp run -S data.source=/abs/path/"
-        f"{official.filename}`, or set DATA_MIRROR to a folder holding {official.filename}."
-        # A `-S data.source=...` lasts one run: the next `dvc exp run` composes conf/ anew, and
-        # lands here again without it.
-        " To keep it for every experiment (each `dvc exp run` composes params.yaml from conf/"
-        " anew, so an earlier -S data.source is gone): name the file in conf/config.yaml"
-        f" (data.source: {official.filename}) and this machine's folder of it in the git-ignored"
-        " conf/local/machine.yaml (launch: {data_root: /abs/folder}), as README.md shows."
+        f"The official {dataset} archive could not be downloaded (no network?). Use a local copy"
+        f" under its own name, {official.filename}: name the folder holding it in the git-ignored"
+        " conf/local/machine.yaml (launch: {data_root: /abs/folder}), as README.md shows, or in"
+        " DATA_MIRROR, and every experiment finds it there; or, for one run, `uv run dvc exp run"
+        f" -S data.source=/abs/path/{official.filename}`."
     )
     return _download(official.url, dest, expect, checks, net, hint)
 

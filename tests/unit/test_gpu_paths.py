@@ -269,6 +269,10 @@ def test_auto_picks_a_supported_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     _gpu_machine(monkeypatch, (8, 9))  # an L4: sm_86 code runs on 8.9
     assert devices.pick_device("auto") == CUDA
     assert devices.pick_device("cuda") == CUDA
+    # The tutorial's torch.device("cuda:0"), typed in a notebook: not the CPU without a word.
+    for other in ("cuda:0", "gpu"):
+        with pytest.raises(DeviceError, match=rf"launch.device '{other}' is none of 'auto'"):
+            devices.pick_device(other)
 
 
 def test_auto_falls_back_to_cpu_on_a_gpu_the_wheel_has_no_kernels_for(
