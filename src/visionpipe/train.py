@@ -212,7 +212,8 @@ def _run(params: TrainingParams, ddp: distributed.Dist, device: torch.device) ->
         log.info("resuming from %s after epoch %d of %d", checkpoints.CHECKPOINT, start, last)
     if ddp.writes_outputs:
         warn_if_no_step_logs(cfg, loop.batches.steps_per_epoch)
-    tracker = Tracker(ddp.writes_outputs, loop.progress.history, params.hparams())
+    hparams = params.hparams(splits.meta["image_size"])
+    tracker = Tracker(ddp.writes_outputs, loop.progress.history, hparams)
     distributed.barrier(ddp)  # no rank may overwrite the checkpoint before all have read it
     tracker.start(model, splits.train_x, splits.train_y, epoch=start)
     if start and start == last and ddp.writes_outputs:

@@ -21,6 +21,7 @@ from tests.helpers import ROOT
 from visionpipe import paths, train
 from visionpipe.config.params import Params, parse_params
 from visionpipe.models import build_model
+from visionpipe.split_tensors import read_meta
 from visionpipe.tracking import (
     History,
     Tracker,
@@ -141,6 +142,9 @@ def test_tensorboard_s_hparams_tab_has_the_run_s_params_and_final_val_figures(
     assert hparams["train.lr"] == 0.02 and hparams["train.epochs"] == 2
     assert hparams["train.augment.flip"] == "true" and hparams["model.name"] == "tutorial_cnn"
     assert hparams["data.sha256"] == "null" and hparams["recipe"] == "tutorial"
+    # A null preprocess.image_size shows as the size preprocess made, a number as the others.
+    assert tiny_params().preprocess.image_size is None
+    assert hparams["preprocess.image_size"] == read_meta()["image_size"]
     summary = json.loads((processed / paths.LIVE_TRAIN / "metrics.json").read_text())
     assert summary["val_acc"] == round(summary["val_acc"], 6)  # not float32's 17 digits
 
@@ -155,7 +159,7 @@ def test_tensorboard_s_hparams_tab_opens_on_the_params_runs_differ_in(tmp_path: 
 
     for name, lr in (("lr-high", 0.1), ("lr-low", 0.01)):
         writer = SummaryWriter(str(tmp_path / "compare" / name))
-        run = parse_params({"train": {"lr": lr}}).hparams()
+        run = parse_params({"train": {"lr": lr}}).hparams(32)
         log_hparams(writer, run)
         writer.add_scalar("val_accuracy", lr * 5, 1)
         writer.close()
@@ -170,9 +174,9 @@ def test_hparams_name_where_the_data_came_from_and_model_pt_does_not() -> None:
     # A sweep over data.source differs in it alone: TensorBoard's table must show it, while
     # model.pt (run_dict) leaves it out, as train declares no data.source.
     params = parse_params({"data": {"dataset": "imagefolder", "source": "/home/me/photos"}})
-    assert params.hparams()["data"]["source"] == "/home/me/photos"
+    assert params.hparams(32)["data"]["source"] == "/home/me/photos"
     assert "source" not in params.run_dict()["data"]
-    assert params.hparams()["train"] == params.run_dict()["train"]
+    assert params.hparams(32)["train"] == params.run_dict()["train"]
 
 
 def _tensorboard_hparams_experiment(logdir: Path) -> dict[str, Any]:

@@ -80,12 +80,14 @@ class TrainingParams(Section):
         changing them does not re-run train, so model.pt would keep their old values."""
         return {"recipe": self.recipe, **self.training_dict()}
 
-    def hparams(self) -> dict[str, Any]:
+    def hparams(self, image_size: int) -> dict[str, Any]:
         """`run_dict` and where the data came from: TensorBoard's HParams table of a sweep over
-        data.source tells its runs apart by it."""
+        data.source tells its runs apart by it. `image_size`: the size preprocess made, which
+        the table shows in place of a null preprocess.image_size (the dataset's default)."""
         run = self.run_dict()
         location = {k: getattr(self.data, k) for k in DATA_LOCATION}
-        return {**run, "data": {**run["data"], **location}}
+        preprocess = {**run["preprocess"], "image_size": image_size}
+        return {**run, "data": {**run["data"], **location}, "preprocess": preprocess}
 
 
 def load_training_params(path: Path | str = config.DEFAULT_PARAMS) -> TrainingParams:
