@@ -331,11 +331,12 @@ def serve(key: str) -> None:
     finally:  # a stage must not outlive the process that reports its end
         for pid in server.stages:
             _kill_tree(pid)
-    forget_empty_log(key)
+        forget_empty_log(key)
 
 
 def forget_empty_log(key: str) -> None:
-    """At an idle exit: a log the warm process wrote nothing to goes (errors stay in it)."""
+    """At an idle exit, or one on SIGTERM or SIGHUP: a log the warm process wrote nothing to
+    goes (errors stay in it)."""
     with contextlib.suppress(OSError):
         if log_path(key).stat().st_size == 0:
             log_path(key).unlink()

@@ -438,11 +438,16 @@ def test_killing_the_warm_process_kills_its_stages(tmp_path: Path, sig: int) -> 
 
     # A warm process of its own (another key): the one the other tests share may be running
     # their stages in another xdist worker.
-    proc, stage = _started(tmp_path, "time.sleep(120)", _env(VISIONPIPE_WARM_IDLE="32"))
-    os.kill(psutil.Process(stage).ppid(), sig)
+    cache = tmp_path / "cache"
+    warm_env = _env(VISIONPIPE_WARM_IDLE="32", XDG_CACHE_HOME=str(cache))
+    proc, stage = _started(tmp_path, "time.sleep(120)", warm_env)
+    server = psutil.Process(stage).ppid()
+    os.kill(server, sig)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 1 and "ended before the stage did" in err
     assert _dead(stage), "the stage outlived the warm process"
+    if sig == signal.SIGTERM:  # (SIGKILL leaves it no time to tidy up)
+        assert _dead(server) and not list(cache.glob("visionpipe/*.log")), "an empty log stays"
 
 
 def test_a_command_s_reset_connection_ends_its_stage_only(
