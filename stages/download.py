@@ -3,14 +3,17 @@
 import os
 from pathlib import Path
 
-from visionpipe import config, logs, paths, sources
-from visionpipe.config.compose import warn_other_machine
-from visionpipe.config.data import DataConfig
-from visionpipe.config.launch import LaunchConfig
-from visionpipe.fsutil import write_json
+from visionpipe import logs
 
 
 def main() -> None:
+    # Imported here, inside run_stage: a Ctrl-C while they load is its one line, not a traceback.
+    from visionpipe import config, paths, sources
+    from visionpipe.config.compose import warn_other_machine
+    from visionpipe.config.data import DataConfig
+    from visionpipe.config.launch import LaunchConfig
+    from visionpipe.fsutil import write_json
+
     data = config.load_section("data", DataConfig)
     warn_other_machine()
     # Where this machine keeps its data is a launch setting, read here but not declared in

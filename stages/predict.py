@@ -1,10 +1,13 @@
 """Stage predict: classify the per-class samples (and predict.inputs) with the ONNX model."""
 
-from visionpipe import config, logs, paths, predict
-from visionpipe.config.predict import PredictConfig
+from visionpipe import logs
 
 
 def main() -> int:
+    # Imported here, inside run_stage: a Ctrl-C while they load is its one line, not a traceback.
+    from visionpipe import config, paths, predict
+    from visionpipe.config.predict import PredictConfig
+
     cfg = config.load_section("predict", PredictConfig)
     return predict.predict_command(
         cfg.inputs,

@@ -1,10 +1,13 @@
 """Stage preprocess: decode every image once into uint8 tensors per split (train/val/test)."""
 
-from visionpipe import config, logs, preprocess
-from visionpipe.config.data import DataParams
+from visionpipe import logs
 
 
 def main() -> None:
+    # Imported here, inside run_stage: a Ctrl-C while they load is its one line, not a traceback.
+    from visionpipe import config, preprocess
+    from visionpipe.config.data import DataParams
+
     preprocess.run(config.load(DataParams))
 
 

@@ -192,3 +192,20 @@ def test_a_second_ctrl_c_while_the_stage_exits_adds_no_traceback(tmp_path: Path)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "interrupted (Ctrl-C)" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("stage", ["download", "preprocess", "predict"])
+def test_a_ctrl_c_while_a_stage_s_libraries_load_is_one_line(tmp_path: Path, stage: str) -> None:
+    # The stages DVC starts without the warm process import their libraries inside run_stage;
+    # the Ctrl-C is made exact by a library whose import is interrupted.
+    shim = tmp_path / "shim" / "pydantic"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise KeyboardInterrupt\n")
+    e = {**env(), "PYTHONPATH": f"{shim.parent}:{SRC}"}
+    e.pop("VISIONPIPE_DEBUG", None)
+    script = SRC.parent / "stages" / f"{stage}.py"
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=e, capture_output=True, text=True
+    )
+    assert done.returncode == 130, done.stderr
+    assert "interrupted (Ctrl-C)" in done.stderr and "Traceback" not in done.stderr, done.stderr
