@@ -22,10 +22,21 @@ STAGES = PIPELINE["stages"]
 LIVE_CURVES = [f.metadata["live"] for f in fields(EpochRecord) if "live" in f.metadata]
 IMAGES = f"{paths.LIVE_TRAIN}/plots/images"
 
+# The script's modules, and those its main() imports when it runs (a stage may import inside
+# main, so that a Ctrl-C while they load is its one line).
 LOADED = """
-import importlib.util, json, sys
+import ast, importlib, importlib.util, json, sys
 spec = importlib.util.spec_from_file_location("stage", sys.argv[1])
 spec.loader.exec_module(importlib.util.module_from_spec(spec))
+for node in ast.walk(ast.parse(open(sys.argv[1]).read())):
+    if isinstance(node, ast.Import):
+        for alias in node.names:
+            importlib.import_module(alias.name)
+    elif isinstance(node, ast.ImportFrom):
+        module = importlib.import_module(node.module)
+        for alias in node.names:
+            if not hasattr(module, alias.name):
+                importlib.import_module(node.module + "." + alias.name)
 print(json.dumps(sorted(m.__file__ for n, m in sys.modules.items()
                         if n.split(".")[0] == "visionpipe" and getattr(m, "__file__", None))))
 """
