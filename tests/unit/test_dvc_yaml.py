@@ -4,6 +4,7 @@ path the library writes is a declared output."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from dataclasses import fields
@@ -200,3 +201,49 @@ def test_every_curve_and_chart_is_a_titled_plot() -> None:
     assert not untitled, f"plots without a title: {untitled}"
     for name in LIVE_CURVES:
         assert f"{paths.LIVE_TRAIN}/plots/metrics/{name}.tsv" in charts, name
+
+
+def _readme_stage_table() -> dict[str, tuple[list[str], list[str]]]:
+    """README.md's stage table: stage -> (the backticked items it reads, those it writes)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `(\w+)` \| (.*) \| (.*) \|$", text, re.M)
+    return {stage: (_items(reads), _items(writes)) for stage, reads, writes in rows}
+
+
+def _items(cell: str) -> list[str]:
+    """The backticked names of a cell, `{a,b}` spelled out, a folder's trailing / dropped."""
+    items = []
+    for item in re.findall(r"`([^`]+)`", cell):
+        brace = re.fullmatch(r"(.*)\{(.*)\}(.*)", item)
+        alts = [brace[1] + alt + brace[3] for alt in brace[2].split(",")] if brace else [item]
+        items += [alt.rstrip("/") for alt in alts]
+    return items
+
+
+def _covers(a: PurePosixPath, b: PurePosixPath) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def test_the_readme_s_stage_table_says_what_dvc_yaml_declares() -> None:
+    table = _readme_stage_table()
+    assert list(table) == list(STAGES)
+    for stage, (reads, writes) in table.items():
+        declared = [PurePosixPath(o) for o in _declared(STAGES[stage])]
+        written = [PurePosixPath(w) for w in writes if "/" in w]
+        for w in written:
+            assert any(_covers(w, o) for o in declared), f"README: {stage} writes {w}?"
+        for o in declared:
+            assert any(_covers(w, o) for w in written), f"README: {stage}'s {o} is missing"
+        deps = [PurePosixPath(d) for d in _entries(STAGES[stage]["deps"])]
+        for r in (r for r in reads if "/" in r):
+            assert any(_covers(PurePosixPath(r), d) for d in deps), f"README: {stage} reads {r}?"
+        params = _entries(STAGES[stage].get("params", []))
+        named = [r.removesuffix(".*") for r in reads if re.fullmatch(r"[a-z_]+(\.[a-z_*]+)+", r)]
+        for n in named:
+            assert any(p == n or p.startswith(f"{n}.") or n.startswith(f"{p}.") for p in params), (
+                f"README: {stage} reads {n}, not among its params {params}"
+            )
+        for p in params:
+            assert any(p == n or p.startswith(f"{n}.") for n in named), (
+                f"README: {stage}'s param {p} is missing"
+            )
