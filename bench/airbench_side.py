@@ -41,10 +41,10 @@ from typing import Any
 from benchlib import (
     DEFAULT_CIFAR_ZIP,
     REPO_ROOT,
+    announce_machine,
     busy_note,
-    machine_info,
-    machine_line,
     publish,
+    section_head,
 )
 from fast_train import preprocess_once, run_version
 
@@ -144,11 +144,7 @@ def run_fast(
 
 def report(info: dict[str, Any], args: argparse.Namespace, runs: list[dict[str, Any]]) -> str:
     lines = [
-        f"## airbench94 vs the `fast` recipe, side by side (`bench/{NAME}.py`)",
-        "",
-        f"Machine: {machine_line(info)}.",
-        f"Command: `uv run python bench/{NAME}.py {' '.join(sys.argv[1:])}`",
-        "",
+        *section_head("airbench94 vs the `fast` recipe, side by side", NAME, info),
         "Same preprocessed cifar10-jpeg.zip for both, seeds alternating. airbench94: its own "
         "timer (whitening, epochs and final TTA scoring; warm-up run untimed). `fast`: "
         "train_seconds (the steps; per-epoch validation apart); accuracy with TTA for both.",
@@ -200,8 +196,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     args.lock, args.keep = None, False  # what fast_train.run_version reads
-    info = machine_info()
-    print(f"machine: {machine_line(info)}")
+    info = announce_machine()
     work = args.work or Path(tempfile.mkdtemp(prefix="airbench-side-"))
     processed = preprocess_once(work, args.zip.resolve())
     (work / "airbench" / "cifar10").mkdir(parents=True)

@@ -15,6 +15,7 @@ import platform
 import re
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import zipfile
@@ -84,6 +85,20 @@ def machine_line(info: dict[str, Any]) -> str:
         f"onnxruntime {info['onnxruntime']}{gpu}; {info['date']}; "
         f"load average at start {info['load_average_1min']:.2f}"
     )
+
+
+def announce_machine() -> dict[str, Any]:
+    """`machine_info()`, printed as its one line first: a run's output names its machine."""
+    info = machine_info()
+    print(f"machine: {machine_line(info)}")
+    return info
+
+
+def section_head(title: str, name: str, info: dict[str, Any]) -> list[str]:
+    """A RESULTS.md section's first lines: its title, the machine and the command that ran."""
+    command = " ".join(["uv run python", f"bench/{name}.py", *sys.argv[1:]])
+    return [f"## {title} (`bench/{name}.py`)", "", f"Machine: {machine_line(info)}.",
+            f"Command: `{command}`", ""]  # fmt: skip
 
 
 def busy_note(info: dict[str, Any]) -> list[str]:

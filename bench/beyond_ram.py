@@ -42,9 +42,9 @@ import numpy as np
 import yaml
 from benchlib import (
     REPO_ROOT,
+    announce_machine,
     busy_note,
     gib,
-    machine_info,
     machine_line,
     publish,
     run_watched,
@@ -241,8 +241,7 @@ def main() -> None:
             parser.error("--generate-only needs --collection")
         collection(args.collection, args.images)
         return
-    info = machine_info()
-    print(f"machine: {machine_line(info)}")
+    info = announce_machine()
     work = Path(tempfile.mkdtemp(prefix="beyond-ram-", dir=args.dir))
     try:
         (work / "data" / "raw").mkdir(parents=True)

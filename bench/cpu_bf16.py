@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
 
 import torch
-from benchlib import busy_note, machine_info, machine_line, publish
+from benchlib import busy_note, machine_info, machine_line, publish, section_head
 
 from visionpipe import precision
 from visionpipe.models import build_model
@@ -98,11 +97,7 @@ def main() -> None:
                     f"{ratio:.2f}x |")  # fmt: skip
         print(rows[-1], flush=True)
     lines = [
-        f"## bf16 autocast vs fp32 on a CPU (`bench/{NAME}.py`)",
-        "",
-        f"Machine: {machine_line(info)}.",
-        f"Command: `uv run python bench/{NAME}.py {' '.join(sys.argv[1:])}`",
-        "",
+        *section_head("bf16 autocast vs fp32 on a CPU", NAME, info),
         f"CPU: vendor {found['vendor']}, AVX512-BF16 {found['avx512_bf16']}, AMX "
         f"{found['amx']}; `precision.cpu_computes_bf16()` here: {found['cpu_computes_bf16']}. "
         f"Median ms per step over {args.repeats} alternating rounds of {args.steps} steps "

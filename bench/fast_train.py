@@ -40,8 +40,8 @@ import yaml
 from benchlib import (
     DEFAULT_CIFAR_ZIP,
     REPO_ROOT,
+    announce_machine,
     busy_note,
-    machine_info,
     machine_line,
     publish,
     result_name,
@@ -262,8 +262,7 @@ def main() -> None:
     else:
         if not args.zip.is_file():
             parser.error(f"{args.zip} not found: give the CIFAR-10 JPEG zip with --zip")
-        info = machine_info()
-        print(f"machine: {machine_line(info)}")
+        info = announce_machine()
         work = args.work or Path(tempfile.mkdtemp(prefix="fast-train-"))
         work.mkdir(parents=True, exist_ok=True)
         processed = preprocess_once(work, args.zip.resolve())

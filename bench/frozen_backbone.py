@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 
 import torch
-from benchlib import busy_note, machine_info, machine_line, publish
+from benchlib import announce_machine, busy_note, publish, section_head
 
 from visionpipe import train
 from visionpipe.config.train import TrainConfig
@@ -50,8 +49,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    info = machine_info()
-    print(f"machine: {machine_line(info)}")
+    info = announce_machine()
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(
         0, 256, (args.images, 3, args.size, args.size), dtype=torch.uint8, generator=gen
@@ -64,11 +62,7 @@ def main() -> None:
             print(f"  {label}: {times[label][-1]:.2f} s", flush=True)
     full, frozen = (statistics.median(t) for t in times.values())
     lines = [
-        f"## Fine-tuning on frozen layers (`bench/{NAME}.py`)",
-        "",
-        f"Machine: {machine_line(info)}.",
-        f"Command: `uv run python bench/{NAME}.py {' '.join(sys.argv[1:])}`",
-        "",
+        *section_head("Fine-tuning on frozen layers", NAME, info),
         f"One epoch of the train stage's loop (`{args.model}`, {args.size} px, {args.images} "
         "images, batch 32, SGD), `train.backbone_lr_scale` 1 and 0 taking turns, "
         f"{args.repeats} epochs each after two warm-up steps.",

@@ -10,14 +10,19 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from unittest import mock
 
 import numpy as np
-from benchlib import DEFAULT_CIFAR_ZIP, busy_note, machine_info, machine_line, publish
+from benchlib import (
+    DEFAULT_CIFAR_ZIP,
+    announce_machine,
+    busy_note,
+    publish,
+    section_head,
+)
 
 from visionpipe import identical, preprocess
 from visionpipe.config.data import DataConfig
@@ -67,8 +72,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    info = machine_info()
-    print(f"machine: {machine_line(info)}")
+    info = announce_machine()
     runs = []
     for _ in range(args.repeats):
         runs.append(decode_seconds(args.zip))
@@ -76,11 +80,7 @@ def main() -> None:
     grouping = groups_seconds(1_000_000)
     total, spent = (statistics.median(r[k] for r in runs) for k in (0, 1))
     lines = [
-        f"## Finding identical pictures in preprocess (`bench/{NAME}.py`)",
-        "",
-        f"Machine: {machine_line(info)}.",
-        f"Command: `uv run python bench/{NAME}.py {' '.join(sys.argv[1:])}`",
-        "",
+        *section_head("Finding identical pictures in preprocess", NAME, info),
         "Decoding the 60,000 CIFAR-10 JPEGs at 32 px in one process (`decode_source`, workers=1),"
         f" {args.repeats} runs: {total:.2f} s (median), of which `identical.digests` took "
         f"{spent:.2f} s ({100 * spent / total:.1f}%; {1e6 * spent / 60000:.1f} us an image). "

@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchlib import busy_note, fresh_export, machine_info, machine_line, publish
+from benchlib import (
+    announce_machine,
+    busy_note,
+    fresh_export,
+    publish,
+    section_head,
+)
 
 NAME = "onnx_registry"
 
@@ -49,8 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     from torch.onnx._internal.exporter import _registration
 
-    info = machine_info()
-    print(f"machine: {machine_line(info)}")
+    info = announce_machine()
     original, cached = _cached_registry()
     times: dict[str, list[float]] = {"torch": [], "cached": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,11 +70,7 @@ def main() -> None:
     _registration.ONNXRegistry.from_torchlib = original
     torch_s, cached_s = (statistics.median(times[k]) for k in ("torch", "cached"))
     lines = [
-        f"## The ONNX exporter's table, rebuilt per export (`bench/{NAME}.py`)",
-        "",
-        f"Machine: {machine_line(info)}.",
-        f"Command: `{' '.join(['uv run python', f'bench/{NAME}.py', *sys.argv[1:]])}`",
-        "",
+        *section_head("The ONNX exporter's table, rebuilt per export", NAME, info),
         f"`export_onnx` of the tutorial CNN (32 px), one warmed process, {args.repeats} calls each,"
         f" alternating: as torch builds its table, {torch_s:.2f} s (median); with the table built"
         f" once and copied, {cached_s:.2f} s ({cached_s - torch_s:+.2f} s a call). Not adopted: it"

@@ -27,10 +27,10 @@ import torch
 from benchlib import (
     DEFAULT_CIFAR_ZIP,
     REPO_ROOT,
+    announce_machine,
     busy_note,
     fresh_export,
     load_cifar_jpegs,
-    machine_info,
     machine_line,
     png_bytes,
     summarize,
@@ -265,8 +265,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    info = machine_info()
-    print(f"machine: {machine_line(info)}")
+    info = announce_machine()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         model, onnx_path, source = get_model(args.model_dir, tmp)

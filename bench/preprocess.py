@@ -37,8 +37,8 @@ import yaml
 from benchlib import (
     DEFAULT_CIFAR_ZIP,
     REPO_ROOT,
+    announce_machine,
     busy_note,
-    machine_info,
     machine_line,
     publish,
     run_watched,
@@ -226,8 +226,7 @@ def main() -> None:
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     checkouts = {"old": args.old.resolve(), "new": REPO_ROOT}
-    info = machine_info()
-    print(f"machine: {machine_line(info)}")
+    info = announce_machine()
     wanted = args.datasets.split(",")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp_name:

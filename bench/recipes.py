@@ -36,7 +36,7 @@ import yaml
 from benchlib import (
     DEFAULT_CIFAR_ZIP,
     REPO_ROOT,
-    machine_info,
+    announce_machine,
     machine_line,
     update_results_md,
     write_json_result,
@@ -174,8 +174,7 @@ def main() -> None:
         parser.error(f"name recipes ({', '.join(RECIPES)}), --all or --from; unknown: {unknown}")
     if names and not args.zip.is_file():
         parser.error(f"{args.zip} not found: give the CIFAR-10 JPEG zip with --zip")
-    info = machine_info()
-    print(f"machine: {machine_line(info)}")
+    info = announce_machine()
     results = [recorded_run(name, Path(work)) for name, work in recorded.items()]
     for name in names:
         data = (args.hymenoptera_zip if name == "hymenoptera" else args.zip).resolve()

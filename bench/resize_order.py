@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 
 import numpy as np
-from benchlib import busy_note, machine_info, machine_line, publish
+from benchlib import announce_machine, busy_note, publish, section_head
 from PIL import Image
 
 from visionpipe.images import bilinear
@@ -53,8 +52,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    info = machine_info()
-    print(f"machine: {machine_line(info)}")
+    info = announce_machine()
 
     def one_call(img: Image.Image, target: tuple[int, int]) -> Image.Image:
         return img.resize(target, Image.Resampling.BILINEAR, reducing_gap=None)
@@ -78,11 +76,7 @@ def main() -> None:
         payload.append({"shape": [w, h], "target": list(target), "ms": ms, "bytes_differ": differ})
         print(rows[-1], flush=True)
     lines = [
-        f"## The resize's pass order fixed: one call per axis (`bench/{NAME}.py`)",
-        "",
-        f"Machine: {machine_line(info)}.",
-        f"Command: `{' '.join(['uv run python', f'bench/{NAME}.py', *sys.argv[1:]])}`",
-        "",
+        *section_head("The resize's pass order fixed: one call per axis", NAME, info),
         "Pillow's BILINEAR resize of random RGB pixels to the size preprocess and predict use"
         " (shorter side to the model's size) before the centre crop: *one call*, as Pillow picks"
         " its pass order; *per axis*, `images.bilinear`, rows then columns, as the pipeline does."

@@ -30,10 +30,10 @@ import numpy as np
 from benchlib import (
     DEFAULT_CIFAR_ZIP,
     REPO_ROOT,
+    announce_machine,
     busy_note,
     fresh_export,
     load_cifar_jpegs,
-    machine_info,
     machine_line,
     png_bytes,
     publish,
@@ -301,8 +301,7 @@ def main() -> None:
 
     # Killed, still stop the server it started: SystemExit runs running_server's cleanup.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    info = machine_info()
-    print(f"machine: {machine_line(info)}")
+    info = announce_machine()
     images, what = test_images(args.zip, args.images)
     runs: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp_name:

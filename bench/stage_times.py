@@ -44,8 +44,8 @@ import yaml
 from benchlib import (
     DEFAULT_CIFAR_ZIP,
     REPO_ROOT,
+    announce_machine,
     busy_note,
-    machine_info,
     machine_line,
     result_name,
     update_results_md,
@@ -299,8 +299,7 @@ def main() -> None:
         )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    info = machine_info()
-    print(f"machine: {machine_line(info)}")
+    info = announce_machine()
     with tempfile.TemporaryDirectory(prefix="stage-times-") as tmp:
         python = {"old": args.old_python, "new": args.new_python}
         zip_path = args.zip.resolve()

@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from benchlib import (
     DEFAULT_CIFAR_ZIP,
+    announce_machine,
     busy_note,
     load_cifar_jpegs,
-    machine_info,
     machine_line,
     result_name,
     summarize,
@@ -381,8 +381,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     # As train.run does; process-wide, so both loops run with the same allocator settings.
     reuse = False if args.malloc_default else memory.keep_freed_memory()
-    info = machine_info()
-    print(f"machine: {machine_line(info)}")
+    info = announce_machine()
     images, labels, _ = load_cifar_jpegs(args.zip, "train", args.images)
     print(f"decoded {len(images)} train images from {args.zip}")
     per_device = {}
