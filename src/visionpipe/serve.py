@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 from aiohttp import BodyPartReader, web
-from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.http_exceptions import BadHttpMessage, ContentEncodingError
 from aiohttp.web_urldispatcher import _default_expect_handler
 
 from visionpipe import paths
@@ -213,6 +213,8 @@ async def _read_form(request: web.Request, limit: int, timeout: float) -> Form:
                 form.uploads.append(Upload(name, data))
     except (ValueError, AssertionError) as exc:  # aiohttp's multipart parser on a bad body
         raise ApiError(400, f"malformed multipart body: {exc}") from None
+    except BadHttpMessage as exc:  # a part's head: a raw line break in a file name, say
+        raise ApiError(400, f"malformed multipart body: {exc.message}") from None
     if not form.uploads:
         named = ", ".join(repr(name) for name in form.fields)
         only = f", only the text field(s) {named}" if form.fields else ""

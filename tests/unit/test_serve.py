@@ -211,6 +211,14 @@ BAD_INPUT = {
     "json type": ("application/json", b"{}", 415, "unsupported Content-Type 'application/json'"),
     "form type": ("application/x-www-form-urlencoded", b"a=1", 415, "multipart/form-data"),
     "malformed form": ("multipart/form-data; boundary=xyz", b"junk", 400, "malformed multipart"),
+    # A client that writes a file name's line break raw (curl and browsers send %0A).
+    "raw line break in a file name": (
+        "multipart/form-data; boundary=xyz",
+        b'--xyz\r\nContent-Disposition: form-data; name="f"; filename="new\nline.jpg"\r\n\r\n'
+        b"data\r\n--xyz--\r\n",
+        400,
+        "malformed multipart body: Invalid HTTP header",
+    ),
 }
 
 
