@@ -352,14 +352,27 @@ def write_grid(
     cols: int = 5,
     limit: int = 100,
 ) -> None:
-    """A labelled contact sheet of the predicted images (the first `limit` that decoded). A file
-    in a folder named after a class (`labels`) shows its prediction green when it is that class,
-    red with "(that class)" before its name when not, as evaluate's misclassified grid does."""
-    shown = [p for p in preds if p.error is None][:limit]
+    """A labelled contact sheet of the predicted images that decoded, in their order; of more
+    than `limit`, the wrong guesses first. A file in a folder named after a class (`labels`) shows
+    its prediction green when it is that class, red with "(that class)" before its name when not,
+    as evaluate's misclassified grid does."""
+    decoded = [p for p in preds if p.error is None]
+    labels = labels or {}
+    shown = decoded
+    if len(decoded) > limit:
+        wrong = [p for p in decoded if labels.get(p.file) not in (None, p.top[0]["class"])]
+        shown = [*wrong, *(p for p in decoded if p not in wrong)][:limit]
+        log.info(
+            "%s shows %d of the %d predictions (%s)",
+            dest,
+            limit,
+            len(decoded),
+            f"the {len(wrong)} wrong ones first" if wrong else "the first ones",
+        )
     # Decoded for the cell size, as predicting decoded them for the model's: a JPEG at reduced
     # scale, so a photo too large to decode whole (200 megapixels) shows as it was predicted.
     images = (decode_rgb(Path(p.file).read_bytes(), p.file, cell) for p in shown)
-    captions = [_grid_caption(p, (labels or {}).get(p.file)) for p in shown]
+    captions = [_grid_caption(p, labels.get(p.file)) for p in shown]
     sheet = captioned_grid(images, captions, Layout(cell, cols, lines=2, font_size=13))
     buf = io.BytesIO()
     # The format its name says (cli.GRID_SUFFIXES); PNG for any other.

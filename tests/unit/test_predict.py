@@ -21,6 +21,7 @@ from tests.tiny_onnx import write_tiny_onnx
 from visionpipe import fsutil, paths
 from visionpipe.cli import main
 from visionpipe.grids import Layout
+from visionpipe.predict import OnnxBackend, predict_files, write_grid
 
 
 def _images(folder: Path) -> dict[str, Path]:
@@ -101,6 +102,34 @@ def test_the_grid_of_class_folders_marks_each_prediction_right_or_wrong(
         green = (np.abs(first_line - (0, 100, 0)).sum(1) < 30).any()
         red = (np.abs(first_line - (178, 34, 34)).sum(1) < 30).any()
         assert (green, red) == (ok, not ok), (n, preds[n])
+
+
+def test_a_grid_of_more_photos_than_it_holds_shows_the_wrong_guesses_and_says_so(
+    exported_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    photos = _images(tmp_path / "cat")
+    model = OnnxBackend(exported_model / "model.onnx")
+    preds = predict_files(sorted(photos.values()), model, topk=1)
+    # The first two in folders of the class they are taken for, the others in another's: the
+    # wrong guesses come last, where the first `limit` would leave them out.
+    other = {"cat": "dog", "dog": "frog", "frog": "cat"}
+    guesses = [p.top[0]["class"] for p in preds]
+    labels = {
+        p.file: g if i < 2 else other[g]
+        for i, (p, g) in enumerate(zip(preds, guesses, strict=True))
+    }
+    wrong = preds[2:]
+    grid = tmp_path / "grid.png"
+    with caplog.at_level("INFO"):
+        write_grid(grid, preds, labels, limit=len(wrong))
+    said = f"shows {len(wrong)} of the {len(preds)} predictions (the {len(wrong)} wrong ones first)"
+    assert said in caplog.text
+    sheet = np.asarray(Image.open(grid).convert("RGB")).astype(int)
+    layout = Layout(128, 5, lines=2, font_size=13)
+    for n in range(len(wrong)):  # every cell shown is a red one
+        x, y = (n % 5) * 128, (n // 5) * layout.row_height + 128
+        first_line = sheet[y : y + layout.line_height, x : x + 128].reshape(-1, 3)
+        assert (np.abs(first_line - (178, 34, 34)).sum(1) < 30).any(), n
 
 
 def test_a_topk_beyond_the_model_s_classes_gives_no_empty_csv_columns(
