@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from visionpipe import paths
 from visionpipe.config.params import parse_params
+from visionpipe.config.training import TrainingParams
 from visionpipe.models import MODELS
 from visionpipe.split_files import SplitWriter
 
@@ -56,6 +58,16 @@ def kill_at_validation(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
         return real_eval(*args, **kwargs)
 
     monkeypatch.setattr(train, "evaluate_split", dying_eval)
+
+
+def train_anew(params: TrainingParams) -> dict[str, Any]:
+    """train.run as the next `dvc repro -f` runs it once dvc.lock holds the last run's model:
+    the finished run's kept checkpoint is gone, and the run trains from its first epoch (a plain
+    second train.run of the same params only writes the finished run's outputs again)."""
+    from visionpipe import checkpoints, train
+
+    checkpoints.discard()
+    return train.run(params)
 
 
 def tiny_params(model: dict[str, object] | None = None, **train: object):

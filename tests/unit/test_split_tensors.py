@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.datasets import tiny_params
+from tests.datasets import tiny_params, train_anew
 from visionpipe import memory, paths, split_files, split_tensors, train
 
 MAPPED = "reading its batches from the memory-mapped"
@@ -41,7 +41,7 @@ def test_training_from_the_mapped_file_gives_the_same_weights(
     from_memory = _weights()
     monkeypatch.setenv(memory.MEMORY_BUDGET_ENV, "1KiB")
     with caplog.at_level(logging.WARNING):
-        train.run(params)
+        train_anew(params)
     assert MAPPED in caplog.text, "the small budget must force the memory-mapped path"
     from_file = _weights()
     assert all(torch.equal(from_memory[k], from_file[k]) for k in from_memory)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.datasets import FAST_MODEL, FAST_TRAIN, kill_at_validation, tiny_params
+from tests.datasets import FAST_MODEL, FAST_TRAIN, kill_at_validation, tiny_params, train_anew
 from visionpipe import optim, paths, steps, train
 from visionpipe.config.train import TrainConfig
 from visionpipe.models import build_model
@@ -84,7 +84,7 @@ def test_the_graphed_step_trains_exactly_as_the_eager_one(
     eager = _weights()
     graphs = CpuGraphs()
     _pretend_cuda(monkeypatch, graphs)
-    train.run(params)
+    train_anew(params)
     assert (graphs.warm_ups, graphs.captures) == (steps.WARMUP_STEPS, 1)
     # 3 epochs of 4 full batches; the 16-image batches step eagerly.
     assert graphs.replays == 3 * 4 - steps.WARMUP_STEPS
@@ -102,7 +102,7 @@ def test_a_graphed_run_resumes_to_the_same_weights(
     real_eval = train.evaluate_split
     kill_at_validation(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        train.run(params)
+        train_anew(params)
     monkeypatch.setattr(train, "evaluate_split", real_eval)
     graphs = CpuGraphs()
     _pretend_cuda(monkeypatch, graphs)
@@ -123,7 +123,7 @@ def test_a_failed_capture_steps_eagerly_to_the_same_weights(
     graphs = FailingGraphs()
     _pretend_cuda(monkeypatch, graphs)
     with caplog.at_level(logging.WARNING, logger="visionpipe.steps"):
-        train.run(params)
+        train_anew(params)
     assert graphs.replays == 0
     warnings = [r.getMessage() for r in caplog.records if r.name == "visionpipe.steps"]
     assert len(warnings) == 1, warnings
