@@ -51,7 +51,9 @@ def collect_inputs(specs: list[str]) -> Inputs:
         if any(ch in spec for ch in GLOB_CHARS) and not path.exists():
             _add_glob(inputs, spec)
         elif path.is_dir():
-            if not _add_folder(inputs, path, spec, spec):
+            named = len(inputs.errors)
+            # A folder of broken photo links only: each is named already.
+            if not _add_folder(inputs, path, spec, spec) and len(inputs.errors) == named:
                 inputs.errors.append((spec, "folder holds no image files"))
         elif path.is_file():
             inputs.files.append(path)
@@ -82,7 +84,11 @@ def _add_glob(inputs: Inputs, spec: str) -> None:
     named_wrong = {file for file, _ in inputs.errors}
     inputs.errors += [e for e in walked.errors if e[0] not in named_wrong]
     inputs.tops.update(walked.tops)
-    if not found and not walked.files:
+    if (
+        not found
+        and not walked.files
+        and not (set(matches) | set(walked.tops)) & {file for file, _ in inputs.errors}
+    ):  # a glob of broken links only: each named already
         what = "no image files" if walked.tops else "no files"
         inputs.errors.append((spec, f"glob matched {what}"))
 
@@ -153,7 +159,9 @@ def _below(folder: Path, depth: int | None = None, inside: str | None = None) ->
     made of links to class folders, `cat -> /data/cats`), each once. A link to a folder inside
     it, to it or to a folder above it is not: the walk reaches those anyway, or would loop."""
     root = os.path.realpath(inside if inside is not None else folder)
-    followed: set[str] = set()
+    # Every folder walked, by its real path: one reached again (a real folder of a linked tree
+    # that another link leads into too) is not walked twice.
+    walked: set[str] = set()
     found: list[Path] = []
     for here, dirnames, filenames in os.walk(folder, followlinks=True):
         # Nothing in a hidden or system folder is a photo: `.git/`, `.venv/` and `.dvc/cache/`
@@ -161,11 +169,11 @@ def _below(folder: Path, depth: int | None = None, inside: str | None = None) ->
         dirnames[:] = [name for name in dirnames if not is_hidden(name)]
         for name in sorted(dirnames):
             real = os.path.realpath(os.path.join(here, name))
-            if os.path.islink(os.path.join(here, name)):
-                inside = _within(real, root) or _within(root, real)
-                if inside or real in followed:
-                    dirnames.remove(name)
-                followed.add(real)
+            link = os.path.islink(os.path.join(here, name))
+            if real in walked or (link and (_within(real, root) or _within(root, real))):
+                dirnames.remove(name)
+            else:
+                walked.add(real)
         found += [Path(here, name) for name in [*dirnames, *filenames]]
         if depth is not None and len(Path(here).relative_to(folder).parts) >= depth - 1:
             dirnames.clear()  # what they hold is deeper than asked

@@ -77,6 +77,40 @@ def test_a_folder_s_or_glob_s_broken_photo_link_is_named_not_passed_over(tmp_pat
         ], spec
 
 
+def test_a_folder_or_glob_of_broken_links_only_names_each_and_nothing_more(
+    tmp_path: Path,
+) -> None:
+    # Two lines for two photos on a drive not mounted, not a third saying the folder or glob
+    # holds nothing (which would count as another failed input).
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (folder / name).symlink_to(tmp_path / "usb" / name)
+    for spec in (str(folder), str(folder / "*.jpg")):
+        inputs = collect_inputs([spec])
+        assert inputs.files == [] and [e[0] for e in inputs.errors] == [
+            str(folder / "a.jpg"),
+            str(folder / "b.jpg"),
+        ], (spec, inputs.errors)
+
+
+def test_a_folder_two_links_lead_into_is_walked_once(tmp_path: Path) -> None:
+    # cats/ext -> elsewhere/extra, and dogs/up -> elsewhere, which holds extra/ too: its photo
+    # is one photo, predicted once, as the first link found it.
+    _photo(tmp_path / "elsewhere" / "extra" / "o.jpg")
+    _photo(tmp_path / "photos" / "cats" / "c.jpg")
+    (tmp_path / "photos" / "dogs").mkdir()
+    (tmp_path / "photos" / "cats" / "ext").symlink_to(tmp_path / "elsewhere" / "extra")
+    (tmp_path / "photos" / "dogs" / "up").symlink_to(tmp_path / "elsewhere")
+    files = collect_inputs([str(tmp_path / "photos")]).files
+    rel = [p.relative_to(tmp_path / "photos").as_posix() for p in files]
+    assert rel == ["cats/c.jpg", "cats/ext/o.jpg"], rel
+    # A link to a folder inside, sorted before the folder itself, leaves that folder walked.
+    _photo(tmp_path / "inside" / "z" / "z.jpg")
+    (tmp_path / "inside" / "a").symlink_to(tmp_path / "inside" / "z")
+    assert [p.name for p in collect_inputs([str(tmp_path / "inside")]).files] == ["z.jpg"]
+
+
 def _photo(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (8, 8), "red").save(path)
