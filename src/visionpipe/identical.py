@@ -74,6 +74,11 @@ def in_two_splits(groups: Sequence[Sequence[Copy]]) -> list[Sequence[Copy]]:
     return [g for g in groups if len({c.split for c in g}) > 1]
 
 
+def in_one_place(groups: Sequence[Sequence[Copy]]) -> list[Sequence[Copy]]:
+    """The groups whose copies share a class and a split: counted twice there, no mistake."""
+    return [g for g in groups if len({(c.cls, c.split) for c in g}) == 1]
+
+
 def extra_copies(groups: Sequence[Sequence[Copy]]) -> int:
     """Images beyond the first of their group: how many fewer a collection without copies has."""
     return sum(len(g) - 1 for g in groups)

@@ -161,6 +161,11 @@ def _ignored_kind(name: str) -> str:
     return "other" if "." in base else "bare"
 
 
+# Names of ignored files listed in metrics/preprocess.json, a DVC metric file that `dvc metrics
+# show` reads whole: a NAS folder's 100,000 sidecar files would make it megabytes.
+IGNORED_LISTED = 1000
+
+
 def _warn_ignored(ignored: Sequence[str]) -> None:
     """Name the files left out that a user may have meant as photos (camera RAW files, photos
     saved without a suffix, loose images beside the class folders), and why: hidden and system
@@ -172,10 +177,12 @@ def _warn_ignored(ignored: Sequence[str]) -> None:
     why = [
         f"{_IGNORED_WHY[k]} ({len(names)}): {_shown(names)}" for k, names in kinds.items() if names
     ]
+    listed = f", the first {IGNORED_LISTED}" if len(ignored) > IGNORED_LISTED else ""
     log.warning(
-        "ignoring %s (listed in %s): %s",
+        "ignoring %s (listed in %s%s): %s",
         _files(len(visible)),
         paths.PREPROCESS_REPORT,
+        listed,
         "; ".join(why),
     )
 
@@ -574,11 +581,12 @@ def _warn_identical(result: Result, size: int) -> list[str]:
     warnings = identical.warnings(groups, str(paths.PREPROCESS_REPORT), size, result.blank)
     for line in warnings:
         log.warning("%s", line)
-    if groups and not warnings:
+    same_place = identical.extra_copies(identical.in_one_place(groups))
+    if same_place:  # no mistake to warn of, but each is trained or scored twice
         log.info(
-            "%d images have an identical copy in their class and split (counted twice there;"
-            " listed under 'identical' in %s)",
-            identical.extra_copies(groups),
+            "%s an identical copy in its class and split (counted twice there; listed under"
+            " 'identical' in %s)",
+            "1 image has" if same_place == 1 else f"{same_place} images have",
             paths.PREPROCESS_REPORT,
         )
     return warnings
@@ -624,7 +632,7 @@ def run(params: DataParams, workers: int | None = None) -> dict[str, Any]:
         "ignored_files": len(result.ignored_files),
         "identical_images": identical.extra_copies(result.identical),
         "bad_images": result.bad_images,
-        "ignored": result.ignored_files[:1000],
+        "ignored": result.ignored_files[:IGNORED_LISTED],
         "identical": identical.listing(result.identical),
         "warnings": warnings,
     }

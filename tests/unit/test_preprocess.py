@@ -105,6 +105,20 @@ def test_files_left_out_are_told_apart_by_what_to_do(
     ]
 
 
+def test_more_files_left_out_than_the_report_lists_are_said_to_be_the_first_ones(
+    workdir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A RAW + JPEG shooter's folder: a .CR2 and a .xmp beside each photo, 100,000 of them on a
+    # NAS; the report (a DVC metric file) lists the first ones.
+    monkeypatch.setattr(preprocess, "IGNORED_LISTED", 2)
+    extra = {f"photos/ants/IMG_{i}.CR2": b"raw" for i in range(3)}
+    _flat_zip(workdir / paths.RAW_DIR / "photos.zip", {"ants": 8, "bees": 8}, extra=extra)
+    preprocess.run(_params())
+    assert "ignoring 3 files (listed in metrics/preprocess.json, the first 2): " in caplog.text
+    report = json.loads(paths.PREPROCESS_REPORT.read_text())
+    assert report["ignored_files"] == 3 and len(report["ignored"]) == 2
+
+
 @pytest.mark.parametrize("layout", ["flat", "split"])
 def test_a_class_with_no_decodable_image_is_refused(workdir: Path, layout: str) -> None:
     good = _jpeg((1, 2, 3))
@@ -526,6 +540,7 @@ def test_copies_across_classes_and_splits_are_warned_and_listed(
     files["photos/test/ants/seen.jpg"] = 5  # photos/train/ants/5.jpg, scored as unseen
     files["photos/train/ants/5 (1).jpg"] = 5  # and a third copy of it
     files["photos/train/bees/again.jpg"] = 12  # photos/train/bees/2.jpg: same class, harmless split
+    caplog.set_level("INFO")
     _noisy_zip(workdir / paths.RAW_DIR / "photos.zip", files)
     with zipfile.ZipFile(workdir / paths.RAW_DIR / "photos.zip", "a") as z:
         z.writestr("photos/train/ants/empty1.jpg", b"")  # two undecodable files are no copies
@@ -563,6 +578,10 @@ def test_copies_across_classes_and_splits_are_warned_and_listed(
     assert (
         "delete all copies but one (all listed under 'identical' in metrics/preprocess.json)"
         in warned[1]
+    )
+    # The copy in its own class and split is said too, beside the warnings of the others.
+    assert "1 image has an identical copy in its class and split (counted twice there" in (
+        caplog.text
     )
 
 
