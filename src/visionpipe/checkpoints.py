@@ -68,8 +68,12 @@ def code_files() -> list[Path]:
     """The code that trains: the visionpipe package's modules. An edited loop, augmentation or
     optimizer is a new run, as it is to DVC; resuming would mix two codes' epochs in one model
     (an edit to the model's layers alone is caught by `restore`). All of them, not only those
-    loaded: the set is then the same in every process, whatever it imported first."""
-    return sorted(Path(__file__).parent.rglob("*.py"))
+    loaded: the set is then the same in every process, whatever it imported first. And the
+    train stage's own code deps in dvc.yaml outside the package (stages/train.py), which DVC
+    re-runs train for too."""
+    package = sorted(Path(__file__).parent.rglob("*.py"))
+    own = [f for f in paths.code_deps("train") if f.parts[0] != "src"]
+    return package + own
 
 
 def fingerprint(params: TrainingParams) -> str:
@@ -140,19 +144,30 @@ def _read(fp: str) -> dict[str, Any] | None:
     # and more (optimizer state), in a folder no DVC command cleans.
     remove_stale_temps(CHECKPOINT)
     finished = _finished()
-    if finished is not None and (finished.get("fingerprint") != fp or _recorded(finished)):
-        discard()  # a run DVC has taken the outputs of, or one of other params: nothing to resume
+    if finished is not None and _recorded(finished):
+        discard()  # a finished run DVC has taken the outputs of: nothing to resume
+        finished = None
     state = _load(CHECKPOINT)
     if state is not None and state.get("fingerprint") != fp:
-        _set_aside(state)
-        state = None
-    if state is None and _aside(fp).is_file():  # this run's, set aside by a run of others
+        _set_aside(state)  # another run's, stopped, or finished but not recorded
+        state = finished = None
+    if state is None and _aside(fp).is_file():  # this run's, set aside while others trained
         os.replace(_aside(fp), CHECKPOINT)
         log.info("resuming the checkpoint set aside as %s", _aside(fp))
         state = _load(CHECKPOINT)
     # The fingerprint hashes this package's code: a checkpoint that matches was written by
     # this very code, in this layout.
-    return state if state is not None and state.get("fingerprint") == fp else None
+    if state is None or state.get("fingerprint") != fp:
+        return None
+    if finished is not None:
+        log.warning(
+            "train finished a run of these params, data and code, and dvc.lock does not record"
+            " its model (stopped while DVC recorded it?): its outputs are written again from %s,"
+            " with nothing trained; to train anew, `rm -r %s` first",
+            CHECKPOINT,
+            paths.CHECKPOINT_DIR,
+        )
+    return state
 
 
 def _load(path: Path) -> dict[str, Any] | None:
@@ -180,10 +195,11 @@ def _set_aside(state: dict[str, Any]) -> None:
     if not theirs:
         return
     os.replace(CHECKPOINT, _aside(theirs))
+    FINISHED.unlink(missing_ok=True)  # what it says of a finished run went with it
     log.warning(
-        "%s is another run's (other params, data or code), stopped after epoch %s: set aside as "
-        "%s (%s), which that run resumes from when run again; delete it if that run is not "
-        "wanted",
+        "%s is another run's (other params, data or code), saved after its epoch %s: set aside"
+        " as %s (%s), which that run resumes from when run again; delete it if that run is not"
+        " wanted",
         CHECKPOINT,
         state.get("epoch", "?"),
         _aside(theirs),

@@ -224,15 +224,20 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 
 def _origin(value: str) -> str:
     """An --allow-origin value as browsers send it as Origin (scheme and host in lower case, IDN
-    hosts in punycode, no default port), or '*'."""
+    hosts in punycode, percent-escapes decoded, no default port), or '*'."""
     if value == "*":
         return value
+    import idna  # here: other commands never need it
+
     parts = urllib.parse.urlsplit(value)
-    scheme, host = parts.scheme.lower(), parts.hostname or ""
+    scheme, host = parts.scheme.lower(), urllib.parse.unquote(parts.hostname or "").lower()
     try:
         port = parts.port
-        host = host.encode("idna").decode("ascii")
-    except (ValueError, UnicodeError):  # a port above 65535, a host IDNA cannot spell
+        # UTS-46, as browsers (the URL standard) map a host: straße.de is xn--strae-oqa.de. An
+        # ASCII one only in lower case: IDNA refuses a Docker service's name (web_app).
+        if not host.isascii():
+            host = idna.encode(host, uts46=True).decode("ascii")
+    except (ValueError, UnicodeError, idna.IDNAError):  # a port above 65535, an invalid host
         host = ""
     # A browser's Origin has no path, not even "/": "http://localhost:3000/" would never match.
     whole = value.lower() == f"{scheme}://{parts.netloc}".lower()

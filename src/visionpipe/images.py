@@ -426,7 +426,8 @@ def bilinear(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     A resize is two passes, each rounded to 8 bits, so their order changes the bytes; Pillow
     chooses it itself (13.0 runs some tall images vertical pass first). One resize call per
     axis fixes it, for the same work, so that the bytes stay the same across Pillow versions and
-    ports of this resize (docs/web/visionpipe.mjs) can match them exactly.
+    ports of this resize (docs/web/visionpipe.mjs) can match them exactly. (Beyond
+    MAX_CROP_RATIO, `resize_center_crop` resizes the centre square in one call instead.)
     """
     if size[0] != img.width:
         img = img.resize((size[0], img.height), Image.Resampling.BILINEAR, reducing_gap=None)

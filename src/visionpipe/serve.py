@@ -152,12 +152,15 @@ def _file_name(sent: str) -> str:
 
 def _text(part: BodyPartReader, data: bytes) -> str | None:
     """A form's plain field's value (`curl -F name=abc`, a page's hidden input, a JSON part that
-    Spring or axios clients send beside the file): no file name, and text. None for an upload: a
-    file name, an image or octet-stream type (aiohttp's FormData of bytes), or bytes that are not
-    text: a NUL among the first 8000, as git tells binary files (requests' `files={"file": (None,
-    data)}`), or for a declared type other than text/*, bytes that are not UTF-8."""
+    Spring, axios or a browser's FormData send beside the file): no file name (but for JSON),
+    and text. None for an upload: a file name, an image or octet-stream type (aiohttp's FormData
+    of bytes), or bytes that are not text: a NUL among the first 8000, as git tells binary files
+    (requests' `files={"file": (None, data)}`), or for a declared type other than text/*, bytes
+    that are not UTF-8."""
     kind = (part.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-    if part.filename is not None or kind.startswith("image/") or kind == BINARY:
+    # A browser's FormData names a JSON Blob's part "blob": JSON is a field, file name or not.
+    json_part = kind == "application/json" or kind.endswith("+json")
+    if kind.startswith("image/") or kind == BINARY or (part.filename is not None and not json_part):
         return None
     if kind.startswith("text/"):
         return data.decode(errors="replace")
@@ -556,9 +559,18 @@ def make_app(service: Service) -> web.Application:
     return app
 
 
+def _not_a_bug(record: logging.LogRecord) -> bool:
+    """False for aiohttp's log of a body in an encoding it cannot decode (br, zstd without their
+    optional packages): the client got aiohttp's 400, and a traceback would read as a bug."""
+    return not (record.exc_info and isinstance(record.exc_info[1], ContentEncodingError))
+
+
 async def run_server(service: Service) -> None:
     """Serve until SIGINT or SIGTERM; prints the addresses once it is listening."""
     config = service.config
+    server_log = logging.getLogger("aiohttp.server")
+    if _not_a_bug not in server_log.filters:
+        server_log.addFilter(_not_a_bug)
     runner = web.AppRunner(
         make_app(service),
         access_log=None,

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Iterator
@@ -309,6 +310,23 @@ def test_a_body_that_is_not_its_content_encoding_gets_a_400(server: Served, enco
         assert request(f"{server.url}/health")[1]["refused"] == before + 1
 
 
+def test_an_encoding_without_its_decoder_is_aiohttp_s_400_and_no_traceback(
+    server: Served,
+) -> None:
+    # br and zstd need packages aiohttp leaves optional: it answers in plain text, not a bug.
+    req = urllib.request.Request(
+        f"{server.url}/predict",
+        data=b"not brotli",
+        headers={"Content-Type": "image/png", "Content-Encoding": "br"},
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        opener.open(req, timeout=30)
+    assert answer.value.code == 400
+    time.sleep(0.2)  # aiohttp logs after it has answered
+    assert "Traceback" not in server.log_text(), server.log_text()
+
+
 def _field(boundary: str, disposition: str, data: bytes, content_type: str | None = None) -> bytes:
     head = f"--{boundary}\r\nContent-Disposition: form-data; {disposition}\r\n"
     head += f"Content-Type: {content_type}\r\n" if content_type else ""
@@ -326,8 +344,10 @@ def test_a_form_s_text_fields_are_not_images(server: Served) -> None:
                 _field(b, 'name="file"; filename="dog.jpg"', _jpeg(), "image/jpeg"),
                 _field(b, 'name="note"', "été".encode(), "text/plain; charset=utf-8"),
                 _field(b, 'name="raw"', _jpeg(), "application/octet-stream"),
-                # Spring's @RequestPart and axios send a JSON part beside the file.
+                # Spring's @RequestPart and axios send a JSON part beside the file; a browser's
+                # FormData sends a JSON Blob as a file named "blob".
                 _field(b, 'name="meta"', b'{"user": 1}', "application/json"),
+                _field(b, 'name="more"; filename="blob"', b'{"user": 1}', "application/json"),
             ]
         )
         + f"--{b}--\r\n".encode()
@@ -538,6 +558,9 @@ def test_other_origins_are_told_the_option(server: Served, model: Path) -> None:
         ("https://Example.com:443", "https://example.com"),
         ("http://localhost:80", "http://localhost"),
         ("http://bücher.example:8080", "http://xn--bcher-kva.example:8080"),
+        ("https://straße.de", "https://xn--strae-oqa.de"),  # UTS-46, as the URL standard
+        ("http://%41.com", "http://a.com"),
+        ("http://web_app:3000", "http://web_app:3000"),  # a Docker Compose service
         ("http://[::1]:3000", "http://[::1]:3000"),
     ]:
         assert _origin(typed) == sent

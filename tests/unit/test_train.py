@@ -176,6 +176,16 @@ def test_a_finished_run_is_kept_until_dvc_lock_records_its_model(
     with caplog.at_level("INFO"):
         train.run(tiny_params(epochs=2))
     assert "after epoch 2 of 2" in caplog.text and "epoch 1/2" not in caplog.text
+    assert "dvc.lock does not record its model (stopped while DVC recorded it?)" in caplog.text
+    assert paths.MODEL.read_bytes() == model
+    # Still unrecorded, a run of other params sets it aside, and the first params get it back.
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        train.run(tiny_params(epochs=1, lr=0.05))
+        assert "saved after its epoch 2: set aside" in caplog.text
+        paths.MODEL.unlink()
+        train.run(tiny_params(epochs=2))
+    assert "resuming the checkpoint set aside" in caplog.text and "epoch 1/2" not in caplog.text
     assert paths.MODEL.read_bytes() == model
     md5 = hashlib.md5(model).hexdigest()
     lock = {"stages": {"train": {"outs": [{"path": "models/model.pt", "hash": "md5", "md5": md5}]}}}
@@ -264,7 +274,7 @@ def test_a_stopped_run_waits_aside_while_a_run_of_other_params_trains(
     monkeypatch.setattr(train, "evaluate_split", real_eval)
     with caplog.at_level("INFO"):
         train.run(other)
-    assert "another run's (other params, data or code), stopped after epoch 2: set aside" in (
+    assert "another run's (other params, data or code), saved after its epoch 2: set aside" in (
         caplog.text
     )
     assert "epoch 1/2" in caplog.text  # the other run trained from its start
@@ -276,7 +286,9 @@ def test_a_stopped_run_waits_aside_while_a_run_of_other_params_trains(
     assert timings["resumed_from_epoch"] == 2
     resumed = _weights()
     assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
-    assert sorted(p.name for p in paths.CHECKPOINT_DIR.iterdir()) == ["finished.json", "last.pt"]
+    # The other run, finished but never recorded by DVC (no dvc.lock here), waits aside in turn.
+    names = sorted(p.name for p in paths.CHECKPOINT_DIR.iterdir())
+    assert names[1:] == ["finished.json", "last.pt"] and re.fullmatch(r"[0-9a-f]{12}\.pt", names[0])
 
 
 @pytest.mark.parametrize("patience", [0, 1], ids=["all epochs", "stopped: diverged"])
@@ -1201,6 +1213,12 @@ def test_a_checkpoint_of_other_code_is_not_resumed(
     # Stopped, the loop fixed, run again: resuming would finish with epochs of both codes in
     # one model, which dvc.lock then records as the new code's.
     assert {Path(m.__file__) for m in (train, batches, optim)} <= set(checkpoints.code_files())
+    # The stage script too, where dvc.yaml lists it among train's deps, as DVC re-runs train
+    # for it: an edit during a run fails the stage, and its next run must not resume.
+    Path("stages").mkdir()
+    Path("stages/train.py").write_text("main()\n")
+    Path("dvc.yaml").write_text("stages:\n  train:\n    deps: [stages/train.py, data/processed]\n")
+    assert Path("stages/train.py") in checkpoints.code_files()
     loop_code = processed / "train.py"
     loop_code.write_text("lr = 0.1\n")
     monkeypatch.setattr(checkpoints, "code_files", lambda: [loop_code])
