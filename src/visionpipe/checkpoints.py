@@ -159,7 +159,7 @@ def _read(fp: str) -> dict[str, Any] | None:
     # this very code, in this layout.
     if state is None or state.get("fingerprint") != fp:
         return None
-    if finished is not None:
+    if finished is not None and finished.get("fingerprint") == fp:
         log.warning(
             "train finished a run of these params, data and code, and dvc.lock does not record"
             " its model (stopped while DVC recorded it?): its outputs are written again from %s,"
