@@ -230,7 +230,7 @@ def _run(params: TrainingParams, ddp: distributed.Dist, device: torch.device) ->
             checkpoints.save(fp, loop.progress, loop.trainee())
         if distributed.broadcast_object(ddp.is_main and logs.params_changed(), ddp):
             # Another run rewrote params.yaml: stop now, not after the last epoch, and keep the
-            # checkpoint, which the same command resumes once the other run is done.
+            # checkpoint to resume from once the other run is done.
             then = checkpoints.resume_after_clash()
             logs.refuse_changed_params(f"; the checkpoint after epoch {epoch + 1} is kept: {then}")
         if stopped:
