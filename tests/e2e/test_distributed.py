@@ -109,7 +109,9 @@ def test_launch_uses_torchrun() -> None:
 
 def test_a_launch_leaves_no_log_folder_in_tmp(tmp_path: Path) -> None:
     script = tmp_path / "rank.py"
-    script.write_text("print('rank', __import__('os').environ['RANK'], flush=True)\n")
+    # One write per rank (a pipe keeps a write of under 4 KiB whole): two ranks' prints, each
+    # written in pieces when unbuffered, can interleave mid-line.
+    script.write_text("import os\nos.write(1, f\"rank {os.environ['RANK']}\\n\".encode())\n")
     e = env()
     e["TMPDIR"] = str(tmp_path / "tmp")
     (tmp_path / "tmp").mkdir()
