@@ -60,6 +60,9 @@ SHUTDOWN_S = 5.0
 GRACE_S = 1.0
 MAX_IMAGES = 256  # per request: decoding many tiny images must not hold a worker for long
 BINARY = "application/octet-stream"  # a body or form part of bytes of no declared kind
+# The Content-Encodings aiohttp decodes (br and zstd where their packages are installed; where
+# not, it answers 400 itself); "" and identity: none.
+DECODED = frozenset({"", "identity", "gzip", "deflate", "br", "zstd"})
 ENDPOINTS = "GET /, GET /health, GET /model, POST /predict"
 RESTART = "restart the server (its log says why it stopped)"
 HOW_TO_POST = (
@@ -234,6 +237,13 @@ def check_head(request: web.Request, limit: int) -> None:
     kind = request.content_type  # aiohttp's default without the header: application/octet-stream
     if kind != "multipart/form-data" and not (kind.startswith("image/") or kind == BINARY):
         raise ApiError(415, f"unsupported Content-Type {kind!r}; {HOW_TO_POST}")
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in DECODED:  # aiohttp hands these over undecoded (x-gzip, "gzip, gzip")
+        raise ApiError(
+            415,
+            f"unsupported Content-Encoding {encoding!r}: send the body as it is, or compressed"
+            " whole with gzip or deflate",
+        )
 
 
 def _unreadable(request: web.Request, exc: web.RequestPayloadError) -> ApiError:

@@ -308,6 +308,11 @@ def test_a_body_that_is_not_its_content_encoding_gets_a_400(server: Served, enco
         assert status == 400, got
         assert f"the request body is not valid {encoding} data" in got["error"], got
         assert request(f"{server.url}/health")[1]["refused"] == before + 1
+    # Codings aiohttp passes on undecoded: refused by name, not read as a gzip archive.
+    for other in ("x-gzip", "gzip, gzip"):
+        headers = {"Content-Type": "image/jpeg", "Content-Encoding": other}
+        status, got = request(f"{server.url}/predict", packed, headers)
+        assert status == 415 and f"unsupported Content-Encoding {other!r}" in got["error"], got
 
 
 def test_an_encoding_without_its_decoder_is_aiohttp_s_400_and_no_traceback(
