@@ -217,12 +217,22 @@ def _run_watching_params(main: Callable[[], int | None]) -> int | None:
         _params_at_start = None  # a test's next stage in this process reads its own
 
 
+# How long an edit of a stage's code must stay to fail the stage (see _refuse_changed_code).
+CODE_SETTLE_S = 5.0
+
+
 def _refuse_changed_code(at_start: dict[Path, str]) -> None:
     """Fail a stage whose code was edited while it ran: DVC hashes its deps at the stage's end,
     and would record the edited code as what made these outputs, so that `dvc repro` after the
-    edit runs nothing."""
-    now = _code_digests()
-    changed = [str(f) for f, digest in at_start.items() if now.get(f) != digest]
+    edit runs nothing. An edit that stays for CODE_SETTLE_S: `dvc exp run --queue` stashes
+    uncommitted code for a moment, then puts it back."""
+    deadline = time.monotonic() + CODE_SETTLE_S
+    while True:
+        now = _code_digests()
+        changed = [str(f) for f, digest in at_start.items() if now.get(f) != digest]
+        if not changed or time.monotonic() >= deadline:
+            break
+        time.sleep(0.25)
     if changed:
         raise CodeChangedError(
             f"{', '.join(changed)} changed while this stage ran: the stage stops rather than have"
