@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,11 +78,10 @@ def code_files() -> list[Path]:
 
 
 def fingerprint(params: TrainingParams) -> str:
-    """What a checkpoint must match to be resumed: params that shape training, the data and the
-    code."""
+    """What a checkpoint must match to be resumed, as `<run>-<code>`: a digest of the params that
+    shape training and the data, and one of the code. Apart, they tell another experiment's
+    checkpoint (set aside for it) from one no run of this code can resume (an upgrade, an edit)."""
     h = hashlib.sha256(json.dumps(params.training_dict(), sort_keys=True).encode())
-    for file in code_files():  # by bytes alone: the same code in another clone resumes too
-        h.update(hashlib.sha256(file.read_bytes()).digest())
     files = [paths.split_file(split) for split in ("train", "val")]
     # The starting weights by their bytes, not only their path: a run interrupted before the
     # file was replaced would otherwise resume from the old start.
@@ -90,7 +90,15 @@ def fingerprint(params: TrainingParams) -> str:
     for file in files:
         with open(file, "rb") as f:
             h.update(hashlib.file_digest(f, "sha256").digest())
-    return h.hexdigest()
+    code = hashlib.sha256()
+    for file in code_files():  # by bytes alone: the same code in another clone resumes too
+        code.update(hashlib.sha256(file.read_bytes()).digest())
+    return f"{h.hexdigest()}-{code.hexdigest()}"
+
+
+def _code_of(fp: str) -> str:
+    """The code digest of a fingerprint; "" for one from before they had it."""
+    return fp.partition("-")[2]
 
 
 # In a training process: whether the checkpoint on disk is this run's to resume (None elsewhere,
@@ -149,8 +157,12 @@ def _read(fp: str) -> dict[str, Any] | None:
         finished = None
     state = _load(CHECKPOINT)
     if state is not None and state.get("fingerprint") != fp:
-        _set_aside(state)  # another run's, stopped, or finished but not recorded
+        if _code_of(str(state.get("fingerprint"))) == _code_of(fp):
+            _set_aside(state)  # another experiment's, stopped, or finished but not recorded
+        else:
+            _drop_other_code(state)
         state = finished = None
+    _drop_stale_asides(fp)
     if state is None and _aside(fp).is_file():  # this run's, set aside while others trained
         os.replace(_aside(fp), CHECKPOINT)
         log.info("resuming the checkpoint set aside as %s", _aside(fp))
@@ -185,7 +197,32 @@ def _load(path: Path) -> dict[str, Any] | None:
 
 def _aside(fp: str) -> Path:
     """Where a stopped run's checkpoint waits while runs of other params train."""
-    return paths.CHECKPOINT_DIR / f"{fp[:12]}.pt"
+    return paths.CHECKPOINT_DIR / f"{fp[:12]}-{_code_of(fp)[:12]}.pt"
+
+
+ASIDE_NAME = re.compile(r"[0-9a-f]{12}(-[0-9a-f]{0,12})?\.pt")
+
+
+def _drop_other_code(state: dict[str, Any]) -> None:
+    """Remove a checkpoint of other code, which no run of this code resumes: after an upgrade of
+    visionpipe, or an edit under src/visionpipe or of stages/train.py."""
+    discard()
+    log.warning(
+        "%s was saved after epoch %s by other code (an upgrade, or an edit under src/visionpipe"
+        " or of stages/train.py), which no run of this code can resume: removed; this run"
+        " starts over",
+        CHECKPOINT,
+        state.get("epoch", "?"),
+    )
+
+
+def _drop_stale_asides(fp: str) -> None:
+    """Remove the set-aside checkpoints of other code: no run of this code would take them."""
+    code = _code_of(fp)[:12]
+    for file in sorted(paths.CHECKPOINT_DIR.glob("*.pt")):
+        if ASIDE_NAME.fullmatch(file.name) and file.stem.partition("-")[2] != code:
+            file.unlink()
+            log.info("removed %s, a stopped run's checkpoint of other code", file)
 
 
 def _set_aside(state: dict[str, Any]) -> None:

@@ -288,7 +288,34 @@ def test_a_stopped_run_waits_aside_while_a_run_of_other_params_trains(
     assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
     # The other run, finished but never recorded by DVC (no dvc.lock here), waits aside in turn.
     names = sorted(p.name for p in paths.CHECKPOINT_DIR.iterdir())
-    assert names[1:] == ["finished.json", "last.pt"] and re.fullmatch(r"[0-9a-f]{12}\.pt", names[0])
+    assert names[1:] == ["finished.json", "last.pt"]
+    assert re.fullmatch(r"[0-9a-f]{12}-[0-9a-f]{12}\.pt", names[0])
+
+
+def test_a_stopped_run_of_other_code_is_removed_and_said_to_start_over(
+    processed: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Stopped, then visionpipe upgraded (or a file under src/visionpipe edited): no run of the
+    # new code can resume it, the same command's neither; set aside, it would wait forever.
+    code = processed / "loop.py"
+    code.write_text("lr = 0.1\n")
+    monkeypatch.setattr(checkpoints, "code_files", lambda: [code])
+    params = tiny_params(epochs=3)
+    real_eval = train.evaluate_split
+    kill_at_validation(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(params)
+    monkeypatch.setattr(train, "evaluate_split", real_eval)
+    # Another experiment's checkpoint, set aside under the old code, goes too.
+    stale = paths.CHECKPOINT_DIR / "0123456789ab-ba9876543210.pt"
+    stale.write_bytes(b"a stopped run of other params, of the old code")
+    code.write_text("lr = 0.01\n")
+    with caplog.at_level("INFO"):
+        train.run(params)
+    assert "was saved after epoch 2 by other code (an upgrade, or an edit under" in caplog.text
+    assert "removed; this run starts over" in caplog.text and "epoch 1/3" in caplog.text
+    assert f"removed {stale}, a stopped run's checkpoint of other code" in caplog.text
+    assert sorted(p.name for p in paths.CHECKPOINT_DIR.iterdir()) == ["finished.json", "last.pt"]
 
 
 @pytest.mark.parametrize("patience", [0, 1], ids=["all epochs", "stopped: diverged"])
