@@ -7,6 +7,10 @@ DVC has recorded the run's outputs in dvc.lock: stopped while DVC hashes and cac
 for a large model), or while train writes them, the run is resumed with no epoch left, and only
 writes them again. Once dvc.lock holds its model, the next train run removes it (`discard`), so
 `dvc repro -f` really retrains.
+
+What a run finds in checkpoints/ (`_read`): another experiment's checkpoint (other params or
+data, the same code) is set aside as `<run>-<code>.pt` for that experiment to take back; one of
+other code, which no run of this code resumes, is removed, as are set-aside ones of other code.
 """
 
 from __future__ import annotations
