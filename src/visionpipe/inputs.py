@@ -70,6 +70,7 @@ def _add_glob(inputs: Inputs, spec: str) -> None:
     """The files a glob matches, and the photos in the folders it matches, each once (`**`
     matches a folder and the files in it): what the shell's expansion of the pattern gives."""
     top, matches = _glob(spec)
+    named_before = len(inputs.errors)
     hits = sorted(Path(p) for p in matches)
     found = [p for p in hits if p.is_file()]
     photos = [p for p in hits if is_image_name(p.name)]
@@ -84,11 +85,8 @@ def _add_glob(inputs: Inputs, spec: str) -> None:
     named_wrong = {file for file, _ in inputs.errors}
     inputs.errors += [e for e in walked.errors if e[0] not in named_wrong]
     inputs.tops.update(walked.tops)
-    if (
-        not found
-        and not walked.files
-        and not (set(matches) | set(walked.tops)) & {file for file, _ in inputs.errors}
-    ):  # a glob of broken links only: each named already
+    # A glob of broken photo links only: each is named already.
+    if not found and not walked.files and len(inputs.errors) == named_before:
         what = "no image files" if walked.tops else "no files"
         inputs.errors.append((spec, f"glob matched {what}"))
 

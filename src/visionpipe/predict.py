@@ -360,14 +360,16 @@ def write_grid(
     labels = labels or {}
     shown = decoded
     if len(decoded) > limit:
-        wrong = [p for p in decoded if labels.get(p.file) not in (None, p.top[0]["class"])]
-        shown = [*wrong, *(p for p in decoded if p not in wrong)][:limit]
+        wrong = [labels.get(p.file) not in (None, p.top[0]["class"]) for p in decoded]
+        # A stable sort: the wrong ones first, each group in the order given.
+        order = sorted(range(len(decoded)), key=lambda i: not wrong[i])
+        shown = [decoded[i] for i in order[:limit]]
         log.info(
             "%s shows %d of the %d predictions (%s)",
             dest,
             limit,
             len(decoded),
-            f"the {len(wrong)} wrong ones first" if wrong else "the first ones",
+            f"the {sum(wrong)} wrong ones first" if any(wrong) else "the first ones",
         )
     # Decoded for the cell size, as predicting decoded them for the model's: a JPEG at reduced
     # scale, so a photo too large to decode whole (200 megapixels) shows as it was predicted.
