@@ -10,7 +10,8 @@ writes them again. Once dvc.lock holds its model, the next train run removes it 
 
 What a run finds in checkpoints/ (`_read`): another experiment's checkpoint (other params or
 data, the same code) is set aside as `<run>-<code>.pt` for that experiment to take back; one of
-other code, which no run of this code resumes, is removed, as are set-aside ones of other code.
+other training code (`code_files`), which no run of this code resumes, is removed, as are
+set-aside ones of other code.
 """
 
 from __future__ import annotations
@@ -70,15 +71,21 @@ class Trainee:
 
 
 def code_files() -> list[Path]:
-    """The code that trains: the visionpipe package's modules. An edited loop, augmentation or
-    optimizer is a new run, as it is to DVC; resuming would mix two codes' epochs in one model
-    (an edit to the model's layers alone is caught by `restore`). All of them, not only those
-    loaded: the set is then the same in every process, whatever it imported first. And the
-    train stage's own code deps in dvc.yaml outside the package (stages/train.py), which DVC
-    re-runs train for too."""
-    package = sorted(Path(__file__).parent.rglob("*.py"))
-    own = [f for f in paths.code_deps("train") if f.parts[0] != "src"]
-    return package + own
+    """The code that trains: train's code deps in dvc.yaml (stages/train.py and the modules it
+    imports), the files DVC re-runs train for. An edited loop, augmentation or optimizer is a new
+    run, as it is to DVC; resuming would mix two codes' epochs in one model. An edit to code that
+    train never loads (serve, predict) leaves a stopped run resumable. Outside a project (no
+    dvc.yaml listing train's code), every module of the package: editors' lock files and
+    hidden folders (`.#optim.py`, `.ipynb_checkpoints/`) are no code."""
+    listed = paths.code_deps("train")
+    if listed:
+        return listed
+    package = Path(__file__).parent
+    return sorted(
+        f
+        for f in package.rglob("*.py")
+        if not any(part.startswith(".") for part in f.relative_to(package).parts) and f.is_file()
+    )
 
 
 def fingerprint(params: TrainingParams) -> str:
@@ -204,17 +211,18 @@ def _aside(fp: str) -> Path:
     return paths.CHECKPOINT_DIR / f"{fp[:12]}-{_code_of(fp)[:12]}.pt"
 
 
-ASIDE_NAME = re.compile(r"[0-9a-f]{12}(-[0-9a-f]{0,12})?\.pt")
+# `<run>-<code>.pt`, and `<run>.pt` as older versions named them.
+ASIDE_NAME = re.compile(r"[0-9a-f]{12}(-[0-9a-f]{12})?\.pt")
 
 
 def _drop_other_code(state: dict[str, Any]) -> None:
     """Remove a checkpoint of other code, which no run of this code resumes: after an upgrade of
-    visionpipe, or an edit under src/visionpipe or of stages/train.py."""
+    visionpipe, or an edit of train's code (`code_files`)."""
     discard()
     log.warning(
-        "%s was saved after epoch %s by other code (an upgrade, or an edit under src/visionpipe"
-        " or of stages/train.py), which no run of this code can resume: removed; this run"
-        " starts over",
+        "%s was saved after epoch %s by other code (an upgrade, or an edit of stages/train.py or"
+        " a module it imports, as dvc.yaml lists them), which no run of this code can resume:"
+        " removed; this run starts over",
         CHECKPOINT,
         state.get("epoch", "?"),
     )
@@ -226,19 +234,17 @@ def _drop_stale_asides(fp: str) -> None:
     for file in sorted(paths.CHECKPOINT_DIR.glob("*.pt")):
         if ASIDE_NAME.fullmatch(file.name) and file.stem.partition("-")[2] != code:
             file.unlink()
-            log.info("removed %s, a stopped run's checkpoint of other code", file)
+            log.warning("removed %s, a stopped run's checkpoint of other code", file)
 
 
 def _set_aside(state: dict[str, Any]) -> None:
-    """Keep a stopped run of other params, data or code: this run would overwrite it with its
-    first epoch, and the other run's command, run again, would start over."""
-    theirs = str(state.get("fingerprint") or "")
-    if not theirs:
-        return
+    """Keep a stopped run of other params or data: this run would overwrite it with its first
+    epoch, and the other run's command, run again, would start over."""
+    theirs = str(state["fingerprint"])
     os.replace(CHECKPOINT, _aside(theirs))
     FINISHED.unlink(missing_ok=True)  # what it says of a finished run went with it
     log.warning(
-        "%s is another run's (other params, data or code), saved after its epoch %s: set aside"
+        "%s is another run's (other params or data), saved after its epoch %s: set aside"
         " as %s (%s), which that run resumes from when run again; delete it if that run is not"
         " wanted",
         CHECKPOINT,

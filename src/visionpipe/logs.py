@@ -234,10 +234,13 @@ def _refuse_changed_code(at_start: dict[Path, str]) -> None:
             break
         time.sleep(0.25)
     if changed:
+        undo = ""
+        if os.environ.get("DVC_STAGE") == "train":  # its checkpoint outlives the failure
+            undo = "; or undo the edit, and `dvc repro` writes this run's outputs, training nothing"
         raise CodeChangedError(
             f"{', '.join(changed)} changed while this stage ran: the stage stops rather than have"
             " DVC record its outputs as made by the edited code; run it again (`dvc repro`) to"
-            " make them with the code as it is now"
+            f" make them with the code as it is now{undo}"
         )
 
 

@@ -128,6 +128,8 @@ def test_a_stage_whose_code_is_edited_while_it_runs_fails(
     assert stop.value.code == 1
     assert "src/visionpipe/optim.py changed while this stage ran" in caplog.text, caplog.text
     assert "stages/train.py" not in caplog.text and "(`dvc repro`)" in caplog.text
+    # Train's finished run keeps its checkpoint: with the edit undone, nothing trains again.
+    assert "or undo the edit, and `dvc repro` writes this run's outputs" in caplog.text
     caplog.clear()
     with pytest.raises(SystemExit) as stop:
         logs.run_stage(lambda: Path("stages/train.py").write_text("lr = 0.01\n") and None)

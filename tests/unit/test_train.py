@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from tests.datasets import FAST_MODEL, FAST_TRAIN, kill_at_validation, tiny_params, train_anew
-from tests.helpers import DOG_PNG
+from tests.helpers import DOG_PNG, ROOT
 from visionpipe import (
     batches,
     checkpoints,
@@ -274,7 +274,7 @@ def test_a_stopped_run_waits_aside_while_a_run_of_other_params_trains(
     monkeypatch.setattr(train, "evaluate_split", real_eval)
     with caplog.at_level("INFO"):
         train.run(other)
-    assert "another run's (other params, data or code), saved after its epoch 2: set aside" in (
+    assert "another run's (other params or data), saved after its epoch 2: set aside" in (
         caplog.text
     )
     assert "epoch 1/2" in caplog.text  # the other run trained from its start
@@ -312,7 +312,7 @@ def test_a_stopped_run_of_other_code_is_removed_and_said_to_start_over(
     code.write_text("lr = 0.01\n")
     with caplog.at_level("INFO"):
         train.run(params)
-    assert "was saved after epoch 2 by other code (an upgrade, or an edit under" in caplog.text
+    assert "was saved after epoch 2 by other code (an upgrade, or an edit of" in caplog.text
     assert "removed; this run starts over" in caplog.text and "epoch 1/3" in caplog.text
     assert f"removed {stale}, a stopped run's checkpoint of other code" in caplog.text
     assert sorted(p.name for p in paths.CHECKPOINT_DIR.iterdir()) == ["finished.json", "last.pt"]
@@ -1239,13 +1239,6 @@ def test_a_checkpoint_of_other_code_is_not_resumed(
 ) -> None:
     # Stopped, the loop fixed, run again: resuming would finish with epochs of both codes in
     # one model, which dvc.lock then records as the new code's.
-    assert {Path(m.__file__) for m in (train, batches, optim)} <= set(checkpoints.code_files())
-    # The stage script too, where dvc.yaml lists it among train's deps, as DVC re-runs train
-    # for it: an edit during a run fails the stage, and its next run must not resume.
-    Path("stages").mkdir()
-    Path("stages/train.py").write_text("main()\n")
-    Path("dvc.yaml").write_text("stages:\n  train:\n    deps: [stages/train.py, data/processed]\n")
-    assert Path("stages/train.py") in checkpoints.code_files()
     loop_code = processed / "train.py"
     loop_code.write_text("lr = 0.1\n")
     monkeypatch.setattr(checkpoints, "code_files", lambda: [loop_code])
@@ -1253,6 +1246,50 @@ def test_a_checkpoint_of_other_code_is_not_resumed(
     before = checkpoints.fingerprint(params)
     loop_code.write_text("lr = 0.01\n")
     assert checkpoints.fingerprint(params) != before
+
+
+def test_train_s_code_is_what_dvc_yaml_lists_as_train_s_deps(
+    processed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The files DVC re-runs train for, and no others: a comment added to serve.py (no dep of
+    # train) leaves a stopped run resumable, as DVC leaves train's outputs alone.
+    monkeypatch.chdir(ROOT)
+    listed = paths.code_deps("train")
+    assert checkpoints.code_files() == listed
+    assert {Path(m.__file__).relative_to(ROOT) for m in (train, batches, optim)} <= set(listed)
+    assert Path("stages/train.py") in listed
+    assert Path("src/visionpipe/serve.py") not in listed
+    monkeypatch.chdir(processed)
+    Path("stages").mkdir()
+    Path("stages/train.py").write_text("main()\n")
+    Path("stages/serve.py").write_text("serve()\n")
+    Path("dvc.yaml").write_text("stages:\n  train:\n    deps: [stages/train.py, data/processed]\n")
+    params = tiny_params()
+    before = checkpoints.fingerprint(params)
+    Path("stages/serve.py").write_text("serve()  # a comment\n")
+    assert checkpoints.fingerprint(params) == before
+    Path("stages/train.py").write_text("main()  # a comment\n")
+    assert checkpoints.fingerprint(params) != before
+
+
+def test_outside_a_project_train_s_code_is_the_package_without_editors_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No dvc.yaml here: every module of the package counts, but not an editor's lock file (a
+    # dangling link, `.#optim.py`) nor a notebook's hidden copies, which would fail or sway it.
+    monkeypatch.chdir(tmp_path)
+    package = tmp_path / "visionpipe"
+    (package / "config").mkdir(parents=True)
+    (package / ".ipynb_checkpoints").mkdir()
+    for name in ("checkpoints.py", "optim.py", "config/train.py", ".ipynb_checkpoints/optim.py"):
+        (package / name).write_text("x = 1\n")
+    (package / ".#optim.py").symlink_to("probe@host.12345:1765000000")
+    monkeypatch.setattr(checkpoints, "__file__", str(package / "checkpoints.py"))
+    assert checkpoints.code_files() == [
+        package / "checkpoints.py",
+        package / "config" / "train.py",
+        package / "optim.py",
+    ]
 
 
 def test_a_run_removes_the_temporary_files_of_a_killed_save(processed: Path) -> None:
