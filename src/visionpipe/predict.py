@@ -364,7 +364,8 @@ def write_grid(
         # A stable sort: the wrong ones first, each group in the order given.
         order = sorted(range(len(decoded)), key=lambda i: not wrong[i])
         shown = [decoded[i] for i in order[:limit]]
-        log.info(
+        # A warning, so that the CLI (which shows warnings and errors only) says it too.
+        log.warning(
             "%s shows %d of the %d predictions (%s)",
             dest,
             limit,

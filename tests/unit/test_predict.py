@@ -120,7 +120,7 @@ def test_a_grid_of_more_photos_than_it_holds_shows_the_wrong_guesses_and_says_so
     }
     wrong = preds[2:]
     grid = tmp_path / "grid.png"
-    with caplog.at_level("INFO"):
+    with caplog.at_level("WARNING"):  # as `visionpipe predict` logs
         write_grid(grid, preds, labels, limit=len(wrong))
     said = f"shows {len(wrong)} of the {len(preds)} predictions (the {len(wrong)} wrong ones first)"
     assert said in caplog.text
