@@ -16,6 +16,7 @@ import re
 import sys
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 from visionpipe import __version__, fsutil, logs, paths
 
@@ -94,11 +95,32 @@ def _params(args: argparse.Namespace) -> int:
             print(QUOTE_HINT, file=sys.stderr)
         return 2
     path = DEFAULT_PARAMS
-    old = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    changed = diff_keys(old, raw)
+    old, unreadable = _old_params(path)
     write_text(path, text)
+    if unreadable:
+        print(f"wrote {path}, replacing one that {unreadable}")
+        return 0
+    changed = diff_keys(old, raw)
     print(f"wrote {path}" + (f"; changed: {', '.join(changed)}" if changed else "; unchanged"))
     return 0
+
+
+def _old_params(path: Path) -> tuple[dict[str, Any], str]:
+    """params.yaml as it is, to say what changed; or {} and why it cannot be compared (a merge's
+    conflict markers, a hand edit gone wrong): composed anew, it is replaced whole."""
+    import yaml
+
+    if not path.is_file():
+        return {}, ""
+    try:
+        old = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        return {}, f"could not be read ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+    if old is None:  # an empty file
+        return {}, ""
+    if not isinstance(old, dict):
+        return {}, f"held no mapping of params (a YAML {type(old).__name__})"
+    return old, ""
 
 
 def _lacking_in_conf(raw: object, overrides: list[str]) -> str | None:

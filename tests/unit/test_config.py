@@ -293,6 +293,26 @@ def test_visionpipe_params_names_the_line_conf_lacks_for_a_key_new_in_the_code(
     assert "conf/ gives no value" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("<<<<<<< HEAD\ntrain:\n  lr: 0.1\n=======\n", "could not be read (ScannerError: "),
+        ("- train\n- lr\n", "held no mapping of params (a YAML list)"),
+        (b"train: {lr: \xff}\n", "could not be read (UnicodeDecodeError: "),
+    ],
+)
+def test_visionpipe_params_replaces_a_params_yaml_it_cannot_read_and_says_so(
+    conf_copy: Path, capsys: pytest.CaptureFixture[str], text: str | bytes, said: str
+) -> None:
+    # A merge's conflict markers: composing params.yaml anew is the way out of them.
+    params = conf_copy / "params.yaml"
+    params.write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert main(["params", "train.lr=0.05"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"wrote params.yaml, replacing one that {said}"), out
+    assert yaml.safe_load(params.read_text())["train"]["lr"] == 0.05
+
+
 def test_visionpipe_params_where_it_may_not_write_says_so_in_a_line(
     conf_copy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
