@@ -246,31 +246,65 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 
 def _origin(value: str) -> str:
     """An --allow-origin value as browsers send it as Origin (scheme and host in lower case, IDN
-    hosts in punycode, percent-escapes decoded, no default port), or '*'."""
+    hosts in punycode, percent-escapes decoded, IPv6 compressed, no default port), or '*'."""
     if value == "*":
         return value
-    import idna  # here: other commands never need it
-
-    parts = urllib.parse.urlsplit(value)
-    scheme, host = parts.scheme.lower(), urllib.parse.unquote(parts.hostname or "").lower()
     try:
-        port = parts.port
-        # UTS-46, as browsers (the URL standard) map a host: straße.de is xn--strae-oqa.de. An
-        # ASCII one only in lower case: IDNA refuses a Docker service's name (web_app).
-        if not host.isascii():
-            host = idna.encode(host, uts46=True).decode("ascii")
-    except (ValueError, UnicodeError, idna.IDNAError):  # a port above 65535, an invalid host
-        host = ""
-    # A browser's Origin has no path, not even "/": "http://localhost:3000/" would never match.
-    whole = value.lower() == f"{scheme}://{parts.netloc}".lower()
-    if scheme in DEFAULT_PORTS and host and whole and parts.username is None:
-        host = f"[{host}]" if ":" in host else host
+        parts = urllib.parse.urlsplit(value)
+        scheme = parts.scheme.lower()
+        # A browser's Origin has no path, not even "/": "http://localhost:3000/" never matches.
+        whole = value.lower() == f"{scheme}://{parts.netloc}".lower() and not parts.username
+        host, port = _origin_host(parts.hostname or "", "[" in parts.netloc), parts.port
+    except (ValueError, UnicodeError):  # a port above 65535, a host no browser would take
+        scheme, whole = "", False
+    if scheme in DEFAULT_PORTS and whole:
         return f"{scheme}://{host}" + ("" if port in (None, DEFAULT_PORTS[scheme]) else f":{port}")
     raise argparse.ArgumentTypeError(
         f"{value!r} is not an origin: give scheme://host[:port] with no path or trailing "
         "slash, as the browser's address bar shows the page's site (http://localhost:3000), "
         "or '*' for any"
     )
+
+
+# What the URL standard refuses in a domain once its percent-escapes are decoded.
+FORBIDDEN_IN_HOST = frozenset(" #%/:<>?@[\\]^|")
+
+
+def _origin_host(host: str, bracketed: bool) -> str:
+    """A URL's host (urlsplit's, in lower case) as browsers write it in Origin; ValueError or
+    UnicodeError for one a browser refuses."""
+    if bracketed:  # an IPv6 address: [::ffff:7f00:1] for [::FFFF:127.0.0.1]
+        return f"[{_ipv6_text(host)}]"
+    host = urllib.parse.unquote(host).lower()
+    if not host or any(c in FORBIDDEN_IN_HOST or ord(c) < 0x20 or c == "\x7f" for c in host):
+        raise ValueError(host)
+    if host.isascii():
+        # Only in lower case: IDNA refuses a Docker service's name (web_app).
+        return host
+    import idna  # here: other commands never need it
+
+    # UTS-46, as browsers (the URL standard) map a host: straße.de is xn--strae-oqa.de.
+    return idna.encode(host, uts46=True).decode("ascii")
+
+
+def _ipv6_text(text: str) -> str:
+    """An IPv6 address as the URL standard serialises it: hex pieces in lower case, the first
+    longest run of two or more zero pieces as "::", no dotted IPv4 tail, no zone."""
+    import ipaddress
+
+    address = ipaddress.IPv6Address(text)
+    if address.scope_id is not None:
+        raise ValueError(text)  # browsers take no zone (fe80::1%eth0) in a URL
+    pieces = [int(p, 16) for p in address.exploded.split(":")]
+    best, best_len, run = -1, 1, 0
+    for i, piece in enumerate(pieces):
+        run = run + 1 if piece == 0 else 0
+        if run > best_len:
+            best, best_len = i - run + 1, run
+    hexes = [f"{p:x}" for p in pieces]
+    if best < 0:
+        return ":".join(hexes)
+    return ":".join(hexes[:best]) + "::" + ":".join(hexes[best + best_len :])
 
 
 GRID_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # formats every Pillow build writes

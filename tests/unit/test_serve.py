@@ -567,9 +567,17 @@ def test_other_origins_are_told_the_option(server: Served, model: Path) -> None:
         ("http://%41.com", "http://a.com"),
         ("http://web_app:3000", "http://web_app:3000"),  # a Docker Compose service
         ("http://[::1]:3000", "http://[::1]:3000"),
+        # The URL standard's IPv6: lower-case hex, the first longest zero run as ::, no IPv4 tail.
+        ("http://[::FFFF:127.0.0.1]", "http://[::ffff:7f00:1]"),
+        ("http://[2001:DB8:0:0:1:0:0:1]:8080", "http://[2001:db8::1:0:0:1]:8080"),
+        ("http://[1:0:0:2:0:0:0:3]", "http://[1:0:0:2::3]"),
     ]:
         assert _origin(typed) == sent
-    for bad in ("http://localhost:3000/", "localhost:3000", "http://a.example/app", "http://a:1e6"):
+    bad_hosts = ("http://a%2Fb.com", "http://a%3A80.com", "http://[fe80::1%25eth0]", "http://[zz]")
+    for bad in (
+        *("http://localhost:3000/", "localhost:3000", "http://a.example/app", "http://a:1e6"),
+        *bad_hosts,  # a browser refuses these hosts: they would never match
+    ):
         with pytest.raises(SystemExit) as exit_:
             main(["serve", "--model", str(model), "--allow-origin", bad])
         assert exit_.value.code == 2
