@@ -199,9 +199,9 @@ def _stages(dvc_file: Path) -> dict[str, Any]:
     return stages if isinstance(stages, dict) else {}
 
 
-def code_deps(stage: str, dvc_file: Path = Path("dvc.yaml")) -> list[Path]:
+def code_deps(stage: str) -> list[Path]:
     """The code files (under src/ or stages/) that dvc.yaml lists as `stage`'s deps."""
-    deps = (_stages(dvc_file).get(stage) or {}).get("deps") or []
+    deps = (_stages(Path("dvc.yaml")).get(stage) or {}).get("deps") or []
     files = [Path(d) for d in deps if isinstance(d, str)]
     return [f for f in files if f.parts[:1] in (("src",), ("stages",)) and f.is_file()]
 
