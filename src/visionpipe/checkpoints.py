@@ -178,8 +178,8 @@ def _read(fp: str) -> dict[str, Any] | None:
         os.replace(_aside(fp), CHECKPOINT)
         log.info("resuming the checkpoint set aside as %s", _aside(fp))
         state = _load(CHECKPOINT)
-    # The fingerprint hashes this package's code: a checkpoint that matches was written by
-    # this very code, in this layout.
+    # The fingerprint hashes train's code: a checkpoint that matches was written by this very
+    # code, in this layout.
     if state is None or state.get("fingerprint") != fp:
         return None
     if finished is not None and finished.get("fingerprint") == fp:
