@@ -98,13 +98,26 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+# Rows converted at a time from 32-bit pixels to 8 bits: the float temporaries of a whole
+# 64-megapixel image would take gigabytes, of a block about 8 MB each.
+BLOCK_PIXELS = 1 << 20
+
+
+def _row_blocks(arr: np.ndarray) -> Iterator[slice]:
+    rows = max(1, BLOCK_PIXELS // max(1, arr.size // max(1, arr.shape[0])))
+    return (slice(start, start + rows) for start in range(0, arr.shape[0], rows))
+
+
 def _int32_to_8bit(arr: np.ndarray) -> np.ndarray:
     """32-bit integer pixels -> uint8: [0, max(1, peak)] scaled down, negatives black. In
     float64, exact for every int32: in 32 bits a negative would wrap to white and a value above
     16.8 million overflow when multiplied by 255."""
-    values = np.maximum(arr.astype(np.float64), 0.0)
-    peak = max(float(values.max(initial=0.0)), 1.0)
-    return np.floor(values * 255 / peak).astype(np.uint8)  # 255 first: the peak gives 255
+    peak = max(float(arr.max(initial=0)), 1.0)
+    out = np.empty(arr.shape, np.uint8)
+    for rows in _row_blocks(arr):
+        values = np.maximum(arr[rows].astype(np.float64), 0.0)
+        out[rows] = np.floor(values * 255 / peak)  # 255 first: the peak gives 255
+    return out
 
 
 def _float_to_8bit(arr: np.ndarray) -> np.ndarray:
@@ -112,11 +125,17 @@ def _float_to_8bit(arr: np.ndarray) -> np.ndarray:
     convert('RGB') rounds each float: a TIFF of values in [0, 1] (what scientific cameras and
     numpy exports write) would turn black. +inf is the peak and nan or -inf black: one +inf taken
     as the peak would turn all the others black."""
-    finite = np.isfinite(arr)
-    peak = max(float(arr.max(initial=0.0, where=finite)), 1.0)
-    values = np.where(finite, arr, np.where(arr == np.inf, np.float32(peak), np.float32(0)))
-    # Scaled in float32: its rounding is part of the bytes every float TIFF decodes to.
-    return np.clip(np.rint(values.astype(np.float32) * (255 / peak)), 0, 255).astype(np.uint8)
+    blocks = list(_row_blocks(arr))
+    finite_max = (float(arr[r].max(initial=0.0, where=np.isfinite(arr[r]))) for r in blocks)
+    peak = max([1.0, *finite_max])
+    out = np.empty(arr.shape, np.uint8)
+    for rows in blocks:
+        block = arr[rows]
+        finite = np.isfinite(block)
+        values = np.where(finite, block, np.where(block == np.inf, np.float32(peak), np.float32(0)))
+        # Scaled in float32: its rounding is part of the bytes every float TIFF decodes to.
+        out[rows] = np.clip(np.rint(values.astype(np.float32) * (255 / peak)), 0, 255)
+    return out
 
 
 # Where Pillow's getexif() finds an orientation: without any of these an image is upright, and
@@ -178,11 +197,12 @@ def _draft_shape(w: int, h: int, size: int | None) -> tuple[int, int]:
 def _decode_plain_jpeg(data: bytes, size: int | None) -> np.ndarray | None:
     """(H, W, 3) pixels of a plain JPEG, as Pillow decodes them (with its draft scale for
     `size`); None for anything else, which Pillow then decodes."""
-    found = _plain_jpeg_size(data)
+    found = _plain_jpeg_frame(data)
     if found is None:
         return None
-    want = _draft_shape(*found, size)
-    if want[0] * want[1] > MAX_PIXELS:
+    w, h, progressive = found
+    want = _draft_shape(w, h, size)
+    if _held_pixels(w, h, size, progressive) > MAX_PIXELS:
         return None  # Pillow's path refuses it, naming the limit
     try:
         pixels = simplejpeg.decode_jpeg(data, "RGB", min_height=want[0], min_width=want[1])
@@ -196,9 +216,9 @@ _SOF_OTHER = frozenset(range(0xC3, 0xD0)) - {0xC4, 0xC8, 0xCC}  # lossless, arit
 _APP_PILLOW_ACTS_ON = (0xE1, 0xEE)  # EXIF/XMP (rotation), Adobe (colour transform)
 
 
-def _plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) of a plain JPEG (see the module docstring), by walking its header
-    segments up to the first scan; None for anything else."""
+def _plain_jpeg_frame(data: bytes) -> tuple[int, int, bool] | None:
+    """(width, height, progressive) of a plain JPEG (see the module docstring), by walking its
+    header segments up to the first scan; None for anything else."""
     if not data.startswith(b"\xff\xd8"):
         return None
     found, i = None, 2
@@ -223,9 +243,10 @@ def _plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
             # 8-bit samples, 3 channels (YCbCr or RGB), a size in the header, one frame
             if found is not None or len(body) < 6 or body[0] != 8 or body[5] != 3:
                 return None
-            found = (int.from_bytes(body[3:5], "big"), int.from_bytes(body[1:3], "big"))
-            if 0 in found:
+            w, h = int.from_bytes(body[3:5], "big"), int.from_bytes(body[1:3], "big")
+            if not w or not h:
                 return None
+            found = (w, h, marker == 0xC2)
         i += 2 + length
     return None
 
@@ -238,7 +259,7 @@ def header_pixels(data: bytes) -> int | None:
     work its decode is. None for other formats and for headers that do not say."""
     if data.startswith(_PNG_SIGNATURE) and len(data) >= 24 and data[12:16] == b"IHDR":
         return int.from_bytes(data[16:20], "big") * int.from_bytes(data[20:24], "big")
-    found = _plain_jpeg_size(data)
+    found = _plain_jpeg_frame(data)
     return found[0] * found[1] if found is not None else None
 
 
@@ -341,9 +362,19 @@ def _register_heif() -> None:
 
 
 def _decoded_pixels(img: Image.Image, size: int | None) -> int:
-    """How many pixels decoding `img` for `size` makes: a JPEG's draft scale divides its sides."""
+    """How many pixels decoding `img` for `size` holds in memory (`_held_pixels`)."""
     w, h = img.size
     if img.format not in ("JPEG", "MPO"):
+        return w * h
+    return _held_pixels(w, h, size, bool(img.info.get("progressive")))
+
+
+def _held_pixels(w: int, h: int, size: int | None, progressive: bool) -> int:
+    """How many pixels decoding a w x h JPEG for `size` holds: its draft scale divides the sides
+    of a baseline one, but libjpeg keeps every coefficient of a progressive one at full size
+    (3 to 6 bytes a pixel) to add each scan to: a 1.5 MB progressive file claiming 32000x32000
+    would take gigabytes, whatever the scale."""
+    if progressive:
         return w * h
     height, width = _draft_shape(w, h, size)
     return height * width

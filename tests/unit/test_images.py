@@ -275,6 +275,48 @@ def test_header_pixels_reads_png_and_plain_jpeg_headers_only() -> None:
     assert images.header_pixels(b"\x89PNG\r\n\x1a\n") is None
 
 
+def test_a_progressive_jpeg_counts_every_pixel_against_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # libjpeg holds a progressive JPEG's coefficients at full size whatever the scale: a 1.5 MB
+    # file claiming 32000x32000 would take gigabytes of a server's memory for one request.
+    monkeypatch.setattr(images, "MAX_PIXELS", 100_000)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 60_000)
+    photo = Image.new("RGB", (640, 480), (30, 120, 200))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Pillow's path as well as the plain-JPEG one
+    for extra in ({}, {"exif": exif.tobytes()}):
+        baseline = _encode(photo, "JPEG", **extra)
+        assert sorted(decode_rgb(baseline, "big.jpg", 16).size) == [60, 80]  # at 1/8 scale
+        progressive = _encode(photo, "JPEG", progressive=True, **extra)
+        with pytest.raises(BadImageError) as refused:
+            decode_rgb(progressive, "big.jpg", 16)
+        assert refused.value.reason == (
+            "image is 640x480 (307,200 pixels), above the 100,000 limit; downscale it first"
+        )
+
+
+def test_32_bit_pixels_convert_to_8_bits_in_blocks_of_rows() -> None:
+    # A 64-megapixel float or integer TIFF is a few hundred kilobytes deflated: converted whole,
+    # its float64 temporaries took 2 GB of a server's memory for one upload.
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    for arr, convert in (
+        (rng.integers(-5, 2**31 - 1, (2000, 3000), dtype=np.int32), images._int32_to_8bit),
+        (rng.random((2000, 3000), dtype=np.float32) * 300, images._float_to_8bit),
+    ):
+        tracemalloc.start()
+        try:
+            out = convert(arr)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert out.shape == arr.shape and out.dtype == np.uint8
+        # The output, and a few float64 blocks of BLOCK_PIXELS: not a float64 copy of it all.
+        assert peak < out.nbytes + 4 * 8 * images.BLOCK_PIXELS, (convert.__name__, peak)
+
+
 def test_a_jpeg_above_the_pixel_limit_is_read_at_the_reduced_scale_it_decodes_at(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
