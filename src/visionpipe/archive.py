@@ -22,6 +22,7 @@ byte-reproducible tar. The checks on names and links are `archive_members`'.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import gzip
 import io
@@ -50,7 +51,7 @@ from visionpipe.archive_members import (
     warn_empty_folders,
     warn_hidden_folders,
 )
-from visionpipe.fsutil import atomic_path, size_text
+from visionpipe.fsutil import DiskFullError, atomic_path, free_bytes, size_text
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +253,7 @@ def pack_directory(
     if not entries:
         but = f" but {found} hidden or system file{'s' * (found > 1)}" if found else ""
         raise ArchiveReadError(f"{src} holds no regular files{but}: nothing to pack")
+    _check_room(src, dest, _tar_size([root / e.target for e in entries], stored))
     left_out = 0  # bytes of the files stored empty
     with atomic_path(dest) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
         for entry, keep in zip(entries, stored, strict=True):
@@ -265,6 +267,28 @@ def pack_directory(
             empty,
             "is" if empty == 1 else "are",
             size_text(left_out),
+        )
+
+
+def _tar_size(files: list[Path], stored: list[bool]) -> int:
+    """At most the size of the tar of `files` (those `stored` with their bytes): a header (PAX:
+    up to three blocks for a long or non-ASCII name) and the padded bytes of each, the end."""
+    block = tarfile.BLOCKSIZE
+    size = tarfile.RECORDSIZE * 2
+    for file, keep in zip(files, stored, strict=True):
+        size += 3 * block + (-(-file.stat().st_size // block) * block if keep else 0)
+    return size
+
+
+def _check_room(src: Path, dest: Path, need: int) -> None:
+    """Refuse, before writing, a tar its disk cannot hold: a full disk at the end of a long pack
+    wastes it, and leaves that disk full for everything else."""
+    free = free_bytes(dest.parent)
+    if need > free:
+        raise DiskFullError(
+            errno.ENOSPC,
+            f"packing {src} takes up to {size_text(need)} in {dest.parent}, and its disk has"
+            f" {size_text(free)} free: free some space and run the command again",
         )
 
 

@@ -113,6 +113,20 @@ def dvc_cache_of(folder: Path) -> Path | None:
     """The real path of the `files/md5` folder of the DVC cache of the project holding
     `folder`, wherever `dvc cache dir` put it (any config level); None outside a DVC project.
     A name alone can be copied: a file named like a cache file elsewhere is none of its."""
+    found = _dvc_cache(folder)
+    return found[0] if found else None
+
+
+def dvc_cache_copied_to(folder: Path) -> Path | None:
+    """Where DVC copies the outputs of the project holding `folder` (its cache's `files/md5`);
+    None outside a project, or where its cache.type links (hardlink, symlink) instead."""
+    found = _dvc_cache(folder)
+    if found is None or {"hardlink", "symlink"} & set(found[1]):
+        return None
+    return found[0]
+
+
+def _dvc_cache(folder: Path) -> tuple[Path, list[str]] | None:
     from dvc.exceptions import NotDvcRepoError  # the pipeline's: only a folder source asks
     from dvc.repo import Repo
 
@@ -121,8 +135,10 @@ def dvc_cache_of(folder: Path) -> Path | None:
     except NotDvcRepoError:
         return None
     with Repo(root) as repo:
-        cache = repo.cache.local.path
-    return Path(os.path.realpath(cache)) if cache else None
+        cache, types = repo.cache.local.path, repo.config["cache"].get("type") or []
+    if isinstance(types, str):
+        types = [t.strip() for t in types.split(",")]
+    return (Path(os.path.realpath(cache)), list(types)) if cache else None
 
 
 def size_text(n: float) -> str:
@@ -144,14 +160,19 @@ def disk_full_message(path: Path | str | None) -> str:
             "free there), but maybe the temporary folder ($TMPDIR, /tmp) or /dev/shm (in a "
             "container: `docker run --shm-size`): free some space and run the command again"
         )
-    folder = Path(path).absolute()
-    while not folder.is_dir() and folder != folder.parent:
-        folder = folder.parent
-    free = size_text(shutil.disk_usage(folder).free)
+    free = size_text(free_bytes(path))
     return (
         f"no space left on the disk holding {path} ({free} free there): free some "
         "space and run the command again"
     )
+
+
+def free_bytes(path: Path | str) -> int:
+    """Bytes free on the disk that holds `path`, or would: its nearest existing folder's."""
+    folder = Path(path).absolute()
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
 
 
 def _fsync(path: Path) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from visionpipe import __version__, paths
+from visionpipe import __version__, fsutil, paths
 from visionpipe.archive import (
     ARCHIVE_SUFFIXES,
     PACKED_FOLDER,
@@ -251,6 +251,7 @@ def _fetch_source(
         # writes .DS_Store, a NAS indexes into @eaDir/): leaving them out keeps the tar, its
         # data.sha256 and what DVC re-runs the same on every machine that holds the photos.
         pack_directory(path, dest, store=_read_by_preprocess, leave_out=is_hidden)
+        _warn_cache_room(dest)
         hashes = _hash_file(dest)
         try:
             _verify(hashes, expect, dest.name, str(path))
@@ -265,6 +266,26 @@ def _fetch_source(
         named = repr(source) if source == str(path) else f"{source!r} ({path})"
         raise DownloadError(f"data.source {named}{str(e).removeprefix(str(path))}") from e
     return _copy(path, dest_dir / path.name, expect, [])
+
+
+def _warn_cache_room(tar: Path) -> None:
+    """Warn when DVC's cache has no room for the packed folder: DVC copies each output into it
+    when the stage ends (unless its cache.type links), and fails there, the disk full."""
+    cache = fsutil.dvc_cache_copied_to(tar.parent)
+    if cache is None:
+        return
+    size, free = tar.stat().st_size, fsutil.free_bytes(cache)
+    if size > free:
+        log.warning(
+            "%s takes %s, and the disk of DVC's cache (%s) has %s free: DVC copies the tar"
+            " there when this stage ends, and will fail for want of space; free some, move the"
+            " cache (`uv run dvc cache dir`), or let DVC link instead of copying (`uv run dvc"
+            " config cache.type hardlink,symlink`)",
+            tar,
+            fsutil.size_text(size),
+            cache,
+            fsutil.size_text(free),
+        )
 
 
 def _read_by_preprocess(names: list[str]) -> list[bool]:

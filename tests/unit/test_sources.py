@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import dvc, write_files
-from visionpipe import archive, archive_members, sources
+from visionpipe import archive, archive_members, fsutil, sources
 from visionpipe.datasets import DATASETS, Official
 from visionpipe.sources import ChecksumError, DownloadError, fetch_dataset
 
@@ -288,6 +288,39 @@ def test_directory_source_is_packed(tmp_path: Path) -> None:
     with pytest.raises(ChecksumError, match=r"folder\.tar"):
         _fetch("photos", tmp_path, sha256="f" * 64)
     assert _files(tmp_path / "raw") == []
+
+
+def test_a_folder_too_large_for_the_disk_is_refused_before_packing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A full disk at the end of a long pack wastes it and leaves the disk full for all else.
+    write_files(tmp_path / "photos", {"cats/1.jpg": b"j" * 5000, "cats/clip.mov": b"v" * 90000})
+    frees: dict[Path, int] = {}
+    monkeypatch.setattr(fsutil, "free_bytes", lambda path: frees.get(Path(path), 10**12))
+    monkeypatch.setattr(archive, "free_bytes", lambda path: frees.get(Path(path), 10**12))
+    frees[tmp_path / "raw"] = 9000  # the image's 5,000 bytes fit, with the headers they do not
+    with pytest.raises(fsutil.DiskFullError) as full:
+        _fetch("photos", tmp_path)
+    assert str(full.value) == (
+        f"packing {tmp_path / 'photos'} takes up to 28.0 KiB in {tmp_path / 'raw'}, and its disk"
+        " has 8.8 KiB free: free some space and run the command again"
+    )
+    assert _files(tmp_path / "raw") == []
+    # It fits, but DVC's cache, which DVC copies each output into, has no room for it.
+    project = tmp_path / "project"
+    project.mkdir()
+    dvc(project, "init", "-q", "--no-scm")
+    frees[project / ".dvc" / "cache" / "files" / "md5"] = 1000
+    photos, raw = str(tmp_path / "photos"), project / "raw"
+    args = {"base_dir": tmp_path, "mirror": None, "backoff_s": 0.0}
+    with caplog.at_level(logging.WARNING):
+        fetch_dataset("imagefolder", photos, None, raw, **args)
+    assert "and the disk of DVC's cache" in caplog.text and "has 1000 bytes free" in caplog.text
+    caplog.clear()
+    dvc(project, "config", "cache.type", "hardlink,symlink")  # DVC links, copies nothing
+    with caplog.at_level(logging.WARNING):
+        fetch_dataset("imagefolder", photos, None, raw, **args)
+    assert "DVC's cache" not in caplog.text
 
 
 def test_a_folder_source_is_packed_with_the_bytes_preprocess_reads(tmp_path: Path) -> None:
