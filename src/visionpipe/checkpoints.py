@@ -363,12 +363,21 @@ def after_a_stop() -> str:
             f"no epoch of this run is checkpointed in {paths.CHECKPOINT_DIR}/, so the next run "
             "starts over"
         )
+    # Stopped before it looked (loading the data; the stage that launches the ranks): the
+    # checkpoint there may be this run's, or another's.
+    unsure = (
+        f", if {CHECKPOINT} is this run's (saved by a run of the same params, data and code; "
+        "if not, it starts over)"
+        if _resumable is None
+        else ""
+    )
     if os.environ.get("DVC_EXP_NAME"):
         return (
             "the same `uv run dvc exp run` command again, with the same -S values, resumes this "
-            "experiment from the last complete epoch (other -S values, or none, start over)"
+            f"experiment from the last complete epoch{unsure} (other -S values, or none, start "
+            "over)"
         )
-    return "the next `uv run dvc repro` resumes from the last complete epoch"
+    return f"the next `uv run dvc repro` resumes from the last complete epoch{unsure}"
 
 
 def resume_after_clash() -> str:

@@ -208,7 +208,17 @@ def test_a_stop_says_what_resumes_it_where_it_ran(
     )
     checkpoints.CHECKPOINT.parent.mkdir()
     checkpoints.CHECKPOINT.write_bytes(b"an epoch")
-    assert "`uv run dvc repro` resumes" in checkpoints.after_a_stop()
+    monkeypatch.setattr(checkpoints, "_resumable", True)
+    assert checkpoints.after_a_stop() == (
+        "the next `uv run dvc repro` resumes from the last complete epoch"
+    )
+    # Stopped before it read the checkpoint (loading data; the launcher of DDP ranks): whose?
+    monkeypatch.setattr(checkpoints, "_resumable", None)
+    assert checkpoints.after_a_stop() == (
+        "the next `uv run dvc repro` resumes from the last complete epoch, if"
+        " checkpoints/last.pt is this run's (saved by a run of the same params, data and code;"
+        " if not, it starts over)"
+    )
     # Another run's checkpoint (other params), which this run started without: it starts over.
     monkeypatch.setattr(checkpoints, "_resumable", False)
     assert "no epoch of this run is checkpointed" in checkpoints.after_a_stop()
