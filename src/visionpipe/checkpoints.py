@@ -252,6 +252,15 @@ def _set_aside(state: dict[str, Any]) -> None:
         _aside(theirs),
         size_text(_aside(theirs).stat().st_size),
     )
+    asides = [f for f in paths.CHECKPOINT_DIR.glob("*.pt") if ASIDE_NAME.fullmatch(f.name)]
+    if len(asides) > 1:  # a sweep stopped again and again: each a model and its optimizer state
+        log.warning(
+            "%s holds %d set-aside checkpoints (%s in all): `rm %s/*-*.pt` removes them all",
+            paths.CHECKPOINT_DIR,
+            len(asides),
+            size_text(sum(f.stat().st_size for f in asides)),
+            paths.CHECKPOINT_DIR,
+        )
 
 
 def discard() -> None:

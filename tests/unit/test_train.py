@@ -288,6 +288,7 @@ def test_a_stopped_run_waits_aside_while_a_run_of_other_params_trains(
         caplog.text
     )
     assert "epoch 1/2" in caplog.text  # the other run trained from its start
+    assert "set-aside checkpoints" not in caplog.text  # one alone is named above
     caplog.clear()
     with caplog.at_level("INFO"):
         train.run(stopped)
@@ -300,6 +301,11 @@ def test_a_stopped_run_waits_aside_while_a_run_of_other_params_trains(
     names = sorted(p.name for p in paths.CHECKPOINT_DIR.iterdir())
     assert names[1:] == ["finished.json", "last.pt"]
     assert re.fullmatch(r"[0-9a-f]{12}-[0-9a-f]{12}\.pt", names[0])
+    # A third experiment sets the finished one aside too: two wait, and their total is said.
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        train.run(tiny_params(epochs=1, lr=0.07))
+    assert re.search(r"checkpoints holds 2 set-aside checkpoints \(.+ in all\)", caplog.text)
 
 
 def test_a_stopped_run_of_other_code_is_removed_and_said_to_start_over(
