@@ -357,8 +357,9 @@ def _open_zip(source: Path) -> Iterator[Opened]:
         seen: set[str] = set()
         cp437: list[str] = []
         folders: list[str] = []
+        utf8 = _unflagged_names_are_utf8(zf.infolist())
         for info in zf.infolist():
-            name = clean_name(source, _member_name(info, cp437))
+            name = clean_name(source, _member_name(info, utf8, cp437))
             check_unique(source, info.filename, name, seen)
             if not name or info.is_dir():
                 folders += [name] if name else []
@@ -386,29 +387,45 @@ def _open_zip(source: Path) -> Iterator[Opened]:
         )
 
 
-def _member_name(info: zipfile.ZipInfo, cp437: list[str]) -> str:
+def _unflagged(info: zipfile.ZipInfo) -> bool:
+    """Whether a member's name is non-ASCII with no UTF-8 flag: its encoding is a guess."""
+    return not info.flag_bits & _ZIP_UTF8_FLAG and not info.orig_filename.isascii()
+
+
+def _unflagged_names_are_utf8(infos: list[zipfile.ZipInfo]) -> bool:
+    """Whether every unflagged non-ASCII name of a zip is valid UTF-8 (macOS's Archive Utility
+    and other tools store UTF-8 unflagged). Decided for the whole zip: a Chinese Windows's GBK
+    name can be valid UTF-8 by chance (猫 is C3 A8, UTF-8's è), and names read one by one would
+    split one folder, one class, in two."""
+    for info in filter(_unflagged, infos):
+        try:
+            info.orig_filename.encode("cp437").decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return True
+
+
+def _member_name(info: zipfile.ZipInfo, utf8: bool, cp437: list[str]) -> str:
     """A zip member's name as its maker meant it. A name not flagged UTF-8 is cp437 by the ZIP
-    standard, and Python reads it so; but macOS's Archive Utility and other tools store UTF-8
-    unflagged: a name that is valid UTF-8 is read as UTF-8, as unzip and 7-Zip read it. Names
-    left to cp437 are added to `cp437`."""
-    if info.flag_bits & _ZIP_UTF8_FLAG or info.orig_filename.isascii():
+    standard, and Python reads it so; but where all such names of the zip are valid UTF-8
+    (`utf8`), they are read as UTF-8, as unzip and 7-Zip read them. Names left to cp437 are
+    added to `cp437`."""
+    if not _unflagged(info):
         return info.filename
-    raw = info.orig_filename.encode("cp437")  # the bytes as stored: cp437 maps every byte
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        cp437.append(info.filename)
-        return info.filename
+    if utf8:
+        return info.orig_filename.encode("cp437").decode("utf-8")  # the bytes as stored
+    cp437.append(info.filename)
+    return info.filename
 
 
 def _warn_cp437(source: Path, names: list[str]) -> None:
     if names:
         log.warning(
-            "%s holds file names neither marked nor valid UTF-8 (%d, such as %r), read as the"
-            " ZIP standard's cp437: if they look garbled, the zip was made on a system with"
-            " another code page (a Chinese Windows writes GBK). Unpack it with that code page"
-            " (unzip -O GBK %s) and set data.source to the folder, or re-create the zip with"
-            " 7-Zip, which writes UTF-8",
+            "%s holds file names not marked UTF-8, not all of them valid UTF-8: all %d (such as"
+            " %r) are read as the ZIP standard's cp437: if they look garbled, the zip was made"
+            " on a system with another code page (a Chinese Windows writes GBK). Unpack it with"
+            " that code page (unzip -O GBK %s) and set data.source to the folder, or re-create"
+            " the zip with 7-Zip, which writes UTF-8",
             source,
             len(names),
             names[0],

@@ -546,8 +546,23 @@ def test_unflagged_utf8_names_read_as_utf8_and_other_code_pages_are_warned_of(
         assert _spans_of(mac) == names
         assert not caplog.text
         assert list_files(windows) == ["photos/├¿/╒╒╞¼ 1.jpg"]  # GBK's bytes read as cp437
-    assert "file names neither marked nor valid UTF-8 (1, such as" in caplog.text
+    assert "names not marked UTF-8, not all of them valid UTF-8: all 1 (such as" in caplog.text
     assert "unzip -O GBK windows.zip" in caplog.text
+
+
+def test_a_zip_s_unflagged_names_are_read_in_one_encoding(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # GBK's 猫 is C3 A8, valid UTF-8 (è): read one by one, "猫 cat/a.jpg" would be UTF-8 and
+    # "猫 cat/é.jpg" cp437, and one class folder would become two differently garbled ones.
+    windows = tmp_path / "windows.zip"
+    with zipfile.ZipFile(windows, "w") as z:
+        for name in ("猫 cat/a.jpg", "猫 cat/é.jpg"):
+            z.writestr(_UnflaggedName(name.encode("gbk")), b"x")
+    with caplog.at_level(logging.WARNING):
+        listed = list_files(windows)
+    assert {name.split("/")[0] for name in listed} == {"├¿ cat"}, listed
+    assert "not all of them valid UTF-8: all 2 (such as" in caplog.text
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="other file systems refuse such a name")
