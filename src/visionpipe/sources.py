@@ -419,6 +419,9 @@ def _fetch_with_retries(url: str, tmp: Path, net: _Net, hint: str) -> _Hashes:
                     f"cannot download {url}: {e.reason}{tries}. {hint}".rstrip()
                 ) from e
             problem = str(e.reason)
+        except (http.client.InvalidURL, UnicodeError) as e:  # the same on every attempt
+            invalid = f"cannot download {url}: not a valid URL ({e}). {hint}"
+            raise NetworkError(invalid.rstrip()) from e
         except (*_TRANSIENT, http.client.HTTPException) as e:  # raised mid-body
             if last:
                 raise NetworkError(
@@ -438,8 +441,32 @@ def _fetch_with_retries(url: str, tmp: Path, net: _Net, hint: str) -> _Hashes:
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
+# What a URL may hold as it is (RFC 3986's reserved and unreserved characters, and % for the
+# escapes already there); anything else, a space or an accent as an address bar shows them, is
+# percent-encoded as UTF-8, as browsers send it.
+_URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
+
+
+def _requested(url: str) -> str:
+    """`url` as sent: a path or query with spaces or non-ASCII letters percent-encoded, a
+    non-ASCII host in punycode. http.client refuses them raw ("URL can't contain control
+    characters")."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if not netloc.isascii():
+        import idna
+
+        host = parts.hostname or ""
+        netloc = netloc.replace(host, idna.encode(host, uts46=True).decode("ascii"), 1)
+    quote = functools.partial(urllib.parse.quote, safe=_URL_SAFE)
+    return urllib.parse.urlunsplit(
+        (parts.scheme, netloc, quote(parts.path), quote(parts.query), quote(parts.fragment))
+    )
+
+
 def _fetch_once(url: str, tmp: Path, timeout_s: float) -> _Hashes:
-    request = urllib.request.Request(url, headers={"User-Agent": f"visionpipe/{__version__}"})
+    headers = {"User-Agent": f"visionpipe/{__version__}"}
+    request = urllib.request.Request(_requested(url), headers=headers)
     hashes = _Hashes()
     with urllib.request.urlopen(request, timeout=timeout_s) as response, open(tmp, "wb") as f:
         length = response.headers.get("Content-Length", "")

@@ -115,6 +115,20 @@ def test_download_with_sha256(tmp_path: Path, server: Server) -> None:
     assert _files(tmp_path / "raw") == ["images.zip"]
 
 
+def test_a_url_as_an_address_bar_shows_it_is_sent_percent_encoded(
+    tmp_path: Path, server: Server
+) -> None:
+    # Spaces and accents as a browser shows them; http.client refuses them raw.
+    server.serve("/zips%20%C3%A9%20%23/photos%20utf8.zip", (200, PAYLOAD))
+    result = _fetch(f"{server.base}/zips é %23/photos utf8.zip", tmp_path)
+    assert result.path.read_bytes() == PAYLOAD
+    # A URL no attempt can send is said at once, not retried.
+    bad = f"{server.base.rsplit(':', 1)[0]}:80x/images.zip"
+    with pytest.raises(DownloadError, match=r"not a valid URL \(nonnumeric port") as refused:
+        _fetch(bad, tmp_path)
+    assert "attempts" not in str(refused.value)
+
+
 def test_retries_server_errors(tmp_path: Path, server: Server) -> None:
     url = server.serve("/flaky.tar.gz", (500, b"oops"), (503, b"busy"), (200, PAYLOAD))
     result = _fetch(url, tmp_path, sha256=SHA)
