@@ -32,6 +32,11 @@ def setup(level: int = logging.INFO) -> None:
     # is block-buffered when piped (`| tee`, CI) and would land after the error it preceded.
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)
+    # A terminal or locale that cannot show a class or file name (猫 in a latin-1 one) gets it
+    # as \u732b rather than a traceback in place of the table, or of the error naming it.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+            stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )

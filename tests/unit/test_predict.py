@@ -190,6 +190,24 @@ def test_onnx_cli_never_imports_torch(exported_model: Path) -> None:
     assert "dog.png:" in proc.stdout
 
 
+def test_a_name_the_terminal_cannot_show_comes_out_escaped(
+    exported_model: Path, tmp_path: Path
+) -> None:
+    # A latin-1 terminal or locale: the table and the errors name 猫 as \u732b, no traceback.
+    photos = _images(tmp_path / "猫 cat")
+    missing = tmp_path / "狗.jpg"
+    model = str(exported_model / "model.onnx")
+    args = [str(photos["img0.jpg"]), str(missing), "--model", model]
+    proc = subprocess.run(
+        [sys.executable, "-m", "visionpipe.cli", "predict", *args],
+        capture_output=True,
+        env={**os.environ, "PYTHONIOENCODING": "latin-1"},
+    )
+    out, err = proc.stdout.decode("latin-1"), proc.stderr.decode("latin-1")
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert "\\u732b cat/img0.jpg: " in out and "\\u72d7.jpg: ERROR no such file" in out, out
+
+
 def test_help_summary_is_a_whole_sentence(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--help"])
