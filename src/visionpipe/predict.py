@@ -233,11 +233,22 @@ def _folder_labels(
 
 def _overwritten(outputs: dict[str, Path], files: list[Path]) -> str | None:
     """Why writing `outputs` (flag -> path) would overwrite one of the photos `files`, or None."""
-    flags = {os.path.realpath(path): flag for flag, path in outputs.items() if path != STDOUT}
+    flags = {_identity(path): flag for flag, path in outputs.items() if path != STDOUT}
     for path in files:
-        if (flag := flags.get(os.path.realpath(path))) is not None:
+        if (flag := flags.get(_identity(path))) is not None:
             return f"{flag} {path} names a file being predicted: give the output another name"
     return None
+
+
+def _identity(path: Path) -> tuple[int, int] | str:
+    """What tells two names of one file apart from two files: its device and inode where it
+    exists (on a case-insensitive disk, macOS's or a Windows share, A.JPG is a.jpg), else the
+    path with links resolved."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return (st.st_dev, st.st_ino)
 
 
 def _print_accuracy(

@@ -604,6 +604,14 @@ def test_an_output_named_like_a_photo_being_predicted_is_refused_before_anything
         assert main(["predict", spec, "--model", str(model), "--grid", str(photo)]) == 2
         assert f"--grid {photo} names a file being predicted" in caplog.text, spec
         assert photo.read_bytes() == before, spec
+    # Another name of the same file: on a case-insensitive disk (macOS, a Windows share) A.PNG
+    # is a.png; a hard link stands in for it here.
+    upper = photos / "A.PNG"
+    os.link(photo, upper)
+    caplog.clear()
+    assert main(["predict", str(photo), "--model", str(model), "--grid", str(upper)]) == 2
+    assert f"--grid {upper} names a file being predicted" in caplog.text
+    assert os.path.samefile(photo, upper) and photo.read_bytes() == before
 
 
 def test_an_option_out_of_range_shows_its_own_commands_usage(
