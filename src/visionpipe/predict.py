@@ -233,10 +233,12 @@ def _folder_labels(
 
 def _overwritten(outputs: dict[str, Path], files: list[Path]) -> str | None:
     """Why writing `outputs` (flag -> path) would overwrite one of the photos `files`, or None."""
-    flags = {_identity(path): flag for flag, path in outputs.items() if path != STDOUT}
+    named = {_identity(path): (flag, path) for flag, path in outputs.items() if path != STDOUT}
     for path in files:
-        if (flag := flags.get(_identity(path))) is not None:
-            return f"{flag} {path} names a file being predicted: give the output another name"
+        if (found := named.get(_identity(path))) is not None:
+            flag, out = found
+            same = "" if out == path else f" ({path})"
+            return f"{flag} {out} names a file being predicted{same}: give the output another name"
     return None
 
 

@@ -610,7 +610,7 @@ def test_an_output_named_like_a_photo_being_predicted_is_refused_before_anything
     os.link(photo, upper)
     caplog.clear()
     assert main(["predict", str(photo), "--model", str(model), "--grid", str(upper)]) == 2
-    assert f"--grid {upper} names a file being predicted" in caplog.text
+    assert f"--grid {upper} names a file being predicted ({photo})" in caplog.text
     assert os.path.samefile(photo, upper) and photo.read_bytes() == before
 
 
