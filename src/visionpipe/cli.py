@@ -70,7 +70,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 QUOTE_HINT = (
     "A value holding accents, CJK, emoji, ~, #, commas or quotes goes in single quotes, inside"
-    " the shell's double quotes: \"data.source='/home/me/照片'\""
+    " the shell's double quotes: \"data.source='/home/me/照片'\"; one holding an apostrophe in"
+    " double quotes, inside the shell's single quotes: 'data.source=\"/home/me/John'\"'\"'s"
+    " photos\"'"
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import zipfile
 from pathlib import Path
 
@@ -73,6 +74,15 @@ def test_visionpipe_params_says_how_to_quote_a_path_hydra_cannot_read_bare(
     assert "goes in single quotes" in capsys.readouterr().err
     assert main(["params", "data.source='/home/me/照片 📷'"]) == 0
     assert yaml.safe_load(Path("params.yaml").read_text())["data"]["source"] == "/home/me/照片 📷"
+    # An apostrophe inside the single quotes the hint gives ends them: the hint says the other way.
+    assert main(["params", "data.source='/home/me/John's photos'"]) == 2
+    hint = capsys.readouterr().err.splitlines()[-1]
+    assert hint.endswith("""'data.source="/home/me/John'"'"'s photos"'""")
+    (argv,) = [shlex.split(hint.rsplit(": ", 1)[1])]  # the shell's reading of the hint's example
+    assert main(["params", *argv]) == 0
+    assert yaml.safe_load(Path("params.yaml").read_text())["data"]["source"] == (
+        "/home/me/John's photos"
+    )
 
 
 @pytest.mark.usefixtures("conf_copy")
