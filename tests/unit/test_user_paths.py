@@ -46,6 +46,17 @@ def test_data_root_and_predict_inputs_expand_home(home: Path, written: str) -> N
 
 
 @pytest.mark.parametrize(
+    ("written", "said"),
+    [("../datasets", "is a relative path: "), ("$VISIONPIPE_UNSET_X/data", "$variable unset here")],
+)
+def test_a_relative_data_root_is_refused(written: str, said: str) -> None:
+    # It works in the workspace, then names a folder inside .dvc/tmp/exps/<name> in a queued run.
+    with pytest.raises(ValueError, match=r"launch.data_root .* give an absolute one") as info:
+        LaunchConfig(data_root=written)
+    assert said in str(info.value)
+
+
+@pytest.mark.parametrize(
     ("written", "hint"),
     [
         (r"C:\Users\me\photos", "under WSL, that folder is /mnt/c/Users/me/photos"),

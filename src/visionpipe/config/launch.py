@@ -36,7 +36,19 @@ class LaunchConfig(Section):
     @classmethod
     def _expand(cls, value: object) -> object:
         # `~/datasets` and `$HOME/datasets` mean what they mean in the shell.
-        return paths.user_path(value, "launch.data_root") if isinstance(value, str) else value
+        if not isinstance(value, str):
+            return value
+        root = paths.user_path(value, "launch.data_root")
+        if not root.is_absolute():
+            # Queued and --temp experiments run in .dvc/tmp/exps/<name>: it would name another
+            # folder there, and the data "does not exist" where the user put it.
+            unset = ", its $variable unset here," if "$" in value else ""
+            raise ValueError(
+                f"launch.data_root {value!r} is a relative path{unset}: give an absolute one"
+                " (~/datasets and $HOME/datasets work), as queued experiments run in a"
+                " temporary copy of the project, where a relative path names another folder"
+            )
+        return root
 
     @model_validator(mode="after")
     def _rank_fits(self) -> LaunchConfig:
