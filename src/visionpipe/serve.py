@@ -149,7 +149,22 @@ async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
 _FILENAME_ESCAPES = {"%22": '"', "%0D": "\r", "%0A": "\n"}
 
 
-def _file_name(sent: str) -> str:
+# A plain filename parameter, quoted or not, as the raw header carries it.
+_FILENAME_PARAM = re.compile(r';\s*filename\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))', re.I)
+
+
+def _file_name(part: BodyPartReader) -> str:
+    """The file name a form part was sent with. aiohttp reads `\\` in the quoted name as an
+    escape and drops it (`back\\slash.jpg` comes out `backslash.jpg`); browsers, curl and
+    requests escape nothing but `"`, CR and LF, so the name is taken from the raw header, with
+    only an escaped `"` unescaped. RFC 5987's filename* is aiohttp's to decode."""
+    header = part.headers.get("Content-Disposition", "")
+    raw = _FILENAME_PARAM.search(header)
+    unclosed = raw is not None and raw[1] is None and raw[2].startswith('"')  # `"dir\"`
+    if raw is None or unclosed or re.search(r";\s*filename\*\s*=", header, re.I):
+        sent = part.filename or ""
+    else:
+        sent = raw[2] if raw[1] is None else raw[1].replace('\\"', '"')
     return re.sub("%22|%0D|%0A", lambda m: _FILENAME_ESCAPES[m[0]], sent)
 
 
@@ -213,9 +228,7 @@ async def _read_form(request: web.Request, limit: int, timeout: float) -> Form:
             if (text := _text(part, data)) is not None:
                 form.fields.setdefault(part.name or "", []).append(text)
             elif part.filename != "" or data:  # "" and no bytes: a file input left empty
-                name = (
-                    _file_name(part.filename or "") or part.name or f"part {len(form.uploads) + 1}"
-                )
+                name = _file_name(part) or part.name or f"part {len(form.uploads) + 1}"
                 form.uploads.append(Upload(name, data))
     except (ValueError, AssertionError) as exc:  # aiohttp's multipart parser on a bad body
         raise ApiError(400, f"malformed multipart body: {exc}") from None

@@ -809,6 +809,10 @@ def test_a_file_name_comes_back_as_the_client_s_file_has_it(server: Served) -> N
         'name="file"; filename="new%0Aline.jpg"',
         'name="file"; filename="猫 咪 🐱.jpg"',
         "name=\"file\"; filename*=UTF-8''caf%C3%A9.jpg",
+        # A backslash is no escape there: a Windows path, as old browsers sent, comes back whole.
+        r'name="file"; filename="C:\Users\张伟\back\slash.jpg"',
+        r'name="file"; filename="an \"escaped\" quote.jpg"; size=3',
+        "name=file; filename=bare.jpg",
     ]
     body = b"".join(_field(b, p, _jpeg(), "image/jpeg") for p in parts) + f"--{b}--\r\n".encode()
     headers = {"Content-Type": f"multipart/form-data; boundary={b}"}
@@ -819,6 +823,9 @@ def test_a_file_name_comes_back_as_the_client_s_file_has_it(server: Served) -> N
         "new\nline.jpg",
         "猫 咪 🐱.jpg",
         "café.jpg",
+        "C:\\Users\\张伟\\back\\slash.jpg",
+        'an "escaped" quote.jpg',
+        "bare.jpg",
     ]
 
 
