@@ -62,8 +62,16 @@ def collect_inputs(specs: list[str]) -> Inputs:
         elif path.exists():
             inputs.errors.append((spec, _not_regular(path)))
         else:
-            inputs.errors.append((spec, "no such file or directory"))
+            inputs.errors.append((spec, _missing(spec)))
     return inputs
+
+
+def _missing(spec: str) -> str:
+    """Why `spec` names nothing: a Windows habit (`.\\cats\\a.jpg`) is named with its fix."""
+    slashed = spec.replace("\\", "/")
+    if slashed != spec and Path(slashed).exists():
+        return f"no such file or directory; this system separates folders with /: {slashed}"
+    return "no such file or directory"
 
 
 def _add_glob(inputs: Inputs, spec: str) -> None:

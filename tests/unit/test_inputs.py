@@ -216,3 +216,20 @@ def test_predictions_come_in_the_order_the_files_were_named(tmp_path: Path) -> N
         ("folder/d.jpg", True),  # a folder's unusable files after its photos
         ("a.jpg", False),
     ]
+
+
+def test_a_windows_style_path_names_the_path_that_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `.\cats\a.jpg` from a Windows habit: on Linux and macOS one file name with backslashes.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cats").mkdir()
+    (tmp_path / "cats" / "a.jpg").write_bytes(b"x")
+    found = collect_inputs([".\\cats\\a.jpg", "dogs\\b.jpg"])
+    assert found.errors == [
+        (
+            ".\\cats\\a.jpg",
+            "no such file or directory; this system separates folders with /: ./cats/a.jpg",
+        ),
+        ("dogs\\b.jpg", "no such file or directory"),
+    ]
