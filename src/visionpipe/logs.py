@@ -222,42 +222,48 @@ def _run_watching_params(main: Callable[[], int | None]) -> int | None:
         _params_at_start = None  # a test's next stage in this process reads its own
 
 
-# How long an edit of a stage's code must stay to fail the stage (see _refuse_changed_code).
-CODE_SETTLE_S = 5.0
+# How long a change must stay to fail a stage: `dvc exp run --queue` rewrites params.yaml and
+# stashes uncommitted code for a moment, then puts them back.
+SETTLE_S = 5.0
 
 
-def _refuse_changed_code(at_start: dict[Path, str]) -> None:
-    """Fail a stage whose code was edited while it ran: DVC hashes its deps at the stage's end,
-    and would record the edited code as what made these outputs, so that `dvc repro` after the
-    edit runs nothing. An edit that stays for CODE_SETTLE_S: `dvc exp run --queue` stashes
-    uncommitted code for a moment, then puts it back."""
-    deadline = time.monotonic() + CODE_SETTLE_S
-    while True:
-        now = _code_digests()
-        changed = [str(f) for f, digest in at_start.items() if now.get(f) != digest]
-        if not changed or time.monotonic() >= deadline:
-            break
-        time.sleep(0.25)
-    if changed:
-        undo = ""
-        if os.environ.get("DVC_STAGE") == "train":  # its checkpoint outlives the failure
-            undo = "; or undo the edit, and `dvc repro` writes this run's outputs, training nothing"
-        raise CodeChangedError(
-            f"{', '.join(changed)} changed while this stage ran: the stage stops rather than have"
-            " DVC record its outputs as made by the edited code; run it again (`dvc repro`) to"
-            f" make them with the code as it is now{undo}"
-        )
-
-
-def params_changed(settle: float = 5.0) -> bool:
-    """Whether params.yaml differs from what the running stage read at its start, and stays so
-    for `settle` seconds: `dvc exp run --queue` rewrites it for a moment, then puts it back."""
+def _stays_changed(changed: Callable[[], bool], settle: float) -> bool:
+    """Whether `changed()` holds now and still after `settle` seconds, looked at 4 times a
+    second: a change put back meanwhile is none."""
     deadline = time.monotonic() + settle
-    while _params_at_start is not None and _read_params() != _params_at_start:
+    while changed():
         if time.monotonic() >= deadline:
             return True
         time.sleep(0.25)
     return False
+
+
+def _refuse_changed_code(at_start: dict[Path, str]) -> None:
+    """Fail a stage whose code was edited while it ran (and stays edited, `SETTLE_S`): DVC
+    hashes its deps at the stage's end, and would record the edited code as what made these
+    outputs, so that `dvc repro` after the edit runs nothing."""
+
+    def changed() -> list[str]:
+        now = _code_digests()
+        return [str(f) for f, digest in at_start.items() if now.get(f) != digest]
+
+    if not _stays_changed(lambda: bool(changed()), SETTLE_S):
+        return
+    undo = ""
+    if os.environ.get("DVC_STAGE") == "train":  # its checkpoint outlives the failure
+        undo = "; or undo the edit, and `dvc repro` writes this run's outputs, training nothing"
+    raise CodeChangedError(
+        f"{', '.join(changed())} changed while this stage ran: the stage stops rather than have"
+        " DVC record its outputs as made by the edited code; run it again (`dvc repro`) to"
+        f" make them with the code as it is now{undo}"
+    )
+
+
+def params_changed(settle: float = SETTLE_S) -> bool:
+    """Whether params.yaml differs from what the running stage read at its start, and stays so
+    for `settle` seconds (`SETTLE_S`)."""
+    start = _params_at_start
+    return start is not None and _stays_changed(lambda: _read_params() != start, settle)
 
 
 def refuse_changed_params(kept: str = "") -> None:

@@ -117,7 +117,7 @@ def test_a_stage_whose_code_is_edited_while_it_runs_fails(
         Path(name).parent.mkdir(parents=True, exist_ok=True)
         Path(name).write_text("lr = 0.01\n")
 
-    monkeypatch.setattr(logs, "CODE_SETTLE_S", 0.5)
+    monkeypatch.setattr(logs, "SETTLE_S", 0.5)
 
     def fixed_meanwhile() -> None:
         Path("src/visionpipe/optim.py").write_text("lr = 0.02\n")
@@ -136,7 +136,7 @@ def test_a_stage_whose_code_is_edited_while_it_runs_fails(
     assert stop.value.code == 0 and not caplog.text
     # `dvc exp run --queue` stashes uncommitted code for a moment, then puts it back.
     Path("src/visionpipe/optim.py").write_text("lr = 0.03\n")
-    monkeypatch.setattr(logs, "CODE_SETTLE_S", 2.0)
+    monkeypatch.setattr(logs, "SETTLE_S", 2.0)
 
     def stashed_meanwhile() -> None:
         Path("src/visionpipe/optim.py").write_text("lr = 0.01\n")
