@@ -518,7 +518,7 @@ def cors(origins: tuple[str, ...]) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         origin = request.headers.get("Origin")
-        allowed = origin is not None and ("*" in origins or origin in origins)
+        allowed = _allowed(origin, origins)
         asks = request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
         preflight = asks and origin is not None  # browsers always send Origin with a preflight
         if preflight and not allowed:
@@ -547,10 +547,14 @@ def cors(origins: tuple[str, ...]) -> Any:
     return middleware
 
 
+def _allowed(origin: str | None, origins: tuple[str, ...]) -> bool:
+    return origin is not None and ("*" in origins or origin in origins)
+
+
 def let_read(response: web.StreamResponse, request: web.Request, origins: tuple[str, ...]) -> None:
     """Let the page that sent `request` read `response`, where its origin is among `origins`."""
     origin = request.headers.get("Origin")
-    if origin is None or not ("*" in origins or origin in origins):
+    if not _allowed(origin, origins):
         return
     response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
     response.headers["Vary"] = "Origin"  # the answer's headers depend on the page asking
