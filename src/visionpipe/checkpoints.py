@@ -288,14 +288,9 @@ def _finished() -> dict[str, Any] | None:
 
 def _recorded(finished: dict[str, Any]) -> bool:
     """Whether dvc.lock's train stage holds the finished run's model (the md5 DVC computes)."""
-    import yaml
-
-    try:
-        stages = yaml.safe_load(paths.DVC_LOCK.read_text(encoding="utf-8"))["stages"]
-        outs = stages["train"]["outs"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return False
-    return any(
+    train = paths.stages_of(paths.DVC_LOCK).get("train")
+    outs = train.get("outs") if isinstance(train, dict) else None
+    return isinstance(outs, list) and any(
         isinstance(out, dict)
         and out.get("path") == paths.MODEL.as_posix()
         and out.get("md5") == finished.get("model_md5")

@@ -185,8 +185,9 @@ def refuse_git_tracked_outputs(dvc_file: Path = Path("dvc.yaml")) -> None:
         )
 
 
-def _stages(dvc_file: Path) -> dict[str, Any]:
-    """dvc.yaml's stages; {} where there is none (a stage script run by hand elsewhere)."""
+def stages_of(dvc_file: Path) -> dict[str, Any]:
+    """The stages of dvc.yaml, or of dvc.lock; {} where there is none (a stage script run by
+    hand elsewhere, a run DVC has not recorded)."""
     import yaml  # the pipeline's own dependency: a predict-only install never runs a stage
 
     try:
@@ -201,7 +202,7 @@ def _stages(dvc_file: Path) -> dict[str, Any]:
 
 def code_deps(stage: str) -> list[Path]:
     """The code files (under src/ or stages/) that dvc.yaml lists as `stage`'s deps."""
-    deps = (_stages(Path("dvc.yaml")).get(stage) or {}).get("deps") or []
+    deps = (stages_of(Path("dvc.yaml")).get(stage) or {}).get("deps") or []
     files = [Path(d) for d in deps if isinstance(d, str)]
     return [f for f in files if f.parts[:1] in (("src",), ("stages",)) and f.is_file()]
 
@@ -209,7 +210,7 @@ def code_deps(stage: str) -> list[Path]:
 def _cached_outputs(dvc_file: Path) -> list[str]:
     entries: list[Any] = [
         entry
-        for stage in _stages(dvc_file).values()
+        for stage in stages_of(dvc_file).values()
         for kind in ("outs", "metrics", "plots")
         for entry in stage.get(kind) or []
     ]
