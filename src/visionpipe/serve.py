@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 from aiohttp import BodyPartReader, web
-from aiohttp.http_exceptions import BadHttpMessage, ContentEncodingError
+from aiohttp.http_exceptions import BadHttpMessage, ContentEncodingError, HttpProcessingError
 from aiohttp.web_urldispatcher import _default_expect_handler
 
 from visionpipe import paths
@@ -425,9 +425,9 @@ class Service:
         asked += [(f"the form field topk={raw}", raw) for raw in fields]
         n, ks = len(self.backend.classes), {}
         for where, raw in asked:
-            try:
-                k = int(raw)
-            except ValueError:  # not a number, or one of thousands of digits
+            try:  # ASCII digits only: int() also takes "1_0", " 2" and other scripts' digits
+                k = int(raw) if raw.isascii() and raw.isdigit() else 0
+            except ValueError:  # one of thousands of digits
                 k = 0
             if not 1 <= k <= n:
                 raise ApiError(400, f"topk must be a whole number from 1 to {n}; got {raw!r}")
@@ -587,13 +587,15 @@ def make_app(service: Service) -> web.Application:
 
 
 def _not_a_bug(record: logging.LogRecord) -> bool:
-    """False for aiohttp's log of a body in an encoding it cannot decode (br, zstd without their
-    optional packages): the client got aiohttp's 400, and a traceback would read as a bug."""
-    return not (record.exc_info and isinstance(record.exc_info[1], ContentEncodingError))
+    """False for aiohttp's log of a request it could not parse (a header too long, a body in an
+    encoding it cannot decode, br or zstd without their optional packages, a Content-Length
+    beside a Transfer-Encoding): the client got aiohttp's 400, and a traceback would read as a
+    bug, ten lines to the log for each such request."""
+    return not (record.exc_info and isinstance(record.exc_info[1], HttpProcessingError))
 
 
 async def run_server(service: Service) -> None:
-    """Serve until SIGINT or SIGTERM; prints the addresses once it is listening."""
+    """Serve until SIGINT, SIGTERM or SIGHUP; prints the addresses once it is listening."""
     config = service.config
     server_log = logging.getLogger("aiohttp.server")
     if _not_a_bug not in server_log.filters:
@@ -609,15 +611,18 @@ async def run_server(service: Service) -> None:
         sockets = listening_sockets(config.host, config.port)
         for sock in sockets:
             await web.SockSite(runner, sock).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        # SIGHUP too (a closed terminal, a supervisor): as the stages take it, a stop that
+        # answers the requests in progress, not Python's default of dying on the spot. Before
+        # the line below: a supervisor may signal as soon as it reads it.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, stop.set)
         print(
             f"serving {config.model} ({len(service.backend.classes)} classes, "
             f"{service.backend.image_size} px) on {_address_text(sockets)}; Ctrl-C stops",
             flush=True,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         service.stopping = True
         for site in list(runner.sites):

@@ -332,6 +332,23 @@ def test_an_encoding_without_its_decoder_is_aiohttp_s_400_and_no_traceback(
     assert "Traceback" not in server.log_text(), server.log_text()
 
 
+def test_a_request_aiohttp_cannot_parse_logs_no_traceback(server: Served) -> None:
+    # A header too long, a length beside a chunked body: aiohttp answers 400 itself; each logged
+    # as a traceback would be ten lines of "bug" per request a sloppy client sends.
+    host, port = server.url.removeprefix("http://").split(":")
+    heads = [
+        f"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {'a' * 9000}\r\n\r\n",
+        "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ]
+    for head in heads:
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(head.encode())
+            assert b" 400 " in sock.recv(100).split(b"\r\n")[0], head[:40]
+    time.sleep(0.2)  # aiohttp logs after it has answered
+    assert "Traceback" not in server.log_text(), server.log_text()
+
+
 def _field(boundary: str, disposition: str, data: bytes, content_type: str | None = None) -> bytes:
     head = f"--{boundary}\r\nContent-Disposition: form-data; {disposition}\r\n"
     head += f"Content-Type: {content_type}\r\n" if content_type else ""
@@ -388,6 +405,8 @@ def test_a_file_input_left_empty_is_no_file(server: Served) -> None:
         ("/predict?topk=0", _jpeg(), 400, "topk must be a whole number from 1 to 3; got '0'"),
         ("/predict?topk=x", _jpeg(), 400, "got 'x'"),
         ("/predict?topk=%C2%B2", _jpeg(), 400, "got '²'"),  # a digit to str.isdigit, not to int
+        # Taken by int() but no whole number as written: 1_0, a leading space, Arabic-Indic 2.
+        *((f"/predict?topk={k}", _jpeg(), 400, "from 1 to 3") for k in ("1_0", "%202", "%D9%A2")),
         ("/predict?topk=" + "9" * 5000, _jpeg(), 400, "from 1 to 3"),
         ("/predict", None, 405, "GET is not allowed on /predict"),
         ("/nowhere", None, 404, "no endpoint /nowhere; the endpoints are"),
@@ -446,6 +465,15 @@ def test_sigterm_mid_upload_stops_within_docker_s_grace(model: Path, tmp_path: P
     with socket.socket() as again:  # as a restarted server binds it (aiohttp sets SO_REUSEADDR)
         again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         again.bind((host, int(port)))
+
+
+def test_sighup_stops_as_sigterm_does(model: Path, tmp_path: Path) -> None:
+    # A closed terminal or a supervisor's HUP: the requests in progress are answered, as for
+    # SIGTERM, and the server says it stopped; Python's default would drop them on the spot.
+    with serve(model, tmp_path / "server.log") as served:
+        served.proc.send_signal(signal.SIGHUP)
+        code = served.proc.wait(timeout=30)
+    assert code == 0, served.log_text()
 
 
 def test_a_stop_lets_an_upload_in_progress_finish_and_answers_it(
