@@ -393,27 +393,31 @@ def _unflagged(info: zipfile.ZipInfo) -> bool:
 
 
 def _unflagged_names_are_utf8(infos: list[zipfile.ZipInfo]) -> bool:
-    """Whether every unflagged non-ASCII name of a zip is valid UTF-8 (macOS's Archive Utility
-    and other tools store UTF-8 unflagged). Decided for the whole zip: a Chinese Windows's GBK
-    name can be valid UTF-8 by chance (猫 is C3 A8, UTF-8's è), and names read one by one would
-    split one folder, one class, in two."""
+    """Whether a zip's unflagged non-ASCII names are UTF-8 (macOS's Archive Utility and other
+    tools store UTF-8 unflagged): most of them are valid UTF-8. Decided for the whole zip, not
+    name by name: a Chinese Windows's GBK name can be valid UTF-8 by chance (猫 is C3 A8, UTF-8's
+    è), and names read one by one would split one folder, one class, in two; while one stray
+    name of another system (a Latin-1 notes file) must not garble a Mac's zip."""
+    valid = invalid = 0
     for info in filter(_unflagged, infos):
         try:
             info.orig_filename.encode("cp437").decode("utf-8")
+            valid += 1
         except UnicodeDecodeError:
-            return False
-    return True
+            invalid += 1
+    return valid > invalid
 
 
 def _member_name(info: zipfile.ZipInfo, utf8: bool, cp437: list[str]) -> str:
     """A zip member's name as its maker meant it. A name not flagged UTF-8 is cp437 by the ZIP
-    standard, and Python reads it so; but where all such names of the zip are valid UTF-8
-    (`utf8`), they are read as UTF-8, as unzip and 7-Zip read them. Names left to cp437 are
+    standard, and Python reads it so; but where most such names of the zip are valid UTF-8
+    (`utf8`), those are read as UTF-8, as unzip and 7-Zip read them. Names left to cp437 are
     added to `cp437`."""
     if not _unflagged(info):
         return info.filename
     if utf8:
-        return info.orig_filename.encode("cp437").decode("utf-8")  # the bytes as stored
+        with contextlib.suppress(UnicodeDecodeError):
+            return info.orig_filename.encode("cp437").decode("utf-8")  # the bytes as stored
     cp437.append(info.filename)
     return info.filename
 
@@ -421,11 +425,11 @@ def _member_name(info: zipfile.ZipInfo, utf8: bool, cp437: list[str]) -> str:
 def _warn_cp437(source: Path, names: list[str]) -> None:
     if names:
         log.warning(
-            "%s holds file names not marked UTF-8, not all of them valid UTF-8: all %d (such as"
-            " %r) are read as the ZIP standard's cp437: if they look garbled, the zip was made"
-            " on a system with another code page (a Chinese Windows writes GBK). Unpack it with"
-            " that code page (unzip -O GBK %s) and set data.source to the folder, or re-create"
-            " the zip with 7-Zip, which writes UTF-8",
+            "%s holds file names not marked UTF-8 that are not UTF-8 either, or not most of"
+            " them: %d (such as %r) are read as the ZIP standard's cp437: if they look garbled,"
+            " the zip was made on a system with another code page (a Chinese Windows writes"
+            " GBK). Unpack it with that code page (unzip -O GBK %s) and set data.source to the"
+            " folder, or re-create the zip with 7-Zip, which writes UTF-8",
             source,
             len(names),
             names[0],
