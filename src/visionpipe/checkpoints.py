@@ -166,6 +166,7 @@ def _read(fp: str) -> dict[str, Any] | None:
     if finished is not None and _recorded(finished):
         discard()  # a finished run DVC has taken the outputs of: nothing to resume
         finished = None
+    _drop_stale_asides(fp)
     state = _load(CHECKPOINT)
     if state is not None and state.get("fingerprint") != fp:
         if _code_of(str(state.get("fingerprint"))) == _code_of(fp):
@@ -173,7 +174,6 @@ def _read(fp: str) -> dict[str, Any] | None:
         else:
             _drop_other_code(state)
         state = finished = None
-    _drop_stale_asides(fp)
     if state is None and _aside(fp).is_file():  # this run's, set aside while others trained
         os.replace(_aside(fp), CHECKPOINT)
         log.info("resuming the checkpoint set aside as %s", _aside(fp))
@@ -361,17 +361,20 @@ def after_a_stop() -> str:
             "resumes from its last complete epoch)"
         )
     # Stopped in its first epoch, or the save itself failed; a checkpoint there may be another
-    # run's (other params), which this one would not have resumed either.
-    if not CHECKPOINT.is_file() or _resumable is False:
+    # run's (other params), which this one would not have resumed either. Stopped before it
+    # looked (loading the data; the stage that launches the ranks), it cannot tell whose the
+    # checkpoints there are.
+    found = CHECKPOINT.is_file() or any(
+        ASIDE_NAME.fullmatch(f.name) for f in paths.CHECKPOINT_DIR.glob("*.pt")
+    )
+    if _resumable is False or not found or (_resumable and not CHECKPOINT.is_file()):
         return (
             f"no epoch of this run is checkpointed in {paths.CHECKPOINT_DIR}/, so the next run "
             "starts over"
         )
-    # Stopped before it looked (loading the data; the stage that launches the ranks): the
-    # checkpoint there may be this run's, or another's.
     unsure = (
-        f", if {CHECKPOINT} is this run's (saved by a run of the same params, data and code; "
-        "if not, it starts over)"
+        f", if {paths.CHECKPOINT_DIR}/ holds this run's checkpoint (one saved by a run of the"
+        " same params, data and code, as last.pt or set aside; if not, it starts over)"
         if _resumable is None
         else ""
     )

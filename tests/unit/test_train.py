@@ -214,11 +214,16 @@ def test_a_stop_says_what_resumes_it_where_it_ran(
     )
     # Stopped before it read the checkpoint (loading data; the launcher of DDP ranks): whose?
     monkeypatch.setattr(checkpoints, "_resumable", None)
-    assert checkpoints.after_a_stop() == (
-        "the next `uv run dvc repro` resumes from the last complete epoch, if"
-        " checkpoints/last.pt is this run's (saved by a run of the same params, data and code;"
-        " if not, it starts over)"
+    unsure = (
+        "the next `uv run dvc repro` resumes from the last complete epoch, if checkpoints/ holds"
+        " this run's checkpoint (one saved by a run of the same params, data and code, as"
+        " last.pt or set aside; if not, it starts over)"
     )
+    assert checkpoints.after_a_stop() == unsure
+    # Only a set-aside checkpoint, which may be this run's: the same.
+    checkpoints.CHECKPOINT.rename(checkpoints.CHECKPOINT.parent / "0123456789ab-ba9876543210.pt")
+    assert checkpoints.after_a_stop() == unsure
+    (checkpoints.CHECKPOINT.parent / "0123456789ab-ba9876543210.pt").rename(checkpoints.CHECKPOINT)
     # Another run's checkpoint (other params), which this run started without: it starts over.
     monkeypatch.setattr(checkpoints, "_resumable", False)
     assert "no epoch of this run is checkpointed" in checkpoints.after_a_stop()
