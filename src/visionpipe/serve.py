@@ -149,8 +149,24 @@ async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
 _FILENAME_ESCAPES = {"%22": '"', "%0D": "\r", "%0A": "\n"}
 
 
-# A plain filename parameter, quoted or not, as the raw header carries it.
-_FILENAME_PARAM = re.compile(r';\s*filename\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))', re.I)
+# One `; key=value` parameter of a Content-Disposition, its value quoted or not.
+_PARAM = re.compile(r'\s*;\s*([^=;\s]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
+
+
+def _disposition_params(header: str) -> dict[str, str] | None:
+    """The parameters of a Content-Disposition by lower-case key, quoted values as sent (only an
+    escaped `"` unescaped); None where it does not parse as parameters."""
+    pos, params = header.find(";"), {}
+    if pos < 0:
+        return {}
+    while pos < len(header.rstrip()):
+        if (m := _PARAM.match(header, pos)) is None:
+            return None
+        value = m[2].strip()
+        quoted = len(value) >= 2 and value[0] == value[-1] == '"'
+        params.setdefault(m[1].lower(), value[1:-1].replace('\\"', '"') if quoted else value)
+        pos = m.end()
+    return params
 
 
 def _file_name(part: BodyPartReader) -> str:
@@ -158,13 +174,11 @@ def _file_name(part: BodyPartReader) -> str:
     escape and drops it (`back\\slash.jpg` comes out `backslash.jpg`); browsers, curl and
     requests escape nothing but `"`, CR and LF, so the name is taken from the raw header, with
     only an escaped `"` unescaped. RFC 5987's filename* is aiohttp's to decode."""
-    header = part.headers.get("Content-Disposition", "")
-    raw = _FILENAME_PARAM.search(header)
-    unclosed = raw is not None and raw[1] is None and raw[2].startswith('"')  # `"dir\"`
-    if raw is None or unclosed or re.search(r";\s*filename\*\s*=", header, re.I):
+    params = _disposition_params(part.headers.get("Content-Disposition", ""))
+    if params is None or "filename*" in params or "filename" not in params:
         sent = part.filename or ""
     else:
-        sent = raw[2] if raw[1] is None else raw[1].replace('\\"', '"')
+        sent = params["filename"]
     return re.sub("%22|%0D|%0A", lambda m: _FILENAME_ESCAPES[m[0]], sent)
 
 

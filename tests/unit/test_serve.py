@@ -841,6 +841,8 @@ def test_a_file_name_comes_back_as_the_client_s_file_has_it(server: Served) -> N
         r'name="file"; filename="C:\Users\张伟\back\slash.jpg"',
         r'name="file"; filename="an \"escaped\" quote.jpg"; size=3',
         "name=file; filename=bare.jpg",
+        'name="a; filename=evil.jpg"; filename="real.jpg"',  # parameters, not a text search
+        "name=file; filename=with space.jpg",
     ]
     body = b"".join(_field(b, p, _jpeg(), "image/jpeg") for p in parts) + f"--{b}--\r\n".encode()
     headers = {"Content-Type": f"multipart/form-data; boundary={b}"}
@@ -854,6 +856,8 @@ def test_a_file_name_comes_back_as_the_client_s_file_has_it(server: Served) -> N
         "C:\\Users\\张伟\\back\\slash.jpg",
         'an "escaped" quote.jpg',
         "bare.jpg",
+        "real.jpg",
+        "with space.jpg",
     ]
 
 
