@@ -253,7 +253,7 @@ def pack_directory(
     if not entries:
         but = f" but {found} hidden or system file{'s' * (found > 1)}" if found else ""
         raise ArchiveReadError(f"{src} holds no regular files{but}: nothing to pack")
-    _check_room(src, dest, _tar_size([root / e.target for e in entries], stored))
+    _check_room(src, dest, _tar_size(root, entries, stored))
     left_out = 0  # bytes of the files stored empty
     with atomic_path(dest) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
         for entry, keep in zip(entries, stored, strict=True):
@@ -270,14 +270,18 @@ def pack_directory(
         )
 
 
-def _tar_size(files: list[Path], stored: list[bool]) -> int:
-    """At most the size of the tar of `files` (those `stored` with their bytes): a header (PAX:
-    up to three blocks for a long or non-ASCII name) and the padded bytes of each, the end."""
+def _tar_size(root: Path, entries: list[Entry], stored: list[bool]) -> int:
+    """The size of the PAX tar `pack_directory` writes: per file a header block, two more for a
+    PAX header where the name is long or not ASCII, and its bytes (those `stored`) in whole
+    blocks; then the end's two zero blocks, the whole rounded up to tar's records."""
     block = tarfile.BLOCKSIZE
-    size = tarfile.RECORDSIZE * 2
-    for file, keep in zip(files, stored, strict=True):
-        size += 3 * block + (-(-file.stat().st_size // block) * block if keep else 0)
-    return size
+    size = 2 * block
+    for entry, keep in zip(entries, stored, strict=True):
+        pax = not entry.name.isascii() or len(entry.name) > tarfile.LENGTH_NAME
+        size += block + (2 * block if pax else 0)
+        if keep:
+            size += -(-(root / entry.target).stat().st_size // block) * block
+    return -(-size // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
 
 
 def _check_room(src: Path, dest: Path, need: int) -> None:
@@ -287,7 +291,7 @@ def _check_room(src: Path, dest: Path, need: int) -> None:
     if need > free:
         raise DiskFullError(
             errno.ENOSPC,
-            f"packing {src} takes up to {size_text(need)} in {dest.parent}, and its disk has"
+            f"packing {src} takes {size_text(need)} in {dest.parent}, and its disk has"
             f" {size_text(free)} free: free some space and run the command again",
         )
 

@@ -251,8 +251,8 @@ def _fetch_source(
         # writes .DS_Store, a NAS indexes into @eaDir/): leaving them out keeps the tar, its
         # data.sha256 and what DVC re-runs the same on every machine that holds the photos.
         pack_directory(path, dest, store=_read_by_preprocess, leave_out=is_hidden)
-        _warn_cache_room(dest)
         hashes = _hash_file(dest)
+        _warn_cache_room(dest, hashes.md5.hexdigest())
         try:
             _verify(hashes, expect, dest.name, str(path))
         except ChecksumError:
@@ -268,19 +268,21 @@ def _fetch_source(
     return _copy(path, dest_dir / path.name, expect, [])
 
 
-def _warn_cache_room(tar: Path) -> None:
+def _warn_cache_room(tar: Path, md5: str) -> None:
     """Warn when DVC's cache has no room for the packed folder: DVC copies each output into it
-    when the stage ends (unless its cache.type links), and fails there, the disk full."""
+    when the stage ends (unless its cache.type links, or it already holds those bytes), and
+    fails there, the disk full."""
     cache = fsutil.dvc_cache_copied_to(tar.parent)
-    if cache is None:
+    if cache is None or (cache / md5[:2] / md5[2:]).is_file():
         return
     size, free = tar.stat().st_size, fsutil.free_bytes(cache)
     if size > free:
         log.warning(
             "%s takes %s, and the disk of DVC's cache (%s) has %s free: DVC copies the tar"
-            " there when this stage ends, and will fail for want of space; free some, move the"
-            " cache (`uv run dvc cache dir`), or let DVC link instead of copying (`uv run dvc"
-            " config cache.type hardlink,symlink`)",
+            " there when this stage ends (unless the file system can reflink: btrfs, XFS,"
+            " APFS), and will fail for want of space; free some, move the cache (`uv run dvc"
+            " cache dir`), or let DVC link instead of copying (`uv run dvc config cache.type"
+            " hardlink,symlink`)",
             tar,
             fsutil.size_text(size),
             cache,

@@ -312,14 +312,23 @@ def test_a_folder_too_large_for_the_disk_is_refused_before_packing(
     frees: dict[Path, int] = {}
     monkeypatch.setattr(fsutil, "free_bytes", lambda path: frees.get(Path(path), 10**12))
     monkeypatch.setattr(archive, "free_bytes", lambda path: frees.get(Path(path), 10**12))
-    frees[tmp_path / "raw"] = 9000  # the image's 5,000 bytes fit, with the headers they do not
+    frees[tmp_path / "raw"] = 9000  # the image's 5,000 bytes fit, the tar's 10 KiB do not
     with pytest.raises(fsutil.DiskFullError) as full:
         _fetch("photos", tmp_path)
     assert str(full.value) == (
-        f"packing {tmp_path / 'photos'} takes up to 28.0 KiB in {tmp_path / 'raw'}, and its disk"
+        f"packing {tmp_path / 'photos'} takes 10.0 KiB in {tmp_path / 'raw'}, and its disk"
         " has 8.8 KiB free: free some space and run the command again"
     )
     assert _files(tmp_path / "raw") == []
+    # The size is the tar's own, long and non-ASCII names (PAX headers) and all.
+    write_files(tmp_path / "photos", {f"猫/{'n' * 120}.jpg": b"j" * 700, "a/b.png": b"p" * 513})
+    frees[tmp_path / "raw"] = 10**6
+    tar = _fetch("photos", tmp_path).path
+    root = (tmp_path / "photos").resolve()
+    entries = archive_members.dir_entries(root).entries
+    stored = sources._read_by_preprocess([e.name for e in entries])
+    assert archive._tar_size(root, entries, stored) == tar.stat().st_size
+    tar.unlink()
     # It fits, but DVC's cache, which DVC copies each output into, has no room for it.
     project = tmp_path / "project"
     project.mkdir()
@@ -331,6 +340,15 @@ def test_a_folder_too_large_for_the_disk_is_refused_before_packing(
         fetch_dataset("imagefolder", photos, None, raw, **args)
     assert "and the disk of DVC's cache" in caplog.text and "has 1000 bytes free" in caplog.text
     caplog.clear()
+    # The cache already holds those bytes (the same photos ran before): nothing to copy.
+    md5 = hashlib.md5((raw / "folder.tar").read_bytes()).hexdigest()
+    held = project / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    held.parent.mkdir(parents=True)
+    held.write_bytes(b"")
+    with caplog.at_level(logging.WARNING):
+        fetch_dataset("imagefolder", photos, None, raw, **args)
+    assert "DVC's cache" not in caplog.text
+    held.unlink()
     dvc(project, "config", "cache.type", "hardlink,symlink")  # DVC links, copies nothing
     with caplog.at_level(logging.WARNING):
         fetch_dataset("imagefolder", photos, None, raw, **args)
