@@ -47,13 +47,17 @@ def test_data_root_and_predict_inputs_expand_home(home: Path, written: str) -> N
 
 @pytest.mark.parametrize(
     ("written", "said"),
-    [("../datasets", "is a relative path: "), ("$VISIONPIPE_UNSET_X/data", "$variable unset here")],
+    [
+        ("../datasets", "is a relative path: "),
+        ("$VISIONPIPE_UNSET_X/data", "(its $variable is unset here): "),
+    ],
 )
 def test_a_relative_data_root_is_refused(written: str, said: str) -> None:
     # It works in the workspace, then names a folder inside .dvc/tmp/exps/<name> in a queued run.
     with pytest.raises(ValueError, match=r"launch.data_root .* give an absolute one") as info:
         LaunchConfig(data_root=written)
     assert said in str(info.value)
+    assert LaunchConfig(data_root="").data_root is None  # `${oc.env:DATA_HOME,}`, unset
 
 
 @pytest.mark.parametrize(

@@ -38,11 +38,13 @@ class LaunchConfig(Section):
         # `~/datasets` and `$HOME/datasets` mean what they mean in the shell.
         if not isinstance(value, str):
             return value
+        if not value.strip():  # `${oc.env:DATA_HOME,}` with the variable unset: no folder
+            return None
         root = paths.user_path(value, "launch.data_root")
         if not root.is_absolute():
             # Queued and --temp experiments run in .dvc/tmp/exps/<name>: it would name another
             # folder there, and the data "does not exist" where the user put it.
-            unset = ", its $variable unset here," if "$" in value else ""
+            unset = " (its $variable is unset here)" if "$" in value else ""
             raise ValueError(
                 f"launch.data_root {value!r} is a relative path{unset}: give an absolute one"
                 " (~/datasets and $HOME/datasets work), as queued experiments run in a"
