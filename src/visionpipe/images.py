@@ -45,6 +45,9 @@ _HEVC = _HEIF_BRANDS[:8]  # the brands of HEVC coding, not the generic mif1/msf1
 # target size counts the pixels of that decode: a 200-megapixel phone photo for 64 px decodes at
 # 1/8 scale, 3 megapixels.
 MAX_PIXELS = 64_000_000
+# Scans of a progressive JPEG: a start-of-scan marker (FF DA) appears nowhere else, the bytes of
+# a scan's data stuffed so that FF is never followed by DA there.
+MAX_JPEG_SCANS = 100
 # A JPEG is decoded at reduced scale only down to DRAFT_GAP times the target size, the rest left
 # to the resize filter: Pillow's own Image.thumbnail default (reducing_gap=2.0), "very close to
 # fair resampling". Measured here against a full decode + resize: see bench/RESULTS.md.
@@ -169,6 +172,14 @@ def _no_bomb_warning() -> Iterator[None]:
 
 
 def _decode_rgb(data: bytes, name: str, size: int | None) -> Image.Image:
+    if data.startswith(b"\xff\xd8") and (scans := data.count(b"\xff\xda")) > MAX_JPEG_SCANS:
+        # Each scan of a progressive JPEG decodes the whole image again: 870,000 scans of 12
+        # bytes, a 10 MB file, take 30 s even of a 256x256 image (libjpeg-turbo's LJT-01-004).
+        raise BadImageError(
+            name,
+            f"a JPEG of {scans:,} scans, above the {MAX_JPEG_SCANS} limit (encoders write about"
+            " 10; more make its decode take minutes): re-save it",
+        )
     pixels = _decode_plain_jpeg(data, size)
     if pixels is not None:
         return Image.fromarray(pixels)

@@ -53,12 +53,18 @@ T = TypeVar("T")
 # and formats whose size is not read from the header, decode in a thread: a tiny file can hold a
 # huge image.
 INLINE_DECODE_PIXELS = 256 * 256
+# And this few bytes: a JPEG's decode time grows with its scans, not only its pixels (a 10 MB
+# file of 870,000 scans of a 256x256 image decodes for 30 s).
+INLINE_DECODE_BYTES = 64 * 1024
 # How long a stop (Ctrl-C, SIGTERM) waits for requests in progress, uploads still arriving too,
 # before aiohttp's own shutdown, which reads no more bytes and gives handlers GRACE_S: within the
 # 10 s after which `docker stop` kills.
 SHUTDOWN_S = 5.0
 GRACE_S = 1.0
 MAX_IMAGES = 256  # per request: decoding many tiny images must not hold a worker for long
+# Text fields a form may carry beside its images (a label, a token, topk): each part costs the
+# parser the same whatever its size, and 200,000 fields of 10 MB held the event loop 80 s.
+MAX_FIELDS = 64
 BINARY = "application/octet-stream"  # a body or form part of bytes of no declared kind
 # The Content-Encodings aiohttp decodes (br and zstd where their packages are installed; where
 # not, it answers 400 itself); "" and identity: none.
@@ -240,6 +246,10 @@ async def _read_form(request: web.Request, limit: int, timeout: float) -> Form:
             # Forms carry text fields beside their files (a label, a CSRF token, topk); they
             # are not images, and refusing the whole request for them would fail ordinary clients.
             if (text := _text(part, data)) is not None:
+                if sum(map(len, form.fields.values())) == MAX_FIELDS:
+                    raise ApiError(
+                        413, f"more than {MAX_FIELDS} text fields in one form: send the images"
+                    )
                 form.fields.setdefault(part.name or "", []).append(text)
             elif part.filename != "" or data:  # "" and no bytes: a file input left empty
                 name = _file_name(part) or part.name or f"part {len(form.uploads) + 1}"
@@ -325,6 +335,8 @@ def decode_uploads(uploads: list[Upload], size: int) -> list[np.ndarray]:
 
 
 def _decodes_quickly(uploads: list[Upload]) -> bool:
+    if sum(len(u.data) for u in uploads) > INLINE_DECODE_BYTES:
+        return False
     total = 0
     for upload in uploads:
         pixels = header_pixels(upload.data)
@@ -503,6 +515,16 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except BatcherStopped as exc:  # the model worker died: every later request would wait forever
         log.error("cannot answer %s %s: %s", request.method, request.path, exc)
         return web.json_response({"error": f"{exc}; {RESTART}"}, status=503)
+    except MemoryError:  # under load in a memory-limited container: no bug, and it passes
+        log.warning("out of memory answering %s %s: answered 503", request.method, request.path)
+        return web.json_response(
+            {
+                "error": "the server ran out of memory for this request (others in progress hold"
+                " some): retry later, send fewer or smaller images, or give the server more memory"
+            },
+            status=503,
+            headers={"Retry-After": "5"},
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

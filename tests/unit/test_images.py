@@ -296,6 +296,21 @@ def test_a_progressive_jpeg_counts_every_pixel_against_the_limit(
         )
 
 
+def test_a_jpeg_of_more_scans_than_encoders_write_is_refused_before_decoding() -> None:
+    # Each scan decodes the whole image again: a 10 MB file of tiny scans took 30 s of a server.
+    progressive = _encode(Image.new("RGB", (64, 48), (30, 120, 200)), "JPEG", progressive=True)
+    scans = progressive.count(b"\xff\xda")
+    assert 1 < scans <= images.MAX_JPEG_SCANS
+    assert decode_rgb(progressive, "fine.jpg").size == (64, 48)
+    last = progressive.rindex(b"\xff\xda")
+    bomb = progressive[:last] + progressive[last:-2] * 150 + b"\xff\xd9"  # the last scan, again
+    with pytest.raises(BadImageError) as refused:
+        decode_rgb(bomb, "bomb.jpg", 32)
+    assert refused.value.reason.startswith(
+        f"a JPEG of {scans + 149:,} scans, above the 100 limit (encoders write about 10"
+    )
+
+
 def test_32_bit_pixels_convert_to_8_bits_in_blocks_of_rows() -> None:
     # A 64-megapixel float or integer TIFF is a few hundred kilobytes deflated: converted whole,
     # its float64 temporaries took 2 GB of a server's memory for one upload.

@@ -918,3 +918,60 @@ def test_the_md5_served_is_of_the_model_loaded_when_an_export_replaces_it(
     backend, md5 = serve.open_model(model)
     assert backend.classes == ["x", "y"]
     assert md5 == hashlib.md5(model.read_bytes()).hexdigest()
+
+
+def test_out_of_memory_under_load_is_a_503_to_retry_not_a_bug(
+    model: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Many large images at once in a memory-limited container: the request that finds no memory
+    # is told to retry, and the log has a line, not a traceback.
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from visionpipe import serve
+    from visionpipe.predict import OnnxBackend
+
+    def no_memory(uploads: list, size: int) -> list:
+        raise MemoryError()
+
+    monkeypatch.setattr(serve, "decode_uploads", no_memory)
+
+    async def scenario() -> tuple[int, dict, str | None]:
+        service = serve.Service(OnnxBackend(model), serve.ServeConfig(model=model))
+        async with TestClient(TestServer(serve.make_app(service))) as client:
+            resp = await client.post(
+                "/predict", data=_jpeg(), headers={"Content-Type": "image/jpeg"}
+            )
+            return resp.status, await resp.json(), resp.headers.get("Retry-After")
+
+    with caplog.at_level("WARNING"):
+        status, got, retry = asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+    assert status == 503 and "ran out of memory" in got["error"] and retry, got
+    assert "out of memory answering POST /predict" in caplog.text
+    assert "Traceback" not in caplog.text and not any(r.exc_info for r in caplog.records)
+
+
+def test_a_form_of_more_text_fields_than_a_form_needs_is_refused(server: Served) -> None:
+    # 200,000 one-byte fields in 10 MB held the event loop for 80 s, /health with it.
+    b = "manyfields"
+    fields = b"".join(_field(b, f'name="f{i}"', b"x") for i in range(65))
+    body = fields + _field(b, 'name="file"; filename="a.jpg"', _jpeg(), "image/jpeg")
+    body += f"--{b}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={b}"}
+    status, got = request(f"{server.url}/predict", body, headers)
+    assert status == 413 and "more than 64 text fields in one form" in got["error"], got
+    fewer = b"".join(_field(b, f'name="f{i}"', b"x") for i in range(64))
+    body = fewer + _field(b, 'name="file"; filename="a.jpg"', _jpeg(), "image/jpeg")
+    status, got = request(f"{server.url}/predict", body + f"--{b}--\r\n".encode(), headers)
+    assert status == 200, got
+
+
+def test_only_a_small_upload_is_decoded_on_the_event_loop() -> None:
+    # Few pixels are not enough: a JPEG's decode time grows with its bytes' scans too.
+    from visionpipe import serve
+
+    small = serve.Upload("a.jpg", _jpeg())
+    assert serve._decodes_quickly([small])
+    padded = serve.Upload("a.jpg", _jpeg() + b"\0" * serve.INLINE_DECODE_BYTES)
+    assert not serve._decodes_quickly([padded])
