@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,6 +55,9 @@ class Batcher:
         self._held: _Item | None = None  # the item that did not fit the last call
         self._worker: asyncio.Task[None] | None = None
         self._busy: list[_Item] = []  # the items of the call in progress
+        # The model's own thread: in the loop's shared pool a call would wait behind whatever
+        # else is queued there (the server's image decodes), the fastest request with it.
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="model")
 
     @property
     def alive(self) -> bool:
@@ -84,6 +88,7 @@ class Batcher:
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
+        self._thread.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, rows: np.ndarray) -> np.ndarray:
         """The outputs for `rows`, from one or more batched calls (more when rows > max_batch)."""
@@ -139,7 +144,8 @@ class Batcher:
             self._busy = items
             try:
                 inputs = np.concatenate([item.rows for item in items])
-                outputs = await asyncio.to_thread(self.run, inputs)
+                loop = asyncio.get_running_loop()
+                outputs = await loop.run_in_executor(self._thread, self.run, inputs)
             except Exception as exc:  # handed to every waiting request, whose handler reports it
                 for item in items:
                     if not item.done.done():

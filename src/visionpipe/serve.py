@@ -23,6 +23,7 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -33,7 +34,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import BadHttpMessage, ContentEncodingError, HttpProcessingError
 from aiohttp.web_urldispatcher import _default_expect_handler
 
-from visionpipe import paths
+from visionpipe import limits, paths
 from visionpipe.batching import Batcher, BatcherStopped
 from visionpipe.fsutil import json_text
 from visionpipe.images import (
@@ -381,6 +382,11 @@ class Service:
         """`md5`: the model file's, as `open_model` gives it (default: read from its path)."""
         self.backend, self.config = backend, config
         self.batcher = Batcher(backend.logits, config.max_batch, config.batch_wait_ms / 1000)
+        # Decodes in threads of their own, as many as the cores this process may use (its CPU
+        # set and quota, not the host's count): a decode holds memory (up to ~250 MB for 64
+        # megapixels), and threads beyond the cores only hold more of it at once. At a stop the
+        # decodes not begun are dropped: their clients get no answer anyway.
+        self.decoder = ThreadPoolExecutor(limits.cpu_count(), thread_name_prefix="decode")
         self.info = {
             "model": str(config.model),
             "md5": md5 or _md5(config.model),
@@ -493,7 +499,8 @@ class Service:
         if _decodes_quickly(uploads):
             arrays = decode_uploads(uploads, size)
         else:
-            arrays = await asyncio.to_thread(decode_uploads, uploads, size)
+            loop = asyncio.get_running_loop()
+            arrays = await loop.run_in_executor(self.decoder, decode_uploads, uploads, size)
         logits = await self.batcher.submit(to_model_input(arrays))
         probs = softmax(logits.astype(np.float64))  # as predict_files: float64 from the logits
         self.requests += 1
@@ -617,6 +624,7 @@ def make_app(service: Service) -> web.Application:
         await service.batcher.start()
         yield
         await service.batcher.close()
+        service.decoder.shutdown(wait=False, cancel_futures=True)
 
     app.cleanup_ctx.append(batcher)
     return app
