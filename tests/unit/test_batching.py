@@ -103,3 +103,27 @@ def test_a_dead_worker_fails_waiting_and_later_submissions_instead_of_leaving_th
     assert not batcher.alive
     assert len(answers) == 3 and all(isinstance(a, BatcherStopped) for a in answers), answers
     assert "boom" in str(answers[0]) and "not running" in str(answers[2])
+
+
+def test_the_model_runs_in_its_own_thread_not_behind_the_loop_s_pool() -> None:
+    # The server decodes images in threads too: a model call queued behind twenty 64-megapixel
+    # decodes kept a tiny request waiting 31 s.
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    release = threading.Event()
+
+    async def scenario() -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(2))
+        busy = [loop.run_in_executor(None, release.wait) for _ in range(4)]  # all taken
+        batcher = Batcher(lambda rows: rows * 2, max_batch=8, wait_s=0)
+        await batcher.start()
+        try:
+            return await asyncio.wait_for(batcher.submit(np.ones((1, 3))), timeout=10)
+        finally:
+            release.set()
+            await asyncio.gather(*busy)
+            await batcher.close()
+
+    assert asyncio.run(scenario()).tolist() == [[2.0, 2.0, 2.0]]
