@@ -17,6 +17,7 @@ import functools
 import hashlib
 import http.client
 import logging
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -450,17 +451,24 @@ _URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
 
 
 def _requested(url: str) -> str:
-    """`url` as sent: a path or query with spaces or non-ASCII letters percent-encoded, a
-    non-ASCII host in punycode. http.client refuses them raw ("URL can't contain control
-    characters")."""
+    """`url` as sent: a path or query with spaces or non-ASCII letters percent-encoded (a `%`
+    that starts no escape too), a non-ASCII host in punycode. http.client refuses them raw
+    ("URL can't contain control characters")."""
     parts = urllib.parse.urlsplit(url)
     netloc = parts.netloc
     if not netloc.isascii():
         import idna
 
+        userinfo = netloc.rpartition("@")[0]
         host = parts.hostname or ""
-        netloc = netloc.replace(host, idna.encode(host, uts46=True).decode("ascii"), 1)
-    quote = functools.partial(urllib.parse.quote, safe=_URL_SAFE)
+        port = f":{parts.port}" if parts.port is not None else ""
+        host = f"[{host}]" if ":" in host else idna.encode(host, uts46=True).decode("ascii")
+        user = urllib.parse.quote(userinfo, safe=":%") + "@" if userinfo else ""
+        netloc = user + host + port
+
+    def quote(text: str) -> str:
+        return urllib.parse.quote(re.sub("%(?![0-9A-Fa-f]{2})", "%25", text), safe=_URL_SAFE)
+
     return urllib.parse.urlunsplit(
         (parts.scheme, netloc, quote(parts.path), quote(parts.query), quote(parts.fragment))
     )

@@ -122,6 +122,13 @@ def test_a_url_as_an_address_bar_shows_it_is_sent_percent_encoded(
     server.serve("/zips%20%C3%A9%20%23/photos%20utf8.zip", (200, PAYLOAD))
     result = _fetch(f"{server.base}/zips é %23/photos utf8.zip", tmp_path)
     assert result.path.read_bytes() == PAYLOAD
+    # What is sent for other hosts, ports, users and a `%` that starts no escape.
+    assert [
+        sources._requested(u) for u in ("http://Bücher.de/100%.zip", "http://ü@STRAßE.de:81/")
+    ] == [
+        "http://xn--bcher-kva.de/100%25.zip",
+        "http://%C3%BC@xn--strae-oqa.de:81/",
+    ]
     # A URL no attempt can send is said at once, not retried.
     bad = f"{server.base.rsplit(':', 1)[0]}:80x/images.zip"
     with pytest.raises(DownloadError, match=r"not a valid URL \(nonnumeric port") as refused:
