@@ -96,6 +96,9 @@ def _add_glob(inputs: Inputs, spec: str) -> None:
     # A glob of broken photo links only: each is named already.
     if not found and not walked.files and len(inputs.errors) == named_before:
         what = "no image files" if walked.tops else "no files"
+        slashed = spec.replace("\\", "/")
+        if slashed != spec and _glob(slashed)[1]:
+            what += f"; this system separates folders with /: {slashed}"
         inputs.errors.append((spec, f"glob matched {what}"))
 
 

@@ -225,11 +225,15 @@ def test_a_windows_style_path_names_the_path_that_exists(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "cats").mkdir()
     (tmp_path / "cats" / "a.jpg").write_bytes(b"x")
-    found = collect_inputs([".\\cats\\a.jpg", "dogs\\b.jpg"])
+    found = collect_inputs([".\\cats\\a.jpg", "dogs\\b.jpg", ".\\cats\\*.jpg"])
     assert found.errors == [
         (
             ".\\cats\\a.jpg",
             "no such file or directory; this system separates folders with /: ./cats/a.jpg",
         ),
         ("dogs\\b.jpg", "no such file or directory"),
+        (
+            ".\\cats\\*.jpg",
+            "glob matched no files; this system separates folders with /: ./cats/*.jpg",
+        ),
     ]
