@@ -185,8 +185,9 @@ def _read(fp: str) -> dict[str, Any] | None:
     if finished is not None and finished.get("fingerprint") == fp:
         log.warning(
             "train finished a run of these params, data and code, and dvc.lock does not record"
-            " its model (stopped while DVC recorded it?): its outputs are written again from %s,"
-            " with nothing trained; to train anew, `rm -r %s` first",
+            " its model (stopped while DVC recorded it, or failed by an edit of its code?): its"
+            " outputs are written again from %s, with nothing trained; to train anew, `rm -r %s`"
+            " first",
             CHECKPOINT,
             paths.CHECKPOINT_DIR,
         )
