@@ -110,7 +110,10 @@ class ApiError(Exception):
         self.close = close or status == 408  # the rest of a stalled body may never come
 
     def response(self) -> web.Response:
-        response = web.json_response({"error": self.message, **self.extra}, status=self.status)
+        retry = {"Retry-After": "5"} if self.status == 503 else None
+        response = web.json_response(
+            {"error": self.message, **self.extra}, status=self.status, headers=retry
+        )
         if self.close:
             response.force_close()
         return response
@@ -232,12 +235,19 @@ async def _read_part(part: BodyPartReader, room: int, limit: int, timeout: float
 
 
 async def _read_form(request: web.Request, limit: int, timeout: float) -> Form:
-    form, total = Form(), 0
+    form, total, parts = Form(), 0, 0
     try:
         reader = await request.multipart()
         while (part := await _within(timeout, reader.next())) is not None:
             if not isinstance(part, BodyPartReader):
                 raise ApiError(400, "nested multipart forms are not supported; send image files")
+            parts += 1
+            if parts > MAX_IMAGES + MAX_FIELDS:  # empty file inputs too: each costs the parser
+                raise ApiError(
+                    413,
+                    f"more than {MAX_IMAGES + MAX_FIELDS} parts in one form: send at most"
+                    f" {MAX_IMAGES} images and {MAX_FIELDS} text fields",
+                )
             if len(form.uploads) == MAX_IMAGES:
                 raise ApiError(
                     413, f"more than {MAX_IMAGES} images in one request: send them in several"
@@ -420,10 +430,29 @@ class Service:
         return response
 
     async def drain(self, timeout: float) -> None:
-        """Wait until no request is in progress, for `timeout` seconds at most."""
+        """Wait until no request is in progress, for `timeout` seconds at most; then drop the
+        decodes not begun, whose requests are answered 503 (`_decode`) before the connections
+        close."""
         end = time.monotonic() + timeout
         while self.in_flight and time.monotonic() < end:
             await asyncio.sleep(0.02)
+        self.decoder.shutdown(wait=False, cancel_futures=True)
+        await asyncio.sleep(0.05)  # the handlers of the dropped decodes write their 503s
+
+    async def _decode(self, uploads: list[Upload], size: int) -> list[np.ndarray]:
+        if _decodes_quickly(uploads):
+            return decode_uploads(uploads, size)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.decoder, decode_uploads, uploads, size)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self.stopping and task is not None and not task.cancelling():
+                # The decode was dropped at a stop (`drain`), this request itself not cancelled.
+                raise ApiError(
+                    503, "the server stopped before decoding this request: retry"
+                ) from None
+            raise
 
     async def index(self, request: web.Request) -> web.Response:
         return web.Response(text=self.page, content_type="text/html")
@@ -496,11 +525,7 @@ class Service:
         config = self.config
         form = await read_uploads(request, config.max_upload_bytes, config.read_timeout_s)
         k, uploads, size = self._topk(request, form), form.uploads, self.backend.image_size
-        if _decodes_quickly(uploads):
-            arrays = decode_uploads(uploads, size)
-        else:
-            loop = asyncio.get_running_loop()
-            arrays = await loop.run_in_executor(self.decoder, decode_uploads, uploads, size)
+        arrays = await self._decode(uploads, size)
         logits = await self.batcher.submit(to_model_input(arrays))
         probs = softmax(logits.astype(np.float64))  # as predict_files: float64 from the logits
         self.requests += 1

@@ -965,6 +965,13 @@ def test_a_form_of_more_text_fields_than_a_form_needs_is_refused(server: Served)
     body = fewer + _field(b, 'name="file"; filename="a.jpg"', _jpeg(), "image/jpeg")
     status, got = request(f"{server.url}/predict", body + f"--{b}--\r\n".encode(), headers)
     assert status == 200, got
+    # Empty file inputs (a form's unused file fields) are parts too: 100,000 of them held the loop.
+    empty = b"".join(
+        _field(b, f'name="e{i}"; filename=""', b"", "application/octet-stream") for i in range(321)
+    )
+    body = empty + _field(b, 'name="file"; filename="a.jpg"', _jpeg(), "image/jpeg")
+    status, got = request(f"{server.url}/predict", body + f"--{b}--\r\n".encode(), headers)
+    assert status == 413 and "more than 320 parts in one form" in got["error"], got
 
 
 def test_only_a_small_upload_is_decoded_on_the_event_loop() -> None:
@@ -975,3 +982,45 @@ def test_only_a_small_upload_is_decoded_on_the_event_loop() -> None:
     assert serve._decodes_quickly([small])
     padded = serve.Upload("a.jpg", _jpeg() + b"\0" * serve.INLINE_DECODE_BYTES)
     assert not serve._decodes_quickly([padded])
+
+
+def test_a_decode_dropped_at_a_stop_is_answered_503_not_a_closed_socket(
+    model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SIGTERM under load: the decodes not begun are dropped; their clients are told to retry.
+    import asyncio
+    import threading
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from visionpipe import serve
+    from visionpipe.predict import OnnxBackend
+
+    release, real = threading.Event(), serve.decode_uploads
+
+    def slow(uploads: list, size: int) -> list:
+        release.wait(10)
+        return real(uploads, size)
+
+    monkeypatch.setattr(serve, "decode_uploads", slow)
+    large = _jpeg() + b"\0" * serve.INLINE_DECODE_BYTES  # decoded in the pool, not inline
+
+    async def scenario() -> list[tuple[int, str | None]]:
+        service = serve.Service(OnnxBackend(model), serve.ServeConfig(model=model))
+        service.decoder = concurrent.futures.ThreadPoolExecutor(1)  # one runs, one waits
+        async with TestClient(TestServer(serve.make_app(service))) as client:
+
+            async def post() -> tuple[int, str | None]:
+                headers = {"Content-Type": "image/jpeg"}
+                resp = await client.post("/predict", data=large, headers=headers)
+                return resp.status, resp.headers.get("Retry-After")
+
+            posts = [asyncio.create_task(post()) for _ in range(2)]
+            await asyncio.sleep(0.5)
+            service.stopping = True
+            await service.drain(0.1)
+            release.set()
+            return list(await asyncio.gather(*posts))
+
+    answers = asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+    assert sorted(answers) == [(200, None), (503, "5")], answers
