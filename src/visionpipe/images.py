@@ -45,9 +45,7 @@ _HEVC = _HEIF_BRANDS[:8]  # the brands of HEVC coding, not the generic mif1/msf1
 # target size counts the pixels of that decode: a 200-megapixel phone photo for 64 px decodes at
 # 1/8 scale, 3 megapixels.
 MAX_PIXELS = 64_000_000
-# Scans of a progressive JPEG: a start-of-scan marker (FF DA) appears nowhere else, the bytes of
-# a scan's data stuffed so that FF is never followed by DA there.
-MAX_JPEG_SCANS = 100
+MAX_JPEG_SCANS = 100  # of a progressive JPEG (`_jpeg_scans`); encoders write about 10
 # A JPEG is decoded at reduced scale only down to DRAFT_GAP times the target size, the rest left
 # to the resize filter: Pillow's own Image.thumbnail default (reducing_gap=2.0), "very close to
 # fair resampling". Measured here against a full decode + resize: see bench/RESULTS.md.
@@ -172,7 +170,7 @@ def _no_bomb_warning() -> Iterator[None]:
 
 
 def _decode_rgb(data: bytes, name: str, size: int | None) -> Image.Image:
-    if data.startswith(b"\xff\xd8") and (scans := data.count(b"\xff\xda")) > MAX_JPEG_SCANS:
+    if data.startswith(b"\xff\xd8") and (scans := _jpeg_scans(data)) > MAX_JPEG_SCANS:
         # Each scan of a progressive JPEG decodes the whole image again: 870,000 scans of 12
         # bytes, a 10 MB file, take 30 s even of a 256x256 image (libjpeg-turbo's LJT-01-004).
         raise BadImageError(
@@ -184,6 +182,37 @@ def _decode_rgb(data: bytes, name: str, size: int | None) -> Image.Image:
     if pixels is not None:
         return Image.fromarray(pixels)
     return _decode_with_pillow(data, name, size)
+
+
+def _jpeg_scans(data: bytes) -> int:
+    """The scans of a JPEG's first image, counted up to MAX_JPEG_SCANS + 1 by walking its
+    segments: those of other data (EXIF, an ICC profile, a maker's notes) skipped by their
+    length, each scan's coded data up to the next marker (an FF not followed by 00, the stuffing
+    of a coded FF, nor by a restart marker), none after the end of image (a phone's motion photo
+    puts a video there)."""
+    i, scans, n = 2, 0, len(data)
+    while i + 4 <= n and data[i] == 0xFF and scans <= MAX_JPEG_SCANS:
+        marker = data[i + 1]
+        if marker == 0xD9:  # end of image
+            break
+        if marker == 0xFF or 0xD0 <= marker <= 0xD7 or marker == 0x01:  # fill, RSTn, TEM
+            i += 1 if marker == 0xFF else 2
+            continue
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker != 0xDA:
+            continue
+        scans += 1
+        while (i := data.find(b"\xff", i)) >= 0 and i + 1 < n:
+            following = data[i + 1]
+            if following == 0xFF:
+                i += 1
+            elif following == 0x00 or 0xD0 <= following <= 0xD7:
+                i += 2
+            else:
+                break  # the next marker
+        if i < 0:
+            break
+    return scans
 
 
 def _draft_gap(size: int | None) -> int:
