@@ -52,6 +52,7 @@ from visionpipe.archive_members import (
     warn_hidden_folders,
 )
 from visionpipe.fsutil import DiskFullError, atomic_path, free_bytes, size_text
+from visionpipe.images import is_image_name
 
 log = logging.getLogger(__name__)
 
@@ -271,16 +272,15 @@ def pack_directory(
 
 
 def _tar_size(root: Path, entries: list[Entry], stored: list[bool]) -> int:
-    """The size of the PAX tar `pack_directory` writes: per file a header block, two more for a
-    PAX header where the name is long or not ASCII, and its bytes (those `stored`) in whole
-    blocks; then the end's two zero blocks, the whole rounded up to tar's records."""
+    """The size of the tar `pack_directory` writes: each file's header as `_member` makes it
+    (a PAX header before it where the name is long or not ASCII) and its bytes (those `stored`)
+    in whole blocks; then the end's two zero blocks, the whole rounded up to tar's records."""
     block = tarfile.BLOCKSIZE
     size = 2 * block
     for entry, keep in zip(entries, stored, strict=True):
-        pax = not entry.name.isascii() or len(entry.name) > tarfile.LENGTH_NAME
-        size += block + (2 * block if pax else 0)
-        if keep:
-            size += -(-(root / entry.target).stat().st_size // block) * block
+        data = (root / entry.target).stat().st_size if keep else 0
+        header = _member(entry.name, data).tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING)
+        size += len(header) + -(-data // block) * block
     return -(-size // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
 
 
@@ -300,18 +300,23 @@ def _add_file(tar: tarfile.TarFile, path: Path, name: str, keep: bool) -> int:
     """Add file `path` as `name`, its bytes if `keep`, else empty; the bytes left out. A file
     stored empty is never opened: a video the user cannot read, or a cloud drive's placeholder
     that opening would download, costs nothing."""
+    if not keep:
+        tar.addfile(_member(name, 0))
+        return path.stat().st_size
+    with open(path, "rb") as f:
+        tar.addfile(_member(name, os.fstat(f.fileno()).st_size), f)
+    return 0
+
+
+def _member(name: str, size: int) -> tarfile.TarInfo:
+    """A packed file's header: nothing of the machine that packed it (times, owners, modes)."""
     info = tarfile.TarInfo(name)
+    info.size = size
     info.mtime = 0
     info.mode = 0o644
     info.uid = info.gid = 0
     info.uname = info.gname = ""
-    if not keep:
-        tar.addfile(info)
-        return path.stat().st_size
-    with open(path, "rb") as f:
-        info.size = os.fstat(f.fileno()).st_size
-        tar.addfile(info, f)
-    return 0
+    return info
 
 
 Reader = Callable[[str], bytes]
@@ -398,25 +403,26 @@ def _unflagged(info: zipfile.ZipInfo) -> bool:
 
 def _unflagged_names_are_utf8(infos: list[zipfile.ZipInfo]) -> bool:
     """Whether a zip's unflagged non-ASCII names are UTF-8 (macOS's Archive Utility and other
-    tools store UTF-8 unflagged): most of them are valid UTF-8. Decided for the whole zip, not
-    name by name: a Chinese Windows's GBK name can be valid UTF-8 by chance (猫 is C3 A8, UTF-8's
-    è), and names read one by one would split one folder, one class, in two; while one stray
-    name of another system (a Latin-1 notes file) must not garble a Mac's zip."""
-    valid = invalid = 0
+    tools store UTF-8 unflagged): those of all its images are valid UTF-8. Decided for the whole
+    zip, not name by name: a Chinese Windows's GBK name can be valid UTF-8 by chance (猫 is C3 A8,
+    UTF-8's è), and names read one by one would split one folder, one class, in two. Other files'
+    names do not count: one stray name of another system (a Latin-1 notes file) must not garble
+    a Mac's zip, and is read as cp437 alone."""
     for info in filter(_unflagged, infos):
+        if not is_image_name(info.filename):
+            continue
         try:
             info.orig_filename.encode("cp437").decode("utf-8")
-            valid += 1
         except UnicodeDecodeError:
-            invalid += 1
-    return valid > invalid
+            return False
+    return True
 
 
 def _member_name(info: zipfile.ZipInfo, utf8: bool, cp437: list[str]) -> str:
     """A zip member's name as its maker meant it. A name not flagged UTF-8 is cp437 by the ZIP
-    standard, and Python reads it so; but where most such names of the zip are valid UTF-8
-    (`utf8`), those are read as UTF-8, as unzip and 7-Zip read them. Names left to cp437 are
-    added to `cp437`."""
+    standard, and Python reads it so; but where the zip's images' names are valid UTF-8 (`utf8`),
+    every such name that is valid UTF-8 is read so, as unzip and 7-Zip read them. Names left to
+    cp437 are added to `cp437`."""
     if not _unflagged(info):
         return info.filename
     if utf8:
@@ -429,8 +435,8 @@ def _member_name(info: zipfile.ZipInfo, utf8: bool, cp437: list[str]) -> str:
 def _warn_cp437(source: Path, names: list[str]) -> None:
     if names:
         log.warning(
-            "%s holds file names not marked UTF-8 that are not UTF-8 either, or not most of"
-            " them: %d (such as %r) are read as the ZIP standard's cp437: if they look garbled,"
+            "%s holds file names not marked UTF-8 that are not all UTF-8 either: %d (such as"
+            " %r) are read as the ZIP standard's cp437: if they look garbled,"
             " the zip was made on a system with another code page (a Chinese Windows writes"
             " GBK). Unpack it with that code page (unzip -O GBK %s) and set data.source to the"
             " folder, or re-create the zip with 7-Zip, which writes UTF-8",
