@@ -422,7 +422,7 @@ def _fetch_with_retries(url: str, tmp: Path, net: _Net, hint: str) -> _Hashes:
                     f"cannot download {url}: {e.reason}{tries}. {hint}".rstrip()
                 ) from e
             problem = str(e.reason)
-        except (http.client.InvalidURL, UnicodeError) as e:  # the same on every attempt
+        except (http.client.InvalidURL, UnicodeError, ValueError) as e:  # the same each time
             invalid = f"cannot download {url}: not a valid URL ({e}). {hint}"
             raise NetworkError(invalid.rstrip()) from e
         except (*_TRANSIENT, http.client.HTTPException) as e:  # raised mid-body

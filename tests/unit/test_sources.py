@@ -134,6 +134,8 @@ def test_a_url_as_an_address_bar_shows_it_is_sent_percent_encoded(
     with pytest.raises(DownloadError, match=r"not a valid URL \(nonnumeric port") as refused:
         _fetch(bad, tmp_path)
     assert "attempts" not in str(refused.value)
+    with pytest.raises(DownloadError, match=r"not a valid URL \(Port out of range"):
+        _fetch("http://münchen.de:99999/x.zip", tmp_path)
 
 
 def test_retries_server_errors(tmp_path: Path, server: Server) -> None:
@@ -328,7 +330,9 @@ def test_a_folder_too_large_for_the_disk_is_refused_before_packing(
     )
     assert _files(tmp_path / "raw") == []
     # The size is the tar's own, long and non-ASCII names (PAX headers) and all.
-    write_files(tmp_path / "photos", {f"猫/{'n' * 120}.jpg": b"j" * 700, "a/b.png": b"p" * 513})
+    deep = "/".join(["d" * 50] * 12)  # a PAX record of more than one block
+    odd = {f"猫/{'n' * 120}.jpg": b"j" * 700, "a/b.png": b"p" * 513, f"{deep}/c.jpg": b"c"}
+    write_files(tmp_path / "photos", odd)
     frees[tmp_path / "raw"] = 10**6
     tar = _fetch("photos", tmp_path).path
     root = (tmp_path / "photos").resolve()
