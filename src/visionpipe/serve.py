@@ -395,7 +395,7 @@ class Service:
         # Decodes in threads of their own, as many as the cores this process may use (its CPU
         # set and quota, not the host's count): a decode holds memory (up to ~250 MB for 64
         # megapixels), and threads beyond the cores only hold more of it at once. At a stop the
-        # decodes not begun are dropped: their clients get no answer anyway.
+        # decodes not begun are dropped, their requests answered 503 (`drain`).
         self.decoder = ThreadPoolExecutor(limits.cpu_count(), thread_name_prefix="decode")
         self.info = {
             "model": str(config.model),
@@ -547,16 +547,13 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except BatcherStopped as exc:  # the model worker died: every later request would wait forever
         log.error("cannot answer %s %s: %s", request.method, request.path, exc)
         return web.json_response({"error": f"{exc}; {RESTART}"}, status=503)
-    except MemoryError:  # under load in a memory-limited container: no bug, and it passes
+    except MemoryError:  # under load within a process memory limit: no bug, and it passes
         log.warning("out of memory answering %s %s: answered 503", request.method, request.path)
-        return web.json_response(
-            {
-                "error": "the server ran out of memory for this request (others in progress hold"
-                " some): retry later, send fewer or smaller images, or give the server more memory"
-            },
-            status=503,
-            headers={"Retry-After": "5"},
-        )
+        return ApiError(
+            503,
+            "the server ran out of memory for this request (others in progress hold some):"
+            " retry later, send fewer or smaller images, or give the server more memory",
+        ).response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
