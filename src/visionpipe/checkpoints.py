@@ -212,7 +212,7 @@ def _aside(fp: str) -> Path:
     return paths.CHECKPOINT_DIR / f"{fp[:12]}-{_code_of(fp)[:12]}.pt"
 
 
-# `<run>-<code>.pt`, and `<run>.pt` as older versions named them.
+# `<run>-<code>.pt`; `<run>.pt` too, a checkpoint without a code digest, of no code (removed).
 ASIDE_NAME = re.compile(r"[0-9a-f]{12}(-[0-9a-f]{12})?\.pt")
 
 
