@@ -683,7 +683,7 @@ async def run_server(service: Service) -> None:
         # answers the requests in progress, not Python's default of dying on the spot. Before
         # the line below: a supervisor may signal as soon as it reads it.
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, _on_stop_signal, stop, service, sig)
         print(
             f"serving {config.model} ({len(service.backend.classes)} classes, "
             f"{service.backend.image_size} px) on {_address_text(sockets)}; Ctrl-C stops",
@@ -696,6 +696,23 @@ async def run_server(service: Service) -> None:
         await service.drain(SHUTDOWN_S)
     finally:
         await runner.cleanup()
+
+
+def _on_stop_signal(stop: asyncio.Event, service: Service, sig: signal.Signals) -> None:
+    """The first stop signal: answer the requests in progress, then exit, saying so (it takes
+    up to SHUTDOWN_S and the decodes begun). A second: exit now, as one who presses Ctrl-C
+    again means; the requests still in progress get no answer."""
+    if stop.is_set():
+        log.warning("%s again: stopping now, %d requests unanswered", sig.name, service.in_flight)
+        os._exit(128 + sig)
+    stop.set()
+    log.warning(
+        "%s: stopping; answering the %d requests in progress (up to %.0f s; %s again stops now)",
+        sig.name,
+        service.in_flight,
+        SHUTDOWN_S,
+        "Ctrl-C" if sig == signal.SIGINT else sig.name,
+    )
 
 
 def listening_sockets(host: str, port: int) -> list[socket.socket]:

@@ -467,6 +467,26 @@ def test_sigterm_mid_upload_stops_within_docker_s_grace(model: Path, tmp_path: P
         again.bind((host, int(port)))
 
 
+def test_a_second_stop_signal_stops_at_once_and_each_says_so(model: Path, tmp_path: Path) -> None:
+    # The first answers the requests in progress (seconds), saying so; a second, as one who
+    # presses Ctrl-C again means, exits now.
+    with serve(model, tmp_path / "server.log") as served:
+        host, port = served.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(_upload_head(host).encode() + _jpeg()[:500])  # a stalled upload
+            time.sleep(0.3)
+            start = time.monotonic()
+            served.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            served.proc.send_signal(signal.SIGTERM)
+            code = served.proc.wait(timeout=30)
+            took = time.monotonic() - start
+    log = served.log_text()
+    assert code == 143 and took < 2, (code, took, log)
+    assert "SIGTERM: stopping; answering the 1 requests in progress (up to 5 s" in log, log
+    assert "SIGTERM again: stopping now, 1 requests unanswered" in log, log
+
+
 def test_sighup_stops_as_sigterm_does(model: Path, tmp_path: Path) -> None:
     # A closed terminal or a supervisor's HUP: the requests in progress are answered, as for
     # SIGTERM, and the server says it stopped; Python's default would drop them on the spot.
