@@ -229,11 +229,16 @@ def _drop_other_code(state: dict[str, Any]) -> None:
     )
 
 
+def _asides() -> list[Path]:
+    """The set-aside checkpoints in checkpoints/, by name."""
+    return sorted(f for f in paths.CHECKPOINT_DIR.glob("*.pt") if ASIDE_NAME.fullmatch(f.name))
+
+
 def _drop_stale_asides(fp: str) -> None:
     """Remove the set-aside checkpoints of other code: no run of this code would take them."""
     code = _code_of(fp)[:12]
-    for file in sorted(paths.CHECKPOINT_DIR.glob("*.pt")):
-        if ASIDE_NAME.fullmatch(file.name) and file.stem.partition("-")[2] != code:
+    for file in _asides():
+        if file.stem.partition("-")[2] != code:
             file.unlink()
             log.warning("removed %s, a stopped run's checkpoint of other code", file)
 
@@ -253,7 +258,7 @@ def _set_aside(state: dict[str, Any]) -> None:
         _aside(theirs),
         size_text(_aside(theirs).stat().st_size),
     )
-    asides = [f for f in paths.CHECKPOINT_DIR.glob("*.pt") if ASIDE_NAME.fullmatch(f.name)]
+    asides = _asides()
     if len(asides) > 1:  # a sweep stopped again and again: each a model and its optimizer state
         log.warning(
             "%s holds %d set-aside checkpoints (%s in all): `rm %s/*-*.pt` removes them all",
@@ -365,9 +370,7 @@ def after_a_stop() -> str:
     # run's (other params), which this one would not have resumed either. Stopped before it
     # looked (loading the data; the stage that launches the ranks), it cannot tell whose the
     # checkpoints there are.
-    found = CHECKPOINT.is_file() or any(
-        ASIDE_NAME.fullmatch(f.name) for f in paths.CHECKPOINT_DIR.glob("*.pt")
-    )
+    found = CHECKPOINT.is_file() or bool(_asides())
     if _resumable is False or not found or (_resumable and not CHECKPOINT.is_file()):
         return (
             f"no epoch of this run is checkpointed in {paths.CHECKPOINT_DIR}/, so the next run "
