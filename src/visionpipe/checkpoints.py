@@ -9,9 +9,10 @@ writes them again. Once dvc.lock holds its model, the next train run removes it 
 `dvc repro -f` really retrains.
 
 What a run finds in checkpoints/ (`_read`): another experiment's checkpoint (other params or
-data, the same code) is set aside as `<run>-<code>.pt` for that experiment to take back; one of
-other training code (`code_files`), which no run of this code resumes, is removed, as are
-set-aside ones of other code.
+data, the same code) is set aside as `<run>-<code>.pt` for that experiment to take back, unless
+it is a finished run's whose model DVC has cached (that run is DVC's to restore, and its `dvc
+repro -f` must train anew); one of other training code (`code_files`), which no run of this code
+resumes, is removed, as are set-aside ones of other code.
 """
 
 from __future__ import annotations
@@ -32,7 +33,13 @@ from torch import nn
 from visionpipe import distributed, paths
 from visionpipe.config.training import TrainingParams
 from visionpipe.determinism import rng_state, set_rng_state
-from visionpipe.fsutil import remove_stale_temps, save_torch, size_text, write_json
+from visionpipe.fsutil import (
+    dvc_cache_of,
+    remove_stale_temps,
+    save_torch,
+    size_text,
+    write_json,
+)
 from visionpipe.progress import Progress
 from visionpipe.tracking import History
 
@@ -169,7 +176,9 @@ def _read(fp: str) -> dict[str, Any] | None:
     _drop_stale_asides(fp)
     state = _load(CHECKPOINT)
     if state is not None and state.get("fingerprint") != fp:
-        if _code_of(str(state.get("fingerprint"))) == _code_of(fp):
+        if _finished_and_cached(finished, state):
+            discard()  # DVC holds its outputs (an experiment, the run cache): nothing to resume
+        elif _code_of(str(state.get("fingerprint"))) == _code_of(fp):
             _set_aside(state)  # another experiment's, stopped, or finished but not recorded
         else:
             _drop_other_code(state)
@@ -302,6 +311,21 @@ def _recorded(finished: dict[str, Any]) -> bool:
         and out.get("md5") == finished.get("model_md5")
         for out in outs
     )
+
+
+def _finished_and_cached(finished: dict[str, Any] | None, state: dict[str, Any]) -> bool:
+    """Whether the checkpoint is a finished run's whose model is in DVC's cache: a run of other
+    params DVC took the outputs of, which dvc.lock no longer records after another experiment,
+    `dvc exp apply` or a run-cache restore. Set aside, it would make that run's `dvc repro -f`
+    write its outputs again instead of training."""
+    if finished is None or finished.get("fingerprint") != state.get("fingerprint"):
+        return False
+    md5 = str(finished.get("model_md5", ""))
+    try:
+        cache = dvc_cache_of(Path.cwd())
+    except Exception:  # a broken DVC config: keep the checkpoint, as if not cached
+        return False
+    return cache is not None and len(md5) == 32 and (cache / md5[:2] / md5[2:]).is_file()
 
 
 def _fitting_lookahead(

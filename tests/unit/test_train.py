@@ -197,6 +197,34 @@ def test_a_finished_run_is_kept_until_dvc_lock_records_its_model(
     assert paths.MODEL.read_bytes() == model  # trained anew, to the same weights
 
 
+def test_a_finished_run_dvc_has_cached_is_removed_not_set_aside(
+    processed: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # After another experiment, `dvc exp apply` or a run-cache restore, dvc.lock records another
+    # run's model while checkpoints/ still holds a finished run's: DVC has its outputs (they are
+    # in its cache) and restores them itself, and that run's `dvc repro -f` must train anew.
+    from dvc.repo import Repo
+
+    Repo.init(no_scm=True).close()
+    first = tiny_params(epochs=2)
+    train.run(first)
+    model = paths.MODEL.read_bytes()
+    md5 = hashlib.md5(model).hexdigest()
+    cached = processed / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    cached.parent.mkdir(parents=True)
+    shutil.copyfile(paths.MODEL, cached)  # as DVC commits a stage's output
+    with caplog.at_level("INFO"):
+        train.run(tiny_params(epochs=1, lr=0.05))
+    assert "set aside" not in caplog.text, caplog.text
+    assert sorted(p.name for p in paths.CHECKPOINT_DIR.iterdir()) == ["finished.json", "last.pt"]
+    caplog.clear()
+    paths.MODEL.unlink()
+    with caplog.at_level("INFO"):
+        train.run(first)
+    assert "resuming" not in caplog.text and "epoch 1/2" in caplog.text, caplog.text
+    assert paths.MODEL.read_bytes() == model  # trained anew, to the same weights
+
+
 def test_a_stop_says_what_resumes_it_where_it_ran(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
