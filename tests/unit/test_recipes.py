@@ -152,6 +152,34 @@ def test_a_dropped_baseline_value_is_warned_of_but_not_one_the_experiment_sets(
     assert "train.epochs" not in caplog.text
 
 
+def test_a_dropped_baseline_recipe_is_warned_of_with_its_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `dvc exp branch` of a `-S recipe=hymenoptera -S train.lr=0.02` experiment: the branch's
+    # params.yaml holds the recipe, its conf/ does not, and the next `dvc exp run -S
+    # train.epochs=1` there composes conf/'s recipe: other data, other model, unasked.
+    shutil.copytree(CONF, tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
+    monkeypatch.chdir(tmp_path)
+    git(tmp_path, "init", "-q")
+    params = Path("params.yaml")
+    committed = compose_yaml(["recipe=hymenoptera", "train.lr=0.02"], Path("conf"))
+    params.write_text(committed, encoding="utf-8")
+    git(tmp_path, "add", "params.yaml")
+    git(tmp_path, "commit", "-qm", "an experiment's branch")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", git(tmp_path, "rev-parse", "HEAD").strip())
+    params.write_text(compose_yaml(["train.epochs=1"], Path("conf")), encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        keys = warn_dropped_baseline(params)
+    assert {"recipe", "data.dataset", "train.lr"} <= set(keys), keys
+    assert "train.epochs" not in keys
+    assert "recipe: hymenoptera -> tutorial" in caplog.text
+    # The experiment that names a recipe of its own asked for it: only the lr is dropped.
+    caplog.clear()
+    params.write_text(compose_yaml(["recipe=hymenoptera"], Path("conf")), encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        assert warn_dropped_baseline(params) == ["train.lr"]
+
+
 def _conf(project: Path, machine: str) -> None:
     """The project's conf/ in `project`, with `machine` as this machine's conf/local/."""
     shutil.copytree(CONF, project / "conf", ignore=shutil.ignore_patterns("local"))

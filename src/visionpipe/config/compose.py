@@ -99,6 +99,16 @@ def _committed_params(rev: str, path: Path) -> dict[str, Any] | None:
     return raw if isinstance(raw, dict) else None
 
 
+def _baseline_recipe(committed: dict[str, Any], recipe: str) -> str:
+    """The recipe the baseline's values are judged against: its own, unless this experiment
+    dropped it for conf/'s (a committed `-S recipe=...`, as `dvc exp branch` keeps it), whose
+    values are then what the experiment changes, the recipe among them."""
+    theirs = committed.get("recipe", "tutorial")
+    if theirs != recipe and recipe == compose([]).get("recipe"):
+        return recipe
+    return theirs
+
+
 def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
     """In `dvc exp run`: warn of the values the baseline commit's params.yaml held that conf/ does
     not give and this experiment replaces with conf/'s, not with values of its own (-S).
@@ -123,7 +133,7 @@ def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
     # What the baseline held is judged against conf/ without this machine's conf/local/: a
     # value set there (data.source) is not one the commit held. Nor is a key it lacks.
     local = (CONF_DIR / "local" / "machine.yaml").is_file()
-    base_recipe = [f"recipe={committed.get('recipe', 'tutorial')}"]
+    base_recipe = [f"recipe={_baseline_recipe(committed, recipe)}"]
     shared = compose([*base_recipe, NO_LOCAL]) if local else compose(base_recipe)
     # A value it held that this machine's conf/local/ gives is conf/'s all the same: the recipe
     # this experiment names may set the key (hymenoptera's data.source: null) and change it.
@@ -140,12 +150,13 @@ def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
         values = [f"{k}: {_value(committed, k)} -> {_value(current, k)}" for k in keys]
         logging.getLogger(__name__).warning(
             "the baseline commit %s holds %s values that conf/ does not give (an experiment "
-            "applied and committed?); this experiment composes conf/ and its -S values anew, so "
+            "applied and committed, or made a branch by `dvc exp branch`?); this experiment "
+            "composes conf/ and its -S values anew, so "
             "it changes %s. To keep the committed values, put them in conf/config.yaml and "
             "commit, or pass them with -S",
             rev[:7],
             path,
-            ", ".join(values[:8]) + (" ..." if len(values) > 8 else ""),
+            ", ".join(values[:8]) + (f" and {len(values) - 8} more" if len(values) > 8 else ""),
         )
     return keys
 
