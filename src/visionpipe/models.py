@@ -20,7 +20,6 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
 from visionpipe import paths
@@ -361,6 +360,10 @@ class Key:
     constraints: dict[str, Any] = field(default_factory=dict)  # pydantic Field limits
 
     def pydantic_field(self) -> Any:
+        # Imported here: building a model from models/model.pt (docs/deploy.md) needs torch
+        # alone, not the pipeline's config packages.
+        from pydantic import Field
+
         return Field(default=self.default, description=self.doc, **self.constraints)
 
 

@@ -3,7 +3,10 @@ docs/deploy.md gives for it (run here as the page has it), and gives visionpipe'
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -164,3 +167,22 @@ def test_visionpipe_s_builder_snippet_loads_every_model(
     exec(_docs_snippet("visionpipe.models import MODELS"), namespace)
     with torch.no_grad():
         torch.testing.assert_close(namespace["model"](_normalized(x)), ours(x), rtol=0, atol=1e-5)
+
+
+def test_the_builder_snippet_needs_torch_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A deployment that installs torch beside visionpipe's wheel has none of the pipeline's
+    # packages (pydantic, PyYAML, DVC): the snippet must not import them.
+    params = arch_params("fast", {"pretrained": False, "weights": None, "tta": 0})
+    monkeypatch.chdir(tmp_path)
+    _save(build_model("fast", 3, 32, params, MEAN, STD), "fast", params, 3, 32)
+    blocked = "import sys; sys.modules.update(dict.fromkeys(('pydantic', 'yaml', 'dvc'), None))"
+    code = f"{blocked}\n{_docs_snippet('visionpipe.models import MODELS')}\nprint(type(model))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0 and "FastNet" in proc.stdout, proc.stderr[-3000:]
