@@ -618,11 +618,16 @@ def _allowed(origin: str | None, origins: tuple[str, ...]) -> bool:
 
 def let_read(response: web.StreamResponse, request: web.Request, origins: tuple[str, ...]) -> None:
     """Let the page that sent `request` read `response`, where its origin is among `origins`."""
-    origin = request.headers.get("Origin")
-    if not _allowed(origin, origins):
+    if not origins:
         return
-    response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
-    response.headers["Vary"] = "Origin"  # the answer's headers depend on the page asking
+    # The answer's headers depend on the page asking, or on none asking: said to every client,
+    # so a cache in front (serving.md's proxy) never gives one page the answer another got.
+    vary = [v.strip() for v in response.headers.get("Vary", "").split(",") if v.strip()]
+    if "origin" not in {v.lower() for v in vary}:
+        response.headers["Vary"] = ", ".join([*vary, "Origin"])
+    origin = request.headers.get("Origin")
+    if _allowed(origin, origins):
+        response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
 
 
 def make_app(service: Service) -> web.Application:

@@ -589,6 +589,10 @@ def test_pages_of_allowed_origins_can_call_it_from_a_browser(model: Path, tmp_pa
         status, cors, got = _cors(f"{served.url}/predict", "OPTIONS", other)
         assert status == 403 and "Access-Control-Allow-Origin" not in cors, cors
         assert "(allowed origins: http://localhost:3000)" in got["error"]
+        # An answer without the header says it varies too: a cache must not give it to the page.
+        for asking in ({}, {"Origin": "http://elsewhere.example"}):
+            status, cors, _ = _cors(f"{served.url}/model", "GET", asking)
+            assert status == 200 and cors == {"Vary": "Origin"}, cors
     with serve(model, tmp_path / "any.log", "--allow-origin", "*") as served:
         status, cors, _ = _cors(f"{served.url}/model", "GET", {"Origin": "http://a.example"})
         assert status == 200 and cors["Access-Control-Allow-Origin"] == "*"
