@@ -41,9 +41,11 @@ def export_onnx(model: torch.nn.Module, info: ModelInfo, dest: Path, opset: int)
     for key, value in metadata.items():
         proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
     # The exporter stamps IR 10 whatever the opset, and onnxruntime before 1.18 refuses IR 10
-    # even for an opset it runs: the oldest IR version the opset allows keeps those readers.
-    needed = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
-    proto.ir_version = min(proto.ir_version, needed)
+    # even for an opset it runs: the oldest IR version the opset allows keeps those readers (and
+    # opset 23 needs IR 11, which a reader checks before it runs a newer opset).
+    proto.ir_version = onnx.helper.find_min_ir_version_for(
+        list(proto.opset_import), ignore_unknown=True
+    )
     onnx.checker.check_model(proto)
     onnx.save(proto, str(dest))
 

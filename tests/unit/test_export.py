@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import torch
 from PIL import Image
@@ -99,7 +100,7 @@ def test_the_parity_check_compares_images_of_every_class(
     assert torch.bincount(compared[0][:, 0, 0, 0].long()).tolist() == [10, 10, 10]
 
 
-@pytest.mark.parametrize(("opset", "ir_version"), [(18, 8), (20, 9)])
+@pytest.mark.parametrize(("opset", "ir_version"), [(18, 8), (20, 9), (23, 11)])
 def test_the_file_has_the_ir_version_its_opset_needs(
     opset: int, ir_version: int, tmp_path: Path
 ) -> None:
@@ -110,6 +111,9 @@ def test_the_file_has_the_ir_version_its_opset_needs(
     written = onnx.load(str(dest))
     assert written.ir_version == ir_version
     onnx.checker.check_model(written, full_check=True)
+    session = onnxruntime.InferenceSession(str(dest), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 3, 16, 16), "f")})
+    assert logits.shape == (1, 3)
 
 
 def test_reshapes_to_a_constant_shape_without_a_0_carry_no_allowzero(tmp_path: Path) -> None:
