@@ -100,7 +100,7 @@ def run(
     device = pick_device(device_choice)
     model, info = load_model(paths.MODEL, map_location=device)
     model.to(device)
-    images, labels = load_split("test")  # memory-mapped: read batch by batch
+    images, labels = load_split("test", in_memory=False)  # read batch by batch
     dtype = autocast_dtype(device, amp)
     log.info(
         "scoring %d test images in %s%s",

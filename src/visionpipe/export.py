@@ -169,7 +169,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     # instead of faulting in fresh pages takes a fifth off it for the `fast` recipe's TTA model.
     memory.keep_freed_memory()
     model, info = load_model(paths.MODEL)
-    images, _ = load_split("test")
+    images, _ = load_split("test", in_memory=False)
     # Spread over the split: an image folder's is stored class by class, its first 256 one class.
     images = images[spread(len(images), cfg.parity_images)]
     remove_stale_temps(paths.ONNX_MODEL)  # what an export killed outright left beside it

@@ -22,16 +22,30 @@ from visionpipe.memory import MEMORY_BUDGET_ENV, free_memory, memory_budget
 log = logging.getLogger(__name__)
 
 
-def load_split(split: str, in_memory: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images uint8 NCHW, labels int64) of a preprocessed split; the images memory-mapped
-    from data/processed/<split>.npy unless `in_memory`. An image folder's come class by class (in
-    file order): a sample of a split is taken spread over it (`export.spread`), not its first N."""
+def load_split(split: str, in_memory: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images uint8 NCHW, labels int64) of a preprocessed split, from data/processed/<split>.npy.
+    An image folder's come class by class (in file order): a sample of a split is taken spread
+    over it (`export.spread`), not its first N.
+
+    `in_memory`: True reads the images into memory; False maps them read-only (nothing is read
+    until touched, and a write into them crashes the process: torch has no read-only tensor);
+    None, for code of one's own (a notebook's), reads them where they fit the memory budget, so
+    the tensor one gets can be written to, and maps a split too large for that."""
     index_path = paths.require(paths.split_file(split), "preprocess")
     index = split_files.read_index(index_path)
-    images = split_files.open_images(index_path, index, in_memory)
+    chosen = in_memory is not None
+    if in_memory is None:
+        size = index_path.with_name(index["images"]).stat().st_size
+        in_memory = size <= memory_budget()
+    try:
+        images = split_files.open_images(index_path, index, in_memory)
+    except MemoryError:
+        if chosen:
+            raise
+        images = split_files.open_images(index_path, index)  # a limit the budget could not see
     with warnings.catch_warnings():
-        # A mapped split is read-only. Nothing writes to split images: batches, augmentation
-        # and model inputs are all new tensors gathered or converted from them.
+        # A mapped split is read-only. Nothing in the pipeline writes to split images: batches,
+        # augmentation and model inputs are all new tensors gathered or converted from them.
         warnings.filterwarnings("ignore", "The given NumPy array is not writable")
         return torch.from_numpy(images), torch.tensor(index["labels"], dtype=torch.int64)
 
@@ -63,16 +77,16 @@ def load_training_data(device: torch.device, budget: int | None = None) -> Train
     a split over what is left of it stays memory-mapped.
     """
     budget = memory_budget() if budget is None else budget
-    train_x, train_y = load_split("train")
+    train_x, train_y = load_split("train", in_memory=False)
     val_split = "val"
-    val_x, val_y = load_split(val_split)
+    val_x, val_y = load_split(val_split, in_memory=False)
     if len(val_y) == 0:
         log.warning(
             "no validation split (data.val_fraction is 0, or too few images to draw one): scoring"
             " each epoch on the test split, as the tutorial does"
         )
         val_split = "test"
-        val_x, val_y = load_split(val_split)
+        val_x, val_y = load_split(val_split, in_memory=False)
     # Data lives on the device as uint8: 4x smaller than float, converted per batch.
     where = resident_device(train_x, device)
     if where.type != "cpu":

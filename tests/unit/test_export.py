@@ -91,7 +91,7 @@ def test_the_parity_check_compares_images_of_every_class(
     save_model(paths.MODEL, _model(0, tta=0), _info(tta=0))
     labels = torch.arange(3).repeat_interleave(100)
     images = labels.view(-1, 1, 1, 1).expand(-1, 3, 16, 16).to(torch.uint8).contiguous()
-    monkeypatch.setattr(export, "load_split", lambda split: (images, labels))
+    monkeypatch.setattr(export, "load_split", lambda split, in_memory=None: (images, labels))
     compared = []
     real = export.parity
     monkeypatch.setattr(export, "parity", lambda m, f, x: compared.append(x) or real(m, f, x))
@@ -168,6 +168,7 @@ def test_the_documented_onnxruntime_code_reads_an_export(
     images = torch.rand(4, 3, 16, 16)
     namespace: dict = {"images": images.numpy()}
     exec(_deploy_snippet("custom_metadata_map"), namespace)
+    exec(_deploy_snippet("logits = session.run"), namespace)
     with torch.no_grad():
         expected = model(images)
     assert (namespace["classes"], namespace["size"]) == (classes, 16)

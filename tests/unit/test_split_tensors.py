@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.datasets import tiny_params, train_anew
+from tests.helpers import ROOT
 from visionpipe import memory, paths, split_files, split_tensors, train
 
 MAPPED = "reading its batches from the memory-mapped"
@@ -97,3 +101,41 @@ def test_a_split_that_does_not_fit_after_all_is_read_mapped(
         assert torch.equal(data.train_x, expected.train_x)
         assert torch.equal(data.val_x, expected.val_x)
         caplog.clear()
+
+
+def test_a_split_of_one_s_own_code_can_be_written_to(
+    processed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A notebook's `load_split("train")` and an in-place op on it (`x[0] = ...`, `mul_`): a
+    # read-only mapping would crash the Python process (torch has no read-only tensors).
+    stored = sorted((processed / paths.PROCESSED_DIR).glob("train*.npy"))
+    before = [f.read_bytes() for f in stored]
+    code = (
+        "from visionpipe.split_tensors import load_split\n"
+        "x, _ = load_split('train')\n"
+        "x[0, 0, 0, 0] = 255\n"
+        "x.mul_(1)\n"
+        "print('written', int(x[0, 0, 0, 0]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=processed,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0 and "written 255" in proc.stdout, (proc.returncode, proc.stderr)
+    assert stored and [f.read_bytes() for f in stored] == before  # the file is untouched
+    # A split over the memory budget is mapped, as the stages map it.
+    opened: list[bool] = []
+    real_open = split_files.open_images
+
+    def open_images(index_path: Path, index: dict, in_memory: bool = False) -> object:
+        opened.append(in_memory)
+        return real_open(index_path, index, in_memory)
+
+    monkeypatch.setattr(split_files, "open_images", open_images)
+    in_memory, _ = split_tensors.load_split("train")
+    monkeypatch.setenv(memory.MEMORY_BUDGET_ENV, "1")
+    mapped, _ = split_tensors.load_split("train")
+    assert opened == [True, False] and torch.equal(mapped, in_memory)
