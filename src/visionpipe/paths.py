@@ -99,6 +99,12 @@ def require(path: str | Path, stage: str) -> Path:
             " project sharing the cache removes what this one links to): "
             f"{rerun(stage)}, or 'uv run dvc pull {stage}' where a DVC remote holds it"
         )
+    if not Path(path).is_absolute() and project_root() is None:  # a notebook started elsewhere
+        raise FileNotFoundError(
+            f"{path} not found, and {Path.cwd()} is not inside a visionpipe project (no dvc.yaml"
+            " here or in a folder above): run from the project or a folder inside it"
+            " (os.chdir to it in a notebook), or give the file's full path"
+        )
     message = f"{path} not found: {rerun(stage)} first"
     if _pipeline_output(path):
         # A fresh clone has dvc.lock but none of the outputs: a teammate's DVC remote has them.

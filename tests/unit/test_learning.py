@@ -67,6 +67,20 @@ def test_a_notebook_in_a_subfolder_reads_the_projects_splits_and_model(
     assert model(images[:4].float() / 255).shape == (min(4, len(labels)), len(info.classes))
 
 
+def test_a_notebook_outside_the_project_is_told_so_not_to_rerun_the_pipeline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A kernel started in another folder (an editor's, a notebook saved elsewhere): the files
+    # exist in the project, and `dvc repro` would not bring them here.
+    monkeypatch.chdir(tmp_path)
+    for call in (read_meta, lambda: load_split("train"), lambda: load_model(paths.MODEL)):
+        with pytest.raises(FileNotFoundError) as caught:
+            call()
+        said = str(caught.value)
+        assert f"{tmp_path} is not inside a visionpipe project" in said, said
+        assert "dvc repro" not in said and "os.chdir" in said
+
+
 def _notebook_folder(exported_model: Path, tmp_path: Path) -> Path:
     """A copy of the exported project with a `notebooks/` folder, and the README's
     ../shared/samples/dog.png beside it."""
