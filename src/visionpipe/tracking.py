@@ -182,6 +182,12 @@ class Tracker:
         self.live.next_step()
         self.tb.flush()
 
+    def abandon(self) -> None:
+        """Flush and close the TensorBoard log of a run that stops with an error or a Ctrl-C:
+        a stage's process exits anyway, a notebook's kernel keeps the writer's thread."""
+        if self.tb is not None:
+            self.tb.close()
+
     def close(self, diverged: bool = False) -> None:
         """End the logs. How the run ended (stopped early, diverged) is in metrics/train.json:
         as `exp show` columns they would push the test metrics out of a 120-column table. The

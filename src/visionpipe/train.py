@@ -215,30 +215,36 @@ def _run(params: TrainingParams, ddp: distributed.Dist, device: torch.device) ->
     hparams = params.hparams(splits.meta["image_size"])
     tracker = Tracker(ddp.writes_outputs, loop.progress.history, hparams)
     distributed.barrier(ddp)  # no rank may overwrite the checkpoint before all have read it
-    tracker.start(model, splits.train_x, splits.train_y, epoch=start)
-    if start and start == last and ddp.writes_outputs:
-        log_last_misclassified(loop, splits, tracker)
+    try:
+        tracker.start(model, splits.train_x, splits.train_y, epoch=start)
+        if start and start == last and ddp.writes_outputs:
+            log_last_misclassified(loop, splits, tracker)
 
-    t_start = time.perf_counter()
-    for epoch in range(start, last):
-        record = run_epoch(loop, epoch, splits, tracker)
-        # Rank 0 decides for all: each rank's BatchNorm statistics, and so its val loss, can
-        # differ, and a rank that stopped alone would leave the others waiting for it.
-        stopped = distributed.broadcast_object(loop.progress.update(record, cfg.patience), ddp)
-        loop.progress.stopped = stopped
-        if ddp.is_main:  # rank 0 alone writes; the others hold identical state
-            checkpoints.save(fp, loop.progress, loop.trainee())
-        if distributed.broadcast_object(ddp.is_main and logs.params_changed(), ddp):
-            # Another run rewrote params.yaml: stop now, not after the last epoch, and keep the
-            # checkpoint to resume from once the other run is done.
-            then = checkpoints.resume_after_clash()
-            logs.refuse_changed_params(f"; the checkpoint after epoch {epoch + 1} is kept: {then}")
-        if stopped:
-            if ddp.writes_outputs:  # all ranks stop together; one line per machine says why
-                log_why_stopped(record, cfg.patience, cfg.lr)
-            break
-    seconds = time.perf_counter() - t_start
-    metrics = finish(params, loop, splits, seconds, start)
+        t_start = time.perf_counter()
+        for epoch in range(start, last):
+            record = run_epoch(loop, epoch, splits, tracker)
+            # Rank 0 decides for all: each rank's BatchNorm statistics, and so its val loss, can
+            # differ, and a rank that stopped alone would leave the others waiting for it.
+            stopped = distributed.broadcast_object(loop.progress.update(record, cfg.patience), ddp)
+            loop.progress.stopped = stopped
+            if ddp.is_main:  # rank 0 alone writes; the others hold identical state
+                checkpoints.save(fp, loop.progress, loop.trainee())
+            if distributed.broadcast_object(ddp.is_main and logs.params_changed(), ddp):
+                # Another run rewrote params.yaml: stop now, not after the last epoch, and keep the
+                # checkpoint to resume from once the other run is done.
+                then = checkpoints.resume_after_clash()
+                logs.refuse_changed_params(
+                    f"; the checkpoint after epoch {epoch + 1} is kept: {then}"
+                )
+            if stopped:
+                if ddp.writes_outputs:  # all ranks stop together; one line per machine says why
+                    log_why_stopped(record, cfg.patience, cfg.lr)
+                break
+        seconds = time.perf_counter() - t_start
+        metrics = finish(params, loop, splits, seconds, start)
+    except BaseException:  # Ctrl-C in a notebook's kernel, which lives on: flush the logs
+        tracker.abandon()
+        raise
     tracker.close(diverged=metrics["diverged"])
     if ddp.is_main:
         checkpoints.keep_finished(fp)

@@ -225,6 +225,23 @@ def test_a_finished_run_dvc_has_cached_is_removed_not_set_aside(
     assert paths.MODEL.read_bytes() == model  # trained anew, to the same weights
 
 
+def test_a_run_stopped_in_a_notebook_s_kernel_closes_its_tensorboard_log(
+    processed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C on a cell running train.run: the kernel lives on, and so would the writer's thread,
+    # one more per stop, with the run's last events unwritten.
+    import threading
+
+    def writers() -> int:
+        return sum(type(t).__name__ == "_AsyncWriterThread" for t in threading.enumerate())
+
+    before = writers()
+    kill_at_validation(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(tiny_params(epochs=3))
+    assert writers() == before
+
+
 def test_a_stop_says_what_resumes_it_where_it_ran(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
