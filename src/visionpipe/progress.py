@@ -29,8 +29,7 @@ class Progress:
             self.best_val, self.bad_epochs = record.val_loss, 0
         else:
             self.bad_epochs += 1
-        diverged = not math.isfinite(record.train_loss)
-        return diverged or (patience > 0 and self.bad_epochs >= patience)
+        return diverged(record) or (patience > 0 and self.bad_epochs >= patience)
 
     def summary(self) -> dict[str, Any]:
         """metrics/train.json: how the run ended, and its last epoch's figures."""
@@ -38,7 +37,7 @@ class Progress:
         return {
             "epochs_run": len(self.history.epochs),
             "stopped_early": self.stopped,
-            "diverged": not math.isfinite(last.train_loss),
+            "diverged": diverged(last),
             "train_loss": round(last.train_loss, 6),
             "val_loss": round(last.val_loss, 6),
             "val_accuracy": round(last.val_accuracy, 6),
@@ -46,13 +45,21 @@ class Progress:
         }
 
 
+def diverged(record: EpochRecord) -> bool:
+    """Whether training diverged by the end of the epoch: its mean train loss is not finite, or
+    its val loss (the weights after its last step: an epoch's mean can still be finite when a
+    late step made them NaN)."""
+    return not (math.isfinite(record.train_loss) and math.isfinite(record.val_loss))
+
+
 def log_why_stopped(record: EpochRecord, patience: int, lr: float) -> None:
     """Say why a run stopped before its last epoch: it diverged, or stopped improving."""
-    if not math.isfinite(record.train_loss):
+    if diverged(record):
         log.error(
-            "training diverged: train loss is %s after epoch %d; stopping. Lower train.lr "
-            "(now %g) or add warmup (train.warmup_epochs)",
+            "training diverged: train loss %s, val loss %s after epoch %d; stopping. Lower"
+            " train.lr (now %g) or add warmup (train.warmup_epochs)",
             record.train_loss,
+            record.val_loss,
             record.epoch,
             lr,
         )

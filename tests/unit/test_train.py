@@ -947,6 +947,26 @@ def test_divergence_stops_training_and_export_stays_honest(
     assert "test_loss" not in live and "test_acc" in live  # an empty cell in dvc exp show
 
 
+def test_weights_made_nan_by_an_epoch_s_last_steps_are_a_divergence(
+    processed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The epoch's mean train loss is finite when only its last steps blew up; the val loss,
+    # scored on the weights the epoch ends with, is NaN. A 1-epoch run (every sweep's quick
+    # look) recorded `diverged: false` while evaluate, export and predict said it diverged.
+    import dataclasses
+    import json
+
+    real_eval = train.evaluate_split
+
+    def nan_val(*args: Any, **kwargs: Any) -> train.Scores:
+        return dataclasses.replace(real_eval(*args, **kwargs), loss=float("nan"))
+
+    monkeypatch.setattr(train, "evaluate_split", nan_val)
+    metrics = train.run(tiny_params(epochs=3))
+    assert metrics["diverged"] and metrics["epochs_run"] == 1, metrics
+    assert json.loads(paths.TRAIN_METRICS.read_text())["diverged"] is True
+
+
 def test_fast_recipe_is_reproducible_and_learns(processed: Path) -> None:
     params = tiny_params(FAST_MODEL, **{**FAST_TRAIN, "epochs": 4})
     metrics = train.run(params)
