@@ -124,6 +124,20 @@ def test_a_hand_edit_is_warned_of_with_how_to_keep_it(
     assert "`visionpipe params key=value`" in caplog.text
 
 
+def _baseline(
+    repo: Path, project: Path, text: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """params.yaml of `project` (in the git repository `repo`, made here) holding `text`,
+    committed as the experiment's baseline commit, as DVC names it to the stages."""
+    git(repo, "init", "-q")
+    params = Path("params.yaml")
+    params.write_text(text, encoding="utf-8")
+    git(project, "add", "params.yaml")
+    git(repo, "commit", "-qm", message)
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", git(repo, "rev-parse", "HEAD").strip())
+    return params
+
+
 @pytest.mark.parametrize("subfolder", ["", "vision"])
 def test_a_dropped_baseline_value_is_warned_of_but_not_one_the_experiment_sets(
     tmp_path: Path,
@@ -139,12 +153,13 @@ def test_a_dropped_baseline_value_is_warned_of_but_not_one_the_experiment_sets(
     project = tmp_path / subfolder
     shutil.copytree(CONF, project / "conf")
     monkeypatch.chdir(project)
-    git(tmp_path, "init", "-q")
-    params = Path("params.yaml")
-    params.write_text(compose_yaml(["train.lr=0.02", "train.epochs=3"], CONF), encoding="utf-8")
-    git(project, "add", "params.yaml")
-    git(tmp_path, "commit", "-qm", "an experiment as the baseline")
-    monkeypatch.setenv("DVC_EXP_BASELINE_REV", git(tmp_path, "rev-parse", "HEAD").strip())
+    params = _baseline(
+        tmp_path,
+        project,
+        compose_yaml(["train.lr=0.02", "train.epochs=3"], CONF),
+        "an experiment as the baseline",
+        monkeypatch,
+    )
     params.write_text(compose_yaml(["train.epochs=5"], CONF), encoding="utf-8")
     with caplog.at_level(logging.WARNING):
         assert warn_dropped_baseline(params) == ["train.lr"]
@@ -160,13 +175,8 @@ def test_a_dropped_baseline_recipe_is_warned_of_with_its_values(
     # train.epochs=1` there composes conf/'s recipe: other data, other model, unasked.
     shutil.copytree(CONF, tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
     monkeypatch.chdir(tmp_path)
-    git(tmp_path, "init", "-q")
-    params = Path("params.yaml")
     committed = compose_yaml(["recipe=hymenoptera", "train.lr=0.02"], Path("conf"))
-    params.write_text(committed, encoding="utf-8")
-    git(tmp_path, "add", "params.yaml")
-    git(tmp_path, "commit", "-qm", "an experiment's branch")
-    monkeypatch.setenv("DVC_EXP_BASELINE_REV", git(tmp_path, "rev-parse", "HEAD").strip())
+    params = _baseline(tmp_path, tmp_path, committed, "an experiment's branch", monkeypatch)
     params.write_text(compose_yaml(["train.epochs=1"], Path("conf")), encoding="utf-8")
     with caplog.at_level(logging.WARNING):
         keys = warn_dropped_baseline(params)
@@ -199,14 +209,11 @@ def test_a_value_of_conf_local_or_a_key_new_to_conf_is_not_a_dropped_baseline_va
     # data.source (as docs/datasets.md suggests) and conf/ has gained model.dropout since.
     shutil.copytree(CONF, tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
     monkeypatch.chdir(tmp_path)
-    git(tmp_path, "init", "-q")
-    params = Path("params.yaml")
     committed = yaml.safe_load(compose_yaml([], Path("conf")))
     del committed["model"]["tta"]
-    params.write_text(yaml.safe_dump(committed, sort_keys=False), encoding="utf-8")
-    git(tmp_path, "add", "params.yaml")
-    git(tmp_path, "commit", "-qm", "the defaults")
-    monkeypatch.setenv("DVC_EXP_BASELINE_REV", git(tmp_path, "rev-parse", "HEAD").strip())
+    params = _baseline(
+        tmp_path, tmp_path, yaml.safe_dump(committed, sort_keys=False), "the defaults", monkeypatch
+    )
     _local(tmp_path / "conf", "data:\n  source: /data/c.zip\n")
     params.write_text(compose_yaml(["train.epochs=1"], Path("conf")), encoding="utf-8")
     assert yaml.safe_load(params.read_text())["data"]["source"] == "/data/c.zip"
@@ -223,12 +230,13 @@ def test_a_value_of_conf_local_that_the_experiment_s_recipe_changes_is_not_warne
     # the recipe changes them, no experiment applied and committed ever did.
     _conf(tmp_path, "data:\n  source: /data/c.zip\ntrain:\n  epochs: 2\n")
     monkeypatch.chdir(tmp_path)
-    git(tmp_path, "init", "-q")
-    params = Path("params.yaml")
-    params.write_text(compose_yaml([], Path("conf")), encoding="utf-8")
-    git(tmp_path, "add", "params.yaml")
-    git(tmp_path, "commit", "-qm", "this machine's composed params")
-    monkeypatch.setenv("DVC_EXP_BASELINE_REV", git(tmp_path, "rev-parse", "HEAD").strip())
+    params = _baseline(
+        tmp_path,
+        tmp_path,
+        compose_yaml([], Path("conf")),
+        "this machine's composed params",
+        monkeypatch,
+    )
     for recipe in ("hymenoptera", "vgg16"):
         params.write_text(compose_yaml([f"recipe={recipe}"], Path("conf")), encoding="utf-8")
         with caplog.at_level(logging.WARNING):
