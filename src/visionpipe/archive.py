@@ -183,8 +183,9 @@ _ZIP_LOCAL_SIGNATURE = b"PK\x03\x04"
 
 
 @functools.lru_cache(maxsize=4)
-def _opened(path: str) -> BinaryIO:
-    # One handle per archive for the life of a worker process, which reads thousands of spans.
+def _opened(path: str, inode: int, mtime_ns: int) -> BinaryIO:
+    # One handle per archive for the life of a worker process, which reads thousands of spans;
+    # a file replaced at that path (a notebook's kernel outlives it) gets a handle of its own.
     return open(path, "rb")
 
 
@@ -192,7 +193,8 @@ def read_span(span: Span) -> bytes:
     """The bytes of one file, from where `Files.span` said they lie (any process may call it)."""
     if span.size < 0:
         return Path(span.path).read_bytes()
-    f = _opened(span.path)
+    st = os.stat(span.path)
+    f = _opened(span.path, st.st_ino, st.st_mtime_ns)
     f.seek(span.offset)
     if span.zip_method is None:
         data = f.read(span.size)

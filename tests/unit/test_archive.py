@@ -503,6 +503,19 @@ def test_spans_read_the_same_bytes_from_zips_tars_and_folders(tmp_path: Path) ->
     assert _spans_of(gz) == dict.fromkeys(data), "a compressed tar is read in order only"
 
 
+def test_an_archive_replaced_at_its_path_is_read_anew(tmp_path: Path) -> None:
+    # A long-lived process (a notebook's kernel) reads spans of a zip, which is then replaced by
+    # another at the same path: its spans are read from the new file, not an old open handle.
+    path = tmp_path / "a.zip"
+    for round_, names in enumerate((["x/one.txt"], ["x/zero.txt", "x/two.txt"])):
+        data = {name: f"{name} {round_}".encode() * 50 for name in names}
+        with zipfile.ZipFile(tmp_path / "new.zip", "w", zipfile.ZIP_STORED) as z:
+            for name, blob in data.items():
+                z.writestr(name, blob)
+        os.replace(tmp_path / "new.zip", path)
+        assert _spans_of(path) == data
+
+
 def test_a_span_of_a_damaged_zip_member_is_refused(tmp_path: Path) -> None:
     from visionpipe.archive import open_files, read_span
 
