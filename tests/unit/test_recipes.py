@@ -125,14 +125,21 @@ def test_a_hand_edit_is_warned_of_with_how_to_keep_it(
 
 
 def _baseline(
-    repo: Path, project: Path, text: str, message: str, monkeypatch: pytest.MonkeyPatch
+    repo: Path,
+    project: Path,
+    text: str,
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    also: tuple[str, ...] = (),
 ) -> Path:
     """params.yaml of `project` (in the git repository `repo`, made here) holding `text`,
-    committed as the experiment's baseline commit, as DVC names it to the stages."""
-    git(repo, "init", "-q")
+    committed (with the files `also` names) as the experiment's baseline commit, as DVC names
+    it to the stages."""
+    if not (repo / ".git").exists():
+        git(repo, "init", "-q")
     params = Path("params.yaml")
     params.write_text(text, encoding="utf-8")
-    git(project, "add", "params.yaml")
+    git(project, "add", "params.yaml", *also)
     git(repo, "commit", "-qm", message)
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", git(repo, "rev-parse", "HEAD").strip())
     return params
@@ -167,27 +174,37 @@ def test_a_dropped_baseline_value_is_warned_of_but_not_one_the_experiment_sets(
     assert "train.epochs" not in caplog.text
 
 
-def test_a_dropped_baseline_recipe_is_warned_of_with_its_values(
+def test_a_dropped_baseline_recipe_is_warned_of_but_not_one_conf_gave(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # `dvc exp branch` of a `-S recipe=hymenoptera -S train.lr=0.02` experiment: the branch's
     # params.yaml holds the recipe, its conf/ does not, and the next `dvc exp run -S
     # train.epochs=1` there composes conf/'s recipe: other data, other model, unasked.
-    shutil.copytree(CONF, tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf, ignore=shutil.ignore_patterns("local"))
     monkeypatch.chdir(tmp_path)
     committed = compose_yaml(["recipe=hymenoptera", "train.lr=0.02"], Path("conf"))
-    params = _baseline(tmp_path, tmp_path, committed, "an experiment's branch", monkeypatch)
+    params = _baseline(tmp_path, tmp_path, committed, "a branch", monkeypatch, also=("conf",))
     params.write_text(compose_yaml(["train.epochs=1"], Path("conf")), encoding="utf-8")
     with caplog.at_level(logging.WARNING):
-        keys = warn_dropped_baseline(params)
-    assert {"recipe", "data.dataset", "train.lr"} <= set(keys), keys
-    assert "train.epochs" not in keys
-    assert "recipe: hymenoptera -> tutorial" in caplog.text
-    # The experiment that names a recipe of its own asked for it: only the lr is dropped.
+        assert warn_dropped_baseline(params) == ["recipe", "train.lr"]
+    assert "it changes recipe: hymenoptera -> tutorial, train.lr: 0.02 -> 0.01." in caplog.text
+    # The experiment that names the recipe itself drops only the lr.
     caplog.clear()
     params.write_text(compose_yaml(["recipe=hymenoptera"], Path("conf")), encoding="utf-8")
     with caplog.at_level(logging.WARNING):
         assert warn_dropped_baseline(params) == ["train.lr"]
+    # A recipe the commit's conf/ gave, changed in conf/ since, is no experiment's value.
+    config = (conf / "config.yaml").read_text()
+    (conf / "config.yaml").write_text(config.replace("- recipe: tutorial", "- recipe: hymenoptera"))
+    composed = compose_yaml([], Path("conf"))
+    _baseline(tmp_path, tmp_path, composed, "hymenoptera by default", monkeypatch, also=("conf",))
+    (conf / "config.yaml").write_text(config)
+    params.write_text(compose_yaml([], Path("conf")), encoding="utf-8")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert warn_dropped_baseline(params) == []
+    assert not caplog.text
 
 
 def _conf(project: Path, machine: str) -> None:

@@ -81,8 +81,9 @@ def _value(tree: Any, key: str) -> Any:
     return None if value is MISSING else value
 
 
-def _committed_params(rev: str, path: Path) -> dict[str, Any] | None:
-    """params.yaml as commit `rev` holds it; None where git cannot say (no repository, no file)."""
+def _committed_yaml(rev: str, path: Path) -> dict[str, Any] | None:
+    """A YAML file (params.yaml, conf/config.yaml) as commit `rev` holds it; None where git
+    cannot say (no repository, no file)."""
     # `rev:./path` is from the working folder, the project's: `rev:path` would be from the git
     # repository's root, another file where the project is a subfolder of a bigger repository.
     spec = path.as_posix() if path.is_absolute() else f"./{path.as_posix()}"
@@ -99,14 +100,18 @@ def _committed_params(rev: str, path: Path) -> dict[str, Any] | None:
     return raw if isinstance(raw, dict) else None
 
 
-def _baseline_recipe(committed: dict[str, Any], recipe: str) -> str:
-    """The recipe the baseline's values are judged against: its own, unless this experiment
-    dropped it for conf/'s (a committed `-S recipe=...`, as `dvc exp branch` keeps it), whose
-    values are then what the experiment changes, the recipe among them."""
+def _dropped_recipe(rev: str, committed: dict[str, Any], recipe: str) -> bool:
+    """Whether this experiment composes conf/'s default recipe over a baseline commit whose
+    params.yaml holds another that its own conf/ did not give (a `-S recipe=...` run applied and
+    committed, or made a branch by `dvc exp branch`): other data, other model, unasked. A
+    recipe the commit's conf/ gave (the default changed since) is conf/'s, not dropped."""
     theirs = committed.get("recipe", "tutorial")
-    if theirs != recipe and recipe == compose([]).get("recipe"):
-        return recipe
-    return theirs
+    if theirs == recipe or recipe != compose([]).get("recipe"):
+        return False
+    conf = _committed_yaml(rev, CONF_DIR / "config.yaml")
+    defaults = conf.get("defaults", []) if conf else []
+    given = next((d["recipe"] for d in defaults if isinstance(d, dict) and "recipe" in d), None)
+    return given is not None and given != theirs
 
 
 def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
@@ -119,7 +124,7 @@ def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
     rev = os.environ.get("DVC_EXP_BASELINE_REV")
     if not rev or not (CONF_DIR / "config.yaml").is_file():
         return []
-    committed = _committed_params(rev, path)
+    committed = _committed_yaml(rev, path)
     current = yaml.safe_load(path.read_text(encoding="utf-8"))
     if committed is None or not isinstance(current, dict):
         return []
@@ -133,7 +138,7 @@ def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
     # What the baseline held is judged against conf/ without this machine's conf/local/: a
     # value set there (data.source) is not one the commit held. Nor is a key it lacks.
     local = (CONF_DIR / "local" / "machine.yaml").is_file()
-    base_recipe = [f"recipe={_baseline_recipe(committed, recipe)}"]
+    base_recipe = [f"recipe={committed.get('recipe', 'tutorial')}"]
     shared = compose([*base_recipe, NO_LOCAL]) if local else compose(base_recipe)
     # A value it held that this machine's conf/local/ gives is conf/'s all the same: the recipe
     # this experiment names may set the key (hymenoptera's data.source: null) and change it.
@@ -146,6 +151,8 @@ def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
         and _value(current, k) == _value(composed, k)
         and _value(committed, k) != _value(mine, k)
     ]
+    if _dropped_recipe(rev, committed, recipe):
+        keys.insert(0, "recipe")  # its values are the recipe's: named by it, not one by one
     if keys:
         values = [f"{k}: {_value(committed, k)} -> {_value(current, k)}" for k in keys]
         logging.getLogger(__name__).warning(
