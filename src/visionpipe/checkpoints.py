@@ -10,8 +10,8 @@ writes them again. Once dvc.lock holds its model, the next train run removes it 
 
 What a run finds in checkpoints/ (`_read`): another experiment's checkpoint (other params or
 data, the same code) is set aside as `<run>-<code>.pt` for that experiment to take back, unless
-it is a finished run's whose model DVC has cached (that run is DVC's to restore, and its `dvc
-repro -f` must train anew); one of other training code (`code_files`), which no run of this code
+it is a finished run's that DVC recorded (that run is DVC's to restore, and its `dvc repro -f`
+must train anew); one of other training code (`code_files`), which no run of this code
 resumes, is removed, as are set-aside ones of other code.
 """
 
@@ -177,7 +177,8 @@ def _read(fp: str) -> dict[str, Any] | None:
     state = _load(CHECKPOINT)
     if state is not None and state.get("fingerprint") != fp:
         if _finished_and_cached(finished, state):
-            discard()  # DVC holds its outputs (an experiment, the run cache): nothing to resume
+            discard()  # DVC restores that run's outputs itself: nothing to resume
+            log.info("removed %s, a finished run's that DVC recorded", CHECKPOINT)
         elif _code_of(str(state.get("fingerprint"))) == _code_of(fp):
             _set_aside(state)  # another experiment's, stopped, or finished but not recorded
         else:
@@ -314,10 +315,12 @@ def _recorded(finished: dict[str, Any]) -> bool:
 
 
 def _finished_and_cached(finished: dict[str, Any] | None, state: dict[str, Any]) -> bool:
-    """Whether the checkpoint is a finished run's whose model is in DVC's cache: a run of other
-    params DVC took the outputs of, which dvc.lock no longer records after another experiment,
-    `dvc exp apply` or a run-cache restore. Set aside, it would make that run's `dvc repro -f`
-    write its outputs again instead of training."""
+    """Whether the checkpoint is a finished run's that DVC recorded: its model in DVC's cache
+    and a run-cache entry naming it (DVC writes the entry after caching every output, and
+    dvc.lock after that). dvc.lock no longer records such a run after another experiment, `dvc
+    exp apply` or a run-cache restore; set aside, it would make that run's `dvc repro -f` write
+    its outputs again instead of training. A model cached by a run stopped before its entry was
+    written is not enough: that run's checkpoint is set aside, as DVC cannot restore it."""
     if finished is None or finished.get("fingerprint") != state.get("fingerprint"):
         return False
     md5 = str(finished.get("model_md5", ""))
@@ -325,7 +328,11 @@ def _finished_and_cached(finished: dict[str, Any] | None, state: dict[str, Any])
         cache = dvc_cache_of(Path.cwd())
     except Exception:  # a broken DVC config: keep the checkpoint, as if not cached
         return False
-    return cache is not None and len(md5) == 32 and (cache / md5[:2] / md5[2:]).is_file()
+    if cache is None or len(md5) != 32 or not (cache / md5[:2] / md5[2:]).is_file():
+        return False
+    runs = cache.parent.parent / "runs"  # <cache>/files/md5 -> <cache>/runs/<key>/<entry>
+    entries = (f for f in runs.glob("*/*/*") if f.is_file()) if runs.is_dir() else ()
+    return any(md5 in f.read_text(encoding="utf-8", errors="replace") for f in entries)
 
 
 def _fitting_lookahead(

@@ -197,25 +197,40 @@ def test_a_finished_run_is_kept_until_dvc_lock_records_its_model(
     assert paths.MODEL.read_bytes() == model  # trained anew, to the same weights
 
 
-def test_a_finished_run_dvc_has_cached_is_removed_not_set_aside(
+def test_a_finished_run_dvc_recorded_is_removed_not_set_aside(
     processed: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # After another experiment, `dvc exp apply` or a run-cache restore, dvc.lock records another
-    # run's model while checkpoints/ still holds a finished run's: DVC has its outputs (they are
-    # in its cache) and restores them itself, and that run's `dvc repro -f` must train anew.
+    # run's model while checkpoints/ still holds a finished run's that DVC recorded: DVC
+    # restores its outputs itself, and that run's `dvc repro -f` must train anew. A run stopped
+    # after DVC cached its model but before it wrote the run-cache entry is not recorded: set
+    # aside, it is resumed (its outputs written again) as before.
     from dvc.repo import Repo
 
     Repo.init(no_scm=True).close()
-    first = tiny_params(epochs=2)
+    first, other = tiny_params(epochs=2), tiny_params(epochs=1, lr=0.05)
     train.run(first)
     model = paths.MODEL.read_bytes()
     md5 = hashlib.md5(model).hexdigest()
-    cached = processed / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    cache = processed / ".dvc" / "cache"
+    cached = cache / "files" / "md5" / md5[:2] / md5[2:]
     cached.parent.mkdir(parents=True)
-    shutil.copyfile(paths.MODEL, cached)  # as DVC commits a stage's output
+    shutil.copyfile(paths.MODEL, cached)  # as DVC commits a stage's output, before its entry
     with caplog.at_level("INFO"):
-        train.run(tiny_params(epochs=1, lr=0.05))
-    assert "set aside" not in caplog.text, caplog.text
+        train.run(other)
+    assert "saved after its epoch 2: set aside" in caplog.text, caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        train.run(first)  # the set-aside run comes back, writing its outputs again
+    assert "resuming the checkpoint set aside" in caplog.text and "epoch 1/2" not in caplog.text
+    entry = cache / "runs" / "ab" / ("ab" + "0" * 62) / ("cd" + "0" * 62)
+    entry.parent.mkdir(parents=True)  # DVC's run-cache entry for the train stage's run
+    entry.write_text(f"outs:\n- path: models/model.pt\n  hash: md5\n  md5: {md5}\n")
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        train.run(other)  # resumes its own, set aside above
+    assert "saved after its epoch 2: set aside" not in caplog.text, caplog.text
+    assert f"removed {checkpoints.CHECKPOINT}, a finished run's that DVC recorded" in caplog.text
     assert sorted(p.name for p in paths.CHECKPOINT_DIR.iterdir()) == ["finished.json", "last.pt"]
     caplog.clear()
     paths.MODEL.unlink()
