@@ -109,7 +109,7 @@ def real(runtimes: list[str], count: int, folder: Path) -> None:
     """The trained model of this clone on `count` of its test images, each runtime against
     PyTorch, with the test accuracy each gives."""
     model, _ = load_model(paths.MODEL)
-    images, labels = load_split("test")
+    images, labels = load_split("test", in_memory=False)
     pick = spread(len(images), count)  # an image folder's split is in class order
     x = to_input(images[pick])
     np.save(folder / "images.npy", x.numpy())

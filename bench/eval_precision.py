@@ -33,7 +33,7 @@ CPU = torch.device("cpu")
 
 def score(model_path: Path, rounds: int) -> dict[str, Any]:
     model, info = load_model(model_path)
-    images, labels = split_tensors.load_split("test")
+    images, labels = split_tensors.load_split("test", in_memory=False)
     batch = eval_batch_size(info.params["train"]["batch_size"], model.views, CPU)
     amp = autocast_dtype(CPU, True)
     seconds: dict[str, list[float]] = {"fp32": [], "amp": []}

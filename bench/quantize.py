@@ -75,9 +75,9 @@ def main() -> None:
     from visionpipe.export import spread
 
     # Both splits are stored class by class: picks spread over them hold every class.
-    train_x = load_split("train")[0]
+    train_x = load_split("train", in_memory=False)[0]
     train = train_x[spread(len(train_x), args.calibration)].numpy().astype(np.float32) / 255
-    test_x, test_y = load_split("test")
+    test_x, test_y = load_split("test", in_memory=False)
     picks = spread(len(test_x), args.images)
     images = test_x[picks].numpy().astype(np.float32) / 255
     labels = test_y[picks].numpy()

@@ -103,7 +103,7 @@ def require(path: str | Path, stage: str) -> Path:
         raise FileNotFoundError(
             f"{path} not found, and {Path.cwd()} is not inside a visionpipe project (no dvc.yaml"
             " here or in a folder above): run from the project or a folder inside it"
-            " (os.chdir to it in a notebook), or give the file's full path"
+            " (os.chdir to it in a notebook)"
         )
     message = f"{path} not found: {rerun(stage)} first"
     if _pipeline_output(path):

@@ -35,19 +35,34 @@ def load_split(split: str, in_memory: bool | None = None) -> tuple[torch.Tensor,
     index = split_files.read_index(index_path)
     chosen = in_memory is not None
     if in_memory is None:
-        size = index_path.with_name(index["images"]).stat().st_size
-        in_memory = size <= memory_budget()
+        size, budget = index_path.with_name(index["images"]).stat().st_size, memory_budget()
+        in_memory = size <= budget
+        if not in_memory:
+            _say_mapped(split, size, budget)
     try:
         images = split_files.open_images(index_path, index, in_memory)
     except MemoryError:
         if chosen:
             raise
-        images = split_files.open_images(index_path, index)  # a limit the budget could not see
+        _say_mapped(split, size, budget)  # a limit the budget could not see
+        images = split_files.open_images(index_path, index)
     with warnings.catch_warnings():
         # A mapped split is read-only. Nothing in the pipeline writes to split images: batches,
         # augmentation and model inputs are all new tensors gathered or converted from them.
         warnings.filterwarnings("ignore", "The given NumPy array is not writable")
         return torch.from_numpy(images), torch.tensor(index["labels"], dtype=torch.int64)
+
+
+def _say_mapped(split: str, size: int, budget: int) -> None:
+    log.warning(
+        "the %s split (%.2f GiB) does not fit the memory budget (%.2f GiB): mapped from its file,"
+        " read-only; a write into its images crashes Python: change a copy (.clone()), or ask"
+        " for load_split(%r, in_memory=True)",
+        split,
+        size / 2**30,
+        budget / 2**30,
+        split,
+    )
 
 
 def read_meta() -> dict[str, Any]:

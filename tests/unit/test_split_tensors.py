@@ -104,7 +104,7 @@ def test_a_split_that_does_not_fit_after_all_is_read_mapped(
 
 
 def test_a_split_of_one_s_own_code_can_be_written_to(
-    processed: Path, monkeypatch: pytest.MonkeyPatch
+    processed: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A notebook's `load_split("train")` and an in-place op on it (`x[0] = ...`, `mul_`): a
     # read-only mapping would crash the Python process (torch has no read-only tensors).
@@ -137,5 +137,8 @@ def test_a_split_of_one_s_own_code_can_be_written_to(
     monkeypatch.setattr(split_files, "open_images", open_images)
     in_memory, _ = split_tensors.load_split("train")
     monkeypatch.setenv(memory.MEMORY_BUDGET_ENV, "1")
-    mapped, _ = split_tensors.load_split("train")
+    with caplog.at_level(logging.WARNING):
+        mapped, _ = split_tensors.load_split("train")
     assert opened == [True, False] and torch.equal(mapped, in_memory)
+    assert "the train split (0.00 GiB) does not fit the memory budget" in caplog.text
+    assert "read-only; a write into its images crashes Python" in caplog.text
