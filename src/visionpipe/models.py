@@ -72,11 +72,18 @@ class Classifier(nn.Module):
     airbench does. All views go through the net as one batch.
     """
 
-    def __init__(self, net: nn.Module, normalize: Normalize | None, tta: int = 0) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        normalize: Normalize | None,
+        tta: int = 0,
+        fresh: Sequence[str] = (),
+    ) -> None:
         super().__init__()
         self.normalize = normalize if normalize is not None else nn.Identity()
         self.net = net
         self.tta = tta
+        self.fresh = tuple(fresh)  # the net's tensors model.weights left as initialised
         self.backbone_frozen = False
 
     def prepare(self, images: torch.Tensor) -> None:
@@ -85,12 +92,21 @@ class Classifier(nn.Module):
         if prepare is not None:
             prepare(images, self.normalize)
 
+    def head(self) -> list[nn.Parameter]:
+        """The classifier's parameters (the net's last Linear), and those of layers model.weights
+        left fresh (a layer sized by the input, at another image size): trained from random
+        values, they train at train.lr whatever train.backbone_lr_scale says of the rest."""
+        head = list(self.net.get_submodule(classifier_name(self.net)).parameters())
+        taken = {id(p) for p in head}
+        named = dict(self.net.named_parameters())
+        return head + [named[n] for n in self.fresh if n in named and id(named[n]) not in taken]
+
     def freeze_backbone(self) -> None:
-        """Train the classifier (the net's last Linear) alone, on fixed features: every other
-        parameter stops taking gradients (so backward stops at the classifier) and every
-        BatchNorm keeps its running statistics (eval mode in training too, as Keras freezes),
-        so the layers below compute the same features from the first step to the last."""
-        head = {id(p) for p in self.net.get_submodule(classifier_name(self.net)).parameters()}
+        """Train the head (`head`) alone, on fixed features: every other parameter stops taking
+        gradients (so backward stops at the head) and every BatchNorm keeps its running
+        statistics (eval mode in training too, as Keras freezes), so the layers below compute
+        the same features from the first step to the last."""
+        head = {id(p) for p in self.head()}
         for param in self.parameters():
             if id(param) not in head:
                 param.requires_grad_(False)
@@ -497,14 +513,15 @@ def build_model(
             "model.pretrained: ImageNet's weights were trained on normalized inputs, and this "
             "model feeds them raw pixels in [0, 1]: set model.normalize: true (the recipes do)"
         )
+    fresh: list[str] = []
     if p.get("weights"):
         # Start from a local file (torchvision weights, or another run's models/model.pt):
         # layers that fit are loaded, a classifier for other classes stays fresh.
         own.pop("pretrained", None)
         built = {"name": arch, **own, "normalize": normalize is not None}
         weights = paths.user_path(p["weights"], "model.weights")
-        load_weights_file(net, weights, (built, image_size), classes)
-    return Classifier(net, normalize, tta=int(p.get("tta", 0)))
+        fresh = load_weights_file(net, weights, (built, image_size), classes)
+    return Classifier(net, normalize, tta=int(p.get("tta", 0)), fresh=fresh)
 
 
 def with_batch_norm() -> list[str]:

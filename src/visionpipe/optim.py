@@ -23,8 +23,9 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     lr * bias_lr_scale and weight_decay / bias_lr_scale (the same decay per step); then the
     groups the model trains for a set number of epochs only (`Classifier.lr_stops`, e.g.
     FastNet's "whiten_bias"), each with its `stop_epoch`. With a backbone_lr_scale below 1,
-    the classifier (the net's last Linear) is a group of its own, first, at lr, and the other
-    groups' lr is multiplied by the scale.
+    the classifier (the net's last Linear, with any layer model.weights left fresh:
+    `Classifier.head`) is a group of its own, first, at lr, and the other groups' lr is
+    multiplied by the scale.
     """
     bare = unwrap(model)
     norm_biases = {
@@ -35,7 +36,9 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     stops = bare.lr_stops() if isinstance(bare, Classifier) else {}
     stopped = {id(p): name for name, (params, _) in stops.items() for p in params}
     head: set[int] = set()
-    if cfg.backbone_lr_scale != 1.0:
+    if cfg.backbone_lr_scale != 1.0 and isinstance(bare, Classifier):
+        head = {id(p) for p in bare.head()}
+    elif cfg.backbone_lr_scale != 1.0:
         head = {id(p) for p in bare.get_submodule(classifier_name(bare)).parameters()}
     groups: dict[str, list[nn.Parameter]] = {"classifier": [], "default": [], "norm_bias": []}
     groups.update({name: [] for name in stops})

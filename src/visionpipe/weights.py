@@ -36,8 +36,9 @@ def load_weights_file(
     path: Path,
     built: tuple[dict[str, Any], int],
     classes: Sequence[str] | None = None,
-) -> None:
-    """Load a state_dict file (plain, or an exported visionpipe model.pt) into `model`.
+) -> list[str]:
+    """Load a state_dict file (plain, or an exported visionpipe model.pt) into `model`; returns
+    the names of the tensors left as initialised.
 
     A layer with a tensor whose shape differs (a classifier for another class count) is left as
     initialised, whole. The classifier of a file that names its classes is matched to this run's
@@ -71,6 +72,7 @@ def load_weights_file(
         f"; left fresh: {', '.join(fresh)}" if fresh else "",
     )
     model.load_state_dict(fitting, strict=False)
+    return fresh
 
 
 # Prefixes that wrappers put before a net's own names: DDP and DataParallel, torch.compile, and

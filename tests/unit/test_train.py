@@ -1062,6 +1062,27 @@ def test_a_frozen_backbone_trains_the_classifier_alone(
     assert moved == {f"{head}.weight", f"{head}.bias"}
 
 
+@pytest.mark.parametrize("scale", [0.0, 0.1])
+def test_layers_the_weights_file_left_fresh_train_with_the_classifier(
+    tmp_path: Path, scale: float
+) -> None:
+    # A tutorial CNN's model.pt trained at 16 px, loaded at 32: the hidden Linear sized by the
+    # input starts random, and frozen or slowed with the backbone it would stay near random.
+    weights = _saved_tutorial_cnn(tmp_path / "start.pt", False, size=16)
+    model = build_model("tutorial_cnn", 3, 32, {"weights": weights})
+    fresh = {name.split(".")[0] for name in model.fresh}
+    assert len(fresh) == 1, model.fresh  # the hidden Linear; the classifier keeps its weights
+    layer = model.net.get_submodule(fresh.pop())
+    cfg = TrainConfig(lr=0.1, backbone_lr_scale=scale)
+    if scale == 0.0:
+        model.freeze_backbone()
+    groups = {g["name"]: g for g in optim.param_groups(model, cfg)}
+    assert all(p.requires_grad for p in layer.parameters())
+    in_head = {id(p) for p in groups["classifier"]["params"]}
+    assert all(id(p) in in_head for p in layer.parameters())
+    assert groups["classifier"]["lr"] == 0.1
+
+
 def test_backbone_lr_scale_slows_every_layer_but_the_classifier() -> None:
     model = build_model("tutorial_cnn", 3, 16, {"activation": "relu", "batch_norm": True})
     cfg = TrainConfig(lr=0.1, bias_lr_scale=4.0, backbone_lr_scale=0.1)
