@@ -426,3 +426,14 @@ def test_a_model_key_two_models_declare_differently_names_both(
     assert "'width' of 'two' differs from the one of 'one' in its default (64 vs 16)" in str(
         err.value
     )
+
+
+def test_every_model_key_a_recipe_set_for_another_model_is_named_at_once() -> None:
+    # The hymenoptera recipe's tutorial CNN switches under -S model.name=resnet18: one error per
+    # run would have the user find them one run at a time.
+    with pytest.raises(ConfigError) as caught:
+        parse_params({"model": {"name": "resnet18", "activation": "relu", "batch_norm": True}})
+    said = str(caught.value)
+    assert "model.activation = \"relu\" does not apply to model 'resnet18'" in said
+    assert "model.batch_norm = true does not apply to model 'resnet18'" in said
+    assert "(-S model.activation=none -S model.batch_norm=false)" in said

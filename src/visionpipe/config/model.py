@@ -20,16 +20,26 @@ class _ModelSection(Section):
     @model_validator(mode="after")
     def _keys_fit_the_model(self) -> _ModelSection:
         takes = keys_of(self.name)
-        for key, field in type(self).model_fields.items():
-            if key in takes or getattr(self, key) == field.default:
-                continue
-            raise ValueError(
-                f"model.{key} = {json.dumps(getattr(self, key))} does not apply to model "
-                f"'{self.name}' (only to {', '.join(_models_taking(key))}); the keys for "
-                f"'{self.name}' are {', '.join(takes)}. Set model.{key} back to "
-                f"{json.dumps(field.default)}"
-            )
-        return self
+        wrong = {
+            key: field.default
+            for key, field in type(self).model_fields.items()
+            if key not in takes and getattr(self, key) != field.default
+        }
+        if not wrong:
+            return self
+        # All at once: a recipe made for another model (hymenoptera's relu and batch_norm, with
+        # -S model.name=resnet18) sets several, which one error each would name one run at a time.
+        said = "; ".join(
+            f"model.{key} = {json.dumps(getattr(self, key))} does not apply to model "
+            f"'{self.name}' (only to {', '.join(_models_taking(key))})"
+            for key in wrong
+        )
+        back = " ".join(f"-S model.{key}={_hydra(default)}" for key, default in wrong.items())
+        raise ValueError(
+            f"{said}; the keys for '{self.name}' are {', '.join(takes)}. Set "
+            f"{'it' if len(wrong) == 1 else 'them'} back to the default ({back}), in conf/ or"
+            " on the command line"
+        )
 
     @model_validator(mode="after")
     def _one_source_of_weights(self) -> _ModelSection:
@@ -45,6 +55,11 @@ class _ModelSection(Section):
     def arch_params(self) -> dict[str, Any]:
         """The model's own switches, as `models.build_model` takes them."""
         return arch_params(self.name, self.model_dump())
+
+
+def _hydra(value: Any) -> str:
+    """`value` as an -S override writes it: null, true, none."""
+    return "null" if value is None else json.dumps(value).strip('"')
 
 
 def _models_taking(key: str) -> list[str]:
