@@ -47,6 +47,7 @@ from visionpipe.models import MIN_STD, Classifier, build_model, scaling_std
 from visionpipe.optim import Lookahead, lr_tensors, make_optimizer, make_scheduler
 from visionpipe.progress import Progress, log_why_stopped
 from visionpipe.tracking import EpochRecord, Tracker, misclassified_grid
+from visionpipe.weights import warn_if_other_split
 
 log = logging.getLogger(__name__)
 # fp16's GradScaler skips the steps whose gradients overflowed (the first few, while it finds its
@@ -372,6 +373,9 @@ def build_training_model(
     if params.train.backbone_lr_scale == 0.0:
         model.freeze_backbone()
     warn_if_backbone_untrained(params)
+    if params.model.weights:
+        weights = paths.user_path(params.model.weights, "model.weights")
+        warn_if_other_split(weights, params.data.model_dump(mode="json"), splits.classes)
     model = place_model(model, device, params.train)
     return distributed.sync_batch_norm(model, device) if ddp.enabled else model
 

@@ -75,6 +75,36 @@ def load_weights_file(
     return fresh
 
 
+SPLIT_KEYS = ("seed", "test_fraction", "val_fraction")  # data.* keys that draw the splits
+
+
+def warn_if_other_split(path: Path, data: dict[str, Any], classes: Sequence[str]) -> None:
+    """Warn when the visionpipe model.pt at `path` was trained on the same dataset and classes
+    with its splits drawn otherwise (data.seed, the fractions): photos it trained on may be in
+    this run's test split, whose scores then read too well."""
+    try:  # mmap: the metadata without reading the tensors again
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # read and checked by load_weights_file already; a plain file says nothing
+        return
+    meta = saved.get("meta") if isinstance(saved, dict) else None
+    theirs = (meta.get("params") or {}).get("data") if isinstance(meta, dict) else None
+    if not isinstance(theirs, dict) or theirs.get("dataset") != data.get("dataset"):
+        return
+    if not set(meta.get("classes") or ()) & set(classes):
+        return
+    differ = [k for k in SPLIT_KEYS if k in theirs and theirs[k] != data.get(k)]
+    if differ:
+        log.warning(
+            "model.weights = '%s' was trained on splits drawn with %s; this run's are drawn with"
+            " %s: images it trained on may be among this run's test images, whose scores then"
+            " read too well (set %s as they were to score it on images it never saw)",
+            path,
+            ", ".join(f"data.{k}: {json.dumps(theirs[k])}" for k in differ),
+            ", ".join(f"data.{k}: {json.dumps(data.get(k))}" for k in differ),
+            ", ".join(f"data.{k}" for k in differ),
+        )
+
+
 # Prefixes that wrappers put before a net's own names: DDP and DataParallel, torch.compile, and
 # visionpipe's Classifier.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "net.")

@@ -632,6 +632,29 @@ def test_fine_tune_from_another_runs_model(processed: Path) -> None:
         build_model("tutorial_cnn", 3, 16, {"weights": str(paths.MODEL.resolve())})
 
 
+def test_weights_trained_on_splits_drawn_otherwise_are_warned_of(
+    processed: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The same photos split with another data.seed: the file trained on some of this run's
+    # test photos, and the run's test scores read too well.
+    train.run(tiny_params(epochs=1))
+    start = processed / "start.pt"
+    shutil.copy(paths.MODEL, start)
+
+    def params(seed: int) -> Any:
+        p = tiny_params({"weights": str(start)}, epochs=1)
+        return p.model_copy(update={"data": p.data.model_copy(update={"seed": seed})})
+
+    with caplog.at_level("WARNING"):
+        train.run(params(0))
+    assert "trained on splits drawn with" not in caplog.text
+    with caplog.at_level("WARNING"):
+        train.run(params(1))
+    assert "trained on splits drawn with data.seed: 0; this run's are drawn with data.seed: 1" in (
+        caplog.text
+    )
+
+
 def test_pretrained_offline_says_which_file_to_fetch(monkeypatch: pytest.MonkeyPatch) -> None:
     from torchvision.models import _api
 
