@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 import tempfile
 from collections.abc import Callable, Container, Iterator
 from pathlib import Path
@@ -203,6 +204,58 @@ def _umask() -> int:
     return mask
 
 
+def _write_target(dest: Path) -> Path:
+    """The file a write to `dest` replaces: a link's target, as `>` writes through it (the link
+    stays), but for a link into a DVC cache (an output under `cache.type symlink`): that link
+    is replaced, so the cache keeps the bytes it has recorded."""
+    if not dest.is_symlink():
+        return dest
+    target = Path(os.path.realpath(dest))
+    return dest if is_dvc_cache_file(target) else target
+
+
+def _is_stream(path: Path) -> bool:
+    """Whether `path` is something written through, not replaced: a device or a pipe."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
+def write_stdout(data: bytes) -> None:
+    """`data` to standard output whole, after what print() holds: BufferedWriter.write can
+    return having written part (a pipe closed, a full disk) and say so only in its count."""
+    with stdout_writes():
+        sys.stdout.flush()
+        try:
+            fd = sys.stdout.fileno()
+        except (AttributeError, OSError, ValueError):  # a notebook's stream, a test's capture
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+            return
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+@contextlib.contextmanager
+def stdout_writes() -> Iterator[None]:
+    """Writes to standard output, whose full disk is said as such: the OSError names no file."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in FULL_ERRNOS and not isinstance(exc, DiskFullError):
+            raise DiskFullError(exc.errno, STDOUT_FULL) from exc
+        raise
+
+
+STDOUT_FULL = (
+    "no space left where standard output goes (a file on a full disk, or /dev/full): free "
+    "some space or send the output elsewhere, and run the command again"
+)
+
+
 @contextlib.contextmanager
 def atomic_path(dest: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `dest`; it replaces `dest` only if the block succeeds.
@@ -211,6 +264,10 @@ def atomic_path(dest: Path | str) -> Iterator[Path]:
     flushed to the disk before, and the folder after, so the new name never holds missing bytes.
     """
     dest = Path(dest)
+    if _is_stream(dest):  # /dev/stdout, a FIFO, `>(jq .)`: nothing to replace, written as it is
+        yield dest
+        return
+    dest = _write_target(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)

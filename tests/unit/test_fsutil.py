@@ -312,3 +312,36 @@ def test_an_atomic_folder_in_a_group_shared_folder_stays_the_group_s(tmp_path: P
     made = shared / "processed"
     assert made.stat().st_mode & stat.S_ISGID, "the folder keeps the setgid bit"
     assert (made / "meta.json").stat().st_gid == team_gid
+
+
+def test_a_write_to_a_link_replaces_its_target_but_never_a_dvc_cache_file(tmp_path: Path) -> None:
+    # `--json latest.json` where latest.json links to a dated file: the file gets the new bytes
+    # and the link stays, as `>` writes; an output DVC links to its cache (cache.type symlink)
+    # is replaced as a link, or the cache's recorded bytes would change under it.
+    target, link = tmp_path / "2026-12.json", tmp_path / "latest.json"
+    target.write_text("old")
+    link.symlink_to(target.name)
+    fsutil.write_text(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+    cached = tmp_path / "cache" / "files" / "md5" / "ab" / ("c" * 30)
+    cached.parent.mkdir(parents=True)
+    cached.write_text("recorded")
+    output = tmp_path / "metrics.json"
+    output.symlink_to(cached)
+    fsutil.write_text(output, "rewritten")
+    assert not output.is_symlink() and output.read_text() == "rewritten"
+    assert cached.read_text() == "recorded"
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    read: list[str] = []
+    reader = threading.Thread(target=lambda: read.append(fifo.read_text()))
+    reader.start()
+    fsutil.write_text(fifo, "streamed")  # into the pipe: no temporary file beside it
+    reader.join(timeout=30)
+    assert read == ["streamed"] and sorted(p.name for p in tmp_path.iterdir()) == [
+        "2026-12.json",
+        "cache",
+        "fifo",
+        "latest.json",
+        "metrics.json",
+    ]
