@@ -117,6 +117,7 @@ def run_stage(main: Callable[[], int | None], interrupted: Callable[[], str] | N
     """
     setup()
     threading.excepthook = _thread_error
+    _refuse_arguments(main)
 
     def then() -> str:  # asked when the stage stops: what it leaves may have changed meanwhile
         text = interrupted() if interrupted else ""
@@ -133,6 +134,10 @@ def run_stage(main: Callable[[], int | None], interrupted: Callable[[], str] | N
         if os.environ.get("VISIONPIPE_DEBUG"):
             raise
         _exit_interrupted(exc, then())
+    except BrokenPipeError:  # `python stages/predict.py | head -1`: the reader has its lines
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit finds nowhere to fail
+        sys.exit(141)  # 128 + SIGPIPE, as a shell reports a command the pipe's signal stopped
     except Exception as exc:
         if os.environ.get("VISIONPIPE_DEBUG"):
             raise
@@ -157,6 +162,20 @@ def run_stage(main: Callable[[], int | None], interrupted: Callable[[], str] | N
         log.error("%s", exc)
         sys.exit(1)
     sys.exit(code or 0)
+
+
+def _refuse_arguments(main: Callable[[], int | None]) -> None:
+    """Exit 2 where a stage script run as one (not a test's function) was given arguments:
+    `--help`, `--epochs 3`, taken for nothing, would run the whole stage."""
+    if main.__module__ != "__main__" or not sys.argv[1:]:
+        return
+    log.error(
+        "%s takes no arguments (got %s): a stage reads its settings from params.yaml; set "
+        "them with `dvc exp run -S key=value` or `visionpipe params key=value`",
+        sys.argv[0],
+        " ".join(sys.argv[1:]),
+    )
+    sys.exit(2)
 
 
 ASCII_LOCALE = (

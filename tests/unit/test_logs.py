@@ -224,3 +224,23 @@ def test_a_ctrl_c_while_a_stage_s_libraries_load_is_one_line(tmp_path: Path, sta
     )
     assert done.returncode == 130, done.stderr
     assert "interrupted (Ctrl-C)" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("stage", ["train", "predict"])
+def test_a_stage_script_given_arguments_refuses_them_before_any_work(
+    tmp_path: Path, stage: str
+) -> None:
+    # `python stages/train.py --help` had trained: a stage takes its settings from params.yaml.
+    (tmp_path / "params.yaml").write_text("train:\n  epochs: 1\n")
+    script = SRC.parent / "stages" / f"{stage}.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--help"],
+        cwd=tmp_path,
+        env={**env(), "PYTHONPATH": str(SRC)},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"{script} takes no arguments (got --help)" in done.stderr
+    assert "dvc exp run -S key=value" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"], "nothing was written"
