@@ -24,7 +24,8 @@ from visionpipe import __version__, fsutil, logs, paths
 def _predict(args: argparse.Namespace) -> int:
     from visionpipe import predict
 
-    if sys.stdout is None and not (args.json or args.csv or args.grid):
+    files = [f for f in (args.json, args.csv, args.grid) if f is not None and f != Path("-")]
+    if sys.stdout is None and not files:
         # Python's stdout when the command was started with it closed (`>&-`): print() would
         # drop the table without a word, and the exit status would say all went well.
         print(
@@ -80,12 +81,16 @@ def _params(args: argparse.Namespace) -> int:
     import yaml
 
     from visionpipe.config import DEFAULT_PARAMS
-    from visionpipe.config.compose import compose_yaml, diff_keys
+    from visionpipe.config.compose import CONF_DIR, compose_yaml, diff_keys
     from visionpipe.config.params import parse_params
     from visionpipe.fsutil import write_text
 
+    root = _conf_project()
+    if isinstance(root, str):
+        print(f"error: {root}", file=sys.stderr)
+        return 2
     try:
-        text = compose_yaml(args.overrides)
+        text = compose_yaml(args.overrides, root / CONF_DIR)
         raw = yaml.safe_load(text)
         if lacking := _lacking_in_conf(raw, args.overrides):
             print(f"error: {lacking}", file=sys.stderr)
@@ -96,15 +101,32 @@ def _params(args: argparse.Namespace) -> int:
         if type(exc).__name__ == "OverrideParseException":  # Hydra's grammar, not the value
             print(QUOTE_HINT, file=sys.stderr)
         return 2
-    path = DEFAULT_PARAMS
+    path = root / DEFAULT_PARAMS
     old, unreadable = _old_params(path)
     write_text(path, text)
+    shown = os.path.relpath(path)  # from the folder the command ran in
     if unreadable:
-        print(f"wrote {path}, replacing one that {unreadable}")
+        print(f"wrote {shown}, replacing one that {unreadable}")
         return 0
     changed = diff_keys(old, raw)
-    print(f"wrote {path}" + (f"; changed: {', '.join(changed)}" if changed else "; unchanged"))
+    print(f"wrote {shown}" + (f"; changed: {', '.join(changed)}" if changed else "; unchanged"))
     return 0
+
+
+def _conf_project() -> Path | str:
+    """The folder whose conf/ composes params.yaml: here, or the project this folder is inside
+    (as dvc finds its project); else the error."""
+    from visionpipe.config.compose import CONF_DIR
+
+    if (CONF_DIR / "config.yaml").is_file():
+        return Path()
+    root = paths.project_root()
+    if root is None or not (root / CONF_DIR / "config.yaml").is_file():
+        return (
+            f"no {CONF_DIR / 'config.yaml'} here or in a project above ({Path.cwd()}): run "
+            "visionpipe params in the project's folder"
+        )
+    return root
 
 
 def _old_params(path: Path) -> tuple[dict[str, Any], str]:
@@ -169,7 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visionpipe", description=summary)
     parser.add_argument("--version", action="version", version=f"visionpipe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("predict", help="classify images, folders or globs")
+    p = sub.add_parser(
+        "predict",
+        help="classify images, folders or globs",
+        description="Classify images: one line per file on stdout (the table), logs on stderr.",
+        epilog="Exit status: 0 when every input was predicted, 1 when any failed (the others are "
+        "still predicted and written), 2 when the model or the arguments cannot be used.",
+    )
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or globs")
     p.add_argument(
         "--model",
@@ -178,9 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"{paths.ONNX_MODEL} (onnx backend) or {paths.MODEL} (torch) by default, here or in "
         "the project this folder is inside",
     )
-    p.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
+    p.add_argument(
+        "--backend",
+        choices=("onnx", "torch"),
+        default="onnx",
+        help="ONNX Runtime, or PyTorch for a .pt file (default onnx)",
+    )
     p.add_argument("--topk", type=int, default=3, help="classes to show per image (default 3)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="images in one model call (default 64)"
+    )
     p.add_argument(
         "--json", type=Path, help="also write the predictions as JSON here ('-': stdout)"
     )
@@ -380,11 +415,15 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(logging.WARNING)
     try:
         with logs.stops_on_signals():  # serve handles these itself once it listens
-            return args.func(args)
+            code = args.func(args)
+            _flush_stdout()
+            return code
     except KeyboardInterrupt as exc:  # a folder of photos takes a while: Ctrl-C is no bug
         text, code = logs.stop_text(exc)
         print(text, file=sys.stderr)
         return code
+    except BrokenPipeError:  # `| head -1`: the reader has all it wants
+        return _stdout_gone()
     except fsutil.DiskFullError as exc:  # --json, --csv, --grid: the message names the file
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -397,6 +436,23 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as exc:  # the wheel alone: no torch, DVC or Hydra
         print(f"error: {_lean_install_hint(args, exc)}", file=sys.stderr)
         return 1
+
+
+def _flush_stdout() -> None:
+    """Flush what print() holds for stdout, where its failure can still be told: at exit,
+    Python would only print "Exception ignored" and exit 120."""
+    if sys.stdout is not None:
+        with fsutil.stdout_writes():
+            sys.stdout.flush()
+
+
+def _stdout_gone() -> int:
+    """The exit of a command whose reader closed the pipe: quiet, with the status a shell gives
+    a command the pipe's signal stopped (128 + SIGPIPE), as `yes | head -1` ends `yes`."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit finds nowhere to fail
+    os.close(devnull)
+    return 141
 
 
 def _lean_install_hint(args: argparse.Namespace, exc: ModuleNotFoundError) -> str:

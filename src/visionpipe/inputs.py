@@ -67,7 +67,10 @@ def collect_inputs(specs: list[str]) -> Inputs:
 
 
 def _missing(spec: str) -> str:
-    """Why `spec` names nothing: a Windows habit (`.\\cats\\a.jpg`) is named with its fix."""
+    """Why `spec` names nothing: a Windows habit (`.\\cats\\a.jpg`) or `-` for stdin is named
+    with its fix."""
+    if spec == "-":  # stdin to many tools; here a file's name is its result's key
+        return "standard input is not read for images: save the image to a file and name that"
     slashed = spec.replace("\\", "/")
     if slashed != spec and Path(slashed).exists():
         return f"no such file or directory; this system separates folders with /: {slashed}"

@@ -16,7 +16,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -140,7 +140,7 @@ def predict_command(
     json_path: Path | None = None,
     csv_path: Path | None = None,
     grid_path: Path | None = None,
-    fix: str = "see the ERROR lines above",
+    fix: str = "each is an ERROR line of the table",
     unscored: list[str] | None = None,
     skip_bad: str | None = None,
 ) -> int:
@@ -171,13 +171,16 @@ def predict_command(
     ]
     labels = _folder_labels(preds, inputs.tops, FolderClasses(opened.classes), not_scored)
     scored = [p for p in predicted if p.file not in not_scored]
+    # The files first: a reader that stops reading the table (`| head -1`) stops this command,
+    # which has then written what was asked of it.
+    written = _write_outputs(preds, labels, topk, json_path, csv_path, grid_path)
     # `--json -` / `--csv -` take standard output for themselves: the table goes to stderr.
     out = sys.stderr if STDOUT in (json_path, csv_path) else sys.stdout
     skipped = _skipped(preds) if skip_bad else set()
-    print(format_table(preds, skipped), file=out)
-    _print_accuracy(scored, labels, opened.classes, out)
+    with fsutil.stdout_writes():
+        print(format_table(preds, skipped), file=out, flush=True)
+    _print_accuracy(scored, labels, opened.classes)
     _warn_nonfinite(predicted)
-    written = _write_outputs(preds, labels, topk, json_path, csv_path, grid_path)
     failed = _report_failures(preds, skipped, skip_bad, fix)
     return 1 if failed or not written else 0
 
@@ -213,8 +216,15 @@ def _report_failures(
             " of the table above)", passed_over, len(preds), skip_bad,
         )  # fmt: skip
     if hard := len(failed) - passed_over:
-        log.error("%d of %d inputs failed; %s", hard, len(preds), fix)
+        # Named here, on stderr, too: the table's ERROR lines may have gone to a file or a pipe.
+        named = [f"{one_line(p.file)} ({p.error})" for p in failed if p.file not in skipped]
+        more = f", and {hard - FAILED_NAMED} more" if hard > FAILED_NAMED else ""
+        shown = "; ".join(named[:FAILED_NAMED]) + more
+        log.error("%d of %d inputs failed: %s; %s", hard, len(preds), shown, fix)
     return hard
+
+
+FAILED_NAMED = 3  # failed inputs named in the summary line; the table names every one
 
 
 def _is_file_entry(file: str) -> bool:
@@ -254,15 +264,16 @@ def _identity(path: Path) -> tuple[int, int] | str:
 
 
 def _print_accuracy(
-    predicted: list[Prediction], labels: dict[str, str], classes: list[str], out: TextIO
+    predicted: list[Prediction], labels: dict[str, str], classes: list[str]
 ) -> None:
     """The accuracy line, when a predicted file sits in a folder named after a class (`labels`:
-    file -> that class), under the table; a warning names the other files' folders."""
+    file -> that class), under the table; a warning names the other files' folders. On stderr:
+    the table on stdout stays one line per file for the scripts that read it."""
     top = ((p.file, p.top[0]["class"]) for p in predicted if p.error is None)
     accuracy = score(top, labels, classes)
     if accuracy is None:
         return
-    print(format_accuracy(accuracy), file=out)
+    print(format_accuracy(accuracy), file=sys.stderr)
     if (outside := format_outside(accuracy, classes)) is not None:
         log.warning("%s", outside)
 
@@ -280,17 +291,15 @@ def _write_outputs(
     csv_path: Path | None,
     grid_path: Path | None,
 ) -> bool:
-    """Write the files asked for; False, after one error line naming it, if one cannot be."""
+    """Write the files asked for, then the one for stdout (whose reader may stop reading);
+    False, after one error line naming it, if one cannot be."""
     outputs = (
         ("--json", json_path, lambda dest: write_json(dest, _records(preds, labels))),
         ("--csv", csv_path, lambda dest: write_csv(dest, preds, topk, labels)),
         ("--grid", grid_path, lambda dest: write_grid(dest, preds, labels)),
     )
     for flag, dest, write in outputs:
-        if not dest:
-            continue
-        if dest == STDOUT:
-            _to_stdout(preds, labels, topk, flag)
+        if not dest or dest == STDOUT:
             continue
         if flag == "--grid" and all(p.error for p in preds):
             log.error("--grid %s not written: no input could be predicted", dest)
@@ -302,6 +311,9 @@ def _write_outputs(
         except OSError as exc:
             log.error("cannot write %s %s: %s", flag, dest, _unwritable(Path(dest), exc))
             return False
+    for flag, dest in (("--json", json_path), ("--csv", csv_path)):
+        if dest == STDOUT:
+            _to_stdout(preds, labels, topk, flag)
     return True
 
 
@@ -329,9 +341,7 @@ def _to_stdout(preds: list[Prediction], labels: dict[str, str], topk: int, flag:
         _csv_rows(out, preds, topk, labels)
         text = out.getvalue()
     # A file name that is not UTF-8 keeps its escaped bytes, as write_json writes them.
-    sys.stdout.flush()
-    sys.stdout.buffer.write(text.encode("utf-8", "backslashreplace"))
-    sys.stdout.buffer.flush()
+    fsutil.write_stdout(text.encode("utf-8", "backslashreplace"))
 
 
 def write_csv(

@@ -296,10 +296,10 @@ def _predict_synopsis(ctx: Ctx, part: str) -> list[list[str]]:
     return [
         shlex.split(
             f"uv run visionpipe predict {inputs} --model models/model.{suffix} --topk {k}"
-            f" --backend {backend} --json {out}/{backend}.json --csv {out}/{backend}.csv"
-            f" --grid {out}/{backend}.png"
+            f" --backend {backend} --batch-size {batch} --json {out}/{backend}.json"
+            f" --csv {out}/{backend}.csv --grid {out}/{backend}.png"
         )
-        for backend, suffix, k in (("onnx", "onnx", 3), ("torch", "pt", 2))
+        for backend, suffix, k, batch in (("onnx", "onnx", 3, 64), ("torch", "pt", 2, 5))
     ]
 
 
@@ -351,7 +351,8 @@ def _as_written(ctx: Ctx, part: str) -> list[list[str]]:
 # commands run for them (then mapped like any other `uv run` command).
 SUBSTITUTE: dict[str, Callable[[Ctx, str], list[list[str]]]] = {
     "uv run visionpipe predict IMAGE_OR_DIR_OR_GLOB... [--model models/model.onnx] [--topk 3] "
-    "[--backend onnx|torch] [--json out.json] [--csv out.csv] [--grid out.png]": _predict_synopsis,
+    "[--backend onnx|torch] [--batch-size 64] [--json out.json] [--csv out.csv] "
+    "[--grid out.png]": _predict_synopsis,
     "uv run dvc plots diff <exp-a> <exp-b>": _two_experiments,
     "uv run dvc get . logs/tensorboard --rev <exp-a> -o logs/compare/<exp-a>": _two_experiments,
     "uv run dvc get . logs/tensorboard --rev <exp-b> -o logs/compare/<exp-b>": _two_experiments,

@@ -317,6 +317,23 @@ def test_visionpipe_params_replaces_a_params_yaml_it_cannot_read_and_says_so(
     assert yaml.safe_load(params.read_text())["train"]["lr"] == 0.05
 
 
+def test_visionpipe_params_from_a_folder_of_the_project_writes_the_project_s_params(
+    conf_copy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (conf_copy / "dvc.yaml").write_text("stages: {}\n")  # what makes the folder a project
+    (conf_copy / "docs").mkdir()
+    monkeypatch.chdir(conf_copy / "docs")
+    assert main(["params", "train.epochs=3"]) == 0
+    assert capsys.readouterr().out.startswith("wrote ../params.yaml; changed: ")
+    assert yaml.safe_load((conf_copy / "params.yaml").read_text())["train"]["epochs"] == 3
+    assert not (conf_copy / "docs" / "params.yaml").exists()
+    (conf_copy / "dvc.yaml").unlink()  # a folder of no project: nothing to compose
+    assert main(["params"]) == 2
+    err = capsys.readouterr().err
+    assert "error: no conf/config.yaml here or in a project above" in err, err
+    assert "run visionpipe params in the project's folder" in err
+
+
 def test_visionpipe_params_where_it_may_not_write_says_so_in_a_line(
     conf_copy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

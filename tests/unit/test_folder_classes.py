@@ -42,6 +42,19 @@ def _sorted_photos(root: Path) -> Path:
     return photos
 
 
+def _accuracy_in(err: str) -> str:
+    """The accuracy line of a predict's stderr (its stdout is the table: a line a file)."""
+    lines = [line for line in err.splitlines() if line.startswith("accuracy on")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _accuracy_line(capsys: pytest.CaptureFixture[str]) -> str:
+    out, err = capsys.readouterr()
+    assert "accuracy" not in out, out
+    return _accuracy_in(err)
+
+
 def test_photos_in_class_folders_get_an_accuracy_line_and_their_folder_class(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -50,8 +63,7 @@ def test_photos_in_class_folders_get_an_accuracy_line_and_their_folder_class(
     out_json, out_csv = tmp_path / "p.json", tmp_path / "p.csv"
     argv = ["predict", str(photos), "--model", str(model), "--json", str(out_json)]
     assert main([*argv, "--csv", str(out_csv)]) == 1  # the broken file and link
-    out = capsys.readouterr().out
-    assert out.splitlines()[-1] == (
+    assert _accuracy_line(capsys) == (
         "accuracy on the 5 images in folders named after a class: 80.0% (4/5); per class: "
         "cat 66.7% (2/3), dog 100.0% (2/2); not counted: 2 predicted images in no class folder"
     )
@@ -92,7 +104,7 @@ def test_a_file_named_by_itself_counts_by_the_folder_it_sits_in(
     _photo(tmp_path / "cat" / "1.png", BLUE)
     monkeypatch.chdir(tmp_path / "frog")
     assert main(["predict", "1.png", "../cat/../frog/1.png", "../cat/1.png", "--model", model]) == 0
-    last = capsys.readouterr().out.splitlines()[-1]
+    last = _accuracy_line(capsys)
     assert last.startswith("accuracy on the 3 images in folders named after a class: 66.7% (2/3);")
     assert "per class: cat 0.0% (0/1), frog 100.0% (2/2)" in last
 
@@ -117,8 +129,8 @@ def test_photos_filed_by_year_below_a_class_folder_count_up_to_the_folder_named(
             "dog/Trip to Rome/2024/1.png": "dog",
             "unsorted/1.png": None,
         }, spec
-        assert "accuracy on the 2 images in folders named after a class: 50.0% (1/2)" in (
-            capsys.readouterr().out
+        assert _accuracy_line(capsys).startswith(
+            "accuracy on the 2 images in folders named after a class: 50.0% (1/2)"
         )
     # Named by itself, a file counts by the folder it sits in alone, as a glob in it does.
     monkeypatch.chdir(photos / "cat" / "2019")
@@ -147,7 +159,8 @@ def test_json_to_stdout_stays_json_and_no_class_folder_means_no_line(
     assert capsys.readouterr().out.splitlines()[1].endswith(",,dog")
     elsewhere = _photo(tmp_path / "photos" / "1.png", GREEN)
     assert main(["predict", str(elsewhere), "--model", model]) == 0
-    assert "accuracy" not in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "accuracy" not in out + err
 
 
 def test_a_hundred_classes_show_the_lowest_and_highest_five(
@@ -158,7 +171,7 @@ def test_a_hundred_classes_show_the_lowest_and_highest_five(
     for i, name in enumerate(classes):
         _photo(tmp_path / "test" / name / "1.png", (RED, GREEN, BLUE)[i % 3])
     assert main(["predict", str(tmp_path / "test"), "--model", model]) == 0
-    last = capsys.readouterr().out.splitlines()[-1]
+    last = _accuracy_line(capsys)
     assert last.startswith(
         "accuracy on the 100 images in folders named after a class: 3.0% (3/100)"
     )
@@ -189,7 +202,8 @@ def test_the_stage_scores_predict_inputs_sorted_by_class_and_not_its_own_samples
     (tmp_path / "params.yaml").write_text("predict:\n  inputs: [photos]\n")
     proc = run_stage("predict", tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[-1] == (
+    assert "accuracy" not in proc.stdout
+    assert _accuracy_in(proc.stderr) == (
         "accuracy on the 3 images in folders named after a class: 66.7% (2/3); per class: "
         "cat 50.0% (1/2), dog 100.0% (1/1)"
     )
@@ -214,9 +228,9 @@ def test_a_photo_named_twice_counts_once(
     _photo(photos / "dog" / "1.png", RED)
     specs = [str(photos), str(photos / "cat"), str(photos / "cat" / "1.png")]
     assert main(["predict", *specs, "--model", str(model)]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert len(out) == 5  # each spec's predictions, as asked
-    assert out[-1] == (
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 4  # each spec's predictions, as asked: one line a file
+    assert _accuracy_in(err) == (
         "accuracy on the 2 images in folders named after a class: 50.0% (1/2); per class: "
         "cat 100.0% (1/1), dog 0.0% (0/1)"
     )
@@ -240,7 +254,7 @@ def test_a_test_set_of_links_to_class_folders_is_predicted_and_scored(
     (testset / "kitten").symlink_to(tmp_path / "data" / "cats")  # the cats a second time
     out_json = tmp_path / "p.json"
     assert main(["predict", str(testset), "--model", str(model), "--json", str(out_json)]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == (
+    assert _accuracy_line(capsys) == (
         "accuracy on the 2 images in folders named after a class: 50.0% (1/2); per class: "
         "cat 100.0% (1/1), dog 0.0% (0/1)"
     )

@@ -6,9 +6,11 @@ import csv
 import importlib.metadata
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -74,8 +76,8 @@ def test_cli_predicts_good_files_and_reports_each_bad_one(
     assert "no image files" in reasons["nothing"]
     assert "matched no files" in reasons["*.none"]
     assert "ERROR" in capsys.readouterr().out
-    failed = f"{len(reasons)} of {len(preds)} inputs failed; see the ERROR lines above"
-    assert failed in caplog.text
+    failed = f"{len(reasons)} of {len(preds)} inputs failed: "
+    assert failed in caplog.text and "and 4 more; each is an ERROR line of the table" in caplog.text
     assert out_csv.read_text().splitlines()[0] == (
         "file,class_1,probability_1,class_2,probability_2,error,folder_class"
     )
@@ -215,6 +217,17 @@ def test_help_summary_is_a_whole_sentence(capsys: pytest.CaptureFixture[str]) ->
     assert "serve it over HTTP; compose params.yaml." in out
 
 
+def test_predict_s_help_gives_every_option_s_default_and_the_exit_statuses(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default onnx)" in out and "images in one model call (default 64)" in out
+    assert "Exit status: 0 when every input was predicted, 1 when any failed" in out
+    assert "2 when the model or the arguments cannot be used" in out
+
+
 def test_version_names_the_package_release(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:
         main(["--version"])
@@ -333,7 +346,10 @@ def test_the_stage_says_how_many_inputs_failed_and_how_to_fix_them(
     (tmp_path / "params.yaml").write_text("predict:\n  inputs: [missing.png]\n")
     proc = run_stage("predict", tmp_path)
     assert proc.returncode == 1, proc.stderr
-    assert "1 of 6 inputs failed; fix or remove them from predict.inputs" in proc.stderr
+    assert (
+        "1 of 6 inputs failed: missing.png (no such file or directory); fix or remove them from "
+        "predict.inputs" in proc.stderr
+    )
     assert len(json.loads((tmp_path / paths.PREDICTIONS).read_text())) == 6
     assert Image.open(tmp_path / paths.PREDICTION_GRID).size == (5 * 128, 162)
 
@@ -363,9 +379,8 @@ def test_the_stage_skips_a_file_of_predict_inputs_that_is_no_image_unless_told_t
         assert f"{photos / 'img0.jpg'}: SKIPPED " in proc.stdout
     else:
         assert proc.returncode == 1, proc.stderr
-        assert "2 of 11 inputs failed; fix or remove them from predict.inputs, or set" in (
-            proc.stderr
-        )
+        assert "2 of 11 inputs failed: " in proc.stderr
+        assert "; fix or remove them from predict.inputs, or set" in proc.stderr
         assert f"{photos / 'img0.jpg'}: ERROR " in proc.stdout
     # A path that is not there is a mistake in the params, whatever on_bad_image says.
     (tmp_path / "params.yaml").write_text(params.replace(str(photos), str(tmp_path / "nope")))
@@ -715,3 +730,95 @@ def test_a_diverged_model_s_predictions_come_with_a_warning(
     with caplog.at_level("WARNING"):
         assert main(["predict", *map(str, photos.values()), "--model", fine]) == 0
     assert "non-finite" not in caplog.text
+
+
+def _predict_cmd(model: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "visionpipe.cli", "predict", *args, "--model", str(model)]
+
+
+@pytest.mark.parametrize("to_stdout", [[], ["--json", "-"]])
+def test_a_reader_that_stops_reading_stops_the_command_quietly_with_the_files_written(
+    tmp_path: Path, to_stdout: list[str]
+) -> None:
+    # `visionpipe predict photos/ --csv all.csv | head -1`: head closes the pipe after a line.
+    model = write_tiny_onnx(tmp_path / "model.onnx")
+    photos = _images(tmp_path / "photos")
+    out = tmp_path / "all.csv"
+    cmd = _predict_cmd(model, str(tmp_path / "photos"), "--csv", str(out), *to_stdout)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err  # 128 + SIGPIPE, as a shell reports `yes | head`
+    assert "Traceback" not in err and "Broken pipe" not in err, err
+    assert len(out.read_text().splitlines()) == 1 + len(photos), "the file asked for is written"
+
+
+@pytest.mark.parametrize("to_stdout", [[], ["--json", "-"]])
+def test_a_full_disk_under_stdout_is_an_error_not_a_success(
+    tmp_path: Path, to_stdout: list[str]
+) -> None:
+    model = write_tiny_onnx(tmp_path / "model.onnx")
+    _images(tmp_path / "photos")
+    with open("/dev/full", "w") as full:  # every write: ENOSPC, as a full disk's
+        proc = subprocess.run(
+            _predict_cmd(model, str(tmp_path / "photos"), *to_stdout),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env(),
+        )
+    assert proc.returncode == 1, proc.stderr
+    assert "no space left where standard output goes" in proc.stderr
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+
+
+def test_json_to_a_closed_stdout_is_refused_as_the_table_is(tmp_path: Path) -> None:
+    model = write_tiny_onnx(tmp_path / "model.onnx")
+    cmd = _predict_cmd(model, str(DOG_PNG), "--json", "-")
+    closed = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1))
+    assert closed.returncode == 2 and "standard output is closed" in closed.stderr, closed.stderr
+
+
+def test_outputs_go_through_links_pipes_and_devices(tmp_path: Path) -> None:
+    # `--json link.json` writes the file the link names; `--csv >(sort)` and `--json
+    # /dev/stdout` write into the pipe (each had been replaced, or refused, as a file).
+    model = write_tiny_onnx(tmp_path / "model.onnx")
+    target, link = tmp_path / "kept" / "target.json", tmp_path / "link.json"
+    target.parent.mkdir()
+    target.write_text("old")
+    link.symlink_to(target)
+    piped = tmp_path / "piped.csv"
+    outputs = f"--json {link} --csv >(cat > {piped}.part && mv {piped}.part {piped})"
+    script = f"{shlex.join(_predict_cmd(model, str(DOG_PNG)))} {outputs}; wait"
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env())
+    assert proc.returncode == 0, proc.stderr
+    assert link.is_symlink() and json.loads(target.read_text())[0]["file"] == str(DOG_PNG)
+    deadline = time.monotonic() + 30  # `cat` may still be copying when bash is done
+    while not piped.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert piped.read_text().startswith("file,class_1,")
+    proc = subprocess.run(
+        [*_predict_cmd(model, str(DOG_PNG)), "--json", "/dev/stdout"],
+        capture_output=True,
+        text=True,
+        env=env(),
+    )
+    assert proc.returncode == 0 and '"file": ' in proc.stdout, proc.stderr
+
+
+def test_failed_inputs_are_named_on_stderr_when_the_table_goes_elsewhere(tmp_path: Path) -> None:
+    model = write_tiny_onnx(tmp_path / "model.onnx")
+    table = tmp_path / "table.txt"
+    with table.open("w") as out:
+        proc = subprocess.run(
+            _predict_cmd(model, str(DOG_PNG), "/nonexistent.jpg", "-"),
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env(),
+        )
+    assert proc.returncode == 1
+    named = "2 of 3 inputs failed: /nonexistent.jpg (no such file or directory); - (standard input"
+    assert named in proc.stderr, proc.stderr
+    assert len(table.read_text().splitlines()) == 3
