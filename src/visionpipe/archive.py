@@ -68,6 +68,10 @@ _RECOPY = (
 )
 
 _MAX_SYMLINK_BYTES = 4096  # a zip symlink's target is its data; PATH_MAX bounds a real one
+# The most an image member may unpack to: a 64-MP photo (images.MAX_PIXELS) stored uncompressed
+# (PPM, BMP) is 192 MB. Every member is read into memory whole, so a few MB of zip that unpack
+# to gigabytes of zeros (a zip bomb) would take the machine's memory.
+MAX_MEMBER_BYTES = 256 * 1024 * 1024
 _ZIP_UTF8_FLAG = 0x800  # general purpose bit 11: the member's name is UTF-8
 
 
@@ -211,7 +215,13 @@ def read_span(span: Span) -> bytes:
         f.seek(fields[-1], os.SEEK_CUR)
         data = f.read(span.size)
         if span.zip_method == zipfile.ZIP_DEFLATED:
-            data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data)
+            inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+            data = inflate.decompress(data, MAX_MEMBER_BYTES)  # a lying size stops here
+            if inflate.unconsumed_tail:
+                raise ArchiveReadError(
+                    f"{span.path} is corrupt: {span.zip_name!r} unpacks to more than "
+                    f"{size_text(MAX_MEMBER_BYTES)}, above what its header declares"
+                )
         if zlib.crc32(data) != span.zip_crc:
             raise ArchiveReadError(f"{span.path} is corrupt: {span.zip_name!r} fails its CRC check")
     if span.zip_method is None and len(data) != span.size:
@@ -382,6 +392,7 @@ def _open_zip(source: Path) -> Iterator[Opened]:
                     refuse(source, info.filename, f"symlink target of {info.file_size} bytes")
                 links[name] = _read_zip_member(source, zf, info).decode("utf-8", "replace")
             elif fmt in (0, stat.S_IFREG):
+                _check_member_size(source, info.filename, info.file_size)
                 files[name] = info
             elif fmt == stat.S_IFDIR:
                 continue
@@ -395,6 +406,19 @@ def _open_zip(source: Path) -> Iterator[Opened]:
             (lambda target: _read_zip_member(source, zf, files[target])),
             (lambda target: _zip_span(path, files[target])),
             sorted(folders),
+        )
+
+
+def _check_member_size(source: Path, member: str, size: int) -> None:
+    """Refuse an image member that unpacks to more than MAX_MEMBER_BYTES; other members are
+    never read."""
+    if size > MAX_MEMBER_BYTES and is_image_name(member):
+        refuse(
+            source,
+            member,
+            f"unpacks to {size_text(size)}, above the {size_text(MAX_MEMBER_BYTES)} an image of "
+            "at most 64 megapixels takes (a zip bomb, or a damaged archive): remove it, or "
+            "re-create the archive",
         )
 
 
@@ -509,6 +533,7 @@ def _open_tar(source: Path) -> Iterator[Opened]:
                 folders += [name] if name else []
                 continue
             if member.isreg():
+                _check_member_size(source, member.name, member.size)
                 files[name] = member
             elif member.issym():
                 links[name] = member.linkname

@@ -621,3 +621,40 @@ def test_a_backslash_in_a_folder_s_name_is_part_of_the_name_once_packed(tmp_path
     # A zip's backslashes stay separators: Windows zip tools write them.
     zipped = _zip(tmp_path / "win.zip", [("dog\\puppies\\2.jpg", b"x", 0)])
     assert list_files(zipped) == ["dog/puppies/2.jpg"]
+
+
+def test_an_image_member_that_unpacks_past_any_image_s_size_is_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A zip bomb: a few MB of zip whose `photo.jpg` unpacks to gigabytes of zeros. The limit is
+    # lowered here so that the bomb is kilobytes; its members are listed, never read.
+    from visionpipe import archive
+
+    monkeypatch.setattr(archive, "MAX_MEMBER_BYTES", 4096)
+    bomb = bytes(5000)
+    zipped = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("ants/1.jpg", b"\xff\xd8\xff" + bytes(100))
+        z.writestr("notes/big.txt", bomb)  # no image: never read, so no harm
+        z.writestr("ants/bomb.jpg", bomb)
+    tarred = tmp_path / "bomb.tar.gz"
+    with tarfile.open(tarred, "w:gz") as t:
+        info = tarfile.TarInfo("bees/bomb.png")
+        info.size = len(bomb)
+        t.addfile(info, io.BytesIO(bomb))
+    for source, member in ((zipped, "ants/bomb.jpg"), (tarred, "bees/bomb.png")):
+        with pytest.raises(UnsafeArchiveError) as refused:
+            list_files(source)
+        assert f"member {member!r}: unpacks to 4.9 KiB, above the 4.0 KiB an image" in str(
+            refused.value
+        )
+    # A member whose header says less than it unpacks to stops at the limit when read apart.
+    monkeypatch.setattr(archive, "MAX_MEMBER_BYTES", 1 << 20)
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("ants/bomb.jpg", bomb)
+    with open_files(zipped) as files:
+        span = files.span("ants/bomb.jpg")
+    assert span is not None
+    monkeypatch.setattr(archive, "MAX_MEMBER_BYTES", 4096)
+    with pytest.raises(ValueError, match="unpacks to more than 4.0 KiB, above what its header"):
+        archive.read_span(span)
