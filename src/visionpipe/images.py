@@ -335,7 +335,9 @@ def _decode_with_pillow(data: bytes, name: str, size: int | None) -> Image.Image
         raise BadImageError(name, _unidentified_reason(data)) from None
     except Image.DecompressionBombError as exc:
         raise BadImageError(name, _bomb_reason(exc)) from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, RuntimeError) as exc:
+        # RuntimeError: Pillow's AVIF and HEIF plugins' word for a damaged file, or one in a
+        # codec this build lacks.
         raise BadImageError(name, f"cannot decode: {str(exc).strip()}") from None
 
 

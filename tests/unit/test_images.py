@@ -105,6 +105,10 @@ def test_bad_files_name_the_reason() -> None:
         "clip.webp": (b"\x1a\x45\xdf\xa3" + bytes(64), "a video, not an image"),
         "clip.gif": (b"RIFF\0\0\0\0AVI LIST" + bytes(64), "a video, not an image"),
     }
+    # An AVIF whose primary-item box is damaged: Pillow's plugin raises RuntimeError for it.
+    avif = bytearray(_encode(Image.new("RGB", (40, 40)), "AVIF"))
+    avif[avif.find(b"pitm")] = 0
+    cases["damaged.avif"] = (bytes(avif), "cannot decode")
     for name, (data, reason) in cases.items():
         with pytest.raises(BadImageError) as err:
             decode_rgb(data, name)
