@@ -291,3 +291,27 @@ def test_launch_settings_composed_on_another_machine_are_warned_of(
     assert warn_other_machine(params) == ["launch.data_root"]
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)
     assert warn_other_machine(params) == []
+
+
+def test_an_edit_of_conf_since_the_baseline_commit_is_no_dropped_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # conf/config.yaml is the file to edit by hand: the baseline commit holds conf/ and the
+    # params.yaml it composed (lr 0.01); conf/ now says lr 0.005, a recipe file 4 epochs, and
+    # the experiment composes them. Nothing the commit held is dropped: the user changed conf/.
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf, ignore=shutil.ignore_patterns("local"))
+    monkeypatch.chdir(tmp_path)
+    composed = compose_yaml([], Path("conf"))
+    params = _baseline(tmp_path, tmp_path, composed, "conf's defaults", monkeypatch, also=("conf",))
+    config = (conf / "config.yaml").read_text()
+    assert "  lr: 0.01\n" in config
+    (conf / "config.yaml").write_text(config.replace("  lr: 0.01\n", "  lr: 0.005\n"))
+    recipe = conf / "recipe" / "fast.yaml"
+    assert "  epochs: 10\n" in recipe.read_text()
+    recipe.write_text(recipe.read_text().replace("  epochs: 10\n", "  epochs: 4\n"))
+    for overrides in ([], ["recipe=fast"]):
+        params.write_text(compose_yaml(overrides, Path("conf")), encoding="utf-8")
+        with caplog.at_level(logging.WARNING):
+            assert warn_dropped_baseline(params) == [], overrides
+        assert not caplog.text

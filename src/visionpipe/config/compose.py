@@ -4,9 +4,13 @@ that an experiment drops from its baseline commit."""
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import shutil
 import subprocess
+import tarfile
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +104,32 @@ def _committed_yaml(rev: str, path: Path) -> dict[str, Any] | None:
     return raw if isinstance(raw, dict) else None
 
 
+def _conf_at(rev: str, tmp: Path) -> Path:
+    """conf/ as commit `rev` holds it, with this machine's conf/local/, written under `tmp`;
+    the working tree's conf/ where git cannot give it."""
+    # `rev:./conf`: the project's conf/, where the project is a subfolder of the repository.
+    done = subprocess.run(["git", "archive", f"{rev}:./{CONF_DIR}"], capture_output=True)
+    if done.returncode != 0:
+        return CONF_DIR
+    conf = tmp / CONF_DIR.name
+    with tarfile.open(fileobj=io.BytesIO(done.stdout)) as tar:
+        tar.extractall(conf, filter="data")
+    if (CONF_DIR / "local").is_dir():  # git-ignored: no commit holds it
+        shutil.copytree(CONF_DIR / "local", conf / "local", dirs_exist_ok=True)
+    return conf
+
+
+def _compose_or(conf: Path, overrides: list[str]) -> dict[str, Any]:
+    """`compose` with `conf`, or with the working tree's conf/ where that one does not compose
+    (a recipe or key the commit's conf/ lacks)."""
+    try:
+        return compose(overrides, conf)
+    except Exception:  # Hydra's errors have no common base class
+        if conf == CONF_DIR:
+            raise
+        return compose(overrides)
+
+
 def _dropped_recipe(rev: str, committed: dict[str, Any], recipe: str) -> bool:
     """Whether this experiment composes conf/'s default recipe over a baseline commit whose
     params.yaml holds another that its own conf/ did not give (a `-S recipe=...` run applied and
@@ -135,14 +165,18 @@ def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
     # temporary copy has no git-ignored conf/local/, so its values count as not conf/'s.)
     recipe = current.get("recipe", "tutorial")
     composed = compose([f"recipe={recipe}"])
-    # What the baseline held is judged against conf/ without this machine's conf/local/: a
-    # value set there (data.source) is not one the commit held. Nor is a key it lacks.
+    # What the baseline held is judged against the commit's own conf/ (a value conf/ gave it,
+    # edited in conf/ since, is no dropped value but the edit), without this machine's
+    # conf/local/: a value set there (data.source) is not one the commit held. Nor is a key
+    # it lacks.
     local = (CONF_DIR / "local" / "machine.yaml").is_file()
     base_recipe = [f"recipe={committed.get('recipe', 'tutorial')}"]
-    shared = compose([*base_recipe, NO_LOCAL]) if local else compose(base_recipe)
-    # A value it held that this machine's conf/local/ gives is conf/'s all the same: the recipe
-    # this experiment names may set the key (hymenoptera's data.source: null) and change it.
-    mine = compose(base_recipe) if local else shared
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = _conf_at(rev, Path(tmp))
+        shared = _compose_or(conf, [*base_recipe, NO_LOCAL] if local else base_recipe)
+        # A value it held that this machine's conf/local/ gives is conf/'s all the same: the
+        # recipe this experiment names may set the key (hymenoptera's data.source: null).
+        mine = _compose_or(conf, base_recipe) if local else shared
     keys = [
         k
         for k in drift(committed, shared)
