@@ -375,7 +375,8 @@ def build_training_model(
     warn_if_backbone_untrained(params)
     if params.model.weights:
         weights = paths.user_path(params.model.weights, "model.weights")
-        warn_if_other_split(weights, params.data.model_dump(mode="json"), splits.classes)
+        data = params.data.model_dump(mode="json")
+        warn_if_other_split(weights, data, splits.classes, splits.meta.get("layout", "flat"))
     model = place_model(model, device, params.train)
     return distributed.sync_batch_norm(model, device) if ddp.enabled else model
 

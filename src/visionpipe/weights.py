@@ -76,12 +76,18 @@ def load_weights_file(
 
 
 SPLIT_KEYS = ("seed", "test_fraction", "val_fraction")  # data.* keys that draw the splits
+FLAT = "flat"  # the layout (data/processed/meta.json) whose test split is drawn too
+# split_plan's, which a test holds equal: that preprocess module is no code of train's to load.
+DEFAULT_TEST_FRACTION = 0.2
 
 
-def warn_if_other_split(path: Path, data: dict[str, Any], classes: Sequence[str]) -> None:
+def warn_if_other_split(
+    path: Path, data: dict[str, Any], classes: Sequence[str], layout: str = FLAT
+) -> None:
     """Warn when the visionpipe model.pt at `path` was trained on the same dataset and classes
     with its splits drawn otherwise (data.seed, the fractions): photos it trained on may be in
-    this run's test split, whose scores then read too well."""
+    this run's test split (a flat collection's, drawn too) or validation split (drawn from the
+    training images in every layout), whose scores then read too well."""
     try:  # mmap: the metadata without reading the tensors again
         saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # read and checked by load_weights_file already; a plain file says nothing
@@ -92,17 +98,27 @@ def warn_if_other_split(path: Path, data: dict[str, Any], classes: Sequence[str]
         return
     if not set(meta.get("classes") or ()) & set(classes):
         return
-    differ = [k for k in SPLIT_KEYS if k in theirs and theirs[k] != data.get(k)]
+    # A dataset's own test folder is no draw: only the validation images are drawn there.
+    keys = SPLIT_KEYS if layout == FLAT else ("seed", "val_fraction")
+    differ = [k for k in keys if k in theirs and _drawn(theirs, k) != _drawn(data, k)]
     if differ:
+        held_out = "test or validation" if layout == FLAT else "validation"
         log.warning(
             "model.weights = '%s' was trained on splits drawn with %s; this run's are drawn with"
-            " %s: images it trained on may be among this run's test images, whose scores then"
+            " %s: images it trained on may be among this run's %s images, whose scores then"
             " read too well (set %s as they were to score it on images it never saw)",
             path,
             ", ".join(f"data.{k}: {json.dumps(theirs[k])}" for k in differ),
             ", ".join(f"data.{k}: {json.dumps(data.get(k))}" for k in differ),
+            held_out,
             ", ".join(f"data.{k}" for k in differ),
         )
+
+
+def _drawn(data: dict[str, Any], key: str) -> Any:
+    """data.`key` as the split is drawn with it: test_fraction null is the default share."""
+    value = data.get(key)
+    return DEFAULT_TEST_FRACTION if key == "test_fraction" and value is None else value
 
 
 # Prefixes that wrappers put before a net's own names: DDP and DataParallel, torch.compile, and

@@ -653,6 +653,33 @@ def test_weights_trained_on_splits_drawn_otherwise_are_warned_of(
     assert "trained on splits drawn with data.seed: 0; this run's are drawn with data.seed: 1" in (
         caplog.text
     )
+    assert "among this run's test or validation images" in caplog.text
+
+
+def test_a_split_drawn_the_same_way_written_otherwise_or_a_dataset_s_own_test_folder_is_no_alarm(
+    processed: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from visionpipe import split_plan, weights
+
+    assert weights.DEFAULT_TEST_FRACTION == split_plan.DEFAULT_TEST_FRACTION
+    train.run(tiny_params(epochs=1))
+    data = tiny_params().data.model_dump(mode="json")
+    classes = ["cat", "dog", "frog"]
+    # test_fraction null is the default share: the same split as 0.2 written out.
+    with caplog.at_level("WARNING"):
+        weights.warn_if_other_split(paths.MODEL, {**data, "test_fraction": 0.2}, classes)
+    assert not caplog.text
+    # Split folders (CIFAR-10's, ants and bees'): the test folder is the dataset's, never drawn;
+    # a seed draws the validation images alone, and test_fraction draws nothing.
+    for other, said in (
+        ({"seed": 1}, "data.seed: 1"),
+        ({"val_fraction": 0.3}, "data.val_fraction: 0.3"),
+    ):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            weights.warn_if_other_split(paths.MODEL, {**data, **other}, classes, "split folders")
+        assert f"this run's are drawn with {said}" in caplog.text
+        assert "among this run's validation images" in caplog.text
 
 
 def test_pretrained_offline_says_which_file_to_fetch(monkeypatch: pytest.MonkeyPatch) -> None:
