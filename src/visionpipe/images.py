@@ -310,6 +310,17 @@ def header_pixels(data: bytes) -> int | None:
     return found[0] * found[1] if found is not None else None
 
 
+def decode_pixels(data: bytes, size: int) -> int:
+    """How many pixels decoding `data` for `size` takes, from its header alone; 0 where the
+    header does not open (the decode then says why)."""
+    if (pixels := header_pixels(data)) is not None:
+        return pixels
+    try:
+        return _decoded_pixels(_open_image(data), size)
+    except Exception:  # any reason the header does not open: the decode names it
+        return 0
+
+
 def _decode_with_pillow(data: bytes, name: str, size: int | None) -> Image.Image:
     if not data:
         raise BadImageError(name, "empty file (0 bytes)")

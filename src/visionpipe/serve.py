@@ -40,6 +40,7 @@ from visionpipe.fsutil import json_text
 from visionpipe.images import (
     MAX_PIXELS,
     BadImageError,
+    decode_pixels,
     header_pixels,
     load_array,
     to_model_input,
@@ -63,6 +64,10 @@ INLINE_DECODE_BYTES = 64 * 1024
 SHUTDOWN_S = 5.0
 GRACE_S = 1.0
 MAX_IMAGES = 256  # per request: decoding many tiny images must not hold a worker for long
+# And the pixels they hold in all: a 62 KB PNG of zeros can be a 64-MP image that takes a second
+# to decode, and 256 of them would hold a decode thread for minutes. Four 64-MP photos' worth,
+# more than a 10 MB upload of camera JPEGs holds.
+MAX_REQUEST_PIXELS = 4 * MAX_PIXELS
 # Text fields a form may carry beside its images (a label, a token, topk): each part costs the
 # parser the same whatever its size, and 200,000 fields of 10 MB held the event loop 80 s.
 MAX_FIELDS = 64
@@ -331,7 +336,15 @@ async def read_uploads(request: web.Request, limit: int, timeout: float) -> Form
 
 
 def decode_uploads(uploads: list[Upload], size: int) -> list[np.ndarray]:
-    """(3, size, size) uint8 arrays, as predict decodes files; ApiError naming every bad one."""
+    """(3, size, size) uint8 arrays, as predict decodes files; ApiError naming every bad one,
+    or refusing images of more pixels in all than one request may decode."""
+    total = sum(decode_pixels(upload.data, size) for upload in uploads)
+    if total > MAX_REQUEST_PIXELS:
+        raise ApiError(
+            413,
+            f"the {len(uploads)} images of this request hold {total:,} pixels, above the "
+            f"{MAX_REQUEST_PIXELS:,} one request may: send them in several",
+        )
     arrays, problems = [], []
     for upload in uploads:
         try:
@@ -409,6 +422,7 @@ class Service:
             "read_timeout_s": config.read_timeout_s,
             "keepalive_s": config.keepalive_s,
             "max_images_per_request": MAX_IMAGES,
+            "max_pixels_per_request": MAX_REQUEST_PIXELS,
             "max_pixels": MAX_PIXELS,
         }
         self.page = resources.files("visionpipe").joinpath("serve_page.html").read_text()

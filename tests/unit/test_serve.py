@@ -286,6 +286,13 @@ def test_a_form_names_each_bad_file_and_predicts_nothing(server: Served) -> None
     body, content_type = _form([(f"{i}.png", b"") for i in range(257)])
     status, got = request(f"{server.url}/predict", body, {"Content-Type": content_type})
     assert status == 413 and "more than 256 images" in got["error"], got
+    # Five images each under the pixel limit, each a few KB: 320 megapixels to decode in all.
+    just_under = _encode(Image.new("1", (7999, 7999)), "PNG")
+    body, content_type = _form([(f"{i}.png", just_under) for i in range(5)])
+    status, got = request(f"{server.url}/predict", body, {"Content-Type": content_type})
+    assert status == 413, got
+    said = "the 5 images of this request hold 319,920,005 pixels, above the 256,000,000"
+    assert said in got["error"], got
     empty_form = b"--xyz--\r\n"
     status, got = request(
         f"{server.url}/predict", empty_form, {"Content-Type": "multipart/form-data; boundary=xyz"}
