@@ -9,7 +9,8 @@ writes them again. Once dvc.lock holds its model, the next train run removes it 
 `dvc repro -f` really retrains.
 
 What a run finds in checkpoints/ (`_read`): another experiment's checkpoint (other params or
-data, the same code) is set aside as `<run>-<code>.pt` for that experiment to take back, unless
+data, the same code) is set aside as `<run>-<code>.pt` (a finished run's with its mark,
+`<run>-<code>.json`) for that experiment to take back, unless
 it is a finished run's that DVC recorded (that run is DVC's to restore, and its `dvc repro -f`
 must train anew); one of other training code (`code_files`), which no run of this code
 resumes, is removed, as are set-aside ones of other code.
@@ -180,12 +181,15 @@ def _read(fp: str) -> dict[str, Any] | None:
             discard()  # DVC restores that run's outputs itself: nothing to resume
             log.info("removed %s, a finished run's that DVC recorded", CHECKPOINT)
         elif _code_of(str(state.get("fingerprint"))) == _code_of(fp):
-            _set_aside(state)  # another experiment's, stopped, or finished but not recorded
+            _set_aside(state, finished)  # another experiment's, stopped, or finished unrecorded
         else:
             _drop_other_code(state)
         state = finished = None
     if state is None and _aside(fp).is_file():  # this run's, set aside while others trained
         os.replace(_aside(fp), CHECKPOINT)
+        if _aside_mark(fp).is_file():  # it had finished: said below, as for one never set aside
+            os.replace(_aside_mark(fp), FINISHED)
+            finished = _finished()
         log.info("resuming the checkpoint set aside as %s", _aside(fp))
         state = _load(CHECKPOINT)
     # The fingerprint hashes train's code: a checkpoint that matches was written by this very
@@ -222,6 +226,11 @@ def _aside(fp: str) -> Path:
     return paths.CHECKPOINT_DIR / f"{fp[:12]}-{_code_of(fp)[:12]}.pt"
 
 
+def _aside_mark(fp: str) -> Path:
+    """What FINISHED said of a set-aside checkpoint's run: it goes and comes back with it."""
+    return _aside(fp).with_suffix(".json")
+
+
 # `<run>-<code>.pt`; `<run>.pt` too, a checkpoint without a code digest, of no code (removed).
 ASIDE_NAME = re.compile(r"[0-9a-f]{12}(-[0-9a-f]{12})?\.pt")
 
@@ -250,28 +259,36 @@ def _drop_stale_asides(fp: str) -> None:
     for file in _asides():
         if file.stem.partition("-")[2] != code:
             file.unlink()
+            file.with_suffix(".json").unlink(missing_ok=True)
             log.warning("removed %s, a stopped run's checkpoint of other code", file)
 
 
-def _set_aside(state: dict[str, Any]) -> None:
+def _set_aside(state: dict[str, Any], finished: dict[str, Any] | None) -> None:
     """Keep a stopped run of other params or data: this run would overwrite it with its first
-    epoch, and the other run's command, run again, would start over."""
+    epoch, and the other run's command, run again, would start over. A finished run's mark
+    (`finished`, where it is this checkpoint's) goes with it."""
     theirs = str(state["fingerprint"])
     os.replace(CHECKPOINT, _aside(theirs))
-    FINISHED.unlink(missing_ok=True)  # what it says of a finished run went with it
+    done = finished is not None and finished.get("fingerprint") == theirs
+    if done:
+        os.replace(FINISHED, _aside_mark(theirs))
+    else:
+        FINISHED.unlink(missing_ok=True)
+        _aside_mark(theirs).unlink(missing_ok=True)
     log.warning(
-        "%s is another run's (other params or data), saved after its epoch %s: set aside"
+        "%s is another run's (other params or data), saved after its epoch %s%s: set aside"
         " as %s (%s), which that run resumes from when run again; delete it if that run is not"
         " wanted",
         CHECKPOINT,
         state.get("epoch", "?"),
+        ", its last" if done else "",
         _aside(theirs),
         size_text(_aside(theirs).stat().st_size),
     )
     asides = _asides()
     if len(asides) > 1:  # a sweep stopped again and again: each a model and its optimizer state
         log.warning(
-            "%s holds %d set-aside checkpoints (%s in all): `rm %s/*-*.pt` removes them all",
+            "%s holds %d set-aside checkpoints (%s in all): `rm %s/*-*` removes them all",
             paths.CHECKPOINT_DIR,
             len(asides),
             size_text(sum(f.stat().st_size for f in asides)),
@@ -316,11 +333,12 @@ def _recorded(finished: dict[str, Any]) -> bool:
 
 def _finished_and_cached(finished: dict[str, Any] | None, state: dict[str, Any]) -> bool:
     """Whether the checkpoint is a finished run's that DVC recorded: its model in DVC's cache
-    and a run-cache entry naming it (DVC writes the entry after caching every output, and
-    dvc.lock after that). dvc.lock no longer records such a run after another experiment, `dvc
-    exp apply` or a run-cache restore; set aside, it would make that run's `dvc repro -f` write
-    its outputs again instead of training. A model cached by a run stopped before its entry was
-    written is not enough: that run's checkpoint is set aside, as DVC cannot restore it."""
+    and a run-cache entry naming it (DVC writes both as the stage ends, and dvc.lock after
+    them; each alone is no record of the run). dvc.lock no longer records such a run after
+    another experiment, `dvc exp apply` or a run-cache restore; set aside, it would make that
+    run's `dvc repro -f` write its outputs again instead of training. A model cached by a run
+    stopped before its entry was written is not enough: that run's checkpoint is set aside, as
+    DVC cannot restore it."""
     if finished is None or finished.get("fingerprint") != state.get("fingerprint"):
         return False
     md5 = str(finished.get("model_md5", ""))

@@ -182,10 +182,14 @@ def test_a_finished_run_is_kept_until_dvc_lock_records_its_model(
     caplog.clear()
     with caplog.at_level("INFO"):
         train.run(tiny_params(epochs=1, lr=0.05))
-        assert "saved after its epoch 2: set aside" in caplog.text
+        assert "saved after its epoch 2, its last: set aside" in caplog.text
+        caplog.clear()
         paths.MODEL.unlink()
         train.run(tiny_params(epochs=2))
     assert "resuming the checkpoint set aside" in caplog.text and "epoch 1/2" not in caplog.text
+    # Set aside and back, it is still the finished run it was (`dvc repro -f` of it, its model
+    # gone from the cache, writes the outputs again): said so, with how to train anew.
+    assert "dvc.lock does not record its model (stopped while DVC recorded it, or" in caplog.text
     assert paths.MODEL.read_bytes() == model
     md5 = hashlib.md5(model).hexdigest()
     lock = {"stages": {"train": {"outs": [{"path": "models/model.pt", "hash": "md5", "md5": md5}]}}}
@@ -218,7 +222,7 @@ def test_a_finished_run_dvc_recorded_is_removed_not_set_aside(
     shutil.copyfile(paths.MODEL, cached)  # as DVC commits a stage's output, before its entry
     with caplog.at_level("INFO"):
         train.run(other)
-    assert "saved after its epoch 2: set aside" in caplog.text, caplog.text
+    assert "saved after its epoch 2, its last: set aside" in caplog.text, caplog.text
     caplog.clear()
     with caplog.at_level("INFO"):
         train.run(first)  # the set-aside run comes back, writing its outputs again
@@ -363,9 +367,11 @@ def test_a_stopped_run_waits_aside_while_a_run_of_other_params_trains(
     resumed = _weights()
     assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
     # The other run, finished but never recorded by DVC (no dvc.lock here), waits aside in turn.
+    # Its finished mark waits with it (`<run>-<code>.json`), for when it comes back.
     names = sorted(p.name for p in paths.CHECKPOINT_DIR.iterdir())
-    assert names[1:] == ["finished.json", "last.pt"]
-    assert re.fullmatch(r"[0-9a-f]{12}-[0-9a-f]{12}\.pt", names[0])
+    assert names[2:] == ["finished.json", "last.pt"]
+    assert re.fullmatch(r"[0-9a-f]{12}-[0-9a-f]{12}\.json", names[0])
+    assert names[1] == names[0].replace(".json", ".pt")
     # A third experiment sets the finished one aside too: two wait, and their total is said.
     caplog.clear()
     with caplog.at_level("INFO"):
