@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -37,12 +38,26 @@ def setup(level: int = logging.INFO) -> None:
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
             stream.reconfigure(errors="backslashreplace")
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Escaping("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    logging.basicConfig(level=level, handlers=[handler])
     # The ONNX exporter's passes log every rewrite at INFO; keep the stage output readable.
     for noisy in ("onnxscript", "onnx_ir", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class _Escaping(logging.Formatter):
+    """Log lines with the control characters a name may hold escaped (a zip member named
+    `a\x1b]0;title\x07.jpg` would retitle the terminal, `\x1b[2J` clear it); line breaks and
+    tabs stay, as messages and tracebacks use them."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return "".join(c if c in "\n\t" or not _is_control(c) else repr(c)[1:-1] for c in text)
+
+
+def _is_control(c: str) -> bool:
+    return unicodedata.category(c) == "Cc"
 
 
 def is_user_error(exc: BaseException) -> bool:

@@ -11,9 +11,10 @@ SHOWN = 20  # names listed in one line, the rest counted
 
 
 def listed(names: Sequence[str], most: int = SHOWN) -> str:
-    """Up to `most` of `names`, in their order, and how many more."""
+    """Up to `most` of `names`, in their order (each on one line: `one_line`), and how many
+    more."""
     more = len(names) - most
-    return ", ".join(names[:most]) + (f" and {more} more" if more > 0 else "")
+    return ", ".join(map(one_line, names[:most])) + (f" and {more} more" if more > 0 else "")
 
 
 def counted(n: int, word: str, plural: str | None = None) -> str:

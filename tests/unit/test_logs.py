@@ -244,3 +244,25 @@ def test_a_stage_script_given_arguments_refuses_them_before_any_work(
     assert f"{script} takes no arguments (got --help)" in done.stderr
     assert "dvc exp run -S key=value" in done.stderr and "Traceback" not in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"], "nothing was written"
+
+
+def test_a_name_s_control_characters_reach_the_terminal_escaped() -> None:
+    # A zip member `ants/evil\x1b]0;PWNED\x07\x1b[2J.txt` named in a warning retitled the
+    # terminal and cleared it; one with a newline forged a log line of its own.
+    from visionpipe.names import listed
+
+    assert listed(["ants/new\nline.jpg", "ok.jpg"]) == "ants/new\\nline.jpg, ok.jpg"
+    code = (
+        "import logging; from visionpipe import logs; logs.setup(); "
+        "logging.getLogger('visionpipe').warning('skipped %s\\nsee above', "
+        "'ants/evil\\x1b]0;PWNED\\x07\\x1b[2J.txt')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env(), "PYTHONPATH": str(SRC)},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stderr and "\x07" not in done.stderr, repr(done.stderr)
+    assert "skipped ants/evil\\x1b]0;PWNED\\x07\\x1b[2J.txt\nsee above" in done.stderr
