@@ -8,6 +8,7 @@ model (`rebuild`) and to use it (class names, input size).
 from __future__ import annotations
 
 import pickle
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from torch import nn
 from visionpipe import paths
 from visionpipe.fsutil import remove_stale_temps, save_torch
 from visionpipe.models import Classifier, build_model, unwrap
+from visionpipe.weights import CODE_PICKLE, runs_code
 
 
 class ModelFileError(ValueError):
@@ -107,6 +109,9 @@ def _reason(exc: BaseException) -> str:
 
 
 def _not_a_model(path: Path, exc: BaseException) -> ModelFileError:
+    found = re.search(r"GLOBAL (\S+)", str(exc))
+    if isinstance(exc, pickle.UnpicklingError) and found and runs_code(found[1]):
+        return ModelFileError(f"{path}: {CODE_PICKLE.format(what=found[1])}")
     return ModelFileError(
         f"{path}: not a visionpipe model.pt ({_reason(exc)}); pass the {paths.MODEL} the train "
         f"stage wrote"

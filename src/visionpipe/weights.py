@@ -201,6 +201,10 @@ def _load_tensors(path: Path) -> Any:
                 "other data); give a state_dict file (.pth, .pt) or a visionpipe models/model.pt"
             ) from None
         what = found.group(1)
+        if runs_code(what):
+            raise WeightsError(
+                f"model.weights = '{path}': {CODE_PICKLE.format(what=what)}"
+            ) from None
         raise WeightsError(
             f"model.weights = '{path}' holds {what} besides tensors, which is not loaded "
             "(torch.load weights_only: unpickling it could run code). If you trust the file, "
@@ -209,6 +213,23 @@ def _load_tensors(path: Path) -> Any:
             "torch.save(obj['model'], 'start.pth') for a checkpoint dict; point model.weights "
             "at start.pth"
         ) from None
+
+
+# Modules a pickle calls into to run a program or code, never to rebuild a model: a file naming
+# one was made to run it on load, and no weights_only=False should be suggested for it.
+CODE_MODULES = frozenset(
+    {"os", "posix", "nt", "subprocess", "builtins", "sys", "runpy", "importlib", "pty", "shutil"}
+)
+CODE_PICKLE = (
+    "it calls {what} when unpickled: it was made to run a program on the machine that loads "
+    "it, whatever it claims to be. Nothing of it was loaded; delete it and get the weights "
+    "from a source you trust"
+)
+
+
+def runs_code(global_name: str) -> bool:
+    """Whether a pickle's global (`posix.system`) is one that runs code, not a class to rebuild."""
+    return global_name.split(".", 1)[0] in CODE_MODULES
 
 
 def _bare_net_state(state: dict[str, Any]) -> dict[str, Any]:

@@ -956,6 +956,37 @@ def test_a_checkpoint_with_pickled_objects_says_how_to_save_its_weights(tmp_path
     assert logs.is_user_error(err.value)  # one line, not torch's page-long traceback
 
 
+class _RunsCode:
+    """A pickle made to run a program on load: `os.system` of a marker-writing command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_weights_file_made_to_run_code_is_named_as_such_with_no_advice_to_load_it(
+    tmp_path: Path,
+) -> None:
+    from visionpipe.modelfile import ModelFileError, load_model
+
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": _RunsCode(marker), "meta": {}}, evil)
+    with pytest.raises(WeightsError) as err:
+        build_model("tutorial_cnn", 3, 16, {"weights": str(evil)})
+    said = str(err.value)
+    assert "system when unpickled: it was made to run a program" in said, said
+    assert "weights_only=False" not in said and not marker.exists()
+    with pytest.raises(ModelFileError) as err:  # predict --backend torch --model evil.pt
+        load_model(evil)
+    assert "made to run a program" in str(err.value) and "weights_only" not in str(err.value)
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize(
     ("schedule", "warmup_epochs", "steps_per_epoch", "warned"),
     [
