@@ -502,6 +502,21 @@ def _read_zip_member(source: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -
 _TAR_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError)
 
 
+def _tar_members(source: Path, tf: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    """Every member of `tf`, read to its very end: a truncated or corrupt archive is refused."""
+    try:
+        members = tf.getmembers()  # reads the whole archive once, so truncation shows here
+        assert tf.fileobj is not None  # tarfile.open(path) always has one
+        # Reading on to the very end makes gzip check its CRC and length trailer too.
+        while tf.fileobj.read(1 << 20):
+            pass
+    except _TAR_ERRORS as e:
+        raise ArchiveReadError(
+            f"{source} is corrupt or truncated ({type(e).__name__}: {e}): {_RECOPY}"
+        ) from e
+    return members
+
+
 @contextlib.contextmanager
 def _open_tar(source: Path) -> Iterator[Opened]:
     try:
@@ -509,16 +524,7 @@ def _open_tar(source: Path) -> Iterator[Opened]:
     except _TAR_ERRORS as e:
         raise ArchiveReadError(f"{source} is not a readable tar archive ({e}): {_RECOPY}") from e
     with tf:
-        try:
-            members = tf.getmembers()  # reads the whole archive once, so truncation shows here
-            assert tf.fileobj is not None  # tarfile.open(path) always has one
-            # Reading on to the very end makes gzip check its CRC and length trailer too.
-            while tf.fileobj.read(1 << 20):
-                pass
-        except _TAR_ERRORS as e:
-            raise ArchiveReadError(
-                f"{source} is corrupt or truncated ({type(e).__name__}: {e}): {_RECOPY}"
-            ) from e
+        members = _tar_members(source, tf)
         files: dict[str, tarfile.TarInfo] = {}
         links: dict[str, str] = {}
         hardlinks: dict[str, str] = {}
