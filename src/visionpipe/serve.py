@@ -614,8 +614,11 @@ def cors(origins: tuple[str, ...]) -> Any:
             asked = request.headers.get("Access-Control-Request-Headers")
             if asked:
                 response.headers["Access-Control-Allow-Headers"] = asked
-            if request.headers.get("Access-Control-Request-Private-Network") == "true":
-                # Chrome asks this of a public page calling an address on a private network.
+            pna = request.headers.get("Access-Control-Request-Private-Network") == "true"
+            if pna and origin in origins:
+                # Chrome asks this of a public page calling an address on a private network
+                # (this machine's): granted to a page named, never to any by '*', or every
+                # website its user opens could use the server.
                 response.headers["Access-Control-Allow-Private-Network"] = "true"
             response.headers["Access-Control-Max-Age"] = "600"
         else:

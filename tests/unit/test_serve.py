@@ -600,9 +600,18 @@ def test_pages_of_allowed_origins_can_call_it_from_a_browser(model: Path, tmp_pa
         for asking in ({}, {"Origin": "http://elsewhere.example"}):
             status, cors, _ = _cors(f"{served.url}/model", "GET", asking)
             assert status == 200 and cors == {"Vary": "Origin"}, cors
+        # A public page calling this machine's address: Chrome's Private Network Access asks
+        # first, and a page named gets it.
+        private = {**PREFLIGHT, "Access-Control-Request-Private-Network": "true"}
+        status, cors, _ = _cors(f"{served.url}/predict", "OPTIONS", private)
+        assert status == 204 and cors["Access-Control-Allow-Private-Network"] == "true", cors
     with serve(model, tmp_path / "any.log", "--allow-origin", "*") as served:
         status, cors, _ = _cors(f"{served.url}/model", "GET", {"Origin": "http://a.example"})
         assert status == 200 and cors["Access-Control-Allow-Origin"] == "*"
+        # '*' grants no public website access to this machine's address: it is not a name.
+        asking = {**private, "Origin": "https://any-website.example"}
+        status, cors, _ = _cors(f"{served.url}/predict", "OPTIONS", asking)
+        assert status == 204 and "Access-Control-Allow-Private-Network" not in cors, cors
 
 
 def test_other_origins_are_told_the_option(server: Served, model: Path) -> None:
