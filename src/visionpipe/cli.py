@@ -69,6 +69,8 @@ def _serve(args: argparse.Namespace) -> int:
     return serve.serve_command(config)
 
 
+DECIMAL_COMMA = re.compile(r"[\w.]+=-?\d+,\d+")  # train.lr=0,01: a decimal comma, as typed
+
 QUOTE_HINT = (
     "A value holding accents, CJK, emoji, ~, #, commas or quotes goes in single quotes, inside"
     " the shell's double quotes: \"data.source='/home/me/照片'\"; one holding an apostrophe in"
@@ -88,6 +90,15 @@ def _params(args: argparse.Namespace) -> int:
     root = _conf_project()
     if isinstance(root, str):
         print(f"error: {root}", file=sys.stderr)
+        return 2
+    if comma := next((o for o in args.overrides if DECIMAL_COMMA.fullmatch(o)), None):
+        key, value = comma.split("=", 1)
+        print(
+            f"error: {comma}: a decimal number is written with a dot ({key}="
+            f"{value.replace(',', '.')}); a comma makes a list, which `dvc exp run --queue -S` "
+            "runs one experiment per value of",
+            file=sys.stderr,
+        )
         return 2
     try:
         text = compose_yaml(args.overrides, root / CONF_DIR)

@@ -334,6 +334,16 @@ def test_visionpipe_params_from_a_folder_of_the_project_writes_the_project_s_par
     assert "run visionpipe params in the project's folder" in err
 
 
+@pytest.mark.usefixtures("conf_copy")
+def test_a_decimal_comma_is_named_with_the_dot_it_needs(capsys: pytest.CaptureFixture[str]) -> None:
+    # Hydra reads `0,01` as a list (an "ambiguous value"); `dvc exp run --queue` as a sweep of
+    # lr 0 and lr 1.
+    assert main(["params", "train.lr=0,01"]) == 2
+    err = capsys.readouterr().err
+    assert "train.lr=0,01: a decimal number is written with a dot (train.lr=0.01)" in err, err
+    assert not Path("params.yaml").exists()
+
+
 def test_visionpipe_params_where_it_may_not_write_says_so_in_a_line(
     conf_copy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
