@@ -379,7 +379,8 @@ def check_weights_origin(
     if meta.get("image_size") not in (None, image_size):
         log.warning(
             "model.weights = '%s' was trained on %s-pixel images; this run's are %d pixels: "
-            "any layer sized by the input starts fresh (the next line names them) and the "
+            "any layer sized by the input starts fresh (the load's INFO line `left fresh` names "
+            "them) and the "
             "others see objects at another scale "
             "(set preprocess.image_size: %s to fine-tune at the size it learned)",
             path,
