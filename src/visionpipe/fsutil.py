@@ -204,14 +204,20 @@ def _umask() -> int:
     return mask
 
 
-def _write_target(dest: Path) -> Path:
-    """The file a write to `dest` replaces: a link's target, as `>` writes through it (the link
-    stays), but for a link into a DVC cache (an output under `cache.type symlink`): that link
-    is replaced, so the cache keeps the bytes it has recorded."""
-    if not dest.is_symlink():
+# A file named by its md5 as any DVC cache names it: DVC 3's `files/md5/ab/cdef…` and DVC 2's
+# `ab/cdef…`, which a project that has lived through both still links outputs to.
+_CACHE_LIKE = re.compile(r"/[0-9a-f]{2}/[0-9a-f]{30}$")
+
+
+def through_link(dest: Path) -> Path:
+    """Where a write of a file the user named (`--json latest.json`) goes: a link's target, as
+    `>` writes through it (the link stays), but for a link to a file named as a DVC cache names
+    its files (an output under `cache.type symlink`): that link is replaced, so the cache keeps
+    the bytes it recorded. The pipeline's own outputs always replace a link (`atomic_path`)."""
+    if not dest.is_symlink() or _is_stream(dest):  # `>(sort)` is /dev/fd/63, a link to a pipe
         return dest
     target = Path(os.path.realpath(dest))
-    return dest if is_dvc_cache_file(target) else target
+    return dest if _CACHE_LIKE.search(target.as_posix()) else target
 
 
 def _is_stream(path: Path) -> bool:
@@ -262,12 +268,13 @@ def atomic_path(dest: Path | str) -> Iterator[Path]:
 
     The temporary file lives in the same folder so the final `os.replace` is atomic; it is
     flushed to the disk before, and the folder after, so the new name never holds missing bytes.
+    A link at `dest` is replaced, never written through (`through_link` says where a file the
+    user named goes); a pipe or device is written into.
     """
     dest = Path(dest)
     if _is_stream(dest):  # /dev/stdout, a FIFO, `>(jq .)`: nothing to replace, written as it is
         yield dest
         return
-    dest = _write_target(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)

@@ -305,7 +305,7 @@ def _write_outputs(
             log.error("--grid %s not written: no input could be predicted", dest)
             continue  # the failed inputs make the exit code 1
         try:
-            write(dest)
+            write(fsutil.through_link(Path(dest)))
         except DiskFullError:
             raise  # its message names the file and the remedy; the caller prints it
         except OSError as exc:
