@@ -583,7 +583,9 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return web.json_response({"error": message}, status=exc.status, headers=allow)
     except Exception as exc:
         log.exception("internal error answering %s %s", request.method, request.path)
-        return web.json_response({"error": f"internal error: {exc}"}, status=500)
+        # Its words stay in the server's log: they may name the server's files.
+        error = f"internal error ({type(exc).__name__}): the server's log has what happened"
+        return web.json_response({"error": error}, status=500)
 
 
 def cors(origins: tuple[str, ...]) -> Any:

@@ -992,6 +992,35 @@ def test_out_of_memory_under_load_is_a_503_to_retry_not_a_bug(
     assert "Traceback" not in caplog.text and not any(r.exc_info for r in caplog.records)
 
 
+def test_an_internal_error_keeps_its_words_in_the_server_s_log(
+    model: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from visionpipe import serve
+    from visionpipe.predict import OnnxBackend
+
+    def broken(uploads: list, size: int) -> list:
+        raise RuntimeError("/home/me/secret/model.onnx: a bug")
+
+    monkeypatch.setattr(serve, "decode_uploads", broken)
+
+    async def scenario() -> tuple[int, dict]:
+        service = serve.Service(OnnxBackend(model), serve.ServeConfig(model=model))
+        async with TestClient(TestServer(serve.make_app(service))) as client:
+            resp = await client.post(
+                "/predict", data=_jpeg(), headers={"Content-Type": "image/jpeg"}
+            )
+            return resp.status, await resp.json()
+
+    with caplog.at_level("ERROR"):
+        status, got = asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+    assert status == 500 and got["error"].startswith("internal error (RuntimeError)"), got
+    assert "secret" not in got["error"] and "/home/me/secret/model.onnx: a bug" in caplog.text
+
+
 def test_a_form_of_more_text_fields_than_a_form_needs_is_refused(server: Served) -> None:
     # 200,000 one-byte fields in 10 MB held the event loop for 80 s, /health with it.
     b = "manyfields"
