@@ -31,12 +31,13 @@ class Progress:
             self.bad_epochs += 1
         return diverged(record) or (patience > 0 and self.bad_epochs >= patience)
 
-    def summary(self) -> dict[str, Any]:
-        """metrics/train.json: how the run ended, and its last epoch's figures."""
+    def summary(self, epochs: int) -> dict[str, Any]:
+        """metrics/train.json: how the run of `epochs` ended, and its last epoch's figures. A
+        stop at the last epoch (a divergence there) is none before the end."""
         last = EpochRecord.from_row(self.history.epochs[-1])
         return {
             "epochs_run": len(self.history.epochs),
-            "stopped_early": self.stopped,
+            "stopped_early": self.stopped and len(self.history.epochs) < epochs,
             "diverged": diverged(last),
             "train_loss": round(last.train_loss, 6),
             "val_loss": round(last.val_loss, 6),

@@ -477,7 +477,7 @@ def finish(
     """Write the model, metrics/train.json and the timings (local rank 0 of each machine: every
     node's DVC finds them); return the metrics."""
     progress = loop.progress
-    metrics = progress.summary()
+    metrics = progress.summary(params.train.epochs)
     if not loop.ddp.writes_outputs:
         return metrics
     save_model(paths.MODEL, loop.model, model_info(params, splits))

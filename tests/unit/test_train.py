@@ -1066,7 +1066,12 @@ def test_weights_made_nan_by_an_epoch_s_last_steps_are_a_divergence(
     monkeypatch.setattr(train, "evaluate_split", nan_val)
     metrics = train.run(tiny_params(epochs=3))
     assert metrics["diverged"] and metrics["epochs_run"] == 1, metrics
+    assert metrics["stopped_early"] is True
     assert json.loads(paths.TRAIN_METRICS.read_text())["diverged"] is True
+    # Diverged at its last epoch, a run stopped no earlier than it would have.
+    checkpoints.discard()
+    metrics = train.run(tiny_params(epochs=1))
+    assert metrics["diverged"] and metrics["stopped_early"] is False, metrics
 
 
 def test_fast_recipe_is_reproducible_and_learns(processed: Path) -> None:
