@@ -133,6 +133,7 @@ def run_stage(main: Callable[[], int | None], interrupted: Callable[[], str] | N
     setup()
     threading.excepthook = _thread_error
     _refuse_arguments(main)
+    _say_if_outside_dvc(main)
 
     def then() -> str:  # asked when the stage stops: what it leaves may have changed meanwhile
         text = interrupted() if interrupted else ""
@@ -191,6 +192,20 @@ def _refuse_arguments(main: Callable[[], int | None]) -> None:
         " ".join(sys.argv[1:]),
     )
     sys.exit(2)
+
+
+def _say_if_outside_dvc(main: Callable[[], int | None]) -> None:
+    """A stage script run as one, not by DVC (which names the stage in DVC_STAGE): say that
+    dvc.lock will not record its outputs, whose metrics a commit would then show beside an
+    older model."""
+    script = main.__module__ == "__main__" and sys.argv[0].endswith(".py")
+    if script and not os.environ.get("DVC_STAGE"):
+        log.info(
+            "%s runs outside DVC (not by `dvc repro` or `dvc exp run`): dvc.lock and DVC's "
+            "cache do not record what it writes; `uv run dvc commit` records the outputs as "
+            "they are",
+            sys.argv[0],
+        )
 
 
 ASCII_LOCALE = (

@@ -266,3 +266,16 @@ def test_a_name_s_control_characters_reach_the_terminal_escaped() -> None:
     assert done.returncode == 0, done.stderr
     assert "\x1b" not in done.stderr and "\x07" not in done.stderr, repr(done.stderr)
     assert "skipped ants/evil\\x1b]0;PWNED\\x07\\x1b[2J.txt\nsee above" in done.stderr
+
+
+def test_a_stage_run_outside_dvc_says_dvc_lock_does_not_record_it(tmp_path: Path) -> None:
+    # `python stages/evaluate.py`, then a commit: its metrics beside dvc.lock's older model.
+    script = SRC.parent / "stages" / "predict.py"
+    said = "runs outside DVC (not by `dvc repro` or `dvc exp run`): dvc.lock and DVC's cache"
+    for stage, outside in (("", True), ("predict", False)):
+        e = {**env(), "PYTHONPATH": str(SRC), "DVC_STAGE": stage}
+        done = subprocess.run(
+            [sys.executable, str(script)], cwd=tmp_path, env=e, capture_output=True, text=True
+        )
+        assert done.returncode == 1  # no params.yaml here: the stage's own error follows
+        assert (said in done.stderr) is outside, done.stderr
