@@ -174,17 +174,27 @@ def test_a_dropped_baseline_value_is_warned_of_but_not_one_the_experiment_sets(
     assert "train.epochs" not in caplog.text
 
 
+def _committed_with_conf(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrides: list[str], message: str
+) -> tuple[Path, Path]:
+    """The project's conf/ in `tmp_path` (the working folder) and the params.yaml it composes
+    with `overrides`, committed together as the baseline commit: (conf/, params.yaml)."""
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf, ignore=shutil.ignore_patterns("local"))
+    monkeypatch.chdir(tmp_path)
+    committed = compose_yaml(overrides, Path("conf"))
+    return conf, _baseline(tmp_path, tmp_path, committed, message, monkeypatch, also=("conf",))
+
+
 def test_a_dropped_baseline_recipe_is_warned_of_but_not_one_conf_gave(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # `dvc exp branch` of a `-S recipe=hymenoptera -S train.lr=0.02` experiment: the branch's
     # params.yaml holds the recipe, its conf/ does not, and the next `dvc exp run -S
     # train.epochs=1` there composes conf/'s recipe: other data, other model, unasked.
-    conf = tmp_path / "conf"
-    shutil.copytree(CONF, conf, ignore=shutil.ignore_patterns("local"))
-    monkeypatch.chdir(tmp_path)
-    committed = compose_yaml(["recipe=hymenoptera", "train.lr=0.02"], Path("conf"))
-    params = _baseline(tmp_path, tmp_path, committed, "a branch", monkeypatch, also=("conf",))
+    conf, params = _committed_with_conf(
+        tmp_path, monkeypatch, ["recipe=hymenoptera", "train.lr=0.02"], "a branch"
+    )
     params.write_text(compose_yaml(["train.epochs=1"], Path("conf")), encoding="utf-8")
     with caplog.at_level(logging.WARNING):
         assert warn_dropped_baseline(params) == ["recipe", "train.lr"]
@@ -299,11 +309,7 @@ def test_an_edit_of_conf_since_the_baseline_commit_is_no_dropped_value(
     # conf/config.yaml is the file to edit by hand: the baseline commit holds conf/ and the
     # params.yaml it composed (lr 0.01); conf/ now says lr 0.005, a recipe file 4 epochs, and
     # the experiment composes them. Nothing the commit held is dropped: the user changed conf/.
-    conf = tmp_path / "conf"
-    shutil.copytree(CONF, conf, ignore=shutil.ignore_patterns("local"))
-    monkeypatch.chdir(tmp_path)
-    composed = compose_yaml([], Path("conf"))
-    params = _baseline(tmp_path, tmp_path, composed, "conf's defaults", monkeypatch, also=("conf",))
+    conf, params = _committed_with_conf(tmp_path, monkeypatch, [], "conf's defaults")
     config = (conf / "config.yaml").read_text()
     assert "  lr: 0.01\n" in config
     (conf / "config.yaml").write_text(config.replace("  lr: 0.01\n", "  lr: 0.005\n"))
