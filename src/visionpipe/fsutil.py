@@ -198,6 +198,14 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _chmod(path: Path, mode: int) -> None:
+    """chmod where the filesystem keeps modes: a FAT or exFAT drive mounted with its defaults
+    (a desktop's automount) refuses every chmod (EPERM, or ENOSYS through FUSE), and its files
+    have the mount's mode whatever is asked, as DVC's own writes there find."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, mode)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -279,8 +287,8 @@ def atomic_path(dest: Path | str) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
     try:
+        _chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
         yield tmp
         _fsync(tmp)
         os.replace(tmp, dest)
@@ -349,10 +357,10 @@ def atomic_dir(dest: Path | str) -> Iterator[Path]:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    # mkdtemp makes 0700. The setgid bit, which a group-shared folder passes on to new folders
-    # (their files then belong to the team's group), is kept.
-    os.chmod(tmp, (0o777 & ~_umask()) | (os.stat(tmp).st_mode & stat.S_ISGID))
     try:
+        # mkdtemp makes 0700. The setgid bit, which a group-shared folder passes on to new
+        # folders (their files then belong to the team's group), is kept.
+        _chmod(tmp, (0o777 & ~_umask()) | (os.stat(tmp).st_mode & stat.S_ISGID))
         yield tmp
         for folder, _, files in os.walk(tmp):
             for name in files:

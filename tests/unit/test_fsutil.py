@@ -347,3 +347,20 @@ def test_a_file_the_user_names_is_written_through_its_link_but_never_into_a_dvc_
     fsutil.write_text(fifo, "streamed")  # into the pipe: no temporary file beside it
     reader.join(timeout=30)
     assert read == ["streamed"] and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_filesystem_that_refuses_chmod_still_takes_every_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A FAT or exFAT drive mounted with its defaults refuses chmod (EPERM; ENOSYS through
+    # FUSE): every output failed, "operation not permitted", a temporary file left each time.
+    def refused(path: object, mode: int) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
+
+    monkeypatch.setattr(fsutil.os, "chmod", refused)
+    fsutil.write_json(tmp_path / "metrics" / "m.json", {"acc": 0.5})
+    with fsutil.atomic_dir(tmp_path / "samples") as folder:
+        (folder / "00_cat.png").write_bytes(b"png")
+    assert json.loads((tmp_path / "metrics" / "m.json").read_text()) == {"acc": 0.5}
+    assert (tmp_path / "samples" / "00_cat.png").read_bytes() == b"png"
+    assert not list(tmp_path.rglob(".*.tmp"))
