@@ -7,6 +7,7 @@ Files in folders named after a class (a test set sorted by class) are also score
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import io
@@ -243,24 +244,36 @@ def _folder_labels(
 
 def _overwritten(outputs: dict[str, Path], files: list[Path]) -> str | None:
     """Why writing `outputs` (flag -> path) would overwrite one of the photos `files`, or None."""
-    named = {_identity(path): (flag, path) for flag, path in outputs.items() if path != STDOUT}
+    named = {
+        key: (flag, path)
+        for flag, path in outputs.items()
+        if path != STDOUT
+        for key in _identities(fsutil.through_link(path))
+    }
     for path in files:
-        if (found := named.get(_identity(path))) is not None:
+        found = next((named[k] for k in _identities(path) if k in named), None)
+        if found is not None:
             flag, out = found
             same = "" if out == path else f" ({path})"
             return f"{flag} {out} names a file being predicted{same}: give the output another name"
     return None
 
 
-def _identity(path: Path) -> tuple[int, int] | str:
+def _identities(path: Path) -> list[tuple[Any, ...]]:
     """What tells two names of one file apart from two files: its device and inode where it
-    exists (on a case-insensitive disk, macOS's or a Windows share, A.JPG is a.jpg), else the
-    path with links resolved."""
-    try:
+    exists, and its name in any case in its folder (a case-insensitive disk, macOS's, a Windows
+    share, an exFAT card, holds A.JPG as a.jpg, and its FUSE driver may give each name an inode
+    of its own)."""
+    keys: list[tuple[Any, ...]] = []
+    with contextlib.suppress(OSError):
         st = os.stat(path)
+        keys.append((st.st_dev, st.st_ino))
+    try:
+        folder: Any = os.stat(path.parent)
+        folder = (folder.st_dev, folder.st_ino)
     except OSError:
-        return os.path.realpath(path)
-    return (st.st_dev, st.st_ino)
+        folder = os.path.realpath(path.parent)
+    return [*keys, (folder, path.name.casefold())]
 
 
 def _print_accuracy(

@@ -627,6 +627,13 @@ def test_an_output_named_like_a_photo_being_predicted_is_refused_before_anything
     assert main(["predict", str(photo), "--model", str(model), "--grid", str(upper)]) == 2
     assert f"--grid {upper} names a file being predicted ({photo})" in caplog.text
     assert os.path.samefile(photo, upper) and photo.read_bytes() == before
+    # exFAT's FUSE driver gives Dog.png and dog.png inodes of their own: the name in any case,
+    # in the same folder, is the photo's too (on this case-sensitive disk, not yet a file).
+    upper.unlink()
+    caplog.clear()
+    assert main(["predict", str(photos), "--model", str(model), "--grid", str(upper)]) == 2
+    assert f"--grid {upper} names a file being predicted ({photo})" in caplog.text
+    assert not upper.exists() and photo.read_bytes() == before
 
 
 def test_an_option_out_of_range_shows_its_own_commands_usage(
