@@ -311,6 +311,7 @@ def _write_outputs(
         ("--csv", csv_path, lambda dest: write_csv(dest, preds, topk, labels)),
         ("--grid", grid_path, lambda dest: write_grid(dest, preds, labels)),
     )
+    written = True
     for flag, dest, write in outputs:
         if not dest or dest == STDOUT:
             continue
@@ -321,13 +322,13 @@ def _write_outputs(
             write(fsutil.through_link(Path(dest)))
         except DiskFullError:
             raise  # its message names the file and the remedy; the caller prints it
-        except OSError as exc:
+        except OSError as exc:  # the others are still written, each failure named
             log.error("cannot write %s %s: %s", flag, dest, _unwritable(Path(dest), exc))
-            return False
+            written = False
     for flag, dest in (("--json", json_path), ("--csv", csv_path)):
         if dest == STDOUT:
             _to_stdout(preds, labels, topk, flag)
-    return True
+    return written
 
 
 def _unwritable(dest: Path, exc: OSError) -> str:
@@ -338,8 +339,10 @@ def _unwritable(dest: Path, exc: OSError) -> str:
     blocking = next((p for p in dest.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         return f"{blocking} is a file, not a folder"
-    if exc.errno in (errno.EFBIG, errno.EROFS):  # no other folder of this user's helps there
+    if exc.errno == errno.EFBIG:  # no other folder of this user's helps there
         return fsutil.refused_reason(exc)
+    if exc.errno == errno.EROFS:
+        return "read-only filesystem: give a file on a writable disk"
     return f"{exc.strerror or exc}; give a file in a folder this user can write"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import importlib.metadata
 import json
 import os
@@ -560,6 +561,27 @@ def test_an_output_path_that_cannot_be_a_file_is_one_error_line(
         assert main([*args, flag, str(dest)]) == 1
         assert f"cannot write {flag} {dest}: {problem}" in caplog.text
         assert "dog.png" in capsys.readouterr().out  # the predictions were printed all the same
+
+
+def test_every_output_that_cannot_be_written_is_named_and_the_others_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from visionpipe import predict
+
+    def read_only(dest: Path, *args: object) -> None:  # --csv on a read-only mount
+        raise OSError(errno.EROFS, "Read-only file system", str(dest))
+
+    monkeypatch.setattr(predict, "write_csv", read_only)
+    model = write_tiny_onnx(tmp_path / "model.onnx")
+    grid, out_csv = tmp_path / "g.png", tmp_path / "ro" / "p.csv"
+    args = ["predict", str(DOG_PNG), "--model", str(model), "--json", str(tmp_path)]
+    assert main([*args, "--csv", str(out_csv), "--grid", str(grid)]) == 1
+    assert f"cannot write --json {tmp_path}: {tmp_path} is a folder" in caplog.text
+    assert (
+        f"cannot write --csv {out_csv}: read-only filesystem: give a file on a writable disk"
+        in (caplog.text)
+    )
+    assert Image.open(grid).size[0] > 0  # written all the same
 
 
 def test_a_file_size_limit_is_named_as_such(tmp_path: Path) -> None:
