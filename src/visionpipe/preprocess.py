@@ -395,11 +395,16 @@ _SAMPLE_CLASS_BYTES = 200
 
 
 def sample_name(idx: int, cls: str, n_classes: int) -> str:
-    """`NN_<class>.png`, a long class name cut (at a character boundary) to fit a file name. The
-    index has as many digits as the last one (`007_` of 250 classes), so that sorting the names,
-    as predict does, keeps the class order."""
+    """`NN_<class>.png`, a long class name cut (at a character boundary) to fit a file name, and
+    the characters FAT, exFAT and Windows refuse in one (`a:b`, `what?`) as `_`. The index has
+    as many digits as the last one (`007_` of 250 classes), so that sorting the names, as
+    predict does, keeps the class order."""
     cut = cls.encode()[:_SAMPLE_CLASS_BYTES].decode("utf-8", "ignore")
+    cut = "".join("_" if c in _NOT_IN_FAT_NAMES else c for c in cut)
     return f"{idx:0{max(2, len(str(n_classes - 1)))}d}_{cut}.png"
+
+
+_NOT_IN_FAT_NAMES = frozenset('<>:"\\|?*')  # with '/', which no class folder's name holds
 
 
 def write_samples(
