@@ -305,6 +305,7 @@ def _check_room(src: Path, dest: Path, need: int) -> None:
             errno.ENOSPC,
             f"packing {src} takes {size_text(need)} in {dest.parent}, and its disk has"
             f" {size_text(free)} free: free some space and run the command again",
+            str(dest),
         )
 
 

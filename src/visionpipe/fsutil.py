@@ -27,7 +27,8 @@ _NO_SYNC_ERRNOS = frozenset({errno.EINVAL, errno.ENOTSUP, errno.ENOSYS})
 
 
 class DiskFullError(OSError):
-    """A file could not be written: its filesystem is full. The message names file and remedy."""
+    """A file could not be written: its filesystem is full. The message names file and remedy;
+    `filename`, where there is one, the file."""
 
     def __str__(self) -> str:
         return str(self.strerror)
@@ -168,6 +169,22 @@ def disk_full_message(path: Path | str | None) -> str:
     )
 
 
+def shares_disk_with_dvc_cache(path: Path | str) -> bool:
+    """Whether the DVC cache of the project here is on the disk that holds `path` (its nearest
+    existing folder): where it is not, freeing the cache frees nothing there. True where that
+    cannot be told."""
+    try:
+        cache = dvc_cache_of(Path.cwd())
+        if cache is None:
+            return False
+        folder = Path(path).absolute()
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        return os.stat(cache).st_dev == os.stat(folder).st_dev
+    except Exception:  # a full disk may fail DVC itself: say what may help
+        return True
+
+
 def free_bytes(path: Path | str) -> int:
     """Bytes free on the disk that holds `path`, or would: its nearest existing folder's."""
     folder = Path(path).absolute()
@@ -298,7 +315,7 @@ def atomic_path(dest: Path | str) -> Iterator[Path]:
         if full is None or isinstance(exc, DiskFullError):
             raise
         tmp.unlink(missing_ok=True)  # first, so the message counts the space it held
-        raise DiskFullError(full.errno, disk_full_message(dest)) from exc
+        raise DiskFullError(full.errno, disk_full_message(dest), str(dest)) from exc
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -223,10 +223,16 @@ def _disk_full_text(full: OSError) -> str:
     """Where the disk is full and what to do; the DVC cache's share of it where the full disk
     is a file's the stage writes (for a nameless one it is likely not the project's disk)."""
     if isinstance(full, fsutil.DiskFullError):  # an atomic write's: names its file
-        return f"{full}. {_DVC_CACHE}"
+        return f"{full}{_cache_hint(full.filename)}"
     if not full.filename:
         return fsutil.disk_full_message(None)
-    return f"{fsutil.disk_full_message(fsutil.output_name(full.filename))}. {_DVC_CACHE}"
+    name = fsutil.output_name(full.filename)
+    return f"{fsutil.disk_full_message(name)}{_cache_hint(name)}"
+
+
+def _cache_hint(path: str | Path | None) -> str:
+    """DVC's cache's share of a full disk, where the cache is on it."""
+    return f". {_DVC_CACHE}" if path is None or fsutil.shares_disk_with_dvc_cache(path) else ""
 
 
 class ParamsChangedError(RuntimeError):

@@ -364,3 +364,19 @@ def test_a_filesystem_that_refuses_chmod_still_takes_every_write(
     assert json.loads((tmp_path / "metrics" / "m.json").read_text()) == {"acc": 0.5}
     assert (tmp_path / "samples" / "00_cat.png").read_bytes() == b"png"
     assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_a_full_disk_names_dvc_s_cache_only_where_the_cache_is_on_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cache on another disk (`dvc cache dir /mnt/big`): pruning it frees nothing here.
+    from visionpipe import logs
+
+    full = fsutil.DiskFullError(errno.ENOSPC, "no space left on the disk holding x", "ckpt/x")
+    monkeypatch.chdir(tmp_path)
+    for cache, said in ((tmp_path / "cache", True), (Path("/proc"), False), (None, False)):
+        monkeypatch.setattr(fsutil, "dvc_cache_of", lambda folder, c=cache: c)
+        if cache is not None:
+            cache.mkdir(exist_ok=True)
+        assert ("DVC's cache" in logs._disk_full_text(full)) is said, cache
+    assert os.stat("/proc").st_dev != os.stat(tmp_path).st_dev
