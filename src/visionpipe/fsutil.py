@@ -254,6 +254,36 @@ def _is_stream(path: Path) -> bool:
     return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
 
 
+def standard_stream(path: Path | str) -> int | None:
+    """1 or 2 where `path` names the file standard output or error writes to (`/dev/stdout`, or
+    the very file `>` or `2>>` opened), else None: written into through that stream, never
+    replaced, or what the shell redirected there, and all printed after, would be lost."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    for fd in (1, 2):
+        with contextlib.suppress(OSError, ValueError):
+            if os.path.samestat(st, os.fstat(fd)):
+                return fd
+    return None
+
+
+def write_stream(fd: int, data: bytes) -> None:
+    """`data` to standard output (1) or error (2) whole, after what print() holds for it."""
+    if fd == 1:
+        write_stdout(data)
+        return
+    sys.stderr.flush()
+    _write_fd(fd, data)
+
+
+def _write_fd(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:  # os.write may take part: a pipe's room, a disk's last bytes
+        view = view[os.write(fd, view) :]
+
+
 def write_stdout(data: bytes) -> None:
     """`data` to standard output whole, after what print() holds: BufferedWriter.write can
     return having written part (a pipe closed, a full disk) and say so only in its count."""
@@ -265,9 +295,7 @@ def write_stdout(data: bytes) -> None:
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
             return
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _write_fd(fd, data)
 
 
 @contextlib.contextmanager

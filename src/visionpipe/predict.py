@@ -175,8 +175,11 @@ def predict_command(
     # The files first: a reader that stops reading the table (`| head -1`) stops this command,
     # which has then written what was asked of it.
     written = _write_outputs(preds, labels, topk, json_path, csv_path, grid_path)
-    # `--json -` / `--csv -` take standard output for themselves: the table goes to stderr.
-    out = sys.stderr if STDOUT in (json_path, csv_path) else sys.stdout
+    # `--json -` / `--csv -` (or /dev/stdout) take standard output for themselves: the table
+    # goes to stderr.
+    on_stdout = [p for p in (json_path, csv_path, grid_path) if p is not None]
+    to_stdout = any(p == STDOUT or fsutil.standard_stream(p) == 1 for p in on_stdout)
+    out = sys.stderr if to_stdout else sys.stdout
     skipped = _skipped(preds) if skip_bad else set()
     with fsutil.stdout_writes():
         print(format_table(preds, skipped), file=out, flush=True)
@@ -319,7 +322,11 @@ def _write_outputs(
             log.error("--grid %s not written: no input could be predicted", dest)
             continue  # the failed inputs make the exit code 1
         try:
-            write(fsutil.through_link(Path(dest)))
+            if flag != "--grid" and (fd := fsutil.standard_stream(dest)) is not None:
+                text = _output_text(preds, labels, topk, flag)
+                fsutil.write_stream(fd, text.encode("utf-8", "backslashreplace"))
+            else:
+                write(fsutil.through_link(Path(dest)))
         except DiskFullError:
             raise  # its message names the file and the remedy; the caller prints it
         except OSError as exc:  # the others are still written, each failure named
@@ -350,14 +357,18 @@ STDOUT = Path("-")  # `--json -`, `--csv -`: standard output, as curl -o - and t
 
 
 def _to_stdout(preds: list[Prediction], labels: dict[str, str], topk: int, flag: str) -> None:
-    if flag == "--json":
-        text = json_pretty(_records(preds, labels))
-    else:
-        out = io.StringIO()
-        _csv_rows(out, preds, topk, labels)
-        text = out.getvalue()
     # A file name that is not UTF-8 keeps its escaped bytes, as write_json writes them.
+    text = _output_text(preds, labels, topk, flag)
     fsutil.write_stdout(text.encode("utf-8", "backslashreplace"))
+
+
+def _output_text(preds: list[Prediction], labels: dict[str, str], topk: int, flag: str) -> str:
+    """What --json or --csv writes, as text."""
+    if flag == "--json":
+        return json_pretty(_records(preds, labels))
+    out = io.StringIO()
+    _csv_rows(out, preds, topk, labels)
+    return out.getvalue()
 
 
 def write_csv(
@@ -419,6 +430,9 @@ def write_grid(
     buf = io.BytesIO()
     # The format its name says (cli.GRID_SUFFIXES); PNG for any other.
     sheet.save(buf, format=Image.registered_extensions().get(Path(dest).suffix.lower(), "PNG"))
+    if (fd := fsutil.standard_stream(dest)) is not None:  # `--grid /dev/stdout > grid.png`
+        fsutil.write_stream(fd, buf.getvalue())
+        return
     with atomic_path(dest) as tmp:
         tmp.write_bytes(buf.getvalue())
 

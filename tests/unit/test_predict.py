@@ -851,3 +851,24 @@ def test_failed_inputs_are_named_on_stderr_when_the_table_goes_elsewhere(tmp_pat
     named = "2 of 3 inputs failed: /nonexistent.jpg (no such file or directory); - (standard input"
     assert named in proc.stderr, proc.stderr
     assert len(table.read_text().splitlines()) == 3
+
+
+def test_an_output_naming_the_file_stdout_or_stderr_goes_to_is_written_into_it(
+    tmp_path: Path,
+) -> None:
+    # `--json /dev/stderr 2>>app.log` replaced app.log (a week of logs gone) and every line
+    # printed after went to the replaced file; `--csv /dev/stdout >> log.txt` lost its header.
+    model = write_tiny_onnx(tmp_path / "model.onnx")
+    cmd = shlex.join(_predict_cmd(model, str(DOG_PNG)))
+    log, out, appended = tmp_path / "app.log", tmp_path / "out.json", tmp_path / "log.txt"
+    log.write_text("line1 of a week of logs\n")
+    appended.write_text("header\n")
+    script = (
+        f"{cmd} --json /dev/stderr 2>>{log} >/dev/null && {cmd} --json /dev/stdout >{out} && "
+        f"{cmd} --csv /dev/stdout >>{appended}"
+    )
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env())
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().startswith("line1 of a week of logs\n[\n"), log.read_text()
+    assert json.loads(out.read_text())[0]["file"] == str(DOG_PNG)  # the table went to stderr
+    assert appended.read_text().startswith("header\nfile,class_1,"), appended.read_text()
