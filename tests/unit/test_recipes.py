@@ -175,15 +175,21 @@ def test_a_dropped_baseline_value_is_warned_of_but_not_one_the_experiment_sets(
 
 
 def _committed_with_conf(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrides: list[str], message: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    overrides: list[str],
+    message: str,
+    subfolder: str = "",
 ) -> tuple[Path, Path]:
-    """The project's conf/ in `tmp_path` (the working folder) and the params.yaml it composes
-    with `overrides`, committed together as the baseline commit: (conf/, params.yaml)."""
-    conf = tmp_path / "conf"
+    """The project's conf/ in `tmp_path`/`subfolder` (the working folder; the repository is
+    `tmp_path`) and the params.yaml it composes with `overrides`, committed together as the
+    baseline commit: (conf/, params.yaml)."""
+    project = tmp_path / subfolder
+    conf = project / "conf"
     shutil.copytree(CONF, conf, ignore=shutil.ignore_patterns("local"))
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(project)
     committed = compose_yaml(overrides, Path("conf"))
-    return conf, _baseline(tmp_path, tmp_path, committed, message, monkeypatch, also=("conf",))
+    return conf, _baseline(tmp_path, project, committed, message, monkeypatch, also=("conf",))
 
 
 def test_a_dropped_baseline_recipe_is_warned_of_but_not_one_conf_gave(
@@ -303,13 +309,25 @@ def test_launch_settings_composed_on_another_machine_are_warned_of(
     assert warn_other_machine(params) == []
 
 
+@pytest.mark.parametrize("subfolder", ["", "vision"])
 def test_an_edit_of_conf_since_the_baseline_commit_is_no_dropped_value(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    subfolder: str,
 ) -> None:
     # conf/config.yaml is the file to edit by hand: the baseline commit holds conf/ and the
     # params.yaml it composed (lr 0.01); conf/ now says lr 0.005, a recipe file 4 epochs, and
     # the experiment composes them. Nothing the commit held is dropped: the user changed conf/.
-    conf, params = _committed_with_conf(tmp_path, monkeypatch, [], "conf's defaults")
+    # The project is the repository, or a subfolder of a bigger one (`dvc init --subdir`).
+    shared = tmp_path / "team" / "recipe.yaml"  # a recipe linked in from outside conf/
+    shared.parent.mkdir()
+    shared.write_text("# @package _global_\ntrain:\n  epochs: 2\n")
+    conf, params = _committed_with_conf(tmp_path, monkeypatch, [], "conf's defaults", subfolder)
+    (conf / "recipe" / "team.yaml").symlink_to(shared)
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-qm", "a team recipe")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", git(tmp_path, "rev-parse", "HEAD").strip())
     config = (conf / "config.yaml").read_text()
     assert "  lr: 0.01\n" in config
     (conf / "config.yaml").write_text(config.replace("  lr: 0.01\n", "  lr: 0.005\n"))

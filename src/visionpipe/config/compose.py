@@ -107,16 +107,36 @@ def _committed_yaml(rev: str, path: Path) -> dict[str, Any] | None:
 def _conf_at(rev: str, tmp: Path) -> Path:
     """conf/ as commit `rev` holds it, with this machine's conf/local/, written under `tmp`;
     the working tree's conf/ where git cannot give it."""
-    # `rev:./conf`: the project's conf/, where the project is a subfolder of the repository.
-    done = subprocess.run(["git", "archive", f"{rev}:./{CONF_DIR}"], capture_output=True)
+    # The project may be a subfolder of the repository: its conf/ is `<prefix>conf` there, and
+    # `git archive` of a tree runs from the repository's top (from a subfolder it refuses).
+    where = subprocess.run(
+        ["git", "rev-parse", "--show-toplevel", "--show-prefix"], capture_output=True, text=True
+    )
+    top, _, prefix = where.stdout.rstrip("\n").partition("\n")
+    if where.returncode != 0 or not top:
+        return CONF_DIR
+    tree = f"{rev}:{prefix}{CONF_DIR.as_posix()}"
+    done = subprocess.run(["git", "-C", top, "archive", tree], capture_output=True)
     if done.returncode != 0:
         return CONF_DIR
     conf = tmp / CONF_DIR.name
-    with tarfile.open(fileobj=io.BytesIO(done.stdout)) as tar:
-        tar.extractall(conf, filter="data")
+    try:
+        with tarfile.open(fileobj=io.BytesIO(done.stdout)) as tar:
+            tar.extractall(conf, filter=_inside)
+    except (tarfile.TarError, OSError):
+        return CONF_DIR
     if (CONF_DIR / "local").is_dir():  # git-ignored: no commit holds it
         shutil.copytree(CONF_DIR / "local", conf / "local", dirs_exist_ok=True)
     return conf
+
+
+def _inside(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    """tarfile's "data" filter, but a link out of conf/ (a team's recipe linked in from
+    elsewhere: no file the commit's conf/ holds) is left out, not the whole conf/."""
+    try:
+        return tarfile.data_filter(member, dest)
+    except tarfile.FilterError:
+        return None
 
 
 def _compose_or(conf: Path, overrides: list[str]) -> dict[str, Any]:
