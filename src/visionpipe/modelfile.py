@@ -104,14 +104,21 @@ def load_model(
 
 
 def _reason(exc: BaseException) -> str:
-    # torch.load's and load_state_dict's errors span many lines.
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    # torch.load's and load_state_dict's errors span many lines, in terminal bold here and there.
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split())
+    return f"{type(exc).__name__}: {text[:200]}"
 
 
 def _not_a_model(path: Path, exc: BaseException) -> ModelFileError:
     found = re.search(r"GLOBAL (\S+)", str(exc))
-    if isinstance(exc, pickle.UnpicklingError) and found and runs_code(found[1]):
-        return ModelFileError(f"{path}: {CODE_PICKLE.format(what=found[1])}")
+    if isinstance(exc, pickle.UnpicklingError) and found:  # torch's advice is a page long
+        if runs_code(found[1]):
+            return ModelFileError(f"{path}: {CODE_PICKLE.format(what=found[1])}")
+        return ModelFileError(
+            f"{path}: not a visionpipe model.pt (it holds {found[1]} besides tensors, which is "
+            f"not loaded: unpickling it could run code); pass the {paths.MODEL} the train stage "
+            "wrote"
+        )
     return ModelFileError(
         f"{path}: not a visionpipe model.pt ({_reason(exc)}); pass the {paths.MODEL} the train "
         f"stage wrote"

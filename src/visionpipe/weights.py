@@ -215,10 +215,18 @@ def _load_tensors(path: Path) -> Any:
         ) from None
 
 
-# Modules a pickle calls into to run a program or code, never to rebuild a model: a file naming
-# one was made to run it on load, and no weights_only=False should be suggested for it.
+# What a pickle calls to run a program or code, never to rebuild a model: a file naming one was
+# made to run it on load, and no weights_only=False should be suggested for it. torch.save's
+# protocol 2 names builtins bare (`eval`) and subprocess by its Python 2 name (`commands`).
 CODE_MODULES = frozenset(
-    {"os", "posix", "nt", "subprocess", "builtins", "sys", "runpy", "importlib", "pty", "shutil"}
+    {"", "os", "posix", "nt", "subprocess", "commands", "builtins", "__builtin__", "runpy"}
+    | {"importlib", "pty", "platform"}
+)
+CODE_CALLS = frozenset(
+    {"system", "popen", "Popen", "call", "check_call", "check_output", "run", "getoutput"}
+    | {"getstatusoutput", "spawn", "spawnl", "spawnlp", "spawnv", "spawnvp", "spawnve"}
+    | {"execl", "execlp", "execv", "execve", "execvp", "eval", "exec", "compile", "__import__"}
+    | {"run_path", "run_module", "import_module", "fork", "forkpty", "popen2", "popen3"}
 )
 CODE_PICKLE = (
     "it calls {what} when unpickled: it was made to run a program on the machine that loads "
@@ -228,8 +236,10 @@ CODE_PICKLE = (
 
 
 def runs_code(global_name: str) -> bool:
-    """Whether a pickle's global (`posix.system`) is one that runs code, not a class to rebuild."""
-    return global_name.split(".", 1)[0] in CODE_MODULES
+    """Whether a pickle's global (`posix.system`, `eval`) is one that runs code, not a class to
+    rebuild (`os.stat_result` is none)."""
+    module, _, name = global_name.rpartition(".")
+    return name in CODE_CALLS and module.split(".", 1)[0] in CODE_MODULES
 
 
 def _bare_net_state(state: dict[str, Any]) -> dict[str, Any]:

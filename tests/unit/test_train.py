@@ -956,6 +956,16 @@ def test_a_checkpoint_with_pickled_objects_says_how_to_save_its_weights(tmp_path
     assert logs.is_user_error(err.value)  # one line, not torch's page-long traceback
 
 
+class _Calls:
+    """A pickle that calls `call(arg)` when loaded."""
+
+    def __init__(self, call: Any, arg: Any) -> None:
+        self.call, self.arg = call, arg
+
+    def __reduce__(self) -> tuple[Any, tuple[Any]]:
+        return self.call, (self.arg,)
+
+
 class _RunsCode:
     """A pickle made to run a program on load: `os.system` of a marker-writing command."""
 
@@ -985,6 +995,16 @@ def test_a_weights_file_made_to_run_code_is_named_as_such_with_no_advice_to_load
         load_model(evil)
     assert "made to run a program" in str(err.value) and "weights_only" not in str(err.value)
     assert not marker.exists()
+    # torch.save's protocol 2 names builtins bare (`eval`) and subprocess as `commands`.
+    for call, arg in ((eval, "1"), (exec, "x = 1"), (subprocess.Popen, ["true"])):
+        torch.save({"state_dict": _Calls(call, arg)}, evil)
+        with pytest.raises(WeightsError, match="made to run a program"):
+            build_model("tutorial_cnn", 3, 16, {"weights": str(evil)})
+    # An object of the os module that runs nothing is no such file: the usual advice.
+    torch.save({"model": {}, "stat": os.stat(tmp_path)}, evil)
+    with pytest.raises(WeightsError) as err:
+        build_model("tutorial_cnn", 3, 16, {"weights": str(evil)})
+    assert "weights_only=False" in str(err.value) and "run a program" not in str(err.value)
 
 
 @pytest.mark.parametrize(
