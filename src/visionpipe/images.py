@@ -311,10 +311,9 @@ def header_pixels(data: bytes) -> int | None:
 
 
 def decode_pixels(data: bytes, size: int) -> int:
-    """How many pixels decoding `data` for `size` takes, from its header alone; 0 where the
-    header does not open (the decode then says why)."""
-    if (pixels := header_pixels(data)) is not None:
-        return pixels
+    """How many pixels decoding `data` for `size` holds (a baseline JPEG's at the reduced scale
+    it decodes at), from its header alone; 0 where the header does not open (the decode then
+    says why)."""
     try:
         return _decoded_pixels(_open_image(data), size)
     except Exception:  # any reason the header does not open: the decode names it

@@ -293,6 +293,12 @@ def test_a_form_names_each_bad_file_and_predicts_nothing(server: Served) -> None
     assert status == 413, got
     said = "the 5 images of this request hold 319,920,005 pixels, above the 256,000,000"
     assert said in got["error"], got
+    # Six 48-MP camera JPEGs (under a raised --max-upload-mb) decode at an eighth of their
+    # sides for the model: 288 MP as stored, 4.5 MP as decoded, no refusal.
+    from visionpipe.serve import Upload, decode_uploads
+
+    photo = _encode(Image.new("RGB", (8000, 6000), (90, 120, 60)), "JPEG")
+    assert len(decode_uploads([Upload(f"{i}.jpg", photo) for i in range(6)], 32)) == 6
     empty_form = b"--xyz--\r\n"
     status, got = request(
         f"{server.url}/predict", empty_form, {"Content-Type": "multipart/form-data; boundary=xyz"}
