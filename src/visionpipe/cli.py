@@ -206,8 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="classify images, folders or globs",
         description="Classify images: one line per file on stdout (the table), logs on stderr.",
-        epilog="Exit status: 0 when every input was predicted, 1 when any failed (the others are "
-        "still predicted and written), 2 when the model or the arguments cannot be used.",
+        epilog="Exit status: 0 when every input was predicted and every output written, 1 when "
+        "any failed (the others are still predicted and written), 2 when the model or the "
+        "arguments cannot be used, 141 when the reader of stdout stopped reading (`| head`).",
     )
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or globs")
     p.add_argument(

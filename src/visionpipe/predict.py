@@ -17,7 +17,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 import numpy as np
 from PIL import Image
@@ -172,21 +172,33 @@ def predict_command(
     ]
     labels = _folder_labels(preds, inputs.tops, FolderClasses(opened.classes), not_scored)
     scored = [p for p in predicted if p.file not in not_scored]
-    # The files first: a reader that stops reading the table (`| head -1`) stops this command,
-    # which has then written what was asked of it.
-    written = _write_outputs(preds, labels, topk, json_path, csv_path, grid_path)
     # `--json -` / `--csv -` (or /dev/stdout) take standard output for themselves: the table
     # goes to stderr.
     on_stdout = [p for p in (json_path, csv_path, grid_path) if p is not None]
     to_stdout = any(p == STDOUT or fsutil.standard_stream(p) == 1 for p in on_stdout)
     out = sys.stderr if to_stdout else sys.stdout
     skipped = _skipped(preds) if skip_bad else set()
-    with fsutil.stdout_writes():
-        print(format_table(preds, skipped), file=out, flush=True)
+    try:
+        # The files first: a reader that stops reading (`| head -1`) stops this command, which
+        # has then written what was asked of it.
+        written = _write_outputs(preds, labels, topk, json_path, csv_path, grid_path)
+        _print_table(format_table(preds, skipped), out)
+    except BrokenPipeError:  # the reader stopped: the failures are still said, on stderr
+        _report_failures(preds, skipped, skip_bad, fix)
+        raise
     _print_accuracy(scored, labels, opened.classes)
     _warn_nonfinite(predicted)
     failed = _report_failures(preds, skipped, skip_bad, fix)
     return 1 if failed or not written else 0
+
+
+def _print_table(table: str, out: TextIO | None) -> None:
+    if out is None:  # stdout closed (`>&-`), with the predictions going to the files named
+        return
+    with fsutil.stdout_writes():
+        # One write where it fits the pipe: `| head -1` then ends it the same way every time.
+        out.write(table + "\n")
+        out.flush()
 
 
 def _warn_nonfinite(predicted: list[Prediction]) -> None:

@@ -225,7 +225,8 @@ def test_predict_s_help_gives_every_option_s_default_and_the_exit_statuses(
         main(["predict", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "(default onnx)" in out and "images in one model call (default 64)" in out
-    assert "Exit status: 0 when every input was predicted, 1 when any failed" in out
+    assert "Exit status: 0 when every input was predicted and every output written, 1 when" in out
+    assert "141 when the reader of stdout stopped reading" in out
     assert "2 when the model or the arguments cannot be used" in out
 
 
@@ -773,14 +774,16 @@ def test_a_reader_that_stops_reading_stops_the_command_quietly_with_the_files_wr
     model = write_tiny_onnx(tmp_path / "model.onnx")
     photos = _images(tmp_path / "photos")
     out = tmp_path / "all.csv"
-    cmd = _predict_cmd(model, str(tmp_path / "photos"), "--csv", str(out), *to_stdout)
+    missing = str(tmp_path / "missing.jpg")
+    cmd = _predict_cmd(model, str(tmp_path / "photos"), missing, "--csv", str(out), *to_stdout)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()  # the reader is gone before the first line
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, err  # 128 + SIGPIPE, as a shell reports `yes | head`
     assert "Traceback" not in err and "Broken pipe" not in err, err
-    assert len(out.read_text().splitlines()) == 1 + len(photos), "the file asked for is written"
+    assert f"1 of {len(photos) + 1} inputs failed: {missing} (no such file" in err, err
+    assert len(out.read_text().splitlines()) == 2 + len(photos), "the file asked for is written"
 
 
 @pytest.mark.parametrize("to_stdout", [[], ["--json", "-"]])
