@@ -68,10 +68,10 @@ _RECOPY = (
 )
 
 _MAX_SYMLINK_BYTES = 4096  # a zip symlink's target is its data; PATH_MAX bounds a real one
-# The most an image member may unpack to: a 64-MP photo (images.MAX_PIXELS) stored uncompressed
-# (PPM, BMP) is 192 MB. Every member is read into memory whole, so a few MB of zip that unpack
-# to gigabytes of zeros (a zip bomb) would take the machine's memory.
-MAX_MEMBER_BYTES = 256 * 1024 * 1024
+# The most an image member may unpack to: a 64-MP image (images.MAX_PIXELS) stored uncompressed
+# at 16 bits a channel with alpha (a scan's TIFF) is 512 MB. Every member is read into memory
+# whole, so a few MB of zip that unpack to gigabytes of zeros (a zip bomb) would take it all.
+MAX_MEMBER_BYTES = 512 * 1024 * 1024
 _ZIP_UTF8_FLAG = 0x800  # general purpose bit 11: the member's name is UTF-8
 
 
@@ -418,8 +418,8 @@ def _check_member_size(source: Path, member: str, size: int) -> None:
             source,
             member,
             f"unpacks to {size_text(size)}, above the {size_text(MAX_MEMBER_BYTES)} an image of "
-            "at most 64 megapixels takes (a zip bomb, or a damaged archive): remove it, or "
-            "re-create the archive",
+            "at most 64 megapixels takes, uncompressed at 16 bits a channel (a zip bomb, or a "
+            "damaged archive): remove it, or re-create the archive",
         )
 
 
