@@ -326,7 +326,12 @@ def atomic_path(dest: Path | str) -> Iterator[Path]:
     """
     dest = Path(dest)
     if _is_stream(dest):  # /dev/stdout, a FIFO, `>(jq .)`: nothing to replace, written as it is
-        yield dest
+        try:
+            yield dest
+        except OSError as exc:
+            if (full := disk_full_cause(exc)) is None or isinstance(exc, DiskFullError):
+                raise
+            raise DiskFullError(full.errno, disk_full_message(dest), str(dest)) from exc
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)

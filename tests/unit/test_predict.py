@@ -803,6 +803,14 @@ def test_a_full_disk_under_stdout_is_an_error_not_a_success(
     assert proc.returncode == 1, proc.stderr
     assert "no space left where standard output goes" in proc.stderr
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    # A device named as the file, full as a disk: the same error, not "give a file in a folder".
+    proc = subprocess.run(
+        [*_predict_cmd(model, str(DOG_PNG)), "--json", "/dev/full"],
+        capture_output=True,
+        text=True,
+        env=env(),
+    )
+    assert proc.returncode == 1 and "no space left on the disk holding /dev/full" in proc.stderr
 
 
 def test_json_to_a_closed_stdout_is_refused_as_the_table_is(tmp_path: Path) -> None:
