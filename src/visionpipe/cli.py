@@ -71,6 +71,19 @@ def _serve(args: argparse.Namespace) -> int:
 
 DECIMAL_COMMA = re.compile(r"[\w.]+=-?\d+,\d+")  # train.lr=0,01: a decimal comma, as typed
 
+
+def _decimal_comma(override: str) -> bool:
+    """Whether `override` gives a key whose value is a decimal number (train.lr) `0,01`, as a
+    decimal comma; `train.epochs=10,20` is a sweep, as Hydra says."""
+    from visionpipe.config import MISSING, lookup
+    from visionpipe.config.params import Params
+
+    if not DECIMAL_COMMA.fullmatch(override):
+        return False
+    default = lookup(Params().model_dump(mode="json"), override.split("=")[0].split("."))
+    return default is not MISSING and isinstance(default, float)
+
+
 QUOTE_HINT = (
     "A value holding accents, CJK, emoji, ~, #, commas or quotes goes in single quotes, inside"
     " the shell's double quotes: \"data.source='/home/me/照片'\"; one holding an apostrophe in"
@@ -91,7 +104,7 @@ def _params(args: argparse.Namespace) -> int:
     if isinstance(root, str):
         print(f"error: {root}", file=sys.stderr)
         return 2
-    if comma := next((o for o in args.overrides if DECIMAL_COMMA.fullmatch(o)), None):
+    if comma := next((o for o in args.overrides if _decimal_comma(o)), None):
         key, value = comma.split("=", 1)
         print(
             f"error: {comma}: a decimal number is written with a dot ({key}="

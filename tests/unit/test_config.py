@@ -342,6 +342,8 @@ def test_a_decimal_comma_is_named_with_the_dot_it_needs(capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert "train.lr=0,01: a decimal number is written with a dot (train.lr=0.01)" in err, err
     assert not Path("params.yaml").exists()
+    assert main(["params", "train.epochs=10,20"]) == 2  # a whole number's: Hydra's sweep words
+    assert "decimal number" not in capsys.readouterr().err
 
 
 def test_visionpipe_params_where_it_may_not_write_says_so_in_a_line(
