@@ -72,6 +72,22 @@ def _serve(args: argparse.Namespace) -> int:
 DECIMAL_COMMA = re.compile(r"[\w.]+=-?\d+,\d+")  # train.lr=0,01: a decimal comma, as typed
 
 
+PATH_KEYS = ("data.source", "model.weights", "launch.data_root", "predict.inputs")
+
+
+def _relative_path_override(overrides: list[str]) -> str | None:
+    """The first override giving a path key a relative path (`data.source=../photos`), or None."""
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.lstrip("+~") not in PATH_KEYS:
+            continue
+        for item in value.strip("[]").split(","):
+            item = item.strip().strip("'\"")
+            if item and item != "null" and "://" not in item and not os.path.isabs(item):
+                return override
+    return None
+
+
 def _decimal_comma(override: str) -> bool:
     """Whether `override` gives a key whose value is a decimal number (train.lr) `0,01`, as a
     decimal comma; `train.epochs=10,20` is a sweep, as Hydra says."""
@@ -103,6 +119,14 @@ def _params(args: argparse.Namespace) -> int:
     root = _conf_project()
     if isinstance(root, str):
         print(f"error: {root}", file=sys.stderr)
+        return 2
+    if root != Path() and (relative := _relative_path_override(args.overrides)) is not None:
+        print(
+            f"error: {relative} is a path relative to this folder, and params.yaml's paths are "
+            f"read from the project's ({root}): give it absolute, or as from there (run "
+            "visionpipe params in the project's folder)",
+            file=sys.stderr,
+        )
         return 2
     if comma := next((o for o in args.overrides if _decimal_comma(o)), None):
         key, value = comma.split("=", 1)

@@ -327,6 +327,12 @@ def test_visionpipe_params_from_a_folder_of_the_project_writes_the_project_s_par
     assert capsys.readouterr().out.startswith("wrote ../params.yaml; changed: ")
     assert yaml.safe_load((conf_copy / "params.yaml").read_text())["train"]["epochs"] == 3
     assert not (conf_copy / "docs" / "params.yaml").exists()
+    # A relative path typed there means from there; the stages read it from the project's folder.
+    assert main(["params", "data.source=../photos"]) == 2
+    assert "error: data.source=../photos is a path relative to this folder" in (
+        capsys.readouterr().err
+    )
+    assert main(["params", f"data.source={conf_copy / 'photos'}"]) == 0
     (conf_copy / "dvc.yaml").unlink()  # a folder of no project: nothing to compose
     assert main(["params"]) == 2
     err = capsys.readouterr().err
