@@ -76,28 +76,34 @@ PATH_KEYS = ("data.source", "model.weights", "launch.data_root", "predict.inputs
 
 
 def _relative_path_override(overrides: list[str]) -> str | None:
-    """The first override giving a path key a relative path (`data.source=../photos`), or None."""
+    """The first override giving a path key a path from this folder (`data.source=../photos`,
+    `./x.zip`), or None. A bare name (`cifar10-jpeg.zip`) may mean one under launch.data_root,
+    and `~`, `$HOME` or a Windows path get the stages' own handling."""
     for override in overrides:
         key, _, value = override.partition("=")
-        if key.lstrip("+~") not in PATH_KEYS:
-            continue
-        for item in value.strip("[]").split(","):
-            item = item.strip().strip("'\"")
-            if item and item != "null" and "://" not in item and not os.path.isabs(item):
-                return override
+        if key.lstrip("+~") in PATH_KEYS and re.search(r"""(^|[\[,'"\s])\.\.?/""", value):
+            return override
     return None
 
 
 def _decimal_comma(override: str) -> bool:
     """Whether `override` gives a key whose value is a decimal number (train.lr) `0,01`, as a
     decimal comma; `train.epochs=10,20` is a sweep, as Hydra says."""
-    from visionpipe.config import MISSING, lookup
+    import typing
+
     from visionpipe.config.params import Params
 
     if not DECIMAL_COMMA.fullmatch(override):
         return False
-    default = lookup(Params().model_dump(mode="json"), override.split("=")[0].split("."))
-    return default is not MISSING and isinstance(default, float)
+    model: Any = Params
+    try:
+        *sections, name = override.split("=")[0].split(".")
+        for section in sections:
+            model = model.model_fields[section].annotation
+        annotation = model.model_fields[name].annotation
+    except (KeyError, AttributeError):  # no such key: Hydra's and the loader's errors say so
+        return False
+    return annotation is float or float in typing.get_args(annotation)  # float | None too
 
 
 QUOTE_HINT = (

@@ -333,6 +333,9 @@ def test_visionpipe_params_from_a_folder_of_the_project_writes_the_project_s_par
         capsys.readouterr().err
     )
     assert main(["params", f"data.source={conf_copy / 'photos'}"]) == 0
+    # A bare name may mean one under launch.data_root, `~` is the stages' to expand.
+    for value in ("cifar10-jpeg.zip", "'~/photos'"):
+        assert main(["params", f"data.source={value}"]) == 0, value
     (conf_copy / "dvc.yaml").unlink()  # a folder of no project: nothing to compose
     assert main(["params"]) == 2
     err = capsys.readouterr().err
@@ -348,6 +351,10 @@ def test_a_decimal_comma_is_named_with_the_dot_it_needs(capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert "train.lr=0,01: a decimal number is written with a dot (train.lr=0.01)" in err, err
     assert not Path("params.yaml").exists()
+    assert main(["params", "data.test_fraction=0,2"]) == 2  # a decimal or null
+    assert "data.test_fraction=0,2: a decimal number is written with a dot" in (
+        capsys.readouterr().err
+    )
     assert main(["params", "train.epochs=10,20"]) == 2  # a whole number's: Hydra's sweep words
     assert "decimal number" not in capsys.readouterr().err
 
