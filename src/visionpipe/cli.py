@@ -24,7 +24,8 @@ from visionpipe import __version__, fsutil, logs, paths
 def _predict(args: argparse.Namespace) -> int:
     from visionpipe import predict
 
-    files = [f for f in (args.json, args.csv, args.grid) if f is not None and f != Path("-")]
+    named = (args.json, args.csv, args.grid)
+    files = [f for f in named if f is not None and f != Path("-") and str(f) not in STDOUT_NAMES]
     if sys.stdout is None and not files:
         # Python's stdout when the command was started with it closed (`>&-`): print() would
         # drop the table without a word, and the exit status would say all went well.
@@ -402,11 +403,18 @@ def _ipv6_text(text: str) -> str:
 GRID_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # formats every Pillow build writes
 
 
+# Names of standard output itself, as a file: what `-` is to --json and --csv.
+STDOUT_NAMES = frozenset({"/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"})
+
+
 def _check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """predict's output files: one of them at most on stdout, a grid in a format its name says,
     no two naming one file, and no JSON or CSV named like a photo."""
-    if getattr(args, "json", None) == getattr(args, "csv", None) == Path("-"):
-        parser.error("--json - and --csv - both ask for stdout: send one of them to a file")
+    flags = [f for f in ("json", "csv", "grid") if getattr(args, f, None) is not None]
+    on_stdout = [f for f in flags if _goes_to_stdout(getattr(args, f))]
+    if len(on_stdout) > 1:
+        both = " and ".join(f"--{f} {getattr(args, f)}" for f in on_stdout)
+        parser.error(f"{both} both ask for stdout: send one of them to a file")
     named: dict[str, str] = {}
     for flag in ("json", "csv", "grid"):
         path = getattr(args, flag, None)
@@ -425,6 +433,11 @@ def _check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
             f"--grid {grid}: name a {', '.join(GRID_SUFFIXES)} file (the image's format "
             "follows its name)"
         )
+
+
+def _goes_to_stdout(path: Path) -> bool:
+    """`-`, /dev/stdout, or the very file `>` sent standard output to."""
+    return path == Path("-") or str(path) in STDOUT_NAMES or fsutil.standard_stream(path) == 1
 
 
 def _check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

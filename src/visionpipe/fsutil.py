@@ -274,6 +274,8 @@ def write_stream(fd: int, data: bytes) -> None:
     if fd == 1:
         write_stdout(data)
         return
+    if sys.stderr is None:  # started with it closed (`2>&-`): the fd may be another file's
+        raise OSError(errno.EBADF, "standard error is closed")
     sys.stderr.flush()
     _write_fd(fd, data)
 
@@ -287,6 +289,8 @@ def _write_fd(fd: int, data: bytes) -> None:
 def write_stdout(data: bytes) -> None:
     """`data` to standard output whole, after what print() holds: BufferedWriter.write can
     return having written part (a pipe closed, a full disk) and say so only in its count."""
+    if sys.stdout is None:  # started with it closed (`>&-`): the fd may be another file's
+        raise OSError(errno.EBADF, "standard output is closed")
     with stdout_writes():
         sys.stdout.flush()
         try:
@@ -331,7 +335,8 @@ def atomic_path(dest: Path | str) -> Iterator[Path]:
         except OSError as exc:
             if (full := disk_full_cause(exc)) is None or isinstance(exc, DiskFullError):
                 raise
-            raise DiskFullError(full.errno, disk_full_message(dest), str(dest)) from exc
+            said = f"no space left writing into {dest}, which takes no more: send it elsewhere"
+            raise DiskFullError(full.errno, said, str(dest)) from exc
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)

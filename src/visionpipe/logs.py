@@ -222,8 +222,8 @@ def _ascii_locale() -> bool:
 def _disk_full_text(full: OSError) -> str:
     """Where the disk is full and what to do; the DVC cache's share of it where the full disk
     is a file's the stage writes (for a nameless one it is likely not the project's disk)."""
-    if isinstance(full, fsutil.DiskFullError):  # an atomic write's: names its file
-        return f"{full}{_cache_hint(full.filename)}"
+    if isinstance(full, fsutil.DiskFullError):  # names its file, or stdout
+        return f"{full}{_cache_hint(full.filename) if full.filename else ''}"
     if not full.filename:
         return fsutil.disk_full_message(None)
     name = fsutil.output_name(full.filename)

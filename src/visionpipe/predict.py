@@ -319,34 +319,34 @@ def _write_outputs(
     csv_path: Path | None,
     grid_path: Path | None,
 ) -> bool:
-    """Write the files asked for, then the one for stdout (whose reader may stop reading);
-    False, after one error line naming it, if one cannot be."""
+    """Write the files asked for, then those for stdout or stderr (whose reader may stop
+    reading: BrokenPipeError goes to the caller); False, after one error line naming it, if one
+    cannot be."""
     outputs = (
         ("--json", json_path, lambda dest: write_json(dest, _records(preds, labels))),
         ("--csv", csv_path, lambda dest: write_csv(dest, preds, topk, labels)),
         ("--grid", grid_path, lambda dest: write_grid(dest, preds, labels)),
     )
-    written = True
+    written, streams = True, []
     for flag, dest, write in outputs:
-        if not dest or dest == STDOUT:
+        if not dest:
+            continue
+        if dest == STDOUT or (flag != "--grid" and fsutil.standard_stream(dest) is not None):
+            streams.append((flag, dest))
             continue
         if flag == "--grid" and all(p.error for p in preds):
             log.error("--grid %s not written: no input could be predicted", dest)
             continue  # the failed inputs make the exit code 1
         try:
-            if flag != "--grid" and (fd := fsutil.standard_stream(dest)) is not None:
-                text = _output_text(preds, labels, topk, flag)
-                fsutil.write_stream(fd, text.encode("utf-8", "backslashreplace"))
-            else:
-                write(fsutil.through_link(Path(dest)))
+            write(fsutil.through_link(Path(dest)))
         except DiskFullError:
             raise  # its message names the file and the remedy; the caller prints it
         except OSError as exc:  # the others are still written, each failure named
             log.error("cannot write %s %s: %s", flag, dest, _unwritable(Path(dest), exc))
             written = False
-    for flag, dest in (("--json", json_path), ("--csv", csv_path)):
-        if dest == STDOUT:
-            _to_stdout(preds, labels, topk, flag)
+    for flag, dest in streams:  # a file name not UTF-8 keeps its escaped bytes, as in a file
+        text = _output_text(preds, labels, topk, flag).encode("utf-8", "backslashreplace")
+        fsutil.write_stream(1 if dest == STDOUT else fsutil.standard_stream(dest) or 1, text)
     return written
 
 
@@ -362,16 +362,12 @@ def _unwritable(dest: Path, exc: OSError) -> str:
         return fsutil.refused_reason(exc)
     if exc.errno == errno.EROFS:
         return "read-only filesystem: give a file on a writable disk"
+    if exc.errno == errno.EPIPE:  # a named pipe whose reader went away
+        return "its reader stopped reading before the end"
     return f"{exc.strerror or exc}; give a file in a folder this user can write"
 
 
 STDOUT = Path("-")  # `--json -`, `--csv -`: standard output, as curl -o - and tar -f - take it
-
-
-def _to_stdout(preds: list[Prediction], labels: dict[str, str], topk: int, flag: str) -> None:
-    # A file name that is not UTF-8 keeps its escaped bytes, as write_json writes them.
-    text = _output_text(preds, labels, topk, flag)
-    fsutil.write_stdout(text.encode("utf-8", "backslashreplace"))
 
 
 def _output_text(preds: list[Prediction], labels: dict[str, str], topk: int, flag: str) -> str:

@@ -621,6 +621,7 @@ def test_json_or_csv_to_stdout_and_a_grid_in_the_format_its_name_says(
     for extra, says in (
         (["--grid", str(tmp_path / "g.gif")], "name a .png, .jpg, .jpeg, .webp file"),
         (["--json", "-", "--csv", "-"], "both ask for stdout"),
+        (["--json", "-", "--csv", "/dev/stdout"], "--json - and --csv /dev/stdout both ask for"),
         (["--json", "p", "--csv", "./p"], "--json and --csv both name p: give each its own file"),
         (["--csv", "IMG_1.JPG"], "--csv IMG_1.JPG is named like an image: give a .csv file"),
     ):
@@ -810,7 +811,8 @@ def test_a_full_disk_under_stdout_is_an_error_not_a_success(
         text=True,
         env=env(),
     )
-    assert proc.returncode == 1 and "no space left on the disk holding /dev/full" in proc.stderr
+    said = "error: no space left writing into /dev/full, which takes no more: send it elsewhere"
+    assert proc.returncode == 1 and said in proc.stderr, proc.stderr
 
 
 def test_json_to_a_closed_stdout_is_refused_as_the_table_is(tmp_path: Path) -> None:
@@ -883,3 +885,19 @@ def test_an_output_naming_the_file_stdout_or_stderr_goes_to_is_written_into_it(
     assert log.read_text().startswith("line1 of a week of logs\n[\n"), log.read_text()
     assert json.loads(out.read_text())[0]["file"] == str(DOG_PNG)  # the table went to stderr
     assert appended.read_text().startswith("header\nfile,class_1,"), appended.read_text()
+
+
+def test_a_reader_of_stdout_named_as_a_file_that_stops_reading_stops_the_command_quietly(
+    tmp_path: Path,
+) -> None:
+    # `--json /dev/stdout | head -1`, as `--json - | head -1`; and stdout closed (`>&-`) with
+    # /dev/stdout named: refused as with `-`, not a traceback.
+    model = write_tiny_onnx(tmp_path / "model.onnx")
+    cmd = _predict_cmd(model, str(DOG_PNG), "--json", "/dev/stdout")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "cannot write" not in err
+    closed = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1))
+    assert closed.returncode == 2 and "standard output is closed" in closed.stderr, closed.stderr
