@@ -199,7 +199,8 @@ def _say_if_outside_dvc(main: Callable[[], int | None]) -> None:
     dvc.lock will not record its outputs, whose metrics a commit would then show beside an
     older model."""
     script = main.__module__ == "__main__" and sys.argv[0].endswith(".py")
-    if script and not os.environ.get("DVC_STAGE"):
+    rank = "LOCAL_RANK" in os.environ  # a DDP rank torchrun started: its launcher said it
+    if script and not rank and not os.environ.get("DVC_STAGE"):
         log.info(
             "%s runs outside DVC (not by `dvc repro` or `dvc exp run`): dvc.lock and DVC's "
             "cache do not record what it writes; `uv run dvc commit` records the outputs as "

@@ -288,7 +288,9 @@ def _identities(path: Path) -> list[tuple[Any, ...]]:
         folder = (folder.st_dev, folder.st_ino)
     except OSError:
         folder = os.path.realpath(path.parent)
-    return [*keys, (folder, path.name.casefold())]
+    # Such disks map case letter by letter (ß stays ß, not SS): a one-to-one upper case.
+    name = "".join(c.upper() if len(c.upper()) == 1 else c for c in path.name)
+    return [*keys, (folder, name)]
 
 
 def _print_accuracy(
@@ -438,7 +440,7 @@ def write_grid(
     buf = io.BytesIO()
     # The format its name says (cli.GRID_SUFFIXES); PNG for any other.
     sheet.save(buf, format=Image.registered_extensions().get(Path(dest).suffix.lower(), "PNG"))
-    if (fd := fsutil.standard_stream(dest)) is not None:  # `--grid /dev/stdout > grid.png`
+    if (fd := fsutil.standard_stream(dest)) is not None:  # `--grid grid.png > grid.png`
         fsutil.write_stream(fd, buf.getvalue())
         return
     with atomic_path(dest) as tmp:

@@ -400,7 +400,7 @@ def sample_name(idx: int, cls: str, n_classes: int) -> str:
     as many digits as the last one (`007_` of 250 classes), so that sorting the names, as
     predict does, keeps the class order."""
     cut = cls.encode()[:_SAMPLE_CLASS_BYTES].decode("utf-8", "ignore")
-    cut = "".join("_" if c in _NOT_IN_FAT_NAMES else c for c in cut)
+    cut = "".join("_" if c in _NOT_IN_FAT_NAMES or ord(c) < 0x20 else c for c in cut)
     return f"{idx:0{max(2, len(str(n_classes - 1)))}d}_{cut}.png"
 
 

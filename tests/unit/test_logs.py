@@ -272,8 +272,13 @@ def test_a_stage_run_outside_dvc_says_dvc_lock_does_not_record_it(tmp_path: Path
     # `python stages/evaluate.py`, then a commit: its metrics beside dvc.lock's older model.
     script = SRC.parent / "stages" / "predict.py"
     said = "runs outside DVC (not by `dvc repro` or `dvc exp run`): dvc.lock and DVC's cache"
-    for stage, outside in (("", True), ("predict", False)):
-        e = {**env(), "PYTHONPATH": str(SRC), "DVC_STAGE": stage}
+    # A DDP rank: its launcher, the stage run by hand, said it once for all.
+    for stage, outside, rank in (
+        ("", True, {}),
+        ("predict", False, {}),
+        ("", False, {"LOCAL_RANK": "0"}),
+    ):
+        e = {**env(), "PYTHONPATH": str(SRC), "DVC_STAGE": stage, **rank}
         done = subprocess.run(
             [sys.executable, str(script)], cwd=tmp_path, env=e, capture_output=True, text=True
         )

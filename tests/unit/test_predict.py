@@ -658,6 +658,12 @@ def test_an_output_named_like_a_photo_being_predicted_is_refused_before_anything
     assert main(["predict", str(photos), "--model", str(model), "--grid", str(upper)]) == 2
     assert f"--grid {upper} names a file being predicted ({photo})" in caplog.text
     assert not upper.exists() and photo.read_bytes() == before
+    # Letter by letter, as such disks map case: ß is not SS there.
+    shutil.copy(DOG_PNG, photos / "straße.png")
+    assert (
+        main(["predict", str(photos), "--model", str(model), "--grid", str(photos / "STRASSE.png")])
+        == 0
+    )
 
 
 def test_an_option_out_of_range_shows_its_own_commands_usage(

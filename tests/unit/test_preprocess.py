@@ -370,8 +370,9 @@ def test_samples_of_many_classes_sort_in_class_order(tmp_path: Path) -> None:
 def test_a_sample_s_name_holds_no_character_a_fat_drive_refuses() -> None:
     # A class folder `a:b` or `what?` (made on Linux) in a project on an exFAT card: preprocess
     # stopped with EINVAL on data/.samples.x.tmp/01_a:b.png.
-    names = [preprocess.sample_name(i, c, 4) for i, c in enumerate(["a:b", "what?", 'x"<y>|*\\'])]
-    assert names == ["00_a_b.png", "01_what_.png", "02_x__y____.png"]
+    classes = ["a:b", "what?", 'x"<y>|*\\', "tab\there"]
+    names = [preprocess.sample_name(i, c, 4) for i, c in enumerate(classes)]
+    assert names == ["00_a_b.png", "01_what_.png", "02_x__y____.png", "03_tab_here.png"]
 
 
 def test_a_source_of_other_classes_than_the_named_dataset_s_is_warned_about(
