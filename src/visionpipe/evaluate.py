@@ -87,9 +87,11 @@ def warn_absent(scores: list[dict[str, Any]]) -> list[str]:
 
 
 def macro_f1(scores: list[dict[str, Any]]) -> float | None:
-    """Mean F1 over the classes that have test images (None if none has)."""
-    present = [s["f1"] for s in scores if s["support"] > 0]
-    return round(sum(present) / len(present), 6) if present else None
+    """Mean F1 over the classes that have test images or were predicted (as scikit-learn's
+    average="macro" takes them): a class with none that the model still predicts counts with
+    F1 0, its wrong guesses against it. None if no class counts."""
+    counted = [s["f1"] or 0.0 for s in scores if s["support"] > 0 or s["predicted"] > 0]
+    return round(sum(counted) / len(counted), 6) if counted else None
 
 
 def run(
@@ -166,8 +168,11 @@ def log_live(
             live.log_metric(name, value, plot=False)
     live.log_sklearn_plot("confusion_matrix", actual, predicted, name="confusion_matrix.json")
     for figure in ("recall", "precision"):
+        # What the figure is over: recall over the class's test images, precision over the
+        # images predicted as it.
+        over = "support" if figure == "recall" else "predicted"
         rows = [
-            {"class": s["class"], figure: s[figure], "support": s["support"]}
+            {"class": s["class"], figure: s[figure], "support": s[over]}
             for s in scores
             if s[figure] is not None
         ]

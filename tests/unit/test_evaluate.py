@@ -28,7 +28,9 @@ def test_scores_from_a_confusion_matrix() -> None:
         0, 1, 0.0, None, None,
     )  # fmt: skip
     assert (c["precision"], c["recall"], c["f1"]) == (1.0, 0.833333, 0.909091)
-    assert evaluate.macro_f1([a, b, c]) == pytest.approx((0.75 + 10 / 11) / 2, abs=1e-6)
+    # As scikit-learn's f1_score(average="macro"): b, predicted though absent, counts with 0.
+    assert evaluate.macro_f1([a, b, c]) == pytest.approx((0.75 + 0 + 10 / 11) / 3, abs=1e-6)
+    assert evaluate.macro_f1([a, c]) == pytest.approx((0.75 + 10 / 11) / 2, abs=1e-6)
 
 
 def test_many_classes_missing_from_test_are_counted_in_one_line(
@@ -63,14 +65,17 @@ def test_a_class_missing_from_test_has_no_accuracy(
     frog = per_class["classes"][CLASSES.index("frog")]
     assert frog["support"] == 0 and frog["recall"] is None and frog["f1"] is None
     assert [c["support"] for c in per_class["classes"]] == [10, 10, 0]
-    present = [c["f1"] for c in per_class["classes"][:2]]
-    assert per_class["macro_f1"] == pytest.approx(sum(present) / 2, abs=1e-6)
+    counted = [c["f1"] or 0 for c in per_class["classes"] if c["support"] or c["predicted"]]
+    assert per_class["macro_f1"] == pytest.approx(sum(counted) / len(counted), abs=1e-6)
     # The plots have no bar for an undefined figure (a 0 would read as "all wrong").
     plots = paths.LIVE_EVAL / "plots/custom"
     recall = json.loads((plots / "per_class_recall.json").read_text())
     assert [row["class"] for row in recall] == ["cat", "dog"]
     precision = json.loads((plots / "per_class_precision.json").read_text())
     assert {row["class"] for row in precision} <= {"cat", "dog", "frog"}
+    # Each bar's count is what its figure is over: precision's, the images predicted as it.
+    predicted = {c["class"]: c["predicted"] for c in per_class["classes"]}
+    assert all(row["support"] == predicted[row["class"]] for row in precision), precision
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["bf16 CPU", "fp32-only CPU"])
