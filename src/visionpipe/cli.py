@@ -18,7 +18,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from visionpipe import __version__, fsutil, logs, paths
+from visionpipe import __version__, fsutil, logs, paths, streams
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -437,7 +437,7 @@ def _check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 def _goes_to_stdout(path: Path) -> bool:
     """`-`, /dev/stdout, or the very file `>` sent standard output to."""
-    return path == Path("-") or str(path) in STDOUT_NAMES or fsutil.standard_stream(path) == 1
+    return path == Path("-") or str(path) in STDOUT_NAMES or streams.standard_stream(path) == 1
 
 
 def _check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -510,7 +510,7 @@ def _flush_stdout() -> None:
     """Flush what print() holds for stdout, where its failure can still be told: at exit,
     Python would only print "Exception ignored" and exit 120."""
     if sys.stdout is not None:
-        with fsutil.stdout_writes():
+        with streams.stdout_writes():
             sys.stdout.flush()
 
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol, TextIO
 import numpy as np
 from PIL import Image
 
-from visionpipe import fsutil, paths
+from visionpipe import fsutil, paths, streams
 from visionpipe.folder_classes import (
     FolderClasses,
     format_accuracy,
@@ -175,7 +175,7 @@ def predict_command(
     # `--json -` / `--csv -` (or /dev/stdout) take standard output for themselves: the table
     # goes to stderr.
     on_stdout = [p for p in (json_path, csv_path, grid_path) if p is not None]
-    to_stdout = any(p == STDOUT or fsutil.standard_stream(p) == 1 for p in on_stdout)
+    to_stdout = any(p == STDOUT or streams.standard_stream(p) == 1 for p in on_stdout)
     out = sys.stderr if to_stdout else sys.stdout
     skipped = _skipped(preds) if skip_bad else set()
     try:
@@ -195,7 +195,7 @@ def predict_command(
 def _print_table(table: str, out: TextIO | None) -> None:
     if out is None:  # stdout closed (`>&-`), with the predictions going to the files named
         return
-    with fsutil.stdout_writes():
+    with streams.stdout_writes():
         # One write where it fits the pipe: `| head -1` then ends it the same way every time.
         out.write(table + "\n")
         out.flush()
@@ -329,12 +329,12 @@ def _write_outputs(
         ("--csv", csv_path, lambda dest: write_csv(dest, preds, topk, labels)),
         ("--grid", grid_path, lambda dest: write_grid(dest, preds, labels)),
     )
-    written, streams = True, []
+    written, for_streams = True, []
     for flag, dest, write in outputs:
         if not dest:
             continue
-        if dest == STDOUT or (flag != "--grid" and fsutil.standard_stream(dest) is not None):
-            streams.append((flag, dest))
+        if dest == STDOUT or (flag != "--grid" and streams.standard_stream(dest) is not None):
+            for_streams.append((flag, dest))
             continue
         if flag == "--grid" and all(p.error for p in preds):
             log.error("--grid %s not written: no input could be predicted", dest)
@@ -346,9 +346,9 @@ def _write_outputs(
         except OSError as exc:  # the others are still written, each failure named
             log.error("cannot write %s %s: %s", flag, dest, _unwritable(Path(dest), exc))
             written = False
-    for flag, dest in streams:  # a file name not UTF-8 keeps its escaped bytes, as in a file
+    for flag, dest in for_streams:  # a file name not UTF-8 keeps its escaped bytes, as in a file
         text = _output_text(preds, labels, topk, flag).encode("utf-8", "backslashreplace")
-        fsutil.write_stream(1 if dest == STDOUT else fsutil.standard_stream(dest) or 1, text)
+        streams.write_stream(1 if dest == STDOUT else streams.standard_stream(dest) or 1, text)
     return written
 
 
@@ -440,8 +440,8 @@ def write_grid(
     buf = io.BytesIO()
     # The format its name says (cli.GRID_SUFFIXES); PNG for any other.
     sheet.save(buf, format=Image.registered_extensions().get(Path(dest).suffix.lower(), "PNG"))
-    if (fd := fsutil.standard_stream(dest)) is not None:  # `--grid grid.png > grid.png`
-        fsutil.write_stream(fd, buf.getvalue())
+    if (fd := streams.standard_stream(dest)) is not None:  # `--grid grid.png > grid.png`
+        streams.write_stream(fd, buf.getvalue())
         return
     with atomic_path(dest) as tmp:
         tmp.write_bytes(buf.getvalue())

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.helpers import ROOT, full_disk
-from visionpipe import fsutil, logs
+from visionpipe import fsutil, logs, streams
 
 
 def test_a_full_disk_names_the_file_and_keeps_the_old_one(
@@ -379,6 +379,6 @@ def test_a_full_disk_names_dvc_s_cache_only_where_the_cache_is_on_it(
         if cache is not None:
             cache.mkdir(exist_ok=True)
         assert ("DVC's cache" in logs._disk_full_text(full)) is said, cache
-        stdout_full = fsutil.DiskFullError(errno.ENOSPC, fsutil.STDOUT_FULL)  # `> /dev/full`
+        stdout_full = fsutil.DiskFullError(errno.ENOSPC, streams.STDOUT_FULL)  # `> /dev/full`
         assert "DVC's cache" not in logs._disk_full_text(stdout_full)
     assert os.stat("/proc").st_dev != os.stat(tmp_path).st_dev
