@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from visionpipe import paths, split_files
+from visionpipe.fsutil import size_text
 from visionpipe.memory import MEMORY_BUDGET_ENV, free_memory, memory_budget
 
 log = logging.getLogger(__name__)
@@ -55,12 +56,12 @@ def load_split(split: str, in_memory: bool | None = None) -> tuple[torch.Tensor,
 
 def _say_mapped(split: str, size: int, budget: int) -> None:
     log.warning(
-        "the %s split (%.2f GiB) does not fit the memory budget (%.2f GiB): mapped from its file,"
+        "the %s split (%s) does not fit the memory budget (%s): mapped from its file,"
         " read-only; a write into its images crashes Python: change a copy (.clone()), or ask"
         " for load_split(%r, in_memory=True)",
         split,
-        size / 2**30,
-        budget / 2**30,
+        size_text(size),
+        size_text(budget),
         split,
     )
 
@@ -123,20 +124,20 @@ def _in_memory_if_it_fits(
             return load_split(split, in_memory=True)[0], budget - size
         except MemoryError as exc:  # a limit memory_budget() could not see
             log.warning(
-                "%s split (%.2f GiB) did not fit in memory (%s): reading its batches from the "
+                "%s split (%s) did not fit in memory (%s): reading its batches from the "
                 "memory-mapped file; set %s lower to skip the attempt",
                 split,
-                size / 2**30,
+                size_text(size),
                 exc,
                 MEMORY_BUDGET_ENV,
             )
             return images, 0
     log.warning(
-        "%s split is %.2f GiB, over the %.2f GiB memory budget (%s): reading its batches from "
+        "%s split is %s, over the %s memory budget (%s): reading its batches from "
         "the memory-mapped %s",
         split,
-        size / 2**30,
-        max(budget, 0) / 2**30,
+        size_text(size),
+        size_text(max(budget, 0)),
         MEMORY_BUDGET_ENV,
         paths.split_file(split).with_suffix(".npy"),
     )

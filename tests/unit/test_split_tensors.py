@@ -15,6 +15,7 @@ import torch
 from tests.datasets import tiny_params, train_anew
 from tests.helpers import ROOT
 from visionpipe import memory, paths, split_files, split_tensors, train
+from visionpipe.fsutil import size_text
 
 MAPPED = "reading its batches from the memory-mapped"
 
@@ -30,7 +31,8 @@ def test_a_split_over_the_budget_stays_mapped_with_the_same_bytes(
     assert MAPPED not in caplog.text
     with caplog.at_level(logging.WARNING):
         mapped = split_tensors.load_training_data(torch.device("cpu"), budget=0)
-    assert "train split is 0.00 GiB, over the 0.00 GiB memory budget" in caplog.text
+    size = size_text(in_memory.train_x.numel())  # uint8: a byte an element
+    assert f"train split is {size}, over the 0 bytes memory budget" in caplog.text
     assert "val split" in caplog.text and MAPPED in caplog.text
     assert torch.equal(in_memory.train_x, mapped.train_x)
     assert torch.equal(in_memory.val_x, mapped.val_x)
@@ -97,7 +99,8 @@ def test_a_split_that_does_not_fit_after_all_is_read_mapped(
         monkeypatch.setattr(split_files.np, "load", load)
         with caplog.at_level(logging.WARNING):
             data = split_tensors.load_training_data(torch.device("cpu"), budget=2**30)
-        assert "train split (0.00 GiB) did not fit in memory" in caplog.text
+        size = size_text(expected.train_x.numel())
+        assert f"train split ({size}) did not fit in memory" in caplog.text
         assert torch.equal(data.train_x, expected.train_x)
         assert torch.equal(data.val_x, expected.val_x)
         caplog.clear()
@@ -140,5 +143,9 @@ def test_a_split_of_one_s_own_code_can_be_written_to(
     with caplog.at_level(logging.WARNING):
         mapped, _ = split_tensors.load_split("train")
     assert opened == [True, False] and torch.equal(mapped, in_memory)
-    assert "the train split (0.00 GiB) does not fit the memory budget" in caplog.text
+    # The images' file, as the budget is weighed against it: the .npy header too.
+    stored = list((Path.cwd() / paths.PROCESSED_DIR).glob("train*.npy"))
+    said = [f"the train split ({size_text(f.stat().st_size)}) does not fit" for f in stored]
+    assert any(line in caplog.text for line in said), caplog.text
+    assert "the memory budget (1 bytes)" in caplog.text
     assert "read-only; a write into its images crashes Python" in caplog.text
