@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         print(text, file=sys.stderr)
         return code
     except BrokenPipeError:  # `| head -1`: the reader has all it wants
-        return _stdout_gone()
+        return logs.stdout_gone()
     except fsutil.DiskFullError as exc:  # --json, --csv, --grid: the message names the file
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -512,15 +512,6 @@ def _flush_stdout() -> None:
     if sys.stdout is not None:
         with streams.stdout_writes():
             sys.stdout.flush()
-
-
-def _stdout_gone() -> int:
-    """The exit of a command whose reader closed the pipe: quiet, with the status a shell gives
-    a command the pipe's signal stopped (128 + SIGPIPE), as `yes | head -1` ends `yes`."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit finds nowhere to fail
-    os.close(devnull)
-    return 141
 
 
 def _lean_install_hint(args: argparse.Namespace, exc: ModuleNotFoundError) -> str:

@@ -151,9 +151,7 @@ def run_stage(main: Callable[[], int | None], interrupted: Callable[[], str] | N
             raise
         _exit_interrupted(exc, then())
     except BrokenPipeError:  # `python stages/predict.py | head -1`: the reader has its lines
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit finds nowhere to fail
-        sys.exit(141)  # 128 + SIGPIPE, as a shell reports a command the pipe's signal stopped
+        sys.exit(stdout_gone())
     except Exception as exc:
         if os.environ.get("VISIONPIPE_DEBUG"):
             raise
@@ -178,6 +176,16 @@ def run_stage(main: Callable[[], int | None], interrupted: Callable[[], str] | N
         log.error("%s", exc)
         sys.exit(1)
     sys.exit(code or 0)
+
+
+def stdout_gone() -> int:
+    """The exit status of a command whose stdout reader closed the pipe, after pointing stdout
+    at nowhere (Python's own flush at exit then finds nothing to fail on): 141, 128 + SIGPIPE,
+    what a shell reports for a command that signal stopped, as `yes | head -1` ends `yes`."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 def _refuse_arguments(main: Callable[[], int | None]) -> None:

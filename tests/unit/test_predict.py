@@ -907,3 +907,24 @@ def test_a_reader_of_stdout_named_as_a_file_that_stops_reading_stops_the_command
     assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "cannot write" not in err
     closed = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1))
     assert closed.returncode == 2 and "standard output is closed" in closed.stderr, closed.stderr
+
+
+def test_the_stage_whose_reader_stops_reading_ends_quietly(
+    exported_model: Path, tmp_path: Path
+) -> None:
+    # `python stages/predict.py | head -1`, as the command's `| head -1`.
+    (tmp_path / paths.ONNX_MODEL).parent.mkdir()
+    shutil.copy(exported_model / "model.onnx", tmp_path / paths.ONNX_MODEL)
+    (tmp_path / paths.SAMPLES_DIR).parent.mkdir()
+    _images(tmp_path / paths.SAMPLES_DIR)
+    (tmp_path / "params.yaml").write_text("predict:\n  inputs: []\n")
+    script = [sys.executable, str(Path(__file__).parents[2] / "stages" / "predict.py")]
+    e = {**env(), "PYTHONPATH": str(Path(__file__).parents[2] / "src"), "DVC_STAGE": "predict"}
+    proc = subprocess.Popen(
+        script, cwd=tmp_path, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err
+    assert (tmp_path / paths.PREDICTIONS).is_file()
