@@ -66,6 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
         args.read_timeout_s,
         args.keepalive_s,
         tuple(args.allow_origin),
+        tuple(args.allow_host),
     )
     return serve.serve_command(config)
 
@@ -331,6 +332,16 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="a web page origin (http://localhost:3000) whose fetch() may read the answers; "
         "'*' for any; repeat for more (default: none but the server's own page)",
     )
+    s.add_argument(
+        "--allow-host",
+        type=_host,
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name requests reaching a loopback address may call the server by (the "
+        "name a reverse proxy on this machine passes on); '*' for any; repeat for more "
+        "(default: localhost, this machine's name and addresses)",
+    )
     s.set_defaults(func=_serve, parser=s)
 
 
@@ -357,6 +368,19 @@ def _origin(value: str) -> str:
         "slash, as the browser's address bar shows the page's site (http://localhost:3000), "
         "or '*' for any"
     )
+
+
+def _host(value: str) -> str:
+    """An --allow-host value as a Host header names it (lower case, IDN in punycode), or '*'."""
+    if value == "*":
+        return value
+    try:
+        return _origin_host(value.rstrip("."), False)
+    except (ValueError, UnicodeError):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a host name: give the name alone (example.com), without a "
+            "scheme, port or path, or '*' for any"
+        ) from None
 
 
 # What the URL standard refuses in a domain once its percent-escapes are decoded.

@@ -46,6 +46,7 @@ from visionpipe.images import (
     to_model_input,
 )
 from visionpipe.predict import OnnxBackend, Prediction, softmax, top_k
+from visionpipe.serve_access import cors, host_guard, let_read
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -100,6 +101,9 @@ class ServeConfig:
     keepalive_s: float = 75.0
     # Origins (scheme://host:port) of web pages that may call it from a browser; "*" any.
     allow_origins: tuple[str, ...] = ()
+    # Names a request arriving on a loopback address may give as its Host, beyond localhost,
+    # this machine's name and addresses ("*": any); see serve_access.
+    allow_hosts: tuple[str, ...] = ()
 
     @property
     def max_upload_bytes(self) -> int:
@@ -588,67 +592,6 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return web.json_response({"error": error}, status=500)
 
 
-def cors(origins: tuple[str, ...]) -> Any:
-    """A middleware that lets pages of `origins` ('*': any) read answers in a browser.
-
-    A browser gives a page the answers of another origin (scheme, host and port) only when the
-    response says the page's origin may have them, and asks first with an OPTIONS preflight
-    before a POST whose Content-Type is not a form's (a raw image/jpeg body).
-    """
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        allowed = _allowed(origin, origins)
-        asks = request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
-        preflight = asks and origin is not None  # browsers always send Origin with a preflight
-        if preflight and not allowed:
-            return web.json_response(
-                {
-                    "error": f"pages of {origin} may not call this server (allowed origins: "
-                    f"{', '.join(origins) or 'none'}); start it with --allow-origin {origin}"
-                },
-                status=403,
-            )
-        if preflight:
-            response: web.StreamResponse = web.Response(status=204)
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST"
-            asked = request.headers.get("Access-Control-Request-Headers")
-            if asked:
-                response.headers["Access-Control-Allow-Headers"] = asked
-            pna = request.headers.get("Access-Control-Request-Private-Network") == "true"
-            if pna and origin in origins:
-                # Chrome asks this of a public page calling an address on a private network
-                # (this machine's): granted to a page named, never to any by '*', or every
-                # website its user opens could use the server.
-                response.headers["Access-Control-Allow-Private-Network"] = "true"
-            response.headers["Access-Control-Max-Age"] = "600"
-        else:
-            response = await handler(request)
-        let_read(response, request, origins)
-        return response
-
-    return middleware
-
-
-def _allowed(origin: str | None, origins: tuple[str, ...]) -> bool:
-    return origin is not None and ("*" in origins or origin in origins)
-
-
-def let_read(response: web.StreamResponse, request: web.Request, origins: tuple[str, ...]) -> None:
-    """Let the page that sent `request` read `response`, where its origin is among `origins`."""
-    if not origins:
-        return
-    # The answer's headers depend on the page asking, or on none asking: said to every client,
-    # so a cache in front (serving.md's proxy) never gives one page the answer another got.
-    vary = [v.strip() for v in response.headers.get("Vary", "").split(",") if v.strip()]
-    if "origin" not in {v.lower() for v in vary}:
-        response.headers["Vary"] = ", ".join([*vary, "Origin"])
-    origin = request.headers.get("Origin")
-    if _allowed(origin, origins):
-        response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
-
-
 def make_app(service: Service) -> web.Application:
     # The upload limit is enforced while reading (read_uploads); aiohttp's own limit is only
     # a backstop for a handler that reads the body whole.
@@ -658,7 +601,12 @@ def make_app(service: Service) -> web.Application:
         return await service.track(request, handler)
 
     app = web.Application(
-        middlewares=[track, cors(service.config.allow_origins), json_errors],
+        middlewares=[
+            track,
+            host_guard(service.config.allow_hosts, service.config.host),
+            cors(service.config.allow_origins),
+            json_errors,
+        ],
         client_max_size=service.config.max_upload_bytes,
     )
     app.router.add_get("/", service.index)

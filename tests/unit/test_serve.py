@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from aiohttp import web
 from PIL import Image
 
 from tests.helpers import DOG_PNG, ROOT, env
@@ -655,6 +656,73 @@ def test_other_origins_are_told_the_option(server: Served, model: Path) -> None:
         with pytest.raises(SystemExit) as exit_:
             main(["serve", "--model", str(model), "--allow-origin", bad])
         assert exit_.value.code == 2
+
+
+def test_a_name_pointed_at_this_machine_by_a_web_page_is_refused(
+    model: Path, tmp_path: Path
+) -> None:
+    # DNS rebinding: a page of evil.example points its name at 127.0.0.1 and calls the server
+    # as its own origin; the request carries the page's name as Host.
+    with serve(model, tmp_path / "server.log") as served:
+        port = served.url.rsplit(":", 1)[1]
+        for _ in range(2):
+            status, got = request(f"{served.url}/model", headers={"Host": f"evil.example:{port}"})
+            assert status == 403, got
+        assert got["error"].endswith("start the server with --allow-host evil.example"), got
+        for host in (
+            f"localhost:{port}",
+            "LocalHost.",
+            f"app.localhost:{port}",
+            f"127.0.0.1:{port}",
+            f"[::1]:{port}",
+            socket.gethostname(),
+        ):
+            status, got = request(f"{served.url}/model", headers={"Host": host})
+            assert status == 200, (host, got)
+        status, _ = request(f"{served.url}/predict?name=x", _jpeg(), {"Host": "evil.example"})
+        assert status == 403
+    # Once a name in the log, not once a request.
+    assert served.log_text().count("refused requests for host") == 1, served.log_text()
+    with serve(model, tmp_path / "proxied.log", "--allow-host", "Proxy.Example.") as served:
+        status, got = request(f"{served.url}/model", headers={"Host": "proxy.example"})
+        assert status == 200, got
+        status, _ = request(f"{served.url}/model", headers={"Host": "other.example"})
+        assert status == 403
+    for bad in ("http://proxy.example", "proxy.example:8080", "a/b"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["serve", "--model", str(model), "--allow-host", bad])
+        assert exit_.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("sockname", "checked"),
+    [
+        (("127.0.0.1", 8000), True),
+        (("::ffff:127.0.0.1", 8000, 0, 0), True),  # a dual-stack socket's IPv4 client
+        (("::1", 8000, 0, 0), True),
+        (("192.0.2.7", 8000), False),  # another machine's request, by whatever name it knows
+        ("/run/serve.sock", False),
+    ],
+)
+def test_only_requests_arriving_on_a_loopback_address_have_their_host_checked(
+    sockname: object, checked: bool
+) -> None:
+    import asyncio
+    from unittest import mock
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from visionpipe.serve_access import host_guard
+
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name: sockname if name == "sockname" else None
+    req = make_mocked_request("GET", "/model", {"Host": "lab-box.example"}, transport=transport)
+
+    async def handler(request: object) -> web.Response:
+        return web.Response(text="answered")
+
+    response = asyncio.run(host_guard((), "0.0.0.0")(req, handler))
+    assert response.status == (403 if checked else 200)
 
 
 def test_the_page_is_self_contained(server: Served) -> None:
