@@ -106,7 +106,7 @@ def require(path: str | Path, stage: str) -> Path:
             " (os.chdir to it in a notebook)"
         )
     message = f"{path} not found: {rerun(stage)} first"
-    if _pipeline_output(path):
+    if pipeline_output(path):
         # A fresh clone has dvc.lock but none of the outputs: a teammate's DVC remote has them.
         # DVC deletes a stage's outputs before running it, so a failed or stopped run leaves
         # none; the last successful run's are in DVC's cache. --force: the stopped run's
@@ -133,11 +133,13 @@ def _chain_end(link: Path) -> str | None:
     return target if len(seen) > 1 else os.readlink(link)
 
 
-def _pipeline_output(path: Path) -> bool:
-    """Whether `path` is, or lies under, a file the stages write at its usual place."""
+def pipeline_output(path: Path) -> bool:
+    """Whether `path` is, or lies under, a model or the data the stages write at its usual
+    place, here or in the project this folder is inside."""
     absolute = Path(os.path.abspath(path))
+    folders = {Path.cwd(), project_root() or Path.cwd()}
     outputs = (MODEL, ONNX_MODEL, PROCESSED_DIR)
-    return any(absolute.is_relative_to(os.path.abspath(out)) for out in outputs)
+    return any(absolute.is_relative_to(f / out) for f in folders for out in outputs)
 
 
 def split_file(split: str) -> Path:

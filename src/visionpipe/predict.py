@@ -47,6 +47,7 @@ class Prediction:
 
 
 class Backend(Protocol):
+    path: Path  # the model file it read
     classes: list[str]
     image_size: int
 
@@ -55,7 +56,8 @@ class Backend(Protocol):
 
 class OnnxBackend:
     def __init__(self, path: Path) -> None:
-        model = open_exported(paths.require(path, "export"))
+        self.path = paths.require(path, "export")
+        model = open_exported(self.path)
         self.session, self.classes, self.image_size = model.session, model.classes, model.image_size
         self.input_name = self.session.get_inputs()[0].name
 
@@ -69,7 +71,7 @@ class TorchBackend:
 
         from visionpipe.modelfile import load_model
 
-        self.torch = torch
+        self.torch, self.path = torch, path
         # A file that is not a visionpipe model.pt raises modelfile.ModelFileError, in one line.
         self.model, info = load_model(path)
         self.model = self.model.to(memory_format=torch.channels_last)  # 2x faster on CPU
@@ -160,7 +162,8 @@ def predict_command(
     topk = min(topk, len(opened.classes))  # the CSV's columns: none left empty in every row
     samples, inputs = collect_inputs(unscored or []), collect_inputs(specs)
     outputs = {"--json": json_path, "--csv": csv_path, "--grid": grid_path}
-    if (clash := _overwritten({k: v for k, v in outputs.items() if v}, inputs.files)) is not None:
+    asked = {k: v for k, v in outputs.items() if v}
+    if (clash := _overwritten(asked, inputs.files, opened.path)) is not None:
         log.error("%s", clash)
         return 2
     not_scored = {str(f) for f in samples.files} | {file for file, _ in samples.errors}
@@ -257,20 +260,29 @@ def _folder_labels(
     return {file: c for file, c in found if c is not None and file not in not_scored}
 
 
-def _overwritten(outputs: dict[str, Path], files: list[Path]) -> str | None:
-    """Why writing `outputs` (flag -> path) would overwrite one of the photos `files`, or None."""
+def _overwritten(outputs: dict[str, Path], files: list[Path], model: Path) -> str | None:
+    """Why writing `outputs` (flag -> path) would overwrite one of the photos `files`, the
+    `model` predicting, or a model or data the pipeline wrote; None if it would not."""
     named = {
         key: (flag, path)
         for flag, path in outputs.items()
         if path != STDOUT
         for key in _identities(fsutil.through_link(path))
     }
-    for path in files:
+    for path in [model, *files]:
         found = next((named[k] for k in _identities(path) if k in named), None)
-        if found is not None:
-            flag, out = found
-            same = "" if out == path else f" ({path})"
-            return f"{flag} {out} names a file being predicted{same}: give the output another name"
+        if found is None or not _same_file(fsutil.through_link(found[1]), path):
+            continue
+        flag, out = found
+        same = "" if out == path else f" ({path})"
+        what = "the model predicting" if path == model else "a file being predicted"
+        return f"{flag} {out} names {what}{same}: give the output another name"
+    for flag, out in outputs.items():
+        if out != STDOUT and paths.pipeline_output(fsutil.through_link(out)):
+            return (
+                f"{flag} {out} names a model or data the pipeline writes: give the output "
+                "a name outside models/ and data/processed/"
+            )
     return None
 
 
@@ -278,7 +290,7 @@ def _identities(path: Path) -> list[tuple[Any, ...]]:
     """What tells two names of one file apart from two files: its device and inode where it
     exists, and its name in any case in its folder (a case-insensitive disk, macOS's, a Windows
     share, an exFAT card, holds A.JPG as a.jpg, and its FUSE driver may give each name an inode
-    of its own)."""
+    of its own; `_same_file` tells)."""
     keys: list[tuple[Any, ...]] = []
     with contextlib.suppress(OSError):
         st = os.stat(path)
@@ -291,6 +303,21 @@ def _identities(path: Path) -> list[tuple[Any, ...]]:
     # Such disks map case letter by letter (ß stays ß, not SS): a one-to-one upper case.
     name = "".join(c.upper() if len(c.upper()) == 1 else c for c in path.name)
     return [*keys, (folder, name)]
+
+
+def _same_file(out: Path, photo: Path) -> bool:
+    """Whether `out`, whose identity matched `photo`'s, names that very file: one inode, or a
+    name in another case that the folder finds (it exists) without listing it (a disk whose
+    names ignore case). On a disk that tells case, A.png is a file of its own or none yet."""
+    with contextlib.suppress(OSError):
+        if os.path.samefile(out, photo):
+            return True
+    if out.name == photo.name or not os.path.lexists(out):
+        return out.name == photo.name
+    try:
+        return out.name not in os.listdir(out.parent)
+    except OSError:
+        return True  # unlistable: the safe side is to refuse
 
 
 def _print_accuracy(
@@ -339,8 +366,17 @@ def _write_outputs(
         if flag == "--grid" and all(p.error for p in preds):
             log.error("--grid %s not written: no input could be predicted", dest)
             continue  # the failed inputs make the exit code 1
+        target = fsutil.through_link(Path(dest))
+        if target != Path(dest) and not target.parent.is_dir():  # as `>` would not make it
+            log.error(
+                "cannot write %s %s: it is a link to %s, whose folder does not exist (a disk "
+                "not mounted?)",
+                *(flag, dest, os.readlink(dest)),
+            )
+            written = False
+            continue
         try:
-            write(fsutil.through_link(Path(dest)))
+            write(target)
         except DiskFullError:
             raise  # its message names the file and the remedy; the caller prints it
         except OSError as exc:  # the others are still written, each failure named

@@ -19,6 +19,8 @@ def standard_stream(path: Path | str) -> int | None:
     replaced, or what the shell redirected there, and all printed after, would be lost."""
     try:
         st = os.stat(path)
+        if os.path.samestat(st, os.stat(os.devnull)):  # discarded, however stdout goes
+            return None
     except OSError:
         return None
     for fd in (1, 2):

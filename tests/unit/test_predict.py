@@ -631,7 +631,7 @@ def test_json_or_csv_to_stdout_and_a_grid_in_the_format_its_name_says(
 
 
 def test_an_output_named_like_a_photo_being_predicted_is_refused_before_anything_is_written(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = write_tiny_onnx(tmp_path / "model.onnx")
     photos = tmp_path / "photos"
@@ -651,13 +651,24 @@ def test_an_output_named_like_a_photo_being_predicted_is_refused_before_anything
     assert main(["predict", str(photo), "--model", str(model), "--grid", str(upper)]) == 2
     assert f"--grid {upper} names a file being predicted ({photo})" in caplog.text
     assert os.path.samefile(photo, upper) and photo.read_bytes() == before
-    # exFAT's FUSE driver gives Dog.png and dog.png inodes of their own: the name in any case,
-    # in the same folder, is the photo's too (on this case-sensitive disk, not yet a file).
+    # exFAT's FUSE driver gives Dog.png and dog.png inodes of their own: the name in any case
+    # is the photo's where the folder finds it but lists only the photo's name. A copy stands
+    # in for the name found, and the listing is such a folder's.
     upper.unlink()
+    shutil.copy(photo, upper)
+    listdir = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda d=".": [n for n in listdir(d) if n != upper.name])
     caplog.clear()
-    assert main(["predict", str(photos), "--model", str(model), "--grid", str(upper)]) == 2
+    assert main(["predict", str(photo), "--model", str(model), "--grid", str(upper)]) == 2
     assert f"--grid {upper} names a file being predicted ({photo})" in caplog.text
-    assert not upper.exists() and photo.read_bytes() == before
+    assert upper.read_bytes() == before and photo.read_bytes() == before
+    monkeypatch.undo()
+    # On a disk that tells case, A.PNG beside a.png is a file of its own, or none yet.
+    for exists in (True, False):
+        if not exists:
+            upper.unlink()
+        assert main(["predict", str(photo), "--model", str(model), "--grid", str(upper)]) == 0
+        assert Image.open(upper).size[0] > 0 and photo.read_bytes() == before
     # Letter by letter, as such disks map case: ß is not SS there.
     shutil.copy(DOG_PNG, photos / "straße.png")
     assert (
@@ -826,6 +837,57 @@ def test_json_to_a_closed_stdout_is_refused_as_the_table_is(tmp_path: Path) -> N
     cmd = _predict_cmd(model, str(DOG_PNG), "--json", "-")
     closed = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1))
     assert closed.returncode == 2 and "standard output is closed" in closed.stderr, closed.stderr
+
+
+def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tmp_path / "project"
+    (project / "models").mkdir(parents=True)
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    model = write_tiny_onnx(project / "models" / "model.onnx")
+    (project / "models" / "model.pt").write_bytes(b"trained")
+    kept = {p: p.read_bytes() for p in (project / "models").iterdir()}
+    (project / "notes").mkdir()
+    (project / "notes" / "mp.json").symlink_to(project / "models" / "model.pt")
+    monkeypatch.chdir(project / "notes")  # the model found in the project above
+    cases = [
+        (["--csv", str(model)], f"--csv {model} names the model predicting"),
+        (["--json", "../models/model.pt"], "--json ../models/model.pt names a model or data"),
+        (["--json", "mp.json"], "--json mp.json names a model or data the pipeline writes"),
+    ]
+    for args, said in cases:
+        caplog.clear()
+        assert main(["predict", str(DOG_PNG), *args]) == 2, args
+        assert said in caplog.text, caplog.text
+    assert {p: p.read_bytes() for p in (project / "models").iterdir()} == kept
+
+
+def test_an_output_linked_into_a_folder_that_is_not_there_is_not_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A link to a USB drive that is not mounted: `>` says no such file; its folders are never
+    # made on the system disk.
+    model = write_tiny_onnx(tmp_path / "model.onnx")
+    link, out_csv = tmp_path / "usb.json", tmp_path / "p.csv"
+    link.symlink_to(tmp_path / "media" / "usb" / "out.json")
+    args = ["predict", str(DOG_PNG), "--model", str(model), "--json", str(link)]
+    assert main([*args, "--csv", str(out_csv)]) == 1
+    assert f"cannot write --json {link}: it is a link to {tmp_path}/media/usb/out.json, whose" in (
+        caplog.text
+    )
+    assert not (tmp_path / "media").exists() and out_csv.read_text().startswith("file,")
+
+
+def test_outputs_sent_to_dev_null_may_be_several(tmp_path: Path) -> None:
+    model = write_tiny_onnx(tmp_path / "model.onnx")
+    cmd = [*_predict_cmd(model, str(DOG_PNG)), "--json", "/dev/null", "--csv", "/dev/null"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(str(DOG_PNG)) and str(DOG_PNG) not in proc.stderr, proc
+    # stdout discarded too: neither output is taken for a request of stdout.
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env())
+    assert proc.returncode == 0 and str(DOG_PNG).encode() not in proc.stderr, proc.stderr
 
 
 def test_outputs_go_through_links_pipes_and_devices(tmp_path: Path) -> None:
