@@ -53,6 +53,7 @@ from visionpipe.archive_members import (
 )
 from visionpipe.fsutil import DiskFullError, atomic_path, free_bytes, size_text
 from visionpipe.images import is_image_name
+from visionpipe.zip_names import ZipNames
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,6 @@ _MAX_SYMLINK_BYTES = 4096  # a zip symlink's target is its data; PATH_MAX bounds
 # at 16 bits a channel with alpha (a scan's TIFF) is 512 MB. Every member is read into memory
 # whole, so a few MB of zip that unpack to gigabytes of zeros (a zip bomb) would take it all.
 MAX_MEMBER_BYTES = 512 * 1024 * 1024
-_ZIP_UTF8_FLAG = 0x800  # general purpose bit 11: the member's name is UTF-8
 
 
 class ArchiveReadError(ValueError):
@@ -377,11 +377,10 @@ def _open_zip(source: Path) -> Iterator[Opened]:
         files: dict[str, zipfile.ZipInfo] = {}
         links: dict[str, str] = {}
         seen: set[str] = set()
-        cp437: list[str] = []
         folders: list[str] = []
-        utf8 = _unflagged_names_are_utf8(zf.infolist())
+        names = ZipNames(source, zf.infolist())
         for info in zf.infolist():
-            name = clean_name(source, _member_name(info, utf8, cp437))
+            name = clean_name(source, names.name(info))
             check_unique(source, info.filename, name, seen)
             if not name or info.is_dir():
                 folders += [name] if name else []
@@ -399,7 +398,7 @@ def _open_zip(source: Path) -> Iterator[Opened]:
                 continue
             else:
                 refuse_kind(source, info.filename, fmt)
-        _warn_cp437(source, cp437)
+        names.warn()
         entries = plan_entries(source, sorted(files), links, hardlinks={})
         path = str(source.resolve())
         yield (
@@ -420,57 +419,6 @@ def _check_member_size(source: Path, member: str, size: int) -> None:
             f"unpacks to {size_text(size)}, above the {size_text(MAX_MEMBER_BYTES)} an image of "
             "at most 64 megapixels takes, uncompressed at 16 bits a channel (a zip bomb, or a "
             "damaged archive): remove it, or re-create the archive",
-        )
-
-
-def _unflagged(info: zipfile.ZipInfo) -> bool:
-    """Whether a member's name is non-ASCII with no UTF-8 flag: its encoding is a guess."""
-    return not info.flag_bits & _ZIP_UTF8_FLAG and not info.orig_filename.isascii()
-
-
-def _unflagged_names_are_utf8(infos: list[zipfile.ZipInfo]) -> bool:
-    """Whether a zip's unflagged non-ASCII names are UTF-8 (macOS's Archive Utility and other
-    tools store UTF-8 unflagged): those of all its images are valid UTF-8. Decided for the whole
-    zip, not name by name: a Chinese Windows's GBK name can be valid UTF-8 by chance (猫 is C3 A8,
-    UTF-8's è), and names read one by one would split one folder, one class, in two. Other files'
-    names do not count: one stray name of another system (a Latin-1 notes file) must not garble
-    a Mac's zip, and is read as cp437 alone."""
-    for info in filter(_unflagged, infos):
-        if not is_image_name(info.filename):
-            continue
-        try:
-            info.orig_filename.encode("cp437").decode("utf-8")
-        except UnicodeDecodeError:
-            return False
-    return True
-
-
-def _member_name(info: zipfile.ZipInfo, utf8: bool, cp437: list[str]) -> str:
-    """A zip member's name as its maker meant it. A name not flagged UTF-8 is cp437 by the ZIP
-    standard, and Python reads it so; but where the zip's images' names are valid UTF-8 (`utf8`),
-    every such name that is valid UTF-8 is read so, as unzip and 7-Zip read them. Names left to
-    cp437 are added to `cp437`."""
-    if not _unflagged(info):
-        return info.filename
-    if utf8:
-        with contextlib.suppress(UnicodeDecodeError):
-            return info.orig_filename.encode("cp437").decode("utf-8")  # the bytes as stored
-    cp437.append(info.filename)
-    return info.filename
-
-
-def _warn_cp437(source: Path, names: list[str]) -> None:
-    if names:
-        log.warning(
-            "%s holds file names not marked UTF-8 that are not all UTF-8 either: %d (such as"
-            " %r) are read as the ZIP standard's cp437: if they look garbled,"
-            " the zip was made on a system with another code page (a Chinese Windows writes"
-            " GBK). Unpack it with that code page (unzip -O GBK %s) and set data.source to the"
-            " folder, or re-create the zip with 7-Zip, which writes UTF-8",
-            source,
-            len(names),
-            names[0],
-            source.name,
         )
 
 

@@ -7,10 +7,14 @@ import io
 import logging
 import os
 import re
+import shlex
 import stat
+import struct
+import subprocess
 import sys
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -560,7 +564,58 @@ def test_unflagged_utf8_names_read_as_utf8_and_other_code_pages_are_warned_of(
         assert not caplog.text
         assert list_files(windows) == ["photos/├¿/╒╒╞¼ 1.jpg"]  # GBK's bytes read as cp437
     assert "not marked UTF-8 that are not all UTF-8 either: 1 (such as" in caplog.text
-    assert "unzip -O GBK windows.zip" in caplog.text
+    # Both readings, and a way to unpack it that works on every system (Debian's unzip has no -O).
+    assert "as gbk (its maker's Windows code page?) the first reads 'photos/猫/照片 1.jpg'" in (
+        caplog.text
+    )
+    command = re.search(r"`uv run python -c (.+?)`", caplog.text)
+    assert command is not None, caplog.text
+    project = tmp_path / "project"  # the folder is named from the project, beside it
+    project.mkdir()
+    python = f"{shlex.quote(sys.executable)} -c {command.group(1)}"
+    subprocess.run(python, shell=True, cwd=project, check=True)
+    unpacked = tmp_path / "windows-unpacked" / "photos" / "猫" / "照片 1.jpg"
+    assert unpacked.read_bytes() == b"cat"
+
+
+def test_gbk_names_that_read_as_utf8_by_chance_are_warned_of_with_both_readings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 猫, 牛 and 鸭 in GBK are valid UTF-8: è, ţ and Ѽ, letters of two scripts.
+    windows = tmp_path / "animals.zip"
+    with zipfile.ZipFile(windows, "w") as z:
+        for name in ("猫/IMG_0001.jpg", "牛/IMG_0002.jpg", "鸭/IMG_0003.jpg"):
+            z.writestr(_UnflaggedName(name.encode("gbk")), b"x")
+    with caplog.at_level(logging.WARNING):
+        assert list_files(windows) == ["è/IMG_0001.jpg", "ţ/IMG_0002.jpg", "Ѽ/IMG_0003.jpg"]
+    assert "read as UTF-8 (such as 'è/IMG_0001.jpg'), whose letters mix scripts" in caplog.text
+    assert "the first reads '猫/IMG_0001.jpg'" in caplog.text
+    # Names of one script each, and CJK beside them, are a Mac's UTF-8: no word.
+    caplog.clear()
+    mac = tmp_path / "mac.zip"
+    with zipfile.ZipFile(mac, "w") as z:
+        for name in ("Ñandú/1.jpg", "café/2.jpg", "猫/3.jpg", "ねこ/4.jpg"):
+            z.writestr(_UnflaggedName(name.encode()), b"x")
+    with caplog.at_level(logging.WARNING):
+        list_files(mac)
+    assert not caplog.text
+
+
+def test_the_utf8_name_a_zip_keeps_beside_its_code_page_s_is_read(tmp_path: Path) -> None:
+    # WinRAR, Bandizip and Info-ZIP add Info-ZIP's Unicode Path field to a name in the code page.
+    raw = "猫/照片 1.jpg".encode("gbk")
+    utf8 = "猫/照片 1.jpg".encode()
+    field = struct.pack("<HHB", 0x7075, 5 + len(utf8), 1) + struct.pack("<I", zlib.crc32(raw))
+    stale = struct.pack("<HHB", 0x7075, 5 + len(utf8), 1) + struct.pack("<I", 0) + utf8
+    zipped = tmp_path / "bandizip.zip"
+    with zipfile.ZipFile(zipped, "w") as z:
+        member = _UnflaggedName(raw)
+        member.extra = field + utf8
+        z.writestr(member, b"cat")
+        other = _UnflaggedName("狗/1.jpg".encode("gbk"))
+        other.extra = stale  # written for another name: the stored name is read as before
+        z.writestr(other, b"dog")
+    assert list_files(zipped) == ["╣╖/1.jpg", "猫/照片 1.jpg"]
 
 
 def test_a_zip_s_unflagged_names_are_read_in_one_encoding(

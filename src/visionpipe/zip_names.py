@@ -1,0 +1,160 @@
+"""A zip member's name as its maker meant it.
+
+A name without the UTF-8 flag is cp437 by the ZIP standard, but few tools that leave the flag
+unset mean cp437: macOS's Archive Utility stores UTF-8, a Windows stores its code page (GBK on a
+Chinese one), and WinRAR, Bandizip and Info-ZIP may add the UTF-8 name in an extra field
+(Info-ZIP's Unicode Path). A wrong guess turns class folders into garbled class names that every
+output then carries, so a doubtful guess is said, with both readings and how to unpack the zip
+in the code page it was made in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import struct
+import unicodedata
+import zipfile
+import zlib
+from pathlib import Path
+
+from visionpipe.images import is_image_name
+
+log = logging.getLogger("visionpipe.archive")
+
+UTF8_FLAG = 0x800  # general purpose bit 11: the member's name is UTF-8
+UNICODE_PATH = 0x7075  # Info-ZIP's extra field: version 1, the stored name's CRC-32, UTF-8 name
+# The code page a garbled name is most likely in: Windows' of the languages whose names the
+# ZIP standard's cp437 cannot hold, most used first. Their readings are shown, not trusted.
+CODE_PAGES = ("gbk", "shift_jis", "cp949", "big5", "cp866")
+
+
+class ZipNames:
+    """Reads the names of one zip's members in one encoding, decided for the whole zip: a
+    Chinese Windows's GBK name can be valid UTF-8 by chance (猫 is C3 A8, UTF-8's è), and names
+    read one by one would split one folder, one class, in two."""
+
+    def __init__(self, source: Path, infos: list[zipfile.ZipInfo]) -> None:
+        self.source = source
+        self.utf8 = _unflagged_names_are_utf8(infos)
+        self.cp437: list[bytes] = []  # stored names read as cp437
+        self.guessed: list[bytes] = []  # unflagged names read as UTF-8
+
+    def name(self, info: zipfile.ZipInfo) -> str:
+        if not _unflagged(info):
+            return info.filename
+        raw = info.orig_filename.encode("cp437")  # the bytes as stored
+        if (unicode_path := _unicode_path(info.extra, raw)) is not None:
+            return unicode_path.replace("\\", "/")
+        if self.utf8:
+            try:
+                name = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+            else:
+                self.guessed.append(raw)
+                return name
+        self.cp437.append(raw)
+        return info.filename
+
+    def warn(self) -> None:
+        """A warning where the names read may not be the ones meant."""
+        if self.cp437:
+            read = self.cp437[0].decode("cp437")
+            log.warning(
+                "%s holds file names not marked UTF-8 that are not all UTF-8 either: %d (such"
+                " as %r) are read as the ZIP standard's cp437, garbled if the zip was made on a"
+                " system with another code page%s",
+                *(self.source, len(self.cp437), read, _other_reading(self.source, self.cp437)),
+            )
+        elif self.guessed and len(_scripts(self.guessed)) > 1:
+            # Real names keep to one script; GBK's bytes read as UTF-8 mix Latin, Cyrillic...
+            read = self.guessed[0].decode("utf-8")
+            log.warning(
+                "%s holds file names not marked UTF-8, read as UTF-8 (such as %r), whose letters"
+                " mix scripts (%s) as a name in another code page read as UTF-8 does%s",
+                *(self.source, read, ", ".join(sorted(_scripts(self.guessed)))),
+                _other_reading(self.source, self.guessed),
+            )
+
+
+def _unflagged(info: zipfile.ZipInfo) -> bool:
+    """Whether a member's name is non-ASCII with no UTF-8 flag: its encoding is a guess."""
+    return not info.flag_bits & UTF8_FLAG and not info.orig_filename.isascii()
+
+
+def _unflagged_names_are_utf8(infos: list[zipfile.ZipInfo]) -> bool:
+    """Whether a zip's unflagged non-ASCII names are UTF-8: those of all its images are valid
+    UTF-8. Other files' names do not count: one stray name of another system (a Latin-1 notes
+    file) must not garble a Mac's zip, and is read as cp437 alone."""
+    for info in filter(_unflagged, infos):
+        if not is_image_name(info.filename):
+            continue
+        try:
+            info.orig_filename.encode("cp437").decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return True
+
+
+def _unicode_path(extra: bytes, raw: bytes) -> str | None:
+    """The UTF-8 name of Info-ZIP's Unicode Path field in `extra`, if it is there and was
+    written for the stored name `raw` (its CRC-32 matches: a tool that renamed the member
+    without updating the field left a stale one)."""
+    at = 0
+    while at + 4 <= len(extra):
+        kind, size = struct.unpack_from("<HH", extra, at)
+        data = extra[at + 4 : at + 4 + size]
+        at += 4 + size
+        if kind != UNICODE_PATH or len(data) < 5 or data[0] != 1:
+            continue
+        if struct.unpack_from("<I", data, 1)[0] != zlib.crc32(raw):
+            return None
+        try:
+            return data[5:].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return None
+
+
+def _scripts(names: list[bytes]) -> set[str]:
+    """The scripts (LATIN, CYRILLIC, ...) of the letters of `names` read as UTF-8 that take two
+    bytes in UTF-8 (U+0080 to U+07FF): what two bytes of GBK, Big5 or Shift-JIS read as, one
+    letter of a script of its own each time (猫牛鸭 reads èţѼ)."""
+    letters = {c for raw in names for c in raw.decode("utf-8") if 0x80 <= ord(c) < 0x800}
+    return {
+        unicodedata.name(c, "?").split()[0] for c in letters if unicodedata.category(c)[0] == "L"
+    }
+
+
+def _other_reading(source: Path, names: list[bytes]) -> str:
+    """The names in the first code page that reads them all as letters of one script, with
+    the command that unpacks the zip so; or the plain advice where none does."""
+    for page in CODE_PAGES:
+        try:
+            readings = [raw.decode(page) for raw in names]
+        except UnicodeDecodeError:
+            continue
+        if any(unicodedata.category(c) == "Co" for r in readings for c in r):
+            continue  # a private-use character: no real name
+        folder = Path("..") / (source.stem + "-unpacked")
+        # JSON's strings are Python's: in double quotes, the shell's single ones stay plain.
+        code = (
+            f"import zipfile; zipfile.ZipFile({_quoted(source)}, metadata_encoding={_quoted(page)})"
+            f".extractall({_quoted(folder)})"
+        )
+        return (
+            f"; as {page} (its maker's Windows code page?) the first reads {readings[0]!r}. If"
+            f" that is right, unpack it so, `uv run python -c {shlex.quote(code)}`, and set"
+            f" data.source to {str(folder)!r}; or re-create the zip with names marked UTF-8"
+            " (7-Zip with -mcu=on)"
+        )
+    return (
+        ": unpack it with its maker's code page and set data.source to the folder, or"
+        " re-create the zip with names marked UTF-8 (7-Zip with -mcu=on)"
+    )
+
+
+def _quoted(text: object) -> str:
+    return json.dumps(str(text), ensure_ascii=False)
