@@ -77,6 +77,30 @@ def warn_empty_folders(
     outer = [f for f in _outermost(imageless) if posixpath.dirname(f) not in direct]
     what = f"files but no image, so no class or split comes of {{}}{note} (images by their suffix"
     _warn_folders(source, outer, what + ": .jpg, .png, .heic, ...)")
+    _warn_label_folders(source, outer, with_images)
+
+
+def _warn_label_folders(source: Path, imageless: list[str], with_images: set[str]) -> None:
+    """Say what comes of the PyTorch tutorial's layout, ants_image/ of photos beside ants_label/
+    of one .txt label each: the classes are the folders' names, ants_image, and no label file
+    is read."""
+    labels = [f for f in imageless if f.endswith("_label")]
+    images = sorted(i for f in labels if (i := f.removesuffix("_label") + "_image") in with_images)
+    if not images:
+        return
+    names = list(dict.fromkeys(posixpath.basename(i) for i in images))  # train/ and val/ have one
+    classes = [n.removesuffix("_image") for n in names]
+    log.warning(
+        "%s: %s beside %s, the layout of a tutorial's own Dataset class: here a class is a"
+        " folder of photos named as the class (these would make the classes %s), and no label"
+        " file is read. Rename each %s so the classes are %s; the _label folders can go",
+        source,
+        listed([f"{i}/" for i in images]),
+        listed([f"{i.removesuffix('_image')}_label/" for i in images]),
+        listed(names),
+        listed([f"{n}/ to {c}/" for n, c in zip(names, classes, strict=True)]),
+        listed(classes),
+    )
 
 
 def _outermost(folders: list[str]) -> list[str]:

@@ -212,6 +212,7 @@ def _plan_split_folders(names: Sequence[str], root: str, val_fraction: float, se
         if unknown:
             raise DatasetLayoutError(
                 f"{other}/ has classes not in train/: {_with_twins(unknown, classes)}"
+                f" (train/'s are {listed(classes)})"
             )
     depth = len(_parts(prefix))  # the class's index in a name's parts: prefix ends with "/"
     in_train = [(name, _parts(name)) for name, folder, _ in found if folder == "train"]

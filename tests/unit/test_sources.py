@@ -605,6 +605,31 @@ def test_an_ordinary_folder_packs_to_the_same_bytes_as_ever(tmp_path: Path) -> N
     assert _fetch("photos", tmp_path).sha256 == digest
 
 
+def test_the_tutorial_s_own_layout_of_images_beside_label_files_says_what_to_rename(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The PyTorch tutorial's ants/bees copy: train/ants_image/*.jpg beside train/ants_label/*.txt.
+    photos = tmp_path / "hymenoptera"
+    for split in ("train", "val"):
+        for cls in ("ants", "bees"):
+            (photos / split / f"{cls}_image").mkdir(parents=True)
+            (photos / split / f"{cls}_label").mkdir(parents=True)
+            (photos / split / f"{cls}_image" / "1.jpg").write_bytes(b"x")
+            (photos / split / f"{cls}_label" / "1.txt").write_text(cls)
+    with caplog.at_level(logging.WARNING):
+        _fetch("hymenoptera", tmp_path)
+    said = (
+        "train/ants_image/, train/bees_image/, val/ants_image/, val/bees_image/ beside "
+        "train/ants_label/, train/bees_label/, val/ants_label/, val/bees_label/, the layout of a"
+        " tutorial's own Dataset class"
+    )
+    assert said in caplog.text, caplog.text
+    assert (
+        "Rename each ants_image/ to ants/, bees_image/ to bees/ so the classes are ants, bees"
+        in (caplog.text)
+    )
+
+
 def test_a_folder_source_names_a_class_folder_with_no_image(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -185,6 +185,7 @@ def test_a_held_out_class_named_as_a_train_class_but_for_case_is_said_so() -> No
         splits.plan_image_folder(names, None, 0.2, seed=0)
     assert str(err.value) == (
         "test/ has classes not in train/: Cat (train/ has 'cat': rename one), owl"
+        " (train/'s are cat, dog)"
     )
 
 
