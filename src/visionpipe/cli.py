@@ -14,6 +14,7 @@ import math
 import os
 import re
 import sys
+import unicodedata
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -77,13 +78,21 @@ DECIMAL_COMMA = re.compile(r"[\w.]+=-?\d+,\d+")  # train.lr=0,01: a decimal comm
 PATH_KEYS = ("data.source", "model.weights", "launch.data_root", "predict.inputs")
 
 
-def _relative_path_override(overrides: list[str]) -> str | None:
-    """The first override giving a path key a path from this folder (`data.source=../photos`,
-    `./x.zip`), or None. A bare name (`cifar10-jpeg.zip`) may mean one under launch.data_root,
-    and `~`, `$HOME` or a Windows path get the stages' own handling."""
+def _relative_path_override(overrides: list[str], root: Path) -> str | None:
+    """The first override giving a path key a path from this folder, or None: one written so
+    (`data.source=../photos`, `./x.zip`, `.`), or one that is there from here but not from the
+    project's folder `root`, where the stages read it. A bare name (`cifar10-jpeg.zip`) may
+    mean one under launch.data_root, and `~`, `$HOME` or a Windows path get the stages' own
+    handling."""
     for override in overrides:
         key, _, value = override.partition("=")
-        if key.lstrip("+~") in PATH_KEYS and re.search(r"""(^|[\[,'"\s])\.\.?/""", value):
+        if key.lstrip("+~") not in PATH_KEYS:
+            continue
+        if re.search(r"""(^|[\[,'"\s])\.\.?($|[/\],'"\s])""", value):
+            return override
+        items = (v.strip(" '\"") for v in re.split(r"[\[\],]", value))
+        here = [v for v in items if v and not v.startswith(("~", "$", "/")) and Path(v).exists()]
+        if any(not (root / v).exists() for v in here):
             return override
     return None
 
@@ -128,7 +137,7 @@ def _params(args: argparse.Namespace) -> int:
     if isinstance(root, str):
         print(f"error: {root}", file=sys.stderr)
         return 2
-    if root != Path() and (relative := _relative_path_override(args.overrides)) is not None:
+    if root != Path() and (relative := _relative_path_override(args.overrides, root)) is not None:
         print(
             f"error: {relative} is a path relative to this folder, and params.yaml's paths are "
             f"read from the project's ({root}): give it absolute, or as from there (run "
@@ -153,9 +162,7 @@ def _params(args: argparse.Namespace) -> int:
             return 2
         parse_params(raw, origin="params.yaml as composed", complete=True)
     except Exception as exc:  # Hydra's and the loader's errors both name the bad override
-        print(f"error: {_override_error(exc)}", file=sys.stderr)
-        if type(exc).__name__ == "OverrideParseException":  # Hydra's grammar, not the value
-            print(QUOTE_HINT, file=sys.stderr)
+        print(_compose_error(exc, args.overrides), file=sys.stderr)
         return 2
     path = root / DEFAULT_PARAMS
     old, unreadable = _old_params(path)
@@ -221,6 +228,48 @@ def _lacking_in_conf(raw: object, overrides: list[str]) -> str | None:
         "conf/ gives no value for keys the code has: add each line to conf/config.yaml, "
         "in its section, at the code's default:\n" + "\n".join(lines)
     )
+
+
+# What an input method (Chinese, Japanese) types in full width beside the ASCII a command
+# needs, which NFKC does not map to it.
+IME_PUNCTUATION = {"‘": "'", "’": "'", "“": '"', "”": '"', "。": ".", "、": ","}
+
+
+def _compose_error(exc: Exception, overrides: list[str]) -> str:
+    """The lines saying why composing `overrides` failed, and the hint that fits."""
+    text = _override_error(exc)
+    # Hydra's parse error points at the bad character on its next line: kept in its column.
+    message = f"error:\n{text}" if "\n" in text and "^" in text else f"error: {text}"
+    # Hydra's own advice for a comma names its --multirun, which this command has not.
+    message = message.replace(
+        "3. To sweep over it, add --multirun to your command line",
+        "3. To run one experiment per value: dvc exp run --queue -S (docs/parameters.md)",
+    )
+    named = [o for o in overrides if o in text] or overrides  # the one the error is about
+    if (wide := _full_width(named)) is not None:
+        return f"{message}\n{wide}"
+    if type(exc).__name__ == "OverrideParseException":  # Hydra's grammar, not the value
+        return f"{message}\n{QUOTE_HINT}"
+    return message
+
+
+def _full_width(overrides: list[str]) -> str | None:
+    """What to type instead of the full-width characters of the first override holding any
+    (＝ ， ０ and the full-width space, ‘’ quotes, 。), as an input method types them."""
+    for override in overrides:
+        typed = [
+            c for c in override if c in IME_PUNCTUATION or unicodedata.normalize("NFKC", c) != c
+        ]
+        if typed:
+            fixed = "".join(
+                IME_PUNCTUATION.get(c, unicodedata.normalize("NFKC", c)) for c in override
+            )
+            shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in dict.fromkeys(typed))
+            return (
+                f"{override!r} holds characters an input method typed in full width: {shown}."
+                f" Switch it to half-width (半角) or English punctuation: {fixed}"
+            )
+    return None
 
 
 def _override_error(exc: Exception) -> str:

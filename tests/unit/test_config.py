@@ -333,6 +333,12 @@ def test_visionpipe_params_from_a_folder_of_the_project_writes_the_project_s_par
         capsys.readouterr().err
     )
     assert main(["params", f"data.source={conf_copy / 'photos'}"]) == 0
+    # `.` and `..` bare, and a path that is there from here but not from the project's folder.
+    (conf_copy / "docs" / "photos").mkdir()
+    (conf_copy / "docs" / "photos" / "a.png").write_bytes(b"x")
+    for override in ("predict.inputs=[.]", "data.source=..", "predict.inputs=[photos/a.png]"):
+        assert main(["params", override]) == 2, override
+        assert f"error: {override} is a path relative to this folder" in capsys.readouterr().err
     # A bare name may mean one under launch.data_root, `~` is the stages' to expand.
     for value in ("cifar10-jpeg.zip", "'~/photos'"):
         assert main(["params", f"data.source={value}"]) == 0, value
@@ -357,6 +363,38 @@ def test_a_decimal_comma_is_named_with_the_dot_it_needs(capsys: pytest.CaptureFi
     )
     assert main(["params", "train.epochs=10,20"]) == 2  # a whole number's: Hydra's sweep words
     assert "decimal number" not in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("conf_copy")
+def test_full_width_characters_an_input_method_typed_are_named_with_what_to_type(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for typed, fixed in [
+        ("train.lr＝0.001", "train.lr=0.001"),
+        ("train.lr=０.００１", "train.lr=0.001"),
+        ("train.lr=0.1，0.01", "train.lr=0.1,0.01"),
+        ("data.source=‘/tmp/x’", "data.source='/tmp/x'"),
+    ]:
+        assert main(["params", typed]) == 2, typed
+        err = capsys.readouterr().err
+        assert "an input method typed in full width" in err and err.rstrip().endswith(fixed), err
+        assert "goes in single quotes" not in err  # the quoting hint is not what helps
+        # Hydra's caret stays under the character it points at: its line is not shifted.
+        lines = err.splitlines()
+        assert lines[0] == "error:", err
+    # A full-width space inside a quoted path is a name, and no error.
+    assert main(["params", "data.source='/tmp/我的\u3000项目'"]) == 0
+
+
+@pytest.mark.usefixtures("conf_copy")
+def test_params_errors_give_this_command_s_ways_and_a_list_item_s_value(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["params", "train.lr=0.1,0.01"]) == 2  # Hydra's advice names its --multirun
+    err = capsys.readouterr().err
+    assert "--multirun" not in err and "dvc exp run --queue -S" in err, err
+    assert main(["params", "predict.inputs=[5]"]) == 2
+    assert "'predict.inputs.0' = 5: Input should be a valid string" in capsys.readouterr().err
 
 
 def test_visionpipe_params_where_it_may_not_write_says_so_in_a_line(

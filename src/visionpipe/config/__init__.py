@@ -97,8 +97,11 @@ def _describe(err: dict[str, Any], raw: Any, schema: type[BaseModel]) -> str:
         valid = sorted(section.model_fields) if isinstance(section, type) else []
         return unknown_key_line(key, valid)
     value = raw
-    for part in err["loc"]:
-        value = value.get(part) if isinstance(value, dict) else None
+    for part in err["loc"]:  # a key, or a list item's index (predict.inputs.0)
+        if isinstance(value, list) and isinstance(part, int) and part < len(value):
+            value = value[part]
+        else:
+            value = value.get(part) if isinstance(value, dict) else None
     where = f"'{key}'" if key else "params"
     return f"{where} = {value!r}: {err['msg']}"
 
