@@ -32,7 +32,7 @@ def export_onnx(model: torch.nn.Module, info: ModelInfo, dest: Path, opset: int)
     """Write `model` as ONNX at `dest`: float RGB [0, 1] NCHW in, logits out, dynamic batch."""
     proto = trace(model.eval(), info, opset)
     metadata = {
-        "classes": json.dumps(info.classes),
+        "classes": json.dumps(info.classes, ensure_ascii=False),  # 猫 as Netron shows it
         "image_size": str(info.image_size),
         "input": "float32 RGB in [0, 1], NCHW; normalization is inside the graph",
         "arch": info.arch,

@@ -313,8 +313,11 @@ def _finite(obj: Any) -> Any:
 
 
 def json_text(obj: Any) -> str:
-    """`obj` as strict JSON: NaN and infinities (a diverged model's numbers) become null."""
-    return json.dumps(_finite(obj), allow_nan=False)
+    """`obj` as strict JSON on one line: NaN and infinities (a diverged model's numbers) become
+    null, class and file names read as they are (猫, not \\u732b), and a name that is not
+    UTF-8 keeps each byte's escape (\\udcXX), as `write_json` writes it."""
+    text = json.dumps(_finite(obj), allow_nan=False, ensure_ascii=False)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def write_json(dest: Path | str, obj: Any) -> None:

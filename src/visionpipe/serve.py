@@ -36,7 +36,6 @@ from aiohttp.web_urldispatcher import _default_expect_handler
 
 from visionpipe import limits, paths
 from visionpipe.batching import Batcher, BatcherStopped
-from visionpipe.fsutil import json_text
 from visionpipe.images import (
     MAX_PIXELS,
     BadImageError,
@@ -46,7 +45,7 @@ from visionpipe.images import (
     to_model_input,
 )
 from visionpipe.predict import OnnxBackend, Prediction, softmax, top_k
-from visionpipe.serve_access import cors, host_guard, let_read
+from visionpipe.serve_access import cors, host_guard, json_response, let_read
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -120,7 +119,7 @@ class ApiError(Exception):
 
     def response(self) -> web.Response:
         retry = {"Retry-After": "5"} if self.status == 503 else None
-        response = web.json_response(
+        response = json_response(
             {"error": self.message, **self.extra}, status=self.status, headers=retry
         )
         if self.close:
@@ -476,7 +475,7 @@ class Service:
         return web.Response(text=self.page, content_type="text/html")
 
     async def model(self, request: web.Request) -> web.Response:
-        return web.json_response(self.info)
+        return json_response(self.info)
 
     async def health(self, request: web.Request) -> web.Response:
         stats = self.batcher.stats
@@ -484,7 +483,7 @@ class Service:
             status = "stopping"
         else:
             status = "ok" if self.batcher.alive else f"the model worker has stopped; {RESTART}"
-        return web.json_response(
+        return json_response(
             {
                 "status": status,
                 "uptime_s": round(time.monotonic() - self.started, 1),
@@ -552,7 +551,7 @@ class Service:
             for u, p in zip(uploads, probs, strict=True)
         ]
         # A diverged model's probabilities are NaN: null in JSON, as `visionpipe predict --json`.
-        return web.json_response({"predictions": preds}, dumps=json_text)
+        return json_response({"predictions": preds})
 
 
 @web.middleware
@@ -564,7 +563,7 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return exc.response()
     except BatcherStopped as exc:  # the model worker died: every later request would wait forever
         log.error("cannot answer %s %s: %s", request.method, request.path, exc)
-        return web.json_response({"error": f"{exc}; {RESTART}"}, status=503)
+        return json_response({"error": f"{exc}; {RESTART}"}, status=503)
     except MemoryError:  # under load within a process memory limit: no bug, and it passes
         log.warning("out of memory answering %s %s: answered 503", request.method, request.path)
         return ApiError(
@@ -584,12 +583,12 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
                 message += " (curl -T: add -X POST)"
         # A 405 must say which methods the path takes (HTTP's Allow header); clients read it.
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return web.json_response({"error": message}, status=exc.status, headers=allow)
+        return json_response({"error": message}, status=exc.status, headers=allow)
     except Exception as exc:
         log.exception("internal error answering %s %s", request.method, request.path)
         # Its words stay in the server's log: they may name the server's files.
         error = f"internal error ({type(exc).__name__}): the server's log has what happened"
-        return web.json_response({"error": error}, status=500)
+        return json_response({"error": error}, status=500)
 
 
 def make_app(service: Service) -> web.Application:

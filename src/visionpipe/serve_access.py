@@ -11,6 +11,7 @@ on this machine that passes on the name it was called by).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import socket
@@ -18,7 +19,11 @@ from typing import Any
 
 from aiohttp import web
 
+from visionpipe.fsutil import json_text
+
 log = logging.getLogger("visionpipe.serve")
+# Names as they are (猫, not \\u732b), and a diverged model's NaN as null.
+json_response = functools.partial(web.json_response, dumps=json_text)
 
 
 def cors(origins: tuple[str, ...]) -> Any:
@@ -36,7 +41,7 @@ def cors(origins: tuple[str, ...]) -> Any:
         asks = request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
         preflight = asks and origin is not None  # browsers always send Origin with a preflight
         if preflight and not allowed:
-            return web.json_response(
+            return json_response(
                 {
                     "error": f"pages of {origin} may not call this server (allowed origins: "
                     f"{', '.join(origins) or 'none'}); start it with --allow-origin {origin}"
@@ -99,7 +104,7 @@ def host_guard(allowed: tuple[str, ...], listen_host: str) -> Any:
         if name not in warned:  # once a name: a page retrying would fill the log
             warned.add(name)
             log.warning("refused requests for host %r (start with --allow-host %s)", host, name)
-        return web.json_response(
+        return json_response(
             {
                 "error": f"this server does not answer requests for the host {name}: on a "
                 "loopback address it answers localhost, this machine's name and addresses "

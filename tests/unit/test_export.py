@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 import shutil
@@ -19,6 +20,7 @@ from PIL import Image
 from visionpipe import export
 from visionpipe.modelfile import ModelInfo
 from visionpipe.models import build_model
+from visionpipe.onnxrt import open_exported
 
 
 def _model(seed: int, arch: str = "tutorial_cnn", tta: int = 2) -> torch.nn.Module:
@@ -240,6 +242,15 @@ def test_the_documented_int8_quantization_gives_a_model_predict_reads(
     np.testing.assert_allclose(compiled(images)[0], int8, atol=0.05 * np.abs(int8).max())
     Image.new("RGB", (20, 20), "red").save("red.png")
     assert main(["predict", "red.png", "--model", "model.int8.onnx"]) == 0  # metadata kept
+
+
+def test_the_metadata_names_the_classes_as_they_are(tmp_path: Path) -> None:
+    # Netron and other viewers show the string as stored: 猫, not \\u732b.
+    info = dataclasses.replace(_info(), classes=["猫", "蚂蚁", "蜜蜂"])
+    export.export_onnx(_model(0), info, tmp_path / "model.onnx", 18)
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props}
+    assert props["classes"] == '["猫", "蚂蚁", "蜜蜂"]'
+    assert open_exported(tmp_path / "model.onnx").classes == ["猫", "蚂蚁", "蜜蜂"]
 
 
 def test_an_opset_the_exporter_does_not_write_is_refused(tmp_path: Path) -> None:

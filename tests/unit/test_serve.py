@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Iterator
@@ -656,6 +657,26 @@ def test_other_origins_are_told_the_option(server: Served, model: Path) -> None:
         with pytest.raises(SystemExit) as exit_:
             main(["serve", "--model", str(model), "--allow-origin", bad])
         assert exit_.value.code == 2
+
+
+def test_names_come_back_as_they_are_not_as_json_escapes(tmp_path: Path) -> None:
+    # A Chinese learner's classes and photo names, as `predict --json` writes them.
+    model = write_tiny_onnx(tmp_path / "model.onnx", classes=["猫", "蚂蚁", "蜜蜂"])
+    with serve(model, tmp_path / "server.log") as served:
+        for path, data, headers in (
+            ("/model", None, {}),
+            ("/predict?name=狗.png", _jpeg(), {"Content-Type": "image/jpeg"}),
+            ("/predict?name=狗.txt", b"not an image", {"Content-Type": "image/jpeg"}),
+        ):
+            url = served.url + urllib.parse.quote(path, safe="/?=")
+            req = urllib.request.Request(url, data=data, headers=headers)
+            try:
+                resp = urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req)
+            except urllib.error.HTTPError as exc:
+                resp = exc
+            with resp:
+                body = resp.read().decode("utf-8")
+            assert "\\u" not in body and ("蚂蚁" in body or "狗" in body), body
 
 
 def test_a_name_pointed_at_this_machine_by_a_web_page_is_refused(
