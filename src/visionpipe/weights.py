@@ -224,9 +224,18 @@ CODE_MODULES = frozenset(
 )
 CODE_CALLS = frozenset(
     {"system", "popen", "Popen", "call", "check_call", "check_output", "run", "getoutput"}
-    | {"getstatusoutput", "spawn", "spawnl", "spawnlp", "spawnv", "spawnvp", "spawnve"}
-    | {"execl", "execlp", "execv", "execve", "execvp", "eval", "exec", "compile", "__import__"}
-    | {"run_path", "run_module", "import_module", "fork", "forkpty", "popen2", "popen3"}
+    | {"getstatusoutput", "spawn", "fork", "forkpty", "popen2", "popen3", "startfile"}
+    | {f"spawn{s}" for s in ("l", "le", "lp", "lpe", "v", "ve", "vp", "vpe")}
+    | {f"exec{s}" for s in ("l", "le", "lp", "lpe", "v", "ve", "vp", "vpe")}
+    | {"posix_spawn", "posix_spawnp", "eval", "exec", "compile", "__import__", "execfile"}
+    | {"run_path", "run_module", "import_module", "remove", "unlink", "rmdir", "removedirs"}
+)
+# Modules no model or checkpoint pickles anything of: whatever a pickle calls there (another
+# pickle's loads, a file's deletion, a browser, a socket, C functions) is there to run.
+CODE_ONLY_MODULES = frozenset(
+    {"pickle", "_pickle", "marshal", "dill", "shelve", "shutil", "ctypes", "webbrowser"}
+    | {"socket", "code", "codeop", "pdb", "timeit", "cProfile", "profile", "multiprocessing"}
+    | {"urllib", "http", "ftplib", "smtplib", "telnetlib", "asyncio", "threading", "signal"}
 )
 CODE_PICKLE = (
     "it calls {what} when unpickled: it was made to run a program on the machine that loads "
@@ -239,7 +248,8 @@ def runs_code(global_name: str) -> bool:
     """Whether a pickle's global (`posix.system`, `eval`) is one that runs code, not a class to
     rebuild (`os.stat_result` is none)."""
     module, _, name = global_name.rpartition(".")
-    return name in CODE_CALLS and module.split(".", 1)[0] in CODE_MODULES
+    root = module.split(".", 1)[0]
+    return root in CODE_ONLY_MODULES or (name in CODE_CALLS and root in CODE_MODULES)
 
 
 def _bare_net_state(state: dict[str, Any]) -> dict[str, Any]:

@@ -996,7 +996,14 @@ def test_a_weights_file_made_to_run_code_is_named_as_such_with_no_advice_to_load
     assert "made to run a program" in str(err.value) and "weights_only" not in str(err.value)
     assert not marker.exists()
     # torch.save's protocol 2 names builtins bare (`eval`) and subprocess as `commands`.
-    for call, arg in ((eval, "1"), (exec, "x = 1"), (subprocess.Popen, ["true"])):
+    # And the calls of its kind that take their environment or a file's deletion, and modules
+    # no model pickles anything of.
+    import pickle
+    import shutil
+
+    calls = [(eval, "1"), (exec, "x = 1"), (subprocess.Popen, ["true"]), (pickle.loads, b"N.")]
+    calls += [(os.unlink, str(tmp_path / "none")), (shutil.rmtree, str(tmp_path / "none"))]
+    for call, arg in calls:
         torch.save({"state_dict": _Calls(call, arg)}, evil)
         with pytest.raises(WeightsError, match="made to run a program"):
             build_model("tutorial_cnn", 3, 16, {"weights": str(evil)})
