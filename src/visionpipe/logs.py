@@ -12,12 +12,12 @@ import signal
 import sys
 import threading
 import time
-import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
 from visionpipe import fsutil, paths, warm
+from visionpipe.names import is_control
 
 log = logging.getLogger("visionpipe")
 
@@ -53,11 +53,7 @@ class _Escaping(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        return "".join(c if c in "\n\t" or not _is_control(c) else repr(c)[1:-1] for c in text)
-
-
-def _is_control(c: str) -> bool:
-    return unicodedata.category(c) == "Cc"
+        return "".join(c if c in "\n\t" or not is_control(c) else repr(c)[1:-1] for c in text)
 
 
 def is_user_error(exc: BaseException) -> bool:

@@ -25,4 +25,14 @@ def counted(n: int, word: str, plural: str | None = None) -> str:
 def one_line(name: str) -> str:
     """`name` with its control characters escaped (a newline as `\\n`): a file name holding one
     would break a line of output in two."""
-    return "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in name)
+    return "".join(repr(c)[1:-1] if is_control(c) else c for c in name)
+
+
+# The bidirectional overrides and isolates, which show the text after them reversed (an
+# invoice\u202egpj.exe reads invoiceexe.jpg), and the line and paragraph separators.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def is_control(c: str) -> bool:
+    """Whether `c` changes how a terminal shows what follows rather than showing itself."""
+    return unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in BIDI_CONTROLS

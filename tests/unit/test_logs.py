@@ -252,6 +252,10 @@ def test_a_name_s_control_characters_reach_the_terminal_escaped() -> None:
     from visionpipe.names import listed
 
     assert listed(["ants/new\nline.jpg", "ok.jpg"]) == "ants/new\\nline.jpg, ok.jpg"
+    # A right-to-left override shows what follows reversed: invoice\u202egpj.exe as a .jpg.
+    assert (
+        listed(["invoice\u202egpj.exe", "a\u2028b.jpg"]) == "invoice\\u202egpj.exe, a\\u2028b.jpg"
+    )
     code = (
         "import logging; from visionpipe import logs; logs.setup(); "
         "logging.getLogger('visionpipe').warning('skipped %s\\nsee above', "
@@ -266,6 +270,15 @@ def test_a_name_s_control_characters_reach_the_terminal_escaped() -> None:
     assert done.returncode == 0, done.stderr
     assert "\x1b" not in done.stderr and "\x07" not in done.stderr, repr(done.stderr)
     assert "skipped ants/evil\\x1b]0;PWNED\\x07\\x1b[2J.txt\nsee above" in done.stderr
+    code = code.replace("\\x1b]0;PWNED\\x07\\x1b[2J", "\\u202egpj.exe 猫 é")
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env(), "PYTHONPATH": str(SRC), "PYTHONIOENCODING": "utf-8"},
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+    )
+    assert "skipped ants/evil\\u202egpj.exe 猫 é.txt\nsee above" in done.stderr, done.stderr
 
 
 def test_a_stage_run_outside_dvc_says_dvc_lock_does_not_record_it(tmp_path: Path) -> None:
