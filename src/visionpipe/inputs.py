@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 import stat
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -74,7 +75,20 @@ def _missing(spec: str) -> str:
     slashed = spec.replace("\\", "/")
     if slashed != spec and Path(slashed).exists():
         return f"no such file or directory; this system separates folders with /: {slashed}"
+    # A space a table shows as any other: an input method's full-width one, a no-break one.
+    odd = [c for c in spec if c in ZERO_WIDTH or (unicodedata.category(c) == "Zs" and c != " ")]
+    if odd:
+        plain = "".join(" " if c in odd and c not in ZERO_WIDTH else c for c in spec)
+        plain = "".join(c for c in plain if c not in ZERO_WIDTH)
+        codes = ", ".join(
+            dict.fromkeys(f"U+{ord(c):04X} ({unicodedata.name(c, '?')})" for c in odd)
+        )
+        there = f", and {plain!r} is there" if Path(plain).exists() else ""
+        return f"no such file or directory; the name holds {codes}, not a plain space{there}"
     return "no such file or directory"
+
+
+ZERO_WIDTH = frozenset("\u200b\u200c\u200d\u2060\ufeff")  # invisible, and no space at all
 
 
 def _add_glob(inputs: Inputs, spec: str) -> None:

@@ -238,3 +238,28 @@ def test_a_windows_style_path_names_the_path_that_exists(
             "glob matched no files; this system separates folders with /: ./cats/*.jpg",
         ),
     ]
+
+
+def test_a_space_that_is_not_a_plain_one_is_named_in_a_missing_file_s_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Chinese input method's full-width space looks like any other in the table.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "狗 1.png").write_bytes(b"x")
+    found = collect_inputs(["狗\u30001.png", "猫\u00a02.png", "狗\u200b 1.png"])
+    assert found.errors == [
+        (
+            "狗\u30001.png",
+            "no such file or directory; the name holds U+3000 (IDEOGRAPHIC SPACE), not a plain"
+            " space, and '狗 1.png' is there",
+        ),
+        (
+            "猫\u00a02.png",
+            "no such file or directory; the name holds U+00A0 (NO-BREAK SPACE), not a plain space",
+        ),
+        (
+            "狗\u200b 1.png",
+            "no such file or directory; the name holds U+200B (ZERO WIDTH SPACE), not a plain"
+            " space, and '狗 1.png' is there",
+        ),
+    ]
