@@ -63,7 +63,7 @@ def warn_empty_folders(
     photos not copied yet) is no class, and the model would train without it, unsaid (a tar
     packed from a folder holds no folder entries: there it would vanish). Then, likewise, those
     with files but none of the `images` (default: the names with an image suffix) below them, a
-    folder of videos, say. `note` ends each line."""
+    folder of videos, say. `note` ends the first line."""
     holding = {parent for name in names for parent in parents(name)}
     empty = [f for f in folders if f not in holding]
     _warn_folders(source, _outermost(empty), f"no files, so no class or split comes of {{}}{note}")
@@ -75,7 +75,8 @@ def warn_empty_folders(
     direct = {posixpath.dirname(name) for name in images}
     imageless = [f for f in folders if f in holding and f not in with_images]
     outer = [f for f in _outermost(imageless) if posixpath.dirname(f) not in direct]
-    what = f"files but no image, so no class or split comes of {{}}{note} (images by their suffix"
+    # `note` is not theirs: their files are listed (packed empty, in a folder source's tar).
+    what = "files but no image, so no class or split comes of {} (images by their suffix"
     _warn_folders(source, outer, what + ": .jpg, .png, .heic, ...)")
     _warn_label_folders(source, outer, with_images)
 
