@@ -223,6 +223,33 @@ def test_a_dropped_baseline_recipe_is_warned_of_but_not_one_conf_gave(
     assert not caplog.text
 
 
+def test_conf_edited_and_committed_without_composing_params_anew_is_no_dropped_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The README's way to change a default: edit conf/config.yaml and commit; params.yaml,
+    # composed before the edit, is committed as it was (only `dvc repro` needs it composed).
+    conf, params = _committed_with_conf(tmp_path, monkeypatch, [], "the defaults")
+    config = (conf / "config.yaml").read_text()
+    (conf / "config.yaml").write_text(config.replace("  seed: 0", "  seed: 7", 1))
+    git(tmp_path, "commit", "-qam", "seed 7 in conf")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", git(tmp_path, "rev-parse", "HEAD").strip())
+    assert yaml.safe_load(params.read_text())["data"]["seed"] == 0  # as committed, stale
+    params.write_text(compose_yaml(["train.epochs=2"], Path("conf")), encoding="utf-8")
+    assert yaml.safe_load(params.read_text())["data"]["seed"] == 7
+    with caplog.at_level(logging.WARNING):
+        assert warn_dropped_baseline(params) == []
+    assert not caplog.text
+    # An applied experiment's value in that stale params.yaml is still one: conf/ never gave it.
+    params.write_text(compose_yaml(["train.lr=0.02"], Path("conf")), encoding="utf-8")
+    git(tmp_path, "commit", "-qam", "lr 0.02 applied")  # `dvc exp apply`, then a commit
+    (conf / "config.yaml").write_text(config.replace("  seed: 0", "  seed: 5", 1))
+    git(tmp_path, "commit", "-qam", "seed 5 in conf")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", git(tmp_path, "rev-parse", "HEAD").strip())
+    params.write_text(compose_yaml(["train.epochs=2"], Path("conf")), encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        assert warn_dropped_baseline(params) == ["train.lr"]
+
+
 def _conf(project: Path, machine: str) -> None:
     """The project's conf/ in `project`, with `machine` as this machine's conf/local/."""
     shutil.copytree(CONF, project / "conf", ignore=shutil.ignore_patterns("local"))

@@ -164,6 +164,29 @@ def _dropped_recipe(rev: str, committed: dict[str, Any], recipe: str) -> bool:
     return given is not None and given != theirs
 
 
+def _conf_values(rev: str, base_recipe: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What commit `rev`'s own conf/ composes for `base_recipe`: without this machine's
+    conf/local/ (a value set there, data.source, is not one a commit held), and with it (a
+    value it held that conf/local/ gives is conf/'s all the same: the recipe this experiment
+    names may set the key, hymenoptera's data.source: null)."""
+    local = (CONF_DIR / "local" / "machine.yaml").is_file()
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = _conf_at(rev, Path(tmp))
+        shared = _compose_or(conf, [*base_recipe, NO_LOCAL] if local else base_recipe)
+        return shared, (_compose_or(conf, base_recipe) if local else shared)
+
+
+def _last_written(rev: str, path: Path) -> str | None:
+    """The commit at or before `rev` that last changed `path`; None where git cannot say."""
+    done = subprocess.run(
+        ["git", "log", "-1", "--format=%H", rev, "--", path.as_posix()],
+        capture_output=True,
+        text=True,
+    )
+    found = done.stdout.strip()
+    return found if done.returncode == 0 and found else None
+
+
 def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
     """In `dvc exp run`: warn of the values the baseline commit's params.yaml held that conf/ does
     not give and this experiment replaces with conf/'s, not with values of its own (-S).
@@ -186,17 +209,9 @@ def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
     recipe = current.get("recipe", "tutorial")
     composed = compose([f"recipe={recipe}"])
     # What the baseline held is judged against the commit's own conf/ (a value conf/ gave it,
-    # edited in conf/ since, is no dropped value but the edit), without this machine's
-    # conf/local/: a value set there (data.source) is not one the commit held. Nor is a key
-    # it lacks.
-    local = (CONF_DIR / "local" / "machine.yaml").is_file()
+    # edited in conf/ since, is no dropped value but the edit). Nor is a key it lacks.
     base_recipe = [f"recipe={committed.get('recipe', 'tutorial')}"]
-    with tempfile.TemporaryDirectory() as tmp:
-        conf = _conf_at(rev, Path(tmp))
-        shared = _compose_or(conf, [*base_recipe, NO_LOCAL] if local else base_recipe)
-        # A value it held that this machine's conf/local/ gives is conf/'s all the same: the
-        # recipe this experiment names may set the key (hymenoptera's data.source: null).
-        mine = _compose_or(conf, base_recipe) if local else shared
+    shared, mine = _conf_values(rev, base_recipe)
     keys = [
         k
         for k in drift(committed, shared)
@@ -205,6 +220,12 @@ def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
         and _value(current, k) == _value(composed, k)
         and _value(committed, k) != _value(mine, k)
     ]
+    # conf/ edited and committed without composing params.yaml anew: its values are those of
+    # the conf/ it was last composed from, no experiment's.
+    written = _last_written(rev, path)
+    if keys and written is not None and written != rev:
+        then = _conf_values(written, base_recipe)[1]
+        keys = [k for k in keys if _value(committed, k) != _value(then, k)]
     if _dropped_recipe(rev, committed, recipe):
         keys.insert(0, "recipe")  # its values are the recipe's: named by it, not one by one
     if keys:
