@@ -34,7 +34,9 @@ def export_onnx(model: torch.nn.Module, info: ModelInfo, dest: Path, opset: int)
     metadata = {
         "classes": json.dumps(info.classes, ensure_ascii=False),  # 猫 as Netron shows it
         "image_size": str(info.image_size),
-        "input": "float32 RGB in [0, 1], NCHW; normalization is inside the graph",
+        "input": "float32 RGB in [0, 1], NCHW; any normalization is inside the graph",
+        # How predict makes that input of a photo: a client needs no more than this and the size.
+        "resize": "upright by EXIF, shorter side to image_size (bilinear), centre square cut out",
         "arch": info.arch,
         "visionpipe_version": info.visionpipe_version,
     }

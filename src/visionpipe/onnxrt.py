@@ -116,8 +116,11 @@ def open_exported(path: Path) -> ExportedModel:
     )
     if not (ok_in and ok_out):
         got = ", ".join(f"{n.name} {n.type} {_dims(n)}" for n in [*inputs, *outputs])
+        # A float16 conversion that converted the input and output too: its own option keeps them.
+        half = any(n.type == "tensor(float16)" for n in [*inputs, *outputs])
+        fix = "convert it again with keep_io_types=True" if half else _REEXPORT
         raise ModelFileError(
             f"{path}: its graph ({got}) does not take float [batch, 3, {size}, {size}] images "
-            f"to {len(classes)} logits as its metadata says; {_REEXPORT}"
+            f"to {len(classes)} logits as its metadata says; {fix}"
         )
     return ExportedModel(session, classes, size)

@@ -118,6 +118,13 @@ def _opencv4_problems(graph: onnx.GraphProto) -> list[str]:
     slices = negative_step_slices(graph)
     if slices:
         problems.append(f"it cannot read a Slice with a negative step (node {slices[0]!r})")
+    # It stops at a BOOL constant ("Unsupported data type: BOOL") before it meets the
+    # GatherND that an adaptive pool's mask feeds.
+    flags = [t.name for t in graph.initializer if t.data_type == onnx.TensorProto.BOOL]
+    if flags:
+        problems.append(
+            f"it reads no BOOL constant, 'Unsupported data type: BOOL' (constant {flags[0]!r})"
+        )
     gathers = [n.name for n in graph.node if n.op_type == "GatherND"]
     if gathers:
         problems.append(f"it has no GatherND layer (node {gathers[0]!r})")

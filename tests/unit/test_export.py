@@ -250,6 +250,8 @@ def test_the_metadata_names_the_classes_as_they_are(tmp_path: Path) -> None:
     export.export_onnx(_model(0), info, tmp_path / "model.onnx", 18)
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props}
     assert props["classes"] == '["猫", "蚂蚁", "蜜蜂"]'
+    # And how a client makes the input of a photo, with image_size alone.
+    assert props["resize"].startswith("upright by EXIF, shorter side to image_size (bilinear)")
     assert open_exported(tmp_path / "model.onnx").classes == ["猫", "蚂蚁", "蜜蜂"]
 
 

@@ -478,6 +478,32 @@ def test_predicting_to_a_closed_stdout_is_an_error_not_a_silent_success(
     assert kept.returncode == 0 and json.loads(out.read_text())[0]["file"] == str(image)
 
 
+def test_a_half_precision_file_with_half_inputs_names_the_option_that_keeps_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # onnxconverter-common's float16 conversion without keep_io_types=True: float16 in and out.
+    from onnx import TensorProto, helper
+
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT16, ["batch", 3, 16, 16])
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT16, ["batch", 3])
+    nodes = [
+        helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["x"], ["m"], axes=[2, 3], keepdims=0),
+        helper.make_node("Cast", ["m"], ["logits"], to=TensorProto.FLOAT16),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "half", [image], [logits]),
+        opset_imports=[helper.make_opsetid("", 13)],
+    )
+    model.ir_version = 8
+    helper.set_model_props(model, {"classes": '["a", "b", "c"]', "image_size": "16"})
+    path = tmp_path / "model.fp16.onnx"
+    path.write_bytes(model.SerializeToString())
+    assert main(["predict", str(DOG_PNG), "--model", str(path)]) == 2
+    assert "image tensor(float16) [batch, 3, 16, 16]" in caplog.text
+    assert caplog.text.rstrip().endswith("convert it again with keep_io_types=True"), caplog.text
+
+
 def test_the_torch_backend_names_a_bad_model_file_too(
     exported_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

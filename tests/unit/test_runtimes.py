@@ -261,3 +261,21 @@ def _agrees(logits: np.ndarray, expected: np.ndarray) -> tuple[bool, str]:
     agreement = float((logits.argmax(1) == expected.argmax(1)).mean())
     detail = f"top-1 agreement {agreement:.0%}, largest |diff| {diff:.2e} (allowed {allowed:.2e})"
     return agreement == 1.0 and diff <= allowed, detail
+
+
+def test_a_bool_constant_is_named_as_what_stops_opencv_4() -> None:
+    # VGG16's adaptive pool at 64 px exports a BOOL mask beside its GatherND; OpenCV 4.14 stops
+    # on the mask first ("Unsupported data type: BOOL"), which is the error its user sees.
+    from onnx import TensorProto, helper
+
+    mask = helper.make_tensor("mask", TensorProto.BOOL, [2], [True, False])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"], name="keep")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        initializer=[mask],
+    )
+    assert runtimes.problems(graph)["opencv4"] == [
+        "it reads no BOOL constant, 'Unsupported data type: BOOL' (constant 'mask')"
+    ]
