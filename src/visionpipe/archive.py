@@ -53,6 +53,7 @@ from visionpipe.archive_members import (
 )
 from visionpipe.fsutil import DiskFullError, atomic_path, free_bytes, size_text
 from visionpipe.images import is_image_name
+from visionpipe.names import counted, listed
 from visionpipe.zip_names import ZipNames
 
 log = logging.getLogger(__name__)
@@ -378,6 +379,7 @@ def _open_zip(source: Path) -> Iterator[Opened]:
         links: dict[str, str] = {}
         seen: set[str] = set()
         folders: list[str] = []
+        too_large: list[str] = []
         names = ZipNames(source, zf.infolist())
         for info in zf.infolist():
             name = clean_name(source, names.name(info))
@@ -392,13 +394,16 @@ def _open_zip(source: Path) -> Iterator[Opened]:
                     refuse(source, info.filename, f"symlink target of {info.file_size} bytes")
                 links[name] = _read_zip_member(source, zf, info).decode("utf-8", "replace")
             elif fmt in (0, stat.S_IFREG):
-                _check_member_size(source, info.filename, info.file_size)
+                if _too_large(name, info.file_size):
+                    too_large.append(name)
+                    continue
                 files[name] = info
             elif fmt == stat.S_IFDIR:
                 continue
             else:
                 refuse_kind(source, info.filename, fmt)
         names.warn()
+        _warn_too_large(source, too_large)
         entries = plan_entries(source, sorted(files), links, hardlinks={})
         path = str(source.resolve())
         yield (
@@ -409,16 +414,22 @@ def _open_zip(source: Path) -> Iterator[Opened]:
         )
 
 
-def _check_member_size(source: Path, member: str, size: int) -> None:
-    """Refuse an image member that unpacks to more than MAX_MEMBER_BYTES; other members are
-    never read."""
-    if size > MAX_MEMBER_BYTES and is_image_name(member):
-        refuse(
+def _too_large(member: str, size: int) -> bool:
+    """Whether an image member unpacks to more than MAX_MEMBER_BYTES (other members are never
+    read): left out unread, as a folder's undecodable photo is skipped, not the whole archive."""
+    return size > MAX_MEMBER_BYTES and is_image_name(member)
+
+
+def _warn_too_large(source: Path, members: list[str]) -> None:
+    if members:
+        log.warning(
+            "%s: left out %s unpacking to more than %s, more than any image of at most 64"
+            " megapixels takes uncompressed at 16 bits a channel (a zip bomb, or a damaged"
+            " archive), unread: %s",
             source,
-            member,
-            f"unpacks to {size_text(size)}, above the {size_text(MAX_MEMBER_BYTES)} an image of "
-            "at most 64 megapixels takes, uncompressed at 16 bits a channel (a zip bomb, or a "
-            "damaged archive): remove it, or re-create the archive",
+            counted(len(members), "image"),
+            size_text(MAX_MEMBER_BYTES),
+            listed(members),
         )
 
 
@@ -480,6 +491,7 @@ def _open_tar(source: Path) -> Iterator[Opened]:
         seen: set[str] = set()
         order: list[str] = []
         folders: list[str] = []
+        too_large: list[str] = []
         for member in members:
             name = clean_name(source, member.name, windows=False)
             check_utf8(source, name)
@@ -487,8 +499,10 @@ def _open_tar(source: Path) -> Iterator[Opened]:
             if not name or member.isdir():
                 folders += [name] if name else []
                 continue
+            if member.isreg() and _too_large(name, member.size):
+                too_large.append(name)
+                continue
             if member.isreg():
-                _check_member_size(source, member.name, member.size)
                 files[name] = member
             elif member.issym():
                 links[name] = member.linkname
@@ -497,6 +511,7 @@ def _open_tar(source: Path) -> Iterator[Opened]:
             else:
                 refuse_kind(source, member.name, TAR_KINDS.get(member.type), member.type)
             order.append(name)
+        _warn_too_large(source, too_large)
         planned = {e.name: e for e in plan_entries(source, list(files), links, hardlinks)}
 
         def read(target: str) -> bytes:
