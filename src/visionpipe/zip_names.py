@@ -68,13 +68,12 @@ class ZipNames:
                 " system with another code page%s",
                 *(self.source, len(self.cp437), read, _other_reading(self.source, self.cp437)),
             )
-        elif self.guessed and len(_scripts(self.guessed)) > 1:
-            # Real names keep to one script; GBK's bytes read as UTF-8 mix Latin, Cyrillic...
-            read = self.guessed[0].decode("utf-8")
+        elif (mixed := _mixed_scripts(self.guessed)) is not None:
+            name, scripts = mixed
             log.warning(
-                "%s holds file names not marked UTF-8, read as UTF-8 (such as %r), whose letters"
-                " mix scripts (%s) as a name in another code page read as UTF-8 does%s",
-                *(self.source, read, ", ".join(sorted(_scripts(self.guessed)))),
+                "%s holds file names not marked UTF-8, read as UTF-8, of which %r mixes scripts"
+                " (%s) as a name in another code page read as UTF-8 does%s",
+                *(self.source, name, ", ".join(sorted(scripts))),
                 _other_reading(self.source, self.guessed),
             )
 
@@ -118,14 +117,36 @@ def _unicode_path(extra: bytes, raw: bytes) -> str | None:
     return None
 
 
-def _scripts(names: list[bytes]) -> set[str]:
-    """The scripts (LATIN, CYRILLIC, ...) of the letters of `names` read as UTF-8 that take two
-    bytes in UTF-8 (U+0080 to U+07FF): what two bytes of GBK, Big5 or Shift-JIS read as, one
-    letter of a script of its own each time (猫牛鸭 reads èţѼ)."""
-    letters = {c for raw in names for c in raw.decode("utf-8") if 0x80 <= ord(c) < 0x800}
-    return {
-        unicodedata.name(c, "?").split()[0] for c in letters if unicodedata.category(c)[0] == "L"
-    }
+def _mixed_scripts(names: list[bytes]) -> tuple[str, set[str]] | None:
+    """A part of `names` (read as UTF-8) whose letters mix scripts as two bytes of GBK, Big5 or
+    Shift-JIS read as UTF-8 do, one letter of some script each (小猫 reads Сè), and those
+    scripts; else None. Real words keep to one script (café, кошка, γάτα); a folder name of
+    one or two such letters alone counts with the others of its kind (猫, 牛, 鸭 read è, ţ, Ѽ)."""
+    parts = {p for raw in names for p in raw.decode("utf-8").split("/") if not p.isascii()}
+    short: dict[str, set[str]] = {}
+    for part in sorted(parts):
+        scripts = {s for c in part if (s := _script(c)) is not None}
+        if len(scripts) > 1:
+            return part, scripts
+        if len(part) <= 2 and all(_script(c) is not None for c in part):
+            short[part] = scripts
+    together = set().union(*short.values())
+    return (next(iter(short)), together) if len(together) > 1 else None
+
+
+# The scripts whose letters two bytes of UTF-8 hold (U+0080 to U+07FF), by the first word of
+# their names; other letters there (º, µ, modifier letters such as Ukrainian's ʼ) are no script's.
+TWO_BYTE_SCRIPTS = frozenset(
+    {"LATIN", "GREEK", "COPTIC", "CYRILLIC", "ARMENIAN", "HEBREW", "ARABIC", "SYRIAC", "THAANA"}
+    | {"NKO"}
+)
+
+
+def _script(c: str) -> str | None:
+    if not 0x80 <= ord(c) < 0x800 or unicodedata.category(c) not in ("Lu", "Ll", "Lo"):
+        return None
+    word = unicodedata.name(c, "?").split()[0]
+    return word if word in TWO_BYTE_SCRIPTS else None
 
 
 def _other_reading(source: Path, names: list[bytes]) -> str:
@@ -138,7 +159,8 @@ def _other_reading(source: Path, names: list[bytes]) -> str:
             continue
         if any(unicodedata.category(c) == "Co" for r in readings for c in r):
             continue  # a private-use character: no real name
-        folder = Path("..") / (source.stem + "-unpacked")
+        # Absolute, as data.source must be for queued runs (their copies are elsewhere).
+        folder = Path.cwd().parent / (source.stem + "-unpacked")
         # JSON's strings are Python's: in double quotes, the shell's single ones stay plain.
         code = (
             f"import zipfile; zipfile.ZipFile({_quoted(source)}, metadata_encoding={_quoted(page)})"

@@ -550,8 +550,11 @@ class _UnflaggedName(zipfile.ZipInfo):
 
 
 def test_unflagged_utf8_names_read_as_utf8_and_other_code_pages_are_warned_of(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    project = tmp_path / "project"  # the stages run there: the folder advised is beside it
+    project.mkdir()
+    monkeypatch.chdir(project)
     mac, windows = tmp_path / "mac.zip", tmp_path / "windows.zip"
     names = {"photos/猫/照片 1.jpg": b"cat", "photos/cafe\u0301/x.jpg": b"coffee"}
     for path, encoding, members in ((mac, "utf-8", names), (windows, "gbk", list(names)[:1])):
@@ -570,12 +573,11 @@ def test_unflagged_utf8_names_read_as_utf8_and_other_code_pages_are_warned_of(
     )
     command = re.search(r"`uv run python -c (.+?)`", caplog.text)
     assert command is not None, caplog.text
-    project = tmp_path / "project"  # the folder is named from the project, beside it
-    project.mkdir()
     python = f"{shlex.quote(sys.executable)} -c {command.group(1)}"
-    subprocess.run(python, shell=True, cwd=project, check=True)
-    unpacked = tmp_path / "windows-unpacked" / "photos" / "猫" / "照片 1.jpg"
-    assert unpacked.read_bytes() == b"cat"
+    subprocess.run(python, shell=True, cwd=tmp_path / "project", check=True)
+    unpacked = tmp_path / "windows-unpacked"  # absolute in the advice, as queued runs need
+    assert f"set data.source to {str(unpacked)!r}" in caplog.text
+    assert (unpacked / "photos" / "猫" / "照片 1.jpg").read_bytes() == b"cat"
 
 
 def test_gbk_names_that_read_as_utf8_by_chance_are_warned_of_with_both_readings(
@@ -588,13 +590,18 @@ def test_gbk_names_that_read_as_utf8_by_chance_are_warned_of_with_both_readings(
             z.writestr(_UnflaggedName(name.encode("gbk")), b"x")
     with caplog.at_level(logging.WARNING):
         assert list_files(windows) == ["è/IMG_0001.jpg", "ţ/IMG_0002.jpg", "Ѽ/IMG_0003.jpg"]
-    assert "read as UTF-8 (such as 'è/IMG_0001.jpg'), whose letters mix scripts" in caplog.text
+    assert "read as UTF-8, of which 'è' mixes scripts (CYRILLIC, LATIN)" in caplog.text
     assert "the first reads '猫/IMG_0001.jpg'" in caplog.text
     # Names of one script each, and CJK beside them, are a Mac's UTF-8: no word.
     caplog.clear()
     mac = tmp_path / "mac.zip"
     with zipfile.ZipFile(mac, "w") as z:
-        for name in ("Ñandú/1.jpg", "café/2.jpg", "猫/3.jpg", "ねこ/4.jpg"):
+        # Real words of several scripts (Debian's zip flags none), Ukrainian's apostrophe (a
+        # modifier letter), º and µ: each name keeps to one script.
+        for name in (
+            *("Ñandú/1.jpg", "café/2.jpg", "猫/3.jpg", "ねこ/4.jpg", "кошка/5.jpg", "γάτα/6.jpg"),
+            *("мʼята/7.jpg", "foto_nº1/8.jpg", "10µm/9.jpg"),
+        ):
             z.writestr(_UnflaggedName(name.encode()), b"x")
     with caplog.at_level(logging.WARNING):
         list_files(mac)
