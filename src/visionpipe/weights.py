@@ -230,12 +230,33 @@ CODE_CALLS = frozenset(
     | {"posix_spawn", "posix_spawnp", "eval", "exec", "compile", "__import__", "execfile"}
     | {"run_path", "run_module", "import_module", "remove", "unlink", "rmdir", "removedirs"}
 )
-# Modules no model or checkpoint pickles anything of: whatever a pickle calls there (another
-# pickle's loads, a file's deletion, a browser, a socket, C functions) is there to run.
-CODE_ONLY_MODULES = frozenset(
-    {"pickle", "_pickle", "marshal", "dill", "shelve", "shutil", "ctypes", "webbrowser"}
-    | {"socket", "code", "codeop", "pdb", "timeit", "cProfile", "profile", "multiprocessing"}
-    | {"urllib", "http", "ftplib", "smtplib", "telnetlib", "asyncio", "threading", "signal"}
+# And the functions elsewhere that run code, load another pickle, delete or send files, or open
+# a browser or a connection: named whole, as a user's own package named `code` or an enum of
+# `signal` or `socket` (in a checkpoint's config) is no such call.
+CODE_GLOBALS = frozenset(
+    {
+        f"{m}.{f}"
+        for m in ("pickle", "_pickle", "marshal", "dill", "cloudpickle")
+        for f in ("loads", "load")
+    }
+    | {f"shutil.{f}" for f in ("rmtree", "move", "copy", "copy2", "copyfile", "copytree", "chown")}
+    | {"shutil.unpack_archive", "shutil.make_archive", "os.kill", "os.killpg", "posix.kill"}
+    | {"webbrowser.open", "webbrowser.open_new", "webbrowser.open_new_tab", "socket.socket"}
+    | {"socket.create_connection", "socket.create_server", "code.interact", "timeit.timeit"}
+    | {"code.InteractiveInterpreter", "code.InteractiveConsole", "code.compile_command"}
+    | {
+        "ctypes.CDLL",
+        "ctypes.PyDLL",
+        "ctypes.WinDLL",
+        "ctypes.cdll",
+        "ctypes.pydll",
+        "ctypes.windll",
+    }
+    | {"ctypes.cast", "ctypes.memmove", "ctypes.memset", "ctypes.string_at", "timeit.repeat"}
+    | {"pdb.run", "profile.run", "cProfile.run", "multiprocessing.Process", "threading.Thread"}
+    | {"asyncio.create_subprocess_shell", "asyncio.create_subprocess_exec", "runpy._run_code"}
+    | {"urllib.request.urlopen", "urllib.request.urlretrieve", "http.client.HTTPConnection"}
+    | {"http.client.HTTPSConnection", "smtplib.SMTP", "ftplib.FTP", "telnetlib.Telnet"}
 )
 CODE_PICKLE = (
     "it calls {what} when unpickled: it was made to run a program on the machine that loads "
@@ -248,8 +269,9 @@ def runs_code(global_name: str) -> bool:
     """Whether a pickle's global (`posix.system`, `eval`) is one that runs code, not a class to
     rebuild (`os.stat_result` is none)."""
     module, _, name = global_name.rpartition(".")
-    root = module.split(".", 1)[0]
-    return root in CODE_ONLY_MODULES or (name in CODE_CALLS and root in CODE_MODULES)
+    return global_name in CODE_GLOBALS or (
+        name in CODE_CALLS and module.split(".", 1)[0] in CODE_MODULES
+    )
 
 
 def _bare_net_state(state: dict[str, Any]) -> dict[str, Any]:

@@ -1007,11 +1007,16 @@ def test_a_weights_file_made_to_run_code_is_named_as_such_with_no_advice_to_load
         torch.save({"state_dict": _Calls(call, arg)}, evil)
         with pytest.raises(WeightsError, match="made to run a program"):
             build_model("tutorial_cnn", 3, 16, {"weights": str(evil)})
-    # An object of the os module that runs nothing is no such file: the usual advice.
-    torch.save({"model": {}, "stat": os.stat(tmp_path)}, evil)
-    with pytest.raises(WeightsError) as err:
-        build_model("tutorial_cnn", 3, 16, {"weights": str(evil)})
-    assert "weights_only=False" in str(err.value) and "run a program" not in str(err.value)
+    # An object of the os module that runs nothing is no such file, nor an enum of signal or
+    # socket a checkpoint's config may hold: the usual advice.
+    import signal
+    import socket
+
+    for other in (os.stat(tmp_path), signal.SIGTERM, socket.AF_INET):
+        torch.save({"model": {}, "other": other}, evil)
+        with pytest.raises(WeightsError) as err:
+            build_model("tutorial_cnn", 3, 16, {"weights": str(evil)})
+        assert "weights_only=False" in str(err.value) and "run a program" not in str(err.value)
 
 
 @pytest.mark.parametrize(
