@@ -423,12 +423,13 @@ def _host(value: str) -> str:
     """An --allow-host value as a Host header names it (lower case, IDN in punycode), or '*'."""
     if value == "*":
         return value
-    try:
-        return _origin_host(value.rstrip("."), False)
+    wild = "*." if value.startswith("*.") else "." if value.startswith(".") else ""
+    try:  # a domain's subdomains as Django and Vite write them (.example.com), or *.example.com
+        return wild + _origin_host(value.removeprefix(wild).rstrip("."), False)
     except (ValueError, UnicodeError):
         raise argparse.ArgumentTypeError(
             f"{value!r} is not a host name: give the name alone (example.com), without a "
-            "scheme, port or path, or '*' for any"
+            "scheme, port or path; .example.com for it and its subdomains; or '*' for any"
         ) from None
 
 

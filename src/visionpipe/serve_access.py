@@ -11,10 +11,13 @@ on this machine that passes on the name it was called by).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import logging
+import re
 import socket
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -89,8 +92,10 @@ def let_read(response: web.StreamResponse, request: web.Request, origins: tuple[
 
 def host_guard(allowed: tuple[str, ...], listen_host: str) -> Any:
     """A middleware refusing a request that arrived on a loopback address for a host name that
-    is not this machine's (`allowed`: more names; '*' any)."""
-    names = {"localhost", socket.gethostname().lower(), listen_host.lower(), *allowed}
+    is not this machine's (`allowed`: more names, `.example.com` or `*.example.com` a domain's
+    and its subdomains'; '*' any)."""
+    names = {"localhost", listen_host.lower(), *_own_names(), *allowed}
+    domains = tuple("." + n.lstrip("*.") for n in allowed if n.startswith((".", "*.")))
     warned: set[str] = set()
 
     @web.middleware
@@ -99,7 +104,12 @@ def host_guard(allowed: tuple[str, ...], listen_host: str) -> Any:
         if host is None or "*" in names or not _on_loopback(request):
             return await handler(request)
         name = host_name(host)
-        if _is_address(name) or name in names or name.endswith(".localhost"):
+        if (
+            _is_address(name)
+            or name in names
+            or name.endswith(".localhost")
+            or (f".{name}").endswith(domains)
+        ):
             return await handler(request)
         if name not in warned:  # once a name: a page retrying would fill the log
             warned.add(name)
@@ -107,10 +117,10 @@ def host_guard(allowed: tuple[str, ...], listen_host: str) -> Any:
         return json_response(
             {
                 "error": f"this server does not answer requests for the host {name}: on a "
-                "loopback address it answers localhost, this machine's name and addresses "
+                "loopback address it answers localhost, this machine's names and addresses "
                 "only, so that a web page whose name was pointed at this machine cannot use "
-                f"it; to serve that name (a reverse proxy passing it on), start the server "
-                f"with --allow-host {name}"
+                f"it; to serve that name (a reverse proxy or tunnel passing it on), start the "
+                f"server with --allow-host {name}"
             },
             status=403,
         )
@@ -118,14 +128,42 @@ def host_guard(allowed: tuple[str, ...], listen_host: str) -> Any:
     return middleware
 
 
+HOSTS_FILE = Path("/etc/hosts")
+
+
+def _own_names() -> set[str]:
+    """This machine's names: its host name, that name under mDNS's .local (no public DNS
+    answers it), and those /etc/hosts gives a loopback address (Debian's 127.0.1.1 names the
+    fully qualified one), which only this machine's administrator sets."""
+    own = socket.gethostname().lower()
+    names = {own, f"{own}.local"}
+    try:
+        lines = HOSTS_FILE.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return names
+    for line in lines:
+        address, *aliases = line.split("#", 1)[0].split() or [""]
+        if _is_address(address) and ipaddress.ip_address(address).is_loopback:
+            names |= {a.lower().rstrip(".") for a in aliases}
+    return names
+
+
 def host_name(host: str) -> str:
-    """The name or address of a Host header, without its port, in lower case."""
+    """The name or address of a Host header, without its port, in lower case (a name in
+    another script as its punycode, as browsers send it)."""
     host = host.strip().lower()
-    if host.startswith("["):  # [::1]:8000
-        return host[1 : host.find("]")] if "]" in host else host
+    if host.startswith("["):  # [::1]:8000; anything else after the bracket is no address
+        inside, _, rest = host[1:].partition("]")
+        return inside if re.fullmatch(r"(:\d*)?", rest) else host
     if host.count(":") == 1:  # name:port (more colons: an IPv6 address without brackets)
         host = host.rpartition(":")[0]
-    return host.rstrip(".")  # localhost. is localhost
+    host = host.rstrip(".")  # localhost. is localhost
+    if not host.isascii():
+        import idna  # here: a name in another script is rare
+
+        with contextlib.suppress(idna.IDNAError):
+            host = idna.encode(host, uts46=True).decode("ascii")
+    return host
 
 
 def _is_address(name: str) -> bool:

@@ -30,6 +30,7 @@ from PIL import Image
 from tests.helpers import DOG_PNG, ROOT, env
 from tests.serving import Served, post_files, post_image, request, serve
 from tests.tiny_onnx import CLASSES, write_tiny_onnx
+from visionpipe import serve_access
 from visionpipe.cli import _origin, main
 
 UPLOAD_LIMIT_MB = 1  # the test server's --max-upload-mb
@@ -704,11 +705,35 @@ def test_a_name_pointed_at_this_machine_by_a_web_page_is_refused(
         assert status == 403
     # Once a name in the log, not once a request.
     assert served.log_text().count("refused requests for host") == 1, served.log_text()
-    with serve(model, tmp_path / "proxied.log", "--allow-host", "Proxy.Example.") as served:
-        status, got = request(f"{served.url}/model", headers={"Host": "proxy.example"})
-        assert status == 200, got
-        status, _ = request(f"{served.url}/model", headers={"Host": "other.example"})
-        assert status == 403
+    options = ("--allow-host", "Proxy.Example.", "--allow-host", "*.tunnel.example")
+    options += ("--allow-host", "пример.рф")
+    with serve(model, tmp_path / "proxied.log", *options) as served:
+        for host in ("proxy.example", "tunnel.example", "abc.tunnel.example", "пример.рф"):
+            status, got = request(
+                f"{served.url}/model", headers={"Host": host.encode().decode("latin-1")}
+            )
+            assert status == 200, (host, got)
+        for host in ("other.example", "badtunnel.example", "[::1]evil.example"):
+            status, _ = request(f"{served.url}/model", headers={"Host": host})
+            assert status == 403, host
+
+
+def test_this_machine_s_names_are_its_host_name_and_those_etc_hosts_gives_loopback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Debian names the fully qualified name on 127.0.1.1; a Mac answers NAME.local by mDNS.
+    hosts = tmp_path / "hosts"
+    hosts.write_text(
+        "127.0.0.1 localhost\n127.0.1.1 Box.Example.LAN box  # this machine\n"
+        "::1 ip6-localhost\n192.0.2.9 elsewhere.example\n# 127.0.0.1 commented.example\n"
+    )
+    monkeypatch.setattr(serve_access, "HOSTS_FILE", hosts)
+    own = socket.gethostname().lower()
+    assert serve_access._own_names() == {
+        *(own, f"{own}.local", "localhost", "box.example.lan", "box", "ip6-localhost")
+    }
+    monkeypatch.setattr(serve_access, "HOSTS_FILE", tmp_path / "none")
+    assert serve_access._own_names() == {own, f"{own}.local"}
     for bad in ("http://proxy.example", "proxy.example:8080", "a/b"):
         with pytest.raises(SystemExit) as exit_:
             main(["serve", "--model", str(model), "--allow-host", bad])
