@@ -21,17 +21,18 @@ import io
 import os
 import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
-# .jpe and .jfif are JPEGs too: Windows saves photos from the web as .jfif; iPhones save HEIC.
+# .jpe, .jfif, .pjpeg and .pjp are JPEGs too: Windows and browsers save photos from the web so;
+# iPhones save HEIC, Canon and Sony cameras their HEIF as .HIF; .apng is an animated PNG.
 IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-    | {".avif", ".heic", ".heif", ".ppm", ".pgm", ".pbm"}
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".pjpeg", ".pjp", ".png", ".apng", ".bmp", ".gif"}
+    | {".tif", ".tiff", ".webp", ".avif", ".heic", ".heif", ".hif", ".ppm", ".pgm", ".pbm"}
 )
 # The major brands of the ISO media files pi-heif opens (its _is_supported_heif): HEVC stills,
 # sequences (a burst), and the generic mif1/msf1. AVIF (avif, avis) is Pillow's own, and so is a
@@ -345,10 +346,15 @@ def _decode_with_pillow(data: bytes, name: str, size: int | None) -> Image.Image
         raise BadImageError(name, _unidentified_reason(data)) from None
     except Image.DecompressionBombError as exc:
         raise BadImageError(name, _bomb_reason(exc)) from None
+    except MemoryError:
+        raise
     except (OSError, SyntaxError, ValueError, RuntimeError) as exc:
         # RuntimeError: Pillow's AVIF and HEIF plugins' word for a damaged file, or one in a
         # codec this build lacks.
         raise BadImageError(name, f"cannot decode: {str(exc).strip()}") from None
+    except Exception as exc:  # a decoder's other words for damaged bytes: libheif's EOFError,
+        # a ZeroDivisionError of Pillow's AVIF frame timing; one bad file stops nothing else
+        raise BadImageError(name, f"cannot decode: {type(exc).__name__}: {exc}") from None
 
 
 def _bomb_reason(exc: Image.DecompressionBombError) -> str:
@@ -368,16 +374,29 @@ def _open_image(data: bytes) -> Image.Image:
     if _is_heif(data):
         _register_heif()
     # Once pi-heif is registered it would claim a mif1 AVIF before Pillow's plugin does.
-    formats = ["AVIF"] if _is_avif(data) else None
+    formats = ["AVIF"] if _is_avif(data) else _read_formats()
     try:
         return Image.open(io.BytesIO(data), formats=formats)
     except Image.DecompressionBombError:
         if data.startswith(b"\xff\xd8"):
             return JpegImagePlugin.JpegImageFile(io.BytesIO(data))
-        img = _open_past_bomb_check(data, formats or list(Image.ID))
+        img = _open_past_bomb_check(data, formats)
         if img is None:
             raise
         return img
+
+
+# The formats of IMAGE_SUFFIXES by Pillow's names (a camera's MPO opens as JPEG, a BMP may be
+# a DIB), whatever a file's name says. Pillow's other plugins never see a file's bytes: they
+# include EPS, which hands them to Ghostscript (`gs`), a program with a history of escapes, and
+# readers of formats no photo comes in.
+READ_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "AVIF", "HEIF", "PPM")
+
+
+def _read_formats() -> list[str]:
+    """READ_FORMATS that this Pillow has (HEIF once pi-heif is registered)."""
+    Image.init()
+    return [f for f in READ_FORMATS if f in Image.OPEN]
 
 
 def _open_past_bomb_check(data: bytes, formats: list[str]) -> Image.Image | None:
@@ -452,7 +471,28 @@ def _unidentified_reason(data: bytes) -> str:
             "a video, not an image: give a frame of it as a photo (ffmpeg -i VIDEO -frames:v 1"
             " frame.jpg)"
         )
+    other = next(
+        (
+            fmt
+            for fmt, (_, accept) in Image.OPEN.items()
+            if fmt not in READ_FORMATS and _accepts(accept, data[:16])
+        ),
+        None,
+    )
+    if other is not None:  # told by its first bytes alone: its plugin never opens it
+        return (
+            f"its bytes are {other}, a format not read here: convert it to JPEG, PNG, WebP, "
+            "TIFF, HEIC or AVIF"
+        )
     return "not a recognised image format"
+
+
+def _accepts(accept: Callable[[bytes], object] | None, prefix: bytes) -> bool:
+    """Whether a Pillow plugin's check of a file's first bytes takes `prefix` as its format's."""
+    try:
+        return accept is not None and bool(accept(prefix))
+    except Exception:  # a plugin's check is its own code: a failure is a no
+        return False
 
 
 def _heif_reason(data: bytes) -> str:

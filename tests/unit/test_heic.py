@@ -80,6 +80,8 @@ def test_a_damaged_heic_is_undecodable_with_libheifs_reason(
         "half.heic": (data[: len(data) // 2], "damaged or truncated HEIC/HEIF image: "),
         "header.HEIC": (b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + bytes(64), "No meta box"),
         "cut.heic": (data[:-10], "cannot decode: Invalid input: Unexpected end of file"),
+        # One byte changed where libheif's decoder stops with EOFError, not Pillow's OSError.
+        "flipped.heic": (_flipped(data, 416), "cannot decode: EOFError: "),
     }
     for name, (bad, reason) in cases.items():
         with pytest.raises(BadImageError) as err:
@@ -88,6 +90,13 @@ def test_a_damaged_heic_is_undecodable_with_libheifs_reason(
     monkeypatch.setattr(images, "MAX_PIXELS", 500)
     with pytest.raises(BadImageError, match=r"image is 32x24 \(768 pixels\), above the 500 limit"):
         decode_rgb(data, "big.heic")
+
+
+def _flipped(data: bytes, at: int) -> bytes:
+    """`data` with the bits of its byte `at` flipped: a damaged copy."""
+    damaged = bytearray(data)
+    damaged[at] ^= 0xFF
+    return bytes(damaged)
 
 
 def test_the_heif_decoder_is_loaded_only_when_a_heif_file_is_met() -> None:

@@ -1,4 +1,5 @@
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +117,7 @@ def test_bad_files_name_the_reason() -> None:
 
 
 def test_phone_and_web_formats_count_as_images_so_none_is_dropped_silently() -> None:
-    for name in ["a.jfif", "b.JPE", "c.avif", "IMG_0001.HEIC", "d.heif"]:
+    for name in ["a.jfif", "b.JPE", "c.avif", "IMG_0001.HEIC", "d.heif", "C001.HIF", "e.pjpeg"]:
         assert images.is_image_name(name), name
     avif = _encode(Image.new("RGB", (20, 20), "red"), "AVIF")
     assert load_array(avif, "c.avif", 8).shape == (3, 8, 8)
@@ -374,3 +375,20 @@ def test_a_jpeg_above_the_pixel_limit_is_read_at_the_reduced_scale_it_decodes_at
     )
     with pytest.raises(BadImageError, match="above the 100,000 limit"):
         decode_rgb(_encode(Image.new("RGB", (400, 300)), "PNG"), "big.png", 16)
+
+
+def test_postscript_named_like_a_photo_never_reaches_ghostscript(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pillow's EPS plugin hands a file's bytes to `gs`; an upload named photo.jpg could be one.
+    marker = tmp_path / "gs-ran"
+    fake = tmp_path / "bin" / "gs"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n0 0 moveto 8 8 lineto stroke\n"
+    with pytest.raises(BadImageError) as err:
+        decode_rgb(eps, "photo.jpg")
+    assert err.value.reason.startswith("its bytes are EPS, a format not read here"), err.value
+    assert not marker.exists()
