@@ -504,7 +504,8 @@ def _check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
             parser.error(f"--{other} and --{flag} both name {path}: give each its own file")
         named[os.path.realpath(path)] = flag
     grid = getattr(args, "grid", None)
-    if grid is not None and grid.suffix.lower() not in GRID_SUFFIXES:
+    discarded = grid is not None and os.path.realpath(grid) == os.devnull
+    if grid is not None and not discarded and grid.suffix.lower() not in GRID_SUFFIXES:
         parser.error(
             f"--grid {grid}: name a {', '.join(GRID_SUFFIXES)} file (the image's format "
             "follows its name)"

@@ -135,11 +135,14 @@ def _chain_end(link: Path) -> str | None:
 
 def pipeline_output(path: Path) -> bool:
     """Whether `path` is, or lies under, a model or the data the stages write at its usual
-    place, here or in the project this folder is inside."""
-    absolute = Path(os.path.abspath(path))
-    folders = {Path.cwd(), project_root() or Path.cwd()}
+    place in the project this folder is inside (through links: a linked folder is that
+    folder); outside any project, nothing is."""
+    root = project_root()
+    if root is None:  # a data/processed/ of another kind of project is its own
+        return False
+    real = Path(os.path.realpath(path))
     outputs = (MODEL, ONNX_MODEL, PROCESSED_DIR)
-    return any(absolute.is_relative_to(f / out) for f in folders for out in outputs)
+    return any(real.is_relative_to(os.path.realpath(root / out)) for out in outputs)
 
 
 def split_file(split: str) -> Path:

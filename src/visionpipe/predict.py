@@ -281,7 +281,7 @@ def _overwritten(outputs: dict[str, Path], files: list[Path], model: Path) -> st
         if out != STDOUT and paths.pipeline_output(fsutil.through_link(out)):
             return (
                 f"{flag} {out} names a model or data the pipeline writes: give the output "
-                "a name outside models/ and data/processed/"
+                "a name of its own"
             )
     return None
 
@@ -366,13 +366,11 @@ def _write_outputs(
         if flag == "--grid" and all(p.error for p in preds):
             log.error("--grid %s not written: no input could be predicted", dest)
             continue  # the failed inputs make the exit code 1
+        if os.path.realpath(dest) == os.devnull:  # discarded: nothing to make
+            continue
         target = fsutil.through_link(Path(dest))
-        if target != Path(dest) and not target.parent.is_dir():  # as `>` would not make it
-            log.error(
-                "cannot write %s %s: it is a link to %s, whose folder does not exist (a disk "
-                "not mounted?)",
-                *(flag, dest, os.readlink(dest)),
-            )
+        if (broken := _dangling_link(Path(dest), target)) is not None:  # `>` makes no folder
+            log.error("cannot write %s %s: %s (a disk not mounted?)", flag, dest, broken)
             written = False
             continue
         try:
@@ -386,6 +384,17 @@ def _write_outputs(
         text = _output_text(preds, labels, topk, flag).encode("utf-8", "backslashreplace")
         streams.write_stream(1 if dest == STDOUT else streams.standard_stream(dest) or 1, text)
     return written
+
+
+def _dangling_link(dest: Path, target: Path) -> str | None:
+    """Why `dest` (written at `target`) lies in a folder that is not there because a link leads
+    nowhere: the file's own link, or one of its folders'; None otherwise."""
+    if target != dest and not target.parent.is_dir():
+        return f"it is a link to {os.readlink(dest)}, whose folder does not exist"
+    folder = next((f for f in target.parents if f.is_symlink() and not f.exists()), None)
+    if folder is not None:
+        return f"its folder {folder} is a link to {os.readlink(folder)}, which does not exist"
+    return None
 
 
 def _unwritable(dest: Path, exc: OSError) -> str:

@@ -882,11 +882,21 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
         (["--json", "../models/model.pt"], "--json ../models/model.pt names a model or data"),
         (["--json", "mp.json"], "--json mp.json names a model or data the pipeline writes"),
     ]
+    (project / "data" / "processed").mkdir(parents=True)
+    (project / "notes" / "dlink").symlink_to(project / "data")  # a folder's link: that folder
+    cases.append((["--csv", "dlink/processed/x.csv"], "names a model or data the pipeline"))
     for args, said in cases:
         caplog.clear()
         assert main(["predict", str(DOG_PNG), *args]) == 2, args
         assert said in caplog.text, caplog.text
     assert {p: p.read_bytes() for p in (project / "models").iterdir()} == kept
+    assert not any((project / "data" / "processed").iterdir())
+    # Outside any project, a data/processed/ is another project's own (a cookiecutter layout).
+    other = tmp_path / "other"
+    (other / "data" / "processed").mkdir(parents=True)
+    monkeypatch.chdir(other)
+    args = ["predict", str(DOG_PNG), "--model", str(model), "--csv", "data/processed/p.csv"]
+    assert main(args) == 0 and (other / "data" / "processed" / "p.csv").is_file()
 
 
 def test_an_output_linked_into_a_folder_that_is_not_there_is_not_written(
@@ -903,11 +913,27 @@ def test_an_output_linked_into_a_folder_that_is_not_there_is_not_written(
         caplog.text
     )
     assert not (tmp_path / "media").exists() and out_csv.read_text().startswith("file,")
+    # A folder that is such a link: the same.
+    caplog.clear()
+    (tmp_path / "outdir").symlink_to(tmp_path / "media" / "usb")
+    args = [
+        "predict",
+        str(DOG_PNG),
+        "--model",
+        str(model),
+        "--json",
+        str(tmp_path / "outdir/x.json"),
+    ]
+    assert main(args) == 1
+    said = f"its folder {tmp_path}/outdir is a link to {tmp_path}/media/usb, which does not exist"
+    assert said in caplog.text, caplog.text
+    assert not (tmp_path / "media").exists()
 
 
 def test_outputs_sent_to_dev_null_may_be_several(tmp_path: Path) -> None:
     model = write_tiny_onnx(tmp_path / "model.onnx")
-    cmd = [*_predict_cmd(model, str(DOG_PNG)), "--json", "/dev/null", "--csv", "/dev/null"]
+    outputs = ("--json", "/dev/null", "--csv", "/dev/null", "--grid", "/dev/null")
+    cmd = [*_predict_cmd(model, str(DOG_PNG)), *outputs]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env())
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(str(DOG_PNG)) and str(DOG_PNG) not in proc.stderr, proc
