@@ -245,7 +245,7 @@ def _compose_error(exc: Exception, overrides: list[str]) -> str:
         "3. To sweep over it, add --multirun to your command line",
         "3. To run one experiment per value: dvc exp run --queue -S (docs/parameters.md)",
     )
-    named = [o for o in overrides if o in text] or overrides  # the one the error is about
+    named = [o for o in overrides if o in text]  # the one the error is about, if it says
     if (wide := _full_width(named)) is not None:
         return f"{message}\n{wide}"
     if type(exc).__name__ == "OverrideParseException":  # Hydra's grammar, not the value
@@ -257,19 +257,24 @@ def _full_width(overrides: list[str]) -> str | None:
     """What to type instead of the full-width characters of the first override holding any
     (＝ ， ０ and the full-width space, ‘’ quotes, 。), as an input method types them."""
     for override in overrides:
-        typed = [
-            c for c in override if c in IME_PUNCTUATION or unicodedata.normalize("NFKC", c) != c
-        ]
+        typed = [c for c in override if _full_width_form(c)]
         if typed:
             fixed = "".join(
-                IME_PUNCTUATION.get(c, unicodedata.normalize("NFKC", c)) for c in override
+                IME_PUNCTUATION.get(c) or unicodedata.normalize("NFKC", c) for c in override
             )
+            fixed = re.sub(r"\s*=\s*", "=", fixed.strip(), count=1)  # train.lr　=0.02
             shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in dict.fromkeys(typed))
             return (
                 f"{override!r} holds characters an input method typed in full width: {shown}."
                 f" Switch it to half-width (半角) or English punctuation: {fixed}"
             )
     return None
+
+
+def _full_width_form(c: str) -> bool:
+    """A full-width form of an ASCII character (U+FF01 to U+FF5E), the ideographic space, or
+    the punctuation an input method types for ASCII's; not a half-width katakana or µ."""
+    return c in IME_PUNCTUATION or c == "\u3000" or "\uff01" <= c <= "\uff5e"
 
 
 def _override_error(exc: Exception) -> str:

@@ -384,6 +384,12 @@ def test_full_width_characters_an_input_method_typed_are_named_with_what_to_type
         assert lines[0] == "error:", err
     # A full-width space inside a quoted path is a name, and no error.
     assert main(["params", "data.source='/tmp/我的\u3000项目'"]) == 0
+    # The space typed before `=` goes, as typing it again would need.
+    assert main(["params", "train.lr\u3000=0.02"]) == 2
+    assert capsys.readouterr().err.rstrip().endswith("English punctuation: train.lr=0.02")
+    # µ or half-width katakana in a path are its name; another override's error is not theirs.
+    assert main(["params", "data.source='/data/10µm/ｶﾞｿﾞｳ'", "train.lrr=0.1"]) == 2
+    assert "full width" not in capsys.readouterr().err
 
 
 @pytest.mark.usefixtures("conf_copy")
