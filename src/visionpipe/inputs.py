@@ -3,6 +3,7 @@ globs, expanded to the photos preprocess would read, each unusable one named wit
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -76,19 +77,38 @@ def _missing(spec: str) -> str:
     if slashed != spec and Path(slashed).exists():
         return f"no such file or directory; this system separates folders with /: {slashed}"
     # A space a table shows as any other: an input method's full-width one, a no-break one.
-    odd = [c for c in spec if c in ZERO_WIDTH or (unicodedata.category(c) == "Zs" and c != " ")]
+    odd = [c for c in spec if _odd_space(c)]
     if odd:
-        plain = "".join(" " if c in odd and c not in ZERO_WIDTH else c for c in spec)
-        plain = "".join(c for c in plain if c not in ZERO_WIDTH)
-        codes = ", ".join(
-            dict.fromkeys(f"U+{ord(c):04X} ({unicodedata.name(c, '?')})" for c in odd)
-        )
+        plain = _plain_spaces(spec)
         there = f", and {plain!r} is there" if Path(plain).exists() else ""
-        return f"no such file or directory; the name holds {codes}, not a plain space{there}"
+        return f"no such file or directory; the name holds {_codes(odd)}, not a plain space{there}"
+    # Or the file's name holds one where a plain space was typed: macOS names a screenshot
+    # "... at 10.00.00\u202fAM.png".
+    folder, name = os.path.split(spec)
+    with contextlib.suppress(OSError):
+        found = next((n for n in os.listdir(folder or ".") if _plain_spaces(n) == name), None)
+        if found is not None:
+            spaces = _codes([c for c in found if _odd_space(c)])
+            return f"no such file or directory; {found!r} is there, with {spaces} for a space"
     return "no such file or directory"
 
 
-ZERO_WIDTH = frozenset("\u200b\u200c\u200d\u2060\ufeff")  # invisible, and no space at all
+# Invisible, and no space at all (not the joiners ZWNJ and ZWJ, parts of Persian words and
+# of emoji).
+ZERO_WIDTH = frozenset("\u200b\u2060\ufeff")
+
+
+def _odd_space(c: str) -> bool:
+    return c in ZERO_WIDTH or (unicodedata.category(c) == "Zs" and c != " ")
+
+
+def _plain_spaces(name: str) -> str:
+    """`name` with its odd spaces plain and its zero-width ones gone."""
+    return "".join("" if c in ZERO_WIDTH else " " if _odd_space(c) else c for c in name)
+
+
+def _codes(chars: list[str]) -> str:
+    return ", ".join(dict.fromkeys(f"U+{ord(c):04X} ({unicodedata.name(c, '?')})" for c in chars))
 
 
 def _add_glob(inputs: Inputs, spec: str) -> None:

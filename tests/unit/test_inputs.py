@@ -246,7 +246,9 @@ def test_a_space_that_is_not_a_plain_one_is_named_in_a_missing_file_s_error(
     # A Chinese input method's full-width space looks like any other in the table.
     monkeypatch.chdir(tmp_path)
     (tmp_path / "狗 1.png").write_bytes(b"x")
-    found = collect_inputs(["狗\u30001.png", "猫\u00a02.png", "狗\u200b 1.png"])
+    (tmp_path / "Screenshot at 10.00.00\u202fAM.png").write_bytes(b"x")  # as macOS names it
+    typed = ["狗\u30001.png", "猫\u00a02.png", "狗\u200b 1.png", "Screenshot at 10.00.00 AM.png"]
+    found = collect_inputs([*typed, "دانش\u200cآموز.png"])  # a Persian word's joiner is no space
     assert found.errors == [
         (
             "狗\u30001.png",
@@ -262,4 +264,10 @@ def test_a_space_that_is_not_a_plain_one_is_named_in_a_missing_file_s_error(
             "no such file or directory; the name holds U+200B (ZERO WIDTH SPACE), not a plain"
             " space, and '狗 1.png' is there",
         ),
+        (
+            "Screenshot at 10.00.00 AM.png",
+            "no such file or directory; 'Screenshot at 10.00.00\\u202fAM.png' is there, with"
+            " U+202F (NARROW NO-BREAK SPACE) for a space",
+        ),
+        ("دانش\u200cآموز.png", "no such file or directory"),
     ]
