@@ -85,19 +85,26 @@ def _warn_label_folders(source: Path, imageless: list[str], with_images: set[str
     """Say what comes of the PyTorch tutorial's layout, ants_image/ of photos beside ants_label/
     of one .txt label each: the classes are the folders' names, ants_image, and no label file
     is read."""
-    labels = [f for f in imageless if f.endswith("_label")]
-    images = sorted(i for f in labels if (i := f.removesuffix("_label") + "_image") in with_images)
-    if not images:
+    folders = {f.lower(): f for f in with_images}
+    pairs = sorted(  # (images folder, labels folder, class): ants_Images/ beside ants_labels/
+        (folders[i], f, posixpath.basename(m[1]))
+        for f in imageless
+        if (m := re.fullmatch(r"(.+)_labels?", f, re.IGNORECASE))
+        for i in (f"{m[1]}{end}".lower() for end in ("_image", "_images", "_img", "_imgs"))
+        if i in folders
+    )
+    if not pairs:
         return
-    names = list(dict.fromkeys(posixpath.basename(i) for i in images))  # train/ and val/ have one
-    classes = [n.removesuffix("_image") for n in names]
+    images = [i for i, _, _ in pairs]
+    named = {posixpath.basename(i): c for i, _, c in pairs}  # train/ and val/ have one each
+    names, classes = list(named), list(named.values())
     log.warning(
         "%s: %s beside %s, the layout of a tutorial's own Dataset class: here a class is a"
         " folder of photos named as the class (these would make the classes %s), and no label"
         " file is read. Rename each %s so the classes are %s; the _label folders can go",
         source,
         listed([f"{i}/" for i in images]),
-        listed([f"{i.removesuffix('_image')}_label/" for i in images]),
+        listed([f"{f}/" for _, f, _ in pairs]),
         listed(names),
         listed([f"{n}/ to {c}/" for n, c in zip(names, classes, strict=True)]),
         listed(classes),

@@ -628,6 +628,15 @@ def test_the_tutorial_s_own_layout_of_images_beside_label_files_says_what_to_ren
         "Rename each ants_image/ to ants/, bees_image/ to bees/ so the classes are ants, bees"
         in (caplog.text)
     )
+    # Plural and capitalised, as other copies name them.
+    caplog.clear()
+    for split in ("train", "val"):
+        for cls in ("ants", "bees"):
+            (photos / split / f"{cls}_image").rename(photos / split / f"{cls.title()}_Images")
+            (photos / split / f"{cls}_label").rename(photos / split / f"{cls.title()}_Labels")
+    with caplog.at_level(logging.WARNING):
+        _fetch("hymenoptera", tmp_path)
+    assert "Rename each Ants_Images/ to Ants/, Bees_Images/ to Bees/" in caplog.text, caplog.text
 
 
 def test_a_folder_source_names_a_class_folder_with_no_image(
