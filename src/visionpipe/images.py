@@ -479,6 +479,11 @@ def _unidentified_reason(data: bytes) -> str:
         ),
         None,
     )
+    if data[:4] in (b"II*\0", b"MM\0*"):  # a TIFF whose samples Pillow has no mode for
+        return (
+            "a TIFF whose samples Pillow cannot read (floating-point colour, 64-bit or 16-bit"
+            " floats?): save it with 8- or 16-bit integer samples"
+        )
     if other is not None:  # told by its first bytes alone: its plugin never opens it
         return (
             f"its bytes are {other}, a format not read here: convert it to JPEG, PNG, WebP, "

@@ -392,3 +392,24 @@ def test_postscript_named_like_a_photo_never_reaches_ghostscript(
         decode_rgb(eps, "photo.jpg")
     assert err.value.reason.startswith("its bytes are EPS, a format not read here"), err.value
     assert not marker.exists()
+
+
+def _float64_tiff() -> bytes:
+    """A 1x1 TIFF of one 64-bit float sample, as numpy's default dtype exports it."""
+    import struct
+
+    entries = [(256, 3, 1), (257, 3, 1), (258, 3, 64), (259, 3, 1), (262, 3, 1)]
+    entries += [(273, 4, 0), (277, 3, 1), (278, 3, 1), (279, 4, 8), (339, 3, 3)]
+    data_at = 8 + 2 + 12 * len(entries) + 4
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, value in entries:
+        value = data_at if tag == 273 else value
+        packed = struct.pack("<HI", value, 0)[:4] if kind == 3 else struct.pack("<I", value)
+        ifd += struct.pack("<HHI", tag, kind, 1) + packed
+    return b"II*\0" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + struct.pack("<d", 0.5)
+
+
+def test_a_tiff_of_samples_pillow_has_no_mode_for_says_so() -> None:
+    with pytest.raises(BadImageError) as err:
+        decode_rgb(_float64_tiff(), "export.tif")
+    assert err.value.reason.startswith("a TIFF whose samples Pillow cannot read"), err.value
