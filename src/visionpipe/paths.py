@@ -140,9 +140,16 @@ def pipeline_output(path: Path) -> bool:
     root = project_root()
     if root is None:  # a data/processed/ of another kind of project is its own
         return False
-    real = Path(os.path.realpath(path))
-    outputs = (MODEL, ONNX_MODEL, PROCESSED_DIR)
-    return any(real.is_relative_to(os.path.realpath(root / out)) for out in outputs)
+    # Each through its folders' links, and through its own too: a file DVC links into its cache
+    # (cache.type symlink) is the pipeline's by its place, its cache file by its content.
+    outputs = [_real(root / out) for out in (MODEL, ONNX_MODEL, PROCESSED_DIR)]
+    return any(p.is_relative_to(o) for p in _real(path) for o in set().union(*outputs))
+
+
+def _real(path: Path) -> set[Path]:
+    """`path` with its folders' links resolved, and with its own link resolved too."""
+    folder = Path(os.path.realpath(path.parent)) / path.name
+    return {folder, Path(os.path.realpath(path))}
 
 
 def split_file(split: str) -> Path:

@@ -885,12 +885,21 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
     (project / "data" / "processed").mkdir(parents=True)
     (project / "notes" / "dlink").symlink_to(project / "data")  # a folder's link: that folder
     cases.append((["--csv", "dlink/processed/x.csv"], "names a model or data the pipeline"))
+    # A file DVC links into its cache (cache.type symlink) is the pipeline's by its place.
+    cached = project / ".dvc" / "cache" / "files" / "md5" / "ab" / ("c" * 30)
+    cached.parent.mkdir(parents=True)
+    cached.write_text("{}")
+    (project / "data" / "processed" / "meta.json").symlink_to(cached)
+    cases.append((["--json", "../data/processed/meta.json"], "names a model or data the"))
     for args, said in cases:
         caplog.clear()
         assert main(["predict", str(DOG_PNG), *args]) == 2, args
         assert said in caplog.text, caplog.text
     assert {p: p.read_bytes() for p in (project / "models").iterdir()} == kept
-    assert not any((project / "data" / "processed").iterdir())
+    assert [p.name for p in (project / "data" / "processed").iterdir()] == ["meta.json"]
+    assert (
+        cached.read_text() == "{}" and (project / "data" / "processed" / "meta.json").is_symlink()
+    )
     # Outside any project, a data/processed/ is another project's own (a cookiecutter layout).
     other = tmp_path / "other"
     (other / "data" / "processed").mkdir(parents=True)
