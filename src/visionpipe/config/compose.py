@@ -187,6 +187,15 @@ def _last_written(rev: str, path: Path) -> str | None:
     return found if done.returncode == 0 and found else None
 
 
+def _shallow() -> bool:
+    """Whether this clone lacks history (`git clone --depth 1`): where params.yaml was last
+    composed may lie beyond it."""
+    done = subprocess.run(
+        ["git", "rev-parse", "--is-shallow-repository"], capture_output=True, text=True
+    )
+    return done.stdout.strip() == "true"
+
+
 def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
     """In `dvc exp run`: warn of the values the baseline commit's params.yaml held that conf/ does
     not give and this experiment replaces with conf/'s, not with values of its own (-S).
@@ -226,6 +235,8 @@ def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
     if keys and written is not None and written != rev:
         then = _conf_values(written, base_recipe)[1]
         keys = [k for k in keys if _value(committed, k) != _value(then, k)]
+    elif keys and _shallow():  # a clone of one commit (CI's checkout) cannot tell: say nothing
+        keys = []
     if _dropped_recipe(rev, committed, recipe):
         keys.insert(0, "recipe")  # its values are the recipe's: named by it, not one by one
     if keys:
