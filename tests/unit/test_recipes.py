@@ -243,10 +243,9 @@ def test_conf_edited_and_committed_without_composing_params_anew_is_no_dropped_v
     shallow = tmp_path.parent / f"{tmp_path.name}-shallow"
     git(tmp_path.parent, "clone", "-q", "--depth", "1", f"file://{tmp_path}", str(shallow))
     monkeypatch.chdir(shallow)
-    shallow_params = shallow / "params.yaml"
-    shallow_params.write_text(compose_yaml(["train.epochs=2"], Path("conf")), encoding="utf-8")
+    params.write_text(compose_yaml(["train.epochs=2"], Path("conf")), encoding="utf-8")
     with caplog.at_level(logging.WARNING):
-        assert warn_dropped_baseline(shallow_params) == []
+        assert warn_dropped_baseline(params) == []
     assert not caplog.text
     monkeypatch.chdir(tmp_path)
     # An applied experiment's value in that stale params.yaml is still one: conf/ never gave it.
