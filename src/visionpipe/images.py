@@ -325,18 +325,7 @@ def _decode_with_pillow(data: bytes, name: str, size: int | None) -> Image.Image
     if not data:
         raise BadImageError(name, "empty file (0 bytes)")
     try:
-        img = _open_image(data)
-        w, h = img.size
-        if _decoded_pixels(img, size) > MAX_PIXELS:
-            raise BadImageError(
-                name,
-                f"image is {w}x{h} ({w * h:,} pixels), above the {MAX_PIXELS:,} limit; "
-                "downscale it first",
-            )
-        gap = _draft_gap(size)
-        if gap and min(w, h) >= 2 * gap:  # a 1/2 scale fits; a no-op for non-JPEGs
-            img.draft(None, (gap, gap))
-        img.load()  # decode now so truncation surfaces here, not later
+        img = _decoded(data, name, size)
         if _may_be_rotated(img):
             ImageOps.exif_transpose(img, in_place=True)  # in place: no copy when upright
         return _to_rgb(img)
@@ -346,15 +335,34 @@ def _decode_with_pillow(data: bytes, name: str, size: int | None) -> Image.Image
         raise BadImageError(name, _unidentified_reason(data)) from None
     except Image.DecompressionBombError as exc:
         raise BadImageError(name, _bomb_reason(exc)) from None
-    except MemoryError:
-        raise
     except (OSError, SyntaxError, ValueError, RuntimeError) as exc:
         # RuntimeError: Pillow's AVIF and HEIF plugins' word for a damaged file, or one in a
         # codec this build lacks.
         raise BadImageError(name, f"cannot decode: {str(exc).strip()}") from None
+
+
+def _decoded(data: bytes, name: str, size: int | None) -> Image.Image:
+    """The image of `data`, decoded (truncation surfaces here, not later), at reduced scale
+    where a JPEG allows it."""
+    img = _open_image(data)
+    w, h = img.size
+    if _decoded_pixels(img, size) > MAX_PIXELS:
+        raise BadImageError(
+            name,
+            f"image is {w}x{h} ({w * h:,} pixels), above the {MAX_PIXELS:,} limit; "
+            "downscale it first",
+        )
+    gap = _draft_gap(size)
+    if gap and min(w, h) >= 2 * gap:  # a 1/2 scale fits; a no-op for non-JPEGs
+        img.draft(None, (gap, gap))
+    try:
+        img.load()
+    except (MemoryError, OSError, SyntaxError, ValueError, RuntimeError):
+        raise  # the caller's words for these
     except Exception as exc:  # a decoder's other words for damaged bytes: libheif's EOFError,
         # a ZeroDivisionError of Pillow's AVIF frame timing; one bad file stops nothing else
         raise BadImageError(name, f"cannot decode: {type(exc).__name__}: {exc}") from None
+    return img
 
 
 def _bomb_reason(exc: Image.DecompressionBombError) -> str:

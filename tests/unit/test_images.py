@@ -413,3 +413,18 @@ def test_a_tiff_of_samples_pillow_has_no_mode_for_says_so() -> None:
     with pytest.raises(BadImageError) as err:
         decode_rgb(_float64_tiff(), "export.tif")
     assert err.value.reason.startswith("a TIFF whose samples Pillow cannot read"), err.value
+
+
+def test_a_fault_of_this_code_after_the_decode_is_no_bad_image(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The decoders' own failures are a file's fault; one of the conversion here is a bug, which
+    # must stop with its traceback, not skip every photo as undecodable.
+    def broken(img: Image.Image) -> Image.Image:
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(images, "_to_rgb", broken)
+    data = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(data, "PNG")
+    with pytest.raises(TypeError, match="a bug"):
+        decode_rgb(data.getvalue(), "x.png")
