@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shlex
 import struct
 import unicodedata
@@ -68,13 +69,10 @@ class ZipNames:
                 " system with another code page%s",
                 *(self.source, len(self.cp437), read, _other_reading(self.source, self.cp437)),
             )
-        elif (mixed := _mixed_scripts(self.guessed)) is not None:
-            name, scripts = mixed
+        elif (doubt := _doubtful(self.guessed)) is not None:
             log.warning(
-                "%s holds file names not marked UTF-8, read as UTF-8, of which %r mixes scripts"
-                " (%s) as a name in another code page read as UTF-8 does%s",
-                *(self.source, name, ", ".join(sorted(scripts))),
-                _other_reading(self.source, self.guessed),
+                "%s holds file names not marked UTF-8, read as UTF-8, of which %r %s%s",
+                *(self.source, *doubt, _other_reading(self.source, self.guessed)),
             )
 
 
@@ -117,21 +115,22 @@ def _unicode_path(extra: bytes, raw: bytes) -> str | None:
     return None
 
 
-def _mixed_scripts(names: list[bytes]) -> tuple[str, set[str]] | None:
-    """A part of `names` (read as UTF-8) whose letters mix scripts as two bytes of GBK, Big5 or
-    Shift-JIS read as UTF-8 do, one letter of some script each (小猫 reads Сè), and those
-    scripts; else None. Real words keep to one script (café, кошка, γάτα); a folder name of
-    one or two such letters alone counts with the others of its kind (猫, 牛, 鸭 read è, ţ, Ѽ)."""
-    parts = {p for raw in names for p in raw.decode("utf-8").split("/") if not p.isascii()}
-    short: dict[str, set[str]] = {}
-    for part in sorted(parts):
-        scripts = {s for c in part if (s := _script(c)) is not None}
-        if len(scripts) > 1:
-            return part, scripts
-        if len(part) <= 2 and all(_script(c) is not None for c in part):
-            short[part] = scripts
-    together = set().union(*short.values())
-    return (next(iter(short)), together) if len(together) > 1 else None
+def _doubtful(names: list[bytes]) -> tuple[str, str] | None:
+    """A part of `names` (read as UTF-8) that reads as Chinese, Japanese or Korean in GBK,
+    Big5 or Shift-JIS does read as UTF-8, and why; else None. Two bytes of those read as one
+    letter of some script each: a run of such letters mixes scripts (小猫 reads Сè), where a
+    real word keeps to one (café, Київ, 5µm_Ø); a folder named with one character (猫, a class)
+    reads as a lone letter (è), which no real class is named."""
+    parts = sorted({p for raw in names for p in raw.decode("utf-8").split("/") if not p.isascii()})
+    for part in parts:
+        for run in re.findall(r"[^\x00-\x7f]+", part):
+            scripts = {s for c in run if (s := _script(c)) is not None}
+            if len(scripts) > 1:
+                return part, f"mixes scripts ({', '.join(sorted(scripts))}) in one word"
+    lone = next((p for p in parts if len(p) == 1 and _script(p) is not None), None)
+    if lone is not None:
+        return lone, "is a folder named with one accented letter"
+    return None
 
 
 # The scripts whose letters two bytes of UTF-8 hold (U+0080 to U+07FF), by the first word of
@@ -159,8 +158,7 @@ def _other_reading(source: Path, names: list[bytes]) -> str:
             continue
         if any(unicodedata.category(c) == "Co" for r in readings for c in r):
             continue  # a private-use character: no real name
-        # Absolute, as data.source must be for queued runs (their copies are elsewhere).
-        folder = Path.cwd().parent / (source.stem + "-unpacked")
+        folder = _beside_project() / (source.stem + "-unpacked")
         # JSON's strings are Python's: in double quotes, the shell's single ones stay plain.
         code = (
             f"import zipfile; zipfile.ZipFile({_quoted(source)}, metadata_encoding={_quoted(page)})"
@@ -176,6 +174,13 @@ def _other_reading(source: Path, names: list[bytes]) -> str:
         ": unpack it with its maker's code page and set data.source to the folder, or"
         " re-create the zip with names marked UTF-8 (7-Zip with -mcu=on)"
     )
+
+
+def _beside_project() -> Path:
+    """The folder the project is in, absolute, as data.source must be for queued runs: theirs
+    (a temporary copy in .dvc/tmp/exps/) is the one it was copied from, not the copy's."""
+    here = Path.cwd().resolve().as_posix()
+    return Path(here.split("/.dvc/tmp/exps/", 1)[0]).parent
 
 
 def _quoted(text: object) -> str:

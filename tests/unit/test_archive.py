@@ -590,7 +590,7 @@ def test_gbk_names_that_read_as_utf8_by_chance_are_warned_of_with_both_readings(
             z.writestr(_UnflaggedName(name.encode("gbk")), b"x")
     with caplog.at_level(logging.WARNING):
         assert list_files(windows) == ["è/IMG_0001.jpg", "ţ/IMG_0002.jpg", "Ѽ/IMG_0003.jpg"]
-    assert "read as UTF-8, of which 'è' mixes scripts (CYRILLIC, LATIN)" in caplog.text
+    assert "read as UTF-8, of which 'è' is a folder named with one accented letter" in caplog.text
     assert "the first reads '猫/IMG_0001.jpg'" in caplog.text
     # Names of one script each, and CJK beside them, are a Mac's UTF-8: no word.
     caplog.clear()
@@ -600,12 +600,30 @@ def test_gbk_names_that_read_as_utf8_by_chance_are_warned_of_with_both_readings(
         # modifier letter), º and µ: each name keeps to one script.
         for name in (
             *("Ñandú/1.jpg", "café/2.jpg", "猫/3.jpg", "ねこ/4.jpg", "кошка/5.jpg", "γάτα/6.jpg"),
-            *("мʼята/7.jpg", "foto_nº1/8.jpg", "10µm/9.jpg"),
+            *("мʼята/7.jpg", "foto_nº1/8.jpg", "10µm/9.jpg", "Kraków-Київ/a.jpg", "5μm_Ø/b.jpg"),
         ):
             z.writestr(_UnflaggedName(name.encode()), b"x")
     with caplog.at_level(logging.WARNING):
         list_files(mac)
     assert not caplog.text
+
+
+def test_gbk_names_of_two_characters_or_of_one_read_as_utf8_are_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 小猫 reads Сè (two scripts in one word); 猫 and 牛 alone read è and ţ, both Latin.
+    for names, said in (
+        (("小猫/1.jpg", "cat/2.jpg"), "of which 'Сè' mixes scripts (CYRILLIC, LATIN) in one word"),
+        (("猫/1.jpg", "牛/2.jpg"), "of which 'è' is a folder named with one accented letter"),
+    ):
+        windows = tmp_path / f"{len(names[0])}.zip"
+        with zipfile.ZipFile(windows, "w") as z:
+            for name in names:
+                z.writestr(_UnflaggedName(name.encode("gbk")), b"x")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            list_files(windows)
+        assert said in caplog.text, caplog.text
 
 
 def test_the_utf8_name_a_zip_keeps_beside_its_code_page_s_is_read(tmp_path: Path) -> None:
@@ -723,3 +741,16 @@ def test_an_image_member_that_unpacks_past_any_image_s_size_is_left_out_unread(
     monkeypatch.setattr(archive, "MAX_MEMBER_BYTES", 4096)
     with pytest.raises(ValueError, match=r"unpacks to more than 4\.0 KiB, above what its header"):
         archive.read_span(span)
+
+
+def test_the_folder_advised_for_a_queued_run_is_beside_the_project_not_its_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from visionpipe import zip_names
+
+    copy = tmp_path / "project" / ".dvc" / "tmp" / "exps" / "tmpab12cd"  # DVC's queued copy
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    assert zip_names._beside_project() == tmp_path
+    monkeypatch.chdir(tmp_path / "project")
+    assert zip_names._beside_project() == tmp_path
