@@ -20,6 +20,7 @@ import functools
 import io
 import os
 import re
+import struct
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -479,25 +480,43 @@ def _unidentified_reason(data: bytes) -> str:
             "a video, not an image: give a frame of it as a photo (ffmpeg -i VIDEO -frames:v 1"
             " frame.jpg)"
         )
-    other = next(
-        (
-            fmt
-            for fmt, (_, accept) in Image.OPEN.items()
-            if fmt not in READ_FORMATS and _accepts(accept, data[:16])
-        ),
-        None,
-    )
-    if data[:4] in (b"II*\0", b"MM\0*"):  # a TIFF whose samples Pillow has no mode for
-        return (
-            "a TIFF whose samples Pillow cannot read (floating-point colour, 64-bit or 16-bit"
-            " floats?): save it with 8- or 16-bit integer samples"
-        )
+    named = (f for f in NAMED_FORMATS if f in Image.OPEN)
+    other = next((f for f in named if _accepts(Image.OPEN[f][1], data[:16])), None)
+    if data[:4] in (b"II*\0", b"MM\0*"):
+        if _tiff_float_samples(data):  # a mode Pillow has not
+            return (
+                "a TIFF of floating-point samples Pillow cannot read (colour, 64-bit or 16-bit"
+                " floats): save it with 8- or 16-bit integer samples"
+            )
+        return "a damaged or truncated TIFF (its first image's header does not read)"
     if other is not None:  # told by its first bytes alone: its plugin never opens it
         return (
             f"its bytes are {other}, a format not read here: convert it to JPEG, PNG, WebP, "
             "TIFF, HEIC or AVIF"
         )
     return "not a recognised image format"
+
+
+# Formats told by their first bytes surely enough to name one (TGA has no such bytes, and a
+# CUR's four are a TGA's too).
+NAMED_FORMATS = ("EPS", "JPEG2000", "PSD", "ICO", "ICNS", "DDS", "QOI", "FITS", "BLP", "SGI")
+
+
+def _tiff_float_samples(data: bytes) -> bool:
+    """Whether a TIFF's first image has floating-point samples (SampleFormat 3), as its header
+    says; False where the header does not read."""
+    order = "<" if data[:2] == b"II" else ">"
+    try:
+        (ifd,) = struct.unpack_from(f"{order}I", data, 4)
+        (count,) = struct.unpack_from(f"{order}H", data, ifd)
+        for at in range(ifd + 2, ifd + 2 + 12 * min(count, 512), 12):
+            tag, kind, n = struct.unpack_from(f"{order}HHI", data, at)
+            if tag == 339 and kind == 3:  # SampleFormat, SHORTs: in the entry, or where it says
+                (where,) = struct.unpack_from(f"{order}I", data, at + 8) if n > 2 else (at + 8,)
+                return struct.unpack_from(f"{order}H", data, where)[0] == 3
+    except struct.error:
+        return False
+    return False
 
 
 def _accepts(accept: Callable[[bytes], object] | None, prefix: bytes) -> bool:

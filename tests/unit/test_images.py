@@ -412,7 +412,16 @@ def _float64_tiff() -> bytes:
 def test_a_tiff_of_samples_pillow_has_no_mode_for_says_so() -> None:
     with pytest.raises(BadImageError) as err:
         decode_rgb(_float64_tiff(), "export.tif")
-    assert err.value.reason.startswith("a TIFF whose samples Pillow cannot read"), err.value
+    assert err.value.reason.startswith("a TIFF of floating-point samples Pillow cannot read")
+    # A truncated upload is no such TIFF; nor is a TGA (no magic bytes) a CUR.
+    for data in (_float64_tiff()[:8], b"II*\0\xff\xff\xff\0"):
+        with pytest.raises(BadImageError) as err:
+            decode_rgb(data, "cut.tif")
+        assert err.value.reason.startswith("a damaged or truncated TIFF"), err.value
+    tga = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(tga, "TGA")
+    with pytest.raises(BadImageError, match="not a recognised image format"):
+        decode_rgb(tga.getvalue(), "a.tga")
 
 
 def test_a_fault_of_this_code_after_the_decode_is_no_bad_image(
