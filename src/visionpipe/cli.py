@@ -245,7 +245,10 @@ def _compose_error(exc: Exception, overrides: list[str]) -> str:
         "3. To sweep over it, add --multirun to your command line",
         "3. To run one experiment per value: dvc exp run --queue -S (docs/parameters.md)",
     )
-    named = [o for o in overrides if o in text]  # the one the error is about, if it says
+    # The one the error is about: named whole (Hydra's), or by its key (params.yaml's check).
+    named = [o for o in overrides if o in text] or [
+        o for o in overrides if f"'{o.split('=', 1)[0].lstrip('+~')}'" in text
+    ]
     if (wide := _full_width(named)) is not None:
         return f"{message}\n{wide}"
     if type(exc).__name__ == "OverrideParseException":  # Hydra's grammar, not the value
@@ -429,6 +432,11 @@ def _host(value: str) -> str:
     if value == "*":
         return value
     wild = "*." if value.startswith("*.") else "." if value.startswith(".") else ""
+    if "*" in value.removeprefix(wild):  # *example.com, *.*.example.com: no such pattern
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: a * stands only for any name (*) or before a domain's dot "
+            "(*.example.com, as .example.com)"
+        )
     try:  # a domain's subdomains as Django and Vite write them (.example.com), or *.example.com
         return wild + _origin_host(value.removeprefix(wild).rstrip("."), False)
     except (ValueError, UnicodeError):

@@ -113,14 +113,20 @@ def host_guard(allowed: tuple[str, ...], listen_host: str) -> Any:
             return await handler(request)
         if name not in warned:  # once a name: a page retrying would fill the log
             warned.add(name)
-            log.warning("refused requests for host %r (start with --allow-host %s)", host, name)
+            log.warning("refused requests for host %r", host)
+        # A name one can type (a DNS name's letters, digits, - _ .) gets the option to allow it.
+        allow = (
+            f"; to serve that name (a reverse proxy or tunnel passing it on), start the server"
+            f" with --allow-host {name}"
+            if re.fullmatch(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*", name)
+            else ""
+        )
         return json_response(
             {
-                "error": f"this server does not answer requests for the host {name}: on a "
+                "error": f"this server does not answer requests for the host {host!r}: on a "
                 "loopback address it answers localhost, this machine's names and addresses "
                 "only, so that a web page whose name was pointed at this machine cannot use "
-                f"it; to serve that name (a reverse proxy or tunnel passing it on), start the "
-                f"server with --allow-host {name}"
+                f"it{allow}"
             },
             status=403,
         )
@@ -143,7 +149,9 @@ def _own_names() -> set[str]:
         return names
     for line in lines:
         address, *aliases = line.split("#", 1)[0].split() or [""]
-        if _is_address(address) and ipaddress.ip_address(address).is_loopback:
+        with contextlib.suppress(ValueError):  # a name, or an address in no canonical form
+            if not ipaddress.ip_address(address).is_loopback:
+                continue
             names |= {a.lower().rstrip(".") for a in aliases}
     return names
 
@@ -167,10 +175,17 @@ def host_name(host: str) -> str:
 
 
 def _is_address(name: str) -> bool:
+    """An IP address, in any form a client may write one (127.1, 0x7f.0.0.1 as inet_aton
+    reads them): no DNS name, so no page's to point elsewhere."""
     try:
         ipaddress.ip_address(name)
     except ValueError:
-        return False
+        if not re.fullmatch(r"[0-9a-fx.]+", name):
+            return False
+        try:
+            socket.inet_aton(name)
+        except OSError:
+            return False
     return True
 
 

@@ -387,6 +387,9 @@ def test_full_width_characters_an_input_method_typed_are_named_with_what_to_type
     # The space typed before `=` goes, as typing it again would need.
     assert main(["params", "train.lr\u3000=0.02"]) == 2
     assert capsys.readouterr().err.rstrip().endswith("English punctuation: train.lr=0.02")
+    # Quoted, the value reaches params.yaml's check, whose error names the key.
+    assert main(["params", "train.epochs='１'"]) == 2
+    assert capsys.readouterr().err.rstrip().endswith("English punctuation: train.epochs='1'")
     # µ or half-width katakana in a path are its name; another override's error is not theirs.
     assert main(["params", "data.source='/data/10µm/ｶﾞｿﾞｳ'", "train.lrr=0.1"]) == 2
     assert "full width" not in capsys.readouterr().err

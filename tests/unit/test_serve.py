@@ -697,14 +697,20 @@ def test_a_name_pointed_at_this_machine_by_a_web_page_is_refused(
             f"app.localhost:{port}",
             f"127.0.0.1:{port}",
             f"[::1]:{port}",
+            f"127.1:{port}",  # curl sends the short form as typed
             socket.gethostname(),
         ):
             status, got = request(f"{served.url}/model", headers={"Host": host})
             assert status == 200, (host, got)
         status, _ = request(f"{served.url}/predict?name=x", _jpeg(), {"Host": "evil.example"})
         assert status == 403
+        # No name to allow: no option to allow it with.
+        status, got = request(f"{served.url}/model", headers={"Host": f":{port}"})
+        assert status == 403 and "--allow-host" not in got["error"], got
     # Once a name in the log, not once a request.
-    assert served.log_text().count("refused requests for host") == 1, served.log_text()
+    assert served.log_text().count("refused requests for host 'evil.example") == 1, (
+        served.log_text()
+    )
     options = ("--allow-host", "Proxy.Example.", "--allow-host", "*.tunnel.example")
     options += ("--allow-host", "пример.рф")
     with serve(model, tmp_path / "proxied.log", *options) as served:
@@ -734,7 +740,7 @@ def test_this_machine_s_names_are_its_host_name_and_those_etc_hosts_gives_loopba
     }
     monkeypatch.setattr(serve_access, "HOSTS_FILE", tmp_path / "none")
     assert serve_access._own_names() == {own, f"{own}.local"}
-    for bad in ("http://proxy.example", "proxy.example:8080", "a/b"):
+    for bad in ("http://proxy.example", "proxy.example:8080", "a/b", "*example.com", "*.*.a.b"):
         with pytest.raises(SystemExit) as exit_:
             main(["serve", "--model", str(model), "--allow-host", bad])
         assert exit_.value.code == 2
