@@ -30,9 +30,10 @@ import simplejpeg
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 # .jpe, .jfif, .pjpeg and .pjp are JPEGs too: Windows and browsers save photos from the web so;
-# iPhones save HEIC, Canon and Sony cameras their HEIF as .HIF; .apng is an animated PNG.
+# .mpo is a 3D camera's JPEG pair; iPhones save HEIC, Canon and Sony cameras their HEIF as
+# .HIF; .apng is an animated PNG.
 IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".pjpeg", ".pjp", ".png", ".apng", ".bmp", ".gif"}
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".pjpeg", ".pjp", ".mpo", ".png", ".apng", ".bmp", ".gif"}
     | {".tif", ".tiff", ".webp", ".avif", ".heic", ".heif", ".hif", ".ppm", ".pgm", ".pbm"}
 )
 # The major brands of the ISO media files pi-heif opens (its _is_supported_heif): HEVC stills,

@@ -117,7 +117,16 @@ def test_bad_files_name_the_reason() -> None:
 
 
 def test_phone_and_web_formats_count_as_images_so_none_is_dropped_silently() -> None:
-    for name in ["a.jfif", "b.JPE", "c.avif", "IMG_0001.HEIC", "d.heif", "C001.HIF", "e.pjpeg"]:
+    for name in [
+        "a.jfif",
+        "b.JPE",
+        "c.avif",
+        "IMG_0001.HEIC",
+        "d.heif",
+        "C001.HIF",
+        "e.pjpeg",
+        "3d.MPO",
+    ]:
         assert images.is_image_name(name), name
     avif = _encode(Image.new("RGB", (20, 20), "red"), "AVIF")
     assert load_array(avif, "c.avif", 8).shape == (3, 8, 8)
