@@ -167,8 +167,10 @@ def decode_rgb(data: bytes, name: str, size: int | None = None) -> Image.Image:
 @contextlib.contextmanager
 def _no_bomb_warning() -> Iterator[None]:
     # Our own MAX_PIXELS check gives the clearer message. Entered once per batch, not per image.
+    # Pillow's word on a TIFF's damaged EXIF names no file: the image reads or is named bad.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", "Corrupt EXIF data", UserWarning)
         yield
 
 
