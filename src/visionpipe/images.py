@@ -167,10 +167,11 @@ def decode_rgb(data: bytes, name: str, size: int | None = None) -> Image.Image:
 @contextlib.contextmanager
 def _no_bomb_warning() -> Iterator[None]:
     # Our own MAX_PIXELS check gives the clearer message. Entered once per batch, not per image.
-    # Pillow's word on a TIFF's damaged EXIF names no file: the image reads or is named bad.
+    # Pillow's words on a damaged file's tags and EXIF name no file: the image reads or is named
+    # bad, with its name.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        warnings.filterwarnings("ignore", "Corrupt EXIF data", UserWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
         yield
 
 
@@ -320,7 +321,8 @@ def decode_pixels(data: bytes, size: int) -> int:
     it decodes at), from its header alone; 0 where the header does not open (the decode then
     says why)."""
     try:
-        return _decoded_pixels(_open_image(data), size)
+        with _no_bomb_warning():
+            return _decoded_pixels(_open_image(data), size)
     except Exception:  # any reason the header does not open: the decode names it
         return 0
 
@@ -331,7 +333,7 @@ def _decode_with_pillow(data: bytes, name: str, size: int | None) -> Image.Image
     try:
         img = _decoded(data, name, size)
         if _may_be_rotated(img):
-            ImageOps.exif_transpose(img, in_place=True)  # in place: no copy when upright
+            _turn_upright(img, name)
         return _to_rgb(img)
     except BadImageError:
         raise
@@ -343,6 +345,18 @@ def _decode_with_pillow(data: bytes, name: str, size: int | None) -> Image.Image
         # RuntimeError: Pillow's AVIF and HEIF plugins' word for a damaged file, or one in a
         # codec this build lacks.
         raise BadImageError(name, f"cannot decode: {str(exc).strip()}") from None
+
+
+def _turn_upright(img: Image.Image, name: str) -> None:
+    """Apply the EXIF rotation in place (no copy when upright). Pillow's EXIF parser meets a
+    damaged block's bytes with any error (TypeError, struct.error): the file's, not a bug."""
+    try:
+        ImageOps.exif_transpose(img, in_place=True)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        why = f"cannot read its EXIF rotation: {type(exc).__name__}: {exc}"
+        raise BadImageError(name, why) from None
 
 
 def _decoded(data: bytes, name: str, size: int | None) -> Image.Image:
@@ -485,13 +499,15 @@ def _unidentified_reason(data: bytes) -> str:
         )
     named = (f for f in NAMED_FORMATS if f in Image.OPEN)
     other = next((f for f in named if _accepts(Image.OPEN[f][1], data[:16])), None)
-    if data[:4] in (b"II*\0", b"MM\0*"):
-        if _tiff_float_samples(data):  # a mode Pillow has not
-            return (
-                "a TIFF of floating-point samples Pillow cannot read (colour, 64-bit or 16-bit"
-                " floats): save it with 8- or 16-bit integer samples"
-            )
-        return "a damaged or truncated TIFF (its first image's header does not read)"
+    if data[:4] in (b"II*\0", b"MM\0*") and _tiff_float_samples(data):  # no mode Pillow has
+        return (
+            "a TIFF of floating-point samples Pillow cannot read (colour, 64-bit or 16-bit"
+            " floats): save it with 8- or 16-bit integer samples"
+        )
+    # A format read here by its first bytes, whose header does not read on.
+    ours = next((f for f in _read_formats() if _accepts(Image.OPEN[f][1], data[:16])), None)
+    if ours is not None:
+        return f"a damaged or truncated {ours} image (its header does not read)"
     if other is not None:  # told by its first bytes alone: its plugin never opens it
         return (
             f"its bytes are {other}, a format not read here: convert it to JPEG, PNG, WebP, "

@@ -430,6 +430,10 @@ def test_a_tiff_of_samples_pillow_has_no_mode_for_says_so() -> None:
             warnings.simplefilter("error")
             decode_rgb(data, "cut.tif")
         assert err.value.reason.startswith("a damaged or truncated TIFF"), err.value
+    png = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(png, "PNG")
+    with pytest.raises(BadImageError, match="a damaged or truncated PNG image"):
+        decode_rgb(png.getvalue()[:20], "cut.png")  # cut inside its header
     tga = io.BytesIO()
     Image.new("RGB", (4, 4)).save(tga, "TGA")
     with pytest.raises(BadImageError, match="not a recognised image format"):
@@ -449,3 +453,20 @@ def test_a_fault_of_this_code_after_the_decode_is_no_bad_image(
     Image.new("RGB", (8, 8)).save(data, "PNG")
     with pytest.raises(TypeError, match="a bug"):
         decode_rgb(data.getvalue(), "x.png")
+
+
+def test_a_photo_whose_exif_rotation_cannot_be_read_is_a_bad_image_not_a_crash() -> None:
+    # A byte of a JPEG's EXIF changed: Pillow decodes the pixels, then its EXIF parser fails
+    # with struct.error while turning the photo upright.
+    exif = Image.Exif()
+    exif[0x0112], exif[0x011A] = 6, (72, 1)
+    data = io.BytesIO()
+    with warnings.catch_warnings():  # Pillow's word on the two-number XResolution written here
+        warnings.simplefilter("ignore")
+        Image.new("RGB", (48, 40), "red").save(data, "JPEG", exif=exif.tobytes())
+    damaged = bytearray(data.getvalue())
+    damaged[damaged.find(b"Exif\0\0") + 29] = 0
+    with pytest.raises(BadImageError) as err, warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor do Pillow's warnings, which name no file, show
+        decode_rgb(bytes(damaged), "IMG_0001.jpg")
+    assert err.value.reason.startswith("cannot read its EXIF rotation: error: "), err.value
