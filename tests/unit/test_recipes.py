@@ -239,7 +239,8 @@ def test_conf_edited_and_committed_without_composing_params_anew_is_no_dropped_v
     with caplog.at_level(logging.WARNING):
         assert warn_dropped_baseline(params) == []
     assert not caplog.text
-    # A clone of that one commit (CI's checkout) cannot tell where params.yaml came from.
+    # A clone of that one commit (CI's checkout) cannot tell where params.yaml came from; a
+    # deeper one can, and does (below, the applied value in a depth-3 clone).
     shallow = tmp_path.parent / f"{tmp_path.name}-shallow"
     git(tmp_path.parent, "clone", "-q", "--depth", "1", f"file://{tmp_path}", str(shallow))
     monkeypatch.chdir(shallow)
@@ -254,6 +255,12 @@ def test_conf_edited_and_committed_without_composing_params_anew_is_no_dropped_v
     (conf / "config.yaml").write_text(config.replace("  seed: 0", "  seed: 5", 1))
     git(tmp_path, "commit", "-qam", "seed 5 in conf")
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", git(tmp_path, "rev-parse", "HEAD").strip())
+    params.write_text(compose_yaml(["train.epochs=2"], Path("conf")), encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        assert warn_dropped_baseline(params) == ["train.lr"]
+    deeper = tmp_path.parent / f"{tmp_path.name}-depth3"
+    git(tmp_path.parent, "clone", "-q", "--depth", "3", f"file://{tmp_path}", str(deeper))
+    monkeypatch.chdir(deeper)
     params.write_text(compose_yaml(["train.epochs=2"], Path("conf")), encoding="utf-8")
     with caplog.at_level(logging.WARNING):
         assert warn_dropped_baseline(params) == ["train.lr"]

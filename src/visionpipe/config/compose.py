@@ -187,13 +187,16 @@ def _last_written(rev: str, path: Path) -> str | None:
     return found if done.returncode == 0 and found else None
 
 
-def _shallow() -> bool:
-    """Whether this clone lacks history (`git clone --depth 1`): where params.yaml was last
-    composed may lie beyond it."""
-    done = subprocess.run(
-        ["git", "rev-parse", "--is-shallow-repository"], capture_output=True, text=True
+def _history_ends_at(commit: str) -> bool:
+    """Whether this clone's history is cut at `commit` (`git clone --depth N`): the commits
+    before it, where params.yaml may have been composed, are not here."""
+    where = subprocess.run(
+        ["git", "rev-parse", "--git-path", "shallow"], capture_output=True, text=True
     )
-    return done.stdout.strip() == "true"
+    try:
+        return commit in Path(where.stdout.strip()).read_text().split()
+    except OSError:  # no such file: the whole history is here
+        return False
 
 
 def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
@@ -235,8 +238,8 @@ def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
     if keys and written is not None and written != rev:
         then = _conf_values(written, base_recipe)[1]
         keys = [k for k in keys if _value(committed, k) != _value(then, k)]
-    elif keys and _shallow():  # a clone of one commit (CI's checkout) cannot tell: say nothing
-        keys = []
+    elif keys and written is not None and _history_ends_at(written):
+        keys = []  # a shallow clone (CI's checkout) lacks where params.yaml was composed
     if _dropped_recipe(rev, committed, recipe):
         keys.insert(0, "recipe")  # its values are the recipe's: named by it, not one by one
     if keys:
