@@ -258,6 +258,11 @@ def test_conf_edited_and_committed_without_composing_params_anew_is_no_dropped_v
     params.write_text(compose_yaml(["train.epochs=2"], Path("conf")), encoding="utf-8")
     with caplog.at_level(logging.WARNING):
         assert warn_dropped_baseline(params) == ["train.lr"]
+    # Applied in the baseline commit itself: a depth-3 clone has what came before, and warns.
+    monkeypatch.chdir(tmp_path)
+    params.write_text(compose_yaml(["train.lr=0.02"], Path("conf")), encoding="utf-8")
+    git(tmp_path, "commit", "-qam", "lr 0.02 applied on seed 5")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", git(tmp_path, "rev-parse", "HEAD").strip())
     deeper = tmp_path.parent / f"{tmp_path.name}-depth3"
     git(tmp_path.parent, "clone", "-q", "--depth", "3", f"file://{tmp_path}", str(deeper))
     monkeypatch.chdir(deeper)
