@@ -119,17 +119,21 @@ def _doubtful(names: list[bytes]) -> tuple[str, str] | None:
     """A part of `names` (read as UTF-8) that reads as Chinese, Japanese or Korean in GBK,
     Big5 or Shift-JIS does read as UTF-8, and why; else None. Two bytes of those read as one
     letter of some script each: a run of such letters mixes scripts (小猫 reads Сè), where a
-    real word keeps to one (café, Київ, 5µm_Ø); a folder named with one character (猫, a class)
-    reads as a lone letter (è), which no real class is named."""
+    real word keeps to one (café, Київ, 5µm_Ø); folders named with one character each (猫, 牛,
+    鸭: classes) read as lone letters of several scripts."""
     parts = sorted({p for raw in names for p in raw.decode("utf-8").split("/") if not p.isascii()})
     for part in parts:
         for run in re.findall(r"[^\x00-\x7f]+", part):
             scripts = {s for c in run if (s := _script(c)) is not None}
             if len(scripts) > 1:
                 return part, f"mixes scripts ({', '.join(sorted(scripts))}) in one word"
-    lone = next((p for p in parts if len(p) == 1 and _script(p) is not None), None)
-    if lone is not None:
-        return lone, "is a folder named with one accented letter"
+    # Folders of one letter each, of several scripts: 猫, 牛, 鸭 read è, ţ, Ѽ (an alphabet's
+    # classes, А/ Б/ В/ or a/ b/ é/, keep to one).
+    lone = [p for p in parts if len(p) == 1 and _script(p) is not None]
+    scripts = {_script(p) for p in lone}
+    if len(scripts) > 1:
+        names = ", ".join(sorted(s for s in scripts if s))
+        return lone[0], f"and {len(lone) - 1} more are folders of one letter each, of {names}"
     return None
 
 
@@ -161,7 +165,8 @@ def _other_reading(source: Path, names: list[bytes]) -> str:
         folder = _beside_project() / (source.stem + "-unpacked")
         # JSON's strings are Python's: in double quotes, the shell's single ones stay plain.
         code = (
-            f"import zipfile; zipfile.ZipFile({_quoted(source)}, metadata_encoding={_quoted(page)})"
+            f"import zipfile; zipfile.ZipFile({_quoted(_outside_copy(source))}, "
+            f"metadata_encoding={_quoted(page)})"
             f".extractall({_quoted(folder)})"
         )
         return (
@@ -176,11 +181,23 @@ def _other_reading(source: Path, names: list[bytes]) -> str:
     )
 
 
+def _outside_copy(source: Path) -> Path:
+    """`source`, absolute, as the project has it: a queued run's temporary copy
+    (.dvc/tmp/exps/tmpXXXX/data/raw/x.zip) is gone once the run ends."""
+    posix = source.resolve().as_posix()
+    if QUEUED_COPY not in posix:
+        return Path(posix)
+    project, inside = posix.split(QUEUED_COPY, 1)
+    return Path(project, *inside.split("/")[1:])  # past the copy's own folder
+
+
+QUEUED_COPY = "/.dvc/tmp/exps/"  # where DVC makes a queued run's copy of the project
+
+
 def _beside_project() -> Path:
     """The folder the project is in, absolute, as data.source must be for queued runs: theirs
     (a temporary copy in .dvc/tmp/exps/) is the one it was copied from, not the copy's."""
-    here = Path.cwd().resolve().as_posix()
-    return Path(here.split("/.dvc/tmp/exps/", 1)[0]).parent
+    return Path(Path.cwd().resolve().as_posix().split(QUEUED_COPY, 1)[0]).parent
 
 
 def _quoted(text: object) -> str:

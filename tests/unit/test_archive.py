@@ -590,7 +590,10 @@ def test_gbk_names_that_read_as_utf8_by_chance_are_warned_of_with_both_readings(
             z.writestr(_UnflaggedName(name.encode("gbk")), b"x")
     with caplog.at_level(logging.WARNING):
         assert list_files(windows) == ["è/IMG_0001.jpg", "ţ/IMG_0002.jpg", "Ѽ/IMG_0003.jpg"]
-    assert "read as UTF-8, of which 'è' is a folder named with one accented letter" in caplog.text
+    assert (
+        "read as UTF-8, of which 'è' and 2 more are folders of one letter each, of CYRILLIC, LATIN"
+        in (caplog.text)
+    )
     assert "the first reads '猫/IMG_0001.jpg'" in caplog.text
     # Names of one script each, and CJK beside them, are a Mac's UTF-8: no word.
     caplog.clear()
@@ -601,6 +604,7 @@ def test_gbk_names_that_read_as_utf8_by_chance_are_warned_of_with_both_readings(
         for name in (
             *("Ñandú/1.jpg", "café/2.jpg", "猫/3.jpg", "ねこ/4.jpg", "кошка/5.jpg", "γάτα/6.jpg"),
             *("мʼята/7.jpg", "foto_nº1/8.jpg", "10µm/9.jpg", "Kraków-Київ/a.jpg", "5μm_Ø/b.jpg"),
+            *("А/c.jpg", "Б/d.jpg"),  # an alphabet's letters as classes (CoMNIST's)
         ):
             z.writestr(_UnflaggedName(name.encode()), b"x")
     with caplog.at_level(logging.WARNING):
@@ -611,10 +615,13 @@ def test_gbk_names_that_read_as_utf8_by_chance_are_warned_of_with_both_readings(
 def test_gbk_names_of_two_characters_or_of_one_read_as_utf8_are_warned_of(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # 小猫 reads Сè (two scripts in one word); 猫 and 牛 alone read è and ţ, both Latin.
+    # 小猫 reads Сè (two scripts in one word); 猫, 牛 and 鸭 alone read è, ţ and Ѽ.
     for names, said in (
         (("小猫/1.jpg", "cat/2.jpg"), "of which 'Сè' mixes scripts (CYRILLIC, LATIN) in one word"),
-        (("猫/1.jpg", "牛/2.jpg"), "of which 'è' is a folder named with one accented letter"),
+        (
+            ("猫/1.jpg", "牛/2.jpg", "鸭/3.jpg"),
+            "of which 'è' and 2 more are folders of one letter",
+        ),
     ):
         windows = tmp_path / f"{len(names[0])}.zip"
         with zipfile.ZipFile(windows, "w") as z:
@@ -752,5 +759,8 @@ def test_the_folder_advised_for_a_queued_run_is_beside_the_project_not_its_copy(
     copy.mkdir(parents=True)
     monkeypatch.chdir(copy)
     assert zip_names._beside_project() == tmp_path
+    # And the zip to unpack is the project's, the copy's being gone once the run ends.
+    copied = Path("data/raw/photos.zip")
+    assert zip_names._outside_copy(copied) == tmp_path / "project" / "data/raw/photos.zip"
     monkeypatch.chdir(tmp_path / "project")
     assert zip_names._beside_project() == tmp_path
