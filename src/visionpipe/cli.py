@@ -511,13 +511,13 @@ def _check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
         if flag != "grid" and is_image_name(path.name):  # it would replace a photo
             parser.error(f"--{flag} {path} is named like an image: give a .{flag} file name")
-        if os.path.realpath(path) == os.devnull:  # as many outputs as asked may be dropped
+        if streams.discarded(path):  # as many outputs as asked may be dropped
             continue
         if (other := named.get(os.path.realpath(path))) is not None:  # the last would win
             parser.error(f"--{other} and --{flag} both name {path}: give each its own file")
         named[os.path.realpath(path)] = flag
     grid = getattr(args, "grid", None)
-    discarded = grid is not None and os.path.realpath(grid) == os.devnull
+    discarded = grid is not None and streams.discarded(grid)
     if grid is not None and not discarded and grid.suffix.lower() not in GRID_SUFFIXES:
         parser.error(
             f"--grid {grid}: name a {', '.join(GRID_SUFFIXES)} file (the image's format "

@@ -85,9 +85,9 @@ def _missing(spec: str) -> str:
     # Or the file's name holds one where a plain space was typed: macOS names a screenshot
     # "... at 10.00.00\u202fAM.png".
     folder, name = os.path.split(spec)
+    if " " not in name:  # nothing to look for: no listing (a folder of 100,000 photos)
+        return "no such file or directory"
     with contextlib.suppress(OSError):
-        if " " not in name:  # nothing to look for: no listing (a folder of 100,000 photos)
-            return "no such file or directory"
         found = next((n for n in os.listdir(folder or ".") if _plain_spaces(n) == name), None)
         if found is not None:
             spaces = _codes([c for c in found if _odd_space(c)])

@@ -366,7 +366,7 @@ def _write_outputs(
         if flag == "--grid" and all(p.error for p in preds):
             log.error("--grid %s not written: no input could be predicted", dest)
             continue  # the failed inputs make the exit code 1
-        if os.path.realpath(dest) == os.devnull:  # discarded: nothing to make
+        if streams.discarded(dest):  # nothing to make
             continue
         target = fsutil.through_link(Path(dest))
         if (broken := _dangling_link(Path(dest), target)) is not None:  # `>` makes no folder

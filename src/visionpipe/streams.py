@@ -30,6 +30,11 @@ def standard_stream(path: Path | str) -> int | None:
     return None
 
 
+def discarded(path: Path | str) -> bool:
+    """Whether `path` names /dev/null: an output written nowhere, as many as asked."""
+    return os.path.realpath(path) == os.devnull
+
+
 def write_stream(fd: int, data: bytes) -> None:
     """`data` to standard output (1) or error (2) whole, after what print() holds for it."""
     if fd == 1:
