@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or globs")
     p.add_argument(
         "--model",
-        type=Path,
+        type=_path,
         default=None,
         help=f"{paths.ONNX_MODEL} (onnx backend) or {paths.MODEL} (torch) by default, here or in "
         "the project this folder is inside",
@@ -331,11 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=64, help="images in one model call (default 64)"
     )
     p.add_argument(
-        "--json", type=Path, help="also write the predictions as JSON here ('-': stdout)"
+        "--json", type=_path, help="also write the predictions as JSON here ('-': stdout)"
     )
-    p.add_argument("--csv", type=Path, help="also write the predictions as CSV here ('-': stdout)")
+    p.add_argument("--csv", type=_path, help="also write the predictions as CSV here ('-': stdout)")
     p.add_argument(
-        "--grid", type=Path, help="also write a labelled image grid here (.png, .jpg or .webp)"
+        "--grid", type=_path, help="also write a labelled image grid here (.png, .jpg or .webp)"
     )
     p.set_defaults(func=_predict, parser=p)
     _add_serve(sub)
@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("serve", help="answer predictions over HTTP, with a page to drop photos on")
     s.add_argument(
-        "--model", type=Path, help=f"(default {paths.ONNX_MODEL}, here or in the project above)"
+        "--model", type=_path, help=f"(default {paths.ONNX_MODEL}, here or in the project above)"
     )
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     s.add_argument("--port", type=int, default=8000, help="0 picks a free port (default 8000)")
@@ -403,6 +403,14 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _path(value: str) -> Path:
+    """A file argument; an empty one (`--json ""`, an unset shell variable) is refused: as a
+    Path it would be ".", the current folder."""
+    if not value:
+        raise argparse.ArgumentTypeError("an empty name: give a file name")
+    return Path(value)
 
 
 def _origin(value: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from visionpipe.images import is_hidden, is_image_name
-from visionpipe.names import listed
+from visionpipe.names import counted, listed
 
 log = logging.getLogger(__name__)
 
@@ -45,27 +45,53 @@ class Inputs:
 
 
 def collect_inputs(specs: list[str]) -> Inputs:
-    """Expand files, folders (recursively) and globs; unusable specs become error entries."""
+    """Expand files, folders (recursively) and globs; unusable specs become error entries. A
+    file that several specs name (a folder and a photo in it) is predicted once, where first
+    named."""
     inputs = Inputs()
+    seen: dict[Path, Path] = {}  # by absolute path: the name it was first given
+    repeated: dict[Path, None] = {}  # first names, in the order first repeated
     for spec in specs:
-        inputs.starts.append((len(inputs.files), len(inputs.errors)))
-        path = Path(spec)
-        if any(ch in spec for ch in GLOB_CHARS) and not path.exists():
-            _add_glob(inputs, spec)
-        elif path.is_dir():
-            named = len(inputs.errors)
-            # A folder of broken photo links only: each is named already.
-            if not _add_folder(inputs, path, spec, spec) and len(inputs.errors) == named:
-                inputs.errors.append((spec, "folder holds no image files"))
-        elif path.is_file():
-            inputs.files.append(path)
-        elif path.is_symlink():  # the link itself exists: "no such file" would puzzle
-            inputs.errors.append((spec, _dangling(path)))
-        elif path.exists():
-            inputs.errors.append((spec, _not_regular(path)))
-        else:
-            inputs.errors.append((spec, _missing(spec)))
+        first = len(inputs.files)
+        inputs.starts.append((first, len(inputs.errors)))
+        _add_spec(inputs, spec)
+        added, inputs.files[first:] = inputs.files[first:], []
+        for path in added:
+            # By name (`./a.jpg` is `a.jpg`), not by target: a link is a name of its own.
+            key = path.absolute()
+            if key in seen:
+                repeated[seen[key]] = None
+            else:
+                inputs.files.append(path)
+                seen[key] = path
+    if repeated:
+        log.warning(
+            "%s named more than once, each predicted once: %s",
+            counted(len(repeated), "file"),
+            listed([str(p) for p in repeated]),
+        )
     return inputs
+
+
+def _add_spec(inputs: Inputs, spec: str) -> None:
+    path = Path(spec)
+    if not spec:  # as a Path it is ".": an unset shell variable would predict the folder
+        inputs.errors.append((spec, "an empty name: give a file, folder or glob"))
+    elif any(ch in spec for ch in GLOB_CHARS) and not path.exists():
+        _add_glob(inputs, spec)
+    elif path.is_dir():
+        named = len(inputs.errors)
+        # A folder of broken photo links only: each is named already.
+        if not _add_folder(inputs, path, spec, spec) and len(inputs.errors) == named:
+            inputs.errors.append((spec, "folder holds no image files"))
+    elif path.is_file():
+        inputs.files.append(path)
+    elif path.is_symlink():  # the link itself exists: "no such file" would puzzle
+        inputs.errors.append((spec, _dangling(path)))
+    elif path.exists():
+        inputs.errors.append((spec, _not_regular(path)))
+    else:
+        inputs.errors.append((spec, _missing(spec)))
 
 
 def _missing(spec: str) -> str:

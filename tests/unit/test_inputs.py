@@ -215,8 +215,43 @@ def test_predictions_come_in_the_order_the_files_were_named(tmp_path: Path) -> N
         ("folder/b.jpg", False),
         ("folder/c.jpg", False),
         ("folder/d.jpg", True),  # a folder's unusable files after its photos
-        ("a.jpg", False),
+    ]  # a.jpg named again: predicted where first named
+
+
+def test_a_photo_several_arguments_name_is_predicted_once_and_said_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("photos/cats/a.jpg", "photos/cats/b.jpg", "photos/dogs/c.jpg"):
+        _photo(tmp_path / name)
+    specs = ["photos/cats/b.jpg", "photos", "photos/*/*.jpg", "./photos/cats/a.jpg"]
+    found = collect_inputs(specs)
+    assert [p.as_posix() for p in found.files] == [
+        "photos/cats/b.jpg",
+        "photos/cats/a.jpg",
+        "photos/dogs/c.jpg",
     ]
+    assert not found.errors
+    repeated = "photos/cats/b.jpg, photos/cats/a.jpg, photos/dogs/c.jpg"
+    assert f"3 files named more than once, each predicted once: {repeated}\n" in caplog.text
+
+
+def test_an_empty_argument_is_an_error_not_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `predict "$PHOTO"` with PHOTO unset: as a path "" is ".", every photo below here.
+    monkeypatch.chdir(tmp_path)
+    _photo(tmp_path / "a.jpg")
+    found = collect_inputs(["", "a.jpg"])
+    assert found.errors == [("", "an empty name: give a file, folder or glob")]
+    assert [p.name for p in found.files] == ["a.jpg"]
+    model = str(write_tiny_onnx(tmp_path / "model.onnx"))
+    for flag in ("--json", "--csv", "--grid", "--model"):
+        with pytest.raises(SystemExit) as exc:
+            main(["predict", "a.jpg", "--model", model, flag, ""])
+        assert exc.value.code == 2
+        assert f"argument {flag}: an empty name: give a file name" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["a.jpg", "model.onnx"]
 
 
 def test_a_windows_style_path_names_the_path_that_exists(
