@@ -18,14 +18,16 @@ class Progress:
 
     epoch: int = 0  # epochs done
     history: History = field(default_factory=History)
-    best_val: float = math.inf  # lowest val loss so far, for early stopping
+    best_val: float = math.inf  # the val loss of the last epoch that improved on the ones before
     bad_epochs: int = 0  # epochs since it last improved
     stopped: bool = False  # ended before its last epoch (diverged, or early stopping)
 
-    def update(self, record: EpochRecord, patience: int) -> bool:
-        """Count a finished epoch; True when training should stop (diverged or no progress)."""
+    def update(self, record: EpochRecord, patience: int, min_delta: float = 0.0) -> bool:
+        """Count a finished epoch; True when training should stop (diverged or no progress).
+        An epoch improves when its val loss is below the best one by more than `min_delta`:
+        a loss creeping down by 1e-6 a time is no progress worth waiting for."""
         self.epoch = record.epoch
-        if record.val_loss < self.best_val:
+        if record.val_loss < self.best_val - min_delta:
             self.best_val, self.bad_epochs = record.val_loss, 0
         else:
             self.bad_epochs += 1
@@ -42,8 +44,13 @@ class Progress:
             "train_loss": round(last.train_loss, 6),
             "val_loss": round(last.val_loss, 6),
             "val_accuracy": round(last.val_accuracy, 6),
-            "best_val_loss": round(self.best_val, 6),
+            "best_val_loss": round(self.lowest_val(), 6),
         }
+
+    def lowest_val(self) -> float:
+        """The lowest val loss of the epochs run (best_val is that only without a min_delta)."""
+        losses = [EpochRecord.from_row(row).val_loss for row in self.history.epochs]
+        return min((v for v in losses if math.isfinite(v)), default=math.inf)
 
 
 def diverged(record: EpochRecord) -> bool:
@@ -53,7 +60,7 @@ def diverged(record: EpochRecord) -> bool:
     return not (math.isfinite(record.train_loss) and math.isfinite(record.val_loss))
 
 
-def log_why_stopped(record: EpochRecord, patience: int, lr: float) -> None:
+def log_why_stopped(record: EpochRecord, patience: int, lr: float, min_delta: float = 0.0) -> None:
     """Say why a run stopped before its last epoch: it diverged, or stopped improving."""
     if diverged(record):
         log.error(
@@ -66,4 +73,5 @@ def log_why_stopped(record: EpochRecord, patience: int, lr: float) -> None:
         )
     else:
         epochs = "epoch" if patience == 1 else "epochs"
-        log.info("early stopping: val loss has not improved for %d %s", patience, epochs)
+        by = f" by more than {min_delta:g} (train.min_delta)" if min_delta else ""
+        log.info("early stopping: val loss has not improved%s for %d %s", by, patience, epochs)

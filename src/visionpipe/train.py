@@ -226,7 +226,9 @@ def _run(params: TrainingParams, ddp: distributed.Dist, device: torch.device) ->
             record = run_epoch(loop, epoch, splits, tracker)
             # Rank 0 decides for all: each rank's BatchNorm statistics, and so its val loss, can
             # differ, and a rank that stopped alone would leave the others waiting for it.
-            stopped = distributed.broadcast_object(loop.progress.update(record, cfg.patience), ddp)
+            stopped = distributed.broadcast_object(
+                loop.progress.update(record, cfg.patience, cfg.min_delta), ddp
+            )
             loop.progress.stopped = stopped
             if ddp.is_main:  # rank 0 alone writes; the others hold identical state
                 checkpoints.save(fp, loop.progress, loop.trainee())
@@ -239,7 +241,7 @@ def _run(params: TrainingParams, ddp: distributed.Dist, device: torch.device) ->
                 )
             if stopped:
                 if ddp.writes_outputs:  # all ranks stop together; one line per machine says why
-                    log_why_stopped(record, cfg.patience, cfg.lr)
+                    log_why_stopped(record, cfg.patience, cfg.lr, cfg.min_delta)
                 break
         seconds = time.perf_counter() - t_start
         metrics = finish(params, loop, splits, seconds, start)

@@ -473,6 +473,38 @@ def test_early_stopping(processed: Path) -> None:
     assert metrics["stopped_early"] and metrics["epochs_run"] < 50
 
 
+def test_a_gain_counts_for_early_stopping_only_above_min_delta() -> None:
+    def stops(losses: list[float], min_delta: float) -> list[bool]:
+        p = progress.Progress()
+        return [
+            p.update(EpochRecord(epoch=i, train_loss=1.0, val_loss=v, val_accuracy=0.5, lr=0.01),
+                     patience=2, min_delta=min_delta)
+            for i, v in enumerate(losses, 1)
+        ]  # fmt: skip
+
+    creeping = [1.0, 0.9999, 0.9998, 0.9997]
+    assert stops(creeping, 0.0) == [False] * 4
+    assert stops(creeping, 0.001) == [False, False, True, True]
+    # A gain above min_delta resets patience; the best loss it compares with is that epoch's.
+    assert stops([1.0, 0.99, 0.98, 0.97], 0.005) == [False] * 4
+    slowing = [1.0, 0.996, 0.992, 0.990, 0.989]
+    assert stops(slowing, 0.005) == [False, False, False, False, True]
+    assert stops(slowing, 0.0) == [False] * 5
+
+
+def test_min_delta_stops_a_run_and_best_val_loss_is_still_the_lowest(
+    processed: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="visionpipe.progress"):
+        metrics = train.run(tiny_params(epochs=6, lr=0.01, patience=1, min_delta=100.0))
+    assert metrics["stopped_early"] and metrics["epochs_run"] == 2
+    assert "val loss has not improved by more than 100 (train.min_delta) for 1 epoch" in caplog.text
+    header, *rows = (processed / paths.PLOT_EPOCHS).read_text().splitlines()
+    column = header.split(",").index("val_loss")
+    lowest = min(float(r.split(",")[column]) for r in rows)
+    assert metrics["best_val_loss"] == round(lowest, 6)
+
+
 @pytest.mark.parametrize(("patience", "said"), [(1, "for 1 epoch"), (3, "for 3 epochs")])
 def test_why_stopped_counts_epochs_in_words(
     patience: int, said: str, caplog: pytest.LogCaptureFixture

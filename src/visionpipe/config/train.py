@@ -51,6 +51,8 @@ class TrainConfig(Section):
     seed: Seed = 0
     log_every: int = Field(default=100, ge=1)  # train loss to TensorBoard/plots every N steps
     patience: int = Field(default=0, ge=0)  # early stopping on val loss; 0 = off
+    # How much the val loss must fall for an epoch to count as a gain (Keras' min_delta).
+    min_delta: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     deterministic: bool = False  # force deterministic algorithms on GPU
     compile: bool = False  # torch.compile the model
     # The whole train step as one CUDA graph (steps.py): on a GPU, one launch instead of one per
