@@ -110,6 +110,16 @@ def git(repo: Path, *args: str) -> str:
     return run(["git", *args], repo).stdout
 
 
+def pipeline_skeleton(folder: Path) -> Path:
+    """`folder` as a project of this pipeline looks to predict and the stages: a dvc.yaml and
+    the stage scripts, empty (another DVC project has no stages/train.py)."""
+    (folder / "stages").mkdir(parents=True, exist_ok=True)
+    (folder / "dvc.yaml").write_text("stages: {}\n")
+    for stage in ("download", "preprocess", "train", "evaluate", "export", "predict"):
+        (folder / "stages" / f"{stage}.py").touch()
+    return folder
+
+
 def make_project(dest: Path, params: dict[str, dict[str, Any]] | None = None) -> Path:
     """Copy the project into `dest` as a fresh git repo with DVC, params overridden, committed."""
     dest.mkdir(parents=True, exist_ok=True)

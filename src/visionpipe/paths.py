@@ -56,8 +56,9 @@ def in_project(path: str | Path) -> Path:
 
 
 def project_root() -> Path | None:
-    """The nearest folder from here up with a dvc.yaml, as dvc finds its project; None outside."""
-    return next((f for f in (Path.cwd(), *Path.cwd().parents) if (f / "dvc.yaml").is_file()), None)
+    """The nearest folder from here up with a dvc.yaml or DVC's .dvc/ (a project that only
+    imports models has no dvc.yaml); None outside."""
+    return _root_above(Path.cwd())
 
 
 def default_model(path: Path) -> Path:
@@ -85,6 +86,10 @@ def require(path: str | Path, stage: str) -> Path:
     found = in_project(path)
     if found.exists():
         return found
+    root = project_root()
+    # In another DVC project (one that imports the model), what fetches it is its path.
+    ours = root is None or runs_stage(root, stage)
+    remote = f"'uv run dvc pull {stage if ours else path}' where a DVC remote holds it"
     if found.is_symlink():  # the link is here, the file it leads to gone
         target = os.readlink(found)
         end = _chain_end(found)
@@ -97,13 +102,18 @@ def require(path: str | Path, stage: str) -> Path:
         raise FileNotFoundError(
             f"{path} is a link to {target}, which DVC's cache no longer holds (a `dvc gc` in a"
             " project sharing the cache removes what this one links to): "
-            f"{rerun(stage)}, or 'uv run dvc pull {stage}' where a DVC remote holds it"
+            + (f"{rerun(stage)}, or {remote}" if ours else f"{remote}, run in {root}")
         )
-    if not Path(path).is_absolute() and project_root() is None:  # a notebook started elsewhere
+    if not Path(path).is_absolute() and root is None:  # a notebook started elsewhere
         raise FileNotFoundError(
             f"{path} not found, and {Path.cwd()} is not inside a visionpipe project (no dvc.yaml"
             " here or in a folder above): run from the project or a folder inside it"
             " (os.chdir to it in a notebook)"
+        )
+    if not ours:
+        raise FileNotFoundError(
+            f"{path} not found here or in the project {root}: if DVC tracks it there (a .dvc file"
+            f" beside it, an import), {remote}, run in {root}"
         )
     message = f"{path} not found: {rerun(stage)} first"
     if pipeline_output(path):
@@ -135,15 +145,46 @@ def _chain_end(link: Path) -> str | None:
 
 def pipeline_output(path: Path) -> bool:
     """Whether `path` is, or lies under, a model or the data the stages write at its usual
-    place in the project this folder is inside (through links: a linked folder is that
-    folder); outside any project, nothing is."""
-    root = project_root()
-    if root is None:  # a data/processed/ of another kind of project is its own
-        return False
+    place in the project this folder is inside, or in the project `path` itself is inside
+    (through links: a linked folder is that folder); outside any project, nothing is."""
+    return _under(path, (MODEL, ONNX_MODEL, Path("data")), pipeline_only=True)
+
+
+def pipeline_file(path: Path) -> bool:
+    """`pipeline_output`, or a DVC project's record of its pipeline: dvc.yaml, dvc.lock and
+    params.yaml, which an output written over would leave DVC unable to read."""
+    return pipeline_output(path) or _under(path, (Path("dvc.yaml"), DVC_LOCK, PARAMS))
+
+
+def _under(path: Path, names: tuple[Path, ...], pipeline_only: bool = False) -> bool:
+    real = _real(path)
+    # The project here, and the one holding `path`: `--json ~/proj/models/model.pt` run from
+    # another folder names that project's model.
+    folder = Path(os.path.realpath(path.parent))
+    roots = {r for r in (project_root(), _root_above(folder)) if r is not None}
+    if pipeline_only:
+        roots = {r for r in roots if runs_stage(r, "train")}
     # Each through its folders' links, and through its own too: a file DVC links into its cache
     # (cache.type symlink) is the pipeline's by its place, its cache file by its content.
-    outputs = [_real(root / out) for out in (MODEL, ONNX_MODEL, PROCESSED_DIR)]
-    return any(p.is_relative_to(o) for p in _real(path) for o in set().union(*outputs))
+    outputs = set().union(*(_real(root / name) for root in roots for name in names))
+    return any(p.is_relative_to(o) for p in real for o in outputs)
+
+
+def _root_above(folder: Path) -> Path | None:
+    return next(
+        (
+            f
+            for f in (folder, *folder.parents)
+            if (f / "dvc.yaml").is_file() or (f / ".dvc").is_dir()
+        ),
+        None,
+    )
+
+
+def runs_stage(root: Path, stage: str) -> bool:
+    """Whether the project at `root` is this pipeline, with stage `stage`: another DVC project
+    (one that imports the model, a cookiecutter layout) has its own data/ and models/."""
+    return (root / "stages" / f"{stage}.py").is_file()
 
 
 def _real(path: Path) -> set[Path]:

@@ -89,9 +89,13 @@ def open_backend(kind: str, model: Path | None = None) -> Backend:
     if kind == "onnx":
         return OnnxBackend(model or paths.default_model(paths.ONNX_MODEL))
     if kind == "torch":
-        model = model or paths.default_model(paths.MODEL)
-        # Accept the ONNX path too: the state_dict sits beside it as model.pt.
-        return TorchBackend(model.with_suffix(".pt") if model.suffix == ".onnx" else model)
+        if model is not None and model.suffix.lower() == ".onnx":
+            # Its .pt beside it may be another run's (two artifacts, versioned apart).
+            raise ValueError(
+                f"--backend torch reads a .pt state_dict; {model} is an ONNX model: give "
+                f"--backend onnx, or the .pt file (--model {model.with_suffix('.pt')})"
+            )
+        return TorchBackend(model or paths.default_model(paths.MODEL))
     raise ValueError(f"Invalid backend '{kind}'. Only onnx and torch are supported.")
 
 
@@ -278,10 +282,10 @@ def _overwritten(outputs: dict[str, Path], files: list[Path], model: Path) -> st
         what = "the model predicting" if path == model else "a file being predicted"
         return f"{flag} {out} names {what}{same}: give the output another name"
     for flag, out in outputs.items():
-        if out != STDOUT and paths.pipeline_output(fsutil.through_link(out)):
+        if out != STDOUT and paths.pipeline_file(fsutil.through_link(out)):
             return (
-                f"{flag} {out} names a model or data the pipeline writes: give the output "
-                "a name of its own"
+                f"{flag} {out} names a file of the pipeline's (a model, data/, dvc.yaml, "
+                "dvc.lock or params.yaml): give the output a name of its own"
             )
     return None
 

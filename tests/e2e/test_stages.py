@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_stage
+from tests.helpers import pipeline_skeleton, run_stage
 
 # A stage checks the sections it reads (and that every top-level key is a known section);
 # the train stage reads them all.
@@ -38,7 +38,7 @@ def test_bad_params_fail_a_stage_before_any_work(tmp_path: Path, stage: str) -> 
 
 def test_missing_upstream_output_names_the_command_to_run(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text("{}\n")
-    (tmp_path / "dvc.yaml").write_text("stages: {}\n")  # a project, as DVC runs stages in one
+    pipeline_skeleton(tmp_path)  # a project, as DVC runs stages in one
     proc = run_stage("evaluate", tmp_path)
     assert proc.returncode == 1 and "dvc repro train" in proc.stderr
     assert "Traceback" not in proc.stderr

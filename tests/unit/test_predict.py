@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import DOG_PNG, env, full_disk, run_stage
+from tests.helpers import DOG_PNG, env, full_disk, pipeline_skeleton, run_stage
 from tests.tiny_onnx import write_tiny_onnx
 from visionpipe import fsutil, paths
 from visionpipe.cli import main
@@ -171,9 +171,7 @@ def test_backends_agree_on_top1(exported_model: Path, tmp_path: Path) -> None:
 
     files = sorted(_images(tmp_path / "imgs").values())
     onnx = predict.predict_files(files, predict.open_backend("onnx", exported_model / "model.onnx"))
-    eager = predict.predict_files(
-        files, predict.open_backend("torch", exported_model / "model.onnx")
-    )
+    eager = predict.predict_files(files, predict.open_backend("torch", exported_model / "model.pt"))
     for a, b in zip(onnx, eager, strict=True):
         assert a.top[0]["class"] == b.top[0]["class"]
         assert abs(a.top[0]["probability"] - b.top[0]["probability"]) < 1e-4
@@ -254,7 +252,7 @@ def test_each_backend_reads_the_model_the_pipeline_writes_by_default(
     assert main(["serve"]) == 2
     assert "is not inside a visionpipe project" in caplog.text and "--model FILE" in caplog.text
     caplog.clear()
-    (tmp_path / "dvc.yaml").write_text("stages: {}\n")  # a project that has not run export
+    pipeline_skeleton(tmp_path)  # a project that has not run export
     assert main(["predict", "x.png"]) == 2
     assert f"{paths.ONNX_MODEL} not found: run 'uv run dvc repro export' first" in caplog.text
     caplog.clear()
@@ -265,7 +263,7 @@ def test_each_backend_reads_the_model_the_pipeline_writes_by_default(
 def test_a_subfolder_of_the_project_predicts_with_the_projects_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    pipeline_skeleton(tmp_path)
     write_tiny_onnx(tmp_path / paths.ONNX_MODEL)
     photos = tmp_path / "photos" / "2024"
     photos.mkdir(parents=True)
@@ -284,7 +282,7 @@ def test_a_model_a_failed_run_deleted_names_the_checkout_that_restores_it(
     # DVC deletes model.pt as train starts; a refused or stopped `dvc exp run` leaves none, and
     # `dvc repro train` would rerun the params that just failed.
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    pipeline_skeleton(tmp_path)
     assert main(["predict", "x.png", "--backend", "torch"]) == 2
     assert "'uv run dvc checkout --force train' restores" in caplog.text
     caplog.clear()
@@ -297,12 +295,46 @@ def test_a_model_a_failed_run_deleted_names_the_checkout_that_restores_it(
     assert "dvc checkout" not in caplog.text  # not a file DVC records
 
 
+def test_a_project_that_imports_the_model_is_told_to_pull_it_by_its_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Another DVC project (`dvc import` of models/model.onnx; no dvc.yaml): it has no export
+    # stage to repro or pull, and its model is found from a subfolder as dvc finds the project.
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model.onnx.dvc").write_text("deps: []\n")
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (20, 20), "red").save(tmp_path / "photos" / "a.png")
+    monkeypatch.chdir(tmp_path / "photos")
+    assert main(["predict", "a.png"]) == 2
+    assert "dvc repro" not in caplog.text and "pull export" not in caplog.text
+    assert (
+        f"models/model.onnx not found here or in the project {tmp_path}: if DVC tracks it there "
+        f"(a .dvc file beside it, an import), 'uv run dvc pull models/model.onnx' where a DVC "
+        f"remote holds it, run in {tmp_path}"
+    ) in caplog.text
+    write_tiny_onnx(tmp_path / paths.ONNX_MODEL)
+    assert main(["predict", "a.png"]) == 0
+
+
+def test_the_torch_backend_refuses_an_onnx_file_rather_than_read_the_pt_beside_it(
+    exported_model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # model.pt and model.onnx are two artifacts: the .pt beside an .onnx may be another run's.
+    onnx = exported_model / "model.onnx"
+    assert main(["predict", str(DOG_PNG), "--backend", "torch", "--model", str(onnx)]) == 2
+    assert (
+        f"--backend torch reads a .pt state_dict; {onnx} is an ONNX model: give --backend onnx, "
+        f"or the .pt file (--model {exported_model / 'model.pt'})"
+    ) in caplog.text
+
+
 def test_a_model_whose_dvc_cache_file_is_gone_is_named_as_a_link(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # With `cache.type symlink`, models/model.onnx links into DVC's cache; a `dvc gc` in a project
     # sharing that cache removes the file and leaves the link, which `ls models` still shows.
-    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    pipeline_skeleton(tmp_path)
     cached = tmp_path / "cache" / "files" / "md5" / "ab" / ("c" * 30)
     cached.parent.mkdir(parents=True)
     write_tiny_onnx(cached)
@@ -870,7 +902,7 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
 ) -> None:
     project = tmp_path / "project"
     (project / "models").mkdir(parents=True)
-    (project / "dvc.yaml").write_text("stages: {}\n")
+    pipeline_skeleton(project)
     model = write_tiny_onnx(project / "models" / "model.onnx")
     (project / "models" / "model.pt").write_bytes(b"trained")
     kept = {p: p.read_bytes() for p in (project / "models").iterdir()}
@@ -879,18 +911,21 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
     monkeypatch.chdir(project / "notes")  # the model found in the project above
     cases = [
         (["--csv", str(model)], f"--csv {model} names the model predicting"),
-        (["--json", "../models/model.pt"], "--json ../models/model.pt names a model or data"),
-        (["--json", "mp.json"], "--json mp.json names a model or data the pipeline writes"),
+        (
+            ["--json", "../models/model.pt"],
+            "--json ../models/model.pt names a file of the pipeline's",
+        ),
+        (["--json", "mp.json"], "--json mp.json names a file of the pipeline's (a model"),
     ]
     (project / "data" / "processed").mkdir(parents=True)
     (project / "notes" / "dlink").symlink_to(project / "data")  # a folder's link: that folder
-    cases.append((["--csv", "dlink/processed/x.csv"], "names a model or data the pipeline"))
+    cases.append((["--csv", "dlink/processed/x.csv"], "names a file of the pipeline's"))
     # A file DVC links into its cache (cache.type symlink) is the pipeline's by its place.
     cached = project / ".dvc" / "cache" / "files" / "md5" / "ab" / ("c" * 30)
     cached.parent.mkdir(parents=True)
     cached.write_text("{}")
     (project / "data" / "processed" / "meta.json").symlink_to(cached)
-    cases.append((["--json", "../data/processed/meta.json"], "names a model or data the"))
+    cases.append((["--json", "../data/processed/meta.json"], "names a file of the"))
     for args, said in cases:
         caplog.clear()
         assert main(["predict", str(DOG_PNG), *args]) == 2, args
@@ -900,12 +935,33 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
     assert (
         cached.read_text() == "{}" and (project / "data" / "processed" / "meta.json").is_symlink()
     )
+    # The project's own records, and its raw data and samples.
+    for name in ("dvc.lock", "params.yaml", "data/raw/source.json", "data/samples/x.png"):
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text("kept")
+        flag = "--grid" if name.endswith(".png") else "--json"
+        caplog.clear()
+        assert main(["predict", str(DOG_PNG), flag, f"../{name}"]) == 2, name
+        assert f"{flag} ../{name} names a file of the pipeline's" in caplog.text
+        assert (project / name).read_text() == "kept"
     # Outside any project, a data/processed/ is another project's own (a cookiecutter layout).
     other = tmp_path / "other"
     (other / "data" / "processed").mkdir(parents=True)
     monkeypatch.chdir(other)
     args = ["predict", str(DOG_PNG), "--model", str(model), "--csv", "data/processed/p.csv"]
     assert main(args) == 0 and (other / "data" / "processed" / "p.csv").is_file()
+    # Run from there, the project's files are still refused where the output names them.
+    for out in ("models/model.pt", "data/processed/meta.json", "dvc.lock"):
+        caplog.clear()
+        assert main([*args[:-1], str(project / out)]) == 2, out
+        assert "names a file of the pipeline's" in caplog.text
+    # So is another DVC project's dvc.lock; its data/ and models/ are its own (it has no stages
+    # of this pipeline: it imports the model, say).
+    (other / "dvc.yaml").write_text("stages: {}\n")
+    (other / "dvc.lock").write_text("kept")
+    assert main(args) == 0
+    assert main([*args[:-1], "models/model.pt"]) == 0
+    assert main([*args[:-1], "dvc.lock"]) == 2 and (other / "dvc.lock").read_text() == "kept"
 
 
 def test_an_output_linked_into_a_folder_that_is_not_there_is_not_written(
