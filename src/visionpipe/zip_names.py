@@ -26,9 +26,18 @@ log = logging.getLogger("visionpipe.archive")
 
 UTF8_FLAG = 0x800  # general purpose bit 11: the member's name is UTF-8
 UNICODE_PATH = 0x7075  # Info-ZIP's extra field: version 1, the stored name's CRC-32, UTF-8 name
-# The code page a garbled name is most likely in: Windows' of the languages whose names the
-# ZIP standard's cp437 cannot hold, most used first. Their readings are shown, not trusted.
-CODE_PAGES = ("gbk", "shift_jis", "cp949", "big5", "cp866")
+# The code pages a garbled name is most likely in: a Windows's (its zip names are in the OEM
+# code page), most used first, with the scripts of the letters each holds. A reading of letters
+# of its page's scripts only is shown (GBK and Korean's cp949 both read most two-byte names as
+# CJK ideographs: which is right, only a reader can tell), never trusted.
+CODE_PAGES = {
+    "gbk": ("CJK",),
+    "shift_jis": ("CJK", "HIRAGANA", "KATAKANA"),
+    "cp949": ("HANGUL", "CJK"),
+    "big5": ("CJK",),
+    "cp866": ("CYRILLIC",),
+    "cp850": ("LATIN",),  # Western Europe's: ø, Á, ã, Õ, which cp437 lacks
+}
 
 
 class ZipNames:
@@ -61,7 +70,7 @@ class ZipNames:
 
     def warn(self) -> None:
         """A warning where the names read may not be the ones meant."""
-        if self.cp437:
+        if self.cp437 and not all(_in_scripts(r.decode("cp437"), ("LATIN",)) for r in self.cp437):
             read = self.cp437[0].decode("cp437")
             log.warning(
                 "%s holds file names not marked UTF-8 that are not all UTF-8 either: %d (such"
@@ -128,13 +137,37 @@ def _doubtful(names: list[bytes]) -> tuple[str, str] | None:
             if len(scripts) > 1:
                 return part, f"mixes scripts ({', '.join(sorted(scripts))}) in one word"
     # Folders of one letter each, of several scripts: 猫, 牛, 鸭 read è, ţ, Ѽ (an alphabet's
-    # classes, А/ Б/ В/ or a/ b/ é/, keep to one).
+    # classes, А/ Б/ В/, keep to one).
     lone = [p for p in parts if len(p) == 1 and _script(p) is not None]
     scripts = {_script(p) for p in lone}
     if len(scripts) > 1:
         names = ", ".join(sorted(s for s in scripts if s))
         return lone[0], f"and {len(lone) - 1} more are folders of one letter each, of {names}"
+    # A Chinese class of one character whose GBK reads as one accented Latin letter (猫 è, 牛 ţ):
+    # no language names a class so, where one-character classes are common in Chinese.
+    latin = [p for p in lone if _script(p) == "LATIN" and _in_scripts(_as_gbk(p), ("CJK",))]
+    if latin:
+        return latin[0], f"is a folder of one accented letter, which GBK reads {_as_gbk(latin[0])}"
     return None
+
+
+def _as_gbk(name: str) -> str:
+    return name.encode("utf-8").decode("gbk", errors="replace")
+
+
+def _in_scripts(text: str, scripts: tuple[str, ...]) -> bool:
+    """Whether every letter of `text` past ASCII is of `scripts` (by the first word of its
+    Unicode name) and nothing in it is a symbol: cp437's reading of a code page's bytes has
+    box-drawing and math signs (╒ ╞ ≈) among its letters."""
+    for c in text:
+        if c.isascii():
+            continue
+        kind = unicodedata.category(c)
+        if kind[0] in "SC" or (
+            kind[0] == "L" and unicodedata.name(c, "?").split()[0] not in scripts
+        ):
+            return False
+    return True
 
 
 # The scripts whose letters two bytes of UTF-8 hold (U+0080 to U+07FF), by the first word of
@@ -153,42 +186,66 @@ def _script(c: str) -> str | None:
 
 
 def _other_reading(source: Path, names: list[bytes]) -> str:
-    """The names in the first code page that reads them all as letters of one script, with
-    the command that unpacks the zip so; or the plain advice where none does."""
-    for page in CODE_PAGES:
-        try:
-            readings = [raw.decode(page) for raw in names]
-        except UnicodeDecodeError:
-            continue
-        if any(unicodedata.category(c) == "Co" for r in readings for c in r):
-            continue  # a private-use character: no real name
-        folder = _beside_project() / (source.stem + "-unpacked")
-        # JSON's strings are Python's: in double quotes, the shell's single ones stay plain.
-        code = (
-            f"import zipfile; zipfile.ZipFile({_quoted(_outside_copy(source))}, "
-            f"metadata_encoding={_quoted(page)})"
-            f".extractall({_quoted(folder)})"
-        )
+    """The names in each code page that reads them all as letters of its scripts, with the
+    command that unpacks the zip in the first; or the plain advice where none does."""
+    readings = [(page, r) for page in CODE_PAGES if (r := _read_as(names, page)) is not None]
+    if not readings:
         return (
-            f"; as {page} (its maker's Windows code page?) the first reads {readings[0]!r}. If"
-            f" that is right, unpack it so, `uv run python -c {shlex.quote(code)}`, and set"
-            f" data.source to {str(folder)!r}; or re-create the zip with names marked UTF-8"
-            " (7-Zip with -mcu=on)"
+            ": unpack it with its maker's code page and set data.source to the folder, or"
+            " re-create the zip with names marked UTF-8 (7-Zip with -mcu=on)"
         )
+    page = readings[0][0]
+    shown = ", ".join(f"{r!r} in {p}" for p, r in readings)
+    other = f" (with the right one's code page in place of {page})" if len(readings) > 1 else ""
+    folder = _beside_project() / (source.stem + "-unpacked")
+    # JSON's strings are Python's: in double quotes, the shell's single ones stay plain.
+    code = (
+        f"import zipfile; zipfile.ZipFile({_quoted(_outside_copy(source))}, "
+        f"metadata_encoding={_quoted(page)})"
+        f".extractall({_quoted(folder)})"
+    )
     return (
-        ": unpack it with its maker's code page and set data.source to the folder, or"
-        " re-create the zip with names marked UTF-8 (7-Zip with -mcu=on)"
+        f"; in its maker's Windows code page the first may read {shown}. If one is right,"
+        f" unpack it so, `uv run python -c {shlex.quote(code)}`{other}, and set data.source to"
+        f" {str(folder)!r}; or re-create the zip with names marked UTF-8 (7-Zip with -mcu=on)"
     )
 
 
+def _read_as(names: list[bytes], page: str) -> str | None:
+    """The first of `names` in code page `page`, if `page` reads them all as its letters."""
+    try:
+        readings = [raw.decode(page) for raw in names]
+    except UnicodeDecodeError:
+        return None
+    ok = all(_in_scripts(r, CODE_PAGES[page]) for r in readings)
+    return readings[0] if ok else None
+
+
 def _outside_copy(source: Path) -> Path:
-    """`source`, absolute, as the project has it: a queued run's temporary copy
-    (.dvc/tmp/exps/tmpXXXX/data/raw/x.zip) is gone once the run ends."""
+    """`source`, absolute, outside a queued run's temporary copy (.dvc/tmp/exps/tmpXXXX/), which
+    is gone once the run ends: the run's data.source where it is a local file, else the zip
+    at the same place in the project (the workspace's data/raw/ may hold another run's)."""
     posix = source.resolve().as_posix()
     if QUEUED_COPY not in posix:
         return Path(posix)
+    if (origin := _local_source()) is not None:
+        return origin
     project, inside = posix.split(QUEUED_COPY, 1)
     return Path(project, *inside.split("/")[1:])  # past the copy's own folder
+
+
+def _local_source() -> Path | None:
+    """This run's data.source, if it is a file here (a queued run's is absolute)."""
+    from visionpipe.config import ConfigError, load_section
+    from visionpipe.config.data import DataConfig
+    from visionpipe.paths import user_path
+
+    try:
+        source = load_section("data", DataConfig).source
+        path = user_path(source, "data.source") if source and "://" not in source else None
+    except (ConfigError, OSError, ValueError):  # the advice falls back, never fails the stage
+        return None
+    return path if path is not None and path.is_absolute() and path.is_file() else None
 
 
 QUEUED_COPY = "/.dvc/tmp/exps/"  # where DVC makes a queued run's copy of the project

@@ -568,7 +568,7 @@ def test_unflagged_utf8_names_read_as_utf8_and_other_code_pages_are_warned_of(
         assert list_files(windows) == ["photos/├¿/╒╒╞¼ 1.jpg"]  # GBK's bytes read as cp437
     assert "not marked UTF-8 that are not all UTF-8 either: 1 (such as" in caplog.text
     # Both readings, and a way to unpack it that works on every system (Debian's unzip has no -O).
-    assert "as gbk (its maker's Windows code page?) the first reads 'photos/猫/照片 1.jpg'" in (
+    assert "in its maker's Windows code page the first may read 'photos/猫/照片 1.jpg' in gbk" in (
         caplog.text
     )
     command = re.search(r"`uv run python -c (.+?)`", caplog.text)
@@ -594,7 +594,11 @@ def test_gbk_names_that_read_as_utf8_by_chance_are_warned_of_with_both_readings(
         "read as UTF-8, of which 'è' and 2 more are folders of one letter each, of CYRILLIC, LATIN"
         in (caplog.text)
     )
-    assert "the first reads '猫/IMG_0001.jpg'" in caplog.text
+    assert (
+        "the first may read '猫/IMG_0001.jpg' in gbk, '챔/IMG_0001.jpg' in cp949, '癡/IMG_0001.jpg'"
+        " in big5. If one is right, unpack it so"
+    ) in caplog.text
+    assert "(with the right one's code page in place of gbk)" in caplog.text
     # Names of one script each, and CJK beside them, are a Mac's UTF-8: no word.
     caplog.clear()
     mac = tmp_path / "mac.zip"
@@ -631,6 +635,48 @@ def test_gbk_names_of_two_characters_or_of_one_read_as_utf8_are_warned_of(
         with caplog.at_level(logging.WARNING):
             list_files(windows)
         assert said in caplog.text, caplog.text
+
+
+def test_a_western_windows_s_names_read_as_cp437_are_not_warned_of_others_get_each_reading(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A German Windows's zip (cp850): ä, ü, ß are the same bytes in cp437, read right.
+    german = tmp_path / "de.zip"
+    with zipfile.ZipFile(german, "w") as z:
+        for name in ("Tiere/Bär/0.jpg", "Tiere/Küken/1.jpg", "Tiere/Strauß/2.jpg"):
+            z.writestr(_UnflaggedName(name.encode("cp850")), b"x")
+    with caplog.at_level(logging.WARNING):
+        assert list_files(german) == ["Tiere/Bär/0.jpg", "Tiere/Küken/1.jpg", "Tiere/Strauß/2.jpg"]
+    assert not caplog.text
+    # ø is cp850's own (cp437's ¢ there): warned of, with cp850's reading among the others.
+    danish = tmp_path / "dk.zip"
+    with zipfile.ZipFile(danish, "w") as z:
+        z.writestr(_UnflaggedName("Smørrebrød/0.jpg".encode("cp850")), b"x")
+    with caplog.at_level(logging.WARNING):
+        assert list_files(danish) == ["Sm¢rrebr¢d/0.jpg"]
+    assert "'Smørrebrød/0.jpg' in cp850" in caplog.text
+    # Japanese (Shift-JIS): the kana reading is among those shown.
+    caplog.clear()
+    japanese = tmp_path / "jp.zip"
+    with zipfile.ZipFile(japanese, "w") as z:
+        z.writestr(_UnflaggedName("ねこ/0.jpg".encode("shift_jis")), b"x")
+    with caplog.at_level(logging.WARNING):
+        list_files(japanese)
+    assert "'ねこ/0.jpg' in shift_jis" in caplog.text
+
+
+def test_a_chinese_class_of_one_character_read_as_one_accented_letter_is_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 猫 in GBK is C3 A8, UTF-8's è: beside an ASCII class, no mix of scripts gives it away.
+    windows = tmp_path / "pets.zip"
+    with zipfile.ZipFile(windows, "w") as z:
+        for name in ("猫/1.jpg", "dog/2.jpg"):
+            z.writestr(_UnflaggedName(name.encode("gbk")), b"x")
+    with caplog.at_level(logging.WARNING):
+        assert list_files(windows) == ["dog/2.jpg", "è/1.jpg"]
+    assert "of which 'è' is a folder of one accented letter, which GBK reads 猫" in caplog.text
+    assert "the first may read '猫/1.jpg' in gbk" in caplog.text
 
 
 def test_the_utf8_name_a_zip_keeps_beside_its_code_page_s_is_read(tmp_path: Path) -> None:
@@ -762,5 +808,11 @@ def test_the_folder_advised_for_a_queued_run_is_beside_the_project_not_its_copy(
     # And the zip to unpack is the project's, the copy's being gone once the run ends.
     copied = Path("data/raw/photos.zip")
     assert zip_names._outside_copy(copied) == tmp_path / "project" / "data/raw/photos.zip"
+    # Where the run's data.source is a local zip, that one: the project's data/raw/ holds the
+    # workspace's own data, maybe another zip.
+    origin = tmp_path / "photos.zip"
+    origin.write_bytes(b"PK")
+    (copy / "params.yaml").write_text(f"data: {{dataset: imagefolder, source: {origin}}}\n")
+    assert zip_names._outside_copy(copied) == origin
     monkeypatch.chdir(tmp_path / "project")
     assert zip_names._beside_project() == tmp_path
