@@ -270,8 +270,22 @@ def _full_width(overrides: list[str]) -> str | None:
             return (
                 f"{override!r} holds characters an input method typed in full width: {shown}."
                 f" Switch it to half-width (半角) or English punctuation: {fixed}"
+                + _named_so(override, fixed)
             )
     return None
+
+
+def _named_so(override: str, fixed: str) -> str:
+    """For a path whose own name may hold full-width characters (写真（２０２４）), the
+    override that keeps them, quoted, unless the half-width path is the one that exists."""
+    key, _, value = fixed.partition("=")
+    if key not in PATH_KEYS:
+        return ""
+    typed = re.split(r"\s*[=＝]\s*", override.strip(), maxsplit=1)[-1]
+    typed = "".join(IME_PUNCTUATION.get(c, c) for c in typed if c not in "'\"‘’“”")
+    if typed == value.strip("'\"") or Path(value.strip("'\"")).expanduser().exists():
+        return ""
+    return f"; or, if the path's own name holds them, quoted as typed: {key}='{typed}'"
 
 
 def _full_width_form(c: str) -> bool:

@@ -382,6 +382,16 @@ def test_full_width_characters_an_input_method_typed_are_named_with_what_to_type
         # Hydra's caret stays under the character it points at: its line is not shifted.
         lines = err.splitlines()
         assert lines[0] == "error:", err
+    # A path's own name may hold them: kept, quoted, beside the half-width one.
+    assert main(["params", "data.source=/tmp/写真（２０２４）.zip"]) == 2
+    assert (
+        capsys.readouterr()
+        .err.rstrip()
+        .endswith(
+            "English punctuation: data.source=/tmp/写真(2024).zip; or, if the path's own name holds"
+            " them, quoted as typed: data.source='/tmp/写真（２０２４）.zip'"
+        )
+    )
     # A full-width space inside a quoted path is a name, and no error.
     assert main(["params", "data.source='/tmp/我的\u3000项目'"]) == 0
     # The space typed before `=` goes, as typing it again would need.
