@@ -52,8 +52,7 @@ from visionpipe.archive_members import (
     warn_hidden_folders,
 )
 from visionpipe.fsutil import DiskFullError, atomic_path, free_bytes, size_text
-from visionpipe.images import is_image_name
-from visionpipe.names import counted, listed
+from visionpipe.images import Unread, is_image_name
 from visionpipe.zip_names import ZipNames
 
 log = logging.getLogger(__name__)
@@ -396,41 +395,50 @@ def _open_zip(source: Path) -> Iterator[Opened]:
             elif fmt in (0, stat.S_IFREG):
                 if _too_large(name, info.file_size):
                     too_large.append(name)
-                    continue
                 files[name] = info
             elif fmt == stat.S_IFDIR:
                 continue
             else:
                 refuse_kind(source, info.filename, fmt)
         names.warn()
-        _warn_too_large(source, too_large)
         entries = plan_entries(source, sorted(files), links, hardlinks={})
         path = str(source.resolve())
-        yield (
-            sorted(entries, key=lambda e: e.name),
-            (lambda target: _read_zip_member(source, zf, files[target])),
-            (lambda target: _zip_span(path, files[target])),
-            sorted(folders),
+        yield _left_unread(
+            (
+                sorted(entries, key=lambda e: e.name),
+                (lambda target: _read_zip_member(source, zf, files[target])),
+                (lambda target: _zip_span(path, files[target])),
+                sorted(folders),
+            ),
+            too_large,
         )
 
 
 def _too_large(member: str, size: int) -> bool:
     """Whether an image member unpacks to more than MAX_MEMBER_BYTES (other members are never
-    read): left out unread, as a folder's undecodable photo is skipped, not the whole archive."""
+    read): left unread, an undecodable image, not the whole archive refused."""
     return size > MAX_MEMBER_BYTES and is_image_name(member)
 
 
-def _warn_too_large(source: Path, members: list[str]) -> None:
-    if members:
-        log.warning(
-            "%s: left out %s unpacking to more than %s, more than any image of at most 64"
-            " megapixels takes uncompressed at 16 bits a channel (a zip bomb, or a damaged"
-            " archive), unread: %s",
-            source,
-            counted(len(members), "image"),
-            size_text(MAX_MEMBER_BYTES),
-            listed(members),
-        )
+def _left_unread(opened: Opened, too_large: list[str]) -> Opened:
+    """`opened` with the `too_large` members' bytes never read: their read gives `Unread`,
+    which preprocess reports as an undecodable image (on_bad_image decides) and its class
+    counts without."""
+    if not too_large:
+        return opened
+    entries, read, span, folders = opened
+    why = Unread(
+        f"unpacks to more than {size_text(MAX_MEMBER_BYTES)}, more than any image of at most 64"
+        " megapixels takes uncompressed at 16 bits a channel (a zip bomb, or a damaged"
+        " archive): left unread"
+    )
+    unread = set(too_large)
+    return (
+        entries,
+        lambda target: why if target in unread else read(target),
+        lambda target: None if target in unread else span(target),
+        folders,
+    )
 
 
 def _zip_span(path: str, info: zipfile.ZipInfo) -> Span | None:
@@ -501,7 +509,6 @@ def _open_tar(source: Path) -> Iterator[Opened]:
                 continue
             if member.isreg() and _too_large(name, member.size):
                 too_large.append(name)
-                continue
             if member.isreg():
                 files[name] = member
             elif member.issym():
@@ -511,7 +518,6 @@ def _open_tar(source: Path) -> Iterator[Opened]:
             else:
                 refuse_kind(source, member.name, TAR_KINDS.get(member.type), member.type)
             order.append(name)
-        _warn_too_large(source, too_large)
         planned = {e.name: e for e in plan_entries(source, list(files), links, hardlinks)}
 
         def read(target: str) -> bytes:
@@ -533,4 +539,5 @@ def _open_tar(source: Path) -> Iterator[Opened]:
                 return None
             return Span(path, member.offset_data, member.size)
 
-        yield [planned[name] for name in order if name in planned], read, span, sorted(folders)
+        listed = [planned[name] for name in order if name in planned]
+        yield _left_unread((listed, read, span, sorted(folders)), too_large)

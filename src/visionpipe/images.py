@@ -55,6 +55,21 @@ MAX_JPEG_SCANS = 100  # of a progressive JPEG (`_jpeg_scans`); encoders write ab
 DRAFT_GAP = 2.0
 
 
+class Unread(bytes):
+    """The bytes of a file left unread (an archive member larger than any image): none, and
+    why, which its decode gives as an undecodable image's reason."""
+
+    reason: str
+
+    def __new__(cls, reason: str) -> Unread:
+        unread = super().__new__(cls, b"")
+        unread.reason = reason
+        return unread
+
+    def __reduce__(self) -> tuple[type[Unread], tuple[str]]:  # to a worker process, with why
+        return Unread, (self.reason,)
+
+
 class BadImageError(ValueError):
     """An image file that cannot be turned into RGB pixels; `reason` says why."""
 
@@ -328,6 +343,8 @@ def decode_pixels(data: bytes, size: int) -> int:
 
 
 def _decode_with_pillow(data: bytes, name: str, size: int | None) -> Image.Image:
+    if isinstance(data, Unread):
+        raise BadImageError(name, data.reason)
     if not data:
         raise BadImageError(name, "empty file (0 bytes)")
     try:

@@ -6,6 +6,7 @@ import gzip
 import io
 import logging
 import os
+import pickle
 import re
 import shlex
 import stat
@@ -27,7 +28,7 @@ from visionpipe.archive_members import (
     UnsafeArchiveError,
     warn_empty_folders,
 )
-from visionpipe.images import is_hidden
+from visionpipe.images import Unread, is_hidden
 
 
 def _zip(path: Path, members: list[tuple[str, bytes, int]]) -> Path:
@@ -756,7 +757,7 @@ def test_a_backslash_in_a_folder_s_name_is_part_of_the_name_once_packed(tmp_path
     assert list_files(zipped) == ["dog/puppies/2.jpg"]
 
 
-def test_an_image_member_that_unpacks_past_any_image_s_size_is_left_out_unread(
+def test_an_image_member_that_unpacks_past_any_image_s_size_is_left_unread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A zip bomb: a few MB of zip whose `photo.jpg` unpacks to gigabytes of zeros. The limit is
@@ -775,15 +776,18 @@ def test_an_image_member_that_unpacks_past_any_image_s_size_is_left_out_unread(
         info = tarfile.TarInfo("bees/bomb.png")
         info.size = len(bomb)
         t.addfile(info, io.BytesIO(bomb))
-    # One such image leaves the rest of a collection: it is left out, as a folder's undecodable
-    # photo is skipped, and named.
+    # One such image leaves the rest of a collection: it is listed, as a folder's undecodable
+    # photo is, and its read gives no bytes, only why (preprocess reports it as undecodable).
     for source, member in ((zipped, "ants/bomb.jpg"), (tarred, "bees/bomb.png")):
-        caplog.clear()
-        with caplog.at_level(logging.WARNING):
-            listed = list_files(source)
-        assert member not in listed and (source != zipped or "ants/1.jpg" in listed), listed
-        said = "left out 1 image unpacking to more than 4.0 KiB"
-        assert said in caplog.text and caplog.text.rstrip().endswith(f"unread: {member}")
+        with open_files(source) as files:
+            assert member in files.names and files.span(member) is None
+            unread = files.read(member)
+        assert isinstance(unread, Unread) and unread == b"", type(unread)
+        assert unread.reason.startswith("unpacks to more than 4.0 KiB, more than any image")
+        assert unread.reason.endswith("(a zip bomb, or a damaged archive): left unread")
+        assert pickle.loads(pickle.dumps(unread)).reason == unread.reason  # to a worker
+    with open_files(zipped) as files:
+        assert files.read("notes/big.txt") == bomb  # no image: read when asked
     # A member whose header says less than it unpacks to stops at the limit when read apart.
     monkeypatch.setattr(archive, "MAX_MEMBER_BYTES", 1 << 20)
     with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as z:

@@ -188,6 +188,24 @@ def test_on_bad_image_fail_lists_every_file_when_there_are_many(workdir: Path) -
     assert [b["file"] for b in report["bad_images"]] == sorted(bad)
 
 
+def test_an_image_too_large_to_unpack_is_a_bad_image_its_class_counts_without(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from visionpipe import archive
+
+    monkeypatch.setattr(archive, "MAX_MEMBER_BYTES", 4096)
+    bomb = {"photos/train/ants/bomb.jpg": bytes(5000)}
+    _make_zip(workdir / paths.RAW_DIR / "photos.zip", extra=bomb)
+    with pytest.raises(
+        preprocess.BadImagesError, match=r"bomb\.jpg: unpacks to more than 4\.0 KiB"
+    ):
+        preprocess.run(_params(on_bad_image="fail"))
+    preprocess.run(_params())
+    report = json.loads(paths.PREPROCESS_REPORT.read_text())
+    assert [b["file"] for b in report["bad_images"]] == list(bomb)
+    assert report["skipped_bad_images"] == 1
+
+
 def test_on_bad_image_fail_stops_and_names_the_files(workdir: Path) -> None:
     _make_zip(workdir / paths.RAW_DIR / "photos.zip", extra={"photos/train/ants/x.jpg": b""})
     with pytest.raises(
