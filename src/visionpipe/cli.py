@@ -251,6 +251,10 @@ def _compose_error(exc: Exception, overrides: list[str]) -> str:
     ]
     if (wide := _full_width(named)) is not None:
         return f"{message}\n{wide}"
+    spaced = [o for o in named if re.match(r"[^=]*\S\s+=", o)]
+    if spaced:  # the shell passed `train.lr =0.1` as one word: quoted, or from a script
+        fixed = re.sub(r"\s+=\s*", "=", spaced[0].strip(), count=1)
+        return f"{message}\n{spaced[0]!r} has a space before '=': type it without, {fixed}"
     if type(exc).__name__ == "OverrideParseException":  # Hydra's grammar, not the value
         return f"{message}\n{QUOTE_HINT}"
     return message

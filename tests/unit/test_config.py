@@ -394,6 +394,13 @@ def test_full_width_characters_an_input_method_typed_are_named_with_what_to_type
     )
     # A full-width space inside a quoted path is a name, and no error.
     assert main(["params", "data.source='/tmp/我的\u3000项目'"]) == 0
+    # An ASCII space before `=` (quoted, or from a script) is named, not the quoting advice.
+    assert main(["params", "train.lr =0.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith(
+        "'train.lr =0.1' has a space before '=': type it without, train.lr=0.1"
+    )
+    assert "single quotes" not in err
     # The space typed before `=` goes, as typing it again would need.
     assert main(["params", "train.lr\u3000=0.02"]) == 2
     assert capsys.readouterr().err.rstrip().endswith("English punctuation: train.lr=0.02")
