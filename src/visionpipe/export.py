@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -28,8 +29,11 @@ class ParityError(RuntimeError):
     """The ONNX model disagrees with PyTorch beyond the allowed tolerance."""
 
 
-def export_onnx(model: torch.nn.Module, info: ModelInfo, dest: Path, opset: int) -> None:
-    """Write `model` as ONNX at `dest`: float RGB [0, 1] NCHW in, logits out, dynamic batch."""
+def export_onnx(
+    model: torch.nn.Module, info: ModelInfo, dest: Path, opset: int, source_md5: str | None = None
+) -> None:
+    """Write `model` as ONNX at `dest`: float RGB [0, 1] NCHW in, logits out, dynamic batch.
+    `source_md5`: the MD5 of the model.pt it was exported from, as dvc.lock records it."""
     proto = trace(model.eval(), info, opset)
     metadata = {
         "classes": json.dumps(info.classes, ensure_ascii=False),  # 猫 as Netron shows it
@@ -40,6 +44,8 @@ def export_onnx(model: torch.nn.Module, info: ModelInfo, dest: Path, opset: int)
         "arch": info.arch,
         "visionpipe_version": info.visionpipe_version,
     }
+    if source_md5 is not None:  # which model.pt this is: the two artifacts are versioned apart
+        metadata["state_dict_md5"] = source_md5
     for key, value in metadata.items():
         proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
     # The exporter stamps IR 10 whatever the opset, and onnxruntime before 1.18 refuses IR 10
@@ -145,12 +151,13 @@ def _export_and_compare(
     dest: Path,
     images: torch.Tensor,
     cfg: ExportConfig,
+    source_md5: str | None = None,
 ) -> dict[str, Any]:
     form = portable_model(model, info.image_size) if cfg.portable else None
     if form is not None and form.rewrites:
         log.info("export.portable: %s", ", ".join(form.rewrites))
     # The parity check compares the file with the model as trained, whichever form was written.
-    export_onnx(form.model if form else model, info, dest, cfg.opset)
+    export_onnx(form.model if form else model, info, dest, cfg.opset, source_md5)
     result = parity(model, dest, images)
     # fp32 keeps about 7 digits: logits in the thousands (a run gone astray) differ by more
     # than 1e-4 however faithful the export, so the tolerance scales with them above 1.
@@ -171,13 +178,15 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     # instead of faulting in fresh pages takes a fifth off it for the `fast` recipe's TTA model.
     memory.keep_freed_memory()
     model, info = load_model(paths.MODEL)
+    with open(paths.MODEL, "rb") as f:
+        source_md5 = hashlib.file_digest(f, "md5").hexdigest()
     images, _ = load_split("test", in_memory=False)
     # Spread over the split: an image folder's is stored class by class, its first 256 one class.
     images = images[spread(len(images), cfg.parity_images)]
     remove_stale_temps(paths.ONNX_MODEL)  # what an export killed outright left beside it
     # Verify the file before it replaces the published model: a failing export publishes nothing.
     with atomic_path(paths.ONNX_MODEL) as tmp:
-        result = _export_and_compare(model, info, tmp, images, cfg)
+        result = _export_and_compare(model, info, tmp, images, cfg, source_md5)
         write_json(paths.EXPORT_METRICS, result)
         allowed = result["max_abs_diff_allowed"]
         if not result["agrees"]:

@@ -416,6 +416,10 @@ class Service:
         self.info = {
             "model": str(config.model),
             "md5": md5 or _md5(config.model),
+            # The model.pt it was exported from (its metadata; None for an older export).
+            "state_dict_md5": backend.session.get_modelmeta().custom_metadata_map.get(
+                "state_dict_md5"
+            ),
             "classes": backend.classes,
             "image_size": backend.image_size,
             "topk": min(config.topk, len(backend.classes)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import shlex
 import shutil
@@ -78,6 +79,9 @@ def test_an_export_removes_what_a_killed_one_left(processed: Path) -> None:
     stale = paths.ONNX_MODEL.parent / ".model.onnx.k1lled.tmp"  # SIGKILL mid-write
     stale.write_bytes(b"half a graph")
     export.run(parse_params({}).export.model_copy(update={"parity_images": 8}))
+    # The export names the model.pt it came from, by the MD5 dvc.lock gives it.
+    props = {p.key: p.value for p in onnx.load(str(paths.ONNX_MODEL)).metadata_props}
+    assert props["state_dict_md5"] == hashlib.md5(paths.MODEL.read_bytes()).hexdigest()
     assert not stale.exists()
     assert sorted(p.name for p in paths.ONNX_MODEL.parent.iterdir()) == ["model.onnx", "model.pt"]
 

@@ -97,6 +97,19 @@ def cli_predictions(files: list[Path], model: Path, tmp: Path, topk: int = 3) ->
     ]
 
 
+def test_model_names_the_state_dict_an_export_came_from(tmp_path: Path, model: Path) -> None:
+    import onnx
+
+    proto = onnx.load(str(model))
+    onnx.helper.set_model_props(
+        proto, {**{p.key: p.value for p in proto.metadata_props}, "state_dict_md5": "ab" * 16}
+    )
+    onnx.save(proto, str(tmp_path / "model.onnx"))
+    with serve(tmp_path / "model.onnx", tmp_path / "server.log") as served:
+        status, info = request(f"{served.url}/model")
+    assert status == 200 and info["state_dict_md5"] == "ab" * 16
+
+
 def test_health_and_model_describe_the_service(server: Served, model: Path) -> None:
     status, health = request(f"{server.url}/health")
     assert status == 200 and health["status"] == "ok", health
@@ -104,6 +117,7 @@ def test_health_and_model_describe_the_service(server: Served, model: Path) -> N
     assert status == 200
     assert info["classes"] == CLASSES and info["image_size"] == 16
     assert info["md5"] == hashlib.md5(model.read_bytes()).hexdigest()  # as dvc.lock records it
+    assert info["state_dict_md5"] is None  # a model without it in its metadata
     assert info["max_upload_bytes"] == UPLOAD_LIMIT_MB * 2**20
     assert info["batch_wait_ms"] == WAIT_MS
     assert (info["read_timeout_s"], info["keepalive_s"]) == (30, 75)
