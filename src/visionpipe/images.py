@@ -358,10 +358,34 @@ def _decode_with_pillow(data: bytes, name: str, size: int | None) -> Image.Image
         raise BadImageError(name, _unidentified_reason(data)) from None
     except Image.DecompressionBombError as exc:
         raise BadImageError(name, _bomb_reason(exc)) from None
-    except (OSError, SyntaxError, ValueError, RuntimeError) as exc:
+    except ValueError as exc:
+        # A PNG whose text (an editor's XMP history) unpacks past Pillow's limit on text: the
+        # pixels are fine, the text unused.
+        if "MAX_TEXT_CHUNK" in str(exc) and (plain := _without_png_text(data)) != data:
+            return _decode_with_pillow(plain, name, size)
+        raise BadImageError(name, f"cannot decode: {str(exc).strip()}") from None
+    except (OSError, SyntaxError, RuntimeError) as exc:
         # RuntimeError: Pillow's AVIF and HEIF plugins' word for a damaged file, or one in a
         # codec this build lacks.
         raise BadImageError(name, f"cannot decode: {str(exc).strip()}") from None
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+
+
+def _without_png_text(data: bytes) -> bytes:
+    """A PNG's bytes without its text chunks (each chunk carries its own CRC: the others stay
+    valid); other data as it is."""
+    if not data.startswith(PNG_SIGNATURE):
+        return data
+    kept, at = [PNG_SIGNATURE], len(PNG_SIGNATURE)
+    while at + 8 <= len(data):
+        end = at + 12 + int.from_bytes(data[at : at + 4], "big")  # length, type, data, CRC
+        if data[at + 4 : at + 8] not in PNG_TEXT_CHUNKS:
+            kept.append(data[at:end])
+        at = end
+    return b"".join(kept)
 
 
 def _turn_upright(img: Image.Image, name: str) -> None:

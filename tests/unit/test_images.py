@@ -470,3 +470,24 @@ def test_a_photo_whose_exif_rotation_cannot_be_read_is_a_bad_image_not_a_crash()
         warnings.simplefilter("error")  # nor do Pillow's warnings, which name no file, show
         decode_rgb(bytes(damaged), "IMG_0001.jpg")
     assert err.value.reason.startswith("cannot read its EXIF rotation: error: "), err.value
+
+
+def test_a_png_whose_text_unpacks_past_pillow_s_limit_still_gives_its_pixels() -> None:
+    # Photoshop's XMP edit history can unpack to megabytes: Pillow refuses the text (a bomb
+    # guard), while the pixels are fine and the text unused.
+    from PIL import PngImagePlugin
+
+    rng = np.random.default_rng(0)
+    pixels = Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8))
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", "x" * (2 * PngImagePlugin.MAX_TEXT_CHUNK), zip=True)
+    with_text, plain = io.BytesIO(), io.BytesIO()
+    pixels.save(with_text, "PNG", pnginfo=info)
+    pixels.save(plain, "PNG")
+    with pytest.raises(ValueError, match="MAX_TEXT_CHUNK"):
+        Image.open(io.BytesIO(with_text.getvalue())).load()
+    got = load_array(with_text.getvalue(), "xmp.png", 8)
+    assert np.array_equal(got, load_array(plain.getvalue(), "plain.png", 8))
+    # A damaged one is still named as such.
+    with pytest.raises(BadImageError):
+        decode_rgb(with_text.getvalue()[:200], "cut.png")
