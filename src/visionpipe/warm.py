@@ -63,6 +63,27 @@ PRELOAD = (
     "PIL.Image",
     "pydantic.main",
     "yaml",
+    # What a stage imports the first time it uses a feature (about 1 s a stage otherwise):
+    # train's DVCLive (DVC's experiments and params, git), hparams and image logs, ...
+    "dvc.repo.experiments",
+    "dvc.repo.metrics.show",
+    "dvc.repo.params.show",
+    "dvc.repo.plots",
+    "dulwich.porcelain",
+    "hydra._internal.core_plugins.basic_launcher",
+    "tensorboard.plugins.hparams.api_pb2",
+    "tensorboard.plugins.hparams.metadata",
+    "PIL.ImageDraw",
+    "PIL.ImageFont",
+    "PIL.PngImagePlugin",
+    # ... and export's torch.export, its decompositions and the parity check's onnxruntime.
+    "torch.export._trace",
+    "torch._functorch.aot_autograd",
+    "torch._export.serde.serialize",
+    "torch.onnx._internal.exporter._compat",
+    "torch.fx.experimental.validator",
+    "sympy.combinatorics",
+    "onnxruntime",
 )
 # Environment variables read when those modules load: a warm process serves only the values it
 # was started with.
@@ -355,11 +376,7 @@ def preload() -> None:
             importlib.import_module(name)
         except ModuleNotFoundError:
             continue  # an optional library this install lacks: its stages import it themselves
-    from torch.onnx._internal.exporter import _registration
-
-    # Every ONNX export builds this table of ATen->ONNX functions (about 1 s); building it once
-    # here leaves the parsed functions cached for each export's own build (about 0.4 s).
-    _registration.ONNXRegistry.from_torchlib()
+    keep_torchlib_ops()
     import torch
 
     if torch.cuda.is_initialized():
@@ -369,6 +386,21 @@ def preload() -> None:
         # fork() copies only the calling thread: a child could wait forever on a lock a
         # vanished thread held. Better no warm process than a hung stage.
         raise SystemExit("visionpipe.warm: an import started a thread; not serving")
+
+
+def keep_torchlib_ops() -> None:
+    """Every ONNX export builds its table of ATen->ONNX functions from torchlib's list of them,
+    which onnxscript makes anew each time by parsing about 500 functions' sources (about 1 s):
+    made once here, the list is what each forked stage's export builds from (about 0.1 s)."""
+    try:
+        from torch.onnx._internal._lazy_import import onnxscript_apis
+        from torch.onnx._internal.exporter import _registration
+
+        ops = onnxscript_apis.get_torchlib_ops()
+        _registration.ONNXRegistry.from_torchlib()  # its other lookups, cached once
+    except (ImportError, AttributeError):
+        return  # another torch or onnxscript: each export makes the list itself
+    onnxscript_apis.get_torchlib_ops = lambda: list(ops)  # the same functions, in a new list
 
 
 class _Server:

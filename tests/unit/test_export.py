@@ -291,3 +291,20 @@ def test_the_documented_mnn_commands_convert_and_run_an_export(
     with torch.no_grad():
         expected = model(torch.from_numpy(images)).numpy()
     np.testing.assert_allclose(np.array(namespace["logits"]), expected, atol=1e-5, rtol=0)
+
+
+def test_the_torchlib_list_the_warm_process_keeps_exports_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The warm process lists torchlib's functions once for the exports of every stage it forks.
+    from torch.onnx._internal._lazy_import import onnxscript_apis
+
+    from visionpipe import warm
+
+    export.export_onnx(_model(0), _info(), tmp_path / "fresh.onnx", 18)
+    monkeypatch.setattr(onnxscript_apis, "get_torchlib_ops", onnxscript_apis.get_torchlib_ops)
+    warm.keep_torchlib_ops()
+    kept = onnxscript_apis.get_torchlib_ops
+    export.export_onnx(_model(0), _info(), tmp_path / "kept.onnx", 18)
+    assert onnxscript_apis.get_torchlib_ops is kept
+    assert (tmp_path / "kept.onnx").read_bytes() == (tmp_path / "fresh.onnx").read_bytes()
