@@ -271,25 +271,30 @@ def _full_width(overrides: list[str]) -> str | None:
             )
             fixed = re.sub(r"\s*=\s*", "=", fixed.strip(), count=1)  # train.lr　=0.02
             shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in dict.fromkeys(typed))
-            return (
-                f"{override!r} holds characters an input method typed in full width: {shown}."
-                f" Switch it to half-width (半角) or English punctuation: {fixed}"
-                + _named_so(override, fixed)
-            )
+            said = f"{override!r} holds characters an input method typed in full width: {shown}."
+            half = f" Switch it to half-width (半角) or English punctuation: {fixed}"
+            kept = _kept_path(override, fixed)
+            if kept is None:
+                return said + half
+            if kept[1]:  # the path exists as typed: its name holds them
+                return f"{said} The path exists so: quote it, {kept[0]}"
+            return f"{said}{half}; or, if the path's own name holds them, quoted: {kept[0]}"
     return None
 
 
-def _named_so(override: str, fixed: str) -> str:
-    """For a path whose own name may hold full-width characters (写真（２０２４）), the
-    override that keeps them, quoted, unless the half-width path is the one that exists."""
+def _kept_path(override: str, fixed: str) -> tuple[str, bool] | None:
+    """For a path whose own name may hold full-width characters (写真（２０２４）): the
+    override keeping them, quoted, and whether that path exists; None for other keys, or where
+    the half-width path is the one that exists."""
     key, _, value = fixed.partition("=")
     if key not in PATH_KEYS:
-        return ""
+        return None
     typed = re.split(r"\s*[=＝]\s*", override.strip(), maxsplit=1)[-1]
-    typed = "".join(IME_PUNCTUATION.get(c, c) for c in typed if c not in "'\"‘’“”")
-    if typed == value.strip("'\"") or Path(value.strip("'\"")).expanduser().exists():
-        return ""
-    return f"; or, if the path's own name holds them, quoted as typed: {key}='{typed}'"
+    typed = "".join(c for c in typed if c not in "'\"‘’“”")  # the quotes are the typing's
+    half = value.strip("'\"")
+    if typed == half or Path(half).expanduser().exists():
+        return None
+    return f"{key}='{typed}'", Path(typed).expanduser().exists()
 
 
 def _full_width_form(c: str) -> bool:

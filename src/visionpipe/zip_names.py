@@ -35,8 +35,9 @@ CODE_PAGES = {
     "shift_jis": ("CJK", "HIRAGANA", "KATAKANA"),
     "cp949": ("HANGUL", "CJK"),
     "big5": ("CJK",),
-    "cp866": ("CYRILLIC",),
     "cp850": ("LATIN",),  # Western Europe's: ø, Á, ã, Õ, which cp437 lacks
+    "cp866": ("CYRILLIC",),
+    "cp1252": ("LATIN",),  # Windows' ANSI code page, which some zip tools write
 }
 
 
@@ -70,7 +71,7 @@ class ZipNames:
 
     def warn(self) -> None:
         """A warning where the names read may not be the ones meant."""
-        if self.cp437 and not all(_in_scripts(r.decode("cp437"), ("LATIN",)) for r in self.cp437):
+        if self.cp437 and not _latin_as_read(self.cp437):
             read = self.cp437[0].decode("cp437")
             log.warning(
                 "%s holds file names not marked UTF-8 that are not all UTF-8 either: %d (such"
@@ -157,17 +158,34 @@ def _as_gbk(name: str) -> str:
 
 def _in_scripts(text: str, scripts: tuple[str, ...]) -> bool:
     """Whether every letter of `text` past ASCII is of `scripts` (by the first word of its
-    Unicode name) and nothing in it is a symbol: cp437's reading of a code page's bytes has
-    box-drawing and math signs (╒ ╞ ≈) among its letters."""
+    Unicode name), nothing in it is a symbol or a number past ASCII's digits (cp437's reading
+    of a code page's bytes has box-drawing and math signs, ╒ ╞ ≈ ³, among its letters), and,
+    for other scripts than Latin, no word mixes their letters with ASCII ones: GBK reads a
+    German Windows's Bär as B剅, Shift-JIS a French château as chテeau."""
     for c in text:
         if c.isascii():
             continue
         kind = unicodedata.category(c)
-        if kind[0] in "SC" or (
-            kind[0] == "L" and unicodedata.name(c, "?").split()[0] not in scripts
-        ):
+        if kind[0] in "SC" or kind == "No":
             return False
-    return True
+        if kind[0] == "L" and unicodedata.name(c, "?").split()[0] not in scripts:
+            return False
+    if "LATIN" in scripts:
+        return True
+    return not any(
+        not word.isascii() and any(c.isascii() for c in word)
+        for word in re.findall(r"[^\W\d_]+", text)
+    )
+
+
+def _latin_as_read(names: list[bytes]) -> bool:
+    """Whether cp437's reading of `names` is Latin letters that no other code page reads as its
+    own language: a German Windows's Bär (the same bytes in cp437); not a Japanese Windows's
+    ネコ, which cp437 reads âlâR, Latin letters too."""
+    if not all(_in_scripts(raw.decode("cp437"), ("LATIN",)) for raw in names):
+        return False
+    others = (page for page, scripts in CODE_PAGES.items() if "LATIN" not in scripts)
+    return all(_read_as(names, page) is None for page in others)
 
 
 # The scripts whose letters two bytes of UTF-8 hold (U+0080 to U+07FF), by the first word of

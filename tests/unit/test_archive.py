@@ -656,14 +656,33 @@ def test_a_western_windows_s_names_read_as_cp437_are_not_warned_of_others_get_ea
     with caplog.at_level(logging.WARNING):
         assert list_files(danish) == ["Sm¢rrebr¢d/0.jpg"]
     assert "'Smørrebrød/0.jpg' in cp850" in caplog.text
-    # Japanese (Shift-JIS): the kana reading is among those shown.
+    assert 'metadata_encoding="cp850"' in caplog.text  # the command unpacks it so
+    # A French Windows's château (â is 0x83 in cp437 and cp850 alike): no word either, though
+    # Shift-JIS reads the bytes as chテeau.
     caplog.clear()
-    japanese = tmp_path / "jp.zip"
-    with zipfile.ZipFile(japanese, "w") as z:
-        z.writestr(_UnflaggedName("ねこ/0.jpg".encode("shift_jis")), b"x")
+    french = tmp_path / "fr.zip"
+    with zipfile.ZipFile(french, "w") as z:
+        z.writestr(_UnflaggedName("château/0.jpg".encode("cp850")), b"x")
     with caplog.at_level(logging.WARNING):
-        list_files(japanese)
-    assert "'ねこ/0.jpg' in shift_jis" in caplog.text
+        assert list_files(french) == ["château/0.jpg"]
+    assert not caplog.text
+    # Another tool's cp1252 (ü is ³ in cp437 and cp850): cp1252's reading.
+    german = tmp_path / "de1252.zip"
+    with zipfile.ZipFile(german, "w") as z:
+        z.writestr(_UnflaggedName("Hündin/0.jpg".encode("cp1252")), b"x")
+    with caplog.at_level(logging.WARNING):
+        list_files(german)
+    assert "the first may read 'Hündin/0.jpg' in cp1252. If" in caplog.text
+    # Japanese (Shift-JIS): kana and kanji that cp437 reads as Latin letters (ネコ âlâR, 猫 öL)
+    # are warned of, with the Japanese reading among those shown.
+    for name in ("ねこ", "ネコ", "猫"):
+        caplog.clear()
+        japanese = tmp_path / "jp.zip"
+        with zipfile.ZipFile(japanese, "w") as z:
+            z.writestr(_UnflaggedName(f"{name}/0.jpg".encode("shift_jis")), b"x")
+        with caplog.at_level(logging.WARNING):
+            list_files(japanese)
+        assert f"'{name}/0.jpg' in shift_jis" in caplog.text, caplog.text
 
 
 def test_a_chinese_class_of_one_character_read_as_one_accented_letter_is_warned_of(

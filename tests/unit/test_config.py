@@ -365,9 +365,8 @@ def test_a_decimal_comma_is_named_with_the_dot_it_needs(capsys: pytest.CaptureFi
     assert "decimal number" not in capsys.readouterr().err
 
 
-@pytest.mark.usefixtures("conf_copy")
 def test_full_width_characters_an_input_method_typed_are_named_with_what_to_type(
-    capsys: pytest.CaptureFixture[str],
+    conf_copy: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for typed, fixed in [
         ("train.lr＝0.001", "train.lr=0.001"),
@@ -384,14 +383,17 @@ def test_full_width_characters_an_input_method_typed_are_named_with_what_to_type
         assert lines[0] == "error:", err
     # A path's own name may hold them: kept, quoted, beside the half-width one.
     assert main(["params", "data.source=/tmp/写真（２０２４）.zip"]) == 2
-    assert (
-        capsys.readouterr()
-        .err.rstrip()
-        .endswith(
-            "English punctuation: data.source=/tmp/写真(2024).zip; or, if the path's own name holds"
-            " them, quoted as typed: data.source='/tmp/写真（２０２４）.zip'"
-        )
-    )
+    said = capsys.readouterr().err.rstrip()
+    assert said.endswith(
+        "English punctuation: data.source=/tmp/写真(2024).zip; or, if the path's own name holds"
+        " them, quoted: data.source='/tmp/写真（２０２４）.zip'"
+    ), said
+    # Where the path exists as typed, that is the advice, 。 and all.
+    trip = conf_copy / "旅行。（１）"
+    trip.mkdir()
+    assert main(["params", f"data.source={trip}"]) == 2
+    said = capsys.readouterr().err.rstrip()
+    assert said.endswith(f"The path exists so: quote it, data.source='{trip}'"), said
     # A full-width space inside a quoted path is a name, and no error.
     assert main(["params", "data.source='/tmp/我的\u3000项目'"]) == 0
     # An ASCII space before `=` (quoted, or from a script) is named, not the quoting advice.
