@@ -34,8 +34,13 @@ def to_input(
     """uint8 NCHW pixels -> the float RGB in [0, 1] every model takes, in `memory_format`.
 
     One copy converts the dtype and the layout together (not a float copy, then a
-    channels_last copy of it).
+    channels_last copy of it), and the division is done in that copy.
     """
+    if images.dtype != torch.uint8:  # a float tensor would come back divided again, in place
+        raise TypeError(
+            f"to_input takes uint8 pixels (0-255, as images.load_array gives), not {images.dtype}:"
+            " a float tensor already in [0, 1] (torchvision's ToTensor) goes to the model as it is"
+        )
     return images.to(torch.float32, memory_format=memory_format).div_(255)
 
 

@@ -1356,6 +1356,13 @@ def test_to_input_converts_dtype_and_layout_in_one_copy() -> None:
     assert plain.is_contiguous() and last.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(plain, last) and plain.dtype == torch.float32
     assert torch.equal(plain, x.float() / 255)
+    # A float tensor (ToTensor's, in [0, 1] already) is refused, never divided again in place.
+    floats = torch.rand(1, 3, 4, 4)
+    before = floats.clone()
+    for layout in (torch.preserve_format, torch.channels_last):
+        with pytest.raises(TypeError, match="to_input takes uint8 pixels"):
+            to_input(floats, layout)
+    assert torch.equal(floats, before)
 
 
 def test_alternate_flip_shows_each_image_both_ways_in_two_epochs() -> None:
