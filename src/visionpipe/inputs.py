@@ -9,7 +9,7 @@ import logging
 import os
 import stat
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -44,33 +44,47 @@ class Inputs:
         ]
 
 
-def collect_inputs(specs: list[str]) -> Inputs:
+def collect_inputs(specs: list[str], seen: dict[Path, str] | None = None) -> Inputs:
     """Expand files, folders (recursively) and globs; unusable specs become error entries. A
-    file that several specs name (a folder and a photo in it) is predicted once, where first
-    named."""
+    file (or an unusable spec) that several specs name (a folder and a photo in it) comes once,
+    where first named; `seen` carries what earlier calls named (the stage's samples)."""
     inputs = Inputs()
-    seen: dict[Path, Path] = {}  # by absolute path: the name it was first given
-    repeated: dict[Path, None] = {}  # first names, in the order first repeated
+    seen = {} if seen is None else seen  # each name's key: the name it was first given
+    repeated: dict[str, None] = {}  # first names, in the order first repeated
     for spec in specs:
-        first = len(inputs.files)
-        inputs.starts.append((first, len(inputs.errors)))
+        first, first_error = len(inputs.files), len(inputs.errors)
+        inputs.starts.append((first, first_error))
         _add_spec(inputs, spec)
         added, inputs.files[first:] = inputs.files[first:], []
-        for path in added:
-            # By name (`./a.jpg` is `a.jpg`), not by target: a link is a name of its own.
-            key = path.absolute()
-            if key in seen:
-                repeated[seen[key]] = None
-            else:
-                inputs.files.append(path)
-                seen[key] = path
+        inputs.files += _first_named(added, str, seen, repeated)
+        wrong, inputs.errors[first_error:] = inputs.errors[first_error:], []
+        inputs.errors += _first_named(wrong, lambda error: error[0], seen, repeated)
     if repeated:
         log.warning(
             "%s named more than once, each predicted once: %s",
             counted(len(repeated), "file"),
-            listed([str(p) for p in repeated]),
+            listed(list(repeated)),
         )
     return inputs
+
+
+def _first_named(
+    entries: list[T], name: Callable[[T], str], seen: dict[Path, str], repeated: dict[str, None]
+) -> list[T]:
+    """The entries whose file was not named before, noting the others in `repeated`. A file is
+    known by its folder's real path and its own name: `./a.jpg` is `a.jpg`, and so is
+    `photos/../a.jpg` and a photo reached through a link to its folder; a link to a photo is a
+    name of its own."""
+    kept = []
+    for entry in entries:
+        path = Path(name(entry))
+        key = Path(os.path.realpath(path.parent), path.name)
+        if key in seen:
+            repeated[seen[key]] = None
+        else:
+            kept.append(entry)
+            seen[key] = str(path)
+    return kept
 
 
 def _add_spec(inputs: Inputs, spec: str) -> None:

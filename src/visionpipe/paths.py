@@ -143,11 +143,24 @@ def _chain_end(link: Path) -> str | None:
     return target if len(seen) > 1 else os.readlink(link)
 
 
+# What the stages write (and train's checkpoints), which DVC records or resumes from; not
+# predictions/, whose files a user may add beside the stage's.
+PIPELINE_OUTPUTS = (
+    MODEL,
+    ONNX_MODEL,
+    Path("data"),
+    Path("metrics"),
+    Path("dvclive"),
+    Path("logs"),
+    CHECKPOINT_DIR,
+)
+
+
 def pipeline_output(path: Path) -> bool:
-    """Whether `path` is, or lies under, a model or the data the stages write at its usual
-    place in the project this folder is inside, or in the project `path` itself is inside
+    """Whether `path` is, or lies under, one of PIPELINE_OUTPUTS at its usual place in the
+    project this folder is inside, or in the project `path` itself is inside
     (through links: a linked folder is that folder); outside any project, nothing is."""
-    return _under(path, (MODEL, ONNX_MODEL, Path("data")), pipeline_only=True)
+    return _under(path, PIPELINE_OUTPUTS, pipeline_only=True)
 
 
 def pipeline_file(path: Path) -> bool:

@@ -164,7 +164,8 @@ def predict_command(
         log.error("%s", exc)
         return 2
     topk = min(topk, len(opened.classes))  # the CSV's columns: none left empty in every row
-    samples, inputs = collect_inputs(unscored or []), collect_inputs(specs)
+    seen: dict[Path, str] = {}  # a sample that predict.inputs names too comes once
+    samples, inputs = collect_inputs(unscored or [], seen), collect_inputs(specs, seen)
     outputs = {"--json": json_path, "--csv": csv_path, "--grid": grid_path}
     asked = {k: v for k, v in outputs.items() if v}
     if (clash := _overwritten(asked, inputs.files, opened.path)) is not None:
@@ -284,8 +285,9 @@ def _overwritten(outputs: dict[str, Path], files: list[Path], model: Path) -> st
     for flag, out in outputs.items():
         if out != STDOUT and paths.pipeline_file(fsutil.through_link(out)):
             return (
-                f"{flag} {out} names a file of the pipeline's (a model, data/, dvc.yaml, "
-                "dvc.lock or params.yaml): give the output a name of its own"
+                f"{flag} {out} names a file of the pipeline's (a model; data/, metrics/,"
+                " dvclive/, logs/ or checkpoints/; dvc.yaml, dvc.lock or params.yaml): give"
+                " the output a name of its own, in predictions/ say"
             )
     return None
 

@@ -423,6 +423,11 @@ def test_params_errors_give_this_command_s_ways_and_a_list_item_s_value(
     assert "--multirun" not in err and "dvc exp run --queue -S" in err, err
     assert main(["params", "predict.inputs=[5]"]) == 2
     assert "'predict.inputs.0' = 5: Input should be a valid string" in capsys.readouterr().err
+    # An empty entry (an unset variable) would predict every file of the project.
+    assert main(["params", "predict.inputs=[data/samples,'']"]) == 2
+    assert "an empty entry (an unset variable?): give a file, folder or glob" in (
+        capsys.readouterr().err
+    )
 
 
 def test_visionpipe_params_where_it_may_not_write_says_so_in_a_line(

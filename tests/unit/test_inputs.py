@@ -236,6 +236,28 @@ def test_a_photo_several_arguments_name_is_predicted_once_and_said_so(
     assert f"3 files named more than once, each predicted once: {repeated}\n" in caplog.text
 
 
+def test_a_missing_file_or_a_photo_named_twice_by_other_paths_comes_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    _photo(tmp_path / "photos" / "cat" / "0.jpg")
+    (tmp_path / "photos" / "cat" / "gone.jpg").symlink_to("nowhere.jpg")
+    (tmp_path / "alias").symlink_to("photos")  # a link to the folder: the same photos
+    (tmp_path / "photos" / "cat" / "l.jpg").symlink_to("0.jpg")  # a name of its own
+    specs = ["nope.jpg", "photos/../photos/cat/0.jpg", "photos", "alias/cat", "nope.jpg"]
+    found = collect_inputs(specs)
+    assert [p.as_posix() for p in found.files] == ["photos/../photos/cat/0.jpg", "photos/cat/l.jpg"]
+    assert [file for file, _ in found.errors] == ["nope.jpg", "photos/cat/gone.jpg"]
+    assert (
+        "4 files named more than once, each predicted once: photos/../photos/cat/0.jpg,"
+        " photos/cat/l.jpg, photos/cat/gone.jpg, nope.jpg\n"
+    ) in caplog.text
+    # Across calls too: the predict stage's samples, then predict.inputs naming them again.
+    seen: dict[Path, str] = {}
+    collect_inputs(["photos/cat/0.jpg"], seen)
+    assert collect_inputs(["photos"], seen).files == [Path("photos/cat/l.jpg")]
+
+
 def test_an_empty_argument_is_an_error_not_the_current_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -936,7 +936,8 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
         cached.read_text() == "{}" and (project / "data" / "processed" / "meta.json").is_symlink()
     )
     # The project's own records, and its raw data and samples.
-    for name in ("dvc.lock", "params.yaml", "data/raw/source.json", "data/samples/x.png"):
+    records = ("dvc.lock", "params.yaml", "data/raw/source.json", "data/samples/x.png")
+    for name in (*records, "metrics/train.json", "dvclive/train/metrics.json", "logs/x.csv"):
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         (project / name).write_text("kept")
         flag = "--grid" if name.endswith(".png") else "--json"

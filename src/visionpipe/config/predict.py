@@ -22,5 +22,8 @@ class PredictConfig(Section):
     @field_validator("inputs")
     @classmethod
     def _expand(cls, value: list[str]) -> list[str]:
+        # An empty entry (`['$PHOTOS']` with PHOTOS unset) would be ".", the whole project.
+        if any(not spec.strip() for spec in value):
+            raise ValueError("an empty entry (an unset variable?): give a file, folder or glob")
         # `~/photos` and `$HOME/photos` mean what they mean in the shell.
         return [str(paths.user_path(spec, "predict.inputs")) for spec in value]
