@@ -21,6 +21,7 @@ import io
 import os
 import re
 import struct
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -181,13 +182,24 @@ def decode_rgb(data: bytes, name: str, size: int | None = None) -> Image.Image:
 
 @contextlib.contextmanager
 def _no_bomb_warning() -> Iterator[None]:
-    # Our own MAX_PIXELS check gives the clearer message. Entered once per batch, not per image.
-    # Pillow's words on a damaged file's tags and EXIF name no file: the image reads or is named
-    # bad, with its name.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
+    """Pillow's warnings left out while decoding. Our own MAX_PIXELS check gives the clearer
+    message, and Pillow's words on a damaged file's tags and EXIF name no file: the image reads
+    or is named bad, with its name. Entered once per batch, not per image. Only in the main
+    thread: catch_warnings swaps the process's filters, and threads that overlap (before Python
+    3.14) can leave each other's in place for good; serve quiets its threads once
+    (`quiet_pillow`)."""
+    if threading.current_thread() is not threading.main_thread():
         yield
+        return
+    with warnings.catch_warnings():
+        quiet_pillow()
+        yield
+
+
+def quiet_pillow() -> None:
+    """Leave out Pillow's warnings (see `_no_bomb_warning`) in this process from now on."""
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
 
 
 def _decode_rgb(data: bytes, name: str, size: int | None) -> Image.Image:

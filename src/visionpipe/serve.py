@@ -42,6 +42,7 @@ from visionpipe.images import (
     decode_pixels,
     header_pixels,
     load_array,
+    quiet_pillow,
     to_model_input,
 )
 from visionpipe.predict import OnnxBackend, Prediction, softmax, top_k
@@ -720,6 +721,7 @@ def serve_command(config: ServeConfig) -> int:
         log.error("%s", exc)
         return 2
     warn_if_diverged(backend, config.model)
+    quiet_pillow()  # the decodes run in threads, where each cannot quiet its own
     try:
         asyncio.run(run_server(Service(backend, config, md5)))
     except OSError as exc:  # the port is taken, or the host is not this machine's

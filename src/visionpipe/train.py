@@ -50,9 +50,6 @@ from visionpipe.tracking import EpochRecord, Tracker, misclassified_grid
 from visionpipe.weights import warn_if_other_split
 
 log = logging.getLogger(__name__)
-# fp16's GradScaler skips the steps whose gradients overflowed (the first few, while it finds its
-# scale); the schedule steps on regardless, and torch then warns of a wrong call order.
-warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
 
 
 @dataclass
@@ -169,17 +166,21 @@ def train_epoch(
     """
     loop.model.train()
     loss_sum = torch.zeros((), device=loop.device)
-    for batch in loop.batches.epoch(epoch, which):
-        batch_loss = loop.step(batch)
-        loop.scheduler.step()
-        loop.global_step += 1
-        if loop.lookahead is not None:
-            loop.lookahead.after_step(loop.global_step)
-        loss_sum += batch_loss.detach()
-        if on_log is not None and loop.global_step % loop.cfg.log_every == 0:
-            # A copy: the all-reduce works in place.
-            value = all_reduce_sum(batch_loss.detach().clone(), loop.ddp).item() / batch.size
-            on_log(loop.global_step, value, batch.seen)
+    with warnings.catch_warnings():  # here only, not in a notebook's own training
+        # fp16's GradScaler skips the steps whose gradients overflowed (the first few, while it
+        # finds its scale); the schedule steps on regardless, and torch warns of the order.
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)`", UserWarning)
+        for batch in loop.batches.epoch(epoch, which):
+            batch_loss = loop.step(batch)
+            loop.scheduler.step()
+            loop.global_step += 1
+            if loop.lookahead is not None:
+                loop.lookahead.after_step(loop.global_step)
+            loss_sum += batch_loss.detach()
+            if on_log is not None and loop.global_step % loop.cfg.log_every == 0:
+                # A copy: the all-reduce works in place.
+                value = all_reduce_sum(batch_loss.detach().clone(), loop.ddp).item() / batch.size
+                on_log(loop.global_step, value, batch.seen)
     return loss_sum
 
 

@@ -491,3 +491,26 @@ def test_a_png_whose_text_unpacks_past_pillow_s_limit_still_gives_its_pixels() -
     # A damaged one is still named as such.
     with pytest.raises(BadImageError):
         decode_rgb(with_text.getvalue()[:200], "cut.png")
+
+
+def test_decoding_in_a_thread_leaves_the_process_s_warning_filters_alone() -> None:
+    # Before Python 3.14, catch_warnings swaps the process's filters: two threads' overlapping
+    # ones leave Pillow's warnings ignored for good (a library caller's, serve's decode pool).
+    import threading
+
+    from visionpipe import images
+
+    inside: list[list[object]] = []
+
+    def decode() -> None:
+        with images._no_bomb_warning():
+            inside.append(list(warnings.filters))
+
+    before = list(warnings.filters)
+    thread = threading.Thread(target=decode)
+    thread.start()
+    thread.join()
+    assert inside == [before] and warnings.filters == before
+    with images._no_bomb_warning():  # the main thread's own decodes are quiet
+        assert warnings.filters != before
+    assert warnings.filters == before

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from tests.datasets import FAST_MODEL, FAST_TRAIN, kill_at_validation, tiny_params, train_anew
-from tests.helpers import DOG_PNG, ROOT
+from tests.helpers import DOG_PNG, ROOT, env
 from visionpipe import (
     batches,
     checkpoints,
@@ -1363,6 +1363,15 @@ def test_to_input_converts_dtype_and_layout_in_one_copy() -> None:
         with pytest.raises(TypeError, match="to_input takes uint8 pixels"):
             to_input(floats, layout)
     assert torch.equal(floats, before)
+
+
+def test_importing_train_leaves_the_warning_filters_alone() -> None:
+    # A notebook's own training keeps torch's scheduler-order warning.
+    code = (
+        "import warnings; import visionpipe.train;"
+        " assert not [f for f in warnings.filters if 'lr_scheduler' in str(f[1])]"
+    )
+    subprocess.run([sys.executable, "-c", code], env=env(), check=True, cwd=ROOT)
 
 
 def test_alternate_flip_shows_each_image_both_ways_in_two_epochs() -> None:
