@@ -176,6 +176,14 @@ def decode_rgb(data: bytes, name: str, size: int | None = None) -> Image.Image:
     formats decode at full size. Raises BadImageError naming the file for empty, truncated,
     non-image or oversized input.
     """
+    if isinstance(data, (bytearray, memoryview)):
+        data = bytes(data)
+    if not isinstance(data, bytes):  # a path, a PIL image, an array, an open file
+        raise TypeError(
+            f"decode_rgb and load_array take an image file's bytes, not a {type(data).__name__}:"
+            " for a file, images.read_image_file(path, size); for a PIL image, its bytes as"
+            " saved (img.save(buf, 'PNG'))"
+        )
     with _no_bomb_warning():
         return _decode_rgb(data, name, size)
 
@@ -730,4 +738,6 @@ def read_image_file(path: str | Path, size: int) -> np.ndarray:
         data = path.read_bytes()
     except OSError as exc:
         raise BadImageError(str(path), f"cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a NUL in the name, which no file has
+        raise BadImageError(str(path), f"cannot read: {exc}") from None
     return load_array(data, str(path), size)

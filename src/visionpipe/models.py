@@ -163,6 +163,8 @@ def tutorial_cnn(
     With the defaults (no activation, no BatchNorm) it is exactly the seeds' model; `activation`
     and `batch_norm` show what the tutorial's lesson on non-linearities buys.
     """
+    if activation not in ("none", "relu"):  # model.activation's choices, for a direct caller
+        raise ValueError(f"tutorial_cnn's activation is 'none' or 'relu', not {activation!r}")
     layers: list[nn.Module] = []
     channels = [3, 32, 32, 64]
     for cin, cout in itertools.pairwise(channels):

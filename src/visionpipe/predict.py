@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -86,6 +87,7 @@ class TorchBackend:
 
 def open_backend(kind: str, model: Path | None = None) -> Backend:
     """The `kind` backend for `model`, by default the model file the pipeline writes for it."""
+    model = Path(model) if model is not None else None  # a notebook passes the path as typed
     if kind == "onnx":
         return OnnxBackend(model or paths.default_model(paths.ONNX_MODEL))
     if kind == "torch":
@@ -113,9 +115,14 @@ def top_k(probs: np.ndarray, classes: list[str], k: int) -> list[dict[str, Any]]
 
 
 def predict_files(
-    files: list[Path], backend: Backend, topk: int = 3, batch_size: int = 64
+    files: Iterable[str | Path], backend: Backend, topk: int = 3, batch_size: int = 64
 ) -> list[Prediction]:
     """Top-k predictions per file, in input order; undecodable files get an error entry."""
+    if isinstance(files, (str, Path)):  # a str would be predicted one character at a time
+        raise TypeError(f"predict_files takes a list of files, not one: [{str(files)!r}]")
+    if topk < 1 or batch_size < 1:
+        raise ValueError(f"topk and batch_size must be at least 1, not {topk} and {batch_size}")
+    files = list(files)
     k = min(topk, len(backend.classes))
     results: list[Prediction] = []
     for start in range(0, len(files), batch_size):

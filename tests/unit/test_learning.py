@@ -65,6 +65,43 @@ def test_a_notebook_in_a_subfolder_reads_the_projects_splits_and_model(
     model, info = load_model(paths.MODEL)
     assert read_meta()["classes"] == info.classes
     assert model(images[:4].float() / 255).shape == (min(4, len(labels)), len(info.classes))
+    # And the project's params, as the stages load them.
+    (project / "params.yaml").write_text("train: {lr: 0.02}\n")
+    from visionpipe.config import load_section
+    from visionpipe.config.train import TrainConfig
+
+    assert load_section("train", TrainConfig).lr == 0.02
+
+
+def test_the_library_s_calls_take_what_a_notebook_passes_or_say_what_they_take(
+    exported_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    from visionpipe.images import load_array
+    from visionpipe.predict import open_backend, predict_files
+
+    monkeypatch.chdir(exported_model.parent)
+    photo = exported_model.parent / "photo.png"
+    Image.new("RGB", (20, 20), "red").save(photo)
+    for kind, name in (("onnx", "model.onnx"), ("torch", "model.pt")):
+        backend = open_backend(kind, str(exported_model / name))  # a str, as typed
+        got = predict_files((p for p in [str(photo), photo]), backend, topk=1)  # any iterable
+        assert [len(p.top) for p in got] == [1, 1]
+    with pytest.raises(TypeError, match="predict_files takes a list of files, not one"):
+        predict_files(str(photo), backend)
+    with pytest.raises(ValueError, match="topk and batch_size must be at least 1, not 0 and 64"):
+        predict_files([photo], backend, topk=0)
+    assert predict_files(["a\0b.png"], backend)[0].error == "cannot read: embedded null byte"
+    with pytest.raises(TypeError, match="take an image file's bytes, not a PngImageFile"):
+        load_array(Image.open(photo), "photo", 8)
+    assert load_array(memoryview(photo.read_bytes()), "photo", 8).shape == (3, 8, 8)
+    with pytest.raises(TypeError, match="to_input takes uint8 pixels"):
+        from visionpipe.models import to_input
+
+        to_input(torch.from_numpy(np.zeros((1, 3, 8, 8), np.float32)))
+    with pytest.raises(ValueError, match="activation is 'none' or 'relu', not 'gelu'"):
+        tutorial_cnn(3, 32, activation="gelu")
 
 
 def test_a_notebook_outside_the_project_is_told_so_not_to_rerun_the_pipeline(

@@ -196,12 +196,15 @@ def _refuse_missing(schema: type[BaseModel], raw: dict[str, Any], origin: str) -
 
 
 def read(path: Path | str = DEFAULT_PARAMS) -> Any:
-    """params.yaml as parsed YAML."""
-    path = Path(path)
+    """params.yaml as parsed YAML: here, or in the project this folder is inside (a notebook
+    in the project's notebooks/)."""
+    from visionpipe.paths import in_project
+
+    path = in_project(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path} not found: run from the project root") from None
+        raise ConfigError(f"{path} not found: run from the project or a folder inside it") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
