@@ -7,6 +7,7 @@ the system refuses (`refused_message`), found in an exception's chain (`find_cau
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import json
 import math
@@ -15,7 +16,7 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -397,3 +398,21 @@ def save_torch(dest: Path | str, obj: Any) -> None:
 
     with atomic_open(dest, "wb") as f:
         torch.save(obj, f)
+
+
+class CsvRows:
+    """csv.writer's rows, ending in `\n`, with a field holding a carriage return quoted too:
+    csv quotes only the characters of its line terminator, and a bare CR in a file name split
+    the row in two for every reader."""
+
+    def __init__(self, f: Any) -> None:
+        self.plain = csv.writer(f, lineterminator="\n")
+        self.quoted = csv.writer(f, lineterminator="\n", quoting=csv.QUOTE_ALL)
+
+    def writerow(self, row: Sequence[Any]) -> None:
+        writer = self.quoted if any("\r" in str(v) for v in row) else self.plain
+        writer.writerow(row)
+
+    def writerows(self, rows: Iterable[Sequence[Any]]) -> None:
+        for row in rows:
+            self.writerow(row)

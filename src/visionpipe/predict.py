@@ -8,7 +8,6 @@ Files in folders named after a class (a test set sorted by class) are also score
 from __future__ import annotations
 
 import contextlib
-import csv
 import errno
 import io
 import logging
@@ -30,7 +29,14 @@ from visionpipe.folder_classes import (
     format_outside,
     score,
 )
-from visionpipe.fsutil import DiskFullError, atomic_open, atomic_path, json_pretty, write_json
+from visionpipe.fsutil import (
+    CsvRows,
+    DiskFullError,
+    atomic_open,
+    atomic_path,
+    json_pretty,
+    write_json,
+)
 from visionpipe.grids import Layout, Line, captioned_grid
 from visionpipe.images import BadImageError, decode_rgb, read_image_file, to_model_input
 from visionpipe.inputs import collect_inputs
@@ -394,8 +400,11 @@ def _write_outputs(
             log.error("cannot write %s %s: %s", flag, dest, _unwritable(Path(dest), exc))
             written = False
     for flag, dest in for_streams:  # a file name not UTF-8 keeps its escaped bytes, as in a file
-        text = _output_text(preds, labels, topk, flag).encode("utf-8", "backslashreplace")
-        streams.write_stream(1 if dest == STDOUT else streams.standard_stream(dest) or 1, text)
+        fd = 1 if dest == STDOUT else streams.standard_stream(dest) or 1
+        text = _output_text(preds, labels, topk, flag)
+        if os.isatty(fd):  # a name's escape sequences would act on the terminal, not show
+            text = "\n".join(map(one_line, text.split("\n")))
+        streams.write_stream(fd, text.encode("utf-8", "backslashreplace"))
     return written
 
 
@@ -447,7 +456,7 @@ def write_csv(
 
 
 def _csv_rows(f: Any, preds: list[Prediction], topk: int, labels: dict[str, str]) -> None:
-    w = csv.writer(f, lineterminator="\n")
+    w = CsvRows(f)
     header = ["file"]
     for i in range(1, topk + 1):
         header += [f"class_{i}", f"probability_{i}"]

@@ -11,7 +11,6 @@ temporary folder that replaces data/processed only once complete.
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
 import gc
 import logging
@@ -36,7 +35,7 @@ from visionpipe import (
 )
 from visionpipe.config.data import DataConfig, DataParams
 from visionpipe.datasets import DATASETS
-from visionpipe.fsutil import atomic_dir, remove_stale_temps, size_text, write_json
+from visionpipe.fsutil import CsvRows, atomic_dir, remove_stale_temps, size_text, write_json
 from visionpipe.images import decode_batch, is_hidden, is_image_name, resize_center_crop, to_chw
 from visionpipe.names import SHOWN, listed
 from visionpipe.paths import SPLITS
@@ -302,10 +301,7 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
     digests, failed_rows = bytearray(), []  # of every item, for identical.groups
     with contextlib.ExitStack() as stack:
         writers = {s: stack.enter_context(SplitWriter(out, s, size)) for s in SPLITS}
-        record = csv.writer(
-            stack.enter_context(open(out / paths.SPLIT_RECORD.name, "w", newline="")),
-            lineterminator="\n",
-        )
+        record = CsvRows(stack.enter_context(open(out / paths.SPLIT_RECORD.name, "w", newline="")))
         record.writerow(["file", "class", "split", "index"])
         # Names below the folder holding every image: the same photos zipped in a folder of
         # their own, or read from that folder, make the same record (and data/processed hash).

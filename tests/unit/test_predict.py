@@ -755,7 +755,7 @@ def test_any_file_name_comes_back_whole_in_json_and_csv(
     folder = tmp_path / "照片 📷"
     folder.mkdir()
     names = ["a b.jpg", "猫 咪.jpg", "🐱.jpg", "#1 100%.jpg", 'it\'s "q", c.jpg', "-1.JPG"]
-    names.append("new\nline.png")
+    names += ["new\nline.png", "carriage\rreturn.png"]  # csv quotes a bare CR only if told
     if sys.platform == "linux":  # a name that is not UTF-8: other file systems refuse one
         names.append(os.fsdecode("狗.jpg".encode("gbk")))
     for name in names:
@@ -771,6 +771,25 @@ def test_any_file_name_comes_back_whole_in_json_and_csv(
     shown = {n.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for n in expected}
     assert {row["file"] for row in rows} == shown
     assert all(row["error"] == "" and row["class_1"] for row in rows)
+
+
+def test_csv_to_a_terminal_shows_a_name_s_escape_sequences_escaped(
+    exported_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    # A zip's `\x1b]0;title\x07.png` would retitle the terminal, or worse, if written raw.
+    name = "evil\x1b]0;PWNED\x07.png"
+    Image.new("RGB", (20, 20), "red").save(tmp_path / name, "PNG")
+    model = ["--model", str(exported_model / "model.onnx")]
+    monkeypatch.setattr(os, "isatty", lambda fd: fd == 1)
+    assert main(["predict", str(tmp_path / name), *model, "--csv", "-"]) == 0
+    shown = capfd.readouterr().out
+    assert "\x1b" not in shown and "evil\\x1b]0;PWNED\\x07.png," in shown, shown
+    monkeypatch.setattr(os, "isatty", lambda fd: False)  # to a file or pipe: the name as it is
+    assert main(["predict", str(tmp_path / name), *model, "--csv", "-"]) == 0
+    assert "evil\x1b]0;PWNED\x07.png," in capfd.readouterr().out
 
 
 def test_a_file_named_like_an_option_gets_the_way_to_name_it(
