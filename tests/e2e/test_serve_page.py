@@ -66,6 +66,13 @@ async def drive_page(debug_port: int, page_url: str, photos: list[Path], drop: P
     """Open the page, choose `photos`, drop `drop`; what the page then shows."""
     async with _page_tools(debug_port) as tools:
         count = await _choose(tools, page_url, photos)
+        said = await tools.evaluate("document.getElementById('status').textContent")
+        # The keyboard reaches the file chooser: Tab focuses its input (Enter opens it).
+        for kind in ("keyDown", "keyUp"):
+            await tools.send(
+                "Input.dispatchKeyEvent", type=kind, key="Tab", code="Tab", windowsVirtualKeyCode=9
+            )
+        focused = await tools.evaluate("document.activeElement.id")
         data = base64.b64encode(drop.read_bytes()).decode()
         await tools.evaluate(DROP % (json.dumps(data), json.dumps(drop.name)))
         await tools.wait_for(f"{count} === {len(photos) + 1}")
@@ -76,7 +83,7 @@ async def drive_page(debug_port: int, page_url: str, photos: list[Path], drop: P
             "document.getElementById('status').className === 'error'"
             " && document.getElementById('status').textContent"
         )
-        return shown, error, tools.errors
+        return shown, error, tools.errors, (said, focused)
 
 
 async def _choose(tools: DevTools, page_url: str, photos: list[Path]) -> str:
@@ -130,7 +137,9 @@ def test_photos_chosen_or_dropped_on_the_page_get_the_api_answer(
         assert status == 200, api
         chromium, port = start_chromium(tmp_path / "profile")
         try:
-            shown, error, js_errors = asyncio.run(drive_page(port, f"{server.url}/", chosen, drop))
+            shown, error, js_errors, (said, focused) = asyncio.run(
+                drive_page(port, f"{server.url}/", chosen, drop)
+            )
         finally:
             chromium.terminate()
             chromium.wait(timeout=30)
@@ -146,6 +155,7 @@ def test_photos_chosen_or_dropped_on_the_page_get_the_api_answer(
         assert shown[0][1][0][0] == "frog"  # brightest in blue: the third class
     assert ("n/a" in str(shown)) == diverged  # the null probabilities, not "0.0%" or "NaN%"
     assert error == "error: x.png: not a recognised image format", error
+    assert said == "2 images classified, newest at the top" and focused == "file", (said, focused)
 
 
 def test_a_heic_photo_the_browser_cannot_draw_gets_its_answer_and_a_placeholder(
