@@ -140,6 +140,14 @@ def run(
         "test_images": len(labels),
     }
     per_class = {"macro_f1": macro_f1(scores), "classes_without_test_images": absent}
+    f1 = per_class["macro_f1"]
+    log.info(
+        "test accuracy %.2f%% over %d images, loss %.4f, macro-F1 %s (`dvc metrics show`)",
+        100 * accuracy,
+        len(labels),
+        loss,
+        "n/a" if f1 is None else f"{f1:.4f}",
+    )
     write_json(paths.PER_CLASS, {**per_class, "classes": scores})
     write_json(
         paths.CONFUSION_MATRIX, {"classes": classes, "rows_actual_cols_predicted": cm.tolist()}

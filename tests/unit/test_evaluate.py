@@ -90,6 +90,12 @@ def test_evaluate_amp_scores_in_bf16_only_where_the_cpu_computes_it(
     with caplog.at_level(logging.INFO):
         strict = evaluate.run("cpu", 16)
         assert "scoring 30 test images in fp32" in caplog.text
+        # The run's headline, in the log `dvc repro` shows, as metrics/ has it.
+        f1 = json.loads(paths.PER_CLASS.read_text())["macro_f1"]
+        assert (
+            f"test accuracy {100 * strict['test_acc']:.2f}% over 30 images, loss"
+            f" {strict['test_loss']:.4f}, macro-F1 {f1:.4f} (`dvc metrics show`)"
+        ) in caplog.text
         caplog.clear()
         mixed = evaluate.run("cpu", 16, amp=True)
     if native:
