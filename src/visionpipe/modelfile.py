@@ -119,7 +119,23 @@ def _not_a_model(path: Path, exc: BaseException) -> ModelFileError:
             f"not loaded: unpickling it could run code); pass the {paths.MODEL} the train stage "
             "wrote"
         )
+    if not _saved_by_torch(path):  # torch's words on it would be about unpickling
+        return ModelFileError(
+            f"{path}: not a PyTorch file (torch.save writes a zip archive, or a pickle); pass the"
+            f" {paths.MODEL} the train stage wrote"
+        )
     return ModelFileError(
         f"{path}: not a visionpipe model.pt ({_reason(exc)}); pass the {paths.MODEL} the train "
         f"stage wrote"
     )
+
+
+def _saved_by_torch(path: Path) -> bool:
+    """Whether `path` starts as torch.save's files do: a zip archive, or (the legacy format) a
+    pickle of protocol 2 or later."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return True  # unreadable: the error torch gave says why
+    return head.startswith((b"PK\x03\x04", b"\x80"))
