@@ -14,7 +14,7 @@ def main() -> int:
         topk=cfg.topk,
         json_path=paths.PREDICTIONS,
         grid_path=paths.PREDICTION_GRID,
-        fix="fix or remove them from predict.inputs"
+        fix="fix or remove each from predict.inputs"
         + (", or set predict.on_bad_image: skip" if cfg.on_bad_image == "fail" else ""),
         # One test image per class, named NN_<class>.png in one folder: no class folder.
         unscored=[str(paths.SAMPLES_DIR)],

@@ -569,15 +569,15 @@ def _check_numbers(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     # limit of either cannot become a byte count.
     wait = getattr(args, "batch_wait_ms", 0.0)
     if not (math.isfinite(wait) and wait >= 0):
-        parser.error(f"--batch-wait-ms must be a number of 0 or more; got {wait}")
+        parser.error(f"--batch-wait-ms must be a number of 0 or more, not {wait:g}")
     upload = getattr(args, "max_upload_mb", 1.0)
     if not (math.isfinite(upload) and upload > 0):
-        parser.error(f"--max-upload-mb must be a number above 0; got {upload}")
+        parser.error(f"--max-upload-mb must be a number above 0, not {upload:g}")
     for flag in ("read_timeout_s", "keepalive_s"):
         if not getattr(args, flag, 1) > 0:  # nan too
-            parser.error(f"--{flag.replace('_', '-')} must be above 0; got {getattr(args, flag)}")
+            parser.error(f"--{flag.replace('_', '-')} must be above 0, not {getattr(args, flag):g}")
     if not 0 <= getattr(args, "port", 0) <= 65535:
-        parser.error(f"--port must be from 0 to 65535; got {args.port}")
+        parser.error(f"--port must be from 0 to 65535, not {args.port}")
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:

@@ -248,9 +248,14 @@ def _report_failures(
     how many of them fail the run."""
     failed = [p for p in preds if p.error is not None]
     if passed_over := sum(p.file in skipped for p in failed):
+        were = (
+            "is not a usable image and was"
+            if passed_over == 1
+            else "are not usable images and were"
+        )
         log.warning(
-            "%d of %d inputs are no usable image and were skipped (%s; each is a SKIPPED line"
-            " of the table above)", passed_over, len(preds), skip_bad,
+            "%d of %d inputs %s skipped (%s; each is a SKIPPED line of the table above)",
+            passed_over, len(preds), were, skip_bad,
         )  # fmt: skip
     if hard := len(failed) - passed_over:
         # Named here, on stderr, too: the table's ERROR lines may have gone to a file or a pipe.

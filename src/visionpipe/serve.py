@@ -45,6 +45,7 @@ from visionpipe.images import (
     quiet_pillow,
     to_model_input,
 )
+from visionpipe.names import counted
 from visionpipe.predict import OnnxBackend, Prediction, softmax, top_k
 from visionpipe.serve_access import cors, host_guard, json_response, let_read
 
@@ -678,17 +679,19 @@ def _on_stop_signal(stop: asyncio.Event, service: Service, sig: signal.Signals) 
     """The first stop signal: answer the requests in progress, then exit, saying so (it takes
     up to SHUTDOWN_S and the decodes begun). A second: exit now, as one who presses Ctrl-C
     again means; the requests still in progress get no answer."""
+    key = "Ctrl-C" if sig == signal.SIGINT else sig.name
     if stop.is_set():
-        log.warning("%s again: stopping now, %d requests unanswered", sig.name, service.in_flight)
+        unanswered = counted(service.in_flight, "request")
+        log.warning("%s again: stopping now, %s unanswered", key, unanswered)
         os._exit(128 + sig)
     stop.set()
-    log.warning(
-        "%s: stopping; answering the %d requests in progress (up to %.0f s; %s again stops now)",
-        sig.name,
-        service.in_flight,
-        SHUTDOWN_S,
-        "Ctrl-C" if sig == signal.SIGINT else sig.name,
-    )
+    if service.in_flight:
+        answered = f"answering the {counted(service.in_flight, 'request')} in progress first"
+        log.warning(
+            "%s: stopping, %s (up to %.0f s; %s again stops now)", key, answered, SHUTDOWN_S, key
+        )
+    else:
+        log.warning("%s: stopping (no request in progress)", key)
 
 
 def listening_sockets(host: str, port: int) -> list[socket.socket]:

@@ -381,7 +381,7 @@ def test_the_stage_says_how_many_inputs_failed_and_how_to_fix_them(
     proc = run_stage("predict", tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert (
-        "1 of 6 inputs failed: missing.png (no such file or directory); fix or remove them from "
+        "1 of 6 inputs failed: missing.png (no such file or directory); fix or remove each from "
         "predict.inputs" in proc.stderr
     )
     assert len(json.loads((tmp_path / paths.PREDICTIONS).read_text())) == 6
@@ -409,12 +409,12 @@ def test_the_stage_skips_a_file_of_predict_inputs_that_is_no_image_unless_told_t
     assert errors.keys() == {"img0.jpg", "gone.jpg"}, errors
     if on_bad_image == "skip":
         assert proc.returncode == 0, proc.stderr
-        assert "2 of 11 inputs are no usable image and were skipped" in proc.stderr
+        assert "2 of 11 inputs are not usable images and were skipped" in proc.stderr
         assert f"{photos / 'img0.jpg'}: SKIPPED " in proc.stdout
     else:
         assert proc.returncode == 1, proc.stderr
         assert "2 of 11 inputs failed: " in proc.stderr
-        assert "; fix or remove them from predict.inputs, or set" in proc.stderr
+        assert "; fix or remove each from predict.inputs, or set" in proc.stderr
         assert f"{photos / 'img0.jpg'}: ERROR " in proc.stdout
     # A path that is not there is a mistake in the params, whatever on_bad_image says.
     (tmp_path / "params.yaml").write_text(params.replace(str(photos), str(tmp_path / "nope")))

@@ -513,8 +513,8 @@ def test_a_second_stop_signal_stops_at_once_and_each_says_so(model: Path, tmp_pa
             took = time.monotonic() - start
     log = served.log_text()
     assert code == 143 and took < 2, (code, took, log)
-    assert "SIGTERM: stopping; answering the 1 requests in progress (up to 5 s" in log, log
-    assert "SIGTERM again: stopping now, 1 requests unanswered" in log, log
+    assert "SIGTERM: stopping, answering the 1 request in progress first (up to 5 s" in log, log
+    assert "SIGTERM again: stopping now, 1 request unanswered" in log, log
 
 
 def test_sighup_stops_as_sigterm_does(model: Path, tmp_path: Path) -> None:
@@ -855,7 +855,7 @@ def test_limits_that_are_no_finite_number_are_refused_by_name(
             main(["serve", "--model", str(model), flag, value])
         assert exit_.value.code == 2
         err = capsys.readouterr().err
-        assert f"{flag} must be {allowed}; got {float(value)}" in err, err
+        assert f"{flag} must be {allowed}, not {float(value):g}" in err, err
 
 
 def test_other_commands_never_import_the_server() -> None:
