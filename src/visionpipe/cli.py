@@ -237,7 +237,8 @@ IME_PUNCTUATION = {"‘": "'", "’": "'", "“": '"', "”": '"', "。": ".", "
 
 def _compose_error(exc: Exception, overrides: list[str]) -> str:
     """The lines saying why composing `overrides` failed, and the hint that fits."""
-    text = _override_error(exc)
+    # Hydra's list of where it looked for a config (`recipe=nope`) is its own business.
+    text = _override_error(exc).split("\nConfig search path:")[0].rstrip()
     # Hydra's parse error points at the bad character on its next line: kept in its column.
     message = f"error:\n{text}" if "\n" in text and "^" in text else f"error: {text}"
     # Hydra's own advice for a comma names its --multirun, which this command has not.
@@ -251,6 +252,10 @@ def _compose_error(exc: Exception, overrides: list[str]) -> str:
     ]
     if (wide := _full_width(named)) is not None:
         return f"{message}\n{wide}"
+    if "missing EQUAL at '<EOF>'" in text and (bare := [o for o in named if "=" not in o]):
+        return (
+            f"{message}\n{bare[0]!r} has no '=': give key=value, e.g. train.lr=0.01 or recipe=fast"
+        )
     spaced = [o for o in named if re.match(r"[^=]*\S\s+=", o)]
     if spaced:  # the shell passed `train.lr =0.1` as one word: quoted, or from a script
         fixed = re.sub(r"\s+=\s*", "=", spaced[0].strip(), count=1)
@@ -365,6 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser(
         "params",
         help="write params.yaml from conf/ (as `dvc exp run -S` does), e.g. after editing conf/",
+        description="Write params.yaml from conf/ with these overrides, as `dvc exp run -S` "
+        "does, and say which values changed; `dvc repro` then runs with them.",
+        epilog="Exit status: 0 when params.yaml was written (or already held these values), 2 "
+        "when an override or conf/ is invalid, 1 when params.yaml cannot be written.",
     )
     c.add_argument("overrides", nargs="*", help="key=value or recipe=NAME, as after -S")
     c.set_defaults(func=_params, parser=c)
@@ -372,9 +381,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("serve", help="answer predictions over HTTP, with a page to drop photos on")
+    s = sub.add_parser(
+        "serve",
+        help="answer predictions over HTTP, with a page to drop photos on",
+        description="Answer predictions over HTTP (POST /predict), with a page to drop photos on"
+        " (GET /); logs on stderr. docs/serving.md has the API.",
+        epilog="Exit status: 0 once stopped (Ctrl-C, SIGTERM: the requests in progress are "
+        "answered first), 2 when the model or an option cannot be used or the address is taken, "
+        "128 + the signal's number when a second Ctrl-C or signal stops it at once.",
+    )
     s.add_argument(
-        "--model", type=_path, help=f"(default {paths.ONNX_MODEL}, here or in the project above)"
+        "--model",
+        type=_path,
+        help=f"the ONNX model to serve (default {paths.ONNX_MODEL}, here or in the project above)",
     )
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     s.add_argument("--port", type=int, default=8000, help="0 picks a free port (default 8000)")
@@ -584,7 +603,11 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     """`argv` parsed; a file named like an option (`-1.jpg`), which argparse takes for one, gets
     the hint GNU tools give after argparse's error."""
     try:
-        return parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # the command's usage, not the top one's (argparse's own would show that)
+            command = getattr(args, "parser", parser)
+            command.error(f"unrecognized arguments: {' '.join(extra)}")
+        return args
     except SystemExit as exc:
         dashed = [a for a in argv if a.startswith("-") and len(a) > 1 and Path(a).exists()]
         if exc.code == 2 and dashed:

@@ -423,6 +423,17 @@ def test_params_errors_give_this_command_s_ways_and_a_list_item_s_value(
     assert "--multirun" not in err and "dvc exp run --queue -S" in err, err
     assert main(["params", "predict.inputs=[5]"]) == 2
     assert "'predict.inputs.0' = 5: Input should be a valid string" in capsys.readouterr().err
+    # A word without '=', and a recipe that is not there, say so in this command's words.
+    assert main(["params", "foo"]) == 2
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith(
+        "'foo' has no '=': give key=value, e.g. train.lr=0.01 or recipe=fast"
+    )
+    assert "single quotes" not in err
+    assert main(["params", "recipe=nope"]) == 2
+    err = capsys.readouterr().err
+    assert "Could not find 'recipe/nope'" in err and "\tfast\n" in err
+    assert "Config search path" not in err and "provider=" not in err
     # An empty entry (an unset variable) would predict every file of the project.
     assert main(["params", "predict.inputs=[data/samples,'']"]) == 2
     assert "an empty entry (an unset variable?): give a file, folder or glob" in (

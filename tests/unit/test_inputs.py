@@ -328,3 +328,17 @@ def test_a_space_that_is_not_a_plain_one_is_named_in_a_missing_file_s_error(
         ),
         ("دانش\u200cآموز.png", "no such file or directory"),
     ]
+
+
+def test_an_unknown_option_after_a_command_shows_that_command_s_usage(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "x.png", "-q"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert err.startswith("usage: visionpipe predict") and "unrecognized arguments: -q" in err
+    for command, said in (("serve", "Exit status: 0 once stopped"), ("params", "Exit status: 0")):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert said in " ".join(capsys.readouterr().out.split())
