@@ -558,6 +558,13 @@ def _warn_other_dataset(dataset: str, classes: list[str]) -> list[str]:
         f" ({listed([repr(c) for c in others])}): for your own photos set"
         " data.dataset=imagefolder"
         + (f" (preprocess.image_size then defaults to {own}, not {named})" if own != named else "")
+        # A switch of data.dataset with conf/'s data.source still naming the last dataset's.
+        + (
+            f"; for {dataset} itself, data.source=null takes its official archive (or the copy"
+            " launch.data_root or DATA_MIRROR names)"
+            if DATASETS[dataset].official is not None
+            else ""
+        )
     )
     log.warning("%s", warning)
     return [warning]

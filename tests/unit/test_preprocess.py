@@ -403,7 +403,9 @@ def test_a_source_of_other_classes_than_the_named_dataset_s_is_warned_about(
         " ('wasps'): for your own photos set data.dataset=imagefolder"
     )
     assert line in caplog.text
-    assert line in json.loads(paths.PREPROCESS_REPORT.read_text())["warnings"]
+    assert line in json.loads(paths.PREPROCESS_REPORT.read_text())["warnings"][0]
+    # Or conf/'s data.source was left at another dataset's when data.dataset changed.
+    assert "; for hymenoptera itself, data.source=null takes its official archive" in caplog.text
     assert meta["classes"] == ["ants", "wasps"]
     caplog.clear()
     preprocess.run(_params(dataset="imagefolder"))
