@@ -526,7 +526,8 @@ def _grid_caption(p: Prediction, label: str | None) -> list[Line]:
         return [(guess, "black", probability), (name, "gray")]
     if guess == label:
         return [(guess, "darkgreen", probability), (name, "gray")]
-    return [(guess, "firebrick", probability), (f"({label}) {name}", "gray")]
+    # Said in words too, not by colour alone (red and green look alike to one man in twelve).
+    return [(guess, "firebrick", probability), (f"is {label}: {name}", "gray")]
 
 
 def format_table(preds: list[Prediction], skipped: set[str] | frozenset[str] = frozenset()) -> str:

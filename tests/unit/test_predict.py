@@ -105,6 +105,14 @@ def test_the_grid_of_class_folders_marks_each_prediction_right_or_wrong(
         green = (np.abs(first_line - (0, 100, 0)).sum(1) < 30).any()
         red = (np.abs(first_line - (178, 34, 34)).sum(1) < 30).any()
         assert (green, red) == (ok, not ok), (n, preds[n])
+    # Not by colour alone: a wrong guess's second line says the class it is.
+    from visionpipe.predict import Prediction, _grid_caption
+
+    top = [{"class": "dog", "probability": 0.6}]
+    wrong = _grid_caption(Prediction("photos/cat/1.jpg", top), "cat")
+    assert [text for text, *_ in wrong] == ["dog", "is cat: 1.jpg"]
+    right = _grid_caption(Prediction("photos/dog/2.jpg", top), "dog")
+    assert [text for text, *_ in right] == ["dog", "2.jpg"]
 
 
 def test_a_grid_of_more_photos_than_it_holds_shows_the_wrong_guesses_and_says_so(
