@@ -169,9 +169,22 @@ def run_stage(main: Callable[[], int | None], interrupted: Callable[[], str] | N
             sys.exit(1)
         if not is_user_error(exc):
             raise
-        log.error("%s", exc)
+        log.error("%s%s", exc, _outputs_removed(exc))
         sys.exit(1)
     sys.exit(code or 0)
+
+
+def _outputs_removed(exc: Exception) -> str:
+    """For a stage DVC ran that stops on a bad param: DVC removed its outputs as it started it,
+    which the error alone would leave a user to find in `ls models`."""
+    stage = os.environ.get("DVC_STAGE")
+    if not stage or type(exc).__name__ != "ConfigError":
+        return ""
+    return (
+        f"\n(DVC removed the {stage} stage's outputs as it started it: the next run with the"
+        f" value fixed makes them again, and `uv run dvc checkout --force {stage}` brings back"
+        " the last ones meanwhile)"
+    )
 
 
 def stdout_gone() -> int:

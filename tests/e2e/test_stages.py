@@ -34,6 +34,10 @@ def test_bad_params_fail_a_stage_before_any_work(tmp_path: Path, stage: str) -> 
         assert "Traceback" not in proc.stderr
         written = [p.name for p in tmp_path.iterdir() if p.name != "params.yaml"]
         assert written == [], f"nothing may be written before params are valid: {written}"
+    if stage == "evaluate":  # as DVC runs it: its outputs are gone by then, which is said
+        proc = run_stage(stage, tmp_path, DVC_STAGE=stage)
+        assert "(DVC removed the evaluate stage's outputs as it started it" in proc.stderr
+        assert "`uv run dvc checkout --force evaluate` brings back the last ones" in proc.stderr
 
 
 def test_missing_upstream_output_names_the_command_to_run(tmp_path: Path) -> None:
