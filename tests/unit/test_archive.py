@@ -550,6 +550,15 @@ class _UnflaggedName(zipfile.ZipInfo):
         return self.raw, self.flag_bits & ~0x800
 
 
+def _unflagged_zip(path: Path, names: Sequence[str], encoding: str) -> Path:
+    """A zip of these names stored in `encoding` with the UTF-8 flag unset, as a Windows of that
+    code page (or macOS's Archive Utility, for utf-8) writes them."""
+    with zipfile.ZipFile(path, "w") as z:
+        for name in names:
+            z.writestr(_UnflaggedName(name.encode(encoding)), b"x")
+    return path
+
+
 def test_unflagged_utf8_names_read_as_utf8_and_other_code_pages_are_warned_of(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -585,10 +594,9 @@ def test_gbk_names_that_read_as_utf8_by_chance_are_warned_of_with_both_readings(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # 猫, 牛 and 鸭 in GBK are valid UTF-8: è, ţ and Ѽ, letters of two scripts.
-    windows = tmp_path / "animals.zip"
-    with zipfile.ZipFile(windows, "w") as z:
-        for name in ("猫/IMG_0001.jpg", "牛/IMG_0002.jpg", "鸭/IMG_0003.jpg"):
-            z.writestr(_UnflaggedName(name.encode("gbk")), b"x")
+    windows = _unflagged_zip(
+        tmp_path / "animals.zip", ("猫/IMG_0001.jpg", "牛/IMG_0002.jpg", "鸭/IMG_0003.jpg"), "gbk"
+    )
     with caplog.at_level(logging.WARNING):
         assert list_files(windows) == ["è/IMG_0001.jpg", "ţ/IMG_0002.jpg", "Ѽ/IMG_0003.jpg"]
     assert (
@@ -628,10 +636,7 @@ def test_gbk_names_of_two_characters_or_of_one_read_as_utf8_are_warned_of(
             "of which 'è' and 2 more are folders of one letter",
         ),
     ):
-        windows = tmp_path / f"{len(names[0])}.zip"
-        with zipfile.ZipFile(windows, "w") as z:
-            for name in names:
-                z.writestr(_UnflaggedName(name.encode("gbk")), b"x")
+        windows = _unflagged_zip(tmp_path / f"{len(names[0])}.zip", names, "gbk")
         caplog.clear()
         with caplog.at_level(logging.WARNING):
             list_files(windows)
@@ -642,17 +647,14 @@ def test_a_western_windows_s_names_read_as_cp437_are_not_warned_of_others_get_ea
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A German Windows's zip (cp850): ä, ü, ß are the same bytes in cp437, read right.
-    german = tmp_path / "de.zip"
-    with zipfile.ZipFile(german, "w") as z:
-        for name in ("Tiere/Bär/0.jpg", "Tiere/Küken/1.jpg", "Tiere/Strauß/2.jpg"):
-            z.writestr(_UnflaggedName(name.encode("cp850")), b"x")
+    german = _unflagged_zip(
+        tmp_path / "de.zip", ("Tiere/Bär/0.jpg", "Tiere/Küken/1.jpg", "Tiere/Strauß/2.jpg"), "cp850"
+    )
     with caplog.at_level(logging.WARNING):
         assert list_files(german) == ["Tiere/Bär/0.jpg", "Tiere/Küken/1.jpg", "Tiere/Strauß/2.jpg"]
     assert not caplog.text
     # ø is cp850's own (cp437's ¢ there): warned of, with cp850's reading among the others.
-    danish = tmp_path / "dk.zip"
-    with zipfile.ZipFile(danish, "w") as z:
-        z.writestr(_UnflaggedName("Smørrebrød/0.jpg".encode("cp850")), b"x")
+    danish = _unflagged_zip(tmp_path / "dk.zip", ["Smørrebrød/0.jpg"], "cp850")
     with caplog.at_level(logging.WARNING):
         assert list_files(danish) == ["Sm¢rrebr¢d/0.jpg"]
     assert "'Smørrebrød/0.jpg' in cp850" in caplog.text
@@ -660,16 +662,12 @@ def test_a_western_windows_s_names_read_as_cp437_are_not_warned_of_others_get_ea
     # A French Windows's château (â is 0x83 in cp437 and cp850 alike): no word either, though
     # Shift-JIS reads the bytes as chテeau.
     caplog.clear()
-    french = tmp_path / "fr.zip"
-    with zipfile.ZipFile(french, "w") as z:
-        z.writestr(_UnflaggedName("château/0.jpg".encode("cp850")), b"x")
+    french = _unflagged_zip(tmp_path / "fr.zip", ["château/0.jpg"], "cp850")
     with caplog.at_level(logging.WARNING):
         assert list_files(french) == ["château/0.jpg"]
     assert not caplog.text
     # Another tool's cp1252 (ü is ³ in cp437 and cp850): cp1252's reading.
-    german = tmp_path / "de1252.zip"
-    with zipfile.ZipFile(german, "w") as z:
-        z.writestr(_UnflaggedName("Hündin/0.jpg".encode("cp1252")), b"x")
+    german = _unflagged_zip(tmp_path / "de1252.zip", ["Hündin/0.jpg"], "cp1252")
     with caplog.at_level(logging.WARNING):
         list_files(german)
     assert "the first may read 'Hündin/0.jpg' in cp1252. If" in caplog.text
@@ -677,9 +675,7 @@ def test_a_western_windows_s_names_read_as_cp437_are_not_warned_of_others_get_ea
     # are warned of, with the Japanese reading among those shown.
     for name in ("ねこ", "ネコ", "猫"):
         caplog.clear()
-        japanese = tmp_path / "jp.zip"
-        with zipfile.ZipFile(japanese, "w") as z:
-            z.writestr(_UnflaggedName(f"{name}/0.jpg".encode("shift_jis")), b"x")
+        japanese = _unflagged_zip(tmp_path / "jp.zip", [f"{name}/0.jpg"], "shift_jis")
         with caplog.at_level(logging.WARNING):
             list_files(japanese)
         assert f"'{name}/0.jpg' in shift_jis" in caplog.text, caplog.text
@@ -689,10 +685,7 @@ def test_a_chinese_class_of_one_character_read_as_one_accented_letter_is_warned_
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # 猫 in GBK is C3 A8, UTF-8's è: beside an ASCII class, no mix of scripts gives it away.
-    windows = tmp_path / "pets.zip"
-    with zipfile.ZipFile(windows, "w") as z:
-        for name in ("猫/1.jpg", "dog/2.jpg"):
-            z.writestr(_UnflaggedName(name.encode("gbk")), b"x")
+    windows = _unflagged_zip(tmp_path / "pets.zip", ("猫/1.jpg", "dog/2.jpg"), "gbk")
     with caplog.at_level(logging.WARNING):
         assert list_files(windows) == ["dog/2.jpg", "è/1.jpg"]
     assert "of which 'è' is a folder of one accented letter, which GBK reads 猫" in caplog.text
@@ -722,10 +715,11 @@ def test_a_zip_s_unflagged_names_are_read_in_one_encoding(
     # GBK's 猫 is C3 A8, valid UTF-8 (è): read one by one, "猫 cat/a.jpg" would be UTF-8 and
     # "猫 cat/é.jpg" cp437, and one class folder would become two differently garbled ones, as
     # would a majority of valid names (ten photos 0.jpg ... beside one 猫咪.jpg).
-    windows = tmp_path / "windows.zip"
-    with zipfile.ZipFile(windows, "w") as z:
-        for name in ("猫 cat/a.jpg", "猫 cat/é.jpg", *(f"猫 cat/{i}.jpg" for i in range(10))):
-            z.writestr(_UnflaggedName(name.encode("gbk")), b"x")
+    windows = _unflagged_zip(
+        tmp_path / "windows.zip",
+        ("猫 cat/a.jpg", "猫 cat/é.jpg", *(f"猫 cat/{i}.jpg" for i in range(10))),
+        "gbk",
+    )
     with caplog.at_level(logging.WARNING):
         listed = list_files(windows)
     assert {name.split("/")[0] for name in listed} == {"├¿ cat"}, listed
