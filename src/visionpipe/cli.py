@@ -380,15 +380,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SERVE_EXIT = (
+    "Exit status: 0 once stopped (Ctrl-C, SIGTERM: the requests in progress are answered first),"
+    " 2 when the model or an option cannot be used or the address is taken, 128 + the signal's"
+    " number when a second Ctrl-C or signal stops it at once."
+)
+
+
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "serve",
         help="answer predictions over HTTP, with a page to drop photos on",
         description="Answer predictions over HTTP (POST /predict), with a page to drop photos on"
         " (GET /); logs on stderr. docs/serving.md has the API.",
-        epilog="Exit status: 0 once stopped (Ctrl-C, SIGTERM: the requests in progress are "
-        "answered first), 2 when the model or an option cannot be used or the address is taken, "
-        "128 + the signal's number when a second Ctrl-C or signal stops it at once.",
+        epilog=SERVE_EXIT,
     )
     s.add_argument(
         "--model",

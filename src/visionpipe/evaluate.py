@@ -140,14 +140,7 @@ def run(
         "test_images": len(labels),
     }
     per_class = {"macro_f1": macro_f1(scores), "classes_without_test_images": absent}
-    f1 = per_class["macro_f1"]
-    log.info(
-        "test accuracy %.2f%% over %d images, loss %.4f, macro-F1 %s (`dvc metrics show`)",
-        100 * accuracy,
-        len(labels),
-        loss,
-        "n/a" if f1 is None else f"{f1:.4f}",
-    )
+    _log_headline(accuracy, len(labels), loss, per_class["macro_f1"])
     write_json(paths.PER_CLASS, {**per_class, "classes": scores})
     write_json(
         paths.CONFUSION_MATRIX, {"classes": classes, "rows_actual_cols_predicted": cm.tolist()}
@@ -155,6 +148,17 @@ def run(
     actual = [classes[i] for i in kept.tolist()]
     log_live(metrics, actual, [classes[i] for i in preds.tolist()], scores)
     return metrics
+
+
+def _log_headline(accuracy: float, images: int, loss: float, f1: float | None) -> None:
+    """The run's headline in the log `dvc repro` shows, as metrics/ holds it."""
+    log.info(
+        "test accuracy %.2f%% over %d images, loss %.4f, macro-F1 %s (`dvc metrics show`)",
+        100 * accuracy,
+        images,
+        loss,
+        "n/a" if f1 is None else f"{f1:.4f}",
+    )
 
 
 def log_live(
