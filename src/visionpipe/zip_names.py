@@ -31,10 +31,10 @@ UNICODE_PATH = 0x7075  # Info-ZIP's extra field: version 1, the stored name's CR
 # of its page's scripts only is shown (GBK and Korean's cp949 both read most two-byte names as
 # CJK ideographs: which is right, only a reader can tell), never trusted.
 CODE_PAGES = {
-    "gbk": ("CJK",),
-    "shift_jis": ("CJK", "HIRAGANA", "KATAKANA"),
+    "gbk": ("CJK", "IDEOGRAPHIC"),
+    "shift_jis": ("CJK", "IDEOGRAPHIC", "HIRAGANA", "KATAKANA"),
     "cp949": ("HANGUL", "CJK"),
-    "big5": ("CJK",),
+    "big5": ("CJK", "IDEOGRAPHIC"),
     "cp850": ("LATIN",),  # Western Europe's: ø, Á, ã, Õ, which cp437 lacks
     "cp866": ("CYRILLIC",),
     "cp1252": ("LATIN",),  # Windows' ANSI code page, which some zip tools write
@@ -144,11 +144,14 @@ def _doubtful(names: list[bytes]) -> tuple[str, str] | None:
     if len(scripts) > 1:
         names = ", ".join(sorted(s for s in scripts if s))
         return lone[0], f"and {len(lone) - 1} more are folders of one letter each, of {names}"
-    # A Chinese class of one character whose GBK reads as one accented Latin letter (猫 è, 牛 ţ):
-    # no language names a class so, where one-character classes are common in Chinese.
-    latin = [p for p in lone if _script(p) == "LATIN" and _in_scripts(_as_gbk(p), ("CJK",))]
-    if latin:
-        return latin[0], f"is a folder of one accented letter, which GBK reads {_as_gbk(latin[0])}"
+    # A Chinese character alone in a word (a class 猫, 01_猫, IMG_猫) whose GBK bytes read as one
+    # letter (è): no language writes a word so, where Chinese often does; an alphabet's letters
+    # (А, Б: classes of CoMNIST) read as no common Chinese character.
+    for part in parts:
+        for word in re.findall(r"[^\W\d_]+", part):
+            if len(word) == 1 and not word.isascii() and _common_char(_as_gbk(word), "gbk"):
+                what = "is one letter" if part == word else f"holds a word of one letter, {word!r},"
+                return part, f"{what} which GBK reads {_as_gbk(word)}"
     return None
 
 
@@ -157,25 +160,53 @@ def _as_gbk(name: str) -> str:
 
 
 def _in_scripts(text: str, scripts: tuple[str, ...]) -> bool:
-    """Whether every letter of `text` past ASCII is of `scripts` (by the first word of its
-    Unicode name), nothing in it is a symbol or a number past ASCII's digits (cp437's reading
-    of a code page's bytes has box-drawing and math signs, ╒ ╞ ≈ ³, among its letters), and,
-    for other scripts than Latin, no word mixes their letters with ASCII ones: GBK reads a
-    German Windows's Bär as B剅, Shift-JIS a French château as chテeau."""
+    """Whether every character of `text` past ASCII is a letter of `scripts` (by the first word
+    of its Unicode name: KATAKANA for ー too) or a digit, nothing a symbol or a mark of
+    punctuation (cp437's reading of a code page's bytes has box-drawing and math signs among its
+    letters, ╒ ╞ ≈ ³; Shift-JIS's of a Spanish camión a half-width ｢), but for the katakana
+    middle dot of Japanese names (ラーメン・餃子)."""
     for c in text:
-        if c.isascii():
+        if c.isascii() or c == "\u30fb":
             continue
         kind = unicodedata.category(c)
-        if kind[0] in "SC" or kind == "No":
+        if kind == "Nd":
+            continue
+        if kind[0] != "L" or re.split(r"[ -]", unicodedata.name(c, "?"))[0] not in scripts:
             return False
-        if kind[0] == "L" and unicodedata.name(c, "?").split()[0] not in scripts:
-            return False
-    if "LATIN" in scripts:
+    return True
+
+
+def _common(text: str, page: str) -> bool:
+    """Whether `text` reads as names in code page `page` do, not as a Western name's accented
+    letters do, each read with the ASCII letter after it as one character (Bär as B꼛 in
+    Korean's cp949, château as chフeau in Shift-JIS): no such character touches a lower-case
+    ASCII letter (Tシャツ and IMG_猫 do occur; chフeau does not), none is one of the page's
+    rare ones, and no Cyrillic word holds ASCII letters."""
+    if "LATIN" in CODE_PAGES[page]:
         return True
-    return not any(
-        not word.isascii() and any(c.isascii() for c in word)
-        for word in re.findall(r"[^\W\d_]+", text)
-    )
+    if page == "cp866":
+        words = re.findall(r"[^\W\d_]+", text)
+        return not any(not w.isascii() and any(c.isascii() for c in w) for w in words)
+    if re.search(r"[a-z][^\x00-\x7f]|[^\x00-\x7f][a-z]", text):
+        return False
+    return all(_common_char(c, page) for c in text if not c.isascii())
+
+
+def _common_char(c: str, page: str) -> bool:
+    """Whether `c` is one of the characters most names in `page` are made of: GB2312's in GBK,
+    KS X 1001's in cp949 (bytes B0-FD, A1-FE), JIS level 1 and kana in Shift-JIS."""
+    if page == "gbk":
+        try:
+            c.encode("gb2312")
+        except UnicodeEncodeError:
+            return False
+        return True
+    raw = c.encode(page)
+    if page == "cp949":
+        return len(raw) == 2 and raw[0] >= 0xA1 and raw[1] >= 0xA1
+    if page == "shift_jis":
+        return len(raw) == 2 and int.from_bytes(raw, "big") < 0x989F  # level 2 from here
+    return True
 
 
 def _latin_as_read(names: list[bytes]) -> bool:
@@ -235,7 +266,7 @@ def _read_as(names: list[bytes], page: str) -> str | None:
         readings = [raw.decode(page) for raw in names]
     except UnicodeDecodeError:
         return None
-    ok = all(_in_scripts(r, CODE_PAGES[page]) for r in readings)
+    ok = all(_in_scripts(r, CODE_PAGES[page]) and _common(r, page) for r in readings)
     return readings[0] if ok else None
 
 

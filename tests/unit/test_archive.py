@@ -671,14 +671,23 @@ def test_a_western_windows_s_names_read_as_cp437_are_not_warned_of_others_get_ea
     with caplog.at_level(logging.WARNING):
         list_files(german)
     assert "the first may read 'Hündin/0.jpg' in cp1252. If" in caplog.text
+    # Spanish and German words of a Windows (cp850): no CJK reading of their bytes is taken
+    # for one (Shift-JIS reads camión as cami｢n, Korean's cp949 Bär as B꼛, Öl as a rare kanji).
+    words = ["camión", "niño", "música", "Ñandú", "Tür", "Bücher", "Öl", "Åland", "éléphant"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        read = list_files(
+            _unflagged_zip(tmp_path / "es.zip", [f"{w}/0.jpg" for w in words], "cp850")
+        )
+    assert sorted(read) == sorted(f"{w}/0.jpg" for w in words) and not caplog.text
     # Japanese (Shift-JIS): kana and kanji that cp437 reads as Latin letters (ネコ âlâR, 猫 öL)
-    # are warned of, with the Japanese reading among those shown.
-    for name in ("ねこ", "ネコ", "猫"):
+    # are warned of, with the Japanese reading first; a word with a Latin capital or ー too.
+    for name in ("ねこ", "ネコ", "猫", "Tシャツ", "ケーキ", "人々", "01_ネコ"):
         caplog.clear()
         japanese = _unflagged_zip(tmp_path / "jp.zip", [f"{name}/0.jpg"], "shift_jis")
         with caplog.at_level(logging.WARNING):
             list_files(japanese)
-        assert f"'{name}/0.jpg' in shift_jis" in caplog.text, caplog.text
+        assert f"the first may read '{name}/0.jpg' in shift_jis" in caplog.text, caplog.text
 
 
 def test_a_chinese_class_of_one_character_read_as_one_accented_letter_is_warned_of(
@@ -688,8 +697,14 @@ def test_a_chinese_class_of_one_character_read_as_one_accented_letter_is_warned_
     windows = _unflagged_zip(tmp_path / "pets.zip", ("猫/1.jpg", "dog/2.jpg"), "gbk")
     with caplog.at_level(logging.WARNING):
         assert list_files(windows) == ["dog/2.jpg", "è/1.jpg"]
-    assert "of which 'è' is a folder of one accented letter, which GBK reads 猫" in caplog.text
+    assert "of which 'è' is one letter which GBK reads 猫" in caplog.text
     assert "the first may read '猫/1.jpg' in gbk" in caplog.text
+    # The same character in a word of its own within a name: a numbered class, a photo's name.
+    for name in ("01_猫/1.jpg", "cats/IMG_猫.jpg"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            list_files(_unflagged_zip(tmp_path / "n.zip", [name], "gbk"))
+        assert "holds a word of one letter, 'è', which GBK reads 猫" in caplog.text, name
 
 
 def test_the_utf8_name_a_zip_keeps_beside_its_code_page_s_is_read(tmp_path: Path) -> None:
