@@ -52,7 +52,7 @@ from visionpipe.archive_members import (
     warn_hidden_folders,
 )
 from visionpipe.fsutil import DiskFullError, atomic_path, free_bytes, size_text
-from visionpipe.images import Unread, is_image_name
+from visionpipe.images import Unread
 from visionpipe.zip_names import ZipNames
 
 log = logging.getLogger(__name__)
@@ -393,7 +393,7 @@ def _open_zip(source: Path) -> Iterator[Opened]:
                     refuse(source, info.filename, f"symlink target of {info.file_size} bytes")
                 links[name] = _read_zip_member(source, zf, info).decode("utf-8", "replace")
             elif fmt in (0, stat.S_IFREG):
-                if _too_large(name, info.file_size):
+                if _too_large(info.file_size):
                     too_large.append(name)
                 files[name] = info
             elif fmt == stat.S_IFDIR:
@@ -414,10 +414,11 @@ def _open_zip(source: Path) -> Iterator[Opened]:
         )
 
 
-def _too_large(member: str, size: int) -> bool:
-    """Whether an image member unpacks to more than MAX_MEMBER_BYTES (other members are never
-    read): left unread, an undecodable image, not the whole archive refused."""
-    return size > MAX_MEMBER_BYTES and is_image_name(member)
+def _too_large(size: int) -> bool:
+    """Whether a member unpacks to more than MAX_MEMBER_BYTES: left unread, an undecodable
+    image where an image's name (its own, or a link's to it) has it read, not the whole
+    archive refused."""
+    return size > MAX_MEMBER_BYTES
 
 
 def _left_unread(opened: Opened, too_large: list[str]) -> Opened:
@@ -507,7 +508,7 @@ def _open_tar(source: Path) -> Iterator[Opened]:
             if not name or member.isdir():
                 folders += [name] if name else []
                 continue
-            if member.isreg() and _too_large(name, member.size):
+            if member.isreg() and _too_large(member.size):
                 too_large.append(name)
             if member.isreg():
                 files[name] = member

@@ -76,14 +76,14 @@ PRELOAD = (
     "PIL.ImageDraw",
     "PIL.ImageFont",
     "PIL.PngImagePlugin",
-    # ... and export's torch.export, its decompositions and the parity check's onnxruntime.
+    # ... and export's torch.export and its decompositions. Not onnxruntime (the parity check's):
+    # its import starts a native thread, which a forked stage would lack.
     "torch.export._trace",
     "torch._functorch.aot_autograd",
     "torch._export.serde.serialize",
     "torch.onnx._internal.exporter._compat",
     "torch.fx.experimental.validator",
     "sympy.combinatorics",
-    "onnxruntime",
 )
 # Environment variables read when those modules load: a warm process serves only the values it
 # was started with.
