@@ -439,6 +439,7 @@ class Service:
         self.requests = 0
         self.refused = 0  # prediction requests answered with a 4xx
         self.in_flight = 0  # requests being read or answered
+        self.stopped_by: tuple[int, float] | None = None  # the first stop signal, and when
         self.stopping = False
 
     async def track(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -675,16 +676,25 @@ async def run_server(service: Service) -> None:
         await runner.cleanup()
 
 
+SAME_SIGNAL_S = 1.0  # a second like signal sooner is the first one, passed on by a launcher
+
+
 def _on_stop_signal(stop: asyncio.Event, service: Service, sig: signal.Signals) -> None:
     """The first stop signal: answer the requests in progress, then exit, saying so (it takes
     up to SHUTDOWN_S and the decodes begun). A second: exit now, as one who presses Ctrl-C
     again means; the requests still in progress get no answer."""
     key = "Ctrl-C" if sig == signal.SIGINT else sig.name
+    first = service.stopped_by
+    if first is not None and first[0] == sig and time.monotonic() - first[1] < SAME_SIGNAL_S:
+        # One signal to the process group (systemd, `timeout`, a supervisor) reaches this
+        # process twice when a launcher (`uv run`) passes it on: one stop, not two.
+        return
     if stop.is_set():
         unanswered = counted(service.in_flight, "request")
         log.warning("%s again: stopping now, %s unanswered", key, unanswered)
         os._exit(128 + sig)
     stop.set()
+    service.stopped_by = (sig, time.monotonic())
     if service.in_flight:
         answered = f"answering the {counted(service.in_flight, 'request')} in progress first"
         log.warning(

@@ -71,6 +71,9 @@ def test_a_notebook_in_a_subfolder_reads_the_projects_splits_and_model(
     from visionpipe.config.train import TrainConfig
 
     assert load_section("train", TrainConfig).lr == 0.02
+    # A stray params.yaml in the subfolder (`dvc exp run` run there leaves one) is not it.
+    (notebooks / "params.yaml").write_text("train: {lr: 0.5}\n")
+    assert load_section("train", TrainConfig).lr == 0.02
 
 
 def test_the_library_s_calls_take_what_a_notebook_passes_or_say_what_they_take(

@@ -196,11 +196,14 @@ def _refuse_missing(schema: type[BaseModel], raw: dict[str, Any], origin: str) -
 
 
 def read(path: Path | str = DEFAULT_PARAMS) -> Any:
-    """params.yaml as parsed YAML: here, or in the project this folder is inside (a notebook
-    in the project's notebooks/)."""
-    from visionpipe.paths import in_project
+    """params.yaml as parsed YAML; the default one is the project's, found from a folder inside
+    it too (a notebook in the project's notebooks/), before any stray one here (`dvc exp run`
+    run in a subfolder leaves one there)."""
+    from visionpipe.paths import project_root
 
-    path = in_project(path)
+    path = Path(path)
+    if path == DEFAULT_PARAMS and (root := project_root()) is not None:
+        path = root / DEFAULT_PARAMS
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
