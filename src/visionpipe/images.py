@@ -379,9 +379,10 @@ def _decode_with_pillow(data: bytes, name: str, size: int | None) -> Image.Image
     except Image.DecompressionBombError as exc:
         raise BadImageError(name, _bomb_reason(exc)) from None
     except ValueError as exc:
-        # A PNG whose text (an editor's XMP history) unpacks past Pillow's limit on text: the
-        # pixels are fine, the text unused.
-        if "MAX_TEXT_CHUNK" in str(exc) and (plain := _without_png_text(data)) != data:
+        # A PNG whose text (an editor's XMP history) or colour profile unpacks past Pillow's
+        # limits on them: the pixels are fine, the text and the profile unused.
+        limit = "MAX_TEXT_CHUNK" in str(exc) or "MAX_TEXT_MEMORY" in str(exc)
+        if limit and (plain := _without_png_text(data)) != data:
             return _decode_with_pillow(plain, name, size)
         raise BadImageError(name, f"cannot decode: {str(exc).strip()}") from None
     except (OSError, SyntaxError, RuntimeError) as exc:
@@ -391,12 +392,12 @@ def _decode_with_pillow(data: bytes, name: str, size: int | None) -> Image.Image
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt", b"iCCP")  # and the profile, never applied
 
 
 def _without_png_text(data: bytes) -> bytes:
-    """A PNG's bytes without its text chunks (each chunk carries its own CRC: the others stay
-    valid); other data as it is."""
+    """A PNG's bytes without its text chunks and colour profile (each chunk carries its own
+    CRC: the others stay valid); other data as it is."""
     if not data.startswith(PNG_SIGNATURE):
         return data
     kept, at = [PNG_SIGNATURE], len(PNG_SIGNATURE)

@@ -514,3 +514,24 @@ def test_decoding_in_a_thread_leaves_the_process_s_warning_filters_alone() -> No
     with images._no_bomb_warning():  # the main thread's own decodes are quiet
         assert warnings.filters != before
     assert warnings.filters == before
+
+
+def test_a_png_whose_colour_profile_or_many_texts_pass_pillow_s_limits_gives_its_pixels() -> None:
+    # A printer's ICC profile can unpack past 1 MB; many text chunks past 64 MB in all.
+    from PIL import PngImagePlugin
+
+    pixels = Image.new("RGB", (10, 12), (200, 30, 90))
+    plain = io.BytesIO()
+    pixels.save(plain, "PNG")
+    profiled = io.BytesIO()
+    pixels.save(profiled, "PNG", icc_profile=bytes(2 * PngImagePlugin.MAX_TEXT_CHUNK))
+    many = PngImagePlugin.PngInfo()
+    for i in range(PngImagePlugin.MAX_TEXT_MEMORY // PngImagePlugin.MAX_TEXT_CHUNK + 1):
+        many.add_itxt(f"k{i}", "x" * (PngImagePlugin.MAX_TEXT_CHUNK - 16), zip=True)
+    texts = io.BytesIO()
+    pixels.save(texts, "PNG", pnginfo=many)
+    want = load_array(plain.getvalue(), "plain.png", 8)
+    for data in (profiled.getvalue(), texts.getvalue()):
+        with pytest.raises(ValueError, match="MAX_TEXT"):
+            Image.open(io.BytesIO(data)).load()
+        assert np.array_equal(load_array(data, "big.png", 8), want)
