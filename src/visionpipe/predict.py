@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -406,9 +406,9 @@ def _write_outputs(
             written = False
     for flag, dest in for_streams:  # a file name not UTF-8 keeps its escaped bytes, as in a file
         fd = 1 if dest == STDOUT else streams.standard_stream(dest) or 1
-        text = _output_text(preds, labels, topk, flag)
-        if os.isatty(fd):  # a name's escape sequences would act on the terminal, not show
-            text = "\n".join(map(one_line, text.split("\n")))
+        # On a terminal a name's control characters would act on it (an escape sequence, a
+        # newline splitting the row), not show: escaped there, as in the table.
+        text = _output_text(preds, labels, topk, flag, os.isatty(fd))
         streams.write_stream(fd, text.encode("utf-8", "backslashreplace"))
     return written
 
@@ -444,12 +444,15 @@ def _unwritable(dest: Path, exc: OSError) -> str:
 STDOUT = Path("-")  # `--json -`, `--csv -`: standard output, as curl -o - and tar -f - take it
 
 
-def _output_text(preds: list[Prediction], labels: dict[str, str], topk: int, flag: str) -> str:
-    """What --json or --csv writes, as text."""
+def _output_text(
+    preds: list[Prediction], labels: dict[str, str], topk: int, flag: str, shown: bool = False
+) -> str:
+    """What --json or --csv writes, as text; `shown`: on a terminal (JSON escapes control
+    characters itself, CSV does not)."""
     if flag == "--json":
         return json_pretty(_records(preds, labels))
     out = io.StringIO()
-    _csv_rows(out, preds, topk, labels)
+    _csv_rows(out, preds, topk, labels, one_line if shown else str)
     return out.getvalue()
 
 
@@ -460,7 +463,13 @@ def write_csv(
         _csv_rows(f, preds, topk, labels or {})
 
 
-def _csv_rows(f: Any, preds: list[Prediction], topk: int, labels: dict[str, str]) -> None:
+def _csv_rows(
+    f: Any,
+    preds: list[Prediction],
+    topk: int,
+    labels: dict[str, str],
+    name: Callable[[str], str] = str,
+) -> None:
     w = CsvRows(f)
     header = ["file"]
     for i in range(1, topk + 1):
@@ -469,7 +478,9 @@ def _csv_rows(f: Any, preds: list[Prediction], topk: int, labels: dict[str, str]
     for p in preds:
         # A name that is not UTF-8 (Python holds its bytes escaped) gets U+FFFD for those
         # bytes, as a terminal shows it: the CSV stays UTF-8; the JSON keeps the exact name.
-        row: list[Any] = [p.file.encode("utf-8", "surrogateescape").decode("utf-8", "replace")]
+        row: list[Any] = [
+            name(p.file.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+        ]
         for i in range(topk):
             t = p.top[i] if i < len(p.top) else {"class": "", "probability": ""}
             row += [t["class"], t["probability"]]

@@ -792,11 +792,14 @@ def test_csv_to_a_terminal_shows_a_name_s_escape_sequences_escaped(
     # A zip's `\x1b]0;title\x07.png` would retitle the terminal, or worse, if written raw.
     name = "evil\x1b]0;PWNED\x07.png"
     Image.new("RGB", (20, 20), "red").save(tmp_path / name, "PNG")
+    Image.new("RGB", (20, 20), "red").save(tmp_path / "new\nline.png", "PNG")
     model = ["--model", str(exported_model / "model.onnx")]
     monkeypatch.setattr(os, "isatty", lambda fd: fd == 1)
     assert main(["predict", str(tmp_path / name), *model, "--csv", "-"]) == 0
     shown = capfd.readouterr().out
     assert "\x1b" not in shown and "evil\\x1b]0;PWNED\\x07.png," in shown, shown
+    assert main(["predict", str(tmp_path / "new\nline.png"), *model, "--csv", "-"]) == 0
+    assert len(capfd.readouterr().out.splitlines()) == 2  # the header, and the row on one line
     monkeypatch.setattr(os, "isatty", lambda fd: False)  # to a file or pipe: the name as it is
     assert main(["predict", str(tmp_path / name), *model, "--csv", "-"]) == 0
     assert "evil\x1b]0;PWNED\x07.png," in capfd.readouterr().out
