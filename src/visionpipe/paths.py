@@ -143,8 +143,8 @@ def _chain_end(link: Path) -> str | None:
     return target if len(seen) > 1 else os.readlink(link)
 
 
-# What the stages write (and train's checkpoints), which DVC records or resumes from; not
-# predictions/, whose files a user may add beside the stage's.
+# What the stages write (and train's checkpoints), which DVC records or resumes from, and the
+# pipeline's code and config; not predictions/, whose files a user may add beside the stage's.
 PIPELINE_OUTPUTS = (
     MODEL,
     ONNX_MODEL,
@@ -153,7 +153,12 @@ PIPELINE_OUTPUTS = (
     Path("dvclive"),
     Path("logs"),
     CHECKPOINT_DIR,
+    Path("conf"),
+    Path("src"),
+    Path("stages"),
 )
+# What any DVC project keeps of itself: its pipeline, lock, params, DVC's and git's folders.
+PROJECT_RECORDS = (Path("dvc.yaml"), DVC_LOCK, PARAMS, Path(".dvc"), Path(".git"))
 
 
 def pipeline_output(path: Path) -> bool:
@@ -164,9 +169,9 @@ def pipeline_output(path: Path) -> bool:
 
 
 def pipeline_file(path: Path) -> bool:
-    """`pipeline_output`, or a DVC project's record of its pipeline: dvc.yaml, dvc.lock and
-    params.yaml, which an output written over would leave DVC unable to read."""
-    return pipeline_output(path) or _under(path, (Path("dvc.yaml"), DVC_LOCK, PARAMS))
+    """`pipeline_output`, or one of a DVC project's PROJECT_RECORDS, which an output written over
+    would leave DVC or git unable to read."""
+    return pipeline_output(path) or _under(path, PROJECT_RECORDS)
 
 
 def _under(path: Path, names: tuple[Path, ...], pipeline_only: bool = False) -> bool:

@@ -945,13 +945,13 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
         (["--csv", str(model)], f"--csv {model} names the model predicting"),
         (
             ["--json", "../models/model.pt"],
-            "--json ../models/model.pt names a file of the pipeline's",
+            "--json ../models/model.pt names a file of the project's own",
         ),
-        (["--json", "mp.json"], "--json mp.json names a file of the pipeline's (a model"),
+        (["--json", "mp.json"], "--json mp.json names a file of the project's own (models"),
     ]
     (project / "data" / "processed").mkdir(parents=True)
     (project / "notes" / "dlink").symlink_to(project / "data")  # a folder's link: that folder
-    cases.append((["--csv", "dlink/processed/x.csv"], "names a file of the pipeline's"))
+    cases.append((["--csv", "dlink/processed/x.csv"], "names a file of the project's own"))
     # A file DVC links into its cache (cache.type symlink) is the pipeline's by its place.
     cached = project / ".dvc" / "cache" / "files" / "md5" / "ab" / ("c" * 30)
     cached.parent.mkdir(parents=True)
@@ -969,13 +969,15 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
     )
     # The project's own records, and its raw data and samples.
     records = ("dvc.lock", "params.yaml", "data/raw/source.json", "data/samples/x.png")
-    for name in (*records, "metrics/train.json", "dvclive/train/metrics.json", "logs/x.csv"):
+    outputs = ("metrics/train.json", "dvclive/train/metrics.json", "logs/x.csv")
+    code = ("conf/config.yaml", "stages/train.py", ".dvc/config", ".git/config")
+    for name in (*records, *outputs, *code):
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         (project / name).write_text("kept")
         flag = "--grid" if name.endswith(".png") else "--json"
         caplog.clear()
         assert main(["predict", str(DOG_PNG), flag, f"../{name}"]) == 2, name
-        assert f"{flag} ../{name} names a file of the pipeline's" in caplog.text
+        assert f"{flag} ../{name} names a file of the project's own" in caplog.text
         assert (project / name).read_text() == "kept"
     # Outside any project, a data/processed/ is another project's own (a cookiecutter layout).
     other = tmp_path / "other"
@@ -987,7 +989,7 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
     for out in ("models/model.pt", "data/processed/meta.json", "dvc.lock"):
         caplog.clear()
         assert main([*args[:-1], str(project / out)]) == 2, out
-        assert "names a file of the pipeline's" in caplog.text
+        assert "names a file of the project's own" in caplog.text
     # So is another DVC project's dvc.lock; its data/ and models/ are its own (it has no stages
     # of this pipeline: it imports the model, say).
     (other / "dvc.yaml").write_text("stages: {}\n")
