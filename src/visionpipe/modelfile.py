@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pickle
 import re
+import threading
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -83,7 +85,7 @@ def load_model(
     """Load a model.pt (weights_only) and rebuild the model it describes, in eval mode."""
     path = paths.require(Path(path), "train")
     try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
+        blob = _torch_load(path, map_location)
     except (RuntimeError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as exc:
         raise _not_a_model(path, exc) from None
     if not (isinstance(blob, dict) and {"state_dict", "meta"} <= blob.keys()):
@@ -103,10 +105,24 @@ def load_model(
     return model.eval(), info
 
 
+def _torch_load(path: Path, map_location: str | torch.device) -> Any:
+    """torch.load, weights only; in the main thread without torch's warnings on a file it then
+    refuses (a foreign pickle's protocol), which the refusal naming the file says better.
+    catch_warnings swaps the process's filters: other threads leave them alone."""
+    if threading.current_thread() is not threading.main_thread():
+        return torch.load(path, map_location=map_location, weights_only=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def _reason(exc: BaseException) -> str:
-    # torch.load's and load_state_dict's errors span many lines, in terminal bold here and there.
+    # torch.load's and load_state_dict's errors span many lines, in terminal bold here and there,
+    # and go on after their first sentence with advice (load with weights_only=False) that the
+    # refusal is there to keep from being taken.
     text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split())
-    return f"{type(exc).__name__}: {text[:200]}"
+    first = re.split(r"(?<=\.)\s+(?=[A-Z])", text, maxsplit=1)[0].rstrip(".")
+    return f"{type(exc).__name__}: {first[:200]}"
 
 
 def _not_a_model(path: Path, exc: BaseException) -> ModelFileError:

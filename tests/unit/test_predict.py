@@ -555,6 +555,21 @@ def test_the_torch_backend_names_a_bad_model_file_too(
     # Not torch's words on unpickling it, which end in advice to load it unsafely.
     assert f"{bad}: not a PyTorch file (torch.save writes a zip archive" in caplog.text
     assert "weights_only" not in caplog.text
+    # A plain pickle, and a model.pt cut short: torch's first sentence, not its advice, and not
+    # its warning on the pickle's protocol.
+    import pickle
+    import warnings
+
+    pickled, cut = tmp_path / "pick.pt", tmp_path / "cut.pt"
+    pickled.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    cut.write_bytes((exported_model / "model.pt").read_bytes()[:1000])
+    for path, said in ((pickled, "Weights only load failed)"), (cut, "failed finding central")):
+        caplog.clear()
+        with warnings.catch_warnings(record=True) as shown:
+            warnings.simplefilter("always")
+            assert main(["predict", str(image), "--backend", "torch", "--model", str(path)]) == 2
+        assert said in caplog.text and "weights_only" not in caplog.text, caplog.text
+        assert "likelihood" not in caplog.text and not shown, [str(w.message) for w in shown]
 
 
 @pytest.mark.parametrize("change", ["layers", "arch"])
