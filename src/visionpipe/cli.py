@@ -292,14 +292,15 @@ def _kept_path(override: str, fixed: str) -> tuple[str, bool] | None:
     override keeping them, quoted, and whether that path exists; None for other keys, or where
     the half-width path is the one that exists."""
     key, _, value = fixed.partition("=")
-    if key not in PATH_KEYS:
+    if key not in PATH_KEYS or value.startswith("["):  # a list's items are quoted one by one
         return None
     typed = re.split(r"\s*[=＝]\s*", override.strip(), maxsplit=1)[-1]
-    typed = "".join(c for c in typed if c not in "'\"‘’“”")  # the quotes are the typing's
+    typed = typed.strip("'\"‘’“”")  # the quotes around it are the typing's, not the path's
     half = value.strip("'\"")
     if typed == half or Path(half).expanduser().exists():
         return None
-    return f"{key}='{typed}'", Path(typed).expanduser().exists()
+    quoted = f'"{typed}"' if "'" in typed else f"'{typed}'"
+    return f"{key}={quoted}", Path(typed).expanduser().exists()
 
 
 def _full_width_form(c: str) -> bool:

@@ -36,6 +36,10 @@ def to_input(
     One copy converts the dtype and the layout together (not a float copy, then a
     channels_last copy of it), and the division is done in that copy.
     """
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(
+            f"to_input takes a torch tensor, not a {type(images).__name__}: torch.from_numpy(array)"
+        )
     if images.dtype != torch.uint8:  # a float tensor would come back divided again, in place
         raise TypeError(
             f"to_input takes uint8 pixels (0-255, as images.load_array gives), not {images.dtype}:"

@@ -124,10 +124,13 @@ def predict_files(
     files: Iterable[str | Path], backend: Backend, topk: int = 3, batch_size: int = 64
 ) -> list[Prediction]:
     """Top-k predictions per file, in input order; undecodable files get an error entry."""
-    if isinstance(files, (str, Path)):  # a str would be predicted one character at a time
-        raise TypeError(f"predict_files takes a list of files, not one: [{str(files)!r}]")
-    if topk < 1 or batch_size < 1:
-        raise ValueError(f"topk and batch_size must be at least 1, not {topk} and {batch_size}")
+    if isinstance(files, (str, bytes, Path)):  # a str would be predicted a character at a time
+        raise TypeError(f"predict_files takes a list of files, not one: [{files!r}]")
+    numbers = (topk, batch_size)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in numbers):
+        raise ValueError(
+            f"topk and batch_size must be whole numbers of at least 1, not {topk} and {batch_size}"
+        )
     files = list(files)
     k = min(topk, len(backend.classes))
     results: list[Prediction] = []

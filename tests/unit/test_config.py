@@ -394,6 +394,15 @@ def test_full_width_characters_an_input_method_typed_are_named_with_what_to_type
     assert main(["params", f"data.source={trip}"]) == 2
     said = capsys.readouterr().err.rstrip()
     assert said.endswith(f"The path exists so: quote it, data.source='{trip}'"), said
+    # An apostrophe in it is kept, the path then in double quotes; a list gets no quoting advice
+    # (its items are quoted one by one).
+    its = conf_copy / "it's（１）"
+    its.mkdir()
+    assert main(["params", f"data.source={its}"]) == 2
+    said = capsys.readouterr().err.rstrip()
+    assert said.endswith(f'The path exists so: quote it, data.source="{its}"'), said
+    assert main(["params", f"predict.inputs=[{trip}]"]) == 2
+    assert "quote it" not in capsys.readouterr().err
     # A full-width space inside a quoted path is a name, and no error.
     assert main(["params", "data.source='/tmp/我的\u3000项目'"]) == 0
     # An ASCII space before `=` (quoted, or from a script) is named, not the quoting advice.

@@ -93,7 +93,9 @@ def test_the_library_s_calls_take_what_a_notebook_passes_or_say_what_they_take(
         assert [len(p.top) for p in got] == [1, 1]
     with pytest.raises(TypeError, match="predict_files takes a list of files, not one"):
         predict_files(str(photo), backend)
-    with pytest.raises(ValueError, match="topk and batch_size must be at least 1, not 0 and 64"):
+    with pytest.raises(
+        ValueError, match="topk and batch_size must be whole numbers of at least 1, not 0 and 64"
+    ):
         predict_files([photo], backend, topk=0)
     assert predict_files(["a\0b.png"], backend)[0].error == "cannot read: embedded null byte"
     with pytest.raises(TypeError, match="take an image file's bytes, not a PngImageFile"):
@@ -103,6 +105,13 @@ def test_the_library_s_calls_take_what_a_notebook_passes_or_say_what_they_take(
         from visionpipe.models import to_input
 
         to_input(torch.from_numpy(np.zeros((1, 3, 8, 8), np.float32)))
+    with pytest.raises(TypeError, match="to_input takes a torch tensor, not a ndarray"):
+        to_input(np.zeros((1, 3, 8, 8), np.uint8))
+    with pytest.raises(TypeError, match="predict_files takes a list of files, not one"):
+        predict_files(str(photo).encode(), backend)
+    for topk in (2.5, True):
+        with pytest.raises(ValueError, match="whole numbers of at least 1"):
+            predict_files([photo], backend, topk=topk)
     with pytest.raises(ValueError, match="activation is 'none' or 'relu', not 'gelu'"):
         tutorial_cnn(3, 32, activation="gelu")
 
