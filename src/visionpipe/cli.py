@@ -253,6 +253,10 @@ def _compose_error(exc: Exception, overrides: list[str]) -> str:
     if (wide := _full_width(named)) is not None:
         return f"{message}\n{wide}"
     if "missing EQUAL at '<EOF>'" in text and (bare := [o for o in named if "=" not in o]):
+        at = overrides.index(bare[0])
+        if at and overrides[at - 1].endswith("="):  # `train.lr= 0.1`: the shell made two words
+            joined = overrides[at - 1] + bare[0]
+            return f"{message}\n{overrides[at - 1]!r} and {bare[0]!r} are one override: {joined}"
         return (
             f"{message}\n{bare[0]!r} has no '=': give key=value, e.g. train.lr=0.01 or recipe=fast"
         )
@@ -611,7 +615,8 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:  # the command's usage, not the top one's (argparse's own would show that)
-            command = getattr(args, "parser", parser)
+            before = argv[: argv.index(args.command)] if args.command in argv else []
+            command = parser if extra[0] in before else getattr(args, "parser", parser)
             command.error(f"unrecognized arguments: {' '.join(extra)}")
         return args
     except SystemExit as exc:

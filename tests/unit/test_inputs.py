@@ -338,6 +338,10 @@ def test_an_unknown_option_after_a_command_shows_that_command_s_usage(
     err = capsys.readouterr().err
     assert exc.value.code == 2
     assert err.startswith("usage: visionpipe predict") and "unrecognized arguments: -q" in err
+    with pytest.raises(SystemExit):  # before the command: the top one's
+        main(["--bogus", "predict", "x.png"])
+    err = capsys.readouterr().err
+    assert err.startswith("usage: visionpipe [-h]") and "unrecognized arguments: --bogus" in err
     for command, said in (("serve", "Exit status: 0 once stopped"), ("params", "Exit status: 0")):
         with pytest.raises(SystemExit):
             main([command, "--help"])
