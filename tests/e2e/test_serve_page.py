@@ -154,7 +154,7 @@ def test_photos_chosen_or_dropped_on_the_page_get_the_api_answer(
     if not diverged:
         assert shown[0][1][0][0] == "frog"  # brightest in blue: the third class
     assert ("n/a" in str(shown)) == diverged  # the null probabilities, not "0.0%" or "NaN%"
-    assert error == "error: x.png: not a recognised image format", error
+    assert error == "error: x.png: not a recognised image format; nothing was classified", error
     assert said == "2 images classified, newest at the top" and focused == "file", (said, focused)
 
 
