@@ -262,11 +262,16 @@ def _report_failures(
         )  # fmt: skip
     if hard := len(failed) - passed_over:
         # Named here, on stderr, too: the table's ERROR lines may have gone to a file or a pipe.
-        named = [f"{one_line(p.file)} ({p.error})" for p in failed if p.file not in skipped]
+        named = [f"{_shown(p.file)} ({p.error})" for p in failed if p.file not in skipped]
         more = f", and {hard - FAILED_NAMED} more" if hard > FAILED_NAMED else ""
         shown = "; ".join(named[:FAILED_NAMED]) + more
         log.error("%d of %d inputs failed: %s; %s", hard, len(preds), shown, fix)
     return hard
+
+
+def _shown(file: str) -> str:
+    """A file name on one line; an empty argument as ''."""
+    return one_line(file) or "''"
 
 
 FAILED_NAMED = 3  # failed inputs named in the summary line; the table names every one
@@ -547,7 +552,7 @@ def _grid_caption(p: Prediction, label: str | None) -> list[Line]:
 def format_table(preds: list[Prediction], skipped: set[str] | frozenset[str] = frozenset()) -> str:
     lines = []
     for p in preds:
-        name = one_line(p.file)  # the table's one line per file
+        name = _shown(p.file)  # the table's one line per file
         if p.error:
             lines.append(f"{name}: {'SKIPPED' if p.file in skipped else 'ERROR'} {p.error}")
         else:
