@@ -37,7 +37,10 @@ CODE_PAGES = {
     "big5": ("CJK", "IDEOGRAPHIC"),
     "cp850": ("LATIN",),  # Western Europe's: ø, Á, ã, Õ, which cp437 lacks
     "cp866": ("CYRILLIC",),
-    "cp1252": ("LATIN",),  # Windows' ANSI code page, which some zip tools write
+    # The ANSI code pages, which some zip tools write, then Central Europe's (ł, ś, č, ő).
+    "cp1251": ("CYRILLIC",),
+    "cp1252": ("LATIN",),
+    "cp852": ("LATIN",),
 }
 
 
@@ -144,14 +147,14 @@ def _doubtful(names: list[bytes]) -> tuple[str, str] | None:
     if len(scripts) > 1:
         names = ", ".join(sorted(s for s in scripts if s))
         return lone[0], f"and {len(lone) - 1} more are folders of one letter each, of {names}"
-    # A Chinese character alone in a word (a class 猫, 01_猫, IMG_猫) whose GBK bytes read as one
-    # letter (è): no language writes a word so, where Chinese often does; an alphabet's letters
-    # (А, Б: classes of CoMNIST) read as no common Chinese character.
-    for part in parts:
-        for word in re.findall(r"[^\W\d_]+", part):
-            if len(word) == 1 and not word.isascii() and _common_char(_as_gbk(word), "gbk"):
-                what = "is one letter" if part == word else f"holds a word of one letter, {word!r},"
-                return part, f"{what} which GBK reads {_as_gbk(word)}"
+    # A Chinese class of one character (猫/, 01_猫/) whose GBK bytes read as one letter (è):
+    # one such folder, or several with a letter past Latin-1 (牛 reads ţ). A Swedish å/ ä/ ö/ and
+    # an alphabet's А/ Б/ (which read as no common Chinese character) are letters indeed.
+    lone = [p for p in parts if len(re.findall(r"[^\W\d_]", p)) == 1]
+    letters = {c for p in lone for c in re.findall(r"[^\W\d_]", p)}
+    chinese = all(_common_char(_as_gbk(c), "gbk") for c in letters)
+    if lone and chinese and (len(letters) == 1 or any(ord(c) > 0xFF for c in letters)):
+        return lone[0], f"is a name of one letter, which GBK reads {_as_gbk(lone[0])}"
     return None
 
 
@@ -166,7 +169,7 @@ def _in_scripts(text: str, scripts: tuple[str, ...]) -> bool:
     letters, ╒ ╞ ≈ ³; Shift-JIS's of a Spanish camión a half-width ｢), but for the katakana
     middle dot of Japanese names (ラーメン・餃子)."""
     for c in text:
-        if c.isascii() or c == "\u30fb":
+        if c.isascii() or c == "\u30fb" or _cjk_punctuation(c, scripts):
             continue
         kind = unicodedata.category(c)
         if kind == "Nd":
@@ -174,6 +177,13 @@ def _in_scripts(text: str, scripts: tuple[str, ...]) -> bool:
         if kind[0] != "L" or re.split(r"[ -]", unicodedata.name(c, "?"))[0] not in scripts:
             return False
     return True
+
+
+def _cjk_punctuation(c: str, scripts: tuple[str, ...]) -> bool:
+    """Whether `c` is the punctuation a CJK name holds (【1】, （1）, 、): CJK symbols and
+    punctuation, or a full-width form; not a half-width one (Shift-JIS's reading of a Spanish
+    camión's ó)."""
+    return "CJK" in scripts and ("\u3000" <= c <= "\u303f" or "\uff01" <= c <= "\uff5e")
 
 
 def _common(text: str, page: str) -> bool:
@@ -184,12 +194,15 @@ def _common(text: str, page: str) -> bool:
     rare ones, and no Cyrillic word holds ASCII letters."""
     if "LATIN" in CODE_PAGES[page]:
         return True
-    if page == "cp866":
+    if CODE_PAGES[page] == ("CYRILLIC",):
         words = re.findall(r"[^\W\d_]+", text)
         return not any(not w.isascii() and any(c.isascii() for c in w) for w in words)
     if re.search(r"[a-z][^\x00-\x7f]|[^\x00-\x7f][a-z]", text):
         return False
-    return all(_common_char(c, page) for c in text if not c.isascii())
+    # Most of its letters common ones (a name may hold a rare character, 喆, 똠): a Western
+    # name's few accented letters read as rare ones, or as punctuation alone.
+    letters = [c for c in text if unicodedata.category(c)[0] == "L" and not c.isascii()]
+    return 2 * sum(_common_char(c, page) for c in letters) > len(letters)
 
 
 def _common_char(c: str, page: str) -> bool:
@@ -206,6 +219,8 @@ def _common_char(c: str, page: str) -> bool:
         return len(raw) == 2 and raw[0] >= 0xA1 and raw[1] >= 0xA1
     if page == "shift_jis":
         return len(raw) == 2 and int.from_bytes(raw, "big") < 0x989F  # level 2 from here
+    if page == "big5":
+        return len(raw) == 2 and 0xA440 <= int.from_bytes(raw, "big") < 0xC67F  # frequent ones
     return True
 
 
@@ -237,7 +252,14 @@ def _script(c: str) -> str | None:
 def _other_reading(source: Path, names: list[bytes]) -> str:
     """The names in each code page that reads them all as letters of its scripts, with the
     command that unpacks the zip in the first; or the plain advice where none does."""
-    readings = [(page, r) for page in CODE_PAGES if (r := _read_as(names, page)) is not None]
+    # A reading that is the name as read already (cp850's of a Japanese name is cp437's) adds
+    # nothing.
+    as_read = {names[0].decode("cp437"), names[0].decode("utf-8", "replace")}
+    readings = [
+        (page, r)
+        for page in CODE_PAGES
+        if (r := _read_as(names, page)) is not None and r not in as_read
+    ]
     if not readings:
         return (
             ": unpack it with its maker's code page and set data.source to the folder, or"
