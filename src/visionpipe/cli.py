@@ -8,6 +8,7 @@ and no command but `serve` imports the HTTP server.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
@@ -252,11 +253,12 @@ def _compose_error(exc: Exception, overrides: list[str]) -> str:
     ]
     if (wide := _full_width(named)) is not None:
         return f"{message}\n{wide}"
+    # `train.lr= 0.1`: the shell made two words of it (Hydra's error depends on the value).
+    split = [(a, b) for a, b in itertools.pairwise(overrides) if a.endswith("=") and "=" not in b]
+    if split:
+        (key, value), *_ = split
+        return f"{message}\n{key!r} and {value!r} are one override: {key}{value}"
     if "missing EQUAL at '<EOF>'" in text and (bare := [o for o in named if "=" not in o]):
-        at = overrides.index(bare[0])
-        if at and overrides[at - 1].endswith("="):  # `train.lr= 0.1`: the shell made two words
-            joined = overrides[at - 1] + bare[0]
-            return f"{message}\n{overrides[at - 1]!r} and {bare[0]!r} are one override: {joined}"
         return (
             f"{message}\n{bare[0]!r} has no '=': give key=value, e.g. train.lr=0.01 or recipe=fast"
         )

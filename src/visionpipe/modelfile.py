@@ -122,7 +122,9 @@ def _reason(exc: BaseException) -> str:
     # refusal is there to keep from being taken.
     text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split())
     first = re.split(r"(?<=\.)\s+(?=[A-Z])", text, maxsplit=1)[0].rstrip(".")
-    return f"{type(exc).__name__}: {first[:200]}"
+    # torch's weights-only refusal says what it met further on, past its advice.
+    met = re.search(r"WeightsUnpickler error: (.+?)(?:\.\s| Check the documentation|$)", text)
+    return f"{type(exc).__name__}: {first[:200]}" + (f": {met[1][:200]}" if met else "")
 
 
 def _not_a_model(path: Path, exc: BaseException) -> ModelFileError:

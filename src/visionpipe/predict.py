@@ -12,6 +12,7 @@ import errno
 import io
 import logging
 import math
+import operator
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -126,11 +127,11 @@ def predict_files(
     """Top-k predictions per file, in input order; undecodable files get an error entry."""
     if isinstance(files, (str, bytes, Path)):  # a str would be predicted a character at a time
         raise TypeError(f"predict_files takes a list of files, not one: [{files!r}]")
-    numbers = (topk, batch_size)
-    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in numbers):
+    if not all(_whole(n) >= 1 for n in (topk, batch_size)):  # numpy's integers are whole too
         raise ValueError(
             f"topk and batch_size must be whole numbers of at least 1, not {topk} and {batch_size}"
         )
+    topk, batch_size = int(topk), int(batch_size)
     files = list(files)
     k = min(topk, len(backend.classes))
     results: list[Prediction] = []
@@ -152,6 +153,14 @@ def predict_files(
                 slots[slot].top = top_k(p, backend.classes, k)
         results += slots
     return results
+
+
+def _whole(n: object) -> int:
+    """`n` as an int if it is a whole number's type (int, numpy's), else 0; not a bool."""
+    try:
+        return 0 if isinstance(n, bool) else operator.index(n)  # type: ignore[arg-type]
+    except TypeError:
+        return 0
 
 
 def predict_command(

@@ -685,7 +685,8 @@ def _on_stop_signal(stop: asyncio.Event, service: Service, sig: signal.Signals) 
     again means; the requests still in progress get no answer."""
     key = "Ctrl-C" if sig == signal.SIGINT else sig.name
     first = service.stopped_by
-    if first is not None and first[0] == sig and time.monotonic() - first[1] < SAME_SIGNAL_S:
+    passed_on = sig != signal.SIGINT  # a Ctrl-C comes once; a quick second one is meant
+    if passed_on and first and first[0] == sig and time.monotonic() - first[1] < SAME_SIGNAL_S:
         # One signal to the process group (systemd, `timeout`, a supervisor) reaches this
         # process twice when a launcher (`uv run`) passes it on: one stop, not two.
         return

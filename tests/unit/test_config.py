@@ -439,12 +439,10 @@ def test_params_errors_give_this_command_s_ways_and_a_list_item_s_value(
         "'foo' has no '=': give key=value, e.g. train.lr=0.01 or recipe=fast"
     )
     assert "single quotes" not in err
-    assert main(["params", "train.lr=", "0.1"]) == 2  # `train.lr= 0.1`: two words to the shell
-    assert (
-        capsys.readouterr()
-        .err.rstrip()
-        .endswith("'train.lr=' and '0.1' are one override: train.lr=0.1")
-    )
+    for key, value in (("train.lr=", "0.1"), ("train.epochs=", "1"), ("data.source=", "/tmp/x")):
+        assert main(["params", key, value]) == 2  # `train.lr= 0.1`: two words to the shell
+        said = capsys.readouterr().err.rstrip()
+        assert said.endswith(f"{key!r} and {value!r} are one override: {key}{value}"), said
     assert main(["params", "recipe=nope"]) == 2
     err = capsys.readouterr().err
     assert "Could not find 'recipe/nope'" in err and "\tfast\n" in err

@@ -112,6 +112,7 @@ def test_the_library_s_calls_take_what_a_notebook_passes_or_say_what_they_take(
     for topk in (2.5, True):
         with pytest.raises(ValueError, match="whole numbers of at least 1"):
             predict_files([photo], backend, topk=topk)
+    assert len(predict_files([photo], backend, topk=np.int64(2))[0].top) == 2  # numpy's too
     with pytest.raises(ValueError, match="activation is 'none' or 'relu', not 'gelu'"):
         tutorial_cnn(3, 32, activation="gelu")
 

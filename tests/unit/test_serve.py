@@ -523,6 +523,22 @@ def test_a_second_stop_signal_stops_at_once_and_each_says_so(model: Path, tmp_pa
     assert "SIGTERM again: stopping now, 1 request unanswered" in log, log
 
 
+def test_a_quick_second_ctrl_c_still_stops_at_once(model: Path, tmp_path: Path) -> None:
+    # Ctrl-C reaches the process once (uv passes SIGTERM on, not SIGINT): a second one, however
+    # quick, is the user's.
+    with serve(model, tmp_path / "server.log") as served:
+        host, port = served.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(_upload_head(host).encode() + _jpeg()[:500])  # a stalled upload
+            time.sleep(0.3)
+            served.proc.send_signal(signal.SIGINT)
+            time.sleep(0.1)
+            served.proc.send_signal(signal.SIGINT)
+            code = served.proc.wait(timeout=30)
+    assert code == 130, served.log_text()
+    assert "Ctrl-C again: stopping now, 1 request unanswered" in served.log_text()
+
+
 def test_sighup_stops_as_sigterm_does(model: Path, tmp_path: Path) -> None:
     # A closed terminal or a supervisor's HUP: the requests in progress are answered, as for
     # SIGTERM, and the server says it stopped; Python's default would drop them on the spot.
