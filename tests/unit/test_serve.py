@@ -5,6 +5,7 @@ JSON error while it stays up."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import gzip
 import hashlib
 import io
@@ -497,26 +498,32 @@ def test_sigterm_mid_upload_stops_within_docker_s_grace(model: Path, tmp_path: P
         again.bind((host, int(port)))
 
 
+@contextlib.contextmanager
+def _stalled_upload(served: Served) -> Iterator[None]:
+    """An upload that stops sending halfway, open for the block: a request in progress."""
+    host, port = served.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(_upload_head(host).encode() + _jpeg()[:500])
+        time.sleep(0.3)
+        yield
+
+
 def test_a_second_stop_signal_stops_at_once_and_each_says_so(model: Path, tmp_path: Path) -> None:
     # The first answers the requests in progress (seconds), saying so; a second, as one who
     # presses Ctrl-C again means, exits now.
-    with serve(model, tmp_path / "server.log") as served:
-        host, port = served.url.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=30) as sock:
-            sock.sendall(_upload_head(host).encode() + _jpeg()[:500])  # a stalled upload
-            time.sleep(0.3)
-            served.proc.send_signal(signal.SIGTERM)
-            time.sleep(0.1)
-            # The same signal again at once is the first one passed on (`uv run` forwards what
-            # the process group got): still the one stop, answering the upload.
-            served.proc.send_signal(signal.SIGTERM)
-            time.sleep(0.4)
-            assert served.proc.poll() is None, served.log_text()
-            time.sleep(0.7)
-            start = time.monotonic()
-            served.proc.send_signal(signal.SIGTERM)
-            code = served.proc.wait(timeout=30)
-            took = time.monotonic() - start
+    with serve(model, tmp_path / "server.log") as served, _stalled_upload(served):
+        served.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.1)
+        # The same signal again at once is the first one passed on (`uv run` forwards what the
+        # process group got): still the one stop, answering the upload.
+        served.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.4)
+        assert served.proc.poll() is None, served.log_text()
+        time.sleep(0.7)
+        start = time.monotonic()
+        served.proc.send_signal(signal.SIGTERM)
+        code = served.proc.wait(timeout=30)
+        took = time.monotonic() - start
     log = served.log_text()
     assert code == 143 and took < 2, (code, took, log)
     assert "SIGTERM: stopping, answering the 1 request in progress first (up to 5 s" in log, log
@@ -526,15 +533,11 @@ def test_a_second_stop_signal_stops_at_once_and_each_says_so(model: Path, tmp_pa
 def test_a_quick_second_ctrl_c_still_stops_at_once(model: Path, tmp_path: Path) -> None:
     # Ctrl-C reaches the process once (uv passes SIGTERM on, not SIGINT): a second one, however
     # quick, is the user's.
-    with serve(model, tmp_path / "server.log") as served:
-        host, port = served.url.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=30) as sock:
-            sock.sendall(_upload_head(host).encode() + _jpeg()[:500])  # a stalled upload
-            time.sleep(0.3)
-            served.proc.send_signal(signal.SIGINT)
-            time.sleep(0.1)
-            served.proc.send_signal(signal.SIGINT)
-            code = served.proc.wait(timeout=30)
+    with serve(model, tmp_path / "server.log") as served, _stalled_upload(served):
+        served.proc.send_signal(signal.SIGINT)
+        time.sleep(0.1)
+        served.proc.send_signal(signal.SIGINT)
+        code = served.proc.wait(timeout=30)
     assert code == 130, served.log_text()
     assert "Ctrl-C again: stopping now, 1 request unanswered" in served.log_text()
 
