@@ -161,10 +161,10 @@ def _fetch_official(
     # data.source itself, so a data.source in conf/config.yaml would not reach it.
     hint = (
         f"The official {dataset} archive could not be downloaded (no network?). Use a local copy"
-        f" under its own name, {official.filename}: name the folder holding it in the git-ignored"
-        " conf/local/machine.yaml (launch: {data_root: /abs/folder}), as README.md shows, or in"
-        " DATA_MIRROR, and every experiment finds it there; or, for one run, `uv run dvc exp run"
-        f" -S data.source=/abs/path/{official.filename}`."
+        f" of it, named {official.filename}. For every experiment: name the folder holding it in"
+        " the git-ignored conf/local/machine.yaml (launch: {data_root: /abs/folder}), as"
+        " README.md shows, or in DATA_MIRROR. For one run: `uv run dvc exp run -S"
+        f" data.source=/abs/path/{official.filename}`."
     )
     return _download(official.url, dest, expect, checks, net, hint)
 

@@ -511,7 +511,7 @@ def test_dns_failure_is_fast_and_actionable(
     assert "data.source=/abs/path/cifar-10-python.tar.gz" in message
     assert "DATA_MIRROR" in message
     # Ways that last beyond one run, also where a recipe sets data.source itself (hymenoptera).
-    assert "a local copy under its own name, cifar-10-python.tar.gz" in message
+    assert "a local copy of it, named cifar-10-python.tar.gz. For every experiment:" in message
     assert "conf/local/machine.yaml (launch: {data_root: /abs/folder})" in message
     assert "conf/config.yaml" not in message
     assert _files(tmp_path / "raw") == []
