@@ -165,27 +165,35 @@ def pipeline_output(path: Path) -> bool:
     """Whether `path` is, or lies under, one of PIPELINE_OUTPUTS at its usual place in the
     project this folder is inside, or in the project `path` itself is inside
     (through links: a linked folder is that folder); outside any project, nothing is."""
-    return _under(path, PIPELINE_OUTPUTS, pipeline_only=True)
+    return _under(path, records=False)
 
 
 def pipeline_file(path: Path) -> bool:
     """`pipeline_output`, or one of a DVC project's PROJECT_RECORDS, which an output written over
     would leave DVC or git unable to read."""
-    return pipeline_output(path) or _under(path, PROJECT_RECORDS)
+    return _under(path, records=True)
 
 
-def _under(path: Path, names: tuple[Path, ...], pipeline_only: bool = False) -> bool:
+def _under(path: Path, records: bool) -> bool:
     real = _real(path)
     # The project here, and the one holding `path`: `--json ~/proj/models/model.pt` run from
     # another folder names that project's model.
     folder = Path(os.path.realpath(path.parent))
     roots = {r for r in (project_root(), _root_above(folder)) if r is not None}
-    if pipeline_only:
-        roots = {r for r in roots if runs_stage(r, "train")}
     # Each through its folders' links, and through its own too: a file DVC links into its cache
     # (cache.type symlink) is the pipeline's by its place, its cache file by its content.
-    outputs = set().union(*(_real(root / name) for root in roots for name in names))
-    return any(p.is_relative_to(o) for p in real for o in outputs)
+    places = set().union(
+        *(_real(root / name) for root in roots for name in _guarded(root, records))
+    )
+    return any(p.is_relative_to(o) for p in real for o in places)
+
+
+def _guarded(root: Path, records: bool) -> tuple[Path, ...]:
+    """What an output may not be in the project at `root`: this pipeline's PIPELINE_OUTPUTS (a
+    project of another kind has its own data/ and models/), and with `records` any DVC
+    project's PROJECT_RECORDS."""
+    own = PIPELINE_OUTPUTS if runs_stage(root, "train") else ()
+    return own + (PROJECT_RECORDS if records else ())
 
 
 def _root_above(folder: Path) -> Path | None:

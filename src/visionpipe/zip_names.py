@@ -43,6 +43,8 @@ CODE_PAGES = {
     "cp852": ("LATIN",),
 }
 
+LETTER = re.compile(r"[^\W\d_]")  # a letter of any script: a word character but a digit or _
+
 
 class ZipNames:
     """Reads the names of one zip's members in one encoding, decided for the whole zip: a
@@ -150,8 +152,8 @@ def _doubtful(names: list[bytes]) -> tuple[str, str] | None:
     # A Chinese class of one character (猫/, 01_猫/) whose GBK bytes read as one letter (è):
     # one such folder, or several with a letter past Latin-1 (牛 reads ţ). A Swedish å/ ä/ ö/ and
     # an alphabet's А/ Б/ (which read as no common Chinese character) are letters indeed.
-    lone = [p for p in parts if len(re.findall(r"[^\W\d_]", p)) == 1]
-    letters = {c for p in lone for c in re.findall(r"[^\W\d_]", p)}
+    lone = [p for p in parts if len(LETTER.findall(p)) == 1]
+    letters = {c for p in lone for c in LETTER.findall(p)}
     chinese = all(_common_char(_as_gbk(c), "gbk") for c in letters)
     if lone and chinese and (len(letters) == 1 or any(ord(c) > 0xFF for c in letters)):
         return lone[0], f"is a name of one letter, which GBK reads {_as_gbk(lone[0])}"
@@ -195,7 +197,7 @@ def _common(text: str, page: str) -> bool:
     if "LATIN" in CODE_PAGES[page]:
         return True
     if CODE_PAGES[page] == ("CYRILLIC",):
-        words = re.findall(r"[^\W\d_]+", text)
+        words = re.findall(rf"{LETTER.pattern}+", text)
         return not any(not w.isascii() and any(c.isascii() for c in w) for w in words)
     if re.search(r"[a-z][^\x00-\x7f]|[^\x00-\x7f][a-z]", text):
         return False
