@@ -76,9 +76,12 @@ def _first_named(
     `photos/../a.jpg` and a photo reached through a link to its folder; a link to a photo is a
     name of its own."""
     kept = []
+    real: dict[Path, str] = {}  # a folder's real path, resolved once for all its photos
     for entry in entries:
         path = Path(name(entry))
-        key = Path(os.path.realpath(path.parent), path.name)
+        if path.parent not in real:
+            real[path.parent] = os.path.realpath(path.parent)
+        key = Path(real[path.parent], path.name)
         if key in seen:
             repeated[seen[key]] = None
         else:
