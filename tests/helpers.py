@@ -35,6 +35,7 @@ PROJECT_FILES = (
     "params.yaml",
     "pyproject.toml",
     "README.md",
+    "LICENSE",
     ".gitignore",
     ".dvcignore",
 )

@@ -36,6 +36,7 @@ import pytest
 import yaml
 from PIL import Image
 
+import visionpipe
 from tests.helpers import (
     EXP_SHOW_HEADLINE,
     ROOT,
@@ -186,7 +187,8 @@ def _clone(ctx: Ctx) -> None:
     run(["git", "push", "-q", "-u", "origin", "main"], ctx.repo)
 
 
-WHEEL = "visionpipe-0.1.0-py3-none-any.whl"
+# docs/deploy.md names the wheel by its version: a new version fails here until the docs say it.
+WHEEL = f"visionpipe-{visionpipe.__version__}-py3-none-any.whl"
 
 
 def _built_wheel(ctx: Ctx) -> None:
