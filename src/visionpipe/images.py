@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import PIL
 import simplejpeg
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
@@ -463,6 +464,13 @@ def _open_image(data: bytes) -> Image.Image:
         _register_heif()
     # Once pi-heif is registered it would claim a mif1 AVIF before Pillow's plugin does.
     formats = ["AVIF"] if _is_avif(data) else _read_formats()
+    if formats == ["AVIF"] and "AVIF" not in _read_formats():
+        # The package asks for Pillow 11.3, but an environment may hold an older or a distro's
+        # build without libavif: the file is fine, this Pillow cannot read it.
+        raise OSError(
+            f"an AVIF photo, which this Pillow {PIL.__version__} cannot read: AVIF needs "
+            "Pillow 11.3 or later with AVIF support (`pip install -U pillow`)"
+        )
     try:
         return Image.open(io.BytesIO(data), formats=formats)
     except Image.DecompressionBombError:

@@ -133,6 +133,18 @@ def test_phone_and_web_formats_count_as_images_so_none_is_dropped_silently() -> 
     assert load_array(avif, "c.avif", 8).shape == (3, 8, 8)
 
 
+def test_an_avif_where_pillow_cannot_read_avif_is_a_bad_image_that_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An environment's Pillow older than 11.3, or built without libavif: that photo is
+    reported (the others go on), not a KeyError that stops the run."""
+    avif = _encode(Image.new("RGB", (20, 20), "red"), "AVIF")
+    Image.init()
+    monkeypatch.delitem(Image.OPEN, "AVIF")
+    with pytest.raises(BadImageError, match=r"c\.avif: .*AVIF needs Pillow 11\.3 or later"):
+        decode_rgb(avif, "c.avif")
+
+
 def test_huge_image_is_refused_before_decoding() -> None:
     huge = _encode(Image.new("1", (10000, 10000)), "PNG")
     with pytest.raises(BadImageError, match="10000x10000"):
