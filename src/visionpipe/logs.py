@@ -80,10 +80,18 @@ def _raise_stopped(signum: int, _frame: object) -> None:
     raise Stopped(signum)
 
 
+def stop_signals(interrupt: bool = True) -> tuple[signal.Signals, ...]:
+    """The signals that ask a command to stop, those of this system: SIGINT (Ctrl-C) if
+    `interrupt`, SIGTERM, and SIGHUP where there is one (a closed terminal; not on Windows)."""
+    names = ("SIGINT", "SIGTERM", "SIGHUP") if interrupt else ("SIGTERM", "SIGHUP")
+    return tuple(getattr(signal, name) for name in names if hasattr(signal, name))
+
+
 @contextlib.contextmanager
 def stops_on_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise `Stopped` inside the block; the former handlers come back after."""
-    stopping = (signal.SIGTERM, signal.SIGHUP)
+    """SIGTERM and SIGHUP raise `Stopped` inside the block; the former handlers come back after.
+    (Windows has no SIGHUP.)"""
+    stopping = stop_signals(interrupt=False)
     former = {sig: signal.signal(sig, _raise_stopped) for sig in stopping}
     try:
         yield

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -22,7 +23,7 @@ import re
 import signal
 import socket
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -34,7 +35,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import BadHttpMessage, ContentEncodingError, HttpProcessingError
 from aiohttp.web_urldispatcher import _default_expect_handler
 
-from visionpipe import limits, paths
+from visionpipe import limits, logs, paths
 from visionpipe.batching import Batcher, BatcherStopped
 from visionpipe.images import (
     MAX_PIXELS,
@@ -660,8 +661,8 @@ async def run_server(service: Service) -> None:
         # SIGHUP too (a closed terminal, a supervisor): as the stages take it, a stop that
         # answers the requests in progress, not Python's default of dying on the spot. Before
         # the line below: a supervisor may signal as soon as it reads it.
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            loop.add_signal_handler(sig, _on_stop_signal, stop, service, sig)
+        for sig in logs.stop_signals():
+            _on_signal(loop, sig, functools.partial(_on_stop_signal, stop, service, sig))
         print(
             f"serving {config.model} ({len(service.backend.classes)} classes, "
             f"{service.backend.image_size} px) on {_address_text(sockets)}; Ctrl-C stops",
@@ -674,6 +675,15 @@ async def run_server(service: Service) -> None:
         await service.drain(SHUTDOWN_S)
     finally:
         await runner.cleanup()
+
+
+def _on_signal(loop: asyncio.AbstractEventLoop, sig: int, then: Callable[[], None]) -> None:
+    """Run `then` in the loop when `sig` arrives. Windows' loops have no add_signal_handler:
+    there a plain handler hands the signal to the loop."""
+    try:
+        loop.add_signal_handler(sig, then)
+    except NotImplementedError:
+        signal.signal(sig, lambda *_: loop.call_soon_threadsafe(then))
 
 
 SAME_SIGNAL_S = 1.0  # a second like signal sooner is the first one, passed on by a launcher

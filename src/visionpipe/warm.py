@@ -515,14 +515,16 @@ def parent_death_signal() -> int:
     return bound.value
 
 
-def die_with_parent(parent_pid: int, signum: int = signal.SIGKILL) -> None:
-    """Have the kernel send `signum` to this process when its parent `parent_pid` dies, even of
-    a SIGKILL that runs none of its cleanup (Linux): a stage must not outlive the warm process
-    that reports its end, nor a torchrun rank its torchrun, nor a stage's command its DVC."""
+def die_with_parent(parent_pid: int, signum: int | None = None) -> None:
+    """Have the kernel send `signum` (SIGKILL if None) to this process when its parent
+    `parent_pid` dies, even of a SIGKILL that runs none of its cleanup (Linux): a stage must not
+    outlive the warm process that reports its end, nor a torchrun rank its torchrun, nor a
+    stage's command its DVC. (SIGKILL is named here, not as the default: Windows has none, and
+    `visionpipe predict` imports this module there.)"""
     import ctypes
 
     pr_set_pdeathsig = 1  # <linux/prctl.h>
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signum)
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signum or signal.SIGKILL)
     if os.getppid() != parent_pid:  # it died before the request took effect
         os._exit(1)
 
