@@ -11,6 +11,7 @@ import pickle
 import re
 import threading
 import warnings
+import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,17 @@ def load_model(
     path = paths.require(Path(path), "train")
     try:
         blob = _torch_load(path, map_location)
-    except (RuntimeError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as exc:
+    except PermissionError:
+        raise  # the file is fine: the command's message for a refused read says what to do
+    except (
+        RuntimeError,
+        ValueError,
+        KeyError,
+        TypeError,
+        EOFError,
+        OSError,
+        pickle.UnpicklingError,
+    ) as exc:  # OSError: torch's reader of a zip archive cut short (EINVAL)
         raise _not_a_model(path, exc) from None
     if not (isinstance(blob, dict) and {"state_dict", "meta"} <= blob.keys()):
         raise _not_a_model(path, KeyError("no state_dict and meta"))
@@ -121,6 +132,12 @@ def _reason(exc: BaseException) -> str:
     # and go on after their first sentence with advice (load with weights_only=False) that the
     # refusal is there to keep from being taken.
     text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split())
+    # c10's internals: where its check failed, and a plea to report the message to PyTorch.
+    text = re.sub(
+        r"\[enforce fail at [^\]]*\]\s*\.?\s*|\s*\(Could this error message be improved\?.*?\)",
+        "",
+        text,
+    )
     first = re.split(r"(?<=\.)\s+(?=[A-Z])", text, maxsplit=1)[0].rstrip(".")
     # torch's weights-only refusal says what it met further on, past its advice.
     met = re.search(r"WeightsUnpickler error: (.+?)(?:\.\s| Check the documentation|$)", text)
@@ -142,10 +159,37 @@ def _not_a_model(path: Path, exc: BaseException) -> ModelFileError:
             f"{path}: not a PyTorch file (torch.save writes a zip archive, or a pickle); pass the"
             f" {paths.MODEL} the train stage wrote"
         )
+    if (zipped := _zip_names(path)) is None:  # a zip archive without its end
+        return ModelFileError(
+            f"{path}: a damaged or incomplete file (a zip archive, as torch.save writes, whose end"
+            f" is missing: a copy or download cut short); copy it again, or restore the "
+            f"project's own with 'uv run dvc checkout {paths.MODEL}' (or 'uv run dvc pull')"
+        )
+    if zipped and not any(name.endswith("/data.pkl") for name in zipped):
+        return ModelFileError(
+            f"{path}: a zip archive, but not one torch.save wrote (it holds no data.pkl); pass "
+            f"the {paths.MODEL} the train stage wrote"
+        )
     return ModelFileError(
         f"{path}: not a visionpipe model.pt ({_reason(exc)}); pass the {paths.MODEL} the train "
         f"stage wrote"
     )
+
+
+def _zip_names(path: Path) -> list[str] | None:
+    """The member names of zip archive `path`; [] for a file that is no zip archive, None for
+    one that starts as one but whose central directory (at its end) cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":
+                return []
+            f.seek(0)
+            with zipfile.ZipFile(f) as archive:
+                return archive.namelist()
+    except zipfile.BadZipFile:
+        return None
+    except OSError:
+        return []  # unreadable: the error torch gave says why
 
 
 def _saved_by_torch(path: Path) -> bool:

@@ -555,22 +555,32 @@ def test_the_torch_backend_names_a_bad_model_file_too(
     # Not torch's words on unpickling it, which end in advice to load it unsafely.
     assert f"{bad}: not a PyTorch file (torch.save writes a zip archive" in caplog.text
     assert "weights_only" not in caplog.text
-    # A plain pickle, and a model.pt cut short: torch's first sentence, not its advice, and not
-    # its warning on the pickle's protocol.
+    # A plain pickle: torch's first sentence and what it met, not its advice, and not its warning
+    # on the pickle's protocol. A model.pt cut short anywhere (torch says "failed finding central
+    # directory", or raises EINVAL): damaged, and how to get it back. Another program's zip.
     import pickle
     import warnings
+    import zipfile
 
-    pickled, cut = tmp_path / "pick.pt", tmp_path / "cut.pt"
+    pickled = tmp_path / "pick.pt"
     pickled.write_bytes(pickle.dumps({"a": 1}, protocol=4))
-    cut.write_bytes((exported_model / "model.pt").read_bytes()[:1000])
     pickle_said = "Weights only load failed: Unsupported operand 149)"  # what it met, kept
-    for path, said in ((pickled, pickle_said), (cut, "failed finding central")):
+    cases = [(pickled, pickle_said)]
+    whole = (exported_model / "model.pt").read_bytes()
+    for size in (1000, len(whole) // 3, len(whole) // 2, len(whole) - 30):
+        (cut := tmp_path / f"cut{size}.pt").write_bytes(whole[:size])
+        cases.append((cut, f"{cut}: a damaged or incomplete file (a zip archive"))
+    with zipfile.ZipFile(other := tmp_path / "other.pt", "w") as archive:
+        archive.writestr("notes.txt", "not weights")
+    cases.append((other, f"{other}: a zip archive, but not one torch.save wrote"))
+    for path, said in cases:
         caplog.clear()
         with warnings.catch_warnings(record=True) as shown:
             warnings.simplefilter("always")
             assert main(["predict", str(image), "--backend", "torch", "--model", str(path)]) == 2
         assert said in caplog.text and "weights_only" not in caplog.text, caplog.text
         assert "likelihood" not in caplog.text and not shown, [str(w.message) for w in shown]
+        assert "enforce fail" not in caplog.text and "Traceback" not in caplog.text
 
 
 @pytest.mark.parametrize("change", ["layers", "arch"])
