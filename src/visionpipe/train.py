@@ -214,6 +214,7 @@ def _run(params: TrainingParams, ddp: distributed.Dist, device: torch.device) ->
         log.info("resuming from %s after epoch %d of %d", checkpoints.CHECKPOINT, start, last)
     if ddp.writes_outputs:
         warn_if_no_step_logs(cfg, loop.batches.steps_per_epoch)
+        warn_if_min_delta_unused(cfg)
     hparams = params.hparams(splits.meta["image_size"])
     tracker = Tracker(ddp.writes_outputs, loop.progress.history, hparams)
     distributed.barrier(ddp)  # no rank may overwrite the checkpoint before all have read it
@@ -274,6 +275,16 @@ def warn_if_no_step_logs(cfg: TrainConfig, steps_per_epoch: int) -> None:
             paths.PLOT_STEPS,
             bound,
             ten,
+        )
+
+
+def warn_if_min_delta_unused(cfg: TrainConfig) -> None:
+    """Say so when train.min_delta is set without early stopping: it would change nothing."""
+    if cfg.min_delta and not cfg.patience:
+        log.warning(
+            "train.min_delta is %g but train.patience is 0 (early stopping off): it changes "
+            "nothing; set train.patience to the epochs without such a gain to stop after",
+            cfg.min_delta,
         )
 
 

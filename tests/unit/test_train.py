@@ -505,6 +505,18 @@ def test_min_delta_stops_a_run_and_best_val_loss_is_still_the_lowest(
     assert metrics["best_val_loss"] == round(lowest, 6)
 
 
+def test_min_delta_without_patience_says_it_changes_nothing(
+    processed: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="visionpipe.train"):
+        train.run(tiny_params(epochs=1, min_delta=0.5))
+    assert "train.min_delta is 0.5 but train.patience is 0 (early stopping off)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="visionpipe.train"):
+        train.run(tiny_params(epochs=1, min_delta=0.5, patience=2))
+    assert "train.min_delta" not in caplog.text
+
+
 @pytest.mark.parametrize(("patience", "said"), [(1, "for 1 epoch"), (3, "for 3 epochs")])
 def test_why_stopped_counts_epochs_in_words(
     patience: int, said: str, caplog: pytest.LogCaptureFixture
