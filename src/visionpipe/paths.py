@@ -148,10 +148,12 @@ def _chain_end(link: Path) -> str | None:
 PIPELINE_OUTPUTS = (
     MODEL,
     ONNX_MODEL,
-    Path("data"),
+    RAW_DIR,
+    PROCESSED_DIR,
+    SAMPLES_DIR,
     Path("metrics"),
     Path("dvclive"),
-    Path("logs"),
+    TB_DIR,
     CHECKPOINT_DIR,
     Path("conf"),
     Path("src"),
@@ -159,6 +161,17 @@ PIPELINE_OUTPUTS = (
 )
 # What any DVC project keeps of itself: its pipeline, lock, params, DVC's and git's folders.
 PROJECT_RECORDS = (Path("dvc.yaml"), DVC_LOCK, PARAMS, Path(".dvc"), Path(".git"))
+# A folder no output goes into wherever it is: a git repository's own (the project may be a
+# folder of a bigger repository, whose .git/ is above it). Not any .dvc/: queued experiments
+# run in copies of the project inside one.
+GIT_FOLDER = ".git"
+
+
+def guarded_names() -> str:
+    """PIPELINE_OUTPUTS and PROJECT_RECORDS as a message lists them, folders with a '/'."""
+    return ", ".join(
+        p.as_posix() + ("" if p.suffix else "/") for p in (*PIPELINE_OUTPUTS, *PROJECT_RECORDS)
+    )
 
 
 def pipeline_output(path: Path) -> bool:
@@ -185,6 +198,8 @@ def _under(path: Path, records: bool) -> bool:
     places = set().union(
         *(_real(root / name) for root in roots for name in _guarded(root, records))
     )
+    if records and any(GIT_FOLDER in p.parts for p in real):
+        return True
     return any(p.is_relative_to(o) for p in real for o in places)
 
 

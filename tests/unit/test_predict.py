@@ -995,7 +995,7 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
     )
     # The project's own records, and its raw data and samples.
     records = ("dvc.lock", "params.yaml", "data/raw/source.json", "data/samples/x.png")
-    outputs = ("metrics/train.json", "dvclive/train/metrics.json", "logs/x.csv")
+    outputs = ("metrics/train.json", "dvclive/train/metrics.json", "logs/tensorboard/x.csv")
     code = ("conf/config.yaml", "stages/train.py", ".dvc/config", ".git/config")
     for name in (*records, *outputs, *code):
         (project / name).parent.mkdir(parents=True, exist_ok=True)
@@ -1005,6 +1005,19 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
         assert main(["predict", str(DOG_PNG), flag, f"../{name}"]) == 2, name
         assert f"{flag} ../{name} names a file of the project's own" in caplog.text
         assert (project / name).read_text() == "kept"
+    # What the pipeline never writes, beside what it does: a user's own files there are free.
+    for name in ("data/my_photos/p.csv", "logs/today.csv", "models/notes.json"):
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        flag = "--csv" if name.endswith(".csv") else "--json"
+        assert main(["predict", str(DOG_PNG), flag, f"../{name}"]) == 0, caplog.text
+        assert (project / name).stat().st_size > 0
+    # The .git/ of a bigger repository the project is a folder of.
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "config").write_text("kept")
+    caplog.clear()
+    assert main(["predict", str(DOG_PNG), "--json", "../../.git/config"]) == 2
+    assert "--json ../../.git/config names a file of the project's own" in caplog.text
+    assert (tmp_path / ".git" / "config").read_text() == "kept"
     # Outside any project, a data/processed/ is another project's own (a cookiecutter layout).
     other = tmp_path / "other"
     (other / "data" / "processed").mkdir(parents=True)
