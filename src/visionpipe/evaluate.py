@@ -182,9 +182,10 @@ def log_live(
     for figure in ("recall", "precision"):
         # What the figure is over: recall over the class's test images, precision over the
         # images predicted as it.
+        # Named as in metrics/per_class.json, so the two files join on it.
         over = "support" if figure == "recall" else "predicted"
         rows = [
-            {"class": s["class"], figure: s[figure], "support": s[over]}
+            {"class": s["class"], figure: s[figure], over: s[over]}
             for s in scores
             if s[figure] is not None
         ]

@@ -73,9 +73,15 @@ def test_a_class_missing_from_test_has_no_accuracy(
     assert [row["class"] for row in recall] == ["cat", "dog"]
     precision = json.loads((plots / "per_class_precision.json").read_text())
     assert {row["class"] for row in precision} <= {"cat", "dog", "frog"}
-    # Each bar's count is what its figure is over: precision's, the images predicted as it.
-    predicted = {c["class"]: c["predicted"] for c in per_class["classes"]}
-    assert all(row["support"] == predicted[row["class"]] for row in precision), precision
+    # Each bar's count is what its figure is over, named as per_class.json names it: recall's,
+    # the class's test images (support); precision's, the images predicted as it.
+    for figure, rows, count in (
+        ("recall", recall, "support"),
+        ("precision", precision, "predicted"),
+    ):
+        of = {c["class"]: c[count] for c in per_class["classes"]}
+        assert all(row.keys() == {"class", figure, count} for row in rows), rows
+        assert all(row[count] == of[row["class"]] for row in rows), rows
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["bf16 CPU", "fp32-only CPU"])
