@@ -155,13 +155,18 @@ def test_the_dog_predicts_in_a_notebook_as_the_page_has_it(
     assert re.fullmatch(rf"({classes}) \d+\.\d%\n", out.getvalue())
 
 
-def test_in_project_finds_the_files_the_page_names_from_a_notebook(
+def test_require_finds_the_files_the_page_names_from_a_notebook_and_says_when_outside(
     exported_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     notebooks = _notebook_folder(exported_model, tmp_path)
     monkeypatch.chdir(notebooks)
     for typed in ("models/model.onnx", Path("models/model.onnx")):
-        assert paths.in_project(typed) == notebooks.parent / "models" / "model.onnx"
+        assert paths.require(typed, "export") == notebooks.parent / "models" / "model.onnx"
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    monkeypatch.chdir(outside)  # a kernel started outside the project
+    with pytest.raises(FileNotFoundError, match="is not inside a visionpipe project"):
+        paths.require("logs/tensorboard", "train")
 
 
 def test_every_name_the_lessons_point_at_exists() -> None:
