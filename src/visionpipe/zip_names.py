@@ -54,6 +54,8 @@ class ZipNames:
     def __init__(self, source: Path, infos: list[zipfile.ZipInfo]) -> None:
         self.source = source
         self.utf8 = _unflagged_names_are_utf8(infos)
+        # Every folder's name, ASCII ones too: an alphabet's a/ b/ beside ñ/ tells ñ is a letter.
+        self.folders = {part for info in infos for part in info.filename.split("/")[:-1]}
         self.cp437: list[bytes] = []  # stored names read as cp437
         self.guessed: list[bytes] = []  # unflagged names read as UTF-8
 
@@ -84,7 +86,7 @@ class ZipNames:
                 " system with another code page%s",
                 *(self.source, len(self.cp437), read, _other_reading(self.source, self.cp437)),
             )
-        elif (doubt := _doubtful(self.guessed)) is not None:
+        elif (doubt := _doubtful(self.guessed, self.folders)) is not None:
             log.warning(
                 "%s holds file names not marked UTF-8, read as UTF-8, of which %r %s%s",
                 *(self.source, *doubt, _other_reading(self.source, self.guessed)),
@@ -130,7 +132,7 @@ def _unicode_path(extra: bytes, raw: bytes) -> str | None:
     return None
 
 
-def _doubtful(names: list[bytes]) -> tuple[str, str] | None:
+def _doubtful(names: list[bytes], folders: set[str]) -> tuple[str, str] | None:
     """A part of `names` (read as UTF-8) that reads as Chinese, Japanese or Korean in GBK,
     Big5 or Shift-JIS does read as UTF-8, and why; else None. Two bytes of those read as one
     letter of some script each: a run of such letters mixes scripts (小猫 reads Сè), where a
@@ -150,14 +152,28 @@ def _doubtful(names: list[bytes]) -> tuple[str, str] | None:
         names = ", ".join(sorted(s for s in scripts if s))
         return lone[0], f"and {len(lone) - 1} more are folders of one letter each, of {names}"
     # A Chinese class of one character (猫/, 01_猫/) whose GBK bytes read as one letter (è):
-    # one such folder, or several with a letter past Latin-1 (牛 reads ţ). A Swedish å/ ä/ ö/ and
-    # an alphabet's А/ Б/ (which read as no common Chinese character) are letters indeed.
+    # one such folder, or several with a letter past Latin-1 (牛 reads ţ). A Swedish å/ ä/ ö/, an
+    # alphabet's (ñ/ beside a/ b/, α/ β/ γ/, А/ Б/ В/) and a letter of no script (º, µ) are
+    # letters indeed.
     lone = [p for p in parts if len(LETTER.findall(p)) == 1]
-    letters = {c for p in lone for c in LETTER.findall(p)}
-    chinese = all(_common_char(_as_gbk(c), "gbk") for c in letters)
-    if lone and chinese and (len(letters) == 1 or any(ord(c) > 0xFF for c in letters)):
+    letters = {c for p in lone for c in LETTER.findall(p) if _script(c) is not None}
+    chinese = bool(letters) and all(_common_char(_as_gbk(c), "gbk") for c in letters)
+    if (
+        chinese
+        and not _alphabet(letters, folders)
+        and (len(letters) == 1 or any(ord(c) > 0xFF for c in letters))
+    ):
         return lone[0], f"is a name of one letter, which GBK reads {_as_gbk(lone[0])}"
     return None
+
+
+def _alphabet(letters: set[str], folders: set[str]) -> bool:
+    """Whether folders named with one letter each are an alphabet's classes: some of them ASCII
+    letters (a/ b/ ... ñ/), or three or more letters of one script (α/ β/ γ/). A Chinese zip's
+    one-character classes read as lone letters rarely have either."""
+    if any(len(f) == 1 and f.isascii() and f.isalpha() for f in folders):
+        return True
+    return len(letters) >= 3 and len({_script(c) for c in letters}) == 1
 
 
 def _as_gbk(name: str) -> str:

@@ -715,9 +715,21 @@ def test_a_chinese_class_of_one_character_read_as_one_accented_letter_is_warned_
     with caplog.at_level(logging.WARNING):
         list_files(_unflagged_zip(tmp_path / "n.zip", ["01_猫/1.jpg", "02_dog/2.jpg"], "gbk"))
     assert "of which '01_è' is a name of one letter, which GBK reads 01_猫" in caplog.text
-    # A Mac's (UTF-8) Portuguese "é" among words, a Swedish å/ ä/ ö/: letters indeed.
+    # A Mac's (UTF-8) Portuguese "é" among words, a Swedish å/ ä/ ö/, alphabets' letters (a
+    # Spanish one's ñ beside a/ to z/, é/ beside e/, Greek, Cyrillic), ordinals and µ: letters
+    # indeed.
     caplog.clear()
-    for names in (["o gato é bonito/1.jpg", "cão/2.jpg"], ["ö/1.jpg", "å/2.jpg", "ä/3.jpg"]):
+    spanish = [f"{c}/1.jpg" for c in "abcdefghijklmnñopqrstuvwxyz"]
+    for names in (
+        ["o gato é bonito/1.jpg", "cão/2.jpg"],
+        ["ö/1.jpg", "å/2.jpg", "ä/3.jpg"],
+        spanish,
+        ["e/1.jpg", "é/2.jpg"],
+        ["α/1.jpg", "β/2.jpg", "γ/3.jpg", "δ/4.jpg"],
+        ["а/1.jpg", "б/2.jpg", "в/3.jpg"],
+        ["1º/1.jpg", "2º/2.jpg"],
+        ["µ/1.jpg", "m/2.jpg"],
+    ):
         with caplog.at_level(logging.WARNING):
             list_files(_unflagged_zip(tmp_path / "m.zip", names, "utf-8"))
         assert not caplog.text, names
