@@ -115,6 +115,10 @@ def require(path: str | Path, stage: str) -> Path:
             f"{path} not found here or in the project {root}: if DVC tracks it there (a .dvc file"
             f" beside it, an import), {remote}, run in {root}"
         )
+    if not pipeline_output(path) and Path(path) not in (PREDICTIONS, PREDICTION_GRID):
+        # A file of the user's own (`--model modles/model.onnx`, a copy): a typo, not a stage
+        # to run.
+        raise FileNotFoundError(f"{path} not found")
     message = f"{path} not found: {rerun(stage)} first"
     if pipeline_output(path):
         # A fresh clone has dvc.lock but none of the outputs: a teammate's DVC remote has them.

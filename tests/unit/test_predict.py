@@ -245,7 +245,7 @@ def test_version_names_the_package_release(capsys: pytest.CaptureFixture[str]) -
 
 def test_missing_model_is_a_clear_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert main(["predict", "x.png", "--model", str(tmp_path / "model.onnx")]) == 2
-    assert "dvc repro export" in caplog.text
+    assert f"{tmp_path / 'model.onnx'} not found" in caplog.text
 
 
 def test_each_backend_reads_the_model_the_pipeline_writes_by_default(
@@ -266,6 +266,11 @@ def test_each_backend_reads_the_model_the_pipeline_writes_by_default(
     caplog.clear()
     assert main(["predict", "x.png", "--backend", "torch"]) == 2
     assert f"{paths.MODEL} not found: run 'uv run dvc repro train' first" in caplog.text
+    # A path of the user's own mistyped: not found, and no stage to run for it.
+    for typo in ("modles/model.onnx", "models/model2.onnx"):
+        caplog.clear()
+        assert main(["predict", "x.png", "--model", typo]) == 2
+        assert caplog.text.rstrip().endswith(f"{typo} not found"), caplog.text
 
 
 def test_a_subfolder_of_the_project_predicts_with_the_projects_model(
