@@ -66,3 +66,18 @@ def test_scoring_stages_do_not_load_the_training_code(stage: str) -> None:
     )
     loaded = {m.split(".")[1] for m in json.loads(proc.stdout) if m.startswith("visionpipe.")}
     assert not loaded & TRAINING_MODULES, f"{stage} loads {sorted(loaded & TRAINING_MODULES)}"
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="reads the git repository")
+def test_a_windows_checkout_has_the_line_endings_dvc_lock_hashed(tmp_path: Path) -> None:
+    """Git for Windows (core.autocrlf=true) checks text out with CRLF unless .gitattributes says
+    otherwise: DVC would then hash every stage's code and config anew and re-run it all."""
+    clone = tmp_path / "clone"
+    git = ["git", "-c", "core.autocrlf=true"]
+    subprocess.run([*git, "clone", "-q", str(ROOT), str(clone)], check=True, capture_output=True)
+    listed = subprocess.run(
+        [*git, "ls-files", "--eol"], cwd=clone, check=True, capture_output=True, text=True
+    ).stdout.splitlines()
+    crlf = [line.split("\t")[-1] for line in listed if "w/crlf" in line.split("\t")[0]]
+    assert not crlf, f"checked out with CRLF: {crlf[:5]}"
+    assert b"\r" not in (clone / "dvc.yaml").read_bytes()
