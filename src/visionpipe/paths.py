@@ -86,6 +86,11 @@ def require(path: str | Path, stage: str) -> Path:
     found = in_project(path)
     if found.exists():
         return found
+    if "\\" in str(path) and os.sep == "/":  # a Windows habit (models\model.onnx)
+        slashes = str(path).replace("\\", "/")
+        raise FileNotFoundError(
+            f"{path} not found: '\\' separates no folders here; write {slashes}"
+        )
     root = project_root()
     # In another DVC project (one that imports the model), what fetches it is its path.
     ours = root is None or runs_stage(root, stage)

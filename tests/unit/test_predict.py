@@ -249,7 +249,10 @@ def test_missing_model_is_a_clear_error(tmp_path: Path, caplog: pytest.LogCaptur
 
 
 def test_each_backend_reads_the_model_the_pipeline_writes_by_default(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.chdir(tmp_path)
     # Outside a project (a predict-and-serve install): name the model file.
@@ -271,6 +274,15 @@ def test_each_backend_reads_the_model_the_pipeline_writes_by_default(
         caplog.clear()
         assert main(["predict", "x.png", "--model", typo]) == 2
         assert caplog.text.rstrip().endswith(f"{typo} not found"), caplog.text
+    # Windows' separator, typed where '/' separates folders: the path meant is named.
+    write_tiny_onnx(tmp_path / paths.ONNX_MODEL)
+    caplog.clear()
+    assert main(["predict", "x.png", "--model", "models\\model.onnx"]) == 2
+    assert "'\\' separates no folders here; write models/model.onnx" in caplog.text
+    with pytest.raises(SystemExit):
+        main(["predict", "x.png", "--csv", "predictions\\out.csv"])
+    assert "'\\' separates no folders here; write predictions/out.csv" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*out.csv"))
 
 
 def test_a_subfolder_of_the_project_predicts_with_the_projects_model(
