@@ -188,6 +188,8 @@ def _outputs_removed(exc: Exception) -> str:
     stage = os.environ.get("DVC_STAGE")
     if not stage or type(exc).__name__ != "ConfigError":
         return ""
+    if paths.QUEUED_COPY in Path.cwd().as_posix():  # a queued run's copy: the workspace's stay
+        return ""
     return (
         f"\n(DVC removed the {stage} stage's outputs as it started it: the next run with the"
         f" value fixed makes them again, and `uv run dvc checkout --force {stage}` brings back"

@@ -39,6 +39,8 @@ CONFUSION_MATRIX = Path("metrics/confusion_matrix.json")  # counts, rows actual,
 ONNX_MODEL = Path("models/model.onnx")
 EXPORT_METRICS = Path("metrics/export.json")
 
+QUEUED_COPY = "/.dvc/tmp/exps/"  # where DVC makes a queued run's copy of the project
+
 PREDICTIONS = Path("predictions/predictions.json")
 PREDICTION_GRID = Path("predictions/grid.png")
 

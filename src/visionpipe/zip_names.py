@@ -20,6 +20,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
+from visionpipe import paths
 from visionpipe.images import is_image_name
 
 log = logging.getLogger("visionpipe.archive")
@@ -315,11 +316,11 @@ def _outside_copy(source: Path) -> Path:
     is gone once the run ends: the run's data.source where it is a local file, else the zip
     at the same place in the project (the workspace's data/raw/ may hold another run's)."""
     posix = source.resolve().as_posix()
-    if QUEUED_COPY not in posix:
+    if paths.QUEUED_COPY not in posix:
         return Path(posix)
     if (origin := _local_source()) is not None:
         return origin
-    project, inside = posix.split(QUEUED_COPY, 1)
+    project, inside = posix.split(paths.QUEUED_COPY, 1)
     return Path(project, *inside.split("/")[1:])  # past the copy's own folder
 
 
@@ -337,13 +338,10 @@ def _local_source() -> Path | None:
     return path if path is not None and path.is_absolute() and path.is_file() else None
 
 
-QUEUED_COPY = "/.dvc/tmp/exps/"  # where DVC makes a queued run's copy of the project
-
-
 def _beside_project() -> Path:
     """The folder the project is in, absolute, as data.source must be for queued runs: theirs
     (a temporary copy in .dvc/tmp/exps/) is the one it was copied from, not the copy's."""
-    return Path(Path.cwd().resolve().as_posix().split(QUEUED_COPY, 1)[0]).parent
+    return Path(Path.cwd().resolve().as_posix().split(paths.QUEUED_COPY, 1)[0]).parent
 
 
 def _quoted(text: object) -> str:

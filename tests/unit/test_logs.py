@@ -297,3 +297,18 @@ def test_a_stage_run_outside_dvc_says_dvc_lock_does_not_record_it(tmp_path: Path
         )
         assert done.returncode == 1  # no params.yaml here: the stage's own error follows
         assert (said in done.stderr) is outside, done.stderr
+
+
+def test_a_bad_param_under_dvc_says_dvc_removed_the_outputs_but_not_in_a_queued_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from visionpipe.config import ConfigError
+
+    monkeypatch.setenv("DVC_STAGE", "train")
+    monkeypatch.chdir(tmp_path)
+    assert "(DVC removed the train stage's outputs" in logs._outputs_removed(ConfigError("x"))
+    # A queued run's copy of the project: the workspace's outputs are untouched.
+    copy = tmp_path / ".dvc" / "tmp" / "exps" / "tmpab12"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    assert logs._outputs_removed(ConfigError("x")) == ""
