@@ -622,7 +622,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         if extra:  # the command's usage, not the top one's (argparse's own would show that)
             before = argv[: argv.index(args.command)] if args.command in argv else []
             command = parser if extra[0] in before else getattr(args, "parser", parser)
-            command.error(f"unrecognized arguments: {' '.join(extra)}")
+            command.error(f"unrecognized arguments: {' '.join(extra)}{_set_flag_hint(args, extra)}")
         return args
     except SystemExit as exc:
         dashed = [a for a in argv if a.startswith("-") and len(a) > 1 and Path(a).exists()]
@@ -633,6 +633,15 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
                 file=sys.stderr,
             )
         raise
+
+
+def _set_flag_hint(args: argparse.Namespace, extra: list[str]) -> str:
+    """For `visionpipe params -S train.lr=0.1`, DVC's flag typed out of habit: the way without."""
+    flags = [a for a in extra if a in ("-S", "--set-param", "--set")]
+    if getattr(args, "command", None) != "params" or not flags:
+        return ""
+    given = [a for a in [*getattr(args, "overrides", []), *extra] if a not in flags]
+    return f" (the overrides come alone: visionpipe params {' '.join(given) or 'train.lr=0.1'})"
 
 
 def main(argv: list[str] | None = None) -> int:

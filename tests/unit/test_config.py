@@ -443,6 +443,11 @@ def test_params_errors_give_this_command_s_ways_and_a_list_item_s_value(
         assert main(["params", key, value]) == 2  # `train.lr= 0.1`: two words to the shell
         said = capsys.readouterr().err.rstrip()
         assert said.endswith(f"{key!r} and {value!r} are one override: {key}{value}"), said
+    # DVC's -S, typed out of habit: the command without it.
+    with pytest.raises(SystemExit):
+        main(["params", "-S", "train.lr=0.1", "-S", "train.epochs=2"])
+    err = capsys.readouterr().err.rstrip()
+    assert err.endswith("(the overrides come alone: visionpipe params train.lr=0.1 train.epochs=2)")
     assert main(["params", "recipe=nope"]) == 2
     err = capsys.readouterr().err
     assert "Could not find 'recipe/nope'" in err and "\tfast\n" in err
