@@ -289,11 +289,16 @@ def _other_reading(source: Path, names: list[bytes]) -> str:
     other = f" (with the right one's code page in place of {page})" if len(readings) > 1 else ""
     folder = _beside_project() / (source.stem + "-unpacked")
     # JSON's strings are Python's: in double quotes, the shell's single ones stay plain.
-    code = (
-        f"import zipfile; zipfile.ZipFile({_quoted(_outside_copy(source))}, "
-        f"metadata_encoding={_quoted(page)})"
-        f".extractall({_quoted(folder)})"
-    )
+    opened = f"zipfile.ZipFile({_quoted(_outside_copy(source))}, metadata_encoding={_quoted(page)})"
+    code = f"import zipfile; {opened}.extractall({_quoted(folder)})"
+    if any("\\" in raw.decode(page, "replace") for raw in names):
+        # Windows' separator (a zip PowerShell or .NET made), which extractall keeps in the
+        # names here: one file named 照片\狗\1.jpg, not its folders.
+        code = (
+            f"import zipfile; z = {opened}; m = z.infolist(); "
+            '[setattr(i, "filename", i.filename.replace(chr(92), "/")) for i in m]; '
+            f"z.extractall({_quoted(folder)}, m)"
+        )
     return (
         f"; in its maker's Windows code page the first may read {shown}. If one is right,"
         f" unpack it so, `uv run python -c {shlex.quote(code)}`{other}, and set data.source to"

@@ -590,6 +590,27 @@ def test_unflagged_utf8_names_read_as_utf8_and_other_code_pages_are_warned_of(
     assert (unpacked / "photos" / "猫" / "照片 1.jpg").read_bytes() == b"cat"
 
 
+def test_the_unpack_command_makes_folders_of_a_zip_with_windows_separators(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PowerShell's and .NET's zips separate folders with '\\'.
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    windows = _unflagged_zip(tmp_path / "ps.zip", ("照片\\狗\\0.jpg", "照片\\表\\1.jpg"), "gbk")
+    with caplog.at_level(logging.WARNING):
+        list_files(windows)
+    command = re.search(r"`uv run python -c (.+?)`", caplog.text)
+    assert command is not None, caplog.text
+    python = f"{shlex.quote(sys.executable)} -c {command.group(1)}"
+    subprocess.run(python, shell=True, cwd=project, check=True)
+    unpacked = tmp_path / "ps-unpacked"
+    assert sorted(p.relative_to(unpacked).as_posix() for p in unpacked.rglob("*.jpg")) == [
+        "照片/狗/0.jpg",
+        "照片/表/1.jpg",
+    ]
+
+
 def test_gbk_names_that_read_as_utf8_by_chance_are_warned_of_with_both_readings(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
