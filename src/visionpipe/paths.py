@@ -273,6 +273,15 @@ def user_path(value: str | Path, param: str) -> Path:
             f"{param} '{value}' is a Windows path, which this machine ({os.uname().sysname})"
             f" cannot open: give its path on this machine{wsl}"
         )
+    if os.name != "nt" and "\\" in text and "/" not in text and not os.path.lexists(text):
+        # data\raw, %USERPROFILE%\Pictures, or a \\nas\share that Hydra took a '\' of: not a
+        # file named with backslashes in the project, which it would be read as.
+        variable = " and $NAME for Windows' %NAME%" if re.search(r"%\w+%", text) else ""
+        raise ForeignPathError(
+            f"{param} '{value}' is a Windows path ('\\' between folders), which this machine "
+            f"({os.uname().sysname}) cannot open: give its path on this machine, with '/'"
+            f"{variable}"
+        )
     return Path(text)
 
 

@@ -66,6 +66,10 @@ def test_a_relative_data_root_is_refused(written: str, said: str) -> None:
         (r"C:\Users\me\photos", "under WSL, that folder is /mnt/c/Users/me/photos"),
         ("D:/data/cats.zip", "under WSL, that folder is /mnt/d/data/cats.zip"),
         (r"\\nas\share\photos", "give its path on this machine"),
+        # Hydra's unquoted reading of \\nas\share keeps one '\'; a relative one; a variable.
+        (r"\nas\share\photos", "give its path on this machine, with '/'"),
+        (r"data\raw", "give its path on this machine, with '/'"),
+        (r"%USERPROFILE%\Pictures", "with '/' and $NAME for Windows' %NAME%"),
     ],
 )
 def test_a_windows_path_is_named_as_one(tmp_path: Path, written: str, hint: str) -> None:
