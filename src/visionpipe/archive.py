@@ -371,6 +371,12 @@ def _open_zip_file(source: Path) -> zipfile.ZipFile:
         ) from e
 
 
+def _folder_entry(info: zipfile.ZipInfo) -> bool:
+    """Whether a member is a folder: named with a '/' at its end, or, in a zip PowerShell 5 or
+    .NET wrote, with Windows' '\\' (`photos\\bird\\`) and nothing in it."""
+    return info.is_dir() or (info.filename.endswith("\\") and info.file_size == 0)
+
+
 @contextlib.contextmanager
 def _open_zip(source: Path) -> Iterator[Opened]:
     with _open_zip_file(source) as zf:
@@ -383,7 +389,7 @@ def _open_zip(source: Path) -> Iterator[Opened]:
         for info in zf.infolist():
             name = clean_name(source, names.name(info))
             check_unique(source, info.filename, name, seen)
-            if not name or info.is_dir():
+            if not name or _folder_entry(info):
                 folders += [name] if name else []
                 continue
             mode = info.external_attr >> 16  # Unix st_mode when written on Unix, else 0

@@ -728,7 +728,7 @@ def test_what_a_killed_run_left_beside_its_outputs_is_removed(workdir: Path) -> 
     assert not any(folder.exists() for folder in left)
 
 
-@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+@pytest.mark.parametrize("kind", ["zip", "windows.zip", "tar.gz"])
 def test_an_archive_names_its_empty_class_folders(
     workdir: Path, tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -749,6 +749,11 @@ def test_an_archive_names_its_empty_class_folders(
         with zipfile.ZipFile(dest, "w") as z:
             for path in sorted(tree.rglob("*")):
                 z.write(path, path.relative_to(tmp_path).as_posix())
+    elif kind == "windows.zip":  # PowerShell 5's: '\\' between folders, a folder's too at its end
+        with zipfile.ZipFile(dest, "w") as z:
+            for path in sorted(tree.rglob("*")):
+                name = str(path.relative_to(tmp_path)).replace("/", "\\")
+                z.writestr(name + "\\" * path.is_dir(), b"" if path.is_dir() else path.read_bytes())
     else:
         with tarfile.open(dest, "w:gz") as tar:
             tar.add(tree, "photos")
