@@ -180,9 +180,8 @@ def log_live(
             live.log_metric(name, value, plot=False)
     live.log_sklearn_plot("confusion_matrix", actual, predicted, name="confusion_matrix.json")
     for figure in ("recall", "precision"):
-        # What the figure is over: recall over the class's test images, precision over the
-        # images predicted as it.
-        # Named as in metrics/per_class.json, so the two files join on it.
+        # What the figure is over, named as metrics/per_class.json names it (the two files join
+        # on it): recall over the class's test images, precision over the images predicted as it.
         over = "support" if figure == "recall" else "predicted"
         rows = [
             {"class": s["class"], figure: s[figure], over: s[over]}

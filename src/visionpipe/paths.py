@@ -200,6 +200,8 @@ def pipeline_file(path: Path) -> bool:
 
 def _under(path: Path, records: bool) -> bool:
     real = _real(path)
+    if records and any(GIT_FOLDER in p.parts for p in real):
+        return True
     # The project here, and the one holding `path`: `--json ~/proj/models/model.pt` run from
     # another folder names that project's model.
     folder = Path(os.path.realpath(path.parent))
@@ -209,8 +211,6 @@ def _under(path: Path, records: bool) -> bool:
     places = set().union(
         *(_real(root / name) for root in roots for name in _guarded(root, records))
     )
-    if records and any(GIT_FOLDER in p.parts for p in real):
-        return True
     return any(p.is_relative_to(o) for p in real for o in places)
 
 
