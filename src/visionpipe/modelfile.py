@@ -85,6 +85,8 @@ def load_model(
 ) -> tuple[Classifier, ModelInfo]:
     """Load a model.pt (weights_only) and rebuild the model it describes, in eval mode."""
     path = paths.require(Path(path), "train")
+    if path.is_dir():
+        raise ModelFileError(f"{path}: a folder, not a model.pt file")
     try:
         blob = _torch_load(path, map_location)
     except PermissionError:
@@ -154,16 +156,17 @@ def _not_a_model(path: Path, exc: BaseException) -> ModelFileError:
             f"not loaded: unpickling it could run code); pass the {paths.MODEL} the train stage "
             "wrote"
         )
+    zipped = _zip_names(path)
+    if zipped is None or _empty(path):  # a copy cut short
+        what = "empty" if zipped is not None else "a zip archive, as torch.save writes, cut short"
+        return ModelFileError(
+            f"{path}: a damaged or incomplete file ({what}: a copy or download cut short); copy it"
+            f" again, or restore the project's own with 'uv run dvc checkout --force {paths.MODEL}'"
+        )
     if not _saved_by_torch(path):  # torch's words on it would be about unpickling
         return ModelFileError(
             f"{path}: not a PyTorch file (torch.save writes a zip archive, or a pickle); pass the"
             f" {paths.MODEL} the train stage wrote"
-        )
-    if (zipped := _zip_names(path)) is None:  # a zip archive without its end
-        return ModelFileError(
-            f"{path}: a damaged or incomplete file (a zip archive, as torch.save writes, whose end"
-            f" is missing: a copy or download cut short); copy it again, or restore the "
-            f"project's own with 'uv run dvc checkout {paths.MODEL}' (or 'uv run dvc pull')"
         )
     if zipped and not any(name.endswith("/data.pkl") for name in zipped):
         return ModelFileError(
@@ -190,6 +193,13 @@ def _zip_names(path: Path) -> list[str] | None:
         return None
     except OSError:
         return []  # unreadable: the error torch gave says why
+
+
+def _empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
 
 
 def _saved_by_torch(path: Path) -> bool:

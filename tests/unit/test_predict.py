@@ -586,10 +586,16 @@ def test_the_torch_backend_names_a_bad_model_file_too(
     whole = (exported_model / "model.pt").read_bytes()
     for size in (1000, len(whole) // 3, len(whole) // 2, len(whole) - 30):
         (cut := tmp_path / f"cut{size}.pt").write_bytes(whole[:size])
+        restore = f"'uv run dvc checkout --force {paths.MODEL}'"  # DVC's word for a changed file
         cases.append((cut, f"{cut}: a damaged or incomplete file (a zip archive"))
+        cases.append((cut, restore))
+    (empty := tmp_path / "empty.pt").write_bytes(b"")
+    cases.append((empty, f"{empty}: a damaged or incomplete file (empty: a copy or download"))
     with zipfile.ZipFile(other := tmp_path / "other.pt", "w") as archive:
         archive.writestr("notes.txt", "not weights")
     cases.append((other, f"{other}: a zip archive, but not one torch.save wrote"))
+    (folder := tmp_path / "models").mkdir()
+    cases.append((folder, f"{folder}: a folder, not a model.pt file"))
     for path, said in cases:
         caplog.clear()
         with warnings.catch_warnings(record=True) as shown:
