@@ -573,9 +573,8 @@ def _check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
         if flag != "grid" and is_image_name(path.name):  # it would replace a photo
             parser.error(f"--{flag} {path} is named like an image: give a .{flag} file name")
-        if "\\" in str(path) and os.sep == "/":  # a Windows habit: one file named so here
-            slashes = str(path).replace("\\", "/")
-            parser.error(f"--{flag} {path}: '\\' separates no folders here; write {slashes}")
+        if (meant := paths.meant_here(str(path))) is not None:  # not one file named so
+            parser.error(f"--{flag} {path} is a Windows path; here, write {meant}")
         if streams.discarded(path):  # as many outputs as asked may be dropped
             continue
         if (other := named.get(os.path.realpath(path))) is not None:  # the last would win

@@ -85,14 +85,12 @@ def require(path: str | Path, stage: str) -> Path:
     """`path`, which stage `stage` writes, found as `in_project` finds it (a notebook in the
     project's `notebooks/` runs there); a missing one says which command makes it, and, for
     the pipeline's own outputs, how to bring back the last ones DVC recorded."""
+    path = Path(path)  # a notebook passes the path as typed, a str
     found = in_project(path)
     if found.exists():
         return found
-    if "\\" in str(path) and os.sep == "/":  # a Windows habit (models\model.onnx)
-        slashes = str(path).replace("\\", "/")
-        raise FileNotFoundError(
-            f"{path} not found: '\\' separates no folders here; write {slashes}"
-        )
+    if (meant := meant_here(str(path))) is not None:  # a Windows habit (models\model.onnx)
+        raise FileNotFoundError(f"{path} not found: a Windows path; here, write {meant}")
     root = project_root()
     # In another DVC project (one that imports the model), what fetches it is its path.
     ours = root is None or runs_stage(root, stage)
@@ -111,7 +109,7 @@ def require(path: str | Path, stage: str) -> Path:
             " project sharing the cache removes what this one links to): "
             + (f"{rerun(stage)}, or {remote}" if ours else f"{remote}, run in {root}")
         )
-    if not Path(path).is_absolute() and root is None:  # a notebook started elsewhere
+    if not path.is_absolute() and root is None:  # a notebook started elsewhere
         raise FileNotFoundError(
             f"{path} not found, and {Path.cwd()} is not inside a visionpipe project (no dvc.yaml"
             " here or in a folder above): run from the project or a folder inside it"
@@ -122,12 +120,19 @@ def require(path: str | Path, stage: str) -> Path:
             f"{path} not found here or in the project {root}: if DVC tracks it there (a .dvc file"
             f" beside it, an import), {remote}, run in {root}"
         )
-    if not pipeline_output(path) and Path(path) not in (PREDICTIONS, PREDICTION_GRID):
-        # A file of the user's own (`--model modles/model.onnx`, a copy): a typo, not a stage
-        # to run.
-        raise FileNotFoundError(f"{path} not found")
+    raise FileNotFoundError(_missing(path, stage, root))
+
+
+def _missing(path: Path, stage: str, root: Path | None) -> str:
+    """Why `path`, missing in this pipeline's project at `root`, is: a stage's output not made
+    yet (and how to make or fetch it), or a file of the user's own, a typo."""
+    # From a subfolder (photos/, notebooks/), the project's file is the one at its root.
+    places = [path] if path.is_absolute() or root is None else [path, root / path]
+    output = any(pipeline_output(p) for p in places)
+    if not output and path not in (PREDICTIONS, PREDICTION_GRID):
+        return f"{path} not found"  # `--model modles/model.onnx`: no stage to run for it
     message = f"{path} not found: {rerun(stage)} first"
-    if pipeline_output(path):
+    if output:
         # A fresh clone has dvc.lock but none of the outputs: a teammate's DVC remote has them.
         # DVC deletes a stage's outputs before running it, so a failed or stopped run leaves
         # none; the last successful run's are in DVC's cache. --force: the stopped run's
@@ -137,7 +142,7 @@ def require(path: str | Path, stage: str) -> Path:
             f" from the DVC remote; after a failed or stopped run, 'uv run dvc checkout --force"
             f" {stage}' restores them (docs/training.md, 'After a failed or stopped run')"
         )
-    raise FileNotFoundError(message)
+    return message
 
 
 def _chain_end(link: Path) -> str | None:
@@ -254,6 +259,17 @@ def split_file(split: str) -> Path:
 _WINDOWS_PATH = re.compile(r"^(?:([A-Za-z]):[\\/]|\\\\[^\\])")
 
 
+def meant_here(text: str) -> str | None:
+    """The path that `text`, written with Windows' '\\' between folders, names on this machine:
+    '/' between them, a drive's where WSL mounts it (C:\\x is /mnt/c/x). None where `text` holds
+    neither '\\' nor a drive, or on Windows. (A \\\\server\\share path has none here.)"""
+    drive = re.match(r"^([A-Za-z]):[\\/]", text)
+    if os.name == "nt" or (drive is None and "\\" not in text):
+        return None
+    rest = (text[3:] if drive else text).replace("\\", "/")
+    return f"/mnt/{drive[1].lower()}/{rest}" if drive else rest
+
+
 class ForeignPathError(ValueError):
     """A param holds a path of another operating system, which cannot exist on this one."""
 
@@ -267,8 +283,7 @@ def user_path(value: str | Path, param: str) -> Path:
     text = os.path.expanduser(os.path.expandvars(str(value)))
     windows = _WINDOWS_PATH.match(text) if os.name != "nt" else None
     if windows:
-        drive, rest = windows[1], text[3:].replace("\\", "/")
-        wsl = f" (under WSL, that folder is /mnt/{drive.lower()}/{rest})" if drive else ""
+        wsl = f" (under WSL, that folder is {meant_here(text)})" if windows[1] else ""
         raise ForeignPathError(
             f"{param} '{value}' is a Windows path, which this machine ({os.uname().sysname})"
             f" cannot open: give its path on this machine{wsl}"

@@ -15,7 +15,7 @@ import torch
 import yaml
 from PIL import Image
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, pipeline_skeleton
 from visionpipe import paths
 from visionpipe.modelfile import load_model
 from visionpipe.models import tutorial_cnn
@@ -162,6 +162,11 @@ def test_require_finds_the_files_the_page_names_from_a_notebook_and_says_when_ou
     monkeypatch.chdir(notebooks)
     for typed in ("models/model.onnx", Path("models/model.onnx")):
         assert paths.require(typed, "export") == notebooks.parent / "models" / "model.onnx"
+    # One the stages have not written yet: the stage that writes it, from notebooks/ too.
+    pipeline_skeleton(notebooks.parent)
+    for typed in ("metrics/per_class.json", Path("metrics/per_class.json")):
+        with pytest.raises(FileNotFoundError, match=r"run 'uv run dvc repro evaluate' first; in"):
+            paths.require(typed, "evaluate")
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     monkeypatch.chdir(outside)  # a kernel started outside the project

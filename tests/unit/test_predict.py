@@ -278,10 +278,15 @@ def test_each_backend_reads_the_model_the_pipeline_writes_by_default(
     write_tiny_onnx(tmp_path / paths.ONNX_MODEL)
     caplog.clear()
     assert main(["predict", "x.png", "--model", "models\\model.onnx"]) == 2
-    assert "'\\' separates no folders here; write models/model.onnx" in caplog.text
+    assert "models\\model.onnx not found: a Windows path; here, write models/model.onnx" in (
+        caplog.text
+    )
     with pytest.raises(SystemExit):
         main(["predict", "x.png", "--csv", "predictions\\out.csv"])
-    assert "'\\' separates no folders here; write predictions/out.csv" in capsys.readouterr().err
+    assert "is a Windows path; here, write predictions/out.csv" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["predict", "x.png", "--json", "C:\\Users\\me\\out.json"])
+    assert "here, write /mnt/c/Users/me/out.json" in capsys.readouterr().err
     assert not list(tmp_path.glob("*out.csv"))
 
 
