@@ -18,6 +18,7 @@ import struct
 import unicodedata
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from visionpipe import paths
@@ -55,8 +56,12 @@ class ZipNames:
     def __init__(self, source: Path, infos: list[zipfile.ZipInfo]) -> None:
         self.source = source
         self.utf8 = _unflagged_names_are_utf8(infos)
-        # Every folder's name, ASCII ones too: an alphabet's a/ b/ beside ñ/ tells ñ is a letter.
-        self.folders = {part for info in infos for part in info.filename.split("/")[:-1]}
+        # Every folder, ASCII ones too: an alphabet's a/ b/ beside ñ/ tells ñ is a letter.
+        self.folders = {
+            "/".join(parts[: i + 1])
+            for parts in (info.filename.split("/") for info in infos)
+            for i in range(len(parts) - 1)
+        }
         self.cp437: list[bytes] = []  # stored names read as cp437
         self.guessed: list[bytes] = []  # unflagged names read as UTF-8
 
@@ -156,25 +161,40 @@ def _doubtful(names: list[bytes], folders: set[str]) -> tuple[str, str] | None:
     # one such folder, or several with a letter past Latin-1 (牛 reads ţ). A Swedish å/ ä/ ö/, an
     # alphabet's (ñ/ beside a/ b/, α/ β/ γ/, А/ Б/ В/) and a letter of no script (º, µ) are
     # letters indeed.
-    lone = [p for p in parts if len(LETTER.findall(p)) == 1]
-    letters = {c for p in lone for c in LETTER.findall(p) if _script(c) is not None}
+    lone = sorted({(folder, p) for raw in names for folder, p in _one_letter_parts(raw)})
+    letters = {c for _, p in lone for c in LETTER.findall(p) if _script(c) is not None}
     chinese = bool(letters) and all(_common_char(_as_gbk(c), "gbk") for c in letters)
     if (
         chinese
-        and not _alphabet(letters, folders)
+        and not _alphabet(lone, letters, folders)
         and (len(letters) == 1 or any(ord(c) > 0xFF for c in letters))
     ):
-        return lone[0], f"is a name of one letter, which GBK reads {_as_gbk(lone[0])}"
+        part = lone[0][1]
+        return part, f"is a name of one letter, which GBK reads {_as_gbk(part)}"
     return None
 
 
-def _alphabet(letters: set[str], folders: set[str]) -> bool:
-    """Whether folders named with one letter each are an alphabet's classes: some of them ASCII
-    letters (a/ b/ ... ñ/), or three or more letters of one script (α/ β/ γ/). A Chinese zip's
-    one-character classes read as lone letters rarely have either."""
-    if any(len(f) == 1 and f.isascii() and f.isalpha() for f in folders):
+def _one_letter_parts(raw: bytes) -> Iterator[tuple[str, str]]:
+    """(the folder it is in, the part) for each part of name `raw` past ASCII of one letter."""
+    parts = raw.decode("utf-8").split("/")
+    for i, part in enumerate(parts):
+        if not part.isascii() and len(LETTER.findall(part)) == 1:
+            yield "/".join(parts[:i]), part
+
+
+def _alphabet(lone: list[tuple[str, str]], letters: set[str], folders: set[str]) -> bool:
+    """Whether folders named with one letter each are an alphabet's classes: each beside a
+    folder named with one ASCII letter (a/ b/ ... ñ/), or three letters in a row of the
+    alphabet (α/ β/ γ/, а/ б/ в/). A Chinese zip's one-character classes, read as lone letters,
+    are neither (山/ 石/ 木/ read ľ ɽ ʯ)."""
+    split = [f.rpartition("/") for f in folders]
+    beside = {
+        place for place, _, name in split if len(name) == 1 and name.isascii() and name.isalpha()
+    }
+    if all(folder in beside for folder, _ in lone):
         return True
-    return len(letters) >= 3 and len({_script(c) for c in letters}) == 1
+    points = {ord(c) for c in letters}
+    return any(p + 1 in points and p + 2 in points for p in points)
 
 
 def _as_gbk(name: str) -> str:

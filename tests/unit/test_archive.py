@@ -722,6 +722,25 @@ def test_a_western_windows_s_names_read_as_cp437_are_not_warned_of_others_get_ea
         assert f"the first may read '{name}/0.jpg' in shift_jis" in caplog.text, caplog.text
 
 
+def test_chinese_classes_of_one_character_are_no_alphabet_for_a_letter_elsewhere(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 山 石 木 read ľ ɽ ʯ (one script, but no letters in a row); an ASCII one-letter folder
+    # elsewhere in the zip is no neighbour of theirs.
+    for names in (
+        ["山/1.jpg", "石/2.jpg", "木/3.jpg"],
+        ["train/山/1.jpg", "train/石/2.jpg", "train/木/3.jpg", "train/女/4.jpg"],
+        ["A/猫/1.jpg", "B/猫/2.jpg"],
+        ["x/猫/1.jpg", "x/牛/2.jpg", "y/a/3.jpg"],
+    ):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            list_files(_unflagged_zip(tmp_path / "cn.zip", names, "gbk"))
+        assert "is a name of one letter, which GBK reads" in caplog.text or (
+            "folders of one letter each" in caplog.text
+        ), names
+
+
 def test_a_chinese_class_of_one_character_read_as_one_accented_letter_is_warned_of(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
