@@ -193,17 +193,23 @@ def free_bytes(path: Path | str) -> int:
     return shutil.disk_usage(folder).free
 
 
+WINDOWS = os.name == "nt"
+
+
 def _fsync(path: Path) -> None:
     """Flush `path`'s data (a file) or its entries (a folder) to the disk.
 
     A rename reaches the disk's journal before the renamed file's data does: after a power cut
     or a kernel crash, a file renamed into place unflushed can be there with no bytes in it.
     """
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
+    folder = path.is_dir()
+    # Windows flushes a file only through a handle that may write it (EBADF otherwise).
+    flags = os.O_RDWR if WINDOWS and not folder else os.O_RDONLY
+    flags |= getattr(os, "O_DIRECTORY", 0) if folder else 0
     try:
         fd = os.open(path, flags)
     except OSError:
-        if path.is_dir():
+        if folder:
             return  # a system that cannot open a folder (Windows) cannot sync one either
         raise
     try:

@@ -524,7 +524,9 @@ def die_with_parent(parent_pid: int, signum: int | None = None) -> None:
     import ctypes
 
     pr_set_pdeathsig = 1  # <linux/prctl.h>
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signum or signal.SIGKILL)
+    ctypes.CDLL(None, use_errno=True).prctl(
+        pr_set_pdeathsig, signal.SIGKILL if signum is None else signum
+    )
     if os.getppid() != parent_pid:  # it died before the request took effect
         os._exit(1)
 

@@ -382,3 +382,24 @@ def test_a_full_disk_names_dvc_s_cache_only_where_the_cache_is_on_it(
         stdout_full = fsutil.DiskFullError(errno.ENOSPC, streams.STDOUT_FULL)  # `> /dev/full`
         assert "DVC's cache" not in logs._disk_full_text(stdout_full)
     assert os.stat("/proc").st_dev != os.stat(tmp_path).st_dev
+
+
+def test_a_file_is_flushed_through_a_handle_that_may_write_it_on_windows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows' fsync (_commit) refuses a read-only handle with EBADF: every atomic write
+    (predict's --json, --csv, --grid) would fail there."""
+    target = tmp_path / "x.json"
+    target.write_text("{}")
+    opened: list[int] = []
+    real_open = os.open
+
+    def recording_open(path: object, flags: int, *args: object) -> int:
+        opened.append(flags)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(fsutil.os, "open", recording_open)
+    for windows in (False, True):
+        monkeypatch.setattr(fsutil, "WINDOWS", windows)
+        fsutil._fsync(target)
+        assert bool(opened.pop() & os.O_RDWR) is windows
