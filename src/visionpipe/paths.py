@@ -176,17 +176,31 @@ PIPELINE_OUTPUTS = (
     Path("stages"),
 )
 # What any DVC project keeps of itself: its pipeline, lock, params, DVC's and git's folders.
-PROJECT_RECORDS = (Path("dvc.yaml"), DVC_LOCK, PARAMS, Path(".dvc"), Path(".git"))
+PROJECT_RECORDS = (
+    Path("dvc.yaml"),
+    DVC_LOCK,
+    PARAMS,
+    Path(".dvc"),
+    Path(".dvcignore"),
+    Path(".git"),
+)
 # A folder no output goes into wherever it is: a git repository's own (the project may be a
 # folder of a bigger repository, whose .git/ is above it). Not any .dvc/: queued experiments
 # run in copies of the project inside one.
 GIT_FOLDER = ".git"
+# What `dvc add` writes beside what it tracks (data/my_photos.dvc): DVC's record of it.
+DVC_FILE_SUFFIX = ".dvc"
 
 
 def guarded_names() -> str:
     """PIPELINE_OUTPUTS and PROJECT_RECORDS as a message lists them, folders with a '/'."""
-    return ", ".join(
-        p.as_posix() + ("" if p.suffix else "/") for p in (*PIPELINE_OUTPUTS, *PROJECT_RECORDS)
+    files = {Path(".dvcignore")}
+    return (
+        ", ".join(
+            p.as_posix() + ("" if p.suffix or p in files else "/")
+            for p in (*PIPELINE_OUTPUTS, *PROJECT_RECORDS)
+        )
+        + f", *{DVC_FILE_SUFFIX}"
     )
 
 
@@ -205,7 +219,7 @@ def pipeline_file(path: Path) -> bool:
 
 def _under(path: Path, records: bool) -> bool:
     real = _real(path)
-    if records and any(GIT_FOLDER in p.parts for p in real):
+    if records and any(GIT_FOLDER in p.parts or p.suffix == DVC_FILE_SUFFIX for p in real):
         return True
     # The project here, and the one holding `path`: `--json ~/proj/models/model.pt` run from
     # another folder names that project's model.

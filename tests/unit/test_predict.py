@@ -1024,7 +1024,8 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
     # The project's own records, and its raw data and samples.
     records = ("dvc.lock", "params.yaml", "data/raw/source.json", "data/samples/x.png")
     outputs = ("metrics/train.json", "dvclive/train/metrics.json", "logs/tensorboard/x.csv")
-    code = ("conf/config.yaml", "stages/train.py", ".dvc/config", ".git/config")
+    code = ("conf/config.yaml", "stages/train.py", ".dvc/config", ".git/config", ".dvcignore")
+    code += ("data/my_photos.dvc",)  # `dvc add data/my_photos`'s record
     for name in (*records, *outputs, *code):
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         (project / name).write_text("kept")
