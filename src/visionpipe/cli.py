@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import sys
 import unicodedata
 import urllib.parse
@@ -636,11 +637,26 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 
 def _set_flag_hint(args: argparse.Namespace, extra: list[str]) -> str:
     """For `visionpipe params -S train.lr=0.1`, DVC's flag typed out of habit: the way without."""
-    flags = [a for a in extra if a in ("-S", "--set-param", "--set")]
-    if getattr(args, "command", None) != "params" or not flags:
+    if getattr(args, "command", None) != "params":
         return ""
-    given = [a for a in [*getattr(args, "overrides", []), *extra] if a not in flags]
-    return f" (the overrides come alone: visionpipe params {' '.join(given) or 'train.lr=0.1'})"
+    given, flagged = list(getattr(args, "overrides", [])), False
+    for arg in extra:  # -S k=v, -Sk=v, --set-param k=v, --set-param=k=v
+        flag = next((f for f in ("--set-param", "--set", "-S") if arg.startswith(f)), None)
+        flagged |= flag is not None
+        value = arg if flag is None else arg[len(flag) :].removeprefix("=")
+        given += [value] if value else []
+    if not flagged:
+        return ""
+    typed = " ".join(_shell_word(a) for a in given) or "train.lr=0.1"
+    return f" (the overrides come alone: visionpipe params {typed})"
+
+
+def _shell_word(arg: str) -> str:
+    """`arg` as the shell takes it back whole: Hydra's single quotes inside double ones, as the
+    docs write them ("data.source='/home/me/照片'"), else shlex's quoting."""
+    if "'" in arg and not re.search(r'["$`\\!]', arg):
+        return f'"{arg}"'
+    return shlex.quote(arg)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -448,6 +448,22 @@ def test_params_errors_give_this_command_s_ways_and_a_list_item_s_value(
         main(["params", "-S", "train.lr=0.1", "-S", "train.epochs=2"])
     err = capsys.readouterr().err.rstrip()
     assert err.endswith("(the overrides come alone: visionpipe params train.lr=0.1 train.epochs=2)")
+    for typed in (
+        ["-Strain.lr=0.1"],
+        ["--set-param=train.lr=0.1"],
+        ["--set-param", "train.lr=0.1"],
+    ):
+        with pytest.raises(SystemExit):
+            main(["params", *typed])
+        assert capsys.readouterr().err.rstrip().endswith("visionpipe params train.lr=0.1)"), typed
+    # A value in Hydra's quotes comes back as the shell takes it whole.
+    with pytest.raises(SystemExit):
+        main(["params", "-S", "data.source='/tmp/张伟 x/a.zip'"])
+    assert (
+        capsys.readouterr()
+        .err.rstrip()
+        .endswith("""visionpipe params "data.source='/tmp/张伟 x/a.zip'")""")
+    )
     assert main(["params", "recipe=nope"]) == 2
     err = capsys.readouterr().err
     assert "Could not find 'recipe/nope'" in err and "\tfast\n" in err
