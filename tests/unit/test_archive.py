@@ -581,13 +581,18 @@ def test_unflagged_utf8_names_read_as_utf8_and_other_code_pages_are_warned_of(
     assert "in its maker's Windows code page the first may read 'photos/猫/照片 1.jpg' in gbk" in (
         caplog.text
     )
-    command = re.search(r"`uv run python -c (.+?)`", caplog.text)
-    assert command is not None, caplog.text
-    python = f"{shlex.quote(sys.executable)} -c {command.group(1)}"
-    subprocess.run(python, shell=True, cwd=tmp_path / "project", check=True)
+    _run_the_advised_command(caplog.text, tmp_path / "project")
     unpacked = tmp_path / "windows-unpacked"  # absolute in the advice, as queued runs need
     assert f"set data.source to {str(unpacked)!r}" in caplog.text
     assert (unpacked / "photos" / "猫" / "照片 1.jpg").read_bytes() == b"cat"
+
+
+def _run_the_advised_command(said: str, cwd: Path) -> None:
+    """The warning's `uv run python -c ...` unpack command, run in this Python as a shell would."""
+    command = re.search(r"`uv run python -c (.+?)`", said)
+    assert command is not None, said
+    python = f"{shlex.quote(sys.executable)} -c {command.group(1)}"
+    subprocess.run(python, shell=True, cwd=cwd, check=True)
 
 
 def test_the_unpack_command_makes_folders_of_a_zip_with_windows_separators(
@@ -600,10 +605,7 @@ def test_the_unpack_command_makes_folders_of_a_zip_with_windows_separators(
     windows = _unflagged_zip(tmp_path / "ps.zip", ("照片\\狗\\0.jpg", "照片\\表\\1.jpg"), "gbk")
     with caplog.at_level(logging.WARNING):
         list_files(windows)
-    command = re.search(r"`uv run python -c (.+?)`", caplog.text)
-    assert command is not None, caplog.text
-    python = f"{shlex.quote(sys.executable)} -c {command.group(1)}"
-    subprocess.run(python, shell=True, cwd=project, check=True)
+    _run_the_advised_command(caplog.text, project)
     unpacked = tmp_path / "ps-unpacked"
     assert sorted(p.relative_to(unpacked).as_posix() for p in unpacked.rglob("*.jpg")) == [
         "照片/狗/0.jpg",
