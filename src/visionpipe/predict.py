@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import itertools
 import logging
 import math
 import operator
@@ -520,16 +521,16 @@ def write_grid(
     shown = decoded
     if len(decoded) > limit:
         wrong = [labels.get(p.file) not in (None, p.top[0]["class"]) for p in decoded]
-        # A stable sort: the wrong ones first, each group in the order given.
-        order = sorted(range(len(decoded)), key=lambda i: not wrong[i])
-        shown = [decoded[i] for i in order[:limit]]
+        shown = [decoded[i] for i in _grid_order(decoded, labels, wrong)[:limit]]
         # A warning, so that the CLI (which shows warnings and errors only) says it too.
         log.warning(
             "%s shows %d of the %d predictions (%s)",
             dest,
             limit,
             len(decoded),
-            f"the {sum(wrong)} wrong ones first" if any(wrong) else "the first ones",
+            f"the {sum(wrong)} wrong ones first, each class's in turn"
+            if any(wrong)
+            else "the first ones",
         )
     # Decoded for the cell size, as predicting decoded them for the model's: a JPEG at reduced
     # scale, so a photo too large to decode whole (200 megapixels) shows as it was predicted.
@@ -544,6 +545,20 @@ def write_grid(
         return
     with atomic_path(dest) as tmp:
         tmp.write_bytes(buf.getvalue())
+
+
+def _grid_order(decoded: list[Prediction], labels: dict[str, str], wrong: list[bool]) -> list[int]:
+    """The indexes of `decoded` as a sheet of some of them shows them: the wrong guesses first,
+    one of each folder class in turn (a collection sorted by class would fill the sheet with
+    its first class's), then the right ones; each class's in the order given."""
+    by_class: dict[str, list[int]] = {}
+    for i, p in enumerate(decoded):
+        if wrong[i]:
+            by_class.setdefault(labels[p.file], []).append(i)
+    turns = itertools.zip_longest(*by_class.values())
+    return [i for turn in turns for i in turn if i is not None] + [
+        i for i in range(len(decoded)) if not wrong[i]
+    ]
 
 
 def _grid_caption(p: Prediction, label: str | None) -> list[Line]:

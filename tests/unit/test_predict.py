@@ -133,7 +133,7 @@ def test_a_grid_of_more_photos_than_it_holds_shows_the_wrong_guesses_and_says_so
     grid = tmp_path / "grid.png"
     with caplog.at_level("WARNING"):  # as `visionpipe predict` logs
         write_grid(grid, preds, labels, limit=len(wrong))
-    said = f"shows {len(wrong)} of the {len(preds)} predictions (the {len(wrong)} wrong ones first)"
+    said = f"shows {len(wrong)} of the {len(preds)} predictions (the {len(wrong)} wrong ones first,"
     assert said in caplog.text
     sheet = np.asarray(Image.open(grid).convert("RGB")).astype(int)
     layout = Layout(128, 5, lines=2, font_size=13)
@@ -141,6 +141,18 @@ def test_a_grid_of_more_photos_than_it_holds_shows_the_wrong_guesses_and_says_so
         x, y = (n % 5) * 128, (n // 5) * layout.row_height + 128
         first_line = sheet[y : y + layout.line_height, x : x + 128].reshape(-1, 3)
         assert (np.abs(first_line - (178, 34, 34)).sum(1) < 30).any(), n
+
+
+def test_a_sheet_of_a_collection_sorted_by_class_shows_each_class_s_wrong_guesses_in_turn() -> None:
+    from visionpipe.predict import _grid_order
+
+    # Folders cat/ (3 wrong, 1 right), dog/ (2 wrong), frog/ (1 wrong), in path order.
+    files = ["cat/1", "cat/2", "cat/3", "cat/4", "dog/1", "dog/2", "frog/1"]
+    preds = [Prediction(f, [{"class": "x", "probability": 1.0}]) for f in files]
+    labels = {f: f.split("/")[0] for f in files}
+    wrong = [f != "cat/4" for f in files]
+    order = [files[i] for i in _grid_order(preds, labels, wrong)]
+    assert order == ["cat/1", "dog/1", "frog/1", "cat/2", "dog/2", "cat/3", "cat/4"]
 
 
 def test_a_topk_beyond_the_model_s_classes_gives_no_empty_csv_columns(
