@@ -16,6 +16,7 @@ import math
 import operator
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -123,9 +124,14 @@ def top_k(probs: np.ndarray, classes: list[str], k: int) -> list[dict[str, Any]]
 
 
 def predict_files(
-    files: Iterable[str | Path], backend: Backend, topk: int = 3, batch_size: int = 64
+    files: Iterable[str | Path],
+    backend: Backend,
+    topk: int = 3,
+    batch_size: int = 64,
+    progress: Callable[[int], None] | None = None,
 ) -> list[Prediction]:
-    """Top-k predictions per file, in input order; undecodable files get an error entry."""
+    """Top-k predictions per file, in input order; undecodable files get an error entry.
+    `progress(done)` is told the count of files done after each batch."""
     if isinstance(files, (str, bytes, Path)):  # a str would be predicted a character at a time
         raise TypeError(f"predict_files takes a list of files, not one: [{files!r}]")
     if not all(_whole(n) >= 1 for n in (topk, batch_size)):  # numpy's integers are whole too
@@ -153,7 +159,55 @@ def predict_files(
             for slot, p in zip(ok, probs, strict=True):
                 slots[slot].top = top_k(p, backend.classes, k)
         results += slots
+        if progress is not None:
+            progress(len(results))
     return results
+
+
+class Progress:
+    """How many of `total` photos are predicted, on a terminal's stderr, rewritten in place at
+    most twice a second: a collection of thousands takes minutes, which would pass in silence.
+    Nothing where stderr is no terminal (a pipe, a log file, a CI job)."""
+
+    def __init__(self, total: int, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.total, self.shown_at, self.width = total, 0.0, 0
+        self.on = total > PROGRESS_MIN and _is_terminal(self.stream)
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if self.on and done < self.total and now - self.shown_at >= 0.5:
+            text = f"predicted {done:,} of {self.total:,} photos"
+            self.stream.write(f"\r{text}")
+            self.stream.flush()
+            self.shown_at, self.width = now, len(text)
+
+    def clear(self) -> None:
+        """Blank the count's line, for what comes next (the table, "interrupted")."""
+        if self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+            self.width = 0
+
+
+PROGRESS_MIN = 500  # photos: fewer take a few seconds at most
+
+
+def _predict_showing_progress(
+    files: list[Path], backend: Backend, topk: int, batch_size: int
+) -> list[Prediction]:
+    progress = Progress(len(files))
+    try:
+        return predict_files(files, backend, topk, batch_size, progress)
+    finally:
+        progress.clear()
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or replaced stream
+        return False
 
 
 def _whole(n: object) -> int:
@@ -198,7 +252,7 @@ def predict_command(
         log.error("%s", clash)
         return 2
     not_scored = {str(f) for f in samples.files} | {file for file, _ in samples.errors}
-    predicted = predict_files(samples.files + inputs.files, opened, topk, batch_size)
+    predicted = _predict_showing_progress(samples.files + inputs.files, opened, topk, batch_size)
     n = len(samples.files)
     preds = [
         *samples.in_order(predicted[:n], [Prediction(f, [], why) for f, why in samples.errors]),

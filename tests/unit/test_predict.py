@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import errno
 import importlib.metadata
+import io
 import json
 import os
 import shlex
@@ -144,7 +145,7 @@ def test_a_grid_of_more_photos_than_it_holds_shows_the_wrong_guesses_and_says_so
 
 
 def test_a_sheet_of_a_collection_sorted_by_class_shows_each_class_s_wrong_guesses_in_turn() -> None:
-    from visionpipe.predict import _grid_order
+    from visionpipe.predict import Prediction, _grid_order
 
     # Folders cat/ (3 wrong, 1 right), dog/ (2 wrong), frog/ (1 wrong), in path order.
     files = ["cat/1", "cat/2", "cat/3", "cat/4", "dog/1", "dog/2", "frog/1"]
@@ -1222,3 +1223,43 @@ def test_the_stage_whose_reader_stops_reading_ends_quietly(
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err
     assert (tmp_path / paths.PREDICTIONS).is_file()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_long_prediction_counts_its_photos_on_a_terminal_and_clears_the_count(
+    exported_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of photos take minutes: the count rewrites one line of a terminal's stderr,
+    blanked before the table; a pipe or a log gets none of it."""
+    import visionpipe.predict as predict_module
+
+    monkeypatch.setattr(predict_module, "PROGRESS_MIN", 2)
+    photos = sorted(_images(tmp_path / "photos").values())
+    model = OnnxBackend(exported_model / "model.onnx")
+    terminal = _Terminal()
+    progress = predict_module.Progress(len(photos), terminal)
+    done: list[int] = []
+
+    def counted(n: int) -> None:
+        done.append(n)
+        progress.shown_at = 0.0  # every batch shown, whatever the clock
+        progress(n)
+
+    predict_files(photos, model, batch_size=1, progress=counted)
+    assert done == list(range(1, len(photos) + 1))
+    shown = terminal.getvalue()
+    assert shown.startswith(f"\rpredicted 1 of {len(photos)} photos")
+    assert f"predicted {len(photos)} of" not in shown  # the last is the table's to show
+    progress.clear()
+    assert terminal.getvalue().endswith(
+        "\r" + " " * len(f"predicted 1 of {len(photos)} photos") + "\r"
+    )
+    piped = io.StringIO()
+    quiet = predict_module.Progress(len(photos), piped)
+    quiet(1)
+    quiet.clear()
+    assert piped.getvalue() == ""
