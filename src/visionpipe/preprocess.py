@@ -15,6 +15,7 @@ import functools
 import gc
 import logging
 import shutil
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,7 +129,22 @@ def decode_source(
             log.warning("%s", line)
         payloads = _payloads(plan.items, files, chunk_items(size), pool.n > 1)
         decoded = pool.map(functools.partial(decode_chunk, size=size), payloads)
-        return _write_splits(plan, decoded, size, out)
+        return _write_splits(plan, _counted(decoded, len(plan.items)), size, out)
+
+
+PROGRESS_EVERY_S = 30.0
+
+
+def _counted(decoded: Iterable[Decoded], total: int) -> Iterator[Decoded]:
+    """`decoded`, saying how many of the `total` images are decoded every PROGRESS_EVERY_S: a
+    collection of large photos takes many minutes, which would pass on one line."""
+    done, said = 0, time.monotonic()
+    for chunk in decoded:
+        done += len(chunk.images)
+        if done < total and (now := time.monotonic()) - said >= PROGRESS_EVERY_S:
+            log.info("decoded %s of %s images", f"{done:,}", f"{total:,}")
+            said = now
+        yield chunk
 
 
 def _warn_empty_folders(source: Path, files: archive.Files) -> None:

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import logging
+import re
 import shutil
 import tarfile
 import zipfile
@@ -72,6 +73,22 @@ def test_imagefolder_zip_becomes_uint8_splits(workdir: Path, held_out: str) -> N
     assert sorted(p.name for p in paths.SAMPLES_DIR.iterdir()) == ["00_ants.png", "01_bees.png"]
     report = json.loads(paths.PREPROCESS_REPORT.read_text())
     assert report["ignored_files"] == 1 and report["skipped_bad_images"] == 0
+
+
+def test_a_long_decode_says_how_far_it_got(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Thousands of large photos take minutes between "decoding" and "decoded": a count now
+    and then says it goes on (every chunk here, where 30 s is made 0)."""
+    _make_zip(workdir / paths.RAW_DIR / "photos.zip", "test")
+    monkeypatch.setattr(preprocess, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(preprocess, "chunk_items", lambda size: 4)  # several chunks
+    with caplog.at_level(logging.INFO, logger="visionpipe.preprocess"):
+        meta = preprocess.run(_params())
+    total = sum(meta["counts"].values())
+    counts = re.findall(rf"decoded (\d+) of {total} images", caplog.text)
+    assert counts and [int(c) for c in counts] == sorted(int(c) for c in counts), caplog.text
+    assert all(int(c) < total for c in counts)
 
 
 def test_bad_images_are_listed_and_skipped_by_default(workdir: Path) -> None:
