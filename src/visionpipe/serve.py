@@ -352,11 +352,12 @@ def decode_uploads(uploads: list[Upload], size: int) -> list[np.ndarray]:
             f"{MAX_REQUEST_PIXELS:,} one request may: send them in several",
         )
     arrays, problems = [], []
-    for upload in uploads:
+    for index, upload in enumerate(uploads):
         try:
             arrays.append(load_array(upload.data, upload.name, size))
         except BadImageError as exc:
-            problems.append({"file": upload.name, "error": exc.reason})
+            # The index too: a client resending the others tells two files of one name apart.
+            problems.append({"file": upload.name, "index": index, "error": exc.reason})
     if problems:
         first = problems[0]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

@@ -177,3 +177,56 @@ def test_a_heic_photo_the_browser_cannot_draw_gets_its_answer_and_a_placeholder(
     assert not js_errors, js_errors
     assert shown == "no preview in this browser"
     assert labels == [t["class"] for t in api["predictions"][0]["top"]]
+
+
+async def choose_many(debug_port: int, page_url: str, photos: list[Path], classified: int) -> Any:
+    """Choose `photos` at once; the names shown and the status line once `classified` show."""
+    async with _page_tools(debug_port) as tools:
+        await tools.send("Runtime.enable")
+        await tools.send("Page.navigate", url=page_url)
+        await tools.wait_for("document.getElementById('model')?.textContent.includes('classes')")
+        root = (await tools.send("DOM.getDocument"))["root"]["nodeId"]
+        node = (await tools.send("DOM.querySelector", nodeId=root, selector="#file"))["nodeId"]
+        await tools.send("DOM.setFileInputFiles", nodeId=node, files=[str(p) for p in photos])
+        said = await tools.wait_for(
+            "document.getElementById('status').textContent.includes('classified')"
+            " && document.getElementById('status').textContent"
+        )
+        names = await tools.evaluate(
+            "JSON.stringify([...document.querySelectorAll('#results .prediction')]"
+            ".map(li => li.dataset.file))"
+        )
+        return json.loads(names), said, tools.errors
+
+
+def test_a_drop_beyond_one_request_goes_in_several_and_a_bad_photo_costs_only_itself(
+    tmp_path: Path,
+) -> None:
+    # Photos of ~24 KB under a 60 KiB request limit: two a request; the bad one's request is
+    # refused (422) and sent again without it.
+    rng = np.random.default_rng(1)
+    photos = []
+    for i in range(5):
+        photos.append(tmp_path / f"p{i}.png")
+        Image.fromarray(rng.integers(0, 255, (80, 100, 3), dtype=np.uint8)).save(photos[-1])
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    chosen = [*photos[:3], bad, *photos[3:]]
+    model = write_tiny_onnx(tmp_path / "model.onnx")
+    with serve(model, tmp_path / "server.log", "--max-upload-mb", "0.06") as server:
+        chromium, port = start_chromium(tmp_path / "profile")
+        try:
+            names, said, js_errors = asyncio.run(
+                choose_many(port, f"{server.url}/", chosen, len(photos))
+            )
+        finally:
+            chromium.terminate()
+            chromium.wait(timeout=30)
+        log = (tmp_path / "server.log").read_text()
+    assert not js_errors, js_errors
+    assert sorted(names) == [p.name for p in photos], names
+    assert said == (
+        "5 images classified, newest at the top; not classified: bad.png: not a recognised"
+        " image format"
+    ), said
+    assert "Traceback" not in log

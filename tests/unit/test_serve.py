@@ -296,7 +296,11 @@ def test_a_form_names_each_bad_file_and_predicts_nothing(server: Served) -> None
     status, got = request(f"{server.url}/predict", body, {"Content-Type": content_type})
     assert status == 422, got
     assert got["error"].startswith("notes.png: not a recognised image format (and 2 more)")
-    assert [p["file"] for p in got["problems"]] == ["notes.png", "empty.jpg", "bomb.png"]
+    assert [(p["file"], p["index"]) for p in got["problems"]] == [
+        ("notes.png", 1),
+        ("empty.jpg", 2),
+        ("bomb.png", 3),
+    ]
     assert "empty file" in got["problems"][1]["error"]
     body, content_type = _form([("a.bin", BIG)])
     status, got = request(f"{server.url}/predict", body, {"Content-Type": content_type})
