@@ -56,10 +56,11 @@ class ZipNames:
     def __init__(self, source: Path, infos: list[zipfile.ZipInfo]) -> None:
         self.source = source
         self.utf8 = _unflagged_names_are_utf8(infos)
-        # Every folder, ASCII ones too: an alphabet's a/ b/ beside ñ/ tells ñ is a letter.
+        # Every folder, ASCII ones too: an alphabet's a/ b/ beside ñ/ tells ñ is a letter. Read
+        # as _doubtful reads the names it doubts (UTF-8), so a folder above them matches.
         self.folders = {
             "/".join(parts[: i + 1])
-            for parts in (info.filename.split("/") for info in infos)
+            for parts in (_as_utf8(info).split("/") for info in infos)
             for i in range(len(parts) - 1)
         }
         self.cp437: list[bytes] = []  # stored names read as cp437
@@ -97,6 +98,16 @@ class ZipNames:
                 "%s holds file names not marked UTF-8, read as UTF-8, of which %r %s%s",
                 *(self.source, *doubt, _other_reading(self.source, self.guessed)),
             )
+
+
+def _as_utf8(info: zipfile.ZipInfo) -> str:
+    """A member's name, an unflagged one's stored bytes read as UTF-8 where they are UTF-8."""
+    if not _unflagged(info):
+        return info.filename
+    try:
+        return info.orig_filename.encode("cp437").decode("utf-8")
+    except UnicodeDecodeError:
+        return info.filename
 
 
 def _unflagged(info: zipfile.ZipInfo) -> bool:

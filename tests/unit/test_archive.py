@@ -766,6 +766,7 @@ def test_a_chinese_class_of_one_character_read_as_one_accented_letter_is_warned_
         ["o gato é bonito/1.jpg", "cão/2.jpg"],
         ["ö/1.jpg", "å/2.jpg", "ä/3.jpg"],
         spanish,
+        [f"letras_españolas/{name}" for name in spanish],  # below a folder past ASCII
         ["e/1.jpg", "é/2.jpg"],
         ["α/1.jpg", "β/2.jpg", "γ/3.jpg", "δ/4.jpg"],
         ["а/1.jpg", "б/2.jpg", "в/3.jpg"],
