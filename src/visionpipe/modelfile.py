@@ -158,10 +158,15 @@ def _not_a_model(path: Path, exc: BaseException) -> ModelFileError:
         )
     zipped = _zip_names(path)
     if zipped is None or _empty(path):  # a copy cut short
-        what = "empty" if zipped is not None else "a zip archive, as torch.save writes, cut short"
+        what = (
+            "empty"
+            if zipped is not None
+            else "a zip archive, as torch.save writes, without its end"
+        )
         return ModelFileError(
             f"{path}: a damaged or incomplete file ({what}: a copy or download cut short); copy it"
             f" again, or restore the project's own with 'uv run dvc checkout --force {paths.MODEL}'"
+            + paths.commands_where(paths.project_root())
         )
     if not _saved_by_torch(path):  # torch's words on it would be about unpickling
         return ModelFileError(

@@ -142,7 +142,16 @@ def _missing(path: Path, stage: str, root: Path | None) -> str:
             f" from the DVC remote; after a failed or stopped run, 'uv run dvc checkout --force"
             f" {stage}' restores them (docs/training.md, 'After a failed or stopped run')"
         )
-    return message
+    return message + commands_where(root)
+
+
+def commands_where(root: Path | None) -> str:
+    """Where the `dvc` commands a message gives must run, when that is not here: DVC reads
+    dvc.yaml, stage names and paths from the folder it runs in, and from a subfolder (photos/,
+    notebooks/) finds none of them."""
+    if root is None or Path.cwd().resolve() == root.resolve():
+        return ""
+    return f" (run the dvc commands in {root})"
 
 
 def _chain_end(link: Path) -> str | None:
