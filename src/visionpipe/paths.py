@@ -285,10 +285,13 @@ _WINDOWS_PATH = re.compile(r"^(?:([A-Za-z]):[\\/]|\\\\[^\\])")
 def meant_here(text: str) -> str | None:
     """The path that `text`, written with Windows' '\\' between folders, names on this machine:
     '/' between them, a drive's where WSL mounts it (C:\\x is /mnt/c/x). None where `text` holds
-    neither '\\' nor a drive, or on Windows. (A \\\\server\\share path has none here.)"""
+    neither '\\' nor a drive, starts with '/', or on Windows; a network share's (\\\\server\\share)
+    says to give its path here."""
     drive = re.match(r"^([A-Za-z]):[\\/]", text)
-    if os.name == "nt" or (drive is None and "\\" not in text):
-        return None
+    if os.name == "nt" or text.startswith("/") or (drive is None and "\\" not in text):
+        return None  # from '/', this system's own path, whose file names may hold a backslash
+    if text.startswith("\\\\"):  # \\server\share, \\?\C:\x
+        return "its path on this machine (where the share is mounted)"
     rest = (text[3:] if drive else text).replace("\\", "/")
     return f"/mnt/{drive[1].lower()}/{rest}" if drive else rest
 

@@ -300,6 +300,13 @@ def test_each_backend_reads_the_model_the_pipeline_writes_by_default(
     with pytest.raises(SystemExit):
         main(["predict", "x.png", "--json", "C:\\Users\\me\\out.json"])
     assert "here, write /mnt/c/Users/me/out.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["predict", "x.png", "--json", "\\\\nas\\share\\out.json"])
+    assert "here, write its path on this machine (where the share is mounted)" in (
+        capsys.readouterr().err
+    )
+    # From '/', a path of this system's, whose file names may hold a backslash.
+    assert paths.meant_here(str(tmp_path / "a\\b.json")) is None
     assert not list(tmp_path.glob("*out.csv"))
 
 
