@@ -640,11 +640,10 @@ def _set_flag_hint(args: argparse.Namespace, extra: list[str]) -> str:
     if getattr(args, "command", None) != "params":
         return ""
     given, flagged = list(getattr(args, "overrides", [])), False
-    for arg in extra:  # -S k=v, -Sk=v, --set-param k=v, --set-param=k=v
-        flag = next((f for f in ("--set-param", "--set", "-S") if arg.startswith(f)), None)
-        flagged |= flag is not None
-        value = arg if flag is None else arg[len(flag) :].removeprefix("=")
-        given += [value] if value else []
+    for arg in extra:  # -S k=v, -Sk=v, --set-param k=v, --set-param=k=v; other options left out
+        joined = re.match(r"(?:-S|--set-param=|--set=)(\w.*=.*)", arg)
+        flagged |= arg in ("-S", "--set-param", "--set") or joined is not None
+        given += [joined[1]] if joined else [] if arg.startswith("-") else [arg]
     if not flagged:
         return ""
     typed = " ".join(_shell_word(a) for a in given) or "train.lr=0.1"

@@ -456,6 +456,13 @@ def test_params_errors_give_this_command_s_ways_and_a_list_item_s_value(
         with pytest.raises(SystemExit):
             main(["params", *typed])
         assert capsys.readouterr().err.rstrip().endswith("visionpipe params train.lr=0.1)"), typed
+    # Another unknown option is left out of the command, and is no -S to cut.
+    with pytest.raises(SystemExit):
+        main(["params", "-S", "train.lr=0.1", "--dry-run"])
+    assert capsys.readouterr().err.rstrip().endswith("alone: visionpipe params train.lr=0.1)")
+    with pytest.raises(SystemExit):
+        main(["params", "--settle"])
+    assert "alone" not in capsys.readouterr().err
     # A value in Hydra's quotes comes back as the shell takes it whole.
     with pytest.raises(SystemExit):
         main(["params", "-S", "data.source='/tmp/张伟 x/a.zip'"])
