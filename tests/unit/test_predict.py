@@ -504,13 +504,20 @@ def _bad_models(exported: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
     good = (exported / "model.onnx").read_bytes()
     (tmp / "corrupt.onnx").write_bytes(bytes(range(256)) * 40)
     (tmp / "truncated.onnx").write_bytes(good[: len(good) // 2])
+    (tmp / "empty.onnx").write_bytes(b"")
     stripped = onnx.load(str(exported / "model.onnx"))
     del stripped.metadata_props[:]
     onnx.save(stripped, str(tmp / "no-metadata.onnx"))
     meta = {"classes": '["a", "b"]', "image_size": "16"}
     return {
         "corrupt": (tmp / "corrupt.onnx", "not a readable ONNX model"),
-        "truncated": (tmp / "truncated.onnx", "not a readable ONNX model"),
+        "truncated": (
+            tmp / "truncated.onnx",
+            "not a readable ONNX model (INVALID_PROTOBUF: Protobuf parsing failed.); a copy or"
+            " download cut short reads so: copy it again, or restore the project's own with"
+            f" 'uv run dvc checkout --force {paths.ONNX_MODEL}'",
+        ),
+        "empty": (tmp / "empty.onnx", "No graph was found in the protobuf.); a copy or download"),
         "model.pt": (exported / "model.pt", "PyTorch's weights file (torch.save), not an ONNX"),
         "a folder": (tmp, "a folder, not an ONNX model file"),
         "no metadata": (tmp / "no-metadata.onnx", "without visionpipe metadata"),
