@@ -1026,19 +1026,29 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
         (["--csv", str(model)], f"--csv {model} names the model predicting"),
         (
             ["--json", "../models/model.pt"],
-            "--json ../models/model.pt names a file of the project's own",
+            "--json ../models/model.pt names one of the pipeline's or DVC's own files",
         ),
-        (["--json", "mp.json"], "--json mp.json names a file of the project's own (models"),
+        (
+            ["--json", "mp.json"],
+            "--json mp.json names one of the pipeline's or DVC's own files (models",
+        ),
     ]
     (project / "data" / "processed").mkdir(parents=True)
     (project / "notes" / "dlink").symlink_to(project / "data")  # a folder's link: that folder
-    cases.append((["--csv", "dlink/processed/x.csv"], "names a file of the project's own"))
+    cases.append(
+        (["--csv", "dlink/processed/x.csv"], "names one of the pipeline's or DVC's own files")
+    )
     # A file DVC links into its cache (cache.type symlink) is the pipeline's by its place.
     cached = project / ".dvc" / "cache" / "files" / "md5" / "ab" / ("c" * 30)
     cached.parent.mkdir(parents=True)
     cached.write_text("{}")
     (project / "data" / "processed" / "meta.json").symlink_to(cached)
-    cases.append((["--json", "../data/processed/meta.json"], "names a file of the"))
+    cases.append(
+        (
+            ["--json", "../data/processed/meta.json"],
+            "names one of the pipeline's or DVC's own files",
+        )
+    )
     for args, said in cases:
         caplog.clear()
         assert main(["predict", str(DOG_PNG), *args]) == 2, args
@@ -1059,7 +1069,7 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
         flag = "--grid" if name.endswith(".png") else "--json"
         caplog.clear()
         assert main(["predict", str(DOG_PNG), flag, f"../{name}"]) == 2, name
-        assert f"{flag} ../{name} names a file of the project's own" in caplog.text
+        assert f"{flag} ../{name} names one of the pipeline's or DVC's own files" in caplog.text
         assert (project / name).read_text() == "kept"
     # What the pipeline never writes, beside what it does: a user's own files there are free.
     for name in ("data/my_photos/p.csv", "logs/today.csv", "models/notes.json"):
@@ -1072,7 +1082,7 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
     (tmp_path / ".git" / "config").write_text("kept")
     caplog.clear()
     assert main(["predict", str(DOG_PNG), "--json", "../../.git/config"]) == 2
-    assert "--json ../../.git/config names a file of the project's own" in caplog.text
+    assert "--json ../../.git/config names one of the pipeline's or DVC's own files" in caplog.text
     assert (tmp_path / ".git" / "config").read_text() == "kept"
     # Outside any project, a data/processed/ is another project's own (a cookiecutter layout).
     other = tmp_path / "other"
@@ -1084,7 +1094,7 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
     for out in ("models/model.pt", "data/processed/meta.json", "dvc.lock"):
         caplog.clear()
         assert main([*args[:-1], str(project / out)]) == 2, out
-        assert "names a file of the project's own" in caplog.text
+        assert "names one of the pipeline's or DVC's own files" in caplog.text
     # So is another DVC project's dvc.lock; its data/ and models/ are its own (it has no stages
     # of this pipeline: it imports the model, say).
     (other / "dvc.yaml").write_text("stages: {}\n")
