@@ -86,8 +86,11 @@ async def drive_page(debug_port: int, page_url: str, photos: list[Path], drop: P
         return shown, error, tools.errors, (said, focused)
 
 
-async def _choose(tools: DevTools, page_url: str, photos: list[Path]) -> str:
-    """Open the page and choose `photos` in its file input; the expression counting answers."""
+async def _choose(
+    tools: DevTools, page_url: str, photos: list[Path], answered: int | None = None
+) -> str:
+    """Open the page and choose `photos` in its file input, until `answered` (all of them by
+    default) have an answer; the expression counting answers."""
     await tools.send("Runtime.enable")
     await tools.send("Page.navigate", url=page_url)
     # Until the navigation commits, the document is still about:blank's.
@@ -96,7 +99,7 @@ async def _choose(tools: DevTools, page_url: str, photos: list[Path]) -> str:
     node = (await tools.send("DOM.querySelector", nodeId=root, selector="#file"))["nodeId"]
     await tools.send("DOM.setFileInputFiles", nodeId=node, files=[str(p) for p in photos])
     count = "document.querySelectorAll('#results .prediction').length"
-    await tools.wait_for(f"{count} === {len(photos)}")
+    await tools.wait_for(f"{count} === {len(photos) if answered is None else answered}")
     return count
 
 
@@ -182,12 +185,7 @@ def test_a_heic_photo_the_browser_cannot_draw_gets_its_answer_and_a_placeholder(
 async def choose_many(debug_port: int, page_url: str, photos: list[Path], classified: int) -> Any:
     """Choose `photos` at once; the names shown and the status line once `classified` show."""
     async with _page_tools(debug_port) as tools:
-        await tools.send("Runtime.enable")
-        await tools.send("Page.navigate", url=page_url)
-        await tools.wait_for("document.getElementById('model')?.textContent.includes('classes')")
-        root = (await tools.send("DOM.getDocument"))["root"]["nodeId"]
-        node = (await tools.send("DOM.querySelector", nodeId=root, selector="#file"))["nodeId"]
-        await tools.send("DOM.setFileInputFiles", nodeId=node, files=[str(p) for p in photos])
+        await _choose(tools, page_url, photos, classified)
         said = await tools.wait_for(
             "document.getElementById('status').textContent.includes('classified')"
             " && document.getElementById('status').textContent"
