@@ -7,6 +7,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import stat
 import unicodedata
 from collections.abc import Callable, Iterable
@@ -15,6 +16,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TypeVar
 
+from visionpipe import paths
 from visionpipe.images import is_hidden, is_image_name
 from visionpipe.names import counted, listed
 
@@ -119,6 +121,8 @@ def _missing(spec: str) -> str:
     slashed = spec.replace("\\", "/")
     if slashed != spec and Path(slashed).exists():
         return f"no such file or directory; this system separates folders with /: {slashed}"
+    if re.match(r"[A-Za-z]:[\\/]|\\\\", spec) and (meant := paths.meant_here(spec)):
+        return f"no such file or directory: a Windows path; here, write {meant}"
     # A space a table shows as any other: an input method's full-width one, a no-break one.
     odd = [c for c in spec if _odd_space(c)]
     if odd:

@@ -283,7 +283,9 @@ def test_a_windows_style_path_names_the_path_that_exists(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "cats").mkdir()
     (tmp_path / "cats" / "a.jpg").write_bytes(b"x")
-    found = collect_inputs([".\\cats\\a.jpg", "dogs\\b.jpg", ".\\cats\\*.jpg"])
+    found = collect_inputs(
+        [".\\cats\\a.jpg", "dogs\\b.jpg", ".\\cats\\*.jpg", "C:\\Users\\me\\dog.png"]
+    )
     assert found.errors == [
         (
             ".\\cats\\a.jpg",
@@ -293,6 +295,10 @@ def test_a_windows_style_path_names_the_path_that_exists(
         (
             ".\\cats\\*.jpg",
             "glob matched no files; this system separates folders with /: ./cats/*.jpg",
+        ),
+        (
+            "C:\\Users\\me\\dog.png",
+            "no such file or directory: a Windows path; here, write /mnt/c/Users/me/dog.png",
         ),
     ]
 
