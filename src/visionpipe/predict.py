@@ -25,7 +25,7 @@ from typing import Any, Protocol, TextIO
 import numpy as np
 from PIL import Image
 
-from visionpipe import fsutil, paths, streams
+from visionpipe import fsutil, logs, paths, streams
 from visionpipe.folder_classes import (
     FolderClasses,
     format_accuracy,
@@ -124,14 +124,9 @@ def top_k(probs: np.ndarray, classes: list[str], k: int) -> list[dict[str, Any]]
 
 
 def predict_files(
-    files: Iterable[str | Path],
-    backend: Backend,
-    topk: int = 3,
-    batch_size: int = 64,
-    progress: Callable[[int], None] | None = None,
+    files: Iterable[str | Path], backend: Backend, topk: int = 3, batch_size: int = 64
 ) -> list[Prediction]:
-    """Top-k predictions per file, in input order; undecodable files get an error entry.
-    `progress(done)` is told the count of files done after each batch."""
+    """Top-k predictions per file, in input order; undecodable files get an error entry."""
     if isinstance(files, (str, bytes, Path)):  # a str would be predicted a character at a time
         raise TypeError(f"predict_files takes a list of files, not one: [{files!r}]")
     if not all(_whole(n) >= 1 for n in (topk, batch_size)):  # numpy's integers are whole too
@@ -159,8 +154,6 @@ def predict_files(
             for slot, p in zip(ok, probs, strict=True):
                 slots[slot].top = top_k(p, backend.classes, k)
         results += slots
-        if progress is not None:
-            progress(len(results))
     return results
 
 
@@ -195,10 +188,20 @@ PROGRESS_MIN = 500  # photos: fewer take a few seconds at most
 
 def _predict_showing_progress(
     files: list[Path], backend: Backend, topk: int, batch_size: int
-) -> list[Prediction]:
-    progress = Progress(len(files))
+) -> tuple[list[Prediction], KeyboardInterrupt | None]:
+    """The predictions of `files`, batch by batch, counted on a terminal; and the Ctrl-C (or
+    SIGTERM, SIGHUP) that stopped them, with those of the batches done kept: an hour's
+    collection is not lost to a stop at its last minute."""
+    progress, done = Progress(len(files)), []
     try:
-        return predict_files(files, backend, topk, batch_size, progress)
+        for start in range(0, len(files), batch_size):
+            done += predict_files(files[start : start + batch_size], backend, topk, batch_size)
+            progress(len(done))
+        return done, None
+    except KeyboardInterrupt as exc:
+        if not done:
+            raise  # nothing to keep: the plain "interrupted"
+        return done, exc
     finally:
         progress.clear()
 
@@ -252,7 +255,9 @@ def predict_command(
         log.error("%s", clash)
         return 2
     not_scored = {str(f) for f in samples.files} | {file for file, _ in samples.errors}
-    predicted = _predict_showing_progress(samples.files + inputs.files, opened, topk, batch_size)
+    predicted, stopped = _predict_showing_progress(
+        samples.files + inputs.files, opened, topk, batch_size
+    )
     n = len(samples.files)
     preds = [
         *samples.in_order(predicted[:n], [Prediction(f, [], why) for f, why in samples.errors]),
@@ -260,11 +265,7 @@ def predict_command(
     ]
     labels = _folder_labels(preds, inputs.tops, FolderClasses(opened.classes), not_scored)
     scored = [p for p in predicted if p.file not in not_scored]
-    # `--json -` / `--csv -` (or /dev/stdout) take standard output for themselves: the table
-    # goes to stderr.
-    on_stdout = [p for p in (json_path, csv_path, grid_path) if p is not None]
-    to_stdout = any(p == STDOUT or streams.standard_stream(p) == 1 for p in on_stdout)
-    out = sys.stderr if to_stdout else sys.stdout
+    out = _table_stream(json_path, csv_path, grid_path)
     skipped = _skipped(preds) if skip_bad else set()
     try:
         # The files first: a reader that stops reading (`| head -1`) stops this command, which
@@ -277,7 +278,27 @@ def predict_command(
     _print_accuracy(scored, labels, opened.classes)
     _warn_nonfinite(predicted)
     failed = _report_failures(preds, skipped, skip_bad, fix)
+    if stopped is not None:
+        return _said_stopped(stopped, len(predicted), len(samples.files) + len(inputs.files))
     return 1 if failed or not written else 0
+
+
+def _table_stream(*outputs: Path | None) -> TextIO:
+    """Where the table goes: stdout, or stderr where `--json -` or `--csv -` (or /dev/stdout)
+    take standard output for themselves."""
+    named = [p for p in outputs if p is not None]
+    to_stdout = any(p == STDOUT or streams.standard_stream(p) == 1 for p in named)
+    return sys.stderr if to_stdout else sys.stdout
+
+
+def _said_stopped(stopped: KeyboardInterrupt, done: int, total: int) -> int:
+    """Say that a stop cut the predictions short, and what was kept; its exit status."""
+    text, code = logs.stop_text(stopped)
+    print(
+        f"{text} after {done:,} of {total:,} photos: the table and the files asked for hold those",
+        file=sys.stderr,
+    )
+    return code
 
 
 def _print_table(table: str, out: TextIO | None) -> None:

@@ -25,7 +25,7 @@ from tests.tiny_onnx import write_tiny_onnx
 from visionpipe import fsutil, paths
 from visionpipe.cli import main
 from visionpipe.grids import Layout
-from visionpipe.predict import OnnxBackend, predict_files, write_grid
+from visionpipe.predict import OnnxBackend, Prediction, predict_files, write_grid
 
 
 def _images(folder: Path) -> dict[str, Path]:
@@ -145,7 +145,7 @@ def test_a_grid_of_more_photos_than_it_holds_shows_the_wrong_guesses_and_says_so
 
 
 def test_a_sheet_of_a_collection_sorted_by_class_shows_each_class_s_wrong_guesses_in_turn() -> None:
-    from visionpipe.predict import Prediction, _grid_order
+    from visionpipe.predict import _grid_order
 
     # Folders cat/ (3 wrong, 1 right), dog/ (2 wrong), frog/ (1 wrong), in path order.
     files = ["cat/1", "cat/2", "cat/3", "cat/4", "dog/1", "dog/2", "frog/1"]
@@ -1265,25 +1265,48 @@ def test_a_long_prediction_counts_its_photos_on_a_terminal_and_clears_the_count(
     photos = sorted(_images(tmp_path / "photos").values())
     model = OnnxBackend(exported_model / "model.onnx")
     terminal = _Terminal()
-    progress = predict_module.Progress(len(photos), terminal)
-    done: list[int] = []
-
-    def counted(n: int) -> None:
-        done.append(n)
-        progress.shown_at = 0.0  # every batch shown, whatever the clock
-        progress(n)
-
-    predict_files(photos, model, batch_size=1, progress=counted)
-    assert done == list(range(1, len(photos) + 1))
+    monkeypatch.setattr(predict_module.sys, "stderr", terminal)
+    monkeypatch.setattr(predict_module.time, "monotonic", iter(range(10, 1000, 10)).__next__)
+    done, stopped = predict_module._predict_showing_progress(photos, model, 3, 1)
+    assert [p.file for p in done] == [str(p) for p in photos] and stopped is None
     shown = terminal.getvalue()
-    assert shown.startswith(f"\rpredicted 1 of {len(photos)} photos")
+    assert shown.startswith(f"\rpredicted 1 of {len(photos)} photos"), shown
     assert f"predicted {len(photos)} of" not in shown  # the last is the table's to show
-    progress.clear()
-    assert terminal.getvalue().endswith(
-        "\r" + " " * len(f"predicted 1 of {len(photos)} photos") + "\r"
-    )
+    last = f"predicted {len(photos) - 1} of {len(photos)} photos"
+    assert shown.endswith(f"\r{last}\r" + " " * len(last) + "\r"), shown  # blanked
     piped = io.StringIO()
-    quiet = predict_module.Progress(len(photos), piped)
-    quiet(1)
-    quiet.clear()
+    monkeypatch.setattr(predict_module.sys, "stderr", piped)
+    predict_module._predict_showing_progress(photos, model, 3, 1)
     assert piped.getvalue() == ""
+
+
+def test_a_ctrl_c_keeps_the_photos_predicted_before_it(
+    exported_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An hour's collection stopped at its last minute: the table and the files asked for
+    hold what was predicted, and the exit status is a Ctrl-C's."""
+    import visionpipe.predict as predict_module
+
+    photos = sorted(_images(tmp_path / "photos").values())
+    real, calls = predict_module.predict_files, []
+
+    def stopped_at_the_second_batch(*args: object) -> list[Prediction]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(predict_module, "predict_files", stopped_at_the_second_batch)
+    out_csv, model = tmp_path / "p.csv", str(exported_model / "model.onnx")
+    args = ["predict", *map(str, photos), "--model", model, "--batch-size", "1", "--csv"]
+    assert main([*args, str(out_csv)]) == 130
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0].startswith(f"{photos[0]}: ")
+    assert len(captured.out.splitlines()) == 1
+    assert f"interrupted (Ctrl-C) after 1 of {len(photos)} photos: the table and the files" in (
+        captured.err
+    )
+    assert len(out_csv.read_text().splitlines()) == 2  # the header and the one predicted
