@@ -641,7 +641,7 @@ def _set_flag_hint(args: argparse.Namespace, extra: list[str]) -> str:
         return ""
     given, flagged = list(getattr(args, "overrides", [])), False
     for arg in extra:  # -S k=v, -Sk=v, --set-param k=v, --set-param=k=v; other options left out
-        joined = re.match(r"(?:-S|--set-param=|--set=)(\w.*=.*)", arg)
+        joined = re.match(r"(?:-S|--set-param=|--set=)([+~]{0,2}\w.*)", arg)  # ++k=v, ~k
         flagged |= arg in ("-S", "--set-param", "--set") or joined is not None
         given += [joined[1]] if joined else [] if arg.startswith("-") else [arg]
     if not flagged:

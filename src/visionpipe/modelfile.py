@@ -164,9 +164,8 @@ def _not_a_model(path: Path, exc: BaseException) -> ModelFileError:
             else "a zip archive, as torch.save writes, without its end"
         )
         return ModelFileError(
-            f"{path}: a damaged or incomplete file ({what}: a copy or download cut short); copy it"
-            f" again, or restore the project's own with 'uv run dvc checkout --force {paths.MODEL}'"
-            + paths.commands_where(paths.project_root())
+            f"{path}: a damaged or incomplete file ({what}: a copy or download cut short);"
+            f" {paths.restore_hint(path)}"
         )
     if not _saved_by_torch(path):  # torch's words on it would be about unpickling
         return ModelFileError(

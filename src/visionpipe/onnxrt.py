@@ -49,21 +49,10 @@ def open_session(path: Path) -> Any:
                 f"export, {paths.ONNX_MODEL} (visionpipe predict reads {paths.MODEL} with "
                 "--backend torch)"
             ) from None
-        raise ModelFileError(
-            f"{path}: not a readable ONNX model ({_reason(exc)}){_cut_short_hint(exc)}"
-        ) from None
-
-
-def _cut_short_hint(exc: BaseException) -> str:
-    """How to get a model.onnx back, where onnxruntime's error is what a copy cut short gives:
-    no protobuf it can parse, or none at all (an empty file)."""
-    if not re.search(r"INVALID_PROTOBUF|No graph was found", str(exc)):
-        return ""
-    return (
-        f"; a copy or download cut short reads so: copy it again, or restore the project's own"
-        f" with 'uv run dvc checkout --force {paths.ONNX_MODEL}'"
-        + paths.commands_where(paths.project_root())
-    )
+        # What a copy cut short gives: no protobuf onnxruntime can parse, or none (empty).
+        cut = re.search(r"INVALID_PROTOBUF|No graph was found", str(exc))
+        hint = f"; a copy or download cut short reads so: {paths.restore_hint(path)}" if cut else ""
+        raise ModelFileError(f"{path}: not a readable ONNX model ({_reason(exc)}){hint}") from None
 
 
 def _is_torch_file(path: Path) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -143,6 +144,21 @@ def _missing(path: Path, stage: str, root: Path | None) -> str:
             f" {stage}' restores them (docs/training.md, 'After a failed or stopped run')"
         )
     return message + commands_where(root)
+
+
+def restore_hint(path: Path) -> str:
+    """How to get a damaged or cut-short file at `path` back: copy it again, and where it is
+    the pipeline's own output (models/model.pt in a pipeline's project), DVC's copy of it."""
+    if not pipeline_output(Path(path)):
+        return "copy it again"
+    root = project_root()
+    if root is not None and Path(path).is_absolute():  # as DVC names it from the project's root
+        with contextlib.suppress(ValueError):
+            path = Path(os.path.realpath(path)).relative_to(root.resolve())
+    return (
+        f"copy it again, or restore the project's own with 'uv run dvc checkout --force {path}'"
+        + commands_where(root)
+    )
 
 
 def commands_where(root: Path | None) -> str:
@@ -287,6 +303,7 @@ def meant_here(text: str) -> str | None:
     '/' between them, a drive's where WSL mounts it (C:\\x is /mnt/c/x). None where `text` holds
     neither '\\' nor a drive, starts with '/', or on Windows; a network share's (\\\\server\\share)
     says to give its path here."""
+    text = text.removeprefix("\\\\?\\")  # Win32's long-path form of a local path: \\?\C:\x
     drive = re.match(r"^([A-Za-z]):[\\/]", text)
     if os.name == "nt" or text.startswith("/") or (drive is None and "\\" not in text):
         return None  # from '/', this system's own path, whose file names may hold a backslash

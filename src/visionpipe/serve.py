@@ -344,7 +344,8 @@ async def read_uploads(request: web.Request, limit: int, timeout: float) -> Form
 def decode_uploads(uploads: list[Upload], size: int) -> list[np.ndarray]:
     """(3, size, size) uint8 arrays, as predict decodes files; ApiError naming every bad one,
     or refusing images of more pixels in all than one request may decode."""
-    total = sum(decode_pixels(upload.data, size) for upload in uploads)
+    # An image above MAX_PIXELS alone is refused below, as predict refuses it: not counted here.
+    total = sum(n for u in uploads if (n := decode_pixels(u.data, size)) <= MAX_PIXELS)
     if total > MAX_REQUEST_PIXELS:
         raise ApiError(
             413,

@@ -448,14 +448,16 @@ def test_params_errors_give_this_command_s_ways_and_a_list_item_s_value(
         main(["params", "-S", "train.lr=0.1", "-S", "train.epochs=2"])
     err = capsys.readouterr().err.rstrip()
     assert err.endswith("(the overrides come alone: visionpipe params train.lr=0.1 train.epochs=2)")
-    for typed in (
-        ["-Strain.lr=0.1"],
-        ["--set-param=train.lr=0.1"],
-        ["--set-param", "train.lr=0.1"],
+    for typed, meant in (
+        (["-Strain.lr=0.1"], "train.lr=0.1"),
+        (["--set-param=train.lr=0.1"], "train.lr=0.1"),
+        (["--set-param", "train.lr=0.1"], "train.lr=0.1"),
+        (["-S++train.lr=1"], "++train.lr=1"),  # Hydra's add-or-override, and delete
+        (["-S~train.lr"], "'~train.lr'"),  # quoted: the shell expands a bare ~
     ):
         with pytest.raises(SystemExit):
             main(["params", *typed])
-        assert capsys.readouterr().err.rstrip().endswith("visionpipe params train.lr=0.1)"), typed
+        assert capsys.readouterr().err.rstrip().endswith(f"visionpipe params {meant})"), typed
     # Another unknown option is left out of the command, and is no -S to cut.
     with pytest.raises(SystemExit):
         main(["params", "-S", "train.lr=0.1", "--dry-run"])

@@ -305,8 +305,10 @@ def test_each_backend_reads_the_model_the_pipeline_writes_by_default(
     assert "here, write its path on this machine (where the share is mounted)" in (
         capsys.readouterr().err
     )
-    # From '/', a path of this system's, whose file names may hold a backslash.
+    # From '/', a path of this system's, whose file names may hold a backslash; Win32's long
+    # form of a local path is its drive's.
     assert paths.meant_here(str(tmp_path / "a\\b.json")) is None
+    assert paths.meant_here("\\\\?\\C:\\x\\m.onnx") == "/mnt/c/x/m.onnx"
     assert not list(tmp_path.glob("*out.csv"))
 
 
@@ -514,8 +516,7 @@ def _bad_models(exported: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
         "truncated": (
             tmp / "truncated.onnx",
             "not a readable ONNX model (INVALID_PROTOBUF: Protobuf parsing failed.); a copy or"
-            " download cut short reads so: copy it again, or restore the project's own with"
-            f" 'uv run dvc checkout --force {paths.ONNX_MODEL}'",
+            " download cut short reads so: copy it again",
         ),
         "empty": (tmp / "empty.onnx", "No graph was found in the protobuf.); a copy or download"),
         "model.pt": (exported / "model.pt", "PyTorch's weights file (torch.save), not an ONNX"),
@@ -594,7 +595,10 @@ def test_a_half_precision_file_with_half_inputs_names_the_option_that_keeps_them
 
 
 def test_the_torch_backend_names_a_bad_model_file_too(
-    exported_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    exported_model: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     bad = tmp_path / "model.pt"
     bad.write_bytes((exported_model / "model.onnx").read_bytes())
@@ -618,9 +622,8 @@ def test_the_torch_backend_names_a_bad_model_file_too(
     whole = (exported_model / "model.pt").read_bytes()
     for size in (1000, len(whole) // 3, len(whole) // 2, len(whole) - 30):
         (cut := tmp_path / f"cut{size}.pt").write_bytes(whole[:size])
-        restore = f"'uv run dvc checkout --force {paths.MODEL}'"  # DVC's word for a changed file
         cases.append((cut, f"{cut}: a damaged or incomplete file (a zip archive"))
-        cases.append((cut, restore))
+        cases.append((cut, "a copy or download cut short); copy it again\n"))  # no DVC's
     (empty := tmp_path / "empty.pt").write_bytes(b"")
     cases.append((empty, f"{empty}: a damaged or incomplete file (empty: a copy or download"))
     with zipfile.ZipFile(other := tmp_path / "other.pt", "w") as archive:
@@ -636,6 +639,23 @@ def test_the_torch_backend_names_a_bad_model_file_too(
         assert said in caplog.text and "weights_only" not in caplog.text, caplog.text
         assert "likelihood" not in caplog.text and not shown, [str(w.message) for w in shown]
         assert "enforce fail" not in caplog.text and "Traceback" not in caplog.text
+    # The pipeline's own model.pt cut short: DVC's copy of it, with --force (DVC's word for a
+    # changed file), and from a subfolder where the dvc command runs.
+    project = pipeline_skeleton(tmp_path / "project")
+    (project / "models").mkdir()
+    (project / paths.MODEL).write_bytes(whole[: len(whole) // 2])
+    (project / "photos").mkdir()
+    for where, said in (
+        (project, ""),
+        (project / "photos", f" (run the dvc commands in {project})"),
+    ):
+        monkeypatch.chdir(where)
+        caplog.clear()
+        assert main(["predict", str(image), "--backend", "torch"]) == 2
+        assert caplog.text.rstrip().endswith(
+            f"copy it again, or restore the project's own with 'uv run dvc checkout --force"
+            f" {paths.MODEL}'{said}"
+        ), caplog.text
 
 
 @pytest.mark.parametrize("change", ["layers", "arch"])

@@ -289,6 +289,18 @@ def test_a_name_of_two_addresses_listens_on_one_port(monkeypatch: pytest.MonkeyP
         assert _address_text(sockets) == f"http://127.0.0.1:{port}/ and http://[::1]:{port}/ "
 
 
+def test_one_image_above_the_pixel_limit_is_refused_as_predict_refuses_it(
+    server: Served,
+) -> None:
+    """Not as a request of too many pixels to send in several: halving gives the same."""
+    huge = _encode(Image.new("1", (20000, 15000)), "PNG")  # 300 MP, above a request's 256
+    body, content_type = _form([("huge.png", huge)])
+    status, got = request(f"{server.url}/predict", body, {"Content-Type": content_type})
+    assert status == 422, got
+    assert got["error"].startswith("huge.png: image is 20000x15000 (300,000,000 pixels)"), got
+    assert "downscale it first" in got["error"] and "send them in several" not in got["error"]
+
+
 def test_a_form_names_each_bad_file_and_predicts_nothing(server: Served) -> None:
     body, content_type = _form(
         [("good.jpg", _jpeg()), ("notes.png", b"text"), ("empty.jpg", b""), ("bomb.png", _bomb())]
