@@ -15,6 +15,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -228,3 +229,121 @@ def test_a_drop_beyond_one_request_goes_in_several_and_a_bad_photo_costs_only_it
         " image format"
     ), said
     assert "Traceback" not in log
+
+
+async def _scripted_server(modes: list[str]) -> Any:
+    """A stand-in for the server behind the page, answering POST /predict as `modes` says, in
+    turn (then "ok"): "html" (a sign-in page a proxy answers 200), "502", "slow" (ok after a
+    second); a file named bad* is refused (422) wherever it is."""
+    from importlib import resources
+
+    from aiohttp import web
+
+    page = (resources.files("visionpipe") / "serve_page.html").read_text()
+    info = {"model": "m.onnx", "md5": "0" * 32, "classes": ["cat", "dog"], "image_size": 16}
+    info |= {"max_images_per_request": 256, "max_upload_bytes": 10 << 20}
+
+    async def predict(request: web.Request) -> web.StreamResponse:
+        names = []
+        async for part in await request.multipart():
+            names.append(part.filename)
+            await part.read()
+        mode = modes.pop(0) if modes else "ok"
+        if mode == "html":
+            return web.Response(text="<html>sign in</html>", content_type="text/html")
+        if mode == "502":
+            return web.Response(status=502, text="bad gateway")
+        if mode == "slow":
+            await asyncio.sleep(1)
+        bad = [i for i, n in enumerate(names) if n.startswith("bad")]
+        if bad:
+            problems = [{"file": names[i], "index": i, "error": "not an image"} for i in bad]
+            return web.json_response({"error": "refused", "problems": problems}, status=422)
+        top = [{"class": "cat", "probability": 0.75}, {"class": "dog", "probability": 0.25}]
+        return web.json_response({"predictions": [{"file": n, "top": top} for n in names]})
+
+    async def index(_: web.Request) -> web.StreamResponse:
+        return web.Response(text=page, content_type="text/html")
+
+    async def model(_: web.Request) -> web.StreamResponse:
+        return web.json_response(info)
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    app.router.add_get("/model", model)
+    app.router.add_post("/predict", predict)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    return runner, sock.getsockname()[1]
+
+
+async def _page_against_a_script(debug_port: int, photos: dict[str, Path]) -> list[Any]:
+    modes: list[str] = []
+    runner, port = await _scripted_server(modes)
+    status = "document.getElementById('status')"
+    said = []
+    try:
+        async with _page_tools(debug_port) as tools:
+            # A 200 that is no answer of the server's (an expired sign-in): an error, not a
+            # page stuck on "classifying".
+            modes += ["html"]
+            await _choose(tools, f"http://127.0.0.1:{port}/", [photos["a"], photos["b"]], 0)
+            said.append(
+                await tools.wait_for(f"{status}.className === 'error' && {status}.textContent")
+            )
+            # A proxy's passing 502: sent once more.
+            modes += ["502"]
+            await _choose(tools, f"http://127.0.0.1:{port}/", [photos["c"]], 1)
+            said.append(
+                await tools.wait_for(
+                    f"{status}.textContent.includes('classified') && {status}.textContent"
+                )
+            )
+            # A second drop while the first is answered slowly: each in turn, the second's refusal
+            # kept in the list.
+            modes += ["slow"]
+            root = (await tools.send("DOM.getDocument"))["root"]["nodeId"]
+            node = (await tools.send("DOM.querySelector", nodeId=root, selector="#file"))["nodeId"]
+            for name in ("d", "bad"):
+                await tools.send("DOM.setFileInputFiles", nodeId=node, files=[str(photos[name])])
+            said.append(
+                await tools.wait_for(
+                    f"{status}.textContent.includes('nothing was') && {status}.textContent"
+                )
+            )
+            said.append(
+                json.loads(
+                    await tools.evaluate(
+                        "JSON.stringify([...document.querySelectorAll('#results li')]"
+                        ".map(li => [li.className, li.dataset.file]))"
+                    )
+                )
+            )
+            said.append(tools.errors)
+    finally:
+        await runner.cleanup()
+    return said
+
+
+def test_the_page_meets_a_proxy_s_page_a_passing_502_and_a_drop_during_a_drop(
+    tmp_path: Path,
+) -> None:
+    photos = {}
+    for name in ("a", "b", "c", "d", "bad"):
+        photos[name] = tmp_path / f"{name}.png"
+        Image.new("RGB", (20, 20), "red").save(photos[name])
+    chromium, port = start_chromium(tmp_path / "profile")
+    try:
+        html, retried, second, listed, js_errors = asyncio.run(_page_against_a_script(port, photos))
+    finally:
+        chromium.terminate()
+        chromium.wait(timeout=30)
+    assert not js_errors, js_errors
+    assert html == "error: 2 photos: 200 OK: not the server's answer; nothing was classified"
+    assert retried == "1 image classified, newest at the top"
+    assert second == "error: bad.png: not an image; nothing was classified"
+    # Since the last page load: c.png's answer, then d.png's, then bad.png's refusal on top.
+    assert listed == [["refused", "bad.png"], ["prediction", "d.png"], ["prediction", "c.png"]]
