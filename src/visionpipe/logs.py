@@ -88,6 +88,22 @@ def stop_signals(interrupt: bool = True) -> tuple[signal.Signals, ...]:
 
 
 @contextlib.contextmanager
+def stops_held(held: bool = True) -> Iterator[None]:
+    """If `held`, SIGINT, SIGTERM and SIGHUP are ignored inside the block (in the main thread,
+    where handlers are set): a stop already taken, whose work is being written, is not cut short
+    by the next one; the former handlers come back after."""
+    if not held or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    former = {sig: signal.signal(sig, signal.SIG_IGN) for sig in stop_signals()}
+    try:
+        yield
+    finally:
+        for sig, handler in former.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
 def stops_on_signals() -> Iterator[None]:
     """SIGTERM and SIGHUP raise `Stopped` inside the block; the former handlers come back after.
     (Windows has no SIGHUP.)"""

@@ -42,7 +42,7 @@ from visionpipe.fsutil import (
 )
 from visionpipe.grids import Layout, Line, captioned_grid
 from visionpipe.images import BadImageError, decode_rgb, read_image_file, to_model_input
-from visionpipe.inputs import collect_inputs
+from visionpipe.inputs import Inputs, collect_inputs
 from visionpipe.names import one_line
 from visionpipe.onnxrt import open_exported
 
@@ -241,46 +241,65 @@ def predict_command(
     The exit code: 2 if the model cannot be used, 1 if any input failed (the message ends with
     `fix`), else 0. `skip_bad`: the setting (`predict.on_bad_image=skip`) under which a file
     that is there but no usable image is a warning, not a failure."""
-    try:
-        opened = open_backend(backend, model)
-    except (FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
+    if (opened := _opened_or_said(backend, model)) is None:
         return 2
     topk = min(topk, len(opened.classes))  # the CSV's columns: none left empty in every row
     seen: dict[Path, str] = {}  # a sample that predict.inputs names too comes once
     samples, inputs = collect_inputs(unscored or [], seen), collect_inputs(specs, seen)
-    outputs = {"--json": json_path, "--csv": csv_path, "--grid": grid_path}
-    asked = {k: v for k, v in outputs.items() if v}
+    asked = {
+        k: v for k, v in (("--json", json_path), ("--csv", csv_path), ("--grid", grid_path)) if v
+    }
     if (clash := _overwritten(asked, inputs.files, opened.path)) is not None:
         log.error("%s", clash)
         return 2
     not_scored = {str(f) for f in samples.files} | {file for file, _ in samples.errors}
+    total = len(samples.files) + len(inputs.files)
     predicted, stopped = _predict_showing_progress(
         samples.files + inputs.files, opened, topk, batch_size
     )
+    # What a stop kept is written whole: a second signal (`uv run` passes one on) waits.
+    with logs.stops_held(stopped is not None):
+        preds = _in_order(samples, inputs, predicted)
+        labels = _folder_labels(preds, inputs.tops, FolderClasses(opened.classes), not_scored)
+        scored = [p for p in predicted if p.file not in not_scored]
+        skipped = _skipped(preds) if skip_bad else set()
+        out = _table_stream(json_path, csv_path, grid_path)
+        try:
+            # The files first: a reader that stops reading (`| head -1`) stops this command,
+            # which has then written what was asked of it.
+            written = _write_outputs(preds, labels, topk, json_path, csv_path, grid_path)
+            _print_table(format_table(preds, skipped), out)
+        except BrokenPipeError:  # the reader stopped: the failures are still said, on stderr
+            _report_failures(preds, skipped, skip_bad, fix)
+            if stopped is None:
+                raise
+            logs.stdout_gone()  # a Ctrl-C stops `| tee` too: the stop is what to say
+            return _said_stopped(stopped, len(predicted), total)
+        _print_accuracy(scored, labels, opened.classes)
+        _warn_nonfinite(predicted)
+        failed = _report_failures(preds, skipped, skip_bad, fix)
+        if stopped is not None:
+            return _said_stopped(stopped, len(predicted), total)
+    return 1 if failed or not written else 0
+
+
+def _opened_or_said(backend: str, model: Path | None) -> Backend | None:
+    """The model opened for `backend`, or None where it cannot be, said why."""
+    try:
+        return open_backend(backend, model)
+    except (FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return None
+
+
+def _in_order(samples: Inputs, inputs: Inputs, predicted: list[Prediction]) -> list[Prediction]:
+    """Every entry in the order named: the samples', then the inputs'; the unusable ones where
+    their specs were, as error entries. `predicted` may stop short (a Ctrl-C)."""
     n = len(samples.files)
-    preds = [
+    return [
         *samples.in_order(predicted[:n], [Prediction(f, [], why) for f, why in samples.errors]),
         *inputs.in_order(predicted[n:], [Prediction(f, [], why) for f, why in inputs.errors]),
     ]
-    labels = _folder_labels(preds, inputs.tops, FolderClasses(opened.classes), not_scored)
-    scored = [p for p in predicted if p.file not in not_scored]
-    out = _table_stream(json_path, csv_path, grid_path)
-    skipped = _skipped(preds) if skip_bad else set()
-    try:
-        # The files first: a reader that stops reading (`| head -1`) stops this command, which
-        # has then written what was asked of it.
-        written = _write_outputs(preds, labels, topk, json_path, csv_path, grid_path)
-        _print_table(format_table(preds, skipped), out)
-    except BrokenPipeError:  # the reader stopped: the failures are still said, on stderr
-        _report_failures(preds, skipped, skip_bad, fix)
-        raise
-    _print_accuracy(scored, labels, opened.classes)
-    _warn_nonfinite(predicted)
-    failed = _report_failures(preds, skipped, skip_bad, fix)
-    if stopped is not None:
-        return _said_stopped(stopped, len(predicted), len(samples.files) + len(inputs.files))
-    return 1 if failed or not written else 0
 
 
 def _table_stream(*outputs: Path | None) -> TextIO:

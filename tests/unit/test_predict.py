@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import DOG_PNG, env, full_disk, pipeline_skeleton, run_stage
+from tests.helpers import DOG_PNG, ROOT, env, full_disk, pipeline_skeleton, run_stage
 from tests.tiny_onnx import write_tiny_onnx
 from visionpipe import fsutil, paths
 from visionpipe.cli import main
@@ -1329,4 +1329,45 @@ def test_a_ctrl_c_keeps_the_photos_predicted_before_it(
     assert f"interrupted (Ctrl-C) after 1 of {len(photos)} photos: the table and the files" in (
         captured.err
     )
+    assert len(out_csv.read_text().splitlines()) == 2  # the header and the one predicted
+
+
+STOP_SCRIPT = """
+import os, signal, sys
+from visionpipe import predict
+from visionpipe.cli import main
+real_files, real_write, real_print, calls = (
+    predict.predict_files, predict._write_outputs, predict._print_table, [])
+def stopped_at_the_second_batch(*args):
+    calls.append(1)
+    if len(calls) == 2:
+        raise KeyboardInterrupt
+    return real_files(*args)
+def written_through_a_second_signal(*args):
+    os.kill(os.getpid(), signal.SIGTERM)  # `uv run` passes the group's signal on: a second one
+    return real_write(*args)
+def to_a_closed_pipe(*args):
+    raise BrokenPipeError  # `| tee`, which the terminal's Ctrl-C stopped too
+predict.predict_files = stopped_at_the_second_batch
+predict._write_outputs = written_through_a_second_signal
+if sys.argv[1] == "tee":
+    predict._print_table = to_a_closed_pipe
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("reader", ["terminal", "tee"])
+def test_what_a_stop_kept_is_written_through_a_second_signal_and_a_closed_pipe(
+    exported_model: Path, tmp_path: Path, reader: str
+) -> None:
+    photos = sorted(_images(tmp_path / "photos").values())
+    out_csv, model = tmp_path / "p.csv", str(exported_model / "model.onnx")
+    args = ["predict", *map(str, photos), "--model", model, "--batch-size", "1", "--csv"]
+    e = {**env(), "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(
+        [sys.executable, "-c", STOP_SCRIPT, reader, *args, str(out_csv)],
+        env=e, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 130, done.stderr[-3000:]
+    assert f"interrupted (Ctrl-C) after 1 of {len(photos)} photos" in done.stderr, done.stderr
     assert len(out_csv.read_text().splitlines()) == 2  # the header and the one predicted
