@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import subprocess
@@ -149,14 +148,13 @@ def _missing(path: Path, stage: str, root: Path | None) -> str:
 def restore_hint(path: Path) -> str:
     """How to get a damaged or cut-short file at `path` back: copy it again, and where it is
     the pipeline's own output (models/model.pt in a pipeline's project), DVC's copy of it."""
-    if not pipeline_output(Path(path)):
+    real = Path(os.path.realpath(path))
+    root = _root_above(real.parent)  # the project the file is in, wherever this runs
+    if root is None or not pipeline_output(Path(path)):
         return "copy it again"
-    root = project_root()
-    if root is not None and Path(path).is_absolute():  # as DVC names it from the project's root
-        with contextlib.suppress(ValueError):
-            path = Path(os.path.realpath(path)).relative_to(root.resolve())
+    named = real.relative_to(root.resolve())  # as DVC names it, from the project's root
     return (
-        f"copy it again, or restore the project's own with 'uv run dvc checkout --force {path}'"
+        f"copy it again, or restore the project's own with 'uv run dvc checkout --force {named}'"
         + commands_where(root)
     )
 
@@ -165,7 +163,7 @@ def commands_where(root: Path | None) -> str:
     """Where the `dvc` commands a message gives must run, when that is not here: DVC reads
     dvc.yaml, stage names and paths from the folder it runs in, and from a subfolder (photos/,
     notebooks/) finds none of them."""
-    if root is None or Path.cwd().resolve() == root.resolve():
+    if root is None or Path.cwd().resolve() == Path(root).resolve():
         return ""
     return f" (run the dvc commands in {root})"
 

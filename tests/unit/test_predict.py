@@ -645,13 +645,16 @@ def test_the_torch_backend_names_a_bad_model_file_too(
     (project / "models").mkdir()
     (project / paths.MODEL).write_bytes(whole[: len(whole) // 2])
     (project / "photos").mkdir()
-    for where, said in (
-        (project, ""),
-        (project / "photos", f" (run the dvc commands in {project})"),
+    away = f" (run the dvc commands in {project})"
+    for where, named, said in (
+        (project, [], ""),
+        (project / "photos", [], away),
+        (project / "photos", ["--model", "../models/model.pt"], away),  # as typed there
+        (tmp_path, ["--model", str(project / paths.MODEL)], away),  # from outside the project
     ):
         monkeypatch.chdir(where)
         caplog.clear()
-        assert main(["predict", str(image), "--backend", "torch"]) == 2
+        assert main(["predict", str(image), "--backend", "torch", *named]) == 2
         assert caplog.text.rstrip().endswith(
             f"copy it again, or restore the project's own with 'uv run dvc checkout --force"
             f" {paths.MODEL}'{said}"
