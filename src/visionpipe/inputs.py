@@ -96,7 +96,7 @@ def _add_spec(inputs: Inputs, spec: str) -> None:
     path = Path(spec)
     if not spec:  # as a Path it is ".": an unset shell variable would predict the folder
         inputs.errors.append((spec, "an empty name: give a file, folder or glob"))
-    elif any(ch in spec for ch in GLOB_CHARS) and not path.exists():
+    elif any(ch in spec for ch in GLOB_CHARS) and not path.exists() and not _win32(spec):
         _add_glob(inputs, spec)
     elif path.is_dir():
         named = len(inputs.errors)
@@ -113,6 +113,12 @@ def _add_spec(inputs: Inputs, spec: str) -> None:
         inputs.errors.append((spec, _missing(spec)))
 
 
+def _win32(spec: str) -> bool:
+    """A Windows share's path (\\\\nas\\photos) or Win32's long form (\\\\?\\C:\\x, whose '?' is no
+    glob's)."""
+    return spec.startswith("\\\\")
+
+
 def _missing(spec: str) -> str:
     """Why `spec` names nothing: a Windows habit (`.\\cats\\a.jpg`) or `-` for stdin is named
     with its fix."""
@@ -121,7 +127,7 @@ def _missing(spec: str) -> str:
     slashed = spec.replace("\\", "/")
     if slashed != spec and Path(slashed).exists():
         return f"no such file or directory; this system separates folders with /: {slashed}"
-    if re.match(r"[A-Za-z]:[\\/]|\\\\", spec) and (meant := paths.meant_here(spec)):
+    if (re.match(r"[A-Za-z]:[\\/]", spec) or _win32(spec)) and (meant := paths.meant_here(spec)):
         return f"no such file or directory: a Windows path; here, write {meant}"
     # A space a table shows as any other: an input method's full-width one, a no-break one.
     odd = [c for c in spec if _odd_space(c)]

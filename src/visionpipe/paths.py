@@ -301,11 +301,13 @@ def meant_here(text: str) -> str | None:
     '/' between them, a drive's where WSL mounts it (C:\\x is /mnt/c/x). None where `text` holds
     neither '\\' nor a drive, starts with '/', or on Windows; a network share's (\\\\server\\share)
     says to give its path here."""
-    text = text.removeprefix("\\\\?\\")  # Win32's long-path form of a local path: \\?\C:\x
+    text = text.removeprefix("\\\\?\\")  # Win32's long-path form: \\?\C:\x, \\?\UNC\nas\x
+    if text.startswith("UNC\\"):
+        text = "\\" + text[3:]
     drive = re.match(r"^([A-Za-z]):[\\/]", text)
     if os.name == "nt" or text.startswith("/") or (drive is None and "\\" not in text):
         return None  # from '/', this system's own path, whose file names may hold a backslash
-    if text.startswith("\\\\"):  # \\server\share, \\?\C:\x
+    if text.startswith("\\\\"):  # \\server\share
         return "its path on this machine (where the share is mounted)"
     rest = (text[3:] if drive else text).replace("\\", "/")
     return f"/mnt/{drive[1].lower()}/{rest}" if drive else rest

@@ -284,7 +284,10 @@ def test_a_windows_style_path_names_the_path_that_exists(
     (tmp_path / "cats").mkdir()
     (tmp_path / "cats" / "a.jpg").write_bytes(b"x")
     found = collect_inputs(
-        [".\\cats\\a.jpg", "dogs\\b.jpg", ".\\cats\\*.jpg", "C:\\Users\\me\\dog.png"]
+        [
+            *(".\\cats\\a.jpg", "dogs\\b.jpg", ".\\cats\\*.jpg", "C:\\Users\\me\\dog.png"),
+            *("\\\\?\\C:\\x\\dog.png", "\\\\?\\UNC\\nas\\share\\dog.png"),  # Win32's long form
+        ]
     )
     assert found.errors == [
         (
@@ -299,6 +302,15 @@ def test_a_windows_style_path_names_the_path_that_exists(
         (
             "C:\\Users\\me\\dog.png",
             "no such file or directory: a Windows path; here, write /mnt/c/Users/me/dog.png",
+        ),
+        (
+            "\\\\?\\C:\\x\\dog.png",
+            "no such file or directory: a Windows path; here, write /mnt/c/x/dog.png",
+        ),
+        (
+            "\\\\?\\UNC\\nas\\share\\dog.png",
+            "no such file or directory: a Windows path; here, write its path on this machine"
+            " (where the share is mounted)",
         ),
     ]
 
