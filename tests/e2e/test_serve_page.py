@@ -253,6 +253,8 @@ async def _scripted_server(modes: list[str]) -> Any:
             return web.Response(text="<html>sign in</html>", content_type="text/html")
         if mode == "502":
             return web.Response(status=502, text="bad gateway")
+        if mode == "json401":  # a gateway's JSON error, an object
+            return web.json_response({"error": {"code": 401, "message": "sign in"}}, status=401)
         if mode == "slow":
             await asyncio.sleep(1)
         bad = [i for i, n in enumerate(names) if n.startswith("bad")]
@@ -322,6 +324,17 @@ async def _page_against_a_script(debug_port: int, photos: dict[str, Path]) -> li
                     )
                 )
             )
+            # A gateway's error as an object: said as text, and the next drop still taken.
+            modes += ["json401"]
+            for name in ("e", "f"):
+                await tools.send("DOM.setFileInputFiles", nodeId=node, files=[str(photos[name])])
+            said.append(
+                await tools.wait_for(
+                    "[...document.querySelectorAll('#results li')].length === 5"
+                    " && [...document.querySelectorAll('#results li')].map(li => li.textContent)"
+                    ".slice(0, 2).join(' | ')"
+                )
+            )
             said.append(tools.errors)
     finally:
         await runner.cleanup()
@@ -332,12 +345,14 @@ def test_the_page_meets_a_proxy_s_page_a_passing_502_and_a_drop_during_a_drop(
     tmp_path: Path,
 ) -> None:
     photos = {}
-    for name in ("a", "b", "c", "d", "bad"):
+    for name in ("a", "b", "c", "d", "bad", "e", "f"):
         photos[name] = tmp_path / f"{name}.png"
         Image.new("RGB", (20, 20), "red").save(photos[name])
     chromium, port = start_chromium(tmp_path / "profile")
     try:
-        html, retried, second, listed, js_errors = asyncio.run(_page_against_a_script(port, photos))
+        html, retried, second, listed, gateway, js_errors = asyncio.run(
+            _page_against_a_script(port, photos)
+        )
     finally:
         chromium.terminate()
         chromium.wait(timeout=30)
@@ -347,3 +362,6 @@ def test_the_page_meets_a_proxy_s_page_a_passing_502_and_a_drop_during_a_drop(
     assert second == "error: bad.png: not an image; nothing was classified"
     # Since the last page load: c.png's answer, then d.png's, then bad.png's refusal on top.
     assert listed == [["refused", "bad.png"], ["prediction", "d.png"], ["prediction", "c.png"]]
+    assert gateway.startswith("f.png") and gateway.endswith(
+        'e.png: not classified: {"code":401,"message":"sign in"}'
+    ), gateway
