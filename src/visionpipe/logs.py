@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from visionpipe import fsutil, paths, warm
 from visionpipe.names import is_control
@@ -77,6 +77,10 @@ class Stopped(KeyboardInterrupt):
 
 
 def _raise_stopped(signum: int, _frame: object) -> None:
+    # The stop taken: its copies (`uv run` passes a process group's signal on) wait while it
+    # unwinds and is said; the process ends after it (stops_on_signals).
+    for sig in stop_signals(interrupt=False):
+        signal.signal(sig, signal.SIG_IGN)
     raise Stopped(signum)
 
 
@@ -99,21 +103,30 @@ def stops_held(held: bool = True) -> Iterator[None]:
     try:
         yield
     finally:
-        for sig, handler in former.items():
-            signal.signal(sig, handler)
+        _give_back(former)
 
 
 @contextlib.contextmanager
 def stops_on_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise `Stopped` inside the block; the former handlers come back after.
-    (Windows has no SIGHUP.)"""
-    stopping = stop_signals(interrupt=False)
+    """SIGTERM and SIGHUP raise `Stopped` inside the block; the former handlers come back after,
+    but for a block a stop ended: the process ends then, and a copy of the signal must not cut
+    its last words short. A signal ignored already (`nohup`'s SIGHUP) stays ignored. (Windows
+    has no SIGHUP.)"""
+    stopping = [s for s in stop_signals(interrupt=False) if signal.getsignal(s) != signal.SIG_IGN]
     former = {sig: signal.signal(sig, _raise_stopped) for sig in stopping}
     try:
         yield
-    finally:
-        for sig, handler in former.items():
-            signal.signal(sig, handler)
+    except Stopped:
+        raise  # the signals stay ignored (_raise_stopped)
+    except BaseException:
+        _give_back(former)
+        raise
+    _give_back(former)
+
+
+def _give_back(handlers: dict[signal.Signals, Any]) -> None:
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 def _thread_error(args: threading.ExceptHookArgs) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -312,3 +314,28 @@ def test_a_bad_param_under_dvc_says_dvc_removed_the_outputs_but_not_in_a_queued_
     copy.mkdir(parents=True)
     monkeypatch.chdir(copy)
     assert logs._outputs_removed(ConfigError("x")) == ""
+
+
+def test_a_stop_taken_leaves_its_copies_ignored_and_nohup_s_sighup_stays_ignored() -> None:
+    """`uv run` passes a process group's SIGTERM on: the copy must not end the process before
+    the stop is said. A SIGHUP that `nohup` made ignored stays so."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with pytest.raises(logs.Stopped), logs.stops_on_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler raises here
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGTERM)  # the copy: nothing happens
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup's
+        with logs.stops_on_signals():
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)  # ignored: the block goes on
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        # A block that ends without a stop gives the handlers back.
+        signal.signal(signal.SIGTERM, before[signal.SIGTERM])
+        with logs.stops_on_signals():
+            pass
+        assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
