@@ -148,7 +148,8 @@ def _missing(path: Path, stage: str, root: Path | None) -> str:
 def restore_hint(path: Path) -> str:
     """How to get a damaged or cut-short file at `path` back: copy it again, and where it is
     the pipeline's own output (models/model.pt in a pipeline's project), DVC's copy of it."""
-    real = Path(os.path.realpath(path))
+    # The folder's real path, not the file's: a DVC-linked output's is in the cache.
+    real = Path(os.path.realpath(Path(path).parent)) / Path(path).name
     root = _root_above(real.parent)  # the project the file is in, wherever this runs
     if root is None or not pipeline_output(Path(path)):
         return "copy it again"

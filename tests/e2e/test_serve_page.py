@@ -255,6 +255,8 @@ async def _scripted_server(modes: list[str]) -> Any:
             return web.Response(status=502, text="bad gateway")
         if mode == "json401":  # a gateway's JSON error, an object
             return web.json_response({"error": {"code": 401, "message": "sign in"}}, status=401)
+        if mode == "json403":  # an API gateway's words, under `message`
+            return web.json_response({"message": "Missing Authentication Token"}, status=403)
         if mode == "slow":
             await asyncio.sleep(1)
         bad = [i for i, n in enumerate(names) if n.startswith("bad")]
@@ -325,14 +327,14 @@ async def _page_against_a_script(debug_port: int, photos: dict[str, Path]) -> li
                 )
             )
             # A gateway's error as an object: said as text, and the next drop still taken.
-            modes += ["json401"]
-            for name in ("e", "f"):
+            modes += ["json401", "ok", "json403"]
+            for name in ("e", "f", "g"):
                 await tools.send("DOM.setFileInputFiles", nodeId=node, files=[str(photos[name])])
             said.append(
                 await tools.wait_for(
-                    "[...document.querySelectorAll('#results li')].length === 5"
+                    "[...document.querySelectorAll('#results li')].length === 6"
                     " && [...document.querySelectorAll('#results li')].map(li => li.textContent)"
-                    ".slice(0, 2).join(' | ')"
+                    ".slice(0, 3).join(' | ')"
                 )
             )
             said.append(tools.errors)
@@ -345,7 +347,7 @@ def test_the_page_meets_a_proxy_s_page_a_passing_502_and_a_drop_during_a_drop(
     tmp_path: Path,
 ) -> None:
     photos = {}
-    for name in ("a", "b", "c", "d", "bad", "e", "f"):
+    for name in ("a", "b", "c", "d", "bad", "e", "f", "g"):
         photos[name] = tmp_path / f"{name}.png"
         Image.new("RGB", (20, 20), "red").save(photos[name])
     chromium, port = start_chromium(tmp_path / "profile")
@@ -362,6 +364,7 @@ def test_the_page_meets_a_proxy_s_page_a_passing_502_and_a_drop_during_a_drop(
     assert second == "error: bad.png: not an image; nothing was classified"
     # Since the last page load: c.png's answer, then d.png's, then bad.png's refusal on top.
     assert listed == [["refused", "bad.png"], ["prediction", "d.png"], ["prediction", "c.png"]]
-    assert gateway.startswith("f.png") and gateway.endswith(
-        'e.png: not classified: {"code":401,"message":"sign in"}'
-    ), gateway
+    refused_g, answered_f, refused_e = gateway.split(" | ")
+    assert refused_g == "g.png: not classified: Missing Authentication Token", gateway
+    assert answered_f.startswith("f.png"), gateway
+    assert refused_e == 'e.png: not classified: {"code":401,"message":"sign in"}', gateway

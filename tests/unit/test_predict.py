@@ -645,6 +645,11 @@ def test_the_torch_backend_names_a_bad_model_file_too(
     (project / "models").mkdir()
     (project / paths.MODEL).write_bytes(whole[: len(whole) // 2])
     (project / "photos").mkdir()
+    # A DVC-linked output (cache.type symlink) is named by its place, not its cache file's.
+    cached = project / ".dvc" / "cache" / "files" / "md5" / "ab" / ("c" * 30)
+    cached.parent.mkdir(parents=True)
+    (project / paths.MODEL).rename(cached)
+    (project / paths.MODEL).symlink_to(cached)
     away = f" (run the dvc commands in {project})"
     for where, named, said in (
         (project, [], ""),
