@@ -672,6 +672,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # a folder of photos takes a while: Ctrl-C is no bug
         text, code = logs.stop_text(exc)
         print(text, file=sys.stderr)
+        logs.stop_said()
         return code
     except BrokenPipeError:  # `| head -1`: the reader has all it wants
         return logs.stdout_gone()

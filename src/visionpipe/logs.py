@@ -117,11 +117,22 @@ def stops_on_signals() -> Iterator[None]:
     try:
         yield
     except Stopped:
-        raise  # the signals stay ignored (_raise_stopped)
+        _after_stop.update(former)  # ignored (_raise_stopped) until the stop is said
+        raise
     except BaseException:
         _give_back(former)
         raise
     _give_back(former)
+
+
+_after_stop: dict[signal.Signals, Any] = {}  # the handlers a stop's end gives back
+
+
+def stop_said() -> None:
+    """The handlers a stop left ignored, given back once it is said: a caller that goes on (a
+    notebook calling the CLI's main) is stopped by them again."""
+    _give_back(_after_stop)
+    _after_stop.clear()
 
 
 def _give_back(handlers: dict[signal.Signals, Any]) -> None:

@@ -326,13 +326,14 @@ def test_a_stop_taken_leaves_its_copies_ignored_and_nohup_s_sighup_stays_ignored
             time.sleep(1)  # the handler raises here
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
         os.kill(os.getpid(), signal.SIGTERM)  # the copy: nothing happens
+        logs.stop_said()  # said: a caller that goes on gets its handlers back
+        assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup's
         with logs.stops_on_signals():
             assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
             os.kill(os.getpid(), signal.SIGHUP)  # ignored: the block goes on
         assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
         # A block that ends without a stop gives the handlers back.
-        signal.signal(signal.SIGTERM, before[signal.SIGTERM])
         with logs.stops_on_signals():
             pass
         assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
