@@ -77,11 +77,16 @@ class Stopped(KeyboardInterrupt):
 
 
 def _raise_stopped(signum: int, _frame: object) -> None:
-    # The stop taken: its copies (`uv run` passes a process group's signal on) wait while it
-    # unwinds and is said; the process ends after it (stops_on_signals).
+    # The stop taken: its copies (`uv run` passes a process group's signal on) are let pass
+    # while it unwinds and is said (stop_said gives the handlers back). A handler that does
+    # nothing, not SIG_IGN: CPython reports a signal pending as its handler becomes SIG_IGN.
     for sig in stop_signals(interrupt=False):
-        signal.signal(sig, signal.SIG_IGN)
+        signal.signal(sig, _let_pass)
     raise Stopped(signum)
+
+
+def _let_pass(_signum: int, _frame: object) -> None:
+    """A stop signal's handler while a stop already taken is said and written: nothing."""
 
 
 def stop_signals(interrupt: bool = True) -> tuple[signal.Signals, ...]:
@@ -93,13 +98,13 @@ def stop_signals(interrupt: bool = True) -> tuple[signal.Signals, ...]:
 
 @contextlib.contextmanager
 def stops_held(held: bool = True) -> Iterator[None]:
-    """If `held`, SIGINT, SIGTERM and SIGHUP are ignored inside the block (in the main thread,
+    """If `held`, SIGINT, SIGTERM and SIGHUP do nothing inside the block (in the main thread,
     where handlers are set): a stop already taken, whose work is being written, is not cut short
     by the next one; the former handlers come back after."""
     if not held or threading.current_thread() is not threading.main_thread():
         yield
         return
-    former = {sig: signal.signal(sig, signal.SIG_IGN) for sig in stop_signals()}
+    former = {sig: signal.signal(sig, _let_pass) for sig in stop_signals()}
     try:
         yield
     finally:
@@ -117,7 +122,7 @@ def stops_on_signals() -> Iterator[None]:
     try:
         yield
     except Stopped:
-        _after_stop.update(former)  # ignored (_raise_stopped) until the stop is said
+        _after_stop.update(former)  # let pass (_raise_stopped) until the stop is said
         raise
     except BaseException:
         _give_back(former)

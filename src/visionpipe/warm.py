@@ -315,7 +315,8 @@ def run_there(conn: socket.socket, argv: list[str], env: dict[str, str]) -> int:
         conn.sendall(struct.pack("!i", signum))
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, forward)
+        if signal.getsignal(sig) != signal.SIG_IGN:  # ignored (nohup's SIGHUP): not for the stage
+            signal.signal(sig, forward)
     reply = conn.makefile("rb").readline()
     if not reply.startswith(b"exit "):
         print(

@@ -324,7 +324,7 @@ def test_a_stop_taken_leaves_its_copies_ignored_and_nohup_s_sighup_stays_ignored
         with pytest.raises(logs.Stopped), logs.stops_on_signals():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(1)  # the handler raises here
-        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == logs._let_pass
         os.kill(os.getpid(), signal.SIGTERM)  # the copy: nothing happens
         logs.stop_said()  # said: a caller that goes on gets its handlers back
         assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
@@ -340,3 +340,50 @@ def test_a_stop_taken_leaves_its_copies_ignored_and_nohup_s_sighup_stays_ignored
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+def test_two_stop_signals_at_once_make_one_stop_and_no_race_report() -> None:
+    """SIGHUP and SIGTERM pending together (a closed terminal and a supervisor): the second is
+    let pass as the first unwinds; CPython's "Signal 15 ignored due to race condition" (a
+    handler made SIG_IGN while its signal is pending) is not printed."""
+    script = (
+        "import os, signal\n"
+        "from visionpipe import logs\n"
+        "both = {signal.SIGHUP, signal.SIGTERM}\n"
+        "try:\n"
+        "    with logs.stops_on_signals():\n"
+        "        signal.pthread_sigmask(signal.SIG_BLOCK, both)\n"
+        "        os.kill(os.getpid(), signal.SIGHUP)\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        signal.pthread_sigmask(signal.SIG_UNBLOCK, both)\n"
+        "        for _ in range(10**6): pass\n"
+        "except KeyboardInterrupt as e:\n"
+        "    print(logs.stop_text(e))\n"
+    )
+    e = {**env(), "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=e, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.strip() == "('stopped by SIGHUP', 129)", done.stdout + done.stderr
+    assert "race condition" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_the_warm_client_passes_no_signal_it_was_started_to_ignore() -> None:
+    """`nohup dvc exp run`: the stage, forked from the warm process, gets no SIGHUP from it."""
+    import socket
+
+    from visionpipe import warm
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    ours, theirs = socket.socketpair()
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        theirs.sendall(b"exit 0\n")  # the warm process's reply, there already
+        assert warm.run_there(ours, ["stages/train.py"], {}) == 0
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        assert callable(signal.getsignal(signal.SIGTERM))  # passed on
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        ours.close()
+        theirs.close()
