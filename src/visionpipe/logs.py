@@ -134,7 +134,7 @@ _after_stop: dict[signal.Signals, Any] = {}  # the handlers a stop's end gives b
 
 
 def stop_said() -> None:
-    """The handlers a stop left ignored, given back once it is said: a caller that goes on (a
+    """The handlers a stop let pass, given back once it is said: a caller that goes on (a
     notebook calling the CLI's main) is stopped by them again."""
     _give_back(_after_stop)
     _after_stop.clear()
