@@ -422,3 +422,27 @@ class CsvRows:
     def writerows(self, rows: Iterable[Sequence[Any]]) -> None:
         for row in rows:
             self.writerow(row)
+
+
+def zip_members(path: Path) -> list[str] | None:
+    """The member names of zip archive `path`; [] for a file that is no zip archive (or cannot
+    be read), None for one that starts as one but whose central directory, at its end, cannot be
+    read (a copy cut short)."""
+    import zipfile  # here: most commands never open a zip
+
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":
+                return []
+            f.seek(0)
+            with zipfile.ZipFile(f) as archive:
+                return archive.namelist()
+    except zipfile.BadZipFile:
+        return None
+    except OSError:
+        return []
+
+
+def torch_zip(members: list[str]) -> bool:
+    """Whether a zip of these members is torch.save's: its tensors' pickle is <name>/data.pkl."""
+    return any(name.endswith("/data.pkl") for name in members)

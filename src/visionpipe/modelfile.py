@@ -11,7 +11,6 @@ import pickle
 import re
 import threading
 import warnings
-import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from visionpipe import paths
+from visionpipe import fsutil, paths
 from visionpipe.fsutil import remove_stale_temps, save_torch
 from visionpipe.models import Classifier, build_model, unwrap
 from visionpipe.weights import CODE_PICKLE, runs_code
@@ -156,7 +155,7 @@ def _not_a_model(path: Path, exc: BaseException) -> ModelFileError:
             f"not loaded: unpickling it could run code); pass the {paths.MODEL} the train stage "
             "wrote"
         )
-    zipped = _zip_names(path)
+    zipped = fsutil.zip_members(path)
     if zipped is None or _empty(path):  # a copy cut short
         what = (
             "empty"
@@ -172,7 +171,7 @@ def _not_a_model(path: Path, exc: BaseException) -> ModelFileError:
             f"{path}: not a PyTorch file (torch.save writes a zip archive, or a pickle); pass the"
             f" {paths.MODEL} the train stage wrote"
         )
-    if zipped and not any(name.endswith("/data.pkl") for name in zipped):
+    if zipped and not fsutil.torch_zip(zipped):
         return ModelFileError(
             f"{path}: a zip archive, but not one torch.save wrote (it holds no data.pkl); pass "
             f"the {paths.MODEL} the train stage wrote"
@@ -181,22 +180,6 @@ def _not_a_model(path: Path, exc: BaseException) -> ModelFileError:
         f"{path}: not a visionpipe model.pt ({_reason(exc)}); pass the {paths.MODEL} the train "
         f"stage wrote"
     )
-
-
-def _zip_names(path: Path) -> list[str] | None:
-    """The member names of zip archive `path`; [] for a file that is no zip archive, None for
-    one that starts as one but whose central directory (at its end) cannot be read."""
-    try:
-        with open(path, "rb") as f:
-            if f.read(4) != b"PK\x03\x04":
-                return []
-            f.seek(0)
-            with zipfile.ZipFile(f) as archive:
-                return archive.namelist()
-    except zipfile.BadZipFile:
-        return None
-    except OSError:
-        return []  # unreadable: the error torch gave says why
 
 
 def _empty(path: Path) -> bool:

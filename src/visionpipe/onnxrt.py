@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from visionpipe import paths
+from visionpipe import fsutil, paths
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"  # the exported graph's input and output
 _REEXPORT = f"re-export it ({paths.rerun('export')}) or pass the model.onnx that stage wrote"
@@ -56,14 +56,8 @@ def open_session(path: Path) -> Any:
 
 
 def _is_torch_file(path: Path) -> bool:
-    """torch.save's zip archive, which holds its tensors in `<name>/data.pkl`."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.endswith("/data.pkl") for name in archive.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
+    """torch.save's zip archive."""
+    return fsutil.torch_zip(fsutil.zip_members(path) or [])
 
 
 @dataclass(frozen=True)
