@@ -632,7 +632,22 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
                 f" ./{dashed[0]} or put -- before the file names",
                 file=sys.stderr,
             )
+        elif exc.code == 2 and (hint := _option_first_hint(argv)):
+            print(f"visionpipe: {hint}", file=sys.stderr)
         raise
+
+
+COMMANDS = ("predict", "serve", "params")
+
+
+def _option_first_hint(argv: list[str]) -> str:
+    """For `visionpipe --topk 3 predict x`: a command's options come after the command, and
+    argparse only says "invalid choice: '3'"."""
+    at = next((i for i, arg in enumerate(argv) if arg in COMMANDS), None)
+    if not at or not argv[0].startswith("-") or "--" in argv[:at]:
+        return ""
+    moved = [argv[at], *argv[:at], *argv[at + 1 :]]
+    return "a command's options come after it: visionpipe " + " ".join(map(_shell_word, moved))
 
 
 def _set_flag_hint(args: argparse.Namespace, extra: list[str]) -> str:

@@ -932,6 +932,19 @@ def test_a_file_named_like_an_option_gets_the_way_to_name_it(
     assert main(["predict", "./-1.jpg", *model]) == 0
 
 
+def test_options_before_the_command_get_the_command_line_that_works(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["--topk", "3", "predict", "my photo.jpg"])
+    err = capsys.readouterr().err
+    assert "invalid choice: '3'" in err  # argparse's own, then the way that works
+    assert "options come after it: visionpipe predict --topk 3 'my photo.jpg'" in err
+    with pytest.raises(SystemExit):
+        main(["--", "predict", "x.jpg"])  # after --, "predict" may be a file's name
+    assert "come after it" not in capsys.readouterr().err
+
+
 def test_a_glob_under_a_folder_with_brackets_in_its_name_matches(
     exported_model: Path, tmp_path: Path
 ) -> None:
