@@ -1,3 +1,5 @@
 """visionpipe: a reproducible image-classification pipeline driven by DVC."""
 
-__version__ = "0.1.0"
+from visionpipe._version import __version__
+
+__all__ = ["__version__"]
