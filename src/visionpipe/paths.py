@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from visionpipe.fsutil import is_dvc_cache_file
+from visionpipe.fsutil import dvc_cache_of, is_dvc_cache_file
 
 PARAMS = Path("params.yaml")  # what every stage reads its params from (config.load_section)
 RAW_DIR = Path("data/raw")  # download: the verified archive + source.json
@@ -154,10 +155,45 @@ def restore_hint(path: Path) -> str:
     if root is None or not pipeline_output(Path(path)):
         return "copy it again"
     named = real.relative_to(root.resolve())  # as DVC names it, from the project's root
+    if (linked := _linked_cache_file(Path(path), root, named)) is not None:
+        # A write through the link (root's, or a `cp` over it) damaged DVC's own copy: a
+        # checkout links it again, and a re-run whose result has the same hash (CPU runs are
+        # reproducible) keeps the damaged cache file under that hash.
+        cached, stage = linked
+        return (
+            f"it is a link to DVC's cache (cache.type symlink or hardlink), so DVC's own copy is"
+            f" the damaged one: remove both and make it again, 'rm -f {named}"
+            f" {shlex.quote(str(cached))} && uv run dvc repro {stage}'" + commands_where(root)
+        )
     return (
         f"copy it again, or restore the project's own with 'uv run dvc checkout --force {named}'"
         + commands_where(root)
     )
+
+
+def _linked_cache_file(path: Path, root: Path, named: Path) -> tuple[Path, str] | None:
+    """The DVC cache file that `path` shares its bytes with (a link of cache.type symlink or
+    hardlink), and the stage dvc.lock says wrote it; None for a copy of its own."""
+    recorded = [
+        (stage, str(out.get("md5") or ""))
+        for stage, entry in stages_of(root / DVC_LOCK).items()
+        for out in (entry or {}).get("outs") or []
+        if isinstance(out, dict) and out.get("path") == named.as_posix()
+    ]
+    if not recorded:
+        return None
+    stage, md5 = recorded[0]
+    if path.is_symlink():
+        end = Path(os.path.realpath(path))
+        return (end, stage) if is_dvc_cache_file(end) else None
+    try:
+        if os.stat(path).st_nlink < 2 or len(md5) < 3:
+            return None
+        cache = dvc_cache_of(root)  # DVC's own reading of the config: a shared cache.dir
+        cached = cache / md5[:2] / md5[2:] if cache else None
+        return (cached, stage) if cached and os.path.samefile(path, cached) else None
+    except (ImportError, OSError):  # a predict-only install has no DVC
+        return None
 
 
 def commands_where(root: Path | None) -> str:

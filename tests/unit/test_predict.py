@@ -664,6 +664,30 @@ def test_the_torch_backend_names_a_bad_model_file_too(
             f"copy it again, or restore the project's own with 'uv run dvc checkout --force"
             f" {paths.MODEL}'{said}"
         ), caplog.text
+    # The link is the one dvc.lock records: the damage is in DVC's cache file, which a checkout
+    # would link again and a same-hash re-run keep. Linked hard, it is found by its hash.
+    md5 = "ab" + "c" * 30
+    lock = {"stages": {"train": {"outs": [{"path": paths.MODEL.as_posix(), "md5": md5}]}}}
+    (project / paths.DVC_LOCK).write_text(json.dumps(lock))
+    said = (
+        "so DVC's own copy is the damaged one: remove both and make it again, 'rm -f"
+        f" {paths.MODEL} {cached} && uv run dvc repro train'"
+    )
+    monkeypatch.chdir(project)
+    caplog.clear()
+    assert main(["predict", str(image), "--backend", "torch"]) == 2
+    assert caplog.text.rstrip().endswith(said), caplog.text
+    (project / ".dvc" / "config").write_text("[core]\n    no_scm = True\n")  # DVC's own reading
+    (project / paths.MODEL).unlink()
+    os.link(cached, project / paths.MODEL)
+    caplog.clear()
+    assert main(["predict", str(image), "--backend", "torch"]) == 2
+    assert caplog.text.rstrip().endswith(said), caplog.text
+    (project / paths.MODEL).unlink()  # a copy of its own: the checkout brings DVC's back
+    shutil.copy(cached, project / paths.MODEL)
+    caplog.clear()
+    assert main(["predict", str(image), "--backend", "torch"]) == 2
+    assert caplog.text.rstrip().endswith(f"--force {paths.MODEL}'"), caplog.text
 
 
 @pytest.mark.parametrize("change", ["layers", "arch"])
