@@ -92,7 +92,12 @@ def require(path: str | Path, stage: str) -> Path:
         return found
     if (meant := meant_here(str(path))) is not None:  # a Windows habit (models\model.onnx)
         raise FileNotFoundError(f"{path} not found: a Windows path; here, write {meant}")
-    root = project_root()
+    # The project the file would be in (`--model ~/proj/models/model.onnx` from elsewhere),
+    # else this folder's: its dvc commands run there.
+    folder = found.parent
+    root = (_root_above(Path(os.path.realpath(folder))) if folder.is_dir() else None) or (
+        project_root()
+    )
     # In another DVC project (one that imports the model), what fetches it is its path.
     ours = root is None or runs_stage(root, stage)
     remote = f"'uv run dvc pull {stage if ours else path}' where a DVC remote holds it"

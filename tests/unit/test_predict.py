@@ -345,6 +345,17 @@ def test_a_model_a_failed_run_deleted_names_the_checkout_that_restores_it(
     caplog.clear()
     assert main(["predict", "x.png", "--model", str(tmp_path / "mine.onnx")]) == 2
     assert "dvc checkout" not in caplog.text  # not a file DVC records
+    # Named from another DVC project, or from outside any: the file's project, where the
+    # commands run (the other project has no export stage to run).
+    (tmp_path / "models").mkdir()
+    other = tmp_path.parent / f"{tmp_path.name}-other"
+    (other / ".dvc").mkdir(parents=True)
+    for where in (other, tmp_path.parent):  # another DVC project; none
+        monkeypatch.chdir(where)
+        caplog.clear()
+        assert main(["predict", "x.png", "--model", str(tmp_path / paths.ONNX_MODEL)]) == 2
+        assert "'uv run dvc checkout --force export' restores" in caplog.text
+        assert caplog.text.rstrip().endswith(f"(run the dvc commands in {tmp_path})")
 
 
 def test_a_project_that_imports_the_model_is_told_to_pull_it_by_its_path(
