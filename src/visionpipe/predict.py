@@ -274,12 +274,12 @@ def predict_command(
             if stopped is None:
                 raise
             logs.stdout_gone()  # a Ctrl-C stops `| tee` too: the stop is what to say
-            return _said_stopped(stopped, len(predicted), total)
+            return _said_stopped(stopped, len(predicted), total, _files(asked), table=False)
         _print_accuracy(scored, labels, opened.classes)
         _warn_nonfinite(predicted)
         failed = _report_failures(preds, skipped, skip_bad, fix)
         if stopped is not None:
-            return _said_stopped(stopped, len(predicted), total)
+            return _said_stopped(stopped, len(predicted), total, _files(asked))
     return 1 if failed or not written else 0
 
 
@@ -310,14 +310,29 @@ def _table_stream(*outputs: Path | None) -> TextIO:
     return sys.stderr if to_stdout else sys.stdout
 
 
-def _said_stopped(stopped: KeyboardInterrupt, done: int, total: int) -> int:
-    """Say that a stop cut the predictions short, and what was kept; its exit status."""
+def _said_stopped(
+    stopped: KeyboardInterrupt, done: int, total: int, files: bool, table: bool = True
+) -> int:
+    """Say that a stop cut the predictions short, and what kept those predicted: the table
+    (unless its reader stopped too) and the `files` asked for; its exit status."""
     text, code = logs.stop_text(stopped)
-    print(
-        f"{text} after {done:,} of {total:,} photos: the table and the files asked for hold those",
-        file=sys.stderr,
-    )
+    kept = " and ".join([*(["the table"] if table else []), *(["the files asked for"] * files)])
+    if not table:  # a Ctrl-C stops `| tee` too
+        kept = (
+            f"{kept} hold those (the table's reader stopped too)"
+            if files
+            else "none kept: the table's reader stopped too (a Ctrl-C stops `| tee` as well);"
+            " --json or --csv keep what a stopped run predicted"
+        )
+    else:
+        kept += " hold those" if files else " holds those"
+    print(f"{text} after {done:,} of {total:,} photos: {kept}", file=sys.stderr)
     return code
+
+
+def _files(asked: dict[str, Path]) -> bool:
+    """Whether any of the outputs asked for is a file, not stdout or stderr."""
+    return any(p != STDOUT and streams.standard_stream(p) is None for p in asked.values())
 
 
 def _print_table(table: str, out: TextIO | None) -> None:
