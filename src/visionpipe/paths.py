@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from visionpipe.fsutil import dvc_cache_of, is_dvc_cache_file
+from visionpipe.fsutil import dvc_cache_of, is_dvc_cache_file, through_link
 
 PARAMS = Path("params.yaml")  # what every stage reads its params from (config.load_section)
 RAW_DIR = Path("data/raw")  # download: the verified archive + source.json
@@ -239,6 +239,8 @@ PIPELINE_OUTPUTS = (
     Path("conf"),
     Path("src"),
     Path("stages"),
+    Path("pyproject.toml"),  # what `uv run` reads first: written over, no command runs
+    Path("uv.lock"),
 )
 # What any DVC project keeps of itself: its pipeline, lock, params, DVC's and git's folders.
 PROJECT_RECORDS = (
@@ -255,6 +257,8 @@ PROJECT_RECORDS = (
 GIT_FOLDER = ".git"
 # What `dvc add` writes beside what it tracks (data/my_photos.dvc): DVC's record of it.
 DVC_FILE_SUFFIX = ".dvc"
+# Git's files in any folder: a .gitignore written over lets `git add -A` take the datasets.
+GIT_FILES = (".gitignore", ".gitattributes")
 
 
 def guarded_names() -> str:
@@ -265,7 +269,8 @@ def guarded_names() -> str:
             p.as_posix() + ("" if p.suffix or p in files else "/")
             for p in (*PIPELINE_OUTPUTS, *PROJECT_RECORDS)
         )
-        + f", *{DVC_FILE_SUFFIX}"
+        + f", *{DVC_FILE_SUFFIX}, "
+        + ", ".join(GIT_FILES)
     )
 
 
@@ -284,14 +289,15 @@ def pipeline_file(path: Path) -> bool:
 
 def _under(path: Path, records: bool) -> bool:
     real = _real(path)
-    if records and any(GIT_FOLDER in p.parts or p.suffix == DVC_FILE_SUFFIX for p in real):
+    if records and any(
+        GIT_FOLDER in p.parts or p.suffix == DVC_FILE_SUFFIX or p.name in GIT_FILES for p in real
+    ):
         return True
     # The project here, and the one holding `path`: `--json ~/proj/models/model.pt` run from
     # another folder names that project's model.
     folder = Path(os.path.realpath(path.parent))
     roots = {r for r in (project_root(), _root_above(folder)) if r is not None}
-    # Each through its folders' links, and through its own too: a file DVC links into its cache
-    # (cache.type symlink) is the pipeline's by its place, its cache file by its content.
+    # Each through its folders' links, and through its own too.
     places = set().union(
         *(_real(root / name) for root in roots for name in _guarded(root, records))
     )
@@ -324,8 +330,12 @@ def runs_stage(root: Path, stage: str) -> bool:
 
 
 def _real(path: Path) -> set[Path]:
-    """`path` with its folders' links resolved, and with its own link resolved too."""
+    """`path` with its folders' links resolved, and with its own link resolved too, but for a
+    link that a write replaces (`through_link`: a DVC output under cache.type symlink, whose
+    cache file a write leaves as it was): its place is all it is."""
     folder = Path(os.path.realpath(path.parent)) / path.name
+    if path.is_symlink() and through_link(path) == path:
+        return {folder}
     return {folder, Path(os.path.realpath(path))}
 
 

@@ -1139,6 +1139,7 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
     outputs = ("metrics/train.json", "dvclive/train/metrics.json", "logs/tensorboard/x.csv")
     code = ("conf/config.yaml", "stages/train.py", ".dvc/config", ".git/config", ".dvcignore")
     code += ("data/my_photos.dvc",)  # `dvc add data/my_photos`'s record
+    code += ("pyproject.toml", "uv.lock", ".gitignore", "photos/.gitattributes")  # any folder's
     for name in (*records, *outputs, *code):
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         (project / name).write_text("kept")
@@ -1153,6 +1154,14 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
         flag = "--csv" if name.endswith(".csv") else "--json"
         assert main(["predict", str(DOG_PNG), flag, f"../{name}"]) == 0, caplog.text
         assert (project / name).stat().st_size > 0
+    # The predict stage's own file linked into the cache: the link is replaced, the cache kept.
+    stage_json = project / "predictions" / "predictions.json"
+    stage_json.parent.mkdir()
+    (linked := cached.with_name("d" * 30)).write_text("[]")
+    stage_json.symlink_to(linked)
+    assert main(["predict", str(DOG_PNG), "--json", "../predictions/predictions.json"]) == 0
+    assert not stage_json.is_symlink() and json.loads(stage_json.read_text())[0]["top"]
+    assert linked.read_text() == "[]"
     # The .git/ of a bigger repository the project is a folder of.
     (tmp_path / ".git").mkdir()
     (tmp_path / ".git" / "config").write_text("kept")
