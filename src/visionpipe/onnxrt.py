@@ -49,15 +49,64 @@ def open_session(path: Path) -> Any:
                 f"export, {paths.ONNX_MODEL} (visionpipe predict reads {paths.MODEL} with "
                 "--backend torch)"
             ) from None
+        if (kind := _other_kind(Path(path))) is not None:  # `--model dog.png`
+            raise ModelFileError(
+                f"{path}: {kind}, not an ONNX model: --model takes the ONNX export"
+                f" ({paths.ONNX_MODEL}), the photos come as the other arguments"
+            ) from None
         # What a copy cut short gives: no protobuf onnxruntime can parse, or none (empty).
         cut = re.search(r"INVALID_PROTOBUF|No graph was found", str(exc))
         hint = f"; a copy or download cut short reads so: {paths.restore_hint(path)}" if cut else ""
         raise ModelFileError(f"{path}: not a readable ONNX model ({_reason(exc)}){hint}") from None
 
 
+# The first bytes of the files most often passed as a model by mistake. An ONNX model starts
+# with its first field's tag, 0x08 (ir_version), so none of these is one cut short.
+_OTHER_KINDS = {
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"RIFF": "a RIFF file (a WebP image?)",
+    b"PK\x03\x04": "a zip archive",
+    b"\x1f\x8b": "a gzip archive",
+}
+
+
+def _other_kind(path: Path) -> str | None:
+    """What the file at `path` is by its first bytes, where that is another kind of file than an
+    ONNX model (a photo, an archive, text); None where it may be one, damaged."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return None
+    kind = next((k for magic, k in _OTHER_KINDS.items() if head.startswith(magic)), None)
+    if kind is None and head[:1] not in (b"", b"\x08") and _text(head):
+        kind = "a text file"
+    return kind
+
+
+def _text(head: bytes) -> bool:
+    """Whether `head` reads as UTF-8 text (the end may cut a character in two)."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:
+            return False
+        text = head[: exc.start].decode("utf-8")
+    return all(c.isprintable() or c in "\t\r\n" for c in text)
+
+
 def _is_torch_file(path: Path) -> bool:
-    """torch.save's zip archive."""
-    return fsutil.torch_zip(fsutil.zip_members(path) or [])
+    """torch.save's zip archive, whole or cut short (its first member is <name>/data.pkl)."""
+    if fsutil.torch_zip(fsutil.zip_members(path) or []):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") and b"/data.pkl" in head
 
 
 @dataclass(frozen=True)

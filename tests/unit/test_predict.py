@@ -522,8 +522,15 @@ def _bad_models(exported: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
     del stripped.metadata_props[:]
     onnx.save(stripped, str(tmp / "no-metadata.onnx"))
     meta = {"classes": '["a", "b"]', "image_size": "16"}
+    whole_pt = (exported / "model.pt").read_bytes()
+    (tmp / "cut.pt").write_bytes(whole_pt[: len(whole_pt) // 3])
+    (tmp / "README.md").write_text("# notes\n\nnot a model: 模型\n")
+    not_onnx = "not an ONNX model: --model takes the ONNX export (models/model.onnx)"
     return {
         "corrupt": (tmp / "corrupt.onnx", "not a readable ONNX model"),
+        "a photo": (tmp / "img.png", f"img.png: a PNG image, {not_onnx}"),
+        "text": (tmp / "README.md", f"README.md: a text file, {not_onnx}"),
+        "model.pt cut short": (tmp / "cut.pt", "PyTorch's weights file (torch.save), not an"),
         "truncated": (
             tmp / "truncated.onnx",
             "not a readable ONNX model (INVALID_PROTOBUF: Protobuf parsing failed.); a copy or"
