@@ -191,6 +191,8 @@ def _add_glob(inputs: Inputs, spec: str) -> None:
         slashed = spec.replace("\\", "/")
         if slashed != spec and _glob(slashed)[1]:
             what += f"; this system separates folders with /: {slashed}"
+        elif re.match(r"[A-Za-z]:[\\/]", spec) and (meant := paths.meant_here(spec)):
+            what += f": a Windows path; here, write {meant}"
         inputs.errors.append((spec, f"glob matched {what}"))
 
 

@@ -287,6 +287,7 @@ def test_a_windows_style_path_names_the_path_that_exists(
         [
             *(".\\cats\\a.jpg", "dogs\\b.jpg", ".\\cats\\*.jpg", "C:\\Users\\me\\dog.png"),
             *("\\\\?\\C:\\x\\dog.png", "\\\\?\\UNC\\nas\\share\\dog.png"),  # Win32's long form
+            *("C:\\pics\\*.jpg", "D:/pics/*.jpg"),  # globs of a drive's
         ]
     )
     assert found.errors == [
@@ -312,6 +313,8 @@ def test_a_windows_style_path_names_the_path_that_exists(
             "no such file or directory: a Windows path; here, write its path on this machine"
             " (where the share is mounted)",
         ),
+        ("C:\\pics\\*.jpg", "glob matched no files: a Windows path; here, write /mnt/c/pics/*.jpg"),
+        ("D:/pics/*.jpg", "glob matched no files: a Windows path; here, write /mnt/d/pics/*.jpg"),
     ]
 
 
