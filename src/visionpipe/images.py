@@ -86,12 +86,13 @@ class BadImageError(ValueError):
 # own or a second copy of a photo in its class, possibly in another split.
 _SYSTEM_FOLDERS = ("__MACOSX", "@eaDir", "#recycle", "$RECYCLE.BIN", "System Volume Information")
 _SYSTEM_MARKS = tuple(f"/{folder}/" for folder in _SYSTEM_FOLDERS)
-_SYSTEM_FILES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini"})  # Windows Explorer's
+# Windows Explorer's, and Finder's custom folder icon ("Icon\r", empty; sync tools drop it).
+_SYSTEM_FILES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"})
 
 
 def is_hidden(name: str) -> bool:
     """A posix path with a part starting with '.' (`.DS_Store`, `._IMG_1.jpg`, `.git/`), a
-    system folder (`_SYSTEM_FOLDERS`) part, or a Windows Explorer file: not a photo."""
+    system folder (`_SYSTEM_FOLDERS`) part, or an Explorer or Finder file: not a photo."""
     path = f"/{name}/"
     if "/." in path or any(mark in path for mark in _SYSTEM_MARKS):
         return True

@@ -302,13 +302,16 @@ def test_files_left_out_are_named_in_the_log_but_not_mac_junk(
     extra = {"photos/ants/IMG_1.CR2": b"raw", "photos/cover.jpg": _jpeg((1, 2, 3))}
     extra |= {"photos/.DS_Store": b"x", "__MACOSX/photos/ants/._000.jpg": b"x"}
     extra |= {"photos/ants/Thumbs.db": b"x", "photos/bees/desktop.ini": b"x"}
+    extra |= {"photos/bees/Icon\r": b""}  # Finder's custom folder icon
     _flat_zip(workdir / paths.RAW_DIR / "photos.zip", {"ants": 8, "bees": 8}, extra=extra)
     preprocess.run(_params())
     warned = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("ignoring 2 files"), warned
     assert "not images by their suffix (1): photos/ants/IMG_1.CR2; images outside the" in warned[0]
     assert warned[0].endswith("class folders (1): photos/cover.jpg")
-    assert all(junk not in warned[0] for junk in ("DS_Store", "MACOSX", "Thumbs", "desktop"))
+    assert all(
+        junk not in warned[0] for junk in ("DS_Store", "MACOSX", "Thumbs", "desktop", "Icon")
+    )
 
 
 def test_the_same_photos_under_another_archive_or_top_folder_make_the_same_data(

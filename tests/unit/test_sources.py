@@ -473,6 +473,7 @@ def test_a_folder_source_packs_alike_whatever_hidden_files_lie_beside_the_photos
         (photos / name).parent.mkdir(parents=True, exist_ok=True)
         (photos / name).write_bytes(b"metadata")
     (photos / "dogs" / "Thumbs.db").write_bytes(b"thumbnails")
+    (photos / "cats" / "Icon\r").write_bytes(b"")  # Finder's custom folder icon
     assert _fetch("photos", tmp_path, sha256=first.sha256).sha256 == first.sha256
     # A folder of nothing but such files is said to be one.
     (tmp_path / "mac").mkdir()
