@@ -16,6 +16,7 @@ import re
 import shutil
 import stat
 import tempfile
+import unicodedata
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -103,6 +104,25 @@ def output_name(filename: str | bytes) -> Path:
 
 # A file of a DVC cache, named by its content's md5 (DVC 3: `<cache>/files/md5/ab/cdef…`).
 _DVC_CACHE_FILE = re.compile(r"/files/md5/[0-9a-f]{2}/[0-9a-f]{30}$")
+
+
+def unicode_twin(path: str) -> str | None:
+    """`path` as the disk spells it, where it names a file or folder only in another Unicode
+    normal form: a Mac writes "café" decomposed (NFD), a keyboard types it composed (NFC), and
+    macOS opens either while Linux opens only the bytes written. Each part is taken as typed
+    where it is there. None where `path` is there as typed, or in no form."""
+    if path.isascii() or os.path.lexists(path):
+        return None
+    anchor, *parts = Path(path).parts if Path(path).is_absolute() else ("", *Path(path).parts)
+    found = anchor
+    for part in parts:
+        forms = dict.fromkeys([part, *(unicodedata.normalize(f, part) for f in ("NFC", "NFD"))])
+        found = next(
+            (os.path.join(found, f) for f in forms if os.path.lexists(os.path.join(found, f))), ""
+        )
+        if not found:
+            return None
+    return found
 
 
 def is_dvc_cache_file(path: Path | str) -> bool:

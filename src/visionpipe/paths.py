@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from visionpipe.fsutil import dvc_cache_of, is_dvc_cache_file, through_link
+from visionpipe.fsutil import dvc_cache_of, is_dvc_cache_file, through_link, unicode_twin
 
 PARAMS = Path("params.yaml")  # what every stage reads its params from (config.load_section)
 RAW_DIR = Path("data/raw")  # download: the verified archive + source.json
@@ -392,7 +392,9 @@ def user_path(value: str | Path, param: str) -> Path:
             f"({os.uname().sysname}) cannot open: give its path on this machine, with '/'"
             f"{variable}"
         )
-    return Path(text)
+    # A folder copied from a Mac names "été" decomposed; the param as typed, composed. (A
+    # relative path is its caller's to look up: it is taken from the project's folder.)
+    return Path((os.path.isabs(text) and unicode_twin(text)) or text)
 
 
 class TrackedOutputError(ValueError):

@@ -320,7 +320,11 @@ def _local_path(value: str, base_dir: Path, *, param: str) -> Path:
             " local copy)"
         )
     path = paths.user_path(value, param)
-    return path if path.is_absolute() else base_dir / path
+    return (
+        path
+        if path.is_absolute()
+        else Path(fsutil.unicode_twin(str(base_dir / path)) or base_dir / path)
+    )
 
 
 @dataclass(frozen=True)

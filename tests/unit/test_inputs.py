@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -316,6 +317,24 @@ def test_a_windows_style_path_names_the_path_that_exists(
         ("C:\\pics\\*.jpg", "glob matched no files: a Windows path; here, write /mnt/c/pics/*.jpg"),
         ("D:/pics/*.jpg", "glob matched no files: a Windows path; here, write /mnt/d/pics/*.jpg"),
     ]
+
+
+def test_names_a_mac_wrote_decomposed_are_found_as_typed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A folder copied from a Mac: "café/été.jpg" in NFD on disk, typed in NFC, as macOS finds it.
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / unicodedata.normalize("NFD", "caf\u00e9")
+    folder.mkdir()
+    (folder / unicodedata.normalize("NFD", "\u00e9t\u00e9.jpg")).write_bytes(b"x")
+    (folder / "b.jpg").write_bytes(b"x")
+    typed = ["caf\u00e9/\u00e9t\u00e9.jpg", "caf\u00e9/*.jpg", str(tmp_path / "caf\u00e9")]
+    for spec in typed:
+        found = collect_inputs([spec])
+        assert not found.errors, (spec, found.errors)
+        assert {p.resolve() for p in found.files} <= set(folder.resolve().iterdir()), spec
+    assert len(collect_inputs(typed[1:2]).files) == 2
+    assert collect_inputs(["caf\u00e9/x.jpg"]).errors  # in no form there
 
 
 def test_a_space_that_is_not_a_plain_one_is_named_in_a_missing_file_s_error(

@@ -10,6 +10,7 @@ import shutil
 import tarfile
 import threading
 import time
+import unicodedata
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
@@ -480,6 +481,20 @@ def test_a_folder_source_packs_alike_whatever_hidden_files_lie_beside_the_photos
     (tmp_path / "mac" / ".DS_Store").write_bytes(b"metadata")
     with pytest.raises(ValueError, match="no regular files but 1 hidden or system file:"):
         _fetch("mac", tmp_path)
+
+
+def test_a_folder_a_mac_named_is_found_by_the_name_typed(tmp_path: Path) -> None:
+    """Finder writes "Vacances été" decomposed (NFD); the param is typed composed (NFC), and
+    macOS would open it: so does the stage, absolute or relative."""
+    typed = "Vacances \u00e9t\u00e9"
+    photos = tmp_path / unicodedata.normalize("NFD", typed)
+    (photos / "cats").mkdir(parents=True)
+    (photos / "cats" / "1.jpg").write_bytes(b"jpeg")
+    assert not (tmp_path / typed).exists()
+    whole = _fetch(str(tmp_path / typed), tmp_path)
+    assert _fetch(typed, tmp_path).sha256 == whole.sha256
+    with pytest.raises(DownloadError, match="does not exist"):
+        _fetch(str(tmp_path / "Vacances \u00e9t\u00e9 2"), tmp_path)
 
 
 def test_missing_local_source_explains(tmp_path: Path) -> None:
