@@ -94,9 +94,11 @@ class ZipNames:
                 *(self.source, len(self.cp437), read, _other_reading(self.source, self.cp437)),
             )
         elif (doubt := _doubtful(self.guessed, self.folders)) is not None:
+            # The other reading shown is of a name holding the part named.
+            named = sorted(self.guessed, key=lambda raw: doubt[0] not in raw.decode("utf-8"))
             log.warning(
                 "%s holds file names not marked UTF-8, read as UTF-8, of which %r %s%s",
-                *(self.source, *doubt, _other_reading(self.source, self.guessed)),
+                *(self.source, *doubt, _other_reading(self.source, named)),
             )
 
 

@@ -741,6 +741,12 @@ def test_chinese_classes_of_one_character_are_no_alphabet_for_a_letter_elsewhere
         assert "is a name of one letter, which GBK reads" in caplog.text or (
             "folders of one letter each" in caplog.text
         ), names
+    # The other reading shown is of the name the warning names.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        list_files(_unflagged_zip(tmp_path / "cn.zip", ["山/1.jpg", "石/2.jpg", "木/3.jpg"], "gbk"))
+    said = re.search(r"of which '(.)' is a name of one letter, which GBK reads (.)", caplog.text)
+    assert said and f"the first may read '{said[2]}/" in caplog.text, caplog.text
 
 
 def test_a_chinese_class_of_one_character_read_as_one_accented_letter_is_warned_of(
