@@ -153,11 +153,12 @@ def run(
 def _log_headline(accuracy: float, images: int, loss: float, f1: float | None) -> None:
     """The run's headline in the log `dvc repro` shows, as metrics/ holds it."""
     log.info(
-        "test accuracy %.2f%% over %d images, loss %.4f, macro-F1 %s (`dvc metrics show`)",
+        "test accuracy %.2f%% over %d images, loss %.4f (`dvc metrics show`), macro-F1 %s (%s)",
         100 * accuracy,
         images,
         loss,
         "n/a" if f1 is None else f"{f1:.4f}",
+        paths.PER_CLASS,  # with the per-class table: no `dvc exp show` column
     )
 
 

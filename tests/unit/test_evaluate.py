@@ -100,7 +100,8 @@ def test_evaluate_amp_scores_in_bf16_only_where_the_cpu_computes_it(
         f1 = json.loads(paths.PER_CLASS.read_text())["macro_f1"]
         assert (
             f"test accuracy {100 * strict['test_acc']:.2f}% over 30 images, loss"
-            f" {strict['test_loss']:.4f}, macro-F1 {f1:.4f} (`dvc metrics show`)"
+            f" {strict['test_loss']:.4f} (`dvc metrics show`), macro-F1 {f1:.4f}"
+            f" ({paths.PER_CLASS})"
         ) in caplog.text
         caplog.clear()
         mixed = evaluate.run("cpu", 16, amp=True)
