@@ -17,6 +17,7 @@ import functools
 import hashlib
 import http.client
 import logging
+import os
 import re
 import time
 import urllib.error
@@ -202,6 +203,14 @@ def _try_mirror(
 
 def _missing(source: str, path: Path, base_dir: Path) -> DownloadError:
     """The error for a local data.source that is not there; where a relative one was looked for."""
+    # `$DATA/cifar.zip` with DATA not set where the stage runs stays as written: say that.
+    unset = [name for name in re.findall(r"\$(\w+)", source) if name not in os.environ]
+    if unset:
+        return DownloadError(
+            f"data.source {source!r} names ${unset[0]}, which is not set where the stage runs"
+            f" (the environment `dvc exp run` or `dvc repro` started in): export {unset[0]}=..."
+            " before it, or give the path itself"
+        )
     if paths.user_path(source, "data.source").is_absolute():
         return DownloadError(
             f"data.source {source!r} does not exist: check the path, or copy the data there"

@@ -497,6 +497,19 @@ def test_a_folder_a_mac_named_is_found_by_the_name_typed(tmp_path: Path) -> None
         _fetch(str(tmp_path / "Vacances \u00e9t\u00e9 2"), tmp_path)
 
 
+def test_a_source_naming_an_unset_variable_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("VP_DATA", raising=False)
+    with pytest.raises(DownloadError, match=r"names \$VP_DATA, which is not set where the stage"):
+        _fetch("$VP_DATA/cifar.zip", tmp_path)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "cats").mkdir()
+    (tmp_path / "d" / "cats" / "1.jpg").write_bytes(b"jpeg")
+    monkeypatch.setenv("VP_DATA", str(tmp_path))
+    assert _fetch("$VP_DATA/d", tmp_path).sha256
+
+
 def test_missing_local_source_explains(tmp_path: Path) -> None:
     with pytest.raises(DownloadError) as err:
         _fetch("data/nowhere.zip", tmp_path)
