@@ -41,6 +41,16 @@ def test_committed_params_are_the_tutorial_defaults(tmp_path: Path) -> None:
             f"params.yaml {where}: {exc}\n(after `uv run visionpipe params`, `git add "
             "params.yaml`: this test reads what the next commit gets)"
         ) from exc
+    # params.yaml's note has no default; where the data is, README has users name in conf/, and
+    # the launch settings are the composing machine's (conf/local/machine.yaml's data_root).
+    location = {k: getattr(p.data, k) for k in ("source", "sha256")}
+    defaults = parse_params({"about": p.about, "data": location})
+    mine = p.model_copy(update={"launch": defaults.launch})
+    differ = diff_keys(mine.model_dump(), defaults.model_dump())
+    assert mine == defaults, (
+        f"params.yaml and the code defaults differ in: {', '.join(differ)} (an experiment's"
+        " values, left by `dvc exp run`? `uv run visionpipe params && git add params.yaml`)"
+    )
     assert (p.model.name, p.model.activation, p.model.batch_norm) == ("tutorial_cnn", "none", False)
     assert (p.train.optimizer, p.train.lr, p.train.batch_size, p.train.epochs) == (
         "sgd",
@@ -49,13 +59,6 @@ def test_committed_params_are_the_tutorial_defaults(tmp_path: Path) -> None:
         10,
     )
     assert p.train.momentum == 0.0 and p.data.dataset == "cifar10" and p.image_size() == 32
-    # params.yaml's note has no default; where the data is, README has users name in conf/, and
-    # the launch settings are the composing machine's (conf/local/machine.yaml's data_root).
-    location = {k: getattr(p.data, k) for k in ("source", "sha256")}
-    defaults = parse_params({"about": p.about, "data": location})
-    mine = p.model_copy(update={"launch": defaults.launch})
-    differ = diff_keys(mine.model_dump(), defaults.model_dump())
-    assert mine == defaults, f"params.yaml and the code defaults differ in: {', '.join(differ)}"
 
 
 @pytest.mark.parametrize(

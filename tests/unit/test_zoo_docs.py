@@ -172,3 +172,19 @@ def test_parameters_md_gives_the_smallest_image_size_of_each_model(name: str) ->
         f"smallest image_size of each model that needs more than 8 pixels; add `{least} for "
         f"{name}` to its list ('at least 8, and at least 32 for vgg16, ...')"
     )
+
+
+def test_the_docs_name_the_wheel_of_this_version() -> None:
+    """A release bumps `_version.py`; the wheel's file name in the docs follows it."""
+    import visionpipe
+
+    stale = [
+        f"{doc.relative_to(ROOT)}:{n} names visionpipe-{found}"
+        for doc in (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
+        for n, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1)
+        for found in re.findall(r"visionpipe-(\d+\.\d+\.\d+\S*?)-py3", line)
+        if found != visionpipe.__version__
+    ]
+    assert not stale, f"the version is {visionpipe.__version__}: write it there\n" + "\n".join(
+        stale
+    )
