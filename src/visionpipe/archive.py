@@ -50,6 +50,7 @@ from visionpipe.archive_members import (
     refuse_kind,
     warn_empty_folders,
     warn_hidden_folders,
+    warn_icloud_placeholders,
 )
 from visionpipe.fsutil import DiskFullError, atomic_path, free_bytes, size_text
 from visionpipe.images import Unread
@@ -256,6 +257,7 @@ def pack_directory(
     if leave_out and (left := listing.leave_out(leave_out)):
         log.info("left out %d hidden and system files of %s", len(left), src)
         warn_hidden_folders(src, left)
+        warn_icloud_placeholders(src, left)
     listing.warn(src)
     entries, folders = listing.entries, listing.folders
     names = [e.name for e in entries]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from visionpipe import fsutil
 from visionpipe.fsutil import is_dvc_cache_file
-from visionpipe.images import is_image_name
+from visionpipe.images import icloud_placeholder, is_image_name
 from visionpipe.names import counted, listed
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,21 @@ def _warn_skipped(source: Path, folder_links: list[str], broken_links: list[str]
             source,
             counted(len(folder_links), "link to a folder", "links to folders"),
             listed(sorted(folder_links)),
+        )
+
+
+def warn_icloud_placeholders(source: Path, left_out: list[str]) -> None:
+    """Name the photos of `source` that iCloud Drive holds online only: their placeholders are
+    hidden files, left out, and a class folder of them alone would be said to hold no files."""
+    stubs = [name for name in left_out if icloud_placeholder(name)]
+    if stubs:
+        log.warning(
+            "%s: left out %s, iCloud Drive's placeholders of photos not downloaded (%s, of %s):"
+            " download them (Finder's Download Now on the folder) and copy the folder again",
+            source,
+            counted(len(stubs), "file"),
+            listed(stubs, 3),
+            listed(sorted({posixpath.dirname(s) + "/" for s in stubs})),
         )
 
 

@@ -99,6 +99,18 @@ def is_hidden(name: str) -> bool:
     return name.rpartition("/")[2].lower() in _SYSTEM_FILES
 
 
+# What iCloud Drive leaves of a file it keeps only online ("Optimize Mac Storage"), as `cp` or
+# rsync copy it: a hidden `.IMG_1.HEIC.icloud` of a few hundred bytes, not the photo.
+_ICLOUD_PLACEHOLDER = re.compile(r"(?:^|/)\.([^/]+)\.icloud$")
+
+
+def icloud_placeholder(name: str) -> str | None:
+    """The photo that `name` stands for where it is iCloud Drive's placeholder of one not
+    downloaded (`cats/.IMG_1.HEIC.icloud` -> `IMG_1.HEIC`); None for any other name."""
+    found = _ICLOUD_PLACEHOLDER.search(name)
+    return found[1] if found and is_image_name(found[1]) else None
+
+
 def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES  # Path(name).suffix, 5x faster
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from visionpipe import fsutil, paths
-from visionpipe.images import is_hidden, is_image_name
+from visionpipe.images import icloud_placeholder, is_hidden, is_image_name
 from visionpipe.names import counted, listed
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def _add_spec(inputs: Inputs, spec: str) -> None:
         named = len(inputs.errors)
         # A folder of broken photo links only: each is named already.
         if not _add_folder(inputs, path, spec, spec) and len(inputs.errors) == named:
-            inputs.errors.append((spec, "folder holds no image files"))
+            inputs.errors.append((spec, "folder holds no image files" + _placeholders(path)))
     elif path.is_file():
         inputs.files.append(path)
     elif path.is_symlink():  # the link itself exists: "no such file" would puzzle
@@ -125,6 +125,20 @@ def _as_on_disk(spec: str) -> str:
     if fixed == 0 or (twin := fsutil.unicode_twin(os.path.join(*parts[:fixed]))) is None:
         return spec
     return os.path.join(twin, *parts[fixed:])
+
+
+def _placeholders(folder: Path) -> str:
+    """What a folder of no photos holds instead where that is iCloud Drive's placeholders of
+    photos kept online (hidden `.IMG_1.HEIC.icloud` files, as `cp` copies them): how many."""
+    stubs = sum(
+        icloud_placeholder(name) is not None for _, _, names in os.walk(folder) for name in names
+    )
+    if not stubs:
+        return ""
+    return (
+        f", but {counted(stubs, 'iCloud Drive placeholder')} of photos not downloaded: download"
+        " them (Finder's Download Now on the folder) and copy the folder again"
+    )
 
 
 def _win32(spec: str) -> bool:

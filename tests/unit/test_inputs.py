@@ -319,6 +319,21 @@ def test_a_windows_style_path_names_the_path_that_exists(
     ]
 
 
+def test_a_folder_of_icloud_placeholders_says_its_photos_are_not_downloaded(
+    tmp_path: Path,
+) -> None:
+    for i in range(3):
+        (tmp_path / f".IMG_{i}.HEIC.icloud").write_bytes(b"bplist00")
+    assert collect_inputs([str(tmp_path)]).errors == [
+        (
+            str(tmp_path),
+            "folder holds no image files, but 3 iCloud Drive placeholders of photos not"
+            " downloaded: download them (Finder's Download Now on the folder) and copy the"
+            " folder again",
+        )
+    ]
+
+
 def test_names_a_mac_wrote_decomposed_are_found_as_typed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

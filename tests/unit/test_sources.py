@@ -483,6 +483,20 @@ def test_a_folder_source_packs_alike_whatever_hidden_files_lie_beside_the_photos
         _fetch("mac", tmp_path)
 
 
+def test_icloud_placeholders_in_a_folder_source_are_named_as_photos_not_downloaded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A folder copied from iCloud Drive with "Optimize Mac Storage": dogs/ holds placeholders only.
+    photos = tmp_path / "photos"
+    write_files(photos, {"cats/1.jpg": b"jpeg", "cats/2.jpg": b"jpeg"})
+    write_files(photos, {f"dogs/.IMG_{i}.HEIC.icloud": b"bplist00" for i in range(5)})
+    (photos / "cats" / ".notes.txt.icloud").write_bytes(b"bplist00")  # no photo's
+    with caplog.at_level(logging.WARNING):
+        _fetch("photos", tmp_path)
+    said = "left out 5 files, iCloud Drive's placeholders of photos not downloaded (dogs/.IMG_0"
+    assert said in caplog.text and "and 2 more, of dogs/): download them" in caplog.text
+
+
 def test_a_folder_a_mac_named_is_found_by_the_name_typed(tmp_path: Path) -> None:
     """Finder writes "Vacances été" decomposed (NFD); the param is typed composed (NFC), and
     macOS would open it: so does the stage, absolute or relative."""
