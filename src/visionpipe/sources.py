@@ -253,6 +253,14 @@ def _fetch_source(
         )
     if not path.exists():
         raise _missing(source, path, base_dir)
+    if path.is_dir() and path.suffix.lower() == ".photoslibrary":
+        # Its folders are the library's (originals/, resources/ of smaller copies), no classes.
+        raise DownloadError(
+            f"data.source {source!r} is a macOS Photos library, whose folders are its own"
+            " (originals/, and resources/ of smaller copies of them), not classes: export the"
+            " photos into a folder per class (in Photos, an album per class, File > Export) and"
+            " point data.source at the folder holding those"
+        )
     if path.is_dir():
         # A fixed name: data/raw (and all that follows from it in dvc.lock) then depends on the
         # photos alone, not on what the folder holding them is called on this machine.

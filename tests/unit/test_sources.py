@@ -497,6 +497,16 @@ def test_icloud_placeholders_in_a_folder_source_are_named_as_photos_not_download
     assert said in caplog.text and "and 2 more, of dogs/): download them" in caplog.text
 
 
+def test_a_macos_photos_library_is_refused_with_the_way_to_export_classes(
+    tmp_path: Path,
+) -> None:
+    library = tmp_path / "Photos Library.photoslibrary"
+    write_files(library, {"originals/A/1.jpeg": b"jpeg", "resources/derivatives/A/1_c.jpeg": b"j"})
+    with pytest.raises(DownloadError, match="is a macOS Photos library, whose folders are its own"):
+        _fetch(str(library), tmp_path)
+    assert not (tmp_path / "raw").exists() or not any((tmp_path / "raw").iterdir())
+
+
 def test_a_folder_a_mac_named_is_found_by_the_name_typed(tmp_path: Path) -> None:
     """Finder writes "Vacances été" decomposed (NFD); the param is typed composed (NFC), and
     macOS would open it: so does the stage, absolute or relative."""
