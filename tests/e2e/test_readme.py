@@ -73,6 +73,7 @@ PAGES = (
             "development.md",
             "deploy.md",
             "serving.md",
+            "predicting.md",
         )
     ),
 )
