@@ -915,6 +915,20 @@ def test_links_between_pages_resolve() -> None:
     assert not broken, "links that lead nowhere:\n" + "\n".join(broken)
 
 
+def test_the_commands_paste_into_zsh_as_they_are() -> None:
+    """macOS's shell, zsh, runs a `#` as a command unless `interactivecomments` is set, and its
+    `->` as a redirection: what a block's command means is said in the prose around it."""
+    commented = [
+        f"{page.relative_to(ROOT)}: {line}"
+        for page in PAGES
+        for fence, body in re.findall(r"(?ms)^```(\w*)\n(.*?)^```", page.read_text())
+        if fence in SHELL_FENCES
+        for line in body.splitlines()
+        if re.search(r"(^|\s)#", line)
+    ]
+    assert not commented, "a `# comment` in a shell block:\n" + "\n".join(commented)
+
+
 def test_every_command_has_a_rule() -> None:
     parts = page_parts()
     for page in PAGES:
