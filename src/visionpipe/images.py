@@ -575,6 +575,11 @@ def _unidentified_reason(data: bytes) -> str:
     )
     if archive is not None:
         return f"a {archive} archive, not an image: unpack it and give its images or folder"
+    if data.startswith(b"\x00\x05\x16\x07"):  # AppleDouble's magic number
+        return (
+            "a Mac's metadata file (AppleDouble: the ._ file a Mac writes beside a photo on a"
+            " disk or share it does not format), not a photo: leave it out (folders pass them over)"
+        )
     if _is_video(data):  # a phone's live-photo .MOV beside its photo, a clip in the folder
         return (
             "a video, not an image: give a frame of it as a photo (ffmpeg -i VIDEO -frames:v 1"

@@ -106,6 +106,8 @@ def test_bad_files_name_the_reason() -> None:
         "clip.png": (b"\0\0\0\x20ftypisom\0\0\x02\0isomiso2" + bytes(64), "-frames:v 1"),
         "clip.webp": (b"\x1a\x45\xdf\xa3" + bytes(64), "a video, not an image"),
         "clip.gif": (b"RIFF\0\0\0\0AVI LIST" + bytes(64), "a video, not an image"),
+        # A Mac's AppleDouble file beside a photo, named by `find -iname '*.jpg'`.
+        "._IMG_1.jpg": (b"\0\x05\x16\x07\0\x02\0\0Mac OS X        ", "a Mac's metadata file"),
     }
     # An AVIF whose primary-item box is damaged: Pillow's plugin raises RuntimeError for it.
     avif = bytearray(_encode(Image.new("RGB", (40, 40)), "AVIF"))
