@@ -849,9 +849,14 @@ def test_unusable_model_and_address_are_one_line_errors(
     assert main(["serve", "--model", str(tmp_path / "none.onnx")]) == 2
     # A file of the user's own, not the pipeline's: a typo, not a stage to run.
     assert caplog.text.rstrip().endswith("none.onnx not found"), caplog.text
-    (tmp_path / "bad.onnx").write_bytes(b"not onnx")
+    (tmp_path / "bad.onnx").write_bytes(b"\x08\xff\xfe not onnx")  # a protobuf's start, then not
     assert main(["serve", "--model", str(tmp_path / "bad.onnx")]) == 2
     assert "bad.onnx: not a readable ONNX model" in caplog.text
+    (tmp_path / "notes.onnx").write_bytes(b"not onnx")
+    assert main(["serve", "--model", str(tmp_path / "notes.onnx")]) == 2
+    assert (
+        "notes.onnx: a text file, not an ONNX model: --model takes the ONNX export" in caplog.text
+    )
     import torch
 
     weights = tmp_path / "model.pt"  # what the export stage writes beside model.onnx
