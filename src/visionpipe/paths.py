@@ -92,12 +92,12 @@ def require(path: str | Path, stage: str) -> Path:
         return found
     if (meant := meant_here(str(path))) is not None:  # a Windows habit (models\model.onnx)
         raise FileNotFoundError(f"{path} not found: a Windows path; here, write {meant}")
-    # The project the file would be in (`--model ~/proj/models/model.onnx` from elsewhere),
-    # else this folder's: its dvc commands run there.
+    # The project the file would be in (`--model ~/proj/models/model.onnx` from elsewhere; a
+    # fresh clone has no models/ yet), else this folder's: its dvc commands run there.
     folder = found.parent
-    root = (_root_above(Path(os.path.realpath(folder))) if folder.is_dir() else None) or (
-        project_root()
-    )
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    root = _root_above(Path(os.path.realpath(folder))) or project_root()
     # In another DVC project (one that imports the model), what fetches it is its path.
     ours = root is None or runs_stage(root, stage)
     remote = f"'uv run dvc pull {stage if ours else path}' where a DVC remote holds it"
@@ -113,7 +113,11 @@ def require(path: str | Path, stage: str) -> Path:
         raise FileNotFoundError(
             f"{path} is a link to {target}, which DVC's cache no longer holds (a `dvc gc` in a"
             " project sharing the cache removes what this one links to): "
-            + (f"{rerun(stage)}, or {remote}" if ours else f"{remote}, run in {root}")
+            + (
+                f"{rerun(stage)}, or {remote}{commands_where(root)}"
+                if ours
+                else f"{remote}, run in {root}"
+            )
         )
     if not path.is_absolute() and root is None:  # a notebook started elsewhere
         raise FileNotFoundError(
@@ -165,10 +169,12 @@ def restore_hint(path: Path) -> str:
         # checkout links it again, and a re-run whose result has the same hash (CPU runs are
         # reproducible) keeps the damaged cache file under that hash.
         cached, stage = linked
+        # One line to paste wherever this runs: the rm's relative path is the project's.
+        there = f"cd {shlex.quote(str(root))} && " if commands_where(root) else ""
         return (
             f"it is a link to DVC's cache (cache.type symlink or hardlink), so DVC's own copy is"
-            f" the damaged one: remove both and make it again, 'rm -f {named}"
-            f" {shlex.quote(str(cached))} && uv run dvc repro {stage}'" + commands_where(root)
+            f" the damaged one: remove both and make it again, '{there}rm -f {named}"
+            f" {shlex.quote(str(cached))} && uv run dvc repro {stage}'"
         )
     return (
         f"copy it again, or restore the project's own with 'uv run dvc checkout --force {named}'"

@@ -347,15 +347,18 @@ def test_a_model_a_failed_run_deleted_names_the_checkout_that_restores_it(
     assert "dvc checkout" not in caplog.text  # not a file DVC records
     # Named from another DVC project, or from outside any: the file's project, where the
     # commands run (the other project has no export stage to run).
-    (tmp_path / "models").mkdir()
     other = tmp_path.parent / f"{tmp_path.name}-other"
     (other / ".dvc").mkdir(parents=True)
     for where in (other, tmp_path.parent):  # another DVC project; none
         monkeypatch.chdir(where)
-        caplog.clear()
-        assert main(["predict", "x.png", "--model", str(tmp_path / paths.ONNX_MODEL)]) == 2
-        assert "'uv run dvc checkout --force export' restores" in caplog.text
-        assert caplog.text.rstrip().endswith(f"(run the dvc commands in {tmp_path})")
+        for fresh in (True, False):  # a fresh clone has no models/ yet
+            if not fresh:
+                (tmp_path / "models").mkdir()
+            caplog.clear()
+            assert main(["predict", "x.png", "--model", str(tmp_path / paths.ONNX_MODEL)]) == 2
+            assert "'uv run dvc checkout --force export' restores" in caplog.text
+            assert caplog.text.rstrip().endswith(f"(run the dvc commands in {tmp_path})")
+        (tmp_path / "models").rmdir()
 
 
 def test_a_project_that_imports_the_model_is_told_to_pull_it_by_its_path(
@@ -413,6 +416,7 @@ def test_a_model_whose_dvc_cache_file_is_gone_is_named_as_a_link(
         caplog.text
     )
     assert "'uv run dvc repro export', or 'uv run dvc pull export'" in caplog.text
+    assert f"where a DVC remote holds it (run the dvc commands in {tmp_path})" in caplog.text
     caplog.clear()
     # A link of the user's own to a file that is gone is no DVC matter.
     (tmp_path / "mine.onnx").symlink_to(tmp_path / "gone.onnx")
@@ -695,6 +699,11 @@ def test_the_torch_backend_names_a_bad_model_file_too(
     caplog.clear()
     assert main(["predict", str(image), "--backend", "torch"]) == 2
     assert caplog.text.rstrip().endswith(said), caplog.text
+    monkeypatch.chdir(project / "photos")  # one line that runs here too
+    caplog.clear()
+    assert main(["predict", str(image), "--backend", "torch"]) == 2
+    assert f"again, 'cd {project} && rm -f {paths.MODEL} {cached} && uv run dvc" in caplog.text
+    monkeypatch.chdir(project)
     (project / ".dvc" / "config").write_text("[core]\n    no_scm = True\n")  # DVC's own reading
     (project / paths.MODEL).unlink()
     os.link(cached, project / paths.MODEL)
