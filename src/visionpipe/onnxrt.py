@@ -29,7 +29,8 @@ def _reason(exc: BaseException) -> str:
     text = re.sub(
         r"^\[ONNXRuntimeError\] : \d+ : (\w+) : (Load model from .* failed: ?)?", r"\1: ", text
     )
-    return text if len(text) <= 200 else text[:197] + "..."
+    # Its reason comes last, after the source file and function it was raised in.
+    return text if len(text) <= 200 else "..." + text[-197:]
 
 
 def open_session(path: Path) -> Any:
@@ -49,11 +50,16 @@ def open_session(path: Path) -> Any:
                 f"export, {paths.ONNX_MODEL} (visionpipe predict reads {paths.MODEL} with "
                 "--backend torch)"
             ) from None
-        if (kind := _other_kind(Path(path))) is not None:  # `--model dog.png`
-            raise ModelFileError(
-                f"{path}: {kind}, not an ONNX model: --model takes the ONNX export"
-                f" ({paths.ONNX_MODEL}), the photos come as the other arguments"
-            ) from None
+        if (kind := _other_kind(Path(path))) is not None:
+            # The pipeline's own file overwritten (a download that saved an error page), or
+            # `--model dog.png`.
+            fix = (
+                paths.restore_hint(path)
+                if paths.pipeline_output(Path(path))
+                else f"--model takes the ONNX export ({paths.ONNX_MODEL}), the photos come as"
+                " the other arguments"
+            )
+            raise ModelFileError(f"{path}: {kind}, not an ONNX model: {fix}") from None
         # What a copy cut short gives: no protobuf onnxruntime can parse, or none (empty).
         cut = re.search(r"INVALID_PROTOBUF|No graph was found", str(exc))
         hint = f"; a copy or download cut short reads so: {paths.restore_hint(path)}" if cut else ""
@@ -87,7 +93,10 @@ def _other_kind(path: Path) -> str | None:
 
 
 def _text(head: bytes) -> bool:
-    """Whether `head` reads as UTF-8 text (the end may cut a character in two)."""
+    """Whether `head` reads as UTF-8 text (the end may cut a character in two), or starts with
+    a byte-order mark (Notepad's UTF-8 or UTF-16)."""
+    if head.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+        return True
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError as exc:

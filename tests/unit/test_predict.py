@@ -556,6 +556,44 @@ def _bad_models(exported: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
     }
 
 
+def test_the_projects_own_model_overwritten_by_another_file_gets_the_way_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A download that saved an error page where models/model.onnx was: not "--model takes ...",
+    # which the user did not give; a text file saved by Notepad (a byte-order mark) is text too.
+    pipeline_skeleton(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    Image.new("RGB", (20, 20), "red").save(tmp_path / "a.png")
+    (tmp_path / paths.ONNX_MODEL).write_text("<html><body>404 Not Found</body></html>")
+    assert main(["predict", "a.png"]) == 2
+    assert caplog.text.rstrip().endswith(
+        "models/model.onnx: a text file, not an ONNX model: copy it again, or restore the"
+        " project's own with 'uv run dvc checkout --force models/model.onnx'"
+    ), caplog.text
+    caplog.clear()
+    (notes := tmp_path / "notes.onnx").write_bytes("\ufeffnotes, UTF-8".encode("utf-8"))
+    (wide := tmp_path / "wide.onnx").write_bytes("notes, UTF-16".encode("utf-16"))
+    for other in (notes, wide):
+        assert main(["predict", "a.png", "--model", str(other)]) == 2
+        assert f"{other}: a text file, not an ONNX model: --model takes" in caplog.text
+
+
+def test_onnxruntimes_reason_is_kept_where_its_error_runs_long(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its message names the source file and function first, the reason last.
+    model = _identity_onnx(tmp_path / "future.onnx", [1, 3, 4, 4])
+    import onnx
+
+    loaded = onnx.load(str(model))
+    loaded.ir_version = 99
+    onnx.save(loaded, str(model))
+    Image.new("RGB", (20, 20), "red").save(tmp_path / "a.png")
+    assert main(["predict", str(tmp_path / "a.png"), "--model", str(model)]) == 2
+    assert "Unsupported model IR version: 99" in caplog.text, caplog.text
+
+
 def test_a_bad_model_file_gets_one_line_and_exit_code_2(
     exported_model: Path, tmp_path: Path
 ) -> None:
