@@ -632,19 +632,22 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
                 f" ./{dashed[0]} or put -- before the file names",
                 file=sys.stderr,
             )
-        elif exc.code == 2 and (hint := _option_first_hint(argv)):
+        elif exc.code == 2 and (hint := _option_first_hint(parser, argv)):
             print(f"visionpipe: {hint}", file=sys.stderr)
         raise
 
 
-COMMANDS = ("predict", "serve", "params")
-
-
-def _option_first_hint(argv: list[str]) -> str:
+def _option_first_hint(parser: argparse.ArgumentParser, argv: list[str]) -> str:
     """For `visionpipe --topk 3 predict x`: a command's options come after the command, and
-    argparse only says "invalid choice: '3'"."""
-    at = next((i for i, arg in enumerate(argv) if arg in COMMANDS), None)
+    argparse only says "invalid choice: '3'". Only where the command has those options."""
+    commands = next(
+        a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+    )
+    at = next((i for i, arg in enumerate(argv) if arg in commands), None)
     if not at or not argv[0].startswith("-") or "--" in argv[:at]:
+        return ""
+    known = commands[argv[at]]._option_string_actions
+    if any(a.startswith("-") and a.split("=")[0] not in known for a in argv[:at]):
         return ""
     moved = [argv[at], *argv[:at], *argv[at + 1 :]]
     return "a command's options come after it: visionpipe " + " ".join(map(_shell_word, moved))

@@ -1032,6 +1032,9 @@ def test_options_before_the_command_get_the_command_line_that_works(
     with pytest.raises(SystemExit):
         main(["--", "predict", "x.jpg"])  # after --, "predict" may be a file's name
     assert "come after it" not in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--json", "out.json", "serve"])  # an option serve has not: moving it is no fix
+    assert "come after it" not in capsys.readouterr().err
 
 
 def test_a_glob_under_a_folder_with_brackets_in_its_name_matches(
