@@ -640,9 +640,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 def _option_first_hint(parser: argparse.ArgumentParser, argv: list[str]) -> str:
     """For `visionpipe --topk 3 predict x`: a command's options come after the command, and
     argparse only says "invalid choice: '3'". Only where the command has those options."""
-    commands = next(
-        a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)
-    )
+    commands = next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     at = next((i for i, arg in enumerate(argv) if arg in commands), None)
     if not at or not argv[0].startswith("-") or "--" in argv[:at]:
         return ""

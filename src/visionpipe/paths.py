@@ -245,8 +245,6 @@ PIPELINE_OUTPUTS = (
     Path("conf"),
     Path("src"),
     Path("stages"),
-    Path("pyproject.toml"),  # what `uv run` reads first: written over, no command runs
-    Path("uv.lock"),
 )
 # What any DVC project keeps of itself: its pipeline, lock, params, DVC's and git's folders.
 PROJECT_RECORDS = (
@@ -263,8 +261,9 @@ PROJECT_RECORDS = (
 GIT_FOLDER = ".git"
 # What `dvc add` writes beside what it tracks (data/my_photos.dvc): DVC's record of it.
 DVC_FILE_SUFFIX = ".dvc"
-# Git's files in any folder: a .gitignore written over lets `git add -A` take the datasets.
-GIT_FILES = (".gitignore", ".gitattributes")
+# Files read from any folder: a .gitignore written over lets `git add -A` take the datasets; a
+# pyproject.toml, uv.lock or .python-version written over stops every `uv run` below it.
+TOOL_FILES = (".gitignore", ".gitattributes", "pyproject.toml", "uv.lock", ".python-version")
 
 
 def guarded_names() -> str:
@@ -276,7 +275,7 @@ def guarded_names() -> str:
             for p in (*PIPELINE_OUTPUTS, *PROJECT_RECORDS)
         )
         + f", *{DVC_FILE_SUFFIX}, "
-        + ", ".join(GIT_FILES)
+        + ", ".join(TOOL_FILES)
     )
 
 
@@ -296,7 +295,7 @@ def pipeline_file(path: Path) -> bool:
 def _under(path: Path, records: bool) -> bool:
     real = _real(path)
     if records and any(
-        GIT_FOLDER in p.parts or p.suffix == DVC_FILE_SUFFIX or p.name in GIT_FILES for p in real
+        GIT_FOLDER in p.parts or p.suffix == DVC_FILE_SUFFIX or p.name in TOOL_FILES for p in real
     ):
         return True
     # The project here, and the one holding `path`: `--json ~/proj/models/model.pt` run from

@@ -331,8 +331,9 @@ def _said_stopped(
 
 
 def _files(asked: dict[str, Path]) -> bool:
-    """Whether any of the outputs asked for is a file, not stdout or stderr."""
-    return any(p != STDOUT and streams.standard_stream(p) is None for p in asked.values())
+    """Whether any of the outputs asked for goes elsewhere than stdout (a file, or stderr, which
+    a `| tee` leaves to the terminal)."""
+    return any(p != STDOUT and streams.standard_stream(p) != 1 for p in asked.values())
 
 
 def _print_table(table: str, out: TextIO | None) -> None:

@@ -1197,6 +1197,7 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
     code = ("conf/config.yaml", "stages/train.py", ".dvc/config", ".git/config", ".dvcignore")
     code += ("data/my_photos.dvc",)  # `dvc add data/my_photos`'s record
     code += ("pyproject.toml", "uv.lock", ".gitignore", "photos/.gitattributes")  # any folder's
+    code += ("notes/pyproject.toml", "notes/.python-version")
     for name in (*records, *outputs, *code):
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         (project / name).write_text("kept")
@@ -1484,6 +1485,7 @@ sys.exit(main(sys.argv[2:]))
         ("terminal", "the table and the files asked for hold those"),
         ("tee", "the files asked for hold those (the table's reader stopped too)"),
         ("tee alone", "none kept: the table's reader stopped too"),  # no --csv to hold them
+        ("tee stderr", "the files asked for hold those"),  # --json /dev/stderr, to the terminal
     ],
 )
 def test_what_a_stop_kept_is_written_through_a_second_signal_and_a_closed_pipe(
@@ -1492,7 +1494,9 @@ def test_what_a_stop_kept_is_written_through_a_second_signal_and_a_closed_pipe(
     photos = sorted(_images(tmp_path / "photos").values())
     out_csv, model = tmp_path / "p.csv", str(exported_model / "model.onnx")
     args = ["predict", *map(str, photos), "--model", model, "--batch-size", "1"]
-    args += [] if reader == "tee alone" else ["--csv", str(out_csv)]
+    args += {"tee alone": [], "tee stderr": ["--json", "/dev/stderr"]}.get(
+        reader, ["--csv", str(out_csv)]
+    )
     e = {**env(), "PYTHONPATH": str(ROOT / "src")}
     done = subprocess.run(
         [sys.executable, "-c", STOP_SCRIPT, reader, *args],
@@ -1501,5 +1505,5 @@ def test_what_a_stop_kept_is_written_through_a_second_signal_and_a_closed_pipe(
     assert done.returncode == 130, done.stderr[-3000:]
     said = f"interrupted (Ctrl-C) after 1 of {len(photos)} photos: {kept}"
     assert said in done.stderr, done.stderr
-    if reader != "tee alone":
+    if not reader.startswith("tee "):
         assert len(out_csv.read_text().splitlines()) == 2  # the header and the one predicted
