@@ -465,7 +465,14 @@ def _path(value: str) -> Path:
     Path it would be ".", the current folder."""
     if not value:
         raise argparse.ArgumentTypeError("an empty name: give a file name")
-    return Path(value)
+    # A folder a Mac named "été" decomposed, typed composed: that folder, not a second one
+    # looking the same. The file itself may be new (an output).
+    path = Path(value)
+    if (twin := fsutil.unicode_twin(value)) is not None:
+        return Path(twin)
+    if (folder := fsutil.unicode_twin(str(path.parent))) is not None:
+        return Path(folder, path.name)
+    return path
 
 
 def _origin(value: str) -> str:

@@ -350,6 +350,12 @@ def test_names_a_mac_wrote_decomposed_are_found_as_typed(
         assert {p.resolve() for p in found.files} <= set(folder.resolve().iterdir()), spec
     assert len(collect_inputs(typed[1:2]).files) == 2
     assert collect_inputs(["caf\u00e9/x.jpg"]).errors  # in no form there
+    # An output named there goes into that folder, not into a second one looking the same.
+    Image.new("RGB", (8, 8), "red").save(folder / "b.jpg", "JPEG")
+    model = str(write_tiny_onnx(tmp_path / "model.onnx"))
+    assert main(["predict", "caf\u00e9/b.jpg", "--model", model, "--json", "caf\u00e9/o.json"]) == 0
+    assert (folder / "o.json").is_file()
+    assert sorted(os.listdir(tmp_path)) == sorted(["model.onnx", folder.name])
 
 
 def test_a_space_that_is_not_a_plain_one_is_named_in_a_missing_file_s_error(
