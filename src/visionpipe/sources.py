@@ -253,10 +253,10 @@ def _fetch_source(
         )
     if not path.exists():
         raise _missing(source, path, base_dir)
-    if path.is_dir() and path.suffix.lower() == ".photoslibrary":
+    if path.is_dir() and any(p.lower().endswith(".photoslibrary") for p in path.resolve().parts):
         # Its folders are the library's (originals/, resources/ of smaller copies), no classes.
         raise DownloadError(
-            f"data.source {source!r} is a macOS Photos library, whose folders are its own"
+            f"data.source {source!r} is (in) a macOS Photos library, whose folders are its own"
             " (originals/, and resources/ of smaller copies of them), not classes: export the"
             " photos into a folder per class (in Photos, an album per class, File > Export) and"
             " point data.source at the folder holding those"

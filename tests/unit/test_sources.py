@@ -502,8 +502,9 @@ def test_a_macos_photos_library_is_refused_with_the_way_to_export_classes(
 ) -> None:
     library = tmp_path / "Photos Library.photoslibrary"
     write_files(library, {"originals/A/1.jpeg": b"jpeg", "resources/derivatives/A/1_c.jpeg": b"j"})
-    with pytest.raises(DownloadError, match="is a macOS Photos library, whose folders are its own"):
-        _fetch(str(library), tmp_path)
+    for inside in (library, library / "originals"):  # its 0/ to F/ are no classes either
+        with pytest.raises(DownloadError, match="a macOS Photos library, whose folders are its"):
+            _fetch(str(inside), tmp_path)
     assert not (tmp_path / "raw").exists() or not any((tmp_path / "raw").iterdir())
 
 
