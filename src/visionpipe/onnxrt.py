@@ -44,13 +44,14 @@ def open_session(path: Path) -> Any:
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's own exception classes derive from Exception only
-        if _is_torch_file(Path(path)):  # models/model.pt beside model.onnx: an easy slip
+        head = _head(Path(path))
+        if _is_torch_file(Path(path), head):  # models/model.pt beside model.onnx: an easy slip
             raise ModelFileError(
                 f"{path}: PyTorch's weights file (torch.save), not an ONNX model; pass the ONNX "
                 f"export, {paths.ONNX_MODEL} (visionpipe predict reads {paths.MODEL} with "
                 "--backend torch)"
             ) from None
-        if (kind := _other_kind(Path(path))) is not None:
+        if (kind := _other_kind(head)) is not None:
             # The pipeline's own file overwritten (a download that saved an error page), or
             # `--model dog.png`.
             fix = (
@@ -78,14 +79,18 @@ _OTHER_KINDS = {
 }
 
 
-def _other_kind(path: Path) -> str | None:
-    """What the file at `path` is by its first bytes, where that is another kind of file than an
-    ONNX model (a photo, an archive, text); None where it may be one, damaged."""
+def _head(path: Path) -> bytes:
+    """The first bytes of the file at `path` (none where it cannot be read)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(512)
+            return f.read(512)
     except OSError:
-        return None
+        return b""
+
+
+def _other_kind(head: bytes) -> str | None:
+    """What a file is by its first bytes `head`, where that is another kind of file than an
+    ONNX model (a photo, an archive, text); None where it may be one, damaged."""
     kind = next((k for magic, k in _OTHER_KINDS.items() if head.startswith(magic)), None)
     if kind is None and head[:1] not in (b"", b"\x08") and _text(head):
         kind = "a text file"
@@ -106,16 +111,12 @@ def _text(head: bytes) -> bool:
     return all(c.isprintable() or c in "\t\r\n" for c in text)
 
 
-def _is_torch_file(path: Path) -> bool:
-    """torch.save's zip archive, whole or cut short (its first member is <name>/data.pkl)."""
+def _is_torch_file(path: Path, head: bytes) -> bool:
+    """torch.save's zip archive, whole or cut short (its first member is <name>/data.pkl, which
+    the first bytes `head` hold)."""
     if fsutil.torch_zip(fsutil.zip_members(path) or []):
         return True
-    try:
-        with open(path, "rb") as f:
-            head = f.read(256)
-    except OSError:
-        return False
-    return head.startswith(b"PK\x03\x04") and b"/data.pkl" in head
+    return head.startswith(b"PK\x03\x04") and b"/data.pkl" in head[:256]
 
 
 @dataclass(frozen=True)

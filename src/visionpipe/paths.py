@@ -267,7 +267,8 @@ TOOL_FILES = (".gitignore", ".gitattributes", "pyproject.toml", "uv.lock", ".pyt
 
 
 def guarded_names() -> str:
-    """PIPELINE_OUTPUTS and PROJECT_RECORDS as a message lists them, folders with a '/'."""
+    """PIPELINE_OUTPUTS, PROJECT_RECORDS and the names guarded anywhere as a message lists
+    them, folders with a '/'."""
     files = {Path(".dvcignore")}
     return (
         ", ".join(
