@@ -316,16 +316,15 @@ def _said_stopped(
     """Say that a stop cut the predictions short, and what kept those predicted: the table
     (unless its reader stopped too) and the `files` asked for; its exit status."""
     text, code = logs.stop_text(stopped)
-    kept = " and ".join([*(["the table"] if table else []), *(["the files asked for"] * files)])
-    if not table:  # a Ctrl-C stops `| tee` too
-        kept = (
-            f"{kept} hold those (the table's reader stopped too)"
-            if files
-            else "none kept: the table's reader stopped too (a Ctrl-C stops `| tee` as well);"
-            " --json or --csv keep what a stopped run predicted"
-        )
+    if table:
+        kept = "the table and the files asked for hold those" if files else "the table holds those"
+    elif files:  # a Ctrl-C stops `| tee` too
+        kept = "the files asked for hold those (the table's reader stopped too)"
     else:
-        kept += " hold those" if files else " holds those"
+        kept = (
+            "none kept: the table's reader stopped too (a Ctrl-C stops `| tee` as well); --json"
+            " or --csv keep what a stopped run predicted"
+        )
     print(f"{text} after {done:,} of {total:,} photos: {kept}", file=sys.stderr)
     return code
 

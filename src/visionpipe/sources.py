@@ -337,11 +337,10 @@ def _local_path(value: str, base_dir: Path, *, param: str) -> Path:
             " local copy)"
         )
     path = paths.user_path(value, param)
-    return (
-        path
-        if path.is_absolute()
-        else Path(fsutil.unicode_twin(str(base_dir / path)) or base_dir / path)
-    )
+    if path.is_absolute():
+        return path
+    joined = base_dir / path
+    return Path(fsutil.unicode_twin(str(joined)) or joined)  # a Mac's folder, typed composed
 
 
 @dataclass(frozen=True)
