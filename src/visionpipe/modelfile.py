@@ -167,9 +167,15 @@ def _not_a_model(path: Path, exc: BaseException) -> ModelFileError:
             f" {paths.restore_hint(path)}"
         )
     if not _saved_by_torch(path):  # torch's words on it would be about unpickling
+        # The project's own model.pt overwritten (a download that saved an error page): not
+        # "pass the model.pt", which this is.
+        fix = (
+            paths.restore_hint(path)
+            if paths.own_model(path)
+            else f"pass the {paths.MODEL} the train stage wrote"
+        )
         return ModelFileError(
-            f"{path}: not a PyTorch file (torch.save writes a zip archive, or a pickle); pass the"
-            f" {paths.MODEL} the train stage wrote"
+            f"{path}: not a PyTorch file (torch.save writes a zip archive, or a pickle); {fix}"
         )
     if zipped and not fsutil.torch_zip(zipped):
         return ModelFileError(

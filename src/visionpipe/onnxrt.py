@@ -56,7 +56,7 @@ def open_session(path: Path) -> Any:
             # `--model dog.png`.
             fix = (
                 paths.restore_hint(path)
-                if paths.pipeline_output(Path(path))
+                if paths.own_model(Path(path))
                 else f"--model takes the ONNX export ({paths.ONNX_MODEL}), the photos come as"
                 " the other arguments"
             )

@@ -158,12 +158,9 @@ def _missing(path: Path, stage: str, root: Path | None) -> str:
 def restore_hint(path: Path) -> str:
     """How to get a damaged or cut-short file at `path` back: copy it again, and where it is
     the pipeline's own output (models/model.pt in a pipeline's project), DVC's copy of it."""
-    # The folder's real path, not the file's: a DVC-linked output's is in the cache.
-    real = Path(os.path.realpath(Path(path).parent)) / Path(path).name
-    root = _root_above(real.parent)  # the project the file is in, wherever this runs
-    if root is None or not pipeline_output(Path(path)):
+    if (own := own_model(path)) is None:
         return "copy it again"
-    named = real.relative_to(root.resolve())  # as DVC names it, from the project's root
+    root, named = own
     if (linked := _linked_cache_file(Path(path), root, named)) is not None:
         # A write through the link (root's, or a `cp` over it) damaged DVC's own copy: a
         # checkout links it again, and a re-run whose result has the same hash (CPU runs are
@@ -180,6 +177,18 @@ def restore_hint(path: Path) -> str:
         f"copy it again, or restore the project's own with 'uv run dvc checkout --force {named}'"
         + commands_where(root)
     )
+
+
+def own_model(path: Path) -> tuple[Path, Path] | None:
+    """The project and the name from its root (as DVC names it) where `path` is one of its
+    pipeline's models (models/model.pt, models/model.onnx), wherever this runs; else None."""
+    # The folder's real path, not the file's: a DVC-linked output's is in the cache.
+    real = Path(os.path.realpath(Path(path).parent)) / Path(path).name
+    root = _root_above(real.parent)
+    if root is None or not runs_stage(root, "train"):
+        return None
+    named = real.relative_to(root.resolve())
+    return (root, named) if named in (MODEL, ONNX_MODEL) else None
 
 
 def _linked_cache_file(path: Path, root: Path, named: Path) -> tuple[Path, str] | None:

@@ -572,6 +572,21 @@ def test_the_projects_own_model_overwritten_by_another_file_gets_the_way_back(
         " project's own with 'uv run dvc checkout --force models/model.onnx'"
     ), caplog.text
     caplog.clear()
+    (tmp_path / paths.MODEL).write_text("<html><body>404 Not Found</body></html>")
+    assert main(["predict", "a.png", "--backend", "torch"]) == 2
+    assert caplog.text.rstrip().endswith(
+        "or a pickle); copy it again, or restore the project's own with 'uv run dvc checkout"
+        " --force models/model.pt'"
+    ), caplog.text
+    caplog.clear()
+    # Another of the project's files given as the model (a glob's first file lands in --model):
+    # no checkout of it, which is fine as it is.
+    (tmp_path / "data" / "samples").mkdir(parents=True)
+    shutil.copy(tmp_path / "a.png", sample := tmp_path / "data" / "samples" / "00_cat.png")
+    assert main(["predict", "--model", str(sample), "a.png"]) == 2
+    assert "00_cat.png: a PNG image, not an ONNX model: --model takes the ONNX" in caplog.text
+    assert "checkout" not in caplog.text
+    caplog.clear()
     (notes := tmp_path / "notes.onnx").write_bytes("\ufeffnotes, UTF-8".encode("utf-8"))
     (wide := tmp_path / "wide.onnx").write_bytes("notes, UTF-16".encode("utf-16"))
     for other in (notes, wide):
