@@ -466,13 +466,8 @@ def _path(value: str) -> Path:
     if not value:
         raise argparse.ArgumentTypeError("an empty name: give a file name")
     # A folder a Mac named "été" decomposed, typed composed: that folder, not a second one
-    # looking the same. The file itself may be new (an output).
-    path = Path(value)
-    if (twin := fsutil.unicode_twin(value)) is not None:
-        return Path(twin)
-    if (folder := fsutil.unicode_twin(str(path.parent))) is not None:
-        return Path(folder, path.name)
-    return path
+    # looking the same. The file and folders below it may be new (an output's).
+    return Path(fsutil.as_on_disk(value))
 
 
 def _origin(value: str) -> str:

@@ -109,19 +109,26 @@ _DVC_CACHE_FILE = re.compile(r"/files/md5/[0-9a-f]{2}/[0-9a-f]{30}$")
 def unicode_twin(path: str) -> str | None:
     """`path` as the disk spells it, where it names a file or folder only in another Unicode
     normal form: a Mac writes "café" decomposed (NFD), a keyboard types it composed (NFC), and
-    macOS opens either while Linux opens only the bytes written. Each part is taken as typed
-    where it is there. None where `path` is there as typed, or in no form."""
+    macOS opens either while Linux opens only the bytes written. None where `path` is there as
+    typed, or in no form."""
+    spelled = as_on_disk(path)
+    return spelled if spelled != path and os.path.lexists(spelled) else None
+
+
+def as_on_disk(path: str) -> str:
+    """`path` with its leading parts that the disk holds in another Unicode normal form spelled
+    as the disk has them, each taken as typed where it is there; the parts from the first one
+    there in no form on (an output's new folders and file) as typed."""
     if path.isascii() or os.path.lexists(path):
-        return None
+        return path
     anchor, *parts = Path(path).parts if Path(path).is_absolute() else ("", *Path(path).parts)
     found = anchor
-    for part in parts:
+    for i, part in enumerate(parts):
         forms = dict.fromkeys([part, *(unicodedata.normalize(f, part) for f in ("NFC", "NFD"))])
-        found = next(
-            (os.path.join(found, f) for f in forms if os.path.lexists(os.path.join(found, f))), ""
-        )
-        if not found:
-            return None
+        there = next((f for f in forms if os.path.lexists(os.path.join(found, f))), None)
+        if there is None:
+            return os.path.join(found, *parts[i:])
+        found = os.path.join(found, there)
     return found
 
 

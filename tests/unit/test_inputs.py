@@ -354,7 +354,9 @@ def test_names_a_mac_wrote_decomposed_are_found_as_typed(
     Image.new("RGB", (8, 8), "red").save(folder / "b.jpg", "JPEG")
     model = str(write_tiny_onnx(tmp_path / "model.onnx"))
     assert main(["predict", "caf\u00e9/b.jpg", "--model", model, "--json", "caf\u00e9/o.json"]) == 0
-    assert (folder / "o.json").is_file()
+    out = "caf\u00e9/2024/o.json"  # a new folder in it too
+    assert main(["predict", "caf\u00e9/b.jpg", "--model", model, "--json", out]) == 0
+    assert (folder / "o.json").is_file() and (folder / "2024" / "o.json").is_file()
     assert sorted(os.listdir(tmp_path)) == sorted(["model.onnx", folder.name])
 
 
