@@ -647,7 +647,13 @@ def _option_first_hint(parser: argparse.ArgumentParser, argv: list[str]) -> str:
     if not at or not argv[0].startswith("-") or "--" in argv[:at]:
         return ""
     known = commands[argv[at]]._option_string_actions
-    if any(a.startswith("-") and a.split("=")[0] not in known for a in argv[:at]):
+
+    def its_own(arg: str) -> bool:  # as argparse takes it: a long option by any prefix
+        name = arg.split("=")[0]
+        return name in known or (name.startswith("--") and any(k.startswith(name) for k in known))
+
+    # Values look like options too: `-` (stdout), a negative number.
+    if any(re.fullmatch(r"--?[A-Za-z].*", a) and not its_own(a) for a in argv[:at]):
         return ""
     moved = [argv[at], *argv[:at], *argv[at + 1 :]]
     return "a command's options come after it: visionpipe " + " ".join(map(_shell_word, moved))

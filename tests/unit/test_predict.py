@@ -1050,6 +1050,10 @@ def test_options_before_the_command_get_the_command_line_that_works(
     with pytest.raises(SystemExit):
         main(["--json", "out.json", "serve"])  # an option serve has not: moving it is no fix
     assert "come after it" not in capsys.readouterr().err
+    for before in (["--csv", "-"], ["--top", "1"]):  # a value like an option; a prefix of one
+        with pytest.raises(SystemExit):
+            main([*before, "predict", "x.jpg"])
+        assert f"after it: visionpipe predict {' '.join(before)} x.jpg" in capsys.readouterr().err
 
 
 def test_a_glob_under_a_folder_with_brackets_in_its_name_matches(
