@@ -204,7 +204,8 @@ def _try_mirror(
 def _missing(source: str, path: Path, base_dir: Path) -> DownloadError:
     """The error for a local data.source that is not there; where a relative one was looked for."""
     # `$DATA/cifar.zip` with DATA not set where the stage runs stays as written: say that.
-    unset = [name for name in re.findall(r"\$(\w+)", source) if name not in os.environ]
+    named = re.findall(r"\$\{?([A-Za-z_]\w*)", source)  # $DATA or ${DATA}, as expandvars reads
+    unset = [name for name in named if name not in os.environ]
     if unset:
         return DownloadError(
             f"data.source {source!r} names ${unset[0]}, which is not set where the stage runs"

@@ -526,8 +526,12 @@ def test_a_source_naming_an_unset_variable_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("VP_DATA", raising=False)
-    with pytest.raises(DownloadError, match=r"names \$VP_DATA, which is not set where the stage"):
-        _fetch("$VP_DATA/cifar.zip", tmp_path)
+    for written in ("$VP_DATA/cifar.zip", "${VP_DATA}/cifar.zip"):
+        with pytest.raises(DownloadError, match=r"names \$VP_DATA, which is not set where the"):
+            _fetch(written, tmp_path)
+    with pytest.raises(DownloadError, match="does not exist") as err:
+        _fetch(str(tmp_path / "price $5.zip"), tmp_path)  # no variable's name
+    assert "not set" not in str(err.value)
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "cats").mkdir()
     (tmp_path / "d" / "cats" / "1.jpg").write_bytes(b"jpeg")
