@@ -168,10 +168,12 @@ def restore_hint(path: Path) -> str:
         cached, stage = linked
         # One line to paste wherever this runs: the rm's relative path is the project's.
         there = f"cd {shlex.quote(str(root))} && " if commands_where(root) else ""
+        # Not in quotes as other commands here: its own quoting (a path with a space) would
+        # clash with them.
         return (
             f"it is a link to DVC's cache (cache.type symlink or hardlink), so DVC's own copy is"
-            f" the damaged one: remove both and make it again, '{there}rm -f {named}"
-            f" {shlex.quote(str(cached))} && uv run dvc repro {stage}'"
+            f" the damaged one: remove both and make it again, with this line: {there}rm -f"
+            f" {named} {shlex.quote(str(cached))} && uv run dvc repro {stage}"
         )
     return (
         f"copy it again, or restore the project's own with 'uv run dvc checkout --force {named}'"

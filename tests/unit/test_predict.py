@@ -745,8 +745,8 @@ def test_the_torch_backend_names_a_bad_model_file_too(
     lock = {"stages": {"train": {"outs": [{"path": paths.MODEL.as_posix(), "md5": md5}]}}}
     (project / paths.DVC_LOCK).write_text(json.dumps(lock))
     said = (
-        "so DVC's own copy is the damaged one: remove both and make it again, 'rm -f"
-        f" {paths.MODEL} {cached} && uv run dvc repro train'"
+        "so DVC's own copy is the damaged one: remove both and make it again, with this line:"
+        f" rm -f {paths.MODEL} {cached} && uv run dvc repro train"
     )
     monkeypatch.chdir(project)
     caplog.clear()
@@ -755,7 +755,7 @@ def test_the_torch_backend_names_a_bad_model_file_too(
     monkeypatch.chdir(project / "photos")  # one line that runs here too
     caplog.clear()
     assert main(["predict", str(image), "--backend", "torch"]) == 2
-    assert f"again, 'cd {project} && rm -f {paths.MODEL} {cached} && uv run dvc" in caplog.text
+    assert f"this line: cd {project} && rm -f {paths.MODEL} {cached} && uv run dvc" in caplog.text
     monkeypatch.chdir(project)
     (project / ".dvc" / "config").write_text("[core]\n    no_scm = True\n")  # DVC's own reading
     (project / paths.MODEL).unlink()
