@@ -29,8 +29,9 @@ def _reason(exc: BaseException) -> str:
     text = re.sub(
         r"^\[ONNXRuntimeError\] : \d+ : (\w+) : (Load model from .* failed: ?)?", r"\1: ", text
     )
-    # Its reason comes last, after the source file and function it was raised in.
-    return text if len(text) <= 200 else "..." + text[-197:]
+    # The C++ source line and function it was raised in, before its reason: no user's matter.
+    text = re.sub(r"/onnxruntime_src/\S+:\d+ [^(]*\((?:[^()]|\([^()]*\))*\) ", "", text)
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def open_session(path: Path) -> Any:
