@@ -249,6 +249,7 @@ def predict_command(
     asked = {
         k: v for k, v in (("--json", json_path), ("--csv", csv_path), ("--grid", grid_path)) if v
     }
+    elsewhere = _files(asked)  # before a closed pipe's stdout is pointed at /dev/null
     if (clash := _overwritten(asked, inputs.files, opened.path)) is not None:
         log.error("%s", clash)
         return 2
@@ -274,12 +275,12 @@ def predict_command(
             if stopped is None:
                 raise
             logs.stdout_gone()  # a Ctrl-C stops `| tee` too: the stop is what to say
-            return _said_stopped(stopped, len(predicted), total, _files(asked), table=False)
+            return _said_stopped(stopped, len(predicted), total, elsewhere, table=False)
         _print_accuracy(scored, labels, opened.classes)
         _warn_nonfinite(predicted)
         failed = _report_failures(preds, skipped, skip_bad, fix)
         if stopped is not None:
-            return _said_stopped(stopped, len(predicted), total, _files(asked))
+            return _said_stopped(stopped, len(predicted), total, bool(asked))
     return 1 if failed or not written else 0
 
 
@@ -319,11 +320,11 @@ def _said_stopped(
     if table:
         kept = "the table and the files asked for hold those" if files else "the table holds those"
     elif files:  # a Ctrl-C stops `| tee` too
-        kept = "the files asked for hold those (the table's reader stopped too)"
+        kept = "the files asked for hold those (standard output's reader stopped too)"
     else:
         kept = (
-            "none kept: the table's reader stopped too (a Ctrl-C stops `| tee` as well); --json"
-            " or --csv keep what a stopped run predicted"
+            "none kept: standard output's reader stopped too (a Ctrl-C stops `| tee` as well);"
+            " --json or --csv to a file keep what a stopped run predicted"
         )
     print(f"{text} after {done:,} of {total:,} photos: {kept}", file=sys.stderr)
     return code

@@ -1503,8 +1503,9 @@ sys.exit(main(sys.argv[2:]))
     ("reader", "kept"),
     [
         ("terminal", "the table and the files asked for hold those"),
-        ("tee", "the files asked for hold those (the table's reader stopped too)"),
-        ("tee alone", "none kept: the table's reader stopped too"),  # no --csv to hold them
+        ("tee", "the files asked for hold those (standard output's reader stopped too)"),
+        ("tee alone", "none kept: standard output's reader stopped too"),  # no --csv holds them
+        ("tee stdout", "none kept: standard output's reader stopped too"),  # --json /dev/stdout
         ("tee stderr", "the files asked for hold those"),  # --json /dev/stderr, to the terminal
     ],
 )
@@ -1514,9 +1515,11 @@ def test_what_a_stop_kept_is_written_through_a_second_signal_and_a_closed_pipe(
     photos = sorted(_images(tmp_path / "photos").values())
     out_csv, model = tmp_path / "p.csv", str(exported_model / "model.onnx")
     args = ["predict", *map(str, photos), "--model", model, "--batch-size", "1"]
-    args += {"tee alone": [], "tee stderr": ["--json", "/dev/stderr"]}.get(
-        reader, ["--csv", str(out_csv)]
-    )
+    args += {
+        "tee alone": [],
+        "tee stderr": ["--json", "/dev/stderr"],
+        "tee stdout": ["--json", "/dev/stdout"],
+    }.get(reader, ["--csv", str(out_csv)])
     e = {**env(), "PYTHONPATH": str(ROOT / "src")}
     done = subprocess.run(
         [sys.executable, "-c", STOP_SCRIPT, reader, *args],
