@@ -920,7 +920,7 @@ def test_the_commands_paste_into_zsh_as_they_are() -> None:
     `->` as a redirection: what a block's command means is said in the prose around it."""
     commented = [
         f"{page.relative_to(ROOT)}: {line}"
-        for page in PAGES
+        for page in (*PAGES, ROOT / "bench" / "README.md")
         for fence, body in re.findall(r"(?ms)^```(\w*)\n(.*?)^```", page.read_text())
         if fence in SHELL_FENCES
         for line in body.splitlines()
