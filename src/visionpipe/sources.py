@@ -43,6 +43,7 @@ from visionpipe.cifar_pickle import is_cifar_python
 from visionpipe.datasets import DATASETS
 from visionpipe.fsutil import atomic_path
 from visionpipe.images import is_hidden, is_image_name
+from visionpipe.names import listed
 
 log = logging.getLogger(__name__)
 
@@ -195,10 +196,31 @@ def _try_mirror(
     candidate = folder / filename
     if not candidate.is_file():
         what = "is not a folder" if not folder.is_dir() else f"has no {filename}"
-        log.warning("%s %s %s; falling back to the official URL", name, folder, what)
+        log.warning(
+            "%s %s %s%s; falling back to the official URL", name, folder, what, _others(folder)
+        )
         return None
     log.info("using %s from %s", candidate, name)
     return _copy(candidate, dest, expect, checks)
+
+
+def _others(folder: Path) -> str:
+    """The archives `folder` holds instead of the official one (an image-folder export, such as
+    cifar10-jpeg.zip), and how to use one: data.source names it, found in the folder."""
+    try:
+        held = sorted(
+            p.name
+            for p in folder.iterdir()
+            if p.name.lower().endswith((".zip", ".tar.gz", ".tgz", ".tar")) and p.is_file()
+        )
+    except OSError:
+        return ""
+    if not held:
+        return ""
+    return (
+        f" (it holds {listed(held, 3)}: to train on one, name it in data.source, `data.source:"
+        f" {held[0]}` in conf/config.yaml, which the folder then resolves)"
+    )
 
 
 def _missing(source: str, path: Path, base_dir: Path) -> DownloadError:

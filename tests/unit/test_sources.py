@@ -243,6 +243,13 @@ def test_the_log_names_the_setting_that_gave_the_mirror(
         _fetch(None, tmp_path, dataset="cifar10", mirror="datasets", mirror_name="launch.data_root")
     assert "launch.data_root " + str(tmp_path / "datasets") + " has no cifar-10" in caplog.text
     assert "DATA_MIRROR" not in caplog.text.split("could not be downloaded")[0]
+    # Holding an image-folder export instead: how to train on it.
+    (tmp_path / "datasets" / "cifar10-jpeg.zip").write_bytes(b"PK")
+    caplog.clear()
+    with caplog.at_level(logging.INFO), pytest.raises(DownloadError):
+        _fetch(None, tmp_path, dataset="cifar10", mirror="datasets", mirror_name="launch.data_root")
+    said = "(it holds cifar10-jpeg.zip: to train on one, name it in data.source, `data.source:"
+    assert said in caplog.text and "cifar10-jpeg.zip` in conf/config.yaml" in caplog.text
 
 
 def test_mirror_checks_official_md5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
