@@ -140,3 +140,29 @@ def format_outside(acc: FolderAccuracy, classes: list[str]) -> str | None:
 
 def _capped(names: list[str]) -> str:
     return listed([one_line(name) for name in names], NAMES_SHOWN)
+
+
+def near_misses(files: Iterable[str], classes: list[str]) -> str | None:
+    """Where no photo sits in a folder named after a class, the line naming the folders whose
+    names are a class's but for a plural, case or separator (`cats/` for `cat`, `Traffic-Light/`
+    for `traffic light`), which would have counted; None where there are none."""
+
+    def key(name: str) -> str:
+        return "".join(c for c in _folded(name) if c.isalnum())
+
+    own = {key(c): c for c in classes}
+    found: dict[str, str] = {}
+    for name in {folder_name(f) for f in files}:
+        k = key(name)
+        stems = [k, k.removesuffix("s"), k.removesuffix("es")] if k else []
+        match = next((own[s] for s in stems if s in own), None)
+        if match is not None:
+            found[name] = match
+    if not found:
+        return None
+    pairs = [f"{name}/ for {cls!r}" for name, cls in sorted(found.items())]
+    return (
+        "no photo is in a folder named after one of the model's classes, so no accuracy line;"
+        f" near misses: {_capped(pairs)}: rename the folders to the class names (in any case)"
+        " to count them"
+    )

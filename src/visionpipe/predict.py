@@ -30,6 +30,7 @@ from visionpipe.folder_classes import (
     FolderClasses,
     format_accuracy,
     format_outside,
+    near_misses,
     score,
 )
 from visionpipe.fsutil import (
@@ -481,6 +482,8 @@ def _print_accuracy(
     top = ((p.file, p.top[0]["class"]) for p in predicted if p.error is None)
     accuracy = score(top, labels, classes)
     if accuracy is None:
+        if (missed := near_misses((p.file for p in predicted), classes)) is not None:
+            log.warning("%s", missed)
         return
     print(format_accuracy(accuracy), file=sys.stderr)
     if (outside := format_outside(accuracy, classes)) is not None:

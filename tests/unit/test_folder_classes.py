@@ -161,7 +161,23 @@ def test_json_to_stdout_stays_json_and_no_class_folder_means_no_line(
     elsewhere = _photo(tmp_path / "photos" / "1.png", GREEN)
     assert main(["predict", str(elsewhere), "--model", model]) == 0
     out, err = capsys.readouterr()
-    assert "accuracy" not in out + err
+    assert "accuracy" not in out + err and "near misses" not in err
+
+
+def test_folders_that_miss_every_class_name_by_a_plural_say_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Sorted as README's `photos/cats/` example, for a model whose classes are `cat`, `dog`:
+    # without a folder that counts, the line of uncounted folders never came.
+    model = str(write_tiny_onnx(tmp_path / "model.onnx"))
+    for name in ("cats/1.png", "Dogs/1.png", "2024/1.png"):
+        _photo(tmp_path / "sorted" / name, GREEN)
+    assert main(["predict", str(tmp_path / "sorted"), "--model", model]) == 0
+    assert (
+        "no photo is in a folder named after one of the model's classes, so no accuracy line;"
+        " near misses: Dogs/ for 'dog', cats/ for 'cat': rename the folders" in caplog.text
+    )
+    assert "2024" not in caplog.text
 
 
 def test_a_hundred_classes_show_the_lowest_and_highest_five(
