@@ -225,6 +225,8 @@ def test_a_key_cut_from_composed_params_is_an_error(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(_composed_without("train", "lr")))
     with pytest.raises(ConfigError, match=r"'train\.lr' is missing.*-S train\.lr=VALUE") as err:
         load_params(path)
+    # Quoted, as zsh and bash would take an unquoted ~train for a user's home folder.
+    assert "(removed with `-S '~train.lr'`?)" in str(err.value)
     # params.yaml composed before the code had the key: how to write it anew, for dvc repro.
     assert "visionpipe params" in str(err.value)
     # A key the code just gained: where its line goes.

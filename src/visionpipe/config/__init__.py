@@ -184,7 +184,7 @@ def _refuse_missing(schema: type[BaseModel], raw: dict[str, Any], origin: str) -
     keys = [k for k in missing_keys(schema, raw) if k not in ("recipe", "about")]
     if keys:
         lines = [
-            f"'{k}' is missing (removed with `-S ~{k}`?): set it, e.g. `-S {k}=VALUE`, or drop "
+            f"'{k}' is missing (removed with `-S '~{k}'`?): set it, e.g. `-S {k}=VALUE`, or drop "
             f"the `~` to keep the value conf/ gives it"
             for k in keys
         ]
