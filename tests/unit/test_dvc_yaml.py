@@ -135,6 +135,24 @@ def test_git_ignores_the_cached_outputs_and_keeps_the_rest(tmp_path: Path) -> No
             )
 
 
+def test_a_users_own_predictions_are_git_ignored_but_a_dvc_add_of_them_is_not(
+    tmp_path: Path,
+) -> None:
+    # predict --json predictions/mine.json (where its refusals send outputs) stays out of a
+    # `git add -A`; a `dvc add` of it writes mine.json.dvc, which DVC refuses to write ignored.
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / ".gitignore").write_bytes((ROOT / ".gitignore").read_bytes())
+    names = ["predictions/mine.json", "predictions/mine.json.dvc", "predictions/.gitignore"]
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", "--stdin"],
+        cwd=tmp_path,
+        input="\n".join(names),
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert ignored == ["predictions/mine.json"]
+
+
 def _declared(stage: dict) -> list[str]:
     """Every path a stage writes: its outs, metrics and plots."""
     return [o for key in ("outs", "metrics", "plots") for o in _entries(stage.get(key, []))]
