@@ -197,29 +197,34 @@ def _try_mirror(
     if not candidate.is_file():
         what = "is not a folder" if not folder.is_dir() else f"has no {filename}"
         log.warning(
-            "%s %s %s%s; falling back to the official URL", name, folder, what, _others(folder)
+            "%s %s %s%s; falling back to the official URL",
+            *(name, folder, what, _others(folder, relative=name == "launch.data_root")),
         )
         return None
     log.info("using %s from %s", candidate, name)
     return _copy(candidate, dest, expect, checks)
 
 
-def _others(folder: Path) -> str:
+def _others(folder: Path, relative: bool) -> str:
     """The archives `folder` holds instead of the official one (an image-folder export, such as
-    cifar10-jpeg.zip), and how to use one: data.source names it, found in the folder."""
+    cifar10-jpeg.zip), and how to use one: data.source names it, by its name where the folder
+    is launch.data_root (`relative`), which a relative data.source is found in; else by its path."""
     try:
         held = sorted(
             p.name
             for p in folder.iterdir()
-            if p.name.lower().endswith((".zip", ".tar.gz", ".tgz", ".tar")) and p.is_file()
+            if p.name.lower().endswith((".zip", ".tar.gz", ".tgz", ".tar"))
+            and not is_hidden(p.name)  # a Mac's ._cifar10-jpeg.zip
+            and p.is_file()
         )
     except OSError:
         return ""
     if not held:
         return ""
+    named = held[0] if relative else folder.resolve() / held[0]
     return (
         f" (it holds {listed(held, 3)}: to train on one, name it in data.source, `data.source:"
-        f" {held[0]}` in conf/config.yaml, which the folder then resolves)"
+        f" {named}` in conf/config.yaml)"
     )
 
 

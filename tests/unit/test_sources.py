@@ -249,7 +249,15 @@ def test_the_log_names_the_setting_that_gave_the_mirror(
     with caplog.at_level(logging.INFO), pytest.raises(DownloadError):
         _fetch(None, tmp_path, dataset="cifar10", mirror="datasets", mirror_name="launch.data_root")
     said = "(it holds cifar10-jpeg.zip: to train on one, name it in data.source, `data.source:"
-    assert said in caplog.text and "cifar10-jpeg.zip` in conf/config.yaml" in caplog.text
+    assert f"{said} cifar10-jpeg.zip` in conf/config.yaml)" in caplog.text
+    # As DATA_MIRROR, which a relative data.source is not found in: its path; a Mac's ._ beside
+    # it is no archive.
+    (tmp_path / "datasets" / "._cifar10-jpeg.zip").write_bytes(b"\0\x05\x16\x07")
+    caplog.clear()
+    with caplog.at_level(logging.INFO), pytest.raises(DownloadError):
+        _fetch(None, tmp_path, dataset="cifar10", mirror="datasets", mirror_name="DATA_MIRROR")
+    assert f"{said} {tmp_path / 'datasets' / 'cifar10-jpeg.zip'}` in" in caplog.text
+    assert "._" not in caplog.text
 
 
 def test_mirror_checks_official_md5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
