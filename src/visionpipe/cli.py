@@ -648,9 +648,10 @@ def _option_first_hint(parser: argparse.ArgumentParser, argv: list[str]) -> str:
         return ""
     known = commands[argv[at]]._option_string_actions
 
-    def its_own(arg: str) -> bool:  # as argparse takes it: a long option by any prefix
+    def its_own(arg: str) -> bool:  # as argparse takes it: a long option by a prefix of one
         name = arg.split("=")[0]
-        return name in known or (name.startswith("--") and any(k.startswith(name) for k in known))
+        prefixed = [k for k in known if k.startswith(name)] if name.startswith("--") else []
+        return name in known or len(prefixed) == 1
 
     # Values look like options too: `-` (stdout), a negative number.
     if any(re.fullmatch(r"--?[A-Za-z].*", a) and not its_own(a) for a in argv[:at]):

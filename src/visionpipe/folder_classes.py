@@ -154,7 +154,9 @@ def near_misses(files: Iterable[str], classes: list[str]) -> str | None:
     found: dict[str, str] = {}
     for name in {folder_name(f) for f in files}:
         k = key(name)
-        stems = [k, k.removesuffix("s"), k.removesuffix("es")] if k else []
+        # English plurals: cats, buses, boxes, churches; not canes (can), manes (man).
+        es = k.removesuffix("es") if k.endswith(("ses", "xes", "zes", "ches", "shes")) else k
+        stems = [k, k.removesuffix("s"), es] if k else []
         match = next((own[s] for s in stems if s in own), None)
         if match is not None:
             found[name] = match

@@ -482,7 +482,8 @@ def _print_accuracy(
     top = ((p.file, p.top[0]["class"]) for p in predicted if p.error is None)
     accuracy = score(top, labels, classes)
     if accuracy is None:
-        if (missed := near_misses((p.file for p in predicted), classes)) is not None:
+        read = (p.file for p in predicted if p.error is None)  # as score counts them
+        if (missed := near_misses(read, classes)) is not None:
             log.warning("%s", missed)
         return
     print(format_accuracy(accuracy), file=sys.stderr)

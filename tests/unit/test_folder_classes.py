@@ -172,12 +172,20 @@ def test_folders_that_miss_every_class_name_by_a_plural_say_so(
     model = str(write_tiny_onnx(tmp_path / "model.onnx"))
     for name in ("cats/1.png", "Dogs/1.png", "2024/1.png"):
         _photo(tmp_path / "sorted" / name, GREEN)
-    assert main(["predict", str(tmp_path / "sorted"), "--model", model]) == 0
+    (tmp_path / "sorted" / "frog").mkdir()
+    (tmp_path / "sorted" / "frog" / "cut.png").write_bytes(b"\x89PNG")  # read: no count, no miss
+    assert main(["predict", str(tmp_path / "sorted"), "--model", model]) == 1
     assert (
         "no photo is in a folder named after one of the model's classes, so no accuracy line;"
         " near misses: Dogs/ for 'dog', cats/ for 'cat': rename the folders" in caplog.text
     )
-    assert "2024" not in caplog.text
+    assert "2024" not in caplog.text and "frog/ for" not in caplog.text
+    # Plurals as English makes them; a word that ends so is no plural of another class.
+    from visionpipe.folder_classes import near_misses
+
+    said = near_misses(["a/buses/1.png", "a/Frogs/2.png", "a/canes/3.png"], ["bus", "frog", "can"])
+    assert said is not None and "Frogs/ for 'frog', buses/ for 'bus':" in said
+    assert "canes" not in said
 
 
 def test_a_hundred_classes_show_the_lowest_and_highest_five(

@@ -1051,6 +1051,9 @@ def test_options_before_the_command_get_the_command_line_that_works(
     with pytest.raises(SystemExit):
         main(["--json", "out.json", "serve"])  # an option serve has not: moving it is no fix
     assert "come after it" not in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--b", "4", "predict", "x.jpg"])  # --backend or --batch-size: argparse refuses it
+    assert "come after it" not in capsys.readouterr().err
     for before in (["--csv", "-"], ["--top", "1"]):  # a value like an option; a prefix of one
         with pytest.raises(SystemExit):
             main([*before, "predict", "x.jpg"])
