@@ -269,6 +269,12 @@ def _compose_error(exc: Exception, overrides: list[str]) -> str:
         return f"{message}\n{spaced[0]!r} has a space before '=': type it without, {fixed}"
     if type(exc).__name__ == "OverrideParseException":  # Hydra's grammar, not the value
         return f"{message}\n{QUOTE_HINT}"
+    if (key := re.search(r"Interpolation key '([A-Za-z_]\w*)' not found", text)) is not None:
+        # `${HOME}/photos`, the shell's form, is an interpolation of Hydra's own here.
+        return (
+            f"{message}\n${{{key[1]}}} is Hydra's interpolation, not an environment variable:"
+            f" write ${key[1]} (expanded as the shell would) or ${{oc.env:{key[1]}}}"
+        )
     return message
 
 
