@@ -29,9 +29,11 @@ def _reason(exc: BaseException) -> str:
     text = re.sub(
         r"^\[ONNXRuntimeError\] : \d+ : (\w+) : (Load model from .* failed: ?)?", r"\1: ", text
     )
-    # The C++ source line and function it was raised in, before its reason: no user's matter.
-    text = re.sub(r"/onnxruntime_src/\S+:\d+ [^(]*\((?:[^()]|\([^()]*\))*\) ", "", text)
-    return text if len(text) <= 200 else text[:197] + "..."
+    # The C++ source line and function it was raised in, before its reason (a build's path:
+    # /onnxruntime_src/ on Linux, another on macOS or a conda build): no user's matter.
+    text = re.sub(r"\S+\.(?:cc|cpp|cxx|h|hpp):\d+ [^(]*\((?:[^()]|\([^()]*\))*\) ", "", text)
+    # A long reason's start and end (opset 99: what is guaranteed ... what is supported).
+    return text if len(text) <= 300 else f"{text[:200]} ... {text[-95:]}"
 
 
 def open_session(path: Path) -> Any:

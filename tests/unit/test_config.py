@@ -375,9 +375,13 @@ def test_the_shells_braced_variable_gets_the_forms_that_work(
 ) -> None:
     # `${HOME}/photos` is an interpolation of Hydra's own in an override or conf/.
     assert main(["params", "data.source=${VP_NOT_SET}/cifar.zip"]) == 2
-    assert capsys.readouterr().err.rstrip().endswith(
-        "${VP_NOT_SET} is Hydra's interpolation, not an environment variable: write $VP_NOT_SET"
-        " (expanded as the shell would) or ${oc.env:VP_NOT_SET}"
+    assert (
+        capsys.readouterr()
+        .err.rstrip()
+        .endswith(
+            "${VP_NOT_SET} is Hydra's interpolation, not an environment variable: write $VP_NOT_SET"
+            " (expanded as the shell would) or ${oc.env:VP_NOT_SET}"
+        )
     )
 
 

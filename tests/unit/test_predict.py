@@ -608,6 +608,15 @@ def test_onnxruntimes_reason_is_kept_where_its_error_runs_long(
     assert main(["predict", str(tmp_path / "a.png"), "--model", str(model)]) == 2
     assert "(FAIL: Unsupported model IR version: 99, max supported IR version" in caplog.text
     assert "onnxruntime_src" not in caplog.text and "::" not in caplog.text
+    # Another build's source path (macOS's wheel, conda's); a long reason keeps both ends.
+    from visionpipe.onnxrt import _reason
+
+    where = "/Users/runner/work/1/s/onnxruntime/core/graph/model_load_utils.h:46 void"
+    signature = " onnxruntime::V(const std::map<std::string, int>&, const Logger&, bool) "
+    long = "Opset 99 is under development. " + "Filler words. " * 30 + "Support is till opset 26."
+    said = _reason(RuntimeError(f"[ONNXRuntimeError] : 1 : FAIL : {where}{signature}{long}"))
+    assert said.startswith("FAIL: Opset 99 is under development.") and "::" not in said
+    assert said.endswith("Support is till opset 26.") and len(said) <= 300
 
 
 def test_a_bad_model_file_gets_one_line_and_exit_code_2(
