@@ -139,10 +139,15 @@ def test_a_users_own_predictions_are_git_ignored_but_a_dvc_add_of_them_is_not(
     tmp_path: Path,
 ) -> None:
     # predict --json predictions/mine.json (where its refusals send outputs) stays out of a
-    # `git add -A`; a `dvc add` of it writes mine.json.dvc, which DVC refuses to write ignored.
+    # `git add -A`; a `dvc add` of it writes mine.json.dvc, which DVC refuses to write ignored,
+    # and which DVC's push, pull, gc and exp run skip where its own reading (dulwich's) of
+    # .gitignore takes the folder for ignored.
+    from scmrepo.git import Git
+
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     (tmp_path / ".gitignore").write_bytes((ROOT / ".gitignore").read_bytes())
     names = ["predictions/mine.json", "predictions/mine.json.dvc", "predictions/.gitignore"]
+    names += ["predictions/mine.csv", "predictions/grid-2.png"]
     ignored = subprocess.run(
         ["git", "check-ignore", "--no-index", "--stdin"],
         cwd=tmp_path,
@@ -150,7 +155,10 @@ def test_a_users_own_predictions_are_git_ignored_but_a_dvc_add_of_them_is_not(
         capture_output=True,
         text=True,
     ).stdout.split()
-    assert ignored == ["predictions/mine.json"]
+    assert ignored == ["predictions/mine.json", "predictions/mine.csv", "predictions/grid-2.png"]
+    (tmp_path / "predictions").mkdir()
+    with Git(str(tmp_path)) as scm:
+        assert not scm.is_ignored(f"{tmp_path}/predictions/")
 
 
 def _declared(stage: dict) -> list[str]:
