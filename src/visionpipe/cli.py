@@ -273,7 +273,8 @@ def _compose_error(exc: Exception, overrides: list[str]) -> str:
         # `${HOME}/photos`, the shell's form, is an interpolation of Hydra's own here.
         return (
             f"{message}\n${{{key[1]}}} is Hydra's interpolation, not an environment variable:"
-            f" write ${key[1]} (expanded as the shell would) or ${{oc.env:{key[1]}}}"
+            f" write ${key[1]}, which params.yaml keeps as written and each machine's stage"
+            " expands"
         )
     return message
 

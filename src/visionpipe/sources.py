@@ -221,10 +221,12 @@ def _others(folder: Path, relative: bool) -> str:
         return ""
     if not held:
         return ""
-    named = held[0] if relative else folder.resolve() / held[0]
+    # Under DATA_MIRROR, which holds official archives only: this folder as launch.data_root,
+    # a machine's setting, as README has it (a path in the committed conf/ would be one's own).
+    root = "" if relative else ", and this folder as launch.data_root in conf/local/machine.yaml"
     return (
         f" (it holds {listed(held, 3)}: to train on one, name it in data.source, `data.source:"
-        f" {named}` in conf/config.yaml)"
+        f" {held[0]}` in conf/config.yaml{root})"
     )
 
 
