@@ -142,6 +142,19 @@ def _capped(names: list[str]) -> str:
     return listed([one_line(name) for name in names], NAMES_SHOWN)
 
 
+def _singulars(word: str) -> list[str]:
+    """`word` and what it is the English plural of: cats, buses, boxes, churches, butterflies,
+    potatoes, knives, wolves; not canes (can) or manes (man)."""
+    forms = [word, word.removesuffix("s")]
+    if word.endswith(("ses", "xes", "zes", "ches", "shes", "oes")):
+        forms.append(word[:-2])
+    if word.endswith("ies"):
+        forms.append(word[:-3] + "y")
+    if word.endswith("ves"):
+        forms += [word[:-3] + "f", word[:-3] + "fe"]
+    return forms
+
+
 def near_misses(files: Iterable[str], classes: list[str]) -> str | None:
     """Where no photo sits in a folder named after a class, the line naming the folders whose
     names are a class's but for a plural, case or separator (`cats/` for `cat`, `Traffic-Light/`
@@ -154,9 +167,7 @@ def near_misses(files: Iterable[str], classes: list[str]) -> str | None:
     found: dict[str, str] = {}
     for name in {folder_name(f) for f in files}:
         k = key(name)
-        # English plurals: cats, buses, boxes, churches; not canes (can), manes (man).
-        es = k.removesuffix("es") if k.endswith(("ses", "xes", "zes", "ches", "shes")) else k
-        stems = [k, k.removesuffix("s"), es] if k else []
+        stems = _singulars(k) if k else []
         match = next((own[s] for s in stems if s in own), None)
         if match is not None:
             found[name] = match

@@ -27,7 +27,7 @@ def _reason(exc: BaseException) -> str:
     """onnxruntime's error on one line, without its prefix that repeats the path."""
     text = " ".join(str(exc).split())  # its messages span lines
     text = re.sub(
-        r"^\[ONNXRuntimeError\] : \d+ : (\w+) : (Load model from .* failed: ?)?", r"\1: ", text
+        r"^\[ONNXRuntimeError\] : \d+ : (\w+) : (Load model from .*? failed: ?)?", r"\1: ", text
     )
     # The C++ source line and function it was raised in, before its reason (a build's path:
     # /onnxruntime_src/ on Linux, another on macOS or a conda build): no user's matter.

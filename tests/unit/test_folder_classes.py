@@ -183,9 +183,11 @@ def test_folders_that_miss_every_class_name_by_a_plural_say_so(
     # Plurals as English makes them; a word that ends so is no plural of another class.
     from visionpipe.folder_classes import near_misses
 
-    said = near_misses(["a/buses/1.png", "a/Frogs/2.png", "a/canes/3.png"], ["bus", "frog", "can"])
-    assert said is not None and "Frogs/ for 'frog', buses/ for 'bus':" in said
-    assert "canes" not in said
+    folders = ["buses", "Frogs", "canes", "butterflies", "potatoes", "knives", "wolves"]
+    classes = ["bus", "frog", "can", "butterfly", "potato", "knife", "wolf"]
+    said = near_misses([f"a/{f}/1.png" for f in folders], classes)
+    assert said is not None and "Frogs/ for 'frog', buses/ for 'bus', butterflies/ for" in said
+    assert "canes" not in said and "potatoes/ for 'potato' and 1 more" in said  # wolves/
 
 
 def test_a_hundred_classes_show_the_lowest_and_highest_five(
