@@ -248,7 +248,7 @@ def predict_command(
     seen: dict[Path, str] = {}  # a sample that predict.inputs names too comes once
     samples, inputs = collect_inputs(unscored or [], seen), collect_inputs(specs, seen)
     asked = {
-        k: v for k, v in (("--json", json_path), ("--csv", csv_path), ("--grid", grid_path)) if v
+        k: v for k, v in zip(("--json", "--csv", "--grid"), (json_path, csv_path, grid_path)) if v
     }
     elsewhere = _files(asked)  # before a closed pipe's stdout is pointed at /dev/null
     if (clash := _overwritten(asked, inputs.files, opened.path)) is not None:
@@ -267,8 +267,7 @@ def predict_command(
         skipped = _skipped(preds) if skip_bad else set()
         out = _table_stream(json_path, csv_path, grid_path)
         try:
-            # The files first: a reader that stops reading (`| head -1`) stops this command,
-            # which has then written what was asked of it.
+            # The files first: a reader that stops (`| head -1`) stops this command after them.
             written = _write_outputs(preds, labels, topk, json_path, csv_path, grid_path)
             _print_table(format_table(preds, skipped), out)
         except BrokenPipeError:  # the reader stopped: the failures are still said, on stderr
