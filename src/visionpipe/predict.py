@@ -248,7 +248,7 @@ def predict_command(
     seen: dict[Path, str] = {}  # a sample that predict.inputs names too comes once
     samples, inputs = collect_inputs(unscored or [], seen), collect_inputs(specs, seen)
     asked = {
-        k: v for k, v in zip(("--json", "--csv", "--grid"), (json_path, csv_path, grid_path)) if v
+        k: v for k, v in (("--json", json_path), ("--csv", csv_path), ("--grid", grid_path)) if v
     }
     elsewhere = _files(asked)  # before a closed pipe's stdout is pointed at /dev/null
     if (clash := _overwritten(asked, inputs.files, opened.path)) is not None:
