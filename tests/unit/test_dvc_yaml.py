@@ -147,7 +147,7 @@ def test_a_users_own_predictions_are_git_ignored_but_a_dvc_add_of_them_is_not(
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     (tmp_path / ".gitignore").write_bytes((ROOT / ".gitignore").read_bytes())
     names = ["predictions/mine.json", "predictions/mine.json.dvc", "predictions/.gitignore"]
-    names += ["predictions/mine.csv", "predictions/grid-2.png"]
+    names += ["predictions/mine.csv", "predictions/Grid.PNG", "predictions/run1/x.tsv"]
     ignored = subprocess.run(
         ["git", "check-ignore", "--no-index", "--stdin"],
         cwd=tmp_path,
@@ -155,10 +155,11 @@ def test_a_users_own_predictions_are_git_ignored_but_a_dvc_add_of_them_is_not(
         capture_output=True,
         text=True,
     ).stdout.split()
-    assert ignored == ["predictions/mine.json", "predictions/mine.csv", "predictions/grid-2.png"]
-    (tmp_path / "predictions").mkdir()
+    assert ignored == [n for n in names if not n.endswith((".dvc", ".gitignore"))]
+    (tmp_path / "predictions" / "run1").mkdir(parents=True)
     with Git(str(tmp_path)) as scm:
-        assert not scm.is_ignored(f"{tmp_path}/predictions/")
+        for folder in ("predictions/", "predictions/run1/"):
+            assert not scm.is_ignored(f"{tmp_path}/{folder}"), folder
 
 
 def _declared(stage: dict) -> list[str]:
