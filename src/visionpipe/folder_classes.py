@@ -146,7 +146,9 @@ def _singulars(word: str) -> list[str]:
     """`word` and what it is the English plural of: cats, buses, boxes, churches, butterflies,
     potatoes, knives, wolves; not canes (can) or manes (man)."""
     forms = [word, word.removesuffix("s")]
-    if word.endswith(("ses", "xes", "zes", "ches", "shes", "oes")):
+    if word.endswith(("ses", "xes", "zes", "ches", "shes")) or (
+        word.endswith("oes") and len(word) > 5  # potatoes, heroes; not toes (to), does (do)
+    ):
         forms.append(word[:-2])
     if word.endswith("ies"):
         forms.append(word[:-3] + "y")

@@ -23,11 +23,15 @@ class ModelFileError(ValueError):
     """A model file that cannot be used for prediction; the message names it and says why."""
 
 
-def _reason(exc: BaseException) -> str:
-    """onnxruntime's error on one line, without its prefix that repeats the path."""
+def _reason(exc: BaseException, path: Path | str = "") -> str:
+    """onnxruntime's error on one line, without its prefix that repeats the `path` (which may
+    hold "failed:" itself)."""
     text = " ".join(str(exc).split())  # its messages span lines
+    named = re.escape(" ".join(str(path).split())) if path else ".*?"
     text = re.sub(
-        r"^\[ONNXRuntimeError\] : \d+ : (\w+) : (Load model from .*? failed: ?)?", r"\1: ", text
+        rf"^\[ONNXRuntimeError\] : \d+ : (\w+) : (Load model from {named} failed: ?)?",
+        r"\1: ",
+        text,
     )
     # The C++ source line and function it was raised in, before its reason (a build's path:
     # /onnxruntime_src/ on Linux, another on macOS or a conda build): no user's matter.
@@ -67,7 +71,9 @@ def open_session(path: Path) -> Any:
         # What a copy cut short gives: no protobuf onnxruntime can parse, or none (empty).
         cut = re.search(r"INVALID_PROTOBUF|No graph was found", str(exc))
         hint = f"; a copy or download cut short reads so: {paths.restore_hint(path)}" if cut else ""
-        raise ModelFileError(f"{path}: not a readable ONNX model ({_reason(exc)}){hint}") from None
+        raise ModelFileError(
+            f"{path}: not a readable ONNX model ({_reason(exc, path)}){hint}"
+        ) from None
 
 
 # The first bytes of the files most often passed as a model by mistake. An ONNX model starts

@@ -188,6 +188,7 @@ def test_folders_that_miss_every_class_name_by_a_plural_say_so(
     said = near_misses([f"a/{f}/1.png" for f in folders], classes)
     assert said is not None and "Frogs/ for 'frog', buses/ for 'bus', butterflies/ for" in said
     assert "canes" not in said and "potatoes/ for 'potato' and 1 more" in said  # wolves/
+    assert near_misses(["a/toes/1.png", "a/does/2.png"], ["to", "do"]) is None
 
 
 def test_a_hundred_classes_show_the_lowest_and_highest_five(

@@ -608,6 +608,13 @@ def test_onnxruntimes_reason_is_kept_where_its_error_runs_long(
     assert main(["predict", str(tmp_path / "a.png"), "--model", str(model)]) == 2
     assert "(FAIL: Unsupported model IR version: 99, max supported IR version" in caplog.text
     assert "onnxruntime_src" not in caplog.text and "::" not in caplog.text
+    # A path holding "failed:" itself is cut whole from onnxruntime's prefix.
+    odd = tmp_path / "run failed: again" / "m.onnx"
+    odd.parent.mkdir()
+    shutil.copy(model, odd)
+    caplog.clear()
+    assert main(["predict", str(tmp_path / "a.png"), "--model", str(odd)]) == 2
+    assert f"{odd}: not a readable ONNX model (FAIL: Unsupported model IR" in caplog.text
     # Another build's source path (macOS's wheel, conda's); a long reason keeps both ends.
     from visionpipe.onnxrt import _reason
 
