@@ -226,7 +226,8 @@ def _others(folder: Path, relative: bool) -> str:
     root = "" if relative else ", and this folder as launch.data_root in conf/local/machine.yaml"
     return (
         f" (it holds {listed(held, 3)}: to train on one, name it in data.source, `data.source:"
-        f" {held[0]}` in conf/config.yaml{root})"
+        f" {held[0]}` in conf/config.yaml{root}, which `dvc exp run` reads, and `dvc repro` after"
+        " `uv run visionpipe params`)"
     )
 
 

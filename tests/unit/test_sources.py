@@ -249,9 +249,10 @@ def test_the_log_names_the_setting_that_gave_the_mirror(
     with caplog.at_level(logging.INFO), pytest.raises(DownloadError):
         _fetch(None, tmp_path, dataset="cifar10", mirror="datasets", mirror_name="launch.data_root")
     said = "(it holds cifar10-jpeg.zip: to train on one, name it in data.source, `data.source:"
-    assert f"{said} cifar10-jpeg.zip` in conf/config.yaml)" in caplog.text
-    # As DATA_MIRROR, which a relative data.source is not found in: its path; a Mac's ._ beside
-    # it is no archive.
+    assert f"{said} cifar10-jpeg.zip` in conf/config.yaml, which `dvc exp run` reads" in caplog.text
+    assert "and `dvc repro` after `uv run visionpipe params`)" in caplog.text
+    # As DATA_MIRROR, which a relative data.source is not found in: the folder as data_root; a
+    # Mac's ._ beside it is no archive.
     (tmp_path / "datasets" / "._cifar10-jpeg.zip").write_bytes(b"\0\x05\x16\x07")
     caplog.clear()
     with caplog.at_level(logging.INFO), pytest.raises(DownloadError):
