@@ -148,6 +148,7 @@ def test_a_users_own_predictions_are_git_ignored_but_a_dvc_add_of_them_is_not(
     (tmp_path / ".gitignore").write_bytes((ROOT / ".gitignore").read_bytes())
     names = ["predictions/mine.json", "predictions/mine.json.dvc", "predictions/.gitignore"]
     names += ["predictions/mine.csv", "predictions/Grid.PNG", "predictions/run1/x.tsv"]
+    names += ["predictions/run.v2/dog.json", "predictions/run.v2/dog.json.dvc"]  # a dotted folder
     ignored = subprocess.run(
         ["git", "check-ignore", "--no-index", "--stdin"],
         cwd=tmp_path,
@@ -156,10 +157,12 @@ def test_a_users_own_predictions_are_git_ignored_but_a_dvc_add_of_them_is_not(
         text=True,
     ).stdout.split()
     assert ignored == [n for n in names if not n.endswith((".dvc", ".gitignore"))]
-    (tmp_path / "predictions" / "run1").mkdir(parents=True)
+    for folder in ("predictions/run1", "predictions/run.v2"):
+        (tmp_path / folder).mkdir(parents=True)
     with Git(str(tmp_path)) as scm:
-        for folder in ("predictions/", "predictions/run1/"):
+        for folder in ("predictions/", "predictions/run1/", "predictions/run.v2/"):
             assert not scm.is_ignored(f"{tmp_path}/{folder}"), folder
+        assert not scm.is_ignored(f"{tmp_path}/predictions/run.v2/dog.json.dvc")
 
 
 def _declared(stage: dict) -> list[str]:
