@@ -118,18 +118,24 @@ def unicode_twin(path: str) -> str | None:
 def as_on_disk(path: str) -> str:
     """`path` with its leading parts that the disk holds in another Unicode normal form spelled
     as the disk has them, each taken as typed where it is there; the parts from the first one
-    there in no form on (an output's new folders and file) as typed."""
+    there in no form on (an output's new folders and file, a glob's pattern) as typed. `path`
+    itself, as given, where no part is spelled otherwise."""
     if path.isascii() or os.path.lexists(path):
         return path
     anchor, *parts = Path(path).parts if Path(path).is_absolute() else ("", *Path(path).parts)
-    found = anchor
+    spelled, changed = anchor, False
     for i, part in enumerate(parts):
         forms = dict.fromkeys([part, *(unicodedata.normalize(f, part) for f in ("NFC", "NFD"))])
-        there = next((f for f in forms if os.path.lexists(os.path.join(found, f))), None)
+        there = next((f for f in forms if os.path.lexists(os.path.join(spelled, f))), None)
         if there is None:
-            return os.path.join(found, *parts[i:])
-        found = os.path.join(found, there)
-    return found
+            spelled = os.path.join(spelled, *parts[i:])
+            break
+        changed |= there != part
+        spelled = os.path.join(spelled, there)
+    if not changed:
+        return path
+    # A trailing separator means "folders only" to a glob: kept.
+    return spelled + os.sep * (path.endswith(os.sep) and not spelled.endswith(os.sep))
 
 
 def is_dvc_cache_file(path: Path | str) -> bool:

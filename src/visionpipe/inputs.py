@@ -93,7 +93,8 @@ def _first_named(
 
 
 def _add_spec(inputs: Inputs, spec: str) -> None:
-    spec = _as_on_disk(spec)
+    # A Mac's decomposed `café` typed composed; a glob's folders before its pattern.
+    spec = fsutil.as_on_disk(spec)
     path = Path(spec)
     if not spec:  # as a Path it is ".": an unset shell variable would predict the folder
         inputs.errors.append((spec, "an empty name: give a file, folder or glob"))
@@ -112,19 +113,6 @@ def _add_spec(inputs: Inputs, spec: str) -> None:
         inputs.errors.append((spec, _not_regular(path)))
     else:
         inputs.errors.append((spec, _missing(spec)))
-
-
-def _as_on_disk(spec: str) -> str:
-    """`spec` with the names a Mac wrote in another Unicode form than the one typed (`café`
-    typed, `cafe\u0301` on disk) as the disk has them, as macOS finds them; a glob's folders
-    before its first pattern."""
-    parts = Path(spec).parts
-    fixed = next((i for i, part in enumerate(parts) if any(c in part for c in GLOB_CHARS)), None)
-    if fixed is None:
-        return fsutil.unicode_twin(spec) or spec
-    if fixed == 0 or (twin := fsutil.unicode_twin(os.path.join(*parts[:fixed]))) is None:
-        return spec
-    return os.path.join(twin, *parts[fixed:])
 
 
 def _placeholders(folder: Path) -> str:
