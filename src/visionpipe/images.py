@@ -123,7 +123,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         arr8 = (np.asarray(img, dtype=np.uint32) * 255 // 65535).astype(np.uint8)
         return Image.fromarray(arr8, mode="L").convert("RGB")
     if img.mode == "I":
-        return Image.fromarray(_int32_to_8bit(np.asarray(img)), mode="L").convert("RGB")
+        arr8 = _int32_to_8bit(np.asarray(img), 65535 if _sixteen_bit(img) else None)
+        return Image.fromarray(arr8, mode="L").convert("RGB")
     if img.mode == "F":
         return Image.fromarray(_float_to_8bit(np.asarray(img)), mode="L").convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
@@ -142,11 +143,21 @@ def _row_blocks(arr: np.ndarray) -> Iterator[slice]:
     return (slice(start, start + rows) for start in range(0, arr.shape[0], rows))
 
 
-def _int32_to_8bit(arr: np.ndarray) -> np.ndarray:
-    """32-bit integer pixels -> uint8: [0, max(1, peak)] scaled down, negatives black. In
-    float64, exact for every int32: in 32 bits a negative would wrap to white and a value above
-    16.8 million overflow when multiplied by 255."""
-    peak = max(float(arr.max(initial=0)), 1.0)
+def _sixteen_bit(img: Image.Image) -> bool:
+    """Whether Pillow's 32-bit integer image holds 16-bit samples: a 16-bit PGM (Pillow scales
+    its maxval to 65535) or a signed 16-bit TIFF. Those take the 16-bit PNG's scale, so the same
+    scan reads alike in each format; only true 32-bit images are scaled by their own peak."""
+    if img.format == "PPM":
+        return True
+    tags = getattr(img, "tag_v2", None)
+    return img.format == "TIFF" and tags is not None and tags.get(258) in (16, (16,))
+
+
+def _int32_to_8bit(arr: np.ndarray, full: int | None = None) -> np.ndarray:
+    """32-bit integer pixels -> uint8: [0, full] scaled down, or [0, max(1, peak)] with no
+    `full`; negatives black. In float64, exact for every int32: in 32 bits a negative would
+    wrap to white and a value above 16.8 million overflow when multiplied by 255."""
+    peak = float(full) if full else max(float(arr.max(initial=0)), 1.0)
     out = np.empty(arr.shape, np.uint8)
     for rows in _row_blocks(arr):
         values = np.maximum(arr[rows].astype(np.float64), 0.0)

@@ -61,6 +61,7 @@ class Decoded(NamedTuple):
     sums: np.ndarray
     squares: np.ndarray
     digests: bytes
+    peak: int  # the brightest value of its train images' pixels (0 with none)
 
     @classmethod
     def of(cls, images: np.ndarray, failed: list[tuple[int, str]], train: bytes) -> Decoded:
@@ -68,7 +69,8 @@ class Decoded(NamedTuple):
         counted = np.frombuffer(train, np.bool_).copy()
         counted[[row for row, _ in failed]] = False
         sums, squares = channel_sums(images[counted])
-        return cls(images, failed, sums, squares, identical.digests(images))
+        peak = int(images[counted].max(initial=0))
+        return cls(images, failed, sums, squares, identical.digests(images), peak)
 
 
 @dataclass
@@ -87,6 +89,7 @@ class Result:
     identical: list[list[identical.Copy]] = field(default_factory=list)  # groups of copies
     blank: list[int] = field(default_factory=list)  # those all black or white (identical.blank)
     layout_warnings: list[str] = field(default_factory=list)  # split_plan's, already logged
+    train_peak: int = 255  # the brightest value of the train images' pixels
 
     @property
     def counts(self) -> dict[str, int]:
@@ -315,6 +318,7 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
     bad_classes: list[str] = []
     sums, squares = np.zeros(3, np.int64), np.zeros(3, np.int64)  # the train images'
     digests, failed_rows = bytearray(), []  # of every item, for identical.groups
+    peak = 0
     with contextlib.ExitStack() as stack:
         writers = {s: stack.enter_context(SplitWriter(out, s, size)) for s in SPLITS}
         record = CsvRows(stack.enter_context(open(out / paths.SPLIT_RECORD.name, "w", newline="")))
@@ -333,6 +337,7 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
             digests += chunk.digests
             sums += chunk.sums
             squares += chunk.squares
+            peak = max(peak, chunk.peak)
         assert done == len(plan.items), (done, len(plan.items))
         for writer in writers.values():
             writer.close()
@@ -358,6 +363,7 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
         identical=_copies(plan, groups),
         blank=identical.blank(bytes(digests), groups, size),
         layout_warnings=plan.warnings,
+        train_peak=peak,
     )
 
 
@@ -586,6 +592,25 @@ def _warn_other_dataset(dataset: str, classes: list[str]) -> list[str]:
     return [warning]
 
 
+# Below this brightest value (of 255) every train image is nearly black: 12-bit scans stored in
+# 16-bit files (0-4095) read as 0-15, 13-bit ones as 0-31.
+DARK_PEAK = 32
+
+
+def _warn_dark(result: Result) -> list[str]:
+    if result.train_peak >= DARK_PEAK:
+        return []
+    warning = (
+        f"the brightest pixel of all {result.counts['train']:,} train images is "
+        f"{result.train_peak} of 255: the model sees nearly black images. 16-bit files are "
+        "read on the 0-65535 scale, so 12-bit scans stored in them (values up to 4095) read "
+        "16 times darker: stretch them to the full 16 bits (multiply by 16) or window them to "
+        "8 bits before training (docs/datasets.md, 16-bit and scientific images)"
+    )
+    log.warning("%s", warning)
+    return [warning]
+
+
 def _warn_thin_classes(counts: dict[str, dict[str, int]], val_fraction: float) -> list[str]:
     checked = [s for s in SPLITS if s != "val" or val_fraction > 0]
     warnings = split_plan.thin_classes(counts, checked)
@@ -633,6 +658,7 @@ def run(params: DataParams, workers: int | None = None) -> dict[str, Any]:
         warnings += _warn_empty_val(result, params.data.val_fraction)
         warnings += _warn_thin_classes(class_counts, params.data.val_fraction)
         warnings += _warn_identical(result, size)
+        warnings += _warn_dark(result)
         meta = {
             "dataset": params.data.dataset,
             "classes": result.classes,

@@ -202,9 +202,13 @@ def test_the_documented_pillow_loader_gives_predict_s_pixels(
     Image.open(DOG_PNG).convert("RGB").resize((300, 200)).save("big.jpg", quality=90)
     # A tall one, which Pillow would resize columns first: the snippet fixes the order as predict.
     Image.open(DOG_PNG).convert("RGB").resize((65, 200)).save("tall.png")
+    # A 16-bit scan, as PNG and PGM (both on the 0-65535 scale; Pillow's convert would clip).
+    gray = np.asarray(Image.open(DOG_PNG).convert("L").resize((40, 36)), np.uint16) * 257
+    Image.fromarray(gray // 3).save("scan.png")
+    Image.fromarray(gray // 3).save("scan.pgm")
     namespace: dict = {"size": 32}
     exec(_deploy_snippet("def load("), namespace)
-    for name in ("dog.png", "side.jpg", "big.jpg", "tall.png"):
+    for name in ("dog.png", "side.jpg", "big.jpg", "tall.png", "scan.png", "scan.pgm"):
         want = load_array(Path(name).read_bytes(), name, 32).astype(np.float32) / np.float32(255)
         np.testing.assert_array_equal(namespace["load"](name, 32), want, err_msg=name)
     assert namespace["images"].shape == (1, 3, 32, 32)

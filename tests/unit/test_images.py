@@ -63,6 +63,24 @@ def test_32_bit_integer_tiffs_scale_from_zero_to_their_peak(
     assert _tiff_row(values, np.int32, "I") == [(v, v, v) for v in expected]
 
 
+def test_a_16_bit_scan_reads_alike_in_every_format() -> None:
+    # A scanner's export as PNG, TIFF (unsigned or signed) or PGM: one scale, 0-65535, so a model
+    # trained on one format's files sees the same pixels in another's.
+    import cv2
+
+    values = np.array([[0, 1413, 8000, 15805, 32767]], np.uint16)
+    files = {
+        "png": _encode(Image.fromarray(values), "PNG"),
+        "u16.tif": cv2.imencode(".tiff", values)[1].tobytes(),
+        "s16.tif": cv2.imencode(".tiff", values.astype(np.int16))[1].tobytes(),
+        "pgm": _encode(Image.fromarray(values), "PPM"),
+    }
+    expected = [(v, v, v) for v in (0, 5, 31, 61, 127)]
+    for name, data in files.items():
+        rgb = decode_rgb(data, f"scan.{name}")
+        assert [rgb.getpixel((x, 0)) for x in range(values.size)] == expected, name
+
+
 def test_a_float_tiff_peaks_at_its_largest_finite_value() -> None:
     values = (0.0, 0.5, 1.0, 2.0, np.inf, np.nan, -np.inf)
     expected = (0, 64, 128, 255, 255, 0, 0)

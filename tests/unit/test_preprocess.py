@@ -799,3 +799,29 @@ def test_an_empty_test_folder_is_named_before_the_layout_error_it_causes(
         preprocess.run(_params())
     said = "photos.zip: 1 folder holds no files, so no class or split comes of it: test/"
     assert said in caplog.text
+
+
+@pytest.mark.parametrize(("scale", "warned"), [(1, True), (16, False)])
+def test_12_bit_scans_in_16_bit_files_are_said_to_read_nearly_black(
+    workdir: Path, caplog: pytest.LogCaptureFixture, scale: int, warned: bool
+) -> None:
+    # An X-ray export: 12-bit values (0-4095) in 16-bit PNGs read as levels 0-15 of 255; the
+    # same scans stretched to 16 bits are fine.
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(workdir / paths.RAW_DIR / "scans.zip", "w") as z:
+        for i in range(12):
+            scan = rng.integers(0, 4096, (30, 30)).astype(np.uint16) * scale
+            buf = io.BytesIO()
+            Image.fromarray(scan).save(buf, format="PNG")
+            z.writestr(f"scans/{('normal', 'abnormal')[i % 2]}/{i}.png", buf.getvalue())
+    preprocess.run(_params(val_fraction=0.0, test_fraction=0.3))
+    report = json.loads(paths.PREPROCESS_REPORT.read_text())
+    dark = [w for w in report["warnings"] if "nearly black" in w]
+    assert bool(dark) == warned, report["warnings"]
+    if warned:
+        train = report["images"]["train"]
+        peak = re.match(
+            rf"the brightest pixel of all {train} train images is (\d+) of 255", dark[0]
+        )
+        assert peak and 10 < int(peak[1]) <= 15, dark[0]  # 4095 * 255 // 65535, resized
+        assert "multiply by 16" in dark[0] and dark[0] in caplog.text
