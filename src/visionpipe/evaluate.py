@@ -86,6 +86,31 @@ def warn_absent(scores: list[dict[str, Any]]) -> list[str]:
     return absent
 
 
+def warn_never_predicted(scores: list[dict[str, Any]]) -> list[str]:
+    """Name the classes with test images the model never predicts (a line, however many):
+    on an imbalanced set, a model answering the big classes alone can score the best test_acc
+    of a sweep, which macro-F1 shows. None named when it predicts nothing (diverged: said)."""
+    if not any(s["predicted"] for s in scores):
+        return []
+    never = [s for s in scores if s["support"] and not s["predicted"]]
+    if not never:
+        return []
+    images = sum(s["support"] for s in never)
+    what = f"class {never[0]['class']!r}" if len(never) == 1 else f"{len(never)} classes"
+    names = "" if len(never) == 1 else f": {listed([repr(s['class']) for s in never])}"
+    log.warning(
+        "the model predicts no test image as %s (%d of the %d test images are%s)%s; compare "
+        "runs by macro-F1 too: uv run dvc metrics diff RUN RUN --targets %s",
+        what,
+        images,
+        sum(s["support"] for s in scores),
+        " of it" if len(never) == 1 else " of them",
+        names,
+        paths.PER_CLASS,
+    )
+    return [s["class"] for s in never]
+
+
 def macro_f1(scores: list[dict[str, Any]]) -> float | None:
     """Mean F1 over the classes that have test images or were predicted (as scikit-learn's
     average="macro" takes them): a class with none that the model still predicts counts with
@@ -131,6 +156,7 @@ def run(
     support = torch.bincount(labels, minlength=len(classes)).numpy()
     scores = per_class_scores(cm.numpy(), classes, support)
     absent = warn_absent(scores)
+    never = warn_never_predicted(scores)
     loss, accuracy = loss_and_accuracy(logits, labels)
     # Short names: these are `dvc exp show` columns, in this order, and a sweep's table must fit
     # 120 columns.
@@ -139,7 +165,11 @@ def run(
         "test_loss": round(loss, 6),
         "test_images": len(labels),
     }
-    per_class = {"macro_f1": macro_f1(scores), "classes_without_test_images": absent}
+    per_class = {
+        "macro_f1": macro_f1(scores),
+        "classes_without_test_images": absent,
+        "classes_never_predicted": never,
+    }
     _log_headline(accuracy, len(labels), loss, per_class["macro_f1"])
     write_json(paths.PER_CLASS, {**per_class, "classes": scores})
     write_json(

@@ -367,6 +367,7 @@ SUBSTITUTE: dict[str, Callable[[Ctx, str], list[list[str]]]] = {
     "uv run dvc exp pull origin <exp>": _last_experiment,
     "uv run dvc artifacts get <repo-url> image-classifier-onnx": _artifact_from_origin,
     "uv run dvc exp apply <exp>": _last_experiment,
+    "uv run dvc metrics diff main <exp> --all --targets metrics/per_class.json": _last_experiment,
     "uv run visionpipe serve --model model.onnx": _serve_teammates_model,
     "uv run visionpipe serve --allow-origin http://localhost:3000": _as_written,
 }
@@ -614,7 +615,8 @@ def _assert_fits_terminal(ctx: Ctx, shown: str, param: str) -> None:
 
 
 def _check_metrics(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess) -> None:
-    assert "test_acc" in proc.stdout, f"`{ctx.command}` printed:\n{proc.stdout}"
+    shown = "macro_f1" if "metrics/per_class.json" in args else "test_acc"
+    assert shown in proc.stdout, f"`{ctx.command}` printed:\n{proc.stdout}"
 
 
 def _check_params_diff(ctx: Ctx, args: list[str], proc: subprocess.CompletedProcess) -> None:

@@ -45,6 +45,28 @@ def test_many_classes_missing_from_test_are_counted_in_one_line(
     assert line.endswith("'c21' and 38 more")
 
 
+def test_a_model_that_never_predicts_a_class_is_said_to(caplog: pytest.LogCaptureFixture) -> None:
+    # A 90/10 set's collapsed model: all "normal", the best test_acc of a sweep, macro-F1 0.48.
+    cm = np.array([[113, 0], [9, 0]])
+    assert evaluate.warn_never_predicted(evaluate.per_class_scores(cm, ["normal", "abnormal"])) == [
+        "abnormal"
+    ]
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith(
+        "the model predicts no test image as class 'abnormal' (9 of the 122 test images are of it)"
+    )
+    assert line.endswith("uv run dvc metrics diff RUN RUN --targets metrics/per_class.json")
+    caplog.clear()
+    # Predicting each class once at least, or nothing at all (diverged: said otherwise): no word.
+    for seen in ([[110, 3], [5, 4]], [[0, 0], [0, 0]]):
+        scores = evaluate.per_class_scores(np.array(seen), ["normal", "abnormal"], [113, 9])
+        assert evaluate.warn_never_predicted(scores) == []
+    many = np.diag([5] * 3 + [0] * 57)
+    many[3:, 0] = 1
+    assert len(evaluate.warn_never_predicted(evaluate.per_class_scores(many, CLASSES * 20))) == 57
+    assert "as 57 classes (57 of the 72 test images are of them): 'cat', " in caplog.text
+
+
 def test_a_class_missing_from_test_has_no_accuracy(
     processed: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
