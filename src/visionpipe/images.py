@@ -591,6 +591,11 @@ def _unidentified_reason(data: bytes) -> str:
             "a Mac's metadata file (AppleDouble: the ._ file a Mac writes beside a photo on a"
             " disk or share it does not format), not a photo: leave it out (folders pass them over)"
         )
+    if data[128:132] == b"DICM":  # DICOM's preamble and magic number: a scanner's file
+        return (
+            "a DICOM scan, a format not read here: export it as a 16-bit PNG or TIFF (docs/"
+            "datasets.md, 16-bit and scientific images)"
+        )
     if _is_video(data):  # a phone's live-photo .MOV beside its photo, a clip in the folder
         return (
             "a video, not an image: give a frame of it as a photo (ffmpeg -i VIDEO -frames:v 1"

@@ -318,10 +318,12 @@ def _warn_left_out(spec: str, left_out: list[str]) -> None:
     names = [name for name in left_out if not is_hidden(name)]
     if not names:
         return
+    dicom = any(name.lower().endswith(".dcm") for name in names)
     log.warning(
         "%s: left out %d file%s not named as an image (%s): a photo needs its format's"
-        " suffix (.jpg, .png, ...)",
+        " suffix (.jpg, .png, ...)%s",
         spec, len(names), "s" * (len(names) > 1), listed(names, 3),
+        "; DICOM scans are not read: export them as 16-bit PNG or TIFF" if dicom else "",
     )  # fmt: skip
 
 

@@ -95,7 +95,10 @@ def plan_image_folder(
         plan = _plan_split_folders(candidates, root, val_fraction, seed)
     else:
         fraction = DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction
-        plan = _plan_flat(candidates, fraction, val_fraction, seed)
+        try:
+            plan = _plan_flat(candidates, fraction, val_fraction, seed)
+        except DatasetLayoutError as exc:
+            raise DatasetLayoutError(f"{exc}{_imageless(names, candidates)}") from None
     _refuse_lookalikes(plan.classes)
     _refuse_control_characters(plan.classes)
     kept = {item.name for item in plan.items}
@@ -145,6 +148,39 @@ def _refuse_control_characters(classes: Sequence[str]) -> None:
                 f"the class folder {cls!r} has a control character in its name, which every"
                 " report, plot and prediction of the class would show broken: rename the folder"
             )
+
+
+def _imageless(names: Sequence[str], images: Sequence[str]) -> str:
+    """Name the folders holding files but no image, for a layout error: a class of scans in a
+    format not read (DICOM) leaves one class folder. Said with the error, as a folder source's
+    download stage, which warned of them, is skipped on a re-run."""
+    holding = {"/".join(_parts(n)[:i]) for n in images for i in range(1, len(_parts(n)))}
+    found: dict[str, list[str]] = {}
+    for name in names:
+        parts = _parts(name)
+        outer = next(
+            (
+                "/".join(parts[:i])
+                for i in range(1, len(parts))
+                if "/".join(parts[:i]) not in holding
+            ),
+            None,
+        )
+        if outer is not None and not is_hidden(name):
+            found.setdefault(outer, []).append(parts[-1])
+    if not found:
+        return ""
+    shown = "; ".join(
+        f"'{folder}/' ({len(files)} file{'s' * (len(files) != 1)}: {listed(files, 2)})"
+        for folder, files in list(found.items())[:3]
+    )
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    dicom = any(f.lower().endswith(".dcm") for files in found.values() for f in files)
+    return (
+        f". Folders with files but no image (images by their suffix: .jpg, .png, ...): "
+        f"{shown}{more}"
+        + ("; DICOM scans are not read: export them as 16-bit PNG or TIFF" if dicom else "")
+    )
 
 
 def _no_images(names: Sequence[str]) -> str:
@@ -355,9 +391,9 @@ def _unsorted(loose: Sequence[str]) -> str:
         for folder, files in by_folder.items()
     )
     return (
-        f". These images lie in no class folder ({shown}): a label is read from an image's"
-        " folder, never from its file name or a list beside it, see docs/datasets.md,"
-        " 'Labels in file names'"
+        f". These images share one folder ({shown}), so they make one class at most: a label"
+        " is read from an image's folder, never from its file name or a list beside it, see"
+        " docs/datasets.md, 'Labels in file names'"
     )
 
 

@@ -111,6 +111,12 @@ def test_exif_orientation_is_applied() -> None:
     assert out.size == (20, 40)
 
 
+def test_a_dicom_scan_is_named_with_how_to_read_it() -> None:
+    scan = bytes(128) + b"DICM" + bytes(200)
+    with pytest.raises(BadImageError, match=r"a DICOM scan, .*export it as a 16-bit PNG or TIFF"):
+        decode_rgb(scan, "scan.png")
+
+
 def test_bad_files_name_the_reason() -> None:
     good = _encode(Image.new("RGB", (64, 64), "blue"), "JPEG")
     cases = {

@@ -30,6 +30,13 @@ def test_a_folder_gives_the_photos_preprocess_would_read_not_mac_or_nas_leftover
     assert inputs.errors == []
     # What gets no prediction is counted, as preprocess lists what it leaves out.
     assert f"{folder}: left out 1 file not named as an image (cats/IMG_1.MOV)" in caplog.text
+    assert "DICOM" not in caplog.text
+    (folder / "cats/scan.DCM").write_bytes(bytes(128) + b"DICM")
+    collect_inputs([str(folder / "cats")])
+    assert (
+        "(IMG_1.MOV, scan.DCM): a photo needs its format's suffix (.jpg, .png, ...); DICOM "
+        "scans are not read: export them as 16-bit PNG or TIFF" in caplog.text
+    )
 
 
 def test_a_broken_or_looping_symlink_is_named_as_such(tmp_path: Path) -> None:

@@ -257,6 +257,11 @@ def test_on_bad_image_fail_stops_and_names_the_files(workdir: Path) -> None:
         (["a/train/cats/1.jpg", "b/train/cats/1.jpg", "a/test/cats/2.jpg"], "several folders"),
         (["train/cats/1.jpg", "test/dogs/1.jpg"], "classes not in train/: dogs"),
         (["notes.txt"], "no image files"),
+        (  # a class of scans in a format not read: the folder is named, and what to do
+            ["scans/normal/1.png", "scans/normal/2.png", "scans/abnormal/a.dcm", "scans/b.txt"],
+            r"found only one class folder, 'normal'.*share one folder \(2 in 'scans/normal'.*"
+            r"Folders with files but no image .*: 'scans/abnormal/' \(1 file: a\.dcm\); DICOM",
+        ),
     ],
 )
 def test_layout_errors_are_explained(names: list[str], message: str) -> None:
