@@ -100,7 +100,9 @@ def require(path: str | Path, stage: str) -> Path:
     root = _root_above(Path(os.path.realpath(folder))) or project_root()
     # In another DVC project (one that imports the model), what fetches it is its path.
     ours = root is None or runs_stage(root, stage)
-    remote = f"'uv run dvc pull {stage if ours else path}' where a DVC remote holds it"
+    # DVC names a file by its path from the project's root, whichever folder names it here.
+    pulled = stage if ours else _from_root(found, root)
+    remote = f"'uv run dvc pull {pulled}' where a DVC remote holds it"
     if found.is_symlink():  # the link is here, the file it leads to gone
         target = os.readlink(found)
         end = _chain_end(found)
@@ -133,6 +135,18 @@ def require(path: str | Path, stage: str) -> Path:
     raise FileNotFoundError(_missing(path, stage, root))
 
 
+def _from_root(path: Path, root: Path | None) -> str:
+    """`path` as DVC in the project at `root` names it (from the root, POSIX); absolute where it
+    is not inside. A relative one whose folder is not here is the project's (`in_project`)."""
+    if not path.is_absolute() and not path.parent.is_dir() and root is not None:
+        path = root / path
+    real = Path(os.path.realpath(path.parent)) / path.name
+    try:
+        return real.relative_to(Path(root or ".").resolve()).as_posix()
+    except ValueError:
+        return str(real)
+
+
 def _missing(path: Path, stage: str, root: Path | None) -> str:
     """Why `path`, missing in this pipeline's project at `root`, is: a stage's output not made
     yet (and how to make or fetch it), or a file of the user's own, a typo."""
@@ -161,7 +175,12 @@ def restore_hint(path: Path) -> str:
     if (own := own_model(path)) is None:
         return "copy it again"
     root, named = own
-    if (linked := _linked_cache_file(Path(path), root, named)) is not None:
+    recorded = _recorded(root, named)
+    if recorded is None:  # no run recorded it (a clone before its first run): make it
+        return f"copy it again, or make the project's own: {rerun(_STAGE_OF[named])}" + (
+            commands_where(root)
+        )
+    if (linked := _linked_cache_file(Path(path), root, recorded)) is not None:
         # A write through the link (root's, or a `cp` over it) damaged DVC's own copy: a
         # checkout links it again, and a re-run whose result has the same hash (CPU runs are
         # reproducible) keeps the damaged cache file under that hash.
@@ -175,10 +194,19 @@ def restore_hint(path: Path) -> str:
             f" the damaged one: remove both and make it again, with this line: {there}rm -f"
             f" {named} {shlex.quote(str(cached))} && uv run dvc repro {stage}"
         )
+    stage, md5 = recorded
+    if not _in_cache(root, md5):  # a clone that has not pulled: checkout would delete it
+        return (
+            f"copy it again, or fetch the project's own with 'uv run dvc pull {stage}' where a"
+            f" DVC remote holds it, or {rerun(stage)}" + commands_where(root)
+        )
     return (
         f"copy it again, or restore the project's own with 'uv run dvc checkout --force {named}'"
         + commands_where(root)
     )
+
+
+_STAGE_OF = {MODEL: "train", ONNX_MODEL: "export"}
 
 
 def own_model(path: Path) -> tuple[Path, Path] | None:
@@ -193,28 +221,50 @@ def own_model(path: Path) -> tuple[Path, Path] | None:
     return (root, named) if named in (MODEL, ONNX_MODEL) else None
 
 
-def _linked_cache_file(path: Path, root: Path, named: Path) -> tuple[Path, str] | None:
-    """The DVC cache file that `path` shares its bytes with (a link of cache.type symlink or
-    hardlink), and the stage dvc.lock says wrote it; None for a copy of its own."""
+def _recorded(root: Path, named: Path) -> tuple[str, str] | None:
+    """The stage dvc.lock at `root` says wrote `named` and the MD5 it recorded; None if none."""
     recorded = [
         (stage, str(out.get("md5") or ""))
         for stage, entry in stages_of(root / DVC_LOCK).items()
         for out in (entry or {}).get("outs") or []
         if isinstance(out, dict) and out.get("path") == named.as_posix()
     ]
-    if not recorded:
+    return recorded[0] if recorded else None
+
+
+def _cache_file(root: Path, md5: str) -> Path | None:
+    """Where the DVC cache of the project at `root` keeps the file of `md5` (held or not)."""
+    try:
+        cache = dvc_cache_of(root)  # DVC's own reading of the config: a shared cache.dir
+    except ImportError:  # a predict-only install has no DVC
         return None
-    stage, md5 = recorded[0]
+    return cache / md5[:2] / md5[2:] if cache and len(md5) > 2 else None
+
+
+def _in_cache(root: Path, md5: str) -> bool:
+    """Whether the DVC cache holds `md5` (True where it cannot be told: checkout says then)."""
+    try:
+        cached = _cache_file(root, md5)
+    except OSError:
+        return True
+    return cached is None or cached.is_file()
+
+
+def _linked_cache_file(
+    path: Path, root: Path, recorded: tuple[str, str]
+) -> tuple[Path, str] | None:
+    """The DVC cache file that `path` shares its bytes with (a link of cache.type symlink or
+    hardlink), and the stage dvc.lock says wrote it; None for a copy of its own."""
+    stage, md5 = recorded
     if path.is_symlink():
         end = Path(os.path.realpath(path))
         return (end, stage) if is_dvc_cache_file(end) else None
     try:
-        if os.stat(path).st_nlink < 2 or len(md5) < 3:
+        if os.stat(path).st_nlink < 2:
             return None
-        cache = dvc_cache_of(root)  # DVC's own reading of the config: a shared cache.dir
-        cached = cache / md5[:2] / md5[2:] if cache else None
+        cached = _cache_file(root, md5)
         return (cached, stage) if cached and os.path.samefile(path, cached) else None
-    except (ImportError, OSError):  # a predict-only install has no DVC
+    except OSError:
         return None
 
 

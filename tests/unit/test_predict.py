@@ -379,6 +379,13 @@ def test_a_project_that_imports_the_model_is_told_to_pull_it_by_its_path(
         f"(a .dvc file beside it, an import), 'uv run dvc pull models/model.onnx' where a DVC "
         f"remote holds it, run in {tmp_path}"
     ) in caplog.text
+    # A path into it from elsewhere is named as DVC names it there: from its root.
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "other")
+    caplog.clear()
+    assert main(["predict", "--model", "../models/model.onnx", "../photos/a.png"]) == 2
+    assert "'uv run dvc pull models/model.onnx' where a DVC remote holds it" in caplog.text
+    monkeypatch.chdir(tmp_path / "photos")
     write_tiny_onnx(tmp_path / paths.ONNX_MODEL)
     assert main(["predict", "a.png"]) == 0
 
@@ -566,14 +573,43 @@ def test_the_projects_own_model_overwritten_by_another_file_gets_the_way_back(
     (tmp_path / "models").mkdir()
     Image.new("RGB", (20, 20), "red").save(tmp_path / "a.png")
     (tmp_path / paths.ONNX_MODEL).write_text("<html><body>404 Not Found</body></html>")
+    (tmp_path / paths.MODEL).write_text("<html><body>404 Not Found</body></html>")
+    torch = ["--backend", "torch"]
+    # Before any run (no dvc.lock): remade by its stage.
+    for backend, stage in (([], "export"), (torch, "train")):
+        assert main(["predict", "a.png", *backend]) == 2
+        assert caplog.text.rstrip().endswith(
+            f"copy it again, or make the project's own: run 'uv run dvc repro {stage}'"
+        ), caplog.text
+        caplog.clear()
+    # Recorded, but not in this clone's cache (not pulled): a checkout would delete the file
+    # and fail, so fetched or remade.
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], check=True)
+    md5 = {"export": "0123456789abcdef0123456789abcdef", "train": "fedcba9876543210fedcba98765432"}
+    lock = {
+        stage: {"cmd": "x", "outs": [{"path": out.as_posix(), "md5": md5[stage], "size": 1}]}
+        for stage, out in (("export", paths.ONNX_MODEL), ("train", paths.MODEL))
+    }
+    (tmp_path / "dvc.lock").write_text(json.dumps({"schema": "2.0", "stages": lock}))
+    for backend, stage in (([], "export"), (torch, "train")):
+        assert main(["predict", "a.png", *backend]) == 2
+        assert caplog.text.rstrip().endswith(
+            f"copy it again, or fetch the project's own with 'uv run dvc pull {stage}' where a"
+            f" DVC remote holds it, or run 'uv run dvc repro {stage}'"
+        ), caplog.text
+        caplog.clear()
+    # In the cache: checked out.
+    for stage in md5:
+        cached = tmp_path / ".dvc/cache/files/md5" / md5[stage][:2] / md5[stage][2:]
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_bytes(b"x")
     assert main(["predict", "a.png"]) == 2
     assert caplog.text.rstrip().endswith(
         "models/model.onnx: a text file, not an ONNX model: copy it again, or restore the"
         " project's own with 'uv run dvc checkout --force models/model.onnx'"
     ), caplog.text
     caplog.clear()
-    (tmp_path / paths.MODEL).write_text("<html><body>404 Not Found</body></html>")
-    assert main(["predict", "a.png", "--backend", "torch"]) == 2
+    assert main(["predict", "a.png", *torch]) == 2
     assert caplog.text.rstrip().endswith(
         "or a pickle); copy it again, or restore the project's own with 'uv run dvc checkout"
         " --force models/model.pt'"
