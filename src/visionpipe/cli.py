@@ -664,7 +664,9 @@ def _option_first_hint(parser: argparse.ArgumentParser, argv: list[str]) -> str:
     if any(re.fullmatch(r"--?[A-Za-z].*", a) and not its_own(a) for a in argv[:at]):
         return ""
     moved = [argv[at], *argv[:at], *argv[at + 1 :]]
-    return "a command's options come after it: visionpipe " + " ".join(map(_shell_word, moved))
+    return "a command's options come after it: uv run visionpipe " + " ".join(
+        map(_shell_word, moved)
+    )
 
 
 def _set_flag_hint(args: argparse.Namespace, extra: list[str]) -> str:

@@ -64,8 +64,7 @@ def open_session(path: Path) -> Any:
             fix = (
                 paths.restore_hint(path)
                 if paths.own_model(Path(path))
-                else f"--model takes the ONNX export ({paths.ONNX_MODEL}), the photos come as"
-                " the other arguments"
+                else f"--model takes the ONNX export ({paths.ONNX_MODEL})"
             )
             raise ModelFileError(f"{path}: {kind}, not an ONNX model: {fix}") from None
         # What a copy cut short gives: no protobuf onnxruntime can parse, or none (empty).

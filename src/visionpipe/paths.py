@@ -52,7 +52,8 @@ def in_project(path: str | Path) -> Path:
     from a subfolder (`cd photos && visionpipe predict *.jpg`) uses the project's model."""
     path = Path(path)  # a notebook passes the path as typed, a str
     # lexists: a link whose DVC cache file is gone is still the project's, to say so
-    if path.is_absolute() or os.path.lexists(path):
+    # `../x.onnx` names a file by where this runs: from the root it would be another file.
+    if path.is_absolute() or os.path.lexists(path) or ".." in path.parts:
         return path
     root = project_root()
     return root / path if root is not None and os.path.lexists(root / path) else path
@@ -258,7 +259,10 @@ def _linked_cache_file(
     stage, md5 = recorded
     if path.is_symlink():
         end = Path(os.path.realpath(path))
-        return (end, stage) if is_dvc_cache_file(end) else None
+        # The recorded copy's cache file (xx/yyyy...): a link to another, older one is mended
+        # by the checkout.
+        recorded_one = end.parent.name + end.name == md5
+        return (end, stage) if recorded_one and is_dvc_cache_file(end) else None
     try:
         if os.stat(path).st_nlink < 2:
             return None

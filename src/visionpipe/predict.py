@@ -431,7 +431,7 @@ def _overwritten(outputs: dict[str, Path], files: list[Path], model: Path) -> st
     for flag, out in outputs.items():
         if out != STDOUT and paths.pipeline_file(fsutil.through_link(out)):
             return (
-                f"{flag} {out} names one of the pipeline's or DVC's own files"
+                f"{flag} {out} names one of the pipeline's, DVC's, git's or uv's own files"
                 f" ({paths.guarded_names()}): give the output a name of its own, in"
                 " predictions/ say"
             )

@@ -27,6 +27,8 @@ from visionpipe.cli import main
 from visionpipe.grids import Layout
 from visionpipe.predict import OnnxBackend, Prediction, predict_files, write_grid
 
+GUARDED = "names one of the pipeline's, DVC's, git's or uv's own files"  # the output guard's
+
 
 def _images(folder: Path) -> dict[str, Path]:
     folder.mkdir()
@@ -323,6 +325,10 @@ def test_a_subfolder_of_the_project_predicts_with_the_projects_model(
     monkeypatch.chdir(photos)
     assert main(["predict", "a.png"]) == 0
     assert capsys.readouterr().out.startswith("a.png: ")
+    # `../x.onnx` names the file beside this folder's parent: not one beside the project's.
+    write_tiny_onnx(tmp_path.parent / "x.onnx")
+    assert main(["predict", "--model", "../x.onnx", "a.png"]) == 2
+    assert "a.png: " not in capsys.readouterr().out
     # Outside any project, nothing is searched for: the model is missing, as it is.
     monkeypatch.chdir(tmp_path.parent)
     assert main(["predict", str(photos / "a.png")]) == 2
@@ -621,6 +627,7 @@ def test_the_projects_own_model_overwritten_by_another_file_gets_the_way_back(
     shutil.copy(tmp_path / "a.png", sample := tmp_path / "data" / "samples" / "00_cat.png")
     assert main(["predict", "--model", str(sample), "a.png"]) == 2
     assert "00_cat.png: a PNG image, not an ONNX model: --model takes the ONNX" in caplog.text
+    assert "photos" not in caplog.text  # serve reads this too, and takes none
     assert "checkout" not in caplog.text
     caplog.clear()
     (notes := tmp_path / "notes.onnx").write_bytes("\ufeffnotes, UTF-8".encode("utf-8"))
@@ -778,6 +785,13 @@ def test_the_torch_backend_names_a_bad_model_file_too(
     cached.parent.mkdir(parents=True)
     (project / paths.MODEL).rename(cached)
     (project / paths.MODEL).symlink_to(cached)
+    # dvc.lock records another model.pt, which the cache holds: checked out.
+    recorded = "de" + "f" * 30
+    lock = {"stages": {"train": {"outs": [{"path": paths.MODEL.as_posix(), "md5": recorded}]}}}
+    (project / paths.DVC_LOCK).write_text(json.dumps(lock))
+    (project / ".dvc" / "config").write_text("[core]\n    no_scm = True\n")  # DVC's own reading
+    (held := cached.parent.parent / recorded[:2] / recorded[2:]).parent.mkdir()
+    held.write_bytes(whole)
     away = f" (run the dvc commands in {project})"
     for where, named, said in (
         (project, [], ""),
@@ -810,7 +824,6 @@ def test_the_torch_backend_names_a_bad_model_file_too(
     assert main(["predict", str(image), "--backend", "torch"]) == 2
     assert f"this line: cd {project} && rm -f {paths.MODEL} {cached} && uv run dvc" in caplog.text
     monkeypatch.chdir(project)
-    (project / ".dvc" / "config").write_text("[core]\n    no_scm = True\n")  # DVC's own reading
     (project / paths.MODEL).unlink()
     os.link(cached, project / paths.MODEL)
     caplog.clear()
@@ -1096,7 +1109,7 @@ def test_options_before_the_command_get_the_command_line_that_works(
         main(["--topk", "3", "predict", "my photo.jpg"])
     err = capsys.readouterr().err
     assert "invalid choice: '3'" in err  # argparse's own, then the way that works
-    assert "options come after it: visionpipe predict --topk 3 'my photo.jpg'" in err
+    assert "options come after it: uv run visionpipe predict --topk 3 'my photo.jpg'" in err
     with pytest.raises(SystemExit):
         main(["--", "predict", "x.jpg"])  # after --, "predict" may be a file's name
     assert "come after it" not in capsys.readouterr().err
@@ -1109,7 +1122,8 @@ def test_options_before_the_command_get_the_command_line_that_works(
     for before in (["--csv", "-"], ["--top", "1"]):  # a value like an option; a prefix of one
         with pytest.raises(SystemExit):
             main([*before, "predict", "x.jpg"])
-        assert f"after it: visionpipe predict {' '.join(before)} x.jpg" in capsys.readouterr().err
+        said = f"after it: uv run visionpipe predict {' '.join(before)} x.jpg"
+        assert said in capsys.readouterr().err
 
 
 def test_a_glob_under_a_folder_with_brackets_in_its_name_matches(
@@ -1234,18 +1248,16 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
         (["--csv", str(model)], f"--csv {model} names the model predicting"),
         (
             ["--json", "../models/model.pt"],
-            "--json ../models/model.pt names one of the pipeline's or DVC's own files",
+            "--json ../models/model.pt names one of the pipeline's, DVC's, git's or uv's own files",
         ),
         (
             ["--json", "mp.json"],
-            "--json mp.json names one of the pipeline's or DVC's own files (models",
+            "--json mp.json names one of the pipeline's, DVC's, git's or uv's own files (models",
         ),
     ]
     (project / "data" / "processed").mkdir(parents=True)
     (project / "notes" / "dlink").symlink_to(project / "data")  # a folder's link: that folder
-    cases.append(
-        (["--csv", "dlink/processed/x.csv"], "names one of the pipeline's or DVC's own files")
-    )
+    cases.append((["--csv", "dlink/processed/x.csv"], GUARDED))
     # A file DVC links into its cache (cache.type symlink) is the pipeline's by its place.
     cached = project / ".dvc" / "cache" / "files" / "md5" / "ab" / ("c" * 30)
     cached.parent.mkdir(parents=True)
@@ -1254,7 +1266,7 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
     cases.append(
         (
             ["--json", "../data/processed/meta.json"],
-            "names one of the pipeline's or DVC's own files",
+            "names one of the pipeline's, DVC's, git's or uv's own files",
         )
     )
     for args, said in cases:
@@ -1279,7 +1291,7 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
         flag = "--grid" if name.endswith(".png") else "--json"
         caplog.clear()
         assert main(["predict", str(DOG_PNG), flag, f"../{name}"]) == 2, name
-        assert f"{flag} ../{name} names one of the pipeline's or DVC's own files" in caplog.text
+        assert f"{flag} ../{name} {GUARDED}" in caplog.text
         assert (project / name).read_text() == "kept"
     # What the pipeline never writes, beside what it does: a user's own files there are free.
     for name in ("data/my_photos/p.csv", "logs/today.csv", "models/notes.json"):
@@ -1300,7 +1312,7 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
     (tmp_path / ".git" / "config").write_text("kept")
     caplog.clear()
     assert main(["predict", str(DOG_PNG), "--json", "../../.git/config"]) == 2
-    assert "--json ../../.git/config names one of the pipeline's or DVC's own files" in caplog.text
+    assert f"--json ../../.git/config {GUARDED}" in caplog.text
     assert (tmp_path / ".git" / "config").read_text() == "kept"
     # Outside any project, a data/processed/ is another project's own (a cookiecutter layout).
     other = tmp_path / "other"
@@ -1312,7 +1324,7 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
     for out in ("models/model.pt", "data/processed/meta.json", "dvc.lock"):
         caplog.clear()
         assert main([*args[:-1], str(project / out)]) == 2, out
-        assert "names one of the pipeline's or DVC's own files" in caplog.text
+        assert "names one of the pipeline's, DVC's, git's or uv's own files" in caplog.text
     # So is another DVC project's dvc.lock; its data/ and models/ are its own (it has no stages
     # of this pipeline: it imports the model, say).
     (other / "dvc.yaml").write_text("stages: {}\n")
