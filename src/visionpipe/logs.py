@@ -192,6 +192,7 @@ def run_stage(main: Callable[[], int | None], interrupted: Callable[[], str] | N
         with stops_on_signals():
             _stop_with_dvc()
             paths.refuse_git_tracked_outputs()
+            _refuse_unlisted_code()
             code = _run_watching_params(main)
     except KeyboardInterrupt as exc:
         # Ctrl-C is an ordinary way to stop a run (train resumes from its checkpoint): the
@@ -324,6 +325,15 @@ def _read_params() -> bytes | None:
         return paths.PARAMS.read_bytes()
     except OSError:
         return None  # the stage's own loader says what is wrong with it
+
+
+def _refuse_unlisted_code() -> None:
+    """Refuse to run a DVC stage that imports project code dvc.yaml does not list among its deps
+    (a model in a module of its own): an edit to it would re-run nothing."""
+    stage = os.environ.get("DVC_STAGE")
+    if stage and Path("dvc.yaml").is_file():
+        loaded = [f for m in list(sys.modules.values()) if (f := getattr(m, "__file__", None))]
+        paths.refuse_unlisted_code(stage, loaded)
 
 
 def _code_digests() -> dict[Path, str]:

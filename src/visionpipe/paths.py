@@ -510,6 +510,51 @@ def code_deps(stage: str) -> list[Path]:
     return [f for f in files if f.parts[:1] in (("src",), ("stages",)) and f.is_file()]
 
 
+# The version string: the package loads it, no stage depends on it (a bump re-runs nothing;
+# a model records the version of the code that trained it).
+NOT_A_DEP = ("src/visionpipe/_version.py",)
+
+
+def unlisted_code(stage: str, loaded: list[str]) -> list[str]:
+    """The project's Python files among `loaded` (the files of the modules a stage imported)
+    that dvc.yaml does not list among `stage`'s deps: DVC would not re-run the stage when one
+    changes, and would keep the old code's results as the new code's. Third-party code (the
+    project's .venv, site-packages) is no dep."""
+    root = Path.cwd().resolve()
+    listed = {(root / f).resolve() for f in code_deps(stage)}
+    unlisted = set()
+    for file in loaded:
+        if not os.path.isabs(file):  # torch's own namespaces name none (`_ops.py`)
+            continue
+        path = Path(file).resolve()
+        if path.suffix != ".py" or not path.is_relative_to(root) or path in listed:
+            continue
+        rel = path.relative_to(root)
+        if rel.parts[0].startswith(".") or "site-packages" in rel.parts:
+            continue
+        if rel.as_posix() not in NOT_A_DEP:
+            unlisted.add(rel.as_posix())
+    return sorted(unlisted)
+
+
+class UnlistedCodeError(ValueError):
+    """A stage imports project code that dvc.yaml does not list among its deps."""
+
+
+def refuse_unlisted_code(stage: str, loaded: list[str]) -> None:
+    """Stop before `stage` runs where it imported `unlisted_code`: DVC would not re-run it
+    when that code changes, and would keep the old code's results as the new code's."""
+    unlisted = unlisted_code(stage, loaded)
+    if unlisted:
+        lines = "".join(f"\n      - {f}" for f in unlisted)
+        raise UnlistedCodeError(
+            f"stage {stage} imports {', '.join(unlisted)}, which dvc.yaml does not list among"
+            " its deps: DVC would not re-run it when that code changes, and would keep the old"
+            f" code's results. Add to the deps of {stage} in dvc.yaml (and of each other stage"
+            f" that imports it: evaluate and export build the model too):{lines}"
+        )
+
+
 def _cached_outputs(dvc_file: Path) -> list[str]:
     entries: list[Any] = [
         entry

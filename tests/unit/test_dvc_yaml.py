@@ -284,3 +284,53 @@ def test_the_readme_s_stage_table_says_what_dvc_yaml_declares() -> None:
             assert any(p == n or p.startswith(f"{n}.") for n in named), (
                 f"README: {stage}'s param {p} is missing"
             )
+
+
+def test_the_version_is_the_one_module_no_stage_depends_on() -> None:
+    assert paths.NOT_A_DEP == (VERSION,)
+
+
+def test_a_stage_that_imports_code_it_does_not_depend_on_stops_before_it_runs(
+    tmp_path: Path,
+) -> None:
+    # A model in a module of its own, imported by the stage's code but not in its deps: an edit
+    # to it would re-run nothing, and DVC would keep the old code's results as the new code's.
+    import shutil
+
+    from tests.helpers import env
+
+    shutil.copytree(ROOT / "src" / "visionpipe", tmp_path / "src" / "visionpipe")
+    shutil.copytree(ROOT / "stages", tmp_path / "stages")
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "src" / "visionpipe" / "mynet.py").write_text("WIDTH = 3\n")
+    script = tmp_path / "stages" / "preprocess.py"
+    script.write_text("import visionpipe.mynet  # noqa: F401\n" + script.read_text())
+
+    def preprocess() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "stages/preprocess.py"],
+            cwd=tmp_path,
+            env={**env(), "PYTHONPATH": "src", "DVC_STAGE": "preprocess"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    proc = preprocess()
+    assert proc.returncode == 1, proc.stderr
+    assert (
+        "stage preprocess imports src/visionpipe/mynet.py, which dvc.yaml does not list among its"
+        " deps: DVC would not re-run it when that code changes"
+    ) in proc.stderr
+    assert proc.stderr.rstrip().endswith("too):\n      - src/visionpipe/mynet.py"), proc.stderr
+    assert not (tmp_path / "data").exists()  # refused before it read or wrote anything
+    # Listed as the message says: the stage runs (and stops at its missing input).
+    dvc_yaml = (tmp_path / "dvc.yaml").read_text()
+    listed = "      - stages/preprocess.py\n"
+    assert dvc_yaml.count(listed) == 1
+    (tmp_path / "dvc.yaml").write_text(
+        dvc_yaml.replace(listed, listed + "      - src/visionpipe/mynet.py\n")
+    )
+    proc = preprocess()
+    assert "mynet" not in proc.stderr and "data/raw" in proc.stderr, proc.stderr
