@@ -87,8 +87,10 @@ class Classifier(nn.Module):
         normalize: Normalize | None,
         tta: int = 0,
         fresh: Sequence[str] = (),
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
+        self.num_classes = num_classes  # tells the classifier among the net's Linears
         self.normalize = normalize if normalize is not None else nn.Identity()
         self.net = net
         self.tta = tta
@@ -102,10 +104,12 @@ class Classifier(nn.Module):
             prepare(images, self.normalize)
 
     def head(self) -> list[nn.Parameter]:
-        """The classifier's parameters (the net's last Linear), and those of layers model.weights
+        """The classifier's parameters (`classifier_name`), and those of layers model.weights
         left fresh (a layer sized by the input, at another image size): trained from random
         values, they train at train.lr whatever train.backbone_lr_scale says of the rest."""
-        head = list(self.net.get_submodule(classifier_name(self.net)).parameters())
+        head = list(
+            self.net.get_submodule(classifier_name(self.net, self.num_classes)).parameters()
+        )
         taken = {id(p) for p in head}
         named = dict(self.net.named_parameters())
         return head + [named[n] for n in self.fresh if n in named and id(named[n]) not in taken]
@@ -532,7 +536,8 @@ def build_model(
         built = {"name": arch, **own, "normalize": normalize is not None}
         weights = paths.user_path(p["weights"], "model.weights")
         fresh = load_weights_file(net, weights, (built, image_size), classes)
-    return Classifier(net, normalize, tta=int(p.get("tta", 0)), fresh=fresh)
+    tta = int(p.get("tta", 0))
+    return Classifier(net, normalize, tta=tta, fresh=fresh, num_classes=num_classes)
 
 
 def with_batch_norm() -> list[str]:
@@ -543,7 +548,10 @@ def with_batch_norm() -> list[str]:
         for name, spec in MODELS.items():
             switches = [k for k, key in spec.keys.items() if key.annotation is bool]
             for own in [{}, *({k: not spec.keys[k].default} for k in switches)]:
-                net = spec.build(2, 32, **own)
+                try:  # at a size it takes: a model of fixed size refuses others when built
+                    net = spec.build(2, max(32, spec.min_image_size), **own)
+                except (ValueError, TypeError, RuntimeError, NotImplementedError):
+                    continue  # built so it fails, it is no model this warning can name
                 if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
                     on = "".join(f" with model.{k}={str(v).lower()}" for k, v in own.items())
                     found.append(name + on)

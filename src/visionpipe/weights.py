@@ -47,7 +47,8 @@ def load_weights_file(
     """
     state, theirs = read_weights_file(path, built)
     own = model.state_dict()
-    state = match_classifier(state, classifier_name(model), theirs, classes, own)
+    head = classifier_name(model, len(classes) if classes else None)
+    state = match_classifier(state, head, theirs, classes, own)
     # A layer loads whole or not at all: a bias kept beside a freshly drawn weight means nothing.
     mismatched = {_layer(k) for k, v in state.items() if k in own and own[k].shape != v.shape}
     fitting = {
@@ -290,9 +291,20 @@ def _layer(key: str) -> str:
     return key.rpartition(".")[0]
 
 
-def classifier_name(net: nn.Module) -> str:
-    """The name of `net`'s classification layer, its last Linear (one row per class)."""
-    return [n for n, m in net.named_modules() if isinstance(m, nn.Linear)][-1]
+def classifier_name(net: nn.Module, num_classes: int | None = None) -> str:
+    """The name of `net`'s classification layer: its last Linear with one output per class
+    (`num_classes`), else its last Linear. The modules come in the order they were defined, not
+    run: a head defined before a squeeze-excitation block's Linears is told by its outputs."""
+    linears = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise WeightsError(
+            f"{type(net).__name__} has no nn.Linear layer to take as its classifier: "
+            "model.weights and a train.backbone_lr_scale other than 1 need one (its last layer, "
+            "one output per class); a convolutional head (a 1x1 Conv2d) is not told apart from "
+            "the rest: leave model.weights at null and train.backbone_lr_scale at 1"
+        )
+    fitting = [n for n, m in linears if m.out_features == num_classes]
+    return fitting[-1] if fitting else linears[-1][0]
 
 
 def match_classifier(

@@ -1,3 +1,4 @@
+import dataclasses
 import subprocess
 import typing
 from pathlib import Path
@@ -600,16 +601,16 @@ def test_a_model_key_two_models_declare_differently_names_both(
 ) -> None:
     from visionpipe import models
 
+    # A key name of the test's own: a model added to the zoo may declare `width` otherwise.
     zoo = dict(models.MODELS)
     build = zoo["tutorial_cnn"].build
-    zoo["one"] = models.ModelSpec(build, "one", {"width": Key(int, 64, "channels")})
-    zoo["two"] = models.ModelSpec(build, "two", {"width": Key(int, 16, "channels")})
+    zoo["one"] = models.ModelSpec(build, "one", {"probe_width": Key(int, 64, "channels")})
+    zoo["two"] = models.ModelSpec(build, "two", {"probe_width": Key(int, 16, "channels")})
     monkeypatch.setattr(models, "MODELS", zoo)
     with pytest.raises(TypeError) as err:
         models.own_keys()
-    assert "'width' of 'two' differs from the one of 'one' in its default (64 vs 16)" in str(
-        err.value
-    )
+    said = "'probe_width' of 'two' differs from the one of 'one' in its default (64 vs 16)"
+    assert said in str(err.value)
 
 
 def test_every_model_key_a_recipe_set_for_another_model_is_named_at_once() -> None:
@@ -621,3 +622,27 @@ def test_every_model_key_a_recipe_set_for_another_model_is_named_at_once() -> No
     assert "model.activation = \"relu\" does not apply to model 'resnet18'" in said
     assert "model.batch_norm = true does not apply to model 'resnet18'" in said
     assert "(-S model.activation=none -S model.batch_norm=false)" in said
+
+
+def test_an_image_size_too_small_for_the_model_names_the_sizes_that_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from visionpipe import config
+    from visionpipe.config.training import TrainingParams
+    from visionpipe.models import MODELS
+
+    def parsed(model: str, size: int | None) -> str:
+        raw = {"data": {"dataset": "cifar10"}, "model": {"name": model}}
+        with pytest.raises(config.ConfigError, match="too small for model") as info:
+            config.parse(TrainingParams, {**raw, "preprocess": {"image_size": size}}, "params")
+        return str(info.value)
+
+    # vgg16 needs 32: CIFAR-10's own size (null) works too.
+    assert "set preprocess.image_size to 32 or more (or null, the dataset's default, 32)" in (
+        parsed("vgg16", 16)
+    )
+    # A model of 64 px and up: null (32 for CIFAR-10) is too small as well, so not offered.
+    monkeypatch.setitem(MODELS, "vgg16", dataclasses.replace(MODELS["vgg16"], min_image_size=64))
+    for size in (None, 48):
+        said = parsed("vgg16", size)
+        assert said.rstrip().endswith("set preprocess.image_size to 64 or more"), said

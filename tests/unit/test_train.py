@@ -1288,6 +1288,59 @@ def test_the_bias_lr_scale_warning_names_every_model_with_batch_norm(
     assert ", normed)" in caplog.text and "alexnet" not in caplog.text
 
 
+def test_a_model_of_one_size_leaves_the_bias_lr_warning_to_the_others(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A model written for 64 px alone (it refuses other sizes as it is built): another model's
+    # run with train.bias_lr_scale still gets its warning, not that model's error.
+    def fixed64(num_classes: int, image_size: int) -> torch.nn.Module:
+        if image_size != 64:
+            raise ValueError(f"written for 64 px inputs, not {image_size}")
+        return torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.Flatten())
+
+    monkeypatch.setitem(MODELS, "fixed64", ModelSpec(fixed64, "64 px only", min_image_size=64))
+    optim.make_optimizer(build_model("tutorial_cnn", 3, 16), TrainConfig(bias_lr_scale=64.0))
+    assert ", fixed64)" in caplog.text
+
+
+class _SqueezeNet(torch.nn.Module):
+    """A head defined before a squeeze-excitation block's Linears, as researchers write them."""
+
+    def __init__(self, num_classes: int, image_size: int) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(8, num_classes)
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.se = torch.nn.Sequential(torch.nn.Linear(8, 2), torch.nn.ReLU(), torch.nn.Linear(2, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x).mean((2, 3))
+        return self.fc(x * torch.sigmoid(self.se(x)))
+
+
+def test_the_classifier_is_the_linear_with_one_output_per_class(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(MODELS, "squeeze", ModelSpec(_SqueezeNet, "SE after its head"))
+    model = build_model("squeeze", 3, 16)
+    groups = optim.make_optimizer(model, TrainConfig(lr=0.1, backbone_lr_scale=0.0)).param_groups
+    (head,) = [g for g in groups if g["name"] == "classifier"]
+    assert head["params"] == [model.net.fc.weight, model.net.fc.bias] and head["lr"] == 0.1
+    assert classifier_name(model.net, 3) == "fc"
+
+
+def test_a_model_without_a_linear_head_is_told_what_needs_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def all_conv(num_classes: int, image_size: int) -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Conv2d(3, num_classes, 1), torch.nn.Flatten())
+
+    monkeypatch.setitem(MODELS, "allconv", ModelSpec(all_conv, "a 1x1 conv head"))
+    model = build_model("allconv", 3, 16)
+    with pytest.raises(WeightsError, match=r"Sequential has no nn\.Linear layer to take as its"):
+        optim.make_optimizer(model, TrainConfig(backbone_lr_scale=0.0))
+    optim.make_optimizer(model, TrainConfig())  # trained whole: no head needed
+
+
 @pytest.mark.parametrize("scale, says", [(0.0, "freezes"), (0.5, "slows")])
 def test_backbone_lr_scale_on_random_weights_warns(
     caplog: pytest.LogCaptureFixture, scale: float, says: str

@@ -59,10 +59,17 @@ class TrainingParams(Section):
         # torch's "Output size is too small" deep in the first forward pass.
         least = MODELS[self.model.name].min_image_size
         if self.image_size() < least:
+            unset = self.preprocess.model_copy(update={"image_size": None})
+            default = image_size(self.data, unset)
+            null = (
+                f" (or null, the dataset's default, {default})"
+                if default >= least and self.preprocess.image_size is not None
+                else ""
+            )
             raise ValueError(
                 f"preprocess.image_size {self.image_size()} is too small for model "
                 f"'{self.model.name}', whose poolings need at least {least} pixels: set "
-                f"preprocess.image_size to {least} or more (or null, the dataset's default)"
+                f"preprocess.image_size to {least} or more{null}"
             )
         return self
 
