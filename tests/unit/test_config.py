@@ -236,6 +236,26 @@ def test_a_key_cut_from_composed_params_is_an_error(tmp_path: Path) -> None:
         parse_params(_composed_without("train", "lr"), complete=True)
 
 
+def test_a_key_conf_lacks_says_where_its_line_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A new model's key, in the code but not yet in conf/config.yaml: no `~` was typed, and
+    # `-S model.width=16` would be refused (not in struct); the line goes in conf/.
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(_composed_without("train", "lr")))
+    (tmp_path / "conf").mkdir()
+    conf = yaml.safe_load((ROOT / "conf" / "config.yaml").read_text())
+    del conf["train"]["lr"]
+    (tmp_path / "conf" / "config.yaml").write_text(yaml.safe_dump(conf))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    said = str(err.value)
+    assert "'train.lr' is missing, and conf/config.yaml has no line for it" in said
+    assert "add `lr: DEFAULT` under `train:` there, then `uv run visionpipe params`" in said
+    assert "removed with" not in said
+
+
 def test_a_key_cut_from_a_later_stage_section_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(_composed_without("predict", "topk")))

@@ -183,9 +183,15 @@ def _refuse_missing(schema: type[BaseModel], raw: dict[str, Any], origin: str) -
     # writes it anew from conf/.
     keys = [k for k in missing_keys(schema, raw) if k not in ("recipe", "about")]
     if keys:
+        defaults = _conf_defaults()
         lines = [
             f"'{k}' is missing (removed with `-S '~{k}'`?): set it, e.g. `-S {k}=VALUE`, or drop "
             f"the `~` to keep the value conf/ gives it"
+            if defaults is None or _has(defaults, k)
+            else f"'{k}' is missing, and conf/config.yaml has no line for it (a key new in the "
+            f"code, a new model's): add `{k.rpartition('.')[2]}: DEFAULT` under "
+            f"`{k.rpartition('.')[0]}:` there, then `uv run visionpipe params` (-S cannot set "
+            "a key conf/ lacks)"
             for k in keys
         ]
         lines.append(
@@ -193,6 +199,24 @@ def _refuse_missing(schema: type[BaseModel], raw: dict[str, Any], origin: str) -
             "new in the code that conf/config.yaml lacks needs its line there, at its default)"
         )
         raise ConfigError(f"{origin} is invalid:\n  - " + "\n  - ".join(lines))
+
+
+def _conf_defaults() -> dict[str, Any] | None:
+    """conf/config.yaml, the defaults params.yaml is composed from; None where there is none
+    here (a script's own params file) or it does not read."""
+    try:
+        found = yaml.safe_load(Path("conf/config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeError, yaml.YAMLError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _has(tree: dict[str, Any], dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
 
 
 def read(path: Path | str = DEFAULT_PARAMS) -> Any:
