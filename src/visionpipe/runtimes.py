@@ -168,10 +168,16 @@ def problems(graph: onnx.GraphProto) -> dict[str, list[str]]:
 
 
 def log_support(path: Path, portable: bool) -> dict[str, list[str]]:
-    """Log which runtimes the export at `path` is known to run in, and why not the others."""
+    """Log in which runtimes the export at `path` has no layer known to fail, and why the
+    others fail. Known from the layers alone: the zoo's models are run in each (test_runtimes);
+    a model of one's own is run there by its own test cases."""
     found = problems(onnx.load(str(path), load_external_data=False).graph)
     runs = [RUNTIMES[name].label for name in RUNTIMES if name not in found]
-    log.info("%s is known to run in %s", path, ", ".join(runs) or "none of the tested runtimes")
+    log.info(
+        "%s has no layer known to fail in %s",
+        path,
+        ", ".join(runs) or "any of the tested runtimes",
+    )
     fix = (
         "no export form of this model is known to load there"
         if portable
