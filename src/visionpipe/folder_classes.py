@@ -157,17 +157,27 @@ def _singulars(word: str) -> list[str]:
     return forms
 
 
-def near_misses(files: Iterable[str], classes: list[str]) -> str | None:
+def near_misses(
+    files: Iterable[str], classes: list[str], tops: dict[str, str] | None = None
+) -> str | None:
     """Where no photo sits in a folder named after a class, the line naming the folders whose
-    names are a class's but for a plural, case or separator (`cats/` for `cat`, `Traffic-Light/`
-    for `traffic light`), which would have counted; None where there are none."""
+    names are a class's but for a plural either way, case or separator (`cats/` for `cat`,
+    `bee/` for `bees`, `Traffic-Light/` for `traffic light`), which would have counted; None
+    where there are none. Each file's folders up to its `tops` entry (the folder it was found
+    below) count, as for the accuracy line (`cats/2024/1.jpg`)."""
 
     def key(name: str) -> str:
         return "".join(c for c in _folded(name) if c.isalnum())
 
-    own = {key(c): c for c in classes}
+    own: dict[str, str] = {}
+    for c in classes:  # the class's own key first: `bus` is no singular of class `buses`' key
+        own[key(c)] = c
+    for c in classes:
+        for singular in _singulars(key(c))[1:] if key(c) else []:
+            own.setdefault(singular, c)
     found: dict[str, str] = {}
-    for name in {folder_name(f) for f in files}:
+    names = {name for f in files for name in folders_up(f, (tops or {}).get(f))}
+    for name in names:
         k = key(name)
         stems = _singulars(k) if k else []
         match = next((own[s] for s in stems if s in own), None)

@@ -276,7 +276,7 @@ def predict_command(
                 raise
             logs.stdout_gone()  # a Ctrl-C stops `| tee` too: the stop is what to say
             return _said_stopped(stopped, len(predicted), total, elsewhere, table=False)
-        _print_accuracy(scored, labels, opened.classes)
+        _print_accuracy(scored, labels, opened.classes, inputs.tops)
         _warn_nonfinite(predicted)
         failed = _report_failures(preds, skipped, skip_bad, fix)
         if stopped is not None:
@@ -473,7 +473,10 @@ def _same_file(out: Path, photo: Path) -> bool:
 
 
 def _print_accuracy(
-    predicted: list[Prediction], labels: dict[str, str], classes: list[str]
+    predicted: list[Prediction],
+    labels: dict[str, str],
+    classes: list[str],
+    tops: dict[str, str] | None = None,
 ) -> None:
     """The accuracy line, when a predicted file sits in a folder named after a class (`labels`:
     file -> that class), under the table; a warning names the other files' folders. On stderr:
@@ -482,7 +485,7 @@ def _print_accuracy(
     accuracy = score(top, labels, classes)
     if accuracy is None:
         read = (p.file for p in predicted if p.error is None)  # as score counts them
-        if (missed := near_misses(read, classes)) is not None:
+        if (missed := near_misses(read, classes, tops)) is not None:
             log.warning("%s", missed)
         return
     print(format_accuracy(accuracy), file=sys.stderr)

@@ -170,7 +170,7 @@ def test_folders_that_miss_every_class_name_by_a_plural_say_so(
     # Sorted as README's `photos/cats/` example, for a model whose classes are `cat`, `dog`:
     # without a folder that counts, the line of uncounted folders never came.
     model = str(write_tiny_onnx(tmp_path / "model.onnx"))
-    for name in ("cats/1.png", "Dogs/1.png", "2024/1.png"):
+    for name in ("cats/1.png", "Dogs/2023/1.png", "2024/1.png"):
         _photo(tmp_path / "sorted" / name, GREEN)
     (tmp_path / "sorted" / "frog").mkdir()
     (tmp_path / "sorted" / "frog" / "cut.png").write_bytes(b"\x89PNG")  # read: no count, no miss
@@ -189,6 +189,14 @@ def test_folders_that_miss_every_class_name_by_a_plural_say_so(
     assert said is not None and "Frogs/ for 'frog', buses/ for 'bus', butterflies/ for" in said
     assert "canes" not in said and "potatoes/ for 'potato' and 1 more" in said  # wolves/
     assert near_misses(["a/toes/1.png", "a/does/2.png"], ["to", "do"]) is None
+    # The other way: hymenoptera's classes are plural, a user's folders singular.
+    said = near_misses(["new/ant/1.jpg", "new/bee/2.jpg"], ["ants", "bees"])
+    assert said is not None and "ant/ for 'ants', bee/ for 'bees'" in said
+    # A sub-folder's photo counts for the class folder above it, up to the folder named.
+    tops = {"p/cats/2024/1.jpg": "p"}
+    said = near_misses(list(tops), ["cat", "dog"], tops)
+    assert said is not None and "cats/ for 'cat'" in said
+    assert near_misses(["cats/2024/1.jpg"], ["cat"]) is None  # named alone: its folder only
 
 
 def test_a_hundred_classes_show_the_lowest_and_highest_five(
