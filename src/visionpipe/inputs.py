@@ -7,6 +7,7 @@ import contextlib
 import errno
 import logging
 import os
+import posixpath
 import re
 import stat
 import unicodedata
@@ -229,7 +230,10 @@ def _add_folder(
     below = [(p, p.relative_to(folder).as_posix()) for p in _below(folder, inside=inside)]
     every = [(p, rel) for p, rel in below if p.is_file()]
     found = [p for p, rel in every if _is_photo(rel)]
-    _warn_left_out(spec, [rel for _, rel in every if not _is_photo(rel)])
+    left_out = [rel for _, rel in every if not _is_photo(rel)]
+    _warn_left_out(spec, left_out)
+    if found:  # a folder of placeholders alone is an error that counts them (`_placeholders`)
+        _warn_placeholders(spec, left_out)
     # A photo's link whose target is gone (an unmounted drive) is no file: named, not passed
     # over, so that the count of predictions adds up; so is a pipe named like a photo.
     photos = [p for p, rel in below if _is_photo(rel)]
@@ -325,6 +329,24 @@ def _warn_left_out(spec: str, left_out: list[str]) -> None:
         spec, len(names), "s" * (len(names) > 1), listed(names, 3),
         "; DICOM scans are not read: export them as 16-bit PNG or TIFF" if dicom else "",
     )  # fmt: skip
+
+
+def _warn_placeholders(spec: str, left_out: list[str]) -> None:
+    """Name the photos of a folder that iCloud Drive keeps online only: their placeholders are
+    hidden files (`.IMG_3.HEIC.icloud`), left out without a word with the other hidden ones."""
+    photos = [
+        posixpath.join(posixpath.dirname(name), photo)
+        for name in left_out
+        if (photo := icloud_placeholder(name)) is not None
+    ]
+    if photos:
+        log.warning(
+            "%s: %s not predicted, iCloud Drive's placeholders of photos not downloaded (%s):"
+            " download them (Finder's Download Now on the folder) to predict them",
+            spec,
+            counted(len(photos), "photo"),
+            listed(photos, 3),
+        )
 
 
 def _broken_links(paths: list[Path]) -> list[tuple[str, str]]:

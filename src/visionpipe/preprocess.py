@@ -151,10 +151,13 @@ def _counted(decoded: Iterable[Decoded], total: int) -> Iterator[Decoded]:
 
 
 def _warn_empty_folders(source: Path, files: archive.Files) -> None:
-    """Name a zip's or tar's folders with no visible file below them, or no image (a tar packed
-    from a folder source: download named those). An archive need not list its folders (`zip
-    -D`, Python's zipfile): those its files sit in count too."""
+    """Name a zip's or tar's iCloud Drive placeholders, and its folders with no visible file
+    below them, or no image (a tar packed from a folder source: download named those). An
+    archive need not list its folders (`zip -D`, Python's zipfile): those its files sit in
+    count too."""
     if source.name != archive.PACKED_FOLDER:
+        # First: a class folder of placeholders alone is one of the empty ones below.
+        archive_members.warn_icloud_placeholders(Path(source.name), files.names)
         visible = [n for n in files.names if not is_hidden(n)]
         parents = {p for name in visible for p in archive_members.parents(name)}
         listed = [f for f in sorted(parents.union(files.folders)) if not is_hidden(f)]

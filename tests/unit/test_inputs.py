@@ -327,7 +327,7 @@ def test_a_windows_style_path_names_the_path_that_exists(
 
 
 def test_a_folder_of_icloud_placeholders_says_its_photos_are_not_downloaded(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     for i in range(3):
         (tmp_path / f".IMG_{i}.HEIC.icloud").write_bytes(b"bplist00")
@@ -339,6 +339,17 @@ def test_a_folder_of_icloud_placeholders_says_its_photos_are_not_downloaded(
             " folder again",
         )
     ]
+    assert "placeholders of photos not downloaded" not in caplog.text  # said once, above
+    # Beside downloaded photos, the ones still online are named too.
+    (tmp_path / "2024").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "IMG_9.jpg")
+    (tmp_path / "2024" / ".IMG_5.JPG.icloud").write_bytes(b"bplist00")
+    inputs = collect_inputs([str(tmp_path)])
+    assert inputs.errors == [] and [p.name for p in inputs.files] == ["IMG_9.jpg"]
+    assert (
+        f"{tmp_path}: 4 photos not predicted, iCloud Drive's placeholders of photos not"
+        " downloaded (IMG_0.HEIC, IMG_1.HEIC, IMG_2.HEIC and 1 more): download them"
+    ) in caplog.text
 
 
 def test_names_a_mac_wrote_decomposed_are_found_as_typed(

@@ -830,3 +830,24 @@ def test_12_bit_scans_in_16_bit_files_are_said_to_read_nearly_black(
         )
         assert peak and 10 < int(peak[1]) <= 15, dark[0]  # 4095 * 255 // 65535, resized
         assert "multiply by 16" in dark[0] and dark[0] in caplog.text
+
+
+def test_icloud_placeholders_in_a_zip_are_named_as_photos_not_downloaded(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A folder zipped on a Mac with photos iCloud keeps online: their placeholders are hidden
+    # files, and a class folder of them alone is one that holds no files.
+    files = _seeds("photos", ("ants", "bees"), 6)
+    _noisy_zip(workdir / paths.RAW_DIR / "photos.zip", files)
+    with zipfile.ZipFile(workdir / paths.RAW_DIR / "photos.zip", "a") as z:
+        z.writestr("photos/bees/.IMG_9.HEIC.icloud", b"bplist00")
+        z.mkdir("photos/wasps")  # as `zip -r` lists a folder
+        z.writestr("photos/wasps/.IMG_1.JPG.icloud", b"bplist00")
+    preprocess.run(_params(val_fraction=0.0))
+    said = caplog.text
+    placeholders = said.index("photos.zip: left out 2 files, iCloud Drive's placeholders")
+    assert (
+        "(photos/bees/.IMG_9.HEIC.icloud, photos/wasps/.IMG_1.JPG.icloud, of photos/bees/" in said
+    )
+    empty = said.index("1 folder holds no files, so no class or split comes of it: photos/wasps/")
+    assert placeholders < empty  # said first: it explains the empty folder
