@@ -516,24 +516,25 @@ NOT_A_DEP = ("src/visionpipe/_version.py",)
 
 
 def unlisted_code(stage: str, loaded: list[str]) -> list[str]:
-    """The project's Python files among `loaded` (the files of the modules a stage imported)
-    that dvc.yaml does not list among `stage`'s deps: DVC would not re-run the stage when one
-    changes, and would keep the old code's results as the new code's. Third-party code (the
-    project's .venv, site-packages) is no dep."""
-    root = Path.cwd().resolve()
-    listed = {(root / f).resolve() for f in code_deps(stage)}
+    """The project's Python files among `loaded` (the files of the modules a stage imported:
+    under src/ or stages/, or a module at the root) that dvc.yaml does not list among `stage`'s
+    deps: DVC would not re-run the stage when one changes, and would keep the old code's
+    results as the new code's. An environment inside the project (`.venv/`, a conda `env/`
+    with its own standard library) is no project code."""
+    root = os.getcwd()  # the project's, as DVC runs a stage; its real path, as are sys.path's
+    listed = {os.path.join(root, f) for f in code_deps(stage)}
     unlisted = set()
     for file in loaded:
-        if not os.path.isabs(file):  # torch's own namespaces name none (`_ops.py`)
+        # Relative names are torch's own namespaces (`_ops.py`), not files here.
+        if not file.startswith(root + os.sep) or not file.endswith(".py") or file in listed:
             continue
-        path = Path(file).resolve()
-        if path.suffix != ".py" or not path.is_relative_to(root) or path in listed:
+        parts = os.path.relpath(file, root).split(os.sep)
+        if len(parts) > 1 and parts[0] not in ("src", "stages"):
             continue
-        rel = path.relative_to(root)
-        if rel.parts[0].startswith(".") or "site-packages" in rel.parts:
+        if any(p.startswith(".") or p in ("site-packages", "dist-packages") for p in parts):
             continue
-        if rel.as_posix() not in NOT_A_DEP:
-            unlisted.add(rel.as_posix())
+        if "/".join(parts) not in NOT_A_DEP:
+            unlisted.add("/".join(parts))
     return sorted(unlisted)
 
 

@@ -4,6 +4,7 @@ path the library writes is a declared output."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -334,3 +335,31 @@ def test_a_stage_that_imports_code_it_does_not_depend_on_stops_before_it_runs(
     )
     proc = preprocess()
     assert "mynet" not in proc.stderr and "data/raw" in proc.stderr, proc.stderr
+
+
+def test_an_environment_inside_the_project_is_no_code_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A conda env or a venv in the project folder: its standard library and packages are
+    # loaded from there, and are not the project's code; a module at the root is.
+    monkeypatch.chdir(tmp_path)
+    deps = ["stages/train.py", "src/visionpipe/train.py"]
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": {"deps": deps}}}))
+    for dep in deps:
+        (tmp_path / dep).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / dep).touch()
+    root = os.getcwd()
+    loaded = [
+        f"{root}/{name}"
+        for name in (
+            *deps,
+            "src/visionpipe/_version.py",
+            "env/lib/python3.11/os.py",
+            "venv/lib/python3.12/site-packages/torch/nn/modules/linear.py",
+            ".venv/lib/python3.11/site-packages/numpy/__init__.py",
+            "src/visionpipe/__pycache__/x.cpython-311.pyc",
+            "mynet.py",
+            "src/mylab/nets.py",
+        )
+    ] + ["_ops.py", "/usr/lib/python3.11/json/__init__.py"]
+    assert paths.unlisted_code("train", loaded) == ["mynet.py", "src/mylab/nets.py"]
