@@ -85,20 +85,20 @@ def plan_image_folder(
     if not candidates:
         raise DatasetLayoutError(_no_images(names))
     root = _split_folders_root(candidates)
-    if root is not None:
-        if test_fraction is not None:
-            raise DatasetLayoutError(
-                f"data.test_fraction={test_fraction} applies to flat collections "
-                f"(<class>/<image>), but this source has its own held-out split next to "
-                f"'{root + '/' if root else ''}train/': set data.test_fraction back to null"
-            )
-        plan = _plan_split_folders(candidates, root, val_fraction, seed)
-    else:
-        fraction = DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction
-        try:
+    if root is not None and test_fraction is not None:
+        raise DatasetLayoutError(
+            f"data.test_fraction={test_fraction} applies to flat collections "
+            f"(<class>/<image>), but this source has its own held-out split next to "
+            f"'{root + '/' if root else ''}train/': set data.test_fraction back to null"
+        )
+    fraction = DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction
+    try:
+        if root is not None:
+            plan = _plan_split_folders(candidates, root, val_fraction, seed)
+        else:
             plan = _plan_flat(candidates, fraction, val_fraction, seed)
-        except DatasetLayoutError as exc:
-            raise DatasetLayoutError(f"{exc}{_imageless(names, candidates)}") from None
+    except DatasetLayoutError as exc:
+        raise DatasetLayoutError(f"{exc}{_imageless(names, candidates)}") from None
     _refuse_lookalikes(plan.classes)
     _refuse_control_characters(plan.classes)
     kept = {item.name for item in plan.items}
@@ -250,6 +250,12 @@ def _plan_split_folders(names: Sequence[str], root: str, val_fraction: float, se
                 f"{other}/ has classes not in train/: {_with_twins(unknown, classes)}"
                 f" (train/'s are {listed(classes)})"
             )
+    if len(classes) == 1:  # a model of one class answers it to every photo, "100% accurate"
+        raise DatasetLayoutError(
+            f"found only one class folder in {prefix}train/, '{classes[0]}': a model needs two"
+            f" or more; put each class's images in a folder named after it, in train/ and in"
+            f" {held_out}/, {GUIDE}"
+        )
     depth = len(_parts(prefix))  # the class's index in a name's parts: prefix ends with "/"
     in_train = [(name, _parts(name)) for name, folder, _ in found if folder == "train"]
     # A segmentation set's train/images/ + train/masks/, as a flat collection's images/ + masks/.

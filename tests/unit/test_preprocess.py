@@ -262,6 +262,11 @@ def test_on_bad_image_fail_stops_and_names_the_files(workdir: Path) -> None:
             r"found only one class folder, 'normal'.*share one folder \(2 in 'scans/normal'.*"
             r"Folders with files but no image .*: 'scans/abnormal/' \(1 file: a\.dcm\); DICOM",
         ),
+        (  # the same in split folders (Kaggle's chest X-rays): refused too, not trained
+            ["x/train/NORMAL/1.png", "x/test/NORMAL/2.png", "x/train/PNEUMONIA/a.dcm"],
+            r"found only one class folder in x/train/, 'NORMAL': a model needs two or more; .*"
+            r"'x/train/PNEUMONIA/' \(1 file: a\.dcm\); DICOM",
+        ),
     ],
 )
 def test_layout_errors_are_explained(names: list[str], message: str) -> None:
