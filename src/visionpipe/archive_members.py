@@ -165,7 +165,8 @@ def warn_icloud_placeholders(source: Path, left_out: list[str]) -> None:
     if stubs:
         log.warning(
             "%s: left out %s, iCloud Drive's placeholders of photos not downloaded (%s, of %s):"
-            " download them (Finder's Download Now on the folder) and copy the folder again",
+            " download them (Finder's Download Now on the folder) and copy the folder again,"
+            " then `uv run dvc repro -f -s download` (DVC does not watch the source)",
             source,
             counted(len(stubs), "file"),
             listed(stubs, 3),

@@ -115,9 +115,12 @@ def decode_source(
         if cifar_pickle.is_cifar_python(files.names):
             return _decode_cifar_python(files, size, data, out, pool)
         _warn_empty_folders(source, files)  # first: it explains the layout error of an empty test/
-        plan = split_plan.plan_image_folder(
-            files.names, data.test_fraction, data.val_fraction, data.seed
-        )
+        try:
+            plan = split_plan.plan_image_folder(
+                files.names, data.test_fraction, data.val_fraction, data.seed
+            )
+        except split_plan.DatasetLayoutError as exc:
+            raise split_plan.DatasetLayoutError(f"{exc}{FIXED_SOURCE}") from None
         log.info(
             "%s: %s layout, %d classes (%s), %d image files to decode (%s)",
             source.name,
@@ -133,6 +136,14 @@ def decode_source(
         payloads = _payloads(plan.items, files, chunk_items(size), pool.n > 1)
         decoded = pool.map(functools.partial(decode_chunk, size=size), payloads)
         return _write_splits(plan, _counted(decoded, len(plan.items)), size, out)
+
+
+# What follows a fix of the source: DVC does not watch a folder or file outside the project, and
+# `dvc exp run` alone would restore the download stage's last pack of it.
+FIXED_SOURCE = (
+    "\n(once the source is fixed: `uv run dvc repro -f -s download`, then the run again;"
+    " docs/datasets.md, 'Adding photos')"
+)
 
 
 PROGRESS_EVERY_S = 30.0

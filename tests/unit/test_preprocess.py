@@ -856,3 +856,17 @@ def test_icloud_placeholders_in_a_zip_are_named_as_photos_not_downloaded(
     )
     empty = said.index("1 folder holds no files, so no class or split comes of it: photos/wasps/")
     assert placeholders < empty  # said first: it explains the empty folder
+    # Fixed at the same path, the source is packed anew only by the download stage.
+    assert "copy the folder again, then `uv run dvc repro -f -s download`" in said
+
+
+def test_a_layout_error_says_how_a_fixed_source_is_read_again(workdir: Path) -> None:
+    _noisy_zip(workdir / paths.RAW_DIR / "photos.zip", _seeds("photos", ("ants",), 6))
+    with pytest.raises(split_plan.DatasetLayoutError) as err:
+        preprocess.run(_params())
+    said = str(err.value)
+    assert said.startswith("found only one class folder, 'ants'")
+    assert said.endswith(
+        "(once the source is fixed: `uv run dvc repro -f -s download`, then the run again;"
+        " docs/datasets.md, 'Adding photos')"
+    )
