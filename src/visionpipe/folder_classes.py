@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from visionpipe.names import listed, one_line
+from visionpipe.names import listed, one_line, split_like
 
 PER_CLASS_SHOWN = 10  # more classes than this: the lowest and highest few, not a line of 100
 EXTREMES = 5  # classes shown at each end when there are more than PER_CLASS_SHOWN
@@ -169,16 +169,19 @@ def near_misses(
     def key(name: str) -> str:
         return "".join(c for c in _folded(name) if c.isalnum())
 
-    own: dict[str, str] = {}
-    for c in classes:  # the class's own key first: `bus` is no singular of class `buses`' key
-        own[key(c)] = c
-    for c in classes:
-        for singular in _singulars(key(c))[1:] if key(c) else []:
-            own.setdefault(singular, c)
+    own = {key(c): c for c in classes}
+    # Singular folders of plural classes (`ant/` for 'ants') only where every class is named in
+    # the plural: a class 'news' or 'glasses' among others says nothing of `new/` or `glass/`.
+    if own and all(k.endswith("s") for k in own):
+        for c in classes:
+            for singular in _singulars(key(c))[1:]:
+                own.setdefault(singular, c)
     found: dict[str, str] = {}
     names = {name for f in files for name in folders_up(f, (tops or {}).get(f))}
     for name in names:
         k = key(name)
+        if split_like(k):  # a split's folder (train/, test/), never a class's near miss
+            continue
         stems = _singulars(k) if k else []
         match = next((own[s] for s in stems if s in own), None)
         if match is not None:

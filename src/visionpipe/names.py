@@ -36,3 +36,13 @@ BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u206
 def is_control(c: str) -> bool:
     """Whether `c` changes how a terminal shows what follows rather than showing itself."""
     return unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in BIDI_CONTROLS
+
+
+# Folder names that mean a split, not a class: what a flat collection refuses as its only
+# classes, and never a near miss of a class name.
+_SPLIT_LIKE = frozenset({"train", "training", "test", "testing", "val", "valid", "validation"})
+
+
+def split_like(name: str) -> bool:
+    """Whether a folder is named like a split (`Test/`, `valid/`, `test1/`, `train_2024/`)."""
+    return name.lower().rstrip("0123456789_- ") in _SPLIT_LIKE

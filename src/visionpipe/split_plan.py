@@ -30,7 +30,7 @@ import numpy as np
 
 from visionpipe.archive import ARCHIVE_SUFFIXES
 from visionpipe.images import IMAGE_SUFFIXES, is_hidden, is_image_name
-from visionpipe.names import listed
+from visionpipe.names import listed, split_like
 from visionpipe.paths import SPLITS
 
 HELD_OUT_NAMES = ("test", "val")  # what split-folder layouts call their held-out folder
@@ -194,15 +194,6 @@ def _no_images(names: Sequence[str]) -> str:
     return f"{message}. Images are {', '.join(sorted(IMAGE_SUFFIXES))} files, {GUIDE}"
 
 
-# Folder names that mean a split, not a class: what `_plan_flat` refuses as its only classes.
-_SPLIT_LIKE = frozenset({"train", "training", "test", "testing", "val", "valid", "validation"})
-
-
-def _split_like(name: str) -> bool:
-    """Whether a folder is named like a split (`Test/`, `valid/`, `test1/`, `train_2024/`)."""
-    return name.lower().rstrip("0123456789_- ") in _SPLIT_LIKE
-
-
 DEFAULT_TEST_FRACTION = 0.2  # fastai's valid_pct default; what a flat collection holds out
 
 
@@ -308,7 +299,7 @@ def _refuse_misnamed_splits(folders: set[str], prefix: str) -> None:
     split while validation is carved from train/ instead."""
     for folder in sorted(folders - set(SPLITS)):
         lower = folder.lower()
-        if not _split_like(folder):
+        if not split_like(folder):
             continue
         name = "val" if "val" in lower else "test" if "test" in lower else "train"
         fix = "merge its class folders into" if name in folders else "rename it to"
@@ -423,7 +414,7 @@ def _plan_flat(names: Sequence[str], test_fraction: float, val_fraction: float, 
     # Images directly in the root have no class folder: they end up in the ignored list.
     in_class = [(n, parts) for n in names if len(parts := _parts(n)) > depth + 1]
     classes = sorted({parts[depth] for _, parts in in_class})
-    if all(map(_split_like, classes)):
+    if all(map(split_like, classes)):
         # Training a model to tell "Train" from "Test" photos is never what was meant.
         loose = [n for n, parts in in_class if len(parts) == depth + 2]
         if "train" not in classes and set(classes) <= {"test", "val"}:
@@ -520,7 +511,7 @@ def _refuse_split_folder_of_classes(
     test/cats/, test/dogs/): read as a class, `test` would be one more class of cats and dogs."""
     prefix = "/".join([*in_class[0][1][:depth], ""])
     for cls in classes:
-        if not _split_like(cls):
+        if not split_like(cls):
             continue
         inner = {p[depth + 1] for _, p in in_class if p[depth] == cls and len(p) > depth + 2}
         shared = sorted(inner & set(classes))

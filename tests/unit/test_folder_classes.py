@@ -192,6 +192,11 @@ def test_folders_that_miss_every_class_name_by_a_plural_say_so(
     # The other way: hymenoptera's classes are plural, a user's folders singular.
     said = near_misses(["new/ant/1.jpg", "new/bee/2.jpg"], ["ants", "bees"])
     assert said is not None and "ant/ for 'ants', bee/ for 'bees'" in said
+    # Only where every class is a plural: 'news' and 'glasses' among others, or a split's
+    # folder, are no near miss.
+    classes = ["news", "glasses", "trains", "cat"]
+    assert near_misses([f"p/{f}/1.jpg" for f in ("new", "glass", "train")], classes) is None
+    assert near_misses(["p/test/1.jpg"], ["tests"]) is None
     # A sub-folder's photo counts for the class folder above it, up to the folder named.
     tops = {"p/cats/2024/1.jpg": "p"}
     said = near_misses(list(tops), ["cat", "dog"], tops)
