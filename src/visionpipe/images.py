@@ -111,6 +111,24 @@ def icloud_placeholder(name: str) -> str | None:
     return found[1] if found and is_image_name(found[1]) else None
 
 
+# What to do with a scanner's DICOM files, which no reader here opens.
+DICOM_EXPORT = (
+    "export them as PNG or TIFF, stretched to the full 16 bits or windowed to 8 (docs/"
+    "datasets.md, 16-bit and scientific images)"
+)
+
+
+def is_dicom(head: bytes) -> bool:
+    """Whether a file's first bytes are DICOM's: a 128-byte preamble, then `DICM`."""
+    return head[128:132] == b"DICM"
+
+
+def is_dicom_name(name: str) -> bool:
+    """Whether a file is named as DICOM's are: `.dcm`, a disc's DICOMDIR index."""
+    base = os.path.basename(name)
+    return base.lower().endswith(".dcm") or base.upper() == "DICOMDIR"
+
+
 def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES  # Path(name).suffix, 5x faster
 
@@ -591,11 +609,8 @@ def _unidentified_reason(data: bytes) -> str:
             "a Mac's metadata file (AppleDouble: the ._ file a Mac writes beside a photo on a"
             " disk or share it does not format), not a photo: leave it out (folders pass them over)"
         )
-    if data[128:132] == b"DICM":  # DICOM's preamble and magic number: a scanner's file
-        return (
-            "a DICOM scan, a format not read here: export it as a 16-bit PNG or TIFF (docs/"
-            "datasets.md, 16-bit and scientific images)"
-        )
+    if is_dicom(data):
+        return f"a DICOM scan, a format not read here: {DICOM_EXPORT}"
     if _is_video(data):  # a phone's live-photo .MOV beside its photo, a clip in the folder
         return (
             "a video, not an image: give a frame of it as a photo (ffmpeg -i VIDEO -frames:v 1"

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import TypeVar
 
 from visionpipe import fsutil, paths
-from visionpipe.images import icloud_placeholder, is_hidden, is_image_name
+from visionpipe.images import (
+    DICOM_EXPORT,
+    icloud_placeholder,
+    is_dicom,
+    is_dicom_name,
+    is_hidden,
+    is_image_name,
+)
 from visionpipe.names import counted, listed
 
 log = logging.getLogger(__name__)
@@ -322,13 +329,27 @@ def _warn_left_out(spec: str, left_out: list[str]) -> None:
     names = [name for name in left_out if not is_hidden(name)]
     if not names:
         return
-    dicom = any(name.lower().endswith(".dcm") for name in names)
     log.warning(
         "%s: left out %d file%s not named as an image (%s): a photo needs its format's"
         " suffix (.jpg, .png, ...)%s",
         spec, len(names), "s" * (len(names) > 1), listed(names, 3),
-        "; DICOM scans are not read: export them as 16-bit PNG or TIFF" if dicom else "",
+        f"; DICOM scans are not read: {DICOM_EXPORT}" if _dicom(spec, names) else "",
     )  # fmt: skip
+
+
+def _dicom(folder: str, names: list[str]) -> bool:
+    """Whether files left out of `folder` are DICOM scans: by name, or by the first bytes of
+    those with no suffix (a disc's IM_0001), a few read at most."""
+    if any(is_dicom_name(name) for name in names):
+        return True
+    for name in [n for n in names if not os.path.splitext(n)[1]][:DICOM_PEEKS]:
+        with contextlib.suppress(OSError), open(os.path.join(folder, name), "rb") as f:
+            if is_dicom(f.read(132)):
+                return True
+    return False
+
+
+DICOM_PEEKS = 20  # files without a suffix whose first bytes are read to tell DICOM
 
 
 def _warn_placeholders(spec: str, left_out: list[str]) -> None:

@@ -37,7 +37,15 @@ from visionpipe import (
 from visionpipe.config.data import DataConfig, DataParams
 from visionpipe.datasets import DATASETS
 from visionpipe.fsutil import CsvRows, atomic_dir, remove_stale_temps, size_text, write_json
-from visionpipe.images import decode_batch, is_hidden, is_image_name, resize_center_crop, to_chw
+from visionpipe.images import (
+    DICOM_EXPORT,
+    decode_batch,
+    is_dicom_name,
+    is_hidden,
+    is_image_name,
+    resize_center_crop,
+    to_chw,
+)
 from visionpipe.names import SHOWN, listed
 from visionpipe.paths import SPLITS
 from visionpipe.split_files import SplitWriter, channel_sums, mean_std, open_images, read_index
@@ -48,6 +56,11 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 8 << 20  # decoded bytes per chunk of work sent to a worker process
 MAX_CHUNK_ITEMS = 256  # images per chunk: enough to make each hand-off cheap
 PARALLEL_MIN_BYTES = 4 << 20  # smaller archives decode in this process: no workers to start
+
+
+# Below this brightest value (of 255) an image is nearly black: 12-bit scans stored in 16-bit
+# files (0-4095) read as 0-15, 13-bit ones as 0-31.
+DARK_PEAK = 32
 
 
 class Decoded(NamedTuple):
@@ -61,7 +74,7 @@ class Decoded(NamedTuple):
     sums: np.ndarray
     squares: np.ndarray
     digests: bytes
-    peak: int  # the brightest value of its train images' pixels (0 with none)
+    dark: int  # its train images whose brightest pixel is below DARK_PEAK
 
     @classmethod
     def of(cls, images: np.ndarray, failed: list[tuple[int, str]], train: bytes) -> Decoded:
@@ -69,8 +82,9 @@ class Decoded(NamedTuple):
         counted = np.frombuffer(train, np.bool_).copy()
         counted[[row for row, _ in failed]] = False
         sums, squares = channel_sums(images[counted])
-        peak = int(images[counted].max(initial=0))
-        return cls(images, failed, sums, squares, identical.digests(images), peak)
+        kept = images[counted]
+        dark = int((kept.max(axis=(1, 2, 3), initial=0) < DARK_PEAK).sum())
+        return cls(images, failed, sums, squares, identical.digests(images), dark)
 
 
 @dataclass
@@ -89,7 +103,7 @@ class Result:
     identical: list[list[identical.Copy]] = field(default_factory=list)  # groups of copies
     blank: list[int] = field(default_factory=list)  # those all black or white (identical.blank)
     layout_warnings: list[str] = field(default_factory=list)  # split_plan's, already logged
-    train_peak: int = 255  # the brightest value of the train images' pixels
+    dark: int = 0  # train images whose brightest pixel is below DARK_PEAK
 
     @property
     def counts(self) -> dict[str, int]:
@@ -209,6 +223,8 @@ def _warn_ignored(ignored: Sequence[str]) -> None:
     why = [
         f"{_IGNORED_WHY[k]} ({len(names)}): {_shown(names)}" for k, names in kinds.items() if names
     ]
+    if any(map(is_dicom_name, visible)):
+        why.append(f"DICOM scans are not read: {DICOM_EXPORT}")
     listed = f", the first {IGNORED_LISTED}" if len(ignored) > IGNORED_LISTED else ""
     log.warning(
         "ignoring %s (listed in %s%s): %s",
@@ -332,7 +348,7 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
     bad_classes: list[str] = []
     sums, squares = np.zeros(3, np.int64), np.zeros(3, np.int64)  # the train images'
     digests, failed_rows = bytearray(), []  # of every item, for identical.groups
-    peak = 0
+    dark = 0
     with contextlib.ExitStack() as stack:
         writers = {s: stack.enter_context(SplitWriter(out, s, size)) for s in SPLITS}
         record = CsvRows(stack.enter_context(open(out / paths.SPLIT_RECORD.name, "w", newline="")))
@@ -351,7 +367,7 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
             digests += chunk.digests
             sums += chunk.sums
             squares += chunk.squares
-            peak = max(peak, chunk.peak)
+            dark += chunk.dark
         assert done == len(plan.items), (done, len(plan.items))
         for writer in writers.values():
             writer.close()
@@ -377,7 +393,7 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
         identical=_copies(plan, groups),
         blank=identical.blank(bytes(digests), groups, size),
         layout_warnings=plan.warnings,
-        train_peak=peak,
+        dark=dark,
     )
 
 
@@ -606,20 +622,17 @@ def _warn_other_dataset(dataset: str, classes: list[str]) -> list[str]:
     return [warning]
 
 
-# Below this brightest value (of 255) every train image is nearly black: 12-bit scans stored in
-# 16-bit files (0-4095) read as 0-15, 13-bit ones as 0-31.
-DARK_PEAK = 32
-
-
 def _warn_dark(result: Result) -> list[str]:
-    if result.train_peak >= DARK_PEAK:
+    """Say so where most train images are nearly black: 12-bit scans in 16-bit files."""
+    train = result.counts["train"]
+    if result.dark * 2 <= train:
         return []
     warning = (
-        f"the brightest pixel of all {result.counts['train']:,} train images is "
-        f"{result.train_peak} of 255: the model sees nearly black images. 16-bit files are "
-        "read on the 0-65535 scale, so 12-bit scans stored in them (values up to 4095) read "
-        "16 times darker: stretch them to the full 16 bits (multiply by 16) or window them to "
-        "8 bits before training (docs/datasets.md, 16-bit and scientific images)"
+        f"{result.dark:,} of the {train:,} train images are nearly black (their brightest pixel"
+        f" below {DARK_PEAK} of 255): the model sees little of them. 16-bit files are read on"
+        " the 0-65535 scale, so 12-bit scans stored in them (values up to 4095) read 16 times"
+        " darker: stretch them to the full 16 bits, or window them to 8 bits, before training"
+        " (docs/datasets.md, 16-bit and scientific images); brighten dark photos likewise"
     )
     log.warning("%s", warning)
     return [warning]

@@ -29,7 +29,13 @@ from typing import NamedTuple
 import numpy as np
 
 from visionpipe.archive import ARCHIVE_SUFFIXES
-from visionpipe.images import IMAGE_SUFFIXES, is_hidden, is_image_name
+from visionpipe.images import (
+    DICOM_EXPORT,
+    IMAGE_SUFFIXES,
+    is_dicom_name,
+    is_hidden,
+    is_image_name,
+)
 from visionpipe.names import listed, split_like
 from visionpipe.paths import SPLITS
 
@@ -175,11 +181,10 @@ def _imageless(names: Sequence[str], images: Sequence[str]) -> str:
         for folder, files in list(found.items())[:3]
     )
     more = f" and {len(found) - 3} more" if len(found) > 3 else ""
-    dicom = any(f.lower().endswith(".dcm") for files in found.values() for f in files)
+    dicom = any(is_dicom_name(f) for files in found.values() for f in files)
     return (
         f". Folders with files but no image (images by their suffix: .jpg, .png, ...): "
-        f"{shown}{more}"
-        + ("; DICOM scans are not read: export them as 16-bit PNG or TIFF" if dicom else "")
+        f"{shown}{more}" + (f"; DICOM scans are not read: {DICOM_EXPORT}" if dicom else "")
     )
 
 

@@ -113,7 +113,7 @@ def test_exif_orientation_is_applied() -> None:
 
 def test_a_dicom_scan_is_named_with_how_to_read_it() -> None:
     scan = bytes(128) + b"DICM" + bytes(200)
-    with pytest.raises(BadImageError, match=r"a DICOM scan, .*export it as a 16-bit PNG or TIFF"):
+    with pytest.raises(BadImageError, match=r"a DICOM scan, .*export them as PNG or TIFF, stre"):
         decode_rgb(scan, "scan.png")
 
 

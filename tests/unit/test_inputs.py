@@ -35,8 +35,15 @@ def test_a_folder_gives_the_photos_preprocess_would_read_not_mac_or_nas_leftover
     collect_inputs([str(folder / "cats")])
     assert (
         "(IMG_1.MOV, scan.DCM): a photo needs its format's suffix (.jpg, .png, ...); DICOM "
-        "scans are not read: export them as 16-bit PNG or TIFF" in caplog.text
-    )
+        "scans are not read: export them as PNG or TIFF, stretched to the full 16 bits"
+    ) in caplog.text
+    # A disc's files have no suffix: told by their first bytes.
+    (folder / "cats/scan.DCM").unlink()
+    (folder / "cats/IM_0001").write_bytes(bytes(128) + b"DICM")
+    caplog.clear()
+    collect_inputs([str(folder / "cats")])
+    assert "left out 2 files not named as an image" in caplog.text
+    assert "IM_0001" in caplog.text and "; DICOM scans" in caplog.text
 
 
 def test_a_broken_or_looping_symlink_is_named_as_such(tmp_path: Path) -> None:
