@@ -55,7 +55,9 @@ def test_a_model_that_never_predicts_a_class_is_said_to(caplog: pytest.LogCaptur
     assert line.startswith(
         "the model predicts no test image as class 'abnormal' (9 of the 122 test images are of it)"
     )
-    assert line.endswith("uv run dvc metrics diff RUN RUN --targets metrics/per_class.json")
+    assert line.endswith(
+        "uv run dvc metrics diff main <exp> --all --targets metrics/per_class.json"
+    )
     caplog.clear()
     # Predicting each class once at least, or nothing at all (diverged: said otherwise): no word.
     for seen in ([[110, 3], [5, 4]], [[0, 0], [0, 0]]):
