@@ -113,6 +113,9 @@ def _add_spec(inputs: Inputs, spec: str) -> None:
         # A folder of broken photo links only: each is named already.
         if not _add_folder(inputs, path, spec, spec) and len(inputs.errors) == named:
             inputs.errors.append((spec, "folder holds no image files" + _placeholders(path)))
+    elif path.is_file() and (photo := icloud_placeholder(path.name)) is not None:
+        why = f"iCloud Drive's placeholder of {photo}, not downloaded: download it (Finder's"
+        inputs.errors.append((spec, f"{why} Download Now) and give the photo"))
     elif path.is_file():
         inputs.files.append(path)
     elif path.is_symlink():  # the link itself exists: "no such file" would puzzle
@@ -217,7 +220,24 @@ def _add_glob(inputs: Inputs, spec: str) -> None:
             what += f"; this system separates folders with /: {slashed}"
         elif re.match(r"[A-Za-z]:[\\/]", spec) and (meant := paths.meant_here(spec)):
             what += f": a Windows path; here, write {meant}"
-        inputs.errors.append((spec, f"glob matched {what}"))
+        inputs.errors.append((spec, f"glob matched {what}{_placeholders_of(spec)}"))
+
+
+def _placeholders_of(spec: str) -> str:
+    """Where a glob of photos (`IMG_*.HEIC`) matches iCloud Drive's placeholders of them
+    instead (`.IMG_1.HEIC.icloud`, hidden): how many, and what to do."""
+    head, tail = os.path.split(spec)
+    try:  # the folder the pattern's last part is in, when that is a folder as written
+        names = os.listdir(head or ".") if tail else []
+    except OSError:
+        return ""
+    stubs = [n for n in names if fnmatchcase(n, f".{tail}.icloud") and icloud_placeholder(n)]
+    if not stubs:
+        return ""
+    return (
+        f", but {counted(len(stubs), 'iCloud Drive placeholder')} of photos not downloaded:"
+        " download them (Finder's Download Now on the folder)"
+    )
 
 
 def _outermost(folders: Iterable[Path]) -> list[Path]:

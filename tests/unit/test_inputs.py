@@ -353,6 +353,20 @@ def test_a_folder_of_icloud_placeholders_says_its_photos_are_not_downloaded(
     (tmp_path / "2024" / ".IMG_5.JPG.icloud").write_bytes(b"bplist00")
     inputs = collect_inputs([str(tmp_path)])
     assert inputs.errors == [] and [p.name for p in inputs.files] == ["IMG_9.jpg"]
+    # A glob of the photos matches their placeholders only; a placeholder named is one.
+    inputs = collect_inputs([str(tmp_path / "IMG_*.HEIC"), str(tmp_path / ".IMG_0.HEIC.icloud")])
+    assert inputs.errors == [
+        (
+            str(tmp_path / "IMG_*.HEIC"),
+            "glob matched no files, but 3 iCloud Drive placeholders of photos not downloaded:"
+            " download them (Finder's Download Now on the folder)",
+        ),
+        (
+            str(tmp_path / ".IMG_0.HEIC.icloud"),
+            "iCloud Drive's placeholder of IMG_0.HEIC, not downloaded: download it (Finder's"
+            " Download Now) and give the photo",
+        ),
+    ]
     assert (
         f"{tmp_path}: 4 photos not predicted, iCloud Drive's placeholders of photos not"
         " downloaded (IMG_0.HEIC, IMG_1.HEIC, IMG_2.HEIC and 1 more): download them"
