@@ -194,6 +194,7 @@ def run_stage(main: Callable[[], int | None], interrupted: Callable[[], str] | N
             paths.refuse_git_tracked_outputs()
             _refuse_unlisted_code()
             code = _run_watching_params(main)
+            _warn_unlisted_code()
     except KeyboardInterrupt as exc:
         # Ctrl-C is an ordinary way to stop a run (train resumes from its checkpoint): the
         # traceback of wherever the loop happened to be would only bury that.
@@ -330,15 +331,37 @@ def _read_params() -> bytes | None:
 def _refuse_unlisted_code() -> None:
     """Refuse to run a DVC stage that imports project code dvc.yaml does not list among its deps
     (a model in a module of its own): an edit to it would re-run nothing."""
-    stage = os.environ.get("DVC_STAGE")
+    stage = paths.dvc_stage()
     if stage and Path("dvc.yaml").is_file():
-        loaded = [f for m in list(sys.modules.values()) if (f := getattr(m, "__file__", None))]
-        paths.refuse_unlisted_code(stage, loaded)
+        paths.refuse_unlisted_code(stage, _loaded_files())
+
+
+def _warn_unlisted_code() -> None:
+    """Name the project code a stage imported while it ran (inside a function) that dvc.yaml
+    does not list among its deps: its outputs are made, but an edit to it re-runs nothing."""
+    stage = paths.dvc_stage()
+    if (
+        stage
+        and Path("dvc.yaml").is_file()
+        and (late := paths.unlisted_code(stage, _loaded_files()))
+    ):
+        log.warning(
+            "stage %s imported %s as it ran, which dvc.yaml does not list among its deps: DVC"
+            " will not re-run it when that code changes; add to the deps of %s in dvc.yaml:%s",
+            stage,
+            ", ".join(late),
+            stage,
+            "".join(f"\n      - {f}" for f in late),
+        )
+
+
+def _loaded_files() -> list[str]:
+    return [f for m in list(sys.modules.values()) if (f := getattr(m, "__file__", None))]
 
 
 def _code_digests() -> dict[Path, str]:
     """The running DVC stage's code deps (dvc.yaml), each by the hash of its bytes."""
-    stage = os.environ.get("DVC_STAGE")
+    stage = paths.dvc_stage()
     if not stage:
         return {}
     return {f: hashlib.sha256(f.read_bytes()).hexdigest() for f in paths.code_deps(stage)}
@@ -388,7 +411,7 @@ def _refuse_changed_code(at_start: dict[Path, str]) -> None:
     if not _stays_changed(lambda: bool(changed()), SETTLE_S):
         return
     undo = ""
-    if os.environ.get("DVC_STAGE") == "train":  # its checkpoint outlives the failure
+    if paths.dvc_stage() == "train":  # its checkpoint outlives the failure
         undo = "; or undo the edit, and `dvc repro` writes this run's outputs, training nothing"
     raise CodeChangedError(
         f"{', '.join(changed())} changed while this stage ran: the stage stops rather than have"

@@ -503,6 +503,14 @@ def stages_of(dvc_file: Path) -> dict[str, Any]:
     return stages if isinstance(stages, dict) else {}
 
 
+def dvc_stage() -> str | None:
+    """The name dvc.yaml gives the stage DVC is running (None outside DVC): DVC_STAGE without
+    the dvc.yaml it is in, which DVC adds when `dvc repro` runs from another folder
+    (`../dvc.yaml:train`)."""
+    stage = os.environ.get("DVC_STAGE")
+    return stage.rpartition(":")[2] if stage else None
+
+
 def code_deps(stage: str) -> list[Path]:
     """The code files (under src/ or stages/) that dvc.yaml lists as `stage`'s deps."""
     deps = (stages_of(Path("dvc.yaml")).get(stage) or {}).get("deps") or []
@@ -518,15 +526,20 @@ NOT_A_DEP = ("src/visionpipe/_version.py",)
 def unlisted_code(stage: str, loaded: list[str]) -> list[str]:
     """The project's Python files among `loaded` (the files of the modules a stage imported:
     under src/ or stages/, or a module at the root) that dvc.yaml does not list among `stage`'s
-    deps: DVC would not re-run the stage when one changes, and would keep the old code's
-    results as the new code's. An environment inside the project (`.venv/`, a conda `env/`
-    with its own standard library) is no project code."""
+    deps, as files or in folders: DVC would not re-run the stage when one changes, and would
+    keep the old code's results as the new code's. An environment inside the project (`.venv/`,
+    a conda `env/` with its own standard library) is no project code. None for a stage whose
+    deps dvc.yaml does not list plainly (a foreach or matrix stage's, templated)."""
+    entry = stages_of(Path("dvc.yaml")).get(stage)
+    deps = entry.get("deps") if isinstance(entry, dict) else None
+    if not isinstance(deps, list) or any("${" in str(d) for d in deps):
+        return []
     root = os.getcwd()  # the project's, as DVC runs a stage; its real path, as are sys.path's
-    listed = {os.path.join(root, f) for f in code_deps(stage)}
+    listed = tuple(os.path.normpath(os.path.join(root, str(d))) for d in deps)
     unlisted = set()
     for file in loaded:
         # Relative names are torch's own namespaces (`_ops.py`), not files here.
-        if not file.startswith(root + os.sep) or not file.endswith(".py") or file in listed:
+        if not file.startswith(root + os.sep) or not file.endswith(".py") or _in(file, listed):
             continue
         parts = os.path.relpath(file, root).split(os.sep)
         if len(parts) > 1 and parts[0] not in ("src", "stages"):
@@ -536,6 +549,11 @@ def unlisted_code(stage: str, loaded: list[str]) -> list[str]:
         if "/".join(parts) not in NOT_A_DEP:
             unlisted.add("/".join(parts))
     return sorted(unlisted)
+
+
+def _in(file: str, deps: tuple[str, ...]) -> bool:
+    """Whether `file` is one of `deps` or inside one of them (a folder dep: `src`)."""
+    return any(file == d or file.startswith(d + os.sep) for d in deps)
 
 
 class UnlistedCodeError(ValueError):

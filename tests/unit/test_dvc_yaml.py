@@ -308,11 +308,11 @@ def test_a_stage_that_imports_code_it_does_not_depend_on_stops_before_it_runs(
     script = tmp_path / "stages" / "preprocess.py"
     script.write_text("import visionpipe.mynet  # noqa: F401\n" + script.read_text())
 
-    def preprocess() -> subprocess.CompletedProcess:
+    def preprocess(stage: str = "preprocess") -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "stages/preprocess.py"],
             cwd=tmp_path,
-            env={**env(), "PYTHONPATH": "src", "DVC_STAGE": "preprocess"},
+            env={**env(), "PYTHONPATH": "src", "DVC_STAGE": stage},
             capture_output=True,
             text=True,
             timeout=120,
@@ -335,6 +335,9 @@ def test_a_stage_that_imports_code_it_does_not_depend_on_stops_before_it_runs(
     )
     proc = preprocess()
     assert "mynet" not in proc.stderr and "data/raw" in proc.stderr, proc.stderr
+    # `dvc repro ../dvc.yaml` from a sub-folder names the stage by its dvc.yaml too.
+    proc = preprocess("../dvc.yaml:preprocess")
+    assert "dvc.yaml does not list" not in proc.stderr and "data/raw" in proc.stderr, proc.stderr
 
 
 def test_an_environment_inside_the_project_is_no_code_of_it(
@@ -363,3 +366,36 @@ def test_an_environment_inside_the_project_is_no_code_of_it(
         )
     ] + ["_ops.py", "/usr/lib/python3.11/json/__init__.py"]
     assert paths.unlisted_code("train", loaded) == ["mynet.py", "src/mylab/nets.py"]
+    # Listed, a module at the root or a folder of modules (DVC re-runs for any file in it).
+    stages = {"train": {"deps": [*deps, "mynet.py", "src/mylab"]}}
+    stages["each"] = {"foreach": ["a", "b"], "do": {"cmd": "x", "deps": ["stages/${item}.py"]}}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    assert paths.unlisted_code("train", loaded) == []
+    # A foreach stage's deps are templated: not checked, never refused for it.
+    assert paths.unlisted_code("each@a", loaded) == paths.unlisted_code("each", loaded) == []
+    monkeypatch.setenv("DVC_STAGE", "../dvc.yaml:train")
+    assert paths.dvc_stage() == "train"
+
+
+def test_project_code_a_stage_imports_as_it_runs_is_named_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A builder that imports its module inside the function: past the check before the stage
+    # ran, named once it has.
+    import types
+
+    from visionpipe import logs
+
+    monkeypatch.chdir(tmp_path)
+    deps = ["stages/train.py"]
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": {"deps": deps}}}))
+    late = types.ModuleType("late")
+    late.__file__ = os.path.join(os.getcwd(), "src", "visionpipe", "late.py")
+    monkeypatch.setitem(sys.modules, "late_for_test", late)
+    monkeypatch.setenv("DVC_STAGE", "train")
+    logs._warn_unlisted_code()
+    assert (
+        "stage train imported src/visionpipe/late.py as it ran, which dvc.yaml does not list among"
+        " its deps: DVC will not re-run it when that code changes; add to the deps of train in"
+        " dvc.yaml:\n      - src/visionpipe/late.py"
+    ) in caplog.text
