@@ -1298,7 +1298,12 @@ def test_a_model_of_one_size_leaves_the_bias_lr_warning_to_the_others(
             raise ValueError(f"written for 64 px inputs, not {image_size}")
         return torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.Flatten())
 
+    def fixed28(num_classes: int, image_size: int) -> torch.nn.Module:
+        assert image_size == 28, "28 px images only"  # as researchers write it
+        return torch.nn.Flatten()
+
     monkeypatch.setitem(MODELS, "fixed64", ModelSpec(fixed64, "64 px only", min_image_size=64))
+    monkeypatch.setitem(MODELS, "fixed28", ModelSpec(fixed28, "28 px only"))
     optim.make_optimizer(build_model("tutorial_cnn", 3, 16), TrainConfig(bias_lr_scale=64.0))
     assert ", fixed64)" in caplog.text
 
