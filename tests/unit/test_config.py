@@ -252,7 +252,7 @@ def test_a_key_conf_lacks_says_where_its_line_goes(
         load_params(path)
     said = str(err.value)
     assert "'train.lr' is missing, and conf/config.yaml has no line for it" in said
-    assert "add `lr: DEFAULT` under `train:` there, then `uv run visionpipe params`" in said
+    assert "add `lr: 0.01` under `train:` there, then `uv run visionpipe params`" in said
     assert "removed with" not in said
 
 

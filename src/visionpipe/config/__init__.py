@@ -189,9 +189,9 @@ def _refuse_missing(schema: type[BaseModel], raw: dict[str, Any], origin: str) -
             f"the `~` to keep the value conf/ gives it"
             if defaults is None or _has(defaults, k)
             else f"'{k}' is missing, and conf/config.yaml has no line for it (a key new in the "
-            f"code, a new model's): add `{k.rpartition('.')[2]}: DEFAULT` under "
-            f"`{k.rpartition('.')[0]}:` there, then `uv run visionpipe params` (-S cannot set "
-            "a key conf/ lacks)"
+            f"code, a new model's): add `{k.rpartition('.')[2]}: {_default_text(schema, k)}` "
+            f"under `{k.rpartition('.')[0]}:` there, then `uv run visionpipe params` (-S cannot "
+            "set a key conf/ lacks)"
             for k in keys
         ]
         lines.append(
@@ -209,6 +209,22 @@ def _conf_defaults() -> dict[str, Any] | None:
     except (OSError, UnicodeError, yaml.YAMLError):
         return None
     return found if isinstance(found, dict) else None
+
+
+def _default_text(schema: type[BaseModel], dotted: str) -> str:
+    """The code's default of the key at `dotted`, as YAML writes it (conf/ holds the defaults:
+    a test checks); DEFAULT where the code gives none."""
+    *sections, name = dotted.split(".")
+    for section in sections:
+        sub = schema.model_fields[section].annotation
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return "DEFAULT"
+        schema = sub
+    field = schema.model_fields.get(name)
+    if field is None or field.is_required():
+        return "DEFAULT"
+    default = field.get_default(call_default_factory=True)
+    return yaml.safe_dump(default, default_flow_style=True).splitlines()[0]
 
 
 def _has(tree: dict[str, Any], dotted: str) -> bool:
