@@ -138,8 +138,10 @@ def require(path: str | Path, stage: str) -> Path:
 
 def _from_root(path: Path, root: Path | None) -> str:
     """`path` as DVC in the project at `root` names it (from the root, POSIX); absolute where it
-    is not inside. A relative one whose folder is not here is the project's (`in_project`)."""
-    if not path.is_absolute() and not path.parent.is_dir() and root is not None:
+    is not inside. A relative one whose folder is not here is the project's (`in_project`),
+    but for one that climbs (`../x/model.onnx`), which is where this runs."""
+    climbs = ".." in path.parts
+    if not path.is_absolute() and not climbs and not path.parent.is_dir() and root is not None:
         path = root / path
     real = Path(os.path.realpath(path.parent)) / path.name
     try:

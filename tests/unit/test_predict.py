@@ -391,6 +391,9 @@ def test_a_project_that_imports_the_model_is_told_to_pull_it_by_its_path(
     caplog.clear()
     assert main(["predict", "--model", "../models/model.onnx", "../photos/a.png"]) == 2
     assert "'uv run dvc pull models/model.onnx' where a DVC remote holds it" in caplog.text
+    caplog.clear()  # a folder not made yet, named from here: from here too
+    assert main(["predict", "--model", "../deploy/model.onnx", "../photos/a.png"]) == 2
+    assert "'uv run dvc pull deploy/model.onnx' where a DVC remote holds it" in caplog.text
     monkeypatch.chdir(tmp_path / "photos")
     write_tiny_onnx(tmp_path / paths.ONNX_MODEL)
     assert main(["predict", "a.png"]) == 0
