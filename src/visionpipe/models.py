@@ -88,9 +88,11 @@ class Classifier(nn.Module):
         tta: int = 0,
         fresh: Sequence[str] = (),
         num_classes: int | None = None,
+        head: str | None = None,
     ) -> None:
         super().__init__()
-        self.num_classes = num_classes  # tells the classifier among the net's Linears
+        # What tells the classifier among the net's Linears (`classifier_name`).
+        self.num_classes, self.head_name = num_classes, head
         self.normalize = normalize if normalize is not None else nn.Identity()
         self.net = net
         self.tta = tta
@@ -108,7 +110,9 @@ class Classifier(nn.Module):
         left fresh (a layer sized by the input, at another image size): trained from random
         values, they train at train.lr whatever train.backbone_lr_scale says of the rest."""
         head = list(
-            self.net.get_submodule(classifier_name(self.net, self.num_classes)).parameters()
+            self.net.get_submodule(
+                classifier_name(self.net, self.num_classes, self.head_name)
+            ).parameters()
         )
         taken = {id(p) for p in head}
         named = dict(self.net.named_parameters())
@@ -336,7 +340,14 @@ def torchvision_classifier(name: str) -> Callable[..., nn.Module]:
 
     def build(num_classes: int, image_size: int, pretrained: bool = False) -> nn.Module:
         model = _torchvision_model(name, pretrained)
-        path = classifier_name(model)
+        try:
+            path = classifier_name(model)
+        except WeightsError:
+            raise WeightsError(
+                f"torchvision's {name} classifies with a convolution, not a Linear layer: "
+                "torchvision_classifier resizes a Linear head only; give it a builder of its own"
+                " in src/visionpipe/models.py (docs/development.md, 'Adding a model')"
+            ) from None
         last = model.get_submodule(path)
         parent, _, attr = path.rpartition(".")
         resized = nn.Linear(last.in_features, num_classes, bias=last.bias is not None)
@@ -408,6 +419,8 @@ class ModelSpec:
     pretrained: bool = False  # ImageNet weights exist for it (model.pretrained)
     # The smallest preprocess.image_size its poolings leave at least one pixel of.
     min_image_size: int = 8
+    # Its classifier's module name, where its Linears leave it unclear (`classifier_name`).
+    head: str | None = None
 
     def __post_init__(self) -> None:
         if self.min_image_size < 8:  # preprocess.image_size's own floor
@@ -535,9 +548,9 @@ def build_model(
         own.pop("pretrained", None)
         built = {"name": arch, **own, "normalize": normalize is not None}
         weights = paths.user_path(p["weights"], "model.weights")
-        fresh = load_weights_file(net, weights, (built, image_size), classes)
+        fresh = load_weights_file(net, weights, (built, image_size), classes, spec.head)
     tta = int(p.get("tta", 0))
-    return Classifier(net, normalize, tta=tta, fresh=fresh, num_classes=num_classes)
+    return Classifier(net, normalize, tta=tta, fresh=fresh, num_classes=num_classes, head=spec.head)
 
 
 def with_batch_norm() -> list[str]:

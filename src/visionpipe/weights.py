@@ -36,6 +36,7 @@ def load_weights_file(
     path: Path,
     built: tuple[dict[str, Any], int],
     classes: Sequence[str] | None = None,
+    head: str | None = None,
 ) -> list[str]:
     """Load a state_dict file (plain, or an exported visionpipe model.pt) into `model`; returns
     the names of the tensors left as initialised.
@@ -47,7 +48,7 @@ def load_weights_file(
     """
     state, theirs = read_weights_file(path, built)
     own = model.state_dict()
-    head = classifier_name(model, len(classes) if classes else None)
+    head = classifier_name(model, len(classes) if classes else None, head)
     state = match_classifier(state, head, theirs, classes, own)
     # A layer loads whole or not at all: a bias kept beside a freshly drawn weight means nothing.
     mismatched = {_layer(k) for k, v in state.items() if k in own and own[k].shape != v.shape}
@@ -291,10 +292,13 @@ def _layer(key: str) -> str:
     return key.rpartition(".")[0]
 
 
-def classifier_name(net: nn.Module, num_classes: int | None = None) -> str:
-    """The name of `net`'s classification layer: its last Linear with one output per class
-    (`num_classes`), else its last Linear. The modules come in the order they were defined, not
-    run: a head defined before a squeeze-excitation block's Linears is told by its outputs."""
+def classifier_name(net: nn.Module, num_classes: int | None = None, head: str | None = None) -> str:
+    """The name of `net`'s classification layer: `head` where its ModelSpec names it, else its
+    Linear with one output per class (`num_classes`), else its last Linear. The modules come in
+    the order they were defined, not run: a head defined before a squeeze-excitation block's
+    Linears is told by its outputs, and where those are as many, the spec must name it."""
+    if head is not None:
+        return head
     linears = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise WeightsError(
@@ -304,7 +308,13 @@ def classifier_name(net: nn.Module, num_classes: int | None = None) -> str:
             "the rest: leave model.weights at null and train.backbone_lr_scale at 1"
         )
     fitting = [n for n, m in linears if m.out_features == num_classes]
-    return fitting[-1] if fitting else linears[-1][0]
+    if len(fitting) > 1:
+        raise WeightsError(
+            f"{type(net).__name__} has {len(fitting)} Linear layers with {num_classes} outputs"
+            f" ({', '.join(fitting)}): which one classifies is unclear; name it in the model's"
+            f" ModelSpec in src/visionpipe/models.py (head='{fitting[-1]}', say)"
+        )
+    return fitting[0] if fitting else linears[-1][0]
 
 
 def match_classifier(
