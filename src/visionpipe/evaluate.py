@@ -100,7 +100,8 @@ def warn_never_predicted(scores: list[dict[str, Any]]) -> list[str]:
     names = "" if len(never) == 1 else f": {listed([repr(s['class']) for s in never])}"
     log.warning(
         "the model predicts no test image as %s (%d of the %d test images are%s)%s; compare "
-        "runs by macro-F1 too: uv run dvc metrics diff main <exp> --all --targets %s",
+        "runs by macro-F1 too (this run against the last commit's:"
+        " uv run dvc metrics diff HEAD --all --targets %s; docs/training.md)",
         what,
         images,
         sum(s["support"] for s in scores),

@@ -133,6 +133,8 @@ def decode_source(
             plan = split_plan.plan_image_folder(
                 files.names, data.test_fraction, data.val_fraction, data.seed
             )
+        except split_plan.LayoutParamError:
+            raise  # a param to set back, not a source to fix
         except split_plan.DatasetLayoutError as exc:
             raise split_plan.DatasetLayoutError(f"{exc}{FIXED_SOURCE}") from None
         log.info(
@@ -155,8 +157,9 @@ def decode_source(
 # What follows a fix of the source: DVC does not watch a folder or file outside the project, and
 # `dvc exp run` alone would restore the download stage's last pack of it.
 FIXED_SOURCE = (
-    "\n(once the source is fixed: `uv run dvc repro -f -s download`, then the run again;"
-    " docs/datasets.md, 'Adding photos')"
+    "\n(once the source is fixed: `uv run dvc repro -f -s download` in the project's folder,"
+    " then the run again; a queued run: queue it again with -f; docs/datasets.md, 'Adding"
+    " photos')"
 )
 
 
@@ -377,6 +380,7 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
         raise DatasetLayoutError(
             f"no decodable image landed in the {empty} split ({len(plan.items)} images, "
             f"{len(bad)} undecodable): add images, or for a flat folder raise data.test_fraction"
+            + FIXED_SOURCE
         )
     mean, std = mean_std(sums, squares, train.count * size * size)
     groups = identical.groups(bytes(digests), failed_rows)
@@ -516,7 +520,7 @@ def _check_bad_images(result: Result, on_bad_image: str) -> None:
         raise BadImagesError(
             f"{images} cannot be decoded (data.on_bad_image: fail; all listed in "
             f"{paths.PREPROCESS_REPORT}):\n{listing}\n"
-            "Remove or fix them, or set data.on_bad_image: skip to leave them out."
+            "Remove or fix them, or set data.on_bad_image: skip to leave them out." + FIXED_SOURCE
         )
     log.warning(
         "skipping %s that cannot be decoded (listed in %s):\n%s",
@@ -569,7 +573,7 @@ def _check_empty_classes(result: Result, class_counts: dict[str, dict[str, int]]
         f" (all listed under 'bad_images' in {paths.PREPROCESS_REPORT}):\n"
         + "\n".join(lines)
         + "\nRemove the class's folder (in split folders, each split's), or add photos to it or"
-        " fix its files."
+        " fix its files." + FIXED_SOURCE
     )
 
 

@@ -47,6 +47,10 @@ class DatasetLayoutError(ValueError):
     """The source is neither CIFAR-10 python batches nor an image folder this module reads."""
 
 
+class LayoutParamError(DatasetLayoutError):
+    """A data.* param that does not fit the source's layout: the param is what to change."""
+
+
 class Item(NamedTuple):
     """One image to decode: its name in the archive, its class index and its split."""
 
@@ -92,7 +96,7 @@ def plan_image_folder(
         raise DatasetLayoutError(_no_images(names))
     root = _split_folders_root(candidates)
     if root is not None and test_fraction is not None:
-        raise DatasetLayoutError(
+        raise LayoutParamError(
             f"data.test_fraction={test_fraction} applies to flat collections "
             f"(<class>/<image>), but this source has its own held-out split next to "
             f"'{root + '/' if root else ''}train/': set data.test_fraction back to null"
@@ -196,6 +200,8 @@ def _no_images(names: Sequence[str]) -> str:
     message = f"no image files found among the {len(names)} files of the source ({shown})"
     if any(n.lower().endswith(ARCHIVE_SUFFIXES) for n in names):
         message += "; archives inside the source are not opened: unpack them into it"
+    if any(map(is_dicom_name, names)):
+        message += f"; DICOM scans are not read: {DICOM_EXPORT}"
     return f"{message}. Images are {', '.join(sorted(IMAGE_SUFFIXES))} files, {GUIDE}"
 
 

@@ -367,7 +367,7 @@ SUBSTITUTE: dict[str, Callable[[Ctx, str], list[list[str]]]] = {
     "uv run dvc exp pull origin <exp>": _last_experiment,
     "uv run dvc artifacts get <repo-url> image-classifier-onnx": _artifact_from_origin,
     "uv run dvc exp apply <exp>": _last_experiment,
-    "uv run dvc metrics diff main <exp> --all --targets metrics/per_class.json": _last_experiment,
+    "uv run dvc metrics diff HEAD <exp> --all --targets metrics/per_class.json": _last_experiment,
     "uv run visionpipe serve --model model.onnx": _serve_teammates_model,
     "uv run visionpipe serve --allow-origin http://localhost:3000": _as_written,
 }

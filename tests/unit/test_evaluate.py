@@ -56,7 +56,7 @@ def test_a_model_that_never_predicts_a_class_is_said_to(caplog: pytest.LogCaptur
         "the model predicts no test image as class 'abnormal' (9 of the 122 test images are of it)"
     )
     assert line.endswith(
-        "uv run dvc metrics diff main <exp> --all --targets metrics/per_class.json"
+        "uv run dvc metrics diff HEAD --all --targets metrics/per_class.json; docs/training.md)"
     )
     caplog.clear()
     # Predicting each class once at least, or nothing at all (diverged: said otherwise): no word.

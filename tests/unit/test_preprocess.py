@@ -159,7 +159,7 @@ def test_a_class_with_no_decodable_image_is_refused(workdir: Path, layout: str) 
     assert f"{folder}/empty.jpg: empty file (0 bytes)" in said
     assert said.endswith(
         "Remove the class's folder (in split folders, each split's), or add"
-        " photos to it or fix its files."
+        " photos to it or fix its files." + preprocess.FIXED_SOURCE
     )
     assert not paths.PROCESSED_DIR.exists() and not paths.SAMPLES_DIR.exists()
     assert [p.name for p in paths.PROCESSED_DIR.parent.iterdir()] == ["raw"]  # no temp left
@@ -869,7 +869,27 @@ def test_a_layout_error_says_how_a_fixed_source_is_read_again(workdir: Path) -> 
         preprocess.run(_params())
     said = str(err.value)
     assert said.startswith("found only one class folder, 'ants'")
-    assert said.endswith(
-        "(once the source is fixed: `uv run dvc repro -f -s download`, then the run again;"
-        " docs/datasets.md, 'Adding photos')"
-    )
+    assert said.endswith(preprocess.FIXED_SOURCE)
+    assert "`uv run dvc repro -f -s download` in the project's folder" in said
+    assert "a queued run: queue it again with -f" in said
+    # So does every error a fix of the source mends: a file that does not decode...
+    _noisy_zip(workdir / paths.RAW_DIR / "photos.zip", _seeds("photos", ("ants", "bees"), 6))
+    with zipfile.ZipFile(workdir / paths.RAW_DIR / "photos.zip", "a") as z:
+        z.writestr("photos/bees/cut.jpg", b"\xff\xd8\xff")
+    with pytest.raises(preprocess.BadImagesError) as err:
+        preprocess.run(_params(on_bad_image="fail"))
+    assert str(err.value).endswith(preprocess.FIXED_SOURCE)
+    # ... but not a param that does not fit the source (set back, nothing to re-read).
+    split = {
+        "photos/train/ants/1.jpg": 1,
+        "photos/train/bees/2.jpg": 2,
+        "photos/test/ants/3.jpg": 3,
+    }
+    _noisy_zip(workdir / paths.RAW_DIR / "photos.zip", split)
+    with pytest.raises(split_plan.DatasetLayoutError) as err:
+        preprocess.run(_params(test_fraction=0.2))
+    assert "set data.test_fraction back to null" in str(err.value)
+    assert "dvc repro" not in str(err.value)
+    # A source of DICOM scans alone says so.
+    with pytest.raises(split_plan.DatasetLayoutError, match="DICOM scans are not read"):
+        split_plan.plan_image_folder(["scans/normal/IM_0.dcm", "scans/DICOMDIR"], None, 0.1, 0)
