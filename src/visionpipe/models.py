@@ -89,10 +89,11 @@ class Classifier(nn.Module):
         fresh: Sequence[str] = (),
         num_classes: int | None = None,
         head: str | None = None,
+        image_size: int | None = None,
     ) -> None:
         super().__init__()
         # What tells the classifier among the net's Linears (`classifier_name`).
-        self.num_classes, self.head_name = num_classes, head
+        self.num_classes, self.head_name, self.image_size = num_classes, head, image_size
         self.normalize = normalize if normalize is not None else nn.Identity()
         self.net = net
         self.tta = tta
@@ -111,7 +112,7 @@ class Classifier(nn.Module):
         values, they train at train.lr whatever train.backbone_lr_scale says of the rest."""
         head = list(
             self.net.get_submodule(
-                classifier_name(self.net, self.num_classes, self.head_name)
+                classifier_name(self.net, self.num_classes, self.head_name, self.image_size)
             ).parameters()
         )
         taken = {id(p) for p in head}
@@ -550,7 +551,8 @@ def build_model(
         weights = paths.user_path(p["weights"], "model.weights")
         fresh = load_weights_file(net, weights, (built, image_size), classes, spec.head)
     tta = int(p.get("tta", 0))
-    return Classifier(net, normalize, tta=tta, fresh=fresh, num_classes=num_classes, head=spec.head)
+    named = {"num_classes": num_classes, "head": spec.head, "image_size": image_size}
+    return Classifier(net, normalize, tta=tta, fresh=fresh, **named)
 
 
 def with_batch_norm() -> list[str]:

@@ -102,8 +102,11 @@ def require(path: str | Path, stage: str) -> Path:
     # In another DVC project (one that imports the model), what fetches it is its path.
     ours = root is None or runs_stage(root, stage)
     # DVC names a file by its path from the project's root, whichever folder names it here.
+    # There, `dvc --cd` runs it from here, in this project's environment (an import-only
+    # project may have none).
+    there = "" if ours else f"--cd {shlex.quote(str(root))} "
     pulled = stage if ours else _from_root(found, root)
-    remote = f"'uv run dvc pull {pulled}' where a DVC remote holds it"
+    remote = f"'uv run dvc {there}pull {pulled}' where a DVC remote holds it"
     if found.is_symlink():  # the link is here, the file it leads to gone
         target = os.readlink(found)
         end = _chain_end(found)
@@ -116,11 +119,7 @@ def require(path: str | Path, stage: str) -> Path:
         raise FileNotFoundError(
             f"{path} is a link to {target}, which DVC's cache no longer holds (a `dvc gc` in a"
             " project sharing the cache removes what this one links to): "
-            + (
-                f"{rerun(stage)}, or {remote}{commands_where(root)}"
-                if ours
-                else f"{remote}, run in {root}"
-            )
+            + (f"{rerun(stage)}, or {remote}{commands_where(root)}" if ours else remote)
         )
     if not path.is_absolute() and root is None:  # a notebook started elsewhere
         raise FileNotFoundError(
@@ -131,7 +130,7 @@ def require(path: str | Path, stage: str) -> Path:
     if not ours:
         raise FileNotFoundError(
             f"{path} not found here or in the project {root}: if DVC tracks it there (a .dvc file"
-            f" beside it, an import), {remote}, run in {root}"
+            f" beside it, an import), {remote}"
         )
     raise FileNotFoundError(_missing(path, stage, root))
 
@@ -510,7 +509,14 @@ def dvc_stage() -> str | None:
     the dvc.yaml it is in, which DVC adds when `dvc repro` runs from another folder
     (`../dvc.yaml:train`)."""
     stage = os.environ.get("DVC_STAGE")
-    return stage.rpartition(":")[2] if stage else None
+    if not stage:
+        return None
+    file, _, name = stage.rpartition(":")
+    # Another dvc.yaml's stage (a sub-pipeline's, `variants/dvc.yaml:train`) is none of ours;
+    # the root's, named from a sub-folder, climbs alone (`../../dvc.yaml`).
+    if file and any(part != ".." for part in Path(file).parent.parts):
+        return None
+    return name
 
 
 def code_deps(stage: str) -> list[Path]:
@@ -572,7 +578,7 @@ def refuse_unlisted_code(stage: str, loaded: list[str]) -> None:
             f"stage {stage} imports {', '.join(unlisted)}, which dvc.yaml does not list among"
             " its deps: DVC would not re-run it when that code changes, and would keep the old"
             f" code's results. Add to the deps of {stage} in dvc.yaml (and of each other stage"
-            f" that imports it: evaluate and export build the model too):{lines}"
+            f" that imports it; a model's module: train, evaluate and export):{lines}"
         )
 
 

@@ -48,7 +48,7 @@ def load_weights_file(
     """
     state, theirs = read_weights_file(path, built)
     own = model.state_dict()
-    head = classifier_name(model, len(classes) if classes else None, head)
+    head = classifier_name(model, len(classes) if classes else None, head, built[1])
     state = match_classifier(state, head, theirs, classes, own)
     # A layer loads whole or not at all: a bias kept beside a freshly drawn weight means nothing.
     mismatched = {_layer(k) for k, v in state.items() if k in own and own[k].shape != v.shape}
@@ -292,14 +292,20 @@ def _layer(key: str) -> str:
     return key.rpartition(".")[0]
 
 
-def classifier_name(net: nn.Module, num_classes: int | None = None, head: str | None = None) -> str:
-    """The name of `net`'s classification layer: `head` where its ModelSpec names it, else its
-    Linear with one output per class (`num_classes`), else its last Linear. The modules come in
-    the order they were defined, not run: a head defined before a squeeze-excitation block's
-    Linears is told by its outputs, and where those are as many, the spec must name it."""
+def classifier_name(
+    net: nn.Module,
+    num_classes: int | None = None,
+    head: str | None = None,
+    image_size: int | None = None,
+) -> str:
+    """The name of `net`'s classification layer: `head` where its ModelSpec names it (checked),
+    else its Linear with one output per class (`num_classes`), else its last Linear. Where
+    several have one per class (a hidden layer as wide as the class count, a squeeze-excitation
+    block's), the one a forward pass at `image_size` runs last: the modules come in the order
+    they were defined, not run."""
+    linears = {n: m for n, m in net.named_modules() if isinstance(m, nn.Linear)}
     if head is not None:
-        return head
-    linears = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+        return _checked_head(net, linears, head, num_classes)
     if not linears:
         raise WeightsError(
             f"{type(net).__name__} has no nn.Linear layer to take as its classifier: "
@@ -307,14 +313,55 @@ def classifier_name(net: nn.Module, num_classes: int | None = None, head: str | 
             "one output per class); a convolutional head (a 1x1 Conv2d) is not told apart from "
             "the rest: leave model.weights at null and train.backbone_lr_scale at 1"
         )
-    fitting = [n for n, m in linears if m.out_features == num_classes]
+    fitting = [n for n, m in linears.items() if m.out_features == num_classes]
+    if len(fitting) > 1 and image_size is not None:
+        ran = _run_order(net, fitting, image_size)
+        fitting = ran[-1:] or fitting
     if len(fitting) > 1:
         raise WeightsError(
             f"{type(net).__name__} has {len(fitting)} Linear layers with {num_classes} outputs"
             f" ({', '.join(fitting)}): which one classifies is unclear; name it in the model's"
-            f" ModelSpec in src/visionpipe/models.py (head='{fitting[-1]}', say)"
+            " ModelSpec in src/visionpipe/models.py (head='NAME', the one whose output is the"
+            " net's)"
         )
-    return fitting[0] if fitting else linears[-1][0]
+    return fitting[0] if fitting else list(linears)[-1]
+
+
+def _checked_head(
+    net: nn.Module, linears: dict[str, nn.Module], head: str, num_classes: int | None
+) -> str:
+    """`head`, a ModelSpec's, where it names a Linear with one output per class."""
+    found = linears.get(head)
+    if found is None or (num_classes is not None and found.out_features != num_classes):
+        fitting = [n for n, m in linears.items() if m.out_features == num_classes]
+        raise WeightsError(
+            f"the model's ModelSpec names head={head!r}, which is no Linear layer of "
+            f"{type(net).__name__} with {num_classes} outputs; those are: "
+            f"{', '.join(fitting) or 'none'}"
+        )
+    return head
+
+
+def _run_order(net: nn.Module, names: list[str], image_size: int) -> list[str]:
+    """Those of `names` (modules of `net`) a forward pass of one blank image runs, in the order
+    it runs them; [] where the pass fails. In eval mode, without gradients: nothing changes."""
+    modules = dict(net.named_modules())
+    order: list[str] = []
+    hooks = [modules[n].register_forward_hook(lambda *_, n=n: order.append(n)) for n in names]
+    training = net.training
+    param = next(net.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    try:
+        net.eval()
+        with torch.no_grad():
+            net(torch.zeros(1, 3, image_size, image_size, device=device))
+    except Exception:  # a net that takes no blank image: the names stay unclear, and are said
+        return []
+    finally:
+        for hook in hooks:
+            hook.remove()
+        net.train(training)
+    return order
 
 
 def match_classifier(

@@ -375,6 +375,10 @@ def test_an_environment_inside_the_project_is_no_code_of_it(
     assert paths.unlisted_code("each@a", loaded) == paths.unlisted_code("each", loaded) == []
     monkeypatch.setenv("DVC_STAGE", "../dvc.yaml:train")
     assert paths.dvc_stage() == "train"
+    monkeypatch.setenv("DVC_STAGE", "../../dvc.yaml:train")
+    assert paths.dvc_stage() == "train"
+    monkeypatch.setenv("DVC_STAGE", "variants/dvc.yaml:train")  # a sub-pipeline's: not ours
+    assert paths.dvc_stage() is None
 
 
 def test_project_code_a_stage_imports_as_it_runs_is_named_after_it(

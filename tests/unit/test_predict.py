@@ -382,18 +382,18 @@ def test_a_project_that_imports_the_model_is_told_to_pull_it_by_its_path(
     assert "dvc repro" not in caplog.text and "pull export" not in caplog.text
     assert (
         f"models/model.onnx not found here or in the project {tmp_path}: if DVC tracks it there "
-        f"(a .dvc file beside it, an import), 'uv run dvc pull models/model.onnx' where a DVC "
-        f"remote holds it, run in {tmp_path}"
+        f"(a .dvc file beside it, an import), 'uv run dvc --cd {tmp_path} pull models/model.onnx'"
+        " where a DVC remote holds it"
     ) in caplog.text
     # A path into it from elsewhere is named as DVC names it there: from its root.
     (tmp_path / "other").mkdir()
     monkeypatch.chdir(tmp_path / "other")
     caplog.clear()
     assert main(["predict", "--model", "../models/model.onnx", "../photos/a.png"]) == 2
-    assert "'uv run dvc pull models/model.onnx' where a DVC remote holds it" in caplog.text
+    assert f"'uv run dvc --cd {tmp_path} pull models/model.onnx' where a DVC" in caplog.text
     caplog.clear()  # a folder not made yet, named from here: from here too
     assert main(["predict", "--model", "../deploy/model.onnx", "../photos/a.png"]) == 2
-    assert "'uv run dvc pull deploy/model.onnx' where a DVC remote holds it" in caplog.text
+    assert f"'uv run dvc --cd {tmp_path} pull deploy/model.onnx' where a DVC" in caplog.text
     monkeypatch.chdir(tmp_path / "photos")
     write_tiny_onnx(tmp_path / paths.ONNX_MODEL)
     assert main(["predict", "a.png"]) == 0

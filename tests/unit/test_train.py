@@ -1331,17 +1331,25 @@ def test_the_classifier_is_the_linear_with_one_output_per_class(
     (head,) = [g for g in groups if g["name"] == "classifier"]
     assert head["params"] == [model.net.fc.weight, model.net.fc.bias] and head["lr"] == 0.1
     assert classifier_name(model.net, 3) == "fc"
-    # With as many classes as the block's squeeze (2, the ants/bees recipe's): unclear, said,
-    # and the spec names it.
+    # With as many classes as the block's squeeze (2, the ants/bees recipe's), or as a hidden
+    # layer is wide (the tutorial CNN's 64, for 64 classes): the one the net runs last.
     two = build_model("squeeze", 2, 16)
-    with pytest.raises(WeightsError, match=r"2 Linear layers with 2 outputs \(fc, se\.0\)"):
-        optim.make_optimizer(two, TrainConfig(backbone_lr_scale=0.0))
-    spec = ModelSpec(_SqueezeNet, "SE after its head", head="fc")
-    monkeypatch.setitem(MODELS, "squeeze", spec)
-    two = build_model("squeeze", 2, 16)
+    assert classifier_name(two.net, 2, None, 16) == "fc"
     groups = optim.make_optimizer(two, TrainConfig(lr=0.1, backbone_lr_scale=0.0)).param_groups
     (head,) = [g for g in groups if g["name"] == "classifier"]
     assert head["params"] == [two.net.fc.weight, two.net.fc.bias]
+    tutorial = build_model("tutorial_cnn", 64, 32)
+    assert tutorial.net[7].out_features == tutorial.net[8].out_features == 64
+    assert classifier_name(tutorial.net, 64, None, 32) == "8"
+    # Unclear without a pass to tell (no image size): said, with the candidates, no guess.
+    with pytest.raises(WeightsError, match=r"2 Linear layers with 2 outputs \(fc, se\.0\).*'NAME'"):
+        classifier_name(two.net, 2)
+    # A spec's head is checked: a Linear with one output per class.
+    monkeypatch.setitem(MODELS, "squeeze", ModelSpec(_SqueezeNet, "SE", head="fcc"))
+    with pytest.raises(WeightsError, match=r"head='fcc', which is no Linear .*: fc, se\.0"):
+        build_model("squeeze", 2, 16).head()
+    monkeypatch.setitem(MODELS, "squeeze", ModelSpec(_SqueezeNet, "SE", head="fc"))
+    assert build_model("squeeze", 2, 16).head()[0] is not None
 
 
 def test_a_torchvision_model_without_a_linear_head_needs_a_builder() -> None:
