@@ -324,7 +324,7 @@ def test_a_stage_that_imports_code_it_does_not_depend_on_stops_before_it_runs(
         "stage preprocess imports src/visionpipe/mynet.py, which dvc.yaml does not list among its"
         " deps: DVC would not re-run it when that code changes"
     ) in proc.stderr
-    assert proc.stderr.rstrip().endswith("too):\n      - src/visionpipe/mynet.py"), proc.stderr
+    assert proc.stderr.rstrip().endswith("export):\n      - src/visionpipe/mynet.py"), proc.stderr
     assert not (tmp_path / "data").exists()  # refused before it read or wrote anything
     # Listed as the message says: the stage runs (and stops at its missing input).
     dvc_yaml = (tmp_path / "dvc.yaml").read_text()
