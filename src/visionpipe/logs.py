@@ -333,7 +333,7 @@ def _refuse_unlisted_code() -> None:
     (a model in a module of its own): an edit to it would re-run nothing."""
     stage = paths.dvc_stage()
     if stage and Path("dvc.yaml").is_file():
-        paths.refuse_unlisted_code(stage, _loaded_files())
+        paths.refuse_unlisted_code(stage, _loaded_files(), _script())
 
 
 def _warn_unlisted_code() -> None:
@@ -343,7 +343,7 @@ def _warn_unlisted_code() -> None:
     if (
         stage
         and Path("dvc.yaml").is_file()
-        and (late := paths.unlisted_code(stage, _loaded_files()))
+        and (late := paths.unlisted_code(stage, _loaded_files(), _script()))
     ):
         log.warning(
             "stage %s imported %s as it ran, which dvc.yaml does not list among its deps: DVC"
@@ -353,6 +353,11 @@ def _warn_unlisted_code() -> None:
             stage,
             "".join(f"\n      - {f}" for f in late),
         )
+
+
+def _script() -> str | None:
+    """The stage script running (`stages/train.py`, as the command names it)."""
+    return sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else None
 
 
 def _loaded_files() -> list[str]:

@@ -531,18 +531,22 @@ def code_deps(stage: str) -> list[Path]:
 NOT_A_DEP = ("src/visionpipe/_version.py",)
 
 
-def unlisted_code(stage: str, loaded: list[str]) -> list[str]:
+def unlisted_code(stage: str, loaded: list[str], script: str | None = None) -> list[str]:
     """The project's Python files among `loaded` (the files of the modules a stage imported:
     under src/ or stages/, or a module at the root) that dvc.yaml does not list among `stage`'s
     deps, as files or in folders: DVC would not re-run the stage when one changes, and would
     keep the old code's results as the new code's. An environment inside the project (`.venv/`,
     a conda `env/` with its own standard library) is no project code. None for a stage whose
-    deps dvc.yaml does not list plainly (a foreach or matrix stage's, templated)."""
+    deps dvc.yaml does not list plainly (a foreach or matrix stage's, templated), or whose
+    command does not run `script` (the one running: a sub-pipeline's stage of that name, run
+    from its own folder, where DVC names it without its dvc.yaml)."""
     entry = stages_of(Path("dvc.yaml")).get(stage)
     deps = entry.get("deps") if isinstance(entry, dict) else None
     if not isinstance(deps, list) or any("${" in str(d) for d in deps):
         return []
     root = os.getcwd()  # the project's, as DVC runs a stage; its real path, as are sys.path's
+    if script and Path(os.path.relpath(script, root)).as_posix() not in str(entry.get("cmd")):
+        return []
     listed = tuple(os.path.normpath(os.path.join(root, str(d))) for d in deps)
     unlisted = set()
     for file in loaded:
@@ -568,10 +572,10 @@ class UnlistedCodeError(ValueError):
     """A stage imports project code that dvc.yaml does not list among its deps."""
 
 
-def refuse_unlisted_code(stage: str, loaded: list[str]) -> None:
+def refuse_unlisted_code(stage: str, loaded: list[str], script: str | None = None) -> None:
     """Stop before `stage` runs where it imported `unlisted_code`: DVC would not re-run it
     when that code changes, and would keep the old code's results as the new code's."""
-    unlisted = unlisted_code(stage, loaded)
+    unlisted = unlisted_code(stage, loaded, script)
     if unlisted:
         lines = "".join(f"\n      - {f}" for f in unlisted)
         raise UnlistedCodeError(

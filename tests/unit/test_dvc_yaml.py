@@ -373,6 +373,13 @@ def test_an_environment_inside_the_project_is_no_code_of_it(
     assert paths.unlisted_code("train", loaded) == []
     # A foreach stage's deps are templated: not checked, never refused for it.
     assert paths.unlisted_code("each@a", loaded) == paths.unlisted_code("each", loaded) == []
+    # A sub-pipeline's stage of that name, run from its folder (DVC says `train` alone), runs
+    # another script than this dvc.yaml's train: not checked against its deps.
+    stages["train"]["cmd"] = "PYTHONPATH=src python stages/train.py"
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    mine = paths.unlisted_code("train", [*loaded, f"{root}/src/other.py"], "stages/train.py")
+    assert mine == ["src/other.py"]
+    assert paths.unlisted_code("train", [*loaded, f"{root}/src/other.py"], "stages/eval.py") == []
     monkeypatch.setenv("DVC_STAGE", "../dvc.yaml:train")
     assert paths.dvc_stage() == "train"
     monkeypatch.setenv("DVC_STAGE", "../../dvc.yaml:train")
