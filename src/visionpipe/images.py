@@ -118,6 +118,9 @@ DICOM_EXPORT = (
 )
 
 
+DICOM_NOT_READ = f"DICOM scans are not read: {DICOM_EXPORT}"
+
+
 def is_dicom(head: bytes) -> bool:
     """Whether a file's first bytes are DICOM's: a 128-byte preamble, then `DICM`."""
     return head[128:132] == b"DICM"

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from visionpipe import fsutil, paths
 from visionpipe.images import (
-    DICOM_EXPORT,
+    DICOM_NOT_READ,
     icloud_placeholder,
     is_dicom,
     is_dicom_name,
@@ -353,7 +353,7 @@ def _warn_left_out(spec: str, left_out: list[str]) -> None:
         "%s: left out %d file%s not named as an image (%s): a photo needs its format's"
         " suffix (.jpg, .png, ...)%s",
         spec, len(names), "s" * (len(names) > 1), listed(names, 3),
-        f"; DICOM scans are not read: {DICOM_EXPORT}" if _dicom(spec, names) else "",
+        f"; {DICOM_NOT_READ}" if _dicom(spec, names) else "",
     )  # fmt: skip
 
 

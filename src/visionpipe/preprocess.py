@@ -38,7 +38,7 @@ from visionpipe.config.data import DataConfig, DataParams
 from visionpipe.datasets import DATASETS
 from visionpipe.fsutil import CsvRows, atomic_dir, remove_stale_temps, size_text, write_json
 from visionpipe.images import (
-    DICOM_EXPORT,
+    DICOM_NOT_READ,
     decode_batch,
     is_dicom_name,
     is_hidden,
@@ -81,8 +81,8 @@ class Decoded(NamedTuple):
         """`train`: a byte per image, 1 for the train split's."""
         counted = np.frombuffer(train, np.bool_).copy()
         counted[[row for row, _ in failed]] = False
-        sums, squares = channel_sums(images[counted])
-        kept = images[counted]
+        kept = images[counted]  # a copy: taken once
+        sums, squares = channel_sums(kept)
         dark = int((kept.max(axis=(1, 2, 3), initial=0) < DARK_PEAK).sum())
         return cls(images, failed, sums, squares, identical.digests(images), dark)
 
@@ -227,7 +227,7 @@ def _warn_ignored(ignored: Sequence[str]) -> None:
         f"{_IGNORED_WHY[k]} ({len(names)}): {_shown(names)}" for k, names in kinds.items() if names
     ]
     if any(map(is_dicom_name, visible)):
-        why.append(f"DICOM scans are not read: {DICOM_EXPORT}")
+        why.append(DICOM_NOT_READ)
     listed = f", the first {IGNORED_LISTED}" if len(ignored) > IGNORED_LISTED else ""
     log.warning(
         "ignoring %s (listed in %s%s): %s",

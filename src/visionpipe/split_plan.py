@@ -30,7 +30,7 @@ import numpy as np
 
 from visionpipe.archive import ARCHIVE_SUFFIXES
 from visionpipe.images import (
-    DICOM_EXPORT,
+    DICOM_NOT_READ,
     IMAGE_SUFFIXES,
     is_dicom_name,
     is_hidden,
@@ -188,7 +188,7 @@ def _imageless(names: Sequence[str], images: Sequence[str]) -> str:
     dicom = any(is_dicom_name(f) for files in found.values() for f in files)
     return (
         f". Folders with files but no image (images by their suffix: .jpg, .png, ...): "
-        f"{shown}{more}" + (f"; DICOM scans are not read: {DICOM_EXPORT}" if dicom else "")
+        f"{shown}{more}" + (f"; {DICOM_NOT_READ}" if dicom else "")
     )
 
 
@@ -201,7 +201,7 @@ def _no_images(names: Sequence[str]) -> str:
     if any(n.lower().endswith(ARCHIVE_SUFFIXES) for n in names):
         message += "; archives inside the source are not opened: unpack them into it"
     if any(map(is_dicom_name, names)):
-        message += f"; DICOM scans are not read: {DICOM_EXPORT}"
+        message += f"; {DICOM_NOT_READ}"
     return f"{message}. Images are {', '.join(sorted(IMAGE_SUFFIXES))} files, {GUIDE}"
 
 

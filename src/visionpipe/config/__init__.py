@@ -187,7 +187,7 @@ def _refuse_missing(schema: type[BaseModel], raw: dict[str, Any], origin: str) -
         lines = [
             f"'{k}' is missing (removed with `-S '~{k}'`?): set it, e.g. `-S {k}=VALUE`, or drop "
             f"the `~` to keep the value conf/ gives it"
-            if defaults is None or _has(defaults, k)
+            if defaults is None or lookup(defaults, k.split(".")) is not MISSING
             else f"'{k}' is missing, and conf/config.yaml has no line for it (a key new in the "
             f"code, a new model's): add `{k.rpartition('.')[2]}: {_default_text(schema, k)}` "
             f"under `{k.rpartition('.')[0]}:` there, then `uv run visionpipe params` (-S cannot "
@@ -225,14 +225,6 @@ def _default_text(schema: type[BaseModel], dotted: str) -> str:
         return "DEFAULT"
     default = field.get_default(call_default_factory=True)
     return yaml.safe_dump(default, default_flow_style=True).splitlines()[0]
-
-
-def _has(tree: dict[str, Any], dotted: str) -> bool:
-    for part in dotted.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return False
-        tree = tree[part]
-    return True
 
 
 def read(path: Path | str = DEFAULT_PARAMS) -> Any:
