@@ -15,6 +15,7 @@ import logging
 import math
 import operator
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -42,7 +43,13 @@ from visionpipe.fsutil import (
     write_json,
 )
 from visionpipe.grids import Layout, Line, captioned_grid
-from visionpipe.images import BadImageError, decode_rgb, read_image_file, to_model_input
+from visionpipe.images import (
+    BadImageError,
+    decode_rgb,
+    is_image_name,
+    read_image_file,
+    to_model_input,
+)
 from visionpipe.inputs import Inputs, collect_inputs
 from visionpipe.names import one_line
 from visionpipe.onnxrt import open_exported
@@ -289,7 +296,12 @@ def _opened_or_said(backend: str, model: Path | None) -> Backend | None:
     try:
         return open_backend(backend, model)
     except (FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
+        # `--model dog.jpg`: the photo went to the option rather than after it.
+        photo = model is not None and is_image_name(str(model)) and Path(model).is_file()
+        where = "; the photos to predict come after the options, e.g. " if photo else ""
+        option = "" if backend == "onnx" else f"--backend {backend} "
+        example = f"visionpipe predict {option}{shlex.quote(str(model))}"
+        log.error("%s%s", exc, f"{where}`{example}`" if photo else "")
         return None
 
 

@@ -630,7 +630,10 @@ def test_the_projects_own_model_overwritten_by_another_file_gets_the_way_back(
     shutil.copy(tmp_path / "a.png", sample := tmp_path / "data" / "samples" / "00_cat.png")
     assert main(["predict", "--model", str(sample), "a.png"]) == 2
     assert "00_cat.png: a PNG image, not an ONNX model: --model takes the ONNX" in caplog.text
-    assert "photos" not in caplog.text  # serve reads this too, and takes none
+    # The photo went to the option: predict says where photos go (serve, which takes none, not).
+    assert caplog.text.rstrip().endswith(
+        f"the photos to predict come after the options, e.g. `visionpipe predict {sample}`"
+    ), caplog.text
     assert "checkout" not in caplog.text
     caplog.clear()
     (notes := tmp_path / "notes.onnx").write_bytes("\ufeffnotes, UTF-8".encode("utf-8"))

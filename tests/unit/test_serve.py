@@ -857,6 +857,12 @@ def test_unusable_model_and_address_are_one_line_errors(
     assert (
         "notes.onnx: a text file, not an ONNX model: --model takes the ONNX export" in caplog.text
     )
+    caplog.clear()
+    Image.new("RGB", (8, 8)).save(photo := tmp_path / "dog.png")
+    assert main(["serve", "--model", str(photo)]) == 2
+    assert caplog.text.rstrip().endswith(
+        "dog.png: a PNG image, not an ONNX model: --model takes the ONNX export (models/model.onnx)"
+    ), caplog.text  # serve takes no photos: predict's hint on where they go is not said here
     import torch
 
     weights = tmp_path / "model.pt"  # what the export stage writes beside model.onnx
