@@ -107,8 +107,8 @@ def plan_image_folder(
             plan = _plan_split_folders(candidates, root, val_fraction, seed)
         else:
             plan = _plan_flat(candidates, fraction, val_fraction, seed)
-    except DatasetLayoutError as exc:
-        raise DatasetLayoutError(f"{exc}{_imageless(names, candidates)}") from None
+    except DatasetLayoutError as exc:  # its class kept: a param's error stays one
+        raise type(exc)(f"{exc}{_imageless(names, candidates)}") from None
     _refuse_lookalikes(plan.classes)
     _refuse_control_characters(plan.classes)
     kept = {item.name for item in plan.items}
@@ -332,7 +332,7 @@ def carve_val(n: int, val_fraction: float, seed: int) -> np.ndarray:
     if val_fraction > 0 and n_val == 0:
         n_val = 1
     if n_val >= n:
-        raise DatasetLayoutError(
+        raise LayoutParamError(
             f"data.val_fraction={val_fraction} leaves no training images out of {n}; lower it"
         )
     in_val = np.zeros(n, dtype=bool)
@@ -450,7 +450,7 @@ def _plan_flat(names: Sequence[str], test_fraction: float, val_fraction: float, 
         for name, parts in in_class
     ]
     if not any(item.split == "train" for item in items):
-        raise DatasetLayoutError(
+        raise LayoutParamError(
             f"data.test_fraction={test_fraction} and data.val_fraction={val_fraction} leave no "
             f"training images out of {len(items)}; lower them"
         )

@@ -890,6 +890,15 @@ def test_a_layout_error_says_how_a_fixed_source_is_read_again(workdir: Path) -> 
         preprocess.run(_params(test_fraction=0.2))
     assert "set data.test_fraction back to null" in str(err.value)
     assert "dvc repro" not in str(err.value)
+    # Nor fractions that leave no training images, of a flat folder or of train/ alone.
+    _noisy_zip(workdir / paths.RAW_DIR / "photos.zip", _seeds("photos", ("ants", "bees"), 6))
+    with pytest.raises(split_plan.LayoutParamError) as err:
+        preprocess.run(_params(test_fraction=0.9, val_fraction=0.99))
+    assert str(err.value).endswith("leave no training images out of 12; lower them")
+    _noisy_zip(workdir / paths.RAW_DIR / "photos.zip", split)
+    with pytest.raises(split_plan.LayoutParamError) as err:
+        preprocess.run(_params(val_fraction=0.99))
+    assert str(err.value).endswith("leaves no training images out of 2; lower it")
     # A source of DICOM scans alone says so.
     with pytest.raises(split_plan.DatasetLayoutError, match="DICOM scans are not read"):
         split_plan.plan_image_folder(["scans/normal/IM_0.dcm", "scans/DICOMDIR"], None, 0.1, 0)
