@@ -692,13 +692,22 @@ def _grid_order(decoded: list[Prediction], labels: dict[str, str], wrong: list[b
 
 def _grid_caption(p: Prediction, label: str | None) -> list[Line]:
     name = Path(p.file).name
-    guess, probability = p.top[0]["class"], f" {p.top[0]['probability']:.0%}"
+    guess, probability = p.top[0]["class"], f" {percent(p.top[0]['probability'], 0)}"
     if label is None:
         return [(guess, "black", probability), (name, "gray")]
     if guess == label:
         return [(guess, "darkgreen", probability), (name, "gray")]
     # Said in words too, not by colour alone (red and green look alike to one man in twelve).
     return [(guess, "firebrick", probability), (f"is {label}: {name}", "gray")]
+
+
+def percent(probability: float, places: int) -> str:
+    """`probability` as a percentage with `places` decimals, and more below 1%, down to two
+    significant digits: among 1,000 classes every guess of a young model is near 0.1%, and
+    `0.1%` five times over would tell them apart no more than `0%` does."""
+    if 0 < probability < 0.01:
+        places = max(places, min(4, 1 - math.floor(math.log10(probability * 100))))
+    return f"{probability:.{places}%}"
 
 
 def format_table(preds: list[Prediction], skipped: set[str] | frozenset[str] = frozenset()) -> str:
@@ -708,6 +717,6 @@ def format_table(preds: list[Prediction], skipped: set[str] | frozenset[str] = f
         if p.error:
             lines.append(f"{name}: {'SKIPPED' if p.file in skipped else 'ERROR'} {p.error}")
         else:
-            tops = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in p.top)
+            tops = ", ".join(f"{t['class']} {percent(t['probability'], 1)}" for t in p.top)
             lines.append(f"{name}: {tops}")
     return "\n".join(lines)

@@ -28,6 +28,7 @@ from tests.browser import CHROMIUM, DevTools, start_chromium
 from tests.heic_fixtures import HEIC_DIR
 from tests.serving import post_files, serve
 from tests.tiny_onnx import write_tiny_onnx
+from visionpipe.predict import percent
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium: apt-get install chromium")
 
@@ -74,6 +75,8 @@ async def drive_page(debug_port: int, page_url: str, photos: list[Path], drop: P
                 "Input.dispatchKeyEvent", type=kind, key="Tab", code="Tab", windowsVirtualKeyCode=9
             )
         focused = await tools.evaluate("document.activeElement.id")
+        # The page's own percentages of some small probabilities, to hold beside predict's.
+        small = await tools.evaluate(f"JSON.stringify({json.dumps(SMALL)}.map(percent))")
         data = base64.b64encode(drop.read_bytes()).decode()
         await tools.evaluate(DROP % (json.dumps(data), json.dumps(drop.name)))
         await tools.wait_for(f"{count} === {len(photos) + 1}")
@@ -84,7 +87,7 @@ async def drive_page(debug_port: int, page_url: str, photos: list[Path], drop: P
             "document.getElementById('status').className === 'error'"
             " && document.getElementById('status').textContent"
         )
-        return shown, error, tools.errors, (said, focused)
+        return shown, error, tools.errors, (said, focused, json.loads(small))
 
 
 async def _choose(
@@ -117,9 +120,14 @@ async def show_heic(debug_port: int, page_url: str, photo: Path) -> Any:
         return shown, json.loads(labels), tools.errors
 
 
+# Probabilities a model of a thousand classes gives: below 1% the page, as predict, shows two
+# significant digits.
+SMALL = [0.9, 0.0123, 0.0099, 0.0012, 0.00098, 0.00001234, 0.0]
+
+
 def _shown(probability: float | None) -> str:
     """How the page shows a probability: null (a diverged model's) as n/a."""
-    return "n/a" if probability is None else f"{probability * 100:.1f}%"
+    return "n/a" if probability is None else percent(probability, 1)
 
 
 @pytest.mark.parametrize("diverged", [False, True], ids=["trained", "diverged"])
@@ -141,7 +149,7 @@ def test_photos_chosen_or_dropped_on_the_page_get_the_api_answer(
         assert status == 200, api
         chromium, port = start_chromium(tmp_path / "profile")
         try:
-            shown, error, js_errors, (said, focused) = asyncio.run(
+            shown, error, js_errors, (said, focused, small) = asyncio.run(
                 drive_page(port, f"{server.url}/", chosen, drop)
             )
         finally:
@@ -160,6 +168,8 @@ def test_photos_chosen_or_dropped_on_the_page_get_the_api_answer(
     assert ("n/a" in str(shown)) == diverged  # the null probabilities, not "0.0%" or "NaN%"
     assert error == "error: x.png: not a recognised image format; nothing was classified", error
     assert said == "2 images classified, newest at the top" and focused == "file", (said, focused)
+    assert small == [percent(p, 1) for p in SMALL], small
+    assert small[3:6] == ["0.12%", "0.098%", "0.0012%"], small
 
 
 def test_a_heic_photo_the_browser_cannot_draw_gets_its_answer_and_a_placeholder(

@@ -116,6 +116,22 @@ def test_the_grid_of_class_folders_marks_each_prediction_right_or_wrong(
     assert [text for text, *_ in wrong] == ["dog", "is cat: 1.jpg"]
     right = _grid_caption(Prediction("photos/dog/2.jpg", top), "dog")
     assert [text for text, *_ in right] == ["dog", "2.jpg"]
+    assert right[0][2] == " 60%"
+
+
+def test_small_probabilities_keep_two_significant_digits() -> None:
+    # A young model of a thousand classes gives each about 0.1%: whole or one-decimal
+    # percentages would read 0% or 0.1% for every guess.
+    from visionpipe.predict import Prediction, _grid_caption, format_table
+
+    top = [
+        {"class": "n01440764", "probability": 0.0012},
+        {"class": "tench", "probability": 0.00098},
+    ]
+    assert format_table([Prediction("a.jpg", top)]) == "a.jpg: n01440764 0.12%, tench 0.098%"
+    assert _grid_caption(Prediction("a.jpg", top), None)[0] == ("n01440764", "black", " 0.12%")
+    top = [{"class": "cat", "probability": 0.256}, {"class": "dog", "probability": 0.0}]
+    assert format_table([Prediction("b.jpg", top)]) == "b.jpg: cat 25.6%, dog 0.0%"
 
 
 def test_a_grid_of_more_photos_than_it_holds_shows_the_wrong_guesses_and_says_so(
