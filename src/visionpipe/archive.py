@@ -379,6 +379,11 @@ def _folder_entry(info: zipfile.ZipInfo) -> bool:
     return info.is_dir() or (info.filename.endswith("\\") and info.file_size == 0)
 
 
+# The zip format's "made by" systems whose names never hold a Windows separator: Unix, and
+# macOS (Info-ZIP, Archive Utility, Python's zipfile). Windows tools write 0 (MS-DOS) or 10 (NTFS).
+_UNIX_SYSTEMS = (3, 19)
+
+
 @contextlib.contextmanager
 def _open_zip(source: Path) -> Iterator[Opened]:
     with _open_zip_file(source) as zf:
@@ -389,7 +394,12 @@ def _open_zip(source: Path) -> Iterator[Opened]:
         too_large: list[str] = []
         names = ZipNames(source, zf.infolist())
         for info in zf.infolist():
-            name = clean_name(source, names.name(info))
+            raw = names.name(info)
+            name = clean_name(source, raw)  # refuses what Windows' reading would make unsafe
+            if info.create_system in _UNIX_SYSTEMS:
+                # Written on Unix or macOS, where a backslash is a letter of a name (a class
+                # folder `dog\puppies`, as a folder or tar of the same photos reads it).
+                name = clean_name(source, raw, windows=False)
             check_unique(source, info.filename, name, seen)
             if not name or _folder_entry(info):
                 folders += [name] if name else []

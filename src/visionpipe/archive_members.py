@@ -228,10 +228,10 @@ def _is_absolute(path: str, windows: bool = True) -> bool:
 def clean_name(source: Path, raw: str, windows: bool = True) -> str:
     """Turn a member name into a clean posix relative path, refusing absolute and `..` names.
 
-    `windows`: backslashes count as separators, as in a zip: zip tools on Windows write them,
-    and an extractor there would honour them. In a tar (the download stage's own of a folder
-    included) a backslash is a letter of the name, as on Linux: a class folder `dog\\puppies`
-    is not `dog`'s subfolder.
+    `windows`: backslashes count as separators, as in a zip written on Windows: zip tools there
+    write them, and an extractor there would honour them. In a tar (the download stage's own of
+    a folder included), or a zip written on Unix, a backslash is a letter of the name, as on
+    Linux: a class folder `dog\\puppies` is not `dog`'s subfolder.
     """
     if _is_absolute(raw, windows):
         refuse(source, raw, "absolute path")

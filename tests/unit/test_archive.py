@@ -857,9 +857,19 @@ def test_a_backslash_in_a_folder_s_name_is_part_of_the_name_once_packed(tmp_path
     assert list_files(src) == ["cat\\/3.jpg", "dog/1.jpg", "dog\\puppies/2.jpg"]
     pack_directory(src, tmp_path / "folder.tar")
     assert list_files(tmp_path / "folder.tar") == list_files(src)
-    # A zip's backslashes stay separators: Windows zip tools write them.
-    zipped = _zip(tmp_path / "win.zip", [("dog\\puppies\\2.jpg", b"x", 0)])
-    assert list_files(zipped) == ["dog/puppies/2.jpg"]
+    # So does a zip written on Unix or macOS (Info-ZIP's `zip -r` of the folder)...
+    with zipfile.ZipFile(unix := tmp_path / "unix.zip", "w") as z:
+        for name in ("dog/1.jpg", "dog\\puppies/2.jpg"):
+            z.writestr(zipfile.ZipInfo(name), b"x")
+    assert [i.create_system for i in zipfile.ZipFile(unix).infolist()] == [3, 3]  # Unix
+    assert list_files(unix) == ["dog/1.jpg", "dog\\puppies/2.jpg"]
+    # ... but in a zip written on Windows backslashes are separators: its zip tools write them.
+    for system in (0, 10):  # MS-DOS (FAT), NTFS
+        with zipfile.ZipFile(win := tmp_path / f"win{system}.zip", "w") as z:
+            info = zipfile.ZipInfo("dog\\puppies\\2.jpg")
+            info.create_system = system
+            z.writestr(info, b"x")
+        assert list_files(win) == ["dog/puppies/2.jpg"], system
 
 
 def test_an_image_member_that_unpacks_past_any_image_s_size_is_left_unread(

@@ -783,7 +783,9 @@ def test_an_archive_names_its_empty_class_folders(
         with zipfile.ZipFile(dest, "w") as z:
             for path in sorted(tree.rglob("*")):
                 name = str(path.relative_to(tmp_path)).replace("/", "\\")
-                z.writestr(name + "\\" * path.is_dir(), b"" if path.is_dir() else path.read_bytes())
+                info = zipfile.ZipInfo(name + "\\" * path.is_dir())
+                info.create_system = 0  # written on Windows (Python's zipfile says Unix here)
+                z.writestr(info, b"" if path.is_dir() else path.read_bytes())
     else:
         with tarfile.open(dest, "w:gz") as tar:
             tar.add(tree, "photos")
