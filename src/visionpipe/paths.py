@@ -558,9 +558,18 @@ def unlisted_code(stage: str, loaded: list[str], script: str | None = None) -> l
             continue
         if any(p.startswith(".") or p in ("site-packages", "dist-packages") for p in parts):
             continue
-        if "/".join(parts) not in NOT_A_DEP:
+        if "/".join(parts) not in NOT_A_DEP and not _empty(file):
             unlisted.add("/".join(parts))
     return sorted(unlisted)
+
+
+def _empty(file: str) -> bool:
+    """Whether `file` is empty (a package's bare `__init__.py`): no code to keep in step, and
+    DVC warns on every run of a stage that lists an empty file."""
+    try:
+        return os.path.getsize(file) == 0
+    except OSError:
+        return False
 
 
 def _in(file: str, deps: tuple[str, ...]) -> bool:
@@ -578,12 +587,17 @@ def refuse_unlisted_code(stage: str, loaded: list[str], script: str | None = Non
     unlisted = unlisted_code(stage, loaded, script)
     if unlisted:
         lines = "".join(f"\n      - {f}" for f in unlisted)
+        model = "; a model's module: train, evaluate and export" if stage in MODEL_STAGES else ""
         raise UnlistedCodeError(
             f"stage {stage} imports {', '.join(unlisted)}, which dvc.yaml does not list among"
             " its deps: DVC would not re-run it when that code changes, and would keep the old"
             f" code's results. Add to the deps of {stage} in dvc.yaml (and of each other stage"
-            f" that imports it; a model's module: train, evaluate and export):{lines}"
+            f" that imports it{model}) these files, or a folder that holds them:{lines}"
         )
+
+
+# The stages that build a model from its module.
+MODEL_STAGES = ("train", "evaluate", "export")
 
 
 def _cached_outputs(dvc_file: Path) -> list[str]:

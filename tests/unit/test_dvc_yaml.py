@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import fields
@@ -296,8 +297,6 @@ def test_a_stage_that_imports_code_it_does_not_depend_on_stops_before_it_runs(
 ) -> None:
     # A model in a module of its own, imported by the stage's code but not in its deps: an edit
     # to it would re-run nothing, and DVC would keep the old code's results as the new code's.
-    import shutil
-
     from tests.helpers import env
 
     shutil.copytree(ROOT / "src" / "visionpipe", tmp_path / "src" / "visionpipe")
@@ -324,7 +323,10 @@ def test_a_stage_that_imports_code_it_does_not_depend_on_stops_before_it_runs(
         "stage preprocess imports src/visionpipe/mynet.py, which dvc.yaml does not list among its"
         " deps: DVC would not re-run it when that code changes"
     ) in proc.stderr
-    assert proc.stderr.rstrip().endswith("export):\n      - src/visionpipe/mynet.py"), proc.stderr
+    assert proc.stderr.rstrip().endswith(
+        "(and of each other stage that imports it) these files, or a folder that holds them:"
+        "\n      - src/visionpipe/mynet.py"
+    ), proc.stderr
     assert not (tmp_path / "data").exists()  # refused before it read or wrote anything
     # Listed as the message says: the stage runs (and stops at its missing input).
     dvc_yaml = (tmp_path / "dvc.yaml").read_text()
@@ -366,6 +368,22 @@ def test_an_environment_inside_the_project_is_no_code_of_it(
         )
     ] + ["_ops.py", "/usr/lib/python3.11/json/__init__.py"]
     assert paths.unlisted_code("train", loaded) == ["mynet.py", "src/mylab/nets.py"]
+    # A package's empty __init__.py holds no code (and DVC warns of an empty dep every run).
+    for name in ("src/mylab/__init__.py", "src/mylab/nets.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("" if "__init__" in name else "WIDTH = 3\n")
+    with_package = [*loaded, f"{root}/src/mylab/__init__.py"]
+    assert paths.unlisted_code("train", with_package) == ["mynet.py", "src/mylab/nets.py"]
+    (tmp_path / "src/mylab/__init__.py").write_text("from .nets import WIDTH\n")
+    assert "src/mylab/__init__.py" in paths.unlisted_code("train", with_package)
+    # A model's module is named for the stages that build the model; another stage's, not.
+    with pytest.raises(paths.UnlistedCodeError, match="a model's module: train, evaluate and"):
+        paths.refuse_unlisted_code("train", with_package)
+    stages = {"report": {"deps": deps}}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    with pytest.raises(paths.UnlistedCodeError) as err:
+        paths.refuse_unlisted_code("report", with_package)
+    assert "model" not in str(err.value) and "a folder that holds them" in str(err.value)
     # Listed, a module at the root or a folder of modules (DVC re-runs for any file in it).
     stages = {"train": {"deps": [*deps, "mynet.py", "src/mylab"]}}
     stages["each"] = {"foreach": ["a", "b"], "do": {"cmd": "x", "deps": ["stages/${item}.py"]}}
@@ -410,3 +428,25 @@ def test_project_code_a_stage_imports_as_it_runs_is_named_after_it(
         " its deps: DVC will not re-run it when that code changes; add to the deps of train in"
         " dvc.yaml:\n      - src/visionpipe/late.py"
     ) in caplog.text
+
+
+def test_a_folder_of_code_listed_as_a_dep_does_not_change_with_python_s_bytecode(
+    tmp_path: Path,
+) -> None:
+    # `- src/mylab` as a dep (what the unlisted-code refusal offers): the __pycache__ Python
+    # writes beside its modules, another in each clone and Python version, is no change to it.
+    from tests.helpers import dvc, git
+
+    git(tmp_path, "init", "-q")
+    dvc(tmp_path, "init", "-q")
+    shutil.copy(ROOT / ".dvcignore", tmp_path / ".dvcignore")
+    (lab := tmp_path / "src" / "mylab").mkdir(parents=True)
+    (lab / "nets.py").write_text("WIDTH = 3\n")
+    stage = {"cmd": "echo done > out.txt", "deps": ["src/mylab"], "outs": ["out.txt"]}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"report": stage}}))
+    dvc(tmp_path, "repro", "-q")
+    (lab / "__pycache__").mkdir()
+    (lab / "__pycache__" / "nets.cpython-311.pyc").write_bytes(b"\xa7\r\r\n bytecode")
+    assert "up to date" in dvc(tmp_path, "status").stdout
+    (lab / "nets.py").write_text("WIDTH = 4\n")  # the code itself still counts
+    assert "modified:" in dvc(tmp_path, "status").stdout
