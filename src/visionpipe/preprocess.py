@@ -626,17 +626,20 @@ def _warn_other_dataset(dataset: str, classes: list[str]) -> list[str]:
     return [warning]
 
 
-def _warn_dark(result: Result) -> list[str]:
-    """Say so where most train images are nearly black: 12-bit scans in 16-bit files."""
+def _warn_dark(result: Result, size: int) -> list[str]:
+    """Say so where most train images are nearly black at `size` pixels, as the model sees
+    them: 12-bit scans in 16-bit files, most often; a resize also dims a small bright detail."""
     train = result.counts["train"]
     if result.dark * 2 <= train:
         return []
     warning = (
-        f"{result.dark:,} of the {train:,} train images are nearly black (their brightest pixel"
-        f" below {DARK_PEAK} of 255): the model sees little of them. 16-bit files are read on"
-        " the 0-65535 scale, so 12-bit scans stored in them (values up to 4095) read 16 times"
-        " darker: stretch them to the full 16 bits, or window them to 8 bits, before training"
-        " (docs/datasets.md, 16-bit and scientific images); brighten dark photos likewise"
+        f"{result.dark:,} of the {train:,} train images are nearly black as the model sees them"
+        f" (resized to {size}x{size}, their brightest pixel below {DARK_PEAK} of 255): it learns"
+        " little from them. 16-bit files are read on the 0-65535 scale, so 12-bit scans stored"
+        " in them (values up to 4095) read 16 times darker: stretch such files to the full 16"
+        " bits, or window them to 8 bits, before training (docs/datasets.md, 16-bit and"
+        " scientific images); brighten dark photos likewise. Where dark is what they are"
+        " (a night sky of small stars), this warning is no fault." + FIXED_SOURCE
     )
     log.warning("%s", warning)
     return [warning]
@@ -689,7 +692,7 @@ def run(params: DataParams, workers: int | None = None) -> dict[str, Any]:
         warnings += _warn_empty_val(result, params.data.val_fraction)
         warnings += _warn_thin_classes(class_counts, params.data.val_fraction)
         warnings += _warn_identical(result, size)
-        warnings += _warn_dark(result)
+        warnings += _warn_dark(result, size)
         meta = {
             "dataset": params.data.dataset,
             "classes": result.classes,
