@@ -9,6 +9,7 @@ table go to metrics/per_class.json, and recall and precision to bar charts, neve
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 
 from visionpipe import memory, paths
 from visionpipe.devices import pick_device
-from visionpipe.fsutil import write_json
+from visionpipe.fsutil import json_pretty, write_json, write_text
 from visionpipe.inference import eval_batch_size, loss_and_accuracy, predict_logits
 from visionpipe.modelfile import load_model
 from visionpipe.names import listed
@@ -173,12 +174,20 @@ def run(
     }
     _log_headline(accuracy, len(labels), loss, per_class["macro_f1"])
     write_json(paths.PER_CLASS, {**per_class, "classes": scores})
-    write_json(
-        paths.CONFUSION_MATRIX, {"classes": classes, "rows_actual_cols_predicted": cm.tolist()}
-    )
+    # Names as write_json writes them (a name that is not UTF-8 as its bytes' escapes).
+    write_text(paths.CONFUSION_MATRIX, matrix_json(classes, cm.tolist()), "backslashreplace")
     actual = [classes[i] for i in kept.tolist()]
     log_live(metrics, actual, [classes[i] for i in preds.tolist()], scores)
     return metrics
+
+
+def matrix_json(classes: list[str], rows: list[list[int]]) -> str:
+    """The confusion matrix as JSON with a row a line: as `json_pretty` writes it, a 1,000-class
+    matrix would be a million lines (9 MB, in the cache again every run); so, 2 MB of rows an
+    editor shows as the grid they are."""
+    listed = ",\n".join(f"    {json.dumps(row)}" for row in rows)
+    names = json_pretty(classes).rstrip("\n").replace("\n", "\n  ")
+    return f'{{\n  "classes": {names},\n  "rows_actual_cols_predicted": [\n{listed}\n  ]\n}}\n'
 
 
 def _log_headline(accuracy: float, images: int, loss: float, f1: float | None) -> None:

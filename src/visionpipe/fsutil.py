@@ -375,8 +375,8 @@ def json_pretty(obj: Any) -> str:
     return json.dumps(_finite(obj), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
 
 
-def write_text(dest: Path | str, text: str) -> None:
-    with atomic_open(dest) as f:
+def write_text(dest: Path | str, text: str, errors: str = "strict") -> None:
+    with atomic_open(dest, errors=errors) as f:
         f.write(text)
 
 

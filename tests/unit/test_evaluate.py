@@ -91,6 +91,15 @@ def test_a_class_missing_from_test_has_no_accuracy(
     assert [c["support"] for c in per_class["classes"]] == [10, 10, 0]
     counted = [c["f1"] or 0 for c in per_class["classes"] if c["support"] or c["predicted"]]
     assert per_class["macro_f1"] == pytest.approx(sum(counted) / len(counted), abs=1e-6)
+    # The matrix, a row a line (a thousand classes' would be a million lines of one number).
+    text = paths.CONFUSION_MATRIX.read_text()
+    matrix = json.loads(text)
+    assert matrix["classes"] == CLASSES
+    rows = matrix["rows_actual_cols_predicted"]
+    assert [sum(r) for r in rows] == [10, 10, 0]
+    lines = [line.rstrip(",") for line in text.splitlines()[-2 - len(rows) : -2]]
+    assert [f"    {json.dumps(r)}" for r in rows] == lines
+    assert len(text.splitlines()) == len(CLASSES) + len(rows) + 6
     # The plots have no bar for an undefined figure (a 0 would read as "all wrong").
     plots = paths.LIVE_EVAL / "plots/custom"
     recall = json.loads((plots / "per_class_recall.json").read_text())
