@@ -276,7 +276,7 @@ def predict_command(
         try:
             # The files first: a reader that stops (`| head -1`) stops this command after them.
             written = _write_outputs(preds, labels, topk, json_path, csv_path, grid_path)
-            _print_table(format_table(preds, skipped), out)
+            _print_table(_table_text(preds, skipped, not_scored, json_path), out)
         except BrokenPipeError:  # the reader stopped: the failures are still said, on stderr
             _report_failures(preds, skipped, skip_bad, fix)
             if stopped is None:
@@ -346,6 +346,25 @@ def _files(asked: dict[str, Path]) -> bool:
     """Whether any of the outputs asked for goes elsewhere than stdout (a file, or stderr, which
     a `| tee` leaves to the terminal)."""
     return any(p != STDOUT and streams.standard_stream(p) != 1 for p in asked.values())
+
+
+# The stage's samples (one a class) shown in its log at most: a thousand classes' lines would push
+# the warnings and the accuracy of the stages before it off the screen.
+SHOWN_SAMPLES = 30
+
+
+def _table_text(
+    preds: list[Prediction], skipped: set[str], samples: set[str], json_path: Path | None
+) -> str:
+    """The table of `preds`: of the `samples` (first, unscored), the first SHOWN_SAMPLES and a
+    line for the rest, which the JSON file holds; every other file's line."""
+    n = sum(p.file in samples for p in preds)
+    if n <= SHOWN_SAMPLES:
+        return format_table(preds, skipped)
+    where = f": {json_path}" if json_path is not None else ""
+    rest = f"... and {n - SHOWN_SAMPLES:,} more samples, one a class{where}"
+    parts = [format_table(preds[:SHOWN_SAMPLES], skipped), rest, format_table(preds[n:], skipped)]
+    return "\n".join(part for part in parts if part)
 
 
 def _print_table(table: str, out: TextIO | None) -> None:

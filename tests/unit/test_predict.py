@@ -487,6 +487,41 @@ def test_the_stage_says_how_many_inputs_failed_and_how_to_fix_them(
     assert Image.open(tmp_path / paths.PREDICTION_GRID).size == (5 * 128, 162)
 
 
+def test_the_stage_shows_the_first_samples_of_many_classes_and_counts_the_rest(
+    exported_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A thousand classes' samples, one a line, would push the earlier stages' warnings off the
+    # screen; predict.inputs, which the user named, are all shown.
+    from visionpipe import predict
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(exported_model, tmp_path / "models")
+    (tmp_path / paths.SAMPLES_DIR).parent.mkdir()
+    _images(samples := tmp_path / paths.SAMPLES_DIR)  # 5 photos
+    for n in range(5, predict.SHOWN_SAMPLES + 5):
+        shutil.copy(samples / "img0.jpg", samples / f"{n:02d}_cat.jpg")
+    _images(photos := tmp_path / "photos")
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    code = predict.predict_command(
+        [str(photos)], json_path=paths.PREDICTIONS, unscored=[str(paths.SAMPLES_DIR)]
+    )
+    assert code == 0
+    lines = out.getvalue().splitlines()
+    shown = predict.SHOWN_SAMPLES
+    assert all(line.startswith(str(paths.SAMPLES_DIR)) for line in lines[:shown]), lines
+    assert lines[shown] == f"... and 5 more samples, one a class: {paths.PREDICTIONS}"
+    assert [Path(line.split(":")[0]).parent.name for line in lines[shown + 1 :]] == ["photos"] * 5
+    assert len(json.loads(paths.PREDICTIONS.read_text())) == shown + 5 + 5  # all of them
+    # As many as it shows: each its line.
+    for extra in samples.glob("3*_cat.jpg"):
+        extra.unlink()
+    out.seek(0)
+    out.truncate()
+    predict.predict_command([], json_path=paths.PREDICTIONS, unscored=[str(paths.SAMPLES_DIR)])
+    assert "more samples" not in out.getvalue()
+
+
 @pytest.mark.parametrize("on_bad_image", ["skip", "fail"])
 def test_the_stage_skips_a_file_of_predict_inputs_that_is_no_image_unless_told_to_fail(
     exported_model: Path, tmp_path: Path, on_bad_image: str
