@@ -46,7 +46,7 @@ from visionpipe.images import (
     resize_center_crop,
     to_chw,
 )
-from visionpipe.names import SHOWN, listed
+from visionpipe.names import SHOWN, counted, listed
 from visionpipe.paths import SPLITS
 from visionpipe.split_files import SplitWriter, channel_sums, mean_std, open_images, read_index
 from visionpipe.split_plan import DatasetLayoutError, Item, Plan, common_folder
@@ -646,16 +646,27 @@ def _warn_dark(result: Result, size: int) -> list[str]:
 
 
 def _warn_thin_classes(counts: dict[str, dict[str, int]], val_fraction: float) -> list[str]:
+    """A warning per thin class (all in the report); the log gets one line for each, or where
+    there are more than SHOWN, one for each kind (no test images; few train images), so that
+    none of the kinds is crowded out by another's lines."""
     checked = [s for s in SPLITS if s != "val" or val_fraction > 0]
     warnings = split_plan.thin_classes(counts, checked)
-    for line in warnings[:SHOWN]:
-        log.warning("%s", line)
-    if len(warnings) > SHOWN:
-        log.warning(
-            "... and %d more such warnings (all in %s)",
-            len(warnings) - SHOWN,
-            paths.PREPROCESS_REPORT,
-        )
+    if len(warnings) <= SHOWN:
+        for line in warnings:
+            log.warning("%s", line)
+        return warnings
+    for none in (True, False):  # the classes with none first, as the report lists them
+        for split in checked:
+            few = split_plan.FEW_IMAGES
+            thin = [c for c, n in counts[split].items() if (n == 0 if none else 0 < n < few)]
+            what = f"no {split} images" if none else f"fewer than {few} {split} images"
+            if thin:
+                have = "has" if len(thin) == 1 else "have"
+                named = listed([repr(c) for c in thin])
+                log.warning(
+                    "%s %s %s: %s", counted(len(thin), "class", "classes"), have, what, named
+                )
+    log.warning("(each class's line in %s)", paths.PREPROCESS_REPORT)
     return warnings
 
 

@@ -399,10 +399,25 @@ def test_many_thin_classes_are_warned_about_in_a_few_lines(
     )
     caplog.clear()
     counts = {s: {c: 1 if s == "train" else 0 for c in classes} for s in ("train", "test")}
+    counts["train"]["c29"] = 0  # one class with no train images: said first, not crowded out
     warnings = preprocess._warn_thin_classes(counts, 0.0)
-    assert len(warnings) == 60 and len(caplog.records) == 21
-    assert caplog.records[0].getMessage() == "class 'c00' has no test images"
-    assert caplog.records[-1].getMessage().startswith("... and 40 more such warnings (all in ")
+    assert len(warnings) == 60  # each in the report
+    said = [r.getMessage() for r in caplog.records]
+    first = ", ".join(map(repr, classes[:20]))
+    assert said == [
+        "1 class has no train images: 'c29'",
+        f"30 classes have no test images: {first} and 10 more",
+        f"29 classes have fewer than 5 train images: {first} and 9 more",
+        f"(each class's line in {paths.PREPROCESS_REPORT})",
+    ]
+    # A few: each its line.
+    caplog.clear()
+    preprocess._warn_thin_classes({"train": {"a": 1, "b": 9}, "test": {"a": 0, "b": 3}}, 0.0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "class 'a' has no test images",
+        "class 'a' has only 1 train image",
+        "class 'b' has only 3 test images",
+    ]
 
 
 def test_samples_of_many_classes_sort_in_class_order(tmp_path: Path) -> None:
