@@ -19,23 +19,30 @@ CLASSES = ["cat", "dog", "frog"]
 
 
 def write_processed(
-    root: Path, n_train: int = 96, n_val: int = 24, n_test: int = 30, size: int = 16, seed: int = 0
+    root: Path,
+    n_train: int = 96,
+    n_val: int = 24,
+    n_test: int = 30,
+    size: int = 16,
+    seed: int = 0,
+    classes: list[str] = CLASSES,
 ) -> None:
-    """Learnable tiny splits under `root`/data/processed: class k is brightest in channel k."""
+    """Learnable tiny splits under `root`/data/processed: class k is brightest in channel k
+    (of three: k % 3 with more classes)."""
     rng = np.random.default_rng(seed)
     counts = {"train": n_train, "val": n_val, "test": n_test}
     folder = root / paths.PROCESSED_DIR
     folder.mkdir(parents=True, exist_ok=True)
     for split, n in counts.items():
-        labels = np.arange(n) % len(CLASSES)
+        labels = np.arange(n) % len(classes)
         images = rng.integers(0, 100, size=(n, 3, size, size), dtype=np.uint8)
-        images[np.arange(n), labels] += 120
+        images[np.arange(n), labels % 3] += 120
         with SplitWriter(folder, split, size) as writer:
             writer.append(images, labels)
             writer.close()
     meta = {
         "dataset": "imagefolder",
-        "classes": CLASSES,
+        "classes": classes,
         "image_size": size,
         "mean": [0.3, 0.3, 0.3],
         "std": [0.2, 0.2, 0.2],

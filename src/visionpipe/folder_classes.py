@@ -102,12 +102,15 @@ def _pct(right: int, total: int) -> str:
     return f"{right / total:.1%} ({right}/{total})"
 
 
-def format_accuracy(acc: FolderAccuracy) -> str:
-    """One line: the accuracy over all, per class (the lowest and highest few of many), and
-    how many predicted images were in no class folder."""
+def format_accuracy(acc: FolderAccuracy, top: tuple[int, int] | None = None) -> str:
+    """One line: the accuracy over all (and `top`: k, the images whose class is among their
+    k first, for --topk k), per class (the lowest and highest few of many), and how many
+    predicted images were in no class folder."""
     n = acc.total
     line = f"accuracy on the {n} image{'s' * (n != 1)} in folders named after a class: "
     line += _pct(acc.right, n)
+    if top is not None:
+        line += f", top-{top[0]} {_pct(top[1], n)}"
     scores = acc.per_class
     if len(scores) <= PER_CLASS_SHOWN:
         line += "; per class: " + _scores(scores)

@@ -519,9 +519,21 @@ def _print_accuracy(
         if (missed := near_misses(read, classes, tops)) is not None:
             log.warning("%s", missed)
         return
-    print(format_accuracy(accuracy), file=sys.stderr)
+    k = max((len(p.top) for p in predicted if p.error is None), default=1)
+    # Among the k first: scored as right where the folder's class is one of them.
+    in_top = (
+        (p.file, labels[p.file] if _among(labels.get(p.file), p.top) else p.top[0]["class"])
+        for p in predicted
+        if p.error is None
+    )
+    top = score(in_top, labels, classes) if 1 < k < len(classes) else None  # else all, or top-1
+    print(format_accuracy(accuracy, top and (k, top.right)), file=sys.stderr)
     if (outside := format_outside(accuracy, classes)) is not None:
         log.warning("%s", outside)
+
+
+def _among(label: str | None, top: list[dict[str, Any]]) -> bool:
+    return label is not None and any(t["class"] == label for t in top)
 
 
 def _records(preds: list[Prediction], labels: dict[str, str]) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.datasets import CLASSES, tiny_params
+from tests.datasets import CLASSES, tiny_params, write_processed
 from visionpipe import evaluate, paths, precision, train
 from visionpipe.inference import loss_and_accuracy
 from visionpipe.split_files import SplitWriter
@@ -158,6 +158,29 @@ def test_a_diverged_run_s_nan_test_loss_is_left_out_of_dvclive_metrics(
     evaluate.log_live(metrics, ["a", "b"], ["a", "a"], scores)
     text = paths.EVAL_METRICS.read_text()
     assert json.loads(text) == {"test_acc": 0.1, "test_images": 2}
+
+
+def test_top5_accuracy_is_reported_for_more_than_ten_classes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Among a thousand classes top-1 of a young model is near 0; top-5 shows its progress.
+    nan = float("nan")
+    logits = torch.arange(12.0).repeat(4, 1)  # classes 11, 10, 9, 8, 7 first
+    logits[3] = nan  # ranks nothing: a miss
+    labels = torch.tensor([11, 7, 6, 11])
+    finite = torch.isfinite(logits).all(1)
+    assert evaluate.top5_accuracy(logits, labels, finite) == {"test_top5_acc": 0.5}
+    assert evaluate.top5_accuracy(logits[:, :10], labels % 10, finite) == {}  # CIFAR-10: none
+    classes = [f"c{i:02d}" for i in range(12)]
+    write_processed(tmp_path, n_train=48, n_val=12, n_test=24, classes=classes)
+    monkeypatch.chdir(tmp_path)
+    train.run(tiny_params(epochs=1))
+    with caplog.at_level(logging.INFO):
+        metrics = evaluate.run("cpu", 16)
+    assert list(metrics) == ["test_acc", "test_top5_acc", "test_loss", "test_images"]
+    assert metrics["test_acc"] <= metrics["test_top5_acc"] <= 1
+    assert json.loads(paths.EVAL_METRICS.read_text()) == metrics
+    assert f"(top-5 {100 * metrics['test_top5_acc']:.2f}%) over 24 images" in caplog.text
 
 
 def test_a_row_of_non_finite_logits_counts_as_wrong() -> None:

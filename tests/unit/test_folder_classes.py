@@ -108,6 +108,16 @@ def test_a_file_named_by_itself_counts_by_the_folder_it_sits_in(
     last = _accuracy_line(capsys)
     assert last.startswith("accuracy on the 3 images in folders named after a class: 66.7% (2/3);")
     assert "per class: cat 0.0% (0/1), frog 100.0% (2/2)" in last
+    # With --topk below the class count, the share whose class is among their k first too.
+    args = ["predict", "1.png", "../cat/1.png", "--model", model, "--json", "p.json"]
+    assert main([*args, "--topk", "2"]) == 0
+    frog, cat = json.loads(Path("p.json").read_text())
+    assert frog["top"][0]["class"] == "frog" and cat["top"][0]["class"] != "cat"
+    among = [cat["top"][1]["class"] == "cat", True]  # frog's is its first
+    assert _accuracy_line(capsys).startswith(
+        "accuracy on the 2 images in folders named after a class: 50.0% (1/2), top-2 "
+        f"{sum(among) / 2:.1%} ({sum(among)}/2);"
+    )
 
 
 def test_photos_filed_by_year_below_a_class_folder_count_up_to_the_folder_named(
