@@ -172,6 +172,7 @@ def run(
         "macro_f1": macro_f1(scores),
         "classes_without_test_images": absent,
         "classes_never_predicted": never,
+        "most_confused": most_confused(cm.numpy(), classes),
     }
     _log_headline(accuracy, len(labels), loss, per_class["macro_f1"], metrics.get("test_top5_acc"))
     write_json(paths.PER_CLASS, {**per_class, "classes": scores})
@@ -180,6 +181,24 @@ def run(
     actual = [classes[i] for i in kept.tolist()]
     log_live(metrics, actual, [classes[i] for i in preds.tolist()], scores)
     return metrics
+
+
+MOST_CONFUSED = 10  # pairs listed: what a plot of a hundred classes' matrix no longer shows
+
+
+def most_confused(cm: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:
+    """The MOST_CONFUSED (actual, predicted) pairs of different classes with the most test
+    images, most first (ties in class order): with many classes the confusion plot's labels
+    overlap, and these are what it would show."""
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(-off, axis=None, kind="stable")[:MOST_CONFUSED]
+    pairs = [np.unravel_index(i, off.shape) for i in order]
+    return [
+        {"actual": classes[a], "predicted": classes[p], "images": int(off[a, p])}
+        for a, p in pairs
+        if off[a, p] > 0
+    ]
 
 
 def matrix_json(classes: list[str], rows: list[list[int]]) -> str:

@@ -91,6 +91,20 @@ def test_a_class_missing_from_test_has_no_accuracy(
     assert [c["support"] for c in per_class["classes"]] == [10, 10, 0]
     counted = [c["f1"] or 0 for c in per_class["classes"] if c["support"] or c["predicted"]]
     assert per_class["macro_f1"] == pytest.approx(sum(counted) / len(counted), abs=1e-6)
+    # The pairs most confused, as the plot of many classes can no longer show them.
+    off = [
+        (n, a, p)
+        for a, row in enumerate(
+            json.loads(paths.CONFUSION_MATRIX.read_text())["rows_actual_cols_predicted"]
+        )
+        for p, n in enumerate(row)
+        if a != p and n
+    ]
+    want = [
+        (CLASSES[a], CLASSES[p], n) for n, a, p in sorted(off, key=lambda t: (-t[0], t[1], t[2]))
+    ]
+    got = [(c["actual"], c["predicted"], c["images"]) for c in per_class["most_confused"]]
+    assert got == want[: evaluate.MOST_CONFUSED] and got, per_class["most_confused"]
     # The matrix, a row a line (a thousand classes' would be a million lines of one number).
     text = paths.CONFUSION_MATRIX.read_text()
     matrix = json.loads(text)
