@@ -254,6 +254,25 @@ def test_a_key_conf_lacks_says_where_its_line_goes(
     assert "'train.lr' is missing, and conf/config.yaml has no line for it" in said
     assert "add `lr: 0.01` under `train:` there, then `uv run visionpipe params`" in said
     assert "removed with" not in said
+    # A nested key goes where the file nests it; a whole section, with its keys in one line.
+    composed = yaml.safe_load(path.read_text())
+    del composed["train"]["augment"]["flip"], composed["evaluate"]
+    path.write_text(yaml.safe_dump(composed))
+    del conf["train"]["augment"]["flip"], conf["evaluate"]
+    (tmp_path / "conf" / "config.yaml").write_text(yaml.safe_dump(conf))
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    said = str(err.value)
+    assert "add `flip: false` under `augment:` in `train:` there" in said, said
+    assert "add `evaluate: {amp: false}` at the top level there" in said, said
+    del composed["train"]["augment"], conf["train"]["augment"]  # a section within a section
+    path.write_text(yaml.safe_dump(composed))
+    (tmp_path / "conf" / "config.yaml").write_text(yaml.safe_dump(conf))
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert (
+        "add `augment: {crop_padding: 0, padding_mode: zeros, flip: false}` under `train:` there"
+    ) in str(err.value)
 
 
 def test_a_key_cut_from_a_later_stage_section_is_an_error(tmp_path: Path) -> None:

@@ -190,8 +190,8 @@ def _refuse_missing(schema: type[BaseModel], raw: dict[str, Any], origin: str) -
             if defaults is None or lookup(defaults, k.split(".")) is not MISSING
             else f"'{k}' is missing, and conf/config.yaml has no line for it (a key new in the "
             f"code, a new model's): add `{k.rpartition('.')[2]}: {_default_text(schema, k)}` "
-            f"under `{k.rpartition('.')[0]}:` there, then `uv run visionpipe params` (-S cannot "
-            "set a key conf/ lacks)"
+            f"{_place(k)} there, then `uv run visionpipe params` (-S cannot set a key conf/ "
+            "lacks)"
             for k in keys
         ]
         lines.append(
@@ -224,7 +224,19 @@ def _default_text(schema: type[BaseModel], dotted: str) -> str:
     if field is None or field.is_required():
         return "DEFAULT"
     default = field.get_default(call_default_factory=True)
-    return yaml.safe_dump(default, default_flow_style=True).splitlines()[0]
+    if isinstance(default, BaseModel):  # a whole section: its keys, in one line
+        default = default.model_dump(mode="json")
+    text = yaml.safe_dump(default, default_flow_style=True, sort_keys=False, width=10**6)
+    return text.removesuffix("...\n").strip()  # a scalar's document-end marker
+
+
+def _place(dotted: str) -> str:
+    """Where the line of the key at `dotted` goes in a YAML file: `under `augment:` in
+    `train:``, as the file nests it (it has no `train.augment:` line)."""
+    sections = dotted.split(".")[:-1]
+    if not sections:
+        return "at the top level"
+    return "under " + " in ".join(f"`{s}:`" for s in reversed(sections))
 
 
 def read(path: Path | str = DEFAULT_PARAMS) -> Any:
