@@ -277,6 +277,19 @@ def test_an_experiment_committed_as_the_baseline_warns_when_the_next_one_drops_i
     proc = dvc(repo, "exp", "run", "-S", "train.epochs=1", "-S", "train.lr=0.02")
     assert _ran(proc.stdout, "train")
     assert "train.lr: 0.02 ->" not in proc.stdout + proc.stderr
+    # A dropped value of the data's (a recipe's other dataset): said by download, the first
+    # stage, before a download can fail; once, though train runs too.
+    sha = yaml.safe_load((repo / "params.yaml").read_text())["data"]["sha256"]  # conf/'s
+    dvc(repo, "exp", "run", "-S", "data.sha256=null", "-S", "train.epochs=1")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "the archive unchecked")
+    shutil.rmtree(repo / ".dvc" / "cache" / "runs")  # a fresh clone's: download runs again
+    proc = dvc(repo, "exp", "run", "-S", "train.epochs=2")
+    assert _ran(proc.stdout, "download") and _ran(proc.stdout, "train")
+    said = proc.stdout + proc.stderr
+    assert said.count(f"data.sha256: None -> {sha}") == 1, said
+    warned, fetched = (proc.stderr.find(t) for t in ("data.sha256: None", "bytes from http"))
+    assert -1 < warned < fetched, proc.stderr  # before the download, as download warns
 
 
 def _queue_logs_until(repo: Path, name: str, text: str, timeout_s: float = 300) -> str:

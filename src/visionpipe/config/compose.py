@@ -4,6 +4,7 @@ that an experiment drops from its baseline commit."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -242,7 +243,7 @@ def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
         keys = []  # a shallow clone (CI's checkout) lacks where params.yaml was composed
     if _dropped_recipe(rev, committed, recipe):
         keys.insert(0, "recipe")  # its values are the recipe's: named by it, not one by one
-    if keys:
+    if keys and _first_time(rev, path):
         values = [f"{k}: {_value(committed, k)} -> {_value(current, k)}" for k in keys]
         logging.getLogger(__name__).warning(
             "the baseline commit %s holds %s values that conf/ does not give (an experiment "
@@ -255,6 +256,30 @@ def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
             ", ".join(values[:8]) + (f" and {len(values) - 8} more" if len(values) > 8 else ""),
         )
     return keys
+
+
+# What the first stage of an experiment to warn of its dropped values wrote (download's, or
+# train's where the data stages are cached): the later one stays quiet.
+WARNED = Path(".dvc/tmp/visionpipe-dropped-warned")
+
+
+def _first_time(rev: str, path: Path) -> bool:
+    """Whether no stage of this experiment (the baseline `rev`, the params at `path`, and the
+    name DVC gives each `dvc exp run`, DVC_EXP_NAME) warned of its dropped values yet; marked
+    so. Outside a DVC project, always."""
+    import hashlib
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    mark = f"{rev} {digest} {os.environ.get('DVC_EXP_NAME', '')}\n"
+    try:
+        if WARNED.read_text(encoding="utf-8") == mark:
+            return False
+    except (OSError, UnicodeError):
+        pass
+    with contextlib.suppress(OSError):
+        if WARNED.parent.is_dir():
+            WARNED.write_text(mark, encoding="utf-8")
+    return True
 
 
 def _same(a: Any, b: Any) -> bool:
