@@ -9,11 +9,16 @@ from visionpipe import logs
 def main() -> None:
     # Imported here, inside run_stage: a Ctrl-C while they load is its one line, not a traceback.
     from visionpipe import config, paths, sources
-    from visionpipe.config.compose import warn_dropped_baseline, warn_other_machine
+    from visionpipe.config.compose import (
+        refuse_unchosen_recipe,
+        warn_dropped_baseline,
+        warn_other_machine,
+    )
     from visionpipe.config.data import DataConfig
     from visionpipe.config.launch import LaunchConfig
     from visionpipe.fsutil import write_json
 
+    refuse_unchosen_recipe()
     data = config.load_section("data", DataConfig)
     # The first stage to run: an experiment that drops the committed recipe downloads another
     # dataset, and says why before a download can fail.

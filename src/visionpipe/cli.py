@@ -131,7 +131,12 @@ def _params(args: argparse.Namespace) -> int:
     import yaml
 
     from visionpipe.config import DEFAULT_PARAMS
-    from visionpipe.config.compose import CONF_DIR, compose_yaml, diff_keys
+    from visionpipe.config.compose import (
+        CONF_DIR,
+        compose_yaml,
+        diff_keys,
+        refuse_unchosen_recipe,
+    )
     from visionpipe.config.params import parse_params
     from visionpipe.fsutil import write_text
 
@@ -157,6 +162,7 @@ def _params(args: argparse.Namespace) -> int:
         )
         return 2
     try:
+        refuse_unchosen_recipe(root / CONF_DIR)
         text = compose_yaml(args.overrides, root / CONF_DIR)
         raw = yaml.safe_load(text)
         if lacking := _lacking_in_conf(raw, args.overrides):

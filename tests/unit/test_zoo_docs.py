@@ -77,7 +77,8 @@ def test_config_yaml_names_every_recipe() -> None:
     listed = _config_comment("recipe").split(": ", 1)[-1].split(" | ")
     assert sorted(listed) == RECIPES, (
         "conf/config.yaml: the recipe comment lists the files of conf/recipe/; write "
-        f"`recipe: tutorial          # the recipe composed in: {' | '.join(RECIPES)}`"
+        "`recipe: tutorial          # the recipe composed in (chosen under defaults above, or"
+        f" by -S recipe=NAME), one of: {' | '.join(RECIPES)}`"
     )
 
 

@@ -36,6 +36,31 @@ def compose_yaml(overrides: list[str], conf_dir: Path = CONF_DIR) -> str:
     return OmegaConf.to_yaml(cfg)
 
 
+def refuse_unchosen_recipe(conf_dir: Path = CONF_DIR) -> None:
+    """Refuse a conf/config.yaml whose `recipe:` line names another recipe than its defaults
+    entry `- recipe: NAME`, which is the one composed: the line is the label the recipe's own
+    file sets, so an edit of it alone would change nothing, without a word."""
+    from visionpipe.config import ConfigError
+
+    path = conf_dir / "config.yaml"
+    try:
+        conf = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeError, yaml.YAMLError):
+        return  # composing it says what is wrong
+    if not isinstance(conf, dict):
+        return
+    defaults = conf.get("defaults") if isinstance(conf.get("defaults"), list) else []
+    chosen = next((d["recipe"] for d in defaults if isinstance(d, dict) and "recipe" in d), None)
+    label = conf.get("recipe")
+    if isinstance(label, str) and isinstance(chosen, str) and label != chosen:
+        raise ConfigError(
+            f"{path.as_posix()}: `recipe: {label}` does not choose the recipe, the line"
+            f" `- recipe: {chosen}` under `defaults:` does: to compose {label} by default, set"
+            f" that line to `- recipe: {label}` (or this one back to `recipe: {chosen}`); for"
+            f" one experiment, `-S recipe={label}`"
+        )
+
+
 def compose(overrides: list[str], conf_dir: Path = CONF_DIR) -> dict[str, Any]:
     """conf/ composed with Hydra override strings, as a plain mapping."""
     return yaml.safe_load(compose_yaml(overrides, conf_dir))
