@@ -168,6 +168,11 @@ def _fetch_official(
         " README.md shows, or in DATA_MIRROR. For one run: `uv run dvc exp run -S"
         f" data.source=/abs/path/{official.filename}`."
     )
+    if not mirror_value and paths.QUEUED_COPY in Path.cwd().as_posix():
+        hint += (
+            " A queued run reads DATA_MIRROR where the queue's workers start, not where the run"
+            " was queued: `DATA_MIRROR=... uv run dvc queue start`."
+        )
     return _download(official.url, dest, expect, checks, net, hint)
 
 

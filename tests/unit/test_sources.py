@@ -232,6 +232,27 @@ def test_mirror_folder_used_before_network(tmp_path: Path, monkeypatch: pytest.M
     assert _fetch(None, tmp_path, dataset="cifar10", mirror=mirror.as_uri()).md5 == MD5
 
 
+def test_a_queued_run_without_a_mirror_is_told_where_data_mirror_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `DATA_MIRROR=... dvc exp run --queue` sets it for the command that queues, not for the
+    # worker that runs the experiment (in .dvc/tmp/exps/).
+    _fake_official(monkeypatch, f"{UNREACHABLE}/cifar-10-python.tar.gz")
+    copy = tmp_path / "project" / ".dvc" / "tmp" / "exps" / "tmpab12"
+    copy.mkdir(parents=True)
+    said = []
+    for cwd in (tmp_path, copy):
+        monkeypatch.chdir(cwd)
+        with pytest.raises(DownloadError) as err:
+            _fetch(None, tmp_path, dataset="cifar10")
+        said.append(str(err.value))
+    queued = "A queued run reads DATA_MIRROR where the queue's workers start"
+    assert queued not in said[0]
+    assert said[1].endswith(
+        f"{queued}, not where the run was queued: `DATA_MIRROR=... uv run dvc queue start`."
+    ), said[1]
+
+
 def test_the_log_names_the_setting_that_gave_the_mirror(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
