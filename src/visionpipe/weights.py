@@ -348,7 +348,9 @@ def _run_order(net: nn.Module, names: list[str], image_size: int) -> list[str]:
     modules = dict(net.named_modules())
     order: list[str] = []
     hooks = [modules[n].register_forward_hook(lambda *_, n=n: order.append(n)) for n in names]
-    training = net.training
+    # Each module's own mode, put back as it was: a frozen backbone's BatchNorms stay in eval
+    # mode inside a net in train mode.
+    modes = {m: m.training for m in net.modules()}
     param = next(net.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     try:
@@ -360,7 +362,8 @@ def _run_order(net: nn.Module, names: list[str], image_size: int) -> list[str]:
     finally:
         for hook in hooks:
             hook.remove()
-        net.train(training)
+        for module, mode in modes.items():
+            module.training = mode
     return order
 
 

@@ -279,3 +279,23 @@ def test_a_bool_constant_is_named_as_what_stops_opencv_4() -> None:
     assert runtimes.problems(graph)["opencv4"] == [
         "it reads no BOOL constant, 'Unsupported data type: BOOL' (constant 'mask')"
     ]
+
+
+def test_the_log_says_so_when_every_runtime_has_a_known_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from tests.tiny_onnx import write_tiny_onnx
+
+    model = write_tiny_onnx(tmp_path / "model.onnx")
+    with caplog.at_level(logging.INFO):
+        runtimes.log_support(model, portable=False)
+    assert f"{model} has no layer known to fail in onnxruntime, " in caplog.text, caplog.text
+    everywhere = {name: ["a layer it lacks"] for name in runtimes.RUNTIMES}
+    monkeypatch.setattr(runtimes, "problems", lambda graph: everywhere)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        runtimes.log_support(model, portable=True)
+    assert f"{model} has a layer known to fail in every tested runtime" in caplog.text
+    assert "no layer known to fail" not in caplog.text

@@ -1251,6 +1251,19 @@ def test_layers_the_weights_file_left_fresh_train_with_the_classifier(
     assert groups["classifier"]["lr"] == 0.1
 
 
+def test_finding_the_classifier_leaves_a_frozen_backbone_s_batchnorms_frozen() -> None:
+    # The forward pass that finds the classifier (64 classes: two Linears of 64 outputs) puts
+    # each module's mode back as it was, not the whole net's: a notebook asking for the head
+    # of a frozen model in train mode must not train its BatchNorms' statistics.
+    model = build_model("tutorial_cnn", 64, 32, {"activation": "relu", "batch_norm": True})
+    model.freeze_backbone()
+    model.train()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(m.training for m in norms)
+    model.head()
+    assert model.training and not any(m.training for m in norms)
+
+
 def test_backbone_lr_scale_slows_every_layer_but_the_classifier() -> None:
     model = build_model("tutorial_cnn", 3, 16, {"activation": "relu", "batch_norm": True})
     cfg = TrainConfig(lr=0.1, bias_lr_scale=4.0, backbone_lr_scale=0.1)
