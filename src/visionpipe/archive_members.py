@@ -159,13 +159,22 @@ def _warn_skipped(source: Path, folder_links: list[str], broken_links: list[str]
 
 
 def warn_icloud_placeholders(source: Path, left_out: list[str]) -> None:
-    """Name the photos of `source` that iCloud Drive holds online only: their placeholders are
-    hidden files, left out, and a class folder of them alone would be said to hold no files."""
+    """Name the photos of `source` (a folder, or an archive of one) that iCloud Drive holds
+    online only: their placeholders are hidden files, left out, and a class folder of them
+    alone would be said to hold no files."""
     stubs = [name for name in left_out if icloud_placeholder(name)]
     if stubs:
+        suffix = source.name.lower()
+        again = (
+            " and zip the folder again"
+            if suffix.endswith(".zip")
+            else " and pack the folder again"
+            if suffix.endswith((".tar", ".tar.gz", ".tgz"))
+            else ""
+        )
         log.warning(
             "%s: left out %s, iCloud Drive's placeholders of photos not downloaded (%s, of %s):"
-            " download them (Finder's Download Now on the folder) and copy the folder again,"
+            f" download them (Finder's Download Now on the folder){again},"
             " then `uv run dvc repro -f -s download` (DVC does not watch the source)",
             source,
             counted(len(stubs), "file"),

@@ -882,7 +882,9 @@ def test_icloud_placeholders_in_a_zip_are_named_as_photos_not_downloaded(
     empty = said.index("1 folder holds no files, so no class or split comes of it: photos/wasps/")
     assert placeholders < empty  # said first: it explains the empty folder
     # Fixed at the same path, the source is packed anew only by the download stage.
-    assert "copy the folder again, then `uv run dvc repro -f -s download`" in said
+    assert (
+        "Download Now on the folder) and zip the folder again, then `uv run dvc repro -f -s" in said
+    )
 
 
 def test_a_layout_error_says_how_a_fixed_source_is_read_again(workdir: Path) -> None:

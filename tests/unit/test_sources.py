@@ -535,6 +535,8 @@ def test_icloud_placeholders_in_a_folder_source_are_named_as_photos_not_download
         _fetch("photos", tmp_path)
     said = "left out 5 files, iCloud Drive's placeholders of photos not downloaded (dogs/.IMG_0"
     assert said in caplog.text and "and 2 more, of dogs/): download them" in caplog.text
+    # The folder is read as it is: downloaded, it needs only the stage run again.
+    assert "on the folder), then `uv run dvc repro -f -s download`" in caplog.text
 
 
 def test_a_macos_photos_library_is_refused_with_the_way_to_export_classes(
