@@ -147,8 +147,9 @@ def _capped(names: list[str]) -> str:
 
 def _singulars(word: str) -> list[str]:
     """`word` and what it is the English plural of: cats, buses, boxes, churches, butterflies,
-    potatoes, knives, wolves; not canes (can) or manes (man)."""
-    forms = [word, word.removesuffix("s")]
+    potatoes, knives, wolves; not canes (can) or manes (man), nor bus, glass or axis (no plural:
+    bu, glas, axi)."""
+    forms = [word, word[:-1]] if _plural_like(word) else [word]
     if word.endswith(("ses", "xes", "zes", "ches", "shes")) or (
         word.endswith("oes") and len(word) > 5  # potatoes, heroes; not toes (to), does (do)
     ):
@@ -158,6 +159,11 @@ def _singulars(word: str) -> list[str]:
     if word.endswith("ves"):
         forms += [word[:-3] + "f", word[:-3] + "fe"]
     return forms
+
+
+def _plural_like(word: str) -> bool:
+    """Whether `word` ends as an English plural does: in s, but not ss, us or is."""
+    return word.endswith("s") and not word.endswith(("ss", "us", "is"))
 
 
 def near_misses(
@@ -175,7 +181,7 @@ def near_misses(
     own = {key(c): c for c in classes}
     # Singular folders of plural classes (`ant/` for 'ants') only where every class is named in
     # the plural: a class 'news' or 'glasses' among others says nothing of `new/` or `glass/`.
-    if own and all(k.endswith("s") for k in own):
+    if own and all(_plural_like(k) for k in own):
         for c in classes:
             for singular in _singulars(key(c))[1:]:
                 own.setdefault(singular, c)

@@ -207,6 +207,12 @@ def test_folders_that_miss_every_class_name_by_a_plural_say_so(
     classes = ["news", "glasses", "trains", "cat"]
     assert near_misses([f"p/{f}/1.jpg" for f in ("new", "glass", "train")], classes) is None
     assert near_misses(["p/test/1.jpg"], ["tests"]) is None
+    # Words that end in s with no plural in them: no singular cut from them (bu/ for 'bus').
+    classes = ["bus", "glass", "axis", "gas"]
+    folders = ("bu", "glas", "axi", "ga")
+    assert near_misses([f"p/{f}/1.jpg" for f in folders], classes) is None
+    said = near_misses(["p/buses/1.jpg", "p/glasses/2.jpg"], classes)
+    assert said is not None and "buses/ for 'bus', glasses/ for 'glass'" in said
     # A sub-folder's photo counts for the class folder above it, up to the folder named.
     tops = {"p/cats/2024/1.jpg": "p"}
     said = near_misses(list(tops), ["cat", "dog"], tops)
