@@ -601,18 +601,31 @@ MODEL_STAGES = ("train", "evaluate", "export")
 
 
 def _cached_outputs(dvc_file: Path) -> list[str]:
+    return _outputs(list(stages_of(dvc_file).values()), cached=True)
+
+
+def _outputs(stages: list[Any], cached: bool) -> list[str]:
+    """The outputs of `stages` (dvc.yaml entries) that DVC caches, or (`cached` False) those
+    it leaves to git."""
     entries: list[Any] = [
         entry
-        for stage in stages_of(dvc_file).values()
+        for stage in stages
+        if isinstance(stage, dict)
         for kind in ("outs", "metrics", "plots")
         for entry in stage.get(kind) or []
     ]
     outputs = []
     for entry in entries:  # a path, or {path: {cache: false, ...}}
         path, options = next(iter(entry.items())) if isinstance(entry, dict) else (entry, None)
-        if (options or {}).get("cache", True):
+        if bool((options or {}).get("cache", True)) == cached:
             outputs.append(str(path))
     return outputs
+
+
+def outputs_in_git(stage: str) -> list[str]:
+    """The outputs of `stage` that dvc.yaml keeps out of DVC's cache and git tracks: `dvc
+    checkout` does not bring them back, git does."""
+    return _git_tracked(_outputs([stages_of(Path("dvc.yaml")).get(stage)], cached=False))
 
 
 def _git_tracked(outputs: list[str]) -> list[str]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+import shutil
 import tarfile
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import pipeline_skeleton, run_stage
+from tests.helpers import ROOT, git, pipeline_skeleton, run_stage
 
 # A stage checks the sections it reads (and that every top-level key is a known section);
 # the train stage reads them all.
@@ -38,6 +39,16 @@ def test_bad_params_fail_a_stage_before_any_work(tmp_path: Path, stage: str) -> 
         proc = run_stage(stage, tmp_path, DVC_STAGE=stage)
         assert "(DVC removed the evaluate stage's outputs as it started it" in proc.stderr
         assert "`uv run dvc checkout --force evaluate` brings back the last ones" in proc.stderr
+        # Its outputs kept in git rather than DVC's cache come back by git.
+        shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+        metrics = tmp_path / "dvclive" / "eval" / "metrics.json"
+        metrics.parent.mkdir(parents=True)
+        metrics.write_text("{}\n")
+        git(tmp_path, "init", "-q")
+        git(tmp_path, "add", "dvclive")
+        proc = run_stage(stage, tmp_path, DVC_STAGE=stage)
+        back = "uv run dvc checkout --force evaluate && git checkout -- dvclive/eval/metrics.json"
+        assert f"`{back}` brings back the last ones" in proc.stderr, proc.stderr
 
 
 def test_missing_upstream_output_names_the_command_to_run(tmp_path: Path) -> None:
