@@ -126,6 +126,17 @@ def is_dicom(head: bytes) -> bool:
     return head[128:132] == b"DICM"
 
 
+DICOM_PEEKS = 20  # files that `may_be_dicom` whose first bytes are read to tell DICOM
+
+
+def may_be_dicom(name: str) -> bool:
+    """Whether a file not named as DICOM may still be a scan, worth its first bytes: a disc's
+    `IM_0001`, with no suffix, or a PACS export named by its instance UID
+    (`1.2.840.113619.2.55.3.604688119.969.1268071029.320`), whose "suffix" is digits."""
+    suffix = os.path.splitext(os.path.basename(name))[1]
+    return not suffix or suffix[1:].isdigit()
+
+
 def is_dicom_name(name: str) -> bool:
     """Whether a file is named as DICOM's are: `.dcm`, a disc's DICOMDIR index."""
     base = os.path.basename(name)

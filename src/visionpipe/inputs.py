@@ -20,11 +20,13 @@ from typing import TypeVar
 from visionpipe import fsutil, paths
 from visionpipe.images import (
     DICOM_NOT_READ,
+    DICOM_PEEKS,
     icloud_placeholder,
     is_dicom,
     is_dicom_name,
     is_hidden,
     is_image_name,
+    may_be_dicom,
 )
 from visionpipe.names import counted, listed
 
@@ -359,17 +361,14 @@ def _warn_left_out(spec: str, left_out: list[str]) -> None:
 
 def _dicom(folder: str, names: list[str]) -> bool:
     """Whether files left out of `folder` are DICOM scans: by name, or by the first bytes of
-    those with no suffix (a disc's IM_0001), a few read at most."""
+    those that may be (`may_be_dicom`), a few read at most."""
     if any(is_dicom_name(name) for name in names):
         return True
-    for name in [n for n in names if not os.path.splitext(n)[1]][:DICOM_PEEKS]:
+    for name in [n for n in names if may_be_dicom(n)][:DICOM_PEEKS]:
         with contextlib.suppress(OSError), open(os.path.join(folder, name), "rb") as f:
             if is_dicom(f.read(132)):
                 return True
     return False
-
-
-DICOM_PEEKS = 20  # files without a suffix whose first bytes are read to tell DICOM
 
 
 def _warn_placeholders(spec: str, left_out: list[str]) -> None:

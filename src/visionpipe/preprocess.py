@@ -39,10 +39,13 @@ from visionpipe.datasets import DATASETS
 from visionpipe.fsutil import CsvRows, atomic_dir, remove_stale_temps, size_text, write_json
 from visionpipe.images import (
     DICOM_NOT_READ,
+    DICOM_PEEKS,
     decode_batch,
+    is_dicom,
     is_dicom_name,
     is_hidden,
     is_image_name,
+    may_be_dicom,
     resize_center_crop,
     to_chw,
 )
@@ -136,7 +139,9 @@ def decode_source(
         except split_plan.LayoutParamError:
             raise  # a param to set back, not a source to fix
         except split_plan.DatasetLayoutError as exc:
-            raise split_plan.DatasetLayoutError(f"{exc}{FIXED_SOURCE}") from None
+            scans = DICOM_NOT_READ not in str(exc) and _dicom_inside(files)
+            said = f"{exc}{f' ({DICOM_NOT_READ})' if scans else ''}"
+            raise split_plan.DatasetLayoutError(f"{said}{FIXED_SOURCE}") from None
         log.info(
             "%s: %s layout, %d classes (%s), %d image files to decode (%s)",
             source.name,
@@ -164,6 +169,13 @@ FIXED_SOURCE = (
 
 
 PROGRESS_EVERY_S = 30.0
+
+
+def _dicom_inside(files: archive.Files) -> bool:
+    """Whether files of the source that no name marks are DICOM scans (a disc's `IM_0001`, a
+    PACS export named by its UID): by the first bytes of a few of them (`may_be_dicom`)."""
+    peeked = [n for n in files.names if may_be_dicom(n) and not is_hidden(n)][:DICOM_PEEKS]
+    return any(is_dicom(files.read(name)[:132]) for name in peeked)
 
 
 def _counted(decoded: Iterable[Decoded], total: int) -> Iterator[Decoded]:

@@ -44,6 +44,11 @@ def test_a_folder_gives_the_photos_preprocess_would_read_not_mac_or_nas_leftover
     collect_inputs([str(folder / "cats")])
     assert "left out 2 files not named as an image" in caplog.text
     assert "IM_0001" in caplog.text and "; DICOM scans" in caplog.text
+    # A PACS export names each by its instance UID, whose "suffix" is digits.
+    (folder / "cats/IM_0001").rename(folder / "cats/1.2.840.113619.2.55.3.604688119.969.320")
+    caplog.clear()
+    collect_inputs([str(folder / "cats")])
+    assert "604688119.969.320" in caplog.text and "; DICOM scans" in caplog.text
 
 
 def test_a_broken_or_looping_symlink_is_named_as_such(tmp_path: Path) -> None:

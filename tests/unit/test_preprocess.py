@@ -926,3 +926,14 @@ def test_a_layout_error_says_how_a_fixed_source_is_read_again(workdir: Path) -> 
     # A source of DICOM scans alone says so.
     with pytest.raises(split_plan.DatasetLayoutError, match="DICOM scans are not read"):
         split_plan.plan_image_folder(["scans/normal/IM_0.dcm", "scans/DICOMDIR"], None, 0.1, 0)
+    # So does one whose scans no name marks (a disc's IM_0000; a UID), by their first bytes.
+    with zipfile.ZipFile(workdir / paths.RAW_DIR / "photos.zip", "w") as z:
+        for cls in ("normal", "abnormal"):
+            z.writestr(f"scans/{cls}/IM0000", bytes(128) + b"DICM")
+            z.writestr(f"scans/{cls}/1.2.840.113619.2.55.3.{len(cls)}", bytes(128) + b"DICM")
+    with pytest.raises(split_plan.DatasetLayoutError) as err:
+        preprocess.run(_params())
+    said = str(err.value)
+    assert said.startswith("no image files found among the 4 files of the source"), said
+    assert "(DICOM scans are not read: export them as PNG or TIFF" in said
+    assert said.endswith(preprocess.FIXED_SOURCE)
