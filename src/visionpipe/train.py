@@ -45,7 +45,7 @@ from visionpipe.inference import Scores, evaluate_split
 from visionpipe.modelfile import ModelInfo, save_model
 from visionpipe.models import MIN_STD, Classifier, build_model, scaling_std
 from visionpipe.optim import Lookahead, lr_tensors, make_optimizer, make_scheduler
-from visionpipe.progress import Progress, log_why_stopped
+from visionpipe.progress import Progress, diverged, log_why_stopped
 from visionpipe.tracking import EpochRecord, Tracker, misclassified_grid
 from visionpipe.weights import warn_if_other_split
 
@@ -242,7 +242,9 @@ def _run(params: TrainingParams, ddp: distributed.Dist, device: torch.device) ->
                     f"; the checkpoint after epoch {epoch + 1} is kept: {then}"
                 )
             if stopped:
-                if ddp.writes_outputs:  # all ranks stop together; one line per machine says why
+                # All ranks stop together; one line per machine says why, where the stop cut
+                # the run short (patience run out at the last epoch stops nothing).
+                if ddp.writes_outputs and (epoch + 1 < last or diverged(record)):
                     log_why_stopped(record, cfg.patience, cfg.lr, cfg.min_delta)
                 break
         seconds = time.perf_counter() - t_start

@@ -505,6 +505,17 @@ def test_min_delta_stops_a_run_and_best_val_loss_is_still_the_lowest(
     assert metrics["best_val_loss"] == round(lowest, 6)
 
 
+def test_patience_run_out_at_the_last_epoch_is_no_early_stop(
+    processed: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The run ends where it would have ended: the log says nothing of an early stop, as
+    # metrics/train.json says none.
+    with caplog.at_level("INFO", logger="visionpipe.progress"):
+        metrics = train.run(tiny_params(epochs=2, lr=0.01, patience=1, min_delta=100.0))
+    assert not metrics["stopped_early"] and metrics["epochs_run"] == 2
+    assert "early stopping" not in caplog.text
+
+
 def test_min_delta_without_patience_says_it_changes_nothing(
     processed: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
