@@ -13,6 +13,7 @@ def main() -> None:
         refuse_unchosen_recipe,
         warn_dropped_baseline,
         warn_other_machine,
+        warn_unused_local_source,
     )
     from visionpipe.config.data import DataConfig
     from visionpipe.config.launch import LaunchConfig
@@ -24,6 +25,7 @@ def main() -> None:
     # dataset, and says why before a download can fail.
     warn_dropped_baseline()
     warn_other_machine()
+    warn_unused_local_source()
     # Where this machine keeps its data is a launch setting, read here but not declared in
     # dvc.yaml: clones with the same archive in different folders write the same dvc.lock.
     data_root = config.load_section("launch", LaunchConfig).data_root

@@ -19,6 +19,7 @@ from visionpipe.config.compose import (
     warn_drift,
     warn_dropped_baseline,
     warn_other_machine,
+    warn_unused_local_source,
 )
 from visionpipe.config.params import parse_params
 from visionpipe.models import MODELS
@@ -323,6 +324,29 @@ def test_a_value_of_conf_local_that_the_experiment_s_recipe_changes_is_not_warne
         with caplog.at_level(logging.WARNING):
             assert warn_dropped_baseline(params) == [], recipe
     assert not caplog.text
+
+
+def test_a_local_data_source_a_recipe_sets_aside_is_warned_of_with_the_way_to_use_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # conf/local/machine.yaml names this machine's ants/bees zip; `-S recipe=hymenoptera`
+    # sets data.source null (its official archive), so the zip is not read: offline, the
+    # download would fail as if no source were set.
+    _conf(tmp_path, "data:\n  source: /data/hymenoptera_data.zip\n")
+    monkeypatch.chdir(tmp_path)
+    params = Path("params.yaml")
+    params.write_text(compose_yaml(["recipe=hymenoptera"], Path("conf")), encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        assert warn_unused_local_source(params)
+    assert (
+        "conf/local/machine.yaml sets data.source /data/hymenoptera_data.zip, which this run does"
+        " not read: its data.source is null (the recipe hymenoptera sets it so)"
+    ) in caplog.text
+    assert "`launch: {data_root: /abs/folder}`" in caplog.text
+    # Read (the tutorial's recipe keeps it), or set aside by -S: nothing to say.
+    for overrides in ([], ["recipe=hymenoptera", "data.source=/data/h.zip"]):
+        params.write_text(compose_yaml(overrides, Path("conf")), encoding="utf-8")
+        assert not warn_unused_local_source(params), overrides
 
 
 def test_launch_settings_composed_on_another_machine_are_warned_of(

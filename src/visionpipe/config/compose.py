@@ -314,6 +314,33 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+def warn_unused_local_source(path: Path = DEFAULT_PARAMS) -> bool:
+    """Warn where this machine's conf/local/machine.yaml names a data.source that the run of
+    params.yaml at `path` does not read: a recipe composed after it sets data.source null
+    (`hymenoptera`: its official archive). Whether it warned."""
+    local = CONF_DIR / "local" / "machine.yaml"
+    try:
+        given = yaml.safe_load(local.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeError, yaml.YAMLError):
+        return False
+    mine = _value(given, "data.source") if isinstance(given, dict) else None
+    if not isinstance(raw, dict) or _value(raw, "data.source") is not None or not mine:
+        return False
+    logging.getLogger(__name__).warning(
+        "%s sets data.source %s, which this run does not read: its data.source is null (the"
+        " recipe %s sets it so), the official archive. To have that archive read from a folder"
+        " of this machine, name the folder in %s as `launch: {data_root: /abs/folder}`; to"
+        " train on %s, pass -S data.source=... too",
+        local,
+        mine,
+        raw.get("recipe", "tutorial"),
+        local,
+        mine,
+    )
+    return True
+
+
 def warn_other_machine(path: Path = DEFAULT_PARAMS) -> list[str]:
     """Outside `dvc exp run`: warn of the launch settings of this machine's conf/local/machine.yaml
     that params.yaml holds other values of: params.yaml composed on another machine (a
