@@ -765,32 +765,42 @@ def load_array(data: bytes, name: str, size: int) -> np.ndarray:
     return to_chw(resize_center_crop(decode_rgb(data, name, size), size))
 
 
+# An image at least this many times as long as it is wide (or the reverse) loses half of itself
+# or more to the centre square: a panorama, a screenshot of a phone's screen, a banner.
+WIDE_RATIO = 2
+
+
 def decode_batch(
     items: Sequence[tuple[str, bytes]], size: int
-) -> tuple[np.ndarray, list[tuple[int, str]]]:
+) -> tuple[np.ndarray, list[tuple[int, str]], list[int]]:
     """Decode `(name, bytes)` pairs into one (n, 3, size, size) uint8 array: preprocess's unit
     of work in a worker process. The row of an image that fails stays zero; the failures come
-    back as (row, reason)."""
+    back as (row, reason); then the rows of images WIDE_RATIO times as long as wide."""
     hwc = np.zeros((len(items), size, size, 3), np.uint8)
-    failed = []
+    failed, wide = [], []
     with _no_bomb_warning():
         for row, (name, data) in enumerate(items):
             try:
-                hwc[row] = _decode_hwc(data, name, size)
+                hwc[row], long = _decode_hwc(data, name, size)
             except BadImageError as exc:
                 failed.append((row, exc.reason))
+                continue
+            if long:
+                wide.append(row)
     # One reordering copy per chunk: per image, a transpose costs more than decoding a
     # 32-pixel JPEG.
-    return np.ascontiguousarray(hwc.transpose(0, 3, 1, 2)), failed
+    return np.ascontiguousarray(hwc.transpose(0, 3, 1, 2)), failed, wide
 
 
-def _decode_hwc(data: bytes, name: str, size: int) -> np.ndarray:
-    """load_array's pixels, in (size, size, 3) order; a plain JPEG of that size as it is."""
+def _decode_hwc(data: bytes, name: str, size: int) -> tuple[np.ndarray, bool]:
+    """load_array's pixels, in (size, size, 3) order (a plain JPEG of that size as it is), and
+    whether the image is WIDE_RATIO times as long as it is wide."""
     pixels = _decode_plain_jpeg(data, size)
     if pixels is not None and pixels.shape[:2] == (size, size):
-        return pixels
+        return pixels, False
     img = Image.fromarray(pixels) if pixels is not None else _decode_with_pillow(data, name, size)
-    return _hwc(resize_center_crop(img, size))
+    long = max(img.size) >= WIDE_RATIO * min(img.size)
+    return _hwc(resize_center_crop(img, size)), long
 
 
 def to_model_input(arrays: list[np.ndarray]) -> np.ndarray:

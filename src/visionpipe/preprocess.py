@@ -40,6 +40,7 @@ from visionpipe.fsutil import CsvRows, atomic_dir, remove_stale_temps, size_text
 from visionpipe.images import (
     DICOM_NOT_READ,
     DICOM_PEEKS,
+    WIDE_RATIO,
     decode_batch,
     is_dicom,
     is_dicom_name,
@@ -78,16 +79,24 @@ class Decoded(NamedTuple):
     squares: np.ndarray
     digests: bytes
     dark: int  # its train images whose brightest pixel is below DARK_PEAK
+    wide: int = 0  # its train images images.WIDE_RATIO times as long as wide
 
     @classmethod
-    def of(cls, images: np.ndarray, failed: list[tuple[int, str]], train: bytes) -> Decoded:
-        """`train`: a byte per image, 1 for the train split's."""
+    def of(
+        cls,
+        images: np.ndarray,
+        failed: list[tuple[int, str]],
+        wide: list[int],
+        train: bytes,
+    ) -> Decoded:
+        """`train`: a byte per image, 1 for the train split's; `wide`: the rows of long ones."""
         counted = np.frombuffer(train, np.bool_).copy()
         counted[[row for row, _ in failed]] = False
         kept = images[counted]  # a copy: taken once
         sums, squares = channel_sums(kept)
         dark = int((kept.max(axis=(1, 2, 3), initial=0) < DARK_PEAK).sum())
-        return cls(images, failed, sums, squares, identical.digests(images), dark)
+        long = sum(1 for row in wide if counted[row])
+        return cls(images, failed, sums, squares, identical.digests(images), dark, long)
 
 
 @dataclass
@@ -107,6 +116,7 @@ class Result:
     blank: list[int] = field(default_factory=list)  # those all black or white (identical.blank)
     layout_warnings: list[str] = field(default_factory=list)  # split_plan's, already logged
     dark: int = 0  # train images whose brightest pixel is below DARK_PEAK
+    wide: int = 0  # train images images.WIDE_RATIO times as long as wide: cropped to half
 
     @property
     def counts(self) -> dict[str, int]:
@@ -336,7 +346,7 @@ def resize_batch(chunk: tuple[np.ndarray, bytes], size: int) -> Decoded:
     if images.shape[-1] != size or images.shape[-2] != size:
         hwc = (Image.fromarray(i.transpose(1, 2, 0)) for i in images)
         images = np.stack([to_chw(resize_center_crop(img, size)) for img in hwc])
-    return Decoded.of(images, [], train)
+    return Decoded.of(images, [], [], train)
 
 
 class DiskSpaceError(OSError):
@@ -363,7 +373,7 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
     bad_classes: list[str] = []
     sums, squares = np.zeros(3, np.int64), np.zeros(3, np.int64)  # the train images'
     digests, failed_rows = bytearray(), []  # of every item, for identical.groups
-    dark = 0
+    dark = wide = 0
     with contextlib.ExitStack() as stack:
         writers = {s: stack.enter_context(SplitWriter(out, s, size)) for s in SPLITS}
         record = CsvRows(stack.enter_context(open(out / paths.SPLIT_RECORD.name, "w", newline="")))
@@ -383,6 +393,7 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
             sums += chunk.sums
             squares += chunk.squares
             dark += chunk.dark
+            wide += chunk.wide
         assert done == len(plan.items), (done, len(plan.items))
         for writer in writers.values():
             writer.close()
@@ -410,6 +421,7 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
         blank=identical.blank(bytes(digests), groups, size),
         layout_warnings=plan.warnings,
         dark=dark,
+        wide=wide,
     )
 
 
@@ -657,6 +669,23 @@ def _warn_dark(result: Result, size: int) -> list[str]:
     return [warning]
 
 
+def _warn_wide(result: Result) -> list[str]:
+    """Say so where a tenth or more of the train images lose half of themselves or more to the
+    centre square: panoramas, phone screenshots, banners."""
+    train = result.counts["train"]
+    if result.wide == 0 or result.wide * 10 < train:
+        return []
+    warning = (
+        f"{result.wide:,} of the {train:,} train images are at least {WIDE_RATIO} times as long as"
+        " they are wide (or the reverse): the model sees the centre square of each, half of the"
+        " image or less (a panorama's middle, a screenshot's band). Where what matters lies"
+        " elsewhere, crop or pad them to squares before training (docs/datasets.md, Image"
+        " size)" + FIXED_SOURCE
+    )
+    log.warning("%s", warning)
+    return [warning]
+
+
 def _warn_thin_classes(counts: dict[str, dict[str, int]], val_fraction: float) -> list[str]:
     """A warning per thin class (all in the report); the log gets one line for each, or where
     there are more than SHOWN, one for each kind (no test images; few train images), so that
@@ -716,6 +745,7 @@ def run(params: DataParams, workers: int | None = None) -> dict[str, Any]:
         warnings += _warn_thin_classes(class_counts, params.data.val_fraction)
         warnings += _warn_identical(result, size)
         warnings += _warn_dark(result, size)
+        warnings += _warn_wide(result)
         meta = {
             "dataset": params.data.dataset,
             "classes": result.classes,

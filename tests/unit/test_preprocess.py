@@ -937,3 +937,26 @@ def test_a_layout_error_says_how_a_fixed_source_is_read_again(workdir: Path) -> 
     assert said.startswith("no image files found among the 4 files of the source"), said
     assert "(DICOM scans are not read: export them as PNG or TIFF" in said
     assert said.endswith(preprocess.FIXED_SOURCE)
+
+
+@pytest.mark.parametrize(("width", "warned"), [(72, True), (70, False)])
+def test_a_set_of_long_images_is_told_the_model_sees_their_centre_square(
+    workdir: Path, caplog: pytest.LogCaptureFixture, width: int, warned: bool
+) -> None:
+    # Panoramas and phone screenshots: the centre square is half of each or less (72x36).
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(workdir / paths.RAW_DIR / "wide.zip", "w") as z:
+        for i in range(12):
+            buf = io.BytesIO()
+            pixels = rng.integers(0, 255, (36, width if i < 10 else 36, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(buf, format="PNG")
+            z.writestr(f"wide/{('sea', 'sky')[i % 2]}/{i}.png", buf.getvalue())
+    preprocess.run(_params(val_fraction=0.0, test_fraction=0.25))
+    report = json.loads(paths.PREPROCESS_REPORT.read_text())
+    said = [w for w in report["warnings"] if "times as long as" in w]
+    assert bool(said) == warned, report["warnings"]
+    if warned:
+        train = report["images"]["train"]
+        assert re.match(rf"\d+ of the {train} train images are at least 2 times as long", said[0])
+        assert "the model sees the centre square of each" in said[0] and said[0] in caplog.text
+        assert said[0].endswith(preprocess.FIXED_SOURCE)
