@@ -198,9 +198,8 @@ def _run(params: TrainingParams, ddp: distributed.Dist, device: torch.device) ->
     cfg = params.train
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation, on CPU
-    # cudnn.benchmark stays off (PyTorch's default): on an H100 its autotuning cost the `fast`
-    # recipe 1.5-7 s in the first epoch and 14 s in the first validation, and won nothing
-    # per step afterwards (tutorial: 5% per epoch, less than its 2.7 s of tuning over 10).
+    # cudnn.benchmark stays off (PyTorch's default): on an H100 its tuning cost `fast` 1.5-7 s in
+    # epoch 1 and 14 s in its first validation; the tutorial's 5% an epoch won back < its 2.7 s.
     splits = split_tensors.load_training_data(device)
     model = build_training_model(params, splits, device, ddp)
     fp = checkpoints.fingerprint(params)
@@ -242,8 +241,7 @@ def _run(params: TrainingParams, ddp: distributed.Dist, device: torch.device) ->
                     f"; the checkpoint after epoch {epoch + 1} is kept: {then}"
                 )
             if stopped:
-                # All ranks stop together; one line per machine says why, where the stop cut
-                # the run short (patience run out at the last epoch stops nothing).
+                # All ranks stop together; one line per machine says why the run ended early.
                 if ddp.writes_outputs and (epoch + 1 < last or diverged(record)):
                     log_why_stopped(record, cfg.patience, cfg.lr, cfg.min_delta)
                 break

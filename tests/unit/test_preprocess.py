@@ -828,6 +828,17 @@ def test_an_empty_test_folder_is_named_before_the_layout_error_it_causes(
     assert said in caplog.text
 
 
+def _preprocessed_pngs(dest: Path, images: list[np.ndarray], test_fraction: float) -> dict:
+    """Preprocess a zip of `images` as PNGs, in turn of two classes; its report."""
+    with zipfile.ZipFile(dest, "w") as z:
+        for i, pixels in enumerate(images):
+            buf = io.BytesIO()
+            Image.fromarray(pixels).save(buf, format="PNG")
+            z.writestr(f"set/{('one', 'two')[i % 2]}/{i}.png", buf.getvalue())
+    preprocess.run(_params(val_fraction=0.0, test_fraction=test_fraction))
+    return json.loads(paths.PREPROCESS_REPORT.read_text())
+
+
 @pytest.mark.parametrize(
     ("scale", "bright", "warned"), [(1, 0, True), (16, 0, False), (1, 3, True)]
 )
@@ -837,16 +848,9 @@ def test_12_bit_scans_in_16_bit_files_are_said_to_read_nearly_black(
     # An X-ray export: 12-bit values (0-4095) in 16-bit PNGs read as levels 0-15 of 255; the
     # same scans stretched to 16 bits are fine. A few ordinary photos among them change nothing.
     rng = np.random.default_rng(0)
-    with zipfile.ZipFile(workdir / paths.RAW_DIR / "scans.zip", "w") as z:
-        for i in range(12 + bright):
-            scan = rng.integers(0, 4096, (30, 30)).astype(np.uint16) * scale
-            if i >= 12:
-                scan = np.full((30, 30), 200, np.uint8)
-            buf = io.BytesIO()
-            Image.fromarray(scan).save(buf, format="PNG")
-            z.writestr(f"scans/{('normal', 'abnormal')[i % 2]}/{i}.png", buf.getvalue())
-    preprocess.run(_params(val_fraction=0.0, test_fraction=0.3))
-    report = json.loads(paths.PREPROCESS_REPORT.read_text())
+    scans = [rng.integers(0, 4096, (30, 30)).astype(np.uint16) * scale for _ in range(12)]
+    scans += [np.full((30, 30), 200, np.uint8)] * bright
+    report = _preprocessed_pngs(workdir / paths.RAW_DIR / "scans.zip", scans, 0.3)
     dark = [w for w in report["warnings"] if "nearly black" in w]
     assert bool(dark) == warned, report["warnings"]
     if warned:
@@ -945,14 +949,9 @@ def test_a_set_of_long_images_is_told_the_model_sees_their_centre_square(
 ) -> None:
     # Panoramas and phone screenshots: the centre square is half of each or less (72x36).
     rng = np.random.default_rng(0)
-    with zipfile.ZipFile(workdir / paths.RAW_DIR / "wide.zip", "w") as z:
-        for i in range(12):
-            buf = io.BytesIO()
-            pixels = rng.integers(0, 255, (36, width if i < 10 else 36, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(buf, format="PNG")
-            z.writestr(f"wide/{('sea', 'sky')[i % 2]}/{i}.png", buf.getvalue())
-    preprocess.run(_params(val_fraction=0.0, test_fraction=0.25))
-    report = json.loads(paths.PREPROCESS_REPORT.read_text())
+    shapes = [(36, width, 3)] * 10 + [(36, 36, 3)] * 2
+    photos = [rng.integers(0, 255, shape, dtype=np.uint8) for shape in shapes]
+    report = _preprocessed_pngs(workdir / paths.RAW_DIR / "wide.zip", photos, 0.25)
     said = [w for w in report["warnings"] if "times as long as" in w]
     assert bool(said) == warned, report["warnings"]
     if warned:
