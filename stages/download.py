@@ -9,23 +9,13 @@ from visionpipe import logs
 def main() -> None:
     # Imported here, inside run_stage: a Ctrl-C while they load is its one line, not a traceback.
     from visionpipe import config, paths, sources
-    from visionpipe.config.compose import (
-        refuse_unchosen_recipe,
-        warn_dropped_baseline,
-        warn_other_machine,
-        warn_unused_local_source,
-    )
+    from visionpipe.config.compose import check_against_conf
     from visionpipe.config.data import DataConfig
     from visionpipe.config.launch import LaunchConfig
     from visionpipe.fsutil import write_json
 
-    refuse_unchosen_recipe()
+    check_against_conf(data_stage=True)
     data = config.load_section("data", DataConfig)
-    # The first stage to run: an experiment that drops the committed recipe downloads another
-    # dataset, and says why before a download can fail.
-    warn_dropped_baseline()
-    warn_other_machine()
-    warn_unused_local_source()
     # Where this machine keeps its data is a launch setting, read here but not declared in
     # dvc.yaml: clones with the same archive in different folders write the same dvc.lock.
     data_root = config.load_section("launch", LaunchConfig).data_root

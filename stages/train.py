@@ -5,22 +5,14 @@ per rank (DistributedDataParallel).
 """
 
 from visionpipe import checkpoints, devices, distributed, logs, train
-from visionpipe.config.compose import (
-    refuse_unchosen_recipe,
-    warn_drift,
-    warn_dropped_baseline,
-    warn_other_machine,
-)
+from visionpipe.config.compose import check_against_conf
 from visionpipe.config.training import load_training_params
 
 
 def main() -> None:
     params = load_training_params()
     if not distributed.under_launcher():  # once, not once per rank
-        refuse_unchosen_recipe()
-        warn_drift()
-        warn_dropped_baseline()
-        warn_other_machine()
+        check_against_conf()
     cfg = params.launch
     if distributed.wants_launch(cfg):
         # Checked here, before torchrun starts processes that would each fail.

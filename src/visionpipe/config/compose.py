@@ -374,3 +374,18 @@ def warn_other_machine(path: Path = DEFAULT_PARAMS) -> list[str]:
             path,
         )
     return keys
+
+
+def check_against_conf(data_stage: bool = False) -> None:
+    """What a stage checks of params.yaml against conf/ before it runs: a recipe line that
+    chooses nothing (refused), then, warned of, values an experiment drops from its baseline,
+    another machine's launch settings, and, for the first stage (`data_stage`), a local
+    data.source the recipe sets aside; for train, hand edits of params.yaml too. The download
+    stage, first to run, says why another dataset comes before a download can fail."""
+    refuse_unchosen_recipe()
+    if not data_stage:
+        warn_drift()
+    warn_dropped_baseline()
+    warn_other_machine()
+    if data_stage:
+        warn_unused_local_source()
