@@ -135,7 +135,7 @@ def _params(args: argparse.Namespace) -> int:
         CONF_DIR,
         compose_yaml,
         diff_keys,
-        refuse_unchosen_recipe,
+        warn_unchosen_recipe,
     )
     from visionpipe.config.params import parse_params
     from visionpipe.fsutil import write_text
@@ -162,9 +162,9 @@ def _params(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        refuse_unchosen_recipe(root / CONF_DIR)
         text = compose_yaml(args.overrides, root / CONF_DIR)
         raw = yaml.safe_load(text)
+        warn_unchosen_recipe(str(raw.get("recipe")), root / CONF_DIR)
         if lacking := _lacking_in_conf(raw, args.overrides):
             print(f"error: {lacking}", file=sys.stderr)
             return 2

@@ -173,6 +173,21 @@ def test_a_dropped_baseline_value_is_warned_of_but_not_one_the_experiment_sets(
         assert warn_dropped_baseline(params) == ["train.lr"]
     assert "train.lr: 0.02 -> 0.01" in caplog.text
     assert "train.epochs" not in caplog.text
+    # A recipe the experiment names is asked for, values and all (its 25 epochs); a value it
+    # does not set (the lr) is still dropped unasked. The values read as params.yaml has them.
+    caplog.clear()
+    params.write_text(compose_yaml(["recipe=hymenoptera"], CONF), encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        assert warn_dropped_baseline(params) == ["train.lr"]
+    assert "train.epochs" not in caplog.text
+    committed = compose_yaml(["train.lr=0.02", "data.sha256=null", "data.source=/d/c.zip"], CONF)
+    params.write_text(committed, encoding="utf-8")
+    git(tmp_path, "commit", "-qam", "a local source")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", git(tmp_path, "rev-parse", "HEAD").strip())
+    params.write_text(compose_yaml(["train.lr=0.02"], CONF), encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        assert warn_dropped_baseline(params) == ["data.source"]
+    assert "data.source: /d/c.zip -> null." in caplog.text
 
 
 def _committed_with_conf(
@@ -411,3 +426,24 @@ def test_an_edit_of_conf_since_the_baseline_commit_is_no_dropped_value(
         with caplog.at_level(logging.WARNING):
             assert warn_dropped_baseline(params) == [], overrides
         assert not caplog.text
+
+
+def test_dropped_values_are_warned_of_once_a_run_and_again_on_a_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # download and train of one `dvc exp run` both check; the first says it. A retry of a
+    # failed run (the same name, the same params) writes params.yaml anew: said again.
+    import os
+
+    from visionpipe.config.compose import _first_time
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".dvc" / "tmp").mkdir(parents=True)
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  lr: 0.01\n")
+    assert _first_time("a" * 40, params) and not _first_time("a" * 40, params)
+    assert _first_time("b" * 40, params)  # another baseline
+    stat = params.stat()
+    params.write_text("train:\n  lr: 0.01\n")  # as `dvc exp run` writes it again
+    os.utime(params, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert _first_time("b" * 40, params) and not _first_time("b" * 40, params)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import shutil
@@ -36,29 +37,40 @@ def compose_yaml(overrides: list[str], conf_dir: Path = CONF_DIR) -> str:
     return OmegaConf.to_yaml(cfg)
 
 
-def refuse_unchosen_recipe(conf_dir: Path = CONF_DIR) -> None:
-    """Refuse a conf/config.yaml whose `recipe:` line names another recipe than its defaults
-    entry `- recipe: NAME`, which is the one composed: the line is the label the recipe's own
-    file sets, so an edit of it alone would change nothing, without a word."""
-    from visionpipe.config import ConfigError
+SHIPPED_RECIPE = "tutorial"  # what conf/config.yaml chooses, and labels, as shipped
 
+
+def warn_unchosen_recipe(recipe: str, conf_dir: Path = CONF_DIR) -> bool:
+    """Warn where conf/config.yaml's `recipe:` line was edited to a recipe that its defaults
+    entry `- recipe: NAME` does not choose, and this run (composing `recipe`) does not run: the
+    line is the label each recipe's file sets, so an edit of it alone changes nothing. (A team
+    that set the defaults entry alone keeps the shipped label: nothing to say.) Whether it
+    warned."""
     path = conf_dir / "config.yaml"
     try:
         conf = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeError, yaml.YAMLError):
-        return  # composing it says what is wrong
+        return False  # composing it says what is wrong
     if not isinstance(conf, dict):
-        return
+        return False
     defaults = conf.get("defaults") if isinstance(conf.get("defaults"), list) else []
     chosen = next((d["recipe"] for d in defaults if isinstance(d, dict) and "recipe" in d), None)
     label = conf.get("recipe")
-    if isinstance(label, str) and isinstance(chosen, str) and label != chosen:
-        raise ConfigError(
-            f"{path.as_posix()}: `recipe: {label}` does not choose the recipe, the line"
-            f" `- recipe: {chosen}` under `defaults:` does: to compose {label} by default, set"
-            f" that line to `- recipe: {label}` (or this one back to `recipe: {chosen}`); for"
-            f" one experiment, `-S recipe={label}`"
-        )
+    if not isinstance(label, str) or label in (chosen, SHIPPED_RECIPE, recipe):
+        return False
+    logging.getLogger(__name__).warning(
+        "%s: `recipe: %s` does not choose the recipe, the line `- recipe: %s` under `defaults:`"
+        " does, and this run composes %s: to compose %s by default, set that line to"
+        " `- recipe: %s`; for one experiment, `-S recipe=%s`",
+        path.as_posix(),
+        label,
+        chosen,
+        recipe,
+        label,
+        label,
+        label,
+    )
+    return True
 
 
 def compose(overrides: list[str], conf_dir: Path = CONF_DIR) -> dict[str, Any]:
@@ -266,21 +278,29 @@ def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
         keys = [k for k in keys if _value(committed, k) != _value(then, k)]
     elif keys and written is not None and _history_ends_at(written):
         keys = []  # a shallow clone (CI's checkout) lacks where params.yaml was composed
+    if recipe != committed.get("recipe", "tutorial"):
+        # A recipe the experiment names (-S recipe=fast) is asked for, values and all.
+        theirs = set(diff_keys(composed, compose([])))
+        keys = [k for k in keys if k not in theirs]
     if _dropped_recipe(rev, committed, recipe):
         keys.insert(0, "recipe")  # its values are the recipe's: named by it, not one by one
     if keys and _first_time(rev, path):
-        values = [f"{k}: {_value(committed, k)} -> {_value(current, k)}" for k in keys]
-        logging.getLogger(__name__).warning(
-            "the baseline commit %s holds %s values that conf/ does not give (an experiment "
-            "applied and committed, or made a branch by `dvc exp branch`?); this experiment "
-            "composes conf/ and its -S values anew, so "
-            "it changes %s. To keep the committed values, put them in conf/config.yaml and "
-            "commit, or pass them with -S",
-            rev[:7],
-            path,
-            ", ".join(values[:8]) + (f" and {len(values) - 8} more" if len(values) > 8 else ""),
-        )
+        _say_dropped(rev, path, [(k, _value(committed, k), _value(current, k)) for k in keys])
     return keys
+
+
+def _say_dropped(rev: str, path: Path, changes: list[tuple[str, Any, Any]]) -> None:
+    """The warning of `warn_dropped_baseline`: each (key, committed value, this run's)."""
+    values = [f"{k}: {_yaml(was)} -> {_yaml(now)}" for k, was, now in changes]
+    logging.getLogger(__name__).warning(
+        "the baseline commit %s holds %s values that conf/ does not give (an experiment applied"
+        " and committed, or made a branch by `dvc exp branch`?); this experiment composes conf/"
+        " and its -S values anew, so it changes %s. To keep the committed values, pass them"
+        " with -S (or put them in conf/ and commit)",
+        rev[:7],
+        path,
+        ", ".join(values[:8]) + (f" and {len(values) - 8} more" if len(values) > 8 else ""),
+    )
 
 
 # What the first stage of an experiment to warn of its dropped values wrote (download's, or
@@ -289,13 +309,14 @@ WARNED = Path(".dvc/tmp/visionpipe-dropped-warned")
 
 
 def _first_time(rev: str, path: Path) -> bool:
-    """Whether no stage of this experiment (the baseline `rev`, the params at `path`, and the
-    name DVC gives each `dvc exp run`, DVC_EXP_NAME) warned of its dropped values yet; marked
-    so. Outside a DVC project, always."""
+    """Whether no stage of this experiment warned of its dropped values yet; marked so. An
+    experiment is its baseline `rev` and the params file at `path` as `dvc exp run` wrote it
+    for this run: its content and time (each run, a retry of a failed one too, writes it anew;
+    its stages do not). Outside a DVC project, always."""
     import hashlib
 
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    mark = f"{rev} {digest} {os.environ.get('DVC_EXP_NAME', '')}\n"
+    mark = f"{rev} {digest} {path.stat().st_mtime_ns}\n"
     try:
         if WARNED.read_text(encoding="utf-8") == mark:
             return False
@@ -305,6 +326,11 @@ def _first_time(rev: str, path: Path) -> bool:
         if WARNED.parent.is_dir():
             WARNED.write_text(mark, encoding="utf-8")
     return True
+
+
+def _yaml(value: Any) -> str:
+    """A value as params.yaml writes it: null, true, 0.01, a text as it is."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -377,12 +403,17 @@ def warn_other_machine(path: Path = DEFAULT_PARAMS) -> list[str]:
 
 
 def check_against_conf(data_stage: bool = False) -> None:
-    """What a stage checks of params.yaml against conf/ before it runs: a recipe line that
-    chooses nothing (refused), then, warned of, values an experiment drops from its baseline,
+    """What a stage checks of params.yaml against conf/ before it runs, each warned of: a
+    recipe line that chooses nothing, values an experiment drops from its baseline,
     another machine's launch settings, and, for the first stage (`data_stage`), a local
     data.source the recipe sets aside; for train, hand edits of params.yaml too. The download
     stage, first to run, says why another dataset comes before a download can fail."""
-    refuse_unchosen_recipe()
+    try:
+        raw = yaml.safe_load(DEFAULT_PARAMS.read_text(encoding="utf-8"))
+    except (OSError, UnicodeError, yaml.YAMLError):
+        raw = None  # the stage's own loading says what is wrong
+    if isinstance(raw, dict):
+        warn_unchosen_recipe(str(raw.get("recipe", SHIPPED_RECIPE)))
     if not data_stage:
         warn_drift()
     warn_dropped_baseline()
