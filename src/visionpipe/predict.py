@@ -8,6 +8,7 @@ Files in folders named after a class (a test set sorted by class) are also score
 from __future__ import annotations
 
 import contextlib
+import decimal
 import errno
 import io
 import itertools
@@ -736,9 +737,27 @@ def percent(probability: float, places: int) -> str:
     """`probability` as a percentage with `places` decimals, and more below 1%, down to two
     significant digits: among 1,000 classes every guess of a young model is near 0.1%, and
     `0.1%` five times over would tell them apart no more than `0%` does."""
-    if 0 < probability < 0.01:
-        places = max(places, min(4, 1 - math.floor(math.log10(probability * 100))))
-    return f"{probability:.{places}%}"
+    value = probability * 100
+    if 0 < value < 10**-MOST_PLACES:
+        return f"<{_half_up(10**-MOST_PLACES, MOST_PLACES)}%"
+    if 0 < value < 1:
+        more = 1 - math.floor(math.log10(value))
+        if float(_half_up(value, more)) * 10**more >= 100:  # 0.0996 rounds up to 0.100
+            more -= 1
+        shown = _half_up(value, max(places, min(MOST_PLACES, more)))
+        if float(shown) < 1:  # 0.996% rounds to 1.00: then as any other 1%
+            return f"{shown}%"
+    return f"{_half_up(value, places)}%" if math.isfinite(value) else f"{value}%"
+
+
+MOST_PLACES = 8  # decimals of a percentage at most: below 0.00000001%, "<" that
+
+
+def _half_up(value: float, places: int) -> str:
+    """`value` to `places` decimals, a half rounded up, as JavaScript's toFixed rounds the
+    serve page's (Python's format rounds a half to even: 0.125 to 0.12, the page's to 0.13)."""
+    step = decimal.Decimal(1).scaleb(-places)
+    return format(decimal.Decimal(value).quantize(step, rounding=decimal.ROUND_HALF_UP), "f")
 
 
 def format_table(preds: list[Prediction], skipped: set[str] | frozenset[str] = frozenset()) -> str:

@@ -122,7 +122,7 @@ async def show_heic(debug_port: int, page_url: str, photo: Path) -> Any:
 
 # Probabilities a model of a thousand classes gives: below 1% the page, as predict, shows two
 # significant digits.
-SMALL = [0.9, 0.0123, 0.0099, 0.0012, 0.00098, 0.00001234, 0.0]
+SMALL = [0.9, 0.0123, 0.0099, 0.0012, 0.00098, 0.00001234, 0.0, 0.00995, 0.00125, 0.000995, 1e-12]
 
 
 def _shown(probability: float | None) -> str:
@@ -170,6 +170,8 @@ def test_photos_chosen_or_dropped_on_the_page_get_the_api_answer(
     assert said == "2 images classified, newest at the top" and focused == "file", (said, focused)
     assert small == [percent(p, 1) for p in SMALL], small
     assert small[3:6] == ["0.12%", "0.098%", "0.0012%"], small
+    # Two significant digits where rounding reaches the next power; a half up, as toFixed.
+    assert small[7:] == ["1.0%", "0.13%", "0.10%", "<0.00000001%"], small
 
 
 def test_a_heic_photo_the_browser_cannot_draw_gets_its_answer_and_a_placeholder(
