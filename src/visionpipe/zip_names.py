@@ -71,7 +71,7 @@ class ZipNames:
             return info.filename
         raw = info.orig_filename.encode("cp437")  # the bytes as stored
         if (unicode_path := _unicode_path(info.extra, raw)) is not None:
-            return unicode_path.replace("\\", "/")
+            return unicode_path  # its backslashes as the zip's own system reads them (clean_name)
         if self.utf8:
             try:
                 name = raw.decode("utf-8")

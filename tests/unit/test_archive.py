@@ -799,6 +799,17 @@ def test_the_utf8_name_a_zip_keeps_beside_its_code_page_s_is_read(tmp_path: Path
         other.extra = stale  # written for another name: the stored name is read as before
         z.writestr(other, b"dog")
     assert list_files(zipped) == ["╣╖/1.jpg", "猫/照片 1.jpg"]
+    # A backslash in it is a letter where the zip was written on Unix (Info-ZIP in a Latin-1
+    # locale), a separator where on Windows, as in a name without the field.
+    raw, utf8 = "café\\noir/1.jpg".encode("latin-1"), "café\\noir/1.jpg".encode()
+    for system, want in ((3, "café\\noir/1.jpg"), (0, "café/noir/1.jpg")):
+        with zipfile.ZipFile(zipped, "w") as z:
+            member = _UnflaggedName(raw)
+            member.create_system = system
+            field = struct.pack("<HHB", 0x7075, 5 + len(utf8), 1)
+            member.extra = field + struct.pack("<I", zlib.crc32(raw)) + utf8
+            z.writestr(member, b"cat")
+        assert list_files(zipped) == [want], system
 
 
 def test_a_zip_s_unflagged_names_are_read_in_one_encoding(
