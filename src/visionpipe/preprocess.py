@@ -399,12 +399,7 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
             writer.close()
     train = writers["train"]
     if train.count == 0 or writers["test"].count == 0:
-        empty = "train" if train.count == 0 else "test"
-        raise DatasetLayoutError(
-            f"no decodable image landed in the {empty} split ({len(plan.items)} images, "
-            f"{len(bad)} undecodable): add images, or for a flat folder raise data.test_fraction"
-            + FIXED_SOURCE
-        )
+        raise _empty_split("train" if train.count == 0 else "test", len(plan.items), bad)
     mean, std = mean_std(sums, squares, train.count * size * size)
     groups = identical.groups(bytes(digests), failed_rows)
     return Result(
@@ -422,6 +417,21 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
         layout_warnings=plan.warnings,
         dark=dark,
         wide=wide,
+    )
+
+
+def _empty_split(split: str, images: int, bad: list[dict[str, str]]) -> DatasetLayoutError:
+    """The error for a split no decodable image landed in: its undecodable files named (the
+    run stops before its report is written), and what fills it."""
+    named = f": {listed([b['file'] for b in bad], 5)}" if bad else ""
+    fill = (
+        "fix or replace the undecodable files, or add images"
+        if split == "train"
+        else "add images, or for a flat folder raise data.test_fraction"
+    )
+    return DatasetLayoutError(
+        f"no decodable image landed in the {split} split ({images} images, {len(bad)}"
+        f" undecodable{named}): {fill}" + FIXED_SOURCE
     )
 
 

@@ -959,3 +959,18 @@ def test_a_set_of_long_images_is_told_the_model_sees_their_centre_square(
         assert re.match(rf"\d+ of the {train} train images are at least 2 times as long", said[0])
         assert "the model sees the centre square of each" in said[0] and said[0] in caplog.text
         assert said[0].endswith(preprocess.FIXED_SOURCE)
+
+
+def test_a_train_split_left_empty_by_undecodable_files_names_them(workdir: Path) -> None:
+    # Raising data.test_fraction, the advice for an empty test split, would empty train more.
+    files = _seeds("photos", ("ants", "bees"), 10)
+    with zipfile.ZipFile(workdir / paths.RAW_DIR / "photos.zip", "w") as z:
+        for name, seed in files.items():
+            where = split_plan.split_of(name.split("/", 1)[1], 0, 0.2, 0.1)
+            z.writestr(name, b"not a jpeg" if where != "test" else _noisy(seed))
+    with pytest.raises(split_plan.DatasetLayoutError) as err:
+        preprocess.run(_params())
+    said = str(err.value)
+    assert said.startswith("no decodable image landed in the train split (20 images, "), said
+    assert "undecodable: photos/ants/" in said and "fix or replace the undecodable files" in said
+    assert "test_fraction" not in said and said.endswith(preprocess.FIXED_SOURCE)
