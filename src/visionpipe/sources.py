@@ -168,7 +168,9 @@ def _fetch_official(
         " README.md shows, or in DATA_MIRROR. For one run: `uv run dvc exp run -S"
         f" data.source=/abs/path/{official.filename}`."
     )
-    if not mirror_value and paths.QUEUED_COPY in Path.cwd().as_posix():
+    here = Path.cwd().as_posix()
+    # A queued run's copy; `dvc exp run --temp` runs its own in standalone/, from the command.
+    if not mirror_value and paths.QUEUED_COPY in here and "/exps/standalone/" not in here:
         hint += (
             " A queued run reads DATA_MIRROR where the queue's workers start, not where the run"
             " was queued: `DATA_MIRROR=... uv run dvc queue start`."

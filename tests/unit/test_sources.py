@@ -239,15 +239,17 @@ def test_a_queued_run_without_a_mirror_is_told_where_data_mirror_is_read(
     # worker that runs the experiment (in .dvc/tmp/exps/).
     _fake_official(monkeypatch, f"{UNREACHABLE}/cifar-10-python.tar.gz")
     copy = tmp_path / "project" / ".dvc" / "tmp" / "exps" / "tmpab12"
+    temp = tmp_path / "project" / ".dvc" / "tmp" / "exps" / "standalone" / "tmpcd34"
     copy.mkdir(parents=True)
+    temp.mkdir(parents=True)  # `dvc exp run --temp`: the command's own environment
     said = []
-    for cwd in (tmp_path, copy):
+    for cwd in (tmp_path, copy, temp):
         monkeypatch.chdir(cwd)
         with pytest.raises(DownloadError) as err:
             _fetch(None, tmp_path, dataset="cifar10")
         said.append(str(err.value))
     queued = "A queued run reads DATA_MIRROR where the queue's workers start"
-    assert queued not in said[0]
+    assert queued not in said[0] and queued not in said[2]
     assert said[1].endswith(
         f"{queued}, not where the run was queued: `DATA_MIRROR=... uv run dvc queue start`."
     ), said[1]
