@@ -47,7 +47,30 @@ def _predict(args: argparse.Namespace) -> int:
         args.json,
         args.csv,
         args.grid,
+        model_hint=_photo_as_model(getattr(args, "argv", [])),
     )
+
+
+def _photo_as_model(argv: list[str]) -> str:
+    """For `visionpipe predict --model dog.jpg ...`: the photo given as the model, the command
+    with it among the photos; "" where --model names no photo."""
+    from visionpipe.images import is_image_name  # here: --help stays instant
+
+    if "predict" not in argv:
+        return ""
+    for i, arg in enumerate(argv):
+        if arg == "--model" and i + 1 < len(argv):
+            value, rest = argv[i + 1], argv[:i] + argv[i + 2 :]
+            break
+        if arg.startswith("--model="):
+            value, rest = arg.split("=", 1)[1], argv[:i] + argv[i + 1 :]
+            break
+    else:
+        return ""
+    if not (is_image_name(value) and Path(value).is_file()):
+        return ""
+    command = " ".join(_shell_word(arg) for arg in ["uv", "run", "visionpipe", *rest, value])
+    return f"the photos to predict come after the options, not as --model: `{command}`"
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -647,7 +670,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
                 f" ./{dashed[0]} or put -- before the file names",
                 file=sys.stderr,
             )
-        elif exc.code == 2 and (hint := _option_first_hint(parser, argv)):
+        elif exc.code == 2 and (hint := _option_first_hint(parser, argv) or _photo_as_model(argv)):
             print(f"visionpipe: {hint}", file=sys.stderr)
         raise
 
@@ -701,6 +724,7 @@ def _shell_word(arg: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = _parse(parser, sys.argv[1:] if argv is None else argv)
+    args.argv = sys.argv[1:] if argv is None else argv  # as typed, for hints that repeat it
     _check_numbers(args.parser, args)  # the command's parser: its usage, not the top one's
     _check_outputs(args.parser, args)
     logs.setup(logging.WARNING)

@@ -16,7 +16,6 @@ import logging
 import math
 import operator
 import os
-import shlex
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -44,13 +43,7 @@ from visionpipe.fsutil import (
     write_json,
 )
 from visionpipe.grids import Layout, Line, captioned_grid
-from visionpipe.images import (
-    BadImageError,
-    decode_rgb,
-    is_image_name,
-    read_image_file,
-    to_model_input,
-)
+from visionpipe.images import BadImageError, decode_rgb, read_image_file, to_model_input
 from visionpipe.inputs import Inputs, collect_inputs
 from visionpipe.names import one_line
 from visionpipe.onnxrt import open_exported
@@ -242,6 +235,7 @@ def predict_command(
     fix: str = "each is an ERROR line of the table",
     unscored: list[str] | None = None,
     skip_bad: str | None = None,
+    model_hint: str = "",
 ) -> int:
     """`visionpipe predict` and the predict stage: open the model (the pipeline's for `backend`
     by default), predict every file the specs name, print the table (and the accuracy on the
@@ -249,8 +243,9 @@ def predict_command(
     predicted first, whose folders are never taken as classes (the stage's data/samples).
     The exit code: 2 if the model cannot be used, 1 if any input failed (the message ends with
     `fix`), else 0. `skip_bad`: the setting (`predict.on_bad_image=skip`) under which a file
-    that is there but no usable image is a warning, not a failure."""
-    if (opened := _opened_or_said(backend, model)) is None:
+    that is there but no usable image is a warning, not a failure. `model_hint`: said after
+    the error where the model cannot be used (a photo given as --model)."""
+    if (opened := _opened_or_said(backend, model, model_hint)) is None:
         return 2
     topk = min(topk, len(opened.classes))  # the CSV's columns: none left empty in every row
     seen: dict[Path, str] = {}  # a sample that predict.inputs names too comes once
@@ -292,17 +287,12 @@ def predict_command(
     return 1 if failed or not written else 0
 
 
-def _opened_or_said(backend: str, model: Path | None) -> Backend | None:
-    """The model opened for `backend`, or None where it cannot be, said why."""
+def _opened_or_said(backend: str, model: Path | None, hint: str = "") -> Backend | None:
+    """The model opened for `backend`, or None where it cannot be, said why (and `hint`)."""
     try:
         return open_backend(backend, model)
     except (FileNotFoundError, ValueError) as exc:
-        # `--model dog.jpg`: the photo went to the option rather than after it.
-        photo = model is not None and is_image_name(str(model)) and Path(model).is_file()
-        where = "; the photos to predict come after the options, e.g. " if photo else ""
-        option = "" if backend == "onnx" else f"--backend {backend} "
-        example = f"visionpipe predict {option}{shlex.quote(str(model))}"
-        log.error("%s%s", exc, f"{where}`{example}`" if photo else "")
+        log.error("%s%s", exc, f"; {hint}" if hint else "")
         return None
 
 

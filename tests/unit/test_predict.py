@@ -624,7 +624,10 @@ def _bad_models(exported: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
 
 
 def test_the_projects_own_model_overwritten_by_another_file_gets_the_way_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # A download that saved an error page where models/model.onnx was: not "--model takes ...",
     # which the user did not give; a text file saved by Notepad (a byte-order mark) is text too.
@@ -681,10 +684,19 @@ def test_the_projects_own_model_overwritten_by_another_file_gets_the_way_back(
     shutil.copy(tmp_path / "a.png", sample := tmp_path / "data" / "samples" / "00_cat.png")
     assert main(["predict", "--model", str(sample), "a.png"]) == 2
     assert "00_cat.png: a PNG image, not an ONNX model: --model takes the ONNX" in caplog.text
-    # The photo went to the option: predict says where photos go (serve, which takes none, not).
+    # The photo went to the option: predict says where photos go, the command as typed with
+    # it among them (serve, which takes none, not).
     assert caplog.text.rstrip().endswith(
-        f"the photos to predict come after the options, e.g. `visionpipe predict {sample}`"
+        "the photos to predict come after the options, not as --model: `uv run visionpipe"
+        f" predict a.png {sample}`"
     ), caplog.text
+    with pytest.raises(SystemExit):  # the photo alone, as --model: argparse's error, then ours
+        main(["predict", "--model", str(sample)])
+    assert (
+        capsys.readouterr()
+        .err.rstrip()
+        .endswith(f"not as --model: `uv run visionpipe predict {sample}`")
+    )
     assert "checkout" not in caplog.text
     caplog.clear()
     (notes := tmp_path / "notes.onnx").write_bytes("\ufeffnotes, UTF-8".encode("utf-8"))
