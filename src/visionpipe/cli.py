@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import logging
 import math
 import os
@@ -244,7 +243,7 @@ def _old_params(path: Path) -> tuple[dict[str, Any], str]:
 def _lacking_in_conf(raw: object, overrides: list[str]) -> str | None:
     """The error for keys of the code that conf/ gives no value (and no `~key` removed): a key
     new in the code whose line conf/config.yaml lacks, with the line to add."""
-    from visionpipe.config import lookup, missing_keys
+    from visionpipe.config import default_line, missing_keys
     from visionpipe.config.params import Params
 
     if not isinstance(raw, dict):
@@ -253,11 +252,10 @@ def _lacking_in_conf(raw: object, overrides: list[str]) -> str | None:
     keys = [k for k in missing_keys(Params, raw) if k not in removed | {"recipe", "about"}]
     if not keys:
         return None
-    defaults = Params().model_dump(mode="json")
-    lines = [f"  {k}: {json.dumps(lookup(defaults, k.split('.')))}" for k in keys]
+    lines = [f"  {default_line(Params, k)}" for k in keys]
     return (
         "conf/ gives no value for keys the code has: add each line to conf/config.yaml, "
-        "in its section, at the code's default:\n" + "\n".join(lines)
+        "where it says, at the code's default:\n" + "\n".join(lines)
     )
 
 

@@ -337,8 +337,19 @@ def test_visionpipe_params_names_the_line_conf_lacks_for_a_key_new_in_the_code(
     assert main(["params"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: conf/ gives no value for keys the code has: add each line")
-    assert err.splitlines()[1:] == ["  predict.topk: 3"] and "-S ~" not in err
+    assert err.splitlines()[1:] == ["  `topk: 3` under `predict:`"] and "-S ~" not in err
     assert not Path("params.yaml").exists()
+    # A nested key, or a whole section, where the file nests it (no dotted `train.augment:`).
+    text = conf.read_text()
+    lines = text.splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if line.startswith("  augment:"))
+    conf.write_text("".join(lines[:at] + lines[at + 4 :]))  # augment: and its three keys
+    assert main(["params"]) == 2
+    lines = capsys.readouterr().err.splitlines()[1:]
+    assert (
+        "  `augment: {crop_padding: 0, padding_mode: zeros, flip: false}` under `train:`" in lines
+    )
+    conf.write_text(text)
     assert main(["params", "~predict.topk"]) == 2  # Hydra: nothing there to remove
     assert "conf/ gives no value" not in capsys.readouterr().err
 

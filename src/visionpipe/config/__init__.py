@@ -189,9 +189,8 @@ def _refuse_missing(schema: type[BaseModel], raw: dict[str, Any], origin: str) -
             f"the `~` to keep the value conf/ gives it"
             if defaults is None or lookup(defaults, k.split(".")) is not MISSING
             else f"'{k}' is missing, and conf/config.yaml has no line for it (a key new in the "
-            f"code, a new model's): add `{k.rpartition('.')[2]}: {_default_text(schema, k)}` "
-            f"{_place(k)} there, then `uv run visionpipe params` (-S cannot set a key conf/ "
-            "lacks)"
+            f"code, a new model's): add {default_line(schema, k)} there, then `uv run visionpipe"
+            " params` (-S cannot set a key conf/ lacks)"
             for k in keys
         ]
         lines.append(
@@ -228,6 +227,12 @@ def _default_text(schema: type[BaseModel], dotted: str) -> str:
         default = default.model_dump(mode="json")
     text = yaml.safe_dump(default, default_flow_style=True, sort_keys=False, width=10**6)
     return text.removesuffix("...\n").strip()  # a scalar's document-end marker
+
+
+def default_line(schema: type[BaseModel], dotted: str) -> str:
+    """The line a YAML file lacking the key at `dotted` needs, at the code's default, and where
+    it goes: "`lr: 0.01` under `train:`"."""
+    return f"`{dotted.rpartition('.')[2]}: {_default_text(schema, dotted)}` {_place(dotted)}"
 
 
 def _place(dotted: str) -> str:
