@@ -238,13 +238,12 @@ def predict_command(
     model_hint: str = "",
 ) -> int:
     """`visionpipe predict` and the predict stage: open the model (the pipeline's for `backend`
-    by default), predict every file the specs name, print the table (and the accuracy on the
-    files in folders named after a class), write the files asked for. `unscored`: specs
-    predicted first, whose folders are never taken as classes (the stage's data/samples).
-    The exit code: 2 if the model cannot be used, 1 if any input failed (the message ends with
-    `fix`), else 0. `skip_bad`: the setting (`predict.on_bad_image=skip`) under which a file
-    that is there but no usable image is a warning, not a failure. `model_hint`: said after
-    the error where the model cannot be used (a photo given as --model)."""
+    by default; `model_hint` follows the error where it cannot be used), predict every file the
+    specs name, print the table (and the accuracy on files in folders named after a class),
+    write the files asked for. `unscored`: specs predicted first, whose folders are never
+    classes (the stage's data/samples). The exit code: 2 if the model cannot be used, 1 if any
+    input failed (the message ends with `fix`), else 0. `skip_bad`: the setting under which a
+    file that is there but no usable image is a warning, not a failure."""
     if (opened := _opened_or_said(backend, model, model_hint)) is None:
         return 2
     topk = min(topk, len(opened.classes))  # the CSV's columns: none left empty in every row
@@ -258,10 +257,8 @@ def predict_command(
         log.error("%s", clash)
         return 2
     not_scored = {str(f) for f in samples.files} | {file for file, _ in samples.errors}
-    total = len(samples.files) + len(inputs.files)
-    predicted, stopped = _predict_showing_progress(
-        samples.files + inputs.files, opened, topk, batch_size
-    )
+    files = samples.files + inputs.files
+    predicted, stopped = _predict_showing_progress(files, opened, topk, batch_size)
     # What a stop kept is written whole: a second signal (`uv run` passes one on) waits.
     with logs.stops_held(stopped is not None):
         preds = _in_order(samples, inputs, predicted)
@@ -278,12 +275,12 @@ def predict_command(
             if stopped is None:
                 raise
             logs.stdout_gone()  # a Ctrl-C stops `| tee` too: the stop is what to say
-            return _said_stopped(stopped, len(predicted), total, elsewhere, table=False)
+            return _said_stopped(stopped, len(predicted), len(files), elsewhere, table=False)
         _print_accuracy(scored, labels, opened.classes, inputs.tops)
         _warn_nonfinite(predicted)
         failed = _report_failures(preds, skipped, skip_bad, fix)
         if stopped is not None:
-            return _said_stopped(stopped, len(predicted), total, bool(asked))
+            return _said_stopped(stopped, len(predicted), len(files), bool(asked))
     return 1 if failed or not written else 0
 
 
