@@ -120,9 +120,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def top_k(probs: np.ndarray, classes: list[str], k: int) -> list[dict[str, Any]]:
     """The `k` most probable classes of one image's probabilities, best first (ties in class
-    order), each probability rounded to 6 digits: what predict and serve both report."""
+    order), each probability to 6 significant digits (not decimals: a thousand classes' small
+    ones keep theirs, 1.37e-06): what predict and serve both report."""
     order = np.argsort(-probs, kind="stable")[:k]
-    return [{"class": classes[i], "probability": round(float(probs[i]), 6)} for i in order]
+    return [{"class": classes[i], "probability": float(f"{probs[i]:.6g}")} for i in order]
 
 
 def predict_files(

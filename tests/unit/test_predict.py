@@ -119,6 +119,18 @@ def test_the_grid_of_class_folders_marks_each_prediction_right_or_wrong(
     assert right[0][2] == " 60%"
 
 
+def test_small_probabilities_are_reported_to_six_significant_digits() -> None:
+    # Rounded to 6 decimals, 1.37e-6 read 0.000001 (0.00010%), and below 5e-7, 0.0%.
+    from visionpipe.predict import format_table, top_k
+
+    probs = np.array([0.9876543219, 1.37e-6, 4.2e-7, 0.0123456789], np.float64)
+    top = top_k(probs, ["a", "b", "c", "d"], 4)
+    assert [t["probability"] for t in top] == [0.987654, 0.0123457, 1.37e-06, 4.2e-07]
+    assert format_table([Prediction("x.jpg", top)]) == (
+        "x.jpg: a 98.8%, d 1.2%, b 0.00014%, c 0.000042%"
+    )
+
+
 def test_small_probabilities_keep_two_significant_digits() -> None:
     # A young model of a thousand classes gives each about 0.1%: whole or one-decimal
     # percentages would read 0% or 0.1% for every guess.
