@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, git
 from visionpipe.cli import main
 from visionpipe.config import ConfigError, load_section
 from visionpipe.config.compose import diff_keys
@@ -385,6 +385,15 @@ def test_a_recipe_line_that_chooses_nothing_is_warned_of(
         assert yaml.safe_load(Path("params.yaml").read_text())["data"]["dataset"] == "hymenoptera"
         assert not warn_unchosen_recipe("hymenoptera")
     assert "does not choose" not in caplog.text
+    # A team's committed default (fast, both lines); the label alone edited back to tutorial.
+    team = text.replace("\nrecipe: tutorial ", "\nrecipe: fast ", 1)
+    conf.write_text(team.replace("  - recipe: tutorial\n", "  - recipe: fast\n", 1))
+    git(conf_copy, "init", "-q")
+    git(conf_copy, "add", "conf")
+    git(conf_copy, "commit", "-qm", "fast by default")
+    assert not warn_unchosen_recipe("fast")
+    conf.write_text(conf.read_text().replace("\nrecipe: fast ", "\nrecipe: tutorial ", 1))
+    assert warn_unchosen_recipe("fast")
 
 
 @pytest.mark.parametrize(

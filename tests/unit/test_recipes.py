@@ -358,8 +358,9 @@ def test_a_local_data_source_a_recipe_sets_aside_is_warned_of_with_the_way_to_us
         " not read: its data.source is null (the recipe hymenoptera sets it so)"
     ) in caplog.text
     assert "`launch: {data_root: /abs/folder}`" in caplog.text
-    # Read (the tutorial's recipe keeps it), or set aside by -S: nothing to say.
-    for overrides in ([], ["recipe=hymenoptera", "data.source=/data/h.zip"]):
+    # Read (the tutorial's recipe keeps it), set aside by -S, or null in a params.yaml composed
+    # without conf/local/ (`dvc repro` of a teammate's: no recipe set it aside): nothing to say.
+    for overrides in ([], ["recipe=hymenoptera", "data.source=/data/h.zip"], ["data.source=null"]):
         params.write_text(compose_yaml(overrides, Path("conf")), encoding="utf-8")
         assert not warn_unused_local_source(params), overrides
 

@@ -44,8 +44,8 @@ def warn_unchosen_recipe(recipe: str, conf_dir: Path = CONF_DIR) -> bool:
     """Warn where conf/config.yaml's `recipe:` line was edited to a recipe that its defaults
     entry `- recipe: NAME` does not choose, and this run (composing `recipe`) does not run: the
     line is the label each recipe's file sets, so an edit of it alone changes nothing. (A team
-    that set the defaults entry alone keeps the shipped label: nothing to say.) Whether it
-    warned."""
+    that set the defaults entry alone kept the shipped label, committed as it is: nothing to
+    say.) Whether it warned."""
     path = conf_dir / "config.yaml"
     try:
         conf = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -56,8 +56,11 @@ def warn_unchosen_recipe(recipe: str, conf_dir: Path = CONF_DIR) -> bool:
     defaults = conf.get("defaults") if isinstance(conf.get("defaults"), list) else []
     chosen = next((d["recipe"] for d in defaults if isinstance(d, dict) and "recipe" in d), None)
     label = conf.get("recipe")
-    if not isinstance(label, str) or label in (chosen, SHIPPED_RECIPE, recipe):
+    if not isinstance(label, str) or label in (chosen, recipe):
         return False
+    committed = _committed_yaml("HEAD", path) or {}
+    if label == SHIPPED_RECIPE == committed.get("recipe", SHIPPED_RECIPE):
+        return False  # the label as shipped and committed: the defaults entry was what changed
     logging.getLogger(__name__).warning(
         "%s: `recipe: %s` does not choose the recipe, the line `- recipe: %s` under `defaults:`"
         " does, and this run composes %s: to compose %s by default, set that line to"
@@ -353,6 +356,13 @@ def warn_unused_local_source(path: Path = DEFAULT_PARAMS) -> bool:
     mine = _value(given, "data.source") if isinstance(given, dict) else None
     if not isinstance(raw, dict) or _value(raw, "data.source") is not None or not mine:
         return False
+    recipe = raw.get("recipe", SHIPPED_RECIPE)
+    try:  # only where the recipe sets it: else params.yaml was composed without conf/local/
+        sets = yaml.safe_load((CONF_DIR / "recipe" / f"{recipe}.yaml").read_text("utf-8"))
+    except (OSError, UnicodeError, yaml.YAMLError):
+        return False
+    if lookup(sets, ["data", "source"]) is MISSING:
+        return False
     logging.getLogger(__name__).warning(
         "%s sets data.source %s, which this run does not read: its data.source is null (the"
         " recipe %s sets it so), the official archive. To have that archive read from a folder"
@@ -360,7 +370,7 @@ def warn_unused_local_source(path: Path = DEFAULT_PARAMS) -> bool:
         " train on %s, pass -S data.source=... too",
         local,
         mine,
-        raw.get("recipe", "tutorial"),
+        recipe,
         local,
         mine,
     )
