@@ -752,3 +752,19 @@ def test_a_folder_source_names_a_class_folder_with_no_image(
         _fetch("photos", tmp_path)
     assert "1 folder holds files but no image, so no class or split comes of it" in caplog.text
     assert caplog.text.rstrip().endswith(": videos_only/")
+
+
+def test_dicom_scans_in_a_folder_source_are_named_as_it_is_packed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Stored empty (names only: preprocess reads no such file), they could not be told later.
+    photos = tmp_path / "photos"
+    dicom = bytes(128) + b"DICM" + bytes(64)
+    write_files(photos, {"cats/1.jpg": b"jpeg", "scans/IM0000": dicom, "scans/NOTES": b"text"})
+    write_files(photos, {"scans/1.2.840.113619.2.55.3.7": dicom, "scans/clip.mov": dicom})
+    with caplog.at_level(logging.WARNING):
+        _fetch("photos", tmp_path)
+    assert (
+        "photos: 2 DICOM scans (scans/1.2.840.113619.2.55.3.7, scans/IM0000) among its files:"
+        " DICOM scans are not read: export them as PNG or TIFF"
+    ) in caplog.text, caplog.text
