@@ -68,7 +68,10 @@ def _photo_as_model(argv: list[str]) -> str:
         return ""
     if not (is_image_name(value) and Path(value).is_file()):
         return ""
-    command = " ".join(_shell_word(arg) for arg in ["uv", "run", "visionpipe", *rest, value])
+    at = rest.index("predict") + 1  # first among the photos: an option's value never
+    command = " ".join(
+        _shell_word(a) for a in ["uv", "run", "visionpipe", *rest[:at], value, *rest[at:]]
+    )
     return f"the photos to predict come after the options, not as --model: `{command}`"
 
 

@@ -700,7 +700,7 @@ def test_the_projects_own_model_overwritten_by_another_file_gets_the_way_back(
     # it among them (serve, which takes none, not).
     assert caplog.text.rstrip().endswith(
         "the photos to predict come after the options, not as --model: `uv run visionpipe"
-        f" predict a.png {sample}`"
+        f" predict {sample} a.png`"
     ), caplog.text
     with pytest.raises(SystemExit):  # the photo alone, as --model: argparse's error, then ours
         main(["predict", "--model", str(sample)])
@@ -709,6 +709,11 @@ def test_the_projects_own_model_overwritten_by_another_file_gets_the_way_back(
         .err.rstrip()
         .endswith(f"not as --model: `uv run visionpipe predict {sample}`")
     )
+    # First among the photos: an option that ends the line (--json, its value missing) keeps
+    # its place, and the photo never becomes its value.
+    with pytest.raises(SystemExit):
+        main(["predict", "a.png", "--model", str(sample), "--json"])
+    assert f"`uv run visionpipe predict {sample} a.png --json`" in capsys.readouterr().err
     assert "checkout" not in caplog.text
     caplog.clear()
     (notes := tmp_path / "notes.onnx").write_bytes("\ufeffnotes, UTF-8".encode("utf-8"))
