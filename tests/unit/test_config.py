@@ -374,6 +374,14 @@ def test_a_recipe_line_that_chooses_nothing_is_warned_of(
         " recipe=hymenoptera`"
     ) in caplog.text, caplog.text
     assert warn_unchosen_recipe("tutorial")  # as the stages check params.yaml
+    # A label that names no recipe is said to be none (a recipe line set to it would not compose).
+    conf.write_text(text.replace("\nrecipe: tutorial ", "\nrecipe: resnet ", 1))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert warn_unchosen_recipe("tutorial")
+    assert "`recipe: resnet` names no recipe of conf/recipe (alexnet, fast, " in caplog.text
+    assert "set that line" not in caplog.text
+    conf.write_text(label)
     # The run that names it (-S recipe=hymenoptera) runs it: nothing to say.
     caplog.clear()
     assert main(["params", "recipe=hymenoptera"]) == 0

@@ -448,3 +448,4 @@ def test_dropped_values_are_warned_of_once_a_run_and_again_on_a_retry(
     params.write_text("train:\n  lr: 0.01\n")  # as `dvc exp run` writes it again
     os.utime(params, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     assert _first_time("b" * 40, params) and not _first_time("b" * 40, params)
+    assert _first_time("b" * 40, params, "label")  # each warning its own

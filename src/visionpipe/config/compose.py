@@ -61,6 +61,14 @@ def warn_unchosen_recipe(recipe: str, conf_dir: Path = CONF_DIR) -> bool:
     committed = _committed_yaml("HEAD", path) or {}
     if label == SHIPPED_RECIPE == committed.get("recipe", SHIPPED_RECIPE):
         return False  # the label as shipped and committed: the defaults entry was what changed
+    recipes = sorted(p.stem for p in (conf_dir / "recipe").glob("*.yaml"))
+    if label not in recipes:
+        logging.getLogger(__name__).warning(
+            "%s: `recipe: %s` names no recipe of %s (%s), and chooses none: the line `- recipe:"
+            " %s` under `defaults:` does",
+            *(path.as_posix(), label, (conf_dir / "recipe").as_posix(), ", ".join(recipes), chosen),
+        )
+        return True
     logging.getLogger(__name__).warning(
         "%s: `recipe: %s` does not choose the recipe, the line `- recipe: %s` under `defaults:`"
         " does, and this run composes %s: to compose %s by default, set that line to"
@@ -306,28 +314,29 @@ def _say_dropped(rev: str, path: Path, changes: list[tuple[str, Any, Any]]) -> N
     )
 
 
-# What the first stage of an experiment to warn of its dropped values wrote (download's, or
-# train's where the data stages are cached): the later one stays quiet.
-WARNED = Path(".dvc/tmp/visionpipe-dropped-warned")
+# What the first stage of a run to warn of something wrote (download's, or train's where the
+# data stages are cached): the later one stays quiet. `.dvc/tmp/visionpipe-<what>-warned`.
+WARNED = Path(".dvc/tmp")
 
 
-def _first_time(rev: str, path: Path) -> bool:
-    """Whether no stage of this experiment warned of its dropped values yet; marked so. An
-    experiment is its baseline `rev` and the params file at `path` as `dvc exp run` wrote it
-    for this run: its content and time (each run, a retry of a failed one too, writes it anew;
-    its stages do not). Outside a DVC project, always."""
+def _first_time(rev: str, path: Path, what: str = "dropped") -> bool:
+    """Whether no stage of this run warned of `what` yet; marked so. A run is its baseline
+    `rev` and the params file at `path` as `dvc exp run` (or `visionpipe params`) wrote it: its
+    content and time (each run, a retry of a failed one too, writes it anew; its stages do
+    not). Outside a DVC project, always."""
     import hashlib
 
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     mark = f"{rev} {digest} {path.stat().st_mtime_ns}\n"
+    marker = WARNED / f"visionpipe-{what}-warned"
     try:
-        if WARNED.read_text(encoding="utf-8") == mark:
+        if marker.read_text(encoding="utf-8") == mark:
             return False
     except (OSError, UnicodeError):
         pass
     with contextlib.suppress(OSError):
-        if WARNED.parent.is_dir():
-            WARNED.write_text(mark, encoding="utf-8")
+        if WARNED.is_dir():
+            marker.write_text(mark, encoding="utf-8")
     return True
 
 
@@ -422,7 +431,7 @@ def check_against_conf(data_stage: bool = False) -> None:
         raw = yaml.safe_load(DEFAULT_PARAMS.read_text(encoding="utf-8"))
     except (OSError, UnicodeError, yaml.YAMLError):
         raw = None  # the stage's own loading says what is wrong
-    if isinstance(raw, dict):
+    if isinstance(raw, dict) and _first_time("", DEFAULT_PARAMS, "label"):
         warn_unchosen_recipe(str(raw.get("recipe", SHIPPED_RECIPE)))
     if not data_stage:
         warn_drift()
