@@ -624,7 +624,14 @@ def _outputs(stages: list[Any], cached: bool) -> list[str]:
 
 def outputs_in_git(stage: str) -> list[str]:
     """The outputs of `stage` that dvc.yaml keeps out of DVC's cache and git tracks: `dvc
-    checkout` does not bring them back, git does."""
+    checkout` does not bring them back, git does; [] where dvc.lock is not the commit's (an
+    experiment applied since: git would bring back the commit's, beside its model)."""
+    try:
+        same = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "dvc.lock"]).returncode
+    except OSError:
+        return []
+    if same != 0:
+        return []
     return _git_tracked(_outputs([stages_of(Path("dvc.yaml")).get(stage)], cached=False))
 
 

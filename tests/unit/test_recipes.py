@@ -360,7 +360,13 @@ def test_a_local_data_source_a_recipe_sets_aside_is_warned_of_with_the_way_to_us
     assert "`launch: {data_root: /abs/folder}`" in caplog.text
     # Read (the tutorial's recipe keeps it), set aside by -S, or null in a params.yaml composed
     # without conf/local/ (`dvc repro` of a teammate's: no recipe set it aside): nothing to say.
-    for overrides in ([], ["recipe=hymenoptera", "data.source=/data/h.zip"], ["data.source=null"]):
+    root = ["recipe=hymenoptera", "launch.data_root=/data"]  # as it advises: read from there
+    for overrides in (
+        [],
+        ["recipe=hymenoptera", "data.source=/data/h.zip"],
+        ["data.source=null"],
+        root,
+    ):
         params.write_text(compose_yaml(overrides, Path("conf")), encoding="utf-8")
         assert not warn_unused_local_source(params), overrides
 

@@ -365,6 +365,8 @@ def warn_unused_local_source(path: Path = DEFAULT_PARAMS) -> bool:
     mine = _value(given, "data.source") if isinstance(given, dict) else None
     if not isinstance(raw, dict) or _value(raw, "data.source") is not None or not mine:
         return False
+    if _value(raw, "launch.data_root") or os.environ.get("DATA_MIRROR"):
+        return False  # the archive is looked for there first, as the warning would advise
     recipe = raw.get("recipe", SHIPPED_RECIPE)
     try:  # only where the recipe sets it: else params.yaml was composed without conf/local/
         sets = yaml.safe_load((CONF_DIR / "recipe" / f"{recipe}.yaml").read_text("utf-8"))
