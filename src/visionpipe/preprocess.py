@@ -161,7 +161,7 @@ def decode_source(
             len(plan.items),
             ", ".join(f"{s} {plan.count(s)}" for s in SPLITS),
         )
-        _warn_ignored(plan.ignored)
+        _warn_ignored(plan.ignored, _dicom_inside(files, plan.ignored))
         for line in plan.warnings:
             log.warning("%s", line)
         payloads = _payloads(plan.items, files, chunk_items(size), pool.n > 1)
@@ -181,10 +181,11 @@ FIXED_SOURCE = (
 PROGRESS_EVERY_S = 30.0
 
 
-def _dicom_inside(files: archive.Files) -> bool:
+def _dicom_inside(files: archive.Files, among: Sequence[str] | None = None) -> bool:
     """Whether files of the source that no name marks are DICOM scans (a disc's `IM_0001`, a
     PACS export named by its UID): by the first bytes of a few of them (`may_be_dicom`)."""
-    peeked = [n for n in files.names if may_be_dicom(n) and not is_hidden(n)][:DICOM_PEEKS]
+    names = files.names if among is None else among  # a folder source's: stored empty
+    peeked = [n for n in names if may_be_dicom(n) and not is_hidden(n)][:DICOM_PEEKS]
     return any(is_dicom(files.read(name)[:132]) for name in peeked)
 
 
@@ -237,10 +238,10 @@ def _ignored_kind(name: str) -> str:
 IGNORED_LISTED = 1000
 
 
-def _warn_ignored(ignored: Sequence[str]) -> None:
+def _warn_ignored(ignored: Sequence[str], scans: bool = False) -> None:
     """Name the files left out that a user may have meant as photos (camera RAW files, photos
     saved without a suffix, loose images beside the class folders), and why: hidden and system
-    files go without saying."""
+    files go without saying. `scans`: some are DICOM by their first bytes."""
     visible = [name for name in ignored if not is_hidden(name)]
     if not visible:
         return
@@ -248,7 +249,7 @@ def _warn_ignored(ignored: Sequence[str]) -> None:
     why = [
         f"{_IGNORED_WHY[k]} ({len(names)}): {_shown(names)}" for k, names in kinds.items() if names
     ]
-    if any(map(is_dicom_name, visible)):
+    if scans or any(map(is_dicom_name, visible)):
         why.append(DICOM_NOT_READ)
     listed = f", the first {IGNORED_LISTED}" if len(ignored) > IGNORED_LISTED else ""
     log.warning(

@@ -891,7 +891,9 @@ def test_icloud_placeholders_in_a_zip_are_named_as_photos_not_downloaded(
     )
 
 
-def test_a_layout_error_says_how_a_fixed_source_is_read_again(workdir: Path) -> None:
+def test_a_layout_error_says_how_a_fixed_source_is_read_again(
+    workdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     _noisy_zip(workdir / paths.RAW_DIR / "photos.zip", _seeds("photos", ("ants",), 6))
     with pytest.raises(split_plan.DatasetLayoutError) as err:
         preprocess.run(_params())
@@ -941,6 +943,15 @@ def test_a_layout_error_says_how_a_fixed_source_is_read_again(workdir: Path) -> 
     assert said.startswith("no image files found among the 4 files of the source"), said
     assert "(DICOM scans are not read: export them as PNG or TIFF" in said
     assert said.endswith(preprocess.FIXED_SOURCE)
+    # Beside photos that train: the files left out are said to be scans too.
+    files = _seeds("photos", ("ants", "bees"), 6)
+    _noisy_zip(workdir / paths.RAW_DIR / "photos.zip", files)
+    with zipfile.ZipFile(workdir / paths.RAW_DIR / "photos.zip", "a") as z:
+        z.writestr("photos/ants/IM0000", bytes(128) + b"DICM")
+    with caplog.at_level(logging.WARNING):
+        preprocess.run(_params())
+    assert "ignoring 1 file" in caplog.text and "IM0000" in caplog.text
+    assert "DICOM scans are not read" in caplog.text
 
 
 @pytest.mark.parametrize(("width", "warned"), [(72, True), (70, False)])
