@@ -386,6 +386,9 @@ def test_a_recipe_line_that_chooses_nothing_is_warned_of(
     caplog.clear()
     assert main(["params", "recipe=hymenoptera"]) == 0
     assert not warn_unchosen_recipe("hymenoptera") and "does not choose" not in caplog.text
+    # Nor one that names another (-S recipe=fast): the label chose nothing there either.
+    assert main(["params", "recipe=fast"]) == 0
+    assert not warn_unchosen_recipe("fast") and "does not choose" not in caplog.text
     # Nor where both lines name it, or a team set the defaults entry alone (the label shipped).
     for both in (label, text):
         conf.write_text(both.replace("  - recipe: tutorial\n", "  - recipe: hymenoptera\n", 1))

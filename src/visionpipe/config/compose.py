@@ -56,7 +56,8 @@ def warn_unchosen_recipe(recipe: str, conf_dir: Path = CONF_DIR) -> bool:
     defaults = conf.get("defaults") if isinstance(conf.get("defaults"), list) else []
     chosen = next((d["recipe"] for d in defaults if isinstance(d, dict) and "recipe" in d), None)
     label = conf.get("recipe")
-    if not isinstance(label, str) or label in (chosen, recipe):
+    # Only a run that composed the defaults entry's recipe: one given by -S chose it itself.
+    if not isinstance(label, str) or label == chosen or recipe != chosen:
         return False
     committed = _committed_yaml("HEAD", path) or {}
     if label == SHIPPED_RECIPE == committed.get("recipe", SHIPPED_RECIPE):
