@@ -205,22 +205,26 @@ def _try_mirror(
         what = "is not a folder" if not folder.is_dir() else f"has no {filename}"
         log.warning(
             "%s %s %s%s; falling back to the official URL",
-            *(name, folder, what, _others(folder, relative=name == "launch.data_root")),
+            *(name, folder, what, _others(folder, name == "launch.data_root", filename)),
         )
         return None
     log.info("using %s from %s", candidate, name)
     return _copy(candidate, dest, expect, checks)
 
 
-def _others(folder: Path, relative: bool) -> str:
-    """The archives `folder` holds instead of the official one (an image-folder export, such as
-    cifar10-jpeg.zip), and how to use one: data.source names it, by its name where the folder
-    is launch.data_root (`relative`), which a relative data.source is found in; else by its path."""
+def _others(folder: Path, relative: bool, official: str) -> str:
+    """The archives `folder` holds instead of the `official` one that are of its dataset by
+    their name (an image-folder export, such as cifar10-jpeg.zip for cifar-10-python.tar.gz;
+    not another dataset's), and how to use one: data.source names it, by its name where the
+    folder is launch.data_root (`relative`), which a relative data.source is found in; else by
+    its path."""
+    stem = re.split(r"[-_.]", official.lower())[0]  # cifar, hymenoptera
     try:
         held = sorted(
             p.name
             for p in folder.iterdir()
             if p.name.lower().endswith((".zip", ".tar.gz", ".tgz", ".tar"))
+            and stem in p.name.lower()
             and not is_hidden(p.name)  # a Mac's ._cifar10-jpeg.zip
             and p.is_file()
         )

@@ -285,6 +285,16 @@ def test_the_log_names_the_setting_that_gave_the_mirror(
         in (caplog.text)
     )
     assert "._" not in caplog.text
+    # Another dataset's archive (ants and bees asked, a CIFAR export there): not offered.
+    official = Official(f"{UNREACHABLE}/hymenoptera_data.zip", "hymenoptera_data.zip", MD5)
+    monkeypatch.setitem(
+        DATASETS, "hymenoptera", replace(DATASETS["hymenoptera"], official=official)
+    )
+    caplog.clear()
+    with caplog.at_level(logging.INFO), pytest.raises(DownloadError):
+        _fetch(None, tmp_path, dataset="hymenoptera", mirror="datasets")
+    assert "has no hymenoptera_data.zip; falling back" in caplog.text, caplog.text
+    assert "it holds" not in caplog.text
 
 
 def test_mirror_checks_official_md5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
