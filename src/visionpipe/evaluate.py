@@ -100,12 +100,13 @@ def warn_never_predicted(scores: list[dict[str, Any]]) -> list[str]:
     what = f"class {never[0]['class']!r}" if len(never) == 1 else f"{len(never)} classes"
     names = "" if len(never) == 1 else f": {listed([repr(s['class']) for s in never])}"
     log.warning(
-        "the model predicts no test image as %s (%d of the %d test images are%s)%s; compare "
+        "the model predicts no test image as %s (%d of the %d test images %s%s)%s; compare "
         "runs by macro-F1 too (this run against the last commit's:"
         " uv run dvc metrics diff HEAD --all --targets %s; docs/training.md)",
         what,
         images,
         sum(s["support"] for s in scores),
+        "is" if images == 1 else "are",
         " of it" if len(never) == 1 else " of them",
         names,
         paths.PER_CLASS,

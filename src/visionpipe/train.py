@@ -262,8 +262,8 @@ def warn_if_no_step_logs(cfg: TrainConfig, steps_per_epoch: int) -> None:
     leaves an empty plot out without a word."""
     total = steps_per_epoch * cfg.epochs
     if cfg.log_every > total:
-        # Under ten steps no value gives ten points: 1 gives one per step.
-        ten = f" ({total // 10} gives about ten points)" if total >= 10 else ""
+        # Under twenty steps no value gives about ten points: 1 gives one per step.
+        ten = f" ({total // 10} gives about ten points)" if total >= 20 else ""
         bound = "1" if total == 1 else f"{total} or less"
         log.warning(
             "train.log_every is %d but this run has %d step%s (%d per epoch): no per-step train "

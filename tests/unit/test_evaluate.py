@@ -59,6 +59,9 @@ def test_a_model_that_never_predicts_a_class_is_said_to(caplog: pytest.LogCaptur
         "uv run dvc metrics diff HEAD --all --targets metrics/per_class.json; docs/training.md)"
     )
     caplog.clear()
+    evaluate.warn_never_predicted(evaluate.per_class_scores(np.array([[2, 0], [1, 0]]), ["a", "b"]))
+    assert "(1 of the 3 test images is of it)" in caplog.text
+    caplog.clear()
     # Predicting each class once at least, or nothing at all (diverged: said otherwise): no word.
     for seen in ([[110, 3], [5, 4]], [[0, 0], [0, 0]]):
         scores = evaluate.per_class_scores(np.array(seen), ["normal", "abnormal"], [113, 9])
