@@ -580,6 +580,12 @@ def test_a_log_every_beyond_the_last_step_is_reported(
     caplog.clear()
     train.run(tiny_params(epochs=1, log_every=2))
     assert "train.log_every" not in caplog.text
+    # Ten points where some value gives about ten, not below twenty steps (1 gives 14 of 14).
+    for steps, hint in ((14, ""), (25, " (2 gives about ten points)")):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="visionpipe.train"):
+            train.warn_if_no_step_logs(TrainConfig(epochs=1, log_every=1000), steps)
+        assert caplog.text.rstrip().endswith(f"to get one{hint}"), caplog.text
     train.run(tiny_params(epochs=1, log_every=2, batch_size=1024))  # the whole split at once
     assert "this run has 1 step (1 per epoch)" in caplog.text
     assert "set train.log_every to 1 to get one" in caplog.text
