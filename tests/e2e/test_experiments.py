@@ -272,7 +272,7 @@ def test_an_experiment_committed_as_the_baseline_warns_when_the_next_one_drops_i
     assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["lr"] == 0.01
     said = proc.stdout + proc.stderr
     assert "train.lr: 0.02 -> 0.01" in said, said
-    assert "conf/config.yaml" in said
+    assert "pass them with -S (or put them in conf/ and commit)" in said
     # Passing the value again keeps it: nothing is dropped, nothing to warn of.
     proc = dvc(repo, "exp", "run", "-S", "train.epochs=1", "-S", "train.lr=0.02")
     assert _ran(proc.stdout, "train")
@@ -287,8 +287,8 @@ def test_an_experiment_committed_as_the_baseline_warns_when_the_next_one_drops_i
     proc = dvc(repo, "exp", "run", "-S", "train.epochs=2")
     assert _ran(proc.stdout, "download") and _ran(proc.stdout, "train")
     said = proc.stdout + proc.stderr
-    assert said.count(f"data.sha256: None -> {sha}") == 1, said
-    warned, fetched = (proc.stderr.find(t) for t in ("data.sha256: None", "bytes from http"))
+    assert said.count(f"data.sha256: null -> {sha}") == 1, said
+    warned, fetched = (proc.stderr.find(t) for t in ("data.sha256: null", "bytes from http"))
     assert -1 < warned < fetched, proc.stderr  # before the download, as download warns
 
 
