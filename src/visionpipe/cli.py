@@ -68,11 +68,32 @@ def _photo_as_model(argv: list[str]) -> str:
         return ""
     if not (is_image_name(value) and Path(value).is_file()):
         return ""
-    at = rest.index("predict") + 1  # first among the photos: an option's value never
+    at = _first_input(rest, rest.index("predict") + 1)
     command = " ".join(
         _shell_word(a) for a in ["uv", "run", "visionpipe", *rest[:at], value, *rest[at:]]
     )
     return f"the photos to predict come after the options, not as --model: `{command}`"
+
+
+# predict's options that take a value (a test holds them to the parser's).
+PREDICT_VALUE_OPTIONS = frozenset(
+    {"--model", "--backend", "--topk", "--batch-size", "--json", "--csv", "--grid"}
+)
+
+
+def _first_input(argv: list[str], start: int) -> int:
+    """Where in `argv` (from `start`, past `predict`) the photos begin: before the first word
+    that is no option or option's value (argparse takes the photos in one run); else at the
+    end, or before an option at the end that lacks its value (which a photo would become)."""
+    takes_value = PREDICT_VALUE_OPTIONS
+    i = start
+    while i < len(argv):
+        if argv[i] == "--":
+            return i + 1
+        if not argv[i].startswith("-") or argv[i] == "-":
+            return i
+        i += 2 if argv[i] in takes_value else 1
+    return len(argv) - 1 if argv and argv[-1] in takes_value else len(argv)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import errno
 import importlib.metadata
@@ -709,11 +710,34 @@ def test_the_projects_own_model_overwritten_by_another_file_gets_the_way_back(
         .err.rstrip()
         .endswith(f"not as --model: `uv run visionpipe predict {sample}`")
     )
-    # First among the photos: an option that ends the line (--json, its value missing) keeps
-    # its place, and the photo never becomes its value.
+    # First among the photos, which argparse takes in one run: an option before them stays
+    # before them, and one that ends the line (--json, its value missing) never takes it.
     with pytest.raises(SystemExit):
         main(["predict", "a.png", "--model", str(sample), "--json"])
     assert f"`uv run visionpipe predict {sample} a.png --json`" in capsys.readouterr().err
+    from visionpipe.cli import PREDICT_VALUE_OPTIONS, _photo_as_model, build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    options = sub.choices["predict"]._option_string_actions
+    assert {o for o, a in options.items() if a.nargs != 0} == PREDICT_VALUE_OPTIONS
+
+    for argv in (
+        ["predict", "--topk", "2", "--model", str(sample), "a.png", "b.png"],
+        ["predict", f"--model={sample}", "--backend", "onnx", "a.png"],
+        ["predict", "--model", str(sample), "--topk", "2"],
+        ["predict", "-", "--model", str(sample)],
+    ):
+        hint = _photo_as_model(argv)
+        suggested = shlex.split(hint.split("`")[1])[3:]  # past `uv run visionpipe`
+        args = build_parser().parse_args(suggested)
+        assert args.inputs[0] == str(sample) and args.model is None, (argv, suggested)
+        assert sorted(args.inputs) == sorted(
+            [
+                str(sample),
+                *(a for a in argv[1:] if a.endswith(".png") and a != str(sample) and "=" not in a),
+                *(["-"] if "-" in argv else []),
+            ]
+        ), argv
     assert "checkout" not in caplog.text
     caplog.clear()
     (notes := tmp_path / "notes.onnx").write_bytes("\ufeffnotes, UTF-8".encode("utf-8"))
