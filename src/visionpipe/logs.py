@@ -237,12 +237,15 @@ def _outputs_removed(exc: Exception) -> str:
         return ""
     if paths.QUEUED_COPY in Path.cwd().as_posix():  # a queued run's copy: the workspace's stay
         return ""
-    name = paths.dvc_stage() or stage
-    git = " ".join(paths.outputs_in_git(name))
-    back = f"uv run dvc checkout --force {stage}" + (f" && git checkout -- {git}" if git else "")
+    kept, same = paths.outputs_in_git(paths.dvc_stage() or stage)
+    back = f"uv run dvc checkout --force {stage}" + (
+        f" && git checkout -- {' '.join(kept)}" if same else ""
+    )
+    # After an experiment applied since the commit, git's copies are the commit's, not the last.
+    unsaid = f"; not {', '.join(kept)}, which the next run writes" if kept and not same else ""
     return (
         f"\n(DVC removed the {stage} stage's outputs as it started it: the next run with the"
-        f" value fixed makes them again, and `{back}` brings back the last ones meanwhile)"
+        f" value fixed makes them again, and `{back}` brings back the last ones meanwhile{unsaid})"
     )
 
 

@@ -622,17 +622,27 @@ def _outputs(stages: list[Any], cached: bool) -> list[str]:
     return outputs
 
 
-def outputs_in_git(stage: str) -> list[str]:
-    """The outputs of `stage` that dvc.yaml keeps out of DVC's cache and git tracks: `dvc
-    checkout` does not bring them back, git does; [] where dvc.lock is not the commit's (an
-    experiment applied since: git would bring back the commit's, beside its model)."""
+def outputs_in_git(stage: str) -> tuple[list[str], bool]:
+    """The outputs of `stage` that dvc.yaml keeps out of DVC's cache and git tracks (`dvc
+    checkout` does not bring them back), and whether git brings back the last ones: where
+    dvc.lock's entry of the stage is the commit's (after an experiment applied since, git would
+    bring back the commit's, beside the experiment's model)."""
+    kept = _git_tracked(_outputs([stages_of(Path("dvc.yaml")).get(stage)], cached=False))
+    if not kept:
+        return [], False
     try:
-        same = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "dvc.lock"]).returncode
-    except OSError:
-        return []
-    if same != 0:
-        return []
-    return _git_tracked(_outputs([stages_of(Path("dvc.yaml")).get(stage)], cached=False))
+        committed = subprocess.run(
+            ["git", "show", "HEAD:./dvc.lock"], capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return kept, False
+    import yaml  # the pipeline's own dependency, as for stages_of
+
+    try:
+        theirs = (yaml.safe_load(committed) or {}).get("stages", {}).get(stage)
+    except (yaml.YAMLError, AttributeError):
+        return kept, False
+    return kept, theirs is not None and theirs == stages_of(Path("dvc.lock")).get(stage)
 
 
 def _git_tracked(outputs: list[str]) -> list[str]:

@@ -44,18 +44,26 @@ def test_bad_params_fail_a_stage_before_any_work(tmp_path: Path, stage: str) -> 
         metrics = tmp_path / "dvclive" / "eval" / "metrics.json"
         metrics.parent.mkdir(parents=True)
         metrics.write_text("{}\n")
-        (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+        lock = "schema: '2.0'\nstages:\n  evaluate: {cmd: a}\n  train: {cmd: b}\n"
+        (tmp_path / "dvc.lock").write_text(lock)
         git(tmp_path, "init", "-q")
         git(tmp_path, "add", "dvclive", "dvc.lock")
         git(tmp_path, "commit", "-qm", "a run")
-        proc = run_stage(stage, tmp_path, DVC_STAGE=stage)
         back = "uv run dvc checkout --force evaluate && git checkout -- dvclive/eval/metrics.json"
-        assert f"`{back}` brings back the last ones" in proc.stderr, proc.stderr
-        # An experiment applied since (dvc.lock not the commit's): git would bring back the
-        # commit's metrics beside the experiment's model, so only dvc checkout is offered.
-        (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+        # Another stage's entry changed since the commit (train ran again): evaluate's are the
+        # commit's, and git brings them back.
+        (tmp_path / "dvc.lock").write_text(lock.replace("cmd: b", "cmd: c"))
         proc = run_stage(stage, tmp_path, DVC_STAGE=stage)
-        assert "`uv run dvc checkout --force evaluate` brings back" in proc.stderr, proc.stderr
+        assert f"`{back}` brings back the last ones meanwhile)" in proc.stderr, proc.stderr
+        # An experiment applied since (evaluate's entry not the commit's): git would bring back
+        # the commit's metrics beside the experiment's model, so only dvc checkout is offered.
+        (tmp_path / "dvc.lock").write_text(lock.replace("cmd: a", "cmd: d"))
+        proc = run_stage(stage, tmp_path, DVC_STAGE=stage)
+        assert (
+            "`uv run dvc checkout --force evaluate` brings back the last ones meanwhile; not"
+            " dvclive/eval/metrics.json, which the next run writes)"
+        ) in proc.stderr, proc.stderr
+        assert "fatal" not in proc.stderr
 
 
 def test_missing_upstream_output_names_the_command_to_run(tmp_path: Path) -> None:
