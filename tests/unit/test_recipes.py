@@ -358,15 +358,26 @@ def test_a_local_data_source_a_recipe_sets_aside_is_warned_of_with_the_way_to_us
         " not read: its data.source is null (the recipe hymenoptera sets it so)"
     ) in caplog.text
     assert "`launch: {data_root: /abs/folder}`" in caplog.text
-    # Read (the tutorial's recipe keeps it), set aside by -S, or null in a params.yaml composed
-    # without conf/local/ (`dvc repro` of a teammate's: no recipe set it aside): nothing to say.
-    root = ["recipe=hymenoptera", "launch.data_root=/data"]  # as it advises: read from there
-    for overrides in (
-        [],
-        ["recipe=hymenoptera", "data.source=/data/h.zip"],
-        ["data.source=null"],
-        root,
-    ):
+    # Read from launch.data_root already: only what is not read, no advice to set it.
+    caplog.clear()
+    root = ["recipe=hymenoptera", "launch.data_root=/data"]
+    params.write_text(compose_yaml(root, Path("conf")), encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        assert warn_unused_local_source(params)
+    assert "which this run does not read" in caplog.text and "data_root:" not in caplog.text
+    # `dvc repro` of a params.yaml composed without conf/local/ (a teammate's): said so.
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
+    caplog.clear()
+    params.write_text(compose_yaml(["data.source=null"], Path("conf")), encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        assert warn_unused_local_source(params)
+    assert (
+        "its data.source is null (params.yaml was composed without conf/local/machine.yaml). To"
+        " train on /data/hymenoptera_data.zip, run `uv run visionpipe params`"
+    ) in caplog.text
+    # Read (the tutorial's recipe keeps it), set aside by -S in an experiment: nothing to say.
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)
+    for overrides in ([], ["recipe=hymenoptera", "data.source=/data/h.zip"], ["data.source=null"]):
         params.write_text(compose_yaml(overrides, Path("conf")), encoding="utf-8")
         assert not warn_unused_local_source(params), overrides
 

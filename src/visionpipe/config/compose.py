@@ -356,7 +356,8 @@ def _same(a: Any, b: Any) -> bool:
 def warn_unused_local_source(path: Path = DEFAULT_PARAMS) -> bool:
     """Warn where this machine's conf/local/machine.yaml names a data.source that the run of
     params.yaml at `path` does not read: a recipe composed after it sets data.source null
-    (`hymenoptera`: its official archive). Whether it warned."""
+    (`hymenoptera`: its official archive), or, outside `dvc exp run`, params.yaml was composed
+    without it (`dvc repro` runs params.yaml as it is). Whether it warned."""
     local = CONF_DIR / "local" / "machine.yaml"
     try:
         given = yaml.safe_load(local.read_text(encoding="utf-8"))
@@ -366,27 +367,37 @@ def warn_unused_local_source(path: Path = DEFAULT_PARAMS) -> bool:
     mine = _value(given, "data.source") if isinstance(given, dict) else None
     if not isinstance(raw, dict) or _value(raw, "data.source") is not None or not mine:
         return False
-    if _value(raw, "launch.data_root") or os.environ.get("DATA_MIRROR"):
-        return False  # the archive is looked for there first, as the warning would advise
     recipe = raw.get("recipe", SHIPPED_RECIPE)
-    try:  # only where the recipe sets it: else params.yaml was composed without conf/local/
+    if _recipe_sets(recipe, "data.source"):
+        # Where the archive is looked for already (data_root, DATA_MIRROR), only what is not read.
+        root = _value(raw, "launch.data_root") or os.environ.get("DATA_MIRROR")
+        advice = (
+            ""
+            if root
+            else f" To have that archive read from a folder of this machine, name the folder in"
+            f" {local} as `launch: {{data_root: /abs/folder}}`;"
+        )
+        why = f"the recipe {recipe} sets it so), the official archive.{advice} To train on {mine},"
+        fix = "pass -S data.source=... too"
+    elif not os.environ.get("DVC_EXP_BASELINE_REV"):
+        why = f"{path} was composed without {local}). To train on {mine},"
+        fix = "run `uv run visionpipe params` (or `uv run dvc exp run`), which composes it in"
+    else:
+        return False  # -S data.source=null: asked for
+    logging.getLogger(__name__).warning(
+        "%s sets data.source %s, which this run does not read: its data.source is null (%s %s",
+        *(local, mine, why, fix),
+    )
+    return True
+
+
+def _recipe_sets(recipe: str, key: str) -> bool:
+    """Whether conf/recipe/`recipe`.yaml sets the dotted `key`."""
+    try:
         sets = yaml.safe_load((CONF_DIR / "recipe" / f"{recipe}.yaml").read_text("utf-8"))
     except (OSError, UnicodeError, yaml.YAMLError):
         return False
-    if lookup(sets, ["data", "source"]) is MISSING:
-        return False
-    logging.getLogger(__name__).warning(
-        "%s sets data.source %s, which this run does not read: its data.source is null (the"
-        " recipe %s sets it so), the official archive. To have that archive read from a folder"
-        " of this machine, name the folder in %s as `launch: {data_root: /abs/folder}`; to"
-        " train on %s, pass -S data.source=... too",
-        local,
-        mine,
-        recipe,
-        local,
-        mine,
-    )
-    return True
+    return lookup(sets, key.split(".")) is not MISSING
 
 
 def warn_other_machine(path: Path = DEFAULT_PARAMS) -> list[str]:
