@@ -355,7 +355,7 @@ def test_visionpipe_params_names_the_line_conf_lacks_for_a_key_new_in_the_code(
 
 
 def test_a_recipe_line_that_chooses_nothing_is_warned_of(
-    conf_copy: Path, caplog: pytest.LogCaptureFixture
+    conf_copy: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # `recipe:` is the label each recipe's file sets; the defaults entry chooses. An edit of
     # the label alone would compose the tutorial all the same, without a word.
@@ -405,6 +405,9 @@ def test_a_recipe_line_that_chooses_nothing_is_warned_of(
     assert not warn_unchosen_recipe("fast")
     conf.write_text(conf.read_text().replace("\nrecipe: fast ", "\nrecipe: tutorial ", 1))
     assert warn_unchosen_recipe("fast")
+    (sub := conf_copy / "notebooks").mkdir()  # `visionpipe params` from a sub-folder
+    monkeypatch.chdir(sub)
+    assert warn_unchosen_recipe("fast", conf_copy / "conf")
 
 
 @pytest.mark.parametrize(

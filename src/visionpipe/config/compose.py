@@ -140,7 +140,9 @@ def _committed_yaml(rev: str, path: Path) -> dict[str, Any] | None:
     cannot say (no repository, no file)."""
     # `rev:./path` is from the working folder, the project's: `rev:path` would be from the git
     # repository's root, another file where the project is a subfolder of a bigger repository.
-    spec = path.as_posix() if path.is_absolute() else f"./{path.as_posix()}"
+    # An absolute path (the project's conf/, from a sub-folder) as from here: git reads no
+    # absolute one.
+    spec = f"./{Path(os.path.relpath(path)).as_posix() if path.is_absolute() else path.as_posix()}"
     try:
         text = subprocess.run(
             ["git", "show", f"{rev}:{spec}"],
