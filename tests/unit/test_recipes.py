@@ -350,31 +350,28 @@ def test_a_local_data_source_a_recipe_sets_aside_is_warned_of_with_the_way_to_us
     _conf(tmp_path, "data:\n  source: /data/hymenoptera_data.zip\n")
     monkeypatch.chdir(tmp_path)
     params = Path("params.yaml")
-    params.write_text(compose_yaml(["recipe=hymenoptera"], Path("conf")), encoding="utf-8")
-    with caplog.at_level(logging.WARNING):
-        assert warn_unused_local_source(params)
+
+    def said(overrides: list[str]) -> str:
+        params.write_text(compose_yaml(overrides, Path("conf")), encoding="utf-8")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert warn_unused_local_source(params), overrides
+        return caplog.text
+
     assert (
         "conf/local/machine.yaml sets data.source /data/hymenoptera_data.zip, which this run does"
         " not read: its data.source is null (the recipe hymenoptera sets it so)"
-    ) in caplog.text
-    assert "`launch: {data_root: /abs/folder}`" in caplog.text
+    ) in (text := said(["recipe=hymenoptera"]))
+    assert "`launch: {data_root: /abs/folder}`" in text
     # Read from launch.data_root already: only what is not read, no advice to set it.
-    caplog.clear()
-    root = ["recipe=hymenoptera", "launch.data_root=/data"]
-    params.write_text(compose_yaml(root, Path("conf")), encoding="utf-8")
-    with caplog.at_level(logging.WARNING):
-        assert warn_unused_local_source(params)
-    assert "which this run does not read" in caplog.text and "data_root:" not in caplog.text
+    text = said(["recipe=hymenoptera", "launch.data_root=/data"])
+    assert "which this run does not read" in text and "data_root:" not in text
     # `dvc repro` of a params.yaml composed without conf/local/ (a teammate's): said so.
     monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
-    caplog.clear()
-    params.write_text(compose_yaml(["data.source=null"], Path("conf")), encoding="utf-8")
-    with caplog.at_level(logging.WARNING):
-        assert warn_unused_local_source(params)
     assert (
         "its data.source is null (params.yaml was composed without conf/local/machine.yaml). To"
         " train on /data/hymenoptera_data.zip, run `uv run visionpipe params`"
-    ) in caplog.text
+    ) in said(["data.source=null"])
     # Read (the tutorial's recipe keeps it), set aside by -S in an experiment: nothing to say.
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)
     for overrides in ([], ["recipe=hymenoptera", "data.source=/data/h.zip"], ["data.source=null"]):
