@@ -622,6 +622,32 @@ def _outputs(stages: list[Any], cached: bool) -> list[str]:
     return outputs
 
 
+def committed_yaml(rev: str, path: Path) -> dict[str, Any] | None:
+    """A YAML file (params.yaml, conf/config.yaml) as commit `rev` holds it; None where git
+    cannot say (no repository, no file)."""
+    # `rev:./path` is from the working folder, the project's: `rev:path` would be from the git
+    # repository's root, another file where the project is a subfolder of a bigger repository.
+    # An absolute path (the project's conf/, from a sub-folder) as from here: git reads no
+    # absolute one.
+    spec = f"./{Path(os.path.relpath(path)).as_posix() if path.is_absolute() else path.as_posix()}"
+    try:
+        text = subprocess.run(
+            ["git", "show", f"{rev}:{spec}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    import yaml  # the pipeline's own dependency, as for stages_of
+
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError:  # a commit's conflict markers
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
 def outputs_in_git(stage: str) -> tuple[list[str], bool]:
     """The outputs of `stage` that dvc.yaml keeps out of DVC's cache and git tracks (`dvc
     checkout` does not bring them back), and whether git brings back the last ones: where
@@ -630,18 +656,8 @@ def outputs_in_git(stage: str) -> tuple[list[str], bool]:
     kept = _git_tracked(_outputs([stages_of(Path("dvc.yaml")).get(stage)], cached=False))
     if not kept:
         return [], False
-    try:
-        committed = subprocess.run(
-            ["git", "show", "HEAD:./dvc.lock"], capture_output=True, text=True, check=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return kept, False
-    import yaml  # the pipeline's own dependency, as for stages_of
-
-    try:
-        theirs = (yaml.safe_load(committed) or {}).get("stages", {}).get(stage)
-    except (yaml.YAMLError, AttributeError):
-        return kept, False
+    stages = (committed_yaml("HEAD", Path("dvc.lock")) or {}).get("stages")
+    theirs = stages.get(stage) if isinstance(stages, dict) else None
     return kept, theirs is not None and theirs == stages_of(Path("dvc.lock")).get(stage)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from visionpipe.config import DEFAULT_PARAMS, MISSING, lookup
+from visionpipe.paths import committed_yaml
 
 CONF_DIR = Path("conf")  # Hydra's config dir (`dvc config hydra`): config.yaml, recipe/, local/
 NO_LOCAL = "~local@_global_"  # the override that leaves conf/local/machine.yaml out
@@ -59,7 +60,7 @@ def warn_unchosen_recipe(recipe: str, conf_dir: Path = CONF_DIR) -> bool:
     # Only a run that composed the defaults entry's recipe: one given by -S chose it itself.
     if not isinstance(label, str) or label == chosen or recipe != chosen:
         return False
-    committed = _committed_yaml("HEAD", path) or {}
+    committed = committed_yaml("HEAD", path) or {}
     if label == SHIPPED_RECIPE == committed.get("recipe", SHIPPED_RECIPE):
         return False  # the label as shipped and committed: the defaults entry was what changed
     recipes = sorted(p.stem for p in (conf_dir / "recipe").glob("*.yaml"))
@@ -135,27 +136,6 @@ def _value(tree: Any, key: str) -> Any:
     return None if value is MISSING else value
 
 
-def _committed_yaml(rev: str, path: Path) -> dict[str, Any] | None:
-    """A YAML file (params.yaml, conf/config.yaml) as commit `rev` holds it; None where git
-    cannot say (no repository, no file)."""
-    # `rev:./path` is from the working folder, the project's: `rev:path` would be from the git
-    # repository's root, another file where the project is a subfolder of a bigger repository.
-    # An absolute path (the project's conf/, from a sub-folder) as from here: git reads no
-    # absolute one.
-    spec = f"./{Path(os.path.relpath(path)).as_posix() if path.is_absolute() else path.as_posix()}"
-    try:
-        text = subprocess.run(
-            ["git", "show", f"{rev}:{spec}"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    raw = yaml.safe_load(text)
-    return raw if isinstance(raw, dict) else None
-
-
 def _conf_at(rev: str, tmp: Path) -> Path:
     """conf/ as commit `rev` holds it, with this machine's conf/local/, written under `tmp`;
     the working tree's conf/ where git cannot give it."""
@@ -207,10 +187,10 @@ def _dropped_recipe(rev: str, committed: dict[str, Any], recipe: str) -> bool:
     params.yaml holds another that its own conf/ did not give (a `-S recipe=...` run applied and
     committed, or made a branch by `dvc exp branch`): other data, other model, unasked. A
     recipe the commit's conf/ gave (the default changed since) is conf/'s, not dropped."""
-    theirs = committed.get("recipe", "tutorial")
+    theirs = committed.get("recipe", SHIPPED_RECIPE)
     if theirs == recipe or recipe != compose([]).get("recipe"):
         return False
-    conf = _committed_yaml(rev, CONF_DIR / "config.yaml")
+    conf = committed_yaml(rev, CONF_DIR / "config.yaml")
     defaults = conf.get("defaults", []) if conf else []
     given = next((d["recipe"] for d in defaults if isinstance(d, dict) and "recipe" in d), None)
     return given is not None and given != theirs
@@ -261,7 +241,7 @@ def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
     rev = os.environ.get("DVC_EXP_BASELINE_REV")
     if not rev or not (CONF_DIR / "config.yaml").is_file():
         return []
-    committed = _committed_yaml(rev, path)
+    committed = committed_yaml(rev, path)
     current = yaml.safe_load(path.read_text(encoding="utf-8"))
     if committed is None or not isinstance(current, dict):
         return []
@@ -270,7 +250,7 @@ def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
         return []
     # A new value that is not conf/'s came from -S: the experiment asked for it. (A queued run's
     # temporary copy has no git-ignored conf/local/, so its values count as not conf/'s.)
-    recipe = current.get("recipe", "tutorial")
+    recipe = current.get("recipe", SHIPPED_RECIPE)
     composed = compose([f"recipe={recipe}"])
     # What the baseline held is judged against the commit's own conf/ (a value conf/ gave it,
     # edited in conf/ since, is no dropped value but the edit). Nor is a key it lacks.
@@ -292,7 +272,7 @@ def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
         keys = [k for k in keys if _value(committed, k) != _value(then, k)]
     elif keys and written is not None and _history_ends_at(written):
         keys = []  # a shallow clone (CI's checkout) lacks where params.yaml was composed
-    if recipe != committed.get("recipe", "tutorial"):
+    if recipe != committed.get("recipe", SHIPPED_RECIPE):
         # A recipe the experiment names (-S recipe=fast) is asked for, values and all.
         theirs = set(diff_keys(composed, compose([])))
         keys = [k for k in keys if k not in theirs]
