@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
+import itertools
 import logging
 import os
 import posixpath
@@ -229,11 +231,17 @@ def _placeholders_of(spec: str) -> str:
     """Where a glob of photos (`IMG_*.HEIC`) matches iCloud Drive's placeholders of them
     instead (`.IMG_1.HEIC.icloud`, hidden): how many, and what to do."""
     head, tail = os.path.split(spec)
-    try:  # the folder the pattern's last part is in, when that is a folder as written
-        names = os.listdir(head or ".") if tail else []
-    except OSError:
-        return ""
-    stubs = [n for n in names if fnmatchcase(n, f".{tail}.icloud") and icloud_placeholder(n)]
+    # The folders the pattern's last part is in: as written, or those its own wildcards match
+    # (`photos/**/IMG_*.HEIC`), a few hundred at most.
+    wild = any(c in head for c in GLOB_CHARS)
+    folders = itertools.islice(glob.iglob(head, recursive=True), 500) if wild else [head or "."]
+    stubs = []
+    for folder in folders if tail else []:
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        stubs += [n for n in names if fnmatchcase(n, f".{tail}.icloud") and icloud_placeholder(n)]
     if not stubs:
         return ""
     return (

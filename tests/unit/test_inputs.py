@@ -376,6 +376,10 @@ def test_a_folder_of_icloud_placeholders_says_its_photos_are_not_downloaded(
         f"{tmp_path}: 4 photos not predicted, iCloud Drive's placeholders of photos not"
         " downloaded (IMG_0.HEIC, IMG_1.HEIC, IMG_2.HEIC and 1 more): download them"
     ) in caplog.text
+    # A glob whose folders are wildcards too (`**/`, `*/`) counts the placeholders they hold.
+    for spec in ("**/IMG_*.JPG", "*/IMG_*.JPG"):
+        (error,) = collect_inputs([str(tmp_path / spec)]).errors
+        assert error[1].startswith("glob matched no files, but 1 iCloud Drive placeholder"), spec
 
 
 def test_names_a_mac_wrote_decomposed_are_found_as_typed(
