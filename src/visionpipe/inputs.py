@@ -225,6 +225,10 @@ def _add_glob(inputs: Inputs, spec: str) -> None:
         elif re.match(r"[A-Za-z]:[\\/]", spec) and (meant := paths.meant_here(spec)):
             what += f": a Windows path; here, write {meant}"
         inputs.errors.append((spec, f"glob matched {what}{_placeholders_of(spec)}"))
+    elif found and (stubs := _placeholders_of(spec)):  # some photos here, some still online
+        log.warning(
+            "%s: %s%s", spec, counted(len(found), "photo"), stubs.replace(", but", " beside", 1)
+        )
 
 
 def _placeholders_of(spec: str) -> str:

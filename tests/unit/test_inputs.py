@@ -376,6 +376,15 @@ def test_a_folder_of_icloud_placeholders_says_its_photos_are_not_downloaded(
         f"{tmp_path}: 4 photos not predicted, iCloud Drive's placeholders of photos not"
         " downloaded (IMG_0.HEIC, IMG_1.HEIC, IMG_2.HEIC and 1 more): download them"
     ) in caplog.text
+    # A glob that matches photos beside placeholders of others says so too.
+    (tmp_path / "IMG_7.HEIC").write_bytes(b"heic")  # named: not read to be found
+    caplog.clear()
+    assert [p.name for p in collect_inputs([str(tmp_path / "IMG_*.HEIC")]).files] == ["IMG_7.HEIC"]
+    assert (
+        f"{tmp_path / 'IMG_*.HEIC'}: 1 photo beside 3 iCloud Drive placeholders of photos not"
+        " downloaded: download them"
+    ) in caplog.text
+    (tmp_path / "IMG_7.HEIC").unlink()
     # A glob whose folders are wildcards too (`**/`, `*/`) counts the placeholders they hold.
     for spec in ("**/IMG_*.JPG", "*/IMG_*.JPG"):
         (error,) = collect_inputs([str(tmp_path / spec)]).errors
