@@ -8,6 +8,8 @@ and no command but `serve` imports the HTTP server.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import itertools
 import logging
 import math
@@ -51,49 +53,39 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _photo_as_model(argv: list[str]) -> str:
-    """For `visionpipe predict --model dog.jpg ...`: the photo given as the model, the command
-    with it among the photos; "" where --model names no photo."""
+    """For `visionpipe predict --model dog.jpg ...`: the photo given as the model, and the
+    command, as argparse read it (abbreviated options too), with the photo among the photos;
+    "" where --model names no photo or the line does not parse."""
     from visionpipe.images import is_image_name  # here: --help stays instant
 
     if "predict" not in argv:
         return ""
-    for i, arg in enumerate(argv):
-        if arg == "--model" and i + 1 < len(argv):
-            value, rest = argv[i + 1], argv[:i] + argv[i + 2 :]
-            break
-        if arg.startswith("--model="):
-            value, rest = arg.split("=", 1)[1], argv[:i] + argv[i + 1 :]
-            break
-    else:
+    predict = _subparser("predict")
+    # Read as argparse reads it, the photos optional: `--model dog.jpg` alone is the case.
+    next(a for a in predict._actions if a.dest == "inputs").nargs = "*"
+    at = argv.index("predict") + 1
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            args, extra = predict.parse_known_args(argv[at:])
+    except SystemExit:  # an option without its value: no command to offer
         return ""
-    if not (is_image_name(value) and Path(value).is_file()):
+    photo = None if args.model is None else str(args.model)  # --model is read as a Path
+    if extra or photo is None or not (is_image_name(photo) and Path(photo).is_file()):
         return ""
-    at = _first_input(rest, rest.index("predict") + 1)
-    command = " ".join(
-        _shell_word(a) for a in ["uv", "run", "visionpipe", *rest[:at], value, *rest[at:]]
-    )
+    words = ["uv", "run", "visionpipe", *argv[:at]]
+    for action in predict._actions:
+        value = getattr(args, action.dest, None)
+        named = action.option_strings and action.dest not in ("help", "model")
+        if named and value is not None and value != action.default:
+            words += [action.option_strings[-1], str(value)]
+    command = " ".join(_shell_word(w) for w in [*words, "--", photo, *args.inputs])
     return f"the photos to predict come after the options, not as --model: `{command}`"
 
 
-# predict's options that take a value (a test holds them to the parser's).
-PREDICT_VALUE_OPTIONS = frozenset(
-    {"--model", "--backend", "--topk", "--batch-size", "--json", "--csv", "--grid"}
-)
-
-
-def _first_input(argv: list[str], start: int) -> int:
-    """Where in `argv` (from `start`, past `predict`) the photos begin: before the first word
-    that is no option or option's value (argparse takes the photos in one run); else at the
-    end, or before an option at the end that lacks its value (which a photo would become)."""
-    takes_value = PREDICT_VALUE_OPTIONS
-    i = start
-    while i < len(argv):
-        if argv[i] == "--":
-            return i + 1
-        if not argv[i].startswith("-") or argv[i] == "-":
-            return i
-        i += 2 if argv[i] in takes_value else 1
-    return len(argv) - 1 if argv and argv[-1] in takes_value else len(argv)
+def _subparser(name: str) -> argparse.ArgumentParser:
+    """The parser of command `name`, of a parser built anew."""
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices[name]
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import errno
 import importlib.metadata
@@ -697,47 +696,41 @@ def test_the_projects_own_model_overwritten_by_another_file_gets_the_way_back(
     shutil.copy(tmp_path / "a.png", sample := tmp_path / "data" / "samples" / "00_cat.png")
     assert main(["predict", "--model", str(sample), "a.png"]) == 2
     assert "00_cat.png: a PNG image, not an ONNX model: --model takes the ONNX" in caplog.text
-    # The photo went to the option: predict says where photos go, the command as typed with
-    # it among them (serve, which takes none, not).
+    # The photo went to the option: predict says where photos go, the command as argparse
+    # read it with the photo among the photos (serve, which takes none, not).
     assert caplog.text.rstrip().endswith(
         "the photos to predict come after the options, not as --model: `uv run visionpipe"
-        f" predict {sample} a.png`"
+        f" predict -- {sample} a.png`"
     ), caplog.text
     with pytest.raises(SystemExit):  # the photo alone, as --model: argparse's error, then ours
         main(["predict", "--model", str(sample)])
     assert (
         capsys.readouterr()
         .err.rstrip()
-        .endswith(f"not as --model: `uv run visionpipe predict {sample}`")
+        .endswith(f"not as --model: `uv run visionpipe predict -- {sample}`")
     )
-    # First among the photos, which argparse takes in one run: an option before them stays
-    # before them, and one that ends the line (--json, its value missing) never takes it.
+    # An option left without its value: no command is offered (a photo could become it).
     with pytest.raises(SystemExit):
-        main(["predict", "a.png", "--model", str(sample), "--json"])
-    assert f"`uv run visionpipe predict {sample} a.png --json`" in capsys.readouterr().err
-    from visionpipe.cli import PREDICT_VALUE_OPTIONS, _photo_as_model, build_parser
+        main(["predict", "a.png", "--model", str(sample), "--grid"])
+    assert "not as --model" not in capsys.readouterr().err
+    from visionpipe.cli import _photo_as_model, build_parser
 
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    options = sub.choices["predict"]._option_string_actions
-    assert {o for o, a in options.items() if a.nargs != 0} == PREDICT_VALUE_OPTIONS
-
-    for argv in (
-        ["predict", "--topk", "2", "--model", str(sample), "a.png", "b.png"],
-        ["predict", f"--model={sample}", "--backend", "onnx", "a.png"],
-        ["predict", "--model", str(sample), "--topk", "2"],
-        ["predict", "-", "--model", str(sample)],
+    # Each suggestion parses, with the photo and the others as photos, the options as given
+    # (abbreviated ones too, as argparse takes them: `--gr` is --grid).
+    for argv, options in (
+        (["predict", "--topk", "2", "--model", str(sample), "a.png", "b.png"], {"topk": 2}),
+        (["predict", f"--model={sample}", "--backend", "torch", "a.png"], {"backend": "torch"}),
+        (["predict", "--model", str(sample), "--gr", "g.png", "a.png"], {"grid": Path("g.png")}),
+        (["predict", "--mod", str(sample), "--top=2", "a.png"], {"topk": 2}),
+        (["predict", "-", "--model", str(sample)], {}),
     ):
         hint = _photo_as_model(argv)
         suggested = shlex.split(hint.split("`")[1])[3:]  # past `uv run visionpipe`
         args = build_parser().parse_args(suggested)
         assert args.inputs[0] == str(sample) and args.model is None, (argv, suggested)
-        assert sorted(args.inputs) == sorted(
-            [
-                str(sample),
-                *(a for a in argv[1:] if a.endswith(".png") and a != str(sample) and "=" not in a),
-                *(["-"] if "-" in argv else []),
-            ]
-        ), argv
+        given = [a for a in argv[1:] if a in ("a.png", "b.png", "-")]
+        assert args.inputs == [str(sample), *given], (argv, suggested)
+        assert {k: getattr(args, k) for k in options} == options, (argv, suggested)
     assert "checkout" not in caplog.text
     caplog.clear()
     (notes := tmp_path / "notes.onnx").write_bytes("\ufeffnotes, UTF-8".encode("utf-8"))
