@@ -8,6 +8,7 @@ import hashlib
 import io
 import logging
 import os
+import posixpath
 import signal
 import sys
 import threading
@@ -238,6 +239,9 @@ def _outputs_removed(exc: Exception) -> str:
     if paths.QUEUED_COPY in Path.cwd().as_posix():  # a queued run's copy: the workspace's stay
         return ""
     kept, same = paths.outputs_in_git(paths.dvc_stage() or stage)
+    # From a sub-folder (DVC names the stage `../dvc.yaml:train`), git reads paths from there.
+    up = posixpath.dirname(stage.rpartition(":")[0])
+    kept = [posixpath.join(up, path) for path in kept]
     back = f"uv run dvc checkout --force {stage}" + (
         f" && git checkout -- {' '.join(kept)}" if same else ""
     )

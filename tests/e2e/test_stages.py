@@ -55,6 +55,12 @@ def test_bad_params_fail_a_stage_before_any_work(tmp_path: Path, stage: str) -> 
         (tmp_path / "dvc.lock").write_text(lock.replace("cmd: b", "cmd: c"))
         proc = run_stage(stage, tmp_path, DVC_STAGE=stage)
         assert f"`{back}` brings back the last ones meanwhile)" in proc.stderr, proc.stderr
+        # `dvc repro ../dvc.yaml` from a sub-folder: git's paths as from there.
+        proc = run_stage(stage, tmp_path, DVC_STAGE=f"../dvc.yaml:{stage}")
+        assert (
+            "`uv run dvc checkout --force ../dvc.yaml:evaluate && git checkout --"
+            " ../dvclive/eval/metrics.json`"
+        ) in proc.stderr, proc.stderr
         # An experiment applied since (evaluate's entry not the commit's): git would bring back
         # the commit's metrics beside the experiment's model, so only dvc checkout is offered.
         (tmp_path / "dvc.lock").write_text(lock.replace("cmd: a", "cmd: d"))
