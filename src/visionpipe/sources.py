@@ -218,13 +218,16 @@ def _others(folder: Path, relative: bool, official: str) -> str:
     not another dataset's), and how to use one: data.source names it, by its name where the
     folder is launch.data_root (`relative`), which a relative data.source is found in; else by
     its path."""
-    stem = re.split(r"[-_.]", official.lower())[0]  # cifar, hymenoptera
+    # Its dataset's name as the archives write it, without separators: cifar10 (not cifar100),
+    # hymenoptera.
+    stem = re.match(r"[a-z]+\d*", re.sub(r"[-_]", "", official.lower()))
+    key = re.compile(rf"{stem[0] if stem else official}(?!\d)")
     try:
         held = sorted(
             p.name
             for p in folder.iterdir()
             if p.name.lower().endswith((".zip", ".tar.gz", ".tgz", ".tar"))
-            and stem in p.name.lower()
+            and key.search(re.sub(r"[-_]", "", p.name.lower()))
             and not is_hidden(p.name)  # a Mac's ._cifar10-jpeg.zip
             and p.is_file()
         )

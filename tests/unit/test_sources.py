@@ -295,6 +295,13 @@ def test_the_log_names_the_setting_that_gave_the_mirror(
         _fetch(None, tmp_path, dataset="hymenoptera", mirror="datasets")
     assert "has no hymenoptera_data.zip; falling back" in caplog.text, caplog.text
     assert "it holds" not in caplog.text
+    # Nor CIFAR-100's official archive for CIFAR-10.
+    (tmp_path / "datasets" / "cifar10-jpeg.zip").unlink()
+    (tmp_path / "datasets" / "cifar-100-python.tar.gz").write_bytes(b"\x1f\x8b")
+    caplog.clear()
+    with caplog.at_level(logging.INFO), pytest.raises(DownloadError):
+        _fetch(None, tmp_path, dataset="cifar10", mirror="datasets")
+    assert "has no cifar-10-python.tar.gz; falling back" in caplog.text, caplog.text
 
 
 def test_mirror_checks_official_md5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
