@@ -349,6 +349,7 @@ def test_a_local_data_source_a_recipe_sets_aside_is_warned_of_with_the_way_to_us
     # download would fail as if no source were set.
     _conf(tmp_path, "data:\n  source: /data/hymenoptera_data.zip\n")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
     params = Path("params.yaml")
 
     def said(overrides: list[str]) -> str:
@@ -362,7 +363,14 @@ def test_a_local_data_source_a_recipe_sets_aside_is_warned_of_with_the_way_to_us
         "conf/local/machine.yaml sets data.source /data/hymenoptera_data.zip, which this run does"
         " not read: its data.source is null (the recipe hymenoptera sets it so)"
     ) in (text := said(["recipe=hymenoptera"]))
-    assert "`launch: {data_root: /abs/folder}`" in text
+    assert "`launch: {data_root: /abs/folder}`. To train on" in text
+    # `dvc repro` takes no -S: composed in, then run.
+    assert text.rstrip().endswith(
+        "compose it in: `uv run visionpipe params recipe=hymenoptera data.source=...`, then"
+        " `uv run dvc repro`"
+    ), text
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)  # in `dvc exp run`: -S
+    assert said(["recipe=hymenoptera"]).rstrip().endswith("pass -S data.source=... too")
     # Read from launch.data_root already: only what is not read, no advice to set it.
     text = said(["recipe=hymenoptera", "launch.data_root=/data"])
     assert "which this run does not read" in text and "data_root:" not in text

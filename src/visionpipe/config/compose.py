@@ -357,10 +357,15 @@ def warn_unused_local_source(path: Path = DEFAULT_PARAMS) -> bool:
             ""
             if root
             else f" To have that archive read from a folder of this machine, name the folder in"
-            f" {local} as `launch: {{data_root: /abs/folder}}`;"
+            f" {local} as `launch: {{data_root: /abs/folder}}`."
         )
         why = f"the recipe {recipe} sets it so), the official archive.{advice} To train on {mine},"
-        fix = "pass -S data.source=... too"
+        fix = (
+            "pass -S data.source=... too"
+            if os.environ.get("DVC_EXP_BASELINE_REV")
+            else f"compose it in: `uv run visionpipe params recipe={recipe} data.source=...`, then"
+            " `uv run dvc repro`"
+        )
     elif not os.environ.get("DVC_EXP_BASELINE_REV"):
         why = f"{path} was composed without {local}). To train on {mine},"
         fix = "run `uv run visionpipe params` (or `uv run dvc exp run`), which composes it in"
