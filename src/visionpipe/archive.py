@@ -195,16 +195,34 @@ def _opened(path: str, inode: int, mtime_ns: int) -> BinaryIO:
     return open(path, "rb")
 
 
-def read_span(span: Span) -> bytes:
-    """The bytes of one file, from where `Files.span` said they lie (any process may call it)."""
+def read_head(span: Span, n: int) -> bytes:
+    """The first `n` bytes of one file (fewer where it is shorter), read and unpacked no further:
+    a look at what a file is (DICOM's `DICM`), not a check of it."""
     if span.size < 0:
-        return Path(span.path).read_bytes()
+        with open(span.path, "rb") as whole:
+            return whole.read(n)
+    f = _at_data(span)
+    if span.zip_method == zipfile.ZIP_DEFLATED:
+        inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+        out = b""
+        left = span.size
+        while len(out) < n and left > 0 and not inflate.eof:
+            chunk = f.read(min(left, 1 << 16))
+            left -= len(chunk)
+            if not chunk:
+                break
+            out += inflate.decompress(chunk, n - len(out))
+        return out[:n]
+    return f.read(min(n, span.size))
+
+
+def _at_data(span: Span) -> BinaryIO:
+    """The archive at `span`, open and at the file's first stored byte (past a zip member's
+    local header, checked)."""
     st = os.stat(span.path)
     f = _opened(span.path, st.st_ino, st.st_mtime_ns)
     f.seek(span.offset)
-    if span.zip_method is None:
-        data = f.read(span.size)
-    else:
+    if span.zip_method is not None:
         header = f.read(_ZIP_LOCAL_HEADER.size)
         fields = _ZIP_LOCAL_HEADER.unpack(header) if len(header) == _ZIP_LOCAL_HEADER.size else None
         if fields is None or fields[0] != _ZIP_LOCAL_SIGNATURE:
@@ -215,7 +233,15 @@ def read_span(span: Span) -> bytes:
                 f"{span.path} is corrupt: {span.zip_name!r} is stored as {name!r}"
             )
         f.seek(fields[-1], os.SEEK_CUR)
-        data = f.read(span.size)
+    return f
+
+
+def read_span(span: Span) -> bytes:
+    """The bytes of one file, from where `Files.span` said they lie (any process may call it)."""
+    if span.size < 0:
+        return Path(span.path).read_bytes()
+    data = _at_data(span).read(span.size)
+    if span.zip_method is not None:
         if span.zip_method == zipfile.ZIP_DEFLATED:
             inflate = zlib.decompressobj(-zlib.MAX_WBITS)
             data = inflate.decompress(data, MAX_MEMBER_BYTES)  # a lying size stops here

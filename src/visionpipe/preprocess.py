@@ -185,17 +185,15 @@ def _dicom_inside(files: archive.Files, among: Sequence[str] | None = None) -> b
     """Whether files of the source that no name marks are DICOM scans (a disc's `IM_0001`, a
     PACS export named by its UID): by the first bytes of a few of them (`may_be_dicom`)."""
     names = files.names if among is None else among  # a folder source's: stored empty
-    peeked = [n for n in names if may_be_dicom(n) and not is_hidden(n) and _small(files, n)]
-    return any(is_dicom(files.read(name)[:132]) for name in peeked[:DICOM_PEEKS])
+    peeked = [n for n in names if may_be_dicom(n) and not is_hidden(n)][:DICOM_PEEKS]
+    return any(is_dicom(_head(files, name)) for name in peeked)
 
 
-PEEK_MAX_BYTES = 64 << 20  # a file read whole for its first bytes at most (a scan is less)
-
-
-def _small(files: archive.Files, name: str) -> bool:
-    """Whether `name` is stored in PEEK_MAX_BYTES or less (a compressed tar's, unknown: yes)."""
+def _head(files: archive.Files, name: str) -> bytes:
+    """A file's first 132 bytes, DICOM's preamble and magic: a zip's or folder's read no
+    further (a compressed tar, read in order, unpacks it whole)."""
     span = files.span(name)
-    return span is None or span.size <= PEEK_MAX_BYTES
+    return archive.read_head(span, 132) if span is not None else files.read(name)[:132]
 
 
 def _counted(decoded: Iterable[Decoded], total: int) -> Iterator[Decoded]:

@@ -950,3 +950,24 @@ def test_the_folder_advised_for_a_queued_run_is_beside_the_project_not_its_copy(
     assert zip_names._outside_copy(copied) == origin
     monkeypatch.chdir(tmp_path / "project")
     assert zip_names._beside_project() == tmp_path
+
+
+def test_a_file_s_first_bytes_are_read_without_the_rest(tmp_path: Path) -> None:
+    # A look at what a file is (DICOM's magic at 128): a 64 MiB member, stored or deflated to
+    # a few kB, gives its first bytes without being read or unpacked whole.
+    from visionpipe.archive import open_files, read_head
+
+    head = bytes(128) + b"DICM"
+    body = head + bytes(64 << 20)
+    for method in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        with zipfile.ZipFile(src := tmp_path / f"scans{method}.zip", "w", method) as z:
+            z.writestr("scans/IM0000", body)
+            z.writestr("scans/short", b"DI")
+        with open_files(src) as files:
+            span = files.span("scans/IM0000")
+            assert span is not None and read_head(span, 132) == head, method
+            assert read_head(files.span("scans/short"), 132) == b"DI"
+    (folder := tmp_path / "folder").mkdir()
+    (folder / "IM0001").write_bytes(head + bytes(10))
+    with open_files(folder) as files:
+        assert read_head(files.span("IM0001"), 132) == head

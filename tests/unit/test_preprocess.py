@@ -892,7 +892,7 @@ def test_icloud_placeholders_in_a_zip_are_named_as_photos_not_downloaded(
 
 
 def test_a_layout_error_says_how_a_fixed_source_is_read_again(
-    workdir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    workdir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     _noisy_zip(workdir / paths.RAW_DIR / "photos.zip", _seeds("photos", ("ants",), 6))
     with pytest.raises(split_plan.DatasetLayoutError) as err:
@@ -952,12 +952,6 @@ def test_a_layout_error_says_how_a_fixed_source_is_read_again(
         preprocess.run(_params())
     assert "ignoring 1 file" in caplog.text and "IM0000" in caplog.text
     assert "DICOM scans are not read" in caplog.text
-    # A file too big to read whole for its first bytes is not peeked at.
-    monkeypatch.setattr(preprocess, "PEEK_MAX_BYTES", 100)
-    caplog.clear()
-    with caplog.at_level(logging.WARNING):
-        preprocess.run(_params())
-    assert "IM0000" in caplog.text and "DICOM" not in caplog.text
 
 
 @pytest.mark.parametrize(("width", "warned"), [(72, True), (70, False)])
