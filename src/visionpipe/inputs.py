@@ -238,7 +238,12 @@ def _placeholders_of(spec: str) -> str:
     # The folders the pattern's last part is in: as written, or those its own wildcards match
     # (`photos/**/IMG_*.HEIC`), a few hundred at most.
     wild = any(c in head for c in GLOB_CHARS)
-    folders = itertools.islice(glob.iglob(head, recursive=True), 500) if wild else [head or "."]
+    # `head/` matches folders alone: the cap counts no file.
+    folders = (
+        itertools.islice(glob.iglob(os.path.join(head, ""), recursive=True), 500)
+        if wild
+        else [head or "."]
+    )
     stubs = []
     for folder in folders if tail else []:
         try:

@@ -410,6 +410,27 @@ def test_a_recipe_line_that_chooses_nothing_is_warned_of(
     assert warn_unchosen_recipe("fast", conf_copy / "conf")
 
 
+def test_the_recipe_label_is_warned_of_once_a_run_by_the_stages(
+    conf_copy: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # download and train both check; the first that warns marks the run. A clean check marks
+    # nothing: a label edited after it is said by the next stage or run.
+    from visionpipe.config.compose import check_against_conf
+
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
+    (conf_copy / ".dvc" / "tmp").mkdir(parents=True)
+    assert main(["params"]) == 0
+    with caplog.at_level(logging.WARNING):
+        check_against_conf(data_stage=True)
+    assert "does not choose" not in caplog.text
+    conf = conf_copy / "conf" / "config.yaml"
+    conf.write_text(conf.read_text().replace("\nrecipe: tutorial ", "\nrecipe: fast ", 1))
+    for stage_is_download in (True, False):
+        with caplog.at_level(logging.WARNING):
+            check_against_conf(data_stage=stage_is_download)
+    assert caplog.text.count("`recipe: fast` does not choose the recipe") == 1, caplog.text
+
+
 @pytest.mark.parametrize(
     ("text", "said"),
     [

@@ -385,7 +385,10 @@ def test_a_folder_of_icloud_placeholders_says_its_photos_are_not_downloaded(
         " downloaded: download them"
     ) in caplog.text
     (tmp_path / "IMG_7.HEIC").unlink()
-    # A glob whose folders are wildcards too (`**/`, `*/`) counts the placeholders they hold.
+    # A glob whose folders are wildcards too (`**/`, `*/`) counts the placeholders they hold,
+    # past a folder of many files (only folders count towards the few hundred looked in).
+    for i in range(600):
+        (tmp_path / "2024" / f"{i:03d}.txt").write_bytes(b"")
     for spec in ("**/IMG_*.JPG", "*/IMG_*.JPG"):
         (error,) = collect_inputs([str(tmp_path / spec)]).errors
         assert error[1].startswith("glob matched no files, but 1 iCloud Drive placeholder"), spec

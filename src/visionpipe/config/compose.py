@@ -303,24 +303,35 @@ WARNED = Path(".dvc/tmp")
 
 
 def _first_time(rev: str, path: Path, what: str = "dropped") -> bool:
-    """Whether no stage of this run warned of `what` yet; marked so. A run is its baseline
-    `rev` and the params file at `path` as `dvc exp run` (or `visionpipe params`) wrote it: its
-    content and time (each run, a retry of a failed one too, writes it anew; its stages do
-    not). Outside a DVC project, always."""
+    """Whether no stage of this run warned of `what` yet; marked so (`_marked`)."""
+    if _marked(rev, path, what):
+        return False
+    _mark(rev, path, what)
+    return True
+
+
+def _run_mark(rev: str, path: Path) -> str:
+    """A run: its baseline `rev` and the params file at `path` as `dvc exp run` (or `visionpipe
+    params`) wrote it, its content and time (each run, a retry of a failed one too, writes it
+    anew; its stages do not)."""
     import hashlib
 
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    mark = f"{rev} {digest} {path.stat().st_mtime_ns}\n"
-    marker = WARNED / f"visionpipe-{what}-warned"
+    return f"{rev} {hashlib.sha256(path.read_bytes()).hexdigest()} {path.stat().st_mtime_ns}\n"
+
+
+def _marked(rev: str, path: Path, what: str) -> bool:
+    """Whether a stage of this run warned of `what` already."""
     try:
-        if marker.read_text(encoding="utf-8") == mark:
-            return False
+        return (WARNED / f"visionpipe-{what}-warned").read_text("utf-8") == _run_mark(rev, path)
     except (OSError, UnicodeError):
-        pass
+        return False
+
+
+def _mark(rev: str, path: Path, what: str) -> None:
+    """Note that this run warned of `what` (outside a DVC project, nowhere: it warns again)."""
     with contextlib.suppress(OSError):
         if WARNED.is_dir():
-            marker.write_text(mark, encoding="utf-8")
-    return True
+            (WARNED / f"visionpipe-{what}-warned").write_text(_run_mark(rev, path), "utf-8")
 
 
 def _yaml(value: Any) -> str:
@@ -432,8 +443,9 @@ def check_against_conf(data_stage: bool = False) -> None:
         raw = yaml.safe_load(DEFAULT_PARAMS.read_text(encoding="utf-8"))
     except (OSError, UnicodeError, yaml.YAMLError):
         raw = None  # the stage's own loading says what is wrong
-    if isinstance(raw, dict) and _first_time("", DEFAULT_PARAMS, "label"):
-        warn_unchosen_recipe(str(raw.get("recipe", SHIPPED_RECIPE)))
+    recipe = str(raw.get("recipe", SHIPPED_RECIPE)) if isinstance(raw, dict) else None
+    if recipe and not _marked("", DEFAULT_PARAMS, "label") and warn_unchosen_recipe(recipe):
+        _mark("", DEFAULT_PARAMS, "label")  # once a run; where it did not warn, later stages look
     if not data_stage:
         warn_drift()
     warn_dropped_baseline()
