@@ -341,16 +341,22 @@ def test_a_value_of_conf_local_that_the_experiment_s_recipe_changes_is_not_warne
     assert not caplog.text
 
 
+def _machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local: str) -> Path:
+    """A project whose conf/local/machine.yaml holds `local`, worked in outside `dvc exp run`;
+    the path of its params.yaml."""
+    _conf(tmp_path, local)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
+    return Path("params.yaml")
+
+
 def test_a_local_data_source_a_recipe_sets_aside_is_warned_of_with_the_way_to_use_a_copy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # conf/local/machine.yaml names this machine's ants/bees zip; `-S recipe=hymenoptera`
     # sets data.source null (its official archive), so the zip is not read: offline, the
     # download would fail as if no source were set.
-    _conf(tmp_path, "data:\n  source: /data/hymenoptera_data.zip\n")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
-    params = Path("params.yaml")
+    params = _machine(tmp_path, monkeypatch, "data:\n  source: /data/hymenoptera_data.zip\n")
 
     def said(overrides: list[str]) -> str:
         params.write_text(compose_yaml(overrides, Path("conf")), encoding="utf-8")
@@ -392,10 +398,7 @@ def test_launch_settings_composed_on_another_machine_are_warned_of(
 ) -> None:
     # Alice composed and committed params.yaml with her data folder; Bob's clone has his own in
     # conf/local/machine.yaml. His `dvc repro` runs with hers: say so, with both values.
-    _conf(tmp_path, "launch:\n  data_root: /home/bob/data\n")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
-    params = Path("params.yaml")
+    params = _machine(tmp_path, monkeypatch, "launch:\n  data_root: /home/bob/data\n")
     alices = compose_yaml(["launch.data_root=/home/alice/data"], tmp_path / "conf")
     params.write_text(alices, encoding="utf-8")
     with caplog.at_level(logging.WARNING):
