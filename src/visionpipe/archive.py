@@ -53,7 +53,7 @@ from visionpipe.archive_members import (
     warn_icloud_placeholders,
 )
 from visionpipe.fsutil import DiskFullError, atomic_path, free_bytes, size_text
-from visionpipe.images import DICOM_NOT_READ, DICOM_PEEKS, Unread, is_dicom, may_be_dicom
+from visionpipe.images import DICOM_NOT_READ, Unread, dicom_by_bytes
 from visionpipe.names import counted, listed
 from visionpipe.zip_names import ZipNames
 
@@ -316,11 +316,7 @@ def pack_directory(
 def _warn_dicom(src: Path, root: Path, unstored: list[Entry]) -> None:
     """Name the files stored empty that are DICOM scans by their first bytes (a disc's IM0000,
     a PACS export named by its UID): preprocess reads their names only, and cannot tell."""
-    scans = []
-    for entry in [e for e in unstored if may_be_dicom(e.name)][:DICOM_PEEKS]:
-        with contextlib.suppress(OSError), open(root / entry.target, "rb") as f:
-            if is_dicom(f.read(132)):
-                scans.append(entry.name)
+    scans = dicom_by_bytes((entry.name, root / entry.target) for entry in unstored)
     if scans:
         found = f"{counted(len(scans), 'DICOM scan')} ({listed(scans, 3)})"
         log.warning("%s: %s among its files: %s", src, found, DICOM_NOT_READ)

@@ -23,7 +23,7 @@ import re
 import struct
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +135,18 @@ def may_be_dicom(name: str) -> bool:
     (`1.2.840.113619.2.55.3.604688119.969.1268071029.320`), whose "suffix" is digits."""
     suffix = os.path.splitext(os.path.basename(name))[1]
     return not suffix or suffix[1:].isdigit()
+
+
+def dicom_by_bytes(files: Iterable[tuple[str, str | os.PathLike[str]]]) -> list[str]:
+    """The names among `files` (name, path on disk) that `may_be_dicom` whose first bytes are
+    DICOM's, the first DICOM_PEEKS of them looked at."""
+    peeked = [(name, path) for name, path in files if may_be_dicom(name)][:DICOM_PEEKS]
+    scans = []
+    for name, path in peeked:
+        with contextlib.suppress(OSError), open(path, "rb") as f:
+            if is_dicom(f.read(132)):
+                scans.append(name)
+    return scans
 
 
 def is_dicom_name(name: str) -> bool:

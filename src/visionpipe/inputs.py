@@ -22,13 +22,11 @@ from typing import TypeVar
 from visionpipe import fsutil, paths
 from visionpipe.images import (
     DICOM_NOT_READ,
-    DICOM_PEEKS,
+    dicom_by_bytes,
     icloud_placeholder,
-    is_dicom,
     is_dicom_name,
     is_hidden,
     is_image_name,
-    may_be_dicom,
 )
 from visionpipe.names import counted, listed
 
@@ -381,11 +379,7 @@ def _dicom(folder: str, names: list[str]) -> bool:
     those that may be (`may_be_dicom`), a few read at most."""
     if any(is_dicom_name(name) for name in names):
         return True
-    for name in [n for n in names if may_be_dicom(n)][:DICOM_PEEKS]:
-        with contextlib.suppress(OSError), open(os.path.join(folder, name), "rb") as f:
-            if is_dicom(f.read(132)):
-                return True
-    return False
+    return bool(dicom_by_bytes((name, os.path.join(folder, name)) for name in names))
 
 
 def _warn_placeholders(spec: str, left_out: list[str]) -> None:

@@ -714,17 +714,13 @@ def _warn_thin_classes(counts: dict[str, dict[str, int]], val_fraction: float) -
         for line in warnings:
             log.warning("%s", line)
         return warnings
-    for none in (True, False):  # the classes with none first, as the report lists them
-        for split in checked:
-            few = split_plan.FEW_IMAGES
-            thin = [c for c, n in counts[split].items() if (n == 0 if none else 0 < n < few)]
-            what = f"no {split} images" if none else f"fewer than {few} {split} images"
-            if thin:
-                have = "has" if len(thin) == 1 else "have"
-                named = listed([repr(c) for c in thin])
-                log.warning(
-                    "%s %s %s: %s", counted(len(thin), "class", "classes"), have, what, named
-                )
+    for none, split, thin in split_plan.thin_kinds(counts, checked):  # as the report has them
+        what = (
+            f"no {split} images" if none else f"fewer than {split_plan.FEW_IMAGES} {split} images"
+        )
+        have = "has" if len(thin) == 1 else "have"
+        named = listed([repr(c) for c, _ in thin])
+        log.warning("%s %s %s: %s", counted(len(thin), "class", "classes"), have, what, named)
     log.warning("(each class's line in %s)", paths.PREPROCESS_REPORT)
     return warnings
 

@@ -587,15 +587,29 @@ def class_counts(
 FEW_IMAGES = 5  # "a handful": below this a class's figures in a split mean little
 
 
+def thin_kinds(
+    counts: dict[str, dict[str, int]], splits: Sequence[str]
+) -> list[tuple[bool, str, list[tuple[str, int]]]]:
+    """The classes with fewer than FEW_IMAGES images in one of `splits`, by kind: (none, split,
+    [(class, images)]), the kinds of none first (none to train on: the model never learns the
+    class), split by split; kinds without a class left out."""
+    kinds = []
+    for none in (True, False):
+        for split in splits:
+            items = counts[split].items()
+            thin = [(c, n) for c, n in items if (n == 0 if none else 0 < n < FEW_IMAGES)]
+            if thin:
+                kinds.append((none, split, thin))
+    return kinds
+
+
 def thin_classes(counts: dict[str, dict[str, int]], splits: Sequence[str]) -> list[str]:
-    """A warning per class with fewer than FEW_IMAGES images (or none) in one of `splits`: the
-    classes with none first (none to train on: the model never learns the class), split by
-    split, as a log cut to the first few shows them."""
-    empty, few = [], []
-    for split in splits:
-        for cls, n in counts[split].items():
-            if n == 0:
-                empty.append(f"class {cls!r} has no {split} images")
-            elif n < FEW_IMAGES:
-                few.append(f"class {cls!r} has only {n} {split} image{'s' * (n > 1)}")
-    return empty + few
+    """A warning per class with fewer than FEW_IMAGES images (or none) in one of `splits`, in
+    `thin_kinds`' order, as a log cut to the first few shows them."""
+    return [
+        f"class {c!r} has no {split} images"
+        if none
+        else f"class {c!r} has only {n} {split} image{'s' * (n > 1)}"
+        for none, split, thin in thin_kinds(counts, splits)
+        for c, n in thin
+    ]
