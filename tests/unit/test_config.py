@@ -370,10 +370,19 @@ def test_a_recipe_line_that_chooses_nothing_is_warned_of(
     assert (
         "conf/config.yaml: `recipe: hymenoptera` does not choose the recipe, the line `- recipe:"
         " tutorial` under `defaults:` does, and this run composes tutorial: to compose hymenoptera"
-        " by default, set that line to `- recipe: hymenoptera`; for one experiment, `-S"
-        " recipe=hymenoptera`"
+        " by default, set that line to `- recipe: hymenoptera` and compose params.yaml again"
+        " (`uv run visionpipe params`, which `dvc repro` runs on); for one experiment, `uv run"
+        " dvc exp run -S recipe=hymenoptera`"
     ) in caplog.text, caplog.text
-    assert warn_unchosen_recipe("tutorial")  # as the stages check params.yaml
+    # In an experiment, the -S it can take: the defaults entry counts at the next run.
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert warn_unchosen_recipe("tutorial")  # as the stages check params.yaml
+    assert (
+        "set that line to `- recipe: hymenoptera`; for one experiment, `-S recipe=hymenoptera`"
+    ) in caplog.text, caplog.text
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV")
     # A label that names no recipe is said to be none (a recipe line set to it would not compose).
     conf.write_text(text.replace("\nrecipe: tutorial ", "\nrecipe: resnet ", 1))
     caplog.clear()

@@ -71,17 +71,18 @@ def warn_unchosen_recipe(recipe: str, conf_dir: Path = CONF_DIR) -> bool:
             *(path.as_posix(), label, (conf_dir / "recipe").as_posix(), ", ".join(recipes), chosen),
         )
         return True
+    # `dvc repro` reads params.yaml: the defaults entry counts once params.yaml is composed again.
+    fix = (
+        f"; for one experiment, `-S recipe={label}`"
+        if os.environ.get("DVC_EXP_BASELINE_REV")
+        else " and compose params.yaml again (`uv run visionpipe params`, which `dvc repro` runs"
+        f" on); for one experiment, `uv run dvc exp run -S recipe={label}`"
+    )
     logging.getLogger(__name__).warning(
         "%s: `recipe: %s` does not choose the recipe, the line `- recipe: %s` under `defaults:`"
         " does, and this run composes %s: to compose %s by default, set that line to"
-        " `- recipe: %s`; for one experiment, `-S recipe=%s`",
-        path.as_posix(),
-        label,
-        chosen,
-        recipe,
-        label,
-        label,
-        label,
+        " `- recipe: %s`%s",
+        *(path.as_posix(), label, chosen, recipe, label, label, fix),
     )
     return True
 
