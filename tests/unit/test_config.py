@@ -440,6 +440,31 @@ def test_the_recipe_label_is_warned_of_once_a_run_by_the_stages(
     assert caplog.text.count("`recipe: fast` does not choose the recipe") == 1, caplog.text
 
 
+def test_a_section_cut_from_conf_is_refused_by_the_first_stage(
+    conf_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DVC itself refuses the stage that declares a missing section, and only when it gets there:
+    # in `dvc exp run`, after training. The first stage says it, with the line to add.
+    from visionpipe.config import ConfigError
+    from visionpipe.config.compose import check_against_conf, compose
+
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
+    composed = compose([], conf_copy / "conf")
+    del composed["evaluate"], composed["export"]
+    Path("params.yaml").write_text(yaml.safe_dump(composed, sort_keys=False))
+    with pytest.raises(ConfigError) as err:
+        check_against_conf(data_stage=True)
+    said = str(err.value)
+    assert said.startswith("params.yaml has no `evaluate:`, `export:` section, which later"), said
+    assert "  `evaluate: {amp: false}` at the top level" in said.splitlines(), said
+    assert "(for `dvc repro`, `uv run visionpipe params` first)" in said
+    check_against_conf(data_stage=False)  # later stages: DVC stops before theirs would run
+    # A hand-written params.yaml (no `about:` note from conf/) keeps the code's defaults.
+    del composed["about"]
+    Path("params.yaml").write_text(yaml.safe_dump(composed, sort_keys=False))
+    check_against_conf(data_stage=True)
+
+
 @pytest.mark.parametrize(
     ("text", "said"),
     [

@@ -390,6 +390,26 @@ def warn_unused_local_source(path: Path = DEFAULT_PARAMS) -> bool:
     return True
 
 
+def refuse_missing_sections(raw: Any) -> None:
+    """A whole section gone from a params.yaml composed from conf/ (cut from conf/config.yaml):
+    DVC stops the stage that declares it before the stage runs, and only once the stages before
+    it have run (training, for `evaluate:`). The first stage says it, with the lines to add."""
+    from visionpipe.config import ConfigError, default_line
+    from visionpipe.config.params import Params
+
+    if not isinstance(raw, dict) or "about" not in raw:
+        return  # a hand-written file: each stage fills in the code's defaults
+    gone = [k for k in Params.model_fields if k not in raw and k not in ("recipe", "about")]
+    if gone:
+        lines = "\n".join(f"  {default_line(Params, k)}" for k in gone)
+        raise ConfigError(
+            f"{DEFAULT_PARAMS} has no {', '.join(f'`{k}:`' for k in gone)} section, which later"
+            " stages read (DVC would stop there, after the stages before had run): add each line"
+            f" to {CONF_DIR / 'config.yaml'}, where it says, at the code's default, then run"
+            f" again (for `dvc repro`, `uv run visionpipe params` first):\n{lines}"
+        )
+
+
 def _recipe_sets(recipe: str, key: str) -> bool:
     """Whether conf/recipe/`recipe`.yaml sets the dotted `key`."""
     try:
@@ -447,7 +467,9 @@ def check_against_conf(data_stage: bool = False) -> None:
     recipe = str(raw.get("recipe", SHIPPED_RECIPE)) if isinstance(raw, dict) else None
     if recipe and not _marked("", DEFAULT_PARAMS, "label") and warn_unchosen_recipe(recipe):
         _mark("", DEFAULT_PARAMS, "label")  # once a run; where it did not warn, later stages look
-    if not data_stage:
+    if data_stage:
+        refuse_missing_sections(raw)
+    else:
         warn_drift()
     warn_dropped_baseline()
     warn_other_machine()
