@@ -407,7 +407,7 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
             writer.close()
     train = writers["train"]
     if train.count == 0 or writers["test"].count == 0:
-        raise _empty_split("train" if train.count == 0 else "test", len(plan.items), bad)
+        raise _empty_split("train" if train.count == 0 else "test", plan, bad)
     mean, std = mean_std(sums, squares, train.count * size * size)
     groups = identical.groups(bytes(digests), failed_rows)
     return Result(
@@ -428,18 +428,18 @@ def _write_splits(plan: Plan, decoded: Iterable[Decoded], size: int, out: Path) 
     )
 
 
-def _empty_split(split: str, images: int, bad: list[dict[str, str]]) -> DatasetLayoutError:
+def _empty_split(split: str, plan: Plan, bad: list[dict[str, str]]) -> DatasetLayoutError:
     """The error for a split no decodable image landed in: its undecodable files named (the
     run stops before its report is written), and what fills it."""
+    names = {item.name for item in plan.items if item.split == split}
+    bad = [b for b in bad if b["file"] in names]
     named = f": {listed([b['file'] for b in bad], 5)}" if bad else ""
-    fill = (
-        "fix or replace the undecodable files, or add images"
-        if split == "train"
-        else "add images, or for a flat folder raise data.test_fraction"
-    )
+    fill = [*(["fix or replace the undecodable files"] if bad else []), "add images"]
+    if split == "test" and plan.test_split_source == "carved":
+        fill.append("raise data.test_fraction")  # train would lose what test gains
     return DatasetLayoutError(
-        f"no decodable image landed in the {split} split ({images} images, {len(bad)}"
-        f" undecodable{named}): {fill}" + FIXED_SOURCE
+        f"no decodable image landed in the {split} split ({len(names)} {split} images,"
+        f" {len(bad)} undecodable{named}): {', or '.join(fill)}" + FIXED_SOURCE
     )
 
 

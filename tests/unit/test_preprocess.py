@@ -982,6 +982,36 @@ def test_a_train_split_left_empty_by_undecodable_files_names_them(workdir: Path)
     with pytest.raises(split_plan.DatasetLayoutError) as err:
         preprocess.run(_params())
     said = str(err.value)
-    assert said.startswith("no decodable image landed in the train split (20 images, "), said
+    train = sum(split_plan.split_of(n.split("/", 1)[1], 0, 0.2, 0.1) == "train" for n in files)
+    assert said.startswith(f"no decodable image landed in the train split ({train} train "), said
     assert "undecodable: photos/ants/" in said and "fix or replace the undecodable files" in said
     assert "test_fraction" not in said and said.endswith(preprocess.FIXED_SOURCE)
+
+
+def test_a_test_folder_of_undecodable_files_is_named_with_its_own_count(workdir: Path) -> None:
+    # The split's own images, not the whole source's; test_fraction carves no test/ folder.
+    files = _seeds("ds", ("ants", "bees"), 6)
+    with zipfile.ZipFile(workdir / paths.RAW_DIR / "split.zip", "w") as z:
+        for name, seed in files.items():
+            _, cls, leaf = name.split("/")
+            z.writestr(f"ds/train/{cls}/{leaf}", _noisy(seed))
+            z.writestr(f"ds/test/{cls}/{leaf}", b"not a jpeg")
+    with pytest.raises(split_plan.DatasetLayoutError) as err:
+        preprocess.run(_params())
+    said = str(err.value)
+    assert said.startswith("no decodable image landed in the test split (12 test images, 12 "), said
+    assert "undecodable: ds/test/ants/" in said, said
+    assert ": fix or replace the undecodable files, or add images" + preprocess.FIXED_SOURCE in said
+    assert "test_fraction" not in said
+    # A flat folder's test split is carved by data.test_fraction: raising it is a way too.
+    (workdir / paths.RAW_DIR / "split.zip").unlink()
+    with zipfile.ZipFile(workdir / paths.RAW_DIR / "flat.zip", "w") as z:
+        for name, seed in files.items():
+            where = split_plan.split_of(name.split("/", 1)[1], 0, 0.2, 0.1)
+            z.writestr(name, b"not a jpeg" if where == "test" else _noisy(seed))
+    with pytest.raises(split_plan.DatasetLayoutError) as err:
+        preprocess.run(_params())
+    said = str(err.value)
+    test = sum(split_plan.split_of(n.split("/", 1)[1], 0, 0.2, 0.1) == "test" for n in files)
+    assert f"({test} test images, {test} undecodable: ds/" in said, said
+    assert "undecodable files, or add images, or raise data.test_fraction" in said
