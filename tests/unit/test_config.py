@@ -434,10 +434,18 @@ def test_the_recipe_label_is_warned_of_once_a_run_by_the_stages(
     assert "does not choose" not in caplog.text
     conf = conf_copy / "conf" / "config.yaml"
     conf.write_text(conf.read_text().replace("\nrecipe: tutorial ", "\nrecipe: fast ", 1))
+    lock = conf_copy / ".dvc" / "tmp" / "lock"  # DVC's repo lock: its process id, as it runs
+    lock.write_text(" 4242\n")
     for stage_is_download in (True, False):
         with caplog.at_level(logging.WARNING):
             check_against_conf(data_stage=stage_is_download)
     assert caplog.text.count("`recipe: fast` does not choose the recipe") == 1, caplog.text
+    # The next `dvc repro` (params.yaml as it was) says it again, once.
+    lock.write_text(" 4343\n")
+    for stage_is_download in (True, False):
+        with caplog.at_level(logging.WARNING):
+            check_against_conf(data_stage=stage_is_download)
+    assert caplog.text.count("`recipe: fast` does not choose the recipe") == 2, caplog.text
 
 
 def test_a_section_cut_from_conf_is_refused_by_the_first_stage(

@@ -312,12 +312,18 @@ def _first_time(rev: str, path: Path, what: str = "dropped") -> bool:
 
 
 def _run_mark(rev: str, path: Path) -> str:
-    """A run: its baseline `rev` and the params file at `path` as `dvc exp run` (or `visionpipe
+    """A run: its baseline `rev`; the params file at `path` as `dvc exp run` (or `visionpipe
     params`) wrote it, its content and time (each run, a retry of a failed one too, writes it
-    anew; its stages do not)."""
+    anew; its stages do not); and the DVC process running the stages, whose id DVC keeps in its
+    repo lock while it runs them (`dvc repro` after `dvc repro` leaves params.yaml as it is)."""
     import hashlib
 
-    return f"{rev} {hashlib.sha256(path.read_bytes()).hexdigest()} {path.stat().st_mtime_ns}\n"
+    try:
+        dvc = (WARNED / "lock").read_text("utf-8").strip()
+    except (OSError, UnicodeError):
+        dvc = ""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return f"{rev} {digest} {path.stat().st_mtime_ns} {dvc}\n"
 
 
 def _marked(rev: str, path: Path, what: str) -> bool:
