@@ -95,3 +95,18 @@ export function modelInput(rgba, width, height, size) {
         input[(c * size + y) * size + x] = pixels[((top + y) * w + left + x) * 4 + c] / 255;
   return input;
 }
+
+export function percent(probability) {
+  // A probability as `visionpipe predict` prints it: one decimal, two significant digits below
+  // 1% (0.040%, where one decimal would read 0.0%), and "n/a" for a diverged model's NaN.
+  if (!Number.isFinite(probability)) return 'n/a';
+  const value = probability * 100;
+  if (value > 0 && value < 1e-8) return '<0.00000001%';
+  if (value > 0 && value < 1) {
+    let more = 1 - Math.floor(Math.log10(value));
+    if (Number(value.toFixed(more)) * 10 ** more >= 100) more -= 1; // 0.0996 rounds to 0.100
+    const shown = value.toFixed(Math.min(8, Math.max(1, more)));
+    if (Number(shown) < 1) return `${shown}%`; // 0.996% rounds to 1.00: then as any other 1%
+  }
+  return `${value.toFixed(1)}%`;
+}

@@ -32,6 +32,7 @@ from visionpipe.export import export_onnx
 from visionpipe.images import load_array
 from visionpipe.models import build_model
 from visionpipe.onnxrt import INPUT_NAME, open_session
+from visionpipe.predict import percent
 
 PAGE = ROOT / "docs" / "web" / "index.html"
 PAGE_FILES = ("index.html", "visionpipe.mjs")
@@ -160,7 +161,7 @@ def test_the_example_page_labels_photos_as_predict_does(tmp_path: Path, model: P
         assert [r[0] for r in rows] == [t["class"] for t in top], (name, rows, top)
         diffs = [abs(r[2] - t["probability"]) for r, t in zip(rows, top, strict=True)]
         assert max(diffs) <= TOLERANCE, (name, rows, top)
-        assert [r[1] for r in rows] == [f"{r[2] * 100:.1f}%" for r in rows]
+        assert [r[1] for r in rows] == [percent(r[2], 1) for r in rows]
         # Numbered 1., 2., 3. as an ordered list, the percentages in one column.
         assert {r[3] for r in rows} == {"list-item"}, rows
         assert len({r[4] for r in rows}) == 1, rows
@@ -180,6 +181,21 @@ def test_the_node_snippet_names_the_class_onnxruntime_gives(tmp_path: Path, mode
     grey = np.full((1, 3, SIZE, SIZE), 0.5, np.float32)
     logits = open_session(model).run(None, {INPUT_NAME: grey})[0]
     assert shown == CLASSES[int(logits.argmax())], shown
+
+
+def test_percent_shows_a_probability_as_predict_prints_it(tmp_path: Path) -> None:
+    # Two significant digits below 1% (one decimal reads 0.0% for a class at 0.04%), the
+    # halves rounded up as Python's decimal does, and a diverged model's NaN as n/a.
+    small = [0.9, 0.0123, 0.0099, 0.0012, 0.00098, 0.0004, 0.00001234, 0.0, 0.00995, 0.00125]
+    small += [0.000995, 0.0000125, 1e-12, 1.0]
+    shutil.copy(PAGE.parent / "visionpipe.mjs", tmp_path / "visionpipe.mjs")
+    script = "import { percent } from './visionpipe.mjs';\n"
+    script += f"console.log(JSON.stringify([...{json.dumps(small)}, NaN].map(percent)));\n"
+    (tmp_path / "percent.mjs").write_text(script)
+    assert NODE is not None
+    shown = json.loads(run([NODE, "percent.mjs"], tmp_path).stdout)
+    assert shown == [*(percent(p, 1) for p in small), "n/a"], shown
+    assert shown[5] == "0.040%", shown
 
 
 # Node prints the levels (0-255) of modelInput's output for each decoded image of cases.json.
