@@ -20,7 +20,7 @@ import torch
 from visionpipe import memory, paths
 from visionpipe.devices import pick_device
 from visionpipe.fsutil import json_pretty, write_json, write_text
-from visionpipe.inference import eval_batch_size, loss_and_accuracy, predict_logits
+from visionpipe.inference import eval_batch_size, loss_and_accuracy, loss_figure, predict_logits
 from visionpipe.modelfile import load_model
 from visionpipe.names import listed
 from visionpipe.precision import autocast_dtype, precision_name
@@ -166,7 +166,7 @@ def run(
     metrics = {
         "test_acc": round(accuracy, 6),
         **top5_accuracy(logits, labels, finite),
-        "test_loss": round(loss, 6),
+        "test_loss": loss_figure(loss),
         "test_images": len(labels),
     }
     per_class = {

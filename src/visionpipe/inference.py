@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +12,21 @@ from torch import nn
 
 from visionpipe.models import Classifier, to_input
 from visionpipe.precision import autocast, strict_fp32
+
+
+def loss_figure(value: float) -> float:
+    """A loss as the metric files keep it: 6 decimals (float32's 0.3333333432674408 is noise),
+    and below 0.1 as many more as keep 6 significant digits, so that a loss near zero (1.45e-06,
+    an overfitting run's) keeps its trend instead of flattening to 0.000001."""
+    if not math.isfinite(value) or abs(value) >= 0.1:
+        return round(value, 6)
+    return float(f"{value:.6g}")
+
+
+def loss_text(value: float) -> str:
+    """A loss in the plot CSVs: `loss_figure`'s digits, in 0.000000 form from 0.1 up."""
+    return f"{value:.6f}" if not math.isfinite(value) or abs(value) >= 0.1 else f"{value:.6g}"
+
 
 # On a CPU, images per forward pass beyond about a hundred only spill the caches: scoring
 # batches of 1,024 took 1.3-1.5x as long as batches of 64-128 on a 2-core EPYC.

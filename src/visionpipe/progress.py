@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from visionpipe.inference import loss_figure
 from visionpipe.tracking import EpochRecord, History
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,10 @@ class Progress:
             "epochs_run": len(self.history.epochs),
             "stopped_early": self.stopped and len(self.history.epochs) < epochs,
             "diverged": diverged(last),
-            "train_loss": round(last.train_loss, 6),
-            "val_loss": round(last.val_loss, 6),
+            "train_loss": loss_figure(last.train_loss),
+            "val_loss": loss_figure(last.val_loss),
             "val_accuracy": round(last.val_accuracy, 6),
-            "best_val_loss": round(self.lowest_val(), 6),
+            "best_val_loss": loss_figure(self.lowest_val()),
         }
 
     def lowest_val(self) -> float:

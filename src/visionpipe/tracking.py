@@ -13,6 +13,7 @@ import logging
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -23,6 +24,7 @@ from torch import nn
 from visionpipe import paths
 from visionpipe.fsutil import write_text
 from visionpipe.grids import Layout, captioned_grid
+from visionpipe.inference import loss_figure, loss_text
 from visionpipe.models import Classifier, to_input
 
 log = logging.getLogger(__name__)
@@ -40,9 +42,9 @@ class EpochRecord:
 
     epoch: int
     train_loss: float = field(
-        metadata={"csv": ".6f", "tb": "epoch_train_loss", "live": "train_loss"}
+        metadata={"csv": loss_text, "tb": "epoch_train_loss", "live": "train_loss"}
     )
-    val_loss: float = field(metadata={"csv": ".6f", "live": "val_loss"})
+    val_loss: float = field(metadata={"csv": loss_text, "live": "val_loss"})
     val_accuracy: float = field(metadata={"csv": ".6f", "live": "val_acc", "summary": True})
     # The lr the epoch started with (as Lightning's LearningRateMonitor logs it per epoch);
     # it follows from the params: a curve, not a metric.
@@ -70,10 +72,15 @@ def write_plots(history: History) -> None:
     columns = fields(EpochRecord)
     lines = [",".join(f.name for f in columns)]
     for r in history.epochs:
-        lines.append(",".join(format(r[f.name], f.metadata.get("csv", "")) for f in columns))
+        lines.append(",".join(_csv(r[f.name], f.metadata.get("csv", "")) for f in columns))
     write_text(paths.PLOT_EPOCHS, "\n".join(lines) + "\n")
-    lines = ["step,train_loss"] + [f"{r['step']},{r['train_loss']:.6f}" for r in history.steps]
+    lines = ["step,train_loss"]
+    lines += [f"{r['step']},{loss_text(r['train_loss'])}" for r in history.steps]
     write_text(paths.PLOT_STEPS, "\n".join(lines) + "\n")
+
+
+def _csv(value: float, spec: str | Callable[[float], str]) -> str:
+    return spec(value) if callable(spec) else format(value, spec)
 
 
 class Tracker:
@@ -173,8 +180,9 @@ class Tracker:
                 f.metadata.get("tb", f.name), value, record.epoch, walltime=wall_time
             )
             name = f.metadata.get("live")
-            if name:  # 6 digits, as evaluate's: float32's 0.3333333432674408 is noise
-                self.live.log_metric(name, round(value, 6))
+            if name:  # as the other files: float32's 0.3333333432674408 is noise
+                shown = loss_figure(value) if "loss" in f.name else round(value, 6)
+                self.live.log_metric(name, shown)
                 if not f.metadata.get("summary"):
                     self.live.summary.pop(name)  # a curve, not an `exp show` column
         # Writes metrics.json, which `dvc exp show` reads while the run goes on, and tells DVC's

@@ -23,6 +23,7 @@ from visionpipe.config.params import Params, parse_params
 from visionpipe.models import build_model
 from visionpipe.split_tensors import read_meta
 from visionpipe.tracking import (
+    EpochRecord,
     History,
     Tracker,
     log_model_start,
@@ -70,6 +71,47 @@ def test_before_the_first_epoch_every_live_file_dvc_reads_is_there(
         assert (live / "plots" / "images" / paths.LIVE_MISCLASSIFIED_NAME).stat().st_size > 0
     finally:
         tracker.close()
+
+
+def test_a_loss_near_zero_keeps_six_significant_digits_in_every_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An overfitting run's losses fall to 1e-6 and below: six decimals would flatten its curves
+    # to 0.000001. From 0.1 up, the files keep their six decimals.
+    from visionpipe.progress import Progress
+
+    monkeypatch.chdir(tmp_path)
+    losses = [(0.523456789, 0.6234567891), (3.44512345e-06, 0.0123456789), (1.4541234e-06, 0.0)]
+    progress = Progress()
+    tracker = Tracker(enabled=True, history=progress.history)
+    try:
+        for epoch, (train_loss, val_loss) in enumerate(losses, 1):
+            tracker.step(epoch, train_loss)
+            record = EpochRecord(epoch, train_loss, val_loss, val_accuracy=0.5, lr=0.01)
+            tracker.epoch(record)
+            progress.update(record, patience=0)
+    finally:
+        tracker.close()
+    epochs = (tmp_path / paths.PLOT_EPOCHS).read_text().splitlines()
+    assert [line.split(",")[1:3] for line in epochs[1:]] == [
+        ["0.523457", "0.623457"],
+        ["3.44512e-06", "0.0123457"],
+        ["1.45412e-06", "0"],
+    ], epochs
+    steps = (tmp_path / paths.PLOT_STEPS).read_text().splitlines()
+    assert steps[1:] == ["1,0.523457", "2,3.44512e-06", "3,1.45412e-06"], steps
+    live = tmp_path / paths.LIVE_TRAIN / "plots" / "metrics"
+    assert [float(r[1]) for r in _rows(live / "train_loss.tsv")] == [
+        0.523457,
+        3.44512e-06,
+        1.45412e-06,
+    ]
+    summary = progress.summary(3)
+    assert (summary["train_loss"], summary["val_loss"], summary["best_val_loss"]) == (
+        1.45412e-06,
+        0.0,
+        0.0,
+    ), summary
 
 
 def _stop_at_epoch_3(params: Params, monkeypatch: pytest.MonkeyPatch) -> None:
