@@ -603,6 +603,8 @@ def _ipv6_text(text: str) -> str:
 
 
 GRID_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # formats every Pillow build writes
+# Workbook formats: --csv writes text, which their readers (pd.read_excel) refuse.
+SPREADSHEET_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".ods", ".numbers")
 
 
 # Names of standard output itself, as a file: what `-` is to --json and --csv.
@@ -626,6 +628,11 @@ def _check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
         if flag != "grid" and is_image_name(path.name):  # it would replace a photo
             parser.error(f"--{flag} {path} is named like an image: give a .{flag} file name")
+        if flag == "csv" and path.suffix.lower() in SPREADSHEET_SUFFIXES:
+            parser.error(
+                f"--csv {path}: the file is CSV text, which a spreadsheet opens (and a"
+                f" {path.suffix} reader refuses): name it {path.with_suffix('.csv')}"
+            )
         if (meant := paths.meant_here(str(path))) is not None:  # not one file named so
             parser.error(f"--{flag} {path} is a Windows path; here, write {meant}")
         if streams.discarded(path):  # as many outputs as asked may be dropped

@@ -444,9 +444,9 @@ class CsvRows:
     csv quotes only the characters of its line terminator, and a bare CR in a file name split
     the row in two for every reader."""
 
-    def __init__(self, f: Any) -> None:
-        self.plain = csv.writer(f, lineterminator="\n")
-        self.quoted = csv.writer(f, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    def __init__(self, f: Any, delimiter: str = ",") -> None:
+        self.plain = csv.writer(f, delimiter=delimiter, lineterminator="\n")
+        self.quoted = csv.writer(f, delimiter=delimiter, lineterminator="\n", quoting=csv.QUOTE_ALL)
 
     def writerow(self, row: Sequence[Any]) -> None:
         writer = self.quoted if any("\r" in str(v) for v in row) else self.plain

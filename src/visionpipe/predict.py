@@ -622,11 +622,16 @@ def _output_text(
     return out.getvalue()
 
 
+TAB_SUFFIXES = (".tsv", ".tab")  # --csv names whose readers split at tabs
+
+
 def write_csv(
     dest: Path, preds: list[Prediction], topk: int, labels: dict[str, str] | None = None
 ) -> None:
     with atomic_open(dest) as f:
-        _csv_rows(f, preds, topk, labels or {})
+        # A .tsv asked for is read with tabs (pandas' sep="\t", a spreadsheet's import).
+        tabs = dest.suffix.lower() in TAB_SUFFIXES
+        _csv_rows(f, preds, topk, labels or {}, delimiter="\t" if tabs else ",")
 
 
 def _csv_rows(
@@ -635,8 +640,9 @@ def _csv_rows(
     topk: int,
     labels: dict[str, str],
     name: Callable[[str], str] = str,
+    delimiter: str = ",",
 ) -> None:
-    w = CsvRows(f)
+    w = CsvRows(f, delimiter)
     header = ["file"]
     for i in range(1, topk + 1):
         header += [f"class_{i}", f"probability_{i}"]

@@ -1065,6 +1065,11 @@ def test_json_or_csv_to_stdout_and_a_grid_in_the_format_its_name_says(
     assert main([*args, "--csv", "-"]) == 0
     assert capsys.readouterr().out.startswith("file,class_1,probability_1,")
     assert not (tmp_path / "-").exists() and not Path("-").exists()
+    # A .tsv asked for gets tabs, as pandas' sep="\t" and a spreadsheet's import read it.
+    assert main([*args, "--csv", str(tmp_path / "p.tsv")]) == 0
+    rows = list(csv.reader((tmp_path / "p.tsv").open(newline=""), delimiter="\t"))
+    assert rows[0][:3] == ["file", "class_1", "probability_1"] and rows[1][0] == str(DOG_PNG)
+    assert len(rows[1]) == len(rows[0]) and float(rows[1][2]) > 0, rows
     for name, magic in (("g.jpg", b"\xff\xd8\xff"), ("g.webp", b"RIFF"), ("g.PNG", b"\x89PNG")):
         assert main([*args, "--grid", str(tmp_path / name)]) == 0
         assert (tmp_path / name).read_bytes().startswith(magic), name
@@ -1074,6 +1079,7 @@ def test_json_or_csv_to_stdout_and_a_grid_in_the_format_its_name_says(
         (["--json", "-", "--csv", "/dev/stdout"], "--json - and --csv /dev/stdout both ask for"),
         (["--json", "p", "--csv", "./p"], "--json and --csv both name p: give each its own file"),
         (["--csv", "IMG_1.JPG"], "--csv IMG_1.JPG is named like an image: give a .csv file"),
+        (["--csv", "out.xlsx"], "--csv out.xlsx: the file is CSV text, which a spreadsheet opens"),
     ):
         with pytest.raises(SystemExit) as exit_:
             main([*args, *extra])
