@@ -232,8 +232,28 @@ def _not_in_the_walk(ctx: Ctx) -> None:
     pass
 
 
+RESTORE_CODE = "git restore --source=HEAD -- . ':!params.yaml' ':!dvc.lock' ':!metrics' ':!dvclive'"
+KEPT_BY_RESTORE = ("params.yaml", "dvc.lock", "metrics", "dvclive")
+
+
+def _restore_code(ctx: Ctx) -> None:
+    # After `dvc exp apply`: the commit's code back (a file the experiment's older tree lacked
+    # too), the experiment's params, lock, metrics and model kept.
+    (ctx.repo / "src" / "visionpipe" / "cli.py").write_text("# an older tree's\n")
+    (ctx.repo / "stages" / "predict.py").unlink()
+    kept = {
+        p: (ctx.repo / p).read_bytes() for p in ("params.yaml", "dvc.lock", "models/model.onnx")
+    }
+    run(shlex.split(RESTORE_CODE), ctx.repo)
+    status = run(["git", "status", "--porcelain", "--untracked-files=no"], ctx.repo).stdout
+    left = [line[3:] for line in status.splitlines()]
+    assert all(p.startswith(KEPT_BY_RESTORE) for p in left), left
+    assert kept == {p: (ctx.repo / p).read_bytes() for p in kept}
+
+
 # Steps a user takes that the test stands in for.
 SETUP: dict[str, Step] = {
+    RESTORE_CODE: _restore_code,
     "git clone <this repo> visionpipe": _clone,
     "cd visionpipe": lambda ctx: None,  # every command runs with the copy as its working directory
     # The install, in the checkout whose environment the tests run in (the copy has no venv).
