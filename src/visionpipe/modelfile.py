@@ -152,8 +152,7 @@ def _not_a_model(path: Path, exc: BaseException) -> ModelFileError:
             return ModelFileError(f"{path}: {CODE_PICKLE.format(what=found[1])}")
         return ModelFileError(
             f"{path}: not a visionpipe model.pt (it holds {found[1]} besides tensors, which is "
-            f"not loaded: unpickling it could run code); pass the {paths.MODEL} the train stage "
-            "wrote"
+            f"not loaded: unpickling it could run code); {_other_file(path)}"
         )
     zipped = fsutil.zip_members(path)
     if zipped is None or _empty(path):  # a copy cut short
@@ -167,25 +166,27 @@ def _not_a_model(path: Path, exc: BaseException) -> ModelFileError:
             f" {paths.restore_hint(path)}"
         )
     if not _saved_by_torch(path):  # torch's words on it would be about unpickling
-        # The project's own model.pt overwritten (a download that saved an error page): not
-        # "pass the model.pt", which this is.
-        fix = (
-            paths.restore_hint(path)
-            if paths.own_model(path)
-            else f"pass the {paths.MODEL} the train stage wrote"
-        )
         return ModelFileError(
-            f"{path}: not a PyTorch file (torch.save writes a zip archive, or a pickle); {fix}"
+            f"{path}: not a PyTorch file (torch.save writes a zip archive, or a pickle);"
+            f" {_other_file(path)}"
         )
     if zipped and not fsutil.torch_zip(zipped):
         return ModelFileError(
-            f"{path}: a zip archive, but not one torch.save wrote (it holds no data.pkl); pass "
-            f"the {paths.MODEL} the train stage wrote"
+            f"{path}: a zip archive, but not one torch.save wrote (it holds no data.pkl);"
+            f" {_other_file(path)}"
         )
     return ModelFileError(
-        f"{path}: not a visionpipe model.pt ({_reason(exc)}); pass the {paths.MODEL} the train "
-        f"stage wrote"
+        f"{path}: not a visionpipe model.pt ({_reason(exc)}); {_other_file(path)}"
     )
+
+
+def _other_file(path: Path) -> str:
+    """What to do with a file that is no visionpipe model.pt: pass the train stage's; or, where
+    it is that very file (a lesson's torch.save over it, a download that saved an error page),
+    get it back: through a linked DVC cache the cache's copy is the one overwritten."""
+    if paths.own_model(path) is None:
+        return f"pass the {paths.MODEL} the train stage wrote"
+    return f"another file was written over the train stage's: {paths.restore_hint(path)}"
 
 
 def _empty(path: Path) -> bool:

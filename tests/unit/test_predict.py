@@ -937,6 +937,25 @@ def test_the_torch_backend_names_a_bad_model_file_too(
     caplog.clear()
     assert main(["predict", str(image), "--backend", "torch"]) == 2
     assert caplog.text.rstrip().endswith(f"--force {paths.MODEL}'"), caplog.text
+    # A lesson's torch.save of another network over it, whole or as a state_dict: a PyTorch
+    # file, but the project's model is what to get back, through the link its cache file too.
+    import torch
+    from torch import nn
+
+    for saved in (nn.Linear(3, 2).state_dict(), {"state_dict": {}}):
+        (project / paths.MODEL).unlink()
+        (project / paths.MODEL).symlink_to(cached)
+        torch.save(saved, project / paths.MODEL)
+        caplog.clear()
+        assert main(["predict", str(image), "--backend", "torch"]) == 2
+        assert "not a visionpipe model.pt (KeyError: " in caplog.text, caplog.text
+        assert "another file was written over the train stage's: it is a link" in caplog.text
+        assert caplog.text.rstrip().endswith(said), caplog.text
+    # Another project's model.pt, passed by --model from here: the train stage's to pass.
+    torch.save(nn.Linear(3, 2).state_dict(), lone := tmp_path / "lone.pt")
+    caplog.clear()
+    assert main(["predict", str(image), "--backend", "torch", "--model", str(lone)]) == 2
+    assert caplog.text.rstrip().endswith(f"pass the {paths.MODEL} the train stage wrote")
 
 
 @pytest.mark.parametrize("change", ["layers", "arch"])
