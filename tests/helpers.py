@@ -100,8 +100,16 @@ def run_stage(name: str, cwd: Path, **extra_env: str) -> subprocess.CompletedPro
     )
 
 
+# The warning of a stage that imported project code dvc.yaml does not list: the project's own
+# stages never give it (a test that adds unlisted code on purpose calls run itself).
+UNLISTED_CODE = "which dvc.yaml does not list among its deps"
+
+
 def dvc(repo: Path, *args: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "dvc", *args], repo, check=check, **kw)
+    proc = run([sys.executable, "-m", "dvc", *args], repo, check=check, **kw)
+    said = f"{proc.stdout or ''}{proc.stderr or ''}"
+    assert UNLISTED_CODE not in said, f"dvc {' '.join(args)}: {said[-3000:]}"
+    return proc
 
 
 EXP_SHOW_HEADLINE = ("val_acc", "step", "test_loss", "test_acc")

@@ -186,7 +186,7 @@ def _other_file(path: Path) -> str:
     get it back: through a linked DVC cache the cache's copy is the one overwritten."""
     if paths.own_model(path) is None:
         return f"pass the {paths.MODEL} the train stage wrote"
-    return f"another file was written over the train stage's: {paths.restore_hint(path)}"
+    return paths.restore_hint(path)
 
 
 def _empty(path: Path) -> bool:

@@ -1,5 +1,6 @@
 import dataclasses
 import logging
+import shutil
 import subprocess
 import typing
 from pathlib import Path
@@ -460,12 +461,15 @@ def test_a_section_cut_from_conf_is_refused_by_the_first_stage(
     composed = compose([], conf_copy / "conf")
     del composed["evaluate"], composed["export"]
     Path("params.yaml").write_text(yaml.safe_dump(composed, sort_keys=False))
+    shutil.copy(ROOT / "dvc.yaml", conf_copy / "dvc.yaml")  # the stages that declare them
     with pytest.raises(ConfigError) as err:
         check_against_conf(data_stage=True)
     said = str(err.value)
-    assert said.startswith("params.yaml has no `evaluate:`, `export:` section, which later"), said
-    assert "  `evaluate: {amp: false}` at the top level" in said.splitlines(), said
-    assert "(for `dvc repro`, `uv run visionpipe params` first)" in said
+    assert said.startswith(
+        "params.yaml has no `evaluate:` (the evaluate stage's), `export:` (the export stage's)"
+        " section, which DVC would refuse only as that stage starts"
+    ), said
+    assert "(`uv run visionpipe params` names each line to add, at the code's defaults)" in said
     check_against_conf(data_stage=False)  # later stages: DVC stops before theirs would run
     # A hand-written params.yaml (no `about:` note from conf/) keeps the code's defaults.
     del composed["about"]

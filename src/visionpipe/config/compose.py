@@ -398,21 +398,25 @@ def warn_unused_local_source(path: Path = DEFAULT_PARAMS) -> bool:
 
 def refuse_missing_sections(raw: Any) -> None:
     """A whole section gone from a params.yaml composed from conf/ (cut from conf/config.yaml):
-    DVC stops the stage that declares it before the stage runs, and only once the stages before
-    it have run (training, for `evaluate:`). The first stage says it, with the lines to add."""
-    from visionpipe.config import ConfigError, default_line
-    from visionpipe.config.params import Params
+    DVC stops the stage that declares it (dvc.yaml's `params:`) before the stage runs, and only
+    once the stages before it have run (training, for `evaluate:`). The first stage says it."""
+    from visionpipe.config import ConfigError
+    from visionpipe.paths import stages_of
 
     if not isinstance(raw, dict) or "about" not in raw:
         return  # a hand-written file: each stage fills in the code's defaults
-    gone = [k for k in Params.model_fields if k not in raw and k not in ("recipe", "about")]
+    declared: dict[str, str] = {}  # section: the first stage that declares it
+    for stage, entry in stages_of(Path("dvc.yaml")).items():
+        for param in (entry or {}).get("params") or []:
+            if isinstance(param, str):  # not a {file: keys} entry of another params file
+                declared.setdefault(param.split(".")[0], stage)
+    gone = [f"`{key}:` (the {stage} stage's)" for key, stage in declared.items() if key not in raw]
     if gone:
-        lines = "\n".join(f"  {default_line(Params, k)}" for k in gone)
         raise ConfigError(
-            f"{DEFAULT_PARAMS} has no {', '.join(f'`{k}:`' for k in gone)} section, which later"
-            " stages read (DVC would stop there, after the stages before had run): add each line"
-            f" to {CONF_DIR / 'config.yaml'}, where it says, at the code's default, then run"
-            f" again (for `dvc repro`, `uv run visionpipe params` first):\n{lines}"
+            f"{DEFAULT_PARAMS} has no {', '.join(gone)} section, which DVC would refuse only"
+            f" as that stage starts, after the stages before it have run: put it back in"
+            f" {CONF_DIR / 'config.yaml'} (`uv run visionpipe params` names each line to add, at"
+            " the code's defaults), then run again"
         )
 
 
