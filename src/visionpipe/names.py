@@ -4,6 +4,7 @@ photos must not turn one warning into a page."""
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Sequence
 
@@ -43,6 +44,17 @@ def is_control(c: str) -> bool:
 _SPLIT_LIKE = frozenset({"train", "training", "test", "testing", "val", "valid", "validation"})
 
 
+# Words course and Kaggle datasets put beside a split's name: `training_set/`, `seg_train/`
+# (Intel Image Classification), `train_data/`, `test images/`.
+_SPLIT_COMPANIONS = frozenset({"set", "data", "seg", "images", "imgs", "split", "dataset"})
+
+
 def split_like(name: str) -> bool:
-    """Whether a folder is named like a split (`Test/`, `valid/`, `test1/`, `train_2024/`)."""
-    return name.lower().rstrip("0123456789_- ") in _SPLIT_LIKE
+    """Whether a folder is named like a split (`Test/`, `valid/`, `test1/`, `train_2024/`,
+    `training_set/`, `seg_test/`, `trainset/`)."""
+    lower = name.lower().rstrip("0123456789_- ")
+    if lower in _SPLIT_LIKE or (lower.endswith("set") and lower[:-3] in _SPLIT_LIKE):
+        return True
+    words = [w for w in re.split(r"[_\-. ]+", lower) if w and not w.isdigit()]
+    splits = [w for w in words if w in _SPLIT_LIKE]
+    return len(splits) == 1 and all(w in _SPLIT_COMPANIONS for w in words if w not in splits)

@@ -255,6 +255,18 @@ def test_on_bad_image_fail_stops_and_names_the_files(workdir: Path) -> None:
             r"ds/test/1\.jpg: sort them into class folders",
         ),
         (["a/train/cats/1.jpg", "b/train/cats/1.jpg", "a/test/cats/2.jpg"], "several folders"),
+        (  # a course's cats and dogs, Kaggle's Intel images: splits, not two classes
+            [f"dataset/{s}/{c}/1.jpg" for s in ("training_set", "test_set") for c in "ab"],
+            r"the class folders found are split folders \(test_set, training_set\): name them",
+        ),
+        (
+            [f"{s}/{s}/{c}/1.jpg" for s in ("seg_train", "seg_test") for c in "ab"],
+            r"split folders \(seg_test, seg_train\)",
+        ),
+        (
+            ["train/a/1.jpg", "test_set/a/2.jpg"],
+            r"'test_set/' is none of them.*rename it to 'test/'",
+        ),
         (["train/cats/1.jpg", "test/dogs/1.jpg"], "classes not in train/: dogs"),
         (["notes.txt"], "no image files"),
         (  # a class of scans in a format not read: the folder is named, and what to do
