@@ -314,11 +314,18 @@ def _refuse_misnamed_splits(folders: set[str], prefix: str) -> None:
             continue
         name = "val" if "val" in lower else "test" if "test" in lower else "train"
         fix = "merge its class folders into" if name in folders else "rename it to"
+        # A Keras user's validation/ beside train/ alone: as val/, it is scored as the test.
+        held_out = (
+            " (beside train/ alone, that one held-out folder is the test split, and validation"
+            " is carved from train/)"
+            if name == "val" and not folders & {"val", "test"} - {folder}
+            else ""
+        )
         raise DatasetLayoutError(
             f"found '{prefix}{folder}/' beside '{prefix}train/': split folders are named "
             f"'train/', 'val/' and 'test/' (lower case), and '{folder}/' is none of them, so "
-            f"its images would be used by no split; {fix} '{name}/' (or move it out of "
-            f"the source), {GUIDE}"
+            f"its images would be used by no split; {fix} '{name}/'{held_out} (or move it out"
+            f" of the source), {GUIDE}"
         )
 
 

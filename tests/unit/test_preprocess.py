@@ -267,6 +267,11 @@ def test_on_bad_image_fail_stops_and_names_the_files(workdir: Path) -> None:
             ["train/a/1.jpg", "test_set/a/2.jpg"],
             r"'test_set/' is none of them.*rename it to 'test/'",
         ),
+        (  # Keras' validation/: said what it becomes
+            ["train/a/1.jpg", "validation/a/2.jpg"],
+            r"rename it to 'val/' \(beside train/ alone, that one held-out folder is the test",
+        ),
+        (["train/a/1.jpg", "test/a/3.jpg", "validation/a/2.jpg"], r"rename it to 'val/' \(or move"),
         (["train/cats/1.jpg", "test/dogs/1.jpg"], "classes not in train/: dogs"),
         (["notes.txt"], "no image files"),
         (  # a class of scans in a format not read: the folder is named, and what to do
