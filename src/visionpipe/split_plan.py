@@ -298,6 +298,11 @@ def _no_held_out(names: Sequence[str], prefix: str) -> str:
             f"; or, if 'train' is a class beside {', '.join(beside[:3])}, rename its folder"
             " (trains/): a train/ folder holding sub-folders marks split folders"
         )
+    if not also:  # its class folders alone are a collection the pipeline splits itself
+        also = (
+            f"; or point data.source at '{prefix}train/' itself (an archive of its contents),"
+            " whose class folders the pipeline splits"
+        )
     return (
         f"found '{prefix}train/' but no held-out split next to it: add a 'test/' or 'val/' "
         f"folder of class folders{also}, {GUIDE}"

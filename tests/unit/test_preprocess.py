@@ -244,7 +244,7 @@ def test_on_bad_image_fail_stops_and_names_the_files(workdir: Path) -> None:
         ),
         (["photos/cats/1.jpg", "photos/cats/2.jpg"], "found only one class folder, 'cats'"),
         (["x/photos/cats/1.jpg", "x/photos/dogs/2.jpg", "x/0.jpg"], r"'x', 'photos', .*\(x/0"),
-        (["train/cats/1.jpg"], "no held-out split"),
+        (["train/cats/1.jpg"], r"no held-out split.*; or point data.source at 'train/' itself"),
         (
             ["x/car/1.jpg", "x/bus/2.jpg", "x/train/2023/3.jpg", "y/z/4.jpg"],
             r"if 'train' is a class beside bus, car, rename its folder \(trains/\)",
