@@ -466,7 +466,21 @@ def _plan_flat(names: Sequence[str], test_fraction: float, val_fraction: float, 
             f"data.test_fraction={test_fraction} and data.val_fraction={val_fraction} leave no "
             f"training images out of {len(items)}; lower them"
         )
-    return Plan(classes, items, "flat", "carved", warnings=_folders_of_classes(in_class, depth))
+    warnings = _folders_of_classes(in_class, depth) + _held_out_as_class(classes)
+    return Plan(classes, items, "flat", "carved", warnings=warnings)
+
+
+def _held_out_as_class(classes: Sequence[str]) -> list[str]:
+    """A warning per class folder named like a held-out split (`test/`, `val/`) beside the
+    real classes: most likely unsorted test photos, trained here as a class of their own. (A
+    `train/` class may be trains, beside cars and buses.)"""
+    return [
+        f"class '{c}' (beside {listed([x for x in classes if x != c], 3)}) is named like a"
+        f" held-out split: if its images are photos of the other classes, it trains a class of"
+        f" them; sort them into the class folders or move '{c}/' out of the source"
+        for c in classes
+        if split_like(c) and "train" not in c.lower()
+    ]
 
 
 _YEAR = re.compile(r"(?<!\d)(?:19|20)\d\d(?!\d)")  # 2019, 2019-06-01, Photos from 2019

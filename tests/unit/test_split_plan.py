@@ -99,6 +99,21 @@ def test_images_in_subfolders_of_a_class_belong_to_it() -> None:
     assert plan.warnings == []  # cats/ holds images of its own: its 2019/ is a sub-folder
 
 
+def test_a_class_named_like_a_held_out_split_is_warned_about() -> None:
+    # Unsorted test photos beside the class folders (cat/, dog/, test/*.jpg): a class "test"
+    # of cats and dogs. A class of trains beside cars and buses is one.
+    names = [f"photos/{c}/{i}.jpg" for c in ("cat", "dog", "test") for i in range(5)]
+    plan = splits.plan_image_folder(names, None, 0.1, seed=0)
+    assert plan.classes == ["cat", "dog", "test"]
+    assert plan.warnings == [
+        "class 'test' (beside cat, dog) is named like a held-out split: if its images are"
+        " photos of the other classes, it trains a class of them; sort them into the class"
+        " folders or move 'test/' out of the source"
+    ]
+    names = [f"photos/{c}/{i}.jpg" for c in ("bus", "car", "train") for i in range(5)]
+    assert splits.plan_image_folder(names, None, 0.1, seed=0).warnings == []
+
+
 def test_a_class_folder_of_class_folders_beside_classes_is_warned_about() -> None:
     names = [f"photos/animals/{sub}/{i}.jpg" for sub in ("cats", "dogs") for i in range(5)]
     names += [f"photos/birds/{i}.jpg" for i in range(5)]
