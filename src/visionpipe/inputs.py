@@ -33,6 +33,7 @@ from visionpipe.names import counted, listed
 log = logging.getLogger(__name__)
 
 GLOB_CHARS = frozenset("*?[")
+SYSTEM_FILE = "a system file (Explorer's, Finder's or a NAS's), no photo"
 T = TypeVar("T")
 
 
@@ -44,6 +45,9 @@ class Inputs:
     tops: dict[str, str] = field(default_factory=dict)
     # Per spec, where its files and errors start: the entries go back into the order given.
     starts: list[tuple[int, int]] = field(default_factory=list)
+    # System files named one by one (a shell's `*` in a folder from Windows or a Mac's zip):
+    # passed over, as a folder or a glob of ours passes over them.
+    system: list[str] = field(default_factory=list)
 
     def in_order(self, for_files: list[T], for_errors: list[T]) -> list[T]:
         """Entries made for `files` and for `errors` (one each, in their order), spec by spec
@@ -76,6 +80,15 @@ def collect_inputs(specs: list[str], seen: dict[Path, str] | None = None) -> Inp
             "%s named more than once, each predicted once: %s",
             counted(len(repeated), "file"),
             listed(list(repeated)),
+        )
+    if inputs.system and not inputs.files and not inputs.errors:  # nothing else was named
+        inputs.errors += [(spec, SYSTEM_FILE) for spec in inputs.system]
+        inputs.starts = [(0, i) for i in range(len(inputs.system))]
+    elif inputs.system:
+        log.warning(
+            "passed over %s among the inputs: %s (Explorer's, Finder's or a NAS's, no photos)",
+            counted(len(inputs.system), "system file"),
+            listed(inputs.system, 5),
         )
     return inputs
 
@@ -114,10 +127,15 @@ def _add_spec(inputs: Inputs, spec: str) -> None:
         named = len(inputs.errors)
         # A folder of broken photo links only: each is named already.
         if not _add_folder(inputs, path, spec, spec) and len(inputs.errors) == named:
-            inputs.errors.append((spec, "folder holds no image files" + _placeholders(path)))
+            if is_hidden(path.name) and not path.name.startswith("."):  # a Mac zip's __MACOSX
+                inputs.system.append(spec)
+            else:
+                inputs.errors.append((spec, "folder holds no image files" + _placeholders(path)))
     elif path.is_file() and (photo := icloud_placeholder(path.name)) is not None:
         why = f"iCloud Drive's placeholder of {photo}, not downloaded: download it (Finder's"
         inputs.errors.append((spec, f"{why} Download Now) and give the photo"))
+    elif _system(path):
+        inputs.system.append(spec)
     elif path.is_file():
         inputs.files.append(path)
     elif path.is_symlink():  # the link itself exists: "no such file" would puzzle
@@ -126,6 +144,15 @@ def _add_spec(inputs: Inputs, spec: str) -> None:
         inputs.errors.append((spec, _not_regular(path)))
     else:
         inputs.errors.append((spec, _missing(spec)))
+
+
+def _system(path: Path) -> bool:
+    """A system file named one by one (`Thumbs.db`, `.DS_Store`, a Mac's `._IMG_1.jpg`), which a
+    folder's walk passes over; a hidden photo named so (`.IMG_1.jpg`) is asked for."""
+    name = path.name
+    if not is_hidden(name) or not path.is_file():
+        return False
+    return name.startswith("._") or not is_image_name(name)
 
 
 def _placeholders(folder: Path) -> str:

@@ -51,6 +51,31 @@ def test_a_folder_gives_the_photos_preprocess_would_read_not_mac_or_nas_leftover
     assert "604688119.969.320" in caplog.text and "; DICOM scans" in caplog.text
 
 
+def test_system_files_a_shell_s_star_names_are_passed_over_said_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `visionpipe predict *` in a folder copied from Windows or unzipped from a Mac: the shell
+    # names Explorer's and Finder's files as a folder's walk would never give them.
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (20, 20), "red").save("a.jpg")
+    Image.new("RGB", (20, 20), "red").save(".b.jpg")  # a hidden photo named: asked for
+    for name in ("Thumbs.db", "desktop.ini", ".DS_Store", "._a.jpg", "__MACOSX/._a.jpg"):
+        Path(name).parent.mkdir(exist_ok=True)
+        Path(name).write_bytes(b"\0\5\26\7")
+    named = ["Thumbs.db", "__MACOSX", "a.jpg", "desktop.ini", ".DS_Store", "._a.jpg", ".b.jpg"]
+    found = collect_inputs(named)
+    assert [p.name for p in found.files] == ["a.jpg", ".b.jpg"] and found.errors == []
+    assert (
+        "passed over 5 system files among the inputs: Thumbs.db, __MACOSX, desktop.ini, "
+        ".DS_Store, ._a.jpg"
+    ) in caplog.text
+    # Named alone, they are what was asked for: each an error, not an empty success.
+    alone = collect_inputs(["Thumbs.db", "__MACOSX"])
+    assert alone.files == [] and [e[0] for e in alone.errors] == ["Thumbs.db", "__MACOSX"]
+    assert alone.in_order([], ["t", "m"]) == ["t", "m"]
+    assert main(["predict", "Thumbs.db", "--model", str(write_tiny_onnx(tmp_path / "m.onnx"))])
+
+
 def test_a_broken_or_looping_symlink_is_named_as_such(tmp_path: Path) -> None:
     (tmp_path / "gone.jpg").symlink_to("deleted.jpg")
     (tmp_path / "a.jpg").symlink_to("b.jpg")
