@@ -435,6 +435,7 @@ def test_the_recipe_label_is_warned_of_once_a_run_by_the_stages(
     assert "does not choose" not in caplog.text
     conf = conf_copy / "conf" / "config.yaml"
     conf.write_text(conf.read_text().replace("\nrecipe: tutorial ", "\nrecipe: fast ", 1))
+    monkeypatch.setenv("DVC_STAGE", "download")  # run by DVC
     lock = conf_copy / ".dvc" / "tmp" / "lock"  # DVC's repo lock: its process id, as it runs
     lock.write_text(" 4242\n")
     for stage_is_download in (True, False):
@@ -447,33 +448,45 @@ def test_the_recipe_label_is_warned_of_once_a_run_by_the_stages(
         with caplog.at_level(logging.WARNING):
             check_against_conf(data_stage=stage_is_download)
     assert caplog.text.count("`recipe: fast` does not choose the recipe") == 2, caplog.text
+    # A stage run by hand is a run of its own each time: the lock names DVC's last command.
+    monkeypatch.delenv("DVC_STAGE")
+    for _ in range(2):
+        with caplog.at_level(logging.WARNING):
+            check_against_conf(data_stage=False)
+    assert caplog.text.count("`recipe: fast` does not choose the recipe") == 4, caplog.text
 
 
-def test_a_section_cut_from_conf_is_refused_by_the_first_stage(
+def test_a_section_cut_from_conf_is_refused_before_the_stages_run(
     conf_copy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # DVC itself refuses the stage that declares a missing section, and only when it gets there:
-    # in `dvc exp run`, after training. The first stage says it, with the line to add.
+    # in `dvc exp run`, after training. Download and train (download cached) say it first.
     from visionpipe.config import ConfigError
     from visionpipe.config.compose import check_against_conf, compose
 
     monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
+    monkeypatch.setenv("DVC_STAGE", "train")
     composed = compose([], conf_copy / "conf")
-    del composed["evaluate"], composed["export"]
+    del composed["evaluate"], composed["export"], composed["data"]["sha256"]
     Path("params.yaml").write_text(yaml.safe_dump(composed, sort_keys=False))
     shutil.copy(ROOT / "dvc.yaml", conf_copy / "dvc.yaml")  # the stages that declare them
-    with pytest.raises(ConfigError) as err:
-        check_against_conf(data_stage=True)
-    said = str(err.value)
-    assert said.startswith(
-        "params.yaml has no `evaluate:` (the evaluate stage's), `export:` (the export stage's)"
-        " section, which DVC would refuse only as that stage starts"
-    ), said
-    assert "(`uv run visionpipe params` names each line to add, at the code's defaults)" in said
-    check_against_conf(data_stage=False)  # later stages: DVC stops before theirs would run
-    # A hand-written params.yaml (no `about:` note from conf/) keeps the code's defaults.
+    for data_stage in (True, False):
+        with pytest.raises(ConfigError) as err:
+            check_against_conf(data_stage=data_stage)
+        said = str(err.value)
+        assert said.startswith(
+            "params.yaml lacks `data.sha256` (the download stage's), `evaluate` (the evaluate"
+            " stage's), `export` (the export stage's), which DVC would refuse only as that"
+            " stage starts"
+        ), said
+        assert "(`uv run visionpipe params` names each line to add, at the code's" in said
+    # A hand-written params.yaml (no `about:` note from conf/): DVC refuses it all the same.
     del composed["about"]
     Path("params.yaml").write_text(yaml.safe_dump(composed, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"add it to params.yaml, or write the whole file"):
+        check_against_conf(data_stage=True)
+    # A stage run by hand (no DVC): nothing refuses it, the code's defaults fill in.
+    monkeypatch.delenv("DVC_STAGE")
     check_against_conf(data_stage=True)
 
 

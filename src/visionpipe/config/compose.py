@@ -327,7 +327,10 @@ def _run_mark(rev: str, path: Path) -> str:
 
 
 def _marked(rev: str, path: Path, what: str) -> bool:
-    """Whether a stage of this run warned of `what` already."""
+    """Whether a stage of this run warned of `what` already. A stage run by hand outside DVC
+    is a run of its own: DVC's lock file then names whatever DVC command ran last."""
+    if not os.environ.get("DVC_STAGE"):
+        return False
     try:
         return (WARNED / f"visionpipe-{what}-warned").read_text("utf-8") == _run_mark(rev, path)
     except (OSError, UnicodeError):
@@ -397,27 +400,35 @@ def warn_unused_local_source(path: Path = DEFAULT_PARAMS) -> bool:
 
 
 def refuse_missing_sections(raw: Any) -> None:
-    """A whole section gone from a params.yaml composed from conf/ (cut from conf/config.yaml):
-    DVC stops the stage that declares it (dvc.yaml's `params:`) before the stage runs, and only
-    once the stages before it have run (training, for `evaluate:`). The first stage says it."""
+    """Under DVC, params.yaml lacking a key or whole section a stage of dvc.yaml declares (cut
+    from conf/config.yaml, or `-S '~evaluate'`): DVC refuses that stage only as it comes to it,
+    after the stages before it have run (training, for `evaluate:`). Download and train say it
+    before they run, whatever stage declares it."""
     from visionpipe.config import ConfigError
     from visionpipe.paths import stages_of
 
-    if not isinstance(raw, dict) or "about" not in raw:
-        return  # a hand-written file: each stage fills in the code's defaults
-    declared: dict[str, str] = {}  # section: the first stage that declares it
+    if not isinstance(raw, dict) or not os.environ.get("DVC_STAGE"):
+        return  # a stage run by hand: DVC refuses nothing, and the code's defaults fill in
+    missing: dict[str, str] = {}  # key (a whole section where it is gone): the stage declaring
     for stage, entry in stages_of(Path("dvc.yaml")).items():
         for param in (entry or {}).get("params") or []:
-            if isinstance(param, str):  # not a {file: keys} entry of another params file
-                declared.setdefault(param.split(".")[0], stage)
-    gone = [f"`{key}:` (the {stage} stage's)" for key, stage in declared.items() if key not in raw]
-    if gone:
-        raise ConfigError(
-            f"{DEFAULT_PARAMS} has no {', '.join(gone)} section, which DVC would refuse only"
-            f" as that stage starts, after the stages before it have run: put it back in"
-            f" {CONF_DIR / 'config.yaml'} (`uv run visionpipe params` names each line to add, at"
-            " the code's defaults), then run again"
-        )
+            if isinstance(param, str) and lookup(raw, param.split(".")) is MISSING:
+                top = param.split(".")[0]
+                missing.setdefault(top if top not in raw else param, stage)
+    if not missing:
+        return
+    gone = ", ".join(f"`{key}` (the {stage} stage's)" for key, stage in missing.items())
+    fix = (
+        f"put it back in {CONF_DIR / 'config.yaml'} (`uv run visionpipe params` names each line"
+        " to add, at the code's defaults)"
+        if "about" in raw  # composed from conf/
+        else f"add it to {DEFAULT_PARAMS}, or write the whole file from conf/ with `uv run"
+        " visionpipe params`"
+    )
+    raise ConfigError(
+        f"{DEFAULT_PARAMS} lacks {gone}, which DVC would refuse only as that stage starts, after"
+        f" the stages before it have run: {fix}, then run again"
+    )
 
 
 def _recipe_sets(recipe: str, key: str) -> bool:
@@ -477,9 +488,8 @@ def check_against_conf(data_stage: bool = False) -> None:
     recipe = str(raw.get("recipe", SHIPPED_RECIPE)) if isinstance(raw, dict) else None
     if recipe and not _marked("", DEFAULT_PARAMS, "label") and warn_unchosen_recipe(recipe):
         _mark("", DEFAULT_PARAMS, "label")  # once a run; where it did not warn, later stages look
-    if data_stage:
-        refuse_missing_sections(raw)
-    else:
+    refuse_missing_sections(raw)
+    if not data_stage:
         warn_drift()
     warn_dropped_baseline()
     warn_other_machine()
