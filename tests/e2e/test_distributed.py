@@ -314,6 +314,33 @@ def test_two_node_run_resumes_after_a_kill(tmp_path: Path) -> None:
         )
 
 
+def test_two_nodes_with_different_params_both_refuse_in_one_line(tmp_path: Path) -> None:
+    # A machine composed from another commit or conf/: each would train its part with its own
+    # lr and record it in its dvc.lock; another epoch count would hang the other machine.
+    port = _free_port()
+    nodes = [
+        _workdir(
+            tmp_path / f"node{rank}", epochs=1, lr=lr, nnodes=2, node_rank=rank, master_port=port
+        )
+        for rank, lr in ((0, 0.05), (1, 0.02))
+    ]
+    procs = [_stage(node) for node in nodes]
+    for proc in procs:
+        try:
+            out, _ = proc.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                _kill_tree(p.pid)
+            pytest.fail("a node with other params hung")
+        assert proc.returncode == 1, out[-4000:]
+        assert (
+            "the processes of this run hold different params: rank 0's and rank 1's differ in"
+            " train.lr 0.05 and 0.02: compose params.yaml on every machine"
+        ) in out, out[-4000:]
+        assert "Traceback" not in out, out[-4000:]
+    assert not any((node / paths.MODEL).exists() for node in nodes)
+
+
 def _rank_with_its_own_val_loss(rank: int, port: int, workdir: Path, stalled_rank: int) -> None:
     """Rank `rank` of a 2-process train.run in which `stalled_rank`'s val loss never improves
     while the other rank's improves every epoch: they would decide differently to stop."""
