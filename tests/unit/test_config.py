@@ -469,6 +469,9 @@ def test_a_section_cut_from_conf_is_refused_before_the_stages_run(
     composed = compose([], conf_copy / "conf")
     del composed["evaluate"], composed["export"], composed["data"]["sha256"]
     Path("params.yaml").write_text(yaml.safe_dump(composed, sort_keys=False))
+    conf = yaml.safe_load((conf_copy / "conf" / "config.yaml").read_text())
+    del conf["evaluate"], conf["export"], conf["data"]["sha256"]  # cut from conf/ too
+    (conf_copy / "conf" / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=False))
     shutil.copy(ROOT / "dvc.yaml", conf_copy / "dvc.yaml")  # the stages that declare them
     for data_stage in (True, False):
         with pytest.raises(ConfigError) as err:
@@ -480,10 +483,21 @@ def test_a_section_cut_from_conf_is_refused_before_the_stages_run(
             " stage starts"
         ), said
         assert "(`uv run visionpipe params` names each line to add, at the code's" in said
+    # Cut by the run's own `-S '~evaluate'`: conf/ has it.
+    shutil.copy(ROOT / "conf" / "config.yaml", conf_copy / "conf" / "config.yaml")
+    composed = compose([], conf_copy / "conf")
+    del composed["evaluate"]
+    Path("params.yaml").write_text(yaml.safe_dump(composed, sort_keys=False))
+    with pytest.raises(ConfigError) as err:
+        check_against_conf(data_stage=False)
+    assert str(err.value).endswith(
+        "conf/ has it, so the run's `-S '~evaluate'` removed it: run again without it"
+    ), err.value
+    del composed["export"]
     # A hand-written params.yaml (no `about:` note from conf/): DVC refuses it all the same.
     del composed["about"]
     Path("params.yaml").write_text(yaml.safe_dump(composed, sort_keys=False))
-    with pytest.raises(ConfigError, match=r"add it to params.yaml, or write the whole file"):
+    with pytest.raises(ConfigError, match=r"add them to params.yaml, or write the whole file"):
         check_against_conf(data_stage=True)
     # A stage run by hand (no DVC): nothing refuses it, the code's defaults fill in.
     monkeypatch.delenv("DVC_STAGE")

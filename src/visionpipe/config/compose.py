@@ -418,16 +418,27 @@ def refuse_missing_sections(raw: Any) -> None:
     if not missing:
         return
     gone = ", ".join(f"`{key}` (the {stage} stage's)" for key, stage in missing.items())
-    fix = (
-        f"put it back in {CONF_DIR / 'config.yaml'} (`uv run visionpipe params` names each line"
-        " to add, at the code's defaults)"
-        if "about" in raw  # composed from conf/
-        else f"add it to {DEFAULT_PARAMS}, or write the whole file from conf/ with `uv run"
-        " visionpipe params`"
-    )
+    them = "it" if len(missing) == 1 else "them"
+    try:
+        conf = yaml.safe_load((CONF_DIR / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeError, yaml.YAMLError):
+        conf = None
+    if "about" in raw and all(lookup(conf, k.split(".")) is not MISSING for k in missing):
+        removed = " ".join(f"-S '~{k}'" for k in missing)
+        fix = f"conf/ has {them}, so the run's `{removed}` removed {them}: run again without it"
+    elif "about" in raw:  # composed from conf/, which lacks them
+        fix = (
+            f"put {them} back in {CONF_DIR / 'config.yaml'} (`uv run visionpipe params` names"
+            " each line to add, at the code's defaults), then run again"
+        )
+    else:
+        fix = (
+            f"add {them} to {DEFAULT_PARAMS}, or write the whole file from conf/ with `uv run"
+            " visionpipe params`, then run again"
+        )
     raise ConfigError(
         f"{DEFAULT_PARAMS} lacks {gone}, which DVC would refuse only as that stage starts, after"
-        f" the stages before it have run: {fix}, then run again"
+        f" the stages before it have run: {fix}"
     )
 
 
