@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from visionpipe import limits
-from visionpipe.config import ConfigError
+from visionpipe.config import ConfigError, lookup
 from visionpipe.config.launch import LaunchConfig
 from visionpipe.devices import DeviceError
 from visionpipe.warm import die_with_parent
@@ -195,32 +195,24 @@ def check_same_params(params: dict[str, Any], d: Dist) -> None:
     """Refuse, on every rank, a run whose processes hold different params (a machine composed
     from another commit or conf/): each would train its part with its own values and record them
     in its dvc.lock, or wait forever at an epoch count its peers never reach."""
+    from visionpipe.config.compose import diff_keys
+
     if not d.enabled:
         return
-    mine = {k: v for k, v in _flat(params).items() if not k.startswith(MACHINE_KEYS)}
     every: list[Any] = [None] * d.world_size
-    dist.all_gather_object(every, mine)
+    dist.all_gather_object(every, params)
     for rank, theirs in enumerate(every[1:], 1):
-        keys = sorted(
-            k for k in every[0].keys() | theirs.keys() if every[0].get(k) != theirs.get(k)
-        )
+        keys = [k for k in diff_keys(every[0], theirs) if not k.startswith(MACHINE_KEYS)]
         if keys:
-            values = ", ".join(f"{k} {every[0].get(k)!r} and {theirs.get(k)!r}" for k in keys[:5])
+            values = ", ".join(
+                f"{k} {lookup(every[0], k.split('.'))!r} and {lookup(theirs, k.split('.'))!r}"
+                for k in keys[:5]
+            )
             raise ConfigError(
                 f"the processes of this run hold different params: rank 0's and rank {rank}'s"
                 f" differ in {values}: compose params.yaml on every machine from the same"
                 " commit and conf/ (`uv run visionpipe params`), then start them again"
             )
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
