@@ -464,6 +464,7 @@ def test_dropped_values_are_warned_of_once_a_run_and_again_on_a_retry(
     from visionpipe.config.compose import _first_time
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_STAGE", "train")  # stages DVC runs
     (tmp_path / ".dvc" / "tmp").mkdir(parents=True)
     params = tmp_path / "params.yaml"
     params.write_text("train:\n  lr: 0.01\n")
@@ -474,3 +475,6 @@ def test_dropped_values_are_warned_of_once_a_run_and_again_on_a_retry(
     os.utime(params, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     assert _first_time("b" * 40, params) and not _first_time("b" * 40, params)
     assert _first_time("b" * 40, params, "label")  # each warning its own
+    # A stage run by hand, outside DVC, is a run of its own each time.
+    monkeypatch.delenv("DVC_STAGE")
+    assert _first_time("b" * 40, params) and _first_time("b" * 40, params)
