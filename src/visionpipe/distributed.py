@@ -187,14 +187,11 @@ def init(device: torch.device) -> tuple[Dist, torch.device]:
     return Dist(rank, world, local_rank), device
 
 
-# Keys each machine may hold its own value of: where it runs, and where its copy of the data is.
-MACHINE_KEYS = ("launch.", "data.source")
-
-
 def check_same_params(params: dict[str, Any], d: Dist) -> None:
-    """Refuse, on every rank, a run whose processes hold different params (a machine composed
-    from another commit or conf/): each would train its part with its own values and record them
-    in its dvc.lock, or wait forever at an epoch count its peers never reach."""
+    """Refuse, on every rank, a run whose processes hold different `params` (what the model
+    means, `TrainingParams.run_dict`: not where each machine runs or keeps its copy of the
+    data): each would train its part with its own values and record them in its dvc.lock, or
+    wait forever at an epoch count its peers never reach."""
     from visionpipe.config.compose import diff_keys
 
     if not d.enabled:
@@ -202,7 +199,7 @@ def check_same_params(params: dict[str, Any], d: Dist) -> None:
     every: list[Any] = [None] * d.world_size
     dist.all_gather_object(every, params)
     for rank, theirs in enumerate(every[1:], 1):
-        keys = [k for k in diff_keys(every[0], theirs) if not k.startswith(MACHINE_KEYS)]
+        keys = diff_keys(every[0], theirs)
         if keys:
             values = ", ".join(
                 f"{k} {lookup(every[0], k.split('.'))!r} and {lookup(theirs, k.split('.'))!r}"

@@ -123,14 +123,13 @@ def _add_spec(inputs: Inputs, spec: str) -> None:
         inputs.errors.append((spec, "an empty name: give a file, folder or glob"))
     elif any(ch in spec for ch in GLOB_CHARS) and not path.exists() and not _win32(spec):
         _add_glob(inputs, spec)
+    elif path.is_dir() and is_hidden(path.name) and not path.name.startswith("."):
+        inputs.system.append(spec)  # __MACOSX, a NAS's @eaDir of thumbnails, #recycle
     elif path.is_dir():
         named = len(inputs.errors)
         # A folder of broken photo links only: each is named already.
         if not _add_folder(inputs, path, spec, spec) and len(inputs.errors) == named:
-            if is_hidden(path.name) and not path.name.startswith("."):  # a Mac zip's __MACOSX
-                inputs.system.append(spec)
-            else:
-                inputs.errors.append((spec, "folder holds no image files" + _placeholders(path)))
+            inputs.errors.append((spec, "folder holds no image files" + _placeholders(path)))
     elif path.is_file() and (photo := icloud_placeholder(path.name)) is not None:
         why = f"iCloud Drive's placeholder of {photo}, not downloaded: download it (Finder's"
         inputs.errors.append((spec, f"{why} Download Now) and give the photo"))

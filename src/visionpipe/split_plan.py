@@ -437,17 +437,24 @@ def _plan_flat(names: Sequence[str], test_fraction: float, val_fraction: float, 
     # Images directly in the root have no class folder: they end up in the ignored list.
     in_class = [(n, parts) for n in names if len(parts := _parts(n)) > depth + 1]
     classes = sorted({parts[depth] for _, parts in in_class})
-    if all(map(split_like, classes)):
+    splits = [c for c in classes if split_like(c)]
+    # A course's training_set/ + test_set/ beside a folder of its own (single_prediction/).
+    trained = len(splits) > 1 and any("train" in c.lower() for c in splits)
+    if splits == classes or trained:
         # Training a model to tell "Train" from "Test" photos is never what was meant.
-        loose = [n for n, parts in in_class if len(parts) == depth + 2]
+        loose = [n for n, parts in in_class if len(parts) == depth + 2 and parts[depth] in splits]
+        others = [c for c in classes if c not in splits]
+        beside = (
+            f" (beside them {listed(others, 3)}, which split folders leave out)" if others else ""
+        )
         if "train" not in classes and set(classes) <= {"test", "val"}:
             raise DatasetLayoutError(
                 f"the source holds {' and '.join(f'{c}/' for c in classes)} but no train/ beside"
                 f" them: add the training images as train/<class>/<image>, {GUIDE}"
             )
         raise DatasetLayoutError(
-            f"the class folders found are split folders ({', '.join(classes)}): name them "
-            f"'train/' plus 'test/' or 'val/' (lower case), each holding class folders "
+            f"the class folders found are split folders ({', '.join(splits)}){beside}: name"
+            f" them 'train/' plus 'test/' or 'val/' (lower case), each holding class folders "
             f"(train/<class>/<image>), {GUIDE}{_unsorted(loose)}"
         )
     _refuse_split_folder_of_classes(in_class, depth, classes)

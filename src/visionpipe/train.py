@@ -189,7 +189,7 @@ def run(params: TrainingParams) -> dict[str, Any]:
     memory.keep_freed_memory()  # before the first large allocation, so every step reuses
     ddp, device = distributed.init(devices.pick_device(params.launch.device))
     try:
-        distributed.check_same_params(params.model_dump(mode="json"), ddp)
+        distributed.check_same_params(params.run_dict(), ddp)
         return _run(params, ddp, device)
     finally:
         distributed.shutdown(ddp)

@@ -488,10 +488,17 @@ def test_a_section_cut_from_conf_is_refused_before_the_stages_run(
     composed = compose([], conf_copy / "conf")
     del composed["evaluate"]
     Path("params.yaml").write_text(yaml.safe_dump(composed, sort_keys=False))
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)  # in `dvc exp run`
     with pytest.raises(ConfigError) as err:
         check_against_conf(data_stage=False)
     assert str(err.value).endswith(
-        "conf/ has it, so the run's `-S '~evaluate'` removed it: run again without it"
+        "conf/ has it, so the run's `-S '~evaluate'` removed it: run again without"
+    ), err.value
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV")  # `dvc repro`: params.yaml cut by hand
+    with pytest.raises(ConfigError) as err:
+        check_against_conf(data_stage=False)
+    assert str(err.value).endswith(
+        "conf/ has it: `uv run visionpipe params` writes it back, then run again"
     ), err.value
     del composed["export"]
     # A hand-written params.yaml (no `about:` note from conf/): DVC refuses it all the same.

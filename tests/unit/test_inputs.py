@@ -62,12 +62,14 @@ def test_system_files_a_shell_s_star_names_are_passed_over_said_once(
     for name in ("Thumbs.db", "desktop.ini", ".DS_Store", "._a.jpg", "__MACOSX/._a.jpg"):
         Path(name).parent.mkdir(exist_ok=True)
         Path(name).write_bytes(b"\0\5\26\7")
-    named = ["Thumbs.db", "__MACOSX", "a.jpg", "desktop.ini", ".DS_Store", "._a.jpg", ".b.jpg"]
-    found = collect_inputs(named)
+    Path("@eaDir/a.jpg").mkdir(parents=True)  # a Synology share's thumbnails of each photo
+    Image.new("RGB", (20, 20), "red").save("@eaDir/a.jpg/SYNOPHOTO_THUMB_M.jpg")
+    named = ["Thumbs.db", "__MACOSX", "@eaDir", "a.jpg", "desktop.ini", ".DS_Store", "._a.jpg"]
+    found = collect_inputs([*named, ".b.jpg"])
     assert [p.name for p in found.files] == ["a.jpg", ".b.jpg"] and found.errors == []
     assert (
-        "passed over 5 system files among the inputs: Thumbs.db, __MACOSX, desktop.ini, "
-        ".DS_Store, ._a.jpg"
+        "passed over 6 system files among the inputs: Thumbs.db, __MACOSX, @eaDir, desktop.ini, "
+        ".DS_Store and 1 more"
     ) in caplog.text
     # Named alone, they are what was asked for: each an error, not an empty success.
     alone = collect_inputs(["Thumbs.db", "__MACOSX"])

@@ -263,6 +263,11 @@ def test_on_bad_image_fail_stops_and_names_the_files(workdir: Path) -> None:
             [f"{s}/{s}/{c}/1.jpg" for s in ("seg_train", "seg_test") for c in "ab"],
             r"split folders \(seg_test, seg_train\)",
         ),
+        (  # with the course's folder of photos to try beside them
+            [f"dataset/{s}/{c}/1.jpg" for s in ("training_set", "test_set") for c in "ab"]
+            + ["dataset/single_prediction/1.jpg"],
+            r"split folders \(test_set, training_set\) \(beside them single_prediction, which",
+        ),
         (
             ["train/a/1.jpg", "test_set/a/2.jpg"],
             r"'test_set/' is none of them.*rename it to 'test/'",

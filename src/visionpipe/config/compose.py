@@ -423,9 +423,12 @@ def refuse_missing_sections(raw: Any) -> None:
         conf = yaml.safe_load((CONF_DIR / "config.yaml").read_text(encoding="utf-8"))
     except (OSError, UnicodeError, yaml.YAMLError):
         conf = None
-    if "about" in raw and all(lookup(conf, k.split(".")) is not MISSING for k in missing):
+    in_conf = all(lookup(conf, k.split(".")) is not MISSING for k in missing)
+    if "about" in raw and in_conf and os.environ.get("DVC_EXP_BASELINE_REV"):
         removed = " ".join(f"-S '~{k}'" for k in missing)
-        fix = f"conf/ has {them}, so the run's `{removed}` removed {them}: run again without it"
+        fix = f"conf/ has {them}, so the run's `{removed}` removed {them}: run again without"
+    elif "about" in raw and in_conf:  # `dvc repro` of a params.yaml cut by hand or a failed exp
+        fix = f"conf/ has {them}: `uv run visionpipe params` writes {them} back, then run again"
     elif "about" in raw:  # composed from conf/, which lacks them
         fix = (
             f"put {them} back in {CONF_DIR / 'config.yaml'} (`uv run visionpipe params` names"
