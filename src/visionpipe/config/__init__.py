@@ -183,7 +183,7 @@ def _refuse_missing(schema: type[BaseModel], raw: dict[str, Any], origin: str) -
     # writes it anew from conf/.
     keys = [k for k in missing_keys(schema, raw) if k not in ("recipe", "about")]
     if keys:
-        defaults = _conf_defaults()
+        defaults = conf_defaults()
         lines = [
             f"'{k}' is missing (removed with `-S '~{k}'`?): set it, e.g. `-S {k}=VALUE`, or drop "
             f"the `~` to keep the value conf/ gives it"
@@ -200,7 +200,7 @@ def _refuse_missing(schema: type[BaseModel], raw: dict[str, Any], origin: str) -
         raise ConfigError(f"{origin} is invalid:\n  - " + "\n  - ".join(lines))
 
 
-def _conf_defaults() -> dict[str, Any] | None:
+def conf_defaults() -> dict[str, Any] | None:
     """conf/config.yaml, the defaults params.yaml is composed from; None where there is none
     here (a script's own params file) or it does not read."""
     try:

@@ -338,9 +338,10 @@ def _marked(rev: str, path: Path, what: str) -> bool:
 
 
 def _mark(rev: str, path: Path, what: str) -> None:
-    """Note that this run warned of `what` (outside a DVC project, nowhere: it warns again)."""
+    """Note that this run warned of `what` (outside a DVC project, or a stage run by hand
+    outside DVC, nowhere: it warns again)."""
     with contextlib.suppress(OSError):
-        if WARNED.is_dir():
+        if WARNED.is_dir() and os.environ.get("DVC_STAGE"):
             (WARNED / f"visionpipe-{what}-warned").write_text(_run_mark(rev, path), "utf-8")
 
 
@@ -404,7 +405,7 @@ def refuse_missing_sections(raw: Any) -> None:
     from conf/config.yaml, or `-S '~evaluate'`): DVC refuses that stage only as it comes to it,
     after the stages before it have run (training, for `evaluate:`). Download and train say it
     before they run, whatever stage declares it."""
-    from visionpipe.config import ConfigError
+    from visionpipe.config import ConfigError, conf_defaults
     from visionpipe.paths import stages_of
 
     if not isinstance(raw, dict) or not os.environ.get("DVC_STAGE"):
@@ -419,10 +420,7 @@ def refuse_missing_sections(raw: Any) -> None:
         return
     gone = ", ".join(f"`{key}` (the {stage} stage's)" for key, stage in missing.items())
     them = "it" if len(missing) == 1 else "them"
-    try:
-        conf = yaml.safe_load((CONF_DIR / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, UnicodeError, yaml.YAMLError):
-        conf = None
+    conf = conf_defaults()
     in_conf = all(lookup(conf, k.split(".")) is not MISSING for k in missing)
     if "about" in raw and in_conf and os.environ.get("DVC_EXP_BASELINE_REV"):
         removed = " ".join(f"-S '~{k}'" for k in missing)
