@@ -9,6 +9,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,6 +44,20 @@ def _ctrl_c_handler() -> Iterator[None]:
     handler = signal.getsignal(signal.SIGINT)
     yield
     signal.signal(signal.SIGINT, handler)
+
+
+@pytest.fixture(scope="session")
+def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A photo to predict, made here (a colour gradient with a dark square): the tests that need
+    any photo run without ../shared."""
+    from PIL import Image
+
+    y, x = np.mgrid[0:48, 0:64]
+    pixels = np.stack([x * 4, y * 5, (x + y) * 2], axis=-1).astype(np.uint8)
+    pixels[12:30, 20:44] //= 4
+    path = tmp_path_factory.mktemp("photo") / "dog.png"
+    Image.fromarray(pixels).save(path)
+    return path
 
 
 @pytest.fixture

@@ -183,27 +183,26 @@ def test_the_documented_onnxruntime_code_reads_an_export(
 
 
 def test_the_documented_pillow_loader_gives_predict_s_pixels(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    photo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A client without visionpipe makes `images` from the page alone: a non-square PNG, and a
     # small JPEG stored on its side (EXIF orientation 6), as predict reads them.
     from PIL import Image
 
-    from tests.helpers import DOG_PNG
     from visionpipe.images import load_array
 
     monkeypatch.chdir(tmp_path)
-    shutil.copy(DOG_PNG, "dog.png")
-    sideways = Image.open(DOG_PNG).convert("RGB").resize((90, 60))
+    shutil.copy(photo, "dog.png")
+    sideways = Image.open(photo).convert("RGB").resize((90, 60))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotated: shown turned 90 degrees clockwise
     sideways.save("side.jpg", exif=exif, quality=90)
     # Over twice 32 px on its shorter side: predict decodes it at half scale.
-    Image.open(DOG_PNG).convert("RGB").resize((300, 200)).save("big.jpg", quality=90)
+    Image.open(photo).convert("RGB").resize((300, 200)).save("big.jpg", quality=90)
     # A tall one, which Pillow would resize columns first: the snippet fixes the order as predict.
-    Image.open(DOG_PNG).convert("RGB").resize((65, 200)).save("tall.png")
+    Image.open(photo).convert("RGB").resize((65, 200)).save("tall.png")
     # A 16-bit scan, as PNG and PGM (both on the 0-65535 scale; Pillow's convert would clip).
-    gray = np.asarray(Image.open(DOG_PNG).convert("L").resize((40, 36)), np.uint16) * 257
+    gray = np.asarray(Image.open(photo).convert("L").resize((40, 36)), np.uint16) * 257
     Image.fromarray(gray // 3).save("scan.png")
     Image.fromarray(gray // 3).save("scan.pgm")
     namespace: dict = {"size": 32}

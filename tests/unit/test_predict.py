@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import DOG_PNG, ROOT, env, full_disk, pipeline_skeleton, run_stage
+from tests.helpers import ROOT, env, full_disk, pipeline_skeleton, run_stage
 from tests.tiny_onnx import write_tiny_onnx
 from visionpipe import fsutil, paths
 from visionpipe.cli import main
@@ -228,12 +228,11 @@ def test_backends_agree_on_top1(exported_model: Path, tmp_path: Path) -> None:
         assert abs(a.top[0]["probability"] - b.top[0]["probability"]) < 1e-4
 
 
-@pytest.mark.skipif(not DOG_PNG.is_file(), reason="../shared/samples/dog.png absent")
-def test_onnx_cli_never_imports_torch(exported_model: Path) -> None:
+def test_onnx_cli_never_imports_torch(photo: Path, exported_model: Path) -> None:
     model = str(exported_model / "model.onnx")
     code = (
         "import sys; from visionpipe.cli import main;"
-        f"rc = main(['predict', {str(DOG_PNG)!r}, '--model', {model!r}]);"
+        f"rc = main(['predict', {str(photo)!r}, '--model', {model!r}]);"
         "assert 'torch' not in sys.modules, 'the ONNX path imported torch';"
         "sys.exit(rc)"
     )
@@ -428,11 +427,11 @@ def test_a_project_that_imports_the_model_is_told_to_pull_it_by_its_path(
 
 
 def test_the_torch_backend_refuses_an_onnx_file_rather_than_read_the_pt_beside_it(
-    exported_model: Path, caplog: pytest.LogCaptureFixture
+    photo: Path, exported_model: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # model.pt and model.onnx are two artifacts: the .pt beside an .onnx may be another run's.
     onnx = exported_model / "model.onnx"
-    assert main(["predict", str(DOG_PNG), "--backend", "torch", "--model", str(onnx)]) == 2
+    assert main(["predict", str(photo), "--backend", "torch", "--model", str(onnx)]) == 2
     assert (
         f"--backend torch reads a .pt state_dict; {onnx} is an ONNX model: give --backend onnx, "
         f"or the .pt file (--model {exported_model / 'model.pt'})"
@@ -807,7 +806,7 @@ def test_predicting_to_a_closed_stdout_is_an_error_not_a_silent_success(
 
 
 def test_a_half_precision_file_with_half_inputs_names_the_option_that_keeps_them(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    photo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # onnxconverter-common's float16 conversion without keep_io_types=True: float16 in and out.
     from onnx import TensorProto, helper
@@ -827,7 +826,7 @@ def test_a_half_precision_file_with_half_inputs_names_the_option_that_keeps_them
     helper.set_model_props(model, {"classes": '["a", "b", "c"]', "image_size": "16"})
     path = tmp_path / "model.fp16.onnx"
     path.write_bytes(model.SerializeToString())
-    assert main(["predict", str(DOG_PNG), "--model", str(path)]) == 2
+    assert main(["predict", str(photo), "--model", str(path)]) == 2
     assert "image tensor(float16) [batch, 3, 16, 16]" in caplog.text
     assert caplog.text.rstrip().endswith("convert it again with keep_io_types=True"), caplog.text
 
@@ -997,7 +996,7 @@ def test_a_full_disk_under_json_output_is_one_error_line(
 
 
 def test_ctrl_c_over_a_folder_is_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    photo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # A folder of thousands of photos takes a while: stopping it is no bug to show a trace of.
     from visionpipe import predict
@@ -1006,7 +1005,7 @@ def test_ctrl_c_over_a_folder_is_one_line(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(predict, "predict_files", stopped)
-    args = ["predict", str(DOG_PNG), "--model", str(write_tiny_onnx(tmp_path / "model.onnx"))]
+    args = ["predict", str(photo), "--model", str(write_tiny_onnx(tmp_path / "model.onnx"))]
     try:
         code = main(args)
     except KeyboardInterrupt:
@@ -1016,12 +1015,15 @@ def test_ctrl_c_over_a_folder_is_one_line(
 
 
 def test_an_output_path_that_cannot_be_a_file_is_one_error_line(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    photo: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     model = write_tiny_onnx(tmp_path / "model.onnx")
     a_file = tmp_path / "notes.txt"
     a_file.write_text("x")
-    args = ["predict", str(DOG_PNG), "--model", str(model)]
+    args = ["predict", str(photo), "--model", str(model)]
     for flag, dest, problem in (
         ("--json", tmp_path, f"{tmp_path} is a folder: name a file in it"),
         ("--csv", a_file / "p.csv", f"{a_file} is a file, not a folder"),
@@ -1034,7 +1036,7 @@ def test_an_output_path_that_cannot_be_a_file_is_one_error_line(
 
 
 def test_every_output_that_cannot_be_written_is_named_and_the_others_written(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    photo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from visionpipe import predict
 
@@ -1044,7 +1046,7 @@ def test_every_output_that_cannot_be_written_is_named_and_the_others_written(
     monkeypatch.setattr(predict, "write_csv", read_only)
     model = write_tiny_onnx(tmp_path / "model.onnx")
     grid, out_csv = tmp_path / "g.png", tmp_path / "ro" / "p.csv"
-    args = ["predict", str(DOG_PNG), "--model", str(model), "--json", str(tmp_path)]
+    args = ["predict", str(photo), "--model", str(model), "--json", str(tmp_path)]
     assert main([*args, "--csv", str(out_csv), "--grid", str(grid)]) == 1
     assert f"cannot write --json {tmp_path}: {tmp_path} is a folder" in caplog.text
     assert (
@@ -1054,7 +1056,7 @@ def test_every_output_that_cannot_be_written_is_named_and_the_others_written(
     assert Image.open(grid).size[0] > 0  # written all the same
 
 
-def test_a_file_size_limit_is_named_as_such(tmp_path: Path) -> None:
+def test_a_file_size_limit_is_named_as_such(photo: Path, tmp_path: Path) -> None:
     # `ulimit -f` (or FAT32's 4 GiB): another folder of this user's would not help.
     model = write_tiny_onnx(tmp_path / "model.onnx")
     out = tmp_path / "p.json"
@@ -1063,7 +1065,7 @@ import resource, signal, sys
 from visionpipe.cli import main
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
-sys.exit(main(["predict", {str(DOG_PNG)!r}, "--model", {str(model)!r}, "--json", {str(out)!r}]))
+sys.exit(main(["predict", {str(photo)!r}, "--model", {str(model)!r}, "--json", {str(out)!r}]))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env())
     assert done.returncode == 1, done.stderr
@@ -1073,13 +1075,13 @@ sys.exit(main(["predict", {str(DOG_PNG)!r}, "--model", {str(model)!r}, "--json",
 
 
 def test_json_or_csv_to_stdout_and_a_grid_in_the_format_its_name_says(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model = write_tiny_onnx(tmp_path / "model.onnx")
-    args = ["predict", str(DOG_PNG), "--model", str(model)]
+    args = ["predict", str(photo), "--model", str(model)]
     assert main([*args, "--json", "-"]) == 0
     out, err = capsys.readouterr()
-    assert json.loads(out)[0]["file"] == str(DOG_PNG)  # stdout holds the JSON alone
+    assert json.loads(out)[0]["file"] == str(photo)  # stdout holds the JSON alone
     assert "dog.png:" in err  # the table went to stderr
     assert main([*args, "--csv", "-"]) == 0
     assert capsys.readouterr().out.startswith("file,class_1,probability_1,")
@@ -1087,7 +1089,7 @@ def test_json_or_csv_to_stdout_and_a_grid_in_the_format_its_name_says(
     # A .tsv asked for gets tabs, as pandas' sep="\t" and a spreadsheet's import read it.
     assert main([*args, "--csv", str(tmp_path / "p.tsv")]) == 0
     rows = list(csv.reader((tmp_path / "p.tsv").open(newline=""), delimiter="\t"))
-    assert rows[0][:3] == ["file", "class_1", "probability_1"] and rows[1][0] == str(DOG_PNG)
+    assert rows[0][:3] == ["file", "class_1", "probability_1"] and rows[1][0] == str(photo)
     assert len(rows[1]) == len(rows[0]) and float(rows[1][2]) > 0, rows
     for name, magic in (("g.jpg", b"\xff\xd8\xff"), ("g.webp", b"RIFF"), ("g.PNG", b"\x89PNG")):
         assert main([*args, "--grid", str(tmp_path / name)]) == 0
@@ -1106,13 +1108,12 @@ def test_json_or_csv_to_stdout_and_a_grid_in_the_format_its_name_says(
 
 
 def test_an_output_named_like_a_photo_being_predicted_is_refused_before_anything_is_written(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    photo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = write_tiny_onnx(tmp_path / "model.onnx")
     photos = tmp_path / "photos"
-    photo = photos / "a.png"
     photos.mkdir()
-    shutil.copy(DOG_PNG, photo)
+    photo = Path(shutil.copy(photo, photos / "a.png"))
     before = photo.read_bytes()
     for spec in (str(photo), str(photos), f"{photos}/*.png"):
         assert main(["predict", spec, "--model", str(model), "--grid", str(photo)]) == 2
@@ -1145,7 +1146,7 @@ def test_an_output_named_like_a_photo_being_predicted_is_refused_before_anything
         assert main(["predict", str(photo), "--model", str(model), "--grid", str(upper)]) == 0
         assert Image.open(upper).size[0] > 0 and photo.read_bytes() == before
     # Letter by letter, as such disks map case: ß is not SS there.
-    shutil.copy(DOG_PNG, photos / "straße.png")
+    shutil.copy(photo, photos / "straße.png")
     assert (
         main(["predict", str(photos), "--model", str(model), "--grid", str(photos / "STRASSE.png")])
         == 0
@@ -1327,7 +1328,7 @@ def test_a_reader_that_stops_reading_stops_the_command_quietly_with_the_files_wr
 
 @pytest.mark.parametrize("to_stdout", [[], ["--json", "-"]])
 def test_a_full_disk_under_stdout_is_an_error_not_a_success(
-    tmp_path: Path, to_stdout: list[str]
+    photo: Path, tmp_path: Path, to_stdout: list[str]
 ) -> None:
     model = write_tiny_onnx(tmp_path / "model.onnx")
     _images(tmp_path / "photos")
@@ -1344,7 +1345,7 @@ def test_a_full_disk_under_stdout_is_an_error_not_a_success(
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
     # A device named as the file, full as a disk: the same error, not "give a file in a folder".
     proc = subprocess.run(
-        [*_predict_cmd(model, str(DOG_PNG)), "--json", "/dev/full"],
+        [*_predict_cmd(model, str(photo)), "--json", "/dev/full"],
         capture_output=True,
         text=True,
         env=env(),
@@ -1353,15 +1354,15 @@ def test_a_full_disk_under_stdout_is_an_error_not_a_success(
     assert proc.returncode == 1 and said in proc.stderr, proc.stderr
 
 
-def test_json_to_a_closed_stdout_is_refused_as_the_table_is(tmp_path: Path) -> None:
+def test_json_to_a_closed_stdout_is_refused_as_the_table_is(photo: Path, tmp_path: Path) -> None:
     model = write_tiny_onnx(tmp_path / "model.onnx")
-    cmd = _predict_cmd(model, str(DOG_PNG), "--json", "-")
+    cmd = _predict_cmd(model, str(photo), "--json", "-")
     closed = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1))
     assert closed.returncode == 2 and "standard output is closed" in closed.stderr, closed.stderr
 
 
 def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refused(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    photo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project = tmp_path / "project"
     (project / "models").mkdir(parents=True)
@@ -1399,7 +1400,7 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
     )
     for args, said in cases:
         caplog.clear()
-        assert main(["predict", str(DOG_PNG), *args]) == 2, args
+        assert main(["predict", str(photo), *args]) == 2, args
         assert said in caplog.text, caplog.text
     assert {p: p.read_bytes() for p in (project / "models").iterdir()} == kept
     assert [p.name for p in (project / "data" / "processed").iterdir()] == ["meta.json"]
@@ -1418,35 +1419,35 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
         (project / name).write_text("kept")
         flag = "--grid" if name.endswith(".png") else "--json"
         caplog.clear()
-        assert main(["predict", str(DOG_PNG), flag, f"../{name}"]) == 2, name
+        assert main(["predict", str(photo), flag, f"../{name}"]) == 2, name
         assert f"{flag} ../{name} {GUARDED}" in caplog.text
         assert (project / name).read_text() == "kept"
     # What the pipeline never writes, beside what it does: a user's own files there are free.
     for name in ("data/my_photos/p.csv", "logs/today.csv", "models/notes.json"):
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         flag = "--csv" if name.endswith(".csv") else "--json"
-        assert main(["predict", str(DOG_PNG), flag, f"../{name}"]) == 0, caplog.text
+        assert main(["predict", str(photo), flag, f"../{name}"]) == 0, caplog.text
         assert (project / name).stat().st_size > 0
     # The predict stage's own file linked into the cache: the link is replaced, the cache kept.
     stage_json = project / "predictions" / "predictions.json"
     stage_json.parent.mkdir()
     (linked := cached.with_name("d" * 30)).write_text("[]")
     stage_json.symlink_to(linked)
-    assert main(["predict", str(DOG_PNG), "--json", "../predictions/predictions.json"]) == 0
+    assert main(["predict", str(photo), "--json", "../predictions/predictions.json"]) == 0
     assert not stage_json.is_symlink() and json.loads(stage_json.read_text())[0]["top"]
     assert linked.read_text() == "[]"
     # The .git/ of a bigger repository the project is a folder of.
     (tmp_path / ".git").mkdir()
     (tmp_path / ".git" / "config").write_text("kept")
     caplog.clear()
-    assert main(["predict", str(DOG_PNG), "--json", "../../.git/config"]) == 2
+    assert main(["predict", str(photo), "--json", "../../.git/config"]) == 2
     assert f"--json ../../.git/config {GUARDED}" in caplog.text
     assert (tmp_path / ".git" / "config").read_text() == "kept"
     # Outside any project, a data/processed/ is another project's own (a cookiecutter layout).
     other = tmp_path / "other"
     (other / "data" / "processed").mkdir(parents=True)
     monkeypatch.chdir(other)
-    args = ["predict", str(DOG_PNG), "--model", str(model), "--csv", "data/processed/p.csv"]
+    args = ["predict", str(photo), "--model", str(model), "--csv", "data/processed/p.csv"]
     assert main(args) == 0 and (other / "data" / "processed" / "p.csv").is_file()
     # Run from there, the project's files are still refused where the output names them.
     for out in ("models/model.pt", "data/processed/meta.json", "dvc.lock"):
@@ -1463,14 +1464,14 @@ def test_an_output_naming_the_model_predicting_or_one_the_pipeline_wrote_is_refu
 
 
 def test_an_output_linked_into_a_folder_that_is_not_there_is_not_written(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    photo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A link to a USB drive that is not mounted: `>` says no such file; its folders are never
     # made on the system disk.
     model = write_tiny_onnx(tmp_path / "model.onnx")
     link, out_csv = tmp_path / "usb.json", tmp_path / "p.csv"
     link.symlink_to(tmp_path / "media" / "usb" / "out.json")
-    args = ["predict", str(DOG_PNG), "--model", str(model), "--json", str(link)]
+    args = ["predict", str(photo), "--model", str(model), "--json", str(link)]
     assert main([*args, "--csv", str(out_csv)]) == 1
     assert f"cannot write --json {link}: it is a link to {tmp_path}/media/usb/out.json, whose" in (
         caplog.text
@@ -1481,7 +1482,7 @@ def test_an_output_linked_into_a_folder_that_is_not_there_is_not_written(
     (tmp_path / "outdir").symlink_to(tmp_path / "media" / "usb")
     args = [
         "predict",
-        str(DOG_PNG),
+        str(photo),
         "--model",
         str(model),
         "--json",
@@ -1493,19 +1494,19 @@ def test_an_output_linked_into_a_folder_that_is_not_there_is_not_written(
     assert not (tmp_path / "media").exists()
 
 
-def test_outputs_sent_to_dev_null_may_be_several(tmp_path: Path) -> None:
+def test_outputs_sent_to_dev_null_may_be_several(photo: Path, tmp_path: Path) -> None:
     model = write_tiny_onnx(tmp_path / "model.onnx")
     outputs = ("--json", "/dev/null", "--csv", "/dev/null", "--grid", "/dev/null")
-    cmd = [*_predict_cmd(model, str(DOG_PNG)), *outputs]
+    cmd = [*_predict_cmd(model, str(photo)), *outputs]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env())
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith(str(DOG_PNG)) and str(DOG_PNG) not in proc.stderr, proc
+    assert proc.stdout.startswith(str(photo)) and str(photo) not in proc.stderr, proc
     # stdout discarded too: neither output is taken for a request of stdout.
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env())
-    assert proc.returncode == 0 and str(DOG_PNG).encode() not in proc.stderr, proc.stderr
+    assert proc.returncode == 0 and str(photo).encode() not in proc.stderr, proc.stderr
 
 
-def test_outputs_go_through_links_pipes_and_devices(tmp_path: Path) -> None:
+def test_outputs_go_through_links_pipes_and_devices(photo: Path, tmp_path: Path) -> None:
     # `--json link.json` writes the file the link names; `--csv >(sort)` and `--json
     # /dev/stdout` write into the pipe (each had been replaced, or refused, as a file).
     model = write_tiny_onnx(tmp_path / "model.onnx")
@@ -1515,16 +1516,16 @@ def test_outputs_go_through_links_pipes_and_devices(tmp_path: Path) -> None:
     link.symlink_to(target)
     piped = tmp_path / "piped.csv"
     outputs = f"--json {link} --csv >(cat > {piped}.part && mv {piped}.part {piped})"
-    script = f"{shlex.join(_predict_cmd(model, str(DOG_PNG)))} {outputs}; wait"
+    script = f"{shlex.join(_predict_cmd(model, str(photo)))} {outputs}; wait"
     proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env())
     assert proc.returncode == 0, proc.stderr
-    assert link.is_symlink() and json.loads(target.read_text())[0]["file"] == str(DOG_PNG)
+    assert link.is_symlink() and json.loads(target.read_text())[0]["file"] == str(photo)
     deadline = time.monotonic() + 30  # `cat` may still be copying when bash is done
     while not piped.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert piped.read_text().startswith("file,class_1,")
     proc = subprocess.run(
-        [*_predict_cmd(model, str(DOG_PNG)), "--json", "/dev/stdout"],
+        [*_predict_cmd(model, str(photo)), "--json", "/dev/stdout"],
         capture_output=True,
         text=True,
         env=env(),
@@ -1532,12 +1533,14 @@ def test_outputs_go_through_links_pipes_and_devices(tmp_path: Path) -> None:
     assert proc.returncode == 0 and '"file": ' in proc.stdout, proc.stderr
 
 
-def test_failed_inputs_are_named_on_stderr_when_the_table_goes_elsewhere(tmp_path: Path) -> None:
+def test_failed_inputs_are_named_on_stderr_when_the_table_goes_elsewhere(
+    photo: Path, tmp_path: Path
+) -> None:
     model = write_tiny_onnx(tmp_path / "model.onnx")
     table = tmp_path / "table.txt"
     with table.open("w") as out:
         proc = subprocess.run(
-            _predict_cmd(model, str(DOG_PNG), "/nonexistent.jpg", "-"),
+            _predict_cmd(model, str(photo), "/nonexistent.jpg", "-"),
             stdout=out,
             stderr=subprocess.PIPE,
             text=True,
@@ -1550,12 +1553,13 @@ def test_failed_inputs_are_named_on_stderr_when_the_table_goes_elsewhere(tmp_pat
 
 
 def test_an_output_naming_the_file_stdout_or_stderr_goes_to_is_written_into_it(
+    photo: Path,
     tmp_path: Path,
 ) -> None:
     # `--json /dev/stderr 2>>app.log` replaced app.log (a week of logs gone) and every line
     # printed after went to the replaced file; `--csv /dev/stdout >> log.txt` lost its header.
     model = write_tiny_onnx(tmp_path / "model.onnx")
-    cmd = shlex.join(_predict_cmd(model, str(DOG_PNG)))
+    cmd = shlex.join(_predict_cmd(model, str(photo)))
     log, out, appended = tmp_path / "app.log", tmp_path / "out.json", tmp_path / "log.txt"
     log.write_text("line1 of a week of logs\n")
     appended.write_text("header\n")
@@ -1566,17 +1570,18 @@ def test_an_output_naming_the_file_stdout_or_stderr_goes_to_is_written_into_it(
     done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env())
     assert done.returncode == 0, done.stderr
     assert log.read_text().startswith("line1 of a week of logs\n[\n"), log.read_text()
-    assert json.loads(out.read_text())[0]["file"] == str(DOG_PNG)  # the table went to stderr
+    assert json.loads(out.read_text())[0]["file"] == str(photo)  # the table went to stderr
     assert appended.read_text().startswith("header\nfile,class_1,"), appended.read_text()
 
 
 def test_a_reader_of_stdout_named_as_a_file_that_stops_reading_stops_the_command_quietly(
+    photo: Path,
     tmp_path: Path,
 ) -> None:
     # `--json /dev/stdout | head -1`, as `--json - | head -1`; and stdout closed (`>&-`) with
     # /dev/stdout named: refused as with `-`, not a traceback.
     model = write_tiny_onnx(tmp_path / "model.onnx")
-    cmd = _predict_cmd(model, str(DOG_PNG), "--json", "/dev/stdout")
+    cmd = _predict_cmd(model, str(photo), "--json", "/dev/stdout")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()

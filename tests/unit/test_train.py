@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from tests.datasets import FAST_MODEL, FAST_TRAIN, kill_at_validation, tiny_params, train_anew
-from tests.helpers import DOG_PNG, ROOT, env
+from tests.helpers import ROOT, env
 from visionpipe import (
     batches,
     checkpoints,
@@ -936,13 +936,14 @@ def test_a_layer_with_a_tensor_of_another_shape_starts_fresh_whole(tmp_path: Pat
 
 
 def test_a_weights_file_cut_short_empty_or_of_another_kind_is_named_in_one_line(
+    photo: Path,
     tmp_path: Path,
 ) -> None:
     from visionpipe import logs
 
     torch.save(build_model("tutorial_cnn", 3, 16).net.state_dict(), tmp_path / "start.pth")
     whole = (tmp_path / "start.pth").read_bytes()
-    shutil.copy(DOG_PNG, tmp_path / "dog.pth")  # a photo renamed
+    shutil.copy(photo, tmp_path / "dog.pth")  # a photo renamed
     for name, data, said in [
         ("cut.pth", whole[:1000], "cannot be read as PyTorch weights"),
         ("end.pth", whole[:-30], "cannot be read as PyTorch weights"),
