@@ -47,6 +47,10 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 }
 
 
+class CifarArchiveError(ValueError):
+    """A CIFAR-10 python archive that is damaged or incomplete: the message names the member."""
+
+
 class UnsafePickleError(pickle.UnpicklingError):
     """A pickle asked for a global outside the CIFAR-10 format's few numpy ones."""
 
@@ -82,9 +86,11 @@ def load_batch(data: bytes, name: str) -> dict[str, Any]:
     except UnsafePickleError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as e:
-        raise ValueError(f"{name} is not a readable CIFAR-10 batch ({e}): re-download it") from e
+        raise CifarArchiveError(
+            f"{name} is not a readable CIFAR-10 batch ({e}): re-download it"
+        ) from e
     if not isinstance(obj, dict):
-        raise ValueError(f"{name} holds a {type(obj).__name__}, not a CIFAR-10 batch dict")
+        raise CifarArchiveError(f"{name} holds a {type(obj).__name__}, not a CIFAR-10 batch dict")
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
 
 
@@ -125,7 +131,7 @@ def read_cifar_python(files: Iterable[tuple[str, bytes]]) -> CifarPython:
             continue
         key = match.group(1)
         if key in found:
-            raise ValueError(
+            raise CifarArchiveError(
                 f"CIFAR-10 python archive holds {key} twice: {found[key][0]} and {path};"
                 " keep one cifar-10-batches-py folder"
             )
@@ -133,7 +139,7 @@ def read_cifar_python(files: Iterable[tuple[str, bytes]]) -> CifarPython:
     missing = [key for key in REQUIRED if key not in found]
     if missing:
         seen = ", ".join(sorted(path for path, _ in found.values())) or "none of them"
-        raise ValueError(
+        raise CifarArchiveError(
             f"CIFAR-10 python archive is missing {', '.join(missing)}; found {seen}"
             f" (plus {others} other files). Expected {ARCHIVE_DIR}/{{{', '.join(REQUIRED)}}}:"
             " re-download cifar-10-python.tar.gz"
@@ -142,7 +148,7 @@ def read_cifar_python(files: Iterable[tuple[str, bytes]]) -> CifarPython:
     meta = load_batch(found[META][1], found[META][0])
     names = meta.get("label_names")
     if not isinstance(names, list) or not names:
-        raise ValueError(f"{found[META][0]} has no label_names list: re-download it")
+        raise CifarArchiveError(f"{found[META][0]} has no label_names list: re-download it")
     classes = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
 
     train = [_batch(*found[key], n_classes=len(classes)) for key in TRAIN_BATCHES]
@@ -168,12 +174,14 @@ def _batch(path: str, data: bytes, *, n_classes: int) -> tuple[np.ndarray, np.nd
     batch = load_batch(data, path)
     pixels, labels = batch.get("data"), batch.get("labels")
     if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 2:
-        raise ValueError(f"{path}: 'data' is not a 2-D uint8 array: re-download the archive")
+        raise CifarArchiveError(f"{path}: 'data' is not a 2-D uint8 array: re-download the archive")
     if pixels.shape[1] != _PIXELS:
-        raise ValueError(f"{path}: rows of {pixels.shape[1]} values, expected {_PIXELS} (32x32x3)")
+        raise CifarArchiveError(
+            f"{path}: rows of {pixels.shape[1]} values, expected {_PIXELS} (32x32x3)"
+        )
     label_arr = np.asarray(labels, dtype=np.int64)
     if label_arr.shape != (pixels.shape[0],):
-        raise ValueError(f"{path}: {label_arr.size} labels for {pixels.shape[0]} images")
+        raise CifarArchiveError(f"{path}: {label_arr.size} labels for {pixels.shape[0]} images")
     if label_arr.size and not (label_arr.min() >= 0 and label_arr.max() < n_classes):
-        raise ValueError(f"{path}: labels outside 0..{n_classes - 1}")
+        raise CifarArchiveError(f"{path}: labels outside 0..{n_classes - 1}")
     return pixels.reshape(-1, *IMAGE_SHAPE), label_arr

@@ -20,6 +20,7 @@ from visionpipe.cifar_pickle import (
     load_batch,
     read_cifar_python,
 )
+from visionpipe.logs import is_user_error
 
 
 class _System:
@@ -155,5 +156,20 @@ def test_py2_pickle_has_no_python3_bytes_global() -> None:
 
 
 def test_garbage_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="broken/test_batch"):
+    with pytest.raises(ValueError, match="broken/test_batch") as err:
         load_batch(b"not a pickle", "broken/test_batch")
+    assert is_user_error(err.value)  # a stage says it in one line, with no traceback
+
+
+def test_a_batch_cut_short_or_missing_is_an_error_a_stage_says_in_one_line(tmp_path: Path) -> None:
+    src = tmp_path / "c.tar.gz"
+    write_cifar_python_archive(src, 4, 2)
+    files = dict(iter_files(src))
+    files["cifar-10-batches-py/data_batch_1"] = files["cifar-10-batches-py/data_batch_1"][:200]
+    with pytest.raises(ValueError, match="data_batch_1 is not a readable") as err:
+        read_cifar_python(files.items())
+    assert is_user_error(err.value)
+    del files["cifar-10-batches-py/test_batch"]
+    with pytest.raises(ValueError, match="missing test_batch") as err:
+        read_cifar_python(files.items())
+    assert is_user_error(err.value)
