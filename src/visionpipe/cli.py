@@ -171,6 +171,7 @@ def _params(args: argparse.Namespace) -> int:
     from visionpipe.config import DEFAULT_PARAMS
     from visionpipe.config.compose import (
         CONF_DIR,
+        changes_text,
         compose_yaml,
         diff_keys,
         warn_unchosen_recipe,
@@ -214,11 +215,12 @@ def _params(args: argparse.Namespace) -> int:
     old, unreadable = _old_params(path)
     write_text(path, text)
     shown = os.path.relpath(path)  # from the folder the command ran in
-    if unreadable:
-        print(f"wrote {shown}, replacing one that {unreadable}")
+    if unreadable or not old:
+        print(f"wrote {shown}" + (f", replacing one that {unreadable}" if unreadable else ""))
         return 0
-    changed = diff_keys(old, raw)
-    print(f"wrote {shown}" + (f"; changed: {', '.join(changed)}" if changed else "; unchanged"))
+    # The values, not the keys alone: composing anew drops what `dvc exp apply` committed.
+    changed = changes_text(old, raw, diff_keys(old, raw), most=20)
+    print(f"wrote {shown}" + (f"; changed: {changed}" if changed else "; unchanged"))
     return 0
 
 

@@ -538,8 +538,11 @@ def test_visionpipe_params_from_a_folder_of_the_project_writes_the_project_s_par
     (conf_copy / "docs").mkdir()
     monkeypatch.chdir(conf_copy / "docs")
     assert main(["params", "train.epochs=3"]) == 0
-    assert capsys.readouterr().out.startswith("wrote ../params.yaml; changed: ")
+    assert capsys.readouterr().out == "wrote ../params.yaml\n"  # none was there
     assert yaml.safe_load((conf_copy / "params.yaml").read_text())["train"]["epochs"] == 3
+    assert main(["params", "train.epochs=4", "train.lr=0.05"]) == 0
+    said = capsys.readouterr().out
+    assert said == "wrote ../params.yaml; changed: train.epochs: 3 -> 4, train.lr: 0.01 -> 0.05\n"
     assert not (conf_copy / "docs" / "params.yaml").exists()
     # A relative path typed there means from there; the stages read it from the project's folder.
     assert main(["params", "data.source=../photos"]) == 2

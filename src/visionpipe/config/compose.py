@@ -280,21 +280,29 @@ def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
     if _dropped_recipe(rev, committed, recipe):
         keys.insert(0, "recipe")  # its values are the recipe's: named by it, not one by one
     if keys and _first_time(rev, path):
-        _say_dropped(rev, path, [(k, _value(committed, k), _value(current, k)) for k in keys])
+        _say_dropped(rev, path, changes_text(committed, current, keys))
     return keys
 
 
-def _say_dropped(rev: str, path: Path, changes: list[tuple[str, Any, Any]]) -> None:
-    """The warning of `warn_dropped_baseline`: each (key, committed value, this run's)."""
-    values = [f"{k}: {_yaml(was)} -> {_yaml(now)}" for k, was, now in changes]
+def changes_text(old: Any, new: Any, keys: list[str], most: int = 8) -> str:
+    """`key: old -> new` for each of `keys` (dotted) of two params mappings; the first `most`."""
+    values = [f"{k}: {_yaml(_value(old, k))} -> {_yaml(_value(new, k))}" for k in keys]
+    return ", ".join(values[:most]) + (
+        f" and {len(values) - most} more" if len(values) > most else ""
+    )
+
+
+def _say_dropped(rev: str, path: Path, changes: str) -> None:
+    """The warning of `warn_dropped_baseline`: `changes` as `changes_text` gives them."""
     logging.getLogger(__name__).warning(
         "the baseline commit %s holds %s values that conf/ does not give (an experiment applied"
         " and committed, or made a branch by `dvc exp branch`?); this experiment composes conf/"
         " and its -S values anew, so it changes %s. To keep the committed values, pass them"
-        " with -S (or put them in conf/ and commit)",
+        " with -S (or put them in conf/ and commit). New values you gave with -S yourself are"
+        " named here too, as conf/ gives the same: for those, the change is what you asked",
         rev[:7],
         path,
-        ", ".join(values[:8]) + (f" and {len(values) - 8} more" if len(values) > 8 else ""),
+        changes,
     )
 
 
@@ -346,7 +354,9 @@ def _mark(rev: str, path: Path, what: str) -> None:
 
 
 def _yaml(value: Any) -> str:
-    """A value as params.yaml writes it: null, true, 0.01, a text as it is."""
+    """A value as params.yaml writes it: null, true, 0.01, a text as it is; a section as {...}."""
+    if isinstance(value, dict):
+        return "{...}"
     return value if isinstance(value, str) else json.dumps(value)
 
 
