@@ -1,4 +1,5 @@
-"""The codebase's shape, as STYLE.md asks: short functions, thin stages, one job per module."""
+"""The codebase's shape, as STYLE.md asks: thin stages, one job per module (short functions and
+no import cycles: test_architecture)."""
 
 from __future__ import annotations
 
@@ -11,33 +12,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SRC = sorted((ROOT / "src" / "visionpipe").glob("*.py"))
-MAX_FUNCTION_LINES = 60
+SRC = sorted((ROOT / "src" / "visionpipe").rglob("*.py"))
 MAX_STAGE_LINES = 40
 TRAINING_MODULES = {"train", "batches", "optim", "checkpoints", "tracking", "distributed"}
 
 
-def _functions(path: Path) -> list[tuple[str, int]]:
-    tree = ast.parse(path.read_text())
-    return [
-        (node.name, node.end_lineno - node.lineno + 1)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-    ]
-
-
-def test_no_function_in_the_library_is_over_60_lines() -> None:
-    long = [
-        f"{path.name}:{name} ({n} lines)"
-        for path in SRC
-        for name, n in _functions(path)
-        if n > MAX_FUNCTION_LINES
-    ]
-    assert not long, f"split these into functions that fit on a screen: {long}"
-
-
 def test_every_module_says_what_it_is_for() -> None:
-    missing = [p.name for p in SRC if not ast.get_docstring(ast.parse(p.read_text()))]
+    missing = [p.relative_to(ROOT) for p in SRC if not ast.get_docstring(ast.parse(p.read_text()))]
     assert not missing, f"modules without a docstring: {missing}"
 
 
