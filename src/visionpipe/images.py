@@ -408,13 +408,13 @@ def _plain_jpeg_frame(data: bytes) -> tuple[int, int, bool] | None:
     return None
 
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def header_pixels(data: bytes) -> int | None:
     """Width x height of a PNG or a plain JPEG, read from its header without decoding it: how much
     work its decode is. None for other formats and for headers that do not say."""
-    if data.startswith(_PNG_SIGNATURE) and len(data) >= 24 and data[12:16] == b"IHDR":
+    if data.startswith(PNG_SIGNATURE) and len(data) >= 24 and data[12:16] == b"IHDR":
         return int.from_bytes(data[16:20], "big") * int.from_bytes(data[20:24], "big")
     found = _plain_jpeg_frame(data)
     return found[0] * found[1] if found is not None else None
@@ -460,7 +460,6 @@ def _decode_with_pillow(data: bytes, name: str, size: int | None) -> Image.Image
         raise BadImageError(name, f"cannot decode: {str(exc).strip()}") from None
 
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt", b"iCCP")  # and the profile, never applied
 
 
