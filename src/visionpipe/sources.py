@@ -152,6 +152,8 @@ def _fetch_official(
         + (" (or fix data.sha256)." if sha256 else "."),
     )
     checks: list[Check] = [functools.partial(_check_layout, dataset)] if official.layout else []
+    if (cached := _from_dvc_cache(dest, official.md5, expect, checks)) is not None:
+        return cached
     mirror_value, mirror_name = mirror
     if mirror_value:
         where = (mirror_value, mirror_name)
@@ -176,6 +178,28 @@ def _fetch_official(
             " was queued: `DATA_MIRROR=... uv run dvc queue start`."
         )
     return _download(official.url, dest, expect, checks, net, hint)
+
+
+def _from_dvc_cache(
+    dest: Path, md5: str | None, expect: _Expect, checks: Sequence[Check]
+) -> FetchResult | None:
+    """The official archive copied from the project's DVC cache, where an earlier run put it:
+    DVC runs download again when its code changes (an upgrade), and removes data/raw first;
+    the same bytes are here, offline, rather than 170 MB to fetch again. None where the cache
+    lacks them or its copy does not verify (logged)."""
+    folder = dest.parent.absolute()
+    while not folder.is_dir() and folder != folder.parent:  # data/raw, removed by DVC
+        folder = folder.parent
+    cache = fsutil.dvc_cache_of(folder) if md5 else None
+    if cache is None or not (file := cache / md5[:2] / md5[2:]).is_file():
+        return None
+    try:
+        result = _copy(file, dest, expect, checks)
+    except DownloadError as e:
+        log.warning("the copy of %s in DVC's cache will not do (%s); fetching it", dest.name, e)
+        return None
+    log.info("%s: copied from DVC's cache, where an earlier run put it", dest.name)
+    return result
 
 
 def _try_mirror(

@@ -232,6 +232,26 @@ def test_mirror_folder_used_before_network(tmp_path: Path, monkeypatch: pytest.M
     assert _fetch(None, tmp_path, dataset="cifar10", mirror=mirror.as_uri()).md5 == MD5
 
 
+def test_the_official_archive_in_the_dvc_cache_is_copied_not_fetched_again(
+    tmp_path: Path, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DVC runs download again when its code changes, data/raw removed, offline or not.
+    _fake_official(monkeypatch, server.serve("/cifar-10-python.tar.gz", (200, PAYLOAD)))
+    dvc(tmp_path, "init", "-q", "--no-scm")
+    cached = tmp_path / ".dvc" / "cache" / "files" / "md5" / MD5[:2] / MD5[2:]
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(PAYLOAD)
+    monkeypatch.chdir(tmp_path)
+    result = fetch_dataset("cifar10", None, None, Path("data/raw"), base_dir=tmp_path, mirror=None)
+    assert result.origin == str(cached) and result.md5 == MD5
+    assert server.hits["/cifar-10-python.tar.gz"] == 0
+    assert (tmp_path / "data" / "raw" / "cifar-10-python.tar.gz").read_bytes() == PAYLOAD
+    # A damaged copy there is passed over, and the archive fetched.
+    cached.write_bytes(PAYLOAD[:-1] + b"!")
+    assert _fetch(None, tmp_path, dataset="cifar10").origin.startswith(server.base)
+    assert server.hits["/cifar-10-python.tar.gz"] == 1
+
+
 def test_a_queued_run_without_a_mirror_is_told_where_data_mirror_is_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
