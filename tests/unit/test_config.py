@@ -2,6 +2,7 @@ import dataclasses
 import logging
 import shutil
 import subprocess
+import sys
 import typing
 from pathlib import Path
 from typing import Annotated, Literal
@@ -221,17 +222,28 @@ def _composed_without(section: str, key: str) -> dict:
     return raw
 
 
-def test_a_key_cut_from_composed_params_is_an_error(tmp_path: Path) -> None:
+def test_a_key_cut_from_composed_params_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # `dvc exp run -S recipe=fast -S ~train.lr` writes params.yaml without train.lr: the run
     # must not take the code's default lr under the label of the fast recipe.
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(_composed_without("train", "lr")))
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "a" * 40)
     with pytest.raises(ConfigError, match=r"'train\.lr' is missing.*-S train\.lr=VALUE") as err:
         load_params(path)
     # Quoted, as zsh and bash would take an unquoted ~train for a user's home folder.
     assert "(removed with `-S '~train.lr'`?)" in str(err.value)
     # params.yaml composed before the code had the key: how to write it anew, for dvc repro.
     assert "visionpipe params" in str(err.value)
+    # Outside an experiment no -S could have removed it, nor can one set it.
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV")
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert "'train.lr' is missing: conf/ gives it, so `uv run visionpipe params` writes" in str(
+        err.value
+    )
+    assert "-S" not in str(err.value)
     # A key the code just gained: where its line goes.
     assert "conf/config.yaml lacks needs its line there" in str(err.value)
     with pytest.raises(ConfigError, match=r"'train\.lr' is missing"):
@@ -456,6 +468,48 @@ def test_the_recipe_label_is_warned_of_once_a_run_by_the_stages(
     assert caplog.text.count("`recipe: fast` does not choose the recipe") == 4, caplog.text
 
 
+@pytest.mark.skipif(not Path("/proc/self/cmdline").is_file(), reason="reads /proc")
+def test_the_missing_section_refusal_speaks_for_the_stages_the_dvc_command_runs(
+    conf_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the running DVC command asked for is on its command line, found by the process id
+    # in DVC's repo lock: a process standing in for it here.
+    from visionpipe.config import ConfigError
+    from visionpipe.config.compose import check_against_conf, compose
+
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
+    monkeypatch.setenv("DVC_STAGE", "train")
+    shutil.copy(ROOT / "dvc.yaml", conf_copy / "dvc.yaml")
+    composed = compose([], conf_copy / "conf")
+    del composed["export"], composed["evaluate"]
+    Path("params.yaml").write_text(yaml.safe_dump(composed, sort_keys=False))
+    (conf_copy / ".dvc" / "tmp").mkdir(parents=True)
+
+    def run_by(*argv: str) -> None:
+        dvc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *argv])
+        (conf_copy / ".dvc" / "tmp" / "lock").write_text(f" {dvc.pid}\n")
+        try:
+            check_against_conf(data_stage=False)
+        finally:
+            dvc.kill()
+            dvc.wait()
+
+    run_by("-m", "dvc", "repro", "train")  # never reaches export or evaluate: not refused
+    run_by("/venv/bin/dvc", "exp", "run", "-s", "dvc.yaml:train")
+    with pytest.raises(ConfigError, match=r"lacks `export` \(the export stage's\), which"):
+        run_by("-m", "dvc", "repro", "export")
+    with pytest.raises(ConfigError, match=r"lacks `evaluate` \(the evaluate stage's\), `export`"):
+        run_by("-m", "dvc", "repro", "--downstream", "train")
+    # `dvc exp run --no-hydra` runs params.yaml as it is: no -S removed anything.
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)
+    with pytest.raises(ConfigError) as err:
+        run_by("-m", "dvc", "exp", "run", "--no-hydra")
+    assert str(err.value).endswith("`uv run visionpipe params` writes them back, then run again")
+    with pytest.raises(ConfigError) as err:
+        run_by("-m", "dvc", "exp", "run", "-S", "~evaluate", "-S", "~export")
+    assert "the run's `-S '~evaluate' -S '~export'` removed them" in str(err.value)
+
+
 def test_a_section_cut_from_conf_is_refused_before_the_stages_run(
     conf_copy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -492,7 +546,7 @@ def test_a_section_cut_from_conf_is_refused_before_the_stages_run(
     with pytest.raises(ConfigError) as err:
         check_against_conf(data_stage=False)
     assert str(err.value).endswith(
-        "conf/ has it, so the run's `-S '~evaluate'` removed it: run again without"
+        "conf/ has it, so the run's `-S '~evaluate'` removed it: run again without it"
     ), err.value
     monkeypatch.delenv("DVC_EXP_BASELINE_REV")  # `dvc repro`: params.yaml cut by hand
     with pytest.raises(ConfigError) as err:

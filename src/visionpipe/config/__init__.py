@@ -10,6 +10,7 @@ silently) or an invalid value fails with a message naming the key, the value and
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, get_args
@@ -176,6 +177,17 @@ def missing_keys(schema: type[BaseModel], raw: dict[str, Any], prefix: str = "")
     return keys
 
 
+def _missing_from_conf(key: str) -> str:
+    """The line for a key params.yaml lacks that conf/ gives: in an experiment a `-S '~key'`
+    removed it; outside one, params.yaml was cut by hand or composed by older code."""
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        return (
+            f"'{key}' is missing (removed with `-S '~{key}'`?): set it, e.g. `-S {key}=VALUE`,"
+            " or drop the `~` to keep the value conf/ gives it"
+        )
+    return f"'{key}' is missing: conf/ gives it, so `uv run visionpipe params` writes it back"
+
+
 def _refuse_missing(schema: type[BaseModel], raw: dict[str, Any], origin: str) -> None:
     # Without this, a key removed with `dvc exp run -S ~train.lr` would fall back to the code's
     # default without a word, not to the recipe's value that params.yaml's label promises.
@@ -185,8 +197,7 @@ def _refuse_missing(schema: type[BaseModel], raw: dict[str, Any], origin: str) -
     if keys:
         defaults = conf_defaults()
         lines = [
-            f"'{k}' is missing (removed with `-S '~{k}'`?): set it, e.g. `-S {k}=VALUE`, or drop "
-            f"the `~` to keep the value conf/ gives it"
+            _missing_from_conf(k)
             if defaults is None or lookup(defaults, k.split(".")) is not MISSING
             else f"'{k}' is missing, and conf/config.yaml has no line for it (a key new in the "
             f"code, a new model's): add {default_line(schema, k)} there, then `uv run visionpipe"

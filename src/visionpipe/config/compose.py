@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from visionpipe import dvc_command
 from visionpipe.config import DEFAULT_PARAMS, MISSING, lookup
 from visionpipe.paths import committed_yaml
 
@@ -420,8 +421,12 @@ def refuse_missing_sections(raw: Any) -> None:
 
     if not isinstance(raw, dict) or not os.environ.get("DVC_STAGE"):
         return  # a stage run by hand: DVC refuses nothing, and the code's defaults fill in
+    stages = stages_of(Path("dvc.yaml"))
+    asked = dvc_command.named_stages(list(stages))  # `dvc repro train` never reaches export
     missing: dict[str, str] = {}  # key (a whole section where it is gone): the stage declaring
-    for stage, entry in stages_of(Path("dvc.yaml")).items():
+    for stage, entry in stages.items():
+        if asked is not None and stage not in asked:
+            continue
         for param in (entry or {}).get("params") or []:
             if isinstance(param, str) and lookup(raw, param.split(".")) is MISSING:
                 top = param.split(".")[0]
@@ -432,10 +437,12 @@ def refuse_missing_sections(raw: Any) -> None:
     them = "it" if len(missing) == 1 else "them"
     conf = conf_defaults()
     in_conf = all(lookup(conf, k.split(".")) is not MISSING for k in missing)
-    if "about" in raw and in_conf and os.environ.get("DVC_EXP_BASELINE_REV"):
+    said = dvc_command.set_params()  # None: a queued run's, which cannot be read
+    cut = said is None or any(s.strip().lstrip("~") in missing for s in said if "~" in s)
+    if "about" in raw and in_conf and os.environ.get("DVC_EXP_BASELINE_REV") and cut:
         removed = " ".join(f"-S '~{k}'" for k in missing)
-        fix = f"conf/ has {them}, so the run's `{removed}` removed {them}: run again without"
-    elif "about" in raw and in_conf:  # `dvc repro` of a params.yaml cut by hand or a failed exp
+        fix = f"conf/ has {them}, so the run's `{removed}` removed {them}: run again without it"
+    elif "about" in raw and in_conf:  # cut by hand (`--no-hydra` runs it so), a failed exp
         fix = f"conf/ has {them}: `uv run visionpipe params` writes {them} back, then run again"
     elif "about" in raw:  # composed from conf/, which lacks them
         fix = (
