@@ -468,6 +468,26 @@ def test_the_recipe_label_is_warned_of_once_a_run_by_the_stages(
     assert caplog.text.count("`recipe: fast` does not choose the recipe") == 4, caplog.text
 
 
+def test_a_recipe_this_copy_of_conf_lacks_is_warned_of_and_params_run_as_they_are(
+    conf_copy: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A queued run's copy holds what git tracks: a new conf/recipe/mine.yaml not yet added is
+    # not there, though params.yaml was composed with it when the run was queued.
+    from visionpipe.config.compose import check_against_conf, compose
+
+    recipe = conf_copy / "conf" / "recipe" / "mine.yaml"
+    recipe.write_text("# @package _global_\nrecipe: mine\ntrain:\n  lr: 0.02\n")
+    composed = compose(["recipe=mine"], conf_copy / "conf")
+    Path("params.yaml").write_text(yaml.safe_dump(composed, sort_keys=False))
+    recipe.unlink()
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)
+    with caplog.at_level(logging.WARNING):
+        for data_stage in (True, False):
+            check_against_conf(data_stage=data_stage)
+    assert "params.yaml names recipe 'mine', and this copy of the project has no" in caplog.text
+    assert "conf/recipe/mine.yaml" in caplog.text and "`git add` it" in caplog.text
+
+
 @pytest.mark.skipif(not Path("/proc/self/cmdline").is_file(), reason="reads /proc")
 def test_the_missing_section_refusal_speaks_for_the_stages_the_dvc_command_runs(
     conf_copy: Path, monkeypatch: pytest.MonkeyPatch

@@ -514,13 +514,31 @@ def check_against_conf(data_stage: bool = False) -> None:
         raw = yaml.safe_load(DEFAULT_PARAMS.read_text(encoding="utf-8"))
     except (OSError, UnicodeError, yaml.YAMLError):
         raw = None  # the stage's own loading says what is wrong
+    refuse_missing_sections(raw)  # an error first, the warnings after it would be noise
     recipe = str(raw.get("recipe", SHIPPED_RECIPE)) if isinstance(raw, dict) else None
+    if recipe and not (CONF_DIR / "recipe" / f"{recipe}.yaml").is_file():
+        _warn_recipe_not_here(recipe)  # what conf/ would give cannot be told: nothing to compare
+        return
     if recipe and not _marked("", DEFAULT_PARAMS, "label") and warn_unchosen_recipe(recipe):
         _mark("", DEFAULT_PARAMS, "label")  # once a run; where it did not warn, later stages look
-    refuse_missing_sections(raw)
     if not data_stage:
         warn_drift()
     warn_dropped_baseline()
     warn_other_machine()
     if data_stage:
         warn_unused_local_source()
+
+
+def _warn_recipe_not_here(recipe: str) -> None:
+    """Warn, once a run, of params.yaml's recipe that this copy of conf/ lacks: a recipe file git
+    does not track is left out of a queued run's copy of the project, and of its experiment."""
+    if _marked("", DEFAULT_PARAMS, "recipe-file"):
+        return
+    logging.getLogger(__name__).warning(
+        "params.yaml names recipe %r, and this copy of the project has no %s: a queued or --temp"
+        " run's copy holds only the files git tracks, so the experiment will not keep it; `git"
+        " add` it (and commit it with the results). params.yaml is run as it is",
+        recipe,
+        CONF_DIR / "recipe" / f"{recipe}.yaml",
+    )
+    _mark("", DEFAULT_PARAMS, "recipe-file")
