@@ -259,10 +259,6 @@ async def _read_form(request: web.Request, limit: int, timeout: float) -> Form:
                     f"more than {MAX_IMAGES + MAX_FIELDS} parts in one form: send at most"
                     f" {MAX_IMAGES} images and {MAX_FIELDS} text fields",
                 )
-            if len(form.uploads) == MAX_IMAGES:
-                raise ApiError(
-                    413, f"more than {MAX_IMAGES} images in one request: send them in several"
-                )
             data = await _read_part(part, limit - total, limit, timeout)
             total += len(data)
             # Forms carry text fields beside their files (a label, a CSRF token, topk); they
@@ -274,6 +270,10 @@ async def _read_form(request: web.Request, limit: int, timeout: float) -> Form:
                     )
                 form.fields.setdefault(part.name or "", []).append(text)
             elif part.filename != "" or data:  # "" and no bytes: a file input left empty
+                if len(form.uploads) == MAX_IMAGES:  # known only once it is no text field
+                    raise ApiError(
+                        413, f"more than {MAX_IMAGES} images in one request: send them in several"
+                    )
                 name = _file_name(part) or part.name or f"part {len(form.uploads) + 1}"
                 form.uploads.append(Upload(name, data))
     except (ValueError, AssertionError) as exc:  # aiohttp's multipart parser on a bad body

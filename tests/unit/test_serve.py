@@ -320,6 +320,14 @@ def test_a_form_names_each_bad_file_and_predicts_nothing(server: Served) -> None
     body, content_type = _form([(f"{i}.png", b"") for i in range(257)])
     status, got = request(f"{server.url}/predict", body, {"Content-Type": content_type})
     assert status == 413 and "more than 256 images" in got["error"], got
+    # 256 images, then a text field (a CSRF token) and a file input left empty: not images.
+    body, content_type = _form([(f"{i}.png", b"") for i in range(256)])
+    end = f"--{content_type.split('boundary=')[1]}"
+    head = f'{end}\r\nContent-Disposition: form-data; name="{{}}"{{}}\r\n\r\n'
+    tail = head.format("csrf", "") + "tok\r\n" + head.format("more", '; filename=""') + "\r\n"
+    body = body.replace(f"{end}--".encode(), f"{tail}{end}--".encode())
+    status, got = request(f"{server.url}/predict", body, {"Content-Type": content_type})
+    assert status == 422 and "empty file" in got["problems"][0]["error"], got
     # Five images each under the pixel limit, each a few KB: 320 megapixels to decode in all.
     just_under = _encode(Image.new("1", (7999, 7999)), "PNG")
     body, content_type = _form([(f"{i}.png", just_under) for i in range(5)])
