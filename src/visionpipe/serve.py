@@ -22,6 +22,7 @@ import os
 import re
 import signal
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -341,9 +342,12 @@ async def read_uploads(request: web.Request, limit: int, timeout: float) -> Form
     return Form([Upload(request.query.get("name", "body"), data)])
 
 
-def decode_uploads(uploads: list[Upload], size: int) -> list[np.ndarray]:
+def decode_uploads(
+    uploads: list[Upload], size: int, gone: Callable[[], bool] = lambda: False
+) -> list[np.ndarray]:
     """(3, size, size) uint8 arrays, as predict decodes files; ApiError naming every bad one,
-    or refusing images of more pixels in all than one request may decode."""
+    or refusing images of more pixels in all than one request may decode. Stops, with what it
+    has, once `gone()`: the client left, and its request's answer is dropped."""
     # An image above MAX_PIXELS alone is refused below, as predict refuses it: not counted here.
     total = sum(n for u in uploads if (n := decode_pixels(u.data, size)) <= MAX_PIXELS)
     if total > MAX_REQUEST_PIXELS:
@@ -354,6 +358,8 @@ def decode_uploads(uploads: list[Upload], size: int) -> list[np.ndarray]:
         )
     arrays, problems = [], []
     for index, upload in enumerate(uploads):
+        if gone():  # a few KB may hold seconds of decoding: none for a client that left
+            return arrays
         try:
             arrays.append(load_array(upload.data, upload.name, size))
         except BadImageError as exc:
@@ -469,10 +475,13 @@ class Service:
     async def _decode(self, uploads: list[Upload], size: int) -> list[np.ndarray]:
         if _decodes_quickly(uploads):
             return decode_uploads(uploads, size)
-        loop = asyncio.get_running_loop()
+        loop, gone = asyncio.get_running_loop(), threading.Event()
         try:
-            return await loop.run_in_executor(self.decoder, decode_uploads, uploads, size)
+            return await loop.run_in_executor(
+                self.decoder, decode_uploads, uploads, size, gone.is_set
+            )
         except asyncio.CancelledError:
+            gone.set()  # the client left (HANDLER_CANCELLATION), or the server stops
             task = asyncio.current_task()
             if self.stopping and task is not None and not task.cancelling():
                 # The decode was dropped at a stop (`drain`), this request itself not cancelled.
@@ -641,6 +650,11 @@ def _not_a_bug(record: logging.LogRecord) -> bool:
     return not (record.exc_info and isinstance(record.exc_info[1], HttpProcessingError))
 
 
+# A client that hangs up cancels its request's handler: its decodes not begun are dropped, the
+# one under way stops at its next image (aiohttp lets handlers run on by default).
+HANDLER_CANCELLATION = True
+
+
 async def run_server(service: Service) -> None:
     """Serve until SIGINT, SIGTERM or SIGHUP; prints the addresses once it is listening."""
     config = service.config
@@ -649,6 +663,7 @@ async def run_server(service: Service) -> None:
         server_log.addFilter(_not_a_bug)
     runner = web.AppRunner(
         make_app(service),
+        handler_cancellation=HANDLER_CANCELLATION,
         access_log=None,
         shutdown_timeout=GRACE_S,
         keepalive_timeout=config.keepalive_s,

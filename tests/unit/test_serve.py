@@ -1173,7 +1173,7 @@ def test_out_of_memory_under_load_is_a_503_to_retry_not_a_bug(
     from visionpipe import serve
     from visionpipe.predict import OnnxBackend
 
-    def no_memory(uploads: list, size: int) -> list:
+    def no_memory(uploads: list, size: int, *_: object) -> list:
         raise MemoryError()
 
     monkeypatch.setattr(serve, "decode_uploads", no_memory)
@@ -1203,7 +1203,7 @@ def test_an_internal_error_keeps_its_words_in_the_server_s_log(
     from visionpipe import serve
     from visionpipe.predict import OnnxBackend
 
-    def broken(uploads: list, size: int) -> list:
+    def broken(uploads: list, size: int, *_: object) -> list:
         raise RuntimeError("/home/me/secret/model.onnx: a bug")
 
     monkeypatch.setattr(serve, "decode_uploads", broken)
@@ -1254,6 +1254,30 @@ def test_only_a_small_upload_is_decoded_on_the_event_loop() -> None:
     assert not serve._decodes_quickly([padded])
 
 
+def test_a_client_that_hangs_up_leaves_no_decoding_behind(server: Served) -> None:
+    # A few KB (a 40000x40000 arithmetic-coded JPEG, a 64-MP one-bit PNG) may hold a decode
+    # thread for a second an image: a request dropped at once must not run on for nobody.
+    from visionpipe.serve import Upload, decode_uploads
+
+    photo = Upload("a.jpg", _jpeg())
+    seen = iter([False, True])
+    assert len(decode_uploads([photo, photo], 32, lambda: next(seen))) == 1
+    big = _encode(Image.new("1", (7999, 7999)), "PNG")
+    body, content_type = _form([(f"{i}.png", big) for i in range(3)])
+    host, port = server.url.removeprefix("http://").split(":")
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    before = request(f"{server.url}/health")[1]
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head.encode() + body)
+        time.sleep(0.3)  # read whole: its decoding has begun
+    time.sleep(6)  # seconds for 192 megapixels, were they decoded
+    after = request(f"{server.url}/health")[1]
+    assert (after["requests"], after["images"]) == (before["requests"], before["images"]), after
+
+
 def test_a_decode_dropped_at_a_stop_is_answered_503_not_a_closed_socket(
     model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1268,7 +1292,7 @@ def test_a_decode_dropped_at_a_stop_is_answered_503_not_a_closed_socket(
 
     release, real = threading.Event(), serve.decode_uploads
 
-    def slow(uploads: list, size: int) -> list:
+    def slow(uploads: list, size: int, *_: object) -> list:
         release.wait(10)
         return real(uploads, size)
 
