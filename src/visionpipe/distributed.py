@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from visionpipe import limits
-from visionpipe.config import ConfigError, lookup
+from visionpipe.config import ConfigError
 from visionpipe.config.launch import LaunchConfig
 from visionpipe.devices import DeviceError
 from visionpipe.warm import die_with_parent
@@ -192,7 +192,7 @@ def check_same_params(params: dict[str, Any], d: Dist) -> None:
     means, `TrainingParams.run_dict`: not where each machine runs or keeps its copy of the
     data): each would train its part with its own values and record them in its dvc.lock, or
     wait forever at an epoch count its peers never reach."""
-    from visionpipe.config.compose import diff_keys
+    from visionpipe.config.compose import changes_text, diff_keys
 
     if not d.enabled:
         return
@@ -201,14 +201,11 @@ def check_same_params(params: dict[str, Any], d: Dist) -> None:
     for rank, theirs in enumerate(every[1:], 1):
         keys = diff_keys(every[0], theirs)
         if keys:
-            values = ", ".join(
-                f"{k} {lookup(every[0], k.split('.'))!r} and {lookup(theirs, k.split('.'))!r}"
-                for k in keys[:5]
-            )
             raise ConfigError(
-                f"the processes of this run hold different params: rank 0's and rank {rank}'s"
-                f" differ in {values}: compose params.yaml on every machine from the same"
-                " commit and conf/ (`uv run visionpipe params`), then start them again"
+                f"the processes of this run hold different params, rank 0's -> rank {rank}'s:"
+                f" {changes_text(every[0], theirs, keys, most=5)}: compose params.yaml on every"
+                " machine from the same commit and conf/ (`uv run visionpipe params`), then"
+                " start them again"
             )
 
 

@@ -741,7 +741,8 @@ def percent(probability: float, places: int) -> str:
         shown = _half_up(value, max(places, min(MOST_PLACES, more)))
         if float(shown) < 1:  # 0.996% rounds to 1.00: then as any other 1%
             return f"{shown}%"
-    return f"{_half_up(value, places)}%" if math.isfinite(value) else f"{value}%"
+    # A diverged model's NaN: "n/a", as the serve page and docs/web/visionpipe.mjs show it.
+    return f"{_half_up(value, places)}%" if math.isfinite(value) else "n/a"
 
 
 MOST_PLACES = 8  # decimals of a percentage at most: below 0.00000001%, "<" that

@@ -468,6 +468,20 @@ def test_the_recipe_label_is_warned_of_once_a_run_by_the_stages(
     assert caplog.text.count("`recipe: fast` does not choose the recipe") == 4, caplog.text
 
 
+def test_changed_values_are_told_as_params_yaml_writes_them_and_a_missing_one_as_none() -> None:
+    # Two machines' params of two versions of the code: one lacks a key the other has.
+    from visionpipe.config.compose import changes_text
+
+    old = {"train": {"lr": 0.01, "amp": False, "augment": {"flip": True}}, "recipe": "fast"}
+    new = {"train": {"lr": 0.02, "augment": {"flip": True}, "cuda_graph": None}, "recipe": "x"}
+    keys = ["train.lr", "train.amp", "train.cuda_graph", "recipe"]
+    said = changes_text(old, new, keys, most=3)
+    assert said == (
+        "train.lr: 0.01 -> 0.02, train.amp: false -> (none), train.cuda_graph: (none) -> null"
+        " and 1 more"
+    )
+
+
 def test_a_recipe_this_copy_of_conf_lacks_is_warned_of_and_params_run_as_they_are(
     conf_copy: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -287,10 +287,16 @@ def warn_dropped_baseline(path: Path = DEFAULT_PARAMS) -> list[str]:
 
 def changes_text(old: Any, new: Any, keys: list[str], most: int = 8) -> str:
     """`key: old -> new` for each of `keys` (dotted) of two params mappings; the first `most`."""
-    values = [f"{k}: {_yaml(_value(old, k))} -> {_yaml(_value(new, k))}" for k in keys]
+    values = [f"{k}: {_shown(old, k)} -> {_shown(new, k)}" for k in keys]
     return ", ".join(values[:most]) + (
         f" and {len(values) - most} more" if len(values) > most else ""
     )
+
+
+def _shown(tree: Any, key: str) -> str:
+    """The value at dotted `key` as params.yaml writes it; (none) where the mapping lacks it."""
+    value = lookup(tree, key.split("."))
+    return "(none)" if value is MISSING else _yaml(value)
 
 
 def _say_dropped(rev: str, path: Path, changes: str) -> None:
