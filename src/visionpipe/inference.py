@@ -23,9 +23,12 @@ def loss_figure(value: float) -> float:
     return float(f"{value:.6g}")
 
 
-def loss_text(value: float) -> str:
-    """A loss in the plot CSVs: `loss_figure`'s digits, in 0.000000 form from 0.1 up."""
-    return f"{value:.6f}" if not math.isfinite(value) or abs(value) >= 0.1 else f"{value:.6g}"
+def loss_text(value: float, digits: int = 6) -> str:
+    """A loss in the plot CSVs: `loss_figure`'s digits, in 0.000000 form from 0.1 up (and at 0);
+    `digits` 4 for the console's epoch line."""
+    if not math.isfinite(value) or abs(value) >= 0.1 or value == 0:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}g}"
 
 
 # On a CPU, images per forward pass beyond about a hundred only spill the caches: scoring

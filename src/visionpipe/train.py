@@ -41,7 +41,7 @@ from visionpipe.config.train import TrainConfig
 from visionpipe.config.training import TrainingParams
 from visionpipe.distributed import all_reduce_sum
 from visionpipe.fsutil import write_json
-from visionpipe.inference import Scores, evaluate_split
+from visionpipe.inference import Scores, evaluate_split, loss_text
 from visionpipe.modelfile import ModelInfo, save_model
 from visionpipe.models import MIN_STD, Classifier, build_model, scaling_std
 from visionpipe.optim import Lookahead, lr_tensors, make_optimizer, make_scheduler
@@ -448,11 +448,11 @@ def run_epoch(
     tracker.epoch(record, wrong)
     log.log(
         logging.INFO if ddp.writes_outputs else logging.DEBUG,
-        "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  (%.1fs)",
+        "epoch %d/%d  train_loss %s  val_loss %s  val_acc %.4f  (%.1fs)",
         epoch + 1,
         cfg.epochs,
-        train_loss,
-        val.loss,
+        loss_text(train_loss, 4),  # an overfitting run's 1.5e-05, not 0.0000
+        loss_text(val.loss, 4),
         val.accuracy,
         time.perf_counter() - t_epoch,
     )

@@ -96,7 +96,7 @@ def test_a_loss_near_zero_keeps_six_significant_digits_in_every_file(
     assert [line.split(",")[1:3] for line in epochs[1:]] == [
         ["0.523457", "0.623457"],
         ["3.44512e-06", "0.0123457"],
-        ["1.45412e-06", "0"],
+        ["1.45412e-06", "0.000000"],  # zero as the others from 0.1 up, not "0"
     ], epochs
     steps = (tmp_path / paths.PLOT_STEPS).read_text().splitlines()
     assert steps[1:] == ["1,0.523457", "2,3.44512e-06", "3,1.45412e-06"], steps
@@ -112,6 +112,13 @@ def test_a_loss_near_zero_keeps_six_significant_digits_in_every_file(
         0.0,
         0.0,
     ), summary
+
+
+def test_the_console_s_epoch_line_shows_a_loss_near_zero_in_four_significant_digits() -> None:
+    from visionpipe.inference import loss_text
+
+    shown = [loss_text(v, 4) for v in (0.523456, 0.0123456, 1.4541234e-05, 0.0, float("nan"))]
+    assert shown == ["0.5235", "0.01235", "1.454e-05", "0.0000", "nan"]
 
 
 def _stop_at_epoch_3(params: Params, monkeypatch: pytest.MonkeyPatch) -> None:
