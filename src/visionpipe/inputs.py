@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 GLOB_CHARS = frozenset("*?[")
 SYSTEM_FILE = "a system file (Explorer's, Finder's or a NAS's), no photo"
+SYSTEM_FOLDER = "a system folder (Explorer's, Finder's or a NAS's) that holds no image files"
+
 T = TypeVar("T")
 
 
@@ -82,8 +84,7 @@ def collect_inputs(specs: list[str], seen: dict[Path, str] | None = None) -> Inp
             listed(list(repeated)),
         )
     if inputs.system and not inputs.files and not inputs.errors:  # nothing else was named
-        inputs.errors += [(spec, SYSTEM_FILE) for spec in inputs.system]
-        inputs.starts = [(0, i) for i in range(len(inputs.system))]
+        _named_alone(inputs)
     elif inputs.system:
         log.warning(
             "passed over %s among the inputs: %s (Explorer's, Finder's or a NAS's, no photos)",
@@ -91,6 +92,19 @@ def collect_inputs(specs: list[str], seen: dict[Path, str] | None = None) -> Inp
             listed(inputs.system, 5),
         )
     return inputs
+
+
+def _named_alone(inputs: Inputs) -> None:
+    """System files and folders named with nothing else: no shell's `*` passing them on, but
+    asked for. A folder's photos are predicted (`#recycle`, a NAS's bin); a file is an error."""
+    system, inputs.system, inputs.starts = inputs.system, [], []
+    for spec in system:
+        inputs.starts.append((len(inputs.files), len(inputs.errors)))
+        path, named = Path(spec), len(inputs.errors)
+        if not path.is_dir():
+            inputs.errors.append((spec, SYSTEM_FILE))
+        elif not _add_folder(inputs, path, spec, spec) and len(inputs.errors) == named:
+            inputs.errors.append((spec, SYSTEM_FOLDER))
 
 
 def _first_named(

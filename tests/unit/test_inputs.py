@@ -75,6 +75,15 @@ def test_system_files_a_shell_s_star_names_are_passed_over_said_once(
     alone = collect_inputs(["Thumbs.db", "__MACOSX"])
     assert alone.files == [] and [e[0] for e in alone.errors] == ["Thumbs.db", "__MACOSX"]
     assert alone.in_order([], ["t", "m"]) == ["t", "m"]
+    assert [why for _, why in alone.errors] == [
+        "a system file (Explorer's, Finder's or a NAS's), no photo",
+        "a system folder (Explorer's, Finder's or a NAS's) that holds no image files",
+    ]
+    # A system folder of photos named alone (a NAS's recycle bin): its photos are asked for.
+    Path("#recycle").mkdir()
+    Image.new("RGB", (20, 20), "red").save("#recycle/old.jpg")
+    binned = collect_inputs(["#recycle"])
+    assert [str(p) for p in binned.files] == ["#recycle/old.jpg"] and binned.errors == []
     assert main(["predict", "Thumbs.db", "--model", str(write_tiny_onnx(tmp_path / "m.onnx"))])
 
 
