@@ -486,8 +486,19 @@ def _held_out_as_class(classes: Sequence[str]) -> list[str]:
         f" held-out split: if its images are photos of the other classes, it trains a class of"
         f" them; sort them into the class folders or move '{c}/' out of the source"
         for c in classes
-        if split_like(c) and "train" not in c.lower()
+        if split_like(c) and "train" not in c.lower() and not _negated(c, classes)
     ]
+
+
+def _negated(name: str, classes: Sequence[str]) -> bool:
+    """Whether a class is the other half of a yes/no pair (`valid/` beside `invalid/` or
+    `not_valid/`): a class of its own, not a split."""
+    forms = {
+        f"{no}{sep}{name.lower()}"
+        for no in ("in", "non", "not", "un")
+        for sep in ("", "_", "-", " ")
+    }
+    return any(c.lower() in forms for c in classes)
 
 
 _YEAR = re.compile(r"(?<!\d)(?:19|20)\d\d(?!\d)")  # 2019, 2019-06-01, Photos from 2019

@@ -107,7 +107,13 @@ def test_a_class_named_like_a_held_out_split_is_warned_about() -> None:
         " photos of the other classes, it trains a class of them; sort them into the class"
         " folders or move 'test/' out of the source"
     )
-    for classes, said in ((("cat", "dog", "test"), [unsorted]), (("bus", "car", "train"), [])):
+    # Nor is a yes/no pair's: documents sorted into invalid/ and valid/.
+    pairs = (("invalid", "valid"), ("not_test", "test"))
+    for classes, said in (
+        (("cat", "dog", "test"), [unsorted]),
+        (("bus", "car", "train"), []),
+        *((pair, []) for pair in pairs),
+    ):
         names = [f"photos/{c}/{i}.jpg" for c in classes for i in range(5)]
         plan = splits.plan_image_folder(names, None, 0.1, seed=0)
         assert (plan.classes, plan.warnings) == (list(classes), said)
