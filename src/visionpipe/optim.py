@@ -125,7 +125,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     if schedule == "triangle":
         # airbench94's: 0.2x at the start, 1x at 23% of the run (or after the warmup), 0.07x at
         # the end, linear in between.
-        peak = warmup if warmup > 0 else int(total * 0.23)
+        peak = warmup if warmup > 0 else max(1, int(total * 0.23))  # a run of under 5 steps
         if step < peak:
             return 0.2 + 0.8 * step / peak
         return 1.0 - 0.93 * (step - peak) / max(1, total - peak)

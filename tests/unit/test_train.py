@@ -1547,6 +1547,10 @@ def test_triangle_schedule_is_airbenchs() -> None:
     f = [optim.lr_factor(s, 100, 0, "triangle") for s in range(101)]
     assert f[0] == pytest.approx(0.2) and f[23] == pytest.approx(1.0)
     assert max(range(101), key=f.__getitem__) == 23 and f[100] == pytest.approx(0.07)
+    # A run of under 5 steps starts at 0.2x too, as the docs say, not at the peak.
+    assert [optim.lr_factor(s, 3, 0, "triangle") for s in range(3)] == pytest.approx(
+        [0.2, 1.0, 0.535]
+    )
 
 
 def test_tta_averages_mirrored_and_shifted_views() -> None:
