@@ -527,6 +527,11 @@ def _origin(value: str) -> str:
     hosts in punycode, percent-escapes decoded, IPv6 compressed, no default port), or '*'."""
     if value == "*":
         return value
+    if "*" in value:  # no browser sends a pattern: it would never match
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: an origin is one site; give each (--allow-origin https://a.example.com"
+            " --allow-origin https://b.example.com), or '*' for any"
+        )
     try:
         parts = urllib.parse.urlsplit(value)
         scheme = parts.scheme.lower()
