@@ -101,7 +101,14 @@ class Batcher:
         ]
         for item in items:
             self._queue.put_nowait(item)
-        return np.concatenate([await item.done for item in items])
+        try:
+            return np.concatenate([await item.done for item in items])
+        except BaseException:
+            # Ended early (its client left, or a chunk's call failed): the chunks still queued
+            # are work for nobody, and a later failure of one would be an exception no one reads.
+            for item in items:
+                item.done.cancel()
+            raise
 
     async def _next(self, timeout: float) -> _Item | None:
         if self._held is not None:

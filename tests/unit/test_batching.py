@@ -4,6 +4,7 @@ back, and a failing call fails only the submissions in it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import numpy as np
 import pytest
@@ -69,6 +70,39 @@ def test_a_failing_call_fails_only_its_submissions() -> None:
     assert isinstance(first, RuntimeError) and "bad row 0" in str(first)
     np.testing.assert_array_equal(second, [2.0])
     assert batcher.stats.calls == 1 and batcher.stats.images == 1
+
+
+def test_a_request_that_ends_early_leaves_none_of_its_chunks_to_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A client that hangs up cancels its request (serve's handler cancellation); one whose
+    # first chunk fails gets its error. Either way its other chunks are not run.
+    import time
+
+    def slow(rows: np.ndarray) -> np.ndarray:
+        time.sleep(0.05)
+        return model(rows)
+
+    async def scenario(rows: np.ndarray, cancel: bool) -> None:
+        batcher = Batcher(slow, max_batch=1, wait_s=0.0)
+        await batcher.start()
+        try:
+            task = asyncio.create_task(batcher.submit(rows))
+            await asyncio.sleep(0.08)  # the first chunk's call under way
+            if cancel:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                await task
+            await asyncio.sleep(0.3)  # what the worker does next
+        finally:
+            await batcher.close()
+
+    for cancel, fail_on in ((True, None), (False, 0)):
+        model = Recorder(fail_on)
+        with caplog.at_level("ERROR", logger="asyncio"):
+            asyncio.run(scenario(np.arange(10, dtype=np.float32), cancel))
+        assert len(model.sizes) <= 2, model.sizes  # the one under way, at most one beside it
+    assert "never retrieved" not in caplog.text, caplog.text
 
 
 def test_invalid_settings_are_refused() -> None:
