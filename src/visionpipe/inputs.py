@@ -77,34 +77,39 @@ def collect_inputs(specs: list[str], seen: dict[Path, str] | None = None) -> Inp
         inputs.files += _first_named(added, str, seen, repeated)
         wrong, inputs.errors[first_error:] = inputs.errors[first_error:], []
         inputs.errors += _first_named(wrong, lambda error: error[0], seen, repeated)
+    if inputs.system and not inputs.files and not inputs.errors:  # nothing else was named
+        _named_alone(inputs, seen, repeated)
     if repeated:
         log.warning(
             "%s named more than once, each predicted once: %s",
             counted(len(repeated), "file"),
             listed(list(repeated)),
         )
-    if inputs.system and not inputs.files and not inputs.errors:  # nothing else was named
-        _named_alone(inputs)
-    elif inputs.system:
+    if inputs.system:  # among other inputs: the shell's `*` named them
         log.warning(
-            "passed over %s among the inputs: %s (Explorer's, Finder's or a NAS's, no photos)",
+            "passed over %s among the inputs: %s (Explorer's, Finder's or a NAS's; a system"
+            " folder named alone is predicted)",
             counted(len(inputs.system), "system file"),
             listed(inputs.system, 5),
         )
     return inputs
 
 
-def _named_alone(inputs: Inputs) -> None:
+def _named_alone(inputs: Inputs, seen: dict[Path, str], repeated: dict[str, None]) -> None:
     """System files and folders named with nothing else: no shell's `*` passing them on, but
-    asked for. A folder's photos are predicted (`#recycle`, a NAS's bin); a file is an error."""
+    asked for. A folder's photos are predicted (`#recycle`, a NAS's bin), each once; a file is
+    an error."""
     system, inputs.system, inputs.starts = inputs.system, [], []
     for spec in system:
-        inputs.starts.append((len(inputs.files), len(inputs.errors)))
-        path, named = Path(spec), len(inputs.errors)
+        first, named = len(inputs.files), len(inputs.errors)
+        inputs.starts.append((first, named))
+        path = Path(spec)
         if not path.is_dir():
             inputs.errors.append((spec, SYSTEM_FILE))
         elif not _add_folder(inputs, path, spec, spec) and len(inputs.errors) == named:
             inputs.errors.append((spec, SYSTEM_FOLDER))
+        added, inputs.files[first:] = inputs.files[first:], []
+        inputs.files += _first_named(added, str, seen, repeated)
 
 
 def _first_named(

@@ -84,6 +84,8 @@ def test_system_files_a_shell_s_star_names_are_passed_over_said_once(
     Image.new("RGB", (20, 20), "red").save("#recycle/old.jpg")
     binned = collect_inputs(["#recycle"])
     assert [str(p) for p in binned.files] == ["#recycle/old.jpg"] and binned.errors == []
+    twice = collect_inputs(["#recycle", "./#recycle/"])  # each photo once, as any folder's
+    assert [str(p) for p in twice.files] == ["#recycle/old.jpg"] and twice.errors == []
     assert main(["predict", "Thumbs.db", "--model", str(write_tiny_onnx(tmp_path / "m.onnx"))])
 
 
