@@ -202,8 +202,8 @@ def check_same_params(params: dict[str, Any], d: Dist) -> None:
         keys = diff_keys(every[0], theirs)
         if keys:
             raise ConfigError(
-                f"the processes of this run hold different params, rank 0's -> rank {rank}'s:"
-                f" {changes_text(every[0], theirs, keys, most=5)}: compose params.yaml on every"
+                f"the processes of this run hold different params (rank 0's -> rank {rank}'s)"
+                f" {changes_text(every[0], theirs, keys, most=5)}; compose params.yaml on every"
                 " machine from the same commit and conf/ (`uv run visionpipe params`), then"
                 " start them again"
             )

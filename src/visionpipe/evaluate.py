@@ -20,7 +20,13 @@ import torch
 from visionpipe import memory, paths
 from visionpipe.devices import pick_device
 from visionpipe.fsutil import json_pretty, write_json, write_text
-from visionpipe.inference import eval_batch_size, loss_and_accuracy, loss_figure, predict_logits
+from visionpipe.inference import (
+    eval_batch_size,
+    loss_and_accuracy,
+    loss_figure,
+    loss_text,
+    predict_logits,
+)
 from visionpipe.modelfile import load_model
 from visionpipe.names import listed
 from visionpipe.precision import autocast_dtype, precision_name
@@ -231,11 +237,11 @@ def _log_headline(
 ) -> None:
     """The run's headline in the log `dvc repro` shows, as metrics/ holds it."""
     log.info(
-        "test accuracy %.2f%%%s over %d images, loss %.4f (`dvc metrics show`), macro-F1 %s (%s)",
+        "test accuracy %.2f%%%s over %d images, loss %s (`dvc metrics show`), macro-F1 %s (%s)",
         100 * accuracy,
         "" if top5 is None else f" (top-5 {100 * top5:.2f}%)",
         images,
-        loss,
+        loss_text(loss, 4),  # an overfitting run's 2.5e-05, not 0.0000
         "n/a" if f1 is None else f"{f1:.4f}",
         paths.PER_CLASS,  # with the per-class table: no `dvc exp show` column
     )

@@ -26,9 +26,10 @@ def loss_figure(value: float) -> float:
 def loss_text(value: float, digits: int = 6) -> str:
     """A loss in the plot CSVs: `loss_figure`'s digits, in 0.000000 form from 0.1 up (and at 0);
     `digits` 4 for the console's epoch line."""
-    if not math.isfinite(value) or abs(value) >= 0.1 or value == 0:
+    short = f"{value:.{digits}g}"
+    if not math.isfinite(value) or abs(float(short)) >= 0.1 or value == 0:  # 0.099996 too
         return f"{value:.{digits}f}"
-    return f"{value:.{digits}g}"
+    return short
 
 
 # On a CPU, images per forward pass beyond about a hundred only spill the caches: scoring

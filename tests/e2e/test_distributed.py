@@ -334,8 +334,8 @@ def test_two_nodes_with_different_params_both_refuse_in_one_line(tmp_path: Path)
             pytest.fail("a node with other params hung")
         assert proc.returncode == 1, out[-4000:]
         assert (
-            "the processes of this run hold different params, rank 0's -> rank 1's:"
-            " train.lr: 0.05 -> 0.02: compose params.yaml on every machine"
+            "the processes of this run hold different params (rank 0's -> rank 1's)"
+            " train.lr: 0.05 -> 0.02; compose params.yaml on every machine"
         ) in out, out[-4000:]
         assert "Traceback" not in out, out[-4000:]
     assert not any((node / paths.MODEL).exists() for node in nodes)

@@ -18,7 +18,9 @@ TRAINING_MODULES = {"train", "batches", "optim", "checkpoints", "tracking", "dis
 
 
 def test_every_module_says_what_it_is_for() -> None:
-    missing = [p.relative_to(ROOT) for p in SRC if not ast.get_docstring(ast.parse(p.read_text()))]
+    missing = [
+        str(p.relative_to(ROOT)) for p in SRC if not ast.get_docstring(ast.parse(p.read_text()))
+    ]
     assert not missing, f"modules without a docstring: {missing}"
 
 

@@ -20,7 +20,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -1277,6 +1277,52 @@ def test_a_client_that_hangs_up_leaves_no_decoding_behind(server: Served) -> Non
     time.sleep(6)  # seconds for 192 megapixels, were they decoded
     after = request(f"{server.url}/health")[1]
     assert (after["requests"], after["images"]) == (before["requests"], before["images"]), after
+
+
+def test_a_decode_under_way_is_told_its_client_left(
+    model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # aiohttp's test server cancels a handler whose client hangs up, as serve's own does: the
+    # decode under way then stops at its next image, and one queued behind it never starts.
+    import asyncio
+    import threading
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from visionpipe import serve
+
+    started, release, told = threading.Event(), threading.Event(), []
+
+    def slow(uploads: list, size: int, gone: Callable[[], bool]) -> list:
+        started.set()
+        release.wait(10)
+        told.append(gone())
+        return []
+
+    monkeypatch.setattr(serve, "decode_uploads", slow)
+    large = _jpeg() + b"\0" * serve.INLINE_DECODE_BYTES  # decoded in the pool, not inline
+
+    async def scenario() -> None:
+        from visionpipe.predict import OnnxBackend
+
+        service = serve.Service(OnnxBackend(model), serve.ServeConfig(model=model))
+        service.decoder = concurrent.futures.ThreadPoolExecutor(1)  # one runs, one waits
+        async with TestClient(TestServer(serve.make_app(service))) as client:
+            headers = {"Content-Type": "image/jpeg"}
+            posts = [
+                asyncio.create_task(client.post("/predict", data=large, headers=headers))
+                for _ in range(2)
+            ]
+            await asyncio.to_thread(started.wait, 10)
+            await asyncio.sleep(0.3)  # the second queued behind the first
+            for post in posts:
+                post.cancel()  # both clients hang up
+            await asyncio.sleep(0.3)
+            release.set()
+            await asyncio.sleep(0.5)  # the server still up: what its decodes do meanwhile
+            assert told == [True], told
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=30))
 
 
 def test_a_decode_dropped_at_a_stop_is_answered_503_not_a_closed_socket(
