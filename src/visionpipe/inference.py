@@ -27,6 +27,8 @@ def loss_text(value: float, digits: int = 6) -> str:
     """A loss in the plot CSVs: `loss_figure`'s digits, in 0.000000 form from 0.1 up (and at 0);
     `digits` 4 for the console's epoch line."""
     short = f"{value:.{digits}g}"
+    if math.isfinite(value) and abs(value) >= 1e6:  # a diverging run's 4.532e+25, not 26 digits
+        return short
     if not math.isfinite(value) or abs(float(short)) >= 0.1 or value == 0:  # 0.099996 too
         return f"{value:.{digits}f}"
     return short

@@ -733,9 +733,10 @@ def _warn_identical(result: Result, size: int) -> list[str]:
     same_place = identical.extra_copies(identical.in_one_place(groups))
     if same_place:  # no mistake to warn of, but each is trained or scored twice
         log.info(
-            "%s an identical copy in its class and split (counted twice there; listed under"
+            "%s an identical copy in %s class and split (counted twice there; listed under"
             " 'identical' in %s)",
             "1 image has" if same_place == 1 else f"{same_place} images have",
+            "its" if same_place == 1 else "their",
             paths.PREPROCESS_REPORT,
         )
     return warnings

@@ -117,9 +117,9 @@ def test_a_loss_near_zero_keeps_six_significant_digits_in_every_file(
 def test_the_console_s_epoch_line_shows_a_loss_near_zero_in_four_significant_digits() -> None:
     from visionpipe.inference import loss_text
 
-    losses = (0.523456, 0.0123456, 1.4541234e-05, 0.0, float("nan"), 0.099996)
+    losses = (0.523456, 0.0123456, 1.4541234e-05, 0.0, float("nan"), 0.099996, 4.53219e25)
     shown = [loss_text(v, 4) for v in losses]
-    assert shown == ["0.5235", "0.01235", "1.454e-05", "0.0000", "nan", "0.1000"]
+    assert shown == ["0.5235", "0.01235", "1.454e-05", "0.0000", "nan", "0.1000", "4.532e+25"]
 
 
 def _stop_at_epoch_3(params: Params, monkeypatch: pytest.MonkeyPatch) -> None:

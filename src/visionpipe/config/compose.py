@@ -305,8 +305,8 @@ def _say_dropped(rev: str, path: Path, changes: str) -> None:
         "the baseline commit %s holds %s values that conf/ does not give (an experiment applied"
         " and committed, or made a branch by `dvc exp branch`?); this experiment composes conf/"
         " and its -S values anew, so it changes %s. To keep the committed values, pass them"
-        " with -S (or put them in conf/ and commit). New values you gave with -S yourself are"
-        " named here too, as conf/ gives the same: for those, the change is what you asked",
+        " with -S (or put them in conf/ and commit). A value you gave with -S that equals"
+        " conf/'s is listed too (the two cannot be told apart here): that change is yours",
         rev[:7],
         path,
         changes,
