@@ -179,7 +179,10 @@ def _batch(path: str, data: bytes, *, n_classes: int) -> tuple[np.ndarray, np.nd
         raise CifarArchiveError(
             f"{path}: rows of {pixels.shape[1]} values, expected {_PIXELS} (32x32x3)"
         )
-    label_arr = np.asarray(labels, dtype=np.int64)
+    try:
+        label_arr = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError):  # none, or not numbers
+        raise CifarArchiveError(f"{path}: its labels are not a list of numbers") from None
     if label_arr.shape != (pixels.shape[0],):
         raise CifarArchiveError(f"{path}: {label_arr.size} labels for {pixels.shape[0]} images")
     if label_arr.size and not (label_arr.min() >= 0 and label_arr.max() < n_classes):

@@ -8,7 +8,9 @@ import argparse
 import contextlib
 import io
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 LOCK = Path(".dvc/tmp/lock")  # DVC's repo lock: the running DVC's process id while stages run
 
@@ -35,22 +37,51 @@ def running() -> argparse.Namespace | None:
     return None
 
 
-def named_stages(stages: list[str]) -> set[str] | None:
-    """The stages of `stages` the running command names as its targets (`dvc repro train`,
-    `dvc exp run evaluate`): those, and the stages before them, are all it runs. None where
-    it runs the whole pipeline, or that cannot be told (a target that is a file or a glob,
-    `--downstream`)."""
+def named_stages(stages: dict[str, Any]) -> set[str] | None:
+    """The stages of dvc.yaml's `stages` the running command runs: its targets (`dvc repro
+    predict`) and the stages before them (`-s`: the targets alone). None where it runs the whole
+    pipeline, or that cannot be told (a target that is a file or a glob, `--downstream`, `-p`)."""
     args = running()
     targets = getattr(args, "targets", None)
-    if not targets or getattr(args, "downstream", False) or getattr(args, "glob", False):
+    whole = ("downstream", "glob", "pipeline", "all_pipelines", "recursive")
+    if not targets or any(getattr(args, flag, False) for flag in whole):
         return None
     names = {target.rsplit(":", 1)[-1] for target in targets}  # `dvc.yaml:train` too
-    return names if names <= set(stages) else None
+    if not names <= set(stages):
+        return None
+    return names if getattr(args, "single_item", False) else _with_upstream(stages, names)
 
 
-def set_params() -> list[str] | None:
-    """The running `dvc exp run`'s -S values (`train.lr=0.1`, `~evaluate`); None where that
-    cannot be told."""
-    args = running()
-    said = getattr(args, "set_param", None)
-    return None if said is None else [str(s) for s in said]
+def _with_upstream(stages: dict[str, Any], names: set[str]) -> set[str]:
+    """`names` and every stage whose outputs they depend on, however far back."""
+    made = {name: _paths(entry, ("outs", "metrics", "plots")) for name, entry in stages.items()}
+    found, todo = set(names), list(names)
+    while todo:
+        deps = _paths(stages[todo.pop()], ("deps",))
+        for other, outs in made.items():
+            if other not in found and any(_inside(d, o) for d in deps for o in outs):
+                found.add(other)
+                todo.append(other)
+    return found
+
+
+def _paths(entry: Any, keys: tuple[str, ...]) -> list[str]:
+    """The paths a dvc.yaml stage lists under `keys` (an entry is a path, or {path: options})."""
+    listed = [item for key in keys for item in (entry or {}).get(key) or []]
+    return [str(next(iter(item)) if isinstance(item, dict) else item) for item in listed]
+
+
+def _inside(a: str, b: str) -> bool:
+    """Whether one path is the other or inside it (a dep on data/processed, an out data/)."""
+    a, b = a.rstrip("/"), b.rstrip("/")
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
+def removed_keys() -> set[str] | None:
+    """The keys the running `dvc exp run` removes with -S (`~evaluate`, DVC's
+    `params.yaml:~evaluate`); None where its -S values cannot be told (a queued run)."""
+    said = getattr(running(), "set_param", None)
+    if said is None:
+        return None
+    keys = (re.sub(r"^[\w./-]+\.(?:ya?ml|json|toml|py):", "", str(s).strip()) for s in said)
+    return {key[1:] for key in keys if key.startswith("~")}

@@ -25,7 +25,7 @@ import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
@@ -193,11 +193,18 @@ def _from_dvc_cache(
     cache = fsutil.dvc_cache_of(folder) if md5 else None
     if cache is None or not (file := cache / md5[:2] / md5[2:]).is_file():
         return None
-    try:
-        result = _copy(file, dest, expect, checks)
+    try:  # its MD5 first: the official bytes, whatever data.sha256 says
+        result = _copy(file, dest, replace(expect, sha256=None), checks)
     except DownloadError as e:
         log.warning("the copy of %s in DVC's cache will not do (%s); fetching it", dest.name, e)
         return None
+    if expect.sha256 is not None and result.sha256 != expect.sha256:
+        dest.unlink()
+        raise ChecksumError(
+            f"data.sha256 is {expect.sha256}, but the official {dest.name} (its MD5 verified,"
+            f" copied from DVC's cache) has sha256 {result.sha256}: fix data.sha256, or set it"
+            " to null"
+        )
     log.info("%s: copied from DVC's cache, where an earlier run put it", dest.name)
     return result
 

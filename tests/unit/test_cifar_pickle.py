@@ -169,6 +169,12 @@ def test_a_batch_cut_short_or_missing_is_an_error_a_stage_says_in_one_line(tmp_p
     with pytest.raises(ValueError, match="data_batch_1 is not a readable") as err:
         read_cifar_python(files.items())
     assert is_user_error(err.value)
+    for labels in (None, [b"x", b"y"]):  # a batch without labels, or of text
+        batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": labels}
+        files["cifar-10-batches-py/data_batch_1"] = _py2_pickle(batch)
+        with pytest.raises(ValueError, match="data_batch_1: its labels are not") as err:
+            read_cifar_python(files.items())
+        assert is_user_error(err.value)
     del files["cifar-10-batches-py/test_batch"]
     with pytest.raises(ValueError, match="missing test_batch") as err:
         read_cifar_python(files.items())

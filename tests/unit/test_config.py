@@ -236,6 +236,8 @@ def test_a_key_cut_from_composed_params_is_an_error(
     assert "(removed with `-S '~train.lr'`?)" in str(err.value)
     # params.yaml composed before the code had the key: how to write it anew, for dvc repro.
     assert "visionpipe params" in str(err.value)
+    # A key the code just gained: where its line goes.
+    assert "conf/config.yaml lacks needs its line there" in str(err.value)
     # Outside an experiment no -S could have removed it, nor can one set it.
     monkeypatch.delenv("DVC_EXP_BASELINE_REV")
     with pytest.raises(ConfigError) as err:
@@ -243,9 +245,7 @@ def test_a_key_cut_from_composed_params_is_an_error(
     assert "'train.lr' is missing: conf/ gives it, so `uv run visionpipe params` writes" in str(
         err.value
     )
-    assert "-S" not in str(err.value)
-    # A key the code just gained: where its line goes.
-    assert "conf/config.yaml lacks needs its line there" in str(err.value)
+    assert "-S" not in str(err.value) and "(for `dvc repro`" not in str(err.value)
     with pytest.raises(ConfigError, match=r"'train\.lr' is missing"):
         parse_params(_composed_without("train", "lr"), complete=True)
 
@@ -500,6 +500,14 @@ def test_a_recipe_this_copy_of_conf_lacks_is_warned_of_and_params_run_as_they_ar
             check_against_conf(data_stage=data_stage)
     assert "params.yaml names recipe 'mine', and this copy of the project has no" in caplog.text
     assert "conf/recipe/mine.yaml" in caplog.text and "`git add` it" in caplog.text
+    # Outside an experiment (a teammate's commit), no queued copy to blame; launch settings of
+    # another machine are still checked.
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        check_against_conf(data_stage=False)
+    assert "whose recipe file was never committed?; add the file" in caplog.text
+    assert "queued" not in caplog.text
 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").is_file(), reason="reads /proc")
@@ -532,6 +540,12 @@ def test_the_missing_section_refusal_speaks_for_the_stages_the_dvc_command_runs(
     run_by("/venv/bin/dvc", "exp", "run", "-s", "dvc.yaml:train")
     with pytest.raises(ConfigError, match=r"lacks `export` \(the export stage's\), which"):
         run_by("-m", "dvc", "repro", "export")
+    # predict's run reaches export (its model comes from there); -s runs predict alone.
+    with pytest.raises(ConfigError, match=r"lacks `export` \(the export stage's\), which"):
+        run_by("-m", "dvc", "repro", "predict")
+    run_by("-m", "dvc", "repro", "-s", "predict")
+    with pytest.raises(ConfigError, match=r"lacks `evaluate` .*, `export`"):
+        run_by("-m", "dvc", "repro", "-p", "train")  # the whole pipeline train is in
     with pytest.raises(ConfigError, match=r"lacks `evaluate` \(the evaluate stage's\), `export`"):
         run_by("-m", "dvc", "repro", "--downstream", "train")
     # `dvc exp run --no-hydra` runs params.yaml as it is: no -S removed anything.
@@ -540,7 +554,7 @@ def test_the_missing_section_refusal_speaks_for_the_stages_the_dvc_command_runs(
         run_by("-m", "dvc", "exp", "run", "--no-hydra")
     assert str(err.value).endswith("`uv run visionpipe params` writes them back, then run again")
     with pytest.raises(ConfigError) as err:
-        run_by("-m", "dvc", "exp", "run", "-S", "~evaluate", "-S", "~export")
+        run_by("-m", "dvc", "exp", "run", "-S", "~evaluate", "-S", "params.yaml:~export")
     assert "the run's `-S '~evaluate' -S '~export'` removed them" in str(err.value)
 
 

@@ -246,6 +246,10 @@ def test_the_official_archive_in_the_dvc_cache_is_copied_not_fetched_again(
     assert result.origin == str(cached) and result.md5 == MD5
     assert server.hits["/cifar-10-python.tar.gz"] == 0
     assert (tmp_path / "data" / "raw" / "cifar-10-python.tar.gz").read_bytes() == PAYLOAD
+    # A data.sha256 that the official bytes do not have is the pin's fault, said at once.
+    with pytest.raises(ChecksumError, match=r"data.sha256 is 0+, but the official .* fix data"):
+        _fetch(None, tmp_path, dataset="cifar10", sha256="0" * 64)
+    assert server.hits["/cifar-10-python.tar.gz"] == 0
     # A damaged copy there is passed over, and the archive fetched.
     cached.write_bytes(PAYLOAD[:-1] + b"!")
     assert _fetch(None, tmp_path, dataset="cifar10").origin.startswith(server.base)

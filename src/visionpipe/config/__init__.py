@@ -183,7 +183,8 @@ def _missing_from_conf(key: str) -> str:
     if os.environ.get("DVC_EXP_BASELINE_REV"):
         return (
             f"'{key}' is missing (removed with `-S '~{key}'`?): set it, e.g. `-S {key}=VALUE`,"
-            " or drop the `~` to keep the value conf/ gives it"
+            " or drop the `~` to keep the value conf/ gives it (cut by hand, under `--no-hydra`:"
+            " `uv run visionpipe params` writes it back)"
         )
     return f"'{key}' is missing: conf/ gives it, so `uv run visionpipe params` writes it back"
 
@@ -204,10 +205,11 @@ def _refuse_missing(schema: type[BaseModel], raw: dict[str, Any], origin: str) -
             " params` (-S cannot set a key conf/ lacks)"
             for k in keys
         ]
-        lines.append(
-            "(for `dvc repro`: `uv run visionpipe params` writes params.yaml from conf/; a key "
-            "new in the code that conf/config.yaml lacks needs its line there, at its default)"
-        )
+        if os.environ.get("DVC_EXP_BASELINE_REV"):  # outside one, each line says it already
+            lines.append(
+                "(for `dvc repro`: `uv run visionpipe params` writes params.yaml from conf/; a key"
+                " new in the code that conf/config.yaml lacks needs its line there, at its default)"
+            )
         raise ConfigError(f"{origin} is invalid:\n  - " + "\n  - ".join(lines))
 
 

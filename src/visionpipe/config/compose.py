@@ -428,7 +428,7 @@ def refuse_missing_sections(raw: Any) -> None:
     if not isinstance(raw, dict) or not os.environ.get("DVC_STAGE"):
         return  # a stage run by hand: DVC refuses nothing, and the code's defaults fill in
     stages = stages_of(Path("dvc.yaml"))
-    asked = dvc_command.named_stages(list(stages))  # `dvc repro train` never reaches export
+    asked = dvc_command.named_stages(stages)  # `dvc repro train` never reaches export
     missing: dict[str, str] = {}  # key (a whole section where it is gone): the stage declaring
     for stage, entry in stages.items():
         if asked is not None and stage not in asked:
@@ -443,11 +443,11 @@ def refuse_missing_sections(raw: Any) -> None:
     them = "it" if len(missing) == 1 else "them"
     conf = conf_defaults()
     in_conf = all(lookup(conf, k.split(".")) is not MISSING for k in missing)
-    said = dvc_command.set_params()  # None: a queued run's, which cannot be read
-    cut = said is None or any(s.strip().lstrip("~") in missing for s in said if "~" in s)
+    removed = dvc_command.removed_keys()  # None: a queued run's, which cannot be read
+    cut = removed is None or bool(removed & set(missing))
     if "about" in raw and in_conf and os.environ.get("DVC_EXP_BASELINE_REV") and cut:
-        removed = " ".join(f"-S '~{k}'" for k in missing)
-        fix = f"conf/ has {them}, so the run's `{removed}` removed {them}: run again without it"
+        flags = " ".join(f"-S '~{k}'" for k in missing)
+        fix = f"conf/ has {them}, so the run's `{flags}` removed {them}: run again without it"
     elif "about" in raw and in_conf:  # cut by hand (`--no-hydra` runs it so), a failed exp
         fix = f"conf/ has {them}: `uv run visionpipe params` writes {them} back, then run again"
     elif "about" in raw:  # composed from conf/, which lacks them
@@ -522,14 +522,16 @@ def check_against_conf(data_stage: bool = False) -> None:
         raw = None  # the stage's own loading says what is wrong
     refuse_missing_sections(raw)  # an error first, the warnings after it would be noise
     recipe = str(raw.get("recipe", SHIPPED_RECIPE)) if isinstance(raw, dict) else None
-    if recipe and not (CONF_DIR / "recipe" / f"{recipe}.yaml").is_file():
-        _warn_recipe_not_here(recipe)  # what conf/ would give cannot be told: nothing to compare
-        return
-    if recipe and not _marked("", DEFAULT_PARAMS, "label") and warn_unchosen_recipe(recipe):
+    # Without the recipe's file, what conf/ would give cannot be told: nothing to compare with.
+    here = recipe is None or (CONF_DIR / "recipe" / f"{recipe}.yaml").is_file()
+    if not here:
+        _warn_recipe_not_here(str(recipe))
+    elif recipe and not _marked("", DEFAULT_PARAMS, "label") and warn_unchosen_recipe(recipe):
         _mark("", DEFAULT_PARAMS, "label")  # once a run; where it did not warn, later stages look
-    if not data_stage:
+    if here and not data_stage:
         warn_drift()
-    warn_dropped_baseline()
+    if here:
+        warn_dropped_baseline()
     warn_other_machine()
     if data_stage:
         warn_unused_local_source()
@@ -540,11 +542,18 @@ def _warn_recipe_not_here(recipe: str) -> None:
     does not track is left out of a queued run's copy of the project, and of its experiment."""
     if _marked("", DEFAULT_PARAMS, "recipe-file"):
         return
+    why = (
+        "a queued or --temp run's copy holds only the files git tracks, so the experiment will"
+        " not keep it; `git add` it (and commit it with the results)"
+        if os.environ.get("DVC_EXP_BASELINE_REV")
+        else "a commit or an applied experiment whose recipe file was never committed?; add the"
+        " file, or compose params.yaml anew from a recipe conf/ has (`uv run visionpipe params`)"
+    )
     logging.getLogger(__name__).warning(
-        "params.yaml names recipe %r, and this copy of the project has no %s: a queued or --temp"
-        " run's copy holds only the files git tracks, so the experiment will not keep it; `git"
-        " add` it (and commit it with the results). params.yaml is run as it is",
+        "params.yaml names recipe %r, and this copy of the project has no %s (%s). params.yaml"
+        " is run as it is, unchecked against conf/",
         recipe,
         CONF_DIR / "recipe" / f"{recipe}.yaml",
+        why,
     )
     _mark("", DEFAULT_PARAMS, "recipe-file")
