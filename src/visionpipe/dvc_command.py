@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import os
 import re
@@ -28,12 +29,16 @@ def running() -> argparse.Namespace | None:
         return None
     # `python -m dvc ...` or the `dvc` script run by its interpreter: DVC's arguments follow.
     start = next((i + 1 for i, arg in enumerate(argv) if Path(arg).name == "dvc"), None)
-    if start is None:
-        return None
+    return None if start is None else _parsed(tuple(a for a in argv[start:] if a))
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(args: tuple[str, ...]) -> argparse.Namespace | None:
+    """DVC's reading of its arguments, once a command line (building its parser takes time)."""
     from dvc.cli.parser import get_main_parser
 
     with contextlib.redirect_stderr(io.StringIO()), contextlib.suppress(SystemExit):
-        return get_main_parser().parse_args([a for a in argv[start:] if a])
+        return get_main_parser().parse_args(list(args))
     return None
 
 
