@@ -234,7 +234,7 @@ def _recorded(root: Path, named: Path) -> tuple[str, str] | None:
     return recorded[0] if recorded else None
 
 
-def _cache_file(root: Path, md5: str) -> Path | None:
+def cache_file(root: Path, md5: str) -> Path | None:
     """Where the DVC cache of the project at `root` keeps the file of `md5` (held or not)."""
     try:
         cache = dvc_cache_of(root)  # DVC's own reading of the config: a shared cache.dir
@@ -246,7 +246,7 @@ def _cache_file(root: Path, md5: str) -> Path | None:
 def _in_cache(root: Path, md5: str) -> bool:
     """Whether the DVC cache holds `md5` (True where it cannot be told: checkout says then)."""
     try:
-        cached = _cache_file(root, md5)
+        cached = cache_file(root, md5)
     except OSError:
         return True
     return cached is None or cached.is_file()
@@ -267,7 +267,7 @@ def _linked_cache_file(
     try:
         if os.stat(path).st_nlink < 2:
             return None
-        cached = _cache_file(root, md5)
+        cached = cache_file(root, md5)
         return (cached, stage) if cached and os.path.samefile(path, cached) else None
     except OSError:
         return None

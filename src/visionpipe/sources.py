@@ -190,8 +190,8 @@ def _from_dvc_cache(
     folder = dest.parent.absolute()
     while not folder.is_dir() and folder != folder.parent:  # data/raw, removed by DVC
         folder = folder.parent
-    cache = fsutil.dvc_cache_of(folder) if md5 else None
-    if cache is None or not (file := cache / md5[:2] / md5[2:]).is_file():
+    file = paths.cache_file(folder, md5) if md5 else None
+    if file is None or not file.is_file():
         return None
     try:  # its MD5 first: the official bytes, whatever data.sha256 says
         result = _copy(file, dest, replace(expect, sha256=None), checks)
