@@ -527,10 +527,10 @@ def _origin(value: str) -> str:
     hosts in punycode, percent-escapes decoded, IPv6 compressed, no default port), or '*'."""
     if value == "*":
         return value
-    if "*" in value:  # no browser sends a pattern: it would never match
+    if "*" in urllib.parse.unquote(value):  # no browser sends a pattern: it never matches
         raise argparse.ArgumentTypeError(
             f"{value!r}: an origin is one site; give each (--allow-origin https://a.example.com"
-            " --allow-origin https://b.example.com), or '*' for any"
+            " --allow-origin https://b.example.com), or '*' alone for any"
         )
     try:
         parts = urllib.parse.urlsplit(value)

@@ -110,6 +110,8 @@ def _named_alone(inputs: Inputs, seen: dict[Path, str], repeated: dict[str, None
             inputs.errors.append((spec, SYSTEM_FOLDER))
         added, inputs.files[first:] = inputs.files[first:], []
         inputs.files += _first_named(added, str, seen, repeated)
+        wrong, inputs.errors[named:] = inputs.errors[named:], []
+        inputs.errors += _first_named(wrong, lambda error: error[0], seen, repeated)
 
 
 def _first_named(

@@ -86,6 +86,8 @@ def test_system_files_a_shell_s_star_names_are_passed_over_said_once(
     assert [str(p) for p in binned.files] == ["#recycle/old.jpg"] and binned.errors == []
     twice = collect_inputs(["#recycle", "./#recycle/"])  # each photo once, as any folder's
     assert [str(p) for p in twice.files] == ["#recycle/old.jpg"] and twice.errors == []
+    twice = collect_inputs(["Thumbs.db", "./Thumbs.db", "__MACOSX", "__MACOSX/"])  # each error once
+    assert [name for name, _ in twice.errors] == ["Thumbs.db", "__MACOSX"], twice.errors
     assert main(["predict", "Thumbs.db", "--model", str(write_tiny_onnx(tmp_path / "m.onnx"))])
 
 

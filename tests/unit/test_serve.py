@@ -718,6 +718,7 @@ def test_other_origins_are_told_the_option(server: Served, model: Path) -> None:
         *("http://localhost:3000/", "localhost:3000", "http://a.example/app", "http://a:1e6"),
         *bad_hosts,  # a browser refuses these hosts: they would never match
         "https://*.example.com",  # a pattern, as --allow-host takes: no Origin is one
+        "https://%2A.example.com",
     ):
         with pytest.raises(SystemExit) as exit_:
             main(["serve", "--model", str(model), "--allow-origin", bad])
