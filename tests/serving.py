@@ -4,10 +4,15 @@ and plain-urllib requests to it."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import functools
 import json
+import os
+import pty
 import signal
 import subprocess
 import sys
+import termios
 import time
 import urllib.error
 import urllib.request
@@ -34,14 +39,33 @@ class Served:
 
 
 @contextlib.contextmanager
-def serve(model: Path, log: Path, *options: str, python: str = sys.executable) -> Iterator[Served]:
+def serve(
+    model: Path,
+    log: Path,
+    *options: str,
+    python: str = sys.executable,
+    terminal: bool | None = None,
+) -> Iterator[Served]:
     """`visionpipe serve --model MODEL --port 0 OPTIONS` until the block ends, then Ctrl-C (SIGINT),
     which must stop it cleanly (exit 0), unless the test stopped it itself (and checks how).
-    `python`: the interpreter whose visionpipe runs it."""
+    `python`: the interpreter whose visionpipe runs it. `terminal`: run it with a controlling
+    terminal of its own (True), or with none (False), rather than with whatever the tests have."""
     cmd = [python, "-m", "visionpipe.cli", "serve", "--model", str(model), "--port", "0"]
+    session: dict[str, Any] = {}
+    if terminal is False:
+        session["start_new_session"] = True
+    elif terminal:
+        _, tty = pty.openpty()
+        session["preexec_fn"] = functools.partial(_take_terminal, tty)
     with log.open("w") as err:
         proc = subprocess.Popen(
-            [*cmd, *options], cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=err, text=True
+            [*cmd, *options],
+            cwd=ROOT,
+            env=env(),
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            **session,
         )
     try:
         assert proc.stdout is not None
@@ -59,6 +83,12 @@ def serve(model: Path, log: Path, *options: str, python: str = sys.executable) -
             proc.kill()
             raise
     assert stopped or code == 0, f"the server exited {code} on Ctrl-C:\n{log.read_text()}"
+
+
+def _take_terminal(tty: int) -> None:
+    """In the child: a session of its own, whose controlling terminal is `tty` (a pseudo one)."""
+    os.setsid()
+    fcntl.ioctl(tty, termios.TIOCSCTTY, 0)
 
 
 def request(

@@ -712,7 +712,9 @@ def _on_stop_signal(stop: asyncio.Event, service: Service, sig: signal.Signals) 
     again means; the requests still in progress get no answer."""
     key = "Ctrl-C" if sig == signal.SIGINT else sig.name
     first = service.stopped_by
-    passed_on = sig != signal.SIGINT  # a Ctrl-C comes once; a quick second one is meant
+    # A Ctrl-C typed comes once, and a quick second one is meant; with no terminal nobody typed
+    # it, and a launcher (`uv run`) passes on the SIGINT its process group got (a supervisor's).
+    passed_on = sig != signal.SIGINT or not _has_terminal()
     if passed_on and first and first[0] == sig and time.monotonic() - first[1] < SAME_SIGNAL_S:
         # One signal to the process group (systemd, `timeout`, a supervisor) reaches this
         # process twice when a launcher (`uv run`) passes it on: one stop, not two.
@@ -730,6 +732,15 @@ def _on_stop_signal(stop: asyncio.Event, service: Service, sig: signal.Signals) 
         )
     else:
         log.warning("%s: stopping (no request in progress)", key)
+
+
+def _has_terminal() -> bool:
+    """Whether this process has a controlling terminal, where a user may press Ctrl-C."""
+    try:
+        os.close(os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY))
+    except OSError:  # ENXIO: none (a service, `setsid`, CI); Windows has no /dev/tty
+        return False
+    return True
 
 
 def listening_sockets(host: str, port: int) -> list[socket.socket]:

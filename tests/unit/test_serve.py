@@ -555,15 +555,33 @@ def test_a_second_stop_signal_stops_at_once_and_each_says_so(model: Path, tmp_pa
 
 
 def test_a_quick_second_ctrl_c_still_stops_at_once(model: Path, tmp_path: Path) -> None:
-    # Ctrl-C reaches the process once (uv passes SIGTERM on, not SIGINT): a second one, however
-    # quick, is the user's.
-    with serve(model, tmp_path / "server.log") as served, _stalled_upload(served):
+    # Ctrl-C typed in a terminal reaches the process once (uv, in a terminal, passes SIGINT
+    # on to no one): a second one, however quick, is the user's.
+    with (
+        serve(model, tmp_path / "server.log", terminal=True) as served,
+        _stalled_upload(served),
+    ):
         served.proc.send_signal(signal.SIGINT)
         time.sleep(0.1)
         served.proc.send_signal(signal.SIGINT)
         code = served.proc.wait(timeout=30)
     assert code == 130, served.log_text()
     assert "Ctrl-C again: stopping now, 1 request unanswered" in served.log_text()
+
+
+def test_a_sigint_passed_on_without_a_terminal_is_one_stop(model: Path, tmp_path: Path) -> None:
+    # A supervisor's SIGINT to the process group (stopsignal=INT, systemd's KillSignal), with no
+    # terminal: `uv run` passes it on, so the server gets it twice at once, and answers first.
+    with (
+        serve(model, tmp_path / "server.log", terminal=False) as served,
+        _stalled_upload(served),
+    ):
+        served.proc.send_signal(signal.SIGINT)
+        time.sleep(0.1)
+        served.proc.send_signal(signal.SIGINT)
+        code = served.proc.wait(timeout=30)
+    assert code == 0, served.log_text()
+    assert "Ctrl-C again: stopping now" not in served.log_text(), served.log_text()
 
 
 def test_sighup_stops_as_sigterm_does(model: Path, tmp_path: Path) -> None:
