@@ -24,8 +24,8 @@ def loss_figure(value: float) -> float:
 
 
 def loss_text(value: float, digits: int = 6) -> str:
-    """A loss in the plot CSVs: `loss_figure`'s digits, in 0.000000 form from 0.1 up (and at 0);
-    `digits` 4 for the console's epoch line."""
+    """A loss in the plot CSVs: `loss_figure`'s digits, in 0.000000 form from 0.1 up (and at 0),
+    `digits` significant ones from a million up (a diverging run's); 4 for the console's."""
     short = f"{value:.{digits}g}"
     if math.isfinite(value) and abs(value) >= 1e6:  # a diverging run's 4.532e+25, not 26 digits
         return short

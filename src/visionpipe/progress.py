@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from visionpipe.inference import loss_figure
+from visionpipe.inference import loss_figure, loss_text
 from visionpipe.tracking import EpochRecord, History
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,8 @@ def log_why_stopped(record: EpochRecord, patience: int, lr: float, min_delta: fl
         log.error(
             "training diverged: train loss %s, val loss %s after epoch %d; stopping. Lower"
             " train.lr (now %g) or add warmup (train.warmup_epochs)",
-            record.train_loss,
-            record.val_loss,
+            loss_text(record.train_loss, 4),  # 1.177e+34, not 26 digits
+            loss_text(record.val_loss, 4),
             record.epoch,
             lr,
         )

@@ -506,7 +506,9 @@ def test_a_recipe_this_copy_of_conf_lacks_is_warned_of_and_params_run_as_they_ar
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         check_against_conf(data_stage=False)
-    assert "whose recipe file was never committed?; add the file" in caplog.text
+    assert "whose recipe file was not committed, or one renamed or deleted since: add" in (
+        caplog.text
+    )
     assert "queued" not in caplog.text
 
 

@@ -548,14 +548,15 @@ def _warn_recipe_not_here(recipe: str) -> None:
         return
     why = (
         "a queued or --temp run's copy holds only the files git tracks, so the experiment will"
-        " not keep it; `git add` it (and commit it with the results)"
+        " not keep it; `git add` it, and commit it with the results"
         if os.environ.get("DVC_EXP_BASELINE_REV")
-        else "a commit or an applied experiment whose recipe file was never committed?; add the"
-        " file, or compose params.yaml anew from a recipe conf/ has (`uv run visionpipe params`)"
+        else "a commit or an applied experiment whose recipe file was not committed, or one"
+        " renamed or deleted since: add the file, or compose params.yaml anew from a recipe"
+        " conf/ has with `uv run visionpipe params`"
     )
     logging.getLogger(__name__).warning(
-        "params.yaml names recipe %r, and this copy of the project has no %s (%s). params.yaml"
-        " is run as it is, unchecked against conf/",
+        "params.yaml names recipe %r, and this copy of the project has no %s: %s. params.yaml is"
+        " run as it is, unchecked against conf/",
         recipe,
         CONF_DIR / "recipe" / f"{recipe}.yaml",
         why,
