@@ -558,6 +558,18 @@ def test_the_missing_section_refusal_speaks_for_the_stages_the_dvc_command_runs(
     with pytest.raises(ConfigError) as err:
         run_by("-m", "dvc", "exp", "run", "-S", "~evaluate", "-S", "params.yaml:~export")
     assert "the run's `-S '~evaluate' -S '~export'` removed them" in str(err.value)
+    # A key cut inside a section dvc.yaml declares whole: DVC checks the section alone, and the
+    # export stage's own loader would refuse it after training.
+    composed = compose([], conf_copy / "conf")
+    del composed["export"]["opset"], composed["evaluate"]["amp"]
+    Path("params.yaml").write_text(yaml.safe_dump(composed, sort_keys=False))
+    with pytest.raises(ConfigError) as err:
+        run_by("-m", "dvc", "exp", "run", "-S", "~export.opset", "-S", "~evaluate.amp")
+    assert str(err.value).startswith(
+        "params.yaml lacks `evaluate.amp` (the evaluate stage's), `export.opset` (the export"
+    ), err.value
+    assert "the run's `-S '~evaluate.amp' -S '~export.opset'` removed them" in str(err.value)
+    run_by("-m", "dvc", "repro", "train")  # reaches neither
 
 
 def test_a_section_cut_from_conf_is_refused_before_the_stages_run(
@@ -583,8 +595,8 @@ def test_a_section_cut_from_conf_is_refused_before_the_stages_run(
         said = str(err.value)
         assert said.startswith(
             "params.yaml lacks `data.sha256` (the download stage's), `evaluate` (the evaluate"
-            " stage's), `export` (the export stage's), which DVC would refuse only as that"
-            " stage starts"
+            " stage's), `export` (the export stage's), which that stage would be refused for"
+            " only as it starts"
         ), said
         assert "(`uv run visionpipe params` names each line to add, at the code's" in said
     # Cut by the run's own `-S '~evaluate'`: conf/ has it.

@@ -428,12 +428,7 @@ def refuse_missing_sections(raw: Any) -> None:
     if not isinstance(raw, dict) or not os.environ.get("DVC_STAGE"):
         return  # a stage run by hand: DVC refuses nothing, and the code's defaults fill in
     stages = stages_of(Path("dvc.yaml"))
-    lacking = [
-        (top if (top := param.split(".")[0]) not in raw else param, stage)
-        for stage, entry in stages.items()
-        for param in (entry or {}).get("params") or []
-        if isinstance(param, str) and lookup(raw, param.split(".")) is MISSING
-    ]
+    lacking = _lacking(raw, stages, conf_defaults() if "about" in raw else None)
     # Only then what the DVC command runs (its command line, parsed: a fifth of a second):
     # `dvc repro train` never reaches export.
     if lacking and (asked := dvc_command.named_stages(stages)) is not None:
@@ -465,9 +460,40 @@ def refuse_missing_sections(raw: Any) -> None:
             " visionpipe params`, then run again"
         )
     raise ConfigError(
-        f"{DEFAULT_PARAMS} lacks {gone}, which DVC would refuse only as that stage starts, after"
-        f" the stages before it have run: {fix}"
+        f"{DEFAULT_PARAMS} lacks {gone}, which that stage would be refused for only as it starts,"
+        f" after the stages before it have run: {fix}"
     )
+
+
+def _lacking(raw: dict[str, Any], stages: dict[str, Any], conf: Any) -> list[tuple[str, str]]:
+    """(key, declaring stage) for each param a stage of dvc.yaml declares that params.yaml lacks
+    (the whole section where it is gone); and, in a params.yaml composed from `conf`, each key
+    conf/ gives inside a declared section (`-S '~export.opset'`: DVC checks the section alone,
+    and the export stage's loader refuses it as it starts)."""
+    found = []
+    for stage, entry in stages.items():
+        for param in (entry or {}).get("params") or []:
+            if not isinstance(param, str):
+                continue
+            parts = param.split(".")
+            if (value := lookup(raw, parts)) is MISSING:
+                found.append((parts[0] if parts[0] not in raw else param, stage))
+            elif isinstance(value, dict) and conf is not None:
+                found += [(key, stage) for key in _cut_inside(lookup(conf, parts), value, param)]
+    return found
+
+
+def _cut_inside(given: Any, kept: dict[str, Any], prefix: str) -> list[str]:
+    """The dotted keys of `given` (conf/'s section) that `kept` (params.yaml's) lacks."""
+    if not isinstance(given, dict):
+        return []
+    cut = []
+    for key, value in given.items():
+        if key not in kept:
+            cut.append(f"{prefix}.{key}")
+        elif isinstance(value, dict) and isinstance(kept[key], dict):
+            cut += _cut_inside(value, kept[key], f"{prefix}.{key}")
+    return cut
 
 
 def _recipe_sets(recipe: str, key: str) -> bool:
