@@ -52,21 +52,31 @@ def serve(
     terminal of its own (True), or with none (False), rather than with whatever the tests have."""
     cmd = [python, "-m", "visionpipe.cli", "serve", "--model", str(model), "--port", "0"]
     session: dict[str, Any] = {}
+    ends: tuple[int, ...] = ()  # a pseudo-terminal's, closed when the server is gone
     if terminal is False:
         session["start_new_session"] = True
     elif terminal:
-        _, tty = pty.openpty()
-        session["preexec_fn"] = functools.partial(_take_terminal, tty)
-    with log.open("w") as err:
-        proc = subprocess.Popen(
-            [*cmd, *options],
-            cwd=ROOT,
-            env=env(),
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            **session,
+        ends = pty.openpty()
+        session["preexec_fn"] = functools.partial(_take_terminal, ends[1])
+    with log.open("w") as err, contextlib.ExitStack() as closing:
+        for end in ends:
+            closing.callback(os.close, end)
+        yield from _served(
+            subprocess.Popen(
+                [*cmd, *options],
+                cwd=ROOT,
+                env=env(),
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                **session,
+            ),
+            log,
         )
+
+
+def _served(proc: subprocess.Popen, log: Path) -> Iterator[Served]:
+    """The server `proc` until the block ends, then Ctrl-C, as `serve` says."""
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # the server prints its address once it is listening

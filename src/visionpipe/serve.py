@@ -714,7 +714,7 @@ def _on_stop_signal(stop: asyncio.Event, service: Service, sig: signal.Signals) 
     first = service.stopped_by
     # A Ctrl-C typed comes once, and a quick second one is meant; with no terminal nobody typed
     # it, and a launcher (`uv run`) passes on the SIGINT its process group got (a supervisor's).
-    passed_on = sig != signal.SIGINT or not _has_terminal()
+    passed_on = sig != signal.SIGINT or not _in_foreground()
     if passed_on and first and first[0] == sig and time.monotonic() - first[1] < SAME_SIGNAL_S:
         # One signal to the process group (systemd, `timeout`, a supervisor) reaches this
         # process twice when a launcher (`uv run`) passes it on: one stop, not two.
@@ -734,13 +734,22 @@ def _on_stop_signal(stop: asyncio.Event, service: Service, sig: signal.Signals) 
         log.warning("%s: stopping (no request in progress)", key)
 
 
-def _has_terminal() -> bool:
-    """Whether this process has a controlling terminal, where a user may press Ctrl-C."""
+def _in_foreground() -> bool:
+    """Whether a user may have pressed Ctrl-C: this process is in its terminal's foreground
+    process group (not a service, `setsid`, CI, a job sent to the background, `timeout`'s own
+    group). Windows has no process groups to ask (nor O_NOCTTY): as in a terminal."""
+    if not (hasattr(os, "tcgetpgrp") and hasattr(os, "O_NOCTTY")):
+        return True
     try:
-        os.close(os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY))
-    except OSError:  # ENXIO: none (a service, `setsid`, CI); Windows has no /dev/tty
+        tty = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
+    except OSError:  # ENXIO: no controlling terminal
         return False
-    return True
+    try:
+        return os.tcgetpgrp(tty) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(tty)
 
 
 def listening_sockets(host: str, port: int) -> list[socket.socket]:

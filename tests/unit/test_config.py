@@ -506,7 +506,7 @@ def test_a_recipe_this_copy_of_conf_lacks_is_warned_of_and_params_run_as_they_ar
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         check_against_conf(data_stage=False)
-    assert "whose recipe file was not committed, or one renamed or deleted since: add" in (
+    assert "was the file left out of a commit, renamed or deleted? Add it, or compose" in (
         caplog.text
     )
     assert "queued" not in caplog.text
@@ -540,10 +540,10 @@ def test_the_missing_section_refusal_speaks_for_the_stages_the_dvc_command_runs(
 
     run_by("-m", "dvc", "repro", "train")  # never reaches export or evaluate: not refused
     run_by("/venv/bin/dvc", "exp", "run", "-s", "dvc.yaml:train")
-    with pytest.raises(ConfigError, match=r"lacks `export` \(the export stage's\), which"):
+    with pytest.raises(ConfigError, match=r"lacks `export` \(the export stage's\), for which"):
         run_by("-m", "dvc", "repro", "export")
     # predict's run reaches export (its model comes from there); -s runs predict alone.
-    with pytest.raises(ConfigError, match=r"lacks `export` \(the export stage's\), which"):
+    with pytest.raises(ConfigError, match=r"lacks `export` \(the export stage's\), for which"):
         run_by("-m", "dvc", "repro", "predict")
     run_by("-m", "dvc", "repro", "-s", "predict")
     with pytest.raises(ConfigError, match=r"lacks `evaluate` .*, `export`"):
@@ -595,8 +595,8 @@ def test_a_section_cut_from_conf_is_refused_before_the_stages_run(
         said = str(err.value)
         assert said.startswith(
             "params.yaml lacks `data.sha256` (the download stage's), `evaluate` (the evaluate"
-            " stage's), `export` (the export stage's), which that stage would be refused for"
-            " only as it starts"
+            " stage's), `export` (the export stage's), for which each stage named would be"
+            " refused only as it starts"
         ), said
         assert "(`uv run visionpipe params` names each line to add, at the code's" in said
     # Cut by the run's own `-S '~evaluate'`: conf/ has it.

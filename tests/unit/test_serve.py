@@ -584,6 +584,36 @@ def test_a_sigint_passed_on_without_a_terminal_is_one_stop(model: Path, tmp_path
     assert "Ctrl-C again: stopping now" not in served.log_text(), served.log_text()
 
 
+def test_a_ctrl_c_counts_as_typed_only_in_the_terminal_s_foreground_group(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A job sent to the background (`&`), `timeout`'s own group or a service: a SIGINT to its
+    # group is no key press, and `uv run` passes it on, so a second at once is the same one.
+    import os
+
+    from visionpipe import serve
+
+    opened: list[int] = []
+
+    def fake_tty(path: str, flags: int) -> int:
+        assert path == "/dev/tty"
+        opened.append(os.dup(0))
+        return opened[-1]
+
+    monkeypatch.setattr(os, "open", fake_tty)
+    for foreground, typed in ((os.getpgrp(), True), (os.getpgrp() + 1, False)):
+        monkeypatch.setattr(os, "tcgetpgrp", lambda fd, pgrp=foreground: pgrp)
+        assert serve._in_foreground() is typed
+
+    def no_tty(path: str, flags: int) -> int:
+        raise OSError(6, "No such device or address")  # ENXIO
+
+    monkeypatch.setattr(os, "open", no_tty)
+    assert serve._in_foreground() is False  # no controlling terminal at all
+    monkeypatch.delattr(os, "tcgetpgrp")
+    assert serve._in_foreground() is True  # Windows: no groups to ask, as in a console
+
+
 def test_sighup_stops_as_sigterm_does(model: Path, tmp_path: Path) -> None:
     # A closed terminal or a supervisor's HUP: the requests in progress are answered, as for
     # SIGTERM, and the server says it stopped; Python's default would drop them on the spot.

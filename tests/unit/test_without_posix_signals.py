@@ -15,7 +15,7 @@ from PIL import Image
 from tests.helpers import ROOT, env
 
 # Windows' signal module lacks these names; its loops raise NotImplementedError for
-# add_signal_handler; os has no fork or getuid.
+# add_signal_handler; os has no fork, getuid, O_NOCTTY or tcgetpgrp.
 WINDOWS_LIKE = """
 import asyncio, os, runpy, signal, sys
 for name in ("SIGKILL", "SIGHUP", "SIGCHLD", "SIGSTOP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGPIPE"):
@@ -23,7 +23,7 @@ for name in ("SIGKILL", "SIGHUP", "SIGCHLD", "SIGSTOP", "SIGQUIT", "SIGUSR1", "S
 def _unsupported(*args, **kwargs):
     raise NotImplementedError
 asyncio.unix_events._UnixSelectorEventLoop.add_signal_handler = _unsupported
-del os.fork, os.getuid
+del os.fork, os.getuid, os.O_NOCTTY, os.tcgetpgrp
 sys.argv[0] = "visionpipe"
 runpy.run_module("visionpipe.cli", run_name="__main__", alter_sys=True)
 """

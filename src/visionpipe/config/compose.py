@@ -460,8 +460,8 @@ def refuse_missing_sections(raw: Any) -> None:
             " visionpipe params`, then run again"
         )
     raise ConfigError(
-        f"{DEFAULT_PARAMS} lacks {gone}, which that stage would be refused for only as it starts,"
-        f" after the stages before it have run: {fix}"
+        f"{DEFAULT_PARAMS} lacks {gone}, for which each stage named would be refused only as it"
+        f" starts, after the stages before it have run: {fix}"
     )
 
 
@@ -576,13 +576,12 @@ def _warn_recipe_not_here(recipe: str) -> None:
         "a queued or --temp run's copy holds only the files git tracks, so the experiment will"
         " not keep it; `git add` it, and commit it with the results"
         if os.environ.get("DVC_EXP_BASELINE_REV")
-        else "a commit or an applied experiment whose recipe file was not committed, or one"
-        " renamed or deleted since: add the file, or compose params.yaml anew from a recipe"
-        " conf/ has with `uv run visionpipe params`"
+        else "was the file left out of a commit, renamed or deleted? Add it, or compose"
+        " params.yaml anew from a recipe conf/ has with `uv run visionpipe params`"
     )
     logging.getLogger(__name__).warning(
         "params.yaml names recipe %r, and this copy of the project has no %s: %s. params.yaml is"
-        " run as it is, unchecked against conf/",
+        " run as it is, its values not compared with the recipe's",
         recipe,
         CONF_DIR / "recipe" / f"{recipe}.yaml",
         why,
