@@ -595,7 +595,9 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
             raise
         message = exc.text or exc.reason
         if exc.status == 404:
-            message = f"no endpoint {request.path}; the endpoints are {ENDPOINTS}"
+            # CONNECT's target is an address, no path: named as the request gave it.
+            target = request.path or f"{request.method} {request.raw_path or request.host}"
+            message = f"no endpoint {target}; the endpoints are {ENDPOINTS}"
         elif exc.status == 405:
             message = f"{request.method} is not allowed on {request.path}; {ENDPOINTS}"
             if request.method == "PUT" and request.path == "/predict":  # curl -T FILE does PUT

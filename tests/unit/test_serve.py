@@ -474,6 +474,16 @@ def test_wrong_requests_get_json_errors(
     assert got_status == status and words in got["error"], got
 
 
+def test_a_connect_request_is_named_by_its_target(server: Served) -> None:
+    # A proxy's CONNECT has an address for its target, no path.
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+        answer = sock.recv(4000).decode()
+    assert answer.startswith("HTTP/1.1 404"), answer
+    assert f"no endpoint CONNECT {host}:{port}; the endpoints are" in answer, answer
+
+
 def test_a_405_names_the_methods_the_path_takes(server: Served) -> None:
     for method, path, allow in [("GET", "/predict", "POST"), ("DELETE", "/health", "GET,HEAD")]:
         status, headers, got = _cors(f"{server.url}{path}", method, {}, with_headers=("Allow",))
