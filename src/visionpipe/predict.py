@@ -278,6 +278,7 @@ def predict_command(
             logs.stdout_gone()  # a Ctrl-C stops `| tee` too: the stop is what to say
             return _said_stopped(stopped, len(predicted), len(files), elsewhere, table=False)
         _print_accuracy(scored, labels, opened.classes, inputs.tops)
+        _warn_trained_on(scored, labels, opened.path)
         _warn_nonfinite(predicted)
         failed = _report_failures(preds, skipped, skip_bad, fix)
         if stopped is not None:
@@ -519,6 +520,61 @@ def _print_accuracy(
     print(format_accuracy(accuracy, top and (k, top.right)), file=sys.stderr)
     if (outside := format_outside(accuracy, classes)) is not None:
         log.warning("%s", outside)
+
+
+def _warn_trained_on(predicted: list[Prediction], labels: dict[str, str], model: Path) -> None:
+    """Warn where photos scored (in class-named folders) are ones the project's own model was
+    trained or validated on, found in its data.source folder by data/processed/split.csv: the
+    folder accuracy then says how well it learned them, not how it does on new photos."""
+    own = paths.own_model(model)
+    held = _held_names(own[0]) if own is not None else None
+    if held is None:
+        return
+    source, names = held
+    scored = [p.file for p in predicted if p.error is None and p.file in labels]
+    seen = sum(_named_in(Path(file), source, names) for file in scored)
+    if seen:
+        log.warning(
+            "%d of the %d photos scored are in the train or validation split of %s, which %s"
+            " learned from (%s): their accuracy is not one on new photos; the test split's is"
+            " test_acc in `uv run dvc metrics show`",
+            *(seen, len(scored), source, model, own[0] / paths.SPLIT_RECORD),
+        )
+
+
+def _held_names(root: Path) -> tuple[Path, set[str]] | None:
+    """The project's data.source, where it is a folder, and the names its split.csv puts in the
+    train and validation splits; None where either cannot be read."""
+    import csv
+
+    try:
+        import yaml  # the pipeline's: a predict-only install has no project to ask
+
+        params = yaml.safe_load((root / "params.yaml").read_text("utf-8"))
+        source, base = params["data"]["source"], (params.get("launch") or {}).get("data_root")
+    except (ImportError, OSError, UnicodeError, AttributeError, KeyError, TypeError, ValueError):
+        return None
+    if not isinstance(source, str) or "://" in source:
+        return None
+    folder = root / (base or "") / os.path.expanduser(source)  # an absolute source is itself
+    if not folder.is_dir():  # an archive: its photos predicted elsewhere cannot be matched
+        return None
+    try:
+        with open(root / paths.SPLIT_RECORD, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeError, csv.Error):
+        return None
+    return folder.resolve(), {r["file"] for r in rows if r.get("split") in ("train", "val")}
+
+
+def _named_in(file: Path, source: Path, names: set[str]) -> bool:
+    """Whether `file`, inside `source`, is one of `names` (split.csv's, written below the folder
+    holding every image: a suffix of its path there)."""
+    try:
+        parts = file.resolve().relative_to(source).parts
+    except ValueError:
+        return False
+    return any("/".join(parts[k:]) in names for k in range(len(parts)))
 
 
 def _among(label: str | None, top: list[dict[str, Any]]) -> bool:

@@ -1732,3 +1732,37 @@ def test_what_a_stop_kept_is_written_through_a_second_signal_and_a_closed_pipe(
     assert said in done.stderr, done.stderr
     if not reader.startswith("tee "):
         assert len(out_csv.read_text().splitlines()) == 2  # the header and the one predicted
+
+
+def test_photos_the_project_s_model_learned_from_are_named_under_the_accuracy(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A learner predicts the very folder data.source names: the photos of the train and
+    # validation splits (split.csv) score the model on what it learned, not on new photos.
+    project, photos = tmp_path / "project", tmp_path / "photos"
+    for name in ("cat/a.png", "cat/b.png", "dog/c.png", "frog/d.png"):
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (20, 20), "red").save(photos / name)
+    (project / "stages").mkdir(parents=True)
+    (project / "stages" / "train.py").write_text("")
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    model = write_tiny_onnx(project / "models" / "model.onnx")
+    (project / "data" / "processed").mkdir(parents=True)
+    (project / "data" / "processed" / "split.csv").write_text(
+        "file,class,split,index\ncat/a.png,cat,train,0\ndog/c.png,dog,val,0\n"
+        "cat/b.png,cat,test,0\nfrog/d.png,frog,test,1\n"
+    )
+    for source, warned in ((str(photos), True), ("photos.zip", False)):
+        (project / "params.yaml").write_text(f"data: {{source: '{source}'}}\n")
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            assert main(["predict", str(photos), "--model", str(model)]) == 0
+        said = "2 of the 4 photos scored are in the train or validation split of"
+        assert (said in caplog.text) is warned, caplog.text
+    # Another project's model, or photos outside the source: nothing to say.
+    (project / "params.yaml").write_text(f"data: {{source: '{photos}'}}\n")
+    caplog.clear()
+    other = write_tiny_onnx(tmp_path / "other.onnx")
+    with caplog.at_level("WARNING"):
+        assert main(["predict", str(photos), "--model", str(other)]) == 0
+    assert "learned from" not in caplog.text
