@@ -543,35 +543,39 @@ def _warn_trained_on(predicted: list[Prediction], labels: dict[str, str], model:
 
 
 def _held_names(root: Path) -> tuple[Path, set[str]] | None:
-    """The project's data.source, where it is a folder, and the names its split.csv puts in the
-    train and validation splits; None where either cannot be read."""
+    """The folder the project's data was last made from (dvc.lock's data.source, found as
+    download found it: this machine's launch.data_root, `~` and variables), and the names its
+    split.csv puts in the train and validation splits; None where it is an archive or URL, or
+    where either cannot be read."""
     import csv
 
     try:
         import yaml  # the pipeline's: a predict-only install has no project to ask
 
+        locked = paths.stages_of(root / paths.DVC_LOCK).get("download") or {}
+        source = locked["params"]["params.yaml"]["data.source"]  # params.yaml may have moved on
         params = yaml.safe_load((root / "params.yaml").read_text("utf-8"))
-        source, base = params["data"]["source"], (params.get("launch") or {}).get("data_root")
+        base = paths.user_path((params.get("launch") or {}).get("data_root") or "", "data_root")
+        folder = root / base / paths.user_path(source, "data.source")  # absolute: itself
     except (ImportError, OSError, UnicodeError, AttributeError, KeyError, TypeError, ValueError):
         return None
-    if not isinstance(source, str) or "://" in source:
-        return None
-    folder = root / (base or "") / os.path.expanduser(source)  # an absolute source is itself
-    if not folder.is_dir():  # an archive: its photos predicted elsewhere cannot be matched
+    if "://" in str(source) or not folder.is_dir():  # an archive's photos cannot be matched
         return None
     try:
         with open(root / paths.SPLIT_RECORD, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeError, csv.Error):
         return None
-    return folder.resolve(), {r["file"] for r in rows if r.get("split") in ("train", "val")}
+    names = {r["file"] for r in rows if r.get("split") in ("train", "val")}
+    return Path(os.path.realpath(folder)), names
 
 
 def _named_in(file: Path, source: Path, names: set[str]) -> bool:
     """Whether `file`, inside `source`, is one of `names` (split.csv's, written below the folder
-    holding every image: a suffix of its path there)."""
+    holding every image: a suffix of its path there). Its folder's links are followed, not its
+    own: a `dvc add`ed photo under cache.type symlink is a link into the cache."""
     try:
-        parts = file.resolve().relative_to(source).parts
+        parts = (Path(os.path.realpath(file.parent)) / file.name).relative_to(source).parts
     except ValueError:
         return False
     return any("/".join(parts[k:]) in names for k in range(len(parts)))

@@ -595,8 +595,10 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
             raise
         message = exc.text or exc.reason
         if exc.status == 404:
-            # CONNECT's target is an address, no path: named as the request gave it.
-            target = request.path or f"{request.method} {request.raw_path or request.host}"
+            # CONNECT's target is an address, not a path: named as the request gave it.
+            target = request.path or request.raw_path
+            if request.method == "CONNECT":
+                target = f"CONNECT {request.raw_path or request.host}"
             message = f"no endpoint {target}; the endpoints are {ENDPOINTS}"
         elif exc.status == 405:
             message = f"{request.method} is not allowed on {request.path}; {ENDPOINTS}"

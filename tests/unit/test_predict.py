@@ -1735,14 +1735,19 @@ def test_what_a_stop_kept_is_written_through_a_second_signal_and_a_closed_pipe(
 
 
 def test_photos_the_project_s_model_learned_from_are_named_under_the_accuracy(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A learner predicts the very folder data.source names: the photos of the train and
-    # validation splits (split.csv) score the model on what it learned, not on new photos.
+    # A learner predicts the very folder its data came from (dvc.lock's data.source): the photos
+    # of the train and validation splits (split.csv) score the model on what it learned.
     project, photos = tmp_path / "project", tmp_path / "photos"
     for name in ("cat/a.png", "cat/b.png", "dog/c.png", "frog/d.png"):
         (photos / name).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (20, 20), "red").save(photos / name)
+    # A `dvc add`ed folder under cache.type symlink: each photo a link into the cache.
+    cached = tmp_path / "cache" / "ab12"
+    cached.parent.mkdir()
+    (photos / "dog" / "c.png").rename(cached)
+    (photos / "dog" / "c.png").symlink_to(cached)
     (project / "stages").mkdir(parents=True)
     (project / "stages" / "train.py").write_text("")
     (project / "dvc.yaml").write_text("stages: {}\n")
@@ -1752,15 +1757,20 @@ def test_photos_the_project_s_model_learned_from_are_named_under_the_accuracy(
         "file,class,split,index\ncat/a.png,cat,train,0\ndog/c.png,dog,val,0\n"
         "cat/b.png,cat,test,0\nfrog/d.png,frog,test,1\n"
     )
-    for source, warned in ((str(photos), True), ("photos.zip", False)):
-        (project / "params.yaml").write_text(f"data: {{source: '{source}'}}\n")
+    monkeypatch.setenv("PHOTOS_HOME", str(tmp_path))
+    # params.yaml composed anew since (no run): the data came from what dvc.lock recorded.
+    (project / "params.yaml").write_text("data: {source: elsewhere.zip}\n")
+    said = "2 of the 4 photos scored are in the train or validation split of"
+    for source, warned in ((str(photos), True), ("$PHOTOS_HOME/photos", True), ("p.zip", False)):
+        (project / "dvc.lock").write_text(
+            f"schema: '2.0'\nstages:\n  download:\n    params:\n      params.yaml:\n"
+            f"        data.source: '{source}'\n"
+        )
         caplog.clear()
         with caplog.at_level("WARNING"):
             assert main(["predict", str(photos), "--model", str(model)]) == 0
-        said = "2 of the 4 photos scored are in the train or validation split of"
-        assert (said in caplog.text) is warned, caplog.text
-    # Another project's model, or photos outside the source: nothing to say.
-    (project / "params.yaml").write_text(f"data: {{source: '{photos}'}}\n")
+        assert (said in caplog.text) is warned, (source, caplog.text)
+    # Another project's model: nothing to say.
     caplog.clear()
     other = write_tiny_onnx(tmp_path / "other.onnx")
     with caplog.at_level("WARNING"):
