@@ -14,6 +14,7 @@ problem, and the server goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import hashlib
@@ -608,10 +609,25 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return json_response({"error": message}, status=exc.status, headers=allow)
     except Exception as exc:
-        log.exception("internal error answering %s %s", request.method, request.path)
+        if _said_before(exc):  # one failed model call fails every request in it: one traceback
+            log.error(
+                "internal error answering %s %s: the %s logged above",
+                *(request.method, request.path, type(exc).__name__),
+            )
+        else:
+            log.exception("internal error answering %s %s", request.method, request.path)
         # Its words stay in the server's log: they may name the server's files.
         error = f"internal error ({type(exc).__name__}): the server's log has what happened"
         return json_response({"error": error}, status=500)
+
+
+def _said_before(exc: BaseException) -> bool:
+    """Whether `exc` was logged already (it failed a model call several requests shared)."""
+    if getattr(exc, "_visionpipe_logged", False):
+        return True
+    with contextlib.suppress(AttributeError, TypeError):  # an exception without a __dict__
+        exc._visionpipe_logged = True  # type: ignore[attr-defined]
+    return False
 
 
 def make_app(service: Service) -> web.Application:

@@ -1271,6 +1271,38 @@ def test_an_internal_error_keeps_its_words_in_the_server_s_log(
     assert "secret" not in got["error"] and "/home/me/secret/model.onnx: a bug" in caplog.text
 
 
+def test_a_failed_model_call_shared_by_requests_is_one_traceback_in_the_log(
+    model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The batcher hands one call's error to every request in it: each is answered 500, and the
+    # log has the traceback once, a line for each other request.
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from visionpipe import serve
+    from visionpipe.predict import OnnxBackend
+
+    async def scenario() -> list[int]:
+        config = serve.ServeConfig(model=model, batch_wait_ms=300)
+        service = serve.Service(OnnxBackend(model), config)
+
+        def broken(rows: np.ndarray) -> np.ndarray:
+            raise RuntimeError("the model's runtime failed")
+
+        service.batcher.run = broken
+        async with TestClient(TestServer(serve.make_app(service))) as client:
+            headers = {"Content-Type": "image/jpeg"}
+            posts = [client.post("/predict", data=_jpeg(), headers=headers) for _ in range(3)]
+            return [resp.status for resp in await asyncio.gather(*posts)]
+
+    with caplog.at_level("ERROR"):
+        statuses = asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+    assert statuses == [500, 500, 500], statuses
+    assert caplog.text.count("Traceback") == 1, caplog.text
+    assert caplog.text.count("the RuntimeError logged above") == 2, caplog.text
+
+
 def test_a_form_of_more_text_fields_than_a_form_needs_is_refused(server: Served) -> None:
     # 200,000 one-byte fields in 10 MB held the event loop for 80 s, /health with it.
     b = "manyfields"
