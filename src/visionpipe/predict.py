@@ -526,12 +526,12 @@ def _warn_trained_on(predicted: list[Prediction], labels: dict[str, str], model:
     """Warn where photos scored (in class-named folders) are ones the project's own model was
     trained or validated on, found in its data.source folder by data/processed/split.csv: the
     folder accuracy then says how well it learned them, not how it does on new photos."""
-    own = paths.own_model(model)
+    scored = [p.file for p in predicted if p.error is None and p.file in labels]
+    own = paths.own_model(model) if scored else None  # no accuracy line: nothing to read
     held = _held_names(own[0]) if own is not None else None
     if held is None:
         return
     source, names = held
-    scored = [p.file for p in predicted if p.error is None and p.file in labels]
     seen = sum(_named_in(Path(file), source, names) for file in scored)
     if seen:
         log.warning(
