@@ -177,10 +177,16 @@ def missing_keys(schema: type[BaseModel], raw: dict[str, Any], prefix: str = "")
     return keys
 
 
+def in_experiment() -> bool:
+    """Whether a stage runs in `dvc exp run` (plain, queued or --temp), which composes params.yaml
+    from conf/ and its -S values; outside one (`dvc repro`, a stage by hand) nothing composes it."""
+    return bool(os.environ.get("DVC_EXP_BASELINE_REV"))
+
+
 def _missing_from_conf(key: str) -> str:
     """The line for a key params.yaml lacks that conf/ gives: in an experiment a `-S '~key'`
     removed it; outside one, params.yaml was cut by hand or composed by older code."""
-    if os.environ.get("DVC_EXP_BASELINE_REV"):
+    if in_experiment():
         return (
             f"'{key}' is missing (removed with `-S '~{key}'`?): set it, e.g. `-S {key}=VALUE`,"
             " or drop the `~` to keep the value conf/ gives it (cut by hand, under `--no-hydra`:"
@@ -205,7 +211,7 @@ def _refuse_missing(schema: type[BaseModel], raw: dict[str, Any], origin: str) -
             " params` (-S cannot set a key conf/ lacks)"
             for k in keys
         ]
-        if os.environ.get("DVC_EXP_BASELINE_REV"):  # outside one, each line says it already
+        if in_experiment():  # outside one, each line says it already
             lines.append(
                 "(for `dvc repro`: `uv run visionpipe params` writes params.yaml from conf/; a key"
                 " new in the code that conf/config.yaml lacks needs its line there, at its default)"

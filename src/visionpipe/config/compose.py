@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from visionpipe import dvc_command
-from visionpipe.config import DEFAULT_PARAMS, MISSING, lookup
+from visionpipe.config import DEFAULT_PARAMS, MISSING, in_experiment, lookup
 from visionpipe.paths import committed_yaml
 
 CONF_DIR = Path("conf")  # Hydra's config dir (`dvc config hydra`): config.yaml, recipe/, local/
@@ -75,7 +75,7 @@ def warn_unchosen_recipe(recipe: str, conf_dir: Path = CONF_DIR) -> bool:
     # `dvc repro` reads params.yaml: the defaults entry counts once params.yaml is composed again.
     fix = (
         f"; for one experiment, `-S recipe={label}`"
-        if os.environ.get("DVC_EXP_BASELINE_REV")
+        if in_experiment()
         else " and compose params.yaml again (`uv run visionpipe params`, which `dvc repro` runs"
         f" on); for one experiment, `uv run dvc exp run -S recipe={label}`"
     )
@@ -112,7 +112,7 @@ def warn_drift(path: Path = DEFAULT_PARAMS) -> list[str]:
     """Warn of the values params.yaml holds that conf/ does not give it (a hand edit the next
     `dvc exp run` would drop, -S or not); outside `dvc exp run`, whose -S values are exactly such
     values. Returns the keys warned of."""
-    if os.environ.get("DVC_EXP_BASELINE_REV") or not (CONF_DIR / "config.yaml").is_file():
+    if in_experiment() or not (CONF_DIR / "config.yaml").is_file():
         return []
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     keys = drift(raw) if isinstance(raw, dict) else []
@@ -401,11 +401,11 @@ def warn_unused_local_source(path: Path = DEFAULT_PARAMS) -> bool:
         why = f"the recipe {recipe} sets it so), the official archive.{advice} To train on {mine},"
         fix = (
             "pass -S data.source=... too"
-            if os.environ.get("DVC_EXP_BASELINE_REV")
+            if in_experiment()
             else f"compose it in: `uv run visionpipe params recipe={recipe} data.source=...`, then"
             " `uv run dvc repro`"
         )
-    elif not os.environ.get("DVC_EXP_BASELINE_REV"):
+    elif not in_experiment():
         why = f"{path} was composed without {local}). To train on {mine},"
         fix = "run `uv run visionpipe params` (or `uv run dvc exp run`), which composes it in"
     else:
@@ -444,7 +444,7 @@ def refuse_missing_sections(raw: Any) -> None:
     in_conf = all(lookup(conf, k.split(".")) is not MISSING for k in missing)
     removed = dvc_command.removed_keys()  # None: a queued run's, which cannot be read
     cut = removed is None or bool(removed & set(missing))
-    if "about" in raw and in_conf and os.environ.get("DVC_EXP_BASELINE_REV") and cut:
+    if "about" in raw and in_conf and in_experiment() and cut:
         flags = " ".join(f"-S '~{k}'" for k in missing)
         fix = f"conf/ has {them}, so the run's `{flags}` removed {them}: run again without it"
     elif "about" in raw and in_conf:  # cut by hand (`--no-hydra` runs it so), a failed exp
@@ -511,7 +511,7 @@ def warn_other_machine(path: Path = DEFAULT_PARAMS) -> list[str]:
     teammate's commit, `dvc exp apply` of their experiment) names that machine's data folder or
     GPU count. Returns the keys warned of."""
     local = CONF_DIR / "local" / "machine.yaml"
-    if os.environ.get("DVC_EXP_BASELINE_REV") or not local.is_file():
+    if in_experiment() or not local.is_file():
         return []
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     given = yaml.safe_load(local.read_text(encoding="utf-8"))
@@ -575,7 +575,7 @@ def _warn_recipe_not_here(recipe: str) -> None:
     why = (
         "a queued or --temp run's copy holds only the files git tracks, so the experiment will"
         " not keep it; `git add` it, and commit it with the results"
-        if os.environ.get("DVC_EXP_BASELINE_REV")
+        if in_experiment()
         else "was the file left out of a commit, renamed or deleted? Add it, or compose"
         " params.yaml anew from a recipe conf/ has with `uv run visionpipe params`"
     )
